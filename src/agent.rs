@@ -1,0 +1,178 @@
+//! The `Agent`: owns every piece of state and every thread; starts them, waits for a signal,
+//! and stops them in order.
+
+use std::fmt;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use crate::acl::AclState;
+use crate::api::router::Router;
+use crate::client::Client;
+use crate::config::Config;
+use crate::fs::watch::SharedWatcher;
+use crate::http::{Limits, Server};
+use crate::meta_batcher::Batcher;
+use crate::state::jobs::Workloads;
+use crate::state::members::Membership;
+use crate::state::node::NodeState;
+use crate::state::store::StoreError;
+use crate::state::IndexCounter;
+
+/// Why the agent could not start.
+#[derive(Debug)]
+pub enum AgentError {
+    DataDir { path: String, detail: String },
+    Bind { addr: SocketAddr, detail: String },
+    State(StoreError),
+    Signals(String),
+}
+
+impl fmt::Display for AgentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AgentError::DataDir { path, detail } => write!(f, "data dir {path} is not usable: {detail}"),
+            AgentError::Bind { addr, detail } => write!(f, "cannot listen on {addr}: {detail}"),
+            AgentError::State(e) => write!(f, "cannot load state: {e}"),
+            AgentError::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for AgentError {}
+
+impl From<StoreError> for AgentError {
+    fn from(e: StoreError) -> Self {
+        AgentError::State(e)
+    }
+}
+
+/// Everything the agent knows, shared by every thread through `Arc`.
+pub struct Agent {
+    pub config: Config,
+    pub index: IndexCounter,
+    pub node: NodeState,
+    pub membership: Membership,
+    pub workloads: Workloads,
+    pub client: Client,
+    pub acl: AclState,
+    pub fs_watch: SharedWatcher,
+    pub batcher: Batcher,
+    /// The HTTP server, set once listening (the Task API adds Unix listeners to it).
+    pub http: OnceLock<Arc<Server>>,
+    pub started_at: SystemTime,
+    pub shutting_down: AtomicBool,
+}
+
+impl Agent {
+    /// Load every piece of state from the data dir (no threads are started).
+    pub fn load(config: Config) -> Result<Arc<Agent>, AgentError> {
+        let index = IndexCounter::default();
+        let node = NodeState::load(&config, &index)?;
+        let membership = Membership::load(&config)?;
+        let workloads = Workloads::load(&config.data_dir)?;
+        let acl = AclState::load(&config.data_dir, config.acl_enabled)?;
+        let client = Client::new(&config);
+        let batcher = Batcher::new(&config);
+        Ok(Arc::new(Agent {
+            config,
+            index,
+            node,
+            membership,
+            workloads,
+            client,
+            acl,
+            fs_watch: SharedWatcher::new(),
+            batcher,
+            http: OnceLock::new(),
+            started_at: SystemTime::now(),
+            shutting_down: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+fn check_data_dir(config: &Config) -> Result<(), AgentError> {
+    let bad = |detail: String| AgentError::DataDir {
+        path: config.data_dir.display().to_string(),
+        detail,
+    };
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| bad(e.to_string()))?;
+    let probe = config.data_dir.join(format!(".probe-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&probe, b"").map_err(|e| bad(e.to_string()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Block SIGINT and SIGTERM in this thread (and so in every thread spawned after), so the
+/// main thread can take them with `sigwait`. Child processes get an empty mask from std.
+fn block_stop_signals() -> Result<libc::sigset_t, AgentError> {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset; the calls only touch it and
+    // this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(AgentError::Signals(std::io::Error::from_raw_os_error(rc).to_string()));
+        }
+        Ok(set)
+    }
+}
+
+fn wait_for_stop_signal(set: &libc::sigset_t) -> i32 {
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is a valid, initialised signal set; `sig` is a valid out pointer.
+        let rc = unsafe { libc::sigwait(set, &mut sig) };
+        if rc == 0 {
+            return sig;
+        }
+    }
+}
+
+/// Run the agent until SIGINT or SIGTERM; then stop every thread and return.
+pub fn run(config: Config) -> Result<(), AgentError> {
+    let signals = block_stop_signals()?;
+    check_data_dir(&config)?;
+    let addr = SocketAddr::new(config.bind_addr, config.http_port);
+    let listener = TcpListener::bind(addr).map_err(|e| AgentError::Bind {
+        addr,
+        detail: e.to_string(),
+    })?;
+    let agent = Agent::load(config)?;
+    agent.batcher.start(&agent);
+    agent.client.start(&agent);
+
+    let server = Arc::new(Server::new(Arc::new(Router::new(agent.clone())), Limits::default()));
+    let _ = agent.http.set(server.clone());
+    server.serve_tcp(listener).map_err(|e| AgentError::Bind {
+        addr,
+        detail: e.to_string(),
+    })?;
+    log::info!(
+        "nomadlet agent started: http={addr} node={} ({}) data_dir={}",
+        agent.node.id(),
+        agent.config.node_name,
+        agent.config.data_dir.display()
+    );
+
+    let sig = wait_for_stop_signal(&signals);
+    log::info!("caught signal {sig}, shutting down");
+    agent.shutting_down.store(true, Ordering::SeqCst);
+    server.shutdown();
+    agent.client.shutdown();
+    agent.batcher.shutdown();
+    agent.fs_watch.shutdown();
+    if agent.config.data_dir_is_temp {
+        let _ = std::fs::remove_dir_all(&agent.config.data_dir);
+    }
+    log::info!("nomadlet agent stopped");
+    Ok(())
+}

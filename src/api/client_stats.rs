@@ -1,0 +1,8 @@
+//! Host statistics: GET /v1/client/stats.
+
+use super::{ApiError, ApiResult, Ctx};
+
+/// Serve `path` (the request path after `/v1/`).
+pub fn route(_ctx: &Ctx, _path: &str) -> ApiResult {
+    Err(ApiError::no_route())
+}

@@ -1,0 +1,56 @@
+//! `ApiError`: Nomad's status code and exact plain-text message for a failed request.
+
+use std::fmt;
+
+/// A failed request: written as `text/plain; charset=utf-8`, no trailing newline.
+/// A 404 with an empty message is written with no body and no Content-Type (unknown route).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    /// 400 with a message.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(400, message)
+    }
+    /// 404 with a message.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(404, message)
+    }
+    /// 500 with a message.
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(500, message)
+    }
+    /// Nomad's `405 Invalid method`.
+    pub fn invalid_method() -> ApiError {
+        ApiError::new(405, "Invalid method")
+    }
+    /// Nomad's `403 Permission denied`.
+    pub fn permission_denied() -> ApiError {
+        ApiError::new(403, "Permission denied")
+    }
+    /// An unknown path: 404, empty body, no Content-Type.
+    pub fn no_route() -> ApiError {
+        ApiError::new(404, "")
+    }
+    /// `400 Request body is empty`.
+    pub fn empty_body() -> ApiError {
+        ApiError::bad_request("Request body is empty")
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.status, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}

@@ -1,0 +1,93 @@
+//! Nomad's HTTP API on top of `src/http`: the router, authentication, and one module per area.
+//!
+//! Handlers take a [`Ctx`] and return an [`ApiResult`]; the router turns it into Nomad's wire
+//! format (Go field names, `?pretty`, plain-text errors without a trailing newline, index headers).
+
+pub mod acl;
+pub mod agent;
+pub mod allocs;
+pub mod auth;
+pub mod client_alloc;
+pub mod client_fs;
+pub mod client_meta;
+pub mod client_stats;
+pub mod error;
+pub mod jobs;
+pub mod nodes;
+pub mod params;
+pub mod router;
+
+use std::sync::Arc;
+
+use crate::agent::Agent;
+use crate::http::{Reply, Request};
+
+pub use error::ApiError;
+
+/// What a handler produced.
+pub enum ApiReply {
+    /// A JSON document. `meta` says which index headers go with it.
+    Json {
+        value: serde_json::Value,
+        meta: IndexMeta,
+    },
+    /// 200 with an empty body and no Content-Type (Nomad's "no object" replies).
+    Empty { meta: IndexMeta },
+    /// A fully formed reply (files, streams, odd content types); passed through untouched.
+    Http(Reply),
+}
+
+/// Which of Nomad's index headers a reply carries.
+#[derive(Clone, Copy, Debug)]
+pub enum IndexMeta {
+    /// No index headers (client-local and agent endpoints).
+    None,
+    /// A read: `X-Nomad-Index`, `X-Nomad-KnownLeader: true`, `X-Nomad-LastContact: 0`.
+    Query(u64),
+    /// A write: only `X-Nomad-Index`.
+    Write(u64),
+}
+
+pub type ApiResult = Result<ApiReply, ApiError>;
+
+/// Serialize a value as a JSON reply with no index headers.
+pub fn json<T: serde::Serialize>(value: &T) -> ApiResult {
+    json_meta(value, IndexMeta::None)
+}
+
+/// Serialize a value as a JSON reply with the given index headers.
+pub fn json_meta<T: serde::Serialize>(value: &T, meta: IndexMeta) -> ApiResult {
+    let value = serde_json::to_value(value)
+        .map_err(|e| ApiError::internal(format!("failed to encode response: {e}")))?;
+    Ok(ApiReply::Json { value, meta })
+}
+
+/// 200 with an empty body.
+pub fn empty() -> ApiResult {
+    Ok(ApiReply::Empty {
+        meta: IndexMeta::None,
+    })
+}
+
+/// One request as a handler sees it.
+pub struct Ctx<'a> {
+    pub agent: &'a Arc<Agent>,
+    pub req: &'a Request,
+    /// Who is asking, resolved from the token before routing.
+    pub identity: auth::Identity,
+}
+
+impl Ctx<'_> {
+    pub fn method(&self) -> &str {
+        &self.req.method
+    }
+
+    /// Fails with Nomad's `405 Invalid method` unless the method is one of `allowed`.
+    pub fn require_method(&self, allowed: &[&str]) -> Result<(), ApiError> {
+        if allowed.contains(&self.req.method.as_str()) {
+            Ok(())
+        } else {
+            Err(ApiError::invalid_method())
+        }
+    }
+}

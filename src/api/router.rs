@@ -1,0 +1,159 @@
+//! The route table and Nomad's wire conventions around every handler: authentication,
+//! CORS on client endpoints, `?pretty`, index headers and plain-text errors.
+
+use std::sync::Arc;
+
+use crate::agent::Agent;
+use crate::http::{Handler, Origin, Reply, Request, RequestHead};
+
+use super::{
+    acl, agent, allocs, auth, client_alloc, client_fs, client_meta, client_stats, jobs, nodes, params,
+    ApiError, ApiReply, ApiResult, Ctx, IndexMeta,
+};
+
+/// Bodies of job registrations may be larger than the default limit.
+pub const JOB_BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+/// Serves Nomad's API for every listener (TCP and task sockets).
+pub struct Router {
+    agent: Arc<Agent>,
+}
+
+impl Router {
+    pub fn new(agent: Arc<Agent>) -> Router {
+        Router { agent }
+    }
+
+    fn dispatch(&self, req: &Request) -> ApiResult {
+        let identity = auth::authenticate(&self.agent, req)?;
+        let ctx = Ctx {
+            agent: &self.agent,
+            req,
+            identity,
+        };
+        let path = req.path.as_str();
+        if let Some(rest) = path.strip_prefix("/.well-known/") {
+            return acl::well_known(&ctx, rest);
+        }
+        let Some(rest) = path.strip_prefix("/v1/") else {
+            return Err(ApiError::no_route());
+        };
+        let first = rest.split('/').next().unwrap_or("");
+        match first {
+            "agent" => agent::route(&ctx, rest),
+            "client" => route_client(&ctx, rest),
+            "nodes" | "node" => nodes::route(&ctx, rest),
+            "status" | "regions" => nodes::route_status(&ctx, rest),
+            "jobs" | "job" | "evaluations" | "evaluation" => jobs::route(&ctx, rest),
+            "allocations" | "allocation" => allocs::route(&ctx, rest),
+            "acl" => acl::route(&ctx, rest),
+            _ => Err(ApiError::no_route()),
+        }
+    }
+}
+
+fn route_client(ctx: &Ctx, rest: &str) -> ApiResult {
+    if rest == "client/metadata" {
+        client_meta::route(ctx, rest)
+    } else if rest == "client/stats" {
+        client_stats::route(ctx, rest)
+    } else if rest == "client/gc" || rest.starts_with("client/allocation/") {
+        client_alloc::route(ctx, rest)
+    } else if rest.starts_with("client/fs/") {
+        client_fs::route(ctx, rest)
+    } else {
+        Err(ApiError::no_route())
+    }
+}
+
+/// Client endpoints wrapped in Nomad's CORS layer.
+fn is_cors_path(path: &str) -> bool {
+    path.starts_with("/v1/client/fs/")
+        || path == "/v1/client/stats"
+        || path.starts_with("/v1/client/allocation/")
+        || path == "/v1/client/metadata"
+}
+
+impl Handler for Router {
+    fn body_limit(&self, head: &RequestHead) -> usize {
+        if head.path == "/v1/jobs" || head.path.starts_with("/v1/job/") {
+            JOB_BODY_LIMIT
+        } else {
+            crate::http::limits::DEFAULT_BODY_LIMIT
+        }
+    }
+
+    fn handle(&self, req: Request) -> Reply {
+        let cors = is_cors_path(&req.path);
+        if cors && req.method == "OPTIONS" && req.header("Access-Control-Request-Method").is_some() {
+            return Reply::empty(204)
+                .with_header("Vary", "Origin")
+                .with_header("Access-Control-Allow-Origin", "*")
+                .with_header("Access-Control-Allow-Credentials", "true")
+                .with_header("Access-Control-Allow-Methods", "HEAD, GET")
+                .with_header("Access-Control-Allow-Headers", "*");
+        }
+        let result = self.dispatch(&req);
+        let mut reply = render(result, params::wants_pretty(&req), &req.origin);
+        if cors {
+            reply.headers.push(("Vary".into(), "Origin".into()));
+            if req.header("Origin").is_some() && (req.method == "GET" || req.method == "HEAD") {
+                reply.headers.push(("Access-Control-Allow-Origin".into(), "*".into()));
+                reply.headers.push(("Access-Control-Allow-Credentials".into(), "true".into()));
+            }
+        }
+        reply
+    }
+}
+
+fn index_headers(reply: &mut Reply, meta: IndexMeta) {
+    match meta {
+        IndexMeta::None => {}
+        IndexMeta::Query(i) => {
+            reply.headers.push(("X-Nomad-Index".into(), i.to_string()));
+            reply.headers.push(("X-Nomad-Knownleader".into(), "true".into()));
+            reply.headers.push(("X-Nomad-Lastcontact".into(), "0".into()));
+        }
+        IndexMeta::Write(i) => reply.headers.push(("X-Nomad-Index".into(), i.to_string())),
+    }
+}
+
+/// Encode a JSON value compactly, or with `?pretty` as 4-space indented text plus a newline.
+pub fn encode_json(value: &serde_json::Value, pretty: bool) -> Vec<u8> {
+    if pretty {
+        let mut out = Vec::new();
+        let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+        let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+        // Serializing a Value into memory cannot fail.
+        let _ = serde::Serialize::serialize(value, &mut ser);
+        out.push(b'\n');
+        out
+    } else {
+        serde_json::to_vec(value).unwrap_or_default()
+    }
+}
+
+/// An error as Nomad writes it: plain text, no trailing newline; an unknown route has no body.
+pub fn error_reply(e: &ApiError) -> Reply {
+    if e.status == 404 && e.message.is_empty() {
+        return Reply::empty(404);
+    }
+    Reply::bytes(e.status, "text/plain; charset=utf-8", e.message.clone().into_bytes())
+}
+
+fn render(result: ApiResult, pretty: bool, _origin: &Origin) -> Reply {
+    match result {
+        Ok(ApiReply::Json { value, meta }) => {
+            let mut reply = Reply::bytes(200, "application/json", encode_json(&value, pretty));
+            index_headers(&mut reply, meta);
+            reply
+        }
+        Ok(ApiReply::Empty { meta }) => {
+            let mut reply = Reply::empty(200);
+            index_headers(&mut reply, meta);
+            reply
+        }
+        Ok(ApiReply::Http(reply)) => reply,
+        Err(e) => error_reply(&e),
+    }
+}

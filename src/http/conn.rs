@@ -1,0 +1,1 @@
+//! One connection: read heads under deadlines and limits, bodies, keep-alive, write replies.

@@ -1,0 +1,131 @@
+//! `nomadlet`: the command line (getopts) → config → `agent::run`; errors become one line on
+//! stderr and exit code 1.
+
+mod acl;
+mod agent;
+mod api;
+mod client;
+mod config;
+mod fs;
+mod http;
+mod meta_batcher;
+mod state;
+
+use std::process::ExitCode;
+
+use config::{AgentFlags, Config, AGENT_FLAGS};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn usage() -> String {
+    let mut s = String::from(
+        "Usage: nomadlet <command> [options]\n\n\
+         A small node agent that speaks HashiCorp Nomad's HTTP API.\n\n\
+         Commands:\n    agent      Run the agent\n    version    Print the version\n\n\
+         Options for agent:\n",
+    );
+    for f in AGENT_FLAGS {
+        let flag = match f.value {
+            Some(v) => format!("-{} {}", f.name, v),
+            None => format!("-{}", f.name),
+        };
+        s.push_str(&format!("    {flag:<28} {}\n", f.help));
+    }
+    s
+}
+
+fn parse_agent_flags(args: &[String]) -> Result<AgentFlags, String> {
+    let mut opts = getopts::Options::new();
+    opts.long_only(true);
+    for f in AGENT_FLAGS {
+        match (f.value, f.repeatable) {
+            (None, _) => opts.optflag("", f.name, f.help),
+            (Some(v), true) => opts.optmulti("", f.name, f.help, v),
+            (Some(v), false) => opts.optopt("", f.name, f.help, v),
+        };
+    }
+    let m = opts.parse(args).map_err(|e| e.to_string())?;
+    if !m.free.is_empty() {
+        return Err(format!("unexpected argument {:?}", m.free[0]));
+    }
+    Ok(AgentFlags {
+        dev: m.opt_present("dev"),
+        config_files: m.opt_strs("config").into_iter().map(Into::into).collect(),
+        data_dir: m.opt_str("data-dir").map(Into::into),
+        bind: m.opt_str("bind"),
+        http_port: m.opt_str("http-port"),
+        node: m.opt_str("node"),
+        dc: m.opt_str("dc"),
+        region: m.opt_str("region"),
+        meta: m.opt_strs("meta"),
+        servers: m.opt_str("servers"),
+        log_level: m.opt_str("log-level"),
+        acl_enabled: m.opt_present("acl-enabled"),
+        meta_batch_window: m.opt_str("meta-batch-window"),
+    })
+}
+
+fn init_logging(level: &str) {
+    let filter = match level {
+        "TRACE" => log::LevelFilter::Trace,
+        "DEBUG" => log::LevelFilter::Debug,
+        "WARN" => log::LevelFilter::Warn,
+        "ERROR" => log::LevelFilter::Error,
+        "OFF" => log::LevelFilter::Off,
+        _ => log::LevelFilter::Info,
+    };
+    env_logger::Builder::new()
+        .filter_level(filter)
+        .format_timestamp_millis()
+        .init();
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("version") | Some("-version") | Some("--version") | Some("-v") => {
+            println!("nomadlet v{VERSION}");
+            ExitCode::SUCCESS
+        }
+        Some("-h") | Some("-help") | Some("--help") | Some("help") | None => {
+            print!("{}", usage());
+            if args.is_empty() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Some("agent") => {
+            if args[1..].iter().any(|a| a == "-h" || a == "-help" || a == "--help") {
+                print!("{}", usage());
+                return ExitCode::SUCCESS;
+            }
+            let flags = match parse_agent_flags(&args[1..]) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("nomadlet: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let config = match Config::from_flags(&flags) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("nomadlet: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            init_logging(&config.log_level);
+            match agent::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("nomadlet: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Some(other) => {
+            eprintln!("nomadlet: unknown command {other:?}; see nomadlet -h");
+            ExitCode::from(1)
+        }
+    }
+}
