@@ -84,7 +84,11 @@ fn lookup(ctx: &Ctx, alloc_id: &str, caps: &[&str]) -> Result<(AllocFsView, Allo
         .client
         .alloc_fs_view(alloc_id)
         .ok_or_else(|| ApiError::not_found(format!("Unknown allocation {alloc_id:?}")))?;
-    let gone = || ApiError::not_found(format!("state for allocation {alloc_id} not found on client"));
+    let gone = || {
+        ApiError::not_found(format!(
+            "state for allocation {alloc_id} not found on client"
+        ))
+    };
     if view.collected {
         return Err(gone());
     }
@@ -116,7 +120,13 @@ fn required_path(ctx: &Ctx) -> Result<String, ApiError> {
 
 /// Map a resolution failure: escapes get `escape_status`, OS errors `op <abs>: <err>` with
 /// `missing_status` for "not found" and `other_status` otherwise.
-fn path_error(e: PathError, op: &str, escape_status: u16, missing_status: u16, other_status: u16) -> ApiError {
+fn path_error(
+    e: PathError,
+    op: &str,
+    escape_status: u16,
+    missing_status: u16,
+    other_status: u16,
+) -> ApiError {
     match e {
         PathError::Escapes => ApiError::new(escape_status, "Path escapes the alloc directory"),
         PathError::Os { abs, err } => {
@@ -133,21 +143,31 @@ fn path_error(e: PathError, op: &str, escape_status: u16, missing_status: u16, o
 /// Refuse content reads under a task's `secrets/` or `private/` (on the resolved location).
 fn check_protected(r: &Resolved, path: &str) -> Result<(), ApiError> {
     match r.protected() {
-        Some(Protected::Secrets) => Err(ApiError::internal(format!("Reading secret file prohibited: {path}"))),
-        Some(Protected::Private) => Err(ApiError::internal(format!("Reading private file prohibited: {path}"))),
+        Some(Protected::Secrets) => Err(ApiError::internal(format!(
+            "Reading secret file prohibited: {path}"
+        ))),
+        Some(Protected::Private) => Err(ApiError::internal(format!(
+            "Reading private file prohibited: {path}"
+        ))),
         None => Ok(()),
     }
 }
 
 /// Resolve a file for a content read (cat, readat, stream) with the §3.10b statuses.
 fn resolve_content(dir: &AllocDir, path: &str) -> Result<Resolved, ApiError> {
-    let r = dir.resolve(path).map_err(|e| path_error(e, "stat", 400, 400, 400))?;
+    let r = dir
+        .resolve(path)
+        .map_err(|e| path_error(e, "stat", 400, 400, 400))?;
     check_protected(&r, path)?;
     if r.is_dir() {
-        return Err(ApiError::bad_request(format!("file {path:?} is a directory")));
+        return Err(ApiError::bad_request(format!(
+            "file {path:?} is a directory"
+        )));
     }
     if !r.is_regular() {
-        return Err(ApiError::bad_request(format!("file {path:?} is not a regular file")));
+        return Err(ApiError::bad_request(format!(
+            "file {path:?} is not a regular file"
+        )));
     }
     Ok(r)
 }
@@ -162,7 +182,9 @@ fn list(ctx: &Ctx, alloc_id: &str) -> ApiResult {
         _ => "/".to_string(),
     };
     let (_, dir) = lookup(ctx, alloc_id, &["read-fs"])?;
-    let r = dir.resolve(&path).map_err(|e| path_error(e, "open", 500, 404, 500))?;
+    let r = dir
+        .resolve(&path)
+        .map_err(|e| path_error(e, "open", 500, 404, 500))?;
     if !r.is_dir() {
         return Err(ApiError::internal(format!(
             "readdirent {}: not a directory",
@@ -183,13 +205,18 @@ fn list(ctx: &Ctx, alloc_id: &str) -> ApiResult {
 fn stat(ctx: &Ctx, alloc_id: &str) -> ApiResult {
     let path = required_path(ctx)?;
     let (_, dir) = lookup(ctx, alloc_id, &["read-fs"])?;
-    let r = dir.resolve(&path).map_err(|e| path_error(e, "stat", 500, 404, 500))?;
+    let r = dir
+        .resolve(&path)
+        .map_err(|e| path_error(e, "stat", 500, 404, 500))?;
     let name = clean_components(&path)
         .and_then(|c| c.last().cloned())
         .unwrap_or_else(|| alloc_id.to_string());
     let content_type = if r.is_regular() {
         let mut head = vec![0u8; SNIFF_LEN];
-        let n = r.open_file().and_then(|f| f.read_at(&mut head, 0)).unwrap_or(0);
+        let n = r
+            .open_file()
+            .and_then(|f| f.read_at(&mut head, 0))
+            .unwrap_or(0);
         stat_content_type(&path, &head[..n])
     } else {
         "application/octet-stream"
@@ -215,7 +242,10 @@ fn bool_param(ctx: &Ctx, name: &str, default: bool, status: u16) -> Result<bool,
         Some(v) => parse_go_bool(v).ok_or_else(|| {
             ApiError::new(
                 status,
-                format!("failed to parse {name} field to boolean: {}", go_bool_error(v)),
+                format!(
+                    "failed to parse {name} field to boolean: {}",
+                    go_bool_error(v)
+                ),
             )
         }),
     }
@@ -248,7 +278,9 @@ fn read(ctx: &Ctx, alloc_id: &str, ranged: bool) -> ApiResult {
             dir.lexical_path(&path).display()
         )));
     }
-    let file = r.open_file().map_err(|e| open_error(e, &dir.lexical_path(&path)))?;
+    let file = r
+        .open_file()
+        .map_err(|e| open_error(e, &dir.lexical_path(&path)))?;
     let size = file
         .metadata()
         .map(|m| m.len())
@@ -316,7 +348,9 @@ fn stream(ctx: &Ctx, alloc_id: &str) -> ApiResult {
     let follow = bool_param(ctx, "follow", true, 500)?;
     let (_, dir) = lookup(ctx, alloc_id, &["read-fs"])?;
     let r = resolve_content(&dir, &path)?;
-    let file = r.open_file().map_err(|e| open_error(e, &dir.lexical_path(&path)))?;
+    let file = r
+        .open_file()
+        .map_err(|e| open_error(e, &dir.lexical_path(&path)))?;
     let size = file
         .metadata()
         .map(|m| m.len())
@@ -345,7 +379,10 @@ fn stream(ctx: &Ctx, alloc_id: &str) -> ApiResult {
         out: Output::framed(),
         waiter: Waiter::new(sub, Box::new(probe)),
     };
-    stream_reply("text/plain; charset=utf-8", Body::Stream(Box::new(follower)))
+    stream_reply(
+        "text/plain; charset=utf-8",
+        Body::Stream(Box::new(follower)),
+    )
 }
 
 fn logs(ctx: &Ctx, alloc_id: &str) -> ApiResult {
@@ -355,7 +392,11 @@ fn logs(ctx: &Ctx, alloc_id: &str) -> ApiResult {
     };
     let kind = match ctx.req.query("type") {
         Some(t @ ("stdout" | "stderr")) => t.to_string(),
-        _ => return Err(ApiError::bad_request("must provide log type (stdout/stderr)")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "must provide log type (stdout/stderr)",
+            ))
+        }
     };
     let follow = bool_param(ctx, "follow", false, 400)?;
     let plain = bool_param(ctx, "plain", false, 400)?;
@@ -370,7 +411,11 @@ fn logs(ctx: &Ctx, alloc_id: &str) -> ApiResult {
             "task {task:?} not started yet. No logs available"
         )));
     }
-    let not_found = || ApiError::not_found(format!("log entry for task {task:?} and log type {kind:?} not found"));
+    let not_found = || {
+        ApiError::not_found(format!(
+            "log entry for task {task:?} and log type {kind:?} not found"
+        ))
+    };
     let logs_dir = match dir.resolve("alloc/logs") {
         Ok(r) if r.is_dir() => r,
         Ok(_) | Err(PathError::Os { .. }) => return Err(not_found()),
@@ -384,7 +429,9 @@ fn logs(ctx: &Ctx, alloc_id: &str) -> ApiResult {
     for _ in 0..LOG_OPEN_RETRIES {
         let files = list_logs(&safe_dir, &task, &kind).map_err(|e| match e {
             LogListError::BadIndex(_) => ApiError::internal(e.to_string()),
-            LogListError::Io(ref io) => ApiError::internal(format!("failed to list entries: {}", os_text(io))),
+            LogListError::Io(ref io) => {
+                ApiError::internal(format!("failed to list entries: {}", os_text(io)))
+            }
         })?;
         let Some(last) = files.last().map(|f| f.index) else {
             return Err(not_found());
@@ -396,7 +443,12 @@ fn logs(ctx: &Ctx, alloc_id: &str) -> ApiResult {
                 break;
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-            Err(e) => return Err(ApiError::internal(format!("failed to open log: {}", os_text(&e)))),
+            Err(e) => {
+                return Err(ApiError::internal(format!(
+                    "failed to open log: {}",
+                    os_text(&e)
+                )))
+            }
         }
     }
     let Some((file, index, pos, last_index)) = opened else {
@@ -417,9 +469,17 @@ fn logs(ctx: &Ctx, alloc_id: &str) -> ApiResult {
         pos,
         follow,
         last_index,
-        out: if plain { Output::Plain } else { Output::framed() },
+        out: if plain {
+            Output::Plain
+        } else {
+            Output::framed()
+        },
         waiter: Waiter::new(sub, Box::new(probe)),
     };
-    let content_type = if plain { "text/plain" } else { "application/json" };
+    let content_type = if plain {
+        "text/plain"
+    } else {
+        "application/json"
+    };
     stream_reply(content_type, Body::Stream(Box::new(follower)))
 }

@@ -53,8 +53,10 @@ pub trait TaskProbe: Send {
 }
 
 /// A probe for files that belong to no task in particular.
+#[cfg(test)]
 pub struct AlwaysAlive;
 
+#[cfg(test)]
 impl TaskProbe for AlwaysAlive {
     fn liveness(&self) -> Liveness {
         Liveness::Alive

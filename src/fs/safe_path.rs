@@ -149,8 +149,6 @@ pub struct DirEntry {
 /// A directory opened for listing and for opening its files by name (never following links).
 pub struct SafeDir {
     fd: OwnedFd,
-    /// Host path of the directory (for the watcher and for messages only).
-    pub host_path: PathBuf,
 }
 
 impl AllocDir {
@@ -268,11 +266,6 @@ impl AllocDir {
             host_path,
         })
     }
-
-    /// The alloc dir's own host path.
-    pub fn root_path(&self) -> &Path {
-        &self.root_path
-    }
 }
 
 fn component_strings(p: &Path) -> Vec<String> {
@@ -348,10 +341,7 @@ impl Resolved {
     /// Open the resolved directory for listing and for opening its entries.
     pub fn open_dir(&self) -> io::Result<SafeDir> {
         let fd = self.reopen(libc::O_RDONLY | libc::O_DIRECTORY)?;
-        Ok(SafeDir {
-            fd,
-            host_path: self.host_path.clone(),
-        })
+        Ok(SafeDir { fd })
     }
 
     /// The host directory a follower watches for changes to this object (a wake-up hint

@@ -129,6 +129,7 @@ impl SharedWatcher {
     }
 
     /// How many directories have subscribers right now.
+    #[cfg(test)]
     pub fn watched_dirs(&self) -> usize {
         self.inner.subs.read().len()
     }
