@@ -10,7 +10,12 @@ use fs_util::*;
 use std::time::Duration;
 
 /// Markers that must never appear in any response to a hostile path.
-const FORBIDDEN: &[&str] = &["root:x:0:0", "OTHER-ALLOC-SECRET", "TOPSECRET-TOKEN", "PRIVATE-DATA"];
+const FORBIDDEN: &[&str] = &[
+    "root:x:0:0",
+    "OTHER-ALLOC-SECRET",
+    "TOPSECRET-TOKEN",
+    "PRIVATE-DATA",
+];
 
 /// Start an agent with two allocations: a victim whose files must stay out of reach, and one
 /// whose task plants files and hostile symlinks. Returns (agent, alloc, other alloc).
@@ -129,12 +134,19 @@ fn hostile_paths_never_leave_the_alloc_dir() {
             match expect {
                 Expect::Escape => {
                     let want = if content_op { 400 } else { 500 };
-                    assert_eq!((r.status, text.as_str()), (want, "Path escapes the alloc directory"), "{op} {path}");
+                    assert_eq!(
+                        (r.status, text.as_str()),
+                        (want, "Path escapes the alloc directory"),
+                        "{op} {path}"
+                    );
                 }
                 Expect::NotFound => {
                     let want = if content_op { 400 } else { 404 };
                     assert_eq!(r.status, want, "{op} {path}: {text}");
-                    assert!(text.ends_with("no such file or directory"), "{op} {path}: {text}");
+                    assert!(
+                        text.ends_with("no such file or directory"),
+                        "{op} {path}: {text}"
+                    );
                 }
                 Expect::Error => assert!(r.status >= 400, "{op} {path}: {} {text}", r.status),
                 Expect::Secret | Expect::SecretDir if content_op => {
@@ -159,7 +171,9 @@ fn hostile_paths_never_leave_the_alloc_dir() {
     }
     // Hostile task names on the logs endpoint.
     for task in ["../../etc", "t/../../x", "..", "t/secrets"] {
-        let r = agent.get(&format!("/v1/client/fs/logs/{alloc}?task={task}&type=stdout"));
+        let r = agent.get(&format!(
+            "/v1/client/fs/logs/{alloc}?task={task}&type=stdout"
+        ));
         assert_eq!(r.status, 400, "{task}: {}", r.text());
         assert_eq!(r.text(), format!("unknown task name {task:?}"));
     }
@@ -171,8 +185,16 @@ fn ls_stat_cat_readat_success_shapes() {
     let dir = alloc_dir(&agent, &alloc);
 
     let root = agent.get_json(&format!("/v1/client/fs/ls/{alloc}"));
-    let names: Vec<&str> = root.as_array().unwrap().iter().map(|e| e["Name"].as_str().unwrap()).collect();
-    assert!(names.contains(&"alloc") && names.contains(&"t"), "{names:?}");
+    let names: Vec<&str> = root
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"alloc") && names.contains(&"t"),
+        "{names:?}"
+    );
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(names, sorted);
@@ -182,17 +204,32 @@ fn ls_stat_cat_readat_success_shapes() {
         assert!(e["FileMode"].as_str().unwrap().starts_with('d'));
         let t = e["ModTime"].as_str().unwrap();
         assert!(t.len() >= 20 && &t[4..5] == "-" && &t[10..11] == "T", "{t}");
-        assert!(t.ends_with('Z') || t[t.len() - 6..].starts_with(['+', '-']), "{t}");
+        assert!(
+            t.ends_with('Z') || t[t.len() - 6..].starts_with(['+', '-']),
+            "{t}"
+        );
     }
     let local = agent.get_json(&format!("/v1/client/fs/ls/{alloc}?path=/t/local"));
-    let passwd = local.as_array().unwrap().iter().find(|e| e["Name"] == "passwd").unwrap();
+    let passwd = local
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["Name"] == "passwd")
+        .unwrap();
     assert_eq!(passwd["FileMode"], "Lrwxrwxrwx");
     assert_eq!(passwd["IsDir"], false);
-    let hello = local.as_array().unwrap().iter().find(|e| e["Name"] == "hello.txt").unwrap();
+    let hello = local
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["Name"] == "hello.txt")
+        .unwrap();
     assert_eq!(hello["Size"], 6);
     assert_eq!(hello["FileMode"], "-rw-r--r--");
 
-    let st = agent.get_json(&format!("/v1/client/fs/stat/{alloc}?path=t/local/hello.txt"));
+    let st = agent.get_json(&format!(
+        "/v1/client/fs/stat/{alloc}?path=t/local/hello.txt"
+    ));
     assert_eq!(st["Name"], "hello.txt");
     assert_eq!(st["ContentType"], "text/plain; charset=utf-8");
     assert_eq!(st["Size"], 6);
@@ -200,12 +237,17 @@ fn ls_stat_cat_readat_success_shapes() {
     assert_eq!(st["Name"], alloc.as_str());
     assert_eq!(st["IsDir"], true);
     assert_eq!(st["ContentType"], "application/octet-stream");
-    let st = agent.get_json(&format!("/v1/client/fs/stat/{alloc}?path=t/local/data.json"));
+    let st = agent.get_json(&format!(
+        "/v1/client/fs/stat/{alloc}?path=t/local/data.json"
+    ));
     assert_eq!(st["ContentType"], "application/json");
     let st = agent.get_json(&format!("/v1/client/fs/stat/{alloc}?path=t/local/x.html"));
     assert_eq!(st["ContentType"], "text/html; charset=utf-8");
     let st = agent.get_json(&format!("/v1/client/fs/stat/{alloc}?path=t/local/rel_ok"));
-    assert_eq!((st["Name"].as_str(), st["Size"].as_u64()), (Some("rel_ok"), Some(6)));
+    assert_eq!(
+        (st["Name"].as_str(), st["Size"].as_u64()),
+        (Some("rel_ok"), Some(6))
+    );
 
     let r = agent.get(&format!("/v1/client/fs/cat/{alloc}?path=t/local/hello.txt"));
     assert_eq!((r.status, r.text().as_str()), (200, "hello\n"));
@@ -220,20 +262,31 @@ fn ls_stat_cat_readat_success_shapes() {
         let r = agent.get(&format!("/v1/client/fs/cat/{alloc}?path=t/local/{f}"));
         assert_eq!(r.status, 200);
         let ct = r.header("Content-Type").unwrap();
-        assert!(!ct.contains("html") && !ct.contains("xml") && !ct.contains("svg"), "{f}: {ct}");
+        assert!(
+            !ct.contains("html") && !ct.contains("xml") && !ct.contains("svg"),
+            "{f}: {ct}"
+        );
     }
     let big = std::fs::read(dir.join("t/local/big.bin")).unwrap();
     let r = agent.get(&format!("/v1/client/fs/cat/{alloc}?path=t/local/big.bin"));
     assert_eq!(r.header("Content-Type"), Some("application/octet-stream"));
     assert!(r.body == big, "big file served intact");
 
-    let r = agent.get(&format!("/v1/client/fs/readat/{alloc}?path=t/local/hello.txt&offset=1&limit=3"));
+    let r = agent.get(&format!(
+        "/v1/client/fs/readat/{alloc}?path=t/local/hello.txt&offset=1&limit=3"
+    ));
     assert_eq!((r.status, r.text().as_str()), (200, "ell"));
-    let r = agent.get(&format!("/v1/client/fs/readat/{alloc}?path=t/local/hello.txt&offset=2"));
+    let r = agent.get(&format!(
+        "/v1/client/fs/readat/{alloc}?path=t/local/hello.txt&offset=2"
+    ));
     assert_eq!(r.text(), "llo\n");
-    let r = agent.get(&format!("/v1/client/fs/readat/{alloc}?path=t/local/hello.txt&offset=100&limit=5"));
+    let r = agent.get(&format!(
+        "/v1/client/fs/readat/{alloc}?path=t/local/hello.txt&offset=100&limit=5"
+    ));
     assert_eq!((r.status, r.body.len()), (200, 0));
-    let r = agent.get(&format!("/v1/client/fs/readat/{alloc}?path=t/local/big.bin&offset=1000000&limit=70000"));
+    let r = agent.get(&format!(
+        "/v1/client/fs/readat/{alloc}?path=t/local/big.bin&offset=1000000&limit=70000"
+    ));
     assert!(r.body == big[1_000_000..1_070_000]);
 }
 
@@ -247,18 +300,38 @@ fn bad_input_matrix() {
         assert_eq!((r.status, r.text().as_str()), (status, body), "{url}");
     };
     for op in ["ls", "stat", "cat", "readat", "stream", "logs"] {
-        check(format!("/v1/client/fs/{op}/"), 400, "must provide a valid alloc id");
-        let q = if op == "logs" { "?task=t&type=stdout" } else { "?path=/&offset=0" };
+        check(
+            format!("/v1/client/fs/{op}/"),
+            400,
+            "must provide a valid alloc id",
+        );
+        let q = if op == "logs" {
+            "?task=t&type=stdout"
+        } else {
+            "?path=/&offset=0"
+        };
         check(
             format!("/v1/client/fs/{op}/abc{q}"),
             500,
             "alloc lookup failed: index error: UUID must be 36 characters",
         );
-        check(format!("/v1/client/fs/{op}/{unknown}{q}"), 404, &format!("Unknown allocation \"{unknown}\""));
+        check(
+            format!("/v1/client/fs/{op}/{unknown}{q}"),
+            404,
+            &format!("Unknown allocation \"{unknown}\""),
+        );
     }
-    check(format!("/v1/client/fs/bogus/{alloc}"), 404, "Invalid method");
+    check(
+        format!("/v1/client/fs/bogus/{alloc}"),
+        404,
+        "Invalid method",
+    );
     for op in ["stat", "cat", "readat", "stream"] {
-        check(format!("/v1/client/fs/{op}/{alloc}"), 400, "must provide a file name");
+        check(
+            format!("/v1/client/fs/{op}/{alloc}"),
+            400,
+            "must provide a file name",
+        );
     }
     let p = "path=t/local/hello.txt";
     check(
@@ -276,7 +349,11 @@ fn bad_input_matrix() {
         500,
         "error parsing limit: strconv.ParseInt: parsing \"z\": invalid syntax",
     );
-    check(format!("/v1/client/fs/stream/{alloc}?{p}&origin=middle"), 400, "origin must be start or end");
+    check(
+        format!("/v1/client/fs/stream/{alloc}?{p}&origin=middle"),
+        400,
+        "origin must be start or end",
+    );
     check(
         format!("/v1/client/fs/stream/{alloc}?{p}&follow=maybe"),
         500,
@@ -288,9 +365,21 @@ fn bad_input_matrix() {
         "error parsing offset: strconv.ParseInt: parsing \"1.5\": invalid syntax",
     );
     let l = "task=t&type=stdout";
-    check(format!("/v1/client/fs/logs/{alloc}?type=stdout"), 400, "must provide task name");
-    check(format!("/v1/client/fs/logs/{alloc}?task=t"), 400, "must provide log type (stdout/stderr)");
-    check(format!("/v1/client/fs/logs/{alloc}?task=t&type=stdin"), 400, "must provide log type (stdout/stderr)");
+    check(
+        format!("/v1/client/fs/logs/{alloc}?type=stdout"),
+        400,
+        "must provide task name",
+    );
+    check(
+        format!("/v1/client/fs/logs/{alloc}?task=t"),
+        400,
+        "must provide log type (stdout/stderr)",
+    );
+    check(
+        format!("/v1/client/fs/logs/{alloc}?task=t&type=stdin"),
+        400,
+        "must provide log type (stdout/stderr)",
+    );
     check(
         format!("/v1/client/fs/logs/{alloc}?{l}&follow=yes"),
         400,
@@ -306,8 +395,16 @@ fn bad_input_matrix() {
         400,
         "error parsing offset: strconv.ParseInt: parsing \"abc\": invalid syntax",
     );
-    check(format!("/v1/client/fs/logs/{alloc}?{l}&origin=top"), 400, "origin must be start or end");
-    check(format!("/v1/client/fs/logs/{alloc}?task=web&type=stdout"), 400, "unknown task name \"web\"");
+    check(
+        format!("/v1/client/fs/logs/{alloc}?{l}&origin=top"),
+        400,
+        "origin must be start or end",
+    );
+    check(
+        format!("/v1/client/fs/logs/{alloc}?task=web&type=stdout"),
+        400,
+        "unknown task name \"web\"",
+    );
 
     let missing = dir.join("t/nope");
     check(
@@ -336,14 +433,19 @@ fn bad_input_matrix() {
     assert_eq!(r.status, 500, "{}", r.text());
 
     // Offsets past the end: no data, not an error.
-    let r = agent.get(&format!("/v1/client/fs/stream/{alloc}?{p}&offset=1000&follow=false"));
+    let r = agent.get(&format!(
+        "/v1/client/fs/stream/{alloc}?{p}&offset=1000&follow=false"
+    ));
     assert_eq!(r.status, 200);
     assert!(frame_data(&frames(&r.body)).is_empty());
 
     // No log files of a type at all.
     wait_until(Duration::from_secs(10), "stderr log file", || {
         std::fs::read_dir(dir.join("alloc/logs"))
-            .map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().starts_with("t.stderr.")))
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("t.stderr."))
+            })
             .unwrap_or(false)
     });
     for e in std::fs::read_dir(dir.join("alloc/logs")).unwrap().flatten() {

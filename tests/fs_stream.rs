@@ -17,22 +17,45 @@ fn sleeper(agent: &TestAgent, id: &str, script: &str) -> String {
 #[test]
 fn stream_follows_by_default_with_heartbeats_and_file_events() {
     let agent = TestAgent::start(&[]);
-    let alloc = sleeper(&agent, "streamer", "echo -n 0123456789 > local/f.txt; sleep 600");
+    let alloc = sleeper(
+        &agent,
+        "streamer",
+        "echo -n 0123456789 > local/f.txt; sleep 600",
+    );
     wait_file(&agent, &alloc, "t/local/f.txt");
     let host = alloc_dir(&agent, &alloc).join("t/local/f.txt");
 
-    let mut s = Stream::open(&agent, &format!("/v1/client/fs/stream/{alloc}?path=/t/local/f.txt"));
+    let mut s = Stream::open(
+        &agent,
+        &format!("/v1/client/fs/stream/{alloc}?path=/t/local/f.txt"),
+    );
     assert_eq!(s.status, 200);
-    assert!(s.read_until(Duration::from_secs(5), |b| frame_data(&frames(b)) == b"0123456789"));
+    assert!(
+        s.read_until(Duration::from_secs(5), |b| frame_data(&frames(b))
+            == b"0123456789")
+    );
     let fr = frames(&s.body);
-    assert_eq!(fr[0]["File"], "/t/local/f.txt", "File echoes the request path");
+    assert_eq!(
+        fr[0]["File"], "/t/local/f.txt",
+        "File echoes the request path"
+    );
     assert_eq!(fr[0]["Offset"], 10);
     // Idle: heartbeats, and the stream stays open (follow defaults to true).
-    assert!(s.read_until(Duration::from_secs(3), |b| frames(b).iter().any(|f| f == &serde_json::json!({}))));
+    assert!(s.read_until(Duration::from_secs(3), |b| frames(b)
+        .iter()
+        .any(|f| f == &serde_json::json!({}))));
     // Appends arrive.
     use std::io::Write;
-    std::fs::OpenOptions::new().append(true).open(&host).unwrap().write_all(b"abc").unwrap();
-    assert!(s.read_until(Duration::from_secs(5), |b| frame_data(&frames(b)) == b"0123456789abc"));
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&host)
+        .unwrap()
+        .write_all(b"abc")
+        .unwrap();
+    assert!(
+        s.read_until(Duration::from_secs(5), |b| frame_data(&frames(b))
+            == b"0123456789abc")
+    );
     // Truncation is reported and reading restarts at 0.
     std::fs::write(&host, b"XY").unwrap();
     assert!(s.read_until(Duration::from_secs(5), |b| {
@@ -41,17 +64,28 @@ fn stream_follows_by_default_with_heartbeats_and_file_events() {
     }));
     // Deletion is reported and ends the stream.
     std::fs::remove_file(&host).unwrap();
-    assert!(s.read_until_eof(Duration::from_secs(5)), "stream ends after file deleted");
-    assert!(frames(&s.body).iter().any(|x| x["FileEvent"] == "file deleted"));
+    assert!(
+        s.read_until_eof(Duration::from_secs(5)),
+        "stream ends after file deleted"
+    );
+    assert!(frames(&s.body)
+        .iter()
+        .any(|x| x["FileEvent"] == "file deleted"));
 }
 
 #[test]
 fn stream_origin_and_offset() {
     let agent = TestAgent::start(&[]);
-    let alloc = sleeper(&agent, "offsets", "echo -n 0123456789 > local/f.txt; sleep 600");
+    let alloc = sleeper(
+        &agent,
+        "offsets",
+        "echo -n 0123456789 > local/f.txt; sleep 600",
+    );
     wait_file(&agent, &alloc, "t/local/f.txt");
     let get = |q: &str| {
-        let r = agent.get(&format!("/v1/client/fs/stream/{alloc}?path=t/local/f.txt&follow=false{q}"));
+        let r = agent.get(&format!(
+            "/v1/client/fs/stream/{alloc}?path=t/local/f.txt&follow=false{q}"
+        ));
         assert_eq!(r.status, 200, "{q}: {}", r.text());
         String::from_utf8(frame_data(&frames(&r.body))).unwrap()
     };
@@ -69,7 +103,12 @@ fn logs_framed_plain_defaults_and_origins() {
     let agent = TestAgent::start(&[]);
     let alloc = sleeper(&agent, "logger", "printf 'hello world\\n'; sleep 600");
     wait_until(Duration::from_secs(10), "log written", || {
-        agent.get(&format!("/v1/client/fs/logs/{alloc}?task=t&type=stdout&plain=true")).body == b"hello world\n"
+        agent
+            .get(&format!(
+                "/v1/client/fs/logs/{alloc}?task=t&type=stdout&plain=true"
+            ))
+            .body
+            == b"hello world\n"
     });
     // follow defaults to false: the response ends.
     let r = agent.get(&format!("/v1/client/fs/logs/{alloc}?task=t&type=stdout"));
@@ -81,23 +120,38 @@ fn logs_framed_plain_defaults_and_origins() {
         fr[0],
         serde_json::json!({"Offset": 12, "Data": "aGVsbG8gd29ybGQK", "File": "alloc/logs/t.stdout.0"})
     );
-    let r = agent.get(&format!("/v1/client/fs/logs/{alloc}?task=t&type=stdout&plain=true"));
+    let r = agent.get(&format!(
+        "/v1/client/fs/logs/{alloc}?task=t&type=stdout&plain=true"
+    ));
     assert_eq!(r.header("Content-Type"), Some("text/plain"));
     let plain = |q: &str| {
-        let r = agent.get(&format!("/v1/client/fs/logs/{alloc}?task=t&type=stdout&plain=true{q}"));
+        let r = agent.get(&format!(
+            "/v1/client/fs/logs/{alloc}?task=t&type=stdout&plain=true{q}"
+        ));
         assert_eq!(r.status, 200);
         r.text()
     };
-    assert_eq!(plain("&origin=end&offset=0"), "hello world\n", "logs: end+0 is the whole file (#18368)");
+    assert_eq!(
+        plain("&origin=end&offset=0"),
+        "hello world\n",
+        "logs: end+0 is the whole file (#18368)"
+    );
     assert_eq!(plain("&origin=end&offset=6"), "world\n");
     assert_eq!(plain("&origin=start&offset=6"), "world\n");
     assert_eq!(plain("&offset=1000"), "");
     assert_eq!(plain("&origin=end&offset=1000"), "hello world\n");
 
     // follow=true framed on a silent task: heartbeats keep coming, the stream stays open.
-    let mut s = Stream::open(&agent, &format!("/v1/client/fs/logs/{alloc}?task=t&type=stdout&follow=true"));
+    let mut s = Stream::open(
+        &agent,
+        &format!("/v1/client/fs/logs/{alloc}?task=t&type=stdout&follow=true"),
+    );
     assert!(s.read_until(Duration::from_secs(4), |b| {
-        frames(b).iter().filter(|f| *f == &serde_json::json!({})).count() >= 2
+        frames(b)
+            .iter()
+            .filter(|f| *f == &serde_json::json!({}))
+            .count()
+            >= 2
     }));
     // plain follow: no heartbeats, only bytes.
     let mut s = Stream::open(
@@ -130,12 +184,20 @@ fn rotation_under_fast_writer_delivers_every_byte_once() {
     let alloc = wait_alloc(&agent, &job);
     let url = format!("/v1/client/fs/logs/{alloc}?task=t&type=stdout&follow=true&plain=true");
     wait_until(Duration::from_secs(10), "first log file", || {
-        agent.get(&format!("/v1/client/fs/logs/{alloc}?task=t&type=stdout&plain=true")).status == 200
+        agent
+            .get(&format!(
+                "/v1/client/fs/logs/{alloc}?task=t&type=stdout&plain=true"
+            ))
+            .status
+            == 200
     });
     let mut s = Stream::open(&agent, &url);
     assert_eq!(s.status, 200);
     let want = expected_seq(n);
-    assert!(s.read_until_eof(Duration::from_secs(60)), "follow ends once the task is dead");
+    assert!(
+        s.read_until_eof(Duration::from_secs(60)),
+        "follow ends once the task is dead"
+    );
     assert_eq!(s.body.len(), want.len(), "bytes received == bytes written");
     assert!(s.body == want, "same bytes, same order");
     let logs = std::fs::read_dir(alloc_dir(&agent, &alloc).join("alloc/logs"))
@@ -145,9 +207,13 @@ fn rotation_under_fast_writer_delivers_every_byte_once() {
         .count();
     assert!(logs >= 4, "the writer rotated ({logs} files)");
     // Global offsets span the retained files.
-    let r = agent.get(&format!("/v1/client/fs/logs/{alloc}?task=t&type=stdout&plain=true&offset=2000000"));
+    let r = agent.get(&format!(
+        "/v1/client/fs/logs/{alloc}?task=t&type=stdout&plain=true&offset=2000000"
+    ));
     assert!(r.body == want[2_000_000..]);
-    let r = agent.get(&format!("/v1/client/fs/logs/{alloc}?task=t&type=stdout&plain=true&origin=end&offset=1500000"));
+    let r = agent.get(&format!(
+        "/v1/client/fs/logs/{alloc}?task=t&type=stdout&plain=true&origin=end&offset=1500000"
+    ));
     assert!(r.body == want[want.len() - 1_500_000..]);
 }
 
@@ -155,18 +221,38 @@ fn rotation_under_fast_writer_delivers_every_byte_once() {
 #[test]
 fn nomad_18369_logs_follow_ends_when_task_dead() {
     let agent = TestAgent::start(&[]);
-    let job = run_job(&agent, "short", "batch", "echo one; sleep 2; echo two", default_logs());
+    let job = run_job(
+        &agent,
+        "short",
+        "batch",
+        "echo one; sleep 2; echo two",
+        default_logs(),
+    );
     let alloc = wait_alloc(&agent, &job);
     wait_until(Duration::from_secs(10), "first line", || {
-        agent.get(&format!("/v1/client/fs/logs/{alloc}?task=t&type=stdout&plain=true")).body == b"one\n"
+        agent
+            .get(&format!(
+                "/v1/client/fs/logs/{alloc}?task=t&type=stdout&plain=true"
+            ))
+            .body
+            == b"one\n"
     });
-    let mut framed = Stream::open(&agent, &format!("/v1/client/fs/logs/{alloc}?task=t&type=stdout&follow=true"));
+    let mut framed = Stream::open(
+        &agent,
+        &format!("/v1/client/fs/logs/{alloc}?task=t&type=stdout&follow=true"),
+    );
     let mut plain = Stream::open(
         &agent,
         &format!("/v1/client/fs/logs/{alloc}?task=t&type=stdout&follow=true&plain=true"),
     );
-    assert!(framed.read_until_eof(Duration::from_secs(15)), "framed follow ended by itself");
-    assert!(plain.read_until_eof(Duration::from_secs(15)), "plain follow ended by itself");
+    assert!(
+        framed.read_until_eof(Duration::from_secs(15)),
+        "framed follow ended by itself"
+    );
+    assert!(
+        plain.read_until_eof(Duration::from_secs(15)),
+        "plain follow ended by itself"
+    );
     assert_eq!(frame_data(&frames(&framed.body)), b"one\ntwo\n");
     assert_eq!(plain.body, b"one\ntwo\n");
 }
@@ -175,7 +261,11 @@ fn nomad_18369_logs_follow_ends_when_task_dead() {
 fn fifty_followers_share_one_inotify_and_disconnects_release_everything() {
     let agent = TestAgent::start(&[]);
     let pid = agent.pid();
-    let alloc = sleeper(&agent, "ticker", "echo -n x > local/f.txt; while true; do echo tick; sleep 0.2; done");
+    let alloc = sleeper(
+        &agent,
+        "ticker",
+        "echo -n x > local/f.txt; while true; do echo tick; sleep 0.2; done",
+    );
     wait_file(&agent, &alloc, "t/local/f.txt");
     let logs_url = format!("/v1/client/fs/logs/{alloc}?task=t&type=stdout&follow=true");
     let stream_url = format!("/v1/client/fs/stream/{alloc}?path=t/local/f.txt");
@@ -187,7 +277,9 @@ fn fifty_followers_share_one_inotify_and_disconnects_release_everything() {
     let mut base = (0, 0);
     wait_until(Duration::from_secs(10), "stable baseline", || {
         let a = (thread_count(pid), fd_counts(pid).0);
-        std::thread::sleep(Duration::from_millis(500));
+        // Longer than a heartbeat, so a follower that is still noticing its client left
+        // cannot be counted in the baseline.
+        std::thread::sleep(Duration::from_millis(1500));
         let b = (thread_count(pid), fd_counts(pid).0);
         base = b;
         a == b
@@ -200,14 +292,20 @@ fn fifty_followers_share_one_inotify_and_disconnects_release_everything() {
     }
     for s in streams.iter_mut() {
         assert_eq!(s.status, 200);
-        assert!(s.read_until(Duration::from_secs(10), |b| !frames(b).is_empty()), "every follower gets frames");
+        assert!(
+            s.read_until(Duration::from_secs(10), |b| !frames(b).is_empty()),
+            "every follower gets frames"
+        );
     }
     let (_, inotify) = fd_counts(pid);
     assert_eq!(inotify, 1, "one inotify instance for 60 followers");
-    assert!(thread_count(pid) >= base.0 + 60);
+    let now = thread_count(pid);
+    assert!(now >= base.0 + 60, "threads {now}, baseline {base:?}");
 
     drop(streams);
-    wait_until(Duration::from_secs(10), "threads and fds back to baseline", || {
-        thread_count(pid) <= base.0 && fd_counts(pid).0 <= base.1
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "threads and fds back to baseline",
+        || thread_count(pid) <= base.0 && fd_counts(pid).0 <= base.1,
+    );
 }

@@ -10,7 +10,13 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 /// Register a raw_exec job with one task `t` running `/bin/sh -c script`; returns the job ID.
-pub fn run_job(agent: &TestAgent, id: &str, job_type: &str, script: &str, log_config: serde_json::Value) -> String {
+pub fn run_job(
+    agent: &TestAgent,
+    id: &str,
+    job_type: &str,
+    script: &str,
+    log_config: serde_json::Value,
+) -> String {
     let body = serde_json::json!({
         "Job": {
             "ID": id, "Type": job_type, "Datacenters": ["dc1"],
@@ -38,30 +44,44 @@ pub fn default_logs() -> serde_json::Value {
 /// Wait for the job's allocation to exist with task `t` started; returns the alloc ID.
 pub fn wait_alloc(agent: &TestAgent, job: &str) -> String {
     let mut id = String::new();
-    wait_until(Duration::from_secs(20), &format!("alloc of {job} started"), || {
-        let r = agent.get(&format!("/v1/job/{job}/allocations"));
-        if r.status != 200 {
-            return false;
-        }
-        let v = r.json();
-        let Some(a) = v.as_array().and_then(|a| a.first()) else {
-            return false;
-        };
-        let started = a["TaskStates"]["t"]["StartedAt"].is_string()
-            || matches!(a["TaskStates"]["t"]["State"].as_str(), Some("running") | Some("dead"));
-        if started {
-            id = a["ID"].as_str().unwrap_or_default().to_string();
-        }
-        started && !id.is_empty()
-    });
+    wait_until(
+        Duration::from_secs(20),
+        &format!("alloc of {job} started"),
+        || {
+            let r = agent.get(&format!("/v1/job/{job}/allocations"));
+            if r.status != 200 {
+                return false;
+            }
+            let v = r.json();
+            let Some(a) = v.as_array().and_then(|a| a.first()) else {
+                return false;
+            };
+            let started = a["TaskStates"]["t"]["StartedAt"].is_string()
+                || matches!(
+                    a["TaskStates"]["t"]["State"].as_str(),
+                    Some("running") | Some("dead")
+                );
+            if started {
+                id = a["ID"].as_str().unwrap_or_default().to_string();
+            }
+            started && !id.is_empty()
+        },
+    );
     id
 }
 
 /// Wait until a file exists in the alloc (through the API).
 pub fn wait_file(agent: &TestAgent, alloc: &str, path: &str) {
-    wait_until(Duration::from_secs(20), &format!("{path} in {alloc}"), || {
-        agent.get(&format!("/v1/client/fs/stat/{alloc}?path={path}")).status == 200
-    });
+    wait_until(
+        Duration::from_secs(20),
+        &format!("{path} in {alloc}"),
+        || {
+            agent
+                .get(&format!("/v1/client/fs/stat/{alloc}?path={path}"))
+                .status
+                == 200
+        },
+    );
 }
 
 /// The host directory of an allocation.
@@ -81,22 +101,36 @@ impl Stream {
     pub fn open(agent: &TestAgent, path: &str) -> Stream {
         let mut sock = TcpStream::connect(("127.0.0.1", agent.port)).expect("connect");
         sock.set_read_timeout(Some(Duration::from_millis(200))).ok();
-        sock.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
-        let mut s = Stream { sock, status: 0, head: String::new(), body: Vec::new() };
+        sock.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut s = Stream {
+            sock,
+            status: 0,
+            head: String::new(),
+            body: Vec::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(15);
         let mut raw = Vec::new();
         while Instant::now() < deadline {
             if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
                 s.head = String::from_utf8_lossy(&raw[..p]).into_owned();
                 s.body = raw[p + 4..].to_vec();
-                s.status = s.head.split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+                s.status = s
+                    .head
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|x| x.parse().ok())
+                    .unwrap_or(0);
                 return s;
             }
             if s.read_some(&mut raw) == Some(0) && raw.windows(4).all(|w| w != b"\r\n\r\n") {
                 break;
             }
         }
-        panic!("no response head for {path}: {:?}", String::from_utf8_lossy(&raw));
+        panic!(
+            "no response head for {path}: {:?}",
+            String::from_utf8_lossy(&raw)
+        );
     }
 
     /// Read what is available (up to the read timeout); `Some(0)` at EOF.
@@ -145,7 +179,9 @@ impl Stream {
     pub fn header(&self, name: &str) -> Option<String> {
         self.head.lines().find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
         })
     }
 }
@@ -182,7 +218,11 @@ pub fn b64(s: &str) -> Vec<u8> {
 
 /// All data bytes carried by frames.
 pub fn frame_data(frames: &[serde_json::Value]) -> Vec<u8> {
-    frames.iter().filter_map(|f| f["Data"].as_str()).flat_map(b64).collect()
+    frames
+        .iter()
+        .filter_map(|f| f["Data"].as_str())
+        .flat_map(b64)
+        .collect()
 }
 
 /// Threads of a process.
