@@ -459,3 +459,97 @@ fn bad_input_matrix() {
         "log entry for task \"t\" and log type \"stderr\" not found",
     );
 }
+
+/// Peak resident memory of a process, in KiB.
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn cat_of_a_large_file_keeps_memory_bounded() {
+    let agent = TestAgent::start(&[]);
+    let job = run_job(
+        &agent,
+        "big",
+        "service",
+        "touch local/ready; sleep 600",
+        default_logs(),
+    );
+    let alloc = wait_alloc(&agent, &job);
+    wait_file(&agent, &alloc, "t/local/ready");
+    let size: u64 = 100 * 1024 * 1024;
+    let f = std::fs::File::create(alloc_dir(&agent, &alloc).join("t/local/sparse.bin")).unwrap();
+    f.set_len(size).unwrap();
+    let before = vm_hwm_kib(agent.pid());
+    let mut s = Stream::open(
+        &agent,
+        &format!("/v1/client/fs/cat/{alloc}?path=t/local/sparse.bin"),
+    );
+    assert_eq!(s.status, 200);
+    let mut total = s.body.len() as u64;
+    s.body.clear();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    use std::io::Read;
+    let mut buf = vec![0u8; 1 << 20];
+    while std::time::Instant::now() < deadline {
+        match s.sock.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(_) => {}
+        }
+    }
+    assert_eq!(total, size);
+    let grew = vm_hwm_kib(agent.pid()).saturating_sub(before);
+    assert!(
+        grew < 20 * 1024,
+        "peak RSS grew by {grew} KiB serving a 100 MiB file"
+    );
+}
+
+#[test]
+fn symlink_swap_race_never_leads_outside() {
+    let agent = TestAgent::start(&[]);
+    let script = r#"cd "${NOMAD_TASK_DIR:-$PWD/local}" || exit 1
+mkdir -p d; echo safe > d/passwd; ln -s /etc l; touch ready
+for i in $(seq 1 4000); do
+  mv -T d swap; mv -T swap d
+  mv -T l swap; mv -T swap l
+done
+sleep 600"#;
+    let job = run_job(&agent, "swapper", "service", script, default_logs());
+    let alloc = wait_alloc(&agent, &job);
+    wait_file(&agent, &alloc, "t/local/ready");
+    let mut served_safe = 0;
+    for i in 0..300 {
+        let op = ["cat", "readat", "stream", "ls", "stat"][i % 5];
+        let path = if op == "ls" {
+            "t/local/swap"
+        } else {
+            "t/local/swap/passwd"
+        };
+        let r = agent.get(&format!(
+            "/v1/client/fs/{op}/{alloc}?path={path}&offset=0&follow=false"
+        ));
+        let text = r.text();
+        assert!(!text.contains("root:"), "{op}: leaked /etc: {text}");
+        if op == "ls" && r.status == 200 {
+            let names: Vec<String> = r
+                .json()
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["Name"].to_string())
+                .collect();
+            assert_eq!(names, ["\"passwd\""], "ls saw outside entries");
+        }
+        if r.status == 200 && op == "cat" {
+            assert_eq!(text, "safe\n");
+            served_safe += 1;
+        }
+    }
+    eprintln!("served the in-alloc file {served_safe} times");
+}

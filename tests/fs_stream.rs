@@ -309,3 +309,43 @@ fn fifty_followers_share_one_inotify_and_disconnects_release_everything() {
         || thread_count(pid) <= base.0 && fd_counts(pid).0 <= base.1,
     );
 }
+
+#[test]
+fn collected_alloc_ends_followers_and_answers_404() {
+    let agent = TestAgent::start(&[]);
+    let job = run_job(&agent, "gone", "batch", "echo bye", default_logs());
+    let alloc = wait_alloc(&agent, &job);
+    wait_until(Duration::from_secs(20), "alloc complete", || {
+        let v = agent.get_json(&format!("/v1/job/{job}/allocations"));
+        v[0]["ClientStatus"] == "complete"
+    });
+    let mut s = Stream::open(
+        &agent,
+        &format!("/v1/client/fs/stream/{alloc}?path=alloc/logs/t.stdout.0"),
+    );
+    assert!(
+        s.read_until(Duration::from_secs(5), |b| frame_data(&frames(b))
+            == b"bye\n")
+    );
+    assert!(
+        !s.read_until_eof(Duration::from_millis(1500)),
+        "fs/stream keeps following"
+    );
+    let r = agent.get(&format!("/v1/client/allocation/{alloc}/gc"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        s.read_until_eof(Duration::from_secs(10)),
+        "the follower ends once the alloc is collected"
+    );
+    let msg = format!("state for allocation {alloc} not found on client");
+    for q in [
+        "ls/{a}",
+        "stat/{a}?path=/",
+        "cat/{a}?path=alloc/logs/t.stdout.0",
+        "stream/{a}?path=alloc/logs/t.stdout.0",
+        "logs/{a}?task=t&type=stdout",
+    ] {
+        let r = agent.get(&format!("/v1/client/fs/{}", q.replace("{a}", &alloc)));
+        assert_eq!((r.status, r.text()), (404, msg.clone()), "{q}");
+    }
+}
