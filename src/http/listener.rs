@@ -109,11 +109,6 @@ impl Server {
         }
     }
 
-    /// The limits this server runs with.
-    pub fn limits(&self) -> &Limits {
-        &self.shared.limits
-    }
-
     /// Serve a bound TCP listener on a new acceptor thread.
     pub fn serve_tcp(&self, listener: TcpListener) -> io::Result<ListenerHandle> {
         let name = listener
