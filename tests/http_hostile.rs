@@ -274,3 +274,33 @@ fn an_agent_with_64_fds_survives_more_connections_than_fds() {
     drop(held);
     assert_healthy(&agent, "more connections than fds");
 }
+
+#[test]
+fn a_slowloris_head_is_cut_by_the_whole_head_deadline_and_logged_by_phase() {
+    let agent = TestAgent::start_with(&temp_dir("hostile"), &["-log-level", "DEBUG"], ENV, None);
+    let mut s = connect(&agent);
+    let started = Instant::now();
+    // One byte every 100 ms: each read is quick, the head never completes.
+    for b in
+        b"GET /v1/does-not-exist HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+            .iter()
+    {
+        if s.write_all(&[*b]).is_err() || started.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the trickle was never cut"
+    );
+    if let Some(r) = response_of(s) {
+        assert_eq!(r.status, 408);
+    }
+    wait_until(
+        Duration::from_secs(2),
+        "a log line naming the phase",
+        || agent.log().contains("request head timeout"),
+    );
+    assert_healthy(&agent, "slowloris");
+}

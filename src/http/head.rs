@@ -77,6 +77,10 @@ pub(crate) fn parse_head(
     }
 
     let framing = framing(&headers)?;
+    if framing == Framing::Chunked && minor == 0 {
+        // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing.
+        return Err(bad("unsupported Transfer-Encoding"));
+    }
     let mut close = false;
     let mut keep = false;
     let mut expect_continue = false;

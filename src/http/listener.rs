@@ -250,9 +250,36 @@ impl Throttle {
     }
 }
 
+/// One spare file descriptor per acceptor. When `accept` fails for want of descriptors
+/// (EMFILE/ENFILE), it is given up for a moment to accept one pending connection and refuse
+/// it with 503, so clients are told rather than left waiting in the backlog.
+struct Reserve(Option<std::fs::File>);
+
+impl Reserve {
+    fn open() -> Reserve {
+        Reserve(std::fs::File::open("/dev/null").ok())
+    }
+
+    fn shed_one(&mut self, l: &ListenerShared) {
+        if self.0.take().is_none() {
+            *self = Reserve::open();
+            return;
+        }
+        if let Ok((sock, _)) = l.sock.accept() {
+            reject(&sock);
+        }
+        *self = Reserve::open();
+    }
+}
+
+fn out_of_fds(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
 fn accept_loop(server: &Arc<ServerShared>, l: &Arc<ListenerShared>) {
     let mut accept_warn = Throttle(None);
     let mut cap_warn = Throttle(None);
+    let mut reserve = Reserve::open();
     while !l.stopping.load(Ordering::SeqCst) {
         let accepted = l.sock.accept();
         if l.stopping.load(Ordering::SeqCst) {
@@ -271,6 +298,9 @@ fn accept_loop(server: &Arc<ServerShared>, l: &Arc<ListenerShared>) {
                         log::warn!("http: accept on {} failed: {e}; retrying", l.name);
                     }
                     reap(l);
+                    if out_of_fds(&e) {
+                        reserve.shed_one(l);
+                    }
                     std::thread::sleep(ACCEPT_BACKOFF);
                 }
             },

@@ -683,6 +683,13 @@ fn unix_listener_carries_its_tag_and_stops_alone() -> R {
     let mut c = BufReader::new(s);
     c.get_mut().write_all(b"GET /u HTTP/1.1\r\n\r\n")?;
     assert_eq!(read_resp(&mut c, false)?.text(), "GET /u [] unix:task-a ");
+    // Unix sockets get the same deadlines as TCP.
+    let silent = UnixStream::connect(&path)?;
+    silent.set_read_timeout(Some(Duration::from_secs(5)))?;
+    assert!(closed_within(
+        &mut BufReader::new(silent),
+        Duration::from_secs(2)
+    ));
     let started = Instant::now();
     handle.stop();
     assert!(started.elapsed() < Duration::from_secs(3));
