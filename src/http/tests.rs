@@ -38,7 +38,7 @@ impl StreamBody for TickStream {
                 return Ok(());
             }
             assert!(
-                t.elapsed() < Duration::from_millis(500),
+                t.elapsed() < Duration::from_secs(1),
                 "should_stop blocked past its wait"
             );
         }
@@ -109,6 +109,7 @@ impl Handler for TestHandler {
                 .with_header("Bad\r\nName", "x")
                 .with_header("Content-Length", "999"),
             "/no-content" => Reply::empty(204),
+            "/bad-status" => Reply::empty(101),
             "/slow" => {
                 std::thread::sleep(Duration::from_millis(300));
                 Reply::bytes(200, "text/plain", b"slow done".to_vec())
