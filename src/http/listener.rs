@@ -42,6 +42,8 @@ struct ServerShared {
     limits: Limits,
     /// Open connections across every listener.
     total: AtomicUsize,
+    /// Request body bytes held in memory across every connection.
+    body_pool: AtomicUsize,
     stopping: AtomicBool,
     listeners: Mutex<Vec<Arc<ListenerShared>>>,
 }
@@ -103,6 +105,7 @@ impl Server {
                 handler,
                 limits,
                 total: AtomicUsize::new(0),
+                body_pool: AtomicUsize::new(0),
                 stopping: AtomicBool::new(false),
                 listeners: Mutex::new(Vec::new()),
             }),
@@ -388,6 +391,7 @@ fn run_conn(guard: ConnGuard, origin: Origin, accepted: Instant) {
             handler: &*guard.server.handler,
             limits: &guard.server.limits,
             stopping: &guard.listener.stopping,
+            body_pool: &guard.server.body_pool,
             state: &guard.state,
             origin,
             accepted,

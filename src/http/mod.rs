@@ -8,6 +8,7 @@
 // catch real dead code.
 #![cfg_attr(not(test), allow(dead_code, unused_imports))]
 
+mod budget;
 mod chunked;
 pub mod conn;
 mod head;

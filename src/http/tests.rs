@@ -138,6 +138,7 @@ fn test_limits() -> Limits {
         write_timeout: Duration::from_secs(2),
         max_conns_per_listener: 4,
         max_conns_total: 8,
+        max_body_bytes_in_flight: 64,
     }
 }
 
