@@ -187,7 +187,8 @@ impl Drop for Server {
 }
 
 impl ListenerHandle {
-    /// Stop accepting, close this listener's connections and join its threads.
+    /// Stop accepting, close this listener's connections and join its threads. A Unix
+    /// socket's file is left in place: removing it is the caller's business.
     pub fn stop(self) {
         let Some(server) = self.server.upgrade() else {
             return;
@@ -485,7 +486,13 @@ fn wait_empty(listeners: &[Arc<ListenerShared>], deadline: Instant) -> bool {
         let mut empty = true;
         for l in listeners {
             reap(l);
-            empty &= l.registry.lock().is_empty();
+            // A handler that stops its own listener does not wait for itself.
+            let me = std::thread::current().id();
+            empty &= l
+                .registry
+                .lock()
+                .values()
+                .all(|e| e.handle.as_ref().is_some_and(|h| h.thread().id() == me));
         }
         if empty {
             return true;
