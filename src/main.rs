@@ -10,6 +10,7 @@ mod fs;
 mod http;
 mod meta_batcher;
 mod state;
+mod time;
 
 use std::process::ExitCode;
 
@@ -96,7 +97,10 @@ fn main() -> ExitCode {
             }
         }
         Some("agent") => {
-            if args[1..].iter().any(|a| a == "-h" || a == "-help" || a == "--help") {
+            if args[1..]
+                .iter()
+                .any(|a| a == "-h" || a == "-help" || a == "--help")
+            {
                 print!("{}", usage());
                 return ExitCode::SUCCESS;
             }
