@@ -72,7 +72,7 @@ impl Agent {
     pub fn load(config: Config) -> Result<Arc<Agent>, AgentError> {
         let index = IndexCounter::default();
         let node = NodeState::load(&config, &index)?;
-        let membership = Membership::load(&config)?;
+        let membership = Membership::load(&config, node.id())?;
         let workloads = Workloads::load(&config.data_dir)?;
         index.observe(workloads.max_index());
         let acl = AclState::load(&config.data_dir, config.acl_enabled)?;
@@ -159,7 +159,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
 
     let server = Arc::new(Server::new(
         Arc::new(Router::new(agent.clone())),
-        Limits::default(),
+        Limits::from_env(),
     ));
     let _ = agent.http.set(server.clone());
     server.serve_tcp(listener).map_err(|e| AgentError::Bind {
