@@ -1,4 +1,5 @@
-//! Unit tests of followers against temp files: framing, truncation, rotation under a fast
+//! Unit tests of followers against temp files (compiled only under `#[cfg(test)]`, from
+//! `follow.rs`): framing, truncation, rotation under a fast
 //! writer, and the end of a dead task's stream.
 
 use super::*;

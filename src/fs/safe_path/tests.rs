@@ -1,4 +1,5 @@
-//! Unit tests of safe path resolution against alloc-dir-shaped temp trees.
+//! Unit tests of safe path resolution against alloc-dir-shaped temp trees (compiled only
+//! under `#[cfg(test)]`, from `safe_path.rs`).
 
 use super::*;
 use std::io::Read;
