@@ -7,6 +7,7 @@
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -16,11 +17,11 @@ use crate::agent::Agent;
 use crate::client::AllocFsView;
 use crate::fs::filemode::go_file_mode;
 use crate::fs::follow::{FileFollower, Liveness, Output, TaskProbe, Waiter};
-use crate::fs::localtime::rfc3339_nano_local;
 use crate::fs::logs::{list_logs, start_position, LogFollower, LogListError};
 use crate::fs::safe_path::{clean_components, os_text, AllocDir, PathError, Protected, Resolved};
 use crate::fs::sniff::{stat_content_type, untrusted_content_type, SNIFF_LEN};
 use crate::http::{Body, Reply};
+use crate::time::rfc3339_nanos;
 
 /// Length of a full allocation ID.
 const UUID_LEN: usize = 36;
@@ -47,9 +48,20 @@ fn file_info(name: String, st: &libc::stat, content_type: &str) -> AllocFileInfo
         is_dir: st.st_mode & libc::S_IFMT == libc::S_IFDIR,
         size: st.st_size,
         file_mode: go_file_mode(st.st_mode),
-        mod_time: rfc3339_nano_local(st.st_mtime, st.st_mtime_nsec as u32),
+        mod_time: rfc3339_nanos(mtime(st)),
         content_type: content_type.to_string(),
     }
+}
+
+/// A stat's modification time (a task controls it: never panic on odd values).
+fn mtime(st: &libc::stat) -> SystemTime {
+    let nanos = Duration::from_nanos(st.st_mtime_nsec.clamp(0, 999_999_999) as u64);
+    let t = if st.st_mtime >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(st.st_mtime as u64))
+    } else {
+        UNIX_EPOCH.checked_sub(Duration::from_secs(st.st_mtime.unsigned_abs()))
+    };
+    t.and_then(|t| t.checked_add(nanos)).unwrap_or(UNIX_EPOCH)
 }
 
 /// Serve `path` (the request path after `/v1/`): `client/fs/<op>/<alloc_id>`.

@@ -4,7 +4,6 @@
 pub mod filemode;
 pub mod follow;
 pub mod frames;
-pub mod localtime;
 pub mod logs;
 pub mod safe_path;
 pub mod sniff;
