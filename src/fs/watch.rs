@@ -10,11 +10,17 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use notify::{Event, INotifyWatcher, RecursiveMode, Watcher};
 use parking_lot::{Mutex, RwLock};
+
+/// How long `shutdown` waits for notify's event thread to end.
+pub const WATCHER_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often `shutdown` looks whether it has.
+const WATCHER_STOP_POLL: Duration = Duration::from_millis(5);
 
 /// Subscribers by watched directory. The event thread reads it; (un)subscribing writes it.
 type SubMap = HashMap<PathBuf, Vec<(u64, Sender<()>)>>;
@@ -39,6 +45,9 @@ struct Inner {
 #[derive(Default)]
 struct WatchState {
     watcher: Option<INotifyWatcher>,
+    /// Alive while notify's event thread holds our handler: the thread drops it as it ends,
+    /// which is how `shutdown` knows the thread is gone (notify offers no join handle).
+    loop_token: Option<Weak<()>>,
     /// Directories with a kernel watch in place.
     watched: HashSet<PathBuf>,
 }
@@ -96,13 +105,19 @@ impl SharedWatcher {
                 .push((id, tx));
             if guard.watcher.is_none() {
                 let subs = self.inner.subs.clone();
+                let token = Arc::new(());
+                let held = token.clone();
                 let handler = move |res: notify::Result<Event>| {
+                    let _alive = &held;
                     if let Ok(ev) = res {
                         fan_out(&subs, &ev);
                     }
                 };
                 match INotifyWatcher::new(handler, notify::Config::default()) {
-                    Ok(w) => guard.watcher = Some(w),
+                    Ok(w) => {
+                        guard.watcher = Some(w);
+                        guard.loop_token = Some(Arc::downgrade(&token));
+                    }
                     Err(e) => log::warn!("fs watcher unavailable, followers poll instead: {e}"),
                 }
             }
@@ -137,13 +152,23 @@ impl SharedWatcher {
     /// Stop the watcher thread. Later subscriptions poll instead.
     pub fn shutdown(&self) {
         self.inner.stopped.store(true, Ordering::SeqCst);
-        let watcher = {
+        let (watcher, token) = {
             let mut state = self.inner.watcher.lock();
             state.watched.clear();
-            state.watcher.take()
+            (state.watcher.take(), state.loop_token.take())
         };
-        // Dropping the watcher tells notify's event thread to end and closes the inotify fd.
+        // Dropping the watcher tells notify's event thread to end and close the inotify fd;
+        // then wait (bounded) until the thread has let go of our handler.
         drop(watcher);
+        let Some(token) = token else { return };
+        let deadline = Instant::now() + WATCHER_STOP_TIMEOUT;
+        while token.upgrade().is_some() {
+            if Instant::now() > deadline {
+                log::warn!("fs watcher thread did not stop within {WATCHER_STOP_TIMEOUT:?}");
+                return;
+            }
+            std::thread::sleep(WATCHER_STOP_POLL);
+        }
     }
 }
 
@@ -198,7 +223,12 @@ mod tests {
         std::fs::write(dir.join("g"), b"y").unwrap();
         c.rx.recv_timeout(Duration::from_secs(5)).unwrap();
         drop(c);
+        let token = w.inner.watcher.lock().loop_token.clone().unwrap();
         w.shutdown();
+        assert!(
+            token.upgrade().is_none(),
+            "notify's thread is gone after shutdown"
+        );
         let d = w.subscribe(&dir);
         assert!(!d.watched);
         std::fs::remove_dir_all(dir).unwrap();
