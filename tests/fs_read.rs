@@ -163,6 +163,12 @@ fn hostile_paths_never_leave_the_alloc_dir() {
                         assert_eq!(r.status, 500, "{op} {path}: {text}");
                     } else {
                         assert_eq!(r.status, 200, "{op} {path}: {text}");
+                        // stat does not even sniff a secret's content.
+                        assert_eq!(
+                            r.json()["ContentType"],
+                            "application/octet-stream",
+                            "{path}"
+                        );
                     }
                 }
                 Expect::SecretDir => assert_eq!(r.status, 200, "{op} {path}: {text}"),

@@ -223,7 +223,8 @@ fn stat(ctx: &Ctx, alloc_id: &str) -> ApiResult {
     let name = clean_components(&path)
         .and_then(|c| c.last().cloned())
         .unwrap_or_else(|| alloc_id.to_string());
-    let content_type = if r.is_regular() {
+    // Sniffing reads content: never for a task's secrets/ or private/ files.
+    let content_type = if r.is_regular() && r.protected().is_none() {
         let mut head = vec![0u8; SNIFF_LEN];
         let n = r
             .open_file()
