@@ -105,6 +105,33 @@ fn non_follow_stream_frames_the_whole_file() {
     std::fs::remove_dir_all(d).unwrap();
 }
 
+/// A sink whose bytes the test can watch while the follower runs on another thread.
+struct SharedSink {
+    data: Arc<parking_lot::Mutex<Vec<u8>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl StreamSink for SharedSink {
+    fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        self.data.lock().extend_from_slice(data);
+        Ok(())
+    }
+    fn should_stop(&mut self, _wait: Duration) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn follow_reports_truncation_and_stops_when_client_goes() {
     let d = temp();
@@ -113,6 +140,7 @@ fn follow_reports_truncation_and_stops_when_client_goes() {
     let r = alloc.resolve("t.txt").unwrap();
     let watcher = SharedWatcher::new();
     let stop = Arc::new(AtomicBool::new(false));
+    let data = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let f = Box::new(FileFollower {
         file: r.open_file().unwrap(),
         name: "t.txt".into(),
@@ -124,31 +152,31 @@ fn follow_reports_truncation_and_stops_when_client_goes() {
             Box::new(AlwaysAlive),
         ),
     });
-    let stop2 = stop.clone();
-    let h = std::thread::spawn(move || {
-        let mut sink = TestSink {
-            data: Vec::new(),
-            stop: stop2,
-        };
-        f.run(&mut sink).unwrap();
-        sink.data
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    let mut sink = SharedSink {
+        data: data.clone(),
+        stop: stop.clone(),
+    };
+    let h = std::thread::spawn(move || f.run(&mut sink).unwrap());
+    let got = |d: &parking_lot::Mutex<Vec<u8>>| {
+        let frames = decode_frames(&d.lock());
+        let bytes: Vec<u8> = frames
+            .iter()
+            .filter_map(|f| f["Data"].as_str())
+            .flat_map(b64_decode)
+            .collect();
+        (frames, bytes)
+    };
+    wait_for("initial data", || got(&data).1 == b"0123456789");
     std::fs::write(d.join("t.txt"), b"ab").unwrap();
-    std::thread::sleep(Duration::from_millis(600));
+    wait_for("truncation and new data", || {
+        let (frames, bytes) = got(&data);
+        frames.iter().any(|f| f["FileEvent"] == "file truncated") && bytes == b"0123456789ab"
+    });
+    wait_for("a heartbeat", || {
+        got(&data).0.iter().any(|f| f == &serde_json::json!({}))
+    });
     stop.store(true, Ordering::SeqCst);
-    let data = h.join().unwrap();
-    let frames = decode_frames(&data);
-    assert!(
-        frames.iter().any(|f| f["FileEvent"] == "file truncated"),
-        "{frames:?}"
-    );
-    let all: Vec<u8> = frames
-        .iter()
-        .filter_map(|f| f["Data"].as_str())
-        .flat_map(b64_decode)
-        .collect();
-    assert_eq!(all, b"0123456789ab");
+    h.join().unwrap();
     assert_eq!(
         watcher.watched_dirs(),
         0,
@@ -204,10 +232,6 @@ fn rotation_under_fast_writer_loses_and_repeats_nothing() {
             idx += 1;
             f = std::fs::File::create(logs.join(format!("web.stdout.{idx}"))).unwrap();
             in_file = 0;
-            if idx >= 30 {
-                // Keep the follower close enough that purged files were already read.
-                std::thread::sleep(Duration::from_millis(2));
-            }
         }
         f.write_all(line.as_bytes()).unwrap();
         in_file += line.len();
