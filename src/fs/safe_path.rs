@@ -20,6 +20,10 @@ use std::path::{Component, Path, PathBuf};
 /// How many symlinks one resolution may follow (Linux's own limit is 40).
 pub const MAX_SYMLINK_HOPS: usize = 40;
 
+/// How many directory lookups one resolution may make in all (re-walks after `..` included),
+/// so a task's deep tree and long `../../..` link targets cannot make a lookup expensive.
+pub const MAX_WALK_STEPS: usize = 32 * 1024;
+
 /// The largest symlink target we read.
 const MAX_LINK_TARGET: usize = 4096;
 
@@ -194,78 +198,118 @@ impl AllocDir {
             err,
         };
         let mut pending: VecDeque<String> = cleaned.into();
-        // (name, O_PATH fd, stat) of every directory (and finally the object) walked so far.
-        let mut stack: Vec<(String, OwnedFd, libc::stat)> = Vec::new();
+        // Where the walk stands: the names below the root, an O_PATH fd of that location and
+        // its stat, and an fd of its parent. Only these few fds are open at any time, however
+        // deep the path: a `..` from a symlink target re-walks from the root instead.
+        let mut names: Vec<String> = Vec::new();
+        let mut steps = 0usize;
+        let (mut cur, mut cur_st, mut parent) = self.walk(&[], &mut steps).map_err(os_err)?;
+        // Set after `..`: `cur` is stale until the next lookup re-walks (once per run of `..`).
+        let mut stale = false;
         let mut hops = 0usize;
         while let Some(name) = pending.pop_front() {
-            match name.as_str() {
-                "" | "." => continue,
-                ".." => {
-                    if stack.pop().is_none() {
-                        return Err(PathError::Escapes);
-                    }
-                    continue;
-                }
-                _ => {}
-            }
-            let dir_fd = stack
-                .last()
-                .map(|(_, fd, _)| fd.as_raw_fd())
-                .unwrap_or(self.root.as_raw_fd());
-            if let Some((_, _, st)) = stack.last() {
-                if !is_type(st, libc::S_IFDIR) {
-                    return Err(os_err(io::Error::from_raw_os_error(libc::ENOTDIR)));
-                }
-            }
-            let c = cstring(&name).map_err(os_err)?;
-            let fd = openat(dir_fd, &c, libc::O_PATH | libc::O_NOFOLLOW).map_err(os_err)?;
-            let st = fstat(fd.as_raw_fd()).map_err(os_err)?;
-            if is_type(&st, libc::S_IFLNK) {
-                hops += 1;
-                if hops > MAX_SYMLINK_HOPS {
-                    return Err(os_err(io::Error::from_raw_os_error(libc::ELOOP)));
-                }
-                let target = readlink_fd(fd.as_raw_fd()).map_err(os_err)?;
-                let target = Path::new(OsStr::from_bytes(&target));
-                let mut next: Vec<String> = if target.is_absolute() {
-                    stack.clear();
-                    self.absolute_target(target).ok_or(PathError::Escapes)?
-                } else {
-                    component_strings(target)
-                };
-                next.extend(pending.drain(..));
-                pending = next.into();
+            if name.is_empty() || name == "." {
                 continue;
             }
-            stack.push((name, fd, st));
+            if name == ".." {
+                if !stale && !is_type(&cur_st, libc::S_IFDIR) {
+                    return Err(os_err(io::Error::from_raw_os_error(libc::ENOTDIR)));
+                }
+                if names.pop().is_none() {
+                    return Err(PathError::Escapes);
+                }
+                stale = true;
+                continue;
+            }
+            if stale {
+                (cur, cur_st, parent) = self.walk(&names, &mut steps).map_err(os_err)?;
+                stale = false;
+            }
+            if !is_type(&cur_st, libc::S_IFDIR) {
+                return Err(os_err(io::Error::from_raw_os_error(libc::ENOTDIR)));
+            }
+            step(&mut steps).map_err(os_err)?;
+            let c = cstring(&name).map_err(os_err)?;
+            let fd =
+                openat(cur.as_raw_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW).map_err(os_err)?;
+            let st = fstat(fd.as_raw_fd()).map_err(os_err)?;
+            if !is_type(&st, libc::S_IFLNK) {
+                parent = Some(std::mem::replace(&mut cur, fd));
+                cur_st = st;
+                names.push(name);
+                continue;
+            }
+            hops += 1;
+            if hops > MAX_SYMLINK_HOPS {
+                return Err(os_err(io::Error::from_raw_os_error(libc::ELOOP)));
+            }
+            let target = readlink_fd(fd.as_raw_fd()).map_err(os_err)?;
+            let target = Path::new(OsStr::from_bytes(&target));
+            let mut next: Vec<String> = if target.is_absolute() {
+                let rest = self.absolute_target(target).ok_or(PathError::Escapes)?;
+                names.clear();
+                stale = true;
+                rest
+            } else {
+                // Relative to the directory holding the link, which is where the walk stands.
+                component_strings(target)
+            };
+            next.extend(pending.drain(..));
+            pending = next.into();
         }
-        let components: Vec<String> = stack.iter().map(|(n, _, _)| n.clone()).collect();
+        if stale {
+            (cur, cur_st, parent) = self.walk(&names, &mut steps).map_err(os_err)?;
+        }
         let mut host_path = self.root_path.clone();
-        host_path.extend(components.iter());
-        let Some((name, obj, stat)) = stack.pop() else {
-            let obj = self.root.try_clone().map_err(os_err)?;
-            let stat = fstat(obj.as_raw_fd()).map_err(os_err)?;
-            return Ok(Resolved {
-                obj,
-                parent: None,
-                stat,
-                components,
-                host_path,
-            });
+        host_path.extend(names.iter());
+        let parent = match (names.last(), parent) {
+            (None, _) => None,
+            (Some(last), Some(p)) => Some((p, cstring(last).map_err(os_err)?)),
+            (Some(last), None) => Some((
+                self.root.try_clone().map_err(os_err)?,
+                cstring(last).map_err(os_err)?,
+            )),
         };
-        let parent_fd = match stack.pop() {
-            Some((_, fd, _)) => fd,
-            None => self.root.try_clone().map_err(os_err)?,
-        };
-        let c = cstring(&name).map_err(os_err)?;
         Ok(Resolved {
-            obj,
-            parent: Some((parent_fd, c)),
-            stat,
-            components,
+            obj: cur,
+            parent,
+            stat: cur_st,
+            components: names,
             host_path,
         })
     }
+
+    /// Walk directories `names` from the root without following links: the location's fd,
+    /// its stat and its parent's fd (`None` at the root).
+    fn walk(
+        &self,
+        names: &[String],
+        steps: &mut usize,
+    ) -> io::Result<(OwnedFd, libc::stat, Option<OwnedFd>)> {
+        let mut cur = self.root.try_clone()?;
+        let mut parent = None;
+        for name in names {
+            step(steps)?;
+            let c = cstring(name)?;
+            let fd = openat(
+                cur.as_raw_fd(),
+                &c,
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY,
+            )?;
+            parent = Some(std::mem::replace(&mut cur, fd));
+        }
+        let st = fstat(cur.as_raw_fd())?;
+        Ok((cur, st, parent))
+    }
+}
+
+/// Count one directory lookup against [`MAX_WALK_STEPS`].
+fn step(steps: &mut usize) -> io::Result<()> {
+    *steps += 1;
+    if *steps > MAX_WALK_STEPS {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    Ok(())
 }
 
 fn component_strings(p: &Path) -> Vec<String> {

@@ -175,3 +175,45 @@ fn missing_reports_lexical_host_path() {
     }
     std::fs::remove_dir_all(base).unwrap();
 }
+
+#[test]
+fn dotdot_in_targets_rewalks_and_deep_paths_resolve() {
+    let (base, root) = tree();
+    let d = AllocDir::open(&root).unwrap();
+    std::fs::create_dir_all(root.join("web/local/sub")).unwrap();
+    symlink("../../local/hello.txt", root.join("web/local/sub/up")).unwrap();
+    symlink(
+        "hello.txt/../hello.txt",
+        root.join("web/local/through_file"),
+    )
+    .unwrap();
+    let r = d.resolve("web/local/sub/up").unwrap();
+    assert_eq!(read_all(&r), "hello");
+    assert_eq!(r.components, vec!["web", "local", "hello.txt"]);
+    assert!(matches!(
+        d.resolve("web/local/through_file"),
+        Err(PathError::Os { .. })
+    ));
+
+    let mut deep = root.join("alloc/data");
+    let mut rel = String::from("alloc/data");
+    for _ in 0..300 {
+        deep.push("d");
+        rel.push_str("/d");
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(deep.join("f"), b"deep").unwrap();
+    let up: String = "../".repeat(302);
+    symlink(format!("{up}web/local/hello.txt"), deep.join("back")).unwrap();
+    assert_eq!(read_all(&d.resolve(&format!("{rel}/f")).unwrap()), "deep");
+    assert_eq!(
+        read_all(&d.resolve(&format!("{rel}/back")).unwrap()),
+        "hello"
+    );
+    symlink(format!("{up}../x"), deep.join("out")).unwrap();
+    assert!(matches!(
+        d.resolve(&format!("{rel}/out")),
+        Err(PathError::Escapes)
+    ));
+    std::fs::remove_dir_all(base).unwrap();
+}
