@@ -304,3 +304,27 @@ fn a_slowloris_head_is_cut_by_the_whole_head_deadline_and_logged_by_phase() {
     );
     assert_healthy(&agent, "slowloris");
 }
+
+#[test]
+fn sigterm_with_idle_and_half_sent_connections_exits_promptly() {
+    let mut agent = start(None);
+    let mut idle = connect(&agent);
+    idle.write_all(&build_request("GET", "/v1/does-not-exist", &[], b"")[..])
+        .unwrap();
+    let mut keep = connect(&agent);
+    keep.write_all(b"GET /v1/does-not-exist HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut r = BufReader::new(keep.try_clone().unwrap());
+    assert_eq!(read_response(&mut r, false).unwrap().status, 404);
+    let mut half = connect(&agent);
+    half.write_all(b"GET /v1/does-not-exist HTTP/1.1\r\nHo")
+        .unwrap();
+    let started = Instant::now();
+    let st = agent.stop();
+    assert!(st.success(), "exit status {st}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "stop took {:?}",
+        started.elapsed()
+    );
+}
