@@ -32,7 +32,9 @@ pub enum AgentError {
 impl fmt::Display for AgentError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AgentError::DataDir { path, detail } => write!(f, "data dir {path} is not usable: {detail}"),
+            AgentError::DataDir { path, detail } => {
+                write!(f, "data dir {path} is not usable: {detail}")
+            }
             AgentError::Bind { addr, detail } => write!(f, "cannot listen on {addr}: {detail}"),
             AgentError::State(e) => write!(f, "cannot load state: {e}"),
             AgentError::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
@@ -73,6 +75,7 @@ impl Agent {
         let membership = Membership::load(&config)?;
         let workloads = Workloads::load(&config.data_dir)?;
         let acl = AclState::load(&config.data_dir, config.acl_enabled)?;
+        index.observe(acl.max_index());
         let client = Client::new(&config);
         let batcher = Batcher::new(&config);
         Ok(Arc::new(Agent {
@@ -102,7 +105,9 @@ fn check_data_dir(config: &Config) -> Result<(), AgentError> {
         detail,
     };
     std::fs::create_dir_all(&config.data_dir).map_err(|e| bad(e.to_string()))?;
-    let probe = config.data_dir.join(format!(".probe-{}", uuid::Uuid::new_v4().simple()));
+    let probe = config
+        .data_dir
+        .join(format!(".probe-{}", uuid::Uuid::new_v4().simple()));
     std::fs::write(&probe, b"").map_err(|e| bad(e.to_string()))?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
@@ -120,7 +125,9 @@ fn block_stop_signals() -> Result<libc::sigset_t, AgentError> {
         libc::sigaddset(&mut set, libc::SIGTERM);
         let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         if rc != 0 {
-            return Err(AgentError::Signals(std::io::Error::from_raw_os_error(rc).to_string()));
+            return Err(AgentError::Signals(
+                std::io::Error::from_raw_os_error(rc).to_string(),
+            ));
         }
         Ok(set)
     }
@@ -150,7 +157,10 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     agent.batcher.start(&agent);
     agent.client.start(&agent);
 
-    let server = Arc::new(Server::new(Arc::new(Router::new(agent.clone())), Limits::default()));
+    let server = Arc::new(Server::new(
+        Arc::new(Router::new(agent.clone())),
+        Limits::default(),
+    ));
     let _ = agent.http.set(server.clone());
     server.serve_tcp(listener).map_err(|e| AgentError::Bind {
         addr,

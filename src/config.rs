@@ -116,7 +116,10 @@ fn get_str(v: &Value, key: &str) -> Result<Option<String>, ConfigError> {
     }
 }
 
-fn get_obj<'a>(v: &'a Value, key: &str) -> Result<Option<&'a serde_json::Map<String, Value>>, ConfigError> {
+fn get_obj<'a>(
+    v: &'a Value,
+    key: &str,
+) -> Result<Option<&'a serde_json::Map<String, Value>>, ConfigError> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(m)) => Ok(Some(m)),
@@ -137,7 +140,9 @@ impl FileConfig {
         let v: Value = serde_json::from_str(text)
             .map_err(|e| ConfigError(format!("{origin}: invalid JSON: {e}")))?;
         if !v.is_object() {
-            return Err(ConfigError(format!("{origin}: the config must be a JSON object")));
+            return Err(ConfigError(format!(
+                "{origin}: the config must be a JSON object"
+            )));
         }
         let wrap = |e: ConfigError| ConfigError(format!("{origin}: {}", e.0));
         let mut fc = FileConfig {
@@ -153,17 +158,26 @@ impl FileConfig {
             match ports.get("http") {
                 None | Some(Value::Null) => {}
                 Some(Value::Number(n)) => {
-                    let port = n.as_u64().filter(|p| (1..=65535).contains(p)).ok_or_else(|| {
-                        ConfigError(format!("{origin}: ports.http must be a port number"))
-                    })?;
+                    let port = n
+                        .as_u64()
+                        .filter(|p| (1..=65535).contains(p))
+                        .ok_or_else(|| {
+                            ConfigError(format!("{origin}: ports.http must be a port number"))
+                        })?;
                     fc.http_port = Some(port as u16);
                 }
-                Some(_) => return Err(ConfigError(format!("{origin}: ports.http must be a port number"))),
+                Some(_) => {
+                    return Err(ConfigError(format!(
+                        "{origin}: ports.http must be a port number"
+                    )))
+                }
             }
         }
         if let Some(client) = v.get("client") {
             if !client.is_object() {
-                return Err(ConfigError(format!("{origin}: config key \"client\" must be an object")));
+                return Err(ConfigError(format!(
+                    "{origin}: config key \"client\" must be an object"
+                )));
             }
             if let Some(meta) = get_obj(client, "meta").map_err(wrap)? {
                 for (k, val) in meta {
@@ -179,18 +193,26 @@ impl FileConfig {
                     let mut out = Vec::new();
                     for s in a {
                         out.push(s.as_str().map(str::to_string).ok_or_else(|| {
-                            ConfigError(format!("{origin}: client.servers must be a list of strings"))
+                            ConfigError(format!(
+                                "{origin}: client.servers must be a list of strings"
+                            ))
                         })?);
                     }
                     fc.servers = Some(out);
                 }
-                Some(_) => return Err(ConfigError(format!("{origin}: client.servers must be a list of strings"))),
+                Some(_) => {
+                    return Err(ConfigError(format!(
+                        "{origin}: client.servers must be a list of strings"
+                    )))
+                }
             }
             match client.get("gc_max_allocs") {
                 None | Some(Value::Null) => {}
                 Some(n) => {
                     fc.gc_max_allocs = Some(n.as_u64().ok_or_else(|| {
-                        ConfigError(format!("{origin}: client.gc_max_allocs must be a whole number"))
+                        ConfigError(format!(
+                            "{origin}: client.gc_max_allocs must be a whole number"
+                        ))
                     })? as usize)
                 }
             }
@@ -206,7 +228,9 @@ impl FileConfig {
             .and_then(|c| c.get("enabled"))
         {
             fc.raw_exec_enabled = Some(enabled.as_bool().ok_or_else(|| {
-                ConfigError(format!("{origin}: plugin.raw_exec.config.enabled must be a boolean"))
+                ConfigError(format!(
+                    "{origin}: plugin.raw_exec.config.enabled must be a boolean"
+                ))
             })?);
         }
         Ok(fc)
@@ -277,8 +301,9 @@ impl Config {
     pub fn from_flags(flags: &AgentFlags) -> Result<Config, ConfigError> {
         let mut file = FileConfig::default();
         for path in &flags.config_files {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(format!("cannot read config file {}: {e}", path.display()))
+            })?;
             let fc = FileConfig::parse(&text, &path.display().to_string())?;
             file = merge(file, fc);
         }
@@ -286,27 +311,39 @@ impl Config {
         let (data_dir, data_dir_is_temp) = match flags.data_dir.clone().or(file.data_dir.clone()) {
             Some(d) => (d, false),
             None if dev => (
-                std::env::temp_dir().join(format!("nomadlet-dev-{}", uuid::Uuid::new_v4().simple())),
+                std::env::temp_dir()
+                    .join(format!("nomadlet-dev-{}", uuid::Uuid::new_v4().simple())),
                 true,
             ),
-            None => return Err(ConfigError("Must specify data directory (-data-dir) or use -dev".into())),
+            None => {
+                return Err(ConfigError(
+                    "Must specify data directory (-data-dir) or use -dev".into(),
+                ))
+            }
         };
         let bind_text = flags
             .bind
             .clone()
             .or(file.bind_addr.clone())
-            .unwrap_or_else(|| if dev { "127.0.0.1".into() } else { "0.0.0.0".into() });
-        let bind_addr: IpAddr = bind_text
-            .parse()
-            .map_err(|_| ConfigError(format!("invalid bind address {bind_text:?}: not an IP address")))?;
-        let http_port = match &flags.http_port {
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| ConfigError(format!("invalid -http-port {p:?}: must be 1-65535")))?,
-            None => file.http_port.unwrap_or(4646),
-        };
+            .unwrap_or_else(|| {
+                if dev {
+                    "127.0.0.1".into()
+                } else {
+                    "0.0.0.0".into()
+                }
+            });
+        let bind_addr: IpAddr = bind_text.parse().map_err(|_| {
+            ConfigError(format!(
+                "invalid bind address {bind_text:?}: not an IP address"
+            ))
+        })?;
+        let http_port =
+            match &flags.http_port {
+                Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                    ConfigError(format!("invalid -http-port {p:?}: must be 1-65535"))
+                })?,
+                None => file.http_port.unwrap_or(4646),
+            };
         let mut meta = file.meta.clone();
         for kv in &flags.meta {
             let (k, v) = kv
@@ -318,7 +355,12 @@ impl Config {
             meta.insert(k.to_string(), v.to_string());
         }
         let servers = match &flags.servers {
-            Some(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect(),
+            Some(s) => s
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
             None => file.servers.clone().unwrap_or_default(),
         };
         for s in &servers {
@@ -335,11 +377,19 @@ impl Config {
                 "invalid log level {log_level:?}: use TRACE, DEBUG, INFO, WARN, ERROR or OFF"
             )));
         }
-        let meta_batch_window = match flags.meta_batch_window.clone().or(file.meta_batch_window.clone()) {
+        let meta_batch_window = match flags
+            .meta_batch_window
+            .clone()
+            .or(file.meta_batch_window.clone())
+        {
             Some(w) => Some(
                 parse_go_duration(&w)
                     .filter(|d| *d <= Duration::from_secs(10))
-                    .ok_or_else(|| ConfigError(format!("invalid meta batch window {w:?}: a duration up to 10s")))?,
+                    .ok_or_else(|| {
+                        ConfigError(format!(
+                            "invalid meta batch window {w:?}: a duration up to 10s"
+                        ))
+                    })?,
             ),
             None => None,
         };
@@ -349,9 +399,21 @@ impl Config {
             data_dir_is_temp,
             bind_addr,
             http_port,
-            node_name: flags.node.clone().or(file.name.clone()).unwrap_or_else(hostname),
-            datacenter: flags.dc.clone().or(file.datacenter.clone()).unwrap_or_else(|| "dc1".into()),
-            region: flags.region.clone().or(file.region.clone()).unwrap_or_else(|| "global".into()),
+            node_name: flags
+                .node
+                .clone()
+                .or(file.name.clone())
+                .unwrap_or_else(hostname),
+            datacenter: flags
+                .dc
+                .clone()
+                .or(file.datacenter.clone())
+                .unwrap_or_else(|| "dc1".into()),
+            region: flags
+                .region
+                .clone()
+                .or(file.region.clone())
+                .unwrap_or_else(|| "global".into()),
             meta,
             servers,
             log_level,

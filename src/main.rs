@@ -96,7 +96,10 @@ fn main() -> ExitCode {
             }
         }
         Some("agent") => {
-            if args[1..].iter().any(|a| a == "-h" || a == "-help" || a == "--help") {
+            if args[1..]
+                .iter()
+                .any(|a| a == "-h" || a == "-help" || a == "--help")
+            {
                 print!("{}", usage());
                 return ExitCode::SUCCESS;
             }

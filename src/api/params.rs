@@ -20,7 +20,13 @@ pub fn go_bool_error(s: &str) -> String {
 
 /// The text Go's `strconv.ParseInt` error carries.
 pub fn go_int_error(s: &str) -> String {
-    if s.trim_start_matches(['-', '+']).chars().all(|c| c.is_ascii_digit()) && !s.is_empty() && s != "-" && s != "+" {
+    if s.trim_start_matches(['-', '+'])
+        .chars()
+        .all(|c| c.is_ascii_digit())
+        && !s.is_empty()
+        && s != "-"
+        && s != "+"
+    {
         format!("strconv.ParseInt: parsing {s:?}: value out of range")
     } else {
         format!("strconv.ParseInt: parsing {s:?}: invalid syntax")
@@ -71,9 +77,15 @@ pub fn check_common(req: &Request) -> Result<(), ApiError> {
 }
 
 /// Case-insensitive lookup of a key in a JSON object, as Go's decoder matches field names.
-pub fn get_ci<'a>(obj: &'a serde_json::Map<String, serde_json::Value>, key: &str) -> Option<&'a serde_json::Value> {
-    obj.get(key)
-        .or_else(|| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
+pub fn get_ci<'a>(
+    obj: &'a serde_json::Map<String, serde_json::Value>,
+    key: &str,
+) -> Option<&'a serde_json::Value> {
+    obj.get(key).or_else(|| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    })
 }
 
 #[cfg(test)]
@@ -94,8 +106,14 @@ mod tests {
 
     #[test]
     fn go_int_errors() {
-        assert_eq!(go_int_error(""), "strconv.ParseInt: parsing \"\": invalid syntax");
-        assert_eq!(go_int_error("abc"), "strconv.ParseInt: parsing \"abc\": invalid syntax");
+        assert_eq!(
+            go_int_error(""),
+            "strconv.ParseInt: parsing \"\": invalid syntax"
+        );
+        assert_eq!(
+            go_int_error("abc"),
+            "strconv.ParseInt: parsing \"abc\": invalid syntax"
+        );
         assert_eq!(
             go_int_error("99999999999999999999"),
             "strconv.ParseInt: parsing \"99999999999999999999\": value out of range"

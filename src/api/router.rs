@@ -7,8 +7,8 @@ use crate::agent::Agent;
 use crate::http::{Handler, Origin, Reply, Request, RequestHead};
 
 use super::{
-    acl, agent, allocs, auth, client_alloc, client_fs, client_meta, client_stats, jobs, nodes, params,
-    ApiError, ApiReply, ApiResult, Ctx, IndexMeta,
+    acl, agent, allocs, auth, client_alloc, client_fs, client_meta, client_stats, jobs, nodes,
+    params, ApiError, ApiReply, ApiResult, Ctx, IndexMeta,
 };
 
 /// Bodies of job registrations may be larger than the default limit.
@@ -85,7 +85,8 @@ impl Handler for Router {
 
     fn handle(&self, req: Request) -> Reply {
         let cors = is_cors_path(&req.path);
-        if cors && req.method == "OPTIONS" && req.header("Access-Control-Request-Method").is_some() {
+        if cors && req.method == "OPTIONS" && req.header("Access-Control-Request-Method").is_some()
+        {
             return Reply::empty(204)
                 .with_header("Vary", "Origin")
                 .with_header("Access-Control-Allow-Origin", "*")
@@ -98,8 +99,12 @@ impl Handler for Router {
         if cors {
             reply.headers.push(("Vary".into(), "Origin".into()));
             if req.header("Origin").is_some() && (req.method == "GET" || req.method == "HEAD") {
-                reply.headers.push(("Access-Control-Allow-Origin".into(), "*".into()));
-                reply.headers.push(("Access-Control-Allow-Credentials".into(), "true".into()));
+                reply
+                    .headers
+                    .push(("Access-Control-Allow-Origin".into(), "*".into()));
+                reply
+                    .headers
+                    .push(("Access-Control-Allow-Credentials".into(), "true".into()));
             }
         }
         reply
@@ -111,8 +116,12 @@ fn index_headers(reply: &mut Reply, meta: IndexMeta) {
         IndexMeta::None => {}
         IndexMeta::Query(i) => {
             reply.headers.push(("X-Nomad-Index".into(), i.to_string()));
-            reply.headers.push(("X-Nomad-Knownleader".into(), "true".into()));
-            reply.headers.push(("X-Nomad-Lastcontact".into(), "0".into()));
+            reply
+                .headers
+                .push(("X-Nomad-Knownleader".into(), "true".into()));
+            reply
+                .headers
+                .push(("X-Nomad-Lastcontact".into(), "0".into()));
         }
         IndexMeta::Write(i) => reply.headers.push(("X-Nomad-Index".into(), i.to_string())),
     }
@@ -138,7 +147,11 @@ pub fn error_reply(e: &ApiError) -> Reply {
     if e.status == 404 && e.message.is_empty() {
         return Reply::empty(404);
     }
-    Reply::bytes(e.status, "text/plain; charset=utf-8", e.message.clone().into_bytes())
+    Reply::bytes(
+        e.status,
+        "text/plain; charset=utf-8",
+        e.message.clone().into_bytes(),
+    )
 }
 
 fn render(result: ApiResult, pretty: bool, _origin: &Origin) -> Reply {

@@ -30,7 +30,11 @@ impl Server {
     }
 
     /// Serve a bound Unix listener; requests carry `Origin::Unix { tag }`.
-    pub fn serve_unix(&self, _listener: UnixListener, _tag: Arc<str>) -> io::Result<ListenerHandle> {
+    pub fn serve_unix(
+        &self,
+        _listener: UnixListener,
+        _tag: Arc<str>,
+    ) -> io::Result<ListenerHandle> {
         Err(io::Error::other("not yet"))
     }
 

@@ -80,7 +80,10 @@ pub fn read_response<R: BufRead>(r: &mut R, head_only: bool) -> std::io::Result<
     let mut line = String::new();
     r.read_line(&mut line)?;
     if line.is_empty() {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no response"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "no response",
+        ));
     }
     let status: u16 = line
         .split_whitespace()
@@ -99,11 +102,18 @@ pub fn read_response<R: BufRead>(r: &mut R, head_only: bool) -> std::io::Result<
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
     }
-    let mut resp = Response { status, headers, body: Vec::new() };
+    let mut resp = Response {
+        status,
+        headers,
+        body: Vec::new(),
+    };
     if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
         return Ok(resp);
     }
-    if let Some(len) = resp.header("Content-Length").and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(len) = resp
+        .header("Content-Length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         let mut body = vec![0; len];
         r.read_exact(&mut body)?;
         resp.body = body;
@@ -249,7 +259,13 @@ impl TestAgent {
     }
 
     /// One request over TCP with `Connection: close`.
-    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
         let s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(30))).ok();
         exchange(s, &build_request(method, path, headers, body))
