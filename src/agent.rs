@@ -72,7 +72,7 @@ impl Agent {
     pub fn load(config: Config) -> Result<Arc<Agent>, AgentError> {
         let index = IndexCounter::default();
         let node = NodeState::load(&config, &index)?;
-        let membership = Membership::load(&config)?;
+        let membership = Membership::load(&config, node.id())?;
         let workloads = Workloads::load(&config.data_dir)?;
         let acl = AclState::load(&config.data_dir, config.acl_enabled)?;
         index.observe(acl.max_index());

@@ -1,8 +1,302 @@
-//! placeholder
+//! The Agent API: members, servers, self, join, force-leave and health (ref §2).
 
-use super::{ApiError, ApiResult, Ctx};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
 
-/// Serve `path` (the request path after `/v1/`).
-pub fn route(_ctx: &Ctx, _path: &str) -> ApiResult {
-    Err(ApiError::no_route())
+use serde_json::{json, Value};
+
+use crate::state::members::Member;
+
+use super::params::{check_common, parse_go_bool};
+use super::{empty, json, ApiError, ApiReply, ApiResult, Ctx, IndexMeta};
+
+/// How long a join waits for an agent to answer.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest `/v1/agent/self` reply read from a joining agent.
+const JOIN_MAX_REPLY: usize = 1024 * 1024;
+/// Port assumed for a join address without one (nomadlet joins over the HTTP API).
+const JOIN_DEFAULT_PORT: u16 = 4646;
+
+/// Serve `/v1/agent/*`.
+pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
+    match path {
+        "agent/members" => members(ctx),
+        "agent/servers" => servers(ctx),
+        "agent/self" => agent_self(ctx),
+        "agent/join" => join(ctx),
+        "agent/force-leave" => force_leave(ctx),
+        "agent/health" => health(ctx),
+        _ => Err(ApiError::no_route()),
+    }
+}
+
+fn members(ctx: &Ctx) -> ApiResult {
+    ctx.require_method(&["GET"])?;
+    check_common(ctx.req)?;
+    ctx.identity.allow_node(false)?;
+    let c = &ctx.agent.config;
+    json(&json!({
+        "ServerName": c.node_name,
+        "ServerRegion": c.region,
+        "ServerDC": c.datacenter,
+        "Members": ctx.agent.membership.members(),
+    }))
+}
+
+fn servers(ctx: &Ctx) -> ApiResult {
+    match ctx.method() {
+        "GET" => {
+            ctx.identity.allow_agent(false)?;
+            json(&ctx.agent.membership.servers())
+        }
+        "PUT" | "POST" => {
+            let addrs: Vec<String> = ctx.req.query_all("address").map(str::to_string).collect();
+            if addrs.is_empty() {
+                return Err(ApiError::bad_request("missing server address"));
+            }
+            ctx.identity.allow_agent(true)?;
+            for a in &addrs {
+                crate::config::validate_server_addr(a).map_err(ApiError::bad_request)?;
+            }
+            ctx.agent
+                .membership
+                .set_servers(addrs)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            empty()
+        }
+        _ => Err(ApiError::invalid_method()),
+    }
+}
+
+fn thread_count() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Threads:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        })
+        .unwrap_or_default()
+}
+
+/// The `config` object of `/v1/agent/self`, with Go's field names.
+fn config_json(ctx: &Ctx) -> Value {
+    let c = &ctx.agent.config;
+    let data_dir = c.data_dir.display().to_string();
+    let bind = c.bind_addr.to_string();
+    json!({
+        "Region": c.region,
+        "Datacenter": c.datacenter,
+        "NodeName": c.node_name,
+        "DataDir": data_dir,
+        "LogLevel": c.log_level,
+        "BindAddr": bind,
+        "EnableDebug": false,
+        "Ports": {"HTTP": c.http_port, "RPC": 4647, "Serf": 4648},
+        "Addresses": {"HTTP": bind, "RPC": bind, "Serf": bind},
+        "AdvertiseAddrs": {
+            "HTTP": format!("{}:{}", c.advertise_ip(), c.http_port),
+            "RPC": c.rpc_addr(),
+            "Serf": format!("{}:4648", c.advertise_ip()),
+        },
+        "Client": {
+            "Enabled": true,
+            "StateDir": format!("{data_dir}/client"),
+            "AllocDir": format!("{data_dir}/alloc"),
+            "Servers": ctx.agent.membership.servers(),
+            "NodeClass": "",
+            "NodePool": "default",
+            "Meta": c.meta,
+            "GCMaxAllocs": c.gc_max_allocs,
+            "Options": {"driver.raw_exec.enable": if c.raw_exec_enabled { "1" } else { "0" }},
+        },
+        "Server": {"Enabled": true, "BootstrapExpect": 1},
+        "ACL": {"Enabled": c.acl_enabled, "ReplicationToken": "<redacted>"},
+        "UI": {"Enabled": false, "ShowCLIHints": false},
+        "Version": {"Version": env!("CARGO_PKG_VERSION"), "Revision": "", "VersionPrerelease": "", "VersionMetadata": ""},
+        "DevMode": c.dev,
+    })
+}
+
+fn agent_self(ctx: &Ctx) -> ApiResult {
+    ctx.require_method(&["GET"])?;
+    ctx.identity.allow_agent(false)?;
+    let a = ctx.agent;
+    let uptime = a.started_at.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+    let facts = a.node.facts();
+    let servers = a.membership.servers();
+    json(&json!({
+        "config": config_json(ctx),
+        "member": a.membership.local(),
+        "stats": {
+            "runtime": {
+                "arch": facts.arch,
+                "version": "rust",
+                "kernel.name": facts.kernel_name,
+                "cpu_count": facts.cpu_cores.to_string(),
+                "max_procs": facts.cpu_cores.to_string(),
+                "goroutines": thread_count(),
+            },
+            "client": {
+                "node_id": a.node.id(),
+                "known_servers": servers.join(","),
+                "num_allocations": a.workloads.alloc_count().to_string(),
+                "last_heartbeat": "0",
+                "heartbeat_ttl": "0",
+            },
+            "nomad": {
+                "server": "true",
+                "leader": "true",
+                "leader_addr": a.config.rpc_addr(),
+                "bootstrap": "true",
+                "known_regions": "1",
+                "uptime": uptime.to_string(),
+            },
+        },
+    }))
+}
+
+/// Ask the agent at `addr` who it is, over its HTTP API.
+fn probe_member(addr: &str) -> Result<Member, String> {
+    let with_port = if addr.parse::<SocketAddr>().is_ok()
+        || addr
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.ends_with(']') && !h.contains(':') && p.parse::<u16>().is_ok())
+    {
+        addr.to_string()
+    } else {
+        format!("{addr}:{JOIN_DEFAULT_PORT}")
+    };
+    let sock = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("lookup {with_port}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("lookup {with_port}: no addresses"))?;
+    let mut s = TcpStream::connect_timeout(&sock, JOIN_TIMEOUT)
+        .map_err(|e| format!("dial tcp {sock}: connect: {}", io_reason(&e)))?;
+    s.set_read_timeout(Some(JOIN_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(JOIN_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    s.write_all(
+        format!("GET /v1/agent/self HTTP/1.1\r\nHost: {sock}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .map_err(|e| format!("write to {sock}: {e}"))?;
+    let mut r = BufReader::new(s.take(JOIN_MAX_REPLY as u64));
+    let mut status = String::new();
+    r.read_line(&mut status)
+        .map_err(|e| format!("read from {sock}: {e}"))?;
+    if !status.starts_with("HTTP/1.1 200") && !status.starts_with("HTTP/1.0 200") {
+        return Err(format!(
+            "{sock} is not a nomadlet server: {}",
+            status.trim()
+        ));
+    }
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut r, &mut rest).map_err(|e| format!("read from {sock}: {e}"))?;
+    let text = String::from_utf8_lossy(&rest);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let v: Value = serde_json::from_str(body)
+        .map_err(|_| format!("{sock} is not a nomadlet server: unreadable agent self"))?;
+    serde_json::from_value::<Member>(v.get("member").cloned().unwrap_or(Value::Null))
+        .map_err(|_| format!("{sock} is not a nomadlet server: no member"))
+}
+
+use std::io::Read as _;
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => "i/o timeout".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn join(ctx: &Ctx) -> ApiResult {
+    ctx.require_method(&["PUT", "POST"])?;
+    let addrs: Vec<&str> = ctx.req.query_all("address").collect();
+    if addrs.is_empty() {
+        return Err(ApiError::bad_request("missing address to join"));
+    }
+    let warning = match ctx.identity.allow_agent(true) {
+        Ok(()) => "",
+        Err(_) => {
+            "anonymous server join is deprecated and will be removed in a future version of Nomad"
+        }
+    };
+    let mut joined = 0;
+    let mut errors = Vec::new();
+    for a in addrs {
+        match probe_member(a) {
+            Ok(m) => {
+                ctx.agent.membership.add(m);
+                joined += 1;
+            }
+            Err(e) => errors.push(format!("Failed to join {a}: {e}")),
+        }
+    }
+    let error = if errors.is_empty() {
+        String::new()
+    } else {
+        let mut s = format!(
+            "{} error{} occurred:\n",
+            errors.len(),
+            if errors.len() == 1 { "" } else { "s" }
+        );
+        for e in &errors {
+            s.push_str(&format!("\t* {e}\n"));
+        }
+        s.push('\n');
+        s
+    };
+    json(&json!({"num_joined": joined, "error": error, "warning": warning}))
+}
+
+fn force_leave(ctx: &Ctx) -> ApiResult {
+    ctx.require_method(&["PUT", "POST"])?;
+    ctx.identity.allow_agent(true)?;
+    let node = ctx.req.query("node").unwrap_or("");
+    if node.is_empty() {
+        return Err(ApiError::bad_request("missing node to force leave"));
+    }
+    let prune = match ctx.req.query("prune") {
+        None | Some("") => false,
+        Some(v) => parse_go_bool(v).ok_or_else(|| ApiError::bad_request("invalid prune value"))?,
+    };
+    if node == ctx.agent.membership.local().name {
+        return Err(ApiError::internal("cannot force-leave the local agent"));
+    }
+    ctx.agent.membership.force_leave(node, prune);
+    empty()
+}
+
+fn health(ctx: &Ctx) -> ApiResult {
+    ctx.require_method(&["GET"])?;
+    let types: Vec<&str> = ctx.req.query_all("type").collect();
+    let check_client = types.is_empty() || types.contains(&"client");
+    let check_server = types.is_empty() || types.contains(&"server");
+    let mut doc = serde_json::Map::new();
+    let mut ok = true;
+    if check_client {
+        let known = !ctx.agent.membership.servers().is_empty();
+        ok &= known;
+        doc.insert(
+            "client".into(),
+            json!({"ok": known, "message": if known { "ok" } else { "no known servers" }}),
+        );
+    }
+    if check_server {
+        doc.insert("server".into(), json!({"ok": true, "message": "ok"}));
+    }
+    let value = Value::Object(doc);
+    if ok {
+        Ok(ApiReply::Json {
+            value,
+            meta: IndexMeta::None,
+        })
+    } else {
+        Err(ApiError::internal(value.to_string()))
+    }
 }

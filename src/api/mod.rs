@@ -12,6 +12,7 @@ pub mod client_fs;
 pub mod client_meta;
 pub mod client_stats;
 pub mod error;
+pub mod filter;
 pub mod jobs;
 pub mod nodes;
 pub mod params;

@@ -1,13 +1,88 @@
-//! placeholder
+//! Node and status endpoints: `/v1/nodes`, `/v1/node/:id[/allocations]`, `/v1/status/leader`,
+//! `/v1/status/peers`, `/v1/regions` (ref §6.3).
 
-use super::{ApiError, ApiResult, Ctx};
+use serde_json::{json, Value};
 
-/// Serve `path` (the request path after `/v1/`).
-pub fn route(_ctx: &Ctx, _path: &str) -> ApiResult {
-    Err(ApiError::no_route())
+use super::params::{check_common, parse_go_bool};
+use super::{allocs, filter, json_meta, ApiError, ApiResult, Ctx, IndexMeta};
+
+/// Serve `nodes` and `node/...`.
+pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
+    if path == "nodes" {
+        return list(ctx);
+    }
+    let Some(rest) = path.strip_prefix("node/") else {
+        return Err(ApiError::no_route());
+    };
+    match rest.split_once('/') {
+        None => read(ctx, rest),
+        Some((id, "allocations")) => {
+            ctx.require_method(&["GET"])?;
+            check_common(ctx.req)?;
+            ctx.identity.allow_node(false)?;
+            find_node(ctx, id)?;
+            allocs::node_allocations(ctx, id)
+        }
+        Some(_) => Err(ApiError::not_found("resource not found")),
+    }
+}
+
+fn find_node(ctx: &Ctx, id: &str) -> Result<(), ApiError> {
+    if id == ctx.agent.node.id() {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("node not found"))
+    }
+}
+
+fn bool_param(ctx: &Ctx, name: &str) -> Result<bool, ApiError> {
+    match ctx.req.query(name) {
+        None => Ok(false),
+        Some(v) => parse_go_bool(v).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Failed to parse node list fields: Failed to parse value of {name:?} ({v}) as a bool: strconv.ParseBool: parsing {v:?}: invalid syntax"
+            ))
+        }),
+    }
+}
+
+fn list(ctx: &Ctx) -> ApiResult {
+    ctx.require_method(&["GET"])?;
+    check_common(ctx.req)?;
+    ctx.identity.allow_node(false)?;
+    let with_os = bool_param(ctx, "os")?;
+    let with_resources = bool_param(ctx, "resources")?;
+    let node = &ctx.agent.node;
+    let expr = match ctx.req.query("filter") {
+        Some(f) if !f.is_empty() => Some(filter::parse(f).map_err(ApiError::bad_request)?),
+        _ => None,
+    };
+    let prefix = ctx.req.query("prefix").unwrap_or("");
+    let mut out: Vec<Value> = Vec::new();
+    let full = node.node_json();
+    if node.id().starts_with(prefix) && expr.as_ref().map(|e| e.matches(&full)).unwrap_or(true) {
+        out.push(node.stub_json(with_os, with_resources));
+    }
+    json_meta(&out, IndexMeta::Query(node.modify_index()))
+}
+
+fn read(ctx: &Ctx, id: &str) -> ApiResult {
+    ctx.require_method(&["GET"])?;
+    check_common(ctx.req)?;
+    ctx.identity.allow_node(false)?;
+    find_node(ctx, id)?;
+    let node = &ctx.agent.node;
+    json_meta(&node.node_json(), IndexMeta::Query(node.modify_index()))
 }
 
 /// `/v1/status/leader`, `/v1/status/peers`, `/v1/regions`.
-pub fn route_status(_ctx: &Ctx, _path: &str) -> ApiResult {
-    Err(ApiError::no_route())
+pub fn route_status(ctx: &Ctx, path: &str) -> ApiResult {
+    let value = match path {
+        "status/leader" => json!(ctx.agent.config.rpc_addr()),
+        "status/peers" => json!([ctx.agent.config.rpc_addr()]),
+        "regions" => json!([ctx.agent.config.region]),
+        _ => return Err(ApiError::no_route()),
+    };
+    ctx.require_method(&["GET"])?;
+    super::json(&value)
 }

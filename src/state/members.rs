@@ -1,24 +1,147 @@
-//! The agent's view of the cluster: known servers (durable) and gossip members.
+//! The agent's view of the cluster: the client's known servers (durable) and the members
+//! list (this agent, plus agents joined through `/v1/agent/join`).
 
-use parking_lot::RwLock;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 
-use super::store::StoreError;
+use super::store::{self, StoreError};
+
+/// One entry of `/v1/agent/members` (Nomad's `AgentMember`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Member {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Addr")]
+    pub addr: String,
+    #[serde(rename = "Port")]
+    pub port: u16,
+    #[serde(rename = "Tags")]
+    pub tags: BTreeMap<String, String>,
+    #[serde(rename = "Status")]
+    pub status: String,
+    #[serde(rename = "ProtocolMin")]
+    pub protocol_min: u8,
+    #[serde(rename = "ProtocolMax")]
+    pub protocol_max: u8,
+    #[serde(rename = "ProtocolCur")]
+    pub protocol_cur: u8,
+    #[serde(rename = "DelegateMin")]
+    pub delegate_min: u8,
+    #[serde(rename = "DelegateMax")]
+    pub delegate_max: u8,
+    #[serde(rename = "DelegateCur")]
+    pub delegate_cur: u8,
+}
 
 /// Known servers and members.
 pub struct Membership {
+    servers_path: PathBuf,
+    /// Serialises server-list writers across their durable write.
+    servers_gate: Mutex<()>,
     servers: RwLock<Vec<String>>,
+    local: Member,
+    others: RwLock<BTreeMap<String, Member>>,
 }
 
 impl Membership {
-    pub fn load(config: &Config) -> Result<Membership, StoreError> {
+    pub fn load(config: &Config, node_id: &str) -> Result<Membership, StoreError> {
+        let servers_path = config.data_dir.join("client").join("servers.json");
+        let servers = match store::read_json::<Vec<String>>(&servers_path)? {
+            Some(s) => s,
+            None if !config.servers.is_empty() => config.servers.clone(),
+            None => vec![config.rpc_addr()],
+        };
+        let mut tags = BTreeMap::new();
+        for (k, v) in [
+            ("role", "nomad".to_string()),
+            ("region", config.region.clone()),
+            ("dc", config.datacenter.clone()),
+            ("build", env!("CARGO_PKG_VERSION").to_string()),
+            ("port", "4647".to_string()),
+            ("http_port", config.http_port.to_string()),
+            ("bootstrap", "1".to_string()),
+            ("expect", "1".to_string()),
+            ("mvn", "1".to_string()),
+            ("vsn", "1".to_string()),
+            ("raft_vsn", "3".to_string()),
+            ("id", node_id.to_string()),
+            ("rpc_addr", config.advertise_ip().to_string()),
+        ] {
+            tags.insert(k.to_string(), v);
+        }
+        let local = Member {
+            name: format!("{}.{}", config.node_name, config.region),
+            addr: config.advertise_ip().to_string(),
+            port: 4648,
+            tags,
+            status: "alive".into(),
+            protocol_min: 1,
+            protocol_max: 5,
+            protocol_cur: 2,
+            delegate_min: 2,
+            delegate_max: 5,
+            delegate_cur: 4,
+        };
         Ok(Membership {
-            servers: RwLock::new(config.servers.clone()),
+            servers_path,
+            servers_gate: Mutex::new(()),
+            servers: RwLock::new(servers),
+            local,
+            others: RwLock::new(BTreeMap::new()),
         })
     }
 
+    /// The client's server list, sorted.
     pub fn servers(&self) -> Vec<String> {
-        self.servers.read().clone()
+        let mut s = self.servers.read().clone();
+        s.sort();
+        s
+    }
+
+    /// Replace the server list, durably.
+    pub fn set_servers(&self, servers: Vec<String>) -> Result<(), StoreError> {
+        let _gate = self.servers_gate.lock();
+        store::write_json(&self.servers_path, &servers)?;
+        *self.servers.write() = servers;
+        Ok(())
+    }
+
+    pub fn local(&self) -> &Member {
+        &self.local
+    }
+
+    /// This agent first, then joined agents by name.
+    pub fn members(&self) -> Vec<Member> {
+        let mut out = vec![self.local.clone()];
+        out.extend(self.others.read().values().cloned());
+        out
+    }
+
+    /// Record an agent that answered a join.
+    pub fn add(&self, m: Member) {
+        if m.name != self.local.name {
+            self.others.write().insert(m.name.clone(), m);
+        }
+    }
+
+    /// Force-leave: mark a joined member `left`, or remove it with `prune`. Returns whether
+    /// such a member existed.
+    pub fn force_leave(&self, name: &str, prune: bool) -> bool {
+        let mut others = self.others.write();
+        if prune {
+            return others.remove(name).is_some();
+        }
+        match others.get_mut(name) {
+            Some(m) => {
+                m.status = "left".into();
+                true
+            }
+            None => false,
+        }
     }
 }

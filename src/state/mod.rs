@@ -1,6 +1,7 @@
 //! Agent state kept in locked maps: the node, servers and members, jobs and allocations, ACLs.
 //! What must survive a restart is written through [`store`] before a change is acknowledged.
 
+pub mod host;
 pub mod jobs;
 pub mod members;
 pub mod node;
@@ -26,4 +27,15 @@ impl IndexCounter {
     pub fn observe(&self, seen: u64) {
         self.0.fetch_max(seen, Ordering::SeqCst);
     }
+}
+
+/// Size of the filesystem holding the current directory, in MB (for node resources).
+pub fn host_disk_mb() -> u64 {
+    // SAFETY: statvfs fills a plain struct for a NUL-terminated path.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c"/".as_ptr(), &mut s) };
+    if rc != 0 {
+        return 0;
+    }
+    (s.f_blocks as u64).saturating_mul(s.f_frsize as u64) / (1024 * 1024)
 }

@@ -1,55 +1,165 @@
-//! This node: its identity (kept in the data dir), attributes read from the host, and its
-//! static and dynamic metadata.
+//! This node: its identity (kept in the data dir), attributes read from the host, its static
+//! and dynamic metadata (Nomad's merge and tombstone rules), and the published node record.
 
-use parking_lot::RwLock;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
 use crate::config::Config;
 
+use super::host::HostFacts;
 use super::store::{self, StoreError};
 use super::IndexCounter;
+
+/// Dynamic metadata: `None` is a tombstone that unsets a static key.
+pub type DynamicMeta = BTreeMap<String, Option<String>>;
+
+/// Built-in static metadata every Nomad client injects unless configured.
+const DEFAULT_STATIC_META: &[(&str, &str)] = &[
+    (
+        "connect.sidecar_image",
+        "docker.io/envoyproxy/envoy:v${NOMAD_envoy_version}",
+    ),
+    (
+        "connect.gateway_image",
+        "docker.io/envoyproxy/envoy:v${NOMAD_envoy_version}",
+    ),
+    ("connect.log_level", "info"),
+    ("connect.proxy_concurrency", "1"),
+    ("connect.transparent_proxy.default_uid", "101"),
+    ("connect.transparent_proxy.default_outbound_port", "15001"),
+];
 
 /// The node's identity, generated once and kept at `<data_dir>/client/node.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct NodeIdentity {
     id: String,
     secret_id: String,
+    #[serde(default)]
+    create_index: u64,
 }
 
-/// The node record and its metadata.
+/// The three views of metadata `GET|POST /v1/client/metadata` returns.
+#[derive(Clone, Debug, Serialize)]
+pub struct MetaView {
+    #[serde(rename = "Meta")]
+    pub meta: BTreeMap<String, String>,
+    #[serde(rename = "Dynamic")]
+    pub dynamic: DynamicMeta,
+    #[serde(rename = "Static")]
+    pub static_meta: BTreeMap<String, String>,
+}
+
+/// The parts of the node record that change after start.
+#[derive(Clone, Debug)]
+struct NodeRecord {
+    /// The metadata the node record shows (published by the batcher).
+    meta: BTreeMap<String, String>,
+    modify_index: u64,
+    status_updated_at: u64,
+}
+
+/// The node and its metadata.
 pub struct NodeState {
     identity: NodeIdentity,
+    name: String,
+    datacenter: String,
+    http_addr: String,
+    attributes: BTreeMap<String, String>,
+    facts: HostFacts,
+    raw_exec: bool,
+    static_meta: BTreeMap<String, String>,
+    meta_path: PathBuf,
+    /// Serialises metadata writers across their durable write (readers never take it).
+    meta_write_gate: Mutex<()>,
+    dynamic: RwLock<DynamicMeta>,
     record: RwLock<NodeRecord>,
+    registered_at: u64,
 }
 
-/// The parts of the node record that change.
-#[derive(Clone, Debug)]
-pub struct NodeRecord {
-    pub create_index: u64,
-    pub modify_index: u64,
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Static metadata merged with dynamic: a value sets, a tombstone removes.
+fn merge_meta(
+    static_meta: &BTreeMap<String, String>,
+    dynamic: &DynamicMeta,
+) -> BTreeMap<String, String> {
+    let mut out = static_meta.clone();
+    for (k, v) in dynamic {
+        match v {
+            Some(v) => {
+                out.insert(k.clone(), v.clone());
+            }
+            None => {
+                out.remove(k);
+            }
+        }
+    }
+    out
 }
 
 impl NodeState {
     pub fn load(config: &Config, index: &IndexCounter) -> Result<NodeState, StoreError> {
-        let path = config.data_dir.join("client").join("node.json");
-        let identity = match store::read_json::<NodeIdentity>(&path)? {
+        let client_dir = config.data_dir.join("client");
+        let id_path = client_dir.join("node.json");
+        let identity = match store::read_json::<NodeIdentity>(&id_path)? {
             Some(id) => id,
             None => {
                 let id = NodeIdentity {
                     id: uuid::Uuid::new_v4().to_string(),
                     secret_id: uuid::Uuid::new_v4().to_string(),
+                    create_index: index.next(),
                 };
-                store::write_json(&path, &id)?;
+                store::write_json(&id_path, &id)?;
                 id
             }
         };
-        let i = index.next();
+        index.observe(identity.create_index);
+        let mut static_meta: BTreeMap<String, String> = DEFAULT_STATIC_META
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        static_meta.extend(config.meta.clone());
+        let meta_path = client_dir.join("meta.json");
+        let mut dynamic: DynamicMeta = store::read_json(&meta_path)?.unwrap_or_default();
+        // Tombstones only make sense for keys that are still static.
+        dynamic.retain(|k, v| v.is_some() || static_meta.contains_key(k));
+        let facts = HostFacts::read();
+        let http_addr = format!("{}:{}", config.advertise_ip(), config.http_port);
+        let attributes = facts.attributes(
+            config.raw_exec_enabled,
+            &http_addr,
+            env!("CARGO_PKG_VERSION"),
+        );
+        let now = unix_now();
+        let modify_index = index.next();
         Ok(NodeState {
-            identity,
+            name: config.node_name.clone(),
+            datacenter: config.datacenter.clone(),
+            http_addr,
+            attributes,
+            facts,
+            raw_exec: config.raw_exec_enabled,
             record: RwLock::new(NodeRecord {
-                create_index: i,
-                modify_index: i,
+                meta: merge_meta(&static_meta, &dynamic),
+                modify_index,
+                status_updated_at: now,
             }),
+            static_meta,
+            meta_path,
+            meta_write_gate: Mutex::new(()),
+            dynamic: RwLock::new(dynamic),
+            identity,
+            registered_at: now,
         })
     }
 
@@ -57,7 +167,177 @@ impl NodeState {
         &self.identity.id
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn facts(&self) -> &HostFacts {
+        &self.facts
+    }
+
     pub fn modify_index(&self) -> u64 {
         self.record.read().modify_index
+    }
+
+    /// The metadata views as the client holds them now.
+    pub fn meta_view(&self) -> MetaView {
+        let dynamic = self.dynamic.read().clone();
+        MetaView {
+            meta: merge_meta(&self.static_meta, &dynamic),
+            dynamic,
+            static_meta: self.static_meta.clone(),
+        }
+    }
+
+    /// Apply a metadata update with Nomad's rules (a null for a non-static key is dropped,
+    /// for a static key it is kept as a tombstone), durably, and return the new views.
+    pub fn apply_dynamic(&self, changes: &DynamicMeta) -> Result<MetaView, StoreError> {
+        let _gate = self.meta_write_gate.lock();
+        let mut next = self.dynamic.read().clone();
+        for (k, v) in changes {
+            match v {
+                None if !self.static_meta.contains_key(k) => {
+                    next.remove(k);
+                }
+                _ => {
+                    next.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        store::write_json(&self.meta_path, &next)?;
+        *self.dynamic.write() = next;
+        Ok(self.meta_view())
+    }
+
+    /// Publish the current metadata to the node record (the batcher's node update).
+    pub fn publish_meta(&self, index: u64) {
+        let meta = self.meta_view().meta;
+        let mut rec = self.record.write();
+        rec.meta = meta;
+        rec.modify_index = index;
+    }
+
+    /// The metadata the node record shows.
+    pub fn record_meta(&self) -> BTreeMap<String, String> {
+        self.record.read().meta.clone()
+    }
+
+    fn drivers(&self) -> Value {
+        let mut drivers = serde_json::Map::new();
+        if self.raw_exec {
+            drivers.insert(
+                "raw_exec".into(),
+                json!({
+                    "Attributes": {"driver.raw_exec": "true"},
+                    "Detected": true,
+                    "Healthy": true,
+                    "HealthDescription": "Healthy",
+                    "UpdateTime": crate::time::rfc3339_nanos(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(self.registered_at)),
+                }),
+            );
+        }
+        Value::Object(drivers)
+    }
+
+    fn node_resources(&self) -> Value {
+        let f = &self.facts;
+        let cores: Vec<usize> = (0..f.cpu_cores).collect();
+        let disk_mb = crate::state::host_disk_mb();
+        json!({
+            "Cpu": {"CpuShares": f.cpu_mhz * f.cpu_cores as u64, "TotalCpuCores": f.cpu_cores, "ReservableCpuCores": cores},
+            "Memory": {"MemoryMB": f.memory_bytes / (1024 * 1024)},
+            "Disk": {"DiskMB": disk_mb},
+            "Networks": [],
+            "Devices": null,
+            "NodeNetworks": [],
+            "MinDynamicPort": 20000,
+            "MaxDynamicPort": 32000,
+        })
+    }
+
+    /// The full `Node` object of `GET /v1/node/:id` (SecretID blanked, `Drain` added).
+    pub fn node_json(&self) -> Value {
+        let rec = self.record.read().clone();
+        json!({
+            "ID": self.identity.id,
+            "SecretID": "",
+            "Datacenter": self.datacenter,
+            "Name": self.name,
+            "HTTPAddr": self.http_addr,
+            "TLSEnabled": false,
+            "Attributes": self.attributes,
+            "NodeResources": self.node_resources(),
+            "ReservedResources": {"Cpu": {"CpuShares": 0, "ReservedCpuCores": []}, "Memory": {"MemoryMB": 0}, "Disk": {"DiskMB": 0}, "Networks": {"ReservedHostPorts": ""}},
+            "Links": {},
+            "Meta": rec.meta,
+            "NodeClass": "",
+            "NodePool": "default",
+            "ComputedClass": "",
+            "DrainStrategy": null,
+            "SchedulingEligibility": "eligible",
+            "Status": "ready",
+            "StatusDescription": "",
+            "StatusUpdatedAt": rec.status_updated_at,
+            "Events": [{
+                "Message": "Node registered",
+                "Subsystem": "Cluster",
+                "Details": null,
+                "Timestamp": crate::time::rfc3339_nanos(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(self.registered_at)),
+                "CreateIndex": 0,
+            }],
+            "Drivers": self.drivers(),
+            "CSIControllerPlugins": null,
+            "CSINodePlugins": null,
+            "HostVolumes": null,
+            "HostNetworks": null,
+            "LastDrain": null,
+            "CreateIndex": self.identity.create_index,
+            "ModifyIndex": rec.modify_index,
+            "Drain": false,
+        })
+    }
+
+    /// The `NodeListStub` of `GET /v1/nodes`.
+    pub fn stub_json(&self, with_os: bool, with_resources: bool) -> Value {
+        let rec = self.record.read().clone();
+        let mut stub = serde_json::Map::new();
+        stub.insert(
+            "Address".into(),
+            json!(self
+                .http_addr
+                .rsplit_once(':')
+                .map(|(h, _)| h)
+                .unwrap_or("")),
+        );
+        stub.insert("ID".into(), json!(self.identity.id));
+        if with_os {
+            let os: BTreeMap<&str, &str> = ["os.name", "os.version"]
+                .iter()
+                .filter_map(|k| self.attributes.get(*k).map(|v| (*k, v.as_str())))
+                .collect();
+            stub.insert("Attributes".into(), json!(os));
+        }
+        stub.insert("Datacenter".into(), json!(self.datacenter));
+        stub.insert("Name".into(), json!(self.name));
+        stub.insert("NodeClass".into(), json!(""));
+        stub.insert("NodePool".into(), json!("default"));
+        stub.insert("Version".into(), json!(env!("CARGO_PKG_VERSION")));
+        stub.insert("Drain".into(), json!(false));
+        stub.insert("SchedulingEligibility".into(), json!("eligible"));
+        stub.insert("Status".into(), json!("ready"));
+        stub.insert("StatusDescription".into(), json!(""));
+        stub.insert("Drivers".into(), self.drivers());
+        stub.insert("HostVolumes".into(), Value::Null);
+        if with_resources {
+            stub.insert("NodeResources".into(), self.node_resources());
+            stub.insert(
+                "ReservedResources".into(),
+                json!({"Cpu": {"CpuShares": 0}, "Memory": {"MemoryMB": 0}, "Disk": {"DiskMB": 0}}),
+            );
+        }
+        stub.insert("LastDrain".into(), Value::Null);
+        stub.insert("CreateIndex".into(), json!(self.identity.create_index));
+        stub.insert("ModifyIndex".into(), json!(rec.modify_index));
+        Value::Object(stub)
     }
 }

@@ -1,0 +1,417 @@
+//! A subset of go-bexpr, the `?filter=` language of Nomad's list endpoints, evaluated against
+//! a JSON document: selectors (`Meta.key`, `Meta["a.b"]`), `==`, `!=`, `contains`,
+//! `not contains`, `in`, `not in`, `is empty`, `is not empty`, `matches`-free; `and`, `or`,
+//! `not`, parentheses.
+
+use serde_json::Value;
+
+/// A parsed filter expression.
+#[derive(Debug, Clone)]
+pub enum Expr {
+    And(Box<Expr>, Box<Expr>),
+    Or(Box<Expr>, Box<Expr>),
+    Not(Box<Expr>),
+    Cmp {
+        selector: Vec<String>,
+        op: Op,
+        value: String,
+    },
+    /// `"value" in Selector` / `"value" not in Selector`.
+    In {
+        value: String,
+        selector: Vec<String>,
+        negate: bool,
+    },
+    Empty {
+        selector: Vec<String>,
+        negate: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Op {
+    Eq,
+    Ne,
+    Contains,
+    NotContains,
+}
+
+/// Longest filter text accepted.
+pub const MAX_FILTER_LEN: usize = 4096;
+/// Deepest nesting of parentheses and `not`.
+const MAX_DEPTH: usize = 32;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    Str(String),
+    LParen,
+    RParen,
+    LBracket,
+    RBracket,
+    Dot,
+    EqEq,
+    NotEq,
+}
+
+fn lex(s: &str) -> Result<Vec<Tok>, String> {
+    let mut out = Vec::new();
+    let cs: Vec<char> = s.chars().collect();
+    let mut i = 0;
+    while i < cs.len() {
+        let c = cs[i];
+        match c {
+            ' ' | '\t' | '\n' | '\r' => i += 1,
+            '(' => {
+                out.push(Tok::LParen);
+                i += 1
+            }
+            ')' => {
+                out.push(Tok::RParen);
+                i += 1
+            }
+            '[' => {
+                out.push(Tok::LBracket);
+                i += 1
+            }
+            ']' => {
+                out.push(Tok::RBracket);
+                i += 1
+            }
+            '.' => {
+                out.push(Tok::Dot);
+                i += 1
+            }
+            '=' if cs.get(i + 1) == Some(&'=') => {
+                out.push(Tok::EqEq);
+                i += 2
+            }
+            '!' if cs.get(i + 1) == Some(&'=') => {
+                out.push(Tok::NotEq);
+                i += 2
+            }
+            '"' | '`' => {
+                let q = c;
+                let mut v = String::new();
+                i += 1;
+                loop {
+                    match cs.get(i) {
+                        None => return Err(format!("unterminated string at column {}", i + 1)),
+                        Some(&ch) if ch == q => {
+                            i += 1;
+                            break;
+                        }
+                        Some('\\') if q == '"' => match cs.get(i + 1) {
+                            Some(&e) => {
+                                v.push(match e {
+                                    'n' => '\n',
+                                    't' => '\t',
+                                    o => o,
+                                });
+                                i += 2;
+                            }
+                            None => return Err("unterminated string".into()),
+                        },
+                        Some(&ch) => {
+                            v.push(ch);
+                            i += 1;
+                        }
+                    }
+                }
+                out.push(Tok::Str(v));
+            }
+            c if c.is_alphanumeric() || c == '_' || c == '-' || c == '/' => {
+                let start = i;
+                while i < cs.len()
+                    && (cs[i].is_alphanumeric() || cs[i] == '_' || cs[i] == '-' || cs[i] == '/')
+                {
+                    i += 1;
+                }
+                out.push(Tok::Ident(cs[start..i].iter().collect()));
+            }
+            other => {
+                return Err(format!(
+                    "unexpected character {other:?} at column {}",
+                    i + 1
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+struct Parser {
+    toks: Vec<Tok>,
+    pos: usize,
+    depth: usize,
+}
+
+impl Parser {
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.pos)
+    }
+    fn peek_kw(&self, kw: &str) -> bool {
+        matches!(self.peek(), Some(Tok::Ident(s)) if s == kw)
+    }
+    fn next(&mut self) -> Option<Tok> {
+        let t = self.toks.get(self.pos).cloned();
+        self.pos += 1;
+        t
+    }
+    fn or(&mut self) -> Result<Expr, String> {
+        let mut e = self.and()?;
+        while self.peek_kw("or") {
+            self.pos += 1;
+            e = Expr::Or(Box::new(e), Box::new(self.and()?));
+        }
+        Ok(e)
+    }
+    fn and(&mut self) -> Result<Expr, String> {
+        let mut e = self.unary()?;
+        while self.peek_kw("and") {
+            self.pos += 1;
+            e = Expr::And(Box::new(e), Box::new(self.unary()?));
+        }
+        Ok(e)
+    }
+    fn unary(&mut self) -> Result<Expr, String> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err("expression nested too deeply".into());
+        }
+        let r = if self.peek_kw("not") {
+            self.pos += 1;
+            self.unary().map(|e| Expr::Not(Box::new(e)))
+        } else if self.peek() == Some(&Tok::LParen) {
+            self.pos += 1;
+            let e = self.or()?;
+            match self.next() {
+                Some(Tok::RParen) => Ok(e),
+                _ => Err("expected )".into()),
+            }
+        } else {
+            self.match_expr()
+        };
+        self.depth -= 1;
+        r
+    }
+    fn selector(&mut self) -> Result<Vec<String>, String> {
+        let mut sel = match self.next() {
+            Some(Tok::Ident(s)) => vec![s],
+            other => return Err(format!("expected a selector, found {other:?}")),
+        };
+        loop {
+            match self.peek() {
+                Some(Tok::Dot) => {
+                    self.pos += 1;
+                    match self.next() {
+                        Some(Tok::Ident(s)) => sel.push(s),
+                        other => {
+                            return Err(format!("expected a field name after '.', found {other:?}"))
+                        }
+                    }
+                }
+                Some(Tok::LBracket) => {
+                    self.pos += 1;
+                    match (self.next(), self.next()) {
+                        (Some(Tok::Str(s)), Some(Tok::RBracket)) => sel.push(s),
+                        _ => return Err("expected [\"key\"]".into()),
+                    }
+                }
+                _ => return Ok(sel),
+            }
+        }
+    }
+    fn value(&mut self) -> Result<String, String> {
+        match self.next() {
+            Some(Tok::Str(s)) => Ok(s),
+            Some(Tok::Ident(s)) => Ok(s),
+            other => Err(format!("expected a value, found {other:?}")),
+        }
+    }
+    fn match_expr(&mut self) -> Result<Expr, String> {
+        if let Some(Tok::Str(_)) = self.peek() {
+            let value = self.value()?;
+            let negate = if self.peek_kw("not") {
+                self.pos += 1;
+                true
+            } else {
+                false
+            };
+            if !self.peek_kw("in") {
+                return Err("expected 'in' after a value".into());
+            }
+            self.pos += 1;
+            let selector = self.selector()?;
+            return Ok(Expr::In {
+                value,
+                selector,
+                negate,
+            });
+        }
+        let selector = self.selector()?;
+        match self.next() {
+            Some(Tok::EqEq) => Ok(Expr::Cmp {
+                selector,
+                op: Op::Eq,
+                value: self.value()?,
+            }),
+            Some(Tok::NotEq) => Ok(Expr::Cmp {
+                selector,
+                op: Op::Ne,
+                value: self.value()?,
+            }),
+            Some(Tok::Ident(k)) if k == "contains" => Ok(Expr::Cmp {
+                selector,
+                op: Op::Contains,
+                value: self.value()?,
+            }),
+            Some(Tok::Ident(k)) if k == "is" => {
+                let negate = if self.peek_kw("not") {
+                    self.pos += 1;
+                    true
+                } else {
+                    false
+                };
+                match self.next() {
+                    Some(Tok::Ident(k)) if k == "empty" => Ok(Expr::Empty { selector, negate }),
+                    _ => Err("expected 'empty'".into()),
+                }
+            }
+            Some(Tok::Ident(k)) if k == "not" => match self.next() {
+                Some(Tok::Ident(k)) if k == "contains" => Ok(Expr::Cmp {
+                    selector,
+                    op: Op::NotContains,
+                    value: self.value()?,
+                }),
+                _ => Err("expected 'contains' after 'not'".into()),
+            },
+            other => Err(format!("expected an operator, found {other:?}")),
+        }
+    }
+}
+
+/// Parse a filter; errors read like Nomad's (`failed to read filter expression: ...`).
+pub fn parse(text: &str) -> Result<Expr, String> {
+    let fail = |e: String| format!("failed to read filter expression: {e}");
+    if text.len() > MAX_FILTER_LEN {
+        return Err(fail("expression too long".into()));
+    }
+    let toks = lex(text).map_err(fail)?;
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        depth: 0,
+    };
+    let e = p.or().map_err(fail)?;
+    if p.pos != p.toks.len() {
+        return Err(fail(format!("unexpected {:?}", p.toks[p.pos])));
+    }
+    Ok(e)
+}
+
+fn lookup<'a>(doc: &'a Value, sel: &[String]) -> Option<&'a Value> {
+    let mut cur = doc;
+    for s in sel {
+        cur = cur.as_object()?.get(s)?;
+    }
+    Some(cur)
+}
+
+fn as_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl Expr {
+    /// Whether `doc` matches.
+    pub fn matches(&self, doc: &Value) -> bool {
+        match self {
+            Expr::And(a, b) => a.matches(doc) && b.matches(doc),
+            Expr::Or(a, b) => a.matches(doc) || b.matches(doc),
+            Expr::Not(e) => !e.matches(doc),
+            Expr::Cmp {
+                selector,
+                op,
+                value,
+            } => {
+                let v = lookup(doc, selector);
+                match op {
+                    Op::Eq => v.map(|v| as_text(v) == *value).unwrap_or(false),
+                    Op::Ne => v.map(|v| as_text(v) != *value).unwrap_or(true),
+                    Op::Contains | Op::NotContains => {
+                        let has = match v {
+                            Some(Value::String(s)) => s.contains(value.as_str()),
+                            Some(Value::Array(a)) => a.iter().any(|x| as_text(x) == *value),
+                            Some(Value::Object(m)) => m.contains_key(value),
+                            _ => false,
+                        };
+                        has == (*op == Op::Contains)
+                    }
+                }
+            }
+            Expr::In {
+                value,
+                selector,
+                negate,
+            } => {
+                let has = match lookup(doc, selector) {
+                    Some(Value::String(s)) => s.contains(value.as_str()),
+                    Some(Value::Array(a)) => a.iter().any(|x| as_text(x) == *value),
+                    Some(Value::Object(m)) => m.contains_key(value),
+                    _ => false,
+                };
+                has != *negate
+            }
+            Expr::Empty { selector, negate } => {
+                let empty = match lookup(doc, selector) {
+                    None | Some(Value::Null) => true,
+                    Some(Value::String(s)) => s.is_empty(),
+                    Some(Value::Array(a)) => a.is_empty(),
+                    Some(Value::Object(m)) => m.is_empty(),
+                    _ => false,
+                };
+                empty != *negate
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn meta_filters_match() {
+        let node = json!({"Name": "n1", "Meta": {"example": "Hello World!", "a.b": "x"}, "Status": "ready"});
+        assert!(parse(r#"Meta.example == "Hello World!""#)
+            .unwrap()
+            .matches(&node));
+        assert!(!parse(r#"Meta.example == "nope""#).unwrap().matches(&node));
+        assert!(parse(r#"Meta["a.b"] == "x" and Status == ready"#)
+            .unwrap()
+            .matches(&node));
+        assert!(parse(r#""example" in Meta"#).unwrap().matches(&node));
+        assert!(parse(r#"not (Name != "n1") or Status == "x""#)
+            .unwrap()
+            .matches(&node));
+        assert!(parse(r#"Meta.missing is empty"#).unwrap().matches(&node));
+    }
+
+    #[test]
+    fn bad_filters_are_errors() {
+        for bad in [
+            "Meta.x ==",
+            "== 1",
+            "(Name == \"a\"",
+            "Name ~ 1",
+            "\"x\" Meta",
+            &"(".repeat(100),
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Go-compatible time text: RFC 3339 with nanoseconds in the local zone, and unix nanoseconds.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// The local zone's offset from UTC at `secs`, in seconds.
+fn local_offset(secs: i64) -> i64 {
+    let t: libc::time_t = secs as libc::time_t;
+    // SAFETY: localtime_r fills a plain struct from a valid time_t pointer.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::localtime_r(&t, &mut tm) };
+    if r.is_null() {
+        0
+    } else {
+        tm.tm_gmtoff
+    }
+}
+
+/// Nanoseconds since the unix epoch (0 for times before it).
+pub fn unix_nanos(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos().min(i64::MAX as u128) as i64)
+        .unwrap_or(0)
+}
+
+/// Format like Go's `time.RFC3339Nano` in the local zone: trailing zeros of the fraction are
+/// dropped, and UTC is written `Z`.
+pub fn rfc3339_nanos(t: SystemTime) -> String {
+    let (secs, nanos) = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+        Err(e) => {
+            let d = e.duration();
+            let s = -(d.as_secs() as i64);
+            if d.subsec_nanos() > 0 {
+                (s - 1, 1_000_000_000 - d.subsec_nanos())
+            } else {
+                (s, 0)
+            }
+        }
+    };
+    let off = local_offset(secs);
+    let local = secs + off;
+    let (y, mo, d) = civil_from_days(local.div_euclid(86_400));
+    let sod = local.rem_euclid(86_400);
+    let mut out = format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    );
+    if nanos > 0 {
+        let frac = format!("{nanos:09}");
+        out.push('.');
+        out.push_str(frac.trim_end_matches('0'));
+    }
+    if off == 0 {
+        out.push('Z');
+    } else {
+        let sign = if off < 0 { '-' } else { '+' };
+        let a = off.abs();
+        out.push_str(&format!("{sign}{:02}:{:02}", a / 3600, (a / 60) % 60));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn rfc3339_shape() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_450_000);
+        let s = rfc3339_nanos(t);
+        assert!(s.contains(".12345"), "{s}");
+        assert!(s.starts_with("2023-11-1"), "{s}");
+    }
+}
