@@ -159,7 +159,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
 
     let server = Arc::new(Server::new(
         Arc::new(Router::new(agent.clone())),
-        Limits::default(),
+        Limits::from_env(),
     ));
     let _ = agent.http.set(server.clone());
     server.serve_tcp(listener).map_err(|e| AgentError::Bind {

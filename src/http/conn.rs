@@ -1,1 +1,257 @@
 //! One connection: read heads under deadlines and limits, bodies, keep-alive, write replies.
+
+use std::io::{self, Read};
+use std::net::Shutdown;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::Instant;
+
+use super::chunked::{read_chunked, read_length};
+use super::head::{parse_head, Framing, Head};
+use super::limits::{Limits, LINGER_BYTES, LINGER_TIME, READ_CHUNK};
+use super::reply::Body;
+use super::respond::{error_reply, write_reply, Plan};
+use super::wire::{ConnError, Phase, Sock, Wire};
+use super::{Handler, Origin, Request, RequestHead};
+
+/// Waiting for (or reading) a request head: shutdown may close it at once.
+pub(crate) const STATE_IDLE: u8 = 0;
+/// Reading a body, running the handler or writing a reply: shutdown lets it finish.
+pub(crate) const STATE_BUSY: u8 = 1;
+/// Driving a stream body: shutdown ends it through `should_stop`.
+pub(crate) const STATE_STREAM: u8 = 2;
+
+/// What a connection thread needs besides its socket.
+pub(crate) struct ConnCtx<'a> {
+    pub handler: &'a dyn Handler,
+    pub limits: &'a Limits,
+    /// Set when the listener or the server stops.
+    pub stopping: &'a AtomicBool,
+    /// One of the `STATE_*` values, read by shutdown.
+    pub state: &'a AtomicU8,
+    pub origin: Origin,
+    pub accepted: Instant,
+}
+
+impl ConnCtx<'_> {
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+}
+
+/// Serve requests on `sock` until the peer closes, a deadline or limit ends it, a reply
+/// must close it, or the server stops.
+pub(crate) fn serve(sock: &Sock, ctx: &ConnCtx) {
+    let mut wire = Wire::new(sock);
+    let mut first = true;
+    loop {
+        ctx.state.store(STATE_IDLE, Ordering::SeqCst);
+        if ctx.stopping() {
+            return;
+        }
+        let head = match read_head(&mut wire, ctx, first) {
+            Ok(h) => h,
+            Err(e) => return finish(sock, ctx, e, false),
+        };
+        first = false;
+        ctx.state.store(STATE_BUSY, Ordering::SeqCst);
+        let head_only = head.method == "HEAD";
+        match serve_one(&mut wire, ctx, head) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => return finish(sock, ctx, e, head_only),
+        }
+    }
+}
+
+/// Read one request head: the first on a connection must be complete within the head
+/// deadline from accept; later ones may idle first, then have the head deadline from their
+/// first byte. The buffer never grows past `max_head_bytes` plus one read.
+fn read_head(wire: &mut Wire, ctx: &ConnCtx, first: bool) -> Result<Head, ConnError> {
+    let limits = ctx.limits;
+    let mut started = first || !wire.buf.is_empty();
+    let mut deadline = if first {
+        ctx.accepted + limits.head_timeout
+    } else if started {
+        Instant::now() + limits.head_timeout
+    } else {
+        Instant::now() + limits.idle_timeout
+    };
+    // A head can only complete at a newline: skip parsing reads that bring none.
+    let mut parse = !wire.buf.is_empty();
+    loop {
+        if parse {
+            if let Some((head, n)) =
+                parse_head(&wire.buf, limits.max_head_bytes, limits.max_headers)?
+            {
+                wire.consume(n);
+                return Ok(head);
+            }
+        } else if wire.buf.len() >= limits.max_head_bytes {
+            return Err(ConnError::refuse(431, "request header fields too large"));
+        }
+        let phase = if started { Phase::Head } else { Phase::Idle };
+        let before = wire.buf.len();
+        match wire.fill(deadline, phase) {
+            Ok(0) => {
+                return Err(ConnError::Closed {
+                    partial: !wire.buf.is_empty(),
+                })
+            }
+            Ok(_) => {
+                if !started {
+                    started = true;
+                    deadline = Instant::now() + limits.head_timeout;
+                }
+                parse = wire.buf[before..].contains(&b'\n');
+            }
+            Err(ConnError::Timeout { phase, .. }) => {
+                return Err(ConnError::Timeout {
+                    phase,
+                    partial: !wire.buf.is_empty(),
+                })
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+const INTERNAL: &str = "internal server error";
+
+/// Read the body, run the handler, write the reply. `Ok(true)`: the connection stays open.
+fn serve_one(wire: &mut Wire, ctx: &ConnCtx, head: Head) -> Result<bool, ConnError> {
+    let http11 = head.minor >= 1;
+    let head_only = head.method == "HEAD";
+    let request_head = RequestHead {
+        method: head.method.clone(),
+        path: head.path.clone(),
+    };
+    let limit =
+        catch_unwind(AssertUnwindSafe(|| ctx.handler.body_limit(&request_head))).map_err(|_| {
+            log::error!(
+                "http: body_limit panicked on {} {}",
+                request_head.method,
+                request_head.path
+            );
+            ConnError::refuse(500, INTERNAL)
+        })?;
+    let deadline = Instant::now() + ctx.limits.body_timeout;
+    let body = match head.framing {
+        Framing::None => Vec::new(),
+        Framing::Length(n) => {
+            if n > limit as u64 {
+                return Err(ConnError::refuse(413, "request body too large"));
+            }
+            if head.expect_continue {
+                send_continue(wire.sock)?;
+            }
+            read_length(wire, n, deadline)?
+        }
+        Framing::Chunked => {
+            if head.expect_continue {
+                send_continue(wire.sock)?;
+            }
+            read_chunked(wire, limit, ctx.limits.max_head_bytes, deadline)?
+        }
+    };
+    let req = Request {
+        method: head.method,
+        path: head.path,
+        query: head.query,
+        headers: head.headers,
+        body,
+        origin: ctx.origin.clone(),
+    };
+    let reply = catch_unwind(AssertUnwindSafe(|| ctx.handler.handle(req))).map_err(|_| {
+        log::error!(
+            "http: handler panicked on {} {}",
+            request_head.method,
+            request_head.path
+        );
+        ConnError::refuse(500, INTERNAL)
+    })?;
+    if matches!(reply.body, Body::Stream(_)) {
+        ctx.state.store(STATE_STREAM, Ordering::SeqCst);
+    }
+    let plan = Plan {
+        http11,
+        head_only,
+        keep_alive: head.keep_alive && !ctx.stopping(),
+    };
+    let keep = write_reply(wire.sock, reply, &plan, ctx.stopping).map_err(ConnError::Io)?;
+    Ok(keep && !ctx.stopping())
+}
+
+fn send_continue(sock: &Sock) -> Result<(), ConnError> {
+    use std::io::Write;
+    (&*sock)
+        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+        .map_err(ConnError::Io)
+}
+
+/// End a connection after `err`: log it (phase-named for deadlines), answer what deserves
+/// an answer, and linger briefly so a refused peer sees its reply rather than a reset.
+fn finish(sock: &Sock, ctx: &ConnCtx, err: ConnError, head_only: bool) {
+    let plan = Plan {
+        http11: true,
+        head_only,
+        keep_alive: false,
+    };
+    match err {
+        ConnError::Closed { partial } => {
+            if partial {
+                log::debug!("http: {:?} closed mid-request", ctx.origin);
+            }
+        }
+        ConnError::Timeout { phase, partial } => {
+            log::debug!("http: {phase} timeout on {:?}, closing", ctx.origin);
+            if phase == Phase::Head && partial {
+                let _ = write_reply(
+                    sock,
+                    error_reply(408, "request timeout"),
+                    &plan,
+                    ctx.stopping,
+                );
+            }
+        }
+        ConnError::Refuse { status, reason } => {
+            log::debug!(
+                "http: refusing a request from {:?}: {status} {reason}",
+                ctx.origin
+            );
+            if write_reply(sock, error_reply(status, reason), &plan, ctx.stopping).is_ok() {
+                linger(sock);
+            }
+        }
+        ConnError::Io(e) => match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                log::debug!(
+                    "http: {} timeout on {:?}, closing",
+                    Phase::Write,
+                    ctx.origin
+                )
+            }
+            _ => log::debug!("http: connection {:?} failed: {e}", ctx.origin),
+        },
+    }
+}
+
+/// Half-close, then drain (and drop) what the peer still sends, bounded in time and bytes.
+fn linger(sock: &Sock) {
+    sock.shutdown(Shutdown::Write);
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut buf = [0u8; READ_CHUNK];
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        let now = Instant::now();
+        if now >= deadline || sock.set_read_timeout(deadline - now).is_err() {
+            return;
+        }
+        match (&*sock).read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => drained += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}

@@ -1,4 +1,10 @@
 //! Every size limit and deadline of the HTTP layer, as named settings with defaults.
+//!
+//! Hidden environment variables (read by [`Limits::from_env`], used by the integration tests
+//! to avoid waiting out the real deadlines; not part of the documented CLI):
+//! `NOMADLET_HTTP_HEAD_TIMEOUT_MS`, `NOMADLET_HTTP_BODY_TIMEOUT_MS`,
+//! `NOMADLET_HTTP_IDLE_TIMEOUT_MS`, `NOMADLET_HTTP_WRITE_TIMEOUT_MS`,
+//! `NOMADLET_HTTP_MAX_CONNS_PER_LISTENER`, `NOMADLET_HTTP_MAX_CONNS_TOTAL`.
 
 use std::time::Duration;
 
@@ -22,6 +28,23 @@ pub const MAX_CONNS_PER_LISTENER: usize = 256;
 pub const MAX_CONNS_TOTAL: usize = 1024;
 /// How long the accept loop sleeps after an accept error such as EMFILE.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// How often a quiet accept loop wakes to join finished connection threads.
+pub const ACCEPT_TICK: Duration = Duration::from_secs(1);
+/// Write deadline for the quick 503 sent to a connection over a cap.
+pub const REJECT_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long in-flight requests may run on after shutdown before their sockets are cut.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// After an error reply, how long unread request bytes are drained before closing (so the
+/// peer sees the reply instead of a reset).
+pub const LINGER_TIME: Duration = Duration::from_millis(500);
+/// At most this many unread bytes are drained after an error reply.
+pub const LINGER_BYTES: usize = 1024 * 1024;
+/// One read from a socket takes at most this many bytes into the connection's buffer.
+pub const READ_CHUNK: usize = 8 * 1024;
+/// A File body is copied to the socket in pieces of this size.
+pub const FILE_CHUNK: usize = 64 * 1024;
+/// Longest chunk-size line (size, extensions) or trailer line in a chunked request body.
+pub const MAX_CHUNK_LINE: usize = 4 * 1024;
 
 /// The limits one server runs with (tests and the Task API may lower them).
 #[derive(Clone, Debug)]
@@ -48,5 +71,38 @@ impl Default for Limits {
             max_conns_per_listener: MAX_CONNS_PER_LISTENER,
             max_conns_total: MAX_CONNS_TOTAL,
         }
+    }
+}
+
+impl Limits {
+    /// The defaults, with any hidden `NOMADLET_HTTP_*` override (see the module docs) applied.
+    /// Unparsable or zero values are ignored.
+    pub fn from_env() -> Limits {
+        let mut l = Limits::default();
+        let ms = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|v| *v > 0)
+        };
+        if let Some(v) = ms("NOMADLET_HTTP_HEAD_TIMEOUT_MS") {
+            l.head_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = ms("NOMADLET_HTTP_BODY_TIMEOUT_MS") {
+            l.body_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = ms("NOMADLET_HTTP_IDLE_TIMEOUT_MS") {
+            l.idle_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = ms("NOMADLET_HTTP_WRITE_TIMEOUT_MS") {
+            l.write_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = ms("NOMADLET_HTTP_MAX_CONNS_PER_LISTENER") {
+            l.max_conns_per_listener = v as usize;
+        }
+        if let Some(v) = ms("NOMADLET_HTTP_MAX_CONNS_TOTAL") {
+            l.max_conns_total = v as usize;
+        }
+        l
     }
 }

@@ -3,12 +3,23 @@
 //! This module knows nothing of Nomad. The API layer sees a [`Request`] (method, path, query,
 //! headers, body, origin) and returns a [`Reply`] (status, headers, body: bytes, a file range,
 //! or a stream driven by the connection thread). Every limit is a named constant in [`limits`].
+// A library inside a binary: some of its public API is used only by some areas (the Task API
+// serves Unix sockets, client_fs streams); the unit tests use all of it, so test builds still
+// catch real dead code.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
 
+mod chunked;
 pub mod conn;
+mod head;
 pub mod limits;
 pub mod listener;
 pub mod reply;
 pub mod request;
+mod respond;
+mod wire;
+
+#[cfg(test)]
+mod tests;
 
 pub use limits::Limits;
 pub use listener::{ListenerHandle, Server};

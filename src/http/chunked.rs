@@ -1,0 +1,144 @@
+//! Reading a request body: Content-Length bodies and chunked bodies, both under the body
+//! deadline and the handler's body limit, never buffering past either.
+
+use std::time::Instant;
+
+use super::limits::MAX_CHUNK_LINE;
+use super::wire::{ConnError, Phase, Wire};
+
+const TOO_LARGE: &str = "request body too large";
+
+/// Read exactly `len` body bytes (the caller has checked `len` against the limit).
+pub(crate) fn read_length(
+    wire: &mut Wire,
+    len: u64,
+    deadline: Instant,
+) -> Result<Vec<u8>, ConnError> {
+    let len = usize::try_from(len).map_err(|_| ConnError::refuse(413, TOO_LARGE))?;
+    let mut body = Vec::with_capacity(len.min(64 * 1024));
+    take_exact(wire, &mut body, len, deadline)?;
+    Ok(body)
+}
+
+/// Move `n` bytes from the wire into `out`, reading as needed.
+fn take_exact(
+    wire: &mut Wire,
+    out: &mut Vec<u8>,
+    mut n: usize,
+    deadline: Instant,
+) -> Result<(), ConnError> {
+    while n > 0 {
+        if wire.buf.is_empty() && fill(wire, deadline)? == 0 {
+            return Err(ConnError::Closed { partial: true });
+        }
+        let k = n.min(wire.buf.len());
+        out.extend_from_slice(&wire.buf[..k]);
+        wire.consume(k);
+        n -= k;
+    }
+    Ok(())
+}
+
+fn fill(wire: &mut Wire, deadline: Instant) -> Result<usize, ConnError> {
+    wire.fill(deadline, Phase::Body)
+}
+
+/// One CRLF-terminated line (without the CRLF), at most [`MAX_CHUNK_LINE`] bytes.
+fn read_line(wire: &mut Wire, deadline: Instant) -> Result<Vec<u8>, ConnError> {
+    let mut searched = 0;
+    loop {
+        if let Some(i) = wire.buf[searched..].iter().position(|&b| b == b'\n') {
+            let end = searched + i;
+            if end == 0 || wire.buf[end - 1] != b'\r' {
+                return Err(ConnError::refuse(400, "invalid chunked encoding"));
+            }
+            let line = wire.buf[..end - 1].to_vec();
+            wire.consume(end + 1);
+            return Ok(line);
+        }
+        searched = wire.buf.len();
+        if searched > MAX_CHUNK_LINE {
+            return Err(ConnError::refuse(400, "invalid chunked encoding"));
+        }
+        if fill(wire, deadline)? == 0 {
+            return Err(ConnError::Closed { partial: true });
+        }
+    }
+}
+
+/// The size in a chunk-size line: 1 to 16 hex digits, then optional `;extensions`.
+pub(crate) fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return None;
+    }
+    let rest = &line[digits..];
+    let rest_ok = rest.is_empty()
+        || (rest.iter().find(|&&b| b != b' ' && b != b'\t') == Some(&b';')
+            && rest
+                .iter()
+                .all(|&b| b == b'\t' || (b' '..0x7f).contains(&b)));
+    if !rest_ok {
+        return None;
+    }
+    let s = std::str::from_utf8(&line[..digits]).ok()?;
+    u64::from_str_radix(s, 16).ok()
+}
+
+/// Decode a chunked body; more than `limit` decoded bytes: 413 as soon as it is known.
+/// Trailer fields are read (bounded) and dropped.
+pub(crate) fn read_chunked(
+    wire: &mut Wire,
+    limit: usize,
+    max_trailer: usize,
+    deadline: Instant,
+) -> Result<Vec<u8>, ConnError> {
+    let mut body = Vec::new();
+    loop {
+        let line = read_line(wire, deadline)?;
+        let size = chunk_size(&line).ok_or_else(|| ConnError::refuse(400, "invalid chunk size"))?;
+        if size == 0 {
+            break;
+        }
+        if size > (limit - body.len()) as u64 {
+            return Err(ConnError::refuse(413, TOO_LARGE));
+        }
+        take_exact(wire, &mut body, size as usize, deadline)?;
+        let mut crlf = Vec::with_capacity(2);
+        take_exact(wire, &mut crlf, 2, deadline)?;
+        if crlf != b"\r\n" {
+            return Err(ConnError::refuse(400, "invalid chunked encoding"));
+        }
+    }
+    let mut trailer = 0usize;
+    loop {
+        let line = read_line(wire, deadline)?;
+        if line.is_empty() {
+            return Ok(body);
+        }
+        trailer += line.len();
+        if trailer > max_trailer {
+            return Err(ConnError::refuse(431, "request header fields too large"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_size;
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(chunk_size(b"0"), Some(0));
+        assert_eq!(chunk_size(b"1aF"), Some(0x1af));
+        assert_eq!(chunk_size(b"10;name=value"), Some(16));
+        assert_eq!(chunk_size(b"10 ;x"), Some(16));
+        assert_eq!(chunk_size(b""), None);
+        assert_eq!(chunk_size(b"-1"), None);
+        assert_eq!(chunk_size(b"0x10"), None);
+        assert_eq!(chunk_size(b"1 2"), None);
+        assert_eq!(chunk_size(b"ffffffffffffffff"), Some(u64::MAX));
+        assert_eq!(chunk_size(b"10000000000000000"), None);
+        assert_eq!(chunk_size(b"5\x00"), None);
+    }
+}
