@@ -24,6 +24,9 @@ pub const SOCKET_NAME: &str = "api.sock";
 pub const TOKEN_FILE: &str = "nomad_token";
 /// Longest socket path a `sockaddr_un` holds (108 bytes of `sun_path`, one for the NUL).
 pub const SUN_PATH_MAX: usize = 107;
+/// Open connections one task may hold on its socket; over it: a quick 503 and close. Lower
+/// than a TCP listener's cap so one task cannot starve the others.
+pub const TASK_SOCKET_MAX_CONNS: usize = 64;
 
 /// What the task runner knows about a task when it prepares it.
 #[derive(Clone, Debug)]
@@ -108,12 +111,18 @@ pub fn prestart(agent: &Arc<Agent>, input: &TaskHookInput) -> TaskHookOutput {
         let token = jwt::sign(&agent.acl.keys, &claims_for(input));
         if input.identity_env {
             out.env.push(("NOMAD_TOKEN".into(), token.clone()));
-            out.env.push(("NOMAD_UNIX_ADDR".into(), format!("unix://{}", sock.display())));
+            out.env.push((
+                "NOMAD_UNIX_ADDR".into(),
+                format!("unix://{}", sock.display()),
+            ));
         }
         if input.identity_file {
             let path = input.secrets_dir.join(TOKEN_FILE);
             if let Err(e) = write_token_file(&path, &token, owner) {
-                let warning = format!("Failed to write workload identity token file {}: {e}", path.display());
+                let warning = format!(
+                    "Failed to write workload identity token file {}: {e}",
+                    path.display()
+                );
                 log::warn!("alloc {} task {}: {warning}", input.alloc_id, input.task);
                 out.warnings.push(warning);
             }
@@ -187,7 +196,12 @@ fn open_task_socket(
         .http
         .get()
         .ok_or_else(|| "Task API socket not created: the HTTP server is not running".to_string())?;
-    let fail = |what: &str, e: io::Error| format!("Task API socket {} not created: {what}: {e}", sock.display());
+    let fail = |what: &str, e: io::Error| {
+        format!(
+            "Task API socket {} not created: {what}: {e}",
+            sock.display()
+        )
+    };
     match std::fs::remove_file(sock) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -196,7 +210,9 @@ fn open_task_socket(
     let listener = UnixListener::bind(sock).map_err(|e| fail("bind", e))?;
     let file_id = set_socket_mode(sock, owner).map_err(|e| fail("set its mode", e))?;
     let tag: Arc<str> = Arc::from(format!("task:{}/{}", input.alloc_id, input.task));
-    let handle = server.serve_unix(listener, tag).map_err(|e| fail("serve", e))?;
+    let handle = server
+        .serve_unix_with_cap(listener, tag, TASK_SOCKET_MAX_CONNS)
+        .map_err(|e| fail("serve", e))?;
     Ok(TaskSocket {
         listener: Some(handle),
         path: sock.to_path_buf(),
@@ -210,7 +226,12 @@ fn open_task_socket(
 fn set_socket_mode(sock: &Path, owner: Option<(u32, u32)>) -> io::Result<(u64, u64)> {
     let c = CString::new(sock.as_os_str().as_bytes()).map_err(io::Error::other)?;
     // SAFETY: c is a valid NUL-terminated path.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
