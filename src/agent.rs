@@ -74,6 +74,7 @@ impl Agent {
         let node = NodeState::load(&config, &index)?;
         let membership = Membership::load(&config, node.id())?;
         let workloads = Workloads::load(&config.data_dir)?;
+        index.observe(workloads.max_index());
         let acl = AclState::load(&config.data_dir, config.acl_enabled)?;
         index.observe(acl.max_index());
         let client = Client::new(&config);

@@ -1,8 +1,123 @@
-//! Client allocation endpoints: restart, signal, stats, gc, and node-wide gc.
+//! Client allocation endpoints: GC (one alloc or all), restart, signal, and stats routing.
 
-use super::{ApiError, ApiResult, Ctx};
+use serde_json::{json, Value};
+
+use crate::client::signals::parse_signal;
+use crate::client::task_runner::TaskCmd;
+use crate::client::{GcError, LifecycleError};
+
+use super::params::get_ci;
+use super::{client_stats, empty, json, ApiError, ApiResult, Ctx};
 
 /// Serve `path` (the request path after `/v1/`).
-pub fn route(_ctx: &Ctx, _path: &str) -> ApiResult {
-    Err(ApiError::no_route())
+pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
+    if path == "client/gc" {
+        ctx.identity.allow_node(true)?;
+        ctx.agent.client.gc_all(ctx.agent);
+        return empty();
+    }
+    let Some(rest) = path.strip_prefix("client/allocation/") else {
+        return Err(ApiError::no_route());
+    };
+    let Some((id, action)) = rest.split_once('/') else {
+        return Err(ApiError::not_found("resource not found"));
+    };
+    match action {
+        "gc" => gc(ctx, id),
+        "stats" => client_stats::alloc_stats(ctx, id),
+        "restart" => restart(ctx, id),
+        "signal" => signal(ctx, id),
+        _ => Err(ApiError::not_found("resource not found")),
+    }
+}
+
+fn alloc_namespace(ctx: &Ctx, id: &str) -> Result<String, ApiError> {
+    ctx.agent
+        .workloads
+        .alloc(id)
+        .map(|a| a.namespace)
+        .ok_or_else(|| ApiError::not_found(format!("Unknown allocation {id:?}")))
+}
+
+fn gc(ctx: &Ctx, id: &str) -> ApiResult {
+    let ns = alloc_namespace(ctx, id)?;
+    ctx.identity.allow_namespace(&ns, "submit-job")?;
+    match ctx.agent.client.gc_alloc(ctx.agent, id) {
+        Ok(()) => empty(),
+        Err(GcError::UnknownAlloc) => {
+            Err(ApiError::not_found(format!("Unknown allocation {id:?}")))
+        }
+        Err(GcError::NotEligible) => Err(ApiError::internal(
+            "No such allocation on client, or allocation not eligible for GC",
+        )),
+        Err(GcError::Io(e)) => Err(ApiError::internal(format!(
+            "failed to destroy alloc dir: {e}"
+        ))),
+    }
+}
+
+fn body_object(ctx: &Ctx) -> Result<Option<serde_json::Map<String, Value>>, ApiError> {
+    if ctx.req.body.is_empty() {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_slice(&ctx.req.body)
+        .map_err(|e| ApiError::bad_request(format!("Failed to decode body: {e}")))?;
+    match v {
+        Value::Object(m) => Ok(Some(m)),
+        _ => Err(ApiError::bad_request(
+            "Failed to decode body: expected a JSON object",
+        )),
+    }
+}
+
+fn lifecycle_err(e: LifecycleError) -> ApiError {
+    match e {
+        LifecycleError::UnknownTask(t) => {
+            ApiError::bad_request(format!("Could not find task runner for task: {t}"))
+        }
+        LifecycleError::NotRunning => ApiError::internal("Task not running"),
+    }
+}
+
+fn restart(ctx: &Ctx, id: &str) -> ApiResult {
+    ctx.require_method(&["PUT", "POST"])?;
+    let ns = alloc_namespace(ctx, id)?;
+    ctx.identity.allow_namespace(&ns, "alloc-lifecycle")?;
+    let body = body_object(ctx)?.unwrap_or_default();
+    let task = get_ci(&body, "TaskName")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty());
+    let all = get_ci(&body, "AllTasks")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let target = if all { None } else { task };
+    ctx.agent
+        .client
+        .command(id, target, TaskCmd::Restart)
+        .map_err(lifecycle_err)?;
+    json(&json!({"Index": 0}))
+}
+
+fn signal(ctx: &Ctx, id: &str) -> ApiResult {
+    ctx.require_method(&["PUT", "POST"])?;
+    let ns = alloc_namespace(ctx, id)?;
+    ctx.identity.allow_namespace(&ns, "alloc-lifecycle")?;
+    let Some(body) = body_object(ctx)? else {
+        return Err(ApiError::bad_request(
+            "Failed to decode body: Request body is empty",
+        ));
+    };
+    let name = get_ci(&body, "Signal")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let sig = parse_signal(name)
+        .ok_or_else(|| ApiError::bad_request(format!("Failed to parse signal {name:?}")))?;
+    let task = get_ci(&body, "Task")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty());
+    ctx.agent
+        .client
+        .command(id, task, TaskCmd::Signal(sig))
+        .map_err(lifecycle_err)?;
+    json(&json!({"Index": 0}))
 }

@@ -1,8 +1,89 @@
-//! Host statistics: GET /v1/client/stats.
+//! Client stats endpoints: `HostStats` of this node and `AllocResourceUsage` of an alloc.
 
-use super::{ApiError, ApiResult, Ctx};
+use serde_json::{json, Map, Value};
 
-/// Serve `path` (the request path after `/v1/`).
-pub fn route(_ctx: &Ctx, _path: &str) -> ApiResult {
-    Err(ApiError::no_route())
+use crate::client::stats::TaskUsage;
+
+use super::{json, ApiError, ApiResult, Ctx};
+
+/// Serve `path` (the request path after `/v1/`): `client/stats`.
+pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
+    if path != "client/stats" {
+        return Err(ApiError::no_route());
+    }
+    if let Some(node) = ctx.req.query("node_id").filter(|n| !n.is_empty()) {
+        if node != ctx.agent.node.id() {
+            return Err(ApiError::not_found(format!("Unknown node {node:?}")));
+        }
+    }
+    ctx.identity.allow_node(false)?;
+    let root = ctx.agent.config.data_dir.join("alloc");
+    let _ = std::fs::create_dir_all(&root);
+    json(
+        &ctx.agent
+            .client
+            .stats
+            .host_stats(&root, ctx.agent.started_at),
+    )
+}
+
+fn resource_usage(u: &TaskUsage) -> Value {
+    json!({
+        "MemoryStats": {
+            "RSS": u.rss, "Cache": 0, "Swap": 0, "MappedFile": 0, "Usage": u.rss, "MaxUsage": u.max_rss,
+            "KernelUsage": 0, "KernelMaxUsage": 0, "Measured": ["RSS", "Max Usage"]
+        },
+        "CpuStats": {
+            "SystemMode": u.system_percent, "UserMode": u.user_percent, "TotalTicks": u.total_ticks,
+            "ThrottledPeriods": 0, "ThrottledTime": 0, "Percent": u.percent,
+            "Measured": ["System Mode", "User Mode", "Percent"]
+        },
+        "DeviceStats": null
+    })
+}
+
+/// `GET /v1/client/allocation/:id/stats` (`?task=` restricts to one task).
+pub fn alloc_stats(ctx: &Ctx, id: &str) -> ApiResult {
+    let a = ctx
+        .agent
+        .workloads
+        .alloc(id)
+        .ok_or_else(|| ApiError::not_found(format!("Unknown allocation {id:?}")))?;
+    ctx.identity.allow_namespace(&a.namespace, "read-job")?;
+    let only = ctx.req.query("task").filter(|t| !t.is_empty());
+    let names: Vec<String> = a
+        .job
+        .group(&a.task_group)
+        .map(|g| g.tasks.iter().map(|t| t.name.clone()).collect())
+        .unwrap_or_default();
+    if let Some(t) = only {
+        if !names.iter().any(|n| n == t) {
+            return Err(ApiError::bad_request(format!(
+                "task {t:?} not found in allocation"
+            )));
+        }
+    }
+    let mut tasks = Map::new();
+    let mut total = TaskUsage::default();
+    let mut ts_max = 0i64;
+    for name in names
+        .iter()
+        .filter(|n| only.map(|t| t == n.as_str()).unwrap_or(true))
+    {
+        let Some(u) = ctx.agent.client.stats.task_usage(id, name) else {
+            continue;
+        };
+        total.rss += u.rss;
+        total.max_rss += u.max_rss;
+        total.percent += u.percent;
+        total.user_percent += u.user_percent;
+        total.system_percent += u.system_percent;
+        total.total_ticks += u.total_ticks;
+        ts_max = ts_max.max(u.timestamp);
+        tasks.insert(
+            name.clone(),
+            json!({"ResourceUsage": resource_usage(&u), "Timestamp": u.timestamp, "Pids": null}),
+        );
+    }
+    json(&json!({"ResourceUsage": resource_usage(&total), "Tasks": tasks, "Timestamp": ts_max}))
 }

@@ -1,8 +1,397 @@
-//! Job and evaluation endpoints: register, read, list, allocations, deregister.
+//! Job and evaluation endpoints: register, read, list, allocations, deregister; evaluations.
 
-use super::{ApiError, ApiResult, Ctx};
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+
+use crate::agent::Agent;
+use crate::state::jobs::spec::Job;
+use crate::state::jobs::validate::validate_job;
+use crate::state::jobs::NodeInfo;
+
+use super::params::{self, get_ci};
+use super::{json_meta, ApiError, ApiResult, Ctx, IndexMeta};
 
 /// Serve `path` (the request path after `/v1/`).
-pub fn route(_ctx: &Ctx, _path: &str) -> ApiResult {
-    Err(ApiError::no_route())
+pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
+    if path == "jobs" {
+        return match ctx.method() {
+            "GET" => list_jobs(ctx),
+            "PUT" | "POST" => register(ctx, None),
+            _ => Err(ApiError::invalid_method()),
+        };
+    }
+    if path == "evaluations" {
+        ctx.require_method(&["GET"])?;
+        return list_evals(ctx);
+    }
+    if let Some(rest) = path.strip_prefix("evaluation/") {
+        return eval_route(ctx, rest);
+    }
+    let Some(rest) = path.strip_prefix("job/") else {
+        return Err(ApiError::no_route());
+    };
+    if let Some(id) = rest.strip_suffix("/allocations") {
+        ctx.require_method(&["GET"])?;
+        return job_allocations(ctx, id);
+    }
+    if let Some(id) = rest.strip_suffix("/evaluations") {
+        ctx.require_method(&["GET"])?;
+        return job_evaluations(ctx, id);
+    }
+    if let Some(id) = rest.strip_suffix("/summary") {
+        ctx.require_method(&["GET"])?;
+        let ns = namespace(ctx);
+        ctx.identity.allow_namespace(&ns, "read-job")?;
+        let job = ctx
+            .agent
+            .workloads
+            .job(&ns, id)
+            .ok_or_else(|| ApiError::not_found("job not found"))?;
+        return json_meta(
+            &job_summary(ctx.agent, &job),
+            IndexMeta::Query(job.modify_index),
+        );
+    }
+    if rest.is_empty() {
+        return Err(ApiError::bad_request("Missing job ID"));
+    }
+    match ctx.method() {
+        "GET" => read_job(ctx, rest),
+        "PUT" | "POST" => register(ctx, Some(rest)),
+        "DELETE" => deregister(ctx, rest),
+        _ => Err(ApiError::invalid_method()),
+    }
+}
+
+/// `?namespace`, default `default`.
+pub fn namespace(ctx: &Ctx) -> String {
+    ctx.req
+        .query("namespace")
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default")
+        .to_string()
+}
+
+fn ns_matches(want: &str, ns: &str) -> bool {
+    want == "*" || want == ns
+}
+
+fn index_now(ctx: &Ctx) -> u64 {
+    ctx.agent.index.current()
+}
+
+fn store_err(e: crate::state::store::StoreError) -> ApiError {
+    log::error!("state write failed: {e}");
+    ApiError::internal(format!("failed to persist state: {e}"))
+}
+
+/// This node, where every alloc is placed.
+pub fn node_info(agent: &Agent) -> NodeInfo {
+    NodeInfo {
+        id: agent.node.id().to_string(),
+        name: agent.config.node_name.clone(),
+    }
+}
+
+fn register(ctx: &Ctx, path_id: Option<&str>) -> ApiResult {
+    if ctx.req.body.is_empty() {
+        return Err(ApiError::empty_body());
+    }
+    let body: Value = serde_json::from_slice(&ctx.req.body)
+        .map_err(|e| ApiError::bad_request(format!("Failed to decode body: {e}")))?;
+    let Some(obj) = body.as_object() else {
+        return Err(ApiError::bad_request(
+            "Failed to decode body: expected a JSON object",
+        ));
+    };
+    let job_value = match get_ci(obj, "Job") {
+        Some(v) if v.is_object() => v.clone(),
+        _ => return Err(ApiError::bad_request("Job must be specified")),
+    };
+    let mut job = Job::from_json(job_value).map_err(ApiError::bad_request)?;
+    if job.id.is_empty() {
+        return Err(ApiError::bad_request("Job ID hasn't been provided"));
+    }
+    if let Some(id) = path_id {
+        if id != job.id {
+            return Err(ApiError::bad_request("Job ID does not match name"));
+        }
+    }
+    let str_field = |k: &str| {
+        get_ci(obj, k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    if let Some(ns) = ctx
+        .req
+        .query("namespace")
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .or_else(|| str_field("Namespace"))
+    {
+        job.namespace = ns;
+    }
+    if let Some(r) = str_field("Region").or_else(|| {
+        ctx.req
+            .query("region")
+            .filter(|r| !r.is_empty())
+            .map(str::to_string)
+    }) {
+        job.region = r;
+    }
+    job.canonicalize(&ctx.agent.config.region);
+    ctx.identity.allow_namespace(&job.namespace, "submit-job")?;
+    validate_job(&job).map_err(ApiError::bad_request)?;
+    if get_ci(obj, "EnforceIndex")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+    {
+        let want = get_ci(obj, "JobModifyIndex")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let existing = ctx.agent.workloads.job(&job.namespace, &job.id);
+        let problem = match (&existing, want) {
+            (Some(_), 0) => Some(format!("Enforcing job modify index {want}: job already exists")),
+            (None, w) if w != 0 => Some(format!("Enforcing job modify index {want}: job does not exist")),
+            (Some(j), w) if j.job_modify_index != w => Some(format!(
+                "Enforcing job modify index {want}: job exists with conflicting job modify index: {}",
+                j.job_modify_index
+            )),
+            _ => None,
+        };
+        if let Some(p) = problem {
+            return Err(ApiError::internal(p));
+        }
+    }
+    let res = ctx
+        .agent
+        .workloads
+        .register(&ctx.agent.index, &node_info(ctx.agent), job)
+        .map_err(store_err)?;
+    ctx.agent.client.sync(ctx.agent);
+    json_meta(
+        &json!({
+            "EvalID": res.eval_id,
+            "EvalCreateIndex": res.eval_create_index,
+            "JobModifyIndex": res.job_modify_index,
+            "Warnings": "",
+            "Index": res.index,
+            "LastContact": 0,
+            "KnownLeader": false,
+            "NextToken": ""
+        }),
+        IndexMeta::Write(res.index),
+    )
+}
+
+fn deregister(ctx: &Ctx, id: &str) -> ApiResult {
+    let ns = namespace(ctx);
+    ctx.identity.allow_namespace(&ns, "submit-job")?;
+    let mut purge = false;
+    for name in ["purge", "global", "no_shutdown_delay"] {
+        if let Some(v) = ctx.req.query(name) {
+            let b = params::parse_go_bool(v).ok_or_else(|| {
+                ApiError::internal(format!(
+                    "Failed to parse value of {name:?} ({v}) as a bool: {}",
+                    params::go_bool_error(v)
+                ))
+            })?;
+            if name == "purge" {
+                purge = b;
+            }
+        }
+    }
+    let res = ctx
+        .agent
+        .workloads
+        .deregister(&ctx.agent.index, &ns, id, purge)
+        .map_err(store_err)?
+        .ok_or_else(|| ApiError::not_found("job not found"))?;
+    ctx.agent.client.sync(ctx.agent);
+    json_meta(
+        &json!({
+            "EvalID": res.eval_id,
+            "EvalCreateIndex": res.eval_create_index,
+            "JobModifyIndex": res.job_modify_index,
+            "VolumeEvalID": "",
+            "VolumeEvalIndex": 0,
+            "Index": res.index,
+            "LastContact": 0,
+            "KnownLeader": false,
+            "NextToken": ""
+        }),
+        IndexMeta::Write(res.index),
+    )
+}
+
+/// The `Job` JSON with its live `Status`.
+pub fn job_json(agent: &Agent, job: &Job) -> Value {
+    let mut j = job.clone();
+    j.status = agent.workloads.job_status(job).to_string();
+    serde_json::to_value(&j).unwrap_or(Value::Null)
+}
+
+fn read_job(ctx: &Ctx, id: &str) -> ApiResult {
+    params::check_common(ctx.req)?;
+    let ns = namespace(ctx);
+    ctx.identity.allow_namespace(&ns, "read-job")?;
+    let job = ctx
+        .agent
+        .workloads
+        .job(&ns, id)
+        .ok_or_else(|| ApiError::not_found("job not found"))?;
+    json_meta(
+        &job_json(ctx.agent, &job),
+        IndexMeta::Query(job.modify_index),
+    )
+}
+
+fn job_summary(agent: &Arc<Agent>, job: &Job) -> Value {
+    let mut summary = Map::new();
+    for tg in &job.task_groups {
+        let mut s = json!({"Queued": 0, "Complete": 0, "Failed": 0, "Running": 0, "Starting": 0, "Lost": 0, "Unknown": 0});
+        for a in agent.workloads.allocs_of_job(&job.namespace, &job.id) {
+            if a.task_group != tg.name {
+                continue;
+            }
+            let key = match a.client_status.as_str() {
+                "complete" => "Complete",
+                "failed" => "Failed",
+                "running" => "Running",
+                "pending" => "Starting",
+                "lost" => "Lost",
+                _ => "Unknown",
+            };
+            if let Some(n) = s.get_mut(key) {
+                *n = json!(n.as_u64().unwrap_or(0) + 1);
+            }
+        }
+        summary.insert(tg.name.clone(), s);
+    }
+    json!({
+        "JobID": job.id,
+        "Namespace": job.namespace,
+        "Summary": summary,
+        "Children": {"Pending": 0, "Running": 0, "Dead": 0},
+        "CreateIndex": job.create_index,
+        "ModifyIndex": job.modify_index
+    })
+}
+
+fn list_jobs(ctx: &Ctx) -> ApiResult {
+    params::check_common(ctx.req)?;
+    let ns = namespace(ctx);
+    ctx.identity.allow_namespace(&ns, "list-jobs")?;
+    let prefix = ctx.req.query("prefix").unwrap_or("");
+    let mut out = Vec::new();
+    let mut jobs = ctx.agent.workloads.jobs();
+    jobs.sort_by(|a, b| a.id.cmp(&b.id));
+    for job in jobs {
+        if !ns_matches(&ns, &job.namespace) || !job.id.starts_with(prefix) {
+            continue;
+        }
+        out.push(json!({
+            "ID": job.id,
+            "ParentID": job.parent_id,
+            "Name": job.name,
+            "Namespace": job.namespace,
+            "Datacenters": job.datacenters,
+            "Multiregion": job.multiregion,
+            "Type": job.job_type(),
+            "Priority": job.priority,
+            "Periodic": !job.periodic.is_null(),
+            "ParameterizedJob": !job.parameterized_job.is_null(),
+            "Stop": job.stop,
+            "Status": ctx.agent.workloads.job_status(&job),
+            "StatusDescription": job.status_description,
+            "JobSummary": job_summary(ctx.agent, &job),
+            "CreateIndex": job.create_index,
+            "ModifyIndex": job.modify_index,
+            "JobModifyIndex": job.job_modify_index,
+            "SubmitTime": job.submit_time,
+            "Meta": job.meta
+        }));
+    }
+    json_meta(&out, IndexMeta::Query(index_now(ctx)))
+}
+
+fn job_allocations(ctx: &Ctx, id: &str) -> ApiResult {
+    params::check_common(ctx.req)?;
+    if let Some(v) = ctx.req.query("all") {
+        if params::parse_go_bool(v).is_none() {
+            return Err(ApiError::bad_request(params::go_bool_error(v)));
+        }
+    }
+    let ns = namespace(ctx);
+    ctx.identity.allow_namespace(&ns, "read-job")?;
+    let out: Vec<Value> = ctx
+        .agent
+        .workloads
+        .allocs_of_job(&ns, id)
+        .iter()
+        .map(|a| a.to_stub(true, false))
+        .collect();
+    json_meta(&out, IndexMeta::Query(index_now(ctx)))
+}
+
+fn job_evaluations(ctx: &Ctx, id: &str) -> ApiResult {
+    let ns = namespace(ctx);
+    ctx.identity.allow_namespace(&ns, "read-job")?;
+    let out: Vec<Value> = ctx
+        .agent
+        .workloads
+        .evals()
+        .iter()
+        .filter(|e| e.namespace == ns && e.job_id == id)
+        .map(|e| e.to_api())
+        .collect();
+    json_meta(&out, IndexMeta::Query(index_now(ctx)))
+}
+
+fn list_evals(ctx: &Ctx) -> ApiResult {
+    params::check_common(ctx.req)?;
+    let ns = namespace(ctx);
+    ctx.identity.allow_namespace(&ns, "read-job")?;
+    let prefix = ctx.req.query("prefix").unwrap_or("");
+    let job = ctx.req.query("job");
+    let status = ctx.req.query("status");
+    let out: Vec<Value> = ctx
+        .agent
+        .workloads
+        .evals()
+        .iter()
+        .filter(|e| ns_matches(&ns, &e.namespace) && e.id.starts_with(prefix))
+        .filter(|e| job.map(|j| j == e.job_id).unwrap_or(true))
+        .filter(|e| status.map(|s| s == e.status).unwrap_or(true))
+        .map(|e| e.to_api())
+        .collect();
+    json_meta(&out, IndexMeta::Query(index_now(ctx)))
+}
+
+fn eval_route(ctx: &Ctx, rest: &str) -> ApiResult {
+    ctx.require_method(&["GET"])?;
+    let (id, allocs) = match rest.strip_suffix("/allocations") {
+        Some(id) => (id, true),
+        None => (rest, false),
+    };
+    let ev = ctx
+        .agent
+        .workloads
+        .eval(id)
+        .ok_or_else(|| ApiError::not_found("eval not found"))?;
+    ctx.identity.allow_namespace(&ev.namespace, "read-job")?;
+    if allocs {
+        let out: Vec<Value> = ctx
+            .agent
+            .workloads
+            .allocs()
+            .iter()
+            .filter(|a| a.eval_id == ev.id)
+            .map(|a| a.to_stub(true, false))
+            .collect();
+        return json_meta(&out, IndexMeta::Query(index_now(ctx)));
+    }
+    json_meta(&ev.to_api(), IndexMeta::Query(ev.modify_index))
 }

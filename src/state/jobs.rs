@@ -1,26 +1,604 @@
-//! Jobs, evaluations and allocations as the server side keeps them (durable, indexed).
+//! Jobs, evaluations and allocations as the server side keeps them: locked maps, one durable
+//! JSON file per object under `<data_dir>/server`, and nomadlet's synchronous scheduler
+//! (one node: `Count` allocations per group, replaced when the job spec changes).
 
-use std::path::Path;
+pub mod alloc;
+pub mod eval;
+pub mod spec;
+pub mod timefmt;
+pub mod validate;
 
-use super::store::StoreError;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use parking_lot::{Mutex, RwLock};
+use sha2::{Digest, Sha256};
+
+use self::alloc::{AllocRecord, TaskState};
+use self::eval::EvalRecord;
+use self::spec::Job;
+use super::store::{self, StoreError};
+use super::IndexCounter;
+
+type JobKey = (String, String);
+
+#[derive(Default)]
+struct Tables {
+    jobs: BTreeMap<JobKey, Job>,
+    evals: BTreeMap<String, EvalRecord>,
+    allocs: BTreeMap<String, AllocRecord>,
+}
+
+/// Objects changed by one write, saved before the write is acknowledged.
+#[derive(Default)]
+struct Changes {
+    jobs: Vec<JobKey>,
+    evals: Vec<String>,
+    allocs: Vec<String>,
+}
 
 /// The server-side job, evaluation and allocation tables.
-#[derive(Debug, Default)]
-pub struct Workloads {}
+pub struct Workloads {
+    dir: PathBuf,
+    tables: RwLock<Tables>,
+    /// Serialises disk writes so the last snapshot of an object is the last one written.
+    /// Taken before `tables` (never the other way round); `tables` is never held across I/O.
+    persist: Mutex<()>,
+    max_index: u64,
+}
+
+impl std::fmt::Debug for Workloads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workloads").field("dir", &self.dir).finish()
+    }
+}
+
+/// Where the allocs of a write are placed.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    pub id: String,
+    pub name: String,
+}
+
+/// The answer to a register or deregister.
+#[derive(Clone, Debug)]
+pub struct WriteResult {
+    pub eval_id: String,
+    pub eval_create_index: u64,
+    pub job_modify_index: u64,
+    pub index: u64,
+}
+
+fn job_file_name(key: &JobKey) -> String {
+    let mut h = Sha256::new();
+    h.update(key.0.as_bytes());
+    h.update([0u8]);
+    h.update(key.1.as_bytes());
+    let digest = h.finalize();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}.json")
+}
+
+fn load_dir<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => {
+            return Err(StoreError {
+                path: dir.to_path_buf(),
+                op: "list",
+                detail: e.to_string(),
+            })
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_json = path.extension().map(|e| e == "json").unwrap_or(false);
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
+        if !is_json || hidden {
+            continue;
+        }
+        match store::read_json::<T>(&path) {
+            Ok(Some(v)) => out.push(v),
+            Ok(None) => {}
+            Err(e) => log::warn!("skipping unreadable state file: {e}"),
+        }
+    }
+    Ok(out)
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
 
 impl Workloads {
     /// Load from `<data_dir>/server`.
-    pub fn load(_data_dir: &Path) -> Result<Workloads, StoreError> {
-        Ok(Workloads {})
+    pub fn load(data_dir: &Path) -> Result<Workloads, StoreError> {
+        let dir = data_dir.join("server");
+        let mut t = Tables::default();
+        let mut max_index = 0;
+        for job in load_dir::<Job>(&dir.join("jobs"))? {
+            max_index = max_index.max(job.modify_index);
+            t.jobs.insert((job.namespace.clone(), job.id.clone()), job);
+        }
+        for ev in load_dir::<EvalRecord>(&dir.join("evals"))? {
+            max_index = max_index.max(ev.modify_index);
+            t.evals.insert(ev.id.clone(), ev);
+        }
+        for a in load_dir::<AllocRecord>(&dir.join("allocs"))? {
+            max_index = max_index.max(a.modify_index);
+            t.allocs.insert(a.id.clone(), a);
+        }
+        Ok(Workloads {
+            dir,
+            tables: RwLock::new(t),
+            persist: Mutex::new(()),
+            max_index,
+        })
+    }
+
+    /// The largest index found on disk at load (the agent raises its counter to it).
+    pub fn max_index(&self) -> u64 {
+        self.max_index
     }
 
     /// Allocations on this node, for the agent's stats.
     pub fn alloc_count(&self) -> usize {
-        0
+        self.tables.read().allocs.len()
     }
 
     /// Facts about an allocation that the ACL layer needs: `(job_id, namespace, terminal)`.
-    pub fn alloc_status(&self, _alloc_id: &str) -> Option<(String, String, bool)> {
-        None
+    /// Terminal means stopped or finished: a workload identity of it is no longer valid.
+    pub fn alloc_status(&self, alloc_id: &str) -> Option<(String, String, bool)> {
+        let t = self.tables.read();
+        let a = t.allocs.get(alloc_id)?;
+        Some((
+            a.job_id.clone(),
+            a.namespace.clone(),
+            a.terminal() || a.desired_status != "run",
+        ))
+    }
+
+    fn save(&self, changes: Changes) -> Result<(), StoreError> {
+        let _guard = self.persist.lock();
+        let (jobs, evals, allocs) = {
+            let t = self.tables.read();
+            let jobs: Vec<(JobKey, Option<Job>)> = changes
+                .jobs
+                .into_iter()
+                .map(|k| (k.clone(), t.jobs.get(&k).cloned()))
+                .collect();
+            let evals: Vec<(String, Option<EvalRecord>)> = changes
+                .evals
+                .into_iter()
+                .map(|k| (k.clone(), t.evals.get(&k).cloned()))
+                .collect();
+            let allocs: Vec<(String, Option<AllocRecord>)> = changes
+                .allocs
+                .into_iter()
+                .map(|k| (k.clone(), t.allocs.get(&k).cloned()))
+                .collect();
+            (jobs, evals, allocs)
+        };
+        for (id, a) in allocs {
+            let path = self.dir.join("allocs").join(format!("{id}.json"));
+            match a {
+                Some(a) => store::write_json(&path, &a)?,
+                None => remove(&path)?,
+            }
+        }
+        for (id, e) in evals {
+            let path = self.dir.join("evals").join(format!("{id}.json"));
+            match e {
+                Some(e) => store::write_json(&path, &e)?,
+                None => remove(&path)?,
+            }
+        }
+        for (key, j) in jobs {
+            let path = self.dir.join("jobs").join(job_file_name(&key));
+            match j {
+                Some(j) => store::write_json(&path, &j)?,
+                None => remove(&path)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn new_eval(job: &Job, triggered_by: &str, index: u64) -> EvalRecord {
+        let now = timefmt::now_ns();
+        EvalRecord {
+            id: new_id(),
+            namespace: job.namespace.clone(),
+            priority: job.priority.unwrap_or(50),
+            eval_type: job.job_type().to_string(),
+            triggered_by: triggered_by.to_string(),
+            job_id: job.id.clone(),
+            job_modify_index: job.job_modify_index,
+            status: "complete".into(),
+            queued_allocations: job
+                .task_groups
+                .iter()
+                .map(|g| (g.name.clone(), 0))
+                .collect(),
+            snapshot_index: index,
+            create_index: index,
+            modify_index: index,
+            create_time: now,
+            modify_time: now,
+        }
+    }
+
+    fn new_alloc(
+        job: &Job,
+        group: &str,
+        idx: u32,
+        eval_id: &str,
+        node: &NodeInfo,
+        index: u64,
+    ) -> AllocRecord {
+        let now = timefmt::now_ns();
+        AllocRecord {
+            id: new_id(),
+            namespace: job.namespace.clone(),
+            eval_id: eval_id.to_string(),
+            name: format!("{}.{}[{}]", job.id, group, idx),
+            node_id: node.id.clone(),
+            node_name: node.name.clone(),
+            job_id: job.id.clone(),
+            job: job.clone(),
+            task_group: group.to_string(),
+            alloc_index: idx,
+            desired_status: "run".into(),
+            desired_description: String::new(),
+            client_status: "pending".into(),
+            client_description: String::new(),
+            task_states: BTreeMap::new(),
+            previous_allocation: String::new(),
+            next_allocation: String::new(),
+            create_index: index,
+            modify_index: index,
+            alloc_modify_index: index,
+            create_time: now,
+            modify_time: now,
+            collected: false,
+        }
+    }
+
+    fn stop_allocs_of(t: &mut Tables, key: &JobKey, desc: &str, index: u64, changes: &mut Changes) {
+        let now = timefmt::now_ns();
+        for a in t.allocs.values_mut() {
+            if a.namespace == key.0 && a.job_id == key.1 && a.desired_status == "run" {
+                a.desired_status = "stop".into();
+                a.desired_description = desc.to_string();
+                a.modify_index = index;
+                a.alloc_modify_index = index;
+                a.modify_time = now;
+                changes.allocs.push(a.id.clone());
+            }
+        }
+    }
+
+    /// Register a canonicalized, validated job. A changed spec makes a new version and
+    /// replaces its allocations; an unchanged one leaves everything as it is.
+    pub fn register(
+        &self,
+        counter: &IndexCounter,
+        node: &NodeInfo,
+        mut job: Job,
+    ) -> Result<WriteResult, StoreError> {
+        let index = counter.next();
+        let mut changes = Changes::default();
+        let key: JobKey = (job.namespace.clone(), job.id.clone());
+        let result = {
+            let mut t = self.tables.write();
+            let existing = t.jobs.get(&key).cloned();
+            let changed = existing
+                .as_ref()
+                .map(|e| e.spec_changed(&job))
+                .unwrap_or(true);
+            if changed {
+                job.version = existing.as_ref().map(|e| e.version + 1).unwrap_or(0);
+                job.create_index = existing.as_ref().map(|e| e.create_index).unwrap_or(index);
+                job.modify_index = index;
+                job.job_modify_index = index;
+                job.submit_time = timefmt::now_ns();
+                job.status = "pending".into();
+                t.jobs.insert(key.clone(), job.clone());
+                changes.jobs.push(key.clone());
+            } else if let Some(e) = existing {
+                job = e;
+            }
+            let eval = Self::new_eval(&job, "job-register", index);
+            let eval_id = eval.id.clone();
+            changes.evals.push(eval_id.clone());
+            t.evals.insert(eval_id.clone(), eval);
+            if changed {
+                Self::stop_allocs_of(
+                    &mut t,
+                    &key,
+                    "alloc not needed due to job update",
+                    index,
+                    &mut changes,
+                );
+                if !job.stop {
+                    for tg in &job.task_groups {
+                        for i in 0..tg.count().max(0) as u32 {
+                            let a = Self::new_alloc(&job, &tg.name, i, &eval_id, node, index);
+                            changes.allocs.push(a.id.clone());
+                            t.allocs.insert(a.id.clone(), a);
+                        }
+                    }
+                }
+            }
+            WriteResult {
+                eval_id,
+                eval_create_index: index,
+                job_modify_index: job.job_modify_index,
+                index,
+            }
+        };
+        self.save(changes)?;
+        Ok(result)
+    }
+
+    /// Stop a job (or purge it). `None` when the job is unknown.
+    pub fn deregister(
+        &self,
+        counter: &IndexCounter,
+        namespace: &str,
+        job_id: &str,
+        purge: bool,
+    ) -> Result<Option<WriteResult>, StoreError> {
+        let key: JobKey = (namespace.to_string(), job_id.to_string());
+        let mut changes = Changes::default();
+        let index = counter.next();
+        let result = {
+            let mut t = self.tables.write();
+            let Some(job) = t.jobs.get(&key).cloned() else {
+                return Ok(None);
+            };
+            let mut job = job;
+            if purge {
+                t.jobs.remove(&key);
+            } else {
+                job.stop = true;
+                job.modify_index = index;
+                job.job_modify_index = index;
+                job.version += 1;
+                t.jobs.insert(key.clone(), job.clone());
+            }
+            changes.jobs.push(key.clone());
+            let eval = Self::new_eval(&job, "job-deregister", index);
+            let eval_id = eval.id.clone();
+            changes.evals.push(eval_id.clone());
+            t.evals.insert(eval_id.clone(), eval);
+            Self::stop_allocs_of(
+                &mut t,
+                &key,
+                "alloc not needed since job is stopped",
+                index,
+                &mut changes,
+            );
+            WriteResult {
+                eval_id,
+                eval_create_index: index,
+                job_modify_index: index,
+                index,
+            }
+        };
+        self.save(changes)?;
+        Ok(Some(result))
+    }
+
+    /// Stop one allocation; the scheduler places a replacement when its job still wants it.
+    /// `None` when the alloc is unknown; otherwise `(eval_id, index)`.
+    pub fn stop_alloc(
+        &self,
+        counter: &IndexCounter,
+        node: &NodeInfo,
+        alloc_id: &str,
+    ) -> Result<Option<(String, u64)>, StoreError> {
+        let index = counter.next();
+        let mut changes = Changes::default();
+        let eval_id = {
+            let mut t = self.tables.write();
+            let Some(old) = t.allocs.get(alloc_id).cloned() else {
+                return Ok(None);
+            };
+            let key: JobKey = (old.namespace.clone(), old.job_id.clone());
+            let current = t.jobs.get(&key).cloned();
+            let eval_job = current.clone().unwrap_or_else(|| old.job.clone());
+            let eval = Self::new_eval(&eval_job, "alloc-stop", index);
+            let eval_id = eval.id.clone();
+            changes.evals.push(eval_id.clone());
+            t.evals.insert(eval_id.clone(), eval);
+            if old.desired_status == "run" {
+                let replace = current
+                    .filter(|j| !j.stop && j.version == old.job.version && !old.terminal())
+                    .map(|j| {
+                        Self::new_alloc(&j, &old.task_group, old.alloc_index, &eval_id, node, index)
+                    });
+                let now = timefmt::now_ns();
+                if let Some(a) = t.allocs.get_mut(alloc_id) {
+                    a.desired_status = "stop".into();
+                    a.desired_description = "alloc was stopped by the user".into();
+                    a.modify_index = index;
+                    a.alloc_modify_index = index;
+                    a.modify_time = now;
+                    if let Some(r) = &replace {
+                        a.next_allocation = r.id.clone();
+                    }
+                }
+                changes.allocs.push(alloc_id.to_string());
+                if let Some(mut r) = replace {
+                    r.previous_allocation = alloc_id.to_string();
+                    changes.allocs.push(r.id.clone());
+                    t.allocs.insert(r.id.clone(), r);
+                }
+            }
+            eval_id
+        };
+        self.save(changes)?;
+        Ok(Some((eval_id, index)))
+    }
+
+    /// Change an allocation (the client's task states, collection) and save it.
+    pub fn update_alloc(
+        &self,
+        counter: &IndexCounter,
+        alloc_id: &str,
+        f: impl FnOnce(&mut AllocRecord),
+    ) -> Result<Option<AllocRecord>, StoreError> {
+        let index = counter.next();
+        let updated = {
+            let mut t = self.tables.write();
+            let Some(a) = t.allocs.get_mut(alloc_id) else {
+                return Ok(None);
+            };
+            f(a);
+            a.refresh_client_status();
+            a.modify_index = index;
+            a.modify_time = timefmt::now_ns();
+            a.clone()
+        };
+        let changes = Changes {
+            allocs: vec![alloc_id.to_string()],
+            ..Changes::default()
+        };
+        self.save(changes)?;
+        Ok(Some(updated))
+    }
+
+    /// Change one task's state of an allocation and save it.
+    pub fn update_task(
+        &self,
+        counter: &IndexCounter,
+        alloc_id: &str,
+        task: &str,
+        f: impl FnOnce(&mut TaskState),
+    ) -> Result<Option<AllocRecord>, StoreError> {
+        self.update_alloc(counter, alloc_id, |a| {
+            let ts = a
+                .task_states
+                .entry(task.to_string())
+                .or_insert_with(TaskState::pending);
+            f(ts);
+        })
+    }
+
+    pub fn job(&self, namespace: &str, id: &str) -> Option<Job> {
+        self.tables
+            .read()
+            .jobs
+            .get(&(namespace.to_string(), id.to_string()))
+            .cloned()
+    }
+
+    pub fn jobs(&self) -> Vec<Job> {
+        self.tables.read().jobs.values().cloned().collect()
+    }
+
+    pub fn alloc(&self, id: &str) -> Option<AllocRecord> {
+        self.tables.read().allocs.get(id).cloned()
+    }
+
+    /// Every allocation, oldest first.
+    pub fn allocs(&self) -> Vec<AllocRecord> {
+        let mut v: Vec<AllocRecord> = self.tables.read().allocs.values().cloned().collect();
+        v.sort_by_key(|a| (a.create_index, a.create_time));
+        v
+    }
+
+    pub fn allocs_of_job(&self, namespace: &str, job_id: &str) -> Vec<AllocRecord> {
+        self.allocs()
+            .into_iter()
+            .filter(|a| a.namespace == namespace && a.job_id == job_id)
+            .collect()
+    }
+
+    pub fn eval(&self, id: &str) -> Option<EvalRecord> {
+        self.tables.read().evals.get(id).cloned()
+    }
+
+    pub fn evals(&self) -> Vec<EvalRecord> {
+        let mut v: Vec<EvalRecord> = self.tables.read().evals.values().cloned().collect();
+        v.sort_by_key(|e| e.create_index);
+        v
+    }
+
+    /// A job's `Status`: running while an alloc runs, pending while one waits, else dead.
+    pub fn job_status(&self, job: &Job) -> &'static str {
+        let allocs = self.allocs_of_job(&job.namespace, &job.id);
+        let live: Vec<&AllocRecord> = allocs
+            .iter()
+            .filter(|a| !a.terminal() && a.desired_status == "run")
+            .collect();
+        if live.iter().any(|a| a.client_status == "running") {
+            "running"
+        } else if !live.is_empty() {
+            "pending"
+        } else if job.stop || job.is_batch() || !allocs.is_empty() {
+            "dead"
+        } else {
+            "pending"
+        }
+    }
+}
+
+fn remove(path: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError {
+            path: path.to_path_buf(),
+            op: "remove",
+            detail: e.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(count: i64, cmd: &str) -> Job {
+        let mut j = Job::from_json(
+            serde_json::json!({"ID": "web", "TaskGroups": [{"Name": "g", "Count": count,
+            "Tasks": [{"Name": "t", "Driver": "raw_exec", "Config": {"command": cmd}}]}]}),
+        )
+        .unwrap();
+        j.canonicalize("global");
+        j
+    }
+
+    #[test]
+    fn register_places_count_allocs_and_unchanged_is_a_noop_and_state_survives_reload() {
+        let dir = std::env::temp_dir().join(format!("nomadlet-wl-{}", uuid::Uuid::new_v4()));
+        let counter = IndexCounter::default();
+        let node = NodeInfo {
+            id: "n1".into(),
+            name: "node".into(),
+        };
+        let w = Workloads::load(&dir).unwrap();
+        let r1 = w.register(&counter, &node, job(2, "/bin/true")).unwrap();
+        assert_eq!(w.allocs().len(), 2);
+        assert!(w.eval(&r1.eval_id).is_some());
+        let r2 = w.register(&counter, &node, job(2, "/bin/true")).unwrap();
+        assert_eq!(r2.job_modify_index, r1.job_modify_index);
+        assert_eq!(w.allocs().len(), 2);
+        w.register(&counter, &node, job(1, "/bin/false")).unwrap();
+        let allocs = w.allocs();
+        assert_eq!(allocs.len(), 3);
+        assert_eq!(
+            allocs.iter().filter(|a| a.desired_status == "run").count(),
+            1
+        );
+        assert_eq!(w.job("default", "web").unwrap().version, 1);
+        let back = Workloads::load(&dir).unwrap();
+        assert_eq!(back.allocs().len(), 3);
+        assert_eq!(back.job("default", "web").unwrap().version, 1);
+        assert!(back.max_index() >= r1.index);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

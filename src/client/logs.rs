@@ -1,0 +1,324 @@
+//! Task logs: a pump thread per stream copies the task's pipe into rotating files
+//! `alloc/logs/<task>.<stdout|stderr>.<n>` with Nomad's rotation (append to the highest index
+//! at start, next index when full, oldest deleted beyond `MaxFiles`).
+//!
+//! `alloc/logs` is writable by the task (Nomad CVE-2026-6959): every file is opened relative
+//! to a directory fd with `O_NOFOLLOW|O_NONBLOCK|O_CLOEXEC`, new files with `O_EXCL`, then
+//! checked with `fstat` (a regular file owned by the agent, one link). Old files are removed
+//! with `unlinkat` after `fstatat(AT_SYMLINK_NOFOLLOW)`. Nothing is ever truncated, and no
+//! log file is ever read or reopened by name.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Receiver};
+
+use super::dirfd;
+
+/// Indexes tried past a planted file before the output is dropped.
+pub const MAX_INDEX_SKIPS: u64 = 16;
+/// Read size of the pump.
+pub const PUMP_CHUNK: usize = 64 * 1024;
+/// How often a pump waiting for output checks whether it was told to stop.
+pub const PUMP_POLL: Duration = Duration::from_millis(250);
+/// Mode of log files.
+pub const LOG_FILE_MODE: u32 = 0o644;
+
+/// A rotating writer for one stream of one task.
+pub struct Rotator {
+    dir: Arc<OwnedFd>,
+    base: String,
+    max_files: u64,
+    max_size: u64,
+    index: u64,
+    oldest: u64,
+    file: Option<File>,
+    size: u64,
+}
+
+fn parse_index(name: &str, base: &str) -> Option<u64> {
+    let rest = name.strip_prefix(base)?.strip_prefix('.')?;
+    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    rest.parse().ok()
+}
+
+/// Whether an open file is one the agent may write: regular, owned by us, not hard-linked.
+fn safe_file(fd: &OwnedFd) -> io::Result<u64> {
+    let st = dirfd::fstat(fd)?;
+    if !dirfd::is_reg(&st) {
+        return Err(io::Error::other("not a regular file"));
+    }
+    if st.st_uid != dirfd::euid() {
+        return Err(io::Error::other("not owned by the agent"));
+    }
+    if st.st_nlink != 1 {
+        return Err(io::Error::other("has more than one link"));
+    }
+    Ok(st.st_size as u64)
+}
+
+impl Rotator {
+    /// Start writing `<base>.<n>` in `dir`, appending to the highest existing index.
+    pub fn open(dir: Arc<OwnedFd>, base: &str, max_files: u64, max_size: u64) -> Rotator {
+        let indexes: Vec<u64> = dirfd::list(&dir)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| parse_index(n, base))
+            .collect();
+        let start = indexes.iter().copied().max().unwrap_or(0);
+        let oldest = indexes.iter().copied().min().unwrap_or(0);
+        let mut r = Rotator {
+            dir,
+            base: base.to_string(),
+            max_files: max_files.max(1),
+            max_size: max_size.max(1),
+            index: start,
+            oldest,
+            file: None,
+            size: 0,
+        };
+        r.open_from(start);
+        r
+    }
+
+    fn name(&self, i: u64) -> String {
+        format!("{}.{}", self.base, i)
+    }
+
+    /// Open the first usable index at or after `start`.
+    fn open_from(&mut self, start: u64) {
+        self.file = None;
+        for i in start..start + MAX_INDEX_SKIPS {
+            let name = self.name(i);
+            let created = dirfd::open_at(
+                &self.dir,
+                &name,
+                libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_EXCL,
+                LOG_FILE_MODE,
+            );
+            let fd = match created {
+                Ok(fd) => fd,
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    match dirfd::open_at(&self.dir, &name, libc::O_WRONLY | libc::O_APPEND, 0) {
+                        Ok(fd) => fd,
+                        Err(e) => {
+                            log::warn!("log file {name} refused: {e}");
+                            continue;
+                        }
+                    }
+                }
+                Err(e) => {
+                    log::warn!("log file {name} cannot be created: {e}");
+                    continue;
+                }
+            };
+            match safe_file(&fd) {
+                Ok(size) if size < self.max_size => {
+                    self.index = i;
+                    self.size = size;
+                    self.file = Some(File::from(fd));
+                    self.purge();
+                    return;
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    log::warn!("log file {name} refused: {e}");
+                    continue;
+                }
+            }
+        }
+        log::warn!("no usable log file for {}; output is dropped", self.base);
+    }
+
+    /// Delete the lowest indexes so that at most `max_files` remain.
+    fn purge(&mut self) {
+        while self.index >= self.max_files && self.oldest <= self.index - self.max_files {
+            let name = self.name(self.oldest);
+            match dirfd::lstat_at(&self.dir, &name) {
+                Ok(Some(st)) if st.st_mode & libc::S_IFMT != libc::S_IFDIR => {
+                    if let Err(e) = dirfd::unlink_at(&self.dir, &name) {
+                        log::warn!("cannot remove old log file {name}: {e}");
+                    }
+                }
+                _ => {}
+            }
+            self.oldest += 1;
+        }
+    }
+
+    /// Append bytes, rotating exactly at the size limit.
+    pub fn write(&mut self, mut buf: &[u8]) {
+        while !buf.is_empty() {
+            if self.size >= self.max_size {
+                let next = self.index + 1;
+                self.open_from(next);
+            }
+            let Some(f) = self.file.as_mut() else {
+                return;
+            };
+            let room = (self.max_size - self.size) as usize;
+            let n = room.min(buf.len());
+            if let Err(e) = f.write_all(&buf[..n]) {
+                log::warn!("writing {}.{} failed: {e}", self.base, self.index);
+                self.file = None;
+                return;
+            }
+            self.size += n as u64;
+            buf = &buf[n..];
+        }
+    }
+}
+
+/// A pump thread copying one pipe into a [`Rotator`].
+pub struct LogPump {
+    stop: Arc<AtomicBool>,
+    done: Receiver<()>,
+    join: Option<JoinHandle<()>>,
+}
+
+fn wait_readable(fd: &OwnedFd, timeout: Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let rc = unsafe { libc::poll(&mut p, 1, timeout.as_millis() as libc::c_int) };
+    rc > 0
+}
+
+fn read_some(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for buf.len() bytes.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+impl LogPump {
+    /// Start pumping `pipe` (the read end) into `sink` (`None`: drain and discard).
+    pub fn start(
+        thread_name: String,
+        pipe: OwnedFd,
+        mut sink: Option<Rotator>,
+    ) -> io::Result<LogPump> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (done_tx, done) = bounded::<()>(1);
+        let flag = stop.clone();
+        let join = std::thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || {
+                let mut buf = vec![0u8; PUMP_CHUNK];
+                loop {
+                    let stopping = flag.load(Ordering::SeqCst);
+                    if !wait_readable(&pipe, if stopping { Duration::ZERO } else { PUMP_POLL }) {
+                        if stopping {
+                            break;
+                        }
+                        continue;
+                    }
+                    match read_some(&pipe, &mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            if let Some(r) = sink.as_mut() {
+                                r.write(&buf[..n]);
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(_) => break,
+                    }
+                }
+                let _ = done_tx.send(());
+            })?;
+        Ok(LogPump {
+            stop,
+            done,
+            join: Some(join),
+        })
+    }
+
+    /// Wait up to `grace` for the pipe to close (everything written), then stop and join.
+    pub fn finish(mut self, grace: Duration) {
+        let _ = self.done.recv_timeout(grace);
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+impl Drop for LogPump {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn setup() -> (std::path::PathBuf, Arc<OwnedFd>) {
+        let d = std::env::temp_dir().join(format!("nomadlet-logs-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&d).unwrap();
+        let fd = Arc::new(dirfd::open_dir(&d).unwrap());
+        (d, fd)
+    }
+
+    #[test]
+    fn rotates_exactly_and_keeps_max_files_of_the_tail() {
+        let (d, fd) = setup();
+        let mut r = Rotator::open(fd, "t.stdout", 3, 10);
+        let data: Vec<u8> = (0..95u8).collect();
+        for chunk in data.chunks(7) {
+            r.write(chunk);
+        }
+        let mut names: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort_by_key(|n| parse_index(n, "t.stdout").unwrap());
+        assert_eq!(names, ["t.stdout.7", "t.stdout.8", "t.stdout.9"]);
+        let mut all = Vec::new();
+        for n in &names {
+            all.extend(std::fs::read(d.join(n)).unwrap());
+        }
+        assert_eq!(all, &data[70..]);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn planted_symlink_and_fifo_are_skipped_never_followed() {
+        let (d, fd) = setup();
+        let victim = d.join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        std::os::unix::fs::symlink(&victim, d.join("t.stdout.0")).unwrap();
+        std::os::unix::fs::symlink(&victim, d.join("t.stdout.1")).unwrap();
+        let fifo = std::ffi::CString::new(d.join("t.stdout.2").to_str().unwrap()).unwrap();
+        unsafe { libc::mkfifo(fifo.as_ptr(), 0o666) };
+        let mut r = Rotator::open(fd, "t.stdout", 2, 4);
+        r.write(b"abcdefgh");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(std::fs::read(d.join("t.stdout.3")).unwrap(), b"abcd");
+        assert_eq!(std::fs::read(d.join("t.stdout.4")).unwrap(), b"efgh");
+        assert!(
+            std::fs::symlink_metadata(d.join("t.stdout.0")).is_err(),
+            "old symlink unlinked, not followed"
+        );
+        assert_eq!(std::fs::metadata(&victim).unwrap().nlink(), 1);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,460 @@
+//! The stats sampler thread: every second it reads `/proc` for each running task's process
+//! tree (its session and descendants: RSS, CPU ticks and percent) and the host's CPUs.
+//! Host memory and disks are read when asked.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+use crate::state::jobs::timefmt::now_ns;
+
+/// Sampling period (Nomad's `collection_interval` default).
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the sampler knows about one task's process tree.
+#[derive(Clone, Debug, Default)]
+pub struct TaskUsage {
+    pub rss: u64,
+    pub max_rss: u64,
+    pub percent: f64,
+    pub user_percent: f64,
+    pub system_percent: f64,
+    pub total_ticks: f64,
+    pub timestamp: i64,
+    pub pids: Vec<i32>,
+}
+
+struct Tracked {
+    pid: i32,
+    last: Option<(u64, u64, Instant)>,
+    usage: TaskUsage,
+}
+
+#[derive(Clone, Debug, Default)]
+struct CpuSample {
+    name: String,
+    user: u64,
+    system: u64,
+    idle: u64,
+    total: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    tasks: HashMap<(String, String), Tracked>,
+    cpu_prev: Vec<CpuSample>,
+    cpu_pct: Vec<(String, f64, f64, f64, f64)>,
+}
+
+/// Handle to the sampler thread.
+pub struct Sampler {
+    shared: Arc<Mutex<Shared>>,
+    stop: Mutex<Option<Sender<()>>>,
+    join: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct ProcStat {
+    pid: i32,
+    ppid: i32,
+    sid: i32,
+    utime: u64,
+    stime: u64,
+    rss_pages: u64,
+}
+
+fn read_proc_stat(pid: &str) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = text.rfind(')')?;
+    let rest: Vec<&str> = text[close + 2..].split_whitespace().collect();
+    // rest[0] is field 3 (state).
+    Some(ProcStat {
+        pid: pid.parse().ok()?,
+        ppid: rest.get(1)?.parse().ok()?,
+        sid: rest.get(3)?.parse().ok()?,
+        utime: rest.get(11)?.parse().ok()?,
+        stime: rest.get(12)?.parse().ok()?,
+        rss_pages: rest.get(21)?.parse().ok()?,
+    })
+}
+
+fn all_procs() -> Vec<ProcStat> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let name = name.to_str()?;
+            if name.bytes().all(|b| b.is_ascii_digit()) {
+                read_proc_stat(name)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// The task's processes: its session (it called setsid) plus every descendant.
+fn tree(procs: &[ProcStat], root: i32) -> Vec<&ProcStat> {
+    let mut members: Vec<i32> = procs
+        .iter()
+        .filter(|p| p.sid == root || p.pid == root)
+        .map(|p| p.pid)
+        .collect();
+    loop {
+        let before = members.len();
+        for p in procs {
+            if members.contains(&p.ppid) && !members.contains(&p.pid) {
+                members.push(p.pid);
+            }
+        }
+        if members.len() == before {
+            break;
+        }
+    }
+    procs.iter().filter(|p| members.contains(&p.pid)).collect()
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no side effects.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if v > 0 {
+        v as u64
+    } else {
+        4096
+    }
+}
+
+fn clk_tck() -> f64 {
+    // SAFETY: sysconf has no side effects.
+    let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if v > 0 {
+        v as f64
+    } else {
+        100.0
+    }
+}
+
+/// The CPU clock in MHz (first `cpu MHz` of /proc/cpuinfo; 1000 when unknown).
+pub fn cpu_mhz() -> f64 {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("cpu MHz"))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .unwrap_or(1000.0)
+}
+
+fn read_cpus() -> Vec<CpuSample> {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("cpu")
+                && l.as_bytes()
+                    .get(3)
+                    .map(|b| b.is_ascii_digit())
+                    .unwrap_or(false)
+        })
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            let user = n(1) + n(2);
+            let system = n(3) + n(6) + n(7);
+            let idle = n(4) + n(5);
+            let total = user + system + idle + n(8);
+            Some(CpuSample {
+                name: f.first()?.to_string(),
+                user,
+                system,
+                idle,
+                total,
+            })
+        })
+        .collect()
+}
+
+fn sample_tasks(shared: &Mutex<Shared>) {
+    let roots: Vec<((String, String), i32)> = shared
+        .lock()
+        .tasks
+        .iter()
+        .map(|(k, t)| (k.clone(), t.pid))
+        .collect();
+    if roots.is_empty() {
+        return;
+    }
+    let procs = all_procs();
+    let page = page_size();
+    let hz = clk_tck();
+    let mhz = cpu_mhz();
+    let now = Instant::now();
+    let mut results = Vec::new();
+    for (key, root) in roots {
+        let members = tree(&procs, root);
+        let rss: u64 = members.iter().map(|p| p.rss_pages * page).sum();
+        let ut: u64 = members.iter().map(|p| p.utime).sum();
+        let st: u64 = members.iter().map(|p| p.stime).sum();
+        let pids = members.iter().map(|p| p.pid).collect();
+        results.push((key, rss, ut, st, pids));
+    }
+    let mut s = shared.lock();
+    for (key, rss, ut, st, pids) in results {
+        let Some(t) = s.tasks.get_mut(&key) else {
+            continue;
+        };
+        let (user_pct, sys_pct) = match t.last {
+            Some((lu, ls, at)) => {
+                let secs = now.duration_since(at).as_secs_f64().max(1e-3);
+                (
+                    ut.saturating_sub(lu) as f64 / hz / secs * 100.0,
+                    st.saturating_sub(ls) as f64 / hz / secs * 100.0,
+                )
+            }
+            None => (0.0, 0.0),
+        };
+        t.last = Some((ut, st, now));
+        let percent = user_pct + sys_pct;
+        t.usage = TaskUsage {
+            rss,
+            max_rss: t.usage.max_rss.max(rss),
+            percent,
+            user_percent: user_pct,
+            system_percent: sys_pct,
+            total_ticks: percent / 100.0 * mhz,
+            timestamp: now_ns(),
+            pids,
+        };
+    }
+}
+
+fn sample_host(shared: &Mutex<Shared>) {
+    let cpus = read_cpus();
+    let mut s = shared.lock();
+    let prev = std::mem::take(&mut s.cpu_prev);
+    s.cpu_pct = cpus
+        .iter()
+        .map(|c| {
+            let p = prev
+                .iter()
+                .find(|p| p.name == c.name)
+                .cloned()
+                .unwrap_or_default();
+            let total = c.total.saturating_sub(p.total).max(1) as f64;
+            let user = c.user.saturating_sub(p.user) as f64 / total * 100.0;
+            let system = c.system.saturating_sub(p.system) as f64 / total * 100.0;
+            let idle = c.idle.saturating_sub(p.idle) as f64 / total * 100.0;
+            (c.name.clone(), user, system, idle, user + system)
+        })
+        .collect();
+    s.cpu_prev = cpus;
+}
+
+impl Default for Sampler {
+    fn default() -> Self {
+        Sampler::new()
+    }
+}
+
+impl Sampler {
+    pub fn new() -> Sampler {
+        Sampler {
+            shared: Arc::new(Mutex::new(Shared::default())),
+            stop: Mutex::new(None),
+            join: Mutex::new(None),
+        }
+    }
+
+    /// Start the sampler thread.
+    pub fn start(&self) {
+        let (tx, rx): (Sender<()>, Receiver<()>) = bounded(1);
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("stats-sampler".into())
+            .spawn(move || loop {
+                sample_tasks(&shared);
+                sample_host(&shared);
+                match rx.recv_timeout(SAMPLE_INTERVAL) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+            });
+        match spawned {
+            Ok(j) => {
+                *self.stop.lock() = Some(tx);
+                *self.join.lock() = Some(j);
+            }
+            Err(e) => log::error!("cannot start the stats sampler: {e}"),
+        }
+    }
+
+    /// Stop and join the thread.
+    pub fn shutdown(&self) {
+        let tx = self.stop.lock().take();
+        drop(tx);
+        if let Some(j) = self.join.lock().take() {
+            let _ = j.join();
+        }
+    }
+
+    pub fn register(&self, alloc_id: &str, task: &str, pid: i32) {
+        self.shared.lock().tasks.insert(
+            (alloc_id.to_string(), task.to_string()),
+            Tracked {
+                pid,
+                last: None,
+                usage: TaskUsage::default(),
+            },
+        );
+    }
+
+    pub fn unregister(&self, alloc_id: &str, task: &str) {
+        self.shared
+            .lock()
+            .tasks
+            .remove(&(alloc_id.to_string(), task.to_string()));
+    }
+
+    /// The latest sample of a running task (sampled now if it has none yet).
+    pub fn task_usage(&self, alloc_id: &str, task: &str) -> Option<TaskUsage> {
+        let key = (alloc_id.to_string(), task.to_string());
+        let fresh = self
+            .shared
+            .lock()
+            .tasks
+            .get(&key)
+            .map(|t| t.usage.timestamp == 0)?;
+        if fresh {
+            sample_tasks(&self.shared);
+        }
+        self.shared.lock().tasks.get(&key).map(|t| t.usage.clone())
+    }
+
+    /// `HostStats` JSON (ref §3.3).
+    pub fn host_stats(&self, alloc_root: &Path, started: std::time::SystemTime) -> Value {
+        if self.shared.lock().cpu_prev.is_empty() {
+            sample_host(&self.shared);
+        }
+        let mhz = cpu_mhz();
+        let cpus = self.shared.lock().cpu_pct.clone();
+        let consumed: f64 = cpus.iter().map(|c| c.4 / 100.0 * mhz).sum();
+        let cpu: Vec<Value> = cpus
+            .iter()
+            .map(|(name, u, s, i, t)| {
+                json!({"CPU": name, "User": u, "System": s, "Idle": i, "TotalPercent": t, "TotalTicks": t / 100.0 * mhz})
+            })
+            .collect();
+        let _ = started;
+        json!({
+            "Memory": memory(),
+            "CPU": cpu,
+            "DiskStats": disks(),
+            "AllocDirStats": disk_stats("", "", alloc_root),
+            "DeviceStats": [],
+            "Uptime": uptime(),
+            "Timestamp": now_ns(),
+            "CPUTicksConsumed": consumed,
+        })
+    }
+}
+
+fn meminfo() -> HashMap<String, u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            let kb: u64 = v.split_whitespace().next()?.parse().ok()?;
+            Some((k.to_string(), kb * 1024))
+        })
+        .collect()
+}
+
+fn memory() -> Value {
+    let m = meminfo();
+    let g = |k: &str| m.get(k).copied().unwrap_or(0);
+    let total = g("MemTotal");
+    let available = g("MemAvailable");
+    json!({"Total": total, "Available": available, "Used": total.saturating_sub(available), "Free": g("MemFree")})
+}
+
+fn uptime() -> u64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|t| {
+            t.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map(|v| v as u64)
+        .unwrap_or(0)
+}
+
+fn disk_stats(device: &str, mountpoint: &str, path: &Path) -> Value {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return Value::Null;
+    };
+    // SAFETY: statvfs is plain data filled by the kernel.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Value::Null;
+    }
+    let bs = st.f_frsize as u64;
+    let size = st.f_blocks as u64 * bs;
+    let free = st.f_bfree as u64 * bs;
+    let avail = st.f_bavail as u64 * bs;
+    let used = size.saturating_sub(free);
+    let pct = if used + avail > 0 {
+        used as f64 / (used + avail) as f64 * 100.0
+    } else {
+        0.0
+    };
+    let inodes = st.f_files as u64;
+    let ipct = if inodes > 0 {
+        (inodes - st.f_ffree as u64) as f64 / inodes as f64 * 100.0
+    } else {
+        0.0
+    };
+    json!({"Device": device, "Mountpoint": mountpoint, "Size": size, "Used": used, "Available": avail,
+           "UsedPercent": pct, "InodesUsedPercent": ipct})
+}
+
+fn disks() -> Value {
+    let text = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 2 || !(f[0].starts_with("/dev/") || f[1] == "/") || seen.contains(&f[0]) {
+            continue;
+        }
+        seen.push(f[0]);
+        let v = disk_stats(f[0], f[1], Path::new(f[1]));
+        if !v.is_null() {
+            out.push(v);
+        }
+    }
+    Value::Array(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_tree_is_measured() {
+        let me = std::process::id() as i32;
+        let procs = all_procs();
+        let own = procs.iter().find(|p| p.pid == me).unwrap();
+        assert!(own.rss_pages > 0);
+        assert!(!read_cpus().is_empty());
+    }
+}

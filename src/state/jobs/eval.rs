@@ -1,0 +1,50 @@
+//! Evaluations: the record of each scheduling decision (register, deregister, alloc stop).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::alloc::omit_zero;
+
+/// One evaluation (also its on-disk form). nomadlet schedules synchronously, so every
+/// evaluation is `complete` by the time its ID is returned.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvalRecord {
+    pub id: String,
+    pub namespace: String,
+    pub priority: i64,
+    pub eval_type: String,
+    pub triggered_by: String,
+    pub job_id: String,
+    pub job_modify_index: u64,
+    pub status: String,
+    pub queued_allocations: BTreeMap<String, u64>,
+    pub snapshot_index: u64,
+    pub create_index: u64,
+    pub modify_index: u64,
+    pub create_time: i64,
+    pub modify_time: i64,
+}
+
+impl EvalRecord {
+    /// `Evaluation` JSON: Go order, every zero field omitted.
+    pub fn to_api(&self) -> Value {
+        omit_zero(vec![
+            ("ID", json!(self.id)),
+            ("Namespace", json!(self.namespace)),
+            ("Priority", json!(self.priority)),
+            ("Type", json!(self.eval_type)),
+            ("TriggeredBy", json!(self.triggered_by)),
+            ("JobID", json!(self.job_id)),
+            ("JobModifyIndex", json!(self.job_modify_index)),
+            ("Status", json!(self.status)),
+            ("QueuedAllocations", json!(self.queued_allocations)),
+            ("SnapshotIndex", json!(self.snapshot_index)),
+            ("CreateIndex", json!(self.create_index)),
+            ("ModifyIndex", json!(self.modify_index)),
+            ("CreateTime", json!(self.create_time)),
+            ("ModifyTime", json!(self.modify_time)),
+        ])
+    }
+}

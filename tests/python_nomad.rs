@@ -1,0 +1,26 @@
+//! python-nomad (installed by `make test`) drives the real agent as a Nomad user's script would.
+
+mod common;
+use common::*;
+
+fn run_compat(agent: &TestAgent, sections: &[&str]) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/nomad_compat.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(agent.port.to_string())
+        .args(sections)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "python-nomad checks failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn python_nomad_agent_nodes_and_status_calls_work() {
+    let agent = TestAgent::start(&[]);
+    run_compat(&agent, &["agent"]);
+}
