@@ -112,8 +112,3 @@ pub fn node_allocations(ctx: &Ctx, node_id: &str) -> ApiResult {
         .collect();
     json_meta(&out, IndexMeta::Query(ctx.agent.index.current()))
 }
-
-/// `GET /v1/node/:id/allocations`: the allocations placed on this node.
-pub fn node_allocations(_ctx: &Ctx, _node_id: &str) -> ApiResult {
-    super::json(&Vec::<serde_json::Value>::new())
-}
