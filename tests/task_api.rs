@@ -18,7 +18,14 @@ fn short_dir() -> PathBuf {
 
 fn uuid_hex() -> String {
     let d = temp_dir("x");
-    let name = d.file_name().unwrap().to_string_lossy().rsplit('-').next().unwrap().to_string();
+    let name = d
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .rsplit('-')
+        .next()
+        .unwrap()
+        .to_string();
     let _ = std::fs::remove_dir_all(&d);
     name
 }
@@ -28,7 +35,9 @@ fn start(extra: &[&str]) -> TestAgent {
 }
 
 fn auth(token: Option<&str>) -> Vec<(&str, &str)> {
-    token.map(|t| vec![("X-Nomad-Token", t)]).unwrap_or_default()
+    token
+        .map(|t| vec![("X-Nomad-Token", t)])
+        .unwrap_or_default()
 }
 
 fn register(agent: &TestAgent, token: Option<&str>, job: &Value) {
@@ -53,7 +62,12 @@ fn sh_job(id: &str, task: &str, script: &str, identity: Value) -> Value {
 fn alloc_of(agent: &TestAgent, token: Option<&str>, job: &str) -> String {
     let mut id = String::new();
     wait_until(Duration::from_secs(10), "an allocation", || {
-        let r = agent.request("GET", &format!("/v1/job/{job}/allocations"), &auth(token), b"");
+        let r = agent.request(
+            "GET",
+            &format!("/v1/job/{job}/allocations"),
+            &auth(token),
+            b"",
+        );
         if r.status != 200 {
             return false;
         }
@@ -74,7 +88,9 @@ fn task_dir(agent: &TestAgent, alloc: &str, task: &str) -> PathBuf {
 
 fn wait_socket(sock: &Path) {
     wait_until(Duration::from_secs(10), "the task API socket", || {
-        std::fs::symlink_metadata(sock).map(|m| m.file_type().is_socket()).unwrap_or(false)
+        std::fs::symlink_metadata(sock)
+            .map(|m| m.file_type().is_socket())
+            .unwrap_or(false)
     });
 }
 
@@ -87,11 +103,19 @@ fn task_state(agent: &TestAgent, token: Option<&str>, alloc: &str, task: &str) -
 fn node_meta(agent: &TestAgent, token: Option<&str>) -> Value {
     let nodes = agent.request("GET", "/v1/nodes", &auth(token), b"").json();
     let id = nodes[0]["ID"].as_str().unwrap().to_string();
-    agent.request("GET", &format!("/v1/node/{id}"), &auth(token), b"").json()["Meta"].clone()
+    agent
+        .request("GET", &format!("/v1/node/{id}"), &auth(token), b"")
+        .json()["Meta"]
+        .clone()
 }
 
 fn stdout_of(agent: &TestAgent, alloc: &str, task: &str) -> String {
-    let p = agent.data_dir.join("alloc").join(alloc).join("alloc/logs").join(format!("{task}.stdout.0"));
+    let p = agent
+        .data_dir
+        .join("alloc")
+        .join(alloc)
+        .join("alloc/logs")
+        .join(format!("{task}.stdout.0"));
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
@@ -130,13 +154,23 @@ fn socket_needs_a_credential_and_dies_with_its_task() {
     let s2 = task_dir(&agent, &a2, "t").join("secrets/api.sock");
     wait_socket(&s1);
     wait_socket(&s2);
-    assert_eq!(std::fs::metadata(&s1).unwrap().permissions().mode() & 0o777, 0o666);
+    assert_eq!(
+        std::fs::metadata(&s1).unwrap().permissions().mode() & 0o777,
+        0o666
+    );
 
     let tf = task_dir(&agent, &a1, "t").join("secrets/nomad_token");
     wait_until(Duration::from_secs(10), "the token file", || tf.exists());
-    assert_eq!(std::fs::metadata(&tf).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&tf).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let jwt1 = std::fs::read_to_string(&tf).unwrap();
-    let jwt2 = std::fs::read_to_string(task_dir(&agent, &a2, "t").join("secrets/nomad_token")).unwrap();
+    let tf2 = task_dir(&agent, &a2, "t").join("secrets/nomad_token");
+    wait_until(Duration::from_secs(10), "the second token file", || {
+        tf2.exists()
+    });
+    let jwt2 = std::fs::read_to_string(&tf2).unwrap();
 
     // Claims and header as Nomad writes them.
     let parts: Vec<&str> = jwt1.split('.').collect();
@@ -144,7 +178,10 @@ fn socket_needs_a_credential_and_dies_with_its_task() {
     let header = b64url_json(parts[0]);
     assert_eq!(header["alg"], "RS256");
     assert_eq!(header["typ"], "JWT");
-    assert_eq!(header["kid"], agent.get_json("/.well-known/jwks.json")["keys"][0]["kid"]);
+    assert_eq!(
+        header["kid"],
+        agent.get_json("/.well-known/jwks.json")["keys"][0]["kid"]
+    );
     let claims = b64url_json(parts[1]);
     assert_eq!(claims["nomad_allocation_id"], a1.as_str());
     assert_eq!(claims["nomad_job_id"], "one");
@@ -154,7 +191,9 @@ fn socket_needs_a_credential_and_dies_with_its_task() {
     assert_eq!(claims["sub"], "global:default:one:g:t:default");
     assert!(claims.get("exp").is_none());
 
-    let get = |sock: &Path, hdrs: &[(&str, &str)]| unix_request(sock, "GET", "/v1/client/metadata", hdrs, b"");
+    let get = |sock: &Path, hdrs: &[(&str, &str)]| {
+        unix_request(sock, "GET", "/v1/client/metadata", hdrs, b"")
+    };
     let r = get(&s1, &[]);
     assert_eq!((r.status, r.text()), (401, "Unauthorized".into()));
     let bearer = format!("Bearer {jwt1}");
@@ -163,15 +202,32 @@ fn socket_needs_a_credential_and_dies_with_its_task() {
     let mid = parts[0].len() + 5;
     tampered[mid] = if tampered[mid] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
-    for bad in ["garbage", "6a0f9c1e-1111-2222-3333-444455556666", truncated, &tampered, "eyJhbGciOiJub25lIn0.e30."] {
+    for bad in [
+        "garbage",
+        "6a0f9c1e-1111-2222-3333-444455556666",
+        truncated,
+        &tampered,
+        "eyJhbGciOiJub25lIn0.e30.",
+    ] {
         let r = get(&s1, &[("X-Nomad-Token", bad)]);
-        assert_eq!((r.status, r.text()), (403, "Forbidden".into()), "token {bad:.12}");
+        assert_eq!(
+            (r.status, r.text()),
+            (403, "Forbidden".into()),
+            "token {bad:.12}"
+        );
     }
     assert_eq!(get(&s1, &[("X-Nomad-Token", &jwt1)]).status, 200);
     assert_eq!(get(&s1, &[("Authorization", &bearer)]).status, 200);
-    assert_eq!(get(&s2, &[("X-Nomad-Token", &jwt1)]).status, 200, "any live alloc's identity");
+    assert_eq!(
+        get(&s2, &[("X-Nomad-Token", &jwt1)]).status,
+        200,
+        "any live alloc's identity"
+    );
     // Basic auth is no credential.
-    assert_eq!(get(&s1, &[("Authorization", &format!("Basic {jwt1}"))]).status, 401);
+    assert_eq!(
+        get(&s1, &[("Authorization", &format!("Basic {jwt1}"))]).status,
+        401
+    );
 
     // No JWT in any allocation or job body.
     for path in [
@@ -188,10 +244,14 @@ fn socket_needs_a_credential_and_dies_with_its_task() {
 
     // Stop job one: its socket goes, its identity stops working elsewhere.
     assert_eq!(agent.request("DELETE", "/v1/job/one", &[], b"").status, 200);
-    wait_until(Duration::from_secs(15), "the socket to be removed", || !s1.exists());
-    wait_until(Duration::from_secs(10), "alloc one's identity to be refused", || {
-        get(&s2, &[("X-Nomad-Token", &jwt1)]).status == 403
+    wait_until(Duration::from_secs(15), "the socket to be removed", || {
+        !s1.exists()
     });
+    wait_until(
+        Duration::from_secs(10),
+        "alloc one's identity to be refused",
+        || get(&s2, &[("X-Nomad-Token", &jwt1)]).status == 403,
+    );
     assert_eq!(get(&s2, &[("X-Nomad-Token", &jwt2)]).status, 200);
 
     let log = agent.log();
@@ -202,23 +262,46 @@ fn socket_needs_a_credential_and_dies_with_its_task() {
 fn identity_env_gives_nomad_token_and_unix_addr() {
     let agent = start(&[]);
     let script = r#"printf '%s\n' "$NOMAD_UNIX_ADDR" > "$NOMAD_TASK_DIR/addr"; printf '%s' "$NOMAD_TOKEN" > "$NOMAD_TASK_DIR/tok"; sleep 600"#;
-    register(&agent, None, &sh_job("envy", "t", script, json!({"Env": true})));
+    register(
+        &agent,
+        None,
+        &sh_job("envy", "t", script, json!({"Env": true})),
+    );
     register(&agent, None, &sh_job("plain", "t", script, Value::Null));
     let a = alloc_of(&agent, None, "envy");
     let p = alloc_of(&agent, None, "plain");
     let local = task_dir(&agent, &a, "t").join("local");
-    wait_until(Duration::from_secs(10), "the task to write its env", || local.join("tok").exists() && local.join("addr").exists());
+    wait_until(Duration::from_secs(10), "the task to write its env", || {
+        local.join("tok").exists() && local.join("addr").exists()
+    });
     let sock = task_dir(&agent, &a, "t").join("secrets/api.sock");
     let addr = std::fs::read_to_string(local.join("addr")).unwrap();
     assert_eq!(addr.trim(), format!("unix://{}", sock.display()));
     let tok = std::fs::read_to_string(local.join("tok")).unwrap();
     assert!(tok.starts_with("eyJ"));
-    assert_eq!(unix_request(&sock, "GET", "/v1/client/metadata", &[("X-Nomad-Token", &tok)], b"").status, 200);
-    assert!(!task_dir(&agent, &a, "t").join("secrets/nomad_token").exists(), "no file without file = true");
+    assert_eq!(
+        unix_request(
+            &sock,
+            "GET",
+            "/v1/client/metadata",
+            &[("X-Nomad-Token", &tok)],
+            b""
+        )
+        .status,
+        200
+    );
+    assert!(
+        !task_dir(&agent, &a, "t")
+            .join("secrets/nomad_token")
+            .exists(),
+        "no file without file = true"
+    );
 
     // Without an identity block: a socket, but no token anywhere.
     let plocal = task_dir(&agent, &p, "t").join("local");
-    wait_until(Duration::from_secs(10), "the plain task to run", || plocal.join("tok").exists());
+    wait_until(Duration::from_secs(10), "the plain task to run", || {
+        plocal.join("tok").exists()
+    });
     assert_eq!(std::fs::read_to_string(plocal.join("tok")).unwrap(), "");
     assert!(task_dir(&agent, &p, "t").join("secrets/api.sock").exists());
 }
@@ -227,9 +310,15 @@ fn identity_env_gives_nomad_token_and_unix_addr() {
 fn a_socket_path_over_sun_path_is_a_task_event_and_the_task_still_runs() {
     let long = temp_dir(&"l".repeat(60));
     let agent = TestAgent::start_in(&long, &[]);
-    register(&agent, None, &sh_job("longpath", "t", "echo ran; sleep 600", json!({"Env": true})));
+    register(
+        &agent,
+        None,
+        &sh_job("longpath", "t", "echo ran; sleep 600", json!({"Env": true})),
+    );
     let a = alloc_of(&agent, None, "longpath");
-    wait_until(Duration::from_secs(10), "the task to run", || stdout_of(&agent, &a, "t").contains("ran"));
+    wait_until(Duration::from_secs(10), "the task to run", || {
+        stdout_of(&agent, &a, "t").contains("ran")
+    });
     let st = task_state(&agent, None, &a, "t");
     let events = st["Events"].to_string();
     assert!(events.contains("over the 107-byte limit"), "{events}");
@@ -262,16 +351,22 @@ extern "C" {
 }
 
 fn example_job() -> Value {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/taskapi-example.json")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/taskapi-example.json"
+    ))
+    .unwrap();
     serde_json::from_str::<Value>(&text).unwrap()["Job"].clone()
 }
 
 fn run_example(agent: &TestAgent, token: Option<&str>) -> String {
     register(agent, token, &example_job());
     let a = alloc_of(agent, token, "taskapi-example");
-    wait_until(Duration::from_secs(15), "the example task to finish", || {
-        task_state(agent, token, &a, "taskapi")["State"] == "dead"
-    });
+    wait_until(
+        Duration::from_secs(15),
+        "the example task to finish",
+        || task_state(agent, token, &a, "taskapi")["State"] == "dead",
+    );
     a
 }
 
@@ -279,9 +374,11 @@ fn run_example(agent: &TestAgent, token: Option<&str>) -> String {
 fn seed_example_sets_node_metadata_with_acls_off() {
     let agent = start(&[]);
     let a = run_example(&agent, None);
-    wait_until(Duration::from_secs(10), "the node to show the metadata", || {
-        node_meta(&agent, None)["example"] == "Hello World!"
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the node to show the metadata",
+        || node_meta(&agent, None)["example"] == "Hello World!",
+    );
     assert_eq!(task_state(&agent, None, &a, "taskapi")["Failed"], false);
 }
 
@@ -289,7 +386,10 @@ fn seed_example_sets_node_metadata_with_acls_off() {
 fn seed_example_with_acls_on_needs_a_job_attached_node_write_policy() {
     // Without the policy: 403 for the task, nothing set.
     let agent = start(&["-acl-enabled"]);
-    let mgmt = agent.request("POST", "/v1/acl/bootstrap", &[], b"").json()["SecretID"].as_str().unwrap().to_string();
+    let mgmt = agent.request("POST", "/v1/acl/bootstrap", &[], b"").json()["SecretID"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let a = run_example(&agent, Some(&mgmt));
     let st = task_state(&agent, Some(&mgmt), &a, "taskapi");
     assert_eq!(st["Failed"], true, "{st}");
@@ -299,14 +399,27 @@ fn seed_example_with_acls_on_needs_a_job_attached_node_write_policy() {
 
     // With a policy attached to the job: it works.
     let agent = start(&["-acl-enabled"]);
-    let mgmt = agent.request("POST", "/v1/acl/bootstrap", &[], b"").json()["SecretID"].as_str().unwrap().to_string();
+    let mgmt = agent.request("POST", "/v1/acl/bootstrap", &[], b"").json()["SecretID"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let policy = json!({"Name": "taskapi-node-write", "Rules": "node { policy = \"write\" }",
         "JobACL": {"Namespace": "default", "JobID": "taskapi-example"}});
-    let r = agent.request("POST", "/v1/acl/policy/taskapi-node-write", &auth(Some(&mgmt)), policy.to_string().as_bytes());
+    let r = agent.request(
+        "POST",
+        "/v1/acl/policy/taskapi-node-write",
+        &auth(Some(&mgmt)),
+        policy.to_string().as_bytes(),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let a = run_example(&agent, Some(&mgmt));
-    wait_until(Duration::from_secs(10), "the node to show the metadata", || {
-        node_meta(&agent, Some(&mgmt))["example"] == "Hello World!"
-    });
-    assert_eq!(task_state(&agent, Some(&mgmt), &a, "taskapi")["Failed"], false);
+    wait_until(
+        Duration::from_secs(10),
+        "the node to show the metadata",
+        || node_meta(&agent, Some(&mgmt))["example"] == "Hello World!",
+    );
+    assert_eq!(
+        task_state(&agent, Some(&mgmt), &a, "taskapi")["Failed"],
+        false
+    );
 }

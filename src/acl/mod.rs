@@ -260,16 +260,27 @@ impl AclState {
         group: Option<&str>,
         task: &str,
     ) -> Acl {
+        let attached = self.policies_for_workload(namespace, job, group, task);
+        Acl::from_policies(attached.iter().map(|p| &*p.parsed))
+    }
+
+    /// The policies attached to a job, group or task.
+    pub fn policies_for_workload(
+        &self,
+        namespace: &str,
+        job: &str,
+        group: Option<&str>,
+        task: &str,
+    ) -> Vec<AclPolicy> {
         let t = self.snapshot();
-        Acl::from_policies(
-            t.policies
-                .values()
-                .filter(|p| {
-                    p.job_acl
-                        .as_ref()
-                        .is_some_and(|j| j.covers(namespace, job, group, task))
-                })
-                .map(|p| &*p.parsed),
-        )
+        t.policies
+            .values()
+            .filter(|p| {
+                p.job_acl
+                    .as_ref()
+                    .is_some_and(|j| j.covers(namespace, job, group, task))
+            })
+            .cloned()
+            .collect()
     }
 }

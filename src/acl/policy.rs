@@ -420,11 +420,6 @@ impl Acl {
         }
     }
 
-    /// Nothing allowed (no policies).
-    pub fn deny_all() -> Acl {
-        Acl::default()
-    }
-
     /// Merge policies: capabilities are unioned, `deny` wins.
     pub fn from_policies<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Acl {
         let mut acl = Acl::default();

@@ -36,6 +36,7 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
         }
         "token/self" => token_self(ctx),
         "policies" => list_policies(ctx),
+        "policy/self" => policy_self(ctx),
         _ => {
             if let Some(acc) = rest
                 .strip_prefix("token/")
@@ -306,6 +307,36 @@ fn list_policies(ctx: &Ctx) -> ApiResult {
         .map(AclPolicy::stub_json)
         .collect();
     query_reply(Value::Array(list), ctx)
+}
+
+/// `GET /v1/acl/policy/self`: the policies that apply to the caller.
+fn policy_self(ctx: &Ctx) -> ApiResult {
+    ctx.require_method(&["GET"])?;
+    let acl = &ctx.agent.acl;
+    let list: Vec<AclPolicy> = if let Some(c) = ctx.identity.workload() {
+        acl.policies_for_workload(
+            &c.nomad_namespace,
+            &c.nomad_job_id,
+            c.group(),
+            &c.nomad_task,
+        )
+    } else if let Some(t) = ctx.identity.token() {
+        if t.is_management() {
+            acl.policies()
+        } else {
+            t.policies
+                .iter()
+                .flatten()
+                .filter_map(|n| acl.policy(n))
+                .collect()
+        }
+    } else {
+        return Err(ApiError::permission_denied());
+    };
+    query_reply(
+        Value::Array(list.iter().map(AclPolicy::to_json).collect()),
+        ctx,
+    )
 }
 
 fn valid_policy_name(name: &str) -> bool {

@@ -52,12 +52,26 @@ pub fn token_from_request(req: &Request) -> Option<String> {
 }
 
 /// Why a credential was refused (for debug logs; never contains the credential).
-#[derive(Debug)]
 enum Rejected {
     UnknownToken,
     Jwt(jwt::JwtError),
     AllocGone,
     AllocMismatch,
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejected::UnknownToken => f.write_str("unknown ACL token"),
+            Rejected::Jwt(e) => write!(f, "invalid workload identity: {e}"),
+            Rejected::AllocGone => {
+                f.write_str("workload identity of an unknown or terminal allocation")
+            }
+            Rejected::AllocMismatch => {
+                f.write_str("workload identity does not match its allocation")
+            }
+        }
+    }
 }
 
 /// Resolve the caller. Requests on a task's Unix socket always need a token.
@@ -69,7 +83,7 @@ pub fn authenticate(agent: &Agent, req: &Request) -> Result<Identity, ApiError> 
                 return Err(ApiError::new(401, "Unauthorized"));
             };
             resolve(agent, &t).map_err(|why| {
-                log::debug!("task API request on {tag} refused: {why:?}");
+                log::debug!("task API request on {tag} refused: {why}");
                 ApiError::new(403, "Forbidden")
             })
         }
@@ -83,7 +97,7 @@ pub fn authenticate(agent: &Agent, req: &Request) -> Result<Identity, ApiError> 
                 });
             };
             resolve(agent, &t).map_err(|why| {
-                log::debug!("request refused: {why:?}");
+                log::debug!("request refused: {why}");
                 match why {
                     Rejected::UnknownToken => ApiError::new(403, "ACL token not found"),
                     _ => ApiError::permission_denied(),
@@ -185,6 +199,14 @@ impl Identity {
     /// Management (or ACLs disabled).
     pub fn allow_management(&self) -> Result<(), ApiError> {
         check(self.acl().is_none_or(|a| a.is_management()))
+    }
+
+    /// The workload identity behind this request, if any.
+    pub fn workload(&self) -> Option<&WorkloadClaims> {
+        match self {
+            Identity::Workload { claims, .. } => Some(claims),
+            _ => None,
+        }
     }
 
     /// The ACL token behind this request, if any.

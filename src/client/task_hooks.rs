@@ -39,7 +39,8 @@ pub struct TaskHookInput {
     pub task: String,
     /// `task.user`, when set.
     pub user: Option<String>,
-    /// `<alloc>/<task>`.
+    /// `<alloc>/<task>` (for identity `filepath`, which is not supported yet).
+    #[allow(dead_code)]
     pub task_dir: PathBuf,
     /// `<alloc>/<task>/secrets`.
     pub secrets_dir: PathBuf,
@@ -266,23 +267,31 @@ fn set_socket_mode(sock: &Path, owner: Option<(u32, u32)>) -> io::Result<(u64, u
     result
 }
 
-/// Write the JWT to a fresh file (never through a symlink), 0600, owned by the task's user
-/// when the agent can hand it over.
+/// Write the JWT to a fresh temporary file (never through a symlink), 0600, owned by the task's
+/// user when the agent can hand it over, then rename it into place so readers never see a
+/// partial token.
 fn write_token_file(path: &Path, token: &str, owner: Option<(u32, u32)>) -> io::Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let tmp = dir.join(format!(
+        ".{TOKEN_FILE}.tmp-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+        }
+        f.write_all(token.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
-    }
-    f.write_all(token.as_bytes())?;
-    f.sync_all()
+    result
 }
