@@ -34,8 +34,6 @@ pub struct TaskDir {
     pub dir: PathBuf,
     pub local: PathBuf,
     pub secrets: PathBuf,
-    pub tmp: PathBuf,
-    pub private: PathBuf,
 }
 
 impl AllocDir {
@@ -50,17 +48,11 @@ impl AllocDir {
         self.root.join("alloc")
     }
 
-    pub fn logs(&self) -> PathBuf {
-        self.shared().join("logs")
-    }
-
     pub fn task(&self, task: &str) -> TaskDir {
         let dir = self.root.join(task);
         TaskDir {
             local: dir.join("local"),
             secrets: dir.join("secrets"),
-            tmp: dir.join("tmp"),
-            private: dir.join("private"),
             dir,
         }
     }
@@ -115,8 +107,8 @@ mod tests {
         ad.build_task("web").unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode(&ad.root), 0o755);
-        assert_eq!(mode(&ad.logs()), 0o777);
-        assert_eq!(mode(&ad.task("web").tmp), 0o1777);
+        assert_eq!(mode(&ad.shared().join("logs")), 0o777);
+        assert_eq!(mode(&ad.task("web").dir.join("tmp")), 0o1777);
         // A task swaps alloc/data for a symlink to a directory it does not own.
         let victim = data.join("victim");
         std::fs::create_dir_all(&victim).unwrap();

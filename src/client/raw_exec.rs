@@ -2,7 +2,7 @@
 //! `task.user` when the agent can switch users, signal the group, and collect the exit.
 
 use std::collections::BTreeMap;
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -15,10 +15,8 @@ pub const EXIT_POLL: Duration = Duration::from_millis(50);
 /// A user the task runs as.
 #[derive(Clone, Debug)]
 pub struct TaskUser {
-    pub name: String,
     pub uid: u32,
     pub gid: u32,
-    pub home: String,
 }
 
 /// Look up a user by name (`getpwnam_r`).
@@ -44,19 +42,9 @@ pub fn lookup_user(name: &str) -> Result<TaskUser, String> {
             "Failed to identify user {name:?}: user: unknown user {name}"
         ));
     }
-    // SAFETY: pw_dir points into buf and is NUL-terminated (or null).
-    let home = if pwd.pw_dir.is_null() {
-        String::new()
-    } else {
-        unsafe { CStr::from_ptr(pwd.pw_dir) }
-            .to_string_lossy()
-            .into_owned()
-    };
     Ok(TaskUser {
-        name: name.to_string(),
         uid: pwd.pw_uid,
         gid: pwd.pw_gid,
-        home,
     })
 }
 

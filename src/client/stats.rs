@@ -27,7 +27,6 @@ pub struct TaskUsage {
     pub system_percent: f64,
     pub total_ticks: f64,
     pub timestamp: i64,
-    pub pids: Vec<i32>,
 }
 
 struct Tracked {
@@ -203,11 +202,10 @@ fn sample_tasks(shared: &Mutex<Shared>) {
         let rss: u64 = members.iter().map(|p| p.rss_pages * page).sum();
         let ut: u64 = members.iter().map(|p| p.utime).sum();
         let st: u64 = members.iter().map(|p| p.stime).sum();
-        let pids = members.iter().map(|p| p.pid).collect();
-        results.push((key, rss, ut, st, pids));
+        results.push((key, rss, ut, st));
     }
     let mut s = shared.lock();
-    for (key, rss, ut, st, pids) in results {
+    for (key, rss, ut, st) in results {
         let Some(t) = s.tasks.get_mut(&key) else {
             continue;
         };
@@ -231,7 +229,6 @@ fn sample_tasks(shared: &Mutex<Shared>) {
             system_percent: sys_pct,
             total_ticks: percent / 100.0 * mhz,
             timestamp: now_ns(),
-            pids,
         };
     }
 }

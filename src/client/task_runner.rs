@@ -40,7 +40,7 @@ pub enum TaskCmd {
 
 /// How one run of the process ended.
 enum RunEnd {
-    Exited { code: i64, signal: i64 },
+    Exited { code: i64 },
     Stopped,
     Shutdown,
     Restart,
@@ -284,45 +284,43 @@ impl TaskRunner {
                 RunEnd::Restart => {
                     self.restarting(0, "User requested restart");
                 }
-                RunEnd::Exited { code, .. } => {
-                    match tracker.decide(alloc.job.is_batch(), code == 0) {
-                        Decision::Done { failed } => {
-                            self.finish(failed);
-                            return;
-                        }
-                        Decision::Fail { reason } => {
-                            let mut ev = TaskEvent::new("Not Restarting", reason.clone())
-                                .detail("restart_reason", reason.clone());
-                            ev.restart_reason = reason;
-                            ev.fails_task = true;
-                            self.dead(ev, true);
-                            return;
-                        }
-                        Decision::Restart { delay, reason } => {
-                            self.restarting(delay, &reason);
-                            match self.wait_delay(delay) {
-                                Some(RunEnd::Stopped) => {
-                                    self.dead(
-                                        TaskEvent::new("Killed", "Task successfully killed"),
-                                        false,
-                                    );
-                                    return;
-                                }
-                                Some(RunEnd::Shutdown) => {
-                                    self.event(
-                                        TaskEvent::new(
-                                            "Killed",
-                                            "Task killed because the agent is shutting down",
-                                        ),
-                                        |ts| ts.state = "pending".into(),
-                                    );
-                                    return;
-                                }
-                                _ => {}
+                RunEnd::Exited { code } => match tracker.decide(alloc.job.is_batch(), code == 0) {
+                    Decision::Done { failed } => {
+                        self.finish(failed);
+                        return;
+                    }
+                    Decision::Fail { reason } => {
+                        let mut ev = TaskEvent::new("Not Restarting", reason.clone())
+                            .detail("restart_reason", reason.clone());
+                        ev.restart_reason = reason;
+                        ev.fails_task = true;
+                        self.dead(ev, true);
+                        return;
+                    }
+                    Decision::Restart { delay, reason } => {
+                        self.restarting(delay, &reason);
+                        match self.wait_delay(delay) {
+                            Some(RunEnd::Stopped) => {
+                                self.dead(
+                                    TaskEvent::new("Killed", "Task successfully killed"),
+                                    false,
+                                );
+                                return;
                             }
+                            Some(RunEnd::Shutdown) => {
+                                self.event(
+                                    TaskEvent::new(
+                                        "Killed",
+                                        "Task killed because the agent is shutting down",
+                                    ),
+                                    |ts| ts.state = "pending".into(),
+                                );
+                                return;
+                            }
+                            _ => {}
                         }
                     }
-                }
+                },
             }
         }
     }
@@ -559,7 +557,7 @@ impl TaskRunner {
             if let Ok(Some(st)) = proc.child.try_wait() {
                 let (code, signal) = raw_exec::exit_parts(&st);
                 self.terminated(code, signal);
-                return RunEnd::Exited { code, signal };
+                return RunEnd::Exited { code };
             }
         }
     }
