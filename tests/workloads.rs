@@ -293,6 +293,9 @@ fn alloc_dir_has_nomads_layout_and_permissions() {
     }
     assert_eq!(mode("t/tmp"), 0o1777);
     assert!(dir.join("t/private").is_dir());
+    assert!(std::fs::read_to_string(dir.join("t/executor.out"))
+        .unwrap()
+        .contains("started pid"));
     assert!(dir.join("t/local/made-by-task").exists());
     assert_eq!(
         read_log(&agent, &id, "t", "stdout").trim(),
@@ -722,4 +725,17 @@ fn after_an_agent_crash_the_leftover_task_process_is_killed_before_the_restart()
     assert_ne!(new_pid, json!(pid));
     // Only the second agent owns the data dir now.
     agent.data_dir = temp_dir("unused");
+}
+
+#[test]
+fn args_and_work_dir_are_interpolated() {
+    let agent = TestAgent::start(&[]);
+    let job = json!({"Job": {"ID": "interp", "Type": "batch", "TaskGroups": [{"Name": "g",
+        "Tasks": [{"Name": "t", "Driver": "raw_exec", "Env": {"WHERE": "/tmp"},
+            "Config": {"command": "/bin/sh", "work_dir": "${env.WHERE}",
+                "args": ["-c", "echo \"$0 $1 $(pwd)\"", "${NOMAD_JOB_ID}", "${node.datacenter}"]}}]}]}});
+    register(&agent, &job);
+    let id = first_alloc(&agent, "interp");
+    wait_status(&agent, &id, "complete");
+    assert_eq!(read_log(&agent, &id, "t", "stdout"), "interp dc1 /tmp\n");
 }

@@ -452,6 +452,21 @@ impl TaskRunner {
             capture: !disabled,
         })?;
         let pumps = self.start_pumps(&mut proc, logs_fd, max_files, max_mb * 1024 * 1024);
+        let note = format!(
+            "{} raw_exec: started pid {} ({})",
+            rfc3339_ns(now_ns()),
+            proc.pid,
+            task.name
+        );
+        if let Err(e) = AllocDir::new(&self.agent.config.data_dir, &self.alloc_id)
+            .executor_note(&task.name, &note)
+        {
+            log::warn!(
+                "alloc {} task {}: executor.out refused: {e}",
+                self.alloc_id,
+                self.task_name
+            );
+        }
         self.agent
             .client
             .stats

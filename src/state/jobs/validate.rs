@@ -235,7 +235,7 @@ fn validate_raw_exec(t: &Task) -> Vec<String> {
     }
     if let Some(wd) = cfg.get("work_dir") {
         match wd.as_str() {
-            Some(s) if s.starts_with('/') => {}
+            Some(s) if s.starts_with('/') || s.starts_with("${") => {}
             Some(s) => errs.push(format!("work_dir must be an absolute path: {s:?}")),
             None => errs.push("Incorrect attribute value type: Inappropriate value for attribute \"work_dir\": string required.".to_string()),
         }
