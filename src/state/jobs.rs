@@ -463,8 +463,14 @@ impl Workloads {
         a.modify_index = counter.next();
         a.modify_time = timefmt::now_ns();
         // Written before it is visible: nobody reads a task state that a crash could lose.
-        store::write_json(&self.dir.join("allocs").join(format!("{alloc_id}.json")), &a)?;
-        self.tables.write().allocs.insert(alloc_id.to_string(), a.clone());
+        store::write_json(
+            &self.dir.join("allocs").join(format!("{alloc_id}.json")),
+            &a,
+        )?;
+        self.tables
+            .write()
+            .allocs
+            .insert(alloc_id.to_string(), a.clone());
         Ok(Some(a))
     }
 
