@@ -146,7 +146,180 @@ def bench_size_idle_start():
     print(f"  exec-to-healthy: median {statistics.median(times):.1f} ms (runs {[round(t, 1) for t in times]})")
 
 
-SECTIONS = [bench_size_idle_start, bench_http]
+def job_body(job_id, task_config, count=1, jtype="service", log_config=None):
+    task = {"Name": "t", "Driver": "raw_exec", "Config": task_config}
+    if log_config:
+        task["LogConfig"] = log_config
+    return {"Job": {"ID": job_id, "Type": jtype, "Datacenters": ["dc1"],
+                    "TaskGroups": [{"Name": "g", "Count": count, "EphemeralDisk": {"SizeMB": 4096},
+                                    "Tasks": [task]}]}}
+
+
+def wait_allocs(agent, job_id, status, count=1, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        allocs = agent.req("GET", f"/v1/job/{job_id}/allocations")
+        if len([a for a in allocs if a["ClientStatus"] == status]) >= count:
+            return allocs
+        time.sleep(0.01)
+    raise RuntimeError(f"job {job_id}: {count} allocs not {status} within {timeout}s")
+
+
+def bench_tasks():
+    section("Workloads: cost of idle tasks, log pump throughput")
+    agent = Agent()
+    try:
+        time.sleep(0.5)
+        before = proc_status(agent.proc.pid)
+        n = 10
+        agent.req("POST", "/v1/jobs", job_body("idle", {"command": "/bin/sleep", "args": ["3600"]}, count=n))
+        wait_allocs(agent, "idle", "running", n)
+        time.sleep(1.5)
+        after = proc_status(agent.proc.pid)
+        print(f"  {n} idle tasks: agent RSS {before['rss_kib'] / 1024:.1f} -> {after['rss_kib'] / 1024:.1f} MiB "
+              f"({(after['rss_kib'] - before['rss_kib']) / n:.0f} KiB per task), threads {before['threads']} -> "
+              f"{after['threads']} ({(after['threads'] - before['threads']) / n:.1f} per task)")
+        agent.req("DELETE", "/v1/job/idle?purge=true")
+        size_mb = 512
+        t0 = time.monotonic()
+        agent.req("POST", "/v1/jobs", job_body("noop", {"command": "/bin/true"}, jtype="batch"))
+        wait_allocs(agent, "noop", "complete")
+        base = time.monotonic() - t0
+        t0 = time.monotonic()
+        agent.req("POST", "/v1/jobs", job_body(
+            "flood", {"command": "/bin/sh", "args": ["-c", f"head -c {size_mb * 1024 * 1024} /dev/zero"]},
+            jtype="batch", log_config={"MaxFiles": 3, "MaxFileSizeMB": 256}))
+        flood = wait_allocs(agent, "flood", "complete")[0]["ID"]
+        pumped = time.monotonic() - t0 - base
+        logs = os.path.join(agent.dir, "alloc", flood, "alloc", "logs")
+        kept = sum(os.path.getsize(os.path.join(logs, f)) for f in os.listdir(logs) if f.startswith("t.stdout."))
+        target = os.path.join(agent.dir, "direct.bin")
+        t0 = time.monotonic()
+        subprocess.run(["sh", "-c", f"head -c {size_mb * 1024 * 1024} /dev/zero > {target}"], check=True)
+        direct = time.monotonic() - t0
+        os.unlink(target)
+        print(f"  log pump: {size_mb} MiB through stdout in {pumped:.2f}s = {size_mb / pumped:.0f} MiB/s; "
+              f"the same bytes written straight to a file: {size_mb / direct:.0f} MiB/s; ratio {direct / pumped:.2f}; "
+              f"bytes in the log files at completion: {kept} of {size_mb * 1024 * 1024}")
+    finally:
+        agent.stop()
+
+
+def inotify_floor(path, samples=50):
+    """Append -> inotify event latency, measured with libc through ctypes (the floor)."""
+    import ctypes
+    import select
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    fd = libc.inotify_init1(0)
+    libc.inotify_add_watch(fd, path.encode(), 0x2)  # IN_MODIFY
+    lat = []
+    with open(path, "ab", buffering=0) as f:
+        for _ in range(samples):
+            t0 = time.perf_counter()
+            f.write(b"x\n")
+            select.select([fd], [], [], 1.0)
+            os.read(fd, 4096)
+            lat.append((time.perf_counter() - t0) * 1000)
+    os.close(fd)
+    return lat
+
+
+def pct(v, p):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
+
+
+def follow_latency(agent, alloc_id, fifo, plain, samples=50):
+    s = socket.create_connection(("127.0.0.1", agent.port))
+    q = f"task=t&type=stdout&follow=true&origin=end&offset=0&plain={'true' if plain else 'false'}"
+    s.sendall(f"GET /v1/client/fs/logs/{alloc_id}?{q} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    s.settimeout(5)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += s.recv(65536)
+    lat = []
+    with open(fifo, "wb", buffering=0) as w:
+        for i in range(samples):
+            marker = f"m{i:05d}".encode()
+            want = marker if plain else __import__("base64").b64encode(marker + b"\n")[:8]
+            t0 = time.perf_counter()
+            w.write(marker + b"\n")
+            got = b""
+            while want not in got:
+                got += s.recv(65536)
+            lat.append((time.perf_counter() - t0) * 1000)
+            time.sleep(0.02)
+    s.close()
+    return lat
+
+
+def bench_fs():
+    section("Filesystem: follow latency, cat of 1 GiB, 200 followers")
+    agent = Agent()
+    tiny = None
+    try:
+        agent.req("POST", "/v1/jobs", job_body("echo", {"command": "/bin/sh", "args": [
+            "-c", "mkfifo $NOMAD_ALLOC_DIR/data/in; while true; do cat $NOMAD_ALLOC_DIR/data/in; done"]}))
+        alloc = wait_allocs(agent, "echo", "running")[0]["ID"]
+        adir = os.path.join(agent.dir, "alloc", alloc)
+        fifo = os.path.join(adir, "alloc", "data", "in")
+        deadline = time.monotonic() + 10
+        while not os.path.exists(fifo) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        probe = os.path.join(adir, "alloc", "data", "probe")
+        open(probe, "w").close()
+        floor = inotify_floor(probe)
+        plain = follow_latency(agent, alloc, fifo, True)
+        framed = follow_latency(agent, alloc, fifo, False)
+        for name, v in (("inotify floor (append -> event)", floor), ("logs follow plain", plain),
+                        ("logs follow framed", framed)):
+            print(f"  {name:34s} p50 {pct(v, 50):7.2f} ms   p99 {pct(v, 99):7.2f} ms")
+        print("  (Nomad polls every 250 ms and batches frames for 200 ms)")
+
+        big = os.path.join(adir, "alloc", "data", "big.bin")
+        with open(big, "wb") as f:
+            chunk = os.urandom(1 << 20)
+            for _ in range(1024):
+                f.write(chunk)
+        tport = free_port()
+        tiny = spawn_pinned([TINY, str(tport), big], f"http://127.0.0.1:{tport}/")
+        rounds = {"nomadlet": [], "tiny": []}
+        for _ in range(2):
+            for name, url in (("nomadlet", f"{agent.url}/v1/client/fs/cat/{alloc}?path=alloc/data/big.bin"),
+                              ("tiny", f"http://127.0.0.1:{tport}/")):
+                out = subprocess.run(["taskset", "-c", "1", "curl", "-s", "-o", "/dev/null", "-w",
+                                      "%{speed_download} %{size_download}", url],
+                                     capture_output=True, text=True, check=True).stdout.split()
+                assert int(float(out[1])) == 1 << 30, out
+                rounds[name].append(float(out[0]) / 1e6)
+        hwm = proc_status(agent.proc.pid)["hwm_kib"] / 1024
+        ratio = statistics.median([a / b for a, b in zip(rounds["nomadlet"], rounds["tiny"])])
+        print(f"  cat 1 GiB: nomadlet {statistics.median(rounds['nomadlet']):.0f} MB/s, tiny_http from_file "
+              f"{statistics.median(rounds['tiny']):.0f} MB/s, ratio {ratio:.2f}; agent peak RSS {hwm:.1f} MiB")
+        os.unlink(big)
+
+        before = proc_status(agent.proc.pid)
+        socks = []
+        for _ in range(200):
+            s = socket.create_connection(("127.0.0.1", agent.port))
+            s.sendall(f"GET /v1/client/fs/logs/{alloc}?task=t&type=stdout&follow=true HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            socks.append(s)
+        time.sleep(2)
+        during = proc_status(agent.proc.pid)
+        inotify = sum(1 for fd in os.listdir(f"/proc/{agent.proc.pid}/fd")
+                      if "inotify" in os.readlink(f"/proc/{agent.proc.pid}/fd/{fd}"))
+        for s in socks:
+            s.close()
+        print(f"  200 followers: threads {before['threads']} -> {during['threads']}, RSS "
+              f"{before['rss_kib'] / 1024:.1f} -> {during['rss_kib'] / 1024:.1f} MiB, inotify instances {inotify}")
+    finally:
+        if tiny:
+            tiny.terminate()
+            tiny.wait()
+        agent.stop()
+
+
+SECTIONS = [bench_size_idle_start, bench_http, bench_tasks, bench_fs]
 
 
 def main():

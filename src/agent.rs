@@ -76,6 +76,7 @@ impl Agent {
         let workloads = Workloads::load(&config.data_dir)?;
         index.observe(workloads.max_index());
         let acl = AclState::load(&config.data_dir, config.acl_enabled)?;
+        index.observe(acl.max_index());
         let client = Client::new(&config);
         let batcher = Batcher::new(&config);
         Ok(Arc::new(Agent {

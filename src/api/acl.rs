@@ -1,13 +1,463 @@
 //! ACL endpoints: bootstrap, tokens, policies, and the JWKS document.
 
-use super::{ApiError, ApiResult, Ctx};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::params::{check_common, get_ci};
+use super::{auth::Identity, ApiError, ApiReply, ApiResult, Ctx, IndexMeta};
+use crate::acl::keys::JWKS_MAX_AGE_SECS;
+use crate::acl::policy;
+use crate::acl::tokens::{is_uuid, AclPolicy, AclToken, JobAcl};
+use crate::http::Reply;
+
+/// Longest token name Nomad accepts.
+pub const MAX_TOKEN_NAME: usize = 256;
+/// Longest policy description Nomad accepts.
+pub const MAX_POLICY_DESCRIPTION: usize = 256;
+/// Longest policy name.
+pub const MAX_POLICY_NAME: usize = 128;
 
 /// Serve `path` (the request path after `/v1/`).
-pub fn route(_ctx: &Ctx, _path: &str) -> ApiResult {
-    Err(ApiError::no_route())
+pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
+    let rest = path.strip_prefix("acl/").unwrap_or("");
+    if !ctx.agent.acl.enabled {
+        if is_known_path(rest) {
+            return Err(ApiError::bad_request("ACL support disabled"));
+        }
+        return Err(ApiError::no_route());
+    }
+    match rest {
+        "bootstrap" => bootstrap(ctx),
+        "tokens" => list_tokens(ctx),
+        "token" => {
+            ctx.require_method(&["PUT", "POST"])?;
+            create_token(ctx)
+        }
+        "token/self" => token_self(ctx),
+        "policies" => list_policies(ctx),
+        "policy/self" => policy_self(ctx),
+        _ => {
+            if let Some(acc) = rest
+                .strip_prefix("token/")
+                .filter(|s| !s.is_empty() && !s.contains('/'))
+            {
+                token_by_accessor(ctx, acc)
+            } else if let Some(name) = rest
+                .strip_prefix("policy/")
+                .filter(|s| !s.is_empty() && !s.contains('/'))
+            {
+                policy_by_name(ctx, name)
+            } else {
+                Err(ApiError::no_route())
+            }
+        }
+    }
+}
+
+fn is_known_path(rest: &str) -> bool {
+    matches!(rest, "bootstrap" | "tokens" | "token" | "policies")
+        || rest
+            .strip_prefix("token/")
+            .is_some_and(|s| !s.is_empty() && !s.contains('/'))
+        || rest
+            .strip_prefix("policy/")
+            .is_some_and(|s| !s.is_empty() && !s.contains('/'))
+}
+
+/// The request body as a JSON object (Go's decoder: case-insensitive keys).
+fn body_object(ctx: &Ctx) -> Result<Map<String, Value>, ApiError> {
+    if ctx.req.body.is_empty() {
+        return Err(ApiError::empty_body());
+    }
+    match serde_json::from_slice::<Value>(&ctx.req.body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::bad_request(
+            "Request decode failed: body must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::bad_request(format!("Request decode failed: {e}"))),
+    }
+}
+
+fn opt_string(m: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
+    match get_ci(m, key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "Request decode failed: {key} must be a string"
+        ))),
+    }
+}
+
+fn opt_string_list(m: &Map<String, Value>, key: &str) -> Result<Option<Vec<String>>, ApiError> {
+    let bad = || {
+        ApiError::bad_request(format!(
+            "Request decode failed: {key} must be a list of strings"
+        ))
+    };
+    match get_ci(m, key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_string).ok_or_else(bad))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(_) => Err(bad()),
+    }
+}
+
+fn write_reply(value: Value, index: u64) -> ApiResult {
+    Ok(ApiReply::Json {
+        value,
+        meta: IndexMeta::Write(index),
+    })
+}
+
+fn query_reply(value: Value, ctx: &Ctx) -> ApiResult {
+    Ok(ApiReply::Json {
+        value,
+        meta: IndexMeta::Query(ctx.agent.acl.max_index().max(1)),
+    })
+}
+
+// ---- bootstrap ----
+
+fn bootstrap(ctx: &Ctx) -> ApiResult {
+    ctx.require_method(&["PUT", "POST"])?;
+    let secret = if ctx.req.body.is_empty() {
+        None
+    } else {
+        let m = body_object(ctx)?;
+        match opt_string(&m, "BootstrapSecret")? {
+            Some(s) if !s.is_empty() => {
+                if !is_uuid(&s) {
+                    return Err(ApiError::bad_request("BootstrapSecret must be a UUID"));
+                }
+                Some(s)
+            }
+            _ => None,
+        }
+    };
+    let index = ctx.agent.index.next();
+    let token = ctx.agent.acl.bootstrap(index, secret)?;
+    log::info!(
+        "ACL bootstrap done: management token {} created",
+        token.accessor_id
+    );
+    write_reply(token.to_json(), index)
+}
+
+// ---- tokens ----
+
+fn list_tokens(ctx: &Ctx) -> ApiResult {
+    ctx.require_method(&["GET"])?;
+    check_common(ctx.req)?;
+    ctx.identity.allow_management()?;
+    let prefix = ctx.req.query("prefix").unwrap_or("");
+    let list: Vec<Value> = ctx
+        .agent
+        .acl
+        .tokens()
+        .iter()
+        .filter(|t| t.accessor_id.starts_with(prefix))
+        .map(AclToken::stub_json)
+        .collect();
+    query_reply(Value::Array(list), ctx)
+}
+
+/// The checks Nomad's `ACLToken.Validate` makes.
+fn validate_token(kind: &str, name: &str, policies: &Option<Vec<String>>) -> Result<(), ApiError> {
+    let invalid = |m: &str| Err(ApiError::bad_request(format!("token 0 invalid: {m}")));
+    if name.len() > MAX_TOKEN_NAME {
+        return invalid("token name too long");
+    }
+    let has_policies = policies.as_ref().is_some_and(|p| !p.is_empty());
+    match kind {
+        "client" if !has_policies => invalid("client token missing policies or roles"),
+        "management" if has_policies => {
+            invalid("management token cannot be associated with policies or roles")
+        }
+        "client" | "management" => Ok(()),
+        _ => invalid("token type must be client or management"),
+    }
+}
+
+fn create_token(ctx: &Ctx) -> ApiResult {
+    ctx.identity.allow_management()?;
+    let m = body_object(ctx)?;
+    if let Some(acc) = opt_string(&m, "AccessorID")? {
+        if !acc.is_empty() {
+            return update_token(ctx, &acc, m);
+        }
+    }
+    let name = opt_string(&m, "Name")?.unwrap_or_default();
+    let kind = opt_string(&m, "Type")?.unwrap_or_default();
+    let policies = opt_string_list(&m, "Policies")?.filter(|p| !p.is_empty());
+    let global = matches!(get_ci(&m, "Global"), Some(Value::Bool(true)));
+    validate_token(&kind, &name, &policies)?;
+    let index = ctx.agent.index.next();
+    let token = AclToken::new(name, kind, policies, global, index);
+    ctx.agent.acl.upsert_token(token.clone())?;
+    write_reply(token.to_json(), index)
+}
+
+fn update_token(ctx: &Ctx, accessor: &str, m: Map<String, Value>) -> ApiResult {
+    if let Some(acc) = opt_string(&m, "AccessorID")? {
+        if !acc.is_empty() && acc != accessor {
+            return Err(ApiError::bad_request(
+                "ACL token accessor does not match request path",
+            ));
+        }
+    }
+    let existing = ctx
+        .agent
+        .acl
+        .token(accessor)
+        .ok_or_else(|| ApiError::bad_request("token 0 invalid: cannot find token"))?;
+    let name = opt_string(&m, "Name")?.unwrap_or_default();
+    let kind = opt_string(&m, "Type")?.unwrap_or_else(|| existing.kind.clone());
+    let policies = opt_string_list(&m, "Policies")?.filter(|p| !p.is_empty());
+    validate_token(&kind, &name, &policies)?;
+    if kind != existing.kind {
+        return Err(ApiError::bad_request(
+            "token 0 invalid: cannot change token type",
+        ));
+    }
+    let index = ctx.agent.index.next();
+    let token = ctx.agent.acl.update_token(accessor, |t| {
+        t.name = name;
+        t.policies = policies;
+        t.modify_index = index;
+    })?;
+    write_reply(token.to_json(), index)
+}
+
+fn token_self(ctx: &Ctx) -> ApiResult {
+    ctx.require_method(&["GET"])?;
+    match &ctx.identity {
+        Identity::Token { token, .. } => query_reply(token.to_json(), ctx),
+        Identity::Workload { .. } => Err(ApiError::internal("UUID must be 36 characters")),
+        _ => Err(ApiError::not_found("ACL token not found")),
+    }
+}
+
+fn token_by_accessor(ctx: &Ctx, accessor: &str) -> ApiResult {
+    match ctx.method() {
+        "GET" => {
+            check_common(ctx.req)?;
+            let own = ctx
+                .identity
+                .token()
+                .is_some_and(|t| t.accessor_id == accessor);
+            if !own {
+                ctx.identity.allow_management()?;
+            }
+            let token = ctx
+                .agent
+                .acl
+                .token(accessor)
+                .ok_or_else(|| ApiError::not_found("ACL token not found"))?;
+            query_reply(token.to_json(), ctx)
+        }
+        "PUT" | "POST" => {
+            ctx.identity.allow_management()?;
+            let m = body_object(ctx)?;
+            update_token(ctx, accessor, m)
+        }
+        "DELETE" => {
+            ctx.identity.allow_management()?;
+            let index = ctx.agent.index.next();
+            if ctx.agent.acl.delete_token(accessor)? {
+                log::info!("ACL token {accessor} deleted");
+            }
+            Ok(ApiReply::Empty {
+                meta: IndexMeta::Write(index),
+            })
+        }
+        _ => Err(ApiError::invalid_method()),
+    }
+}
+
+// ---- policies ----
+
+/// Policies the caller may read: all for management, its own for a client token.
+fn may_read_policy(identity: &Identity, name: &str) -> bool {
+    if identity.allow_management().is_ok() {
+        return true;
+    }
+    identity
+        .token()
+        .and_then(|t| t.policies.as_ref())
+        .is_some_and(|p| p.iter().any(|n| n == name))
+}
+
+fn list_policies(ctx: &Ctx) -> ApiResult {
+    ctx.require_method(&["GET"])?;
+    check_common(ctx.req)?;
+    if ctx.identity.allow_management().is_err() && ctx.identity.token().is_none() {
+        return Err(ApiError::permission_denied());
+    }
+    let prefix = ctx.req.query("prefix").unwrap_or("");
+    let list: Vec<Value> = ctx
+        .agent
+        .acl
+        .policies()
+        .iter()
+        .filter(|p| p.name.starts_with(prefix) && may_read_policy(&ctx.identity, &p.name))
+        .map(AclPolicy::stub_json)
+        .collect();
+    query_reply(Value::Array(list), ctx)
+}
+
+/// `GET /v1/acl/policy/self`: the policies that apply to the caller.
+fn policy_self(ctx: &Ctx) -> ApiResult {
+    ctx.require_method(&["GET"])?;
+    let acl = &ctx.agent.acl;
+    let list: Vec<AclPolicy> = if let Some(c) = ctx.identity.workload() {
+        acl.policies_for_workload(
+            &c.nomad_namespace,
+            &c.nomad_job_id,
+            c.group(),
+            &c.nomad_task,
+        )
+    } else if let Some(t) = ctx.identity.token() {
+        if t.is_management() {
+            acl.policies()
+        } else {
+            t.policies
+                .iter()
+                .flatten()
+                .filter_map(|n| acl.policy(n))
+                .collect()
+        }
+    } else {
+        return Err(ApiError::permission_denied());
+    };
+    query_reply(
+        Value::Array(list.iter().map(AclPolicy::to_json).collect()),
+        ctx,
+    )
+}
+
+fn valid_policy_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_POLICY_NAME
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+fn policy_by_name(ctx: &Ctx, name: &str) -> ApiResult {
+    match ctx.method() {
+        "GET" => {
+            check_common(ctx.req)?;
+            if !may_read_policy(&ctx.identity, name) {
+                return Err(ApiError::permission_denied());
+            }
+            let p = ctx
+                .agent
+                .acl
+                .policy(name)
+                .ok_or_else(|| ApiError::not_found("ACL policy not found"))?;
+            query_reply(p.to_json(), ctx)
+        }
+        "PUT" | "POST" => upsert_policy(ctx, name),
+        "DELETE" => {
+            ctx.identity.allow_management()?;
+            let index = ctx.agent.index.next();
+            ctx.agent.acl.delete_policy(name)?;
+            Ok(ApiReply::Empty {
+                meta: IndexMeta::Write(index),
+            })
+        }
+        _ => Err(ApiError::invalid_method()),
+    }
+}
+
+fn parse_job_acl(m: &Map<String, Value>) -> Result<Option<JobAcl>, ApiError> {
+    let Some(v) = get_ci(m, "JobACL") else {
+        return Ok(None);
+    };
+    let obj = match v {
+        Value::Null => return Ok(None),
+        Value::Object(o) => o,
+        _ => {
+            return Err(ApiError::bad_request(
+                "Request decode failed: JobACL must be an object",
+            ))
+        }
+    };
+    let j = JobAcl {
+        namespace: opt_string(obj, "Namespace")?.unwrap_or_default(),
+        job_id: opt_string(obj, "JobID")?.unwrap_or_default(),
+        group: opt_string(obj, "Group")?.unwrap_or_default(),
+        task: opt_string(obj, "Task")?.unwrap_or_default(),
+    };
+    let invalid = |msg: &str| Err(ApiError::bad_request(format!("policy 0 invalid: {msg}")));
+    if !j.job_id.is_empty() && j.namespace.is_empty() {
+        return invalid("namespace must be set to set job ID");
+    }
+    if !j.group.is_empty() && j.job_id.is_empty() {
+        return invalid("job ID must be set to set group");
+    }
+    if !j.task.is_empty() && j.group.is_empty() {
+        return invalid("group must be set to set task");
+    }
+    Ok(Some(j))
+}
+
+fn upsert_policy(ctx: &Ctx, name: &str) -> ApiResult {
+    ctx.identity.allow_management()?;
+    let m = body_object(ctx)?;
+    let body_name = opt_string(&m, "Name")?.unwrap_or_default();
+    if body_name != name {
+        return Err(ApiError::bad_request(
+            "ACL policy name does not match request path",
+        ));
+    }
+    if !valid_policy_name(name) {
+        return Err(ApiError::bad_request(format!(
+            "policy 0 invalid: invalid name '{name}'"
+        )));
+    }
+    let description = opt_string(&m, "Description")?.unwrap_or_default();
+    if description.len() > MAX_POLICY_DESCRIPTION {
+        return Err(ApiError::bad_request(format!(
+            "policy 0 invalid: description longer than {MAX_POLICY_DESCRIPTION}"
+        )));
+    }
+    let rules = opt_string(&m, "Rules")?.unwrap_or_default();
+    let parsed = policy::parse(&rules).map_err(|e| {
+        ApiError::bad_request(format!("policy 0 invalid: failed to parse rules: {e}"))
+    })?;
+    let job_acl = parse_job_acl(&m)?;
+    let index = ctx.agent.index.next();
+    ctx.agent.acl.upsert_policy(AclPolicy {
+        name: name.to_string(),
+        description,
+        rules,
+        job_acl,
+        hash: String::new(),
+        create_index: index,
+        modify_index: index,
+        parsed: Arc::new(parsed),
+    })?;
+    Ok(ApiReply::Empty {
+        meta: IndexMeta::Write(index),
+    })
 }
 
 /// Serve `/.well-known/<rest>` (the JWKS document and OIDC discovery).
-pub fn well_known(_ctx: &Ctx, _rest: &str) -> ApiResult {
-    Err(ApiError::no_route())
+pub fn well_known(ctx: &Ctx, rest: &str) -> ApiResult {
+    match rest {
+        "jwks.json" => {
+            ctx.require_method(&["GET"])?;
+            let body = serde_json::to_vec(&ctx.agent.acl.keys.jwks())
+                .map_err(|e| ApiError::internal(format!("failed to encode response: {e}")))?;
+            Ok(ApiReply::Http(
+                Reply::bytes(200, "application/json", body)
+                    .with_header("Cache-Control", format!("max-age={JWKS_MAX_AGE_SECS}")),
+            ))
+        }
+        "openid-configuration" => Err(ApiError::not_found("OIDC Discovery endpoint disabled")),
+        _ => Err(ApiError::no_route()),
+    }
 }

@@ -1,6 +1,17 @@
 //! Who is asking: the token from `X-Nomad-Token` or `Authorization: Bearer`, resolved to an
-//! identity, and the capability checks every endpoint makes.
+//! identity (ACL token, workload identity, anonymous), and the capability checks every
+//! endpoint makes.
+//!
+//! On a task's Unix socket every request needs a credential, even with ACLs disabled: none is
+//! 401 `Unauthorized`; one that is neither a known ACL token nor a valid workload identity of a
+//! live allocation is 403 `Forbidden`. Tokens never reach a log line or an error body.
 
+use std::sync::Arc;
+
+use crate::acl::encoding::unix_now;
+use crate::acl::jwt::{self, WorkloadClaims};
+use crate::acl::policy::Acl;
+use crate::acl::tokens::{is_uuid, AclToken};
 use crate::agent::Agent;
 use crate::http::{Origin, Request};
 
@@ -9,8 +20,18 @@ use super::ApiError;
 /// The caller of one request.
 #[derive(Clone, Debug)]
 pub enum Identity {
-    /// ACLs are disabled (TCP API): everything is allowed.
+    /// ACLs are disabled: everything is allowed (on a task socket, only after a credential
+    /// was verified).
     AclsDisabled,
+    /// No token, ACLs enabled: the `anonymous` policy (TCP only).
+    Anonymous { acl: Arc<Acl> },
+    /// An ACL token (management or client).
+    Token { token: Box<AclToken>, acl: Arc<Acl> },
+    /// A task's workload identity: the policies attached to its job, group or task.
+    Workload {
+        claims: Box<WorkloadClaims>,
+        acl: Arc<Acl>,
+    },
 }
 
 /// Nomad's token extraction (ref §1.3): `X-Nomad-Token` wins; else `Authorization: Bearer <t>`
@@ -30,32 +51,169 @@ pub fn token_from_request(req: &Request) -> Option<String> {
     rest.split_whitespace().next().map(str::to_string)
 }
 
-/// Resolve the caller. Requests on a task's Unix socket always need a token.
-pub fn authenticate(_agent: &Agent, req: &Request) -> Result<Identity, ApiError> {
-    let token = token_from_request(req);
-    if let Origin::Unix { .. } = req.origin {
-        if token.is_none() {
-            return Err(ApiError::new(401, "Unauthorized"));
+/// Why a credential was refused (for debug logs; never contains the credential).
+enum Rejected {
+    UnknownToken,
+    Jwt(jwt::JwtError),
+    AllocGone,
+    AllocMismatch,
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejected::UnknownToken => f.write_str("unknown ACL token"),
+            Rejected::Jwt(e) => write!(f, "invalid workload identity: {e}"),
+            Rejected::AllocGone => {
+                f.write_str("workload identity of an unknown or terminal allocation")
+            }
+            Rejected::AllocMismatch => {
+                f.write_str("workload identity does not match its allocation")
+            }
         }
     }
-    Ok(Identity::AclsDisabled)
+}
+
+/// Resolve the caller. Requests on a task's Unix socket always need a token.
+pub fn authenticate(agent: &Agent, req: &Request) -> Result<Identity, ApiError> {
+    let token = token_from_request(req);
+    match &req.origin {
+        Origin::Unix { tag } => {
+            let Some(t) = token else {
+                return Err(ApiError::new(401, "Unauthorized"));
+            };
+            resolve(agent, &t).map_err(|why| {
+                log::debug!("task API request on {tag} refused: {why}");
+                ApiError::new(403, "Forbidden")
+            })
+        }
+        Origin::Tcp { .. } => {
+            if !agent.acl.enabled {
+                return Ok(Identity::AclsDisabled);
+            }
+            let Some(t) = token else {
+                return Ok(Identity::Anonymous {
+                    acl: Arc::new(agent.acl.anonymous_acl()),
+                });
+            };
+            resolve(agent, &t).map_err(|why| {
+                log::debug!("request refused: {why}");
+                match why {
+                    Rejected::UnknownToken => ApiError::new(403, "ACL token not found"),
+                    _ => ApiError::permission_denied(),
+                }
+            })
+        }
+    }
+}
+
+/// An ACL secret (UUID-shaped) or else a workload identity JWT.
+fn resolve(agent: &Agent, secret: &str) -> Result<Identity, Rejected> {
+    if is_uuid(secret) {
+        let token = agent
+            .acl
+            .token_by_secret(secret)
+            .ok_or(Rejected::UnknownToken)?;
+        if !agent.acl.enabled {
+            return Ok(Identity::AclsDisabled);
+        }
+        let acl = if token.is_management() {
+            Acl::management()
+        } else {
+            agent
+                .acl
+                .acl_for_policies(token.policies.as_deref().unwrap_or(&[]))
+        };
+        return Ok(Identity::Token {
+            token: Box::new(token),
+            acl: Arc::new(acl),
+        });
+    }
+    let claims = verify_workload_identity(agent, secret)?;
+    if !agent.acl.enabled {
+        return Ok(Identity::AclsDisabled);
+    }
+    let acl = agent.acl.acl_for_workload(
+        &claims.nomad_namespace,
+        &claims.nomad_job_id,
+        claims.group(),
+        &claims.nomad_task,
+    );
+    Ok(Identity::Workload {
+        claims: Box::new(claims),
+        acl: Arc::new(acl),
+    })
+}
+
+/// A valid signature from our key, in its time window, for an allocation that is known and
+/// not terminal, whose job and namespace match the claims.
+fn verify_workload_identity(agent: &Agent, token: &str) -> Result<WorkloadClaims, Rejected> {
+    let claims = jwt::verify(&agent.acl.keys, token, unix_now()).map_err(Rejected::Jwt)?;
+    let (job, namespace, terminal) = agent
+        .workloads
+        .alloc_status(&claims.nomad_allocation_id)
+        .ok_or(Rejected::AllocGone)?;
+    if terminal {
+        return Err(Rejected::AllocGone);
+    }
+    if job != claims.nomad_job_id || namespace != claims.nomad_namespace {
+        return Err(Rejected::AllocMismatch);
+    }
+    Ok(claims)
+}
+
+fn check(allowed: bool) -> Result<(), ApiError> {
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::permission_denied())
+    }
 }
 
 impl Identity {
+    /// The merged rules, or `None` when ACLs are disabled.
+    fn acl(&self) -> Option<&Acl> {
+        match self {
+            Identity::AclsDisabled => None,
+            Identity::Anonymous { acl }
+            | Identity::Token { acl, .. }
+            | Identity::Workload { acl, .. } => Some(acl),
+        }
+    }
+
     /// `agent` read (`write == false`) or write.
-    pub fn allow_agent(&self, _write: bool) -> Result<(), ApiError> {
-        Ok(())
+    pub fn allow_agent(&self, write: bool) -> Result<(), ApiError> {
+        check(self.acl().is_none_or(|a| a.allow_agent(write)))
     }
     /// `node` read or write.
-    pub fn allow_node(&self, _write: bool) -> Result<(), ApiError> {
-        Ok(())
+    pub fn allow_node(&self, write: bool) -> Result<(), ApiError> {
+        check(self.acl().is_none_or(|a| a.allow_node(write)))
     }
     /// A namespace capability such as `read-job`, `submit-job`, `read-fs`.
-    pub fn allow_namespace(&self, _namespace: &str, _capability: &str) -> Result<(), ApiError> {
-        Ok(())
+    pub fn allow_namespace(&self, namespace: &str, capability: &str) -> Result<(), ApiError> {
+        check(
+            self.acl()
+                .is_none_or(|a| a.allow_namespace(namespace, capability)),
+        )
     }
     /// Management (or ACLs disabled).
     pub fn allow_management(&self) -> Result<(), ApiError> {
-        Ok(())
+        check(self.acl().is_none_or(|a| a.is_management()))
+    }
+
+    /// The workload identity behind this request, if any.
+    pub fn workload(&self) -> Option<&WorkloadClaims> {
+        match self {
+            Identity::Workload { claims, .. } => Some(claims),
+            _ => None,
+        }
+    }
+
+    /// The ACL token behind this request, if any.
+    pub fn token(&self) -> Option<&AclToken> {
+        match self {
+            Identity::Token { token, .. } => Some(token),
+            _ => None,
+        }
     }
 }

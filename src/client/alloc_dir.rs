@@ -85,6 +85,23 @@ impl AllocDir {
         Ok(self.task(task))
     }
 
+    /// Append a line to `<task>/executor.out` (the driver's own log), opened through the task
+    /// dir fd without following a symlink the task may have put there.
+    pub fn executor_note(&self, task: &str, line: &str) -> io::Result<()> {
+        use std::io::Write;
+        let root = dirfd::open_dir(&self.root)?;
+        let t = dirfd::ensure_subdir(&root, task, TASK_DIR_MODE)?;
+        let fd = dirfd::open_at(
+            &t,
+            "executor.out",
+            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT,
+            0o644,
+        )?;
+        super::logs::safe_file(&fd)?;
+        let mut f = std::fs::File::from(fd);
+        writeln!(f, "{line}")
+    }
+
     /// Remove the whole alloc dir (GC). `remove_dir_all` does not follow symlinks.
     pub fn destroy(&self) -> io::Result<()> {
         match std::fs::remove_dir_all(&self.root) {

@@ -50,7 +50,7 @@ fn parse_index(name: &str, base: &str) -> Option<u64> {
 }
 
 /// Whether an open file is one the agent may write: regular, owned by us, not hard-linked.
-fn safe_file(fd: &OwnedFd) -> io::Result<u64> {
+pub fn safe_file(fd: &OwnedFd) -> io::Result<u64> {
     let st = dirfd::fstat(fd)?;
     if !dirfd::is_reg(&st) {
         return Err(io::Error::other("not a regular file"));

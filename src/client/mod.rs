@@ -30,6 +30,8 @@ use self::task_runner::{TaskCmd, TaskRunner};
 /// What the filesystem API needs to know about one allocation on this client.
 #[derive(Clone, Debug)]
 pub struct AllocFsView {
+    /// Part of the contract with the filesystem API, which may not read it yet.
+    #[allow(dead_code)]
     pub alloc_id: String,
     pub namespace: String,
     /// `<data_dir>/alloc/<alloc_id>`.

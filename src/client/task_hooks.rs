@@ -1,10 +1,32 @@
-//! The security hooks a task runner calls around a task: the Task API socket and the
-//! workload identity (token in env or file).
+//! The security hooks a task runner calls around a task: the Task API socket
+//! (`${NOMAD_SECRETS_DIR}/api.sock`, served by the agent's own HTTP server and router) and the
+//! workload identity (a signed JWT in `NOMAD_TOKEN` and/or `secrets/nomad_token`).
 
-use std::path::PathBuf;
+use std::ffi::CString;
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use serde_json::Value;
+
+use crate::acl::encoding::unix_now;
+use crate::acl::jwt::{self, WorkloadClaims, DEFAULT_AUDIENCE};
 use crate::agent::Agent;
+use crate::http::ListenerHandle;
+
+/// The socket's file name in the secrets dir.
+pub const SOCKET_NAME: &str = "api.sock";
+/// The token file's name in the secrets dir (`identity { file = true }`).
+pub const TOKEN_FILE: &str = "nomad_token";
+/// Longest socket path a `sockaddr_un` holds (108 bytes of `sun_path`, one for the NUL).
+pub const SUN_PATH_MAX: usize = 107;
+/// Open connections one task may hold on its socket; over it: a quick 503 and close. Lower
+/// than a TCP listener's cap so one task cannot starve the others.
+pub const TASK_SOCKET_MAX_CONNS: usize = 64;
 
 /// What the task runner knows about a task when it prepares it.
 #[derive(Clone, Debug)]
@@ -17,7 +39,8 @@ pub struct TaskHookInput {
     pub task: String,
     /// `task.user`, when set.
     pub user: Option<String>,
-    /// `<alloc>/<task>`.
+    /// `<alloc>/<task>` (for identity `filepath`, which is not supported yet).
+    #[allow(dead_code)]
     pub task_dir: PathBuf,
     /// `<alloc>/<task>/secrets`.
     pub secrets_dir: PathBuf,
@@ -38,7 +61,237 @@ pub struct TaskHookOutput {
     pub guard: Option<Box<dyn Send + Sync>>,
 }
 
+// The token is a secret: Debug shows only the variable names.
+impl std::fmt::Debug for TaskHookOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskHookOutput")
+            .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field("warnings", &self.warnings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Task API socket of one task: stops its listener and unlinks its file when dropped.
+struct TaskSocket {
+    listener: Option<ListenerHandle>,
+    path: PathBuf,
+    /// `(dev, ino)` of the socket file we bound, so a later socket at the same path (a new
+    /// prestart) is never unlinked by an older guard.
+    file_id: Option<(u64, u64)>,
+}
+
+impl Drop for TaskSocket {
+    fn drop(&mut self) {
+        if let Some(l) = self.listener.take() {
+            l.stop();
+        }
+        let same = std::fs::symlink_metadata(&self.path)
+            .map(|m| Some((m.dev(), m.ino())) == self.file_id)
+            .unwrap_or(false);
+        if same {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                log::warn!("cannot remove task API socket {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
 /// Prepare the Task API socket and workload identity for a task (prestart).
-pub fn prestart(_agent: &Arc<Agent>, _input: &TaskHookInput) -> TaskHookOutput {
-    TaskHookOutput::default()
+pub fn prestart(agent: &Arc<Agent>, input: &TaskHookInput) -> TaskHookOutput {
+    let mut out = TaskHookOutput::default();
+    let sock = input.secrets_dir.join(SOCKET_NAME);
+    let owner = task_owner(input.user.as_deref());
+    match open_task_socket(agent, input, &sock, owner) {
+        Ok(guard) => out.guard = Some(Box::new(guard)),
+        Err(warning) => {
+            log::warn!("alloc {} task {}: {warning}", input.alloc_id, input.task);
+            out.warnings.push(warning);
+        }
+    }
+    if input.identity_env || input.identity_file {
+        let token = jwt::sign(&agent.acl.keys, &claims_for(input));
+        if input.identity_env {
+            out.env.push(("NOMAD_TOKEN".into(), token.clone()));
+            out.env.push((
+                "NOMAD_UNIX_ADDR".into(),
+                format!("unix://{}", sock.display()),
+            ));
+        }
+        if input.identity_file {
+            let path = input.secrets_dir.join(TOKEN_FILE);
+            if let Err(e) = write_token_file(&path, &token, owner) {
+                let warning = format!(
+                    "Failed to write workload identity token file {}: {e}",
+                    path.display()
+                );
+                log::warn!("alloc {} task {}: {warning}", input.alloc_id, input.task);
+                out.warnings.push(warning);
+            }
+        }
+    }
+    out
+}
+
+/// Nomad's claims for a task's default identity.
+pub fn claims_for(input: &TaskHookInput) -> WorkloadClaims {
+    let now = unix_now();
+    WorkloadClaims {
+        aud: Value::String(DEFAULT_AUDIENCE.into()),
+        iat: now,
+        nbf: now,
+        exp: None,
+        jti: uuid::Uuid::new_v4().to_string(),
+        sub: format!(
+            "{}:{}:{}:{}:{}:default",
+            input.region, input.namespace, input.job_id, input.group, input.task
+        ),
+        nomad_namespace: input.namespace.clone(),
+        nomad_job_id: input.job_id.clone(),
+        nomad_allocation_id: input.alloc_id.clone(),
+        nomad_task: input.task.clone(),
+    }
+}
+
+/// `(uid, gid)` of `task.user` when the agent runs as root and the user exists.
+fn task_owner(user: Option<&str>) -> Option<(u32, u32)> {
+    let user = user.filter(|u| !u.is_empty())?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let name = CString::new(user).ok()?;
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; buf outlives the use of pwd's fields.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            name.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() {
+        return None;
+    }
+    Some((pwd.pw_uid, pwd.pw_gid))
+}
+
+fn open_task_socket(
+    agent: &Arc<Agent>,
+    input: &TaskHookInput,
+    sock: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<TaskSocket, String> {
+    let len = sock.as_os_str().len();
+    if len > SUN_PATH_MAX {
+        return Err(format!(
+            "Task API socket not created: its path {} is {len} bytes, over the {SUN_PATH_MAX}-byte \
+             limit of a Unix socket address; the task runs without the Task API",
+            sock.display()
+        ));
+    }
+    let server = agent
+        .http
+        .get()
+        .ok_or_else(|| "Task API socket not created: the HTTP server is not running".to_string())?;
+    let fail = |what: &str, e: io::Error| {
+        format!(
+            "Task API socket {} not created: {what}: {e}",
+            sock.display()
+        )
+    };
+    match std::fs::remove_file(sock) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail("cannot remove the old file", e)),
+    }
+    let listener = UnixListener::bind(sock).map_err(|e| fail("bind", e))?;
+    let file_id = set_socket_mode(sock, owner).map_err(|e| fail("set its mode", e))?;
+    let tag: Arc<str> = Arc::from(format!("task:{}/{}", input.alloc_id, input.task));
+    let handle = server
+        .serve_unix_with_cap(listener, tag, TASK_SOCKET_MAX_CONNS)
+        .map_err(|e| fail("serve", e))?;
+    Ok(TaskSocket {
+        listener: Some(handle),
+        path: sock.to_path_buf(),
+        file_id: Some(file_id),
+    })
+}
+
+/// 0600 owned by the task's user when there is one we can hand it to, else 0666. The file is
+/// reached through an `O_PATH | O_NOFOLLOW` descriptor so a symlink swapped in by the task is
+/// never followed.
+fn set_socket_mode(sock: &Path, owner: Option<(u32, u32)>) -> io::Result<(u64, u64)> {
+    let c = CString::new(sock.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: c is a valid NUL-terminated path.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let result = (|| {
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fd is open; st is a valid out pointer.
+        if unsafe { libc::fstat(fd, &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            return Err(io::Error::other("not a socket"));
+        }
+        let mode = if let Some((uid, gid)) = owner {
+            let empty = CString::default();
+            // SAFETY: fd is open; AT_EMPTY_PATH operates on fd itself.
+            if unsafe { libc::fchownat(fd, empty.as_ptr(), uid, gid, libc::AT_EMPTY_PATH) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            0o600
+        } else {
+            0o666
+        };
+        let proc_path = CString::new(format!("/proc/self/fd/{fd}")).map_err(io::Error::other)?;
+        // SAFETY: proc_path is a valid path naming our own descriptor.
+        if unsafe { libc::chmod(proc_path.as_ptr(), mode) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((st.st_dev, st.st_ino))
+    })();
+    // SAFETY: fd was opened above and is closed once.
+    unsafe { libc::close(fd) };
+    result
+}
+
+/// Write the JWT to a fresh temporary file (never through a symlink), 0600, owned by the task's
+/// user when the agent can hand it over, then rename it into place so readers never see a
+/// partial token.
+fn write_token_file(path: &Path, token: &str, owner: Option<(u32, u32)>) -> io::Result<()> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let tmp = dir.join(format!(
+        ".{TOKEN_FILE}.tmp-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+        }
+        f.write_all(token.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }

@@ -41,8 +41,9 @@ struct Changes {
 pub struct Workloads {
     dir: PathBuf,
     tables: RwLock<Tables>,
-    /// Serialises disk writes so the last snapshot of an object is the last one written.
-    /// Taken before `tables` (never the other way round); `tables` is never held across I/O.
+    /// Held for the whole of every write (change, then save), so writes are serialised and the
+    /// last snapshot of an object is the last one written. Taken before `tables` (never the
+    /// other way round); `tables` itself is never held across I/O.
     persist: Mutex<()>,
     max_index: u64,
 }
@@ -160,8 +161,8 @@ impl Workloads {
         ))
     }
 
+    /// Write the changed objects as the tables hold them now. The caller holds `persist`.
     fn save(&self, changes: Changes) -> Result<(), StoreError> {
-        let _guard = self.persist.lock();
         let (jobs, evals, allocs) = {
             let t = self.tables.read();
             let jobs: Vec<(JobKey, Option<Job>)> = changes
@@ -287,6 +288,7 @@ impl Workloads {
         node: &NodeInfo,
         mut job: Job,
     ) -> Result<WriteResult, StoreError> {
+        let _write = self.persist.lock();
         let index = counter.next();
         let mut changes = Changes::default();
         let key: JobKey = (job.namespace.clone(), job.id.clone());
@@ -350,6 +352,7 @@ impl Workloads {
         job_id: &str,
         purge: bool,
     ) -> Result<Option<WriteResult>, StoreError> {
+        let _write = self.persist.lock();
         let key: JobKey = (namespace.to_string(), job_id.to_string());
         let mut changes = Changes::default();
         let index = counter.next();
@@ -399,6 +402,7 @@ impl Workloads {
         node: &NodeInfo,
         alloc_id: &str,
     ) -> Result<Option<(String, u64)>, StoreError> {
+        let _write = self.persist.lock();
         let index = counter.next();
         let mut changes = Changes::default();
         let eval_id = {
@@ -450,24 +454,24 @@ impl Workloads {
         alloc_id: &str,
         f: impl FnOnce(&mut AllocRecord),
     ) -> Result<Option<AllocRecord>, StoreError> {
-        let index = counter.next();
-        let updated = {
-            let mut t = self.tables.write();
-            let Some(a) = t.allocs.get_mut(alloc_id) else {
-                return Ok(None);
-            };
-            f(a);
-            a.refresh_client_status();
-            a.modify_index = index;
-            a.modify_time = timefmt::now_ns();
-            a.clone()
+        let _write = self.persist.lock();
+        let Some(mut a) = self.tables.read().allocs.get(alloc_id).cloned() else {
+            return Ok(None);
         };
-        let changes = Changes {
-            allocs: vec![alloc_id.to_string()],
-            ..Changes::default()
-        };
-        self.save(changes)?;
-        Ok(Some(updated))
+        f(&mut a);
+        a.refresh_client_status();
+        a.modify_index = counter.next();
+        a.modify_time = timefmt::now_ns();
+        // Written before it is visible: nobody reads a task state that a crash could lose.
+        store::write_json(
+            &self.dir.join("allocs").join(format!("{alloc_id}.json")),
+            &a,
+        )?;
+        self.tables
+            .write()
+            .allocs
+            .insert(alloc_id.to_string(), a.clone());
+        Ok(Some(a))
     }
 
     /// Change one task's state of an allocation and save it.

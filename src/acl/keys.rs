@@ -1,0 +1,123 @@
+//! The workload identity signing key: an RSA 2048 key made at first start, kept in the data dir
+//! (PKCS#8 PEM, mode 0600), and published as a JWKS document.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rsa::pkcs1v15::{Signature, SigningKey, VerifyingKey};
+use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
+use rsa::signature::{SignatureEncoding, Signer, Verifier};
+use rsa::traits::PublicKeyParts;
+use rsa::RsaPrivateKey;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::encoding::{base64url, KernelRng};
+use crate::state::store::{self, StoreError};
+
+/// Size of the RSA modulus in bits.
+pub const RSA_BITS: usize = 2048;
+/// Seconds a JWKS document may be cached by its readers.
+pub const JWKS_MAX_AGE_SECS: u64 = 3600;
+/// The key file under `<data_dir>/server`.
+pub const KEY_FILE: &str = "workload-identity-key.pem";
+
+/// The active signing key and what is published about it.
+pub struct SigningKeys {
+    kid: String,
+    signing: SigningKey<Sha256>,
+    verifying: VerifyingKey<Sha256>,
+    jwk: Value,
+}
+
+impl std::fmt::Debug for SigningKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("SigningKeys")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+fn key_error(path: &Path, op: &'static str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError {
+        path: path.to_path_buf(),
+        op,
+        detail: detail.to_string(),
+    }
+}
+
+impl SigningKeys {
+    /// Load the key from `<data_dir>/server`, or make one and store it durably.
+    pub fn load_or_create(data_dir: &Path) -> Result<SigningKeys, StoreError> {
+        let path: PathBuf = data_dir.join("server").join(KEY_FILE);
+        let key = match fs::read_to_string(&path) {
+            Ok(pem) => {
+                RsaPrivateKey::from_pkcs8_pem(&pem).map_err(|e| key_error(&path, "decode", e))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = RsaPrivateKey::new(&mut KernelRng, RSA_BITS)
+                    .map_err(|e| key_error(&path, "generate", e))?;
+                let pem = key
+                    .to_pkcs8_pem(LineEnding::LF)
+                    .map_err(|e| key_error(&path, "encode", e))?;
+                store::write_bytes(&path, pem.as_bytes())?;
+                log::info!("created the workload identity signing key");
+                key
+            }
+            Err(e) => return Err(key_error(&path, "read", e)),
+        };
+        Ok(SigningKeys::from_key(key))
+    }
+
+    /// Wrap a key (tests make their own).
+    pub fn from_key(key: RsaPrivateKey) -> SigningKeys {
+        let public = key.to_public_key();
+        let n = public.n().to_bytes_be();
+        let e = public.e().to_bytes_be();
+        let mut h = Sha256::new();
+        h.update(&n);
+        h.update(&e);
+        let d = h.finalize();
+        let kid = uuid::Builder::from_random_bytes(d[..16].try_into().unwrap_or([0; 16]))
+            .into_uuid()
+            .to_string();
+        let jwk = json!({
+            "use": "sig",
+            "kty": "RSA",
+            "kid": kid,
+            "alg": "RS256",
+            "n": base64url(&n),
+            "e": base64url(&e),
+        });
+        SigningKeys {
+            kid,
+            verifying: VerifyingKey::new(public),
+            signing: SigningKey::new(key),
+            jwk,
+        }
+    }
+
+    /// The key ID (`kid`) put in every JWT header.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// `{"keys": [...]}` as served at `/.well-known/jwks.json`.
+    pub fn jwks(&self) -> Value {
+        json!({ "keys": [self.jwk.clone()] })
+    }
+
+    /// RSASSA-PKCS1-v1_5 with SHA-256 over `msg`.
+    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        self.signing.sign(msg).to_vec()
+    }
+
+    /// Check an RS256 signature.
+    pub fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
+        match Signature::try_from(sig) {
+            Ok(s) => self.verifying.verify(msg, &s).is_ok(),
+            Err(_) => false,
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! ACL tokens and policy records as Nomad serves them (Go field names), and how a new token's
+//! secret, accessor and hash are made.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::encoding::{base64_std, rfc3339_nano};
+use super::policy::Policy;
+
+/// A management or client token. `SecretID` is the bearer credential.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct AclToken {
+    #[serde(rename = "AccessorID")]
+    pub accessor_id: String,
+    #[serde(rename = "SecretID")]
+    pub secret_id: String,
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Type")]
+    pub kind: String,
+    #[serde(rename = "Policies")]
+    pub policies: Option<Vec<String>>,
+    #[serde(rename = "Global")]
+    pub global: bool,
+    #[serde(rename = "Hash")]
+    pub hash: String,
+    #[serde(rename = "CreateTime")]
+    pub create_time: String,
+    #[serde(rename = "CreateIndex")]
+    pub create_index: u64,
+    #[serde(rename = "ModifyIndex")]
+    pub modify_index: u64,
+}
+
+// Debug never shows the secret.
+impl std::fmt::Debug for AclToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AclToken")
+            .field("accessor_id", &self.accessor_id)
+            .field("name", &self.name)
+            .field("type", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AclToken {
+    /// A fresh token with random accessor and secret (UUIDs, as Nomad's).
+    pub fn new(
+        name: String,
+        kind: String,
+        policies: Option<Vec<String>>,
+        global: bool,
+        index: u64,
+    ) -> AclToken {
+        let mut t = AclToken {
+            accessor_id: uuid::Uuid::new_v4().to_string(),
+            secret_id: uuid::Uuid::new_v4().to_string(),
+            name,
+            kind,
+            policies,
+            global,
+            hash: String::new(),
+            create_time: rfc3339_nano(SystemTime::now()),
+            create_index: index,
+            modify_index: index,
+        };
+        t.rehash();
+        t
+    }
+
+    pub fn is_management(&self) -> bool {
+        self.kind == "management"
+    }
+
+    /// `Hash`: base64 of SHA-256 over the token's identifying fields.
+    pub fn rehash(&mut self) {
+        let mut h = Sha256::new();
+        for part in [&self.name, &self.kind, &self.accessor_id, &self.secret_id] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        for p in self.policies.iter().flatten() {
+            h.update(p.as_bytes());
+            h.update([0]);
+        }
+        h.update([u8::from(self.global)]);
+        self.hash = base64_std(&h.finalize());
+    }
+
+    fn common(&self) -> serde_json::Map<String, Value> {
+        let v = json!({
+            "AccessorID": self.accessor_id,
+            "Name": self.name,
+            "Type": self.kind,
+            "Policies": self.policies,
+            "Roles": Value::Null,
+            "Global": self.global,
+            "Hash": self.hash,
+            "CreateTime": self.create_time,
+            "ExpirationTime": Value::Null,
+            "CreateIndex": self.create_index,
+            "ModifyIndex": self.modify_index,
+        });
+        match v {
+            Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        }
+    }
+
+    /// The full token, with its secret (bootstrap, create, read by an allowed caller).
+    pub fn to_json(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        let common = self.common();
+        for (k, v) in common {
+            m.insert(k.clone(), v);
+            if k == "AccessorID" {
+                m.insert("SecretID".into(), Value::String(self.secret_id.clone()));
+            }
+        }
+        m.insert("ExpirationTTL".into(), json!(0));
+        Value::Object(m)
+    }
+
+    /// The list stub: no secret.
+    pub fn stub_json(&self) -> Value {
+        Value::Object(self.common())
+    }
+}
+
+/// Where a policy is attached for workload identities.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobAcl {
+    #[serde(rename = "Namespace", default)]
+    pub namespace: String,
+    #[serde(rename = "JobID", default)]
+    pub job_id: String,
+    #[serde(rename = "Group", default)]
+    pub group: String,
+    #[serde(rename = "Task", default)]
+    pub task: String,
+}
+
+impl JobAcl {
+    /// Does this attachment cover the task? Empty fields match anything below them.
+    pub fn covers(&self, namespace: &str, job: &str, group: Option<&str>, task: &str) -> bool {
+        let ns = if self.namespace.is_empty() {
+            "default"
+        } else {
+            &self.namespace
+        };
+        ns == namespace
+            && (self.job_id.is_empty() || self.job_id == job)
+            && (self.group.is_empty() || Some(self.group.as_str()) == group)
+            && (self.task.is_empty() || self.task == task)
+    }
+}
+
+/// A named policy.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AclPolicy {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Description")]
+    pub description: String,
+    #[serde(rename = "Rules")]
+    pub rules: String,
+    #[serde(rename = "JobACL")]
+    pub job_acl: Option<JobAcl>,
+    #[serde(rename = "Hash")]
+    pub hash: String,
+    #[serde(rename = "CreateIndex")]
+    pub create_index: u64,
+    #[serde(rename = "ModifyIndex")]
+    pub modify_index: u64,
+    /// The parsed rules (not stored: parsed again at load).
+    #[serde(skip)]
+    pub parsed: Arc<Policy>,
+}
+
+impl AclPolicy {
+    pub fn rehash(&mut self) {
+        let mut h = Sha256::new();
+        h.update(self.name.as_bytes());
+        h.update([0]);
+        h.update(self.description.as_bytes());
+        h.update([0]);
+        h.update(self.rules.as_bytes());
+        if let Some(j) = &self.job_acl {
+            for part in [&j.namespace, &j.job_id, &j.group, &j.task] {
+                h.update([0]);
+                h.update(part.as_bytes());
+            }
+        }
+        self.hash = base64_std(&h.finalize());
+    }
+
+    /// The full policy as `GET /v1/acl/policy/:name` serves it.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "Name": self.name,
+            "Description": self.description,
+            "Rules": self.rules,
+            "RulesJSON": self.parsed.rules_json(),
+            "JobACL": self.job_acl,
+            "Hash": self.hash,
+            "CreateIndex": self.create_index,
+            "ModifyIndex": self.modify_index,
+        })
+    }
+
+    /// The list stub.
+    pub fn stub_json(&self) -> Value {
+        json!({
+            "Name": self.name,
+            "Description": self.description,
+            "JobACL": self.job_acl,
+            "Hash": self.hash,
+            "CreateIndex": self.create_index,
+            "ModifyIndex": self.modify_index,
+        })
+    }
+}
+
+/// Is `s` shaped like a UUID (an ACL secret rather than a JWT)?
+pub fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
