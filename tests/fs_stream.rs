@@ -30,6 +30,10 @@ fn stream_follows_by_default_with_heartbeats_and_file_events() {
         &format!("/v1/client/fs/stream/{alloc}?path=/t/local/f.txt"),
     );
     assert_eq!(s.status, 200);
+    assert_eq!(
+        s.header("Content-Type").as_deref(),
+        Some("text/plain; charset=utf-8")
+    );
     assert!(
         s.read_until(Duration::from_secs(5), |b| frame_data(&frames(b))
             == b"0123456789")
@@ -206,6 +210,30 @@ fn rotation_under_fast_writer_delivers_every_byte_once() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("t.stdout."))
         .count();
     assert!(logs >= 4, "the writer rotated ({logs} files)");
+    // Framed, the same bytes come with per-file names and per-file offsets.
+    let r = agent.get(&format!("/v1/client/fs/logs/{alloc}?task=t&type=stdout"));
+    let fr = frames(&r.body);
+    assert!(frame_data(&fr) == want, "framed logs carry every byte once");
+    let mut last_file = String::new();
+    let mut in_file = 0u64;
+    for f in fr.iter().filter(|f| f["Data"].is_string()) {
+        let file = f["File"].as_str().unwrap().to_string();
+        assert!(file.starts_with("alloc/logs/t.stdout."), "{file}");
+        if file != last_file {
+            last_file = file;
+            in_file = 0;
+        }
+        in_file += b64(f["Data"].as_str().unwrap()).len() as u64;
+        assert_eq!(
+            f["Offset"].as_u64().unwrap(),
+            in_file,
+            "Offset is the end of Data in its file"
+        );
+    }
+    assert!(
+        last_file.ends_with(&format!(".{}", logs - 1)),
+        "{last_file}"
+    );
     // Global offsets span the retained files.
     let r = agent.get(&format!(
         "/v1/client/fs/logs/{alloc}?task=t&type=stdout&plain=true&offset=2000000"
