@@ -47,6 +47,7 @@ ln -s / local/root
 ln -s ../secrets local/sec
 ln -s ../secrets/mysecret local/tok
 ln -s ../private/p local/priv
+ln secrets/mysecret local/hard
 ln -s {other} local/other
 ln -s ../../../{other_id} local/other_rel
 ln -s loop local/loop
@@ -72,6 +73,7 @@ enum Expect {
     NotFound,
     Secret,
     SecretDir,
+    HardLink,
     Error,
 }
 
@@ -104,6 +106,7 @@ fn hostile_paths() -> Vec<(&'static str, Expect)> {
         ("t/local/priv", Secret),
         ("t/private/p", Secret),
         ("t/local/sec", SecretDir),
+        ("t/local/hard", HardLink),
     ]
 }
 
@@ -172,6 +175,14 @@ fn hostile_paths_never_leave_the_alloc_dir() {
                     }
                 }
                 Expect::SecretDir => assert_eq!(r.status, 200, "{op} {path}: {text}"),
+                Expect::HardLink if content_op => {
+                    assert_eq!(r.status, 500, "{op} {path}: {text}");
+                    assert_eq!(text, format!("Reading secret file prohibited: {path}"));
+                }
+                Expect::HardLink => {
+                    let want = if op == "ls" { 500 } else { 200 };
+                    assert_eq!(r.status, want, "{op} {path}: {text}");
+                }
             }
         }
     }

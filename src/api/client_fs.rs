@@ -166,11 +166,21 @@ fn check_protected(r: &Resolved, path: &str) -> Result<(), ApiError> {
 }
 
 /// Resolve a file for a content read (cat, readat, stream) with the §3.10b statuses.
-fn resolve_content(dir: &AllocDir, path: &str) -> Result<Resolved, ApiError> {
+fn resolve_content(view: &AllocFsView, dir: &AllocDir, path: &str) -> Result<Resolved, ApiError> {
     let r = dir
         .resolve(path)
         .map_err(|e| path_error(e, "stat", 400, 400, 400))?;
     check_protected(&r, path)?;
+    let protected: Vec<String> = view
+        .tasks
+        .iter()
+        .flat_map(|t| [format!("{}/secrets", t.name), format!("{}/private", t.name)])
+        .collect();
+    if dir.hard_linked_into(&r, &protected) {
+        return Err(ApiError::internal(format!(
+            "Reading secret file prohibited: {path}"
+        )));
+    }
     if r.is_dir() {
         return Err(ApiError::bad_request(format!(
             "file {path:?} is a directory"
@@ -283,8 +293,8 @@ fn read(ctx: &Ctx, alloc_id: &str, ranged: bool) -> ApiResult {
     } else {
         (0, 0)
     };
-    let (_, dir) = lookup(ctx, alloc_id, &["read-fs"])?;
-    let r = resolve_content(&dir, &path)?;
+    let (view, dir) = lookup(ctx, alloc_id, &["read-fs"])?;
+    let r = resolve_content(&view, &dir, &path)?;
     if offset < 0 {
         return Err(ApiError::internal(format!(
             "seek {}: invalid argument",
@@ -359,8 +369,8 @@ fn stream(ctx: &Ctx, alloc_id: &str) -> ApiResult {
     let offset = int_param(ctx, "offset", false, 500)?.unwrap_or(0);
     let origin_end = origin_param(ctx)?;
     let follow = bool_param(ctx, "follow", true, 500)?;
-    let (_, dir) = lookup(ctx, alloc_id, &["read-fs"])?;
-    let r = resolve_content(&dir, &path)?;
+    let (view, dir) = lookup(ctx, alloc_id, &["read-fs"])?;
+    let r = resolve_content(&view, &dir, &path)?;
     let file = r
         .open_file()
         .map_err(|e| open_error(e, &dir.lexical_path(&path)))?;
