@@ -48,6 +48,8 @@ ln -s ../secrets local/sec
 ln -s ../secrets/mysecret local/tok
 ln -s ../private/p local/priv
 ln secrets/mysecret local/hard
+ln secrets/mysecret ../alloc/logs/t.stdout.7
+ln -s ../../t/secrets/mysecret ../alloc/logs/t.stdout.8
 ln -s {other} local/other
 ln -s ../../../{other_id} local/other_rel
 ln -s loop local/loop
@@ -184,6 +186,19 @@ fn hostile_paths_never_leave_the_alloc_dir() {
                     assert_eq!(r.status, want, "{op} {path}: {text}");
                 }
             }
+        }
+    }
+    // Log "files" a task planted (a hard link and a symlink to its secret) are never served.
+    for q in ["", "&origin=end", "&origin=end&offset=5", "&offset=100000"] {
+        for plain in ["true", "false"] {
+            let r = agent.get(&format!(
+                "/v1/client/fs/logs/{alloc}?task=t&type=stdout&plain={plain}{q}"
+            ));
+            assert_eq!(r.status, 200, "{q}: {}", r.text());
+            assert!(
+                !r.text().contains("TOPSECRET") && !r.text().contains("VE9QU0VDUkVU"),
+                "{q}"
+            );
         }
     }
     // Hostile task names on the logs endpoint.

@@ -17,7 +17,7 @@ use crate::agent::Agent;
 use crate::client::AllocFsView;
 use crate::fs::filemode::go_file_mode;
 use crate::fs::follow::{FileFollower, Liveness, Output, TaskProbe, Waiter};
-use crate::fs::logs::{list_logs, start_position, LogFollower, LogListError};
+use crate::fs::logs::{list_logs, open_log, start_position, LogFollower, LogListError};
 use crate::fs::safe_path::{clean_components, os_text, AllocDir, PathError, Protected, Resolved};
 use crate::fs::sniff::{stat_content_type, untrusted_content_type, SNIFF_LEN};
 use crate::http::{Body, Reply};
@@ -460,7 +460,7 @@ fn logs(ctx: &Ctx, alloc_id: &str) -> ApiResult {
             return Err(not_found());
         };
         let (i, pos) = start_position(&files, origin_end, offset);
-        match safe_dir.open_file(&format!("{task}.{kind}.{}", files[i].index)) {
+        match open_log(&safe_dir, &format!("{task}.{kind}.{}", files[i].index)) {
             Ok(f) => {
                 opened = Some((f, files[i].index, pos, last));
                 break;

@@ -46,7 +46,8 @@ pub fn list_logs(dir: &SafeDir, task: &str, kind: &str) -> Result<Vec<LogFile>, 
         let Some(rest) = e.name.strip_prefix(&prefix) else {
             continue;
         };
-        if e.stat.st_mode & libc::S_IFMT != libc::S_IFREG {
+        // Only plain, singly linked files: a task could hard-link its secrets in here.
+        if e.stat.st_mode & libc::S_IFMT != libc::S_IFREG || e.stat.st_nlink > 1 {
             continue;
         }
         let index: u64 = rest
@@ -59,6 +60,15 @@ pub fn list_logs(dir: &SafeDir, task: &str, kind: &str) -> Result<Vec<LogFile>, 
     }
     out.sort_by_key(|f| f.index);
     Ok(out)
+}
+
+/// Open one log file of the logs dir: a regular file with a single link (see [`list_logs`]).
+pub fn open_log(dir: &SafeDir, name: &str) -> io::Result<File> {
+    let f = dir.open_file(name)?;
+    if fstat(f.as_raw_fd())?.st_nlink > 1 {
+        return Err(io::Error::from_raw_os_error(libc::EPERM));
+    }
+    Ok(f)
 }
 
 /// Where a logs stream starts (ref §3.10): `(position in files, byte offset in that file)`.
@@ -124,14 +134,14 @@ impl LogFollower {
 
     /// Move to the next retained file; false when it vanished before it could be opened.
     fn switch_to(&mut self, index: u64) -> io::Result<bool> {
-        match self.dir.open_file(&self.file_name(index)) {
+        match open_log(&self.dir, &self.file_name(index)) {
             Ok(f) => {
                 self.file = f;
                 self.index = index;
                 self.pos = 0;
                 Ok(true)
             }
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EPERM)) => {
                 // Rotated away between listing and opening: skip past it and re-list.
                 self.index = index;
                 Ok(false)
