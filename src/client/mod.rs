@@ -225,7 +225,20 @@ impl Client {
             let join = std::thread::Builder::new()
                 .name(format!("task-{short}-{}", task.name))
                 .spawn(move || {
+                    let alloc_id = runner.alloc_id.clone();
+                    let task = runner.task_name.clone();
                     runner.run();
+                    let failed = agent2
+                        .workloads
+                        .alloc(&alloc_id)
+                        .and_then(|a| a.task_states.get(&task).map(|t| t.failed))
+                        .unwrap_or(false);
+                    if failed {
+                        let _ =
+                            agent2
+                                .client
+                                .command(&alloc_id, None, TaskCmd::SiblingFailed(task));
+                    }
                     agent2.client.auto_gc(&agent2);
                 })?;
             handles.push(TaskHandle {

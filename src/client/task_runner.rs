@@ -36,6 +36,8 @@ pub enum TaskCmd {
     Restart,
     /// `alloc signal`.
     Signal(i32),
+    /// Another task of the alloc failed: stop this one for good.
+    SiblingFailed(String),
 }
 
 /// How one run of the process ended.
@@ -363,6 +365,16 @@ impl TaskRunner {
         }
     }
 
+    fn sibling_failed(&self, name: &str) {
+        let mut ev = TaskEvent::new(
+            "Sibling Task Failed",
+            format!("Task's sibling {name:?} failed"),
+        )
+        .detail("failed_sibling", name);
+        ev.failed_sibling = name.to_string();
+        self.event(ev, |_| {});
+    }
+
     /// A batch task ran to completion: its `Terminated` event is already recorded.
     fn finish(&self, failed: bool) {
         let _ = self.agent.workloads.update_task(
@@ -405,6 +417,10 @@ impl TaskRunner {
             }
             match self.cmds.recv_timeout(left) {
                 Ok(TaskCmd::Stop) => return Some(RunEnd::Stopped),
+                Ok(TaskCmd::SiblingFailed(name)) => {
+                    self.sibling_failed(&name);
+                    return Some(RunEnd::Stopped);
+                }
                 Ok(TaskCmd::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
                     return Some(RunEnd::Shutdown)
                 }
@@ -426,6 +442,10 @@ impl TaskRunner {
         // A stop that arrived before the start wins.
         match self.cmds.try_recv() {
             Ok(TaskCmd::Stop) => return Ok(RunEnd::Stopped),
+            Ok(TaskCmd::SiblingFailed(name)) => {
+                self.sibling_failed(&name);
+                return Ok(RunEnd::Stopped);
+            }
             Ok(TaskCmd::Shutdown) => return Ok(RunEnd::Shutdown),
             _ => {}
         }
@@ -579,6 +599,11 @@ impl TaskRunner {
         loop {
             match self.cmds.recv_timeout(WAIT_TICK) {
                 Ok(TaskCmd::Stop) => {
+                    self.kill(task, proc, "");
+                    return RunEnd::Stopped;
+                }
+                Ok(TaskCmd::SiblingFailed(name)) => {
+                    self.sibling_failed(&name);
                     self.kill(task, proc, "");
                     return RunEnd::Stopped;
                 }
