@@ -25,14 +25,21 @@ pub fn register(agent: &TestAgent, job: &Value) -> Value {
 
 /// Allocation stubs of a job.
 pub fn allocs(agent: &TestAgent, job: &str) -> Vec<Value> {
-    agent.get_json(&format!("/v1/job/{job}/allocations")).as_array().cloned().unwrap_or_default()
+    agent
+        .get_json(&format!("/v1/job/{job}/allocations"))
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// The ID of the job's (first) allocation that should be running.
 pub fn first_alloc(agent: &TestAgent, job: &str) -> String {
     let mut id = String::new();
     wait_until(WAIT, "an allocation", || {
-        if let Some(a) = allocs(agent, job).iter().find(|a| a["DesiredStatus"] == "run") {
+        if let Some(a) = allocs(agent, job)
+            .iter()
+            .find(|a| a["DesiredStatus"] == "run")
+        {
             id = a["ID"].as_str().unwrap().to_string();
             true
         } else {
@@ -69,7 +76,11 @@ pub fn wait_task_running(agent: &TestAgent, id: &str, task: &str) -> Value {
 pub fn event_types(alloc: &Value, task: &str) -> Vec<String> {
     alloc["TaskStates"][task]["Events"]
         .as_array()
-        .map(|a| a.iter().map(|e| e["Type"].as_str().unwrap_or("").to_string()).collect())
+        .map(|a| {
+            a.iter()
+                .map(|e| e["Type"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -85,6 +96,8 @@ pub fn alloc_dir(agent: &TestAgent, id: &str) -> std::path::PathBuf {
 }
 
 pub fn read_log(agent: &TestAgent, id: &str, task: &str, stream: &str) -> String {
-    let p = alloc_dir(agent, id).join("alloc/logs").join(format!("{task}.{stream}.0"));
+    let p = alloc_dir(agent, id)
+        .join("alloc/logs")
+        .join(format!("{task}.{stream}.0"));
     std::fs::read_to_string(p).unwrap_or_default()
 }
