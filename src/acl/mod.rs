@@ -203,12 +203,17 @@ impl AclState {
         })
     }
 
-    /// Delete a token; false when there was none.
-    pub fn delete_token(&self, accessor: &str) -> Result<bool, ApiError> {
+    /// Delete a token; Nomad's 400 when there is none.
+    pub fn delete_token(&self, accessor: &str) -> Result<(), ApiError> {
         self.mutate(|t| {
             let before = t.tokens.len();
             t.tokens.retain(|x| x.accessor_id != accessor);
-            Ok(t.tokens.len() != before)
+            if t.tokens.len() == before {
+                return Err(ApiError::bad_request(format!(
+                    "Cannot delete nonexistent tokens: {accessor}"
+                )));
+            }
+            Ok(())
         })
     }
 
