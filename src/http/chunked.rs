@@ -3,10 +3,13 @@
 
 use std::time::Instant;
 
+use super::budget::BodyBudget;
 use super::limits::MAX_CHUNK_LINE;
 use super::wire::{ConnError, Phase, Wire};
 
 const TOO_LARGE: &str = "request body too large";
+/// The reason when the server-wide body budget is spent.
+pub(crate) const BUSY: &str = "server busy, retry later";
 
 /// Read exactly `len` body bytes (the caller has checked `len` against the limit).
 pub(crate) fn read_length(
@@ -85,11 +88,13 @@ pub(crate) fn chunk_size(line: &[u8]) -> Option<u64> {
     u64::from_str_radix(s, 16).ok()
 }
 
-/// Decode a chunked body; more than `limit` decoded bytes: 413 as soon as it is known.
-/// Trailer fields are read (bounded) and dropped.
+/// Decode a chunked body; more than `limit` decoded bytes: 413 as soon as it is known; a
+/// chunk the server-wide `budget` cannot hold: 503. Trailer fields are read (bounded) and
+/// dropped.
 pub(crate) fn read_chunked(
     wire: &mut Wire,
     limit: usize,
+    budget: &mut BodyBudget,
     max_trailer: usize,
     deadline: Instant,
 ) -> Result<Vec<u8>, ConnError> {
@@ -102,6 +107,9 @@ pub(crate) fn read_chunked(
         }
         if size > (limit - body.len()) as u64 {
             return Err(ConnError::refuse(413, TOO_LARGE));
+        }
+        if !budget.take(size as usize) {
+            return Err(ConnError::refuse(503, BUSY));
         }
         take_exact(wire, &mut body, size as usize, deadline)?;
         let mut crlf = Vec::with_capacity(2);

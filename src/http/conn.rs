@@ -3,10 +3,11 @@
 use std::io::{self, Read};
 use std::net::Shutdown;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use super::chunked::{read_chunked, read_length};
+use super::budget::BodyBudget;
+use super::chunked::{read_chunked, read_length, BUSY};
 use super::head::{parse_head, Framing, Head};
 use super::limits::{Limits, LINGER_BYTES, LINGER_TIME, READ_CHUNK};
 use super::reply::Body;
@@ -27,6 +28,8 @@ pub(crate) struct ConnCtx<'a> {
     pub limits: &'a Limits,
     /// Set when the listener or the server stops.
     pub stopping: &'a AtomicBool,
+    /// Body bytes held in memory across the server (see `Limits::max_body_bytes_in_flight`).
+    pub body_pool: &'a AtomicUsize,
     /// One of the `STATE_*` values, read by shutdown.
     pub state: &'a AtomicU8,
     pub origin: Origin,
@@ -136,11 +139,15 @@ fn serve_one(wire: &mut Wire, ctx: &ConnCtx, head: Head) -> Result<bool, ConnErr
             ConnError::refuse(500, INTERNAL)
         })?;
     let deadline = Instant::now() + ctx.limits.body_timeout;
+    let mut budget = BodyBudget::new(ctx.body_pool, ctx.limits.max_body_bytes_in_flight);
     let body = match head.framing {
         Framing::None => Vec::new(),
         Framing::Length(n) => {
             if n > limit as u64 {
                 return Err(ConnError::refuse(413, "request body too large"));
+            }
+            if !budget.take(n as usize) {
+                return Err(ConnError::refuse(503, BUSY));
             }
             if head.expect_continue {
                 send_continue(wire.sock)?;
@@ -151,7 +158,13 @@ fn serve_one(wire: &mut Wire, ctx: &ConnCtx, head: Head) -> Result<bool, ConnErr
             if head.expect_continue {
                 send_continue(wire.sock)?;
             }
-            read_chunked(wire, limit, ctx.limits.max_head_bytes, deadline)?
+            read_chunked(
+                wire,
+                limit,
+                &mut budget,
+                ctx.limits.max_head_bytes,
+                deadline,
+            )?
         }
     };
     let req = Request {
@@ -170,6 +183,8 @@ fn serve_one(wire: &mut Wire, ctx: &ConnCtx, head: Head) -> Result<bool, ConnErr
         );
         ConnError::refuse(500, INTERNAL)
     })?;
+    // The handler has consumed the request and its body.
+    drop(budget);
     if matches!(reply.body, Body::Stream(_)) {
         ctx.state.store(STATE_STREAM, Ordering::SeqCst);
     }

@@ -77,6 +77,10 @@ pub(crate) fn parse_head(
     }
 
     let framing = framing(&headers)?;
+    if framing == Framing::Chunked && minor == 0 {
+        // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing.
+        return Err(bad("unsupported Transfer-Encoding"));
+    }
     let mut close = false;
     let mut keep = false;
     let mut expect_continue = false;
@@ -158,6 +162,11 @@ pub(crate) fn decode_target(target: &str) -> Result<(String, Vec<(String, String
             Some(i) => format!("/{}", &rest[i..]),
             None => "/".to_string(),
         }
+    };
+    // A fragment is never sent by a well-behaved client; drop it as a browser would.
+    let origin_form = match origin_form.split_once('#') {
+        Some((before, _)) => before.to_string(),
+        None => origin_form,
     };
     let (raw_path, raw_query) = match origin_form.split_once('?') {
         Some((p, q)) => (p, Some(q)),
@@ -251,6 +260,8 @@ mod tests {
         assert_eq!((p.as_str(), q.len()), ("/v1/x", 1));
         let (p, _) = decode_target("HTTP://host").unwrap_or_default();
         assert_eq!(p, "/");
+        let (p, q) = decode_target("/x?a=1#frag?b=2").unwrap_or_default();
+        assert_eq!((p.as_str(), q.len()), ("/x", 1));
         let (p, q) = decode_target("https://host?a=1").unwrap_or_default();
         assert_eq!((p.as_str(), q.len()), ("/", 1));
     }
@@ -289,6 +300,20 @@ mod tests {
         assert_eq!(status(parse("GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n")), 400);
         assert_eq!(status(parse("GET / HTTP/1.1\r\nX\x01: a\r\n\r\n")), 400);
         assert_eq!(status(parse("GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n")), 400);
+        assert_eq!(
+            status(parse("POST / HTTP/1.1\r\nContent-Length : 3\r\n\r\n")),
+            400
+        );
+        assert_eq!(
+            status(parse(
+                "POST / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n"
+            )),
+            400
+        );
+        assert_eq!(
+            status(parse("POST / HTTP/1.1\r\n Content-Length: 3\r\n\r\n")),
+            400
+        );
         assert_eq!(
             status(parse(
                 "GET / HTTP/1.1\r\nTransfer-Encoding: Chunked \r\n\r\n"

@@ -26,6 +26,9 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_CONNS_PER_LISTENER: usize = 256;
 /// Open connections across all listeners; over it: a quick 503 and close.
 pub const MAX_CONNS_TOTAL: usize = 1024;
+/// Request bodies held in memory at once across the whole server; a request that would
+/// take more gets a 503 (so 256 connections cannot each hold an 8 MiB job body).
+pub const MAX_BODY_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
 /// How long the accept loop sleeps after an accept error such as EMFILE.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How often a quiet accept loop wakes to join finished connection threads.
@@ -57,6 +60,7 @@ pub struct Limits {
     pub write_timeout: Duration,
     pub max_conns_per_listener: usize,
     pub max_conns_total: usize,
+    pub max_body_bytes_in_flight: usize,
 }
 
 impl Default for Limits {
@@ -70,6 +74,7 @@ impl Default for Limits {
             write_timeout: WRITE_TIMEOUT,
             max_conns_per_listener: MAX_CONNS_PER_LISTENER,
             max_conns_total: MAX_CONNS_TOTAL,
+            max_body_bytes_in_flight: MAX_BODY_BYTES_IN_FLIGHT,
         }
     }
 }

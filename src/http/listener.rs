@@ -42,6 +42,8 @@ struct ServerShared {
     limits: Limits,
     /// Open connections across every listener.
     total: AtomicUsize,
+    /// Request body bytes held in memory across every connection.
+    body_pool: AtomicUsize,
     stopping: AtomicBool,
     listeners: Mutex<Vec<Arc<ListenerShared>>>,
 }
@@ -103,15 +105,11 @@ impl Server {
                 handler,
                 limits,
                 total: AtomicUsize::new(0),
+                body_pool: AtomicUsize::new(0),
                 stopping: AtomicBool::new(false),
                 listeners: Mutex::new(Vec::new()),
             }),
         }
-    }
-
-    /// The limits this server runs with.
-    pub fn limits(&self) -> &Limits {
-        &self.shared.limits
     }
 
     /// Serve a bound TCP listener on a new acceptor thread.
@@ -189,7 +187,8 @@ impl Drop for Server {
 }
 
 impl ListenerHandle {
-    /// Stop accepting, close this listener's connections and join its threads.
+    /// Stop accepting, close this listener's connections and join its threads. A Unix
+    /// socket's file is left in place: removing it is the caller's business.
     pub fn stop(self) {
         let Some(server) = self.server.upgrade() else {
             return;
@@ -255,9 +254,36 @@ impl Throttle {
     }
 }
 
+/// One spare file descriptor per acceptor. When `accept` fails for want of descriptors
+/// (EMFILE/ENFILE), it is given up for a moment to accept one pending connection and refuse
+/// it with 503, so clients are told rather than left waiting in the backlog.
+struct Reserve(Option<std::fs::File>);
+
+impl Reserve {
+    fn open() -> Reserve {
+        Reserve(std::fs::File::open("/dev/null").ok())
+    }
+
+    fn shed_one(&mut self, l: &ListenerShared) {
+        if self.0.take().is_none() {
+            *self = Reserve::open();
+            return;
+        }
+        if let Ok((sock, _)) = l.sock.accept() {
+            reject(&sock);
+        }
+        *self = Reserve::open();
+    }
+}
+
+fn out_of_fds(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
 fn accept_loop(server: &Arc<ServerShared>, l: &Arc<ListenerShared>) {
     let mut accept_warn = Throttle(None);
     let mut cap_warn = Throttle(None);
+    let mut reserve = Reserve::open();
     while !l.stopping.load(Ordering::SeqCst) {
         let accepted = l.sock.accept();
         if l.stopping.load(Ordering::SeqCst) {
@@ -276,6 +302,9 @@ fn accept_loop(server: &Arc<ServerShared>, l: &Arc<ListenerShared>) {
                         log::warn!("http: accept on {} failed: {e}; retrying", l.name);
                     }
                     reap(l);
+                    if out_of_fds(&e) {
+                        reserve.shed_one(l);
+                    }
                     std::thread::sleep(ACCEPT_BACKOFF);
                 }
             },
@@ -363,6 +392,7 @@ fn run_conn(guard: ConnGuard, origin: Origin, accepted: Instant) {
             handler: &*guard.server.handler,
             limits: &guard.server.limits,
             stopping: &guard.listener.stopping,
+            body_pool: &guard.server.body_pool,
             state: &guard.state,
             origin,
             accepted,
@@ -456,7 +486,13 @@ fn wait_empty(listeners: &[Arc<ListenerShared>], deadline: Instant) -> bool {
         let mut empty = true;
         for l in listeners {
             reap(l);
-            empty &= l.registry.lock().is_empty();
+            // A handler that stops its own listener does not wait for itself.
+            let me = std::thread::current().id();
+            empty &= l
+                .registry
+                .lock()
+                .values()
+                .all(|e| e.handle.as_ref().is_some_and(|h| h.thread().id() == me));
         }
         if empty {
             return true;

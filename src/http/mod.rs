@@ -3,11 +3,18 @@
 //! This module knows nothing of Nomad. The API layer sees a [`Request`] (method, path, query,
 //! headers, body, origin) and returns a [`Reply`] (status, headers, body: bytes, a file range,
 //! or a stream driven by the connection thread). Every limit is a named constant in [`limits`].
+//!
+//! Where things are: `listener` (acceptor threads, caps, registry, shutdown), `conn` (one
+//! connection's request loop), `wire` (socket and bounded read buffer under deadlines),
+//! `head` (httparse, framing rules, target decoding), `chunked` (request bodies), `budget`
+//! (server-wide body memory), `respond` (status line, `Date`, sanitised headers, bodies,
+//! the stream sink and its peer-gone check).
 // A library inside a binary: some of its public API is used only by some areas (the Task API
 // serves Unix sockets, client_fs streams); the unit tests use all of it, so test builds still
 // catch real dead code.
 #![cfg_attr(not(test), allow(dead_code, unused_imports))]
 
+mod budget;
 mod chunked;
 pub mod conn;
 mod head;
@@ -22,6 +29,7 @@ mod wire;
 mod tests;
 
 pub use limits::Limits;
+#[allow(unused_imports)] // ListenerHandle is for the Task API's socket lifecycle
 pub use listener::{ListenerHandle, Server};
 pub use reply::{Body, Reply, StreamBody, StreamSink};
 pub use request::{Origin, Request, RequestHead};

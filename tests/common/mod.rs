@@ -187,6 +187,10 @@ pub struct TestAgent {
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
     pub args: Vec<String>,
+    /// Extra environment for the agent process (see `start_with`).
+    pub env: Vec<(String, String)>,
+    /// If set, the agent runs under `ulimit -n <nofile>` (through `sh -c`; same pid).
+    pub nofile: Option<u32>,
 }
 
 impl TestAgent {
@@ -197,6 +201,16 @@ impl TestAgent {
 
     /// Start with a given data dir (used to restart on the same state).
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> TestAgent {
+        TestAgent::start_with(data_dir, extra, &[], None)
+    }
+
+    /// Start with extra environment variables and, optionally, a low open-files limit.
+    pub fn start_with(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        nofile: Option<u32>,
+    ) -> TestAgent {
         let port = free_port();
         let mut args: Vec<String> = vec![
             "agent".into(),
@@ -213,6 +227,11 @@ impl TestAgent {
             data_dir: data_dir.to_path_buf(),
             log_path: data_dir.with_extension(format!("{port}.log")),
             args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            nofile,
         };
         agent.spawn();
         agent
@@ -220,8 +239,19 @@ impl TestAgent {
 
     fn spawn(&mut self) {
         let log = std::fs::File::create(&self.log_path).expect("log file");
-        let child = Command::new(bin())
+        let mut cmd = match self.nofile {
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let child = cmd
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log clone"))
             .stderr(log)
