@@ -151,7 +151,8 @@ def job_body(job_id, task_config, count=1, jtype="service", log_config=None):
     if log_config:
         task["LogConfig"] = log_config
     return {"Job": {"ID": job_id, "Type": jtype, "Datacenters": ["dc1"],
-                    "TaskGroups": [{"Name": "g", "Count": count, "Tasks": [task]}]}}
+                    "TaskGroups": [{"Name": "g", "Count": count, "EphemeralDisk": {"SizeMB": 4096},
+                                    "Tasks": [task]}]}}
 
 
 def wait_allocs(agent, job_id, status, count=1, timeout=120):
@@ -188,15 +189,18 @@ def bench_tasks():
         agent.req("POST", "/v1/jobs", job_body(
             "flood", {"command": "/bin/sh", "args": ["-c", f"head -c {size_mb * 1024 * 1024} /dev/zero"]},
             jtype="batch", log_config={"MaxFiles": 3, "MaxFileSizeMB": 256}))
-        wait_allocs(agent, "flood", "complete")
+        flood = wait_allocs(agent, "flood", "complete")[0]["ID"]
         pumped = time.monotonic() - t0 - base
+        logs = os.path.join(agent.dir, "alloc", flood, "alloc", "logs")
+        kept = sum(os.path.getsize(os.path.join(logs, f)) for f in os.listdir(logs) if f.startswith("t.stdout."))
         target = os.path.join(agent.dir, "direct.bin")
         t0 = time.monotonic()
         subprocess.run(["sh", "-c", f"head -c {size_mb * 1024 * 1024} /dev/zero > {target}"], check=True)
         direct = time.monotonic() - t0
         os.unlink(target)
         print(f"  log pump: {size_mb} MiB through stdout in {pumped:.2f}s = {size_mb / pumped:.0f} MiB/s; "
-              f"the same bytes written straight to a file: {size_mb / direct:.0f} MiB/s; ratio {direct / pumped:.2f}")
+              f"the same bytes written straight to a file: {size_mb / direct:.0f} MiB/s; ratio {direct / pumped:.2f}; "
+              f"bytes in the log files at completion: {kept} of {size_mb * 1024 * 1024}")
     finally:
         agent.stop()
 

@@ -420,7 +420,7 @@ impl Config {
             acl_enabled: flags.acl_enabled || file.acl_enabled.unwrap_or(false),
             meta_batch_window,
             gc_max_allocs: file.gc_max_allocs.unwrap_or(50),
-            raw_exec_enabled: dev || file.raw_exec_enabled.unwrap_or(false),
+            raw_exec_enabled: file.raw_exec_enabled.unwrap_or(dev),
         })
     }
 

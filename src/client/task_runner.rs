@@ -175,6 +175,7 @@ impl TaskRunner {
             return;
         };
         if self.restored {
+            self.kill_leftover(&alloc);
             self.event(
                 TaskEvent::new("Received", "Task restored by client after agent restart"),
                 |ts| ts.state = "pending".into(),
@@ -322,6 +323,34 @@ impl TaskRunner {
                     }
                 },
             }
+        }
+    }
+
+    /// After an agent crash the task's last process may still run: kill its group, but only
+    /// when `/proc/<pid>/environ` proves it is this task (pids are reused).
+    fn kill_leftover(&self, alloc: &crate::state::jobs::alloc::AllocRecord) {
+        let Some(pid) = alloc
+            .task_states
+            .get(&self.task_name)
+            .and_then(|ts| ts.events.iter().rev().find(|e| e.event_type == "Started"))
+            .and_then(|e| e.details.get("pid"))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            return;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            return;
+        };
+        let want_alloc = format!("NOMAD_ALLOC_ID={}", self.alloc_id);
+        let want_task = format!("NOMAD_TASK_NAME={}", self.task_name);
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        if vars.contains(&want_alloc.as_bytes()) && vars.contains(&want_task.as_bytes()) {
+            log::warn!(
+                "alloc {} task {}: killing leftover process group {pid}",
+                self.alloc_id,
+                self.task_name
+            );
+            raw_exec::signal_group(pid, libc::SIGKILL);
         }
     }
 

@@ -1,0 +1,434 @@
+//! Resolving a request path inside an allocation directory without ever leaving it.
+//!
+//! Every lookup starts from a file descriptor of the alloc dir and walks one component at a
+//! time with `openat(dirfd, name, O_PATH | O_NOFOLLOW)`. Symlinks are followed by hand
+//! (`readlinkat` on the link's own fd, a bounded number of hops), re-resolved relative to the
+//! alloc dir, and refused when they lead outside it. Content is read only through fds opened
+//! here, never through a path, so a directory swapped for a symlink between the check and the
+//! read cannot lead anywhere else (Nomad CVE-2022-24683). Nothing outside this module opens a
+//! path derived from a request or from a task's files.
+
+use std::collections::VecDeque;
+use std::ffi::{CStr, CString, OsStr};
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+/// How many symlinks one resolution may follow (Linux's own limit is 40).
+pub const MAX_SYMLINK_HOPS: usize = 40;
+
+/// The largest symlink target we read.
+const MAX_LINK_TARGET: usize = 4096;
+
+/// Why a path could not be resolved.
+#[derive(Debug)]
+pub enum PathError {
+    /// The path leaves the alloc dir (`..`, an absolute symlink elsewhere, a loop).
+    Escapes,
+    /// A system call failed on `abs` (the lexical host path, as Nomad reports it).
+    Os { abs: PathBuf, err: io::Error },
+}
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathError::Escapes => f.write_str("Path escapes the alloc directory"),
+            PathError::Os { abs, err } => write!(f, "{}: {}", abs.display(), os_text(err)),
+        }
+    }
+}
+
+impl std::error::Error for PathError {}
+
+/// Go's lower-case text for an OS error (`no such file or directory`).
+pub fn os_text(err: &io::Error) -> String {
+    match err.raw_os_error() {
+        Some(code) => {
+            // SAFETY: strerror returns a pointer to a static, NUL-terminated string.
+            let s = unsafe { CStr::from_ptr(libc::strerror(code)) };
+            let s = s.to_string_lossy();
+            let mut out = s.to_lowercase();
+            if out.is_empty() {
+                out = err.to_string();
+            }
+            out
+        }
+        None => err.to_string(),
+    }
+}
+
+/// `fstat` of an fd.
+pub fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: `st` is plain data filled in by fstat; `fd` is a descriptor we own.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(st)
+    }
+}
+
+fn cstring(name: &str) -> io::Result<CString> {
+    CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn openat(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is NUL-terminated; the returned fd is checked and then owned.
+    let fd = unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn readlink_fd(fd: RawFd) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; MAX_LINK_TARGET];
+    // SAFETY: an empty path with an O_PATH fd of a symlink reads that link (Linux >= 2.6.39);
+    // the buffer is valid for its length.
+    let n = unsafe { libc::readlinkat(fd, c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+fn is_type(st: &libc::stat, kind: libc::mode_t) -> bool {
+    st.st_mode & libc::S_IFMT == kind
+}
+
+/// A request path after Go's `filepath.Clean`: components without `.` or `..`.
+/// `None` when it climbs above the root.
+pub fn clean_components(path: &str) -> Option<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                out.pop()?;
+            }
+            p => out.push(p.to_string()),
+        }
+    }
+    Some(out)
+}
+
+/// An open allocation directory: every lookup starts from its fd.
+pub struct AllocDir {
+    root: OwnedFd,
+    /// The alloc dir as the client knows it.
+    root_path: PathBuf,
+    /// The same, with symlinks resolved (absolute link targets are compared to both).
+    canon_root: PathBuf,
+}
+
+/// What one resolution found: the object (an `O_PATH` fd), its parent directory and its
+/// place inside the alloc dir.
+pub struct Resolved {
+    obj: OwnedFd,
+    /// `None` when the object is the alloc dir itself.
+    parent: Option<(OwnedFd, CString)>,
+    stat: libc::stat,
+    /// Components of the resolved location relative to the alloc dir (symlinks followed).
+    pub components: Vec<String>,
+    /// The host path of the resolved location.
+    pub host_path: PathBuf,
+}
+
+/// One entry of a directory listing, as `lstat` sees it.
+pub struct DirEntry {
+    pub name: String,
+    pub stat: libc::stat,
+}
+
+/// A directory opened for listing and for opening its files by name (never following links).
+pub struct SafeDir {
+    fd: OwnedFd,
+}
+
+impl AllocDir {
+    /// Open the alloc dir itself (a path the client created, not one from a request).
+    pub fn open(dir: &Path) -> io::Result<AllocDir> {
+        let c = CString::new(dir.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let root = openat(libc::AT_FDCWD, &c, libc::O_PATH | libc::O_DIRECTORY)?;
+        let canon_root = std::fs::canonicalize(dir)?;
+        Ok(AllocDir {
+            root,
+            root_path: dir.to_path_buf(),
+            canon_root,
+        })
+    }
+
+    /// The host path a request path names lexically (what Nomad puts in its messages).
+    pub fn lexical_path(&self, req: &str) -> PathBuf {
+        let mut p = self.root_path.clone();
+        for c in clean_components(req).unwrap_or_default() {
+            p.push(c);
+        }
+        p
+    }
+
+    /// Where a symlink target leads, as components to resolve from the alloc dir root;
+    /// `None` for an absolute target outside the alloc dir.
+    fn absolute_target(&self, target: &Path) -> Option<Vec<String>> {
+        let rest = target
+            .strip_prefix(&self.canon_root)
+            .or_else(|_| target.strip_prefix(&self.root_path))
+            .ok()?;
+        Some(component_strings(rest))
+    }
+
+    /// Resolve `req` (relative to the alloc dir; a leading `/` is harmless), following
+    /// symlinks by hand and never leaving the alloc dir.
+    pub fn resolve(&self, req: &str) -> Result<Resolved, PathError> {
+        let cleaned = clean_components(req).ok_or(PathError::Escapes)?;
+        let abs = self.lexical_path(req);
+        let os_err = |err: io::Error| PathError::Os {
+            abs: abs.clone(),
+            err,
+        };
+        let mut pending: VecDeque<String> = cleaned.into();
+        // (name, O_PATH fd, stat) of every directory (and finally the object) walked so far.
+        let mut stack: Vec<(String, OwnedFd, libc::stat)> = Vec::new();
+        let mut hops = 0usize;
+        while let Some(name) = pending.pop_front() {
+            match name.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    if stack.pop().is_none() {
+                        return Err(PathError::Escapes);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let dir_fd = stack
+                .last()
+                .map(|(_, fd, _)| fd.as_raw_fd())
+                .unwrap_or(self.root.as_raw_fd());
+            if let Some((_, _, st)) = stack.last() {
+                if !is_type(st, libc::S_IFDIR) {
+                    return Err(os_err(io::Error::from_raw_os_error(libc::ENOTDIR)));
+                }
+            }
+            let c = cstring(&name).map_err(os_err)?;
+            let fd = openat(dir_fd, &c, libc::O_PATH | libc::O_NOFOLLOW).map_err(os_err)?;
+            let st = fstat(fd.as_raw_fd()).map_err(os_err)?;
+            if is_type(&st, libc::S_IFLNK) {
+                hops += 1;
+                if hops > MAX_SYMLINK_HOPS {
+                    return Err(os_err(io::Error::from_raw_os_error(libc::ELOOP)));
+                }
+                let target = readlink_fd(fd.as_raw_fd()).map_err(os_err)?;
+                let target = Path::new(OsStr::from_bytes(&target));
+                let mut next: Vec<String> = if target.is_absolute() {
+                    stack.clear();
+                    self.absolute_target(target).ok_or(PathError::Escapes)?
+                } else {
+                    component_strings(target)
+                };
+                next.extend(pending.drain(..));
+                pending = next.into();
+                continue;
+            }
+            stack.push((name, fd, st));
+        }
+        let components: Vec<String> = stack.iter().map(|(n, _, _)| n.clone()).collect();
+        let mut host_path = self.root_path.clone();
+        host_path.extend(components.iter());
+        let Some((name, obj, stat)) = stack.pop() else {
+            let obj = self.root.try_clone().map_err(os_err)?;
+            let stat = fstat(obj.as_raw_fd()).map_err(os_err)?;
+            return Ok(Resolved {
+                obj,
+                parent: None,
+                stat,
+                components,
+                host_path,
+            });
+        };
+        let parent_fd = match stack.pop() {
+            Some((_, fd, _)) => fd,
+            None => self.root.try_clone().map_err(os_err)?,
+        };
+        let c = cstring(&name).map_err(os_err)?;
+        Ok(Resolved {
+            obj,
+            parent: Some((parent_fd, c)),
+            stat,
+            components,
+            host_path,
+        })
+    }
+}
+
+fn component_strings(p: &Path) -> Vec<String> {
+    p.components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+            Component::ParentDir => Some("..".to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Which protected task directory a resolved location lies in, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protected {
+    Secrets,
+    Private,
+}
+
+impl Resolved {
+    pub fn stat(&self) -> &libc::stat {
+        &self.stat
+    }
+
+    pub fn is_dir(&self) -> bool {
+        is_type(&self.stat, libc::S_IFDIR)
+    }
+
+    pub fn is_regular(&self) -> bool {
+        is_type(&self.stat, libc::S_IFREG)
+    }
+
+    /// Whether the resolved location is a task's `secrets/` or `private/` dir or inside it.
+    /// The check is on where the path really leads, not on the string asked for.
+    pub fn protected(&self) -> Option<Protected> {
+        if self.components.len() < 2 || self.components[0] == "alloc" {
+            return None;
+        }
+        let second = &self.components[1];
+        if second.eq_ignore_ascii_case("secrets") {
+            Some(Protected::Secrets)
+        } else if second.eq_ignore_ascii_case("private") {
+            Some(Protected::Private)
+        } else {
+            None
+        }
+    }
+
+    /// Re-open the object for reading. The open cannot follow a link, and the result must be
+    /// the very inode that was resolved.
+    fn reopen(&self, flags: libc::c_int) -> io::Result<OwnedFd> {
+        let fd = match &self.parent {
+            Some((dir, name)) => openat(dir.as_raw_fd(), name, flags | libc::O_NOFOLLOW)?,
+            None => openat(self.obj.as_raw_fd(), c".", flags)?,
+        };
+        let st = fstat(fd.as_raw_fd())?;
+        if st.st_dev != self.stat.st_dev || st.st_ino != self.stat.st_ino {
+            return Err(io::Error::from_raw_os_error(libc::ESTALE));
+        }
+        Ok(fd)
+    }
+
+    /// Open the resolved regular file for reading.
+    pub fn open_file(&self) -> io::Result<File> {
+        if !self.is_regular() {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // O_NONBLOCK: a FIFO swapped in at the last moment must not block the open.
+        let fd = self.reopen(libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY)?;
+        Ok(File::from(fd))
+    }
+
+    /// Open the resolved directory for listing and for opening its entries.
+    pub fn open_dir(&self) -> io::Result<SafeDir> {
+        let fd = self.reopen(libc::O_RDONLY | libc::O_DIRECTORY)?;
+        Ok(SafeDir { fd })
+    }
+
+    /// The host directory a follower watches for changes to this object (a wake-up hint
+    /// only: reads always go through the fds).
+    pub fn watch_dir(&self) -> PathBuf {
+        if self.parent.is_some() {
+            self.host_path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
+        } else {
+            self.host_path.clone()
+        }
+    }
+}
+
+impl SafeDir {
+    /// Every entry except `.` and `..`, with `lstat` information, sorted by name.
+    pub fn entries(&self) -> io::Result<Vec<DirEntry>> {
+        // fdopendir takes ownership of its fd, so give it a duplicate.
+        let dup = self.fd.try_clone()?;
+        // SAFETY: `dup` is a valid directory fd whose ownership passes to the DIR stream,
+        // which closedir releases below; readdir's entries are valid until the next call.
+        let mut out = Vec::new();
+        unsafe {
+            let dirp = libc::fdopendir(dup.as_raw_fd());
+            if dirp.is_null() {
+                return Err(io::Error::last_os_error());
+            }
+            std::mem::forget(dup);
+            libc::rewinddir(dirp);
+            loop {
+                *libc::__errno_location() = 0;
+                let ent = libc::readdir(dirp);
+                if ent.is_null() {
+                    let errno = *libc::__errno_location();
+                    libc::closedir(dirp);
+                    if errno != 0 {
+                        return Err(io::Error::from_raw_os_error(errno));
+                    }
+                    break;
+                }
+                let name = CStr::from_ptr((*ent).d_name.as_ptr());
+                let bytes = name.to_bytes();
+                if bytes == b"." || bytes == b".." {
+                    continue;
+                }
+                let mut st: libc::stat = std::mem::zeroed();
+                if libc::fstatat(
+                    self.fd.as_raw_fd(),
+                    name.as_ptr(),
+                    &mut st,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                ) != 0
+                {
+                    // Removed between readdir and lstat: skip it, as Go's ReadDir does.
+                    continue;
+                }
+                out.push(DirEntry {
+                    name: String::from_utf8_lossy(bytes).into_owned(),
+                    stat: st,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Open a regular file of this directory by name; links are never followed and the name
+    /// must be a single component.
+    pub fn open_file(&self, name: &str) -> io::Result<File> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let c = cstring(name)?;
+        let fd = openat(
+            self.fd.as_raw_fd(),
+            &c,
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
+        )?;
+        let st = fstat(fd.as_raw_fd())?;
+        if !is_type(&st, libc::S_IFREG) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        Ok(File::from(fd))
+    }
+}
+
+#[cfg(test)]
+mod tests;
