@@ -30,7 +30,6 @@ use self::task_runner::{TaskCmd, TaskRunner};
 /// What the filesystem API needs to know about one allocation on this client.
 #[derive(Clone, Debug)]
 pub struct AllocFsView {
-    pub alloc_id: String,
     pub namespace: String,
     /// `<data_dir>/alloc/<alloc_id>`.
     pub dir: PathBuf,
@@ -353,7 +352,6 @@ impl Client {
             .collect();
         Some(AllocFsView {
             dir: AllocDir::new(&self.data_dir, &a.id).root,
-            alloc_id: a.id,
             namespace: a.namespace,
             collected: a.collected,
             tasks,
