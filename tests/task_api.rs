@@ -254,6 +254,10 @@ fn socket_needs_a_credential_and_dies_with_its_task() {
     );
     assert_eq!(get(&s2, &[("X-Nomad-Token", &jwt2)]).status, 200);
 
+    // Stopping the agent closes and removes every task socket.
+    let mut agent = agent;
+    assert!(agent.stop().success());
+    assert!(!s2.exists(), "the socket outlived the agent");
     let log = agent.log();
     assert!(!log.contains("eyJ"), "a JWT reached the agent's log");
 }
