@@ -178,6 +178,26 @@ fn a_thousand_idle_and_a_thousand_half_sent_connections() {
     let pid = agent.pid();
     let threads = status_field(pid, "Threads:").unwrap_or(u64::MAX);
     assert!(threads < MAX_THREADS, "{threads} threads under the flood");
+    // Those over the per-listener cap are told so with a 503 (as the acceptor reaches them).
+    let mut refused = vec![false; held.len()];
+    for s in &held {
+        s.set_nonblocking(true).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while refused.iter().filter(|r| **r).count() <= 500 && Instant::now() < deadline {
+        for (s, r) in held.iter().zip(refused.iter_mut()) {
+            let mut buf = [0u8; 12];
+            if !*r && (&*s).read(&mut buf).is_ok() && &buf == b"HTTP/1.1 503" {
+                *r = true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let refused = refused.iter().filter(|r| **r).count();
+    assert!(
+        refused > 500,
+        "only {refused} connections over the cap got a 503"
+    );
     // While the flood is still open, the head deadline frees the slots it holds.
     wait_until(
         Duration::from_secs(5),
