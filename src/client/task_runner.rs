@@ -46,6 +46,15 @@ enum RunEnd {
     Restart,
 }
 
+/// The longest wait the runner plans ahead (a restart delay or interval beyond it is cut).
+pub const MAX_PLANNED_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `now + d`, saturating at [`MAX_PLANNED_WAIT`] (an `Instant` overflow would panic).
+fn later(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d.min(MAX_PLANNED_WAIT)).unwrap_or(now)
+}
+
 /// The state of Nomad's restart tracker.
 struct RestartTracker {
     attempts: i64,
@@ -99,7 +108,7 @@ impl RestartTracker {
         );
         if self.mode == "delay" {
             let left = interval.saturating_sub(self.window_start.elapsed());
-            self.window_start = Instant::now() + left;
+            self.window_start = later(left);
             self.count = 0;
             return Decision::Restart {
                 delay: left.as_nanos() as i64,
@@ -388,7 +397,7 @@ impl TaskRunner {
 
     /// Sleep through a restart delay unless told to stop.
     fn wait_delay(&self, delay: i64) -> Option<RunEnd> {
-        let deadline = Instant::now() + Duration::from_nanos(delay.max(0) as u64);
+        let deadline = later(Duration::from_nanos(delay.max(0) as u64));
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
