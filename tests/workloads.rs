@@ -652,3 +652,74 @@ fn agent_restart_keeps_jobs_and_allocs_and_starts_running_tasks_again() {
     let idx_before = before["ModifyIndex"].as_u64().unwrap();
     assert!(r["Index"].as_u64().unwrap() > idx_before);
 }
+
+#[test]
+fn misbehaving_tasks_never_hang_or_crash_the_agent() {
+    let agent = TestAgent::start(&[]);
+    // Leaves children holding its pipes (one in its group, one escaped with setsid).
+    register(
+        &agent,
+        &sh_job(
+            "forker",
+            "batch",
+            "(sleep 30 &); setsid sleep 5 & echo bye; exit 0",
+        ),
+    );
+    // Closes its pipes, then keeps running a little.
+    register(
+        &agent,
+        &sh_job("closer", "batch", "exec >&- 2>&-; sleep 0.2; exit 0"),
+    );
+    // Exits at once with an error, over and over.
+    let mut quick = sh_job("quick", "service", "exit 1");
+    quick["Job"]["TaskGroups"][0]["RestartPolicy"] =
+        json!({"Attempts": 5, "Interval": 3_600_000_000_000u64, "Delay": 0, "Mode": "fail"});
+    register(&agent, &quick);
+    // Floods its output.
+    register(
+        &agent,
+        &sh_job("flooder", "batch", "head -c 20000000 /dev/zero; exit 0"),
+    );
+    for job in ["forker", "closer", "flooder"] {
+        let id = first_alloc(&agent, job);
+        wait_status(&agent, &id, "complete");
+    }
+    let forker = first_alloc(&agent, "forker");
+    assert_eq!(read_log(&agent, &forker, "t", "stdout"), "bye\n");
+    let quick = first_alloc(&agent, "quick");
+    let a = wait_status(&agent, &quick, "failed");
+    assert_eq!(a["TaskStates"]["t"]["Restarts"], 5);
+    assert_eq!(a["TaskStates"]["t"]["Events"].as_array().unwrap().len(), 10);
+    assert_eq!(agent.get("/v1/jobs").status, 200);
+}
+
+#[test]
+fn after_an_agent_crash_the_leftover_task_process_is_killed_before_the_restart() {
+    let mut agent = TestAgent::start(&[]);
+    register(&agent, &sh_job("crash", "service", "sleep 60"));
+    let id = first_alloc(&agent, "crash");
+    let a = wait_task_running(&agent, &id, "t");
+    let pid = events_of(&a, "t", "Started")[0]["Details"]["pid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut child = agent.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "task outlives a crashed agent"
+    );
+    let data_dir = agent.data_dir.clone();
+    let agent2 = TestAgent::start_in(&data_dir, &[]);
+    wait_until(WAIT, "leftover killed", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true)
+    });
+    let a = wait_task_running(&agent2, &id, "t");
+    let new_pid = events_of(&a, "t", "Started").last().unwrap()["Details"]["pid"].clone();
+    assert_ne!(new_pid, json!(pid));
+    // Only the second agent owns the data dir now.
+    agent.data_dir = temp_dir("unused");
+}

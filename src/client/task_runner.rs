@@ -46,6 +46,15 @@ enum RunEnd {
     Restart,
 }
 
+/// The longest wait the runner plans ahead (a restart delay or interval beyond it is cut).
+pub const MAX_PLANNED_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `now + d`, saturating at [`MAX_PLANNED_WAIT`] (an `Instant` overflow would panic).
+fn later(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d.min(MAX_PLANNED_WAIT)).unwrap_or(now)
+}
+
 /// The state of Nomad's restart tracker.
 struct RestartTracker {
     attempts: i64,
@@ -99,7 +108,7 @@ impl RestartTracker {
         );
         if self.mode == "delay" {
             let left = interval.saturating_sub(self.window_start.elapsed());
-            self.window_start = Instant::now() + left;
+            self.window_start = later(left);
             self.count = 0;
             return Decision::Restart {
                 delay: left.as_nanos() as i64,
@@ -175,6 +184,7 @@ impl TaskRunner {
             return;
         };
         if self.restored {
+            self.kill_leftover(&alloc);
             self.event(
                 TaskEvent::new("Received", "Task restored by client after agent restart"),
                 |ts| ts.state = "pending".into(),
@@ -325,6 +335,34 @@ impl TaskRunner {
         }
     }
 
+    /// After an agent crash the task's last process may still run: kill its group, but only
+    /// when `/proc/<pid>/environ` proves it is this task (pids are reused).
+    fn kill_leftover(&self, alloc: &crate::state::jobs::alloc::AllocRecord) {
+        let Some(pid) = alloc
+            .task_states
+            .get(&self.task_name)
+            .and_then(|ts| ts.events.iter().rev().find(|e| e.event_type == "Started"))
+            .and_then(|e| e.details.get("pid"))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            return;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            return;
+        };
+        let want_alloc = format!("NOMAD_ALLOC_ID={}", self.alloc_id);
+        let want_task = format!("NOMAD_TASK_NAME={}", self.task_name);
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        if vars.contains(&want_alloc.as_bytes()) && vars.contains(&want_task.as_bytes()) {
+            log::warn!(
+                "alloc {} task {}: killing leftover process group {pid}",
+                self.alloc_id,
+                self.task_name
+            );
+            raw_exec::signal_group(pid, libc::SIGKILL);
+        }
+    }
+
     /// A batch task ran to completion: its `Terminated` event is already recorded.
     fn finish(&self, failed: bool) {
         let _ = self.agent.workloads.update_task(
@@ -359,7 +397,7 @@ impl TaskRunner {
 
     /// Sleep through a restart delay unless told to stop.
     fn wait_delay(&self, delay: i64) -> Option<RunEnd> {
-        let deadline = Instant::now() + Duration::from_nanos(delay.max(0) as u64);
+        let deadline = later(Duration::from_nanos(delay.max(0) as u64));
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

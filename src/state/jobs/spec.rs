@@ -11,6 +11,8 @@ pub type DurationNs = i64;
 
 pub const SECOND: DurationNs = 1_000_000_000;
 pub const MINUTE: DurationNs = 60 * SECOND;
+/// Nomad's client `max_kill_timeout` default: no task waits longer to be killed.
+pub const MAX_KILL_TIMEOUT: DurationNs = 30 * SECOND;
 
 /// A job (`structs.Job`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -367,8 +369,11 @@ impl Task {
         )
     }
 
+    /// `KillTimeout`, capped by the client's `max_kill_timeout` as Nomad does.
     pub fn kill_timeout(&self) -> DurationNs {
-        self.kill_timeout.unwrap_or(5 * SECOND).max(0)
+        self.kill_timeout
+            .unwrap_or(5 * SECOND)
+            .clamp(0, MAX_KILL_TIMEOUT)
     }
 }
 

@@ -3,6 +3,9 @@
 
 use super::spec::{Job, Task, TaskGroup};
 
+/// The most allocations one job may ask for on this single-node agent.
+pub const MAX_JOB_ALLOCS: i64 = 1000;
+
 /// Drivers this agent runs.
 pub const SUPPORTED_DRIVERS: &[&str] = &["raw_exec"];
 
@@ -58,6 +61,16 @@ pub fn validate_job(job: &Job) -> Result<(), String> {
     }
     if job.task_groups.is_empty() {
         errs.push("Missing job task groups".to_string());
+    }
+    let total: i64 = job
+        .task_groups
+        .iter()
+        .map(|g| g.count().max(0))
+        .fold(0, i64::saturating_add);
+    if total > MAX_JOB_ALLOCS {
+        errs.push(format!(
+            "Job asks for {total} allocations; this agent places at most {MAX_JOB_ALLOCS} per job"
+        ));
     }
     for (i, tg) in job.task_groups.iter().enumerate() {
         if let Some(first) = job.task_groups[..i].iter().position(|o| o.name == tg.name) {
@@ -288,6 +301,16 @@ mod tests {
             e.contains("work_dir must be an absolute path: \"rel\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_huge_count_is_refused_before_anything_is_placed() {
+        let j = job(
+            serde_json::json!({"ID": "x", "TaskGroups": [{"Name": "g", "Count": 9_000_000_000_000i64, "Tasks": [
+            {"Name": "t", "Driver": "raw_exec", "Config": {"command": "/bin/true"}}]}]}),
+        );
+        let e = validate_job(&j).unwrap_err();
+        assert!(e.contains("this agent places at most 1000 per job"), "{e}");
     }
 
     #[test]
