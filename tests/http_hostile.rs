@@ -178,6 +178,26 @@ fn a_thousand_idle_and_a_thousand_half_sent_connections() {
     let pid = agent.pid();
     let threads = status_field(pid, "Threads:").unwrap_or(u64::MAX);
     assert!(threads < MAX_THREADS, "{threads} threads under the flood");
+    // Those over the per-listener cap are told so with a 503 (as the acceptor reaches them).
+    let mut refused = vec![false; held.len()];
+    for s in &held {
+        s.set_nonblocking(true).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while refused.iter().filter(|r| **r).count() <= 500 && Instant::now() < deadline {
+        for (s, r) in held.iter().zip(refused.iter_mut()) {
+            let mut buf = [0u8; 12];
+            if !*r && (&*s).read(&mut buf).is_ok() && &buf == b"HTTP/1.1 503" {
+                *r = true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let refused = refused.iter().filter(|r| **r).count();
+    assert!(
+        refused > 500,
+        "only {refused} connections over the cap got a 503"
+    );
     // While the flood is still open, the head deadline frees the slots it holds.
     wait_until(
         Duration::from_secs(5),
@@ -303,4 +323,28 @@ fn a_slowloris_head_is_cut_by_the_whole_head_deadline_and_logged_by_phase() {
         || agent.log().contains("request head timeout"),
     );
     assert_healthy(&agent, "slowloris");
+}
+
+#[test]
+fn sigterm_with_idle_and_half_sent_connections_exits_promptly() {
+    let mut agent = start(None);
+    let mut idle = connect(&agent);
+    idle.write_all(&build_request("GET", "/v1/does-not-exist", &[], b"")[..])
+        .unwrap();
+    let mut keep = connect(&agent);
+    keep.write_all(b"GET /v1/does-not-exist HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut r = BufReader::new(keep.try_clone().unwrap());
+    assert_eq!(read_response(&mut r, false).unwrap().status, 404);
+    let mut half = connect(&agent);
+    half.write_all(b"GET /v1/does-not-exist HTTP/1.1\r\nHo")
+        .unwrap();
+    let started = Instant::now();
+    let st = agent.stop();
+    assert!(st.success(), "exit status {st}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "stop took {:?}",
+        started.elapsed()
+    );
 }

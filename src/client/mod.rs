@@ -30,9 +30,6 @@ use self::task_runner::{TaskCmd, TaskRunner};
 /// What the filesystem API needs to know about one allocation on this client.
 #[derive(Clone, Debug)]
 pub struct AllocFsView {
-    /// Part of the contract with the filesystem API, which may not read it yet.
-    #[allow(dead_code)]
-    pub alloc_id: String,
     pub namespace: String,
     /// `<data_dir>/alloc/<alloc_id>`.
     pub dir: PathBuf,
@@ -368,7 +365,6 @@ impl Client {
             .collect();
         Some(AllocFsView {
             dir: AllocDir::new(&self.data_dir, &a.id).root,
-            alloc_id: a.id,
             namespace: a.namespace,
             collected: a.collected,
             tasks,

@@ -29,6 +29,9 @@ pub const MAX_CONNS_TOTAL: usize = 1024;
 /// Request bodies held in memory at once across the whole server; a request that would
 /// take more gets a 503 (so 256 connections cannot each hold an 8 MiB job body).
 pub const MAX_BODY_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
+/// Pending connections the kernel queues for a listener (std binds with 128; a burst over
+/// the queue has its SYNs dropped and its clients stall a second or more).
+pub const LISTEN_BACKLOG: i32 = 1024;
 /// How long the accept loop sleeps after an accept error such as EMFILE.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How often a quiet accept loop wakes to join finished connection threads.

@@ -8,7 +8,7 @@
 //! [`SHUTDOWN_GRACE`], then cuts what is left.
 
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, Read};
 use std::net::{Shutdown, TcpListener};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::conn::{self, ConnCtx, STATE_IDLE, STATE_STREAM};
-use super::limits::{ACCEPT_BACKOFF, ACCEPT_TICK, REJECT_WRITE_TIMEOUT, SHUTDOWN_GRACE};
+use super::limits::{
+    ACCEPT_BACKOFF, ACCEPT_TICK, LISTEN_BACKLOG, REJECT_WRITE_TIMEOUT, SHUTDOWN_GRACE,
+};
 use super::respond::{error_reply, write_reply, Plan};
 use super::wire::Sock;
 use super::{Handler, Limits, Origin};
@@ -144,6 +146,11 @@ impl Server {
             return Err(io::Error::other("the HTTP server is shutting down"));
         }
         set_accept_tick(sock.fd())?;
+        // Calling listen(2) again on a listening socket resizes its queue (Linux).
+        // SAFETY: listen on a valid listening fd owned by `sock`.
+        unsafe {
+            libc::listen(sock.fd(), LISTEN_BACKLOG);
+        }
         let listener = Arc::new(ListenerShared {
             sock,
             name,
@@ -447,6 +454,17 @@ fn reject(sock: &Sock) {
         &never,
     );
     sock.shutdown(Shutdown::Write);
+    // Discard what the request already put in the receive buffer, without waiting: closing
+    // with unread bytes would send a reset that can destroy the 503 before it is read.
+    if sock.set_nonblocking(true).is_ok() {
+        let mut buf = [0u8; 4096];
+        for _ in 0..16 {
+            match (&*sock).read(&mut buf) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+    }
 }
 
 /// Join the threads of connections that have finished.

@@ -42,6 +42,14 @@ impl Sock {
         }
     }
 
+    /// O_NONBLOCK on or off.
+    pub(crate) fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.set_nonblocking(on),
+            Sock::Unix(s) => s.set_nonblocking(on),
+        }
+    }
+
     /// shutdown(2); errors (already closed, not connected) do not matter to any caller.
     pub(crate) fn shutdown(&self, how: Shutdown) {
         let _ = match self {
