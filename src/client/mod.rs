@@ -5,6 +5,7 @@ pub mod alloc_dir;
 pub mod dirfd;
 pub mod logs;
 pub mod raw_exec;
+pub mod restarts;
 pub mod signals;
 pub mod stats;
 pub mod task_env;

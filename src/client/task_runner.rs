@@ -10,12 +10,13 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::agent::Agent;
 use crate::state::jobs::alloc::{TaskEvent, TaskState};
-use crate::state::jobs::spec::{Task, TaskGroup};
+use crate::state::jobs::spec::Task;
 use crate::state::jobs::timefmt::{go_duration, now_ns, rfc3339_ns};
 
 use super::alloc_dir::AllocDir;
 use super::logs::{LogPump, Rotator};
 use super::raw_exec::{self, Process, SpawnSpec};
+use super::restarts::{later, Decision, RestartTracker};
 use super::signals::{parse_signal, signal_name};
 use super::task_env::{self, NodeFacts};
 use super::task_hooks::{self, TaskHookInput};
@@ -46,79 +47,6 @@ enum RunEnd {
     Stopped,
     Shutdown,
     Restart,
-}
-
-/// The longest wait the runner plans ahead (a restart delay or interval beyond it is cut).
-pub const MAX_PLANNED_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// `now + d`, saturating at [`MAX_PLANNED_WAIT`] (an `Instant` overflow would panic).
-fn later(d: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(d.min(MAX_PLANNED_WAIT)).unwrap_or(now)
-}
-
-/// The state of Nomad's restart tracker.
-struct RestartTracker {
-    attempts: i64,
-    interval: i64,
-    delay: i64,
-    mode: String,
-    count: i64,
-    window_start: Instant,
-}
-
-enum Decision {
-    Done { failed: bool },
-    Restart { delay: i64, reason: String },
-    Fail { reason: String },
-}
-
-impl RestartTracker {
-    fn new(tg: &TaskGroup) -> RestartTracker {
-        let (attempts, interval, delay, mode) = tg.restart();
-        RestartTracker {
-            attempts,
-            interval,
-            delay,
-            mode,
-            count: 0,
-            window_start: Instant::now(),
-        }
-    }
-
-    fn decide(&mut self, batch: bool, success: bool) -> Decision {
-        if batch && success {
-            return Decision::Done { failed: false };
-        }
-        let interval = Duration::from_nanos(self.interval.max(0) as u64);
-        if self.window_start.elapsed() > interval {
-            self.window_start = Instant::now();
-            self.count = 0;
-        }
-        self.count += 1;
-        if self.count <= self.attempts {
-            return Decision::Restart {
-                delay: self.delay,
-                reason: "Restart within policy".into(),
-            };
-        }
-        let reason = format!(
-            "Exceeded allowed attempts {} in interval {} and mode is {:?}",
-            self.attempts,
-            go_duration(self.interval),
-            self.mode
-        );
-        if self.mode == "delay" {
-            let left = interval.saturating_sub(self.window_start.elapsed());
-            self.window_start = later(left);
-            self.count = 0;
-            return Decision::Restart {
-                delay: left.as_nanos() as i64,
-                reason,
-            };
-        }
-        Decision::Fail { reason }
-    }
 }
 
 /// The runner of one task of one allocation.
