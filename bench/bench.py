@@ -253,6 +253,16 @@ def follow_latency(agent, alloc_id, fifo, plain, samples=50):
     return lat
 
 
+def count_inotify(pid):
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += "inotify" in os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            pass  # closed while we looked
+    return n
+
+
 def bench_fs():
     section("Filesystem: follow latency, cat of 1 GiB, 200 followers")
     agent = Agent()
@@ -306,8 +316,7 @@ def bench_fs():
             socks.append(s)
         time.sleep(2)
         during = proc_status(agent.proc.pid)
-        inotify = sum(1 for fd in os.listdir(f"/proc/{agent.proc.pid}/fd")
-                      if "inotify" in os.readlink(f"/proc/{agent.proc.pid}/fd/{fd}"))
+        inotify = count_inotify(agent.proc.pid)
         for s in socks:
             s.close()
         print(f"  200 followers: threads {before['threads']} -> {during['threads']}, RSS "

@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
@@ -64,7 +63,6 @@ pub struct Agent {
     /// The HTTP server, set once listening (the Task API adds Unix listeners to it).
     pub http: OnceLock<Arc<Server>>,
     pub started_at: SystemTime,
-    pub shutting_down: AtomicBool,
 }
 
 impl Agent {
@@ -91,12 +89,7 @@ impl Agent {
             batcher,
             http: OnceLock::new(),
             started_at: SystemTime::now(),
-            shutting_down: AtomicBool::new(false),
         }))
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::SeqCst)
     }
 }
 
@@ -176,7 +169,6 @@ pub fn run(config: Config) -> Result<(), AgentError> {
 
     let sig = wait_for_stop_signal(&signals);
     log::info!("caught signal {sig}, shutting down");
-    agent.shutting_down.store(true, Ordering::SeqCst);
     server.shutdown();
     agent.client.shutdown();
     agent.batcher.shutdown();

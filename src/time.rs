@@ -29,13 +29,6 @@ fn local_offset(secs: i64) -> i64 {
     }
 }
 
-/// Nanoseconds since the unix epoch (0 for times before it).
-pub fn unix_nanos(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos().min(i64::MAX as u128) as i64)
-        .unwrap_or(0)
-}
-
 /// Format like Go's `time.RFC3339Nano` in the local zone: trailing zeros of the fraction are
 /// dropped, and UTC is written `Z`.
 pub fn rfc3339_nanos(t: SystemTime) -> String {

@@ -79,6 +79,25 @@ fn bootstrap_works_once_and_the_second_call_is_refused() {
         format!("ACL bootstrap already done (reset index: {index})")
     );
     assert!(!r.text().contains(t["SecretID"].as_str().unwrap()));
+
+    // A chosen bootstrap secret must be a UUID (on a fresh agent).
+    let fresh = TestAgent::start(&["-acl-enabled"]);
+    let r = fresh.request(
+        "POST",
+        "/v1/acl/bootstrap",
+        &[],
+        br#"{"BootstrapSecret": "not-a-uuid"}"#,
+    );
+    assert_eq!((r.status, r.text()), (400, "invalid acl token".into()));
+    let chosen = "2b778dd9-f5f1-6f29-b4b4-9a5fa948757a";
+    let body = json!({ "BootstrapSecret": chosen }).to_string();
+    let r = fresh.request("POST", "/v1/acl/bootstrap", &[], body.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["SecretID"], chosen);
+    assert_eq!(
+        req(&fresh, "GET", "/v1/acl/tokens", Some(chosen), "").status,
+        200
+    );
 }
 
 #[test]
@@ -201,6 +220,71 @@ fn token_crud_and_deleting_the_token_in_use() {
     );
     let r = req(&agent, "POST", "/v1/acl/token", Some(&mgmt), "");
     assert_eq!((r.status, r.text()), (400, "Request body is empty".into()));
+
+    // Unknown accessors, bad bootstrap secrets.
+    let ghost = "00000000-0000-0000-0000-000000000000";
+    let r = req(
+        &agent,
+        "DELETE",
+        &format!("/v1/acl/token/{ghost}"),
+        Some(&mgmt),
+        "",
+    );
+    assert_eq!(
+        (r.status, r.text()),
+        (400, format!("Cannot delete nonexistent tokens: {ghost}"))
+    );
+    let upd = json!({"Name": "x", "Type": "client", "Policies": ["readnode"]}).to_string();
+    let r = req(
+        &agent,
+        "POST",
+        &format!("/v1/acl/token/{ghost}"),
+        Some(&mgmt),
+        &upd,
+    );
+    assert_eq!(
+        (r.status, r.text()),
+        (400, format!("cannot find token {ghost}"))
+    );
+    let r = req(
+        &agent,
+        "GET",
+        &format!("/v1/acl/token/{ghost}"),
+        Some(&mgmt),
+        "",
+    );
+    assert_eq!((r.status, r.text()), (404, "ACL token not found".into()));
+    let r = req(
+        &agent,
+        "GET",
+        &format!("/v1/acl/token/{ghost}"),
+        Some(secret),
+        "",
+    );
+    assert_eq!((r.status, r.text()), (403, "Permission denied".into()));
+    // A client token lists and reads only its own policies.
+    assert_eq!(
+        put_policy(
+            &agent,
+            &mgmt,
+            "other",
+            r#"agent { policy = "read" }"#,
+            Value::Null
+        )
+        .status,
+        200
+    );
+    let mine = req(&agent, "GET", "/v1/acl/policies", Some(secret), "").json();
+    assert_eq!(mine.as_array().unwrap().len(), 1);
+    assert_eq!(mine[0]["Name"], "readnode");
+    assert_eq!(
+        req(&agent, "GET", "/v1/acl/policy/other", Some(secret), "").status,
+        403
+    );
+    assert_eq!(
+        req(&agent, "GET", "/v1/acl/policy/readnode", Some(secret), "").status,
+        200
+    );
 
     // Delete the client token, then the management token deletes itself.
     assert_eq!(

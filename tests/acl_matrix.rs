@@ -81,6 +81,11 @@ fn auth_matrix_over_tcp_and_the_task_socket() {
             Value::Null,
         ),
         (
+            "ns-fs",
+            r#"namespace "default" { capabilities = ["read-fs"] }"#,
+            Value::Null,
+        ),
+        (
             "wi-node-read",
             r#"node { policy = "read" }"#,
             json!({"Namespace": "default", "JobID": "matrix"}),
@@ -97,7 +102,7 @@ fn auth_matrix_over_tcp_and_the_task_socket() {
         assert_eq!(r.status, 200, "{}", r.text());
     }
     let mut tokens = std::collections::HashMap::new();
-    for (name, _, _) in &policies[..4] {
+    for (name, _, _) in &policies[..5] {
         let body = json!({"Name": name, "Type": "client", "Policies": [name]}).to_string();
         let r = agent.request("POST", "/v1/acl/token", &h(&mgmt), body.as_bytes());
         tokens.insert(*name, r.json()["SecretID"].as_str().unwrap().to_string());
@@ -233,7 +238,7 @@ fn auth_matrix_over_tcp_and_the_task_socket() {
     for row in &rows {
         let without: String = {
             // A client token holding every policy but the one this endpoint needs.
-            let names: Vec<&str> = policies[..4]
+            let names: Vec<&str> = policies[..5]
                 .iter()
                 .map(|p| p.0)
                 .filter(|n| {
@@ -316,6 +321,16 @@ fn auth_matrix_over_tcp_and_the_task_socket() {
         "auth matrix mismatches:\n{}",
         failures.join("\n")
     );
+
+    // The workload identity's own file is never served by the filesystem API.
+    let r = agent.request(
+        "GET",
+        &format!("/v1/client/fs/cat/{alloc}?path=t/secrets/api.sock"),
+        &h(&mgmt),
+        b"",
+    );
+    assert_ne!(r.status, 200);
+    assert!(!r.text().contains("eyJ"));
 
     // No JWT in any allocation or job body.
     for p in [

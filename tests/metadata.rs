@@ -11,7 +11,10 @@ fn post_meta(agent: &TestAgent, body: &str) -> Response {
 }
 
 fn node_id(agent: &TestAgent) -> String {
-    agent.get_json("/v1/nodes")[0]["ID"].as_str().unwrap().to_string()
+    agent.get_json("/v1/nodes")[0]["ID"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -20,8 +23,14 @@ fn get_shows_static_defaults_and_config_meta() {
     let m = agent.get_json("/v1/client/metadata");
     assert_eq!(m["Dynamic"], json!({}));
     assert_eq!(m["Static"]["connect.log_level"], "info");
-    assert_eq!(m["Static"]["connect.sidecar_image"], "docker.io/envoyproxy/envoy:v${NOMAD_envoy_version}");
-    assert_eq!(m["Static"]["connect.transparent_proxy.default_outbound_port"], "15001");
+    assert_eq!(
+        m["Static"]["connect.sidecar_image"],
+        "docker.io/envoyproxy/envoy:v${NOMAD_envoy_version}"
+    );
+    assert_eq!(
+        m["Static"]["connect.transparent_proxy.default_outbound_port"],
+        "15001"
+    );
     assert_eq!(m["Static"]["rack"], "r1");
     assert_eq!(m["Meta"]["rack"], "r1");
 }
@@ -38,12 +47,23 @@ fn set_unset_and_tombstone_follow_nomad() {
 
     let m = post_meta(&agent, r#"{"Meta": {"example": null}}"#).json();
     assert!(m["Meta"].get("example").is_none());
-    assert_eq!(m["Dynamic"], json!({}), "a null for a non-static key leaves no tombstone");
+    assert_eq!(
+        m["Dynamic"],
+        json!({}),
+        "a null for a non-static key leaves no tombstone"
+    );
 
-    let m = post_meta(&agent, r#"{"Meta": {"connect.log_level": null, "empty": ""}}"#).json();
+    let m = post_meta(
+        &agent,
+        r#"{"Meta": {"connect.log_level": null, "empty": ""}}"#,
+    )
+    .json();
     assert!(m["Meta"].get("connect.log_level").is_none());
     assert_eq!(m["Meta"]["empty"], "");
-    assert_eq!(m["Dynamic"], json!({"connect.log_level": null, "empty": ""}));
+    assert_eq!(
+        m["Dynamic"],
+        json!({"connect.log_level": null, "empty": ""})
+    );
     assert_eq!(m["Static"]["connect.log_level"], "info");
 
     let m = post_meta(&agent, r#"{"Meta": {"connect.log_level": "debug"}}"#).json();
@@ -76,13 +96,28 @@ fn bad_requests_get_nomads_messages_and_change_nothing() {
     }
     let r = post_meta(&agent, r#"{"Meta": {"x": "#);
     assert_eq!(r.status, 400);
-    let r = agent.request("PUT", "/v1/client/metadata", &[], br#"{"Meta": {"x": "y"}}"#);
+    let r = agent.request(
+        "PUT",
+        "/v1/client/metadata",
+        &[],
+        br#"{"Meta": {"x": "y"}}"#,
+    );
     assert_eq!((r.status, r.text().as_str()), (405, "Invalid method"));
-    let r = agent.request("POST", "/v1/client/metadata?node_id=00000000-0000-0000-0000-000000000000", &[], br#"{"Meta": {"x": "y"}}"#);
+    let r = agent.request(
+        "POST",
+        "/v1/client/metadata?node_id=00000000-0000-0000-0000-000000000000",
+        &[],
+        br#"{"Meta": {"x": "y"}}"#,
+    );
     assert_eq!(r.status, 404);
     assert_eq!(agent.get_json("/v1/client/metadata"), before);
     let id = node_id(&agent);
-    let r = agent.request("POST", &format!("/v1/client/metadata?node_id={id}"), &[], br#"{"Meta": {"x": "y"}}"#);
+    let r = agent.request(
+        "POST",
+        &format!("/v1/client/metadata?node_id={id}"),
+        &[],
+        br#"{"Meta": {"x": "y"}}"#,
+    );
     assert_eq!(r.status, 200);
 }
 
@@ -95,7 +130,10 @@ fn dynamic_metadata_and_tombstones_survive_a_restart() {
     assert_eq!(m["Dynamic"], json!({"a": "1", "rack": null}));
     assert!(m["Meta"].get("rack").is_none());
     let node = agent.get_json(&format!("/v1/node/{}", node_id(&agent)));
-    assert_eq!(node["Meta"]["a"], "1", "the node registers with its dynamic metadata");
+    assert_eq!(
+        node["Meta"]["a"], "1",
+        "the node registers with its dynamic metadata"
+    );
     assert!(node["Meta"].get("rack").is_none());
 }
 
@@ -126,17 +164,33 @@ fn batch_window_coalesces_changes_into_one_node_update() {
     let start = Instant::now();
     post_meta(&agent, r#"{"Meta": {"a": "1"}}"#);
     post_meta(&agent, r#"{"Meta": {"b": "2"}}"#);
-    assert_eq!(agent.get_json("/v1/client/metadata")["Meta"]["b"], "2", "the client endpoint reflects it at once");
+    assert_eq!(
+        agent.get_json("/v1/client/metadata")["Meta"]["b"],
+        "2",
+        "the client endpoint reflects it at once"
+    );
     let node = agent.get_json(&path);
-    assert!(node["Meta"].get("a").is_none(), "not published before the window closes");
-    wait_until(Duration::from_secs(10), "node record to show the metadata", || {
-        agent.get_json(&path)["Meta"].get("b").is_some()
-    });
+    assert!(
+        node["Meta"].get("a").is_none(),
+        "not published before the window closes"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "node record to show the metadata",
+        || agent.get_json(&path)["Meta"].get("b").is_some(),
+    );
     let elapsed = start.elapsed();
-    assert!(elapsed >= Duration::from_millis(1500), "published after {elapsed:?}, before the window");
+    assert!(
+        elapsed >= Duration::from_millis(1500),
+        "published after {elapsed:?}, before the window"
+    );
     let node = agent.get_json(&path);
     assert_eq!(node["Meta"]["a"], "1");
-    assert_eq!(node["ModifyIndex"].as_u64().unwrap(), before + 1, "one node update for both changes");
+    assert_eq!(
+        node["ModifyIndex"].as_u64().unwrap(),
+        before + 1,
+        "one node update for both changes"
+    );
     let stub = &agent.get_json("/v1/nodes")[0];
     assert_eq!(stub["ModifyIndex"], node["ModifyIndex"]);
     let r = agent.get("/v1/nodes?filter=Meta.a%20%3D%3D%20%221%22");
@@ -148,7 +202,9 @@ fn dev_window_publishes_within_ten_seconds() {
     let agent = TestAgent::start(&[]);
     let path = format!("/v1/node/{}", node_id(&agent));
     post_meta(&agent, r#"{"Meta": {"example": "Hello World!"}}"#);
-    wait_until(Duration::from_secs(10), "node record to show example", || {
-        agent.get_json(&path)["Meta"]["example"] == "Hello World!"
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "node record to show example",
+        || agent.get_json(&path)["Meta"]["example"] == "Hello World!",
+    );
 }

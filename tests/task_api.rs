@@ -254,6 +254,10 @@ fn socket_needs_a_credential_and_dies_with_its_task() {
     );
     assert_eq!(get(&s2, &[("X-Nomad-Token", &jwt2)]).status, 200);
 
+    // Stopping the agent closes and removes every task socket.
+    let mut agent = agent;
+    assert!(agent.stop().success());
+    assert!(!s2.exists(), "the socket outlived the agent");
     let log = agent.log();
     assert!(!log.contains("eyJ"), "a JWT reached the agent's log");
 }
@@ -421,5 +425,42 @@ fn seed_example_with_acls_on_needs_a_job_attached_node_write_policy() {
     assert_eq!(
         task_state(&agent, Some(&mgmt), &a, "taskapi")["Failed"],
         false
+    );
+}
+
+#[test]
+fn identities_and_sockets_come_back_after_an_agent_restart() {
+    let mut agent = start(&[]);
+    register(
+        &agent,
+        None,
+        &sh_job("durable", "t", "sleep 600", json!({"File": true})),
+    );
+    let a = alloc_of(&agent, None, "durable");
+    let secrets = task_dir(&agent, &a, "t").join("secrets");
+    let sock = secrets.join("api.sock");
+    wait_socket(&sock);
+    wait_until(Duration::from_secs(10), "the token file", || {
+        secrets.join("nomad_token").exists()
+    });
+    let old = std::fs::read_to_string(secrets.join("nomad_token")).unwrap();
+    agent.restart();
+    wait_socket(&sock);
+    // The signing key survived, and the allocation is still live: the old identity still works.
+    wait_until(
+        Duration::from_secs(10),
+        "the old identity to be accepted again",
+        || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+                && unix_request(
+                    &sock,
+                    "GET",
+                    "/v1/client/metadata",
+                    &[("X-Nomad-Token", &old)],
+                    b"",
+                )
+                .status
+                    == 200
+        },
     );
 }

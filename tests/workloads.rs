@@ -739,3 +739,28 @@ fn args_and_work_dir_are_interpolated() {
     wait_status(&agent, &id, "complete");
     assert_eq!(read_log(&agent, &id, "t", "stdout"), "interp dc1 /tmp\n");
 }
+
+#[test]
+fn a_failed_task_stops_its_siblings_and_fails_the_alloc() {
+    let agent = TestAgent::start(&[]);
+    let job = json!({"Job": {"ID": "sib", "Type": "service", "TaskGroups": [{"Name": "g",
+    "RestartPolicy": {"Attempts": 0, "Mode": "fail"},
+    "Tasks": [
+        {"Name": "long", "Driver": "raw_exec", "Config": {"command": "/bin/sleep", "args": ["60"]}},
+        {"Name": "bad", "Driver": "raw_exec", "Config": {"command": "/bin/sh", "args": ["-c", "sleep 0.3; exit 2"]}}
+    ]}]}});
+    register(&agent, &job);
+    let id = first_alloc(&agent, "sib");
+    wait_task_running(&agent, &id, "long");
+    let started = std::time::Instant::now();
+    let a = wait_status(&agent, &id, "failed");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "default SIGINT stopped the sibling, no SIGKILL wait"
+    );
+    assert_eq!(a["TaskStates"]["bad"]["Failed"], true);
+    assert_eq!(a["TaskStates"]["long"]["State"], "dead");
+    let ev = events_of(&a, "long", "Sibling Task Failed");
+    assert_eq!(ev.len(), 1, "{:?}", event_types(&a, "long"));
+    assert_eq!(ev[0]["FailedSibling"], "bad");
+}

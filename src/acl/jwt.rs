@@ -11,6 +11,9 @@ use super::keys::SigningKeys;
 
 /// A longer candidate token is refused before any decoding.
 pub const MAX_JWT_BYTES: usize = 8 * 1024;
+/// Clock leeway for `exp` and `nbf`, as go-jose's default (so a clock stepped back a little
+/// does not invalidate freshly issued identities).
+pub const LEEWAY_SECS: u64 = 60;
 /// The default identity's audience.
 pub const DEFAULT_AUDIENCE: &str = "nomadproject.io";
 
@@ -18,8 +21,10 @@ pub const DEFAULT_AUDIENCE: &str = "nomadproject.io";
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct WorkloadClaims {
     pub aud: Value,
-    pub iat: u64,
-    pub nbf: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exp: Option<u64>,
     pub jti: String,
@@ -112,12 +117,14 @@ pub fn verify(keys: &SigningKeys, token: &str, now: u64) -> Result<WorkloadClaim
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or(JwtError::Malformed)?;
     if let Some(exp) = claims.exp {
-        if now >= exp {
+        if now >= exp.saturating_add(LEEWAY_SECS) {
             return Err(JwtError::Expired);
         }
     }
-    if claims.nbf > now {
-        return Err(JwtError::NotYetValid);
+    if let Some(nbf) = claims.nbf {
+        if nbf > now.saturating_add(LEEWAY_SECS) {
+            return Err(JwtError::NotYetValid);
+        }
     }
     Ok(claims)
 }
@@ -145,8 +152,8 @@ mod tests {
     fn claims(now: u64) -> WorkloadClaims {
         WorkloadClaims {
             aud: Value::String(DEFAULT_AUDIENCE.into()),
-            iat: now,
-            nbf: now,
+            iat: Some(now),
+            nbf: Some(now),
             exp: None,
             jti: "j".into(),
             sub: "global:default:example:cache:redis:default".into(),
@@ -220,9 +227,21 @@ mod tests {
         let mut c = claims(1000);
         c.exp = Some(1500);
         let t = sign(keys(), &c);
-        assert!(verify(keys(), &t, 1499).is_ok());
-        assert_eq!(verify(keys(), &t, 1500), Err(JwtError::Expired));
-        assert_eq!(verify(keys(), &t, 999), Err(JwtError::NotYetValid));
+        assert!(verify(keys(), &t, 1500 + LEEWAY_SECS - 1).is_ok());
+        assert_eq!(
+            verify(keys(), &t, 1500 + LEEWAY_SECS),
+            Err(JwtError::Expired)
+        );
+        assert!(verify(keys(), &t, 1000 - LEEWAY_SECS).is_ok());
+        assert_eq!(
+            verify(keys(), &t, 999 - LEEWAY_SECS),
+            Err(JwtError::NotYetValid)
+        );
+        // Claims without time bounds are valid at any time.
+        let mut c = claims(1000);
+        c.nbf = None;
+        c.iat = None;
+        assert!(verify(keys(), &sign(keys(), &c), 0).is_ok());
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! ACL state: tokens, policies and the bootstrap marker (kept durably in
 //! `<data_dir>/server/acl.json`), plus the workload identity signing key.
 //!
-//! Submodules: [`policy`] (the policy language and capability checks), [`tokens`] (token and
-//! policy records), [`jwt`] (workload identity tokens), [`keys`] (the signing key and JWKS),
-//! [`encoding`] (base64, RFC 3339, constant-time comparison).
+//! Submodules: [`policy`] (the policy language), [`capabilities`] (merged rules and checks),
+//! [`tokens`] (token and policy records), [`jwt`] (workload identity tokens), [`keys`] (the
+//! signing key and JWKS), [`encoding`] (base64, RFC 3339, constant-time comparison).
 
+pub mod capabilities;
 pub mod encoding;
 pub mod jwt;
 pub mod keys;
@@ -20,8 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::ApiError;
 use crate::state::store::{self, StoreError};
+use capabilities::Acl;
 use keys::SigningKeys;
-use policy::Acl;
 use tokens::{AclPolicy, AclToken};
 
 /// The ACL state file under `<data_dir>/server`.
@@ -203,12 +204,17 @@ impl AclState {
         })
     }
 
-    /// Delete a token; false when there was none.
-    pub fn delete_token(&self, accessor: &str) -> Result<bool, ApiError> {
+    /// Delete a token; Nomad's 400 when there is none.
+    pub fn delete_token(&self, accessor: &str) -> Result<(), ApiError> {
         self.mutate(|t| {
             let before = t.tokens.len();
             t.tokens.retain(|x| x.accessor_id != accessor);
-            Ok(t.tokens.len() != before)
+            if t.tokens.len() == before {
+                return Err(ApiError::bad_request(format!(
+                    "Cannot delete nonexistent tokens: {accessor}"
+                )));
+            }
+            Ok(())
         })
     }
 

@@ -1,7 +1,7 @@
-//! Nomad's ACL policy language: parsing HCL and its JSON form into rules, and merging the
-//! rules of several policies into one [`Acl`] that answers capability checks.
+//! Nomad's ACL policy language: parsing HCL and its JSON form into rules (namespace, node,
+//! agent, operator, quota, ...), and how coarse namespace policies expand to capabilities.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 
 use serde_json::{json, Map, Value};
@@ -31,7 +31,7 @@ impl Level {
         }
     }
     /// Two rules for the same resource: deny wins, else the wider one.
-    fn merge(a: Option<Level>, b: Option<Level>) -> Option<Level> {
+    pub(crate) fn merge(a: Option<Level>, b: Option<Level>) -> Option<Level> {
         match (a, b) {
             (Some(Level::Deny), _) | (_, Some(Level::Deny)) => Some(Level::Deny),
             (x, y) => x.max(y),
@@ -131,7 +131,7 @@ pub struct NamespaceRule {
 
 impl NamespaceRule {
     /// The coarse policy expanded, plus the explicit capabilities.
-    fn expanded(&self) -> BTreeSet<String> {
+    pub(crate) fn expanded(&self) -> BTreeSet<String> {
         let mut caps: BTreeSet<String> = self.capabilities.iter().cloned().collect();
         let add = |caps: &mut BTreeSet<String>, list: &[&str]| {
             caps.extend(list.iter().map(|s| s.to_string()));
@@ -401,108 +401,6 @@ impl Policy {
     }
 }
 
-/// The merged rules of every policy that applies to one caller.
-#[derive(Clone, Debug, Default)]
-pub struct Acl {
-    management: bool,
-    /// Namespace pattern → capabilities (coarse policies expanded).
-    namespaces: BTreeMap<String, BTreeSet<String>>,
-    node: Option<Level>,
-    agent: Option<Level>,
-}
-
-impl Acl {
-    /// Everything allowed (management tokens).
-    pub fn management() -> Acl {
-        Acl {
-            management: true,
-            ..Acl::default()
-        }
-    }
-
-    /// Merge policies: capabilities are unioned, `deny` wins.
-    pub fn from_policies<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Acl {
-        let mut acl = Acl::default();
-        for p in policies {
-            for ns in &p.namespaces {
-                acl.namespaces
-                    .entry(ns.name.clone())
-                    .or_default()
-                    .extend(ns.expanded());
-            }
-            acl.node = Level::merge(acl.node, p.node);
-            acl.agent = Level::merge(acl.agent, p.agent);
-        }
-        acl
-    }
-
-    pub fn is_management(&self) -> bool {
-        self.management
-    }
-
-    fn level_allows(level: Option<Level>, write: bool) -> bool {
-        match level {
-            Some(Level::Write) => true,
-            Some(Level::Read) => !write,
-            _ => false,
-        }
-    }
-
-    pub fn allow_node(&self, write: bool) -> bool {
-        self.management || Acl::level_allows(self.node, write)
-    }
-
-    pub fn allow_agent(&self, write: bool) -> bool {
-        self.management || Acl::level_allows(self.agent, write)
-    }
-
-    /// A namespace capability, matched against the exact namespace rule or else the glob that
-    /// matches the most characters.
-    pub fn allow_namespace(&self, namespace: &str, capability: &str) -> bool {
-        if self.management {
-            return true;
-        }
-        let caps = match self.namespaces.get(namespace) {
-            Some(c) => Some(c),
-            None => self
-                .namespaces
-                .iter()
-                .filter(|(pat, _)| pat.contains('*') && glob_match(pat, namespace))
-                .max_by_key(|(pat, _)| pat.chars().filter(|c| *c != '*').count())
-                .map(|(_, c)| c),
-        };
-        match caps {
-            Some(c) => !c.contains("deny") && c.contains(capability),
-            None => false,
-        }
-    }
-}
-
-/// `*` matches any run of characters; everything else literally.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let mut rest = text;
-    for (i, part) in parts.iter().enumerate() {
-        if i == 0 {
-            match rest.strip_prefix(part) {
-                Some(r) => rest = r,
-                None => return false,
-            }
-        } else if i == parts.len() - 1 {
-            return rest.len() >= part.len() && rest.ends_with(part);
-        } else {
-            match rest.find(part) {
-                Some(idx) => rest = &rest[idx + part.len()..],
-                None => return false,
-            }
-        }
-    }
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -541,40 +439,6 @@ agent { policy = "read" }
     }
 
     #[test]
-    fn capabilities_expand_and_merge() {
-        let acl = Acl::from_policies([&parse(HCL).unwrap()]);
-        assert!(acl.allow_namespace("default", "read-job"));
-        assert!(acl.allow_namespace("default", "submit-job"));
-        assert!(!acl.allow_namespace("default", "alloc-exec"));
-        assert!(acl.allow_namespace("prod-eu", "read-fs"));
-        assert!(!acl.allow_namespace("secret", "read-job"));
-        assert!(!acl.allow_namespace("other", "read-job"));
-        assert!(acl.allow_node(true));
-        assert!(acl.allow_agent(false));
-        assert!(!acl.allow_agent(true));
-        let deny = parse(r#"node { policy = "deny" }"#).unwrap();
-        let merged = Acl::from_policies([&parse(HCL).unwrap(), &deny]);
-        assert!(!merged.allow_node(false), "deny wins");
-    }
-
-    #[test]
-    fn exact_namespace_wins_then_longest_glob() {
-        let p = parse(
-            r#"
-namespace "*" { policy = "write" }
-namespace "prod-*" { policy = "deny" }
-namespace "prod-api" { policy = "read" }
-"#,
-        )
-        .unwrap();
-        let acl = Acl::from_policies([&p]);
-        assert!(acl.allow_namespace("dev", "submit-job"));
-        assert!(!acl.allow_namespace("prod-db", "read-job"));
-        assert!(acl.allow_namespace("prod-api", "read-job"));
-        assert!(!acl.allow_namespace("prod-api", "submit-job"));
-    }
-
-    #[test]
     fn bad_policies_are_refused_and_syntax_errors_name_the_line() {
         let e = parse("node {\n  policy = \"write\"\n  oops oops\n}\n").unwrap_err();
         assert!(e.0.starts_with("At 3:"), "{e}");
@@ -584,14 +448,5 @@ namespace "prod-api" { policy = "read" }
         assert!(parse(r#"namespace "x" { capabilities = ["fly"] }"#).is_err());
         assert!(parse(r#"bogus { policy = "read" }"#).is_err());
         assert!(parse(r#"node { polcy = "read" }"#).is_err());
-    }
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("*", "anything"));
-        assert!(glob_match("prod-*", "prod-"));
-        assert!(glob_match("a*c*e", "abcde"));
-        assert!(!glob_match("a*c", "ab"));
-        assert!(!glob_match("prod", "prod-x"));
     }
 }

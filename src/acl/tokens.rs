@@ -233,3 +233,60 @@ pub fn is_uuid(s: &str) -> bool {
             _ => b.is_ascii_hexdigit(),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_are_told_from_jwts() {
+        assert!(is_uuid("2b778dd9-f5f1-6f29-b4b4-9a5fa948757a"));
+        assert!(!is_uuid("2b778dd9-f5f1-6f29-b4b4-9a5fa948757"));
+        assert!(!is_uuid("2b778dd9xf5f1-6f29-b4b4-9a5fa948757a"));
+        assert!(!is_uuid("eyJhbGciOiJSUzI1NiJ9.e30.c2ln"));
+    }
+
+    #[test]
+    fn job_acl_attachments_cover_what_is_below_them() {
+        let ns_only = JobAcl {
+            namespace: "default".into(),
+            ..JobAcl::default()
+        };
+        assert!(ns_only.covers("default", "web", Some("g"), "t"));
+        assert!(!ns_only.covers("prod", "web", Some("g"), "t"));
+        let job = JobAcl {
+            namespace: "default".into(),
+            job_id: "web".into(),
+            ..JobAcl::default()
+        };
+        assert!(job.covers("default", "web", Some("g"), "t"));
+        assert!(!job.covers("default", "api", Some("g"), "t"));
+        let task = JobAcl {
+            namespace: "default".into(),
+            job_id: "web".into(),
+            group: "g".into(),
+            task: "t".into(),
+        };
+        assert!(task.covers("default", "web", Some("g"), "t"));
+        assert!(!task.covers("default", "web", Some("g"), "other"));
+        assert!(!task.covers("default", "web", Some("h"), "t"));
+    }
+
+    #[test]
+    fn token_json_shows_the_secret_only_in_full_form() {
+        let t = AclToken::new(
+            "n".into(),
+            "client".into(),
+            Some(vec!["p".into()]),
+            false,
+            7,
+        );
+        assert_eq!(t.to_json()["SecretID"], t.secret_id.as_str());
+        assert!(t.stub_json().get("SecretID").is_none());
+        assert!(
+            !format!("{t:?}").contains(&t.secret_id),
+            "Debug hides the secret"
+        );
+        assert_eq!(t.hash.len(), 44);
+    }
+}

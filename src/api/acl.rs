@@ -7,8 +7,8 @@ use serde_json::{Map, Value};
 use super::params::{check_common, get_ci};
 use super::{auth::Identity, ApiError, ApiReply, ApiResult, Ctx, IndexMeta};
 use crate::acl::keys::JWKS_MAX_AGE_SECS;
-use crate::acl::policy;
 use crate::acl::tokens::{is_uuid, AclPolicy, AclToken, JobAcl};
+use crate::acl::{policy, ANONYMOUS_POLICY};
 use crate::http::Reply;
 
 /// Longest token name Nomad accepts.
@@ -131,7 +131,7 @@ fn bootstrap(ctx: &Ctx) -> ApiResult {
         match opt_string(&m, "BootstrapSecret")? {
             Some(s) if !s.is_empty() => {
                 if !is_uuid(&s) {
-                    return Err(ApiError::bad_request("BootstrapSecret must be a UUID"));
+                    return Err(ApiError::bad_request("invalid acl token"));
                 }
                 Some(s)
             }
@@ -213,7 +213,7 @@ fn update_token(ctx: &Ctx, accessor: &str, m: Map<String, Value>) -> ApiResult {
         .agent
         .acl
         .token(accessor)
-        .ok_or_else(|| ApiError::bad_request("token 0 invalid: cannot find token"))?;
+        .ok_or_else(|| ApiError::bad_request(format!("cannot find token {accessor}")))?;
     let name = opt_string(&m, "Name")?.unwrap_or_default();
     let kind = opt_string(&m, "Type")?.unwrap_or_else(|| existing.kind.clone());
     let policies = opt_string_list(&m, "Policies")?.filter(|p| !p.is_empty());
@@ -267,9 +267,8 @@ fn token_by_accessor(ctx: &Ctx, accessor: &str) -> ApiResult {
         "DELETE" => {
             ctx.identity.allow_management()?;
             let index = ctx.agent.index.next();
-            if ctx.agent.acl.delete_token(accessor)? {
-                log::info!("ACL token {accessor} deleted");
-            }
+            ctx.agent.acl.delete_token(accessor)?;
+            log::info!("ACL token {accessor} deleted");
             Ok(ApiReply::Empty {
                 meta: IndexMeta::Write(index),
             })
@@ -280,30 +279,51 @@ fn token_by_accessor(ctx: &Ctx, accessor: &str) -> ApiResult {
 
 // ---- policies ----
 
-/// Policies the caller may read: all for management, its own for a client token.
+/// Policies the caller may read (Nomad's `GetPolicy`): all for management, the `anonymous`
+/// policy for anyone, and a client token's own policies.
 fn may_read_policy(identity: &Identity, name: &str) -> bool {
-    if identity.allow_management().is_ok() {
+    if identity.allow_management().is_ok() || name == ANONYMOUS_POLICY {
         return true;
     }
-    identity
-        .token()
-        .and_then(|t| t.policies.as_ref())
-        .is_some_and(|p| p.iter().any(|n| n == name))
+    match identity {
+        Identity::Anonymous { .. } => false,
+        _ => identity
+            .token()
+            .and_then(|t| t.policies.as_ref())
+            .is_some_and(|p| p.iter().any(|n| n == name)),
+    }
+}
+
+/// Nomad looks the caller's ACL token up for policy reads; a workload identity has none.
+fn require_token_or_anonymous(identity: &Identity) -> Result<(), ApiError> {
+    match identity {
+        Identity::Workload { .. } => Err(ApiError::new(403, "ACL token not found")),
+        _ => Ok(()),
+    }
 }
 
 fn list_policies(ctx: &Ctx) -> ApiResult {
     ctx.require_method(&["GET"])?;
     check_common(ctx.req)?;
-    if ctx.identity.allow_management().is_err() && ctx.identity.token().is_none() {
-        return Err(ApiError::permission_denied());
-    }
+    require_token_or_anonymous(&ctx.identity)?;
     let prefix = ctx.req.query("prefix").unwrap_or("");
+    let anonymous = matches!(ctx.identity, Identity::Anonymous { .. });
     let list: Vec<Value> = ctx
         .agent
         .acl
         .policies()
         .iter()
-        .filter(|p| p.name.starts_with(prefix) && may_read_policy(&ctx.identity, &p.name))
+        .filter(|p| p.name.starts_with(prefix))
+        .filter(|p| {
+            // Nomad lists the caller token's own policies; the anonymous token holds `anonymous`.
+            ctx.identity.allow_management().is_ok()
+                || (anonymous && p.name == ANONYMOUS_POLICY)
+                || ctx
+                    .identity
+                    .token()
+                    .and_then(|t| t.policies.as_ref())
+                    .is_some_and(|ps| ps.contains(&p.name))
+        })
         .map(AclPolicy::stub_json)
         .collect();
     query_reply(Value::Array(list), ctx)
@@ -349,6 +369,7 @@ fn policy_by_name(ctx: &Ctx, name: &str) -> ApiResult {
     match ctx.method() {
         "GET" => {
             check_common(ctx.req)?;
+            require_token_or_anonymous(&ctx.identity)?;
             if !may_read_policy(&ctx.identity, name) {
                 return Err(ApiError::permission_denied());
             }

@@ -8,9 +8,9 @@
 
 use std::sync::Arc;
 
+use crate::acl::capabilities::Acl;
 use crate::acl::encoding::unix_now;
 use crate::acl::jwt::{self, WorkloadClaims};
-use crate::acl::policy::Acl;
 use crate::acl::tokens::{is_uuid, AclToken};
 use crate::agent::Agent;
 use crate::http::{Origin, Request};

@@ -39,6 +39,27 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
         ctx.require_method(&["GET"])?;
         return job_evaluations(ctx, id);
     }
+    // nomadlet makes no deployments: the latest is null and the list is empty, as Nomad
+    // answers for a job without an update block.
+    if let Some(id) = rest
+        .strip_suffix("/deployment")
+        .or_else(|| rest.strip_suffix("/deployments"))
+    {
+        ctx.require_method(&["GET"])?;
+        let ns = namespace(ctx);
+        ctx.identity.allow_namespace(&ns, "read-job")?;
+        let job = ctx
+            .agent
+            .workloads
+            .job(&ns, id)
+            .ok_or_else(|| ApiError::not_found("job not found"))?;
+        let body = if rest.ends_with("/deployment") {
+            Value::Null
+        } else {
+            json!([])
+        };
+        return json_meta(&body, IndexMeta::Query(job.modify_index));
+    }
     if let Some(id) = rest.strip_suffix("/summary") {
         ctx.require_method(&["GET"])?;
         let ns = namespace(ctx);

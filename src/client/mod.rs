@@ -5,6 +5,7 @@ pub mod alloc_dir;
 pub mod dirfd;
 pub mod logs;
 pub mod raw_exec;
+pub mod restarts;
 pub mod signals;
 pub mod stats;
 pub mod task_env;
@@ -30,9 +31,6 @@ use self::task_runner::{TaskCmd, TaskRunner};
 /// What the filesystem API needs to know about one allocation on this client.
 #[derive(Clone, Debug)]
 pub struct AllocFsView {
-    /// Part of the contract with the filesystem API, which may not read it yet.
-    #[allow(dead_code)]
-    pub alloc_id: String,
     pub namespace: String,
     /// `<data_dir>/alloc/<alloc_id>`.
     pub dir: PathBuf,
@@ -225,7 +223,20 @@ impl Client {
             let join = std::thread::Builder::new()
                 .name(format!("task-{short}-{}", task.name))
                 .spawn(move || {
+                    let alloc_id = runner.alloc_id.clone();
+                    let task = runner.task_name.clone();
                     runner.run();
+                    let failed = agent2
+                        .workloads
+                        .alloc(&alloc_id)
+                        .and_then(|a| a.task_states.get(&task).map(|t| t.failed))
+                        .unwrap_or(false);
+                    if failed {
+                        let _ =
+                            agent2
+                                .client
+                                .command(&alloc_id, None, TaskCmd::SiblingFailed(task));
+                    }
                     agent2.client.auto_gc(&agent2);
                 })?;
             handles.push(TaskHandle {
@@ -355,7 +366,6 @@ impl Client {
             .collect();
         Some(AllocFsView {
             dir: AllocDir::new(&self.data_dir, &a.id).root,
-            alloc_id: a.id,
             namespace: a.namespace,
             collected: a.collected,
             tasks,

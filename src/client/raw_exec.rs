@@ -156,11 +156,23 @@ pub fn spawn(spec: SpawnSpec) -> Result<Process, String> {
     if let Some(u) = &spec.user {
         cmd.uid(u.uid).gid(u.gid);
     }
-    // SAFETY: setsid is async-signal-safe and touches only the child's own state.
+    // SAFETY: setsid, sigemptyset, sigprocmask and signal are async-signal-safe and touch
+    // only the child's own state.
     unsafe {
         cmd.pre_exec(|| {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // The agent blocks SIGINT/SIGTERM (it takes them with sigwait) and may itself have
+            // been started with signals ignored; both survive exec. A task starts clean so its
+            // KillSignal works.
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            for sig in 1..32 {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
             }
             Ok(())
         });

@@ -137,8 +137,8 @@ pub fn claims_for(input: &TaskHookInput) -> WorkloadClaims {
     let now = unix_now();
     WorkloadClaims {
         aud: Value::String(DEFAULT_AUDIENCE.into()),
-        iat: now,
-        nbf: now,
+        iat: Some(now),
+        nbf: Some(now),
         exp: None,
         jti: uuid::Uuid::new_v4().to_string(),
         sub: format!(

@@ -10,12 +10,13 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::agent::Agent;
 use crate::state::jobs::alloc::{TaskEvent, TaskState};
-use crate::state::jobs::spec::{Task, TaskGroup};
+use crate::state::jobs::spec::Task;
 use crate::state::jobs::timefmt::{go_duration, now_ns, rfc3339_ns};
 
 use super::alloc_dir::AllocDir;
 use super::logs::{LogPump, Rotator};
 use super::raw_exec::{self, Process, SpawnSpec};
+use super::restarts::{later, Decision, RestartTracker};
 use super::signals::{parse_signal, signal_name};
 use super::task_env::{self, NodeFacts};
 use super::task_hooks::{self, TaskHookInput};
@@ -36,6 +37,8 @@ pub enum TaskCmd {
     Restart,
     /// `alloc signal`.
     Signal(i32),
+    /// Another task of the alloc failed: stop this one for good.
+    SiblingFailed(String),
 }
 
 /// How one run of the process ended.
@@ -44,79 +47,6 @@ enum RunEnd {
     Stopped,
     Shutdown,
     Restart,
-}
-
-/// The longest wait the runner plans ahead (a restart delay or interval beyond it is cut).
-pub const MAX_PLANNED_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// `now + d`, saturating at [`MAX_PLANNED_WAIT`] (an `Instant` overflow would panic).
-fn later(d: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(d.min(MAX_PLANNED_WAIT)).unwrap_or(now)
-}
-
-/// The state of Nomad's restart tracker.
-struct RestartTracker {
-    attempts: i64,
-    interval: i64,
-    delay: i64,
-    mode: String,
-    count: i64,
-    window_start: Instant,
-}
-
-enum Decision {
-    Done { failed: bool },
-    Restart { delay: i64, reason: String },
-    Fail { reason: String },
-}
-
-impl RestartTracker {
-    fn new(tg: &TaskGroup) -> RestartTracker {
-        let (attempts, interval, delay, mode) = tg.restart();
-        RestartTracker {
-            attempts,
-            interval,
-            delay,
-            mode,
-            count: 0,
-            window_start: Instant::now(),
-        }
-    }
-
-    fn decide(&mut self, batch: bool, success: bool) -> Decision {
-        if batch && success {
-            return Decision::Done { failed: false };
-        }
-        let interval = Duration::from_nanos(self.interval.max(0) as u64);
-        if self.window_start.elapsed() > interval {
-            self.window_start = Instant::now();
-            self.count = 0;
-        }
-        self.count += 1;
-        if self.count <= self.attempts {
-            return Decision::Restart {
-                delay: self.delay,
-                reason: "Restart within policy".into(),
-            };
-        }
-        let reason = format!(
-            "Exceeded allowed attempts {} in interval {} and mode is {:?}",
-            self.attempts,
-            go_duration(self.interval),
-            self.mode
-        );
-        if self.mode == "delay" {
-            let left = interval.saturating_sub(self.window_start.elapsed());
-            self.window_start = later(left);
-            self.count = 0;
-            return Decision::Restart {
-                delay: left.as_nanos() as i64,
-                reason,
-            };
-        }
-        Decision::Fail { reason }
-    }
 }
 
 /// The runner of one task of one allocation.
@@ -363,6 +293,16 @@ impl TaskRunner {
         }
     }
 
+    fn sibling_failed(&self, name: &str) {
+        let mut ev = TaskEvent::new(
+            "Sibling Task Failed",
+            format!("Task's sibling {name:?} failed"),
+        )
+        .detail("failed_sibling", name);
+        ev.failed_sibling = name.to_string();
+        self.event(ev, |_| {});
+    }
+
     /// A batch task ran to completion: its `Terminated` event is already recorded.
     fn finish(&self, failed: bool) {
         let _ = self.agent.workloads.update_task(
@@ -405,6 +345,10 @@ impl TaskRunner {
             }
             match self.cmds.recv_timeout(left) {
                 Ok(TaskCmd::Stop) => return Some(RunEnd::Stopped),
+                Ok(TaskCmd::SiblingFailed(name)) => {
+                    self.sibling_failed(&name);
+                    return Some(RunEnd::Stopped);
+                }
                 Ok(TaskCmd::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
                     return Some(RunEnd::Shutdown)
                 }
@@ -426,6 +370,10 @@ impl TaskRunner {
         // A stop that arrived before the start wins.
         match self.cmds.try_recv() {
             Ok(TaskCmd::Stop) => return Ok(RunEnd::Stopped),
+            Ok(TaskCmd::SiblingFailed(name)) => {
+                self.sibling_failed(&name);
+                return Ok(RunEnd::Stopped);
+            }
             Ok(TaskCmd::Shutdown) => return Ok(RunEnd::Shutdown),
             _ => {}
         }
@@ -579,6 +527,11 @@ impl TaskRunner {
         loop {
             match self.cmds.recv_timeout(WAIT_TICK) {
                 Ok(TaskCmd::Stop) => {
+                    self.kill(task, proc, "");
+                    return RunEnd::Stopped;
+                }
+                Ok(TaskCmd::SiblingFailed(name)) => {
+                    self.sibling_failed(&name);
                     self.kill(task, proc, "");
                     return RunEnd::Stopped;
                 }

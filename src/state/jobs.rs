@@ -109,10 +109,6 @@ fn load_dir<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<T>, StoreE
     Ok(out)
 }
 
-fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
 impl Workloads {
     /// Load from `<data_dir>/server`.
     pub fn load(data_dir: &Path) -> Result<Workloads, StoreError> {
@@ -206,66 +202,6 @@ impl Workloads {
         Ok(())
     }
 
-    fn new_eval(job: &Job, triggered_by: &str, index: u64) -> EvalRecord {
-        let now = timefmt::now_ns();
-        EvalRecord {
-            id: new_id(),
-            namespace: job.namespace.clone(),
-            priority: job.priority.unwrap_or(50),
-            eval_type: job.job_type().to_string(),
-            triggered_by: triggered_by.to_string(),
-            job_id: job.id.clone(),
-            job_modify_index: job.job_modify_index,
-            status: "complete".into(),
-            queued_allocations: job
-                .task_groups
-                .iter()
-                .map(|g| (g.name.clone(), 0))
-                .collect(),
-            snapshot_index: index,
-            create_index: index,
-            modify_index: index,
-            create_time: now,
-            modify_time: now,
-        }
-    }
-
-    fn new_alloc(
-        job: &Job,
-        group: &str,
-        idx: u32,
-        eval_id: &str,
-        node: &NodeInfo,
-        index: u64,
-    ) -> AllocRecord {
-        let now = timefmt::now_ns();
-        AllocRecord {
-            id: new_id(),
-            namespace: job.namespace.clone(),
-            eval_id: eval_id.to_string(),
-            name: format!("{}.{}[{}]", job.id, group, idx),
-            node_id: node.id.clone(),
-            node_name: node.name.clone(),
-            job_id: job.id.clone(),
-            job: job.clone(),
-            task_group: group.to_string(),
-            alloc_index: idx,
-            desired_status: "run".into(),
-            desired_description: String::new(),
-            client_status: "pending".into(),
-            client_description: String::new(),
-            task_states: BTreeMap::new(),
-            previous_allocation: String::new(),
-            next_allocation: String::new(),
-            create_index: index,
-            modify_index: index,
-            alloc_modify_index: index,
-            create_time: now,
-            modify_time: now,
-            collected: false,
-        }
-    }
-
     fn stop_allocs_of(t: &mut Tables, key: &JobKey, desc: &str, index: u64, changes: &mut Changes) {
         let now = timefmt::now_ns();
         for a in t.allocs.values_mut() {
@@ -311,7 +247,7 @@ impl Workloads {
             } else if let Some(e) = existing {
                 job = e;
             }
-            let eval = Self::new_eval(&job, "job-register", index);
+            let eval = EvalRecord::new(&job, "job-register", index);
             let eval_id = eval.id.clone();
             changes.evals.push(eval_id.clone());
             t.evals.insert(eval_id.clone(), eval);
@@ -326,7 +262,7 @@ impl Workloads {
                 if !job.stop {
                     for tg in &job.task_groups {
                         for i in 0..tg.count().max(0) as u32 {
-                            let a = Self::new_alloc(&job, &tg.name, i, &eval_id, node, index);
+                            let a = AllocRecord::new(&job, &tg.name, i, &eval_id, node, index);
                             changes.allocs.push(a.id.clone());
                             t.allocs.insert(a.id.clone(), a);
                         }
@@ -372,7 +308,7 @@ impl Workloads {
                 t.jobs.insert(key.clone(), job.clone());
             }
             changes.jobs.push(key.clone());
-            let eval = Self::new_eval(&job, "job-deregister", index);
+            let eval = EvalRecord::new(&job, "job-deregister", index);
             let eval_id = eval.id.clone();
             changes.evals.push(eval_id.clone());
             t.evals.insert(eval_id.clone(), eval);
@@ -413,7 +349,7 @@ impl Workloads {
             let key: JobKey = (old.namespace.clone(), old.job_id.clone());
             let current = t.jobs.get(&key).cloned();
             let eval_job = current.clone().unwrap_or_else(|| old.job.clone());
-            let eval = Self::new_eval(&eval_job, "alloc-stop", index);
+            let eval = EvalRecord::new(&eval_job, "alloc-stop", index);
             let eval_id = eval.id.clone();
             changes.evals.push(eval_id.clone());
             t.evals.insert(eval_id.clone(), eval);
@@ -421,7 +357,14 @@ impl Workloads {
                 let replace = current
                     .filter(|j| !j.stop && j.version == old.job.version && !old.terminal())
                     .map(|j| {
-                        Self::new_alloc(&j, &old.task_group, old.alloc_index, &eval_id, node, index)
+                        AllocRecord::new(
+                            &j,
+                            &old.task_group,
+                            old.alloc_index,
+                            &eval_id,
+                            node,
+                            index,
+                        )
                     });
                 let now = timefmt::now_ns();
                 if let Some(a) = t.allocs.get_mut(alloc_id) {

@@ -167,10 +167,6 @@ impl NodeState {
         &self.identity.id
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     pub fn facts(&self) -> &HostFacts {
         &self.facts
     }
@@ -215,11 +211,6 @@ impl NodeState {
         let mut rec = self.record.write();
         rec.meta = meta;
         rec.modify_index = index;
-    }
-
-    /// The metadata the node record shows.
-    pub fn record_meta(&self) -> BTreeMap<String, String> {
-        self.record.read().meta.clone()
     }
 
     fn drivers(&self) -> Value {

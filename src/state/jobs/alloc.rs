@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 
 use super::spec::Job;
 use super::timefmt;
+use super::NodeInfo;
 
 /// One allocation as the server side keeps it (also its on-disk form).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -129,6 +130,43 @@ pub fn client_terminal(status: &str) -> bool {
 }
 
 impl AllocRecord {
+    /// A new allocation of `job`'s `group` (index `idx`), placed on `node`.
+    pub fn new(
+        job: &Job,
+        group: &str,
+        idx: u32,
+        eval_id: &str,
+        node: &NodeInfo,
+        index: u64,
+    ) -> AllocRecord {
+        let now = timefmt::now_ns();
+        AllocRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            namespace: job.namespace.clone(),
+            eval_id: eval_id.to_string(),
+            name: format!("{}.{}[{}]", job.id, group, idx),
+            node_id: node.id.clone(),
+            node_name: node.name.clone(),
+            job_id: job.id.clone(),
+            job: job.clone(),
+            task_group: group.to_string(),
+            alloc_index: idx,
+            desired_status: "run".into(),
+            desired_description: String::new(),
+            client_status: "pending".into(),
+            client_description: String::new(),
+            task_states: BTreeMap::new(),
+            previous_allocation: String::new(),
+            next_allocation: String::new(),
+            create_index: index,
+            modify_index: index,
+            alloc_modify_index: index,
+            create_time: now,
+            modify_time: now,
+            collected: false,
+        }
+    }
+
     /// Terminal: the client is done with it, or it is stopped and was never started.
     pub fn terminal(&self) -> bool {
         client_terminal(&self.client_status)

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::alloc::omit_zero;
+use super::spec::Job;
+use super::timefmt;
 
 /// One evaluation (also its on-disk form). nomadlet schedules synchronously, so every
 /// evaluation is `complete` by the time its ID is returned.
@@ -28,6 +30,31 @@ pub struct EvalRecord {
 }
 
 impl EvalRecord {
+    /// A completed evaluation of `job`, made at `index`.
+    pub fn new(job: &Job, triggered_by: &str, index: u64) -> EvalRecord {
+        let now = timefmt::now_ns();
+        EvalRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            namespace: job.namespace.clone(),
+            priority: job.priority.unwrap_or(50),
+            eval_type: job.job_type().to_string(),
+            triggered_by: triggered_by.to_string(),
+            job_id: job.id.clone(),
+            job_modify_index: job.job_modify_index,
+            status: "complete".into(),
+            queued_allocations: job
+                .task_groups
+                .iter()
+                .map(|g| (g.name.clone(), 0))
+                .collect(),
+            snapshot_index: index,
+            create_index: index,
+            modify_index: index,
+            create_time: now,
+            modify_time: now,
+        }
+    }
+
     /// `Evaluation` JSON: Go order, every zero field omitted.
     pub fn to_api(&self) -> Value {
         omit_zero(vec![
