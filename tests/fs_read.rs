@@ -585,3 +585,89 @@ sleep 600"#;
     }
     eprintln!("served the in-alloc file {served_safe} times");
 }
+
+#[test]
+fn acl_read_fs_and_read_logs_capabilities() {
+    let agent = TestAgent::start(&["-acl-enabled"]);
+    let r = agent.request("POST", "/v1/acl/bootstrap", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mgmt = r.json()["SecretID"].as_str().unwrap().to_string();
+    let h = |t: &str| vec![("X-Nomad-Token", t.to_string())];
+    let call = |method: &str, path: &str, token: &str, body: &[u8]| {
+        let hs = h(token);
+        let hs: Vec<(&str, &str)> = hs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        agent.request(method, path, &hs, body)
+    };
+    let mut tokens = std::collections::HashMap::new();
+    for (name, rules) in [
+        (
+            "logs",
+            r#"namespace "default" { capabilities = ["read-logs"] }"#,
+        ),
+        (
+            "fs",
+            r#"namespace "default" { capabilities = ["read-fs"] }"#,
+        ),
+        ("read", r#"namespace "default" { policy = "read" }"#),
+    ] {
+        let body = serde_json::json!({"Name": name, "Rules": rules}).to_string();
+        let r = call(
+            "POST",
+            &format!("/v1/acl/policy/{name}"),
+            &mgmt,
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let body =
+            serde_json::json!({"Name": name, "Type": "client", "Policies": [name]}).to_string();
+        let r = call("POST", "/v1/acl/token", &mgmt, body.as_bytes());
+        tokens.insert(name, r.json()["SecretID"].as_str().unwrap().to_string());
+    }
+    let job = serde_json::json!({"Job": {"ID": "acl", "Type": "service", "Datacenters": ["*"],
+        "TaskGroups": [{"Name": "g", "Count": 1, "Tasks": [{"Name": "t", "Driver": "raw_exec",
+            "Config": {"command": "/bin/sh", "args": ["-c", "echo hi; echo x > local/f; sleep 600"]}}]}]}});
+    let r = call("PUT", "/v1/jobs", &mgmt, job.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut alloc = String::new();
+    wait_until(Duration::from_secs(20), "the allocation", || {
+        let r = call("GET", "/v1/job/acl/allocations", &mgmt, b"");
+        let started = r.json()[0]["TaskStates"]["t"]["State"] == "running";
+        alloc = r.json()[0]["ID"].as_str().unwrap_or_default().to_string();
+        started
+            && call(
+                "GET",
+                &format!("/v1/client/fs/stat/{alloc}?path=t/local/f"),
+                &mgmt,
+                b"",
+            )
+            .status
+                == 200
+    });
+    let ls = format!("/v1/client/fs/ls/{alloc}");
+    let cat = format!("/v1/client/fs/cat/{alloc}?path=t/local/f");
+    let logs = format!("/v1/client/fs/logs/{alloc}?task=t&type=stdout&plain=true");
+    let expect = |token: &str, path: &str, ok: bool| {
+        let r = call("GET", path, token, b"");
+        if ok {
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+        } else {
+            assert_eq!(
+                (r.status, r.text()),
+                (403, "Permission denied".to_string()),
+                "{path}"
+            );
+        }
+    };
+    for (token, ls_ok, cat_ok, logs_ok) in [
+        (tokens["logs"].as_str(), false, false, true),
+        (tokens["fs"].as_str(), true, true, true),
+        (tokens["read"].as_str(), false, false, false),
+        (mgmt.as_str(), true, true, true),
+    ] {
+        expect(token, &ls, ls_ok);
+        expect(token, &cat, cat_ok);
+        expect(token, &logs, logs_ok);
+    }
+    let r = agent.get(&ls);
+    assert_eq!(r.status, 403, "anonymous: {}", r.text());
+}
