@@ -522,7 +522,8 @@ pub fn well_known(ctx: &Ctx, rest: &str) -> ApiResult {
     match rest {
         "jwks.json" => {
             ctx.require_method(&["GET"])?;
-            let body = serde_json::to_vec(&ctx.agent.acl.keys.jwks())
+            let keys = ctx.agent.acl.keys.get().map_err(ApiError::internal)?;
+            let body = serde_json::to_vec(&keys.jwks())
                 .map_err(|e| ApiError::internal(format!("failed to encode response: {e}")))?;
             Ok(ApiReply::Http(
                 Reply::bytes(200, "application/json", body)

@@ -154,7 +154,12 @@ fn resolve(agent: &Agent, secret: &str) -> Result<Identity, Rejected> {
 /// A valid signature from our key, in its time window, for an allocation that is known and
 /// not terminal, whose job and namespace match the claims.
 fn verify_workload_identity(agent: &Agent, token: &str) -> Result<WorkloadClaims, Rejected> {
-    let claims = jwt::verify(&agent.acl.keys, token, unix_now()).map_err(Rejected::Jwt)?;
+    let keys = agent
+        .acl
+        .keys
+        .get()
+        .map_err(|_| Rejected::Jwt(jwt::JwtError::UnknownKey))?;
+    let claims = jwt::verify(keys, token, unix_now()).map_err(Rejected::Jwt)?;
     let (job, namespace, terminal) = agent
         .workloads
         .alloc_status(&claims.nomad_allocation_id)
