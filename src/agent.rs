@@ -160,6 +160,16 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         addr,
         detail: e.to_string(),
     })?;
+    // Load or make the workload identity key off the start-up path (joined at shutdown).
+    let warm_keys = {
+        let agent = agent.clone();
+        std::thread::Builder::new()
+            .name("acl-keys-warmup".into())
+            .spawn(move || {
+                let _ = agent.acl.keys.get();
+            })
+            .ok()
+    };
     log::info!(
         "nomadlet agent started: http={addr} node={} ({}) data_dir={}",
         agent.node.id(),
@@ -173,6 +183,9 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     agent.client.shutdown();
     agent.batcher.shutdown();
     agent.fs_watch.shutdown();
+    if let Some(h) = warm_keys {
+        let _ = h.join();
+    }
     if agent.config.data_dir_is_temp {
         let _ = std::fs::remove_dir_all(&agent.config.data_dir);
     }

@@ -44,7 +44,16 @@ pub fn rfc3339_nanos(t: SystemTime) -> String {
             }
         }
     };
-    let off = local_offset(secs);
+    rfc3339_unix(secs, nanos)
+}
+
+/// `rfc3339_nanos` for a unix time given as seconds and nanoseconds (e.g. a file's mtime).
+pub fn rfc3339_unix(secs: i64, nanos: u32) -> String {
+    rfc3339_with_offset(secs, nanos, local_offset(secs))
+}
+
+/// The text for a unix time at a given offset from UTC, in seconds.
+pub fn rfc3339_with_offset(secs: i64, nanos: u32, off: i64) -> String {
     let local = secs + off;
     let (y, mo, d) = civil_from_days(local.div_euclid(86_400));
     let sod = local.rem_euclid(86_400);
@@ -79,6 +88,23 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_723), (2024, 1, 1));
         assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn rfc3339_matches_go() {
+        assert_eq!(
+            rfc3339_with_offset(1_503_528_434, 695_408_057, 0),
+            "2017-08-23T22:47:14.695408057Z"
+        );
+        assert_eq!(rfc3339_with_offset(0, 0, 0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339_with_offset(1_458_056_400, 414_236_712, -7 * 3600),
+            "2016-03-15T08:40:00.414236712-07:00"
+        );
+        assert_eq!(
+            rfc3339_with_offset(0, 500_000_000, 5 * 3600 + 1800),
+            "1970-01-01T05:30:00.5+05:30"
+        );
     }
 
     #[test]

@@ -618,3 +618,82 @@ fn jwks_is_published_and_oidc_discovery_is_disabled() {
         405
     );
 }
+
+#[test]
+fn token_ttls_are_validated_and_an_expired_token_is_refused() {
+    let mut agent = TestAgent::start(&["-acl-enabled"]);
+    let boot = agent.request("POST", "/v1/acl/bootstrap", &[], b"").json();
+    let mgmt = boot["SecretID"].as_str().unwrap().to_string();
+    let h = [("X-Nomad-Token", mgmt.as_str())];
+    let r = agent.request(
+        "POST",
+        "/v1/acl/policy/readers",
+        &h,
+        br#"{"Name":"readers","Rules":"node { policy = \"read\" }"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    for (ttl, msg) in [
+        (
+            "\"30s\"",
+            "token 0 invalid: expiration time cannot be less than 1m0s in the future",
+        ),
+        (
+            "\"48h\"",
+            "token 0 invalid: expiration time cannot be more than 24h0m0s in the future",
+        ),
+        (
+            "\"soon\"",
+            "Request decode failed: time: invalid duration \"soon\"",
+        ),
+    ] {
+        let body = format!(
+            r#"{{"Name":"t","Type":"client","Policies":["readers"],"ExpirationTTL":{ttl}}}"#
+        );
+        let r = agent.request("POST", "/v1/acl/token", &h, body.as_bytes());
+        assert_eq!((r.status, r.text().as_str()), (400, msg), "{ttl}");
+    }
+    let body =
+        br#"{"Name":"short","Type":"client","Policies":["readers"],"ExpirationTTL":3600000000000}"#;
+    let t = agent.request("POST", "/v1/acl/token", &h, body).json();
+    assert_eq!(t["ExpirationTTL"], 3_600_000_000_000u64);
+    assert!(t["ExpirationTime"].is_string(), "{t}");
+    let secret = t["SecretID"].as_str().unwrap().to_string();
+    assert_eq!(
+        agent
+            .request("GET", "/v1/nodes", &[("X-Nomad-Token", &secret)], b"")
+            .status,
+        200
+    );
+
+    agent.stop();
+    let path = agent.data_dir.join("server").join("acl.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut changed = 0;
+    fn expire(v: &mut serde_json::Value, secret: &str, changed: &mut i32) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if m.get("SecretID").and_then(|s| s.as_str()) == Some(secret) {
+                    m.insert("ExpirationUnixNanos".into(), serde_json::json!(1));
+                    *changed += 1;
+                }
+                for x in m.values_mut() {
+                    expire(x, secret, changed);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| expire(x, secret, changed)),
+            _ => {}
+        }
+    }
+    expire(&mut v, &secret, &mut changed);
+    assert_eq!(changed, 1, "the token is in the store");
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    agent.restart_after_stop();
+    let r = agent.request("GET", "/v1/nodes", &[("X-Nomad-Token", &secret)], b"");
+    assert_eq!((r.status, r.text().as_str()), (403, "ACL token expired"));
+    assert_eq!(
+        agent.request("GET", "/v1/nodes", &h, b"").status,
+        200,
+        "other tokens still work"
+    );
+}

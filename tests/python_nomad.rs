@@ -24,3 +24,15 @@ fn python_nomad_agent_nodes_and_status_calls_work() {
     let agent = TestAgent::start(&[]);
     run_compat(&agent, &["agent"]);
 }
+
+#[test]
+fn python_nomad_jobs_allocations_filesystem_and_gc_calls_work() {
+    let agent = TestAgent::start(&[]);
+    run_compat(&agent, &["workloads"]);
+}
+
+#[test]
+fn python_nomad_acl_calls_work_against_an_acl_enabled_agent() {
+    let agent = TestAgent::start(&["-acl-enabled"]);
+    run_compat(&agent, &["acl"]);
+}

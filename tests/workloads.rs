@@ -720,9 +720,13 @@ fn after_an_agent_crash_the_leftover_task_process_is_killed_before_the_restart()
             .map(|s| s.contains(") Z "))
             .unwrap_or(true)
     });
-    let a = wait_task_running(&agent2, &id, "t");
-    let new_pid = events_of(&a, "t", "Started").last().unwrap()["Details"]["pid"].clone();
-    assert_ne!(new_pid, json!(pid));
+    wait_until(WAIT, "the task started again", || {
+        let a = alloc(&agent2, &id);
+        let last = events_of(&a, "t", "Started")
+            .last()
+            .map(|e| e["Details"]["pid"].clone());
+        a["TaskStates"]["t"]["State"] == "running" && last.is_some() && last != Some(json!(pid))
+    });
     // Only the second agent owns the data dir now.
     agent.data_dir = temp_dir("unused");
 }

@@ -90,42 +90,6 @@ pub fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// A time as RFC 3339 with nanoseconds in UTC, as Go writes `time.Time`.
-pub fn rfc3339_nano(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    let secs = d.as_secs() as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, day) = civil_from_days(days);
-    let nanos = d.subsec_nanos();
-    let frac = if nanos == 0 {
-        String::new()
-    } else {
-        let s = format!(".{nanos:09}");
-        s.trim_end_matches('0').to_string()
-    };
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}{frac}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-/// Howard Hinnant's days-to-civil conversion.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 /// A random number generator reading the kernel's `/dev/urandom` (for RSA key generation).
 pub struct KernelRng;
 
@@ -180,12 +144,5 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"abcd"));
         assert!(!constant_time_eq(b"", b"a"));
-    }
-
-    #[test]
-    fn rfc3339_formats_like_go() {
-        let t = UNIX_EPOCH + Duration::new(1_503_528_434, 695_408_057);
-        assert_eq!(rfc3339_nano(t), "2017-08-23T22:47:14.695408057Z");
-        assert_eq!(rfc3339_nano(UNIX_EPOCH), "1970-01-01T00:00:00Z");
     }
 }

@@ -23,6 +23,42 @@ pub const JWKS_MAX_AGE_SECS: u64 = 3600;
 pub const KEY_FILE: &str = "workload-identity-key.pem";
 
 /// The active signing key and what is published about it.
+/// The signing keys, loaded or made on first use. Generating an RSA key takes a noticeable
+/// time, so it is kept off the start-up path: a background thread warms the cell right after
+/// start, and the first user that gets there before it waits for it.
+pub struct LazyKeys {
+    data_dir: PathBuf,
+    cell: std::sync::OnceLock<Result<SigningKeys, String>>,
+}
+
+impl std::fmt::Debug for LazyKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyKeys").finish_non_exhaustive()
+    }
+}
+
+impl LazyKeys {
+    pub fn new(data_dir: &Path) -> LazyKeys {
+        LazyKeys {
+            data_dir: data_dir.to_path_buf(),
+            cell: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The keys, loading or generating them (once) if needed.
+    pub fn get(&self) -> Result<&SigningKeys, String> {
+        self.cell
+            .get_or_init(|| {
+                SigningKeys::load_or_create(&self.data_dir).map_err(|e| {
+                    log::error!("workload identity signing key unavailable: {e}");
+                    e.to_string()
+                })
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
 pub struct SigningKeys {
     kid: String,
     signing: SigningKey<Sha256>,

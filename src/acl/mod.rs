@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::ApiError;
 use crate::state::store::{self, StoreError};
 use capabilities::Acl;
-use keys::SigningKeys;
+use keys::LazyKeys;
 use tokens::{AclPolicy, AclToken};
 
 /// The ACL state file under `<data_dir>/server`.
@@ -44,7 +44,7 @@ struct Tables {
 /// Tokens, policies and signing keys.
 pub struct AclState {
     pub enabled: bool,
-    pub keys: SigningKeys,
+    pub keys: LazyKeys,
     path: PathBuf,
     tables: RwLock<Arc<Tables>>,
     /// Serialises writers: a change is made on a copy, written to disk, then swapped in, so the
@@ -79,7 +79,7 @@ impl AclState {
                     false
                 }
             });
-        let keys = SigningKeys::load_or_create(data_dir)?;
+        let keys = LazyKeys::new(data_dir);
         Ok(AclState {
             enabled,
             keys,

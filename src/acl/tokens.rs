@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::encoding::{base64_std, rfc3339_nano};
+use super::encoding::base64_std;
 use super::policy::Policy;
+use crate::time::rfc3339_nanos as rfc3339_nano;
 
 /// A management or client token. `SecretID` is the bearer credential.
 #[derive(Clone, Serialize, Deserialize)]
@@ -30,6 +31,12 @@ pub struct AclToken {
     pub hash: String,
     #[serde(rename = "CreateTime")]
     pub create_time: String,
+    /// When the token stops working (unix nanoseconds); `None` never expires.
+    #[serde(rename = "ExpirationUnixNanos", default)]
+    pub expiration: Option<i64>,
+    /// The TTL the token was created with, in nanoseconds (0 without one).
+    #[serde(rename = "ExpirationTTL", default)]
+    pub expiration_ttl: u64,
     #[serde(rename = "CreateIndex")]
     pub create_index: u64,
     #[serde(rename = "ModifyIndex")]
@@ -65,11 +72,24 @@ impl AclToken {
             global,
             hash: String::new(),
             create_time: rfc3339_nano(SystemTime::now()),
+            expiration: None,
+            expiration_ttl: 0,
             create_index: index,
             modify_index: index,
         };
         t.rehash();
         t
+    }
+
+    /// Give the token a TTL counted from now.
+    pub fn set_ttl(&mut self, ttl_ns: u64) {
+        self.expiration_ttl = ttl_ns;
+        self.expiration = Some(now_unix_nanos().saturating_add(ttl_ns.min(i64::MAX as u64) as i64));
+    }
+
+    /// The token has an expiration time and it has passed.
+    pub fn is_expired(&self) -> bool {
+        self.expiration.is_some_and(|e| now_unix_nanos() >= e)
     }
 
     pub fn is_management(&self) -> bool {
@@ -101,7 +121,7 @@ impl AclToken {
             "Global": self.global,
             "Hash": self.hash,
             "CreateTime": self.create_time,
-            "ExpirationTime": Value::Null,
+            "ExpirationTime": self.expiration.map(|ns| crate::time::rfc3339_unix(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000) as u32)),
             "CreateIndex": self.create_index,
             "ModifyIndex": self.modify_index,
         });
@@ -121,7 +141,7 @@ impl AclToken {
                 m.insert("SecretID".into(), Value::String(self.secret_id.clone()));
             }
         }
-        m.insert("ExpirationTTL".into(), json!(0));
+        m.insert("ExpirationTTL".into(), json!(self.expiration_ttl));
         Value::Object(m)
     }
 
@@ -129,6 +149,13 @@ impl AclToken {
     pub fn stub_json(&self) -> Value {
         Value::Object(self.common())
     }
+}
+
+fn now_unix_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos().min(i64::MAX as u128) as i64)
+        .unwrap_or(0)
 }
 
 /// Where a policy is attached for workload identities.

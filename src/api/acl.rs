@@ -182,6 +182,53 @@ fn validate_token(kind: &str, name: &str, policies: &Option<Vec<String>>) -> Res
     }
 }
 
+/// Shortest and longest token TTL (Nomad's `token_min_expiration_ttl`/`_max_` defaults).
+const MIN_TOKEN_TTL_NS: u64 = 60 * 1_000_000_000;
+const MAX_TOKEN_TTL_NS: u64 = 24 * 3600 * 1_000_000_000;
+
+/// `ExpirationTTL`: nanoseconds (Go's JSON for a Duration) or Go duration text (`"1h"`).
+fn expiration_ttl(m: &Map<String, Value>) -> Result<Option<u64>, ApiError> {
+    let ttl = match get_ci(m, "ExpirationTTL") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_u64().ok_or_else(|| {
+            ApiError::bad_request(
+                "Request decode failed: ExpirationTTL must be a non-negative duration",
+            )
+        })?,
+        Some(Value::String(s)) => crate::config::parse_go_duration(s)
+            .map(|d| d.as_nanos().min(u64::MAX as u128) as u64)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "Request decode failed: time: invalid duration {s:?}"
+                ))
+            })?,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "Request decode failed: ExpirationTTL must be a duration",
+            ))
+        }
+    };
+    if ttl == 0 {
+        return Ok(None);
+    }
+    if get_ci(m, "ExpirationTime").is_some_and(|v| !v.is_null()) {
+        return Err(ApiError::bad_request(
+            "token 0 invalid: cannot set both expiration time and TTL",
+        ));
+    }
+    if ttl < MIN_TOKEN_TTL_NS {
+        return Err(ApiError::bad_request(
+            "token 0 invalid: expiration time cannot be less than 1m0s in the future",
+        ));
+    }
+    if ttl > MAX_TOKEN_TTL_NS {
+        return Err(ApiError::bad_request(
+            "token 0 invalid: expiration time cannot be more than 24h0m0s in the future",
+        ));
+    }
+    Ok(Some(ttl))
+}
+
 fn create_token(ctx: &Ctx) -> ApiResult {
     ctx.identity.allow_management()?;
     let m = body_object(ctx)?;
@@ -195,8 +242,12 @@ fn create_token(ctx: &Ctx) -> ApiResult {
     let policies = opt_string_list(&m, "Policies")?.filter(|p| !p.is_empty());
     let global = matches!(get_ci(&m, "Global"), Some(Value::Bool(true)));
     validate_token(&kind, &name, &policies)?;
+    let ttl = expiration_ttl(&m)?;
     let index = ctx.agent.index.next();
-    let token = AclToken::new(name, kind, policies, global, index);
+    let mut token = AclToken::new(name, kind, policies, global, index);
+    if let Some(ttl) = ttl {
+        token.set_ttl(ttl);
+    }
     ctx.agent.acl.upsert_token(token.clone())?;
     write_reply(token.to_json(), index)
 }
@@ -471,7 +522,8 @@ pub fn well_known(ctx: &Ctx, rest: &str) -> ApiResult {
     match rest {
         "jwks.json" => {
             ctx.require_method(&["GET"])?;
-            let body = serde_json::to_vec(&ctx.agent.acl.keys.jwks())
+            let keys = ctx.agent.acl.keys.get().map_err(ApiError::internal)?;
+            let body = serde_json::to_vec(&keys.jwks())
                 .map_err(|e| ApiError::internal(format!("failed to encode response: {e}")))?;
             Ok(ApiReply::Http(
                 Reply::bytes(200, "application/json", body)

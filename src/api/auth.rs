@@ -54,6 +54,7 @@ pub fn token_from_request(req: &Request) -> Option<String> {
 /// Why a credential was refused (for debug logs; never contains the credential).
 enum Rejected {
     UnknownToken,
+    Expired,
     Jwt(jwt::JwtError),
     AllocGone,
     AllocMismatch,
@@ -63,6 +64,7 @@ impl std::fmt::Display for Rejected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Rejected::UnknownToken => f.write_str("unknown ACL token"),
+            Rejected::Expired => f.write_str("expired ACL token"),
             Rejected::Jwt(e) => write!(f, "invalid workload identity: {e}"),
             Rejected::AllocGone => {
                 f.write_str("workload identity of an unknown or terminal allocation")
@@ -100,6 +102,7 @@ pub fn authenticate(agent: &Agent, req: &Request) -> Result<Identity, ApiError> 
                 log::debug!("request refused: {why}");
                 match why {
                     Rejected::UnknownToken => ApiError::new(403, "ACL token not found"),
+                    Rejected::Expired => ApiError::new(403, "ACL token expired"),
                     _ => ApiError::permission_denied(),
                 }
             })
@@ -114,6 +117,9 @@ fn resolve(agent: &Agent, secret: &str) -> Result<Identity, Rejected> {
             .acl
             .token_by_secret(secret)
             .ok_or(Rejected::UnknownToken)?;
+        if token.is_expired() {
+            return Err(Rejected::Expired);
+        }
         if !agent.acl.enabled {
             return Ok(Identity::AclsDisabled);
         }
@@ -148,7 +154,12 @@ fn resolve(agent: &Agent, secret: &str) -> Result<Identity, Rejected> {
 /// A valid signature from our key, in its time window, for an allocation that is known and
 /// not terminal, whose job and namespace match the claims.
 fn verify_workload_identity(agent: &Agent, token: &str) -> Result<WorkloadClaims, Rejected> {
-    let claims = jwt::verify(&agent.acl.keys, token, unix_now()).map_err(Rejected::Jwt)?;
+    let keys = agent
+        .acl
+        .keys
+        .get()
+        .map_err(|_| Rejected::Jwt(jwt::JwtError::UnknownKey))?;
+    let claims = jwt::verify(keys, token, unix_now()).map_err(Rejected::Jwt)?;
     let (job, namespace, terminal) = agent
         .workloads
         .alloc_status(&claims.nomad_allocation_id)

@@ -109,7 +109,15 @@ pub fn prestart(agent: &Arc<Agent>, input: &TaskHookInput) -> TaskHookOutput {
         }
     }
     if input.identity_env || input.identity_file {
-        let token = jwt::sign(&agent.acl.keys, &claims_for(input));
+        let keys = match agent.acl.keys.get() {
+            Ok(k) => k,
+            Err(e) => {
+                out.warnings
+                    .push(format!("Failed to sign the workload identity: {e}"));
+                return out;
+            }
+        };
+        let token = jwt::sign(keys, &claims_for(input));
         if input.identity_env {
             out.env.push(("NOMAD_TOKEN".into(), token.clone()));
             out.env.push((

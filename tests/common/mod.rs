@@ -339,6 +339,12 @@ impl TestAgent {
         self.spawn();
     }
 
+    /// Start again (same data dir and port) after `stop()`, e.g. once the test edited state.
+    pub fn restart_after_stop(&mut self) {
+        assert!(self.child.is_none(), "agent still running");
+        self.spawn();
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }

@@ -1,9 +1,10 @@
 """python-nomad against a running nomadlet: each check calls the library as a user would.
 
-Usage: nomad_compat.py PORT SECTION...   (sections: agent)
+Usage: nomad_compat.py PORT SECTION...   (sections: agent, workloads, acl)
 Exits non-zero with the failing check's message.
 """
 import sys
+import time
 
 import nomad
 
@@ -34,13 +35,77 @@ def agent_section(n):
     return node_id
 
 
+def wait_for(what, f, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = f()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise SystemExit(f"FAILED: timed out waiting for {what}")
+
+
+def workloads_section(n):
+    job = {"Job": {"ID": "py-hello", "Type": "batch", "Datacenters": ["dc1"], "TaskGroups": [
+        {"Name": "g", "Count": 1, "Tasks": [{"Name": "t", "Driver": "raw_exec",
+                                             "Config": {"command": "/bin/sh", "args": ["-c", "echo hello"]}}]}]}}
+    r = n.jobs.register_job(job)
+    check(r["EvalID"], f"register answers with an EvalID: {r}")
+    check(n.job.get_job("py-hello")["Type"] == "batch", "get_job")
+    allocs = wait_for("complete alloc", lambda: [a for a in n.job.get_allocations("py-hello")
+                                                 if a["ClientStatus"] == "complete"])
+    alloc_id = allocs[0]["ID"]
+    check(n.allocation.get_allocation(alloc_id)["JobID"] == "py-hello", "get_allocation")
+    check(n.client.stats.read_stats()["Memory"]["Total"] > 0, "host stats")
+    names = [f["Name"] for f in n.client.ls.list_files(alloc_id, "/alloc/logs")]
+    check("t.stdout.0" in names, f"ls {names}")
+    check(n.client.cat.read_file(alloc_id, "alloc/logs/t.stdout.0") == "hello\n", "cat")
+    check(n.client.stat.stat_file(alloc_id, "alloc/logs/t.stdout.0")["Size"] == 6, "stat")
+    check(n.client.read_at.read_file_offset(alloc_id, 1, 3, "alloc/logs/t.stdout.0") == "ell", "readat")
+    check(n.client.stream_logs.stream(alloc_id, "t", "stdout", plain=True) == "hello\n", "plain logs")
+    framed = n.client.stream_logs.stream(alloc_id, "t", "stdout")
+    check("aGVsbG8K" in framed, f"framed logs {framed!r}")
+    n.client.gc_allocation.garbage_collect(alloc_id)
+    check(n.allocation.get_allocation(alloc_id)["ID"] == alloc_id, "the server side keeps a collected alloc")
+
+
+def acl_section(n, port):
+    boot = n.acl.generate_bootstrap()
+    check(boot["Type"] == "management", "bootstrap")
+    m = nomad.Nomad(host="127.0.0.1", port=port, token=boot["SecretID"], timeout=10)
+    m.acl.create_policy("readers", {"Name": "readers", "Description": "read nodes",
+                                    "Rules": 'node { policy = "read" }'})
+    check([p["Name"] for p in m.acl.get_policies()] == ["readers"], "get_policies")
+    check(m.acl.get_policy("readers")["Rules"] == 'node { policy = "read" }', "get_policy")
+    t = m.acl.create_token({"Name": "reader", "Type": "client", "Policies": ["readers"]})
+    check(t["SecretID"] and t["Policies"] == ["readers"], "create_token")
+    check(any(x["AccessorID"] == t["AccessorID"] for x in m.acl.get_tokens()), "get_tokens")
+    check(m.acl.get_token(t["AccessorID"])["Name"] == "reader", "get_token")
+    check(m.acl.get_self_token()["Type"] == "management", "get_self_token")
+    t2 = m.acl.update_token(t["AccessorID"], {"AccessorID": t["AccessorID"], "Name": "renamed",
+                                             "Type": "client", "Policies": ["readers"]})
+    check(t2["Name"] == "renamed", "update_token")
+    reader = nomad.Nomad(host="127.0.0.1", port=port, token=t["SecretID"], timeout=10)
+    check(len(reader.nodes.get_nodes()) == 1, "a reader token lists nodes")
+    try:
+        reader.agent.update_servers(["10.0.0.1:4647"])
+        raise SystemExit("FAILED: a reader token changed the servers")
+    except nomad.api.exceptions.BaseNomadException:
+        pass
+    check(m.acl.delete_token(t["AccessorID"]), "delete_token")
+    check(m.acl.delete_policy("readers"), "delete_policy")
+
+
 def main():
     port = int(sys.argv[1])
     token = None
     sections = sys.argv[2:]
     n = nomad.Nomad(host="127.0.0.1", port=port, token=token, timeout=10)
     for s in sections:
-        globals()[f"{s}_section"](n)
+        if s == "acl":
+            acl_section(n, port)
+        else:
+            globals()[f"{s}_section"](n)
     print("python-nomad: ok", " ".join(sections))
 
 

@@ -6,6 +6,9 @@ use super::spec::{Job, Task, TaskGroup};
 /// The most allocations one job may ask for on this single-node agent.
 pub const MAX_JOB_ALLOCS: i64 = 1000;
 
+/// The most task processes one job may ask for (allocations × tasks per group).
+pub const MAX_JOB_TASKS: i64 = 1000;
+
 /// Drivers this agent runs.
 pub const SUPPORTED_DRIVERS: &[&str] = &["raw_exec"];
 
@@ -70,6 +73,16 @@ pub fn validate_job(job: &Job) -> Result<(), String> {
     if total > MAX_JOB_ALLOCS {
         errs.push(format!(
             "Job asks for {total} allocations; this agent places at most {MAX_JOB_ALLOCS} per job"
+        ));
+    }
+    let tasks: i64 = job
+        .task_groups
+        .iter()
+        .map(|g| g.count().max(0).saturating_mul(g.tasks.len() as i64))
+        .fold(0, i64::saturating_add);
+    if total <= MAX_JOB_ALLOCS && tasks > MAX_JOB_TASKS {
+        errs.push(format!(
+            "Job asks for {tasks} tasks; this agent runs at most {MAX_JOB_TASKS} per job"
         ));
     }
     for (i, tg) in job.task_groups.iter().enumerate() {
