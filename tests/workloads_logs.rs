@@ -194,8 +194,14 @@ wait
     let len = std::fs::metadata(&stolen).map(|m| m.len()).unwrap_or(0);
     assert_eq!(len, 0, "nothing was written into the FIFO");
     let logs = alloc_dir(&agent, &id).join("alloc/logs");
+    let files: Vec<(u64, u64)> = retained(&logs, "t.stdout")
+        .iter()
+        .map(|(i, p)| (*i, std::fs::symlink_metadata(p).unwrap().len()))
+        .collect();
     assert_eq!(
-        std::fs::metadata(logs.join("t.stdout.2")).unwrap().len(),
-        524_288
+        files,
+        [(0, 1 << 20), (1, 0), (2, 524_288)],
+        "{}",
+        agent.log()
     );
 }

@@ -391,6 +391,15 @@ impl TaskRunner {
             .map(|w| std::path::PathBuf::from(task_env::interpolate(w, env, node)))
             .unwrap_or_else(|| task_dir.to_path_buf());
         let (max_files, max_mb, disabled) = task.log_limits();
+        // The files are chosen before the task runs, so nothing it plants first can move them.
+        let rotators = (!disabled).then(|| {
+            let max_size = max_mb * 1024 * 1024;
+            let open = |stream: &str| {
+                let base = format!("{}.{}", self.task_name, stream);
+                Rotator::open(logs_fd.clone(), &base, max_files, max_size)
+            };
+            [open("stdout"), open("stderr")]
+        });
         let mut proc = raw_exec::spawn(SpawnSpec {
             command,
             args,
@@ -399,7 +408,10 @@ impl TaskRunner {
             user,
             capture: !disabled,
         })?;
-        let pumps = self.start_pumps(&mut proc, logs_fd, max_files, max_mb * 1024 * 1024);
+        let pumps = match rotators {
+            Some([out, err]) => self.start_pumps(&mut proc, out, err),
+            None => Vec::new(),
+        };
         let note = format!(
             "{} raw_exec: started pid {} ({})",
             rfc3339_ns(now_ns()),
@@ -440,21 +452,14 @@ impl TaskRunner {
         Ok(end)
     }
 
-    fn start_pumps(
-        &self,
-        proc: &mut Process,
-        logs_fd: &Arc<std::os::fd::OwnedFd>,
-        max_files: u64,
-        max_size: u64,
-    ) -> Vec<LogPump> {
+    fn start_pumps(&self, proc: &mut Process, out: Rotator, err: Rotator) -> Vec<LogPump> {
         let mut pumps = Vec::new();
-        for (stream, fd) in [
-            ("stdout", proc.stdout.take()),
-            ("stderr", proc.stderr.take()),
+        for (stream, fd, rot) in [
+            ("stdout", proc.stdout.take(), out),
+            ("stderr", proc.stderr.take(), err),
         ] {
             let Some(fd) = fd else { continue };
             let base = format!("{}.{}", self.task_name, stream);
-            let rot = Rotator::open(logs_fd.clone(), &base, max_files, max_size);
             let name = format!(
                 "logs-{}-{}",
                 &self.alloc_id[..8.min(self.alloc_id.len())],
