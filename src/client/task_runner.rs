@@ -408,10 +408,6 @@ impl TaskRunner {
             user,
             capture: !disabled,
         })?;
-        let pumps = match rotators {
-            Some([out, err]) => self.start_pumps(&mut proc, out, err),
-            None => Vec::new(),
-        };
         let note = format!(
             "{} raw_exec: started pid {} ({})",
             rfc3339_ns(now_ns()),
@@ -439,6 +435,11 @@ impl TaskRunner {
                 ts.started_at = Some(rfc3339_ns(now_ns()));
             }
         });
+        // Output reaches the log files only once the task is recorded as running.
+        let pumps = match rotators {
+            Some([out, err]) => self.start_pumps(&mut proc, out, err),
+            None => Vec::new(),
+        };
         let end = self.wait(task, &mut proc);
         // Whatever the task left behind in its group goes with it.
         raw_exec::signal_group(proc.pid, libc::SIGKILL);
