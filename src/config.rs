@@ -310,9 +310,13 @@ impl Config {
         let dev = flags.dev;
         let (data_dir, data_dir_is_temp) = match flags.data_dir.clone().or(file.data_dir.clone()) {
             Some(d) => (d, false),
+            // Short on purpose: `<dir>/alloc/<uuid>/<task>/secrets/api.sock` must fit in the
+            // 108-byte sun_path of every task's Task API socket.
             None if dev => (
-                std::env::temp_dir()
-                    .join(format!("nomadlet-dev-{}", uuid::Uuid::new_v4().simple())),
+                std::env::temp_dir().join(format!(
+                    "nomadlet-{}",
+                    &uuid::Uuid::new_v4().simple().to_string()[..8]
+                )),
                 true,
             ),
             None => {

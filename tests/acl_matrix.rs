@@ -10,22 +10,6 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-fn short_dir() -> PathBuf {
-    let t = temp_dir("m");
-    let hex = t
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .rsplit('-')
-        .next()
-        .unwrap()
-        .to_string();
-    let _ = std::fs::remove_dir_all(&t);
-    let d = PathBuf::from(format!("/tmp/nm-{}", &hex[..8]));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 fn h(token: &str) -> Vec<(&str, &str)> {
     if token.is_empty() {
         vec![]

@@ -9,27 +9,6 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A data dir short enough for `<dir>/alloc/<uuid>/<task>/secrets/api.sock` to fit in sun_path.
-fn short_dir() -> PathBuf {
-    let d = PathBuf::from(format!("/tmp/nl-{}", &uuid_hex()[..8]));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn uuid_hex() -> String {
-    let d = temp_dir("x");
-    let name = d
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .rsplit('-')
-        .next()
-        .unwrap()
-        .to_string();
-    let _ = std::fs::remove_dir_all(&d);
-    name
-}
-
 fn start(extra: &[&str]) -> TestAgent {
     TestAgent::start_in(&short_dir(), extra)
 }
@@ -463,4 +442,55 @@ fn identities_and_sockets_come_back_after_an_agent_restart() {
                     == 200
         },
     );
+}
+
+/// What `make run` gives a user: `-dev` with no `-data-dir`. Its temporary data dir must be short
+/// enough for every task's api.sock, so the seed example works there too.
+#[test]
+fn seed_example_works_on_a_plain_dev_agent_without_a_data_dir() {
+    let port = free_port();
+    let mut child = std::process::Command::new(bin())
+        .args(["agent", "-dev", "-http-port", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let req = |method: &str, path: &str, body: &[u8]| {
+        let s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        exchange(s, &build_request(method, path, &[], body))
+    };
+    wait_until(Duration::from_secs(20), "dev agent to listen", || {
+        req("GET", "/v1/agent/health", b"").is_ok()
+    });
+    let job = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/taskapi-example.json"
+    ))
+    .unwrap();
+    let r = req("POST", "/v1/jobs", &job).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let node = req("GET", "/v1/nodes", b"").unwrap().json()[0]["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_until(
+        Duration::from_secs(20),
+        "the task to set node metadata",
+        || {
+            req("GET", &format!("/v1/node/{node}"), b"")
+                .map(|r| r.json()["Meta"]["example"] == "Hello World!")
+                .unwrap_or(false)
+        },
+    );
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dev agent did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

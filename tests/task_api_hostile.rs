@@ -12,22 +12,6 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-fn short_dir() -> PathBuf {
-    let t = temp_dir("h");
-    let hex = t
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .rsplit('-')
-        .next()
-        .unwrap()
-        .to_string();
-    let _ = std::fs::remove_dir_all(&t);
-    let d = PathBuf::from(format!("/tmp/nh-{}", &hex[..8]));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 fn sleeper(id: &str) -> Value {
     json!({"Job": {
         "ID": id, "Type": "batch", "Datacenters": ["*"],

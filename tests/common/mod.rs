@@ -21,6 +21,14 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     d
 }
 
+/// A data dir short enough for `<dir>/alloc/<uuid>/<task>/secrets/api.sock` to fit in the
+/// 108-byte sun_path (the Task API socket of every task).
+pub fn short_dir() -> PathBuf {
+    let d = PathBuf::from(format!("/tmp/nl-{}", &uuid_like()[..8]));
+    std::fs::create_dir_all(&d).expect("create short dir");
+    d
+}
+
 fn uuid_like() -> String {
     let mut b = [0u8; 8];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
