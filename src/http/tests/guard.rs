@@ -144,7 +144,7 @@ fn silent_and_idle_connections_are_closed_by_their_deadlines() -> R {
 
 #[test]
 fn connections_over_the_cap_get_a_quick_503() -> R {
-    let f = start()?;
+    let f = start_with(test_limits())?;
     let held: Vec<_> = (0..4).map(|_| connect(&f)).collect::<Result<_, _>>()?;
     // Make sure all four are admitted before the fifth arrives.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -188,7 +188,11 @@ fn shutdown_closes_idle_connections_ends_streams_and_finishes_requests() -> R {
     let mut busy = connect(&f)?;
     send(&mut busy, b"GET /slow HTTP/1.1\r\n\r\n")?;
     let deadline = Instant::now() + Duration::from_secs(2);
-    while f.streams_started.load(Ordering::SeqCst) == 0 {
+    // Both the stream and the slow request must be in their handlers before the shutdown:
+    // a connection still in the accept backlog is reset, not served.
+    while f.streams_started.load(Ordering::SeqCst) == 0
+        || f.slow_started.load(Ordering::SeqCst) == 0
+    {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(10));
     }

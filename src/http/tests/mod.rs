@@ -21,6 +21,7 @@ struct TestHandler {
     /// Set by the stream route once `should_stop` said the client went away.
     stream_saw_stop: Arc<AtomicBool>,
     streams_started: Arc<AtomicUsize>,
+    slow_started: Arc<AtomicUsize>,
 }
 
 struct TickStream {
@@ -113,6 +114,7 @@ impl Handler for TestHandler {
             "/no-content" => Reply::empty(204),
             "/bad-status" => Reply::empty(101),
             "/slow" => {
+                self.slow_started.fetch_add(1, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(300));
                 Reply::bytes(200, "text/plain", b"slow done".to_vec())
             }
@@ -130,7 +132,7 @@ impl Handler for TestHandler {
     }
 }
 
-fn test_limits() -> Limits {
+pub(super) fn test_limits() -> Limits {
     Limits {
         max_head_bytes: 1024,
         max_headers: 10,
@@ -149,16 +151,31 @@ pub(super) struct Fixture {
     pub addr: std::net::SocketAddr,
     pub saw_stop: Arc<AtomicBool>,
     pub streams_started: Arc<AtomicUsize>,
+    /// Requests to `/slow` whose handler has begun.
+    pub slow_started: Arc<AtomicUsize>,
 }
 
+/// A server with room for the quick one-shot connections most tests make (a slot is freed only
+/// once the server thread sees the close, which can lag under load).
 pub(super) fn start() -> Result<Fixture, Box<dyn Error>> {
+    start_with(Limits {
+        max_conns_per_listener: 64,
+        max_conns_total: 128,
+        ..test_limits()
+    })
+}
+
+/// A server with the given limits (the cap test uses `test_limits()` as is).
+pub(super) fn start_with(limits: Limits) -> Result<Fixture, Box<dyn Error>> {
     let saw_stop = Arc::new(AtomicBool::new(false));
     let streams_started = Arc::new(AtomicUsize::new(0));
+    let slow_started = Arc::new(AtomicUsize::new(0));
     let handler = TestHandler {
         stream_saw_stop: saw_stop.clone(),
         streams_started: streams_started.clone(),
+        slow_started: slow_started.clone(),
     };
-    let server = Server::new(Arc::new(handler), test_limits());
+    let server = Server::new(Arc::new(handler), limits);
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     server.serve_tcp(listener)?;
@@ -167,6 +184,7 @@ pub(super) fn start() -> Result<Fixture, Box<dyn Error>> {
         addr,
         saw_stop,
         streams_started,
+        slow_started,
     })
 }
 
