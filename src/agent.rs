@@ -179,6 +179,8 @@ pub fn run(config: Config) -> Result<(), AgentError> {
 
     let sig = wait_for_stop_signal(&signals);
     log::info!("caught signal {sig}, shutting down");
+    // Blocking queries return at once from here on, so their connections can finish.
+    agent.index.close();
     server.shutdown();
     agent.client.shutdown();
     agent.batcher.shutdown();

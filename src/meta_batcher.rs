@@ -121,6 +121,7 @@ fn run(agent: &Agent, rx: &Receiver<BatcherEvent>, fixed: Option<Duration>, dev:
 fn publish(agent: &Agent) {
     let index = agent.index.next();
     agent.node.publish_meta(index);
+    agent.index.notify();
     log::debug!("node metadata published to the node record at index {index}");
 }
 

@@ -2,6 +2,7 @@
 //! CORS on client endpoints, `?pretty`, index headers and plain-text errors.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::agent::Agent;
 use crate::http::{Handler, Origin, Reply, Request, RequestHead};
@@ -31,24 +32,92 @@ impl Router {
             req,
             identity,
         };
-        let path = req.path.as_str();
-        if let Some(rest) = path.strip_prefix("/.well-known/") {
-            return acl::well_known(&ctx, rest);
-        }
-        let Some(rest) = path.strip_prefix("/v1/") else {
-            return Err(ApiError::no_route());
+        let Some(min_index) = blocking_index(req) else {
+            let result = route(&ctx);
+            if req.method != "GET" {
+                // A write is visible once its handler returned: wake blocking queries.
+                self.agent.index.notify();
+            }
+            return result;
         };
-        let first = rest.split('/').next().unwrap_or("");
-        match first {
-            "agent" => agent::route(&ctx, rest),
-            "client" => route_client(&ctx, rest),
-            "nodes" | "node" => nodes::route(&ctx, rest),
-            "status" | "regions" => nodes::route_status(&ctx, rest),
-            "jobs" | "job" | "evaluations" | "evaluation" => jobs::route(&ctx, rest),
-            "allocations" | "allocation" => allocs::route(&ctx, rest),
-            "acl" => acl::route(&ctx, rest),
-            _ => Err(ApiError::no_route()),
+        // A blocking query: answer once the object's index passes `min_index`, or at the wait.
+        let deadline = Instant::now() + blocking_wait(req);
+        loop {
+            let generation = self.agent.index.generation();
+            let result = route(&ctx);
+            let index = match &result {
+                Ok(ApiReply::Json {
+                    meta: IndexMeta::Query(i),
+                    ..
+                })
+                | Ok(ApiReply::Empty {
+                    meta: IndexMeta::Query(i),
+                }) => *i,
+                _ => return result,
+            };
+            let now = Instant::now();
+            if index > min_index || now >= deadline || self.agent.index.is_closed() {
+                return result;
+            }
+            // Woken by a visible change, or re-checked each BLOCKING_RECHECK in case a writer
+            // made its change visible without a notify.
+            self.agent
+                .index
+                .wait_for_change(generation, deadline.min(now + BLOCKING_RECHECK));
         }
+    }
+}
+
+/// Longest a blocking query waits (Nomad caps `wait` at 300 s; 5 min is its default).
+pub const MAX_BLOCKING_WAIT: Duration = Duration::from_secs(300);
+
+/// How often a blocked query re-reads its object even without a wake-up.
+pub const BLOCKING_RECHECK: Duration = Duration::from_secs(1);
+
+/// `?index=N` with N > 0 on a GET makes a read a blocking query.
+fn blocking_index(req: &Request) -> Option<u64> {
+    if req.method != "GET" {
+        return None;
+    }
+    req.query("index")
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|i| *i > 0)
+}
+
+/// `?wait=` (Go duration), capped, plus Nomad's jitter of up to wait/16.
+fn blocking_wait(req: &Request) -> Duration {
+    let wait = req
+        .query("wait")
+        .and_then(crate::config::parse_go_duration)
+        .unwrap_or(MAX_BLOCKING_WAIT)
+        .min(MAX_BLOCKING_WAIT);
+    let jitter_ms = (wait.as_millis() / 16) as u64;
+    let r = u64::from_le_bytes(
+        uuid::Uuid::new_v4().as_bytes()[..8]
+            .try_into()
+            .unwrap_or([0; 8]),
+    );
+    wait + Duration::from_millis(if jitter_ms == 0 { 0 } else { r % jitter_ms })
+}
+
+fn route(ctx: &Ctx) -> ApiResult {
+    let path = ctx.req.path.as_str();
+    if let Some(rest) = path.strip_prefix("/.well-known/") {
+        return acl::well_known(ctx, rest);
+    }
+    let Some(rest) = path.strip_prefix("/v1/") else {
+        return Err(ApiError::no_route());
+    };
+    let first = rest.split('/').next().unwrap_or("");
+    match first {
+        "agent" => agent::route(ctx, rest),
+        "client" => route_client(ctx, rest),
+        "nodes" | "node" => nodes::route(ctx, rest),
+        "status" | "regions" => nodes::route_status(ctx, rest),
+        "jobs" | "job" | "evaluations" | "evaluation" => jobs::route(ctx, rest),
+        "allocations" | "allocation" => allocs::route(ctx, rest),
+        "acl" => acl::route(ctx, rest),
+        _ => Err(ApiError::no_route()),
     }
 }
 

@@ -414,6 +414,7 @@ impl Workloads {
             .write()
             .allocs
             .insert(alloc_id.to_string(), a.clone());
+        counter.notify();
         Ok(Some(a))
     }
 

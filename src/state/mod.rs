@@ -7,25 +7,74 @@ pub mod members;
 pub mod node;
 pub mod store;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
 
 /// Nomad's Raft-like index: one counter for every write, raised to the largest index seen on
-/// disk at start so indexes keep growing across restarts.
+/// disk at start so indexes keep growing across restarts. Blocking queries wait on it.
 #[derive(Debug, Default)]
-pub struct IndexCounter(AtomicU64);
+pub struct IndexCounter {
+    value: AtomicU64,
+    /// Bumped by every `notify`: blocking queries wait for it to change.
+    generation: AtomicU64,
+    /// Taken only to pair a waiter's check with a writer's notify (never across I/O).
+    gate: Mutex<()>,
+    advanced: Condvar,
+    closed: AtomicBool,
+}
 
 impl IndexCounter {
-    /// Take the next index for a write.
+    /// Take the next index for a write. Call [`IndexCounter::notify`] once the change is
+    /// visible to readers: waking blocking queries before that would let them re-read the old
+    /// state and park again.
     pub fn next(&self) -> u64 {
-        self.0.fetch_add(1, Ordering::SeqCst) + 1
+        self.value.fetch_add(1, Ordering::SeqCst) + 1
+    }
+    /// Wake blocking queries: a change is now visible to readers.
+    pub fn notify(&self) {
+        let gate = self.gate.lock();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        drop(gate);
+        self.advanced.notify_all();
+    }
+    /// How many times `notify` was called: read it before reading state, then wait for it to
+    /// change, and no visible change can be missed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
     /// The latest index handed out.
     pub fn current(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
+        self.value.load(Ordering::SeqCst)
     }
     /// Make sure later indexes are above `seen` (used while loading state).
     pub fn observe(&self, seen: u64) {
-        self.0.fetch_max(seen, Ordering::SeqCst);
+        self.value.fetch_max(seen, Ordering::SeqCst);
+    }
+    /// Wait until `notify` is called after `generation` was read, the deadline passes, or the
+    /// counter is closed. Returns whether a change was notified.
+    pub fn wait_for_change(&self, generation: u64, deadline: Instant) -> bool {
+        let mut gate = self.gate.lock();
+        loop {
+            if self.generation() != generation {
+                return true;
+            }
+            if self.closed.load(Ordering::SeqCst)
+                || self.advanced.wait_until(&mut gate, deadline).timed_out()
+            {
+                return self.generation() != generation;
+            }
+        }
+    }
+    /// Wake every waiter for good (shutdown).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        drop(self.gate.lock());
+        self.advanced.notify_all();
+    }
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 }
 
@@ -38,4 +87,41 @@ pub fn host_disk_mb() -> u64 {
         return 0;
     }
     (s.f_blocks as u64).saturating_mul(s.f_frsize as u64) / (1024 * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn a_notify_after_the_generation_was_read_wakes_the_waiter() {
+        let c = Arc::new(IndexCounter::default());
+        let g = c.generation();
+        let c2 = c.clone();
+        let t = std::thread::spawn(move || {
+            c2.wait_for_change(g, Instant::now() + Duration::from_secs(10))
+        });
+        c.next();
+        c.notify();
+        assert!(t.join().unwrap());
+        assert!(!c.wait_for_change(c.generation(), Instant::now() + Duration::from_millis(20)));
+    }
+
+    #[test]
+    fn close_wakes_every_waiter() {
+        let c = Arc::new(IndexCounter::default());
+        let g = c.generation();
+        let c2 = c.clone();
+        let t = std::thread::spawn(move || {
+            let start = Instant::now();
+            c2.wait_for_change(g, Instant::now() + Duration::from_secs(30));
+            start.elapsed()
+        });
+        std::thread::yield_now();
+        c.close();
+        assert!(t.join().unwrap() < Duration::from_secs(30));
+        assert!(c.is_closed());
+    }
 }
