@@ -39,9 +39,6 @@ pub struct TaskHookInput {
     pub task: String,
     /// `task.user`, when set.
     pub user: Option<String>,
-    /// `<alloc>/<task>` (for identity `filepath`, which is not supported yet).
-    #[allow(dead_code)]
-    pub task_dir: PathBuf,
     /// `<alloc>/<task>/secrets`.
     pub secrets_dir: PathBuf,
     /// `identity { env = true }`.

@@ -158,7 +158,6 @@ impl TaskRunner {
                 group: alloc.task_group.clone(),
                 task: task.name.clone(),
                 user: (!task.user.is_empty()).then(|| task.user.clone()),
-                task_dir: task_dir.dir.clone(),
                 secrets_dir: task_dir.secrets.clone(),
                 identity_env,
                 identity_file,

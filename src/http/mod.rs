@@ -29,7 +29,6 @@ mod wire;
 mod tests;
 
 pub use limits::Limits;
-#[allow(unused_imports)] // ListenerHandle is for the Task API's socket lifecycle
 pub use listener::{ListenerHandle, Server};
 pub use reply::{Body, Reply, StreamBody, StreamSink};
 pub use request::{Origin, Request, RequestHead};
