@@ -174,22 +174,29 @@ fn batch_window_coalesces_changes_into_one_node_update() {
         node["Meta"].get("a").is_none(),
         "not published before the window closes"
     );
-    wait_until(
-        Duration::from_secs(10),
-        "node record to show the metadata",
-        || agent.get_json(&path)["Meta"].get("b").is_some(),
-    );
+    // The first change of the node record after `before` already carries both keys...
+    let first = agent.get(&format!("{path}?index={before}&wait=10s"));
     let elapsed = start.elapsed();
+    let node = first.json();
+    assert!(
+        node["ModifyIndex"].as_u64().unwrap() > before,
+        "published within the wait"
+    );
     assert!(
         elapsed >= Duration::from_millis(1500),
         "published after {elapsed:?}, before the window"
     );
-    let node = agent.get_json(&path);
-    assert_eq!(node["Meta"]["a"], "1");
+    assert_eq!(node["Meta"]["a"], "1", "one node update for both changes");
+    assert_eq!(node["Meta"]["b"], "2", "one node update for both changes");
+    // ...and no second update follows within another window.
+    let after = node["ModifyIndex"].as_u64().unwrap();
+    let again = agent
+        .get(&format!("{path}?index={after}&wait=2500ms"))
+        .json();
     assert_eq!(
-        node["ModifyIndex"].as_u64().unwrap(),
-        before + 1,
-        "one node update for both changes"
+        again["ModifyIndex"].as_u64().unwrap(),
+        after,
+        "a single publish"
     );
     let stub = &agent.get_json("/v1/nodes")[0];
     assert_eq!(stub["ModifyIndex"], node["ModifyIndex"]);

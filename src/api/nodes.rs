@@ -63,7 +63,10 @@ fn list(ctx: &Ctx) -> ApiResult {
     if node.id().starts_with(prefix) && expr.as_ref().map(|e| e.matches(&full)).unwrap_or(true) {
         out.push(node.stub_json(with_os, with_resources));
     }
-    json_meta(&out, IndexMeta::Query(node.modify_index()))
+    // The index comes from the same snapshot as the body: a blocking query must never get a
+    // newer index with an older node.
+    let index = stub_index(&full);
+    json_meta(&out, IndexMeta::Query(index))
 }
 
 fn read(ctx: &Ctx, id: &str) -> ApiResult {
@@ -71,8 +74,14 @@ fn read(ctx: &Ctx, id: &str) -> ApiResult {
     check_common(ctx.req)?;
     ctx.identity.allow_node(false)?;
     find_node(ctx, id)?;
-    let node = &ctx.agent.node;
-    json_meta(&node.node_json(), IndexMeta::Query(node.modify_index()))
+    let node = ctx.agent.node.node_json();
+    let index = stub_index(&node);
+    json_meta(&node, IndexMeta::Query(index))
+}
+
+/// The `ModifyIndex` of a node object (read with the object, never separately).
+fn stub_index(node: &Value) -> u64 {
+    node.get("ModifyIndex").and_then(Value::as_u64).unwrap_or(0)
 }
 
 /// `/v1/status/leader`, `/v1/status/peers`, `/v1/regions`.

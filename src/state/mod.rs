@@ -32,9 +32,12 @@ impl IndexCounter {
     pub fn next(&self) -> u64 {
         self.value.fetch_add(1, Ordering::SeqCst) + 1
     }
-    /// Wake blocking queries: a change is now visible to readers.
+    /// Wake blocking queries: a change is now visible to readers. It also takes a fresh index,
+    /// so an index reported while the change was still invisible (lists report `current()`)
+    /// is always passed once it is visible.
     pub fn notify(&self) {
         let gate = self.gate.lock();
+        self.value.fetch_add(1, Ordering::SeqCst);
         self.generation.fetch_add(1, Ordering::SeqCst);
         drop(gate);
         self.advanced.notify_all();

@@ -171,10 +171,6 @@ impl NodeState {
         &self.facts
     }
 
-    pub fn modify_index(&self) -> u64 {
-        self.record.read().modify_index
-    }
-
     /// The metadata views as the client holds them now.
     pub fn meta_view(&self) -> MetaView {
         let dynamic = self.dynamic.read().clone();
