@@ -97,19 +97,27 @@ fn job_allocations_block_until_the_alloc_changes() {
 fn sigterm_ends_open_blocking_queries_promptly() {
     let mut agent = TestAgent::start(&[]);
     let seen = index_of(&agent.get("/v1/nodes"));
-    let port = agent.port;
+    // Start from no open connection, so the thread counted below is the blocking request's.
+    wait_until(
+        Duration::from_secs(10),
+        "earlier connections to close",
+        || conn_threads(agent.pid()) == 0,
+    );
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", agent.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        &build_request(
+            "GET",
+            &format!("/v1/nodes?index={seen}&wait=120s"),
+            &[],
+            b"",
+        ),
+    )
+    .unwrap();
     let waiter = std::thread::spawn(move || {
-        let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let _ = exchange(
-            s,
-            &build_request(
-                "GET",
-                &format!("/v1/nodes?index={seen}&wait=120s"),
-                &[],
-                b"",
-            ),
-        );
+        let mut r = std::io::BufReader::new(s);
+        let _ = read_response(&mut r, false);
     });
     wait_until(
         Duration::from_secs(10),
