@@ -46,13 +46,7 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
         .or_else(|| rest.strip_suffix("/deployments"))
     {
         ctx.require_method(&["GET"])?;
-        let ns = namespace(ctx);
-        ctx.identity.allow_namespace(&ns, "read-job")?;
-        let job = ctx
-            .agent
-            .workloads
-            .job(&ns, id)
-            .ok_or_else(|| ApiError::not_found("job not found"))?;
+        let job = readable_job(ctx, id)?;
         let body = if rest.ends_with("/deployment") {
             Value::Null
         } else {
@@ -62,13 +56,7 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
     }
     if let Some(id) = rest.strip_suffix("/summary") {
         ctx.require_method(&["GET"])?;
-        let ns = namespace(ctx);
-        ctx.identity.allow_namespace(&ns, "read-job")?;
-        let job = ctx
-            .agent
-            .workloads
-            .job(&ns, id)
-            .ok_or_else(|| ApiError::not_found("job not found"))?;
+        let job = readable_job(ctx, id)?;
         return json_meta(
             &job_summary(ctx.agent, &job),
             IndexMeta::Query(job.modify_index),
@@ -254,15 +242,19 @@ pub fn job_json(agent: &Agent, job: &Job) -> Value {
     serde_json::to_value(&j).unwrap_or(Value::Null)
 }
 
-fn read_job(ctx: &Ctx, id: &str) -> ApiResult {
+/// The job a read names, after the common query checks and the `read-job` capability.
+fn readable_job(ctx: &Ctx, id: &str) -> Result<Job, ApiError> {
     params::check_common(ctx.req)?;
     let ns = namespace(ctx);
     ctx.identity.allow_namespace(&ns, "read-job")?;
-    let job = ctx
-        .agent
+    ctx.agent
         .workloads
         .job(&ns, id)
-        .ok_or_else(|| ApiError::not_found("job not found"))?;
+        .ok_or_else(|| ApiError::not_found("job not found"))
+}
+
+fn read_job(ctx: &Ctx, id: &str) -> ApiResult {
+    let job = readable_job(ctx, id)?;
     json_meta(
         &job_json(ctx.agent, &job),
         IndexMeta::Query(job.modify_index),
