@@ -194,6 +194,21 @@ fn resolve_content(view: &AllocFsView, dir: &AllocDir, path: &str) -> Result<Res
     Ok(r)
 }
 
+/// Open a resolved file for reading and take its size, with Nomad's `open <path>: ...` errors.
+fn open_with_size(
+    r: &Resolved,
+    dir: &AllocDir,
+    path: &str,
+) -> Result<(std::fs::File, u64), ApiError> {
+    let abs = dir.lexical_path(path);
+    let file = r.open_file().map_err(|e| open_error(e, &abs))?;
+    let size = file
+        .metadata()
+        .map(|m| m.len())
+        .map_err(|e| open_error(e, &abs))?;
+    Ok((file, size))
+}
+
 fn open_error(e: io::Error, abs: &std::path::Path) -> ApiError {
     ApiError::internal(format!("open {}: {}", abs.display(), os_text(&e)))
 }
@@ -301,13 +316,7 @@ fn read(ctx: &Ctx, alloc_id: &str, ranged: bool) -> ApiResult {
             dir.lexical_path(&path).display()
         )));
     }
-    let file = r
-        .open_file()
-        .map_err(|e| open_error(e, &dir.lexical_path(&path)))?;
-    let size = file
-        .metadata()
-        .map(|m| m.len())
-        .map_err(|e| open_error(e, &dir.lexical_path(&path)))?;
+    let (file, size) = open_with_size(&r, &dir, &path)?;
     let offset = offset as u64;
     let mut len = size.saturating_sub(offset);
     if limit > 0 {
@@ -371,13 +380,7 @@ fn stream(ctx: &Ctx, alloc_id: &str) -> ApiResult {
     let follow = bool_param(ctx, "follow", true, 500)?;
     let (view, dir) = lookup(ctx, alloc_id, &["read-fs"])?;
     let r = resolve_content(&view, &dir, &path)?;
-    let file = r
-        .open_file()
-        .map_err(|e| open_error(e, &dir.lexical_path(&path)))?;
-    let size = file
-        .metadata()
-        .map(|m| m.len())
-        .map_err(|e| open_error(e, &dir.lexical_path(&path)))?;
+    let (file, size) = open_with_size(&r, &dir, &path)?;
     let pos = if origin_end {
         size.saturating_sub(offset.max(0) as u64)
     } else if offset < 0 {
