@@ -37,12 +37,7 @@ fn window_for(fixed: Option<Duration>, dev: bool) -> Duration {
     if dev {
         return Duration::from_secs(1);
     }
-    let r = u64::from_le_bytes(
-        uuid::Uuid::new_v4().as_bytes()[..8]
-            .try_into()
-            .unwrap_or([0; 8]),
-    );
-    Duration::from_secs(5) + Duration::from_millis(r % 5000)
+    Duration::from_secs(5) + crate::time::jitter(Duration::from_secs(5))
 }
 
 impl Batcher {

@@ -2,6 +2,36 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Seconds since the unix epoch, now.
+pub fn unix_now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Nanoseconds since the unix epoch, now.
+pub fn unix_now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos().min(i64::MAX as u128) as i64)
+        .unwrap_or(0)
+}
+
+/// A random duration in `[0, max)` (Nomad's jitter on windows and waits).
+pub fn jitter(max: std::time::Duration) -> std::time::Duration {
+    let ms = max.as_millis() as u64;
+    if ms == 0 {
+        return std::time::Duration::ZERO;
+    }
+    let r = u64::from_le_bytes(
+        uuid::Uuid::new_v4().as_bytes()[..8]
+            .try_into()
+            .unwrap_or([0; 8]),
+    );
+    std::time::Duration::from_millis(r % ms)
+}
+
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;

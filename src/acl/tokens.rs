@@ -84,12 +84,14 @@ impl AclToken {
     /// Give the token a TTL counted from now.
     pub fn set_ttl(&mut self, ttl_ns: u64) {
         self.expiration_ttl = ttl_ns;
-        self.expiration = Some(now_unix_nanos().saturating_add(ttl_ns.min(i64::MAX as u64) as i64));
+        self.expiration =
+            Some(crate::time::unix_now_nanos().saturating_add(ttl_ns.min(i64::MAX as u64) as i64));
     }
 
     /// The token has an expiration time and it has passed.
     pub fn is_expired(&self) -> bool {
-        self.expiration.is_some_and(|e| now_unix_nanos() >= e)
+        self.expiration
+            .is_some_and(|e| crate::time::unix_now_nanos() >= e)
     }
 
     pub fn is_management(&self) -> bool {
@@ -149,13 +151,6 @@ impl AclToken {
     pub fn stub_json(&self) -> Value {
         Value::Object(self.common())
     }
-}
-
-fn now_unix_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos().min(i64::MAX as u128) as i64)
-        .unwrap_or(0)
 }
 
 /// Where a policy is attached for workload identities.

@@ -1,6 +1,6 @@
 //! The Agent API: members, servers, self, join, force-leave and health (ref §2).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
@@ -195,7 +195,8 @@ fn probe_member(addr: &str) -> Result<Member, String> {
         ));
     }
     let mut rest = Vec::new();
-    std::io::Read::read_to_end(&mut r, &mut rest).map_err(|e| format!("read from {sock}: {e}"))?;
+    r.read_to_end(&mut rest)
+        .map_err(|e| format!("read from {sock}: {e}"))?;
     let text = String::from_utf8_lossy(&rest);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     let v: Value = serde_json::from_str(body)
@@ -203,8 +204,6 @@ fn probe_member(addr: &str) -> Result<Member, String> {
     serde_json::from_value::<Member>(v.get("member").cloned().unwrap_or(Value::Null))
         .map_err(|_| format!("{sock} is not a nomadlet server: no member"))
 }
-
-use std::io::Read as _;
 
 fn io_reason(e: &std::io::Error) -> String {
     match e.kind() {

@@ -9,7 +9,6 @@
 use std::sync::Arc;
 
 use crate::acl::capabilities::Acl;
-use crate::acl::encoding::unix_now;
 use crate::acl::jwt::{self, WorkloadClaims};
 use crate::acl::tokens::{is_uuid, AclToken};
 use crate::agent::Agent;
@@ -159,7 +158,7 @@ fn verify_workload_identity(agent: &Agent, token: &str) -> Result<WorkloadClaims
         .keys
         .get()
         .map_err(|_| Rejected::Jwt(jwt::JwtError::UnknownKey))?;
-    let claims = jwt::verify(keys, token, unix_now()).map_err(Rejected::Jwt)?;
+    let claims = jwt::verify(keys, token, crate::time::unix_now_secs()).map_err(Rejected::Jwt)?;
     let (job, namespace, terminal) = agent
         .workloads
         .alloc_status(&claims.nomad_allocation_id)

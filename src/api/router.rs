@@ -91,13 +91,7 @@ fn blocking_wait(req: &Request) -> Duration {
         .and_then(crate::config::parse_go_duration)
         .unwrap_or(MAX_BLOCKING_WAIT)
         .min(MAX_BLOCKING_WAIT);
-    let jitter_ms = (wait.as_millis() / 16) as u64;
-    let r = u64::from_le_bytes(
-        uuid::Uuid::new_v4().as_bytes()[..8]
-            .try_into()
-            .unwrap_or([0; 8]),
-    );
-    wait + Duration::from_millis(if jitter_ms == 0 { 0 } else { r % jitter_ms })
+    wait + crate::time::jitter(wait / 16)
 }
 
 fn route(ctx: &Ctx) -> ApiResult {

@@ -12,7 +12,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use crate::state::jobs::timefmt::now_ns;
+use crate::time::unix_now_nanos as now_ns;
 
 /// Sampling period (Nomad's `collection_interval` default).
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);

@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::acl::encoding::unix_now;
 use crate::acl::jwt::{self, WorkloadClaims, DEFAULT_AUDIENCE};
 use crate::agent::Agent;
 use crate::http::ListenerHandle;
@@ -139,7 +138,7 @@ pub fn prestart(agent: &Arc<Agent>, input: &TaskHookInput) -> TaskHookOutput {
 
 /// Nomad's claims for a task's default identity.
 pub fn claims_for(input: &TaskHookInput) -> WorkloadClaims {
-    let now = unix_now();
+    let now = crate::time::unix_now_secs();
     WorkloadClaims {
         aud: Value::String(DEFAULT_AUDIENCE.into()),
         iat: Some(now),

@@ -11,7 +11,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use crate::agent::Agent;
 use crate::state::jobs::alloc::{TaskEvent, TaskState};
 use crate::state::jobs::spec::Task;
-use crate::state::jobs::timefmt::{go_duration, now_ns, rfc3339_ns};
+use crate::state::jobs::timefmt::{go_duration, rfc3339_ns};
+use crate::time::unix_now_nanos as now_ns;
 
 use super::alloc_dir::AllocDir;
 use super::logs::{LogPump, Rotator};

@@ -15,6 +15,8 @@ pub struct HostFacts {
     pub cpu_mhz: u64,
     pub cpu_model: String,
     pub memory_bytes: u64,
+    /// Size of the root filesystem, in MB.
+    pub disk_mb: u64,
     pub hostname: String,
 }
 
@@ -122,6 +124,7 @@ impl HostFacts {
             cpu_mhz,
             cpu_model,
             memory_bytes: memory_total_bytes(),
+            disk_mb: super::host_disk_mb(),
             hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default(),

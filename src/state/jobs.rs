@@ -203,7 +203,7 @@ impl Workloads {
     }
 
     fn stop_allocs_of(t: &mut Tables, key: &JobKey, desc: &str, index: u64, changes: &mut Changes) {
-        let now = timefmt::now_ns();
+        let now = crate::time::unix_now_nanos();
         for a in t.allocs.values_mut() {
             if a.namespace == key.0 && a.job_id == key.1 && a.desired_status == "run" {
                 a.desired_status = "stop".into();
@@ -240,7 +240,7 @@ impl Workloads {
                 job.create_index = existing.as_ref().map(|e| e.create_index).unwrap_or(index);
                 job.modify_index = index;
                 job.job_modify_index = index;
-                job.submit_time = timefmt::now_ns();
+                job.submit_time = crate::time::unix_now_nanos();
                 job.status = "pending".into();
                 t.jobs.insert(key.clone(), job.clone());
                 changes.jobs.push(key.clone());
@@ -366,7 +366,7 @@ impl Workloads {
                             index,
                         )
                     });
-                let now = timefmt::now_ns();
+                let now = crate::time::unix_now_nanos();
                 if let Some(a) = t.allocs.get_mut(alloc_id) {
                     a.desired_status = "stop".into();
                     a.desired_description = "alloc was stopped by the user".into();
@@ -404,7 +404,7 @@ impl Workloads {
         f(&mut a);
         a.refresh_client_status();
         a.modify_index = counter.next();
-        a.modify_time = timefmt::now_ns();
+        a.modify_time = crate::time::unix_now_nanos();
         // Written before it is visible: nobody reads a task state that a crash could lose.
         store::write_json(
             &self.dir.join("allocs").join(format!("{alloc_id}.json")),

@@ -81,7 +81,7 @@ impl IndexCounter {
     }
 }
 
-/// Size of the filesystem holding the current directory, in MB (for node resources).
+/// Size of the root filesystem, in MB (read once at start for node resources).
 pub fn host_disk_mb() -> u64 {
     // SAFETY: statvfs fills a plain struct for a NUL-terminated path.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -81,13 +81,6 @@ pub struct NodeState {
     registered_at: u64,
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Static metadata merged with dynamic: a value sets, a tombstone removes.
 fn merge_meta(
     static_meta: &BTreeMap<String, String>,
@@ -140,7 +133,7 @@ impl NodeState {
             &http_addr,
             env!("CARGO_PKG_VERSION"),
         );
-        let now = unix_now();
+        let now = crate::time::unix_now_secs();
         let modify_index = index.next();
         Ok(NodeState {
             name: config.node_name.clone(),
@@ -229,11 +222,10 @@ impl NodeState {
     fn node_resources(&self) -> Value {
         let f = &self.facts;
         let cores: Vec<usize> = (0..f.cpu_cores).collect();
-        let disk_mb = crate::state::host_disk_mb();
         json!({
             "Cpu": {"CpuShares": f.cpu_mhz * f.cpu_cores as u64, "TotalCpuCores": f.cpu_cores, "ReservableCpuCores": cores},
             "Memory": {"MemoryMB": f.memory_bytes / (1024 * 1024)},
-            "Disk": {"DiskMB": disk_mb},
+            "Disk": {"DiskMB": f.disk_mb},
             "Networks": [],
             "Devices": null,
             "NodeNetworks": [],

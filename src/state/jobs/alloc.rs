@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::spec::Job;
-use super::timefmt;
 use super::NodeInfo;
 
 /// One allocation as the server side keeps it (also its on-disk form).
@@ -93,7 +92,7 @@ impl TaskEvent {
     pub fn new(event_type: &str, display: impl Into<String>) -> TaskEvent {
         TaskEvent {
             event_type: event_type.to_string(),
-            time: timefmt::now_ns(),
+            time: crate::time::unix_now_nanos(),
             display_message: display.into(),
             ..TaskEvent::default()
         }
@@ -139,7 +138,7 @@ impl AllocRecord {
         node: &NodeInfo,
         index: u64,
     ) -> AllocRecord {
-        let now = timefmt::now_ns();
+        let now = crate::time::unix_now_nanos();
         AllocRecord {
             id: uuid::Uuid::new_v4().to_string(),
             namespace: job.namespace.clone(),

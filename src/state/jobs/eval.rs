@@ -7,7 +7,6 @@ use serde_json::{json, Value};
 
 use super::alloc::omit_zero;
 use super::spec::Job;
-use super::timefmt;
 
 /// One evaluation (also its on-disk form). nomadlet schedules synchronously, so every
 /// evaluation is `complete` by the time its ID is returned.
@@ -32,7 +31,7 @@ pub struct EvalRecord {
 impl EvalRecord {
     /// A completed evaluation of `job`, made at `index`.
     pub fn new(job: &Job, triggered_by: &str, index: u64) -> EvalRecord {
-        let now = timefmt::now_ns();
+        let now = crate::time::unix_now_nanos();
         EvalRecord {
             id: uuid::Uuid::new_v4().to_string(),
             namespace: job.namespace.clone(),

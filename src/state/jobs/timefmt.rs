@@ -1,16 +1,6 @@
 //! Wall-clock time as Nomad writes it: unix nanoseconds, RFC 3339 (through `src/time.rs`) and
 //! Go's duration text.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Now, in unix nanoseconds.
-pub fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 /// RFC 3339 with nanoseconds for unix nanoseconds, in the local zone (`src/time.rs`).
 pub fn rfc3339_ns(ns: i64) -> String {
     crate::time::rfc3339_unix(
