@@ -93,12 +93,46 @@ impl Agent {
     }
 }
 
+/// The data dir: traversable by task users, listable by nobody but the agent.
+const DATA_DIR_MODE: u32 = 0o711;
+/// `server/` and `client/` under the data dir: the agent's alone.
+const PRIVATE_DIR_MODE: u32 = 0o700;
+
+fn set_mode(dir: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+}
+
+/// Give the data dir `DATA_DIR_MODE`, unless it is a shared sticky directory such as `/tmp`
+/// (then only `server/` and `client/` are made private, and a warning says so).
+fn tighten_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o1000 != 0 {
+        log::warn!(
+            "data dir {} is a shared sticky directory; its mode is left as it is",
+            dir.display()
+        );
+        return Ok(());
+    }
+    set_mode(dir, DATA_DIR_MODE)
+}
+
 fn check_data_dir(config: &Config) -> Result<(), AgentError> {
     let bad = |detail: String| AgentError::DataDir {
         path: config.data_dir.display().to_string(),
         detail,
     };
     std::fs::create_dir_all(&config.data_dir).map_err(|e| bad(e.to_string()))?;
+    // The agent's own state (ACL tokens, the signing key, node secrets) lives where no task
+    // can name it: the data dir can be passed through (tasks running as another user reach
+    // their alloc dirs) but not listed, and `server/` and `client/` are the agent's alone.
+    tighten_data_dir(&config.data_dir).map_err(|e| bad(e.to_string()))?;
+    for private in ["server", "client"] {
+        let dir = config.data_dir.join(private);
+        std::fs::create_dir_all(&dir).map_err(|e| bad(e.to_string()))?;
+        set_mode(&dir, PRIVATE_DIR_MODE).map_err(|e| bad(e.to_string()))?;
+    }
     let probe = config
         .data_dir
         .join(format!(".probe-{}", uuid::Uuid::new_v4().simple()));

@@ -25,7 +25,7 @@ fn setup() -> (TestAgent, String, String) {
         &agent,
         "victim",
         "service",
-        "cd \"${NOMAD_TASK_DIR:-$PWD/local}\" && echo OTHER-ALLOC-SECRET > other-secret.txt && sleep 600",
+        "cd \"${NOMAD_TASK_DIR:-$PWD/local}\" && echo OTHER-ALLOC-SECRET > ../secrets/token && echo OTHER-ALLOC-SECRET > other-secret.txt && sleep 600",
         default_logs(),
     );
     let other = wait_alloc(&agent, &victim);
@@ -51,6 +51,9 @@ ln secrets/mysecret local/hard
 ln secrets/mysecret ../alloc/logs/t.stdout.7
 ln -s ../../t/secrets/mysecret ../alloc/logs/t.stdout.8
 ln -s {other} local/other
+ln {other}/t/secrets/token local/hard_other
+ln /etc/passwd local/hard_passwd || ln {data}/client/node.json local/hard_passwd
+ln {data}/client/node.json local/hard_agent
 ln -s ../../../{other_id} local/other_rel
 ln -s loop local/loop
 ln -s c2 local/c1
@@ -61,7 +64,8 @@ ln -s hello.txt local/rel_ok
 touch local/ready
 sleep 600"#,
         other = other_dir.display(),
-        other_id = other
+        other_id = other,
+        data = agent.data_dir.display()
     );
     let job = run_job(&agent, "planter", "service", &script, default_logs());
     let alloc = wait_alloc(&agent, &job);
@@ -109,6 +113,9 @@ fn hostile_paths() -> Vec<(&'static str, Expect)> {
         ("t/private/p", Secret),
         ("t/local/sec", SecretDir),
         ("t/local/hard", HardLink),
+        ("t/local/hard_other", HardLink),
+        ("t/local/hard_passwd", HardLink),
+        ("t/local/hard_agent", HardLink),
     ]
 }
 
@@ -178,8 +185,8 @@ fn hostile_paths_never_leave_the_alloc_dir() {
                 }
                 Expect::SecretDir => assert_eq!(r.status, 200, "{op} {path}: {text}"),
                 Expect::HardLink if content_op => {
-                    assert_eq!(r.status, 500, "{op} {path}: {text}");
-                    assert_eq!(text, format!("Reading secret file prohibited: {path}"));
+                    assert_eq!(r.status, 403, "{op} {path}: {text}");
+                    assert_eq!(text, format!("Reading hard-linked file prohibited: {path}"));
                 }
                 Expect::HardLink => {
                     let want = if op == "ls" { 500 } else { 200 };
@@ -670,4 +677,34 @@ fn acl_read_fs_and_read_logs_capabilities() {
     }
     let r = agent.get(&ls);
     assert_eq!(r.status, 403, "anonymous: {}", r.text());
+}
+
+/// The agent's own secrets are out of a task's reach: the data dir can be passed through but
+/// not listed, `server/` and `client/` are the agent's alone, and key files are 0600.
+#[test]
+fn agent_state_dirs_and_key_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let agent = TestAgent::start(&[]);
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(0)
+    };
+    assert_eq!(mode(&agent.data_dir), 0o711);
+    assert_eq!(mode(&agent.data_dir.join("server")), 0o700);
+    assert_eq!(mode(&agent.data_dir.join("client")), 0o700);
+    let key = agent
+        .data_dir
+        .join("server")
+        .join("workload-identity-key.pem");
+    wait_until(
+        Duration::from_secs(30),
+        "the signing key is written",
+        || key.exists(),
+    );
+    assert_eq!(mode(&key), 0o600);
+    assert_eq!(
+        mode(&agent.data_dir.join("client").join("node.json")),
+        0o600
+    );
 }

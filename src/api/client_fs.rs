@@ -5,7 +5,7 @@
 //! status codes where Nomad answers 200 with an error body).
 
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -166,20 +166,13 @@ fn check_protected(r: &Resolved, path: &str) -> Result<(), ApiError> {
 }
 
 /// Resolve a file for a content read (cat, readat, stream) with the §3.10b statuses.
-fn resolve_content(view: &AllocFsView, dir: &AllocDir, path: &str) -> Result<Resolved, ApiError> {
+fn resolve_content(dir: &AllocDir, path: &str) -> Result<Resolved, ApiError> {
     let r = dir
         .resolve(path)
         .map_err(|e| path_error(e, "stat", 400, 400, 400))?;
     check_protected(&r, path)?;
-    let protected: Vec<String> = view
-        .tasks
-        .iter()
-        .flat_map(|t| [format!("{}/secrets", t.name), format!("{}/private", t.name)])
-        .collect();
-    if dir.hard_linked_into(&r, &protected) {
-        return Err(ApiError::internal(format!(
-            "Reading secret file prohibited: {path}"
-        )));
+    if r.is_hard_linked() {
+        return Err(hard_linked(path));
     }
     if r.is_dir() {
         return Err(ApiError::bad_request(format!(
@@ -202,11 +195,17 @@ fn open_with_size(
 ) -> Result<(std::fs::File, u64), ApiError> {
     let abs = dir.lexical_path(path);
     let file = r.open_file().map_err(|e| open_error(e, &abs))?;
-    let size = file
-        .metadata()
-        .map(|m| m.len())
-        .map_err(|e| open_error(e, &abs))?;
-    Ok((file, size))
+    let meta = file.metadata().map_err(|e| open_error(e, &abs))?;
+    // Checked again on the open fd: a link made after the resolve must not get through.
+    if meta.nlink() > 1 {
+        return Err(hard_linked(path));
+    }
+    Ok((file, meta.len()))
+}
+
+/// Content reads refuse every file with several links: 403, nothing served.
+fn hard_linked(path: &str) -> ApiError {
+    ApiError::new(403, format!("Reading hard-linked file prohibited: {path}"))
 }
 
 fn open_error(e: io::Error, abs: &std::path::Path) -> ApiError {
@@ -308,8 +307,8 @@ fn read(ctx: &Ctx, alloc_id: &str, ranged: bool) -> ApiResult {
     } else {
         (0, 0)
     };
-    let (view, dir) = lookup(ctx, alloc_id, &["read-fs"])?;
-    let r = resolve_content(&view, &dir, &path)?;
+    let (_, dir) = lookup(ctx, alloc_id, &["read-fs"])?;
+    let r = resolve_content(&dir, &path)?;
     if offset < 0 {
         return Err(ApiError::internal(format!(
             "seek {}: invalid argument",
@@ -378,8 +377,8 @@ fn stream(ctx: &Ctx, alloc_id: &str) -> ApiResult {
     let offset = int_param(ctx, "offset", false, 500)?.unwrap_or(0);
     let origin_end = origin_param(ctx)?;
     let follow = bool_param(ctx, "follow", true, 500)?;
-    let (view, dir) = lookup(ctx, alloc_id, &["read-fs"])?;
-    let r = resolve_content(&view, &dir, &path)?;
+    let (_, dir) = lookup(ctx, alloc_id, &["read-fs"])?;
+    let r = resolve_content(&dir, &path)?;
     let (file, size) = open_with_size(&r, &dir, &path)?;
     let pos = if origin_end {
         size.saturating_sub(offset.max(0) as u64)

@@ -24,10 +24,6 @@ pub const MAX_SYMLINK_HOPS: usize = 40;
 /// so a task's deep tree and long `../../..` link targets cannot make a lookup expensive.
 pub const MAX_WALK_STEPS: usize = 32 * 1024;
 
-/// How deep and how wide the search for a hard link into a protected dir looks.
-const LINK_SEARCH_DEPTH: usize = 4;
-const LINK_SEARCH_ENTRIES: usize = 4096;
-
 /// The largest symlink target we read.
 const MAX_LINK_TARGET: usize = 4096;
 
@@ -180,42 +176,6 @@ impl AllocDir {
             p.push(c);
         }
         p
-    }
-
-    /// Whether a regular file with several links is also reachable under `protected` (dirs
-    /// relative to the alloc dir, e.g. `web/secrets`): a task can hard-link its token into
-    /// `local/`, and a check on the path alone would serve it. Searches a bounded tree; a
-    /// search that hits its bounds answers true (refuse rather than risk it).
-    pub fn hard_linked_into(&self, r: &Resolved, protected: &[String]) -> bool {
-        if !r.is_regular() || r.stat.st_nlink <= 1 {
-            return false;
-        }
-        let (dev, ino) = (r.stat.st_dev, r.stat.st_ino);
-        let mut budget = LINK_SEARCH_ENTRIES;
-        let mut queue: Vec<(SafeDir, usize)> = Vec::new();
-        for p in protected {
-            if let Some(d) = self.resolve(p).ok().and_then(|d| d.open_dir().ok()) {
-                queue.push((d, 0));
-            }
-        }
-        while let Some((dir, depth)) = queue.pop() {
-            let Ok(entries) = dir.entries() else { continue };
-            for e in entries {
-                if budget == 0 {
-                    return true;
-                }
-                budget -= 1;
-                if e.stat.st_dev == dev && e.stat.st_ino == ino {
-                    return true;
-                }
-                if is_type(&e.stat, libc::S_IFDIR) && depth + 1 < LINK_SEARCH_DEPTH {
-                    if let Ok(sub) = dir.open_subdir(&e.name) {
-                        queue.push((sub, depth + 1));
-                    }
-                }
-            }
-        }
-        false
     }
 
     /// Where a symlink target leads, as components to resolve from the alloc dir root;
@@ -382,6 +342,13 @@ impl Resolved {
         is_type(&self.stat, libc::S_IFREG)
     }
 
+    /// A regular file with more than one link: its inode may also live outside the alloc
+    /// dir (a task can hard-link another allocation's token, `/etc/passwd` or the agent's
+    /// own key into `local/`), so its content is never served.
+    pub fn is_hard_linked(&self) -> bool {
+        self.is_regular() && self.stat.st_nlink > 1
+    }
+
     /// Whether the resolved location is a task's `secrets/` or `private/` dir or inside it.
     /// The check is on where the path really leads, not on the string asked for.
     pub fn protected(&self) -> Option<Protected> {
@@ -492,17 +459,6 @@ impl SafeDir {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
-    }
-
-    /// Open a subdirectory by name, never following a link.
-    fn open_subdir(&self, name: &str) -> io::Result<SafeDir> {
-        let c = cstring(name)?;
-        let fd = openat(
-            self.fd.as_raw_fd(),
-            &c,
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-        )?;
-        Ok(SafeDir { fd })
     }
 
     /// Open a regular file of this directory by name; links are never followed and the name
