@@ -476,7 +476,7 @@ mod tests {
     #[test]
     fn file_config_reads_nomad_keys() {
         let fc = FileConfig::parse(
-            r#"{"data_dir":"/d","ports":{"http":5656},"client":{"meta":{"a":"b"},"servers":["1.2.3.4:4647"]},"acl":{"enabled":true}}"#,
+            r#"{"data_dir":"/d","ports":{"http":5656},"client":{"meta":{"a":"b"},"servers":["127.0.0.9:4647"]},"acl":{"enabled":true}}"#,
             "t",
         )
         .unwrap();

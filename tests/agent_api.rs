@@ -110,7 +110,7 @@ fn servers_are_validated_replaced_and_survive_a_restart() {
         (r.status, r.text().as_str()),
         (400, "missing server address")
     );
-    let r = agent.request("PUT", "/v1/agent/servers?address=10.0.0.9", &[], b"");
+    let r = agent.request("PUT", "/v1/agent/servers?address=127.0.0.9", &[], b"");
     assert_eq!(r.status, 400);
     assert_eq!(
         agent.get_json("/v1/agent/servers"),
@@ -118,13 +118,13 @@ fn servers_are_validated_replaced_and_survive_a_restart() {
     );
     let r = agent.request(
         "PUT",
-        "/v1/agent/servers?address=10.0.0.9:4647&address=10.0.0.2:4647",
+        "/v1/agent/servers?address=127.0.0.9:4647&address=127.0.0.2:4647",
         &[],
         b"",
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.body.is_empty());
-    let want = serde_json::json!(["10.0.0.2:4647", "10.0.0.9:4647"]);
+    let want = serde_json::json!(["127.0.0.2:4647", "127.0.0.9:4647"]);
     assert_eq!(agent.get_json("/v1/agent/servers"), want);
     agent.restart();
     assert_eq!(agent.get_json("/v1/agent/servers"), want);
@@ -320,7 +320,7 @@ fn cli_errors_are_one_line_and_exit_one() {
 fn json_config_file_sets_nomad_keys() {
     let dir = temp_dir("cfg");
     let cfg = dir.join("agent.json");
-    std::fs::write(&cfg, r#"{"name":"from-file","datacenter":"dcf","client":{"meta":{"tier":"gold"},"servers":["10.1.1.1:4647"]}}"#).unwrap();
+    std::fs::write(&cfg, r#"{"name":"from-file","datacenter":"dcf","client":{"meta":{"tier":"gold"},"servers":["127.1.1.1:4647"]}}"#).unwrap();
     let agent = TestAgent::start(&["-config", cfg.to_str().unwrap()]);
     let node = agent.get_json(&format!(
         "/v1/node/{}",
@@ -331,6 +331,6 @@ fn json_config_file_sets_nomad_keys() {
     assert_eq!(node["Meta"]["tier"], "gold");
     assert_eq!(
         agent.get_json("/v1/agent/servers"),
-        serde_json::json!(["10.1.1.1:4647"])
+        serde_json::json!(["127.1.1.1:4647"])
     );
 }

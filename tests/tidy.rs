@@ -116,3 +116,103 @@ fn every_agent_flag_is_in_the_man_page_and_help() {
     }
     assert!(n >= 10, "found only {n} flags");
 }
+
+/// Every file of these kinds under `dir`, recursively (no `target/`, no hidden dirs).
+fn files_with(dir: &Path, exts: &[&str], out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || name == "target" || name == "build" || name == "corpus" {
+            continue;
+        }
+        if p.is_dir() {
+            files_with(&p, exts, out);
+        } else if exts.iter().any(|x| name.ends_with(x)) {
+            out.push(p);
+        }
+    }
+}
+
+/// IPv4 literals in `line` outside loopback (127.0.0.0/8) and the unspecified 0.0.0.0.
+fn non_loopback_ipv4(line: &str) -> Vec<String> {
+    let bytes = line.as_bytes();
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let boundary = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'.');
+        if !boundary || !bytes[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let rest = &line[i..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let cand = rest[..end].trim_end_matches('.');
+        let parts: Vec<&str> = cand.split('.').collect();
+        let after = rest[cand.len()..].chars().next();
+        let versionish = after.is_some_and(|c| c.is_ascii_alphabetic() || c == '-');
+        if parts.len() == 4
+            && !versionish
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.len() <= 3 && p.parse::<u16>().is_ok_and(|n| n <= 255))
+            && parts[0] != "127"
+            && cand != "0.0.0.0"
+        {
+            found.push(cand.to_string());
+        }
+        i += end.max(1);
+    }
+    found
+}
+
+/// Docs, tests, benches and examples reach loopback only (issue 8, case 12): an example
+/// pointing at a private or public address is one a reader might run against a real host.
+#[test]
+fn docs_tests_and_examples_use_loopback_addresses_only() {
+    let mut files = vec![root().join("README.md"), root().join("ARCHITECTURE.md")];
+    for dir in ["src", "tests", "bench", "examples", "man", "dist", "fuzz"] {
+        files_with(
+            &root().join(dir),
+            &[
+                ".rs", ".md", ".py", ".sh", ".go", ".json", ".hcl", ".1", ".service", ".toml",
+            ],
+            &mut files,
+        );
+    }
+    let mut bad = Vec::new();
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        for (n, line) in text.lines().enumerate() {
+            for ip in non_loopback_ipv4(line) {
+                bad.push(format!("{}:{}: {ip}", f.display(), n + 1));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "non-loopback addresses:\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn the_address_check_finds_private_and_public_literals() {
+    // Built at run time, so this file itself holds no such literal.
+    let private = format!("{}.0.0.5", 10);
+    let home = format!("{}.168.1.1", 192);
+    assert_eq!(
+        non_loopback_ipv4(&format!("curl {private}:4647")),
+        [private.clone()]
+    );
+    assert_eq!(non_loopback_ipv4(&format!("x=\"{home}\"")), [home.clone()]);
+    assert!(non_loopback_ipv4("127.0.0.1:4646 and 0.0.0.0").is_empty());
+    assert!(non_loopback_ipv4("version 1.2.3.4-beta").is_empty());
+    assert!(non_loopback_ipv4("a1.2.3.4 v1.2.3.4").is_empty());
+}

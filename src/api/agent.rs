@@ -1,8 +1,8 @@
 //! The Agent API: members, servers, self, join, force-leave and health (ref §2).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -11,8 +11,12 @@ use crate::state::members::Member;
 use super::params::{check_common, parse_go_bool};
 use super::{empty, json, ApiError, ApiReply, ApiResult, Ctx, IndexMeta};
 
-/// How long a join waits for an agent to answer.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one join request may take in all (every address, every byte).
+const JOIN_DEADLINE: Duration = Duration::from_secs(5);
+/// Addresses one join request may name.
+const MAX_JOIN_ADDRESSES: usize = 16;
+/// Longest member name accepted from a peer.
+const MAX_MEMBER_NAME: usize = 256;
 /// Largest `/v1/agent/self` reply read from a joining agent.
 const JOIN_MAX_REPLY: usize = 1024 * 1024;
 /// Port assumed for a join address without one (nomadlet joins over the HTTP API).
@@ -157,8 +161,10 @@ fn agent_self(ctx: &Ctx) -> ApiResult {
     }))
 }
 
-/// Ask the agent at `addr` who it is, over its HTTP API.
-fn probe_member(addr: &str) -> Result<Member, String> {
+/// Ask the agent at `addr` who it is, over its HTTP API, before `deadline`. Only a reply that
+/// is a whole nomadlet member consistent with the address dialed is accepted; nothing the peer
+/// sent is ever echoed back (a join must not be a way to read other services).
+fn probe_member(addr: &str, deadline: Instant, region: &str) -> Result<Member, String> {
     let with_port = if addr.parse::<SocketAddr>().is_ok()
         || addr
             .rsplit_once(':')
@@ -173,36 +179,84 @@ fn probe_member(addr: &str) -> Result<Member, String> {
         .map_err(|e| format!("lookup {with_port}: {e}"))?
         .next()
         .ok_or_else(|| format!("lookup {with_port}: no addresses"))?;
-    let mut s = TcpStream::connect_timeout(&sock, JOIN_TIMEOUT)
+    let timeout = remaining(deadline).ok_or_else(|| format!("dial tcp {sock}: i/o timeout"))?;
+    let mut s = TcpStream::connect_timeout(&sock, timeout)
         .map_err(|e| format!("dial tcp {sock}: connect: {}", io_reason(&e)))?;
-    s.set_read_timeout(Some(JOIN_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(JOIN_TIMEOUT))
-        .map_err(|e| e.to_string())?;
+    let io_err = |e: std::io::Error| format!("read from {sock}: {}", io_reason(&e));
+    s.set_write_timeout(remaining(deadline)).map_err(io_err)?;
     s.write_all(
         format!("GET /v1/agent/self HTTP/1.1\r\nHost: {sock}\r\nConnection: close\r\n\r\n")
             .as_bytes(),
     )
-    .map_err(|e| format!("write to {sock}: {e}"))?;
-    let mut r = BufReader::new(s.take(JOIN_MAX_REPLY as u64));
-    let mut status = String::new();
-    r.read_line(&mut status)
-        .map_err(|e| format!("read from {sock}: {e}"))?;
-    if !status.starts_with("HTTP/1.1 200") && !status.starts_with("HTTP/1.0 200") {
-        return Err(format!(
-            "{sock} is not a nomadlet server: {}",
-            status.trim()
-        ));
+    .map_err(|e| format!("write to {sock}: {}", io_reason(&e)))?;
+    let reply = read_until_deadline(&mut s, deadline).map_err(io_err)?;
+    let not_ours = || format!("{sock} is not a nomadlet agent");
+    let (head, body) = split_reply(&reply).ok_or_else(not_ours)?;
+    let status_ok = head.starts_with(b"HTTP/1.1 200 ") || head.starts_with(b"HTTP/1.0 200 ");
+    if !status_ok {
+        return Err(not_ours());
     }
-    let mut rest = Vec::new();
-    r.read_to_end(&mut rest)
-        .map_err(|e| format!("read from {sock}: {e}"))?;
-    let text = String::from_utf8_lossy(&rest);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    let v: Value = serde_json::from_str(body)
-        .map_err(|_| format!("{sock} is not a nomadlet server: unreadable agent self"))?;
-    serde_json::from_value::<Member>(v.get("member").cloned().unwrap_or(Value::Null))
-        .map_err(|_| format!("{sock} is not a nomadlet server: no member"))
+    let v: Value = serde_json::from_slice(body).map_err(|_| not_ours())?;
+    let member = serde_json::from_value::<Member>(v.get("member").cloned().unwrap_or(Value::Null))
+        .map_err(|_| not_ours())?;
+    if !is_peer_at(&member, &sock, region) {
+        return Err(not_ours());
+    }
+    Ok(member)
+}
+
+/// A member answer is a peer's only if it describes the agent dialed: a nomadlet of our
+/// region whose advertised address and HTTP port are the ones we reached, with a node ID.
+fn is_peer_at(m: &Member, sock: &SocketAddr, region: &str) -> bool {
+    let tag = |k: &str| m.tags.get(k).map(String::as_str);
+    let addr_ok = m
+        .addr
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip == sock.ip() || (ip.is_unspecified() && sock.ip().is_loopback()));
+    addr_ok
+        && tag("role") == Some("nomad")
+        && tag("region") == Some(region)
+        && tag("http_port") == Some(sock.port().to_string().as_str())
+        && tag("id").is_some_and(|id| uuid::Uuid::parse_str(id).is_ok())
+        && m.name.len() <= MAX_MEMBER_NAME
+        && m.name.ends_with(&format!(".{region}"))
+        && m.status == "alive"
+}
+
+fn remaining(deadline: Instant) -> Option<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+}
+
+/// Read a whole `Connection: close` reply, at most `JOIN_MAX_REPLY` bytes, before `deadline`
+/// (each read gets only the time that is left, so a peer trickling bytes cannot stretch it).
+fn read_until_deadline(s: &mut TcpStream, deadline: Instant) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let Some(left) = remaining(deadline) else {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        };
+        s.set_read_timeout(Some(left))?;
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(out),
+            Ok(n) => {
+                if out.len() + n > JOIN_MAX_REPLY {
+                    return Err(std::io::Error::other("reply too large"));
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Split a raw reply at the end of its head.
+fn split_reply(reply: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = reply.windows(4).position(|w| w == b"\r\n\r\n")?;
+    Some((&reply[..at], &reply[at + 4..]))
 }
 
 fn io_reason(e: &std::io::Error) -> String {
@@ -219,16 +273,20 @@ fn join(ctx: &Ctx) -> ApiResult {
     if addrs.is_empty() {
         return Err(ApiError::bad_request("missing address to join"));
     }
-    let warning = match ctx.identity.allow_agent(true) {
-        Ok(()) => "",
-        Err(_) => {
-            "anonymous server join is deprecated and will be removed in a future version of Nomad"
-        }
-    };
+    // Joining makes this agent dial out: only an operator with agent:write may ask.
+    ctx.identity.allow_agent(true)?;
+    if addrs.len() > MAX_JOIN_ADDRESSES {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_JOIN_ADDRESSES} addresses may be joined at once"
+        )));
+    }
+    // One deadline for the whole join, however many addresses and however slow each peer.
+    let deadline = Instant::now() + JOIN_DEADLINE;
+    let region = ctx.agent.config.region.clone();
     let mut joined = 0;
     let mut errors = Vec::new();
     for a in addrs {
-        match probe_member(a) {
+        match probe_member(a, deadline, &region) {
             Ok(m) => {
                 ctx.agent.membership.add(m);
                 joined += 1;
@@ -250,7 +308,7 @@ fn join(ctx: &Ctx) -> ApiResult {
         s.push('\n');
         s
     };
-    json(&json!({"num_joined": joined, "error": error, "warning": warning}))
+    json(&json!({"num_joined": joined, "error": error, "warning": ""}))
 }
 
 fn force_leave(ctx: &Ctx) -> ApiResult {

@@ -21,8 +21,8 @@ def agent_section(n):
     members = n.agent.get_members()
     check(members["Members"][0]["Status"] == "alive", "members alive")
     check(n.agent.get_servers() == ["127.0.0.1:4647"], "servers")
-    check(n.agent.update_servers(["127.0.0.1:4647", "10.0.0.1:4647"]) == 200, "update servers")
-    check(sorted(n.agent.get_servers()) == ["10.0.0.1:4647", "127.0.0.1:4647"], "servers updated")
+    check(n.agent.update_servers(["127.0.0.1:4647", "127.0.0.5:4647"]) == 200, "update servers")
+    check(sorted(n.agent.get_servers()) == ["127.0.0.5:4647", "127.0.0.1:4647"], "servers updated")
     j = n.agent.join_agent(["127.0.0.1:1"])
     check(j["num_joined"] == 0 and "Failed to join" in j["error"], f"join error {j}")
     nodes = n.nodes.get_nodes()
@@ -88,7 +88,7 @@ def acl_section(n, port):
     reader = nomad.Nomad(host="127.0.0.1", port=port, token=t["SecretID"], timeout=10)
     check(len(reader.nodes.get_nodes()) == 1, "a reader token lists nodes")
     try:
-        reader.agent.update_servers(["10.0.0.1:4647"])
+        reader.agent.update_servers(["127.0.0.5:4647"])
         raise SystemExit("FAILED: a reader token changed the servers")
     except nomad.api.exceptions.BaseNomadException:
         pass
