@@ -209,9 +209,9 @@ fn the_address_check_finds_private_and_public_literals() {
     let home = format!("{}.168.1.1", 192);
     assert_eq!(
         non_loopback_ipv4(&format!("curl {private}:4647")),
-        [private.clone()]
+        [private]
     );
-    assert_eq!(non_loopback_ipv4(&format!("x=\"{home}\"")), [home.clone()]);
+    assert_eq!(non_loopback_ipv4(&format!("x=\"{home}\"")), [home]);
     assert!(non_loopback_ipv4("127.0.0.1:4646 and 0.0.0.0").is_empty());
     assert!(non_loopback_ipv4("version 1.2.3.4-beta").is_empty());
     assert!(non_loopback_ipv4("a1.2.3.4 v1.2.3.4").is_empty());
