@@ -1,5 +1,5 @@
-//! The agent's settings: one table of command-line flags (Nomad's names), a JSON config file
-//! with Nomad's agent config keys, and the merged [`Config`].
+//! The agent's settings: one table of command-line flags (Nomad's names), Nomad's agent config
+//! files (HCL or JSON, files or directories; `file`), and the merged [`Config`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::Value;
+mod file;
 
 /// One flag of `nomadlet agent`: the table feeds getopts, `-h` and the man-page check.
 pub struct FlagSpec {
@@ -21,7 +21,7 @@ pub struct FlagSpec {
 /// Every flag `nomadlet agent` takes.
 pub const AGENT_FLAGS: &[FlagSpec] = &[
     FlagSpec { name: "dev", value: None, repeatable: false, help: "Server and client in one process on 127.0.0.1:4646, temporary data dir, raw_exec enabled" },
-    FlagSpec { name: "config", value: Some("FILE"), repeatable: true, help: "JSON config file with Nomad's agent config keys" },
+    FlagSpec { name: "config", value: Some("FILE"), repeatable: true, help: "Agent config file (HCL or JSON) or a directory of *.hcl and *.json files; repeatable" },
     FlagSpec { name: "data-dir", value: Some("DIR"), repeatable: false, help: "Where state, alloc dirs and keys are kept" },
     FlagSpec { name: "bind", value: Some("ADDR"), repeatable: false, help: "Address the HTTP API listens on (default 0.0.0.0; 127.0.0.1 with -dev)" },
     FlagSpec { name: "http-port", value: Some("N"), repeatable: false, help: "HTTP API port (default 4646)" },
@@ -70,6 +70,8 @@ pub struct Config {
     /// Terminal allocations kept before the oldest are collected (`client.gc_max_allocs`).
     pub gc_max_allocs: usize,
     pub raw_exec_enabled: bool,
+    /// Config keys that were read but are not acted on, to log once the logger runs.
+    pub config_warnings: Vec<String>,
 }
 
 /// Flags as parsed, before merging with config files.
@@ -88,153 +90,6 @@ pub struct AgentFlags {
     pub log_level: Option<String>,
     pub acl_enabled: bool,
     pub meta_batch_window: Option<String>,
-}
-
-/// Settings read from one JSON config file (every key optional).
-#[derive(Debug, Default, Clone)]
-struct FileConfig {
-    data_dir: Option<PathBuf>,
-    bind_addr: Option<String>,
-    http_port: Option<u16>,
-    name: Option<String>,
-    datacenter: Option<String>,
-    region: Option<String>,
-    meta: BTreeMap<String, String>,
-    servers: Option<Vec<String>>,
-    log_level: Option<String>,
-    acl_enabled: Option<bool>,
-    meta_batch_window: Option<String>,
-    gc_max_allocs: Option<usize>,
-    raw_exec_enabled: Option<bool>,
-}
-
-fn get_str(v: &Value, key: &str) -> Result<Option<String>, ConfigError> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(ConfigError(format!("config key {key:?} must be a string"))),
-    }
-}
-
-fn get_obj<'a>(
-    v: &'a Value,
-    key: &str,
-) -> Result<Option<&'a serde_json::Map<String, Value>>, ConfigError> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(m)) => Ok(Some(m)),
-        Some(_) => Err(ConfigError(format!("config key {key:?} must be an object"))),
-    }
-}
-
-fn get_bool(v: &Value, key: &str) -> Result<Option<bool>, ConfigError> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(ConfigError(format!("config key {key:?} must be a boolean"))),
-    }
-}
-
-impl FileConfig {
-    fn parse(text: &str, origin: &str) -> Result<FileConfig, ConfigError> {
-        let v: Value = serde_json::from_str(text)
-            .map_err(|e| ConfigError(format!("{origin}: invalid JSON: {e}")))?;
-        if !v.is_object() {
-            return Err(ConfigError(format!(
-                "{origin}: the config must be a JSON object"
-            )));
-        }
-        let wrap = |e: ConfigError| ConfigError(format!("{origin}: {}", e.0));
-        let mut fc = FileConfig {
-            data_dir: get_str(&v, "data_dir").map_err(wrap)?.map(PathBuf::from),
-            bind_addr: get_str(&v, "bind_addr").map_err(wrap)?,
-            name: get_str(&v, "name").map_err(wrap)?,
-            datacenter: get_str(&v, "datacenter").map_err(wrap)?,
-            region: get_str(&v, "region").map_err(wrap)?,
-            log_level: get_str(&v, "log_level").map_err(wrap)?,
-            ..FileConfig::default()
-        };
-        if let Some(ports) = get_obj(&v, "ports").map_err(wrap)? {
-            match ports.get("http") {
-                None | Some(Value::Null) => {}
-                Some(Value::Number(n)) => {
-                    let port = n
-                        .as_u64()
-                        .filter(|p| (1..=65535).contains(p))
-                        .ok_or_else(|| {
-                            ConfigError(format!("{origin}: ports.http must be a port number"))
-                        })?;
-                    fc.http_port = Some(port as u16);
-                }
-                Some(_) => {
-                    return Err(ConfigError(format!(
-                        "{origin}: ports.http must be a port number"
-                    )))
-                }
-            }
-        }
-        if let Some(client) = v.get("client") {
-            if !client.is_object() {
-                return Err(ConfigError(format!(
-                    "{origin}: config key \"client\" must be an object"
-                )));
-            }
-            if let Some(meta) = get_obj(client, "meta").map_err(wrap)? {
-                for (k, val) in meta {
-                    let s = val.as_str().ok_or_else(|| {
-                        ConfigError(format!("{origin}: client.meta.{k} must be a string"))
-                    })?;
-                    fc.meta.insert(k.clone(), s.to_string());
-                }
-            }
-            match client.get("servers") {
-                None | Some(Value::Null) => {}
-                Some(Value::Array(a)) => {
-                    let mut out = Vec::new();
-                    for s in a {
-                        out.push(s.as_str().map(str::to_string).ok_or_else(|| {
-                            ConfigError(format!(
-                                "{origin}: client.servers must be a list of strings"
-                            ))
-                        })?);
-                    }
-                    fc.servers = Some(out);
-                }
-                Some(_) => {
-                    return Err(ConfigError(format!(
-                        "{origin}: client.servers must be a list of strings"
-                    )))
-                }
-            }
-            match client.get("gc_max_allocs") {
-                None | Some(Value::Null) => {}
-                Some(n) => {
-                    fc.gc_max_allocs = Some(n.as_u64().ok_or_else(|| {
-                        ConfigError(format!(
-                            "{origin}: client.gc_max_allocs must be a whole number"
-                        ))
-                    })? as usize)
-                }
-            }
-            fc.meta_batch_window = get_str(client, "meta_batch_window").map_err(wrap)?;
-        }
-        if let Some(acl) = v.get("acl") {
-            fc.acl_enabled = get_bool(acl, "enabled").map_err(wrap)?;
-        }
-        if let Some(enabled) = v
-            .get("plugin")
-            .and_then(|p| p.get("raw_exec"))
-            .and_then(|r| r.get("config"))
-            .and_then(|c| c.get("enabled"))
-        {
-            fc.raw_exec_enabled = Some(enabled.as_bool().ok_or_else(|| {
-                ConfigError(format!(
-                    "{origin}: plugin.raw_exec.config.enabled must be a boolean"
-                ))
-            })?);
-        }
-        Ok(fc)
-    }
 }
 
 /// Parse a Go-style duration: `1s`, `500ms`, `1m30s`, `2h`.
@@ -299,14 +154,8 @@ const LOG_LEVELS: &[&str] = &["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "OFF"];
 impl Config {
     /// Merge flags over config files over defaults, and validate.
     pub fn from_flags(flags: &AgentFlags) -> Result<Config, ConfigError> {
-        let mut file = FileConfig::default();
-        for path in &flags.config_files {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfigError(format!("cannot read config file {}: {e}", path.display()))
-            })?;
-            let fc = FileConfig::parse(&text, &path.display().to_string())?;
-            file = merge(file, fc);
-        }
+        let loaded = file::load(&flags.config_files)?;
+        let file = loaded.config;
         let dev = flags.dev;
         let (data_dir, data_dir_is_temp) = match flags.data_dir.clone().or(file.data_dir.clone()) {
             Some(d) => (d, false),
@@ -346,9 +195,13 @@ impl Config {
                 Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
                     ConfigError(format!("invalid -http-port {p:?}: must be 1-65535"))
                 })?,
-                None => file.http_port.unwrap_or(4646),
+                None => match file.ports.http {
+                    Some(0) => return Err(ConfigError("ports.http must be 1-65535".into())),
+                    Some(p) => p,
+                    None => 4646,
+                },
             };
-        let mut meta = file.meta.clone();
+        let mut meta = file.client.meta.clone();
         for kv in &flags.meta {
             let (k, v) = kv
                 .split_once('=')
@@ -365,7 +218,7 @@ impl Config {
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)
                 .collect(),
-            None => file.servers.clone().unwrap_or_default(),
+            None => file.client.servers.clone().unwrap_or_default(),
         };
         for s in &servers {
             validate_server_addr(s).map_err(|e| ConfigError(format!("invalid server: {e}")))?;
@@ -384,7 +237,7 @@ impl Config {
         let meta_batch_window = match flags
             .meta_batch_window
             .clone()
-            .or(file.meta_batch_window.clone())
+            .or(file.client.meta_batch_window.clone())
         {
             Some(w) => Some(
                 parse_go_duration(&w)
@@ -421,10 +274,16 @@ impl Config {
             meta,
             servers,
             log_level,
-            acl_enabled: flags.acl_enabled || file.acl_enabled.unwrap_or(false),
+            acl_enabled: flags.acl_enabled || file.acl.enabled.unwrap_or(false),
             meta_batch_window,
-            gc_max_allocs: file.gc_max_allocs.unwrap_or(50),
-            raw_exec_enabled: file.raw_exec_enabled.unwrap_or(dev),
+            gc_max_allocs: file.client.gc_max_allocs.unwrap_or(50),
+            raw_exec_enabled: file
+                .plugin
+                .raw_exec
+                .as_ref()
+                .and_then(|r| r.config.enabled)
+                .unwrap_or(dev),
+            config_warnings: loaded.warnings,
         })
     }
 
@@ -443,23 +302,6 @@ impl Config {
     }
 }
 
-fn merge(mut a: FileConfig, b: FileConfig) -> FileConfig {
-    a.data_dir = b.data_dir.or(a.data_dir);
-    a.bind_addr = b.bind_addr.or(a.bind_addr);
-    a.http_port = b.http_port.or(a.http_port);
-    a.name = b.name.or(a.name);
-    a.datacenter = b.datacenter.or(a.datacenter);
-    a.region = b.region.or(a.region);
-    a.meta.extend(b.meta);
-    a.servers = b.servers.or(a.servers);
-    a.log_level = b.log_level.or(a.log_level);
-    a.acl_enabled = b.acl_enabled.or(a.acl_enabled);
-    a.meta_batch_window = b.meta_batch_window.or(a.meta_batch_window);
-    a.gc_max_allocs = b.gc_max_allocs.or(a.gc_max_allocs);
-    a.raw_exec_enabled = b.raw_exec_enabled.or(a.raw_exec_enabled);
-    a
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,19 +313,6 @@ mod tests {
         assert_eq!(parse_go_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_go_duration("abc"), None);
         assert_eq!(parse_go_duration("5"), None);
-    }
-
-    #[test]
-    fn file_config_reads_nomad_keys() {
-        let fc = FileConfig::parse(
-            r#"{"data_dir":"/d","ports":{"http":5656},"client":{"meta":{"a":"b"},"servers":["127.0.0.9:4647"]},"acl":{"enabled":true}}"#,
-            "t",
-        )
-        .unwrap();
-        assert_eq!(fc.http_port, Some(5656));
-        assert_eq!(fc.meta.get("a").map(String::as_str), Some("b"));
-        assert_eq!(fc.acl_enabled, Some(true));
-        assert!(FileConfig::parse(r#"{"ports":{"http":"x"}}"#, "t").is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod api;
 mod client;
 mod config;
 mod fs;
+mod hcl_doc;
 mod http;
 mod meta_batcher;
 mod state;
@@ -119,6 +120,9 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&config.log_level);
+            for w in &config.config_warnings {
+                log::warn!("{w}");
+            }
             match agent::run(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -216,3 +216,25 @@ fn the_address_check_finds_private_and_public_literals() {
     assert!(non_loopback_ipv4("version 1.2.3.4-beta").is_empty());
     assert!(non_loopback_ipv4("a1.2.3.4 v1.2.3.4").is_empty());
 }
+
+/// Every config key nomadlet accepts but ignores is listed in README (issue 9: such keys are
+/// accepted only if documented).
+#[test]
+fn every_ignored_config_key_is_listed_in_readme() {
+    let src = std::fs::read_to_string(root().join("src/config/file.rs")).unwrap();
+    let start = src.find("pub const IGNORED_KEYS").expect("IGNORED_KEYS");
+    let end = start + src[start..].find("];").expect("end of IGNORED_KEYS");
+    let keys: Vec<&str> = src[start..end]
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.trim().strip_prefix('"')?.strip_suffix("\","))
+        .collect();
+    assert!(keys.len() > 10, "{keys:?}");
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    for k in keys {
+        assert!(
+            readme.contains(&format!("`{k}`")),
+            "README must list the ignored config key `{k}`"
+        );
+    }
+}

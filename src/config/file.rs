@@ -1,0 +1,399 @@
+//! Agent config files as Nomad writes them: HCL or JSON, a file or a directory of `*.hcl` and
+//! `*.json` (lexical order, merged as Nomad merges: later files win, maps merge), both JSON
+//! forms of blocks (`{"plugin": {"raw_exec": ...}}` and `[{"raw_exec": [...]}]`), and an
+//! unknown key is an error naming the file, the line and the key. Keys nomadlet does not act
+//! on yet are accepted only when listed in [`IGNORED_KEYS`] (and README), with a warning.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::ConfigError;
+
+/// Keys of Nomad's agent config that nomadlet accepts and ignores, each with a warning in the
+/// log (README lists them). Dotted paths; `plugin.*` means every plugin but `raw_exec`.
+pub const IGNORED_KEYS: &[&str] = &[
+    "server",
+    "consul",
+    "vault",
+    "telemetry",
+    "ui",
+    "audit",
+    "autopilot",
+    "advertise",
+    "addresses",
+    "leave_on_interrupt",
+    "leave_on_terminate",
+    "enable_syslog",
+    "syslog_facility",
+    "disable_update_check",
+    "enable_debug",
+    "log_json",
+    "log_file",
+    "plugin_dir",
+    "ports.rpc",
+    "ports.serf",
+    "client.enabled",
+    "client.node_class",
+    "client.options",
+    "client.reserved",
+    "client.host_volume",
+    "client.network_interface",
+    "client.drain_on_shutdown",
+    "acl.token_ttl",
+    "acl.policy_ttl",
+    "limits.https_handshake_timeout",
+    "limits.rpc_handshake_timeout",
+    "limits.rpc_max_conns_per_client",
+    "plugin.raw_exec.config.no_cgroups",
+    "plugin.raw_exec.config.denied_host_uids",
+    "plugin.raw_exec.config.denied_host_gids",
+    "plugin.*",
+];
+
+/// Config files larger than this are refused before parsing.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+/// Files one `-config` directory may hold.
+const MAX_CONFIG_DIR_FILES: usize = 256;
+
+/// The settings every config file may carry (all optional), after merging.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub bind_addr: Option<String>,
+    pub name: Option<String>,
+    pub datacenter: Option<String>,
+    pub region: Option<String>,
+    pub log_level: Option<String>,
+    #[serde(default)]
+    pub ports: Ports,
+    #[serde(default)]
+    pub client: Client,
+    #[serde(default)]
+    pub acl: Acl,
+    #[serde(default)]
+    pub plugin: Plugins,
+}
+
+/// `ports { http rpc serf }`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ports {
+    pub http: Option<u16>,
+}
+
+/// `client { ... }`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Client {
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    pub servers: Option<Vec<String>>,
+    pub gc_max_allocs: Option<usize>,
+    /// nomadlet's own: a fixed metadata batch window (Go duration).
+    pub meta_batch_window: Option<String>,
+}
+
+/// `acl { ... }`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Acl {
+    pub enabled: Option<bool>,
+}
+
+/// `plugin "raw_exec" { config { ... } }`; any other plugin is ignored (with a warning).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plugins {
+    pub raw_exec: Option<RawExecPlugin>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExecPlugin {
+    #[serde(default)]
+    pub config: RawExecConfig,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExecConfig {
+    pub enabled: Option<bool>,
+}
+
+/// What loading the config files gave: the merged settings and the warnings to log once the
+/// logger runs.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub config: FileConfig,
+    pub warnings: Vec<String>,
+}
+
+/// Read every `-config` path (files, or directories of `*.hcl` / `*.json`), in order.
+pub fn load(paths: &[PathBuf]) -> Result<Loaded, ConfigError> {
+    let mut files = Vec::new();
+    for p in paths {
+        files.extend(expand(p)?);
+    }
+    let mut merged = Value::Object(Map::new());
+    let mut warnings = Vec::new();
+    for f in &files {
+        let (doc, mut w) = read_one(f)?;
+        warnings.append(&mut w);
+        deep_merge(&mut merged, doc);
+    }
+    let config = serde_path_to_error::deserialize::<_, FileConfig>(&merged)
+        .map_err(|e| ConfigError(format!("config: {}: {}", e.path(), e.inner())))?;
+    Ok(Loaded { config, warnings })
+}
+
+/// A file, or the `*.hcl` and `*.json` files of a directory in lexical order.
+fn expand(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let rd = std::fs::read_dir(path)
+        .map_err(|e| ConfigError(format!("cannot read config dir {}: {e}", path.display())))?;
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry
+            .map_err(|e| ConfigError(format!("cannot read config dir {}: {e}", path.display())))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let wanted = (name.ends_with(".hcl") || name.ends_with(".json")) && !name.starts_with('.');
+        if wanted && entry.path().is_file() {
+            out.push(entry.path());
+        }
+    }
+    if out.len() > MAX_CONFIG_DIR_FILES {
+        return Err(ConfigError(format!(
+            "config dir {}: more than {MAX_CONFIG_DIR_FILES} files",
+            path.display()
+        )));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Parse and check one file on its own, so every error names the file (and line) it is in.
+fn read_one(path: &Path) -> Result<(Value, Vec<String>), ConfigError> {
+    let origin = path.display().to_string();
+    let size = std::fs::metadata(path)
+        .map(|m| m.len())
+        .map_err(|e| ConfigError(format!("cannot read config file {origin}: {e}")))?;
+    if size > MAX_CONFIG_BYTES {
+        return Err(ConfigError(format!(
+            "{origin}: larger than {MAX_CONFIG_BYTES} bytes"
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read config file {origin}: {e}")))?;
+    let json = path.extension().is_some_and(|x| x == "json")
+        || (path.extension().is_none() && text.trim_start().starts_with('{'));
+    let raw = parse_text(&text, json).map_err(|e| ConfigError(format!("{origin}:{e}")))?;
+    let mut doc = normalize(raw);
+    let ignored = strip_ignored(&mut doc);
+    if let Err(e) = serde_path_to_error::deserialize::<_, FileConfig>(&doc) {
+        let path_text = e.path().to_string();
+        let segments: Vec<&str> = path_text.split('.').filter(|s| !s.is_empty()).collect();
+        let line = locate(&text, &segments)
+            .map(|l| format!("{l}:"))
+            .unwrap_or_default();
+        let inner = e.into_inner().to_string();
+        let what = if inner.starts_with("unknown field") {
+            format!("unknown config key {path_text:?}")
+        } else {
+            format!("{path_text}: {inner}")
+        };
+        return Err(ConfigError(format!("{origin}:{line} {what}")));
+    }
+    let warnings = ignored
+        .into_iter()
+        .map(|k| format!("{origin}: config key {k:?} is not supported by nomadlet and is ignored"))
+        .collect();
+    Ok((doc, warnings))
+}
+
+/// The text as a document: `" line:column: message"` on a syntax error.
+fn parse_text(text: &str, json: bool) -> Result<Value, String> {
+    if json {
+        let v: Value = serde_json::from_str(text).map_err(|e| {
+            let s = e.to_string();
+            let msg = s.split(" at line ").next().unwrap_or(&s).to_string();
+            format!("{}:{}: invalid JSON: {msg}", e.line(), e.column())
+        })?;
+        if !v.is_object() {
+            return Err(" the config must be a JSON object".into());
+        }
+        Ok(v)
+    } else {
+        crate::hcl_doc::parse(text)
+            .map_err(|e| format!("{}:{}: invalid HCL: {}", e.line, e.column, e.message))
+    }
+}
+
+/// Blocks given as lists of objects (HCL, and Nomad's list-form JSON) become one object,
+/// merged in order.
+fn normalize(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (k, normalize(v))).collect()),
+        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_object) => {
+            let mut out = Value::Object(Map::new());
+            for item in items {
+                deep_merge(&mut out, normalize(item));
+            }
+            out
+        }
+        other => other,
+    }
+}
+
+/// Merge `b` into `a`: objects key by key, anything else replaced.
+fn deep_merge(a: &mut Value, b: Value) {
+    match (a, b) {
+        (Value::Object(am), Value::Object(bm)) => {
+            for (k, v) in bm {
+                match am.get_mut(&k) {
+                    Some(slot) => deep_merge(slot, v),
+                    None => {
+                        am.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, b) => *slot = b,
+    }
+}
+
+/// Take the ignored keys out of `doc` (so the typed read sees only keys nomadlet acts on) and
+/// name the ones it had.
+fn strip_ignored(doc: &mut Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for key in IGNORED_KEYS {
+        let (parent, last) = match key.rsplit_once('.') {
+            Some((p, l)) => (get_path_mut(doc, p), l),
+            None => (Some(&mut *doc), *key),
+        };
+        let Some(Value::Object(m)) = parent else {
+            continue;
+        };
+        if last == "*" {
+            let names: Vec<String> = m.keys().filter(|n| *n != "raw_exec").cloned().collect();
+            for name in names {
+                m.remove(&name);
+                out.push(format!("{}.{name}", key.trim_end_matches(".*")));
+            }
+        } else if m.remove(last).is_some() {
+            out.push((*key).to_string());
+        }
+    }
+    out
+}
+
+fn get_path_mut<'a>(doc: &'a mut Value, dotted: &str) -> Option<&'a mut Value> {
+    dotted.split('.').try_fold(doc, |v, k| v.get_mut(k))
+}
+
+/// The 1-based line where the key at `segments` is written: each segment is looked for as a
+/// key (`name =`, `name {`, `name "label"`, `"name":`) from where its parent was found.
+fn locate(text: &str, segments: &[&str]) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut from = 0;
+    let mut found = None;
+    for seg in segments {
+        let at = (from..lines.len()).find(|&i| is_key_line(lines[i], seg))?;
+        found = Some(at + 1);
+        from = at;
+    }
+    found
+}
+
+fn is_key_line(line: &str, key: &str) -> bool {
+    let t = line.trim_start();
+    let quoted = format!("\"{key}\"");
+    if let Some(rest) = t.strip_prefix(&quoted) {
+        return rest.trim_start().starts_with(':') || rest.trim_start().starts_with('{');
+    }
+    if line.contains(&format!("{quoted}:")) || line.contains(&format!("{quoted} :")) {
+        return true;
+    }
+    t.strip_prefix(key)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '=', '{', '"']))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(text: &str, json: bool) -> Result<FileConfig, String> {
+        let mut v = normalize(parse_text(text, json)?);
+        strip_ignored(&mut v);
+        serde_path_to_error::deserialize::<_, FileConfig>(&v).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn hcl_and_both_json_forms_read_the_same() {
+        let hcl = r#"
+data_dir = "/d"
+ports { http = 5656 }
+client {
+  meta { a = "b" }
+  servers = ["127.0.0.9:4647"]
+}
+acl { enabled = true }
+plugin "raw_exec" {
+  config { enabled = true }
+}
+"#;
+        let obj = r#"{"data_dir":"/d","ports":{"http":5656},"client":{"meta":{"a":"b"},"servers":["127.0.0.9:4647"]},"acl":{"enabled":true},"plugin":{"raw_exec":{"config":{"enabled":true}}}}"#;
+        let list = r#"{"data_dir":"/d","ports":[{"http":5656}],"client":[{"meta":[{"a":"b"}],"servers":["127.0.0.9:4647"]}],"acl":[{"enabled":true}],"plugin":[{"raw_exec":[{"config":[{"enabled":true}]}]}]}"#;
+        for (text, json) in [(hcl, false), (obj, true), (list, true)] {
+            let c = doc(text, json).unwrap();
+            assert_eq!(c.ports.http, Some(5656), "{text}");
+            assert_eq!(c.client.meta.get("a").map(String::as_str), Some("b"));
+            assert_eq!(c.acl.enabled, Some(true));
+            assert_eq!(c.plugin.raw_exec.unwrap().config.enabled, Some(true));
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_found_with_their_line() {
+        let text = "ports {\n  http = 1\n  htp = 2\n}\n";
+        let segs = ["ports", "htp"];
+        assert!(doc(text, false).is_err());
+        assert_eq!(locate(text, &segs), Some(3));
+        let json = "{\n \"ports\": {\n  \"http\": 1,\n  \"htp\": 2\n }\n}";
+        assert_eq!(locate(json, &segs), Some(4));
+        assert_eq!(locate("log_levle = \"x\"\n", &["log_levle"]), Some(1));
+    }
+
+    #[test]
+    fn ignored_keys_are_reported() {
+        let mut v = normalize(
+            parse_text(
+                "consul { address = \"x\" }\nplugin \"docker\" {}\nplugin \"raw_exec\" {}\n",
+                false,
+            )
+            .unwrap(),
+        );
+        assert_eq!(strip_ignored(&mut v), ["consul", "plugin.docker"]);
+        assert_eq!(v, serde_json::json!({"plugin": {"raw_exec": {}}}));
+    }
+
+    #[test]
+    fn later_files_win_and_maps_merge() {
+        let mut a = normalize(serde_json::json!({"name": "a", "client": [{"meta": {"x": "1"}}]}));
+        deep_merge(
+            &mut a,
+            normalize(serde_json::json!({"name": "b", "client": {"meta": {"y": "2"}}})),
+        );
+        assert_eq!(
+            a,
+            serde_json::json!({"name": "b", "client": {"meta": {"x": "1", "y": "2"}}})
+        );
+    }
+}
