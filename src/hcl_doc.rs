@@ -76,7 +76,7 @@ mod tests {
 
     #[test]
     fn errors_carry_their_place() {
-        let e = parse("a = \n}").unwrap_err();
-        assert_eq!(e.line, 2);
+        let e = parse("a = 1\nb = = 2\n").unwrap_err();
+        assert_eq!((e.line, e.column), (2, 5), "{e}");
     }
 }

@@ -6,6 +6,7 @@ mod agent;
 mod api;
 mod client;
 mod config;
+mod encoding;
 mod fs;
 mod hcl_doc;
 mod http;

@@ -6,8 +6,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::encoding::{base64url, base64url_decode};
 use super::keys::SigningKeys;
+use crate::encoding::{base64url, base64url_decode};
 
 /// A longer candidate token is refused before any decoding.
 pub const MAX_JWT_BYTES: usize = 8 * 1024;
@@ -132,21 +132,17 @@ pub fn verify(keys: &SigningKeys, token: &str, now: u64) -> Result<WorkloadClaim
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::acl::encoding::KernelRng;
+    use crate::encoding::OsRng;
     use std::sync::OnceLock;
 
     fn keys() -> &'static SigningKeys {
         static K: OnceLock<SigningKeys> = OnceLock::new();
-        K.get_or_init(|| {
-            SigningKeys::from_key(rsa::RsaPrivateKey::new(&mut KernelRng, 2048).unwrap())
-        })
+        K.get_or_init(|| SigningKeys::from_key(rsa::RsaPrivateKey::new(&mut OsRng, 2048).unwrap()))
     }
 
     fn other_keys() -> &'static SigningKeys {
         static K: OnceLock<SigningKeys> = OnceLock::new();
-        K.get_or_init(|| {
-            SigningKeys::from_key(rsa::RsaPrivateKey::new(&mut KernelRng, 2048).unwrap())
-        })
+        K.get_or_init(|| SigningKeys::from_key(rsa::RsaPrivateKey::new(&mut OsRng, 2048).unwrap()))
     }
 
     fn claims(now: u64) -> WorkloadClaims {

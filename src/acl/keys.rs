@@ -12,7 +12,7 @@ use rsa::RsaPrivateKey;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::encoding::{base64url, KernelRng};
+use crate::encoding::{base64url, OsRng};
 use crate::state::store::{self, StoreError};
 
 /// Size of the RSA modulus in bits.
@@ -92,7 +92,7 @@ impl SigningKeys {
                 RsaPrivateKey::from_pkcs8_pem(&pem).map_err(|e| key_error(&path, "decode", e))?
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = RsaPrivateKey::new(&mut KernelRng, RSA_BITS)
+                let key = RsaPrivateKey::new(&mut OsRng, RSA_BITS)
                     .map_err(|e| key_error(&path, "generate", e))?;
                 let pem = key
                     .to_pkcs8_pem(LineEnding::LF)

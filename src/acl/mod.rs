@@ -6,7 +6,6 @@
 //! signing key and JWKS), [`encoding`] (base64, RFC 3339, constant-time comparison).
 
 pub mod capabilities;
-pub mod encoding;
 pub mod jwt;
 pub mod keys;
 pub mod policy;
@@ -152,7 +151,7 @@ impl AclState {
         let t = self.snapshot();
         let mut found = None;
         for tok in &t.tokens {
-            if encoding::constant_time_eq(tok.secret_id.as_bytes(), secret.as_bytes()) {
+            if crate::encoding::constant_time_eq(tok.secret_id.as_bytes(), secret.as_bytes()) {
                 found = Some(tok.clone());
             }
         }

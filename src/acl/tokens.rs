@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::encoding::base64_std;
 use super::policy::Policy;
+use crate::encoding::base64_std;
 use crate::time::rfc3339_nanos as rfc3339_nano;
 
 /// A management or client token. `SecretID` is the bearer credential.

@@ -4,6 +4,7 @@
 use std::io;
 use std::time::{Duration, Instant};
 
+use crate::encoding::base64_std;
 use crate::http::StreamSink;
 
 /// Largest `Data` payload of one frame.
@@ -18,34 +19,6 @@ pub const FILE_DELETED: &str = "file deleted";
 /// A `file truncated` event.
 pub const FILE_TRUNCATED: &str = "file truncated";
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with `=` padding (Go's `base64.StdEncoding`).
-pub fn base64_encode(input: &[u8]) -> String {
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        out.push(B64[(n >> 18) as usize & 63] as char);
-        out.push(B64[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 {
-            B64[(n >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        out.push(if chunk.len() > 2 {
-            B64[n as usize & 63] as char
-        } else {
-            '='
-        });
-    }
-    out
-}
-
 fn json_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
 }
@@ -57,7 +30,7 @@ pub fn encode_frame(offset: u64, data: &[u8], file: &str, event: &str) -> Vec<u8
         parts.push(format!("\"Offset\":{offset}"));
     }
     if !data.is_empty() {
-        parts.push(format!("\"Data\":\"{}\"", base64_encode(data)));
+        parts.push(format!("\"Data\":\"{}\"", base64_std(data)));
     }
     if !file.is_empty() {
         parts.push(format!("\"File\":{}", json_string(file)));
@@ -199,17 +172,6 @@ mod tests {
         fn should_stop(&mut self, _wait: Duration) -> bool {
             false
         }
-    }
-
-    #[test]
-    fn base64_matches_std_padded() {
-        assert_eq!(base64_encode(b""), "");
-        assert_eq!(base64_encode(b"f"), "Zg==");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        assert_eq!(base64_encode(b"foo"), "Zm9v");
-        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
-        assert_eq!(base64_encode(b"hello world\n"), "aGVsbG8gd29ybGQK");
-        assert_eq!(base64_encode(&[0xff, 0xfe, 0xfd, 0x00]), "//79AA==");
     }
 
     #[test]
