@@ -236,7 +236,10 @@ fn on_a_full_disk_writes_fail_with_500_and_change_nothing_then_succeed_once_spac
     // A stop would have signalled the task at once; watch it for a bounded while.
     let watch = std::time::Instant::now() + Duration::from_millis(500);
     while std::time::Instant::now() < watch {
-        assert!(pid_alive(&pid), "the task survived the failed stop and purge");
+        assert!(
+            pid_alive(&pid),
+            "the task survived the failed stop and purge"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 
@@ -333,9 +336,18 @@ fn write_until_killed(port: u16, tag: &str) -> Vec<String> {
 
 fn state_files(data_dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
-    for sub in ["server", "server/jobs", "server/evals", "server/allocs", "client"] {
+    for sub in [
+        "server",
+        "server/jobs",
+        "server/evals",
+        "server/allocs",
+        "client",
+    ] {
         if let Ok(rd) = std::fs::read_dir(data_dir.join(sub)) {
-            out.extend(rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()));
+            out.extend(
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned()),
+            );
         }
     }
     out
@@ -354,7 +366,12 @@ fn kill_9_amid_writes_loses_no_acknowledged_write() {
             .collect();
         // Kill once writes are flowing: a few jobs are listed.
         wait_until(WAIT, "writes flowing", || {
-            agent.get_json("/v1/jobs").as_array().map(Vec::len).unwrap_or(0) >= 5 * (round + 1)
+            agent
+                .get_json("/v1/jobs")
+                .as_array()
+                .map(Vec::len)
+                .unwrap_or(0)
+                >= 5 * (round + 1)
         });
         let mut child = agent.child.take().unwrap();
         child.kill().unwrap();
@@ -375,6 +392,9 @@ fn kill_9_amid_writes_loses_no_acknowledged_write() {
             .into_iter()
             .filter(|n| n.contains("tmp"))
             .collect();
-        assert!(leftovers.is_empty(), "temp files after restart: {leftovers:?}");
+        assert!(
+            leftovers.is_empty(),
+            "temp files after restart: {leftovers:?}"
+        );
     }
 }

@@ -273,7 +273,8 @@ impl Workloads {
                         back.evals.insert(id.to_string(), t.evals.get(*id).cloned());
                     }
                     FileChange::Alloc(id, _) => {
-                        back.allocs.insert(id.to_string(), t.allocs.get(*id).cloned());
+                        back.allocs
+                            .insert(id.to_string(), t.allocs.get(*id).cloned());
                     }
                 }
             }
@@ -437,14 +438,7 @@ impl Workloads {
                 let replace = current
                     .filter(|j| !j.stop && j.version == old.job.version && !old.terminal())
                     .map(|j| {
-                        AllocRecord::new(
-                            j,
-                            &old.task_group,
-                            old.alloc_index,
-                            &eval_id,
-                            node,
-                            index,
-                        )
+                        AllocRecord::new(j, &old.task_group, old.alloc_index, &eval_id, node, index)
                     });
                 let mut a = old.clone();
                 a.desired_status = "stop".into();

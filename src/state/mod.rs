@@ -156,7 +156,10 @@ mod tests {
         assert_eq!(c.current(), 10, "a reserved index is not shown");
         let ok = c.next();
         c.notify();
-        assert!(c.current() > ok, "notify publishes past every reserved index");
+        assert!(
+            c.current() > ok,
+            "notify publishes past every reserved index"
+        );
     }
 
     #[test]

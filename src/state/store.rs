@@ -208,7 +208,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("nomadlet-store-{}", uuid::Uuid::new_v4()));
         fs::create_dir_all(dir.join(temp_name("sub"))).unwrap();
         fs::write(dir.join(temp_name("a.json")), b"partial").unwrap();
-        fs::write(dir.join(".b.json.tmp-0123456789abcdef0123456789abcdef"), b"").unwrap();
+        fs::write(
+            dir.join(".b.json.tmp-0123456789abcdef0123456789abcdef"),
+            b"",
+        )
+        .unwrap();
         fs::write(dir.join("keep.json"), b"{}").unwrap();
         let missing = dir.join("missing");
         assert_eq!(remove_leftover_temps(&[dir.clone(), missing]).unwrap(), 2);
