@@ -603,4 +603,56 @@ mod tests {
         assert!(back.max_index() >= r1.index);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    fn json_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_write_that_fails_part_way_changes_nothing_in_memory_or_on_disk() {
+        let dir = std::env::temp_dir().join(format!("nomadlet-wl-{}", uuid::Uuid::new_v4()));
+        let server = dir.join("server");
+        let counter = IndexCounter::default();
+        let node = NodeInfo {
+            id: "n1".into(),
+            name: "node".into(),
+        };
+        // The job file cannot be written (its dir is a file): allocs and eval were written
+        // first and must be rolled back.
+        let w = Workloads::load(&dir).unwrap();
+        std::fs::create_dir_all(&server).unwrap();
+        std::fs::write(server.join("jobs"), b"").unwrap();
+        let published = counter.current();
+        assert!(w.register(&counter, &node, job(2, "/bin/true")).is_err());
+        assert!(w.jobs().is_empty() && w.allocs().is_empty() && w.evals().is_empty());
+        assert_eq!(json_files(&server.join("allocs")), 0);
+        assert_eq!(json_files(&server.join("evals")), 0);
+        assert_eq!(counter.current(), published, "no index published");
+
+        // Now a stop that fails: the allocs on disk get their running versions back.
+        std::fs::remove_file(server.join("jobs")).unwrap();
+        w.register(&counter, &node, job(2, "/bin/true")).unwrap();
+        let published = counter.current();
+        std::fs::rename(server.join("jobs"), server.join("jobs.away")).unwrap();
+        std::fs::write(server.join("jobs"), b"").unwrap();
+        assert!(w.deregister(&counter, "default", "web", false).is_err());
+        assert!(w.deregister(&counter, "default", "web", true).is_err());
+        assert_eq!(counter.current(), published, "no index published");
+        assert!(!w.job("default", "web").unwrap().stop);
+        assert!(w.allocs().iter().all(|a| a.desired_status == "run"));
+        std::fs::remove_file(server.join("jobs")).unwrap();
+        std::fs::rename(server.join("jobs.away"), server.join("jobs")).unwrap();
+        let back = Workloads::load(&dir).unwrap();
+        assert!(!back.job("default", "web").unwrap().stop);
+        assert_eq!(back.allocs().len(), 2);
+        assert!(back.allocs().iter().all(|a| a.desired_status == "run"));
+        assert_eq!(back.evals().len(), 1, "the failed writes' evals are gone");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
