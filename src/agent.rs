@@ -68,6 +68,7 @@ pub struct Agent {
 impl Agent {
     /// Load every piece of state from the data dir (no threads are started).
     pub fn load(config: Config) -> Result<Arc<Agent>, AgentError> {
+        crate::state::remove_leftover_temps(&config.data_dir)?;
         let index = IndexCounter::default();
         let node = NodeState::load(&config, &index)?;
         let membership = Membership::load(&config, node.id())?;

@@ -105,7 +105,8 @@ impl AclState {
         tok.max(pol).max(t.bootstrap_index.unwrap_or(0))
     }
 
-    /// Apply `change` to a copy, store it durably, then publish it.
+    /// Persist, then publish: apply `change` to a copy, store it durably, and only then swap
+    /// it in. A change that cannot be stored changes nothing visible (Nomad's 500).
     fn mutate<R>(
         &self,
         change: impl FnOnce(&mut Tables) -> Result<R, ApiError>,
@@ -115,7 +116,7 @@ impl AclState {
         let r = change(&mut copy)?;
         store::write_json(&self.path, &copy).map_err(|e| {
             log::error!("cannot store ACL state: {e}");
-            ApiError::internal("failed to store ACL state")
+            ApiError::internal(format!("failed to persist ACL state: {e}"))
         })?;
         *self.tables.write() = Arc::new(copy);
         Ok(r)

@@ -66,7 +66,7 @@ fn servers(ctx: &Ctx) -> ApiResult {
             ctx.agent
                 .membership
                 .set_servers(addrs)
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+                .map_err(|e| ApiError::internal(format!("failed to persist servers: {e}")))?;
             empty()
         }
         _ => Err(ApiError::invalid_method()),

@@ -34,8 +34,9 @@ impl Router {
         };
         let Some(min_index) = blocking_index(req) else {
             let result = route(&ctx);
-            if req.method != "GET" {
-                // A write is visible once its handler returned: wake blocking queries.
+            if req.method != "GET" && result.is_ok() {
+                // A write is visible once its handler returned: wake blocking queries. A
+                // write that failed changed nothing, so it publishes no index.
                 self.agent.index.notify();
             }
             return result;

@@ -303,15 +303,17 @@ impl Client {
                 let _ = j.join();
             }
         }
-        AllocDir::new(&self.data_dir, alloc_id)
-            .destroy()
-            .map_err(|e| GcError::Io(e.to_string()))?;
+        // Persist, then act: the alloc is durably collected before its dir goes (a retry
+        // destroys what a failed destroy left).
         if !a.collected {
             agent
                 .workloads
                 .update_alloc(&agent.index, alloc_id, |a| a.collected = true)
                 .map_err(|e| GcError::Io(e.to_string()))?;
         }
+        AllocDir::new(&self.data_dir, alloc_id)
+            .destroy()
+            .map_err(|e| GcError::Io(e.to_string()))?;
         Ok(())
     }
 

@@ -29,21 +29,59 @@ struct Tables {
     allocs: BTreeMap<String, AllocRecord>,
 }
 
-/// Objects changed by one write, saved before the write is acknowledged.
+/// The new versions of the objects one write changes (`None`: removed), computed from the
+/// published tables without touching them. Written durably first, then published.
 #[derive(Default)]
-struct Changes {
-    jobs: Vec<JobKey>,
-    evals: Vec<String>,
-    allocs: Vec<String>,
+struct Staged {
+    jobs: BTreeMap<JobKey, Option<Job>>,
+    evals: BTreeMap<String, Option<EvalRecord>>,
+    allocs: BTreeMap<String, Option<AllocRecord>>,
+}
+
+impl Staged {
+    /// The files to write: allocs, then evals, then jobs (a job on disk never names a new
+    /// version whose allocs are not on disk yet).
+    fn files(&self) -> Vec<FileChange<'_>> {
+        let allocs = self
+            .allocs
+            .iter()
+            .map(|(id, a)| FileChange::Alloc(id, a.as_ref()));
+        let evals = self
+            .evals
+            .iter()
+            .map(|(id, e)| FileChange::Eval(id, e.as_ref()));
+        let jobs = self
+            .jobs
+            .iter()
+            .map(|(k, j)| FileChange::Job(k, j.as_ref()));
+        allocs.chain(evals).chain(jobs).collect()
+    }
+}
+
+/// One state file of a staged write: where it lives and what it becomes (`None`: removed).
+enum FileChange<'a> {
+    Job(&'a JobKey, Option<&'a Job>),
+    Eval(&'a str, Option<&'a EvalRecord>),
+    Alloc(&'a str, Option<&'a AllocRecord>),
+}
+
+impl FileChange<'_> {
+    fn is_removal(&self) -> bool {
+        matches!(
+            self,
+            FileChange::Job(_, None) | FileChange::Eval(_, None) | FileChange::Alloc(_, None)
+        )
+    }
 }
 
 /// The server-side job, evaluation and allocation tables.
 pub struct Workloads {
     dir: PathBuf,
     tables: RwLock<Tables>,
-    /// Held for the whole of every write (change, then save), so writes are serialised and the
-    /// last snapshot of an object is the last one written. Taken before `tables` (never the
-    /// other way round); `tables` itself is never held across I/O.
+    /// The write gate: held for the whole of every write (compute, save, publish), so writes
+    /// are serialised, each is computed from the tables as the last write left them, and the
+    /// last version of a file on disk is the last one published. Taken before `tables` (never
+    /// the other way round); `tables` itself is never held across I/O.
     persist: Mutex<()>,
     max_index: u64,
 }
@@ -157,67 +195,118 @@ impl Workloads {
         ))
     }
 
-    /// Write the changed objects as the tables hold them now. The caller holds `persist`.
-    fn save(&self, changes: Changes) -> Result<(), StoreError> {
-        let (jobs, evals, allocs) = {
-            let t = self.tables.read();
-            let jobs: Vec<(JobKey, Option<Job>)> = changes
-                .jobs
-                .into_iter()
-                .map(|k| (k.clone(), t.jobs.get(&k).cloned()))
-                .collect();
-            let evals: Vec<(String, Option<EvalRecord>)> = changes
-                .evals
-                .into_iter()
-                .map(|k| (k.clone(), t.evals.get(&k).cloned()))
-                .collect();
-            let allocs: Vec<(String, Option<AllocRecord>)> = changes
-                .allocs
-                .into_iter()
-                .map(|k| (k.clone(), t.allocs.get(&k).cloned()))
-                .collect();
-            (jobs, evals, allocs)
-        };
-        for (id, a) in allocs {
-            let path = self.dir.join("allocs").join(format!("{id}.json"));
-            match a {
-                Some(a) => store::write_json(&path, &a)?,
-                None => remove(&path)?,
+    fn job_path(&self, key: &JobKey) -> PathBuf {
+        self.dir.join("jobs").join(job_file_name(key))
+    }
+
+    fn eval_path(&self, id: &str) -> PathBuf {
+        self.dir.join("evals").join(format!("{id}.json"))
+    }
+
+    fn alloc_path(&self, id: &str) -> PathBuf {
+        self.dir.join("allocs").join(format!("{id}.json"))
+    }
+
+    /// Write (or remove) one state file.
+    fn write_file(&self, change: &FileChange<'_>) -> Result<(), StoreError> {
+        match change {
+            FileChange::Job(k, Some(j)) => store::write_json(&self.job_path(k), j),
+            FileChange::Job(k, None) => store::remove_file(&self.job_path(k)),
+            FileChange::Eval(id, Some(e)) => store::write_json(&self.eval_path(id), e),
+            FileChange::Eval(id, None) => store::remove_file(&self.eval_path(id)),
+            FileChange::Alloc(id, Some(a)) => store::write_json(&self.alloc_path(id), a),
+            FileChange::Alloc(id, None) => store::remove_file(&self.alloc_path(id)),
+        }
+    }
+
+    /// Persist, then publish: write every staged object durably; only when all are written,
+    /// swap them into the tables and wake blocking queries. When a file cannot be written the
+    /// files already written get their published versions back, and memory is untouched: the
+    /// failed write changed nothing visible. The caller holds `persist`.
+    fn commit(&self, counter: &IndexCounter, staged: Staged) -> Result<(), StoreError> {
+        let files = staged.files();
+        for (done, change) in files.iter().enumerate() {
+            if let Err(e) = self.write_file(change) {
+                self.roll_back(&files[..done]);
+                return Err(e);
             }
         }
-        for (id, e) in evals {
-            let path = self.dir.join("evals").join(format!("{id}.json"));
-            match e {
-                Some(e) => store::write_json(&path, &e)?,
-                None => remove(&path)?,
+        drop(files);
+        {
+            let mut t = self.tables.write();
+            for (k, j) in staged.jobs {
+                match j {
+                    Some(j) => t.jobs.insert(k, j),
+                    None => t.jobs.remove(&k),
+                };
+            }
+            for (id, e) in staged.evals {
+                match e {
+                    Some(e) => t.evals.insert(id, e),
+                    None => t.evals.remove(&id),
+                };
+            }
+            for (id, a) in staged.allocs {
+                match a {
+                    Some(a) => t.allocs.insert(id, a),
+                    None => t.allocs.remove(&id),
+                };
             }
         }
-        for (key, j) in jobs {
-            let path = self.dir.join("jobs").join(job_file_name(&key));
-            match j {
-                Some(j) => store::write_json(&path, &j)?,
-                None => remove(&path)?,
-            }
-        }
+        counter.notify();
         Ok(())
     }
 
-    fn stop_allocs_of(t: &mut Tables, key: &JobKey, desc: &str, index: u64, changes: &mut Changes) {
+    /// Put back the published version of files a failed write already wrote. Removals go
+    /// first: they free the space the restores may need on a full disk. Best effort: a file
+    /// that cannot be restored is logged (memory still holds the published version).
+    fn roll_back(&self, written: &[FileChange<'_>]) {
+        let mut back = Staged::default();
+        {
+            let t = self.tables.read();
+            for c in written {
+                match c {
+                    FileChange::Job(k, _) => {
+                        back.jobs.insert((*k).clone(), t.jobs.get(*k).cloned());
+                    }
+                    FileChange::Eval(id, _) => {
+                        back.evals.insert(id.to_string(), t.evals.get(*id).cloned());
+                    }
+                    FileChange::Alloc(id, _) => {
+                        back.allocs
+                            .insert(id.to_string(), t.allocs.get(*id).cloned());
+                    }
+                }
+            }
+        }
+        let (removals, rewrites): (Vec<_>, Vec<_>) =
+            back.files().into_iter().partition(FileChange::is_removal);
+        for c in removals.iter().chain(rewrites.iter()) {
+            if let Err(e) = self.write_file(c) {
+                log::error!("cannot roll back a failed state write: {e}");
+            }
+        }
+    }
+
+    /// Stage the stop of every running alloc of a job (from the published tables).
+    fn stop_allocs_of(t: &Tables, key: &JobKey, desc: &str, index: u64, staged: &mut Staged) {
         let now = crate::time::unix_now_nanos();
-        for a in t.allocs.values_mut() {
+        for a in t.allocs.values() {
             if a.namespace == key.0 && a.job_id == key.1 && a.desired_status == "run" {
+                let mut a = a.clone();
                 a.desired_status = "stop".into();
                 a.desired_description = desc.to_string();
                 a.modify_index = index;
                 a.alloc_modify_index = index;
                 a.modify_time = now;
-                changes.allocs.push(a.id.clone());
+                staged.allocs.insert(a.id.clone(), Some(a));
             }
         }
     }
 
     /// Register a canonicalized, validated job. A changed spec makes a new version and
-    /// replaces its allocations; an unchanged one leaves everything as it is.
+    /// replaces its allocations; an unchanged one leaves everything as it is (but for its
+    /// evaluation). Persisted, then published; on error nothing visible changed.
     pub fn register(
         &self,
         counter: &IndexCounter,
@@ -226,45 +315,39 @@ impl Workloads {
     ) -> Result<WriteResult, StoreError> {
         let _write = self.persist.lock();
         let index = counter.next();
-        let mut changes = Changes::default();
+        let mut staged = Staged::default();
         let key: JobKey = (job.namespace.clone(), job.id.clone());
         let result = {
-            let mut t = self.tables.write();
-            let existing = t.jobs.get(&key).cloned();
-            let changed = existing
-                .as_ref()
-                .map(|e| e.spec_changed(&job))
-                .unwrap_or(true);
+            let t = self.tables.read();
+            let existing = t.jobs.get(&key);
+            let changed = existing.map(|e| e.spec_changed(&job)).unwrap_or(true);
             if changed {
-                job.version = existing.as_ref().map(|e| e.version + 1).unwrap_or(0);
-                job.create_index = existing.as_ref().map(|e| e.create_index).unwrap_or(index);
+                job.version = existing.map(|e| e.version + 1).unwrap_or(0);
+                job.create_index = existing.map(|e| e.create_index).unwrap_or(index);
                 job.modify_index = index;
                 job.job_modify_index = index;
                 job.submit_time = crate::time::unix_now_nanos();
                 job.status = "pending".into();
-                t.jobs.insert(key.clone(), job.clone());
-                changes.jobs.push(key.clone());
+                staged.jobs.insert(key.clone(), Some(job.clone()));
             } else if let Some(e) = existing {
-                job = e;
+                job = e.clone();
             }
             let eval = EvalRecord::new(&job, "job-register", index);
             let eval_id = eval.id.clone();
-            changes.evals.push(eval_id.clone());
-            t.evals.insert(eval_id.clone(), eval);
+            staged.evals.insert(eval_id.clone(), Some(eval));
             if changed {
                 Self::stop_allocs_of(
-                    &mut t,
+                    &t,
                     &key,
                     "alloc not needed due to job update",
                     index,
-                    &mut changes,
+                    &mut staged,
                 );
                 if !job.stop {
                     for tg in &job.task_groups {
                         for i in 0..tg.count().max(0) as u32 {
                             let a = AllocRecord::new(&job, &tg.name, i, &eval_id, node, index);
-                            changes.allocs.push(a.id.clone());
-                            t.allocs.insert(a.id.clone(), a);
+                            staged.allocs.insert(a.id.clone(), Some(a));
                         }
                     }
                 }
@@ -276,11 +359,12 @@ impl Workloads {
                 index,
             }
         };
-        self.save(changes)?;
+        self.commit(counter, staged)?;
         Ok(result)
     }
 
-    /// Stop a job (or purge it). `None` when the job is unknown.
+    /// Stop a job (or purge it). `None` when the job is unknown. Persisted, then published:
+    /// on error the job is still listed as it was and its allocs still want to run.
     pub fn deregister(
         &self,
         counter: &IndexCounter,
@@ -290,34 +374,32 @@ impl Workloads {
     ) -> Result<Option<WriteResult>, StoreError> {
         let _write = self.persist.lock();
         let key: JobKey = (namespace.to_string(), job_id.to_string());
-        let mut changes = Changes::default();
-        let index = counter.next();
+        let mut staged = Staged::default();
         let result = {
-            let mut t = self.tables.write();
-            let Some(job) = t.jobs.get(&key).cloned() else {
+            let t = self.tables.read();
+            let Some(job) = t.jobs.get(&key) else {
                 return Ok(None);
             };
-            let mut job = job;
+            let index = counter.next();
+            let mut job = job.clone();
             if purge {
-                t.jobs.remove(&key);
+                staged.jobs.insert(key.clone(), None);
             } else {
                 job.stop = true;
                 job.modify_index = index;
                 job.job_modify_index = index;
                 job.version += 1;
-                t.jobs.insert(key.clone(), job.clone());
+                staged.jobs.insert(key.clone(), Some(job.clone()));
             }
-            changes.jobs.push(key.clone());
             let eval = EvalRecord::new(&job, "job-deregister", index);
             let eval_id = eval.id.clone();
-            changes.evals.push(eval_id.clone());
-            t.evals.insert(eval_id.clone(), eval);
+            staged.evals.insert(eval_id.clone(), Some(eval));
             Self::stop_allocs_of(
-                &mut t,
+                &t,
                 &key,
                 "alloc not needed since job is stopped",
                 index,
-                &mut changes,
+                &mut staged,
             );
             WriteResult {
                 eval_id,
@@ -326,7 +408,7 @@ impl Workloads {
                 index,
             }
         };
-        self.save(changes)?;
+        self.commit(counter, staged)?;
         Ok(Some(result))
     }
 
@@ -339,58 +421,49 @@ impl Workloads {
         alloc_id: &str,
     ) -> Result<Option<(String, u64)>, StoreError> {
         let _write = self.persist.lock();
-        let index = counter.next();
-        let mut changes = Changes::default();
-        let eval_id = {
-            let mut t = self.tables.write();
-            let Some(old) = t.allocs.get(alloc_id).cloned() else {
+        let mut staged = Staged::default();
+        let (eval_id, index) = {
+            let t = self.tables.read();
+            let Some(old) = t.allocs.get(alloc_id) else {
                 return Ok(None);
             };
+            let index = counter.next();
             let key: JobKey = (old.namespace.clone(), old.job_id.clone());
-            let current = t.jobs.get(&key).cloned();
-            let eval_job = current.clone().unwrap_or_else(|| old.job.clone());
-            let eval = EvalRecord::new(&eval_job, "alloc-stop", index);
+            let current = t.jobs.get(&key);
+            let eval_job = current.unwrap_or(&old.job);
+            let eval = EvalRecord::new(eval_job, "alloc-stop", index);
             let eval_id = eval.id.clone();
-            changes.evals.push(eval_id.clone());
-            t.evals.insert(eval_id.clone(), eval);
+            staged.evals.insert(eval_id.clone(), Some(eval));
             if old.desired_status == "run" {
                 let replace = current
                     .filter(|j| !j.stop && j.version == old.job.version && !old.terminal())
                     .map(|j| {
-                        AllocRecord::new(
-                            &j,
-                            &old.task_group,
-                            old.alloc_index,
-                            &eval_id,
-                            node,
-                            index,
-                        )
+                        AllocRecord::new(j, &old.task_group, old.alloc_index, &eval_id, node, index)
                     });
-                let now = crate::time::unix_now_nanos();
-                if let Some(a) = t.allocs.get_mut(alloc_id) {
-                    a.desired_status = "stop".into();
-                    a.desired_description = "alloc was stopped by the user".into();
-                    a.modify_index = index;
-                    a.alloc_modify_index = index;
-                    a.modify_time = now;
-                    if let Some(r) = &replace {
-                        a.next_allocation = r.id.clone();
-                    }
+                let mut a = old.clone();
+                a.desired_status = "stop".into();
+                a.desired_description = "alloc was stopped by the user".into();
+                a.modify_index = index;
+                a.alloc_modify_index = index;
+                a.modify_time = crate::time::unix_now_nanos();
+                if let Some(r) = &replace {
+                    a.next_allocation = r.id.clone();
                 }
-                changes.allocs.push(alloc_id.to_string());
+                staged.allocs.insert(alloc_id.to_string(), Some(a));
                 if let Some(mut r) = replace {
                     r.previous_allocation = alloc_id.to_string();
-                    changes.allocs.push(r.id.clone());
-                    t.allocs.insert(r.id.clone(), r);
+                    staged.allocs.insert(r.id.clone(), Some(r));
                 }
             }
-            eval_id
+            (eval_id, index)
         };
-        self.save(changes)?;
+        self.commit(counter, staged)?;
         Ok(Some((eval_id, index)))
     }
 
-    /// Change an allocation (the client's task states, collection) and save it.
+    /// Change an allocation (the client's task states, collection) and save it: written
+    /// before it is visible, so nobody reads a task state that a crash or a full disk could
+    /// lose. `None` when the alloc is unknown.
     pub fn update_alloc(
         &self,
         counter: &IndexCounter,
@@ -405,16 +478,9 @@ impl Workloads {
         a.refresh_client_status();
         a.modify_index = counter.next();
         a.modify_time = crate::time::unix_now_nanos();
-        // Written before it is visible: nobody reads a task state that a crash could lose.
-        store::write_json(
-            &self.dir.join("allocs").join(format!("{alloc_id}.json")),
-            &a,
-        )?;
-        self.tables
-            .write()
-            .allocs
-            .insert(alloc_id.to_string(), a.clone());
-        counter.notify();
+        let mut staged = Staged::default();
+        staged.allocs.insert(alloc_id.to_string(), Some(a.clone()));
+        self.commit(counter, staged)?;
         Ok(Some(a))
     }
 
@@ -494,18 +560,6 @@ impl Workloads {
     }
 }
 
-fn remove(path: &Path) -> Result<(), StoreError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StoreError {
-            path: path.to_path_buf(),
-            op: "remove",
-            detail: e.to_string(),
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -547,6 +601,58 @@ mod tests {
         assert_eq!(back.allocs().len(), 3);
         assert_eq!(back.job("default", "web").unwrap().version, 1);
         assert!(back.max_index() >= r1.index);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn json_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_write_that_fails_part_way_changes_nothing_in_memory_or_on_disk() {
+        let dir = std::env::temp_dir().join(format!("nomadlet-wl-{}", uuid::Uuid::new_v4()));
+        let server = dir.join("server");
+        let counter = IndexCounter::default();
+        let node = NodeInfo {
+            id: "n1".into(),
+            name: "node".into(),
+        };
+        // The job file cannot be written (its dir is a file): allocs and eval were written
+        // first and must be rolled back.
+        let w = Workloads::load(&dir).unwrap();
+        std::fs::create_dir_all(&server).unwrap();
+        std::fs::write(server.join("jobs"), b"").unwrap();
+        let published = counter.current();
+        assert!(w.register(&counter, &node, job(2, "/bin/true")).is_err());
+        assert!(w.jobs().is_empty() && w.allocs().is_empty() && w.evals().is_empty());
+        assert_eq!(json_files(&server.join("allocs")), 0);
+        assert_eq!(json_files(&server.join("evals")), 0);
+        assert_eq!(counter.current(), published, "no index published");
+
+        // Now a stop that fails: the allocs on disk get their running versions back.
+        std::fs::remove_file(server.join("jobs")).unwrap();
+        w.register(&counter, &node, job(2, "/bin/true")).unwrap();
+        let published = counter.current();
+        std::fs::rename(server.join("jobs"), server.join("jobs.away")).unwrap();
+        std::fs::write(server.join("jobs"), b"").unwrap();
+        assert!(w.deregister(&counter, "default", "web", false).is_err());
+        assert!(w.deregister(&counter, "default", "web", true).is_err());
+        assert_eq!(counter.current(), published, "no index published");
+        assert!(!w.job("default", "web").unwrap().stop);
+        assert!(w.allocs().iter().all(|a| a.desired_status == "run"));
+        std::fs::remove_file(server.join("jobs")).unwrap();
+        std::fs::rename(server.join("jobs.away"), server.join("jobs")).unwrap();
+        let back = Workloads::load(&dir).unwrap();
+        assert!(!back.job("default", "web").unwrap().stop);
+        assert_eq!(back.allocs().len(), 2);
+        assert!(back.allocs().iter().all(|a| a.desired_status == "run"));
+        assert_eq!(back.evals().len(), 1, "the failed writes' evals are gone");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -7,6 +7,7 @@ pub mod members;
 pub mod node;
 pub mod store;
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -14,9 +15,16 @@ use parking_lot::{Condvar, Mutex};
 
 /// Nomad's Raft-like index: one counter for every write, raised to the largest index seen on
 /// disk at start so indexes keep growing across restarts. Blocking queries wait on it.
+///
+/// A writer reserves an index with [`IndexCounter::next`]; readers only ever see indexes that
+/// [`IndexCounter::notify`] published once a change was visible. An index reserved by a write
+/// that failed is skipped, never shown.
 #[derive(Debug, Default)]
 pub struct IndexCounter {
+    /// The latest index reserved by `next` (or taken by `notify`).
     value: AtomicU64,
+    /// The latest index published by `notify` (or seen on disk): what `current` reports.
+    published: AtomicU64,
     /// Bumped by every `notify`: blocking queries wait for it to change.
     generation: AtomicU64,
     /// Taken only to pair a waiter's check with a writer's notify (never across I/O).
@@ -26,18 +34,19 @@ pub struct IndexCounter {
 }
 
 impl IndexCounter {
-    /// Take the next index for a write. Call [`IndexCounter::notify`] once the change is
+    /// Reserve the next index for a write. Call [`IndexCounter::notify`] once the change is
     /// visible to readers: waking blocking queries before that would let them re-read the old
-    /// state and park again.
+    /// state and park again. A write that fails just drops its index (it is never published).
     pub fn next(&self) -> u64 {
         self.value.fetch_add(1, Ordering::SeqCst) + 1
     }
-    /// Wake blocking queries: a change is now visible to readers. It also takes a fresh index,
-    /// so an index reported while the change was still invisible (lists report `current()`)
-    /// is always passed once it is visible.
+    /// Publish: a change is now visible to readers. Takes a fresh index above every reserved
+    /// one and publishes it, so an index a reader saw before this change became visible is
+    /// always passed once it is; then wakes blocking queries.
     pub fn notify(&self) {
         let gate = self.gate.lock();
-        self.value.fetch_add(1, Ordering::SeqCst);
+        let fresh = self.value.fetch_add(1, Ordering::SeqCst) + 1;
+        self.published.fetch_max(fresh, Ordering::SeqCst);
         self.generation.fetch_add(1, Ordering::SeqCst);
         drop(gate);
         self.advanced.notify_all();
@@ -47,13 +56,15 @@ impl IndexCounter {
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
     }
-    /// The latest index handed out.
+    /// The latest published index (never one reserved by a write still in flight or failed).
     pub fn current(&self) -> u64 {
-        self.value.load(Ordering::SeqCst)
+        self.published.load(Ordering::SeqCst)
     }
-    /// Make sure later indexes are above `seen` (used while loading state).
+    /// Make sure later indexes are above `seen`, and publish it (used while loading state,
+    /// for indexes that are already visible).
     pub fn observe(&self, seen: u64) {
         self.value.fetch_max(seen, Ordering::SeqCst);
+        self.published.fetch_max(seen, Ordering::SeqCst);
     }
     /// Wait until `notify` is called after `generation` was read, the deadline passes, or the
     /// counter is closed. Returns whether a change was notified.
@@ -79,6 +90,29 @@ impl IndexCounter {
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
     }
+}
+
+/// The directories the agent's durable writes go to (where interrupted writes leave temp
+/// files). Alloc dirs are not among them: tasks own what is in there.
+pub fn state_dirs(data_dir: &Path) -> Vec<PathBuf> {
+    let server = data_dir.join("server");
+    vec![
+        data_dir.join("client"),
+        server.join("jobs"),
+        server.join("evals"),
+        server.join("allocs"),
+        server,
+    ]
+}
+
+/// At start, before any write: remove the temp files that writes interrupted by a crash left
+/// in the state directories (only files named as [`store::is_temp_name`] says), logged at INFO.
+pub fn remove_leftover_temps(data_dir: &Path) -> Result<usize, store::StoreError> {
+    let removed = store::remove_leftover_temps(&state_dirs(data_dir))?;
+    if removed > 0 {
+        log::info!("removed {removed} temp files left by interrupted state writes");
+    }
+    Ok(removed)
 }
 
 /// Size of the root filesystem, in MB (read once at start for node resources).
@@ -110,6 +144,22 @@ mod tests {
         c.notify();
         assert!(t.join().unwrap());
         assert!(!c.wait_for_change(c.generation(), Instant::now() + Duration::from_millis(20)));
+    }
+
+    #[test]
+    fn a_reserved_index_is_published_only_by_notify() {
+        let c = IndexCounter::default();
+        c.observe(10);
+        assert_eq!(c.current(), 10);
+        let failed = c.next();
+        assert_eq!(failed, 11);
+        assert_eq!(c.current(), 10, "a reserved index is not shown");
+        let ok = c.next();
+        c.notify();
+        assert!(
+            c.current() > ok,
+            "notify publishes past every reserved index"
+        );
     }
 
     #[test]

@@ -135,6 +135,8 @@ impl NodeState {
         );
         let now = crate::time::unix_now_secs();
         let modify_index = index.next();
+        // The node record is visible from the start: its index is published at once.
+        index.observe(modify_index);
         Ok(NodeState {
             name: config.node_name.clone(),
             datacenter: config.datacenter.clone(),

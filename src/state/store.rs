@@ -1,4 +1,5 @@
-//! Durable JSON files: temp file, fsync, rename, fsync of the directory, before a reply.
+//! Durable JSON files: temp file, fsync, rename, fsync of the directory, before a reply; and
+//! the start-up sweep that removes temp files an interrupted write left behind.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -33,6 +34,78 @@ fn err(path: &Path, op: &'static str, e: impl fmt::Display) -> StoreError {
     }
 }
 
+/// Marks a temp file of an atomic write: `.<target>` + this + `<pid>-<32 hex>`. Nothing else
+/// in a state directory is named like it, so the start-up sweep can remove exactly these.
+pub const TEMP_MARK: &str = ".nomadlet-tmp-";
+
+/// The temp name earlier versions used (`.<target>.tmp-<32 hex>`), swept as well.
+const LEGACY_TEMP_MARK: &str = ".tmp-";
+
+/// Length of the random part of a temp name (a simple UUID: 32 lowercase hex digits).
+const TEMP_RANDOM_LEN: usize = 32;
+
+/// The temp file name for an atomic write of `target` (see [`TEMP_MARK`]).
+fn temp_name(target: &str) -> String {
+    format!(
+        ".{target}{TEMP_MARK}{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+fn is_random_part(s: &str) -> bool {
+    s.len() == TEMP_RANDOM_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Is `name` a temp file of an atomic write (this version's naming or the legacy one)?
+pub fn is_temp_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    if let Some((target, tail)) = rest.rsplit_once(TEMP_MARK) {
+        if let Some((pid, random)) = tail.split_once('-') {
+            return !target.is_empty()
+                && !pid.is_empty()
+                && pid.bytes().all(|b| b.is_ascii_digit())
+                && is_random_part(random);
+        }
+    }
+    match rest.rsplit_once(LEGACY_TEMP_MARK) {
+        Some((target, random)) => !target.is_empty() && is_random_part(random),
+        None => false,
+    }
+}
+
+/// Remove the temp files that interrupted atomic writes left in `dirs` (not recursive; only
+/// regular files named by [`is_temp_name`], never anything else). Call at start, before any
+/// write. Returns how many were removed; a directory that does not exist counts as empty.
+pub fn remove_leftover_temps(dirs: &[PathBuf]) -> Result<usize, StoreError> {
+    let mut removed = 0;
+    for dir in dirs {
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(err(dir, "list", e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| err(dir, "list", e))?;
+            let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+            if !is_file || !is_temp_name(&entry.file_name().to_string_lossy()) {
+                continue;
+            }
+            let path = entry.path();
+            match fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(err(&path, "remove", e)),
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// Write `bytes` to `path` atomically and durably (mode 0600).
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
@@ -41,7 +114,7 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "state".to_string());
-    let tmp = dir.join(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple()));
+    let tmp = dir.join(temp_name(&name));
     let result = (|| -> io::Result<()> {
         let mut f = OpenOptions::new()
             .write(true)
@@ -59,6 +132,19 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         return Err(err(path, "write", e));
     }
     Ok(())
+}
+
+/// Remove `path` durably (the directory is synced); a missing file is already removed.
+pub fn remove_file(path: &Path) -> Result<(), StoreError> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(err(path, "remove", e)),
+    }
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| err(path, "remove", e))
 }
 
 /// Serialize `value` and write it durably.
@@ -92,6 +178,51 @@ mod tests {
         assert_eq!(back, Some(vec![4]));
         let names: Vec<_> = fs::read_dir(&dir).unwrap().collect();
         assert_eq!(names.len(), 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn temp_names_are_recognised_and_nothing_else_is() {
+        let fresh = temp_name("x.json");
+        assert!(is_temp_name(&fresh), "{fresh}");
+        assert!(is_temp_name(
+            ".acl.json.tmp-0123456789abcdef0123456789abcdef"
+        ));
+        for other in [
+            "x.json",
+            ".x.json",
+            "notes.txt",
+            "x.json.nomadlet-tmp-1-0123456789abcdef0123456789abcdef",
+            ".nomadlet-tmp-1-0123456789abcdef0123456789abcdef",
+            ".x.json.nomadlet-tmp-1-0123456789abcdef",
+            ".x.json.nomadlet-tmp-a1-0123456789abcdef0123456789abcdef",
+            ".x.json.tmp-0123456789ABCDEF0123456789ABCDEF",
+            ".x.json.tmp-keep",
+        ] {
+            assert!(!is_temp_name(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn the_sweep_removes_only_temp_files() {
+        let dir = std::env::temp_dir().join(format!("nomadlet-store-{}", uuid::Uuid::new_v4()));
+        fs::create_dir_all(dir.join(temp_name("sub"))).unwrap();
+        fs::write(dir.join(temp_name("a.json")), b"partial").unwrap();
+        fs::write(
+            dir.join(".b.json.tmp-0123456789abcdef0123456789abcdef"),
+            b"",
+        )
+        .unwrap();
+        fs::write(dir.join("keep.json"), b"{}").unwrap();
+        let missing = dir.join("missing");
+        assert_eq!(remove_leftover_temps(&[dir.clone(), missing]).unwrap(), 2);
+        let mut left: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(left.contains(&"keep.json".to_string()));
         fs::remove_dir_all(&dir).unwrap();
     }
 
