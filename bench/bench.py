@@ -13,13 +13,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "nomadlet")
 TINY = os.path.join(ROOT, "bench", "build", "tinyhttp", "release", "tinyhttp-hello")
 GOHELLO = os.path.join(ROOT, "bench", "build", "go-hello")
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+# A previous nomadlet binary to measure beside this one in the same interleaved rounds.
+BEFORE = os.environ.get("BENCH_BEFORE", "")
 DURATION = os.environ.get("BENCH_DURATION", "3s")
 
 
@@ -54,15 +57,15 @@ def proc_status(pid):
 
 
 class Agent:
-    def __init__(self, extra=()):
+    def __init__(self, extra=(), binary=None, wrapper=()):
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="nomadlet-bench-")
         self.proc = subprocess.Popen(
-            ["taskset", "-c", "0", BIN, "agent", "-dev", "-data-dir", self.dir,
+            ["taskset", "-c", "0", *wrapper, binary or BIN, "agent", "-dev", "-data-dir", self.dir,
              "-http-port", str(self.port), "-log-level", "WARN", *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.url = f"http://127.0.0.1:{self.port}"
-        wait_http(self.url + "/v1/agent/health")
+        wait_http(self.url + "/v1/agent/health", 120 if wrapper else 30)
 
     def req(self, method, path, body=None):
         data = json.dumps(body).encode() if body is not None else None
@@ -99,9 +102,15 @@ def section(title):
     print(f"\n== {title}")
 
 
+def spread(v):
+    return f"min {min(v):8.0f}  median {statistics.median(v):8.0f}  max {max(v):8.0f}"
+
+
 def bench_http():
-    section("HTTP requests/s (wrk -t1 -c16, agent and baselines pinned to CPU 0, wrk to CPU 1)")
+    section(f"HTTP requests/s (wrk -t1 -c16, {ROUNDS} interleaved rounds of {DURATION}; "
+            "servers pinned to CPU 0, wrk to CPU 1)")
     agent = Agent()
+    before = Agent(binary=BEFORE) if BEFORE else None
     tport, gport = free_port(), free_port()
     tiny = spawn_pinned([TINY, str(tport)], f"http://127.0.0.1:{tport}/")
     goh = spawn_pinned([GOHELLO, str(gport)], f"http://127.0.0.1:{gport}/")
@@ -111,6 +120,9 @@ def bench_http():
         "tiny_http hello-world": f"http://127.0.0.1:{tport}/",
         "Go net/http hello-world": f"http://127.0.0.1:{gport}/",
     }
+    if before:
+        targets["before: GET /v1/agent/health"] = before.url + "/v1/agent/health"
+        targets["before: GET /v1/client/metadata"] = before.url + "/v1/client/metadata"
     rounds = {k: [] for k in targets}
     try:
         for _ in range(ROUNDS):
@@ -121,22 +133,97 @@ def bench_http():
             p.terminate()
             p.wait()
         agent.stop()
+        if before:
+            before.stop()
     for k, v in rounds.items():
-        print(f"  {k:36s} median {statistics.median(v):10.0f} req/s   rounds {[round(x) for x in v]}")
-    for ours in ("nomadlet GET /v1/agent/health", "nomadlet GET /v1/client/metadata"):
-        for base in ("tiny_http hello-world", "Go net/http hello-world"):
-            ratios = [a / b for a, b in zip(rounds[ours], rounds[base])]
-            print(f"  ratio {ours} / {base}: {statistics.median(ratios):.2f}")
+        print(f"  {k:36s} {spread(v)} req/s")
+    pairs = [(ours, base) for ours in ("nomadlet GET /v1/agent/health", "nomadlet GET /v1/client/metadata")
+             for base in ("tiny_http hello-world", "Go net/http hello-world")]
+    if before:
+        pairs += [("nomadlet GET /v1/agent/health", "before: GET /v1/agent/health"),
+                  ("nomadlet GET /v1/client/metadata", "before: GET /v1/client/metadata")]
+    for ours, base in pairs:
+        ratios = [a / b for a, b in zip(rounds[ours], rounds[base])]
+        print(f"  ratio {ours} / {base}: min {min(ratios):.2f} median {statistics.median(ratios):.2f} "
+              f"max {max(ratios):.2f}")
+    instructions_per_request()
+
+
+def callgrind_total(cmd, url, requests, ready_url):
+    """Instructions (Ir) a server process runs for start-up plus `requests` GETs of `url`."""
+    out = tempfile.mktemp(prefix="nomadlet-cg-")
+    p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(ready_url, 120)
+        u = urllib.parse.urlsplit(url)
+        s = socket.create_connection((u.hostname, u.port))
+        path = u.path or "/"
+        req = f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        s.settimeout(30)
+        for _ in range(requests):
+            s.sendall(req)
+            got = b""
+            while True:
+                got += s.recv(65536)
+                head, sep, body = got.partition(b"\r\n\r\n")
+                if not sep:
+                    continue
+                n = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        n = int(line.split(b":")[1])
+                if len(body) >= n:
+                    break
+        s.close()
+    finally:
+        p.terminate()
+        p.wait(timeout=120)
+    total = 0
+    with open(out) as f:
+        for line in f:
+            if line.startswith("summary:") or line.startswith("totals:"):
+                total = int(line.split()[1])
+    os.unlink(out)
+    return total
+
+
+def instructions_per_request():
+    """Instructions per request, from two callgrind runs of each server: (2N) - (N) requests."""
+    if not shutil.which("valgrind"):
+        print("  instructions/request: not measured (no valgrind)")
+        return
+    n = int(os.environ.get("BENCH_IR_REQUESTS", "2000"))
+    servers = {}
+    port = free_port()
+    d = tempfile.mkdtemp(prefix="nomadlet-bench-cg-")
+    agent_cmd = [BIN, "agent", "-dev", "-data-dir", d, "-http-port", str(port), "-log-level", "WARN"]
+    base = f"http://127.0.0.1:{port}"
+    servers["nomadlet GET /v1/agent/health"] = (agent_cmd, base + "/v1/agent/health", base + "/v1/agent/health")
+    servers["nomadlet GET /v1/client/metadata"] = (agent_cmd, base + "/v1/client/metadata",
+                                                   base + "/v1/agent/health")
+    tport = free_port()
+    servers["tiny_http hello-world"] = ([TINY, str(tport)], f"http://127.0.0.1:{tport}/",
+                                        f"http://127.0.0.1:{tport}/")
+    for name, (cmd, url, ready) in servers.items():
+        try:
+            one = callgrind_total(cmd, url, n, ready)
+            two = callgrind_total(cmd, url, 2 * n, ready)
+            print(f"  instructions/request {name:34s} {(two - one) / n:10.0f} (callgrind, {n} vs {2 * n} requests)")
+        except Exception as e:
+            print(f"  instructions/request {name}: not measured: {e}")
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def bench_size_idle_start():
     section("Binary, idle footprint, exec-to-healthy")
-    print(f"  binary size: {os.path.getsize(BIN) / 1024 / 1024:.2f} MiB ({BIN})")
-    agent = Agent()
-    time.sleep(1.0)
-    st = proc_status(agent.proc.pid)
-    print(f"  idle agent: RSS {st['rss_kib'] / 1024:.1f} MiB, threads {st['threads']}")
-    agent.stop()
+    for label, binary in [("", BIN)] + ([("before: ", BEFORE)] if BEFORE else []):
+        print(f"  {label}binary size: {os.path.getsize(binary) / 1024 / 1024:.2f} MiB ({binary})")
+        agent = Agent(binary=binary)
+        time.sleep(1.0)
+        st = proc_status(agent.proc.pid)
+        print(f"  {label}idle agent: RSS {st['rss_kib'] / 1024:.1f} MiB, threads {st['threads']}")
+        agent.stop()
     times = []
     for _ in range(5):
         t0 = time.monotonic()

@@ -7,6 +7,7 @@ need=()
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v go >/dev/null 2>&1 || need+=(golang-go)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${need[@]}"
 fi
