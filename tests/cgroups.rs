@@ -253,13 +253,13 @@ fn resources_reach_the_task_cgroup_as_memory_limits_and_cpu_weight() {
         return;
     }
     let job = json!({"Job": {"ID": "lim", "Type": "service", "TaskGroups": [{"Name": "g",
-        "Tasks": [
-            {"Name": "soft", "Driver": "raw_exec",
-             "Resources": {"CPU": 250, "MemoryMB": 64, "MemoryMaxMB": 128},
-             "Config": {"command": "/bin/sleep", "args": ["60"]}},
-            {"Name": "plain", "Driver": "raw_exec",
-             "Config": {"command": "/bin/sleep", "args": ["60"]}}
-        ]}]}});
+    "Tasks": [
+        {"Name": "soft", "Driver": "raw_exec",
+         "Resources": {"CPU": 250, "MemoryMB": 64, "MemoryMaxMB": 128},
+         "Config": {"command": "/bin/sleep", "args": ["60"]}},
+        {"Name": "plain", "Driver": "raw_exec",
+         "Config": {"command": "/bin/sleep", "args": ["60"]}}
+    ]}]}});
     register(&agent, &job);
     let id = first_alloc(&agent, "lim");
     wait_task_running(&agent, &id, "soft");
@@ -286,9 +286,15 @@ fn resources_reach_the_task_cgroup_as_memory_limits_and_cpu_weight() {
                 );
             }
         } else {
-            assert_eq!(read_trim(&mem.join("memory.max")), (hard_mb << 20).to_string());
+            assert_eq!(
+                read_trim(&mem.join("memory.max")),
+                (hard_mb << 20).to_string()
+            );
             if soft_mb > 0 {
-                assert_eq!(read_trim(&mem.join("memory.low")), (soft_mb << 20).to_string());
+                assert_eq!(
+                    read_trim(&mem.join("memory.low")),
+                    (soft_mb << 20).to_string()
+                );
             }
         }
         assert!(
@@ -343,7 +349,12 @@ fn stats_are_read_from_the_task_cgroup() {
         .as_array()
         .unwrap()
         .contains(&json!("Throttled Periods")));
-    assert!(last["ResourceUsage"]["MemoryStats"]["RSS"].as_u64().unwrap() >= 100 << 20);
+    assert!(
+        last["ResourceUsage"]["MemoryStats"]["RSS"]
+            .as_u64()
+            .unwrap()
+            >= 100 << 20
+    );
 }
 
 #[test]
@@ -419,10 +430,17 @@ fn after_an_agent_crash_every_process_left_in_the_task_cgroup_is_killed() {
     });
     let a = alloc(&agent2, &id);
     let types = event_types(&a, "t");
-    assert!(types.ends_with(&["Restarting".to_string(), "Started".to_string()]), "{types:?}");
-    assert!(agent2.log().contains("killing the processes left in its cgroup"));
+    assert!(
+        types.ends_with(&["Restarting".to_string(), "Started".to_string()]),
+        "{types:?}"
+    );
+    assert!(agent2
+        .log()
+        .contains("killing the processes left in its cgroup"));
     drop(agent2);
-    wait_until(WAIT, "all gone with the agent's stop", || marked(&m).is_empty());
+    wait_until(WAIT, "all gone with the agent's stop", || {
+        marked(&m).is_empty()
+    });
     // Only the second agent owned the data dir.
     agent.data_dir = temp_dir("unused");
 }

@@ -105,8 +105,16 @@ impl Client {
                 "cgroups: mode {}, parents {:?}, memory limit {}, cpu weight {}",
                 cgroups.mode().as_str(),
                 cgroups.parents(),
-                if cgroups.controls("memory") { "enforced" } else { "not enforced" },
-                if cgroups.controls("cpu") { "enforced" } else { "not enforced" },
+                if cgroups.controls("memory") {
+                    "enforced"
+                } else {
+                    "not enforced"
+                },
+                if cgroups.controls("cpu") {
+                    "enforced"
+                } else {
+                    "not enforced"
+                },
             );
         }
         Client {

@@ -249,7 +249,11 @@ fn read_cpus() -> Vec<CpuSample> {
 
 /// One reading of a task, before CPU deltas are taken.
 enum Reading {
-    Proc { rss: u64, user_ticks: u64, system_ticks: u64 },
+    Proc {
+        rss: u64,
+        user_ticks: u64,
+        system_ticks: u64,
+    },
     Cgroup(Usage),
 }
 
@@ -263,12 +267,8 @@ fn sample_tasks(shared: &Mutex<Shared>) {
     if roots.is_empty() {
         return;
     }
-    // The /proc walk is only needed for tasks without a cgroup.
-    let procs = if roots.iter().any(|(_, _, cg)| cg.is_none()) {
-        all_procs()
-    } else {
-        Vec::new()
-    };
+    // The /proc walk is only needed for tasks without a cgroup (or without a memory one).
+    let mut procs: Option<Vec<ProcStat>> = None;
     let page = page_size();
     let hz = clk_tck();
     let mhz = cpu_mhz();
@@ -276,11 +276,18 @@ fn sample_tasks(shared: &Mutex<Shared>) {
     let mut results = Vec::new();
     for (key, root, cgroup) in roots {
         let reading = match cgroup.as_ref().map(StatsSource::sample) {
-            Some(Some(u)) => Reading::Cgroup(u),
+            Some(Some(mut u)) => {
+                if !u.memory {
+                    let members = tree(procs.get_or_insert_with(all_procs), root);
+                    u.rss = members.iter().map(|p| p.rss_pages * page).sum();
+                    u.usage = u.rss;
+                }
+                Reading::Cgroup(u)
+            }
             // The cgroup is gone: the task is being stopped; keep the last reading.
             Some(None) => continue,
             None => {
-                let members = tree(&procs, root);
+                let members = tree(procs.get_or_insert_with(all_procs), root);
                 Reading::Proc {
                     rss: members.iter().map(|p| p.rss_pages * page).sum(),
                     user_ticks: members.iter().map(|p| p.utime).sum(),
@@ -346,7 +353,7 @@ fn sample_tasks(shared: &Mutex<Shared>) {
                 usage.throttled_periods = u.throttled_periods;
                 usage.throttled_time = u.throttled_ns;
                 usage.memory_measured = match (u.memory, u.v2) {
-                    (false, _) => &[],
+                    (false, _) => PROC_MEMORY_MEASURED,
                     (true, false) => CG1_MEMORY_MEASURED,
                     (true, true) => CG2_MEMORY_MEASURED,
                 };

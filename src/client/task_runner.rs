@@ -464,15 +464,12 @@ impl TaskRunner {
                 self.task_name
             );
         }
-        self.agent
-            .client
-            .stats
-            .register(
-                &self.alloc_id,
-                &self.task_name,
-                proc.pid,
-                proc.cgroup.as_ref().map(|c| c.stats_source()),
-            );
+        self.agent.client.stats.register(
+            &self.alloc_id,
+            &self.task_name,
+            proc.pid,
+            proc.cgroup.as_ref().map(|c| c.stats_source()),
+        );
         let mut started = TaskEvent::new("Started", "Task started by client");
         started.details.insert("pid".into(), proc.pid.to_string());
         self.event(started, |ts| {

@@ -327,7 +327,10 @@ impl Limits {
         let mb = 1024 * 1024;
         if self.memory_max_mb > 0 {
             let hard = self.memory_max_mb.max(self.memory_mb);
-            (hard.saturating_mul(mb), self.memory_mb.max(0).saturating_mul(mb))
+            (
+                hard.saturating_mul(mb),
+                self.memory_mb.max(0).saturating_mul(mb),
+            )
         } else {
             (self.memory_mb.max(0).saturating_mul(mb), 0)
         }
@@ -425,9 +428,11 @@ impl Cgroups {
             .hierarchies
             .iter()
             .map(|h| TaskDir {
-                path: h
-                    .base
-                    .join(if h.v2 { format!("{name}.scope") } else { name.clone() }),
+                path: h.base.join(if h.v2 {
+                    format!("{name}.scope")
+                } else {
+                    name.clone()
+                }),
                 v2: h.v2,
                 controllers: h.controllers.clone(),
             })
@@ -626,8 +631,7 @@ impl StatsSource {
                     u.mapped_file = t("mapped_file");
                     u.usage = read_u64(&dir.join("memory.usage_in_bytes")).unwrap_or(0);
                     u.max_usage = read_u64(&dir.join("memory.max_usage_in_bytes")).unwrap_or(0);
-                    u.kernel_usage =
-                        read_u64(&dir.join("memory.kmem.usage_in_bytes")).unwrap_or(0);
+                    u.kernel_usage = read_u64(&dir.join("memory.kmem.usage_in_bytes")).unwrap_or(0);
                     u.kernel_max_usage =
                         read_u64(&dir.join("memory.kmem.max_usage_in_bytes")).unwrap_or(0);
                 }
@@ -692,17 +696,11 @@ impl TaskCgroup {
                     }
                 }
                 if d.has("cpu") {
-                    write_file(
-                        &d.path.join("cpu.weight"),
-                        &limits.cpu_weight().to_string(),
-                    )?;
+                    write_file(&d.path.join("cpu.weight"), &limits.cpu_weight().to_string())?;
                 }
             } else {
                 if d.has("memory") && hard > 0 {
-                    write_file(
-                        &d.path.join("memory.limit_in_bytes"),
-                        &hard.to_string(),
-                    )?;
+                    write_file(&d.path.join("memory.limit_in_bytes"), &hard.to_string())?;
                     // No swap beyond the limit, where swap is accounted.
                     let memsw = d.path.join("memory.memsw.limit_in_bytes");
                     if memsw.exists() {
@@ -716,10 +714,7 @@ impl TaskCgroup {
                     }
                 }
                 if d.has("cpu") {
-                    write_file(
-                        &d.path.join("cpu.shares"),
-                        &limits.cpu_shares().to_string(),
-                    )?;
+                    write_file(&d.path.join("cpu.shares"), &limits.cpu_shares().to_string())?;
                 }
             }
         }
@@ -787,8 +782,11 @@ impl TaskCgroup {
     /// The cgroup's dirs and any sub-cgroups the task made, parents before children.
     fn tree(&self) -> Vec<(PathBuf, bool)> {
         let mut out = Vec::new();
-        let mut stack: Vec<(PathBuf, bool, usize)> =
-            self.dirs.iter().map(|d| (d.path.clone(), d.v2, 0)).collect();
+        let mut stack: Vec<(PathBuf, bool, usize)> = self
+            .dirs
+            .iter()
+            .map(|d| (d.path.clone(), d.v2, 0))
+            .collect();
         while let Some((dir, v2, depth)) = stack.pop() {
             if depth < MAX_NESTED_DEPTH {
                 if let Ok(rd) = std::fs::read_dir(&dir) {
@@ -960,7 +958,9 @@ mod tests {
         };
         assert_eq!(
             find("memory"),
-            Some(PathBuf::from("/sys/fs/cgroup/memory/process_api/abc/nomadlet"))
+            Some(PathBuf::from(
+                "/sys/fs/cgroup/memory/process_api/abc/nomadlet"
+            ))
         );
         assert_eq!(
             find("cpu"),
