@@ -26,6 +26,10 @@ use super::task_hooks::{self, TaskHookInput};
 
 /// How long log pumps may drain after the task exits before they are told to stop.
 pub const LOG_DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// Nomad's default `resources.cpu` (MHz), for a task stored without one.
+pub const DEFAULT_CPU_MHZ: i64 = 100;
+/// Nomad's default `resources.memory` (MB), for a task stored without one.
+pub const DEFAULT_MEMORY_MB: i64 = 300;
 /// The exit message of a task the OOM killer killed (Nomad's).
 pub const OOM_MESSAGE: &str = "OOM Killed";
 /// How often the exit wait wakes to check the process.
@@ -425,13 +429,13 @@ impl TaskRunner {
             .resources
             .as_ref()
             .map(|r| Limits {
-                cpu_mhz: r.cpu.unwrap_or(100),
-                memory_mb: r.memory_mb.unwrap_or(300),
+                cpu_mhz: r.cpu.unwrap_or(DEFAULT_CPU_MHZ),
+                memory_mb: r.memory_mb.unwrap_or(DEFAULT_MEMORY_MB),
                 memory_max_mb: r.memory_max_mb,
             })
             .unwrap_or(Limits {
-                cpu_mhz: 100,
-                memory_mb: 300,
+                cpu_mhz: DEFAULT_CPU_MHZ,
+                memory_mb: DEFAULT_MEMORY_MB,
                 memory_max_mb: 0,
             });
         let cgroup = self
