@@ -1076,4 +1076,77 @@ mod tests {
         assert_eq!(unescape(r"/plain"), "/plain");
         assert_eq!(unescape(r"/end\04"), r"/end\04");
     }
+
+    /// The cgroups of this host, restricted to the v2 or the v1 hierarchies: each kill path
+    /// (`cgroup.kill`; freeze + SIGKILL + thaw) is exercised on a hybrid host. `None` unless
+    /// root on a host with such hierarchies.
+    fn only(v2: bool) -> Option<Cgroups> {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        let p = plan(
+            &std::fs::read_to_string("/proc/self/mountinfo").ok()?,
+            &std::fs::read_to_string("/proc/self/cgroup").ok()?,
+            &|path| std::fs::read_to_string(path).unwrap_or_default(),
+        );
+        if p.v2_root.is_some() {
+            return None;
+        }
+        let hierarchies: Vec<Hierarchy> = p
+            .hierarchies
+            .into_iter()
+            .filter(|h| h.v2 == v2 && mkdir(&h.base).is_ok())
+            .collect();
+        (!hierarchies.is_empty()).then(|| Cgroups {
+            mode: mode_of(&hierarchies),
+            hierarchies,
+            reason: String::new(),
+        })
+    }
+
+    #[test]
+    fn every_kill_path_leaves_no_process_and_no_cgroup() {
+        for v2 in [true, false] {
+            let Some(cgs) = only(v2) else {
+                eprintln!(
+                    "no writable {} cgroups: skipped",
+                    if v2 { "v2" } else { "v1" }
+                );
+                continue;
+            };
+            let alloc = uuid::Uuid::new_v4().to_string();
+            let limits = Limits {
+                cpu_mhz: 100,
+                memory_mb: 64,
+                memory_max_mb: 0,
+            };
+            let cg = cgs.create(&alloc, "t", &limits).unwrap().unwrap();
+            let mut cmd = std::process::Command::new("/bin/sh");
+            cmd.args(["-c", "setsid -f sleep 1000; sleep 1000"]);
+            crate::sys::child::install(
+                &mut cmd,
+                crate::sys::child::ChildSetup {
+                    cgroup_procs: cg.open_procs().unwrap(),
+                    user: None,
+                },
+            );
+            let mut child = cmd.spawn().unwrap();
+            drop(cmd);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while cg.pids().len() < 3 {
+                assert!(Instant::now() < deadline, "processes never appeared");
+                std::thread::sleep(KILL_POLL);
+            }
+            let pids = cg.pids();
+            cg.destroy(KILL_WAIT).unwrap();
+            let _ = child.wait();
+            for p in pids {
+                let alive = std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .is_ok_and(|s| !s.contains(") Z "));
+                assert!(!alive, "pid {p} survived ({})", cgs.mode().as_str());
+            }
+            assert!(cgs.leftover(&alloc, "t").is_none());
+        }
+    }
 }
