@@ -12,6 +12,7 @@ mod hcl_doc;
 mod http;
 mod meta_batcher;
 mod state;
+mod sys;
 mod time;
 
 use std::process::ExitCode;

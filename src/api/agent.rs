@@ -148,6 +148,7 @@ fn agent_self(ctx: &Ctx) -> ApiResult {
                 "num_allocations": a.workloads.alloc_count().to_string(),
                 "last_heartbeat": "0",
                 "heartbeat_ttl": "0",
+                "cgroup_mode": a.client.cgroups.mode().as_str(),
             },
             "nomad": {
                 "server": "true",

@@ -30,13 +30,14 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
 fn resource_usage(u: &TaskUsage) -> Value {
     json!({
         "MemoryStats": {
-            "RSS": u.rss, "Cache": 0, "Swap": 0, "MappedFile": 0, "Usage": u.rss, "MaxUsage": u.max_rss,
-            "KernelUsage": 0, "KernelMaxUsage": 0, "Measured": ["RSS", "Max Usage"]
+            "RSS": u.rss, "Cache": u.cache, "Swap": u.swap, "MappedFile": u.mapped_file,
+            "Usage": u.usage, "MaxUsage": u.max_usage, "KernelUsage": u.kernel_usage,
+            "KernelMaxUsage": u.kernel_max_usage, "Measured": u.memory_measured
         },
         "CpuStats": {
             "SystemMode": u.system_percent, "UserMode": u.user_percent, "TotalTicks": u.total_ticks,
-            "ThrottledPeriods": 0, "ThrottledTime": 0, "Percent": u.percent,
-            "Measured": ["System Mode", "User Mode", "Percent"]
+            "ThrottledPeriods": u.throttled_periods, "ThrottledTime": u.throttled_time,
+            "Percent": u.percent, "Measured": u.cpu_measured
         },
         "DeviceStats": null
     })
@@ -73,12 +74,7 @@ pub fn alloc_stats(ctx: &Ctx, id: &str) -> ApiResult {
         let Some(u) = ctx.agent.client.stats.task_usage(id, name) else {
             continue;
         };
-        total.rss += u.rss;
-        total.max_rss += u.max_rss;
-        total.percent += u.percent;
-        total.user_percent += u.user_percent;
-        total.system_percent += u.system_percent;
-        total.total_ticks += u.total_ticks;
+        total.add(&u);
         ts_max = ts_max.max(u.timestamp);
         tasks.insert(
             name.clone(),

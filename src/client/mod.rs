@@ -1,5 +1,6 @@
 //! The client half of the agent: alloc runners (a thread per task), the raw_exec driver,
-//! alloc dirs, task env, rotating logs, stats and garbage collection.
+//! task cgroups (found once here, see `sys::cgroup`), alloc dirs, task env, rotating logs,
+//! stats and garbage collection.
 
 pub mod alloc_dir;
 pub mod dirfd;
@@ -24,6 +25,7 @@ use parking_lot::Mutex;
 use crate::agent::Agent;
 use crate::config::Config;
 use crate::state::jobs::alloc::{AllocRecord, TaskEvent};
+use crate::sys::cgroup::{Cgroups, Mode};
 
 use self::alloc_dir::AllocDir;
 use self::task_runner::{TaskCmd, TaskRunner};
@@ -80,6 +82,8 @@ pub enum LifecycleError {
 pub struct Client {
     runners: Mutex<HashMap<String, Vec<TaskHandle>>>,
     pub stats: stats::Sampler,
+    /// The cgroups tasks run in (mode `None`: process groups only).
+    pub cgroups: Cgroups,
     data_dir: PathBuf,
     gc_max_allocs: usize,
     stopping: AtomicBool,
@@ -89,9 +93,34 @@ pub struct Client {
 
 impl Client {
     pub fn new(config: &Config) -> Client {
+        let cgroups = Cgroups::detect();
+        if cgroups.mode() == Mode::None {
+            log::warn!(
+                "cgroups: not used ({}); tasks are held by their process group only: a process \
+                 that leaves it (setsid) escapes stop, and no memory or cpu limit is enforced",
+                cgroups.reason()
+            );
+        } else {
+            log::info!(
+                "cgroups: mode {}, parents {:?}, memory limit {}, cpu weight {}",
+                cgroups.mode().as_str(),
+                cgroups.parents(),
+                if cgroups.controls("memory") {
+                    "enforced"
+                } else {
+                    "not enforced"
+                },
+                if cgroups.controls("cpu") {
+                    "enforced"
+                } else {
+                    "not enforced"
+                },
+            );
+        }
         Client {
             runners: Mutex::new(HashMap::new()),
             stats: stats::Sampler::new(),
+            cgroups,
             data_dir: config.data_dir.clone(),
             gc_max_allocs: config.gc_max_allocs,
             stopping: AtomicBool::new(false),

@@ -1,13 +1,17 @@
-//! The raw_exec driver: resolve the command, start it in its own session (process group) as
-//! `task.user` when the agent can switch users, signal the group, and collect the exit.
+//! The raw_exec driver: resolve the command, start it in its own cgroup (when the host has
+//! them) and its own session (process group) as `task.user` when the agent can switch users,
+//! signal the group, and collect the exit.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::sys::cgroup::{TaskCgroup, KILL_WAIT};
+use crate::sys::child::{self, ChildSetup};
 
 /// How often a wait for the task's exit checks again.
 pub const EXIT_POLL: Duration = Duration::from_millis(50);
@@ -130,6 +134,8 @@ pub struct SpawnSpec<'a> {
     pub user: Option<TaskUser>,
     /// Pipe stdout/stderr (`false`: logs disabled, output to /dev/null).
     pub capture: bool,
+    /// The task's cgroup, which the process joins before it runs (`None`: no cgroups).
+    pub cgroup: Option<TaskCgroup>,
 }
 
 /// A started task process.
@@ -138,10 +144,48 @@ pub struct Process {
     pub pid: i32,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
+    /// Its cgroup: every process it starts is in it.
+    pub cgroup: Option<TaskCgroup>,
 }
 
-/// Start the task process in a new session.
+impl Process {
+    /// The kernel's OOM killer killed a process of the task.
+    pub fn oom_killed(&self) -> bool {
+        self.cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0)
+    }
+}
+
+/// Start the task process in its cgroup and a new session.
 pub fn spawn(spec: SpawnSpec) -> Result<Process, String> {
+    let result = spawn_in(&spec);
+    match result {
+        Ok((child, stdout, stderr)) => Ok(Process {
+            pid: child.id() as i32,
+            child,
+            stdout,
+            stderr,
+            cgroup: spec.cgroup,
+        }),
+        Err(e) => {
+            if let Some(cg) = spec.cgroup {
+                if let Err(e) = cg.destroy(KILL_WAIT) {
+                    log::warn!("{e}");
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+type Spawned = (Child, Option<OwnedFd>, Option<OwnedFd>);
+
+fn spawn_in(spec: &SpawnSpec) -> Result<Spawned, String> {
+    let cgroup_procs = match &spec.cgroup {
+        Some(cg) => cg
+            .open_procs()
+            .map_err(|e| format!("failed to launch command with executor: {e}"))?,
+        None => Vec::new(),
+    };
     let mut cmd = Command::new(&spec.command);
     cmd.args(&spec.args)
         .current_dir(&spec.work_dir)
@@ -153,30 +197,13 @@ pub fn spawn(spec: SpawnSpec) -> Result<Process, String> {
     } else {
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
     }
-    if let Some(u) = &spec.user {
-        cmd.uid(u.uid).gid(u.gid);
-    }
-    // SAFETY: setsid, sigemptyset, sigprocmask and signal are async-signal-safe and touch
-    // only the child's own state.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The agent blocks SIGINT/SIGTERM (it takes them with sigwait) and may itself have
-            // been started with signals ignored; both survive exec. A task starts clean so its
-            // KillSignal works.
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            for sig in 1..32 {
-                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                    libc::signal(sig, libc::SIG_DFL);
-                }
-            }
-            Ok(())
-        });
-    }
+    child::install(
+        &mut cmd,
+        ChildSetup {
+            cgroup_procs,
+            user: spec.user.as_ref().map(|u| (u.uid, u.gid)),
+        },
+    );
     let mut child = cmd.spawn().map_err(|e| {
         format!(
             "failed to launch command with executor: exec: {:?}: {}",
@@ -184,15 +211,11 @@ pub fn spawn(spec: SpawnSpec) -> Result<Process, String> {
             go_errno_text(&e)
         )
     })?;
-    let pid = child.id() as i32;
+    // Closes the agent's copies of the cgroup.procs fds.
+    drop(cmd);
     let stdout = child.stdout.take().map(OwnedFd::from);
     let stderr = child.stderr.take().map(OwnedFd::from);
-    Ok(Process {
-        child,
-        pid,
-        stdout,
-        stderr,
-    })
+    Ok((child, stdout, stderr))
 }
 
 /// Send a signal to the task's whole process group.

@@ -1,6 +1,7 @@
-//! The stats sampler thread: every second it reads `/proc` for each running task's process
-//! tree (its session and descendants: RSS, CPU ticks and percent) and the host's CPUs.
-//! Host memory and disks are read when asked.
+//! The stats sampler thread: every second it reads each running task's usage — from its cgroup
+//! (memory.stat, cpuacct/cpu.stat) when it has one, else from `/proc` for its process tree (its
+//! session and descendants: RSS, CPU ticks and percent) — and the host's CPUs. Host memory and
+//! disks are read when asked.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,25 +13,90 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
+use crate::sys::cgroup::{StatsSource, Usage};
 use crate::time::unix_now_nanos as now_ns;
 
 /// Sampling period (Nomad's `collection_interval` default).
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// What the sampler knows about one task's process tree.
+/// Nomad's `Measured` lists: what a reading from `/proc` fills.
+pub const PROC_MEMORY_MEASURED: &[&str] = &["RSS", "Max Usage"];
+/// CPU fields a reading from `/proc` fills.
+pub const PROC_CPU_MEASURED: &[&str] = &["System Mode", "User Mode", "Percent"];
+/// Memory fields a v1 memory cgroup fills (Nomad's list for cgroups v1).
+pub const CG1_MEMORY_MEASURED: &[&str] = &[
+    "RSS",
+    "Cache",
+    "Swap",
+    "Usage",
+    "Max Usage",
+    "Kernel Usage",
+    "Kernel Max Usage",
+];
+/// Memory fields a v2 memory cgroup fills.
+pub const CG2_MEMORY_MEASURED: &[&str] = &["RSS", "Cache", "Swap", "Usage", "Max Usage"];
+/// CPU fields a cgroup fills.
+pub const CG_CPU_MEASURED: &[&str] = &[
+    "System Mode",
+    "User Mode",
+    "Throttled Periods",
+    "Throttled Time",
+    "Percent",
+];
+
+/// What the sampler knows about one task's usage.
 #[derive(Clone, Debug, Default)]
 pub struct TaskUsage {
     pub rss: u64,
     pub max_rss: u64,
+    pub cache: u64,
+    pub swap: u64,
+    pub mapped_file: u64,
+    pub usage: u64,
+    pub max_usage: u64,
+    pub kernel_usage: u64,
+    pub kernel_max_usage: u64,
     pub percent: f64,
     pub user_percent: f64,
     pub system_percent: f64,
     pub total_ticks: f64,
+    pub throttled_periods: u64,
+    pub throttled_time: u64,
+    pub memory_measured: &'static [&'static str],
+    pub cpu_measured: &'static [&'static str],
     pub timestamp: i64,
+}
+
+impl TaskUsage {
+    /// Add another task's usage (the alloc's total).
+    pub fn add(&mut self, o: &TaskUsage) {
+        self.rss += o.rss;
+        self.max_rss += o.max_rss;
+        self.cache += o.cache;
+        self.swap += o.swap;
+        self.mapped_file += o.mapped_file;
+        self.usage += o.usage;
+        self.max_usage += o.max_usage;
+        self.kernel_usage += o.kernel_usage;
+        self.kernel_max_usage += o.kernel_max_usage;
+        self.percent += o.percent;
+        self.user_percent += o.user_percent;
+        self.system_percent += o.system_percent;
+        self.total_ticks += o.total_ticks;
+        self.throttled_periods += o.throttled_periods;
+        self.throttled_time += o.throttled_time;
+        if self.memory_measured.is_empty() {
+            self.memory_measured = o.memory_measured;
+            self.cpu_measured = o.cpu_measured;
+        }
+    }
 }
 
 struct Tracked {
     pid: i32,
+    /// The task's cgroup, when it has one.
+    cgroup: Option<StatsSource>,
+    /// `(user, system, at)` of the last reading: clock ticks (`/proc`) or ns (cgroup).
     last: Option<(u64, u64, Instant)>,
     usage: TaskUsage,
 }
@@ -181,55 +247,120 @@ fn read_cpus() -> Vec<CpuSample> {
         .collect()
 }
 
+/// One reading of a task, before CPU deltas are taken.
+enum Reading {
+    Proc {
+        rss: u64,
+        user_ticks: u64,
+        system_ticks: u64,
+    },
+    Cgroup(Usage),
+}
+
 fn sample_tasks(shared: &Mutex<Shared>) {
-    let roots: Vec<((String, String), i32)> = shared
+    let roots: Vec<((String, String), i32, Option<StatsSource>)> = shared
         .lock()
         .tasks
         .iter()
-        .map(|(k, t)| (k.clone(), t.pid))
+        .map(|(k, t)| (k.clone(), t.pid, t.cgroup.clone()))
         .collect();
     if roots.is_empty() {
         return;
     }
-    let procs = all_procs();
+    // The /proc walk is only needed for tasks without a cgroup (or without a memory one).
+    let mut procs: Option<Vec<ProcStat>> = None;
     let page = page_size();
     let hz = clk_tck();
     let mhz = cpu_mhz();
     let now = Instant::now();
     let mut results = Vec::new();
-    for (key, root) in roots {
-        let members = tree(&procs, root);
-        let rss: u64 = members.iter().map(|p| p.rss_pages * page).sum();
-        let ut: u64 = members.iter().map(|p| p.utime).sum();
-        let st: u64 = members.iter().map(|p| p.stime).sum();
-        results.push((key, rss, ut, st));
+    for (key, root, cgroup) in roots {
+        let reading = match cgroup.as_ref().map(StatsSource::sample) {
+            Some(Some(mut u)) => {
+                if !u.memory {
+                    let members = tree(procs.get_or_insert_with(all_procs), root);
+                    u.rss = members.iter().map(|p| p.rss_pages * page).sum();
+                    u.usage = u.rss;
+                }
+                Reading::Cgroup(u)
+            }
+            // The cgroup is gone: the task is being stopped; keep the last reading.
+            Some(None) => continue,
+            None => {
+                let members = tree(procs.get_or_insert_with(all_procs), root);
+                Reading::Proc {
+                    rss: members.iter().map(|p| p.rss_pages * page).sum(),
+                    user_ticks: members.iter().map(|p| p.utime).sum(),
+                    system_ticks: members.iter().map(|p| p.stime).sum(),
+                }
+            }
+        };
+        results.push((key, reading));
     }
     let mut s = shared.lock();
-    for (key, rss, ut, st) in results {
+    for (key, reading) in results {
         let Some(t) = s.tasks.get_mut(&key) else {
             continue;
+        };
+        // CPU counters and the seconds one unit of them is.
+        let (ut, st, unit) = match &reading {
+            Reading::Proc {
+                user_ticks,
+                system_ticks,
+                ..
+            } => (*user_ticks, *system_ticks, 1.0 / hz),
+            Reading::Cgroup(u) => (u.cpu_user_ns, u.cpu_system_ns, 1e-9),
         };
         let (user_pct, sys_pct) = match t.last {
             Some((lu, ls, at)) => {
                 let secs = now.duration_since(at).as_secs_f64().max(1e-3);
                 (
-                    ut.saturating_sub(lu) as f64 / hz / secs * 100.0,
-                    st.saturating_sub(ls) as f64 / hz / secs * 100.0,
+                    ut.saturating_sub(lu) as f64 * unit / secs * 100.0,
+                    st.saturating_sub(ls) as f64 * unit / secs * 100.0,
                 )
             }
             None => (0.0, 0.0),
         };
         t.last = Some((ut, st, now));
         let percent = user_pct + sys_pct;
-        t.usage = TaskUsage {
-            rss,
-            max_rss: t.usage.max_rss.max(rss),
+        let mut usage = TaskUsage {
             percent,
             user_percent: user_pct,
             system_percent: sys_pct,
             total_ticks: percent / 100.0 * mhz,
             timestamp: now_ns(),
+            ..TaskUsage::default()
         };
+        match reading {
+            Reading::Proc { rss, .. } => {
+                usage.rss = rss;
+                usage.max_rss = t.usage.max_rss.max(rss);
+                usage.usage = rss;
+                usage.max_usage = usage.max_rss;
+                usage.memory_measured = PROC_MEMORY_MEASURED;
+                usage.cpu_measured = PROC_CPU_MEASURED;
+            }
+            Reading::Cgroup(u) => {
+                usage.rss = u.rss;
+                usage.max_rss = t.usage.max_rss.max(u.rss);
+                usage.cache = u.cache;
+                usage.swap = u.swap;
+                usage.mapped_file = u.mapped_file;
+                usage.usage = u.usage;
+                usage.max_usage = u.max_usage.max(t.usage.max_usage).max(u.usage);
+                usage.kernel_usage = u.kernel_usage;
+                usage.kernel_max_usage = u.kernel_max_usage;
+                usage.throttled_periods = u.throttled_periods;
+                usage.throttled_time = u.throttled_ns;
+                usage.memory_measured = match (u.memory, u.v2) {
+                    (false, _) => PROC_MEMORY_MEASURED,
+                    (true, false) => CG1_MEMORY_MEASURED,
+                    (true, true) => CG2_MEMORY_MEASURED,
+                };
+                usage.cpu_measured = if u.cpu { CG_CPU_MEASURED } else { &[] };
+            }
+        }
+        t.usage = usage;
     }
 }
 
@@ -302,11 +433,13 @@ impl Sampler {
         }
     }
 
-    pub fn register(&self, alloc_id: &str, task: &str, pid: i32) {
+    /// Track a task: read from its cgroup when it has one, else its process tree.
+    pub fn register(&self, alloc_id: &str, task: &str, pid: i32, cgroup: Option<StatsSource>) {
         self.shared.lock().tasks.insert(
             (alloc_id.to_string(), task.to_string()),
             Tracked {
                 pid,
+                cgroup,
                 last: None,
                 usage: TaskUsage::default(),
             },

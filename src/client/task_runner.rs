@@ -1,6 +1,7 @@
-//! One task's runner thread: build its dir, run the prestart hooks, start it with raw_exec,
-//! pump its logs, wait, apply the restart policy, and stop it (KillSignal, then SIGKILL after
-//! KillTimeout), recording Nomad's task events as it goes.
+//! One task's runner thread: build its dir, run the prestart hooks, make its cgroup, start it
+//! with raw_exec, pump its logs, wait, apply the restart policy, and stop it (KillSignal, then
+//! SIGKILL after KillTimeout, then everything left in its cgroup), recording Nomad's task
+//! events as it goes. A task is recorded dead only once no process of it is left.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use crate::agent::Agent;
 use crate::state::jobs::alloc::{TaskEvent, TaskState};
 use crate::state::jobs::spec::Task;
 use crate::state::jobs::timefmt::{go_duration, rfc3339_ns};
+use crate::sys::cgroup::{Limits, KILL_WAIT};
 use crate::time::unix_now_nanos as now_ns;
 
 use super::alloc_dir::AllocDir;
@@ -24,6 +26,12 @@ use super::task_hooks::{self, TaskHookInput};
 
 /// How long log pumps may drain after the task exits before they are told to stop.
 pub const LOG_DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// Nomad's default `resources.cpu` (MHz), for a task stored without one.
+pub const DEFAULT_CPU_MHZ: i64 = 100;
+/// Nomad's default `resources.memory` (MB), for a task stored without one.
+pub const DEFAULT_MEMORY_MB: i64 = 300;
+/// The exit message of a task the OOM killer killed (Nomad's).
+pub const OOM_MESSAGE: &str = "OOM Killed";
 /// How often the exit wait wakes to check the process.
 pub const WAIT_TICK: Duration = Duration::from_millis(100);
 
@@ -265,9 +273,26 @@ impl TaskRunner {
         }
     }
 
-    /// After an agent crash the task's last process may still run: kill its group, but only
-    /// when `/proc/<pid>/environ` proves it is this task (pids are reused).
+    /// After an agent crash the task's processes may still run: kill everything in its cgroup,
+    /// and its last process group, but only when `/proc/<pid>/environ` proves it is this task
+    /// (pids are reused).
     fn kill_leftover(&self, alloc: &crate::state::jobs::alloc::AllocRecord) {
+        // Its cgroup is this agent's and this task's by its path (parent, alloc ID, task).
+        if let Some(cg) = self
+            .agent
+            .client
+            .cgroups
+            .leftover(&self.alloc_id, &self.task_name)
+        {
+            log::warn!(
+                "alloc {} task {}: killing the processes left in its cgroup",
+                self.alloc_id,
+                self.task_name
+            );
+            if let Err(e) = cg.destroy(KILL_WAIT) {
+                log::error!("alloc {} task {}: {e}", self.alloc_id, self.task_name);
+            }
+        }
         let Some(pid) = alloc
             .task_states
             .get(&self.task_name)
@@ -400,6 +425,25 @@ impl TaskRunner {
             };
             [open("stdout"), open("stderr")]
         });
+        let limits = task
+            .resources
+            .as_ref()
+            .map(|r| Limits {
+                cpu_mhz: r.cpu.unwrap_or(DEFAULT_CPU_MHZ),
+                memory_mb: r.memory_mb.unwrap_or(DEFAULT_MEMORY_MB),
+                memory_max_mb: r.memory_max_mb,
+            })
+            .unwrap_or(Limits {
+                cpu_mhz: DEFAULT_CPU_MHZ,
+                memory_mb: DEFAULT_MEMORY_MB,
+                memory_max_mb: 0,
+            });
+        let cgroup = self
+            .agent
+            .client
+            .cgroups
+            .create(&self.alloc_id, &self.task_name, &limits)
+            .map_err(|e| format!("failed to create the task's cgroup: {e}"))?;
         let mut proc = raw_exec::spawn(SpawnSpec {
             command,
             args,
@@ -407,6 +451,7 @@ impl TaskRunner {
             env,
             user,
             capture: !disabled,
+            cgroup,
         })?;
         let note = format!(
             "{} raw_exec: started pid {} ({})",
@@ -423,10 +468,12 @@ impl TaskRunner {
                 self.task_name
             );
         }
-        self.agent
-            .client
-            .stats
-            .register(&self.alloc_id, &self.task_name, proc.pid);
+        self.agent.client.stats.register(
+            &self.alloc_id,
+            &self.task_name,
+            proc.pid,
+            proc.cgroup.as_ref().map(|c| c.stats_source()),
+        );
         let mut started = TaskEvent::new("Started", "Task started by client");
         started.details.insert("pid".into(), proc.pid.to_string());
         self.event(started, |ts| {
@@ -441,8 +488,18 @@ impl TaskRunner {
             None => Vec::new(),
         };
         let end = self.wait(task, &mut proc);
-        // Whatever the task left behind in its group goes with it.
+        // Whatever the task left behind goes with it: its group, and everything in its cgroup
+        // (whatever left the group with setsid), which is then removed.
         raw_exec::signal_group(proc.pid, libc::SIGKILL);
+        if let Some(cg) = proc.cgroup.take() {
+            if let Err(e) = cg.destroy(KILL_WAIT) {
+                log::error!(
+                    "alloc {} task {}: {e}; processes of the task may be left",
+                    self.alloc_id,
+                    self.task_name
+                );
+            }
+        }
         for p in pumps {
             p.finish(LOG_DRAIN_GRACE);
         }
@@ -474,14 +531,29 @@ impl TaskRunner {
         pumps
     }
 
-    fn terminated(&self, code: i64, signal: i64) {
+    /// Nomad's `Terminated` event; an OOM kill is marked as Nomad marks it (`oom_killed`, and
+    /// the exit message "OOM Killed").
+    fn terminated(&self, code: i64, signal: i64, oom: bool) {
         let mut display = format!("Exit Code: {code}");
         if signal != 0 {
             display.push_str(&format!(", Signal: {signal}"));
         }
+        if oom {
+            display.push_str(&format!(", Exit Message: {OOM_MESSAGE:?}"));
+        }
         let mut ev = TaskEvent::new("Terminated", display)
             .detail("exit_code", code.to_string())
-            .detail("signal", signal.to_string());
+            .detail("signal", signal.to_string())
+            .detail("oom_killed", oom.to_string());
+        if oom {
+            ev.message = OOM_MESSAGE.to_string();
+            ev.details.insert("exit_message".into(), OOM_MESSAGE.into());
+            log::warn!(
+                "alloc {} task {}: OOM killed (exit code {code})",
+                self.alloc_id,
+                self.task_name
+            );
+        }
         ev.exit_code = code;
         ev.signal = signal;
         self.event(ev, |_| {});
@@ -523,7 +595,7 @@ impl TaskRunner {
         match status {
             Some(st) => {
                 let (code, signal) = raw_exec::exit_parts(&st);
-                self.terminated(code, signal);
+                self.terminated(code, signal, proc.oom_killed());
             }
             None => log::error!("task {} did not exit after SIGKILL", self.task_name),
         }
@@ -568,7 +640,7 @@ impl TaskRunner {
             }
             if let Ok(Some(st)) = proc.child.try_wait() {
                 let (code, signal) = raw_exec::exit_parts(&st);
-                self.terminated(code, signal);
+                self.terminated(code, signal, proc.oom_killed());
                 return RunEnd::Exited { code };
             }
         }

@@ -1,0 +1,6 @@
+//! The system layer: the only home of new `unsafe` code. `cgroup` puts each task in its own
+//! control group (create, limit, kill, sample, remove); `child` is the code that runs in a
+//! forked task process before `exec` (join the cgroup, new session, clean signals, user).
+
+pub mod cgroup;
+pub mod child;
