@@ -70,6 +70,9 @@ pub struct Config {
     /// Terminal allocations kept before the oldest are collected (`client.gc_max_allocs`).
     pub gc_max_allocs: usize,
     pub raw_exec_enabled: bool,
+    /// Open HTTP connections allowed from one client IP (`limits.http_max_conns_per_client`,
+    /// default 100); 0 turns the cap off.
+    pub http_max_conns_per_client: usize,
 }
 
 /// Flags as parsed, before merging with config files.
@@ -106,6 +109,7 @@ struct FileConfig {
     meta_batch_window: Option<String>,
     gc_max_allocs: Option<usize>,
     raw_exec_enabled: Option<bool>,
+    http_max_conns_per_client: Option<usize>,
 }
 
 fn get_str(v: &Value, key: &str) -> Result<Option<String>, ConfigError> {
@@ -217,6 +221,22 @@ impl FileConfig {
                 }
             }
             fc.meta_batch_window = get_str(client, "meta_batch_window").map_err(wrap)?;
+        }
+        if let Some(limits) = get_obj(&v, "limits").map_err(wrap)? {
+            match limits.get("http_max_conns_per_client") {
+                None | Some(Value::Null) => {}
+                Some(n) => {
+                    let n = n
+                        .as_u64()
+                        .and_then(|n| usize::try_from(n).ok())
+                        .ok_or_else(|| {
+                            ConfigError(format!(
+                                "{origin}: limits.http_max_conns_per_client must be a whole number >= 0"
+                            ))
+                        })?;
+                    fc.http_max_conns_per_client = Some(n);
+                }
+            }
         }
         if let Some(acl) = v.get("acl") {
             fc.acl_enabled = get_bool(acl, "enabled").map_err(wrap)?;
@@ -425,6 +445,9 @@ impl Config {
             meta_batch_window,
             gc_max_allocs: file.gc_max_allocs.unwrap_or(50),
             raw_exec_enabled: file.raw_exec_enabled.unwrap_or(dev),
+            http_max_conns_per_client: file
+                .http_max_conns_per_client
+                .unwrap_or(crate::http::limits::MAX_CONNS_PER_CLIENT),
         })
     }
 
@@ -457,6 +480,7 @@ fn merge(mut a: FileConfig, b: FileConfig) -> FileConfig {
     a.meta_batch_window = b.meta_batch_window.or(a.meta_batch_window);
     a.gc_max_allocs = b.gc_max_allocs.or(a.gc_max_allocs);
     a.raw_exec_enabled = b.raw_exec_enabled.or(a.raw_exec_enabled);
+    a.http_max_conns_per_client = b.http_max_conns_per_client.or(a.http_max_conns_per_client);
     a
 }
 
@@ -484,6 +508,20 @@ mod tests {
         assert_eq!(fc.meta.get("a").map(String::as_str), Some("b"));
         assert_eq!(fc.acl_enabled, Some(true));
         assert!(FileConfig::parse(r#"{"ports":{"http":"x"}}"#, "t").is_err());
+    }
+
+    #[test]
+    fn the_per_client_connection_cap_is_read_from_limits() {
+        let fc = FileConfig::parse(r#"{"limits":{"http_max_conns_per_client":0}}"#, "t").unwrap();
+        assert_eq!(fc.http_max_conns_per_client, Some(0));
+        let fc = FileConfig::parse(r#"{"limits":{"http_max_conns_per_client":7}}"#, "t").unwrap();
+        assert_eq!(fc.http_max_conns_per_client, Some(7));
+        for bad in [r#"-1"#, r#""7""#, r#"1.5"#] {
+            let text = format!(r#"{{"limits":{{"http_max_conns_per_client":{bad}}}}}"#);
+            assert!(FileConfig::parse(&text, "t").is_err(), "{bad}");
+        }
+        assert!(FileConfig::parse(r#"{"limits":3}"#, "t").is_err());
+        assert_eq!(FileConfig::default().http_max_conns_per_client, None);
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod fs;
 mod http;
 mod meta_batcher;
 mod state;
+mod sys;
 mod time;
 
 use std::process::ExitCode;
