@@ -1,6 +1,6 @@
 //! Every size limit and deadline of the HTTP layer, as named settings with defaults.
 //!
-//! Hidden environment variables (read by [`Limits::from_env`], used by the integration tests
+//! Hidden environment variables (read by [`Limits::with_env`], used by the integration tests
 //! to avoid waiting out the real deadlines; not part of the documented CLI):
 //! `NOMADLET_HTTP_HEAD_TIMEOUT_MS`, `NOMADLET_HTTP_BODY_TIMEOUT_MS`,
 //! `NOMADLET_HTTP_IDLE_TIMEOUT_MS`, `NOMADLET_HTTP_WRITE_TIMEOUT_MS`,
@@ -24,9 +24,12 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A single write may stall this long before the connection is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Open connections on one listener; over it: a quick 503 and close.
+/// Open connections on one listener; over it, the listener's longest-idle keep-alive is
+/// closed to make room, or (none idle) the newcomer gets a quick 503 and close.
 pub const MAX_CONNS_PER_LISTENER: usize = 256;
-/// Open connections across all listeners; over it: a quick 503 and close.
+/// Open connections across all listeners (lowered to what `RLIMIT_NOFILE` can carry, see
+/// [`FD_RESERVE_MIN`]); over it, the longest-idle keep-alive anywhere is closed to make room,
+/// or (none idle) the newcomer gets a quick 503 and close.
 pub const MAX_CONNS_TOTAL: usize = 1024;
 /// Open TCP connections from one client IP address, across TCP listeners (Nomad's
 /// `limits.http_max_conns_per_client`, default 100; 0 turns it off). Over it: Nomad's
@@ -115,14 +118,9 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// The defaults, with any hidden `NOMADLET_HTTP_*` override (see the module docs) applied.
-    /// Unparsable or zero values are ignored.
-    pub fn from_env() -> Limits {
-        Limits::default().with_env()
-    }
-
-    /// These limits with any hidden `NOMADLET_HTTP_*` override applied. Unparsable values are
-    /// ignored, and so is zero except for the per-client connection cap (0 = off).
+    /// These limits with any hidden `NOMADLET_HTTP_*` override (see the module docs) applied.
+    /// Unparsable values are ignored, and so is zero except for the per-client connection cap
+    /// (0 = off).
     pub fn with_env(self) -> Limits {
         let mut l = self;
         let number = |name: &str| {

@@ -14,7 +14,7 @@ pub fn open_files_limit() -> Option<u64> {
     if rc != 0 || r.rlim_cur == libc::RLIM_INFINITY {
         return None;
     }
-    Some(r.rlim_cur as u64)
+    Some(r.rlim_cur)
 }
 
 /// Whether `fd` is readable right now (for a listening socket: a connection is pending),
