@@ -130,7 +130,8 @@ fn declared_bodies_hold_no_budget_and_one_client_cannot_take_it_all() {
         .map(|_| {
             let mut s = open(&agent, OTHER);
             s.write_all(head).unwrap();
-            s.write_all(&vec![b' '; 500 * 1024]).unwrap();
+            // The one refused may be cut off while it is still being written.
+            let _ = s.write_all(&vec![b' '; 500 * 1024]);
             s.set_nonblocking(true).unwrap();
             s
         })
