@@ -230,6 +230,25 @@ impl Server {
     }
 }
 
+#[cfg(test)]
+impl Server {
+    /// Connections idle in keep-alive now (tests wait on it to order their connections).
+    pub(crate) fn idle_keepalives(&self) -> usize {
+        self.shared
+            .listeners
+            .lock()
+            .iter()
+            .map(|l| {
+                l.registry
+                    .lock()
+                    .values()
+                    .filter(|e| e.slot.state.load(Ordering::SeqCst) == STATE_KEEPALIVE)
+                    .count()
+            })
+            .sum()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         // Bounded: idle connections close at once, busy ones get SHUTDOWN_GRACE.

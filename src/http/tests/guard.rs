@@ -359,13 +359,19 @@ fn a_full_listener_sheds_its_longest_idle_keep_alive() -> R {
         idle_timeout: Duration::from_secs(10),
         ..test_limits()
     })?;
-    // Four kept-alive connections, served once each, in order: all idle now.
+    // Four kept-alive connections, served once each, in order: all idle now, each one
+    // waited for so they go idle in that order.
     let mut idle = Vec::new();
     for i in 0..4 {
         let mut c = connect(&f)?;
         send(&mut c, format!("GET /k{i} HTTP/1.1\r\n\r\n").as_bytes())?;
         assert_eq!(read_resp(&mut c, false)?.status, 200);
         idle.push(c);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while f.server.idle_keepalives() < i + 1 {
+            assert!(Instant::now() < deadline, "connection {i} never went idle");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
     // A fifth is served: the first (idle longest) made room.
     let r = once(&f, b"GET /new HTTP/1.1\r\nConnection: close\r\n\r\n")?;
