@@ -414,7 +414,7 @@ fn a_server_full_of_idle_keep_alives_sheds_one_for_a_newcomer() {
     wait_until(
         Duration::from_secs(2),
         "an idle keep-alive to be shed",
-        || idle.iter().any(|s| closed(s)),
+        || idle.iter().any(&closed),
     );
     let shed: Vec<usize> = (0..TOTAL).filter(|i| closed(&idle[*i])).collect();
     assert_eq!(shed.len(), 1, "shed {shed:?}");
