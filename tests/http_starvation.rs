@@ -255,6 +255,29 @@ fn a_task_socket_refuses_a_body_without_a_token_before_reading_it() {
 }
 
 #[test]
+fn an_invalid_acl_token_is_refused_before_its_body() {
+    let agent = TestAgent::start_with(
+        &temp_dir("starve"),
+        &["-acl-enabled"],
+        &[("NOMADLET_HTTP_BODY_TIMEOUT_MS", "10000")],
+        None,
+    );
+    let started = Instant::now();
+    let mut s = open(&agent, ME);
+    s.write_all(
+        b"PUT /v1/jobs HTTP/1.1\r\nHost: x\r\nX-Nomad-Token: 00000000-0000-0000-0000-000000000000\r\nContent-Length: 8388608\r\n\r\n",
+    )
+    .unwrap();
+    let r = read_response(&mut BufReader::new(&mut s), false).expect("a 403");
+    assert_eq!((r.status, r.text().as_str()), (403, "ACL token not found"));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "403 took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
 fn blocking_queries_free_their_slots_as_soon_as_their_clients_leave() {
     const CAP: usize = 40;
     let agent = TestAgent::start_with(

@@ -406,11 +406,15 @@ struct CapWarnings {
     client: Throttle,
 }
 
-/// Count a new connection against its client: `None` if a TCP client is at the per-client
-/// cap. Connections without a peer address count as the listener's one client.
-fn claim_client(server: &ServerShared, l: &ListenerShared, origin: &Origin) -> Option<ClientRef> {
+/// Count a new connection against its client: `Err(ip)` if a TCP client is at the
+/// per-client cap. Connections without a peer address count as the listener's one client.
+fn claim_client(
+    server: &ServerShared,
+    l: &ListenerShared,
+    origin: &Origin,
+) -> Result<ClientRef, IpAddr> {
     let Origin::Tcp { peer: Some(peer) } = origin else {
-        return Some(ClientRef {
+        return Ok(ClientRef {
             ip: None,
             share: l.whole.clone(),
         });
@@ -422,10 +426,10 @@ fn claim_client(server: &ServerShared, l: &ListenerShared, origin: &Origin) -> O
     // Counted under the `clients` lock, so the check and the count are one step.
     let open = share.conns.load(Ordering::SeqCst);
     if cap > 0 && open >= cap {
-        return None;
+        return Err(ip);
     }
     share.conns.store(open + 1, Ordering::SeqCst);
-    Some(ClientRef {
+    Ok(ClientRef {
         ip: Some(ip),
         share,
     })
@@ -455,15 +459,18 @@ fn admit(
     warns: &mut CapWarnings,
 ) {
     let accepted = Instant::now();
-    let Some(client) = claim_client(server, l, &origin) else {
-        if warns.client.ready() {
-            log::warn!(
-                "http: too many concurrent connections from {origin:?} (limit {}); refusing with 429",
-                server.limits.max_conns_per_client
-            );
+    let client = match claim_client(server, l, &origin) {
+        Ok(c) => c,
+        Err(ip) => {
+            if warns.client.ready() {
+                log::warn!(
+                    "http: too many concurrent connections from {ip} (limit {}); refusing with 429",
+                    server.limits.max_conns_per_client
+                );
+            }
+            too_many(&sock);
+            return;
         }
-        too_many(&sock);
-        return;
     };
     let n = l.conns.fetch_add(1, Ordering::SeqCst) + 1;
     let t = server.total.fetch_add(1, Ordering::SeqCst) + 1;
