@@ -31,6 +31,8 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
         "agent/join" => join(ctx),
         "agent/force-leave" => force_leave(ctx),
         "agent/health" => health(ctx),
+        "agent/host" => super::agent_host::route(ctx),
+        "agent/monitor" => super::monitor::route(ctx),
         _ => Err(ApiError::no_route()),
     }
 }

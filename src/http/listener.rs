@@ -787,3 +787,10 @@ fn stop_all(_server: &ServerShared, listeners: &[Arc<ListenerShared>]) {
         }
     }
 }
+
+impl Server {
+    /// Connections open now across every listener (for the agent's metrics).
+    pub fn open_connections(&self) -> usize {
+        self.shared.total.load(Ordering::Relaxed)
+    }
+}

@@ -5,6 +5,7 @@
 
 pub mod cgroup;
 pub mod child;
+pub mod host;
 
 use std::os::fd::RawFd;
 
