@@ -20,7 +20,7 @@ use crate::agent::Agent;
 use crate::http::Reply;
 use crate::state::jobs::alloc::client_terminal;
 
-use super::{ApiError, ApiReply, ApiResult, Ctx};
+use super::{ApiReply, ApiResult, Ctx};
 
 /// Distinct `(method, route, status)` series kept; requests beyond go to route `other`.
 pub const MAX_HTTP_SERIES: usize = 512;
@@ -555,28 +555,24 @@ fn prometheus_text(metrics: &[Metric]) -> String {
 pub fn route(ctx: &Ctx) -> ApiResult {
     ctx.require_method(&["GET"])?;
     let metrics = collect(ctx.agent);
-    match ctx.req.query("format").unwrap_or("") {
-        "" | "json" => {
-            let uptime = ctx
-                .agent
-                .started_at
-                .elapsed()
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0);
-            Ok(ApiReply::Json {
-                value: summary_json(&metrics, uptime),
-                meta: super::IndexMeta::None,
-            })
-        }
-        "prometheus" => Ok(ApiReply::Http(Reply::bytes(
+    // Like Nomad, any format but `prometheus` is the JSON summary.
+    if ctx.req.query("format") == Some("prometheus") {
+        return Ok(ApiReply::Http(Reply::bytes(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
             prometheus_text(&metrics).into_bytes(),
-        ))),
-        other => Err(ApiError::bad_request(format!(
-            "Invalid format {other:?}: must be empty, \"json\" or \"prometheus\""
-        ))),
+        )));
     }
+    let uptime = ctx
+        .agent
+        .started_at
+        .elapsed()
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    Ok(ApiReply::Json {
+        value: summary_json(&metrics, uptime),
+        meta: super::IndexMeta::None,
+    })
 }
 
 #[cfg(test)]

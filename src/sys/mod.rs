@@ -1,7 +1,8 @@
 //! The system layer: the only home of new `unsafe` code. `cgroup` puts each task in its own
 //! control group (create, limit, kill, sample, remove); `child` is the code that runs in a
 //! forked task process before `exec` (join the cgroup, new session, clean signals, user); and
-//! small safe wrappers for the open-files limit and a zero-wait readability check.
+//! small safe wrappers for the open-files limit and a zero-wait readability check; `host`
+//! wraps `uname`, `statvfs` and `getifaddrs` for `/v1/agent/host`.
 
 pub mod cgroup;
 pub mod child;
