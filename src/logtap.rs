@@ -45,11 +45,11 @@ struct Tap {
 static TAP: OnceLock<&'static Tap> = OnceLock::new();
 
 impl Tap {
-    /// The facade's max level: the agent's, or a subscriber's if that is more verbose.
-    fn refresh_max_level(&self) {
-        let most = self
-            .subs
-            .read()
+    /// Set the facade's max level from `subs` (the agent's, or a subscriber's if that is more
+    /// verbose). Called with the subscriber list write-locked, so two changes cannot leave
+    /// the level of the older list behind.
+    fn set_max_level(&self, subs: &[Subscriber]) {
+        let most = subs
             .iter()
             .map(|s| s.level)
             .fold(self.inner_level, std::cmp::max);
@@ -128,8 +128,9 @@ pub struct Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         if let Some(tap) = TAP.get() {
-            tap.subs.write().retain(|s| s.id != self.id);
-            tap.refresh_max_level();
+            let mut subs = tap.subs.write();
+            subs.retain(|s| s.id != self.id);
+            tap.set_max_level(&subs);
         }
     }
 }
@@ -139,8 +140,10 @@ pub fn subscribe(level: LevelFilter) -> Option<Subscription> {
     let tap = TAP.get()?;
     let (tx, rx) = bounded(SUBSCRIBER_BUFFER);
     let id = tap.next_id.fetch_add(1, Ordering::Relaxed);
-    tap.subs.write().push(Subscriber { id, level, tx });
-    tap.refresh_max_level();
+    let mut subs = tap.subs.write();
+    subs.push(Subscriber { id, level, tx });
+    tap.set_max_level(&subs);
+    drop(subs);
     Some(Subscription { id, lines: rx })
 }
 
@@ -149,5 +152,90 @@ pub fn stats() -> (usize, u64) {
     match TAP.get() {
         Some(t) => (t.subs.read().len(), t.dropped.load(Ordering::Relaxed)),
         None => (0, 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tap() -> Tap {
+        Tap {
+            inner: env_logger::Builder::new()
+                .filter_level(LevelFilter::Off)
+                .build(),
+            inner_level: LevelFilter::Off,
+            subs: RwLock::new(Vec::new()),
+            next_id: AtomicU64::new(1),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    fn log_at(t: &Tap, level: Level, msg: &str) {
+        t.log(
+            &Record::builder()
+                .args(format_args!("{msg}"))
+                .level(level)
+                .target("test")
+                .build(),
+        );
+    }
+
+    #[test]
+    fn a_full_subscriber_drops_and_counts_and_never_blocks_logging() {
+        let t = tap();
+        let (tx, rx) = bounded(SUBSCRIBER_BUFFER);
+        t.subs.write().push(Subscriber {
+            id: 1,
+            level: LevelFilter::Info,
+            tx,
+        });
+        for i in 0..SUBSCRIBER_BUFFER + 100 {
+            log_at(&t, Level::Info, &format!("line {i}"));
+        }
+        assert_eq!(t.dropped.load(Ordering::Relaxed), 100);
+        assert_eq!(rx.len(), SUBSCRIBER_BUFFER);
+        assert_eq!(rx.recv().unwrap().message, "line 0");
+    }
+
+    #[test]
+    fn each_subscriber_gets_only_its_level() {
+        let t = tap();
+        let (tx_err, rx_err) = bounded(8);
+        let (tx_dbg, rx_dbg) = bounded(8);
+        t.subs.write().push(Subscriber {
+            id: 1,
+            level: LevelFilter::Error,
+            tx: tx_err,
+        });
+        t.subs.write().push(Subscriber {
+            id: 2,
+            level: LevelFilter::Debug,
+            tx: tx_dbg,
+        });
+        log_at(&t, Level::Debug, "dbg");
+        log_at(&t, Level::Trace, "trace");
+        log_at(&t, Level::Error, "err");
+        let dbg: Vec<String> = rx_dbg.try_iter().map(|l| l.message).collect();
+        let err: Vec<String> = rx_err.try_iter().map(|l| l.message).collect();
+        assert_eq!(dbg, ["dbg", "err"]);
+        assert_eq!(err, ["err"]);
+        assert!(t.enabled(&Metadata::builder().level(Level::Debug).build()));
+        assert!(!t.enabled(&Metadata::builder().level(Level::Trace).build()));
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_char_boundary() {
+        let t = tap();
+        let (tx, rx) = bounded(1);
+        t.subs.write().push(Subscriber {
+            id: 1,
+            level: LevelFilter::Info,
+            tx,
+        });
+        let long = "é".repeat(MAX_LINE);
+        log_at(&t, Level::Info, &long);
+        let got = rx.recv().unwrap().message;
+        assert!(got.len() <= MAX_LINE && got.chars().all(|c| c == 'é'));
     }
 }

@@ -874,3 +874,31 @@ fn deregistering_an_unknown_or_purged_job_succeeds_and_unknown_job_paths_are_404
         assert!(r.header("Content-Type").is_none(), "{m} {p}");
     }
 }
+
+#[test]
+fn a_debug_monitor_sees_debug_lines_the_agents_info_log_does_not_write() {
+    let agent = TestAgent::start(&["-acl-enabled"]);
+    let mgmt = bootstrap(&agent);
+    let mut debug = open_monitor(&agent, "log_level=debug&plain=true", &mgmt);
+    // A request with an unknown token is refused with a DEBUG line saying why.
+    let unknown = "2b778dd9-f5f1-6f29-b4b4-9a5fa948757a";
+    assert_eq!(
+        req(&agent, "GET", "/v1/jobs", Some(unknown), "").status,
+        403
+    );
+    let deadline = Instant::now() + WAIT;
+    while !debug.text().contains("request refused: unknown ACL token") {
+        assert!(
+            Instant::now() < deadline,
+            "debug monitor got: {}",
+            debug.text()
+        );
+        debug.pump();
+    }
+    assert!(debug.text().contains("[DEBUG]"), "{}", debug.text());
+    assert!(!debug.text().contains(unknown), "a token reached the log");
+    assert!(
+        !agent.log().contains("request refused"),
+        "the agent's INFO log wrote a DEBUG line"
+    );
+}
