@@ -98,7 +98,8 @@ fn config_json(ctx: &Ctx) -> Value {
         "DataDir": data_dir,
         "LogLevel": c.log_level,
         "BindAddr": bind,
-        "EnableDebug": false,
+        // `-dev` turns debug on, as in Nomad: it opens /v1/agent/host without ACLs.
+        "EnableDebug": c.dev,
         "Ports": {"HTTP": c.http_port, "RPC": 4647, "Serf": 4648},
         "Addresses": {"HTTP": bind, "RPC": bind, "Serf": bind},
         "AdvertiseAddrs": {
