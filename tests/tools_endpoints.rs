@@ -180,6 +180,8 @@ fn prefix_and_fuzzy_search_find_real_objects_in_nomads_shape() {
         r["Matches"]["allocs"],
         json!([{"ID": "web-search.grp[0]", "Scope": ["default", alloc]}])
     );
+    let r = fuzzy("defa", "namespaces").json();
+    assert_eq!(r["Matches"]["namespaces"], json!([{"ID": "default"}]));
     let r = fuzzy("x", "jobs");
     assert_eq!(r.status, 400);
     assert!(r.text().contains("at least 2 characters"), "{}", r.text());

@@ -219,6 +219,8 @@ impl AclState {
                     "Cannot delete nonexistent tokens: {accessor}"
                 )));
             }
+            // A deleted token's one-time tokens go with it.
+            t.one_time_tokens.retain(|o| o.accessor_id != accessor);
             Ok(())
         })
     }

@@ -218,9 +218,16 @@ fn finish_fuzzy(mut items: Vec<Fuzzy>) -> (Vec<Value>, bool) {
     items.sort_by(|a, b| (a.at, &a.id, &a.scope).cmp(&(b.at, &b.id, &b.scope)));
     let truncated = items.len() > MAX_MATCHES;
     items.truncate(MAX_MATCHES);
+    // `Scope` is left out when empty, as Nomad's `omitempty` does.
     let out = items
         .into_iter()
-        .map(|f| json!({"ID": f.id, "Scope": f.scope}))
+        .map(|f| {
+            if f.scope.is_empty() {
+                json!({ "ID": f.id })
+            } else {
+                json!({"ID": f.id, "Scope": f.scope})
+            }
+        })
         .collect();
     (out, truncated)
 }
