@@ -1,0 +1,17 @@
+//! The nomadlet agent as a library: everything the `nomadlet` binary (`src/main.rs`) runs, and
+//! a small hidden `fuzzing` facade that the cargo-fuzz targets in `fuzz/` drive.
+
+mod acl;
+pub mod agent;
+mod api;
+mod client;
+pub mod config;
+mod fs;
+mod http;
+mod meta_batcher;
+pub mod parse_bounds;
+mod state;
+mod time;
+
+#[doc(hidden)]
+pub mod fuzzing;
