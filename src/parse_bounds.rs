@@ -142,11 +142,13 @@ impl HclScan<'_> {
     }
 
     fn close(&mut self, i: usize, c: u8) -> Result<(), BoundsError> {
-        let ok = match (self.stack.last(), c) {
-            (Some(Open::Paren), b')') | (Some(Open::Bracket), b']') => true,
-            (Some(Open::Brace), b'}') | (Some(Open::Interp), b'}') => true,
-            _ => false,
-        };
+        let ok = matches!(
+            (self.stack.last(), c),
+            (Some(Open::Paren), b')')
+                | (Some(Open::Bracket), b']')
+                | (Some(Open::Brace), b'}')
+                | (Some(Open::Interp), b'}')
+        );
         if !ok {
             return Err(error_at(
                 self.text,
