@@ -221,6 +221,10 @@ fn json_depth() {
     assert!(ok);
 }
 
+/// Prints the smallest stack each 30-deep / 64-operator construct needs in hcl-rs itself
+/// (`MODE=hcl cargo test [--release] --lib measure_stack -- --ignored --nocapture`): the
+/// per-level costs quoted on [`HclLimits`]. Without `MODE=hcl` it measures `policy::parse`,
+/// which refuses these at the pre-scan.
 #[test]
 #[ignore]
 fn measure_stack() {
@@ -280,6 +284,7 @@ fn measure_stack() {
     }
 }
 
+/// One measurement of `measure_stack`, in a child process (an overflow aborts it).
 #[test]
 #[ignore]
 fn probe() {
