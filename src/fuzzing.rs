@@ -24,6 +24,15 @@ pub const SMALL_STACK: usize = 256 * 1024;
 /// Largest chunked body fed through a socket pair (below the socket buffer, so one write).
 const MAX_CHUNKED_INPUT: usize = 64 * 1024;
 
+/// With `NOMADLET_FUZZ_LAST=<file>`, each input is written there before it runs. A stack
+/// overflow kills a libFuzzer process with no crash artifact (its SIGSEGV handler has no
+/// alternate stack to run on), so this is how such an input is caught.
+fn remember(data: &[u8]) {
+    if let Some(path) = std::env::var_os("NOMADLET_FUZZ_LAST") {
+        let _ = std::fs::write(path, data);
+    }
+}
+
 /// Run `f` on a fresh thread with [`SMALL_STACK`] bytes of stack; a panic is re-raised here.
 pub fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     let handle = std::thread::Builder::new()
@@ -77,6 +86,7 @@ pub fn chunked_body(data: &[u8]) {
 
 /// A `?filter=` expression, parsed and evaluated against a job-like document.
 pub fn filter(data: &[u8]) {
+    remember(data);
     let text = String::from_utf8_lossy(data).into_owned();
     on_small_stack(move || {
         let parsed = crate::api::filter::parse(&text);
@@ -98,6 +108,7 @@ pub fn filter(data: &[u8]) {
 
 /// An ACL policy (HCL or JSON) through the depth pre-scan and the policy parser.
 pub fn hcl_policy(data: &[u8]) {
+    remember(data);
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
@@ -113,6 +124,7 @@ pub fn hcl_policy(data: &[u8]) {
 
 /// A job registration body: bounded JSON decode, canonicalisation and validation.
 pub fn job_json(data: &[u8]) {
+    remember(data);
     let data = data.to_vec();
     on_small_stack(move || {
         let deep = parse_bounds::check_json_depth(&data, parse_bounds::JSON_MAX_DEPTH).is_err();

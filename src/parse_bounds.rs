@@ -4,22 +4,28 @@
 //! agent-config HCL too.
 //!
 //! Soundness: each scan over-approximates what the parser could recurse on. The HCL scan tracks
-//! the lexical context HCL has (code, quoted string, heredoc, template interpolation, comment);
-//! wherever its view and the parser's could differ it errs towards counting more, and an
-//! unbalanced closing bracket is refused outright (the parser would refuse it too).
+//! the lexical contexts hcl-edit (hcl-rs's parser) has — code, quoted string (which may span
+//! lines), `${`/`%{` template code, comments — with hcl-edit's own transitions (`"`, `\`
+//! escapes, `$${`/`%%{` escapes, `#`, `//`, `/* */`), so the scan is in code wherever the
+//! parser could be. Heredocs are refused: hcl-edit tries a heredoc's first line as template
+//! before as its end marker, which a lexical scan cannot follow exactly, and no policy needs
+//! one. Wherever the views could still differ the scan counts more: non-ASCII text is never
+//! part of an identifier (so `-` after it counts), and an unbalanced closer is refused outright
+//! (the parser would refuse it too).
 
 use std::fmt;
 
 /// How much nesting and how many operators one kind of HCL document may have.
 ///
 /// hcl-rs (hcl-edit's winnow parser) recurses per nesting level and per operator. Measured
-/// (`tests::measure_stack`): about 7 KiB of stack per level of `[`, `{`, `f(`, blocks; about
-/// 8 KiB per nested `%{ if }` directive and 2.5–5 KiB per operator. So a document within
-/// `limits` needs at most about `7 KiB × max_depth + 8 KiB × max_operators` plus a few KiB;
-/// pick limits that keep this well under the smallest thread stack that parses it.
+/// (`tests::measure_stack`, debug and release alike): about 7 KiB of stack per level of `[`,
+/// `{`, `f(`, blocks; about 8 KiB per nested `%{ if }` directive and 2.5–5 KiB per operator.
+/// So a document within `limits` needs at most about `7 KiB × max_depth + 8 KiB ×
+/// max_operators` plus a few KiB; pick limits that keep this at most half the smallest thread
+/// stack that parses it (coverage instrumentation and future hcl-rs versions grow frames).
 #[derive(Clone, Copy, Debug)]
 pub struct HclLimits {
-    /// Deepest nesting of `(`, `[`, `{`, quoted strings, heredocs and `${`/`%{` template
+    /// Deepest nesting of `(`, `[`, `{`, quoted strings and `${`/`%{` template
     /// interpolations.
     pub max_depth: usize,
     /// Most expression operators (unary, binary, conditional `?`/`:`, `=>`) and template
@@ -28,13 +34,14 @@ pub struct HclLimits {
 }
 
 /// Deepest HCL nesting an ACL policy may have. Policies need 3 (block, list, string).
-pub const HCL_MAX_DEPTH: usize = 16;
+pub const HCL_MAX_DEPTH: usize = 10;
 
 /// Most HCL operators and template directives an ACL policy may have. Policies need none.
-pub const HCL_MAX_OPERATORS: usize = 8;
+pub const HCL_MAX_OPERATORS: usize = 4;
 
-/// The bounds for ACL policies: about 16 × 7 + 8 × 8 = 176 KiB of parser stack at worst,
-/// proven to fit a 256 KiB thread by `tests::worst_cases_fit_a_small_stack`.
+/// The bounds for ACL policies: about 10 × 7 + 4 × 8 = 102 KiB of parser stack at worst,
+/// proven to fit a 256 KiB thread by `tests::worst_cases_fit_a_small_stack` and fuzzed on
+/// one (`fuzz/`, target `hcl_policy`).
 pub const ACL_POLICY_LIMITS: HclLimits = HclLimits {
     max_depth: HCL_MAX_DEPTH,
     max_operators: HCL_MAX_OPERATORS,
@@ -85,8 +92,6 @@ enum Open {
     /// `${` or `%{`: code up to the matching `}`.
     Interp,
     Quoted,
-    /// A heredoc and its closing marker.
-    Heredoc(Vec<u8>),
 }
 
 struct HclScan<'a> {
@@ -124,7 +129,7 @@ impl HclScan<'_> {
         Ok(())
     }
 
-    /// `${`, `%{` (and their `$${`, `%%{` escapes) inside a string or heredoc at `i`; returns
+    /// `${`, `%{` (and their `$${`, `%%{` escapes) inside a string at `i`; returns
     /// how many bytes were consumed, 0 when there is none.
     fn template_start(&mut self, i: usize) -> Result<usize, BoundsError> {
         let (b, n1, n2) = (self.at(i), self.at(i + 1), self.at(i + 2));
@@ -183,7 +188,13 @@ impl HclScan<'_> {
                 self.push(Open::Quoted, i)?;
                 i + 1
             }
-            b'<' if next == b'<' => self.heredoc_start(i)?,
+            b'<' if next == b'<' => {
+                return Err(error_at(
+                    self.text,
+                    i,
+                    "heredocs are not allowed here".into(),
+                ));
+            }
             b'(' => {
                 self.push(Open::Paren, i)?;
                 i + 1
@@ -217,11 +228,11 @@ impl HclScan<'_> {
                 self.operator(i)?;
                 i + 1
             }
-            c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
+            c if c.is_ascii_alphabetic() || c == b'_' => {
                 let mut j = i + 1;
                 while j < self.text.len() {
                     let b = self.text[j];
-                    if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b >= 0x80 {
+                    if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
                         j += 1;
                     } else {
                         break;
@@ -250,31 +261,6 @@ impl HclScan<'_> {
         })
     }
 
-    /// `<<MARKER` or `<<-MARKER` then a newline opens a heredoc; anything else is two `<`.
-    fn heredoc_start(&mut self, i: usize) -> Result<usize, BoundsError> {
-        let mut j = i + 2;
-        if self.at(j) == b'-' {
-            j += 1;
-        }
-        let start = j;
-        if self.at(j).is_ascii_alphabetic() || self.at(j) == b'_' {
-            while self.at(j).is_ascii_alphanumeric() || self.at(j) == b'_' || self.at(j) == b'-' {
-                j += 1;
-            }
-        }
-        let marker = self.text[start..j].to_vec();
-        if self.at(j) == b'\r' {
-            j += 1;
-        }
-        if marker.is_empty() || self.at(j) != b'\n' {
-            self.operator(i)?;
-            self.operator(i + 1)?;
-            return Ok(i + 2);
-        }
-        self.push(Open::Heredoc(marker), i)?;
-        Ok(j + 1)
-    }
-
     fn run(&mut self) -> Result<(), BoundsError> {
         let mut i = 0;
         while i < self.text.len() {
@@ -290,21 +276,6 @@ impl HclScan<'_> {
                         (0, _) => 1,
                         (n, _) => n,
                     };
-                }
-                Some(Open::Heredoc(marker)) => {
-                    if i == 0 || self.text[i - 1] == b'\n' {
-                        let end = self.text[i..]
-                            .iter()
-                            .position(|&b| b == b'\n')
-                            .map_or(self.text.len(), |p| i + p);
-                        if self.text[i..end].trim_ascii() == marker.as_slice() {
-                            self.stack.pop();
-                            i = end;
-                            continue;
-                        }
-                    }
-                    let n = self.template_start(i)?;
-                    i += n.max(1);
                 }
                 _ => i = self.code(i)?,
             }
