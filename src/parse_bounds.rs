@@ -7,9 +7,10 @@
 //! the lexical contexts hcl-edit (hcl-rs's parser) has — code, quoted string (which may span
 //! lines), `${`/`%{` template code, comments — with hcl-edit's own transitions (`"`, `\`
 //! escapes, `$${`/`%%{` escapes, `#`, `//`, `/* */`), so the scan is in code wherever the
-//! parser could be. Heredocs are refused: hcl-edit tries a heredoc's first line as template
-//! before as its end marker, which a lexical scan cannot follow exactly, and no policy needs
-//! one. Wherever the views could still differ the scan counts more: non-ASCII text is never
+//! parser could be. Heredocs and `%{` template directives are refused: hcl-edit tries a
+//! heredoc's first line as template before as its end marker, and parses a directive's body
+//! as a template that ignores the closing `"`; a lexical scan cannot follow either, and no
+//! policy needs them. Wherever the views could still differ the scan counts more: non-ASCII text is never
 //! part of an identifier (so `-` after it counts), and an unbalanced closer is refused outright
 //! (the parser would refuse it too).
 
@@ -25,18 +26,17 @@ use std::fmt;
 /// stack that parses it (coverage instrumentation and future hcl-rs versions grow frames).
 #[derive(Clone, Copy, Debug)]
 pub struct HclLimits {
-    /// Deepest nesting of `(`, `[`, `{`, quoted strings and `${`/`%{` template
-    /// interpolations.
+    /// Deepest nesting of `(`, `[`, `{`, quoted strings and `${` template interpolations.
     pub max_depth: usize,
-    /// Most expression operators (unary, binary, conditional `?`/`:`, `=>`) and template
-    /// directives (`%{`) in the whole document.
+    /// Most expression operators (unary, binary, conditional `?`/`:`, `=>`) in the whole
+    /// document.
     pub max_operators: usize,
 }
 
 /// Deepest HCL nesting an ACL policy may have. Policies need 3 (block, list, string).
 pub const HCL_MAX_DEPTH: usize = 10;
 
-/// Most HCL operators and template directives an ACL policy may have. Policies need none.
+/// Most HCL operators an ACL policy may have. Policies need none.
 pub const HCL_MAX_OPERATORS: usize = 4;
 
 /// The bounds for ACL policies: about 10 × 7 + 4 × 8 = 102 KiB of parser stack at worst,
@@ -89,7 +89,7 @@ enum Open {
     Paren,
     Bracket,
     Brace,
-    /// `${` or `%{`: code up to the matching `}`.
+    /// `${`: code up to the matching `}`.
     Interp,
     Quoted,
 }
@@ -120,26 +120,29 @@ impl HclScan<'_> {
             return Err(error_at(
                 self.text,
                 pos,
-                format!(
-                    "more than {} operators or template directives",
-                    self.limits.max_operators
-                ),
+                format!("more than {} operators", self.limits.max_operators),
             ));
         }
         Ok(())
     }
 
     /// `${`, `%{` (and their `$${`, `%%{` escapes) inside a string at `i`; returns
-    /// how many bytes were consumed, 0 when there is none.
+    /// how many bytes were consumed, 0 when there is none. A `%{` directive is refused:
+    /// hcl-edit parses a directive's body as a template that does not end at the closing
+    /// `"` (found by fuzzing: `x = "%{if a}"` followed by more `%{if` nests without bound).
     fn template_start(&mut self, i: usize) -> Result<usize, BoundsError> {
         let (b, n1, n2) = (self.at(i), self.at(i + 1), self.at(i + 2));
         if (b == b'$' || b == b'%') && n1 == b && n2 == b'{' {
             return Ok(3);
         }
-        if (b == b'$' || b == b'%') && n1 == b'{' {
-            if b == b'%' {
-                self.operator(i)?;
-            }
+        if b == b'%' && n1 == b'{' {
+            return Err(error_at(
+                self.text,
+                i,
+                "template directives are not allowed here".into(),
+            ));
+        }
+        if b == b'$' && n1 == b'{' {
             self.push(Open::Interp, i)?;
             return Ok(2);
         }
@@ -284,8 +287,9 @@ impl HclScan<'_> {
     }
 }
 
-/// Refuse HCL text beyond `limits` (nesting depth, operators and template directives) before
-/// any recursive parser sees it.
+/// Refuse HCL text beyond `limits` (nesting depth, operators), and heredocs and template
+/// directives (whose extent a lexical scan cannot follow the way hcl-edit does), before any
+/// recursive parser sees it.
 pub fn check_hcl(text: &str, limits: HclLimits) -> Result<(), BoundsError> {
     HclScan {
         text: text.as_bytes(),

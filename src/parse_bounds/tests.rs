@@ -31,7 +31,6 @@ fn attack(kind: &str, n: usize) -> String {
         "{a=" => format!("x = {}", nest("{a=", "1", "}", n)),
         // `"${` is two levels: the string and the interpolation.
         "${" => format!("x = {}", nest("\"${", "1", "}\"", n / 2)),
-        "%{" => format!("x = \"{}\"", nest("%{if a}", "x", "%{endif}", n / 2)),
         "block" => nest("a {\n", "policy = \"read\"\n", "}\n", n),
         "-" => format!("x = {}1", "-".repeat(n)),
         "!" => format!("x = {}a", "!".repeat(n)),
@@ -42,7 +41,7 @@ fn attack(kind: &str, n: usize) -> String {
 }
 
 const DEPTH_KINDS: &[&str] = &["[", "(", "f(", "{a=", "${", "block"];
-const OPERATOR_KINDS: &[&str] = &["-", "!", "+", "?:", "%{"];
+const OPERATOR_KINDS: &[&str] = &["-", "!", "+", "?:"];
 
 #[test]
 fn the_attacks_from_the_issue_are_refused() {
@@ -201,6 +200,23 @@ fn heredocs_and_unicode_are_never_mistaken_for_text() {
     assert!(e.reason.contains("operators"), "{e}");
     let e = check_hcl("x = a\u{e9}-----1", ACL_POLICY_LIMITS).unwrap_err();
     assert!(e.reason.contains("operators"), "{e}");
+}
+
+/// Found by the `hcl_policy` fuzz target (minimised): it overflowed a 256 KiB stack because
+/// hcl-edit keeps parsing a `%{if}` body past the closing quote, nesting every later `%{if`.
+const FUZZ_DIRECTIVES: &str = "x=\"%{ifW}\"%{ifb}#%{ifW}%{ifb}%{ifb}%{ifW}%{ifW}%{ifb}%{ifb}\
+    %{ifb}%{ifb}%{ifb}%{ifb}%{ifW}%{ifb}%{ifb}%{ifb}%{ifW}%{ifW}%{ifW}%{if\"%{ifb}%{ifb}%{if\"\
+    %{ifb}%{if-----------------}";
+
+#[test]
+fn template_directives_are_refused_even_where_a_scan_would_see_text() {
+    let e = check_hcl(FUZZ_DIRECTIVES, ACL_POLICY_LIMITS).unwrap_err();
+    assert_eq!(e.reason, "template directives are not allowed here");
+    assert!(on_small_stack(|| policy::parse(FUZZ_DIRECTIVES).is_err()));
+    let e = check_hcl("x = \"%{ if a }b%{ endif }\"", ACL_POLICY_LIMITS).unwrap_err();
+    assert_eq!((e.line, e.column), (1, 6));
+    // The escaped forms are text.
+    check_hcl("x = \"%%{ if a } $${b}\"", ACL_POLICY_LIMITS).unwrap();
 }
 
 #[test]
