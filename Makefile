@@ -5,7 +5,7 @@
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: run build release test deps lint unit bench clean
+.PHONY: run build release test deps lint unit bench clean fuzz
 
 run: release
 	./target/release/nomadlet agent -dev
@@ -32,6 +32,18 @@ test: deps lint
 
 bench: release
 	bash bench/run.sh
+
+# cargo-fuzz campaign over the request-facing parsers (not part of CI): FUZZ_SECONDS per target
+# (default 600), FUZZ_PARALLEL targets at a time (default 1). Needs the nightly toolchain.
+FUZZ_SECONDS ?= 600
+FUZZ_PARALLEL ?= 1
+FUZZ_TARGETS ?= http_head chunked_body filter hcl_policy job_json go_duration jwt safe_path
+
+fuzz:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && $(CARGO) +nightly fuzz build -s none
+	FUZZ_PARALLEL=$(FUZZ_PARALLEL) bash fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 clean:
 	$(CARGO) clean

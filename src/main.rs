@@ -1,24 +1,10 @@
 //! `nomadlet`: the command line (getopts) → config → `agent::run`; errors become one line on
-//! stderr and exit code 1.
-
-mod acl;
-mod agent;
-mod api;
-mod client;
-mod config;
-mod encoding;
-mod fs;
-mod hcl_doc;
-mod http;
-mod logtap;
-mod meta_batcher;
-mod state;
-mod sys;
-mod time;
+//! stderr and exit code 1. Everything else lives in the library (`src/lib.rs`).
 
 use std::process::ExitCode;
 
-use config::{AgentFlags, Config, AGENT_FLAGS};
+use nomadlet::agent;
+use nomadlet::config::{AgentFlags, Config, AGENT_FLAGS};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -83,7 +69,7 @@ fn init_logging(level: &str) {
         .filter_level(filter)
         .format_timestamp_millis()
         .build();
-    logtap::install(inner, filter);
+    nomadlet::logtap::install(inner, filter);
 }
 
 fn main() -> ExitCode {

@@ -6,6 +6,12 @@ use std::fmt;
 
 use serde_json::{json, Map, Value};
 
+use crate::parse_bounds::{check_hcl, check_json_depth, ACL_POLICY_LIMITS};
+
+/// Deepest nesting accepted in a policy's JSON form (a policy needs 4: rules, block list,
+/// block, capability list).
+pub const POLICY_JSON_MAX_DEPTH: usize = 16;
+
 /// A `policy = "..."` level for `node`, `agent` and `operator` rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -179,6 +185,8 @@ fn perr(msg: impl Into<String>) -> PolicyError {
 /// Parse a policy in HCL or in its JSON form.
 pub fn parse(text: &str) -> Result<Policy, PolicyError> {
     let doc = if text.trim_start().starts_with('{') {
+        check_json_depth(text.as_bytes(), POLICY_JSON_MAX_DEPTH)
+            .map_err(|e| perr(e.to_string()))?;
         serde_json::from_str::<Value>(text).map_err(|e| {
             perr(format!(
                 "At {}:{}: {}",
@@ -188,6 +196,8 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
             ))
         })?
     } else {
+        // hcl-rs recurses per nesting level and per operator: bound both before it looks.
+        check_hcl(text, ACL_POLICY_LIMITS).map_err(|e| perr(e.to_string()))?;
         let body = hcl::parse(text).map_err(|e| match e {
             hcl::Error::Parse(p) => perr(format!(
                 "At {}:{}: {}",

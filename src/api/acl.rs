@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::params::{check_common, get_ci};
-use super::{auth::Identity, ApiError, ApiReply, ApiResult, Ctx, IndexMeta};
+use super::{auth::Identity, filter, ApiError, ApiReply, ApiResult, Ctx, IndexMeta};
 use crate::acl::keys::JWKS_MAX_AGE_SECS;
 use crate::acl::tokens::{is_uuid, AclPolicy, AclToken, JobAcl};
 use crate::acl::{policy, ANONYMOUS_POLICY};
@@ -74,7 +74,7 @@ fn body_object(ctx: &Ctx) -> Result<Map<String, Value>, ApiError> {
     if ctx.req.body.is_empty() {
         return Err(ApiError::empty_body());
     }
-    match serde_json::from_slice::<Value>(&ctx.req.body) {
+    match crate::parse_bounds::json_value(&ctx.req.body) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(ApiError::bad_request(
             "Request decode failed: body must be a JSON object",
@@ -158,6 +158,9 @@ fn list_tokens(ctx: &Ctx) -> ApiResult {
     check_common(ctx.req)?;
     ctx.identity.allow_management()?;
     let prefix = ctx.req.query("prefix").unwrap_or("");
+    // The filter sees the token stub: unlike Nomad, never the SecretID (a filter on it would
+    // be an oracle for the secret).
+    let expr = filter::from_query(ctx.req)?;
     let list: Vec<Value> = ctx
         .agent
         .acl
@@ -165,6 +168,7 @@ fn list_tokens(ctx: &Ctx) -> ApiResult {
         .iter()
         .filter(|t| t.accessor_id.starts_with(prefix))
         .map(AclToken::stub_json)
+        .filter(|v| filter::keeps(expr.as_ref(), v))
         .collect();
     query_reply(Value::Array(list), ctx)
 }
@@ -403,6 +407,8 @@ fn list_policies(ctx: &Ctx) -> ApiResult {
     check_common(ctx.req)?;
     require_token_or_anonymous(&ctx.identity)?;
     let prefix = ctx.req.query("prefix").unwrap_or("");
+    // Like Nomad, the filter sees the full policy (with its rules), not the list stub.
+    let expr = filter::from_query(ctx.req)?;
     let anonymous = matches!(ctx.identity, Identity::Anonymous { .. });
     let list: Vec<Value> = ctx
         .agent
@@ -420,6 +426,7 @@ fn list_policies(ctx: &Ctx) -> ApiResult {
                     .and_then(|t| t.policies.as_ref())
                     .is_some_and(|ps| ps.contains(&p.name))
         })
+        .filter(|p| expr.is_none() || filter::keeps(expr.as_ref(), &p.to_json()))
         .map(AclPolicy::stub_json)
         .collect();
     query_reply(Value::Array(list), ctx)

@@ -6,7 +6,7 @@ use crate::state::jobs::alloc::AllocRecord;
 
 use super::jobs::{job_json, namespace, node_info};
 use super::params;
-use super::{json_meta, ApiError, ApiResult, Ctx, IndexMeta};
+use super::{filter, json_meta, ApiError, ApiResult, Ctx, IndexMeta};
 
 /// Serve `path` (the request path after `/v1/`).
 pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
@@ -45,12 +45,15 @@ fn list(ctx: &Ctx) -> ApiResult {
     let with_states = bool_param(ctx, "task_states", true)?;
     let with_resources = bool_param(ctx, "resources", false)?;
     let prefix = ctx.req.query("prefix").unwrap_or("");
+    // Like Nomad, the filter sees the full allocation, not the list stub.
+    let expr = filter::from_query(ctx.req)?;
     let out: Vec<Value> = ctx
         .agent
         .workloads
         .allocs()
         .iter()
         .filter(|a| (ns == "*" || a.namespace == ns) && a.id.starts_with(prefix))
+        .filter(|a| expr.is_none() || filter::keeps(expr.as_ref(), &alloc_json(ctx, a)))
         .map(|a| a.to_stub(with_states, with_resources))
         .collect();
     json_meta(&out, IndexMeta::Query(ctx.agent.index.current()))

@@ -70,7 +70,7 @@ fn body_object(ctx: &Ctx) -> Result<Option<serde_json::Map<String, Value>>, ApiE
     if ctx.req.body.is_empty() {
         return Ok(None);
     }
-    let v: Value = serde_json::from_slice(&ctx.req.body)
+    let v: Value = crate::parse_bounds::json_value(&ctx.req.body)
         .map_err(|e| ApiError::bad_request(format!("Failed to decode body: {e}")))?;
     match v {
         Value::Object(m) => Ok(Some(m)),

@@ -49,6 +49,14 @@ fn decode(body: &[u8]) -> Result<(String, DynamicMeta, bool), ApiError> {
     if body.is_empty() {
         return Err(ApiError::empty_body());
     }
+    crate::parse_bounds::check_json_depth(body, crate::parse_bounds::JSON_MAX_DEPTH).map_err(
+        |e| {
+            ApiError::bad_request(format!(
+                "invalid JSON: {} at line {} column {}",
+                e.reason, e.line, e.column
+            ))
+        },
+    )?;
     let v: Value = serde_json::Deserializer::from_slice(body)
         .into_iter::<Value>()
         .next()

@@ -5,11 +5,16 @@
 
 use serde_json::Value;
 
+use super::ApiError;
+use crate::http::Request;
+
 /// A parsed filter expression.
 #[derive(Debug, Clone)]
 pub enum Expr {
-    And(Box<Expr>, Box<Expr>),
-    Or(Box<Expr>, Box<Expr>),
+    /// `a and b and ...`: kept flat, so a long chain adds no depth.
+    And(Vec<Expr>),
+    /// `a or b or ...`: kept flat, so a long chain adds no depth.
+    Or(Vec<Expr>),
     Not(Box<Expr>),
     Cmp {
         selector: Vec<String>,
@@ -36,10 +41,11 @@ pub enum Op {
     NotContains,
 }
 
-/// Longest filter text accepted.
+/// Longest filter text accepted (checked before lexing).
 pub const MAX_FILTER_LEN: usize = 4096;
-/// Deepest nesting of parentheses and `not`.
-const MAX_DEPTH: usize = 32;
+/// Deepest nesting of parentheses and `not`: the only way the parser, `matches` and drop
+/// recurse (`and`/`or` chains are flat).
+pub const MAX_DEPTH: usize = 32;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
@@ -159,25 +165,31 @@ impl Parser {
         t
     }
     fn or(&mut self) -> Result<Expr, String> {
-        let mut e = self.and()?;
+        let mut terms = vec![self.and()?];
         while self.peek_kw("or") {
             self.pos += 1;
-            e = Expr::Or(Box::new(e), Box::new(self.and()?));
+            terms.push(self.and()?);
         }
-        Ok(e)
+        Ok(match terms.len() {
+            1 => terms.remove(0),
+            _ => Expr::Or(terms),
+        })
     }
     fn and(&mut self) -> Result<Expr, String> {
-        let mut e = self.unary()?;
+        let mut terms = vec![self.unary()?];
         while self.peek_kw("and") {
             self.pos += 1;
-            e = Expr::And(Box::new(e), Box::new(self.unary()?));
+            terms.push(self.unary()?);
         }
-        Ok(e)
+        Ok(match terms.len() {
+            1 => terms.remove(0),
+            _ => Expr::And(terms),
+        })
     }
     fn unary(&mut self) -> Result<Expr, String> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err("expression nested too deeply".into());
+            return Err(format!("expression nested deeper than {MAX_DEPTH} levels"));
         }
         let r = if self.peek_kw("not") {
             self.pos += 1;
@@ -295,7 +307,9 @@ impl Parser {
 pub fn parse(text: &str) -> Result<Expr, String> {
     let fail = |e: String| format!("failed to read filter expression: {e}");
     if text.len() > MAX_FILTER_LEN {
-        return Err(fail("expression too long".into()));
+        return Err(fail(format!(
+            "expression longer than {MAX_FILTER_LEN} bytes"
+        )));
     }
     let toks = lex(text).map_err(fail)?;
     let mut p = Parser {
@@ -308,6 +322,19 @@ pub fn parse(text: &str) -> Result<Expr, String> {
         return Err(fail(format!("unexpected {:?}", p.toks[p.pos])));
     }
     Ok(e)
+}
+
+/// The request's `?filter=` expression, if it has a non-empty one; a bad one is a 400.
+pub fn from_query(req: &Request) -> Result<Option<Expr>, ApiError> {
+    match req.query("filter") {
+        Some(f) if !f.is_empty() => parse(f).map(Some).map_err(ApiError::bad_request),
+        _ => Ok(None),
+    }
+}
+
+/// Whether `doc` passes an optional filter (no filter: everything passes).
+pub fn keeps(expr: Option<&Expr>, doc: &Value) -> bool {
+    expr.is_none_or(|e| e.matches(doc))
 }
 
 fn lookup<'a>(doc: &'a Value, sel: &[String]) -> Option<&'a Value> {
@@ -329,8 +356,8 @@ impl Expr {
     /// Whether `doc` matches.
     pub fn matches(&self, doc: &Value) -> bool {
         match self {
-            Expr::And(a, b) => a.matches(doc) && b.matches(doc),
-            Expr::Or(a, b) => a.matches(doc) || b.matches(doc),
+            Expr::And(terms) => terms.iter().all(|t| t.matches(doc)),
+            Expr::Or(terms) => terms.iter().any(|t| t.matches(doc)),
             Expr::Not(e) => !e.matches(doc),
             Expr::Cmp {
                 selector,
@@ -399,6 +426,34 @@ mod tests {
             .unwrap()
             .matches(&node));
         assert!(parse(r#"Meta.missing is empty"#).unwrap().matches(&node));
+    }
+
+    #[test]
+    fn depth_is_bounded_and_long_chains_add_none() {
+        let deep = |n: usize| format!("{}Name == \"a\"{}", "(".repeat(n), ")".repeat(n));
+        assert!(parse(&deep(MAX_DEPTH - 1)).is_ok());
+        let e = parse(&deep(MAX_DEPTH + 1)).unwrap_err();
+        assert!(e.contains("nested deeper than 32 levels"), "{e}");
+        assert!(parse(&format!("{}Name == a", "not ".repeat(MAX_DEPTH + 1))).is_err());
+        let e = parse(&"a".repeat(MAX_FILTER_LEN + 1)).unwrap_err();
+        assert!(e.starts_with("failed to read filter expression: "), "{e}");
+        // The longest chains fit in the limit and, being flat, evaluate and drop on a small
+        // stack (256 KiB), as do the deepest nestings.
+        let chain = "Name == a and ".repeat(MAX_FILTER_LEN / 14 - 1) + "Name == a";
+        let mixed =
+            "(Name == a or ".repeat(MAX_DEPTH - 2) + "not Name == b" + &")".repeat(MAX_DEPTH - 2);
+        for text in [chain, mixed, deep(MAX_DEPTH - 1)] {
+            let ok = std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    let e = parse(&text).unwrap();
+                    e.matches(&json!({"Name": "a"}))
+                })
+                .unwrap()
+                .join()
+                .unwrap();
+            assert!(ok);
+        }
     }
 
     #[test]

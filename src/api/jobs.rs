@@ -10,7 +10,7 @@ use crate::state::jobs::validate::validate_job;
 use crate::state::jobs::NodeInfo;
 
 use super::params::{self, get_ci};
-use super::{json_meta, ApiError, ApiResult, Ctx, IndexMeta};
+use super::{filter, json_meta, ApiError, ApiResult, Ctx, IndexMeta};
 
 /// Serve `path` (the request path after `/v1/`).
 pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
@@ -108,25 +108,33 @@ pub fn node_info(agent: &Agent) -> NodeInfo {
     }
 }
 
-fn register(ctx: &Ctx, path_id: Option<&str>) -> ApiResult {
-    if ctx.req.body.is_empty() {
+/// Decode a job registration body (`{"Job": {...}, ...}`): depth-bounded JSON, the `Job`
+/// object, and a non-empty job ID. Returns the whole body object and the job.
+pub(crate) fn decode_register(body: &[u8]) -> Result<(Map<String, Value>, Job), ApiError> {
+    if body.is_empty() {
         return Err(ApiError::empty_body());
     }
-    let body: Value = serde_json::from_slice(&ctx.req.body)
+    let body = crate::parse_bounds::json_value(body)
         .map_err(|e| ApiError::bad_request(format!("Failed to decode body: {e}")))?;
-    let Some(obj) = body.as_object() else {
+    let Value::Object(obj) = body else {
         return Err(ApiError::bad_request(
             "Failed to decode body: expected a JSON object",
         ));
     };
-    let job_value = match get_ci(obj, "Job") {
+    let job_value = match get_ci(&obj, "Job") {
         Some(v) if v.is_object() => v.clone(),
         _ => return Err(ApiError::bad_request("Job must be specified")),
     };
-    let mut job = Job::from_json(job_value).map_err(ApiError::bad_request)?;
+    let job = Job::from_json(job_value).map_err(ApiError::bad_request)?;
     if job.id.is_empty() {
         return Err(ApiError::bad_request("Job ID hasn't been provided"));
     }
+    Ok((obj, job))
+}
+
+fn register(ctx: &Ctx, path_id: Option<&str>) -> ApiResult {
+    let (obj, mut job) = decode_register(&ctx.req.body)?;
+    let obj = &obj;
     if let Some(id) = path_id {
         if id != job.id {
             return Err(ApiError::bad_request("Job ID does not match name"));
@@ -317,11 +325,16 @@ fn list_jobs(ctx: &Ctx) -> ApiResult {
     let ns = namespace(ctx);
     ctx.identity.allow_namespace(&ns, "list-jobs")?;
     let prefix = ctx.req.query("prefix").unwrap_or("");
+    // Like Nomad, the filter sees the full job, not the list stub.
+    let expr = filter::from_query(ctx.req)?;
     let mut out = Vec::new();
     let mut jobs = ctx.agent.workloads.jobs();
     jobs.sort_by(|a, b| a.id.cmp(&b.id));
     for job in jobs {
         if !ns_matches(&ns, &job.namespace) || !job.id.starts_with(prefix) {
+            continue;
+        }
+        if expr.is_some() && !filter::keeps(expr.as_ref(), &job_json(ctx.agent, &job)) {
             continue;
         }
         out.push(json!({
@@ -387,8 +400,14 @@ fn list_evals(ctx: &Ctx) -> ApiResult {
     let ns = namespace(ctx);
     ctx.identity.allow_namespace(&ns, "read-job")?;
     let prefix = ctx.req.query("prefix").unwrap_or("");
-    let job = ctx.req.query("job");
-    let status = ctx.req.query("status");
+    let job = ctx.req.query("job").filter(|j| !j.is_empty());
+    let status = ctx.req.query("status").filter(|s| !s.is_empty());
+    let expr = filter::from_query(ctx.req)?;
+    if expr.is_some() && (job.is_some() || status.is_some()) {
+        return Err(ApiError::bad_request(
+            "Filter expression cannot be used with other filter parameters",
+        ));
+    }
     let out: Vec<Value> = ctx
         .agent
         .workloads
@@ -398,6 +417,7 @@ fn list_evals(ctx: &Ctx) -> ApiResult {
         .filter(|e| job.map(|j| j == e.job_id).unwrap_or(true))
         .filter(|e| status.map(|s| s == e.status).unwrap_or(true))
         .map(|e| e.to_api())
+        .filter(|v| filter::keeps(expr.as_ref(), v))
         .collect();
     json_meta(&out, IndexMeta::Query(index_now(ctx)))
 }

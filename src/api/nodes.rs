@@ -53,14 +53,11 @@ fn list(ctx: &Ctx) -> ApiResult {
     let with_os = bool_param(ctx, "os")?;
     let with_resources = bool_param(ctx, "resources")?;
     let node = &ctx.agent.node;
-    let expr = match ctx.req.query("filter") {
-        Some(f) if !f.is_empty() => Some(filter::parse(f).map_err(ApiError::bad_request)?),
-        _ => None,
-    };
+    let expr = filter::from_query(ctx.req)?;
     let prefix = ctx.req.query("prefix").unwrap_or("");
     let mut out: Vec<Value> = Vec::new();
     let full = node.node_json();
-    if node.id().starts_with(prefix) && expr.as_ref().map(|e| e.matches(&full)).unwrap_or(true) {
+    if node.id().starts_with(prefix) && filter::keeps(expr.as_ref(), &full) {
         out.push(node.stub_json(with_os, with_resources));
     }
     // The index comes from the same snapshot as the body: a blocking query must never get a

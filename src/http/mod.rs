@@ -16,16 +16,16 @@
 // catch real dead code.
 #![cfg_attr(not(test), allow(dead_code, unused_imports))]
 
-mod budget;
-mod chunked;
+pub(crate) mod budget;
+pub(crate) mod chunked;
 pub mod conn;
-mod head;
+pub(crate) mod head;
 pub mod limits;
 pub mod listener;
 pub mod reply;
 pub mod request;
 mod respond;
-mod wire;
+pub(crate) mod wire;
 
 #[cfg(test)]
 mod tests;
