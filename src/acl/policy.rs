@@ -198,16 +198,13 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
     } else {
         // hcl-rs recurses per nesting level and per operator: bound both before it looks.
         check_hcl(text, ACL_POLICY_LIMITS).map_err(|e| perr(e.to_string()))?;
-        let body = hcl::parse(text).map_err(|e| match e {
-            hcl::Error::Parse(p) => perr(format!(
-                "At {}:{}: {}",
-                p.location().line(),
-                p.location().column(),
-                p.message()
-            )),
-            other => perr(other.to_string()),
-        })?;
-        body_to_json(&body)
+        crate::hcl_doc::parse(text).map_err(|e| {
+            perr(if e.line == 0 {
+                e.message
+            } else {
+                e.to_string()
+            })
+        })?
     };
     interpret(&doc)
 }
@@ -218,33 +215,6 @@ fn json_error_text(e: &serde_json::Error) -> String {
         Some(i) => s[..i].to_string(),
         None => s,
     }
-}
-
-/// Convert an HCL body to the JSON form: every block becomes an element of a list under its
-/// identifier; a labelled block is `{label: body}`.
-fn body_to_json(body: &hcl::Body) -> Value {
-    let mut obj = Map::new();
-    for attr in body.attributes() {
-        let v = serde_json::to_value(attr.expr()).unwrap_or(Value::Null);
-        obj.insert(attr.key().to_string(), v);
-    }
-    for block in body.blocks() {
-        let mut inner = body_to_json(block.body());
-        for label in block.labels().iter().rev() {
-            let mut m = Map::new();
-            m.insert(label.as_str().to_string(), inner);
-            inner = Value::Object(m);
-        }
-        let slot = obj
-            .entry(block.identifier().to_string())
-            .or_insert_with(|| Value::Array(Vec::new()));
-        if let Value::Array(list) = slot {
-            list.push(inner);
-        } else {
-            *slot = Value::Array(vec![slot.clone(), inner]);
-        }
-    }
-    Value::Object(obj)
 }
 
 /// An object or a list of objects, as a list of objects.

@@ -11,6 +11,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::ConfigError;
+use crate::parse_bounds::{check_hcl, check_json_depth, HclLimits, JSON_MAX_DEPTH};
+
+/// Bounds an HCL config file must keep before hcl-rs reads it: the policy limits, whose
+/// worst case is proven to parse on a 256 KiB stack (agent configs need 3 levels, no operators).
+const CONFIG_HCL_LIMITS: HclLimits = crate::parse_bounds::ACL_POLICY_LIMITS;
 
 /// Keys of Nomad's agent config that nomadlet accepts and ignores, each with a warning in the
 /// log (README lists them). Dotted paths; `plugin.*` means every plugin but `raw_exec`.
@@ -230,7 +235,10 @@ fn read_one(path: &Path) -> Result<(Value, Vec<String>), ConfigError> {
 
 /// The text as a document: `" line:column: message"` on a syntax error.
 fn parse_text(text: &str, json: bool) -> Result<Value, String> {
+    // Config files are the operator's, but a parser still never recurses unbounded.
     if json {
+        check_json_depth(text.as_bytes(), JSON_MAX_DEPTH)
+            .map_err(|e| format!(" invalid JSON: {e}"))?;
         let v: Value = serde_json::from_str(text).map_err(|e| {
             let s = e.to_string();
             let msg = s.split(" at line ").next().unwrap_or(&s).to_string();
@@ -241,6 +249,7 @@ fn parse_text(text: &str, json: bool) -> Result<Value, String> {
         }
         Ok(v)
     } else {
+        check_hcl(text, CONFIG_HCL_LIMITS).map_err(|e| format!(" invalid HCL: {e}"))?;
         crate::hcl_doc::parse(text)
             .map_err(|e| format!("{}:{}: invalid HCL: {}", e.line, e.column, e.message))
     }
