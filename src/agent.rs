@@ -74,7 +74,11 @@ impl Agent {
         let membership = Membership::load(&config, node.id())?;
         let workloads = Workloads::load(&config.data_dir, index.clone())?;
         index.observe(workloads.max_index());
-        let acl = AclState::load(&config.data_dir, config.acl_enabled)?;
+        let acl = AclState::load(
+            &config.data_dir,
+            config.acl_enabled,
+            workloads.command_log(),
+        );
         index.observe(acl.max_index());
         let client = Client::new(&config);
         let batcher = Batcher::new(&config);

@@ -13,12 +13,14 @@ use super::jobs::alloc::{AllocRecord, TaskState};
 use super::jobs::eval::EvalRecord;
 use super::jobs::spec::Job;
 use super::jobs::NodeInfo;
+use crate::acl::tokens::{AclPolicy, AclToken};
+use crate::acl::AclTables;
 
 /// A job's key: `(namespace, id)`.
 pub type JobKey = (String, String);
 
 /// One change to server state, with everything chosen that apply must not choose itself.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Command {
     /// Register a canonicalized, validated job. When its spec changed, a new version is made
     /// and its allocs are replaced by new ones named by `alloc_ids` (one per placement, in
@@ -55,6 +57,26 @@ pub enum Command {
         collected: bool,
         now: i64,
     },
+    /// Create the initial management token (made, with its secret, by the proposer), once.
+    AclBootstrap {
+        token: Box<AclToken>,
+        index: u64,
+    },
+    /// Insert or replace a token (`must_exist`: only replace, an update).
+    AclTokenUpsert {
+        token: Box<AclToken>,
+        must_exist: bool,
+    },
+    AclTokenDelete {
+        accessor: String,
+    },
+    /// Insert or replace a policy (its `CreateIndex` is kept when it existed).
+    AclPolicyUpsert {
+        policy: Box<AclPolicy>,
+    },
+    AclPolicyDelete {
+        name: String,
+    },
 }
 
 /// What applying a command did (the proposer's answer).
@@ -66,6 +88,8 @@ pub enum Applied {
     AllocStopped { eval_id: String },
     /// A client update: the alloc as it now is.
     Alloc(Box<AllocRecord>),
+    /// An ACL write (`false`: a delete found nothing).
+    Acl(bool),
 }
 
 /// The answer to a register or deregister.
@@ -81,6 +105,11 @@ pub struct JobWrite {
 pub enum ApplyError {
     UnknownJob,
     UnknownAlloc,
+    UnknownToken,
+    /// ACL bootstrap was done, at this index.
+    AlreadyBootstrapped(u64),
+    /// Stored policy rules that do not parse (the API checks them before).
+    BadPolicy(String),
 }
 
 impl fmt::Display for ApplyError {
@@ -88,6 +117,9 @@ impl fmt::Display for ApplyError {
         match self {
             ApplyError::UnknownJob => write!(f, "job not found"),
             ApplyError::UnknownAlloc => write!(f, "alloc not found"),
+            ApplyError::UnknownToken => write!(f, "ACL token not found"),
+            ApplyError::AlreadyBootstrapped(i) => write!(f, "ACL bootstrap already done at {i}"),
+            ApplyError::BadPolicy(e) => write!(f, "policy rules do not parse: {e}"),
         }
     }
 }
@@ -103,6 +135,8 @@ pub struct ServerState {
     pub jobs: BTreeMap<JobKey, Arc<Job>>,
     pub evals: BTreeMap<String, Arc<EvalRecord>>,
     pub allocs: BTreeMap<String, Arc<AllocRecord>>,
+    /// ACL tokens, policies, the bootstrap marker.
+    pub acl: Arc<AclTables>,
 }
 
 /// The serialized form of [`ServerState`] (snapshots, the determinism check).
@@ -112,6 +146,8 @@ struct StateImage {
     jobs: Vec<Job>,
     evals: Vec<EvalRecord>,
     allocs: Vec<AllocRecord>,
+    #[serde(default)]
+    acl: AclTables,
 }
 
 /// The serialized form, borrowing (what a snapshot writes).
@@ -121,6 +157,7 @@ struct StateImageRef<'a> {
     jobs: Vec<&'a Job>,
     evals: Vec<&'a EvalRecord>,
     allocs: Vec<&'a AllocRecord>,
+    acl: &'a AclTables,
 }
 
 impl ServerState {
@@ -131,15 +168,18 @@ impl ServerState {
             jobs: self.jobs.values().map(|j| &**j).collect(),
             evals: self.evals.values().map(|e| &**e).collect(),
             allocs: self.allocs.values().map(|a| &**a).collect(),
+            acl: &self.acl,
         })
     }
 
     /// The state back from [`ServerState::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<ServerState, serde_json::Error> {
         let img: StateImage = serde_json::from_slice(bytes)?;
-        Ok(ServerState::from_parts(
-            img.index, img.jobs, img.evals, img.allocs,
-        ))
+        let mut state = ServerState::from_parts(img.index, img.jobs, img.evals, img.allocs);
+        let mut acl = img.acl;
+        acl.parse_policies();
+        state.acl = Arc::new(acl);
+        Ok(state)
     }
 
     /// A state of these objects (the import of the old file store, a snapshot).
@@ -163,6 +203,7 @@ impl ServerState {
                 .into_iter()
                 .map(|a| (a.id.clone(), Arc::new(a)))
                 .collect(),
+            acl: Arc::default(),
         }
     }
 }
@@ -225,9 +266,68 @@ pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appli
             state.allocs.insert(alloc_id.clone(), Arc::new(a.clone()));
             Applied::Alloc(Box::new(a))
         }
+        Command::AclBootstrap { .. }
+        | Command::AclTokenUpsert { .. }
+        | Command::AclTokenDelete { .. }
+        | Command::AclPolicyUpsert { .. }
+        | Command::AclPolicyDelete { .. } => {
+            // On a copy: a failing command leaves the tables as they were.
+            let mut acl = (*state.acl).clone();
+            let applied = apply_acl(&mut acl, cmd)?;
+            state.acl = Arc::new(acl);
+            applied
+        }
     };
     state.index = state.index.max(index);
     Ok(applied)
+}
+
+/// The ACL commands.
+fn apply_acl(t: &mut AclTables, cmd: &Command) -> Result<Applied, ApplyError> {
+    match cmd {
+        Command::AclBootstrap { token, index } => {
+            if let Some(i) = t.bootstrap_index {
+                return Err(ApplyError::AlreadyBootstrapped(i));
+            }
+            t.bootstrap_index = Some(*index);
+            t.tokens.push((**token).clone());
+            Ok(Applied::Acl(true))
+        }
+        Command::AclTokenUpsert { token, must_exist } => {
+            match t
+                .tokens
+                .iter_mut()
+                .find(|x| x.accessor_id == token.accessor_id)
+            {
+                Some(slot) => *slot = (**token).clone(),
+                None if *must_exist => return Err(ApplyError::UnknownToken),
+                None => t.tokens.push((**token).clone()),
+            }
+            Ok(Applied::Acl(true))
+        }
+        Command::AclTokenDelete { accessor } => {
+            let before = t.tokens.len();
+            t.tokens.retain(|x| &x.accessor_id != accessor);
+            if t.tokens.len() == before {
+                return Err(ApplyError::UnknownToken);
+            }
+            Ok(Applied::Acl(true))
+        }
+        Command::AclPolicyUpsert { policy } => {
+            let mut policy = (**policy).clone();
+            let parsed = crate::acl::policy::parse(&policy.rules)
+                .map_err(|e| ApplyError::BadPolicy(e.to_string()))?;
+            policy.parsed = Arc::new(parsed);
+            if let Some(old) = t.policies.get(&policy.name) {
+                policy.create_index = old.create_index;
+            }
+            policy.rehash();
+            t.policies.insert(policy.name.clone(), policy);
+            Ok(Applied::Acl(true))
+        }
+        Command::AclPolicyDelete { name } => Ok(Applied::Acl(t.policies.remove(name).is_some())),
+        _ => Ok(Applied::Acl(false)),
+    }
 }
 
 /// Stop every running alloc of a job.
@@ -474,7 +574,8 @@ mod tests {
             .iter()
             .map(|c| serde_json::from_slice(&serde_json::to_vec(c).unwrap()).unwrap())
             .collect();
-        assert_eq!(wire, cmds);
+        let bytes_of = |c: &[Command]| serde_json::to_vec(c).unwrap();
+        assert_eq!(bytes_of(&wire), bytes_of(&cmds));
         let (b, _) = run(&wire);
         let bytes = a.to_bytes().unwrap();
         assert_eq!(bytes, b.to_bytes().unwrap());
@@ -514,5 +615,37 @@ mod tests {
             ApplyError::UnknownAlloc
         );
         assert_eq!(s.to_bytes().unwrap(), before);
+    }
+}
+
+#[cfg(test)]
+mod acl_tests {
+    use super::*;
+
+    #[test]
+    fn acl_commands_apply_and_survive_a_snapshot() {
+        let mut s = ServerState::default();
+        let mut token = AclToken::new("b".into(), "management".into(), None, true, 5);
+        token.expiration = Some(1);
+        let boot = Command::AclBootstrap {
+            token: Box::new(token.clone()),
+            index: 5,
+        };
+        apply(&mut s, &boot, 6).unwrap();
+        assert_eq!(
+            apply(&mut s, &boot, 7).unwrap_err(),
+            ApplyError::AlreadyBootstrapped(5)
+        );
+        let bytes = s.to_bytes().unwrap();
+        let back = ServerState::from_bytes(&bytes).unwrap();
+        assert_eq!(
+            back.acl.tokens.len(),
+            1,
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
+        assert_eq!(back.acl.tokens[0].secret_id, token.secret_id);
+        assert_eq!(back.acl.tokens[0].expiration, Some(1));
+        assert_eq!(back.acl.bootstrap_index, Some(5));
     }
 }

@@ -188,7 +188,7 @@ impl CommandLog {
         if fresh {
             let state = import()?;
             write_snapshot(&db, &state)?;
-            imported = !state.jobs.is_empty() || !state.evals.is_empty() || state.index > 0;
+            imported = state.index > 0 || !state.jobs.is_empty() || !state.acl.tokens.is_empty();
         }
         let state = Arc::new(load_state(&db)?);
         counter.observe(state.index);

@@ -28,7 +28,7 @@ use super::IndexCounter;
 /// answered once it is durable, applied and published; reads see an immutable snapshot.
 pub struct Workloads {
     path: PathBuf,
-    log: CommandLog,
+    log: Arc<CommandLog>,
     max_index: u64,
 }
 
@@ -103,14 +103,26 @@ fn load_old_store(server: &Path) -> Result<ServerState, StoreError> {
     let jobs = load_dir::<Job>(&server.join("jobs"))?;
     let evals = load_dir::<EvalRecord>(&server.join("evals"))?;
     let allocs = load_dir::<AllocRecord>(&server.join("allocs"))?;
+    let acl = crate::acl::AclTables::read_old_file(server)?;
+    let acl_index = acl
+        .tokens
+        .iter()
+        .map(|t| t.modify_index)
+        .chain(acl.policies.values().map(|p| p.modify_index))
+        .chain(acl.bootstrap_index)
+        .max()
+        .unwrap_or(0);
     let max_index = jobs
         .iter()
         .map(|j| j.modify_index)
         .chain(evals.iter().map(|e| e.modify_index))
         .chain(allocs.iter().map(|a| a.modify_index))
         .max()
-        .unwrap_or(0);
-    Ok(ServerState::from_parts(max_index, jobs, evals, allocs))
+        .unwrap_or(0)
+        .max(acl_index);
+    let mut state = ServerState::from_parts(max_index, jobs, evals, allocs);
+    state.acl = Arc::new(acl);
+    Ok(state)
 }
 
 /// Once the import is durable: remove the old store's files (and its directories when
@@ -124,6 +136,9 @@ fn remove_old_store(server: &Path) {
             }
         }
         let _ = std::fs::remove_dir(&dir);
+    }
+    if let Err(e) = store::remove_file(&server.join(crate::acl::STATE_FILE)) {
+        log::warn!("cannot remove the imported ACL state file: {e}");
     }
 }
 
@@ -152,7 +167,7 @@ impl Workloads {
         let max_index = opened.log.state().index;
         Ok(Workloads {
             path,
-            log: opened.log,
+            log: Arc::new(opened.log),
             max_index,
         })
     }
@@ -160,6 +175,11 @@ impl Workloads {
     /// Stop the committer (after the writes already proposed) and close the store.
     pub fn shutdown(&self) {
         self.log.shutdown();
+    }
+
+    /// The command log, for the other parts of the server state (ACL).
+    pub fn command_log(&self) -> Arc<CommandLog> {
+        self.log.clone()
     }
 
     /// The published state: an immutable snapshot.
