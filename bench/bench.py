@@ -57,7 +57,7 @@ def proc_status(pid):
 
 
 class Agent:
-    def __init__(self, extra=(), binary=None, wrapper=(), data_dir=None):
+    def __init__(self, extra=(), binary=None, wrapper=(), data_dir=None, timeout=None):
         self.port = free_port()
         self.keep_dir = data_dir is not None
         self.dir = data_dir or tempfile.mkdtemp(prefix="nomadlet-bench-")
@@ -66,7 +66,7 @@ class Agent:
              "-http-port", str(self.port), "-log-level", "WARN", *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.url = f"http://127.0.0.1:{self.port}"
-        wait_http(self.url + "/v1/agent/health", 120 if wrapper else 30)
+        wait_http(self.url + "/v1/agent/health", timeout or (120 if wrapper else 30))
 
     def req(self, method, path, body=None):
         data = json.dumps(body).encode() if body is not None else None
@@ -502,7 +502,7 @@ def bench_state():
         old_store_files(data_dir, STATE_ALLOCS)
         old = dir_bytes(os.path.join(data_dir, "server"))
         t0 = time.monotonic()
-        agent = Agent(data_dir=data_dir)
+        agent = Agent(data_dir=data_dir, timeout=300)
         imported = (time.monotonic() - t0) * 1000
         n = len(agent.req("GET", "/v1/allocations"))
         # Commands in the log after the snapshot the import wrote.

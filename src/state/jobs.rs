@@ -130,12 +130,16 @@ fn load_old_store(server: &Path) -> Result<ServerState, StoreError> {
 fn remove_old_store(server: &Path) {
     for sub in OLD_DIRS {
         let dir = server.join(sub);
+        // Not synced one by one: files that come back after a crash are never read again
+        // (the store is no longer new), so one sync of the directory at the end will do.
         for f in json_files(&dir).unwrap_or_default() {
-            if let Err(e) = store::remove_file(&f) {
-                log::warn!("cannot remove an imported state file: {e}");
+            if let Err(e) = std::fs::remove_file(&f) {
+                log::warn!("cannot remove imported state file {}: {e}", f.display());
             }
         }
-        let _ = std::fs::remove_dir(&dir);
+        if std::fs::remove_dir(&dir).is_err() {
+            let _ = std::fs::File::open(&dir).and_then(|d| d.sync_all());
+        }
     }
     if let Err(e) = store::remove_file(&server.join(crate::acl::STATE_FILE)) {
         log::warn!("cannot remove the imported ACL state file: {e}");
