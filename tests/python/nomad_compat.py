@@ -22,7 +22,7 @@ def agent_section(n):
     check(members["Members"][0]["Status"] == "alive", "members alive")
     check(n.agent.get_servers() == ["127.0.0.1:4647"], "servers")
     check(n.agent.update_servers(["127.0.0.1:4647", "127.0.0.5:4647"]) == 200, "update servers")
-    check(sorted(n.agent.get_servers()) == ["127.0.0.5:4647", "127.0.0.1:4647"], "servers updated")
+    check(sorted(n.agent.get_servers()) == ["127.0.0.1:4647", "127.0.0.5:4647"], "servers updated")
     j = n.agent.join_agent(["127.0.0.1:1"])
     check(j["num_joined"] == 0 and "Failed to join" in j["error"], f"join error {j}")
     nodes = n.nodes.get_nodes()
