@@ -66,7 +66,11 @@ class Agent:
              "-http-port", str(self.port), "-log-level", "WARN", *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.url = f"http://127.0.0.1:{self.port}"
-        wait_http(self.url + "/v1/agent/health", timeout or (120 if wrapper else 30))
+        try:
+            wait_http(self.url + "/v1/agent/health", timeout or (120 if wrapper else 30))
+        except RuntimeError:
+            self.stop()  # never leave an agent running behind a section that gave up
+            raise
 
     def req(self, method, path, body=None):
         data = json.dumps(body).encode() if body is not None else None
