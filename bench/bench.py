@@ -57,16 +57,21 @@ def proc_status(pid):
 
 
 class Agent:
-    def __init__(self, extra=(), binary=None, wrapper=(), env=None):
+    def __init__(self, extra=(), binary=None, wrapper=(), env=None, data_dir=None, timeout=None):
         self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="nomadlet-bench-")
+        self.keep_dir = data_dir is not None
+        self.dir = data_dir or tempfile.mkdtemp(prefix="nomadlet-bench-")
         self.proc = subprocess.Popen(
             ["taskset", "-c", "0", *wrapper, binary or BIN, "agent", "-dev", "-data-dir", self.dir,
              "-http-port", str(self.port), "-log-level", "WARN", *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env={**os.environ, **(env or {})})
         self.url = f"http://127.0.0.1:{self.port}"
-        wait_http(self.url + "/v1/agent/health", 120 if wrapper else 30)
+        try:
+            wait_http(self.url + "/v1/agent/health", timeout or (120 if wrapper else 30))
+        except RuntimeError:
+            self.stop()  # never leave an agent running behind a section that gave up
+            raise
 
     def req(self, method, path, body=None):
         data = json.dumps(body).encode() if body is not None else None
@@ -81,7 +86,8 @@ class Agent:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not self.keep_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def wrk(url, conns=16):
@@ -417,7 +423,116 @@ def bench_fs():
         agent.stop()
 
 
-SECTIONS = [bench_size_idle_start, bench_http, bench_tasks, bench_fs]
+# Job registers per writer thread (distinct count-0 batch jobs: no task runs, the figure is
+# the server-state write path: validate, log, fsync, apply, publish).
+STATE_WRITES = int(os.environ.get("BENCH_STATE_WRITES", "200"))
+STATE_WRITERS = 4
+# Allocations in the state for the size and start-up figures.
+STATE_ALLOCS = 10_000
+
+
+def register_latencies(agent, tag):
+    """STATE_WRITERS threads each PUT /v1/jobs STATE_WRITES distinct jobs; latencies in ms."""
+    import threading
+    lat, errors = [], []
+
+    def writer(w):
+        mine = []
+        for i in range(STATE_WRITES):
+            body = job_body(f"{tag}-{w}-{i}", {"command": "/bin/true"}, count=0, jtype="batch")
+            t0 = time.monotonic()
+            try:
+                agent.req("PUT", "/v1/jobs", body)
+            except Exception as e:  # counted, printed below
+                errors.append(str(e))
+                continue
+            mine.append((time.monotonic() - t0) * 1000)
+        lat.extend(mine)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(STATE_WRITERS)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return lat, time.monotonic() - t0, errors
+
+
+def old_store_files(data_dir, allocs):
+    """The JSON file store of earlier versions, with `allocs` terminal, collected allocations
+    of 100-alloc batch jobs: the agent imports it once into its command log."""
+    server = os.path.join(data_dir, "server")
+    for sub in ("jobs", "evals", "allocs"):
+        os.makedirs(os.path.join(server, sub), exist_ok=True)
+    per_job = 100
+    for j in range(allocs // per_job):
+        job = {"ID": f"big{j}", "Name": f"big{j}", "Namespace": "default", "Region": "global",
+               "Type": "batch", "Priority": 50, "Datacenters": ["dc1"], "Status": "dead",
+               "CreateIndex": j + 1, "ModifyIndex": j + 1, "JobModifyIndex": j + 1,
+               "TaskGroups": [{"Name": "g", "Count": per_job, "Tasks": [
+                   {"Name": "t", "Driver": "raw_exec", "Config": {"command": "/bin/true"}}]}]}
+        with open(os.path.join(server, "jobs", f"big{j}.json"), "w") as f:
+            json.dump(job, f)
+        for i in range(per_job):
+            aid = f"{j:08x}-0000-4000-8000-{i:012x}"
+            alloc = {"id": aid, "namespace": "default", "eval_id": "", "name": f"big{j}.g[{i}]",
+                     "node_id": "", "node_name": "", "job_id": f"big{j}", "job": job, "task_group": "g",
+                     "alloc_index": i, "desired_status": "stop", "desired_description": "",
+                     "client_status": "complete", "client_description": "All tasks have completed",
+                     "task_states": {}, "previous_allocation": "", "next_allocation": "",
+                     "create_index": j + 1, "modify_index": j + 1, "alloc_modify_index": j + 1,
+                     "create_time": 0, "modify_time": 0, "collected": True}
+            with open(os.path.join(server, "allocs", f"{aid}.json"), "w") as f:
+                json.dump(alloc, f)
+
+
+def dir_bytes(path):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def bench_state():
+    section(f"Server state: job register latency, {STATE_WRITERS} concurrent writers x {STATE_WRITES} "
+            f"count-0 jobs; state size and start-up with {STATE_ALLOCS} allocations")
+    for label, binary in [("", BIN)] + ([("before: ", BEFORE)] if BEFORE else []):
+        agent = Agent(binary=binary)
+        try:
+            lat, took, errors = register_latencies(agent, "w")
+            lat.sort()
+            print(f"  {label}register latency: p50 {pct(lat, 50):.1f} ms, p99 {pct(lat, 99):.1f} ms, "
+                  f"max {lat[-1]:.1f} ms; {len(lat) / took:.0f} registers/s"
+                  + (f"; {len(errors)} errors, first: {errors[0]}" if errors else ""))
+        finally:
+            agent.stop()
+    data_dir = tempfile.mkdtemp(prefix="nomadlet-bench-state-")
+    try:
+        old_store_files(data_dir, STATE_ALLOCS)
+        old = dir_bytes(os.path.join(data_dir, "server"))
+        t0 = time.monotonic()
+        agent = Agent(data_dir=data_dir, timeout=300)
+        imported = (time.monotonic() - t0) * 1000
+        n = len(agent.req("GET", "/v1/allocations"))
+        # Commands in the log after the snapshot the import wrote.
+        register_latencies(agent, "log")
+        agent.stop()
+        size = dir_bytes(os.path.join(data_dir, "server"))
+        times = []
+        for _ in range(5):
+            t0 = time.monotonic()
+            agent = Agent(data_dir=data_dir)
+            times.append((time.monotonic() - t0) * 1000)
+            listed = len(agent.req("GET", "/v1/allocations"))
+            agent.stop()
+            assert listed == n, f"{listed} allocations after a restart, {n} before"
+        print(f"  {n} allocations: old JSON files {old / 1024 / 1024:.1f} MiB, imported at first start in "
+              f"{imported:.0f} ms; state.redb with them and {STATE_WRITERS * STATE_WRITES} registers in the "
+              f"log {size / 1024 / 1024:.1f} MiB")
+        print(f"  exec-to-healthy with them: median {statistics.median(times):.0f} ms "
+              f"(runs {[round(t) for t in times]})")
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+SECTIONS = [bench_size_idle_start, bench_http, bench_tasks, bench_fs, bench_state]
 
 
 def main():

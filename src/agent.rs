@@ -52,7 +52,7 @@ impl From<StoreError> for AgentError {
 /// Everything the agent knows, shared by every thread through `Arc`.
 pub struct Agent {
     pub config: Config,
-    pub index: IndexCounter,
+    pub index: Arc<IndexCounter>,
     pub node: NodeState,
     pub membership: Membership,
     pub workloads: Workloads,
@@ -69,12 +69,16 @@ impl Agent {
     /// Load every piece of state from the data dir (no threads are started).
     pub fn load(config: Config) -> Result<Arc<Agent>, AgentError> {
         crate::state::remove_leftover_temps(&config.data_dir)?;
-        let index = IndexCounter::default();
+        let index = Arc::new(IndexCounter::default());
         let node = NodeState::load(&config, &index)?;
         let membership = Membership::load(&config, node.id())?;
-        let workloads = Workloads::load(&config.data_dir)?;
+        let workloads = Workloads::load(&config.data_dir, index.clone())?;
         index.observe(workloads.max_index());
-        let acl = AclState::load(&config.data_dir, config.acl_enabled)?;
+        let acl = AclState::load(
+            &config.data_dir,
+            config.acl_enabled,
+            workloads.command_log(),
+        );
         index.observe(acl.max_index());
         let client = Client::new(&config);
         let batcher = Batcher::new(&config);
@@ -220,6 +224,8 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     agent.index.close();
     server.shutdown();
     agent.client.shutdown();
+    // After the tasks: their last state updates are committed before the store closes.
+    agent.workloads.shutdown();
     agent.batcher.shutdown();
     agent.fs_watch.shutdown();
     if let Some(h) = warm_keys {

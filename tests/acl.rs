@@ -665,32 +665,40 @@ fn token_ttls_are_validated_and_an_expired_token_is_refused() {
         200
     );
 
+    // The state as an older version kept it (acl.json), with the short token expired: the
+    // agent imports it into a fresh store at start.
+    let token_of = |secret: &str| {
+        let mut t = agent
+            .request(
+                "GET",
+                "/v1/acl/token/self",
+                &[("X-Nomad-Token", secret)],
+                b"",
+            )
+            .json();
+        t["ExpirationUnixNanos"] = serde_json::json!(null);
+        t
+    };
+    let boot_token = token_of(&mgmt);
+    let mut short = token_of(&secret);
+    short["ExpirationUnixNanos"] = serde_json::json!(1);
+    let policy = agent
+        .request("GET", "/v1/acl/policy/readers", &h, b"")
+        .json();
     agent.stop();
-    let path = agent.data_dir.join("server").join("acl.json");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let mut changed = 0;
-    fn expire(v: &mut serde_json::Value, secret: &str, changed: &mut i32) {
-        match v {
-            serde_json::Value::Object(m) => {
-                if m.get("SecretID").and_then(|s| s.as_str()) == Some(secret) {
-                    m.insert("ExpirationUnixNanos".into(), serde_json::json!(1));
-                    *changed += 1;
-                }
-                for x in m.values_mut() {
-                    expire(x, secret, changed);
-                }
-            }
-            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| expire(x, secret, changed)),
-            _ => {}
-        }
-    }
-    expire(&mut v, &secret, &mut changed);
-    assert_eq!(changed, 1, "the token is in the store");
-    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    let server = agent.data_dir.join("server");
+    std::fs::remove_file(server.join("state.redb")).unwrap();
+    let old = serde_json::json!({"BootstrapIndex": boot_token["CreateIndex"],
+        "Tokens": [boot_token, short], "Policies": {"readers": policy}});
+    std::fs::write(server.join("acl.json"), serde_json::to_vec(&old).unwrap()).unwrap();
     agent.restart_after_stop();
     let r = agent.request("GET", "/v1/nodes", &[("X-Nomad-Token", &secret)], b"");
-    assert_eq!((r.status, r.text().as_str()), (403, "ACL token expired"));
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (403, "ACL token expired"),
+        "{}",
+        agent.log()
+    );
     assert_eq!(
         agent.request("GET", "/v1/nodes", &h, b"").status,
         200,

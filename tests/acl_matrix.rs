@@ -343,7 +343,9 @@ fn auth_matrix_over_tcp_and_the_task_socket() {
     }
     let mut found = Vec::new();
     files_containing(&agent.data_dir, "eyJ", &["server/acl.json"], &mut found);
-    files_containing(&agent.data_dir, &mgmt, &["server/acl.json"], &mut found);
+    // The token store: the server state's command log (acl.json in older versions).
+    let store = ["server/acl.json", "server/state.redb"];
+    files_containing(&agent.data_dir, &mgmt, &store, &mut found);
     assert!(
         found.is_empty(),
         "secrets outside the token store: {found:?}"

@@ -19,6 +19,9 @@ use workloads_helpers::*;
 /// Size of the tmpfs data dir: room for the agent's state and one quiet task.
 const TMPFS_SIZE: &str = "size=16m";
 
+/// At most this many small writes use up the free space inside the state store's file.
+const MAX_PROBES: usize = 500;
+
 /// A tmpfs mounted at a short dir, and the agent running on it. Drop kills the agent first,
 /// then unmounts and removes the mount point.
 struct FullDiskRig {
@@ -187,10 +190,28 @@ fn on_a_full_disk_writes_fail_with_500_and_change_nothing_then_succeed_once_spac
         }
     });
     assert!(pid_alive(&pid));
-    let before = views(agent, token);
 
     let filler = rig.fill();
     let agent = rig.agent();
+    // The state store may still have free pages inside its file (freed by earlier
+    // transactions): small writes land there, durably, until they are used up. Write small
+    // policies until one fails: from then on the disk is full for the store too.
+    let probe_failed = (0..MAX_PROBES).any(|i| {
+        let body = json!({"Name": format!("probe{i}"), "Rules": "node { policy = \"read\" }"});
+        let r = call(
+            agent,
+            "POST",
+            &format!("/v1/acl/policy/probe{i}"),
+            token,
+            &body.to_string(),
+        );
+        r.status >= 500
+    });
+    assert!(
+        probe_failed,
+        "a write failed within {MAX_PROBES} small writes"
+    );
+    let before = views(agent, token);
 
     let new_job = sh_job("fresh", "service", "exec sleep 300").to_string();
     let r = call(agent, "PUT", "/v1/jobs", token, &new_job);
@@ -311,6 +332,75 @@ fn temp_files_of_interrupted_writes_are_removed_at_start_and_nothing_else() {
         agent.log()
     );
     assert_eq!(agent.get("/v1/jobs").status, 200);
+}
+
+/// ACL policies the writer thread wrote and saw acknowledged, until the agent went away.
+fn write_policies_until_killed(port: u16, token: &str, tag: &str) -> Vec<String> {
+    let mut acked = Vec::new();
+    for i in 0.. {
+        let name = format!("{tag}-{i}");
+        let body = json!({"Name": name, "Rules": "node { policy = \"read\" }"}).to_string();
+        let Ok(s) = TcpStream::connect(("127.0.0.1", port)) else {
+            break;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let path = format!("/v1/acl/policy/{name}");
+        let headers = [("X-Nomad-Token", token)];
+        match exchange(s, &build_request("POST", &path, &headers, body.as_bytes())) {
+            Ok(r) if r.status == 200 => acked.push(name),
+            Ok(r) => panic!("policy {name}: {} {}", r.status, r.text()),
+            Err(_) => break,
+        }
+    }
+    acked
+}
+
+#[test]
+fn kill_9_amid_acl_writes_loses_no_acknowledged_policy_or_token() {
+    let mut agent = TestAgent::start(&["-acl-enabled"]);
+    let r = agent.request("POST", "/v1/acl/bootstrap", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["SecretID"].as_str().unwrap().to_string();
+    let listed = |agent: &TestAgent| -> Vec<String> {
+        let r = agent.request("GET", "/v1/acl/policies", &[("X-Nomad-Token", &token)], b"");
+        // The bootstrap token works: the ACL state came back whole after each kill.
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .filter_map(|p| p["Name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for round in 0..2 {
+        let port = agent.port;
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let (tag, token) = (format!("r{round}w{w}"), token.clone());
+                std::thread::spawn(move || write_policies_until_killed(port, &token, &tag))
+            })
+            .collect();
+        wait_until(WAIT, "writes flowing", || {
+            listed(&agent).len() >= 5 * (round + 1)
+        });
+        let mut child = agent.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let acked: Vec<String> = writers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        agent.restart_after_stop();
+        let now = listed(&agent);
+        for name in &acked {
+            assert!(
+                now.contains(name),
+                "round {round}: acknowledged policy {name} lost after kill -9"
+            );
+        }
+    }
 }
 
 /// Jobs the writer thread registered and saw acknowledged, until the agent went away.

@@ -1,5 +1,6 @@
-//! ACL state: tokens, policies and the bootstrap marker (kept durably in
-//! `<data_dir>/server/acl.json`), plus the workload identity signing key.
+//! ACL state: tokens, policies and the bootstrap marker (part of the server state: changed
+//! only through ACL commands of the command log, `state::command`), plus the workload
+//! identity signing key.
 //!
 //! Submodules: [`policy`] (the policy language), [`capabilities`] (merged rules and checks),
 //! [`tokens`] (token and policy records), [`jwt`] (workload identity tokens), [`keys`] (the
@@ -12,13 +13,14 @@ pub mod policy;
 pub mod tokens;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::api::ApiError;
+use crate::state::command::{Applied, ApplyError, Command};
+use crate::state::command_log::{CommandLog, LogError};
 use crate::state::store::{self, StoreError};
 use capabilities::Acl;
 use keys::LazyKeys;
@@ -27,50 +29,29 @@ use tokens::{AclPolicy, AclToken, OneTimeToken};
 /// One-time tokens kept at once (expired ones are dropped first).
 pub const MAX_ONE_TIME_TOKENS: usize = 1024;
 
-/// The ACL state file under `<data_dir>/server`.
+/// The ACL state file of earlier versions under `<data_dir>/server` (imported once).
 pub const STATE_FILE: &str = "acl.json";
 /// The policy anonymous requests get when ACLs are enabled.
 pub const ANONYMOUS_POLICY: &str = "anonymous";
 
-/// Everything stored in [`STATE_FILE`].
+/// The ACL part of the server state (also the form of the old [`STATE_FILE`]).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct Tables {
+pub struct AclTables {
     #[serde(rename = "BootstrapIndex", default)]
-    bootstrap_index: Option<u64>,
+    pub bootstrap_index: Option<u64>,
     #[serde(rename = "Tokens", default)]
-    tokens: Vec<AclToken>,
+    pub tokens: Vec<AclToken>,
     #[serde(rename = "Policies", default)]
-    policies: BTreeMap<String, AclPolicy>,
+    pub policies: BTreeMap<String, AclPolicy>,
     #[serde(rename = "OneTimeTokens", default)]
-    one_time_tokens: Vec<OneTimeToken>,
+    pub one_time_tokens: Vec<OneTimeToken>,
 }
 
-/// Tokens, policies and signing keys.
-pub struct AclState {
-    pub enabled: bool,
-    pub keys: LazyKeys,
-    path: PathBuf,
-    tables: RwLock<Arc<Tables>>,
-    /// Serialises writers: a change is made on a copy, written to disk, then swapped in, so the
-    /// table lock is never held across the write.
-    writer: Mutex<()>,
-}
-
-impl std::fmt::Debug for AclState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AclState")
-            .field("enabled", &self.enabled)
-            .finish_non_exhaustive()
-    }
-}
-
-impl AclState {
-    /// Load from `<data_dir>/server`; makes the signing key at first start.
-    pub fn load(data_dir: &Path, enabled: bool) -> Result<AclState, StoreError> {
-        let path = data_dir.join("server").join(STATE_FILE);
-        let mut tables: Tables = store::read_json(&path)?.unwrap_or_default();
-        tables
-            .policies
+impl AclTables {
+    /// Parse every policy's rules (they are not stored parsed); drop those that no longer
+    /// parse, with a warning.
+    pub fn parse_policies(&mut self) {
+        self.policies
             .retain(|name, p| match policy::parse(&p.rules) {
                 Ok(parsed) => {
                     p.parsed = Arc::new(parsed);
@@ -83,18 +64,48 @@ impl AclState {
                     false
                 }
             });
-        let keys = LazyKeys::new(data_dir);
-        Ok(AclState {
-            enabled,
-            keys,
-            path,
-            tables: RwLock::new(Arc::new(tables)),
-            writer: Mutex::new(()),
-        })
     }
 
-    fn snapshot(&self) -> Arc<Tables> {
-        self.tables.read().clone()
+    /// The old [`STATE_FILE`] under `server`, for the one-time import (empty when none).
+    pub fn read_old_file(server: &Path) -> Result<AclTables, StoreError> {
+        let mut t: AclTables = store::read_json(&server.join(STATE_FILE))?.unwrap_or_default();
+        t.parse_policies();
+        Ok(t)
+    }
+}
+
+/// Tokens, policies and signing keys.
+pub struct AclState {
+    pub enabled: bool,
+    pub keys: LazyKeys,
+    log: Arc<CommandLog>,
+}
+
+impl std::fmt::Debug for AclState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AclState")
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+fn persist_err(e: LogError) -> ApiError {
+    log::error!("cannot store ACL state: {e}");
+    ApiError::internal(format!("failed to persist ACL state: {e}"))
+}
+
+impl AclState {
+    /// ACL state over the server state's command log; makes the signing key at first start.
+    pub fn load(data_dir: &Path, enabled: bool, log: Arc<CommandLog>) -> AclState {
+        AclState {
+            enabled,
+            keys: LazyKeys::new(data_dir),
+            log,
+        }
+    }
+
+    fn snapshot(&self) -> Arc<AclTables> {
+        self.log.state().acl.clone()
     }
 
     /// The largest index stored, so the agent's counter stays above it.
@@ -110,46 +121,41 @@ impl AclState {
         tok.max(pol).max(t.bootstrap_index.unwrap_or(0))
     }
 
-    /// Persist, then publish: apply `change` to a copy, store it durably, and only then swap
-    /// it in. A change that cannot be stored changes nothing visible (Nomad's 500).
-    fn mutate<R>(
-        &self,
-        change: impl FnOnce(&mut Tables) -> Result<R, ApiError>,
-    ) -> Result<R, ApiError> {
-        let _w = self.writer.lock();
-        let mut copy = (*self.snapshot()).clone();
-        let r = change(&mut copy)?;
-        store::write_json(&self.path, &copy).map_err(|e| {
-            log::error!("cannot store ACL state: {e}");
-            ApiError::internal(format!("failed to persist ACL state: {e}"))
-        })?;
-        *self.tables.write() = Arc::new(copy);
-        Ok(r)
+    /// Persist, then publish: the command is durable and applied before this returns; one
+    /// that cannot be stored changes nothing visible (Nomad's 500).
+    fn propose(&self, cmd: Command) -> Result<Result<Applied, ApplyError>, ApiError> {
+        match self.log.propose(cmd) {
+            Ok((applied, _)) => Ok(Ok(applied)),
+            Err(LogError::Apply(e)) => Ok(Err(e)),
+            Err(e) => Err(persist_err(e)),
+        }
     }
 
     /// Create the initial management token, once.
     pub fn bootstrap(&self, index: u64, secret: Option<String>) -> Result<AclToken, ApiError> {
-        self.mutate(|t| {
-            if let Some(i) = t.bootstrap_index {
-                return Err(ApiError::bad_request(format!(
-                    "ACL bootstrap already done (reset index: {i})"
-                )));
-            }
-            let mut token = AclToken::new(
-                "Bootstrap Token".into(),
-                "management".into(),
-                None,
-                true,
-                index,
-            );
-            if let Some(s) = secret {
-                token.secret_id = s;
-                token.rehash();
-            }
-            t.bootstrap_index = Some(index);
-            t.tokens.push(token.clone());
-            Ok(token)
-        })
+        if let Some(i) = self.snapshot().bootstrap_index {
+            return Err(already_bootstrapped(i));
+        }
+        let mut token = AclToken::new(
+            "Bootstrap Token".into(),
+            "management".into(),
+            None,
+            true,
+            index,
+        );
+        if let Some(s) = secret {
+            token.secret_id = s;
+            token.rehash();
+        }
+        let cmd = Command::AclBootstrap {
+            token: Box::new(token.clone()),
+            index,
+        };
+        match self.propose(cmd)? {
+            Ok(_) => Ok(token),
+            Err(ApplyError::AlreadyBootstrapped(i)) => Err(already_bootstrapped(i)),
+            Err(e) => Err(ApiError::internal(e.to_string())),
+        }
     }
 
     /// Find a token by its secret, comparing every stored secret in constant time.
@@ -178,50 +184,42 @@ impl AclState {
 
     /// Insert or replace a token (by accessor).
     pub fn upsert_token(&self, token: AclToken) -> Result<(), ApiError> {
-        self.mutate(|t| {
-            match t
-                .tokens
-                .iter_mut()
-                .find(|x| x.accessor_id == token.accessor_id)
-            {
-                Some(slot) => *slot = token,
-                None => t.tokens.push(token),
-            }
-            Ok(())
-        })
+        let cmd = Command::AclTokenUpsert {
+            token: Box::new(token),
+            must_exist: false,
+        };
+        self.propose(cmd)?
+            .map(|_| ())
+            .map_err(|e| ApiError::internal(e.to_string()))
     }
 
-    /// Update an existing token in place; 404 `ACL token not found` when it is gone.
+    /// Update an existing token; 404 `ACL token not found` when it is gone.
     pub fn update_token(
         &self,
         accessor: &str,
         f: impl FnOnce(&mut AclToken),
     ) -> Result<AclToken, ApiError> {
-        self.mutate(|t| {
-            let slot = t
-                .tokens
-                .iter_mut()
-                .find(|x| x.accessor_id == accessor)
-                .ok_or_else(|| ApiError::not_found("ACL token not found"))?;
-            f(slot);
-            slot.rehash();
-            Ok(slot.clone())
-        })
+        let not_found = || ApiError::not_found("ACL token not found");
+        let mut token = self.token(accessor).ok_or_else(not_found)?;
+        f(&mut token);
+        token.rehash();
+        let cmd = Command::AclTokenUpsert {
+            token: Box::new(token.clone()),
+            must_exist: true,
+        };
+        match self.propose(cmd)? {
+            Ok(_) => Ok(token),
+            Err(_) => Err(not_found()),
+        }
     }
 
     /// Delete a token; Nomad's 400 when there is none.
     pub fn delete_token(&self, accessor: &str) -> Result<(), ApiError> {
-        self.mutate(|t| {
-            let before = t.tokens.len();
-            t.tokens.retain(|x| x.accessor_id != accessor);
-            if t.tokens.len() == before {
-                return Err(ApiError::bad_request(format!(
-                    "Cannot delete nonexistent tokens: {accessor}"
-                )));
-            }
-            // A deleted token's one-time tokens go with it.
-            t.one_time_tokens.retain(|o| o.accessor_id != accessor);
-            Ok(())
+        let cmd = Command::AclTokenDelete {
+            accessor: accessor.to_string(),
+        };
+        self.propose(cmd)?.map(|_| ()).map_err(|_| {
+            ApiError::bad_request(format!("Cannot delete nonexistent tokens: {accessor}"))
         })
     }
 
@@ -234,63 +232,67 @@ impl AclState {
     }
 
     /// Insert or replace a policy; keeps its `CreateIndex` when it existed.
-    pub fn upsert_policy(&self, mut policy: AclPolicy) -> Result<(), ApiError> {
-        self.mutate(|t| {
-            if let Some(old) = t.policies.get(&policy.name) {
-                policy.create_index = old.create_index;
-            }
-            policy.rehash();
-            t.policies.insert(policy.name.clone(), policy);
-            Ok(())
-        })
+    pub fn upsert_policy(&self, policy: AclPolicy) -> Result<(), ApiError> {
+        let cmd = Command::AclPolicyUpsert {
+            policy: Box::new(policy),
+        };
+        self.propose(cmd)?
+            .map(|_| ())
+            .map_err(|e| ApiError::bad_request(e.to_string()))
     }
 
     pub fn delete_policy(&self, name: &str) -> Result<bool, ApiError> {
-        self.mutate(|t| Ok(t.policies.remove(name).is_some()))
+        let cmd = Command::AclPolicyDelete {
+            name: name.to_string(),
+        };
+        Ok(matches!(self.propose(cmd)?, Ok(Applied::Acl(true))))
     }
 
-    /// Make a one-time token for the ACL token `accessor` (persisted, then published).
+    /// Make a one-time token for the ACL token `accessor` (logged, then published).
     pub fn create_one_time_token(
         &self,
         accessor: &str,
         index: u64,
     ) -> Result<OneTimeToken, ApiError> {
-        self.mutate(|t| {
-            t.one_time_tokens.retain(|o| !o.is_expired());
-            if t.one_time_tokens.len() >= MAX_ONE_TIME_TOKENS {
-                return Err(ApiError::new(
-                    429,
-                    format!("too many one-time tokens (at most {MAX_ONE_TIME_TOKENS} at once)"),
-                ));
-            }
-            let ott = OneTimeToken::new(accessor, index);
-            t.one_time_tokens.push(ott.clone());
-            Ok(ott)
-        })
+        let ott = OneTimeToken::new(accessor, index);
+        let cmd = Command::AclOneTimeTokenCreate {
+            token: Box::new(ott.clone()),
+            now: crate::time::unix_now_nanos(),
+            max: MAX_ONE_TIME_TOKENS,
+        };
+        match self.propose(cmd)? {
+            Ok(_) => Ok(ott),
+            Err(ApplyError::TooManyOneTimeTokens) => Err(ApiError::new(
+                429,
+                format!("too many one-time tokens (at most {MAX_ONE_TIME_TOKENS} at once)"),
+            )),
+            Err(e) => Err(ApiError::internal(e.to_string())),
+        }
     }
 
     /// Exchange a one-time token's secret for its ACL token, once: the one-time token is
     /// removed durably before the ACL token is handed out. Unknown, used or expired secrets,
     /// and tokens whose ACL token is gone, are Nomad's 403 `Permission denied`.
     pub fn exchange_one_time_token(&self, secret: &str) -> Result<AclToken, ApiError> {
-        self.mutate(|t| {
-            let mut found = None;
-            for (i, o) in t.one_time_tokens.iter().enumerate() {
-                if crate::encoding::constant_time_eq(o.secret_id.as_bytes(), secret.as_bytes()) {
-                    found = Some(i);
-                }
-            }
-            let ott = match found {
-                Some(i) if !t.one_time_tokens[i].is_expired() => t.one_time_tokens.remove(i),
-                _ => return Err(ApiError::permission_denied()),
-            };
-            t.one_time_tokens.retain(|o| !o.is_expired());
-            t.tokens
-                .iter()
-                .find(|x| x.accessor_id == ott.accessor_id && !x.is_expired())
-                .cloned()
-                .ok_or_else(ApiError::permission_denied)
-        })
+        let now = crate::time::unix_now_nanos();
+        // Only a secret that is there now costs a logged command: anonymous guesses must not
+        // become disk writes. Every entry is compared, so timing says nothing.
+        let mut known = false;
+        for o in &self.snapshot().one_time_tokens {
+            known |= crate::encoding::constant_time_eq(o.secret_id.as_bytes(), secret.as_bytes())
+                && !o.is_expired_at(now);
+        }
+        if !known {
+            return Err(ApiError::permission_denied());
+        }
+        let cmd = Command::AclOneTimeTokenExchange {
+            secret: secret.to_string(),
+            now,
+        };
+        match self.propose(cmd)? {
+            Ok(Applied::AclToken(token)) => Ok(*token),
+            Ok(_) | Err(_) => Err(ApiError::permission_denied()),
+        }
     }
 
     /// The merged rules of the named policies (missing names are skipped).
@@ -340,4 +342,8 @@ impl AclState {
             .cloned()
             .collect()
     }
+}
+
+fn already_bootstrapped(index: u64) -> ApiError {
+    ApiError::bad_request(format!("ACL bootstrap already done (reset index: {index})"))
 }

@@ -90,8 +90,12 @@ impl AclToken {
 
     /// The token has an expiration time and it has passed.
     pub fn is_expired(&self) -> bool {
-        self.expiration
-            .is_some_and(|e| crate::time::unix_now_nanos() >= e)
+        self.is_expired_at(crate::time::unix_now_nanos())
+    }
+
+    /// Expired at `now` (Unix nanoseconds): what a deterministic apply uses.
+    pub fn is_expired_at(&self, now: i64) -> bool {
+        self.expiration.is_some_and(|e| now >= e)
     }
 
     pub fn is_management(&self) -> bool {
@@ -194,7 +198,12 @@ impl OneTimeToken {
     }
 
     pub fn is_expired(&self) -> bool {
-        crate::time::unix_now_nanos() >= self.expires_at
+        self.is_expired_at(crate::time::unix_now_nanos())
+    }
+
+    /// Expired at `now` (Unix nanoseconds): what a deterministic apply uses.
+    pub fn is_expired_at(&self, now: i64) -> bool {
+        now >= self.expires_at
     }
 
     /// Nomad's `OneTimeToken` JSON.

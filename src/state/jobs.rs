@@ -1,6 +1,7 @@
-//! Jobs, evaluations and allocations as the server side keeps them: locked maps, one durable
-//! JSON file per object under `<data_dir>/server`, and nomadlet's synchronous scheduler
-//! (one node: `Count` allocations per group, replaced when the job spec changes).
+//! Jobs, evaluations and allocations as the server side keeps them: the published state of
+//! the command log (`state::command_log`), changed only through `state::command::apply`, and
+//! nomadlet's synchronous scheduler (one node: `Count` allocations per group, replaced when
+//! the job spec changes).
 
 pub mod alloc;
 pub mod eval;
@@ -10,90 +11,37 @@ pub mod validate;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
-use sha2::{Digest, Sha256};
+use serde::{Deserialize, Serialize};
 
 use self::alloc::{AllocRecord, TaskState};
 use self::eval::EvalRecord;
 use self::spec::Job;
+use super::command::{Applied, Command, ServerState};
+use super::command_log::{self as cmdlog, CommandLog, LogError};
 use super::store::{self, StoreError};
 use super::IndexCounter;
 
-type JobKey = (String, String);
-
-#[derive(Default)]
-struct Tables {
-    jobs: BTreeMap<JobKey, Job>,
-    evals: BTreeMap<String, EvalRecord>,
-    allocs: BTreeMap<String, AllocRecord>,
-}
-
-/// The new versions of the objects one write changes (`None`: removed), computed from the
-/// published tables without touching them. Written durably first, then published.
-#[derive(Default)]
-struct Staged {
-    jobs: BTreeMap<JobKey, Option<Job>>,
-    evals: BTreeMap<String, Option<EvalRecord>>,
-    allocs: BTreeMap<String, Option<AllocRecord>>,
-}
-
-impl Staged {
-    /// The files to write: allocs, then evals, then jobs (a job on disk never names a new
-    /// version whose allocs are not on disk yet).
-    fn files(&self) -> Vec<FileChange<'_>> {
-        let allocs = self
-            .allocs
-            .iter()
-            .map(|(id, a)| FileChange::Alloc(id, a.as_ref()));
-        let evals = self
-            .evals
-            .iter()
-            .map(|(id, e)| FileChange::Eval(id, e.as_ref()));
-        let jobs = self
-            .jobs
-            .iter()
-            .map(|(k, j)| FileChange::Job(k, j.as_ref()));
-        allocs.chain(evals).chain(jobs).collect()
-    }
-}
-
-/// One state file of a staged write: where it lives and what it becomes (`None`: removed).
-enum FileChange<'a> {
-    Job(&'a JobKey, Option<&'a Job>),
-    Eval(&'a str, Option<&'a EvalRecord>),
-    Alloc(&'a str, Option<&'a AllocRecord>),
-}
-
-impl FileChange<'_> {
-    fn is_removal(&self) -> bool {
-        matches!(
-            self,
-            FileChange::Job(_, None) | FileChange::Eval(_, None) | FileChange::Alloc(_, None)
-        )
-    }
-}
-
-/// The server-side job, evaluation and allocation tables.
+/// The server-side job, evaluation and allocation tables: the published [`ServerState`] of
+/// the command log. Every write is a [`Command`] proposed to the log's committer and
+/// answered once it is durable, applied and published; reads see an immutable snapshot.
 pub struct Workloads {
-    dir: PathBuf,
-    tables: RwLock<Tables>,
-    /// The write gate: held for the whole of every write (compute, save, publish), so writes
-    /// are serialised, each is computed from the tables as the last write left them, and the
-    /// last version of a file on disk is the last one published. Taken before `tables` (never
-    /// the other way round); `tables` itself is never held across I/O.
-    persist: Mutex<()>,
+    path: PathBuf,
+    log: Arc<CommandLog>,
     max_index: u64,
 }
 
 impl std::fmt::Debug for Workloads {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Workloads").field("dir", &self.dir).finish()
+        f.debug_struct("Workloads")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
 /// Where the allocs of a write are placed.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeInfo {
     pub id: String,
     pub name: String,
@@ -108,36 +56,12 @@ pub struct WriteResult {
     pub index: u64,
 }
 
-fn job_file_name(key: &JobKey) -> String {
-    let mut h = Sha256::new();
-    h.update(key.0.as_bytes());
-    h.update([0u8]);
-    h.update(key.1.as_bytes());
-    let digest = h.finalize();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{hex}.json")
-}
+/// The old file store's directories under `<data_dir>/server` (imported once).
+const OLD_DIRS: [&str; 3] = ["jobs", "evals", "allocs"];
 
 fn load_dir<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<T>, StoreError> {
     let mut out = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => {
-            return Err(StoreError {
-                path: dir.to_path_buf(),
-                op: "list",
-                detail: e.to_string(),
-            })
-        }
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let is_json = path.extension().map(|e| e == "json").unwrap_or(false);
-        let hidden = entry.file_name().to_string_lossy().starts_with('.');
-        if !is_json || hidden {
-            continue;
-        }
+    for path in json_files(dir)? {
         match store::read_json::<T>(&path) {
             Ok(Some(v)) => out.push(v),
             Ok(None) => {}
@@ -147,30 +71,124 @@ fn load_dir<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<T>, StoreE
     Ok(out)
 }
 
+/// The state files (`*.json`, not hidden) of one old store directory.
+fn json_files(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(StoreError {
+                path: dir.to_path_buf(),
+                op: "list",
+                detail: e.to_string(),
+            })
+        }
+    };
+    Ok(entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let is_json = p.extension().map(|e| e == "json").unwrap_or(false);
+            let hidden = p
+                .file_name()
+                .map(|n| n.to_string_lossy().starts_with('.'))
+                .unwrap_or(true);
+            is_json && !hidden
+        })
+        .collect())
+}
+
+/// The state of the old file store (one JSON file per object), for the one-time import.
+fn load_old_store(server: &Path) -> Result<ServerState, StoreError> {
+    let jobs = load_dir::<Job>(&server.join("jobs"))?;
+    let evals = load_dir::<EvalRecord>(&server.join("evals"))?;
+    let allocs = load_dir::<AllocRecord>(&server.join("allocs"))?;
+    let acl = crate::acl::AclTables::read_old_file(server)?;
+    let acl_index = acl
+        .tokens
+        .iter()
+        .map(|t| t.modify_index)
+        .chain(acl.policies.values().map(|p| p.modify_index))
+        .chain(acl.bootstrap_index)
+        .max()
+        .unwrap_or(0);
+    let max_index = jobs
+        .iter()
+        .map(|j| j.modify_index)
+        .chain(evals.iter().map(|e| e.modify_index))
+        .chain(allocs.iter().map(|a| a.modify_index))
+        .max()
+        .unwrap_or(0)
+        .max(acl_index);
+    let mut state = ServerState::from_parts(max_index, jobs, evals, allocs);
+    state.acl = Arc::new(acl);
+    Ok(state)
+}
+
+/// Once the import is durable: remove the old store's files (and its directories when
+/// nothing else is in them).
+fn remove_old_store(server: &Path) {
+    for sub in OLD_DIRS {
+        let dir = server.join(sub);
+        // Not synced one by one: files that come back after a crash are never read again
+        // (the store is no longer new), so one sync of the directory at the end will do.
+        for f in json_files(&dir).unwrap_or_default() {
+            if let Err(e) = std::fs::remove_file(&f) {
+                log::warn!("cannot remove imported state file {}: {e}", f.display());
+            }
+        }
+        if std::fs::remove_dir(&dir).is_err() {
+            let _ = std::fs::File::open(&dir).and_then(|d| d.sync_all());
+        }
+    }
+    if let Err(e) = store::remove_file(&server.join(crate::acl::STATE_FILE)) {
+        log::warn!("cannot remove the imported ACL state file: {e}");
+    }
+}
+
 impl Workloads {
-    /// Load from `<data_dir>/server`.
-    pub fn load(data_dir: &Path) -> Result<Workloads, StoreError> {
-        let dir = data_dir.join("server");
-        let mut t = Tables::default();
-        let mut max_index = 0;
-        for job in load_dir::<Job>(&dir.join("jobs"))? {
-            max_index = max_index.max(job.modify_index);
-            t.jobs.insert((job.namespace.clone(), job.id.clone()), job);
+    /// Open the command log under `<data_dir>/server` (importing the old file store once)
+    /// and start its committer, which publishes through `counter`.
+    pub fn load(data_dir: &Path, counter: Arc<IndexCounter>) -> Result<Workloads, StoreError> {
+        let server = data_dir.join("server");
+        let path = cmdlog::log_path(data_dir);
+        let to_store = |e: LogError| StoreError {
+            path: path.clone(),
+            op: "load",
+            detail: e.to_string(),
+        };
+        let import = || {
+            load_old_store(&server).map_err(|e| LogError::Store {
+                op: "import",
+                detail: e.to_string(),
+            })
+        };
+        let opened = CommandLog::open(&path, counter, import).map_err(to_store)?;
+        if opened.imported {
+            log::info!("imported the server state files into {}", path.display());
+            remove_old_store(&server);
         }
-        for ev in load_dir::<EvalRecord>(&dir.join("evals"))? {
-            max_index = max_index.max(ev.modify_index);
-            t.evals.insert(ev.id.clone(), ev);
-        }
-        for a in load_dir::<AllocRecord>(&dir.join("allocs"))? {
-            max_index = max_index.max(a.modify_index);
-            t.allocs.insert(a.id.clone(), a);
-        }
+        let max_index = opened.log.state().index;
         Ok(Workloads {
-            dir,
-            tables: RwLock::new(t),
-            persist: Mutex::new(()),
+            path,
+            log: Arc::new(opened.log),
             max_index,
         })
+    }
+
+    /// Stop the committer (after the writes already proposed) and close the store.
+    pub fn shutdown(&self) {
+        self.log.shutdown();
+    }
+
+    /// The command log, for the other parts of the server state (ACL).
+    pub fn command_log(&self) -> Arc<CommandLog> {
+        self.log.clone()
+    }
+
+    /// The published state: an immutable snapshot.
+    pub fn state(&self) -> Arc<ServerState> {
+        self.log.state()
     }
 
     /// The largest index found on disk at load (the agent raises its counter to it).
@@ -180,14 +198,14 @@ impl Workloads {
 
     /// Allocations on this node, for the agent's stats.
     pub fn alloc_count(&self) -> usize {
-        self.tables.read().allocs.len()
+        self.state().allocs.len()
     }
 
     /// Facts about an allocation that the ACL layer needs: `(job_id, namespace, terminal)`.
     /// Terminal means stopped or finished: a workload identity of it is no longer valid.
     pub fn alloc_status(&self, alloc_id: &str) -> Option<(String, String, bool)> {
-        let t = self.tables.read();
-        let a = t.allocs.get(alloc_id)?;
+        let s = self.state();
+        let a = s.allocs.get(alloc_id)?;
         Some((
             a.job_id.clone(),
             a.namespace.clone(),
@@ -195,112 +213,20 @@ impl Workloads {
         ))
     }
 
-    fn job_path(&self, key: &JobKey) -> PathBuf {
-        self.dir.join("jobs").join(job_file_name(key))
-    }
-
-    fn eval_path(&self, id: &str) -> PathBuf {
-        self.dir.join("evals").join(format!("{id}.json"))
-    }
-
-    fn alloc_path(&self, id: &str) -> PathBuf {
-        self.dir.join("allocs").join(format!("{id}.json"))
-    }
-
-    /// Write (or remove) one state file.
-    fn write_file(&self, change: &FileChange<'_>) -> Result<(), StoreError> {
-        match change {
-            FileChange::Job(k, Some(j)) => store::write_json(&self.job_path(k), j),
-            FileChange::Job(k, None) => store::remove_file(&self.job_path(k)),
-            FileChange::Eval(id, Some(e)) => store::write_json(&self.eval_path(id), e),
-            FileChange::Eval(id, None) => store::remove_file(&self.eval_path(id)),
-            FileChange::Alloc(id, Some(a)) => store::write_json(&self.alloc_path(id), a),
-            FileChange::Alloc(id, None) => store::remove_file(&self.alloc_path(id)),
+    fn store_err(&self, e: LogError) -> StoreError {
+        StoreError {
+            path: self.path.clone(),
+            op: "write",
+            detail: e.to_string(),
         }
     }
 
-    /// Persist, then publish: write every staged object durably; only when all are written,
-    /// swap them into the tables and wake blocking queries. When a file cannot be written the
-    /// files already written get their published versions back, and memory is untouched: the
-    /// failed write changed nothing visible. The caller holds `persist`.
-    fn commit(&self, counter: &IndexCounter, staged: Staged) -> Result<(), StoreError> {
-        let files = staged.files();
-        for (done, change) in files.iter().enumerate() {
-            if let Err(e) = self.write_file(change) {
-                self.roll_back(&files[..done]);
-                return Err(e);
-            }
-        }
-        drop(files);
-        {
-            let mut t = self.tables.write();
-            for (k, j) in staged.jobs {
-                match j {
-                    Some(j) => t.jobs.insert(k, j),
-                    None => t.jobs.remove(&k),
-                };
-            }
-            for (id, e) in staged.evals {
-                match e {
-                    Some(e) => t.evals.insert(id, e),
-                    None => t.evals.remove(&id),
-                };
-            }
-            for (id, a) in staged.allocs {
-                match a {
-                    Some(a) => t.allocs.insert(id, a),
-                    None => t.allocs.remove(&id),
-                };
-            }
-        }
-        counter.notify();
-        Ok(())
-    }
-
-    /// Put back the published version of files a failed write already wrote. Removals go
-    /// first: they free the space the restores may need on a full disk. Best effort: a file
-    /// that cannot be restored is logged (memory still holds the published version).
-    fn roll_back(&self, written: &[FileChange<'_>]) {
-        let mut back = Staged::default();
-        {
-            let t = self.tables.read();
-            for c in written {
-                match c {
-                    FileChange::Job(k, _) => {
-                        back.jobs.insert((*k).clone(), t.jobs.get(*k).cloned());
-                    }
-                    FileChange::Eval(id, _) => {
-                        back.evals.insert(id.to_string(), t.evals.get(*id).cloned());
-                    }
-                    FileChange::Alloc(id, _) => {
-                        back.allocs
-                            .insert(id.to_string(), t.allocs.get(*id).cloned());
-                    }
-                }
-            }
-        }
-        let (removals, rewrites): (Vec<_>, Vec<_>) =
-            back.files().into_iter().partition(FileChange::is_removal);
-        for c in removals.iter().chain(rewrites.iter()) {
-            if let Err(e) = self.write_file(c) {
-                log::error!("cannot roll back a failed state write: {e}");
-            }
-        }
-    }
-
-    /// Stage the stop of every running alloc of a job (from the published tables).
-    fn stop_allocs_of(t: &Tables, key: &JobKey, desc: &str, index: u64, staged: &mut Staged) {
-        let now = crate::time::unix_now_nanos();
-        for a in t.allocs.values() {
-            if a.namespace == key.0 && a.job_id == key.1 && a.desired_status == "run" {
-                let mut a = a.clone();
-                a.desired_status = "stop".into();
-                a.desired_description = desc.to_string();
-                a.modify_index = index;
-                a.alloc_modify_index = index;
-                a.modify_time = now;
-                staged.allocs.insert(a.id.clone(), Some(a));
-            }
+    /// Propose and wait: `Ok(None)` when the command applied to "unknown" (changed nothing).
+    fn propose(&self, cmd: Command) -> Result<Option<(Applied, u64)>, StoreError> {
+        match self.log.propose(cmd) {
+            Ok(r) => Ok(Some(r)),
+            Err(LogError::Apply(_)) => Ok(None),
+            Err(e) => Err(self.store_err(e)),
         }
     }
 
@@ -309,179 +235,121 @@ impl Workloads {
     /// evaluation). Persisted, then published; on error nothing visible changed.
     pub fn register(
         &self,
-        counter: &IndexCounter,
+        _counter: &IndexCounter,
         node: &NodeInfo,
-        mut job: Job,
+        job: Job,
     ) -> Result<WriteResult, StoreError> {
-        let _write = self.persist.lock();
-        let index = counter.next();
-        let mut staged = Staged::default();
-        let key: JobKey = (job.namespace.clone(), job.id.clone());
-        let result = {
-            let t = self.tables.read();
-            let existing = t.jobs.get(&key);
-            let changed = existing.map(|e| e.spec_changed(&job)).unwrap_or(true);
-            if changed {
-                job.version = existing.map(|e| e.version + 1).unwrap_or(0);
-                job.create_index = existing.map(|e| e.create_index).unwrap_or(index);
-                job.modify_index = index;
-                job.job_modify_index = index;
-                job.submit_time = crate::time::unix_now_nanos();
-                job.status = "pending".into();
-                staged.jobs.insert(key.clone(), Some(job.clone()));
-            } else if let Some(e) = existing {
-                job = e.clone();
-            }
-            let eval = EvalRecord::new(&job, "job-register", index);
-            let eval_id = eval.id.clone();
-            staged.evals.insert(eval_id.clone(), Some(eval));
-            if changed {
-                Self::stop_allocs_of(
-                    &t,
-                    &key,
-                    "alloc not needed due to job update",
-                    index,
-                    &mut staged,
-                );
-                if !job.stop {
-                    for tg in &job.task_groups {
-                        for i in 0..tg.count().max(0) as u32 {
-                            let a = AllocRecord::new(&job, &tg.name, i, &eval_id, node, index);
-                            staged.allocs.insert(a.id.clone(), Some(a));
-                        }
-                    }
-                }
-            }
-            WriteResult {
-                eval_id,
-                eval_create_index: index,
-                job_modify_index: job.job_modify_index,
-                index,
-            }
+        let placements: usize = job
+            .task_groups
+            .iter()
+            .map(|g| g.count().max(0) as usize)
+            .sum();
+        let cmd = Command::JobRegister {
+            alloc_ids: (0..placements).map(|_| new_id()).collect(),
+            job: Box::new(job),
+            node: node.clone(),
+            eval_id: new_id(),
+            now: crate::time::unix_now_nanos(),
         };
-        self.commit(counter, staged)?;
-        Ok(result)
+        match self.propose(cmd)? {
+            Some((Applied::Job(w), index)) => Ok(WriteResult {
+                eval_id: w.eval_id,
+                eval_create_index: w.eval_create_index,
+                job_modify_index: w.job_modify_index,
+                index,
+            }),
+            _ => Err(self.store_err(LogError::Closed("register applied to nothing"))),
+        }
     }
 
     /// Stop a job (or purge it). `None` when the job is unknown. Persisted, then published:
     /// on error the job is still listed as it was and its allocs still want to run.
     pub fn deregister(
         &self,
-        counter: &IndexCounter,
+        _counter: &IndexCounter,
         namespace: &str,
         job_id: &str,
         purge: bool,
     ) -> Result<Option<WriteResult>, StoreError> {
-        let _write = self.persist.lock();
-        let key: JobKey = (namespace.to_string(), job_id.to_string());
-        let mut staged = Staged::default();
-        let result = {
-            let t = self.tables.read();
-            let Some(job) = t.jobs.get(&key) else {
-                return Ok(None);
-            };
-            let index = counter.next();
-            let mut job = job.clone();
-            if purge {
-                staged.jobs.insert(key.clone(), None);
-            } else {
-                job.stop = true;
-                job.modify_index = index;
-                job.job_modify_index = index;
-                job.version += 1;
-                staged.jobs.insert(key.clone(), Some(job.clone()));
-            }
-            let eval = EvalRecord::new(&job, "job-deregister", index);
-            let eval_id = eval.id.clone();
-            staged.evals.insert(eval_id.clone(), Some(eval));
-            Self::stop_allocs_of(
-                &t,
-                &key,
-                "alloc not needed since job is stopped",
-                index,
-                &mut staged,
-            );
-            WriteResult {
-                eval_id,
-                eval_create_index: index,
-                job_modify_index: index,
-                index,
-            }
+        let key = (namespace.to_string(), job_id.to_string());
+        if !self.state().jobs.contains_key(&key) {
+            return Ok(None);
+        }
+        let cmd = Command::JobDeregister {
+            namespace: key.0,
+            job_id: key.1,
+            purge,
+            eval_id: new_id(),
+            now: crate::time::unix_now_nanos(),
         };
-        self.commit(counter, staged)?;
-        Ok(Some(result))
+        Ok(match self.propose(cmd)? {
+            Some((Applied::Job(w), index)) => Some(WriteResult {
+                eval_id: w.eval_id,
+                eval_create_index: w.eval_create_index,
+                job_modify_index: w.job_modify_index,
+                index,
+            }),
+            _ => None,
+        })
     }
 
     /// Stop one allocation; the scheduler places a replacement when its job still wants it.
     /// `None` when the alloc is unknown; otherwise `(eval_id, index)`.
     pub fn stop_alloc(
         &self,
-        counter: &IndexCounter,
+        _counter: &IndexCounter,
         node: &NodeInfo,
         alloc_id: &str,
     ) -> Result<Option<(String, u64)>, StoreError> {
-        let _write = self.persist.lock();
-        let mut staged = Staged::default();
-        let (eval_id, index) = {
-            let t = self.tables.read();
-            let Some(old) = t.allocs.get(alloc_id) else {
-                return Ok(None);
-            };
-            let index = counter.next();
-            let key: JobKey = (old.namespace.clone(), old.job_id.clone());
-            let current = t.jobs.get(&key);
-            let eval_job = current.unwrap_or(&old.job);
-            let eval = EvalRecord::new(eval_job, "alloc-stop", index);
-            let eval_id = eval.id.clone();
-            staged.evals.insert(eval_id.clone(), Some(eval));
-            if old.desired_status == "run" {
-                let replace = current
-                    .filter(|j| !j.stop && j.version == old.job.version && !old.terminal())
-                    .map(|j| {
-                        AllocRecord::new(j, &old.task_group, old.alloc_index, &eval_id, node, index)
-                    });
-                let mut a = old.clone();
-                a.desired_status = "stop".into();
-                a.desired_description = "alloc was stopped by the user".into();
-                a.modify_index = index;
-                a.alloc_modify_index = index;
-                a.modify_time = crate::time::unix_now_nanos();
-                if let Some(r) = &replace {
-                    a.next_allocation = r.id.clone();
-                }
-                staged.allocs.insert(alloc_id.to_string(), Some(a));
-                if let Some(mut r) = replace {
-                    r.previous_allocation = alloc_id.to_string();
-                    staged.allocs.insert(r.id.clone(), Some(r));
-                }
-            }
-            (eval_id, index)
+        if !self.state().allocs.contains_key(alloc_id) {
+            return Ok(None);
+        }
+        let cmd = Command::AllocStop {
+            alloc_id: alloc_id.to_string(),
+            node: node.clone(),
+            eval_id: new_id(),
+            replacement_id: new_id(),
+            now: crate::time::unix_now_nanos(),
         };
-        self.commit(counter, staged)?;
-        Ok(Some((eval_id, index)))
+        Ok(match self.propose(cmd)? {
+            Some((Applied::AllocStopped { eval_id }, index)) => Some((eval_id, index)),
+            _ => None,
+        })
     }
 
-    /// Change an allocation (the client's task states, collection) and save it: written
-    /// before it is visible, so nobody reads a task state that a crash or a full disk could
-    /// lose. `None` when the alloc is unknown.
+    /// Change an allocation's client side (task states, status, collection) and save it:
+    /// written before it is visible, so nobody reads a task state that a crash or a full
+    /// disk could lose. `None` when the alloc is unknown. `f` runs on the published alloc;
+    /// what it changed (task states, client status, `collected`) becomes the command.
     pub fn update_alloc(
         &self,
-        counter: &IndexCounter,
+        _counter: &IndexCounter,
         alloc_id: &str,
         f: impl FnOnce(&mut AllocRecord),
     ) -> Result<Option<AllocRecord>, StoreError> {
-        let _write = self.persist.lock();
-        let Some(mut a) = self.tables.read().allocs.get(alloc_id).cloned() else {
+        let Some(old) = self.state().allocs.get(alloc_id).cloned() else {
             return Ok(None);
         };
+        let mut a = (*old).clone();
         f(&mut a);
-        a.refresh_client_status();
-        a.modify_index = counter.next();
-        a.modify_time = crate::time::unix_now_nanos();
-        let mut staged = Staged::default();
-        staged.allocs.insert(alloc_id.to_string(), Some(a.clone()));
-        self.commit(counter, staged)?;
-        Ok(Some(a))
+        let tasks: BTreeMap<String, TaskState> = a
+            .task_states
+            .into_iter()
+            .filter(|(name, ts)| old.task_states.get(name) != Some(ts))
+            .collect();
+        let status_changed =
+            a.client_status != old.client_status || a.client_description != old.client_description;
+        let cmd = Command::AllocClientUpdate {
+            alloc_id: alloc_id.to_string(),
+            tasks,
+            client_status: status_changed.then_some((a.client_status, a.client_description)),
+            collected: a.collected && !old.collected,
+            now: crate::time::unix_now_nanos(),
+        };
+        Ok(match self.propose(cmd)? {
+            Some((Applied::Alloc(a), _)) => Some(*a),
+            _ => None,
+        })
     }
 
     /// Change one task's state of an allocation and save it.
@@ -502,49 +370,64 @@ impl Workloads {
     }
 
     pub fn job(&self, namespace: &str, id: &str) -> Option<Job> {
-        self.tables
-            .read()
+        self.state()
             .jobs
             .get(&(namespace.to_string(), id.to_string()))
-            .cloned()
+            .map(|j| (**j).clone())
     }
 
     pub fn jobs(&self) -> Vec<Job> {
-        self.tables.read().jobs.values().cloned().collect()
+        self.state().jobs.values().map(|j| (**j).clone()).collect()
     }
 
     pub fn alloc(&self, id: &str) -> Option<AllocRecord> {
-        self.tables.read().allocs.get(id).cloned()
+        self.state().allocs.get(id).map(|a| (**a).clone())
     }
 
     /// Every allocation, oldest first.
     pub fn allocs(&self) -> Vec<AllocRecord> {
-        let mut v: Vec<AllocRecord> = self.tables.read().allocs.values().cloned().collect();
+        let mut v: Vec<AllocRecord> = self
+            .state()
+            .allocs
+            .values()
+            .map(|a| (**a).clone())
+            .collect();
         v.sort_by_key(|a| (a.create_index, a.create_time));
         v
     }
 
     pub fn allocs_of_job(&self, namespace: &str, job_id: &str) -> Vec<AllocRecord> {
-        self.allocs()
-            .into_iter()
+        let mut v: Vec<AllocRecord> = self
+            .state()
+            .allocs
+            .values()
             .filter(|a| a.namespace == namespace && a.job_id == job_id)
-            .collect()
+            .map(|a| (**a).clone())
+            .collect();
+        v.sort_by_key(|a| (a.create_index, a.create_time));
+        v
     }
 
     pub fn eval(&self, id: &str) -> Option<EvalRecord> {
-        self.tables.read().evals.get(id).cloned()
+        self.state().evals.get(id).map(|e| (**e).clone())
     }
 
     pub fn evals(&self) -> Vec<EvalRecord> {
-        let mut v: Vec<EvalRecord> = self.tables.read().evals.values().cloned().collect();
+        let mut v: Vec<EvalRecord> = self.state().evals.values().map(|e| (**e).clone()).collect();
         v.sort_by_key(|e| e.create_index);
         v
     }
 
     /// A job's `Status`: running while an alloc runs, pending while one waits, else dead.
     pub fn job_status(&self, job: &Job) -> &'static str {
-        let allocs = self.allocs_of_job(&job.namespace, &job.id);
-        let live: Vec<&AllocRecord> = allocs
+        let state = self.state();
+        let allocs: Vec<&AllocRecord> = state
+            .allocs
+            .values()
+            .filter(|a| a.namespace == job.namespace && a.job_id == job.id)
+            .map(|a| &**a)
+            .collect();
+        let live: Vec<&&AllocRecord> = allocs
             .iter()
             .filter(|a| !a.terminal() && a.desired_status == "run")
             .collect();
@@ -560,13 +443,23 @@ impl Workloads {
     }
 }
 
+/// A fresh object ID (chosen by the proposer: apply makes none).
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     fn job(count: i64, cmd: &str) -> Job {
+        job_named("web", count, cmd)
+    }
+
+    fn job_named(id: &str, count: i64, cmd: &str) -> Job {
         let mut j = Job::from_json(
-            serde_json::json!({"ID": "web", "TaskGroups": [{"Name": "g", "Count": count,
+            serde_json::json!({"ID": id, "TaskGroups": [{"Name": "g", "Count": count,
             "Tasks": [{"Name": "t", "Driver": "raw_exec", "Config": {"command": cmd}}]}]}),
         )
         .unwrap();
@@ -574,15 +467,23 @@ mod tests {
         j
     }
 
-    #[test]
-    fn register_places_count_allocs_and_unchanged_is_a_noop_and_state_survives_reload() {
-        let dir = std::env::temp_dir().join(format!("nomadlet-wl-{}", uuid::Uuid::new_v4()));
-        let counter = IndexCounter::default();
-        let node = NodeInfo {
+    fn node() -> NodeInfo {
+        NodeInfo {
             id: "n1".into(),
             name: "node".into(),
-        };
-        let w = Workloads::load(&dir).unwrap();
+        }
+    }
+
+    fn temp_dir() -> PathBuf {
+        std::env::temp_dir().join(format!("nomadlet-wl-{}", uuid::Uuid::new_v4()))
+    }
+
+    #[test]
+    fn register_places_count_allocs_and_unchanged_is_a_noop_and_state_survives_reload() {
+        let dir = temp_dir();
+        let counter = Arc::new(IndexCounter::default());
+        let node = node();
+        let w = Workloads::load(&dir, counter.clone()).unwrap();
         let r1 = w.register(&counter, &node, job(2, "/bin/true")).unwrap();
         assert_eq!(w.allocs().len(), 2);
         assert!(w.eval(&r1.eval_id).is_some());
@@ -597,62 +498,168 @@ mod tests {
             1
         );
         assert_eq!(w.job("default", "web").unwrap().version, 1);
-        let back = Workloads::load(&dir).unwrap();
+        let live = w.state().to_bytes().unwrap();
+        drop(w);
+        let back = Workloads::load(&dir, Arc::new(IndexCounter::default())).unwrap();
         assert_eq!(back.allocs().len(), 3);
         assert_eq!(back.job("default", "web").unwrap().version, 1);
         assert!(back.max_index() >= r1.index);
+        assert_eq!(back.state().to_bytes().unwrap(), live, "replay equals live");
+        drop(back);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    fn json_files(dir: &Path) -> usize {
-        std::fs::read_dir(dir)
-            .map(|rd| {
-                rd.flatten()
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-                    .count()
-            })
-            .unwrap_or(0)
+    #[test]
+    fn a_failed_transaction_publishes_nothing_and_the_next_one_works() {
+        let dir = temp_dir();
+        let counter = Arc::new(IndexCounter::default());
+        let w = Workloads::load(&dir, counter.clone()).unwrap();
+        w.register(&counter, &node(), job(2, "/bin/true")).unwrap();
+        let published = counter.current();
+        let before = w.state().to_bytes().unwrap();
+        w.log.stats.fail_writes.store(true, Ordering::SeqCst);
+        assert!(w.register(&counter, &node(), job(1, "/bin/false")).is_err());
+        assert!(w.deregister(&counter, "default", "web", false).is_err());
+        assert!(w.deregister(&counter, "default", "web", true).is_err());
+        let a = w.allocs()[0].id.clone();
+        assert!(w.stop_alloc(&counter, &node(), &a).is_err());
+        assert!(w
+            .update_task(&counter, &a, "t", |ts| ts.state = "running".into())
+            .is_err());
+        assert_eq!(counter.current(), published, "no index published");
+        assert_eq!(
+            w.state().to_bytes().unwrap(),
+            before,
+            "nothing visible changed"
+        );
+        w.log.stats.fail_writes.store(false, Ordering::SeqCst);
+        w.deregister(&counter, "default", "web", false).unwrap();
+        assert!(w.job("default", "web").unwrap().stop);
+        drop(w);
+        let back = Workloads::load(&dir, Arc::new(IndexCounter::default())).unwrap();
+        assert!(back.job("default", "web").unwrap().stop);
+        assert_eq!(back.evals().len(), 2, "the failed writes left no eval");
+        drop(back);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn a_write_that_fails_part_way_changes_nothing_in_memory_or_on_disk() {
-        let dir = std::env::temp_dir().join(format!("nomadlet-wl-{}", uuid::Uuid::new_v4()));
-        let server = dir.join("server");
-        let counter = IndexCounter::default();
-        let node = NodeInfo {
-            id: "n1".into(),
-            name: "node".into(),
-        };
-        // The job file cannot be written (its dir is a file): allocs and eval were written
-        // first and must be rolled back.
-        let w = Workloads::load(&dir).unwrap();
-        std::fs::create_dir_all(&server).unwrap();
-        std::fs::write(server.join("jobs"), b"").unwrap();
-        let published = counter.current();
-        assert!(w.register(&counter, &node, job(2, "/bin/true")).is_err());
-        assert!(w.jobs().is_empty() && w.allocs().is_empty() && w.evals().is_empty());
-        assert_eq!(json_files(&server.join("allocs")), 0);
-        assert_eq!(json_files(&server.join("evals")), 0);
-        assert_eq!(counter.current(), published, "no index published");
+    fn concurrent_proposals_share_transactions() {
+        let dir = temp_dir();
+        let counter = Arc::new(IndexCounter::default());
+        let w = Arc::new(Workloads::load(&dir, counter.clone()).unwrap());
+        const WRITERS: usize = 8;
+        const EACH: usize = 25;
+        let threads: Vec<_> = (0..WRITERS)
+            .map(|t| {
+                let (w, c) = (w.clone(), counter.clone());
+                std::thread::spawn(move || {
+                    for i in 0..EACH {
+                        let j = job_named(&format!("j{t}-{i}"), 0, "/bin/true");
+                        w.register(&c, &node(), j).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let tx = w.log.stats.transactions.load(Ordering::SeqCst);
+        let cmds = w.log.stats.commands.load(Ordering::SeqCst);
+        assert_eq!(cmds, (WRITERS * EACH) as u64);
+        assert!(
+            tx < cmds,
+            "group commit: {tx} transactions for {cmds} commands"
+        );
+        assert_eq!(w.jobs().len(), WRITERS * EACH);
+        drop(w);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
-        // Now a stop that fails: the allocs on disk get their running versions back.
-        std::fs::remove_file(server.join("jobs")).unwrap();
-        w.register(&counter, &node, job(2, "/bin/true")).unwrap();
-        let published = counter.current();
-        std::fs::rename(server.join("jobs"), server.join("jobs.away")).unwrap();
-        std::fs::write(server.join("jobs"), b"").unwrap();
-        assert!(w.deregister(&counter, "default", "web", false).is_err());
-        assert!(w.deregister(&counter, "default", "web", true).is_err());
-        assert_eq!(counter.current(), published, "no index published");
-        assert!(!w.job("default", "web").unwrap().stop);
-        assert!(w.allocs().iter().all(|a| a.desired_status == "run"));
-        std::fs::remove_file(server.join("jobs")).unwrap();
-        std::fs::rename(server.join("jobs.away"), server.join("jobs")).unwrap();
-        let back = Workloads::load(&dir).unwrap();
-        assert!(!back.job("default", "web").unwrap().stop);
-        assert_eq!(back.allocs().len(), 2);
-        assert!(back.allocs().iter().all(|a| a.desired_status == "run"));
-        assert_eq!(back.evals().len(), 1, "the failed writes' evals are gone");
+    #[test]
+    fn ten_thousand_allocs_in_the_log_restart_to_the_same_state() {
+        let dir = temp_dir();
+        let counter = Arc::new(IndexCounter::default());
+        let w = Workloads::load(&dir, counter.clone()).unwrap();
+        // 100 jobs of 100 allocs: all in the log (fewer commands than a snapshot interval).
+        for i in 0..100 {
+            let j = job_named(&format!("big{i}"), 100, "/bin/true");
+            w.register(&counter, &node(), j).unwrap();
+        }
+        assert_eq!(w.allocs().len(), 10_000);
+        let live = w.state().to_bytes().unwrap();
+        drop(w);
+        let w = Workloads::load(&dir, Arc::new(IndexCounter::default())).unwrap();
+        assert_eq!(
+            w.state().to_bytes().unwrap(),
+            live,
+            "log replay equals live"
+        );
+        drop(w);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn past_a_snapshot_interval_snapshot_plus_log_restart_to_the_same_state() {
+        let dir = temp_dir();
+        let counter = Arc::new(IndexCounter::default());
+        let w = Arc::new(Workloads::load(&dir, counter.clone()).unwrap());
+        const WRITERS: u64 = 8;
+        w.register(&counter, &node(), job(WRITERS as i64, "/bin/true"))
+            .unwrap();
+        let ids: Vec<String> = w.allocs().into_iter().map(|a| a.id).collect();
+        let each = crate::state::command_log::SNAPSHOT_EVERY / WRITERS + 10;
+        let threads: Vec<_> = ids
+            .into_iter()
+            .map(|id| {
+                let (w, c) = (w.clone(), counter.clone());
+                std::thread::spawn(move || {
+                    for i in 0..each {
+                        w.update_task(&c, &id, "t", |ts| ts.restarts = i).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let live = w.state().to_bytes().unwrap();
+        drop(w);
+        let back = Workloads::load(&dir, Arc::new(IndexCounter::default())).unwrap();
+        assert_eq!(
+            back.state().to_bytes().unwrap(),
+            live,
+            "snapshot + log equals live"
+        );
+        drop(back);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_old_file_store_is_imported_once_and_its_files_removed() {
+        let dir = temp_dir();
+        let server = dir.join("server");
+        let mut j = job(1, "/bin/true");
+        j.modify_index = 41;
+        let a = AllocRecord::new_at(&j, "g", 0, "e1", &node(), (41, "a1", 7));
+        let e = EvalRecord::new_at(&j, "job-register", 41, "e1", 7);
+        store::write_json(&server.join("jobs/x.json"), &j).unwrap();
+        store::write_json(&server.join("allocs/a1.json"), &a).unwrap();
+        store::write_json(&server.join("evals/e1.json"), &e).unwrap();
+        std::fs::write(server.join("jobs/notes.txt"), b"mine").unwrap();
+        let w = Workloads::load(&dir, Arc::new(IndexCounter::default())).unwrap();
+        assert_eq!(w.max_index(), 41);
+        assert!(w.job("default", "web").is_some());
+        assert!(w.alloc("a1").is_some() && w.eval("e1").is_some());
+        assert!(
+            !server.join("allocs/a1.json").exists(),
+            "imported files removed"
+        );
+        assert!(server.join("jobs/notes.txt").exists(), "other files kept");
+        drop(w);
+        let back = Workloads::load(&dir, Arc::new(IndexCounter::default())).unwrap();
+        assert!(back.alloc("a1").is_some(), "kept in the store");
+        drop(back);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

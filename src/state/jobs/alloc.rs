@@ -129,18 +129,18 @@ pub fn client_terminal(status: &str) -> bool {
 }
 
 impl AllocRecord {
-    /// A new allocation of `job`'s `group` (index `idx`), placed on `node`.
-    pub fn new(
+    /// A new allocation of `job`'s `group` (index `idx`), placed on `node`, with the ID and
+    /// time chosen before (by the proposer of the command that makes it).
+    pub fn new_at(
         job: &Job,
         group: &str,
         idx: u32,
         eval_id: &str,
         node: &NodeInfo,
-        index: u64,
+        (index, id, now): (u64, &str, i64),
     ) -> AllocRecord {
-        let now = crate::time::unix_now_nanos();
         AllocRecord {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: id.to_string(),
             namespace: job.namespace.clone(),
             eval_id: eval_id.to_string(),
             name: format!("{}.{}[{}]", job.id, group, idx),

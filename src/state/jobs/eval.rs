@@ -29,11 +29,11 @@ pub struct EvalRecord {
 }
 
 impl EvalRecord {
-    /// A completed evaluation of `job`, made at `index`.
-    pub fn new(job: &Job, triggered_by: &str, index: u64) -> EvalRecord {
-        let now = crate::time::unix_now_nanos();
+    /// A completed evaluation of `job`, made at `index`, with the ID and time chosen before
+    /// (by the proposer of the command that makes it: apply reads no clock).
+    pub fn new_at(job: &Job, triggered_by: &str, index: u64, id: &str, now: i64) -> EvalRecord {
         EvalRecord {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: id.to_string(),
             namespace: job.namespace.clone(),
             priority: job.priority.unwrap_or(50),
             eval_type: job.job_type().to_string(),

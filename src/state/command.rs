@@ -1,0 +1,704 @@
+//! The server state machine: every change to server state is a [`Command`], applied in one
+//! place, [`apply`], deterministically: no clock, no randomness, no I/O. IDs and times are
+//! chosen by the proposer before the command is made, so replaying the log rebuilds the same
+//! state byte for byte (and a replicated log can carry the same commands unchanged).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::jobs::alloc::{AllocRecord, TaskState};
+use super::jobs::eval::EvalRecord;
+use super::jobs::spec::Job;
+use super::jobs::NodeInfo;
+use crate::acl::tokens::{AclPolicy, AclToken, OneTimeToken};
+use crate::acl::AclTables;
+
+/// A job's key: `(namespace, id)`.
+pub type JobKey = (String, String);
+
+/// One change to server state, with everything chosen that apply must not choose itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Command {
+    /// Register a canonicalized, validated job. When its spec changed, a new version is made
+    /// and its allocs are replaced by new ones named by `alloc_ids` (one per placement, in
+    /// group order; there are as many as the job's groups count).
+    JobRegister {
+        job: Box<Job>,
+        node: NodeInfo,
+        eval_id: String,
+        alloc_ids: Vec<String>,
+        now: i64,
+    },
+    /// Stop a job (`purge`: remove it) and its running allocs.
+    JobDeregister {
+        namespace: String,
+        job_id: String,
+        purge: bool,
+        eval_id: String,
+        now: i64,
+    },
+    /// Stop one alloc; its replacement (when its job still wants it) is `replacement_id`.
+    AllocStop {
+        alloc_id: String,
+        node: NodeInfo,
+        eval_id: String,
+        replacement_id: String,
+        now: i64,
+    },
+    /// What the client reports of an alloc: the task states that changed, its status when
+    /// it set one, whether its dir was collected.
+    AllocClientUpdate {
+        alloc_id: String,
+        tasks: BTreeMap<String, TaskState>,
+        client_status: Option<(String, String)>,
+        collected: bool,
+        now: i64,
+    },
+    /// Create the initial management token (made, with its secret, by the proposer), once.
+    AclBootstrap {
+        token: Box<AclToken>,
+        index: u64,
+    },
+    /// Insert or replace a token (`must_exist`: only replace, an update).
+    AclTokenUpsert {
+        token: Box<AclToken>,
+        must_exist: bool,
+    },
+    AclTokenDelete {
+        accessor: String,
+    },
+    /// Insert or replace a policy (its `CreateIndex` is kept when it existed).
+    AclPolicyUpsert {
+        policy: Box<AclPolicy>,
+    },
+    AclPolicyDelete {
+        name: String,
+    },
+    /// Add a one-time token (made, with its secret and expiry, by the proposer), after
+    /// dropping those expired at `now`; refused past `max` outstanding.
+    AclOneTimeTokenCreate {
+        token: Box<OneTimeToken>,
+        now: i64,
+        max: usize,
+    },
+    /// Use a one-time token once: it is removed and its live ACL token is the answer.
+    AclOneTimeTokenExchange {
+        secret: String,
+        now: i64,
+    },
+}
+
+/// What applying a command did (the proposer's answer).
+#[derive(Clone, Debug)]
+pub enum Applied {
+    /// A job register or deregister.
+    Job(JobWrite),
+    /// An alloc stop: the evaluation made.
+    AllocStopped { eval_id: String },
+    /// A client update: the alloc as it now is.
+    Alloc(Box<AllocRecord>),
+    /// An ACL write (`false`: a delete found nothing).
+    Acl(bool),
+    /// A one-time token exchanged: the ACL token it stood for.
+    AclToken(Box<AclToken>),
+}
+
+/// The answer to a register or deregister.
+#[derive(Clone, Debug)]
+pub struct JobWrite {
+    pub eval_id: String,
+    pub eval_create_index: u64,
+    pub job_modify_index: u64,
+}
+
+/// A command that changes nothing (deterministically: the replay gets the same error).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ApplyError {
+    UnknownJob,
+    UnknownAlloc,
+    UnknownToken,
+    /// ACL bootstrap was done, at this index.
+    AlreadyBootstrapped(u64),
+    /// Stored policy rules that do not parse (the API checks them before).
+    BadPolicy(String),
+    /// More one-time tokens outstanding than allowed.
+    TooManyOneTimeTokens,
+    /// A one-time token secret that is unknown, used, expired, or whose ACL token is gone.
+    OneTimeTokenInvalid,
+}
+
+impl fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApplyError::UnknownJob => write!(f, "job not found"),
+            ApplyError::UnknownAlloc => write!(f, "alloc not found"),
+            ApplyError::UnknownToken => write!(f, "ACL token not found"),
+            ApplyError::AlreadyBootstrapped(i) => write!(f, "ACL bootstrap already done at {i}"),
+            ApplyError::BadPolicy(e) => write!(f, "policy rules do not parse: {e}"),
+            ApplyError::TooManyOneTimeTokens => write!(f, "too many one-time tokens"),
+            ApplyError::OneTimeTokenInvalid => write!(f, "one-time token not usable"),
+        }
+    }
+}
+
+impl std::error::Error for ApplyError {}
+
+/// The server state: what every command changes. Values are shared (`Arc`), so a copy for
+/// the next snapshot costs a map of pointers, not the objects.
+#[derive(Clone, Debug, Default)]
+pub struct ServerState {
+    /// The index of the last command applied (or of the snapshot loaded).
+    pub index: u64,
+    pub jobs: BTreeMap<JobKey, Arc<Job>>,
+    pub evals: BTreeMap<String, Arc<EvalRecord>>,
+    pub allocs: BTreeMap<String, Arc<AllocRecord>>,
+    /// ACL tokens, policies, the bootstrap marker.
+    pub acl: Arc<AclTables>,
+}
+
+/// The serialized form of [`ServerState`] (snapshots, the determinism check).
+#[derive(Serialize, Deserialize)]
+struct StateImage {
+    index: u64,
+    jobs: Vec<Job>,
+    evals: Vec<EvalRecord>,
+    allocs: Vec<AllocRecord>,
+    #[serde(default)]
+    acl: AclTables,
+}
+
+/// The serialized form, borrowing (what a snapshot writes).
+#[derive(Serialize)]
+struct StateImageRef<'a> {
+    index: u64,
+    jobs: Vec<&'a Job>,
+    evals: Vec<&'a EvalRecord>,
+    allocs: Vec<&'a AllocRecord>,
+    acl: &'a AclTables,
+}
+
+impl ServerState {
+    /// The state as bytes: the same state always gives the same bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(&StateImageRef {
+            index: self.index,
+            jobs: self.jobs.values().map(|j| &**j).collect(),
+            evals: self.evals.values().map(|e| &**e).collect(),
+            allocs: self.allocs.values().map(|a| &**a).collect(),
+            acl: &self.acl,
+        })
+    }
+
+    /// The state back from [`ServerState::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<ServerState, serde_json::Error> {
+        let img: StateImage = serde_json::from_slice(bytes)?;
+        let mut state = ServerState::from_parts(img.index, img.jobs, img.evals, img.allocs);
+        let mut acl = img.acl;
+        acl.parse_policies();
+        state.acl = Arc::new(acl);
+        Ok(state)
+    }
+
+    /// A state of these objects (the import of the old file store, a snapshot).
+    pub fn from_parts(
+        index: u64,
+        jobs: Vec<Job>,
+        evals: Vec<EvalRecord>,
+        allocs: Vec<AllocRecord>,
+    ) -> ServerState {
+        ServerState {
+            index,
+            jobs: jobs
+                .into_iter()
+                .map(|j| ((j.namespace.clone(), j.id.clone()), Arc::new(j)))
+                .collect(),
+            evals: evals
+                .into_iter()
+                .map(|e| (e.id.clone(), Arc::new(e)))
+                .collect(),
+            allocs: allocs
+                .into_iter()
+                .map(|a| (a.id.clone(), Arc::new(a)))
+                .collect(),
+            acl: Arc::default(),
+        }
+    }
+}
+
+/// Apply one command at `index`. Deterministic: the same state and command give the same
+/// state. On error the state is unchanged.
+pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Applied, ApplyError> {
+    let applied = match cmd {
+        Command::JobRegister {
+            job,
+            node,
+            eval_id,
+            alloc_ids,
+            now,
+        } => Applied::Job(register(state, job, node, eval_id, alloc_ids, *now, index)),
+        Command::JobDeregister {
+            namespace,
+            job_id,
+            purge,
+            eval_id,
+            now,
+        } => {
+            let key: JobKey = (namespace.clone(), job_id.clone());
+            Applied::Job(deregister(state, &key, *purge, eval_id, *now, index)?)
+        }
+        Command::AllocStop {
+            alloc_id,
+            node,
+            eval_id,
+            replacement_id,
+            now,
+        } => {
+            stop_alloc(state, alloc_id, node, eval_id, replacement_id, *now, index)?;
+            Applied::AllocStopped {
+                eval_id: eval_id.clone(),
+            }
+        }
+        Command::AllocClientUpdate {
+            alloc_id,
+            tasks,
+            client_status,
+            collected,
+            now,
+        } => {
+            let Some(old) = state.allocs.get(alloc_id) else {
+                return Err(ApplyError::UnknownAlloc);
+            };
+            let mut a = (**old).clone();
+            for (name, ts) in tasks {
+                a.task_states.insert(name.clone(), ts.clone());
+            }
+            if let Some((status, description)) = client_status {
+                a.client_status = status.clone();
+                a.client_description = description.clone();
+            }
+            a.collected |= *collected;
+            a.refresh_client_status();
+            a.modify_index = index;
+            a.modify_time = *now;
+            state.allocs.insert(alloc_id.clone(), Arc::new(a.clone()));
+            Applied::Alloc(Box::new(a))
+        }
+        Command::AclBootstrap { .. }
+        | Command::AclTokenUpsert { .. }
+        | Command::AclTokenDelete { .. }
+        | Command::AclPolicyUpsert { .. }
+        | Command::AclPolicyDelete { .. }
+        | Command::AclOneTimeTokenCreate { .. }
+        | Command::AclOneTimeTokenExchange { .. } => {
+            // On a copy: a failing command leaves the tables as they were.
+            let mut acl = (*state.acl).clone();
+            let applied = apply_acl(&mut acl, cmd)?;
+            state.acl = Arc::new(acl);
+            applied
+        }
+    };
+    state.index = state.index.max(index);
+    Ok(applied)
+}
+
+/// The ACL commands.
+fn apply_acl(t: &mut AclTables, cmd: &Command) -> Result<Applied, ApplyError> {
+    match cmd {
+        Command::AclBootstrap { token, index } => {
+            if let Some(i) = t.bootstrap_index {
+                return Err(ApplyError::AlreadyBootstrapped(i));
+            }
+            t.bootstrap_index = Some(*index);
+            t.tokens.push((**token).clone());
+            Ok(Applied::Acl(true))
+        }
+        Command::AclTokenUpsert { token, must_exist } => {
+            match t
+                .tokens
+                .iter_mut()
+                .find(|x| x.accessor_id == token.accessor_id)
+            {
+                Some(slot) => *slot = (**token).clone(),
+                None if *must_exist => return Err(ApplyError::UnknownToken),
+                None => t.tokens.push((**token).clone()),
+            }
+            Ok(Applied::Acl(true))
+        }
+        Command::AclTokenDelete { accessor } => {
+            let before = t.tokens.len();
+            t.tokens.retain(|x| &x.accessor_id != accessor);
+            if t.tokens.len() == before {
+                return Err(ApplyError::UnknownToken);
+            }
+            // A deleted token's one-time tokens go with it.
+            t.one_time_tokens.retain(|o| &o.accessor_id != accessor);
+            Ok(Applied::Acl(true))
+        }
+        Command::AclPolicyUpsert { policy } => {
+            let mut policy = (**policy).clone();
+            let parsed = crate::acl::policy::parse(&policy.rules)
+                .map_err(|e| ApplyError::BadPolicy(e.to_string()))?;
+            policy.parsed = Arc::new(parsed);
+            if let Some(old) = t.policies.get(&policy.name) {
+                policy.create_index = old.create_index;
+            }
+            policy.rehash();
+            t.policies.insert(policy.name.clone(), policy);
+            Ok(Applied::Acl(true))
+        }
+        Command::AclPolicyDelete { name } => Ok(Applied::Acl(t.policies.remove(name).is_some())),
+        Command::AclOneTimeTokenCreate { token, now, max } => {
+            t.one_time_tokens.retain(|o| !o.is_expired_at(*now));
+            if t.one_time_tokens.len() >= *max {
+                return Err(ApplyError::TooManyOneTimeTokens);
+            }
+            t.one_time_tokens.push((**token).clone());
+            Ok(Applied::Acl(true))
+        }
+        Command::AclOneTimeTokenExchange { secret, now } => {
+            // Every entry is compared, so the time taken says nothing about the secret.
+            let mut found = None;
+            for (i, o) in t.one_time_tokens.iter().enumerate() {
+                if crate::encoding::constant_time_eq(o.secret_id.as_bytes(), secret.as_bytes()) {
+                    found = Some(i);
+                }
+            }
+            let ott = match found {
+                Some(i) if !t.one_time_tokens[i].is_expired_at(*now) => t.one_time_tokens.remove(i),
+                _ => return Err(ApplyError::OneTimeTokenInvalid),
+            };
+            t.one_time_tokens.retain(|o| !o.is_expired_at(*now));
+            let token = t
+                .tokens
+                .iter()
+                .find(|x| x.accessor_id == ott.accessor_id && !x.is_expired_at(*now))
+                .cloned()
+                .ok_or(ApplyError::OneTimeTokenInvalid)?;
+            Ok(Applied::AclToken(Box::new(token)))
+        }
+        _ => Ok(Applied::Acl(false)),
+    }
+}
+
+/// Stop every running alloc of a job.
+fn stop_allocs_of(state: &mut ServerState, key: &JobKey, desc: &str, now: i64, index: u64) {
+    let running: Vec<String> = state
+        .allocs
+        .values()
+        .filter(|a| a.namespace == key.0 && a.job_id == key.1 && a.desired_status == "run")
+        .map(|a| a.id.clone())
+        .collect();
+    for id in running {
+        if let Some(a) = state.allocs.get_mut(&id) {
+            let a = Arc::make_mut(a);
+            a.desired_status = "stop".into();
+            a.desired_description = desc.to_string();
+            a.modify_index = index;
+            a.alloc_modify_index = index;
+            a.modify_time = now;
+        }
+    }
+}
+
+fn register(
+    state: &mut ServerState,
+    job: &Job,
+    node: &NodeInfo,
+    eval_id: &str,
+    alloc_ids: &[String],
+    now: i64,
+    index: u64,
+) -> JobWrite {
+    let key: JobKey = (job.namespace.clone(), job.id.clone());
+    let existing = state.jobs.get(&key).cloned();
+    let changed = existing
+        .as_ref()
+        .map(|e| e.spec_changed(job))
+        .unwrap_or(true);
+    let job = if changed {
+        let mut job = job.clone();
+        job.version = existing.as_ref().map(|e| e.version + 1).unwrap_or(0);
+        job.create_index = existing.as_ref().map(|e| e.create_index).unwrap_or(index);
+        job.modify_index = index;
+        job.job_modify_index = index;
+        job.submit_time = now;
+        job.status = "pending".into();
+        state.jobs.insert(key.clone(), Arc::new(job.clone()));
+        job
+    } else {
+        existing
+            .map(|e| (*e).clone())
+            .unwrap_or_else(|| job.clone())
+    };
+    let eval = EvalRecord::new_at(&job, "job-register", index, eval_id, now);
+    state.evals.insert(eval_id.to_string(), Arc::new(eval));
+    if changed {
+        stop_allocs_of(
+            state,
+            &key,
+            "alloc not needed due to job update",
+            now,
+            index,
+        );
+        if !job.stop {
+            let mut ids = alloc_ids.iter();
+            for tg in &job.task_groups {
+                for i in 0..tg.count().max(0) as u32 {
+                    // The proposer chose one ID per placement; none left means none placed.
+                    let Some(id) = ids.next() else { break };
+                    let a = AllocRecord::new_at(&job, &tg.name, i, eval_id, node, (index, id, now));
+                    state.allocs.insert(id.clone(), Arc::new(a));
+                }
+            }
+        }
+    }
+    JobWrite {
+        eval_id: eval_id.to_string(),
+        eval_create_index: index,
+        job_modify_index: job.job_modify_index,
+    }
+}
+
+fn deregister(
+    state: &mut ServerState,
+    key: &JobKey,
+    purge: bool,
+    eval_id: &str,
+    now: i64,
+    index: u64,
+) -> Result<JobWrite, ApplyError> {
+    let Some(job) = state.jobs.get(key) else {
+        return Err(ApplyError::UnknownJob);
+    };
+    let mut job = (**job).clone();
+    if purge {
+        state.jobs.remove(key);
+    } else {
+        job.stop = true;
+        job.modify_index = index;
+        job.job_modify_index = index;
+        job.version += 1;
+        state.jobs.insert(key.clone(), Arc::new(job.clone()));
+    }
+    let eval = EvalRecord::new_at(&job, "job-deregister", index, eval_id, now);
+    state.evals.insert(eval_id.to_string(), Arc::new(eval));
+    stop_allocs_of(
+        state,
+        key,
+        "alloc not needed since job is stopped",
+        now,
+        index,
+    );
+    Ok(JobWrite {
+        eval_id: eval_id.to_string(),
+        eval_create_index: index,
+        job_modify_index: index,
+    })
+}
+
+fn stop_alloc(
+    state: &mut ServerState,
+    alloc_id: &str,
+    node: &NodeInfo,
+    eval_id: &str,
+    replacement_id: &str,
+    now: i64,
+    index: u64,
+) -> Result<(), ApplyError> {
+    let Some(old) = state.allocs.get(alloc_id).cloned() else {
+        return Err(ApplyError::UnknownAlloc);
+    };
+    let key: JobKey = (old.namespace.clone(), old.job_id.clone());
+    let current = state.jobs.get(&key).cloned();
+    let eval_job = current.as_deref().unwrap_or(&old.job);
+    let eval = EvalRecord::new_at(eval_job, "alloc-stop", index, eval_id, now);
+    state.evals.insert(eval_id.to_string(), Arc::new(eval));
+    if old.desired_status == "run" {
+        let replace = current
+            .as_deref()
+            .filter(|j| !j.stop && j.version == old.job.version && !old.terminal())
+            .map(|j| {
+                let at = (index, replacement_id, now);
+                AllocRecord::new_at(j, &old.task_group, old.alloc_index, eval_id, node, at)
+            });
+        let mut a = (*old).clone();
+        a.desired_status = "stop".into();
+        a.desired_description = "alloc was stopped by the user".into();
+        a.modify_index = index;
+        a.alloc_modify_index = index;
+        a.modify_time = now;
+        if let Some(r) = &replace {
+            a.next_allocation = r.id.clone();
+        }
+        state.allocs.insert(alloc_id.to_string(), Arc::new(a));
+        if let Some(mut r) = replace {
+            r.previous_allocation = alloc_id.to_string();
+            state.allocs.insert(r.id.clone(), Arc::new(r));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str, count: i64) -> Job {
+        let mut j = Job::from_json(serde_json::json!({"ID": id, "TaskGroups": [{"Name": "g",
+            "Count": count, "Tasks": [{"Name": "t", "Driver": "raw_exec",
+            "Config": {"command": "/bin/true"}}]}]}))
+        .unwrap();
+        j.canonicalize("global");
+        j
+    }
+
+    fn commands() -> Vec<Command> {
+        let node = NodeInfo {
+            id: "n1".into(),
+            name: "node".into(),
+        };
+        let mut ts = TaskState::pending();
+        ts.state = "running".into();
+        vec![
+            Command::JobRegister {
+                job: Box::new(job("a", 2)),
+                node: node.clone(),
+                eval_id: "e1".into(),
+                alloc_ids: vec!["a1".into(), "a2".into()],
+                now: 100,
+            },
+            Command::AllocClientUpdate {
+                alloc_id: "a1".into(),
+                tasks: [("t".to_string(), ts)].into_iter().collect(),
+                client_status: None,
+                collected: false,
+                now: 101,
+            },
+            Command::AllocStop {
+                alloc_id: "a1".into(),
+                node: node.clone(),
+                eval_id: "e2".into(),
+                replacement_id: "a3".into(),
+                now: 102,
+            },
+            Command::JobRegister {
+                job: Box::new(job("a", 1)),
+                node,
+                eval_id: "e3".into(),
+                alloc_ids: vec!["a4".into()],
+                now: 103,
+            },
+            Command::JobDeregister {
+                namespace: "default".into(),
+                job_id: "nope".into(),
+                purge: false,
+                eval_id: "e4".into(),
+                now: 104,
+            },
+            Command::JobDeregister {
+                namespace: "default".into(),
+                job_id: "a".into(),
+                purge: true,
+                eval_id: "e5".into(),
+                now: 105,
+            },
+        ]
+    }
+
+    fn run(cmds: &[Command]) -> (ServerState, Vec<bool>) {
+        let mut s = ServerState::default();
+        let oks = cmds
+            .iter()
+            .enumerate()
+            .map(|(i, c)| apply(&mut s, c, 10 + i as u64).is_ok())
+            .collect();
+        (s, oks)
+    }
+
+    #[test]
+    fn the_same_commands_give_byte_identical_state_also_after_a_trip_through_json() {
+        let cmds = commands();
+        let (a, oks) = run(&cmds);
+        assert_eq!(oks, vec![true, true, true, true, false, true]);
+        let wire: Vec<Command> = cmds
+            .iter()
+            .map(|c| serde_json::from_slice(&serde_json::to_vec(c).unwrap()).unwrap())
+            .collect();
+        let bytes_of = |c: &[Command]| serde_json::to_vec(c).unwrap();
+        assert_eq!(bytes_of(&wire), bytes_of(&cmds));
+        let (b, _) = run(&wire);
+        let bytes = a.to_bytes().unwrap();
+        assert_eq!(bytes, b.to_bytes().unwrap());
+        let back = ServerState::from_bytes(&bytes).unwrap();
+        assert_eq!(
+            back.to_bytes().unwrap(),
+            bytes,
+            "a snapshot loads to the same state"
+        );
+        // What the commands did: a1 replaced by a3 (same version), then the new version's
+        // a4 replaced a2 and a3, the purge removed the job and stopped a4.
+        assert!(a.jobs.is_empty());
+        assert_eq!(a.allocs["a1"].next_allocation, "a3");
+        assert_eq!(a.allocs["a3"].previous_allocation, "a1");
+        assert!(a.allocs.values().all(|x| x.desired_status == "stop"));
+        assert_eq!(a.allocs["a1"].task_states["t"].state, "running");
+        assert_eq!(a.evals.len(), 4, "the failed deregister made no eval");
+        assert_eq!(a.index, 15);
+    }
+
+    #[test]
+    fn a_failing_command_leaves_the_state_as_it_was() {
+        let (mut s, _) = run(&commands()[..2]);
+        let before = s.to_bytes().unwrap();
+        let bad = Command::AllocStop {
+            alloc_id: "missing".into(),
+            node: NodeInfo {
+                id: "n".into(),
+                name: "n".into(),
+            },
+            eval_id: "e9".into(),
+            replacement_id: "a9".into(),
+            now: 1,
+        };
+        assert_eq!(
+            apply(&mut s, &bad, 99).unwrap_err(),
+            ApplyError::UnknownAlloc
+        );
+        assert_eq!(s.to_bytes().unwrap(), before);
+    }
+}
+
+#[cfg(test)]
+mod acl_tests {
+    use super::*;
+
+    #[test]
+    fn acl_commands_apply_and_survive_a_snapshot() {
+        let mut s = ServerState::default();
+        let mut token = AclToken::new("b".into(), "management".into(), None, true, 5);
+        token.expiration = Some(1);
+        let boot = Command::AclBootstrap {
+            token: Box::new(token.clone()),
+            index: 5,
+        };
+        apply(&mut s, &boot, 6).unwrap();
+        assert_eq!(
+            apply(&mut s, &boot, 7).unwrap_err(),
+            ApplyError::AlreadyBootstrapped(5)
+        );
+        let bytes = s.to_bytes().unwrap();
+        let back = ServerState::from_bytes(&bytes).unwrap();
+        assert_eq!(
+            back.acl.tokens.len(),
+            1,
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
+        assert_eq!(back.acl.tokens[0].secret_id, token.secret_id);
+        assert_eq!(back.acl.tokens[0].expiration, Some(1));
+        assert_eq!(back.acl.bootstrap_index, Some(5));
+    }
+}

@@ -1,0 +1,408 @@
+//! The command log: server-state [`Command`]s appended to a redb database
+//! (`<data_dir>/server/state.redb`) by one committer thread, many commands per transaction
+//! (group commit: one fsync per batch), applied after they are durable and published as an
+//! immutable [`ServerState`] snapshot. Every [`SNAPSHOT_EVERY`] commands the state itself is
+//! written and the log entries it covers are deleted; start-up loads that snapshot and
+//! replays the log after it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use parking_lot::{Mutex, RwLock};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use super::command::{apply, Applied, ApplyError, Command, ServerState};
+use super::IndexCounter;
+
+/// The log: index → the command applied at that index (JSON).
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// The latest snapshot: one row, its index → the serialized state (JSON).
+const SNAPSHOT: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshot");
+
+/// A snapshot is written (and the log it covers deleted) after this many logged commands.
+pub const SNAPSHOT_EVERY: u64 = 1024;
+/// At most this many commands go into one transaction.
+pub const MAX_BATCH: usize = 256;
+/// redb's page cache: the state lives in memory anyway, the cache only serves the log.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// How long the committer waits for a proposal before it looks for a stop again.
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+/// How long a proposer waits for its answer (the committer answers as soon as the batch's
+/// fsync is done; only a hung disk takes this long).
+const ANSWER_DEADLINE: Duration = Duration::from_secs(300);
+
+/// The log file under the data dir.
+pub fn log_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("server").join("state.redb")
+}
+
+/// A command that was not made durable, or the state that could not be loaded.
+#[derive(Debug)]
+pub enum LogError {
+    /// The store failed (open, transaction, fsync): nothing of the batch was published.
+    Store { op: &'static str, detail: String },
+    /// The command changes nothing (applied, deterministically, to an error).
+    Apply(ApplyError),
+    /// The committer is stopped (shutdown) or did not answer in time.
+    Closed(&'static str),
+}
+
+impl fmt::Display for LogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LogError::Store { op, detail } => write!(f, "{op}: {detail}"),
+            LogError::Apply(e) => write!(f, "{e}"),
+            LogError::Closed(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+impl std::error::Error for LogError {}
+
+fn store_err(op: &'static str) -> impl Fn(&dyn fmt::Display) -> LogError {
+    move |e| LogError::Store {
+        op,
+        detail: e.to_string(),
+    }
+}
+
+macro_rules! st {
+    ($op:expr, $e:expr) => {
+        $e.map_err(|e| store_err($op)(&e))
+    };
+}
+
+/// One command waiting for the committer, and where its answer goes.
+struct Proposal {
+    cmd: Command,
+    reply: Sender<Result<(Applied, u64), LogError>>,
+}
+
+enum Msg {
+    Propose(Proposal),
+    Stop,
+}
+
+/// Counters of the committer (tests and the bench read them).
+#[derive(Debug, Default)]
+pub struct LogStats {
+    /// Write transactions committed (each one fsync).
+    pub transactions: AtomicU64,
+    /// Commands committed.
+    pub commands: AtomicU64,
+    /// Tests: make every write transaction fail (as on a full disk).
+    #[cfg(test)]
+    pub fail_writes: std::sync::atomic::AtomicBool,
+}
+
+/// The durable command log and the published state.
+pub struct CommandLog {
+    published: Arc<RwLock<Arc<ServerState>>>,
+    proposals: Sender<Msg>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+    pub stats: Arc<LogStats>,
+}
+
+impl fmt::Debug for CommandLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommandLog").finish_non_exhaustive()
+    }
+}
+
+/// What [`CommandLog::open`] found.
+pub struct Opened {
+    pub log: CommandLog,
+    /// The store was new and `import` filled it (durably).
+    pub imported: bool,
+}
+
+fn open_db(path: &Path) -> Result<Database, LogError> {
+    st!(
+        "open",
+        redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+    )
+}
+
+/// Load the snapshot and replay the log after it.
+fn load_state(db: &Database) -> Result<ServerState, LogError> {
+    let txn = st!("read", db.begin_read())?;
+    let snaps = st!("read", txn.open_table(SNAPSHOT))?;
+    let mut state = match st!("read", snaps.last())? {
+        Some((_, v)) => st!("decode snapshot", ServerState::from_bytes(v.value()))?,
+        None => ServerState::default(),
+    };
+    let log = st!("read", txn.open_table(LOG))?;
+    for row in st!("read", log.range(state.index + 1..))? {
+        let (k, v) = st!("read", row)?;
+        let cmd: Command = st!("decode log entry", serde_json::from_slice(v.value()))?;
+        // A command that failed when it was first applied fails the same way again.
+        let _ = apply(&mut state, &cmd, k.value());
+    }
+    Ok(state)
+}
+
+/// Write `state` as the snapshot and delete the log it covers, in one transaction.
+fn write_snapshot(db: &Database, state: &ServerState) -> Result<(), LogError> {
+    let bytes = st!("encode snapshot", state.to_bytes())?;
+    let txn = st!("begin", db.begin_write())?;
+    {
+        let mut snaps = st!("snapshot", txn.open_table(SNAPSHOT))?;
+        st!("snapshot", snaps.retain(|_, _| false))?;
+        st!("snapshot", snaps.insert(state.index, bytes.as_slice()))?;
+        let mut log = st!("snapshot", txn.open_table(LOG))?;
+        st!("snapshot", log.retain_in(..=state.index, |_, _| false))?;
+    }
+    st!("commit", txn.commit())
+}
+
+impl CommandLog {
+    /// Open (or create) the log at `path`, load the state and start the committer. A new
+    /// store is filled by `import` first (the state of an older data dir), durably.
+    pub fn open(
+        path: &Path,
+        counter: Arc<IndexCounter>,
+        import: impl FnOnce() -> Result<ServerState, LogError>,
+    ) -> Result<Opened, LogError> {
+        if let Some(dir) = path.parent() {
+            st!("create dir", std::fs::create_dir_all(dir))?;
+        }
+        let db = open_db(path)?;
+        let fresh = {
+            let txn = st!("begin", db.begin_write())?;
+            let fresh = {
+                let snaps = st!("open", txn.open_table(SNAPSHOT))?;
+                let log = st!("open", txn.open_table(LOG))?;
+                st!("read", snaps.is_empty())? && st!("read", log.is_empty())?
+            };
+            st!("commit", txn.commit())?;
+            fresh
+        };
+        let mut imported = false;
+        if fresh {
+            let state = import()?;
+            write_snapshot(&db, &state)?;
+            imported = state.index > 0 || !state.jobs.is_empty() || !state.acl.tokens.is_empty();
+        }
+        let state = Arc::new(load_state(&db)?);
+        counter.observe(state.index);
+        let published = Arc::new(RwLock::new(state.clone()));
+        let stats = Arc::new(LogStats::default());
+        let (tx, rx) = unbounded();
+        let committer = Committer {
+            path: path.to_path_buf(),
+            db: Some(db),
+            current: state,
+            since_snapshot: 0,
+            published: published.clone(),
+            counter,
+            stats: stats.clone(),
+        };
+        let handle = st!(
+            "start committer",
+            std::thread::Builder::new()
+                .name("state-committer".into())
+                .spawn(move || committer.run(rx))
+        )?;
+        Ok(Opened {
+            log: CommandLog {
+                published,
+                proposals: tx,
+                committer: Mutex::new(Some(handle)),
+                stats,
+            },
+            imported,
+        })
+    }
+
+    /// The published state: an immutable snapshot (no lock is held once it is returned).
+    pub fn state(&self) -> Arc<ServerState> {
+        self.published.read().clone()
+    }
+
+    /// Propose a command and wait until it is durable and applied (then it is published and
+    /// the index notified). Returns what apply did and the command's index.
+    pub fn propose(&self, cmd: Command) -> Result<(Applied, u64), LogError> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.proposals
+            .send(Msg::Propose(Proposal { cmd, reply }))
+            .map_err(|_| LogError::Closed("server state is shut down"))?;
+        match answer.recv_timeout(ANSWER_DEADLINE) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => Err(LogError::Closed(
+                "no answer from the state committer in time (the write may still be applied)",
+            )),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(LogError::Closed("server state is shut down"))
+            }
+        }
+    }
+
+    /// Stop the committer after the proposals already sent, and join it (closes the store).
+    pub fn shutdown(&self) {
+        let _ = self.proposals.send(Msg::Stop);
+        if let Some(h) = self.committer.lock().take() {
+            let _ = h.join();
+            log::debug!(
+                "state committer stopped: {} commands in {} transactions",
+                self.stats.commands.load(Ordering::SeqCst),
+                self.stats.transactions.load(Ordering::SeqCst)
+            );
+        }
+    }
+}
+
+impl Drop for CommandLog {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The committer thread's own state.
+struct Committer {
+    path: PathBuf,
+    /// `None` after a failed transaction until the store is opened again.
+    db: Option<Database>,
+    /// The state as last published.
+    current: Arc<ServerState>,
+    since_snapshot: u64,
+    published: Arc<RwLock<Arc<ServerState>>>,
+    counter: Arc<IndexCounter>,
+    stats: Arc<LogStats>,
+}
+
+impl Committer {
+    fn run(mut self, rx: Receiver<Msg>) {
+        loop {
+            let first = match rx.recv_timeout(IDLE_WAKE) {
+                Ok(Msg::Propose(p)) => p,
+                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => continue,
+            };
+            let mut batch = vec![first];
+            let mut stop = false;
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(Msg::Propose(p)) => batch.push(p),
+                    Ok(Msg::Stop) => {
+                        stop = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+            if stop {
+                break;
+            }
+        }
+        // Proposals that raced the stop get a closed channel (their senders see "shut down").
+        drop(rx);
+        if let Some(db) = self.db.take() {
+            if let Err(e) = db.close() {
+                log::warn!("closing the state store: {e}");
+            }
+        }
+    }
+
+    /// The store, opened again after a failure (a failed transaction leaves redb unusable).
+    fn db(&mut self) -> Result<&Database, LogError> {
+        if self.db.is_none() {
+            self.db = Some(open_db(&self.path)?);
+        }
+        self.db
+            .as_ref()
+            .ok_or(LogError::Closed("server state store is not open"))
+    }
+
+    /// Apply the batch to a copy, write its commands in one transaction, then publish.
+    fn commit(&mut self, batch: Vec<Proposal>) {
+        let mut next = (*self.current).clone();
+        let mut results = Vec::with_capacity(batch.len());
+        let mut entries: Vec<(u64, Vec<u8>)> = Vec::with_capacity(batch.len());
+        for p in &batch {
+            let index = self.counter.next();
+            match apply(&mut next, &p.cmd, index) {
+                Ok(applied) => match serde_json::to_vec(&p.cmd) {
+                    Ok(bytes) => {
+                        entries.push((index, bytes));
+                        results.push(Ok((applied, index)));
+                    }
+                    // Cannot happen for our types; refuse rather than apply unlogged.
+                    Err(e) => return answer_all(batch, store_err("encode")(&e)),
+                },
+                Err(e) => results.push(Err(LogError::Apply(e))),
+            }
+        }
+        if !entries.is_empty() {
+            if let Err(e) = self.write(&entries) {
+                log::error!("cannot persist server state: {e}");
+                // redb is not usable after a failed write: reopen it on the next batch.
+                self.db = None;
+                return answer_all(batch, e);
+            }
+            self.stats.transactions.fetch_add(1, Ordering::SeqCst);
+            self.stats
+                .commands
+                .fetch_add(entries.len() as u64, Ordering::SeqCst);
+            self.current = Arc::new(next);
+            *self.published.write() = self.current.clone();
+            self.counter.notify();
+        }
+        for (p, r) in batch.into_iter().zip(results) {
+            let _ = p.reply.send(r);
+        }
+        self.since_snapshot += entries.len() as u64;
+        if self.since_snapshot >= SNAPSHOT_EVERY {
+            self.snapshot();
+        }
+    }
+
+    fn write(&mut self, entries: &[(u64, Vec<u8>)]) -> Result<(), LogError> {
+        #[cfg(test)]
+        if self.stats.fail_writes.load(Ordering::SeqCst) {
+            return Err(store_err("commit")(&"injected failure"));
+        }
+        let db = self.db()?;
+        let txn = st!("begin", db.begin_write())?;
+        {
+            let mut log = st!("open log", txn.open_table(LOG))?;
+            for (index, bytes) in entries {
+                st!("append", log.insert(*index, bytes.as_slice()))?;
+            }
+        }
+        st!("commit", txn.commit())
+    }
+
+    fn snapshot(&mut self) {
+        let state = self.current.clone();
+        let res = self.db().and_then(|db| write_snapshot(db, &state));
+        match res {
+            Ok(()) => self.since_snapshot = 0,
+            Err(e) => {
+                // The log still holds everything: retried after the next batch.
+                log::warn!("cannot write a state snapshot: {e}");
+                self.db = None;
+            }
+        }
+    }
+}
+
+fn answer_all(batch: Vec<Proposal>, e: LogError) {
+    let (op, detail) = match &e {
+        LogError::Store { op, detail } => (*op, detail.clone()),
+        other => ("write", other.to_string()),
+    };
+    for p in batch {
+        let _ = p.reply.send(Err(LogError::Store {
+            op,
+            detail: detail.clone(),
+        }));
+    }
+}
