@@ -151,9 +151,9 @@ fn processes_that_leave_the_process_group_die_with_the_stop() {
     register(&agent, &job);
     let id = first_alloc(&agent, "escape");
     let a = wait_task_running(&agent, &id, "t");
-    wait_until(WAIT, "four sleeps", || marked(&m).len() == 4);
+    wait_until(WAIT, "four sleeps", || marked_sleeps(&m).len() == 4);
     let main = started_pid(&a, "t");
-    let pids = marked(&m);
+    let pids = marked_sleeps(&m);
     // Three of them left the task's process group; all are in its cgroup.
     let own_cg = read_trim(Path::new(&format!("/proc/{main}/cgroup")));
     assert!(own_cg.contains(&format!("{id}.t")), "{own_cg}");
@@ -437,7 +437,7 @@ fn after_an_agent_crash_every_process_left_in_the_task_cgroup_is_killed() {
     // Restarted as before: running again, two new sleeps, both in the new cgroup.
     wait_until(WAIT, "the task started again", || {
         let a = alloc(&agent2, &id);
-        a["TaskStates"]["t"]["State"] == "running" && marked(&m).len() == 2
+        a["TaskStates"]["t"]["State"] == "running" && marked_sleeps(&m).len() == 2
     });
     let a = alloc(&agent2, &id);
     let types = event_types(&a, "t");
