@@ -205,3 +205,50 @@ wait
         agent.log()
     );
 }
+
+/// Threads of the agent process, from `/proc/<pid>/status`.
+fn threads(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_idle_task_costs_at_most_three_threads() {
+    // Its runner, ONE log pump for stdout and stderr, its api.sock acceptor (a pump per
+    // stream made it four).
+    const TASKS: usize = 4;
+    const PER_TASK: usize = 3;
+    let agent = TestAgent::start(&[]);
+    let pid = agent.pid();
+    let mut base = 0;
+    wait_until(WAIT, "a stable idle thread count", || {
+        let a = threads(pid);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        base = threads(pid);
+        a == base
+    });
+    let job = json!({"Job": {"ID": "idle", "Type": "service", "TaskGroups": [{"Name": "g",
+        "Count": TASKS, "Tasks": [{"Name": "t", "Driver": "raw_exec",
+            "Config": {"command": "/bin/sleep", "args": ["600"]}}]}]}});
+    register(&agent, &job);
+    wait_until(WAIT, "every task running", || {
+        let a = allocs(&agent, "idle");
+        a.len() == TASKS && a.iter().all(|x| x["TaskStates"]["t"]["State"] == "running")
+    });
+    let mut now = 0;
+    wait_until(WAIT, "a stable thread count with the tasks", || {
+        let a = threads(pid);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        now = threads(pid);
+        a == now && now >= base + TASKS
+    });
+    assert!(
+        now - base <= TASKS * PER_TASK,
+        "{TASKS} idle tasks added {} threads (base {base})",
+        now - base
+    );
+}
