@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use crate::acl::AclState;
 use crate::api::router::Router;
+use crate::client::stats::SAMPLE_INTERVAL;
 use crate::client::Client;
 use crate::config::Config;
 use crate::fs::watch::SharedWatcher;
@@ -143,7 +144,7 @@ fn check_data_dir(config: &Config) -> Result<(), AgentError> {
 }
 
 /// Block SIGINT and SIGTERM in this thread (and so in every thread spawned after), so the
-/// main thread can take them with `sigwait`. Child processes get an empty mask from std.
+/// main thread can take them with `sigtimedwait`. Child processes get an empty mask from std.
 fn block_stop_signals() -> Result<libc::sigset_t, AgentError> {
     // SAFETY: sigset_t is plain data initialised by sigemptyset; the calls only touch it and
     // this thread's mask.
@@ -159,17 +160,6 @@ fn block_stop_signals() -> Result<libc::sigset_t, AgentError> {
             ));
         }
         Ok(set)
-    }
-}
-
-fn wait_for_stop_signal(set: &libc::sigset_t) -> i32 {
-    loop {
-        let mut sig: libc::c_int = 0;
-        // SAFETY: `set` is a valid, initialised signal set; `sig` is a valid out pointer.
-        let rc = unsafe { libc::sigwait(set, &mut sig) };
-        if rc == 0 {
-            return sig;
-        }
     }
 }
 
@@ -212,7 +202,13 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         agent.config.data_dir.display()
     );
 
-    let sig = wait_for_stop_signal(&signals);
+    // The main thread also samples task and host stats between its signal waits.
+    let sig = loop {
+        match crate::sys::signal::wait_timeout(&signals, SAMPLE_INTERVAL) {
+            Some(sig) => break sig,
+            None => agent.client.stats.sample(),
+        }
+    };
     log::info!("caught signal {sig}, shutting down");
     // Blocking queries return at once from here on, so their connections can finish.
     agent.index.close();
