@@ -57,13 +57,14 @@ def proc_status(pid):
 
 
 class Agent:
-    def __init__(self, extra=(), binary=None, wrapper=()):
+    def __init__(self, extra=(), binary=None, wrapper=(), env=None):
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="nomadlet-bench-")
         self.proc = subprocess.Popen(
             ["taskset", "-c", "0", *wrapper, binary or BIN, "agent", "-dev", "-data-dir", self.dir,
              "-http-port", str(self.port), "-log-level", "WARN", *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})})
         self.url = f"http://127.0.0.1:{self.port}"
         wait_http(self.url + "/v1/agent/health", 120 if wrapper else 30)
 
@@ -352,7 +353,8 @@ def count_inotify(pid):
 
 def bench_fs():
     section("Filesystem: follow latency, cat of 1 GiB, 200 followers")
-    agent = Agent()
+    # All 200 followers come from one address: lift the per-client connection cap (100).
+    agent = Agent(env={"NOMADLET_HTTP_MAX_CONNS_PER_CLIENT": "0"})
     tiny = None
     try:
         agent.req("POST", "/v1/jobs", job_body("echo", {"command": "/bin/sh", "args": [

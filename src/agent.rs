@@ -176,10 +176,12 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     agent.batcher.start(&agent);
     agent.client.start(&agent);
 
-    let server = Arc::new(Server::new(
-        Arc::new(Router::new(agent.clone())),
-        Limits::from_env(),
-    ));
+    let limits = Limits {
+        max_conns_per_client: agent.config.http_max_conns_per_client,
+        ..Limits::default()
+    }
+    .with_env();
+    let server = Arc::new(Server::new(Arc::new(Router::new(agent.clone())), limits));
     let _ = agent.http.set(server.clone());
     server.serve_tcp(listener).map_err(|e| AgentError::Bind {
         addr,

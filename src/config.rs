@@ -72,6 +72,9 @@ pub struct Config {
     pub raw_exec_enabled: bool,
     /// Config keys that were read but are not acted on, to log once the logger runs.
     pub config_warnings: Vec<String>,
+    /// Open HTTP connections allowed from one client IP (`limits.http_max_conns_per_client`,
+    /// default 100); 0 turns the cap off.
+    pub http_max_conns_per_client: usize,
 }
 
 /// Flags as parsed, before merging with config files.
@@ -284,6 +287,10 @@ impl Config {
                 .and_then(|r| r.config.enabled)
                 .unwrap_or(dev),
             config_warnings: loaded.warnings,
+            http_max_conns_per_client: file
+                .limits
+                .http_max_conns_per_client
+                .unwrap_or(crate::http::limits::MAX_CONNS_PER_CLIENT),
         })
     }
 

@@ -1,5 +1,6 @@
-//! The route table and Nomad's wire conventions around every handler: authentication,
-//! CORS on client endpoints, `?pretty`, index headers and plain-text errors.
+//! The route table and Nomad's wire conventions around every handler: authentication (also
+//! before a body is read), CORS on client endpoints, `?pretty`, index headers, plain-text
+//! errors, and blocking queries that end when their client goes away.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,7 +42,8 @@ impl Router {
             }
             return result;
         };
-        // A blocking query: answer once the object's index passes `min_index`, or at the wait.
+        // A blocking query: answer once the object's index passes `min_index`, or at the wait,
+        // or give up as soon as the client has gone.
         let deadline = Instant::now() + blocking_wait(req);
         loop {
             let generation = self.agent.index.generation();
@@ -61,11 +63,36 @@ impl Router {
                 return result;
             }
             // Woken by a visible change, or re-checked each BLOCKING_RECHECK in case a writer
-            // made its change visible without a notify.
-            self.agent
-                .index
-                .wait_for_change(generation, deadline.min(now + BLOCKING_RECHECK));
+            // made its change visible without a notify; the client is looked for each
+            // PEER_CHECK_INTERVAL meanwhile.
+            let recheck = deadline.min(now + BLOCKING_RECHECK);
+            loop {
+                let now = Instant::now();
+                if now >= recheck || self.agent.index.is_closed() {
+                    break;
+                }
+                let step = recheck.min(now + PEER_CHECK_INTERVAL);
+                if self.agent.index.wait_for_change(generation, step) {
+                    break;
+                }
+                if req.peer_gone() {
+                    // Nobody will read the answer: free the thread and the connection now.
+                    log::debug!("blocking query on {} ended: the client went away", req.path);
+                    return result;
+                }
+            }
         }
+    }
+
+    /// The caller as `authenticate` sees it, before a body is read: a refusal is rendered
+    /// as the request's own reply would be.
+    fn refuse_early(&self, req: &Request) -> Option<Reply> {
+        let e = auth::authenticate(&self.agent, req).err()?;
+        let mut reply = error_reply(&e);
+        if is_cors_path(&req.path) {
+            add_cors_headers(&mut reply, req);
+        }
+        Some(reply)
     }
 }
 
@@ -74,6 +101,10 @@ pub const MAX_BLOCKING_WAIT: Duration = Duration::from_secs(300);
 
 /// How often a blocked query re-reads its object even without a wake-up.
 pub const BLOCKING_RECHECK: Duration = Duration::from_secs(1);
+
+/// How often a blocked query checks that its client is still connected; one that left is
+/// answered (to nobody) at once, so its thread and connection slot are freed.
+pub const PEER_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// `?index=N` with N > 0 on a GET makes a read a blocking query.
 fn blocking_index(req: &Request) -> Option<u64> {
@@ -147,10 +178,19 @@ impl Handler for Router {
         }
     }
 
+    /// Authenticate before a body is read or counted against the body budgets: a task
+    /// socket without a credential gets its 401 (or 403 for a bad one), and an invalid ACL
+    /// token its 403, without sending (or holding memory for) the body.
+    fn admit(&self, req: &Request) -> Option<Reply> {
+        if is_preflight(req) {
+            return None;
+        }
+        self.refuse_early(req)
+    }
+
     fn handle(&self, req: Request) -> Reply {
         let cors = is_cors_path(&req.path);
-        if cors && req.method == "OPTIONS" && req.header("Access-Control-Request-Method").is_some()
-        {
+        if is_preflight(&req) {
             return Reply::empty(204)
                 .with_header("Vary", "Origin")
                 .with_header("Access-Control-Allow-Origin", "*")
@@ -161,17 +201,29 @@ impl Handler for Router {
         let result = self.dispatch(&req);
         let mut reply = render(result, params::wants_pretty(&req), &req.origin);
         if cors {
-            reply.headers.push(("Vary".into(), "Origin".into()));
-            if req.header("Origin").is_some() && (req.method == "GET" || req.method == "HEAD") {
-                reply
-                    .headers
-                    .push(("Access-Control-Allow-Origin".into(), "*".into()));
-                reply
-                    .headers
-                    .push(("Access-Control-Allow-Credentials".into(), "true".into()));
-            }
+            add_cors_headers(&mut reply, &req);
         }
         reply
+    }
+}
+
+/// A CORS preflight on a client endpoint (answered without authentication).
+fn is_preflight(req: &Request) -> bool {
+    is_cors_path(&req.path)
+        && req.method == "OPTIONS"
+        && req.header("Access-Control-Request-Method").is_some()
+}
+
+/// Nomad's CORS headers on a client endpoint's reply.
+fn add_cors_headers(reply: &mut Reply, req: &Request) {
+    reply.headers.push(("Vary".into(), "Origin".into()));
+    if req.header("Origin").is_some() && (req.method == "GET" || req.method == "HEAD") {
+        reply
+            .headers
+            .push(("Access-Control-Allow-Origin".into(), "*".into()));
+        reply
+            .headers
+            .push(("Access-Control-Allow-Credentials".into(), "true".into()));
     }
 }
 

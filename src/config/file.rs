@@ -76,6 +76,8 @@ pub struct FileConfig {
     pub acl: Acl,
     #[serde(default)]
     pub plugin: Plugins,
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// `ports { http rpc serf }`.
@@ -102,6 +104,14 @@ pub struct Client {
 #[serde(deny_unknown_fields)]
 pub struct Acl {
     pub enabled: Option<bool>,
+}
+
+/// `limits { ... }`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Open HTTP connections from one client IP; 0 turns the cap off.
+    pub http_max_conns_per_client: Option<usize>,
 }
 
 /// `plugin "raw_exec" { config { ... } }`; any other plugin is ignored (with a warning).
@@ -382,6 +392,24 @@ plugin "raw_exec" {
         );
         assert_eq!(strip_ignored(&mut v), ["consul", "plugin.docker"]);
         assert_eq!(v, serde_json::json!({"plugin": {"raw_exec": {}}}));
+    }
+
+    #[test]
+    fn the_per_client_connection_cap_is_read_from_limits() {
+        for (text, want) in [
+            ("limits { http_max_conns_per_client = 0 }", Some(0)),
+            ("limits { http_max_conns_per_client = 7 }", Some(7)),
+            ("name = \"x\"", None),
+        ] {
+            assert_eq!(
+                doc(text, false).unwrap().limits.http_max_conns_per_client,
+                want
+            );
+        }
+        for bad in ["-1", "\"7\"", "1.5"] {
+            let text = format!(r#"{{"limits":{{"http_max_conns_per_client":{bad}}}}}"#);
+            assert!(doc(&text, true).is_err(), "{bad}");
+        }
     }
 
     #[test]

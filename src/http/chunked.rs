@@ -1,5 +1,6 @@
 //! Reading a request body: Content-Length bodies and chunked bodies, both under the body
-//! deadline and the handler's body limit, never buffering past either.
+//! deadline and the handler's body limit, never buffering past either. Body bytes are taken
+//! from the body budgets as they arrive (never as declared).
 
 use std::time::Instant;
 
@@ -8,26 +9,30 @@ use super::limits::MAX_CHUNK_LINE;
 use super::wire::{ConnError, Phase, Wire};
 
 const TOO_LARGE: &str = "request body too large";
-/// The reason when the server-wide body budget is spent.
+/// The reason when the server's or the client's body budget is spent.
 pub(crate) const BUSY: &str = "server busy, retry later";
 
-/// Read exactly `len` body bytes (the caller has checked `len` against the limit).
+/// Read exactly `len` body bytes (the caller has checked `len` against the limit), taking
+/// each piece from `budget` as it arrives.
 pub(crate) fn read_length(
     wire: &mut Wire,
     len: u64,
+    budget: &mut BodyBudget,
     deadline: Instant,
 ) -> Result<Vec<u8>, ConnError> {
     let len = usize::try_from(len).map_err(|_| ConnError::refuse(413, TOO_LARGE))?;
     let mut body = Vec::with_capacity(len.min(64 * 1024));
-    take_exact(wire, &mut body, len, deadline)?;
+    take_exact(wire, &mut body, len, budget, deadline)?;
     Ok(body)
 }
 
-/// Move `n` bytes from the wire into `out`, reading as needed.
+/// Move `n` body bytes from the wire into `out`, reading as needed; each piece is taken from
+/// `budget` before it is kept (503 when it cannot be).
 fn take_exact(
     wire: &mut Wire,
     out: &mut Vec<u8>,
     mut n: usize,
+    budget: &mut BodyBudget,
     deadline: Instant,
 ) -> Result<(), ConnError> {
     while n > 0 {
@@ -35,10 +40,27 @@ fn take_exact(
             return Err(ConnError::Closed { partial: true });
         }
         let k = n.min(wire.buf.len());
+        if !budget.take(k) {
+            return Err(ConnError::refuse(503, BUSY));
+        }
         out.extend_from_slice(&wire.buf[..k]);
         wire.consume(k);
         n -= k;
     }
+    Ok(())
+}
+
+/// The CRLF that ends a chunk's data (framing, not body: no budget).
+fn expect_crlf(wire: &mut Wire, deadline: Instant) -> Result<(), ConnError> {
+    while wire.buf.len() < 2 {
+        if fill(wire, deadline)? == 0 {
+            return Err(ConnError::Closed { partial: true });
+        }
+    }
+    if &wire.buf[..2] != b"\r\n" {
+        return Err(ConnError::refuse(400, "invalid chunked encoding"));
+    }
+    wire.consume(2);
     Ok(())
 }
 
@@ -88,8 +110,8 @@ pub(crate) fn chunk_size(line: &[u8]) -> Option<u64> {
     u64::from_str_radix(s, 16).ok()
 }
 
-/// Decode a chunked body; more than `limit` decoded bytes: 413 as soon as it is known; a
-/// chunk the server-wide `budget` cannot hold: 503. Trailer fields are read (bounded) and
+/// Decode a chunked body; more than `limit` decoded bytes: 413 as soon as it is known; data
+/// the body `budget` cannot hold as it arrives: 503. Trailer fields are read (bounded) and
 /// dropped.
 pub(crate) fn read_chunked(
     wire: &mut Wire,
@@ -108,15 +130,8 @@ pub(crate) fn read_chunked(
         if size > (limit - body.len()) as u64 {
             return Err(ConnError::refuse(413, TOO_LARGE));
         }
-        if !budget.take(size as usize) {
-            return Err(ConnError::refuse(503, BUSY));
-        }
-        take_exact(wire, &mut body, size as usize, deadline)?;
-        let mut crlf = Vec::with_capacity(2);
-        take_exact(wire, &mut crlf, 2, deadline)?;
-        if crlf != b"\r\n" {
-            return Err(ConnError::refuse(400, "invalid chunked encoding"));
-        }
+        take_exact(wire, &mut body, size as usize, budget, deadline)?;
+        expect_crlf(wire, deadline)?;
     }
     let mut trailer = 0usize;
     loop {

@@ -1,19 +1,21 @@
-//! One connection: read heads under deadlines and limits, bodies, keep-alive, write replies.
+//! One connection: read heads under deadlines and limits, admit a body, read it into the body
+//! budgets as it arrives, keep-alive (and yield to the acceptor when shed), write replies.
 
 use std::io::{self, Read};
 use std::net::Shutdown;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
-use super::budget::BodyBudget;
-use super::chunked::{read_chunked, read_length, BUSY};
+use super::budget::{BodyBudget, Pool};
+use super::chunked::{read_chunked, read_length};
 use super::head::{parse_head, Framing, Head};
 use super::limits::{Limits, LINGER_BYTES, LINGER_TIME, READ_CHUNK};
-use super::reply::Body;
+use super::reply::{Body, Reply};
 use super::respond::{error_reply, write_reply, Plan};
 use super::wire::{ConnError, Phase, Sock, Wire};
-use super::{Handler, Origin, Request, RequestHead};
+use super::{Handler, Origin, Peer, Request, RequestHead};
 
 /// Waiting for (or reading) a request head: shutdown may close it at once.
 pub(crate) const STATE_IDLE: u8 = 0;
@@ -21,6 +23,30 @@ pub(crate) const STATE_IDLE: u8 = 0;
 pub(crate) const STATE_BUSY: u8 = 1;
 /// Driving a stream body: shutdown ends it through `should_stop`.
 pub(crate) const STATE_STREAM: u8 = 2;
+/// A kept-alive connection waiting for the first byte of its next request: shutdown closes
+/// it at once, and the acceptor may shed it (the one idle longest first) to admit another.
+pub(crate) const STATE_KEEPALIVE: u8 = 4;
+/// Shed by the acceptor, which has already given back its places under the caps: the thread
+/// ends without serving anything more.
+pub(crate) const STATE_SHED: u8 = 5;
+
+/// What the acceptor and a connection thread share about one connection.
+pub(crate) struct ConnSlot {
+    /// One of the `STATE_*` values, read by shutdown and by shedding.
+    pub state: AtomicU8,
+    /// When it last became an idle keep-alive, on the server's idle clock (the smallest is
+    /// the one idle longest).
+    pub idle_since: AtomicU64,
+}
+
+impl ConnSlot {
+    pub(crate) fn new() -> ConnSlot {
+        ConnSlot {
+            state: AtomicU8::new(STATE_IDLE),
+            idle_since: AtomicU64::new(0),
+        }
+    }
+}
 
 /// What a connection thread needs besides its socket.
 pub(crate) struct ConnCtx<'a> {
@@ -30,8 +56,11 @@ pub(crate) struct ConnCtx<'a> {
     pub stopping: &'a AtomicBool,
     /// Body bytes held in memory across the server (see `Limits::max_body_bytes_in_flight`).
     pub body_pool: &'a AtomicUsize,
-    /// One of the `STATE_*` values, read by shutdown.
-    pub state: &'a AtomicU8,
+    /// Body bytes held by this connection's client (see `Limits::max_body_bytes_per_client`).
+    pub client_body: &'a AtomicUsize,
+    pub slot: &'a ConnSlot,
+    /// The server's idle clock: ticks once each time a connection becomes an idle keep-alive.
+    pub idle_clock: &'a AtomicU64,
     pub origin: Origin,
     pub accepted: Instant,
 }
@@ -40,15 +69,39 @@ impl ConnCtx<'_> {
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }
+
+    fn set_state(&self, state: u8) {
+        self.slot.state.store(state, Ordering::SeqCst);
+    }
+
+    /// Become an idle keep-alive, which the acceptor may shed.
+    fn enter_keepalive(&self) {
+        let now = self.idle_clock.fetch_add(1, Ordering::SeqCst);
+        self.slot.idle_since.store(now, Ordering::SeqCst);
+        self.set_state(STATE_KEEPALIVE);
+    }
+
+    /// Stop being an idle keep-alive; false if the acceptor shed this connection first.
+    fn leave_keepalive(&self) -> bool {
+        self.slot
+            .state
+            .compare_exchange(
+                STATE_KEEPALIVE,
+                STATE_IDLE,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
+    }
 }
 
 /// Serve requests on `sock` until the peer closes, a deadline or limit ends it, a reply
-/// must close it, or the server stops.
-pub(crate) fn serve(sock: &Sock, ctx: &ConnCtx) {
+/// must close it, the acceptor sheds it while idle, or the server stops.
+pub(crate) fn serve(sock: &Arc<Sock>, ctx: &ConnCtx) {
     let mut wire = Wire::new(sock);
     let mut first = true;
     loop {
-        ctx.state.store(STATE_IDLE, Ordering::SeqCst);
+        ctx.set_state(STATE_IDLE);
         if ctx.stopping() {
             return;
         }
@@ -57,9 +110,9 @@ pub(crate) fn serve(sock: &Sock, ctx: &ConnCtx) {
             Err(e) => return finish(sock, ctx, e, false),
         };
         first = false;
-        ctx.state.store(STATE_BUSY, Ordering::SeqCst);
+        ctx.set_state(STATE_BUSY);
         let head_only = head.method == "HEAD";
-        match serve_one(&mut wire, ctx, head) {
+        match serve_one(&mut wire, sock, ctx, head) {
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => return finish(sock, ctx, e, head_only),
@@ -82,6 +135,9 @@ fn read_head(wire: &mut Wire, ctx: &ConnCtx, first: bool) -> Result<Head, ConnEr
     };
     // A head can only complete at a newline: skip parsing reads that bring none.
     let mut parse = !wire.buf.is_empty();
+    if !started {
+        ctx.enter_keepalive();
+    }
     loop {
         if parse {
             if let Some((head, n)) =
@@ -95,7 +151,12 @@ fn read_head(wire: &mut Wire, ctx: &ConnCtx, first: bool) -> Result<Head, ConnEr
         }
         let phase = if started { Phase::Head } else { Phase::Idle };
         let before = wire.buf.len();
-        match wire.fill(deadline, phase) {
+        let filled = wire.fill(deadline, phase);
+        if !started && !ctx.leave_keepalive() {
+            // The acceptor shed this idle connection (and took its place) to admit another.
+            return Err(ConnError::Closed { partial: false });
+        }
+        match filled {
             Ok(0) => {
                 return Err(ConnError::Closed {
                     partial: !wire.buf.is_empty(),
@@ -121,10 +182,18 @@ fn read_head(wire: &mut Wire, ctx: &ConnCtx, first: bool) -> Result<Head, ConnEr
 
 const INTERNAL: &str = "internal server error";
 
-/// Read the body, run the handler, write the reply. `Ok(true)`: the connection stays open.
-fn serve_one(wire: &mut Wire, ctx: &ConnCtx, head: Head) -> Result<bool, ConnError> {
+/// Admit the body, read it, run the handler, write the reply. `Ok(true)`: the connection
+/// stays open.
+fn serve_one(
+    wire: &mut Wire,
+    sock: &Arc<Sock>,
+    ctx: &ConnCtx,
+    head: Head,
+) -> Result<bool, ConnError> {
     let http11 = head.minor >= 1;
     let head_only = head.method == "HEAD";
+    let (framing, expect_continue, keep_alive) =
+        (head.framing, head.expect_continue, head.keep_alive);
     let request_head = RequestHead {
         method: head.method.clone(),
         path: head.path.clone(),
@@ -138,24 +207,53 @@ fn serve_one(wire: &mut Wire, ctx: &ConnCtx, head: Head) -> Result<bool, ConnErr
             );
             ConnError::refuse(500, INTERNAL)
         })?;
+    let mut req = Request {
+        method: head.method,
+        path: head.path,
+        query: head.query,
+        headers: head.headers,
+        body: Vec::new(),
+        origin: ctx.origin.clone(),
+        peer: Peer::new(sock.clone()),
+    };
+    if framing != Framing::None {
+        let refusal = catch_unwind(AssertUnwindSafe(|| ctx.handler.admit(&req))).map_err(|_| {
+            log::error!(
+                "http: admit panicked on {} {}",
+                request_head.method,
+                request_head.path
+            );
+            ConnError::refuse(500, INTERNAL)
+        })?;
+        if let Some(reply) = refusal {
+            refuse_body(sock, ctx, reply, http11, head_only);
+            return Ok(false);
+        }
+    }
     let deadline = Instant::now() + ctx.limits.body_timeout;
-    let mut budget = BodyBudget::new(ctx.body_pool, ctx.limits.max_body_bytes_in_flight);
-    let body = match head.framing {
+    let mut budget = BodyBudget::new(
+        Pool {
+            held: ctx.body_pool,
+            max: ctx.limits.max_body_bytes_in_flight,
+        },
+        Pool {
+            held: ctx.client_body,
+            max: ctx.limits.max_body_bytes_per_client,
+        },
+    );
+    req.body = match framing {
         Framing::None => Vec::new(),
         Framing::Length(n) => {
             if n > limit as u64 {
                 return Err(ConnError::refuse(413, "request body too large"));
             }
-            if !budget.take(n as usize) {
-                return Err(ConnError::refuse(503, BUSY));
-            }
-            if head.expect_continue {
+            if expect_continue {
                 send_continue(wire.sock)?;
             }
-            read_length(wire, n, deadline)?
+            read_length(wire, n, &mut budget, deadline)?
         }
         Framing::Chunked => {
-            if head.expect_continue {
+            if expect_continue {
                 send_continue(wire.sock)?;
             }
             read_chunked(
@@ -166,14 +264,6 @@ fn serve_one(wire: &mut Wire, ctx: &ConnCtx, head: Head) -> Result<bool, ConnErr
                 deadline,
             )?
         }
-    };
-    let req = Request {
-        method: head.method,
-        path: head.path,
-        query: head.query,
-        headers: head.headers,
-        body,
-        origin: ctx.origin.clone(),
     };
     let reply = catch_unwind(AssertUnwindSafe(|| ctx.handler.handle(req))).map_err(|_| {
         log::error!(
@@ -186,15 +276,33 @@ fn serve_one(wire: &mut Wire, ctx: &ConnCtx, head: Head) -> Result<bool, ConnErr
     // The handler has consumed the request and its body.
     drop(budget);
     if matches!(reply.body, Body::Stream(_)) {
-        ctx.state.store(STATE_STREAM, Ordering::SeqCst);
+        ctx.set_state(STATE_STREAM);
     }
     let plan = Plan {
         http11,
         head_only,
-        keep_alive: head.keep_alive && !ctx.stopping(),
+        keep_alive: keep_alive && !ctx.stopping(),
     };
     let keep = write_reply(wire.sock, reply, &plan, ctx.stopping).map_err(ConnError::Io)?;
     Ok(keep && !ctx.stopping())
+}
+
+/// Answer a request the handler would not admit before its body, then close: the body is
+/// never read into memory, only drained briefly so the peer sees the reply.
+fn refuse_body(sock: &Sock, ctx: &ConnCtx, reply: Reply, http11: bool, head_only: bool) {
+    log::debug!(
+        "http: a request from {:?} was refused before its body: {}",
+        ctx.origin,
+        reply.status
+    );
+    let plan = Plan {
+        http11,
+        head_only,
+        keep_alive: false,
+    };
+    if write_reply(sock, reply, &plan, ctx.stopping).is_ok() {
+        linger(sock);
+    }
 }
 
 fn send_continue(sock: &Sock) -> Result<(), ConnError> {

@@ -1,10 +1,12 @@
 //! Every size limit and deadline of the HTTP layer, as named settings with defaults.
 //!
-//! Hidden environment variables (read by [`Limits::from_env`], used by the integration tests
+//! Hidden environment variables (read by [`Limits::with_env`], used by the integration tests
 //! to avoid waiting out the real deadlines; not part of the documented CLI):
 //! `NOMADLET_HTTP_HEAD_TIMEOUT_MS`, `NOMADLET_HTTP_BODY_TIMEOUT_MS`,
 //! `NOMADLET_HTTP_IDLE_TIMEOUT_MS`, `NOMADLET_HTTP_WRITE_TIMEOUT_MS`,
-//! `NOMADLET_HTTP_MAX_CONNS_PER_LISTENER`, `NOMADLET_HTTP_MAX_CONNS_TOTAL`.
+//! `NOMADLET_HTTP_MAX_CONNS_PER_LISTENER`, `NOMADLET_HTTP_MAX_CONNS_TOTAL`,
+//! `NOMADLET_HTTP_MAX_CONNS_PER_CLIENT` (0 turns the per-client cap off),
+//! `NOMADLET_HTTP_MAX_BODY_BYTES_IN_FLIGHT`, `NOMADLET_HTTP_MAX_BODY_BYTES_PER_CLIENT`.
 
 use std::time::Duration;
 
@@ -22,13 +24,41 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A single write may stall this long before the connection is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Open connections on one listener; over it: a quick 503 and close.
+/// Open connections on one listener; over it, the listener's longest-idle keep-alive is
+/// closed to make room, or (none idle) the newcomer gets a quick 503 and close.
 pub const MAX_CONNS_PER_LISTENER: usize = 256;
-/// Open connections across all listeners; over it: a quick 503 and close.
+/// Open connections across all listeners (lowered to what `RLIMIT_NOFILE` can carry, see
+/// [`FD_RESERVE_MIN`]); over it, the longest-idle keep-alive anywhere is closed to make room,
+/// or (none idle) the newcomer gets a quick 503 and close.
 pub const MAX_CONNS_TOTAL: usize = 1024;
-/// Request bodies held in memory at once across the whole server; a request that would
-/// take more gets a 503 (so 256 connections cannot each hold an 8 MiB job body).
+/// Open TCP connections from one client IP address, across TCP listeners (Nomad's
+/// `limits.http_max_conns_per_client`, default 100; 0 turns it off). Over it: Nomad's
+/// [`TOO_MANY_CONNS_REPLY`] and close. A Unix listener is one client: its own cap applies.
+pub const MAX_CONNS_PER_CLIENT: usize = 100;
+/// Nomad's answer (go-connlimit's) to a connection over the per-client cap: 429, a fixed
+/// plain-text body, then the connection is closed.
+pub const TOO_MANY_CONNS_REPLY: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\n\
+Content-Type: text/plain\r\n\
+Content-Length: 81\r\n\
+Connection: close\r\n\
+\r\n\
+Your IP is issuing too many concurrent connections, please rate limit your calls\n";
+/// Request body bytes held in memory at once across the whole server. Bytes are counted as
+/// they arrive, not as declared; a request whose next bytes would pass it gets a 503.
 pub const MAX_BODY_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
+/// Request body bytes one client (a TCP peer address; a Unix listener as a whole) may hold
+/// in memory at once: two largest job bodies. A request whose next bytes would pass it gets
+/// a 503; other clients keep the rest of [`MAX_BODY_BYTES_IN_FLIGHT`].
+pub const MAX_BODY_BYTES_PER_CLIENT: usize = 16 * 1024 * 1024;
+/// Open-file descriptors kept back from HTTP connections for everything else the agent
+/// opens (task pipes and log files, Task API sockets, state files, the inotify watcher, the
+/// files a request reads): a quarter of `RLIMIT_NOFILE`, and at least this many.
+pub const FD_RESERVE_MIN: usize = 32;
+/// The share of `RLIMIT_NOFILE` kept back from HTTP connections is `1 / FD_RESERVE_DIVISOR`.
+pub const FD_RESERVE_DIVISOR: usize = 4;
+/// When `accept` runs out of descriptors, at most this many pending connections are accepted
+/// and refused in one go (through the spare descriptor), so the backlog is told at once.
+pub const EMFILE_DRAIN_MAX: usize = LISTEN_BACKLOG as usize;
 /// Pending connections the kernel queues for a listener (std binds with 128; a burst over
 /// the queue has its SYNs dropped and its clients stall a second or more).
 pub const LISTEN_BACKLOG: i32 = 1024;
@@ -63,7 +93,10 @@ pub struct Limits {
     pub write_timeout: Duration,
     pub max_conns_per_listener: usize,
     pub max_conns_total: usize,
+    /// 0: no per-client cap.
+    pub max_conns_per_client: usize,
     pub max_body_bytes_in_flight: usize,
+    pub max_body_bytes_per_client: usize,
 }
 
 impl Default for Limits {
@@ -77,22 +110,25 @@ impl Default for Limits {
             write_timeout: WRITE_TIMEOUT,
             max_conns_per_listener: MAX_CONNS_PER_LISTENER,
             max_conns_total: MAX_CONNS_TOTAL,
+            max_conns_per_client: MAX_CONNS_PER_CLIENT,
             max_body_bytes_in_flight: MAX_BODY_BYTES_IN_FLIGHT,
+            max_body_bytes_per_client: MAX_BODY_BYTES_PER_CLIENT,
         }
     }
 }
 
 impl Limits {
-    /// The defaults, with any hidden `NOMADLET_HTTP_*` override (see the module docs) applied.
-    /// Unparsable or zero values are ignored.
-    pub fn from_env() -> Limits {
-        let mut l = Limits::default();
-        let ms = |name: &str| {
+    /// These limits with any hidden `NOMADLET_HTTP_*` override (see the module docs) applied.
+    /// Unparsable values are ignored, and so is zero except for the per-client connection cap
+    /// (0 = off).
+    pub fn with_env(self) -> Limits {
+        let mut l = self;
+        let number = |name: &str| {
             std::env::var(name)
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
-                .filter(|v| *v > 0)
         };
+        let ms = |name: &str| number(name).filter(|v| *v > 0);
         if let Some(v) = ms("NOMADLET_HTTP_HEAD_TIMEOUT_MS") {
             l.head_timeout = Duration::from_millis(v);
         }
@@ -111,6 +147,52 @@ impl Limits {
         if let Some(v) = ms("NOMADLET_HTTP_MAX_CONNS_TOTAL") {
             l.max_conns_total = v as usize;
         }
+        if let Some(v) = number("NOMADLET_HTTP_MAX_CONNS_PER_CLIENT") {
+            l.max_conns_per_client = v as usize;
+        }
+        if let Some(v) = ms("NOMADLET_HTTP_MAX_BODY_BYTES_IN_FLIGHT") {
+            l.max_body_bytes_in_flight = v as usize;
+        }
+        if let Some(v) = ms("NOMADLET_HTTP_MAX_BODY_BYTES_PER_CLIENT") {
+            l.max_body_bytes_per_client = v as usize;
+        }
         l
+    }
+
+    /// The total connection cap that `open_files` descriptors can carry: connections over it
+    /// get the quick 503 instead of waiting in the backlog for a descriptor. `None` (no
+    /// limit) keeps the cap as it is.
+    pub fn fit_to_open_files(mut self, open_files: Option<u64>) -> Limits {
+        if let Some(n) = open_files {
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            let reserve = (n / FD_RESERVE_DIVISOR).max(FD_RESERVE_MIN);
+            let fit = n.saturating_sub(reserve).max(1);
+            self.max_conns_total = self.max_conns_total.min(fit);
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_leaves_descriptors_for_the_rest() {
+        let fit = |n| Limits::default().fit_to_open_files(n).max_conns_total;
+        assert_eq!(fit(None), MAX_CONNS_TOTAL);
+        assert_eq!(fit(Some(1_048_576)), MAX_CONNS_TOTAL);
+        assert_eq!(fit(Some(1024)), 768);
+        assert_eq!(fit(Some(128)), 96);
+        assert_eq!(fit(Some(64)), 32);
+        assert_eq!(fit(Some(16)), 1);
+    }
+
+    #[test]
+    fn the_429_declares_its_body_length() {
+        let text = String::from_utf8_lossy(TOO_MANY_CONNS_REPLY);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or_default();
+        assert!(head.starts_with("HTTP/1.1 429 Too Many Requests\r\n"));
+        assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())));
     }
 }

@@ -1,27 +1,32 @@
 //! Accept loops (one blocking acceptor thread per listener) and the connection registry.
 //!
 //! Each listener owns a registry of its live connections (socket, state, thread). The
-//! acceptor admits a connection under the per-listener and total caps, spawns its named
-//! thread, and joins finished threads on each accept or every [`ACCEPT_TICK`]. Stopping
-//! wakes the blocking `accept` with `shutdown(2)` on the listening socket, closes idle
-//! connections by shutting their read side, lets busy ones finish within
-//! [`SHUTDOWN_GRACE`], then cuts what is left.
+//! acceptor admits a connection under the per-client cap (TCP peers by IP address; over it,
+//! Nomad's 429), then the per-listener and total caps (the total also bounded by the
+//! open-files limit); when a cap is full it sheds the connection idle longest in keep-alive
+//! to make room, and only refuses with a quick 503 when there is none. It spawns the
+//! connection's named thread, and joins finished threads on each accept or every
+//! [`ACCEPT_TICK`]. Out of descriptors, it drains the backlog through a spare one, refusing
+//! each pending connection at once. Stopping wakes the blocking `accept` with `shutdown(2)`
+//! on the listening socket, closes idle connections by shutting their read side, lets busy
+//! ones finish within [`SHUTDOWN_GRACE`], then cuts what is left.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
-use std::net::{Shutdown, TcpListener};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, TcpListener};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::conn::{self, ConnCtx, STATE_IDLE, STATE_STREAM};
+use super::conn::{self, ConnCtx, ConnSlot, STATE_IDLE, STATE_KEEPALIVE, STATE_SHED, STATE_STREAM};
 use super::limits::{
-    ACCEPT_BACKOFF, ACCEPT_TICK, LISTEN_BACKLOG, REJECT_WRITE_TIMEOUT, SHUTDOWN_GRACE,
+    ACCEPT_BACKOFF, ACCEPT_TICK, EMFILE_DRAIN_MAX, LISTEN_BACKLOG, REJECT_WRITE_TIMEOUT,
+    SHUTDOWN_GRACE, TOO_MANY_CONNS_REPLY,
 };
 use super::respond::{error_reply, write_reply, Plan};
 use super::wire::Sock;
@@ -33,6 +38,8 @@ const STATE_DONE: u8 = 3;
 const FORCE_WAIT: Duration = Duration::from_secs(2);
 /// Poll interval while waiting for connection threads to end.
 const STOP_POLL: Duration = Duration::from_millis(20);
+/// Idle keep-alives tried in turn when shedding one (each may wake up first and be skipped).
+const SHED_ATTEMPTS: usize = 4;
 
 /// A running HTTP server: a handler, its limits and every listener started on it.
 pub struct Server {
@@ -46,8 +53,29 @@ struct ServerShared {
     total: AtomicUsize,
     /// Request body bytes held in memory across every connection.
     body_pool: AtomicUsize,
+    /// TCP clients by IP address: their open connections and body bytes. An entry lives
+    /// while the client has a connection.
+    clients: Mutex<HashMap<IpAddr, Arc<ClientShare>>>,
+    /// Ticks once each time a connection becomes an idle keep-alive (see `ConnSlot`).
+    idle_clock: AtomicU64,
     stopping: AtomicBool,
     listeners: Mutex<Vec<Arc<ListenerShared>>>,
+}
+
+/// What one client holds: open connections (counted for TCP clients, under the `clients`
+/// lock) and request body bytes in memory.
+#[derive(Default)]
+struct ClientShare {
+    conns: AtomicUsize,
+    body: AtomicUsize,
+}
+
+/// A connection's client: a TCP peer address with its entry in `clients`, or the listener
+/// as a whole (a Unix socket's peers, whose connections the listener cap already bounds).
+#[derive(Clone)]
+struct ClientRef {
+    ip: Option<IpAddr>,
+    share: Arc<ClientShare>,
 }
 
 enum ListenSock {
@@ -82,6 +110,8 @@ struct ListenerShared {
     cap: usize,
     stopping: AtomicBool,
     conns: AtomicUsize,
+    /// The client every connection without a peer address counts as (Unix listeners).
+    whole: Arc<ClientShare>,
     next_id: AtomicU64,
     registry: Mutex<HashMap<u64, ConnEntry>>,
     acceptor: Mutex<Option<JoinHandle<()>>>,
@@ -90,7 +120,8 @@ struct ListenerShared {
 struct ConnEntry {
     /// Kept so shutdown can reach the socket; taken by the thread before it closes it.
     sock: Option<Arc<Sock>>,
-    state: Arc<AtomicU8>,
+    slot: Arc<ConnSlot>,
+    client: ClientRef,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -101,13 +132,25 @@ pub struct ListenerHandle {
 }
 
 impl Server {
+    /// A server with these limits; its total connection cap is lowered to what the
+    /// process's open-files limit can carry (see [`Limits::fit_to_open_files`]).
     pub fn new(handler: Arc<dyn Handler>, limits: Limits) -> Server {
+        let wanted = limits.max_conns_total;
+        let limits = limits.fit_to_open_files(crate::sys::open_files_limit());
+        if limits.max_conns_total < wanted {
+            log::info!(
+                "http: the open-files limit allows {} connections at once (of {wanted})",
+                limits.max_conns_total
+            );
+        }
         Server {
             shared: Arc::new(ServerShared {
                 handler,
                 limits,
                 total: AtomicUsize::new(0),
                 body_pool: AtomicUsize::new(0),
+                clients: Mutex::new(HashMap::new()),
+                idle_clock: AtomicU64::new(0),
                 stopping: AtomicBool::new(false),
                 listeners: Mutex::new(Vec::new()),
             }),
@@ -157,6 +200,7 @@ impl Server {
             cap,
             stopping: AtomicBool::new(false),
             conns: AtomicUsize::new(0),
+            whole: Arc::new(ClientShare::default()),
             next_id: AtomicU64::new(1),
             registry: Mutex::new(HashMap::new()),
             acceptor: Mutex::new(None),
@@ -183,6 +227,25 @@ impl Server {
         self.shared.stopping.store(true, Ordering::SeqCst);
         let listeners = std::mem::take(&mut *self.shared.listeners.lock());
         stop_all(&self.shared, &listeners);
+    }
+}
+
+#[cfg(test)]
+impl Server {
+    /// Connections idle in keep-alive now (tests wait on it to order their connections).
+    pub(crate) fn idle_keepalives(&self) -> usize {
+        self.shared
+            .listeners
+            .lock()
+            .iter()
+            .map(|l| {
+                l.registry
+                    .lock()
+                    .values()
+                    .filter(|e| e.slot.state.load(Ordering::SeqCst) == STATE_KEEPALIVE)
+                    .count()
+            })
+            .sum()
     }
 }
 
@@ -262,8 +325,9 @@ impl Throttle {
 }
 
 /// One spare file descriptor per acceptor. When `accept` fails for want of descriptors
-/// (EMFILE/ENFILE), it is given up for a moment to accept one pending connection and refuse
-/// it with 503, so clients are told rather than left waiting in the backlog.
+/// (EMFILE/ENFILE), it is given up for a moment to drain the backlog: each pending
+/// connection is accepted into the freed descriptor and refused with 503 (which closes it,
+/// freeing the descriptor for the next), so clients are told rather than left waiting.
 struct Reserve(Option<std::fs::File>);
 
 impl Reserve {
@@ -271,15 +335,24 @@ impl Reserve {
         Reserve(std::fs::File::open("/dev/null").ok())
     }
 
-    fn shed_one(&mut self, l: &ListenerShared) {
+    /// Refuse what is pending on `l`, up to [`EMFILE_DRAIN_MAX`]; the number refused.
+    fn drain_backlog(&mut self, l: &ListenerShared) -> usize {
         if self.0.take().is_none() {
             *self = Reserve::open();
-            return;
+            return 0;
         }
-        if let Ok((sock, _)) = l.sock.accept() {
-            reject(&sock);
+        let mut refused = 0;
+        while refused < EMFILE_DRAIN_MAX && crate::sys::readable_now(l.sock.fd()) {
+            match l.sock.accept() {
+                Ok((sock, _)) => {
+                    reject(&sock);
+                    refused += 1;
+                }
+                Err(_) => break,
+            }
         }
         *self = Reserve::open();
+        refused
     }
 }
 
@@ -289,7 +362,10 @@ fn out_of_fds(e: &io::Error) -> bool {
 
 fn accept_loop(server: &Arc<ServerShared>, l: &Arc<ListenerShared>) {
     let mut accept_warn = Throttle(None);
-    let mut cap_warn = Throttle(None);
+    let mut warns = CapWarnings {
+        cap: Throttle(None),
+        client: Throttle(None),
+    };
     let mut reserve = Reserve::open();
     while !l.stopping.load(Ordering::SeqCst) {
         let accepted = l.sock.accept();
@@ -299,7 +375,7 @@ fn accept_loop(server: &Arc<ServerShared>, l: &Arc<ListenerShared>) {
         match accepted {
             Ok((sock, origin)) => {
                 reap(l);
-                admit(server, l, sock, origin, &mut cap_warn);
+                admit(server, l, sock, origin, &mut warns);
             }
             Err(e) => match e.kind() {
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => reap(l),
@@ -309,10 +385,14 @@ fn accept_loop(server: &Arc<ServerShared>, l: &Arc<ListenerShared>) {
                         log::warn!("http: accept on {} failed: {e}; retrying", l.name);
                     }
                     reap(l);
-                    if out_of_fds(&e) {
-                        reserve.shed_one(l);
+                    let drained = if out_of_fds(&e) {
+                        reserve.drain_backlog(l)
+                    } else {
+                        0
+                    };
+                    if drained == 0 {
+                        std::thread::sleep(ACCEPT_BACKOFF);
                     }
-                    std::thread::sleep(ACCEPT_BACKOFF);
                 }
             },
         }
@@ -320,46 +400,120 @@ fn accept_loop(server: &Arc<ServerShared>, l: &Arc<ListenerShared>) {
     log::debug!("http: listener {} stopped accepting", l.name);
 }
 
-/// Admit an accepted socket under the caps and start its thread, or refuse it with 503.
+/// The acceptor's rate-limited warnings about refusals.
+struct CapWarnings {
+    cap: Throttle,
+    client: Throttle,
+}
+
+/// Count a new connection against its client: `Err(ip)` if a TCP client is at the
+/// per-client cap. Connections without a peer address count as the listener's one client.
+fn claim_client(
+    server: &ServerShared,
+    l: &ListenerShared,
+    origin: &Origin,
+) -> Result<ClientRef, IpAddr> {
+    let Origin::Tcp { peer: Some(peer) } = origin else {
+        return Ok(ClientRef {
+            ip: None,
+            share: l.whole.clone(),
+        });
+    };
+    let ip = peer.ip().to_canonical();
+    let cap = server.limits.max_conns_per_client;
+    let mut clients = server.clients.lock();
+    let share = clients.entry(ip).or_default().clone();
+    // Counted under the `clients` lock, so the check and the count are one step.
+    let open = share.conns.load(Ordering::SeqCst);
+    if cap > 0 && open >= cap {
+        return Err(ip);
+    }
+    share.conns.store(open + 1, Ordering::SeqCst);
+    Ok(ClientRef {
+        ip: Some(ip),
+        share,
+    })
+}
+
+/// Give back a connection's place under its client's cap.
+fn release_client(server: &ServerShared, client: &ClientRef) {
+    let Some(ip) = client.ip else {
+        return;
+    };
+    let mut clients = server.clients.lock();
+    let open = client.share.conns.load(Ordering::SeqCst).saturating_sub(1);
+    client.share.conns.store(open, Ordering::SeqCst);
+    if open == 0 {
+        clients.remove(&ip);
+    }
+}
+
+/// Admit an accepted socket under the caps and start its thread; over the per-client cap it
+/// gets Nomad's 429; over a connection cap, an idle keep-alive is shed to make room, or it
+/// gets a quick 503.
 fn admit(
     server: &Arc<ServerShared>,
     l: &Arc<ListenerShared>,
     sock: Sock,
     origin: Origin,
-    cap_warn: &mut Throttle,
+    warns: &mut CapWarnings,
 ) {
     let accepted = Instant::now();
+    let client = match claim_client(server, l, &origin) {
+        Ok(c) => c,
+        Err(ip) => {
+            if warns.client.ready() {
+                log::warn!(
+                    "http: too many concurrent connections from {ip} (limit {}); refusing with 429",
+                    server.limits.max_conns_per_client
+                );
+            }
+            too_many(&sock);
+            return;
+        }
+    };
     let n = l.conns.fetch_add(1, Ordering::SeqCst) + 1;
     let t = server.total.fetch_add(1, Ordering::SeqCst) + 1;
     if n > l.cap || t > server.limits.max_conns_total {
-        release_counts(server, l);
-        if cap_warn.ready() {
-            log::warn!(
-                "http: connection cap reached on {} ({n}/{} here, {t}/{} total); refusing",
-                l.name,
-                l.cap,
-                server.limits.max_conns_total
-            );
+        // Room on a full listener can only come from that listener; total room from any.
+        let scope = if n > l.cap {
+            vec![l.clone()]
+        } else {
+            server.listeners.lock().clone()
+        };
+        if !shed_idle(server, &scope) {
+            release_counts(server, l);
+            release_client(server, &client);
+            if warns.cap.ready() {
+                log::warn!(
+                    "http: connection cap reached on {} ({n}/{} here, {t}/{} total); refusing",
+                    l.name,
+                    l.cap,
+                    server.limits.max_conns_total
+                );
+            }
+            reject(&sock);
+            return;
         }
-        reject(&sock);
-        return;
     }
     if let Err(e) = sock.set_write_timeout(server.limits.write_timeout) {
         log::debug!("http: cannot set the write deadline on a connection: {e}");
         release_counts(server, l);
+        release_client(server, &client);
         return;
     }
     if let Sock::Tcp(s) = &sock {
         let _ = s.set_nodelay(true);
     }
     let sock = Arc::new(sock);
-    let state = Arc::new(AtomicU8::new(STATE_IDLE));
+    let slot = Arc::new(ConnSlot::new());
     let id = l.next_id.fetch_add(1, Ordering::SeqCst);
     l.registry.lock().insert(
         id,
         ConnEntry {
             sock: Some(sock.clone()),
-            state: state.clone(),
+            slot: slot.clone(),
+            client: client.clone(),
             handle: None,
         },
     );
@@ -368,7 +522,8 @@ fn admit(
         listener: l.clone(),
         id,
         sock: Some(sock.clone()),
-        state,
+        slot,
+        client,
     };
     let spawned = std::thread::Builder::new()
         .name(thread_name("http-conn", &id.to_string()))
@@ -381,7 +536,7 @@ fn admit(
         }
         Err(e) => {
             // The closure (and its guard) was dropped: counts and registry are released.
-            if cap_warn.ready() {
+            if warns.cap.ready() {
                 log::warn!(
                     "http: cannot start a connection thread on {}: {e}; refusing",
                     l.name
@@ -394,18 +549,67 @@ fn admit(
 }
 
 fn run_conn(guard: ConnGuard, origin: Origin, accepted: Instant) {
-    if let Some(sock) = guard.sock.as_deref() {
+    if let Some(sock) = guard.sock.as_ref() {
         let ctx = ConnCtx {
             handler: &*guard.server.handler,
             limits: &guard.server.limits,
             stopping: &guard.listener.stopping,
             body_pool: &guard.server.body_pool,
-            state: &guard.state,
+            client_body: &guard.client.share.body,
+            slot: &guard.slot,
+            idle_clock: &guard.server.idle_clock,
             origin,
             accepted,
         };
         conn::serve(sock, &ctx);
     }
+}
+
+/// Shed the connection idle longest in keep-alive among `listeners` to make room for a new
+/// one: its places under the caps are given back here and now, its socket is shut so its
+/// thread ends. False if there is no idle keep-alive to shed.
+fn shed_idle(server: &ServerShared, listeners: &[Arc<ListenerShared>]) -> bool {
+    for _ in 0..SHED_ATTEMPTS {
+        let mut oldest: Option<(u64, &Arc<ListenerShared>, Arc<ConnSlot>)> = None;
+        let mut victim: Option<(Option<Arc<Sock>>, ClientRef)> = None;
+        for l in listeners {
+            for e in l.registry.lock().values() {
+                if e.slot.state.load(Ordering::SeqCst) != STATE_KEEPALIVE {
+                    continue;
+                }
+                let since = e.slot.idle_since.load(Ordering::SeqCst);
+                if oldest.as_ref().is_none_or(|(s, _, _)| since < *s) {
+                    oldest = Some((since, l, e.slot.clone()));
+                    victim = Some((e.sock.clone(), e.client.clone()));
+                }
+            }
+        }
+        let (Some((_, l, slot)), Some((sock, client))) = (oldest, victim) else {
+            return false;
+        };
+        let shed = slot
+            .state
+            .compare_exchange(
+                STATE_KEEPALIVE,
+                STATE_SHED,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok();
+        if shed {
+            release_counts(server, l);
+            release_client(server, &client);
+            if let Some(s) = sock {
+                s.shutdown(Shutdown::Both);
+            }
+            log::debug!(
+                "http: shed an idle keep-alive connection on {} to admit another",
+                l.name
+            );
+            return true;
+        }
+    }
+    false
 }
 
 /// Releases a connection's place when its thread ends (normally or by panic): the registry
@@ -415,7 +619,8 @@ struct ConnGuard {
     listener: Arc<ListenerShared>,
     id: u64,
     sock: Option<Arc<Sock>>,
-    state: Arc<AtomicU8>,
+    slot: Arc<ConnSlot>,
+    client: ClientRef,
 }
 
 impl Drop for ConnGuard {
@@ -427,9 +632,13 @@ impl Drop for ConnGuard {
             .get_mut(&self.id)
             .and_then(|e| e.sock.take());
         drop(registered);
-        self.state.store(STATE_DONE, Ordering::SeqCst);
+        let was = self.slot.state.swap(STATE_DONE, Ordering::SeqCst);
         self.sock = None;
-        release_counts(&self.server, &self.listener);
+        // A shed connection's places were given back by the acceptor that shed it.
+        if was != STATE_SHED {
+            release_counts(&self.server, &self.listener);
+            release_client(&self.server, &self.client);
+        }
     }
 }
 
@@ -453,6 +662,18 @@ fn reject(sock: &Sock) {
         &plan,
         &never,
     );
+    close_quietly(sock);
+}
+
+/// The refusal for a client over the per-client cap: Nomad's 429, short write deadline.
+fn too_many(sock: &Sock) {
+    let _ = sock.set_write_timeout(REJECT_WRITE_TIMEOUT);
+    let _ = (&*sock).write_all(TOO_MANY_CONNS_REPLY);
+    close_quietly(sock);
+}
+
+/// Half-close after a refusal, then drop what the request already sent, without waiting.
+fn close_quietly(sock: &Sock) {
     sock.shutdown(Shutdown::Write);
     // Discard what the request already put in the receive buffer, without waiting: closing
     // with unread bytes would send a reset that can destroy the 503 before it is read.
@@ -474,7 +695,7 @@ fn reap(l: &ListenerShared) {
         let done: Vec<u64> = reg
             .iter()
             .filter(|(_, e)| {
-                e.state.load(Ordering::SeqCst) == STATE_DONE
+                e.slot.state.load(Ordering::SeqCst) == STATE_DONE
                     && e.handle.as_ref().is_some_and(|h| h.is_finished())
             })
             .map(|(id, _)| *id)
@@ -493,7 +714,7 @@ fn sockets(l: &ListenerShared, pick: impl Fn(u8) -> bool) -> Vec<Arc<Sock>> {
     l.registry
         .lock()
         .values()
-        .filter(|e| pick(e.state.load(Ordering::SeqCst)))
+        .filter(|e| pick(e.slot.state.load(Ordering::SeqCst)))
         .filter_map(|e| e.sock.clone())
         .collect()
 }
@@ -542,7 +763,9 @@ fn stop_all(_server: &ServerShared, listeners: &[Arc<ListenerShared>]) {
         }
     }
     for l in listeners {
-        for s in sockets(l, |st| st == STATE_IDLE || st == STATE_STREAM) {
+        for s in sockets(l, |st| {
+            matches!(st, STATE_IDLE | STATE_KEEPALIVE | STATE_SHED | STATE_STREAM)
+        }) {
             s.shutdown(Shutdown::Read);
         }
     }

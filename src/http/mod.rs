@@ -3,6 +3,8 @@
 //! This module knows nothing of Nomad. The API layer sees a [`Request`] (method, path, query,
 //! headers, body, origin) and returns a [`Reply`] (status, headers, body: bytes, a file range,
 //! or a stream driven by the connection thread). Every limit is a named constant in [`limits`].
+//! Before a body is read, [`Handler::admit`] may refuse the request; a handler that waits
+//! long can ask [`Request::peer_gone`].
 //!
 //! Where things are: `listener` (acceptor threads, caps, registry, shutdown), `conn` (one
 //! connection's request loop), `wire` (socket and bounded read buffer under deadlines),
@@ -31,13 +33,21 @@ mod tests;
 pub use limits::Limits;
 pub use listener::{ListenerHandle, Server};
 pub use reply::{Body, Reply, StreamBody, StreamSink};
-pub use request::{Origin, Request, RequestHead};
+pub use request::{Origin, Peer, Request, RequestHead};
 
 /// What the connection thread calls once a request head has been parsed.
 pub trait Handler: Send + Sync + 'static {
     /// The largest body accepted for this request; a larger one is refused with 413
     /// before it is read.
     fn body_limit(&self, head: &RequestHead) -> usize;
+    /// Decide, before any byte of a request's body is read or counted against the body
+    /// budgets, whether it may send one: `Some(reply)` answers at once and closes the
+    /// connection (e.g. a missing or invalid credential). Called only for requests that
+    /// declare a body; `req.body` is still empty. The default admits everything.
+    fn admit(&self, req: &Request) -> Option<Reply> {
+        let _ = req;
+        None
+    }
     /// Serve one request. Never panics on input; errors are replies.
     fn handle(&self, req: Request) -> Reply;
 }

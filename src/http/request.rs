@@ -1,7 +1,12 @@
-//! The request as the API layer sees it: parsed head, decoded path and query, whole body.
+//! The request as the API layer sees it: parsed head, decoded path and query, whole body,
+//! and a way to ask whether the client is still there.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use super::respond::peer_gone;
+use super::wire::Sock;
 
 /// Where a request came from: the TCP listener or one of the Unix socket listeners.
 #[derive(Clone, Debug)]
@@ -32,6 +37,34 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub origin: Origin,
+    /// The connection the request came on, for [`Request::peer_gone`].
+    pub peer: Peer,
+}
+
+/// The connection a request came on, as far as a handler may see it: whether its client is
+/// still there.
+#[derive(Clone, Default)]
+pub struct Peer(Option<Arc<Sock>>);
+
+impl Peer {
+    pub(crate) fn new(sock: Arc<Sock>) -> Peer {
+        Peer(Some(sock))
+    }
+
+    /// A request with no connection behind it (tests): its peer is never gone.
+    pub fn none() -> Peer {
+        Peer(None)
+    }
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Peer"
+        } else {
+            "Peer(none)"
+        })
+    }
 }
 
 impl Request {
@@ -57,6 +90,15 @@ impl Request {
             .iter()
             .filter(move |(k, _)| k == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the client has closed its connection (or it failed), without waiting. Bytes
+    /// the client sent ahead (a pipelined request) do not count as gone.
+    pub fn peer_gone(&self) -> bool {
+        self.peer
+            .0
+            .as_deref()
+            .is_some_and(|s| peer_gone(s, Duration::ZERO))
     }
 
     /// Whether the query has this parameter at all (even with an empty value).

@@ -219,9 +219,11 @@ fn request_helpers_find_headers_and_repeated_query_values() {
         headers: vec![("X-Nomad-Token".into(), "t".into())],
         body: Vec::new(),
         origin: Origin::Tcp { peer: None },
+        peer: Peer::none(),
     };
     assert_eq!(req.header("x-nomad-token"), Some("t"));
     assert_eq!(req.query("a"), Some("1"));
     assert_eq!(req.query_all("a").collect::<Vec<_>>(), vec!["1", "2"]);
     assert!(req.has_query("b") && !req.has_query("c"));
+    assert!(!req.peer_gone(), "no connection: never gone");
 }

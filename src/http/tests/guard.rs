@@ -259,3 +259,145 @@ fn dropping_a_server_with_open_connections_does_not_hang() -> R {
     assert!(started.elapsed() < Duration::from_secs(3));
     Ok(())
 }
+
+#[test]
+fn a_declared_body_holds_no_budget_until_its_bytes_arrive() -> R {
+    // The server-wide and per-client budgets are 64 bytes (test_limits).
+    let f = start()?;
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        let mut c = connect(&f)?;
+        send(
+            &mut c,
+            b"POST /x HTTP/1.1\r\nContent-Length: 60\r\nExpect: 100-continue\r\n\r\n",
+        )?;
+        // The 100 Continue proves the head was taken in.
+        let r = read_resp(&mut c, false)?;
+        assert_eq!(r.status, 100);
+        silent.push(c);
+    }
+    let body = [b'b'; 40];
+    let mut raw = b"POST /y HTTP/1.1\r\nContent-Length: 40\r\n\r\n".to_vec();
+    raw.extend_from_slice(&body);
+    let r = once(&f, &raw)?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(silent);
+    // Bytes that do arrive are counted: a client over its share gets 503 though the server
+    // has room, and only for that request.
+    let f = start_with(Limits {
+        max_body_bytes_in_flight: 100,
+        max_body_bytes_per_client: 60,
+        ..test_limits()
+    })?;
+    let mut raw = b"POST /x HTTP/1.1\r\nContent-Length: 80\r\n\r\n".to_vec();
+    raw.extend_from_slice(&[b'a'; 80]);
+    let r = once(&f, &raw)?;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (503, "server busy, retry later")
+    );
+    let mut raw = b"POST /x HTTP/1.1\r\nContent-Length: 50\r\n\r\n".to_vec();
+    raw.extend_from_slice(&[b'a'; 50]);
+    assert_eq!(once(&f, &raw)?.status, 200);
+    Ok(())
+}
+
+#[test]
+fn admit_refuses_before_the_body_is_read() -> R {
+    let f = start()?;
+    let mut c = connect(&f)?;
+    // A huge body that is never sent: the refusal comes at once.
+    let started = Instant::now();
+    send(
+        &mut c,
+        b"PUT /locked HTTP/1.1\r\nContent-Length: 4000\r\n\r\n",
+    )?;
+    let r = read_resp(&mut c, false)?;
+    assert_eq!((r.status, r.text().as_str()), (401, "Unauthorized"));
+    assert_eq!(r.header("Connection"), Some("close"));
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    let r = once(
+        &f,
+        b"PUT /locked HTTP/1.1\r\nX-Key: k\r\nContent-Length: 2\r\n\r\nok",
+    )?;
+    assert_eq!(r.status, 200);
+    // A request without a body is not asked.
+    let r = once(&f, b"GET /locked HTTP/1.1\r\n\r\n")?;
+    assert_eq!(r.status, 200);
+    Ok(())
+}
+
+#[test]
+fn a_waiting_handler_sees_its_client_leave() -> R {
+    let f = start()?;
+    let mut c = connect(&f)?;
+    send(&mut c, b"GET /wait-for-peer HTTP/1.1\r\n\r\n")?;
+    // Not gone while the client is there (pipelined bytes do not count as leaving).
+    send(&mut c, b"GET /next HTTP/1.1\r\n")?;
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!f.peer_left.load(Ordering::SeqCst), "gone while connected");
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !f.peer_left.load(Ordering::SeqCst) {
+        assert!(
+            Instant::now() < deadline,
+            "the handler never saw the client leave"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+#[test]
+fn a_full_listener_sheds_its_longest_idle_keep_alive() -> R {
+    // Idle keep-alives must outlive a slow test run; the cap is 4 per listener.
+    let f = start_with(Limits {
+        idle_timeout: Duration::from_secs(10),
+        ..test_limits()
+    })?;
+    // Four kept-alive connections, served once each, in order: all idle now, each one
+    // waited for so they go idle in that order.
+    let mut idle = Vec::new();
+    for i in 0..4 {
+        let mut c = connect(&f)?;
+        send(&mut c, format!("GET /k{i} HTTP/1.1\r\n\r\n").as_bytes())?;
+        assert_eq!(read_resp(&mut c, false)?.status, 200);
+        idle.push(c);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while f.server.idle_keepalives() < i + 1 {
+            assert!(Instant::now() < deadline, "connection {i} never went idle");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    // A fifth is served: the first (idle longest) made room.
+    let r = once(&f, b"GET /new HTTP/1.1\r\nConnection: close\r\n\r\n")?;
+    assert_eq!(r.status, 200);
+    assert!(
+        closed_within(&mut idle[0], Duration::from_secs(1)),
+        "the oldest idle was not shed"
+    );
+    for c in idle.iter_mut().skip(1) {
+        send(c, b"GET /still HTTP/1.1\r\n\r\n")?;
+        assert_eq!(
+            read_resp(c, false)?.status,
+            200,
+            "a newer keep-alive was shed"
+        );
+    }
+    // Connections that have not sent a request yet are never shed: a full listener of them
+    // refuses with 503.
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let fresh: Vec<_> = (0..4).map(|_| connect(&f)).collect::<Result<_, _>>()?;
+    let mut r = once(&f, b"GET / HTTP/1.1\r\n\r\n")?;
+    while r.status != 503 && Instant::now() < deadline {
+        r = once(&f, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")?;
+    }
+    assert_eq!(r.status, 503);
+    drop(fresh);
+    Ok(())
+}

@@ -22,6 +22,8 @@ struct TestHandler {
     stream_saw_stop: Arc<AtomicBool>,
     streams_started: Arc<AtomicUsize>,
     slow_started: Arc<AtomicUsize>,
+    /// Set by `/wait-for-peer` once `Request::peer_gone` said the client left.
+    peer_left: Arc<AtomicBool>,
 }
 
 struct TickStream {
@@ -67,8 +69,25 @@ impl Handler for TestHandler {
         }
     }
 
+    fn admit(&self, req: &Request) -> Option<Reply> {
+        assert!(req.body.is_empty(), "admit runs before the body is read");
+        (req.path == "/locked" && req.header("X-Key") != Some("k"))
+            .then(|| Reply::bytes(401, "text/plain", b"Unauthorized".to_vec()))
+    }
+
     fn handle(&self, req: Request) -> Reply {
         match req.path.as_str() {
+            "/wait-for-peer" => {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline {
+                    if req.peer_gone() {
+                        self.peer_left.store(true, Ordering::SeqCst);
+                        return Reply::empty(200);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Reply::empty(504)
+            }
             "/panic" => panic!("test handler panic"),
             "/file" => {
                 let path =
@@ -142,7 +161,9 @@ pub(super) fn test_limits() -> Limits {
         write_timeout: Duration::from_secs(2),
         max_conns_per_listener: 4,
         max_conns_total: 8,
+        max_conns_per_client: 100,
         max_body_bytes_in_flight: 64,
+        max_body_bytes_per_client: 64,
     }
 }
 
@@ -153,6 +174,7 @@ pub(super) struct Fixture {
     pub streams_started: Arc<AtomicUsize>,
     /// Requests to `/slow` whose handler has begun.
     pub slow_started: Arc<AtomicUsize>,
+    pub peer_left: Arc<AtomicBool>,
 }
 
 /// A server with room for the quick one-shot connections most tests make (a slot is freed only
@@ -170,10 +192,12 @@ pub(super) fn start_with(limits: Limits) -> Result<Fixture, Box<dyn Error>> {
     let saw_stop = Arc::new(AtomicBool::new(false));
     let streams_started = Arc::new(AtomicUsize::new(0));
     let slow_started = Arc::new(AtomicUsize::new(0));
+    let peer_left = Arc::new(AtomicBool::new(false));
     let handler = TestHandler {
         stream_saw_stop: saw_stop.clone(),
         streams_started: streams_started.clone(),
         slow_started: slow_started.clone(),
+        peer_left: peer_left.clone(),
     };
     let server = Server::new(Arc::new(handler), limits);
     let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -185,6 +209,7 @@ pub(super) fn start_with(limits: Limits) -> Result<Fixture, Box<dyn Error>> {
         saw_stop,
         streams_started,
         slow_started,
+        peer_left,
     })
 }
 
