@@ -27,6 +27,9 @@ pub const MAX_INDEX_SKIPS: u64 = 16;
 pub const PUMP_CHUNK: usize = 64 * 1024;
 /// How often a pump waiting for output checks whether it was told to stop.
 pub const PUMP_POLL: Duration = Duration::from_millis(250);
+/// Stack of a pump thread: it polls, reads into a heap buffer and writes files, no recursion
+/// (its unit tests run it in a debug build).
+pub const PUMP_STACK: usize = 128 * 1024;
 /// Mode of log files.
 pub const LOG_FILE_MODE: u32 = 0o644;
 
@@ -270,6 +273,7 @@ impl LogPump {
             .collect();
         let join = std::thread::Builder::new()
             .name(thread_name)
+            .stack_size(PUMP_STACK)
             .spawn(move || {
                 pump(pipes, &flag);
                 let _ = done_tx.send(());

@@ -527,6 +527,7 @@ fn admit(
     };
     let spawned = std::thread::Builder::new()
         .name(thread_name("http-conn", &id.to_string()))
+        .stack_size(server.limits.conn_stack)
         .spawn(move || run_conn(guard, origin, accepted));
     match spawned {
         Ok(h) => {
