@@ -205,6 +205,11 @@ pub fn run(config: Config) -> Result<(), AgentError> {
             })
             .ok()
     };
+    // Start-up ran much code that an idle agent never runs again: from here on, only the
+    // code that runs stays resident.
+    if let Err(e) = crate::sys::mem::trim_code_pages() {
+        log::debug!("cannot trim resident code pages: {e}");
+    }
     log::info!(
         "nomadlet agent started: http={addr} node={} ({}) data_dir={}",
         agent.node.id(),
