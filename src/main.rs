@@ -10,6 +10,7 @@ mod encoding;
 mod fs;
 mod hcl_doc;
 mod http;
+mod logtap;
 mod meta_batcher;
 mod state;
 mod sys;
@@ -78,10 +79,11 @@ fn init_logging(level: &str) {
         "OFF" => log::LevelFilter::Off,
         _ => log::LevelFilter::Info,
     };
-    env_logger::Builder::new()
+    let inner = env_logger::Builder::new()
         .filter_level(filter)
         .format_timestamp_millis()
-        .init();
+        .build();
+    logtap::install(inner, filter);
 }
 
 fn main() -> ExitCode {

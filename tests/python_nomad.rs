@@ -36,3 +36,9 @@ fn python_nomad_acl_calls_work_against_an_acl_enabled_agent() {
     let agent = TestAgent::start(&["-acl-enabled"]);
     run_compat(&agent, &["acl"]);
 }
+
+#[test]
+fn python_nomad_search_metrics_namespaces_and_system_gc_calls_work() {
+    let agent = TestAgent::start(&[]);
+    run_compat(&agent, &["tools"]);
+}

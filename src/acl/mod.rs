@@ -22,7 +22,10 @@ use crate::api::ApiError;
 use crate::state::store::{self, StoreError};
 use capabilities::Acl;
 use keys::LazyKeys;
-use tokens::{AclPolicy, AclToken};
+use tokens::{AclPolicy, AclToken, OneTimeToken};
+
+/// One-time tokens kept at once (expired ones are dropped first).
+pub const MAX_ONE_TIME_TOKENS: usize = 1024;
 
 /// The ACL state file under `<data_dir>/server`.
 pub const STATE_FILE: &str = "acl.json";
@@ -38,6 +41,8 @@ struct Tables {
     tokens: Vec<AclToken>,
     #[serde(rename = "Policies", default)]
     policies: BTreeMap<String, AclPolicy>,
+    #[serde(rename = "OneTimeTokens", default)]
+    one_time_tokens: Vec<OneTimeToken>,
 }
 
 /// Tokens, policies and signing keys.
@@ -214,6 +219,8 @@ impl AclState {
                     "Cannot delete nonexistent tokens: {accessor}"
                 )));
             }
+            // A deleted token's one-time tokens go with it.
+            t.one_time_tokens.retain(|o| o.accessor_id != accessor);
             Ok(())
         })
     }
@@ -240,6 +247,50 @@ impl AclState {
 
     pub fn delete_policy(&self, name: &str) -> Result<bool, ApiError> {
         self.mutate(|t| Ok(t.policies.remove(name).is_some()))
+    }
+
+    /// Make a one-time token for the ACL token `accessor` (persisted, then published).
+    pub fn create_one_time_token(
+        &self,
+        accessor: &str,
+        index: u64,
+    ) -> Result<OneTimeToken, ApiError> {
+        self.mutate(|t| {
+            t.one_time_tokens.retain(|o| !o.is_expired());
+            if t.one_time_tokens.len() >= MAX_ONE_TIME_TOKENS {
+                return Err(ApiError::new(
+                    429,
+                    format!("too many one-time tokens (at most {MAX_ONE_TIME_TOKENS} at once)"),
+                ));
+            }
+            let ott = OneTimeToken::new(accessor, index);
+            t.one_time_tokens.push(ott.clone());
+            Ok(ott)
+        })
+    }
+
+    /// Exchange a one-time token's secret for its ACL token, once: the one-time token is
+    /// removed durably before the ACL token is handed out. Unknown, used or expired secrets,
+    /// and tokens whose ACL token is gone, are Nomad's 403 `Permission denied`.
+    pub fn exchange_one_time_token(&self, secret: &str) -> Result<AclToken, ApiError> {
+        self.mutate(|t| {
+            let mut found = None;
+            for (i, o) in t.one_time_tokens.iter().enumerate() {
+                if crate::encoding::constant_time_eq(o.secret_id.as_bytes(), secret.as_bytes()) {
+                    found = Some(i);
+                }
+            }
+            let ott = match found {
+                Some(i) if !t.one_time_tokens[i].is_expired() => t.one_time_tokens.remove(i),
+                _ => return Err(ApiError::permission_denied()),
+            };
+            t.one_time_tokens.retain(|o| !o.is_expired());
+            t.tokens
+                .iter()
+                .find(|x| x.accessor_id == ott.accessor_id && !x.is_expired())
+                .cloned()
+                .ok_or_else(ApiError::permission_denied)
+        })
     }
 
     /// The merged rules of the named policies (missing names are skipped).

@@ -153,6 +153,65 @@ impl AclToken {
     }
 }
 
+/// How long a one-time token can be exchanged (Nomad's 10 minutes).
+pub const ONE_TIME_TOKEN_TTL_NS: i64 = 10 * 60 * 1_000_000_000;
+
+/// A one-time token: exchanged once, before it expires, for the ACL token that made it.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct OneTimeToken {
+    #[serde(rename = "OneTimeSecretID")]
+    pub secret_id: String,
+    #[serde(rename = "AccessorID")]
+    pub accessor_id: String,
+    /// Unix nanoseconds.
+    #[serde(rename = "ExpiresAtUnixNanos")]
+    pub expires_at: i64,
+    #[serde(rename = "CreateIndex")]
+    pub create_index: u64,
+    #[serde(rename = "ModifyIndex")]
+    pub modify_index: u64,
+}
+
+// Debug never shows the secret.
+impl std::fmt::Debug for OneTimeToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OneTimeToken")
+            .field("accessor_id", &self.accessor_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OneTimeToken {
+    /// A fresh one-time token for the ACL token `accessor_id`, expiring in 10 minutes.
+    pub fn new(accessor_id: &str, index: u64) -> OneTimeToken {
+        OneTimeToken {
+            secret_id: uuid::Uuid::new_v4().to_string(),
+            accessor_id: accessor_id.to_string(),
+            expires_at: crate::time::unix_now_nanos().saturating_add(ONE_TIME_TOKEN_TTL_NS),
+            create_index: index,
+            modify_index: index,
+        }
+    }
+
+    pub fn is_expired(&self) -> bool {
+        crate::time::unix_now_nanos() >= self.expires_at
+    }
+
+    /// Nomad's `OneTimeToken` JSON.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "OneTimeSecretID": self.secret_id,
+            "AccessorID": self.accessor_id,
+            "ExpiresAt": crate::time::rfc3339_unix(
+                self.expires_at.div_euclid(1_000_000_000),
+                self.expires_at.rem_euclid(1_000_000_000) as u32,
+            ),
+            "CreateIndex": self.create_index,
+            "ModifyIndex": self.modify_index,
+        })
+    }
+}
+
 /// Where a policy is attached for workload identities.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct JobAcl {

@@ -35,6 +35,8 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
             create_token(ctx)
         }
         "token/self" => token_self(ctx),
+        "token/onetime" => create_one_time_token(ctx),
+        "token/onetime/exchange" => exchange_one_time_token(ctx),
         "policies" => list_policies(ctx),
         "policy/self" => policy_self(ctx),
         _ => {
@@ -56,10 +58,12 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
 }
 
 fn is_known_path(rest: &str) -> bool {
-    matches!(rest, "bootstrap" | "tokens" | "token" | "policies")
-        || rest
-            .strip_prefix("token/")
-            .is_some_and(|s| !s.is_empty() && !s.contains('/'))
+    matches!(
+        rest,
+        "bootstrap" | "tokens" | "token" | "policies" | "token/onetime" | "token/onetime/exchange"
+    ) || rest
+        .strip_prefix("token/")
+        .is_some_and(|s| !s.is_empty() && !s.contains('/'))
         || rest
             .strip_prefix("policy/")
             .is_some_and(|s| !s.is_empty() && !s.contains('/'))
@@ -326,6 +330,47 @@ fn token_by_accessor(ctx: &Ctx, accessor: &str) -> ApiResult {
         }
         _ => Err(ApiError::invalid_method()),
     }
+}
+
+// ---- one-time tokens ----
+
+/// `PUT /v1/acl/token/onetime`: a one-time token for the caller's own ACL token (no
+/// capability needed; anonymous callers and workload identities have no token to give).
+fn create_one_time_token(ctx: &Ctx) -> ApiResult {
+    ctx.require_method(&["PUT", "POST"])?;
+    let Some(token) = ctx.identity.token() else {
+        return Err(ApiError::permission_denied());
+    };
+    let index = ctx.agent.index.next();
+    let ott = ctx
+        .agent
+        .acl
+        .create_one_time_token(&token.accessor_id, index)?;
+    log::info!("one-time token made for ACL token {}", token.accessor_id);
+    write_reply(
+        serde_json::json!({"OneTimeToken": ott.to_json(), "Index": index}),
+        index,
+    )
+}
+
+/// `PUT /v1/acl/token/onetime/exchange`: the ACL token behind a one-time secret, once.
+fn exchange_one_time_token(ctx: &Ctx) -> ApiResult {
+    ctx.require_method(&["PUT", "POST"])?;
+    let m = body_object(ctx)?;
+    let secret = opt_string(&m, "OneTimeSecretID")?.unwrap_or_default();
+    if !is_uuid(&secret) {
+        return Err(ApiError::permission_denied());
+    }
+    let index = ctx.agent.index.next();
+    let token = ctx.agent.acl.exchange_one_time_token(&secret)?;
+    log::info!(
+        "one-time token exchanged for ACL token {}",
+        token.accessor_id
+    );
+    write_reply(
+        serde_json::json!({"Token": token.to_json(), "Index": index}),
+        index,
+    )
 }
 
 // ---- policies ----

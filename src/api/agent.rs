@@ -31,6 +31,8 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
         "agent/join" => join(ctx),
         "agent/force-leave" => force_leave(ctx),
         "agent/health" => health(ctx),
+        "agent/host" => super::agent_host::route(ctx),
+        "agent/monitor" => super::monitor::route(ctx),
         _ => Err(ApiError::no_route()),
     }
 }
@@ -96,7 +98,8 @@ fn config_json(ctx: &Ctx) -> Value {
         "DataDir": data_dir,
         "LogLevel": c.log_level,
         "BindAddr": bind,
-        "EnableDebug": false,
+        // `-dev` turns debug on, as in Nomad: it opens /v1/agent/host without ACLs.
+        "EnableDebug": c.dev,
         "Ports": {"HTTP": c.http_port, "RPC": 4647, "Serf": 4648},
         "Addresses": {"HTTP": bind, "RPC": bind, "Serf": bind},
         "AdvertiseAddrs": {

@@ -27,6 +27,7 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
         "stats" => client_stats::alloc_stats(ctx, id),
         "restart" => restart(ctx, id),
         "signal" => signal(ctx, id),
+        "checks" => checks(ctx, id),
         _ => Err(ApiError::not_found("resource not found")),
     }
 }
@@ -54,6 +55,15 @@ fn gc(ctx: &Ctx, id: &str) -> ApiResult {
             "failed to destroy alloc dir: {e}"
         ))),
     }
+}
+
+/// `GET /v1/client/allocation/:id/checks`: the results of the alloc's Nomad service checks,
+/// keyed by check ID. nomadlet runs no checks, so a known alloc has none.
+fn checks(ctx: &Ctx, id: &str) -> ApiResult {
+    ctx.require_method(&["GET"])?;
+    let ns = alloc_namespace(ctx, id)?;
+    ctx.identity.allow_namespace(&ns, "read-job")?;
+    json(&serde_json::Map::new())
 }
 
 fn body_object(ctx: &Ctx) -> Result<Option<serde_json::Map<String, Value>>, ApiError> {

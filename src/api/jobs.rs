@@ -65,6 +65,11 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
     if rest.is_empty() {
         return Err(ApiError::bad_request("Missing job ID"));
     }
+    // A sub-path nomadlet does not serve (`/plan`, `/dispatch`, ...) is an unknown route, not
+    // a job ID with a slash in it — unless a job with that very ID exists.
+    if rest.contains('/') && ctx.agent.workloads.job(&namespace(ctx), rest).is_none() {
+        return Err(ApiError::no_route());
+    }
     match ctx.method() {
         "GET" => read_job(ctx, rest),
         "PUT" | "POST" => register(ctx, Some(rest)),
@@ -152,6 +157,7 @@ fn register(ctx: &Ctx, path_id: Option<&str>) -> ApiResult {
     }
     job.canonicalize(&ctx.agent.config.region);
     ctx.identity.allow_namespace(&job.namespace, "submit-job")?;
+    super::namespaces::require_known(&job.namespace)?;
     validate_job(&job).map_err(ApiError::bad_request)?;
     if get_ci(obj, "EnforceIndex")
         .and_then(Value::as_bool)
@@ -216,8 +222,21 @@ fn deregister(ctx: &Ctx, id: &str) -> ApiResult {
         .agent
         .workloads
         .deregister(&ctx.agent.index, &ns, id, purge)
-        .map_err(store_err)?
-        .ok_or_else(|| ApiError::not_found("job not found"))?;
+        .map_err(store_err)?;
+    // Nomad deregisters an unknown (or already purged) job without error: nothing changes,
+    // no evaluation is made, and the reply carries an empty EvalID.
+    let res = match res {
+        Some(r) => r,
+        None => {
+            let index = index_now(ctx);
+            crate::state::jobs::WriteResult {
+                eval_id: String::new(),
+                eval_create_index: 0,
+                job_modify_index: index,
+                index,
+            }
+        }
+    };
     ctx.agent.client.sync(ctx.agent);
     json_meta(
         &json!({

@@ -5,6 +5,7 @@
 
 pub mod acl;
 pub mod agent;
+pub mod agent_host;
 pub mod allocs;
 pub mod auth;
 pub mod client_alloc;
@@ -14,9 +15,14 @@ pub mod client_stats;
 pub mod error;
 pub mod filter;
 pub mod jobs;
+pub mod metrics;
+pub mod monitor;
+pub mod namespaces;
 pub mod nodes;
 pub mod params;
 pub mod router;
+pub mod search;
+pub mod system;
 
 use std::sync::Arc;
 

@@ -9,8 +9,8 @@ use crate::agent::Agent;
 use crate::http::{Handler, Origin, Reply, Request, RequestHead};
 
 use super::{
-    acl, agent, allocs, auth, client_alloc, client_fs, client_meta, client_stats, jobs, nodes,
-    params, ApiError, ApiReply, ApiResult, Ctx, IndexMeta,
+    acl, agent, allocs, auth, client_alloc, client_fs, client_meta, client_stats, jobs, metrics,
+    namespaces, nodes, params, search, system, ApiError, ApiReply, ApiResult, Ctx, IndexMeta,
 };
 
 /// Bodies of job registrations may be larger than the default limit.
@@ -45,6 +45,7 @@ impl Router {
         // A blocking query: answer once the object's index passes `min_index`, or at the wait,
         // or give up as soon as the client has gone.
         let deadline = Instant::now() + blocking_wait(req);
+        let _waiting = metrics::BlockingGuard::new();
         loop {
             let generation = self.agent.index.generation();
             let result = route(&ctx);
@@ -138,7 +139,14 @@ fn route(ctx: &Ctx) -> ApiResult {
     match first {
         "agent" => agent::route(ctx, rest),
         "client" => route_client(ctx, rest),
+        "node" if rest == "node/pools" || rest.starts_with("node/pool/") => {
+            namespaces::route_node_pools(ctx, rest)
+        }
         "nodes" | "node" => nodes::route(ctx, rest),
+        "namespaces" | "namespace" => namespaces::route(ctx, rest),
+        "search" => search::route(ctx, rest),
+        "metrics" if rest == "metrics" => metrics::route(ctx),
+        "system" => system::route(ctx, rest),
         "status" | "regions" => nodes::route_status(ctx, rest),
         "jobs" | "job" | "evaluations" | "evaluation" => jobs::route(ctx, rest),
         "allocations" | "allocation" => allocs::route(ctx, rest),
@@ -189,8 +197,17 @@ impl Handler for Router {
     }
 
     fn handle(&self, req: Request) -> Reply {
+        let started = Instant::now();
+        let reply = self.handle_inner(&req);
+        metrics::http().record(&req.method, &req.path, reply.status, started.elapsed());
+        reply
+    }
+}
+
+impl Router {
+    fn handle_inner(&self, req: &Request) -> Reply {
         let cors = is_cors_path(&req.path);
-        if is_preflight(&req) {
+        if is_preflight(req) {
             return Reply::empty(204)
                 .with_header("Vary", "Origin")
                 .with_header("Access-Control-Allow-Origin", "*")
@@ -198,10 +215,10 @@ impl Handler for Router {
                 .with_header("Access-Control-Allow-Methods", "HEAD, GET")
                 .with_header("Access-Control-Allow-Headers", "*");
         }
-        let result = self.dispatch(&req);
-        let mut reply = render(result, params::wants_pretty(&req), &req.origin);
+        let result = self.dispatch(req);
+        let mut reply = render(result, params::wants_pretty(req), &req.origin);
         if cors {
-            add_cors_headers(&mut reply, &req);
+            add_cors_headers(&mut reply, req);
         }
         reply
     }

@@ -942,3 +942,10 @@ fn stop_all(server: &ServerShared, listeners: &[Arc<ListenerShared>]) {
         }
     }
 }
+
+impl Server {
+    /// Connections open now across every listener (for the agent's metrics).
+    pub fn open_connections(&self) -> usize {
+        self.shared.total.load(Ordering::Relaxed)
+    }
+}

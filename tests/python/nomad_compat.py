@@ -22,7 +22,7 @@ def agent_section(n):
     check(members["Members"][0]["Status"] == "alive", "members alive")
     check(n.agent.get_servers() == ["127.0.0.1:4647"], "servers")
     check(n.agent.update_servers(["127.0.0.1:4647", "127.0.0.5:4647"]) == 200, "update servers")
-    check(sorted(n.agent.get_servers()) == ["127.0.0.5:4647", "127.0.0.1:4647"], "servers updated")
+    check(sorted(n.agent.get_servers()) == ["127.0.0.1:4647", "127.0.0.5:4647"], "servers updated")
     j = n.agent.join_agent(["127.0.0.1:1"])
     check(j["num_joined"] == 0 and "Failed to join" in j["error"], f"join error {j}")
     nodes = n.nodes.get_nodes()
@@ -67,6 +67,35 @@ def workloads_section(n):
     check("aGVsbG8K" in framed, f"framed logs {framed!r}")
     n.client.gc_allocation.garbage_collect(alloc_id)
     check(n.allocation.get_allocation(alloc_id)["ID"] == alloc_id, "the server side keeps a collected alloc")
+
+
+def tools_section(n):
+    job = {"Job": {"ID": "py-tools", "Type": "batch", "Datacenters": ["dc1"], "TaskGroups": [
+        {"Name": "grp", "Count": 1, "Tasks": [{"Name": "worker", "Driver": "raw_exec",
+                                               "Config": {"command": "/bin/true"}}]}]}}
+    n.jobs.register_job(job)
+    allocs = wait_for("complete alloc", lambda: [a for a in n.job.get_allocations("py-tools")
+                                                 if a["ClientStatus"] == "complete"])
+    alloc_id = allocs[0]["ID"]
+    r = n.search.search("py-", "jobs")
+    check(r["Matches"]["jobs"] == ["py-tools"] and r["Truncations"]["jobs"] is False, f"search {r}")
+    r = n.search.search(alloc_id[:8], "allocs")
+    check(r["Matches"]["allocs"] == [alloc_id], f"search allocs {r}")
+    r = n.search.search("py-", "all")
+    check(r["Matches"]["jobs"] == ["py-tools"] and r["Matches"]["evals"] == [], f"search all {r}")
+    r = n.search.fuzzy_search("tool", "jobs")
+    check(r["Matches"]["jobs"] == [{"ID": "py-tools", "Scope": ["default", "py-tools"]}], f"fuzzy {r}")
+    r = n.search.fuzzy_search("work", "all")
+    check(r["Matches"]["tasks"] == [{"ID": "worker", "Scope": ["default", "py-tools", "grp"]}], f"fuzzy tasks {r}")
+    m = n.metrics.get_metrics()
+    gauges = {g["Name"]: g["Value"] for g in m["Gauges"]}
+    check(gauges.get("nomad.nomad.job_status.dead") == 1, f"metrics job status {gauges}")
+    check(gauges.get("nomad.runtime.num_threads", 0) > 1, "metrics threads")
+    check(any(c["Name"] == "nomad.http.requests" for c in m["Counters"]), "metrics http counters")
+    check([ns["Name"] for ns in n.namespaces.get_namespaces()] == ["default"], "namespaces")
+    check(n.namespace.get_namespace("default")["Description"] == "Default shared namespace", "namespace")
+    check("default" in n.namespaces, "namespace membership")
+    check(n.system.initiate_garbage_collection() is True, "system gc")
 
 
 def acl_section(n, port):

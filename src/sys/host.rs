@@ -1,0 +1,120 @@
+//! Safe wrappers for what `/v1/agent/host` reads from the kernel: `uname(2)`, `statvfs(3)` and
+//! `getifaddrs(3)`.
+
+use std::ffi::{CStr, CString};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+fn c_field(f: &[libc::c_char]) -> String {
+    let bytes: Vec<u8> = f
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// `uname -a`'s fields: `[machine, nodename, release, sysname, version]`, or the error text.
+pub fn uname() -> Result<[String; 5], String> {
+    // SAFETY: utsname is plain data; uname(2) fills it.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out pointer to a struct we own.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    Ok([
+        c_field(&u.machine),
+        c_field(&u.nodename),
+        c_field(&u.release),
+        c_field(&u.sysname),
+        c_field(&u.version),
+    ])
+}
+
+/// `(total, available to unprivileged users)` bytes of the filesystem holding `path`.
+pub fn fs_space(path: &Path) -> Option<(u64, u64)> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs is plain data filled by the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid out pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let bs = st.f_frsize as u64;
+    Some((
+        (st.f_blocks as u64).saturating_mul(bs),
+        (st.f_bavail as u64).saturating_mul(bs),
+    ))
+}
+
+/// One IP address of one network interface.
+#[derive(Clone, Debug)]
+pub struct IfAddr {
+    pub interface: String,
+    pub addr: IpAddr,
+    /// Prefix length of the netmask.
+    pub prefix: u32,
+    /// `IFF_*` flags of the interface.
+    pub flags: u32,
+}
+
+fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
+    if sa.is_null() {
+        return None;
+    }
+    // SAFETY: getifaddrs gives either null or a valid sockaddr whose family says its type.
+    unsafe {
+        match (*sa).sa_family as libc::c_int {
+            libc::AF_INET => {
+                let sin = &*(sa as *const libc::sockaddr_in);
+                Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    sin.sin_addr.s_addr,
+                ))))
+            }
+            libc::AF_INET6 => {
+                let sin6 = &*(sa as *const libc::sockaddr_in6);
+                Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn prefix_len(mask: Option<IpAddr>) -> u32 {
+    match mask {
+        Some(IpAddr::V4(m)) => u32::from(m).count_ones(),
+        Some(IpAddr::V6(m)) => u128::from(m).count_ones(),
+        None => 0,
+    }
+}
+
+/// Every IPv4 and IPv6 address of every interface.
+pub fn interface_addrs() -> Result<Vec<IfAddr>, String> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        if let Some(addr) = sockaddr_ip(ifa.ifa_addr) {
+            // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+            let name = unsafe { CStr::from_ptr(ifa.ifa_name) }
+                .to_string_lossy()
+                .into_owned();
+            out.push(IfAddr {
+                interface: name,
+                addr,
+                prefix: prefix_len(sockaddr_ip(ifa.ifa_netmask)),
+                flags: ifa.ifa_flags,
+            });
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
