@@ -165,6 +165,8 @@ pub struct Waiter {
     next_check: Instant,
     /// Poll faster (e.g. while draining a dead task's last bytes).
     pub fast: bool,
+    /// The stack was trimmed since the last file event (see [`Waiter::wait`]).
+    trimmed: bool,
 }
 
 impl Waiter {
@@ -174,6 +176,7 @@ impl Waiter {
             probe,
             next_check: Instant::now() + HEARTBEAT_INTERVAL,
             fast: false,
+            trimmed: false,
         }
     }
 
@@ -197,6 +200,17 @@ impl Waiter {
             recv(rx) -> _ => Wake::FsEvent,
             default(timeout) => Wake::Heartbeat,
         };
+        match woke {
+            Wake::FsEvent => self.trimmed = false,
+            // Quiet since the last event: give back the stack pages that reading, listing
+            // and sending touched below this frame, once; an idle follower keeps only the
+            // few KiB it waits in (hundreds of followers may wait for hours).
+            _ if !self.trimmed => {
+                self.trimmed = true;
+                let _ = crate::sys::mem::trim_stack();
+            }
+            _ => {}
+        }
         if Instant::now() >= self.next_check {
             self.next_check = Instant::now() + HEARTBEAT_INTERVAL;
             if sink.should_stop(Duration::ZERO) {

@@ -54,9 +54,9 @@ pub fn trim_code_pages() -> io::Result<usize> {
     Ok(advised)
 }
 
-/// Stack kept below the caller's frame when trimming: this function's frame and the `madvise`
-/// call run there.
-const STACK_TRIM_MARGIN: usize = 8 * 1024;
+/// Stack kept below the caller's frame when trimming: this function's frame (a few hundred
+/// bytes below its marker) and the `madvise` system call stub (no frame) run there.
+const STACK_TRIM_MARGIN: usize = 4 * 1024;
 
 /// Drop the pages of this thread's stack below the caller (less [`STACK_TRIM_MARGIN`]): they
 /// hold only frames that have returned. A later call that goes deeper gets fresh zeroed pages.
