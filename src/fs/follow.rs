@@ -21,6 +21,9 @@ use crate::http::{StreamBody, StreamSink};
 
 /// How much one read takes from a file, at most.
 pub const READ_CHUNK: usize = 64 * 1024;
+/// A follower about to wait at least this long first trims its stack (a shorter wait is a
+/// batch window with data pending).
+pub const TRIM_BEFORE_WAIT: Duration = Duration::from_millis(100);
 /// The smallest read buffer (used when the file looked empty past the position).
 pub const MIN_READ: usize = 4 * 1024;
 /// How often a follower without a kernel watch re-checks its file.
@@ -165,8 +168,6 @@ pub struct Waiter {
     next_check: Instant,
     /// Poll faster (e.g. while draining a dead task's last bytes).
     pub fast: bool,
-    /// The stack was trimmed since the last file event (see [`Waiter::wait`]).
-    trimmed: bool,
 }
 
 impl Waiter {
@@ -176,7 +177,6 @@ impl Waiter {
             probe,
             next_check: Instant::now() + HEARTBEAT_INTERVAL,
             fast: false,
-            trimmed: false,
         }
     }
 
@@ -196,21 +196,16 @@ impl Waiter {
             Some(s) => s.rx.clone(),
             None => never(),
         };
+        if timeout >= TRIM_BEFORE_WAIT {
+            // About to sleep with nothing pending: give back the stack pages that reading,
+            // listing and sending touched below this frame, so a waiting follower keeps only
+            // the few KiB it waits in (hundreds of followers may wait for hours).
+            let _ = crate::sys::mem::trim_stack();
+        }
         let woke = select! {
             recv(rx) -> _ => Wake::FsEvent,
             default(timeout) => Wake::Heartbeat,
         };
-        match woke {
-            Wake::FsEvent => self.trimmed = false,
-            // Quiet since the last event: give back the stack pages that reading, listing
-            // and sending touched below this frame, once; an idle follower keeps only the
-            // few KiB it waits in (hundreds of followers may wait for hours).
-            _ if !self.trimmed => {
-                self.trimmed = true;
-                let _ = crate::sys::mem::trim_stack();
-            }
-            _ => {}
-        }
         if Instant::now() >= self.next_check {
             self.next_check = Instant::now() + HEARTBEAT_INTERVAL;
             if sink.should_stop(Duration::ZERO) {
