@@ -23,8 +23,10 @@ use crate::sys::poll::PollSet;
 
 /// Indexes tried past a planted file before the output is dropped.
 pub const MAX_INDEX_SKIPS: u64 = 16;
-/// Read size of the pump.
+/// Read size of the pump under a flood of output.
 pub const PUMP_CHUNK: usize = 64 * 1024;
+/// Read size of the pump until a read fills it (an idle task's pump holds no 64 KiB buffer).
+pub const PUMP_FIRST_CHUNK: usize = 4 * 1024;
 /// How often a pump waiting for output checks whether it was told to stop.
 pub const PUMP_POLL: Duration = Duration::from_millis(250);
 /// Stack of a pump thread: it polls, reads into a heap buffer and writes files, no recursion
@@ -194,18 +196,17 @@ struct Pipe {
 }
 
 impl Pipe {
-    /// Read once (the pipe is readable) and store what came; false once the pipe is done.
-    fn pump_once(&mut self, buf: &mut [u8]) -> bool {
-        let Some(f) = self.read.as_mut() else {
-            return false;
-        };
+    /// Read once (the pipe is readable) and store what came: `Some(bytes)`, `None` once the
+    /// pipe is done.
+    fn pump_once(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let f = self.read.as_mut()?;
         match f.read(buf) {
-            Ok(0) => false,
+            Ok(0) => None,
             Ok(n) => {
                 if let Some(r) = self.sink.as_mut() {
                     r.write(&buf[..n]);
                 }
-                true
+                Some(n)
             }
             Err(e)
                 if matches!(
@@ -213,9 +214,9 @@ impl Pipe {
                     io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
                 ) =>
             {
-                true
+                Some(0)
             }
-            Err(_) => false,
+            Err(_) => None,
         }
     }
 }
@@ -224,7 +225,8 @@ impl Pipe {
 /// a flood on one stream cannot starve the other), drop a pipe at EOF. Once told to stop, it
 /// still takes whatever is readable at once, then ends.
 fn pump(mut pipes: Vec<Pipe>, flag: &AtomicBool) {
-    let mut buf = vec![0u8; PUMP_CHUNK];
+    // Small while the task is quiet; a read that fills it means a flood, and it grows.
+    let mut buf = vec![0u8; PUMP_FIRST_CHUNK];
     let mut set = PollSet::new();
     let mut open: Vec<usize> = Vec::with_capacity(pipes.len());
     loop {
@@ -248,8 +250,13 @@ fn pump(mut pipes: Vec<Pipe>, flag: &AtomicBool) {
             Err(_) => return,
         }
         for (k, &i) in open.iter().enumerate() {
-            if set.ready(k) && !pipes[i].pump_once(&mut buf) {
-                pipes[i].read = None;
+            if !set.ready(k) {
+                continue;
+            }
+            match pipes[i].pump_once(&mut buf) {
+                None => pipes[i].read = None,
+                Some(n) if n == buf.len() && buf.len() < PUMP_CHUNK => buf.resize(PUMP_CHUNK, 0),
+                Some(_) => {}
             }
         }
     }

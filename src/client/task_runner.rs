@@ -604,6 +604,9 @@ impl TaskRunner {
     }
 
     fn wait(&self, task: &Task, proc: &mut Process) -> RunEnd {
+        // Starting the task (events, identity signing, cgroup set-up) went deep; a task may
+        // then run for months, with this thread waking every WAIT_TICK only a few KiB deep.
+        let _ = crate::sys::mem::trim_stack();
         loop {
             match self.cmds.recv_timeout(WAIT_TICK) {
                 Ok(TaskCmd::Stop) => {
