@@ -377,3 +377,44 @@ fn collected_alloc_ends_followers_and_answers_404() {
         assert_eq!((r.status, r.text()), (404, msg.clone()), "{q}");
     }
 }
+
+#[test]
+fn framed_follow_sends_a_frame_soon_after_a_write() {
+    // Nomad holds framed data for a 200 ms batch; nomadlet coalesces for a few ms only. The
+    // bound (150 ms, median of 5) is far above the goal, so load cannot make it flake, yet
+    // every sample of a 200 ms batcher misses it.
+    use std::io::Write;
+    use std::time::Instant;
+    let agent = TestAgent::start(&[]);
+    let alloc = sleeper(&agent, "prompt", "echo -n 0 > local/f.txt; sleep 600");
+    wait_file(&agent, &alloc, "t/local/f.txt");
+    let host = alloc_dir(&agent, &alloc).join("t/local/f.txt");
+    let mut s = Stream::open(
+        &agent,
+        &format!("/v1/client/fs/stream/{alloc}?path=t/local/f.txt"),
+    );
+    assert_eq!(s.status, 200);
+    assert!(s.read_until(Duration::from_secs(5), |b| frame_data(&frames(b)) == b"0"));
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&host)
+        .unwrap();
+    let mut want = b"0".to_vec();
+    let mut took = Vec::new();
+    for i in 0..5 {
+        let marker = format!("m{i}\n");
+        want.extend_from_slice(marker.as_bytes());
+        let t0 = Instant::now();
+        file.write_all(marker.as_bytes()).unwrap();
+        assert!(
+            s.read_until(Duration::from_secs(5), |b| frame_data(&frames(b)) == want),
+            "append {i} arrives"
+        );
+        took.push(t0.elapsed());
+    }
+    took.sort();
+    assert!(
+        took[2] < Duration::from_millis(150),
+        "framed follow waits for a batch: {took:?}"
+    );
+}

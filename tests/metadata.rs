@@ -66,9 +66,14 @@ fn set_unset_and_tombstone_follow_nomad() {
     );
     assert_eq!(m["Static"]["connect.log_level"], "info");
 
-    let m = post_meta(&agent, r#"{"Meta": {"connect.log_level": "debug"}}"#).json();
+    let r = post_meta(&agent, r#"{"Meta": {"connect.log_level": "debug"}}"#);
+    let m = r.json();
     assert_eq!(m["Meta"]["connect.log_level"], "debug");
     assert_eq!(agent.get_json("/v1/client/metadata"), m);
+    // A GET serves JSON cached at the change: byte for byte what the POST answered, and the
+    // same document with ?pretty.
+    assert_eq!(agent.get("/v1/client/metadata").body, r.body);
+    assert_eq!(agent.get_json("/v1/client/metadata?pretty=true"), m);
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! The binary starts, listens, answers an unknown path with Nomad's empty 404, and stops
-//! cleanly on SIGTERM.
+//! cleanly on SIGTERM; idle, it runs three threads.
 
 mod common;
 use common::TestAgent;
@@ -13,4 +13,26 @@ fn unknown_path_is_an_empty_404_and_sigterm_exits_zero() {
     assert!(r.header("Content-Type").is_none());
     let st = agent.stop();
     assert!(st.success(), "exit status {st}");
+}
+
+#[test]
+fn an_idle_agent_settles_at_three_threads() {
+    // main (signal wait + stats sampling), the TCP acceptor, the metadata batcher; the
+    // one-shot key warm-up ends by itself.
+    let agent = TestAgent::start(&[]);
+    let threads = || {
+        std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(usize::MAX)
+    };
+    common::wait_until(
+        // Generous: the key warm-up makes an RSA key on a fresh data dir.
+        std::time::Duration::from_secs(30),
+        "at most 3 threads",
+        || threads() <= 3,
+    );
+    assert_eq!(agent.get("/v1/agent/health").status, 200);
 }

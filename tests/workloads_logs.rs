@@ -1,6 +1,7 @@
 //! Task logs through the real binary: Nomad's rotation keeps the exact tail of 50 MB of fast
 //! output, and a task that swaps its log files for symlinks or FIFOs (Nomad CVE-2026-6959)
-//! never makes the agent write, truncate, unlink or read through them.
+//! never makes the agent write, truncate, unlink or read through them; an idle task costs
+//! two threads.
 
 mod common;
 mod workloads_helpers;
@@ -203,5 +204,53 @@ wait
         [(0, 1 << 20), (1, 0), (2, 524_288)],
         "{}",
         agent.log()
+    );
+}
+
+/// Threads of the agent process, from `/proc/<pid>/status`.
+fn threads(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_idle_task_costs_at_most_two_threads() {
+    // Its runner and ONE log pump for stdout and stderr; every task's api.sock is polled by
+    // one shared acceptor (a pump per stream and an acceptor per socket made it four).
+    const TASKS: usize = 4;
+    const PER_TASK: usize = 2;
+    let agent = TestAgent::start(&[]);
+    let pid = agent.pid();
+    let mut base = 0;
+    wait_until(WAIT, "a stable idle thread count", || {
+        let a = threads(pid);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        base = threads(pid);
+        a == base
+    });
+    let job = json!({"Job": {"ID": "idle", "Type": "service", "TaskGroups": [{"Name": "g",
+        "Count": TASKS, "Tasks": [{"Name": "t", "Driver": "raw_exec",
+            "Config": {"command": "/bin/sleep", "args": ["600"]}}]}]}});
+    register(&agent, &job);
+    wait_until(WAIT, "every task running", || {
+        let a = allocs(&agent, "idle");
+        a.len() == TASKS && a.iter().all(|x| x["TaskStates"]["t"]["State"] == "running")
+    });
+    let mut now = 0;
+    wait_until(WAIT, "a stable thread count with the tasks", || {
+        let a = threads(pid);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        now = threads(pid);
+        a == now && now >= base + TASKS
+    });
+    // `+ 1`: the shared acceptor of the task sockets, started with the first one.
+    assert!(
+        now - base <= TASKS * PER_TASK + 1,
+        "{TASKS} idle tasks added {} threads (base {base})",
+        now - base
     );
 }

@@ -6,8 +6,10 @@ use serde_json::Value;
 
 use crate::state::node::DynamicMeta;
 
-use super::params::get_ci;
-use super::{json, ApiError, ApiResult, Ctx};
+use crate::http::Reply;
+
+use super::params::{get_ci, wants_pretty};
+use super::{json, ApiError, ApiReply, ApiResult, Ctx};
 
 /// Serve `client/metadata`.
 pub fn route(ctx: &Ctx, _path: &str) -> ApiResult {
@@ -30,7 +32,16 @@ fn check_node(ctx: &Ctx, node_id: &str) -> Result<(), ApiError> {
 fn read(ctx: &Ctx) -> ApiResult {
     ctx.identity.allow_node(false)?;
     check_node(ctx, ctx.req.query("node_id").unwrap_or(""))?;
-    json(&ctx.agent.node.meta_view())
+    if wants_pretty(ctx.req) {
+        return json(&ctx.agent.node.meta_view());
+    }
+    // The compact JSON was made when the metadata last changed; a read only copies it.
+    let body = ctx.agent.node.meta_view_json();
+    Ok(ApiReply::Http(Reply::bytes(
+        200,
+        "application/json",
+        body.as_ref().clone(),
+    )))
 }
 
 fn go_type(v: &Value) -> &'static str {

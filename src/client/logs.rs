@@ -1,6 +1,6 @@
-//! Task logs: a pump thread per stream copies the task's pipe into rotating files
-//! `alloc/logs/<task>.<stdout|stderr>.<n>` with Nomad's rotation (append to the highest index
-//! at start, next index when full, oldest deleted beyond `MaxFiles`).
+//! Task logs: one pump thread per task copies both of its pipes (polled together) into
+//! rotating files `alloc/logs/<task>.<stdout|stderr>.<n>` with Nomad's rotation (append to
+//! the highest index at start, next index when full, oldest deleted beyond `MaxFiles`).
 //!
 //! `alloc/logs` is writable by the task (Nomad CVE-2026-6959): every file is opened relative
 //! to a directory fd with `O_NOFOLLOW|O_NONBLOCK|O_CLOEXEC`, new files with `O_EXCL`, then
@@ -9,8 +9,8 @@
 //! log file is ever read or reopened by name.
 
 use std::fs::File;
-use std::io::{self, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -19,13 +19,19 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, Receiver};
 
 use super::dirfd;
+use crate::sys::poll::PollSet;
 
 /// Indexes tried past a planted file before the output is dropped.
 pub const MAX_INDEX_SKIPS: u64 = 16;
-/// Read size of the pump.
+/// Read size of the pump under a flood of output.
 pub const PUMP_CHUNK: usize = 64 * 1024;
+/// Read size of the pump until a read fills it (an idle task's pump holds no 64 KiB buffer).
+pub const PUMP_FIRST_CHUNK: usize = 4 * 1024;
 /// How often a pump waiting for output checks whether it was told to stop.
 pub const PUMP_POLL: Duration = Duration::from_millis(250);
+/// Stack of a pump thread: it polls, reads into a heap buffer and writes files, no recursion
+/// (its unit tests run it in a debug build).
+pub const PUMP_STACK: usize = 128 * 1024;
 /// Mode of log files.
 pub const LOG_FILE_MODE: u32 = 0o644;
 
@@ -176,68 +182,107 @@ impl Rotator {
     }
 }
 
-/// A pump thread copying one pipe into a [`Rotator`].
+/// One pump thread per task copying its pipes (stdout and stderr) into their [`Rotator`]s.
 pub struct LogPump {
     stop: Arc<AtomicBool>,
     done: Receiver<()>,
     join: Option<JoinHandle<()>>,
 }
 
-fn wait_readable(fd: &OwnedFd, timeout: Duration) -> bool {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let rc = unsafe { libc::poll(&mut p, 1, timeout.as_millis() as libc::c_int) };
-    rc > 0
+/// One pipe of a pump and where its bytes go (`None`: drain and discard).
+struct Pipe {
+    read: Option<File>,
+    sink: Option<Rotator>,
 }
 
-fn read_some(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: buf is valid for buf.len() bytes.
-    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
+impl Pipe {
+    /// Read once (the pipe is readable) and store what came: `Some(bytes)`, `None` once the
+    /// pipe is done.
+    fn pump_once(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let f = self.read.as_mut()?;
+        match f.read(buf) {
+            Ok(0) => None,
+            Ok(n) => {
+                if let Some(r) = self.sink.as_mut() {
+                    r.write(&buf[..n]);
+                }
+                Some(n)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                Some(0)
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+/// The pump loop: wait on every open pipe at once, read one chunk from each readable one (so
+/// a flood on one stream cannot starve the other), drop a pipe at EOF. Once told to stop, it
+/// still takes whatever is readable at once, then ends.
+fn pump(mut pipes: Vec<Pipe>, flag: &AtomicBool) {
+    // Small while the task is quiet; a read that fills it means a flood, and it grows.
+    let mut buf = vec![0u8; PUMP_FIRST_CHUNK];
+    let mut set = PollSet::new();
+    let mut open: Vec<usize> = Vec::with_capacity(pipes.len());
+    loop {
+        let stopping = flag.load(Ordering::SeqCst);
+        set.clear();
+        open.clear();
+        for (i, p) in pipes.iter().enumerate() {
+            if let Some(f) = &p.read {
+                set.push(f.as_fd());
+                open.push(i);
+            }
+        }
+        if open.is_empty() {
+            return;
+        }
+        match set.wait(if stopping { Duration::ZERO } else { PUMP_POLL }) {
+            Ok(0) if stopping => return,
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        }
+        for (k, &i) in open.iter().enumerate() {
+            if !set.ready(k) {
+                continue;
+            }
+            match pipes[i].pump_once(&mut buf) {
+                None => pipes[i].read = None,
+                Some(n) if n == buf.len() && buf.len() < PUMP_CHUNK => buf.resize(PUMP_CHUNK, 0),
+                Some(_) => {}
+            }
+        }
     }
 }
 
 impl LogPump {
-    /// Start pumping `pipe` (the read end) into `sink` (`None`: drain and discard).
+    /// Start one thread pumping every `(read end, sink)` pair (`None`: drain and discard).
     pub fn start(
         thread_name: String,
-        pipe: OwnedFd,
-        mut sink: Option<Rotator>,
+        pipes: Vec<(OwnedFd, Option<Rotator>)>,
     ) -> io::Result<LogPump> {
         let stop = Arc::new(AtomicBool::new(false));
         let (done_tx, done) = bounded::<()>(1);
         let flag = stop.clone();
+        let pipes: Vec<Pipe> = pipes
+            .into_iter()
+            .map(|(fd, sink)| Pipe {
+                read: Some(File::from(fd)),
+                sink,
+            })
+            .collect();
         let join = std::thread::Builder::new()
             .name(thread_name)
+            .stack_size(PUMP_STACK)
             .spawn(move || {
-                let mut buf = vec![0u8; PUMP_CHUNK];
-                loop {
-                    let stopping = flag.load(Ordering::SeqCst);
-                    if !wait_readable(&pipe, if stopping { Duration::ZERO } else { PUMP_POLL }) {
-                        if stopping {
-                            break;
-                        }
-                        continue;
-                    }
-                    match read_some(&pipe, &mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            if let Some(r) = sink.as_mut() {
-                                r.write(&buf[..n]);
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                        Err(_) => break,
-                    }
-                }
+                pump(pipes, &flag);
                 let _ = done_tx.send(());
             })?;
         Ok(LogPump {
@@ -247,7 +292,7 @@ impl LogPump {
         })
     }
 
-    /// Wait up to `grace` for the pipe to close (everything written), then stop and join.
+    /// Wait up to `grace` for the pipes to close (everything written), then stop and join.
     pub fn finish(mut self, grace: Duration) {
         let _ = self.done.recv_timeout(grace);
         self.stop.store(true, Ordering::SeqCst);
@@ -319,6 +364,55 @@ mod tests {
             "old symlink unlinked, not followed"
         );
         assert_eq!(std::fs::metadata(&victim).unwrap().nlink(), 1);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn one_pump_keeps_every_byte_of_two_flooding_pipes() {
+        // Both writers flood at once: a pump that blocked on one pipe would leave the other
+        // writer stuck on a full pipe; one thread polling both keeps up with each.
+        let (d, fd) = setup();
+        let (out_w, out_r) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (err_w, err_r) = std::os::unix::net::UnixStream::pair().unwrap();
+        let pump = LogPump::start(
+            "logs-test".into(),
+            vec![
+                (
+                    OwnedFd::from(out_r),
+                    Some(Rotator::open(fd.clone(), "t.stdout", 10, 1 << 20)),
+                ),
+                (
+                    OwnedFd::from(err_r),
+                    Some(Rotator::open(fd.clone(), "t.stderr", 10, 1 << 20)),
+                ),
+            ],
+        )
+        .unwrap();
+        let size = 3 << 20;
+        let writer = |mut w: std::os::unix::net::UnixStream, byte: u8| {
+            std::thread::spawn(move || {
+                let chunk = vec![byte; 4096];
+                for _ in 0..size / chunk.len() {
+                    w.write_all(&chunk).unwrap();
+                }
+            })
+        };
+        let a = writer(out_w, b'o');
+        let b = writer(err_w, b'e');
+        a.join().unwrap();
+        b.join().unwrap();
+        pump.finish(Duration::from_secs(10));
+        for (base, byte) in [("t.stdout", b'o'), ("t.stderr", b'e')] {
+            let mut all = Vec::new();
+            for i in 0..3 {
+                all.extend(std::fs::read(d.join(format!("{base}.{i}"))).unwrap());
+            }
+            assert_eq!(all.len(), size, "{base}");
+            assert!(
+                all.iter().all(|c| *c == byte),
+                "{base} holds only its own bytes"
+            );
+        }
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -128,14 +128,13 @@ impl Client {
         }
     }
 
-    /// Restore allocations from disk and start their runners and the stats sampler.
+    /// Restore allocations from disk and start their runners.
     pub fn start(&self, agent: &Arc<Agent>) {
         let _ = self.agent.set(Arc::downgrade(agent));
-        self.stats.start();
         self.sync(agent);
     }
 
-    /// Stop every task runner and sampler thread and join them. Running tasks are killed
+    /// Stop every task runner and join them. Running tasks are killed
     /// (KillSignal, then SIGKILL after KillTimeout) and start again on the next run.
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::SeqCst);
@@ -152,7 +151,6 @@ impl Client {
                 }
             }
         }
-        self.stats.shutdown();
     }
 
     /// Bring runners in line with the allocations: start runners for allocs that should

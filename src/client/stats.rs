@@ -1,4 +1,5 @@
-//! The stats sampler thread: every second it reads each running task's usage — from its cgroup
+//! The stats sampler: every second (called by the main thread between its signal waits) it
+//! reads each running task's usage — from its cgroup
 //! (memory.stat, cpuacct/cpu.stat) when it has one, else from `/proc` for its process tree (its
 //! session and descendants: RSS, CPU ticks and percent) — and the host's CPUs. Host memory and
 //! disks are read when asked.
@@ -6,10 +7,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
@@ -117,11 +116,9 @@ struct Shared {
     cpu_pct: Vec<(String, f64, f64, f64, f64)>,
 }
 
-/// Handle to the sampler thread.
+/// The latest samples; [`Sampler::sample`] refreshes them.
 pub struct Sampler {
     shared: Arc<Mutex<Shared>>,
-    stop: Mutex<Option<Sender<()>>>,
-    join: Mutex<Option<JoinHandle<()>>>,
 }
 
 struct ProcStat {
@@ -396,41 +393,14 @@ impl Sampler {
     pub fn new() -> Sampler {
         Sampler {
             shared: Arc::new(Mutex::new(Shared::default())),
-            stop: Mutex::new(None),
-            join: Mutex::new(None),
         }
     }
 
-    /// Start the sampler thread.
-    pub fn start(&self) {
-        let (tx, rx): (Sender<()>, Receiver<()>) = bounded(1);
-        let shared = self.shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("stats-sampler".into())
-            .spawn(move || loop {
-                sample_tasks(&shared);
-                sample_host(&shared);
-                match rx.recv_timeout(SAMPLE_INTERVAL) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    _ => return,
-                }
-            });
-        match spawned {
-            Ok(j) => {
-                *self.stop.lock() = Some(tx);
-                *self.join.lock() = Some(j);
-            }
-            Err(e) => log::error!("cannot start the stats sampler: {e}"),
-        }
-    }
-
-    /// Stop and join the thread.
-    pub fn shutdown(&self) {
-        let tx = self.stop.lock().take();
-        drop(tx);
-        if let Some(j) = self.join.lock().take() {
-            let _ = j.join();
-        }
+    /// Take one sample of every task and of the host's CPUs. The main thread calls it every
+    /// [`SAMPLE_INTERVAL`] while it waits for a stop signal: no thread of its own.
+    pub fn sample(&self) {
+        sample_tasks(&self.shared);
+        sample_host(&self.shared);
     }
 
     /// Track a task: read from its cgroup when it has one, else its process tree.

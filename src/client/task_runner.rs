@@ -483,9 +483,9 @@ impl TaskRunner {
             }
         });
         // Output reaches the log files only once the task is recorded as running.
-        let pumps = match rotators {
+        let pump = match rotators {
             Some([out, err]) => self.start_pumps(&mut proc, out, err),
-            None => Vec::new(),
+            None => None,
         };
         let end = self.wait(task, &mut proc);
         // Whatever the task left behind goes with it: its group, and everything in its cgroup
@@ -500,7 +500,7 @@ impl TaskRunner {
                 );
             }
         }
-        for p in pumps {
+        if let Some(p) = pump {
             p.finish(LOG_DRAIN_GRACE);
         }
         self.agent
@@ -510,25 +510,27 @@ impl TaskRunner {
         Ok(end)
     }
 
-    fn start_pumps(&self, proc: &mut Process, out: Rotator, err: Rotator) -> Vec<LogPump> {
-        let mut pumps = Vec::new();
-        for (stream, fd, rot) in [
-            ("stdout", proc.stdout.take(), out),
-            ("stderr", proc.stderr.take(), err),
-        ] {
-            let Some(fd) = fd else { continue };
-            let base = format!("{}.{}", self.task_name, stream);
-            let name = format!(
-                "logs-{}-{}",
-                &self.alloc_id[..8.min(self.alloc_id.len())],
-                stream
-            );
-            match LogPump::start(name, fd, Some(rot)) {
-                Ok(p) => pumps.push(p),
-                Err(e) => log::error!("cannot start log pump for {base}: {e}"),
+    /// One pump thread for both pipes of the task.
+    fn start_pumps(&self, proc: &mut Process, out: Rotator, err: Rotator) -> Option<LogPump> {
+        let pipes: Vec<_> = [(proc.stdout.take(), out), (proc.stderr.take(), err)]
+            .into_iter()
+            .filter_map(|(fd, rot)| Some((fd?, Some(rot))))
+            .collect();
+        if pipes.is_empty() {
+            return None;
+        }
+        let name = format!(
+            "logs-{}-{}",
+            &self.alloc_id[..8.min(self.alloc_id.len())],
+            self.task_name
+        );
+        match LogPump::start(name, pipes) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                log::error!("cannot start the log pump of {}: {e}", self.task_name);
+                None
             }
         }
-        pumps
     }
 
     /// Nomad's `Terminated` event; an OOM kill is marked as Nomad marks it (`oom_killed`, and
@@ -602,6 +604,9 @@ impl TaskRunner {
     }
 
     fn wait(&self, task: &Task, proc: &mut Process) -> RunEnd {
+        // Starting the task (events, identity signing, cgroup set-up) went deep; a task may
+        // then run for months, with this thread waking every WAIT_TICK only a few KiB deep.
+        let _ = crate::sys::mem::trim_stack();
         loop {
             match self.cmds.recv_timeout(WAIT_TICK) {
                 Ok(TaskCmd::Stop) => {

@@ -19,8 +19,13 @@ use super::safe_path::fstat;
 use super::watch::Subscription;
 use crate::http::{StreamBody, StreamSink};
 
-/// How much one read takes from a file.
+/// How much one read takes from a file, at most.
 pub const READ_CHUNK: usize = 64 * 1024;
+/// A follower about to wait at least this long first trims its stack (a shorter wait is a
+/// batch window with data pending).
+pub const TRIM_BEFORE_WAIT: Duration = Duration::from_millis(100);
+/// The smallest read buffer (used when the file looked empty past the position).
+pub const MIN_READ: usize = 4 * 1024;
 /// How often a follower without a kernel watch re-checks its file.
 pub const POLL_FALLBACK: Duration = Duration::from_millis(250);
 
@@ -131,7 +136,15 @@ pub fn read_to_eof(
     out: &mut Output,
     sink: &mut dyn StreamSink,
 ) -> io::Result<u64> {
-    let mut buf = vec![0u8; READ_CHUNK];
+    // Sized to what the file holds past `pos` (an appended line, typically), so a woken
+    // follower does not clear a 64 KiB buffer to read a few bytes.
+    let want = match fstat(file.as_raw_fd()) {
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+            (st.st_size as u64).saturating_sub(*pos) as usize
+        }
+        _ => READ_CHUNK,
+    };
+    let mut buf = vec![0u8; want.clamp(MIN_READ, READ_CHUNK)];
     let mut total = 0;
     loop {
         let n = match file.read_at(&mut buf, *pos) {
@@ -183,6 +196,12 @@ impl Waiter {
             Some(s) => s.rx.clone(),
             None => never(),
         };
+        if timeout >= TRIM_BEFORE_WAIT {
+            // About to sleep with nothing pending: give back the stack pages that reading,
+            // listing and sending touched below this frame, so a waiting follower keeps only
+            // the few KiB it waits in (hundreds of followers may wait for hours).
+            let _ = crate::sys::mem::trim_stack();
+        }
         let woke = select! {
             recv(rx) -> _ => Wake::FsEvent,
             default(timeout) => Wake::Heartbeat,

@@ -9,8 +9,10 @@ use crate::http::StreamSink;
 
 /// Largest `Data` payload of one frame.
 pub const MAX_FRAME_DATA: usize = 64 * 1024;
-/// Bytes read close together are merged into one frame for at most this long.
-pub const BATCH_WINDOW: Duration = Duration::from_millis(200);
+/// Bytes read close together are merged into one frame for at most this long after the first
+/// of them was read. Nomad batches for 200 ms; a couple of milliseconds already merges a burst
+/// of small writes into one frame, while a lone line reaches the client at once (issue 14).
+pub const BATCH_WINDOW: Duration = Duration::from_millis(2);
 /// An idle framed stream sends `{}` this often.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -133,8 +135,9 @@ impl Framer {
         self.send(sink, &frame)
     }
 
-    /// Called whenever the follower wakes: sends data older than the batch window, and a
-    /// heartbeat when nothing was sent for a second.
+    /// Called whenever the follower wakes: sends data older than the batch window (so a
+    /// frame leaves at most [`BATCH_WINDOW`] after its first byte was read), and a heartbeat
+    /// when nothing was sent for a second.
     pub fn tick(&mut self, sink: &mut dyn StreamSink, now: Instant) -> io::Result<()> {
         if let Some(since) = self.pending_since {
             if now.duration_since(since) >= BATCH_WINDOW {

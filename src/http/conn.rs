@@ -277,6 +277,9 @@ fn serve_one(
     drop(budget);
     if matches!(reply.body, Body::Stream(_)) {
         ctx.set_state(STATE_STREAM);
+        // A stream is the connection's last reply: its read buffer can go while it runs (a
+        // follower may run for hours, and there may be hundreds of them).
+        wire.buf = Vec::new();
     }
     let plan = Plan {
         http11,

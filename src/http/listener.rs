@@ -1,4 +1,5 @@
-//! Accept loops (one blocking acceptor thread per listener) and the connection registry.
+//! Accept loops (one blocking acceptor thread per TCP listener, ONE polling acceptor thread
+//! for every Unix listener, e.g. each task's `api.sock`) and the connection registry.
 //!
 //! Each listener owns a registry of its live connections (socket, state, thread). The
 //! acceptor admits a connection under the per-client cap (TCP peers by IP address; over it,
@@ -14,8 +15,8 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, TcpListener};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::UnixListener;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
@@ -40,6 +41,9 @@ const FORCE_WAIT: Duration = Duration::from_secs(2);
 const STOP_POLL: Duration = Duration::from_millis(20);
 /// Idle keep-alives tried in turn when shedding one (each may wake up first and be skipped).
 const SHED_ATTEMPTS: usize = 4;
+/// Connections the shared Unix acceptor takes from one listener per wake-up, so a busy socket
+/// cannot keep the others waiting.
+const UNIX_ACCEPT_BURST: usize = 16;
 
 /// A running HTTP server: a handler, its limits and every listener started on it.
 pub struct Server {
@@ -60,6 +64,19 @@ struct ServerShared {
     idle_clock: AtomicU64,
     stopping: AtomicBool,
     listeners: Mutex<Vec<Arc<ListenerShared>>>,
+    /// The one acceptor thread of every Unix listener (started with the first one).
+    unix: Mutex<Option<UnixAcceptor>>,
+    /// The Unix listeners that acceptor polls.
+    unix_listeners: Mutex<Vec<Arc<ListenerShared>>>,
+    /// Held by that acceptor while it accepts and admits; taking it once after removing a
+    /// listener from `unix_listeners` proves no connection is being admitted on it.
+    unix_round: Mutex<()>,
+}
+
+/// The shared Unix acceptor: its thread and the socket that wakes its `poll`.
+struct UnixAcceptor {
+    wake: UnixStream,
+    join: JoinHandle<()>,
 }
 
 /// What one client holds: open connections (counted for TCP clients, under the `clients`
@@ -88,6 +105,13 @@ impl ListenSock {
         match self {
             ListenSock::Tcp(l) => l.as_raw_fd(),
             ListenSock::Unix(l, _) => l.as_raw_fd(),
+        }
+    }
+
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            ListenSock::Tcp(l) => l.as_fd(),
+            ListenSock::Unix(l, _) => l.as_fd(),
         }
     }
 
@@ -153,6 +177,9 @@ impl Server {
                 idle_clock: AtomicU64::new(0),
                 stopping: AtomicBool::new(false),
                 listeners: Mutex::new(Vec::new()),
+                unix: Mutex::new(None),
+                unix_listeners: Mutex::new(Vec::new()),
+                unix_round: Mutex::new(()),
             }),
         }
     }
@@ -188,7 +215,15 @@ impl Server {
         if self.shared.stopping.load(Ordering::SeqCst) {
             return Err(io::Error::other("the HTTP server is shutting down"));
         }
-        set_accept_tick(sock.fd())?;
+        let unix = matches!(sock, ListenSock::Unix(..));
+        if unix {
+            // Polled by the shared acceptor, which must never block in `accept`.
+            if let ListenSock::Unix(l, _) = &sock {
+                l.set_nonblocking(true)?;
+            }
+        } else {
+            set_accept_tick(sock.fd())?;
+        }
         // Calling listen(2) again on a listening socket resizes its queue (Linux).
         // SAFETY: listen on a valid listening fd owned by `sock`.
         unsafe {
@@ -205,11 +240,15 @@ impl Server {
             registry: Mutex::new(HashMap::new()),
             acceptor: Mutex::new(None),
         });
-        let (server, l) = (self.shared.clone(), listener.clone());
-        let handle = std::thread::Builder::new()
-            .name(thread_name("http-accept", &listener.name))
-            .spawn(move || accept_loop(&server, &l))?;
-        *listener.acceptor.lock() = Some(handle);
+        if unix {
+            self.add_unix(&listener)?;
+        } else {
+            let (server, l) = (self.shared.clone(), listener.clone());
+            let handle = std::thread::Builder::new()
+                .name(thread_name("http-accept", &listener.name))
+                .spawn(move || accept_loop(&server, &l))?;
+            *listener.acceptor.lock() = Some(handle);
+        }
         self.shared.listeners.lock().push(listener.clone());
         if self.shared.stopping.load(Ordering::SeqCst) {
             // Raced with shutdown, which may not have seen this listener.
@@ -222,11 +261,38 @@ impl Server {
         })
     }
 
+    /// Hand a Unix listener to the shared acceptor, starting it on first use.
+    fn add_unix(&self, listener: &Arc<ListenerShared>) -> io::Result<()> {
+        let mut acceptor = self.shared.unix.lock();
+        if acceptor.is_none() {
+            let (wake, wake_rx) = UnixStream::pair()?;
+            wake.set_nonblocking(true)?;
+            wake_rx.set_nonblocking(true)?;
+            let server = self.shared.clone();
+            let join = std::thread::Builder::new()
+                .name("http-accept-ux".into())
+                .spawn(move || unix_accept_loop(&server, &wake_rx))?;
+            *acceptor = Some(UnixAcceptor { wake, join });
+        }
+        self.shared.unix_listeners.lock().push(listener.clone());
+        if let Some(a) = acceptor.as_ref() {
+            wake_unix_acceptor(a);
+        }
+        Ok(())
+    }
+
     /// Stop every listener, let in-flight requests finish, end streams, join every thread.
     pub fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         let listeners = std::mem::take(&mut *self.shared.listeners.lock());
         stop_all(&self.shared, &listeners);
+        let acceptor = self.shared.unix.lock().take();
+        if let Some(a) = acceptor {
+            wake_unix_acceptor(&a);
+            if a.join.thread().id() != std::thread::current().id() {
+                let _ = a.join.join();
+            }
+        }
     }
 }
 
@@ -400,6 +466,87 @@ fn accept_loop(server: &Arc<ServerShared>, l: &Arc<ListenerShared>) {
     log::debug!("http: listener {} stopped accepting", l.name);
 }
 
+/// Make the shared Unix acceptor look at its listeners again (a full socket buffer already
+/// holds a wake-up).
+fn wake_unix_acceptor(a: &UnixAcceptor) {
+    let _ = (&a.wake).write(&[1]);
+}
+
+/// The shared acceptor of every Unix listener: poll them all (and the wake socket) for up to
+/// [`ACCEPT_TICK`], accept what is pending on each ready one without blocking, join finished
+/// connection threads. Ends once the server stops.
+fn unix_accept_loop(server: &Arc<ServerShared>, wake: &UnixStream) {
+    let mut accept_warn = Throttle(None);
+    let mut warns = CapWarnings {
+        cap: Throttle(None),
+        client: Throttle(None),
+    };
+    let mut reserve = Reserve::open();
+    let mut set = crate::sys::poll::PollSet::new();
+    while !server.stopping.load(Ordering::SeqCst) {
+        let members = server.unix_listeners.lock().clone();
+        set.clear();
+        set.push(wake.as_fd());
+        for l in &members {
+            set.push(l.sock.as_fd());
+        }
+        match set.wait(ACCEPT_TICK) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                if accept_warn.ready() {
+                    log::warn!("http: poll of the Unix listeners failed: {e}; retrying");
+                }
+                std::thread::sleep(ACCEPT_BACKOFF);
+                continue;
+            }
+        }
+        if set.ready(0) {
+            let mut buf = [0u8; 64];
+            while matches!((&*wake).read(&mut buf), Ok(n) if n > 0) {}
+        }
+        let _round = server.unix_round.lock();
+        for (i, l) in members.iter().enumerate() {
+            if !l.stopping.load(Ordering::SeqCst) && set.ready(i + 1) {
+                accept_burst(server, l, &mut warns, &mut accept_warn, &mut reserve);
+            }
+            reap(l);
+        }
+    }
+    log::debug!("http: the Unix listeners' acceptor stopped");
+}
+
+/// Accept up to [`UNIX_ACCEPT_BURST`] pending connections of a non-blocking listener.
+fn accept_burst(
+    server: &Arc<ServerShared>,
+    l: &Arc<ListenerShared>,
+    warns: &mut CapWarnings,
+    accept_warn: &mut Throttle,
+    reserve: &mut Reserve,
+) {
+    for _ in 0..UNIX_ACCEPT_BURST {
+        match l.sock.accept() {
+            Ok((sock, origin)) => admit(server, l, sock, origin, warns),
+            Err(e) => {
+                match e.kind() {
+                    io::ErrorKind::WouldBlock
+                    | io::ErrorKind::Interrupted
+                    | io::ErrorKind::ConnectionAborted => {}
+                    _ => {
+                        if accept_warn.ready() {
+                            log::warn!("http: accept on {} failed: {e}; retrying", l.name);
+                        }
+                        if out_of_fds(&e) {
+                            reserve.drain_backlog(l);
+                        }
+                    }
+                }
+                return;
+            }
+        }
+    }
+}
+
 /// The acceptor's rate-limited warnings about refusals.
 struct CapWarnings {
     cap: Throttle,
@@ -527,6 +674,7 @@ fn admit(
     };
     let spawned = std::thread::Builder::new()
         .name(thread_name("http-conn", &id.to_string()))
+        .stack_size(server.limits.conn_stack)
         .spawn(move || run_conn(guard, origin, accepted));
     match spawned {
         Ok(h) => {
@@ -746,7 +894,7 @@ fn wait_empty(listeners: &[Arc<ListenerShared>], deadline: Instant) -> bool {
 /// Stop listeners together: no more accepts, idle connections and streams closed at once,
 /// busy requests given [`SHUTDOWN_GRACE`], then every socket cut and every thread joined
 /// (a thread still stuck after that is left detached, with a warning).
-fn stop_all(_server: &ServerShared, listeners: &[Arc<ListenerShared>]) {
+fn stop_all(server: &ServerShared, listeners: &[Arc<ListenerShared>]) {
     for l in listeners {
         l.stopping.store(true, Ordering::SeqCst);
         // SAFETY: shutdown(2) on the listening fd, which `l` keeps open; wakes `accept`.
@@ -762,6 +910,13 @@ fn stop_all(_server: &ServerShared, listeners: &[Arc<ListenerShared>]) {
             }
         }
     }
+    // Unix listeners: out of the shared acceptor's set, then wait out a round in progress,
+    // which may still be admitting a connection on one of them.
+    server
+        .unix_listeners
+        .lock()
+        .retain(|u| !listeners.iter().any(|l| Arc::ptr_eq(u, l)));
+    drop(server.unix_round.lock());
     for l in listeners {
         for s in sockets(l, |st| {
             matches!(st, STATE_IDLE | STATE_KEEPALIVE | STATE_SHED | STATE_STREAM)

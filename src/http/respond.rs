@@ -187,6 +187,9 @@ pub(crate) fn write_reply(
                     stopping,
                     failed: false,
                 };
+                // The request's handling went deeper than a stream does: give those stack
+                // pages back, as a follower may hold its thread for hours.
+                let _ = crate::sys::mem::trim_stack();
                 let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     stream.run(&mut sink)
                 }));

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use parking_lot::{Mutex, RwLock};
@@ -77,6 +78,8 @@ pub struct NodeState {
     /// Serialises metadata writers across their durable write (readers never take it).
     meta_write_gate: Mutex<()>,
     dynamic: RwLock<DynamicMeta>,
+    /// `meta_view()` as compact JSON, rebuilt once per change so a read serialises nothing.
+    meta_json: RwLock<Arc<Vec<u8>>>,
     record: RwLock<NodeRecord>,
     registered_at: u64,
 }
@@ -98,6 +101,17 @@ fn merge_meta(
         }
     }
     out
+}
+
+/// The compact JSON of the views for these maps (what `serde_json` makes of a `MetaView`).
+fn view_json(static_meta: &BTreeMap<String, String>, dynamic: &DynamicMeta) -> Vec<u8> {
+    let view = MetaView {
+        meta: merge_meta(static_meta, dynamic),
+        dynamic: dynamic.clone(),
+        static_meta: static_meta.clone(),
+    };
+    // Maps of strings always serialise.
+    serde_json::to_vec(&view).unwrap_or_default()
 }
 
 impl NodeState {
@@ -134,6 +148,7 @@ impl NodeState {
             env!("CARGO_PKG_VERSION"),
         );
         let now = crate::time::unix_now_secs();
+        let meta_json = RwLock::new(Arc::new(view_json(&static_meta, &dynamic)));
         let modify_index = index.next();
         // The node record is visible from the start: its index is published at once.
         index.observe(modify_index);
@@ -153,6 +168,7 @@ impl NodeState {
             meta_path,
             meta_write_gate: Mutex::new(()),
             dynamic: RwLock::new(dynamic),
+            meta_json,
             identity,
             registered_at: now,
         })
@@ -176,6 +192,11 @@ impl NodeState {
         }
     }
 
+    /// `meta_view()` as compact JSON, as it was after the last change.
+    pub fn meta_view_json(&self) -> Arc<Vec<u8>> {
+        self.meta_json.read().clone()
+    }
+
     /// Apply a metadata update with Nomad's rules (a null for a non-static key is dropped,
     /// for a static key it is kept as a tombstone), durably, and return the new views.
     pub fn apply_dynamic(&self, changes: &DynamicMeta) -> Result<MetaView, StoreError> {
@@ -192,7 +213,10 @@ impl NodeState {
             }
         }
         store::write_json(&self.meta_path, &next)?;
+        // Still under the gate: the cached JSON always matches the latest published map.
+        let encoded = Arc::new(view_json(&self.static_meta, &next));
         *self.dynamic.write() = next;
+        *self.meta_json.write() = encoded;
         Ok(self.meta_view())
     }
 
@@ -320,5 +344,38 @@ impl NodeState {
         stub.insert("CreateIndex".into(), json!(self.identity.create_index));
         stub.insert("ModifyIndex".into(), json!(rec.modify_index));
         Value::Object(stub)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_meta_json_follows_every_change() {
+        let dir = std::env::temp_dir().join(format!("nomadlet-node-{}", uuid::Uuid::new_v4()));
+        let config = Config::from_flags(&crate::config::AgentFlags {
+            dev: true,
+            data_dir: Some(dir.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        let node = NodeState::load(&config, &IndexCounter::default()).unwrap();
+        let fresh = |n: &NodeState| {
+            serde_json::to_vec(&serde_json::to_value(n.meta_view()).unwrap()).unwrap()
+        };
+        assert_eq!(*node.meta_view_json(), fresh(&node));
+        let changes: DynamicMeta = [
+            ("a".to_string(), Some("1".to_string())),
+            ("connect.log_level".to_string(), None),
+        ]
+        .into();
+        node.apply_dynamic(&changes).unwrap();
+        let after = node.meta_view_json();
+        assert_eq!(*after, fresh(&node));
+        let v: Value = serde_json::from_slice(&after).unwrap();
+        assert_eq!(v["Meta"]["a"], "1");
+        assert!(v["Meta"].get("connect.log_level").is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -37,7 +37,7 @@ pub fn install(cmd: &mut Command, setup: ChildSetup) {
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
-            // The agent blocks SIGINT/SIGTERM (it takes them with sigwait) and may itself have
+            // The agent blocks SIGINT/SIGTERM (it takes them with sigtimedwait) and may itself have
             // been started with signals ignored; both survive exec. A task starts clean so its
             // KillSignal works.
             let mut set: libc::sigset_t = std::mem::zeroed();

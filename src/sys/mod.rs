@@ -1,12 +1,18 @@
 //! The system layer: the only home of new `unsafe` code. `cgroup` puts each task in its own
 //! control group (create, limit, kill, sample, remove); `child` is the code that runs in a
-//! forked task process before `exec` (join the cgroup, new session, clean signals, user); and
-//! small safe wrappers for the open-files limit and a zero-wait readability check; `host`
-//! wraps `uname`, `statvfs` and `getifaddrs` for `/v1/agent/host`.
+//! forked task process before `exec` (join the cgroup, new session, clean signals, user);
+//! `poll` waits on several fds from one thread; `signal` waits for a signal with a deadline;
+//! `malloc` caps the allocator's arenas; `mem` trims resident code and stack pages; `host`
+//! wraps `uname`, `statvfs` and `getifaddrs` for `/v1/agent/host`; and small safe wrappers
+//! for the open-files limit and a zero-wait readability check.
 
 pub mod cgroup;
 pub mod child;
 pub mod host;
+pub mod malloc;
+pub mod mem;
+pub mod poll;
+pub mod signal;
 
 use std::os::fd::RawFd;
 

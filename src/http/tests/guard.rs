@@ -251,6 +251,54 @@ fn unix_listener_carries_its_tag_and_stops_alone() -> R {
 }
 
 #[test]
+fn one_acceptor_serves_every_unix_listener_and_each_stops_alone() -> R {
+    let f = start()?;
+    let dir = std::env::temp_dir().join(format!("nomadlet-http-unix3-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let ask = |path: &std::path::Path, tag: &str| -> R {
+        let s = UnixStream::connect(path)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut c = BufReader::new(s);
+        c.get_mut().write_all(b"GET /u HTTP/1.1\r\n\r\n")?;
+        assert_eq!(
+            read_resp(&mut c, false)?.text(),
+            format!("GET /u [] unix:{tag} ")
+        );
+        Ok(())
+    };
+    let mut handles = Vec::new();
+    let mut paths = Vec::new();
+    for tag in ["a", "b", "c"] {
+        let path = dir.join(format!("{tag}.sock"));
+        let _ = std::fs::remove_file(&path);
+        handles.push(
+            f.server
+                .serve_unix(UnixListener::bind(&path)?, Arc::from(tag))?,
+        );
+        paths.push(path);
+    }
+    for (path, tag) in paths.iter().zip(["a", "b", "c"]) {
+        ask(path, tag)?;
+    }
+    // A silent client on one socket holds its own thread, not the shared acceptor.
+    let _silent = UnixStream::connect(&paths[0])?;
+    let b = handles.remove(1);
+    b.stop();
+    assert!(UnixStream::connect(&paths[1]).is_err());
+    ask(&paths[0], "a")?;
+    ask(&paths[2], "c")?;
+    // Listeners added after a stop are served too.
+    let d = dir.join("d.sock");
+    let _ = std::fs::remove_file(&d);
+    let _hd = f
+        .server
+        .serve_unix(UnixListener::bind(&d)?, Arc::from("d"))?;
+    ask(&d, "d")?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
 fn dropping_a_server_with_open_connections_does_not_hang() -> R {
     let f = start()?;
     let _idle = connect(&f)?;

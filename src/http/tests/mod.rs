@@ -164,6 +164,7 @@ pub(super) fn test_limits() -> Limits {
         max_conns_per_client: 100,
         max_body_bytes_in_flight: 64,
         max_body_bytes_per_client: 64,
+        conn_stack: super::limits::CONN_STACK,
     }
 }
 
