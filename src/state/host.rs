@@ -20,25 +20,12 @@ pub struct HostFacts {
     pub hostname: String,
 }
 
+/// (sysname lowercased, release, machine), with Linux defaults if uname(2) fails.
 fn uname() -> (String, String, String) {
-    // SAFETY: utsname is plain data filled in by uname(2).
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return ("linux".into(), String::new(), std::env::consts::ARCH.into());
+    match crate::sys::host::uname() {
+        Ok([machine, _, release, sysname, _]) => (sysname.to_lowercase(), release, machine),
+        Err(_) => ("linux".into(), String::new(), std::env::consts::ARCH.into()),
     }
-    let field = |f: &[libc::c_char]| {
-        let bytes: Vec<u8> = f
-            .iter()
-            .take_while(|c| **c != 0)
-            .map(|c| *c as u8)
-            .collect();
-        String::from_utf8_lossy(&bytes).into_owned()
-    };
-    (
-        field(&u.sysname).to_lowercase(),
-        field(&u.release),
-        field(&u.machine),
-    )
 }
 
 fn go_arch(machine: &str) -> String {

@@ -119,13 +119,8 @@ pub fn remove_leftover_temps(data_dir: &Path) -> Result<usize, store::StoreError
 
 /// Size of the root filesystem, in MB (read once at start for node resources).
 pub fn host_disk_mb() -> u64 {
-    // SAFETY: statvfs fills a plain struct for a NUL-terminated path.
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statvfs(c"/".as_ptr(), &mut s) };
-    if rc != 0 {
-        return 0;
-    }
-    (s.f_blocks as u64).saturating_mul(s.f_frsize as u64) / (1024 * 1024)
+    crate::sys::host::fs_space(std::path::Path::new("/"))
+        .map_or(0, |(total, _)| total / (1024 * 1024))
 }
 
 #[cfg(test)]
