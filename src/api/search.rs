@@ -210,6 +210,17 @@ struct Fuzzy {
     at: usize,
 }
 
+impl Fuzzy {
+    /// A match of `name` for the lowercased search text, in `scope`; `None` if it does not match.
+    fn of(name: &str, text_lower: &str, scope: Vec<String>) -> Option<Fuzzy> {
+        fuzzy_at(name, text_lower).map(|at| Fuzzy {
+            id: name.to_string(),
+            scope,
+            at,
+        })
+    }
+}
+
 fn fuzzy_at(name: &str, text_lower: &str) -> Option<usize> {
     name.to_lowercase().find(text_lower)
 }
@@ -267,29 +278,23 @@ fn fuzzy_search(ctx: &Ctx) -> ApiResult {
             "jobs" => {
                 let (mut jobs, mut groups, mut tasks) = (Vec::new(), Vec::new(), Vec::new());
                 for j in w.jobs().into_iter().filter(|j| ns_ok(&ns, &j.namespace)) {
-                    if let Some(at) = fuzzy_at(&j.name, &needle) {
-                        jobs.push(Fuzzy {
-                            id: j.name.clone(),
-                            scope: vec![j.namespace.clone(), j.id.clone()],
-                            at,
-                        });
-                    }
+                    jobs.extend(Fuzzy::of(
+                        &j.name,
+                        &needle,
+                        vec![j.namespace.clone(), j.id.clone()],
+                    ));
                     for g in &j.task_groups {
-                        if let Some(at) = fuzzy_at(&g.name, &needle) {
-                            groups.push(Fuzzy {
-                                id: g.name.clone(),
-                                scope: vec![j.namespace.clone(), j.id.clone()],
-                                at,
-                            });
-                        }
+                        groups.extend(Fuzzy::of(
+                            &g.name,
+                            &needle,
+                            vec![j.namespace.clone(), j.id.clone()],
+                        ));
                         for t in &g.tasks {
-                            if let Some(at) = fuzzy_at(&t.name, &needle) {
-                                tasks.push(Fuzzy {
-                                    id: t.name.clone(),
-                                    scope: vec![j.namespace.clone(), j.id.clone(), g.name.clone()],
-                                    at,
-                                });
-                            }
+                            tasks.extend(Fuzzy::of(
+                                &t.name,
+                                &needle,
+                                vec![j.namespace.clone(), j.id.clone(), g.name.clone()],
+                            ));
                         }
                     }
                 }
@@ -303,34 +308,20 @@ fn fuzzy_search(ctx: &Ctx) -> ApiResult {
                     .into_iter()
                     .filter(|a| ns_ok(&ns, &a.namespace))
                     .filter_map(|a| {
-                        fuzzy_at(&a.name, &needle).map(|at| Fuzzy {
-                            id: a.name.clone(),
-                            scope: vec![a.namespace.clone(), a.id.clone()],
-                            at,
-                        })
+                        Fuzzy::of(&a.name, &needle, vec![a.namespace.clone(), a.id.clone()])
                     })
                     .collect();
                 put("allocs", items);
             }
             "nodes" => {
                 let name = &ctx.agent.config.node_name;
-                let items = fuzzy_at(name, &needle)
-                    .map(|at| Fuzzy {
-                        id: name.clone(),
-                        scope: vec![ctx.agent.node.id().to_string()],
-                        at,
-                    })
+                let items = Fuzzy::of(name, &needle, vec![ctx.agent.node.id().to_string()])
                     .into_iter()
                     .collect();
                 put("nodes", items);
             }
             "namespaces" => {
-                let items = fuzzy_at(DEFAULT_NAMESPACE, &needle)
-                    .map(|at| Fuzzy {
-                        id: DEFAULT_NAMESPACE.to_string(),
-                        scope: Vec::new(),
-                        at,
-                    })
+                let items = Fuzzy::of(DEFAULT_NAMESPACE, &needle, Vec::new())
                     .into_iter()
                     .collect();
                 put("namespaces", items);
@@ -338,13 +329,7 @@ fn fuzzy_search(ctx: &Ctx) -> ApiResult {
             "node_pools" => {
                 let items = NODE_POOLS
                     .iter()
-                    .filter_map(|(n, _)| {
-                        fuzzy_at(n, &needle).map(|at| Fuzzy {
-                            id: n.to_string(),
-                            scope: Vec::new(),
-                            at,
-                        })
-                    })
+                    .filter_map(|(n, _)| Fuzzy::of(n, &needle, Vec::new()))
                     .collect();
                 put("node_pools", items);
             }
