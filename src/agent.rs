@@ -9,11 +9,13 @@ use std::time::SystemTime;
 use crate::acl::AclState;
 use crate::api::router::Router;
 use crate::client::stats::SAMPLE_INTERVAL;
-use crate::client::Client;
+use crate::client::link::ServerLink;
+use crate::client::{Client, TaskApi};
 use crate::config::Config;
 use crate::fs::watch::SharedWatcher;
 use crate::http::{Limits, Server};
-use crate::meta_batcher::Batcher;
+use crate::meta_batcher::{Batcher, NodeUpdater};
+use crate::server::local_link::LocalLink;
 use crate::state::jobs::Workloads;
 use crate::state::members::Membership;
 use crate::state::node::NodeState;
@@ -54,10 +56,12 @@ impl From<StoreError> for AgentError {
 pub struct Agent {
     pub config: Config,
     pub index: Arc<IndexCounter>,
-    pub node: NodeState,
+    pub node: Arc<NodeState>,
     pub membership: Membership,
-    pub workloads: Workloads,
-    pub client: Client,
+    pub workloads: Arc<Workloads>,
+    /// The client's one way to the server state (in process: [`LocalLink`]).
+    pub link: Arc<dyn ServerLink>,
+    pub client: Arc<Client>,
     pub acl: AclState,
     pub fs_watch: SharedWatcher,
     pub batcher: Batcher,
@@ -71,9 +75,9 @@ impl Agent {
     pub fn load(config: Config) -> Result<Arc<Agent>, AgentError> {
         crate::state::remove_leftover_temps(&config.data_dir)?;
         let index = Arc::new(IndexCounter::default());
-        let node = NodeState::load(&config, &index)?;
+        let node = Arc::new(NodeState::load(&config, &index)?);
         let membership = Membership::load(&config, node.id())?;
-        let workloads = Workloads::load(&config.data_dir, index.clone())?;
+        let workloads = Arc::new(Workloads::load(&config.data_dir, index.clone())?);
         index.observe(workloads.max_index());
         let acl = AclState::load(
             &config.data_dir,
@@ -81,7 +85,12 @@ impl Agent {
             workloads.command_log(),
         );
         index.observe(acl.max_index());
-        let client = Client::new(&config);
+        let link: Arc<dyn ServerLink> = Arc::new(LocalLink::new(
+            workloads.clone(),
+            node.clone(),
+            index.clone(),
+        ));
+        let client = Client::new(&config, node.id(), link.clone());
         let batcher = Batcher::new(&config);
         Ok(Arc::new(Agent {
             config,
@@ -89,6 +98,7 @@ impl Agent {
             node,
             membership,
             workloads,
+            link,
             client,
             acl,
             fs_watch: SharedWatcher::new(),
@@ -185,8 +195,14 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         detail: e.to_string(),
     })?;
     let agent = Agent::load(config)?;
-    agent.batcher.start(&agent);
-    agent.client.start(&agent);
+    agent.batcher.start(NodeUpdater {
+        link: agent.link.clone(),
+        node_id: agent.node.id().to_string(),
+        meta: {
+            let node = agent.node.clone();
+            Box::new(move || node.meta_view().meta)
+        },
+    });
 
     let limits = Limits {
         max_conns_per_client: agent.config.http_max_conns_per_client,
@@ -195,6 +211,14 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     .with_env();
     let server = Arc::new(Server::new(Arc::new(Router::new(agent.clone())), limits));
     let _ = agent.http.set(server.clone());
+    // Before the TCP listener: the tasks it restores get their Task API sockets on this server.
+    agent.client.start(
+        TaskApi {
+            server: server.clone(),
+            keys: agent.acl.keys.clone(),
+        },
+        agent.node.meta_view().meta,
+    );
     server.serve_tcp(listener).map_err(|e| AgentError::Bind {
         addr,
         detail: e.to_string(),

@@ -14,6 +14,7 @@ pub mod logtap;
 mod meta_batcher;
 pub mod parse_bounds;
 mod state;
+mod server;
 mod sys;
 mod time;
 

@@ -77,7 +77,7 @@ impl AclTables {
 /// Tokens, policies and signing keys.
 pub struct AclState {
     pub enabled: bool,
-    pub keys: LazyKeys,
+    pub keys: Arc<LazyKeys>,
     log: Arc<CommandLog>,
 }
 
@@ -99,7 +99,7 @@ impl AclState {
     pub fn load(data_dir: &Path, enabled: bool, log: Arc<CommandLog>) -> AclState {
         AclState {
             enabled,
-            keys: LazyKeys::new(data_dir),
+            keys: Arc::new(LazyKeys::new(data_dir)),
             log,
         }
     }

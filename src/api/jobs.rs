@@ -193,7 +193,6 @@ fn register(ctx: &Ctx, path_id: Option<&str>) -> ApiResult {
         .workloads
         .register(&ctx.agent.index, &node_info(ctx.agent), job)
         .map_err(store_err)?;
-    ctx.agent.client.sync(ctx.agent);
     json_meta(
         &json!({
             "EvalID": res.eval_id,
@@ -245,7 +244,6 @@ fn deregister(ctx: &Ctx, id: &str) -> ApiResult {
             }
         }
     };
-    ctx.agent.client.sync(ctx.agent);
     json_meta(
         &json!({
             "EvalID": res.eval_id,

@@ -1,9 +1,11 @@
 //! The client half of the agent: alloc runners (a thread per task), the raw_exec driver,
 //! task cgroups (found once here, see `sys::cgroup`), alloc dirs, task env, rotating logs,
-//! stats and garbage collection.
+//! stats and garbage collection. It reaches server state only through [`link::ServerLink`]:
+//! runners start and stop because a pull brought a changed allocation.
 
 pub mod alloc_dir;
 pub mod dirfd;
+pub mod link;
 pub mod logs;
 pub mod raw_exec;
 pub mod restarts;
@@ -13,22 +15,30 @@ pub mod task_env;
 pub mod task_hooks;
 pub mod task_runner;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use crossbeam_channel::{unbounded, Sender};
-use parking_lot::Mutex;
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use parking_lot::{Mutex, RwLock};
 
-use crate::agent::Agent;
+use crate::acl::keys::LazyKeys;
 use crate::config::Config;
-use crate::state::jobs::alloc::{AllocRecord, TaskEvent};
+use crate::http::Server;
+use crate::state::jobs::alloc::{AllocRecord, TaskEvent, TaskState};
 use crate::sys::cgroup::{Cgroups, Mode};
 
 use self::alloc_dir::AllocDir;
+use self::link::{AllocUpdate, AllocUpdates, LinkError, NodeRegistration, PullAllocs, ServerLink};
+use self::task_env::NodeFacts;
 use self::task_runner::{TaskCmd, TaskRunner};
+
+/// How long the alloc puller waits before it pulls again after a failed pull.
+pub const PULL_RETRY: Duration = Duration::from_secs(1);
 
 /// What the filesystem API needs to know about one allocation on this client.
 #[derive(Clone, Debug)]
@@ -63,36 +73,84 @@ impl TaskHandle {
     }
 }
 
-/// Why an allocation could not be collected.
-#[derive(Debug, PartialEq, Eq)]
-pub enum GcError {
+/// Why a client operation failed.
+#[derive(Debug)]
+pub enum Error {
+    /// No allocation with this ID on this client.
     UnknownAlloc,
+    /// The allocation is not terminal: it cannot be collected.
     NotEligible,
-    Io(String),
-}
-
-/// Why a lifecycle call (restart, signal) failed.
-#[derive(Debug, PartialEq, Eq)]
-pub enum LifecycleError {
+    /// The allocation has no task of this name.
     UnknownTask(String),
+    /// No task of the allocation is running.
     NotRunning,
+    /// The server did not take the change.
+    Link(LinkError),
+    /// The alloc dir could not be removed.
+    Io(std::io::Error),
 }
 
-/// The client: every alloc runner on this node.
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::UnknownAlloc => f.write_str("unknown allocation"),
+            Error::NotEligible => f.write_str("allocation not eligible for GC"),
+            Error::UnknownTask(t) => write!(f, "unknown task {t}"),
+            Error::NotRunning => f.write_str("task not running"),
+            Error::Link(e) => write!(f, "{e}"),
+            Error::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Link(e) => Some(e),
+            Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<LinkError> for Error {
+    fn from(e: LinkError) -> Self {
+        Error::Link(e)
+    }
+}
+
+/// What the Task API of a task needs from the agent: the HTTP server its `api.sock` is served
+/// by, and the keys its workload identity is signed with.
+pub struct TaskApi {
+    pub server: Arc<Server>,
+    pub keys: Arc<LazyKeys>,
+}
+
+/// The client: every alloc runner on this node, and its view of this node's allocations.
 pub struct Client {
     runners: Mutex<HashMap<String, Vec<TaskHandle>>>,
     pub stats: stats::Sampler,
     /// The cgroups tasks run in (mode `None`: process groups only).
     pub cgroups: Cgroups,
     data_dir: PathBuf,
+    raw_exec_enabled: bool,
     gc_max_allocs: usize,
+    node: NodeFacts,
     stopping: AtomicBool,
-    /// Set by `start`; a weak reference because the agent owns the client.
-    agent: OnceLock<Weak<Agent>>,
+    link: Arc<dyn ServerLink>,
+    /// This node's allocations as last pulled from (or answered by) the server.
+    allocs: RwLock<BTreeMap<String, Arc<AllocRecord>>>,
+    /// The index of the last pull (the next pull asks for changes after it).
+    pulled_index: Mutex<u64>,
+    task_api: OnceLock<TaskApi>,
+    puller: Mutex<Option<JoinHandle<()>>>,
+    stop_tx: Sender<()>,
+    stop_rx: Receiver<()>,
 }
 
 impl Client {
-    pub fn new(config: &Config) -> Client {
+    /// A client for node `node_id`, talking to the server through `link` (nothing starts).
+    pub fn new(config: &Config, node_id: &str, link: Arc<dyn ServerLink>) -> Arc<Client> {
         let cgroups = Cgroups::detect();
         if cgroups.mode() == Mode::None {
             log::warn!(
@@ -117,27 +175,105 @@ impl Client {
                 },
             );
         }
-        Client {
+        let (stop_tx, stop_rx) = bounded(1);
+        Arc::new(Client {
             runners: Mutex::new(HashMap::new()),
             stats: stats::Sampler::new(),
             cgroups,
             data_dir: config.data_dir.clone(),
+            raw_exec_enabled: config.raw_exec_enabled,
             gc_max_allocs: config.gc_max_allocs,
+            node: NodeFacts {
+                id: node_id.to_string(),
+                name: config.node_name.clone(),
+                datacenter: config.datacenter.clone(),
+                region: config.region.clone(),
+                meta: config.meta.clone(),
+            },
             stopping: AtomicBool::new(false),
-            agent: OnceLock::new(),
+            link,
+            allocs: RwLock::new(BTreeMap::new()),
+            pulled_index: Mutex::new(0),
+            task_api: OnceLock::new(),
+            puller: Mutex::new(None),
+            stop_tx,
+            stop_rx,
+        })
+    }
+
+    /// Register the node, pull this node's allocations (restoring their runners), then keep
+    /// pulling on the `client-allocs` thread.
+    pub fn start(self: &Arc<Self>, task_api: TaskApi, meta: BTreeMap<String, String>) {
+        let _ = self.task_api.set(task_api);
+        let reg = NodeRegistration {
+            node_id: self.node.id.clone(),
+            name: self.node.name.clone(),
+            datacenter: self.node.datacenter.clone(),
+            meta,
+        };
+        if let Err(e) = self.link.register_node(&reg) {
+            log::error!("cannot register node {}: {e}", self.node.id);
+        }
+        if let Err(e) = self.pull(Duration::ZERO) {
+            log::error!("cannot pull this node's allocations: {e}");
+        }
+        self.sync();
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("client-allocs".into())
+            .spawn(move || me.pull_loop());
+        match spawned {
+            Ok(h) => *self.puller.lock() = Some(h),
+            Err(e) => log::error!("cannot start the alloc puller: {e}"),
         }
     }
 
-    /// Restore allocations from disk and start their runners.
-    pub fn start(&self, agent: &Arc<Agent>) {
-        let _ = self.agent.set(Arc::downgrade(agent));
-        self.sync(agent);
+    /// The `client-allocs` thread: pull (blocking), bring the runners in line, again.
+    fn pull_loop(self: Arc<Self>) {
+        while !self.stopping.load(Ordering::SeqCst) {
+            match self.pull(link::MAX_PULL_WAIT) {
+                Ok(()) => self.sync(),
+                Err(LinkError::Closed) => return,
+                Err(e) => {
+                    log::warn!("pulling this node's allocations failed: {e}");
+                    // Wait before the next try; shutdown ends the wait.
+                    if self.stop_rx.recv_timeout(PULL_RETRY).is_ok() {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
-    /// Stop every task runner and join them. Running tasks are killed
+    /// One pull: take in what changed after the last pull.
+    fn pull(&self, wait: Duration) -> Result<(), LinkError> {
+        let min_index = *self.pulled_index.lock();
+        let reply = self.link.pull_allocs(&PullAllocs {
+            node_id: self.node.id.clone(),
+            min_index,
+            wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        })?;
+        let present: HashSet<&String> = reply.alloc_ids.iter().collect();
+        {
+            let mut allocs = self.allocs.write();
+            allocs.retain(|id, _| present.contains(id));
+            for a in reply.changed {
+                remember(&mut allocs, a);
+            }
+        }
+        let mut pulled = self.pulled_index.lock();
+        *pulled = (*pulled).max(reply.index);
+        Ok(())
+    }
+
+    /// Stop the puller and every task runner, and join them. Running tasks are killed
     /// (KillSignal, then SIGKILL after KillTimeout) and start again on the next run.
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.stop_tx.try_send(());
+        if let Some(h) = self.puller.lock().take() {
+            let _ = h.join();
+        }
         let runners: Vec<Vec<TaskHandle>> = self.runners.lock().drain().map(|(_, v)| v).collect();
         for tasks in &runners {
             for t in tasks {
@@ -153,19 +289,107 @@ impl Client {
         }
     }
 
+    /// This node's ID.
+    pub fn node_id(&self) -> &str {
+        &self.node.id
+    }
+
+    /// What a task's environment says about this node.
+    pub fn node_facts(&self) -> NodeFacts {
+        self.node.clone()
+    }
+
+    /// The agent's data dir (alloc dirs live under `alloc/`).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Whether the raw_exec driver is enabled.
+    pub fn raw_exec_enabled(&self) -> bool {
+        self.raw_exec_enabled
+    }
+
+    /// The Task API host, once the client started.
+    pub fn task_api(&self) -> Option<&TaskApi> {
+        self.task_api.get()
+    }
+
+    /// One allocation of this node, as last pulled or pushed.
+    pub fn alloc(&self, id: &str) -> Option<AllocRecord> {
+        self.allocs.read().get(id).map(|a| (**a).clone())
+    }
+
+    /// This node's allocations, oldest first.
+    fn allocs_oldest_first(&self) -> Vec<Arc<AllocRecord>> {
+        let mut v: Vec<Arc<AllocRecord>> = self.allocs.read().values().cloned().collect();
+        v.sort_by_key(|a| (a.create_index, a.create_time));
+        v
+    }
+
+    /// Change the client side of an allocation (task states, status, collection) and push
+    /// it to the server: answered once it is durable there. `Ok(None)` when the alloc is
+    /// unknown. `f` runs on this client's copy; what it changed becomes the update.
+    pub fn update_alloc(
+        &self,
+        alloc_id: &str,
+        f: impl FnOnce(&mut AllocRecord),
+    ) -> Result<Option<AllocRecord>, Error> {
+        let Some(old) = self.allocs.read().get(alloc_id).cloned() else {
+            return Ok(None);
+        };
+        let mut a = (*old).clone();
+        f(&mut a);
+        let status_changed =
+            a.client_status != old.client_status || a.client_description != old.client_description;
+        let update = AllocUpdate {
+            alloc_id: alloc_id.to_string(),
+            tasks: a
+                .task_states
+                .into_iter()
+                .filter(|(name, ts)| old.task_states.get(name) != Some(ts))
+                .collect(),
+            client_status: status_changed.then_some((a.client_status, a.client_description)),
+            collected: a.collected && !old.collected,
+        };
+        let reply = self.link.push_alloc_updates(&AllocUpdates {
+            node_id: self.node.id.clone(),
+            updates: vec![update],
+        })?;
+        let mut out = None;
+        let mut allocs = self.allocs.write();
+        for a in reply.allocs {
+            if a.id == alloc_id {
+                out = Some(a.clone());
+            }
+            remember(&mut allocs, a);
+        }
+        Ok(out)
+    }
+
+    /// Change one task's state of an allocation and push it.
+    pub fn update_task(
+        &self,
+        alloc_id: &str,
+        task: &str,
+        f: impl FnOnce(&mut TaskState),
+    ) -> Result<Option<AllocRecord>, Error> {
+        self.update_alloc(alloc_id, |a| {
+            let ts = a
+                .task_states
+                .entry(task.to_string())
+                .or_insert_with(TaskState::pending);
+            f(ts);
+        })
+    }
+
     /// Bring runners in line with the allocations: start runners for allocs that should
-    /// run, stop those whose alloc was stopped, reap finished ones.
-    pub fn sync(&self, agent: &Arc<Agent>) {
+    /// run, stop those whose alloc was stopped or is gone, reap finished ones.
+    pub fn sync(self: &Arc<Self>) {
         if self.stopping.load(Ordering::SeqCst) {
             return;
         }
-        let node_id = agent.node.id().to_string();
-        let allocs: Vec<AllocRecord> = agent
-            .workloads
-            .allocs()
-            .into_iter()
-            .filter(|a| a.node_id == node_id)
-            .collect();
+        let allocs = self.allocs_oldest_first();
+        let known: HashSet<&str> = allocs.iter().map(|a| a.id.as_str()).collect();
         let mut reaped = Vec::new();
         let mut never_started = Vec::new();
         {
@@ -178,11 +402,18 @@ impl Client {
                     true
                 }
             });
+            for (id, tasks) in runners.iter() {
+                if !known.contains(id.as_str()) {
+                    for t in tasks {
+                        let _ = t.cmds.send(TaskCmd::Stop);
+                    }
+                }
+            }
             for a in &allocs {
                 let has_runner = runners.contains_key(&a.id);
                 if a.desired_status == "run" && !a.terminal() && !has_runner {
                     let restored = !a.task_states.is_empty();
-                    match self.spawn_runner(agent, a, restored) {
+                    match self.spawn_runner(a, restored) {
                         Ok(tasks) => {
                             runners.insert(a.id.clone(), tasks);
                         }
@@ -205,7 +436,7 @@ impl Client {
             }
         }
         for id in never_started {
-            let _ = agent.workloads.update_alloc(&agent.index, &id, |a| {
+            let res = self.update_alloc(&id, |a| {
                 let names: Vec<String> = a
                     .job
                     .group(&a.task_group)
@@ -222,13 +453,15 @@ impl Client {
                     a.client_status = "complete".into();
                 }
             });
+            if let Err(e) = res {
+                log::error!("alloc {id}: cannot record its tasks as killed: {e}");
+            }
         }
-        self.auto_gc(agent);
+        self.auto_gc();
     }
 
     fn spawn_runner(
-        &self,
-        agent: &Arc<Agent>,
+        self: &Arc<Self>,
         a: &AllocRecord,
         restored: bool,
     ) -> std::io::Result<Vec<TaskHandle>> {
@@ -239,32 +472,28 @@ impl Client {
         for task in &tg.tasks {
             let (tx, rx) = unbounded();
             let runner = TaskRunner {
-                agent: agent.clone(),
+                client: self.clone(),
                 alloc_id: a.id.clone(),
                 task_name: task.name.clone(),
                 restored,
                 cmds: rx,
             };
             let short: String = a.id.chars().take(8).collect();
-            let agent2 = agent.clone();
+            let client = self.clone();
             let join = std::thread::Builder::new()
                 .name(format!("task-{short}-{}", task.name))
                 .spawn(move || {
                     let alloc_id = runner.alloc_id.clone();
                     let task = runner.task_name.clone();
                     runner.run();
-                    let failed = agent2
-                        .workloads
+                    let failed = client
                         .alloc(&alloc_id)
                         .and_then(|a| a.task_states.get(&task).map(|t| t.failed))
                         .unwrap_or(false);
                     if failed {
-                        let _ =
-                            agent2
-                                .client
-                                .command(&alloc_id, None, TaskCmd::SiblingFailed(task));
+                        let _ = client.command(&alloc_id, None, TaskCmd::SiblingFailed(task));
                     }
-                    agent2.client.auto_gc(&agent2);
+                    client.auto_gc();
                 })?;
             handles.push(TaskHandle {
                 name: task.name.clone(),
@@ -276,15 +505,10 @@ impl Client {
     }
 
     /// Send a lifecycle command to one task (`None`: every running task).
-    pub fn command(
-        &self,
-        alloc_id: &str,
-        task: Option<&str>,
-        cmd: TaskCmd,
-    ) -> Result<(), LifecycleError> {
+    pub fn command(&self, alloc_id: &str, task: Option<&str>, cmd: TaskCmd) -> Result<(), Error> {
         let runners = self.runners.lock();
         let Some(tasks) = runners.get(alloc_id) else {
-            return Err(LifecycleError::NotRunning);
+            return Err(Error::NotRunning);
         };
         let mut sent = false;
         for t in tasks {
@@ -294,23 +518,23 @@ impl Client {
         }
         if let Some(n) = task {
             if !tasks.iter().any(|t| t.name == n) {
-                return Err(LifecycleError::UnknownTask(n.to_string()));
+                return Err(Error::UnknownTask(n.to_string()));
             }
         }
         if sent {
             Ok(())
         } else {
-            Err(LifecycleError::NotRunning)
+            Err(Error::NotRunning)
         }
     }
 
     /// Collect one terminal allocation: remove its alloc dir; the alloc stays listed.
-    pub fn gc_alloc(&self, agent: &Arc<Agent>, alloc_id: &str) -> Result<(), GcError> {
-        let Some(a) = agent.workloads.alloc(alloc_id) else {
-            return Err(GcError::UnknownAlloc);
+    pub fn gc_alloc(&self, alloc_id: &str) -> Result<(), Error> {
+        let Some(a) = self.alloc(alloc_id) else {
+            return Err(Error::UnknownAlloc);
         };
         if !a.terminal() {
-            return Err(GcError::NotEligible);
+            return Err(Error::NotEligible);
         }
         // Every task of a terminal alloc is dead; its threads are done or about to be.
         let finished = {
@@ -333,31 +557,27 @@ impl Client {
         // Persist, then act: the alloc is durably collected before its dir goes (a retry
         // destroys what a failed destroy left).
         if !a.collected {
-            agent
-                .workloads
-                .update_alloc(&agent.index, alloc_id, |a| a.collected = true)
-                .map_err(|e| GcError::Io(e.to_string()))?;
+            self.update_alloc(alloc_id, |a| a.collected = true)?;
         }
         AllocDir::new(&self.data_dir, alloc_id)
             .destroy()
-            .map_err(|e| GcError::Io(e.to_string()))?;
+            .map_err(Error::Io)?;
         Ok(())
     }
 
     /// Collect every terminal allocation.
-    pub fn gc_all(&self, agent: &Arc<Agent>) {
-        for a in agent.workloads.allocs() {
+    pub fn gc_all(&self) {
+        for a in self.allocs_oldest_first() {
             if a.terminal() && !a.collected {
-                let _ = self.gc_alloc(agent, &a.id);
+                let _ = self.gc_alloc(&a.id);
             }
         }
     }
 
     /// Keep at most `gc_max_allocs` terminal, uncollected allocations.
-    pub fn auto_gc(&self, agent: &Arc<Agent>) {
-        let mut terminal: Vec<AllocRecord> = agent
-            .workloads
-            .allocs()
+    pub fn auto_gc(&self) {
+        let mut terminal: Vec<Arc<AllocRecord>> = self
+            .allocs_oldest_first()
             .into_iter()
             .filter(|a| a.terminal() && !a.collected)
             .collect();
@@ -367,16 +587,15 @@ impl Client {
         terminal.sort_by_key(|a| a.modify_time);
         let extra = terminal.len() - self.gc_max_allocs;
         for a in terminal.into_iter().take(extra) {
-            if let Err(e) = self.gc_alloc(agent, &a.id) {
-                log::debug!("auto gc of alloc {} skipped: {e:?}", a.id);
+            if let Err(e) = self.gc_alloc(&a.id) {
+                log::debug!("auto gc of alloc {} skipped: {e}", a.id);
             }
         }
     }
 
     /// The filesystem view of an allocation known to this client.
     pub fn alloc_fs_view(&self, alloc_id: &str) -> Option<AllocFsView> {
-        let agent = self.agent.get()?.upgrade()?;
-        let a = agent.workloads.alloc(alloc_id)?;
+        let a = self.alloc(alloc_id)?;
         let names: Vec<String> = a
             .job
             .group(&a.task_group)
@@ -399,5 +618,17 @@ impl Client {
             collected: a.collected,
             tasks,
         })
+    }
+}
+
+/// Keep the newer of the cached and the answered record of an allocation (answers to
+/// concurrent pushes and pulls can arrive out of order).
+fn remember(allocs: &mut BTreeMap<String, Arc<AllocRecord>>, a: AllocRecord) {
+    let newer = allocs
+        .get(&a.id)
+        .map(|old| a.modify_index >= old.modify_index)
+        .unwrap_or(true);
+    if newer {
+        allocs.insert(a.id.clone(), Arc::new(a));
     }
 }

@@ -14,8 +14,9 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::acl::jwt::{self, WorkloadClaims, DEFAULT_AUDIENCE};
-use crate::agent::Agent;
 use crate::http::ListenerHandle;
+
+use super::Client;
 
 /// The socket's file name in the secrets dir.
 pub const SOCKET_NAME: &str = "api.sock";
@@ -93,11 +94,11 @@ impl Drop for TaskSocket {
 }
 
 /// Prepare the Task API socket and workload identity for a task (prestart).
-pub fn prestart(agent: &Arc<Agent>, input: &TaskHookInput) -> TaskHookOutput {
+pub fn prestart(client: &Client, input: &TaskHookInput) -> TaskHookOutput {
     let mut out = TaskHookOutput::default();
     let sock = input.secrets_dir.join(SOCKET_NAME);
     let owner = task_owner(input.user.as_deref());
-    match open_task_socket(agent, input, &sock, owner) {
+    match open_task_socket(client, input, &sock, owner) {
         Ok(guard) => out.guard = Some(Box::new(guard)),
         Err(warning) => {
             log::warn!("alloc {} task {}: {warning}", input.alloc_id, input.task);
@@ -105,11 +106,17 @@ pub fn prestart(agent: &Arc<Agent>, input: &TaskHookInput) -> TaskHookOutput {
         }
     }
     if input.identity_env || input.identity_file {
-        let keys = match agent.acl.keys.get() {
-            Ok(k) => k,
-            Err(e) => {
+        let keys = match client.task_api().map(|t| t.keys.get()) {
+            Some(Ok(k)) => k,
+            Some(Err(e)) => {
                 out.warnings
                     .push(format!("Failed to sign the workload identity: {e}"));
+                return out;
+            }
+            None => {
+                out.warnings.push(
+                    "Failed to sign the workload identity: the client has not started".into(),
+                );
                 return out;
             }
         };
@@ -184,7 +191,7 @@ fn task_owner(user: Option<&str>) -> Option<(u32, u32)> {
 }
 
 fn open_task_socket(
-    agent: &Arc<Agent>,
+    client: &Client,
     input: &TaskHookInput,
     sock: &Path,
     owner: Option<(u32, u32)>,
@@ -197,9 +204,9 @@ fn open_task_socket(
             sock.display()
         ));
     }
-    let server = agent
-        .http
-        .get()
+    let server = client
+        .task_api()
+        .map(|t| &t.server)
         .ok_or_else(|| "Task API socket not created: the HTTP server is not running".to_string())?;
     let fail = |what: &str, e: io::Error| {
         format!(

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::agent::Agent;
 use crate::state::jobs::alloc::{TaskEvent, TaskState};
 use crate::state::jobs::spec::Task;
 use crate::state::jobs::timefmt::{go_duration, rfc3339_ns};
@@ -17,6 +16,7 @@ use crate::sys::cgroup::{Limits, KILL_WAIT};
 use crate::time::unix_now_nanos as now_ns;
 
 use super::alloc_dir::AllocDir;
+use super::Client;
 use super::logs::{LogPump, Rotator};
 use super::raw_exec::{self, Process, SpawnSpec};
 use super::restarts::{later, Decision, RestartTracker};
@@ -60,7 +60,7 @@ enum RunEnd {
 
 /// The runner of one task of one allocation.
 pub struct TaskRunner {
-    pub agent: Arc<Agent>,
+    pub client: Arc<Client>,
     pub alloc_id: String,
     pub task_name: String,
     /// Started again after an agent restart.
@@ -71,8 +71,7 @@ pub struct TaskRunner {
 impl TaskRunner {
     /// Record an event and change the task state, durably.
     fn event(&self, ev: TaskEvent, f: impl FnOnce(&mut TaskState)) {
-        let res = self.agent.workloads.update_task(
-            &self.agent.index,
+        let res = self.client.update_task(
             &self.alloc_id,
             &self.task_name,
             |ts| {
@@ -113,7 +112,7 @@ impl TaskRunner {
 
     /// The thread body.
     pub fn run(self) {
-        let Some(alloc) = self.agent.workloads.alloc(&self.alloc_id) else {
+        let Some(alloc) = self.client.alloc(&self.alloc_id) else {
             return;
         };
         let Some(tg) = alloc.job.group(&alloc.task_group).cloned() else {
@@ -134,7 +133,7 @@ impl TaskRunner {
                 |_| {},
             );
         }
-        let ad = AllocDir::new(&self.agent.config.data_dir, &self.alloc_id);
+        let ad = AllocDir::new(self.client.data_dir(), &self.alloc_id);
         let built = ad
             .build_shared()
             .and_then(|logs| ad.build_task(&task.name).map(|td| (logs, td)));
@@ -158,7 +157,7 @@ impl TaskRunner {
 
         let (identity_env, identity_file) = task.identity_flags();
         let hook = task_hooks::prestart(
-            &self.agent,
+            &self.client,
             &TaskHookInput {
                 alloc_id: self.alloc_id.clone(),
                 job_id: alloc.job_id.clone(),
@@ -180,7 +179,7 @@ impl TaskRunner {
         // Dropped when this thread ends: the task has stopped for good or the agent stops.
         let _guard = hook.guard;
 
-        if !self.agent.config.raw_exec_enabled {
+        if !self.client.raw_exec_enabled() {
             self.driver_failure(
                 "raw_exec driver is disabled on this client: enable it with plugin \"raw_exec\" { config { enabled = true } }"
                     .to_string(),
@@ -193,13 +192,7 @@ impl TaskRunner {
             ev.restart_reason = "agent restarted".into();
             self.event(ev, |_| {});
         }
-        let node = NodeFacts {
-            id: self.agent.node.id().to_string(),
-            name: self.agent.config.node_name.clone(),
-            datacenter: self.agent.config.datacenter.clone(),
-            region: self.agent.config.region.clone(),
-            meta: self.agent.config.meta.clone(),
-        };
+        let node = self.client.node_facts();
         let mut tracker = RestartTracker::new(&tg);
         loop {
             let env = task_env::build(
@@ -278,10 +271,7 @@ impl TaskRunner {
     /// (pids are reused).
     fn kill_leftover(&self, alloc: &crate::state::jobs::alloc::AllocRecord) {
         // Its cgroup is this agent's and this task's by its path (parent, alloc ID, task).
-        if let Some(cg) = self
-            .agent
-            .client
-            .cgroups
+        if let Some(cg) = self.client.cgroups
             .leftover(&self.alloc_id, &self.task_name)
         {
             log::warn!(
@@ -330,8 +320,7 @@ impl TaskRunner {
 
     /// A batch task ran to completion: its `Terminated` event is already recorded.
     fn finish(&self, failed: bool) {
-        let _ = self.agent.workloads.update_task(
-            &self.agent.index,
+        let _ = self.client.update_task(
             &self.alloc_id,
             &self.task_name,
             |ts| {
@@ -438,10 +427,7 @@ impl TaskRunner {
                 memory_mb: DEFAULT_MEMORY_MB,
                 memory_max_mb: 0,
             });
-        let cgroup = self
-            .agent
-            .client
-            .cgroups
+        let cgroup = self.client.cgroups
             .create(&self.alloc_id, &self.task_name, &limits)
             .map_err(|e| format!("failed to create the task's cgroup: {e}"))?;
         let mut proc = raw_exec::spawn(SpawnSpec {
@@ -459,7 +445,7 @@ impl TaskRunner {
             proc.pid,
             task.name
         );
-        if let Err(e) = AllocDir::new(&self.agent.config.data_dir, &self.alloc_id)
+        if let Err(e) = AllocDir::new(self.client.data_dir(), &self.alloc_id)
             .executor_note(&task.name, &note)
         {
             log::warn!(
@@ -468,7 +454,7 @@ impl TaskRunner {
                 self.task_name
             );
         }
-        self.agent.client.stats.register(
+        self.client.stats.register(
             &self.alloc_id,
             &self.task_name,
             proc.pid,
@@ -503,9 +489,7 @@ impl TaskRunner {
         if let Some(p) = pump {
             p.finish(LOG_DRAIN_GRACE);
         }
-        self.agent
-            .client
-            .stats
+        self.client.stats
             .unregister(&self.alloc_id, &self.task_name);
         Ok(end)
     }
