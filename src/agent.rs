@@ -8,8 +8,8 @@ use std::time::SystemTime;
 
 use crate::acl::AclState;
 use crate::api::router::Router;
-use crate::client::stats::SAMPLE_INTERVAL;
 use crate::client::link::ServerLink;
+use crate::client::stats::SAMPLE_INTERVAL;
 use crate::client::{Client, TaskApi};
 use crate::config::Config;
 use crate::fs::watch::SharedWatcher;

@@ -13,8 +13,8 @@ mod http;
 pub mod logtap;
 mod meta_batcher;
 pub mod parse_bounds;
-mod state;
 mod server;
+mod state;
 mod sys;
 mod time;
 

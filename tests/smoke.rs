@@ -1,5 +1,5 @@
 //! The binary starts, listens, answers an unknown path with Nomad's empty 404, and stops
-//! cleanly on SIGTERM; idle, it runs three threads.
+//! cleanly on SIGTERM; idle, it runs five threads.
 
 mod common;
 use common::TestAgent;

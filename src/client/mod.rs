@@ -351,6 +351,19 @@ impl Client {
             client_status: status_changed.then_some((a.client_status, a.client_description)),
             collected: a.collected && !old.collected,
         };
+        // This client's view shows what its tasks did at once (the server has it once the
+        // push is answered): the fs API never lags behind what the server shows.
+        if let Some(cur) = self.allocs.write().get_mut(alloc_id) {
+            let mut mine = (**cur).clone();
+            mine.task_states.extend(update.tasks.clone());
+            if let Some((status, description)) = &update.client_status {
+                mine.client_status = status.clone();
+                mine.client_description = description.clone();
+            }
+            mine.collected |= update.collected;
+            mine.refresh_client_status();
+            *cur = Arc::new(mine);
+        }
         let reply = self.link.push_alloc_updates(&AllocUpdates {
             node_id: self.node.id.clone(),
             updates: vec![update],
@@ -622,11 +635,12 @@ impl Client {
 }
 
 /// Keep the newer of the cached and the answered record of an allocation (answers to
-/// concurrent pushes and pulls can arrive out of order).
+/// concurrent pushes and pulls can arrive out of order). A record of the same index is not
+/// newer: the cached one may already show this client's own change being pushed.
 fn remember(allocs: &mut BTreeMap<String, Arc<AllocRecord>>, a: AllocRecord) {
     let newer = allocs
         .get(&a.id)
-        .map(|old| a.modify_index >= old.modify_index)
+        .map(|old| a.modify_index > old.modify_index)
         .unwrap_or(true);
     if newer {
         allocs.insert(a.id.clone(), Arc::new(a));

@@ -16,13 +16,13 @@ use crate::sys::cgroup::{Limits, KILL_WAIT};
 use crate::time::unix_now_nanos as now_ns;
 
 use super::alloc_dir::AllocDir;
-use super::Client;
 use super::logs::{LogPump, Rotator};
 use super::raw_exec::{self, Process, SpawnSpec};
 use super::restarts::{later, Decision, RestartTracker};
 use super::signals::{parse_signal, signal_name};
 use super::task_env::{self, NodeFacts};
 use super::task_hooks::{self, TaskHookInput};
+use super::Client;
 
 /// How long log pumps may drain after the task exits before they are told to stop.
 pub const LOG_DRAIN_GRACE: Duration = Duration::from_secs(2);
@@ -71,14 +71,12 @@ pub struct TaskRunner {
 impl TaskRunner {
     /// Record an event and change the task state, durably.
     fn event(&self, ev: TaskEvent, f: impl FnOnce(&mut TaskState)) {
-        let res = self.client.update_task(
-            &self.alloc_id,
-            &self.task_name,
-            |ts| {
+        let res = self
+            .client
+            .update_task(&self.alloc_id, &self.task_name, |ts| {
                 f(ts);
                 ts.push_event(ev);
-            },
-        );
+            });
         if let Err(e) = res {
             log::error!(
                 "alloc {} task {}: cannot save task state: {e}",
@@ -271,7 +269,9 @@ impl TaskRunner {
     /// (pids are reused).
     fn kill_leftover(&self, alloc: &crate::state::jobs::alloc::AllocRecord) {
         // Its cgroup is this agent's and this task's by its path (parent, alloc ID, task).
-        if let Some(cg) = self.client.cgroups
+        if let Some(cg) = self
+            .client
+            .cgroups
             .leftover(&self.alloc_id, &self.task_name)
         {
             log::warn!(
@@ -320,15 +320,13 @@ impl TaskRunner {
 
     /// A batch task ran to completion: its `Terminated` event is already recorded.
     fn finish(&self, failed: bool) {
-        let _ = self.client.update_task(
-            &self.alloc_id,
-            &self.task_name,
-            |ts| {
+        let _ = self
+            .client
+            .update_task(&self.alloc_id, &self.task_name, |ts| {
                 ts.state = "dead".into();
                 ts.failed = failed;
                 ts.finished_at = Some(rfc3339_ns(now_ns()));
-            },
-        );
+            });
     }
 
     fn restarting(&self, delay: i64, reason: &str) {
@@ -427,7 +425,9 @@ impl TaskRunner {
                 memory_mb: DEFAULT_MEMORY_MB,
                 memory_max_mb: 0,
             });
-        let cgroup = self.client.cgroups
+        let cgroup = self
+            .client
+            .cgroups
             .create(&self.alloc_id, &self.task_name, &limits)
             .map_err(|e| format!("failed to create the task's cgroup: {e}"))?;
         let mut proc = raw_exec::spawn(SpawnSpec {
@@ -445,8 +445,8 @@ impl TaskRunner {
             proc.pid,
             task.name
         );
-        if let Err(e) = AllocDir::new(self.client.data_dir(), &self.alloc_id)
-            .executor_note(&task.name, &note)
+        if let Err(e) =
+            AllocDir::new(self.client.data_dir(), &self.alloc_id).executor_note(&task.name, &note)
         {
             log::warn!(
                 "alloc {} task {}: executor.out refused: {e}",
@@ -489,7 +489,8 @@ impl TaskRunner {
         if let Some(p) = pump {
             p.finish(LOG_DRAIN_GRACE);
         }
-        self.client.stats
+        self.client
+            .stats
             .unregister(&self.alloc_id, &self.task_name);
         Ok(end)
     }

@@ -125,3 +125,118 @@ impl ServerLink for LocalLink {
         Ok(MetaReply { index })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::link::{AllocUpdate, Heartbeat};
+    use crate::state::jobs::alloc::TaskState;
+    use crate::state::jobs::spec::Job;
+    use crate::state::jobs::NodeInfo;
+
+    struct Fixture {
+        dir: std::path::PathBuf,
+        link: LocalLink,
+        workloads: Arc<Workloads>,
+        index: Arc<IndexCounter>,
+        node: NodeInfo,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = std::env::temp_dir().join(format!("nomadlet-link-{}", uuid::Uuid::new_v4()));
+        let config = crate::config::Config::from_flags(&crate::config::AgentFlags {
+            dev: true,
+            data_dir: Some(dir.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        let index = Arc::new(IndexCounter::default());
+        let node = Arc::new(NodeState::load(&config, &index).unwrap());
+        let workloads = Arc::new(Workloads::load(&dir, index.clone()).unwrap());
+        let info = NodeInfo {
+            id: node.id().to_string(),
+            name: "n".into(),
+        };
+        Fixture {
+            link: LocalLink::new(workloads.clone(), node, index.clone()),
+            dir,
+            workloads,
+            index,
+            node: info,
+        }
+    }
+
+    fn job(id: &str) -> Job {
+        let mut j = Job::from_json(serde_json::json!({"ID": id, "TaskGroups": [{"Name": "g",
+            "Count": 1, "Tasks": [{"Name": "t", "Driver": "raw_exec",
+            "Config": {"command": "/bin/true"}}]}]}))
+        .unwrap();
+        j.canonicalize("global");
+        j
+    }
+
+    fn pull(f: &Fixture, min_index: u64, wait_ms: u64) -> Result<PulledAllocs, LinkError> {
+        f.link.pull_allocs(&PullAllocs {
+            node_id: f.node.id.clone(),
+            min_index,
+            wait_ms,
+        })
+    }
+
+    #[test]
+    fn a_pull_blocks_until_the_nodes_allocs_change_and_answers_only_what_changed() {
+        let f = fixture();
+        f.workloads.register(&f.index, &f.node, job("a")).unwrap();
+        let first = pull(&f, 0, 0).unwrap();
+        assert_eq!(first.changed.len(), 1);
+        assert_eq!(first.alloc_ids.len(), 1);
+        // Nothing new: the pull waits its whole wait and answers nothing changed.
+        let started = Instant::now();
+        let idle = pull(&f, first.index, 150).unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        assert!(idle.changed.is_empty());
+        // A write while it waits wakes it with just the new alloc.
+        let waiter = std::thread::scope(|s| {
+            let h = s.spawn(|| pull(&f, first.index, 5_000));
+            f.workloads.register(&f.index, &f.node, job("b")).unwrap();
+            h.join().unwrap()
+        })
+        .unwrap();
+        assert_eq!(waiter.alloc_ids.len(), 2);
+        let changed: Vec<&str> = waiter.changed.iter().map(|a| a.job_id.as_str()).collect();
+        assert_eq!(changed, ["b"]);
+        std::fs::remove_dir_all(&f.dir).unwrap();
+    }
+
+    #[test]
+    fn pushed_updates_are_durable_server_state_and_other_nodes_are_refused() {
+        let f = fixture();
+        f.workloads.register(&f.index, &f.node, job("a")).unwrap();
+        let id = pull(&f, 0, 0).unwrap().changed[0].id.clone();
+        let mut ts = TaskState::pending();
+        ts.state = "running".into();
+        let reply = f
+            .link
+            .push_alloc_updates(&AllocUpdates {
+                node_id: f.node.id.clone(),
+                updates: vec![AllocUpdate {
+                    alloc_id: id.clone(),
+                    tasks: [("t".to_string(), ts.clone())].into_iter().collect(),
+                    ..AllocUpdate::default()
+                }],
+            })
+            .unwrap();
+        assert_eq!(reply.allocs[0].client_status, "running");
+        assert_eq!(f.workloads.alloc(&id).unwrap().task_states["t"], ts);
+        let other = Heartbeat {
+            node_id: "someone-else".into(),
+        };
+        assert_eq!(
+            f.link.heartbeat(&other),
+            Err(LinkError::UnknownNode("someone-else".into()))
+        );
+        f.index.close();
+        assert_eq!(pull(&f, u64::MAX, 5_000).unwrap_err(), LinkError::Closed);
+        std::fs::remove_dir_all(&f.dir).unwrap();
+    }
+}
