@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use crate::acl::AclState;
 use crate::api::router::Router;
+pub use crate::api::Agent;
 use crate::client::link::ServerLink;
 use crate::client::stats::SAMPLE_INTERVAL;
 use crate::client::{Client, TaskApi};
@@ -50,24 +51,6 @@ impl From<StoreError> for AgentError {
     fn from(e: StoreError) -> Self {
         AgentError::State(e)
     }
-}
-
-/// Everything the agent knows, shared by every thread through `Arc`.
-pub struct Agent {
-    pub config: Config,
-    pub index: Arc<IndexCounter>,
-    pub node: Arc<NodeState>,
-    pub membership: Membership,
-    pub workloads: Arc<Workloads>,
-    /// The client's one way to the server state (in process: [`LocalLink`]).
-    pub link: Arc<dyn ServerLink>,
-    pub client: Arc<Client>,
-    pub acl: AclState,
-    pub fs_watch: SharedWatcher,
-    pub batcher: Batcher,
-    /// The HTTP server, set once listening (the Task API adds Unix listeners to it).
-    pub http: OnceLock<Arc<Server>>,
-    pub started_at: SystemTime,
 }
 
 impl Agent {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
-use crate::agent::Agent;
+use crate::api::Agent;
 use crate::state::jobs::spec::Job;
 use crate::state::jobs::validate::validate_job;
 use crate::state::jobs::NodeInfo;

@@ -22,14 +22,15 @@ pub mod nodes;
 pub mod params;
 pub mod router;
 pub mod search;
+pub mod services;
 pub mod system;
 
 use std::sync::Arc;
 
-use crate::agent::Agent;
 use crate::http::{Reply, Request};
 
 pub use error::ApiError;
+pub use services::Agent;
 
 /// What a handler produced.
 pub enum ApiReply {
