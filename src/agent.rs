@@ -6,7 +6,6 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
-use crate::acl::AclState;
 use crate::api::router::Router;
 pub use crate::api::Agent;
 use crate::client::link::ServerLink;
@@ -17,6 +16,7 @@ use crate::fs::watch::SharedWatcher;
 use crate::http::{Limits, Server};
 use crate::meta_batcher::{Batcher, NodeUpdater};
 use crate::server::local_link::LocalLink;
+use crate::state::acl::AclState;
 use crate::state::jobs::Workloads;
 use crate::state::members::Membership;
 use crate::state::node::NodeState;

@@ -574,7 +574,7 @@ pub fn well_known(ctx: &Ctx, rest: &str) -> ApiResult {
     match rest {
         "jwks.json" => {
             ctx.require_method(&["GET"])?;
-            let keys = ctx.agent.acl.keys.get().map_err(ApiError::internal)?;
+            let keys = ctx.agent.acl.keys.get()?;
             let body = serde_json::to_vec(&keys.jwks())
                 .map_err(|e| ApiError::internal(format!("failed to encode response: {e}")))?;
             Ok(ApiReply::Http(

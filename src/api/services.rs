@@ -5,13 +5,13 @@
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
-use crate::acl::AclState;
 use crate::client::link::ServerLink;
 use crate::client::Client;
 use crate::config::Config;
 use crate::fs::watch::SharedWatcher;
 use crate::http::Server;
 use crate::meta_batcher::Batcher;
+use crate::state::acl::AclState;
 use crate::state::jobs::Workloads;
 use crate::state::members::Membership;
 use crate::state::node::NodeState;

@@ -1,6 +1,7 @@
 //! Agent state kept in locked maps: the node, servers and members, jobs and allocations, ACLs.
 //! What must survive a restart is written through [`store`] before a change is acknowledged.
 
+pub mod acl;
 pub mod command;
 pub mod command_log;
 pub mod host;
