@@ -14,7 +14,9 @@ pub mod logtap;
 mod meta_batcher;
 pub mod parse_bounds;
 mod server;
+mod signals;
 mod state;
+mod store;
 mod sys;
 mod time;
 

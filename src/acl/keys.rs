@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::encoding::{base64url, OsRng};
-use crate::state::store::{self, StoreError};
+use crate::store::{self, StoreError};
 
 /// Size of the RSA modulus in bits.
 pub const RSA_BITS: usize = 2048;

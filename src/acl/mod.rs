@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::store::{self, StoreError};
+use crate::store::{self, StoreError};
 use tokens::{AclPolicy, AclToken, OneTimeToken};
 
 /// One-time tokens kept at once (expired ones are dropped first).

@@ -2,9 +2,9 @@
 
 use serde_json::{json, Value};
 
-use crate::client::signals::parse_signal;
 use crate::client::task_runner::TaskCmd;
 use crate::client::Error as ClientError;
+use crate::signals::parse_signal;
 
 use super::params::get_ci;
 use super::{client_stats, empty, json, ApiError, ApiResult, Ctx};

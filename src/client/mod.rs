@@ -9,7 +9,6 @@ pub mod link;
 pub mod logs;
 pub mod raw_exec;
 pub mod restarts;
-pub mod signals;
 pub mod stats;
 pub mod task_env;
 pub mod task_hooks;

@@ -19,10 +19,10 @@ use super::alloc_dir::AllocDir;
 use super::logs::{LogPump, Rotator};
 use super::raw_exec::{self, Process, SpawnSpec};
 use super::restarts::{later, Decision, RestartTracker};
-use super::signals::{parse_signal, signal_name};
 use super::task_env::{self, NodeFacts};
 use super::task_hooks::{self, TaskHookInput};
 use super::Client;
+use crate::signals::{parse_signal, signal_name};
 
 /// How long log pumps may drain after the task exits before they are told to stop.
 pub const LOG_DRAIN_GRACE: Duration = Duration::from_secs(2);

@@ -8,7 +8,9 @@ pub mod host;
 pub mod jobs;
 pub mod members;
 pub mod node;
-pub mod store;
+/// Durable file writes live in `crate::store` (a leaf every layer may use); the old path
+/// still names it.
+pub(crate) use crate::store;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
