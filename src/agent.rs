@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
@@ -26,26 +27,41 @@ use crate::state::IndexCounter;
 /// Why the agent could not start.
 #[derive(Debug)]
 pub enum AgentError {
-    DataDir { path: String, detail: String },
-    Bind { addr: SocketAddr, detail: String },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     State(StoreError),
-    Signals(String),
+    Signals(std::io::Error),
 }
 
 impl fmt::Display for AgentError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AgentError::DataDir { path, detail } => {
-                write!(f, "data dir {path} is not usable: {detail}")
+            AgentError::DataDir { path, source } => {
+                write!(f, "data dir {} is not usable: {source}", path.display())
             }
-            AgentError::Bind { addr, detail } => write!(f, "cannot listen on {addr}: {detail}"),
+            AgentError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             AgentError::State(e) => write!(f, "cannot load state: {e}"),
             AgentError::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
         }
     }
 }
 
-impl std::error::Error for AgentError {}
+impl std::error::Error for AgentError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AgentError::DataDir { source, .. }
+            | AgentError::Bind { source, .. }
+            | AgentError::Signals(source) => Some(source),
+            AgentError::State(e) => Some(e),
+        }
+    }
+}
 
 impl From<StoreError> for AgentError {
     fn from(e: StoreError) -> Self {
@@ -118,24 +134,24 @@ fn tighten_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 fn check_data_dir(config: &Config) -> Result<(), AgentError> {
-    let bad = |detail: String| AgentError::DataDir {
-        path: config.data_dir.display().to_string(),
-        detail,
+    let bad = |source: std::io::Error| AgentError::DataDir {
+        path: config.data_dir.clone(),
+        source,
     };
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| bad(e.to_string()))?;
+    std::fs::create_dir_all(&config.data_dir).map_err(bad)?;
     // The agent's own state (ACL tokens, the signing key, node secrets) lives where no task
     // can name it: the data dir can be passed through (tasks running as another user reach
     // their alloc dirs) but not listed, and `server/` and `client/` are the agent's alone.
-    tighten_data_dir(&config.data_dir).map_err(|e| bad(e.to_string()))?;
+    tighten_data_dir(&config.data_dir).map_err(bad)?;
     for private in ["server", "client"] {
         let dir = config.data_dir.join(private);
-        std::fs::create_dir_all(&dir).map_err(|e| bad(e.to_string()))?;
-        set_mode(&dir, PRIVATE_DIR_MODE).map_err(|e| bad(e.to_string()))?;
+        std::fs::create_dir_all(&dir).map_err(bad)?;
+        set_mode(&dir, PRIVATE_DIR_MODE).map_err(bad)?;
     }
     let probe = config
         .data_dir
         .join(format!(".probe-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::write(&probe, b"").map_err(|e| bad(e.to_string()))?;
+    std::fs::write(&probe, b"").map_err(bad)?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }
@@ -152,9 +168,7 @@ fn block_stop_signals() -> Result<libc::sigset_t, AgentError> {
         libc::sigaddset(&mut set, libc::SIGTERM);
         let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         if rc != 0 {
-            return Err(AgentError::Signals(
-                std::io::Error::from_raw_os_error(rc).to_string(),
-            ));
+            return Err(AgentError::Signals(std::io::Error::from_raw_os_error(rc)));
         }
         Ok(set)
     }
@@ -173,10 +187,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     let signals = block_stop_signals()?;
     check_data_dir(&config)?;
     let addr = SocketAddr::new(config.bind_addr, config.http_port);
-    let listener = TcpListener::bind(addr).map_err(|e| AgentError::Bind {
-        addr,
-        detail: e.to_string(),
-    })?;
+    let listener = TcpListener::bind(addr).map_err(|source| AgentError::Bind { addr, source })?;
     let agent = Agent::load(config)?;
     agent.batcher.start(NodeUpdater {
         link: agent.link.clone(),
@@ -202,10 +213,9 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         },
         agent.node.meta_view().meta,
     );
-    server.serve_tcp(listener).map_err(|e| AgentError::Bind {
-        addr,
-        detail: e.to_string(),
-    })?;
+    server
+        .serve_tcp(listener)
+        .map_err(|source| AgentError::Bind { addr, source })?;
     // Load or make the workload identity key off the start-up path (joined at shutdown).
     let warm_keys = {
         let agent = agent.clone();
