@@ -20,6 +20,9 @@ use super::Client;
 
 /// The socket's file name in the secrets dir.
 pub const SOCKET_NAME: &str = "api.sock";
+/// The name the socket is bound under until its mode is set (no longer than [`SOCKET_NAME`],
+/// so a path that fits `sun_path` still fits).
+const STAGED_SOCKET_NAME: &str = ".api.tmp";
 /// The token file's name in the secrets dir (`identity { file = true }`).
 pub const TOKEN_FILE: &str = "nomad_token";
 /// Longest socket path a `sockaddr_un` holds (108 bytes of `sun_path`, one for the NUL).
@@ -93,6 +96,52 @@ impl Drop for TaskSocket {
     }
 }
 
+/// Why a task's API socket was not made (the text is the task event's message).
+#[derive(Debug)]
+pub enum SocketError {
+    /// The path does not fit a `sockaddr_un`.
+    PathTooLong { path: PathBuf, len: usize },
+    /// The client has no HTTP server to serve it on.
+    NoServer,
+    /// A step failed: removing an old file, bind, setting its mode, serving.
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+impl std::fmt::Display for SocketError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SocketError::PathTooLong { path, len } => write!(
+                f,
+                "Task API socket not created: its path {} is {len} bytes, over the \
+                 {SUN_PATH_MAX}-byte limit of a Unix socket address; the task runs without the \
+                 Task API",
+                path.display()
+            ),
+            SocketError::NoServer => {
+                f.write_str("Task API socket not created: the HTTP server is not running")
+            }
+            SocketError::Io { path, what, source } => write!(
+                f,
+                "Task API socket {} not created: {what}: {source}",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SocketError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SocketError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
 /// Prepare the Task API socket and workload identity for a task (prestart).
 pub fn prestart(client: &Client, input: &TaskHookInput) -> TaskHookOutput {
     let mut out = TaskHookOutput::default();
@@ -100,7 +149,8 @@ pub fn prestart(client: &Client, input: &TaskHookInput) -> TaskHookOutput {
     let owner = task_owner(input.user.as_deref());
     match open_task_socket(client, input, &sock, owner) {
         Ok(guard) => out.guard = Some(Box::new(guard)),
-        Err(warning) => {
+        Err(e) => {
+            let warning = e.to_string();
             log::warn!("alloc {} task {}: {warning}", input.alloc_id, input.task);
             out.warnings.push(warning);
         }
@@ -195,32 +245,45 @@ fn open_task_socket(
     input: &TaskHookInput,
     sock: &Path,
     owner: Option<(u32, u32)>,
-) -> Result<TaskSocket, String> {
+) -> Result<TaskSocket, SocketError> {
     let len = sock.as_os_str().len();
     if len > SUN_PATH_MAX {
-        return Err(format!(
-            "Task API socket not created: its path {} is {len} bytes, over the {SUN_PATH_MAX}-byte \
-             limit of a Unix socket address; the task runs without the Task API",
-            sock.display()
-        ));
+        return Err(SocketError::PathTooLong {
+            path: sock.to_path_buf(),
+            len,
+        });
     }
     let server = client
         .task_api()
         .map(|t| &t.server)
-        .ok_or_else(|| "Task API socket not created: the HTTP server is not running".to_string())?;
-    let fail = |what: &str, e: io::Error| {
-        format!(
-            "Task API socket {} not created: {what}: {e}",
-            sock.display()
-        )
+        .ok_or(SocketError::NoServer)?;
+    let fail = |what: &'static str, source: io::Error| SocketError::Io {
+        path: sock.to_path_buf(),
+        what,
+        source,
     };
-    match std::fs::remove_file(sock) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(fail("cannot remove the old file", e)),
+    // Bound under a name of the same length, given its mode and owner, then renamed into
+    // place: the socket never shows up under its real name with the umask's mode.
+    let staged = sock.with_file_name(STAGED_SOCKET_NAME);
+    for old in [sock, staged.as_path()] {
+        match std::fs::remove_file(old) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(fail("cannot remove the old file", e)),
+        }
     }
-    let listener = UnixListener::bind(sock).map_err(|e| fail("bind", e))?;
-    let file_id = set_socket_mode(sock, owner).map_err(|e| fail("set its mode", e))?;
+    let listener = UnixListener::bind(&staged).map_err(|e| fail("bind", e))?;
+    let placed = set_socket_mode(&staged, owner).and_then(|id| {
+        std::fs::rename(&staged, sock)?;
+        Ok(id)
+    });
+    let file_id = match placed {
+        Ok(id) => id,
+        Err(e) => {
+            let _ = std::fs::remove_file(&staged);
+            return Err(fail("set its mode", e));
+        }
+    };
     let tag: Arc<str> = Arc::from(format!("task:{}/{}", input.alloc_id, input.task));
     let handle = server
         .serve_unix_with_cap(listener, tag, TASK_SOCKET_MAX_CONNS)
