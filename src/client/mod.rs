@@ -645,3 +645,119 @@ fn remember(allocs: &mut BTreeMap<String, Arc<AllocRecord>>, a: AllocRecord) {
         allocs.insert(a.id.clone(), Arc::new(a));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::link::{
+        Heartbeat, HeartbeatReply, MetaReply, NodeMeta, PulledAllocs, UpdatedAllocs,
+    };
+    use super::*;
+    use crate::state::jobs::spec::Job;
+    use crate::state::jobs::NodeInfo;
+
+    /// A server that answers from a list and records what the client pushed.
+    #[derive(Default)]
+    struct FakeServer {
+        allocs: Mutex<Vec<AllocRecord>>,
+        pushed: Mutex<Vec<AllocUpdate>>,
+    }
+
+    impl ServerLink for FakeServer {
+        fn register_node(&self, _: &NodeRegistration) -> Result<HeartbeatReply, LinkError> {
+            Ok(HeartbeatReply {
+                ttl_ms: 1,
+                index: 0,
+            })
+        }
+        fn heartbeat(&self, _: &Heartbeat) -> Result<HeartbeatReply, LinkError> {
+            Err(LinkError::Closed)
+        }
+        fn pull_allocs(&self, req: &PullAllocs) -> Result<PulledAllocs, LinkError> {
+            let allocs = self.allocs.lock();
+            Ok(PulledAllocs {
+                index: allocs.iter().map(|a| a.modify_index).max().unwrap_or(0),
+                alloc_ids: allocs.iter().map(|a| a.id.clone()).collect(),
+                changed: allocs
+                    .iter()
+                    .filter(|a| a.modify_index > req.min_index)
+                    .cloned()
+                    .collect(),
+            })
+        }
+        fn push_alloc_updates(&self, req: &AllocUpdates) -> Result<UpdatedAllocs, LinkError> {
+            let mut allocs = self.allocs.lock();
+            let mut out = Vec::new();
+            for up in &req.updates {
+                self.pushed.lock().push(up.clone());
+                if let Some(a) = allocs.iter_mut().find(|a| a.id == up.alloc_id) {
+                    a.task_states.extend(up.tasks.clone());
+                    a.modify_index += 1;
+                    out.push(a.clone());
+                }
+            }
+            Ok(UpdatedAllocs { allocs: out })
+        }
+        fn push_meta(&self, _: &NodeMeta) -> Result<MetaReply, LinkError> {
+            Ok(MetaReply { index: 0 })
+        }
+    }
+
+    fn alloc(id: &str, index: u64) -> AllocRecord {
+        let mut job = Job::from_json(serde_json::json!({"ID": "j", "TaskGroups": [{"Name": "g",
+            "Count": 1, "Tasks": [{"Name": "a", "Driver": "raw_exec",
+            "Config": {"command": "/bin/true"}}, {"Name": "b", "Driver": "raw_exec",
+            "Config": {"command": "/bin/true"}}]}]}))
+        .unwrap();
+        job.canonicalize("global");
+        let node = NodeInfo {
+            id: "n1".into(),
+            name: "n".into(),
+        };
+        let mut a = AllocRecord::new_at(&job, "g", 0, "e", &node, (index, id, 1));
+        a.modify_index = index;
+        a
+    }
+
+    fn client(server: Arc<FakeServer>) -> Arc<Client> {
+        let config = Config::from_flags(&crate::config::AgentFlags {
+            dev: true,
+            ..Default::default()
+        })
+        .unwrap();
+        Client::new(&config, "n1", server)
+    }
+
+    #[test]
+    fn a_task_update_pushes_only_that_task_and_the_view_follows_the_answer() {
+        let server = Arc::new(FakeServer::default());
+        server.allocs.lock().push(alloc("a1", 5));
+        let c = client(server.clone());
+        c.pull(Duration::ZERO).unwrap();
+        assert!(c.alloc("a1").is_some(), "pulled");
+        c.update_task("a1", "a", |ts| ts.state = "running".into())
+            .unwrap()
+            .unwrap();
+        let pushed = server.pushed.lock().clone();
+        assert_eq!(pushed.len(), 1);
+        assert_eq!(
+            pushed[0].tasks.keys().collect::<Vec<_>>(),
+            ["a"],
+            "only the changed task"
+        );
+        assert!(pushed[0].client_status.is_none() && !pushed[0].collected);
+        let view = c.alloc("a1").unwrap();
+        assert_eq!(view.task_states["a"].state, "running");
+        assert_eq!(view.modify_index, 6, "the server's answer");
+        // An older record from a pull does not undo it.
+        server.allocs.lock()[0].modify_index = 4;
+        *c.pulled_index.lock() = 0;
+        c.pull(Duration::ZERO).unwrap();
+        assert_eq!(c.alloc("a1").unwrap().modify_index, 6);
+        // An alloc the server no longer has leaves the view; unknown allocs are no error.
+        server.allocs.lock().clear();
+        c.pull(Duration::ZERO).unwrap();
+        assert!(c.alloc("a1").is_none());
+        assert!(c.update_task("a1", "a", |_| {}).unwrap().is_none());
+        assert!(matches!(c.gc_alloc("a1"), Err(Error::UnknownAlloc)));
+    }
+}
