@@ -4,6 +4,7 @@
 //! format (Go field names, `?pretty`, plain-text errors without a trailing newline, index headers).
 
 pub mod acl;
+pub mod acl_json;
 pub mod agent;
 pub mod agent_host;
 pub mod allocs;
