@@ -7,9 +7,11 @@ pub mod dirfd;
 pub mod logs;
 pub mod raw_exec;
 pub mod restarts;
+pub mod shim;
 pub mod signals;
 pub mod stats;
 pub mod task_env;
+pub mod task_events;
 pub mod task_hooks;
 pub mod task_runner;
 
