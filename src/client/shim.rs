@@ -443,6 +443,10 @@ fn run(dir: &Path, spec: ShimSpec, mut reply: UnixStream) -> i32 {
         }
     };
     let mut ctl = ctl;
+    // Starting the task ran code the loop never runs again: only the loop's pages stay.
+    if let Err(e) = crate::sys::mem::trim_code_pages() {
+        eprintln!("task-shim: cannot trim code pages: {e}");
+    }
     let mut buf = vec![0u8; PUMP_FIRST_CHUNK];
     let mut cmd_buf: Vec<u8> = Vec::with_capacity(MAX_CTL_LINE);
     let mut exited: Option<Instant> = None;
