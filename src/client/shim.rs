@@ -8,8 +8,10 @@
 //! ```text
 //! <data_dir>/client/shims/<alloc_id>.<task>/   0700
 //!   ctl        FIFO the shim holds open for reading: commands from the agent ("S 15\n": signal
-//!              the task, "G 9\n": signal its process group). Opening it for writing without
-//!              blocking fails with ENXIO exactly when the shim is gone: the liveness check.
+//!              the task, "G 9\n": signal its process group, "P\n": start copying output,
+//!              sent once the task is recorded as running so output never precedes its
+//!              Started event). Opening it for writing without blocking fails with ENXIO
+//!              exactly when the shim is gone: the liveness check.
 //!   pid        "<shim pid> <task pid>\n", written once the task runs
 //!   exit       "<exit code> <signal>\n", written when the task's main process exited
 //!   shim.log   the shim's own errors (its stderr)
@@ -257,6 +259,11 @@ impl Shim {
         self.send(&format!("S {sig}\n"))
     }
 
+    /// Start copying the task's output into its log files (idempotent).
+    pub fn pump(&self) -> io::Result<()> {
+        self.send("P\n")
+    }
+
     /// Signal the task's whole process group.
     pub fn signal_group(&self, sig: i32) -> io::Result<()> {
         self.send(&format!("G {sig}\n"))
@@ -450,6 +457,7 @@ fn run(dir: &Path, spec: ShimSpec, mut reply: UnixStream) -> i32 {
     let mut buf = vec![0u8; PUMP_FIRST_CHUNK];
     let mut cmd_buf: Vec<u8> = Vec::with_capacity(MAX_CTL_LINE);
     let mut exited: Option<Instant> = None;
+    let mut pumping = false;
     let mut set = PollSet::new();
     loop {
         if exited.is_none() {
@@ -465,6 +473,8 @@ fn run(dir: &Path, spec: ShimSpec, mut reply: UnixStream) -> i32 {
                 pidfd = None;
             }
         }
+        // Until the agent says so, output waits in the pipes; at the end it is drained anyway.
+        let pumping_now = pumping || exited.is_some();
         let open = pipes.iter().filter(|p| p.fd().is_some()).count();
         let timeout = match exited {
             Some(end) => {
@@ -485,7 +495,7 @@ fn run(dir: &Path, spec: ShimSpec, mut reply: UnixStream) -> i32 {
         let first_pipe = if pidfd.is_some() { 2 } else { 1 };
         let mut which = Vec::with_capacity(2);
         for (i, p) in pipes.iter().enumerate() {
-            if let Some(fd) = p.fd() {
+            if let Some(fd) = p.fd().filter(|_| pumping_now) {
                 set.push(fd);
                 which.push(i);
             }
@@ -503,7 +513,7 @@ fn run(dir: &Path, spec: ShimSpec, mut reply: UnixStream) -> i32 {
             .map(|k| set.ready(k))
             .collect();
         if ready[0] {
-            read_commands(&mut ctl, &mut cmd_buf, pid, exited.is_some());
+            pumping |= read_commands(&mut ctl, &mut cmd_buf, pid, exited.is_some());
         }
         for (k, &i) in which.iter().enumerate() {
             if ready[first_pipe + k] && pipes[i].pump(&mut buf) && buf.len() < PUMP_CHUNK {
@@ -513,13 +523,15 @@ fn run(dir: &Path, spec: ShimSpec, mut reply: UnixStream) -> i32 {
     }
 }
 
-/// Take the agent's commands from the FIFO: `S <sig>` to the task, `G <sig>` to its group.
-/// Nothing is sent once the task's main process was reaped (its pid may be reused).
-fn read_commands(ctl: &mut File, pending: &mut Vec<u8>, pid: i32, reaped: bool) {
+/// Take the agent's commands from the FIFO: `S <sig>` to the task, `G <sig>` to its group,
+/// `P` to start pumping (returns whether it came). No signal is sent once the task's main
+/// process was reaped (its pid may be reused).
+fn read_commands(ctl: &mut File, pending: &mut Vec<u8>, pid: i32, reaped: bool) -> bool {
+    let mut pump = false;
     let mut chunk = [0u8; 256];
     loop {
         match ctl.read(&mut chunk) {
-            Ok(0) => return,
+            Ok(0) => break,
             Ok(n) => pending.extend_from_slice(&chunk[..n]),
             Err(_) => break,
         }
@@ -529,6 +541,10 @@ fn read_commands(ctl: &mut File, pending: &mut Vec<u8>, pid: i32, reaped: bool) 
         let text = String::from_utf8_lossy(&line);
         let mut it = text.split_whitespace();
         let target = match it.next() {
+            Some("P") => {
+                pump = true;
+                continue;
+            }
             Some("S") => pid,
             Some("G") => -pid,
             _ => continue,
@@ -545,4 +561,5 @@ fn read_commands(ctl: &mut File, pending: &mut Vec<u8>, pid: i32, reaped: bool) 
     if pending.len() > MAX_CTL_LINE {
         pending.clear();
     }
+    pump
 }

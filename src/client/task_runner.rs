@@ -295,6 +295,8 @@ impl TaskRunner {
                     shim.pid,
                     shim.shim_pid
                 );
+                // A shim started just before the last agent stopped may still wait for this.
+                let _ = shim.pump();
                 let running = Running {
                     shim,
                     cgroup: cgroup(),
@@ -610,6 +612,14 @@ impl TaskRunner {
                 ts.started_at = Some(rfc3339_ns(now_ns()));
             }
         });
+        // Output reaches the log files only once the task is recorded as running.
+        if let Err(e) = shim.pump() {
+            log::warn!(
+                "alloc {} task {}: cannot reach its shim: {e}",
+                self.alloc_id,
+                self.task_name
+            );
+        }
         Ok(Some(Running { shim, cgroup }))
     }
 
