@@ -324,23 +324,43 @@ fn a_dev_agent_with_a_temporary_data_dir_stops_its_tasks() {
 }
 
 /// `leave_on_terminate` with `client.drain_on_shutdown`: SIGTERM stops the allocations
-/// before the agent exits.
+/// before the agent exits, a task ignoring its KillSignal getting SIGKILL at the drain's
+/// deadline rather than after its own 60 s kill_timeout.
 #[test]
 fn drain_on_shutdown_stops_tasks_when_the_agent_leaves() {
     let cfg = temp_dir("draincfg").join("agent.hcl");
     std::fs::write(
         &cfg,
-        "leave_on_terminate = true\nclient {\n  drain_on_shutdown {\n    deadline = \"1m\"\n    ignore_system_jobs = false\n  }\n}\n",
+        "leave_on_terminate = true\nclient {\n  drain_on_shutdown {\n    deadline = \"1s\"\n    ignore_system_jobs = false\n  }\n}\n",
     )
     .unwrap();
     let mut agent = TestAgent::start(&["-config", cfg.to_str().unwrap()]);
-    register(&agent, &sh_job("drained", "service", "exec sleep 60"));
+    let mut job = sh_job(
+        "drained",
+        "service",
+        "trap '' INT; echo ready; while :; do sleep 0.05; done",
+    );
+    job["Job"]["TaskGroups"][0]["Tasks"][0]["KillTimeout"] = json!(60_000_000_000u64);
+    register(&agent, &job);
     let id = first_alloc(&agent, "drained");
     let pid = started_pid(&wait_task_running(&agent, &id, "t"));
+    wait_until(WAIT, "the trap set", || {
+        read_log(&agent, &id, "t", "stdout").contains("ready")
+    });
+    let t0 = Instant::now();
     assert!(agent.stop().success());
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "the drain took {:?}",
+        t0.elapsed()
+    );
     assert!(!alive(pid), "a drained task outlived the agent");
     assert!(agent.log().contains("draining"), "{}", agent.log());
     assert!(live_shims(&agent.data_dir).is_empty());
+    // Not left running, so the next agent starts it again.
+    agent.restart_after_stop();
+    let a = wait_task_running(&agent, &id, "t");
+    assert_ne!(started_pid(&a), pid);
     let _ = std::fs::remove_dir_all(cfg.parent().unwrap());
 }
 

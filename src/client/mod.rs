@@ -192,12 +192,16 @@ impl Client {
     pub fn shutdown(&self, signal: i32) {
         self.stopping.store(true, Ordering::SeqCst);
         let stop = self.on_stop.tasks_stop(signal);
+        let drain_deadline = match &stop {
+            TasksOnStop::Drain(d) => crate::client::restarts::later(d.deadline),
+            _ => std::time::Instant::now(),
+        };
         let agent = self.agent.get().and_then(Weak::upgrade);
         let runners: Vec<(String, Vec<TaskHandle>)> = self.runners.lock().drain().collect();
         for (alloc_id, tasks) in &runners {
             let cmd = match &stop {
                 TasksOnStop::Detach => TaskCmd::Detach,
-                TasksOnStop::Kill => TaskCmd::Shutdown,
+                TasksOnStop::Kill => TaskCmd::Shutdown(None),
                 TasksOnStop::Drain(d) => {
                     let system = agent
                         .as_ref()
@@ -206,7 +210,7 @@ impl Client {
                     if d.ignore_system_jobs && system {
                         TaskCmd::Detach
                     } else {
-                        TaskCmd::Shutdown
+                        TaskCmd::Shutdown(Some(drain_deadline))
                     }
                 }
             };
@@ -469,5 +473,47 @@ impl Client {
             collected: a.collected,
             tasks,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on_stop(temp: bool, drain: bool, int: bool, term: bool) -> OnStop {
+        OnStop {
+            temp_data_dir: temp,
+            drain: drain.then(|| DrainOnShutdown {
+                deadline: std::time::Duration::from_secs(60),
+                force: false,
+                ignore_system_jobs: false,
+            }),
+            leave_on_interrupt: int,
+            leave_on_terminate: term,
+        }
+    }
+
+    #[test]
+    fn tasks_stay_unless_nothing_could_reattach_or_the_agent_leaves_with_a_drain() {
+        let is = |o: OnStop, sig: i32| format!("{:?}", o.tasks_stop(sig));
+        assert_eq!(
+            is(on_stop(false, false, true, true), libc::SIGTERM),
+            "Detach"
+        );
+        assert_eq!(
+            is(on_stop(true, false, false, false), libc::SIGTERM),
+            "Kill"
+        );
+        assert!(is(on_stop(false, true, false, true), libc::SIGTERM).starts_with("Drain"));
+        assert_eq!(
+            is(on_stop(false, true, false, true), libc::SIGINT),
+            "Detach"
+        );
+        assert!(is(on_stop(false, true, true, false), libc::SIGINT).starts_with("Drain"));
+        // leave_on_* without drain_on_shutdown: nothing to drain.
+        assert_eq!(
+            is(on_stop(false, false, true, true), libc::SIGINT),
+            "Detach"
+        );
     }
 }

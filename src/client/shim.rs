@@ -306,8 +306,8 @@ impl Shim {
     }
 
     /// Wait up to `timeout` for the shim to end (its pipes drained), reap it if it is ours,
-    /// and remove its directory. Returns whether it ended.
-    pub fn finish(mut self, timeout: Duration) -> bool {
+    /// and remove its directory (killing it if it does not end in time).
+    pub fn finish(mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while self.alive() {
             if Instant::now() >= deadline {
@@ -323,7 +323,6 @@ impl Shim {
             std::thread::sleep(EXIT_POLL);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-        true
     }
 
     /// The agent stops and leaves the task running: the shim is reparented to init.

@@ -45,8 +45,9 @@ pub enum TaskCmd {
     /// The alloc is stopped: kill the task for good.
     Stop,
     /// The agent is shutting down and the task cannot outlive it (`-dev`'s temporary data
-    /// dir, or a drain on shutdown): kill it, keep it to start again on the next run.
-    Shutdown,
+    /// dir, or a drain on shutdown, whose deadline cuts the kill timeout): kill it, keep it
+    /// to start again on the next run.
+    Shutdown(Option<Instant>),
     /// The agent is shutting down: leave the task running for the next agent.
     Detach,
     /// `alloc restart`: kill and start again, outside the restart policy.
@@ -456,9 +457,9 @@ impl TaskRunner {
                 }
                 Some(RunEnd::Stopped)
             }
-            (TaskCmd::Shutdown, run) => {
+            (TaskCmd::Shutdown(deadline), run) => {
                 if let Some(run) = run {
-                    self.kill(task, run, "agent shutting down");
+                    self.kill_by(task, run, "agent shutting down", deadline);
                 }
                 Some(RunEnd::Shutdown)
             }
@@ -666,7 +667,16 @@ impl TaskRunner {
     /// Kill: KillSignal to the group, SIGKILL after KillTimeout; records Killing and
     /// Terminated.
     fn kill(&self, task: &Task, run: &mut Running, reason: &str) {
-        let timeout = task.kill_timeout();
+        self.kill_by(task, run, reason, None);
+    }
+
+    /// [`Self::kill`], with SIGKILL no later than `deadline`.
+    fn kill_by(&self, task: &Task, run: &mut Running, reason: &str, deadline: Option<Instant>) {
+        let mut timeout = task.kill_timeout();
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(Instant::now()).as_nanos();
+            timeout = timeout.min(left.min(i64::MAX as u128) as i64);
+        }
         let sig = parse_signal(&task.kill_signal).unwrap_or(libc::SIGINT);
         self.event(TaskEvent::killing(timeout, reason), |_| {});
         let _ = run.shim.signal_group(sig);
