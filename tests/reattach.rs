@@ -364,6 +364,44 @@ fn drain_on_shutdown_stops_tasks_when_the_agent_leaves() {
     let _ = std::fs::remove_dir_all(cfg.parent().unwrap());
 }
 
+/// A job stopped while its task ignores KillSignal, then the agent crashes mid-kill: the
+/// next agent finds the alloc stopped and the task still running under its shim, and kills
+/// it before recording it dead.
+#[test]
+fn a_task_stopped_while_the_agent_crashed_is_killed_by_the_next_agent() {
+    let mut agent = TestAgent::start(&[]);
+    let mut job = sh_job(
+        "orphan",
+        "service",
+        "trap '' INT; echo ready; while :; do sleep 0.05; done",
+    );
+    job["Job"]["TaskGroups"][0]["Tasks"][0]["KillTimeout"] = json!(60_000_000_000u64);
+    register(&agent, &job);
+    let id = first_alloc(&agent, "orphan");
+    let pid = started_pid(&wait_task_running(&agent, &id, "t"));
+    wait_until(WAIT, "the trap set", || {
+        read_log(&agent, &id, "t", "stdout").contains("ready")
+    });
+    assert_eq!(
+        agent.request("DELETE", "/v1/job/orphan", &[], b"").status,
+        200
+    );
+    wait_until(WAIT, "the Killing event", || {
+        !events_of(&alloc(&agent, &id), "t", "Killing").is_empty()
+    });
+    kill_9(&mut agent);
+    assert!(alive(pid), "the task ignores SIGINT and outlives the crash");
+    agent.restart_after_stop();
+    wait_until(WAIT, "the orphan killed", || !alive(pid));
+    wait_until(WAIT, "recorded dead", || {
+        alloc(&agent, &id)["TaskStates"]["t"]["State"] == "dead"
+    });
+    assert!(live_shims(&agent.data_dir).is_empty());
+    assert!(agent
+        .log()
+        .contains("killing the task a previous agent left running"));
+}
+
 /// The shim is small: one thread, a few MiB resident; the agent keeps one thread per task.
 #[test]
 fn a_shim_is_one_small_thread_and_the_agent_keeps_one_thread_per_task() {

@@ -279,6 +279,18 @@ impl Client {
             }
         }
         for id in never_started {
+            // A task a previous agent left running (stopped while no agent watched) goes
+            // before it is recorded dead.
+            if let Some(a) = agent.workloads.alloc(&id) {
+                for t in a
+                    .job
+                    .group(&a.task_group)
+                    .map(|g| g.tasks.as_slice())
+                    .unwrap_or(&[])
+                {
+                    task_runner::kill_orphan(agent, &id, &t.name);
+                }
+            }
             let _ = agent.workloads.update_alloc(&agent.index, &id, |a| {
                 let names: Vec<String> = a
                     .job

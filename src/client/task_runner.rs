@@ -150,6 +150,7 @@ impl TaskRunner {
         };
         let prior = alloc.task_states.get(&self.task_name).cloned();
         if self.restored && prior.as_ref().is_some_and(|ts| ts.state == "dead") {
+            kill_orphan(&self.agent, &self.alloc_id, &self.task_name);
             return;
         }
         let mut resume = if self.restored {
@@ -208,7 +209,18 @@ impl TaskRunner {
         let mut tracker = RestartTracker::new(&tg);
         loop {
             let end = match resume.take() {
-                Some(Resume::Attach(running)) => self.supervise(&task, running),
+                Some(Resume::Attach(running)) => {
+                    // A task started just before the last agent stopped may lack its event.
+                    if prior.as_ref().is_some_and(|ts| ts.state != "running") {
+                        self.event(TaskEvent::started(running.shim.pid), |ts| {
+                            ts.state = "running".into();
+                            if ts.started_at.is_none() {
+                                ts.started_at = Some(rfc3339_ns(now_ns()));
+                            }
+                        });
+                    }
+                    self.supervise(&task, running)
+                }
                 Some(Resume::Exited(info, cgroup)) => {
                     self.terminated(info, cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0));
                     self.destroy(cgroup);
@@ -741,6 +753,26 @@ impl TaskRunner {
             }
         }
     }
+}
+
+/// Kill a task no runner will watch (its alloc was stopped, or it is recorded dead, while a
+/// shim of it still runs): its process group through the shim, everything in its cgroup,
+/// then the shim. Nothing happens when it has no live shim.
+pub fn kill_orphan(agent: &Agent, alloc_id: &str, task: &str) {
+    let Ok(dir) = shim::shim_dir(&agent.config.data_dir, alloc_id, task) else {
+        return;
+    };
+    let Found::Alive(shim) = Shim::find(&dir) else {
+        return;
+    };
+    log::warn!("alloc {alloc_id} task {task}: killing the task a previous agent left running");
+    let _ = shim.signal_group(libc::SIGKILL);
+    if let Some(cg) = agent.client.cgroups.leftover(alloc_id, task) {
+        if let Err(e) = cg.destroy(KILL_WAIT) {
+            log::error!("alloc {alloc_id} task {task}: {e}");
+        }
+    }
+    shim.finish(LOG_DRAIN_GRACE);
 }
 
 /// Why a start did not happen.
