@@ -9,8 +9,10 @@ pub mod link;
 pub mod logs;
 pub mod raw_exec;
 pub mod restarts;
+pub mod shim;
 pub mod stats;
 pub mod task_env;
+pub mod task_events;
 pub mod task_hooks;
 pub mod task_runner;
 
@@ -26,7 +28,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
 
 use crate::acl::keys::LazyKeys;
-use crate::config::Config;
+use crate::config::{Config, DrainOnShutdown};
 use crate::http::Server;
 use crate::state::jobs::alloc::{AllocRecord, TaskEvent, TaskState};
 use crate::sys::cgroup::{Cgroups, Mode};
@@ -118,6 +120,46 @@ impl From<LinkError> for Error {
     }
 }
 
+/// What the agent's stop does to running tasks.
+#[derive(Debug)]
+enum TasksOnStop {
+    /// Leave them running; the next agent re-attaches.
+    Detach,
+    /// Kill them (nothing could re-attach).
+    Kill,
+    /// Kill them, as `drain_on_shutdown` says.
+    Drain(DrainOnShutdown),
+}
+
+/// The settings that decide [`TasksOnStop`].
+struct OnStop {
+    temp_data_dir: bool,
+    drain: Option<DrainOnShutdown>,
+    leave_on_interrupt: bool,
+    leave_on_terminate: bool,
+}
+
+impl OnStop {
+    fn tasks_stop(&self, signal: i32) -> TasksOnStop {
+        if self.temp_data_dir {
+            log::info!("stopping every task: the data dir is temporary, nothing could re-attach");
+            return TasksOnStop::Kill;
+        }
+        let leave = (signal == libc::SIGINT && self.leave_on_interrupt)
+            || (signal == libc::SIGTERM && self.leave_on_terminate);
+        match &self.drain {
+            Some(d) if leave => {
+                log::info!("draining: stopping the allocations before the agent exits");
+                TasksOnStop::Drain(d.clone())
+            }
+            _ => {
+                log::info!("leaving tasks running for the next agent to re-attach");
+                TasksOnStop::Detach
+            }
+        }
+    }
+}
+
 /// What the Task API of a task needs from the agent: the HTTP server its `api.sock` is served
 /// by, and the keys its workload identity is signed with.
 pub struct TaskApi {
@@ -134,6 +176,8 @@ pub struct Client {
     data_dir: PathBuf,
     raw_exec_enabled: bool,
     gc_max_allocs: usize,
+    /// What happens to running tasks when the agent stops.
+    on_stop: OnStop,
     node: NodeFacts,
     stopping: AtomicBool,
     link: Arc<dyn ServerLink>,
@@ -182,6 +226,12 @@ impl Client {
             data_dir: config.data_dir.clone(),
             raw_exec_enabled: config.raw_exec_enabled,
             gc_max_allocs: config.gc_max_allocs,
+            on_stop: OnStop {
+                temp_data_dir: config.data_dir_is_temp,
+                drain: config.drain_on_shutdown.clone(),
+                leave_on_interrupt: config.leave_on_interrupt,
+                leave_on_terminate: config.leave_on_terminate,
+            },
             node: NodeFacts {
                 id: node_id.to_string(),
                 name: config.node_name.clone(),
@@ -265,21 +315,43 @@ impl Client {
         Ok(())
     }
 
-    /// Stop the puller and every task runner, and join them. Running tasks are killed
-    /// (KillSignal, then SIGKILL after KillTimeout) and start again on the next run.
-    pub fn shutdown(&self) {
+    /// Stop the puller and every task runner and join them, the agent having caught
+    /// `signal`. Running tasks are left running for the next agent (their shims keep them
+    /// and their logs), except when nothing could re-attach (`-dev`'s temporary data dir) or
+    /// the agent leaves with `drain_on_shutdown`: then they are killed (KillSignal, then
+    /// SIGKILL after KillTimeout) and start again on the next run.
+    pub fn shutdown(&self, signal: i32) {
         self.stopping.store(true, Ordering::SeqCst);
         let _ = self.stop_tx.try_send(());
         if let Some(h) = self.puller.lock().take() {
             let _ = h.join();
         }
-        let runners: Vec<Vec<TaskHandle>> = self.runners.lock().drain().map(|(_, v)| v).collect();
-        for tasks in &runners {
+        let stop = self.on_stop.tasks_stop(signal);
+        let drain_deadline = match &stop {
+            TasksOnStop::Drain(d) => crate::client::restarts::later(d.deadline),
+            _ => std::time::Instant::now(),
+        };
+        let runners: Vec<(String, Vec<TaskHandle>)> = self.runners.lock().drain().collect();
+        for (alloc_id, tasks) in &runners {
+            let cmd = match &stop {
+                TasksOnStop::Detach => TaskCmd::Detach,
+                TasksOnStop::Kill => TaskCmd::Shutdown(None),
+                TasksOnStop::Drain(d) => {
+                    let system = self
+                        .alloc(alloc_id)
+                        .is_some_and(|a| a.job.job_type() == "system");
+                    if d.ignore_system_jobs && system {
+                        TaskCmd::Detach
+                    } else {
+                        TaskCmd::Shutdown(Some(drain_deadline))
+                    }
+                }
+            };
             for t in tasks {
-                let _ = t.cmds.send(TaskCmd::Shutdown);
+                let _ = t.cmds.send(cmd.clone());
             }
         }
-        for tasks in runners {
+        for (_, tasks) in runners {
             for mut t in tasks {
                 if let Some(j) = t.join.take() {
                     let _ = j.join();
@@ -448,6 +520,18 @@ impl Client {
             }
         }
         for id in never_started {
+            // A task a previous agent left running (stopped while no agent watched) goes
+            // before it is recorded dead.
+            if let Some(a) = self.alloc(&id) {
+                for t in a
+                    .job
+                    .group(&a.task_group)
+                    .map(|g| g.tasks.as_slice())
+                    .unwrap_or(&[])
+                {
+                    task_runner::kill_orphan(self, &id, &t.name);
+                }
+            }
             let res = self.update_alloc(&id, |a| {
                 let names: Vec<String> = a
                     .job
@@ -725,6 +809,43 @@ mod tests {
         })
         .unwrap();
         Client::new(&config, "n1", server)
+    }
+
+    fn on_stop(temp: bool, drain: bool, int: bool, term: bool) -> OnStop {
+        OnStop {
+            temp_data_dir: temp,
+            drain: drain.then(|| DrainOnShutdown {
+                deadline: std::time::Duration::from_secs(60),
+                force: false,
+                ignore_system_jobs: false,
+            }),
+            leave_on_interrupt: int,
+            leave_on_terminate: term,
+        }
+    }
+
+    #[test]
+    fn tasks_stay_unless_nothing_could_reattach_or_the_agent_leaves_with_a_drain() {
+        let is = |o: OnStop, sig: i32| format!("{:?}", o.tasks_stop(sig));
+        assert_eq!(
+            is(on_stop(false, false, true, true), libc::SIGTERM),
+            "Detach"
+        );
+        assert_eq!(
+            is(on_stop(true, false, false, false), libc::SIGTERM),
+            "Kill"
+        );
+        assert!(is(on_stop(false, true, false, true), libc::SIGTERM).starts_with("Drain"));
+        assert_eq!(
+            is(on_stop(false, true, false, true), libc::SIGINT),
+            "Detach"
+        );
+        assert!(is(on_stop(false, true, true, false), libc::SIGINT).starts_with("Drain"));
+        // leave_on_* without drain_on_shutdown: nothing to drain.
+        assert_eq!(
+            is(on_stop(false, false, true, true), libc::SIGINT),
+            "Detach"
+        );
     }
 
     #[test]
