@@ -76,12 +76,8 @@ impl std::fmt::Debug for SigningKeys {
     }
 }
 
-fn key_error(path: &Path, op: &'static str, detail: impl std::fmt::Display) -> StoreError {
-    StoreError {
-        path: path.to_path_buf(),
-        op,
-        detail: detail.to_string(),
-    }
+fn key_error(path: &Path, op: &'static str, cause: impl Into<store::Cause>) -> StoreError {
+    StoreError::new(path, op, cause)
 }
 
 impl SigningKeys {
