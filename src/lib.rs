@@ -10,6 +10,7 @@ mod encoding;
 mod fs;
 mod hcl_doc;
 mod http;
+mod jobspec;
 pub mod logtap;
 mod meta_batcher;
 pub mod parse_bounds;
