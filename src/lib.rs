@@ -4,6 +4,7 @@
 mod acl;
 pub mod agent;
 mod api;
+pub mod cli;
 mod client;
 pub mod config;
 mod encoding;
