@@ -94,6 +94,9 @@ pub struct Input<'a> {
     /// `-var name=value` pairs; they win over var files. Values are converted to the
     /// variable's declared type.
     pub vars: Vec<(String, String)>,
+    /// `NOMAD_VAR_<name>` values from the environment: below var files and `-var`, and only
+    /// for declared variables (others are ignored, as Nomad does).
+    pub env_vars: Vec<(String, String)>,
 }
 
 /// Parse a jobspec into the JSON `Job` (Go field names, only what the spec sets plus `ID` and
@@ -244,6 +247,15 @@ fn variables(
             values.insert(name.clone(), d.clone());
         }
     }
+    let declared_only = input
+        .env_vars
+        .iter()
+        .filter(|(name, _)| declared.iter().any(|(n, _)| n == name));
+    for (name, raw) in declared_only {
+        if let Some((_, decl)) = declared.iter().find(|(n, _)| n == name) {
+            values.insert(name.clone(), typed_value(file, name, raw, decl)?);
+        }
+    }
     for (vf_name, text) in &input.var_files {
         let vf = parse_body(vf_name, text)?;
         if let Some(b) = vf.blocks().next() {
@@ -278,43 +290,7 @@ fn variables(
                 "Undefined -var variable; A {name:?} variable was passed in but was not found in known variables. To declare variable {name:?}, place this block in your jobspec: variable {name:?} {{}}"
             )));
         };
-        let v = match decl.type_name.as_str() {
-            "" | "string" | "any" => hcl::Value::String(raw.clone()),
-            "number" => raw
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .and_then(hcl::Number::from_f64)
-                .map(|n| match raw.trim().parse::<i64>() {
-                    Ok(i) => hcl::Value::Number(i.into()),
-                    Err(_) => hcl::Value::Number(n),
-                })
-                .ok_or_else(|| {
-                    invalid(format!(
-                        "Invalid value for variable; variable {name:?}: a number is required"
-                    ))
-                })?,
-            "bool" => match raw.trim() {
-                "true" => hcl::Value::Bool(true),
-                "false" => hcl::Value::Bool(false),
-                _ => {
-                    return Err(invalid(format!(
-                        "Invalid value for variable; variable {name:?}: a bool is required"
-                    )))
-                }
-            },
-            _ => {
-                let text = format!("v = {raw}");
-                let b = parse_body(&format!("<value for var.{name}>"), &text)?;
-                let expr = b
-                    .attributes()
-                    .next()
-                    .map(|a| a.expr().clone())
-                    .unwrap_or(Expression::Null);
-                expr.evaluate(&empty)
-                    .map_err(|e| invalid(format!("variable {name:?}: {e}")))?
-            }
-        };
+        let v = typed_value(file, name, raw, decl)?;
         values.insert(name.clone(), v);
     }
     for (name, _) in &declared {
@@ -325,6 +301,57 @@ fn variables(
         }
     }
     Ok(values)
+}
+
+/// A `-var` or `NOMAD_VAR_` text as a value of the variable's declared type.
+fn typed_value(
+    file: &str,
+    name: &str,
+    raw: &str,
+    decl: &Declared,
+) -> Result<hcl::Value, JobspecError> {
+    let invalid = |message: String| JobspecError::Invalid {
+        file: file.to_string(),
+        message,
+    };
+    let empty = Context::new();
+    Ok(match decl.type_name.as_str() {
+        "" | "string" | "any" => hcl::Value::String(raw.to_string()),
+        "number" => raw
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(hcl::Number::from_f64)
+            .map(|n| match raw.trim().parse::<i64>() {
+                Ok(i) => hcl::Value::Number(i.into()),
+                Err(_) => hcl::Value::Number(n),
+            })
+            .ok_or_else(|| {
+                invalid(format!(
+                    "Invalid value for variable; variable {name:?}: a number is required"
+                ))
+            })?,
+        "bool" => match raw.trim() {
+            "true" => hcl::Value::Bool(true),
+            "false" => hcl::Value::Bool(false),
+            _ => {
+                return Err(invalid(format!(
+                    "Invalid value for variable; variable {name:?}: a bool is required"
+                )))
+            }
+        },
+        _ => {
+            let text = format!("v = {raw}");
+            let b = parse_body(&format!("<value for var.{name}>"), &text)?;
+            let expr = b
+                .attributes()
+                .next()
+                .map(|a| a.expr().clone())
+                .unwrap_or(Expression::Null);
+            expr.evaluate(&empty)
+                .map_err(|e| invalid(format!("variable {name:?}: {e}")))?
+        }
+    })
 }
 
 /// A block after evaluation: identifier, labels, attribute values (JSON) and sub-blocks, in

@@ -105,6 +105,28 @@ fn job_run_status_alloc_status_logs_and_stop_purge() {
     assert!(text.contains("finished with status \"complete\""), "{text}");
 
     let alloc = alloc_of(&agent, "hello");
+    // The source went along as Nomad's CLI sends it; -output prints the job and submits nothing.
+    let o = ok(&cli(
+        &agent,
+        &[
+            "job",
+            "run",
+            "-output",
+            "-var",
+            "greeting=yo",
+            "examples/hello.nomad.hcl",
+        ],
+    ));
+    let printed: Value = serde_json::from_str(&o).unwrap();
+    assert_eq!(
+        printed["Job"]["TaskGroups"][0]["Tasks"][0]["Env"]["GREETING"],
+        "yo"
+    );
+    assert_eq!(
+        agent.get_json("/v1/job/hello")["Version"],
+        0,
+        "-output registered something"
+    );
     let short = &alloc[..8];
     // job status: list, then detail with Summary and Allocations tables.
     let list = ok(&cli(&agent, &["job", "status"]));

@@ -199,3 +199,21 @@ fn validate_answers_nomads_shape() {
         (400, "Job must be specified")
     );
 }
+
+#[test]
+fn parse_needs_parse_job_when_acls_are_on() {
+    let agent = TestAgent::start(&["-acl-enabled"]);
+    let body = json!({"JobHCL": "job \"a\" {}\n"}).to_string();
+    let r = agent.request("POST", "/v1/jobs/parse", &[], body.as_bytes());
+    assert_eq!((r.status, r.text().as_str()), (403, "Permission denied"));
+    let boot = agent.request("POST", "/v1/acl/bootstrap", &[], b"").json();
+    let secret = boot["SecretID"].as_str().unwrap();
+    let r = agent.request(
+        "POST",
+        "/v1/jobs/parse",
+        &[("X-Nomad-Token", secret)],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!({"ID": "a", "Name": "a"}));
+}

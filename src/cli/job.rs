@@ -31,6 +31,10 @@ pub const RUN: Command = Command {
             "json",
             "The file is JSON (a job, or {\"Job\": …}); also assumed for *.json",
         ),
+        flag(
+            "output",
+            "Print the JSON job that would be submitted, and submit nothing",
+        ),
         multi(
             "var",
             "KEY=VALUE",
@@ -106,17 +110,20 @@ trait TakeLimited: std::io::Read + Sized {
 }
 impl<R: std::io::Read> TakeLimited for R {}
 
-/// The job in `path` as JSON: HCL through the jobspec parser, or JSON (bare or wrapped).
-fn load_job(path: &str, m: &getopts::Matches) -> Result<Value, CliError> {
+/// The job in `path` as JSON (HCL through the jobspec parser, or JSON, bare or wrapped),
+/// and the `Submission` Nomad's CLI sends with it (the source, its format, the variables).
+fn load_job(path: &str, m: &getopts::Matches) -> Result<(Value, Value), CliError> {
     let text = read_file(path)?;
     let is_json = m.opt_present("json") || path.ends_with(".json");
     if is_json {
         let v = crate::parse_bounds::json_value(text.as_bytes())
             .map_err(|e| CliError::Other(format!("Error parsing job file from {path}: {e}")))?;
-        return Ok(match v.get("Job") {
+        let job = match v.get("Job") {
             Some(job) if job.is_object() => job.clone(),
             _ => v,
-        });
+        };
+        let submission = json!({"Source": text, "Format": "json"});
+        return Ok((job, submission));
     }
     let mut vars = Vec::new();
     for kv in m.opt_strs("var") {
@@ -130,14 +137,34 @@ fn load_job(path: &str, m: &getopts::Matches) -> Result<Value, CliError> {
         let text = read_file(&f)?;
         var_files.push((f, text));
     }
+    let var_flags: serde_json::Map<String, Value> = vars
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    let var_file_text: String = var_files.iter().map(|(_, t)| t.as_str()).collect();
     let input = Input {
         text: &text,
         file: path,
         var_files,
         vars,
+        env_vars: env_vars(),
     };
-    jobspec::parse(&input)
-        .map_err(|e| CliError::Other(format!("Error parsing job file from {path}:\n{e}")))
+    let job = jobspec::parse(&input)
+        .map_err(|e| CliError::Other(format!("Error parsing job file from {path}:\n{e}")))?;
+    let submission = json!({
+        "Source": text,
+        "Format": "hcl2",
+        "VariableFlags": var_flags,
+        "Variables": var_file_text,
+    });
+    Ok((job, submission))
+}
+
+/// `NOMAD_VAR_<name>` variables from the environment (used for declared variables only).
+fn env_vars() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter_map(|(k, v)| k.strip_prefix("NOMAD_VAR_").map(|n| (n.to_string(), v)))
+        .collect()
 }
 
 fn now() -> String {
@@ -146,8 +173,14 @@ fn now() -> String {
 
 fn run(ctx: &Ctx, m: &getopts::Matches) -> Result<i32, CliError> {
     let args = positional(m, 1, 1, "one argument, the path to a job file")?;
-    let job = load_job(&args[0], m)?;
-    let body = serde_json::to_vec(&json!({ "Job": job }))
+    let (job, submission) = load_job(&args[0], m)?;
+    if m.opt_present("output") {
+        let text = serde_json::to_string_pretty(&json!({ "Job": job }))
+            .map_err(|e| CliError::Other(format!("Error encoding job: {e}")))?;
+        println!("{text}");
+        return Ok(0);
+    }
+    let body = serde_json::to_vec(&json!({ "Job": job, "Submission": submission }))
         .map_err(|e| CliError::Other(format!("Error encoding job: {e}")))?;
     let resp = ctx
         .client
@@ -336,13 +369,25 @@ fn multiple_jobs(items: &[Value]) -> String {
         rows.push(format!(
             "{}|{}|{}|{}|{}",
             s(j, "ID"),
-            s(j, "Type"),
+            type_string(j),
             n(j, "Priority"),
             job_status(j),
             format::time_ns(n(j, "SubmitTime"))
         ));
     }
     table(&rows)
+}
+
+/// The job's type, with `/periodic` or `/parameterized` as Nomad's list shows it.
+fn type_string(j: &Value) -> String {
+    let t = s(j, "Type");
+    if j.get("Periodic").and_then(Value::as_bool) == Some(true) {
+        format!("{t}/periodic")
+    } else if j.get("ParameterizedJob").and_then(Value::as_bool) == Some(true) {
+        format!("{t}/parameterized")
+    } else {
+        t.to_string()
+    }
 }
 
 fn job_status(j: &Value) -> String {

@@ -241,6 +241,13 @@ fn group_usage(group: &str) -> String {
     s
 }
 
+/// The connector for an endpoint: `None` keeps the built-in one (TCP for `http`, Unix
+/// sockets; `https` is refused with a clear error). The TLS work plugs its rustls connector
+/// in here, built from `tls`; nothing else in the CLI knows about TLS.
+fn connector_for(_endpoint: &Endpoint, _tls: &TlsSettings) -> Option<Connector> {
+    None
+}
+
 /// Run `nomadlet <group> <command> …` (`args` starts at the group); returns the exit code.
 pub fn run(args: &[String]) -> i32 {
     let Some(group) = args.first() else {
@@ -320,6 +327,9 @@ pub fn run(args: &[String]) -> i32 {
         skip_verify: m.opt_present("tls-skip-verify")
             || env("NOMAD_SKIP_VERIFY").is_some_and(|v| v == "1" || v == "true"),
     };
+    if let Some(c) = connector_for(&client.endpoint, &tls) {
+        client = client.with_connector(c);
+    }
     let ctx = Ctx { client, tls };
     match (cmd.run)(&ctx, &m) {
         Ok(code) => code,

@@ -131,6 +131,20 @@ job "j" {
         json!({"n": "EDGE", "tags": "a,b", "f": "edge-6", "l": "1"})
     );
     assert_eq!(job["TaskGroups"][0]["Count"], 3);
+    // NOMAD_VAR_ values set declared variables only, below var files and -var.
+    let job = parse(&Input {
+        text,
+        env_vars: vec![
+            ("dc".into(), "from-env".into()),
+            ("count".into(), "4".into()),
+            ("undeclared".into(), "x".into()),
+        ],
+        vars: vec![("count".into(), "5".into())],
+        ..Input::default()
+    })
+    .unwrap();
+    assert_eq!(job["Datacenters"], json!(["from-env"]));
+    assert_eq!(job["TaskGroups"][0]["Count"], 5);
 }
 
 #[test]
