@@ -55,8 +55,13 @@ pub enum JobspecError {
         column: usize,
         message: String,
     },
-    /// HCL, but not a valid jobspec (unknown block, wrong type, unset variable, …).
-    Invalid { file: String, message: String },
+    /// HCL, but not a valid jobspec (unknown block, wrong type, unset variable, …), with the
+    /// line and column of the argument or block named in the message when it can be found.
+    Invalid {
+        file: String,
+        at: Option<(usize, usize)>,
+        message: String,
+    },
 }
 
 impl fmt::Display for JobspecError {
@@ -75,7 +80,16 @@ impl fmt::Display for JobspecError {
                 column,
                 message,
             } => write!(f, "{file}:{line},{column}: {message}"),
-            JobspecError::Invalid { file, message } => write!(f, "{file}: {message}"),
+            JobspecError::Invalid {
+                file,
+                at: Some((line, column)),
+                message,
+            } => write!(f, "{file}:{line},{column}: {message}"),
+            JobspecError::Invalid {
+                file,
+                at: None,
+                message,
+            } => write!(f, "{file}: {message}"),
         }
     }
 }
@@ -109,6 +123,7 @@ pub fn parse(input: &Input) -> Result<Value, JobspecError> {
     };
     let body = parse_body(file, input.text)?;
     let invalid = |message: String| JobspecError::Invalid {
+        at: locate(input.text, &message),
         file: file.to_string(),
         message,
     };
@@ -156,6 +171,24 @@ pub fn parse(input: &Input) -> Result<Value, JobspecError> {
     map::job(&tree).map_err(invalid)
 }
 
+/// Where the argument or block a message names (`named "x"`, `type "x"`, `attribute "x"`)
+/// is first written: a line that starts with it. hcl-rs's bodies carry no positions, so this
+/// finds the first such line, which is the right one unless the name is used twice.
+fn locate(text: &str, message: &str) -> Option<(usize, usize)> {
+    let name = ["named \"", "type \"", "attribute \""]
+        .iter()
+        .find_map(|p| message.split_once(p))
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(name, _)| name)?;
+    text.lines().enumerate().find_map(|(i, line)| {
+        let trimmed = line.trim_start();
+        let after = trimmed.strip_prefix(name)?;
+        let next = after.chars().next()?;
+        (next.is_whitespace() || matches!(next, '=' | '{' | '"'))
+            .then(|| (i + 1, line.len() - trimmed.len() + 1))
+    })
+}
+
 /// Bound, then parse, HCL text.
 fn parse_body(file: &str, text: &str) -> Result<hcl::Body, JobspecError> {
     if text.len() > JOBSPEC_MAX_BYTES {
@@ -176,6 +209,7 @@ fn parse_body(file: &str, text: &str) -> Result<hcl::Body, JobspecError> {
             message: p.message().to_string(),
         },
         other => JobspecError::Invalid {
+            at: None,
             file: file.to_string(),
             message: other.to_string(),
         },
@@ -197,6 +231,7 @@ fn variables(
     input: &Input,
 ) -> Result<hcl::Map<String, hcl::Value>, JobspecError> {
     let invalid = |message: String| JobspecError::Invalid {
+        at: None,
         file: file.to_string(),
         message,
     };
@@ -260,6 +295,7 @@ fn variables(
         let vf = parse_body(vf_name, text)?;
         if let Some(b) = vf.blocks().next() {
             return Err(JobspecError::Invalid {
+                at: None,
                 file: vf_name.clone(),
                 message: map::unsupported_block(b.identifier()),
             });
@@ -268,6 +304,7 @@ fn variables(
             let name = attr.key();
             if !declared.iter().any(|(n, _)| n == name) {
                 return Err(JobspecError::Invalid {
+                    at: None,
                     file: vf_name.clone(),
                     message: format!(
                         "Undefined variable; A {name:?} variable was set but was not found in known variables. To declare variable {name:?}, place this block in your jobspec: variable {name:?} {{}}"
@@ -278,6 +315,7 @@ fn variables(
                 .expr()
                 .evaluate(&empty)
                 .map_err(|e| JobspecError::Invalid {
+                    at: None,
                     file: vf_name.clone(),
                     message: format!("{name}: {e}"),
                 })?;
@@ -311,6 +349,7 @@ fn typed_value(
     decl: &Declared,
 ) -> Result<hcl::Value, JobspecError> {
     let invalid = |message: String| JobspecError::Invalid {
+        at: None,
         file: file.to_string(),
         message,
     };

@@ -305,7 +305,10 @@ fn detach_prefixes_nodes_members_and_bad_input() {
     std::fs::write(&bad, "job \"x\" {\n  grup \"g\" {}\n}\n").unwrap();
     let o = cli(&agent, &["job", "run", bad.to_str().unwrap()]);
     assert!(
-        err(&o).contains("Blocks of type \"grup\" are not expected here."),
+        err(&o).contains(&format!(
+            "{}:2,3: Unsupported block type; Blocks of type \"grup\" are not expected here.",
+            bad.display()
+        )),
         "{}",
         err(&o)
     );

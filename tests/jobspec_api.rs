@@ -115,7 +115,7 @@ fn bad_jobspecs_get_a_clear_400() {
         ),
         (
             json!({"JobHCL": "job \"x\" {\n  colour = \"red\"\n}\n"}),
-            "Unsupported argument; An argument named \"colour\" is not expected here.",
+            "input.hcl:2,3: Unsupported argument; An argument named \"colour\" is not expected here.",
         ),
         (
             json!({"JobHCL": "variable \"v\" {}\njob \"x\" {}\n"}),
@@ -153,6 +153,13 @@ fn bad_jobspecs_get_a_clear_400() {
         r.text().starts_with("Failed to decode body"),
         "{}",
         r.text()
+    );
+    // A body over the request limit is refused before it is parsed.
+    let huge = json!({"JobHCL": "#".repeat(2 * 1024 * 1024)}).to_string();
+    let r = agent.request("POST", "/v1/jobs/parse", &[], huge.as_bytes());
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (413, "request body too large")
     );
     let r = agent.get("/v1/jobs/parse");
     assert_eq!(r.status, 405);

@@ -153,10 +153,10 @@ fn errors_read_like_nomads() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("Unset variable \"x\""), "{e}");
-    let e = p("job \"j\" { bogus = 1 }").unwrap_err().to_string();
+    let e = p("job \"j\" {\n  bogus = 1\n}").unwrap_err().to_string();
     assert_eq!(
         e,
-        "input.hcl: Unsupported argument; An argument named \"bogus\" is not expected here."
+        "input.hcl:2,3: Unsupported argument; An argument named \"bogus\" is not expected here."
     );
     let e = p("job \"j\" {\n group \"g\" {\n tusk \"t\" {}\n }\n}")
         .unwrap_err()
