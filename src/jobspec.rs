@@ -7,6 +7,7 @@
 //! `${meta.rack}`, …) are runtime interpolations: inside a string they are kept as written, as
 //! Nomad's jobspec2 does; `var.*`, `local.*` and function calls are evaluated.
 
+mod budget;
 mod funcs;
 mod map;
 
@@ -40,6 +41,12 @@ pub const JOBSPEC_MAX_BYTES: usize = 512 * 1024;
 /// The file name used in error texts when the jobspec came without one (Nomad's API says
 /// `input.hcl` too).
 pub const DEFAULT_FILE_NAME: &str = "input.hcl";
+
+/// Most locals a jobspec may define (each is evaluated with the ones before it in scope).
+pub const MAX_LOCALS: usize = 1024;
+
+/// Most `variable` blocks a jobspec may declare.
+pub const MAX_VARIABLES: usize = 1024;
 
 /// Why a jobspec did not become a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,10 +137,26 @@ pub fn parse(input: &Input) -> Result<Value, JobspecError> {
     let vars = variables(file, &body, input)?;
     let mut ctx = Context::new();
     funcs::declare(&mut ctx);
-    ctx.declare_var("var", hcl::Value::Object(vars));
+    ctx.declare_var("var", hcl::Value::Object(vars.clone()));
     let mut locals = hcl::Map::new();
+    let mut spent = 0u64;
+    let local_count: usize = body
+        .blocks()
+        .filter(|b| b.identifier() == "locals")
+        .map(|b| b.body().attributes().count())
+        .sum();
+    if local_count > MAX_LOCALS {
+        return Err(invalid(format!(
+            "Too many locals; a jobspec may define at most {MAX_LOCALS}"
+        )));
+    }
     for block in body.blocks().filter(|b| b.identifier() == "locals") {
         for attr in block.body().attributes() {
+            let refs = budget::RefSizes {
+                vars: &vars,
+                locals: &locals,
+            };
+            charge(&mut spent, attr.expr(), &refs).map_err(&invalid)?;
             ctx.declare_var("local", hcl::Value::Object(locals.clone()));
             let v = attr
                 .expr()
@@ -142,7 +165,11 @@ pub fn parse(input: &Input) -> Result<Value, JobspecError> {
             locals.insert(attr.key().to_string(), v);
         }
     }
-    ctx.declare_var("local", hcl::Value::Object(locals));
+    ctx.declare_var("local", hcl::Value::Object(locals.clone()));
+    let refs = budget::RefSizes {
+        vars: &vars,
+        locals: &locals,
+    };
     let mut jobs = Vec::new();
     if let Some(attr) = body.attributes().next() {
         return Err(invalid(map::unsupported_argument(attr.key())));
@@ -167,7 +194,7 @@ pub fn parse(input: &Input) -> Result<Value, JobspecError> {
             ))
         }
     };
-    let tree = evaluate_block(job, &ctx).map_err(invalid)?;
+    let tree = evaluate_block(job, &ctx, &refs, &mut spent).map_err(invalid)?;
     map::job(&tree).map_err(invalid)
 }
 
@@ -237,6 +264,16 @@ fn variables(
     };
     let empty = Context::new();
     let mut declared: Vec<(String, Declared)> = Vec::new();
+    if body
+        .blocks()
+        .filter(|b| b.identifier() == "variable")
+        .count()
+        > MAX_VARIABLES
+    {
+        return Err(invalid(format!(
+            "Too many variables; a jobspec may declare at most {MAX_VARIABLES}"
+        )));
+    }
     for block in body.blocks().filter(|b| b.identifier() == "variable") {
         let [label] = block.labels() else {
             return Err(invalid(
@@ -403,7 +440,24 @@ pub(crate) struct Block {
     pub blocks: Vec<Block>,
 }
 
-fn evaluate_block(block: &hcl::Block, ctx: &Context) -> Result<Block, String> {
+/// Charge an expression's allocation bound before it is evaluated.
+fn charge(spent: &mut u64, expr: &Expression, refs: &budget::RefSizes) -> Result<(), String> {
+    *spent = spent.saturating_add(budget::bound(expr, refs));
+    if *spent > budget::MAX_EVALUATED_BYTES {
+        return Err(format!(
+            "Jobspec too large when evaluated; its values may add up to more than {} bytes",
+            budget::MAX_EVALUATED_BYTES
+        ));
+    }
+    Ok(())
+}
+
+fn evaluate_block(
+    block: &hcl::Block,
+    ctx: &Context,
+    refs: &budget::RefSizes,
+    spent: &mut u64,
+) -> Result<Block, String> {
     let mut out = Block {
         ident: block.identifier().to_string(),
         labels: block
@@ -415,12 +469,13 @@ fn evaluate_block(block: &hcl::Block, ctx: &Context) -> Result<Block, String> {
         blocks: Vec::new(),
     };
     for attr in block.body().attributes() {
+        charge(spent, attr.expr(), refs)?;
         let v = evaluate_expr(attr.expr(), ctx).map_err(|e| format!("{}: {e}", attr.key()))?;
         let v = serde_json::to_value(v).map_err(|e| format!("{}: {e}", attr.key()))?;
         out.attrs.push((attr.key().to_string(), v));
     }
     for b in block.body().blocks() {
-        out.blocks.push(evaluate_block(b, ctx)?);
+        out.blocks.push(evaluate_block(b, ctx, refs, spent)?);
     }
     Ok(out)
 }

@@ -9,7 +9,7 @@ use hcl::{Number, Value};
 
 /// Longest string a function may build (`format`, `join`, `replace`), so a small jobspec
 /// cannot make a huge value.
-pub const MAX_FUNC_RESULT_BYTES: usize = 256 * 1024;
+pub const MAX_FUNC_RESULT_BYTES: usize = 64 * 1024;
 
 fn too_big(s: String) -> Result<Value, String> {
     if s.len() > MAX_FUNC_RESULT_BYTES {

@@ -204,6 +204,33 @@ fn hostile_text_is_refused_before_parsing() {
     assert!(p(huge).is_ok());
 }
 
+/// A small jobspec naming a large variable many times (directly, in lists, through functions
+/// and for-expressions) is refused before the copies are made.
+#[test]
+fn references_cannot_amplify_memory() {
+    let big = "x".repeat(100 * 1024);
+    let refs = "var.s, ".repeat(2000);
+    for attack in [
+        format!("a = [{refs}]"),
+        format!("a = concat([{refs}])"),
+        format!("a = join(\"\", [{refs}])"),
+        "a = [for i in var.l : var.s]".to_string(),
+        format!("a = \"{}\"", "${var.s}".repeat(1000)),
+    ] {
+        let text = format!(
+            "variable \"s\" {{\n default = \"{big}\"\n}}\nvariable \"l\" {{\n default = [{}]\n}}\njob \"j\" {{\n meta {{\n {attack}\n }}\n}}\n",
+            "1,".repeat(1000)
+        );
+        let e = p(&text).unwrap_err().to_string();
+        assert!(e.contains("too large when evaluated"), "{attack:.40}: {e}");
+    }
+    // Ordinary use of the same variable is fine.
+    let text = format!(
+        "variable \"s\" {{\n default = \"{big}\"\n}}\njob \"j\" {{\n meta {{\n a = var.s\n b = upper(var.s)\n }}\n}}\n"
+    );
+    assert!(p(&text).is_ok());
+}
+
 /// The deepest and most operator-heavy jobspec the bounds let through parses and evaluates
 /// on a thread with the connection threads' stack.
 #[test]
