@@ -508,3 +508,34 @@ fn every_cli_flag_is_in_its_man_page() {
     }
     assert!(checked > 40, "checked only {checked} flags");
 }
+
+/// Inside a task, the CLI reaches the agent over the task's Task API socket
+/// (`NOMAD_ADDR=unix://${NOMAD_SECRETS_DIR}/api.sock`) with the task's workload identity as
+/// `NOMAD_TOKEN`.
+#[test]
+fn the_cli_works_inside_a_task_over_the_task_api_socket() {
+    // A short data dir: the socket path must fit in sun_path.
+    let agent = TestAgent::start_in(&short_dir(), &[]);
+    let dir = temp_dir("cli-task");
+    let script = format!(
+        "NOMAD_ADDR=unix://$NOMAD_SECRETS_DIR/api.sock exec {} operator api /v1/client/metadata",
+        bin()
+    );
+    let job = serde_json::json!({"Job": {"ID": "inside", "Type": "batch", "TaskGroups": [{"Name": "g",
+        "RestartPolicy": {"Attempts": 0, "Mode": "fail"},
+        "Tasks": [{"Name": "t", "Driver": "raw_exec",
+            "Config": {"command": "/bin/sh", "args": ["-c", script]},
+            "Identity": {"Env": true}}]}]}});
+    let path = dir.join("inside.json");
+    std::fs::write(&path, job.to_string()).unwrap();
+    let o = ok(&cli(&agent, &["job", "run", path.to_str().unwrap()]));
+    assert!(o.contains("finished with status \"complete\""), "{o}");
+    let alloc = alloc_of(&agent, "inside");
+    let mut logs = String::new();
+    wait_until(Duration::from_secs(15), "the task's CLI output", || {
+        logs = out(&cli(&agent, &["alloc", "logs", &alloc]));
+        serde_json::from_str::<Value>(&logs).is_ok()
+    });
+    let v: Value = serde_json::from_str(&logs).unwrap_or_else(|e| panic!("{e}: {logs}"));
+    assert!(v.get("Meta").is_some() || v.get("Dynamic").is_some(), "{v}");
+}
