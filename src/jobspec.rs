@@ -9,6 +9,7 @@
 
 mod budget;
 mod funcs;
+mod heredoc;
 mod map;
 
 use std::fmt;
@@ -216,7 +217,7 @@ fn locate(text: &str, message: &str) -> Option<(usize, usize)> {
     })
 }
 
-/// Bound, then parse, HCL text.
+/// Bound, then parse, HCL text (plain heredocs first rewritten to quoted strings).
 fn parse_body(file: &str, text: &str) -> Result<hcl::Body, JobspecError> {
     if text.len() > JOBSPEC_MAX_BYTES {
         return Err(JobspecError::TooLarge {
@@ -224,11 +225,12 @@ fn parse_body(file: &str, text: &str) -> Result<hcl::Body, JobspecError> {
             len: text.len(),
         });
     }
-    check_hcl(text, JOBSPEC_LIMITS).map_err(|err| JobspecError::Bounds {
+    let text = heredoc::rewrite(text);
+    check_hcl(&text, JOBSPEC_LIMITS).map_err(|err| JobspecError::Bounds {
         file: file.to_string(),
         err,
     })?;
-    hcl::parse(text).map_err(|e| match e {
+    hcl::parse(&text).map_err(|e| match e {
         hcl::Error::Parse(p) => JobspecError::Syntax {
             file: file.to_string(),
             line: p.location().line(),

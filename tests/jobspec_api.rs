@@ -134,7 +134,7 @@ fn bad_jobspecs_get_a_clear_400() {
             "larger than",
         ),
         (
-            json!({"JobHCL": "job \"x\" {\n  meta { a = <<EOF\nhi\nEOF\n  }\n}\n"}),
+            json!({"JobHCL": "job \"x\" {\n  meta {\n    a = [<<EOF\nhi\nEOF\n    ]\n  }\n}\n"}),
             "heredoc",
         ),
     ];

@@ -204,6 +204,24 @@ fn hostile_text_is_refused_before_parsing() {
     assert!(p(huge).is_ok());
 }
 
+#[test]
+fn template_heredocs_become_embedded_templates() {
+    let job = p("variable \"port\" {\n  default = 8080\n}\njob \"t\" {\n  group \"g\" {\n    task \"t\" {\n      template {\n        destination = \"local/app.conf\"\n        data        = <<-EOH\n          port = ${var.port}\n          dir  = \"${NOMAD_TASK_DIR}\"\n          {{ key \"x\" }}\n        EOH\n      }\n      bogus = 1\n    }\n  }\n}\n");
+    let e = job.unwrap_err().to_string();
+    // The line numbers after the heredoc are those of the file.
+    assert!(e.starts_with("input.hcl:15,7: Unsupported argument"), "{e}");
+    let job = p("job \"t\" {\n  group \"g\" {\n    task \"t\" {\n      template {\n        data = <<EOH\nport = 1\nEOH\n      }\n    }\n  }\n}\n").unwrap();
+    assert_eq!(
+        job["TaskGroups"][0]["Tasks"][0]["Templates"],
+        json!([{"EmbeddedTmpl": "port = 1\n"}])
+    );
+    let job = p("variable \"port\" {\n  default = 8080\n}\njob \"t\" {\n  group \"g\" {\n    task \"t\" {\n      template {\n        data = <<-EOH\n          port = ${var.port}\n          dir  = \"${NOMAD_TASK_DIR}\"\n        EOH\n      }\n    }\n  }\n}\n").unwrap();
+    assert_eq!(
+        job["TaskGroups"][0]["Tasks"][0]["Templates"][0]["EmbeddedTmpl"],
+        "port = 8080\ndir  = \"${NOMAD_TASK_DIR}\"\n"
+    );
+}
+
 /// A small jobspec naming a large variable many times (directly, in lists, through functions
 /// and for-expressions) is refused before the copies are made.
 #[test]
