@@ -313,3 +313,75 @@ fn every_example_parses_to_the_json_beside_it() {
     }
     assert!(seen >= 4, "expected the examples, saw {seen} files");
 }
+
+/// Mutated examples (bytes flipped, cut, or HCL's nesting and heredoc tokens inserted) never
+/// panic or overflow a 256 KiB stack: each is either a job or an error.
+#[test]
+fn mutated_jobspecs_never_panic_on_a_small_stack() {
+    let base = [
+        include_str!("../../examples/hello.nomad.hcl"),
+        include_str!("../../examples/taskapi-example.nomad.hcl"),
+    ];
+    let ok = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let tokens: &[&str] = &[
+                "[",
+                "]",
+                "{",
+                "}",
+                "${",
+                "\"",
+                "<<EOF\n",
+                "\nEOF\n",
+                "%{",
+                "(",
+                "-",
+                "?",
+                ":",
+                "var.",
+                "local.",
+                "upper(",
+                "\n",
+                "=",
+                "#",
+                "/*",
+                "\\",
+                "job \"x\" {\n",
+            ];
+            let mut seed = 0x2545_f491_4f6c_dd1du64;
+            let mut next = move || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed
+            };
+            let mut parsed = 0;
+            for round in 0..20000 {
+                let mut text = base[round % base.len()].as_bytes().to_vec();
+                for _ in 0..(1 + next() % 6) {
+                    let at = (next() as usize) % (text.len() + 1);
+                    match next() % 3 {
+                        0 => {
+                            let t = tokens[(next() as usize) % tokens.len()];
+                            for _ in 0..(1 + next() % 20) {
+                                text.splice(at..at, t.bytes());
+                            }
+                        }
+                        1 if at < text.len() => text[at] = (next() % 128) as u8,
+                        _ => text.truncate(at),
+                    }
+                }
+                let text = String::from_utf8_lossy(&text).into_owned();
+                if p(&text).is_ok() {
+                    parsed += 1;
+                }
+            }
+            parsed
+        })
+        .unwrap()
+        .join();
+    let parsed = ok.expect("a mutated jobspec panicked");
+    // Enough mutants stay valid for the evaluator and the block mapping to be exercised too.
+    assert!(parsed > 200, "only {parsed} of 20000 mutants parsed");
+}
