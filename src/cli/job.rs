@@ -323,35 +323,7 @@ fn finish(eval: &Value, eval_id: &str, verbose: bool) -> i32 {
             "allocations"
         };
         println!("    Task Group {group:?} (failed to place {count} {noun}):");
-        for (k, v) in metric
-            .get("ConstraintFiltered")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-        {
-            println!(
-                "      * Constraint {k:?}: {} nodes excluded by filter",
-                v.as_i64().unwrap_or(0)
-            );
-        }
-        let exhausted = n(metric, "NodesExhausted");
-        if exhausted > 0 {
-            println!("      * Resources exhausted on {exhausted} nodes");
-        }
-        for (k, v) in metric
-            .get("DimensionExhausted")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-        {
-            println!(
-                "      * Dimension {k:?} exhausted on {} nodes",
-                v.as_i64().unwrap_or(0)
-            );
-        }
-        if n(metric, "NodesEvaluated") == 0 {
-            println!("      * No nodes were eligible for evaluation");
-        }
+        print!("{}", alloc_metrics(metric));
     }
     let blocked = s(eval, "BlockedEval");
     if !blocked.is_empty() {
@@ -361,6 +333,57 @@ fn finish(eval: &Value, eval_id: &str, verbose: bool) -> i32 {
         );
     }
     EXIT_PLACEMENT_FAILURE
+}
+
+/// Why a group could not be placed, in the order and words of Nomad's `formatAllocMetrics`.
+fn alloc_metrics(metric: &Value) -> String {
+    let mut out = String::new();
+    let entries = |key: &str| -> Vec<(String, i64)> {
+        metric
+            .get(key)
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.as_i64().unwrap_or(0)))
+            .collect()
+    };
+    if n(metric, "NodesEvaluated") == 0 {
+        out.push_str("      * No nodes were eligible for evaluation\n");
+    }
+    for (dc, available) in entries("NodesAvailable") {
+        if available == 0 {
+            out.push_str(&format!(
+                "      * No nodes are available in datacenter {dc:?}\n"
+            ));
+        }
+    }
+    for (class, num) in entries("ClassFiltered") {
+        out.push_str(&format!(
+            "      * Class {class:?}: {num} nodes excluded by filter\n"
+        ));
+    }
+    for (cons, num) in entries("ConstraintFiltered") {
+        out.push_str(&format!(
+            "      * Constraint {cons:?}: {num} nodes excluded by filter\n"
+        ));
+    }
+    let exhausted = n(metric, "NodesExhausted");
+    if exhausted > 0 {
+        out.push_str(&format!(
+            "      * Resources exhausted on {exhausted} nodes\n"
+        ));
+    }
+    for (class, num) in entries("ClassExhausted") {
+        out.push_str(&format!(
+            "      * Class {class:?} exhausted on {num} nodes\n"
+        ));
+    }
+    for (dim, num) in entries("DimensionExhausted") {
+        out.push_str(&format!(
+            "      * Dimension {dim:?} exhausted on {num} nodes\n"
+        ));
+    }
+    out
 }
 
 fn multiple_jobs(items: &[Value]) -> String {
