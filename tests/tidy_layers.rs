@@ -22,6 +22,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "encoding",
             "fs",
             "http",
+            "jobspec",
             "logtap",
             "meta_batcher",
             "parse_bounds",
@@ -90,6 +91,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("fs", &["encoding", "http", "sys", "time"]),
+    // HCL2 jobspecs → the JSON job (used by the API and the CLI).
+    ("jobspec", &["config", "hcl_doc", "parse_bounds", "time"]),
+    // The Nomad CLI subset: an HTTP client of the API, not a part of the agent.
+    (
+        "cli",
+        &["config", "encoding", "jobspec", "parse_bounds", "time"],
+    ),
     ("config", &["hcl_doc", "http::limits", "parse_bounds"]),
     // Our HTTP server: knows nothing of Nomad.
     ("http", &["sys", "time"]),
