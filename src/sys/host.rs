@@ -1,7 +1,7 @@
 //! Safe wrappers for what `/v1/agent/host` reads from the kernel: `uname(2)`, `statvfs(3)` and
 //! `getifaddrs(3)`.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
@@ -33,18 +33,8 @@ pub fn uname() -> Result<[String; 5], String> {
 
 /// `(total, available to unprivileged users)` bytes of the filesystem holding `path`.
 pub fn fs_space(path: &Path) -> Option<(u64, u64)> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: statvfs is plain data filled by the call.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a NUL-terminated path and a valid out pointer.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    let bs = st.f_frsize as u64;
-    Some((
-        (st.f_blocks as u64).saturating_mul(bs),
-        (st.f_bavail as u64).saturating_mul(bs),
-    ))
+    let st = super::fd::statvfs(path).ok()?;
+    Some((st.total, st.avail))
 }
 
 /// One IP address of one network interface.

@@ -8,11 +8,14 @@
 
 pub mod cgroup;
 pub mod child;
+pub mod fd;
 pub mod host;
 pub mod malloc;
 pub mod mem;
 pub mod poll;
+pub mod process;
 pub mod signal;
+pub mod user;
 
 use std::os::fd::RawFd;
 
