@@ -15,6 +15,7 @@ pub mod mem;
 pub mod poll;
 pub mod process;
 pub mod signal;
+pub mod socket;
 pub mod user;
 
 use std::os::fd::RawFd;
