@@ -16,6 +16,7 @@ pub mod poll;
 pub mod process;
 pub mod signal;
 pub mod socket;
+pub mod tz;
 pub mod user;
 
 use std::os::fd::RawFd;
