@@ -16,11 +16,6 @@ use common::*;
 use serde_json::{json, Value};
 use workloads_helpers::*;
 
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
-}
-
 /// The agent's cgroup mode; panics if a root agent uses none (it must on CI's hosts).
 fn cgroups_in_use(agent: &TestAgent) -> bool {
     let mode = agent.get_json("/v1/agent/self")["stats"]["client"]["cgroup_mode"]
@@ -31,8 +26,7 @@ fn cgroups_in_use(agent: &TestAgent) -> bool {
         ["v2", "hybrid", "v1", "none"].contains(&mode.as_str()),
         "{mode:?}"
     );
-    // SAFETY: geteuid cannot fail.
-    let root = unsafe { libc_geteuid() } == 0;
+    let root = rustix::process::geteuid().is_root();
     if root {
         assert_ne!(mode, "none", "a root agent on this host must use cgroups");
     } else if mode == "none" {
