@@ -157,8 +157,8 @@ pub fn unlinkat(dir: impl AsFd, name: &CStr) -> io::Result<()> {
     Ok(rustix::fs::unlinkat(dir, name, AtFlags::empty())?)
 }
 
-/// Make a FIFO at `path` (tests plant them where the agent must not block).
-#[cfg(test)]
+/// `mkfifo(path, mode)` (the task shim's command FIFO; tests plant FIFOs where the agent must
+/// not block).
 pub fn mkfifo(path: &Path, mode: u32) -> io::Result<()> {
     Ok(rustix::fs::mknodat(
         rustix::fs::CWD,

@@ -9,7 +9,8 @@
 //! ticks; `socket`: listen, `SO_RCVTIMEO`, shutdown, peek; `poll`: one or several fds;
 //! `signal`: block a set, wait with a deadline; `tz`: the local UTC offset; `cgroup`: each
 //! task's control group (create, limit, kill, sample, remove); `child`: what a forked task
-//! does before `exec`; `malloc`: the allocator's arena cap; `mem`: trimming resident code and
+//! does before `exec`; `shim`: what the per-task shim needs (session, FIFO, pidfd, kill);
+//! `malloc`: the allocator's arena cap; `mem`: trimming resident code and
 //! stack pages; `host`: uname, statvfs and network interfaces for `/v1/agent/host`. Plus the
 //! open-files limit and a zero-wait readability check.
 
@@ -21,6 +22,7 @@ pub mod malloc;
 pub mod mem;
 pub mod poll;
 pub mod process;
+pub mod shim;
 pub mod signal;
 pub mod socket;
 pub mod tz;
