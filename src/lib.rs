@@ -16,6 +16,7 @@ pub mod parse_bounds;
 mod state;
 mod sys;
 mod time;
+pub mod tls;
 
 #[doc(hidden)]
 pub mod fuzzing;

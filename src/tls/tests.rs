@@ -1,0 +1,1 @@
+//! Unit tests of the TLS configurations: certificates made here with rcgen.
