@@ -142,7 +142,7 @@ impl TlsSock {
 /// record type.
 fn looks_like_plain_http(first: &[u8]) -> bool {
     first.first().is_some_and(|b| *b != TLS_HANDSHAKE_RECORD)
-        && first.iter().take(4).all(|b| b.is_ascii_uppercase())
+        && first.len() >= 3 && first.iter().take(3).all(|b| b.is_ascii_uppercase())
 }
 
 /// `Some` when the reader has an answer without reading the socket: bytes, or end of stream.
@@ -188,6 +188,7 @@ mod tests {
     fn plain_http_is_told_from_a_client_hello() {
         assert!(looks_like_plain_http(b"GET / HTTP/1.1\r\n"));
         assert!(looks_like_plain_http(b"POST"));
+        assert!(!looks_like_plain_http(b"GE"));
         assert!(!looks_like_plain_http(&[0x16, 0x03, 0x01, 0x02, 0x00]));
         assert!(!looks_like_plain_http(b""));
     }
