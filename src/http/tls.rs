@@ -142,7 +142,8 @@ impl TlsSock {
 /// record type.
 fn looks_like_plain_http(first: &[u8]) -> bool {
     first.first().is_some_and(|b| *b != TLS_HANDSHAKE_RECORD)
-        && first.len() >= 3 && first.iter().take(3).all(|b| b.is_ascii_uppercase())
+        && first.len() >= 3
+        && first.iter().take(3).all(|b| b.is_ascii_uppercase())
 }
 
 /// `Some` when the reader has an answer without reading the socket: bytes, or end of stream.

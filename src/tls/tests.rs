@@ -167,7 +167,12 @@ fn verify_server_hostname_checks_nomads_role_names() {
     c.cert_file = Some(write(&dir, "client.pem", &cert));
     c.key_file = Some(write(&dir, "client-key.pem", &key));
     let client_role = AgentTls::load(&c, "global").unwrap();
-    handshake(client.clone(), "server.global.nomad", client_role.server_config()).unwrap();
+    handshake(
+        client.clone(),
+        "server.global.nomad",
+        client_role.server_config(),
+    )
+    .unwrap();
 
     // A certificate of the same CA for another name, or another region, fails the check...
     for names in [&["localhost"][..], &["server.eu.nomad"][..]] {
@@ -176,8 +181,8 @@ fn verify_server_hostname_checks_nomads_role_names() {
         other.cert_file = Some(write(&dir, "other.pem", &cert));
         other.key_file = Some(write(&dir, "other-key.pem", &key));
         let other = AgentTls::load(&other, "global").unwrap();
-        let err = handshake(client.clone(), "server.global.nomad", other.server_config())
-            .unwrap_err();
+        let err =
+            handshake(client.clone(), "server.global.nomad", other.server_config()).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -214,7 +219,12 @@ fn verify_server_hostname_checks_nomads_role_names() {
         ..s
     };
     let lax = client::agent_client_config(&chain_only, "global").unwrap();
-    assert!(handshake(Arc::new(lax), "server.global.nomad", foreign.server_config()).is_err());
+    assert!(handshake(
+        Arc::new(lax),
+        "server.global.nomad",
+        foreign.server_config()
+    )
+    .is_err());
     let _ = std::fs::remove_dir_all(dir);
 }
 
