@@ -373,3 +373,45 @@ fn tls_config_errors_stop_the_agent_at_start_with_the_file_named() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn https_keeps_connections_alive_and_serves_bodies_and_blocking_queries() {
+    let pki = Pki::new("keepalive");
+    let agent = start_tls_agent(&pki.agent_config("server", ""), &[]);
+    let mut s = cli(&pki)
+        .connect("127.0.0.1", agent.port, Duration::from_secs(10))
+        .expect("connect");
+    // Two requests on one connection, the first kept alive.
+    let first = b"GET /v1/agent/health HTTP/1.1\r\nHost: x\r\n\r\n";
+    s.write_all(first).expect("write");
+    let mut r = std::io::BufReader::new(s);
+    let one = read_response(&mut r, false).expect("first");
+    assert_eq!(one.status, 200);
+    assert_ne!(one.header("Connection"), Some("close"));
+    // A request with a 200 KiB body (many TLS records) is read whole: here, metadata.
+    let value = "v".repeat(200 * 1024);
+    let body = format!("{{\"Meta\": {{\"big\": \"{value}\"}}}}");
+    let req = build_request("POST", "/v1/client/metadata", &[], body.as_bytes());
+    r.get_mut().write_all(&req).expect("write body");
+    let two = read_response(&mut r, false).expect("second");
+    assert_eq!(two.status, 200, "{}", two.text());
+    assert_eq!(
+        two.json()["Meta"]["big"].as_str().map(str::len),
+        Some(value.len())
+    );
+    // A blocking query waits its time over TLS and answers (the peer is not taken for gone).
+    let start = Instant::now();
+    let r = https(
+        &cli(&pki),
+        agent.port,
+        "GET",
+        "/v1/jobs?index=1000000&wait=1s",
+    )
+    .expect("blocking query");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+}
