@@ -131,7 +131,21 @@ fn https_api_answers_with_the_ca_and_refuses_another_and_plain_http_is_closed() 
 
     let r = https(&cli(&pki), agent.port, "GET", "/v1/agent/self").expect("https");
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["member"]["Tags"]["region"], "global");
+    let me = r.json();
+    assert_eq!(me["member"]["Tags"]["region"], "global");
+    assert_eq!(me["config"]["TLSConfig"]["EnableHTTP"], true, "{me}");
+    assert_eq!(me["config"]["TLSConfig"]["VerifyHTTPSClient"], false);
+    // The node record tells Nomad's tools to dial this node's API over HTTPS.
+    let node_id = me["stats"]["client"]["node_id"].as_str().expect("node id");
+    let node = https(
+        &cli(&pki),
+        agent.port,
+        "GET",
+        &format!("/v1/node/{node_id}"),
+    )
+    .expect("node")
+    .json();
+    assert_eq!(node["TLSEnabled"], true, "{node}");
     // The names Nomad's certificates carry verify too.
     let by_name = CliTls {
         server_name: Some("server.global.nomad".into()),

@@ -92,6 +92,11 @@ fn thread_count() -> String {
 }
 
 /// The `config` object of `/v1/agent/self`, with Go's field names.
+/// A configured file's path as Nomad shows it (empty when unset).
+fn path_text(p: Option<&std::path::Path>) -> String {
+    p.map(|p| p.display().to_string()).unwrap_or_default()
+}
+
 fn config_json(ctx: &Ctx) -> Value {
     let c = &ctx.agent.config;
     let data_dir = c.data_dir.display().to_string();
@@ -111,6 +116,15 @@ fn config_json(ctx: &Ctx) -> Value {
             "HTTP": format!("{}:{}", c.advertise_ip(), c.http_port),
             "RPC": c.rpc_addr(),
             "Serf": format!("{}:4648", c.advertise_ip()),
+        },
+        "TLSConfig": {
+            "EnableHTTP": c.tls.http,
+            "EnableRPC": c.tls.rpc,
+            "VerifyServerHostname": c.tls.verify_server_hostname,
+            "VerifyHTTPSClient": c.tls.verify_https_client,
+            "CAFile": path_text(c.tls.ca_file.as_deref()),
+            "CertFile": path_text(c.tls.cert_file.as_deref()),
+            "KeyFile": path_text(c.tls.key_file.as_deref()),
         },
         "Client": {
             "Enabled": true,
