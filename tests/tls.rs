@@ -95,7 +95,12 @@ fn start_tls_agent(config: &Path, extra: &[&str]) -> TestAgent {
 /// One HTTPS request through the library's CLI connector.
 fn https(tls: &CliTls, port: u16, method: &str, path: &str) -> Result<Response, String> {
     let stream = tls
-        .connect("127.0.0.1", port, Duration::from_secs(10))
+        .connect(
+            "127.0.0.1",
+            port,
+            Duration::from_secs(10),
+            Some(Duration::from_secs(30)),
+        )
         .map_err(|e| e.to_string())?;
     exchange(stream, &build_request(method, path, &[], b"")).map_err(|e| e.to_string())
 }
@@ -393,7 +398,12 @@ fn https_keeps_connections_alive_and_serves_bodies_and_blocking_queries() {
     let pki = Pki::new("keepalive");
     let agent = start_tls_agent(&pki.agent_config("server", ""), &[]);
     let mut s = cli(&pki)
-        .connect("127.0.0.1", agent.port, Duration::from_secs(10))
+        .connect(
+            "127.0.0.1",
+            agent.port,
+            Duration::from_secs(10),
+            Some(Duration::from_secs(30)),
+        )
         .expect("connect");
     // Two requests on one connection, the first kept alive.
     let first = b"GET /v1/agent/health HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -414,14 +424,13 @@ fn https_keeps_connections_alive_and_serves_bodies_and_blocking_queries() {
         Some(value.len())
     );
     // A blocking query waits its time over TLS and answers (the peer is not taken for gone).
+    // (Dialed with a connect deadline shorter than the wait: it must not outlive the dial.)
+    let s = cli(&pki)
+        .connect("127.0.0.1", agent.port, Duration::from_millis(500), None)
+        .expect("connect");
     let start = Instant::now();
-    let r = https(
-        &cli(&pki),
-        agent.port,
-        "GET",
-        "/v1/jobs?index=1000000&wait=1s",
-    )
-    .expect("blocking query");
+    let query = build_request("GET", "/v1/jobs?index=1000000&wait=1s", &[], b"");
+    let r = exchange(s, &query).expect("blocking query");
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(
         start.elapsed() >= Duration::from_millis(900),

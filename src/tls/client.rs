@@ -217,21 +217,45 @@ impl CliTls {
         client_config(roots, check, MinVersion::Tls12, identity)
     }
 
-    /// Dial `host:port` over TLS, verifying the agent as these settings say, handshaken
-    /// within `timeout`: a boxed stream for the CLI's HTTP client.
-    pub fn connect(
+    /// Dial `host:port` over TLS, verifying the agent as these settings say (the name is
+    /// `NOMAD_TLS_SERVER_NAME`, else `host`), connected and handshaken within
+    /// `connect_timeout`; each later read and write may then stall `io_timeout` (`None`:
+    /// forever). The stream's socket stays reachable through [`Stream::tcp`].
+    pub fn dial(
         &self,
         host: &str,
         port: u16,
-        timeout: Duration,
-    ) -> Result<Box<dyn ReadWrite>, TlsError> {
-        let deadline = Instant::now() + timeout;
+        connect_timeout: Duration,
+        io_timeout: Option<Duration>,
+    ) -> Result<Stream, TlsError> {
+        let deadline = Instant::now() + connect_timeout;
         let config = Arc::new(self.client_config()?);
         let addr = resolve(host, port)?;
         let name = self.server_name.as_deref().unwrap_or(host);
         let name = name.trim_start_matches('[').trim_end_matches(']');
         let stream = dial(&addr, Some((config, name)), deadline)?;
-        Ok(Box::new(stream))
+        stream
+            .tcp()
+            .set_read_timeout(io_timeout)
+            .and_then(|_| stream.tcp().set_write_timeout(io_timeout))
+            .map_err(TlsError::Io)?;
+        Ok(stream)
+    }
+
+    /// [`CliTls::dial`] as a boxed stream, for the CLI's HTTP client.
+    pub fn connect(
+        &self,
+        host: &str,
+        port: u16,
+        connect_timeout: Duration,
+        io_timeout: Option<Duration>,
+    ) -> Result<Box<dyn ReadWrite>, TlsError> {
+        Ok(Box::new(self.dial(
+            host,
+            port,
+            connect_timeout,
+            io_timeout,
+        )?))
     }
 }
 
@@ -316,7 +340,8 @@ fn left(deadline: Instant) -> io::Result<Duration> {
 
 /// Connect to `addr` before `deadline`; with `tls` (a configuration and the server name to
 /// present and verify), complete the handshake before it too, so a peer that fails
-/// verification is an error here, not on the first read.
+/// verification is an error here, not on the first read. The socket is returned with no
+/// read or write timeout: the caller sets its own.
 pub fn dial(
     addr: &SocketAddr,
     tls: Option<(Arc<ClientConfig>, &str)>,
@@ -365,5 +390,7 @@ pub fn dial(
             return Err(TlsError::Rustls(e));
         }
     }
+    tcp.set_read_timeout(None).map_err(TlsError::Io)?;
+    tcp.set_write_timeout(None).map_err(TlsError::Io)?;
     Ok(Stream::Tls(Box::new(StreamOwned::new(conn, tcp))))
 }
