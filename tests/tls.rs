@@ -438,3 +438,55 @@ fn https_keeps_connections_alive_and_serves_bodies_and_blocking_queries() {
         start.elapsed()
     );
 }
+
+#[test]
+fn the_cli_speaks_https_with_nomads_environment() {
+    let pki = Pki::new("cli");
+    let agent = start_tls_agent(&pki.agent_config("server", ""), &[]);
+    let run = |env: &[(&str, String)]| {
+        let mut cmd = Command::new(bin());
+        cmd.args(["operator", "api", "/v1/agent/health"])
+            .env_remove("NOMAD_CACERT")
+            .env_remove("NOMAD_SKIP_VERIFY")
+            .env_remove("NOMAD_TLS_SERVER_NAME")
+            .env("NOMAD_ADDR", format!("https://localhost:{}", agent.port));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run the CLI")
+    };
+    let ca = pki.ca_file().display().to_string();
+    let out = run(&[("NOMAD_CACERT", ca.clone())]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"ok\":true"));
+    // The name to verify can be Nomad's own.
+    let out = run(&[
+        ("NOMAD_CACERT", ca),
+        ("NOMAD_TLS_SERVER_NAME", "server.global.nomad".into()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another CA: refused, saying why.
+    let other = Pki::new("cli-other");
+    let out = run(&[("NOMAD_CACERT", other.ca_file().display().to_string())]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("UnknownIssuer"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // NOMAD_SKIP_VERIFY trusts whatever answers.
+    let out = run(&[("NOMAD_SKIP_VERIFY", "1".into())]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
