@@ -37,6 +37,7 @@ pub enum AgentError {
     },
     State(StoreError),
     Signals(std::io::Error),
+    Tls(crate::tls::TlsError),
 }
 
 impl fmt::Display for AgentError {
@@ -48,6 +49,7 @@ impl fmt::Display for AgentError {
             AgentError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             AgentError::State(e) => write!(f, "cannot load state: {e}"),
             AgentError::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
+            AgentError::Tls(e) => write!(f, "{e}"),
         }
     }
 }
@@ -59,6 +61,7 @@ impl std::error::Error for AgentError {
             | AgentError::Bind { source, .. }
             | AgentError::Signals(source) => Some(source),
             AgentError::State(e) => Some(e),
+            AgentError::Tls(e) => Some(e),
         }
     }
 }
@@ -73,6 +76,12 @@ impl Agent {
     /// Load every piece of state from the data dir (no threads are started).
     pub fn load(config: Config) -> Result<Arc<Agent>, AgentError> {
         crate::state::remove_leftover_temps(&config.data_dir)?;
+        let tls = if config.tls.enabled() {
+            let t = crate::tls::AgentTls::load(&config.tls, &config.region);
+            Some(Arc::new(t.map_err(AgentError::Tls)?))
+        } else {
+            None
+        };
         let index = Arc::new(IndexCounter::default());
         let node = Arc::new(NodeState::load(&config, &index)?);
         let membership = Membership::load(&config, node.id())?;
@@ -103,6 +112,7 @@ impl Agent {
             fs_watch: SharedWatcher::new(),
             batcher,
             http: OnceLock::new(),
+            tls,
             started_at: SystemTime::now(),
         }))
     }
@@ -204,9 +214,11 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         },
         agent.node.meta_view().meta,
     );
-    server
-        .serve_tcp(listener)
-        .map_err(|source| AgentError::Bind { addr, source })?;
+    let served = match agent.tls.clone().filter(|t| t.http()) {
+        Some(tls) => server.serve_tcp_tls(listener, tls),
+        None => server.serve_tcp(listener),
+    };
+    served.map_err(|source| AgentError::Bind { addr, source })?;
     // Load or make the workload identity key off the start-up path (joined at shutdown).
     let warm_keys = {
         let agent = agent.clone();
@@ -228,6 +240,12 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         agent.config.node_name,
         agent.config.data_dir.display()
     );
+    if let Some(t) = agent.tls.as_ref().filter(|t| t.http()) {
+        log::info!(
+            "the HTTP API serves HTTPS only (client certificates required: {})",
+            t.settings().verify_https_client
+        );
+    }
 
     // The main thread also samples task and host stats between its signal waits.
     let sig = loop {

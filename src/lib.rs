@@ -26,6 +26,7 @@ mod store;
 #[allow(unsafe_code)]
 mod sys;
 mod time;
+pub mod tls;
 
 #[doc(hidden)]
 pub mod fuzzing;

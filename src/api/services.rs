@@ -32,5 +32,7 @@ pub struct Agent {
     pub batcher: Batcher,
     /// The HTTP server, set once listening (the Task API adds Unix listeners to it).
     pub http: OnceLock<Arc<Server>>,
+    /// TLS certificates and configurations (`tls.http` or `tls.rpc`), reloaded on SIGHUP.
+    pub tls: Option<Arc<crate::tls::AgentTls>>,
     pub started_at: SystemTime,
 }
