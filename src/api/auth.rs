@@ -159,7 +159,11 @@ fn verify_workload_identity(agent: &Agent, token: &str) -> Result<WorkloadClaims
         .get()
         .map_err(|_| Rejected::Jwt(jwt::JwtError::UnknownKey))?;
     let claims = jwt::verify(keys, token, crate::time::unix_now_secs()).map_err(Rejected::Jwt)?;
-    let (job, namespace, terminal) = agent
+    let crate::state::jobs::AllocFacts {
+        job_id: job,
+        namespace,
+        terminal,
+    } = agent
         .workloads
         .alloc_status(&claims.nomad_allocation_id)
         .ok_or(Rejected::AllocGone)?;

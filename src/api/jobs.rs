@@ -5,12 +5,15 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use crate::agent::Agent;
+use crate::state::jobs::eval::EvalRecord;
 use crate::state::jobs::spec::Job;
 use crate::state::jobs::validate::validate_job;
 use crate::state::jobs::NodeInfo;
+use crate::state::status::AllocClientStatus;
 
+use super::allocs::alloc_stub;
 use super::params::{self, get_ci};
-use super::{filter, json_meta, ApiError, ApiResult, Ctx, IndexMeta};
+use super::{filter, json_meta, omit_zero, ApiError, ApiResult, Ctx, IndexMeta};
 
 /// Serve `path` (the request path after `/v1/`).
 pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
@@ -296,13 +299,13 @@ fn job_summary(agent: &Arc<Agent>, job: &Job) -> Value {
             if a.task_group != tg.name {
                 continue;
             }
-            let key = match a.client_status.as_str() {
-                "complete" => "Complete",
-                "failed" => "Failed",
-                "running" => "Running",
-                "pending" => "Starting",
-                "lost" => "Lost",
-                _ => "Unknown",
+            let key = match a.client_status {
+                AllocClientStatus::Complete => "Complete",
+                AllocClientStatus::Failed => "Failed",
+                AllocClientStatus::Running => "Running",
+                AllocClientStatus::Pending => "Starting",
+                AllocClientStatus::Lost => "Lost",
+                AllocClientStatus::Unknown => "Unknown",
             };
             if let Some(n) = s.get_mut(key) {
                 *n = json!(n.as_u64().unwrap_or(0) + 1);
@@ -376,7 +379,7 @@ fn job_allocations(ctx: &Ctx, id: &str) -> ApiResult {
         .workloads
         .allocs_of_job(&ns, id)
         .iter()
-        .map(|a| a.to_stub(true, false))
+        .map(|a| alloc_stub(a, true, false))
         .collect();
     json_meta(&out, IndexMeta::Query(index_now(ctx)))
 }
@@ -390,7 +393,7 @@ fn job_evaluations(ctx: &Ctx, id: &str) -> ApiResult {
         .evals()
         .iter()
         .filter(|e| e.namespace == ns && e.job_id == id)
-        .map(|e| e.to_api())
+        .map(eval_json)
         .collect();
     json_meta(&out, IndexMeta::Query(index_now(ctx)))
 }
@@ -415,8 +418,8 @@ fn list_evals(ctx: &Ctx) -> ApiResult {
         .iter()
         .filter(|e| ns_matches(&ns, &e.namespace) && e.id.starts_with(prefix))
         .filter(|e| job.map(|j| j == e.job_id).unwrap_or(true))
-        .filter(|e| status.map(|s| s == e.status).unwrap_or(true))
-        .map(|e| e.to_api())
+        .filter(|e| status.map(|s| s == e.status.as_str()).unwrap_or(true))
+        .map(eval_json)
         .filter(|v| filter::keeps(expr.as_ref(), v))
         .collect();
     json_meta(&out, IndexMeta::Query(index_now(ctx)))
@@ -441,9 +444,29 @@ fn eval_route(ctx: &Ctx, rest: &str) -> ApiResult {
             .allocs()
             .iter()
             .filter(|a| a.eval_id == ev.id)
-            .map(|a| a.to_stub(true, false))
+            .map(|a| alloc_stub(a, true, false))
             .collect();
         return json_meta(&out, IndexMeta::Query(index_now(ctx)));
     }
-    json_meta(&ev.to_api(), IndexMeta::Query(ev.modify_index))
+    json_meta(&eval_json(&ev), IndexMeta::Query(ev.modify_index))
+}
+
+/// `Evaluation` JSON: Go order, every zero field omitted.
+pub fn eval_json(e: &EvalRecord) -> Value {
+    omit_zero(vec![
+        ("ID", json!(e.id)),
+        ("Namespace", json!(e.namespace)),
+        ("Priority", json!(e.priority)),
+        ("Type", json!(e.eval_type)),
+        ("TriggeredBy", json!(e.triggered_by)),
+        ("JobID", json!(e.job_id)),
+        ("JobModifyIndex", json!(e.job_modify_index)),
+        ("Status", json!(e.status)),
+        ("QueuedAllocations", json!(e.queued_allocations)),
+        ("SnapshotIndex", json!(e.snapshot_index)),
+        ("CreateIndex", json!(e.create_index)),
+        ("ModifyIndex", json!(e.modify_index)),
+        ("CreateTime", json!(e.create_time)),
+        ("ModifyTime", json!(e.modify_time)),
+    ])
 }

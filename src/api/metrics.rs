@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 
 use crate::agent::Agent;
 use crate::http::Reply;
-use crate::state::jobs::alloc::client_terminal;
+use crate::state::status::{AllocClientStatus, JobStatus, TaskStatus};
 
 use super::{ApiReply, ApiResult, Ctx};
 
@@ -348,11 +348,11 @@ fn collect(agent: &Agent) -> Vec<Metric> {
 
     // Server figures: jobs by status, evaluations by status.
     let w = &agent.workloads;
-    let mut job_status: BTreeMap<&str, u64> = [("pending", 0), ("running", 0), ("dead", 0)]
-        .into_iter()
-        .collect();
+    // Keyed by the word, so the series come out in its (alphabetical) order.
+    let mut job_status: BTreeMap<&str, u64> =
+        JobStatus::ALL.iter().map(|s| (s.as_str(), 0)).collect();
     for j in w.jobs() {
-        *job_status.entry(w.job_status(&j)).or_default() += 1;
+        *job_status.entry(w.job_status(&j).as_str()).or_default() += 1;
     }
     for (s, n) in &job_status {
         out.push(metric(
@@ -362,9 +362,9 @@ fn collect(agent: &Agent) -> Vec<Metric> {
             Gauge(*n as f64),
         ));
     }
-    let mut evals: BTreeMap<String, u64> = BTreeMap::new();
+    let mut evals: BTreeMap<&str, u64> = BTreeMap::new();
     for e in w.evals() {
-        *evals.entry(e.status.clone()).or_default() += 1;
+        *evals.entry(e.status.as_str()).or_default() += 1;
     }
     for (s, n) in &evals {
         out.push(metric(
@@ -380,20 +380,17 @@ fn collect(agent: &Agent) -> Vec<Metric> {
     let dc = agent.config.datacenter.clone();
     let node_labels = [("node_id", node_id.as_str()), ("datacenter", dc.as_str())];
     let (mut pending, mut running, mut terminal) = (0u64, 0u64, 0u64);
-    let mut tasks: BTreeMap<String, u64> = [("pending", 0), ("running", 0), ("dead", 0)]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+    let mut tasks: BTreeMap<&str, u64> = TaskStatus::ALL.iter().map(|s| (s.as_str(), 0)).collect();
     for a in w.allocs() {
-        if client_terminal(&a.client_status) {
+        if a.client_status.is_terminal() {
             terminal += 1;
-        } else if a.client_status == "running" {
+        } else if a.client_status == AllocClientStatus::Running {
             running += 1;
         } else {
             pending += 1;
         }
         for ts in a.task_states.values() {
-            *tasks.entry(ts.state.clone()).or_default() += 1;
+            *tasks.entry(ts.state.as_str()).or_default() += 1;
         }
     }
     for (s, n) in [

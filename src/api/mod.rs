@@ -76,6 +76,31 @@ pub fn empty() -> ApiResult {
     })
 }
 
+/// Whether a JSON value is Go's zero value for `omitempty` purposes.
+pub fn is_zero(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty() || o.values().all(is_zero),
+    }
+}
+
+/// An object of the fields that are not zero, in the given order (Go's struct-wide
+/// `omitempty`).
+pub fn omit_zero(fields: Vec<(&str, serde_json::Value)>) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for (k, v) in fields {
+        if !is_zero(&v) {
+            m.insert(k.to_string(), v);
+        }
+    }
+    serde_json::Value::Object(m)
+}
+
 /// One request as a handler sees it.
 pub struct Ctx<'a> {
     pub agent: &'a Arc<Agent>,
@@ -96,5 +121,22 @@ impl Ctx<'_> {
         } else {
             Err(ApiError::invalid_method())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn zero_fields_are_omitted() {
+        let v = omit_zero(vec![
+            ("A", json!("")),
+            ("B", json!(0)),
+            ("C", json!("x")),
+            ("D", json!({"M": null})),
+        ]);
+        assert_eq!(v, json!({"C": "x"}));
     }
 }

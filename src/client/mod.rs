@@ -25,6 +25,7 @@ use parking_lot::Mutex;
 use crate::agent::Agent;
 use crate::config::Config;
 use crate::state::jobs::alloc::{AllocRecord, TaskEvent};
+use crate::state::status::{AllocClientStatus, AllocDesiredStatus, TaskStatus};
 use crate::sys::cgroup::{Cgroups, Mode};
 
 use self::alloc_dir::AllocDir;
@@ -180,7 +181,7 @@ impl Client {
             });
             for a in &allocs {
                 let has_runner = runners.contains_key(&a.id);
-                if a.desired_status == "run" && !a.terminal() && !has_runner {
+                if a.is_live() && !has_runner {
                     let restored = !a.task_states.is_empty();
                     match self.spawn_runner(agent, a, restored) {
                         Ok(tasks) => {
@@ -188,7 +189,7 @@ impl Client {
                         }
                         Err(e) => log::error!("cannot start runner for alloc {}: {e}", a.id),
                     }
-                } else if a.desired_status != "run" {
+                } else if a.desired_status != AllocDesiredStatus::Run {
                     if let Some(tasks) = runners.get(&a.id) {
                         for t in tasks {
                             let _ = t.cmds.send(TaskCmd::Stop);
@@ -213,13 +214,13 @@ impl Client {
                     .unwrap_or_default();
                 for n in names {
                     let ts = a.task_states.entry(n).or_default();
-                    if ts.state != "dead" {
-                        ts.state = "dead".into();
+                    if ts.state != TaskStatus::Dead {
+                        ts.state = TaskStatus::Dead;
                         ts.push_event(TaskEvent::new("Killed", "Task successfully killed"));
                     }
                 }
                 if a.task_states.is_empty() {
-                    a.client_status = "complete".into();
+                    a.client_status = AllocClientStatus::Complete;
                 }
             });
         }
@@ -388,7 +389,7 @@ impl Client {
                 let ts = a.task_states.get(&n);
                 TaskFsView {
                     started: ts.map(|t| t.started_at.is_some()).unwrap_or(false),
-                    dead: ts.map(|t| t.state == "dead").unwrap_or(false) || a.terminal(),
+                    dead: ts.is_some_and(|t| t.state == TaskStatus::Dead) || a.terminal(),
                     name: n,
                 }
             })

@@ -13,6 +13,7 @@ use crate::agent::Agent;
 use crate::state::jobs::alloc::{TaskEvent, TaskState};
 use crate::state::jobs::spec::Task;
 use crate::state::jobs::timefmt::{go_duration, rfc3339_ns};
+use crate::state::status::TaskStatus;
 use crate::sys::cgroup::{Limits, KILL_WAIT};
 use crate::time::unix_now_nanos as now_ns;
 
@@ -91,7 +92,7 @@ impl TaskRunner {
 
     fn dead(&self, ev: TaskEvent, failed: bool) {
         self.event(ev, |ts| {
-            ts.state = "dead".into();
+            ts.state = TaskStatus::Dead;
             ts.failed = failed;
             ts.finished_at = Some(rfc3339_ns(now_ns()));
         });
@@ -126,7 +127,7 @@ impl TaskRunner {
             self.kill_leftover(&alloc);
             self.event(
                 TaskEvent::new("Received", "Task restored by client after agent restart"),
-                |ts| ts.state = "pending".into(),
+                |ts| ts.state = TaskStatus::Pending,
             );
         } else {
             self.event(
@@ -156,7 +157,10 @@ impl TaskRunner {
         setup.message = "Building Task Directory".into();
         self.event(setup, |_| {});
 
-        let (identity_env, identity_file) = task.identity_flags();
+        let crate::state::jobs::spec::IdentityFlags {
+            env: identity_env,
+            file: identity_file,
+        } = task.identity_flags();
         let hook = task_hooks::prestart(
             &self.agent,
             &TaskHookInput {
@@ -225,7 +229,7 @@ impl TaskRunner {
                 RunEnd::Shutdown => {
                     self.event(
                         TaskEvent::new("Killed", "Task killed because the agent is shutting down"),
-                        |ts| ts.state = "pending".into(),
+                        |ts| ts.state = TaskStatus::Pending,
                     );
                     return;
                 }
@@ -261,7 +265,7 @@ impl TaskRunner {
                                         "Killed",
                                         "Task killed because the agent is shutting down",
                                     ),
-                                    |ts| ts.state = "pending".into(),
+                                    |ts| ts.state = TaskStatus::Pending,
                                 );
                                 return;
                             }
@@ -335,7 +339,7 @@ impl TaskRunner {
             &self.alloc_id,
             &self.task_name,
             |ts| {
-                ts.state = "dead".into();
+                ts.state = TaskStatus::Dead;
                 ts.failed = failed;
                 ts.finished_at = Some(rfc3339_ns(now_ns()));
             },
@@ -354,7 +358,7 @@ impl TaskRunner {
         ev.restart_reason = reason.to_string();
         ev.start_delay = delay;
         self.event(ev, |ts| {
-            ts.state = "pending".into();
+            ts.state = TaskStatus::Pending;
             ts.restarts += 1;
             ts.last_restart = Some(rfc3339_ns(now_ns()));
         });
@@ -415,7 +419,11 @@ impl TaskRunner {
             .config_str("work_dir")
             .map(|w| std::path::PathBuf::from(task_env::interpolate(w, env, node)))
             .unwrap_or_else(|| task_dir.to_path_buf());
-        let (max_files, max_mb, disabled) = task.log_limits();
+        let crate::state::jobs::spec::LogLimits {
+            max_files,
+            max_file_size_mb: max_mb,
+            disabled,
+        } = task.log_limits();
         // The files are chosen before the task runs, so nothing it plants first can move them.
         let rotators = (!disabled).then(|| {
             let max_size = max_mb * 1024 * 1024;
@@ -477,7 +485,7 @@ impl TaskRunner {
         let mut started = TaskEvent::new("Started", "Task started by client");
         started.details.insert("pid".into(), proc.pid.to_string());
         self.event(started, |ts| {
-            ts.state = "running".into();
+            ts.state = TaskStatus::Running;
             if ts.started_at.is_none() {
                 ts.started_at = Some(rfc3339_ns(now_ns()));
             }

@@ -7,6 +7,7 @@ pub mod host;
 pub mod jobs;
 pub mod members;
 pub mod node;
+pub mod status;
 pub mod store;
 
 use std::path::{Path, PathBuf};
