@@ -263,7 +263,7 @@ impl AclState {
         match self.propose(cmd)? {
             Ok(_) => Ok(ott),
             Err(ApplyError::TooManyOneTimeTokens) => Err(ApiError::new(
-                429,
+                crate::http::Status::TOO_MANY_REQUESTS,
                 format!("too many one-time tokens (at most {MAX_ONE_TIME_TOKENS} at once)"),
             )),
             Err(e) => Err(ApiError::internal(e.to_string())),

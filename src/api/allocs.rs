@@ -2,6 +2,7 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::http::Method;
 use crate::state::jobs::alloc::AllocRecord;
 
 use super::jobs::{job_json, namespace, node_info};
@@ -11,20 +12,20 @@ use super::{filter, json_meta, omit_zero, ApiError, ApiResult, Ctx, IndexMeta};
 /// Serve `path` (the request path after `/v1/`).
 pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
     if path == "allocations" {
-        ctx.require_method(&["GET"])?;
+        ctx.require_method(&[Method::Get])?;
         return list(ctx);
     }
     let Some(rest) = path.strip_prefix("allocation/") else {
         return Err(ApiError::no_route());
     };
     if let Some(id) = rest.strip_suffix("/stop") {
-        ctx.require_method(&["PUT", "POST"])?;
+        ctx.require_method(&[Method::Put, Method::Post])?;
         return stop(ctx, id);
     }
     if rest.is_empty() || rest.contains('/') {
         return Err(ApiError::not_found("resource not found"));
     }
-    ctx.require_method(&["GET"])?;
+    ctx.require_method(&[Method::Get])?;
     read(ctx, rest)
 }
 

@@ -20,7 +20,7 @@ use crate::fs::follow::{FileFollower, Liveness, Output, TaskProbe, Waiter};
 use crate::fs::logs::{list_logs, open_log, start_position, LogFollower, LogListError};
 use crate::fs::safe_path::{clean_components, os_text, AllocDir, PathError, Protected, Resolved};
 use crate::fs::sniff::{stat_content_type, untrusted_content_type, SNIFF_LEN};
-use crate::http::{Body, Reply};
+use crate::http::{Body, Reply, Status};
 use crate::time::rfc3339_nanos;
 
 /// Length of a full allocation ID.
@@ -135,9 +135,9 @@ fn required_path(ctx: &Ctx) -> Result<String, ApiError> {
 fn path_error(
     e: PathError,
     op: &str,
-    escape_status: u16,
-    missing_status: u16,
-    other_status: u16,
+    escape_status: Status,
+    missing_status: Status,
+    other_status: Status,
 ) -> ApiError {
     match e {
         PathError::Escapes => ApiError::new(escape_status, "Path escapes the alloc directory"),
@@ -167,9 +167,15 @@ fn check_protected(r: &Resolved, path: &str) -> Result<(), ApiError> {
 
 /// Resolve a file for a content read (cat, readat, stream) with the §3.10b statuses.
 fn resolve_content(dir: &AllocDir, path: &str) -> Result<Resolved, ApiError> {
-    let r = dir
-        .resolve(path)
-        .map_err(|e| path_error(e, "stat", 400, 400, 400))?;
+    let r = dir.resolve(path).map_err(|e| {
+        path_error(
+            e,
+            "stat",
+            Status::BAD_REQUEST,
+            Status::BAD_REQUEST,
+            Status::BAD_REQUEST,
+        )
+    })?;
     check_protected(&r, path)?;
     if r.is_hard_linked() {
         return Err(hard_linked(path));
@@ -205,7 +211,10 @@ fn open_with_size(
 
 /// Content reads refuse every file with several links: 403, nothing served.
 fn hard_linked(path: &str) -> ApiError {
-    ApiError::new(403, format!("Reading hard-linked file prohibited: {path}"))
+    ApiError::new(
+        Status::FORBIDDEN,
+        format!("Reading hard-linked file prohibited: {path}"),
+    )
 }
 
 fn open_error(e: io::Error, abs: &std::path::Path) -> ApiError {
@@ -218,9 +227,15 @@ fn list(ctx: &Ctx, alloc_id: &str) -> ApiResult {
         _ => "/".to_string(),
     };
     let (_, dir) = lookup(ctx, alloc_id, &["read-fs"])?;
-    let r = dir
-        .resolve(&path)
-        .map_err(|e| path_error(e, "open", 500, 404, 500))?;
+    let r = dir.resolve(&path).map_err(|e| {
+        path_error(
+            e,
+            "open",
+            Status::INTERNAL_SERVER_ERROR,
+            Status::NOT_FOUND,
+            Status::INTERNAL_SERVER_ERROR,
+        )
+    })?;
     if !r.is_dir() {
         return Err(ApiError::internal(format!(
             "readdirent {}: not a directory",
@@ -241,9 +256,15 @@ fn list(ctx: &Ctx, alloc_id: &str) -> ApiResult {
 fn stat(ctx: &Ctx, alloc_id: &str) -> ApiResult {
     let path = required_path(ctx)?;
     let (_, dir) = lookup(ctx, alloc_id, &["read-fs"])?;
-    let r = dir
-        .resolve(&path)
-        .map_err(|e| path_error(e, "stat", 500, 404, 500))?;
+    let r = dir.resolve(&path).map_err(|e| {
+        path_error(
+            e,
+            "stat",
+            Status::INTERNAL_SERVER_ERROR,
+            Status::NOT_FOUND,
+            Status::INTERNAL_SERVER_ERROR,
+        )
+    })?;
     let name = clean_components(&path)
         .and_then(|c| c.last().cloned())
         .unwrap_or_else(|| alloc_id.to_string());
@@ -262,7 +283,12 @@ fn stat(ctx: &Ctx, alloc_id: &str) -> ApiResult {
 }
 
 /// An integer parameter with Nomad's message; `None` when absent (or empty and optional).
-fn int_param(ctx: &Ctx, name: &str, required: bool, status: u16) -> Result<Option<i64>, ApiError> {
+fn int_param(
+    ctx: &Ctx,
+    name: &str,
+    required: bool,
+    status: Status,
+) -> Result<Option<i64>, ApiError> {
     let v = match ctx.req.query(name) {
         None | Some("") if !required => return Ok(None),
         v => v.unwrap_or(""),
@@ -273,7 +299,7 @@ fn int_param(ctx: &Ctx, name: &str, required: bool, status: u16) -> Result<Optio
 }
 
 /// A boolean parameter with Nomad's message; empty or absent gives the default.
-fn bool_param(ctx: &Ctx, name: &str, default: bool, status: u16) -> Result<bool, ApiError> {
+fn bool_param(ctx: &Ctx, name: &str, default: bool, status: Status) -> Result<bool, ApiError> {
     match ctx.req.query(name) {
         None | Some("") => Ok(default),
         Some(v) => parse_go_bool(v).ok_or_else(|| {
@@ -301,8 +327,8 @@ fn read(ctx: &Ctx, alloc_id: &str, ranged: bool) -> ApiResult {
     let path = required_path(ctx)?;
     let (offset, limit) = if ranged {
         (
-            int_param(ctx, "offset", true, 500)?.unwrap_or(0),
-            int_param(ctx, "limit", false, 500)?.unwrap_or(0),
+            int_param(ctx, "offset", true, Status::INTERNAL_SERVER_ERROR)?.unwrap_or(0),
+            int_param(ctx, "limit", false, Status::INTERNAL_SERVER_ERROR)?.unwrap_or(0),
         )
     } else {
         (0, 0)
@@ -325,7 +351,7 @@ fn read(ctx: &Ctx, alloc_id: &str, ranged: bool) -> ApiResult {
     let n = file.read_at(&mut head, offset).unwrap_or(0);
     let content_type = untrusted_content_type(&path, &head[..n]);
     let reply = Reply {
-        status: 200,
+        status: Status::OK,
         headers: vec![("Content-Type".to_string(), content_type.to_string())],
         body: Body::File { file, offset, len },
     }
@@ -366,7 +392,7 @@ impl TaskProbe for AllocProbe {
 
 fn stream_reply(content_type: &str, body: Body) -> ApiResult {
     Ok(ApiReply::Http(Reply {
-        status: 200,
+        status: Status::OK,
         headers: vec![("Content-Type".to_string(), content_type.to_string())],
         body,
     }))
@@ -374,9 +400,9 @@ fn stream_reply(content_type: &str, body: Body) -> ApiResult {
 
 fn stream(ctx: &Ctx, alloc_id: &str) -> ApiResult {
     let path = required_path(ctx)?;
-    let offset = int_param(ctx, "offset", false, 500)?.unwrap_or(0);
+    let offset = int_param(ctx, "offset", false, Status::INTERNAL_SERVER_ERROR)?.unwrap_or(0);
     let origin_end = origin_param(ctx)?;
-    let follow = bool_param(ctx, "follow", true, 500)?;
+    let follow = bool_param(ctx, "follow", true, Status::INTERNAL_SERVER_ERROR)?;
     let (_, dir) = lookup(ctx, alloc_id, &["read-fs"])?;
     let r = resolve_content(&dir, &path)?;
     let (file, size) = open_with_size(&r, &dir, &path)?;
@@ -423,9 +449,9 @@ fn logs(ctx: &Ctx, alloc_id: &str) -> ApiResult {
             ))
         }
     };
-    let follow = bool_param(ctx, "follow", false, 400)?;
-    let plain = bool_param(ctx, "plain", false, 400)?;
-    let offset = int_param(ctx, "offset", false, 400)?.unwrap_or(0);
+    let follow = bool_param(ctx, "follow", false, Status::BAD_REQUEST)?;
+    let plain = bool_param(ctx, "plain", false, Status::BAD_REQUEST)?;
+    let offset = int_param(ctx, "offset", false, Status::BAD_REQUEST)?.unwrap_or(0);
     let origin_end = origin_param(ctx)?;
     let (view, dir) = lookup(ctx, alloc_id, &["read-logs", "read-fs"])?;
     let Some(tv) = view.tasks.iter().find(|t| t.name == task) else {

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::state::node::DynamicMeta;
 
-use crate::http::Reply;
+use crate::http::{Method, Reply, Status};
 
 use super::params::{get_ci, wants_pretty};
 use super::{json, ApiError, ApiReply, ApiResult, Ctx};
@@ -14,8 +14,8 @@ use super::{json, ApiError, ApiReply, ApiResult, Ctx};
 /// Serve `client/metadata`.
 pub fn route(ctx: &Ctx, _path: &str) -> ApiResult {
     match ctx.method() {
-        "GET" => read(ctx),
-        "POST" => apply(ctx),
+        Method::Get => read(ctx),
+        Method::Post => apply(ctx),
         _ => Err(ApiError::invalid_method()),
     }
 }
@@ -38,7 +38,7 @@ fn read(ctx: &Ctx) -> ApiResult {
     // The compact JSON was made when the metadata last changed; a read only copies it.
     let body = ctx.agent.node.meta_view_json();
     Ok(ApiReply::Http(Reply::bytes(
-        200,
+        Status::OK,
         "application/json",
         body.as_ref().clone(),
     )))
@@ -188,7 +188,10 @@ mod tests {
             decode(br#"{"Meta":{"a":1}}"#).unwrap_err().message,
             "json: cannot unmarshal number into Go struct field NodeMetaApplyRequest.Meta of type string"
         );
-        assert_eq!(decode(br#"{"Meta":"x"}"#).unwrap_err().status, 400);
+        assert_eq!(
+            decode(br#"{"Meta":"x"}"#).unwrap_err().status,
+            Status::BAD_REQUEST
+        );
         let (_, m, _) = decode(br#"{"meta":{"a":null,"b":"c"}}"#).unwrap();
         assert_eq!(m.get("a"), Some(&None));
         assert_eq!(

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use crate::agent::Agent;
+use crate::http::Method;
 use crate::state::jobs::eval::EvalRecord;
 use crate::state::jobs::spec::Job;
 use crate::state::jobs::validate::validate_job;
@@ -19,13 +20,13 @@ use super::{filter, json_meta, omit_zero, ApiError, ApiResult, Ctx, IndexMeta};
 pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
     if path == "jobs" {
         return match ctx.method() {
-            "GET" => list_jobs(ctx),
-            "PUT" | "POST" => register(ctx, None),
+            Method::Get => list_jobs(ctx),
+            Method::Put | Method::Post => register(ctx, None),
             _ => Err(ApiError::invalid_method()),
         };
     }
     if path == "evaluations" {
-        ctx.require_method(&["GET"])?;
+        ctx.require_method(&[Method::Get])?;
         return list_evals(ctx);
     }
     if let Some(rest) = path.strip_prefix("evaluation/") {
@@ -35,11 +36,11 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
         return Err(ApiError::no_route());
     };
     if let Some(id) = rest.strip_suffix("/allocations") {
-        ctx.require_method(&["GET"])?;
+        ctx.require_method(&[Method::Get])?;
         return job_allocations(ctx, id);
     }
     if let Some(id) = rest.strip_suffix("/evaluations") {
-        ctx.require_method(&["GET"])?;
+        ctx.require_method(&[Method::Get])?;
         return job_evaluations(ctx, id);
     }
     // nomadlet makes no deployments: the latest is null and the list is empty, as Nomad
@@ -48,7 +49,7 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
         .strip_suffix("/deployment")
         .or_else(|| rest.strip_suffix("/deployments"))
     {
-        ctx.require_method(&["GET"])?;
+        ctx.require_method(&[Method::Get])?;
         let job = readable_job(ctx, id)?;
         let body = if rest.ends_with("/deployment") {
             Value::Null
@@ -58,7 +59,7 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
         return json_meta(&body, IndexMeta::Query(job.modify_index));
     }
     if let Some(id) = rest.strip_suffix("/summary") {
-        ctx.require_method(&["GET"])?;
+        ctx.require_method(&[Method::Get])?;
         let job = readable_job(ctx, id)?;
         return json_meta(
             &job_summary(ctx.agent, &job),
@@ -74,9 +75,9 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
         return Err(ApiError::no_route());
     }
     match ctx.method() {
-        "GET" => read_job(ctx, rest),
-        "PUT" | "POST" => register(ctx, Some(rest)),
-        "DELETE" => deregister(ctx, rest),
+        Method::Get => read_job(ctx, rest),
+        Method::Put | Method::Post => register(ctx, Some(rest)),
+        Method::Delete => deregister(ctx, rest),
         _ => Err(ApiError::invalid_method()),
     }
 }
@@ -426,7 +427,7 @@ fn list_evals(ctx: &Ctx) -> ApiResult {
 }
 
 fn eval_route(ctx: &Ctx, rest: &str) -> ApiResult {
-    ctx.require_method(&["GET"])?;
+    ctx.require_method(&[Method::Get])?;
     let (id, allocs) = match rest.strip_suffix("/allocations") {
         Some(id) => (id, true),
         None => (rest, false),

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 
 use crate::agent::Agent;
-use crate::http::Reply;
+use crate::http::{Method, Reply, Status};
 use crate::state::status::{AllocClientStatus, JobStatus, TaskStatus};
 
 use super::{ApiReply, ApiResult, Ctx};
@@ -200,11 +200,13 @@ pub fn route_label(path: &str) -> String {
 
 impl HttpStats {
     /// Count one answered request.
-    pub fn record(&self, method: &str, path: &str, status: u16, elapsed: Duration) {
-        let method = match method {
-            "GET" | "PUT" | "POST" | "DELETE" | "HEAD" | "OPTIONS" | "PATCH" => method,
-            _ => "other",
+    pub fn record(&self, method: &Method, path: &str, status: Status, elapsed: Duration) {
+        let method = if method.is_known() {
+            method.as_str()
+        } else {
+            "other"
         };
+        let status = status.code();
         let mut route = route_label(path);
         let mut t = self.tables.lock();
         let key = (method.to_string(), route.clone(), status);
@@ -550,12 +552,12 @@ fn prometheus_text(metrics: &[Metric]) -> String {
 /// Serve `GET /v1/metrics` (Nomad checks no ACL capability here; the figures carry no job
 /// names, IDs or tokens, only route patterns and counts).
 pub fn route(ctx: &Ctx) -> ApiResult {
-    ctx.require_method(&["GET"])?;
+    ctx.require_method(&[Method::Get])?;
     let metrics = collect(ctx.agent);
     // Like Nomad, any format but `prometheus` is the JSON summary.
     if ctx.req.query("format") == Some("prometheus") {
         return Ok(ApiReply::Http(Reply::bytes(
-            200,
+            Status::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             prometheus_text(&metrics).into_bytes(),
         )));

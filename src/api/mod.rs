@@ -27,7 +27,7 @@ pub mod system;
 use std::sync::Arc;
 
 use crate::agent::Agent;
-use crate::http::{Reply, Request};
+use crate::http::{Method, Reply, Request};
 
 pub use error::ApiError;
 
@@ -110,13 +110,13 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    pub fn method(&self) -> &str {
+    pub fn method(&self) -> &Method {
         &self.req.method
     }
 
     /// Fails with Nomad's `405 Invalid method` unless the method is one of `allowed`.
-    pub fn require_method(&self, allowed: &[&str]) -> Result<(), ApiError> {
-        if allowed.contains(&self.req.method.as_str()) {
+    pub fn require_method(&self, allowed: &[Method]) -> Result<(), ApiError> {
+        if allowed.contains(&self.req.method) {
             Ok(())
         } else {
             Err(ApiError::invalid_method())
