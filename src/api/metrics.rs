@@ -253,8 +253,17 @@ fn metric(name: &str, labels: &[(&str, &str)], help: &'static str, value: Figure
     }
 }
 
+/// What `/proc/self/status` says of this process.
+struct ProcStatus {
+    /// `VmRSS`, bytes.
+    rss: f64,
+    /// `VmSize`, bytes.
+    vsz: f64,
+    threads: f64,
+}
+
 /// `VmRSS`, `VmSize` (bytes) and `Threads` of this process.
-fn proc_status() -> (f64, f64, f64) {
+fn proc_status() -> ProcStatus {
     let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |key: &str| {
         text.lines()
@@ -263,11 +272,11 @@ fn proc_status() -> (f64, f64, f64) {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    (
-        field("VmRSS:") * 1024.0,
-        field("VmSize:") * 1024.0,
-        field("Threads:"),
-    )
+    ProcStatus {
+        rss: field("VmRSS:") * 1024.0,
+        vsz: field("VmSize:") * 1024.0,
+        threads: field("Threads:"),
+    }
 }
 
 fn open_fds() -> f64 {
@@ -279,7 +288,7 @@ fn open_fds() -> f64 {
 fn collect(agent: &Agent) -> Vec<Metric> {
     use Figure::*;
     let mut out = Vec::new();
-    let (rss, vsz, threads) = proc_status();
+    let ProcStatus { rss, vsz, threads } = proc_status();
     let uptime = agent
         .started_at
         .elapsed()
