@@ -9,13 +9,13 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::jobs::alloc::{AllocRecord, AllocStamp, TaskState};
+use super::jobs::alloc::{AllocRecord, AllocStamp, ClientStatusUpdate, TaskState};
 use super::jobs::eval::EvalRecord;
 use super::jobs::spec::Job;
 use super::jobs::NodeInfo;
 use crate::acl::tokens::{AclPolicy, AclToken, OneTimeToken};
 use crate::acl::AclTables;
-use crate::state::status::{AllocClientStatus, AllocDesiredStatus, JobStatus};
+use crate::state::status::{AllocDesiredStatus, JobStatus};
 
 /// A job's key: `(namespace, id)`.
 pub type JobKey = (String, String);
@@ -54,7 +54,7 @@ pub enum Command {
     AllocClientUpdate {
         alloc_id: String,
         tasks: BTreeMap<String, TaskState>,
-        client_status: Option<(AllocClientStatus, String)>,
+        client_status: Option<ClientStatusUpdate>,
         collected: bool,
         now: i64,
     },
@@ -276,9 +276,9 @@ pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appli
             for (name, ts) in tasks {
                 a.task_states.insert(name.clone(), ts.clone());
             }
-            if let Some((status, description)) = client_status {
-                a.client_status = *status;
-                a.client_description = description.clone();
+            if let Some(update) = client_status {
+                a.client_status = update.status;
+                a.client_description = update.description.clone();
             }
             a.collected |= *collected;
             a.refresh_client_status();
@@ -720,7 +720,7 @@ mod acl_tests {
 #[cfg(test)]
 mod typed_status_tests {
     use super::*;
-    use crate::state::status::{EvalStatus, JobType, TaskStatus};
+    use crate::state::status::{AllocClientStatus, EvalStatus, JobType, TaskStatus};
 
     /// A client update as the log held it when statuses were strings.
     const OLD_CLIENT_UPDATE: &str = r#"{"AllocClientUpdate":{"alloc_id":"a1","tasks":{"t":{"State":"dead","Failed":true,"Restarts":2,"LastRestart":null,"StartedAt":"2026-01-01T00:00:00Z","FinishedAt":null,"Events":[],"Paused":""}},"client_status":["failed","Failed tasks"],"collected":false,"now":7}}"#;
@@ -739,7 +739,10 @@ mod typed_status_tests {
         assert_eq!(tasks["t"].state, TaskStatus::Dead);
         assert_eq!(
             client_status,
-            &Some((AllocClientStatus::Failed, "Failed tasks".to_string()))
+            &Some(ClientStatusUpdate {
+                status: AllocClientStatus::Failed,
+                description: "Failed tasks".to_string()
+            })
         );
         assert_eq!(serde_json::to_string(&cmd).unwrap(), OLD_CLIENT_UPDATE);
     }

@@ -362,7 +362,10 @@ impl Workloads {
         let cmd = Command::AllocClientUpdate {
             alloc_id: alloc_id.to_string(),
             tasks,
-            client_status: status_changed.then_some((a.client_status, a.client_description)),
+            client_status: status_changed.then_some(alloc::ClientStatusUpdate {
+                status: a.client_status,
+                description: a.client_description,
+            }),
             collected: a.collected && !old.collected,
             now: crate::time::unix_now_nanos(),
         };

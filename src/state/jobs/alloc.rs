@@ -53,6 +53,33 @@ pub struct TaskState {
     pub paused: String,
 }
 
+/// A client status the client set, with its description. Logged as the pair
+/// `["failed","Failed tasks"]`, the form commands had before it was a struct.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    from = "(AllocClientStatus, String)",
+    into = "(AllocClientStatus, String)"
+)]
+pub struct ClientStatusUpdate {
+    pub status: AllocClientStatus,
+    pub description: String,
+}
+
+impl From<(AllocClientStatus, String)> for ClientStatusUpdate {
+    fn from((status, description): (AllocClientStatus, String)) -> ClientStatusUpdate {
+        ClientStatusUpdate {
+            status,
+            description,
+        }
+    }
+}
+
+impl From<ClientStatusUpdate> for (AllocClientStatus, String) {
+    fn from(u: ClientStatusUpdate) -> (AllocClientStatus, String) {
+        (u.status, u.description)
+    }
+}
+
 /// The client keeps this many events per task.
 pub const MAX_TASK_EVENTS: usize = 10;
 
