@@ -233,3 +233,60 @@ pub fn node_allocations(ctx: &Ctx, node_id: &str) -> ApiResult {
         .collect();
     json_meta(&out, IndexMeta::Query(ctx.agent.index.current()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::jobs::alloc::AllocStamp;
+    use crate::state::jobs::spec::Job;
+    use crate::state::jobs::NodeInfo;
+    use crate::state::status::{AllocClientStatus, TaskStatus};
+
+    fn record() -> AllocRecord {
+        let mut job = Job::from_json(json!({"ID": "web", "Type": "batch", "TaskGroups": [{
+            "Name": "g", "Tasks": [{"Name": "t", "Driver": "raw_exec",
+            "Config": {"command": "/bin/true"}}]}]}))
+        .unwrap();
+        job.canonicalize("global");
+        let node = NodeInfo {
+            id: "n1".into(),
+            name: "node".into(),
+        };
+        let at = AllocStamp {
+            index: 7,
+            id: "a1",
+            now: 9,
+        };
+        AllocRecord::new_at(&job, "g", 0, "e1", &node, at)
+    }
+
+    #[test]
+    fn the_views_write_nomads_status_words_and_omit_zero_fields() {
+        let mut a = record();
+        let stub = alloc_stub(&a, true, false);
+        assert_eq!(stub["DesiredStatus"], "run");
+        assert_eq!(stub["ClientStatus"], "pending");
+        assert_eq!(stub["JobType"], "batch");
+        assert_eq!(stub["TaskStates"], Value::Null, "no task states yet");
+        assert!(stub.get("AllocatedResources").is_none());
+
+        let mut ts = crate::state::jobs::alloc::TaskState::pending();
+        ts.state = TaskStatus::Dead;
+        a.task_states.insert("t".into(), ts);
+        a.refresh_client_status();
+        assert_eq!(a.client_status, AllocClientStatus::Complete);
+        let full = allocation(&a, json!({"ID": "web"}));
+        assert_eq!(full["ClientStatus"], "complete");
+        assert_eq!(full["ClientDescription"], "All tasks have completed");
+        assert_eq!(full["TaskStates"]["t"]["State"], "dead");
+        assert_eq!(full["AllocatedResources"]["Shared"]["DiskMB"], 300);
+        let keys: Vec<&str> = full
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert!(!keys.contains(&"PreviousAllocation"), "zero field omitted");
+        assert_eq!(keys[..3], ["ID", "Namespace", "EvalID"]);
+    }
+}

@@ -471,3 +471,22 @@ pub fn eval_json(e: &EvalRecord) -> Value {
         ("ModifyTime", json!(e.modify_time)),
     ])
 }
+
+#[cfg(test)]
+mod eval_tests {
+    use super::*;
+
+    #[test]
+    fn an_evaluation_is_written_with_nomads_words_in_go_order() {
+        let mut job = Job::from_json(json!({"ID": "web", "TaskGroups": [{"Name": "g"}]})).unwrap();
+        job.canonicalize("global");
+        let e = EvalRecord::new_at(&job, "job-register", 4, "e1", 5);
+        let text = serde_json::to_string(&eval_json(&e)).unwrap();
+        assert!(
+            text.starts_with(
+                r#"{"ID":"e1","Namespace":"default","Priority":50,"Type":"service","TriggeredBy":"job-register","JobID":"web","Status":"complete","#
+            ),
+            "{text}"
+        );
+    }
+}
