@@ -8,8 +8,9 @@
 //!
 //! Where things are: `listener` (acceptor threads, caps, registry, shutdown), `conn` (one
 //! connection's request loop), `wire` (socket and bounded read buffer under deadlines),
-//! `head` (httparse, framing rules, target decoding), `method` and `status` (the request
-//! method parsed once, status codes by name), `chunked` (request bodies), `budget`
+//! `tls` (HTTPS: handshake under the head deadline, one socket call per read), `head`
+//! (httparse, framing rules, target decoding), `method` and `status` (the request method
+//! parsed once, status codes by name), `chunked` (request bodies), `budget`
 //! (server-wide body memory), `respond` (status line, `Date`, sanitised headers, bodies,
 //! the stream sink and its peer-gone check).
 // A library inside a binary: some of its public API is used only by some areas (the Task API
@@ -28,6 +29,7 @@ pub mod reply;
 pub mod request;
 mod respond;
 pub mod status;
+pub mod tls;
 pub(crate) mod wire;
 
 #[cfg(test)]
@@ -39,6 +41,7 @@ pub use method::Method;
 pub use reply::{Body, Reply, StreamBody, StreamSink};
 pub use request::{Origin, Peer, Request, RequestHead};
 pub use status::Status;
+pub use tls::TlsAcceptor;
 
 /// What the connection thread calls once a request head has been parsed.
 pub trait Handler: Send + Sync + 'static {
