@@ -144,7 +144,7 @@ pub fn job_json(data: &[u8]) {
                 let _ = crate::state::jobs::validate::validate_job(&job);
                 let _ = serde_json::to_vec(&job);
             }
-            Err(e) => assert_eq!(e.status, 400),
+            Err(e) => assert_eq!(e.status, crate::http::Status::BAD_REQUEST),
         }
     });
 }

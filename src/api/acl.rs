@@ -9,7 +9,7 @@ use super::{acl_json, auth::Identity, filter, ApiError, ApiReply, ApiResult, Ctx
 use crate::acl::keys::JWKS_MAX_AGE_SECS;
 use crate::acl::tokens::{is_uuid, AclPolicy, AclToken, JobAcl};
 use crate::acl::{policy, ANONYMOUS_POLICY};
-use crate::http::Reply;
+use crate::http::{Method, Reply, Status};
 
 /// Longest token name Nomad accepts.
 pub const MAX_TOKEN_NAME: usize = 256;
@@ -31,7 +31,7 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
         "bootstrap" => bootstrap(ctx),
         "tokens" => list_tokens(ctx),
         "token" => {
-            ctx.require_method(&["PUT", "POST"])?;
+            ctx.require_method(&[Method::Put, Method::Post])?;
             create_token(ctx)
         }
         "token/self" => token_self(ctx),
@@ -127,7 +127,7 @@ fn query_reply(value: Value, ctx: &Ctx) -> ApiResult {
 // ---- bootstrap ----
 
 fn bootstrap(ctx: &Ctx) -> ApiResult {
-    ctx.require_method(&["PUT", "POST"])?;
+    ctx.require_method(&[Method::Put, Method::Post])?;
     let secret = if ctx.req.body.is_empty() {
         None
     } else {
@@ -154,7 +154,7 @@ fn bootstrap(ctx: &Ctx) -> ApiResult {
 // ---- tokens ----
 
 fn list_tokens(ctx: &Ctx) -> ApiResult {
-    ctx.require_method(&["GET"])?;
+    ctx.require_method(&[Method::Get])?;
     check_common(ctx.req)?;
     ctx.identity.allow_management()?;
     let prefix = ctx.req.query("prefix").unwrap_or("");
@@ -292,7 +292,7 @@ fn update_token(ctx: &Ctx, accessor: &str, m: Map<String, Value>) -> ApiResult {
 }
 
 fn token_self(ctx: &Ctx) -> ApiResult {
-    ctx.require_method(&["GET"])?;
+    ctx.require_method(&[Method::Get])?;
     match &ctx.identity {
         Identity::Token { token, .. } => query_reply(acl_json::token(token), ctx),
         Identity::Workload { .. } => Err(ApiError::internal("UUID must be 36 characters")),
@@ -302,7 +302,7 @@ fn token_self(ctx: &Ctx) -> ApiResult {
 
 fn token_by_accessor(ctx: &Ctx, accessor: &str) -> ApiResult {
     match ctx.method() {
-        "GET" => {
+        Method::Get => {
             check_common(ctx.req)?;
             let own = ctx
                 .identity
@@ -318,12 +318,12 @@ fn token_by_accessor(ctx: &Ctx, accessor: &str) -> ApiResult {
                 .ok_or_else(|| ApiError::not_found("ACL token not found"))?;
             query_reply(acl_json::token(&token), ctx)
         }
-        "PUT" | "POST" => {
+        Method::Put | Method::Post => {
             ctx.identity.allow_management()?;
             let m = body_object(ctx)?;
             update_token(ctx, accessor, m)
         }
-        "DELETE" => {
+        Method::Delete => {
             ctx.identity.allow_management()?;
             let index = ctx.agent.index.next();
             ctx.agent.acl.delete_token(accessor)?;
@@ -341,7 +341,7 @@ fn token_by_accessor(ctx: &Ctx, accessor: &str) -> ApiResult {
 /// `PUT /v1/acl/token/onetime`: a one-time token for the caller's own ACL token (no
 /// capability needed; anonymous callers and workload identities have no token to give).
 fn create_one_time_token(ctx: &Ctx) -> ApiResult {
-    ctx.require_method(&["PUT", "POST"])?;
+    ctx.require_method(&[Method::Put, Method::Post])?;
     let Some(token) = ctx.identity.token() else {
         return Err(ApiError::permission_denied());
     };
@@ -359,7 +359,7 @@ fn create_one_time_token(ctx: &Ctx) -> ApiResult {
 
 /// `PUT /v1/acl/token/onetime/exchange`: the ACL token behind a one-time secret, once.
 fn exchange_one_time_token(ctx: &Ctx) -> ApiResult {
-    ctx.require_method(&["PUT", "POST"])?;
+    ctx.require_method(&[Method::Put, Method::Post])?;
     let m = body_object(ctx)?;
     let secret = opt_string(&m, "OneTimeSecretID")?.unwrap_or_default();
     if !is_uuid(&secret) {
@@ -397,13 +397,13 @@ fn may_read_policy(identity: &Identity, name: &str) -> bool {
 /// Nomad looks the caller's ACL token up for policy reads; a workload identity has none.
 fn require_token_or_anonymous(identity: &Identity) -> Result<(), ApiError> {
     match identity {
-        Identity::Workload { .. } => Err(ApiError::new(403, "ACL token not found")),
+        Identity::Workload { .. } => Err(ApiError::new(Status::FORBIDDEN, "ACL token not found")),
         _ => Ok(()),
     }
 }
 
 fn list_policies(ctx: &Ctx) -> ApiResult {
-    ctx.require_method(&["GET"])?;
+    ctx.require_method(&[Method::Get])?;
     check_common(ctx.req)?;
     require_token_or_anonymous(&ctx.identity)?;
     let prefix = ctx.req.query("prefix").unwrap_or("");
@@ -434,7 +434,7 @@ fn list_policies(ctx: &Ctx) -> ApiResult {
 
 /// `GET /v1/acl/policy/self`: the policies that apply to the caller.
 fn policy_self(ctx: &Ctx) -> ApiResult {
-    ctx.require_method(&["GET"])?;
+    ctx.require_method(&[Method::Get])?;
     let acl = &ctx.agent.acl;
     let list: Vec<AclPolicy> = if let Some(c) = ctx.identity.workload() {
         acl.policies_for_workload(
@@ -470,7 +470,7 @@ fn valid_policy_name(name: &str) -> bool {
 
 fn policy_by_name(ctx: &Ctx, name: &str) -> ApiResult {
     match ctx.method() {
-        "GET" => {
+        Method::Get => {
             check_common(ctx.req)?;
             require_token_or_anonymous(&ctx.identity)?;
             if !may_read_policy(&ctx.identity, name) {
@@ -483,8 +483,8 @@ fn policy_by_name(ctx: &Ctx, name: &str) -> ApiResult {
                 .ok_or_else(|| ApiError::not_found("ACL policy not found"))?;
             query_reply(acl_json::policy(&p), ctx)
         }
-        "PUT" | "POST" => upsert_policy(ctx, name),
-        "DELETE" => {
+        Method::Put | Method::Post => upsert_policy(ctx, name),
+        Method::Delete => {
             ctx.identity.allow_management()?;
             let index = ctx.agent.index.next();
             ctx.agent.acl.delete_policy(name)?;
@@ -573,12 +573,12 @@ fn upsert_policy(ctx: &Ctx, name: &str) -> ApiResult {
 pub fn well_known(ctx: &Ctx, rest: &str) -> ApiResult {
     match rest {
         "jwks.json" => {
-            ctx.require_method(&["GET"])?;
+            ctx.require_method(&[Method::Get])?;
             let keys = ctx.agent.acl.keys.get()?;
             let body = serde_json::to_vec(&keys.jwks())
                 .map_err(|e| ApiError::internal(format!("failed to encode response: {e}")))?;
             Ok(ApiReply::Http(
-                Reply::bytes(200, "application/json", body)
+                Reply::bytes(Status::OK, "application/json", body)
                     .with_header("Cache-Control", format!("max-age={JWKS_MAX_AGE_SECS}")),
             ))
         }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::http::Method;
 use crate::state::members::Member;
 use crate::tls::client::Stream;
 
@@ -43,7 +44,7 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
 }
 
 fn members(ctx: &Ctx) -> ApiResult {
-    ctx.require_method(&["GET"])?;
+    ctx.require_method(&[Method::Get])?;
     check_common(ctx.req)?;
     ctx.identity.allow_node(false)?;
     let c = &ctx.agent.config;
@@ -57,11 +58,11 @@ fn members(ctx: &Ctx) -> ApiResult {
 
 fn servers(ctx: &Ctx) -> ApiResult {
     match ctx.method() {
-        "GET" => {
+        Method::Get => {
             ctx.identity.allow_agent(false)?;
             json(&ctx.agent.membership.servers())
         }
-        "PUT" | "POST" => {
+        Method::Put | Method::Post => {
             let addrs: Vec<String> = ctx.req.query_all("address").map(str::to_string).collect();
             if addrs.is_empty() {
                 return Err(ApiError::bad_request("missing server address"));
@@ -146,7 +147,7 @@ fn config_json(ctx: &Ctx) -> Value {
 }
 
 fn agent_self(ctx: &Ctx) -> ApiResult {
-    ctx.require_method(&["GET"])?;
+    ctx.require_method(&[Method::Get])?;
     ctx.identity.allow_agent(false)?;
     let a = ctx.agent;
     let uptime = a.started_at.elapsed().map(|d| d.as_secs()).unwrap_or(0);
@@ -303,7 +304,7 @@ fn io_reason(e: &std::io::Error) -> String {
 }
 
 fn join(ctx: &Ctx) -> ApiResult {
-    ctx.require_method(&["PUT", "POST"])?;
+    ctx.require_method(&[Method::Put, Method::Post])?;
     let addrs: Vec<&str> = ctx.req.query_all("address").collect();
     if addrs.is_empty() {
         return Err(ApiError::bad_request("missing address to join"));
@@ -356,7 +357,7 @@ fn join(ctx: &Ctx) -> ApiResult {
 }
 
 fn force_leave(ctx: &Ctx) -> ApiResult {
-    ctx.require_method(&["PUT", "POST"])?;
+    ctx.require_method(&[Method::Put, Method::Post])?;
     ctx.identity.allow_agent(true)?;
     let node = ctx.req.query("node").unwrap_or("");
     if node.is_empty() {
@@ -374,7 +375,7 @@ fn force_leave(ctx: &Ctx) -> ApiResult {
 }
 
 fn health(ctx: &Ctx) -> ApiResult {
-    ctx.require_method(&["GET"])?;
+    ctx.require_method(&[Method::Get])?;
     let types: Vec<&str> = ctx.req.query_all("type").collect();
     let check_client = types.is_empty() || types.contains(&"client");
     let check_server = types.is_empty() || types.contains(&"server");

@@ -9,6 +9,8 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+use crate::http::Method;
+
 use super::auth::Identity;
 use super::{json, ApiError, ApiResult, Ctx};
 
@@ -161,7 +163,7 @@ fn disks() -> BTreeMap<String, Value> {
 /// Serve `GET /v1/agent/host`: `agent:read`; with ACLs disabled only in dev mode (Nomad asks
 /// for `enable_debug`, which `-dev` turns on).
 pub fn route(ctx: &Ctx) -> ApiResult {
-    ctx.require_method(&["GET"])?;
+    ctx.require_method(&[Method::Get])?;
     match ctx.identity {
         Identity::AclsDisabled if !ctx.agent.config.dev => {
             return Err(ApiError::permission_denied())

@@ -12,7 +12,7 @@ use crate::acl::capabilities::Acl;
 use crate::acl::jwt::{self, WorkloadClaims};
 use crate::acl::tokens::{is_uuid, AclToken};
 use crate::api::Agent;
-use crate::http::{Origin, Request};
+use crate::http::{Origin, Request, Status};
 
 use super::ApiError;
 
@@ -81,11 +81,11 @@ pub fn authenticate(agent: &Agent, req: &Request) -> Result<Identity, ApiError> 
     match &req.origin {
         Origin::Unix { tag } => {
             let Some(t) = token else {
-                return Err(ApiError::new(401, "Unauthorized"));
+                return Err(ApiError::new(Status::UNAUTHORIZED, "Unauthorized"));
             };
             resolve(agent, &t).map_err(|why| {
                 log::debug!("task API request on {tag} refused: {why}");
-                ApiError::new(403, "Forbidden")
+                ApiError::new(Status::FORBIDDEN, "Forbidden")
             })
         }
         Origin::Tcp { .. } => {
@@ -100,8 +100,10 @@ pub fn authenticate(agent: &Agent, req: &Request) -> Result<Identity, ApiError> 
             resolve(agent, &t).map_err(|why| {
                 log::debug!("request refused: {why}");
                 match why {
-                    Rejected::UnknownToken => ApiError::new(403, "ACL token not found"),
-                    Rejected::Expired => ApiError::new(403, "ACL token expired"),
+                    Rejected::UnknownToken => {
+                        ApiError::new(Status::FORBIDDEN, "ACL token not found")
+                    }
+                    Rejected::Expired => ApiError::new(Status::FORBIDDEN, "ACL token expired"),
                     _ => ApiError::permission_denied(),
                 }
             })
@@ -159,7 +161,11 @@ fn verify_workload_identity(agent: &Agent, token: &str) -> Result<WorkloadClaims
         .get()
         .map_err(|_| Rejected::Jwt(jwt::JwtError::UnknownKey))?;
     let claims = jwt::verify(keys, token, crate::time::unix_now_secs()).map_err(Rejected::Jwt)?;
-    let (job, namespace, terminal) = agent
+    let crate::state::jobs::AllocFacts {
+        job_id: job,
+        namespace,
+        terminal,
+    } = agent
         .workloads
         .alloc_status(&claims.nomad_allocation_id)
         .ok_or(Rejected::AllocGone)?;

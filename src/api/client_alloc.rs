@@ -4,6 +4,7 @@ use serde_json::{json, Value};
 
 use crate::client::task_runner::TaskCmd;
 use crate::client::Error as ClientError;
+use crate::http::Method;
 use crate::signals::parse_signal;
 
 use super::params::get_ci;
@@ -61,7 +62,7 @@ fn gc(ctx: &Ctx, id: &str) -> ApiResult {
 /// `GET /v1/client/allocation/:id/checks`: the results of the alloc's Nomad service checks,
 /// keyed by check ID. nomadlet runs no checks, so a known alloc has none.
 fn checks(ctx: &Ctx, id: &str) -> ApiResult {
-    ctx.require_method(&["GET"])?;
+    ctx.require_method(&[Method::Get])?;
     let ns = alloc_namespace(ctx, id)?;
     ctx.identity.allow_namespace(&ns, "read-job")?;
     json(&serde_json::Map::new())
@@ -92,7 +93,7 @@ fn lifecycle_err(e: ClientError) -> ApiError {
 }
 
 fn restart(ctx: &Ctx, id: &str) -> ApiResult {
-    ctx.require_method(&["PUT", "POST"])?;
+    ctx.require_method(&[Method::Put, Method::Post])?;
     let ns = alloc_namespace(ctx, id)?;
     ctx.identity.allow_namespace(&ns, "alloc-lifecycle")?;
     let body = body_object(ctx)?.unwrap_or_default();
@@ -111,7 +112,7 @@ fn restart(ctx: &Ctx, id: &str) -> ApiResult {
 }
 
 fn signal(ctx: &Ctx, id: &str) -> ApiResult {
-    ctx.require_method(&["PUT", "POST"])?;
+    ctx.require_method(&[Method::Put, Method::Post])?;
     let ns = alloc_namespace(ctx, id)?;
     ctx.identity.allow_namespace(&ns, "alloc-lifecycle")?;
     let Some(body) = body_object(ctx)? else {

@@ -22,7 +22,7 @@ use crate::fs::safe_path::{
     clean_components, os_text, AllocDir, PathError, Protected, Resolved, Stat,
 };
 use crate::fs::sniff::{stat_content_type, untrusted_content_type, SNIFF_LEN};
-use crate::http::{Body, Reply};
+use crate::http::{Body, Reply, Status};
 use crate::time::rfc3339_nanos;
 
 /// Length of a full allocation ID.
@@ -137,9 +137,9 @@ fn required_path(ctx: &Ctx) -> Result<String, ApiError> {
 fn path_error(
     e: PathError,
     op: &str,
-    escape_status: u16,
-    missing_status: u16,
-    other_status: u16,
+    escape_status: Status,
+    missing_status: Status,
+    other_status: Status,
 ) -> ApiError {
     match e {
         PathError::Escapes => ApiError::new(escape_status, "Path escapes the alloc directory"),
@@ -169,9 +169,15 @@ fn check_protected(r: &Resolved, path: &str) -> Result<(), ApiError> {
 
 /// Resolve a file for a content read (cat, readat, stream) with the §3.10b statuses.
 fn resolve_content(dir: &AllocDir, path: &str) -> Result<Resolved, ApiError> {
-    let r = dir
-        .resolve(path)
-        .map_err(|e| path_error(e, "stat", 400, 400, 400))?;
+    let r = dir.resolve(path).map_err(|e| {
+        path_error(
+            e,
+            "stat",
+            Status::BAD_REQUEST,
+            Status::BAD_REQUEST,
+            Status::BAD_REQUEST,
+        )
+    })?;
     check_protected(&r, path)?;
     if r.is_hard_linked() {
         return Err(hard_linked(path));
@@ -207,7 +213,10 @@ fn open_with_size(
 
 /// Content reads refuse every file with several links: 403, nothing served.
 fn hard_linked(path: &str) -> ApiError {
-    ApiError::new(403, format!("Reading hard-linked file prohibited: {path}"))
+    ApiError::new(
+        Status::FORBIDDEN,
+        format!("Reading hard-linked file prohibited: {path}"),
+    )
 }
 
 fn open_error(e: io::Error, abs: &std::path::Path) -> ApiError {
@@ -220,9 +229,15 @@ fn list(ctx: &Ctx, alloc_id: &str) -> ApiResult {
         _ => "/".to_string(),
     };
     let (_, dir) = lookup(ctx, alloc_id, &["read-fs"])?;
-    let r = dir
-        .resolve(&path)
-        .map_err(|e| path_error(e, "open", 500, 404, 500))?;
+    let r = dir.resolve(&path).map_err(|e| {
+        path_error(
+            e,
+            "open",
+            Status::INTERNAL_SERVER_ERROR,
+            Status::NOT_FOUND,
+            Status::INTERNAL_SERVER_ERROR,
+        )
+    })?;
     if !r.is_dir() {
         return Err(ApiError::internal(format!(
             "readdirent {}: not a directory",
@@ -243,9 +258,15 @@ fn list(ctx: &Ctx, alloc_id: &str) -> ApiResult {
 fn stat(ctx: &Ctx, alloc_id: &str) -> ApiResult {
     let path = required_path(ctx)?;
     let (_, dir) = lookup(ctx, alloc_id, &["read-fs"])?;
-    let r = dir
-        .resolve(&path)
-        .map_err(|e| path_error(e, "stat", 500, 404, 500))?;
+    let r = dir.resolve(&path).map_err(|e| {
+        path_error(
+            e,
+            "stat",
+            Status::INTERNAL_SERVER_ERROR,
+            Status::NOT_FOUND,
+            Status::INTERNAL_SERVER_ERROR,
+        )
+    })?;
     let name = clean_components(&path)
         .and_then(|c| c.last().cloned())
         .unwrap_or_else(|| alloc_id.to_string());
@@ -264,7 +285,12 @@ fn stat(ctx: &Ctx, alloc_id: &str) -> ApiResult {
 }
 
 /// An integer parameter with Nomad's message; `None` when absent (or empty and optional).
-fn int_param(ctx: &Ctx, name: &str, required: bool, status: u16) -> Result<Option<i64>, ApiError> {
+fn int_param(
+    ctx: &Ctx,
+    name: &str,
+    required: bool,
+    status: Status,
+) -> Result<Option<i64>, ApiError> {
     let v = match ctx.req.query(name) {
         None | Some("") if !required => return Ok(None),
         v => v.unwrap_or(""),
@@ -275,7 +301,7 @@ fn int_param(ctx: &Ctx, name: &str, required: bool, status: u16) -> Result<Optio
 }
 
 /// A boolean parameter with Nomad's message; empty or absent gives the default.
-fn bool_param(ctx: &Ctx, name: &str, default: bool, status: u16) -> Result<bool, ApiError> {
+fn bool_param(ctx: &Ctx, name: &str, default: bool, status: Status) -> Result<bool, ApiError> {
     match ctx.req.query(name) {
         None | Some("") => Ok(default),
         Some(v) => parse_go_bool(v).ok_or_else(|| {
@@ -303,8 +329,8 @@ fn read(ctx: &Ctx, alloc_id: &str, ranged: bool) -> ApiResult {
     let path = required_path(ctx)?;
     let (offset, limit) = if ranged {
         (
-            int_param(ctx, "offset", true, 500)?.unwrap_or(0),
-            int_param(ctx, "limit", false, 500)?.unwrap_or(0),
+            int_param(ctx, "offset", true, Status::INTERNAL_SERVER_ERROR)?.unwrap_or(0),
+            int_param(ctx, "limit", false, Status::INTERNAL_SERVER_ERROR)?.unwrap_or(0),
         )
     } else {
         (0, 0)
@@ -327,7 +353,7 @@ fn read(ctx: &Ctx, alloc_id: &str, ranged: bool) -> ApiResult {
     let n = file.read_at(&mut head, offset).unwrap_or(0);
     let content_type = untrusted_content_type(&path, &head[..n]);
     let reply = Reply {
-        status: 200,
+        status: Status::OK,
         headers: vec![("Content-Type".to_string(), content_type.to_string())],
         body: Body::File { file, offset, len },
     }
@@ -370,7 +396,7 @@ impl TaskProbe for AllocProbe {
 
 fn stream_reply(content_type: &str, body: Body) -> ApiResult {
     Ok(ApiReply::Http(Reply {
-        status: 200,
+        status: Status::OK,
         headers: vec![("Content-Type".to_string(), content_type.to_string())],
         body,
     }))
@@ -378,9 +404,9 @@ fn stream_reply(content_type: &str, body: Body) -> ApiResult {
 
 fn stream(ctx: &Ctx, alloc_id: &str) -> ApiResult {
     let path = required_path(ctx)?;
-    let offset = int_param(ctx, "offset", false, 500)?.unwrap_or(0);
+    let offset = int_param(ctx, "offset", false, Status::INTERNAL_SERVER_ERROR)?.unwrap_or(0);
     let origin_end = origin_param(ctx)?;
-    let follow = bool_param(ctx, "follow", true, 500)?;
+    let follow = bool_param(ctx, "follow", true, Status::INTERNAL_SERVER_ERROR)?;
     let (_, dir) = lookup(ctx, alloc_id, &["read-fs"])?;
     let r = resolve_content(&dir, &path)?;
     let (file, size) = open_with_size(&r, &dir, &path)?;
@@ -427,9 +453,9 @@ fn logs(ctx: &Ctx, alloc_id: &str) -> ApiResult {
             ))
         }
     };
-    let follow = bool_param(ctx, "follow", false, 400)?;
-    let plain = bool_param(ctx, "plain", false, 400)?;
-    let offset = int_param(ctx, "offset", false, 400)?.unwrap_or(0);
+    let follow = bool_param(ctx, "follow", false, Status::BAD_REQUEST)?;
+    let plain = bool_param(ctx, "plain", false, Status::BAD_REQUEST)?;
+    let offset = int_param(ctx, "offset", false, Status::BAD_REQUEST)?.unwrap_or(0);
     let origin_end = origin_param(ctx)?;
     let (view, dir) = lookup(ctx, alloc_id, &["read-logs", "read-fs"])?;
     let Some(tv) = view.tasks.iter().find(|t| t.name == task) else {

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::state::node::DynamicMeta;
 
-use crate::http::Reply;
+use crate::http::{Method, Reply, Status};
 
 use super::params::{get_ci, wants_pretty};
 use super::{json, ApiError, ApiReply, ApiResult, Ctx};
@@ -14,8 +14,8 @@ use super::{json, ApiError, ApiReply, ApiResult, Ctx};
 /// Serve `client/metadata`.
 pub fn route(ctx: &Ctx, _path: &str) -> ApiResult {
     match ctx.method() {
-        "GET" => read(ctx),
-        "POST" => apply(ctx),
+        Method::Get => read(ctx),
+        Method::Post => apply(ctx),
         _ => Err(ApiError::invalid_method()),
     }
 }
@@ -38,7 +38,7 @@ fn read(ctx: &Ctx) -> ApiResult {
     // The compact JSON was made when the metadata last changed; a read only copies it.
     let body = ctx.agent.node.meta_view_json();
     Ok(ApiReply::Http(Reply::bytes(
-        200,
+        Status::OK,
         "application/json",
         body.as_ref().clone(),
     )))
@@ -55,8 +55,17 @@ fn go_type(v: &Value) -> &'static str {
     }
 }
 
+/// A decoded `NodeMetaApplyRequest`.
+#[derive(Debug)]
+struct MetaApply {
+    /// `NodeID` of the body (empty when absent).
+    node_id: String,
+    /// The changes: a key set to `None` is removed.
+    meta: DynamicMeta,
+}
+
 /// Decode `NodeMetaApplyRequest` the way Go's decoder would, with its error texts.
-fn decode(body: &[u8]) -> Result<(String, DynamicMeta, bool), ApiError> {
+fn decode(body: &[u8]) -> Result<MetaApply, ApiError> {
     if body.is_empty() {
         return Err(ApiError::empty_body());
     }
@@ -75,7 +84,12 @@ fn decode(body: &[u8]) -> Result<(String, DynamicMeta, bool), ApiError> {
         .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
     let obj = match &v {
         Value::Object(o) => o,
-        Value::Null => return Ok((String::new(), DynamicMeta::new(), false)),
+        Value::Null => {
+            return Ok(MetaApply {
+                node_id: String::new(),
+                meta: DynamicMeta::new(),
+            })
+        }
         other => {
             return Err(ApiError::bad_request(format!(
                 "json: cannot unmarshal {} into Go value of type structs.NodeMetaApplyRequest",
@@ -94,8 +108,8 @@ fn decode(body: &[u8]) -> Result<(String, DynamicMeta, bool), ApiError> {
         }
     };
     let mut meta = DynamicMeta::new();
-    let present = match get_ci(obj, "Meta") {
-        None | Some(Value::Null) => false,
+    match get_ci(obj, "Meta") {
+        None | Some(Value::Null) => {}
         Some(Value::Object(m)) => {
             for (k, val) in m {
                 match val {
@@ -109,7 +123,6 @@ fn decode(body: &[u8]) -> Result<(String, DynamicMeta, bool), ApiError> {
                     }
                 };
             }
-            true
         }
         Some(other) => {
             return Err(ApiError::bad_request(format!(
@@ -117,8 +130,8 @@ fn decode(body: &[u8]) -> Result<(String, DynamicMeta, bool), ApiError> {
                 go_type(other)
             )))
         }
-    };
-    Ok((node_id, meta, present))
+    }
+    Ok(MetaApply { node_id, meta })
 }
 
 /// One segment of a dotted key: an HCL identifier, `(ID_Start | '_') (ID_Continue | '-')*`.
@@ -150,7 +163,10 @@ fn validate(meta: &DynamicMeta) -> Result<(), ApiError> {
 }
 
 fn apply(ctx: &Ctx) -> ApiResult {
-    let (body_node, meta, _) = decode(&ctx.req.body)?;
+    let MetaApply {
+        node_id: body_node,
+        meta,
+    } = decode(&ctx.req.body)?;
     let node_id = match ctx.req.query("node_id") {
         Some(n) if !n.is_empty() => n.to_string(),
         _ => body_node,
@@ -188,8 +204,11 @@ mod tests {
             decode(br#"{"Meta":{"a":1}}"#).unwrap_err().message,
             "json: cannot unmarshal number into Go struct field NodeMetaApplyRequest.Meta of type string"
         );
-        assert_eq!(decode(br#"{"Meta":"x"}"#).unwrap_err().status, 400);
-        let (_, m, _) = decode(br#"{"meta":{"a":null,"b":"c"}}"#).unwrap();
+        assert_eq!(
+            decode(br#"{"Meta":"x"}"#).unwrap_err().status,
+            Status::BAD_REQUEST
+        );
+        let m = decode(br#"{"meta":{"a":null,"b":"c"}}"#).unwrap().meta;
         assert_eq!(m.get("a"), Some(&None));
         assert_eq!(
             validate(&DynamicMeta::new()).unwrap_err().message,

@@ -2,16 +2,18 @@
 
 use std::fmt;
 
+use crate::http::Status;
+
 /// A failed request: written as `text/plain; charset=utf-8`, no trailing newline.
 /// A 404 with an empty message is written with no body and no Content-Type (unknown route).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiError {
-    pub status: u16,
+    pub status: Status,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(status: u16, message: impl Into<String>) -> ApiError {
+    pub fn new(status: Status, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),
@@ -19,27 +21,27 @@ impl ApiError {
     }
     /// 400 with a message.
     pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(400, message)
+        ApiError::new(Status::BAD_REQUEST, message)
     }
     /// 404 with a message.
     pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError::new(404, message)
+        ApiError::new(Status::NOT_FOUND, message)
     }
     /// 500 with a message.
     pub fn internal(message: impl Into<String>) -> ApiError {
-        ApiError::new(500, message)
+        ApiError::new(Status::INTERNAL_SERVER_ERROR, message)
     }
     /// Nomad's `405 Invalid method`.
     pub fn invalid_method() -> ApiError {
-        ApiError::new(405, "Invalid method")
+        ApiError::new(Status::METHOD_NOT_ALLOWED, "Invalid method")
     }
     /// Nomad's `403 Permission denied`.
     pub fn permission_denied() -> ApiError {
-        ApiError::new(403, "Permission denied")
+        ApiError::new(Status::FORBIDDEN, "Permission denied")
     }
     /// An unknown path: 404, empty body, no Content-Type.
     pub fn no_route() -> ApiError {
-        ApiError::new(404, "")
+        ApiError::new(Status::NOT_FOUND, "")
     }
     /// `400 Request body is empty`.
     pub fn empty_body() -> ApiError {
@@ -60,11 +62,13 @@ impl From<crate::acl::Error> for ApiError {
     fn from(e: crate::acl::Error) -> ApiError {
         use crate::acl::Error as E;
         let status = match &e {
-            E::AlreadyBootstrapped(_) | E::NonexistentToken(_) | E::InvalidPolicy(_) => 400,
+            E::AlreadyBootstrapped(_) | E::NonexistentToken(_) | E::InvalidPolicy(_) => {
+                Status::BAD_REQUEST
+            }
             E::PermissionDenied => return ApiError::permission_denied(),
-            E::TokenNotFound => 404,
-            E::TooManyOneTimeTokens => 429,
-            E::Rejected(_) | E::Persist(_) | E::Keys(_) => 500,
+            E::TokenNotFound => Status::NOT_FOUND,
+            E::TooManyOneTimeTokens => Status::TOO_MANY_REQUESTS,
+            E::Rejected(_) | E::Persist(_) | E::Keys(_) => Status::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
     }

@@ -5,24 +5,28 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use crate::api::Agent;
+use crate::http::Method;
+use crate::state::jobs::eval::EvalRecord;
 use crate::state::jobs::spec::Job;
 use crate::state::jobs::validate::validate_job;
 use crate::state::jobs::NodeInfo;
+use crate::state::status::AllocClientStatus;
 
+use super::allocs::alloc_stub;
 use super::params::{self, get_ci};
-use super::{filter, json_meta, ApiError, ApiResult, Ctx, IndexMeta};
+use super::{filter, json_meta, omit_zero, ApiError, ApiResult, Ctx, IndexMeta};
 
 /// Serve `path` (the request path after `/v1/`).
 pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
     if path == "jobs" {
         return match ctx.method() {
-            "GET" => list_jobs(ctx),
-            "PUT" | "POST" => register(ctx, None),
+            Method::Get => list_jobs(ctx),
+            Method::Put | Method::Post => register(ctx, None),
             _ => Err(ApiError::invalid_method()),
         };
     }
     if path == "evaluations" {
-        ctx.require_method(&["GET"])?;
+        ctx.require_method(&[Method::Get])?;
         return list_evals(ctx);
     }
     if let Some(rest) = path.strip_prefix("evaluation/") {
@@ -32,11 +36,11 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
         return Err(ApiError::no_route());
     };
     if let Some(id) = rest.strip_suffix("/allocations") {
-        ctx.require_method(&["GET"])?;
+        ctx.require_method(&[Method::Get])?;
         return job_allocations(ctx, id);
     }
     if let Some(id) = rest.strip_suffix("/evaluations") {
-        ctx.require_method(&["GET"])?;
+        ctx.require_method(&[Method::Get])?;
         return job_evaluations(ctx, id);
     }
     // nomadlet makes no deployments: the latest is null and the list is empty, as Nomad
@@ -45,7 +49,7 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
         .strip_suffix("/deployment")
         .or_else(|| rest.strip_suffix("/deployments"))
     {
-        ctx.require_method(&["GET"])?;
+        ctx.require_method(&[Method::Get])?;
         let job = readable_job(ctx, id)?;
         let body = if rest.ends_with("/deployment") {
             Value::Null
@@ -55,7 +59,7 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
         return json_meta(&body, IndexMeta::Query(job.modify_index));
     }
     if let Some(id) = rest.strip_suffix("/summary") {
-        ctx.require_method(&["GET"])?;
+        ctx.require_method(&[Method::Get])?;
         let job = readable_job(ctx, id)?;
         return json_meta(
             &job_summary(ctx.agent, &job),
@@ -71,9 +75,9 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
         return Err(ApiError::no_route());
     }
     match ctx.method() {
-        "GET" => read_job(ctx, rest),
-        "PUT" | "POST" => register(ctx, Some(rest)),
-        "DELETE" => deregister(ctx, rest),
+        Method::Get => read_job(ctx, rest),
+        Method::Put | Method::Post => register(ctx, Some(rest)),
+        Method::Delete => deregister(ctx, rest),
         _ => Err(ApiError::invalid_method()),
     }
 }
@@ -294,13 +298,13 @@ fn job_summary(agent: &Arc<Agent>, job: &Job) -> Value {
             if a.task_group != tg.name {
                 continue;
             }
-            let key = match a.client_status.as_str() {
-                "complete" => "Complete",
-                "failed" => "Failed",
-                "running" => "Running",
-                "pending" => "Starting",
-                "lost" => "Lost",
-                _ => "Unknown",
+            let key = match a.client_status {
+                AllocClientStatus::Complete => "Complete",
+                AllocClientStatus::Failed => "Failed",
+                AllocClientStatus::Running => "Running",
+                AllocClientStatus::Pending => "Starting",
+                AllocClientStatus::Lost => "Lost",
+                AllocClientStatus::Unknown => "Unknown",
             };
             if let Some(n) = s.get_mut(key) {
                 *n = json!(n.as_u64().unwrap_or(0) + 1);
@@ -374,7 +378,7 @@ fn job_allocations(ctx: &Ctx, id: &str) -> ApiResult {
         .workloads
         .allocs_of_job(&ns, id)
         .iter()
-        .map(|a| a.to_stub(true, false))
+        .map(|a| alloc_stub(a, true, false))
         .collect();
     json_meta(&out, IndexMeta::Query(index_now(ctx)))
 }
@@ -388,7 +392,7 @@ fn job_evaluations(ctx: &Ctx, id: &str) -> ApiResult {
         .evals()
         .iter()
         .filter(|e| e.namespace == ns && e.job_id == id)
-        .map(|e| e.to_api())
+        .map(eval_json)
         .collect();
     json_meta(&out, IndexMeta::Query(index_now(ctx)))
 }
@@ -413,15 +417,15 @@ fn list_evals(ctx: &Ctx) -> ApiResult {
         .iter()
         .filter(|e| ns_matches(&ns, &e.namespace) && e.id.starts_with(prefix))
         .filter(|e| job.map(|j| j == e.job_id).unwrap_or(true))
-        .filter(|e| status.map(|s| s == e.status).unwrap_or(true))
-        .map(|e| e.to_api())
+        .filter(|e| status.map(|s| s == e.status.as_str()).unwrap_or(true))
+        .map(eval_json)
         .filter(|v| filter::keeps(expr.as_ref(), v))
         .collect();
     json_meta(&out, IndexMeta::Query(index_now(ctx)))
 }
 
 fn eval_route(ctx: &Ctx, rest: &str) -> ApiResult {
-    ctx.require_method(&["GET"])?;
+    ctx.require_method(&[Method::Get])?;
     let (id, allocs) = match rest.strip_suffix("/allocations") {
         Some(id) => (id, true),
         None => (rest, false),
@@ -439,9 +443,48 @@ fn eval_route(ctx: &Ctx, rest: &str) -> ApiResult {
             .allocs()
             .iter()
             .filter(|a| a.eval_id == ev.id)
-            .map(|a| a.to_stub(true, false))
+            .map(|a| alloc_stub(a, true, false))
             .collect();
         return json_meta(&out, IndexMeta::Query(index_now(ctx)));
     }
-    json_meta(&ev.to_api(), IndexMeta::Query(ev.modify_index))
+    json_meta(&eval_json(&ev), IndexMeta::Query(ev.modify_index))
+}
+
+/// `Evaluation` JSON: Go order, every zero field omitted.
+pub fn eval_json(e: &EvalRecord) -> Value {
+    omit_zero(vec![
+        ("ID", json!(e.id)),
+        ("Namespace", json!(e.namespace)),
+        ("Priority", json!(e.priority)),
+        ("Type", json!(e.eval_type)),
+        ("TriggeredBy", json!(e.triggered_by)),
+        ("JobID", json!(e.job_id)),
+        ("JobModifyIndex", json!(e.job_modify_index)),
+        ("Status", json!(e.status)),
+        ("QueuedAllocations", json!(e.queued_allocations)),
+        ("SnapshotIndex", json!(e.snapshot_index)),
+        ("CreateIndex", json!(e.create_index)),
+        ("ModifyIndex", json!(e.modify_index)),
+        ("CreateTime", json!(e.create_time)),
+        ("ModifyTime", json!(e.modify_time)),
+    ])
+}
+
+#[cfg(test)]
+mod eval_tests {
+    use super::*;
+
+    #[test]
+    fn an_evaluation_is_written_with_nomads_words_in_go_order() {
+        let mut job = Job::from_json(json!({"ID": "web", "TaskGroups": [{"Name": "g"}]})).unwrap();
+        job.canonicalize("global");
+        let e = EvalRecord::new_at(&job, "job-register", 4, "e1", 5);
+        let text = serde_json::to_string(&eval_json(&e)).unwrap();
+        assert!(
+            text.starts_with(
+                r#"{"ID":"e1","Namespace":"default","Priority":50,"Type":"service","TriggeredBy":"job-register","JobID":"web","Status":"complete","#
+            ),
+            "{text}"
+        );
+    }
 }

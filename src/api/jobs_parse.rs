@@ -3,6 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::http::Method;
 use crate::jobspec::{self, Input};
 use crate::state::jobs::spec::Job;
 use crate::state::jobs::validate::validate_job;
@@ -12,7 +13,7 @@ use super::{json, ApiError, ApiResult, Ctx};
 
 /// `jobs/parse`.
 pub fn parse(ctx: &Ctx) -> ApiResult {
-    ctx.require_method(&["PUT", "POST"])?;
+    ctx.require_method(&[Method::Put, Method::Post])?;
     let ns = super::jobs::namespace(ctx);
     ctx.identity.allow_namespace(&ns, "parse-job")?;
     let obj = body_object(&ctx.req.body)?;
@@ -54,7 +55,7 @@ pub fn parse(ctx: &Ctx) -> ApiResult {
 
 /// `validate/job`.
 pub fn validate(ctx: &Ctx) -> ApiResult {
-    ctx.require_method(&["PUT", "POST"])?;
+    ctx.require_method(&[Method::Put, Method::Post])?;
     let obj = body_object(&ctx.req.body)?;
     let job_value = match get_ci(&obj, "Job") {
         Some(v) if v.is_object() => v.clone(),

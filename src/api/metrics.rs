@@ -17,8 +17,8 @@ use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 
 use crate::api::Agent;
-use crate::http::Reply;
-use crate::state::jobs::alloc::client_terminal;
+use crate::http::{Method, Reply, Status};
+use crate::state::status::{AllocClientStatus, JobStatus, TaskStatus};
 
 use super::{ApiReply, ApiResult, Ctx};
 
@@ -200,11 +200,13 @@ pub fn route_label(path: &str) -> String {
 
 impl HttpStats {
     /// Count one answered request.
-    pub fn record(&self, method: &str, path: &str, status: u16, elapsed: Duration) {
-        let method = match method {
-            "GET" | "PUT" | "POST" | "DELETE" | "HEAD" | "OPTIONS" | "PATCH" => method,
-            _ => "other",
+    pub fn record(&self, method: &Method, path: &str, status: Status, elapsed: Duration) {
+        let method = if method.is_known() {
+            method.as_str()
+        } else {
+            "other"
         };
+        let status = status.code();
         let mut route = route_label(path);
         let mut t = self.tables.lock();
         let key = (method.to_string(), route.clone(), status);
@@ -251,8 +253,17 @@ fn metric(name: &str, labels: &[(&str, &str)], help: &'static str, value: Figure
     }
 }
 
+/// What `/proc/self/status` says of this process.
+struct ProcStatus {
+    /// `VmRSS`, bytes.
+    rss: f64,
+    /// `VmSize`, bytes.
+    vsz: f64,
+    threads: f64,
+}
+
 /// `VmRSS`, `VmSize` (bytes) and `Threads` of this process.
-fn proc_status() -> (f64, f64, f64) {
+fn proc_status() -> ProcStatus {
     let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |key: &str| {
         text.lines()
@@ -261,11 +272,11 @@ fn proc_status() -> (f64, f64, f64) {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    (
-        field("VmRSS:") * 1024.0,
-        field("VmSize:") * 1024.0,
-        field("Threads:"),
-    )
+    ProcStatus {
+        rss: field("VmRSS:") * 1024.0,
+        vsz: field("VmSize:") * 1024.0,
+        threads: field("Threads:"),
+    }
 }
 
 fn open_fds() -> f64 {
@@ -277,7 +288,7 @@ fn open_fds() -> f64 {
 fn collect(agent: &Agent) -> Vec<Metric> {
     use Figure::*;
     let mut out = Vec::new();
-    let (rss, vsz, threads) = proc_status();
+    let ProcStatus { rss, vsz, threads } = proc_status();
     let uptime = agent
         .started_at
         .elapsed()
@@ -348,11 +359,11 @@ fn collect(agent: &Agent) -> Vec<Metric> {
 
     // Server figures: jobs by status, evaluations by status.
     let w = &agent.workloads;
-    let mut job_status: BTreeMap<&str, u64> = [("pending", 0), ("running", 0), ("dead", 0)]
-        .into_iter()
-        .collect();
+    // Keyed by the word, so the series come out in its (alphabetical) order.
+    let mut job_status: BTreeMap<&str, u64> =
+        JobStatus::ALL.iter().map(|s| (s.as_str(), 0)).collect();
     for j in w.jobs() {
-        *job_status.entry(w.job_status(&j)).or_default() += 1;
+        *job_status.entry(w.job_status(&j).as_str()).or_default() += 1;
     }
     for (s, n) in &job_status {
         out.push(metric(
@@ -362,9 +373,9 @@ fn collect(agent: &Agent) -> Vec<Metric> {
             Gauge(*n as f64),
         ));
     }
-    let mut evals: BTreeMap<String, u64> = BTreeMap::new();
+    let mut evals: BTreeMap<&str, u64> = BTreeMap::new();
     for e in w.evals() {
-        *evals.entry(e.status.clone()).or_default() += 1;
+        *evals.entry(e.status.as_str()).or_default() += 1;
     }
     for (s, n) in &evals {
         out.push(metric(
@@ -380,20 +391,17 @@ fn collect(agent: &Agent) -> Vec<Metric> {
     let dc = agent.config.datacenter.clone();
     let node_labels = [("node_id", node_id.as_str()), ("datacenter", dc.as_str())];
     let (mut pending, mut running, mut terminal) = (0u64, 0u64, 0u64);
-    let mut tasks: BTreeMap<String, u64> = [("pending", 0), ("running", 0), ("dead", 0)]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+    let mut tasks: BTreeMap<&str, u64> = TaskStatus::ALL.iter().map(|s| (s.as_str(), 0)).collect();
     for a in w.allocs() {
-        if client_terminal(&a.client_status) {
+        if a.client_status.is_terminal() {
             terminal += 1;
-        } else if a.client_status == "running" {
+        } else if a.client_status == AllocClientStatus::Running {
             running += 1;
         } else {
             pending += 1;
         }
         for ts in a.task_states.values() {
-            *tasks.entry(ts.state.clone()).or_default() += 1;
+            *tasks.entry(ts.state.as_str()).or_default() += 1;
         }
     }
     for (s, n) in [
@@ -553,12 +561,12 @@ fn prometheus_text(metrics: &[Metric]) -> String {
 /// Serve `GET /v1/metrics` (Nomad checks no ACL capability here; the figures carry no job
 /// names, IDs or tokens, only route patterns and counts).
 pub fn route(ctx: &Ctx) -> ApiResult {
-    ctx.require_method(&["GET"])?;
+    ctx.require_method(&[Method::Get])?;
     let metrics = collect(ctx.agent);
     // Like Nomad, any format but `prometheus` is the JSON summary.
     if ctx.req.query("format") == Some("prometheus") {
         return Ok(ApiReply::Http(Reply::bytes(
-            200,
+            Status::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             prometheus_text(&metrics).into_bytes(),
         )));

@@ -29,7 +29,7 @@ pub mod system;
 
 use std::sync::Arc;
 
-use crate::http::{Reply, Request};
+use crate::http::{Method, Reply, Request};
 
 pub use error::ApiError;
 pub use services::Agent;
@@ -79,6 +79,31 @@ pub fn empty() -> ApiResult {
     })
 }
 
+/// Whether a JSON value is Go's zero value for `omitempty` purposes.
+pub fn is_zero(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty() || o.values().all(is_zero),
+    }
+}
+
+/// An object of the fields that are not zero, in the given order (Go's struct-wide
+/// `omitempty`).
+pub fn omit_zero(fields: Vec<(&str, serde_json::Value)>) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for (k, v) in fields {
+        if !is_zero(&v) {
+            m.insert(k.to_string(), v);
+        }
+    }
+    serde_json::Value::Object(m)
+}
+
 /// One request as a handler sees it.
 pub struct Ctx<'a> {
     pub agent: &'a Arc<Agent>,
@@ -88,16 +113,33 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    pub fn method(&self) -> &str {
+    pub fn method(&self) -> &Method {
         &self.req.method
     }
 
     /// Fails with Nomad's `405 Invalid method` unless the method is one of `allowed`.
-    pub fn require_method(&self, allowed: &[&str]) -> Result<(), ApiError> {
-        if allowed.contains(&self.req.method.as_str()) {
+    pub fn require_method(&self, allowed: &[Method]) -> Result<(), ApiError> {
+        if allowed.contains(&self.req.method) {
             Ok(())
         } else {
             Err(ApiError::invalid_method())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn zero_fields_are_omitted() {
+        let v = omit_zero(vec![
+            ("A", json!("")),
+            ("B", json!(0)),
+            ("C", json!("x")),
+            ("D", json!({"M": null})),
+        ]);
+        assert_eq!(v, json!({"C": "x"}));
     }
 }

@@ -10,7 +10,7 @@ use log::LevelFilter;
 use serde_json::json;
 
 use crate::fs::frames::{encode_frame, HEARTBEAT_INTERVAL, MAX_FRAME_DATA};
-use crate::http::{Body, Reply, StreamBody, StreamSink};
+use crate::http::{Body, Method, Reply, Status, StreamBody, StreamSink};
 use crate::logtap::{self, LogLine, Subscription};
 
 use super::params::parse_go_bool;
@@ -45,7 +45,7 @@ fn bool_param(ctx: &Ctx, name: &str, what: &str) -> Result<bool, ApiError> {
 
 /// Serve `GET /v1/agent/monitor` (`agent:read`).
 pub fn route(ctx: &Ctx) -> ApiResult {
-    ctx.require_method(&["GET"])?;
+    ctx.require_method(&[Method::Get])?;
     ctx.identity.allow_agent(false)?;
     let level_name = ctx
         .req
@@ -86,7 +86,7 @@ pub fn route(ctx: &Ctx) -> ApiResult {
         "application/json"
     };
     Ok(ApiReply::Http(Reply {
-        status: 200,
+        status: Status::OK,
         headers: vec![("Content-Type".to_string(), content_type.to_string())],
         body: Body::Stream(Box::new(stream)),
     }))

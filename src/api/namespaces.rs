@@ -4,6 +4,8 @@
 
 use serde_json::{json, Value};
 
+use crate::http::Method;
+
 use super::params::check_common;
 use super::{auth::Identity, json_meta, ApiError, ApiResult, Ctx, IndexMeta};
 
@@ -99,7 +101,7 @@ pub fn may_read_node_pools(identity: &Identity) -> bool {
 /// Serve `/v1/namespaces` and `/v1/namespace/:name` (`path` is after `/v1/`).
 pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
     if path == "namespaces" {
-        ctx.require_method(&["GET"])?;
+        ctx.require_method(&[Method::Get])?;
         check_common(ctx.req)?;
         let prefix = ctx.req.query("prefix").unwrap_or("");
         let mut out = Vec::new();
@@ -115,7 +117,7 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
         return Err(ApiError::no_route());
     };
     // Namespaces cannot be written here: only reads exist.
-    if ctx.method() != "GET" {
+    if *ctx.method() != Method::Get {
         return Err(ApiError::no_route());
     }
     check_common(ctx.req)?;
@@ -130,7 +132,7 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
 
 /// Serve `/v1/node/pools` and `/v1/node/pool/:name` (`path` is after `/v1/`).
 pub fn route_node_pools(ctx: &Ctx, path: &str) -> ApiResult {
-    if ctx.method() != "GET" {
+    if *ctx.method() != Method::Get {
         // Node pools cannot be written here.
         return Err(ApiError::no_route());
     }

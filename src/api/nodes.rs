@@ -3,6 +3,8 @@
 
 use serde_json::{json, Value};
 
+use crate::http::Method;
+
 use super::params::{check_common, parse_go_bool};
 use super::{allocs, filter, json_meta, ApiError, ApiResult, Ctx, IndexMeta};
 
@@ -17,7 +19,7 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
     match rest.split_once('/') {
         None => read(ctx, rest),
         Some((id, "allocations")) => {
-            ctx.require_method(&["GET"])?;
+            ctx.require_method(&[Method::Get])?;
             check_common(ctx.req)?;
             ctx.identity.allow_node(false)?;
             find_node(ctx, id)?;
@@ -47,7 +49,7 @@ fn bool_param(ctx: &Ctx, name: &str) -> Result<bool, ApiError> {
 }
 
 fn list(ctx: &Ctx) -> ApiResult {
-    ctx.require_method(&["GET"])?;
+    ctx.require_method(&[Method::Get])?;
     check_common(ctx.req)?;
     ctx.identity.allow_node(false)?;
     let with_os = bool_param(ctx, "os")?;
@@ -67,7 +69,7 @@ fn list(ctx: &Ctx) -> ApiResult {
 }
 
 fn read(ctx: &Ctx, id: &str) -> ApiResult {
-    ctx.require_method(&["GET"])?;
+    ctx.require_method(&[Method::Get])?;
     check_common(ctx.req)?;
     ctx.identity.allow_node(false)?;
     find_node(ctx, id)?;
@@ -89,6 +91,6 @@ pub fn route_status(ctx: &Ctx, path: &str) -> ApiResult {
         "regions" => json!([ctx.agent.config.region]),
         _ => return Err(ApiError::no_route()),
     };
-    ctx.require_method(&["GET"])?;
+    ctx.require_method(&[Method::Get])?;
     super::json(&value)
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::api::Agent;
-use crate::http::{Handler, Origin, Reply, Request, RequestHead};
+use crate::http::{Handler, Method, Origin, Reply, Request, RequestHead, Status};
 
 use super::{
     acl, agent, allocs, auth, client_alloc, client_fs, client_meta, client_stats, jobs, metrics,
@@ -35,7 +35,7 @@ impl Router {
         };
         let Some(min_index) = blocking_index(req) else {
             let result = route(&ctx);
-            if req.method != "GET" && result.is_ok() {
+            if req.method != Method::Get && result.is_ok() {
                 // A write is visible once its handler returned: wake blocking queries. A
                 // write that failed changed nothing, so it publishes no index.
                 self.agent.index.notify();
@@ -109,7 +109,7 @@ pub const PEER_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// `?index=N` with N > 0 on a GET makes a read a blocking query.
 fn blocking_index(req: &Request) -> Option<u64> {
-    if req.method != "GET" {
+    if req.method != Method::Get {
         return None;
     }
     req.query("index")
@@ -210,7 +210,7 @@ impl Router {
     fn handle_inner(&self, req: &Request) -> Reply {
         let cors = is_cors_path(&req.path);
         if is_preflight(req) {
-            return Reply::empty(204)
+            return Reply::empty(Status::NO_CONTENT)
                 .with_header("Vary", "Origin")
                 .with_header("Access-Control-Allow-Origin", "*")
                 .with_header("Access-Control-Allow-Credentials", "true")
@@ -229,14 +229,14 @@ impl Router {
 /// A CORS preflight on a client endpoint (answered without authentication).
 fn is_preflight(req: &Request) -> bool {
     is_cors_path(&req.path)
-        && req.method == "OPTIONS"
+        && req.method == Method::Options
         && req.header("Access-Control-Request-Method").is_some()
 }
 
 /// Nomad's CORS headers on a client endpoint's reply.
 fn add_cors_headers(reply: &mut Reply, req: &Request) {
     reply.headers.push(("Vary".into(), "Origin".into()));
-    if req.header("Origin").is_some() && (req.method == "GET" || req.method == "HEAD") {
+    if req.header("Origin").is_some() && matches!(req.method, Method::Get | Method::Head) {
         reply
             .headers
             .push(("Access-Control-Allow-Origin".into(), "*".into()));
@@ -279,8 +279,8 @@ pub fn encode_json(value: &serde_json::Value, pretty: bool) -> Vec<u8> {
 
 /// An error as Nomad writes it: plain text, no trailing newline; an unknown route has no body.
 pub fn error_reply(e: &ApiError) -> Reply {
-    if e.status == 404 && e.message.is_empty() {
-        return Reply::empty(404);
+    if e.status == Status::NOT_FOUND && e.message.is_empty() {
+        return Reply::empty(Status::NOT_FOUND);
     }
     Reply::bytes(
         e.status,
@@ -292,12 +292,13 @@ pub fn error_reply(e: &ApiError) -> Reply {
 fn render(result: ApiResult, pretty: bool, _origin: &Origin) -> Reply {
     match result {
         Ok(ApiReply::Json { value, meta }) => {
-            let mut reply = Reply::bytes(200, "application/json", encode_json(&value, pretty));
+            let mut reply =
+                Reply::bytes(Status::OK, "application/json", encode_json(&value, pretty));
             index_headers(&mut reply, meta);
             reply
         }
         Ok(ApiReply::Empty { meta }) => {
-            let mut reply = Reply::empty(200);
+            let mut reply = Reply::empty(Status::OK);
             index_headers(&mut reply, meta);
             reply
         }

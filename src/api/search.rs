@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
+use crate::http::Method;
+
 use super::namespaces::{may_read_node_pools, may_see_namespace, DEFAULT_NAMESPACE, NODE_POOLS};
 use super::params::get_ci;
 use super::{json_meta, ApiError, ApiResult, Ctx, IndexMeta};
@@ -45,11 +47,11 @@ const FUZZY_CONTEXTS: &[&str] = &[
 pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
     match path {
         "search" => {
-            ctx.require_method(&["PUT", "POST"])?;
+            ctx.require_method(&[Method::Put, Method::Post])?;
             prefix_search(ctx)
         }
         "search/fuzzy" => {
-            ctx.require_method(&["PUT", "POST"])?;
+            ctx.require_method(&[Method::Put, Method::Post])?;
             fuzzy_search(ctx)
         }
         _ => Err(ApiError::no_route()),

@@ -2,13 +2,15 @@
 //! nomadlet's collector is the client's: every terminal allocation that is not yet collected
 //! is marked collected (durably) and its alloc dir destroyed.
 
+use crate::http::Method;
+
 use super::{empty, ApiError, ApiResult, Ctx};
 
 /// Serve `/v1/system/*` (`path` is after `/v1/`).
 pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
     match path {
         "system/gc" => {
-            ctx.require_method(&["PUT"])?;
+            ctx.require_method(&[Method::Put])?;
             ctx.identity.allow_management()?;
             ctx.agent.client.gc_all();
             empty()

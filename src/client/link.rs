@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::state::jobs::alloc::{AllocRecord, TaskState};
+use crate::state::status::AllocClientStatus;
 
 /// Longest a single pull waits for a change before it answers with nothing new.
 pub const MAX_PULL_WAIT: Duration = Duration::from_secs(10);
@@ -71,7 +72,7 @@ pub struct AllocUpdate {
     pub alloc_id: String,
     pub tasks: BTreeMap<String, TaskState>,
     /// `(ClientStatus, ClientDescription)` when the client sets them itself.
-    pub client_status: Option<(String, String)>,
+    pub client_status: Option<(AllocClientStatus, String)>,
     pub collected: bool,
 }
 
@@ -149,7 +150,7 @@ mod tests {
             updates: vec![AllocUpdate {
                 alloc_id: "a".into(),
                 tasks,
-                client_status: Some(("complete".into(), String::new())),
+                client_status: Some((AllocClientStatus::Complete, String::new())),
                 collected: true,
             }],
         };

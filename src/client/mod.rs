@@ -31,6 +31,7 @@ use crate::acl::keys::LazyKeys;
 use crate::config::{Config, DrainOnShutdown};
 use crate::http::Server;
 use crate::state::jobs::alloc::{AllocRecord, TaskEvent, TaskState};
+use crate::state::status::{AllocClientStatus, AllocDesiredStatus, JobType, TaskStatus};
 use crate::sys::cgroup::{Cgroups, Mode};
 
 use self::alloc_dir::AllocDir;
@@ -339,7 +340,7 @@ impl Client {
                 TasksOnStop::Drain(d) => {
                     let system = self
                         .alloc(alloc_id)
-                        .is_some_and(|a| a.job.job_type() == "system");
+                        .is_some_and(|a| a.job.job_type() == JobType::System);
                     if d.ignore_system_jobs && system {
                         TaskCmd::Detach
                     } else {
@@ -428,7 +429,7 @@ impl Client {
             let mut mine = (**cur).clone();
             mine.task_states.extend(update.tasks.clone());
             if let Some((status, description)) = &update.client_status {
-                mine.client_status = status.clone();
+                mine.client_status = *status;
                 mine.client_description = description.clone();
             }
             mine.collected |= update.collected;
@@ -495,7 +496,7 @@ impl Client {
             }
             for a in &allocs {
                 let has_runner = runners.contains_key(&a.id);
-                if a.desired_status == "run" && !a.terminal() && !has_runner {
+                if a.is_live() && !has_runner {
                     let restored = !a.task_states.is_empty();
                     match self.spawn_runner(a, restored) {
                         Ok(tasks) => {
@@ -503,7 +504,7 @@ impl Client {
                         }
                         Err(e) => log::error!("cannot start runner for alloc {}: {e}", a.id),
                     }
-                } else if a.desired_status != "run" {
+                } else if a.desired_status != AllocDesiredStatus::Run {
                     if let Some(tasks) = runners.get(&a.id) {
                         for t in tasks {
                             let _ = t.cmds.send(TaskCmd::Stop);
@@ -540,13 +541,13 @@ impl Client {
                     .unwrap_or_default();
                 for n in names {
                     let ts = a.task_states.entry(n).or_default();
-                    if ts.state != "dead" {
-                        ts.state = "dead".into();
+                    if ts.state != TaskStatus::Dead {
+                        ts.state = TaskStatus::Dead;
                         ts.push_event(TaskEvent::new("Killed", "Task successfully killed"));
                     }
                 }
                 if a.task_states.is_empty() {
-                    a.client_status = "complete".into();
+                    a.client_status = AllocClientStatus::Complete;
                 }
             });
             if let Err(e) = res {
@@ -703,7 +704,7 @@ impl Client {
                 let ts = a.task_states.get(&n);
                 TaskFsView {
                     started: ts.map(|t| t.started_at.is_some()).unwrap_or(false),
-                    dead: ts.map(|t| t.state == "dead").unwrap_or(false) || a.terminal(),
+                    dead: ts.is_some_and(|t| t.state == TaskStatus::Dead) || a.terminal(),
                     name: n,
                 }
             })
@@ -797,7 +798,14 @@ mod tests {
             id: "n1".into(),
             name: "n".into(),
         };
-        let mut a = AllocRecord::new_at(&job, "g", 0, "e", &node, (index, id, 1));
+        let mut a = AllocRecord::new_at(
+            &job,
+            "g",
+            0,
+            "e",
+            &node,
+            crate::state::jobs::alloc::AllocStamp { index, id, now: 1 },
+        );
         a.modify_index = index;
         a
     }
@@ -855,7 +863,7 @@ mod tests {
         let c = client(server.clone());
         c.pull(Duration::ZERO).unwrap();
         assert!(c.alloc("a1").is_some(), "pulled");
-        c.update_task("a1", "a", |ts| ts.state = "running".into())
+        c.update_task("a1", "a", |ts| ts.state = TaskStatus::Running)
             .unwrap()
             .unwrap();
         let pushed = server.pushed.lock().clone();
@@ -867,7 +875,7 @@ mod tests {
         );
         assert!(pushed[0].client_status.is_none() && !pushed[0].collected);
         let view = c.alloc("a1").unwrap();
-        assert_eq!(view.task_states["a"].state, "running");
+        assert_eq!(view.task_states["a"].state, TaskStatus::Running);
         assert_eq!(view.modify_index, 6, "the server's answer");
         // An older record from a pull does not undo it.
         server.allocs.lock()[0].modify_index = 4;

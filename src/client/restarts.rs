@@ -34,7 +34,12 @@ pub enum Decision {
 
 impl RestartTracker {
     pub fn new(tg: &TaskGroup) -> RestartTracker {
-        let (attempts, interval, delay, mode) = tg.restart();
+        let crate::state::jobs::spec::Restart {
+            attempts,
+            interval,
+            delay,
+            mode,
+        } = tg.restart();
         RestartTracker {
             attempts,
             interval,

@@ -15,6 +15,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use crate::state::jobs::alloc::{AllocRecord, TaskEvent, TaskState};
 use crate::state::jobs::spec::Task;
 use crate::state::jobs::timefmt::rfc3339_ns;
+use crate::state::status::TaskStatus;
 use crate::sys::cgroup::{Limits, TaskCgroup, KILL_WAIT};
 use crate::time::unix_now_nanos as now_ns;
 
@@ -122,7 +123,7 @@ impl TaskRunner {
 
     fn dead(&self, ev: TaskEvent, failed: bool) {
         self.event(ev, |ts| {
-            ts.state = "dead".into();
+            ts.state = TaskStatus::Dead;
             ts.failed = failed;
             ts.finished_at = Some(rfc3339_ns(now_ns()));
         });
@@ -146,7 +147,11 @@ impl TaskRunner {
             return;
         };
         let prior = alloc.task_states.get(&self.task_name).cloned();
-        if self.restored && prior.as_ref().is_some_and(|ts| ts.state == "dead") {
+        if self.restored
+            && prior
+                .as_ref()
+                .is_some_and(|ts| ts.state == TaskStatus::Dead)
+        {
             kill_orphan(&self.client, &self.alloc_id, &self.task_name);
             return;
         }
@@ -161,7 +166,7 @@ impl TaskRunner {
             }
             self.event(TaskEvent::received(self.restored), |ts| {
                 if self.restored {
-                    ts.state = "pending".into();
+                    ts.state = TaskStatus::Pending;
                 }
             });
         }
@@ -202,9 +207,12 @@ impl TaskRunner {
             let end = match resume.take() {
                 Some(Resume::Attach(running)) => {
                     // A task started just before the last agent stopped may lack its event.
-                    if prior.as_ref().is_some_and(|ts| ts.state != "running") {
+                    if prior
+                        .as_ref()
+                        .is_some_and(|ts| ts.state != TaskStatus::Running)
+                    {
                         self.event(TaskEvent::started(running.shim.pid), |ts| {
-                            ts.state = "running".into();
+                            ts.state = TaskStatus::Running;
                             if ts.started_at.is_none() {
                                 ts.started_at = Some(rfc3339_ns(now_ns()));
                             }
@@ -247,7 +255,7 @@ impl TaskRunner {
                     return;
                 }
                 RunEnd::Shutdown => {
-                    self.event(TaskEvent::killed(true), |ts| ts.state = "pending".into());
+                    self.event(TaskEvent::killed(true), |ts| ts.state = TaskStatus::Pending);
                     return;
                 }
                 RunEnd::Detached => {
@@ -313,7 +321,7 @@ impl TaskRunner {
             }
             Found::Exited(info) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                if ts.state == "running" {
+                if ts.state == TaskStatus::Running {
                     log::info!(
                         "alloc {} task {}: exited while the agent was away",
                         self.alloc_id,
@@ -328,7 +336,10 @@ impl TaskRunner {
         // A restart delay the previous agent was waiting out: its Restarting event is the
         // last one, stamped when the wait began.
         let last = ts.events.last()?;
-        if ts.state == "pending" && last.event_type == "Restarting" && last.start_delay > 0 {
+        if ts.state == TaskStatus::Pending
+            && last.event_type == "Restarting"
+            && last.start_delay > 0
+        {
             let left = (last.time + last.start_delay - now_ns()).max(0);
             log::info!(
                 "alloc {} task {}: resuming its restart delay ({} ms left)",
@@ -350,7 +361,10 @@ impl TaskRunner {
         task_dir: &TaskDir,
         record: bool,
     ) -> TaskHookOutput {
-        let (identity_env, identity_file) = task.identity_flags();
+        let crate::state::jobs::spec::IdentityFlags {
+            env: identity_env,
+            file: identity_file,
+        } = task.identity_flags();
         let hook = task_hooks::prestart(
             &self.client,
             &TaskHookInput {
@@ -423,7 +437,7 @@ impl TaskRunner {
         let _ = self
             .client
             .update_task(&self.alloc_id, &self.task_name, |ts| {
-                ts.state = "dead".into();
+                ts.state = TaskStatus::Dead;
                 ts.failed = failed;
                 ts.finished_at = Some(rfc3339_ns(now_ns()));
             });
@@ -431,7 +445,7 @@ impl TaskRunner {
 
     fn restarting(&self, delay: i64, reason: &str) {
         self.event(TaskEvent::restarting(delay, reason), |ts| {
-            ts.state = "pending".into();
+            ts.state = TaskStatus::Pending;
             ts.restarts += 1;
             ts.last_restart = Some(rfc3339_ns(now_ns()));
         });
@@ -538,7 +552,11 @@ impl TaskRunner {
             .config_str("work_dir")
             .map(|w| std::path::PathBuf::from(task_env::interpolate(w, env, node)))
             .unwrap_or_else(|| task_dir.to_path_buf());
-        let (max_files, max_mb, disabled) = task.log_limits();
+        let crate::state::jobs::spec::LogLimits {
+            max_files,
+            max_file_size_mb: max_mb,
+            disabled,
+        } = task.log_limits();
         let limits = task
             .resources
             .as_ref()
@@ -604,7 +622,7 @@ impl TaskRunner {
             cgroup.as_ref().map(|c| c.stats_source()),
         );
         self.event(TaskEvent::started(shim.pid), |ts| {
-            ts.state = "running".into();
+            ts.state = TaskStatus::Running;
             if ts.started_at.is_none() {
                 ts.started_at = Some(rfc3339_ns(now_ns()));
             }

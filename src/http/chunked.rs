@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::budget::BodyBudget;
 use super::limits::MAX_CHUNK_LINE;
+use super::status::Status;
 use super::wire::{ConnError, Phase, Wire};
 
 const TOO_LARGE: &str = "request body too large";
@@ -20,7 +21,8 @@ pub(crate) fn read_length(
     budget: &mut BodyBudget,
     deadline: Instant,
 ) -> Result<Vec<u8>, ConnError> {
-    let len = usize::try_from(len).map_err(|_| ConnError::refuse(413, TOO_LARGE))?;
+    let len = usize::try_from(len)
+        .map_err(|_| ConnError::refuse(Status::CONTENT_TOO_LARGE, TOO_LARGE))?;
     let mut body = Vec::with_capacity(len.min(64 * 1024));
     take_exact(wire, &mut body, len, budget, deadline)?;
     Ok(body)
@@ -41,7 +43,7 @@ fn take_exact(
         }
         let k = n.min(wire.buf.len());
         if !budget.take(k) {
-            return Err(ConnError::refuse(503, BUSY));
+            return Err(ConnError::refuse(Status::SERVICE_UNAVAILABLE, BUSY));
         }
         out.extend_from_slice(&wire.buf[..k]);
         wire.consume(k);
@@ -58,7 +60,10 @@ fn expect_crlf(wire: &mut Wire, deadline: Instant) -> Result<(), ConnError> {
         }
     }
     if &wire.buf[..2] != b"\r\n" {
-        return Err(ConnError::refuse(400, "invalid chunked encoding"));
+        return Err(ConnError::refuse(
+            Status::BAD_REQUEST,
+            "invalid chunked encoding",
+        ));
     }
     wire.consume(2);
     Ok(())
@@ -75,7 +80,10 @@ fn read_line(wire: &mut Wire, deadline: Instant) -> Result<Vec<u8>, ConnError> {
         if let Some(i) = wire.buf[searched..].iter().position(|&b| b == b'\n') {
             let end = searched + i;
             if end == 0 || wire.buf[end - 1] != b'\r' {
-                return Err(ConnError::refuse(400, "invalid chunked encoding"));
+                return Err(ConnError::refuse(
+                    Status::BAD_REQUEST,
+                    "invalid chunked encoding",
+                ));
             }
             let line = wire.buf[..end - 1].to_vec();
             wire.consume(end + 1);
@@ -83,7 +91,10 @@ fn read_line(wire: &mut Wire, deadline: Instant) -> Result<Vec<u8>, ConnError> {
         }
         searched = wire.buf.len();
         if searched > MAX_CHUNK_LINE {
-            return Err(ConnError::refuse(400, "invalid chunked encoding"));
+            return Err(ConnError::refuse(
+                Status::BAD_REQUEST,
+                "invalid chunked encoding",
+            ));
         }
         if fill(wire, deadline)? == 0 {
             return Err(ConnError::Closed { partial: true });
@@ -123,12 +134,13 @@ pub(crate) fn read_chunked(
     let mut body = Vec::new();
     loop {
         let line = read_line(wire, deadline)?;
-        let size = chunk_size(&line).ok_or_else(|| ConnError::refuse(400, "invalid chunk size"))?;
+        let size = chunk_size(&line)
+            .ok_or_else(|| ConnError::refuse(Status::BAD_REQUEST, "invalid chunk size"))?;
         if size == 0 {
             break;
         }
         if size > (limit - body.len()) as u64 {
-            return Err(ConnError::refuse(413, TOO_LARGE));
+            return Err(ConnError::refuse(Status::CONTENT_TOO_LARGE, TOO_LARGE));
         }
         take_exact(wire, &mut body, size as usize, budget, deadline)?;
         expect_crlf(wire, deadline)?;
@@ -141,7 +153,10 @@ pub(crate) fn read_chunked(
         }
         trailer += line.len();
         if trailer > max_trailer {
-            return Err(ConnError::refuse(431, "request header fields too large"));
+            return Err(ConnError::refuse(
+                Status::HEADER_FIELDS_TOO_LARGE,
+                "request header fields too large",
+            ));
         }
     }
 }

@@ -15,7 +15,7 @@ use super::limits::{Limits, LINGER_BYTES, LINGER_TIME, READ_CHUNK};
 use super::reply::{Body, Reply};
 use super::respond::{error_reply, write_reply, Plan};
 use super::wire::{ConnError, Phase, Sock, Wire};
-use super::{Handler, Origin, Peer, Request, RequestHead};
+use super::{Handler, Method, Origin, Peer, Request, RequestHead, Status};
 
 /// Waiting for (or reading) a request head: shutdown may close it at once.
 pub(crate) const STATE_IDLE: u8 = 0;
@@ -115,7 +115,7 @@ pub(crate) fn serve(sock: &Arc<Sock>, ctx: &ConnCtx) {
         };
         first = false;
         ctx.set_state(STATE_BUSY);
-        let head_only = head.method == "HEAD";
+        let head_only = head.method == Method::Head;
         match serve_one(&mut wire, sock, ctx, head) {
             Ok(true) => {}
             Ok(false) => return,
@@ -151,7 +151,10 @@ fn read_head(wire: &mut Wire, ctx: &ConnCtx, first: bool) -> Result<Head, ConnEr
                 return Ok(head);
             }
         } else if wire.buf.len() >= limits.max_head_bytes {
-            return Err(ConnError::refuse(431, "request header fields too large"));
+            return Err(ConnError::refuse(
+                Status::HEADER_FIELDS_TOO_LARGE,
+                "request header fields too large",
+            ));
         }
         let phase = if started { Phase::Head } else { Phase::Idle };
         let before = wire.buf.len();
@@ -195,7 +198,7 @@ fn serve_one(
     head: Head,
 ) -> Result<bool, ConnError> {
     let http11 = head.minor >= 1;
-    let head_only = head.method == "HEAD";
+    let head_only = head.method == Method::Head;
     let (framing, expect_continue, keep_alive) =
         (head.framing, head.expect_continue, head.keep_alive);
     let request_head = RequestHead {
@@ -209,7 +212,7 @@ fn serve_one(
                 request_head.method,
                 request_head.path
             );
-            ConnError::refuse(500, INTERNAL)
+            ConnError::refuse(Status::INTERNAL_SERVER_ERROR, INTERNAL)
         })?;
     let mut req = Request {
         method: head.method,
@@ -227,7 +230,7 @@ fn serve_one(
                 request_head.method,
                 request_head.path
             );
-            ConnError::refuse(500, INTERNAL)
+            ConnError::refuse(Status::INTERNAL_SERVER_ERROR, INTERNAL)
         })?;
         if let Some(reply) = refusal {
             refuse_body(sock, ctx, reply, http11, head_only);
@@ -249,7 +252,10 @@ fn serve_one(
         Framing::None => Vec::new(),
         Framing::Length(n) => {
             if n > limit as u64 {
-                return Err(ConnError::refuse(413, "request body too large"));
+                return Err(ConnError::refuse(
+                    Status::CONTENT_TOO_LARGE,
+                    "request body too large",
+                ));
             }
             if expect_continue {
                 send_continue(wire.sock)?;
@@ -275,7 +281,7 @@ fn serve_one(
             request_head.method,
             request_head.path
         );
-        ConnError::refuse(500, INTERNAL)
+        ConnError::refuse(Status::INTERNAL_SERVER_ERROR, INTERNAL)
     })?;
     // The handler has consumed the request and its body.
     drop(budget);
@@ -338,7 +344,7 @@ fn finish(sock: &Sock, ctx: &ConnCtx, err: ConnError, head_only: bool) {
             if phase == Phase::Head && partial {
                 let _ = write_reply(
                     sock,
-                    error_reply(408, "request timeout"),
+                    error_reply(Status::REQUEST_TIMEOUT, "request timeout"),
                     &plan,
                     ctx.stopping,
                 );

@@ -2,6 +2,8 @@
 //! (Content-Length / chunked) with the anti-smuggling rules, connection options, and the
 //! percent-decoded request target.
 
+use super::method::Method;
+use super::status::Status;
 use super::wire::ConnError;
 
 /// How the request body is delimited.
@@ -15,7 +17,7 @@ pub(crate) enum Framing {
 /// A parsed, validated request head.
 #[derive(Debug)]
 pub(crate) struct Head {
-    pub method: String,
+    pub method: Method,
     pub path: String,
     pub query: Vec<(String, String)>,
     pub headers: Vec<(String, String)>,
@@ -30,11 +32,14 @@ pub(crate) struct Head {
 const BAD: &str = "malformed request";
 
 fn bad(reason: &'static str) -> ConnError {
-    ConnError::refuse(400, reason)
+    ConnError::refuse(Status::BAD_REQUEST, reason)
 }
 
 fn too_large() -> ConnError {
-    ConnError::refuse(431, "request header fields too large")
+    ConnError::refuse(
+        Status::HEADER_FIELDS_TOO_LARGE,
+        "request header fields too large",
+    )
 }
 
 /// Try to parse a head from the start of `buf`. `Ok(None)`: more bytes are needed (and may
@@ -62,7 +67,7 @@ pub(crate) fn parse_head(
     if n > max_head_bytes {
         return Err(too_large());
     }
-    let method = req.method.ok_or_else(|| bad(BAD))?.to_string();
+    let method = Method::parse(req.method.ok_or_else(|| bad(BAD))?);
     let target = req.path.ok_or_else(|| bad(BAD))?;
     let minor = req.version.ok_or_else(|| bad(BAD))?;
     let (path, query) = decode_target(target)?;
@@ -228,7 +233,7 @@ mod tests {
     fn status(r: Result<Option<(Head, usize)>, ConnError>) -> u16 {
         match r {
             Ok(_) => 0,
-            Err(ConnError::Refuse { status, .. }) => status,
+            Err(ConnError::Refuse { status, .. }) => status.code(),
             Err(e) => panic!("{e:?}"),
         }
     }

@@ -32,7 +32,7 @@ use super::limits::{
 use super::respond::{error_reply, write_reply, Plan};
 use super::tls::{TlsAcceptor, TlsSock};
 use super::wire::Sock;
-use super::{Handler, Limits, Origin};
+use super::{Handler, Limits, Origin, Status};
 
 /// The connection thread has finished serving (its socket is released).
 const STATE_DONE: u8 = 3;
@@ -814,7 +814,7 @@ fn reject(sock: &Sock) {
     let never = AtomicBool::new(false);
     let _ = write_reply(
         sock,
-        error_reply(503, "too many connections"),
+        error_reply(Status::SERVICE_UNAVAILABLE, "too many connections"),
         &plan,
         &never,
     );

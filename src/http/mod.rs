@@ -9,7 +9,8 @@
 //! Where things are: `listener` (acceptor threads, caps, registry, shutdown), `conn` (one
 //! connection's request loop), `wire` (socket and bounded read buffer under deadlines),
 //! `tls` (HTTPS: handshake under the head deadline, one socket call per read), `head`
-//! (httparse, framing rules, target decoding), `chunked` (request bodies), `budget`
+//! (httparse, framing rules, target decoding), `method` and `status` (the request method
+//! parsed once, status codes by name), `chunked` (request bodies), `budget`
 //! (server-wide body memory), `respond` (status line, `Date`, sanitised headers, bodies,
 //! the stream sink and its peer-gone check).
 // A library inside a binary: some of its public API is used only by some areas (the Task API
@@ -23,9 +24,11 @@ pub mod conn;
 pub(crate) mod head;
 pub mod limits;
 pub mod listener;
+pub mod method;
 pub mod reply;
 pub mod request;
 mod respond;
+pub mod status;
 pub mod tls;
 pub(crate) mod wire;
 
@@ -34,8 +37,10 @@ mod tests;
 
 pub use limits::Limits;
 pub use listener::{ListenerHandle, Server};
+pub use method::Method;
 pub use reply::{Body, Reply, StreamBody, StreamSink};
 pub use request::{Origin, Peer, Request, RequestHead};
+pub use status::Status;
 pub use tls::TlsAcceptor;
 
 /// What the connection thread calls once a request head has been parsed.

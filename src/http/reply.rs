@@ -4,9 +4,11 @@ use std::fs::File;
 use std::io;
 use std::time::Duration;
 
+use super::status::Status;
+
 /// A response. Header values are sanitised by the writer: CR and LF never reach the wire.
 pub struct Reply {
-    pub status: u16,
+    pub status: Status,
     pub headers: Vec<(String, String)>,
     pub body: Body,
 }
@@ -41,7 +43,7 @@ pub trait StreamSink {
 
 impl Reply {
     /// A reply with a status and no body.
-    pub fn empty(status: u16) -> Reply {
+    pub fn empty(status: Status) -> Reply {
         Reply {
             status,
             headers: Vec::new(),
@@ -50,7 +52,7 @@ impl Reply {
     }
 
     /// A reply with a body and a Content-Type.
-    pub fn bytes(status: u16, content_type: &str, body: Vec<u8>) -> Reply {
+    pub fn bytes(status: Status, content_type: &str, body: Vec<u8>) -> Reply {
         Reply {
             status,
             headers: vec![("Content-Type".to_string(), content_type.to_string())],

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::method::Method;
 use super::respond::peer_gone;
 use super::wire::Sock;
 
@@ -20,7 +21,7 @@ pub enum Origin {
 /// A request head before its body is read (used to choose the body limit).
 #[derive(Clone, Debug)]
 pub struct RequestHead {
-    pub method: String,
+    pub method: Method,
     /// Percent-decoded path, without the query string.
     pub path: String,
 }
@@ -28,7 +29,7 @@ pub struct RequestHead {
 /// One complete request.
 #[derive(Debug)]
 pub struct Request {
-    pub method: String,
+    pub method: Method,
     /// Percent-decoded path, without the query string.
     pub path: String,
     /// Query parameters in order, percent-decoded (`+` is a space).

@@ -8,50 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::limits::FILE_CHUNK;
 use super::reply::{Body, Reply, StreamSink};
+use super::status::Status;
 use super::wire::Sock;
-
-/// The reason phrase for a status code.
-pub(crate) fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        101 => "Switching Protocols",
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        204 => "No Content",
-        206 => "Partial Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        304 => "Not Modified",
-        307 => "Temporary Redirect",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        406 => "Not Acceptable",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        410 => "Gone",
-        411 => "Length Required",
-        412 => "Precondition Failed",
-        413 => "Content Too Large",
-        414 => "URI Too Long",
-        415 => "Unsupported Media Type",
-        416 => "Range Not Satisfiable",
-        417 => "Expectation Failed",
-        422 => "Unprocessable Entity",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        505 => "HTTP Version Not Supported",
-        _ => "Unknown",
-    }
-}
 
 /// RFC 7231 IMF-fixdate, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
 pub(crate) fn http_date(t: SystemTime) -> String {
@@ -101,7 +59,7 @@ pub(crate) struct Plan {
 }
 
 /// The plain-text error replies the layer writes itself.
-pub(crate) fn error_reply(status: u16, text: &str) -> Reply {
+pub(crate) fn error_reply(status: Status, text: &str) -> Reply {
     Reply::bytes(
         status,
         "text/plain; charset=utf-8",
@@ -116,15 +74,14 @@ pub(crate) fn write_reply(
     plan: &Plan,
     stopping: &AtomicBool,
 ) -> io::Result<bool> {
-    let no_body_status =
-        (100..200).contains(&reply.status) || reply.status == 204 || reply.status == 304;
+    let no_body_status = reply.status.has_no_body();
     let mut keep = plan.keep_alive;
     let mut head = Vec::with_capacity(256);
     let _ = write!(
         head,
         "HTTP/1.1 {} {}\r\n",
         reply.status,
-        reason(reply.status)
+        reply.status.reason()
     );
     let _ = write!(head, "Date: {}\r\n", http_date(SystemTime::now()));
     for (name, value) in &reply.headers {

@@ -151,13 +151,16 @@ pub(crate) enum ConnError {
     Timeout { phase: Phase, partial: bool },
     /// The request is refused with this status and plain-text reason, then the connection
     /// closes.
-    Refuse { status: u16, reason: &'static str },
+    Refuse {
+        status: super::Status,
+        reason: &'static str,
+    },
     /// Any other socket error.
     Io(io::Error),
 }
 
 impl ConnError {
-    pub(crate) fn refuse(status: u16, reason: &'static str) -> ConnError {
+    pub(crate) fn refuse(status: super::Status, reason: &'static str) -> ConnError {
         ConnError::Refuse { status, reason }
     }
 }

@@ -103,7 +103,7 @@ impl ServerLink for LocalLink {
                         a.task_states.insert(name.clone(), ts.clone());
                     }
                     if let Some((status, description)) = &up.client_status {
-                        a.client_status = status.clone();
+                        a.client_status = *status;
                         a.client_description = description.clone();
                     }
                     a.collected |= up.collected;
@@ -214,7 +214,7 @@ mod tests {
         f.workloads.register(&f.index, &f.node, job("a")).unwrap();
         let id = pull(&f, 0, 0).unwrap().changed[0].id.clone();
         let mut ts = TaskState::pending();
-        ts.state = "running".into();
+        ts.state = crate::state::status::TaskStatus::Running;
         let reply = f
             .link
             .push_alloc_updates(&AllocUpdates {
@@ -226,7 +226,10 @@ mod tests {
                 }],
             })
             .unwrap();
-        assert_eq!(reply.allocs[0].client_status, "running");
+        assert_eq!(
+            reply.allocs[0].client_status,
+            crate::state::status::AllocClientStatus::Running
+        );
         assert_eq!(f.workloads.alloc(&id).unwrap().task_states["t"], ts);
         let other = Heartbeat {
             node_id: "someone-else".into(),

@@ -9,12 +9,13 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::jobs::alloc::{AllocRecord, TaskState};
+use super::jobs::alloc::{AllocRecord, AllocStamp, ClientStatusUpdate, TaskState};
 use super::jobs::eval::EvalRecord;
 use super::jobs::spec::Job;
 use super::jobs::NodeInfo;
 use crate::acl::tokens::{AclPolicy, AclToken, OneTimeToken};
 use crate::acl::AclTables;
+use crate::state::status::{AllocDesiredStatus, JobStatus};
 
 /// A job's key: `(namespace, id)`.
 pub type JobKey = (String, String);
@@ -53,7 +54,7 @@ pub enum Command {
     AllocClientUpdate {
         alloc_id: String,
         tasks: BTreeMap<String, TaskState>,
-        client_status: Option<(String, String)>,
+        client_status: Option<ClientStatusUpdate>,
         collected: bool,
         now: i64,
     },
@@ -275,9 +276,9 @@ pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appli
             for (name, ts) in tasks {
                 a.task_states.insert(name.clone(), ts.clone());
             }
-            if let Some((status, description)) = client_status {
-                a.client_status = status.clone();
-                a.client_description = description.clone();
+            if let Some(update) = client_status {
+                a.client_status = update.status;
+                a.client_description = update.description.clone();
             }
             a.collected |= *collected;
             a.refresh_client_status();
@@ -388,13 +389,15 @@ fn stop_allocs_of(state: &mut ServerState, key: &JobKey, desc: &str, now: i64, i
     let running: Vec<String> = state
         .allocs
         .values()
-        .filter(|a| a.namespace == key.0 && a.job_id == key.1 && a.desired_status == "run")
+        .filter(|a| {
+            a.namespace == key.0 && a.job_id == key.1 && a.desired_status == AllocDesiredStatus::Run
+        })
         .map(|a| a.id.clone())
         .collect();
     for id in running {
         if let Some(a) = state.allocs.get_mut(&id) {
             let a = Arc::make_mut(a);
-            a.desired_status = "stop".into();
+            a.desired_status = AllocDesiredStatus::Stop;
             a.desired_description = desc.to_string();
             a.modify_index = index;
             a.alloc_modify_index = index;
@@ -425,7 +428,7 @@ fn register(
         job.modify_index = index;
         job.job_modify_index = index;
         job.submit_time = now;
-        job.status = "pending".into();
+        job.status = JobStatus::Pending.as_str().into();
         state.jobs.insert(key.clone(), Arc::new(job.clone()));
         job
     } else {
@@ -449,7 +452,8 @@ fn register(
                 for i in 0..tg.count().max(0) as u32 {
                     // The proposer chose one ID per placement; none left means none placed.
                     let Some(id) = ids.next() else { break };
-                    let a = AllocRecord::new_at(&job, &tg.name, i, eval_id, node, (index, id, now));
+                    let at = AllocStamp { index, id, now };
+                    let a = AllocRecord::new_at(&job, &tg.name, i, eval_id, node, at);
                     state.allocs.insert(id.clone(), Arc::new(a));
                 }
             }
@@ -516,16 +520,20 @@ fn stop_alloc(
     let eval_job = current.as_deref().unwrap_or(&old.job);
     let eval = EvalRecord::new_at(eval_job, "alloc-stop", index, eval_id, now);
     state.evals.insert(eval_id.to_string(), Arc::new(eval));
-    if old.desired_status == "run" {
+    if old.desired_status == AllocDesiredStatus::Run {
         let replace = current
             .as_deref()
             .filter(|j| !j.stop && j.version == old.job.version && !old.terminal())
             .map(|j| {
-                let at = (index, replacement_id, now);
+                let at = AllocStamp {
+                    index,
+                    id: replacement_id,
+                    now,
+                };
                 AllocRecord::new_at(j, &old.task_group, old.alloc_index, eval_id, node, at)
             });
         let mut a = (*old).clone();
-        a.desired_status = "stop".into();
+        a.desired_status = AllocDesiredStatus::Stop;
         a.desired_description = "alloc was stopped by the user".into();
         a.modify_index = index;
         a.alloc_modify_index = index;
@@ -561,7 +569,7 @@ mod tests {
             name: "node".into(),
         };
         let mut ts = TaskState::pending();
-        ts.state = "running".into();
+        ts.state = crate::state::status::TaskStatus::Running;
         vec![
             Command::JobRegister {
                 job: Box::new(job("a", 2)),
@@ -643,8 +651,14 @@ mod tests {
         assert!(a.jobs.is_empty());
         assert_eq!(a.allocs["a1"].next_allocation, "a3");
         assert_eq!(a.allocs["a3"].previous_allocation, "a1");
-        assert!(a.allocs.values().all(|x| x.desired_status == "stop"));
-        assert_eq!(a.allocs["a1"].task_states["t"].state, "running");
+        assert!(a
+            .allocs
+            .values()
+            .all(|x| x.desired_status == AllocDesiredStatus::Stop));
+        assert_eq!(
+            a.allocs["a1"].task_states["t"].state,
+            crate::state::status::TaskStatus::Running
+        );
         assert_eq!(a.evals.len(), 4, "the failed deregister made no eval");
         assert_eq!(a.index, 15);
     }
@@ -700,5 +714,74 @@ mod acl_tests {
         assert_eq!(back.acl.tokens[0].secret_id, token.secret_id);
         assert_eq!(back.acl.tokens[0].expiration, Some(1));
         assert_eq!(back.acl.bootstrap_index, Some(5));
+    }
+}
+
+#[cfg(test)]
+mod typed_status_tests {
+    use super::*;
+    use crate::state::status::{AllocClientStatus, EvalStatus, JobType, TaskStatus};
+
+    /// A client update as the log held it when statuses were strings.
+    const OLD_CLIENT_UPDATE: &str = r#"{"AllocClientUpdate":{"alloc_id":"a1","tasks":{"t":{"State":"dead","Failed":true,"Restarts":2,"LastRestart":null,"StartedAt":"2026-01-01T00:00:00Z","FinishedAt":null,"Events":[],"Paused":""}},"client_status":["failed","Failed tasks"],"collected":false,"now":7}}"#;
+
+    #[test]
+    fn a_command_logged_with_string_statuses_loads_typed_and_writes_the_same_bytes() {
+        let cmd: Command = serde_json::from_str(OLD_CLIENT_UPDATE).unwrap();
+        let Command::AllocClientUpdate {
+            tasks,
+            client_status,
+            ..
+        } = &cmd
+        else {
+            panic!("wrong command: {cmd:?}");
+        };
+        assert_eq!(tasks["t"].state, TaskStatus::Dead);
+        assert_eq!(
+            client_status,
+            &Some(ClientStatusUpdate {
+                status: AllocClientStatus::Failed,
+                description: "Failed tasks".to_string()
+            })
+        );
+        assert_eq!(serde_json::to_string(&cmd).unwrap(), OLD_CLIENT_UPDATE);
+    }
+
+    #[test]
+    fn a_snapshot_keeps_the_status_words_and_loads_them_back() {
+        let mut s = ServerState::default();
+        let node = NodeInfo {
+            id: "n1".into(),
+            name: "node".into(),
+        };
+        let mut job = Job::from_json(serde_json::json!({"ID": "b", "Type": "batch",
+            "TaskGroups": [{"Name": "g", "Tasks": [{"Name": "t", "Driver": "raw_exec",
+            "Config": {"command": "/bin/true"}}]}]}))
+        .unwrap();
+        job.canonicalize("global");
+        let reg = Command::JobRegister {
+            job: Box::new(job),
+            node,
+            eval_id: "e1".into(),
+            alloc_ids: vec!["a1".into()],
+            now: 1,
+        };
+        apply(&mut s, &reg, 5).unwrap();
+        let bytes = s.to_bytes().unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        for word in [
+            r#""desired_status":"run""#,
+            r#""client_status":"pending""#,
+            r#""eval_type":"batch""#,
+            r#""status":"complete""#,
+            r#""Status":"pending""#,
+        ] {
+            assert!(text.contains(word), "{word} missing in {text}");
+        }
+        let back = ServerState::from_bytes(&bytes).unwrap();
+        assert_eq!(back.evals["e1"].status, EvalStatus::Complete);
+        assert_eq!(back.evals["e1"].eval_type, JobType::Batch);
+        assert_eq!(back.allocs["a1"].desired_status, AllocDesiredStatus::Run);
+        assert_eq!(back.to_bytes().unwrap(), bytes);
     }
 }

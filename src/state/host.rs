@@ -20,11 +20,28 @@ pub struct HostFacts {
     pub hostname: String,
 }
 
-/// (sysname lowercased, release, machine), with Linux defaults if uname(2) fails.
-fn uname() -> (String, String, String) {
+/// What uname(2) says of the kernel and machine.
+struct Uname {
+    /// sysname, lowercased.
+    kernel_name: String,
+    /// release.
+    kernel_version: String,
+    machine: String,
+}
+
+/// uname(2), with Linux defaults if it fails.
+fn uname() -> Uname {
     match crate::sys::host::uname() {
-        Ok([machine, _, release, sysname, _]) => (sysname.to_lowercase(), release, machine),
-        Err(_) => ("linux".into(), String::new(), std::env::consts::ARCH.into()),
+        Ok([machine, _, release, sysname, _]) => Uname {
+            kernel_name: sysname.to_lowercase(),
+            kernel_version: release,
+            machine,
+        },
+        Err(_) => Uname {
+            kernel_name: "linux".into(),
+            kernel_version: String::new(),
+            machine: std::env::consts::ARCH.into(),
+        },
     }
 }
 
@@ -96,7 +113,11 @@ pub fn memory_total_bytes() -> u64 {
 
 impl HostFacts {
     pub fn read() -> HostFacts {
-        let (kernel_name, kernel_version, machine) = uname();
+        let Uname {
+            kernel_name,
+            kernel_version,
+            machine,
+        } = uname();
         let (os_name, os_version) = os_release();
         let (cpu_mhz, cpu_model) = cpu_info();
         HostFacts {

@@ -20,6 +20,7 @@ use self::eval::EvalRecord;
 use self::spec::Job;
 use super::command::{Applied, Command, ServerState};
 use super::command_log::{self as cmdlog, CommandLog, LogError};
+use super::status::{AllocClientStatus, JobStatus};
 use super::store::{self, StoreError};
 use super::IndexCounter;
 
@@ -53,6 +54,24 @@ pub struct WriteResult {
     pub eval_id: String,
     pub eval_create_index: u64,
     pub job_modify_index: u64,
+    pub index: u64,
+}
+
+/// What the ACL layer needs to know of an allocation a workload identity names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllocFacts {
+    pub job_id: String,
+    pub namespace: String,
+    /// Stopped or finished: a workload identity of it is no longer valid.
+    pub terminal: bool,
+}
+
+/// The answer to an alloc stop.
+#[derive(Clone, Debug)]
+pub struct AllocStopResult {
+    /// The evaluation the stop made.
+    pub eval_id: String,
+    /// The index the stop was written at.
     pub index: u64,
 }
 
@@ -191,16 +210,15 @@ impl Workloads {
         self.state().allocs.len()
     }
 
-    /// Facts about an allocation that the ACL layer needs: `(job_id, namespace, terminal)`.
-    /// Terminal means stopped or finished: a workload identity of it is no longer valid.
-    pub fn alloc_status(&self, alloc_id: &str) -> Option<(String, String, bool)> {
+    /// Facts about an allocation that the ACL layer needs.
+    pub fn alloc_status(&self, alloc_id: &str) -> Option<AllocFacts> {
         let s = self.state();
         let a = s.allocs.get(alloc_id)?;
-        Some((
-            a.job_id.clone(),
-            a.namespace.clone(),
-            a.terminal() || a.desired_status != "run",
-        ))
+        Some(AllocFacts {
+            job_id: a.job_id.clone(),
+            namespace: a.namespace.clone(),
+            terminal: !a.is_live(),
+        })
     }
 
     fn store_err(&self, e: LogError) -> StoreError {
@@ -280,13 +298,13 @@ impl Workloads {
     }
 
     /// Stop one allocation; the scheduler places a replacement when its job still wants it.
-    /// `None` when the alloc is unknown; otherwise `(eval_id, index)`.
+    /// `None` when the alloc is unknown.
     pub fn stop_alloc(
         &self,
         _counter: &IndexCounter,
         node: &NodeInfo,
         alloc_id: &str,
-    ) -> Result<Option<(String, u64)>, StoreError> {
+    ) -> Result<Option<AllocStopResult>, StoreError> {
         if !self.state().allocs.contains_key(alloc_id) {
             return Ok(None);
         }
@@ -298,7 +316,9 @@ impl Workloads {
             now: crate::time::unix_now_nanos(),
         };
         Ok(match self.propose(cmd)? {
-            Some((Applied::AllocStopped { eval_id }, index)) => Some((eval_id, index)),
+            Some((Applied::AllocStopped { eval_id }, index)) => {
+                Some(AllocStopResult { eval_id, index })
+            }
             _ => None,
         })
     }
@@ -328,7 +348,10 @@ impl Workloads {
         let cmd = Command::AllocClientUpdate {
             alloc_id: alloc_id.to_string(),
             tasks,
-            client_status: status_changed.then_some((a.client_status, a.client_description)),
+            client_status: status_changed.then_some(alloc::ClientStatusUpdate {
+                status: a.client_status,
+                description: a.client_description,
+            }),
             collected: a.collected && !old.collected,
             now: crate::time::unix_now_nanos(),
         };
@@ -405,7 +428,7 @@ impl Workloads {
     }
 
     /// A job's `Status`: running while an alloc runs, pending while one waits, else dead.
-    pub fn job_status(&self, job: &Job) -> &'static str {
+    pub fn job_status(&self, job: &Job) -> JobStatus {
         let state = self.state();
         let allocs: Vec<&AllocRecord> = state
             .allocs
@@ -413,18 +436,18 @@ impl Workloads {
             .filter(|a| a.namespace == job.namespace && a.job_id == job.id)
             .map(|a| &**a)
             .collect();
-        let live: Vec<&&AllocRecord> = allocs
+        let live: Vec<&&AllocRecord> = allocs.iter().filter(|a| a.is_live()).collect();
+        if live
             .iter()
-            .filter(|a| !a.terminal() && a.desired_status == "run")
-            .collect();
-        if live.iter().any(|a| a.client_status == "running") {
-            "running"
+            .any(|a| a.client_status == AllocClientStatus::Running)
+        {
+            JobStatus::Running
         } else if !live.is_empty() {
-            "pending"
+            JobStatus::Pending
         } else if job.stop || job.is_batch() || !allocs.is_empty() {
-            "dead"
+            JobStatus::Dead
         } else {
-            "pending"
+            JobStatus::Pending
         }
     }
 }
@@ -437,6 +460,7 @@ fn new_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::status::{AllocDesiredStatus, TaskStatus};
     use std::sync::atomic::Ordering;
 
     fn job(count: i64, cmd: &str) -> Job {
@@ -480,7 +504,10 @@ mod tests {
         let allocs = w.allocs();
         assert_eq!(allocs.len(), 3);
         assert_eq!(
-            allocs.iter().filter(|a| a.desired_status == "run").count(),
+            allocs
+                .iter()
+                .filter(|a| a.desired_status == AllocDesiredStatus::Run)
+                .count(),
             1
         );
         assert_eq!(w.job("default", "web").unwrap().version, 1);
@@ -510,7 +537,7 @@ mod tests {
         let a = w.allocs()[0].id.clone();
         assert!(w.stop_alloc(&counter, &node(), &a).is_err());
         assert!(w
-            .update_task(&counter, &a, "t", |ts| ts.state = "running".into())
+            .update_task(&counter, &a, "t", |ts| ts.state = TaskStatus::Running)
             .is_err());
         assert_eq!(counter.current(), published, "no index published");
         assert_eq!(
@@ -627,7 +654,12 @@ mod tests {
         let server = dir.join("server");
         let mut j = job(1, "/bin/true");
         j.modify_index = 41;
-        let a = AllocRecord::new_at(&j, "g", 0, "e1", &node(), (41, "a1", 7));
+        let at = alloc::AllocStamp {
+            index: 41,
+            id: "a1",
+            now: 7,
+        };
+        let a = AllocRecord::new_at(&j, "g", 0, "e1", &node(), at);
         let e = EvalRecord::new_at(&j, "job-register", 41, "e1", 7);
         store::write_json(&server.join("jobs/x.json"), &j).unwrap();
         store::write_json(&server.join("allocs/a1.json"), &a).unwrap();

@@ -282,8 +282,8 @@ impl NodeState {
             "NodePool": "default",
             "ComputedClass": "",
             "DrainStrategy": null,
-            "SchedulingEligibility": "eligible",
-            "Status": "ready",
+            "SchedulingEligibility": super::status::NodeEligibility::Eligible,
+            "Status": super::status::NodeStatus::Ready,
             "StatusDescription": "",
             "StatusUpdatedAt": rec.status_updated_at,
             "Events": [{
@@ -331,8 +331,11 @@ impl NodeState {
         stub.insert("NodePool".into(), json!("default"));
         stub.insert("Version".into(), json!(env!("CARGO_PKG_VERSION")));
         stub.insert("Drain".into(), json!(false));
-        stub.insert("SchedulingEligibility".into(), json!("eligible"));
-        stub.insert("Status".into(), json!("ready"));
+        stub.insert(
+            "SchedulingEligibility".into(),
+            json!(super::status::NodeEligibility::Eligible),
+        );
+        stub.insert("Status".into(), json!(super::status::NodeStatus::Ready));
         stub.insert("StatusDescription".into(), json!(""));
         stub.insert("Drivers".into(), self.drivers());
         stub.insert("HostVolumes".into(), Value::Null);

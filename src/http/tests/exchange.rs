@@ -209,7 +209,7 @@ fn handler_headers_cannot_inject_lines() -> R {
 #[test]
 fn request_helpers_find_headers_and_repeated_query_values() {
     let req = Request {
-        method: "GET".into(),
+        method: Method::Get,
         path: "/".into(),
         query: vec![
             ("a".into(), "1".into()),

@@ -72,7 +72,7 @@ impl Handler for TestHandler {
     fn admit(&self, req: &Request) -> Option<Reply> {
         assert!(req.body.is_empty(), "admit runs before the body is read");
         (req.path == "/locked" && req.header("X-Key") != Some("k"))
-            .then(|| Reply::bytes(401, "text/plain", b"Unauthorized".to_vec()))
+            .then(|| Reply::bytes(Status::UNAUTHORIZED, "text/plain", b"Unauthorized".to_vec()))
     }
 
     fn handle(&self, req: Request) -> Reply {
@@ -82,11 +82,11 @@ impl Handler for TestHandler {
                 while Instant::now() < deadline {
                     if req.peer_gone() {
                         self.peer_left.store(true, Ordering::SeqCst);
-                        return Reply::empty(200);
+                        return Reply::empty(Status::OK);
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                Reply::empty(504)
+                Reply::empty(Status::GATEWAY_TIMEOUT)
             }
             "/panic" => panic!("test handler panic"),
             "/file" => {
@@ -94,13 +94,13 @@ impl Handler for TestHandler {
                     std::env::temp_dir().join(format!("nomadlet-http-file-{}", std::process::id()));
                 let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
                 if std::fs::write(&path, &data).is_err() {
-                    return Reply::empty(500);
+                    return Reply::empty(Status::INTERNAL_SERVER_ERROR);
                 }
                 let file = std::fs::File::open(&path);
                 let _ = std::fs::remove_file(&path);
                 match file {
                     Ok(file) => Reply {
-                        status: 200,
+                        status: Status::OK,
                         headers: vec![],
                         body: Body::File {
                             file,
@@ -108,13 +108,13 @@ impl Handler for TestHandler {
                             len: 200_000,
                         },
                     },
-                    Err(_) => Reply::empty(500),
+                    Err(_) => Reply::empty(Status::INTERNAL_SERVER_ERROR),
                 }
             }
             "/stream" => {
                 self.streams_started.fetch_add(1, Ordering::SeqCst);
                 Reply {
-                    status: 200,
+                    status: Status::OK,
                     headers: vec![],
                     body: Body::Stream(Box::new(TickStream {
                         saw_stop: self.stream_saw_stop.clone(),
@@ -122,20 +122,20 @@ impl Handler for TestHandler {
                 }
             }
             "/short-stream" => Reply {
-                status: 200,
+                status: Status::OK,
                 headers: vec![],
                 body: Body::Stream(Box::new(ShortStream)),
             },
-            "/inject" => Reply::empty(200)
+            "/inject" => Reply::empty(Status::OK)
                 .with_header("X-Evil", "a\r\nSet-Cookie: pwned=1")
                 .with_header("Bad\r\nName", "x")
                 .with_header("Content-Length", "999"),
-            "/no-content" => Reply::empty(204),
-            "/bad-status" => Reply::empty(101),
+            "/no-content" => Reply::empty(Status::NO_CONTENT),
+            "/bad-status" => Reply::empty(Status::SWITCHING_PROTOCOLS),
             "/slow" => {
                 self.slow_started.fetch_add(1, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(300));
-                Reply::bytes(200, "text/plain", b"slow done".to_vec())
+                Reply::bytes(Status::OK, "text/plain", b"slow done".to_vec())
             }
             _ => {
                 let origin = match &req.origin {
@@ -145,7 +145,7 @@ impl Handler for TestHandler {
                 let mut body =
                     format!("{} {} {:?} {origin} ", req.method, req.path, req.query).into_bytes();
                 body.extend_from_slice(&req.body);
-                Reply::bytes(200, "text/plain", body)
+                Reply::bytes(Status::OK, "text/plain", body)
             }
         }
     }

@@ -1,13 +1,13 @@
-//! Allocations, task states and task events as Nomad names them, and their two JSON views:
-//! the full `Allocation` (every zero field omitted) and the `AllocListStub`.
+//! Allocations, task states and task events as Nomad names them (their API JSON views are
+//! built in `api::allocs`).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
 
 use super::spec::Job;
 use super::NodeInfo;
+use crate::state::status::{AllocClientStatus, AllocDesiredStatus, TaskStatus};
 
 /// One allocation as the server side keeps it (also its on-disk form).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -22,9 +22,9 @@ pub struct AllocRecord {
     pub job: Job,
     pub task_group: String,
     pub alloc_index: u32,
-    pub desired_status: String,
+    pub desired_status: AllocDesiredStatus,
     pub desired_description: String,
-    pub client_status: String,
+    pub client_status: AllocClientStatus,
     pub client_description: String,
     pub task_states: BTreeMap<String, TaskState>,
     pub previous_allocation: String,
@@ -43,7 +43,7 @@ pub struct AllocRecord {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "PascalCase")]
 pub struct TaskState {
-    pub state: String,
+    pub state: TaskStatus,
     pub failed: bool,
     pub restarts: u64,
     pub last_restart: Option<String>,
@@ -51,6 +51,33 @@ pub struct TaskState {
     pub finished_at: Option<String>,
     pub events: Vec<TaskEvent>,
     pub paused: String,
+}
+
+/// A client status the client set, with its description. Logged as the pair
+/// `["failed","Failed tasks"]`, the form commands had before it was a struct.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    from = "(AllocClientStatus, String)",
+    into = "(AllocClientStatus, String)"
+)]
+pub struct ClientStatusUpdate {
+    pub status: AllocClientStatus,
+    pub description: String,
+}
+
+impl From<(AllocClientStatus, String)> for ClientStatusUpdate {
+    fn from((status, description): (AllocClientStatus, String)) -> ClientStatusUpdate {
+        ClientStatusUpdate {
+            status,
+            description,
+        }
+    }
+}
+
+impl From<ClientStatusUpdate> for (AllocClientStatus, String) {
+    fn from(u: ClientStatusUpdate) -> (AllocClientStatus, String) {
+        (u.status, u.description)
+    }
 }
 
 /// The client keeps this many events per task.
@@ -108,7 +135,7 @@ impl TaskEvent {
 impl TaskState {
     pub fn pending() -> TaskState {
         TaskState {
-            state: "pending".into(),
+            state: TaskStatus::Pending,
             ..TaskState::default()
         }
     }
@@ -123,9 +150,13 @@ impl TaskState {
     }
 }
 
-/// Whether a client status is terminal.
-pub fn client_terminal(status: &str) -> bool {
-    matches!(status, "complete" | "failed" | "lost")
+/// What makes a new allocation unique: the command's index, the ID and the time its
+/// proposer chose.
+#[derive(Clone, Copy, Debug)]
+pub struct AllocStamp<'a> {
+    pub index: u64,
+    pub id: &'a str,
+    pub now: i64,
 }
 
 impl AllocRecord {
@@ -137,8 +168,9 @@ impl AllocRecord {
         idx: u32,
         eval_id: &str,
         node: &NodeInfo,
-        (index, id, now): (u64, &str, i64),
+        at: AllocStamp<'_>,
     ) -> AllocRecord {
+        let AllocStamp { index, id, now } = at;
         AllocRecord {
             id: id.to_string(),
             namespace: job.namespace.clone(),
@@ -150,9 +182,9 @@ impl AllocRecord {
             job: job.clone(),
             task_group: group.to_string(),
             alloc_index: idx,
-            desired_status: "run".into(),
+            desired_status: AllocDesiredStatus::Run,
             desired_description: String::new(),
-            client_status: "pending".into(),
+            client_status: AllocClientStatus::Pending,
             client_description: String::new(),
             task_states: BTreeMap::new(),
             previous_allocation: String::new(),
@@ -168,7 +200,7 @@ impl AllocRecord {
 
     /// Terminal: the client is done with it, or it is stopped and was never started.
     pub fn terminal(&self) -> bool {
-        client_terminal(&self.client_status)
+        self.client_status.is_terminal()
     }
 
     /// Recompute `ClientStatus` from the task states (a terminal status never changes back).
@@ -177,162 +209,31 @@ impl AllocRecord {
             return;
         }
         let states: Vec<&TaskState> = self.task_states.values().collect();
-        self.client_status = if states.iter().all(|s| s.state == "dead") {
+        self.client_status = if states.iter().all(|s| s.state == TaskStatus::Dead) {
             if states.iter().any(|s| s.failed) {
-                "failed".into()
+                AllocClientStatus::Failed
             } else {
-                "complete".into()
+                AllocClientStatus::Complete
             }
-        } else if states.iter().any(|s| s.state == "running") {
-            "running".into()
+        } else if states.iter().any(|s| s.state == TaskStatus::Running) {
+            AllocClientStatus::Running
         } else {
-            "pending".into()
+            AllocClientStatus::Pending
         };
-        self.client_description = match self.client_status.as_str() {
-            "running" => "Tasks are running".into(),
-            "complete" => "All tasks have completed".into(),
-            "failed" => "Failed tasks".into(),
-            _ => "No tasks have started".into(),
-        };
-    }
-
-    fn task_states_json(&self) -> Value {
-        if self.task_states.is_empty() {
-            return Value::Null;
+        self.client_description = match self.client_status {
+            AllocClientStatus::Running => "Tasks are running",
+            AllocClientStatus::Complete => "All tasks have completed",
+            AllocClientStatus::Failed => "Failed tasks",
+            _ => "No tasks have started",
         }
-        serde_json::to_value(&self.task_states).unwrap_or(Value::Null)
+        .into();
     }
 
-    fn allocated_resources(&self) -> Value {
-        let Some(tg) = self.job.group(&self.task_group) else {
-            return Value::Null;
-        };
-        let mut tasks = Map::new();
-        let mut lifecycles = Map::new();
-        for t in &tg.tasks {
-            let r = t.resources.clone().unwrap_or_default();
-            tasks.insert(
-                t.name.clone(),
-                json!({
-                    "Cpu": {"CpuShares": r.cpu.unwrap_or(100), "ReservedCores": null},
-                    "Memory": {"MemoryMB": r.memory_mb.unwrap_or(300), "MemoryMaxMB": r.memory_max_mb},
-                    "Networks": null,
-                    "Devices": null
-                }),
-            );
-            lifecycles.insert(t.name.clone(), Value::Null);
-        }
-        let disk = tg
-            .ephemeral_disk
-            .as_ref()
-            .and_then(|d| d.size_mb)
-            .unwrap_or(300);
-        json!({
-            "Tasks": tasks,
-            "TaskLifecycles": lifecycles,
-            "Shared": {"Networks": null, "DiskMB": disk, "Ports": null}
-        })
+    /// Wanted running and not finished: what the client should run, what keeps a workload
+    /// identity valid.
+    pub fn is_live(&self) -> bool {
+        self.desired_status == AllocDesiredStatus::Run && !self.terminal()
     }
-
-    /// The full `Allocation`: Go field order; every zero-valued field omitted (Nomad's
-    /// struct-wide `omitempty`).
-    pub fn to_api(&self, job: Value) -> Value {
-        let fields: Vec<(&str, Value)> = vec![
-            ("ID", json!(self.id)),
-            ("Namespace", json!(self.namespace)),
-            ("EvalID", json!(self.eval_id)),
-            ("Name", json!(self.name)),
-            ("NodeID", json!(self.node_id)),
-            ("NodeName", json!(self.node_name)),
-            ("JobID", json!(self.job_id)),
-            ("Job", job),
-            ("TaskGroup", json!(self.task_group)),
-            ("AllocatedResources", self.allocated_resources()),
-            ("DesiredStatus", json!(self.desired_status)),
-            ("DesiredDescription", json!(self.desired_description)),
-            (
-                "DesiredTransition",
-                json!({"Migrate": null, "Reschedule": null, "ForceReschedule": null, "NoShutdownDelay": null}),
-            ),
-            ("ClientStatus", json!(self.client_status)),
-            ("ClientDescription", json!(self.client_description)),
-            ("TaskStates", self.task_states_json()),
-            ("PreviousAllocation", json!(self.previous_allocation)),
-            ("NextAllocation", json!(self.next_allocation)),
-            ("CreateIndex", json!(self.create_index)),
-            ("ModifyIndex", json!(self.modify_index)),
-            ("AllocModifyIndex", json!(self.alloc_modify_index)),
-            ("CreateTime", json!(self.create_time)),
-            ("ModifyTime", json!(self.modify_time)),
-        ];
-        omit_zero(fields)
-    }
-
-    /// `AllocListStub`: every field present, in Go order.
-    pub fn to_stub(&self, with_task_states: bool, with_resources: bool) -> Value {
-        let mut m = Map::new();
-        m.insert("ID".into(), json!(self.id));
-        m.insert("EvalID".into(), json!(self.eval_id));
-        m.insert("Name".into(), json!(self.name));
-        m.insert("Namespace".into(), json!(self.namespace));
-        m.insert("NodeID".into(), json!(self.node_id));
-        m.insert("NodeName".into(), json!(self.node_name));
-        m.insert("JobID".into(), json!(self.job_id));
-        m.insert("JobType".into(), json!(self.job.job_type()));
-        m.insert("JobVersion".into(), json!(self.job.version));
-        m.insert("TaskGroup".into(), json!(self.task_group));
-        if with_resources {
-            m.insert("AllocatedResources".into(), self.allocated_resources());
-        }
-        m.insert("DesiredStatus".into(), json!(self.desired_status));
-        m.insert("DesiredDescription".into(), json!(self.desired_description));
-        m.insert("ClientStatus".into(), json!(self.client_status));
-        m.insert("ClientDescription".into(), json!(self.client_description));
-        m.insert(
-            "DesiredTransition".into(),
-            json!({"Migrate": null, "Reschedule": null, "ForceReschedule": null, "NoShutdownDelay": null}),
-        );
-        let ts = if with_task_states {
-            self.task_states_json()
-        } else {
-            Value::Null
-        };
-        m.insert("TaskStates".into(), ts);
-        m.insert("DeploymentStatus".into(), Value::Null);
-        m.insert("FollowupEvalID".into(), json!(""));
-        m.insert("NextAllocation".into(), json!(self.next_allocation));
-        m.insert("RescheduleTracker".into(), Value::Null);
-        m.insert("PreemptedAllocations".into(), Value::Null);
-        m.insert("PreemptedByAllocation".into(), json!(""));
-        m.insert("CreateIndex".into(), json!(self.create_index));
-        m.insert("ModifyIndex".into(), json!(self.modify_index));
-        m.insert("CreateTime".into(), json!(self.create_time));
-        m.insert("ModifyTime".into(), json!(self.modify_time));
-        Value::Object(m)
-    }
-}
-
-/// Whether a JSON value is Go's zero value for omitempty purposes.
-pub fn is_zero(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::Bool(b) => !b,
-        Value::Number(n) => n.as_f64() == Some(0.0),
-        Value::String(s) => s.is_empty(),
-        Value::Array(a) => a.is_empty(),
-        Value::Object(o) => o.is_empty() || o.values().all(is_zero),
-    }
-}
-
-/// An object of the fields that are not zero, in the given order.
-pub fn omit_zero(fields: Vec<(&str, Value)>) -> Value {
-    let mut m = Map::new();
-    for (k, v) in fields {
-        if !is_zero(&v) {
-            m.insert(k.to_string(), v);
-        }
-    }
-    Value::Object(m)
 }
 
 #[cfg(test)]
@@ -347,16 +248,5 @@ mod tests {
         }
         assert_eq!(ts.events.len(), 10);
         assert_eq!(ts.events[0].display_message, "5");
-    }
-
-    #[test]
-    fn zero_fields_are_omitted() {
-        let v = omit_zero(vec![
-            ("A", json!("")),
-            ("B", json!(0)),
-            ("C", json!("x")),
-            ("D", json!({"M": null})),
-        ]);
-        assert_eq!(v, json!({"C": "x"}));
     }
 }

@@ -3,10 +3,9 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
-use super::alloc::omit_zero;
 use super::spec::Job;
+use crate::state::status::{EvalStatus, JobType};
 
 /// One evaluation (also its on-disk form). nomadlet schedules synchronously, so every
 /// evaluation is `complete` by the time its ID is returned.
@@ -15,11 +14,11 @@ pub struct EvalRecord {
     pub id: String,
     pub namespace: String,
     pub priority: i64,
-    pub eval_type: String,
+    pub eval_type: JobType,
     pub triggered_by: String,
     pub job_id: String,
     pub job_modify_index: u64,
-    pub status: String,
+    pub status: EvalStatus,
     pub queued_allocations: BTreeMap<String, u64>,
     pub snapshot_index: u64,
     pub create_index: u64,
@@ -36,11 +35,11 @@ impl EvalRecord {
             id: id.to_string(),
             namespace: job.namespace.clone(),
             priority: job.priority.unwrap_or(50),
-            eval_type: job.job_type().to_string(),
+            eval_type: job.job_type(),
             triggered_by: triggered_by.to_string(),
             job_id: job.id.clone(),
             job_modify_index: job.job_modify_index,
-            status: "complete".into(),
+            status: EvalStatus::Complete,
             queued_allocations: job
                 .task_groups
                 .iter()
@@ -52,25 +51,5 @@ impl EvalRecord {
             create_time: now,
             modify_time: now,
         }
-    }
-
-    /// `Evaluation` JSON: Go order, every zero field omitted.
-    pub fn to_api(&self) -> Value {
-        omit_zero(vec![
-            ("ID", json!(self.id)),
-            ("Namespace", json!(self.namespace)),
-            ("Priority", json!(self.priority)),
-            ("Type", json!(self.eval_type)),
-            ("TriggeredBy", json!(self.triggered_by)),
-            ("JobID", json!(self.job_id)),
-            ("JobModifyIndex", json!(self.job_modify_index)),
-            ("Status", json!(self.status)),
-            ("QueuedAllocations", json!(self.queued_allocations)),
-            ("SnapshotIndex", json!(self.snapshot_index)),
-            ("CreateIndex", json!(self.create_index)),
-            ("ModifyIndex", json!(self.modify_index)),
-            ("CreateTime", json!(self.create_time)),
-            ("ModifyTime", json!(self.modify_time)),
-        ])
     }
 }

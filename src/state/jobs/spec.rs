@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::state::status::JobType;
+
 /// Go's `time.Duration` in nanoseconds.
 pub type DurationNs = i64;
 
@@ -26,6 +28,8 @@ pub struct Job {
     #[serde(rename = "ParentID")]
     pub parent_id: String,
     pub name: String,
+    /// `Type` as submitted: any word decodes, so `validate_job` can refuse an unknown one
+    /// with Nomad's message; [`Job::job_type`] is the typed value.
     #[serde(rename = "Type")]
     pub job_type: Option<String>,
     pub priority: Option<i64>,
@@ -97,6 +101,38 @@ pub struct RestartPolicy {
     pub delay: Option<DurationNs>,
     pub mode: Option<String>,
     pub render_templates: bool,
+}
+
+/// A group's restart policy as the client applies it (every default filled in).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restart {
+    /// Restarts allowed within `interval`.
+    pub attempts: i64,
+    pub interval: DurationNs,
+    /// Wait before each restart.
+    pub delay: DurationNs,
+    /// What happens once the attempts are used up: `fail` or `delay`.
+    pub mode: String,
+}
+
+/// Where a task gets its workload identity token: the environment and/or a file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdentityFlags {
+    /// `NOMAD_TOKEN` in the task's environment.
+    pub env: bool,
+    /// `secrets/nomad_token`.
+    pub file: bool,
+}
+
+/// A task's log rotation with defaults filled in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogLimits {
+    /// Rotated files kept per stream (at least 1).
+    pub max_files: u64,
+    /// Size of one file in MiB (at least 1).
+    pub max_file_size_mb: u64,
+    /// No log files are written.
+    pub disabled: bool,
 }
 
 /// `ephemeral_disk` block.
@@ -217,13 +253,22 @@ impl Job {
         serde_json::from_value(v).map_err(|e| format!("Failed to decode job: {e}"))
     }
 
-    pub fn job_type(&self) -> &str {
-        self.job_type.as_deref().unwrap_or("service")
+    /// The type as submitted (`service` when none was given).
+    pub fn job_type_word(&self) -> &str {
+        self.job_type
+            .as_deref()
+            .unwrap_or(JobType::Service.as_str())
+    }
+
+    /// The job's type. `validate_job` refuses any word that is not a type before a job is
+    /// stored, so only an unvalidated job can fall back to `service` here.
+    pub fn job_type(&self) -> JobType {
+        JobType::parse(self.job_type_word()).unwrap_or(JobType::Service)
     }
 
     /// Batch-like jobs run to completion.
     pub fn is_batch(&self) -> bool {
-        matches!(self.job_type(), "batch" | "sysbatch")
+        self.job_type().is_batch()
     }
 
     /// Apply Nomad's defaults (the Go api's `Canonicalize` plus the server's).
@@ -241,7 +286,8 @@ impl Job {
                 agent_region.into()
             };
         }
-        self.job_type.get_or_insert_with(|| "service".into());
+        self.job_type
+            .get_or_insert_with(|| JobType::Service.as_str().into());
         self.priority.get_or_insert(50);
         self.datacenters.get_or_insert_with(|| vec!["*".into()]);
         self.node_pool.get_or_insert_with(|| "default".into());
@@ -301,14 +347,15 @@ impl TaskGroup {
         self.count.unwrap_or(1)
     }
 
-    pub fn restart(&self) -> (i64, DurationNs, DurationNs, String) {
+    /// The group's restart policy with Nomad's defaults filled in.
+    pub fn restart(&self) -> Restart {
         let rp = self.restart_policy.clone().unwrap_or_default();
-        (
-            rp.attempts.unwrap_or(2),
-            rp.interval.unwrap_or(30 * MINUTE),
-            rp.delay.unwrap_or(15 * SECOND),
-            rp.mode.unwrap_or_else(|| "fail".into()),
-        )
+        Restart {
+            attempts: rp.attempts.unwrap_or(2),
+            interval: rp.interval.unwrap_or(30 * MINUTE),
+            delay: rp.delay.unwrap_or(15 * SECOND),
+            mode: rp.mode.unwrap_or_else(|| "fail".into()),
+        }
     }
 }
 
@@ -343,10 +390,9 @@ impl Task {
             .unwrap_or_default()
     }
 
-    /// `(identity_env, identity_file)` from `Identity` and a default entry of `Identities`.
-    pub fn identity_flags(&self) -> (bool, bool) {
-        let mut env = false;
-        let mut file = false;
+    /// Where the token goes, from `Identity` and a default entry of `Identities`.
+    pub fn identity_flags(&self) -> IdentityFlags {
+        let mut flags = IdentityFlags::default();
         let default = self.identity.iter();
         let named = self
             .identities
@@ -354,19 +400,19 @@ impl Task {
             .flatten()
             .filter(|i| i.name.is_empty() || i.name == "default");
         for i in default.chain(named) {
-            env |= i.env;
-            file |= i.file;
+            flags.env |= i.env;
+            flags.file |= i.file;
         }
-        (env, file)
+        flags
     }
 
-    pub fn log_limits(&self) -> (u64, u64, bool) {
+    pub fn log_limits(&self) -> LogLimits {
         let lc = self.log_config.clone().unwrap_or_default();
-        (
-            lc.max_files.unwrap_or(10).max(1) as u64,
-            lc.max_file_size_mb.unwrap_or(10).max(1) as u64,
-            lc.disabled.unwrap_or(false),
-        )
+        LogLimits {
+            max_files: lc.max_files.unwrap_or(10).max(1) as u64,
+            max_file_size_mb: lc.max_file_size_mb.unwrap_or(10).max(1) as u64,
+            disabled: lc.disabled.unwrap_or(false),
+        }
     }
 
     /// `KillTimeout`, capped by the client's `max_kill_timeout` as Nomad does.
@@ -397,10 +443,23 @@ mod tests {
         assert_eq!(tg.count, Some(1));
         assert_eq!(
             tg.restart(),
-            (3, 24 * 60 * MINUTE, 15 * SECOND, "fail".to_string())
+            Restart {
+                attempts: 3,
+                interval: 24 * 60 * MINUTE,
+                delay: 15 * SECOND,
+                mode: "fail".to_string()
+            }
         );
+        assert_eq!(job.job_type(), JobType::Batch);
         assert_eq!(tg.tasks[0].kill_timeout, Some(5 * SECOND));
-        assert_eq!(tg.tasks[0].log_limits(), (10, 10, false));
+        assert_eq!(
+            tg.tasks[0].log_limits(),
+            LogLimits {
+                max_files: 10,
+                max_file_size_mb: 10,
+                disabled: false
+            }
+        );
         let v = serde_json::to_value(&job).unwrap();
         let keys: Vec<_> = v.as_object().unwrap().keys().take(4).cloned().collect();
         assert_eq!(keys, ["Stop", "Region", "Namespace", "ID"]);

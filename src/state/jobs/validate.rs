@@ -1,7 +1,8 @@
 //! Job validation with Nomad's messages, nested as Go's multierror prints them
 //! (`1 error occurred:\n\t* ...`), plus the raw_exec driver's config checks.
 
-use super::spec::{Job, Task, TaskGroup};
+use super::spec::{Job, Restart, Task, TaskGroup};
+use crate::state::status::JobType;
 
 /// The most allocations one job may ask for on this single-node agent.
 pub const MAX_JOB_ALLOCS: i64 = 1000;
@@ -47,8 +48,8 @@ pub fn validate_job(job: &Job) -> Result<(), String> {
     if job.namespace.is_empty() {
         errs.push("Job must be in a namespace".to_string());
     }
-    let jt = job.job_type();
-    if !matches!(jt, "service" | "batch" | "system" | "sysbatch") {
+    let jt = job.job_type_word();
+    if JobType::parse(jt).is_none() {
         errs.push(format!("Invalid job type: {jt:?}"));
     }
     let prio = job.priority.unwrap_or(50);
@@ -125,7 +126,12 @@ fn validate_group(tg: &TaskGroup) -> Vec<String> {
     if tg.tasks.is_empty() {
         errs.push("Missing tasks for task group".to_string());
     }
-    let (attempts, interval, delay, mode) = tg.restart();
+    let Restart {
+        attempts,
+        interval,
+        delay,
+        mode,
+    } = tg.restart();
     if attempts < 0 {
         errs.push(format!(
             "Restart policy attempts must be non-negative; got {attempts}"
