@@ -76,11 +76,7 @@ impl std::fmt::Debug for SigningKeys {
 }
 
 fn key_error(path: &Path, op: &'static str, detail: impl std::fmt::Display) -> StoreError {
-    StoreError {
-        path: path.to_path_buf(),
-        op,
-        detail: detail.to_string(),
-    }
+    StoreError::other(path, op, detail.to_string())
 }
 
 impl SigningKeys {
@@ -101,7 +97,7 @@ impl SigningKeys {
                 log::info!("created the workload identity signing key");
                 key
             }
-            Err(e) => return Err(key_error(&path, "read", e)),
+            Err(e) => return Err(StoreError::io(&path, "read", e)),
         };
         Ok(SigningKeys::from_key(key))
     }

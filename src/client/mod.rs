@@ -205,7 +205,7 @@ impl Client {
             }
         }
         for id in never_started {
-            let _ = agent.workloads.update_alloc(&agent.index, &id, |a| {
+            let _ = agent.workloads.update_alloc(&id, |a| {
                 let names: Vec<String> = a
                     .job
                     .group(&a.task_group)
@@ -335,7 +335,7 @@ impl Client {
         if !a.collected {
             agent
                 .workloads
-                .update_alloc(&agent.index, alloc_id, |a| a.collected = true)
+                .update_alloc(alloc_id, |a| a.collected = true)
                 .map_err(|e| GcError::Io(e.to_string()))?;
         }
         AllocDir::new(&self.data_dir, alloc_id)

@@ -71,15 +71,13 @@ pub struct TaskRunner {
 impl TaskRunner {
     /// Record an event and change the task state, durably.
     fn event(&self, ev: TaskEvent, f: impl FnOnce(&mut TaskState)) {
-        let res = self.agent.workloads.update_task(
-            &self.agent.index,
-            &self.alloc_id,
-            &self.task_name,
-            |ts| {
+        let res = self
+            .agent
+            .workloads
+            .update_task(&self.alloc_id, &self.task_name, |ts| {
                 f(ts);
                 ts.push_event(ev);
-            },
-        );
+            });
         if let Err(e) = res {
             log::error!(
                 "alloc {} task {}: cannot save task state: {e}",
@@ -330,16 +328,14 @@ impl TaskRunner {
 
     /// A batch task ran to completion: its `Terminated` event is already recorded.
     fn finish(&self, failed: bool) {
-        let _ = self.agent.workloads.update_task(
-            &self.agent.index,
-            &self.alloc_id,
-            &self.task_name,
-            |ts| {
+        let _ = self
+            .agent
+            .workloads
+            .update_task(&self.alloc_id, &self.task_name, |ts| {
                 ts.state = "dead".into();
                 ts.failed = failed;
                 ts.finished_at = Some(rfc3339_ns(now_ns()));
-            },
-        );
+            });
     }
 
     fn restarting(&self, delay: i64, reason: &str) {

@@ -76,13 +76,7 @@ fn json_files(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(StoreError {
-                path: dir.to_path_buf(),
-                op: "list",
-                detail: e.to_string(),
-            })
-        }
+        Err(e) => return Err(StoreError::io(dir, "list", e)),
     };
     Ok(entries
         .flatten()
@@ -152,11 +146,7 @@ impl Workloads {
     pub fn load(data_dir: &Path, counter: Arc<IndexCounter>) -> Result<Workloads, StoreError> {
         let server = data_dir.join("server");
         let path = cmdlog::log_path(data_dir);
-        let to_store = |e: LogError| StoreError {
-            path: path.clone(),
-            op: "load",
-            detail: e.to_string(),
-        };
+        let to_store = |e: LogError| StoreError::other(&path, "load", e);
         let import = || {
             load_old_store(&server).map_err(|e| LogError::Store {
                 op: "import",
@@ -214,11 +204,7 @@ impl Workloads {
     }
 
     fn store_err(&self, e: LogError) -> StoreError {
-        StoreError {
-            path: self.path.clone(),
-            op: "write",
-            detail: e.to_string(),
-        }
+        StoreError::other(&self.path, "write", e)
     }
 
     /// Propose and wait: `Ok(None)` when the command applied to "unknown" (changed nothing).
@@ -233,12 +219,7 @@ impl Workloads {
     /// Register a canonicalized, validated job. A changed spec makes a new version and
     /// replaces its allocations; an unchanged one leaves everything as it is (but for its
     /// evaluation). Persisted, then published; on error nothing visible changed.
-    pub fn register(
-        &self,
-        _counter: &IndexCounter,
-        node: &NodeInfo,
-        job: Job,
-    ) -> Result<WriteResult, StoreError> {
+    pub fn register(&self, node: &NodeInfo, job: Job) -> Result<WriteResult, StoreError> {
         let placements: usize = job
             .task_groups
             .iter()
@@ -266,7 +247,6 @@ impl Workloads {
     /// on error the job is still listed as it was and its allocs still want to run.
     pub fn deregister(
         &self,
-        _counter: &IndexCounter,
         namespace: &str,
         job_id: &str,
         purge: bool,
@@ -297,7 +277,6 @@ impl Workloads {
     /// `None` when the alloc is unknown; otherwise `(eval_id, index)`.
     pub fn stop_alloc(
         &self,
-        _counter: &IndexCounter,
         node: &NodeInfo,
         alloc_id: &str,
     ) -> Result<Option<(String, u64)>, StoreError> {
@@ -323,7 +302,6 @@ impl Workloads {
     /// what it changed (task states, client status, `collected`) becomes the command.
     pub fn update_alloc(
         &self,
-        _counter: &IndexCounter,
         alloc_id: &str,
         f: impl FnOnce(&mut AllocRecord),
     ) -> Result<Option<AllocRecord>, StoreError> {
@@ -355,12 +333,11 @@ impl Workloads {
     /// Change one task's state of an allocation and save it.
     pub fn update_task(
         &self,
-        counter: &IndexCounter,
         alloc_id: &str,
         task: &str,
         f: impl FnOnce(&mut TaskState),
     ) -> Result<Option<AllocRecord>, StoreError> {
-        self.update_alloc(counter, alloc_id, |a| {
+        self.update_alloc(alloc_id, |a| {
             let ts = a
                 .task_states
                 .entry(task.to_string())
@@ -484,13 +461,13 @@ mod tests {
         let counter = Arc::new(IndexCounter::default());
         let node = node();
         let w = Workloads::load(&dir, counter.clone()).unwrap();
-        let r1 = w.register(&counter, &node, job(2, "/bin/true")).unwrap();
+        let r1 = w.register(&node, job(2, "/bin/true")).unwrap();
         assert_eq!(w.allocs().len(), 2);
         assert!(w.eval(&r1.eval_id).is_some());
-        let r2 = w.register(&counter, &node, job(2, "/bin/true")).unwrap();
+        let r2 = w.register(&node, job(2, "/bin/true")).unwrap();
         assert_eq!(r2.job_modify_index, r1.job_modify_index);
         assert_eq!(w.allocs().len(), 2);
-        w.register(&counter, &node, job(1, "/bin/false")).unwrap();
+        w.register(&node, job(1, "/bin/false")).unwrap();
         let allocs = w.allocs();
         assert_eq!(allocs.len(), 3);
         assert_eq!(
@@ -514,17 +491,17 @@ mod tests {
         let dir = temp_dir();
         let counter = Arc::new(IndexCounter::default());
         let w = Workloads::load(&dir, counter.clone()).unwrap();
-        w.register(&counter, &node(), job(2, "/bin/true")).unwrap();
+        w.register(&node(), job(2, "/bin/true")).unwrap();
         let published = counter.current();
         let before = w.state().to_bytes().unwrap();
         w.log.stats.fail_writes.store(true, Ordering::SeqCst);
-        assert!(w.register(&counter, &node(), job(1, "/bin/false")).is_err());
-        assert!(w.deregister(&counter, "default", "web", false).is_err());
-        assert!(w.deregister(&counter, "default", "web", true).is_err());
+        assert!(w.register(&node(), job(1, "/bin/false")).is_err());
+        assert!(w.deregister("default", "web", false).is_err());
+        assert!(w.deregister("default", "web", true).is_err());
         let a = w.allocs()[0].id.clone();
-        assert!(w.stop_alloc(&counter, &node(), &a).is_err());
+        assert!(w.stop_alloc(&node(), &a).is_err());
         assert!(w
-            .update_task(&counter, &a, "t", |ts| ts.state = "running".into())
+            .update_task(&a, "t", |ts| ts.state = "running".into())
             .is_err());
         assert_eq!(counter.current(), published, "no index published");
         assert_eq!(
@@ -533,7 +510,7 @@ mod tests {
             "nothing visible changed"
         );
         w.log.stats.fail_writes.store(false, Ordering::SeqCst);
-        w.deregister(&counter, "default", "web", false).unwrap();
+        w.deregister("default", "web", false).unwrap();
         assert!(w.job("default", "web").unwrap().stop);
         drop(w);
         let back = Workloads::load(&dir, Arc::new(IndexCounter::default())).unwrap();
@@ -552,11 +529,11 @@ mod tests {
         const EACH: usize = 25;
         let threads: Vec<_> = (0..WRITERS)
             .map(|t| {
-                let (w, c) = (w.clone(), counter.clone());
+                let w = w.clone();
                 std::thread::spawn(move || {
                     for i in 0..EACH {
                         let j = job_named(&format!("j{t}-{i}"), 0, "/bin/true");
-                        w.register(&c, &node(), j).unwrap();
+                        w.register(&node(), j).unwrap();
                     }
                 })
             })
@@ -584,7 +561,7 @@ mod tests {
         // 100 jobs of 100 allocs: all in the log (fewer commands than a snapshot interval).
         for i in 0..100 {
             let j = job_named(&format!("big{i}"), 100, "/bin/true");
-            w.register(&counter, &node(), j).unwrap();
+            w.register(&node(), j).unwrap();
         }
         assert_eq!(w.allocs().len(), 10_000);
         let live = w.state().to_bytes().unwrap();
@@ -605,17 +582,17 @@ mod tests {
         let counter = Arc::new(IndexCounter::default());
         let w = Arc::new(Workloads::load(&dir, counter.clone()).unwrap());
         const WRITERS: u64 = 8;
-        w.register(&counter, &node(), job(WRITERS as i64, "/bin/true"))
+        w.register(&node(), job(WRITERS as i64, "/bin/true"))
             .unwrap();
         let ids: Vec<String> = w.allocs().into_iter().map(|a| a.id).collect();
         let each = crate::state::command_log::SNAPSHOT_EVERY / WRITERS + 10;
         let threads: Vec<_> = ids
             .into_iter()
             .map(|id| {
-                let (w, c) = (w.clone(), counter.clone());
+                let w = w.clone();
                 std::thread::spawn(move || {
                     for i in 0..each {
-                        w.update_task(&c, &id, "t", |ts| ts.restarts = i).unwrap();
+                        w.update_task(&id, "t", |ts| ts.restarts = i).unwrap();
                     }
                 })
             })
