@@ -13,11 +13,17 @@ use super::jobs::alloc::{AllocRecord, TaskState};
 use super::jobs::eval::EvalRecord;
 use super::jobs::spec::Job;
 use super::jobs::NodeInfo;
+use super::node_table::{Node, NodeEvent, MAX_NODE_EVENTS};
 use crate::acl::tokens::{AclPolicy, AclToken, OneTimeToken};
 use crate::acl::AclTables;
 
 /// A job's key: `(namespace, id)`.
 pub type JobKey = (String, String);
+
+/// One table of the server state: a persistent ordered map (`imbl`), so the committer's
+/// copy per batch and every published snapshot share all entries a batch did not touch (a
+/// copy is O(1); a change copies one path of the tree, and the object it replaces).
+pub type Table<K, V> = imbl::OrdMap<K, Arc<V>>;
 
 /// One change to server state, with everything chosen that apply must not choose itself.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -89,6 +95,36 @@ pub enum Command {
         secret: String,
         now: i64,
     },
+    /// A client registers its node (again, after a restart): what it fingerprinted. A new
+    /// node gets its create index and a "Node registered" event at `now`; a known one keeps
+    /// them, its events, eligibility and drain.
+    NodeRegister {
+        node: Box<Node>,
+        now: i64,
+    },
+    /// A node's metadata (static and dynamic merged) as the client now has it.
+    NodeUpdateMeta {
+        node_id: String,
+        meta: BTreeMap<String, String>,
+    },
+    /// A node's status (`ready`, `down`, ...) and, when it changed, an event about it.
+    NodeUpdateStatus {
+        node_id: String,
+        status: String,
+        description: String,
+        event: Option<NodeEvent>,
+        now: i64,
+    },
+    /// A node's scheduling eligibility (`eligible` or `ineligible`).
+    NodeUpdateEligibility {
+        node_id: String,
+        eligibility: String,
+        event: Option<NodeEvent>,
+    },
+    /// Events about nodes (the last [`MAX_NODE_EVENTS`] are kept per node).
+    NodeEvents {
+        events: Vec<(String, NodeEvent)>,
+    },
 }
 
 /// What applying a command did (the proposer's answer).
@@ -104,6 +140,8 @@ pub enum Applied {
     Acl(bool),
     /// A one-time token exchanged: the ACL token it stood for.
     AclToken(Box<AclToken>),
+    /// A node write: the node's modify index.
+    Node(u64),
 }
 
 /// The answer to a register or deregister.
@@ -120,6 +158,7 @@ pub enum ApplyError {
     UnknownJob,
     UnknownAlloc,
     UnknownToken,
+    UnknownNode,
     /// ACL bootstrap was done, at this index.
     AlreadyBootstrapped(u64),
     /// Stored policy rules that do not parse (the API checks them before).
@@ -136,6 +175,7 @@ impl fmt::Display for ApplyError {
             ApplyError::UnknownJob => write!(f, "job not found"),
             ApplyError::UnknownAlloc => write!(f, "alloc not found"),
             ApplyError::UnknownToken => write!(f, "ACL token not found"),
+            ApplyError::UnknownNode => write!(f, "node not found"),
             ApplyError::AlreadyBootstrapped(i) => write!(f, "ACL bootstrap already done at {i}"),
             ApplyError::BadPolicy(e) => write!(f, "policy rules do not parse: {e}"),
             ApplyError::TooManyOneTimeTokens => write!(f, "too many one-time tokens"),
@@ -146,17 +186,19 @@ impl fmt::Display for ApplyError {
 
 impl std::error::Error for ApplyError {}
 
-/// The server state: what every command changes. Values are shared (`Arc`), so a copy for
-/// the next snapshot costs a map of pointers, not the objects.
+/// The server state: what every command changes. Tables are persistent maps of shared
+/// (`Arc`) values, so a copy for the next batch or snapshot costs O(1), not the objects.
 #[derive(Clone, Debug, Default)]
 pub struct ServerState {
     /// The index of the last command applied (or of the snapshot loaded).
     pub index: u64,
-    pub jobs: BTreeMap<JobKey, Arc<Job>>,
-    pub evals: BTreeMap<String, Arc<EvalRecord>>,
-    pub allocs: BTreeMap<String, Arc<AllocRecord>>,
+    pub jobs: Table<JobKey, Job>,
+    pub evals: Table<String, EvalRecord>,
+    pub allocs: Table<String, AllocRecord>,
     /// ACL tokens, policies, the bootstrap marker.
     pub acl: Arc<AclTables>,
+    /// The nodes clients registered, by ID.
+    pub nodes: Table<String, Node>,
 }
 
 /// The serialized form of [`ServerState`] (snapshots, the determinism check).
@@ -168,6 +210,8 @@ struct StateImage {
     allocs: Vec<AllocRecord>,
     #[serde(default)]
     acl: AclTables,
+    #[serde(default)]
+    nodes: Vec<Node>,
 }
 
 /// The serialized form, borrowing (what a snapshot writes).
@@ -178,6 +222,7 @@ struct StateImageRef<'a> {
     evals: Vec<&'a EvalRecord>,
     allocs: Vec<&'a AllocRecord>,
     acl: &'a AclTables,
+    nodes: Vec<&'a Node>,
 }
 
 impl ServerState {
@@ -189,6 +234,7 @@ impl ServerState {
             evals: self.evals.values().map(|e| &**e).collect(),
             allocs: self.allocs.values().map(|a| &**a).collect(),
             acl: &self.acl,
+            nodes: self.nodes.values().map(|n| &**n).collect(),
         })
     }
 
@@ -199,6 +245,11 @@ impl ServerState {
         let mut acl = img.acl;
         acl.parse_policies();
         state.acl = Arc::new(acl);
+        state.nodes = img
+            .nodes
+            .into_iter()
+            .map(|n| (n.id.clone(), Arc::new(n)))
+            .collect();
         Ok(state)
     }
 
@@ -224,6 +275,7 @@ impl ServerState {
                 .map(|a| (a.id.clone(), Arc::new(a)))
                 .collect(),
             acl: Arc::default(),
+            nodes: Table::default(),
         }
     }
 }
@@ -299,6 +351,11 @@ pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appli
             state.acl = Arc::new(acl);
             applied
         }
+        Command::NodeRegister { .. }
+        | Command::NodeUpdateMeta { .. }
+        | Command::NodeUpdateStatus { .. }
+        | Command::NodeUpdateEligibility { .. }
+        | Command::NodeEvents { .. } => apply_node(state, cmd, index)?,
     };
     state.index = state.index.max(index);
     Ok(applied)
@@ -381,6 +438,110 @@ fn apply_acl(t: &mut AclTables, cmd: &Command) -> Result<Applied, ApplyError> {
         }
         _ => Ok(Applied::Acl(false)),
     }
+}
+
+/// The node commands. Every check comes before the first change.
+fn apply_node(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Applied, ApplyError> {
+    let known = |state: &ServerState, id: &str| -> Result<Node, ApplyError> {
+        state
+            .nodes
+            .get(id)
+            .map(|n| (**n).clone())
+            .ok_or(ApplyError::UnknownNode)
+    };
+    fn push_events(n: &mut Node, events: impl IntoIterator<Item = NodeEvent>, index: u64) {
+        for mut e in events {
+            e.create_index = index;
+            n.events.push(e);
+        }
+        let extra = n.events.len().saturating_sub(MAX_NODE_EVENTS);
+        n.events.drain(..extra);
+    }
+    let node = match cmd {
+        Command::NodeRegister { node, now } => {
+            let mut n = (**node).clone();
+            match state.nodes.get(&n.id) {
+                Some(old) => {
+                    n.create_index = old.create_index;
+                    n.events = old.events.clone();
+                    n.scheduling_eligibility = old.scheduling_eligibility.clone();
+                    n.drain = old.drain;
+                    if old.status != n.status {
+                        n.status_updated_at = now / 1_000_000_000;
+                    } else {
+                        n.status_updated_at = old.status_updated_at;
+                    }
+                }
+                None => {
+                    n.create_index = index;
+                    n.status_updated_at = now / 1_000_000_000;
+                    n.events = Vec::new();
+                    let registered = NodeEvent {
+                        message: "Node registered".into(),
+                        subsystem: "Cluster".into(),
+                        details: None,
+                        timestamp: *now,
+                        create_index: 0,
+                    };
+                    push_events(&mut n, [registered], 0);
+                }
+            }
+            n
+        }
+        Command::NodeUpdateMeta { node_id, meta } => {
+            let mut n = known(state, node_id)?;
+            n.meta = meta.clone();
+            n
+        }
+        Command::NodeUpdateStatus {
+            node_id,
+            status,
+            description,
+            event,
+            now,
+        } => {
+            let mut n = known(state, node_id)?;
+            if &n.status != status {
+                n.status_updated_at = now / 1_000_000_000;
+            }
+            n.status = status.clone();
+            n.status_description = description.clone();
+            push_events(&mut n, event.clone(), index);
+            n
+        }
+        Command::NodeUpdateEligibility {
+            node_id,
+            eligibility,
+            event,
+        } => {
+            let mut n = known(state, node_id)?;
+            n.scheduling_eligibility = eligibility.clone();
+            push_events(&mut n, event.clone(), index);
+            n
+        }
+        Command::NodeEvents { events } => {
+            // Every node must exist before any changes.
+            let mut changed: BTreeMap<String, Node> = BTreeMap::new();
+            for (id, e) in events {
+                if !changed.contains_key(id) {
+                    changed.insert(id.clone(), known(state, id)?);
+                }
+                if let Some(n) = changed.get_mut(id) {
+                    push_events(n, [e.clone()], index);
+                }
+            }
+            for (id, mut n) in changed {
+                n.modify_index = index;
+                state.nodes.insert(id, Arc::new(n));
+            }
+            return Ok(Applied::Node(index));
+        }
+        _ => return Ok(Applied::Node(0)),
+    };
+    let mut node = node;
+    node.modify_index = index;
+    state.nodes.insert(node.id.clone(), Arc::new(node));
+    Ok(Applied::Node(index))
 }
 
 /// Stop every running alloc of a job.

@@ -7,6 +7,8 @@ pub mod host;
 pub mod jobs;
 pub mod members;
 pub mod node;
+pub mod node_table;
+pub mod snapshot;
 pub mod store;
 
 use std::path::{Path, PathBuf};
