@@ -71,10 +71,12 @@ impl Agent {
     pub fn load(config: Config) -> Result<Arc<Agent>, AgentError> {
         crate::state::remove_leftover_temps(&config.data_dir)?;
         let index = Arc::new(IndexCounter::default());
-        let node = NodeState::load(&config, &index)?;
+        let node = NodeState::load(&config)?;
         let membership = Membership::load(&config, node.id())?;
         let workloads = Workloads::load(&config.data_dir, index.clone())?;
         index.observe(workloads.max_index());
+        // The server's node table learns this node (again) before anything is served.
+        workloads.register_node(node.registration())?;
         let acl = AclState::load(
             &config.data_dir,
             config.acl_enabled,

@@ -114,10 +114,18 @@ fn run(agent: &Agent, rx: &Receiver<BatcherEvent>, fixed: Option<Duration>, dev:
 }
 
 fn publish(agent: &Agent) {
-    let index = agent.index.next();
-    agent.node.publish_meta(index);
-    agent.index.notify();
-    log::debug!("node metadata published to the node record at index {index}");
+    // A command like every other change of server state: durable, applied, published and
+    // notified by the committer before it returns.
+    match agent
+        .workloads
+        .update_node_meta(agent.node.id(), agent.node.merged_meta())
+    {
+        Ok(Some(index)) => {
+            log::debug!("node metadata published to the node record at index {index}")
+        }
+        Ok(None) => log::warn!("node metadata not published: the node is not registered"),
+        Err(e) => log::error!("node metadata not published: {e}"),
+    }
 }
 
 #[cfg(test)]

@@ -863,3 +863,105 @@ mod acl_tests {
         assert_eq!(back.acl.bootstrap_index, Some(5));
     }
 }
+
+#[cfg(test)]
+mod node_tests {
+    use super::*;
+
+    fn node(id: &str) -> Node {
+        Node {
+            id: id.into(),
+            name: "n".into(),
+            datacenter: "dc1".into(),
+            http_addr: "127.0.0.1:4646".into(),
+            node_pool: "default".into(),
+            node_class: String::new(),
+            version: "0".into(),
+            attributes: BTreeMap::new(),
+            meta: BTreeMap::new(),
+            resources: serde_json::Value::Null,
+            drivers: serde_json::json!({}),
+            status: "ready".into(),
+            status_description: String::new(),
+            status_updated_at: 0,
+            scheduling_eligibility: "eligible".into(),
+            drain: false,
+            events: Vec::new(),
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+
+    fn event(msg: &str, at: i64) -> NodeEvent {
+        NodeEvent {
+            message: msg.into(),
+            subsystem: "Cluster".into(),
+            details: None,
+            timestamp: at,
+            create_index: 0,
+        }
+    }
+
+    #[test]
+    fn node_commands_apply_deterministically_and_keep_what_the_server_owns() {
+        let cmds = vec![
+            Command::NodeRegister {
+                node: Box::new(node("n1")),
+                now: 5_000_000_000,
+            },
+            Command::NodeUpdateEligibility {
+                node_id: "n1".into(),
+                eligibility: "ineligible".into(),
+                event: Some(event("Node marked as ineligible", 6)),
+            },
+            Command::NodeUpdateMeta {
+                node_id: "n1".into(),
+                meta: [("rack".to_string(), "r1".to_string())].into(),
+            },
+            Command::NodeEvents {
+                events: (0..12).map(|i| ("n1".to_string(), event("e", i))).collect(),
+            },
+            // The client registers again after a restart: indexes, events and the
+            // eligibility the server set are kept.
+            Command::NodeRegister {
+                node: Box::new(node("n1")),
+                now: 9_000_000_000,
+            },
+            Command::NodeUpdateMeta {
+                node_id: "nope".into(),
+                meta: BTreeMap::new(),
+            },
+            Command::NodeEvents {
+                events: vec![("n1".into(), event("x", 1)), ("nope".into(), event("y", 1))],
+            },
+        ];
+        let run = |cmds: &[Command]| {
+            let mut s = ServerState::default();
+            let oks: Vec<bool> = cmds
+                .iter()
+                .enumerate()
+                .map(|(i, c)| apply(&mut s, c, 10 + i as u64).is_ok())
+                .collect();
+            (s, oks)
+        };
+        let (a, oks) = run(&cmds);
+        assert_eq!(oks, vec![true, true, true, true, true, false, false]);
+        let wire: Vec<Command> =
+            serde_json::from_slice(&serde_json::to_vec(&cmds).unwrap()).unwrap();
+        let (b, _) = run(&wire);
+        assert_eq!(a.to_bytes().unwrap(), b.to_bytes().unwrap());
+        let back = ServerState::from_bytes(&a.to_bytes().unwrap()).unwrap();
+        assert_eq!(back.to_bytes().unwrap(), a.to_bytes().unwrap());
+        let n = &a.nodes["n1"];
+        assert_eq!(n.create_index, 10);
+        assert_eq!(n.modify_index, 14);
+        assert_eq!(n.scheduling_eligibility, "ineligible");
+        assert_eq!(n.status_updated_at, 5);
+        assert_eq!(n.events.len(), MAX_NODE_EVENTS);
+        assert_eq!(n.events.last().unwrap().timestamp, 11);
+        assert!(
+            n.meta.is_empty(),
+            "a register carries the client's metadata"
+        );
+    }
+}

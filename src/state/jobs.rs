@@ -20,6 +20,7 @@ use self::eval::EvalRecord;
 use self::spec::Job;
 use super::command::{Applied, Command, ServerState};
 use super::command_log::{self as cmdlog, CommandLog, LogError};
+use super::node_table::Node;
 use super::store::{self, StoreError};
 use super::IndexCounter;
 
@@ -344,6 +345,48 @@ impl Workloads {
                 .or_insert_with(TaskState::pending);
             f(ts);
         })
+    }
+
+    /// Register a node (again): what the client fingerprinted; the server keeps its indexes,
+    /// events, eligibility and drain. Returns the node's modify index.
+    pub fn register_node(&self, node: Node) -> Result<u64, StoreError> {
+        self.propose_node(Command::NodeRegister {
+            node: Box::new(node),
+            now: crate::time::unix_now_nanos(),
+        })
+        .map(|i| i.unwrap_or(0))
+    }
+
+    /// Set a node's metadata (the batcher's node update). `None`: the node is unknown.
+    pub fn update_node_meta(
+        &self,
+        node_id: &str,
+        meta: BTreeMap<String, String>,
+    ) -> Result<Option<u64>, StoreError> {
+        self.propose_node(Command::NodeUpdateMeta {
+            node_id: node_id.to_string(),
+            meta,
+        })
+    }
+
+    /// Propose a node command (register, status, eligibility, metadata, events): durable,
+    /// applied and published before it returns the node's new modify index; `None` when it
+    /// names an unknown node.
+    pub fn propose_node(&self, cmd: Command) -> Result<Option<u64>, StoreError> {
+        Ok(match self.propose(cmd)? {
+            Some((Applied::Node(i), _)) => Some(i),
+            _ => None,
+        })
+    }
+
+    /// One node of the server's node table.
+    pub fn node(&self, id: &str) -> Option<Arc<Node>> {
+        self.state().nodes.get(id).cloned()
+    }
+
+    /// Every node, by ID.
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
+        self.state().nodes.values().cloned().collect()
     }
 
     pub fn job(&self, namespace: &str, id: &str) -> Option<Job> {
