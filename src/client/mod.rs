@@ -160,7 +160,7 @@ impl Client {
             return;
         }
         let node_id = agent.node.id().to_string();
-        let allocs: Vec<AllocRecord> = agent
+        let allocs: Vec<Arc<AllocRecord>> = agent
             .workloads
             .allocs()
             .into_iter()
@@ -355,7 +355,7 @@ impl Client {
 
     /// Keep at most `gc_max_allocs` terminal, uncollected allocations.
     pub fn auto_gc(&self, agent: &Arc<Agent>) {
-        let mut terminal: Vec<AllocRecord> = agent
+        let mut terminal: Vec<Arc<AllocRecord>> = agent
             .workloads
             .allocs()
             .into_iter()

@@ -99,6 +99,12 @@ pub struct LogStats {
     pub transactions: AtomicU64,
     /// Commands committed.
     pub commands: AtomicU64,
+    /// Time spent applying commands and encoding them (nanoseconds, all batches).
+    pub apply_nanos: AtomicU64,
+    /// Time spent in write transactions: insert, commit, fsync (nanoseconds).
+    pub write_nanos: AtomicU64,
+    /// Time spent publishing and answering (nanoseconds).
+    pub publish_nanos: AtomicU64,
     /// Tests: make every write transaction fail (as on a full disk).
     #[cfg(test)]
     pub fail_writes: std::sync::atomic::AtomicBool,
@@ -227,6 +233,7 @@ impl CommandLog {
             st!("open", txn.open_table(LOG))?;
             st!("commit", txn.commit())?;
         }
+        let started = std::time::Instant::now();
         let mut loaded = load_state(&db)?;
         let fresh = {
             let txn = st!("read", db.begin_read())?;
@@ -238,6 +245,9 @@ impl CommandLog {
         if fresh {
             let state = import()?;
             write_snapshot(&db, None, &state, false)?;
+            if state.index > 0 {
+                st!("compact", db.compact())?;
+            }
             imported = state.index > 0 || !state.jobs.is_empty() || !state.acl.tokens.is_empty();
             loaded = load_state(&db)?;
         } else if loaded.old_format {
@@ -248,6 +258,16 @@ impl CommandLog {
             loaded.snapshot = loaded.state.clone();
         }
         let compacted_size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        log::info!(
+            "server state loaded at index {}: {} jobs, {} evals, {} allocs, {} nodes in {} ms ({} bytes on disk)",
+            loaded.state.index,
+            loaded.state.jobs.len(),
+            loaded.state.evals.len(),
+            loaded.state.allocs.len(),
+            loaded.state.nodes.len(),
+            started.elapsed().as_millis(),
+            compacted_size
+        );
         let state = Arc::new(loaded.state);
         counter.observe(state.index);
         let published = Arc::new(RwLock::new(state.clone()));
@@ -309,10 +329,17 @@ impl CommandLog {
         let _ = self.proposals.send(Msg::Stop);
         if let Some(h) = self.committer.lock().take() {
             let _ = h.join();
+            let s = &self.stats;
+            let txns = s.transactions.load(Ordering::SeqCst).max(1);
+            let us = |a: &AtomicU64| a.load(Ordering::SeqCst) / txns / 1000;
             log::debug!(
-                "state committer stopped: {} commands in {} transactions",
-                self.stats.commands.load(Ordering::SeqCst),
-                self.stats.transactions.load(Ordering::SeqCst)
+                "state committer stopped: {} commands in {} transactions; per transaction: \
+                 apply {} µs, write and fsync {} µs, publish and answer {} µs",
+                s.commands.load(Ordering::SeqCst),
+                s.transactions.load(Ordering::SeqCst),
+                us(&s.apply_nanos),
+                us(&s.write_nanos),
+                us(&s.publish_nanos),
             );
         }
     }
@@ -388,6 +415,7 @@ impl Committer {
 
     /// Apply the batch to a copy, write its commands in one transaction, then publish.
     fn commit(&mut self, batch: Vec<Proposal>) {
+        let started = std::time::Instant::now();
         let mut next = (*self.current).clone();
         let mut results = Vec::with_capacity(batch.len());
         let mut entries: Vec<(u64, Vec<u8>)> = Vec::with_capacity(batch.len());
@@ -405,8 +433,12 @@ impl Committer {
                 Err(e) => results.push(Err(LogError::Apply(e))),
             }
         }
+        let applied = std::time::Instant::now();
+        let mut written = applied;
         if !entries.is_empty() {
-            if let Err(e) = self.write(&entries) {
+            let res = self.write(&entries);
+            written = std::time::Instant::now();
+            if let Err(e) = res {
                 log::error!("cannot persist server state: {e}");
                 // redb is not usable after a failed write: reopen it on the next batch.
                 self.db = None;
@@ -423,6 +455,14 @@ impl Committer {
         for (p, r) in batch.into_iter().zip(results) {
             let _ = p.reply.send(r);
         }
+        let nanos = |d: Duration| d.as_nanos() as u64;
+        let s = &self.stats;
+        s.apply_nanos
+            .fetch_add(nanos(applied - started), Ordering::Relaxed);
+        s.write_nanos
+            .fetch_add(nanos(written - applied), Ordering::Relaxed);
+        s.publish_nanos
+            .fetch_add(nanos(written.elapsed()), Ordering::Relaxed);
         self.since_snapshot += entries.len() as u64;
         if self.since_snapshot >= SNAPSHOT_EVERY {
             self.snapshot();

@@ -404,14 +404,9 @@ impl Workloads {
         self.state().allocs.get(id).map(|a| (**a).clone())
     }
 
-    /// Every allocation, oldest first.
-    pub fn allocs(&self) -> Vec<AllocRecord> {
-        let mut v: Vec<AllocRecord> = self
-            .state()
-            .allocs
-            .values()
-            .map(|a| (**a).clone())
-            .collect();
+    /// Every allocation, oldest first (shared: nothing is copied).
+    pub fn allocs(&self) -> Vec<Arc<AllocRecord>> {
+        let mut v: Vec<Arc<AllocRecord>> = self.state().allocs.values().cloned().collect();
         v.sort_by_key(|a| (a.create_index, a.create_time));
         v
     }
@@ -627,7 +622,7 @@ mod tests {
         const WRITERS: u64 = 8;
         w.register(&node(), job(WRITERS as i64, "/bin/true"))
             .unwrap();
-        let ids: Vec<String> = w.allocs().into_iter().map(|a| a.id).collect();
+        let ids: Vec<String> = w.allocs().into_iter().map(|a| a.id.clone()).collect();
         let each = crate::state::command_log::SNAPSHOT_EVERY / WRITERS + 10;
         let threads: Vec<_> = ids
             .into_iter()
