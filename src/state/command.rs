@@ -199,6 +199,9 @@ pub struct ServerState {
     pub acl: Arc<AclTables>,
     /// The nodes clients registered, by ID.
     pub nodes: Table<String, Node>,
+    /// Derived, never stored: the IDs of each job's allocs (so a register does not walk
+    /// every alloc). Kept by apply as allocs are added; [`ServerState::reindex`] rebuilds it.
+    pub allocs_by_job: imbl::OrdMap<JobKey, imbl::OrdSet<String>>,
 }
 
 /// The serialized form of [`ServerState`] (snapshots, the determinism check).
@@ -276,7 +279,41 @@ impl ServerState {
                 .collect(),
             acl: Arc::default(),
             nodes: Table::default(),
+            allocs_by_job: imbl::OrdMap::default(),
         }
+        .reindexed()
+    }
+
+    /// The state with [`ServerState::allocs_by_job`] rebuilt from its allocs.
+    pub fn reindexed(mut self) -> ServerState {
+        self.allocs_by_job = imbl::OrdMap::default();
+        for a in self.allocs.values() {
+            let key = (a.namespace.clone(), a.job_id.clone());
+            self.allocs_by_job
+                .entry(key)
+                .or_default()
+                .insert(a.id.clone());
+        }
+        self
+    }
+
+    /// Add a new alloc (and its entry in the index of allocs by job).
+    fn insert_new_alloc(&mut self, a: AllocRecord) {
+        let key = (a.namespace.clone(), a.job_id.clone());
+        self.allocs_by_job
+            .entry(key)
+            .or_default()
+            .insert(a.id.clone());
+        self.allocs.insert(a.id.clone(), Arc::new(a));
+    }
+
+    /// A job's allocs (through the index, not a walk over every alloc).
+    fn allocs_of<'a>(&'a self, key: &JobKey) -> impl Iterator<Item = &'a Arc<AllocRecord>> + 'a {
+        self.allocs_by_job
+            .get(key)
+            .into_iter()
+            .flat_map(|ids| ids.iter())
+            .filter_map(|id| self.allocs.get(id))
     }
 }
 
@@ -547,8 +584,7 @@ fn apply_node(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appl
 /// Stop every running alloc of a job.
 fn stop_allocs_of(state: &mut ServerState, key: &JobKey, desc: &str, now: i64, index: u64) {
     let running: Vec<String> = state
-        .allocs
-        .values()
+        .allocs_of(key)
         .filter(|a| a.namespace == key.0 && a.job_id == key.1 && a.desired_status == "run")
         .map(|a| a.id.clone())
         .collect();
@@ -611,7 +647,7 @@ fn register(
                     // The proposer chose one ID per placement; none left means none placed.
                     let Some(id) = ids.next() else { break };
                     let a = AllocRecord::new_at(&job, &tg.name, i, eval_id, node, (index, id, now));
-                    state.allocs.insert(id.clone(), Arc::new(a));
+                    state.insert_new_alloc(a);
                 }
             }
         }
@@ -697,7 +733,7 @@ fn stop_alloc(
         state.allocs.insert(alloc_id.to_string(), Arc::new(a));
         if let Some(mut r) = replace {
             r.previous_allocation = alloc_id.to_string();
-            state.allocs.insert(r.id.clone(), Arc::new(r));
+            state.insert_new_alloc(r);
         }
     }
     Ok(())
@@ -962,6 +998,50 @@ mod node_tests {
         assert!(
             n.meta.is_empty(),
             "a register carries the client's metadata"
+        );
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+
+    #[test]
+    fn the_allocs_by_job_index_apply_keeps_equals_the_one_rebuilt_from_the_allocs() {
+        let mut s = ServerState::default();
+        let node = NodeInfo {
+            id: "n1".into(),
+            name: "node".into(),
+        };
+        let mut job = |id: &str, count: i64, n: u64| {
+            let mut j = Job::from_json(serde_json::json!({"ID": id, "TaskGroups": [{"Name": "g",
+                "Count": count, "Tasks": [{"Name": "t", "Driver": "raw_exec",
+                "Config": {"command": "/bin/true"}}]}]}))
+            .unwrap();
+            j.canonicalize("global");
+            let cmd = Command::JobRegister {
+                job: Box::new(j),
+                node: node.clone(),
+                eval_id: format!("e{n}"),
+                alloc_ids: (0..count).map(|i| format!("{id}-{n}-{i}")).collect(),
+                now: n as i64,
+            };
+            apply(&mut s, &cmd, n).unwrap();
+        };
+        job("a", 2, 1);
+        job("b", 3, 2);
+        job("a", 1, 3);
+        let rebuilt = s.clone().reindexed();
+        assert_eq!(s.allocs_by_job, rebuilt.allocs_by_job);
+        let a_key = ("default".to_string(), "a".to_string());
+        assert_eq!(s.allocs_by_job[&a_key].len(), 3);
+        let running = s
+            .allocs_of(&a_key)
+            .filter(|a| a.desired_status == "run")
+            .count();
+        assert_eq!(
+            running, 1,
+            "the update stopped the first two through the index"
         );
     }
 }

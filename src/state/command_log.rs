@@ -159,6 +159,7 @@ fn load_state(db: &Database) -> Result<Loaded, LogError> {
             None => (ServerState::default(), false),
         },
     };
+    let read = std::time::Instant::now();
     let mut state = snapshot.clone();
     let log = st!("read", txn.open_table(LOG))?;
     for row in st!("read", log.range(state.index + 1..))? {
@@ -167,6 +168,11 @@ fn load_state(db: &Database) -> Result<Loaded, LogError> {
         // A command that failed when it was first applied fails the same way again.
         let _ = apply(&mut state, &cmd, k.value());
     }
+    log::debug!(
+        "log replay: {} commands in {} ms",
+        state.index.saturating_sub(snapshot.index),
+        read.elapsed().as_millis()
+    );
     Ok(Loaded {
         snapshot,
         state,

@@ -326,7 +326,7 @@ pub fn load(txn: &ReadTransaction) -> Result<Option<ServerState>, SnapshotError>
             state.acl = Arc::new(acl);
         }
     }
-    Ok(Some(state))
+    Ok(Some(state.reindexed()))
 }
 
 /// Call `f` on every row of a table keyed by a string ID (none when it was never made).
