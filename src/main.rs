@@ -1,6 +1,8 @@
 //! `nomadlet`: the command line (getopts) → config → `agent::run`; errors become one line on
 //! stderr and exit code 1. Everything else lives in the library (`src/lib.rs`).
 
+#![deny(unsafe_code)]
+
 use std::process::ExitCode;
 
 use nomadlet::agent;
@@ -12,9 +14,10 @@ fn usage() -> String {
     let mut s = String::from(
         "Usage: nomadlet <command> [options]\n\n\
          A small node agent that speaks HashiCorp Nomad's HTTP API.\n\n\
-         Commands:\n    agent      Run the agent\n    version    Print the version\n\n\
-         Options for agent:\n",
+         Commands:\n    agent      Run the agent\n",
     );
+    s.push_str(&nomadlet::cli::groups_help());
+    s.push_str("    version    Print the version\n\nOptions for agent:\n");
     for f in AGENT_FLAGS {
         let flag = match f.value {
             Some(v) => format!("-{} {}", f.name, v),
@@ -87,6 +90,8 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        // Hidden: the per-task shim the agent starts (not for operators).
+        Some("task-shim") => ExitCode::from(nomadlet::task_shim(&args[1..]).clamp(0, 255) as u8),
         Some("agent") => {
             if args[1..]
                 .iter()
@@ -120,6 +125,9 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+        Some(group) if nomadlet::cli::is_cli_group(group) => {
+            ExitCode::from(u8::try_from(nomadlet::cli::run(&args)).unwrap_or(1))
         }
         Some(other) => {
             eprintln!("nomadlet: unknown command {other:?}; see nomadlet -h");

@@ -16,11 +16,6 @@ use common::*;
 use serde_json::{json, Value};
 use workloads_helpers::*;
 
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
-}
-
 /// The agent's cgroup mode; panics if a root agent uses none (it must on CI's hosts).
 fn cgroups_in_use(agent: &TestAgent) -> bool {
     let mode = agent.get_json("/v1/agent/self")["stats"]["client"]["cgroup_mode"]
@@ -31,8 +26,7 @@ fn cgroups_in_use(agent: &TestAgent) -> bool {
         ["v2", "hybrid", "v1", "none"].contains(&mode.as_str()),
         "{mode:?}"
     );
-    // SAFETY: geteuid cannot fail.
-    let root = unsafe { libc_geteuid() } == 0;
+    let root = rustix::process::geteuid().is_root();
     if root {
         assert_ne!(mode, "none", "a root agent on this host must use cgroups");
     } else if mode == "none" {
@@ -410,7 +404,7 @@ fn without_cgroups_tasks_run_in_their_process_group_and_the_agent_says_so_once()
 }
 
 #[test]
-fn after_an_agent_crash_every_process_left_in_the_task_cgroup_is_killed() {
+fn after_an_agent_and_shim_crash_every_process_left_in_the_task_cgroup_is_killed() {
     let mut agent = TestAgent::start(&[]);
     if !cgroups_in_use(&agent) {
         return;
@@ -428,6 +422,11 @@ fn after_an_agent_crash_every_process_left_in_the_task_cgroup_is_killed() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(marked_sleeps(&m), old, "tasks outlive a crashed agent");
+    // The shim goes too: nothing can re-attach, and everything left is killed.
+    for (_, shim, _) in live_shims(&agent.data_dir) {
+        // The shim this test's agent started.
+        kill(shim, 9);
+    }
     let data_dir = agent.data_dir.clone();
     let agent2 = TestAgent::start_in(&data_dir, &[]);
     wait_until(WAIT, "the old processes killed", || {

@@ -1,20 +1,14 @@
-//! The raw_exec driver: resolve the command, start it in its own cgroup (when the host has
-//! them) and its own session (process group) as `task.user` when the agent can switch users,
-//! signal the group, and collect the exit.
+//! The raw_exec driver: resolve the command, start it (from its shim) in its own cgroup (when
+//! the host has them) and its own session (process group) as `task.user` when the agent can
+//! switch users, signal the group, and collect the exit.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
 
-use crate::sys::cgroup::{TaskCgroup, KILL_WAIT};
 use crate::sys::child::{self, ChildSetup};
-
-/// How often a wait for the task's exit checks again.
-pub const EXIT_POLL: Duration = Duration::from_millis(50);
 
 /// A user the task runs as.
 #[derive(Clone, Debug)]
@@ -25,30 +19,17 @@ pub struct TaskUser {
 
 /// Look up a user by name (`getpwnam_r`).
 pub fn lookup_user(name: &str) -> Result<TaskUser, String> {
-    let c = CString::new(name)
-        .map_err(|_| format!("Failed to identify user {name:?}: invalid name"))?;
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: passwd is plain data filled by getpwnam_r.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the call; buf outlives the use of pwd's strings below.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            c.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 || result.is_null() {
+    if name.contains('\0') {
+        return Err(format!("Failed to identify user {name:?}: invalid name"));
+    }
+    let Some(u) = crate::sys::user::lookup(name) else {
         return Err(format!(
             "Failed to identify user {name:?}: user: unknown user {name}"
         ));
-    }
+    };
     Ok(TaskUser {
-        uid: pwd.pw_uid,
-        gid: pwd.pw_gid,
+        uid: u.uid,
+        gid: u.gid,
     })
 }
 
@@ -58,8 +39,7 @@ pub fn task_user(user: &str) -> Result<Option<TaskUser>, String> {
         return Ok(None);
     }
     let u = lookup_user(user)?;
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = crate::sys::user::euid();
     if u.uid == euid {
         return Ok(None);
     }
@@ -134,8 +114,9 @@ pub struct SpawnSpec<'a> {
     pub user: Option<TaskUser>,
     /// Pipe stdout/stderr (`false`: logs disabled, output to /dev/null).
     pub capture: bool,
-    /// The task's cgroup, which the process joins before it runs (`None`: no cgroups).
-    pub cgroup: Option<TaskCgroup>,
+    /// `cgroup.procs` of the task's cgroup, which the process joins before it runs (empty:
+    /// no cgroups).
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 /// A started task process.
@@ -144,48 +125,27 @@ pub struct Process {
     pub pid: i32,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
-    /// Its cgroup: every process it starts is in it.
-    pub cgroup: Option<TaskCgroup>,
 }
 
-impl Process {
-    /// The kernel's OOM killer killed a process of the task.
-    pub fn oom_killed(&self) -> bool {
-        self.cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0)
-    }
-}
-
-/// Start the task process in its cgroup and a new session.
+/// Start the task process in its cgroup and a new session (run by the task's shim, which
+/// is its parent).
 pub fn spawn(spec: SpawnSpec) -> Result<Process, String> {
-    let result = spawn_in(&spec);
-    match result {
-        Ok((child, stdout, stderr)) => Ok(Process {
-            pid: child.id() as i32,
-            child,
-            stdout,
-            stderr,
-            cgroup: spec.cgroup,
-        }),
-        Err(e) => {
-            if let Some(cg) = spec.cgroup {
-                if let Err(e) = cg.destroy(KILL_WAIT) {
-                    log::warn!("{e}");
-                }
-            }
-            Err(e)
-        }
-    }
-}
-
-type Spawned = (Child, Option<OwnedFd>, Option<OwnedFd>);
-
-fn spawn_in(spec: &SpawnSpec) -> Result<Spawned, String> {
-    let cgroup_procs = match &spec.cgroup {
-        Some(cg) => cg
-            .open_procs()
-            .map_err(|e| format!("failed to launch command with executor: {e}"))?,
-        None => Vec::new(),
-    };
+    let cgroup_procs = spec
+        .cgroup_procs
+        .iter()
+        .map(|p| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .map(OwnedFd::from)
+                .map_err(|e| {
+                    format!(
+                        "failed to launch command with executor: open {}: {e}",
+                        p.display()
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let mut cmd = Command::new(&spec.command);
     cmd.args(&spec.args)
         .current_dir(&spec.work_dir)
@@ -211,47 +171,22 @@ fn spawn_in(spec: &SpawnSpec) -> Result<Spawned, String> {
             go_errno_text(&e)
         )
     })?;
-    // Closes the agent's copies of the cgroup.procs fds.
+    // Closes our copies of the cgroup.procs fds.
     drop(cmd);
     let stdout = child.stdout.take().map(OwnedFd::from);
     let stderr = child.stderr.take().map(OwnedFd::from);
-    Ok((child, stdout, stderr))
+    Ok(Process {
+        pid: child.id() as i32,
+        child,
+        stdout,
+        stderr,
+    })
 }
 
 /// Send a signal to the task's whole process group.
 pub fn signal_group(pid: i32, sig: i32) {
     if pid > 1 {
-        // SAFETY: kill(2) on the negative pid of a group this agent created.
-        unsafe {
-            libc::kill(-pid, sig);
-        }
-    }
-}
-
-/// Send a signal to the task's main process.
-pub fn signal_process(pid: i32, sig: i32) -> Result<(), String> {
-    // SAFETY: kill(2) on a pid this agent started.
-    let rc = unsafe { libc::kill(pid, sig) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error().to_string());
-    }
-    Ok(())
-}
-
-/// Wait for the exit up to `timeout` (`None`: still running).
-pub fn wait_for(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(st)) => return Some(st),
-            Ok(None) => {}
-            Err(_) => return None,
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return None;
-        }
-        std::thread::sleep(EXIT_POLL.min(deadline - now));
+        let _ = crate::sys::process::kill_group(pid, sig);
     }
 }
 
