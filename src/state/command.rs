@@ -910,6 +910,7 @@ mod node_tests {
             name: "n".into(),
             datacenter: "dc1".into(),
             http_addr: "127.0.0.1:4646".into(),
+            tls_enabled: false,
             node_pool: "default".into(),
             node_class: String::new(),
             version: "0".into(),

@@ -32,6 +32,9 @@ pub struct Node {
     pub name: String,
     pub datacenter: String,
     pub http_addr: String,
+    /// The node's HTTP API speaks TLS.
+    #[serde(default)]
+    pub tls_enabled: bool,
     pub node_pool: String,
     pub node_class: String,
     pub version: String,
@@ -82,7 +85,7 @@ impl Node {
             "Datacenter": self.datacenter,
             "Name": self.name,
             "HTTPAddr": self.http_addr,
-            "TLSEnabled": false,
+            "TLSEnabled": self.tls_enabled,
             "Attributes": self.attributes,
             "NodeResources": self.resources,
             "ReservedResources": {"Cpu": {"CpuShares": 0, "ReservedCpuCores": []}, "Memory": {"MemoryMB": 0}, "Disk": {"DiskMB": 0}, "Networks": {"ReservedHostPorts": ""}},
