@@ -626,33 +626,61 @@ def bench_state():
                   + (f"; {len(errors)} errors, first: {errors[0]}" if errors else ""))
         finally:
             agent.stop()
-    data_dir = tempfile.mkdtemp(prefix="nomadlet-bench-state-")
-    try:
-        old_store_files(data_dir, STATE_ALLOCS)
-        old = dir_bytes(os.path.join(data_dir, "server"))
-        t0 = time.monotonic()
-        agent = Agent(data_dir=data_dir, timeout=300)
-        imported = (time.monotonic() - t0) * 1000
-        n = len(agent.req("GET", "/v1/allocations"))
-        # Commands in the log after the snapshot the import wrote.
-        register_latencies(agent, "log")
-        agent.stop()
-        size = dir_bytes(os.path.join(data_dir, "server"))
-        times = []
-        for _ in range(5):
+    kept = {}
+    for label, binary in [("", BIN)] + ([("before: ", BEFORE)] if BEFORE else []):
+        data_dir = tempfile.mkdtemp(prefix="nomadlet-bench-state-")
+        try:
+            old_store_files(data_dir, STATE_ALLOCS)
+            old = dir_bytes(os.path.join(data_dir, "server"))
             t0 = time.monotonic()
-            agent = Agent(data_dir=data_dir)
-            times.append((time.monotonic() - t0) * 1000)
+            agent = Agent(binary=binary, data_dir=data_dir, timeout=300)
+            imported = (time.monotonic() - t0) * 1000
+            n = len(agent.req("GET", "/v1/allocations"))
+            # Commands in the log after the snapshot the import wrote.
+            register_latencies(agent, "log")
+            agent.stop()
+            size = dir_bytes(os.path.join(data_dir, "server"))
+            times = restart_times(binary, data_dir, n)
+            print(f"  {label}{n} allocations: old JSON files {old / 1024 / 1024:.1f} MiB, imported at first "
+                  f"start in {imported:.0f} ms; state.redb with them and {STATE_WRITERS * STATE_WRITES} "
+                  f"registers in the log {size / 1024 / 1024:.1f} MiB")
+            print(f"  {label}exec-to-healthy with them: median {statistics.median(times):.0f} ms "
+                  f"(runs {[round(t) for t in times]})")
+            if label:
+                kept["before"] = (data_dir, n)
+                data_dir = None
+        finally:
+            if data_dir:
+                shutil.rmtree(data_dir, ignore_errors=True)
+    if "before" in kept:
+        # The state.redb the previous build wrote, opened by this one: rewritten once.
+        data_dir, n = kept["before"]
+        try:
+            t0 = time.monotonic()
+            agent = Agent(data_dir=data_dir, timeout=300)
+            migrated = (time.monotonic() - t0) * 1000
             listed = len(agent.req("GET", "/v1/allocations"))
             agent.stop()
-            assert listed == n, f"{listed} allocations after a restart, {n} before"
-        print(f"  {n} allocations: old JSON files {old / 1024 / 1024:.1f} MiB, imported at first start in "
-              f"{imported:.0f} ms; state.redb with them and {STATE_WRITERS * STATE_WRITES} registers in the "
-              f"log {size / 1024 / 1024:.1f} MiB")
-        print(f"  exec-to-healthy with them: median {statistics.median(times):.0f} ms "
-              f"(runs {[round(t) for t in times]})")
-    finally:
-        shutil.rmtree(data_dir, ignore_errors=True)
+            assert listed == n, f"{listed} allocations after the upgrade, {n} before"
+            size = dir_bytes(os.path.join(data_dir, "server"))
+            times = restart_times(BIN, data_dir, n)
+            print(f"  the previous build's state.redb opened by this one: first start {migrated:.0f} ms, "
+                  f"then {size / 1024 / 1024:.1f} MiB, exec-to-healthy median {statistics.median(times):.0f} ms")
+        finally:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def restart_times(binary, data_dir, n, runs=5):
+    """exec-to-healthy of `runs` starts on `data_dir`, each checked to list `n` allocations."""
+    times = []
+    for _ in range(runs):
+        t0 = time.monotonic()
+        agent = Agent(binary=binary, data_dir=data_dir)
+        times.append((time.monotonic() - t0) * 1000)
+        listed = len(agent.req("GET", "/v1/allocations"))
+        agent.stop()
+        assert listed == n, f"{listed} allocations after a restart, {n} before"
+    return times
 
 
 SECTIONS = [bench_size_idle_start, bench_http, bench_tasks, bench_restart, bench_fs, bench_state]

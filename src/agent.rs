@@ -83,10 +83,12 @@ impl Agent {
             None
         };
         let index = Arc::new(IndexCounter::default());
-        let node = Arc::new(NodeState::load(&config, &index)?);
+        let node = Arc::new(NodeState::load(&config)?);
         let membership = Membership::load(&config, node.id())?;
         let workloads = Arc::new(Workloads::load(&config.data_dir, index.clone())?);
         index.observe(workloads.max_index());
+        // The server's node table learns this node (again) before anything is served.
+        workloads.register_node(node.registration())?;
         let acl = AclState::load(
             &config.data_dir,
             config.acl_enabled,

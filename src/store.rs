@@ -10,42 +10,101 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// What a store failure carries as its cause (an `io::Error`, a decode error, …).
+/// Any error type a store failure can carry as its cause.
 pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
-/// A state file could not be read or written: which file, what was being done, and the
-/// error underneath (kept, not just its text).
+/// Why a state file could not be read or written: the cause, kept as it came.
+#[derive(Debug)]
+pub enum StoreCause {
+    /// The file system refused (open, write, fsync, rename, remove, list).
+    Io(io::Error),
+    /// The file's contents are not what they should be (or a value would not encode).
+    Json(serde_json::Error),
+    /// Anything else, said in words (a key that does not decode, the command log).
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl fmt::Display for StoreCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreCause::Io(e) => write!(f, "{e}"),
+            StoreCause::Json(e) => write!(f, "{e}"),
+            StoreCause::Other(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// A state file could not be read or written: which file, what was done, and why.
 #[derive(Debug)]
 pub struct StoreError {
     pub path: PathBuf,
     pub op: &'static str,
-    pub source: Cause,
+    pub cause: StoreCause,
 }
 
 impl StoreError {
-    pub fn new(path: &Path, op: &'static str, source: impl Into<Cause>) -> StoreError {
+    /// A failure of `op` on `path` with the error underneath kept as the source.
+    pub fn new(path: &Path, op: &'static str, cause: impl Into<Cause>) -> StoreError {
+        StoreError::other(path, op, cause)
+    }
+
+    /// An I/O failure of `op` on `path`.
+    pub fn io(path: &Path, op: &'static str, e: io::Error) -> StoreError {
         StoreError {
             path: path.to_path_buf(),
             op,
-            source: source.into(),
+            cause: StoreCause::Io(e),
+        }
+    }
+
+    /// A failure of `op` on `path` from another error type (kept as the source).
+    pub fn other(
+        path: &Path,
+        op: &'static str,
+        e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> StoreError {
+        StoreError {
+            path: path.to_path_buf(),
+            op,
+            cause: StoreCause::Other(e.into()),
+        }
+    }
+
+    /// The I/O error underneath, when the file system was the cause.
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match &self.cause {
+            StoreCause::Io(e) => Some(e),
+            _ => None,
         }
     }
 }
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.op, self.path.display(), self.source)
+        write!(f, "{} {}: {}", self.op, self.path.display(), self.cause)
     }
 }
 
 impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.source)
+        match &self.cause {
+            StoreCause::Io(e) => Some(e),
+            StoreCause::Json(e) => Some(e),
+            StoreCause::Other(e) => Some(&**e),
+        }
     }
 }
 
-fn err(path: &Path, op: &'static str, e: impl Into<Cause>) -> StoreError {
-    StoreError::new(path, op, e)
+fn err(path: &Path, op: &'static str, e: io::Error) -> StoreError {
+    StoreError::io(path, op, e)
+}
+
+fn json_err(path: &Path, op: &'static str, e: serde_json::Error) -> StoreError {
+    StoreError {
+        path: path.to_path_buf(),
+        op,
+        cause: StoreCause::Json(e),
+    }
 }
 
 /// Marks a temp file of an atomic write: `.<target>` + this + `<pid>-<32 hex>`. Nothing else
@@ -163,7 +222,7 @@ pub fn remove_file(path: &Path) -> Result<(), StoreError> {
 
 /// Serialize `value` and write it durably.
 pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), StoreError> {
-    let bytes = serde_json::to_vec(value).map_err(|e| err(path, "encode", e))?;
+    let bytes = serde_json::to_vec(value).map_err(|e| json_err(path, "encode", e))?;
     write_bytes(path, &bytes)
 }
 
@@ -172,7 +231,7 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreErr
     match fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| err(path, "decode", e)),
+            .map_err(|e| json_err(path, "decode", e)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(err(path, "read", e)),
     }

@@ -448,7 +448,8 @@ fn kill_9_amid_writes_loses_no_acknowledged_write() {
     let mut agent = TestAgent::start(&[]);
     for round in 0..3 {
         let port = agent.port;
-        let writers: Vec<_> = (0..2)
+        // Four writers, as the register benchmark: batches of several commands per fsync.
+        let writers: Vec<_> = (0..4)
             .map(|w| {
                 let tag = format!("r{round}w{w}");
                 std::thread::spawn(move || write_until_killed(port, &tag))

@@ -98,7 +98,7 @@ impl SigningKeys {
                 log::info!("created the workload identity signing key");
                 key
             }
-            Err(e) => return Err(key_error(&path, "read", e)),
+            Err(e) => return Err(StoreError::io(&path, "read", e)),
         };
         Ok(SigningKeys::from_key(key))
     }

@@ -204,7 +204,7 @@ fn stop(ctx: &Ctx, id: &str) -> ApiResult {
     let stopped = ctx
         .agent
         .workloads
-        .stop_alloc(&ctx.agent.index, &node_info(ctx.agent), id)
+        .stop_alloc(&node_info(ctx.agent), id)
         .map_err(|e| ApiError::internal(format!("failed to persist state: {e}")))?
         .ok_or_else(|| ApiError::not_found("allocation not found"))?;
     json_meta(

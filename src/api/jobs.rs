@@ -195,7 +195,7 @@ fn register(ctx: &Ctx, path_id: Option<&str>) -> ApiResult {
     let res = ctx
         .agent
         .workloads
-        .register(&ctx.agent.index, &node_info(ctx.agent), job)
+        .register(&node_info(ctx.agent), job)
         .map_err(store_err)?;
     json_meta(
         &json!({
@@ -232,7 +232,7 @@ fn deregister(ctx: &Ctx, id: &str) -> ApiResult {
     let res = ctx
         .agent
         .workloads
-        .deregister(&ctx.agent.index, &ns, id, purge)
+        .deregister(&ns, id, purge)
         .map_err(store_err)?;
     // Nomad deregisters an unknown (or already purged) job without error: nothing changes,
     // no evaluation is made, and the reply carries an empty EvalID.

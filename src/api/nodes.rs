@@ -1,9 +1,12 @@
 //! Node and status endpoints: `/v1/nodes`, `/v1/node/:id[/allocations]`, `/v1/status/leader`,
 //! `/v1/status/peers`, `/v1/regions` (ref §6.3).
 
+use std::sync::Arc;
+
 use serde_json::{json, Value};
 
 use crate::http::Method;
+use crate::state::node_table::Node;
 
 use super::params::{check_common, parse_go_bool};
 use super::{allocs, filter, json_meta, ApiError, ApiResult, Ctx, IndexMeta};
@@ -29,12 +32,11 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
     }
 }
 
-fn find_node(ctx: &Ctx, id: &str) -> Result<(), ApiError> {
-    if id == ctx.agent.node.id() {
-        Ok(())
-    } else {
-        Err(ApiError::not_found("node not found"))
-    }
+fn find_node(ctx: &Ctx, id: &str) -> Result<Arc<Node>, ApiError> {
+    ctx.agent
+        .workloads
+        .node(id)
+        .ok_or_else(|| ApiError::not_found("node not found"))
 }
 
 fn bool_param(ctx: &Ctx, name: &str) -> Result<bool, ApiError> {
@@ -54,17 +56,19 @@ fn list(ctx: &Ctx) -> ApiResult {
     ctx.identity.allow_node(false)?;
     let with_os = bool_param(ctx, "os")?;
     let with_resources = bool_param(ctx, "resources")?;
-    let node = &ctx.agent.node;
     let expr = filter::from_query(ctx.req)?;
     let prefix = ctx.req.query("prefix").unwrap_or("");
     let mut out: Vec<Value> = Vec::new();
-    let full = node.node_json();
-    if node.id().starts_with(prefix) && filter::keeps(expr.as_ref(), &full) {
-        out.push(node.stub_json(with_os, with_resources));
-    }
     // The index comes from the same snapshot as the body: a blocking query must never get a
     // newer index with an older node.
-    let index = stub_index(&full);
+    let mut index = 0;
+    for node in ctx.agent.workloads.nodes() {
+        let full = node.api_json();
+        index = index.max(stub_index(&full));
+        if node.id.starts_with(prefix) && filter::keeps(expr.as_ref(), &full) {
+            out.push(node.stub_json(with_os, with_resources));
+        }
+    }
     json_meta(&out, IndexMeta::Query(index))
 }
 
@@ -72,8 +76,7 @@ fn read(ctx: &Ctx, id: &str) -> ApiResult {
     ctx.require_method(&[Method::Get])?;
     check_common(ctx.req)?;
     ctx.identity.allow_node(false)?;
-    find_node(ctx, id)?;
-    let node = ctx.agent.node.node_json();
+    let node = find_node(ctx, id)?.api_json();
     let index = stub_index(&node);
     json_meta(&node, IndexMeta::Query(index))
 }

@@ -171,7 +171,7 @@ fn prefix_search(ctx: &Ctx) -> ApiResult {
                 .allocs()
                 .into_iter()
                 .filter(|a| ns_ok(&ns, &a.namespace) && a.id.starts_with(uuid_prefix))
-                .map(|a| a.id)
+                .map(|a| a.id.clone())
                 .collect(),
             "nodes" => std::iter::once(ctx.agent.node.id().to_string())
                 .filter(|id| id.starts_with(uuid_prefix))

@@ -95,7 +95,7 @@ impl ServerLink for LocalLink {
         for up in &req.updates {
             let updated = self
                 .workloads
-                .update_alloc(&self.index, &up.alloc_id, |a| {
+                .update_alloc(&up.alloc_id, |a| {
                     if a.node_id != req.node_id {
                         return;
                     }
@@ -116,11 +116,16 @@ impl ServerLink for LocalLink {
 
     fn push_meta(&self, req: &NodeMeta) -> Result<MetaReply, LinkError> {
         self.check_node(&req.node_id)?;
-        let index = self.index.next();
-        // In one process the node record is built from the same node state whose metadata
-        // the client changed: publishing reads that same merged map.
-        self.node.publish_meta(index);
-        self.index.notify();
+        // A command like every other change of server state: durable, applied, published and
+        // notified by the committer before it returns.
+        let index = match self
+            .workloads
+            .update_node_meta(&req.node_id, req.meta.clone())
+        {
+            Ok(Some(index)) => index,
+            Ok(None) => return Err(LinkError::UnknownNode(req.node_id.clone())),
+            Err(e) => return Err(LinkError::Persist(e.to_string())),
+        };
         log::debug!("node metadata published to the node record at index {index}");
         Ok(MetaReply { index })
     }
@@ -151,7 +156,7 @@ mod tests {
         })
         .unwrap();
         let index = Arc::new(IndexCounter::default());
-        let node = Arc::new(NodeState::load(&config, &index).unwrap());
+        let node = Arc::new(NodeState::load(&config).unwrap());
         let workloads = Arc::new(Workloads::load(&dir, index.clone()).unwrap());
         let info = NodeInfo {
             id: node.id().to_string(),
@@ -186,7 +191,7 @@ mod tests {
     #[test]
     fn a_pull_blocks_until_the_nodes_allocs_change_and_answers_only_what_changed() {
         let f = fixture();
-        f.workloads.register(&f.index, &f.node, job("a")).unwrap();
+        f.workloads.register(&f.node, job("a")).unwrap();
         let first = pull(&f, 0, 0).unwrap();
         assert_eq!(first.changed.len(), 1);
         assert_eq!(first.alloc_ids.len(), 1);
@@ -198,7 +203,7 @@ mod tests {
         // A write while it waits wakes it with just the new alloc.
         let waiter = std::thread::scope(|s| {
             let h = s.spawn(|| pull(&f, first.index, 5_000));
-            f.workloads.register(&f.index, &f.node, job("b")).unwrap();
+            f.workloads.register(&f.node, job("b")).unwrap();
             h.join().unwrap()
         })
         .unwrap();
@@ -211,7 +216,7 @@ mod tests {
     #[test]
     fn pushed_updates_are_durable_server_state_and_other_nodes_are_refused() {
         let f = fixture();
-        f.workloads.register(&f.index, &f.node, job("a")).unwrap();
+        f.workloads.register(&f.node, job("a")).unwrap();
         let id = pull(&f, 0, 0).unwrap().changed[0].id.clone();
         let mut ts = TaskState::pending();
         ts.state = crate::state::status::TaskStatus::Running;

@@ -13,12 +13,18 @@ use super::jobs::alloc::{AllocRecord, AllocStamp, ClientStatusUpdate, TaskState}
 use super::jobs::eval::EvalRecord;
 use super::jobs::spec::Job;
 use super::jobs::NodeInfo;
+use super::node_table::{Node, NodeEvent, MAX_NODE_EVENTS};
 use crate::acl::tokens::{AclPolicy, AclToken, OneTimeToken};
 use crate::acl::AclTables;
 use crate::state::status::{AllocDesiredStatus, JobStatus};
 
 /// A job's key: `(namespace, id)`.
 pub type JobKey = (String, String);
+
+/// One table of the server state: a persistent ordered map (`imbl`), so the committer's
+/// copy per batch and every published snapshot share all entries a batch did not touch (a
+/// copy is O(1); a change copies one path of the tree, and the object it replaces).
+pub type Table<K, V> = imbl::OrdMap<K, Arc<V>>;
 
 /// One change to server state, with everything chosen that apply must not choose itself.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -90,6 +96,36 @@ pub enum Command {
         secret: String,
         now: i64,
     },
+    /// A client registers its node (again, after a restart): what it fingerprinted. A new
+    /// node gets its create index and a "Node registered" event at `now`; a known one keeps
+    /// them, its events, eligibility and drain.
+    NodeRegister {
+        node: Box<Node>,
+        now: i64,
+    },
+    /// A node's metadata (static and dynamic merged) as the client now has it.
+    NodeUpdateMeta {
+        node_id: String,
+        meta: BTreeMap<String, String>,
+    },
+    /// A node's status (`ready`, `down`, ...) and, when it changed, an event about it.
+    NodeUpdateStatus {
+        node_id: String,
+        status: String,
+        description: String,
+        event: Option<NodeEvent>,
+        now: i64,
+    },
+    /// A node's scheduling eligibility (`eligible` or `ineligible`).
+    NodeUpdateEligibility {
+        node_id: String,
+        eligibility: String,
+        event: Option<NodeEvent>,
+    },
+    /// Events about nodes (the last [`MAX_NODE_EVENTS`] are kept per node).
+    NodeEvents {
+        events: Vec<(String, NodeEvent)>,
+    },
 }
 
 /// What applying a command did (the proposer's answer).
@@ -105,6 +141,8 @@ pub enum Applied {
     Acl(bool),
     /// A one-time token exchanged: the ACL token it stood for.
     AclToken(Box<AclToken>),
+    /// A node write: the node's modify index.
+    Node(u64),
 }
 
 /// The answer to a register or deregister.
@@ -121,6 +159,7 @@ pub enum ApplyError {
     UnknownJob,
     UnknownAlloc,
     UnknownToken,
+    UnknownNode,
     /// ACL bootstrap was done, at this index.
     AlreadyBootstrapped(u64),
     /// Stored policy rules that do not parse (the API checks them before).
@@ -137,6 +176,7 @@ impl fmt::Display for ApplyError {
             ApplyError::UnknownJob => write!(f, "job not found"),
             ApplyError::UnknownAlloc => write!(f, "alloc not found"),
             ApplyError::UnknownToken => write!(f, "ACL token not found"),
+            ApplyError::UnknownNode => write!(f, "node not found"),
             ApplyError::AlreadyBootstrapped(i) => write!(f, "ACL bootstrap already done at {i}"),
             ApplyError::BadPolicy(e) => write!(f, "policy rules do not parse: {e}"),
             ApplyError::TooManyOneTimeTokens => write!(f, "too many one-time tokens"),
@@ -147,17 +187,22 @@ impl fmt::Display for ApplyError {
 
 impl std::error::Error for ApplyError {}
 
-/// The server state: what every command changes. Values are shared (`Arc`), so a copy for
-/// the next snapshot costs a map of pointers, not the objects.
+/// The server state: what every command changes. Tables are persistent maps of shared
+/// (`Arc`) values, so a copy for the next batch or snapshot costs O(1), not the objects.
 #[derive(Clone, Debug, Default)]
 pub struct ServerState {
     /// The index of the last command applied (or of the snapshot loaded).
     pub index: u64,
-    pub jobs: BTreeMap<JobKey, Arc<Job>>,
-    pub evals: BTreeMap<String, Arc<EvalRecord>>,
-    pub allocs: BTreeMap<String, Arc<AllocRecord>>,
+    pub jobs: Table<JobKey, Job>,
+    pub evals: Table<String, EvalRecord>,
+    pub allocs: Table<String, AllocRecord>,
     /// ACL tokens, policies, the bootstrap marker.
     pub acl: Arc<AclTables>,
+    /// The nodes clients registered, by ID.
+    pub nodes: Table<String, Node>,
+    /// Derived, never stored: the IDs of each job's allocs (so a register does not walk
+    /// every alloc). Kept by apply as allocs are added; [`ServerState::reindex`] rebuilds it.
+    pub allocs_by_job: imbl::OrdMap<JobKey, imbl::OrdSet<String>>,
 }
 
 /// The serialized form of [`ServerState`] (snapshots, the determinism check).
@@ -169,6 +214,8 @@ struct StateImage {
     allocs: Vec<AllocRecord>,
     #[serde(default)]
     acl: AclTables,
+    #[serde(default)]
+    nodes: Vec<Node>,
 }
 
 /// The serialized form, borrowing (what a snapshot writes).
@@ -179,6 +226,7 @@ struct StateImageRef<'a> {
     evals: Vec<&'a EvalRecord>,
     allocs: Vec<&'a AllocRecord>,
     acl: &'a AclTables,
+    nodes: Vec<&'a Node>,
 }
 
 impl ServerState {
@@ -190,6 +238,7 @@ impl ServerState {
             evals: self.evals.values().map(|e| &**e).collect(),
             allocs: self.allocs.values().map(|a| &**a).collect(),
             acl: &self.acl,
+            nodes: self.nodes.values().map(|n| &**n).collect(),
         })
     }
 
@@ -200,6 +249,11 @@ impl ServerState {
         let mut acl = img.acl;
         acl.parse_policies();
         state.acl = Arc::new(acl);
+        state.nodes = img
+            .nodes
+            .into_iter()
+            .map(|n| (n.id.clone(), Arc::new(n)))
+            .collect();
         Ok(state)
     }
 
@@ -225,7 +279,42 @@ impl ServerState {
                 .map(|a| (a.id.clone(), Arc::new(a)))
                 .collect(),
             acl: Arc::default(),
+            nodes: Table::default(),
+            allocs_by_job: imbl::OrdMap::default(),
         }
+        .reindexed()
+    }
+
+    /// The state with [`ServerState::allocs_by_job`] rebuilt from its allocs.
+    pub fn reindexed(mut self) -> ServerState {
+        self.allocs_by_job = imbl::OrdMap::default();
+        for a in self.allocs.values() {
+            let key = (a.namespace.clone(), a.job_id.clone());
+            self.allocs_by_job
+                .entry(key)
+                .or_default()
+                .insert(a.id.clone());
+        }
+        self
+    }
+
+    /// Add a new alloc (and its entry in the index of allocs by job).
+    fn insert_new_alloc(&mut self, a: AllocRecord) {
+        let key = (a.namespace.clone(), a.job_id.clone());
+        self.allocs_by_job
+            .entry(key)
+            .or_default()
+            .insert(a.id.clone());
+        self.allocs.insert(a.id.clone(), Arc::new(a));
+    }
+
+    /// A job's allocs (through the index, not a walk over every alloc).
+    fn allocs_of<'a>(&'a self, key: &JobKey) -> impl Iterator<Item = &'a Arc<AllocRecord>> + 'a {
+        self.allocs_by_job
+            .get(key)
+            .into_iter()
+            .flat_map(|ids| ids.iter())
+            .filter_map(|id| self.allocs.get(id))
     }
 }
 
@@ -300,6 +389,11 @@ pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appli
             state.acl = Arc::new(acl);
             applied
         }
+        Command::NodeRegister { .. }
+        | Command::NodeUpdateMeta { .. }
+        | Command::NodeUpdateStatus { .. }
+        | Command::NodeUpdateEligibility { .. }
+        | Command::NodeEvents { .. } => apply_node(state, cmd, index)?,
     };
     state.index = state.index.max(index);
     Ok(applied)
@@ -384,11 +478,114 @@ fn apply_acl(t: &mut AclTables, cmd: &Command) -> Result<Applied, ApplyError> {
     }
 }
 
+/// The node commands. Every check comes before the first change.
+fn apply_node(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Applied, ApplyError> {
+    let known = |state: &ServerState, id: &str| -> Result<Node, ApplyError> {
+        state
+            .nodes
+            .get(id)
+            .map(|n| (**n).clone())
+            .ok_or(ApplyError::UnknownNode)
+    };
+    fn push_events(n: &mut Node, events: impl IntoIterator<Item = NodeEvent>, index: u64) {
+        for mut e in events {
+            e.create_index = index;
+            n.events.push(e);
+        }
+        let extra = n.events.len().saturating_sub(MAX_NODE_EVENTS);
+        n.events.drain(..extra);
+    }
+    let node = match cmd {
+        Command::NodeRegister { node, now } => {
+            let mut n = (**node).clone();
+            match state.nodes.get(&n.id) {
+                Some(old) => {
+                    n.create_index = old.create_index;
+                    n.events = old.events.clone();
+                    n.scheduling_eligibility = old.scheduling_eligibility.clone();
+                    n.drain = old.drain;
+                    if old.status != n.status {
+                        n.status_updated_at = now / 1_000_000_000;
+                    } else {
+                        n.status_updated_at = old.status_updated_at;
+                    }
+                }
+                None => {
+                    n.create_index = index;
+                    n.status_updated_at = now / 1_000_000_000;
+                    n.events = Vec::new();
+                    let registered = NodeEvent {
+                        message: "Node registered".into(),
+                        subsystem: "Cluster".into(),
+                        details: None,
+                        timestamp: *now,
+                        create_index: 0,
+                    };
+                    push_events(&mut n, [registered], 0);
+                }
+            }
+            n
+        }
+        Command::NodeUpdateMeta { node_id, meta } => {
+            let mut n = known(state, node_id)?;
+            n.meta = meta.clone();
+            n
+        }
+        Command::NodeUpdateStatus {
+            node_id,
+            status,
+            description,
+            event,
+            now,
+        } => {
+            let mut n = known(state, node_id)?;
+            if &n.status != status {
+                n.status_updated_at = now / 1_000_000_000;
+            }
+            n.status = status.clone();
+            n.status_description = description.clone();
+            push_events(&mut n, event.clone(), index);
+            n
+        }
+        Command::NodeUpdateEligibility {
+            node_id,
+            eligibility,
+            event,
+        } => {
+            let mut n = known(state, node_id)?;
+            n.scheduling_eligibility = eligibility.clone();
+            push_events(&mut n, event.clone(), index);
+            n
+        }
+        Command::NodeEvents { events } => {
+            // Every node must exist before any changes.
+            let mut changed: BTreeMap<String, Node> = BTreeMap::new();
+            for (id, e) in events {
+                if !changed.contains_key(id) {
+                    changed.insert(id.clone(), known(state, id)?);
+                }
+                if let Some(n) = changed.get_mut(id) {
+                    push_events(n, [e.clone()], index);
+                }
+            }
+            for (id, mut n) in changed {
+                n.modify_index = index;
+                state.nodes.insert(id, Arc::new(n));
+            }
+            return Ok(Applied::Node(index));
+        }
+        _ => return Ok(Applied::Node(0)),
+    };
+    let mut node = node;
+    node.modify_index = index;
+    state.nodes.insert(node.id.clone(), Arc::new(node));
+    Ok(Applied::Node(index))
+}
+
 /// Stop every running alloc of a job.
 fn stop_allocs_of(state: &mut ServerState, key: &JobKey, desc: &str, now: i64, index: u64) {
     let running: Vec<String> = state
-        .allocs
-        .values()
+        .allocs_of(key)
         .filter(|a| {
             a.namespace == key.0 && a.job_id == key.1 && a.desired_status == AllocDesiredStatus::Run
         })
@@ -454,7 +651,7 @@ fn register(
                     let Some(id) = ids.next() else { break };
                     let at = AllocStamp { index, id, now };
                     let a = AllocRecord::new_at(&job, &tg.name, i, eval_id, node, at);
-                    state.allocs.insert(id.clone(), Arc::new(a));
+                    state.insert_new_alloc(a);
                 }
             }
         }
@@ -544,7 +741,7 @@ fn stop_alloc(
         state.allocs.insert(alloc_id.to_string(), Arc::new(a));
         if let Some(mut r) = replace {
             r.previous_allocation = alloc_id.to_string();
-            state.allocs.insert(r.id.clone(), Arc::new(r));
+            state.insert_new_alloc(r);
         }
     }
     Ok(())
@@ -783,5 +980,152 @@ mod typed_status_tests {
         assert_eq!(back.evals["e1"].eval_type, JobType::Batch);
         assert_eq!(back.allocs["a1"].desired_status, AllocDesiredStatus::Run);
         assert_eq!(back.to_bytes().unwrap(), bytes);
+    }
+}
+
+#[cfg(test)]
+mod node_tests {
+    use super::*;
+
+    fn node(id: &str) -> Node {
+        Node {
+            id: id.into(),
+            name: "n".into(),
+            datacenter: "dc1".into(),
+            http_addr: "127.0.0.1:4646".into(),
+            tls_enabled: false,
+            node_pool: "default".into(),
+            node_class: String::new(),
+            version: "0".into(),
+            attributes: BTreeMap::new(),
+            meta: BTreeMap::new(),
+            resources: serde_json::Value::Null,
+            drivers: serde_json::json!({}),
+            status: "ready".into(),
+            status_description: String::new(),
+            status_updated_at: 0,
+            scheduling_eligibility: "eligible".into(),
+            drain: false,
+            events: Vec::new(),
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+
+    fn event(msg: &str, at: i64) -> NodeEvent {
+        NodeEvent {
+            message: msg.into(),
+            subsystem: "Cluster".into(),
+            details: None,
+            timestamp: at,
+            create_index: 0,
+        }
+    }
+
+    #[test]
+    fn node_commands_apply_deterministically_and_keep_what_the_server_owns() {
+        let cmds = vec![
+            Command::NodeRegister {
+                node: Box::new(node("n1")),
+                now: 5_000_000_000,
+            },
+            Command::NodeUpdateEligibility {
+                node_id: "n1".into(),
+                eligibility: "ineligible".into(),
+                event: Some(event("Node marked as ineligible", 6)),
+            },
+            Command::NodeUpdateMeta {
+                node_id: "n1".into(),
+                meta: [("rack".to_string(), "r1".to_string())].into(),
+            },
+            Command::NodeEvents {
+                events: (0..12).map(|i| ("n1".to_string(), event("e", i))).collect(),
+            },
+            // The client registers again after a restart: indexes, events and the
+            // eligibility the server set are kept.
+            Command::NodeRegister {
+                node: Box::new(node("n1")),
+                now: 9_000_000_000,
+            },
+            Command::NodeUpdateMeta {
+                node_id: "nope".into(),
+                meta: BTreeMap::new(),
+            },
+            Command::NodeEvents {
+                events: vec![("n1".into(), event("x", 1)), ("nope".into(), event("y", 1))],
+            },
+        ];
+        let run = |cmds: &[Command]| {
+            let mut s = ServerState::default();
+            let oks: Vec<bool> = cmds
+                .iter()
+                .enumerate()
+                .map(|(i, c)| apply(&mut s, c, 10 + i as u64).is_ok())
+                .collect();
+            (s, oks)
+        };
+        let (a, oks) = run(&cmds);
+        assert_eq!(oks, vec![true, true, true, true, true, false, false]);
+        let wire: Vec<Command> =
+            serde_json::from_slice(&serde_json::to_vec(&cmds).unwrap()).unwrap();
+        let (b, _) = run(&wire);
+        assert_eq!(a.to_bytes().unwrap(), b.to_bytes().unwrap());
+        let back = ServerState::from_bytes(&a.to_bytes().unwrap()).unwrap();
+        assert_eq!(back.to_bytes().unwrap(), a.to_bytes().unwrap());
+        let n = &a.nodes["n1"];
+        assert_eq!(n.create_index, 10);
+        assert_eq!(n.modify_index, 14);
+        assert_eq!(n.scheduling_eligibility, "ineligible");
+        assert_eq!(n.status_updated_at, 5);
+        assert_eq!(n.events.len(), MAX_NODE_EVENTS);
+        assert_eq!(n.events.last().unwrap().timestamp, 11);
+        assert!(
+            n.meta.is_empty(),
+            "a register carries the client's metadata"
+        );
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+
+    #[test]
+    fn the_allocs_by_job_index_apply_keeps_equals_the_one_rebuilt_from_the_allocs() {
+        let mut s = ServerState::default();
+        let node = NodeInfo {
+            id: "n1".into(),
+            name: "node".into(),
+        };
+        let mut job = |id: &str, count: i64, n: u64| {
+            let mut j = Job::from_json(serde_json::json!({"ID": id, "TaskGroups": [{"Name": "g",
+                "Count": count, "Tasks": [{"Name": "t", "Driver": "raw_exec",
+                "Config": {"command": "/bin/true"}}]}]}))
+            .unwrap();
+            j.canonicalize("global");
+            let cmd = Command::JobRegister {
+                job: Box::new(j),
+                node: node.clone(),
+                eval_id: format!("e{n}"),
+                alloc_ids: (0..count).map(|i| format!("{id}-{n}-{i}")).collect(),
+                now: n as i64,
+            };
+            apply(&mut s, &cmd, n).unwrap();
+        };
+        job("a", 2, 1);
+        job("b", 3, 2);
+        job("a", 1, 3);
+        let rebuilt = s.clone().reindexed();
+        assert_eq!(s.allocs_by_job, rebuilt.allocs_by_job);
+        let a_key = ("default".to_string(), "a".to_string());
+        assert_eq!(s.allocs_by_job[&a_key].len(), 3);
+        let running = s
+            .allocs_of(&a_key)
+            .filter(|a| a.desired_status == AllocDesiredStatus::Run)
+            .count();
+        assert_eq!(
+            running, 1,
+            "the update stopped the first two through the index"
+        );
     }
 }

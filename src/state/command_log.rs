@@ -14,15 +14,14 @@ use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Mutex, RwLock};
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 
 use super::command::{apply, Applied, ApplyError, Command, ServerState};
+use super::snapshot;
 use super::IndexCounter;
 
 /// The log: index → the command applied at that index (JSON).
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-/// The latest snapshot: one row, its index → the serialized state (JSON).
-const SNAPSHOT: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshot");
 
 /// A snapshot is written (and the log it covers deleted) after this many logged commands.
 pub const SNAPSHOT_EVERY: u64 = 1024;
@@ -30,6 +29,11 @@ pub const SNAPSHOT_EVERY: u64 = 1024;
 pub const MAX_BATCH: usize = 256;
 /// redb's page cache: the state lives in memory anyway, the cache only serves the log.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// The file is compacted after a snapshot once it is this many times the size it had after
+/// the last compaction (redb reuses freed pages but never shrinks the file by itself).
+const COMPACT_GROWTH: u64 = 2;
+/// ... and at least this big: below it a compaction is not worth the pause.
+const COMPACT_MIN_BYTES: u64 = 8 * 1024 * 1024;
 /// How long the committer waits for a proposal before it looks for a stop again.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 /// How long a proposer waits for its answer (the committer answers as soon as the batch's
@@ -95,6 +99,12 @@ pub struct LogStats {
     pub transactions: AtomicU64,
     /// Commands committed.
     pub commands: AtomicU64,
+    /// Time spent applying commands and encoding them (nanoseconds, all batches).
+    pub apply_nanos: AtomicU64,
+    /// Time spent in write transactions: insert, commit, fsync (nanoseconds).
+    pub write_nanos: AtomicU64,
+    /// Time spent publishing and answering (nanoseconds).
+    pub publish_nanos: AtomicU64,
     /// Tests: make every write transaction fail (as on a full disk).
     #[cfg(test)]
     pub fail_writes: std::sync::atomic::AtomicBool,
@@ -130,14 +140,27 @@ fn open_db(path: &Path) -> Result<Database, LogError> {
     )
 }
 
-/// Load the snapshot and replay the log after it.
-fn load_state(db: &Database) -> Result<ServerState, LogError> {
+/// What start-up read: the state of the snapshot, the state after the log replay, and
+/// whether the snapshot was in the format before tables (to be rewritten once).
+struct Loaded {
+    snapshot: ServerState,
+    state: ServerState,
+    old_format: bool,
+}
+
+/// Load the snapshot (tables, or the whole-state value of earlier versions) and replay the
+/// log after it.
+fn load_state(db: &Database) -> Result<Loaded, LogError> {
     let txn = st!("read", db.begin_read())?;
-    let snaps = st!("read", txn.open_table(SNAPSHOT))?;
-    let mut state = match st!("read", snaps.last())? {
-        Some((_, v)) => st!("decode snapshot", ServerState::from_bytes(v.value()))?,
-        None => ServerState::default(),
+    let (snapshot, old_format) = match st!("read snapshot", snapshot::load(&txn))? {
+        Some(s) => (s, false),
+        None => match st!("read old snapshot", snapshot::load_old(&txn))? {
+            Some(s) => (s, true),
+            None => (ServerState::default(), false),
+        },
     };
+    let read = std::time::Instant::now();
+    let mut state = snapshot.clone();
     let log = st!("read", txn.open_table(LOG))?;
     for row in st!("read", log.range(state.index + 1..))? {
         let (k, v) = st!("read", row)?;
@@ -145,21 +168,57 @@ fn load_state(db: &Database) -> Result<ServerState, LogError> {
         // A command that failed when it was first applied fails the same way again.
         let _ = apply(&mut state, &cmd, k.value());
     }
-    Ok(state)
+    log::debug!(
+        "log replay: {} commands in {} ms",
+        state.index.saturating_sub(snapshot.index),
+        read.elapsed().as_millis()
+    );
+    Ok(Loaded {
+        snapshot,
+        state,
+        old_format,
+    })
 }
 
-/// Write `state` as the snapshot and delete the log it covers, in one transaction.
-fn write_snapshot(db: &Database, state: &ServerState) -> Result<(), LogError> {
-    let bytes = st!("encode snapshot", state.to_bytes())?;
+/// Write `state` as the snapshot (only what differs from `prev`, the state of the previous
+/// snapshot; `None`: all of it) and delete the log it covers, in one transaction. `old`:
+/// the whole-state snapshot of earlier versions goes too.
+fn write_snapshot(
+    db: &Database,
+    prev: Option<&ServerState>,
+    state: &ServerState,
+    old: bool,
+) -> Result<(), LogError> {
     let txn = st!("begin", db.begin_write())?;
+    st!("snapshot", snapshot::write(&txn, prev, state))?;
+    if old {
+        st!("snapshot", snapshot::drop_old(&txn))?;
+    }
     {
-        let mut snaps = st!("snapshot", txn.open_table(SNAPSHOT))?;
-        st!("snapshot", snaps.retain(|_, _| false))?;
-        st!("snapshot", snaps.insert(state.index, bytes.as_slice()))?;
         let mut log = st!("snapshot", txn.open_table(LOG))?;
         st!("snapshot", log.retain_in(..=state.index, |_, _| false))?;
     }
     st!("commit", txn.commit())
+}
+
+/// Give the space freed by snapshots back to the file system when the file grew past
+/// [`COMPACT_GROWTH`] times its size after the last compaction. Returns the size after.
+fn compact_if_grown(db: &mut Database, path: &Path, after_last: u64) -> u64 {
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if size < COMPACT_MIN_BYTES || size < after_last.saturating_mul(COMPACT_GROWTH) {
+        return after_last;
+    }
+    match db.compact() {
+        Ok(_) => {
+            let now = std::fs::metadata(path).map(|m| m.len()).unwrap_or(size);
+            log::debug!("state store compacted: {size} → {now} bytes");
+            now
+        }
+        Err(e) => {
+            log::warn!("cannot compact the state store: {e}");
+            size
+        }
+    }
 }
 
 impl CommandLog {
@@ -173,24 +232,49 @@ impl CommandLog {
         if let Some(dir) = path.parent() {
             st!("create dir", std::fs::create_dir_all(dir))?;
         }
-        let db = open_db(path)?;
-        let fresh = {
+        let mut db = open_db(path)?;
+        {
+            // The log table exists from the start (reads of a new store find it empty).
             let txn = st!("begin", db.begin_write())?;
-            let fresh = {
-                let snaps = st!("open", txn.open_table(SNAPSHOT))?;
-                let log = st!("open", txn.open_table(LOG))?;
-                st!("read", snaps.is_empty())? && st!("read", log.is_empty())?
-            };
+            st!("open", txn.open_table(LOG))?;
             st!("commit", txn.commit())?;
-            fresh
+        }
+        let started = std::time::Instant::now();
+        let mut loaded = load_state(&db)?;
+        let fresh = {
+            let txn = st!("read", db.begin_read())?;
+            let log = st!("read", txn.open_table(LOG))?;
+            let no_snapshot = st!("read", snapshot::load(&txn))?.is_none() && !loaded.old_format;
+            no_snapshot && st!("read", log.is_empty())?
         };
         let mut imported = false;
         if fresh {
             let state = import()?;
-            write_snapshot(&db, &state)?;
+            write_snapshot(&db, None, &state, false)?;
+            if state.index > 0 {
+                st!("compact", db.compact())?;
+            }
             imported = state.index > 0 || !state.jobs.is_empty() || !state.acl.tokens.is_empty();
+            loaded = load_state(&db)?;
+        } else if loaded.old_format {
+            // Earlier versions kept one JSON value: rewrite it as tables, once.
+            write_snapshot(&db, None, &loaded.state, true)?;
+            st!("compact", db.compact())?;
+            log::info!("server state snapshot rewritten as tables");
+            loaded.snapshot = loaded.state.clone();
         }
-        let state = Arc::new(load_state(&db)?);
+        let compacted_size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        log::info!(
+            "server state loaded at index {}: {} jobs, {} evals, {} allocs, {} nodes in {} ms ({} bytes on disk)",
+            loaded.state.index,
+            loaded.state.jobs.len(),
+            loaded.state.evals.len(),
+            loaded.state.allocs.len(),
+            loaded.state.nodes.len(),
+            started.elapsed().as_millis(),
+            compacted_size
+        );
+        let state = Arc::new(loaded.state);
         counter.observe(state.index);
         let published = Arc::new(RwLock::new(state.clone()));
         let stats = Arc::new(LogStats::default());
@@ -199,6 +283,8 @@ impl CommandLog {
             path: path.to_path_buf(),
             db: Some(db),
             current: state,
+            snapshotted: Arc::new(loaded.snapshot),
+            compacted_size,
             since_snapshot: 0,
             published: published.clone(),
             counter,
@@ -249,10 +335,17 @@ impl CommandLog {
         let _ = self.proposals.send(Msg::Stop);
         if let Some(h) = self.committer.lock().take() {
             let _ = h.join();
+            let s = &self.stats;
+            let txns = s.transactions.load(Ordering::SeqCst).max(1);
+            let us = |a: &AtomicU64| a.load(Ordering::SeqCst) / txns / 1000;
             log::debug!(
-                "state committer stopped: {} commands in {} transactions",
-                self.stats.commands.load(Ordering::SeqCst),
-                self.stats.transactions.load(Ordering::SeqCst)
+                "state committer stopped: {} commands in {} transactions; per transaction: \
+                 apply {} µs, write and fsync {} µs, publish and answer {} µs",
+                s.commands.load(Ordering::SeqCst),
+                s.transactions.load(Ordering::SeqCst),
+                us(&s.apply_nanos),
+                us(&s.write_nanos),
+                us(&s.publish_nanos),
             );
         }
     }
@@ -271,6 +364,11 @@ struct Committer {
     db: Option<Database>,
     /// The state as last published.
     current: Arc<ServerState>,
+    /// The state the tables on disk hold (the last snapshot): the next one writes the rows
+    /// that differ from it.
+    snapshotted: Arc<ServerState>,
+    /// The file's size after the last compaction (or at open).
+    compacted_size: u64,
     since_snapshot: u64,
     published: Arc<RwLock<Arc<ServerState>>>,
     counter: Arc<IndexCounter>,
@@ -323,6 +421,7 @@ impl Committer {
 
     /// Apply the batch to a copy, write its commands in one transaction, then publish.
     fn commit(&mut self, batch: Vec<Proposal>) {
+        let started = std::time::Instant::now();
         let mut next = (*self.current).clone();
         let mut results = Vec::with_capacity(batch.len());
         let mut entries: Vec<(u64, Vec<u8>)> = Vec::with_capacity(batch.len());
@@ -340,8 +439,12 @@ impl Committer {
                 Err(e) => results.push(Err(LogError::Apply(e))),
             }
         }
+        let applied = std::time::Instant::now();
+        let mut written = applied;
         if !entries.is_empty() {
-            if let Err(e) = self.write(&entries) {
+            let res = self.write(&entries);
+            written = std::time::Instant::now();
+            if let Err(e) = res {
                 log::error!("cannot persist server state: {e}");
                 // redb is not usable after a failed write: reopen it on the next batch.
                 self.db = None;
@@ -358,6 +461,14 @@ impl Committer {
         for (p, r) in batch.into_iter().zip(results) {
             let _ = p.reply.send(r);
         }
+        let nanos = |d: Duration| d.as_nanos() as u64;
+        let s = &self.stats;
+        s.apply_nanos
+            .fetch_add(nanos(applied - started), Ordering::Relaxed);
+        s.write_nanos
+            .fetch_add(nanos(written - applied), Ordering::Relaxed);
+        s.publish_nanos
+            .fetch_add(nanos(written.elapsed()), Ordering::Relaxed);
         self.since_snapshot += entries.len() as u64;
         if self.since_snapshot >= SNAPSHOT_EVERY {
             self.snapshot();
@@ -382,9 +493,19 @@ impl Committer {
 
     fn snapshot(&mut self) {
         let state = self.current.clone();
-        let res = self.db().and_then(|db| write_snapshot(db, &state));
+        let prev = self.snapshotted.clone();
+        let res = self
+            .db()
+            .and_then(|db| write_snapshot(db, Some(&prev), &state, false));
         match res {
-            Ok(()) => self.since_snapshot = 0,
+            Ok(()) => {
+                self.since_snapshot = 0;
+                self.snapshotted = state;
+                let (path, after) = (self.path.clone(), self.compacted_size);
+                if let Some(db) = self.db.as_mut() {
+                    self.compacted_size = compact_if_grown(db, &path, after);
+                }
+            }
             Err(e) => {
                 // The log still holds everything: retried after the next batch.
                 log::warn!("cannot write a state snapshot: {e}");
@@ -404,5 +525,136 @@ fn answer_all(batch: Vec<Proposal>, e: LogError) {
             op,
             detail: detail.clone(),
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::jobs::spec::Job;
+    use crate::state::jobs::NodeInfo;
+
+    fn job(id: &str, count: i64) -> Job {
+        let mut j = Job::from_json(serde_json::json!({"ID": id, "TaskGroups": [{"Name": "g",
+            "Count": count, "Tasks": [{"Name": "t", "Driver": "raw_exec",
+            "Config": {"command": "/bin/true"}}]}]}))
+        .unwrap();
+        j.canonicalize("global");
+        j
+    }
+
+    fn register(id: &str, count: usize, n: u64) -> Command {
+        Command::JobRegister {
+            job: Box::new(job(id, count as i64)),
+            node: NodeInfo {
+                id: "n1".into(),
+                name: "node".into(),
+            },
+            eval_id: format!("e{n}"),
+            alloc_ids: (0..count).map(|i| format!("{id}-a{n}-{i}")).collect(),
+            now: n as i64,
+        }
+    }
+
+    fn temp_db() -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("nomadlet-log-{}", uuid::Uuid::new_v4()));
+        let path = log_path(&dir);
+        (dir, path)
+    }
+
+    fn open(path: &Path) -> CommandLog {
+        let counter = Arc::new(IndexCounter::default());
+        CommandLog::open(path, counter, || Ok(ServerState::default()))
+            .unwrap()
+            .log
+    }
+
+    /// A store as the version before tables wrote it: the whole state as one JSON value in
+    /// the `snapshot` table, and log entries after it.
+    #[test]
+    fn a_store_with_the_whole_state_snapshot_of_earlier_versions_loads_and_is_rewritten_once() {
+        const OLD: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshot");
+        let (dir, path) = temp_db();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut state = ServerState::default();
+        apply(&mut state, &register("a", 3, 1), 1).unwrap();
+        apply(&mut state, &register("b", 2, 2), 2).unwrap();
+        let later = register("c", 1, 3);
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut snaps = txn.open_table(OLD).unwrap();
+                snaps
+                    .insert(state.index, state.to_bytes().unwrap().as_slice())
+                    .unwrap();
+                let mut log = txn.open_table(LOG).unwrap();
+                log.insert(3, serde_json::to_vec(&later).unwrap().as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        apply(&mut state, &later, 3).unwrap();
+        let want = state.to_bytes().unwrap();
+        let log = open(&path);
+        assert_eq!(log.state().to_bytes().unwrap(), want, "old format loads");
+        assert_eq!(log.state().allocs.len(), 6);
+        drop(log);
+        {
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_read().unwrap();
+            assert!(
+                matches!(
+                    txn.open_table(OLD),
+                    Err(redb::TableError::TableDoesNotExist(_))
+                ),
+                "the old snapshot is gone once tables hold the state"
+            );
+            let tables = snapshot::load(&txn).unwrap().expect("a table snapshot");
+            assert_eq!(tables.to_bytes().unwrap(), want);
+        }
+        let log = open(&path);
+        assert_eq!(log.state().to_bytes().unwrap(), want, "tables load");
+        drop(log);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn incremental_snapshots_write_changes_and_removals_and_reload_to_the_same_state() {
+        let (dir, path) = temp_db();
+        let log = open(&path);
+        let mut n = 0;
+        for i in 0..SNAPSHOT_EVERY {
+            n += 1;
+            log.propose(register(&format!("j{}", i % 50), (i % 3) as usize, n))
+                .unwrap();
+        }
+        // A purge removes a job (its allocs stay, stopped); the next snapshot deletes its row.
+        for i in 0..SNAPSHOT_EVERY + 5 {
+            n += 1;
+            let cmd = if i < 10 {
+                Command::JobDeregister {
+                    namespace: "default".into(),
+                    job_id: format!("j{i}"),
+                    purge: true,
+                    eval_id: format!("e{n}"),
+                    now: n as i64,
+                }
+            } else {
+                register(&format!("k{}", i % 7), 1, n)
+            };
+            let _ = log.propose(cmd);
+        }
+        assert!(log.stats.commands.load(Ordering::SeqCst) > 2 * SNAPSHOT_EVERY);
+        let live = log.state().to_bytes().unwrap();
+        assert!(!log
+            .state()
+            .jobs
+            .contains_key(&("default".into(), "j3".into())));
+        drop(log);
+        let back = open(&path);
+        assert_eq!(back.state().to_bytes().unwrap(), live);
+        drop(back);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -20,6 +20,7 @@ use self::eval::EvalRecord;
 use self::spec::Job;
 use super::command::{Applied, Command, ServerState};
 use super::command_log::{self as cmdlog, CommandLog, LogError};
+use super::node_table::Node;
 use super::status::{AllocClientStatus, JobStatus};
 use super::store::{self, StoreError};
 use super::IndexCounter;
@@ -95,7 +96,7 @@ fn json_files(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(StoreError::new(dir, "list", e)),
+        Err(e) => return Err(StoreError::io(dir, "list", e)),
     };
     Ok(entries
         .flatten()
@@ -165,7 +166,7 @@ impl Workloads {
     pub fn load(data_dir: &Path, counter: Arc<IndexCounter>) -> Result<Workloads, StoreError> {
         let server = data_dir.join("server");
         let path = cmdlog::log_path(data_dir);
-        let to_store = |e: LogError| StoreError::new(&path, "load", e);
+        let to_store = |e: LogError| StoreError::other(&path, "load", e);
         let import = || {
             load_old_store(&server).map_err(|e| LogError::Store {
                 op: "import",
@@ -222,7 +223,7 @@ impl Workloads {
     }
 
     fn store_err(&self, e: LogError) -> StoreError {
-        StoreError::new(&self.path, "write", e)
+        StoreError::other(&self.path, "write", e)
     }
 
     /// Propose and wait: `Ok(None)` when the command applied to "unknown" (changed nothing).
@@ -237,12 +238,7 @@ impl Workloads {
     /// Register a canonicalized, validated job. A changed spec makes a new version and
     /// replaces its allocations; an unchanged one leaves everything as it is (but for its
     /// evaluation). Persisted, then published; on error nothing visible changed.
-    pub fn register(
-        &self,
-        _counter: &IndexCounter,
-        node: &NodeInfo,
-        job: Job,
-    ) -> Result<WriteResult, StoreError> {
+    pub fn register(&self, node: &NodeInfo, job: Job) -> Result<WriteResult, StoreError> {
         let placements: usize = job
             .task_groups
             .iter()
@@ -270,7 +266,6 @@ impl Workloads {
     /// on error the job is still listed as it was and its allocs still want to run.
     pub fn deregister(
         &self,
-        _counter: &IndexCounter,
         namespace: &str,
         job_id: &str,
         purge: bool,
@@ -301,7 +296,6 @@ impl Workloads {
     /// `None` when the alloc is unknown.
     pub fn stop_alloc(
         &self,
-        _counter: &IndexCounter,
         node: &NodeInfo,
         alloc_id: &str,
     ) -> Result<Option<AllocStopResult>, StoreError> {
@@ -329,7 +323,6 @@ impl Workloads {
     /// what it changed (task states, client status, `collected`) becomes the command.
     pub fn update_alloc(
         &self,
-        _counter: &IndexCounter,
         alloc_id: &str,
         f: impl FnOnce(&mut AllocRecord),
     ) -> Result<Option<AllocRecord>, StoreError> {
@@ -364,18 +357,59 @@ impl Workloads {
     /// Change one task's state of an allocation and save it.
     pub fn update_task(
         &self,
-        counter: &IndexCounter,
         alloc_id: &str,
         task: &str,
         f: impl FnOnce(&mut TaskState),
     ) -> Result<Option<AllocRecord>, StoreError> {
-        self.update_alloc(counter, alloc_id, |a| {
+        self.update_alloc(alloc_id, |a| {
             let ts = a
                 .task_states
                 .entry(task.to_string())
                 .or_insert_with(TaskState::pending);
             f(ts);
         })
+    }
+
+    /// Register a node (again): what the client fingerprinted; the server keeps its indexes,
+    /// events, eligibility and drain. Returns the node's modify index.
+    pub fn register_node(&self, node: Node) -> Result<u64, StoreError> {
+        self.propose_node(Command::NodeRegister {
+            node: Box::new(node),
+            now: crate::time::unix_now_nanos(),
+        })
+        .map(|i| i.unwrap_or(0))
+    }
+
+    /// Set a node's metadata (the batcher's node update). `None`: the node is unknown.
+    pub fn update_node_meta(
+        &self,
+        node_id: &str,
+        meta: BTreeMap<String, String>,
+    ) -> Result<Option<u64>, StoreError> {
+        self.propose_node(Command::NodeUpdateMeta {
+            node_id: node_id.to_string(),
+            meta,
+        })
+    }
+
+    /// Propose a node command (register, status, eligibility, metadata, events): durable,
+    /// applied and published before it returns the node's new modify index; `None` when it
+    /// names an unknown node.
+    pub fn propose_node(&self, cmd: Command) -> Result<Option<u64>, StoreError> {
+        Ok(match self.propose(cmd)? {
+            Some((Applied::Node(i), _)) => Some(i),
+            _ => None,
+        })
+    }
+
+    /// One node of the server's node table.
+    pub fn node(&self, id: &str) -> Option<Arc<Node>> {
+        self.state().nodes.get(id).cloned()
+    }
+
+    /// Every node, by ID.
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
+        self.state().nodes.values().cloned().collect()
     }
 
     pub fn job(&self, namespace: &str, id: &str) -> Option<Job> {
@@ -393,14 +427,9 @@ impl Workloads {
         self.state().allocs.get(id).map(|a| (**a).clone())
     }
 
-    /// Every allocation, oldest first.
-    pub fn allocs(&self) -> Vec<AllocRecord> {
-        let mut v: Vec<AllocRecord> = self
-            .state()
-            .allocs
-            .values()
-            .map(|a| (**a).clone())
-            .collect();
+    /// Every allocation, oldest first (shared: nothing is copied).
+    pub fn allocs(&self) -> Vec<Arc<AllocRecord>> {
+        let mut v: Vec<Arc<AllocRecord>> = self.state().allocs.values().cloned().collect();
         v.sort_by_key(|a| (a.create_index, a.create_time));
         v
     }
@@ -494,13 +523,13 @@ mod tests {
         let counter = Arc::new(IndexCounter::default());
         let node = node();
         let w = Workloads::load(&dir, counter.clone()).unwrap();
-        let r1 = w.register(&counter, &node, job(2, "/bin/true")).unwrap();
+        let r1 = w.register(&node, job(2, "/bin/true")).unwrap();
         assert_eq!(w.allocs().len(), 2);
         assert!(w.eval(&r1.eval_id).is_some());
-        let r2 = w.register(&counter, &node, job(2, "/bin/true")).unwrap();
+        let r2 = w.register(&node, job(2, "/bin/true")).unwrap();
         assert_eq!(r2.job_modify_index, r1.job_modify_index);
         assert_eq!(w.allocs().len(), 2);
-        w.register(&counter, &node, job(1, "/bin/false")).unwrap();
+        w.register(&node, job(1, "/bin/false")).unwrap();
         let allocs = w.allocs();
         assert_eq!(allocs.len(), 3);
         assert_eq!(
@@ -527,17 +556,17 @@ mod tests {
         let dir = temp_dir();
         let counter = Arc::new(IndexCounter::default());
         let w = Workloads::load(&dir, counter.clone()).unwrap();
-        w.register(&counter, &node(), job(2, "/bin/true")).unwrap();
+        w.register(&node(), job(2, "/bin/true")).unwrap();
         let published = counter.current();
         let before = w.state().to_bytes().unwrap();
         w.log.stats.fail_writes.store(true, Ordering::SeqCst);
-        assert!(w.register(&counter, &node(), job(1, "/bin/false")).is_err());
-        assert!(w.deregister(&counter, "default", "web", false).is_err());
-        assert!(w.deregister(&counter, "default", "web", true).is_err());
+        assert!(w.register(&node(), job(1, "/bin/false")).is_err());
+        assert!(w.deregister("default", "web", false).is_err());
+        assert!(w.deregister("default", "web", true).is_err());
         let a = w.allocs()[0].id.clone();
-        assert!(w.stop_alloc(&counter, &node(), &a).is_err());
+        assert!(w.stop_alloc(&node(), &a).is_err());
         assert!(w
-            .update_task(&counter, &a, "t", |ts| ts.state = TaskStatus::Running)
+            .update_task(&a, "t", |ts| ts.state = TaskStatus::Running)
             .is_err());
         assert_eq!(counter.current(), published, "no index published");
         assert_eq!(
@@ -546,7 +575,7 @@ mod tests {
             "nothing visible changed"
         );
         w.log.stats.fail_writes.store(false, Ordering::SeqCst);
-        w.deregister(&counter, "default", "web", false).unwrap();
+        w.deregister("default", "web", false).unwrap();
         assert!(w.job("default", "web").unwrap().stop);
         drop(w);
         let back = Workloads::load(&dir, Arc::new(IndexCounter::default())).unwrap();
@@ -565,11 +594,11 @@ mod tests {
         const EACH: usize = 25;
         let threads: Vec<_> = (0..WRITERS)
             .map(|t| {
-                let (w, c) = (w.clone(), counter.clone());
+                let w = w.clone();
                 std::thread::spawn(move || {
                     for i in 0..EACH {
                         let j = job_named(&format!("j{t}-{i}"), 0, "/bin/true");
-                        w.register(&c, &node(), j).unwrap();
+                        w.register(&node(), j).unwrap();
                     }
                 })
             })
@@ -597,7 +626,7 @@ mod tests {
         // 100 jobs of 100 allocs: all in the log (fewer commands than a snapshot interval).
         for i in 0..100 {
             let j = job_named(&format!("big{i}"), 100, "/bin/true");
-            w.register(&counter, &node(), j).unwrap();
+            w.register(&node(), j).unwrap();
         }
         assert_eq!(w.allocs().len(), 10_000);
         let live = w.state().to_bytes().unwrap();
@@ -618,17 +647,17 @@ mod tests {
         let counter = Arc::new(IndexCounter::default());
         let w = Arc::new(Workloads::load(&dir, counter.clone()).unwrap());
         const WRITERS: u64 = 8;
-        w.register(&counter, &node(), job(WRITERS as i64, "/bin/true"))
+        w.register(&node(), job(WRITERS as i64, "/bin/true"))
             .unwrap();
-        let ids: Vec<String> = w.allocs().into_iter().map(|a| a.id).collect();
+        let ids: Vec<String> = w.allocs().into_iter().map(|a| a.id.clone()).collect();
         let each = crate::state::command_log::SNAPSHOT_EVERY / WRITERS + 10;
         let threads: Vec<_> = ids
             .into_iter()
             .map(|id| {
-                let (w, c) = (w.clone(), counter.clone());
+                let w = w.clone();
                 std::thread::spawn(move || {
                     for i in 0..each {
-                        w.update_task(&c, &id, "t", |ts| ts.restarts = i).unwrap();
+                        w.update_task(&id, "t", |ts| ts.restarts = i).unwrap();
                     }
                 })
             })

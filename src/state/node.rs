@@ -1,5 +1,6 @@
 //! This node: its identity (kept in the data dir), attributes read from the host, its static
-//! and dynamic metadata (Nomad's merge and tombstone rules), and the published node record.
+//! and dynamic metadata (Nomad's merge and tombstone rules), and what it registers with the
+//! server (the server's node table is `state::node_table`, changed only by commands).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,8 +14,8 @@ use serde_json::{json, Value};
 use crate::config::Config;
 
 use super::host::HostFacts;
+use super::node_table::Node;
 use super::store::{self, StoreError};
-use super::IndexCounter;
 
 /// Dynamic metadata: `None` is a tombstone that unsets a static key.
 pub type DynamicMeta = BTreeMap<String, Option<String>>;
@@ -40,8 +41,6 @@ const DEFAULT_STATIC_META: &[(&str, &str)] = &[
 struct NodeIdentity {
     id: String,
     secret_id: String,
-    #[serde(default)]
-    create_index: u64,
 }
 
 /// The three views of metadata `GET|POST /v1/client/metadata` returns.
@@ -53,15 +52,6 @@ pub struct MetaView {
     pub dynamic: DynamicMeta,
     #[serde(rename = "Static")]
     pub static_meta: BTreeMap<String, String>,
-}
-
-/// The parts of the node record that change after start.
-#[derive(Clone, Debug)]
-struct NodeRecord {
-    /// The metadata the node record shows (published by the batcher).
-    meta: BTreeMap<String, String>,
-    modify_index: u64,
-    status_updated_at: u64,
 }
 
 /// The node and its metadata.
@@ -82,7 +72,7 @@ pub struct NodeState {
     dynamic: RwLock<DynamicMeta>,
     /// `meta_view()` as compact JSON, rebuilt once per change so a read serialises nothing.
     meta_json: RwLock<Arc<Vec<u8>>>,
-    record: RwLock<NodeRecord>,
+    /// Unix seconds of this start (the drivers' fingerprint time).
     registered_at: u64,
 }
 
@@ -117,7 +107,7 @@ fn view_json(static_meta: &BTreeMap<String, String>, dynamic: &DynamicMeta) -> V
 }
 
 impl NodeState {
-    pub fn load(config: &Config, index: &IndexCounter) -> Result<NodeState, StoreError> {
+    pub fn load(config: &Config) -> Result<NodeState, StoreError> {
         let client_dir = config.data_dir.join("client");
         let id_path = client_dir.join("node.json");
         let identity = match store::read_json::<NodeIdentity>(&id_path)? {
@@ -126,13 +116,11 @@ impl NodeState {
                 let id = NodeIdentity {
                     id: uuid::Uuid::new_v4().to_string(),
                     secret_id: uuid::Uuid::new_v4().to_string(),
-                    create_index: index.next(),
                 };
                 store::write_json(&id_path, &id)?;
                 id
             }
         };
-        index.observe(identity.create_index);
         let mut static_meta: BTreeMap<String, String> = DEFAULT_STATIC_META
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -151,9 +139,6 @@ impl NodeState {
         );
         let now = crate::time::unix_now_secs();
         let meta_json = RwLock::new(Arc::new(view_json(&static_meta, &dynamic)));
-        let modify_index = index.next();
-        // The node record is visible from the start: its index is published at once.
-        index.observe(modify_index);
         Ok(NodeState {
             name: config.node_name.clone(),
             datacenter: config.datacenter.clone(),
@@ -162,11 +147,6 @@ impl NodeState {
             attributes,
             facts,
             raw_exec: config.raw_exec_enabled,
-            record: RwLock::new(NodeRecord {
-                meta: merge_meta(&static_meta, &dynamic),
-                modify_index,
-                status_updated_at: now,
-            }),
             static_meta,
             meta_path,
             meta_write_gate: Mutex::new(()),
@@ -223,12 +203,36 @@ impl NodeState {
         Ok(self.meta_view())
     }
 
-    /// Publish the current metadata to the node record (the batcher's node update).
-    pub fn publish_meta(&self, index: u64) {
-        let meta = self.meta_view().meta;
-        let mut rec = self.record.write();
-        rec.meta = meta;
-        rec.modify_index = index;
+    /// The node's metadata as its record shows it (static merged with dynamic).
+    pub fn merged_meta(&self) -> BTreeMap<String, String> {
+        merge_meta(&self.static_meta, &self.dynamic.read())
+    }
+
+    /// What this client registers with the server (the server keeps its own indexes,
+    /// events, eligibility and drain; those here are placeholders it replaces).
+    pub fn registration(&self) -> Node {
+        Node {
+            id: self.identity.id.clone(),
+            name: self.name.clone(),
+            datacenter: self.datacenter.clone(),
+            http_addr: self.http_addr.clone(),
+            tls_enabled: self.tls_enabled,
+            node_pool: "default".into(),
+            node_class: String::new(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            attributes: self.attributes.clone(),
+            meta: self.merged_meta(),
+            resources: self.node_resources(),
+            drivers: self.drivers(),
+            status: "ready".into(),
+            status_description: String::new(),
+            status_updated_at: 0,
+            scheduling_eligibility: "eligible".into(),
+            drain: false,
+            events: Vec::new(),
+            create_index: 0,
+            modify_index: 0,
+        }
     }
 
     fn drivers(&self) -> Value {
@@ -262,95 +266,6 @@ impl NodeState {
             "MaxDynamicPort": 32000,
         })
     }
-
-    /// The full `Node` object of `GET /v1/node/:id` (SecretID blanked, `Drain` added).
-    pub fn node_json(&self) -> Value {
-        let rec = self.record.read().clone();
-        json!({
-            "ID": self.identity.id,
-            "SecretID": "",
-            "Datacenter": self.datacenter,
-            "Name": self.name,
-            "HTTPAddr": self.http_addr,
-            "TLSEnabled": self.tls_enabled,
-            "Attributes": self.attributes,
-            "NodeResources": self.node_resources(),
-            "ReservedResources": {"Cpu": {"CpuShares": 0, "ReservedCpuCores": []}, "Memory": {"MemoryMB": 0}, "Disk": {"DiskMB": 0}, "Networks": {"ReservedHostPorts": ""}},
-            "Links": {},
-            "Meta": rec.meta,
-            "NodeClass": "",
-            "NodePool": "default",
-            "ComputedClass": "",
-            "DrainStrategy": null,
-            "SchedulingEligibility": super::status::NodeEligibility::Eligible,
-            "Status": super::status::NodeStatus::Ready,
-            "StatusDescription": "",
-            "StatusUpdatedAt": rec.status_updated_at,
-            "Events": [{
-                "Message": "Node registered",
-                "Subsystem": "Cluster",
-                "Details": null,
-                "Timestamp": crate::time::rfc3339_nanos(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(self.registered_at)),
-                "CreateIndex": 0,
-            }],
-            "Drivers": self.drivers(),
-            "CSIControllerPlugins": null,
-            "CSINodePlugins": null,
-            "HostVolumes": null,
-            "HostNetworks": null,
-            "LastDrain": null,
-            "CreateIndex": self.identity.create_index,
-            "ModifyIndex": rec.modify_index,
-            "Drain": false,
-        })
-    }
-
-    /// The `NodeListStub` of `GET /v1/nodes`.
-    pub fn stub_json(&self, with_os: bool, with_resources: bool) -> Value {
-        let rec = self.record.read().clone();
-        let mut stub = serde_json::Map::new();
-        stub.insert(
-            "Address".into(),
-            json!(self
-                .http_addr
-                .rsplit_once(':')
-                .map(|(h, _)| h)
-                .unwrap_or("")),
-        );
-        stub.insert("ID".into(), json!(self.identity.id));
-        if with_os {
-            let os: BTreeMap<&str, &str> = ["os.name", "os.version"]
-                .iter()
-                .filter_map(|k| self.attributes.get(*k).map(|v| (*k, v.as_str())))
-                .collect();
-            stub.insert("Attributes".into(), json!(os));
-        }
-        stub.insert("Datacenter".into(), json!(self.datacenter));
-        stub.insert("Name".into(), json!(self.name));
-        stub.insert("NodeClass".into(), json!(""));
-        stub.insert("NodePool".into(), json!("default"));
-        stub.insert("Version".into(), json!(env!("CARGO_PKG_VERSION")));
-        stub.insert("Drain".into(), json!(false));
-        stub.insert(
-            "SchedulingEligibility".into(),
-            json!(super::status::NodeEligibility::Eligible),
-        );
-        stub.insert("Status".into(), json!(super::status::NodeStatus::Ready));
-        stub.insert("StatusDescription".into(), json!(""));
-        stub.insert("Drivers".into(), self.drivers());
-        stub.insert("HostVolumes".into(), Value::Null);
-        if with_resources {
-            stub.insert("NodeResources".into(), self.node_resources());
-            stub.insert(
-                "ReservedResources".into(),
-                json!({"Cpu": {"CpuShares": 0}, "Memory": {"MemoryMB": 0}, "Disk": {"DiskMB": 0}}),
-            );
-        }
-        stub.insert("LastDrain".into(), Value::Null);
-        stub.insert("CreateIndex".into(), json!(self.identity.create_index));
-        stub.insert("ModifyIndex".into(), json!(rec.modify_index));
-        Value::Object(stub)
-    }
 }
 
 #[cfg(test)]
@@ -366,7 +281,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let node = NodeState::load(&config, &IndexCounter::default()).unwrap();
+        let node = NodeState::load(&config).unwrap();
         let fresh = |n: &NodeState| {
             serde_json::to_vec(&serde_json::to_value(n.meta_view()).unwrap()).unwrap()
         };

@@ -1,0 +1,378 @@
+//! The snapshot of the server state inside the command log's redb file: one table per kind
+//! of object, one row per object keyed by its ID (JSON values), plus the snapshot's index.
+//! A snapshot writes only the rows that changed since the previous one (found by pointer:
+//! tables are persistent maps of `Arc`s, so an untouched object is the same allocation) and
+//! deletes the rows of removed objects. An alloc's row leaves its embedded job out: the job
+//! is stored once per `(namespace, id, version, job modify index)` in `alloc_jobs`.
+//!
+//! The format before this one kept the whole state as one JSON value in the `snapshot`
+//! table; [`load`] still reads it and [`migrate_old`] rewrites it as tables once.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use serde_json::json;
+
+use super::command::{ServerState, Table};
+use super::jobs::alloc::AllocRecord;
+use super::jobs::eval::EvalRecord;
+use super::jobs::spec::Job;
+use super::node_table::Node;
+use crate::acl::AclTables;
+
+/// Where a snapshot failed, and why.
+#[derive(Debug)]
+pub enum SnapshotError {
+    /// The store refused (a table, a row, the transaction).
+    Store(redb::Error),
+    /// A row is not what it should be.
+    Decode {
+        table: &'static str,
+        source: serde_json::Error,
+    },
+    /// An alloc row names a job that `alloc_jobs` does not hold.
+    MissingAllocJob(String),
+}
+
+impl std::fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotError::Store(e) => write!(f, "snapshot store: {e}"),
+            SnapshotError::Decode { table, source } => {
+                write!(f, "snapshot table {table}: {source}")
+            }
+            SnapshotError::MissingAllocJob(id) => {
+                write!(f, "snapshot: the job of alloc {id} is missing")
+            }
+        }
+    }
+}
+
+impl std::error::Error for SnapshotError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SnapshotError::Store(e) => Some(e),
+            SnapshotError::Decode { source, .. } => Some(source),
+            SnapshotError::MissingAllocJob(_) => None,
+        }
+    }
+}
+
+impl<E: Into<redb::Error>> From<E> for SnapshotError {
+    fn from(e: E) -> Self {
+        SnapshotError::Store(e.into())
+    }
+}
+
+/// The snapshot's index (`"index"`): present once a table snapshot was written.
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("snapshot_meta");
+/// Jobs: `(namespace, id)` → JSON.
+const JOBS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("jobs");
+/// Evaluations: ID → JSON.
+const EVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("evals");
+/// Allocations: ID → JSON, the embedded job reduced to its `Version` and `JobModifyIndex`.
+const ALLOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("allocs");
+/// The jobs allocations embed: `(namespace, id, version, job modify index)` → JSON.
+const ALLOC_JOBS: TableDefinition<(&str, &str, u64, u64), &[u8]> =
+    TableDefinition::new("alloc_jobs");
+/// Nodes: ID → JSON.
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+/// The ACL tables (small): one row, `"acl"` → JSON.
+const ACL: TableDefinition<&str, &[u8]> = TableDefinition::new("acl");
+/// The format before tables: one row, its index → the whole state as JSON.
+pub const OLD_SNAPSHOT: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshot");
+
+/// The row key of the snapshot's index in [`META`].
+const INDEX_KEY: &str = "index";
+
+/// What changed between two versions of a table: the keys written, the keys removed. Equal
+/// pointers are the same object (nothing is ever changed in place behind an `Arc`).
+fn diff<'a, K: Ord + Clone, V>(
+    old: Option<&'a Table<K, V>>,
+    new: &'a Table<K, V>,
+) -> (Vec<(&'a K, &'a Arc<V>)>, Vec<&'a K>) {
+    let Some(old) = old else {
+        return (new.iter().collect(), Vec::new());
+    };
+    let (mut changed, mut removed) = (Vec::new(), Vec::new());
+    let mut a = old.iter().peekable();
+    let mut b = new.iter().peekable();
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some((k, _)), None) => {
+                removed.push(*k);
+                a.next();
+            }
+            (None, Some(_)) => changed.extend(b.next()),
+            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Less => {
+                    removed.push(*ka);
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => changed.extend(b.next()),
+                std::cmp::Ordering::Equal => {
+                    if !Arc::ptr_eq(va, vb) {
+                        changed.push((kb, vb));
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+    (changed, removed)
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, SnapshotError> {
+    serde_json::to_vec(v).map_err(|source| SnapshotError::Decode {
+        table: "encode",
+        source,
+    })
+}
+
+/// An alloc's row: its JSON with the embedded job reduced to the key of its `alloc_jobs` row.
+fn alloc_row(a: &AllocRecord) -> Result<Vec<u8>, SnapshotError> {
+    let mut v = serde_json::to_value(a).map_err(|source| SnapshotError::Decode {
+        table: "allocs",
+        source,
+    })?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert(
+            "job".into(),
+            json!({"Version": a.job.version, "JobModifyIndex": a.job.job_modify_index}),
+        );
+    }
+    encode(&v)
+}
+
+/// The `alloc_jobs` key of an alloc.
+fn alloc_job_key(a: &AllocRecord) -> (&str, &str, u64, u64) {
+    (
+        &a.namespace,
+        &a.job_id,
+        a.job.version,
+        a.job.job_modify_index,
+    )
+}
+
+/// Write `state` as the snapshot in `txn`: only what differs from `prev` (the state of the
+/// previous snapshot, `None`: everything), then its index. The caller deletes the log it
+/// covers and commits.
+pub fn write(
+    txn: &WriteTransaction,
+    prev: Option<&ServerState>,
+    state: &ServerState,
+) -> Result<(), SnapshotError> {
+    {
+        let mut t = txn.open_table(JOBS)?;
+        if prev.is_none() {
+            t.retain(|_, _| false)?;
+        }
+        let (changed, removed) = diff(prev.map(|p| &p.jobs), &state.jobs);
+        for (k, v) in changed {
+            t.insert((k.0.as_str(), k.1.as_str()), encode(&**v)?.as_slice())?;
+        }
+        for k in removed {
+            t.remove((k.0.as_str(), k.1.as_str()))?;
+        }
+    }
+    write_simple(txn, EVALS, prev.map(|p| &p.evals), &state.evals, |e| {
+        encode(e)
+    })?;
+    write_simple(txn, NODES, prev.map(|p| &p.nodes), &state.nodes, |n| {
+        encode(n)
+    })?;
+    write_simple(
+        txn,
+        ALLOCS,
+        prev.map(|p| &p.allocs),
+        &state.allocs,
+        alloc_row,
+    )?;
+    {
+        // The jobs allocs embed: those still referenced are kept, missing ones added, the
+        // rest removed (a walk over the allocs' keys, no job is encoded twice).
+        let mut t = txn.open_table(ALLOC_JOBS)?;
+        let wanted: BTreeSet<(&str, &str, u64, u64)> =
+            state.allocs.values().map(|a| alloc_job_key(a)).collect();
+        let mut have = BTreeSet::new();
+        let mut stale = Vec::new();
+        for row in t.iter()? {
+            let (k, _) = row?;
+            let (ns, id, ver, jmi) = k.value();
+            let key = (ns.to_string(), id.to_string(), ver, jmi);
+            if wanted.contains(&(ns, id, ver, jmi)) {
+                have.insert(key);
+            } else {
+                stale.push(key);
+            }
+        }
+        for (ns, id, ver, jmi) in &stale {
+            t.remove((ns.as_str(), id.as_str(), *ver, *jmi))?;
+        }
+        let mut added = BTreeSet::new();
+        for a in state.allocs.values() {
+            let key = alloc_job_key(a);
+            let owned = (key.0.to_string(), key.1.to_string(), key.2, key.3);
+            if have.contains(&owned) || !added.insert(owned) {
+                continue;
+            }
+            t.insert(key, encode(&a.job)?.as_slice())?;
+        }
+    }
+    let acl_changed = prev
+        .map(|p| !Arc::ptr_eq(&p.acl, &state.acl))
+        .unwrap_or(true);
+    if acl_changed {
+        let mut t = txn.open_table(ACL)?;
+        t.insert("acl", encode(&*state.acl)?.as_slice())?;
+    }
+    let mut meta = txn.open_table(META)?;
+    meta.insert(INDEX_KEY, state.index)?;
+    Ok(())
+}
+
+/// Write one table keyed by a string ID.
+fn write_simple<V>(
+    txn: &WriteTransaction,
+    def: TableDefinition<&str, &[u8]>,
+    prev: Option<&Table<String, V>>,
+    now: &Table<String, V>,
+    enc: impl Fn(&V) -> Result<Vec<u8>, SnapshotError>,
+) -> Result<(), SnapshotError> {
+    let mut t = txn.open_table(def)?;
+    if prev.is_none() {
+        t.retain(|_, _| false)?;
+    }
+    let (changed, removed) = diff(prev, now);
+    for (k, v) in changed {
+        t.insert(k.as_str(), enc(v)?.as_slice())?;
+    }
+    for k in removed {
+        t.remove(k.as_str())?;
+    }
+    Ok(())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    bytes: &[u8],
+) -> Result<T, SnapshotError> {
+    serde_json::from_slice(bytes).map_err(|source| SnapshotError::Decode { table, source })
+}
+
+/// Read a table snapshot, if one was written (`None`: none yet, or only the old format).
+pub fn load(txn: &ReadTransaction) -> Result<Option<ServerState>, SnapshotError> {
+    let Some(meta) = opened(txn.open_table(META))? else {
+        return Ok(None);
+    };
+    let Some(index) = meta.get(INDEX_KEY)?.map(|v| v.value()) else {
+        return Ok(None);
+    };
+    let mut state = ServerState {
+        index,
+        ..ServerState::default()
+    };
+    if let Some(t) = opened(txn.open_table(JOBS))? {
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let (ns, id) = k.value();
+            let job: Job = decode("jobs", v.value())?;
+            state
+                .jobs
+                .insert((ns.to_string(), id.to_string()), Arc::new(job));
+        }
+    }
+    for_rows(txn, EVALS, |k, v| {
+        let e: EvalRecord = decode("evals", v)?;
+        state.evals.insert(k.to_string(), Arc::new(e));
+        Ok(())
+    })?;
+    for_rows(txn, NODES, |k, v| {
+        let n: Node = decode("nodes", v)?;
+        state.nodes.insert(k.to_string(), Arc::new(n));
+        Ok(())
+    })?;
+    let mut jobs: HashMap<(String, String, u64, u64), Job> = HashMap::new();
+    if let Some(t) = opened(txn.open_table(ALLOC_JOBS))? {
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let (ns, id, ver, jmi) = k.value();
+            let job: Job = decode("alloc_jobs", v.value())?;
+            jobs.insert((ns.to_string(), id.to_string(), ver, jmi), job);
+        }
+    }
+    for_rows(txn, ALLOCS, |k, v| {
+        let mut a: AllocRecord = decode("allocs", v)?;
+        let key = (
+            a.namespace.clone(),
+            a.job_id.clone(),
+            a.job.version,
+            a.job.job_modify_index,
+        );
+        a.job = jobs
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| SnapshotError::MissingAllocJob(k.to_string()))?;
+        state.allocs.insert(k.to_string(), Arc::new(a));
+        Ok(())
+    })?;
+    if let Some(t) = opened(txn.open_table(ACL))? {
+        if let Some(v) = t.get("acl")? {
+            let mut acl: AclTables = decode("acl", v.value())?;
+            acl.parse_policies();
+            state.acl = Arc::new(acl);
+        }
+    }
+    Ok(Some(state.reindexed()))
+}
+
+/// Call `f` on every row of a table keyed by a string ID (none when it was never made).
+fn for_rows(
+    txn: &ReadTransaction,
+    def: TableDefinition<&str, &[u8]>,
+    mut f: impl FnMut(&str, &[u8]) -> Result<(), SnapshotError>,
+) -> Result<(), SnapshotError> {
+    if let Some(t) = opened(txn.open_table(def))? {
+        for row in t.iter()? {
+            let (k, v) = row?;
+            f(k.value(), v.value())?;
+        }
+    }
+    Ok(())
+}
+
+/// A table that does not exist yet reads as `None` (empty).
+fn opened<T>(r: Result<T, redb::TableError>) -> Result<Option<T>, SnapshotError> {
+    match r {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The whole-state snapshot of the format before tables, if there is one.
+pub fn load_old(txn: &ReadTransaction) -> Result<Option<ServerState>, SnapshotError> {
+    let Some(t) = opened(txn.open_table(OLD_SNAPSHOT))? else {
+        return Ok(None);
+    };
+    let last = t.last()?;
+    let state = match last {
+        Some((_, v)) => ServerState::from_bytes(v.value())
+            .map(Some)
+            .map_err(|source| SnapshotError::Decode {
+                table: "snapshot",
+                source,
+            })?,
+        None => None,
+    };
+    Ok(state)
+}
+
+/// Remove the old whole-state snapshot (once tables hold the state).
+pub fn drop_old(txn: &WriteTransaction) -> Result<(), SnapshotError> {
+    txn.delete_table(OLD_SNAPSHOT)?;
+    Ok(())
+}
