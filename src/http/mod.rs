@@ -24,6 +24,7 @@ pub mod limits;
 pub mod listener;
 pub mod reply;
 pub mod request;
+pub mod upgrade;
 mod respond;
 pub(crate) mod wire;
 
@@ -34,6 +35,7 @@ pub use limits::Limits;
 pub use listener::{ListenerHandle, Server};
 pub use reply::{Body, Reply, StreamBody, StreamSink};
 pub use request::{Origin, Peer, Request, RequestHead};
+pub use upgrade::{Upgrade, Upgraded};
 
 /// What the connection thread calls once a request head has been parsed.
 pub trait Handler: Send + Sync + 'static {

@@ -1,7 +1,7 @@
 //! The system layer: the only home of new `unsafe` code. `cgroup` puts each task in its own
 //! control group (create, limit, kill, sample, remove); `child` is the code that runs in a
 //! forked task process before `exec` (join the cgroup, new session, clean signals, user);
-//! `poll` waits on several fds from one thread; `signal` waits for a signal with a deadline;
+//! `poll` waits on several fds from one thread; `pty` opens and sizes terminals for exec; `signal` waits for a signal with a deadline;
 //! `shim` is what the per-task shim needs (session, FIFO, pidfd, kill);
 //! `malloc` caps the allocator's arenas; `mem` trims resident code and stack pages; `host`
 //! wraps `uname`, `statvfs` and `getifaddrs` for `/v1/agent/host`; and small safe wrappers
@@ -13,6 +13,7 @@ pub mod host;
 pub mod malloc;
 pub mod mem;
 pub mod poll;
+pub mod pty;
 pub mod shim;
 pub mod signal;
 
