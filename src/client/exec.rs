@@ -73,9 +73,19 @@ pub struct ExecProcess {
 impl ExecProcess {
     /// Kill the exec's whole process group and reap its leader.
     pub fn kill(&mut self) {
-        raw_exec::signal_group(self.pid, libc::SIGKILL);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if self.pid > 0 {
+            raw_exec::signal_group(self.pid, libc::SIGKILL);
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            self.pid = 0;
+        }
+    }
+}
+
+impl Drop for ExecProcess {
+    /// A session that ends on any path (an upgrade that failed, a panic) leaves no process.
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
