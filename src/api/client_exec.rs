@@ -63,7 +63,8 @@ pub fn route(ctx: &Ctx, rest: &str) -> ApiResult {
         .alloc(id)
         .ok_or_else(|| ApiError::not_found(format!("Unknown allocation {id:?}")))?;
     // raw_exec has no filesystem isolation: Nomad wants alloc-node-exec on top of alloc-exec.
-    ctx.identity.allow_namespace(&alloc.namespace, "alloc-exec")?;
+    ctx.identity
+        .allow_namespace(&alloc.namespace, "alloc-exec")?;
     ctx.identity
         .allow_namespace(&alloc.namespace, "alloc-node-exec")?;
     let task = ctx.req.query("task").unwrap_or("");
@@ -81,11 +82,7 @@ pub fn route(ctx: &Ctx, rest: &str) -> ApiResult {
         }
     };
     let accept = websocket_accept(ctx)?;
-    let target = ctx
-        .agent
-        .client
-        .exec_target(id, task)
-        .map_err(exec_error)?;
+    let target = ctx.agent.client.exec_target(id, task).map_err(exec_error)?;
     let proc = exec::spawn(&target, &command, tty).map_err(exec_error)?;
     log::info!("alloc {id} task {task}: exec started (pid {})", proc.pid);
     let session = Session { proc, tty };
@@ -124,10 +121,9 @@ fn parse_command(text: &str) -> Result<Vec<String>, ApiError> {
 /// Check the websocket handshake headers and compute `Sec-WebSocket-Accept`.
 fn websocket_accept(ctx: &Ctx) -> Result<String, ApiError> {
     let has_token = |name: &str, token: &str| {
-        ctx.req.header(name).is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case(token))
-        })
+        ctx.req
+            .header(name)
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     };
     if !has_token("Connection", "upgrade") || !has_token("Upgrade", "websocket") {
         return Err(ApiError::bad_request(
@@ -371,9 +367,8 @@ impl Session {
                     ))
                 }
             };
-            let input: Input = serde_json::from_str(text.as_str()).map_err(|e| {
-                End::Refused(CloseCode::Policy, format!("invalid exec frame: {e}"))
-            })?;
+            let input: Input = serde_json::from_str(text.as_str())
+                .map_err(|e| End::Refused(CloseCode::Policy, format!("invalid exec frame: {e}")))?;
             if let Some(size) = input.tty_size {
                 if let ExecIo::Tty { master } = &self.proc.io {
                     let _ = pty::set_size(master, size.height, size.width);
@@ -382,7 +377,10 @@ impl Session {
             if let Some(op) = input.stdin {
                 if let Some(data) = op.data.filter(|d| !d.is_empty()) {
                     let bytes = Base64::decode_vec(&data).map_err(|_| {
-                        End::Refused(CloseCode::Policy, "invalid exec frame: stdin data is not base64".into())
+                        End::Refused(
+                            CloseCode::Policy,
+                            "invalid exec frame: stdin data is not base64".into(),
+                        )
                     })?;
                     if !*stdin_close {
                         stdin_pending.extend_from_slice(&bytes);
@@ -434,12 +432,7 @@ impl Session {
 
 /// Forward what one output fd has as a frame; false once it is at its end (after sending
 /// `{"<name>":{"close":true}}`).
-fn pump(
-    ws: &mut Ws,
-    fd: &std::os::fd::OwnedFd,
-    buf: &mut [u8],
-    name: &str,
-) -> Result<bool, End> {
+fn pump(ws: &mut Ws, fd: &std::os::fd::OwnedFd, buf: &mut [u8], name: &str) -> Result<bool, End> {
     match read_some(fd, buf) {
         Ok(None) => Ok(true),
         Ok(Some(0)) | Err(_) => {
@@ -447,7 +440,10 @@ fn pump(
             Ok(false)
         }
         Ok(Some(n)) => {
-            send_json(ws, &json!({ name: {"data": Base64::encode_string(&buf[..n])} }))?;
+            send_json(
+                ws,
+                &json!({ name: {"data": Base64::encode_string(&buf[..n])} }),
+            )?;
             Ok(true)
         }
     }

@@ -397,7 +397,11 @@ impl Client {
     }
 
     /// Where an `alloc exec` in a running task runs.
-    pub fn exec_target(&self, alloc_id: &str, task: &str) -> Result<exec::ExecTarget, exec::ExecError> {
+    pub fn exec_target(
+        &self,
+        alloc_id: &str,
+        task: &str,
+    ) -> Result<exec::ExecTarget, exec::ExecError> {
         let runners = self.runners.lock();
         let t = runners
             .get(alloc_id)

@@ -24,8 +24,8 @@ pub mod limits;
 pub mod listener;
 pub mod reply;
 pub mod request;
-pub mod upgrade;
 mod respond;
+pub mod upgrade;
 pub(crate) mod wire;
 
 #[cfg(test)]

@@ -112,8 +112,7 @@ pub(crate) fn switch(
         let Some(name) = clean_name(name) else {
             continue;
         };
-        if name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("content-length")
-        {
+        if name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("content-length") {
             continue;
         }
         head.extend_from_slice(format!("{name}: {}\r\n", clean_value(value)).as_bytes());
