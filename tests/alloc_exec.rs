@@ -174,6 +174,20 @@ fn alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// The agent's connection threads (`http-conn-*`).
+fn conn_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.starts_with("http-conn"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 #[test]
 fn exec_streams_output_in_the_task_env_and_dir_and_reports_the_exit_code() {
     let agent = TestAgent::start(&[]);
@@ -233,12 +247,40 @@ fn the_exec_dies_when_the_client_goes_and_hostile_frames_end_it() {
         o.stdout.trim().parse().expect("pid")
     };
     let cmd = ["/bin/sh", "-c", "echo $$; exec sleep 1000"];
-    // The client simply goes away.
-    let mut ws = open_exec(&agent, &alloc, &query("t", &cmd, false), None).expect("upgrade");
-    let pid = start(&mut ws);
-    assert!(alive(pid));
+    wait_until(Duration::from_secs(10), "no connection threads", || {
+        conn_threads(agent.pid()) == 0
+    });
+    // The client simply goes away: the shell and the child it left in the background die,
+    // and the connection's thread ends.
+    let mut ws = open_exec(
+        &agent,
+        &alloc,
+        &query(
+            "t",
+            &["/bin/sh", "-c", "sleep 1000 & echo $$ $!; wait"],
+            false,
+        ),
+        None,
+    )
+    .expect("upgrade");
+    let o = collect(&mut ws, |o| o.stdout.ends_with('\n'));
+    let pids: Vec<i32> = o
+        .stdout
+        .split_whitespace()
+        .map(|p| p.parse().expect("pid"))
+        .collect();
+    assert_eq!(pids.len(), 2, "{o:?}");
+    assert!(pids.iter().all(|&p| alive(p)));
+    assert_eq!(conn_threads(agent.pid()), 1);
     drop(ws);
-    wait_until(Duration::from_secs(10), "the exec killed", || !alive(pid));
+    wait_until(Duration::from_secs(10), "the exec's group killed", || {
+        pids.iter().all(|&p| !alive(p))
+    });
+    wait_until(
+        Duration::from_secs(10),
+        "the connection thread gone",
+        || conn_threads(agent.pid()) == 0,
+    );
 
     // Bad JSON, a binary frame, bad base64 and an oversized message: a close with a reason.
     let bad: Vec<(Message, CloseCode)> = vec![
@@ -270,6 +312,26 @@ fn the_exec_dies_when_the_client_goes_and_hostile_frames_end_it() {
     }
     // The agent still serves.
     assert_eq!(agent.get("/v1/agent/health").status, 200);
+
+    // An agent that stops ends its exec sessions (close 1001) and their processes.
+    let mut ws = open_exec(&agent, &alloc, &query("t", &cmd, false), None).expect("upgrade");
+    let pid = start(&mut ws);
+    let mut agent = agent;
+    let stopped = std::time::Instant::now();
+    assert!(agent.stop().success());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        stopped.elapsed()
+    );
+    let o = collect(&mut ws, |_| false);
+    assert_eq!(
+        o.close.as_ref().map(|c| c.0),
+        Some(CloseCode::Away),
+        "{o:?}"
+    );
+    wait_until(Duration::from_secs(10), "the exec killed", || !alive(pid));
+    kill_leftover_tasks(&agent.data_dir);
 }
 
 #[test]
