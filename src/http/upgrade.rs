@@ -30,8 +30,7 @@ impl Upgraded<'_> {
     /// The socket's fd, to wait on with `poll(2)`. Check [`Upgraded::has_buffered`] first:
     /// bytes already read ahead do not make the fd readable.
     pub fn fd(&self) -> BorrowedFd<'_> {
-        // SAFETY: the socket outlives `self`, and so the borrow.
-        unsafe { BorrowedFd::borrow_raw(self.sock.fd()) }
+        self.sock.as_fd()
     }
 
     /// Whether bytes the client sent with its upgrade request are still unread.
