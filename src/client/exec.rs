@@ -3,7 +3,7 @@
 //! pipes or a pseudo-terminal in its own process group, which is killed when the session ends.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -169,8 +169,8 @@ pub fn spawn(target: &ExecTarget, cmd: &[String], tty: bool) -> Result<ExecProce
             }
         }
     };
-    let fds: Vec<RawFd> = match &io {
-        ExecIo::Tty { master } => vec![master.as_raw_fd()],
+    let set = match &io {
+        ExecIo::Tty { master } => pty::set_nonblocking(master),
         ExecIo::Pipes {
             stdin,
             stdout,
@@ -178,15 +178,12 @@ pub fn spawn(target: &ExecTarget, cmd: &[String], tty: bool) -> Result<ExecProce
         } => stdin
             .iter()
             .chain([stdout, stderr])
-            .map(|f| f.as_raw_fd())
-            .collect(),
+            .try_for_each(pty::set_nonblocking),
     };
     let mut proc = ExecProcess { child, pid, io };
-    for fd in fds {
-        if let Err(e) = pty::set_nonblocking(&fd) {
-            proc.kill();
-            return Err(start_err(e));
-        }
+    if let Err(e) = set {
+        proc.kill();
+        return Err(start_err(e));
     }
     Ok(proc)
 }

@@ -1,14 +1,17 @@
-//! Pseudo-terminals for `alloc exec` with a tty: open a master/slave pair, size it
-//! (`TIOCSWINSZ`), make the slave a child's controlling terminal; and `O_NONBLOCK` on the
-//! pipes and masters an exec session multiplexes.
+//! Pseudo-terminals for `alloc exec` with a tty, on rustix: open a master/slave pair, size it
+//! (`TIOCSWINSZ`), make the slave a child's controlling terminal (`TIOCSCTTY`, in a
+//! `pre_exec` hook: the one `unsafe` here); and `O_NONBLOCK` on the pipes and masters an exec
+//! session multiplexes.
 
-use std::ffi::CStr;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+
+use rustix::pty::OpenptFlags;
 
 /// A master/slave pseudo-terminal pair.
 pub struct Pty {
@@ -16,30 +19,14 @@ pub struct Pty {
     pub slave: File,
 }
 
-/// Open a new pseudo-terminal (`posix_openpt`, `grantpt`, `unlockpt`, `ptsname_r`).
+/// Open a new pseudo-terminal (`posix_openpt`, `grantpt`, `unlockpt`, `ptsname`).
 pub fn open() -> io::Result<Pty> {
-    // SAFETY: posix_openpt returns a new fd we own, or -1.
-    let fd = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a new, open fd that nothing else owns.
-    let master = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut name = [0 as libc::c_char; 128];
-    // SAFETY: plain calls on the fd we own; ptsname_r writes at most `name.len()` bytes,
-    // NUL-terminated, into our buffer.
-    unsafe {
-        if libc::grantpt(fd) != 0 || libc::unlockpt(fd) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let rc = libc::ptsname_r(fd, name.as_mut_ptr(), name.len());
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-    }
-    // SAFETY: ptsname_r succeeded, so `name` holds a NUL-terminated string.
-    let path = unsafe { CStr::from_ptr(name.as_ptr()) };
-    let path = std::path::PathBuf::from(path.to_string_lossy().into_owned());
+    let master =
+        rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    rustix::pty::grantpt(&master)?;
+    rustix::pty::unlockpt(&master)?;
+    let name = rustix::pty::ptsname(&master, Vec::new())?;
+    let path = std::path::PathBuf::from(std::ffi::OsString::from_vec(name.into_bytes()));
     let slave = OpenOptions::new()
         .read(true)
         .write(true)
@@ -48,46 +35,35 @@ pub fn open() -> io::Result<Pty> {
     Ok(Pty { master, slave })
 }
 
-/// Set the terminal's size (`TIOCSWINSZ` on the master); the foreground group gets SIGWINCH.
+/// Set the terminal's size on the master; the foreground group gets SIGWINCH.
 pub fn set_size(master: &OwnedFd, rows: u16, cols: u16) -> io::Result<()> {
-    let ws = libc::winsize {
+    let ws = rustix::termios::Winsize {
         ws_row: rows,
         ws_col: cols,
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
-    // SAFETY: TIOCSWINSZ reads one winsize from the pointer we pass.
-    let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    rustix::termios::tcsetwinsize(master, ws)?;
     Ok(())
 }
 
 /// Make the child's stdin (the pty slave) its controlling terminal. Register after
 /// `child::install`, whose hook starts the new session this needs.
 pub fn install_controlling_tty(cmd: &mut Command) {
-    // SAFETY: the hook runs in the forked child and makes one async-signal-safe ioctl on
-    // fd 0, which `Command` has already set to the slave.
+    // SAFETY: the hook runs in the forked child and makes one system call (an ioctl, which is
+    // async-signal-safe) on fd 0, which `Command` has already set to the slave and which
+    // stays open for the call; it allocates nothing.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            let stdin = BorrowedFd::borrow_raw(0);
+            rustix::process::ioctl_tiocsctty(stdin)?;
             Ok(())
         });
     }
 }
 
 /// Turn `O_NONBLOCK` on for `fd`.
-pub fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
-    let fd = fd.as_raw_fd();
-    // SAFETY: F_GETFL/F_SETFL on an fd the caller keeps open for the call.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+pub fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
+    rustix::io::ioctl_fionbio(fd, true)?;
     Ok(())
 }
