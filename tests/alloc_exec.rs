@@ -310,6 +310,16 @@ fn the_exec_dies_when_the_client_goes_and_hostile_frames_end_it() {
         assert_eq!(o.exit_code, None);
         wait_until(Duration::from_secs(10), "the exec killed", || !alive(pid));
     }
+    // A process that never reads its stdin: frames wait past the bound (the socket is not
+    // read meanwhile), and a client that then leaves still ends the session.
+    let mut ws = open_exec(&agent, &alloc, &query("t", &cmd, false), None).expect("upgrade");
+    let pid = start(&mut ws);
+    for _ in 0..10 {
+        send(&mut ws, stdin_frame(&[b'x'; 40 * 1024]));
+    }
+    drop(ws);
+    wait_until(Duration::from_secs(10), "the stuck exec killed", || !alive(pid));
+
     // The agent still serves.
     assert_eq!(agent.get("/v1/agent/health").status, 200);
 

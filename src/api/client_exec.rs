@@ -35,6 +35,8 @@ pub const OUTPUT_CHUNK: usize = 8 * 1024;
 pub const MAX_STDIN_PENDING: usize = 256 * 1024;
 /// How long the session waits for anything before it checks the process and the server.
 pub const TICK: Duration = Duration::from_millis(100);
+/// The wait between tries to hand pending stdin to a process that is not reading it.
+pub const PENDING_TICK: Duration = Duration::from_millis(20);
 /// How long one socket read may block once `poll` said it is readable.
 pub const READ_SLICE: Duration = Duration::from_millis(10);
 /// How long one write to the client may stall before the session ends.
@@ -281,46 +283,63 @@ impl Session {
         let mut out_open = true;
         let mut err_open = !self.tty;
         let mut exited: Option<(i64, Instant)> = None;
+        // Bytes the client sent with its upgrade request do not make the socket readable.
         let mut sock_ready = ws.get_ref().has_buffered();
         loop {
             if ws.get_ref().stopping() {
                 return Err(End::Refused(CloseCode::Away, "agent shutting down".into()));
             }
-            // Client frames, unless the process is not taking its stdin.
-            if sock_ready && stdin_pending.len() < MAX_STDIN_PENDING {
+            // Client frames, unless the process is not taking its stdin: then they wait (and
+            // the socket is not polled), but a client that left still ends the session.
+            let want_client = stdin_pending.len() < MAX_STDIN_PENDING;
+            if want_client && sock_ready {
                 self.read_client(ws, &mut stdin_pending, &mut stdin_close)?;
+            } else if !want_client && ws.get_ref().peer_gone() {
+                return Err(End::Gone);
             }
             self.feed_stdin(&mut stdin_pending, &mut stdin_close);
+            let want_client = stdin_pending.len() < MAX_STDIN_PENDING;
             // Output.
             let (out_fd, err_fd) = match &self.proc.io {
                 ExecIo::Tty { master } => (master, None),
                 ExecIo::Pipes { stdout, stderr, .. } => (stdout, Some(stderr)),
             };
             poll.clear();
-            poll.push(ws.get_ref().fd());
-            if out_open {
+            let mut next = 0;
+            let mut slot = |on: bool| {
+                on.then(|| {
+                    next += 1;
+                    next - 1
+                })
+            };
+            let sock_at = slot(want_client);
+            let out_at = slot(out_open);
+            let err_at = slot(err_open && err_fd.is_some());
+            if sock_at.is_some() {
+                poll.push(ws.get_ref().fd());
+            }
+            if out_at.is_some() {
                 poll.push(std::os::fd::AsFd::as_fd(out_fd));
             }
-            let err_at = if out_open { 2 } else { 1 };
-            if let (true, Some(fd)) = (err_open, err_fd) {
+            if let (Some(_), Some(fd)) = (err_at, err_fd) {
                 poll.push(std::os::fd::AsFd::as_fd(fd));
             }
             let wait = if stdin_pending.is_empty() {
                 TICK
             } else {
-                Duration::from_millis(20)
+                PENDING_TICK
             };
             match poll.wait(wait) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return Err(End::Gone),
             }
-            sock_ready = poll.ready(0);
-            if out_open && poll.ready(1) {
+            sock_ready = sock_at.is_some_and(|i| poll.ready(i));
+            if out_at.is_some_and(|i| poll.ready(i)) {
                 out_open = pump(ws, out_fd, &mut buf, "stdout")?;
             }
-            if let (true, Some(fd)) = (err_open, err_fd) {
-                if poll.ready(err_at) {
+            if let (Some(i), Some(fd)) = (err_at, err_fd) {
+                if poll.ready(i) {
                     err_open = pump(ws, fd, &mut buf, "stderr")?;
                 }
             }

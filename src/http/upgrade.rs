@@ -48,6 +48,12 @@ impl Upgraded<'_> {
         self.sock.set_write_timeout(d)
     }
 
+    /// Whether the client has closed its side (or the connection failed), without waiting
+    /// and without consuming what it sent.
+    pub fn peer_gone(&self) -> bool {
+        super::respond::peer_gone(self.sock, Duration::ZERO)
+    }
+
     /// True once the server is shutting down: the handler should finish.
     pub fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
