@@ -318,7 +318,9 @@ fn the_exec_dies_when_the_client_goes_and_hostile_frames_end_it() {
         send(&mut ws, stdin_frame(&[b'x'; 40 * 1024]));
     }
     drop(ws);
-    wait_until(Duration::from_secs(10), "the stuck exec killed", || !alive(pid));
+    wait_until(Duration::from_secs(10), "the stuck exec killed", || {
+        !alive(pid)
+    });
 
     // The agent still serves.
     assert_eq!(agent.get("/v1/agent/health").status, 200);
