@@ -10,6 +10,7 @@ pub mod agent_host;
 pub mod allocs;
 pub mod auth;
 pub mod client_alloc;
+pub mod client_exec;
 pub mod client_fs;
 pub mod client_meta;
 pub mod client_stats;

@@ -162,6 +162,8 @@ fn route_client(ctx: &Ctx, rest: &str) -> ApiResult {
         client_meta::route(ctx, rest)
     } else if rest == "client/stats" {
         client_stats::route(ctx, rest)
+    } else if rest.starts_with("client/allocation/") && rest.ends_with("/exec") {
+        super::client_exec::route(ctx, rest)
     } else if rest == "client/gc" || rest.starts_with("client/allocation/") {
         client_alloc::route(ctx, rest)
     } else if rest.starts_with("client/fs/") {

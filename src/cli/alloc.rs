@@ -1,11 +1,12 @@
-//! `alloc status ID` and `alloc logs [-f] [-stderr] ID [task]` (the plain log endpoint).
+//! `alloc status ID`, `alloc logs [-f] [-stderr] ID [task]` (the plain log endpoint) and
+//! `alloc exec [-task T] [-i] [-t] ID cmd…` (Nomad's exec websocket).
 
 use std::io::{ErrorKind, Read, Write};
 
 use serde_json::Value;
 
 use super::format::{self, ago, id as short, kv, n, or_none, s, table};
-use super::{api, flag, http, lookup, positional, CliError, Command, Ctx, Found};
+use super::{api, flag, http, lookup, opt, positional, CliError, Command, Ctx, Found};
 
 pub const STATUS: Command = Command {
     group: "alloc",
@@ -27,6 +28,23 @@ pub const LOGS: Command = Command {
         flag("verbose", "Print full IDs"),
     ],
     run: logs,
+};
+
+pub const EXEC: Command = Command {
+    group: "alloc",
+    name: "exec",
+    synopsis: "Execute commands in task",
+    usage: "nomadlet alloc exec [options] <allocation> <command> [<args>...]",
+    flags: &[
+        opt(
+            "task",
+            "<task-name>",
+            "The task to run the command in (needed when the allocation has several)",
+        ),
+        flag("i", "Pass stdin to the command"),
+        flag("t", "Allocate a pseudo-terminal for the command"),
+    ],
+    run: exec,
 };
 
 /// The full allocation an ID or unique prefix names.
@@ -235,4 +253,37 @@ fn logs(ctx: &Ctx, m: &getopts::Matches) -> Result<i32, CliError> {
         }
     }
     Ok(0)
+}
+
+/// The one task of an allocation, or the one `-task` names.
+fn pick_task(a: &Value, given: Option<String>) -> Result<String, CliError> {
+    if let Some(t) = given {
+        return Ok(t);
+    }
+    let tasks = group_tasks(a);
+    match tasks.as_slice() {
+        [one] => Ok(s(one, "Name").to_string()),
+        _ => Err(CliError::Other(
+            "Please specify the task with -task: the allocation has several".into(),
+        )),
+    }
+}
+
+fn exec(ctx: &Ctx, m: &getopts::Matches) -> Result<i32, CliError> {
+    if m.free.len() < 2 {
+        return Err(CliError::Usage(
+            "This command takes at least two arguments: <allocation> <command>".into(),
+        ));
+    }
+    let a = resolve(ctx, &m.free[0], false)?;
+    let task = pick_task(&a, m.opt_str("task"))?;
+    let command = serde_json::to_string(&m.free[1..]).unwrap_or_default();
+    let path = format!(
+        "/v1/client/allocation/{}/exec?task={}&tty={}&command={}",
+        http::escape(s(&a, "ID")),
+        http::escape(&task),
+        m.opt_present("t"),
+        http::escape(&command)
+    );
+    super::exec_ws::run(ctx, &path, m.opt_present("i"))
 }

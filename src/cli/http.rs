@@ -101,7 +101,7 @@ impl Endpoint {
         }
     }
 
-    fn host_header(&self) -> String {
+    pub fn host_header(&self) -> String {
         match self.scheme.as_str() {
             "unix" => "localhost".into(),
             _ if self.host.contains(':') => format!("[{}]:{}", self.host, self.port),

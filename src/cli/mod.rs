@@ -5,6 +5,7 @@
 //! `nomad` CLI's layout.
 
 mod alloc;
+mod exec_ws;
 mod format;
 mod http;
 mod job;
@@ -111,13 +112,14 @@ pub struct Command {
     run: fn(&Ctx, &getopts::Matches) -> Result<i32, CliError>,
 }
 
-/// Every CLI command (`alloc exec` is absent: the agent has no exec endpoint yet).
+/// Every CLI command.
 pub const COMMANDS: &[Command] = &[
     job::RUN,
     job::STATUS,
     job::STOP,
     alloc::STATUS,
     alloc::LOGS,
+    alloc::EXEC,
     node::STATUS,
     node::MEMBERS,
     operator::API,
@@ -299,6 +301,10 @@ pub fn run(args: &[String]) -> i32 {
     }
     let mut opts = getopts::Options::new();
     opts.long_only(true);
+    if cmd.group == "alloc" && cmd.name == "exec" {
+        // The remote command's own flags (`sh -c …`) are not ours.
+        opts.parsing_style(getopts::ParsingStyle::StopAtFirstFree);
+    }
     for f in COMMON_FLAGS.iter().chain(cmd.flags) {
         // Single-letter flags (`-X`, `-H`, `-f`) are getopts short options.
         let (short, long) = if f.name.len() == 1 {

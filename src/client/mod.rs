@@ -5,6 +5,7 @@
 
 pub mod alloc_dir;
 pub mod dirfd;
+pub mod exec;
 pub mod link;
 pub mod logs;
 pub mod raw_exec;
@@ -65,6 +66,8 @@ pub struct TaskFsView {
 
 struct TaskHandle {
     name: String,
+    /// Where `alloc exec` runs while the task runs.
+    exec: exec::ExecSlot,
     cmds: Sender<TaskCmd>,
     join: Option<JoinHandle<()>>,
 }
@@ -568,7 +571,9 @@ impl Client {
         let mut handles = Vec::new();
         for task in &tg.tasks {
             let (tx, rx) = unbounded();
+            let exec_slot = exec::ExecSlot::default();
             let runner = TaskRunner {
+                exec: exec_slot.clone(),
                 client: self.clone(),
                 alloc_id: a.id.clone(),
                 task_name: task.name.clone(),
@@ -594,6 +599,7 @@ impl Client {
                 })?;
             handles.push(TaskHandle {
                 name: task.name.clone(),
+                exec: exec_slot,
                 cmds: tx,
                 join: Some(join),
             });
@@ -623,6 +629,21 @@ impl Client {
         } else {
             Err(Error::NotRunning)
         }
+    }
+
+    /// Where an `alloc exec` in a running task runs.
+    pub fn exec_target(
+        &self,
+        alloc_id: &str,
+        task: &str,
+    ) -> Result<exec::ExecTarget, exec::ExecError> {
+        let runners = self.runners.lock();
+        let t = runners
+            .get(alloc_id)
+            .and_then(|tasks| tasks.iter().find(|t| t.name == task))
+            .ok_or_else(|| exec::ExecError::UnknownTask(task.to_string()))?;
+        let target = t.exec.lock().clone();
+        target.ok_or_else(|| exec::ExecError::NotRunning(task.to_string()))
     }
 
     /// Collect one terminal allocation: remove its alloc dir; the alloc stays listed.

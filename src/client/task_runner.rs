@@ -98,6 +98,8 @@ pub struct TaskRunner {
     /// Started again after an agent restart.
     pub restored: bool,
     pub cmds: Receiver<TaskCmd>,
+    /// Published while the task runs, for `alloc exec`.
+    pub exec: super::exec::ExecSlot,
 }
 
 impl TaskRunner {
@@ -599,6 +601,12 @@ impl TaskRunner {
                 return Err(StartFailed(e));
             }
         };
+        *self.exec.lock() = Some(super::exec::ExecTarget {
+            env: spec.env.clone(),
+            work_dir: spec.work_dir.clone(),
+            user: spec.user,
+            cgroup_procs: spec.cgroup_procs.clone(),
+        });
         drop(spec);
         let note = format!(
             "{} raw_exec: started pid {} ({})",
@@ -642,6 +650,7 @@ impl TaskRunner {
     /// runner detaches) empty and remove its cgroup and let the shim finish its logs.
     fn supervise(&self, task: &Task, mut run: Running) -> RunEnd {
         let end = self.wait(task, &mut run);
+        *self.exec.lock() = None;
         if matches!(end, RunEnd::Detached) {
             run.shim.detach();
             return end;

@@ -285,6 +285,13 @@ fn serve_one(
     })?;
     // The handler has consumed the request and its body.
     drop(budget);
+    if matches!(reply.body, Body::Upgrade(_)) {
+        // The handler owns the connection from the 101 on; it is the connection's last use.
+        ctx.set_state(STATE_STREAM);
+        let ahead = std::mem::take(&mut wire.buf);
+        super::upgrade::switch(wire.sock, reply, ahead, ctx.stopping).map_err(ConnError::Io)?;
+        return Ok(false);
+    }
     if matches!(reply.body, Body::Stream(_)) {
         ctx.set_state(STATE_STREAM);
         // A stream is the connection's last reply: its read buffer can go while it runs (a

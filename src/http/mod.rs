@@ -30,6 +30,7 @@ pub mod request;
 mod respond;
 pub mod status;
 pub mod tls;
+pub mod upgrade;
 pub(crate) mod wire;
 
 #[cfg(test)]
@@ -42,6 +43,7 @@ pub use reply::{Body, Reply, StreamBody, StreamSink};
 pub use request::{Origin, Peer, Request, RequestHead};
 pub use status::Status;
 pub use tls::TlsAcceptor;
+pub use upgrade::{Upgrade, Upgraded};
 
 /// What the connection thread calls once a request head has been parsed.
 pub trait Handler: Send + Sync + 'static {

@@ -24,6 +24,9 @@ pub enum Body {
     /// A body of unknown length, produced by the connection thread running the stream
     /// (chunked on HTTP/1.1, close-delimited on HTTP/1.0). The connection closes after it.
     Stream(Box<dyn StreamBody>),
+    /// `101 Switching Protocols`: after the head, the handler owns the raw connection (see
+    /// `upgrade`); the connection closes when it returns.
+    Upgrade(Box<dyn super::upgrade::Upgrade>),
 }
 
 /// A long-lived body: the connection thread calls `run` and becomes its producer.

@@ -17,7 +17,7 @@ pub(crate) fn http_date(t: SystemTime) -> String {
 }
 
 /// A header name as written: token characters only, else the header is dropped.
-fn clean_name(name: &str) -> Option<&str> {
+pub(crate) fn clean_name(name: &str) -> Option<&str> {
     let ok = !name.is_empty()
         && name
             .bytes()
@@ -26,7 +26,7 @@ fn clean_name(name: &str) -> Option<&str> {
 }
 
 /// A header value as written: CR, LF, NUL (and other controls but tab) are stripped.
-fn clean_value(value: &str) -> String {
+pub(crate) fn clean_value(value: &str) -> String {
     value
         .chars()
         .filter(|&c| c == '\t' || !(c.is_control()))
@@ -104,7 +104,7 @@ pub(crate) fn write_reply(
             Body::Empty => 0,
             Body::Bytes(b) => b.len() as u64,
             Body::File { len, .. } => *len,
-            Body::Stream(_) => 0,
+            Body::Stream(_) | Body::Upgrade(_) => 0,
         };
         let _ = write!(head, "Content-Length: {len}\r\n");
     }
@@ -117,7 +117,8 @@ pub(crate) fn write_reply(
 
     let skip_body = plan.head_only || no_body_status;
     match reply.body {
-        Body::Empty => (&*sock).write_all(&head)?,
+        // An upgrade goes through `upgrade::switch`; here it is only its head.
+        Body::Empty | Body::Upgrade(_) => (&*sock).write_all(&head)?,
         Body::Bytes(b) => {
             if !skip_body && head.len() + b.len() <= FILE_CHUNK {
                 head.extend_from_slice(&b);

@@ -21,6 +21,16 @@ pub(crate) enum Sock {
 }
 
 impl Sock {
+    /// The socket's fd, borrowed (to wait on with `poll`).
+    pub(crate) fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        match self {
+            Sock::Tcp(s) => s.as_fd(),
+            Sock::Unix(s) => s.as_fd(),
+            Sock::Tls(t) => t.tcp.as_fd(),
+        }
+    }
+
     pub(crate) fn fd(&self) -> RawFd {
         match self {
             Sock::Tcp(s) => s.as_raw_fd(),

@@ -11,7 +11,8 @@
 //! task's control group (create, limit, kill, sample, remove); `child`: what a forked task
 //! does before `exec`; `shim`: what the per-task shim needs (session, FIFO, pidfd, kill);
 //! `malloc`: the allocator's arena cap; `mem`: trimming resident code and
-//! stack pages; `host`: uname, statvfs and network interfaces for `/v1/agent/host`. Plus the
+//! stack pages; `host`: uname, statvfs and network interfaces for `/v1/agent/host`; `pty`:
+//! pseudo-terminals for `alloc exec` (open, size, controlling tty, `O_NONBLOCK`). Plus the
 //! open-files limit and a zero-wait readability check.
 
 pub mod cgroup;
@@ -22,6 +23,7 @@ pub mod malloc;
 pub mod mem;
 pub mod poll;
 pub mod process;
+pub mod pty;
 pub mod shim;
 pub mod signal;
 pub mod socket;
