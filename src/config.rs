@@ -75,6 +75,10 @@ pub struct Config {
     /// Open HTTP connections allowed from one client IP (`limits.http_max_conns_per_client`,
     /// default 100); 0 turns the cap off.
     pub http_max_conns_per_client: usize,
+    /// The agent's config came only from JSON files (advice names keys in JSON form).
+    pub config_is_json: bool,
+    /// The flags this config was made from: a reload (SIGHUP) reads the same files again.
+    pub source: AgentFlags,
 }
 
 /// Flags as parsed, before merging with config files.
@@ -291,6 +295,8 @@ impl Config {
                 .limits
                 .http_max_conns_per_client
                 .unwrap_or(crate::http::limits::MAX_CONNS_PER_CLIENT),
+            config_is_json: loaded.json_only,
+            source: flags.clone(),
         })
     }
 

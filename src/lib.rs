@@ -13,6 +13,8 @@ mod http;
 pub mod logtap;
 mod meta_batcher;
 pub mod parse_bounds;
+pub mod reload;
+pub mod sd_notify;
 mod state;
 mod sys;
 mod time;

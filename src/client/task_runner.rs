@@ -198,7 +198,8 @@ impl TaskRunner {
             name: self.agent.config.node_name.clone(),
             datacenter: self.agent.config.datacenter.clone(),
             region: self.agent.config.region.clone(),
-            meta: self.agent.config.meta.clone(),
+            // The node's metadata now (a reload may have changed the configured keys).
+            meta: self.agent.node.meta_view().meta,
         };
         let mut tracker = RestartTracker::new(&tg);
         loop {

@@ -73,7 +73,8 @@ pub struct NodeState {
     attributes: BTreeMap<String, String>,
     facts: HostFacts,
     raw_exec: bool,
-    static_meta: BTreeMap<String, String>,
+    /// Built-in defaults plus `client.meta`/`-meta`; replaced by a reload, under the write gate.
+    static_meta: RwLock<BTreeMap<String, String>>,
     meta_path: PathBuf,
     /// Serialises metadata writers across their durable write (readers never take it).
     meta_write_gate: Mutex<()>,
@@ -82,6 +83,16 @@ pub struct NodeState {
     meta_json: RwLock<Arc<Vec<u8>>>,
     record: RwLock<NodeRecord>,
     registered_at: u64,
+}
+
+/// The built-in static metadata with the configured keys over it.
+fn static_meta_with(config_meta: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut m: BTreeMap<String, String> = DEFAULT_STATIC_META
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    m.extend(config_meta.clone());
+    m
 }
 
 /// Static metadata merged with dynamic: a value sets, a tombstone removes.
@@ -131,11 +142,7 @@ impl NodeState {
             }
         };
         index.observe(identity.create_index);
-        let mut static_meta: BTreeMap<String, String> = DEFAULT_STATIC_META
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        static_meta.extend(config.meta.clone());
+        let static_meta = static_meta_with(&config.meta);
         let meta_path = client_dir.join("meta.json");
         let mut dynamic: DynamicMeta = store::read_json(&meta_path)?.unwrap_or_default();
         // Tombstones only make sense for keys that are still static.
@@ -164,7 +171,7 @@ impl NodeState {
                 modify_index,
                 status_updated_at: now,
             }),
-            static_meta,
+            static_meta: RwLock::new(static_meta),
             meta_path,
             meta_write_gate: Mutex::new(()),
             dynamic: RwLock::new(dynamic),
@@ -185,10 +192,11 @@ impl NodeState {
     /// The metadata views as the client holds them now.
     pub fn meta_view(&self) -> MetaView {
         let dynamic = self.dynamic.read().clone();
+        let static_meta = self.static_meta.read().clone();
         MetaView {
-            meta: merge_meta(&self.static_meta, &dynamic),
+            meta: merge_meta(&static_meta, &dynamic),
             dynamic,
-            static_meta: self.static_meta.clone(),
+            static_meta,
         }
     }
 
@@ -202,9 +210,10 @@ impl NodeState {
     pub fn apply_dynamic(&self, changes: &DynamicMeta) -> Result<MetaView, StoreError> {
         let _gate = self.meta_write_gate.lock();
         let mut next = self.dynamic.read().clone();
+        let static_meta = self.static_meta.read().clone();
         for (k, v) in changes {
             match v {
-                None if !self.static_meta.contains_key(k) => {
+                None if !static_meta.contains_key(k) => {
                     next.remove(k);
                 }
                 _ => {
@@ -214,10 +223,25 @@ impl NodeState {
         }
         store::write_json(&self.meta_path, &next)?;
         // Still under the gate: the cached JSON always matches the latest published map.
-        let encoded = Arc::new(view_json(&self.static_meta, &next));
+        let encoded = Arc::new(view_json(&static_meta, &next));
         *self.dynamic.write() = next;
         *self.meta_json.write() = encoded;
         Ok(self.meta_view())
+    }
+
+    /// Replace the static metadata with the built-in defaults plus `config_meta` (a config
+    /// reload). `true` when it changed; the caller then has the batcher publish it. Nothing
+    /// durable changes: static metadata always comes from the config.
+    pub fn reload_static_meta(&self, config_meta: &BTreeMap<String, String>) -> bool {
+        let _gate = self.meta_write_gate.lock();
+        let next = static_meta_with(config_meta);
+        if *self.static_meta.read() == next {
+            return false;
+        }
+        let encoded = Arc::new(view_json(&next, &self.dynamic.read()));
+        *self.static_meta.write() = next;
+        *self.meta_json.write() = encoded;
+        true
     }
 
     /// Publish the current metadata to the node record (the batcher's node update).

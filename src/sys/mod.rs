@@ -8,6 +8,7 @@
 
 pub mod cgroup;
 pub mod child;
+pub mod clock;
 pub mod host;
 pub mod malloc;
 pub mod mem;
