@@ -191,6 +191,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         detail: e.to_string(),
     })?;
     let agent = Agent::load(config)?;
+    crate::api::jobs::place_blocked(&agent);
     agent.batcher.start(&agent);
     agent.client.start(&agent);
 

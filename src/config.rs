@@ -300,6 +300,16 @@ impl Config {
         })
     }
 
+    /// How to enable the raw_exec driver, in the format the operator's config files use.
+    pub fn raw_exec_advice(&self) -> String {
+        let key = if self.config_is_json {
+            r#"{"plugin": {"raw_exec": {"config": {"enabled": true}}}}"#
+        } else {
+            r#"plugin "raw_exec" { config { enabled = true } }"#
+        };
+        format!("the raw_exec driver is disabled in the agent config: enable it with {key} and restart the agent (or run with -dev)")
+    }
+
     /// The address this agent's own server advertises for RPC (`ip:4647`).
     pub fn rpc_addr(&self) -> String {
         std::net::SocketAddr::new(self.advertise_ip(), 4647).to_string()

@@ -181,10 +181,7 @@ impl TaskRunner {
         let _guard = hook.guard;
 
         if !self.agent.config.raw_exec_enabled {
-            self.driver_failure(
-                "raw_exec driver is disabled on this client: enable it with plugin \"raw_exec\" { config { enabled = true } }"
-                    .to_string(),
-            );
+            self.driver_failure(self.agent.config.raw_exec_advice());
             return;
         }
         if self.restored {
