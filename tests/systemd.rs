@@ -4,6 +4,7 @@
 //! dir, and `dist/nomadlet.service` passing `systemd-analyze verify`.
 
 mod common;
+mod workloads_helpers;
 
 use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
@@ -12,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use workloads_helpers::{first_alloc, read_log, register, sh_job};
 
 fn signal(pid: u32, sig: &str) {
     let st = Command::new("kill")
@@ -113,6 +115,36 @@ fn notify_protocol_ready_watchdog_reload_stopping() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(st.success(), "exit status {st}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tasks_do_not_inherit_the_notify_socket_or_the_watchdog() {
+    let dir = short_dir();
+    let sock = dir.join("notify.sock");
+    let _rx = UnixDatagram::bind(&sock).unwrap();
+    let agent = TestAgent::start_with(
+        &dir.join("data"),
+        &[],
+        &[
+            ("NOTIFY_SOCKET", sock.to_str().unwrap()),
+            ("WATCHDOG_USEC", "30000000"),
+            ("NOMADLET_TEST_MARK", "inherited"),
+        ],
+        None,
+    );
+    register(&agent, &sh_job("env", "batch", "env; echo done"));
+    let id = first_alloc(&agent, "env");
+    let mut out = String::new();
+    wait_until(Duration::from_secs(20), "the task's env output", || {
+        out = read_log(&agent, &id, "t", "stdout");
+        out.contains("done")
+    });
+    // The host environment does reach tasks; the agent's own systemd variables do not.
+    assert!(out.contains("NOMADLET_TEST_MARK=inherited"), "{out}");
+    assert!(!out.contains("NOTIFY_SOCKET"), "{out}");
+    assert!(!out.contains("WATCHDOG_USEC"), "{out}");
+    drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
