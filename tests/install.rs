@@ -214,6 +214,58 @@ fn make_deb_builds_a_package_with_the_files_conffiles_and_scripts() {
             .unwrap();
         assert!(st.success(), "{s} is not valid sh");
     }
+    // Run the scripts with stub helpers that log their calls: a first install enables the
+    // unit; removal masks it; purge forgets it.
+    let stubs = out_dir.join("stubs");
+    std::fs::create_dir_all(&stubs).unwrap();
+    let calls = out_dir.join("calls");
+    for tool in ["deb-systemd-helper", "deb-systemd-invoke", "systemctl"] {
+        let p = stubs.join(tool);
+        std::fs::write(
+            &p,
+            format!("#!/bin/sh\necho \"{tool} $*\" >> {}\n", calls.display()),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let run_script = |script: &str, arg: &str| {
+        let st = Command::new("sh")
+            .arg(ctrl.join(script))
+            .arg(arg)
+            .env(
+                "PATH",
+                format!("{}:{}", stubs.display(), std::env::var("PATH").unwrap()),
+            )
+            .status()
+            .unwrap();
+        assert!(st.success(), "{script} {arg}");
+    };
+    run_script("postinst", "configure");
+    let log = std::fs::read_to_string(&calls).unwrap();
+    assert!(
+        log.contains("deb-systemd-helper enable nomadlet.service"),
+        "{log}"
+    );
+    // Started only where systemd runs (this test host may not be booted with it).
+    if Path::new("/run/systemd/system").is_dir() {
+        assert!(
+            log.contains("deb-systemd-invoke start nomadlet.service"),
+            "{log}"
+        );
+    }
+    run_script("postrm", "remove");
+    run_script("postrm", "purge");
+    let log = std::fs::read_to_string(&calls).unwrap();
+    // postrm calls the helper only while /usr/bin/deb-systemd-helper exists (dh's convention).
+    let helper = Path::new("/usr/bin/deb-systemd-helper").exists();
+    for want in [
+        "deb-systemd-helper mask nomadlet.service",
+        "deb-systemd-helper purge nomadlet.service",
+    ] {
+        assert_eq!(log.contains(want), helper, "{want}: {log}");
+    }
+
     // The packaged unit starts the packaged binary.
     let unit =
         std::fs::read_to_string(out_dir.join("root/lib/systemd/system/nomadlet.service")).unwrap();
