@@ -80,14 +80,43 @@ class Agent:
             raw = resp.read()
             return json.loads(raw) if raw else None
 
-    def stop(self):
+    def stop(self, keep_tasks=False):
         self.proc.terminate()
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        if not keep_tasks:
+            kill_shims(self.dir)
         if not self.keep_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def live_shims(data_dir):
+    """(shim pid, task pid) of every task shim left running in data_dir."""
+    out = []
+    root = os.path.join(data_dir, "client", "shims")
+    for name in (os.listdir(root) if os.path.isdir(root) else []):
+        d = os.path.join(root, name)
+        try:
+            fd = os.open(os.path.join(d, "ctl"), os.O_WRONLY | os.O_NONBLOCK)
+            os.close(fd)
+            with open(os.path.join(d, "pid")) as f:
+                shim, task = (int(x) for x in f.read().split())
+            out.append((shim, task))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def kill_shims(data_dir):
+    """Tasks outlive the agent: a bench section leaves none behind."""
+    for shim, task in live_shims(data_dir):
+        for pid in (-task, task, shim):
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
 
 
 def wrk(url, conns=16):
@@ -280,6 +309,11 @@ def bench_tasks():
         wait_allocs(agent, "idle", "running", n)
         time.sleep(1.5)
         after = proc_status(agent.proc.pid)
+        shims = [proc_status(shim) for shim, _ in live_shims(agent.dir)]
+        if shims:
+            print(f"  {len(shims)} task shims: RSS {statistics.mean(x['rss_kib'] for x in shims):.0f} KiB each "
+                  f"(Pss {statistics.mean(pss_kib(shim) for shim, _ in live_shims(agent.dir)):.0f} KiB), "
+                  f"{max(x['threads'] for x in shims)} thread each")
         print(f"  {n} idle tasks: agent RSS {before['rss_kib'] / 1024:.1f} -> {after['rss_kib'] / 1024:.1f} MiB "
               f"({(after['rss_kib'] - before['rss_kib']) / n:.0f} KiB per task), threads {before['threads']} -> "
               f"{after['threads']} ({(after['threads'] - before['threads']) / n:.1f} per task)")
@@ -307,6 +341,85 @@ def bench_tasks():
               f"bytes in the log files at completion: {kept} of {size_mb * 1024 * 1024}")
     finally:
         agent.stop()
+
+
+def pss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+COUNTER = "i=0; while :; do echo $i; i=$((i+1)); sleep 0.05; done"
+
+
+def counter_check(path):
+    """(lines, bytes missing or duplicated) of a counter's log file."""
+    with open(path) as f:
+        text = f.read()
+    lines = text.split("\n")[:-1]
+    bad = 0
+    for i, line in enumerate(lines):
+        if line != str(i):
+            bad += len(line) + 1
+    return len(lines), bad
+
+
+def bench_restart():
+    section("Agent restart with running tasks (issue 13): re-attach, restarts, log bytes lost")
+    n = 10
+    data_dir = tempfile.mkdtemp(prefix="nomadlet-bench-restart-")
+    agent = Agent(data_dir=data_dir)
+    try:
+        agent.req("POST", "/v1/jobs", job_body("counter", {"command": "/bin/sh", "args": ["-c", COUNTER]}, count=n))
+        allocs = wait_allocs(agent, "counter", "running", n)
+        time.sleep(1.0)
+
+        def started():
+            out = {}
+            for a in agent.req("GET", "/v1/job/counter/allocations"):
+                full = agent.req("GET", f"/v1/allocation/{a['ID']}")
+                ts = full["TaskStates"]["t"]
+                pids = [e["Details"].get("pid") for e in ts["Events"] if e["Type"] == "Started"]
+                out[a["ID"]] = (ts["State"], pids)
+            return out
+        before = started()
+        threads_before = proc_status(agent.proc.pid)["threads"]
+        agent.stop(keep_tasks=True)
+        t0 = time.monotonic()
+        agent = Agent(data_dir=data_dir)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = started()
+            if all(now.get(k, ("", []))[0] == "running" for k in before):
+                break
+            time.sleep(0.005)
+        reattached = time.monotonic() - t0
+        time.sleep(1.0)
+        now = started()
+        restarted = sum(1 for k in before if now[k][1] != before[k][1])
+        lost = 0
+        lines = 0
+        for a in allocs:
+            path = os.path.join(data_dir, "alloc", a["ID"], "alloc", "logs", "t.stdout.0")
+            l, bad = counter_check(path)
+            lines += l
+            lost += bad
+        threads_after = proc_status(agent.proc.pid)["threads"]
+        shims = live_shims(data_dir)
+        print(f"  {n} counter tasks, agent stopped (SIGTERM) and started again: all re-attached and "
+              f"running {reattached * 1000:.0f} ms after the new agent started; tasks restarted: {restarted} "
+              f"(goal 0); log bytes lost or duplicated: {lost} in {lines} lines (goal 0)")
+        print(f"  agent threads with {n} tasks: {threads_before} before, {threads_after} after the restart; "
+              f"{len(shims)} shims, RSS {statistics.mean(proc_status(s)['rss_kib'] for s, _ in shims):.0f} KiB, "
+              f"Pss {statistics.mean(pss_kib(s) for s, _ in shims):.0f} KiB each")
+    finally:
+        agent.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def inotify_floor(path, samples=50):
@@ -542,7 +655,7 @@ def bench_state():
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-SECTIONS = [bench_size_idle_start, bench_http, bench_tasks, bench_fs, bench_state]
+SECTIONS = [bench_size_idle_start, bench_http, bench_tasks, bench_restart, bench_fs, bench_state]
 
 
 def main():

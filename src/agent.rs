@@ -240,7 +240,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     // Blocking queries return at once from here on, so their connections can finish.
     agent.index.close();
     server.shutdown();
-    agent.client.shutdown();
+    agent.client.shutdown(sig);
     // After the tasks: their last state updates are committed before the store closes.
     agent.workloads.shutdown();
     agent.batcher.shutdown();

@@ -79,7 +79,27 @@ pub struct Config {
     pub config_is_json: bool,
     /// The flags this config was made from: a reload (SIGHUP) reads the same files again.
     pub source: AgentFlags,
+    /// `client.drain_on_shutdown`: when the agent leaves, stop its allocations first.
+    pub drain_on_shutdown: Option<DrainOnShutdown>,
+    /// `leave_on_interrupt`: SIGINT makes the agent leave (and drain, when configured).
+    pub leave_on_interrupt: bool,
+    /// `leave_on_terminate`: SIGTERM makes the agent leave (and drain, when configured).
+    pub leave_on_terminate: bool,
 }
+
+/// Nomad's `client.drain_on_shutdown` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainOnShutdown {
+    /// How long the drain may take (default 1h): tasks still running then are left running.
+    pub deadline: Duration,
+    /// Kill at once, without each task's kill_timeout.
+    pub force: bool,
+    /// Leave system jobs' tasks running.
+    pub ignore_system_jobs: bool,
+}
+
+/// Nomad's default `drain_on_shutdown.deadline`.
+pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(3600);
 
 /// Flags as parsed, before merging with config files.
 #[derive(Debug, Default, Clone)]
@@ -257,8 +277,26 @@ impl Config {
             ),
             None => None,
         };
+        let drain_on_shutdown = match &file.client.drain_on_shutdown {
+            None => None,
+            Some(d) => Some(DrainOnShutdown {
+                deadline: match &d.deadline {
+                    None => DEFAULT_DRAIN_DEADLINE,
+                    Some(text) => parse_go_duration(text).ok_or_else(|| {
+                        ConfigError(format!(
+                            "invalid client.drain_on_shutdown.deadline {text:?}: a duration"
+                        ))
+                    })?,
+                },
+                force: d.force.unwrap_or(false),
+                ignore_system_jobs: d.ignore_system_jobs.unwrap_or(false),
+            }),
+        };
         Ok(Config {
             dev,
+            drain_on_shutdown,
+            leave_on_interrupt: file.leave_on_interrupt.unwrap_or(false),
+            leave_on_terminate: file.leave_on_terminate.unwrap_or(false),
             data_dir,
             data_dir_is_temp,
             bind_addr,

@@ -21,3 +21,10 @@ mod time;
 
 #[doc(hidden)]
 pub mod fuzzing;
+
+/// The hidden `nomadlet task-shim DIR` subcommand (one per running task, started by the
+/// agent; see `client::shim`). Returns the process exit code.
+#[doc(hidden)]
+pub fn task_shim(args: &[String]) -> i32 {
+    client::shim::main(args)
+}

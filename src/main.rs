@@ -89,6 +89,8 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        // Hidden: the per-task shim the agent starts (not for operators).
+        Some("task-shim") => ExitCode::from(nomadlet::task_shim(&args[1..]).clamp(0, 255) as u8),
         Some("agent") => {
             if args[1..]
                 .iter()

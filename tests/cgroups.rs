@@ -410,7 +410,7 @@ fn without_cgroups_tasks_run_in_their_process_group_and_the_agent_says_so_once()
 }
 
 #[test]
-fn after_an_agent_crash_every_process_left_in_the_task_cgroup_is_killed() {
+fn after_an_agent_and_shim_crash_every_process_left_in_the_task_cgroup_is_killed() {
     let mut agent = TestAgent::start(&[]);
     if !cgroups_in_use(&agent) {
         return;
@@ -428,6 +428,11 @@ fn after_an_agent_crash_every_process_left_in_the_task_cgroup_is_killed() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(marked_sleeps(&m), old, "tasks outlive a crashed agent");
+    // The shim goes too: nothing can re-attach, and everything left is killed.
+    for (_, shim, _) in live_shims(&agent.data_dir) {
+        // SAFETY: kill(2) on the shim this test's agent started.
+        unsafe { libc::kill(shim, 9) };
+    }
     let data_dir = agent.data_dir.clone();
     let agent2 = TestAgent::start_in(&data_dir, &[]);
     wait_until(WAIT, "the old processes killed", || {

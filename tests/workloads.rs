@@ -684,7 +684,7 @@ fn terminal_allocs_beyond_gc_max_allocs_are_collected() {
 }
 
 #[test]
-fn agent_restart_keeps_jobs_and_allocs_and_starts_running_tasks_again() {
+fn agent_restart_keeps_jobs_and_allocs_and_leaves_running_tasks_running() {
     let mut agent = TestAgent::start(&[]);
     register(&agent, &sh_job("keep", "service", "echo started; sleep 60"));
     register(&agent, &sh_job("finished", "batch", "echo once"));
@@ -699,25 +699,22 @@ fn agent_restart_keeps_jobs_and_allocs_and_starts_running_tasks_again() {
             .and_then(|e| e["Details"]["pid"].as_str().map(str::to_string))
     };
     let pid_before = pid_of(&before).unwrap();
+    let types_before = event_types(&before, "t");
     agent.restart();
     let after = wait_task_running(&agent, &svc, "t");
-    assert_ne!(pid_of(&after).unwrap(), pid_before);
-    let types = event_types(&after, "t");
-    let n = types.len();
-    assert_eq!(
-        &types[n - 4..],
-        ["Received", "Task Setup", "Restarting", "Started"],
-        "{types:?}"
+    // Re-attached, not restarted: the same process, no new event.
+    assert_eq!(pid_of(&after).unwrap(), pid_before);
+    assert_eq!(event_types(&after, "t"), types_before);
+    assert!(std::path::Path::new(&format!("/proc/{pid_before}")).exists());
+    assert!(
+        agent.log().contains("re-attached to pid"),
+        "{}",
+        agent.log()
     );
-    assert!(types.contains(&"Killing".to_string()), "{types:?}");
-    // The old process is gone.
-    assert!(!std::path::Path::new(&format!("/proc/{pid_before}")).exists());
     assert_eq!(agent.get_json("/v1/job/keep")["ID"], "keep");
     assert_eq!(alloc(&agent, &batch)["ClientStatus"], "complete");
     assert_eq!(read_log(&agent, &batch, "t", "stdout"), "once\n");
-    wait_until(WAIT, "second start logged", || {
-        read_log(&agent, &svc, "t", "stdout") == "started\nstarted\n"
-    });
+    assert_eq!(read_log(&agent, &svc, "t", "stdout"), "started\n");
     assert_eq!(allocs(&agent, "keep").len(), 1);
     let r = register(&agent, &sh_job("after", "batch", "true"));
     let idx_before = before["ModifyIndex"].as_u64().unwrap();
@@ -765,7 +762,7 @@ fn misbehaving_tasks_never_hang_or_crash_the_agent() {
 }
 
 #[test]
-fn after_an_agent_crash_the_leftover_task_process_is_killed_before_the_restart() {
+fn after_an_agent_and_shim_crash_the_leftover_task_process_is_killed_before_the_restart() {
     let mut agent = TestAgent::start(&[]);
     register(&agent, &sh_job("crash", "service", "sleep 60"));
     let id = first_alloc(&agent, "crash");
@@ -781,6 +778,11 @@ fn after_an_agent_crash_the_leftover_task_process_is_killed_before_the_restart()
         std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "task outlives a crashed agent"
     );
+    // The shim goes too: nothing can re-attach, and the leftover is killed.
+    for (_, shim, _) in live_shims(&agent.data_dir) {
+        // SAFETY: kill(2) on the shim this test's agent started.
+        unsafe { libc::kill(shim, 9) };
+    }
     let data_dir = agent.data_dir.clone();
     let agent2 = TestAgent::start_in(&data_dir, &[]);
     wait_until(WAIT, "leftover killed", || {

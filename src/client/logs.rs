@@ -1,4 +1,4 @@
-//! Task logs: one pump thread per task copies both of its pipes (polled together) into
+//! Task logs: the task's shim copies both of its pipes (polled together) into
 //! rotating files `alloc/logs/<task>.<stdout|stderr>.<n>` with Nomad's rotation (append to
 //! the highest index at start, next index when full, oldest deleted beyond `MaxFiles`).
 //!
@@ -6,20 +6,15 @@
 //! to a directory fd with `O_NOFOLLOW|O_NONBLOCK|O_CLOEXEC`, new files with `O_EXCL`, then
 //! checked with `fstat` (a regular file owned by the agent, one link). Old files are removed
 //! with `unlinkat` after `fstatat(AT_SYMLINK_NOFOLLOW)`. Nothing is ever truncated, and no
-//! log file is ever read or reopened by name.
+//! log file is ever read or reopened by name. The pump runs in the task's shim
+//! (`client::shim`), so the files keep growing while the agent is away.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
-
-use crossbeam_channel::{bounded, Receiver};
 
 use super::dirfd;
-use crate::sys::poll::PollSet;
 
 /// Indexes tried past a planted file before the output is dropped.
 pub const MAX_INDEX_SKIPS: u64 = 16;
@@ -27,11 +22,6 @@ pub const MAX_INDEX_SKIPS: u64 = 16;
 pub const PUMP_CHUNK: usize = 64 * 1024;
 /// Read size of the pump until a read fills it (an idle task's pump holds no 64 KiB buffer).
 pub const PUMP_FIRST_CHUNK: usize = 4 * 1024;
-/// How often a pump waiting for output checks whether it was told to stop.
-pub const PUMP_POLL: Duration = Duration::from_millis(250);
-/// Stack of a pump thread: it polls, reads into a heap buffer and writes files, no recursion
-/// (its unit tests run it in a debug build).
-pub const PUMP_STACK: usize = 128 * 1024;
 /// Mode of log files.
 pub const LOG_FILE_MODE: u32 = 0o644;
 
@@ -182,20 +172,38 @@ impl Rotator {
     }
 }
 
-/// One pump thread per task copying its pipes (stdout and stderr) into their [`Rotator`]s.
-pub struct LogPump {
-    stop: Arc<AtomicBool>,
-    done: Receiver<()>,
-    join: Option<JoinHandle<()>>,
-}
-
 /// One pipe of a pump and where its bytes go (`None`: drain and discard).
-struct Pipe {
+pub struct Pipe {
     read: Option<File>,
     sink: Option<Rotator>,
 }
 
 impl Pipe {
+    /// Copy from `fd` into `sink`.
+    pub fn new(fd: OwnedFd, sink: Option<Rotator>) -> Pipe {
+        Pipe {
+            read: Some(File::from(fd)),
+            sink,
+        }
+    }
+
+    /// The read end while the pipe is open.
+    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.read.as_ref().map(|f| f.as_fd())
+    }
+
+    /// Take one readable chunk into the sink; closes the pipe at EOF or error. Returns
+    /// whether the read filled `buf` (the caller may grow it).
+    pub fn pump(&mut self, buf: &mut [u8]) -> bool {
+        match self.pump_once(buf) {
+            None => {
+                self.read = None;
+                false
+            }
+            Some(n) => n == buf.len(),
+        }
+    }
+
     /// Read once (the pipe is readable) and store what came: `Some(bytes)`, `None` once the
     /// pipe is done.
     fn pump_once(&mut self, buf: &mut [u8]) -> Option<usize> {
@@ -217,96 +225,6 @@ impl Pipe {
                 Some(0)
             }
             Err(_) => None,
-        }
-    }
-}
-
-/// The pump loop: wait on every open pipe at once, read one chunk from each readable one (so
-/// a flood on one stream cannot starve the other), drop a pipe at EOF. Once told to stop, it
-/// still takes whatever is readable at once, then ends.
-fn pump(mut pipes: Vec<Pipe>, flag: &AtomicBool) {
-    // Small while the task is quiet; a read that fills it means a flood, and it grows.
-    let mut buf = vec![0u8; PUMP_FIRST_CHUNK];
-    let mut set = PollSet::new();
-    let mut open: Vec<usize> = Vec::with_capacity(pipes.len());
-    loop {
-        let stopping = flag.load(Ordering::SeqCst);
-        set.clear();
-        open.clear();
-        for (i, p) in pipes.iter().enumerate() {
-            if let Some(f) = &p.read {
-                set.push(f.as_fd());
-                open.push(i);
-            }
-        }
-        if open.is_empty() {
-            return;
-        }
-        match set.wait(if stopping { Duration::ZERO } else { PUMP_POLL }) {
-            Ok(0) if stopping => return,
-            Ok(0) => continue,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return,
-        }
-        for (k, &i) in open.iter().enumerate() {
-            if !set.ready(k) {
-                continue;
-            }
-            match pipes[i].pump_once(&mut buf) {
-                None => pipes[i].read = None,
-                Some(n) if n == buf.len() && buf.len() < PUMP_CHUNK => buf.resize(PUMP_CHUNK, 0),
-                Some(_) => {}
-            }
-        }
-    }
-}
-
-impl LogPump {
-    /// Start one thread pumping every `(read end, sink)` pair (`None`: drain and discard).
-    pub fn start(
-        thread_name: String,
-        pipes: Vec<(OwnedFd, Option<Rotator>)>,
-    ) -> io::Result<LogPump> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (done_tx, done) = bounded::<()>(1);
-        let flag = stop.clone();
-        let pipes: Vec<Pipe> = pipes
-            .into_iter()
-            .map(|(fd, sink)| Pipe {
-                read: Some(File::from(fd)),
-                sink,
-            })
-            .collect();
-        let join = std::thread::Builder::new()
-            .name(thread_name)
-            .stack_size(PUMP_STACK)
-            .spawn(move || {
-                pump(pipes, &flag);
-                let _ = done_tx.send(());
-            })?;
-        Ok(LogPump {
-            stop,
-            done,
-            join: Some(join),
-        })
-    }
-
-    /// Wait up to `grace` for the pipes to close (everything written), then stop and join.
-    pub fn finish(mut self, grace: Duration) {
-        let _ = self.done.recv_timeout(grace);
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(j) = self.join.take() {
-            let _ = j.join();
-        }
-    }
-}
-
-impl Drop for LogPump {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(j) = self.join.take() {
-            let _ = j.join();
         }
     }
 }
@@ -364,55 +282,6 @@ mod tests {
             "old symlink unlinked, not followed"
         );
         assert_eq!(std::fs::metadata(&victim).unwrap().nlink(), 1);
-        std::fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn one_pump_keeps_every_byte_of_two_flooding_pipes() {
-        // Both writers flood at once: a pump that blocked on one pipe would leave the other
-        // writer stuck on a full pipe; one thread polling both keeps up with each.
-        let (d, fd) = setup();
-        let (out_w, out_r) = std::os::unix::net::UnixStream::pair().unwrap();
-        let (err_w, err_r) = std::os::unix::net::UnixStream::pair().unwrap();
-        let pump = LogPump::start(
-            "logs-test".into(),
-            vec![
-                (
-                    OwnedFd::from(out_r),
-                    Some(Rotator::open(fd.clone(), "t.stdout", 10, 1 << 20)),
-                ),
-                (
-                    OwnedFd::from(err_r),
-                    Some(Rotator::open(fd.clone(), "t.stderr", 10, 1 << 20)),
-                ),
-            ],
-        )
-        .unwrap();
-        let size = 3 << 20;
-        let writer = |mut w: std::os::unix::net::UnixStream, byte: u8| {
-            std::thread::spawn(move || {
-                let chunk = vec![byte; 4096];
-                for _ in 0..size / chunk.len() {
-                    w.write_all(&chunk).unwrap();
-                }
-            })
-        };
-        let a = writer(out_w, b'o');
-        let b = writer(err_w, b'e');
-        a.join().unwrap();
-        b.join().unwrap();
-        pump.finish(Duration::from_secs(10));
-        for (base, byte) in [("t.stdout", b'o'), ("t.stderr", b'e')] {
-            let mut all = Vec::new();
-            for i in 0..3 {
-                all.extend(std::fs::read(d.join(format!("{base}.{i}"))).unwrap());
-            }
-            assert_eq!(all.len(), size, "{base}");
-            assert!(
-                all.iter().all(|c| *c == byte),
-                "{base} holds only its own bytes"
-            );
-        }
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -7,9 +7,11 @@ pub mod dirfd;
 pub mod logs;
 pub mod raw_exec;
 pub mod restarts;
+pub mod shim;
 pub mod signals;
 pub mod stats;
 pub mod task_env;
+pub mod task_events;
 pub mod task_hooks;
 pub mod task_runner;
 
@@ -23,7 +25,7 @@ use crossbeam_channel::{unbounded, Sender};
 use parking_lot::Mutex;
 
 use crate::agent::Agent;
-use crate::config::Config;
+use crate::config::{Config, DrainOnShutdown};
 use crate::state::jobs::alloc::{AllocRecord, TaskEvent};
 use crate::sys::cgroup::{Cgroups, Mode};
 
@@ -78,6 +80,46 @@ pub enum LifecycleError {
     NotRunning,
 }
 
+/// What the agent's stop does to running tasks.
+#[derive(Debug)]
+enum TasksOnStop {
+    /// Leave them running; the next agent re-attaches.
+    Detach,
+    /// Kill them (nothing could re-attach).
+    Kill,
+    /// Kill them, as `drain_on_shutdown` says.
+    Drain(DrainOnShutdown),
+}
+
+/// The settings that decide [`TasksOnStop`].
+struct OnStop {
+    temp_data_dir: bool,
+    drain: Option<DrainOnShutdown>,
+    leave_on_interrupt: bool,
+    leave_on_terminate: bool,
+}
+
+impl OnStop {
+    fn tasks_stop(&self, signal: i32) -> TasksOnStop {
+        if self.temp_data_dir {
+            log::info!("stopping every task: the data dir is temporary, nothing could re-attach");
+            return TasksOnStop::Kill;
+        }
+        let leave = (signal == libc::SIGINT && self.leave_on_interrupt)
+            || (signal == libc::SIGTERM && self.leave_on_terminate);
+        match &self.drain {
+            Some(d) if leave => {
+                log::info!("draining: stopping the allocations before the agent exits");
+                TasksOnStop::Drain(d.clone())
+            }
+            _ => {
+                log::info!("leaving tasks running for the next agent to re-attach");
+                TasksOnStop::Detach
+            }
+        }
+    }
+}
+
 /// The client: every alloc runner on this node.
 pub struct Client {
     runners: Mutex<HashMap<String, Vec<TaskHandle>>>,
@@ -86,6 +128,8 @@ pub struct Client {
     pub cgroups: Cgroups,
     data_dir: PathBuf,
     gc_max_allocs: usize,
+    /// What happens to running tasks when the agent stops.
+    on_stop: OnStop,
     stopping: AtomicBool,
     /// Set by `start`; a weak reference because the agent owns the client.
     agent: OnceLock<Weak<Agent>>,
@@ -123,6 +167,12 @@ impl Client {
             cgroups,
             data_dir: config.data_dir.clone(),
             gc_max_allocs: config.gc_max_allocs,
+            on_stop: OnStop {
+                temp_data_dir: config.data_dir_is_temp,
+                drain: config.drain_on_shutdown.clone(),
+                leave_on_interrupt: config.leave_on_interrupt,
+                leave_on_terminate: config.leave_on_terminate,
+            },
             stopping: AtomicBool::new(false),
             agent: OnceLock::new(),
         }
@@ -134,17 +184,41 @@ impl Client {
         self.sync(agent);
     }
 
-    /// Stop every task runner and join them. Running tasks are killed
-    /// (KillSignal, then SIGKILL after KillTimeout) and start again on the next run.
-    pub fn shutdown(&self) {
+    /// Stop every task runner and join them, the agent having caught `signal`. Running
+    /// tasks are left running for the next agent (their shims keep them and their logs),
+    /// except when nothing could re-attach (`-dev`'s temporary data dir) or the agent
+    /// leaves with `drain_on_shutdown`: then they are killed (KillSignal, then SIGKILL after
+    /// KillTimeout) and start again on the next run.
+    pub fn shutdown(&self, signal: i32) {
         self.stopping.store(true, Ordering::SeqCst);
-        let runners: Vec<Vec<TaskHandle>> = self.runners.lock().drain().map(|(_, v)| v).collect();
-        for tasks in &runners {
+        let stop = self.on_stop.tasks_stop(signal);
+        let drain_deadline = match &stop {
+            TasksOnStop::Drain(d) => crate::client::restarts::later(d.deadline),
+            _ => std::time::Instant::now(),
+        };
+        let agent = self.agent.get().and_then(Weak::upgrade);
+        let runners: Vec<(String, Vec<TaskHandle>)> = self.runners.lock().drain().collect();
+        for (alloc_id, tasks) in &runners {
+            let cmd = match &stop {
+                TasksOnStop::Detach => TaskCmd::Detach,
+                TasksOnStop::Kill => TaskCmd::Shutdown(None),
+                TasksOnStop::Drain(d) => {
+                    let system = agent
+                        .as_ref()
+                        .and_then(|a| a.workloads.alloc(alloc_id))
+                        .is_some_and(|a| a.job.job_type() == "system");
+                    if d.ignore_system_jobs && system {
+                        TaskCmd::Detach
+                    } else {
+                        TaskCmd::Shutdown(Some(drain_deadline))
+                    }
+                }
+            };
             for t in tasks {
-                let _ = t.cmds.send(TaskCmd::Shutdown);
+                let _ = t.cmds.send(cmd.clone());
             }
         }
-        for tasks in runners {
+        for (_, tasks) in runners {
             for mut t in tasks {
                 if let Some(j) = t.join.take() {
                     let _ = j.join();
@@ -205,6 +279,18 @@ impl Client {
             }
         }
         for id in never_started {
+            // A task a previous agent left running (stopped while no agent watched) goes
+            // before it is recorded dead.
+            if let Some(a) = agent.workloads.alloc(&id) {
+                for t in a
+                    .job
+                    .group(&a.task_group)
+                    .map(|g| g.tasks.as_slice())
+                    .unwrap_or(&[])
+                {
+                    task_runner::kill_orphan(agent, &id, &t.name);
+                }
+            }
             let _ = agent.workloads.update_alloc(&agent.index, &id, |a| {
                 let names: Vec<String> = a
                     .job
@@ -399,5 +485,47 @@ impl Client {
             collected: a.collected,
             tasks,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on_stop(temp: bool, drain: bool, int: bool, term: bool) -> OnStop {
+        OnStop {
+            temp_data_dir: temp,
+            drain: drain.then(|| DrainOnShutdown {
+                deadline: std::time::Duration::from_secs(60),
+                force: false,
+                ignore_system_jobs: false,
+            }),
+            leave_on_interrupt: int,
+            leave_on_terminate: term,
+        }
+    }
+
+    #[test]
+    fn tasks_stay_unless_nothing_could_reattach_or_the_agent_leaves_with_a_drain() {
+        let is = |o: OnStop, sig: i32| format!("{:?}", o.tasks_stop(sig));
+        assert_eq!(
+            is(on_stop(false, false, true, true), libc::SIGTERM),
+            "Detach"
+        );
+        assert_eq!(
+            is(on_stop(true, false, false, false), libc::SIGTERM),
+            "Kill"
+        );
+        assert!(is(on_stop(false, true, false, true), libc::SIGTERM).starts_with("Drain"));
+        assert_eq!(
+            is(on_stop(false, true, false, true), libc::SIGINT),
+            "Detach"
+        );
+        assert!(is(on_stop(false, true, true, false), libc::SIGINT).starts_with("Drain"));
+        // leave_on_* without drain_on_shutdown: nothing to drain.
+        assert_eq!(
+            is(on_stop(false, false, true, true), libc::SIGINT),
+            "Detach"
+        );
     }
 }

@@ -1,6 +1,6 @@
-//! The raw_exec driver: resolve the command, start it in its own cgroup (when the host has
-//! them) and its own session (process group) as `task.user` when the agent can switch users,
-//! signal the group, and collect the exit.
+//! The raw_exec driver: resolve the command, start it (from its shim) in its own cgroup (when
+//! the host has them) and its own session (process group) as `task.user` when the agent can
+//! switch users, signal the group, and collect the exit.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -8,13 +8,8 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
 
-use crate::sys::cgroup::{TaskCgroup, KILL_WAIT};
 use crate::sys::child::{self, ChildSetup};
-
-/// How often a wait for the task's exit checks again.
-pub const EXIT_POLL: Duration = Duration::from_millis(50);
 
 /// A user the task runs as.
 #[derive(Clone, Debug)]
@@ -134,8 +129,9 @@ pub struct SpawnSpec<'a> {
     pub user: Option<TaskUser>,
     /// Pipe stdout/stderr (`false`: logs disabled, output to /dev/null).
     pub capture: bool,
-    /// The task's cgroup, which the process joins before it runs (`None`: no cgroups).
-    pub cgroup: Option<TaskCgroup>,
+    /// `cgroup.procs` of the task's cgroup, which the process joins before it runs (empty:
+    /// no cgroups).
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 /// A started task process.
@@ -144,48 +140,27 @@ pub struct Process {
     pub pid: i32,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
-    /// Its cgroup: every process it starts is in it.
-    pub cgroup: Option<TaskCgroup>,
 }
 
-impl Process {
-    /// The kernel's OOM killer killed a process of the task.
-    pub fn oom_killed(&self) -> bool {
-        self.cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0)
-    }
-}
-
-/// Start the task process in its cgroup and a new session.
+/// Start the task process in its cgroup and a new session (run by the task's shim, which
+/// is its parent).
 pub fn spawn(spec: SpawnSpec) -> Result<Process, String> {
-    let result = spawn_in(&spec);
-    match result {
-        Ok((child, stdout, stderr)) => Ok(Process {
-            pid: child.id() as i32,
-            child,
-            stdout,
-            stderr,
-            cgroup: spec.cgroup,
-        }),
-        Err(e) => {
-            if let Some(cg) = spec.cgroup {
-                if let Err(e) = cg.destroy(KILL_WAIT) {
-                    log::warn!("{e}");
-                }
-            }
-            Err(e)
-        }
-    }
-}
-
-type Spawned = (Child, Option<OwnedFd>, Option<OwnedFd>);
-
-fn spawn_in(spec: &SpawnSpec) -> Result<Spawned, String> {
-    let cgroup_procs = match &spec.cgroup {
-        Some(cg) => cg
-            .open_procs()
-            .map_err(|e| format!("failed to launch command with executor: {e}"))?,
-        None => Vec::new(),
-    };
+    let cgroup_procs = spec
+        .cgroup_procs
+        .iter()
+        .map(|p| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .map(OwnedFd::from)
+                .map_err(|e| {
+                    format!(
+                        "failed to launch command with executor: open {}: {e}",
+                        p.display()
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let mut cmd = Command::new(&spec.command);
     cmd.args(&spec.args)
         .current_dir(&spec.work_dir)
@@ -211,11 +186,16 @@ fn spawn_in(spec: &SpawnSpec) -> Result<Spawned, String> {
             go_errno_text(&e)
         )
     })?;
-    // Closes the agent's copies of the cgroup.procs fds.
+    // Closes our copies of the cgroup.procs fds.
     drop(cmd);
     let stdout = child.stdout.take().map(OwnedFd::from);
     let stderr = child.stderr.take().map(OwnedFd::from);
-    Ok((child, stdout, stderr))
+    Ok(Process {
+        pid: child.id() as i32,
+        child,
+        stdout,
+        stderr,
+    })
 }
 
 /// Send a signal to the task's whole process group.
@@ -225,33 +205,6 @@ pub fn signal_group(pid: i32, sig: i32) {
         unsafe {
             libc::kill(-pid, sig);
         }
-    }
-}
-
-/// Send a signal to the task's main process.
-pub fn signal_process(pid: i32, sig: i32) -> Result<(), String> {
-    // SAFETY: kill(2) on a pid this agent started.
-    let rc = unsafe { libc::kill(pid, sig) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error().to_string());
-    }
-    Ok(())
-}
-
-/// Wait for the exit up to `timeout` (`None`: still running).
-pub fn wait_for(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(st)) => return Some(st),
-            Ok(None) => {}
-            Err(_) => return None,
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return None;
-        }
-        std::thread::sleep(EXIT_POLL.min(deadline - now));
     }
 }
 

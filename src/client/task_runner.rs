@@ -1,47 +1,55 @@
 //! One task's runner thread: build its dir, run the prestart hooks, make its cgroup, start it
-//! with raw_exec, pump its logs, wait, apply the restart policy, and stop it (KillSignal, then
-//! SIGKILL after KillTimeout, then everything left in its cgroup), recording Nomad's task
-//! events as it goes. A task is recorded dead only once no process of it is left.
+//! through its shim (`client::shim`, the task's parent, which owns its pipes and log files),
+//! wait, apply the restart policy, and stop it (KillSignal, then SIGKILL after KillTimeout,
+//! then everything left in its cgroup), recording Nomad's task events as it goes. A task is
+//! recorded dead only once no process of it is left. When the agent stops with a persistent
+//! data dir, the runner detaches: the task keeps running and the next agent re-attaches to
+//! its shim (or, if the task ended meanwhile, takes its exit status from the shim's file).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
 use crate::agent::Agent;
-use crate::state::jobs::alloc::{TaskEvent, TaskState};
+use crate::state::jobs::alloc::{AllocRecord, TaskEvent, TaskState};
 use crate::state::jobs::spec::Task;
-use crate::state::jobs::timefmt::{go_duration, rfc3339_ns};
-use crate::sys::cgroup::{Limits, KILL_WAIT};
+use crate::state::jobs::timefmt::rfc3339_ns;
+use crate::sys::cgroup::{Limits, TaskCgroup, KILL_WAIT};
 use crate::time::unix_now_nanos as now_ns;
 
-use super::alloc_dir::AllocDir;
-use super::logs::{LogPump, Rotator};
-use super::raw_exec::{self, Process, SpawnSpec};
+use super::alloc_dir::{AllocDir, TaskDir};
+use super::raw_exec;
 use super::restarts::{later, Decision, RestartTracker};
+use super::shim::{self, ExitInfo, Found, LogSpec, Shim, ShimSpec};
 use super::signals::{parse_signal, signal_name};
 use super::task_env::{self, NodeFacts};
-use super::task_hooks::{self, TaskHookInput};
+use super::task_events::{self, UNRECOVERABLE, USER_RESTART};
+use super::task_hooks::{self, TaskHookInput, TaskHookOutput};
 
-/// How long log pumps may drain after the task exits before they are told to stop.
-pub const LOG_DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// How long the runner waits for the shim to drain the pipes after the task exited.
+pub const LOG_DRAIN_GRACE: Duration = Duration::from_secs(3);
 /// Nomad's default `resources.cpu` (MHz), for a task stored without one.
 pub const DEFAULT_CPU_MHZ: i64 = 100;
 /// Nomad's default `resources.memory` (MB), for a task stored without one.
 pub const DEFAULT_MEMORY_MB: i64 = 300;
-/// The exit message of a task the OOM killer killed (Nomad's).
-pub const OOM_MESSAGE: &str = "OOM Killed";
 /// How often the exit wait wakes to check the process.
 pub const WAIT_TICK: Duration = Duration::from_millis(100);
+/// How long the runner waits for the exit after SIGKILL.
+pub const SIGKILL_WAIT: Duration = Duration::from_secs(10);
 
 /// What the client asks of a running task.
 #[derive(Debug, Clone)]
 pub enum TaskCmd {
     /// The alloc is stopped: kill the task for good.
     Stop,
-    /// The agent is shutting down: kill the task, keep it to start again on the next run.
-    Shutdown,
+    /// The agent is shutting down and the task cannot outlive it (`-dev`'s temporary data
+    /// dir, or a drain on shutdown, whose deadline cuts the kill timeout): kill it, keep it
+    /// to start again on the next run.
+    Shutdown(Option<Instant>),
+    /// The agent is shutting down: leave the task running for the next agent.
+    Detach,
     /// `alloc restart`: kill and start again, outside the restart policy.
     Restart,
     /// `alloc signal`.
@@ -50,12 +58,35 @@ pub enum TaskCmd {
     SiblingFailed(String),
 }
 
-/// How one run of the process ended.
+/// How one run of the task ended (or why the runner stops watching it).
 enum RunEnd {
     Exited { code: i64 },
     Stopped,
     Shutdown,
+    Detached,
     Restart,
+}
+
+/// A started task: its shim and its cgroup.
+struct Running {
+    shim: Shim,
+    cgroup: Option<TaskCgroup>,
+}
+
+impl Running {
+    fn oom_killed(&self) -> bool {
+        self.cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0)
+    }
+}
+
+/// Where a restored task picks up.
+enum Resume {
+    /// Its shim still runs: watch it again.
+    Attach(Running),
+    /// It ended while no agent watched: record the exit, then apply the restart policy.
+    Exited(ExitInfo, Option<TaskCgroup>),
+    /// It was waiting out a restart delay: wait the rest (ns), then start.
+    Delay(i64),
 }
 
 /// The runner of one task of one allocation.
@@ -69,8 +100,11 @@ pub struct TaskRunner {
 }
 
 impl TaskRunner {
-    /// Record an event and change the task state, durably.
+    /// Record an event and change the task state, durably; one INFO line in the agent log.
     fn event(&self, ev: TaskEvent, f: impl FnOnce(&mut TaskState)) {
+        if let Some(line) = task_events::log_line(&ev) {
+            log::info!("alloc {} task {}: {line}", self.alloc_id, self.task_name);
+        }
         let res = self.agent.workloads.update_task(
             &self.agent.index,
             &self.alloc_id,
@@ -98,20 +132,12 @@ impl TaskRunner {
     }
 
     fn driver_failure(&self, err: String) {
-        let mut ev =
-            TaskEvent::new("Driver Failure", err.clone()).detail("driver_error", err.clone());
-        ev.driver_error = err;
-        ev.fails_task = true;
-        self.event(ev, |_| {});
-        let mut nr = TaskEvent::new("Not Restarting", "Error was unrecoverable")
-            .detail("restart_reason", "Error was unrecoverable")
-            .detail("fails_task", "true");
-        nr.restart_reason = "Error was unrecoverable".into();
-        nr.fails_task = true;
-        self.dead(nr, true);
+        self.event(TaskEvent::driver_failure(err), |_| {});
+        self.dead(TaskEvent::not_restarting(UNRECOVERABLE.into(), true), true);
     }
 
-    /// The thread body.
+    /// The thread body: set up (or re-attach), then run the task until it is done for good,
+    /// or the agent stops.
     pub fn run(self) {
         let Some(alloc) = self.agent.workloads.alloc(&self.alloc_id) else {
             return;
@@ -122,40 +148,217 @@ impl TaskRunner {
         let Some(task) = tg.tasks.iter().find(|t| t.name == self.task_name).cloned() else {
             return;
         };
-        if self.restored {
-            self.kill_leftover(&alloc);
-            self.event(
-                TaskEvent::new("Received", "Task restored by client after agent restart"),
-                |ts| ts.state = "pending".into(),
-            );
+        let prior = alloc.task_states.get(&self.task_name).cloned();
+        if self.restored && prior.as_ref().is_some_and(|ts| ts.state == "dead") {
+            kill_orphan(&self.agent, &self.alloc_id, &self.task_name);
+            return;
+        }
+        let mut resume = if self.restored {
+            self.resume(&alloc, prior.as_ref())
         } else {
-            self.event(
-                TaskEvent::new("Received", "Task received by client"),
-                |_| {},
-            );
+            None
+        };
+        if resume.is_none() {
+            if self.restored {
+                self.kill_leftover(&alloc);
+            }
+            self.event(TaskEvent::received(self.restored), |ts| {
+                if self.restored {
+                    ts.state = "pending".into();
+                }
+            });
         }
         let ad = AllocDir::new(&self.agent.config.data_dir, &self.alloc_id);
-        let built = ad
-            .build_shared()
-            .and_then(|logs| ad.build_task(&task.name).map(|td| (logs, td)));
-        let (logs_fd, task_dir) = match built {
-            Ok(x) => x,
-            Err(e) => {
-                let msg = format!("failed to build task directory for {:?}: {e}", task.name);
-                let mut ev =
-                    TaskEvent::new("Setup Failure", msg.clone()).detail("setup_error", msg.clone());
-                ev.setup_error = msg;
-                ev.fails_task = true;
-                self.dead(ev, true);
+        let task_dir = match &resume {
+            Some(_) => ad.task(&task.name),
+            None => match ad.build_shared().and_then(|_| ad.build_task(&task.name)) {
+                Ok(td) => td,
+                Err(e) => {
+                    let msg = format!("failed to build task directory for {:?}: {e}", task.name);
+                    self.dead(TaskEvent::setup_failure(msg), true);
+                    return;
+                }
+            },
+        };
+        if resume.is_none() {
+            self.event(TaskEvent::task_setup("Building Task Directory"), |_| {});
+        }
+        let hook = self.hooks(&alloc, &task, &task_dir, resume.is_none());
+        // Dropped when this thread ends: the task has stopped for good or the agent stops.
+        let _guard = hook.guard;
+
+        if resume.is_none() {
+            if !self.agent.config.raw_exec_enabled {
+                self.driver_failure(self.agent.config.raw_exec_advice());
                 return;
             }
+            if self.restored {
+                self.event(TaskEvent::restarting_after_agent_restart(), |_| {});
+            }
+        }
+        let node = NodeFacts {
+            id: self.agent.node.id().to_string(),
+            name: self.agent.config.node_name.clone(),
+            datacenter: self.agent.config.datacenter.clone(),
+            region: self.agent.config.region.clone(),
+            // The node's metadata now (a reload may have changed the configured keys).
+            meta: self.agent.node.meta_view().meta,
         };
-        let logs_fd = Arc::new(logs_fd);
-        let mut setup = TaskEvent::new("Task Setup", "Building Task Directory")
-            .detail("message", "Building Task Directory");
-        setup.message = "Building Task Directory".into();
-        self.event(setup, |_| {});
+        let mut tracker = RestartTracker::new(&tg);
+        loop {
+            let end = match resume.take() {
+                Some(Resume::Attach(running)) => {
+                    // A task started just before the last agent stopped may lack its event.
+                    if prior.as_ref().is_some_and(|ts| ts.state != "running") {
+                        self.event(TaskEvent::started(running.shim.pid), |ts| {
+                            ts.state = "running".into();
+                            if ts.started_at.is_none() {
+                                ts.started_at = Some(rfc3339_ns(now_ns()));
+                            }
+                        });
+                    }
+                    self.supervise(&task, running)
+                }
+                Some(Resume::Exited(info, cgroup)) => {
+                    self.terminated(info, cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0));
+                    self.destroy(cgroup);
+                    RunEnd::Exited { code: info.code }
+                }
+                Some(Resume::Delay(delay)) => match self.wait_delay(delay) {
+                    Some(end) => end,
+                    None => continue,
+                },
+                None => {
+                    let env = task_env::build(
+                        &alloc,
+                        &task,
+                        (&ad, &task_dir),
+                        &node,
+                        std::env::vars(),
+                        &hook.env,
+                    );
+                    match self.start(&task, &env, &node, &task_dir.dir) {
+                        Ok(Some(running)) => self.supervise(&task, running),
+                        Ok(None) => continue,
+                        Err(StartStop(end)) => end,
+                        Err(StartFailed(msg)) => {
+                            self.driver_failure(msg);
+                            return;
+                        }
+                    }
+                }
+            };
+            let (delay, reason) = match end {
+                RunEnd::Stopped => {
+                    self.dead(TaskEvent::killed(false), false);
+                    return;
+                }
+                RunEnd::Shutdown => {
+                    self.event(TaskEvent::killed(true), |ts| ts.state = "pending".into());
+                    return;
+                }
+                RunEnd::Detached => {
+                    log::info!(
+                        "alloc {} task {}: left running for the next agent",
+                        self.alloc_id,
+                        self.task_name
+                    );
+                    return;
+                }
+                RunEnd::Restart => (0, USER_RESTART.to_string()),
+                RunEnd::Exited { code } => match tracker.decide(alloc.job.is_batch(), code == 0) {
+                    Decision::Done { failed } => {
+                        self.finish(failed);
+                        return;
+                    }
+                    Decision::Fail { reason } => {
+                        self.dead(TaskEvent::not_restarting(reason, false), true);
+                        return;
+                    }
+                    Decision::Restart { delay, reason } => (delay, reason),
+                },
+            };
+            self.restarting(delay, &reason);
+            if delay > 0 {
+                resume = Some(Resume::Delay(delay));
+            }
+        }
+    }
 
+    /// After an agent restart: re-attach to the task's shim, or take the exit it recorded,
+    /// or resume a restart delay. `None`: nothing to resume (start afresh).
+    fn resume(&self, alloc: &AllocRecord, prior: Option<&TaskState>) -> Option<Resume> {
+        let ts = prior?;
+        let dir =
+            shim::shim_dir(&self.agent.config.data_dir, &self.alloc_id, &self.task_name).ok()?;
+        let cgroup = || {
+            self.agent
+                .client
+                .cgroups
+                .leftover(&self.alloc_id, &self.task_name)
+        };
+        match Shim::find(&dir) {
+            Found::Alive(shim) => {
+                log::info!(
+                    "alloc {} task {}: re-attached to pid {} (shim {})",
+                    self.alloc_id,
+                    self.task_name,
+                    shim.pid,
+                    shim.shim_pid
+                );
+                // A shim started just before the last agent stopped may still wait for this.
+                let _ = shim.pump();
+                let running = Running {
+                    shim,
+                    cgroup: cgroup(),
+                };
+                self.agent.client.stats.register(
+                    &self.alloc_id,
+                    &self.task_name,
+                    running.shim.pid,
+                    running.cgroup.as_ref().map(|c| c.stats_source()),
+                );
+                return Some(Resume::Attach(running));
+            }
+            Found::Exited(info) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                if ts.state == "running" {
+                    log::info!(
+                        "alloc {} task {}: exited while the agent was away",
+                        self.alloc_id,
+                        self.task_name
+                    );
+                    return Some(Resume::Exited(info, cgroup()));
+                }
+            }
+            Found::Lost => {}
+        }
+        let _ = alloc;
+        // A restart delay the previous agent was waiting out: its Restarting event is the
+        // last one, stamped when the wait began.
+        let last = ts.events.last()?;
+        if ts.state == "pending" && last.event_type == "Restarting" && last.start_delay > 0 {
+            let left = (last.time + last.start_delay - now_ns()).max(0);
+            log::info!(
+                "alloc {} task {}: resuming its restart delay ({} ms left)",
+                self.alloc_id,
+                self.task_name,
+                left / 1_000_000
+            );
+            return Some(Resume::Delay(left));
+        }
+        None
+    }
+
+    /// The prestart hooks (Task API socket, workload identity); warnings become events on
+    /// a fresh start.
+    fn hooks(
+        &self,
+        alloc: &AllocRecord,
+        task: &Task,
+        task_dir: &TaskDir,
+        record: bool,
+    ) -> TaskHookOutput {
         let (identity_env, identity_file) = task.identity_flags();
         let hook = task_hooks::prestart(
             &self.agent,
@@ -172,109 +375,18 @@ impl TaskRunner {
                 identity_file,
             },
         );
-        for w in &hook.warnings {
-            let mut ev = TaskEvent::new("Task Setup", w.clone()).detail("message", w.clone());
-            ev.message = w.clone();
-            self.event(ev, |_| {});
-        }
-        // Dropped when this thread ends: the task has stopped for good or the agent stops.
-        let _guard = hook.guard;
-
-        if !self.agent.config.raw_exec_enabled {
-            self.driver_failure(self.agent.config.raw_exec_advice());
-            return;
-        }
-        if self.restored {
-            let mut ev = TaskEvent::new("Restarting", "Task restarting after agent restart")
-                .detail("restart_reason", "agent restarted");
-            ev.restart_reason = "agent restarted".into();
-            self.event(ev, |_| {});
-        }
-        let node = NodeFacts {
-            id: self.agent.node.id().to_string(),
-            name: self.agent.config.node_name.clone(),
-            datacenter: self.agent.config.datacenter.clone(),
-            region: self.agent.config.region.clone(),
-            // The node's metadata now (a reload may have changed the configured keys).
-            meta: self.agent.node.meta_view().meta,
-        };
-        let mut tracker = RestartTracker::new(&tg);
-        loop {
-            let env = task_env::build(
-                &alloc,
-                &task,
-                (&ad, &task_dir),
-                &node,
-                std::env::vars(),
-                &hook.env,
-            );
-            let end = match self.start_and_wait(&task, &env, &node, &task_dir.dir, &logs_fd) {
-                Ok(end) => end,
-                Err(msg) => {
-                    self.driver_failure(msg);
-                    return;
-                }
-            };
-            match end {
-                RunEnd::Stopped => {
-                    self.dead(TaskEvent::new("Killed", "Task successfully killed"), false);
-                    return;
-                }
-                RunEnd::Shutdown => {
-                    self.event(
-                        TaskEvent::new("Killed", "Task killed because the agent is shutting down"),
-                        |ts| ts.state = "pending".into(),
-                    );
-                    return;
-                }
-                RunEnd::Restart => {
-                    self.restarting(0, "User requested restart");
-                }
-                RunEnd::Exited { code } => match tracker.decide(alloc.job.is_batch(), code == 0) {
-                    Decision::Done { failed } => {
-                        self.finish(failed);
-                        return;
-                    }
-                    Decision::Fail { reason } => {
-                        let mut ev = TaskEvent::new("Not Restarting", reason.clone())
-                            .detail("restart_reason", reason.clone());
-                        ev.restart_reason = reason;
-                        ev.fails_task = true;
-                        self.dead(ev, true);
-                        return;
-                    }
-                    Decision::Restart { delay, reason } => {
-                        self.restarting(delay, &reason);
-                        match self.wait_delay(delay) {
-                            Some(RunEnd::Stopped) => {
-                                self.dead(
-                                    TaskEvent::new("Killed", "Task successfully killed"),
-                                    false,
-                                );
-                                return;
-                            }
-                            Some(RunEnd::Shutdown) => {
-                                self.event(
-                                    TaskEvent::new(
-                                        "Killed",
-                                        "Task killed because the agent is shutting down",
-                                    ),
-                                    |ts| ts.state = "pending".into(),
-                                );
-                                return;
-                            }
-                            _ => {}
-                        }
-                    }
-                },
+        if record {
+            for w in &hook.warnings {
+                self.event(TaskEvent::task_setup(w), |_| {});
             }
         }
+        hook
     }
 
-    /// After an agent crash the task's processes may still run: kill everything in its cgroup,
-    /// and its last process group, but only when `/proc/<pid>/environ` proves it is this task
-    /// (pids are reused).
-    fn kill_leftover(&self, alloc: &crate::state::jobs::alloc::AllocRecord) {
+    /// After an agent crash that also took the task's shim: kill everything in its cgroup,
+    /// and its last process group, but only when `/proc/<pid>/environ` proves it is this
+    /// task (pids are reused).
+    fn kill_leftover(&self, alloc: &AllocRecord) {
         // Its cgroup is this agent's and this task's by its path (parent, alloc ID, task).
         if let Some(cg) = self
             .agent
@@ -316,16 +428,6 @@ impl TaskRunner {
         }
     }
 
-    fn sibling_failed(&self, name: &str) {
-        let mut ev = TaskEvent::new(
-            "Sibling Task Failed",
-            format!("Task's sibling {name:?} failed"),
-        )
-        .detail("failed_sibling", name);
-        ev.failed_sibling = name.to_string();
-        self.event(ev, |_| {});
-    }
-
     /// A batch task ran to completion: its `Terminated` event is already recorded.
     fn finish(&self, failed: bool) {
         let _ = self.agent.workloads.update_task(
@@ -341,69 +443,105 @@ impl TaskRunner {
     }
 
     fn restarting(&self, delay: i64, reason: &str) {
-        let display = if reason == "Restart within policy" {
-            format!("Task restarting in {}", go_duration(delay))
-        } else {
-            format!("Task restarting in {} - {}", go_duration(delay), reason)
-        };
-        let mut ev = TaskEvent::new("Restarting", display)
-            .detail("restart_reason", reason)
-            .detail("start_delay", delay.to_string());
-        ev.restart_reason = reason.to_string();
-        ev.start_delay = delay;
-        self.event(ev, |ts| {
+        self.event(TaskEvent::restarting(delay, reason), |ts| {
             ts.state = "pending".into();
             ts.restarts += 1;
             ts.last_restart = Some(rfc3339_ns(now_ns()));
         });
     }
 
-    /// Sleep through a restart delay unless told to stop.
+    /// The one place a command is handled. `running`: the task runs (else it waits to
+    /// start, or waits out a restart delay). `Some(end)`: stop watching, for that reason.
+    fn handle(&self, cmd: TaskCmd, task: &Task, running: Option<&mut Running>) -> Option<RunEnd> {
+        match (cmd, running) {
+            (TaskCmd::Stop, run) => {
+                if let Some(run) = run {
+                    self.kill(task, run, "");
+                }
+                Some(RunEnd::Stopped)
+            }
+            (TaskCmd::SiblingFailed(name), run) => {
+                self.event(TaskEvent::sibling_failed(&name), |_| {});
+                if let Some(run) = run {
+                    self.kill(task, run, "");
+                }
+                Some(RunEnd::Stopped)
+            }
+            (TaskCmd::Shutdown(deadline), run) => {
+                if let Some(run) = run {
+                    self.kill_by(task, run, "agent shutting down", deadline);
+                }
+                Some(RunEnd::Shutdown)
+            }
+            (TaskCmd::Detach, _) => Some(RunEnd::Detached),
+            (TaskCmd::Restart, Some(run)) => {
+                self.event(TaskEvent::restart_signaled(), |_| {});
+                self.kill(task, run, "");
+                Some(RunEnd::Restart)
+            }
+            // In a restart delay: start now.
+            (TaskCmd::Restart, None) => Some(RunEnd::Restart),
+            (TaskCmd::Signal(sig), Some(run)) => {
+                self.event(TaskEvent::signaling(signal_name(sig)), |_| {});
+                if let Err(e) = run.shim.signal(sig) {
+                    log::warn!("signal to task {} failed: {e}", self.task_name);
+                }
+                None
+            }
+            (TaskCmd::Signal(_), None) => None,
+        }
+    }
+
+    /// Sleep through a restart delay (ns) unless told otherwise; `None`: start now.
     fn wait_delay(&self, delay: i64) -> Option<RunEnd> {
         let deadline = later(Duration::from_nanos(delay.max(0) as u64));
+        let task = Task::default();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return None;
             }
-            match self.cmds.recv_timeout(left) {
-                Ok(TaskCmd::Stop) => return Some(RunEnd::Stopped),
-                Ok(TaskCmd::SiblingFailed(name)) => {
-                    self.sibling_failed(&name);
-                    return Some(RunEnd::Stopped);
-                }
-                Ok(TaskCmd::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
-                    return Some(RunEnd::Shutdown)
-                }
-                Ok(TaskCmd::Restart) => return None,
-                Ok(TaskCmd::Signal(_)) => {}
+            let cmd = match self.cmds.recv_timeout(left) {
+                Ok(cmd) => cmd,
+                Err(RecvTimeoutError::Disconnected) => TaskCmd::Detach,
                 Err(RecvTimeoutError::Timeout) => return None,
+            };
+            match self.handle(cmd, &task, None) {
+                Some(RunEnd::Restart) => return None,
+                Some(end) => return Some(end),
+                None => {}
             }
         }
     }
 
-    fn start_and_wait(
+    /// Start the task through a new shim. `Ok(None)`: a restart command came first (start
+    /// again); `Err(StartStop)`: a stop came first.
+    fn start(
         &self,
         task: &Task,
         env: &BTreeMap<String, String>,
         node: &NodeFacts,
         task_dir: &std::path::Path,
-        logs_fd: &Arc<std::os::fd::OwnedFd>,
-    ) -> Result<RunEnd, String> {
+    ) -> Result<Option<Running>, StartError> {
         // A stop that arrived before the start wins.
-        match self.cmds.try_recv() {
-            Ok(TaskCmd::Stop) => return Ok(RunEnd::Stopped),
-            Ok(TaskCmd::SiblingFailed(name)) => {
-                self.sibling_failed(&name);
-                return Ok(RunEnd::Stopped);
+        loop {
+            match self.cmds.try_recv() {
+                Ok(cmd) => {
+                    if let Some(end) = self.handle(cmd, task, None) {
+                        if matches!(end, RunEnd::Restart) {
+                            continue;
+                        }
+                        return Err(StartStop(end));
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return Err(StartStop(RunEnd::Detached)),
             }
-            Ok(TaskCmd::Shutdown) => return Ok(RunEnd::Shutdown),
-            _ => {}
         }
-        let user = raw_exec::task_user(&task.user)?;
+        let user = raw_exec::task_user(&task.user).map_err(StartFailed)?;
         let command =
             raw_exec::resolve_command(task.config_str("command").unwrap_or(""), task_dir, env)
-                .map_err(|e| format!("failed to launch command with executor: {e}"))?;
+                .map_err(|e| StartFailed(format!("failed to launch command with executor: {e}")))?;
         let args: Vec<String> = task
             .config_args()
             .iter()
@@ -414,15 +552,6 @@ impl TaskRunner {
             .map(|w| std::path::PathBuf::from(task_env::interpolate(w, env, node)))
             .unwrap_or_else(|| task_dir.to_path_buf());
         let (max_files, max_mb, disabled) = task.log_limits();
-        // The files are chosen before the task runs, so nothing it plants first can move them.
-        let rotators = (!disabled).then(|| {
-            let max_size = max_mb * 1024 * 1024;
-            let open = |stream: &str| {
-                let base = format!("{}.{}", self.task_name, stream);
-                Rotator::open(logs_fd.clone(), &base, max_files, max_size)
-            };
-            [open("stdout"), open("stderr")]
-        });
         let limits = task
             .resources
             .as_ref()
@@ -436,25 +565,41 @@ impl TaskRunner {
                 memory_mb: DEFAULT_MEMORY_MB,
                 memory_max_mb: 0,
             });
+        let dir = shim::shim_dir(&self.agent.config.data_dir, &self.alloc_id, &self.task_name)
+            .map_err(StartFailed)?;
         let cgroup = self
             .agent
             .client
             .cgroups
             .create(&self.alloc_id, &self.task_name, &limits)
-            .map_err(|e| format!("failed to create the task's cgroup: {e}"))?;
-        let mut proc = raw_exec::spawn(SpawnSpec {
+            .map_err(|e| StartFailed(format!("failed to create the task's cgroup: {e}")))?;
+        let spec = ShimSpec {
+            data_dir: self.agent.config.data_dir.clone(),
+            alloc_id: self.alloc_id.clone(),
+            task: self.task_name.clone(),
             command,
             args,
             work_dir,
-            env,
-            user,
-            capture: !disabled,
-            cgroup,
-        })?;
+            env: env.clone(),
+            user: user.map(|u| (u.uid, u.gid)),
+            logs: (!disabled).then(|| LogSpec {
+                max_files,
+                max_size: max_mb * 1024 * 1024,
+            }),
+            cgroup_procs: cgroup.as_ref().map(|c| c.procs_paths()).unwrap_or_default(),
+        };
+        let shim = match Shim::spawn(&spec, &dir) {
+            Ok(s) => s,
+            Err(e) => {
+                self.destroy(cgroup);
+                return Err(StartFailed(e));
+            }
+        };
+        drop(spec);
         let note = format!(
             "{} raw_exec: started pid {} ({})",
             rfc3339_ns(now_ns()),
-            proc.pid,
+            shim.pid,
             task.name
         );
         if let Err(e) = AllocDir::new(&self.agent.config.data_dir, &self.alloc_id)
@@ -469,27 +614,51 @@ impl TaskRunner {
         self.agent.client.stats.register(
             &self.alloc_id,
             &self.task_name,
-            proc.pid,
-            proc.cgroup.as_ref().map(|c| c.stats_source()),
+            shim.pid,
+            cgroup.as_ref().map(|c| c.stats_source()),
         );
-        let mut started = TaskEvent::new("Started", "Task started by client");
-        started.details.insert("pid".into(), proc.pid.to_string());
-        self.event(started, |ts| {
+        self.event(TaskEvent::started(shim.pid), |ts| {
             ts.state = "running".into();
             if ts.started_at.is_none() {
                 ts.started_at = Some(rfc3339_ns(now_ns()));
             }
         });
         // Output reaches the log files only once the task is recorded as running.
-        let pump = match rotators {
-            Some([out, err]) => self.start_pumps(&mut proc, out, err),
-            None => None,
-        };
-        let end = self.wait(task, &mut proc);
-        // Whatever the task left behind goes with it: its group, and everything in its cgroup
-        // (whatever left the group with setsid), which is then removed.
-        raw_exec::signal_group(proc.pid, libc::SIGKILL);
-        if let Some(cg) = proc.cgroup.take() {
+        if let Err(e) = shim.pump() {
+            log::warn!(
+                "alloc {} task {}: cannot reach its shim: {e}",
+                self.alloc_id,
+                self.task_name
+            );
+        }
+        Ok(Some(Running { shim, cgroup }))
+    }
+
+    /// Watch a running task until it ends or a command ends the watch; then (unless the
+    /// runner detaches) empty and remove its cgroup and let the shim finish its logs.
+    fn supervise(&self, task: &Task, mut run: Running) -> RunEnd {
+        let end = self.wait(task, &mut run);
+        if matches!(end, RunEnd::Detached) {
+            run.shim.detach();
+            return end;
+        }
+        // Whatever the task left behind goes with it: everything in its cgroup (whatever
+        // left the group with setsid), which is then removed.
+        let Running { shim, cgroup } = run;
+        if cgroup.is_none() {
+            let _ = shim.signal_group(libc::SIGKILL);
+        }
+        self.destroy(cgroup);
+        shim.finish(LOG_DRAIN_GRACE);
+        self.agent
+            .client
+            .stats
+            .unregister(&self.alloc_id, &self.task_name);
+        end
+    }
+
+    fn destroy(&self, cgroup: Option<TaskCgroup>) {
+        if let Some(cg) = cgroup {
             if let Err(e) = cg.destroy(KILL_WAIT) {
                 log::error!(
                     "alloc {} task {}: {e}; processes of the task may be left",
@@ -498,154 +667,117 @@ impl TaskRunner {
                 );
             }
         }
-        if let Some(p) = pump {
-            p.finish(LOG_DRAIN_GRACE);
-        }
-        self.agent
-            .client
-            .stats
-            .unregister(&self.alloc_id, &self.task_name);
-        Ok(end)
     }
 
-    /// One pump thread for both pipes of the task.
-    fn start_pumps(&self, proc: &mut Process, out: Rotator, err: Rotator) -> Option<LogPump> {
-        let pipes: Vec<_> = [(proc.stdout.take(), out), (proc.stderr.take(), err)]
-            .into_iter()
-            .filter_map(|(fd, rot)| Some((fd?, Some(rot))))
-            .collect();
-        if pipes.is_empty() {
-            return None;
-        }
-        let name = format!(
-            "logs-{}-{}",
-            &self.alloc_id[..8.min(self.alloc_id.len())],
-            self.task_name
-        );
-        match LogPump::start(name, pipes) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                log::error!("cannot start the log pump of {}: {e}", self.task_name);
-                None
-            }
-        }
-    }
-
-    /// Nomad's `Terminated` event; an OOM kill is marked as Nomad marks it (`oom_killed`, and
-    /// the exit message "OOM Killed").
-    fn terminated(&self, code: i64, signal: i64, oom: bool) {
-        let mut display = format!("Exit Code: {code}");
-        if signal != 0 {
-            display.push_str(&format!(", Signal: {signal}"));
-        }
-        if oom {
-            display.push_str(&format!(", Exit Message: {OOM_MESSAGE:?}"));
-        }
-        let mut ev = TaskEvent::new("Terminated", display)
-            .detail("exit_code", code.to_string())
-            .detail("signal", signal.to_string())
-            .detail("oom_killed", oom.to_string());
-        if oom {
-            ev.message = OOM_MESSAGE.to_string();
-            ev.details.insert("exit_message".into(), OOM_MESSAGE.into());
-            log::warn!(
-                "alloc {} task {}: OOM killed (exit code {code})",
-                self.alloc_id,
-                self.task_name
-            );
-        }
-        ev.exit_code = code;
-        ev.signal = signal;
-        self.event(ev, |_| {});
+    /// Nomad's `Terminated` event.
+    fn terminated(&self, info: ExitInfo, oom: bool) {
+        self.event(TaskEvent::terminated(info.code, info.signal, oom), |_| {});
     }
 
     /// Kill: KillSignal to the group, SIGKILL after KillTimeout; records Killing and
     /// Terminated.
-    fn kill(&self, task: &Task, proc: &mut Process, reason: &str) {
-        let timeout = task.kill_timeout();
-        let sig = parse_signal(&task.kill_signal).unwrap_or(libc::SIGINT);
-        let mut ev = TaskEvent::new(
-            "Killing",
-            format!(
-                "Sent interrupt. Waiting {} before force killing",
-                go_duration(timeout)
-            ),
-        )
-        .detail("kill_timeout", go_duration(timeout));
-        ev.kill_timeout = timeout;
-        ev.kill_reason = reason.to_string();
-        if !reason.is_empty() {
-            ev.details.insert("kill_reason".into(), reason.to_string());
+    fn kill(&self, task: &Task, run: &mut Running, reason: &str) {
+        self.kill_by(task, run, reason, None);
+    }
+
+    /// [`Self::kill`], with SIGKILL no later than `deadline`.
+    fn kill_by(&self, task: &Task, run: &mut Running, reason: &str, deadline: Option<Instant>) {
+        let mut timeout = task.kill_timeout();
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(Instant::now()).as_nanos();
+            timeout = timeout.min(left.min(i64::MAX as u128) as i64);
         }
-        self.event(ev, |_| {});
-        raw_exec::signal_group(proc.pid, sig);
-        let status = match raw_exec::wait_for(&mut proc.child, Duration::from_nanos(timeout as u64))
+        let sig = parse_signal(&task.kill_signal).unwrap_or(libc::SIGINT);
+        self.event(TaskEvent::killing(timeout, reason), |_| {});
+        let _ = run.shim.signal_group(sig);
+        let status = match run
+            .shim
+            .wait_exit(Duration::from_nanos(timeout.max(0) as u64))
         {
             Some(st) => Some(st),
             None => {
                 log::info!(
-                    "task {} did not exit after {}; sending SIGKILL",
+                    "alloc {} task {}: did not exit after {}; sending SIGKILL",
+                    self.alloc_id,
                     self.task_name,
                     signal_name(sig)
                 );
-                raw_exec::signal_group(proc.pid, libc::SIGKILL);
-                raw_exec::wait_for(&mut proc.child, Duration::from_secs(10))
+                let _ = run.shim.signal_group(libc::SIGKILL);
+                run.shim.wait_exit(SIGKILL_WAIT)
             }
         };
         match status {
-            Some(st) => {
-                let (code, signal) = raw_exec::exit_parts(&st);
-                self.terminated(code, signal, proc.oom_killed());
-            }
-            None => log::error!("task {} did not exit after SIGKILL", self.task_name),
+            Some(st) => self.terminated(st, run.oom_killed()),
+            None => log::error!(
+                "alloc {} task {}: no exit status after SIGKILL",
+                self.alloc_id,
+                self.task_name
+            ),
         }
     }
 
-    fn wait(&self, task: &Task, proc: &mut Process) -> RunEnd {
+    fn wait(&self, task: &Task, run: &mut Running) -> RunEnd {
         // Starting the task (events, identity signing, cgroup set-up) went deep; a task may
         // then run for months, with this thread waking every WAIT_TICK only a few KiB deep.
         let _ = crate::sys::mem::trim_stack();
         loop {
-            match self.cmds.recv_timeout(WAIT_TICK) {
-                Ok(TaskCmd::Stop) => {
-                    self.kill(task, proc, "");
-                    return RunEnd::Stopped;
+            let cmd = match self.cmds.recv_timeout(WAIT_TICK) {
+                Ok(cmd) => Some(cmd),
+                Err(RecvTimeoutError::Disconnected) => Some(TaskCmd::Detach),
+                Err(RecvTimeoutError::Timeout) => None,
+            };
+            if let Some(cmd) = cmd {
+                if let Some(end) = self.handle(cmd, task, Some(run)) {
+                    return end;
                 }
-                Ok(TaskCmd::SiblingFailed(name)) => {
-                    self.sibling_failed(&name);
-                    self.kill(task, proc, "");
-                    return RunEnd::Stopped;
-                }
-                Ok(TaskCmd::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
-                    self.kill(task, proc, "agent shutting down");
-                    return RunEnd::Shutdown;
-                }
-                Ok(TaskCmd::Restart) => {
-                    let mut ev = TaskEvent::new("Restart Signaled", "User requested restart")
-                        .detail("restart_reason", "User requested restart");
-                    ev.restart_reason = "User requested restart".into();
-                    self.event(ev, |_| {});
-                    self.kill(task, proc, "");
-                    return RunEnd::Restart;
-                }
-                Ok(TaskCmd::Signal(sig)) => {
-                    let name = signal_name(sig);
-                    let mut ev =
-                        TaskEvent::new("Signaling", format!("Task being sent signal {name}"))
-                            .detail("signal", name.clone());
-                    ev.task_signal = name;
-                    self.event(ev, |_| {});
-                    if let Err(e) = raw_exec::signal_process(proc.pid, sig) {
-                        log::warn!("signal to task {} failed: {e}", self.task_name);
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
             }
-            if let Ok(Some(st)) = proc.child.try_wait() {
-                let (code, signal) = raw_exec::exit_parts(&st);
-                self.terminated(code, signal, proc.oom_killed());
-                return RunEnd::Exited { code };
+            if let Some(st) = run.shim.exited() {
+                self.terminated(st, run.oom_killed());
+                return RunEnd::Exited { code: st.code };
+            }
+            if !run.shim.alive() {
+                // The shim was killed before the task ended: nothing reports the exit any more.
+                let lost = run.shim.exited().unwrap_or(ExitInfo {
+                    code: -1,
+                    signal: 0,
+                });
+                log::warn!(
+                    "alloc {} task {}: its shim is gone",
+                    self.alloc_id,
+                    self.task_name
+                );
+                self.terminated(lost, run.oom_killed());
+                return RunEnd::Exited { code: lost.code };
             }
         }
     }
 }
+
+/// Kill a task no runner will watch (its alloc was stopped, or it is recorded dead, while a
+/// shim of it still runs): its process group through the shim, everything in its cgroup,
+/// then the shim. Nothing happens when it has no live shim.
+pub fn kill_orphan(agent: &Agent, alloc_id: &str, task: &str) {
+    let Ok(dir) = shim::shim_dir(&agent.config.data_dir, alloc_id, task) else {
+        return;
+    };
+    let Found::Alive(shim) = Shim::find(&dir) else {
+        return;
+    };
+    log::warn!("alloc {alloc_id} task {task}: killing the task a previous agent left running");
+    let _ = shim.signal_group(libc::SIGKILL);
+    if let Some(cg) = agent.client.cgroups.leftover(alloc_id, task) {
+        if let Err(e) = cg.destroy(KILL_WAIT) {
+            log::error!("alloc {alloc_id} task {task}: {e}");
+        }
+    }
+    shim.finish(LOG_DRAIN_GRACE);
+}
+
+/// Why a start did not happen.
+enum StartError {
+    /// A command ended the run before the task started.
+    Stop(RunEnd),
+    /// The driver could not start it (the driver error).
+    Failed(String),
+}
+use StartError::{Failed as StartFailed, Stop as StartStop};

@@ -29,8 +29,6 @@ pub const IGNORED_KEYS: &[&str] = &[
     "autopilot",
     "advertise",
     "addresses",
-    "leave_on_interrupt",
-    "leave_on_terminate",
     "enable_syslog",
     "syslog_facility",
     "disable_update_check",
@@ -46,7 +44,6 @@ pub const IGNORED_KEYS: &[&str] = &[
     "client.reserved",
     "client.host_volume",
     "client.network_interface",
-    "client.drain_on_shutdown",
     "acl.token_ttl",
     "acl.policy_ttl",
     "limits.https_handshake_timeout",
@@ -83,6 +80,10 @@ pub struct FileConfig {
     pub plugin: Plugins,
     #[serde(default)]
     pub limits: Limits,
+    /// On SIGINT: leave (on a client, drain first when `client.drain_on_shutdown` is set).
+    pub leave_on_interrupt: Option<bool>,
+    /// On SIGTERM: leave (as `leave_on_interrupt`).
+    pub leave_on_terminate: Option<bool>,
 }
 
 /// `ports { http rpc serf }`.
@@ -102,6 +103,19 @@ pub struct Client {
     pub gc_max_allocs: Option<usize>,
     /// nomadlet's own: a fixed metadata batch window (Go duration).
     pub meta_batch_window: Option<String>,
+    /// `drain_on_shutdown { deadline force ignore_system_jobs }`.
+    pub drain_on_shutdown: Option<DrainOnShutdown>,
+}
+
+/// `client.drain_on_shutdown`: when the agent leaves (`leave_on_*`), stop its allocations
+/// before it exits instead of leaving them running.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainOnShutdown {
+    /// Go duration, default `1h`.
+    pub deadline: Option<String>,
+    pub force: Option<bool>,
+    pub ignore_system_jobs: Option<bool>,
 }
 
 /// `acl { ... }`.

@@ -721,6 +721,14 @@ impl TaskCgroup {
         Ok(())
     }
 
+    /// `cgroup.procs` of every hierarchy, for the task shim to open before it forks the task.
+    pub fn procs_paths(&self) -> Vec<PathBuf> {
+        self.dirs
+            .iter()
+            .map(|d| d.path.join("cgroup.procs"))
+            .collect()
+    }
+
     /// `cgroup.procs` of every hierarchy, opened for the child to write `0` to before exec.
     pub fn open_procs(&self) -> Result<Vec<std::os::fd::OwnedFd>, CgroupError> {
         self.dirs

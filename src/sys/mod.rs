@@ -2,6 +2,7 @@
 //! control group (create, limit, kill, sample, remove); `child` is the code that runs in a
 //! forked task process before `exec` (join the cgroup, new session, clean signals, user);
 //! `poll` waits on several fds from one thread; `signal` waits for a signal with a deadline;
+//! `shim` is what the per-task shim needs (session, FIFO, pidfd, kill);
 //! `malloc` caps the allocator's arenas; `mem` trims resident code and stack pages; `host`
 //! wraps `uname`, `statvfs` and `getifaddrs` for `/v1/agent/host`; and small safe wrappers
 //! for the open-files limit and a zero-wait readability check.
@@ -13,6 +14,7 @@ pub mod host;
 pub mod malloc;
 pub mod mem;
 pub mod poll;
+pub mod shim;
 pub mod signal;
 
 use std::os::fd::RawFd;

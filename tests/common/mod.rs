@@ -380,8 +380,107 @@ impl Drop for TestAgent {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // Tasks outlive the agent (their shims keep them): nothing a test started may stay.
+        kill_leftover_tasks(&self.data_dir);
         let _ = std::fs::remove_dir_all(&self.data_dir);
         let _ = std::fs::remove_file(&self.log_path);
+    }
+}
+
+/// The live task shims an agent left in `data_dir`: `(shim dir, shim pid, task pid)`. A shim
+/// is live while its `ctl` FIFO has a reader (opening it for writing does not fail).
+pub fn live_shims(data_dir: &Path) -> Vec<(PathBuf, i32, i32)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(data_dir.join("client/shims")) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let dir = e.path();
+        let alive = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(dir.join("ctl"))
+            .is_ok();
+        let pids = std::fs::read_to_string(dir.join("pid")).ok().and_then(|t| {
+            let mut it = t.split_whitespace();
+            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+        });
+        if let (true, Some((shim, task))) = (alive, pids) {
+            out.push((dir, shim, task));
+        }
+    }
+    out
+}
+
+/// Kill every task an agent left running in `data_dir` (everything in its cgroup, its
+/// process group, its shim) and remove its cgroup, so no test leaves a process behind.
+pub fn kill_leftover_tasks(data_dir: &Path) {
+    let mounts: Vec<PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let fstype = post.split(' ').next()?;
+            let point = pre.split(' ').nth(4)?;
+            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(point))
+        })
+        .collect();
+    for (dir, shim, task) in live_shims(data_dir) {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let own = std::fs::read_to_string(format!("/proc/{task}/cgroup")).unwrap_or_default();
+        let mut cgroups: Vec<PathBuf> = Vec::new();
+        for line in own.lines() {
+            let Some(path) = line.splitn(3, ':').nth(2) else {
+                continue;
+            };
+            let last = path.rsplit('/').next().unwrap_or("");
+            if name.is_empty() || !last.starts_with(&name) {
+                continue;
+            }
+            for m in &mounts {
+                let d = m.join(path.trim_start_matches('/'));
+                if d.join("cgroup.procs").exists() && !cgroups.contains(&d) {
+                    cgroups.push(d);
+                }
+            }
+        }
+        // SAFETY: kill(2) on processes of a task this test's agent started.
+        unsafe {
+            libc_kill(-task, 9);
+            libc_kill(task, 9);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for cg in &cgroups {
+            loop {
+                let _ = std::fs::write(cg.join("cgroup.kill"), "1");
+                let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
+                let pids: Vec<i32> = procs
+                    .lines()
+                    .filter_map(|p| p.trim().parse().ok())
+                    .collect();
+                if pids.is_empty() || Instant::now() > deadline {
+                    break;
+                }
+                for p in pids {
+                    // SAFETY: as above; these are in the task's own cgroup.
+                    unsafe {
+                        libc_kill(p, 9);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        // SAFETY: the shim this test's agent started (live: its FIFO has a reader).
+        unsafe {
+            libc_kill(shim, 9);
+        }
+        for cg in &cgroups {
+            let _ = std::fs::remove_dir(cg);
+        }
     }
 }
 
