@@ -4,12 +4,14 @@
 mod acl;
 pub mod agent;
 mod api;
+pub mod cli;
 mod client;
 pub mod config;
 mod encoding;
 mod fs;
 mod hcl_doc;
 mod http;
+mod jobspec;
 pub mod logtap;
 mod meta_batcher;
 pub mod parse_bounds;

@@ -12,9 +12,10 @@ fn usage() -> String {
     let mut s = String::from(
         "Usage: nomadlet <command> [options]\n\n\
          A small node agent that speaks HashiCorp Nomad's HTTP API.\n\n\
-         Commands:\n    agent      Run the agent\n    version    Print the version\n\n\
-         Options for agent:\n",
+         Commands:\n    agent      Run the agent\n",
     );
+    s.push_str(&nomadlet::cli::groups_help());
+    s.push_str("    version    Print the version\n\nOptions for agent:\n");
     for f in AGENT_FLAGS {
         let flag = match f.value {
             Some(v) => format!("-{} {}", f.name, v),
@@ -124,6 +125,9 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+        Some(group) if nomadlet::cli::is_cli_group(group) => {
+            ExitCode::from(u8::try_from(nomadlet::cli::run(&args)).unwrap_or(1))
         }
         Some(other) => {
             eprintln!("nomadlet: unknown command {other:?}; see nomadlet -h");

@@ -15,6 +15,7 @@ pub mod client_stats;
 pub mod error;
 pub mod filter;
 pub mod jobs;
+pub mod jobs_parse;
 pub mod metrics;
 pub mod monitor;
 pub mod namespaces;

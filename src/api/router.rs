@@ -148,6 +148,8 @@ fn route(ctx: &Ctx) -> ApiResult {
         "metrics" if rest == "metrics" => metrics::route(ctx),
         "system" => system::route(ctx, rest),
         "status" | "regions" => nodes::route_status(ctx, rest),
+        "jobs" if rest == "jobs/parse" => super::jobs_parse::parse(ctx),
+        "validate" if rest == "validate/job" => super::jobs_parse::validate(ctx),
         "jobs" | "job" | "evaluations" | "evaluation" => jobs::route(ctx, rest),
         "allocations" | "allocation" => allocs::route(ctx, rest),
         "acl" => acl::route(ctx, rest),

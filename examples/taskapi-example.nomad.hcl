@@ -1,7 +1,8 @@
 # The Task API example from Nomad's docs, for raw_exec: the task uses its workload identity
 # (NOMAD_TOKEN) on its own Unix socket to set dynamic node metadata, then exits.
 #
-#   nomad job run -json examples/taskapi-example.json   (this file is its readable twin)
+#   nomadlet job run examples/taskapi-example.nomad.hcl   (or: nomad job run this file;
+#   examples/taskapi-example.json is its JSON twin, for curl)
 #   nomad node status -filter 'Meta.example == "Hello World!"'
 #
 # With ACLs enabled, attach a policy granting node write to the job first:

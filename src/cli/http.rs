@@ -1,0 +1,579 @@
+//! The CLI's small blocking HTTP/1.1 client: one request per connection over any
+//! `Read + Write` stream (TCP, a Unix socket, or a TLS stream the caller's connector makes),
+//! Content-Length, chunked and read-to-close bodies, every read under a deadline (a follower,
+//! `alloc logs -f`, retries reads that timed out between chunks).
+
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest a TCP connect may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest one read or write may wait (a blocking query asks for less than this).
+pub const IO_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Largest response head read (status line and headers).
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Largest response body read into memory (streamed bodies are not bounded).
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Longest chunk-size line of a chunked body.
+pub const MAX_CHUNK_LINE: usize = 1024;
+
+/// What the CLI talks to: a byte stream both ways.
+pub trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// Makes the stream for an endpoint. The default connects TCP (http) and Unix sockets; an
+/// `https` endpoint needs a connector that wraps TCP in TLS (`Client::with_connector`).
+pub type Connector = Arc<dyn Fn(&Endpoint) -> io::Result<Box<dyn Stream>> + Send + Sync>;
+
+/// Where the agent is, from `NOMAD_ADDR` / `-address`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `http`, `https` or `unix`.
+    pub scheme: String,
+    /// Host (without brackets) for TCP; the socket path for `unix`.
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// Parse `http://host:port`, `https://host:port`, `host:port` or `unix:///path`.
+    pub fn parse(addr: &str) -> Result<Endpoint, String> {
+        let addr = addr.trim().trim_end_matches('/');
+        if let Some(path) = addr.strip_prefix("unix://") {
+            if path.is_empty() {
+                return Err(format!("invalid address {addr:?}: no socket path"));
+            }
+            return Ok(Endpoint {
+                scheme: "unix".into(),
+                host: path.to_string(),
+                port: 0,
+            });
+        }
+        let (scheme, rest) = match addr.split_once("://") {
+            Some((s, r)) if s == "http" || s == "https" => (s, r),
+            Some((s, _)) => return Err(format!("invalid address {addr:?}: unknown scheme {s:?}")),
+            None => ("http", addr),
+        };
+        let rest = rest.split('/').next().unwrap_or(rest);
+        let default_port = 4646;
+        let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
+            let (h, after) = inner
+                .split_once(']')
+                .ok_or_else(|| format!("invalid address {addr:?}"))?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| format!("invalid port in {addr:?}"))?,
+                None => default_port,
+            };
+            (h.to_string(), port)
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (
+                    h.to_string(),
+                    p.parse().map_err(|_| format!("invalid port in {addr:?}"))?,
+                ),
+                None => (rest.to_string(), default_port),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("invalid address {addr:?}: no host"));
+        }
+        Ok(Endpoint {
+            scheme: scheme.to_string(),
+            host,
+            port,
+        })
+    }
+
+    /// `http://host:port` as Go prints it in errors.
+    pub fn url(&self) -> String {
+        match self.scheme.as_str() {
+            "unix" => format!("unix://{}", self.host),
+            s if self.host.contains(':') => format!("{s}://[{}]:{}", self.host, self.port),
+            s => format!("{s}://{}:{}", self.host, self.port),
+        }
+    }
+
+    fn host_header(&self) -> String {
+        match self.scheme.as_str() {
+            "unix" => "localhost".into(),
+            _ if self.host.contains(':') => format!("[{}]:{}", self.host, self.port),
+            _ => format!("{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// Why a request failed before an HTTP status came back, or what status came back.
+#[derive(Debug)]
+pub enum HttpError {
+    /// Could not connect.
+    Connect {
+        method: String,
+        url: String,
+        source: io::Error,
+    },
+    /// The connection failed mid-request.
+    Io {
+        method: String,
+        url: String,
+        source: io::Error,
+    },
+    /// The server's answer was not HTTP we understand.
+    Protocol { url: String, reason: String },
+    /// A non-2xx status, with the body Nomad wrote (plain text).
+    Status { code: u16, body: String },
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HttpError::Connect {
+                method,
+                url,
+                source,
+            } => write!(f, "{method} {url:?}: dial: {source}"),
+            HttpError::Io {
+                method,
+                url,
+                source,
+            } => write!(f, "{method} {url:?}: {source}"),
+            HttpError::Protocol { url, reason } => write!(f, "{url:?}: {reason}"),
+            HttpError::Status { code, body } => {
+                write!(f, "Unexpected response code: {code} ({body})")
+            }
+        }
+    }
+}
+
+impl std::error::Error for HttpError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            HttpError::Connect { source, .. } | HttpError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// A response whose body has not been read yet.
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    body: Body,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as a reader (for streams).
+    pub fn into_reader(self) -> Box<dyn Read> {
+        Box::new(self.body)
+    }
+
+    /// The whole body, at most [`MAX_BODY_BYTES`].
+    pub fn bytes(self) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut r = self.body.take(MAX_BODY_BYTES as u64 + 1);
+        r.read_to_end(&mut out)?;
+        if out.len() > MAX_BODY_BYTES {
+            return Err(io::Error::other(format!(
+                "response body larger than {MAX_BODY_BYTES} bytes"
+            )));
+        }
+        Ok(out)
+    }
+}
+
+enum Body {
+    Length(io::Take<BufReader<Box<dyn Stream>>>),
+    Chunked(Chunked),
+    Close(BufReader<Box<dyn Stream>>),
+}
+
+impl Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Body::Length(r) => r.read(buf),
+            Body::Chunked(c) => c.read(buf),
+            Body::Close(r) => r.read(buf),
+        }
+    }
+}
+
+/// A chunked body, decoded as it is read.
+struct Chunked {
+    inner: BufReader<Box<dyn Stream>>,
+    /// Bytes left in the current chunk.
+    left: u64,
+    done: bool,
+}
+
+impl Chunked {
+    fn line(&mut self) -> io::Result<String> {
+        let mut line = Vec::new();
+        (&mut self.inner)
+            .take(MAX_CHUNK_LINE as u64)
+            .read_until(b'\n', &mut line)?;
+        if !line.ends_with(b"\n") {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "bad chunked encoding: chunk line too long or cut short",
+            ));
+        }
+        Ok(String::from_utf8_lossy(&line).trim().to_string())
+    }
+}
+
+impl Read for Chunked {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.done || buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let line = self.line()?;
+            let size = line.split(';').next().unwrap_or("").trim();
+            let size = u64::from_str_radix(size, 16).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "bad chunked encoding: chunk size",
+                )
+            })?;
+            if size == 0 {
+                // Trailers, then the blank line.
+                while !self.line()?.is_empty() {}
+                self.done = true;
+                return Ok(0);
+            }
+            self.left = size;
+        }
+        let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed inside a chunk",
+            ));
+        }
+        self.left -= n as u64;
+        if self.left == 0 {
+            let mut crlf = [0u8; 2];
+            self.inner.read_exact(&mut crlf)?;
+        }
+        Ok(n)
+    }
+}
+
+/// Settings every request carries (from the environment and the common flags).
+#[derive(Clone)]
+pub struct Client {
+    pub endpoint: Endpoint,
+    pub token: Option<String>,
+    pub region: Option<String>,
+    pub namespace: Option<String>,
+    connector: Connector,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the token.
+        f.debug_struct("Client")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_connect(ep: &Endpoint) -> io::Result<Box<dyn Stream>> {
+    match ep.scheme.as_str() {
+        "unix" => {
+            let s = UnixStream::connect(&ep.host)?;
+            s.set_read_timeout(Some(IO_TIMEOUT))?;
+            s.set_write_timeout(Some(IO_TIMEOUT))?;
+            Ok(Box::new(s))
+        }
+        "http" => {
+            let mut last = None;
+            for addr in (ep.host.as_str(), ep.port).to_socket_addrs()? {
+                match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+                    Ok(s) => {
+                        s.set_read_timeout(Some(IO_TIMEOUT))?;
+                        s.set_write_timeout(Some(IO_TIMEOUT))?;
+                        s.set_nodelay(true)?;
+                        return Ok(Box::new(s));
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| io::Error::other("no address")))
+        }
+        other => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{other}:// addresses need TLS, which this CLI build cannot speak yet"),
+        )),
+    }
+}
+
+/// Percent-encode a query value or path segment.
+pub fn escape(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Client {
+    pub fn new(endpoint: Endpoint) -> Client {
+        Client {
+            endpoint,
+            token: None,
+            region: None,
+            namespace: None,
+            connector: Arc::new(default_connect),
+        }
+    }
+
+    /// Use another way to make streams (TLS).
+    pub fn with_connector(mut self, connector: Connector) -> Client {
+        self.connector = connector;
+        self
+    }
+
+    /// `path` (with its query) plus `region`/`namespace` unless the path sets them.
+    fn full_path(&self, path: &str) -> String {
+        let mut p = path.to_string();
+        for (key, val) in [("region", &self.region), ("namespace", &self.namespace)] {
+            if let Some(v) = val {
+                let has = p.split_once('?').is_some_and(|(_, q)| {
+                    q.split('&').any(|kv| kv.starts_with(&format!("{key}=")))
+                });
+                if !has {
+                    p.push(if p.contains('?') { '&' } else { '?' });
+                    p.push_str(&format!("{key}={}", escape(v)));
+                }
+            }
+        }
+        p
+    }
+
+    /// Send one request; the response body is left to the caller.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Result<Response, HttpError> {
+        let path = self.full_path(path);
+        let url = format!("{}{path}", self.endpoint.url());
+        let io_err = |source: io::Error| HttpError::Io {
+            method: method.to_string(),
+            url: url.clone(),
+            source,
+        };
+        let mut stream = (self.connector)(&self.endpoint).map_err(|source| HttpError::Connect {
+            method: method.to_string(),
+            url: url.clone(),
+            source,
+        })?;
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: nomadlet-cli\r\nConnection: close\r\n",
+            self.endpoint.host_header()
+        );
+        let has = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+        if let Some(t) = self.token.as_deref().filter(|t| !t.is_empty()) {
+            if !has("X-Nomad-Token") {
+                head.push_str(&format!("X-Nomad-Token: {t}\r\n"));
+            }
+        }
+        for (k, v) in headers {
+            if k.contains(['\r', '\n']) || v.contains(['\r', '\n']) {
+                return Err(HttpError::Protocol {
+                    url,
+                    reason: "header contains a line break".into(),
+                });
+            }
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() || matches!(method, "POST" | "PUT") {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).map_err(io_err)?;
+        stream.write_all(body).map_err(io_err)?;
+        stream.flush().map_err(io_err)?;
+        let mut reader = BufReader::new(stream);
+        let raw = read_head(&mut reader).map_err(io_err)?;
+        let mut hbuf = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut hbuf);
+        match resp.parse(&raw) {
+            Ok(httparse::Status::Complete(_)) => {}
+            Ok(httparse::Status::Partial) | Err(_) => {
+                return Err(HttpError::Protocol {
+                    url,
+                    reason: "malformed HTTP response".into(),
+                })
+            }
+        }
+        let status = resp.code.unwrap_or(0);
+        let headers: Vec<(String, String)> = resp
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).trim().to_string(),
+                )
+            })
+            .collect();
+        let find = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+        };
+        let body = if find("Transfer-Encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            Body::Chunked(Chunked {
+                inner: reader,
+                left: 0,
+                done: false,
+            })
+        } else if let Some(len) = find("Content-Length") {
+            let len: u64 = len.parse().map_err(|_| HttpError::Protocol {
+                url: url.clone(),
+                reason: "bad Content-Length".into(),
+            })?;
+            Body::Length(reader.take(len))
+        } else if method == "HEAD" || status == 204 || status == 304 {
+            Body::Length(reader.take(0))
+        } else {
+            Body::Close(reader)
+        };
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// A request whose 2xx body is read whole; other statuses become `HttpError::Status`.
+    pub fn call(&self, method: &str, path: &str, body: &[u8]) -> Result<Vec<u8>, HttpError> {
+        let url = format!("{}{path}", self.endpoint.url());
+        let resp = self.send(method, path, &[], body)?;
+        let status = resp.status;
+        let bytes = resp.bytes().map_err(|source| HttpError::Io {
+            method: method.to_string(),
+            url,
+            source,
+        })?;
+        if !(200..300).contains(&status) {
+            return Err(HttpError::Status {
+                code: status,
+                body: String::from_utf8_lossy(&bytes).trim().to_string(),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// `call` and decode JSON (depth-bounded, as every JSON nomadlet reads).
+    pub fn json(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<serde_json::Value, HttpError> {
+        let bytes = self.call(method, path, body)?;
+        if bytes.is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        crate::parse_bounds::json_value(&bytes).map_err(|e| HttpError::Protocol {
+            url: format!("{}{path}", self.endpoint.url()),
+            reason: format!("bad JSON in the response: {e}"),
+        })
+    }
+
+    pub fn get(&self, path: &str) -> Result<serde_json::Value, HttpError> {
+        self.json("GET", path, b"")
+    }
+}
+
+fn read_head(r: &mut BufReader<Box<dyn Stream>>) -> io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    loop {
+        let n = r
+            .by_ref()
+            .take((MAX_HEAD_BYTES - head.len()) as u64 + 1)
+            .read_until(b'\n', &mut head)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before a response",
+            ));
+        }
+        if head.ends_with(b"\r\n\r\n") || head.ends_with(b"\n\n") {
+            return Ok(head);
+        }
+        if head.len() > MAX_HEAD_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "response head too large",
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_like_nomads() {
+        let e = Endpoint::parse("http://127.0.0.1:4646").unwrap();
+        assert_eq!(
+            (e.scheme.as_str(), e.host.as_str(), e.port),
+            ("http", "127.0.0.1", 4646)
+        );
+        let e = Endpoint::parse("127.0.0.1").unwrap();
+        assert_eq!(e.port, 4646);
+        let e = Endpoint::parse("https://[::1]:8443/").unwrap();
+        assert_eq!(
+            (e.scheme.as_str(), e.host.as_str(), e.port),
+            ("https", "::1", 8443)
+        );
+        assert_eq!(e.url(), "https://[::1]:8443");
+        let e = Endpoint::parse("unix:///run/nomad.sock").unwrap();
+        assert_eq!(e.host, "/run/nomad.sock");
+        assert!(Endpoint::parse("ftp://x").is_err());
+        assert!(Endpoint::parse("http://x:notaport").is_err());
+    }
+
+    #[test]
+    fn chunked_bodies_decode() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        b.write_all(b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nX-T: 1\r\n\r\n")
+            .unwrap();
+        drop(b);
+        let mut c = Chunked {
+            inner: BufReader::new(Box::new(a)),
+            left: 0,
+            done: false,
+        };
+        let mut s = String::new();
+        c.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "Wikipedia");
+    }
+}
