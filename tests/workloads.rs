@@ -509,6 +509,39 @@ fn raw_exec_disabled_fails_the_placement_naming_the_key_in_the_config_format() {
 }
 
 #[test]
+fn job_run_with_raw_exec_disabled_prints_the_failed_placement_and_the_hcl_key() {
+    let dir = temp_dir("cli-off");
+    let cfg = dir.join("agent.hcl");
+    std::fs::write(
+        &cfg,
+        "plugin \"raw_exec\" {\n  config { enabled = false }\n}\n",
+    )
+    .unwrap();
+    let agent = TestAgent::start(&["-config", cfg.to_str().unwrap()]);
+    let job = dir.join("hello.nomad.hcl");
+    std::fs::write(
+        &job,
+        "job \"hello\" {\n  group \"g\" {\n    task \"t\" {\n      driver = \"raw_exec\"\n      config {\n        command = \"/bin/true\"\n      }\n    }\n  }\n}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["job", "run"])
+        .arg(&job)
+        .env("NOMAD_ADDR", format!("http://{}", agent.addr()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains("failed to place all allocations")
+            && stdout.contains("Constraint \"missing drivers\": 1 nodes excluded by filter")
+            && stdout.contains(r#"plugin "raw_exec" { config { enabled = true } }"#),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn task_user_is_switched_when_the_agent_is_root() {
     let agent = TestAgent::start(&[]);
     let mut job = sh_job("asuser", "batch", "id -u");
