@@ -147,25 +147,14 @@ fn check_data_dir(config: &Config) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Block SIGINT, SIGTERM and SIGHUP (reload) in this thread (and so in every thread spawned after), so the
-/// main thread can take them with `sigtimedwait`. Child processes get an empty mask from std.
-fn block_stop_signals() -> Result<libc::sigset_t, AgentError> {
-    // SAFETY: sigset_t is plain data initialised by sigemptyset; the calls only touch it and
-    // this thread's mask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if rc != 0 {
-            return Err(AgentError::Signals(
-                std::io::Error::from_raw_os_error(rc).to_string(),
-            ));
-        }
-        Ok(set)
-    }
+/// Block SIGINT, SIGTERM and SIGHUP (reload) in this thread (and so in every thread spawned
+/// after), so the main thread can take them with `sigtimedwait`. Child processes get an empty mask from std.
+fn block_stop_signals() -> Result<crate::sys::signal::SignalSet, AgentError> {
+    let set = crate::sys::signal::SignalSet::of(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+        .map_err(|e| AgentError::Signals(e.to_string()))?;
+    set.block()
+        .map_err(|e| AgentError::Signals(e.to_string()))?;
+    Ok(set)
 }
 
 /// Allocator arenas (glibc's default is 8 per core): measured with 200 log followers, 2
@@ -275,7 +264,7 @@ fn notify(notifier: &Option<crate::sd_notify::Notifier>, state: &str) {
 /// `RELOADING=1` and `READY=1`.
 fn main_loop(
     agent: &Agent,
-    signals: &libc::sigset_t,
+    signals: &crate::sys::signal::SignalSet,
     notifier: &Option<crate::sd_notify::Notifier>,
     watchdog: Option<std::time::Duration>,
 ) -> i32 {

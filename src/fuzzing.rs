@@ -242,7 +242,7 @@ fn path_tree() -> &'static (PathBuf, AllocDir) {
     })
 }
 
-fn same_inode(a: &libc::stat, path: &Path) -> bool {
+fn same_inode(a: &crate::sys::fd::Stat, path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::symlink_metadata(path).is_ok_and(|m| m.dev() == a.st_dev && m.ino() == a.st_ino)
 }

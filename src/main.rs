@@ -1,6 +1,8 @@
 //! `nomadlet`: the command line (getopts) → config → `agent::run`; errors become one line on
 //! stderr and exit code 1. Everything else lives in the library (`src/lib.rs`).
 
+#![deny(unsafe_code)]
+
 use std::process::ExitCode;
 
 use nomadlet::agent;

@@ -71,15 +71,7 @@ pub fn imf_fixdate(t: SystemTime) -> String {
 
 /// The local zone's offset from UTC at `secs`, in seconds.
 fn local_offset(secs: i64) -> i64 {
-    let t: libc::time_t = secs as libc::time_t;
-    // SAFETY: localtime_r fills a plain struct from a valid time_t pointer.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::localtime_r(&t, &mut tm) };
-    if r.is_null() {
-        0
-    } else {
-        tm.tm_gmtoff
-    }
+    crate::sys::tz::utc_offset(secs).unwrap_or(0)
 }
 
 /// Format like Go's `time.RFC3339Nano` in the local zone: trailing zeros of the fraction are

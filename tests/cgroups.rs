@@ -16,11 +16,6 @@ use common::*;
 use serde_json::{json, Value};
 use workloads_helpers::*;
 
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
-}
-
 /// The agent's cgroup mode; panics if a root agent uses none (it must on CI's hosts).
 fn cgroups_in_use(agent: &TestAgent) -> bool {
     let mode = agent.get_json("/v1/agent/self")["stats"]["client"]["cgroup_mode"]
@@ -31,8 +26,7 @@ fn cgroups_in_use(agent: &TestAgent) -> bool {
         ["v2", "hybrid", "v1", "none"].contains(&mode.as_str()),
         "{mode:?}"
     );
-    // SAFETY: geteuid cannot fail.
-    let root = unsafe { libc_geteuid() } == 0;
+    let root = rustix::process::geteuid().is_root();
     if root {
         assert_ne!(mode, "none", "a root agent on this host must use cgroups");
     } else if mode == "none" {
@@ -430,8 +424,8 @@ fn after_an_agent_and_shim_crash_every_process_left_in_the_task_cgroup_is_killed
     assert_eq!(marked_sleeps(&m), old, "tasks outlive a crashed agent");
     // The shim goes too: nothing can re-attach, and everything left is killed.
     for (_, shim, _) in live_shims(&agent.data_dir) {
-        // SAFETY: kill(2) on the shim this test's agent started.
-        unsafe { libc::kill(shim, 9) };
+        // The shim this test's agent started.
+        kill(shim, 9);
     }
     let data_dir = agent.data_dir.clone();
     let agent2 = TestAgent::start_in(&data_dir, &[]);

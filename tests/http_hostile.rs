@@ -96,13 +96,18 @@ fn assert_healthy(agent: &TestAgent, case: &str) {
 
 /// Raise this test process's open-files limit (for the floods of client sockets).
 fn raise_nofile(want: u64) {
-    // SAFETY: getrlimit/setrlimit on a plain struct owned by this frame.
-    unsafe {
-        let mut r: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < want {
-            r.rlim_cur = want.min(r.rlim_max);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let r = getrlimit(Resource::Nofile);
+    // `None` is unlimited.
+    if r.current.is_some_and(|cur| cur < want) {
+        let current = Some(r.maximum.map_or(want, |max| want.min(max)));
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current,
+                maximum: r.maximum,
+            },
+        );
     }
 }
 

@@ -312,8 +312,8 @@ fn a_dev_agent_with_a_temporary_data_dir_stops_its_tasks() {
         true
     });
     assert!(alive(pid));
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    // Our own child.
+    kill(child.id() as i32, libc::SIGTERM);
     let deadline = Instant::now() + WAIT;
     while child.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "dev agent did not stop");

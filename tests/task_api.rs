@@ -311,8 +311,7 @@ fn a_socket_path_over_sun_path_is_a_task_event_and_the_task_still_runs() {
 
 #[test]
 fn socket_of_a_task_with_a_user_is_0600_and_owned_by_it() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc_geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         eprintln!("skipped: needs root");
         return;
     }
@@ -326,11 +325,6 @@ fn socket_of_a_task_with_a_user_is_0600_and_owned_by_it() {
     let m = std::fs::symlink_metadata(&sock).unwrap();
     assert_eq!(m.permissions().mode() & 0o777, 0o600);
     assert_eq!(m.uid(), 65534);
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }
 
 fn example_job() -> Value {
@@ -483,8 +477,10 @@ fn seed_example_works_on_a_plain_dev_agent_without_a_data_dir() {
                 .unwrap_or(false)
         },
     );
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while child.try_wait().unwrap().is_none() {
         assert!(

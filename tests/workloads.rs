@@ -548,8 +548,7 @@ fn task_user_is_switched_when_the_agent_is_root() {
     job["Job"]["TaskGroups"][0]["Tasks"][0]["User"] = json!("nobody");
     register(&agent, &job);
     let id = first_alloc(&agent, "asuser");
-    // SAFETY: geteuid cannot fail.
-    let root = unsafe { libc_geteuid() } == 0;
+    let root = rustix::process::geteuid().is_root();
     if root {
         wait_status(&agent, &id, "complete");
         assert_eq!(read_log(&agent, &id, "t", "stdout").trim(), "65534");
@@ -571,11 +570,6 @@ fn task_user_is_switched_when_the_agent_is_root() {
         .as_str()
         .unwrap()
         .contains("unknown user no-such-user-xyz"));
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }
 
 #[test]
@@ -813,8 +807,8 @@ fn after_an_agent_and_shim_crash_the_leftover_task_process_is_killed_before_the_
     );
     // The shim goes too: nothing can re-attach, and the leftover is killed.
     for (_, shim, _) in live_shims(&agent.data_dir) {
-        // SAFETY: kill(2) on the shim this test's agent started.
-        unsafe { libc::kill(shim, 9) };
+        // The shim this test's agent started.
+        kill(shim, 9);
     }
     let data_dir = agent.data_dir.clone();
     let agent2 = TestAgent::start_in(&data_dir, &[]);

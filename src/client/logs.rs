@@ -270,8 +270,7 @@ mod tests {
         std::fs::write(&victim, b"keep").unwrap();
         std::os::unix::fs::symlink(&victim, d.join("t.stdout.0")).unwrap();
         std::os::unix::fs::symlink(&victim, d.join("t.stdout.1")).unwrap();
-        let fifo = std::ffi::CString::new(d.join("t.stdout.2").to_str().unwrap()).unwrap();
-        unsafe { libc::mkfifo(fifo.as_ptr(), 0o666) };
+        crate::sys::fd::mkfifo(&d.join("t.stdout.2"), 0o666).unwrap();
         let mut r = Rotator::open(fd, "t.stdout", 2, 4);
         r.write(b"abcdefgh");
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");

@@ -3,7 +3,6 @@
 //! switch users, signal the group, and collect the exit.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -20,30 +19,17 @@ pub struct TaskUser {
 
 /// Look up a user by name (`getpwnam_r`).
 pub fn lookup_user(name: &str) -> Result<TaskUser, String> {
-    let c = CString::new(name)
-        .map_err(|_| format!("Failed to identify user {name:?}: invalid name"))?;
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: passwd is plain data filled by getpwnam_r.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the call; buf outlives the use of pwd's strings below.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            c.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 || result.is_null() {
+    if name.contains('\0') {
+        return Err(format!("Failed to identify user {name:?}: invalid name"));
+    }
+    let Some(u) = crate::sys::user::lookup(name) else {
         return Err(format!(
             "Failed to identify user {name:?}: user: unknown user {name}"
         ));
-    }
+    };
     Ok(TaskUser {
-        uid: pwd.pw_uid,
-        gid: pwd.pw_gid,
+        uid: u.uid,
+        gid: u.gid,
     })
 }
 
@@ -53,8 +39,7 @@ pub fn task_user(user: &str) -> Result<Option<TaskUser>, String> {
         return Ok(None);
     }
     let u = lookup_user(user)?;
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = crate::sys::user::euid();
     if u.uid == euid {
         return Ok(None);
     }
@@ -201,10 +186,7 @@ pub fn spawn(spec: SpawnSpec) -> Result<Process, String> {
 /// Send a signal to the task's whole process group.
 pub fn signal_group(pid: i32, sig: i32) {
     if pid > 1 {
-        // SAFETY: kill(2) on the negative pid of a group this agent created.
-        unsafe {
-            libc::kill(-pid, sig);
-        }
+        let _ = crate::sys::process::kill_group(pid, sig);
     }
 }
 

@@ -184,18 +184,16 @@ fn tree(procs: &[ProcStat], root: i32) -> Vec<&ProcStat> {
 }
 
 fn page_size() -> u64 {
-    // SAFETY: sysconf has no side effects.
-    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let v = crate::sys::process::page_size();
     if v > 0 {
-        v as u64
+        v
     } else {
         4096
     }
 }
 
 fn clk_tck() -> f64 {
-    // SAFETY: sysconf has no side effects.
-    let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let v = crate::sys::process::clock_ticks();
     if v > 0 {
         v as f64
     } else {
@@ -498,28 +496,19 @@ fn uptime() -> u64 {
 }
 
 fn disk_stats(device: &str, mountpoint: &str, path: &Path) -> Value {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+    let Ok(st) = crate::sys::fd::statvfs(path) else {
         return Value::Null;
     };
-    // SAFETY: statvfs is plain data filled by the kernel.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid C string and out pointer.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Value::Null;
-    }
-    let bs = st.f_frsize as u64;
-    let size = st.f_blocks as u64 * bs;
-    let free = st.f_bfree as u64 * bs;
-    let avail = st.f_bavail as u64 * bs;
+    let (size, free, avail) = (st.total, st.free, st.avail);
     let used = size.saturating_sub(free);
     let pct = if used + avail > 0 {
         used as f64 / (used + avail) as f64 * 100.0
     } else {
         0.0
     };
-    let inodes = st.f_files as u64;
+    let inodes = st.inodes;
     let ipct = if inodes > 0 {
-        (inodes - st.f_ffree as u64) as f64 / inodes as f64 * 100.0
+        (inodes - st.inodes_free) as f64 / inodes as f64 * 100.0
     } else {
         0.0
     };

@@ -2,10 +2,8 @@
 //! (`${NOMAD_SECRETS_DIR}/api.sock`, served by the agent's own HTTP server and router) and the
 //! workload identity (a signed JWT in `NOMAD_TOKEN` and/or `secrets/nomad_token`).
 
-use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -159,28 +157,11 @@ pub fn claims_for(input: &TaskHookInput) -> WorkloadClaims {
 /// `(uid, gid)` of `task.user` when the agent runs as root and the user exists.
 fn task_owner(user: Option<&str>) -> Option<(u32, u32)> {
     let user = user.filter(|u| !u.is_empty())?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if crate::sys::user::euid() != 0 {
         return None;
     }
-    let name = CString::new(user).ok()?;
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; buf outlives the use of pwd's fields.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            name.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 || result.is_null() {
-        return None;
-    }
-    Some((pwd.pw_uid, pwd.pw_gid))
+    let u = crate::sys::user::lookup(user)?;
+    Some((u.uid, u.gid))
 }
 
 fn open_task_socket(
@@ -229,46 +210,20 @@ fn open_task_socket(
 /// reached through an `O_PATH | O_NOFOLLOW` descriptor so a symlink swapped in by the task is
 /// never followed.
 fn set_socket_mode(sock: &Path, owner: Option<(u32, u32)>) -> io::Result<(u64, u64)> {
-    let c = CString::new(sock.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: c is a valid NUL-terminated path.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+    use crate::sys::fd::{self, OFlags};
+    let fd = fd::open(sock, OFlags::PATH | OFlags::NOFOLLOW)?;
+    let st = fd::fstat(&fd)?;
+    if !st.is_socket() {
+        return Err(io::Error::other("not a socket"));
     }
-    let result = (|| {
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: fd is open; st is a valid out pointer.
-        if unsafe { libc::fstat(fd, &mut st) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-            return Err(io::Error::other("not a socket"));
-        }
-        let mode = if let Some((uid, gid)) = owner {
-            let empty = CString::default();
-            // SAFETY: fd is open; AT_EMPTY_PATH operates on fd itself.
-            if unsafe { libc::fchownat(fd, empty.as_ptr(), uid, gid, libc::AT_EMPTY_PATH) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            0o600
-        } else {
-            0o666
-        };
-        let proc_path = CString::new(format!("/proc/self/fd/{fd}")).map_err(io::Error::other)?;
-        // SAFETY: proc_path is a valid path naming our own descriptor.
-        if unsafe { libc::chmod(proc_path.as_ptr(), mode) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok((st.st_dev, st.st_ino))
-    })();
-    // SAFETY: fd was opened above and is closed once.
-    unsafe { libc::close(fd) };
-    result
+    let mode = if let Some((uid, gid)) = owner {
+        fd::chown_fd(&fd, uid, gid)?;
+        0o600
+    } else {
+        0o666
+    };
+    fd::chmod_fd_path(&fd, mode)?;
+    Ok((st.st_dev, st.st_ino))
 }
 
 /// Write the JWT to a fresh temporary file (never through a symlink), 0600, owned by the task's

@@ -8,7 +8,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
@@ -138,7 +137,7 @@ pub fn read_to_eof(
 ) -> io::Result<u64> {
     // Sized to what the file holds past `pos` (an appended line, typically), so a woken
     // follower does not clear a 64 KiB buffer to read a few bytes.
-    let want = match fstat(file.as_raw_fd()) {
+    let want = match fstat(file) {
         Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
             (st.st_size as u64).saturating_sub(*pos) as usize
         }
@@ -242,7 +241,7 @@ impl FileFollower {
             if !self.follow {
                 return self.out.finish(sink);
             }
-            let st = fstat(self.file.as_raw_fd())?;
+            let st = fstat(&self.file)?;
             if st.st_nlink == 0 {
                 self.out.event(sink, &self.name, self.pos, FILE_DELETED)?;
                 return self.out.finish(sink);

@@ -3,7 +3,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use super::follow::{read_to_eof, Liveness, Output, Waiter, Wake};
@@ -65,7 +64,7 @@ pub fn list_logs(dir: &SafeDir, task: &str, kind: &str) -> Result<Vec<LogFile>, 
 /// Open one log file of the logs dir: a regular file with a single link (see [`list_logs`]).
 pub fn open_log(dir: &SafeDir, name: &str) -> io::Result<File> {
     let f = dir.open_file(name)?;
-    if fstat(f.as_raw_fd())?.st_nlink > 1 {
+    if fstat(&f)?.st_nlink > 1 {
         return Err(io::Error::from_raw_os_error(libc::EPERM));
     }
     Ok(f)
@@ -170,7 +169,7 @@ impl LogFollower {
             if !self.follow {
                 return self.out.finish(sink);
             }
-            let st = fstat(self.file.as_raw_fd())?;
+            let st = fstat(&self.file)?;
             if st.st_nlink == 0 && !deleted_sent {
                 deleted_sent = true;
                 self.out.event(sink, &name, self.pos, FILE_DELETED)?;

@@ -9,13 +9,16 @@
 //! path derived from a request or from a task's files.
 
 use std::collections::VecDeque;
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CString, OsStr};
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+
+pub use crate::sys::fd::Stat;
+use crate::sys::fd::{self, OFlags};
 
 /// How many symlinks one resolution may follow (Linux's own limit is 40).
 pub const MAX_SYMLINK_HOPS: usize = 40;
@@ -47,63 +50,32 @@ impl fmt::Display for PathError {
 
 impl std::error::Error for PathError {}
 
-/// Go's lower-case text for an OS error (`no such file or directory`).
+/// Go's lower-case text for an OS error (`no such file or directory`): the C library's text
+/// that `io::Error` shows, without its ` (os error N)` suffix.
 pub fn os_text(err: &io::Error) -> String {
+    let text = err.to_string();
     match err.raw_os_error() {
         Some(code) => {
-            // SAFETY: strerror returns a pointer to a static, NUL-terminated string.
-            let s = unsafe { CStr::from_ptr(libc::strerror(code)) };
-            let s = s.to_string_lossy();
-            let mut out = s.to_lowercase();
-            if out.is_empty() {
-                out = err.to_string();
+            let bare = text
+                .strip_suffix(&format!(" (os error {code})"))
+                .unwrap_or(&text);
+            if bare.is_empty() {
+                text.clone()
+            } else {
+                bare.to_lowercase()
             }
-            out
         }
-        None => err.to_string(),
+        None => text,
     }
 }
 
-/// `fstat` of an fd.
-pub fn fstat(fd: RawFd) -> io::Result<libc::stat> {
-    // SAFETY: `st` is plain data filled in by fstat; `fd` is a descriptor we own.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(fd, &mut st) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(st)
-    }
+/// `fstat` of an open file or directory.
+pub fn fstat(fd: impl AsFd) -> io::Result<Stat> {
+    fd::fstat(fd)
 }
 
 fn cstring(name: &str) -> io::Result<CString> {
     CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-}
-
-fn openat(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: `name` is NUL-terminated; the returned fd is checked and then owned.
-    let fd = unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn readlink_fd(fd: RawFd) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; MAX_LINK_TARGET];
-    // SAFETY: an empty path with an O_PATH fd of a symlink reads that link (Linux >= 2.6.39);
-    // the buffer is valid for its length.
-    let n = unsafe { libc::readlinkat(fd, c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(buf)
-}
-
-fn is_type(st: &libc::stat, kind: libc::mode_t) -> bool {
-    st.st_mode & libc::S_IFMT == kind
 }
 
 /// A request path after Go's `filepath.Clean`: components without `.` or `..`.
@@ -137,7 +109,7 @@ pub struct Resolved {
     obj: OwnedFd,
     /// `None` when the object is the alloc dir itself.
     parent: Option<(OwnedFd, CString)>,
-    stat: libc::stat,
+    stat: Stat,
     /// Components of the resolved location relative to the alloc dir (symlinks followed).
     pub components: Vec<String>,
     /// The host path of the resolved location.
@@ -147,7 +119,7 @@ pub struct Resolved {
 /// One entry of a directory listing, as `lstat` sees it.
 pub struct DirEntry {
     pub name: String,
-    pub stat: libc::stat,
+    pub stat: Stat,
 }
 
 /// A directory opened for listing and for opening its files by name (never following links).
@@ -158,9 +130,7 @@ pub struct SafeDir {
 impl AllocDir {
     /// Open the alloc dir itself (a path the client created, not one from a request).
     pub fn open(dir: &Path) -> io::Result<AllocDir> {
-        let c = CString::new(dir.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        let root = openat(libc::AT_FDCWD, &c, libc::O_PATH | libc::O_DIRECTORY)?;
+        let root = fd::open(dir, OFlags::PATH | OFlags::DIRECTORY)?;
         let canon_root = std::fs::canonicalize(dir)?;
         Ok(AllocDir {
             root,
@@ -212,7 +182,7 @@ impl AllocDir {
                 continue;
             }
             if name == ".." {
-                if !stale && !is_type(&cur_st, libc::S_IFDIR) {
+                if !stale && !cur_st.is_dir() {
                     return Err(os_err(io::Error::from_raw_os_error(libc::ENOTDIR)));
                 }
                 if names.pop().is_none() {
@@ -225,15 +195,14 @@ impl AllocDir {
                 (cur, cur_st, parent) = self.walk(&names, &mut steps).map_err(os_err)?;
                 stale = false;
             }
-            if !is_type(&cur_st, libc::S_IFDIR) {
+            if !cur_st.is_dir() {
                 return Err(os_err(io::Error::from_raw_os_error(libc::ENOTDIR)));
             }
             step(&mut steps).map_err(os_err)?;
             let c = cstring(&name).map_err(os_err)?;
-            let fd =
-                openat(cur.as_raw_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW).map_err(os_err)?;
-            let st = fstat(fd.as_raw_fd()).map_err(os_err)?;
-            if !is_type(&st, libc::S_IFLNK) {
+            let fd = fd::openat(&cur, &c, OFlags::PATH | OFlags::NOFOLLOW, 0).map_err(os_err)?;
+            let st = fd::fstat(&fd).map_err(os_err)?;
+            if !st.is_symlink() {
                 parent = Some(std::mem::replace(&mut cur, fd));
                 cur_st = st;
                 names.push(name);
@@ -243,7 +212,7 @@ impl AllocDir {
             if hops > MAX_SYMLINK_HOPS {
                 return Err(os_err(io::Error::from_raw_os_error(libc::ELOOP)));
             }
-            let target = readlink_fd(fd.as_raw_fd()).map_err(os_err)?;
+            let target = fd::readlink_fd(&fd, MAX_LINK_TARGET).map_err(os_err)?;
             let target = Path::new(OsStr::from_bytes(&target));
             let mut next: Vec<String> = if target.is_absolute() {
                 let rest = self.absolute_target(target).ok_or(PathError::Escapes)?;
@@ -285,20 +254,21 @@ impl AllocDir {
         &self,
         names: &[String],
         steps: &mut usize,
-    ) -> io::Result<(OwnedFd, libc::stat, Option<OwnedFd>)> {
+    ) -> io::Result<(OwnedFd, Stat, Option<OwnedFd>)> {
         let mut cur = self.root.try_clone()?;
         let mut parent = None;
         for name in names {
             step(steps)?;
             let c = cstring(name)?;
-            let fd = openat(
-                cur.as_raw_fd(),
+            let fd = fd::openat(
+                &cur,
                 &c,
-                libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::DIRECTORY,
+                0,
             )?;
             parent = Some(std::mem::replace(&mut cur, fd));
         }
-        let st = fstat(cur.as_raw_fd())?;
+        let st = fd::fstat(&cur)?;
         Ok((cur, st, parent))
     }
 }
@@ -330,16 +300,16 @@ pub enum Protected {
 }
 
 impl Resolved {
-    pub fn stat(&self) -> &libc::stat {
+    pub fn stat(&self) -> &Stat {
         &self.stat
     }
 
     pub fn is_dir(&self) -> bool {
-        is_type(&self.stat, libc::S_IFDIR)
+        self.stat.is_dir()
     }
 
     pub fn is_regular(&self) -> bool {
-        is_type(&self.stat, libc::S_IFREG)
+        self.stat.is_regular()
     }
 
     /// A regular file with more than one link: its inode may also live outside the alloc
@@ -367,13 +337,13 @@ impl Resolved {
 
     /// Re-open the object for reading. The open cannot follow a link, and the result must be
     /// the very inode that was resolved.
-    fn reopen(&self, flags: libc::c_int) -> io::Result<OwnedFd> {
+    fn reopen(&self, flags: OFlags) -> io::Result<OwnedFd> {
         let fd = match &self.parent {
-            Some((dir, name)) => openat(dir.as_raw_fd(), name, flags | libc::O_NOFOLLOW)?,
-            None => openat(self.obj.as_raw_fd(), c".", flags)?,
+            Some((dir, name)) => fd::openat(dir, name, flags | OFlags::NOFOLLOW, 0)?,
+            None => fd::openat(&self.obj, c".", flags, 0)?,
         };
-        let st = fstat(fd.as_raw_fd())?;
-        if st.st_dev != self.stat.st_dev || st.st_ino != self.stat.st_ino {
+        let st = fd::fstat(&fd)?;
+        if !st.same_inode(&self.stat) {
             return Err(io::Error::from_raw_os_error(libc::ESTALE));
         }
         Ok(fd)
@@ -385,13 +355,13 @@ impl Resolved {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         // O_NONBLOCK: a FIFO swapped in at the last moment must not block the open.
-        let fd = self.reopen(libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY)?;
+        let fd = self.reopen(OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY)?;
         Ok(File::from(fd))
     }
 
     /// Open the resolved directory for listing and for opening its entries.
     pub fn open_dir(&self) -> io::Result<SafeDir> {
-        let fd = self.reopen(libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let fd = self.reopen(OFlags::RDONLY | OFlags::DIRECTORY)?;
         Ok(SafeDir { fd })
     }
 
@@ -412,50 +382,16 @@ impl Resolved {
 impl SafeDir {
     /// Every entry except `.` and `..`, with `lstat` information, sorted by name.
     pub fn entries(&self) -> io::Result<Vec<DirEntry>> {
-        // fdopendir takes ownership of its fd, so give it a duplicate.
-        let dup = self.fd.try_clone()?;
-        // SAFETY: `dup` is a valid directory fd whose ownership passes to the DIR stream,
-        // which closedir releases below; readdir's entries are valid until the next call.
         let mut out = Vec::new();
-        unsafe {
-            let dirp = libc::fdopendir(dup.as_raw_fd());
-            if dirp.is_null() {
-                return Err(io::Error::last_os_error());
-            }
-            std::mem::forget(dup);
-            libc::rewinddir(dirp);
-            loop {
-                *libc::__errno_location() = 0;
-                let ent = libc::readdir(dirp);
-                if ent.is_null() {
-                    let errno = *libc::__errno_location();
-                    libc::closedir(dirp);
-                    if errno != 0 {
-                        return Err(io::Error::from_raw_os_error(errno));
-                    }
-                    break;
-                }
-                let name = CStr::from_ptr((*ent).d_name.as_ptr());
-                let bytes = name.to_bytes();
-                if bytes == b"." || bytes == b".." {
-                    continue;
-                }
-                let mut st: libc::stat = std::mem::zeroed();
-                if libc::fstatat(
-                    self.fd.as_raw_fd(),
-                    name.as_ptr(),
-                    &mut st,
-                    libc::AT_SYMLINK_NOFOLLOW,
-                ) != 0
-                {
-                    // Removed between readdir and lstat: skip it, as Go's ReadDir does.
-                    continue;
-                }
-                out.push(DirEntry {
-                    name: String::from_utf8_lossy(bytes).into_owned(),
-                    stat: st,
-                });
-            }
+        for name in fd::read_dir(&self.fd)? {
+            // Removed between listing and lstat: skip it, as Go's ReadDir does.
+            let Ok(stat) = fd::lstat_at(&self.fd, &name) else {
+                continue;
+            };
+            out.push(DirEntry {
+                name: String::from_utf8_lossy(name.to_bytes()).into_owned(),
+                stat,
+            });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -468,13 +404,14 @@ impl SafeDir {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         let c = cstring(name)?;
-        let fd = openat(
-            self.fd.as_raw_fd(),
+        let fd = fd::openat(
+            &self.fd,
             &c,
-            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY,
+            0,
         )?;
-        let st = fstat(fd.as_raw_fd())?;
-        if !is_type(&st, libc::S_IFREG) {
+        let st = fd::fstat(&fd)?;
+        if !st.is_regular() {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         Ok(File::from(fd))

@@ -225,10 +225,7 @@ impl Server {
             set_accept_tick(sock.fd())?;
         }
         // Calling listen(2) again on a listening socket resizes its queue (Linux).
-        // SAFETY: listen on a valid listening fd owned by `sock`.
-        unsafe {
-            libc::listen(sock.fd(), LISTEN_BACKLOG);
-        }
+        let _ = crate::sys::socket::listen(sock.fd(), LISTEN_BACKLOG);
         let listener = Arc::new(ListenerShared {
             sock,
             name,
@@ -353,25 +350,7 @@ fn thread_name(prefix: &str, what: &str) -> String {
 /// SO_RCVTIMEO on a listening socket bounds each blocking `accept`, so a quiet acceptor
 /// still wakes to join finished connection threads.
 fn set_accept_tick(fd: RawFd) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: ACCEPT_TICK.as_secs() as libc::time_t,
-        tv_usec: ACCEPT_TICK.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: setsockopt with a valid fd and a pointer to a timeval of the stated size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    crate::sys::socket::set_recv_timeout(fd, ACCEPT_TICK)
 }
 
 /// Rate-limits one kind of warning to one line per second.
@@ -897,10 +876,8 @@ fn wait_empty(listeners: &[Arc<ListenerShared>], deadline: Instant) -> bool {
 fn stop_all(server: &ServerShared, listeners: &[Arc<ListenerShared>]) {
     for l in listeners {
         l.stopping.store(true, Ordering::SeqCst);
-        // SAFETY: shutdown(2) on the listening fd, which `l` keeps open; wakes `accept`.
-        unsafe {
-            libc::shutdown(l.sock.fd(), libc::SHUT_RDWR);
-        }
+        // Wakes `accept`; the fd stays open (`l` keeps it).
+        let _ = crate::sys::socket::shutdown(l.sock.fd());
     }
     for l in listeners {
         let acceptor = l.acceptor.lock().take();

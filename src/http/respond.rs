@@ -293,14 +293,15 @@ pub(crate) fn peer_gone(sock: &Sock, wait: Duration) -> bool {
             events,
             revents: 0,
         };
-        // SAFETY: one valid pollfd for an fd owned by `sock`, which outlives the call.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if rc < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted && !left.is_zero() {
-                continue;
+        let rc = match crate::sys::poll::poll_one(&mut pfd, ms) {
+            Ok(n) => n,
+            Err(e) => {
+                if e.kind() == io::ErrorKind::Interrupted && !left.is_zero() {
+                    continue;
+                }
+                return false;
             }
-            return false;
-        }
+        };
         if rc == 0 {
             return false;
         }
@@ -309,25 +310,17 @@ pub(crate) fn peer_gone(sock: &Sock, wait: Duration) -> bool {
         }
         if pfd.revents & libc::POLLIN != 0 {
             let mut b = [0u8; 1];
-            // SAFETY: recv into a 1-byte stack buffer on a valid fd; MSG_PEEK leaves the data.
-            let n = unsafe {
-                libc::recv(
-                    sock.fd(),
-                    b.as_mut_ptr().cast(),
-                    1,
-                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
-                )
-            };
-            if n == 0 {
-                return true;
-            }
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if !matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) {
-                    return true;
+            // MSG_PEEK leaves the data for the request reader.
+            match crate::sys::socket::peek_nowait(sock.fd(), &mut b) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) => {
+                    if !matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) {
+                        return true;
+                    }
                 }
             }
             // Data from a live client: keep waiting for a hang-up only, until the deadline.

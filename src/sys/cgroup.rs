@@ -597,10 +597,9 @@ pub struct Usage {
 
 /// USER_HZ, the unit of v1 `cpuacct.stat`.
 fn clk_tck() -> u64 {
-    // SAFETY: sysconf has no side effects.
-    let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let v = super::process::clock_ticks();
     if v > 0 {
-        v as u64
+        v
     } else {
         100
     }
@@ -670,10 +669,7 @@ impl StatsSource {
 /// `kill(pid, SIGKILL)` for a pid read from a cgroup of ours (never 0, 1 or negative).
 fn sigkill(pid: i32) {
     if pid > 1 {
-        // SAFETY: kill(2) on one positive pid; no memory is involved.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-        }
+        let _ = super::process::kill(pid, libc::SIGKILL);
     }
 }
 
@@ -1089,8 +1085,7 @@ mod tests {
     /// (`cgroup.kill`; freeze + SIGKILL + thaw) is exercised on a hybrid host. `None` unless
     /// root on a host with such hierarchies.
     fn only(v2: bool) -> Option<Cgroups> {
-        // SAFETY: geteuid cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
+        if crate::sys::user::euid() != 0 {
             return None;
         }
         let p = plan(

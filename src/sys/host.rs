@@ -1,50 +1,28 @@
-//! Safe wrappers for what `/v1/agent/host` reads from the kernel: `uname(2)`, `statvfs(3)` and
-//! `getifaddrs(3)`.
+//! Safe wrappers for what `/v1/agent/host` reads from the kernel: `uname(2)` (rustix),
+//! `statvfs(3)` (`sys::fd`) and `getifaddrs(3)` (raw libc: rustix has no interface listing;
+//! the netlink dump it would take is what glibc already does).
 
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-fn c_field(f: &[libc::c_char]) -> String {
-    let bytes: Vec<u8> = f
-        .iter()
-        .take_while(|c| **c != 0)
-        .map(|c| *c as u8)
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
 /// `uname -a`'s fields: `[machine, nodename, release, sysname, version]`, or the error text.
 pub fn uname() -> Result<[String; 5], String> {
-    // SAFETY: utsname is plain data; uname(2) fills it.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid out pointer to a struct we own.
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return Err(std::io::Error::last_os_error().to_string());
-    }
+    let u = rustix::system::uname();
+    let text = |c: &CStr| c.to_string_lossy().into_owned();
     Ok([
-        c_field(&u.machine),
-        c_field(&u.nodename),
-        c_field(&u.release),
-        c_field(&u.sysname),
-        c_field(&u.version),
+        text(u.machine()),
+        text(u.nodename()),
+        text(u.release()),
+        text(u.sysname()),
+        text(u.version()),
     ])
 }
 
 /// `(total, available to unprivileged users)` bytes of the filesystem holding `path`.
 pub fn fs_space(path: &Path) -> Option<(u64, u64)> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: statvfs is plain data filled by the call.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a NUL-terminated path and a valid out pointer.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    let bs = st.f_frsize as u64;
-    Some((
-        (st.f_blocks as u64).saturating_mul(bs),
-        (st.f_bavail as u64).saturating_mul(bs),
-    ))
+    let st = super::fd::statvfs(path).ok()?;
+    Some((st.total, st.avail))
 }
 
 /// One IP address of one network interface.

@@ -57,6 +57,19 @@ impl PollSet {
     }
 }
 
+/// `poll(2)` on one fd for up to `timeout_ms` (negative: no limit): how many fds are ready
+/// (0 or 1); `pfd.revents` says what happened. `EINTR` comes back as an `Interrupted` error.
+pub fn poll_one(pfd: &mut libc::pollfd, timeout_ms: libc::c_int) -> io::Result<usize> {
+    pfd.revents = 0;
+    // SAFETY: one valid, exclusively borrowed pollfd; the kernel writes only its `revents`. An
+    // fd that is not open yields POLLNVAL, not UB.
+    let rc = unsafe { libc::poll(pfd, 1, timeout_ms) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -323,10 +323,7 @@ impl TestAgent {
     /// Send SIGTERM and wait (with a deadline) for the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("agent running");
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe {
-            libc_kill(child.id() as i32, 15);
-        }
+        sigterm(&child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(st)) = child.try_wait() {
@@ -358,18 +355,33 @@ impl TestAgent {
     }
 }
 
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
+/// SIGTERM to a child of this test process.
+fn sigterm(child: &std::process::Child) {
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_child(child),
+        rustix::process::Signal::TERM,
+    );
+}
+
+/// `kill(pid, sig)` through rustix: a negative `pid` is the process group `-pid`. Errors (the
+/// process already gone) are ignored, as the tests' cleanup wants.
+pub fn kill(pid: i32, sig: i32) {
+    use rustix::process::{Pid, Signal};
+    let target = pid.checked_abs().and_then(Pid::from_raw);
+    let (Some(p), Some(s)) = (target, Signal::from_named_raw(sig)) else {
+        return;
+    };
+    let _ = if pid < 0 {
+        rustix::process::kill_process_group(p, s)
+    } else {
+        rustix::process::kill_process(p, s)
+    };
 }
 
 impl Drop for TestAgent {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own child.
-            unsafe {
-                libc_kill(c.id() as i32, 15);
-            }
+            sigterm(&c);
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -448,11 +460,9 @@ pub fn kill_leftover_tasks(data_dir: &Path) {
                 }
             }
         }
-        // SAFETY: kill(2) on processes of a task this test's agent started.
-        unsafe {
-            libc_kill(-task, 9);
-            libc_kill(task, 9);
-        }
+        // Processes of a task this test's agent started.
+        kill(-task, 9);
+        kill(task, 9);
         let deadline = Instant::now() + Duration::from_secs(5);
         for cg in &cgroups {
             loop {
@@ -466,18 +476,14 @@ pub fn kill_leftover_tasks(data_dir: &Path) {
                     break;
                 }
                 for p in pids {
-                    // SAFETY: as above; these are in the task's own cgroup.
-                    unsafe {
-                        libc_kill(p, 9);
-                    }
+                    // As above; these are in the task's own cgroup.
+                    kill(p, 9);
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        // SAFETY: the shim this test's agent started (live: its FIFO has a reader).
-        unsafe {
-            libc_kill(shim, 9);
-        }
+        // The shim this test's agent started (live: its FIFO has a reader).
+        kill(shim, 9);
         for cg in &cgroups {
             let _ = std::fs::remove_dir(cg);
         }
@@ -487,45 +493,32 @@ pub fn kill_leftover_tasks(data_dir: &Path) {
 /// A TCP connection to `127.0.0.1:port` from the loopback address `from` (e.g.
 /// `[127, 0, 0, 2]`), so one test can act as several client addresses.
 pub fn connect_from(from: [u8; 4], port: u16) -> std::io::Result<TcpStream> {
-    use std::os::fd::FromRawFd;
+    use rustix::net::{AddressFamily, SocketAddrV4, SocketFlags, SocketType};
     assert_eq!(from[0], 127, "loopback only");
-    let sockaddr = |ip: [u8; 4], port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_be_bytes(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: a fresh socket fd is owned by the TcpStream (closed on every error path);
-    // bind and connect get valid sockaddr_in values of the stated length.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let stream = TcpStream::from_raw_fd(fd);
-        let local = sockaddr(from, 0);
-        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let remote = sockaddr([127, 0, 0, 1], port);
-        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(stream)
-    }
+    let fd = rustix::net::socket_with(
+        AddressFamily::INET,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::bind(&fd, &SocketAddrV4::new(from.into(), 0))?;
+    rustix::net::connect(&fd, &SocketAddrV4::new([127, 0, 0, 1].into(), port))?;
+    Ok(TcpStream::from(fd))
 }
 
 /// Raise this test process's soft open-files limit to `want` (capped at the hard limit).
 pub fn raise_open_files_limit(want: u64) {
-    // SAFETY: getrlimit/setrlimit on a plain struct owned by this frame.
-    unsafe {
-        let mut r: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < want {
-            r.rlim_cur = want.min(r.rlim_max);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let r = getrlimit(Resource::Nofile);
+    // `None` is unlimited.
+    if r.current.is_some_and(|cur| cur < want) {
+        let current = Some(r.maximum.map_or(want, |max| want.min(max)));
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current,
+                maximum: r.maximum,
+            },
+        );
     }
 }
