@@ -27,6 +27,7 @@ pub enum AgentError {
     Bind { addr: SocketAddr, detail: String },
     State(StoreError),
     Signals(String),
+    Tls(crate::tls::TlsError),
 }
 
 impl fmt::Display for AgentError {
@@ -38,6 +39,7 @@ impl fmt::Display for AgentError {
             AgentError::Bind { addr, detail } => write!(f, "cannot listen on {addr}: {detail}"),
             AgentError::State(e) => write!(f, "cannot load state: {e}"),
             AgentError::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
+            AgentError::Tls(e) => write!(f, "{e}"),
         }
     }
 }
@@ -63,6 +65,8 @@ pub struct Agent {
     pub batcher: Batcher,
     /// The HTTP server, set once listening (the Task API adds Unix listeners to it).
     pub http: OnceLock<Arc<Server>>,
+    /// TLS certificates and configurations (`tls.http` or `tls.rpc`), reloaded on SIGHUP.
+    pub tls: Option<Arc<crate::tls::AgentTls>>,
     pub started_at: SystemTime,
 }
 
@@ -70,6 +74,12 @@ impl Agent {
     /// Load every piece of state from the data dir (no threads are started).
     pub fn load(config: Config) -> Result<Arc<Agent>, AgentError> {
         crate::state::remove_leftover_temps(&config.data_dir)?;
+        let tls = if config.tls.enabled() {
+            let t = crate::tls::AgentTls::load(&config.tls, &config.region);
+            Some(Arc::new(t.map_err(AgentError::Tls)?))
+        } else {
+            None
+        };
         let index = Arc::new(IndexCounter::default());
         let node = NodeState::load(&config, &index)?;
         let membership = Membership::load(&config, node.id())?;
@@ -94,6 +104,7 @@ impl Agent {
             fs_watch: SharedWatcher::new(),
             batcher,
             http: OnceLock::new(),
+            tls,
             started_at: SystemTime::now(),
         }))
     }
@@ -191,7 +202,11 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     .with_env();
     let server = Arc::new(Server::new(Arc::new(Router::new(agent.clone())), limits));
     let _ = agent.http.set(server.clone());
-    server.serve_tcp(listener).map_err(|e| AgentError::Bind {
+    let served = match agent.tls.clone().filter(|t| t.http()) {
+        Some(tls) => server.serve_tcp_tls(listener, tls),
+        None => server.serve_tcp(listener),
+    };
+    served.map_err(|e| AgentError::Bind {
         addr,
         detail: e.to_string(),
     })?;
@@ -216,6 +231,12 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         agent.config.node_name,
         agent.config.data_dir.display()
     );
+    if let Some(t) = agent.tls.as_ref().filter(|t| t.http()) {
+        log::info!(
+            "the HTTP API serves HTTPS only (client certificates required: {})",
+            t.settings().verify_https_client
+        );
+    }
 
     // systemd (Type=notify): ready once the API answers; then the watchdog pings.
     let notifier = crate::sd_notify::Notifier::from_env();

@@ -79,6 +79,8 @@ pub struct Config {
     pub config_is_json: bool,
     /// The flags this config was made from: a reload (SIGHUP) reads the same files again.
     pub source: AgentFlags,
+    /// Nomad's `tls { ... }` block, checked (certificate files are read by `tls::AgentTls`).
+    pub tls: crate::tls::TlsSettings,
     /// `client.drain_on_shutdown`: when the agent leaves, stop its allocations first.
     pub drain_on_shutdown: Option<DrainOnShutdown>,
     /// `leave_on_interrupt`: SIGINT makes the agent leave (and drain, when configured).
@@ -174,6 +176,30 @@ fn hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "nomadlet".to_string())
+}
+
+/// The `tls` block as settings, checked as Nomad checks it at start.
+fn tls_settings(t: &file::Tls) -> Result<crate::tls::TlsSettings, ConfigError> {
+    let min_version = match &t.tls_min_version {
+        None => crate::tls::MinVersion::default(),
+        Some(v) => crate::tls::MinVersion::parse(v).ok_or_else(|| {
+            ConfigError(format!(
+                "tls.tls_min_version {v:?}: use tls10, tls11, tls12 or tls13"
+            ))
+        })?,
+    };
+    let settings = crate::tls::TlsSettings {
+        http: t.http.unwrap_or(false),
+        rpc: t.rpc.unwrap_or(false),
+        ca_file: t.ca_file.clone(),
+        cert_file: t.cert_file.clone(),
+        key_file: t.key_file.clone(),
+        verify_server_hostname: t.verify_server_hostname.unwrap_or(false),
+        verify_https_client: t.verify_https_client.unwrap_or(false),
+        min_version,
+    };
+    settings.validate().map_err(ConfigError)?;
+    Ok(settings)
 }
 
 const LOG_LEVELS: &[&str] = &["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "OFF"];
@@ -277,6 +303,7 @@ impl Config {
             ),
             None => None,
         };
+        let tls = tls_settings(&file.tls)?;
         let drain_on_shutdown = match &file.client.drain_on_shutdown {
             None => None,
             Some(d) => Some(DrainOnShutdown {
@@ -335,6 +362,7 @@ impl Config {
                 .unwrap_or(crate::http::limits::MAX_CONNS_PER_CLIENT),
             config_is_json: loaded.json_only,
             source: flags.clone(),
+            tls,
         })
     }
 

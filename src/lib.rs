@@ -25,6 +25,7 @@ mod state;
 #[allow(unsafe_code)]
 mod sys;
 mod time;
+pub mod tls;
 
 #[doc(hidden)]
 pub mod fuzzing;

@@ -3,7 +3,7 @@
 //! with TLS, the certificates. Everything else needs a restart and is left as it was. A config
 //! that does not load is logged and the running one kept; a reload never stops the agent.
 //!
-//! Each thing that reloads is one `ReloadStep` in `RELOAD_STEPS`; a new one (TLS) is a line there.
+//! Each thing that reloads is one `ReloadStep` in `RELOAD_STEPS`; a new one is a line there.
 
 use crate::agent::Agent;
 use crate::config::Config;
@@ -17,6 +17,7 @@ pub type ReloadStep = fn(&Agent, &Config) -> Result<Option<String>, String>;
 pub const RELOAD_STEPS: &[(&str, ReloadStep)] = &[
     ("log level", reload_log_level),
     ("client meta", reload_meta),
+    ("tls certificates", crate::tls::reload_step),
 ];
 
 /// Read the config again from the same flags and files and run every reload step on it.

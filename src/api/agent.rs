@@ -1,12 +1,17 @@
 //! The Agent API: members, servers, self, join, force-leave and health (ref §2).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::state::members::Member;
+use crate::tls::client::Stream;
+
+/// How a join dials peers over HTTPS: the client configuration and the server name to verify.
+type PeerTls = (Arc<rustls::ClientConfig>, String);
 
 use super::params::{check_common, parse_go_bool};
 use super::{empty, json, ApiError, ApiReply, ApiResult, Ctx, IndexMeta};
@@ -87,6 +92,11 @@ fn thread_count() -> String {
 }
 
 /// The `config` object of `/v1/agent/self`, with Go's field names.
+/// A configured file's path as Nomad shows it (empty when unset).
+fn path_text(p: Option<&std::path::Path>) -> String {
+    p.map(|p| p.display().to_string()).unwrap_or_default()
+}
+
 fn config_json(ctx: &Ctx) -> Value {
     let c = &ctx.agent.config;
     let data_dir = c.data_dir.display().to_string();
@@ -106,6 +116,15 @@ fn config_json(ctx: &Ctx) -> Value {
             "HTTP": format!("{}:{}", c.advertise_ip(), c.http_port),
             "RPC": c.rpc_addr(),
             "Serf": format!("{}:4648", c.advertise_ip()),
+        },
+        "TLSConfig": {
+            "EnableHTTP": c.tls.http,
+            "EnableRPC": c.tls.rpc,
+            "VerifyServerHostname": c.tls.verify_server_hostname,
+            "VerifyHTTPSClient": c.tls.verify_https_client,
+            "CAFile": path_text(c.tls.ca_file.as_deref()),
+            "CertFile": path_text(c.tls.cert_file.as_deref()),
+            "KeyFile": path_text(c.tls.key_file.as_deref()),
         },
         "Client": {
             "Enabled": true,
@@ -168,7 +187,12 @@ fn agent_self(ctx: &Ctx) -> ApiResult {
 /// Ask the agent at `addr` who it is, over its HTTP API, before `deadline`. Only a reply that
 /// is a whole nomadlet member consistent with the address dialed is accepted; nothing the peer
 /// sent is ever echoed back (a join must not be a way to read other services).
-fn probe_member(addr: &str, deadline: Instant, region: &str) -> Result<Member, String> {
+fn probe_member(
+    addr: &str,
+    deadline: Instant,
+    region: &str,
+    tls: Option<&PeerTls>,
+) -> Result<Member, String> {
     let with_port = if addr.parse::<SocketAddr>().is_ok()
         || addr
             .rsplit_once(':')
@@ -183,11 +207,18 @@ fn probe_member(addr: &str, deadline: Instant, region: &str) -> Result<Member, S
         .map_err(|e| format!("lookup {with_port}: {e}"))?
         .next()
         .ok_or_else(|| format!("lookup {with_port}: no addresses"))?;
-    let timeout = remaining(deadline).ok_or_else(|| format!("dial tcp {sock}: i/o timeout"))?;
-    let mut s = TcpStream::connect_timeout(&sock, timeout)
-        .map_err(|e| format!("dial tcp {sock}: connect: {}", io_reason(&e)))?;
+    if remaining(deadline).is_none() {
+        return Err(format!("dial tcp {sock}: i/o timeout"));
+    }
+    let tls = tls.map(|(config, name)| (config.clone(), name.as_str()));
+    let mut s = crate::tls::client::dial(&sock, tls, deadline).map_err(|e| match e {
+        crate::tls::TlsError::Io(e) => format!("dial tcp {sock}: connect: {}", io_reason(&e)),
+        other => format!("dial tcp {sock}: {other}"),
+    })?;
     let io_err = |e: std::io::Error| format!("read from {sock}: {}", io_reason(&e));
-    s.set_write_timeout(remaining(deadline)).map_err(io_err)?;
+    s.tcp()
+        .set_write_timeout(remaining(deadline))
+        .map_err(io_err)?;
     s.write_all(
         format!("GET /v1/agent/self HTTP/1.1\r\nHost: {sock}\r\nConnection: close\r\n\r\n")
             .as_bytes(),
@@ -235,14 +266,14 @@ fn remaining(deadline: Instant) -> Option<Duration> {
 
 /// Read a whole `Connection: close` reply, at most `JOIN_MAX_REPLY` bytes, before `deadline`
 /// (each read gets only the time that is left, so a peer trickling bytes cannot stretch it).
-fn read_until_deadline(s: &mut TcpStream, deadline: Instant) -> std::io::Result<Vec<u8>> {
+fn read_until_deadline(s: &mut Stream, deadline: Instant) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
         let Some(left) = remaining(deadline) else {
             return Err(std::io::ErrorKind::TimedOut.into());
         };
-        s.set_read_timeout(Some(left))?;
+        s.tcp().set_read_timeout(Some(left))?;
         match s.read(&mut buf) {
             Ok(0) => return Ok(out),
             Ok(n) => {
@@ -287,10 +318,19 @@ fn join(ctx: &Ctx) -> ApiResult {
     // One deadline for the whole join, however many addresses and however slow each peer.
     let deadline = Instant::now() + JOIN_DEADLINE;
     let region = ctx.agent.config.region.clone();
+    // With tls.http every agent's API is HTTPS: dial peers over TLS, verified against ca_file.
+    let tls = match ctx.agent.tls.as_ref().filter(|t| t.http()) {
+        Some(t) => Some((
+            t.client_config()
+                .map_err(|e| ApiError::internal(format!("cannot join over HTTPS: {e}")))?,
+            t.peer_server_name(),
+        )),
+        None => None,
+    };
     let mut joined = 0;
     let mut errors = Vec::new();
     for a in addrs {
-        match probe_member(a, deadline, &region) {
+        match probe_member(a, deadline, &region, tls.as_ref()) {
             Ok(m) => {
                 ctx.agent.membership.add(m);
                 joined += 1;

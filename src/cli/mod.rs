@@ -242,10 +242,30 @@ fn group_usage(group: &str) -> String {
 }
 
 /// The connector for an endpoint: `None` keeps the built-in one (TCP for `http`, Unix
-/// sockets; `https` is refused with a clear error). The TLS work plugs its rustls connector
-/// in here, built from `tls`; nothing else in the CLI knows about TLS.
-fn connector_for(_endpoint: &Endpoint, _tls: &TlsSettings) -> Option<Connector> {
-    None
+/// sockets); `https` dials through `tls::client` (rustls), verifying the agent as `tls`
+/// (NOMAD_CACERT & co) says. Nothing else in the CLI knows about TLS.
+fn connector_for(endpoint: &Endpoint, tls: &TlsSettings) -> Option<Connector> {
+    if endpoint.scheme != "https" {
+        return None;
+    }
+    let tls = crate::tls::client::CliTls {
+        ca_cert: tls.ca_cert.clone().map(Into::into),
+        client_cert: tls.client_cert.clone().map(Into::into),
+        client_key: tls.client_key.clone().map(Into::into),
+        server_name: tls.server_name.clone(),
+        skip_verify: tls.skip_verify,
+    };
+    Some(std::sync::Arc::new(move |e: &Endpoint| {
+        let s = tls
+            .dial(
+                &e.host,
+                e.port,
+                http::CONNECT_TIMEOUT,
+                Some(http::IO_TIMEOUT),
+            )
+            .map_err(std::io::Error::other)?;
+        Ok(Box::new(s) as Box<dyn http::Stream>)
+    }))
 }
 
 /// Run `nomadlet <group> <command> …` (`args` starts at the group); returns the exit code.

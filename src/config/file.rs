@@ -52,6 +52,9 @@ pub const IGNORED_KEYS: &[&str] = &[
     "plugin.raw_exec.config.no_cgroups",
     "plugin.raw_exec.config.denied_host_uids",
     "plugin.raw_exec.config.denied_host_gids",
+    "tls.rpc_upgrade_mode",
+    "tls.tls_cipher_suites",
+    "tls.tls_prefer_server_cipher_suites",
     "plugin.*",
 ];
 
@@ -80,10 +83,31 @@ pub struct FileConfig {
     pub plugin: Plugins,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub tls: Tls,
     /// On SIGINT: leave (on a client, drain first when `client.drain_on_shutdown` is set).
     pub leave_on_interrupt: Option<bool>,
     /// On SIGTERM: leave (as `leave_on_interrupt`).
     pub leave_on_terminate: Option<bool>,
+}
+
+/// `tls { ... }`: Nomad's names and meanings.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// HTTPS only on the HTTP API (TCP; Task API sockets stay plain).
+    pub http: Option<bool>,
+    /// TLS for cluster RPC (read and checked; there is no RPC listener yet).
+    pub rpc: Option<bool>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Outbound: the peer's certificate must name `server.<region>.nomad` (or `client.`).
+    pub verify_server_hostname: Option<bool>,
+    /// Inbound HTTPS: a client certificate signed by `ca_file` is required.
+    pub verify_https_client: Option<bool>,
+    /// `tls10`, `tls11`, `tls12` (all mean TLS 1.2 or later here) or `tls13`.
+    pub tls_min_version: Option<String>,
 }
 
 /// `ports { http rpc serf }`.
@@ -443,6 +467,36 @@ plugin "raw_exec" {
             let text = format!(r#"{{"limits":{{"http_max_conns_per_client":{bad}}}}}"#);
             assert!(doc(&text, true).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_tls_block_is_read_and_its_unsupported_keys_ignored() {
+        let text = r#"
+tls {
+  http = true
+  rpc = true
+  ca_file = "/etc/nomad.d/ca.pem"
+  cert_file = "/etc/nomad.d/server.pem"
+  key_file = "/etc/nomad.d/server-key.pem"
+  verify_server_hostname = true
+  verify_https_client = false
+  tls_min_version = "tls13"
+  rpc_upgrade_mode = false
+}
+"#;
+        let mut v = normalize(parse_text(text, false).unwrap());
+        assert_eq!(strip_ignored(&mut v), ["tls.rpc_upgrade_mode"]);
+        let c: FileConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(c.tls.http, Some(true));
+        assert_eq!(c.tls.rpc, Some(true));
+        assert_eq!(
+            c.tls.key_file.as_deref(),
+            Some(Path::new("/etc/nomad.d/server-key.pem"))
+        );
+        assert_eq!(c.tls.verify_server_hostname, Some(true));
+        assert_eq!(c.tls.verify_https_client, Some(false));
+        assert_eq!(c.tls.tls_min_version.as_deref(), Some("tls13"));
+        assert!(doc("tls { htp = true }", false).is_err());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! One connection: read heads under deadlines and limits, admit a body, read it into the body
 //! budgets as it arrives, keep-alive (and yield to the acceptor when shed), write replies.
 
-use std::io::{self, Read};
+use std::io;
 use std::net::Shutdown;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -98,6 +98,10 @@ impl ConnCtx<'_> {
 /// Serve requests on `sock` until the peer closes, a deadline or limit ends it, a reply
 /// must close it, the acceptor sheds it while idle, or the server stops.
 pub(crate) fn serve(sock: &Arc<Sock>, ctx: &ConnCtx) {
+    // HTTPS: the handshake shares the first request's head deadline, counted from accept.
+    if let Err(e) = sock.handshake(ctx.accepted + ctx.limits.head_timeout) {
+        return finish(sock, ctx, e, false);
+    }
     let mut wire = Wire::new(sock);
     let mut first = true;
     loop {
@@ -364,6 +368,7 @@ fn finish(sock: &Sock, ctx: &ConnCtx, err: ConnError, head_only: bool) {
 
 /// Half-close, then drain (and drop) what the peer still sends, bounded in time and bytes.
 fn linger(sock: &Sock) {
+    sock.close_notify();
     sock.shutdown(Shutdown::Write);
     let deadline = Instant::now() + LINGER_TIME;
     let mut buf = [0u8; READ_CHUNK];
@@ -373,7 +378,7 @@ fn linger(sock: &Sock) {
         if now >= deadline || sock.set_read_timeout(deadline - now).is_err() {
             return;
         }
-        match (&*sock).read(&mut buf) {
+        match sock.read_raw(&mut buf) {
             Ok(0) => return,
             Ok(n) => drained += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -30,6 +30,7 @@ use super::limits::{
     SHUTDOWN_GRACE, TOO_MANY_CONNS_REPLY,
 };
 use super::respond::{error_reply, write_reply, Plan};
+use super::tls::{TlsAcceptor, TlsSock};
 use super::wire::Sock;
 use super::{Handler, Limits, Origin};
 
@@ -96,30 +97,36 @@ struct ClientRef {
 }
 
 enum ListenSock {
-    Tcp(TcpListener),
+    /// A TCP listener; with an acceptor, every connection speaks HTTPS.
+    Tcp(TcpListener, Option<Arc<dyn TlsAcceptor>>),
     Unix(UnixListener, Arc<str>),
 }
 
 impl ListenSock {
     fn fd(&self) -> RawFd {
         match self {
-            ListenSock::Tcp(l) => l.as_raw_fd(),
+            ListenSock::Tcp(l, _) => l.as_raw_fd(),
             ListenSock::Unix(l, _) => l.as_raw_fd(),
         }
     }
 
     fn as_fd(&self) -> BorrowedFd<'_> {
         match self {
-            ListenSock::Tcp(l) => l.as_fd(),
+            ListenSock::Tcp(l, _) => l.as_fd(),
             ListenSock::Unix(l, _) => l.as_fd(),
         }
     }
 
     fn accept(&self) -> io::Result<(Sock, Origin)> {
         match self {
-            ListenSock::Tcp(l) => l
-                .accept()
-                .map(|(s, peer)| (Sock::Tcp(s), Origin::Tcp { peer: Some(peer) })),
+            ListenSock::Tcp(l, tls) => {
+                let (s, peer) = l.accept()?;
+                let sock = match tls {
+                    None => Sock::Tcp(s),
+                    Some(a) => Sock::Tls(Box::new(TlsSock::new(s, a.server_config())?)),
+                };
+                Ok((sock, Origin::Tcp { peer: Some(peer) }))
+            }
             ListenSock::Unix(l, tag) => l
                 .accept()
                 .map(|(s, _)| (Sock::Unix(s), Origin::Unix { tag: tag.clone() })),
@@ -191,7 +198,22 @@ impl Server {
             .map(|a| a.to_string())
             .unwrap_or_else(|_| "tcp".to_string());
         let cap = self.shared.limits.max_conns_per_listener;
-        self.serve(ListenSock::Tcp(listener), name, cap)
+        self.serve(ListenSock::Tcp(listener, None), name, cap)
+    }
+
+    /// Serve a bound TCP listener with HTTPS only: each connection handshakes with the
+    /// configuration `tls` gives at accept (so a swapped one applies to new connections).
+    pub fn serve_tcp_tls(
+        &self,
+        listener: TcpListener,
+        tls: Arc<dyn TlsAcceptor>,
+    ) -> io::Result<ListenerHandle> {
+        let name = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "tcp".to_string());
+        let cap = self.shared.limits.max_conns_per_listener;
+        self.serve(ListenSock::Tcp(listener, Some(tls)), name, cap)
     }
 
     /// Serve a bound Unix listener; requests carry `Origin::Unix { tag }`.
@@ -628,8 +650,14 @@ fn admit(
         release_client(server, &client);
         return;
     }
-    if let Sock::Tcp(s) = &sock {
-        let _ = s.set_nodelay(true);
+    match &sock {
+        Sock::Tcp(s) => {
+            let _ = s.set_nodelay(true);
+        }
+        Sock::Tls(t) => {
+            let _ = t.tcp.set_nodelay(true);
+        }
+        Sock::Unix(_) => {}
     }
     let sock = Arc::new(sock);
     let slot = Arc::new(ConnSlot::new());
@@ -689,6 +717,7 @@ fn run_conn(guard: ConnGuard, origin: Origin, accepted: Instant) {
             accepted,
         };
         conn::serve(sock, &ctx);
+        sock.close_notify();
     }
 }
 
@@ -807,7 +836,7 @@ fn close_quietly(sock: &Sock) {
     if sock.set_nonblocking(true).is_ok() {
         let mut buf = [0u8; 4096];
         for _ in 0..16 {
-            match (&*sock).read(&mut buf) {
+            match sock.read_raw(&mut buf) {
                 Ok(n) if n > 0 => {}
                 _ => break,
             }

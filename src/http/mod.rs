@@ -8,7 +8,8 @@
 //!
 //! Where things are: `listener` (acceptor threads, caps, registry, shutdown), `conn` (one
 //! connection's request loop), `wire` (socket and bounded read buffer under deadlines),
-//! `head` (httparse, framing rules, target decoding), `chunked` (request bodies), `budget`
+//! `tls` (HTTPS: handshake under the head deadline, one socket call per read), `head`
+//! (httparse, framing rules, target decoding), `chunked` (request bodies), `budget`
 //! (server-wide body memory), `respond` (status line, `Date`, sanitised headers, bodies,
 //! the stream sink and its peer-gone check).
 // A library inside a binary: some of its public API is used only by some areas (the Task API
@@ -25,6 +26,7 @@ pub mod listener;
 pub mod reply;
 pub mod request;
 mod respond;
+pub mod tls;
 pub(crate) mod wire;
 
 #[cfg(test)]
@@ -34,6 +36,7 @@ pub use limits::Limits;
 pub use listener::{ListenerHandle, Server};
 pub use reply::{Body, Reply, StreamBody, StreamSink};
 pub use request::{Origin, Peer, Request, RequestHead};
+pub use tls::TlsAcceptor;
 
 /// What the connection thread calls once a request head has been parsed.
 pub trait Handler: Send + Sync + 'static {

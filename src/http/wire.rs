@@ -9,11 +9,15 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use super::limits::READ_CHUNK;
+use super::tls::TlsSock;
 
 /// An accepted connection's socket.
 pub(crate) enum Sock {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// HTTPS: reads and writes go through rustls; timeouts, shutdown and polling act on the
+    /// TCP socket underneath.
+    Tls(Box<TlsSock>),
 }
 
 impl Sock {
@@ -21,6 +25,31 @@ impl Sock {
         match self {
             Sock::Tcp(s) => s.as_raw_fd(),
             Sock::Unix(s) => s.as_raw_fd(),
+            Sock::Tls(t) => t.tcp.as_raw_fd(),
+        }
+    }
+
+    /// Complete a TLS handshake before `deadline` (nothing to do for a plain socket).
+    pub(crate) fn handshake(&self, deadline: Instant) -> Result<(), ConnError> {
+        match self {
+            Sock::Tls(t) => t.handshake(deadline),
+            _ => Ok(()),
+        }
+    }
+
+    /// Tell a TLS peer the connection ends (close_notify), without waiting; plain: nothing.
+    pub(crate) fn close_notify(&self) {
+        if let Sock::Tls(t) = self {
+            t.close_notify();
+        }
+    }
+
+    /// Read the socket itself, under any TLS: for draining what a closing peer still sends.
+    pub(crate) fn read_raw(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => (&*s).read(buf),
+            Sock::Unix(s) => (&*s).read(buf),
+            Sock::Tls(t) => (&t.tcp).read(buf),
         }
     }
 
@@ -30,6 +59,7 @@ impl Sock {
         match self {
             Sock::Tcp(s) => s.set_read_timeout(d),
             Sock::Unix(s) => s.set_read_timeout(d),
+            Sock::Tls(t) => t.tcp.set_read_timeout(d),
         }
     }
 
@@ -39,6 +69,7 @@ impl Sock {
         match self {
             Sock::Tcp(s) => s.set_write_timeout(d),
             Sock::Unix(s) => s.set_write_timeout(d),
+            Sock::Tls(t) => t.tcp.set_write_timeout(d),
         }
     }
 
@@ -47,6 +78,7 @@ impl Sock {
         match self {
             Sock::Tcp(s) => s.set_nonblocking(on),
             Sock::Unix(s) => s.set_nonblocking(on),
+            Sock::Tls(t) => t.tcp.set_nonblocking(on),
         }
     }
 
@@ -55,6 +87,7 @@ impl Sock {
         let _ = match self {
             Sock::Tcp(s) => s.shutdown(how),
             Sock::Unix(s) => s.shutdown(how),
+            Sock::Tls(t) => t.tcp.shutdown(how),
         };
     }
 }
@@ -64,6 +97,7 @@ impl Read for &Sock {
         match *self {
             Sock::Tcp(s) => (&*s).read(buf),
             Sock::Unix(s) => (&*s).read(buf),
+            Sock::Tls(t) => t.read(buf),
         }
     }
 }
@@ -73,6 +107,7 @@ impl Write for &Sock {
         match *self {
             Sock::Tcp(s) => (&*s).write(buf),
             Sock::Unix(s) => (&*s).write(buf),
+            Sock::Tls(t) => t.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -85,6 +120,8 @@ impl Write for &Sock {
 pub(crate) enum Phase {
     /// A kept-alive connection waiting for the next request's first byte.
     Idle,
+    /// The TLS handshake of an HTTPS connection (under the first request's head deadline).
+    Handshake,
     /// The request line and header block.
     Head,
     /// The request body.
@@ -97,6 +134,7 @@ impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Phase::Idle => "keep-alive idle",
+            Phase::Handshake => "TLS handshake",
             Phase::Head => "request head",
             Phase::Body => "request body",
             Phase::Write => "response write",
