@@ -3,17 +3,21 @@
 
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
-use crate::acl::AclState;
 use crate::api::router::Router;
+pub use crate::api::Agent;
+use crate::client::link::ServerLink;
 use crate::client::stats::SAMPLE_INTERVAL;
-use crate::client::Client;
+use crate::client::{Client, TaskApi};
 use crate::config::Config;
 use crate::fs::watch::SharedWatcher;
 use crate::http::{Limits, Server};
-use crate::meta_batcher::Batcher;
+use crate::meta_batcher::{Batcher, NodeUpdater};
+use crate::server::local_link::LocalLink;
+use crate::state::acl::AclState;
 use crate::state::jobs::Workloads;
 use crate::state::members::Membership;
 use crate::state::node::NodeState;
@@ -23,20 +27,26 @@ use crate::state::IndexCounter;
 /// Why the agent could not start.
 #[derive(Debug)]
 pub enum AgentError {
-    DataDir { path: String, detail: String },
-    Bind { addr: SocketAddr, detail: String },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     State(StoreError),
-    Signals(String),
+    Signals(std::io::Error),
     Tls(crate::tls::TlsError),
 }
 
 impl fmt::Display for AgentError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AgentError::DataDir { path, detail } => {
-                write!(f, "data dir {path} is not usable: {detail}")
+            AgentError::DataDir { path, source } => {
+                write!(f, "data dir {} is not usable: {source}", path.display())
             }
-            AgentError::Bind { addr, detail } => write!(f, "cannot listen on {addr}: {detail}"),
+            AgentError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             AgentError::State(e) => write!(f, "cannot load state: {e}"),
             AgentError::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
             AgentError::Tls(e) => write!(f, "{e}"),
@@ -44,30 +54,22 @@ impl fmt::Display for AgentError {
     }
 }
 
-impl std::error::Error for AgentError {}
+impl std::error::Error for AgentError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AgentError::DataDir { source, .. }
+            | AgentError::Bind { source, .. }
+            | AgentError::Signals(source) => Some(source),
+            AgentError::State(e) => Some(e),
+            AgentError::Tls(e) => Some(e),
+        }
+    }
+}
 
 impl From<StoreError> for AgentError {
     fn from(e: StoreError) -> Self {
         AgentError::State(e)
     }
-}
-
-/// Everything the agent knows, shared by every thread through `Arc`.
-pub struct Agent {
-    pub config: Config,
-    pub index: Arc<IndexCounter>,
-    pub node: NodeState,
-    pub membership: Membership,
-    pub workloads: Workloads,
-    pub client: Client,
-    pub acl: AclState,
-    pub fs_watch: SharedWatcher,
-    pub batcher: Batcher,
-    /// The HTTP server, set once listening (the Task API adds Unix listeners to it).
-    pub http: OnceLock<Arc<Server>>,
-    /// TLS certificates and configurations (`tls.http` or `tls.rpc`), reloaded on SIGHUP.
-    pub tls: Option<Arc<crate::tls::AgentTls>>,
-    pub started_at: SystemTime,
 }
 
 impl Agent {
@@ -81,9 +83,9 @@ impl Agent {
             None
         };
         let index = Arc::new(IndexCounter::default());
-        let node = NodeState::load(&config, &index)?;
+        let node = Arc::new(NodeState::load(&config, &index)?);
         let membership = Membership::load(&config, node.id())?;
-        let workloads = Workloads::load(&config.data_dir, index.clone())?;
+        let workloads = Arc::new(Workloads::load(&config.data_dir, index.clone())?);
         index.observe(workloads.max_index());
         let acl = AclState::load(
             &config.data_dir,
@@ -91,7 +93,12 @@ impl Agent {
             workloads.command_log(),
         );
         index.observe(acl.max_index());
-        let client = Client::new(&config);
+        let link: Arc<dyn ServerLink> = Arc::new(LocalLink::new(
+            workloads.clone(),
+            node.clone(),
+            index.clone(),
+        ));
+        let client = Client::new(&config, node.id(), link.clone());
         let batcher = Batcher::new(&config);
         Ok(Arc::new(Agent {
             config,
@@ -99,6 +106,7 @@ impl Agent {
             node,
             membership,
             workloads,
+            link,
             client,
             acl,
             fs_watch: SharedWatcher::new(),
@@ -136,24 +144,24 @@ fn tighten_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 fn check_data_dir(config: &Config) -> Result<(), AgentError> {
-    let bad = |detail: String| AgentError::DataDir {
-        path: config.data_dir.display().to_string(),
-        detail,
+    let bad = |source: std::io::Error| AgentError::DataDir {
+        path: config.data_dir.clone(),
+        source,
     };
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| bad(e.to_string()))?;
+    std::fs::create_dir_all(&config.data_dir).map_err(bad)?;
     // The agent's own state (ACL tokens, the signing key, node secrets) lives where no task
     // can name it: the data dir can be passed through (tasks running as another user reach
     // their alloc dirs) but not listed, and `server/` and `client/` are the agent's alone.
-    tighten_data_dir(&config.data_dir).map_err(|e| bad(e.to_string()))?;
+    tighten_data_dir(&config.data_dir).map_err(bad)?;
     for private in ["server", "client"] {
         let dir = config.data_dir.join(private);
-        std::fs::create_dir_all(&dir).map_err(|e| bad(e.to_string()))?;
-        set_mode(&dir, PRIVATE_DIR_MODE).map_err(|e| bad(e.to_string()))?;
+        std::fs::create_dir_all(&dir).map_err(bad)?;
+        set_mode(&dir, PRIVATE_DIR_MODE).map_err(bad)?;
     }
     let probe = config
         .data_dir
         .join(format!(".probe-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::write(&probe, b"").map_err(|e| bad(e.to_string()))?;
+    std::fs::write(&probe, b"").map_err(bad)?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }
@@ -162,9 +170,8 @@ fn check_data_dir(config: &Config) -> Result<(), AgentError> {
 /// after), so the main thread can take them with `sigtimedwait`. Child processes get an empty mask from std.
 fn block_stop_signals() -> Result<crate::sys::signal::SignalSet, AgentError> {
     let set = crate::sys::signal::SignalSet::of(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
-        .map_err(|e| AgentError::Signals(e.to_string()))?;
-    set.block()
-        .map_err(|e| AgentError::Signals(e.to_string()))?;
+        .map_err(AgentError::Signals)?;
+    set.block().map_err(AgentError::Signals)?;
     Ok(set)
 }
 
@@ -186,14 +193,17 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         .data_dir_is_temp
         .then(|| TempDataDir(config.data_dir.clone()));
     let addr = SocketAddr::new(config.bind_addr, config.http_port);
-    let listener = TcpListener::bind(addr).map_err(|e| AgentError::Bind {
-        addr,
-        detail: e.to_string(),
-    })?;
+    let listener = TcpListener::bind(addr).map_err(|source| AgentError::Bind { addr, source })?;
     let agent = Agent::load(config)?;
     crate::api::jobs::place_blocked(&agent);
-    agent.batcher.start(&agent);
-    agent.client.start(&agent);
+    agent.batcher.start(NodeUpdater {
+        link: agent.link.clone(),
+        node_id: agent.node.id().to_string(),
+        meta: {
+            let node = agent.node.clone();
+            Box::new(move || node.meta_view().meta)
+        },
+    });
 
     let limits = Limits {
         max_conns_per_client: agent.config.http_max_conns_per_client,
@@ -202,14 +212,19 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     .with_env();
     let server = Arc::new(Server::new(Arc::new(Router::new(agent.clone())), limits));
     let _ = agent.http.set(server.clone());
+    // Before the TCP listener: the tasks it restores get their Task API sockets on this server.
+    agent.client.start(
+        TaskApi {
+            server: server.clone(),
+            keys: agent.acl.keys.clone(),
+        },
+        agent.node.meta_view().meta,
+    );
     let served = match agent.tls.clone().filter(|t| t.http()) {
         Some(tls) => server.serve_tcp_tls(listener, tls),
         None => server.serve_tcp(listener),
     };
-    served.map_err(|e| AgentError::Bind {
-        addr,
-        detail: e.to_string(),
-    })?;
+    served.map_err(|source| AgentError::Bind { addr, source })?;
     // Load or make the workload identity key off the start-up path (joined at shutdown).
     let warm_keys = {
         let agent = agent.clone();

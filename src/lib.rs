@@ -21,7 +21,10 @@ mod meta_batcher;
 pub mod parse_bounds;
 pub mod reload;
 pub mod sd_notify;
+mod server;
+mod signals;
 mod state;
+mod store;
 #[allow(unsafe_code)]
 mod sys;
 mod time;

@@ -1,6 +1,8 @@
-//! The metadata batcher thread: the first dynamic-metadata change arms a window, later
-//! changes in the window are coalesced, and one node update is published when it closes.
+//! The metadata batcher thread, the client's node updater: the first dynamic-metadata change
+//! arms a window, later changes in the window are coalesced, and one metadata push goes over
+//! the [`ServerLink`] when it closes. Between changes it heartbeats.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -8,8 +10,18 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use parking_lot::Mutex;
 
-use crate::agent::Agent;
+use crate::client::link::{Heartbeat, NodeMeta, ServerLink};
 use crate::config::Config;
+
+/// The node's current metadata (static merged with dynamic), read when a push is due.
+pub type MetaSource = Box<dyn Fn() -> BTreeMap<String, String> + Send>;
+
+/// What the batcher pushes through, and for which node.
+pub struct NodeUpdater {
+    pub link: Arc<dyn ServerLink>,
+    pub node_id: String,
+    pub meta: MetaSource,
+}
 
 /// Everything that can wake the batcher.
 enum BatcherEvent {
@@ -17,8 +29,8 @@ enum BatcherEvent {
     Shutdown,
 }
 
-/// How long the batcher sleeps when idle before looking again (it also wakes on events).
-const IDLE_TICK: Duration = Duration::from_secs(60);
+/// How often the batcher heartbeats (it also wakes on events).
+const HEARTBEAT_EVERY: Duration = crate::client::link::DEFAULT_HEARTBEAT;
 
 /// Handle to the batcher thread.
 pub struct Batcher {
@@ -57,13 +69,12 @@ impl Batcher {
         let _ = self.tx.try_send(BatcherEvent::MetaChanged);
     }
 
-    pub fn start(&self, agent: &Arc<Agent>) {
-        let agent = agent.clone();
+    pub fn start(&self, up: NodeUpdater) {
         let rx = self.rx.clone();
         let (fixed, dev) = (self.window, self.dev);
         let spawned = std::thread::Builder::new()
             .name("meta-batcher".into())
-            .spawn(move || run(&agent, &rx, fixed, dev));
+            .spawn(move || run(&up, &rx, fixed, dev));
         match spawned {
             Ok(h) => *self.handle.lock() = Some(h),
             Err(e) => log::error!("cannot start the metadata batcher: {e}"),
@@ -79,20 +90,22 @@ impl Batcher {
     }
 }
 
-fn run(agent: &Agent, rx: &Receiver<BatcherEvent>, fixed: Option<Duration>, dev: bool) {
+fn run(up: &NodeUpdater, rx: &Receiver<BatcherEvent>, fixed: Option<Duration>, dev: bool) {
     let mut deadline: Option<Instant> = None;
+    let mut next_beat = Instant::now() + HEARTBEAT_EVERY;
     loop {
-        let wait = deadline
-            .map(|d| d.saturating_duration_since(Instant::now()))
-            .unwrap_or(IDLE_TICK);
+        let wake = deadline.map_or(next_beat, |d| d.min(next_beat));
         let event = select! {
             recv(rx) -> ev => ev.unwrap_or(BatcherEvent::Shutdown),
-            default(wait) => {
-                if let Some(d) = deadline {
-                    if Instant::now() >= d {
-                        publish(agent);
-                        deadline = None;
-                    }
+            default(wake.saturating_duration_since(Instant::now())) => {
+                let now = Instant::now();
+                if deadline.is_some_and(|d| now >= d) {
+                    publish(up);
+                    deadline = None;
+                }
+                if now >= next_beat {
+                    heartbeat(up);
+                    next_beat = now + HEARTBEAT_EVERY;
                 }
                 continue;
             }
@@ -105,7 +118,7 @@ fn run(agent: &Agent, rx: &Receiver<BatcherEvent>, fixed: Option<Duration>, dev:
             }
             BatcherEvent::Shutdown => {
                 if deadline.is_some() {
-                    publish(agent);
+                    publish(up);
                 }
                 return;
             }
@@ -113,11 +126,23 @@ fn run(agent: &Agent, rx: &Receiver<BatcherEvent>, fixed: Option<Duration>, dev:
     }
 }
 
-fn publish(agent: &Agent) {
-    let index = agent.index.next();
-    agent.node.publish_meta(index);
-    agent.index.notify();
-    log::debug!("node metadata published to the node record at index {index}");
+fn publish(up: &NodeUpdater) {
+    let req = NodeMeta {
+        node_id: up.node_id.clone(),
+        meta: (up.meta)(),
+    };
+    if let Err(e) = up.link.push_meta(&req) {
+        log::error!("cannot push the node metadata: {e}");
+    }
+}
+
+fn heartbeat(up: &NodeUpdater) {
+    let req = Heartbeat {
+        node_id: up.node_id.clone(),
+    };
+    if let Err(e) = up.link.heartbeat(&req) {
+        log::warn!("heartbeat failed: {e}");
+    }
 }
 
 #[cfg(test)]

@@ -491,16 +491,8 @@ fn the_cli_speaks_https_with_nomads_environment() {
     );
 }
 
-extern "C" {
-    #[link_name = "kill"]
-    fn kill_pid(pid: i32, sig: i32) -> i32;
-}
-
 fn sighup(agent: &TestAgent) {
-    // SAFETY: kill(2) on the agent this test started.
-    unsafe {
-        kill_pid(agent.pid() as i32, 1);
-    }
+    common::kill(agent.pid() as i32, 1);
 }
 
 /// SIGHUP runs `reload::RELOAD_STEPS`, whose `tls certificates` step reads the files again.

@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rsa::pkcs1v15::{Signature, SigningKey, VerifyingKey};
 use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
@@ -13,7 +14,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::encoding::{base64url, OsRng};
-use crate::state::store::{self, StoreError};
+use crate::store::{self, StoreError};
 
 /// Size of the RSA modulus in bits.
 pub const RSA_BITS: usize = 2048;
@@ -28,7 +29,7 @@ pub const KEY_FILE: &str = "workload-identity-key.pem";
 /// start, and the first user that gets there before it waits for it.
 pub struct LazyKeys {
     data_dir: PathBuf,
-    cell: std::sync::OnceLock<Result<SigningKeys, String>>,
+    cell: std::sync::OnceLock<Result<SigningKeys, Arc<StoreError>>>,
 }
 
 impl std::fmt::Debug for LazyKeys {
@@ -46,16 +47,16 @@ impl LazyKeys {
     }
 
     /// The keys, loading or generating them (once) if needed.
-    pub fn get(&self) -> Result<&SigningKeys, String> {
+    pub fn get(&self) -> Result<&SigningKeys, super::Error> {
         self.cell
             .get_or_init(|| {
                 SigningKeys::load_or_create(&self.data_dir).map_err(|e| {
                     log::error!("workload identity signing key unavailable: {e}");
-                    e.to_string()
+                    Arc::new(e)
                 })
             })
             .as_ref()
-            .map_err(Clone::clone)
+            .map_err(|e| super::Error::Keys(e.clone()))
     }
 }
 
@@ -75,12 +76,8 @@ impl std::fmt::Debug for SigningKeys {
     }
 }
 
-fn key_error(path: &Path, op: &'static str, detail: impl std::fmt::Display) -> StoreError {
-    StoreError {
-        path: path.to_path_buf(),
-        op,
-        detail: detail.to_string(),
-    }
+fn key_error(path: &Path, op: &'static str, cause: impl Into<store::Cause>) -> StoreError {
+    StoreError::new(path, op, cause)
 }
 
 impl SigningKeys {

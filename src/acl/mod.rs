@@ -1,6 +1,6 @@
-//! ACL state: tokens, policies and the bootstrap marker (part of the server state: changed
-//! only through ACL commands of the command log, `state::command`), plus the workload
-//! identity signing key.
+//! ACL records and rules: tokens, policies and the bootstrap marker (the tables are part of
+//! the server state, changed only through ACL commands: `state::acl::AclState` proposes
+//! them), the workload identity signing key, and [`Error`], what ACL operations fail with.
 //!
 //! Submodules: [`policy`] (the policy language), [`capabilities`] (merged rules and checks),
 //! [`tokens`] (token and policy records), [`jwt`] (workload identity tokens), [`keys`] (the
@@ -18,12 +18,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::ApiError;
-use crate::state::command::{Applied, ApplyError, Command};
-use crate::state::command_log::{CommandLog, LogError};
-use crate::state::store::{self, StoreError};
-use capabilities::Acl;
-use keys::LazyKeys;
+use crate::store::{self, StoreError};
 use tokens::{AclPolicy, AclToken, OneTimeToken};
 
 /// One-time tokens kept at once (expired ones are dropped first).
@@ -74,276 +69,55 @@ impl AclTables {
     }
 }
 
-/// Tokens, policies and signing keys.
-pub struct AclState {
-    pub enabled: bool,
-    pub keys: LazyKeys,
-    log: Arc<CommandLog>,
+/// Why an ACL operation failed. The API maps each to Nomad's status and text.
+#[derive(Debug)]
+pub enum Error {
+    /// Bootstrap was done already, at this index.
+    AlreadyBootstrapped(u64),
+    /// No token with this accessor (an update of a token that is gone).
+    TokenNotFound,
+    /// A delete of a token that is not there.
+    NonexistentToken(String),
+    /// Policy rules the state refused (the text says why).
+    InvalidPolicy(String),
+    /// [`MAX_ONE_TIME_TOKENS`] are outstanding.
+    TooManyOneTimeTokens,
+    /// A one-time token secret that is unknown, used or expired, or whose token is gone.
+    PermissionDenied,
+    /// The state refused the change for another reason (the text says why).
+    Rejected(String),
+    /// The change could not be made durable; nothing of it is visible.
+    Persist(Box<dyn std::error::Error + Send + Sync>),
+    /// The workload identity signing keys could not be loaded or made.
+    Keys(Arc<StoreError>),
 }
 
-impl std::fmt::Debug for AclState {
+impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AclState")
-            .field("enabled", &self.enabled)
-            .finish_non_exhaustive()
-    }
-}
-
-fn persist_err(e: LogError) -> ApiError {
-    log::error!("cannot store ACL state: {e}");
-    ApiError::internal(format!("failed to persist ACL state: {e}"))
-}
-
-impl AclState {
-    /// ACL state over the server state's command log; makes the signing key at first start.
-    pub fn load(data_dir: &Path, enabled: bool, log: Arc<CommandLog>) -> AclState {
-        AclState {
-            enabled,
-            keys: LazyKeys::new(data_dir),
-            log,
-        }
-    }
-
-    fn snapshot(&self) -> Arc<AclTables> {
-        self.log.state().acl.clone()
-    }
-
-    /// The largest index stored, so the agent's counter stays above it.
-    pub fn max_index(&self) -> u64 {
-        let t = self.snapshot();
-        let tok = t.tokens.iter().map(|t| t.modify_index).max().unwrap_or(0);
-        let pol = t
-            .policies
-            .values()
-            .map(|p| p.modify_index)
-            .max()
-            .unwrap_or(0);
-        tok.max(pol).max(t.bootstrap_index.unwrap_or(0))
-    }
-
-    /// Persist, then publish: the command is durable and applied before this returns; one
-    /// that cannot be stored changes nothing visible (Nomad's 500).
-    fn propose(&self, cmd: Command) -> Result<Result<Applied, ApplyError>, ApiError> {
-        match self.log.propose(cmd) {
-            Ok((applied, _)) => Ok(Ok(applied)),
-            Err(LogError::Apply(e)) => Ok(Err(e)),
-            Err(e) => Err(persist_err(e)),
-        }
-    }
-
-    /// Create the initial management token, once.
-    pub fn bootstrap(&self, index: u64, secret: Option<String>) -> Result<AclToken, ApiError> {
-        if let Some(i) = self.snapshot().bootstrap_index {
-            return Err(already_bootstrapped(i));
-        }
-        let mut token = AclToken::new(
-            "Bootstrap Token".into(),
-            "management".into(),
-            None,
-            true,
-            index,
-        );
-        if let Some(s) = secret {
-            token.secret_id = s;
-            token.rehash();
-        }
-        let cmd = Command::AclBootstrap {
-            token: Box::new(token.clone()),
-            index,
-        };
-        match self.propose(cmd)? {
-            Ok(_) => Ok(token),
-            Err(ApplyError::AlreadyBootstrapped(i)) => Err(already_bootstrapped(i)),
-            Err(e) => Err(ApiError::internal(e.to_string())),
-        }
-    }
-
-    /// Find a token by its secret, comparing every stored secret in constant time.
-    pub fn token_by_secret(&self, secret: &str) -> Option<AclToken> {
-        let t = self.snapshot();
-        let mut found = None;
-        for tok in &t.tokens {
-            if crate::encoding::constant_time_eq(tok.secret_id.as_bytes(), secret.as_bytes()) {
-                found = Some(tok.clone());
+        match self {
+            Error::AlreadyBootstrapped(i) => {
+                write!(f, "ACL bootstrap already done (reset index: {i})")
             }
+            Error::TokenNotFound => f.write_str("ACL token not found"),
+            Error::NonexistentToken(a) => write!(f, "Cannot delete nonexistent tokens: {a}"),
+            Error::InvalidPolicy(e) | Error::Rejected(e) => f.write_str(e),
+            Error::TooManyOneTimeTokens => write!(
+                f,
+                "too many one-time tokens (at most {MAX_ONE_TIME_TOKENS} at once)"
+            ),
+            Error::PermissionDenied => f.write_str("Permission denied"),
+            Error::Persist(e) => write!(f, "failed to persist ACL state: {e}"),
+            Error::Keys(e) => write!(f, "{e}"),
         }
-        found
-    }
-
-    pub fn token(&self, accessor: &str) -> Option<AclToken> {
-        self.snapshot()
-            .tokens
-            .iter()
-            .find(|t| t.accessor_id == accessor)
-            .cloned()
-    }
-
-    pub fn tokens(&self) -> Vec<AclToken> {
-        self.snapshot().tokens.clone()
-    }
-
-    /// Insert or replace a token (by accessor).
-    pub fn upsert_token(&self, token: AclToken) -> Result<(), ApiError> {
-        let cmd = Command::AclTokenUpsert {
-            token: Box::new(token),
-            must_exist: false,
-        };
-        self.propose(cmd)?
-            .map(|_| ())
-            .map_err(|e| ApiError::internal(e.to_string()))
-    }
-
-    /// Update an existing token; 404 `ACL token not found` when it is gone.
-    pub fn update_token(
-        &self,
-        accessor: &str,
-        f: impl FnOnce(&mut AclToken),
-    ) -> Result<AclToken, ApiError> {
-        let not_found = || ApiError::not_found("ACL token not found");
-        let mut token = self.token(accessor).ok_or_else(not_found)?;
-        f(&mut token);
-        token.rehash();
-        let cmd = Command::AclTokenUpsert {
-            token: Box::new(token.clone()),
-            must_exist: true,
-        };
-        match self.propose(cmd)? {
-            Ok(_) => Ok(token),
-            Err(_) => Err(not_found()),
-        }
-    }
-
-    /// Delete a token; Nomad's 400 when there is none.
-    pub fn delete_token(&self, accessor: &str) -> Result<(), ApiError> {
-        let cmd = Command::AclTokenDelete {
-            accessor: accessor.to_string(),
-        };
-        self.propose(cmd)?.map(|_| ()).map_err(|_| {
-            ApiError::bad_request(format!("Cannot delete nonexistent tokens: {accessor}"))
-        })
-    }
-
-    pub fn policies(&self) -> Vec<AclPolicy> {
-        self.snapshot().policies.values().cloned().collect()
-    }
-
-    pub fn policy(&self, name: &str) -> Option<AclPolicy> {
-        self.snapshot().policies.get(name).cloned()
-    }
-
-    /// Insert or replace a policy; keeps its `CreateIndex` when it existed.
-    pub fn upsert_policy(&self, policy: AclPolicy) -> Result<(), ApiError> {
-        let cmd = Command::AclPolicyUpsert {
-            policy: Box::new(policy),
-        };
-        self.propose(cmd)?
-            .map(|_| ())
-            .map_err(|e| ApiError::bad_request(e.to_string()))
-    }
-
-    pub fn delete_policy(&self, name: &str) -> Result<bool, ApiError> {
-        let cmd = Command::AclPolicyDelete {
-            name: name.to_string(),
-        };
-        Ok(matches!(self.propose(cmd)?, Ok(Applied::Acl(true))))
-    }
-
-    /// Make a one-time token for the ACL token `accessor` (logged, then published).
-    pub fn create_one_time_token(
-        &self,
-        accessor: &str,
-        index: u64,
-    ) -> Result<OneTimeToken, ApiError> {
-        let ott = OneTimeToken::new(accessor, index);
-        let cmd = Command::AclOneTimeTokenCreate {
-            token: Box::new(ott.clone()),
-            now: crate::time::unix_now_nanos(),
-            max: MAX_ONE_TIME_TOKENS,
-        };
-        match self.propose(cmd)? {
-            Ok(_) => Ok(ott),
-            Err(ApplyError::TooManyOneTimeTokens) => Err(ApiError::new(
-                429,
-                format!("too many one-time tokens (at most {MAX_ONE_TIME_TOKENS} at once)"),
-            )),
-            Err(e) => Err(ApiError::internal(e.to_string())),
-        }
-    }
-
-    /// Exchange a one-time token's secret for its ACL token, once: the one-time token is
-    /// removed durably before the ACL token is handed out. Unknown, used or expired secrets,
-    /// and tokens whose ACL token is gone, are Nomad's 403 `Permission denied`.
-    pub fn exchange_one_time_token(&self, secret: &str) -> Result<AclToken, ApiError> {
-        let now = crate::time::unix_now_nanos();
-        // Only a secret that is there now costs a logged command: anonymous guesses must not
-        // become disk writes. Every entry is compared, so timing says nothing.
-        let mut known = false;
-        for o in &self.snapshot().one_time_tokens {
-            known |= crate::encoding::constant_time_eq(o.secret_id.as_bytes(), secret.as_bytes())
-                && !o.is_expired_at(now);
-        }
-        if !known {
-            return Err(ApiError::permission_denied());
-        }
-        let cmd = Command::AclOneTimeTokenExchange {
-            secret: secret.to_string(),
-            now,
-        };
-        match self.propose(cmd)? {
-            Ok(Applied::AclToken(token)) => Ok(*token),
-            Ok(_) | Err(_) => Err(ApiError::permission_denied()),
-        }
-    }
-
-    /// The merged rules of the named policies (missing names are skipped).
-    pub fn acl_for_policies(&self, names: &[String]) -> Acl {
-        let t = self.snapshot();
-        Acl::from_policies(
-            names
-                .iter()
-                .filter_map(|n| t.policies.get(n))
-                .map(|p| &*p.parsed),
-        )
-    }
-
-    /// The rules of the `anonymous` policy, or nothing.
-    pub fn anonymous_acl(&self) -> Acl {
-        self.acl_for_policies(&[ANONYMOUS_POLICY.to_string()])
-    }
-
-    /// The policies attached to a job, group or task: a workload identity's rights.
-    pub fn acl_for_workload(
-        &self,
-        namespace: &str,
-        job: &str,
-        group: Option<&str>,
-        task: &str,
-    ) -> Acl {
-        let attached = self.policies_for_workload(namespace, job, group, task);
-        Acl::from_policies(attached.iter().map(|p| &*p.parsed))
-    }
-
-    /// The policies attached to a job, group or task.
-    pub fn policies_for_workload(
-        &self,
-        namespace: &str,
-        job: &str,
-        group: Option<&str>,
-        task: &str,
-    ) -> Vec<AclPolicy> {
-        let t = self.snapshot();
-        t.policies
-            .values()
-            .filter(|p| {
-                p.job_acl
-                    .as_ref()
-                    .is_some_and(|j| j.covers(namespace, job, group, task))
-            })
-            .cloned()
-            .collect()
     }
 }
 
-fn already_bootstrapped(index: u64) -> ApiError {
-    ApiError::bad_request(format!("ACL bootstrap already done (reset index: {index})"))
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Persist(e) => Some(&**e),
+            Error::Keys(e) => Some(&**e),
+            _ => None,
+        }
+    }
 }

@@ -1,11 +1,10 @@
-//! ACL tokens and policy records as Nomad serves them (Go field names), and how a new token's
-//! secret, accessor and hash are made.
+//! ACL token, one-time token and policy records (stored with Go field names), and how a new
+//! token's secret, accessor and hash are made. Their API views are `api::acl_json`'s.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::policy::Policy;
@@ -116,45 +115,6 @@ impl AclToken {
         h.update([u8::from(self.global)]);
         self.hash = base64_std(&h.finalize());
     }
-
-    fn common(&self) -> serde_json::Map<String, Value> {
-        let v = json!({
-            "AccessorID": self.accessor_id,
-            "Name": self.name,
-            "Type": self.kind,
-            "Policies": self.policies,
-            "Roles": Value::Null,
-            "Global": self.global,
-            "Hash": self.hash,
-            "CreateTime": self.create_time,
-            "ExpirationTime": self.expiration.map(|ns| crate::time::rfc3339_unix(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000) as u32)),
-            "CreateIndex": self.create_index,
-            "ModifyIndex": self.modify_index,
-        });
-        match v {
-            Value::Object(m) => m,
-            _ => serde_json::Map::new(),
-        }
-    }
-
-    /// The full token, with its secret (bootstrap, create, read by an allowed caller).
-    pub fn to_json(&self) -> Value {
-        let mut m = serde_json::Map::new();
-        let common = self.common();
-        for (k, v) in common {
-            m.insert(k.clone(), v);
-            if k == "AccessorID" {
-                m.insert("SecretID".into(), Value::String(self.secret_id.clone()));
-            }
-        }
-        m.insert("ExpirationTTL".into(), json!(self.expiration_ttl));
-        Value::Object(m)
-    }
-
-    /// The list stub: no secret.
-    pub fn stub_json(&self) -> Value {
-        Value::Object(self.common())
-    }
 }
 
 /// How long a one-time token can be exchanged (Nomad's 10 minutes).
@@ -204,20 +164,6 @@ impl OneTimeToken {
     /// Expired at `now` (Unix nanoseconds): what a deterministic apply uses.
     pub fn is_expired_at(&self, now: i64) -> bool {
         now >= self.expires_at
-    }
-
-    /// Nomad's `OneTimeToken` JSON.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "OneTimeSecretID": self.secret_id,
-            "AccessorID": self.accessor_id,
-            "ExpiresAt": crate::time::rfc3339_unix(
-                self.expires_at.div_euclid(1_000_000_000),
-                self.expires_at.rem_euclid(1_000_000_000) as u32,
-            ),
-            "CreateIndex": self.create_index,
-            "ModifyIndex": self.modify_index,
-        })
     }
 }
 
@@ -287,32 +233,6 @@ impl AclPolicy {
         }
         self.hash = base64_std(&h.finalize());
     }
-
-    /// The full policy as `GET /v1/acl/policy/:name` serves it.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "Name": self.name,
-            "Description": self.description,
-            "Rules": self.rules,
-            "RulesJSON": self.parsed.rules_json(),
-            "JobACL": self.job_acl,
-            "Hash": self.hash,
-            "CreateIndex": self.create_index,
-            "ModifyIndex": self.modify_index,
-        })
-    }
-
-    /// The list stub.
-    pub fn stub_json(&self) -> Value {
-        json!({
-            "Name": self.name,
-            "Description": self.description,
-            "JobACL": self.job_acl,
-            "Hash": self.hash,
-            "CreateIndex": self.create_index,
-            "ModifyIndex": self.modify_index,
-        })
-    }
 }
 
 /// Is `s` shaped like a UUID (an ACL secret rather than a JWT)?
@@ -363,7 +283,7 @@ mod tests {
     }
 
     #[test]
-    fn token_json_shows_the_secret_only_in_full_form() {
+    fn debug_hides_the_secret_and_the_hash_is_base64_sha256() {
         let t = AclToken::new(
             "n".into(),
             "client".into(),
@@ -371,8 +291,6 @@ mod tests {
             false,
             7,
         );
-        assert_eq!(t.to_json()["SecretID"], t.secret_id.as_str());
-        assert!(t.stub_json().get("SecretID").is_none());
         assert!(
             !format!("{t:?}").contains(&t.secret_id),
             "Debug hides the secret"

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::params::{check_common, get_ci};
-use super::{auth::Identity, filter, ApiError, ApiReply, ApiResult, Ctx, IndexMeta};
+use super::{acl_json, auth::Identity, filter, ApiError, ApiReply, ApiResult, Ctx, IndexMeta};
 use crate::acl::keys::JWKS_MAX_AGE_SECS;
 use crate::acl::tokens::{is_uuid, AclPolicy, AclToken, JobAcl};
 use crate::acl::{policy, ANONYMOUS_POLICY};
@@ -148,7 +148,7 @@ fn bootstrap(ctx: &Ctx) -> ApiResult {
         "ACL bootstrap done: management token {} created",
         token.accessor_id
     );
-    write_reply(token.to_json(), index)
+    write_reply(acl_json::token(&token), index)
 }
 
 // ---- tokens ----
@@ -167,7 +167,7 @@ fn list_tokens(ctx: &Ctx) -> ApiResult {
         .tokens()
         .iter()
         .filter(|t| t.accessor_id.starts_with(prefix))
-        .map(AclToken::stub_json)
+        .map(acl_json::token_stub)
         .filter(|v| filter::keeps(expr.as_ref(), v))
         .collect();
     query_reply(Value::Array(list), ctx)
@@ -257,7 +257,7 @@ fn create_token(ctx: &Ctx) -> ApiResult {
         token.set_ttl(ttl);
     }
     ctx.agent.acl.upsert_token(token.clone())?;
-    write_reply(token.to_json(), index)
+    write_reply(acl_json::token(&token), index)
 }
 
 fn update_token(ctx: &Ctx, accessor: &str, m: Map<String, Value>) -> ApiResult {
@@ -288,13 +288,13 @@ fn update_token(ctx: &Ctx, accessor: &str, m: Map<String, Value>) -> ApiResult {
         t.policies = policies;
         t.modify_index = index;
     })?;
-    write_reply(token.to_json(), index)
+    write_reply(acl_json::token(&token), index)
 }
 
 fn token_self(ctx: &Ctx) -> ApiResult {
     ctx.require_method(&["GET"])?;
     match &ctx.identity {
-        Identity::Token { token, .. } => query_reply(token.to_json(), ctx),
+        Identity::Token { token, .. } => query_reply(acl_json::token(token), ctx),
         Identity::Workload { .. } => Err(ApiError::internal("UUID must be 36 characters")),
         _ => Err(ApiError::not_found("ACL token not found")),
     }
@@ -316,7 +316,7 @@ fn token_by_accessor(ctx: &Ctx, accessor: &str) -> ApiResult {
                 .acl
                 .token(accessor)
                 .ok_or_else(|| ApiError::not_found("ACL token not found"))?;
-            query_reply(token.to_json(), ctx)
+            query_reply(acl_json::token(&token), ctx)
         }
         "PUT" | "POST" => {
             ctx.identity.allow_management()?;
@@ -352,7 +352,7 @@ fn create_one_time_token(ctx: &Ctx) -> ApiResult {
         .create_one_time_token(&token.accessor_id, index)?;
     log::info!("one-time token made for ACL token {}", token.accessor_id);
     write_reply(
-        serde_json::json!({"OneTimeToken": ott.to_json(), "Index": index}),
+        serde_json::json!({"OneTimeToken": acl_json::one_time_token(&ott), "Index": index}),
         index,
     )
 }
@@ -372,7 +372,7 @@ fn exchange_one_time_token(ctx: &Ctx) -> ApiResult {
         token.accessor_id
     );
     write_reply(
-        serde_json::json!({"Token": token.to_json(), "Index": index}),
+        serde_json::json!({"Token": acl_json::token(&token), "Index": index}),
         index,
     )
 }
@@ -426,8 +426,8 @@ fn list_policies(ctx: &Ctx) -> ApiResult {
                     .and_then(|t| t.policies.as_ref())
                     .is_some_and(|ps| ps.contains(&p.name))
         })
-        .filter(|p| expr.is_none() || filter::keeps(expr.as_ref(), &p.to_json()))
-        .map(AclPolicy::stub_json)
+        .filter(|p| expr.is_none() || filter::keeps(expr.as_ref(), &acl_json::policy(p)))
+        .map(acl_json::policy_stub)
         .collect();
     query_reply(Value::Array(list), ctx)
 }
@@ -457,7 +457,7 @@ fn policy_self(ctx: &Ctx) -> ApiResult {
         return Err(ApiError::permission_denied());
     };
     query_reply(
-        Value::Array(list.iter().map(AclPolicy::to_json).collect()),
+        Value::Array(list.iter().map(acl_json::policy).collect()),
         ctx,
     )
 }
@@ -481,7 +481,7 @@ fn policy_by_name(ctx: &Ctx, name: &str) -> ApiResult {
                 .acl
                 .policy(name)
                 .ok_or_else(|| ApiError::not_found("ACL policy not found"))?;
-            query_reply(p.to_json(), ctx)
+            query_reply(acl_json::policy(&p), ctx)
         }
         "PUT" | "POST" => upsert_policy(ctx, name),
         "DELETE" => {
@@ -574,7 +574,7 @@ pub fn well_known(ctx: &Ctx, rest: &str) -> ApiResult {
     match rest {
         "jwks.json" => {
             ctx.require_method(&["GET"])?;
-            let keys = ctx.agent.acl.keys.get().map_err(ApiError::internal)?;
+            let keys = ctx.agent.acl.keys.get()?;
             let body = serde_json::to_vec(&keys.jwks())
                 .map_err(|e| ApiError::internal(format!("failed to encode response: {e}")))?;
             Ok(ApiReply::Http(

@@ -89,7 +89,6 @@ fn stop(ctx: &Ctx, id: &str) -> ApiResult {
         .stop_alloc(&ctx.agent.index, &node_info(ctx.agent), id)
         .map_err(|e| ApiError::internal(format!("failed to persist state: {e}")))?
         .ok_or_else(|| ApiError::not_found("allocation not found"))?;
-    ctx.agent.client.sync(ctx.agent);
     json_meta(
         &json!({"EvalID": eval_id, "Index": index}),
         IndexMeta::Write(index),

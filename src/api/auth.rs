@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::acl::capabilities::Acl;
 use crate::acl::jwt::{self, WorkloadClaims};
 use crate::acl::tokens::{is_uuid, AclToken};
-use crate::agent::Agent;
+use crate::api::Agent;
 use crate::http::{Origin, Request};
 
 use super::ApiError;

@@ -2,9 +2,9 @@
 
 use serde_json::{json, Value};
 
-use crate::client::signals::parse_signal;
 use crate::client::task_runner::TaskCmd;
-use crate::client::{GcError, LifecycleError};
+use crate::client::Error as ClientError;
+use crate::signals::parse_signal;
 
 use super::params::get_ci;
 use super::{client_stats, empty, json, ApiError, ApiResult, Ctx};
@@ -13,7 +13,7 @@ use super::{client_stats, empty, json, ApiError, ApiResult, Ctx};
 pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
     if path == "client/gc" {
         ctx.identity.allow_node(true)?;
-        ctx.agent.client.gc_all(ctx.agent);
+        ctx.agent.client.gc_all();
         return empty();
     }
     let Some(rest) = path.strip_prefix("client/allocation/") else {
@@ -43,17 +43,18 @@ fn alloc_namespace(ctx: &Ctx, id: &str) -> Result<String, ApiError> {
 fn gc(ctx: &Ctx, id: &str) -> ApiResult {
     let ns = alloc_namespace(ctx, id)?;
     ctx.identity.allow_namespace(&ns, "submit-job")?;
-    match ctx.agent.client.gc_alloc(ctx.agent, id) {
+    match ctx.agent.client.gc_alloc(id) {
         Ok(()) => empty(),
-        Err(GcError::UnknownAlloc) => {
+        Err(ClientError::UnknownAlloc) => {
             Err(ApiError::not_found(format!("Unknown allocation {id:?}")))
         }
-        Err(GcError::NotEligible) => Err(ApiError::internal(
+        Err(ClientError::NotEligible) => Err(ApiError::internal(
             "No such allocation on client, or allocation not eligible for GC",
         )),
-        Err(GcError::Io(e)) => Err(ApiError::internal(format!(
+        Err(ClientError::Io(e)) => Err(ApiError::internal(format!(
             "failed to destroy alloc dir: {e}"
         ))),
+        Err(e) => Err(ApiError::internal(format!("failed to persist state: {e}"))),
     }
 }
 
@@ -80,12 +81,13 @@ fn body_object(ctx: &Ctx) -> Result<Option<serde_json::Map<String, Value>>, ApiE
     }
 }
 
-fn lifecycle_err(e: LifecycleError) -> ApiError {
+fn lifecycle_err(e: ClientError) -> ApiError {
     match e {
-        LifecycleError::UnknownTask(t) => {
+        ClientError::UnknownTask(t) => {
             ApiError::bad_request(format!("Could not find task runner for task: {t}"))
         }
-        LifecycleError::NotRunning => ApiError::internal("Task not running"),
+        ClientError::NotRunning => ApiError::internal("Task not running"),
+        e => ApiError::internal(e.to_string()),
     }
 }
 

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::params::{go_bool_error, go_int_error, parse_go_bool};
 use super::{json, ApiError, ApiReply, ApiResult, Ctx};
-use crate::agent::Agent;
+use crate::api::Agent;
 use crate::client::AllocFsView;
 use crate::fs::filemode::go_file_mode;
 use crate::fs::follow::{FileFollower, Liveness, Output, TaskProbe, Waiter};

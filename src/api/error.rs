@@ -54,3 +54,18 @@ impl fmt::Display for ApiError {
 }
 
 impl std::error::Error for ApiError {}
+
+/// The ACL layer's errors as Nomad answers them.
+impl From<crate::acl::Error> for ApiError {
+    fn from(e: crate::acl::Error) -> ApiError {
+        use crate::acl::Error as E;
+        let status = match &e {
+            E::AlreadyBootstrapped(_) | E::NonexistentToken(_) | E::InvalidPolicy(_) => 400,
+            E::PermissionDenied => return ApiError::permission_denied(),
+            E::TokenNotFound => 404,
+            E::TooManyOneTimeTokens => 429,
+            E::Rejected(_) | E::Persist(_) | E::Keys(_) => 500,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
-use crate::agent::Agent;
+use crate::api::Agent;
 use crate::state::jobs::spec::Job;
 use crate::state::jobs::validate::validate_job;
 use crate::state::jobs::{NodeInfo, Unplaceable};
@@ -244,7 +244,6 @@ fn register(ctx: &Ctx, path_id: Option<&str>) -> ApiResult {
             why.reason
         );
     }
-    ctx.agent.client.sync(ctx.agent);
     json_meta(
         &json!({
             "EvalID": res.eval_id,
@@ -296,7 +295,6 @@ fn deregister(ctx: &Ctx, id: &str) -> ApiResult {
             }
         }
     };
-    ctx.agent.client.sync(ctx.agent);
     json_meta(
         &json!({
             "EvalID": res.eval_id,

@@ -16,7 +16,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 
-use crate::agent::Agent;
+use crate::api::Agent;
 use crate::http::Reply;
 use crate::state::jobs::alloc::client_terminal;
 

@@ -4,6 +4,7 @@
 //! format (Go field names, `?pretty`, plain-text errors without a trailing newline, index headers).
 
 pub mod acl;
+pub mod acl_json;
 pub mod agent;
 pub mod agent_host;
 pub mod allocs;
@@ -23,14 +24,15 @@ pub mod nodes;
 pub mod params;
 pub mod router;
 pub mod search;
+pub mod services;
 pub mod system;
 
 use std::sync::Arc;
 
-use crate::agent::Agent;
 use crate::http::{Reply, Request};
 
 pub use error::ApiError;
+pub use services::Agent;
 
 /// What a handler produced.
 pub enum ApiReply {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::agent::Agent;
+use crate::api::Agent;
 use crate::http::{Handler, Origin, Reply, Request, RequestHead};
 
 use super::{

@@ -10,7 +10,7 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
         "system/gc" => {
             ctx.require_method(&["PUT"])?;
             ctx.identity.allow_management()?;
-            ctx.agent.client.gc_all(ctx.agent);
+            ctx.agent.client.gc_all();
             empty()
         }
         _ => Err(ApiError::no_route()),

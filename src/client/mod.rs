@@ -1,36 +1,45 @@
 //! The client half of the agent: alloc runners (a thread per task), the raw_exec driver,
 //! task cgroups (found once here, see `sys::cgroup`), alloc dirs, task env, rotating logs,
-//! stats and garbage collection.
+//! stats and garbage collection. It reaches server state only through [`link::ServerLink`]:
+//! runners start and stop because a pull brought a changed allocation.
 
 pub mod alloc_dir;
 pub mod dirfd;
+pub mod link;
 pub mod logs;
 pub mod raw_exec;
 pub mod restarts;
 pub mod shim;
-pub mod signals;
 pub mod stats;
 pub mod task_env;
 pub mod task_events;
 pub mod task_hooks;
 pub mod task_runner;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use crossbeam_channel::{unbounded, Sender};
-use parking_lot::Mutex;
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use parking_lot::{Mutex, RwLock};
 
-use crate::agent::Agent;
+use crate::acl::keys::LazyKeys;
 use crate::config::{Config, DrainOnShutdown};
-use crate::state::jobs::alloc::{AllocRecord, TaskEvent};
+use crate::http::Server;
+use crate::state::jobs::alloc::{AllocRecord, TaskEvent, TaskState};
 use crate::sys::cgroup::{Cgroups, Mode};
 
 use self::alloc_dir::AllocDir;
+use self::link::{AllocUpdate, AllocUpdates, LinkError, NodeRegistration, PullAllocs, ServerLink};
+use self::task_env::NodeFacts;
 use self::task_runner::{TaskCmd, TaskRunner};
+
+/// How long the alloc puller waits before it pulls again after a failed pull.
+pub const PULL_RETRY: Duration = Duration::from_secs(1);
 
 /// What the filesystem API needs to know about one allocation on this client.
 #[derive(Clone, Debug)]
@@ -65,19 +74,50 @@ impl TaskHandle {
     }
 }
 
-/// Why an allocation could not be collected.
-#[derive(Debug, PartialEq, Eq)]
-pub enum GcError {
+/// Why a client operation failed.
+#[derive(Debug)]
+pub enum Error {
+    /// No allocation with this ID on this client.
     UnknownAlloc,
+    /// The allocation is not terminal: it cannot be collected.
     NotEligible,
-    Io(String),
+    /// The allocation has no task of this name.
+    UnknownTask(String),
+    /// No task of the allocation is running.
+    NotRunning,
+    /// The server did not take the change.
+    Link(LinkError),
+    /// The alloc dir could not be removed.
+    Io(std::io::Error),
 }
 
-/// Why a lifecycle call (restart, signal) failed.
-#[derive(Debug, PartialEq, Eq)]
-pub enum LifecycleError {
-    UnknownTask(String),
-    NotRunning,
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::UnknownAlloc => f.write_str("unknown allocation"),
+            Error::NotEligible => f.write_str("allocation not eligible for GC"),
+            Error::UnknownTask(t) => write!(f, "unknown task {t}"),
+            Error::NotRunning => f.write_str("task not running"),
+            Error::Link(e) => write!(f, "{e}"),
+            Error::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Link(e) => Some(e),
+            Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<LinkError> for Error {
+    fn from(e: LinkError) -> Self {
+        Error::Link(e)
+    }
 }
 
 /// What the agent's stop does to running tasks.
@@ -120,23 +160,40 @@ impl OnStop {
     }
 }
 
-/// The client: every alloc runner on this node.
+/// What the Task API of a task needs from the agent: the HTTP server its `api.sock` is served
+/// by, and the keys its workload identity is signed with.
+pub struct TaskApi {
+    pub server: Arc<Server>,
+    pub keys: Arc<LazyKeys>,
+}
+
+/// The client: every alloc runner on this node, and its view of this node's allocations.
 pub struct Client {
     runners: Mutex<HashMap<String, Vec<TaskHandle>>>,
     pub stats: stats::Sampler,
     /// The cgroups tasks run in (mode `None`: process groups only).
     pub cgroups: Cgroups,
     data_dir: PathBuf,
+    raw_exec_enabled: bool,
     gc_max_allocs: usize,
     /// What happens to running tasks when the agent stops.
     on_stop: OnStop,
+    node: NodeFacts,
     stopping: AtomicBool,
-    /// Set by `start`; a weak reference because the agent owns the client.
-    agent: OnceLock<Weak<Agent>>,
+    link: Arc<dyn ServerLink>,
+    /// This node's allocations as last pulled from (or answered by) the server.
+    allocs: RwLock<BTreeMap<String, Arc<AllocRecord>>>,
+    /// The index of the last pull (the next pull asks for changes after it).
+    pulled_index: Mutex<u64>,
+    task_api: OnceLock<TaskApi>,
+    puller: Mutex<Option<JoinHandle<()>>>,
+    stop_tx: Sender<()>,
+    stop_rx: Receiver<()>,
 }
 
 impl Client {
-    pub fn new(config: &Config) -> Client {
+    /// A client for node `node_id`, talking to the server through `link` (nothing starts).
+    pub fn new(config: &Config, node_id: &str, link: Arc<dyn ServerLink>) -> Arc<Client> {
         let cgroups = Cgroups::detect();
         if cgroups.mode() == Mode::None {
             log::warn!(
@@ -161,11 +218,13 @@ impl Client {
                 },
             );
         }
-        Client {
+        let (stop_tx, stop_rx) = bounded(1);
+        Arc::new(Client {
             runners: Mutex::new(HashMap::new()),
             stats: stats::Sampler::new(),
             cgroups,
             data_dir: config.data_dir.clone(),
+            raw_exec_enabled: config.raw_exec_enabled,
             gc_max_allocs: config.gc_max_allocs,
             on_stop: OnStop {
                 temp_data_dir: config.data_dir_is_temp,
@@ -173,39 +232,113 @@ impl Client {
                 leave_on_interrupt: config.leave_on_interrupt,
                 leave_on_terminate: config.leave_on_terminate,
             },
+            node: NodeFacts {
+                id: node_id.to_string(),
+                name: config.node_name.clone(),
+                datacenter: config.datacenter.clone(),
+                region: config.region.clone(),
+                meta: config.meta.clone(),
+            },
             stopping: AtomicBool::new(false),
-            agent: OnceLock::new(),
+            link,
+            allocs: RwLock::new(BTreeMap::new()),
+            pulled_index: Mutex::new(0),
+            task_api: OnceLock::new(),
+            puller: Mutex::new(None),
+            stop_tx,
+            stop_rx,
+        })
+    }
+
+    /// Register the node, pull this node's allocations (restoring their runners), then keep
+    /// pulling on the `client-allocs` thread.
+    pub fn start(self: &Arc<Self>, task_api: TaskApi, meta: BTreeMap<String, String>) {
+        let _ = self.task_api.set(task_api);
+        let reg = NodeRegistration {
+            node_id: self.node.id.clone(),
+            name: self.node.name.clone(),
+            datacenter: self.node.datacenter.clone(),
+            meta,
+        };
+        if let Err(e) = self.link.register_node(&reg) {
+            log::error!("cannot register node {}: {e}", self.node.id);
+        }
+        if let Err(e) = self.pull(Duration::ZERO) {
+            log::error!("cannot pull this node's allocations: {e}");
+        }
+        self.sync();
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("client-allocs".into())
+            .spawn(move || me.pull_loop());
+        match spawned {
+            Ok(h) => *self.puller.lock() = Some(h),
+            Err(e) => log::error!("cannot start the alloc puller: {e}"),
         }
     }
 
-    /// Restore allocations from disk and start their runners.
-    pub fn start(&self, agent: &Arc<Agent>) {
-        let _ = self.agent.set(Arc::downgrade(agent));
-        self.sync(agent);
+    /// The `client-allocs` thread: pull (blocking), bring the runners in line, again.
+    fn pull_loop(self: Arc<Self>) {
+        while !self.stopping.load(Ordering::SeqCst) {
+            match self.pull(link::MAX_PULL_WAIT) {
+                Ok(()) => self.sync(),
+                Err(LinkError::Closed) => return,
+                Err(e) => {
+                    log::warn!("pulling this node's allocations failed: {e}");
+                    // Wait before the next try; shutdown ends the wait.
+                    if self.stop_rx.recv_timeout(PULL_RETRY).is_ok() {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
-    /// Stop every task runner and join them, the agent having caught `signal`. Running
-    /// tasks are left running for the next agent (their shims keep them and their logs),
-    /// except when nothing could re-attach (`-dev`'s temporary data dir) or the agent
-    /// leaves with `drain_on_shutdown`: then they are killed (KillSignal, then SIGKILL after
-    /// KillTimeout) and start again on the next run.
+    /// One pull: take in what changed after the last pull.
+    fn pull(&self, wait: Duration) -> Result<(), LinkError> {
+        let min_index = *self.pulled_index.lock();
+        let reply = self.link.pull_allocs(&PullAllocs {
+            node_id: self.node.id.clone(),
+            min_index,
+            wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        })?;
+        let present: HashSet<&String> = reply.alloc_ids.iter().collect();
+        {
+            let mut allocs = self.allocs.write();
+            allocs.retain(|id, _| present.contains(id));
+            for a in reply.changed {
+                remember(&mut allocs, a);
+            }
+        }
+        let mut pulled = self.pulled_index.lock();
+        *pulled = (*pulled).max(reply.index);
+        Ok(())
+    }
+
+    /// Stop the puller and every task runner and join them, the agent having caught
+    /// `signal`. Running tasks are left running for the next agent (their shims keep them
+    /// and their logs), except when nothing could re-attach (`-dev`'s temporary data dir) or
+    /// the agent leaves with `drain_on_shutdown`: then they are killed (KillSignal, then
+    /// SIGKILL after KillTimeout) and start again on the next run.
     pub fn shutdown(&self, signal: i32) {
         self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.stop_tx.try_send(());
+        if let Some(h) = self.puller.lock().take() {
+            let _ = h.join();
+        }
         let stop = self.on_stop.tasks_stop(signal);
         let drain_deadline = match &stop {
             TasksOnStop::Drain(d) => crate::client::restarts::later(d.deadline),
             _ => std::time::Instant::now(),
         };
-        let agent = self.agent.get().and_then(Weak::upgrade);
         let runners: Vec<(String, Vec<TaskHandle>)> = self.runners.lock().drain().collect();
         for (alloc_id, tasks) in &runners {
             let cmd = match &stop {
                 TasksOnStop::Detach => TaskCmd::Detach,
                 TasksOnStop::Kill => TaskCmd::Shutdown(None),
                 TasksOnStop::Drain(d) => {
-                    let system = agent
-                        .as_ref()
-                        .and_then(|a| a.workloads.alloc(alloc_id))
+                    let system = self
+                        .alloc(alloc_id)
                         .is_some_and(|a| a.job.job_type() == "system");
                     if d.ignore_system_jobs && system {
                         TaskCmd::Detach
@@ -227,19 +360,120 @@ impl Client {
         }
     }
 
+    /// This node's ID.
+    pub fn node_id(&self) -> &str {
+        &self.node.id
+    }
+
+    /// What a task's environment says about this node.
+    pub fn node_facts(&self) -> NodeFacts {
+        self.node.clone()
+    }
+
+    /// The agent's data dir (alloc dirs live under `alloc/`).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Whether the raw_exec driver is enabled.
+    pub fn raw_exec_enabled(&self) -> bool {
+        self.raw_exec_enabled
+    }
+
+    /// The Task API host, once the client started.
+    pub fn task_api(&self) -> Option<&TaskApi> {
+        self.task_api.get()
+    }
+
+    /// One allocation of this node, as last pulled or pushed.
+    pub fn alloc(&self, id: &str) -> Option<AllocRecord> {
+        self.allocs.read().get(id).map(|a| (**a).clone())
+    }
+
+    /// This node's allocations, oldest first.
+    fn allocs_oldest_first(&self) -> Vec<Arc<AllocRecord>> {
+        let mut v: Vec<Arc<AllocRecord>> = self.allocs.read().values().cloned().collect();
+        v.sort_by_key(|a| (a.create_index, a.create_time));
+        v
+    }
+
+    /// Change the client side of an allocation (task states, status, collection) and push
+    /// it to the server: answered once it is durable there. `Ok(None)` when the alloc is
+    /// unknown. `f` runs on this client's copy; what it changed becomes the update.
+    pub fn update_alloc(
+        &self,
+        alloc_id: &str,
+        f: impl FnOnce(&mut AllocRecord),
+    ) -> Result<Option<AllocRecord>, Error> {
+        let Some(old) = self.allocs.read().get(alloc_id).cloned() else {
+            return Ok(None);
+        };
+        let mut a = (*old).clone();
+        f(&mut a);
+        let status_changed =
+            a.client_status != old.client_status || a.client_description != old.client_description;
+        let update = AllocUpdate {
+            alloc_id: alloc_id.to_string(),
+            tasks: a
+                .task_states
+                .into_iter()
+                .filter(|(name, ts)| old.task_states.get(name) != Some(ts))
+                .collect(),
+            client_status: status_changed.then_some((a.client_status, a.client_description)),
+            collected: a.collected && !old.collected,
+        };
+        // This client's view shows what its tasks did at once (the server has it once the
+        // push is answered): the fs API never lags behind what the server shows.
+        if let Some(cur) = self.allocs.write().get_mut(alloc_id) {
+            let mut mine = (**cur).clone();
+            mine.task_states.extend(update.tasks.clone());
+            if let Some((status, description)) = &update.client_status {
+                mine.client_status = status.clone();
+                mine.client_description = description.clone();
+            }
+            mine.collected |= update.collected;
+            mine.refresh_client_status();
+            *cur = Arc::new(mine);
+        }
+        let reply = self.link.push_alloc_updates(&AllocUpdates {
+            node_id: self.node.id.clone(),
+            updates: vec![update],
+        })?;
+        let mut out = None;
+        let mut allocs = self.allocs.write();
+        for a in reply.allocs {
+            if a.id == alloc_id {
+                out = Some(a.clone());
+            }
+            remember(&mut allocs, a);
+        }
+        Ok(out)
+    }
+
+    /// Change one task's state of an allocation and push it.
+    pub fn update_task(
+        &self,
+        alloc_id: &str,
+        task: &str,
+        f: impl FnOnce(&mut TaskState),
+    ) -> Result<Option<AllocRecord>, Error> {
+        self.update_alloc(alloc_id, |a| {
+            let ts = a
+                .task_states
+                .entry(task.to_string())
+                .or_insert_with(TaskState::pending);
+            f(ts);
+        })
+    }
+
     /// Bring runners in line with the allocations: start runners for allocs that should
-    /// run, stop those whose alloc was stopped, reap finished ones.
-    pub fn sync(&self, agent: &Arc<Agent>) {
+    /// run, stop those whose alloc was stopped or is gone, reap finished ones.
+    pub fn sync(self: &Arc<Self>) {
         if self.stopping.load(Ordering::SeqCst) {
             return;
         }
-        let node_id = agent.node.id().to_string();
-        let allocs: Vec<AllocRecord> = agent
-            .workloads
-            .allocs()
-            .into_iter()
-            .filter(|a| a.node_id == node_id)
-            .collect();
+        let allocs = self.allocs_oldest_first();
+        let known: HashSet<&str> = allocs.iter().map(|a| a.id.as_str()).collect();
         let mut reaped = Vec::new();
         let mut never_started = Vec::new();
         {
@@ -252,11 +486,18 @@ impl Client {
                     true
                 }
             });
+            for (id, tasks) in runners.iter() {
+                if !known.contains(id.as_str()) {
+                    for t in tasks {
+                        let _ = t.cmds.send(TaskCmd::Stop);
+                    }
+                }
+            }
             for a in &allocs {
                 let has_runner = runners.contains_key(&a.id);
                 if a.desired_status == "run" && !a.terminal() && !has_runner {
                     let restored = !a.task_states.is_empty();
-                    match self.spawn_runner(agent, a, restored) {
+                    match self.spawn_runner(a, restored) {
                         Ok(tasks) => {
                             runners.insert(a.id.clone(), tasks);
                         }
@@ -281,17 +522,17 @@ impl Client {
         for id in never_started {
             // A task a previous agent left running (stopped while no agent watched) goes
             // before it is recorded dead.
-            if let Some(a) = agent.workloads.alloc(&id) {
+            if let Some(a) = self.alloc(&id) {
                 for t in a
                     .job
                     .group(&a.task_group)
                     .map(|g| g.tasks.as_slice())
                     .unwrap_or(&[])
                 {
-                    task_runner::kill_orphan(agent, &id, &t.name);
+                    task_runner::kill_orphan(self, &id, &t.name);
                 }
             }
-            let _ = agent.workloads.update_alloc(&agent.index, &id, |a| {
+            let res = self.update_alloc(&id, |a| {
                 let names: Vec<String> = a
                     .job
                     .group(&a.task_group)
@@ -308,13 +549,15 @@ impl Client {
                     a.client_status = "complete".into();
                 }
             });
+            if let Err(e) = res {
+                log::error!("alloc {id}: cannot record its tasks as killed: {e}");
+            }
         }
-        self.auto_gc(agent);
+        self.auto_gc();
     }
 
     fn spawn_runner(
-        &self,
-        agent: &Arc<Agent>,
+        self: &Arc<Self>,
         a: &AllocRecord,
         restored: bool,
     ) -> std::io::Result<Vec<TaskHandle>> {
@@ -325,32 +568,28 @@ impl Client {
         for task in &tg.tasks {
             let (tx, rx) = unbounded();
             let runner = TaskRunner {
-                agent: agent.clone(),
+                client: self.clone(),
                 alloc_id: a.id.clone(),
                 task_name: task.name.clone(),
                 restored,
                 cmds: rx,
             };
             let short: String = a.id.chars().take(8).collect();
-            let agent2 = agent.clone();
+            let client = self.clone();
             let join = std::thread::Builder::new()
                 .name(format!("task-{short}-{}", task.name))
                 .spawn(move || {
                     let alloc_id = runner.alloc_id.clone();
                     let task = runner.task_name.clone();
                     runner.run();
-                    let failed = agent2
-                        .workloads
+                    let failed = client
                         .alloc(&alloc_id)
                         .and_then(|a| a.task_states.get(&task).map(|t| t.failed))
                         .unwrap_or(false);
                     if failed {
-                        let _ =
-                            agent2
-                                .client
-                                .command(&alloc_id, None, TaskCmd::SiblingFailed(task));
+                        let _ = client.command(&alloc_id, None, TaskCmd::SiblingFailed(task));
                     }
-                    agent2.client.auto_gc(&agent2);
+                    client.auto_gc();
                 })?;
             handles.push(TaskHandle {
                 name: task.name.clone(),
@@ -362,15 +601,10 @@ impl Client {
     }
 
     /// Send a lifecycle command to one task (`None`: every running task).
-    pub fn command(
-        &self,
-        alloc_id: &str,
-        task: Option<&str>,
-        cmd: TaskCmd,
-    ) -> Result<(), LifecycleError> {
+    pub fn command(&self, alloc_id: &str, task: Option<&str>, cmd: TaskCmd) -> Result<(), Error> {
         let runners = self.runners.lock();
         let Some(tasks) = runners.get(alloc_id) else {
-            return Err(LifecycleError::NotRunning);
+            return Err(Error::NotRunning);
         };
         let mut sent = false;
         for t in tasks {
@@ -380,23 +614,23 @@ impl Client {
         }
         if let Some(n) = task {
             if !tasks.iter().any(|t| t.name == n) {
-                return Err(LifecycleError::UnknownTask(n.to_string()));
+                return Err(Error::UnknownTask(n.to_string()));
             }
         }
         if sent {
             Ok(())
         } else {
-            Err(LifecycleError::NotRunning)
+            Err(Error::NotRunning)
         }
     }
 
     /// Collect one terminal allocation: remove its alloc dir; the alloc stays listed.
-    pub fn gc_alloc(&self, agent: &Arc<Agent>, alloc_id: &str) -> Result<(), GcError> {
-        let Some(a) = agent.workloads.alloc(alloc_id) else {
-            return Err(GcError::UnknownAlloc);
+    pub fn gc_alloc(&self, alloc_id: &str) -> Result<(), Error> {
+        let Some(a) = self.alloc(alloc_id) else {
+            return Err(Error::UnknownAlloc);
         };
         if !a.terminal() {
-            return Err(GcError::NotEligible);
+            return Err(Error::NotEligible);
         }
         // Every task of a terminal alloc is dead; its threads are done or about to be.
         let finished = {
@@ -419,31 +653,27 @@ impl Client {
         // Persist, then act: the alloc is durably collected before its dir goes (a retry
         // destroys what a failed destroy left).
         if !a.collected {
-            agent
-                .workloads
-                .update_alloc(&agent.index, alloc_id, |a| a.collected = true)
-                .map_err(|e| GcError::Io(e.to_string()))?;
+            self.update_alloc(alloc_id, |a| a.collected = true)?;
         }
         AllocDir::new(&self.data_dir, alloc_id)
             .destroy()
-            .map_err(|e| GcError::Io(e.to_string()))?;
+            .map_err(Error::Io)?;
         Ok(())
     }
 
     /// Collect every terminal allocation.
-    pub fn gc_all(&self, agent: &Arc<Agent>) {
-        for a in agent.workloads.allocs() {
+    pub fn gc_all(&self) {
+        for a in self.allocs_oldest_first() {
             if a.terminal() && !a.collected {
-                let _ = self.gc_alloc(agent, &a.id);
+                let _ = self.gc_alloc(&a.id);
             }
         }
     }
 
     /// Keep at most `gc_max_allocs` terminal, uncollected allocations.
-    pub fn auto_gc(&self, agent: &Arc<Agent>) {
-        let mut terminal: Vec<AllocRecord> = agent
-            .workloads
-            .allocs()
+    pub fn auto_gc(&self) {
+        let mut terminal: Vec<Arc<AllocRecord>> = self
+            .allocs_oldest_first()
             .into_iter()
             .filter(|a| a.terminal() && !a.collected)
             .collect();
@@ -453,16 +683,15 @@ impl Client {
         terminal.sort_by_key(|a| a.modify_time);
         let extra = terminal.len() - self.gc_max_allocs;
         for a in terminal.into_iter().take(extra) {
-            if let Err(e) = self.gc_alloc(agent, &a.id) {
-                log::debug!("auto gc of alloc {} skipped: {e:?}", a.id);
+            if let Err(e) = self.gc_alloc(&a.id) {
+                log::debug!("auto gc of alloc {} skipped: {e}", a.id);
             }
         }
     }
 
     /// The filesystem view of an allocation known to this client.
     pub fn alloc_fs_view(&self, alloc_id: &str) -> Option<AllocFsView> {
-        let agent = self.agent.get()?.upgrade()?;
-        let a = agent.workloads.alloc(alloc_id)?;
+        let a = self.alloc(alloc_id)?;
         let names: Vec<String> = a
             .job
             .group(&a.task_group)
@@ -488,9 +717,99 @@ impl Client {
     }
 }
 
+/// Keep the newer of the cached and the answered record of an allocation (answers to
+/// concurrent pushes and pulls can arrive out of order). A record of the same index is not
+/// newer: the cached one may already show this client's own change being pushed.
+fn remember(allocs: &mut BTreeMap<String, Arc<AllocRecord>>, a: AllocRecord) {
+    let newer = allocs
+        .get(&a.id)
+        .map(|old| a.modify_index > old.modify_index)
+        .unwrap_or(true);
+    if newer {
+        allocs.insert(a.id.clone(), Arc::new(a));
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::link::{
+        Heartbeat, HeartbeatReply, MetaReply, NodeMeta, PulledAllocs, UpdatedAllocs,
+    };
     use super::*;
+    use crate::state::jobs::spec::Job;
+    use crate::state::jobs::NodeInfo;
+
+    /// A server that answers from a list and records what the client pushed.
+    #[derive(Default)]
+    struct FakeServer {
+        allocs: Mutex<Vec<AllocRecord>>,
+        pushed: Mutex<Vec<AllocUpdate>>,
+    }
+
+    impl ServerLink for FakeServer {
+        fn register_node(&self, _: &NodeRegistration) -> Result<HeartbeatReply, LinkError> {
+            Ok(HeartbeatReply {
+                ttl_ms: 1,
+                index: 0,
+            })
+        }
+        fn heartbeat(&self, _: &Heartbeat) -> Result<HeartbeatReply, LinkError> {
+            Err(LinkError::Closed)
+        }
+        fn pull_allocs(&self, req: &PullAllocs) -> Result<PulledAllocs, LinkError> {
+            let allocs = self.allocs.lock();
+            Ok(PulledAllocs {
+                index: allocs.iter().map(|a| a.modify_index).max().unwrap_or(0),
+                alloc_ids: allocs.iter().map(|a| a.id.clone()).collect(),
+                changed: allocs
+                    .iter()
+                    .filter(|a| a.modify_index > req.min_index)
+                    .cloned()
+                    .collect(),
+            })
+        }
+        fn push_alloc_updates(&self, req: &AllocUpdates) -> Result<UpdatedAllocs, LinkError> {
+            let mut allocs = self.allocs.lock();
+            let mut out = Vec::new();
+            for up in &req.updates {
+                self.pushed.lock().push(up.clone());
+                if let Some(a) = allocs.iter_mut().find(|a| a.id == up.alloc_id) {
+                    a.task_states.extend(up.tasks.clone());
+                    a.modify_index += 1;
+                    out.push(a.clone());
+                }
+            }
+            Ok(UpdatedAllocs { allocs: out })
+        }
+        fn push_meta(&self, _: &NodeMeta) -> Result<MetaReply, LinkError> {
+            Ok(MetaReply { index: 0 })
+        }
+    }
+
+    fn alloc(id: &str, index: u64) -> AllocRecord {
+        let mut job = Job::from_json(serde_json::json!({"ID": "j", "TaskGroups": [{"Name": "g",
+            "Count": 1, "Tasks": [{"Name": "a", "Driver": "raw_exec",
+            "Config": {"command": "/bin/true"}}, {"Name": "b", "Driver": "raw_exec",
+            "Config": {"command": "/bin/true"}}]}]}))
+        .unwrap();
+        job.canonicalize("global");
+        let node = NodeInfo {
+            id: "n1".into(),
+            name: "n".into(),
+        };
+        let mut a = AllocRecord::new_at(&job, "g", 0, "e", &node, (index, id, 1));
+        a.modify_index = index;
+        a
+    }
+
+    fn client(server: Arc<FakeServer>) -> Arc<Client> {
+        let config = Config::from_flags(&crate::config::AgentFlags {
+            dev: true,
+            ..Default::default()
+        })
+        .unwrap();
+        Client::new(&config, "n1", server)
+    }
 
     fn on_stop(temp: bool, drain: bool, int: bool, term: bool) -> OnStop {
         OnStop {
@@ -527,5 +846,39 @@ mod tests {
             is(on_stop(false, false, true, true), libc::SIGINT),
             "Detach"
         );
+    }
+
+    #[test]
+    fn a_task_update_pushes_only_that_task_and_the_view_follows_the_answer() {
+        let server = Arc::new(FakeServer::default());
+        server.allocs.lock().push(alloc("a1", 5));
+        let c = client(server.clone());
+        c.pull(Duration::ZERO).unwrap();
+        assert!(c.alloc("a1").is_some(), "pulled");
+        c.update_task("a1", "a", |ts| ts.state = "running".into())
+            .unwrap()
+            .unwrap();
+        let pushed = server.pushed.lock().clone();
+        assert_eq!(pushed.len(), 1);
+        assert_eq!(
+            pushed[0].tasks.keys().collect::<Vec<_>>(),
+            ["a"],
+            "only the changed task"
+        );
+        assert!(pushed[0].client_status.is_none() && !pushed[0].collected);
+        let view = c.alloc("a1").unwrap();
+        assert_eq!(view.task_states["a"].state, "running");
+        assert_eq!(view.modify_index, 6, "the server's answer");
+        // An older record from a pull does not undo it.
+        server.allocs.lock()[0].modify_index = 4;
+        *c.pulled_index.lock() = 0;
+        c.pull(Duration::ZERO).unwrap();
+        assert_eq!(c.alloc("a1").unwrap().modify_index, 6);
+        // An alloc the server no longer has leaves the view; unknown allocs are no error.
+        server.allocs.lock().clear();
+        c.pull(Duration::ZERO).unwrap();
+        assert!(c.alloc("a1").is_none());
+        assert!(c.update_task("a1", "a", |_| {}).unwrap().is_none());
+        assert!(matches!(c.gc_alloc("a1"), Err(Error::UnknownAlloc)));
     }
 }

@@ -12,11 +12,15 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::acl::jwt::{self, WorkloadClaims, DEFAULT_AUDIENCE};
-use crate::agent::Agent;
 use crate::http::ListenerHandle;
+
+use super::Client;
 
 /// The socket's file name in the secrets dir.
 pub const SOCKET_NAME: &str = "api.sock";
+/// The name the socket is bound under until its mode is set (no longer than [`SOCKET_NAME`],
+/// so a path that fits `sun_path` still fits).
+const STAGED_SOCKET_NAME: &str = ".api.tmp";
 /// The token file's name in the secrets dir (`identity { file = true }`).
 pub const TOKEN_FILE: &str = "nomad_token";
 /// Longest socket path a `sockaddr_un` holds (108 bytes of `sun_path`, one for the NUL).
@@ -90,24 +94,77 @@ impl Drop for TaskSocket {
     }
 }
 
+/// Why a task's API socket was not made (the text is the task event's message).
+#[derive(Debug)]
+pub enum SocketError {
+    /// The path does not fit a `sockaddr_un`.
+    PathTooLong { path: PathBuf, len: usize },
+    /// The client has no HTTP server to serve it on.
+    NoServer,
+    /// A step failed: removing an old file, bind, setting its mode, serving.
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+impl std::fmt::Display for SocketError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SocketError::PathTooLong { path, len } => write!(
+                f,
+                "Task API socket not created: its path {} is {len} bytes, over the \
+                 {SUN_PATH_MAX}-byte limit of a Unix socket address; the task runs without the \
+                 Task API",
+                path.display()
+            ),
+            SocketError::NoServer => {
+                f.write_str("Task API socket not created: the HTTP server is not running")
+            }
+            SocketError::Io { path, what, source } => write!(
+                f,
+                "Task API socket {} not created: {what}: {source}",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SocketError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SocketError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
 /// Prepare the Task API socket and workload identity for a task (prestart).
-pub fn prestart(agent: &Arc<Agent>, input: &TaskHookInput) -> TaskHookOutput {
+pub fn prestart(client: &Client, input: &TaskHookInput) -> TaskHookOutput {
     let mut out = TaskHookOutput::default();
     let sock = input.secrets_dir.join(SOCKET_NAME);
     let owner = task_owner(input.user.as_deref());
-    match open_task_socket(agent, input, &sock, owner) {
+    match open_task_socket(client, input, &sock, owner) {
         Ok(guard) => out.guard = Some(Box::new(guard)),
-        Err(warning) => {
+        Err(e) => {
+            let warning = e.to_string();
             log::warn!("alloc {} task {}: {warning}", input.alloc_id, input.task);
             out.warnings.push(warning);
         }
     }
     if input.identity_env || input.identity_file {
-        let keys = match agent.acl.keys.get() {
-            Ok(k) => k,
-            Err(e) => {
+        let keys = match client.task_api().map(|t| t.keys.get()) {
+            Some(Ok(k)) => k,
+            Some(Err(e)) => {
                 out.warnings
                     .push(format!("Failed to sign the workload identity: {e}"));
+                return out;
+            }
+            None => {
+                out.warnings.push(
+                    "Failed to sign the workload identity: the client has not started".into(),
+                );
                 return out;
             }
         };
@@ -165,36 +222,49 @@ fn task_owner(user: Option<&str>) -> Option<(u32, u32)> {
 }
 
 fn open_task_socket(
-    agent: &Arc<Agent>,
+    client: &Client,
     input: &TaskHookInput,
     sock: &Path,
     owner: Option<(u32, u32)>,
-) -> Result<TaskSocket, String> {
+) -> Result<TaskSocket, SocketError> {
     let len = sock.as_os_str().len();
     if len > SUN_PATH_MAX {
-        return Err(format!(
-            "Task API socket not created: its path {} is {len} bytes, over the {SUN_PATH_MAX}-byte \
-             limit of a Unix socket address; the task runs without the Task API",
-            sock.display()
-        ));
+        return Err(SocketError::PathTooLong {
+            path: sock.to_path_buf(),
+            len,
+        });
     }
-    let server = agent
-        .http
-        .get()
-        .ok_or_else(|| "Task API socket not created: the HTTP server is not running".to_string())?;
-    let fail = |what: &str, e: io::Error| {
-        format!(
-            "Task API socket {} not created: {what}: {e}",
-            sock.display()
-        )
+    let server = client
+        .task_api()
+        .map(|t| &t.server)
+        .ok_or(SocketError::NoServer)?;
+    let fail = |what: &'static str, source: io::Error| SocketError::Io {
+        path: sock.to_path_buf(),
+        what,
+        source,
     };
-    match std::fs::remove_file(sock) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(fail("cannot remove the old file", e)),
+    // Bound under a name of the same length, given its mode and owner, then renamed into
+    // place: the socket never shows up under its real name with the umask's mode.
+    let staged = sock.with_file_name(STAGED_SOCKET_NAME);
+    for old in [sock, staged.as_path()] {
+        match std::fs::remove_file(old) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(fail("cannot remove the old file", e)),
+        }
     }
-    let listener = UnixListener::bind(sock).map_err(|e| fail("bind", e))?;
-    let file_id = set_socket_mode(sock, owner).map_err(|e| fail("set its mode", e))?;
+    let listener = UnixListener::bind(&staged).map_err(|e| fail("bind", e))?;
+    let placed = set_socket_mode(&staged, owner).and_then(|id| {
+        std::fs::rename(&staged, sock)?;
+        Ok(id)
+    });
+    let file_id = match placed {
+        Ok(id) => id,
+        Err(e) => {
+            let _ = std::fs::remove_file(&staged);
+            return Err(fail("set its mode", e));
+        }
+    };
     let tag: Arc<str> = Arc::from(format!("task:{}/{}", input.alloc_id, input.task));
     let handle = server
         .serve_unix_with_cap(listener, tag, TASK_SOCKET_MAX_CONNS)

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
-use crate::agent::Agent;
 use crate::state::jobs::alloc::{AllocRecord, TaskEvent, TaskState};
 use crate::state::jobs::spec::Task;
 use crate::state::jobs::timefmt::rfc3339_ns;
@@ -23,10 +22,11 @@ use super::alloc_dir::{AllocDir, TaskDir};
 use super::raw_exec;
 use super::restarts::{later, Decision, RestartTracker};
 use super::shim::{self, ExitInfo, Found, LogSpec, Shim, ShimSpec};
-use super::signals::{parse_signal, signal_name};
 use super::task_env::{self, NodeFacts};
 use super::task_events::{self, UNRECOVERABLE, USER_RESTART};
 use super::task_hooks::{self, TaskHookInput, TaskHookOutput};
+use super::Client;
+use crate::signals::{parse_signal, signal_name};
 
 /// How long the runner waits for the shim to drain the pipes after the task exited.
 pub const LOG_DRAIN_GRACE: Duration = Duration::from_secs(3);
@@ -91,7 +91,7 @@ enum Resume {
 
 /// The runner of one task of one allocation.
 pub struct TaskRunner {
-    pub agent: Arc<Agent>,
+    pub client: Arc<Client>,
     pub alloc_id: String,
     pub task_name: String,
     /// Started again after an agent restart.
@@ -105,15 +105,12 @@ impl TaskRunner {
         if let Some(line) = task_events::log_line(&ev) {
             log::info!("alloc {} task {}: {line}", self.alloc_id, self.task_name);
         }
-        let res = self.agent.workloads.update_task(
-            &self.agent.index,
-            &self.alloc_id,
-            &self.task_name,
-            |ts| {
+        let res = self
+            .client
+            .update_task(&self.alloc_id, &self.task_name, |ts| {
                 f(ts);
                 ts.push_event(ev);
-            },
-        );
+            });
         if let Err(e) = res {
             log::error!(
                 "alloc {} task {}: cannot save task state: {e}",
@@ -139,7 +136,7 @@ impl TaskRunner {
     /// The thread body: set up (or re-attach), then run the task until it is done for good,
     /// or the agent stops.
     pub fn run(self) {
-        let Some(alloc) = self.agent.workloads.alloc(&self.alloc_id) else {
+        let Some(alloc) = self.client.alloc(&self.alloc_id) else {
             return;
         };
         let Some(tg) = alloc.job.group(&alloc.task_group).cloned() else {
@@ -150,7 +147,7 @@ impl TaskRunner {
         };
         let prior = alloc.task_states.get(&self.task_name).cloned();
         if self.restored && prior.as_ref().is_some_and(|ts| ts.state == "dead") {
-            kill_orphan(&self.agent, &self.alloc_id, &self.task_name);
+            kill_orphan(&self.client, &self.alloc_id, &self.task_name);
             return;
         }
         let mut resume = if self.restored {
@@ -168,7 +165,7 @@ impl TaskRunner {
                 }
             });
         }
-        let ad = AllocDir::new(&self.agent.config.data_dir, &self.alloc_id);
+        let ad = AllocDir::new(self.client.data_dir(), &self.alloc_id);
         let task_dir = match &resume {
             Some(_) => ad.task(&task.name),
             None => match ad.build_shared().and_then(|_| ad.build_task(&task.name)) {
@@ -188,22 +185,18 @@ impl TaskRunner {
         let _guard = hook.guard;
 
         if resume.is_none() {
-            if !self.agent.config.raw_exec_enabled {
-                self.driver_failure(self.agent.config.raw_exec_advice());
+            if !self.client.raw_exec_enabled() {
+                self.driver_failure(
+                    "raw_exec driver is disabled on this client: enable it with plugin \"raw_exec\" { config { enabled = true } }"
+                        .to_string(),
+                );
                 return;
             }
             if self.restored {
                 self.event(TaskEvent::restarting_after_agent_restart(), |_| {});
             }
         }
-        let node = NodeFacts {
-            id: self.agent.node.id().to_string(),
-            name: self.agent.config.node_name.clone(),
-            datacenter: self.agent.config.datacenter.clone(),
-            region: self.agent.config.region.clone(),
-            // The node's metadata now (a reload may have changed the configured keys).
-            meta: self.agent.node.meta_view().meta,
-        };
+        let node = self.client.node_facts();
         let mut tracker = RestartTracker::new(&tg);
         loop {
             let end = match resume.take() {
@@ -289,11 +282,9 @@ impl TaskRunner {
     /// or resume a restart delay. `None`: nothing to resume (start afresh).
     fn resume(&self, alloc: &AllocRecord, prior: Option<&TaskState>) -> Option<Resume> {
         let ts = prior?;
-        let dir =
-            shim::shim_dir(&self.agent.config.data_dir, &self.alloc_id, &self.task_name).ok()?;
+        let dir = shim::shim_dir(self.client.data_dir(), &self.alloc_id, &self.task_name).ok()?;
         let cgroup = || {
-            self.agent
-                .client
+            self.client
                 .cgroups
                 .leftover(&self.alloc_id, &self.task_name)
         };
@@ -312,7 +303,7 @@ impl TaskRunner {
                     shim,
                     cgroup: cgroup(),
                 };
-                self.agent.client.stats.register(
+                self.client.stats.register(
                     &self.alloc_id,
                     &self.task_name,
                     running.shim.pid,
@@ -361,7 +352,7 @@ impl TaskRunner {
     ) -> TaskHookOutput {
         let (identity_env, identity_file) = task.identity_flags();
         let hook = task_hooks::prestart(
-            &self.agent,
+            &self.client,
             &TaskHookInput {
                 alloc_id: self.alloc_id.clone(),
                 job_id: alloc.job_id.clone(),
@@ -389,7 +380,6 @@ impl TaskRunner {
     fn kill_leftover(&self, alloc: &AllocRecord) {
         // Its cgroup is this agent's and this task's by its path (parent, alloc ID, task).
         if let Some(cg) = self
-            .agent
             .client
             .cgroups
             .leftover(&self.alloc_id, &self.task_name)
@@ -430,16 +420,13 @@ impl TaskRunner {
 
     /// A batch task ran to completion: its `Terminated` event is already recorded.
     fn finish(&self, failed: bool) {
-        let _ = self.agent.workloads.update_task(
-            &self.agent.index,
-            &self.alloc_id,
-            &self.task_name,
-            |ts| {
+        let _ = self
+            .client
+            .update_task(&self.alloc_id, &self.task_name, |ts| {
                 ts.state = "dead".into();
                 ts.failed = failed;
                 ts.finished_at = Some(rfc3339_ns(now_ns()));
-            },
-        );
+            });
     }
 
     fn restarting(&self, delay: i64, reason: &str) {
@@ -565,16 +552,15 @@ impl TaskRunner {
                 memory_mb: DEFAULT_MEMORY_MB,
                 memory_max_mb: 0,
             });
-        let dir = shim::shim_dir(&self.agent.config.data_dir, &self.alloc_id, &self.task_name)
+        let dir = shim::shim_dir(self.client.data_dir(), &self.alloc_id, &self.task_name)
             .map_err(StartFailed)?;
         let cgroup = self
-            .agent
             .client
             .cgroups
             .create(&self.alloc_id, &self.task_name, &limits)
             .map_err(|e| StartFailed(format!("failed to create the task's cgroup: {e}")))?;
         let spec = ShimSpec {
-            data_dir: self.agent.config.data_dir.clone(),
+            data_dir: self.client.data_dir().to_path_buf(),
             alloc_id: self.alloc_id.clone(),
             task: self.task_name.clone(),
             command,
@@ -602,8 +588,8 @@ impl TaskRunner {
             shim.pid,
             task.name
         );
-        if let Err(e) = AllocDir::new(&self.agent.config.data_dir, &self.alloc_id)
-            .executor_note(&task.name, &note)
+        if let Err(e) =
+            AllocDir::new(self.client.data_dir(), &self.alloc_id).executor_note(&task.name, &note)
         {
             log::warn!(
                 "alloc {} task {}: executor.out refused: {e}",
@@ -611,7 +597,7 @@ impl TaskRunner {
                 self.task_name
             );
         }
-        self.agent.client.stats.register(
+        self.client.stats.register(
             &self.alloc_id,
             &self.task_name,
             shim.pid,
@@ -650,8 +636,7 @@ impl TaskRunner {
         }
         self.destroy(cgroup);
         shim.finish(LOG_DRAIN_GRACE);
-        self.agent
-            .client
+        self.client
             .stats
             .unregister(&self.alloc_id, &self.task_name);
         end
@@ -756,8 +741,8 @@ impl TaskRunner {
 /// Kill a task no runner will watch (its alloc was stopped, or it is recorded dead, while a
 /// shim of it still runs): its process group through the shim, everything in its cgroup,
 /// then the shim. Nothing happens when it has no live shim.
-pub fn kill_orphan(agent: &Agent, alloc_id: &str, task: &str) {
-    let Ok(dir) = shim::shim_dir(&agent.config.data_dir, alloc_id, task) else {
+pub fn kill_orphan(client: &Client, alloc_id: &str, task: &str) {
+    let Ok(dir) = shim::shim_dir(client.data_dir(), alloc_id, task) else {
         return;
     };
     let Found::Alive(shim) = Shim::find(&dir) else {
@@ -765,7 +750,7 @@ pub fn kill_orphan(agent: &Agent, alloc_id: &str, task: &str) {
     };
     log::warn!("alloc {alloc_id} task {task}: killing the task a previous agent left running");
     let _ = shim.signal_group(libc::SIGKILL);
-    if let Some(cg) = agent.client.cgroups.leftover(alloc_id, task) {
+    if let Some(cg) = client.cgroups.leftover(alloc_id, task) {
         if let Err(e) = cg.destroy(KILL_WAIT) {
             log::error!("alloc {alloc_id} task {task}: {e}");
         }

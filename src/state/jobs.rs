@@ -90,13 +90,7 @@ fn json_files(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(StoreError {
-                path: dir.to_path_buf(),
-                op: "list",
-                detail: e.to_string(),
-            })
-        }
+        Err(e) => return Err(StoreError::new(dir, "list", e)),
     };
     Ok(entries
         .flatten()
@@ -166,11 +160,7 @@ impl Workloads {
     pub fn load(data_dir: &Path, counter: Arc<IndexCounter>) -> Result<Workloads, StoreError> {
         let server = data_dir.join("server");
         let path = cmdlog::log_path(data_dir);
-        let to_store = |e: LogError| StoreError {
-            path: path.clone(),
-            op: "load",
-            detail: e.to_string(),
-        };
+        let to_store = |e: LogError| StoreError::new(&path, "load", e);
         let import = || {
             load_old_store(&server).map_err(|e| LogError::Store {
                 op: "import",
@@ -228,11 +218,7 @@ impl Workloads {
     }
 
     fn store_err(&self, e: LogError) -> StoreError {
-        StoreError {
-            path: self.path.clone(),
-            op: "write",
-            detail: e.to_string(),
-        }
+        StoreError::new(&self.path, "write", e)
     }
 
     /// Propose and wait: `Ok(None)` when the command applied to "unknown" (changed nothing).

@@ -1,13 +1,16 @@
 //! Agent state kept in locked maps: the node, servers and members, jobs and allocations, ACLs.
 //! What must survive a restart is written through [`store`] before a change is acknowledged.
 
+pub mod acl;
 pub mod command;
 pub mod command_log;
 pub mod host;
 pub mod jobs;
 pub mod members;
 pub mod node;
-pub mod store;
+/// Durable file writes live in `crate::store` (a leaf every layer may use); the old path
+/// still names it.
+pub(crate) use crate::store;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

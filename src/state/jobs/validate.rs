@@ -189,7 +189,7 @@ fn validate_task(t: &Task, disk_mb: i64) -> Vec<String> {
     if t.kill_timeout.unwrap_or(0) < 0 {
         errs.push("KillTimeout must be a positive value".to_string());
     }
-    if !t.kill_signal.is_empty() && crate::client::signals::parse_signal(&t.kill_signal).is_none() {
+    if !t.kill_signal.is_empty() && crate::signals::parse_signal(&t.kill_signal).is_none() {
         errs.push(format!("invalid kill_signal {:?}", t.kill_signal));
     }
     if let Some(r) = &t.resources {

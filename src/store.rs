@@ -10,28 +10,42 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// A state file could not be read or written.
+/// What a store failure carries as its cause (an `io::Error`, a decode error, …).
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// A state file could not be read or written: which file, what was being done, and the
+/// error underneath (kept, not just its text).
 #[derive(Debug)]
 pub struct StoreError {
     pub path: PathBuf,
     pub op: &'static str,
-    pub detail: String,
+    pub source: Cause,
+}
+
+impl StoreError {
+    pub fn new(path: &Path, op: &'static str, source: impl Into<Cause>) -> StoreError {
+        StoreError {
+            path: path.to_path_buf(),
+            op,
+            source: source.into(),
+        }
+    }
 }
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.op, self.path.display(), self.detail)
+        write!(f, "{} {}: {}", self.op, self.path.display(), self.source)
     }
 }
 
-impl std::error::Error for StoreError {}
-
-fn err(path: &Path, op: &'static str, e: impl fmt::Display) -> StoreError {
-    StoreError {
-        path: path.to_path_buf(),
-        op,
-        detail: e.to_string(),
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
     }
+}
+
+fn err(path: &Path, op: &'static str, e: impl Into<Cause>) -> StoreError {
+    StoreError::new(path, op, e)
 }
 
 /// Marks a temp file of an atomic write: `.<target>` + this + `<pid>-<32 hex>`. Nothing else
@@ -233,6 +247,20 @@ mod tests {
         assert!(missing.is_none());
         write_bytes(&dir.join("bad.json"), b"{not json").unwrap();
         assert!(read_json::<Vec<i32>>(&dir.join("bad.json")).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_keeps_its_io_error_as_the_source() {
+        let dir = std::env::temp_dir().join(format!("nomadlet-store-{}", uuid::Uuid::new_v4()));
+        fs::create_dir_all(&dir).unwrap();
+        // A regular file where a directory should be: the write cannot make its parent.
+        fs::write(dir.join("file"), b"").unwrap();
+        let e = write_json(&dir.join("file").join("x.json"), &[1]).unwrap_err();
+        let io = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .expect("the io::Error is kept");
+        assert!(e.to_string().ends_with(&io.to_string()), "{e}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

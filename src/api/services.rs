@@ -1,0 +1,38 @@
+//! [`Agent`]: every piece of the agent the API serves, shared by every thread through `Arc`.
+//! Built and owned by `crate::agent` (load, start, ordered shutdown); defined here so the API
+//! sees it without pointing back up at the module that runs it.
+
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use crate::client::link::ServerLink;
+use crate::client::Client;
+use crate::config::Config;
+use crate::fs::watch::SharedWatcher;
+use crate::http::Server;
+use crate::meta_batcher::Batcher;
+use crate::state::acl::AclState;
+use crate::state::jobs::Workloads;
+use crate::state::members::Membership;
+use crate::state::node::NodeState;
+use crate::state::IndexCounter;
+
+/// Everything the agent knows, shared by every thread through `Arc`.
+pub struct Agent {
+    pub config: Config,
+    pub index: Arc<IndexCounter>,
+    pub node: Arc<NodeState>,
+    pub membership: Membership,
+    pub workloads: Arc<Workloads>,
+    /// The client's one way to the server state (in process: `LocalLink`).
+    pub link: Arc<dyn ServerLink>,
+    pub client: Arc<Client>,
+    pub acl: AclState,
+    pub fs_watch: SharedWatcher,
+    pub batcher: Batcher,
+    /// The HTTP server, set once listening (the Task API adds Unix listeners to it).
+    pub http: OnceLock<Arc<Server>>,
+    /// TLS certificates and configurations (`tls.http` or `tls.rpc`), reloaded on SIGHUP.
+    pub tls: Option<Arc<crate::tls::AgentTls>>,
+    pub started_at: SystemTime,
+}

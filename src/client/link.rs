@@ -1,0 +1,162 @@
+//! The one way the client reaches server state: [`ServerLink`]. Register the node, heartbeat,
+//! pull the allocations for this node newer than an index (blocking, with a deadline), push
+//! alloc updates (many per call) and push the node's metadata. Requests and replies are plain
+//! serde structs so a network implementation can carry them as JSON; the in-process one is
+//! `server::local_link::LocalLink`. The client never touches server tables and the server
+//! never calls into the client: runners start and stop because the client pulled a change.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::jobs::alloc::{AllocRecord, TaskState};
+
+/// Longest a single pull waits for a change before it answers with nothing new.
+pub const MAX_PULL_WAIT: Duration = Duration::from_secs(10);
+
+/// How often the client heartbeats when the server does not say otherwise.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
+
+/// `register_node`: who this node is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeRegistration {
+    pub node_id: String,
+    pub name: String,
+    pub datacenter: String,
+    /// The node's metadata (static merged with dynamic) at registration.
+    pub meta: BTreeMap<String, String>,
+}
+
+/// The answer to a registration or a heartbeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// Heartbeat again within this many milliseconds.
+    pub ttl_ms: u64,
+    /// The server's index when it answered.
+    pub index: u64,
+}
+
+/// `heartbeat`: this node is alive.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub node_id: String,
+}
+
+/// `pull_allocs`: the allocations of `node_id` changed after `min_index`, waiting up to
+/// `wait_ms` (at most [`MAX_PULL_WAIT`]) for one to change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PullAllocs {
+    pub node_id: String,
+    pub min_index: u64,
+    pub wait_ms: u64,
+}
+
+/// The answer to a pull.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PulledAllocs {
+    /// Pull again with this as `min_index`.
+    pub index: u64,
+    /// Every allocation the server places on this node now (one that is gone was removed).
+    pub alloc_ids: Vec<String>,
+    /// The full records of those changed after `min_index`.
+    pub changed: Vec<AllocRecord>,
+}
+
+/// What the client changed of one allocation: task states (whole, per task), its client
+/// status, and whether its alloc dir was collected.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AllocUpdate {
+    pub alloc_id: String,
+    pub tasks: BTreeMap<String, TaskState>,
+    /// `(ClientStatus, ClientDescription)` when the client sets them itself.
+    pub client_status: Option<(String, String)>,
+    pub collected: bool,
+}
+
+/// `push_alloc_updates`: one or more updates, made durable together before the answer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AllocUpdates {
+    pub node_id: String,
+    pub updates: Vec<AllocUpdate>,
+}
+
+/// The allocations as the server keeps them after the updates (unknown ones are left out).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UpdatedAllocs {
+    pub allocs: Vec<AllocRecord>,
+}
+
+/// `push_meta`: the node's metadata (static merged with dynamic) for its node record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeMeta {
+    pub node_id: String,
+    pub meta: BTreeMap<String, String>,
+}
+
+/// The answer to a metadata push.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetaReply {
+    /// The node record's new modify index.
+    pub index: u64,
+}
+
+/// Why a call over the link failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkError {
+    /// The server does not know this node (register first).
+    UnknownNode(String),
+    /// The server could not make the change durable; nothing of it is visible.
+    Persist(String),
+    /// The server is shutting down.
+    Closed,
+}
+
+impl fmt::Display for LinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkError::UnknownNode(id) => write!(f, "unknown node {id}"),
+            LinkError::Persist(e) => write!(f, "server could not persist the change: {e}"),
+            LinkError::Closed => f.write_str("server is shutting down"),
+        }
+    }
+}
+
+impl std::error::Error for LinkError {}
+
+/// The client's whole view of the server.
+pub trait ServerLink: Send + Sync {
+    fn register_node(&self, req: &NodeRegistration) -> Result<HeartbeatReply, LinkError>;
+    fn heartbeat(&self, req: &Heartbeat) -> Result<HeartbeatReply, LinkError>;
+    /// Blocks until an allocation of the node changed after `min_index`, the wait passed, or
+    /// the server shuts down (then `Err(Closed)`). It may answer early with nothing changed.
+    fn pull_allocs(&self, req: &PullAllocs) -> Result<PulledAllocs, LinkError>;
+    fn push_alloc_updates(&self, req: &AllocUpdates) -> Result<UpdatedAllocs, LinkError>;
+    fn push_meta(&self, req: &NodeMeta) -> Result<MetaReply, LinkError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_replies_round_trip_as_json() {
+        let mut tasks = BTreeMap::new();
+        tasks.insert("t".to_string(), TaskState::pending());
+        let up = AllocUpdates {
+            node_id: "n".into(),
+            updates: vec![AllocUpdate {
+                alloc_id: "a".into(),
+                tasks,
+                client_status: Some(("complete".into(), String::new())),
+                collected: true,
+            }],
+        };
+        let text = serde_json::to_string(&up).unwrap();
+        assert_eq!(serde_json::from_str::<AllocUpdates>(&text).unwrap(), up);
+        let e = LinkError::UnknownNode("x".into());
+        let text = serde_json::to_string(&e).unwrap();
+        assert_eq!(serde_json::from_str::<LinkError>(&text).unwrap(), e);
+    }
+}

@@ -1,0 +1,242 @@
+//! [`LocalLink`]: the client's [`ServerLink`] answered in the same process. Each call becomes
+//! the server's own operation: alloc updates become `Workloads::update_alloc` (a command through
+//! the log), metadata a node record update, a pull a wait on the index counter. Nothing here
+//! reaches into the client.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::client::link::{
+    AllocUpdates, Heartbeat, HeartbeatReply, LinkError, MetaReply, NodeMeta, NodeRegistration,
+    PullAllocs, PulledAllocs, ServerLink, UpdatedAllocs, DEFAULT_HEARTBEAT, MAX_PULL_WAIT,
+};
+use crate::state::jobs::Workloads;
+use crate::state::node::NodeState;
+use crate::state::IndexCounter;
+
+/// The server state a client in this process talks to.
+pub struct LocalLink {
+    workloads: Arc<Workloads>,
+    node: Arc<NodeState>,
+    index: Arc<IndexCounter>,
+}
+
+impl LocalLink {
+    pub fn new(workloads: Arc<Workloads>, node: Arc<NodeState>, index: Arc<IndexCounter>) -> Self {
+        LocalLink {
+            workloads,
+            node,
+            index,
+        }
+    }
+
+    /// One process serves one node: the one whose state it loaded.
+    fn check_node(&self, node_id: &str) -> Result<(), LinkError> {
+        if node_id == self.node.id() {
+            Ok(())
+        } else {
+            Err(LinkError::UnknownNode(node_id.to_string()))
+        }
+    }
+
+    fn heartbeat_reply(&self) -> HeartbeatReply {
+        HeartbeatReply {
+            ttl_ms: u64::try_from(DEFAULT_HEARTBEAT.as_millis()).unwrap_or(u64::MAX),
+            index: self.index.current(),
+        }
+    }
+}
+
+impl ServerLink for LocalLink {
+    fn register_node(&self, req: &NodeRegistration) -> Result<HeartbeatReply, LinkError> {
+        // The node record is made from the same node state at load; registering checks that
+        // the client is that node.
+        self.check_node(&req.node_id)?;
+        Ok(self.heartbeat_reply())
+    }
+
+    fn heartbeat(&self, req: &Heartbeat) -> Result<HeartbeatReply, LinkError> {
+        self.check_node(&req.node_id)?;
+        Ok(self.heartbeat_reply())
+    }
+
+    fn pull_allocs(&self, req: &PullAllocs) -> Result<PulledAllocs, LinkError> {
+        self.check_node(&req.node_id)?;
+        let deadline = Instant::now() + Duration::from_millis(req.wait_ms).min(MAX_PULL_WAIT);
+        loop {
+            // The generation first: a change published after this read wakes the wait below.
+            let generation = self.index.generation();
+            let state = self.workloads.state();
+            let answer = Instant::now() >= deadline || state.index > req.min_index;
+            if answer {
+                let mut reply = PulledAllocs {
+                    index: state.index,
+                    alloc_ids: Vec::new(),
+                    changed: Vec::new(),
+                };
+                for a in state.allocs.values().filter(|a| a.node_id == req.node_id) {
+                    reply.alloc_ids.push(a.id.clone());
+                    if a.modify_index > req.min_index {
+                        reply.changed.push((**a).clone());
+                    }
+                }
+                return Ok(reply);
+            }
+            if self.index.is_closed() {
+                return Err(LinkError::Closed);
+            }
+            self.index.wait_for_change(generation, deadline);
+        }
+    }
+
+    fn push_alloc_updates(&self, req: &AllocUpdates) -> Result<UpdatedAllocs, LinkError> {
+        self.check_node(&req.node_id)?;
+        let mut allocs = Vec::new();
+        for up in &req.updates {
+            let updated = self
+                .workloads
+                .update_alloc(&self.index, &up.alloc_id, |a| {
+                    if a.node_id != req.node_id {
+                        return;
+                    }
+                    for (name, ts) in &up.tasks {
+                        a.task_states.insert(name.clone(), ts.clone());
+                    }
+                    if let Some((status, description)) = &up.client_status {
+                        a.client_status = status.clone();
+                        a.client_description = description.clone();
+                    }
+                    a.collected |= up.collected;
+                })
+                .map_err(|e| LinkError::Persist(e.to_string()))?;
+            allocs.extend(updated);
+        }
+        Ok(UpdatedAllocs { allocs })
+    }
+
+    fn push_meta(&self, req: &NodeMeta) -> Result<MetaReply, LinkError> {
+        self.check_node(&req.node_id)?;
+        let index = self.index.next();
+        // In one process the node record is built from the same node state whose metadata
+        // the client changed: publishing reads that same merged map.
+        self.node.publish_meta(index);
+        self.index.notify();
+        log::debug!("node metadata published to the node record at index {index}");
+        Ok(MetaReply { index })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::link::{AllocUpdate, Heartbeat};
+    use crate::state::jobs::alloc::TaskState;
+    use crate::state::jobs::spec::Job;
+    use crate::state::jobs::NodeInfo;
+
+    struct Fixture {
+        dir: std::path::PathBuf,
+        link: LocalLink,
+        workloads: Arc<Workloads>,
+        index: Arc<IndexCounter>,
+        node: NodeInfo,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = std::env::temp_dir().join(format!("nomadlet-link-{}", uuid::Uuid::new_v4()));
+        let config = crate::config::Config::from_flags(&crate::config::AgentFlags {
+            dev: true,
+            data_dir: Some(dir.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        let index = Arc::new(IndexCounter::default());
+        let node = Arc::new(NodeState::load(&config, &index).unwrap());
+        let workloads = Arc::new(Workloads::load(&dir, index.clone()).unwrap());
+        let info = NodeInfo {
+            id: node.id().to_string(),
+            name: "n".into(),
+        };
+        Fixture {
+            link: LocalLink::new(workloads.clone(), node, index.clone()),
+            dir,
+            workloads,
+            index,
+            node: info,
+        }
+    }
+
+    fn job(id: &str) -> Job {
+        let mut j = Job::from_json(serde_json::json!({"ID": id, "TaskGroups": [{"Name": "g",
+            "Count": 1, "Tasks": [{"Name": "t", "Driver": "raw_exec",
+            "Config": {"command": "/bin/true"}}]}]}))
+        .unwrap();
+        j.canonicalize("global");
+        j
+    }
+
+    fn pull(f: &Fixture, min_index: u64, wait_ms: u64) -> Result<PulledAllocs, LinkError> {
+        f.link.pull_allocs(&PullAllocs {
+            node_id: f.node.id.clone(),
+            min_index,
+            wait_ms,
+        })
+    }
+
+    #[test]
+    fn a_pull_blocks_until_the_nodes_allocs_change_and_answers_only_what_changed() {
+        let f = fixture();
+        f.workloads.register(&f.index, &f.node, job("a")).unwrap();
+        let first = pull(&f, 0, 0).unwrap();
+        assert_eq!(first.changed.len(), 1);
+        assert_eq!(first.alloc_ids.len(), 1);
+        // Nothing new: the pull waits its whole wait and answers nothing changed.
+        let started = Instant::now();
+        let idle = pull(&f, first.index, 150).unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        assert!(idle.changed.is_empty());
+        // A write while it waits wakes it with just the new alloc.
+        let waiter = std::thread::scope(|s| {
+            let h = s.spawn(|| pull(&f, first.index, 5_000));
+            f.workloads.register(&f.index, &f.node, job("b")).unwrap();
+            h.join().unwrap()
+        })
+        .unwrap();
+        assert_eq!(waiter.alloc_ids.len(), 2);
+        let changed: Vec<&str> = waiter.changed.iter().map(|a| a.job_id.as_str()).collect();
+        assert_eq!(changed, ["b"]);
+        std::fs::remove_dir_all(&f.dir).unwrap();
+    }
+
+    #[test]
+    fn pushed_updates_are_durable_server_state_and_other_nodes_are_refused() {
+        let f = fixture();
+        f.workloads.register(&f.index, &f.node, job("a")).unwrap();
+        let id = pull(&f, 0, 0).unwrap().changed[0].id.clone();
+        let mut ts = TaskState::pending();
+        ts.state = "running".into();
+        let reply = f
+            .link
+            .push_alloc_updates(&AllocUpdates {
+                node_id: f.node.id.clone(),
+                updates: vec![AllocUpdate {
+                    alloc_id: id.clone(),
+                    tasks: [("t".to_string(), ts.clone())].into_iter().collect(),
+                    ..AllocUpdate::default()
+                }],
+            })
+            .unwrap();
+        assert_eq!(reply.allocs[0].client_status, "running");
+        assert_eq!(f.workloads.alloc(&id).unwrap().task_states["t"], ts);
+        let other = Heartbeat {
+            node_id: "someone-else".into(),
+        };
+        assert_eq!(
+            f.link.heartbeat(&other),
+            Err(LinkError::UnknownNode("someone-else".into()))
+        );
+        f.index.close();
+        assert_eq!(pull(&f, u64::MAX, 5_000).unwrap_err(), LinkError::Closed);
+        std::fs::remove_dir_all(&f.dir).unwrap();
+    }
+}
