@@ -796,6 +796,7 @@ mod tests {
         let node = NodeInfo {
             id: "n1".into(),
             name: "n".into(),
+            unplaceable: None,
         };
         let mut a = AllocRecord::new_at(&job, "g", 0, "e", &node, (index, id, 1));
         a.modify_index = index;
