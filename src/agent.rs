@@ -168,10 +168,10 @@ fn check_data_dir(config: &Config) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Block SIGINT and SIGTERM in this thread (and so in every thread spawned after), so the
-/// main thread can take them with `sigtimedwait`. Child processes get an empty mask from std.
+/// Block SIGINT, SIGTERM and SIGHUP (reload) in this thread (and so in every thread spawned
+/// after), so the main thread can take them with `sigtimedwait`. Child processes get an empty mask from std.
 fn block_stop_signals() -> Result<crate::sys::signal::SignalSet, AgentError> {
-    let set = crate::sys::signal::SignalSet::of(&[libc::SIGINT, libc::SIGTERM])
+    let set = crate::sys::signal::SignalSet::of(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
         .map_err(AgentError::Signals)?;
     set.block().map_err(AgentError::Signals)?;
     Ok(set)
@@ -189,9 +189,15 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     }
     let signals = block_stop_signals()?;
     check_data_dir(&config)?;
+    // `-dev` without `-data-dir`: the temp data dir goes when this function returns, whether
+    // the agent stopped or failed to start.
+    let _temp_dir = config
+        .data_dir_is_temp
+        .then(|| TempDataDir(config.data_dir.clone()));
     let addr = SocketAddr::new(config.bind_addr, config.http_port);
     let listener = TcpListener::bind(addr).map_err(|source| AgentError::Bind { addr, source })?;
     let agent = Agent::load(config)?;
+    crate::api::jobs::place_blocked(&agent);
     agent.batcher.start(NodeUpdater {
         link: agent.link.clone(),
         node_id: agent.node.id().to_string(),
@@ -249,14 +255,15 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         );
     }
 
-    // The main thread also samples task and host stats between its signal waits.
-    let sig = loop {
-        match crate::sys::signal::wait_timeout(&signals, SAMPLE_INTERVAL) {
-            Some(sig) => break sig,
-            None => agent.client.stats.sample(),
-        }
-    };
+    // systemd (Type=notify): ready once the API answers; then the watchdog pings.
+    let notifier = crate::sd_notify::Notifier::from_env();
+    let watchdog = notifier
+        .as_ref()
+        .and_then(|_| crate::sd_notify::watchdog_interval());
+    notify(&notifier, "READY=1");
+    let sig = main_loop(&agent, &signals, &notifier, watchdog);
     log::info!("caught signal {sig}, shutting down");
+    notify(&notifier, "STOPPING=1");
     // Blocking queries return at once from here on, so their connections can finish.
     agent.index.close();
     server.shutdown();
@@ -268,9 +275,71 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     if let Some(h) = warm_keys {
         let _ = h.join();
     }
-    if agent.config.data_dir_is_temp {
-        let _ = std::fs::remove_dir_all(&agent.config.data_dir);
-    }
     log::info!("nomadlet agent stopped");
     Ok(())
+}
+
+/// Removes a data dir made for this run (`-dev`) when dropped.
+struct TempDataDir(std::path::PathBuf);
+
+impl Drop for TempDataDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            log::warn!("cannot remove the dev data dir {}: {e}", self.0.display());
+        }
+    }
+}
+
+fn notify(notifier: &Option<crate::sd_notify::Notifier>, state: &str) {
+    if let Some(n) = notifier {
+        n.notify(state);
+    }
+}
+
+/// The main thread's loop until SIGINT/SIGTERM (returned): it takes signals with a deadline,
+/// samples task and host stats every `SAMPLE_INTERVAL`, pings systemd's watchdog every
+/// `watchdog` when asked to, and reloads on SIGHUP (`reload::RELOAD_STEPS`) between
+/// `RELOADING=1` and `READY=1`.
+fn main_loop(
+    agent: &Agent,
+    signals: &crate::sys::signal::SignalSet,
+    notifier: &Option<crate::sd_notify::Notifier>,
+    watchdog: Option<std::time::Duration>,
+) -> i32 {
+    use std::time::Instant;
+    let mut next_sample = Instant::now() + SAMPLE_INTERVAL;
+    let mut next_ping = watchdog.map(|w| Instant::now() + w);
+    if watchdog.is_some() {
+        notify(notifier, "WATCHDOG=1");
+    }
+    loop {
+        let now = Instant::now();
+        let until = next_ping.map_or(next_sample, |p| p.min(next_sample));
+        match crate::sys::signal::wait_timeout(signals, until.saturating_duration_since(now)) {
+            Some(libc::SIGHUP) => {
+                notify(
+                    notifier,
+                    &format!(
+                        "RELOADING=1\nMONOTONIC_USEC={}",
+                        crate::sd_notify::monotonic_usec()
+                    ),
+                );
+                crate::reload::reload(agent);
+                notify(notifier, "READY=1");
+            }
+            Some(sig) => return sig,
+            None => {}
+        }
+        let now = Instant::now();
+        if now >= next_sample {
+            agent.client.stats.sample();
+            next_sample = now + SAMPLE_INTERVAL;
+        }
+        if let (Some(p), Some(w)) = (next_ping, watchdog) {
+            if now >= p {
+                notify(notifier, "WATCHDOG=1");
+                next_ping = Some(now + w);
+            }
+        }
+    }
 }

@@ -75,6 +75,10 @@ pub struct Config {
     /// Open HTTP connections allowed from one client IP (`limits.http_max_conns_per_client`,
     /// default 100); 0 turns the cap off.
     pub http_max_conns_per_client: usize,
+    /// The agent's config came only from JSON files (advice names keys in JSON form).
+    pub config_is_json: bool,
+    /// The flags this config was made from: a reload (SIGHUP) reads the same files again.
+    pub source: AgentFlags,
     /// Nomad's `tls { ... }` block, checked (certificate files are read by `tls::AgentTls`).
     pub tls: crate::tls::TlsSettings,
     /// `client.drain_on_shutdown`: when the agent leaves, stop its allocations first.
@@ -356,8 +360,20 @@ impl Config {
                 .limits
                 .http_max_conns_per_client
                 .unwrap_or(crate::http::limits::MAX_CONNS_PER_CLIENT),
+            config_is_json: loaded.json_only,
+            source: flags.clone(),
             tls,
         })
+    }
+
+    /// How to enable the raw_exec driver, in the format the operator's config files use.
+    pub fn raw_exec_advice(&self) -> String {
+        let key = if self.config_is_json {
+            r#"{"plugin": {"raw_exec": {"config": {"enabled": true}}}}"#
+        } else {
+            r#"plugin "raw_exec" { config { enabled = true } }"#
+        };
+        format!("the raw_exec driver is disabled in the agent config: enable it with {key} and restart the agent (or run with -dev)")
     }
 
     /// The address this agent's own server advertises for RPC (`ip:4647`).

@@ -19,6 +19,8 @@ mod jobspec;
 pub mod logtap;
 mod meta_batcher;
 pub mod parse_bounds;
+pub mod reload;
+pub mod sd_notify;
 mod server;
 mod signals;
 mod state;

@@ -4,7 +4,7 @@
 //! full channel cannot take is dropped and counted. While a subscriber wants a more verbose
 //! level than the agent's, the facade's max level is raised; env_logger still filters stderr.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
@@ -36,7 +36,9 @@ struct Subscriber {
 
 struct Tap {
     inner: env_logger::Logger,
-    inner_level: LevelFilter,
+    /// The agent's own level (a `LevelFilter` as `usize`): stderr gets what is at or above it.
+    /// Changed by a reload (`set_level`); `inner` is built to pass everything.
+    inner_level: AtomicUsize,
     subs: RwLock<Vec<Subscriber>>,
     next_id: AtomicU64,
     dropped: AtomicU64,
@@ -44,7 +46,16 @@ struct Tap {
 
 static TAP: OnceLock<&'static Tap> = OnceLock::new();
 
+/// A `LevelFilter` back from its `usize` (as `LevelFilter as usize` made it).
+fn level_from(n: usize) -> LevelFilter {
+    LevelFilter::iter().nth(n).unwrap_or(LevelFilter::Trace)
+}
+
 impl Tap {
+    fn level(&self) -> LevelFilter {
+        level_from(self.inner_level.load(Ordering::Relaxed))
+    }
+
     /// Set the facade's max level from `subs` (the agent's, or a subscriber's if that is more
     /// verbose). Called with the subscriber list write-locked, so two changes cannot leave
     /// the level of the older list behind.
@@ -52,18 +63,19 @@ impl Tap {
         let most = subs
             .iter()
             .map(|s| s.level)
-            .fold(self.inner_level, std::cmp::max);
+            .fold(self.level(), std::cmp::max);
         log::set_max_level(most);
     }
 }
 
 impl Log for Tap {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        self.inner.enabled(metadata) || self.subs.read().iter().any(|s| metadata.level() <= s.level)
+        (metadata.level() <= self.level() && self.inner.enabled(metadata))
+            || self.subs.read().iter().any(|s| metadata.level() <= s.level)
     }
 
     fn log(&self, record: &Record) {
-        if self.inner.matches(record) {
+        if record.level() <= self.level() && self.inner.matches(record) {
             self.inner.log(record);
         }
         let subs = self.subs.read();
@@ -104,11 +116,12 @@ impl Log for Tap {
     }
 }
 
-/// Install the tap as the process's logger, around `inner` (built at `level`).
+/// Install the tap as the process's logger, around `inner` (which should pass every level:
+/// the tap filters stderr at `level`, which `set_level` changes later).
 pub fn install(inner: env_logger::Logger, level: LevelFilter) {
     let tap: &'static Tap = Box::leak(Box::new(Tap {
         inner,
-        inner_level: level,
+        inner_level: AtomicUsize::new(level as usize),
         subs: RwLock::new(Vec::new()),
         next_id: AtomicU64::new(1),
         dropped: AtomicU64::new(0),
@@ -133,6 +146,22 @@ impl Drop for Subscription {
             tap.set_max_level(&subs);
         }
     }
+}
+
+/// The agent's log level now; `None` when no tap is installed.
+pub fn level() -> Option<LevelFilter> {
+    TAP.get().map(|t| t.level())
+}
+
+/// Change the agent's log level (a reload); `false` when no tap is installed.
+pub fn set_level(level: LevelFilter) -> bool {
+    let Some(tap) = TAP.get() else {
+        return false;
+    };
+    let subs = tap.subs.write();
+    tap.inner_level.store(level as usize, Ordering::Relaxed);
+    tap.set_max_level(&subs);
+    true
 }
 
 /// Subscribe to log lines at `level` or more severe; `None` when no tap is installed.
@@ -164,7 +193,7 @@ mod tests {
             inner: env_logger::Builder::new()
                 .filter_level(LevelFilter::Off)
                 .build(),
-            inner_level: LevelFilter::Off,
+            inner_level: AtomicUsize::new(LevelFilter::Off as usize),
             subs: RwLock::new(Vec::new()),
             next_id: AtomicU64::new(1),
             dropped: AtomicU64::new(0),
@@ -222,6 +251,13 @@ mod tests {
         assert_eq!(err, ["err"]);
         assert!(t.enabled(&Metadata::builder().level(Level::Debug).build()));
         assert!(!t.enabled(&Metadata::builder().level(Level::Trace).build()));
+    }
+
+    #[test]
+    fn level_round_trips_through_its_number() {
+        for l in LevelFilter::iter() {
+            assert_eq!(level_from(l as usize), l);
+        }
     }
 
     #[test]

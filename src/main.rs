@@ -68,8 +68,10 @@ fn init_logging(level: &str) {
         "OFF" => log::LevelFilter::Off,
         _ => log::LevelFilter::Info,
     };
+    // The tap filters at the agent's level (a SIGHUP reload can change it); stderr's logger
+    // passes everything the tap lets through.
     let inner = env_logger::Builder::new()
-        .filter_level(filter)
+        .filter_level(log::LevelFilter::Trace)
         .format_timestamp_millis()
         .build();
     nomadlet::logtap::install(inner, filter);

@@ -495,11 +495,8 @@ fn sighup(agent: &TestAgent) {
     common::kill(agent.pid() as i32, 1);
 }
 
-/// Needs the agent's SIGHUP reload (h-edge's `reload::RELOAD_STEPS`) with the line
-/// `("tls certificates", crate::tls::reload_step),` in it: un-ignore once both are in. It
-/// passed on a trial merge of h-tls and h-edge (and fails without the line).
+/// SIGHUP runs `reload::RELOAD_STEPS`, whose `tls certificates` step reads the files again.
 #[test]
-#[ignore = "needs SIGHUP reload (h-edge) and the tls::reload_step line in RELOAD_STEPS"]
 fn sighup_rotates_the_certificates_for_new_connections() {
     let old_ca = Pki::new("rotate-old");
     let new_ca = Pki::new("rotate-new");

@@ -419,25 +419,126 @@ fn a_command_that_does_not_exist_is_a_driver_failure() {
     assert_eq!(a["TaskStates"]["t"]["Failed"], true);
 }
 
+/// Register `job` on an agent whose raw_exec is off; the placement must fail: no alloc, the
+/// eval `complete` with `FailedTGAllocs` ("missing drivers") and a `blocked` eval, and the
+/// advice naming the config key in `want` (the operator's config format). Returns the eval.
+fn placement_fails(agent: &TestAgent, job: &str, want: &str) -> Value {
+    let r = register(agent, &sh_job(job, "service", "sleep 30"));
+    let eval = agent.get_json(&format!("/v1/evaluation/{}", r["EvalID"].as_str().unwrap()));
+    assert_eq!(eval["Status"], "complete", "{eval}");
+    let failed = &eval["FailedTGAllocs"]["g"];
+    assert_eq!(failed["ConstraintFiltered"]["missing drivers"], 1, "{eval}");
+    assert_eq!(failed["NodesEvaluated"], 1);
+    assert_eq!(eval["QueuedAllocations"]["g"], 1);
+    let desc = eval["StatusDescription"].as_str().unwrap_or_default();
+    assert!(
+        desc.contains("\"raw_exec\"") && desc.contains(want),
+        "{desc}"
+    );
+    let blocked = agent.get_json(&format!(
+        "/v1/evaluation/{}",
+        eval["BlockedEval"].as_str().expect("BlockedEval")
+    ));
+    assert_eq!(blocked["Status"], "blocked", "{blocked}");
+    assert_eq!(blocked["PreviousEval"], eval["ID"]);
+    assert!(allocs(agent, job).is_empty(), "nothing placed");
+    assert!(agent.log().contains("placement failed"), "{}", agent.log());
+    eval
+}
+
 #[test]
-fn raw_exec_disabled_in_config_fails_the_task_with_a_driver_failure() {
-    let cfg = temp_dir("cfg").join("agent.json");
+fn raw_exec_disabled_fails_the_placement_naming_the_key_in_the_config_format() {
+    let dir = temp_dir("cfg");
+    let json_cfg = dir.join("agent.json");
     std::fs::write(
-        &cfg,
+        &json_cfg,
         r#"{"plugin": {"raw_exec": {"config": {"enabled": false}}}}"#,
     )
     .unwrap();
-    let agent = TestAgent::start(&["-config", cfg.to_str().unwrap()]);
-    register(&agent, &sh_job("off", "batch", "echo never"));
+    let agent = TestAgent::start(&["-config", json_cfg.to_str().unwrap()]);
+    placement_fails(
+        &agent,
+        "off",
+        r#"{"plugin": {"raw_exec": {"config": {"enabled": true}}}}"#,
+    );
+    drop(agent);
+
+    let hcl_cfg = dir.join("agent.hcl");
+    std::fs::write(
+        &hcl_cfg,
+        "plugin \"raw_exec\" {\n  config { enabled = false }\n}\n",
+    )
+    .unwrap();
+    let data = temp_dir("off-data");
+    let mut agent = TestAgent::start_in(&data, &["-config", hcl_cfg.to_str().unwrap()]);
+    let first = placement_fails(
+        &agent,
+        "off",
+        r#"plugin "raw_exec" { config { enabled = true } }"#,
+    );
+    // Registering it again blocks again; the older blocked eval is cancelled.
+    let again = register(&agent, &sh_job("off", "service", "sleep 30"));
+    assert_ne!(again["EvalID"], first["ID"]);
+    let old = agent.get_json(&format!(
+        "/v1/evaluation/{}",
+        first["BlockedEval"].as_str().unwrap()
+    ));
+    assert_eq!(old["Status"], "cancelled", "{old}");
+    assert!(allocs(&agent, "off").is_empty());
+
+    // raw_exec enabled and the agent restarted: the blocked placement is made.
+    agent.stop();
+    std::fs::write(
+        &hcl_cfg,
+        "plugin \"raw_exec\" {\n  config { enabled = true }\n}\n",
+    )
+    .unwrap();
+    agent.restart_after_stop();
     let id = first_alloc(&agent, "off");
-    let a = wait_status(&agent, &id, "failed");
-    let f = events_of(&a, "t", "Driver Failure");
-    assert_eq!(f.len(), 1);
-    assert!(f[0]["DriverError"]
-        .as_str()
+    wait_task_running(&agent, &id, "t");
+    let blocked: Vec<Value> = agent
+        .get_json("/v1/evaluations")
+        .as_array()
         .unwrap()
-        .contains("raw_exec driver is disabled"));
-    assert!(events_of(&a, "t", "Started").is_empty());
+        .iter()
+        .filter(|e| e["Status"] == "blocked")
+        .cloned()
+        .collect();
+    assert!(blocked.is_empty(), "{blocked:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn job_run_with_raw_exec_disabled_prints_the_failed_placement_and_the_hcl_key() {
+    let dir = temp_dir("cli-off");
+    let cfg = dir.join("agent.hcl");
+    std::fs::write(
+        &cfg,
+        "plugin \"raw_exec\" {\n  config { enabled = false }\n}\n",
+    )
+    .unwrap();
+    let agent = TestAgent::start(&["-config", cfg.to_str().unwrap()]);
+    let job = dir.join("hello.nomad.hcl");
+    std::fs::write(
+        &job,
+        "job \"hello\" {\n  group \"g\" {\n    task \"t\" {\n      driver = \"raw_exec\"\n      config {\n        command = \"/bin/true\"\n      }\n    }\n  }\n}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["job", "run"])
+        .arg(&job)
+        .env("NOMAD_ADDR", format!("http://{}", agent.addr()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains("failed to place all allocations")
+            && stdout.contains("Constraint \"missing drivers\": 1 nodes excluded by filter")
+            && stdout.contains(r#"plugin "raw_exec" { config { enabled = true } }"#),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -250,6 +250,7 @@ mod tests {
         let node = NodeInfo {
             id: "n1".into(),
             name: "node".into(),
+            unplaceable: None,
         };
         let at = AllocStamp {
             index: 7,

@@ -9,7 +9,7 @@ use crate::http::Method;
 use crate::state::jobs::eval::EvalRecord;
 use crate::state::jobs::spec::Job;
 use crate::state::jobs::validate::validate_job;
-use crate::state::jobs::NodeInfo;
+use crate::state::jobs::{NodeInfo, Unplaceable};
 use crate::state::status::AllocClientStatus;
 
 use super::allocs::alloc_stub;
@@ -104,11 +104,48 @@ fn store_err(e: crate::state::store::StoreError) -> ApiError {
     ApiError::internal(format!("failed to persist state: {e}"))
 }
 
-/// This node, where every alloc is placed.
+/// This node, where every alloc is placed (none when its raw_exec driver is disabled).
 pub fn node_info(agent: &Agent) -> NodeInfo {
     NodeInfo {
         id: agent.node.id().to_string(),
         name: agent.config.node_name.clone(),
+        unplaceable: (!agent.config.raw_exec_enabled).then(|| {
+            Box::new(Unplaceable {
+                driver: "raw_exec".into(),
+                reason: agent.config.raw_exec_advice(),
+                datacenter: agent.config.datacenter.clone(),
+            })
+        }),
+    }
+}
+
+/// At start-up: jobs whose placement failed (a blocked eval) are evaluated again when this
+/// node can now run them (raw_exec was enabled), as Nomad unblocks an eval when a node with
+/// the driver appears. Runs before the client starts, which then runs the new allocs.
+pub fn place_blocked(agent: &Agent) {
+    let node = node_info(agent);
+    if node.unplaceable.is_some() {
+        return;
+    }
+    let mut jobs: Vec<(String, String)> = agent
+        .workloads
+        .evals()
+        .into_iter()
+        .filter(|e| e.status == crate::state::status::EvalStatus::Blocked)
+        .map(|e| (e.namespace, e.job_id))
+        .collect();
+    jobs.dedup();
+    for (ns, id) in jobs {
+        let Some(job) = agent.workloads.job(&ns, &id) else {
+            continue;
+        };
+        match agent.workloads.register(&node, job) {
+            Ok(res) => log::info!(
+                "job {id:?} (namespace {ns:?}): blocked placement evaluated again, eval {}",
+                res.eval_id
+            ),
+            Err(e) => log::error!("job {id:?}: cannot evaluate its blocked placement: {e}"),
+        }
     }
 }
 
@@ -192,11 +229,25 @@ fn register(ctx: &Ctx, path_id: Option<&str>) -> ApiResult {
             return Err(ApiError::internal(p));
         }
     }
+    let (ns, id) = (job.namespace.clone(), job.id.clone());
+    let node = node_info(ctx.agent);
     let res = ctx
         .agent
         .workloads
-        .register(&node_info(ctx.agent), job)
+        .register(&node, job)
         .map_err(store_err)?;
+    let blocked = ctx
+        .agent
+        .workloads
+        .eval(&res.eval_id)
+        .is_some_and(|e| !e.blocked_eval.is_empty());
+    if let (true, Some(why)) = (blocked, &node.unplaceable) {
+        log::warn!(
+            "job {id:?} (namespace {ns:?}): placement failed, eval {}: {}",
+            res.eval_id,
+            why.reason
+        );
+    }
     json_meta(
         &json!({
             "EvalID": res.eval_id,
@@ -461,6 +512,10 @@ pub fn eval_json(e: &EvalRecord) -> Value {
         ("JobID", json!(e.job_id)),
         ("JobModifyIndex", json!(e.job_modify_index)),
         ("Status", json!(e.status)),
+        ("StatusDescription", json!(e.status_description)),
+        ("PreviousEval", json!(e.previous_eval)),
+        ("BlockedEval", json!(e.blocked_eval)),
+        ("FailedTGAllocs", json!(e.failed_tg_allocs)),
         ("QueuedAllocations", json!(e.queued_allocations)),
         ("SnapshotIndex", json!(e.snapshot_index)),
         ("CreateIndex", json!(e.create_index)),

@@ -325,6 +325,11 @@ fn finish(eval: &Value, eval_id: &str, verbose: bool) -> i32 {
         println!("    Task Group {group:?} (failed to place {count} {noun}):");
         print!("{}", alloc_metrics(metric));
     }
+    // nomadlet's own: why the node cannot take the job, naming the config key to set.
+    let why = s(eval, "StatusDescription");
+    if !why.is_empty() {
+        println!("    {why}");
+    }
     let blocked = s(eval, "BlockedEval");
     if !blocked.is_empty() {
         println!(

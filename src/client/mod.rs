@@ -818,6 +818,7 @@ mod tests {
         let node = NodeInfo {
             id: "n1".into(),
             name: "n".into(),
+            unplaceable: None,
         };
         let mut a = AllocRecord::new_at(
             &job,

@@ -23,9 +23,16 @@ pub const DENIED_ENV: &[&str] = &[
     "GOOGLE_OAUTH_ACCESS_TOKEN",
 ];
 
+/// systemd's notify and watchdog variables: they name the agent's own notify socket, which a
+/// task must not inherit (only the agent speaks for the service).
+pub const AGENT_ONLY_ENV: &[&str] = &["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+
 /// Whether a host variable is on the deny-list.
 pub fn denied(key: &str) -> bool {
-    DENIED_ENV.contains(&key) || key.ends_with("_LICENSE") || key.ends_with("_LICENSE_PATH")
+    DENIED_ENV.contains(&key)
+        || AGENT_ONLY_ENV.contains(&key)
+        || key.ends_with("_LICENSE")
+        || key.ends_with("_LICENSE_PATH")
 }
 
 /// Facts about this node that interpolation may use.

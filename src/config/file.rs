@@ -183,6 +183,8 @@ pub struct RawExecConfig {
 pub struct Loaded {
     pub config: FileConfig,
     pub warnings: Vec<String>,
+    /// Every file read was JSON (so advice about config keys is given in JSON form).
+    pub json_only: bool,
 }
 
 /// Read every `-config` path (files, or directories of `*.hcl` / `*.json`), in order.
@@ -200,7 +202,15 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded, ConfigError> {
     }
     let config = serde_path_to_error::deserialize::<_, FileConfig>(&merged)
         .map_err(|e| ConfigError(format!("config: {}: {}", e.path(), e.inner())))?;
-    Ok(Loaded { config, warnings })
+    let json_only = !files.is_empty()
+        && files
+            .iter()
+            .all(|f| f.extension().is_some_and(|e| e == "json"));
+    Ok(Loaded {
+        config,
+        warnings,
+        json_only,
+    })
 }
 
 /// A file, or the `*.hcl` and `*.json` files of a directory in lexical order.

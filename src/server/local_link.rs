@@ -161,6 +161,7 @@ mod tests {
         let info = NodeInfo {
             id: node.id().to_string(),
             name: "n".into(),
+            unplaceable: None,
         };
         Fixture {
             link: LocalLink::new(workloads.clone(), node, index.clone()),

@@ -16,7 +16,7 @@ use super::jobs::NodeInfo;
 use super::node_table::{Node, NodeEvent, MAX_NODE_EVENTS};
 use crate::acl::tokens::{AclPolicy, AclToken, OneTimeToken};
 use crate::acl::AclTables;
-use crate::state::status::{AllocDesiredStatus, JobStatus};
+use crate::state::status::{AllocDesiredStatus, EvalStatus, JobStatus};
 
 /// A job's key: `(namespace, id)`.
 pub type JobKey = (String, String);
@@ -36,6 +36,9 @@ pub enum Command {
         job: Box<Job>,
         node: NodeInfo,
         eval_id: String,
+        /// The blocked evaluation made when `node` cannot take the placements.
+        #[serde(default)]
+        blocked_eval_id: String,
         alloc_ids: Vec<String>,
         now: i64,
     },
@@ -326,9 +329,18 @@ pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appli
             job,
             node,
             eval_id,
+            blocked_eval_id,
             alloc_ids,
             now,
-        } => Applied::Job(register(state, job, node, eval_id, alloc_ids, *now, index)),
+        } => Applied::Job(register(
+            state,
+            job,
+            node,
+            (eval_id, blocked_eval_id),
+            alloc_ids,
+            *now,
+            index,
+        )),
         Command::JobDeregister {
             namespace,
             job_id,
@@ -603,11 +615,38 @@ fn stop_allocs_of(state: &mut ServerState, key: &JobKey, desc: &str, now: i64, i
     }
 }
 
+/// Cancel the job's blocked evaluations (a new evaluation supersedes them, as in Nomad).
+/// `true` when there was one: its placements are still owed.
+fn cancel_blocked_evals(
+    state: &mut ServerState,
+    key: &JobKey,
+    by: &str,
+    now: i64,
+    index: u64,
+) -> bool {
+    let blocked: Vec<String> = state
+        .evals
+        .values()
+        .filter(|e| e.namespace == key.0 && e.job_id == key.1 && e.status == EvalStatus::Blocked)
+        .map(|e| e.id.clone())
+        .collect();
+    for id in &blocked {
+        if let Some(e) = state.evals.get_mut(id) {
+            let e = Arc::make_mut(e);
+            e.status = EvalStatus::Canceled;
+            e.status_description = format!("evaluation {by:?} supersedes it");
+            e.modify_index = index;
+            e.modify_time = now;
+        }
+    }
+    !blocked.is_empty()
+}
+
 fn register(
     state: &mut ServerState,
     job: &Job,
     node: &NodeInfo,
-    eval_id: &str,
+    (eval_id, blocked_eval_id): (&str, &str),
     alloc_ids: &[String],
     now: i64,
     index: u64,
@@ -633,8 +672,9 @@ fn register(
             .map(|e| (*e).clone())
             .unwrap_or_else(|| job.clone())
     };
-    let eval = EvalRecord::new_at(&job, "job-register", index, eval_id, now);
-    state.evals.insert(eval_id.to_string(), Arc::new(eval));
+    let mut eval = EvalRecord::new_at(&job, "job-register", index, eval_id, now);
+    // An unchanged job whose placement failed before is placed again now.
+    let owed = cancel_blocked_evals(state, &key, eval_id, now, index);
     if changed {
         stop_allocs_of(
             state,
@@ -643,19 +683,31 @@ fn register(
             now,
             index,
         );
-        if !job.stop {
-            let mut ids = alloc_ids.iter();
-            for tg in &job.task_groups {
-                for i in 0..tg.count().max(0) as u32 {
-                    // The proposer chose one ID per placement; none left means none placed.
-                    let Some(id) = ids.next() else { break };
-                    let at = AllocStamp { index, id, now };
-                    let a = AllocRecord::new_at(&job, &tg.name, i, eval_id, node, at);
-                    state.insert_new_alloc(a);
+    }
+    if (changed || owed) && !job.stop {
+        match &node.unplaceable {
+            Some(why) if !blocked_eval_id.is_empty() => {
+                eval.fail_placements(&job, why, blocked_eval_id);
+                let blocked = EvalRecord::blocked_after(&eval, &job, blocked_eval_id);
+                state
+                    .evals
+                    .insert(blocked_eval_id.to_string(), Arc::new(blocked));
+            }
+            _ => {
+                let mut ids = alloc_ids.iter();
+                for tg in &job.task_groups {
+                    for i in 0..tg.count().max(0) as u32 {
+                        // The proposer chose one ID per placement; none left means none placed.
+                        let Some(id) = ids.next() else { break };
+                        let at = AllocStamp { index, id, now };
+                        let a = AllocRecord::new_at(&job, &tg.name, i, eval_id, node, at);
+                        state.insert_new_alloc(a);
+                    }
                 }
             }
         }
     }
+    state.evals.insert(eval_id.to_string(), Arc::new(eval));
     JobWrite {
         eval_id: eval_id.to_string(),
         eval_create_index: index,
@@ -684,6 +736,7 @@ fn deregister(
         job.version += 1;
         state.jobs.insert(key.clone(), Arc::new(job.clone()));
     }
+    cancel_blocked_evals(state, key, eval_id, now, index);
     let eval = EvalRecord::new_at(&job, "job-deregister", index, eval_id, now);
     state.evals.insert(eval_id.to_string(), Arc::new(eval));
     stop_allocs_of(
@@ -764,6 +817,7 @@ mod tests {
         let node = NodeInfo {
             id: "n1".into(),
             name: "node".into(),
+            unplaceable: None,
         };
         let mut ts = TaskState::pending();
         ts.state = crate::state::status::TaskStatus::Running;
@@ -772,6 +826,7 @@ mod tests {
                 job: Box::new(job("a", 2)),
                 node: node.clone(),
                 eval_id: "e1".into(),
+                blocked_eval_id: String::new(),
                 alloc_ids: vec!["a1".into(), "a2".into()],
                 now: 100,
             },
@@ -793,6 +848,7 @@ mod tests {
                 job: Box::new(job("a", 1)),
                 node,
                 eval_id: "e3".into(),
+                blocked_eval_id: String::new(),
                 alloc_ids: vec!["a4".into()],
                 now: 103,
             },
@@ -821,6 +877,58 @@ mod tests {
             .map(|(i, c)| apply(&mut s, c, 10 + i as u64).is_ok())
             .collect();
         (s, oks)
+    }
+
+    #[test]
+    fn an_unplaceable_register_blocks_and_a_later_one_places_and_cancels_the_block() {
+        let register =
+            |eval: &str, blocked: &str, unplaceable: bool, alloc: &str| Command::JobRegister {
+                job: Box::new(job("a", 1)),
+                node: NodeInfo {
+                    id: "n1".into(),
+                    name: "node".into(),
+                    unplaceable: unplaceable.then(|| {
+                        Box::new(crate::state::jobs::Unplaceable {
+                            driver: "raw_exec".into(),
+                            reason: "enable it".into(),
+                            datacenter: "dc1".into(),
+                        })
+                    }),
+                },
+                eval_id: eval.into(),
+                blocked_eval_id: blocked.into(),
+                alloc_ids: vec![alloc.into()],
+                now: 100,
+            };
+        let cmds = [
+            register("e1", "b1", true, "a1"),
+            register("e2", "b2", false, "a2"),
+        ];
+        let (s, oks) = run(&cmds[..1]);
+        assert_eq!(oks, [true]);
+        assert!(s.allocs.is_empty());
+        let e1 = &s.evals["e1"];
+        assert_eq!(e1.blocked_eval, "b1");
+        assert_eq!(e1.queued_allocations["g"], 1);
+        assert_eq!(
+            e1.failed_tg_allocs["g"]["ConstraintFiltered"]["missing drivers"],
+            1
+        );
+        assert!(e1.status_description.contains("enable it"));
+        assert_eq!(s.evals["b1"].status, EvalStatus::Blocked);
+        assert_eq!(s.evals["b1"].previous_eval, "e1");
+
+        // The same (unchanged) job registered on a node that can run it: placed now.
+        let (s, _) = run(&cmds);
+        assert!(s.allocs.contains_key("a2"));
+        assert_eq!(s.evals["b1"].status, EvalStatus::Canceled);
+        assert!(!s.evals.contains_key("b2"));
+        // Deterministic, also through JSON.
+        let again: Vec<Command> = cmds
+            .iter()
+            .map(|c| serde_json::from_slice(&serde_json::to_vec(c).unwrap()).unwrap())
+            .collect();
+        assert_eq!(s.to_bytes().unwrap(), run(&again).0.to_bytes().unwrap());
     }
 
     #[test]
@@ -869,6 +977,7 @@ mod tests {
             node: NodeInfo {
                 id: "n".into(),
                 name: "n".into(),
+                unplaceable: None,
             },
             eval_id: "e9".into(),
             replacement_id: "a9".into(),
@@ -950,6 +1059,7 @@ mod typed_status_tests {
         let node = NodeInfo {
             id: "n1".into(),
             name: "node".into(),
+            unplaceable: None,
         };
         let mut job = Job::from_json(serde_json::json!({"ID": "b", "Type": "batch",
             "TaskGroups": [{"Name": "g", "Tasks": [{"Name": "t", "Driver": "raw_exec",
@@ -960,6 +1070,7 @@ mod typed_status_tests {
             job: Box::new(job),
             node,
             eval_id: "e1".into(),
+            blocked_eval_id: String::new(),
             alloc_ids: vec!["a1".into()],
             now: 1,
         };
@@ -1096,6 +1207,7 @@ mod index_tests {
         let node = NodeInfo {
             id: "n1".into(),
             name: "node".into(),
+            unplaceable: None,
         };
         let mut job = |id: &str, count: i64, n: u64| {
             let mut j = Job::from_json(serde_json::json!({"ID": id, "TaskGroups": [{"Name": "g",
@@ -1107,6 +1219,7 @@ mod index_tests {
                 job: Box::new(j),
                 node: node.clone(),
                 eval_id: format!("e{n}"),
+                blocked_eval_id: String::new(),
                 alloc_ids: (0..count).map(|i| format!("{id}-{n}-{i}")).collect(),
                 now: n as i64,
             };

@@ -549,8 +549,10 @@ mod tests {
             node: NodeInfo {
                 id: "n1".into(),
                 name: "node".into(),
+                unplaceable: None,
             },
             eval_id: format!("e{n}"),
+            blocked_eval_id: String::new(),
             alloc_ids: (0..count).map(|i| format!("{id}-a{n}-{i}")).collect(),
             now: n as i64,
         }

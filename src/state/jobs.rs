@@ -47,6 +47,20 @@ impl std::fmt::Debug for Workloads {
 pub struct NodeInfo {
     pub id: String,
     pub name: String,
+    /// Set when this node cannot run the job's tasks (the raw_exec driver is disabled): the
+    /// register places nothing and records why (Nomad's failed placement and blocked eval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unplaceable: Option<Box<Unplaceable>>,
+}
+
+/// Why a node cannot take a job's placements, as the proposer saw it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Unplaceable {
+    /// The missing driver (`raw_exec`).
+    pub driver: String,
+    /// The operator's advice: which config key enables it, in the config's own format.
+    pub reason: String,
+    pub datacenter: String,
 }
 
 /// The answer to a register or deregister.
@@ -249,6 +263,7 @@ impl Workloads {
             job: Box::new(job),
             node: node.clone(),
             eval_id: new_id(),
+            blocked_eval_id: new_id(),
             now: crate::time::unix_now_nanos(),
         };
         match self.propose(cmd)? {
@@ -510,6 +525,7 @@ mod tests {
         NodeInfo {
             id: "n1".into(),
             name: "node".into(),
+            unplaceable: None,
         }
     }
 

@@ -65,7 +65,8 @@ pub struct NodeState {
     attributes: BTreeMap<String, String>,
     facts: HostFacts,
     raw_exec: bool,
-    static_meta: BTreeMap<String, String>,
+    /// Built-in defaults plus `client.meta`/`-meta`; replaced by a reload, under the write gate.
+    static_meta: RwLock<BTreeMap<String, String>>,
     meta_path: PathBuf,
     /// Serialises metadata writers across their durable write (readers never take it).
     meta_write_gate: Mutex<()>,
@@ -74,6 +75,16 @@ pub struct NodeState {
     meta_json: RwLock<Arc<Vec<u8>>>,
     /// Unix seconds of this start (the drivers' fingerprint time).
     registered_at: u64,
+}
+
+/// The built-in static metadata with the configured keys over it.
+fn static_meta_with(config_meta: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut m: BTreeMap<String, String> = DEFAULT_STATIC_META
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    m.extend(config_meta.clone());
+    m
 }
 
 /// Static metadata merged with dynamic: a value sets, a tombstone removes.
@@ -121,11 +132,7 @@ impl NodeState {
                 id
             }
         };
-        let mut static_meta: BTreeMap<String, String> = DEFAULT_STATIC_META
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        static_meta.extend(config.meta.clone());
+        let static_meta = static_meta_with(&config.meta);
         let meta_path = client_dir.join("meta.json");
         let mut dynamic: DynamicMeta = store::read_json(&meta_path)?.unwrap_or_default();
         // Tombstones only make sense for keys that are still static.
@@ -147,7 +154,7 @@ impl NodeState {
             attributes,
             facts,
             raw_exec: config.raw_exec_enabled,
-            static_meta,
+            static_meta: RwLock::new(static_meta),
             meta_path,
             meta_write_gate: Mutex::new(()),
             dynamic: RwLock::new(dynamic),
@@ -168,10 +175,11 @@ impl NodeState {
     /// The metadata views as the client holds them now.
     pub fn meta_view(&self) -> MetaView {
         let dynamic = self.dynamic.read().clone();
+        let static_meta = self.static_meta.read().clone();
         MetaView {
-            meta: merge_meta(&self.static_meta, &dynamic),
+            meta: merge_meta(&static_meta, &dynamic),
             dynamic,
-            static_meta: self.static_meta.clone(),
+            static_meta,
         }
     }
 
@@ -185,9 +193,10 @@ impl NodeState {
     pub fn apply_dynamic(&self, changes: &DynamicMeta) -> Result<MetaView, StoreError> {
         let _gate = self.meta_write_gate.lock();
         let mut next = self.dynamic.read().clone();
+        let static_meta = self.static_meta.read().clone();
         for (k, v) in changes {
             match v {
-                None if !self.static_meta.contains_key(k) => {
+                None if !static_meta.contains_key(k) => {
                     next.remove(k);
                 }
                 _ => {
@@ -197,7 +206,7 @@ impl NodeState {
         }
         store::write_json(&self.meta_path, &next)?;
         // Still under the gate: the cached JSON always matches the latest published map.
-        let encoded = Arc::new(view_json(&self.static_meta, &next));
+        let encoded = Arc::new(view_json(&static_meta, &next));
         *self.dynamic.write() = next;
         *self.meta_json.write() = encoded;
         Ok(self.meta_view())
@@ -205,7 +214,7 @@ impl NodeState {
 
     /// The node's metadata as its record shows it (static merged with dynamic).
     pub fn merged_meta(&self) -> BTreeMap<String, String> {
-        merge_meta(&self.static_meta, &self.dynamic.read())
+        merge_meta(&self.static_meta.read(), &self.dynamic.read())
     }
 
     /// What this client registers with the server (the server keeps its own indexes,
@@ -233,6 +242,21 @@ impl NodeState {
             create_index: 0,
             modify_index: 0,
         }
+    }
+
+    /// Replace the static metadata with the built-in defaults plus `config_meta` (a config
+    /// reload). `true` when it changed; the caller then has the batcher publish it. Nothing
+    /// durable changes: static metadata always comes from the config.
+    pub fn reload_static_meta(&self, config_meta: &BTreeMap<String, String>) -> bool {
+        let _gate = self.meta_write_gate.lock();
+        let next = static_meta_with(config_meta);
+        if *self.static_meta.read() == next {
+            return false;
+        }
+        let encoded = Arc::new(view_json(&next, &self.dynamic.read()));
+        *self.static_meta.write() = next;
+        *self.meta_json.write() = encoded;
+        true
     }
 
     fn drivers(&self) -> Value {
