@@ -483,7 +483,7 @@ fn raw_exec_disabled_fails_the_placement_naming_the_key_in_the_config_format() {
         "/v1/evaluation/{}",
         first["BlockedEval"].as_str().unwrap()
     ));
-    assert_eq!(old["Status"], "cancelled", "{old}");
+    assert_eq!(old["Status"], "canceled", "{old}"); // Nomad's EvalStatusCancelled
     assert!(allocs(&agent, "off").is_empty());
 
     // raw_exec enabled and the agent restarted: the blocked placement is made.
