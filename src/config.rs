@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod file;
+mod tls;
+
+pub use tls::{MinVersion, TlsSettings};
 
 /// One flag of `nomadlet agent`: the table feeds getopts, `-h` and the man-page check.
 pub struct FlagSpec {
@@ -80,7 +83,7 @@ pub struct Config {
     /// The flags this config was made from: a reload (SIGHUP) reads the same files again.
     pub source: AgentFlags,
     /// Nomad's `tls { ... }` block, checked (certificate files are read by `tls::AgentTls`).
-    pub tls: crate::tls::TlsSettings,
+    pub tls: TlsSettings,
     /// `client.drain_on_shutdown`: when the agent leaves, stop its allocations first.
     pub drain_on_shutdown: Option<DrainOnShutdown>,
     /// `leave_on_interrupt`: SIGINT makes the agent leave (and drain, when configured).
@@ -179,16 +182,16 @@ fn hostname() -> String {
 }
 
 /// The `tls` block as settings, checked as Nomad checks it at start.
-fn tls_settings(t: &file::Tls) -> Result<crate::tls::TlsSettings, ConfigError> {
+fn tls_settings(t: &file::Tls) -> Result<TlsSettings, ConfigError> {
     let min_version = match &t.tls_min_version {
-        None => crate::tls::MinVersion::default(),
-        Some(v) => crate::tls::MinVersion::parse(v).ok_or_else(|| {
+        None => MinVersion::default(),
+        Some(v) => MinVersion::parse(v).ok_or_else(|| {
             ConfigError(format!(
                 "tls.tls_min_version {v:?}: use tls10, tls11, tls12 or tls13"
             ))
         })?,
     };
-    let settings = crate::tls::TlsSettings {
+    let settings = TlsSettings {
         http: t.http.unwrap_or(false),
         rpc: t.rpc.unwrap_or(false),
         ca_file: t.ca_file.clone(),
@@ -198,7 +201,7 @@ fn tls_settings(t: &file::Tls) -> Result<crate::tls::TlsSettings, ConfigError> {
         verify_https_client: t.verify_https_client.unwrap_or(false),
         min_version,
     };
-    settings.validate().map_err(ConfigError)?;
+    settings.validate()?;
     Ok(settings)
 }
 

@@ -17,7 +17,7 @@ pub type ReloadStep = fn(&Agent, &Config) -> Result<Option<String>, String>;
 pub const RELOAD_STEPS: &[(&str, ReloadStep)] = &[
     ("log level", reload_log_level),
     ("client meta", reload_meta),
-    ("tls certificates", crate::tls::reload_step),
+    ("tls certificates", reload_tls),
 ];
 
 /// Read the config again from the same flags and files and run every reload step on it.
@@ -77,4 +77,17 @@ fn reload_meta(agent: &Agent, config: &Config) -> Result<Option<String>, String>
     // Published to the node record within the batch window, like a metadata write.
     agent.batcher.meta_changed();
     Ok(Some(format!("{} configured key(s)", config.meta.len())))
+}
+
+/// The certificate, key and CA files are read again, under the file names of the config just
+/// read, and used for every new connection. Turning TLS on or off needs a restart.
+fn reload_tls(agent: &Agent, config: &Config) -> Result<Option<String>, String> {
+    match &agent.tls {
+        None if config.tls.enabled() => Err(crate::tls::TlsError::Restart.to_string()),
+        None => Ok(None),
+        Some(tls) => {
+            tls.reload_with(&config.tls).map_err(|e| e.to_string())?;
+            Ok(Some("certificates reloaded".into()))
+        }
+    }
 }

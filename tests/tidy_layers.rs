@@ -106,14 +106,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "tls",
         ],
     ),
-    // TLS for the HTTP server and the CLI. Known upward edges, to be removed: the SIGHUP
-    // `reload_step` takes the whole agent (it belongs in agent's reload table), and config
-    // and tls name each other (settings types one way, `Config` the other).
-    ("tls", &["agent::Agent", "config", "http"]),
-    (
-        "config",
-        &["hcl_doc", "http::limits", "parse_bounds", "tls"],
-    ),
+    // TLS for the HTTP server and the CLI: rustls configurations built from the settings
+    // `config` owns; the SIGHUP step that reaches the agent lives in `reload`.
+    ("tls", &["config", "http"]),
+    ("config", &["hcl_doc", "http::limits", "parse_bounds"]),
     // Our HTTP server: knows nothing of Nomad.
     ("http", &["sys", "time"]),
     ("sys", &[]),

@@ -126,7 +126,7 @@ fn client_config(
         algs: provider.signature_verification_algorithms,
     });
     let builder = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(min_version.versions())?
+        .with_protocol_versions(super::versions(min_version))?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let mut config = match identity {

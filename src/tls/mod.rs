@@ -1,6 +1,7 @@
-//! TLS with rustls (ring provider, no OpenSSL): Nomad's `tls { ... }` settings, the server
-//! configuration the HTTPS listener hands each new connection, the client configuration the
-//! agent's own outbound calls (and the CLI) dial with, and their reload on SIGHUP.
+//! TLS with rustls (ring provider, no OpenSSL): from Nomad's `tls { ... }` settings (owned by
+//! `config`), the server configuration the HTTPS listener hands each new connection, the client
+//! configuration the agent's own outbound calls (and the CLI) dial with, and their reload on
+//! SIGHUP (the reload step itself lives in `reload`).
 //!
 //! `server` builds a `ServerConfig` (the agent's certificate; with `verify_https_client`, a
 //! client certificate signed by `ca_file` is required); `client` builds `ClientConfig`s (the
@@ -21,6 +22,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
+pub use crate::config::{MinVersion, TlsSettings};
+
 pub mod client;
 pub mod server;
 #[cfg(test)]
@@ -32,75 +35,11 @@ pub const MAX_PEM_BYTES: u64 = 1024 * 1024;
 /// `tls_min_version = "tls13"`.
 static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
 
-/// The oldest protocol version accepted, from Nomad's `tls_min_version`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum MinVersion {
-    /// TLS 1.2 or 1.3 (Nomad's default `tls12`; `tls10`/`tls11` also land here: rustls
-    /// speaks nothing older than 1.2).
-    #[default]
-    Tls12,
-    /// TLS 1.3 only.
-    Tls13,
-}
-
-impl MinVersion {
-    /// Nomad's spelling: `tls10`, `tls11`, `tls12`, `tls13`.
-    pub fn parse(s: &str) -> Option<MinVersion> {
-        match s {
-            "tls10" | "tls11" | "tls12" => Some(MinVersion::Tls12),
-            "tls13" => Some(MinVersion::Tls13),
-            _ => None,
-        }
-    }
-
-    fn versions(self) -> &'static [&'static rustls::SupportedProtocolVersion] {
-        match self {
-            MinVersion::Tls12 => rustls::ALL_VERSIONS,
-            MinVersion::Tls13 => TLS13_ONLY,
-        }
-    }
-}
-
-/// The agent's `tls { ... }` block, checked.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsSettings {
-    /// The HTTP API (TCP listener) speaks HTTPS only, and outbound calls to other agents'
-    /// HTTP APIs use HTTPS.
-    pub http: bool,
-    /// Cluster RPC is to use TLS (stored; there is no RPC yet).
-    pub rpc: bool,
-    pub ca_file: Option<PathBuf>,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    pub verify_server_hostname: bool,
-    pub verify_https_client: bool,
-    pub min_version: MinVersion,
-}
-
-impl TlsSettings {
-    /// Whether any TLS is on (the certificate files must then load at start).
-    pub fn enabled(&self) -> bool {
-        self.http || self.rpc
-    }
-
-    /// The checks Nomad makes at start: TLS needs a certificate and key, and client
-    /// verification needs the CA to verify against.
-    pub fn validate(&self) -> Result<(), String> {
-        if !self.enabled() {
-            return Ok(());
-        }
-        if self.cert_file.is_none() || self.key_file.is_none() {
-            return Err(
-                "tls: cert_file and key_file are required when tls.http or tls.rpc is on".into(),
-            );
-        }
-        if (self.verify_https_client || self.verify_server_hostname) && self.ca_file.is_none() {
-            return Err(
-                "tls: ca_file is required with verify_https_client or verify_server_hostname"
-                    .into(),
-            );
-        }
-        Ok(())
+/// The protocol versions rustls may speak for a `tls_min_version`.
+fn versions(min: MinVersion) -> &'static [&'static rustls::SupportedProtocolVersion] {
+    match min {
+        MinVersion::Tls12 => rustls::ALL_VERSIONS,
+        MinVersion::Tls13 => TLS13_ONLY,
     }
 }
 
@@ -131,7 +70,7 @@ pub enum TlsError {
     /// A server name that is neither a DNS name nor an IP address.
     ServerName(String),
     /// The settings do not hold together (see [`TlsSettings::validate`]).
-    Invalid(String),
+    Invalid(crate::config::ConfigError),
     /// A reload asked to turn TLS on or off.
     Restart,
 }
@@ -150,7 +89,7 @@ impl fmt::Display for TlsError {
             TlsError::Verifier(e) => write!(f, "tls: cannot verify with ca_file: {e}"),
             TlsError::Io(e) => write!(f, "{e}"),
             TlsError::ServerName(n) => write!(f, "tls: {n:?} is not a valid server name"),
-            TlsError::Invalid(e) => f.write_str(e),
+            TlsError::Invalid(e) => write!(f, "{e}"),
             TlsError::Restart => {
                 f.write_str("tls: turning tls.http or tls.rpc on or off needs a restart")
             }
@@ -164,6 +103,7 @@ impl std::error::Error for TlsError {
             TlsError::Read { source, .. } => Some(source),
             TlsError::Rustls(e) => Some(e),
             TlsError::Io(e) => Some(e),
+            TlsError::Invalid(e) => Some(e),
             _ => None,
         }
     }
@@ -338,21 +278,4 @@ fn build(settings: &TlsSettings, region: &str) -> Result<Current, TlsError> {
         server,
         client,
     })
-}
-
-/// The SIGHUP reload step for TLS (a line in `reload::RELOAD_STEPS`): the certificate, key
-/// and CA files are read again, under the file names of the config just read, and used for
-/// every new connection. Turning TLS on or off needs a restart.
-pub fn reload_step(
-    agent: &crate::agent::Agent,
-    config: &crate::config::Config,
-) -> Result<Option<String>, String> {
-    match &agent.tls {
-        None if config.tls.enabled() => Err(TlsError::Restart.to_string()),
-        None => Ok(None),
-        Some(tls) => {
-            tls.reload_with(&config.tls).map_err(|e| e.to_string())?;
-            Ok(Some("certificates reloaded".into()))
-        }
-    }
 }

@@ -23,7 +23,7 @@ pub fn server_config(settings: &TlsSettings) -> Result<ServerConfig, TlsError> {
     let certs = load_certs("cert_file", cert_file)?;
     let key = load_key("key_file", key_file)?;
     let builder = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(settings.min_version.versions())?;
+        .with_protocol_versions(super::versions(settings.min_version))?;
     let builder = if settings.verify_https_client {
         let ca_file = settings
             .ca_file
