@@ -166,11 +166,37 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(total))
 }
 
+/// A server address that is not `ip:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadServerAddr {
+    pub addr: String,
+    pub source: std::net::AddrParseError,
+}
+
+impl fmt::Display for BadServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "address {}: missing port in address or not an ip:port",
+            self.addr
+        )
+    }
+}
+
+impl std::error::Error for BadServerAddr {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
 /// Check a server address: `ip:port` (or `[v6]:port`) with a port.
-pub fn validate_server_addr(addr: &str) -> Result<(), String> {
+pub fn validate_server_addr(addr: &str) -> Result<(), BadServerAddr> {
     addr.parse::<std::net::SocketAddr>()
         .map(|_| ())
-        .map_err(|_| format!("address {addr}: missing port in address or not an ip:port"))
+        .map_err(|source| BadServerAddr {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 fn hostname() -> String {

@@ -69,7 +69,8 @@ fn servers(ctx: &Ctx) -> ApiResult {
             }
             ctx.identity.allow_agent(true)?;
             for a in &addrs {
-                crate::config::validate_server_addr(a).map_err(ApiError::bad_request)?;
+                crate::config::validate_server_addr(a)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
             }
             ctx.agent
                 .membership

@@ -57,6 +57,13 @@ impl fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// A job that does not decode or validate: 400 with Nomad's text.
+impl From<crate::state::jobs::error::JobError> for ApiError {
+    fn from(e: crate::state::jobs::error::JobError) -> ApiError {
+        ApiError::bad_request(e.to_string())
+    }
+}
+
 /// The ACL layer's errors as Nomad answers them.
 impl From<crate::acl::Error> for ApiError {
     fn from(e: crate::acl::Error) -> ApiError {

@@ -166,7 +166,7 @@ pub(crate) fn decode_register(body: &[u8]) -> Result<(Map<String, Value>, Job), 
         Some(v) if v.is_object() => v.clone(),
         _ => return Err(ApiError::bad_request("Job must be specified")),
     };
-    let job = Job::from_json(job_value).map_err(ApiError::bad_request)?;
+    let job = Job::from_json(job_value)?;
     if job.id.is_empty() {
         return Err(ApiError::bad_request("Job ID hasn't been provided"));
     }
@@ -207,7 +207,7 @@ fn register(ctx: &Ctx, path_id: Option<&str>) -> ApiResult {
     job.canonicalize(&ctx.agent.config.region);
     ctx.identity.allow_namespace(&job.namespace, "submit-job")?;
     super::namespaces::require_known(&job.namespace)?;
-    validate_job(&job).map_err(ApiError::bad_request)?;
+    validate_job(&job)?;
     if get_ci(obj, "EnforceIndex")
         .and_then(Value::as_bool)
         .unwrap_or(false)

@@ -48,7 +48,7 @@ pub fn parse(ctx: &Ctx) -> ApiResult {
     if get_ci(&obj, "Canonicalize").and_then(Value::as_bool) != Some(true) {
         return json(&job);
     }
-    let mut typed = Job::from_json(job).map_err(ApiError::bad_request)?;
+    let mut typed = Job::from_json(job)?;
     typed.canonicalize(&ctx.agent.config.region);
     json(&typed)
 }
@@ -61,7 +61,7 @@ pub fn validate(ctx: &Ctx) -> ApiResult {
         Some(v) if v.is_object() => v.clone(),
         _ => return Err(ApiError::bad_request("Job must be specified")),
     };
-    let mut job = Job::from_json(job_value).map_err(ApiError::bad_request)?;
+    let mut job = Job::from_json(job_value)?;
     let ns = if job.namespace.is_empty() {
         super::jobs::namespace(ctx)
     } else {
@@ -71,13 +71,16 @@ pub fn validate(ctx: &Ctx) -> ApiResult {
     job.canonicalize(&ctx.agent.config.region);
     let (errors, error) = match validate_job(&job) {
         Ok(()) => (Vec::new(), String::new()),
-        Err(e) => (
-            e.lines()
-                .filter_map(|l| l.strip_prefix("\t* "))
-                .map(|l| Value::String(l.to_string()))
-                .collect::<Vec<_>>(),
-            e,
-        ),
+        Err(e) => {
+            let e = e.to_string();
+            (
+                e.lines()
+                    .filter_map(|l| l.strip_prefix("\t* "))
+                    .map(|l| Value::String(l.to_string()))
+                    .collect::<Vec<_>>(),
+                e,
+            )
+        }
     };
     json(&json!({
         "DriverConfigValidated": errors.is_empty(),

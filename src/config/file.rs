@@ -5,6 +5,7 @@
 //! on yet are accepted only when listed in [`IGNORED_KEYS`] (and README), with a warning.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -281,25 +282,67 @@ fn read_one(path: &Path) -> Result<(Value, Vec<String>), ConfigError> {
     Ok((doc, warnings))
 }
 
-/// The text as a document: `" line:column: message"` on a syntax error.
-fn parse_text(text: &str, json: bool) -> Result<Value, String> {
+/// Why a config file's text is not a document. Prints as `" line:column: message"` (or
+/// `" message"`), to follow the file name.
+#[derive(Debug)]
+pub enum ParseError {
+    /// Nested deeper (or more operators) than a config may be, found before parsing.
+    Bounds {
+        format: &'static str,
+        source: crate::parse_bounds::BoundsError,
+    },
+    /// Not JSON.
+    Json(serde_json::Error),
+    /// JSON, but not an object.
+    NotObject,
+    /// Not HCL.
+    Hcl(crate::hcl_doc::HclError),
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::Bounds { format, source } => write!(f, " invalid {format}: {source}"),
+            ParseError::Json(e) => {
+                let s = e.to_string();
+                let msg = s.split(" at line ").next().unwrap_or(&s);
+                write!(f, "{}:{}: invalid JSON: {msg}", e.line(), e.column())
+            }
+            ParseError::NotObject => f.write_str(" the config must be a JSON object"),
+            ParseError::Hcl(e) => write!(f, "{}:{}: invalid HCL: {}", e.line, e.column, e.message),
+        }
+    }
+}
+
+impl std::error::Error for ParseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ParseError::Bounds { source, .. } => Some(source),
+            ParseError::Json(e) => Some(e),
+            ParseError::NotObject | ParseError::Hcl(_) => None,
+        }
+    }
+}
+
+/// The text as a document.
+fn parse_text(text: &str, json: bool) -> Result<Value, ParseError> {
     // Config files are the operator's, but a parser still never recurses unbounded.
     if json {
-        check_json_depth(text.as_bytes(), JSON_MAX_DEPTH)
-            .map_err(|e| format!(" invalid JSON: {e}"))?;
-        let v: Value = serde_json::from_str(text).map_err(|e| {
-            let s = e.to_string();
-            let msg = s.split(" at line ").next().unwrap_or(&s).to_string();
-            format!("{}:{}: invalid JSON: {msg}", e.line(), e.column())
+        check_json_depth(text.as_bytes(), JSON_MAX_DEPTH).map_err(|source| ParseError::Bounds {
+            format: "JSON",
+            source,
         })?;
+        let v: Value = serde_json::from_str(text).map_err(ParseError::Json)?;
         if !v.is_object() {
-            return Err(" the config must be a JSON object".into());
+            return Err(ParseError::NotObject);
         }
         Ok(v)
     } else {
-        check_hcl(text, CONFIG_HCL_LIMITS).map_err(|e| format!(" invalid HCL: {e}"))?;
-        crate::hcl_doc::parse(text)
-            .map_err(|e| format!("{}:{}: invalid HCL: {}", e.line, e.column, e.message))
+        check_hcl(text, CONFIG_HCL_LIMITS).map_err(|source| ParseError::Bounds {
+            format: "HCL",
+            source,
+        })?;
+        crate::hcl_doc::parse(text).map_err(ParseError::Hcl)
     }
 }
 
@@ -397,7 +440,7 @@ mod tests {
     use super::*;
 
     fn doc(text: &str, json: bool) -> Result<FileConfig, String> {
-        let mut v = normalize(parse_text(text, json)?);
+        let mut v = normalize(parse_text(text, json).map_err(|e| e.to_string())?);
         strip_ignored(&mut v);
         serde_path_to_error::deserialize::<_, FileConfig>(&v).map_err(|e| e.to_string())
     }

@@ -45,11 +45,18 @@ pub fn log_path(data_dir: &Path) -> PathBuf {
     data_dir.join("server").join("state.redb")
 }
 
+/// Why the store failed: redb's, the file system's or the snapshot codec's own error.
+pub type StoreCause = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
 /// A command that was not made durable, or the state that could not be loaded.
 #[derive(Debug)]
 pub enum LogError {
     /// The store failed (open, transaction, fsync): nothing of the batch was published.
-    Store { op: &'static str, detail: String },
+    /// `source` is shared (not boxed) because one failed batch answers every proposal in it.
+    Store {
+        op: &'static str,
+        source: StoreCause,
+    },
     /// The command changes nothing (applied, deterministically, to an error).
     Apply(ApplyError),
     /// The committer is stopped (shutdown) or did not answer in time.
@@ -59,25 +66,38 @@ pub enum LogError {
 impl fmt::Display for LogError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LogError::Store { op, detail } => write!(f, "{op}: {detail}"),
+            LogError::Store { op, source } => write!(f, "{op}: {source}"),
             LogError::Apply(e) => write!(f, "{e}"),
             LogError::Closed(why) => write!(f, "{why}"),
         }
     }
 }
 
-impl std::error::Error for LogError {}
+impl std::error::Error for LogError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LogError::Store { source, .. } => Some(&**source),
+            LogError::Apply(_) | LogError::Closed(_) => None,
+        }
+    }
+}
 
-fn store_err(op: &'static str) -> impl Fn(&dyn fmt::Display) -> LogError {
-    move |e| LogError::Store {
-        op,
-        detail: e.to_string(),
+impl LogError {
+    /// The store failed at `op`, for the reason `cause` (kept as the error's source).
+    pub fn store(
+        op: &'static str,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> LogError {
+        LogError::Store {
+            op,
+            source: Arc::from(cause.into()),
+        }
     }
 }
 
 macro_rules! st {
     ($op:expr, $e:expr) => {
-        $e.map_err(|e| store_err($op)(&e))
+        $e.map_err(|e| LogError::store($op, e))
     };
 }
 
@@ -434,7 +454,7 @@ impl Committer {
                         results.push(Ok((applied, index)));
                     }
                     // Cannot happen for our types; refuse rather than apply unlogged.
-                    Err(e) => return answer_all(batch, store_err("encode")(&e)),
+                    Err(e) => return answer_all(batch, LogError::store("encode", e)),
                 },
                 Err(e) => results.push(Err(LogError::Apply(e))),
             }
@@ -478,7 +498,7 @@ impl Committer {
     fn write(&mut self, entries: &[(u64, Vec<u8>)]) -> Result<(), LogError> {
         #[cfg(test)]
         if self.stats.fail_writes.load(Ordering::SeqCst) {
-            return Err(store_err("commit")(&"injected failure"));
+            return Err(LogError::store("commit", "injected failure"));
         }
         let db = self.db()?;
         let txn = st!("begin", db.begin_write())?;
@@ -516,14 +536,14 @@ impl Committer {
 }
 
 fn answer_all(batch: Vec<Proposal>, e: LogError) {
-    let (op, detail) = match &e {
-        LogError::Store { op, detail } => (*op, detail.clone()),
-        other => ("write", other.to_string()),
+    let (op, source): (_, StoreCause) = match e {
+        LogError::Store { op, source } => (op, source),
+        other => ("write", Arc::new(other)),
     };
     for p in batch {
         let _ = p.reply.send(Err(LogError::Store {
             op,
-            detail: detail.clone(),
+            source: source.clone(),
         }));
     }
 }

@@ -4,6 +4,7 @@
 //! the job spec changes).
 
 pub mod alloc;
+pub mod error;
 pub mod eval;
 pub mod spec;
 pub mod timefmt;
@@ -181,12 +182,7 @@ impl Workloads {
         let server = data_dir.join("server");
         let path = cmdlog::log_path(data_dir);
         let to_store = |e: LogError| StoreError::other(&path, "load", e);
-        let import = || {
-            load_old_store(&server).map_err(|e| LogError::Store {
-                op: "import",
-                detail: e.to_string(),
-            })
-        };
+        let import = || load_old_store(&server).map_err(|e| LogError::store("import", e));
         let opened = CommandLog::open(&path, counter, import).map_err(to_store)?;
         if opened.imported {
             log::info!("imported the server state files into {}", path.display());

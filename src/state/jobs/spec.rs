@@ -248,9 +248,9 @@ pub fn strip_nulls(v: &mut Value) {
 
 impl Job {
     /// Decode a job from the `Job` member of a register request.
-    pub fn from_json(mut v: Value) -> Result<Job, String> {
+    pub fn from_json(mut v: Value) -> Result<Job, super::error::JobError> {
         strip_nulls(&mut v);
-        serde_json::from_value(v).map_err(|e| format!("Failed to decode job: {e}"))
+        serde_json::from_value(v).map_err(super::error::JobError::Decode)
     }
 
     /// The type as submitted (`service` when none was given).

@@ -1,6 +1,7 @@
 //! Job validation with Nomad's messages, nested as Go's multierror prints them
 //! (`1 error occurred:\n\t* ...`), plus the raw_exec driver's config checks.
 
+use super::error::JobError;
 use super::spec::{Job, Restart, Task, TaskGroup};
 use crate::state::status::JobType;
 
@@ -27,8 +28,8 @@ pub fn multierror(errors: &[String]) -> String {
     }
 }
 
-/// Validate a canonicalized job; the error is the full multierror text.
-pub fn validate_job(job: &Job) -> Result<(), String> {
+/// Validate a canonicalized job; the error prints as the full multierror text.
+pub fn validate_job(job: &Job) -> Result<(), JobError> {
     let mut errs = Vec::new();
     if job.region.is_empty() {
         errs.push("Missing job region".to_string());
@@ -109,7 +110,7 @@ pub fn validate_job(job: &Job) -> Result<(), String> {
     if errs.is_empty() {
         Ok(())
     } else {
-        Err(multierror(&errs))
+        Err(JobError::Invalid(errs))
     }
 }
 
@@ -291,7 +292,7 @@ mod tests {
     #[test]
     fn no_tasks_gives_nomads_nested_message() {
         let j = job(serde_json::json!({"ID": "x", "TaskGroups": [{"Name": "g", "Tasks": []}]}));
-        let e = validate_job(&j).unwrap_err();
+        let e = validate_job(&j).unwrap_err().to_string();
         assert_eq!(
             e,
             "1 error occurred:\n\t* Task group g validation failed: 1 error occurred:\n\t* Missing tasks for task group\n\n\n\n"
@@ -307,7 +308,7 @@ mod tests {
                 {"Name": "c", "Driver": "raw_exec", "Config": {"command": "/bin/true", "work_dir": "rel"}}
             ]}]}),
         );
-        let e = validate_job(&j).unwrap_err();
+        let e = validate_job(&j).unwrap_err().to_string();
         assert!(e.contains("Task group count can't be negative"), "{e}");
         assert!(
             e.contains(
@@ -328,7 +329,7 @@ mod tests {
             serde_json::json!({"ID": "x", "TaskGroups": [{"Name": "g", "Count": 9_000_000_000_000i64, "Tasks": [
             {"Name": "t", "Driver": "raw_exec", "Config": {"command": "/bin/true"}}]}]}),
         );
-        let e = validate_job(&j).unwrap_err();
+        let e = validate_job(&j).unwrap_err().to_string();
         assert!(e.contains("this agent places at most 1000 per job"), "{e}");
     }
 
@@ -338,6 +339,6 @@ mod tests {
             serde_json::json!({"ID": "x", "TaskGroups": [{"Name": "g", "Tasks": [
             {"Name": "t", "Driver": "raw_exec", "Config": {"command": "/bin/true"}}]}]}),
         );
-        assert_eq!(validate_job(&j), Ok(()));
+        validate_job(&j).unwrap();
     }
 }
