@@ -104,7 +104,7 @@ fn environment() -> BTreeMap<String, String> {
 fn os_line() -> String {
     match crate::sys::host::uname() {
         Ok(f) => f.join(" "),
-        Err(e) => e,
+        Err(e) => e.to_string(),
     }
 }
 
@@ -124,7 +124,7 @@ fn network() -> Vec<Value> {
                 })
             })
             .collect(),
-        Err(e) => vec![json!({"error": e})],
+        Err(e) => vec![json!({"error": e.to_string()})],
     }
 }
 

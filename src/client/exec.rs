@@ -94,8 +94,8 @@ pub fn spawn(target: &ExecTarget, cmd: &[String], tty: bool) -> Result<ExecProce
     let Some((prog, args)) = cmd.split_first() else {
         return Err(ExecError::Start("command is not present".into()));
     };
-    let program =
-        raw_exec::resolve_command(prog, &target.work_dir, &target.env).map_err(ExecError::Start)?;
+    let program = raw_exec::resolve_command(prog, &target.work_dir, &target.env)
+        .map_err(|e| ExecError::Start(e.to_string()))?;
     let cgroup_procs = target
         .cgroup_procs
         .iter()

@@ -17,15 +17,100 @@ pub struct TaskUser {
     pub gid: u32,
 }
 
+/// Why the driver could not start a task (or an exec). Prints Nomad's executor texts.
+#[derive(Debug)]
+pub enum DriverError {
+    /// A user name with a NUL byte.
+    InvalidUser(String),
+    /// No such user.
+    UnknownUser(String),
+    /// The task wants another user and the agent is not root.
+    CannotSwitchUser { user: String, euid: u32 },
+    /// The command names a directory.
+    IsDirectory(PathBuf),
+    /// The command (absolute or task-dir relative) cannot be looked at.
+    Stat {
+        command: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A bare command not found in the task's `PATH`.
+    NotInPath(String),
+    /// The task's `cgroup.procs` could not be opened.
+    OpenCgroup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The process could not be started.
+    Exec {
+        command: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl std::fmt::Display for DriverError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DriverError::InvalidUser(name) => {
+                write!(f, "Failed to identify user {name:?}: invalid name")
+            }
+            DriverError::UnknownUser(name) => {
+                write!(f, "Failed to identify user {name:?}: user: unknown user {name}")
+            }
+            DriverError::CannotSwitchUser { user, euid } => write!(
+                f,
+                "cannot run task as user {user:?}: the agent runs as uid {euid}, not root, and cannot switch users"
+            ),
+            DriverError::IsDirectory(p) => {
+                write!(f, "exec: {:?}: is a directory", p.display().to_string())
+            }
+            DriverError::Stat {
+                command,
+                path,
+                source,
+            } => write!(
+                f,
+                "exec: {:?}: stat {}: {}",
+                command,
+                path.display(),
+                go_errno_text(source)
+            ),
+            DriverError::NotInPath(command) => {
+                write!(f, "exec: {command:?}: executable file not found in $PATH")
+            }
+            DriverError::OpenCgroup { path, source } => write!(
+                f,
+                "failed to launch command with executor: open {}: {source}",
+                path.display()
+            ),
+            DriverError::Exec { command, source } => write!(
+                f,
+                "failed to launch command with executor: exec: {:?}: {}",
+                command.display().to_string(),
+                go_errno_text(source)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DriverError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DriverError::Stat { source, .. }
+            | DriverError::OpenCgroup { source, .. }
+            | DriverError::Exec { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
 /// Look up a user by name (`getpwnam_r`).
-pub fn lookup_user(name: &str) -> Result<TaskUser, String> {
+pub fn lookup_user(name: &str) -> Result<TaskUser, DriverError> {
     if name.contains('\0') {
-        return Err(format!("Failed to identify user {name:?}: invalid name"));
+        return Err(DriverError::InvalidUser(name.to_string()));
     }
     let Some(u) = crate::sys::user::lookup(name) else {
-        return Err(format!(
-            "Failed to identify user {name:?}: user: unknown user {name}"
-        ));
+        return Err(DriverError::UnknownUser(name.to_string()));
     };
     Ok(TaskUser {
         uid: u.uid,
@@ -34,7 +119,7 @@ pub fn lookup_user(name: &str) -> Result<TaskUser, String> {
 }
 
 /// Decide the user a task runs as: `None` means the agent's own user.
-pub fn task_user(user: &str) -> Result<Option<TaskUser>, String> {
+pub fn task_user(user: &str) -> Result<Option<TaskUser>, DriverError> {
     if user.is_empty() {
         return Ok(None);
     }
@@ -44,9 +129,10 @@ pub fn task_user(user: &str) -> Result<Option<TaskUser>, String> {
         return Ok(None);
     }
     if euid != 0 {
-        return Err(format!(
-            "cannot run task as user {user:?}: the agent runs as uid {euid}, not root, and cannot switch users"
-        ));
+        return Err(DriverError::CannotSwitchUser {
+            user: user.to_string(),
+            euid,
+        });
     }
     Ok(Some(u))
 }
@@ -57,20 +143,16 @@ pub fn resolve_command(
     command: &str,
     task_dir: &Path,
     env: &BTreeMap<String, String>,
-) -> Result<PathBuf, String> {
-    let exists = |p: &Path| -> Result<PathBuf, String> {
+) -> Result<PathBuf, DriverError> {
+    let exists = |p: &Path| -> Result<PathBuf, DriverError> {
         match std::fs::metadata(p) {
-            Ok(m) if m.is_dir() => Err(format!(
-                "exec: {:?}: is a directory",
-                p.display().to_string()
-            )),
+            Ok(m) if m.is_dir() => Err(DriverError::IsDirectory(p.to_path_buf())),
             Ok(_) => Ok(p.to_path_buf()),
-            Err(e) => Err(format!(
-                "exec: {:?}: stat {}: {}",
-                command,
-                p.display(),
-                go_errno_text(&e)
-            )),
+            Err(source) => Err(DriverError::Stat {
+                command: command.to_string(),
+                path: p.to_path_buf(),
+                source,
+            }),
         }
     };
     if command.starts_with('/') {
@@ -91,9 +173,7 @@ pub fn resolve_command(
             }
         }
     }
-    Err(format!(
-        "exec: {command:?}: executable file not found in $PATH"
-    ))
+    Err(DriverError::NotInPath(command.to_string()))
 }
 
 fn go_errno_text(e: &std::io::Error) -> String {
@@ -129,7 +209,7 @@ pub struct Process {
 
 /// Start the task process in its cgroup and a new session (run by the task's shim, which
 /// is its parent).
-pub fn spawn(spec: SpawnSpec) -> Result<Process, String> {
+pub fn spawn(spec: SpawnSpec) -> Result<Process, DriverError> {
     let cgroup_procs = spec
         .cgroup_procs
         .iter()
@@ -138,14 +218,12 @@ pub fn spawn(spec: SpawnSpec) -> Result<Process, String> {
                 .write(true)
                 .open(p)
                 .map(OwnedFd::from)
-                .map_err(|e| {
-                    format!(
-                        "failed to launch command with executor: open {}: {e}",
-                        p.display()
-                    )
+                .map_err(|source| DriverError::OpenCgroup {
+                    path: p.clone(),
+                    source,
                 })
         })
-        .collect::<Result<Vec<_>, String>>()?;
+        .collect::<Result<Vec<_>, DriverError>>()?;
     let mut cmd = Command::new(&spec.command);
     cmd.args(&spec.args)
         .current_dir(&spec.work_dir)
@@ -164,12 +242,9 @@ pub fn spawn(spec: SpawnSpec) -> Result<Process, String> {
             user: spec.user.as_ref().map(|u| (u.uid, u.gid)),
         },
     );
-    let mut child = cmd.spawn().map_err(|e| {
-        format!(
-            "failed to launch command with executor: exec: {:?}: {}",
-            spec.command.display().to_string(),
-            go_errno_text(&e)
-        )
+    let mut child = cmd.spawn().map_err(|source| DriverError::Exec {
+        command: spec.command.clone(),
+        source,
     })?;
     // Closes our copies of the cgroup.procs fds.
     drop(cmd);

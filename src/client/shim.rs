@@ -110,7 +110,7 @@ impl ExitInfo {
 }
 
 /// `<data_dir>/client/shims/<alloc_id>.<task>` (the task part as its cgroup names it).
-pub fn shim_dir(data_dir: &Path, alloc_id: &str, task: &str) -> Result<PathBuf, String> {
+pub fn shim_dir(data_dir: &Path, alloc_id: &str, task: &str) -> io::Result<PathBuf> {
     let name = crate::sys::cgroup::task_cgroup_name(alloc_id, task)?;
     Ok(data_dir.join("client").join(SHIMS_DIR).join(name))
 }
@@ -422,7 +422,7 @@ fn run(dir: &Path, spec: ShimSpec, mut reply: UnixStream) -> i32 {
     let mut proc = match proc {
         Ok(p) => p,
         Err(msg) => {
-            answer(format!("err {}\n", msg.replace('\n', " ")));
+            answer(format!("err {}\n", msg.to_string().replace('\n', " ")));
             return 1;
         }
     };

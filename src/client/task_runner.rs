@@ -541,7 +541,7 @@ impl TaskRunner {
                 Err(TryRecvError::Disconnected) => return Err(StartStop(RunEnd::Detached)),
             }
         }
-        let user = raw_exec::task_user(&task.user).map_err(StartFailed)?;
+        let user = raw_exec::task_user(&task.user).map_err(|e| StartFailed(e.to_string()))?;
         let command =
             raw_exec::resolve_command(task.config_str("command").unwrap_or(""), task_dir, env)
                 .map_err(|e| StartFailed(format!("failed to launch command with executor: {e}")))?;
@@ -573,7 +573,7 @@ impl TaskRunner {
                 memory_max_mb: 0,
             });
         let dir = shim::shim_dir(self.client.data_dir(), &self.alloc_id, &self.task_name)
-            .map_err(StartFailed)?;
+            .map_err(|e| StartFailed(e.to_string()))?;
         let cgroup = self
             .client
             .cgroups

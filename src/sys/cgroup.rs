@@ -422,7 +422,7 @@ impl Cgroups {
         self.hierarchies.iter().map(|h| h.base.clone()).collect()
     }
 
-    fn task_dirs(&self, alloc_id: &str, task: &str) -> Result<Vec<TaskDir>, String> {
+    fn task_dirs(&self, alloc_id: &str, task: &str) -> io::Result<Vec<TaskDir>> {
         let name = task_cgroup_name(alloc_id, task)?;
         Ok(self
             .hierarchies
@@ -458,13 +458,13 @@ impl Cgroups {
         alloc_id: &str,
         task: &str,
         limits: &Limits,
-    ) -> Result<Option<TaskCgroup>, String> {
+    ) -> io::Result<Option<TaskCgroup>> {
         if self.mode == Mode::None {
             return Ok(None);
         }
         if let Some(old) = self.leftover(alloc_id, task) {
             log::warn!("alloc {alloc_id} task {task}: killing the processes of a leftover cgroup");
-            old.destroy(KILL_WAIT).map_err(|e| e.to_string())?;
+            old.destroy(KILL_WAIT).map_err(io::Error::other)?;
         }
         let cg = TaskCgroup {
             dirs: self.task_dirs(alloc_id, task)?,
@@ -472,19 +472,23 @@ impl Cgroups {
         let made = cg.make(limits);
         if let Err(e) = made {
             let _ = cg.destroy(Duration::ZERO);
-            return Err(e.to_string());
+            return Err(io::Error::other(e));
         }
         Ok(Some(cg))
     }
 }
 
-/// `<alloc_id>.<task>`, the task name hashed when it is long or has unusual characters.
-pub fn task_cgroup_name(alloc_id: &str, task: &str) -> Result<String, String> {
+/// `<alloc_id>.<task>`, the task name hashed when it is long or has unusual characters. An
+/// alloc ID that is not a UUID-like hex string is `InvalidInput`.
+pub fn task_cgroup_name(alloc_id: &str, task: &str) -> io::Result<String> {
     let id_ok = !alloc_id.is_empty()
         && alloc_id.len() <= 64
         && alloc_id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
     if !id_ok {
-        return Err(format!("alloc ID {alloc_id:?} cannot name a cgroup"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("alloc ID {alloc_id:?} cannot name a cgroup"),
+        ));
     }
     let plain = !task.is_empty()
         && task.len() <= MAX_PLAIN_TASK_NAME

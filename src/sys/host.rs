@@ -6,8 +6,8 @@ use std::ffi::CStr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-/// `uname -a`'s fields: `[machine, nodename, release, sysname, version]`, or the error text.
-pub fn uname() -> Result<[String; 5], String> {
+/// `uname -a`'s fields: `[machine, nodename, release, sysname, version]`.
+pub fn uname() -> std::io::Result<[String; 5]> {
     let u = rustix::system::uname();
     let text = |c: &CStr| c.to_string_lossy().into_owned();
     Ok([
@@ -67,11 +67,11 @@ fn prefix_len(mask: Option<IpAddr>) -> u32 {
 }
 
 /// Every IPv4 and IPv6 address of every interface.
-pub fn interface_addrs() -> Result<Vec<IfAddr>, String> {
+pub fn interface_addrs() -> std::io::Result<Vec<IfAddr>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(std::io::Error::last_os_error().to_string());
+        return Err(std::io::Error::last_os_error());
     }
     let mut out = Vec::new();
     let mut cur = head;
