@@ -28,7 +28,34 @@ fn usage() -> String {
     s
 }
 
-fn parse_agent_flags(args: &[String]) -> Result<AgentFlags, String> {
+/// A command line `agent` cannot use.
+#[derive(Debug)]
+enum FlagsError {
+    /// getopts refused it (unknown flag, missing value, ...).
+    Getopts(getopts::Fail),
+    /// A word that is not a flag.
+    Unexpected(String),
+}
+
+impl std::fmt::Display for FlagsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FlagsError::Getopts(e) => write!(f, "{e}"),
+            FlagsError::Unexpected(word) => write!(f, "unexpected argument {word:?}"),
+        }
+    }
+}
+
+impl std::error::Error for FlagsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FlagsError::Getopts(e) => Some(e),
+            FlagsError::Unexpected(_) => None,
+        }
+    }
+}
+
+fn parse_agent_flags(args: &[String]) -> Result<AgentFlags, FlagsError> {
     let mut opts = getopts::Options::new();
     opts.long_only(true);
     for f in AGENT_FLAGS {
@@ -38,9 +65,9 @@ fn parse_agent_flags(args: &[String]) -> Result<AgentFlags, String> {
             (Some(v), false) => opts.optopt("", f.name, f.help, v),
         };
     }
-    let m = opts.parse(args).map_err(|e| e.to_string())?;
-    if !m.free.is_empty() {
-        return Err(format!("unexpected argument {:?}", m.free[0]));
+    let m = opts.parse(args).map_err(FlagsError::Getopts)?;
+    if let Some(word) = m.free.first() {
+        return Err(FlagsError::Unexpected(word.clone()));
     }
     Ok(AgentFlags {
         dev: m.opt_present("dev"),

@@ -303,9 +303,29 @@ impl Parser {
     }
 }
 
-/// Parse a filter; errors read like Nomad's (`failed to read filter expression: ...`).
-pub fn parse(text: &str) -> Result<Expr, String> {
-    let fail = |e: String| format!("failed to read filter expression: {e}");
+/// A `?filter=` expression that does not parse: where and why, as the lexer or parser saw it.
+/// Prints like Nomad's (`failed to read filter expression: ...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterError(pub String);
+
+impl std::fmt::Display for FilterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "failed to read filter expression: {}", self.0)
+    }
+}
+
+impl std::error::Error for FilterError {}
+
+/// A bad filter is a 400 with its text.
+impl From<FilterError> for ApiError {
+    fn from(e: FilterError) -> ApiError {
+        ApiError::bad_request(e.to_string())
+    }
+}
+
+/// Parse a filter.
+pub fn parse(text: &str) -> Result<Expr, FilterError> {
+    let fail = FilterError;
     if text.len() > MAX_FILTER_LEN {
         return Err(fail(format!(
             "expression longer than {MAX_FILTER_LEN} bytes"
@@ -327,7 +347,7 @@ pub fn parse(text: &str) -> Result<Expr, String> {
 /// The request's `?filter=` expression, if it has a non-empty one; a bad one is a 400.
 pub fn from_query(req: &Request) -> Result<Option<Expr>, ApiError> {
     match req.query("filter") {
-        Some(f) if !f.is_empty() => parse(f).map(Some).map_err(ApiError::bad_request),
+        Some(f) if !f.is_empty() => Ok(Some(parse(f)?)),
         _ => Ok(None),
     }
 }
@@ -432,10 +452,12 @@ mod tests {
     fn depth_is_bounded_and_long_chains_add_none() {
         let deep = |n: usize| format!("{}Name == \"a\"{}", "(".repeat(n), ")".repeat(n));
         assert!(parse(&deep(MAX_DEPTH - 1)).is_ok());
-        let e = parse(&deep(MAX_DEPTH + 1)).unwrap_err();
+        let e = parse(&deep(MAX_DEPTH + 1)).unwrap_err().to_string();
         assert!(e.contains("nested deeper than 32 levels"), "{e}");
         assert!(parse(&format!("{}Name == a", "not ".repeat(MAX_DEPTH + 1))).is_err());
-        let e = parse(&"a".repeat(MAX_FILTER_LEN + 1)).unwrap_err();
+        let e = parse(&"a".repeat(MAX_FILTER_LEN + 1))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("failed to read filter expression: "), "{e}");
         // The longest chains fit in the limit and, being flat, evaluate and drop on a small
         // stack (256 KiB), as do the deepest nestings.
