@@ -100,7 +100,9 @@ pub fn route(ctx: &Ctx, rest: &str) -> ApiResult {
 fn exec_error(e: ExecError) -> ApiError {
     match e {
         ExecError::UnknownTask(_) => ApiError::bad_request(e.to_string()),
-        ExecError::NotRunning(_) | ExecError::Start(_) => ApiError::internal(e.to_string()),
+        ExecError::NotRunning(_) | ExecError::Start(_) | ExecError::Command(_) => {
+            ApiError::internal(e.to_string())
+        }
     }
 }
 

@@ -39,6 +39,8 @@ pub enum ExecError {
     NotRunning(String),
     /// The command could not be started.
     Start(String),
+    /// The command could not be resolved (the driver's error, with its cause).
+    Command(crate::client::raw_exec::DriverError),
 }
 
 impl std::fmt::Display for ExecError {
@@ -47,6 +49,7 @@ impl std::fmt::Display for ExecError {
             ExecError::UnknownTask(t) => write!(f, "unknown task name {t:?}"),
             ExecError::NotRunning(t) => write!(f, "task {t:?} is not running"),
             ExecError::Start(e) => write!(f, "{e}"),
+            ExecError::Command(e) => write!(f, "{e}"),
         }
     }
 }
@@ -95,7 +98,7 @@ pub fn spawn(target: &ExecTarget, cmd: &[String], tty: bool) -> Result<ExecProce
         return Err(ExecError::Start("command is not present".into()));
     };
     let program = raw_exec::resolve_command(prog, &target.work_dir, &target.env)
-        .map_err(|e| ExecError::Start(e.to_string()))?;
+        .map_err(ExecError::Command)?;
     let cgroup_procs = target
         .cgroup_procs
         .iter()

@@ -30,6 +30,15 @@ impl std::fmt::Display for LogListError {
     }
 }
 
+impl std::error::Error for LogListError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LogListError::Io(e) => Some(e),
+            LogListError::BadIndex(_) => None,
+        }
+    }
+}
+
 /// One retained log file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LogFile {
@@ -126,8 +135,7 @@ impl LogFollower {
 
     /// The smallest retained index above the current one.
     fn next_index(&self) -> io::Result<Option<u64>> {
-        let files = list_logs(&self.dir, &self.task, &self.kind)
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let files = list_logs(&self.dir, &self.task, &self.kind).map_err(io::Error::other)?;
         Ok(files.iter().map(|f| f.index).find(|i| *i > self.index))
     }
 

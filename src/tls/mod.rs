@@ -64,7 +64,7 @@ pub enum TlsError {
     /// rustls refused the material (e.g. a key that does not match the certificate).
     Rustls(rustls::Error),
     /// The certificate verifier could not be built from the CA.
-    Verifier(String),
+    Verifier(rustls::server::VerifierBuilderError),
     /// Dialing or the handshake failed.
     Io(std::io::Error),
     /// A server name that is neither a DNS name nor an IP address.
@@ -104,6 +104,7 @@ impl std::error::Error for TlsError {
             TlsError::Rustls(e) => Some(e),
             TlsError::Io(e) => Some(e),
             TlsError::Invalid(e) => Some(e),
+            TlsError::Verifier(e) => Some(e),
             _ => None,
         }
     }

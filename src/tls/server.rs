@@ -32,7 +32,7 @@ pub fn server_config(settings: &TlsSettings) -> Result<ServerConfig, TlsError> {
         let roots = load_roots("ca_file", ca_file)?;
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider())
             .build()
-            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+            .map_err(TlsError::Verifier)?;
         builder.with_client_cert_verifier(verifier)
     } else {
         builder.with_no_client_auth()
