@@ -38,17 +38,49 @@ pub const AGENT_FLAGS: &[FlagSpec] = &[
     FlagSpec { name: "meta-batch-window", value: Some("DURATION"), repeatable: false, help: "Fixed window for batching metadata changes to the node record (default 5s plus up to 5s jitter, 1s with -dev)" },
 ];
 
-/// A setting that could not be used.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
+/// A setting that could not be used, or a config file that could not be read or parsed.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// A value that cannot be used (the text names the setting and why).
+    Invalid(String),
+    /// A config file or directory could not be read: "cannot read config {what} {path}".
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A config file is not HCL or JSON: "{origin}:{line}:{column}: ...".
+    Parse {
+        origin: String,
+        source: file::ParseError,
+    },
+    /// A `-servers` / `client.servers` address is not `ip:port`.
+    Server(BadServerAddr),
+}
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            ConfigError::Invalid(why) => f.write_str(why),
+            ConfigError::Read { what, path, source } => {
+                write!(f, "cannot read config {what} {}: {source}", path.display())
+            }
+            ConfigError::Parse { origin, source } => write!(f, "{origin}:{source}"),
+            ConfigError::Server(e) => write!(f, "invalid server: {e}"),
+        }
     }
 }
 
-impl std::error::Error for ConfigError {}
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Invalid(_) => None,
+            ConfigError::Read { source, .. } => Some(source),
+            ConfigError::Parse { source, .. } => Some(source),
+            ConfigError::Server(e) => Some(e),
+        }
+    }
+}
 
 /// The merged settings the agent runs with.
 #[derive(Debug, Clone)]
@@ -212,7 +244,7 @@ fn tls_settings(t: &file::Tls) -> Result<TlsSettings, ConfigError> {
     let min_version = match &t.tls_min_version {
         None => MinVersion::default(),
         Some(v) => MinVersion::parse(v).ok_or_else(|| {
-            ConfigError(format!(
+            ConfigError::Invalid(format!(
                 "tls.tls_min_version {v:?}: use tls10, tls11, tls12 or tls13"
             ))
         })?,
@@ -251,7 +283,7 @@ impl Config {
                 true,
             ),
             None => {
-                return Err(ConfigError(
+                return Err(ConfigError::Invalid(
                     "Must specify data directory (-data-dir) or use -dev".into(),
                 ))
             }
@@ -268,28 +300,29 @@ impl Config {
                 }
             });
         let bind_addr: IpAddr = bind_text.parse().map_err(|_| {
-            ConfigError(format!(
+            ConfigError::Invalid(format!(
                 "invalid bind address {bind_text:?}: not an IP address"
             ))
         })?;
-        let http_port =
-            match &flags.http_port {
-                Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
-                    ConfigError(format!("invalid -http-port {p:?}: must be 1-65535"))
-                })?,
-                None => match file.ports.http {
-                    Some(0) => return Err(ConfigError("ports.http must be 1-65535".into())),
-                    Some(p) => p,
-                    None => 4646,
-                },
-            };
+        let http_port = match &flags.http_port {
+            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                ConfigError::Invalid(format!("invalid -http-port {p:?}: must be 1-65535"))
+            })?,
+            None => match file.ports.http {
+                Some(0) => return Err(ConfigError::Invalid("ports.http must be 1-65535".into())),
+                Some(p) => p,
+                None => 4646,
+            },
+        };
         let mut meta = file.client.meta.clone();
         for kv in &flags.meta {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| ConfigError(format!("invalid -meta {kv:?}: expected KEY=VALUE")))?;
+            let (k, v) = kv.split_once('=').ok_or_else(|| {
+                ConfigError::Invalid(format!("invalid -meta {kv:?}: expected KEY=VALUE"))
+            })?;
             if k.is_empty() {
-                return Err(ConfigError(format!("invalid -meta {kv:?}: empty key")));
+                return Err(ConfigError::Invalid(format!(
+                    "invalid -meta {kv:?}: empty key"
+                )));
             }
             meta.insert(k.to_string(), v.to_string());
         }
@@ -303,7 +336,7 @@ impl Config {
             None => file.client.servers.clone().unwrap_or_default(),
         };
         for s in &servers {
-            validate_server_addr(s).map_err(|e| ConfigError(format!("invalid server: {e}")))?;
+            validate_server_addr(s).map_err(ConfigError::Server)?;
         }
         let log_level = flags
             .log_level
@@ -312,7 +345,7 @@ impl Config {
             .unwrap_or_else(|| "INFO".into())
             .to_uppercase();
         if !LOG_LEVELS.contains(&log_level.as_str()) {
-            return Err(ConfigError(format!(
+            return Err(ConfigError::Invalid(format!(
                 "invalid log level {log_level:?}: use TRACE, DEBUG, INFO, WARN, ERROR or OFF"
             )));
         }
@@ -325,7 +358,7 @@ impl Config {
                 parse_go_duration(&w)
                     .filter(|d| *d <= Duration::from_secs(10))
                     .ok_or_else(|| {
-                        ConfigError(format!(
+                        ConfigError::Invalid(format!(
                             "invalid meta batch window {w:?}: a duration up to 10s"
                         ))
                     })?,
@@ -339,7 +372,7 @@ impl Config {
                 deadline: match &d.deadline {
                     None => DEFAULT_DRAIN_DEADLINE,
                     Some(text) => parse_go_duration(text).ok_or_else(|| {
-                        ConfigError(format!(
+                        ConfigError::Invalid(format!(
                             "invalid client.drain_on_shutdown.deadline {text:?}: a duration"
                         ))
                     })?,

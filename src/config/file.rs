@@ -202,7 +202,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded, ConfigError> {
         deep_merge(&mut merged, doc);
     }
     let config = serde_path_to_error::deserialize::<_, FileConfig>(&merged)
-        .map_err(|e| ConfigError(format!("config: {}: {}", e.path(), e.inner())))?;
+        .map_err(|e| ConfigError::Invalid(format!("config: {}: {}", e.path(), e.inner())))?;
     let json_only = !files.is_empty()
         && files
             .iter()
@@ -216,17 +216,26 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded, ConfigError> {
 
 /// A file, or the `*.hcl` and `*.json` files of a directory in lexical order.
 fn expand(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+        what: "file",
+        path: path.to_path_buf(),
+        source,
+    })?;
     if !meta.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
-    let rd = std::fs::read_dir(path)
-        .map_err(|e| ConfigError(format!("cannot read config dir {}: {e}", path.display())))?;
+    let rd = std::fs::read_dir(path).map_err(|source| ConfigError::Read {
+        what: "dir",
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut out = Vec::new();
     for entry in rd {
-        let entry = entry
-            .map_err(|e| ConfigError(format!("cannot read config dir {}: {e}", path.display())))?;
+        let entry = entry.map_err(|source| ConfigError::Read {
+            what: "dir",
+            path: path.to_path_buf(),
+            source,
+        })?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let wanted = (name.ends_with(".hcl") || name.ends_with(".json")) && !name.starts_with('.');
         if wanted && entry.path().is_file() {
@@ -234,7 +243,7 @@ fn expand(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
         }
     }
     if out.len() > MAX_CONFIG_DIR_FILES {
-        return Err(ConfigError(format!(
+        return Err(ConfigError::Invalid(format!(
             "config dir {}: more than {MAX_CONFIG_DIR_FILES} files",
             path.display()
         )));
@@ -248,17 +257,27 @@ fn read_one(path: &Path) -> Result<(Value, Vec<String>), ConfigError> {
     let origin = path.display().to_string();
     let size = std::fs::metadata(path)
         .map(|m| m.len())
-        .map_err(|e| ConfigError(format!("cannot read config file {origin}: {e}")))?;
+        .map_err(|source| ConfigError::Read {
+            what: "file",
+            path: path.to_path_buf(),
+            source,
+        })?;
     if size > MAX_CONFIG_BYTES {
-        return Err(ConfigError(format!(
+        return Err(ConfigError::Invalid(format!(
             "{origin}: larger than {MAX_CONFIG_BYTES} bytes"
         )));
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("cannot read config file {origin}: {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        what: "file",
+        path: path.to_path_buf(),
+        source,
+    })?;
     let json = path.extension().is_some_and(|x| x == "json")
         || (path.extension().is_none() && text.trim_start().starts_with('{'));
-    let raw = parse_text(&text, json).map_err(|e| ConfigError(format!("{origin}:{e}")))?;
+    let raw = parse_text(&text, json).map_err(|source| ConfigError::Parse {
+        origin: origin.clone(),
+        source,
+    })?;
     let mut doc = normalize(raw);
     let ignored = strip_ignored(&mut doc);
     if let Err(e) = serde_path_to_error::deserialize::<_, FileConfig>(&doc) {
@@ -273,7 +292,7 @@ fn read_one(path: &Path) -> Result<(Value, Vec<String>), ConfigError> {
         } else {
             format!("{path_text}: {inner}")
         };
-        return Err(ConfigError(format!("{origin}:{line} {what}")));
+        return Err(ConfigError::Invalid(format!("{origin}:{line} {what}")));
     }
     let warnings = ignored
         .into_iter()

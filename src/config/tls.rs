@@ -56,12 +56,12 @@ impl TlsSettings {
             return Ok(());
         }
         if self.cert_file.is_none() || self.key_file.is_none() {
-            return Err(ConfigError(
+            return Err(ConfigError::Invalid(
                 "tls: cert_file and key_file are required when tls.http or tls.rpc is on".into(),
             ));
         }
         if (self.verify_https_client || self.verify_server_hostname) && self.ca_file.is_none() {
-            return Err(ConfigError(
+            return Err(ConfigError::Invalid(
                 "tls: ca_file is required with verify_https_client or verify_server_hostname"
                     .into(),
             ));
