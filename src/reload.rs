@@ -11,7 +11,10 @@ use crate::config::Config;
 /// One thing a reload applies: given the agent and the config just read, apply the part this
 /// step owns. `Ok(Some(what))` when it changed something (logged at INFO), `Ok(None)` when
 /// nothing changed, `Err(why)` when the new value cannot be used (logged; the old one stays).
-pub type ReloadStep = fn(&Agent, &Config) -> Result<Option<String>, String>;
+pub type ReloadStep = fn(&Agent, &Config) -> Result<Option<String>, ReloadError>;
+
+/// Why a step could not apply its part: the owning module's own error (e.g. `TlsError`).
+pub type ReloadError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything a SIGHUP reloads, in order.
 pub const RELOAD_STEPS: &[(&str, ReloadStep)] = &[
@@ -58,7 +61,7 @@ pub fn level_filter(name: &str) -> log::LevelFilter {
     }
 }
 
-fn reload_log_level(_agent: &Agent, config: &Config) -> Result<Option<String>, String> {
+fn reload_log_level(_agent: &Agent, config: &Config) -> Result<Option<String>, ReloadError> {
     let want = level_filter(&config.log_level);
     match crate::logtap::level() {
         Some(now) if now == want => Ok(None),
@@ -70,7 +73,7 @@ fn reload_log_level(_agent: &Agent, config: &Config) -> Result<Option<String>, S
     }
 }
 
-fn reload_meta(agent: &Agent, config: &Config) -> Result<Option<String>, String> {
+fn reload_meta(agent: &Agent, config: &Config) -> Result<Option<String>, ReloadError> {
     if !agent.node.reload_static_meta(&config.meta) {
         return Ok(None);
     }
@@ -81,12 +84,12 @@ fn reload_meta(agent: &Agent, config: &Config) -> Result<Option<String>, String>
 
 /// The certificate, key and CA files are read again, under the file names of the config just
 /// read, and used for every new connection. Turning TLS on or off needs a restart.
-fn reload_tls(agent: &Agent, config: &Config) -> Result<Option<String>, String> {
+fn reload_tls(agent: &Agent, config: &Config) -> Result<Option<String>, ReloadError> {
     match &agent.tls {
-        None if config.tls.enabled() => Err(crate::tls::TlsError::Restart.to_string()),
+        None if config.tls.enabled() => Err(crate::tls::TlsError::Restart.into()),
         None => Ok(None),
         Some(tls) => {
-            tls.reload_with(&config.tls).map_err(|e| e.to_string())?;
+            tls.reload_with(&config.tls)?;
             Ok(Some("certificates reloaded".into()))
         }
     }
