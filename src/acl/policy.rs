@@ -178,6 +178,8 @@ impl fmt::Display for PolicyError {
     }
 }
 
+impl std::error::Error for PolicyError {}
+
 fn perr(msg: impl Into<String>) -> PolicyError {
     PolicyError(msg.into())
 }

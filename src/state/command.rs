@@ -166,7 +166,7 @@ pub enum ApplyError {
     /// ACL bootstrap was done, at this index.
     AlreadyBootstrapped(u64),
     /// Stored policy rules that do not parse (the API checks them before).
-    BadPolicy(String),
+    BadPolicy(crate::acl::policy::PolicyError),
     /// More one-time tokens outstanding than allowed.
     TooManyOneTimeTokens,
     /// A one-time token secret that is unknown, used, expired, or whose ACL token is gone.
@@ -188,7 +188,14 @@ impl fmt::Display for ApplyError {
     }
 }
 
-impl std::error::Error for ApplyError {}
+impl std::error::Error for ApplyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ApplyError::BadPolicy(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// The server state: what every command changes. Tables are persistent maps of shared
 /// (`Arc`) values, so a copy for the next batch or snapshot costs O(1), not the objects.
@@ -446,8 +453,7 @@ fn apply_acl(t: &mut AclTables, cmd: &Command) -> Result<Applied, ApplyError> {
         }
         Command::AclPolicyUpsert { policy } => {
             let mut policy = (**policy).clone();
-            let parsed = crate::acl::policy::parse(&policy.rules)
-                .map_err(|e| ApplyError::BadPolicy(e.to_string()))?;
+            let parsed = crate::acl::policy::parse(&policy.rules).map_err(ApplyError::BadPolicy)?;
             policy.parsed = Arc::new(parsed);
             if let Some(old) = t.policies.get(&policy.name) {
                 policy.create_index = old.create_index;
