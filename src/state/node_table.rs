@@ -9,6 +9,8 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::state::status::{NodeEligibility, NodeStatus};
+
 /// Nomad keeps this many events per node (`MaxRetainedNodeEvents`).
 pub const MAX_NODE_EVENTS: usize = 10;
 
@@ -45,13 +47,13 @@ pub struct Node {
     pub resources: Value,
     /// `Drivers` as the client fingerprinted them.
     pub drivers: Value,
-    /// `initializing`, `ready` or `down`.
-    pub status: String,
+    /// `initializing`, `ready`, `down` or `disconnected` (serde: Nomad's word).
+    pub status: NodeStatus,
     pub status_description: String,
     /// Unix seconds of the last status change.
     pub status_updated_at: i64,
-    /// `eligible` or `ineligible`.
-    pub scheduling_eligibility: String,
+    /// `eligible` or `ineligible` (serde: Nomad's word).
+    pub scheduling_eligibility: NodeEligibility,
     pub drain: bool,
     pub events: Vec<NodeEvent>,
     pub create_index: u64,
