@@ -9,14 +9,14 @@ use std::time::SystemTime;
 
 use crate::api::router::Router;
 pub use crate::api::Agent;
-use crate::client::link::ServerLink;
+use crate::client::link::{LinkError, ServerLink};
 use crate::client::stats::SAMPLE_INTERVAL;
 use crate::client::{Client, TaskApi};
 use crate::config::Config;
 use crate::fs::watch::SharedWatcher;
 use crate::http::{Limits, Server};
 use crate::meta_batcher::{Batcher, NodeUpdater};
-use crate::server::local_link::LocalLink;
+use crate::server::local_link::{self, LocalLink};
 use crate::state::acl::AclState;
 use crate::state::jobs::Workloads;
 use crate::state::members::Membership;
@@ -38,6 +38,8 @@ pub enum AgentError {
     State(StoreError),
     Signals(std::io::Error),
     Tls(crate::tls::TlsError),
+    /// The client could not register its node with the server.
+    Register(LinkError),
 }
 
 impl fmt::Display for AgentError {
@@ -50,6 +52,7 @@ impl fmt::Display for AgentError {
             AgentError::State(e) => write!(f, "cannot load state: {e}"),
             AgentError::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
             AgentError::Tls(e) => write!(f, "{e}"),
+            AgentError::Register(e) => write!(f, "cannot register this node: {e}"),
         }
     }
 }
@@ -62,6 +65,7 @@ impl std::error::Error for AgentError {
             | AgentError::Signals(source) => Some(source),
             AgentError::State(e) => Some(e),
             AgentError::Tls(e) => Some(e),
+            AgentError::Register(e) => Some(e),
         }
     }
 }
@@ -87,8 +91,6 @@ impl Agent {
         let membership = Membership::load(&config, node.id())?;
         let workloads = Arc::new(Workloads::load(&config.data_dir, index.clone())?);
         index.observe(workloads.max_index());
-        // The server's node table learns this node (again) before anything is served.
-        workloads.register_node(node.registration())?;
         let acl = AclState::load(
             &config.data_dir,
             config.acl_enabled,
@@ -197,6 +199,13 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     let addr = SocketAddr::new(config.bind_addr, config.http_port);
     let listener = TcpListener::bind(addr).map_err(|source| AgentError::Bind { addr, source })?;
     let agent = Agent::load(config)?;
+    // The client registers its node (again) through the link before anything is placed or
+    // served: the server's node table knows this node before the first request is read.
+    let registration = local_link::registration_of(&agent.node.registration());
+    agent
+        .client
+        .register(&registration)
+        .map_err(AgentError::Register)?;
     crate::api::jobs::place_blocked(&agent);
     agent.batcher.start(NodeUpdater {
         link: agent.link.clone(),
@@ -215,13 +224,10 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     let server = Arc::new(Server::new(Arc::new(Router::new(agent.clone())), limits));
     let _ = agent.http.set(server.clone());
     // Before the TCP listener: the tasks it restores get their Task API sockets on this server.
-    agent.client.start(
-        TaskApi {
-            server: server.clone(),
-            keys: agent.acl.keys.clone(),
-        },
-        agent.node.meta_view().meta,
-    );
+    agent.client.start(TaskApi {
+        server: server.clone(),
+        keys: agent.acl.keys.clone(),
+    });
     let served = match agent.tls.clone().filter(|t| t.http()) {
         Some(tls) => server.serve_tcp_tls(listener, tls),
         None => server.serve_tcp(listener),

@@ -1,5 +1,6 @@
 //! The workload identity signing key: an RSA 2048 key made at first start, kept in the data dir
-//! (PKCS#8 PEM, mode 0600), and published as a JWKS document.
+//! (PKCS#8 PEM, mode 0600); its public part ([`PublicJwk`]) is what `api` publishes as the JWKS
+//! document.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,6 @@ use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
 use rsa::signature::{SignatureEncoding, Signer, Verifier};
 use rsa::traits::PublicKeyParts;
 use rsa::RsaPrivateKey;
-use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::encoding::{base64url, OsRng};
@@ -23,7 +23,17 @@ pub const JWKS_MAX_AGE_SECS: u64 = 3600;
 /// The key file under `<data_dir>/server`.
 pub const KEY_FILE: &str = "workload-identity-key.pem";
 
-/// The active signing key and what is published about it.
+/// The public part of the signing key as a JWK names it (RSA, RS256, for signatures).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicJwk {
+    /// The key ID (`kid`).
+    pub kid: String,
+    /// The modulus, base64url without padding (`n`).
+    pub n: String,
+    /// The public exponent, base64url without padding (`e`).
+    pub e: String,
+}
+
 /// The signing keys, loaded or made on first use. Generating an RSA key takes a noticeable
 /// time, so it is kept off the start-up path: a background thread warms the cell right after
 /// start, and the first user that gets there before it waits for it.
@@ -64,7 +74,7 @@ pub struct SigningKeys {
     kid: String,
     signing: SigningKey<Sha256>,
     verifying: VerifyingKey<Sha256>,
-    jwk: Value,
+    public: PublicJwk,
 }
 
 impl std::fmt::Debug for SigningKeys {
@@ -115,19 +125,16 @@ impl SigningKeys {
         let kid = uuid::Builder::from_random_bytes(d[..16].try_into().unwrap_or([0; 16]))
             .into_uuid()
             .to_string();
-        let jwk = json!({
-            "use": "sig",
-            "kty": "RSA",
-            "kid": kid,
-            "alg": "RS256",
-            "n": base64url(&n),
-            "e": base64url(&e),
-        });
+        let jwk = PublicJwk {
+            kid: kid.clone(),
+            n: base64url(&n),
+            e: base64url(&e),
+        };
         SigningKeys {
             kid,
             verifying: VerifyingKey::new(public),
             signing: SigningKey::new(key),
-            jwk,
+            public: jwk,
         }
     }
 
@@ -136,9 +143,9 @@ impl SigningKeys {
         &self.kid
     }
 
-    /// `{"keys": [...]}` as served at `/.well-known/jwks.json`.
-    pub fn jwks(&self) -> Value {
-        json!({ "keys": [self.jwk.clone()] })
+    /// The public key, as served (by `api`) at `/.well-known/jwks.json`.
+    pub fn public_jwk(&self) -> &PublicJwk {
+        &self.public
     }
 
     /// RSASSA-PKCS1-v1_5 with SHA-256 over `msg`.

@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use super::params::{check_common, get_ci};
 use super::{acl_json, auth::Identity, filter, ApiError, ApiReply, ApiResult, Ctx, IndexMeta};
-use crate::acl::keys::JWKS_MAX_AGE_SECS;
+use crate::acl::keys::{PublicJwk, JWKS_MAX_AGE_SECS};
 use crate::acl::tokens::{is_uuid, AclPolicy, AclToken, JobAcl};
 use crate::acl::{policy, ANONYMOUS_POLICY};
 use crate::http::{Method, Reply, Status};
@@ -569,13 +569,25 @@ fn upsert_policy(ctx: &Ctx, name: &str) -> ApiResult {
     })
 }
 
+/// The JWKS document (`{"keys": [...]}`) publishing the workload identity key.
+fn jwks(key: &PublicJwk) -> Value {
+    json!({ "keys": [{
+        "use": "sig",
+        "kty": "RSA",
+        "kid": key.kid,
+        "alg": "RS256",
+        "n": key.n,
+        "e": key.e,
+    }] })
+}
+
 /// Serve `/.well-known/<rest>` (the JWKS document and OIDC discovery).
 pub fn well_known(ctx: &Ctx, rest: &str) -> ApiResult {
     match rest {
         "jwks.json" => {
             ctx.require_method(&[Method::Get])?;
             let keys = ctx.agent.acl.keys.get()?;
-            let body = serde_json::to_vec(&keys.jwks())
+            let body = serde_json::to_vec(&jwks(keys.public_jwk()))
                 .map_err(|e| ApiError::internal(format!("failed to encode response: {e}")))?;
             Ok(ApiReply::Http(
                 Reply::bytes(Status::OK, "application/json", body)

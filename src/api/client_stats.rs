@@ -2,7 +2,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::client::stats::TaskUsage;
+use crate::client::stats::{DiskUsage, HostStats, TaskUsage};
 
 use super::{json, ApiError, ApiResult, Ctx};
 
@@ -19,12 +19,43 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
     ctx.identity.allow_node(false)?;
     let root = ctx.agent.config.data_dir.join("alloc");
     let _ = std::fs::create_dir_all(&root);
-    json(
+    json(&host_stats_json(
         &ctx.agent
             .client
             .stats
             .host_stats(&root, ctx.agent.started_at),
-    )
+    ))
+}
+
+/// Nomad's `HostStats` object.
+fn host_stats_json(h: &HostStats) -> Value {
+    let m = &h.memory;
+    let cpu: Vec<Value> = h
+        .cpu
+        .iter()
+        .map(|c| {
+            json!({"CPU": c.name, "User": c.user, "System": c.system, "Idle": c.idle,
+                   "TotalPercent": c.total_percent, "TotalTicks": c.total_ticks})
+        })
+        .collect();
+    let disks: Vec<Value> = h.disks.iter().map(disk_json).collect();
+    json!({
+        "Memory": {"Total": m.total, "Available": m.available, "Used": m.used, "Free": m.free},
+        "CPU": cpu,
+        "DiskStats": disks,
+        "AllocDirStats": h.alloc_dir.as_ref().map(disk_json),
+        "DeviceStats": [],
+        "Uptime": h.uptime,
+        "Timestamp": h.timestamp,
+        "CPUTicksConsumed": h.cpu_ticks_consumed,
+    })
+}
+
+/// Nomad's `DiskStats` object.
+fn disk_json(d: &DiskUsage) -> Value {
+    json!({"Device": d.device, "Mountpoint": d.mountpoint, "Size": d.size, "Used": d.used,
+           "Available": d.available, "UsedPercent": d.used_percent,
+           "InodesUsedPercent": d.inodes_used_percent})
 }
 
 fn resource_usage(u: &TaskUsage) -> Value {

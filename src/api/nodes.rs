@@ -1,7 +1,9 @@
 //! Node and status endpoints: `/v1/nodes`, `/v1/node/:id[/allocations]`, `/v1/status/leader`,
 //! `/v1/status/peers`, `/v1/regions` (ref §6.3).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
 
@@ -63,10 +65,10 @@ fn list(ctx: &Ctx) -> ApiResult {
     // newer index with an older node.
     let mut index = 0;
     for node in ctx.agent.workloads.nodes() {
-        let full = node.api_json();
+        let full = node_json(&node);
         index = index.max(stub_index(&full));
         if node.id.starts_with(prefix) && filter::keeps(expr.as_ref(), &full) {
-            out.push(node.stub_json(with_os, with_resources));
+            out.push(stub_json(&node, with_os, with_resources));
         }
     }
     json_meta(&out, IndexMeta::Query(index))
@@ -76,7 +78,7 @@ fn read(ctx: &Ctx, id: &str) -> ApiResult {
     ctx.require_method(&[Method::Get])?;
     check_common(ctx.req)?;
     ctx.identity.allow_node(false)?;
-    let node = find_node(ctx, id)?.api_json();
+    let node = node_json(&*find_node(ctx, id)?);
     let index = stub_index(&node);
     json_meta(&node, IndexMeta::Query(index))
 }
@@ -84,6 +86,105 @@ fn read(ctx: &Ctx, id: &str) -> ApiResult {
 /// The `ModifyIndex` of a node object (read with the object, never separately).
 fn stub_index(node: &Value) -> u64 {
     node.get("ModifyIndex").and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn rfc3339(nanos: i64) -> String {
+    let t = SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64);
+    crate::time::rfc3339_nanos(t)
+}
+
+/// The full `Node` object of `GET /v1/node/:id` (SecretID blanked, `Drain` added).
+fn node_json(node: &Node) -> Value {
+    let events: Vec<Value> = node
+        .events
+        .iter()
+        .map(|e| {
+            json!({
+                "Message": e.message,
+                "Subsystem": e.subsystem,
+                "Details": e.details,
+                "Timestamp": rfc3339(e.timestamp),
+                "CreateIndex": e.create_index,
+            })
+        })
+        .collect();
+    json!({
+        "ID": node.id,
+        "SecretID": "",
+        "Datacenter": node.datacenter,
+        "Name": node.name,
+        "HTTPAddr": node.http_addr,
+        "TLSEnabled": node.tls_enabled,
+        "Attributes": node.attributes,
+        "NodeResources": node.resources,
+        "ReservedResources": {"Cpu": {"CpuShares": 0, "ReservedCpuCores": []}, "Memory": {"MemoryMB": 0}, "Disk": {"DiskMB": 0}, "Networks": {"ReservedHostPorts": ""}},
+        "Links": {},
+        "Meta": node.meta,
+        "NodeClass": node.node_class,
+        "NodePool": node.node_pool,
+        "ComputedClass": "",
+        "DrainStrategy": null,
+        "SchedulingEligibility": node.scheduling_eligibility,
+        "Status": node.status,
+        "StatusDescription": node.status_description,
+        "StatusUpdatedAt": node.status_updated_at,
+        "Events": events,
+        "Drivers": node.drivers,
+        "CSIControllerPlugins": null,
+        "CSINodePlugins": null,
+        "HostVolumes": null,
+        "HostNetworks": null,
+        "LastDrain": null,
+        "CreateIndex": node.create_index,
+        "ModifyIndex": node.modify_index,
+        "Drain": node.drain,
+    })
+}
+
+/// The `NodeListStub` of `GET /v1/nodes`.
+fn stub_json(node: &Node, with_os: bool, with_resources: bool) -> Value {
+    let mut stub = serde_json::Map::new();
+    stub.insert(
+        "Address".into(),
+        json!(node
+            .http_addr
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or("")),
+    );
+    stub.insert("ID".into(), json!(node.id));
+    if with_os {
+        let os: BTreeMap<&str, &str> = ["os.name", "os.version"]
+            .iter()
+            .filter_map(|k| node.attributes.get(*k).map(|v| (*k, v.as_str())))
+            .collect();
+        stub.insert("Attributes".into(), json!(os));
+    }
+    stub.insert("Datacenter".into(), json!(node.datacenter));
+    stub.insert("Name".into(), json!(node.name));
+    stub.insert("NodeClass".into(), json!(node.node_class));
+    stub.insert("NodePool".into(), json!(node.node_pool));
+    stub.insert("Version".into(), json!(node.version));
+    stub.insert("Drain".into(), json!(node.drain));
+    stub.insert(
+        "SchedulingEligibility".into(),
+        json!(node.scheduling_eligibility),
+    );
+    stub.insert("Status".into(), json!(node.status));
+    stub.insert("StatusDescription".into(), json!(node.status_description));
+    stub.insert("Drivers".into(), node.drivers.clone());
+    stub.insert("HostVolumes".into(), Value::Null);
+    if with_resources {
+        stub.insert("NodeResources".into(), node.resources.clone());
+        stub.insert(
+            "ReservedResources".into(),
+            json!({"Cpu": {"CpuShares": 0}, "Memory": {"MemoryMB": 0}, "Disk": {"DiskMB": 0}}),
+        );
+    }
+    stub.insert("LastDrain".into(), Value::Null);
+    stub.insert("CreateIndex".into(), json!(node.create_index));
+    stub.insert("ModifyIndex".into(), json!(node.modify_index));
+    Value::Object(stub)
 }
 
 /// `/v1/status/leader`, `/v1/status/peers`, `/v1/regions`.

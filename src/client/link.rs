@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::state::jobs::alloc::{AllocRecord, TaskState};
-use crate::state::status::AllocClientStatus;
+use crate::state::status::{AllocClientStatus, NodeStatus};
 
 /// Longest a single pull waits for a change before it answers with nothing new.
 pub const MAX_PULL_WAIT: Duration = Duration::from_secs(10);
@@ -20,14 +20,32 @@ pub const MAX_PULL_WAIT: Duration = Duration::from_secs(10);
 /// How often the client heartbeats when the server does not say otherwise.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
 
-/// `register_node`: who this node is.
+/// `register_node`: who this node is and what it fingerprinted — everything of the server's
+/// node record the client knows (the server keeps its own indexes, events, eligibility and
+/// drain).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeRegistration {
     pub node_id: String,
     pub name: String,
     pub datacenter: String,
+    /// `host:port` of the node's HTTP API.
+    pub http_addr: String,
+    /// The node's HTTP API speaks TLS.
+    pub tls_enabled: bool,
+    pub node_pool: String,
+    pub node_class: String,
+    /// The agent's version.
+    pub version: String,
+    /// Fingerprinted attributes (`kernel.name`, `os.name`, `cpu.numcores`, ...).
+    pub attributes: BTreeMap<String, String>,
     /// The node's metadata (static merged with dynamic) at registration.
     pub meta: BTreeMap<String, String>,
+    /// `NodeResources` as fingerprinted (an opaque document the server stores as it is).
+    pub resources: serde_json::Value,
+    /// `Drivers` as fingerprinted (opaque to the link, like `resources`).
+    pub drivers: serde_json::Value,
+    /// The status the node registers with (`ready` once fingerprinted).
+    pub status: NodeStatus,
 }
 
 /// The answer to a registration or a heartbeat.

@@ -36,7 +36,9 @@ use crate::state::status::{AllocClientStatus, AllocDesiredStatus, JobType, TaskS
 use crate::sys::cgroup::{Cgroups, Mode};
 
 use self::alloc_dir::AllocDir;
-use self::link::{AllocUpdate, AllocUpdates, LinkError, NodeRegistration, PullAllocs, ServerLink};
+use self::link::{
+    AllocUpdate, AllocUpdates, HeartbeatReply, LinkError, NodeRegistration, PullAllocs, ServerLink,
+};
 use self::task_env::NodeFacts;
 use self::task_runner::{TaskCmd, TaskRunner};
 
@@ -254,19 +256,19 @@ impl Client {
         })
     }
 
-    /// Register the node, pull this node's allocations (restoring their runners), then keep
-    /// pulling on the `client-allocs` thread.
-    pub fn start(self: &Arc<Self>, task_api: TaskApi, meta: BTreeMap<String, String>) {
-        let _ = self.task_api.set(task_api);
-        let reg = NodeRegistration {
-            node_id: self.node.id.clone(),
-            name: self.node.name.clone(),
-            datacenter: self.node.datacenter.clone(),
-            meta,
-        };
-        if let Err(e) = self.link.register_node(&reg) {
-            log::error!("cannot register node {}: {e}", self.node.id);
+    /// Register this node with the server (at start, before `start`): its record as the
+    /// client fingerprinted it, for the server's node table.
+    pub fn register(&self, reg: &NodeRegistration) -> Result<HeartbeatReply, LinkError> {
+        if reg.node_id != self.node.id {
+            return Err(LinkError::UnknownNode(reg.node_id.clone()));
         }
+        self.link.register_node(reg)
+    }
+
+    /// Pull this node's allocations (restoring their runners; the node registered first),
+    /// then keep pulling on the `client-allocs` thread.
+    pub fn start(self: &Arc<Self>, task_api: TaskApi) {
+        let _ = self.task_api.set(task_api);
         if let Err(e) = self.pull(Duration::ZERO) {
             log::error!("cannot pull this node's allocations: {e}");
         }

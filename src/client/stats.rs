@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use serde_json::{json, Value};
 
 use crate::sys::cgroup::{StatsSource, Usage};
 use crate::time::unix_now_nanos as now_ns;
@@ -436,32 +435,87 @@ impl Sampler {
         self.shared.lock().tasks.get(&key).map(|t| t.usage.clone())
     }
 
-    /// `HostStats` JSON (ref §3.3).
-    pub fn host_stats(&self, alloc_root: &Path, started: std::time::SystemTime) -> Value {
+    /// This host's stats (`api` serves them as `HostStats`, ref §3.3).
+    pub fn host_stats(&self, alloc_root: &Path, started: std::time::SystemTime) -> HostStats {
         if self.shared.lock().cpu_prev.is_empty() {
             sample_host(&self.shared);
         }
         let mhz = cpu_mhz();
         let cpus = self.shared.lock().cpu_pct.clone();
         let consumed: f64 = cpus.iter().map(|c| c.4 / 100.0 * mhz).sum();
-        let cpu: Vec<Value> = cpus
-            .iter()
-            .map(|(name, u, s, i, t)| {
-                json!({"CPU": name, "User": u, "System": s, "Idle": i, "TotalPercent": t, "TotalTicks": t / 100.0 * mhz})
+        let cpu: Vec<HostCpu> = cpus
+            .into_iter()
+            .map(|(name, user, system, idle, total)| HostCpu {
+                name,
+                user,
+                system,
+                idle,
+                total_percent: total,
+                total_ticks: total / 100.0 * mhz,
             })
             .collect();
         let _ = started;
-        json!({
-            "Memory": memory(),
-            "CPU": cpu,
-            "DiskStats": disks(),
-            "AllocDirStats": disk_stats("", "", alloc_root),
-            "DeviceStats": [],
-            "Uptime": uptime(),
-            "Timestamp": now_ns(),
-            "CPUTicksConsumed": consumed,
-        })
+        HostStats {
+            memory: memory(),
+            cpu,
+            disks: disks(),
+            alloc_dir: disk_stats("", "", alloc_root),
+            uptime: uptime(),
+            timestamp: now_ns(),
+            cpu_ticks_consumed: consumed,
+        }
     }
+}
+
+/// A snapshot of this host's usage.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostStats {
+    pub memory: HostMemory,
+    pub cpu: Vec<HostCpu>,
+    /// Every mounted block device (and `/`).
+    pub disks: Vec<DiskUsage>,
+    /// The file system holding the alloc dirs (`None` when it cannot be read).
+    pub alloc_dir: Option<DiskUsage>,
+    /// Seconds since boot.
+    pub uptime: u64,
+    /// Unix nanoseconds of this snapshot.
+    pub timestamp: i64,
+    /// MHz of CPU time consumed over the last sample, summed over CPUs.
+    pub cpu_ticks_consumed: f64,
+}
+
+/// Host memory in bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostMemory {
+    pub total: u64,
+    pub available: u64,
+    pub used: u64,
+    pub free: u64,
+}
+
+/// One CPU's usage over the last sample, in percent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostCpu {
+    /// `cpu0`, `cpu1`, ...
+    pub name: String,
+    pub user: f64,
+    pub system: f64,
+    pub idle: f64,
+    pub total_percent: f64,
+    /// `total_percent` of the CPU's MHz.
+    pub total_ticks: f64,
+}
+
+/// One file system's usage (bytes; percentages of used over used plus available).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DiskUsage {
+    pub device: String,
+    pub mountpoint: String,
+    pub size: u64,
+    pub used: u64,
+    pub available: u64,
+    pub used_percent: f64,
+    pub inodes_used_percent: f64,
 }
 
 fn meminfo() -> HashMap<String, u64> {
@@ -475,12 +529,17 @@ fn meminfo() -> HashMap<String, u64> {
         .collect()
 }
 
-fn memory() -> Value {
+fn memory() -> HostMemory {
     let m = meminfo();
     let g = |k: &str| m.get(k).copied().unwrap_or(0);
     let total = g("MemTotal");
     let available = g("MemAvailable");
-    json!({"Total": total, "Available": available, "Used": total.saturating_sub(available), "Free": g("MemFree")})
+    HostMemory {
+        total,
+        available,
+        used: total.saturating_sub(available),
+        free: g("MemFree"),
+    }
 }
 
 fn uptime() -> u64 {
@@ -495,10 +554,8 @@ fn uptime() -> u64 {
         .unwrap_or(0)
 }
 
-fn disk_stats(device: &str, mountpoint: &str, path: &Path) -> Value {
-    let Ok(st) = crate::sys::fd::statvfs(path) else {
-        return Value::Null;
-    };
+fn disk_stats(device: &str, mountpoint: &str, path: &Path) -> Option<DiskUsage> {
+    let st = crate::sys::fd::statvfs(path).ok()?;
     let (size, free, avail) = (st.total, st.free, st.avail);
     let used = size.saturating_sub(free);
     let pct = if used + avail > 0 {
@@ -512,11 +569,18 @@ fn disk_stats(device: &str, mountpoint: &str, path: &Path) -> Value {
     } else {
         0.0
     };
-    json!({"Device": device, "Mountpoint": mountpoint, "Size": size, "Used": used, "Available": avail,
-           "UsedPercent": pct, "InodesUsedPercent": ipct})
+    Some(DiskUsage {
+        device: device.to_string(),
+        mountpoint: mountpoint.to_string(),
+        size,
+        used,
+        available: avail,
+        used_percent: pct,
+        inodes_used_percent: ipct,
+    })
 }
 
-fn disks() -> Value {
+fn disks() -> Vec<DiskUsage> {
     let text = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     let mut seen = Vec::new();
     let mut out = Vec::new();
@@ -526,12 +590,9 @@ fn disks() -> Value {
             continue;
         }
         seen.push(f[0]);
-        let v = disk_stats(f[0], f[1], Path::new(f[1]));
-        if !v.is_null() {
-            out.push(v);
-        }
+        out.extend(disk_stats(f[0], f[1], Path::new(f[1])));
     }
-    Value::Array(out)
+    out
 }
 
 #[cfg(test)]

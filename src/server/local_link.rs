@@ -12,6 +12,8 @@ use crate::client::link::{
 };
 use crate::state::jobs::Workloads;
 use crate::state::node::NodeState;
+use crate::state::node_table::Node;
+use crate::state::status::NodeEligibility;
 use crate::state::IndexCounter;
 
 /// The server state a client in this process talks to.
@@ -47,11 +49,62 @@ impl LocalLink {
     }
 }
 
+/// What a client registers for the node record `node` (the fields the client knows).
+pub fn registration_of(node: &Node) -> NodeRegistration {
+    NodeRegistration {
+        node_id: node.id.clone(),
+        name: node.name.clone(),
+        datacenter: node.datacenter.clone(),
+        http_addr: node.http_addr.clone(),
+        tls_enabled: node.tls_enabled,
+        node_pool: node.node_pool.clone(),
+        node_class: node.node_class.clone(),
+        version: node.version.clone(),
+        attributes: node.attributes.clone(),
+        meta: node.meta.clone(),
+        resources: node.resources.clone(),
+        drivers: node.drivers.clone(),
+        status: node.status,
+    }
+}
+
+/// The node record a registration proposes; what the server owns (indexes, events,
+/// eligibility, drain, when the status changed) is left for `NodeRegister` to keep or set.
+fn node_record(req: &NodeRegistration) -> Node {
+    Node {
+        id: req.node_id.clone(),
+        name: req.name.clone(),
+        datacenter: req.datacenter.clone(),
+        http_addr: req.http_addr.clone(),
+        tls_enabled: req.tls_enabled,
+        node_pool: req.node_pool.clone(),
+        node_class: req.node_class.clone(),
+        version: req.version.clone(),
+        attributes: req.attributes.clone(),
+        meta: req.meta.clone(),
+        resources: req.resources.clone(),
+        drivers: req.drivers.clone(),
+        status: req.status,
+        status_description: String::new(),
+        status_updated_at: 0,
+        scheduling_eligibility: NodeEligibility::Eligible,
+        drain: false,
+        events: Vec::new(),
+        create_index: 0,
+        modify_index: 0,
+    }
+}
+
 impl ServerLink for LocalLink {
     fn register_node(&self, req: &NodeRegistration) -> Result<HeartbeatReply, LinkError> {
-        // The node record is made from the same node state at load; registering checks that
-        // the client is that node.
         self.check_node(&req.node_id)?;
+        // A command through the log like every change of server state: durable, applied and
+        // published before the answer.
+        let index = self
+            .workloads
+            .register_node(node_record(req))
+            .map_err(|e| LinkError::Persist(e.to_string()))?;
+        log::debug!("node {} registered at index {index}", req.node_id);
         Ok(self.heartbeat_reply())
     }
 
@@ -187,6 +240,50 @@ mod tests {
             min_index,
             wait_ms,
         })
+    }
+
+    #[test]
+    fn a_registration_through_the_link_becomes_the_node_record_and_keeps_what_the_server_owns() {
+        let f = fixture();
+        assert!(
+            f.workloads.node(&f.node.id).is_none(),
+            "nothing registered at load"
+        );
+        let mut reg = registration_of(&f.link.node.registration());
+        assert_eq!(reg.status, crate::state::status::NodeStatus::Ready);
+        let before = f.index.current();
+        f.link.register_node(&reg).unwrap();
+        let n = f.workloads.node(&f.node.id).unwrap();
+        assert_eq!(
+            registration_of(&n),
+            reg,
+            "the record holds what was registered"
+        );
+        assert!(n.create_index > before);
+        assert_eq!(n.events.len(), 1, "a new node gets its registered event");
+        // Again (a restart) with a changed fingerprint: the record follows it, the server keeps
+        // its create index and events.
+        reg.attributes.insert("unique.test".into(), "x".into());
+        f.link.register_node(&reg).unwrap();
+        let again = f.workloads.node(&f.node.id).unwrap();
+        assert_eq!(again.attributes["unique.test"], "x");
+        assert_eq!(again.create_index, n.create_index);
+        assert!(again.modify_index > n.modify_index);
+        assert_eq!(again.events, n.events);
+        // Another node is refused and changes nothing.
+        let mut other = reg.clone();
+        other.node_id = "other".into();
+        assert_eq!(
+            f.link.register_node(&other),
+            Err(LinkError::UnknownNode("other".into()))
+        );
+        assert!(f.workloads.node("other").is_none());
+        // The request travels as JSON unchanged.
+        let text = serde_json::to_string(&reg).unwrap();
+        assert_eq!(
+            serde_json::from_str::<NodeRegistration>(&text).unwrap(),
+            reg
+        );
     }
 
     #[test]

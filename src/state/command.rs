@@ -16,7 +16,9 @@ use super::jobs::NodeInfo;
 use super::node_table::{Node, NodeEvent, MAX_NODE_EVENTS};
 use crate::acl::tokens::{AclPolicy, AclToken, OneTimeToken};
 use crate::acl::AclTables;
-use crate::state::status::{AllocDesiredStatus, EvalStatus, JobStatus};
+use crate::state::status::{
+    AllocDesiredStatus, EvalStatus, JobStatus, NodeEligibility, NodeStatus,
+};
 
 /// A job's key: `(namespace, id)`.
 pub type JobKey = (String, String);
@@ -114,7 +116,7 @@ pub enum Command {
     /// A node's status (`ready`, `down`, ...) and, when it changed, an event about it.
     NodeUpdateStatus {
         node_id: String,
-        status: String,
+        status: NodeStatus,
         description: String,
         event: Option<NodeEvent>,
         now: i64,
@@ -122,7 +124,7 @@ pub enum Command {
     /// A node's scheduling eligibility (`eligible` or `ineligible`).
     NodeUpdateEligibility {
         node_id: String,
-        eligibility: String,
+        eligibility: NodeEligibility,
         event: Option<NodeEvent>,
     },
     /// Events about nodes (the last [`MAX_NODE_EVENTS`] are kept per node).
@@ -520,7 +522,7 @@ fn apply_node(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appl
                 Some(old) => {
                     n.create_index = old.create_index;
                     n.events = old.events.clone();
-                    n.scheduling_eligibility = old.scheduling_eligibility.clone();
+                    n.scheduling_eligibility = old.scheduling_eligibility;
                     n.drain = old.drain;
                     if old.status != n.status {
                         n.status_updated_at = now / 1_000_000_000;
@@ -557,10 +559,10 @@ fn apply_node(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appl
             now,
         } => {
             let mut n = known(state, node_id)?;
-            if &n.status != status {
+            if n.status != *status {
                 n.status_updated_at = now / 1_000_000_000;
             }
-            n.status = status.clone();
+            n.status = *status;
             n.status_description = description.clone();
             push_events(&mut n, event.clone(), index);
             n
@@ -571,7 +573,7 @@ fn apply_node(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appl
             event,
         } => {
             let mut n = known(state, node_id)?;
-            n.scheduling_eligibility = eligibility.clone();
+            n.scheduling_eligibility = *eligibility;
             push_events(&mut n, event.clone(), index);
             n
         }
@@ -1118,10 +1120,10 @@ mod node_tests {
             meta: BTreeMap::new(),
             resources: serde_json::Value::Null,
             drivers: serde_json::json!({}),
-            status: "ready".into(),
+            status: NodeStatus::Ready,
             status_description: String::new(),
             status_updated_at: 0,
-            scheduling_eligibility: "eligible".into(),
+            scheduling_eligibility: NodeEligibility::Eligible,
             drain: false,
             events: Vec::new(),
             create_index: 0,
@@ -1139,6 +1141,40 @@ mod node_tests {
         }
     }
 
+    /// Node commands and a node row as the log and snapshots held them when node status and
+    /// eligibility were strings.
+    const OLD_NODE_STATUS: &str = r#"{"NodeUpdateStatus":{"node_id":"n1","status":"down","description":"missed heartbeats","event":null,"now":7}}"#;
+    const OLD_NODE_ELIGIBILITY: &str =
+        r#"{"NodeUpdateEligibility":{"node_id":"n1","eligibility":"ineligible","event":null}}"#;
+
+    #[test]
+    fn node_commands_and_rows_logged_with_string_states_load_typed_and_write_the_same_bytes() {
+        let cmd: Command = serde_json::from_str(OLD_NODE_STATUS).unwrap();
+        let Command::NodeUpdateStatus { status, .. } = &cmd else {
+            panic!("wrong command: {cmd:?}");
+        };
+        assert_eq!(*status, NodeStatus::Down);
+        assert_eq!(serde_json::to_string(&cmd).unwrap(), OLD_NODE_STATUS);
+        let cmd: Command = serde_json::from_str(OLD_NODE_ELIGIBILITY).unwrap();
+        let Command::NodeUpdateEligibility { eligibility, .. } = &cmd else {
+            panic!("wrong command: {cmd:?}");
+        };
+        assert_eq!(*eligibility, NodeEligibility::Ineligible);
+        assert_eq!(serde_json::to_string(&cmd).unwrap(), OLD_NODE_ELIGIBILITY);
+
+        // A snapshot's node row (and a NodeRegister's node) with the words as strings.
+        let mut row = serde_json::to_value(node("n1")).unwrap();
+        row["status"] = serde_json::json!("initializing");
+        row["scheduling_eligibility"] = serde_json::json!("ineligible");
+        let text = serde_json::to_string(&row).unwrap();
+        let n: Node = serde_json::from_str(&text).unwrap();
+        assert_eq!(n.status, NodeStatus::Initializing);
+        assert_eq!(n.scheduling_eligibility, NodeEligibility::Ineligible);
+        assert_eq!(serde_json::to_string(&n).unwrap(), text);
+        row["status"] = serde_json::json!("bogus");
+        assert!(serde_json::from_value::<Node>(row).is_err());
+    }
+
     #[test]
     fn node_commands_apply_deterministically_and_keep_what_the_server_owns() {
         let cmds = vec![
@@ -1148,7 +1184,7 @@ mod node_tests {
             },
             Command::NodeUpdateEligibility {
                 node_id: "n1".into(),
-                eligibility: "ineligible".into(),
+                eligibility: NodeEligibility::Ineligible,
                 event: Some(event("Node marked as ineligible", 6)),
             },
             Command::NodeUpdateMeta {
@@ -1192,7 +1228,7 @@ mod node_tests {
         let n = &a.nodes["n1"];
         assert_eq!(n.create_index, 10);
         assert_eq!(n.modify_index, 14);
-        assert_eq!(n.scheduling_eligibility, "ineligible");
+        assert_eq!(n.scheduling_eligibility, NodeEligibility::Ineligible);
         assert_eq!(n.status_updated_at, 5);
         assert_eq!(n.events.len(), MAX_NODE_EVENTS);
         assert_eq!(n.events.last().unwrap().timestamp, 11);
