@@ -365,7 +365,9 @@ impl Workloads {
         })
     }
 
-    /// Change one task's state of an allocation and save it.
+    /// Change one task's state of an allocation and save it (tests only: the client changes
+    /// task states through its own view and `ServerLink::push_alloc_updates`).
+    #[cfg(test)]
     pub fn update_task(
         &self,
         alloc_id: &str,
