@@ -182,6 +182,10 @@ pub struct Client {
     data_dir: PathBuf,
     raw_exec_enabled: bool,
     gc_max_allocs: usize,
+    /// Held by the one automatic GC pass running; others leave their request in `gc_wanted`.
+    gc_pass: Mutex<()>,
+    /// A GC pass was asked for since the running one took its snapshot.
+    gc_wanted: AtomicBool,
     /// What happens to running tasks when the agent stops.
     on_stop: OnStop,
     node: NodeFacts,
@@ -232,6 +236,8 @@ impl Client {
             data_dir: config.data_dir.clone(),
             raw_exec_enabled: config.raw_exec_enabled,
             gc_max_allocs: config.gc_max_allocs,
+            gc_pass: Mutex::new(()),
+            gc_wanted: AtomicBool::new(false),
             on_stop: OnStop {
                 temp_data_dir: config.data_dir_is_temp,
                 drain: config.drain_on_shutdown.clone(),
@@ -694,8 +700,25 @@ impl Client {
         }
     }
 
-    /// Keep at most `gc_max_allocs` terminal, uncollected allocations.
+    /// Keep at most `gc_max_allocs` terminal, uncollected allocations. Runners ending together
+    /// all ask at once: one pass runs at a time (each choosing from a fresh view), and a request
+    /// made while a pass runs makes it run once more, so nothing is collected twice over and no
+    /// request is lost. No caller waits for another's pass.
     pub fn auto_gc(&self) {
+        self.gc_wanted.store(true, Ordering::SeqCst);
+        while let Some(pass) = self.gc_pass.try_lock() {
+            while self.gc_wanted.swap(false, Ordering::SeqCst) {
+                self.auto_gc_pass();
+            }
+            drop(pass);
+            // A request that came after the last swap but before the unlock is ours to run.
+            if !self.gc_wanted.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+    }
+
+    fn auto_gc_pass(&self) {
         let mut terminal: Vec<Arc<AllocRecord>> = self
             .allocs_oldest_first()
             .into_iter()
