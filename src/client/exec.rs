@@ -99,17 +99,8 @@ pub fn spawn(target: &ExecTarget, cmd: &[String], tty: bool) -> Result<ExecProce
     };
     let program = raw_exec::resolve_command(prog, &target.work_dir, &target.env)
         .map_err(ExecError::Command)?;
-    let cgroup_procs = target
-        .cgroup_procs
-        .iter()
-        .map(|p| {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(p)
-                .map(OwnedFd::from)
-                .map_err(|e| ExecError::Start(format!("open {}: {e}", p.display())))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let cgroup_procs =
+        raw_exec::open_cgroup_procs(&target.cgroup_procs).map_err(ExecError::Command)?;
     let mut command = Command::new(&program);
     command
         .args(args)

@@ -207,11 +207,10 @@ pub struct Process {
     pub stderr: Option<OwnedFd>,
 }
 
-/// Start the task process in its cgroup and a new session (run by the task's shim, which
-/// is its parent).
-pub fn spawn(spec: SpawnSpec) -> Result<Process, DriverError> {
-    let cgroup_procs = spec
-        .cgroup_procs
+/// Open each cgroup's `cgroup.procs` for writing, before `fork`: the child writes its pid
+/// into them first thing, so no code of the task (or an exec in it) runs outside its cgroups.
+pub fn open_cgroup_procs(paths: &[PathBuf]) -> Result<Vec<OwnedFd>, DriverError> {
+    paths
         .iter()
         .map(|p| {
             std::fs::OpenOptions::new()
@@ -223,7 +222,13 @@ pub fn spawn(spec: SpawnSpec) -> Result<Process, DriverError> {
                     source,
                 })
         })
-        .collect::<Result<Vec<_>, DriverError>>()?;
+        .collect()
+}
+
+/// Start the task process in its cgroup and a new session (run by the task's shim, which
+/// is its parent).
+pub fn spawn(spec: SpawnSpec) -> Result<Process, DriverError> {
+    let cgroup_procs = open_cgroup_procs(&spec.cgroup_procs)?;
     let mut cmd = Command::new(&spec.command);
     cmd.args(&spec.args)
         .current_dir(&spec.work_dir)
