@@ -122,7 +122,39 @@ pub struct Config {
     pub leave_on_interrupt: bool,
     /// `leave_on_terminate`: SIGTERM makes the agent leave (and drain, when configured).
     pub leave_on_terminate: bool,
+    /// This agent runs the server (`server.enabled`, `-dev`, or no role given at all).
+    pub server_enabled: bool,
+    /// The server RPC port (`ports.rpc`, default 4647): the `port` tag of the gossip member.
+    pub ports_rpc: u16,
+    /// The gossip port (`ports.serf`, default 4648), UDP.
+    pub ports_serf: u16,
+    /// `server.encrypt`: the base64 gossip key, checked to be 16, 24 or 32 bytes.
+    pub server_encrypt: Option<String>,
+    /// `server_join.retry_join` (serf addresses, default port 4648), tried until one answers.
+    pub server_retry_join: Vec<String>,
+    /// `server_join.start_join`: joined once at start.
+    pub start_join: Vec<String>,
+    /// `server.bootstrap_expect` (0: unset): the `expect`/`bootstrap` gossip tags.
+    pub bootstrap_expect: u32,
+    /// `server_join.retry_interval` (default 30s).
+    pub server_retry_interval: Duration,
+    /// `server_join.retry_max` (0: retry until a join succeeds).
+    pub server_retry_max: u32,
+    /// `advertise.serf`: the gossip address other servers reach this one at.
+    pub advertise_serf: Option<std::net::SocketAddr>,
+    /// The server role was asked for (`server.enabled = true`): the serf port must bind. With
+    /// `-dev` or no role, a serf port in use leaves gossip off with a warning.
+    pub gossip_required: bool,
 }
+
+/// Nomad's default RPC port.
+pub const DEFAULT_RPC_PORT: u16 = 4647;
+/// Nomad's default Serf (gossip) port.
+pub const DEFAULT_SERF_PORT: u16 = 4648;
+/// Nomad's default `server_join.retry_interval`.
+pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(30);
+/// Gossip key sizes Serf accepts (AES-128, AES-192, AES-256).
+pub const GOSSIP_KEY_SIZES: [usize; 3] = [16, 24, 32];
 
 /// Nomad's `client.drain_on_shutdown` block.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,6 +295,107 @@ fn tls_settings(t: &file::Tls) -> Result<TlsSettings, ConfigError> {
     Ok(settings)
 }
 
+/// The server and gossip settings of a config, checked.
+struct GossipSettings {
+    server_enabled: bool,
+    required: bool,
+    ports_rpc: u16,
+    ports_serf: u16,
+    encrypt: Option<String>,
+    retry_join: Vec<String>,
+    start_join: Vec<String>,
+    retry_interval: Duration,
+    retry_max: u32,
+    bootstrap_expect: u32,
+    advertise_serf: Option<std::net::SocketAddr>,
+}
+
+/// Check a gossip key: standard base64 of 16, 24 or 32 bytes, as Serf's keyring wants.
+pub fn check_gossip_key(key: &str) -> Result<Vec<u8>, ConfigError> {
+    let bytes = crate::encoding::base64_std_decode(key.trim()).ok_or_else(|| {
+        ConfigError::Invalid(
+            "invalid server.encrypt: the gossip key is not standard base64 (make one with `head -c 32 /dev/urandom | base64`)".into(),
+        )
+    })?;
+    if !GOSSIP_KEY_SIZES.contains(&bytes.len()) {
+        return Err(ConfigError::Invalid(format!(
+            "invalid server.encrypt: the gossip key must be 16, 24 or 32 bytes, got {}",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
+fn port_or(value: Option<u16>, key: &str, default: u16) -> Result<u16, ConfigError> {
+    match value {
+        Some(0) => Err(ConfigError::Invalid(format!("{key} must be 1-65535"))),
+        Some(p) => Ok(p),
+        None => Ok(default),
+    }
+}
+
+fn gossip_settings(file: &file::FileConfig, dev: bool) -> Result<GossipSettings, ConfigError> {
+    let srv = &file.server;
+    let join = srv.server_join.clone().unwrap_or_default();
+    let legacy = srv.retry_join.is_some()
+        || srv.start_join.is_some()
+        || srv.retry_interval.is_some()
+        || srv.retry_max.is_some();
+    if legacy && srv.server_join.is_some() {
+        return Err(ConfigError::Invalid(
+            "server_join and the legacy server.retry_join/start_join/retry_interval/retry_max cannot both be set".into(),
+        ));
+    }
+    let retry_interval_text = join.retry_interval.clone().or(srv.retry_interval.clone());
+    let retry_interval = match retry_interval_text {
+        None => DEFAULT_RETRY_INTERVAL,
+        Some(t) => parse_go_duration(&t)
+            .filter(|d| *d >= Duration::from_secs(1))
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "invalid server_join.retry_interval {t:?}: a duration of at least 1s"
+                ))
+            })?,
+    };
+    let encrypt = match &srv.encrypt {
+        Some(k) if !k.trim().is_empty() => {
+            check_gossip_key(k)?;
+            Some(k.trim().to_string())
+        }
+        _ => None,
+    };
+    let ports_serf = port_or(file.ports.serf, "ports.serf", DEFAULT_SERF_PORT)?;
+    let advertise_serf = match &file.advertise.serf {
+        None => None,
+        Some(text) => Some(
+            text.parse::<std::net::SocketAddr>()
+                .or_else(|_| {
+                    text.parse::<IpAddr>()
+                        .map(|ip| std::net::SocketAddr::new(ip, ports_serf))
+                })
+                .map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "invalid advertise.serf {text:?}: an IP address, with or without a port"
+                    ))
+                })?,
+        ),
+    };
+    Ok(GossipSettings {
+        // No role given at all keeps today's shape: server and client in one agent.
+        server_enabled: dev || srv.enabled.unwrap_or(true),
+        required: srv.enabled == Some(true),
+        ports_rpc: port_or(file.ports.rpc, "ports.rpc", DEFAULT_RPC_PORT)?,
+        ports_serf,
+        encrypt,
+        retry_join: join.retry_join.or(srv.retry_join.clone()).unwrap_or_default(),
+        start_join: join.start_join.or(srv.start_join.clone()).unwrap_or_default(),
+        retry_interval,
+        retry_max: join.retry_max.or(srv.retry_max).unwrap_or(0),
+        bootstrap_expect: srv.bootstrap_expect.unwrap_or(0),
+        advertise_serf,
+    })
+}
+
 const LOG_LEVELS: &[&str] = &["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "OFF"];
 
 impl Config {
@@ -366,6 +499,7 @@ impl Config {
             None => None,
         };
         let tls = tls_settings(&file.tls)?;
+        let gossip = gossip_settings(&file, dev)?;
         let drain_on_shutdown = match &file.client.drain_on_shutdown {
             None => None,
             Some(d) => Some(DrainOnShutdown {
@@ -425,6 +559,17 @@ impl Config {
             config_is_json: loaded.json_only,
             source: flags.clone(),
             tls,
+            server_enabled: gossip.server_enabled,
+            ports_rpc: gossip.ports_rpc,
+            ports_serf: gossip.ports_serf,
+            server_encrypt: gossip.encrypt,
+            server_retry_join: gossip.retry_join,
+            start_join: gossip.start_join,
+            bootstrap_expect: gossip.bootstrap_expect,
+            server_retry_interval: gossip.retry_interval,
+            server_retry_max: gossip.retry_max,
+            advertise_serf: gossip.advertise_serf,
+            gossip_required: gossip.required,
         })
     }
 
@@ -440,7 +585,14 @@ impl Config {
 
     /// The address this agent's own server advertises for RPC (`ip:4647`).
     pub fn rpc_addr(&self) -> String {
-        std::net::SocketAddr::new(self.advertise_ip(), 4647).to_string()
+        std::net::SocketAddr::new(self.advertise_ip(), self.ports_rpc).to_string()
+    }
+
+    /// The gossip address other servers reach this one at: `advertise.serf`, else the
+    /// advertise IP with the serf port.
+    pub fn serf_advertise(&self) -> std::net::SocketAddr {
+        self.advertise_serf
+            .unwrap_or_else(|| std::net::SocketAddr::new(self.advertise_ip(), self.ports_serf))
     }
 
     /// The IP other agents reach this one at: the bind address, or loopback when bound to all.

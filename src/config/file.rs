@@ -21,14 +21,44 @@ const CONFIG_HCL_LIMITS: HclLimits = crate::parse_bounds::ACL_POLICY_LIMITS;
 /// Keys of Nomad's agent config that nomadlet accepts and ignores, each with a warning in the
 /// log (README lists them). Dotted paths; `plugin.*` means every plugin but `raw_exec`.
 pub const IGNORED_KEYS: &[&str] = &[
-    "server",
+    "server.heartbeat_grace",
+    "server.min_heartbeat_ttl",
+    "server.max_heartbeats_per_second",
+    "server.failover_heartbeat_ttl",
+    "server.node_gc_threshold",
+    "server.eval_gc_threshold",
+    "server.batch_eval_gc_threshold",
+    "server.job_gc_interval",
+    "server.job_gc_threshold",
+    "server.deployment_gc_threshold",
+    "server.num_schedulers",
+    "server.enabled_schedulers",
+    "server.raft_protocol",
+    "server.raft_multiplier",
+    "server.raft_snapshot_threshold",
+    "server.raft_snapshot_interval",
+    "server.raft_trailing_logs",
+    "server.non_voting_server",
+    "server.redundancy_zone",
+    "server.upgrade_version",
+    "server.rejoin_after_leave",
+    "server.job_default_priority",
+    "server.job_max_priority",
+    "server.job_max_count",
+    "server.plan_rejection_tracker",
+    "server.client_introduction",
+    "server.data_dir",
+    "server.authoritative_region",
+    "server.default_scheduler_config",
+    "server.search",
     "consul",
     "vault",
     "telemetry",
     "ui",
     "audit",
     "autopilot",
-    "advertise",
+    "advertise.http",
+    "advertise.rpc",
     "addresses",
     "enable_syslog",
     "syslog_facility",
@@ -37,8 +67,6 @@ pub const IGNORED_KEYS: &[&str] = &[
     "log_json",
     "log_file",
     "plugin_dir",
-    "ports.rpc",
-    "ports.serf",
     "client.enabled",
     "client.node_class",
     "client.options",
@@ -86,6 +114,10 @@ pub struct FileConfig {
     pub limits: Limits,
     #[serde(default)]
     pub tls: Tls,
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub advertise: Advertise,
     /// On SIGINT: leave (on a client, drain first when `client.drain_on_shutdown` is set).
     pub leave_on_interrupt: Option<bool>,
     /// On SIGTERM: leave (as `leave_on_interrupt`).
@@ -116,6 +148,43 @@ pub struct Tls {
 #[serde(deny_unknown_fields)]
 pub struct Ports {
     pub http: Option<u16>,
+    pub rpc: Option<u16>,
+    /// The gossip (Serf) port, UDP.
+    pub serf: Option<u16>,
+}
+
+/// `advertise { serf }` (`http` and `rpc` are ignored with a warning until used).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Advertise {
+    /// `ip` or `ip:port` other servers reach this one's gossip at.
+    pub serf: Option<String>,
+}
+
+/// `server { ... }`: the keys membership acts on (the others are ignored with a warning).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub enabled: Option<bool>,
+    pub bootstrap_expect: Option<u32>,
+    /// Base64 gossip key (16, 24 or 32 bytes).
+    pub encrypt: Option<String>,
+    pub server_join: Option<ServerJoin>,
+    /// Legacy spellings of `server_join`'s keys (Nomad still reads them; both at once is an error).
+    pub retry_join: Option<Vec<String>>,
+    pub start_join: Option<Vec<String>>,
+    pub retry_interval: Option<String>,
+    pub retry_max: Option<u32>,
+}
+
+/// `server_join { retry_join retry_interval retry_max start_join }`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerJoin {
+    pub retry_join: Option<Vec<String>>,
+    pub retry_interval: Option<String>,
+    pub retry_max: Option<u32>,
+    pub start_join: Option<Vec<String>>,
 }
 
 /// `client { ... }`.
