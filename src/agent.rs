@@ -40,6 +40,8 @@ pub enum AgentError {
     Tls(crate::tls::TlsError),
     /// The client could not register its node with the server.
     Register(LinkError),
+    /// Gossip (the serf port) could not start.
+    Gossip(crate::gossip::GossipError),
 }
 
 impl fmt::Display for AgentError {
@@ -53,6 +55,7 @@ impl fmt::Display for AgentError {
             AgentError::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
             AgentError::Tls(e) => write!(f, "{e}"),
             AgentError::Register(e) => write!(f, "cannot register this node: {e}"),
+            AgentError::Gossip(e) => write!(f, "{e}"),
         }
     }
 }
@@ -66,6 +69,7 @@ impl std::error::Error for AgentError {
             AgentError::State(e) => Some(e),
             AgentError::Tls(e) => Some(e),
             AgentError::Register(e) => Some(e),
+            AgentError::Gossip(e) => Some(e),
         }
     }
 }
@@ -116,6 +120,7 @@ impl Agent {
             fs_watch: SharedWatcher::new(),
             batcher,
             http: OnceLock::new(),
+            gossip: OnceLock::new(),
             tls,
             started_at: SystemTime::now(),
         }))
@@ -233,6 +238,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         None => server.serve_tcp(listener),
     };
     served.map_err(|source| AgentError::Bind { addr, source })?;
+    start_gossip(&agent)?;
     // Load or make the workload identity key off the start-up path (joined at shutdown).
     let warm_keys = {
         let agent = agent.clone();
@@ -272,6 +278,13 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     notify(&notifier, "STOPPING=1");
     // Blocking queries return at once from here on, so their connections can finish.
     agent.index.close();
+    if let Some(g) = agent.gossip.get() {
+        // A server leaves the gossip pool only when told to (`leave_on_*`), as in Nomad;
+        // otherwise the others see it fail.
+        let leave = (sig == libc::SIGINT && agent.config.leave_on_interrupt)
+            || (sig == libc::SIGTERM && agent.config.leave_on_terminate);
+        g.shutdown(leave);
+    }
     server.shutdown();
     agent.client.shutdown(sig);
     // After the tasks: their last state updates are committed before the store closes.
@@ -283,6 +296,84 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     }
     log::info!("nomadlet agent stopped");
     Ok(())
+}
+
+/// The gossip tags of this server (Serf's tags for a Nomad server).
+fn gossip_tags(agent: &Agent) -> std::collections::BTreeMap<String, String> {
+    let c = &agent.config;
+    // -dev (or no role at all) bootstraps alone, as Nomad's dev mode does.
+    let expect = match c.bootstrap_expect {
+        0 if !c.gossip_required => 1,
+        n => n,
+    };
+    let mut tags = std::collections::BTreeMap::new();
+    for (k, v) in [
+        ("role", "nomad".to_string()),
+        ("region", c.region.clone()),
+        ("dc", c.datacenter.clone()),
+        ("build", env!("CARGO_PKG_VERSION").to_string()),
+        ("vsn", "1".to_string()),
+        ("raft_vsn", "3".to_string()),
+        ("mvn", "1".to_string()),
+        ("id", agent.node.id().to_string()),
+        ("rpc_addr", c.advertise_ip().to_string()),
+        ("port", c.ports_rpc.to_string()),
+    ] {
+        tags.insert(k.to_string(), v);
+    }
+    if expect != 0 {
+        tags.insert("expect".into(), expect.to_string());
+    }
+    if expect == 1 {
+        tags.insert("bootstrap".into(), "1".into());
+    }
+    tags
+}
+
+/// Start gossip on the serf port when this agent is a server. With the server role asked for,
+/// a port that does not bind stops start-up; with `-dev` or no role, it leaves gossip off.
+fn start_gossip(agent: &Agent) -> Result<(), AgentError> {
+    let c = &agent.config;
+    if !c.server_enabled {
+        return Ok(());
+    }
+    let key = match &c.server_encrypt {
+        // Checked when the config loaded; a key that still does not decode is refused here.
+        Some(k) => Some(
+            crate::encoding::base64_std_decode(k.trim())
+                .ok_or(AgentError::Gossip(crate::gossip::GossipError::Key(0)))?,
+        ),
+        None => None,
+    };
+    let settings = crate::gossip::Settings {
+        name: format!("{}.{}", c.node_name, c.region),
+        bind: SocketAddr::new(c.bind_addr, c.ports_serf),
+        advertise: c.serf_advertise(),
+        tags: gossip_tags(agent),
+        key,
+        retry_join: c.server_retry_join.clone(),
+        start_join: c.start_join.clone(),
+        retry_interval: c.server_retry_interval,
+        retry_max: c.server_retry_max,
+        state_path: c.data_dir.join("server").join("gossip.json"),
+    };
+    let bind = settings.bind;
+    match crate::gossip::Gossip::start(settings) {
+        Ok(g) => {
+            log::info!(
+                "gossip on udp {bind} (advertised {}), encrypted: {}",
+                c.serf_advertise(),
+                c.server_encrypt.is_some()
+            );
+            let _ = agent.gossip.set(g);
+            Ok(())
+        }
+        Err(e @ crate::gossip::GossipError::Bind { .. }) if !c.gossip_required => {
+            log::warn!("{e}: server membership stays this agent alone (set ports.serf to gossip)");
+            Ok(())
+        }
+        Err(e) => Err(AgentError::Gossip(e)),
+    }
 }
 
 /// Removes a data dir made for this run (`-dev`) when dropped.

@@ -32,6 +32,9 @@ pub struct Agent {
     pub batcher: Batcher,
     /// The HTTP server, set once listening (the Task API adds Unix listeners to it).
     pub http: OnceLock<Arc<Server>>,
+    /// Server membership (foca gossip on the serf port), set once started; unset on a
+    /// client-only agent, or when `-dev` found its serf port taken.
+    pub gossip: OnceLock<Arc<crate::gossip::Gossip>>,
     /// TLS certificates and configurations (`tls.http` or `tls.rpc`), reloaded on SIGHUP.
     pub tls: Option<Arc<crate::tls::AgentTls>>,
     pub started_at: SystemTime,

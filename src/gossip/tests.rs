@@ -3,6 +3,7 @@
 
 use super::runner::{Parts, Runner};
 use super::*;
+use std::sync::atomic::Ordering;
 
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
