@@ -226,6 +226,8 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         ..Limits::default()
     }
     .with_env();
+    // Before the API serves: members, join and force-leave find gossip running.
+    start_gossip(&agent)?;
     let server = Arc::new(Server::new(Arc::new(Router::new(agent.clone())), limits));
     let _ = agent.http.set(server.clone());
     // Before the TCP listener: the tasks it restores get their Task API sockets on this server.
@@ -238,7 +240,6 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         None => server.serve_tcp(listener),
     };
     served.map_err(|source| AgentError::Bind { addr, source })?;
-    start_gossip(&agent)?;
     // Load or make the workload identity key off the start-up path (joined at shutdown).
     let warm_keys = {
         let agent = agent.clone();

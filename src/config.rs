@@ -387,8 +387,14 @@ fn gossip_settings(file: &file::FileConfig, dev: bool) -> Result<GossipSettings,
         ports_rpc: port_or(file.ports.rpc, "ports.rpc", DEFAULT_RPC_PORT)?,
         ports_serf,
         encrypt,
-        retry_join: join.retry_join.or(srv.retry_join.clone()).unwrap_or_default(),
-        start_join: join.start_join.or(srv.start_join.clone()).unwrap_or_default(),
+        retry_join: join
+            .retry_join
+            .or(srv.retry_join.clone())
+            .unwrap_or_default(),
+        start_join: join
+            .start_join
+            .or(srv.start_join.clone())
+            .unwrap_or_default(),
         retry_interval,
         retry_max: join.retry_max.or(srv.retry_max).unwrap_or(0),
         bootstrap_expect: srv.bootstrap_expect.unwrap_or(0),
@@ -500,6 +506,20 @@ impl Config {
         };
         let tls = tls_settings(&file.tls)?;
         let gossip = gossip_settings(&file, dev)?;
+        let mut config_warnings = loaded.warnings;
+        let ignored_server = file.server.other.keys().map(|k| format!("server.{k}"));
+        let ignored_advertise = [
+            ("advertise.http", &file.advertise.http),
+            ("advertise.rpc", &file.advertise.rpc),
+        ]
+        .into_iter()
+        .filter(|(_, v)| v.is_some())
+        .map(|(k, _)| k.to_string());
+        for k in ignored_server.chain(ignored_advertise) {
+            config_warnings.push(format!(
+                "config key {k:?} is not supported by nomadlet and is ignored"
+            ));
+        }
         let drain_on_shutdown = match &file.client.drain_on_shutdown {
             None => None,
             Some(d) => Some(DrainOnShutdown {
@@ -551,7 +571,7 @@ impl Config {
                 .as_ref()
                 .and_then(|r| r.config.enabled)
                 .unwrap_or(dev),
-            config_warnings: loaded.warnings,
+            config_warnings,
             http_max_conns_per_client: file
                 .limits
                 .http_max_conns_per_client

@@ -131,7 +131,9 @@ fn three_servers_join_over_the_api_then_a_killed_one_fails_and_force_leave_remov
     assert_eq!(gb["Tags"]["vsn"], "1");
     assert_eq!(gb["Tags"]["raft_vsn"], "3");
     assert_eq!(gb["Tags"]["id"].as_str().map(str::len), Some(36));
-    assert!(gb["Tags"]["port"].as_str().is_some_and(|p| p.parse::<u16>().is_ok()));
+    assert!(gb["Tags"]["port"]
+        .as_str()
+        .is_some_and(|p| p.parse::<u16>().is_ok()));
     for (k, v) in [
         ("ProtocolMin", 1),
         ("ProtocolMax", 5),
@@ -172,23 +174,32 @@ fn three_servers_join_over_the_api_then_a_killed_one_fails_and_force_leave_remov
         });
     }
     // force-leave: failed → left here and on b (passed on); prune erases it.
-    let r = a.agent.request("PUT", "/v1/agent/force-leave?node=gc.global", &[], b"");
+    let r = a
+        .agent
+        .request("PUT", "/v1/agent/force-leave?node=gc.global", &[], b"");
     assert_eq!((r.status, r.text().as_str()), (200, ""));
     assert_eq!(status_of(&a.agent, "gc.global").as_deref(), Some("left"));
     wait_until(CONVERGE, "b sees gc left", || {
         status_of(&b.agent, "gc.global").as_deref() == Some("left")
     });
-    let r = a
-        .agent
-        .request("PUT", "/v1/agent/force-leave?node=gc.global&prune=true", &[], b"");
+    let r = a.agent.request(
+        "PUT",
+        "/v1/agent/force-leave?node=gc.global&prune=true",
+        &[],
+        b"",
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(status_of(&a.agent, "gc.global"), None);
     assert_eq!(members(&a.agent).len(), 2);
     // An alive member is not forced out (it would refute), and the local agent refuses.
-    let r = a.agent.request("PUT", "/v1/agent/force-leave?node=gb.global", &[], b"");
+    let r = a
+        .agent
+        .request("PUT", "/v1/agent/force-leave?node=gb.global", &[], b"");
     assert_eq!(r.status, 200);
     assert_eq!(status_of(&a.agent, "gb.global").as_deref(), Some("alive"));
-    let r = a.agent.request("PUT", "/v1/agent/force-leave?node=ga.global", &[], b"");
+    let r = a
+        .agent
+        .request("PUT", "/v1/agent/force-leave?node=ga.global", &[], b"");
     assert_eq!(r.status, 500, "{}", r.text());
 }
 
@@ -224,7 +235,9 @@ fn retry_join_forms_the_cluster_and_a_stopped_server_fails_then_comes_back() {
     }
     let full = ["ra.global", "rb.global", "rc.global"];
     for s in &servers {
-        wait_until(CONVERGE, "retry_join formed the cluster", || all_alive(s, &full));
+        wait_until(CONVERGE, "retry_join formed the cluster", || {
+            all_alive(s, &full)
+        });
     }
     // A partition of one: SIGSTOP → failed on the others; SIGCONT → alive again.
     let pid = servers[2].pid() as i32;
@@ -267,7 +280,10 @@ fn a_server_with_another_gossip_key_never_joins_and_bad_keys_are_refused_at_star
         let j = join(&stranger.agent, &[a.serf_addr()]);
         assert_eq!(j["num_joined"], 0, "{j}");
         assert!(
-            j["error"].as_str().unwrap_or_default().contains("Failed to join"),
+            j["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("Failed to join"),
             "{j}"
         );
         assert!(started.elapsed() < Duration::from_secs(10), "one deadline");
@@ -282,7 +298,11 @@ fn a_server_with_another_gossip_key_never_joins_and_bad_keys_are_refused_at_star
     // A key that is not 16, 24 or 32 bytes stops the agent at config load.
     let dir = temp_dir("gossip-badkey");
     let cfg = dir.with_extension("hcl");
-    std::fs::write(&cfg, "server {\n  enabled = true\n  encrypt = \"c2hvcnQ=\"\n}\n").expect("cfg");
+    std::fs::write(
+        &cfg,
+        "server {\n  enabled = true\n  encrypt = \"c2hvcnQ=\"\n}\n",
+    )
+    .expect("cfg");
     let out = std::process::Command::new(bin())
         .args(["agent", "-dev", "-data-dir"])
         .arg(&dir)
@@ -305,12 +325,19 @@ fn join_and_force_leave_need_agent_write_under_acls() {
     let path = format!("/v1/agent/join?address={}", b.serf_addr());
     let r = a.agent.request("PUT", &path, &[], b"");
     assert_eq!((r.status, r.text().as_str()), (403, "Permission denied"));
-    let r = a.agent.request("PUT", "/v1/agent/force-leave?node=x.global", &[], b"");
+    let r = a
+        .agent
+        .request("PUT", "/v1/agent/force-leave?node=x.global", &[], b"");
     assert_eq!((r.status, r.text().as_str()), (403, "Permission denied"));
     let r = a.agent.request("POST", "/v1/acl/bootstrap", &[], b"");
     assert_eq!(r.status, 200, "{}", r.text());
-    let mgmt = r.json()["SecretID"].as_str().unwrap_or_default().to_string();
-    let r = a.agent.request("PUT", &path, &[("X-Nomad-Token", &mgmt)], b"");
+    let mgmt = r.json()["SecretID"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let r = a
+        .agent
+        .request("PUT", &path, &[("X-Nomad-Token", &mgmt)], b"");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["num_joined"], 1, "{}", r.text());
     wait_until(CONVERGE, "b lists a", || {

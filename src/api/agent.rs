@@ -115,8 +115,14 @@ fn forward_members(ctx: &Ctx) -> ApiResult {
             }
             Ok((403, _)) => return Err(ApiError::permission_denied()),
             Ok((code, body)) => {
-                let text = String::from_utf8_lossy(&body).chars().take(512).collect::<String>();
-                return Err(ApiError::new(Status::from_code(code), format!("rpc error: {text}")));
+                let text = String::from_utf8_lossy(&body)
+                    .chars()
+                    .take(512)
+                    .collect::<String>();
+                return Err(ApiError::new(
+                    Status::from_code(code),
+                    format!("rpc error: {text}"),
+                ));
             }
             Err(e) => last = format!("rpc error: {e}"),
         }

@@ -21,44 +21,12 @@ const CONFIG_HCL_LIMITS: HclLimits = crate::parse_bounds::ACL_POLICY_LIMITS;
 /// Keys of Nomad's agent config that nomadlet accepts and ignores, each with a warning in the
 /// log (README lists them). Dotted paths; `plugin.*` means every plugin but `raw_exec`.
 pub const IGNORED_KEYS: &[&str] = &[
-    "server.heartbeat_grace",
-    "server.min_heartbeat_ttl",
-    "server.max_heartbeats_per_second",
-    "server.failover_heartbeat_ttl",
-    "server.node_gc_threshold",
-    "server.eval_gc_threshold",
-    "server.batch_eval_gc_threshold",
-    "server.job_gc_interval",
-    "server.job_gc_threshold",
-    "server.deployment_gc_threshold",
-    "server.num_schedulers",
-    "server.enabled_schedulers",
-    "server.raft_protocol",
-    "server.raft_multiplier",
-    "server.raft_snapshot_threshold",
-    "server.raft_snapshot_interval",
-    "server.raft_trailing_logs",
-    "server.non_voting_server",
-    "server.redundancy_zone",
-    "server.upgrade_version",
-    "server.rejoin_after_leave",
-    "server.job_default_priority",
-    "server.job_max_priority",
-    "server.job_max_count",
-    "server.plan_rejection_tracker",
-    "server.client_introduction",
-    "server.data_dir",
-    "server.authoritative_region",
-    "server.default_scheduler_config",
-    "server.search",
     "consul",
     "vault",
     "telemetry",
     "ui",
     "audit",
     "autopilot",
-    "advertise.http",
-    "advertise.rpc",
     "addresses",
     "enable_syslog",
     "syslog_facility",
@@ -153,17 +121,20 @@ pub struct Ports {
     pub serf: Option<u16>,
 }
 
-/// `advertise { serf }` (`http` and `rpc` are ignored with a warning until used).
+/// `advertise { http rpc serf }`: `serf` is acted on; `http` and `rpc` are read and ignored
+/// with a warning until used.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Advertise {
+    pub http: Option<String>,
+    pub rpc: Option<String>,
     /// `ip` or `ip:port` other servers reach this one's gossip at.
     pub serf: Option<String>,
 }
 
-/// `server { ... }`: the keys membership acts on (the others are ignored with a warning).
+/// `server { ... }`: the keys membership acts on; Nomad's other server keys are kept in
+/// `other` and ignored with a warning each.
 #[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Server {
     pub enabled: Option<bool>,
     pub bootstrap_expect: Option<u32>,
@@ -175,6 +146,8 @@ pub struct Server {
     pub start_join: Option<Vec<String>>,
     pub retry_interval: Option<String>,
     pub retry_max: Option<u32>,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
 }
 
 /// `server_join { retry_join retry_interval retry_max start_join }`.

@@ -159,7 +159,11 @@ mod tests {
         assert_eq!(open(None, &wire), None, "no key");
         let plain = seal(None, Kind::Leave, b"x").expect("plain");
         assert_eq!(open(None, &plain), Some((Kind::Leave, b"x".to_vec())));
-        assert_eq!(open(Some(&a), &plain), None, "a keyed agent refuses plain text");
+        assert_eq!(
+            open(Some(&a), &plain),
+            None,
+            "a keyed agent refuses plain text"
+        );
         let mut flipped = wire.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
@@ -173,7 +177,10 @@ mod tests {
         for n in [16, 24, 32] {
             let c = Cipher::new(&vec![1u8; n]).expect("key size");
             let wire = seal(Some(&c), Kind::ForceLeave, b"p").expect("seal");
-            assert_eq!(open(Some(&c), &wire), Some((Kind::ForceLeave, b"p".to_vec())));
+            assert_eq!(
+                open(Some(&c), &wire),
+                Some((Kind::ForceLeave, b"p".to_vec()))
+            );
         }
         for n in [0, 8, 15, 17, 31, 33, 64] {
             assert!(Cipher::new(&vec![1u8; n]).is_none(), "{n} bytes");
@@ -183,7 +190,13 @@ mod tests {
     #[test]
     fn short_and_odd_datagrams_are_refused() {
         let c = Cipher::new(&[3u8; 16]).expect("key");
-        for d in [&b""[..], &[MAGIC_SEALED], &[MAGIC_SEALED; 20], &[MAGIC_PLAIN], &[MAGIC_PLAIN, 9]] {
+        for d in [
+            &b""[..],
+            &[MAGIC_SEALED],
+            &[MAGIC_SEALED; 20],
+            &[MAGIC_PLAIN],
+            &[MAGIC_PLAIN, 9],
+        ] {
             assert_eq!(open(Some(&c), d), None);
             assert_eq!(open(None, d), None);
         }

@@ -375,7 +375,8 @@ impl Gossip {
             prune,
             reply,
         })?;
-        wait_reply(&answer, Instant::now() + Duration::from_secs(5)).unwrap_or(Err(GossipError::Stopped))
+        wait_reply(&answer, Instant::now() + Duration::from_secs(5))
+            .unwrap_or(Err(GossipError::Stopped))
     }
 
     /// Stop the thread (announcing a leave first when `leave`) and join it.
@@ -434,7 +435,8 @@ fn next_generation(path: &std::path::Path) -> Result<u64, GossipError> {
 /// foca's settings: LAN timings for the cluster size servers have, packets that fit a
 /// datagram with its envelope.
 fn foca_config() -> foca::Config {
-    let mut c = foca::Config::new_lan(std::num::NonZeroU32::MIN.saturating_add(CLUSTER_SIZE_HINT - 1));
+    let mut c =
+        foca::Config::new_lan(std::num::NonZeroU32::MIN.saturating_add(CLUSTER_SIZE_HINT - 1));
     if let Some(n) = std::num::NonZeroUsize::new(MAX_DATAGRAM - envelope::OVERHEAD) {
         c.max_packet_size = n;
     }

@@ -117,7 +117,7 @@ impl Runner {
         let rng = SmallRng::from_seed(seed);
         let foca = Foca::new(p.id, super::foca_config(), rng, Codec);
         let now = Instant::now();
-        let retry = (!p.retry_join.is_empty()).then(|| RetryJoin {
+        let retry = (!p.retry_join.is_empty()).then_some(RetryJoin {
             addrs: p.retry_join,
             attempts: 0,
             max: p.retry_max,
@@ -519,7 +519,10 @@ impl Runner {
                 }
             }
             OwnedNotification::Rejoin(new) => {
-                log::info!("gossip: declared down by the cluster; rejoining as generation {}", new.generation);
+                log::info!(
+                    "gossip: declared down by the cluster; rejoining as generation {}",
+                    new.generation
+                );
                 let local = t.local.clone();
                 if let Some(e) = t.entries.get_mut(&local) {
                     e.id = new;
@@ -556,7 +559,10 @@ impl Runner {
                 return Err(GossipError::LocalMember);
             }
             let gone = t.entries.get(name).map(|e| {
-                matches!(e.status, MemberStatus::Failed | MemberStatus::Left | MemberStatus::Leaving)
+                matches!(
+                    e.status,
+                    MemberStatus::Failed | MemberStatus::Left | MemberStatus::Leaving
+                )
             });
             if gone == Some(true) {
                 if prune {
