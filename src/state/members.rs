@@ -53,7 +53,7 @@ impl Membership {
         let servers_path = config.data_dir.join("client").join("servers.json");
         let servers = match store::read_json::<Vec<String>>(&servers_path)? {
             Some(s) => s,
-            None if !config.servers.is_empty() => config.servers.clone(),
+            None if !config.client_servers.is_empty() => config.client_servers.clone(),
             None => vec![config.rpc_addr()],
         };
         let mut tags = BTreeMap::new();
@@ -62,7 +62,7 @@ impl Membership {
             ("region", config.region.clone()),
             ("dc", config.datacenter.clone()),
             ("build", env!("CARGO_PKG_VERSION").to_string()),
-            ("port", "4647".to_string()),
+            ("port", config.ports_rpc.to_string()),
             ("http_port", config.http_port.to_string()),
             ("bootstrap", "1".to_string()),
             ("expect", "1".to_string()),
@@ -77,7 +77,7 @@ impl Membership {
         let local = Member {
             name: format!("{}.{}", config.node_name, config.region),
             addr: config.advertise_ip().to_string(),
-            port: 4648,
+            port: config.ports_serf,
             tags,
             status: "alive".into(),
             protocol_min: 1,
