@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use crate::api::router::Router;
 pub use crate::api::Agent;
 use crate::client::link::{LinkError, ServerLink};
+use crate::client::remote_link::{self, Dialer, RemoteLink};
 use crate::client::stats::SAMPLE_INTERVAL;
 use crate::client::{Client, TaskApi};
 use crate::config::Config;
@@ -104,11 +105,20 @@ impl Agent {
             workloads.clone(),
             index.clone(),
         );
-        let mut local = LocalLink::new(workloads.clone(), node.clone(), index.clone());
-        if config.rpc_listener() {
-            local = local.with_heartbeats(heartbeats.clone());
-        }
-        let link: Arc<dyn ServerLink> = Arc::new(local);
+        let link: Arc<dyn ServerLink> = if config.client_only() {
+            // The servers are elsewhere: the node's calls go to their RPC ports.
+            Arc::new(RemoteLink::new(
+                membership.server_list(),
+                node.secret_id().to_string(),
+                rpc_dialer(&config, tls.as_ref()),
+            ))
+        } else {
+            let mut local = LocalLink::new(workloads.clone(), node.clone(), index.clone());
+            if config.rpc_listener() {
+                local = local.with_heartbeats(heartbeats.clone());
+            }
+            Arc::new(local)
+        };
         let client = Client::new(&config, node.id(), link.clone());
         let batcher = Batcher::new(&config);
         Ok(Arc::new(Agent {
@@ -128,6 +138,25 @@ impl Agent {
             started_at: SystemTime::now(),
         }))
     }
+}
+
+/// How a client-only agent dials its servers' RPC ports: TLS with the agent's certificates
+/// when `tls.rpc` is on, plain TCP otherwise.
+fn rpc_dialer(config: &Config, tls: Option<&Arc<crate::tls::AgentTls>>) -> Dialer {
+    let Some(tls) = tls.filter(|_| config.tls.rpc).cloned() else {
+        return remote_link::plain_dialer();
+    };
+    Arc::new(move |addr: &SocketAddr, deadline: std::time::Instant| {
+        let config = tls.client_config().map_err(std::io::Error::other)?;
+        let name = tls.peer_server_name();
+        let stream = crate::tls::client::dial(addr, Some((config, &name)), deadline)
+            .map_err(std::io::Error::other)?;
+        let tcp = stream.tcp().try_clone()?;
+        Ok((
+            Box::new(stream) as Box<dyn crate::http::client::Stream>,
+            tcp,
+        ))
+    })
 }
 
 /// The data dir: traversable by task users, listable by nobody but the agent.
@@ -217,14 +246,19 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         // Every known node not down gets a full TTL + grace to heartbeat this server.
         agent.heartbeats.start();
     }
+    let mut first_ttl = None;
     if agent.config.client_enabled {
         // The client registers its node (again) through the link before anything is placed
         // or served: the server's node table knows this node before the first request is read.
+        // A server elsewhere may not answer yet: the node updater then registers until it does.
         let registration = local_link::registration_of(&agent.node.registration());
-        agent
-            .client
-            .register(&registration)
-            .map_err(AgentError::Register)?;
+        match agent.client.register(&registration) {
+            Ok(reply) => first_ttl = Some(std::time::Duration::from_millis(reply.ttl_ms)),
+            Err(e) if agent.config.client_only() => {
+                log::warn!("cannot register this node yet (retrying): {e}");
+            }
+            Err(e) => return Err(AgentError::Register(e)),
+        }
     }
     crate::api::jobs::place_blocked(&agent);
     if agent.config.client_enabled {
@@ -235,6 +269,11 @@ pub fn run(config: Config) -> Result<(), AgentError> {
                 let node = agent.node.clone();
                 Box::new(move || node.meta_view().meta)
             },
+            registration: {
+                let node = agent.node.clone();
+                Box::new(move || local_link::registration_of(&node.registration()))
+            },
+            first_ttl,
         });
     }
 

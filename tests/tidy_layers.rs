@@ -110,6 +110,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &[
             "config",
             "encoding",
+            "http::client",
             "jobspec",
             "parse_bounds",
             "time",

@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::state::jobs::alloc::{AllocRecord, TaskState};
 use crate::state::status::{AllocClientStatus, NodeStatus};
 
+/// The header every call but register carries the node's secret in (over the RPC port).
+pub const NODE_SECRET_HEADER: &str = "X-Nomad-Node-Secret";
+
 /// Longest a single pull waits for a change before it answers with nothing new.
 pub const MAX_PULL_WAIT: Duration = Duration::from_secs(10);
 
@@ -166,8 +169,9 @@ pub trait ServerLink: Send + Sync {
     fn pull_allocs(&self, req: &PullAllocs) -> Result<PulledAllocs, LinkError>;
     fn push_alloc_updates(&self, req: &AllocUpdates) -> Result<UpdatedAllocs, LinkError>;
     fn push_meta(&self, req: &NodeMeta) -> Result<MetaReply, LinkError>;
-    /// The agent is stopping: calls in flight end (`Err(Closed)`) and later ones fail at
-    /// once. The in-process link ends with the index counter and needs nothing here.
+    /// The agent is stopping: blocking pulls in flight end (`Err(Closed)`) and later pulls
+    /// fail at once; other calls (the client's last updates) still go through. The
+    /// in-process link's pulls end with the index counter, so it needs nothing here.
     fn close(&self) {}
 }
 

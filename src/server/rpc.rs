@@ -53,8 +53,7 @@ use crate::state::node_table::{Node, NodeEvent};
 use crate::state::status::NodeStatus;
 use crate::state::IndexCounter;
 
-/// The header every call but register carries the node's secret in.
-pub const NODE_SECRET_HEADER: &str = "X-Nomad-Node-Secret";
+pub use crate::client::link::NODE_SECRET_HEADER;
 
 /// The prefix of the RPC paths; everything else on the RPC port is the HTTP API.
 pub const RPC_PREFIX: &str = "/v1/rpc/";
@@ -89,17 +88,6 @@ impl RpcError {
             ),
         };
         Reply::bytes(status, "text/plain; charset=utf-8", text.into_bytes())
-    }
-
-    /// The error a client sees for a reply of `status` with body `text`.
-    pub fn link_error(status: u16, text: &str, node_id: &str) -> LinkError {
-        match status {
-            400 => LinkError::BadRequest(text.to_string()),
-            403 => LinkError::PermissionDenied,
-            404 => LinkError::UnknownNode(node_id.to_string()),
-            503 => LinkError::Closed,
-            _ => LinkError::Persist(text.to_string()),
-        }
     }
 }
 
