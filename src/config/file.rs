@@ -35,8 +35,6 @@ pub const IGNORED_KEYS: &[&str] = &[
     "log_json",
     "log_file",
     "plugin_dir",
-    "client.enabled",
-    "client.node_class",
     "client.options",
     "client.reserved",
     "client.host_volume",
@@ -72,6 +70,12 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     #[serde(default)]
     pub ports: Ports,
+    /// `advertise { http rpc serf }`: the addresses other agents reach this one at.
+    #[serde(default)]
+    pub advertise: Advertise,
+    /// `server { ... }`: the server role and its cluster settings.
+    #[serde(default)]
+    pub server: Server,
     #[serde(default)]
     pub client: Client,
     #[serde(default)]
@@ -82,10 +86,6 @@ pub struct FileConfig {
     pub limits: Limits,
     #[serde(default)]
     pub tls: Tls,
-    #[serde(default)]
-    pub server: Server,
-    #[serde(default)]
-    pub advertise: Advertise,
     /// On SIGINT: leave (on a client, drain first when `client.drain_on_shutdown` is set).
     pub leave_on_interrupt: Option<bool>,
     /// On SIGTERM: leave (as `leave_on_interrupt`).
@@ -117,56 +117,62 @@ pub struct Tls {
 pub struct Ports {
     pub http: Option<u16>,
     pub rpc: Option<u16>,
-    /// The gossip (Serf) port, UDP.
     pub serf: Option<u16>,
 }
 
-/// `advertise { http rpc serf }`: `serf` is acted on; `http` and `rpc` are read and ignored
-/// with a warning until used.
+/// `advertise { http rpc serf }`: `ip` or `ip:port` each.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Advertise {
     pub http: Option<String>,
     pub rpc: Option<String>,
-    /// `ip` or `ip:port` other servers reach this one's gossip at.
     pub serf: Option<String>,
 }
 
-/// `server { ... }`: the keys membership acts on; Nomad's other server keys are kept in
-/// `other` and ignored with a warning each.
+/// `server_join { retry_join retry_interval retry_max start_join }` (servers and clients).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerJoin {
+    #[serde(default)]
+    pub retry_join: Vec<String>,
+    /// Go duration, default `30s`.
+    pub retry_interval: Option<String>,
+    pub retry_max: Option<u32>,
+    #[serde(default)]
+    pub start_join: Vec<String>,
+}
+
+/// `server { ... }`. Nomad's server block has many tuning keys nomadlet does not act on; they
+/// are collected in `other` and each logged as ignored (the keys below are acted on).
 #[derive(Debug, Default, Clone, Deserialize)]
 pub struct Server {
     pub enabled: Option<bool>,
     pub bootstrap_expect: Option<u32>,
-    /// Base64 gossip key (16, 24 or 32 bytes).
+    /// Go duration, default `10s`.
+    pub heartbeat_grace: Option<String>,
+    /// Go duration, default `10s`.
+    pub min_heartbeat_ttl: Option<String>,
+    pub max_heartbeats_per_second: Option<f64>,
+    /// Base64 gossip key.
     pub encrypt: Option<String>,
     pub server_join: Option<ServerJoin>,
-    /// Legacy spellings of `server_join`'s keys (Nomad still reads them; both at once is an error).
-    pub retry_join: Option<Vec<String>>,
-    pub start_join: Option<Vec<String>>,
-    pub retry_interval: Option<String>,
-    pub retry_max: Option<u32>,
+    /// Every other key of the block: accepted, ignored, named in a warning.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
-}
-
-/// `server_join { retry_join retry_interval retry_max start_join }`.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerJoin {
-    pub retry_join: Option<Vec<String>>,
-    pub retry_interval: Option<String>,
-    pub retry_max: Option<u32>,
-    pub start_join: Option<Vec<String>>,
 }
 
 /// `client { ... }`.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Client {
+    pub enabled: Option<bool>,
     #[serde(default)]
     pub meta: BTreeMap<String, String>,
     pub servers: Option<Vec<String>>,
+    /// For a client, `retry_join` entries are server RPC addresses added to `servers`.
+    pub server_join: Option<ServerJoin>,
+    pub node_class: Option<String>,
+    pub node_pool: Option<String>,
     pub gc_max_allocs: Option<usize>,
     /// nomadlet's own: a fixed metadata batch window (Go duration).
     pub meta_batch_window: Option<String>,

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -43,7 +44,7 @@ pub struct Membership {
     servers_path: PathBuf,
     /// Serialises server-list writers across their durable write.
     servers_gate: Mutex<()>,
-    servers: RwLock<Vec<String>>,
+    servers: Arc<RwLock<Vec<String>>>,
     local: Member,
 }
 
@@ -52,7 +53,7 @@ impl Membership {
         let servers_path = config.data_dir.join("client").join("servers.json");
         let servers = match store::read_json::<Vec<String>>(&servers_path)? {
             Some(s) => s,
-            None if !config.servers.is_empty() => config.servers.clone(),
+            None if !config.client_servers.is_empty() => config.client_servers.clone(),
             None => vec![config.rpc_addr()],
         };
         let mut tags = BTreeMap::new();
@@ -88,7 +89,7 @@ impl Membership {
         Ok(Membership {
             servers_path,
             servers_gate: Mutex::new(()),
-            servers: RwLock::new(servers),
+            servers: Arc::new(RwLock::new(servers)),
             local,
         })
     }
@@ -98,6 +99,13 @@ impl Membership {
         let mut s = self.servers.read().clone();
         s.sort();
         s
+    }
+
+    /// The server list as a function the client's RPC link reads at every call (so a
+    /// `PUT /v1/agent/servers` takes effect at the next call).
+    pub fn server_list(&self) -> Arc<dyn Fn() -> Vec<String> + Send + Sync> {
+        let servers = self.servers.clone();
+        Arc::new(move || servers.read().clone())
     }
 
     /// Replace the server list, durably.
