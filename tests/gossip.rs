@@ -37,6 +37,11 @@ impl Server {
 /// Start a server agent named `name` with `server { enabled = true }`, its own RPC and serf
 /// ports, and `extra` HCL inside the server block.
 fn server(name: &str, server_extra: &str, flags: &[&str]) -> Server {
+    server_with(name, server_extra, "", flags)
+}
+
+/// As [`server`], with `top` HCL at the top level of the config too.
+fn server_with(name: &str, server_extra: &str, top: &str, flags: &[&str]) -> Server {
     let dir = temp_dir(&format!("gossip-{name}"));
     let serf = free_udp_port();
     let rpc = free_port();
@@ -44,7 +49,7 @@ fn server(name: &str, server_extra: &str, flags: &[&str]) -> Server {
     std::fs::write(
         &cfg,
         format!(
-            "ports {{\n  rpc = {rpc}\n  serf = {serf}\n}}\nserver {{\n  enabled = true\n{server_extra}\n}}\n"
+            "{top}\nports {{\n  rpc = {rpc}\n  serf = {serf}\n}}\nserver {{\n  enabled = true\n{server_extra}\n}}\n"
         ),
     )
     .expect("config");
@@ -342,5 +347,80 @@ fn join_and_force_leave_need_agent_write_under_acls() {
     assert_eq!(r.json()["num_joined"], 1, "{}", r.text());
     wait_until(CONVERGE, "b lists a", || {
         all_alive(&b.agent, &["acl.global", "acl2.global"])
+    });
+}
+
+#[test]
+fn a_client_only_agent_asks_its_server_for_members_and_refuses_join() {
+    let s = server("cs", "", &[]);
+    let rpc = std::fs::read_to_string(s.agent.data_dir.with_extension("hcl"))
+        .expect("config")
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("rpc = ").map(str::to_string))
+        .expect("rpc port");
+    // Not -dev: a client-only agent (TestAgent::start always adds -dev).
+    let dir = temp_dir("gossip-client");
+    let port = free_port();
+    let mut c = TestAgent {
+        child: None,
+        port,
+        data_dir: dir.clone(),
+        log_path: dir.with_extension(format!("{port}.log")),
+        args: [
+            "agent",
+            "-client",
+            "-node",
+            "cl",
+            "-bind",
+            "127.0.0.1",
+            "-data-dir",
+            dir.to_str().expect("path"),
+            "-http-port",
+            &port.to_string(),
+            "-servers",
+            &format!("127.0.0.1:{rpc}"),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect(),
+        env: Vec::new(),
+        nofile: None,
+    };
+    c.restart_after_stop();
+    let m = c.get_json("/v1/agent/members");
+    assert_eq!(m["ServerName"], "cs", "{m}");
+    assert_eq!(m["Members"][0]["Name"], "cs.global");
+    for path in [
+        format!("/v1/agent/join?address={}", s.serf_addr()),
+        "/v1/agent/force-leave?node=cs.global".to_string(),
+    ] {
+        let r = c.request("PUT", &path, &[], b"");
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (501, "Invalid method"),
+            "{path}"
+        );
+    }
+    // With no server answering: the dial error, as an RPC error (500).
+    let r = c.request("PUT", "/v1/agent/servers?address=127.0.0.1:1", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = c.get("/v1/agent/members");
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().starts_with("rpc error: "), "{}", r.text());
+}
+
+#[test]
+fn a_server_that_leaves_on_terminate_shows_left_not_failed() {
+    let a = server("la", "", &[]);
+    let mut b = server_with("lb", "", "leave_on_terminate = true", &[]);
+    let j = join(&a.agent, &[b.serf_addr()]);
+    assert_eq!(j["num_joined"], 1, "{j}");
+    wait_until(CONVERGE, "a lists b alive", || {
+        all_alive(&a.agent, &["la.global", "lb.global"])
+    });
+    let st = b.agent.stop();
+    assert!(st.success(), "{st}");
+    wait_until(CONVERGE, "a sees b left", || {
+        status_of(&a.agent, "lb.global").as_deref() == Some("left")
     });
 }
