@@ -167,6 +167,16 @@ fn three_servers_join_over_the_api_then_a_killed_one_fails_and_force_leave_remov
         Instant::now() > after_noise && all_alive(&a.agent, &names)
     });
     assert!(all_alive(&b.agent, &names));
+    let metrics = a.agent.get_json("/v1/metrics");
+    let dropped = metrics["Counters"]
+        .as_array()
+        .expect("Counters")
+        .iter()
+        .find(|c| c["Name"] == "nomad.nomadlet.gossip.dropped")
+        .map(|c| c["Count"].as_u64().unwrap_or(0))
+        .unwrap_or(0);
+    // (The kernel may drop some of a burst before the thread reads them.)
+    assert!(dropped >= 100, "dropped {dropped}: {metrics}");
 
     // kill -9: the others see it fail.
     let mut c = c;

@@ -459,32 +459,45 @@ impl Runner {
         }
     }
 
-    /// foca's view changed: keep the table (keyed by member name) in step.
+    /// foca's view changed: keep the table (keyed by member name) in step. The log line is
+    /// written after the table's lock is let go.
     fn notified(&mut self, n: OwnedNotification<ServerId>) {
+        if let Some((level, line)) = self.apply_notification(n) {
+            log::log!(level, "gossip: {line}");
+        }
+    }
+
+    fn apply_notification(
+        &mut self,
+        n: OwnedNotification<ServerId>,
+    ) -> Option<(log::Level, String)> {
         let now = Instant::now();
         let mut t = self.table.write();
         match n {
             OwnedNotification::MemberUp(id) => {
                 if id.name == t.local {
-                    log::warn!(
-                        "gossip: another server at {} uses this server's name {}",
-                        id.addr,
-                        id.name
-                    );
-                    return;
+                    return Some((
+                        log::Level::Warn,
+                        format!(
+                            "another server at {} uses this server's name {}",
+                            id.addr, id.name
+                        ),
+                    ));
                 }
                 if let Some(e) = t.entries.get(&id.name) {
                     let newer_alive =
                         e.status == MemberStatus::Alive && e.id.generation > id.generation;
                     if newer_alive {
-                        return;
+                        return None;
                     }
                 }
                 if !t.entries.contains_key(&id.name) && t.entries.len() >= MAX_MEMBERS {
-                    log::warn!("gossip: member table full; {} not added", id.name);
-                    return;
+                    return Some((
+                        log::Level::Warn,
+                        format!("member table full; {} not added", id.name),
+                    ));
                 }
-                log::info!("gossip: member {} ({}) is alive", id.name, id.addr);
+                let line = format!("member {} ({}) is alive", id.name, id.addr);
                 t.entries.insert(
                     id.name.clone(),
                     Entry {
@@ -494,33 +507,36 @@ impl Runner {
                         since: now,
                     },
                 );
+                Some((log::Level::Info, line))
             }
             OwnedNotification::MemberDown(id) => {
-                if let Some(e) = t.entries.get_mut(&id.name).filter(|e| e.id == id) {
-                    e.status = if e.leaving {
-                        MemberStatus::Left
-                    } else {
-                        MemberStatus::Failed
-                    };
-                    e.since = now;
-                    log::info!("gossip: member {} is {}", id.name, e.status.as_str());
-                }
+                let e = t.entries.get_mut(&id.name).filter(|e| e.id == id)?;
+                e.status = if e.leaving {
+                    MemberStatus::Left
+                } else {
+                    MemberStatus::Failed
+                };
+                e.since = now;
+                Some((
+                    log::Level::Info,
+                    format!("member {} is {}", id.name, e.status.as_str()),
+                ))
             }
             OwnedNotification::Rename(old, new) => {
                 let local = t.local.clone();
-                if let Some(e) = t.entries.get_mut(&old.name).filter(|e| e.id == old) {
-                    if old.name == new.name {
-                        e.id = new;
-                    } else if old.name != local {
-                        // Another server took this address: the old one is gone.
-                        e.status = MemberStatus::Failed;
-                        e.since = now;
-                    }
+                let e = t.entries.get_mut(&old.name).filter(|e| e.id == old)?;
+                if old.name == new.name {
+                    e.id = new;
+                } else if old.name != local {
+                    // Another server took this address: the old one is gone.
+                    e.status = MemberStatus::Failed;
+                    e.since = now;
                 }
+                None
             }
             OwnedNotification::Rejoin(new) => {
-                log::info!(
-                    "gossip: declared down by the cluster; rejoining as generation {}",
+                let line = format!(
+                    "declared down by the cluster; rejoined as generation {}",
                     new.generation
                 );
                 let local = t.local.clone();
@@ -528,24 +544,35 @@ impl Runner {
                     e.id = new;
                     e.status = MemberStatus::Alive;
                 }
+                Some((log::Level::Info, line))
             }
-            OwnedNotification::Idle => log::debug!("gossip: no other member is alive"),
-            OwnedNotification::Defunct => log::warn!("gossip: this server was declared down"),
-            _ => {}
+            OwnedNotification::Idle => Some((log::Level::Debug, "no other member is alive".into())),
+            OwnedNotification::Defunct => {
+                Some((log::Level::Warn, "this server was declared down".into()))
+            }
+            _ => None,
         }
     }
 
     /// A member said it is leaving: it goes `leaving` now and `left` (not `failed`) once
     /// foca sees it down.
     fn leave_notice(&mut self, id: &ServerId) {
-        let mut t = self.table.write();
-        if let Some(e) = t.entries.get_mut(&id.name).filter(|e| &e.id == id) {
-            e.leaving = true;
-            e.status = match e.status {
-                MemberStatus::Alive | MemberStatus::Leaving => MemberStatus::Leaving,
-                _ => MemberStatus::Left,
-            };
-            e.since = Instant::now();
+        let known = {
+            let mut t = self.table.write();
+            match t.entries.get_mut(&id.name).filter(|e| &e.id == id) {
+                Some(e) => {
+                    e.leaving = true;
+                    e.status = match e.status {
+                        MemberStatus::Alive | MemberStatus::Leaving => MemberStatus::Leaving,
+                        _ => MemberStatus::Left,
+                    };
+                    e.since = Instant::now();
+                    true
+                }
+                None => false,
+            }
+        };
+        if known {
             log::info!("gossip: member {} is leaving", id.name);
         }
     }
@@ -571,7 +598,6 @@ impl Runner {
                     e.status = MemberStatus::Left;
                     e.since = Instant::now();
                 }
-                log::info!("gossip: force-leave {name} (prune: {prune})");
             }
             let local = t.local.clone();
             t.entries
@@ -580,6 +606,7 @@ impl Runner {
                 .map(|e| e.id.addr)
                 .collect()
         };
+        log::info!("gossip: force-leave {name} (prune: {prune})");
         if pass_on {
             let notice = ForceLeave {
                 name: name.to_string(),
