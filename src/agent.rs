@@ -429,11 +429,11 @@ fn gossip_tags(agent: &Agent) -> std::collections::BTreeMap<String, String> {
     tags
 }
 
-/// Start gossip on the serf port when this agent is a server. With the server role asked for,
-/// a port that does not bind stops start-up; with `-dev` or no role, it leaves gossip off.
+/// Start gossip on the serf port when this agent gossips (`Config::gossips`); a serf port that
+/// does not bind stops start-up.
 fn start_gossip(agent: &Agent) -> Result<(), AgentError> {
     let c = &agent.config;
-    if !c.server_enabled {
+    if !c.gossips() {
         return Ok(());
     }
     let key = match &c.server_encrypt {
@@ -465,12 +465,6 @@ fn start_gossip(agent: &Agent) -> Result<(), AgentError> {
                 c.server_encrypt.is_some()
             );
             let _ = agent.gossip.set(g);
-            Ok(())
-        }
-        Err(e @ crate::gossip::GossipError::Bind { .. })
-            if !(c.roles_explicit && c.server_enabled) =>
-        {
-            log::warn!("{e}: server membership stays this agent alone (set ports.serf to gossip)");
             Ok(())
         }
         Err(e) => Err(AgentError::Gossip(e)),

@@ -118,6 +118,8 @@ pub struct Config {
     pub ports_serf: u16,
     /// `ports.rpc` was configured (a role-less agent listens on RPC only then).
     pub ports_rpc_set: bool,
+    /// `ports.serf` was configured (a role-less or `-dev` agent gossips only then).
+    pub ports_serf_set: bool,
     /// `advertise.http`, `advertise.rpc`, `advertise.serf` as `ip:port` (port defaulted).
     pub advertise_http: Option<String>,
     pub advertise_rpc: Option<String>,
@@ -653,6 +655,7 @@ impl Config {
             ports_rpc,
             ports_serf,
             ports_rpc_set: file.ports.rpc.is_some(),
+            ports_serf_set: file.ports.serf.is_some(),
             advertise_http,
             advertise_rpc,
             advertise_serf,
@@ -721,6 +724,13 @@ impl Config {
     /// A client-only agent: its server is elsewhere, reached over RPC.
     pub fn client_only(&self) -> bool {
         self.client_enabled && !self.server_enabled
+    }
+
+    /// The agent gossips on its serf port: a server chosen explicitly (`-server`,
+    /// `server.enabled`), or any server whose `ports.serf` is configured. `-dev` and role-less
+    /// agents otherwise stay as before roles existed (a member list of themselves, no socket).
+    pub fn gossips(&self) -> bool {
+        self.server_enabled && (self.roles_explicit || self.ports_serf_set)
     }
 
     /// The gossip address other servers reach this one at: `advertise.serf`, else the

@@ -105,7 +105,7 @@ fn join(s: &TestAgent, addrs: &[String]) -> serde_json::Value {
 fn three_servers_join_over_the_api_then_a_killed_one_fails_and_force_leave_removes_it() {
     let a = server("ga", "", &[]);
     let b = server("gb", "", &[]);
-    let c = server("gc", "", &[]);
+    let mut c = server("gc", "", &[]);
     let j = join(&a.agent, &[b.serf_addr(), c.serf_addr()]);
     assert_eq!(j["num_joined"], 2, "{j}");
     assert_eq!(j["error"], "");
@@ -179,7 +179,7 @@ fn three_servers_join_over_the_api_then_a_killed_one_fails_and_force_leave_remov
     assert!(dropped >= 100, "dropped {dropped}: {metrics}");
 
     // kill -9: the others see it fail.
-    let mut c = c;
+
     let mut child = c.agent.child.take().expect("running");
     child.kill().expect("kill -9");
     let _ = child.wait();
@@ -187,6 +187,24 @@ fn three_servers_join_over_the_api_then_a_killed_one_fails_and_force_leave_remov
         wait_until(CONVERGE, &format!("{} sees gc failed", s.name), || {
             status_of(&s.agent, "gc.global").as_deref() == Some("failed")
         });
+    }
+    // Restarted on the same data dir and ports (no join configured): the others reach it
+    // again, and its new generation wins over the old identity.
+    c.agent.restart_after_stop();
+    for s in [&a, &b, &c] {
+        wait_until(CONVERGE, &format!("{} sees gc back", s.name), || {
+            all_alive(&s.agent, &names)
+        });
+    }
+    let mut child = c.agent.child.take().expect("running");
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    for s in [&a, &b] {
+        wait_until(
+            CONVERGE,
+            &format!("{} sees gc failed again", s.name),
+            || status_of(&s.agent, "gc.global").as_deref() == Some("failed"),
+        );
     }
     // force-leave: failed → left here and on b (passed on); prune erases it.
     let r = a

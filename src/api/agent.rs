@@ -73,7 +73,7 @@ fn members(ctx: &Ctx) -> ApiResult {
     ctx.identity.allow_node(false)?;
     let members: Vec<Value> = match ctx.agent.gossip.get() {
         Some(g) => g.members().iter().map(member_json).collect(),
-        // A server whose serf port was taken (`-dev`): this agent alone.
+        // A `-dev` or role-less server without `ports.serf` does not gossip: this agent alone.
         None => vec![serde_json::to_value(ctx.agent.membership.local()).unwrap_or(Value::Null)],
     };
     json(&json!({
@@ -382,7 +382,7 @@ fn join(ctx: &Ctx) -> ApiResult {
             joined: 0,
             errors: addrs
                 .iter()
-                .map(|a| format!("Failed to join {a}: gossip is not running on this agent (its serf port was in use)"))
+                .map(|a| format!("Failed to join {a}: this agent does not gossip (a -dev or role-less server gossips once ports.serf is set)"))
                 .collect(),
         },
     };
