@@ -149,10 +149,11 @@ fn three_servers_join_over_the_api_then_a_killed_one_fails_and_force_leave_remov
     ] {
         assert_eq!(gb[k], v, "{k}");
     }
-    assert_eq!(
-        a.agent.get_json("/v1/agent/self")["member"]["Name"],
-        "ga.global"
-    );
+    let me = a.agent.get_json("/v1/agent/self");
+    assert_eq!(me["member"]["Name"], "ga.global");
+    assert_eq!(me["member"]["Port"], a.serf);
+    assert_eq!(me["stats"]["serf"]["members"], "3");
+    assert_eq!(me["stats"]["serf"]["encrypted"], "false");
 
     // Garbage at a's serf port changes nothing: still three alive after a probe round.
     let noise = UdpSocket::bind("127.0.0.1:0").expect("bind");

@@ -273,7 +273,7 @@ fn agent_self(ctx: &Ctx) -> ApiResult {
     let uptime = a.started_at.elapsed().map(|d| d.as_secs()).unwrap_or(0);
     let facts = a.node.facts();
     let servers = a.membership.servers();
-    json(&json!({
+    let mut doc = json!({
         "config": config_json(ctx),
         "member": match a.gossip.get().and_then(|g| g.local()) {
             Some(m) => member_json(&m),
@@ -305,7 +305,21 @@ fn agent_self(ctx: &Ctx) -> ApiResult {
                 "uptime": uptime.to_string(),
             },
         },
-    }))
+    });
+    // Serf's stats section, on a server that gossips.
+    if let Some(g) = a.gossip.get() {
+        let members = g.members();
+        let count = |s: crate::gossip::MemberStatus| {
+            members.iter().filter(|m| m.status == s).count().to_string()
+        };
+        doc["stats"]["serf"] = json!({
+            "members": members.len().to_string(),
+            "failed": count(crate::gossip::MemberStatus::Failed),
+            "left": count(crate::gossip::MemberStatus::Left),
+            "encrypted": a.config.server_encrypt.is_some().to_string(),
+        });
+    }
+    json(&doc)
 }
 
 fn remaining(deadline: Instant) -> Option<Duration> {

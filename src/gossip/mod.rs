@@ -318,6 +318,12 @@ impl Gossip {
         let mut targets = Vec::new();
         let mut names = Vec::new();
         for a in addrs {
+            // Name lookups count against the same deadline (one lookup may still take the
+            // resolver's own timeout).
+            if Instant::now() >= deadline {
+                out.errors.push(format!("Failed to join {a}: i/o timeout"));
+                continue;
+            }
             match resolve(a) {
                 Ok(sock) if sock == self.advertise => out.joined += 1,
                 Ok(sock) => {
