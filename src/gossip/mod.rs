@@ -449,5 +449,57 @@ fn foca_config() -> foca::Config {
     c
 }
 
+/// The fuzz target's way in (`fuzzing::gossip_datagram`): the first byte chooses a runner
+/// without a key or with one, the rest is one datagram from a loopback peer. Never panics; the
+/// member table stays within its bound.
+pub(crate) fn fuzz_datagram(data: &[u8]) {
+    static RUNNERS: std::sync::OnceLock<[Mutex<runner::Runner>; 2]> = std::sync::OnceLock::new();
+    let runners = RUNNERS.get_or_init(|| [fuzz_runner(None), fuzz_runner(Some(&[7u8; 32]))]);
+    let Some((&which, datagram)) = data.split_first() else {
+        return;
+    };
+    let mut r = runners[usize::from(which & 1)].lock();
+    r.feed(datagram, SocketAddr::from(([127, 0, 0, 1], 9)));
+    assert!(r.members_len() <= MAX_MEMBERS);
+}
+
+fn fuzz_runner(key: Option<&[u8]>) -> Mutex<runner::Runner> {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a loopback socket");
+    let addr = socket.local_addr().expect("its address");
+    let id = ServerId {
+        name: "fuzz.global".into(),
+        addr,
+        generation: 1,
+        tags: BTreeMap::new(),
+    };
+    let mut entries = BTreeMap::new();
+    entries.insert(
+        id.name.clone(),
+        Entry {
+            id: id.clone(),
+            status: MemberStatus::Alive,
+            leaving: false,
+            since: Instant::now(),
+        },
+    );
+    let table = Arc::new(RwLock::new(Table {
+        local: id.name.clone(),
+        entries,
+    }));
+    let (_tx, rx) = crossbeam_channel::bounded(1);
+    Mutex::new(runner::Runner::new(runner::Parts {
+        socket,
+        cipher: key.and_then(envelope::Cipher::new),
+        id,
+        table,
+        counters: Arc::new(Counters::default()),
+        commands: rx,
+        retry_join: Vec::new(),
+        start_join: Vec::new(),
+        retry_interval: Duration::from_secs(1),
+        retry_max: 0,
+    }))
+}
+
 #[cfg(test)]
 mod tests;

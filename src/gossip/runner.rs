@@ -390,12 +390,17 @@ impl Runner {
         log::debug!("gossip: dropped a datagram from {from}: {why}");
     }
 
-    /// Handle `data` as if it had arrived from `from` (the unit tests' way in).
-    #[cfg(test)]
+    /// Handle `data` as if it had arrived from `from` (the unit tests' and the fuzz target's
+    /// way in).
     pub fn feed(&mut self, data: &[u8], from: SocketAddr) {
         let n = data.len().min(self.buf.len());
         self.buf[..n].copy_from_slice(&data[..n]);
         self.datagram(data.len().min(self.buf.len()), from);
+    }
+
+    /// Members in the table (for the fuzz target's bound check).
+    pub fn members_len(&self) -> usize {
+        self.table.read().entries.len()
     }
 
     /// One datagram of `n` bytes in `self.buf`.

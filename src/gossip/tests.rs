@@ -177,3 +177,16 @@ fn join_addresses_default_to_the_serf_port() {
     assert_eq!(resolve("[::1]"), Ok("[::1]:4648".parse().expect("v6")));
     assert!(resolve("no such host.invalid").is_err());
 }
+
+#[test]
+fn the_fuzz_entry_point_takes_any_bytes() {
+    let mut rng = SmallRng::seed_from_u64(42);
+    crate::fuzzing::gossip_datagram(&[]);
+    crate::fuzzing::gossip_datagram(&[0, 0x6e, 1, 0, 0]);
+    crate::fuzzing::gossip_datagram(&[1, 0x6f]);
+    for _ in 0..500 {
+        let n = rng.random_range(0..1600);
+        let d: Vec<u8> = (0..n).map(|_| rng.random()).collect();
+        crate::fuzzing::gossip_datagram(&d);
+    }
+}
