@@ -270,3 +270,36 @@ fn dynamic_metadata_set_on_a_client_reaches_the_servers_node_record() {
         server.get_json(&format!("/v1/node/{id}"))["Meta"]["rack"] == "r7"
     });
 }
+
+#[test]
+fn task_states_reached_while_the_server_was_down_reach_it_afterwards() {
+    let mut server = TestAgent::server("", &[]);
+    let client = TestAgent::client(&[&server.rpc_addr()], "", &[]);
+    let id = client.node_id();
+    wait_status(&server, &id, "ready", Duration::from_secs(10));
+    register_job(&server, "short", "echo started; sleep 2; echo finished");
+    let (alloc, _) = wait_running(&server, "short");
+    let st = server.stop();
+    assert!(st.success(), "{st}");
+    let log = client
+        .data_dir
+        .join(format!("alloc/{alloc}/alloc/logs/t.stdout.0"));
+    wait_until(
+        Duration::from_secs(15),
+        "the task finished with its server away",
+        || {
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("finished"))
+                && client.log().contains("cannot save task state")
+        },
+    );
+    server.restart_after_stop();
+    wait_until(
+        Duration::from_secs(15),
+        "the finished task on the server",
+        || {
+            allocs_of(&server, "short")
+                .iter()
+                .any(|(a, _, s)| *a == alloc && s == "complete")
+        },
+    );
+}
