@@ -312,7 +312,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
                 limits,
             ));
             let served = match agent.tls.clone().filter(|t| t.settings().rpc) {
-                Some(tls) => rpc.serve_tcp_tls(l, tls),
+                Some(tls) => rpc.serve_tcp_tls(l, Arc::new(crate::tls::RpcTls(tls))),
                 None => rpc.serve_tcp(l),
             };
             served.map_err(|source| AgentError::Bind {
