@@ -303,3 +303,23 @@ fn task_states_reached_while_the_server_was_down_reach_it_afterwards() {
         },
     );
 }
+
+#[test]
+fn a_restarted_server_arms_timers_for_known_nodes_and_marks_a_silent_one_down() {
+    // Grace long enough that the node cannot go down before the server restarted.
+    let slow = "server {\n  min_heartbeat_ttl = \"1s\"\n  heartbeat_grace = \"5s\"\n}\n";
+    let mut server = TestAgent::server(slow, &[]);
+    let mut client = TestAgent::client(&[&server.rpc_addr()], "", &[]);
+    let id = client.node_id();
+    wait_status(&server, &id, "ready", Duration::from_secs(10));
+    client.kill9();
+    server.restart();
+    // The log is the restarted server's own: the node was still ready when it started.
+    assert!(!server.log().contains("missed its heartbeat"));
+    wait_status(&server, &id, "down", Duration::from_secs(15));
+    assert!(
+        server.log().contains("missed its heartbeat"),
+        "{}",
+        server.log()
+    );
+}
