@@ -323,3 +323,68 @@ fn a_restarted_server_arms_timers_for_known_nodes_and_marks_a_silent_one_down() 
         server.log()
     );
 }
+
+#[test]
+fn the_clients_server_list_is_what_its_link_uses() {
+    let server = TestAgent::server(FAST_HEARTBEATS, &[]);
+    let rpc = server.rpc_addr();
+    let client = TestAgent::client(&[&rpc], "", &[]);
+    let id = client.node_id();
+    wait_status(&server, &id, "ready", Duration::from_secs(10));
+    assert_eq!(
+        client.get_json("/v1/agent/servers"),
+        serde_json::json!([rpc])
+    );
+    // Only a server that is not there: the heartbeats stop reaching the server.
+    let nowhere = format!("127.0.0.1:{}", common::free_port());
+    let r = client.request(
+        "PUT",
+        &format!("/v1/agent/servers?address={nowhere}"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_status(&server, &id, "down", Duration::from_secs(10));
+    // Both: the link fails over from the dead one to the live one.
+    let r = client.request(
+        "PUT",
+        &format!("/v1/agent/servers?address={nowhere}&address={rpc}"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_status(&server, &id, "ready", Duration::from_secs(10));
+}
+
+#[test]
+fn a_stopped_client_whose_allocs_may_reconnect_is_disconnected_then_ready_again() {
+    let server = TestAgent::server(FAST_HEARTBEATS, &[]);
+    let client = TestAgent::client(&[&server.rpc_addr()], "", &[]);
+    let id = client.node_id();
+    wait_status(&server, &id, "ready", Duration::from_secs(10));
+    let body = serde_json::json!({"Job": {"ID": "edge", "Type": "service", "Datacenters": ["dc1"],
+        "TaskGroups": [{"Name": "g", "Count": 1, "Disconnect": {"LostAfter": 3_600_000_000_000u64},
+        "Tasks": [{"Name": "t", "Driver": "raw_exec",
+        "Config": {"command": "/bin/sh", "args": ["-c", "sleep 60"]}}]}]}});
+    let r = server.request("POST", "/v1/jobs", &[], body.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_running(&server, "edge");
+    let pid = client.pid() as i32;
+    common::kill(pid, libc::SIGSTOP);
+    let stopped = std::panic::catch_unwind(|| {
+        wait_status(&server, &id, "disconnected", Duration::from_secs(10));
+    });
+    common::kill(pid, libc::SIGCONT);
+    if let Err(e) = stopped {
+        std::panic::resume_unwind(e);
+    }
+    // Back: through initializing (its allocs first) to ready.
+    wait_status(&server, &id, "ready", Duration::from_secs(15));
+    let events = server.get_json(&format!("/v1/node/{id}"))["Events"].clone();
+    assert!(
+        events
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["Message"] == "Node heartbeat missed")),
+        "{events}"
+    );
+}
