@@ -388,3 +388,42 @@ fn a_stopped_client_whose_allocs_may_reconnect_is_disconnected_then_ready_again(
         "{events}"
     );
 }
+
+#[test]
+fn the_rpc_port_refuses_hostile_calls_with_clear_errors() {
+    let server = TestAgent::server("", &[]);
+    let secret = [("X-Nomad-Node-Secret", "s")];
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    for (method, path, headers, body, want) in [
+        ("GET", "/v1/rpc/node/heartbeat", &secret[..], "", 405),
+        ("POST", "/v1/rpc/no/such/call", &secret[..], "{}", 404),
+        (
+            "POST",
+            "/v1/rpc/node/heartbeat",
+            &secret[..],
+            deep.as_str(),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/rpc/node/heartbeat",
+            &secret[..],
+            r#"{"node_id": 7}"#,
+            400,
+        ),
+        ("POST", "/v1/rpc/node/register", &[][..], "{}", 400),
+        ("POST", "/v1/rpc/alloc/updates", &[][..], "{}", 403),
+    ] {
+        let r = server.rpc_request(method, path, headers, body.as_bytes());
+        assert_eq!(r.status, want, "{method} {path}: {}", r.text());
+        assert!(!r.text().is_empty(), "{method} {path}: a reason");
+    }
+    // A body past the limit is refused before it is read.
+    let s = std::net::TcpStream::connect(("127.0.0.1", server.rpc_port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let head = "POST /v1/rpc/node/register HTTP/1.1\r\nHost: x\r\nContent-Length: 5242880\r\n\r\n";
+    let r = common::exchange(s, head.as_bytes()).expect("413 before the body");
+    assert_eq!(r.status, 413);
+    // The server is still fine.
+    assert_eq!(server.get_json("/v1/nodes"), serde_json::json!([]));
+}

@@ -17,8 +17,9 @@
 //! | `/v1/rpc/alloc/updates` | `AllocUpdates` | `UpdatedAllocs` |
 //! | `/v1/rpc/node/meta` | `NodeMeta` | `MetaReply` |
 //!
-//! Every call but register carries the node's secret in the header `X-Nomad-Node-Secret`; the
-//! node named in the body must exist and hold that secret. A register for a known node must
+//! Every call but register carries the node's secret in the header `X-Nomad-Node-Secret` (a
+//! call with a body and no secret is refused before the body is read); the node named in the
+//! body must exist and hold that secret. A register for a known node must
 //! carry the secret the node first registered with.
 //!
 //! `HeartbeatReply.ttl_ms` is the TTL the server chose (ref §2.3): the client heartbeats again
@@ -31,6 +32,7 @@
 //! | 400 | why | malformed body or missing field (`BadRequest`) |
 //! | 403 | `Permission denied` (or `node secret ID does not match. Not registering node.`) | wrong or missing secret (`PermissionDenied`) |
 //! | 404 | `node not found` | unknown node: register first (`UnknownNode`) |
+//! | 404 | `Invalid RPC` | a path under `/v1/rpc/` that names no call |
 //! | 405 | `Invalid method` | not `POST` |
 //! | 500 | why | the change could not be made durable; nothing of it is visible (`Persist`) |
 //! | 503 | `server is shutting down` | (`Closed`) |
@@ -73,6 +75,8 @@ pub enum RpcError {
     UnknownNode,
     Persist(String),
     Closed,
+    /// A path under `/v1/rpc/` that names no call.
+    NoSuchCall,
 }
 
 impl RpcError {
@@ -81,6 +85,7 @@ impl RpcError {
             RpcError::BadRequest(why) => (Status::BAD_REQUEST, why.clone()),
             RpcError::PermissionDenied(why) => (Status::FORBIDDEN, (*why).to_string()),
             RpcError::UnknownNode => (Status::NOT_FOUND, "node not found".to_string()),
+            RpcError::NoSuchCall => (Status::NOT_FOUND, "Invalid RPC".to_string()),
             RpcError::Persist(why) => (Status::INTERNAL_SERVER_ERROR, why.clone()),
             RpcError::Closed => (
                 Status::SERVICE_UNAVAILABLE,
@@ -360,7 +365,7 @@ impl RpcRouter {
             }
             "alloc/updates" => encode(&self.service.alloc_updates(&decode(req)?, secret)?),
             "node/meta" => encode(&self.service.meta(&decode(req)?, secret)?),
-            _ => Err(RpcError::BadRequest(format!("unknown RPC {what:?}"))),
+            _ => Err(RpcError::NoSuchCall),
         }
     }
 }
@@ -389,12 +394,16 @@ impl Handler for RpcRouter {
         }
     }
 
+    /// A call other than register without a node secret is refused before its body is read.
     fn admit(&self, req: &Request) -> Option<Reply> {
-        if is_rpc(&req.path) {
-            None
-        } else {
-            self.api.admit(req)
+        if !is_rpc(&req.path) {
+            return self.api.admit(req);
         }
+        let register = req.path == format!("{RPC_PREFIX}node/register");
+        let secret = req
+            .header(NODE_SECRET_HEADER)
+            .is_some_and(|s| !s.is_empty());
+        (!register && !secret).then(|| RpcError::PermissionDenied("Permission denied").reply())
     }
 
     fn handle(&self, req: Request) -> Reply {
