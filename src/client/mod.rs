@@ -324,11 +324,38 @@ impl Client {
             wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
         })?;
         let present: HashSet<&String> = reply.alloc_ids.iter().collect();
+        let mut reconnect = Vec::new();
         {
             let mut allocs = self.allocs.write();
             allocs.retain(|id, _| present.contains(id));
-            for a in reply.changed {
+            for mut a in reply.changed {
+                // The server marked it `unknown` while this node was away: the node tells it
+                // what its tasks really did (sent with the next push, ref §3.5).
+                let local = allocs.get(&a.id).cloned();
+                if let Some(local) = local.filter(|l| {
+                    a.client_status == AllocClientStatus::Unknown
+                        && l.client_status != AllocClientStatus::Unknown
+                }) {
+                    reconnect.push(AllocUpdate {
+                        alloc_id: a.id.clone(),
+                        tasks: local.task_states.clone(),
+                        client_status: Some((
+                            local.client_status,
+                            local.client_description.clone(),
+                        )),
+                        collected: local.collected,
+                    });
+                    a.task_states = local.task_states.clone();
+                    a.client_status = local.client_status;
+                    a.client_description = local.client_description.clone();
+                }
                 remember(&mut allocs, a);
+            }
+        }
+        if !reconnect.is_empty() {
+            let mut pending = self.unsynced.lock();
+            for up in reconnect {
+                merge_update(&mut pending, up, true);
             }
         }
         let mut pulled = self.pulled_index.lock();
@@ -1036,5 +1063,43 @@ mod tests {
         assert!(c.alloc("a1").is_none());
         assert!(c.update_task("a1", "a", |_| {}).unwrap().is_none());
         assert!(matches!(c.gc_alloc("a1"), Err(Error::UnknownAlloc)));
+    }
+
+    #[test]
+    fn an_alloc_the_server_marked_unknown_gets_the_nodes_real_state_back() {
+        let server = Arc::new(FakeServer::default());
+        let mut running = alloc("a1", 5);
+        let mut ts = TaskState::pending();
+        ts.state = TaskStatus::Running;
+        running.task_states.insert("a".into(), ts);
+        running.client_status = AllocClientStatus::Running;
+        server.allocs.lock().push(running);
+        let c = client(server.clone());
+        c.pull(Duration::ZERO).unwrap();
+        // The node was away: the server marked the alloc unknown.
+        {
+            let mut allocs = server.allocs.lock();
+            allocs[0].client_status = AllocClientStatus::Unknown;
+            allocs[0].modify_index = 9;
+        }
+        c.pull(Duration::ZERO).unwrap();
+        let view = c.alloc("a1").unwrap();
+        assert_eq!(
+            view.client_status,
+            AllocClientStatus::Running,
+            "the view keeps the truth"
+        );
+        assert_eq!(view.modify_index, 9);
+        c.resend_unsynced();
+        let pushed = server.pushed.lock().clone();
+        assert_eq!(pushed.len(), 1, "{pushed:?}");
+        assert_eq!(
+            pushed[0].client_status.as_ref().map(|s| s.0),
+            Some(AllocClientStatus::Running)
+        );
+        assert!(pushed[0].tasks.contains_key("a"));
+        // Nothing left to send.
+        c.resend_unsynced();
+        assert_eq!(server.pushed.lock().len(), 1);
     }
 }
