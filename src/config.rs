@@ -156,6 +156,9 @@ pub struct Config {
     /// Open HTTP connections allowed from one client IP (`limits.http_max_conns_per_client`,
     /// default 100); 0 turns the cap off.
     pub http_max_conns_per_client: usize,
+    /// Open connections allowed from one client IP on the RPC port
+    /// (`limits.rpc_max_conns_per_client`, default 100); 0 turns the cap off.
+    pub rpc_max_conns_per_client: usize,
     /// The agent's config came only from JSON files (advice names keys in JSON form).
     pub config_is_json: bool,
     /// The flags this config was made from: a reload (SIGHUP) reads the same files again.
@@ -651,6 +654,10 @@ impl Config {
                 .and_then(|r| r.config.enabled)
                 .unwrap_or(dev),
             config_warnings,
+            rpc_max_conns_per_client: file
+                .limits
+                .rpc_max_conns_per_client
+                .unwrap_or(crate::http::limits::MAX_CONNS_PER_CLIENT),
             http_max_conns_per_client: file
                 .limits
                 .http_max_conns_per_client
@@ -743,7 +750,9 @@ mod tests {
         assert_eq!(c.heartbeat_grace, Duration::from_secs(10));
         assert_eq!(c.min_heartbeat_ttl, Duration::from_secs(10));
         assert_eq!(c.max_heartbeats_per_second, 50.0);
+        assert_eq!(c.rpc_max_conns_per_client, 100);
         let server = r#"
+limits { rpc_max_conns_per_client = 0 }
 bind_addr = "127.0.0.1"
 ports {
   rpc = 5647
@@ -776,6 +785,7 @@ server {
         assert_eq!(c.server_encrypt.as_deref(), Some("a2V5"));
         assert_eq!(c.server_retry_join, ["127.0.0.3:5648"]);
         assert_eq!(c.server_retry_interval, Duration::from_secs(5));
+        assert_eq!(c.rpc_max_conns_per_client, 0, "the cap turned off");
         assert!(c
             .config_warnings
             .iter()
