@@ -427,3 +427,27 @@ fn the_rpc_port_refuses_hostile_calls_with_clear_errors() {
     // The server is still fine.
     assert_eq!(server.get_json("/v1/nodes"), serde_json::json!([]));
 }
+
+#[test]
+fn a_server_and_client_in_one_agent_heartbeats_its_own_timer_and_serves_rpc() {
+    let both = "server { enabled = true }\nclient { enabled = true }\nplugin \"raw_exec\" {\n  config { enabled = true }\n}\n";
+    let agent = TestAgent::cluster_agent("both", &common::short_dir(), both, FAST_HEARTBEATS, &[]);
+    let id = agent.node_id();
+    wait_status(&agent, &id, "ready", Duration::from_secs(10));
+    // Past several TTL + grace: its own heartbeats keep it ready.
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    wait_until(
+        Duration::from_secs(10),
+        "TTLs passing with the node ready",
+        || {
+            assert_eq!(node_status(&agent, &id), "ready");
+            std::time::Instant::now() > until
+        },
+    );
+    register_job(&agent, "local", "sleep 60");
+    let (_, node) = wait_running(&agent, "local");
+    assert_eq!(node, id);
+    // Its RPC port takes a remote client too.
+    let client = TestAgent::client(&[&agent.rpc_addr()], "", &[]);
+    wait_status(&agent, &client.node_id(), "ready", Duration::from_secs(10));
+}

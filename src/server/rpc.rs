@@ -79,6 +79,20 @@ pub enum RpcError {
     NoSuchCall,
 }
 
+impl std::fmt::Display for RpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RpcError::BadRequest(why) | RpcError::Persist(why) => f.write_str(why),
+            RpcError::PermissionDenied(why) => f.write_str(why),
+            RpcError::UnknownNode => f.write_str("node not found"),
+            RpcError::Closed => f.write_str("server is shutting down"),
+            RpcError::NoSuchCall => f.write_str("Invalid RPC"),
+        }
+    }
+}
+
+impl std::error::Error for RpcError {}
+
 impl RpcError {
     fn reply(&self) -> Reply {
         let (status, text) = match self {
@@ -196,40 +210,7 @@ impl RpcService {
     ) -> Result<HeartbeatReply, RpcError> {
         let node = self.authorize(&req.node_id, secret)?;
         let ttl = self.heartbeats.reset(&req.node_id);
-        let (next, event) = match node.status {
-            NodeStatus::Ready => (None, None),
-            NodeStatus::Initializing => (Some(NodeStatus::Ready), None),
-            NodeStatus::Disconnected => (Some(NodeStatus::Initializing), None),
-            NodeStatus::Down => (
-                Some(NodeStatus::Ready),
-                Some("Node reregistered by heartbeat"),
-            ),
-        };
-        if let Some(status) = next {
-            let now = crate::time::unix_now_nanos();
-            let cmd = Command::NodeUpdateStatus {
-                node_id: req.node_id.clone(),
-                status,
-                description: String::new(),
-                event: event.map(|message| NodeEvent {
-                    message: message.into(),
-                    subsystem: "Cluster".into(),
-                    details: None,
-                    timestamp: now,
-                    create_index: 0,
-                }),
-                now,
-            };
-            let changed = self
-                .workloads
-                .propose_node(cmd)
-                .map_err(|e| RpcError::Persist(e.to_string()))?;
-            if changed.is_none() {
-                return Err(RpcError::UnknownNode);
-            }
-            self.index.notify();
-            log::info!("node {} is {status} (heartbeat)", req.node_id);
-        }
+        bring_up(&self.workloads, &self.index, &node)?;
         Ok(self.reply(ttl))
     }
 
@@ -272,6 +253,40 @@ impl RpcService {
         self.index.notify();
         Ok(MetaReply { index })
     }
+}
+
+/// A heartbeat of `node` arrived: a node not `ready` becomes `ready` (from `disconnected`:
+/// `initializing` first; from `down` with the event "Node reregistered by heartbeat").
+pub fn bring_up(workloads: &Workloads, index: &IndexCounter, node: &Node) -> Result<(), RpcError> {
+    let (next, event) = match node.status {
+        NodeStatus::Ready => return Ok(()),
+        NodeStatus::Initializing => (NodeStatus::Ready, None),
+        NodeStatus::Disconnected => (NodeStatus::Initializing, None),
+        NodeStatus::Down => (NodeStatus::Ready, Some("Node reregistered by heartbeat")),
+    };
+    let now = crate::time::unix_now_nanos();
+    let cmd = Command::NodeUpdateStatus {
+        node_id: node.id.clone(),
+        status: next,
+        description: String::new(),
+        event: event.map(|message| NodeEvent {
+            message: message.into(),
+            subsystem: "Cluster".into(),
+            details: None,
+            timestamp: now,
+            create_index: 0,
+        }),
+        now,
+    };
+    let changed = workloads
+        .propose_node(cmd)
+        .map_err(|e| RpcError::Persist(e.to_string()))?;
+    if changed.is_none() {
+        return Err(RpcError::UnknownNode);
+    }
+    index.notify();
+    log::info!("node {} is {next} (heartbeat)", node.id);
+    Ok(())
 }
 
 /// Wait until an alloc of `req.node_id` changed after `req.min_index` (or the wait passed, or
