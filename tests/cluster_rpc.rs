@@ -140,7 +140,12 @@ fn clients_register_a_job_runs_on_one_and_calls_need_the_node_secret() {
         br#"{"node_id":"no-such-node"}"#,
     );
     assert_eq!(r.status, 404, "{}", r.text());
-    let r = server.rpc_request("POST", "/v1/rpc/node/heartbeat", &[], b"{not json");
+    let r = server.rpc_request(
+        "POST",
+        "/v1/rpc/node/heartbeat",
+        &[("X-Nomad-Node-Secret", "x")],
+        b"{not json",
+    );
     assert_eq!(r.status, 400, "{}", r.text());
     // A registration taking over a known node ID with another secret is refused.
     let mut reg = serde_json::json!({"node_id": ids[0], "name": "thief", "datacenter": "dc1",
