@@ -7,13 +7,12 @@ mod common;
 use common::*;
 
 use std::net::UdpSocket;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// How long a membership change may take to show everywhere (probe 1 s, suspicion 4 s).
 const CONVERGE: Duration = Duration::from_secs(30);
 
-/// A UDP port nothing is bound to right now (and, as a TCP port, for RPC).
+/// A UDP port nothing is bound to right now.
 fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
@@ -21,7 +20,7 @@ fn free_udp_port() -> u16 {
         .expect("free udp port")
 }
 
-/// One server agent: its name, serf address and process.
+/// One server agent: its member name, serf port and process.
 struct Server {
     name: String,
     serf: u16,
@@ -34,30 +33,22 @@ impl Server {
     }
 }
 
-/// Start a server agent named `name` with `server { enabled = true }`, its own RPC and serf
-/// ports, and `extra` HCL inside the server block.
-fn server(name: &str, server_extra: &str, flags: &[&str]) -> Server {
-    server_with(name, server_extra, "", flags)
+/// A server-only agent (`TestAgent::server`: its own HTTP, RPC and serf ports and data dir)
+/// with `config` as more agent config (HCL).
+fn server(config: &str, flags: &[&str]) -> Server {
+    let agent = TestAgent::server(config, flags);
+    Server {
+        name: format!("server-{}.global", agent.port),
+        serf: agent.serf_port,
+        agent,
+    }
 }
 
-/// As [`server`], with `top` HCL at the top level of the config too.
-fn server_with(name: &str, server_extra: &str, top: &str, flags: &[&str]) -> Server {
-    let dir = temp_dir(&format!("gossip-{name}"));
-    let serf = free_udp_port();
-    let rpc = free_port();
-    let cfg: PathBuf = dir.with_extension("hcl");
-    std::fs::write(
-        &cfg,
-        format!(
-            "{top}\nports {{\n  rpc = {rpc}\n  serf = {serf}\n}}\nserver {{\n  enabled = true\n{server_extra}\n}}\n"
-        ),
-    )
-    .expect("config");
-    let mut args = vec!["-node", name, "-config", cfg.to_str().expect("path")];
-    args.extend_from_slice(flags);
-    let agent = TestAgent::start_in(&dir, &args);
+/// As [`server`], on a serf port chosen beforehand (so others can name it before it starts).
+fn server_on(serf: u16, config: &str) -> Server {
+    let agent = TestAgent::server(&format!("ports {{\n  serf = {serf}\n}}\n{config}"), &[]);
     Server {
-        name: format!("{name}.global"),
+        name: format!("server-{}.global", agent.port),
         serf,
         agent,
     }
@@ -103,9 +94,9 @@ fn join(s: &TestAgent, addrs: &[String]) -> serde_json::Value {
 
 #[test]
 fn three_servers_join_over_the_api_then_a_killed_one_fails_and_force_leave_removes_it() {
-    let a = server("ga", "", &[]);
-    let b = server("gb", "", &[]);
-    let mut c = server("gc", "", &[]);
+    let a = server("", &[]);
+    let b = server("", &[]);
+    let mut c = server("", &[]);
     let j = join(&a.agent, &[b.serf_addr(), c.serf_addr()]);
     assert_eq!(j["num_joined"], 2, "{j}");
     assert_eq!(j["error"], "");
@@ -117,15 +108,15 @@ fn three_servers_join_over_the_api_then_a_killed_one_fails_and_force_leave_remov
     }
     // Serf's fields and a Nomad server's tags.
     let m = a.agent.get_json("/v1/agent/members");
-    assert_eq!(m["ServerName"], "ga");
+    assert_eq!(m["ServerName"], format!("server-{}", a.agent.port));
     assert_eq!(m["ServerRegion"], "global");
     assert_eq!(m["ServerDC"], "dc1");
     let gb = m["Members"]
         .as_array()
         .expect("Members")
         .iter()
-        .find(|m| m["Name"] == "gb.global")
-        .expect("gb listed")
+        .find(|m| m["Name"] == b.name.as_str())
+        .expect("b listed")
         .clone();
     assert_eq!(gb["Addr"], "127.0.0.1");
     assert_eq!(gb["Port"], b.serf);
@@ -136,9 +127,7 @@ fn three_servers_join_over_the_api_then_a_killed_one_fails_and_force_leave_remov
     assert_eq!(gb["Tags"]["vsn"], "1");
     assert_eq!(gb["Tags"]["raft_vsn"], "3");
     assert_eq!(gb["Tags"]["id"].as_str().map(str::len), Some(36));
-    assert!(gb["Tags"]["port"]
-        .as_str()
-        .is_some_and(|p| p.parse::<u16>().is_ok()));
+    assert_eq!(gb["Tags"]["port"], b.agent.rpc_port.to_string());
     for (k, v) in [
         ("ProtocolMin", 1),
         ("ProtocolMax", 5),
@@ -150,7 +139,7 @@ fn three_servers_join_over_the_api_then_a_killed_one_fails_and_force_leave_remov
         assert_eq!(gb[k], v, "{k}");
     }
     let me = a.agent.get_json("/v1/agent/self");
-    assert_eq!(me["member"]["Name"], "ga.global");
+    assert_eq!(me["member"]["Name"], a.name.as_str());
     assert_eq!(me["member"]["Port"], a.serf);
     assert_eq!(me["stats"]["serf"]["members"], "3");
     assert_eq!(me["stats"]["serf"]["encrypted"], "false");
@@ -180,106 +169,91 @@ fn three_servers_join_over_the_api_then_a_killed_one_fails_and_force_leave_remov
     assert!(dropped >= 100, "dropped {dropped}: {metrics}");
 
     // kill -9: the others see it fail.
-
-    let mut child = c.agent.child.take().expect("running");
-    child.kill().expect("kill -9");
-    let _ = child.wait();
+    let gc = c.name.clone();
+    c.agent.kill9();
     for s in [&a, &b] {
-        wait_until(CONVERGE, &format!("{} sees gc failed", s.name), || {
-            status_of(&s.agent, "gc.global").as_deref() == Some("failed")
+        wait_until(CONVERGE, &format!("{} sees c failed", s.name), || {
+            status_of(&s.agent, &gc).as_deref() == Some("failed")
         });
     }
     // Restarted on the same data dir and ports (no join configured): the others reach it
     // again, and its new generation wins over the old identity.
     c.agent.restart_after_stop();
     for s in [&a, &b, &c] {
-        wait_until(CONVERGE, &format!("{} sees gc back", s.name), || {
+        wait_until(CONVERGE, &format!("{} sees c back", s.name), || {
             all_alive(&s.agent, &names)
         });
     }
-    let mut child = c.agent.child.take().expect("running");
-    child.kill().expect("kill -9");
-    let _ = child.wait();
+    c.agent.kill9();
     for s in [&a, &b] {
-        wait_until(
-            CONVERGE,
-            &format!("{} sees gc failed again", s.name),
-            || status_of(&s.agent, "gc.global").as_deref() == Some("failed"),
-        );
+        wait_until(CONVERGE, &format!("{} sees c failed again", s.name), || {
+            status_of(&s.agent, &gc).as_deref() == Some("failed")
+        });
     }
     // force-leave: failed → left here and on b (passed on); prune erases it.
-    let r = a
-        .agent
-        .request("PUT", "/v1/agent/force-leave?node=gc.global", &[], b"");
+    let leave = |node: &str, prune: &str| {
+        a.agent.request(
+            "PUT",
+            &format!("/v1/agent/force-leave?node={node}{prune}"),
+            &[],
+            b"",
+        )
+    };
+    let r = leave(&gc, "");
     assert_eq!((r.status, r.text().as_str()), (200, ""));
-    assert_eq!(status_of(&a.agent, "gc.global").as_deref(), Some("left"));
-    wait_until(CONVERGE, "b sees gc left", || {
-        status_of(&b.agent, "gc.global").as_deref() == Some("left")
+    assert_eq!(status_of(&a.agent, &gc).as_deref(), Some("left"));
+    wait_until(CONVERGE, "b sees c left", || {
+        status_of(&b.agent, &gc).as_deref() == Some("left")
     });
-    let r = a.agent.request(
-        "PUT",
-        "/v1/agent/force-leave?node=gc.global&prune=true",
-        &[],
-        b"",
-    );
+    let r = leave(&gc, "&prune=true");
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(status_of(&a.agent, "gc.global"), None);
+    assert_eq!(status_of(&a.agent, &gc), None);
     assert_eq!(members(&a.agent).len(), 2);
     // An alive member is not forced out (it would refute), and the local agent refuses.
-    let r = a
-        .agent
-        .request("PUT", "/v1/agent/force-leave?node=gb.global", &[], b"");
+    let r = leave(&b.name, "");
     assert_eq!(r.status, 200);
-    assert_eq!(status_of(&a.agent, "gb.global").as_deref(), Some("alive"));
-    let r = a
-        .agent
-        .request("PUT", "/v1/agent/force-leave?node=ga.global", &[], b"");
-    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(status_of(&a.agent, &b.name).as_deref(), Some("alive"));
+    let r = leave(&a.name, "");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (500, "cannot force-leave the local agent")
+    );
 }
 
 #[test]
 fn retry_join_forms_the_cluster_and_a_stopped_server_fails_then_comes_back() {
     // Every server names the other two; the first attempts may find them not yet started.
     let ports: Vec<u16> = (0..3).map(|_| free_udp_port()).collect();
-    let names = ["ra", "rb", "rc"];
     let mut servers = Vec::new();
-    for (i, n) in names.iter().enumerate() {
+    for (i, port) in ports.iter().enumerate() {
         let others: Vec<String> = ports
             .iter()
             .enumerate()
             .filter(|(k, _)| *k != i)
             .map(|(_, p)| format!("\"127.0.0.1:{p}\""))
             .collect();
-        let dir = temp_dir(&format!("gossip-{n}"));
-        let cfg = dir.with_extension("hcl");
-        std::fs::write(
-            &cfg,
-            format!(
-                "ports {{\n  rpc = {}\n  serf = {}\n}}\nserver {{\n  enabled = true\n  server_join {{\n    retry_join = [{}]\n    retry_interval = \"1s\"\n  }}\n}}\n",
-                free_port(),
-                ports[i],
+        servers.push(server_on(
+            *port,
+            &format!(
+                "server {{\n  server_join {{\n    retry_join = [{}]\n    retry_interval = \"1s\"\n  }}\n}}\n",
                 others.join(", ")
             ),
-        )
-        .expect("config");
-        servers.push(TestAgent::start_in(
-            &dir,
-            &["-node", n, "-config", cfg.to_str().expect("path")],
         ));
     }
-    let full = ["ra.global", "rb.global", "rc.global"];
+    let names: Vec<String> = servers.iter().map(|s| s.name.clone()).collect();
+    let full: Vec<&str> = names.iter().map(String::as_str).collect();
     for s in &servers {
         wait_until(CONVERGE, "retry_join formed the cluster", || {
-            all_alive(s, &full)
+            all_alive(&s.agent, &full)
         });
     }
     // A partition of one: SIGSTOP → failed on the others; SIGCONT → alive again.
-    let pid = servers[2].pid() as i32;
+    let pid = servers[2].agent.pid() as i32;
     kill(pid, libc::SIGSTOP);
     let resumed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         for s in &servers[..2] {
             wait_until(CONVERGE, "the stopped server is failed", || {
-                status_of(s, "rc.global").as_deref() == Some("failed")
+                status_of(&s.agent, full[2]).as_deref() == Some("failed")
             });
         }
     }));
@@ -289,7 +263,7 @@ fn retry_join_forms_the_cluster_and_a_stopped_server_fails_then_comes_back() {
     }
     for s in &servers {
         wait_until(CONVERGE, "the resumed server is alive everywhere", || {
-            all_alive(s, &full)
+            all_alive(&s.agent, &full)
         });
     }
 }
@@ -298,15 +272,15 @@ fn retry_join_forms_the_cluster_and_a_stopped_server_fails_then_comes_back() {
 fn a_server_with_another_gossip_key_never_joins_and_bad_keys_are_refused_at_start() {
     let key = "\"c2VjcmV0LWtleS0xNi1ieQ==\""; // 16 bytes
     let other = "\"b3RoZXIta2V5LTE2LWJ5dA==\""; // 16 bytes, another key
-    let a = server("ka", &format!("  encrypt = {key}"), &[]);
-    let b = server("kb", &format!("  encrypt = {key}"), &[]);
-    let c = server("kc", &format!("  encrypt = {other}"), &[]);
-    let d = server("kd", "", &[]);
+    let a = server(&format!("server {{ encrypt = {key} }}"), &[]);
+    let b = server(&format!("server {{ encrypt = {key} }}"), &[]);
+    let c = server(&format!("server {{ encrypt = {other} }}"), &[]);
+    let d = server("", &[]);
+    let pair = [a.name.as_str(), b.name.as_str()];
     let j = join(&a.agent, &[b.serf_addr()]);
     assert_eq!(j["num_joined"], 1, "{j}");
     wait_until(CONVERGE, "a and b gossip under their key", || {
-        all_alive(&a.agent, &["ka.global", "kb.global"])
-            && all_alive(&b.agent, &["ka.global", "kb.global"])
+        all_alive(&a.agent, &pair) && all_alive(&b.agent, &pair)
     });
     // Another key, and no key: each join ends at its deadline with nobody answering.
     for stranger in [&c, &d] {
@@ -326,8 +300,8 @@ fn a_server_with_another_gossip_key_never_joins_and_bad_keys_are_refused_at_star
     // The keyed servers never listed the strangers (their datagrams were dropped).
     let j = join(&a.agent, &[c.serf_addr(), d.serf_addr()]);
     assert_eq!(j["num_joined"], 0, "{j}");
-    assert!(all_alive(&a.agent, &["ka.global", "kb.global"]));
-    assert!(all_alive(&b.agent, &["ka.global", "kb.global"]));
+    assert!(all_alive(&a.agent, &pair));
+    assert!(all_alive(&b.agent, &pair));
 
     // A key that is not 16, 24 or 32 bytes stops the agent at config load.
     let dir = temp_dir("gossip-badkey");
@@ -354,8 +328,8 @@ fn a_server_with_another_gossip_key_never_joins_and_bad_keys_are_refused_at_star
 
 #[test]
 fn join_and_force_leave_need_agent_write_under_acls() {
-    let a = server("acl", "", &["-acl-enabled"]);
-    let b = server("acl2", "", &[]);
+    let a = server("", &["-acl-enabled"]);
+    let b = server("", &[]);
     let path = format!("/v1/agent/join?address={}", b.serf_addr());
     let r = a.agent.request("PUT", &path, &[], b"");
     assert_eq!((r.status, r.text().as_str()), (403, "Permission denied"));
@@ -375,53 +349,20 @@ fn join_and_force_leave_need_agent_write_under_acls() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["num_joined"], 1, "{}", r.text());
     wait_until(CONVERGE, "b lists a", || {
-        all_alive(&b.agent, &["acl.global", "acl2.global"])
+        all_alive(&b.agent, &[a.name.as_str(), b.name.as_str()])
     });
 }
 
 #[test]
 fn a_client_only_agent_asks_its_server_for_members_and_refuses_join() {
-    let s = server("cs", "", &[]);
-    let rpc = std::fs::read_to_string(s.agent.data_dir.with_extension("hcl"))
-        .expect("config")
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("rpc = ").map(str::to_string))
-        .expect("rpc port");
-    // Not -dev: a client-only agent (TestAgent::start always adds -dev).
-    let dir = temp_dir("gossip-client");
-    let port = free_port();
-    let mut c = TestAgent {
-        child: None,
-        port,
-        data_dir: dir.clone(),
-        log_path: dir.with_extension(format!("{port}.log")),
-        args: [
-            "agent",
-            "-client",
-            "-node",
-            "cl",
-            "-bind",
-            "127.0.0.1",
-            "-data-dir",
-            dir.to_str().expect("path"),
-            "-http-port",
-            &port.to_string(),
-            "-servers",
-            &format!("127.0.0.1:{rpc}"),
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect(),
-        env: Vec::new(),
-        nofile: None,
-    };
-    c.restart_after_stop();
+    let s = server("", &[]);
+    let c = TestAgent::client(&[&s.agent.rpc_addr()], "", &[]);
     let m = c.get_json("/v1/agent/members");
-    assert_eq!(m["ServerName"], "cs", "{m}");
-    assert_eq!(m["Members"][0]["Name"], "cs.global");
+    assert_eq!(m["ServerName"], format!("server-{}", s.agent.port), "{m}");
+    assert_eq!(m["Members"][0]["Name"], s.name.as_str());
     for path in [
         format!("/v1/agent/join?address={}", s.serf_addr()),
-        "/v1/agent/force-leave?node=cs.global".to_string(),
+        format!("/v1/agent/force-leave?node={}", s.name),
     ] {
         let r = c.request("PUT", &path, &[], b"");
         assert_eq!(
@@ -440,16 +381,16 @@ fn a_client_only_agent_asks_its_server_for_members_and_refuses_join() {
 
 #[test]
 fn a_server_that_leaves_on_terminate_shows_left_not_failed() {
-    let a = server("la", "", &[]);
-    let mut b = server_with("lb", "", "leave_on_terminate = true", &[]);
+    let a = server("", &[]);
+    let mut b = server("leave_on_terminate = true", &[]);
     let j = join(&a.agent, &[b.serf_addr()]);
     assert_eq!(j["num_joined"], 1, "{j}");
     wait_until(CONVERGE, "a lists b alive", || {
-        all_alive(&a.agent, &["la.global", "lb.global"])
+        all_alive(&a.agent, &[a.name.as_str(), b.name.as_str()])
     });
     let st = b.agent.stop();
     assert!(st.success(), "{st}");
     wait_until(CONVERGE, "a sees b left", || {
-        status_of(&a.agent, "lb.global").as_deref() == Some("left")
+        status_of(&a.agent, &b.name).as_deref() == Some("left")
     });
 }
