@@ -811,7 +811,7 @@ server {
   heartbeat_grace = "2s"
   min_heartbeat_ttl = "3s"
   max_heartbeats_per_second = 10
-  encrypt = "a2V5"
+  encrypt = "c2VjcmV0LWtleS0xNi1ieQ=="
   server_join {
     retry_join = ["127.0.0.3:5648"]
     retry_interval = "5s"
@@ -828,7 +828,17 @@ server {
         assert_eq!(c.heartbeat_grace, Duration::from_secs(2));
         assert_eq!(c.min_heartbeat_ttl, Duration::from_secs(3));
         assert_eq!(c.max_heartbeats_per_second, 10.0);
-        assert_eq!(c.server_encrypt.as_deref(), Some("a2V5"));
+        assert_eq!(
+            c.server_encrypt.as_deref(),
+            Some("c2VjcmV0LWtleS0xNi1ieQ==")
+        );
+        // A gossip key Serf would not take (3 bytes) is refused at load.
+        let short = server.replace("c2VjcmV0LWtleS0xNi1ieQ==", "a2V5");
+        let e = config_with(&short, AgentFlags::default()).unwrap_err();
+        assert!(
+            e.to_string().contains("must be 16, 24 or 32 bytes, got 3"),
+            "{e}"
+        );
         assert_eq!(c.server_retry_join, ["127.0.0.3:5648"]);
         assert_eq!(c.server_retry_interval, Duration::from_secs(5));
         assert_eq!(c.rpc_max_conns_per_client, 0, "the cap turned off");
@@ -852,13 +862,16 @@ server {
             client: true,
             bootstrap_expect: Some("1".into()),
             join: vec!["127.0.0.6:4648".into()],
-            encrypt: Some("k".into()),
+            encrypt: Some("b3RoZXIta2V5LTE2LWJ5dA==".into()),
             ..AgentFlags::default()
         };
         let c = config_with("", flags).unwrap();
         assert!(c.server_enabled && c.client_enabled && c.rpc_listener());
         assert_eq!(c.start_join, ["127.0.0.6:4648"]);
-        assert_eq!(c.server_encrypt.as_deref(), Some("k"));
+        assert_eq!(
+            c.server_encrypt.as_deref(),
+            Some("b3RoZXIta2V5LTE2LWJ5dA==")
+        );
         // Bad values are refused with the key's name.
         for (bad, key) in [
             (
