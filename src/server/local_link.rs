@@ -8,8 +8,10 @@ use std::sync::Arc;
 use super::heartbeat::Heartbeats;
 use crate::client::link::{
     AllocUpdates, Heartbeat, HeartbeatReply, LinkError, MetaReply, NodeMeta, NodeRegistration,
-    PullAllocs, PulledAllocs, ServerLink, UpdatedAllocs, DEFAULT_HEARTBEAT,
+    PublicKeys, PublicKeysRequest, PullAllocs, PulledAllocs, ResolveAcl, ResolvedAcl,
+    ServerLink, SignIdentities, SignedIdentities, UpdatedAllocs, DEFAULT_HEARTBEAT,
 };
+use crate::state::acl::AclState;
 use crate::state::jobs::Workloads;
 use crate::state::node::NodeState;
 use crate::state::node_table::Node;
@@ -25,6 +27,8 @@ pub struct LocalLink {
     /// explicitly): this node's heartbeats re-arm its timer like a remote node's. `None`
     /// (`-dev`, no role): the fixed `DEFAULT_HEARTBEAT` and no timer.
     heartbeats: Option<Arc<Heartbeats>>,
+    /// The server's ACL tables and signing keys (identities are signed with them).
+    acl: Option<Arc<AclState>>,
 }
 
 impl LocalLink {
@@ -34,7 +38,20 @@ impl LocalLink {
             node,
             index,
             heartbeats: None,
+            acl: None,
         }
+    }
+
+    /// Identities are signed (and callers resolved) with the server's ACL state `acl`.
+    pub fn with_acl(mut self, acl: Arc<AclState>) -> Self {
+        self.acl = Some(acl);
+        self
+    }
+
+    fn acl(&self) -> Result<&AclState, LinkError> {
+        self.acl
+            .as_deref()
+            .ok_or_else(|| LinkError::BadRequest("this server keeps no ACL state".into()))
     }
 
     /// Heartbeats re-arm `heartbeats`' timer for this node and answer its TTL.
@@ -155,6 +172,27 @@ impl ServerLink for LocalLink {
         };
         log::debug!("node metadata published to the node record at index {index}");
         Ok(MetaReply { index })
+    }
+
+    fn sign_identities(&self, req: &SignIdentities) -> Result<SignedIdentities, LinkError> {
+        self.check_node(&req.node_id)?;
+        let acl = self.acl()?;
+        Ok(super::authz::sign_identities(
+            &self.workloads,
+            &acl.keys,
+            &req.node_id,
+            req,
+        )?)
+    }
+
+    fn resolve_acl(&self, req: &ResolveAcl) -> Result<ResolvedAcl, LinkError> {
+        self.check_node(&req.node_id)?;
+        Ok(super::authz::resolve_acl(self.acl()?, req))
+    }
+
+    fn public_keys(&self, req: &PublicKeysRequest) -> Result<PublicKeys, LinkError> {
+        self.check_node(&req.node_id)?;
+        super::authz::public_keys(&self.acl()?.keys).map_err(|e| LinkError::Persist(e.to_string()))
     }
 }
 
