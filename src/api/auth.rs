@@ -250,9 +250,7 @@ fn resolve_through_server(agent: &Agent, secret: &str) -> Result<Identity, Rejec
     if !agent.acl.enabled {
         return Ok(Identity::AclsDisabled);
     }
-    let acl = authz
-        .workload_acl(&claims)
-        .map_err(Rejected::Unavailable)?;
+    let acl = authz.workload_acl(&claims).map_err(Rejected::Unavailable)?;
     Ok(Identity::Workload {
         claims: Box::new(claims),
         acl,

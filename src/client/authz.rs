@@ -137,7 +137,10 @@ fn acl_of(policies: &[PolicyRules]) -> Acl {
         .filter_map(|p| match crate::acl::policy::parse(&p.rules) {
             Ok(parsed) => Some(parsed),
             Err(e) => {
-                log::warn!("ACL policy {:?} from the server does not parse: {e}", p.name);
+                log::warn!(
+                    "ACL policy {:?} from the server does not parse: {e}",
+                    p.name
+                );
                 None
             }
         })
@@ -184,8 +187,7 @@ impl ClientAuthz {
         })?;
         let resolved = reply.token.and_then(|token| {
             // The server found it by this secret; a reply for another one is not trusted.
-            if !crate::encoding::constant_time_eq(token.secret_id.as_bytes(), secret.as_bytes())
-            {
+            if !crate::encoding::constant_time_eq(token.secret_id.as_bytes(), secret.as_bytes()) {
                 return None;
             }
             let acl = if token.is_management() {
@@ -271,7 +273,9 @@ impl ClientAuthz {
     fn refresh_keys(&self) -> Result<Option<Arc<Vec<PublicVerifier>>>, LinkError> {
         {
             let mut k = self.keys.lock();
-            if k.fetched.is_some_and(|at| at.elapsed() < KEYS_REFRESH_INTERVAL) {
+            if k.fetched
+                .is_some_and(|at| at.elapsed() < KEYS_REFRESH_INTERVAL)
+            {
                 return Ok(None);
             }
             // Claimed before the call (the lock is not held across it): concurrent unknown
@@ -310,8 +314,8 @@ impl ClientAuthz {
 mod tests {
     use super::*;
     use crate::client::link::{
-        AllocUpdates, Heartbeat, HeartbeatReply, MetaReply, NodeMeta, NodeRegistration,
-        PublicKey, PublicKeys, PullAllocs, PulledAllocs, ResolvedAcl, UpdatedAllocs,
+        AllocUpdates, Heartbeat, HeartbeatReply, MetaReply, NodeMeta, NodeRegistration, PublicKey,
+        PublicKeys, PullAllocs, PulledAllocs, ResolvedAcl, UpdatedAllocs,
     };
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -459,7 +463,11 @@ mod tests {
         let good = jwt::sign(&signing, &claims);
         assert_eq!(a.verify_identity(&good).unwrap(), claims);
         assert_eq!(a.verify_identity(&good).unwrap(), claims);
-        assert_eq!(fake.key_calls.load(Ordering::SeqCst), 1, "keys fetched once");
+        assert_eq!(
+            fake.key_calls.load(Ordering::SeqCst),
+            1,
+            "keys fetched once"
+        );
         // Another key's token: refused; the refetch it causes is rate limited.
         let forged = jwt::sign(&other, &claims);
         for _ in 0..5 {

@@ -291,16 +291,22 @@ pub trait ServerLink: Send + Sync {
     /// Sign a task's workload identities with the server's key: the alloc must be on the
     /// calling node and not terminal. The client holds no signing key.
     fn sign_identities(&self, _req: &SignIdentities) -> Result<SignedIdentities, LinkError> {
-        Err(LinkError::BadRequest("identity signing is not supported by this link".into()))
+        Err(LinkError::BadRequest(
+            "identity signing is not supported by this link".into(),
+        ))
     }
     /// The token and policies behind a caller of a client-only agent (which keeps no ACL
     /// state; `client::authz` caches the answers).
     fn resolve_acl(&self, _req: &ResolveAcl) -> Result<ResolvedAcl, LinkError> {
-        Err(LinkError::BadRequest("ACL resolution is not supported by this link".into()))
+        Err(LinkError::BadRequest(
+            "ACL resolution is not supported by this link".into(),
+        ))
     }
     /// The public keys workload identities are verified with.
     fn public_keys(&self, _req: &PublicKeysRequest) -> Result<PublicKeys, LinkError> {
-        Err(LinkError::BadRequest("public keys are not supported by this link".into()))
+        Err(LinkError::BadRequest(
+            "public keys are not supported by this link".into(),
+        ))
     }
     /// The agent is stopping: blocking pulls in flight end (`Err(Closed)`) and later pulls
     /// fail at once; other calls (the client's last updates) still go through. The

@@ -19,9 +19,8 @@ use serde::Serialize;
 
 use crate::client::link::{
     AllocUpdates, Heartbeat, HeartbeatReply, LinkError, MetaReply, NodeMeta, NodeRegistration,
-    PublicKeys, PublicKeysRequest, PullAllocs, PulledAllocs, ResolveAcl, ResolvedAcl,
-    ServerLink, SignIdentities, SignedIdentities, UpdatedAllocs, MAX_PULL_WAIT,
-    NODE_SECRET_HEADER,
+    PublicKeys, PublicKeysRequest, PullAllocs, PulledAllocs, ResolveAcl, ResolvedAcl, ServerLink,
+    SignIdentities, SignedIdentities, UpdatedAllocs, MAX_PULL_WAIT, NODE_SECRET_HEADER,
 };
 use crate::http::client::{self, Outgoing, Stream};
 

@@ -162,15 +162,12 @@ pub fn prestart(client: &Client, input: &TaskHookInput) -> TaskHookOutput {
                 audience: DEFAULT_AUDIENCE.into(),
             }],
         };
-        let signed = client
-            .sign_identities(&req)
-            .map(|mut r| r.identities.pop());
+        let signed = client.sign_identities(&req).map(|mut r| r.identities.pop());
         let token = match signed {
             Ok(Some(signed)) => signed.jwt,
             Ok(None) => {
-                out.warnings.push(
-                    "Failed to sign the workload identity: the server signed nothing".into(),
-                );
+                out.warnings
+                    .push("Failed to sign the workload identity: the server signed nothing".into());
                 return out;
             }
             Err(e) => {

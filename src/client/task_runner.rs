@@ -388,12 +388,7 @@ impl TaskRunner {
 
     /// The prestart hooks (Task API socket, workload identity); warnings become events on
     /// a fresh start.
-    fn hooks(
-        &self,
-        task: &Task,
-        task_dir: &TaskDir,
-        record: bool,
-    ) -> TaskHookOutput {
+    fn hooks(&self, task: &Task, task_dir: &TaskDir, record: bool) -> TaskHookOutput {
         let crate::state::jobs::spec::IdentityFlags {
             env: identity_env,
             file: identity_file,

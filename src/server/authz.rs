@@ -61,7 +61,9 @@ impl From<SignError> for LinkError {
     fn from(e: SignError) -> LinkError {
         match e {
             SignError::NotYourAlloc => LinkError::PermissionDenied,
-            SignError::Terminal(_) | SignError::BadRequest(_) => LinkError::BadRequest(e.to_string()),
+            SignError::Terminal(_) | SignError::BadRequest(_) => {
+                LinkError::BadRequest(e.to_string())
+            }
             SignError::Keys(_) => LinkError::Persist(e.to_string()),
         }
     }
@@ -101,11 +103,12 @@ pub fn sign_identities(
     let now = crate::time::unix_now_secs();
     let mut identities = Vec::with_capacity(req.identities.len());
     for want in &req.identities {
-        let well_formed = |s: &str| {
-            !s.is_empty() && s.len() <= MAX_IDENTITY_FIELD && !s.contains(':')
-        };
+        let well_formed =
+            |s: &str| !s.is_empty() && s.len() <= MAX_IDENTITY_FIELD && !s.contains(':');
         if !well_formed(&want.name) || want.audience.len() > MAX_IDENTITY_FIELD {
-            return Err(SignError::BadRequest("invalid identity name or audience".into()));
+            return Err(SignError::BadRequest(
+                "invalid identity name or audience".into(),
+            ));
         }
         let audience = if want.audience.is_empty() {
             DEFAULT_AUDIENCE.to_string()

@@ -124,15 +124,15 @@ impl RpcService {
     ) -> Result<crate::client::link::SignedIdentities, RpcError> {
         self.authorize(&req.node_id, secret)?;
         let acl = self.acl_state()?;
-        super::authz::sign_identities(&self.workloads, &acl.keys, &req.node_id, req).map_err(
-            |e| match e {
+        super::authz::sign_identities(&self.workloads, &acl.keys, &req.node_id, req).map_err(|e| {
+            match e {
                 super::authz::SignError::NotYourAlloc => {
                     RpcError::PermissionDenied("Permission denied")
                 }
                 super::authz::SignError::Keys(_) => RpcError::Persist(e.to_string()),
                 other => RpcError::BadRequest(other.to_string()),
-            },
-        )
+            }
+        })
     }
 
     /// Resolve a caller of the calling (client-only) node.
