@@ -373,12 +373,13 @@ mod tests {
             link.sign_identities(&other),
             Err(LinkError::UnknownNode(_))
         ));
-        // A stopped alloc gets no new identity.
+        // A finished alloc gets no new identity.
         f.workloads
             .update_alloc(&alloc.id, |a| {
-                a.desired_status = crate::state::status::AllocDesiredStatus::Stop
+                a.client_status = crate::state::status::AllocClientStatus::Complete
             })
             .unwrap();
+        assert!(!f.workloads.alloc(&alloc.id).unwrap().is_live());
         assert!(matches!(
             link.sign_identities(&req(&alloc.id, "t")),
             Err(LinkError::BadRequest(_))
