@@ -144,8 +144,32 @@ fn sign_with_other_key(kid: &str, claims: &Value) -> String {
 
 #[test]
 fn a_client_only_agent_gets_identities_from_the_server_and_resolves_tokens_through_it() {
-    let (server, client, mgmt, _node) = cluster();
+    let (server, client, mgmt, node) = cluster();
     let _tasks = KillTasks(client.data_dir.clone());
+    // The authentication calls need the node's secret like every other call.
+    for (path, body) in [
+        (
+            "/v1/rpc/acl/resolve",
+            json!({"node_id": node, "subject": {"Token": {"secret_id": mgmt}}}),
+        ),
+        (
+            "/v1/rpc/identity/sign",
+            json!({"node_id": node, "alloc_id": "x", "task": "t", "identities": []}),
+        ),
+        ("/v1/rpc/acl/keys", json!({"node_id": node})),
+    ] {
+        let r = server.rpc_request(
+            "POST",
+            path,
+            &[("X-Nomad-Node-Secret", "not-the-secret")],
+            body.to_string().as_bytes(),
+        );
+        assert_eq!(
+            (r.status, r.text()),
+            (403, "Permission denied".to_string()),
+            "{path}"
+        );
+    }
     // The job's identity may read its job and write node metadata.
     let rules =
         "namespace \"default\" {\n  policy = \"read\"\n}\nnode {\n  policy = \"write\"\n}\n";
@@ -170,6 +194,10 @@ fn a_client_only_agent_gets_identities_from_the_server_and_resolves_tokens_throu
         header["kid"], jwks["keys"][0]["kid"],
         "signed by the server's key"
     );
+    // The client publishes the server's key (it has none of its own).
+    let on_client = call(&client, "GET", "/.well-known/jwks.json", None, &Value::Null);
+    assert_eq!(on_client.status, 200, "{}", on_client.text());
+    assert_eq!(on_client.json(), jwks);
     let claims = b64url_json(jwt.split('.').nth(1).unwrap());
     assert_eq!(claims["nomad_allocation_id"], alloc.as_str());
     assert_eq!(claims["sub"], "global:default:wi:g:t:default");

@@ -222,7 +222,7 @@ fn resolve_through_server(agent: &Agent, secret: &str) -> Result<Identity, Rejec
             .token(secret)
             .map_err(Rejected::Unavailable)?
             .ok_or(Rejected::UnknownToken)?;
-        if resolved.token.is_expired() {
+        if resolved.is_expired() {
             return Err(Rejected::Expired);
         }
         if !agent.acl.enabled {

@@ -34,6 +34,10 @@ pub const MAX_CACHED_WORKLOADS: usize = 1024;
 /// often (forged `kid`s cannot make every request a call to the server).
 pub const KEYS_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// A token expiring within this long counts as expired on a client (Nomad's leeway for clocks
+/// of client and server that differ a little).
+pub const TOKEN_EXPIRY_LEEWAY: Duration = Duration::from_secs(2);
+
 /// One answer and when it was fetched.
 struct Cached<T> {
     at: Instant,
@@ -89,6 +93,15 @@ impl<K: Eq + Hash + Clone, T: Clone> Bounded<K, T> {
 pub struct ResolvedToken {
     pub token: AclToken,
     pub acl: Arc<Acl>,
+}
+
+impl ResolvedToken {
+    /// Expired, or expiring within [`TOKEN_EXPIRY_LEEWAY`].
+    pub fn is_expired(&self) -> bool {
+        let leeway = i64::try_from(TOKEN_EXPIRY_LEEWAY.as_nanos()).unwrap_or(i64::MAX);
+        self.token
+            .is_expired_at(crate::time::unix_now_nanos().saturating_add(leeway))
+    }
 }
 
 /// The workload a set of attached policies belongs to.
