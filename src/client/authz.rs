@@ -38,6 +38,9 @@ pub const KEYS_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// of client and server that differ a little).
 pub const TOKEN_EXPIRY_LEEWAY: Duration = Duration::from_secs(2);
 
+/// Most public keys kept from one answer of the server.
+pub const MAX_PUBLIC_KEYS: usize = 16;
+
 /// One answer and when it was fetched.
 struct Cached<T> {
     at: Instant,
@@ -309,6 +312,7 @@ impl ClientAuthz {
         let verifiers: Vec<PublicVerifier> = reply
             .keys
             .iter()
+            .take(MAX_PUBLIC_KEYS)
             .filter_map(|k| {
                 PublicVerifier::from_jwk(&PublicJwk {
                     kid: k.kid.clone(),
