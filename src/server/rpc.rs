@@ -20,6 +20,10 @@
 //! | `/v1/rpc/acl/resolve` | `ResolveAcl` (a token's secret, anonymous, or a workload) | `ResolvedAcl` |
 //! | `/v1/rpc/acl/keys` | `PublicKeysRequest` | `PublicKeys` |
 //!
+//! `identity/sign` answers 403 `Permission denied` for an alloc that is unknown or on another
+//! node, and 400 for a terminal alloc or a task not in its group; the claims come from the
+//! server's alloc record (`server::authz`).
+//!
 //! Every call but register carries the node's secret in the header `X-Nomad-Node-Secret` (a
 //! call with a body and no secret is refused before the body is read); the node named in the
 //! body must exist and hold that secret. A register for a known node must
