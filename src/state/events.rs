@@ -1,0 +1,430 @@
+//! Server events (Nomad's event stream): what each applied [`Command`] changed, as typed
+//! events made by the committer from the command and the state before and after it. Events
+//! come out of apply only — never from an API handler — so every server that applies the
+//! same log makes the same events. [`events_of`] is the one mapping from commands to events;
+//! a command without an arm there makes none. `api::events` renders them as Nomad's JSON.
+
+use std::sync::Arc;
+
+use super::command::{Command, JobKey, ServerState};
+use super::jobs::alloc::AllocRecord;
+use super::jobs::eval::EvalRecord;
+use super::jobs::job_status_of;
+use super::jobs::spec::Job;
+use super::node_table::Node;
+use super::status::JobStatus;
+use crate::acl::tokens::{AclPolicy, AclToken};
+
+/// Nomad's event topics (the ones nomadlet's state has objects for, and those a subscriber
+/// may name although nothing here publishes them yet).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topic {
+    Job,
+    Evaluation,
+    Allocation,
+    Deployment,
+    Node,
+    NodePool,
+    AclToken,
+    AclPolicy,
+    Service,
+}
+
+impl Topic {
+    /// Nomad's name of the topic (also the key of the object in an event's `Payload`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Topic::Job => "Job",
+            Topic::Evaluation => "Evaluation",
+            Topic::Allocation => "Allocation",
+            Topic::Deployment => "Deployment",
+            Topic::Node => "Node",
+            Topic::NodePool => "NodePool",
+            Topic::AclToken => "ACLToken",
+            Topic::AclPolicy => "ACLPolicy",
+            Topic::Service => "Service",
+        }
+    }
+
+    /// The topic of a name as a subscriber writes it; `None` for names Nomad does not have.
+    pub fn parse(name: &str) -> Option<Topic> {
+        [
+            Topic::Job,
+            Topic::Evaluation,
+            Topic::Allocation,
+            Topic::Deployment,
+            Topic::Node,
+            Topic::NodePool,
+            Topic::AclToken,
+            Topic::AclPolicy,
+            Topic::Service,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == name)
+    }
+}
+
+/// Nomad's event `Type` words (`structs.Type*`), one per kind of state change. Some are
+/// for the arms of commands still to come (plan apply, drain, node deregister).
+#[allow(dead_code)]
+pub mod kind {
+    pub const JOB_REGISTERED: &str = "JobRegistered";
+    pub const JOB_DEREGISTERED: &str = "JobDeregistered";
+    pub const JOB_BATCH_DEREGISTERED: &str = "JobBatchDeregistered";
+    pub const EVALUATION_UPDATED: &str = "EvaluationUpdated";
+    pub const ALLOCATION_UPDATED: &str = "AllocationUpdated";
+    pub const ALLOCATION_UPDATE_DESIRED_STATUS: &str = "AllocationUpdateDesiredStatus";
+    pub const PLAN_RESULT: &str = "PlanResult";
+    pub const NODE_REGISTRATION: &str = "NodeRegistration";
+    pub const NODE_DEREGISTRATION: &str = "NodeDeregistration";
+    pub const NODE_ELIGIBILITY: &str = "NodeEligibility";
+    pub const NODE_DRAIN: &str = "NodeDrain";
+    /// Nomad's `TypeNodeEvent` (node status changes and node events).
+    pub const NODE_EVENT: &str = "NodeStreamEvent";
+    pub const ACL_TOKEN_UPSERTED: &str = "ACLTokenUpserted";
+    pub const ACL_TOKEN_DELETED: &str = "ACLTokenDeleted";
+    pub const ACL_POLICY_UPSERTED: &str = "ACLPolicyUpserted";
+    pub const ACL_POLICY_DELETED: &str = "ACLPolicyDeleted";
+}
+
+/// The object an event carries, shared with the state it was taken from.
+#[derive(Clone, Debug)]
+pub enum Payload {
+    /// A job and its status as of the event's index.
+    Job {
+        job: Arc<Job>,
+        status: JobStatus,
+    },
+    Evaluation(Arc<EvalRecord>),
+    Allocation(Arc<AllocRecord>),
+    Node(Arc<Node>),
+    /// A token with its secret already blanked (Nomad redacts it in events).
+    AclToken(Box<AclToken>),
+    AclPolicy(Box<AclPolicy>),
+}
+
+/// One event: an object that a command at `index` changed.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub topic: Topic,
+    /// Nomad's `Type` (a [`kind`] word).
+    pub kind: &'static str,
+    /// The object's ID (a job's ID, a token's accessor, a policy's name).
+    pub key: String,
+    /// The object's namespace; empty for objects without one (nodes, ACL objects).
+    pub namespace: String,
+    /// More keys a `Topic:Key` filter matches (an eval's or alloc's job ID).
+    pub filter_keys: Vec<String>,
+    pub index: u64,
+    pub payload: Payload,
+}
+
+/// The events one command made, in the order of its changes.
+#[derive(Debug)]
+pub struct EventBatch {
+    pub index: u64,
+    pub events: Vec<Event>,
+}
+
+/// The events of `cmd`, applied at `index` to `before` giving `after`. The one mapping of
+/// commands to events: a command with no arm here (or one that changed nothing Nomad
+/// publishes, such as a node's metadata or a one-time token) makes no events.
+pub fn events_of(
+    cmd: &Command,
+    before: &ServerState,
+    after: &ServerState,
+    index: u64,
+) -> Vec<Event> {
+    let mut out = Collector {
+        before,
+        after,
+        index,
+        events: Vec::new(),
+    };
+    match cmd {
+        Command::JobRegister { job, .. } => {
+            let key = (job.namespace.clone(), job.id.clone());
+            out.job(&key, kind::JOB_REGISTERED);
+            out.job_changes(&key, kind::JOB_REGISTERED)
+        }
+        Command::JobDeregister {
+            namespace, job_id, ..
+        } => {
+            let key = (namespace.clone(), job_id.clone());
+            out.job(&key, kind::JOB_DEREGISTERED);
+            out.job_changes(&key, kind::JOB_DEREGISTERED)
+        }
+        Command::AllocStop { alloc_id, .. } => {
+            if let Some(key) = out.job_of_alloc(alloc_id) {
+                out.job_changes(&key, kind::ALLOCATION_UPDATE_DESIRED_STATUS);
+            }
+        }
+        Command::AllocClientUpdate { alloc_id, .. } => {
+            out.alloc_update(alloc_id, kind::ALLOCATION_UPDATED)
+        }
+        Command::AclTokenUpsert { token, .. } => {
+            out.acl_token(&token.accessor_id, kind::ACL_TOKEN_UPSERTED)
+        }
+        Command::AclTokenDelete { accessor } => {
+            out.acl_token_deleted(accessor, kind::ACL_TOKEN_DELETED)
+        }
+        Command::AclPolicyUpsert { policy } => {
+            out.acl_policy(&policy.name, kind::ACL_POLICY_UPSERTED)
+        }
+        Command::AclPolicyDelete { name } => out.acl_policy_deleted(name, kind::ACL_POLICY_DELETED),
+        Command::NodeRegister { node, .. } => out.node(&node.id, kind::NODE_REGISTRATION),
+        Command::NodeUpdateStatus { node_id, .. } => {
+            out.node(node_id, kind::NODE_EVENT);
+            out.changed_at_index(kind::NODE_EVENT);
+        }
+        // Nomad publishes an eligibility change as a drain event.
+        Command::NodeUpdateEligibility { node_id, .. } => out.node(node_id, kind::NODE_DRAIN),
+        Command::NodeEvents { events } => {
+            let mut seen: Vec<&str> = Vec::new();
+            for (id, _) in events {
+                if !seen.contains(&id.as_str()) {
+                    seen.push(id);
+                    out.node(id, kind::NODE_EVENT);
+                }
+            }
+        }
+        // No event in Nomad: the bootstrap token, one-time tokens, node metadata.
+        _ => {}
+    }
+    out.events
+}
+
+/// Builds the events of one command from the state before and after it. Each helper adds
+/// the events of one kind of change; an arm of [`events_of`] combines them.
+pub struct Collector<'a> {
+    pub before: &'a ServerState,
+    pub after: &'a ServerState,
+    pub index: u64,
+    pub events: Vec<Event>,
+}
+
+impl Collector<'_> {
+    fn push(&mut self, topic: Topic, kind: &'static str, key: &str, ns: &str, payload: Payload) {
+        let filter_keys = match &payload {
+            Payload::Evaluation(e) => vec![e.job_id.clone(), String::new()],
+            Payload::Allocation(a) => vec![a.job_id.clone(), String::new()],
+            _ => Vec::new(),
+        };
+        self.events.push(Event {
+            topic,
+            kind,
+            key: key.to_string(),
+            namespace: ns.to_string(),
+            filter_keys,
+            index: self.index,
+            payload,
+        });
+    }
+
+    /// The job key of an alloc (after the command, else before it).
+    pub fn job_of_alloc(&self, alloc_id: &str) -> Option<JobKey> {
+        self.after
+            .allocs
+            .get(alloc_id)
+            .or_else(|| self.before.allocs.get(alloc_id))
+            .map(|a| (a.namespace.clone(), a.job_id.clone()))
+    }
+
+    /// A job's status in `state` (from its allocs).
+    fn status_in(state: &ServerState, job: &Job, key: &JobKey) -> JobStatus {
+        job_status_of(job, state.allocs_of(key).map(|a| &**a))
+    }
+
+    /// The job as it is after the command (nothing once purged: Nomad publishes no event for a
+    /// deleted job), unless an event for it is already in this batch.
+    pub fn job(&mut self, key: &JobKey, kind: &'static str) {
+        let already = self
+            .events
+            .iter()
+            .any(|e| e.topic == Topic::Job && e.key == key.1 && e.namespace == key.0);
+        if already {
+            return;
+        }
+        if let Some(job) = self.after.jobs.get(key).cloned() {
+            let status = Self::status_in(self.after, &job, key);
+            self.push(
+                Topic::Job,
+                kind,
+                &key.1,
+                &key.0,
+                Payload::Job { job, status },
+            );
+        }
+    }
+
+    /// The job, when the command changed it or its status.
+    fn job_if_changed(&mut self, key: &JobKey, kind: &'static str) {
+        let Some(job) = self.after.jobs.get(key) else {
+            return;
+        };
+        let changed = match self.before.jobs.get(key) {
+            None => true,
+            Some(old) => {
+                job.modify_index == self.index
+                    || Self::status_in(self.before, old, key)
+                        != Self::status_in(self.after, job, key)
+            }
+        };
+        if changed {
+            self.job(key, kind);
+        }
+    }
+
+    /// Everything of one job the command touched: the job (when it or its status changed),
+    /// its evaluations and allocations modified at this index.
+    pub fn job_changes(&mut self, key: &JobKey, kind: &'static str) {
+        self.job_if_changed(key, kind);
+        let evals: Vec<Arc<EvalRecord>> = self
+            .after
+            .evals
+            .values()
+            .filter(|e| e.modify_index == self.index && e.namespace == key.0 && e.job_id == key.1)
+            .cloned()
+            .collect();
+        for e in evals {
+            let (id, ns) = (e.id.clone(), e.namespace.clone());
+            self.push(Topic::Evaluation, kind, &id, &ns, Payload::Evaluation(e));
+        }
+        let allocs: Vec<Arc<AllocRecord>> = self
+            .after
+            .allocs_of(key)
+            .filter(|a| a.modify_index == self.index)
+            .cloned()
+            .collect();
+        for a in allocs {
+            let (id, ns) = (a.id.clone(), a.namespace.clone());
+            self.push(Topic::Allocation, kind, &id, &ns, Payload::Allocation(a));
+        }
+    }
+
+    /// One alloc the command changed, and its job when the job's status changed with it.
+    pub fn alloc_update(&mut self, alloc_id: &str, kind: &'static str) {
+        let Some(a) = self.after.allocs.get(alloc_id).cloned() else {
+            return;
+        };
+        let key = (a.namespace.clone(), a.job_id.clone());
+        let (id, ns) = (a.id.clone(), a.namespace.clone());
+        self.push(Topic::Allocation, kind, &id, &ns, Payload::Allocation(a));
+        self.job_if_changed(&key, kind);
+    }
+
+    /// Every job, evaluation and allocation modified at this index (a walk over all of them:
+    /// for rare commands whose changes are spread over many jobs, such as a node going down).
+    pub fn changed_at_index(&mut self, kind: &'static str) {
+        let keys: Vec<JobKey> = self
+            .after
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.modify_index == self.index)
+            .map(|(k, _)| k.clone())
+            .chain(
+                self.after
+                    .evals
+                    .values()
+                    .filter(|e| e.modify_index == self.index)
+                    .map(|e| (e.namespace.clone(), e.job_id.clone())),
+            )
+            .chain(
+                self.after
+                    .allocs
+                    .values()
+                    .filter(|a| a.modify_index == self.index)
+                    .map(|a| (a.namespace.clone(), a.job_id.clone())),
+            )
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for key in keys {
+            self.job_changes(&key, kind);
+        }
+    }
+
+    /// A node as it is after the command.
+    pub fn node(&mut self, node_id: &str, kind: &'static str) {
+        if let Some(n) = self.after.nodes.get(node_id).cloned() {
+            let id = n.id.clone();
+            self.push(Topic::Node, kind, &id, "", Payload::Node(n));
+        }
+    }
+
+    /// A node the command removed, as it was.
+    #[allow(dead_code)]
+    pub fn node_deleted(&mut self, node_id: &str, kind: &'static str) {
+        if let Some(n) = self.before.nodes.get(node_id).cloned() {
+            let id = n.id.clone();
+            self.push(Topic::Node, kind, &id, "", Payload::Node(n));
+        }
+    }
+
+    fn token_event(&mut self, t: Option<AclToken>, kind: &'static str) {
+        if let Some(mut t) = t {
+            t.secret_id = String::new();
+            let id = t.accessor_id.clone();
+            self.push(
+                Topic::AclToken,
+                kind,
+                &id,
+                "",
+                Payload::AclToken(Box::new(t)),
+            );
+        }
+    }
+
+    /// A token as it is after the command (its secret blanked).
+    pub fn acl_token(&mut self, accessor: &str, kind: &'static str) {
+        let t = self
+            .after
+            .acl
+            .tokens
+            .iter()
+            .find(|t| t.accessor_id == accessor)
+            .cloned();
+        self.token_event(t, kind);
+    }
+
+    /// A token the command deleted, as it was (its secret blanked).
+    pub fn acl_token_deleted(&mut self, accessor: &str, kind: &'static str) {
+        let t = self
+            .before
+            .acl
+            .tokens
+            .iter()
+            .find(|t| t.accessor_id == accessor)
+            .cloned();
+        self.token_event(t, kind);
+    }
+
+    /// A policy as it is after the command.
+    pub fn acl_policy(&mut self, name: &str, kind: &'static str) {
+        if let Some(p) = self.after.acl.policies.get(name).cloned() {
+            self.push(
+                Topic::AclPolicy,
+                kind,
+                name,
+                "",
+                Payload::AclPolicy(Box::new(p)),
+            );
+        }
+    }
+
+    /// A policy the command deleted, as it was.
+    pub fn acl_policy_deleted(&mut self, name: &str, kind: &'static str) {
+        if self.after.acl.policies.contains_key(name) {
+            return;
+        }
+        if let Some(p) = self.before.acl.policies.get(name).cloned() {
+            self.push(
+                Topic::AclPolicy,
+                kind,
+                name,
+                "",
+                Payload::AclPolicy(Box::new(p)),
+            );
+        }
+    }
+}
