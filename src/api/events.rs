@@ -7,13 +7,11 @@
 //! subscriber fell behind the ring, its token expired or an ACL change closed it.
 
 use std::io;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::api::Agent;
-use crate::http::{Body, Origin, Reply, Status, StreamBody, StreamSink};
+use crate::http::{Body, Reply, Status, StreamBody, StreamSink};
 use crate::state::event_broker::{Next, Subscription};
 use crate::state::events::{Event, EventBatch, Payload, Topic};
 
@@ -72,13 +70,17 @@ pub fn route(ctx: &Ctx, rest: &str) -> ApiResult {
     };
     allow(&ctx.identity, &filter)?;
     let expires = ctx.identity.token().and_then(|t| t.expiration);
-    let recheck = ctx.agent.acl.enabled.then(|| Recheck {
-        token: auth::token_from_request(ctx.req),
-        origin: ctx.req.origin.clone(),
+    let recheck: Option<Recheck> = ctx.agent.acl.enabled.then(|| {
+        let (agent, origin) = (ctx.agent.clone(), ctx.req.origin.clone());
+        let token = auth::token_from_request(ctx.req);
+        Box::new(move |filter: &Filter| {
+            auth::authenticate_token(&agent, token.clone(), &origin)
+                .and_then(|identity| allow(&identity, filter))
+                .is_ok()
+        }) as Recheck
     });
     let sub = ctx.agent.workloads.events().subscribe(index);
     let stream = EventStream {
-        agent: ctx.agent.clone(),
         sub,
         filter,
         recheck,
@@ -157,14 +159,11 @@ fn allow(identity: &Identity, filter: &Filter) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// How the stream finds its caller again after an ACL change (ACLs enabled only).
-struct Recheck {
-    token: Option<String>,
-    origin: Origin,
-}
+/// Whether the caller may still read what it subscribed to: its credential resolved again
+/// (after an ACL token or policy event; ACLs enabled only).
+type Recheck = Box<dyn Fn(&Filter) -> bool + Send>;
 
 struct EventStream {
-    agent: Arc<Agent>,
     sub: Subscription,
     filter: Filter,
     recheck: Option<Recheck>,
@@ -181,14 +180,8 @@ enum Closed {
 }
 
 impl EventStream {
-    /// The caller may still read what it subscribed to (after an ACL token or policy event).
     fn still_allowed(&self) -> bool {
-        let Some(r) = &self.recheck else {
-            return true;
-        };
-        auth::authenticate_token(&self.agent, r.token.clone(), &r.origin)
-            .and_then(|identity| allow(&identity, &self.filter))
-            .is_ok()
+        self.recheck.as_ref().is_none_or(|f| f(&self.filter))
     }
 
     fn expired(&self) -> bool {
@@ -295,6 +288,126 @@ fn event_json(e: &Event) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::event_broker::{EventBroker, MAX_RETAINED_EVENTS};
+    use crate::state::jobs::eval::EvalRecord;
+    use crate::state::jobs::spec::Job;
+    use std::sync::Arc;
+
+    /// A sink that records what it was sent; it "goes away" after `stop_after` sends.
+    struct Recorder {
+        sent: Vec<Vec<u8>>,
+        stop_after: usize,
+    }
+
+    impl StreamSink for Recorder {
+        fn send(&mut self, data: &[u8]) -> io::Result<()> {
+            self.sent.push(data.to_vec());
+            Ok(())
+        }
+        fn should_stop(&mut self, _wait: Duration) -> bool {
+            self.sent.len() >= self.stop_after
+        }
+    }
+
+    fn batch(index: u64, topic: Topic, job: &str) -> EventBatch {
+        let mut j = Job::default();
+        j.id = job.into();
+        j.namespace = "default".into();
+        let eval = Arc::new(EvalRecord::new_at(&j, "job-register", index, "e", 0));
+        let payload = match topic {
+            Topic::Job => Payload::Job {
+                job: Arc::new(j),
+                status: crate::state::status::JobStatus::Pending,
+            },
+            _ => Payload::Evaluation(eval),
+        };
+        EventBatch {
+            index,
+            events: vec![Event {
+                topic,
+                kind: "JobRegistered",
+                key: job.into(),
+                namespace: "default".into(),
+                filter_keys: Vec::new(),
+                index,
+                payload,
+            }],
+        }
+    }
+
+    fn stream(broker: &Arc<EventBroker>, topics: &[&str], recheck: Option<Recheck>) -> EventStream {
+        EventStream {
+            sub: broker.subscribe(0),
+            filter: Filter {
+                topics: parse_topics(topics.iter().copied()).unwrap(),
+                namespace: "default".into(),
+            },
+            recheck,
+            expires: None,
+        }
+    }
+
+    fn run(s: EventStream, stop_after: usize) -> Vec<String> {
+        let mut sink = Recorder {
+            sent: Vec::new(),
+            stop_after,
+        };
+        Box::new(s).run(&mut sink).unwrap();
+        sink.sent
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_stream_greets_filters_by_topic_and_key_and_writes_one_line_per_index() {
+        let broker = Arc::new(EventBroker::new());
+        broker.publish(batch(5, Topic::Job, "web"));
+        broker.publish(batch(6, Topic::Job, "db"));
+        broker.publish(batch(7, Topic::Evaluation, "web"));
+        let lines = run(stream(&broker, &["Job:web"], None), 2);
+        assert_eq!(lines[0], "{}\n");
+        let v: Value = serde_json::from_str(lines[1].trim_end()).unwrap();
+        assert_eq!(v["Index"], 5);
+        assert_eq!(v["Events"][0]["Payload"]["Job"]["ID"], "web");
+        assert_eq!(v["Events"][0]["FilterKeys"], Value::Null);
+        assert!(lines[1].ends_with('\n'));
+    }
+
+    #[test]
+    fn a_subscriber_left_behind_gets_nomads_dropped_line_and_ends() {
+        let broker = Arc::new(EventBroker::new());
+        let s = stream(&broker, &["*"], None);
+        for i in 1..=(MAX_RETAINED_EVENTS as u64 + 1) {
+            broker.publish(batch(i, Topic::Job, "web"));
+        }
+        let lines = run(s, usize::MAX);
+        assert_eq!(lines, ["{}\n", DROPPED_TEXT]);
+    }
+
+    #[test]
+    fn an_acl_change_that_takes_the_permission_away_closes_the_stream() {
+        let broker = Arc::new(EventBroker::new());
+        let deny: Recheck = Box::new(|_: &Filter| false);
+        let s = stream(&broker, &["Job"], Some(deny));
+        broker.publish(batch(3, Topic::Job, "web"));
+        let mut token_event = batch(4, Topic::Job, "x");
+        token_event.events[0].topic = Topic::AclToken;
+        broker.publish(token_event);
+        broker.publish(batch(5, Topic::Job, "web"));
+        let lines = run(s, usize::MAX);
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[1].starts_with("{\"Index\":3"));
+        assert_eq!(lines[2], CLOSED_TEXT);
+    }
+
+    #[test]
+    fn a_stream_ends_quietly_when_the_broker_closes() {
+        let broker = Arc::new(EventBroker::new());
+        let s = stream(&broker, &["*"], None);
+        broker.close();
+        assert_eq!(run(s, usize::MAX), ["{}\n"]);
+    }
 
     #[test]
     fn topics_parse_as_nomad_and_refuse_what_it_refuses() {

@@ -428,3 +428,176 @@ impl Collector<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::command::apply;
+    use crate::state::jobs::alloc::{ClientStatusUpdate, TaskState};
+    use crate::state::jobs::NodeInfo;
+    use crate::state::status::{AllocClientStatus, TaskStatus};
+    use std::collections::BTreeMap;
+
+    fn job(id: &str) -> Job {
+        let mut j = Job::from_json(serde_json::json!({"ID": id, "Type": "batch",
+            "TaskGroups": [{"Name": "g", "Count": 2, "Tasks": [{"Name": "t",
+            "Driver": "raw_exec", "Config": {"command": "/bin/true"}}]}]}))
+        .unwrap();
+        j.canonicalize("global");
+        j
+    }
+
+    /// Apply `cmd` at `index`; its events as `(topic, type, key)`.
+    fn step(
+        s: &mut ServerState,
+        cmd: Command,
+        index: u64,
+    ) -> Vec<(&'static str, &'static str, String)> {
+        let before = s.clone();
+        apply(s, &cmd, index).unwrap();
+        let events = events_of(&cmd, &before, s, index);
+        assert!(events.iter().all(|e| e.index == index));
+        events
+            .into_iter()
+            .map(|e| (e.topic.as_str(), e.kind, e.key))
+            .collect()
+    }
+
+    #[test]
+    fn job_commands_make_events_for_the_job_its_evals_and_its_allocs() {
+        let mut s = ServerState::default();
+        let node = NodeInfo {
+            id: "n1".into(),
+            name: "n".into(),
+            unplaceable: None,
+        };
+        let register = Command::JobRegister {
+            job: Box::new(job("web")),
+            node: node.clone(),
+            eval_id: "e1".into(),
+            blocked_eval_id: String::new(),
+            alloc_ids: vec!["a1".into(), "a2".into()],
+            now: 1,
+        };
+        let r = kind::JOB_REGISTERED;
+        assert_eq!(
+            step(&mut s, register, 5),
+            [
+                ("Job", r, "web".to_string()),
+                ("Evaluation", r, "e1".into()),
+                ("Allocation", r, "a1".into()),
+                ("Allocation", r, "a2".into()),
+            ]
+        );
+        let mut running = TaskState::pending();
+        running.state = TaskStatus::Running;
+        let update = |alloc: &str, ts: TaskState, status: Option<AllocClientStatus>| {
+            Command::AllocClientUpdate {
+                alloc_id: alloc.into(),
+                tasks: [("t".to_string(), ts)]
+                    .into_iter()
+                    .collect::<BTreeMap<_, _>>(),
+                client_status: status.map(|status| ClientStatusUpdate {
+                    status,
+                    description: String::new(),
+                }),
+                collected: false,
+                now: 2,
+            }
+        };
+        let u = kind::ALLOCATION_UPDATED;
+        // The job's status changes with its first running alloc: its event comes too.
+        assert_eq!(
+            step(&mut s, update("a1", running.clone(), None), 6),
+            [
+                ("Allocation", u, "a1".to_string()),
+                ("Job", u, "web".into())
+            ]
+        );
+        assert_eq!(
+            step(&mut s, update("a2", running, None), 7),
+            [("Allocation", u, "a2".to_string())]
+        );
+        let stop = Command::AllocStop {
+            alloc_id: "a1".into(),
+            node,
+            eval_id: "e2".into(),
+            replacement_id: "a3".into(),
+            now: 3,
+        };
+        let d = kind::ALLOCATION_UPDATE_DESIRED_STATUS;
+        assert_eq!(
+            step(&mut s, stop, 8),
+            [
+                ("Evaluation", d, "e2".to_string()),
+                ("Allocation", d, "a1".into()),
+                ("Allocation", d, "a3".into()),
+            ]
+        );
+        // A purge: no event for the deleted job, its eval and stopped allocs.
+        let purge = Command::JobDeregister {
+            namespace: "default".into(),
+            job_id: "web".into(),
+            purge: true,
+            eval_id: "e3".into(),
+            now: 4,
+        };
+        let events = step(&mut s, purge, 9);
+        assert_eq!(
+            events[0],
+            ("Evaluation", kind::JOB_DEREGISTERED, "e3".to_string())
+        );
+        assert!(events.iter().all(|e| e.0 != "Job"), "{events:?}");
+        assert_eq!(events.iter().filter(|e| e.0 == "Allocation").count(), 2);
+    }
+
+    #[test]
+    fn token_events_carry_no_secret_and_commands_without_events_make_none() {
+        let mut s = ServerState::default();
+        let token = AclToken::new(
+            "t".into(),
+            "client".into(),
+            Some(vec!["p".into()]),
+            false,
+            1,
+        );
+        let upsert = Command::AclTokenUpsert {
+            token: Box::new(token.clone()),
+            must_exist: false,
+        };
+        let before = s.clone();
+        apply(&mut s, &upsert, 3).unwrap();
+        let events = events_of(&upsert, &before, &s, 3);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].key, token.accessor_id);
+        let Payload::AclToken(t) = &events[0].payload else {
+            panic!("{events:?}");
+        };
+        assert!(t.secret_id.is_empty() && !token.secret_id.is_empty());
+        let delete = Command::AclTokenDelete {
+            accessor: token.accessor_id.clone(),
+        };
+        assert_eq!(
+            step(&mut s, delete, 4),
+            [(
+                "ACLToken",
+                kind::ACL_TOKEN_DELETED,
+                token.accessor_id.clone()
+            )]
+        );
+        let boot = Command::AclBootstrap {
+            token: Box::new(AclToken::new(
+                "b".into(),
+                "management".into(),
+                None,
+                true,
+                5,
+            )),
+            index: 5,
+        };
+        assert!(
+            step(&mut s, boot, 5).is_empty(),
+            "Nomad publishes no bootstrap event"
+        );
+    }
+}
