@@ -128,7 +128,7 @@ pub struct EventBatch {
 
 /// The events of `cmd`, applied at `index` to `before` giving `after`. The one mapping of
 /// commands to events: a command with no arm here (or one that changed nothing Nomad
-/// publishes, such as a node's metadata or a one-time token) makes no events.
+/// publishes, such as a one-time token) makes no events.
 pub fn events_of(
     cmd: &Command,
     before: &ServerState,
@@ -188,7 +188,9 @@ pub fn events_of(
                 }
             }
         }
-        // No event in Nomad: the bootstrap token, one-time tokens, node metadata.
+        // A Nomad client sends its changed metadata as a new registration of its node.
+        Command::NodeUpdateMeta { node_id, .. } => out.node(node_id, kind::NODE_REGISTRATION),
+        // No event in Nomad: the bootstrap token, one-time tokens.
         _ => {}
     }
     out.events
