@@ -310,9 +310,11 @@ mod tests {
     }
 
     fn batch(index: u64, topic: Topic, job: &str) -> EventBatch {
-        let mut j = Job::default();
-        j.id = job.into();
-        j.namespace = "default".into();
+        let j = Job {
+            id: job.into(),
+            namespace: "default".into(),
+            ..Job::default()
+        };
         let eval = Arc::new(EvalRecord::new_at(&j, "job-register", index, "e", 0));
         let payload = match topic {
             Topic::Job => Payload::Job {
