@@ -189,16 +189,19 @@ fn a_job_run_streams_its_job_eval_and_alloc_events_with_the_get_endpoints_json()
     assert_eq!(first_job["FilterKeys"], Value::Null);
     assert_eq!(first_job["Index"], reg["JobModifyIndex"]);
 
-    // The evaluation: keyed by its ID, filterable by its job, shaped as its GET.
+    // The evaluation: keyed by its ID, filterable by its job; its latest event is its GET.
+    let get_eval = agent.get_json(&format!("/v1/evaluation/{eval_id}"));
+    let at = get_eval["ModifyIndex"].clone();
+    s.until("the eval's latest event", |s| {
+        s.has(|e| is(e, "Evaluation", &eval_id) && e["Payload"]["Evaluation"]["ModifyIndex"] == at)
+    });
+    let events = s.events();
     let eval = events
         .iter()
-        .find(|e| is(e, "Evaluation", &eval_id))
-        .expect("an evaluation event");
+        .rfind(|e| is(e, "Evaluation", &eval_id))
+        .unwrap();
     assert_eq!(eval["FilterKeys"][0], "ev-web");
-    assert_eq!(
-        eval["Payload"]["Evaluation"],
-        agent.get_json(&format!("/v1/evaluation/{eval_id}"))
-    );
+    assert_eq!(eval["Payload"]["Evaluation"], get_eval);
 
     // Allocations: made with the job, then updated by the client until complete.
     let allocs = agent.get_json("/v1/job/ev-web/allocations");

@@ -280,7 +280,19 @@ impl Collector<'_> {
     /// Everything of one job the command touched: the job (when it or its status changed),
     /// its evaluations and allocations modified at this index.
     pub fn job_changes(&mut self, key: &JobKey, kind: &'static str) {
-        self.job_if_changed(key, kind);
+        self.job_changes_as(key, kind, kind, kind);
+    }
+
+    /// [`Collector::job_changes`] with a type per topic: a plan's allocations are Nomad's
+    /// `PlanResult` while the eval it completes is `EvaluationUpdated`.
+    pub fn job_changes_as(
+        &mut self,
+        key: &JobKey,
+        job_kind: &'static str,
+        eval_kind: &'static str,
+        alloc_kind: &'static str,
+    ) {
+        self.job_if_changed(key, job_kind);
         let evals: Vec<Arc<EvalRecord>> = self
             .after
             .evals
@@ -290,7 +302,13 @@ impl Collector<'_> {
             .collect();
         for e in evals {
             let (id, ns) = (e.id.clone(), e.namespace.clone());
-            self.push(Topic::Evaluation, kind, &id, &ns, Payload::Evaluation(e));
+            self.push(
+                Topic::Evaluation,
+                eval_kind,
+                &id,
+                &ns,
+                Payload::Evaluation(e),
+            );
         }
         let allocs: Vec<Arc<AllocRecord>> = self
             .after
@@ -300,7 +318,31 @@ impl Collector<'_> {
             .collect();
         for a in allocs {
             let (id, ns) = (a.id.clone(), a.namespace.clone());
-            self.push(Topic::Allocation, kind, &id, &ns, Payload::Allocation(a));
+            self.push(
+                Topic::Allocation,
+                alloc_kind,
+                &id,
+                &ns,
+                Payload::Allocation(a),
+            );
+        }
+    }
+
+    /// [`Collector::job_changes`] for each job named (once each, in order): the jobs of a
+    /// node operation's evals, of migrated allocs.
+    #[allow(dead_code)] // for the arms of the node operations
+    pub fn jobs_changes<'k>(
+        &mut self,
+        keys: impl IntoIterator<Item = (&'k str, &'k str)>,
+        kind: &'static str,
+    ) {
+        let mut seen: Vec<JobKey> = Vec::new();
+        for (ns, id) in keys {
+            let key = (ns.to_string(), id.to_string());
+            if !seen.contains(&key) {
+                self.job_changes(&key, kind);
+                seen.push(key);
+            }
         }
     }
 
@@ -355,7 +397,7 @@ impl Collector<'_> {
     }
 
     /// A node the command removed, as it was.
-    #[allow(dead_code)]
+    #[allow(dead_code)] // for NodeDeregister's arm
     pub fn node_deleted(&mut self, node_id: &str, kind: &'static str) {
         if let Some(n) = self.before.nodes.get(node_id).cloned() {
             let id = n.id.clone();
