@@ -357,32 +357,39 @@ impl Collector<'_> {
         self.job_if_changed(&key, kind);
     }
 
-    /// Every job, evaluation and allocation modified at this index (a walk over all of them:
-    /// for rare commands whose changes are spread over many jobs, such as a node going down).
+    /// Every job, evaluation and allocation modified at this index: a walk over each table
+    /// the command changed (a table it left alone is the same tree, found in O(1)); for rare
+    /// commands whose changes are spread over many jobs, such as a node going down.
     pub fn changed_at_index(&mut self, kind: &'static str) {
-        let keys: Vec<JobKey> = self
-            .after
-            .jobs
-            .iter()
-            .filter(|(_, j)| j.modify_index == self.index)
-            .map(|(k, _)| k.clone())
-            .chain(
-                self.after
+        let (before, after, index) = (self.before, self.after, self.index);
+        let mut keys = std::collections::BTreeSet::new();
+        if !before.jobs.ptr_eq(&after.jobs) {
+            keys.extend(
+                after
+                    .jobs
+                    .iter()
+                    .filter(|(_, j)| j.modify_index == index)
+                    .map(|(k, _)| k.clone()),
+            );
+        }
+        if !before.evals.ptr_eq(&after.evals) {
+            keys.extend(
+                after
                     .evals
                     .values()
-                    .filter(|e| e.modify_index == self.index)
+                    .filter(|e| e.modify_index == index)
                     .map(|e| (e.namespace.clone(), e.job_id.clone())),
-            )
-            .chain(
-                self.after
+            );
+        }
+        if !before.allocs.ptr_eq(&after.allocs) {
+            keys.extend(
+                after
                     .allocs
                     .values()
-                    .filter(|a| a.modify_index == self.index)
+                    .filter(|a| a.modify_index == index)
                     .map(|a| (a.namespace.clone(), a.job_id.clone())),
-            )
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
+            );
+        }
         for key in keys {
             self.job_changes(&key, kind);
         }
@@ -642,6 +649,38 @@ mod tests {
         assert!(
             step(&mut s, boot, 5).is_empty(),
             "Nomad publishes no bootstrap event"
+        );
+    }
+
+    #[test]
+    fn a_node_status_change_makes_its_node_event_and_the_changes_at_its_index() {
+        let mut s = ServerState::default();
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "id": "n1", "name": "n", "datacenter": "dc1", "http_addr": "127.0.0.1:1",
+            "tls_enabled": false, "node_pool": "default", "node_class": "", "version": "0",
+            "attributes": {}, "meta": {}, "resources": null, "drivers": {},
+            "status": "ready", "status_description": "", "status_updated_at": 0,
+            "scheduling_eligibility": "eligible", "drain": false, "events": [],
+            "create_index": 0, "modify_index": 0}))
+        .unwrap();
+        let register = Command::NodeRegister {
+            node: Box::new(node),
+            now: 1,
+        };
+        assert_eq!(
+            step(&mut s, register, 3),
+            [("Node", kind::NODE_REGISTRATION, "n1".to_string())]
+        );
+        let down = Command::NodeUpdateStatus {
+            node_id: "n1".into(),
+            status: crate::state::status::NodeStatus::Down,
+            description: String::new(),
+            event: None,
+            now: 2,
+        };
+        assert_eq!(
+            step(&mut s, down, 4),
+            [("Node", kind::NODE_EVENT, "n1".to_string())]
         );
     }
 }
