@@ -119,6 +119,17 @@ pub struct Event {
     pub payload: Payload,
 }
 
+/// Event types for a job, its evals and its allocs, in that order.
+pub type Kinds = (&'static str, &'static str, &'static str);
+
+/// The types of what a node write changed in jobs: Nomad makes such changes through an
+/// eval update and the scheduler's plan.
+pub const NODE_CONSEQUENCES: Kinds = (
+    kind::PLAN_RESULT,
+    kind::EVALUATION_UPDATED,
+    kind::PLAN_RESULT,
+);
+
 /// The events one command made, in the order of its changes.
 #[derive(Debug)]
 pub struct EventBatch {
@@ -172,13 +183,21 @@ pub fn events_of(
             out.acl_policy(&policy.name, kind::ACL_POLICY_UPSERTED)
         }
         Command::AclPolicyDelete { name } => out.acl_policy_deleted(name, kind::ACL_POLICY_DELETED),
-        Command::NodeRegister { node, .. } => out.node(&node.id, kind::NODE_REGISTRATION),
+        // A node write may also change the jobs on it (lost allocs, new evals): those are
+        // published with the types Nomad gives them (they come from its evals and plans).
+        Command::NodeRegister { node, .. } => {
+            out.node(&node.id, kind::NODE_REGISTRATION);
+            out.changed_at_index(NODE_CONSEQUENCES);
+        }
         Command::NodeUpdateStatus { node_id, .. } => {
             out.node(node_id, kind::NODE_EVENT);
-            out.changed_at_index(kind::NODE_EVENT);
+            out.changed_at_index(NODE_CONSEQUENCES);
         }
         // Nomad publishes an eligibility change as a drain event.
-        Command::NodeUpdateEligibility { node_id, .. } => out.node(node_id, kind::NODE_DRAIN),
+        Command::NodeUpdateEligibility { node_id, .. } => {
+            out.node(node_id, kind::NODE_DRAIN);
+            out.changed_at_index(NODE_CONSEQUENCES);
+        }
         Command::NodeEvents { events } => {
             let mut seen: Vec<&str> = Vec::new();
             for (id, _) in events {
@@ -189,7 +208,10 @@ pub fn events_of(
             }
         }
         // A Nomad client sends its changed metadata as a new registration of its node.
-        Command::NodeUpdateMeta { node_id, .. } => out.node(node_id, kind::NODE_REGISTRATION),
+        Command::NodeUpdateMeta { node_id, .. } => {
+            out.node(node_id, kind::NODE_REGISTRATION);
+            out.changed_at_index(NODE_CONSEQUENCES);
+        }
         // No event in Nomad: the bootstrap token, one-time tokens.
         _ => {}
     }
@@ -360,7 +382,7 @@ impl Collector<'_> {
     /// Every job, evaluation and allocation modified at this index: a walk over each table
     /// the command changed (a table it left alone is the same tree, found in O(1)); for rare
     /// commands whose changes are spread over many jobs, such as a node going down.
-    pub fn changed_at_index(&mut self, kind: &'static str) {
+    pub fn changed_at_index(&mut self, (job_kind, eval_kind, alloc_kind): Kinds) {
         let (before, after, index) = (self.before, self.after, self.index);
         let mut keys = std::collections::BTreeSet::new();
         if !before.jobs.ptr_eq(&after.jobs) {
@@ -391,7 +413,7 @@ impl Collector<'_> {
             );
         }
         for key in keys {
-            self.job_changes(&key, kind);
+            self.job_changes_as(&key, job_kind, eval_kind, alloc_kind);
         }
     }
 
