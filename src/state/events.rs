@@ -356,13 +356,13 @@ impl Collector<'_> {
     pub fn jobs_changes<'k>(
         &mut self,
         keys: impl IntoIterator<Item = (&'k str, &'k str)>,
-        kind: &'static str,
+        (job_kind, eval_kind, alloc_kind): Kinds,
     ) {
         let mut seen: Vec<JobKey> = Vec::new();
         for (ns, id) in keys {
             let key = (ns.to_string(), id.to_string());
             if !seen.contains(&key) {
-                self.job_changes(&key, kind);
+                self.job_changes_as(&key, job_kind, eval_kind, alloc_kind);
                 seen.push(key);
             }
         }
