@@ -454,50 +454,11 @@ fn hostile_parameters_get_nomads_400s() {
     s.until("the connect heartbeat", |s| s.heartbeats == 1);
 }
 
-/// An agent in one role (`-server` or `-client ...`), with its own HTTP, RPC and serf ports
-/// on loopback and a config file for them.
-fn role_agent(tag: &str, role: &[&str], extra_hcl: &str) -> (TestAgent, u16) {
-    let dir = temp_dir(tag);
-    let (http, rpc, serf) = (free_port(), free_port(), free_port());
-    let config = dir.with_extension("hcl");
-    std::fs::write(
-        &config,
-        format!(
-            "bind_addr = \"127.0.0.1\"\nports {{\n  rpc = {rpc}\n  serf = {serf}\n}}\n{extra_hcl}"
-        ),
-    )
-    .unwrap();
-    let mut args: Vec<String> = ["agent", "-data-dir"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.push(dir.display().to_string());
-    args.extend(["-http-port".to_string(), http.to_string()]);
-    args.extend(["-config".to_string(), config.display().to_string()]);
-    args.extend(role.iter().map(|s| s.to_string()));
-    let mut agent = TestAgent {
-        child: None,
-        port: http,
-        data_dir: dir.clone(),
-        log_path: dir.with_extension("log"),
-        args,
-        env: Vec::new(),
-        nofile: None,
-    };
-    agent.restart_after_stop();
-    (agent, rpc)
-}
-
 #[test]
 fn a_server_streams_the_events_of_a_remote_clients_node_and_allocs() {
-    let (server, rpc) = role_agent("ev-server", &["-server"], "");
+    let server = TestAgent::server("", &[]);
     let mut s = open(&server, "", None);
-    let servers = format!("127.0.0.1:{rpc}");
-    let (_client, _) = role_agent(
-        "ev-client",
-        &["-client", "-servers", &servers],
-        "plugin \"raw_exec\" {\n  config {\n    enabled = true\n  }\n}\n",
-    );
+    let _client = TestAgent::client(&[&server.rpc_addr()], "", &[]);
     s.until("the remote node ready", |s| {
         s.has(|e| e["Topic"] == "Node" && e["Payload"]["Node"]["Status"] == "ready")
     });
