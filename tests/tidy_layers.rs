@@ -39,6 +39,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "server",
         &[
+            "acl",
             "client::link",
             "state",
             "store",
@@ -57,8 +58,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "client",
         &[
+            "acl::capabilities",
             "acl::jwt",
             "acl::keys",
+            "acl::policy",
+            "acl::tokens",
             "config",
             "encoding",
             "http",
