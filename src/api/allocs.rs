@@ -123,7 +123,7 @@ pub fn allocation(a: &AllocRecord, job: Value) -> Value {
         ("DesiredDescription", json!(a.desired_description)),
         (
             "DesiredTransition",
-            json!({"Migrate": null, "Reschedule": null, "ForceReschedule": null, "NoShutdownDelay": null}),
+            desired_transition_json(a),
         ),
         ("ClientStatus", json!(a.client_status)),
         ("ClientDescription", json!(a.client_description)),
@@ -137,6 +137,11 @@ pub fn allocation(a: &AllocRecord, job: Value) -> Value {
         ("ModifyTime", json!(a.modify_time)),
     ];
     omit_zero(fields)
+}
+
+/// `DesiredTransition`: unset fields are `null`.
+fn desired_transition_json(a: &AllocRecord) -> Value {
+    json!({"Migrate": a.desired_transition.migrate, "Reschedule": null, "ForceReschedule": null, "NoShutdownDelay": null})
 }
 
 /// `AllocListStub`: every field present, in Go order.
@@ -161,7 +166,7 @@ pub fn alloc_stub(a: &AllocRecord, with_task_states: bool, with_resources: bool)
     m.insert("ClientDescription".into(), json!(a.client_description));
     m.insert(
         "DesiredTransition".into(),
-        json!({"Migrate": null, "Reschedule": null, "ForceReschedule": null, "NoShutdownDelay": null}),
+        desired_transition_json(a),
     );
     let ts = if with_task_states {
         task_states_json(a)

@@ -89,6 +89,8 @@ fn node_record(req: &NodeRegistration) -> Node {
         status_updated_at: 0,
         scheduling_eligibility: NodeEligibility::Eligible,
         drain: false,
+        drain_strategy: None,
+        last_drain: None,
         events: Vec::new(),
         create_index: 0,
         modify_index: 0,
