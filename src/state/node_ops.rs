@@ -157,7 +157,14 @@ pub(crate) fn update_drain(
     }
     push_events(&mut n, event.clone(), index);
     store_node(state, n, index);
-    let mut w = make_evals(state, evals, TRIGGER_NODE_UPDATE, (node_id, index), now, index);
+    let mut w = make_evals(
+        state,
+        evals,
+        TRIGGER_NODE_UPDATE,
+        (node_id, index),
+        now,
+        index,
+    );
     w.node_modify_index = index;
     Ok(Applied::NodeOp(w))
 }
@@ -205,7 +212,14 @@ pub(crate) fn set_eligibility(
     n.scheduling_eligibility = eligibility;
     push_events(&mut n, event.clone(), index);
     store_node(state, n, index);
-    let mut w = make_evals(state, evals, TRIGGER_NODE_UPDATE, (node_id, index), now, index);
+    let mut w = make_evals(
+        state,
+        evals,
+        TRIGGER_NODE_UPDATE,
+        (node_id, index),
+        now,
+        index,
+    );
     w.node_modify_index = index;
     Ok(Applied::NodeOp(w))
 }
@@ -345,9 +359,7 @@ pub fn node_update_jobs(state: &ServerState, node: &Node) -> Vec<JobKey> {
     let mut jobs: std::collections::BTreeSet<JobKey> = std::collections::BTreeSet::new();
     for a in state.allocs.values().filter(|a| a.node_id == node.id) {
         let relevant = match a.job.job_type() {
-            JobType::Service => {
-                !(a.terminal() && a.desired_status != AllocDesiredStatus::Run)
-            }
+            JobType::Service => !(a.terminal() && a.desired_status != AllocDesiredStatus::Run),
             JobType::Batch => !a.terminal(),
             JobType::System => true,
             JobType::Sysbatch => false,
