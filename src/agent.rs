@@ -207,6 +207,9 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         .register(&registration)
         .map_err(AgentError::Register)?;
     crate::api::jobs::place_blocked(&agent);
+    // The server's node drainer (woken by state changes and drain deadlines).
+    let drainer =
+        crate::server::drainer::Drainer::start(agent.workloads.clone(), agent.index.clone());
     agent.batcher.start(NodeUpdater {
         link: agent.link.clone(),
         node_id: agent.node.id().to_string(),
@@ -272,6 +275,8 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     notify(&notifier, "STOPPING=1");
     // Blocking queries return at once from here on, so their connections can finish.
     agent.index.close();
+    // Ends at the closed counter; joined while the committer still takes its last write.
+    drainer.shutdown();
     server.shutdown();
     agent.client.shutdown(sig);
     // After the tasks: their last state updates are committed before the store closes.

@@ -41,6 +41,15 @@ impl LocalLink {
         }
     }
 
+    /// The node is in the server's node table (a purged node must register again).
+    fn check_registered(&self, node_id: &str) -> Result<(), LinkError> {
+        if self.workloads.state().nodes.contains_key(node_id) {
+            Ok(())
+        } else {
+            Err(LinkError::UnknownNode(node_id.to_string()))
+        }
+    }
+
     fn heartbeat_reply(&self) -> HeartbeatReply {
         HeartbeatReply {
             ttl_ms: u64::try_from(DEFAULT_HEARTBEAT.as_millis()).unwrap_or(u64::MAX),
@@ -112,6 +121,7 @@ impl ServerLink for LocalLink {
 
     fn heartbeat(&self, req: &Heartbeat) -> Result<HeartbeatReply, LinkError> {
         self.check_node(&req.node_id)?;
+        self.check_registered(&req.node_id)?;
         Ok(self.heartbeat_reply())
     }
 
@@ -122,6 +132,10 @@ impl ServerLink for LocalLink {
             // The generation first: a change published after this read wakes the wait below.
             let generation = self.index.generation();
             let state = self.workloads.state();
+            if !state.nodes.contains_key(&req.node_id) {
+                // Purged while the client waited: it must register again.
+                return Err(LinkError::UnknownNode(req.node_id.clone()));
+            }
             let answer = Instant::now() >= deadline || state.index > req.min_index;
             if answer {
                 let mut reply = PulledAllocs {
@@ -227,6 +241,14 @@ mod tests {
         }
     }
 
+    /// A fixture whose node registered (pulls and heartbeats need a known node).
+    fn registered_fixture() -> Fixture {
+        let f = fixture();
+        let reg = registration_of(&f.link.node.registration());
+        f.link.register_node(&reg).unwrap();
+        f
+    }
+
     fn job(id: &str) -> Job {
         let mut j = Job::from_json(serde_json::json!({"ID": id, "TaskGroups": [{"Name": "g",
             "Count": 1, "Tasks": [{"Name": "t", "Driver": "raw_exec",
@@ -290,7 +312,7 @@ mod tests {
 
     #[test]
     fn a_pull_blocks_until_the_nodes_allocs_change_and_answers_only_what_changed() {
-        let f = fixture();
+        let f = registered_fixture();
         f.workloads.register(&f.node, job("a")).unwrap();
         let first = pull(&f, 0, 0).unwrap();
         assert_eq!(first.changed.len(), 1);
@@ -315,7 +337,7 @@ mod tests {
 
     #[test]
     fn pushed_updates_are_durable_server_state_and_other_nodes_are_refused() {
-        let f = fixture();
+        let f = registered_fixture();
         f.workloads.register(&f.node, job("a")).unwrap();
         let id = pull(&f, 0, 0).unwrap().changed[0].id.clone();
         let mut ts = TaskState::pending();

@@ -1,0 +1,290 @@
+//! The node drainer (Nomad's `nomad/drainer`): one `drainer` thread that watches the server
+//! state and moves allocs off draining nodes. Each time the state changes (it waits on the
+//! [`IndexCounter`]) or a drain deadline passes, [`plan`] computes — from one immutable
+//! snapshot — which allocs to migrate now and which drains are done; the thread proposes that
+//! as `AllocMigrate` and `NodeDrainComplete` commands. Every decision is read back from the
+//! state, so a step that finds nothing new proposes nothing (no loop on its own writes).
+//!
+//! Per service task group, at most `healthy − (count − migrate.max_parallel)` allocs are
+//! migrating at a time (`max_parallel` defaults to 1), where *healthy* counts the group's
+//! running allocs not marked for migration: the next batch waits for the replacements to run.
+//! Batch allocs wait for the deadline; system allocs go once everything else on the node is
+//! client-terminal (unless `IgnoreSystemJobs`). At the deadline (or at once for a forced
+//! drain, deadline `< 0`) every remaining alloc is migrated and the drain completes with
+//! `deadline_reached`. When no other non-terminal alloc is left the drain completes: the
+//! strategy is cleared, `LastDrain` is `complete`, the node stays ineligible.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::state::command::{Command, JobKey, ServerState};
+use crate::state::jobs::alloc::AllocRecord;
+use crate::state::jobs::Workloads;
+use crate::state::node_ops::{self, JobEval};
+use crate::state::node_table::NodeEvent;
+use crate::state::status::{AllocClientStatus, AllocDesiredStatus, JobType};
+use crate::state::IndexCounter;
+
+/// Longest the drainer sleeps without a state change or a deadline to wait for.
+pub const IDLE_WAIT: Duration = Duration::from_secs(60);
+
+/// How long the drainer waits before trying again after a write failed.
+pub const RETRY_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether the drainer stops the allocs it migrates itself, as the scheduler would in its
+/// plan ("alloc is being migrated"). The `node-drain` evals are made either way; once the
+/// scheduler places replacements and stops migrating allocs in its plans, this may be
+/// `false` (the stop then comes with the replacement).
+pub const STOP_MIGRATING: bool = true;
+
+/// `Message` of the node event that ends a drain.
+pub const DRAIN_COMPLETE: &str = "Node drain complete";
+
+/// Handle to the drainer thread.
+pub struct Drainer {
+    stop: Arc<AtomicBool>,
+    index: Arc<IndexCounter>,
+    handle: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drainer {
+    /// Start the `drainer` thread on `workloads`' state, woken by `index`.
+    pub fn start(workloads: Arc<Workloads>, index: Arc<IndexCounter>) -> Drainer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, i) = (stop.clone(), index.clone());
+        let handle = std::thread::Builder::new()
+            .name("drainer".into())
+            .spawn(move || run(&workloads, &i, &s));
+        let handle = match handle {
+            Ok(h) => Some(h),
+            Err(e) => {
+                log::error!("cannot start the node drainer: {e}");
+                None
+            }
+        };
+        Drainer {
+            stop,
+            index,
+            handle: Mutex::new(handle),
+        }
+    }
+
+    /// Stop the thread and join it. The agent closes the index counter first (which wakes
+    /// it); otherwise it is woken here.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if !self.index.is_closed() {
+            self.index.notify();
+        }
+        if let Some(h) = self.handle.lock().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn run(workloads: &Workloads, index: &IndexCounter, stop: &AtomicBool) {
+    loop {
+        // The generation first: a change published after this read ends the wait below.
+        let generation = index.generation();
+        if stop.load(Ordering::SeqCst) || index.is_closed() {
+            return;
+        }
+        let state = workloads.state();
+        let now = crate::time::unix_now_nanos();
+        let step = plan(&state, now);
+        drop(state);
+        let mut failed = false;
+        for cmd in step.commands {
+            match workloads.propose_node_op(cmd) {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => log::debug!("drainer: a command changed nothing: {e}"),
+                Err(e) => {
+                    log::error!("drainer: cannot write a drain step: {e}");
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        let mut wait = IDLE_WAIT;
+        if let Some(at) = step.next_deadline {
+            let left = u64::try_from(at.saturating_sub(now)).unwrap_or(0);
+            wait = wait.min(Duration::from_nanos(left));
+        }
+        if failed {
+            wait = wait.min(RETRY_WAIT);
+        }
+        index.wait_for_change(generation, Instant::now() + wait);
+    }
+}
+
+/// What one look at the state decided.
+#[derive(Debug, Default)]
+pub struct Step {
+    /// `AllocMigrate` (at most one, every job's allocs together) then `NodeDrainComplete`s.
+    pub commands: Vec<Command>,
+    /// The earliest drain deadline still to come (Unix nanoseconds).
+    pub next_deadline: Option<i64>,
+}
+
+fn is_system(a: &AllocRecord) -> bool {
+    a.job.job_type() == JobType::System
+}
+
+/// Nomad's `TerminalStatus`: stopped by the server or done on the client.
+fn server_or_client_terminal(a: &AllocRecord) -> bool {
+    a.desired_status != AllocDesiredStatus::Run || a.terminal()
+}
+
+fn complete_event(now: i64, deadline_reached: bool) -> NodeEvent {
+    NodeEvent {
+        message: DRAIN_COMPLETE.into(),
+        subsystem: "Drain".into(),
+        details: deadline_reached
+            .then(|| [("deadline_reached".to_string(), "true".to_string())].into()),
+        timestamp: now,
+        create_index: 0,
+    }
+}
+
+/// `migrate { max_parallel }` of a group (Nomad's default 1).
+fn max_parallel(a: &AllocRecord, state: &ServerState) -> i64 {
+    let key: JobKey = (a.namespace.clone(), a.job_id.clone());
+    let job = state.jobs.get(&key).map_or(&a.job, |j| &**j);
+    job.task_groups
+        .iter()
+        .find(|g| g.name == a.task_group)
+        .and_then(|g| g.migrate.get("MaxParallel").and_then(|v| v.as_i64()))
+        .unwrap_or(1)
+}
+
+/// The group's wanted count (the current job's, else the alloc's version's).
+fn group_count(a: &AllocRecord, state: &ServerState) -> i64 {
+    let key: JobKey = (a.namespace.clone(), a.job_id.clone());
+    let job = state.jobs.get(&key).map_or(&a.job, |j| &**j);
+    job.task_groups
+        .iter()
+        .find(|g| g.name == a.task_group)
+        .map_or(0, |g| g.count())
+}
+
+/// Decide what to do now for every draining node of `state` at `now` (Unix nanoseconds).
+pub fn plan(state: &ServerState, now: i64) -> Step {
+    let mut step = Step::default();
+    let mut migrate: BTreeSet<String> = BTreeSet::new();
+    let mut complete: Vec<(String, bool)> = Vec::new();
+    // Service groups with allocs still to move off a draining node.
+    let mut groups: BTreeSet<(String, String, String)> = BTreeSet::new();
+    let draining: BTreeSet<&str> = state
+        .nodes
+        .values()
+        .filter(|n| n.drain_strategy.is_some())
+        .map(|n| n.id.as_str())
+        .collect();
+    for node in state.nodes.values() {
+        let Some(strategy) = &node.drain_strategy else {
+            continue;
+        };
+        let allocs = node_ops::allocs_on_node(state, &node.id);
+        let unmarked_live = |a: &&&Arc<AllocRecord>| {
+            !server_or_client_terminal(a) && !a.desired_transition.should_migrate()
+        };
+        match strategy.deadline_at() {
+            Some(at) if now >= at => {
+                // Deadline: everything left goes now (system allocs unless ignored).
+                for a in allocs.iter().filter(unmarked_live) {
+                    if !(is_system(a) && strategy.ignore_system_jobs) {
+                        migrate.insert(a.id.clone());
+                    }
+                }
+                complete.push((node.id.clone(), true));
+                continue;
+            }
+            Some(at) => {
+                step.next_deadline = Some(step.next_deadline.map_or(at, |d: i64| d.min(at)));
+            }
+            None => {}
+        }
+        let done = allocs
+            .iter()
+            .filter(|a| !is_system(a))
+            .all(|a| a.terminal());
+        if done {
+            if !strategy.ignore_system_jobs {
+                for a in allocs.iter().filter(unmarked_live).filter(|a| is_system(a)) {
+                    migrate.insert(a.id.clone());
+                }
+            }
+            complete.push((node.id.clone(), false));
+            continue;
+        }
+        for a in allocs.iter().filter(unmarked_live) {
+            if a.job.job_type() == JobType::Service {
+                groups.insert((a.namespace.clone(), a.job_id.clone(), a.task_group.clone()));
+            }
+        }
+    }
+    for (ns, job_id, group) in groups {
+        let key: JobKey = (ns, job_id);
+        let mut allocs: Vec<&Arc<AllocRecord>> = state
+            .allocs_by_job
+            .get(&key)
+            .into_iter()
+            .flat_map(|ids| ids.iter())
+            .filter_map(|id| state.allocs.get(id))
+            .filter(|a| a.task_group == group)
+            .collect();
+        allocs.sort_by_key(|a| (a.create_index, a.id.clone()));
+        let Some(first) = allocs.first() else {
+            continue;
+        };
+        let threshold = group_count(first, state) - max_parallel(first, state);
+        let healthy = allocs
+            .iter()
+            .filter(|a| {
+                a.desired_status == AllocDesiredStatus::Run
+                    && a.client_status == AllocClientStatus::Running
+                    && !a.desired_transition.should_migrate()
+            })
+            .count() as i64;
+        let drainable: Vec<&&Arc<AllocRecord>> = allocs
+            .iter()
+            .filter(|a| {
+                draining.contains(a.node_id.as_str())
+                    && !server_or_client_terminal(a)
+                    && !a.desired_transition.should_migrate()
+                    && !migrate.contains(&a.id)
+            })
+            .collect();
+        let n = (healthy - threshold).clamp(0, drainable.len() as i64) as usize;
+        migrate.extend(drainable[..n].iter().map(|a| a.id.clone()));
+    }
+    if !migrate.is_empty() {
+        let mut jobs: BTreeMap<JobKey, ()> = BTreeMap::new();
+        for id in &migrate {
+            if let Some(a) = state.allocs.get(id) {
+                jobs.insert((a.namespace.clone(), a.job_id.clone()), ());
+            }
+        }
+        let keys: Vec<JobKey> = jobs.into_keys().collect();
+        let evals: Vec<JobEval> = node_ops::evals_for(&keys);
+        step.commands.push(Command::AllocMigrate {
+            alloc_ids: migrate.into_iter().collect(),
+            evals,
+            stop: STOP_MIGRATING,
+            now,
+        });
+    }
+    for (node_id, deadline_reached) in complete {
+        step.commands.push(Command::NodeDrainComplete {
+            node_id,
+            event: complete_event(now, deadline_reached),
+            now,
+        });
+    }
+    step
+}
