@@ -62,10 +62,11 @@ fn go_type(v: &Value) -> &'static str {
     }
 }
 
-/// Go's text for a value of the wrong type in `field` (`Struct.Field`) of type `ty`.
+/// Go's text for a value of the wrong type in `field` (`Struct.Field`) of type `ty` (a
+/// number names itself only when it does not fit an integer field).
 fn mismatch(v: &Value, field: &str, ty: &str) -> ApiError {
     let what = match v {
-        Value::Number(n) => format!("number {n}"),
+        Value::Number(n) if ty == "time.Duration" => format!("number {n}"),
         other => go_type(other).to_string(),
     };
     ApiError::bad_request(format!(
