@@ -288,3 +288,254 @@ pub fn plan(state: &ServerState, now: i64) -> Step {
     }
     step
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::command::apply;
+    use crate::state::jobs::spec::Job;
+    use crate::state::jobs::NodeInfo;
+    use crate::state::node_ops::DrainUpdate;
+    use crate::state::node_table::{DrainStrategy, Node};
+    use crate::state::status::{NodeEligibility, NodeStatus};
+
+    struct World {
+        s: ServerState,
+        index: u64,
+    }
+
+    impl World {
+        fn apply(&mut self, cmd: &Command) {
+            self.index += 1;
+            apply(&mut self.s, cmd, self.index).unwrap();
+        }
+
+        fn node(&mut self, id: &str) {
+            let n = Node {
+                id: id.into(),
+                name: id.into(),
+                datacenter: "dc1".into(),
+                http_addr: String::new(),
+                tls_enabled: false,
+                node_pool: "default".into(),
+                node_class: String::new(),
+                version: "0".into(),
+                attributes: BTreeMap::new(),
+                meta: BTreeMap::new(),
+                resources: serde_json::Value::Null,
+                drivers: serde_json::json!({}),
+                status: NodeStatus::Ready,
+                status_description: String::new(),
+                status_updated_at: 0,
+                scheduling_eligibility: NodeEligibility::Eligible,
+                drain: false,
+                drain_strategy: None,
+                last_drain: None,
+                events: Vec::new(),
+                create_index: 0,
+                modify_index: 0,
+            };
+            self.apply(&Command::NodeRegister {
+                node: Box::new(n),
+                now: 1,
+            });
+        }
+
+        /// A job of `count` allocs on `node`, all running; their IDs.
+        fn job(&mut self, id: &str, kind: &str, count: i64, max_parallel: i64) -> Vec<String> {
+            let mut j = Job::from_json(serde_json::json!({"ID": id, "Type": kind,
+                "TaskGroups": [{"Name": "g", "Count": count,
+                "Migrate": {"MaxParallel": max_parallel},
+                "Tasks": [{"Name": "t", "Driver": "raw_exec",
+                "Config": {"command": "/bin/true"}}]}]}))
+            .unwrap();
+            j.canonicalize("global");
+            let ids: Vec<String> = (0..count).map(|i| format!("{id}-{i}")).collect();
+            self.apply(&Command::JobRegister {
+                job: Box::new(j),
+                node: NodeInfo {
+                    id: "n1".into(),
+                    name: "n1".into(),
+                    unplaceable: None,
+                },
+                eval_id: format!("e-{id}"),
+                blocked_eval_id: String::new(),
+                alloc_ids: ids.clone(),
+                now: 2,
+            });
+            for a in &ids {
+                self.set_client(a, AllocClientStatus::Running);
+            }
+            ids
+        }
+
+        fn set_client(&mut self, id: &str, status: AllocClientStatus) {
+            self.apply(&Command::AllocClientUpdate {
+                alloc_id: id.into(),
+                tasks: BTreeMap::new(),
+                client_status: Some((status, String::new()).into()),
+                collected: false,
+                now: 3,
+            });
+        }
+
+        /// A running copy of `from` on node `n2` (a replacement the scheduler placed).
+        fn replacement(&mut self, from: &str, id: &str) {
+            let mut a = (*self.s.allocs[from]).clone();
+            a.id = id.into();
+            a.node_id = "n2".into();
+            a.desired_status = AllocDesiredStatus::Run;
+            a.client_status = AllocClientStatus::Running;
+            a.desired_transition = Default::default();
+            let key = (a.namespace.clone(), a.job_id.clone());
+            self.s
+                .allocs_by_job
+                .entry(key)
+                .or_default()
+                .insert(a.id.clone());
+            self.s.allocs.insert(a.id.clone(), Arc::new(a));
+        }
+
+        fn drain(&mut self, deadline_ns: i64, force_deadline: i64) {
+            self.apply(&Command::NodeUpdateDrain {
+                node_id: "n1".into(),
+                update: Box::new(DrainUpdate {
+                    strategy: Some(DrainStrategy {
+                        deadline_ns,
+                        force_deadline,
+                        ignore_system_jobs: false,
+                        started_at: 5,
+                    }),
+                    mark_eligible: false,
+                    meta: BTreeMap::new(),
+                    accessor: String::new(),
+                }),
+                event: None,
+                evals: Vec::new(),
+                now: 5,
+            });
+        }
+
+        /// Plan at `now` and apply what it decided (migrating without stopping, as when
+        /// the scheduler stops them); the allocs it marked.
+        fn step(&mut self, now: i64) -> (Vec<String>, bool) {
+            let step = plan(&self.s, now);
+            let mut marked = Vec::new();
+            let mut completed = false;
+            for cmd in step.commands {
+                match cmd {
+                    Command::AllocMigrate {
+                        alloc_ids,
+                        evals,
+                        now,
+                        ..
+                    } => {
+                        marked = alloc_ids.clone();
+                        self.apply(&Command::AllocMigrate {
+                            alloc_ids,
+                            evals,
+                            stop: false,
+                            now,
+                        });
+                    }
+                    other => {
+                        completed = true;
+                        self.apply(&other);
+                    }
+                }
+            }
+            (marked, completed)
+        }
+    }
+
+    fn world() -> World {
+        let mut w = World {
+            s: ServerState::default(),
+            index: 0,
+        };
+        w.node("n1");
+        w.node("n2");
+        w
+    }
+
+    #[test]
+    fn service_groups_move_max_parallel_at_a_time_batch_waits_and_system_goes_last() {
+        let mut w = world();
+        let web = w.job("web", "service", 3, 2);
+        let batch = w.job("b", "batch", 1, 1);
+        let sys = w.job("sys", "system", 1, 1);
+        w.drain(0, 0);
+        // healthy 3 − (3 − 2): two at once, with one node-drain eval for the job.
+        let (marked, done) = w.step(10);
+        assert_eq!(marked, web[..2].to_vec());
+        assert!(!done);
+        let evals: Vec<_> =
+            w.s.evals
+                .values()
+                .filter(|e| e.triggered_by == "node-drain")
+                .collect();
+        assert_eq!(evals.len(), 1);
+        assert_eq!(evals[0].job_id, "web");
+        assert_eq!(evals[0].status, crate::state::status::EvalStatus::Pending);
+        assert_eq!(evals[0].node_id, "n1");
+        // Nothing more until replacements run; a look that finds nothing proposes nothing.
+        assert!(plan(&w.s, 11).commands.is_empty());
+        // A replacement runs: healthy 2 (r0 and the unmarked one) − 1: the last one goes.
+        w.replacement(&web[0], "r0");
+        assert_eq!(w.step(12).0, vec![web[2].clone()]);
+        w.replacement(&web[1], "r1");
+        assert!(plan(&w.s, 13).commands.is_empty(), "nothing left to mark");
+        // The migrated allocs stop; the batch alloc still runs: not done, system waits.
+        for a in &web {
+            w.set_client(a, AllocClientStatus::Complete);
+        }
+        assert!(plan(&w.s, 14).commands.is_empty());
+        w.set_client(&batch[0], AllocClientStatus::Complete);
+        // Everything else is client-terminal: the system alloc goes and the drain completes.
+        let (marked, done) = w.step(15);
+        assert_eq!(marked, sys);
+        assert!(done);
+        let n = &w.s.nodes["n1"];
+        assert!(n.drain_strategy.is_none() && !n.drain);
+        assert_eq!(
+            n.last_drain.as_ref().unwrap().status,
+            crate::state::status::DrainStatus::Complete
+        );
+        assert_eq!(n.scheduling_eligibility, NodeEligibility::Ineligible);
+        let ev = n.events.last().unwrap();
+        assert_eq!(
+            (ev.message.as_str(), ev.subsystem.as_str()),
+            (DRAIN_COMPLETE, "Drain")
+        );
+        assert!(ev.details.is_none());
+        assert!(plan(&w.s, 16).commands.is_empty(), "completed once");
+    }
+
+    #[test]
+    fn the_deadline_migrates_everything_left_and_completes_with_deadline_reached() {
+        let mut w = world();
+        let web = w.job("web", "service", 2, 1);
+        let batch = w.job("b", "batch", 1, 1);
+        w.drain(1_000, 1_000);
+        let step = plan(&w.s, 500);
+        assert_eq!(step.next_deadline, Some(1_000));
+        let (marked, done) = w.step(500);
+        assert_eq!(marked, vec![web[0].clone()]);
+        assert!(!done);
+        let (mut marked, done) = w.step(1_000);
+        marked.sort();
+        let mut want = vec![batch[0].clone(), web[1].clone()];
+        want.sort();
+        assert_eq!(marked, want);
+        assert!(done);
+        let ev = w.s.nodes["n1"].events.last().unwrap().clone();
+        assert_eq!(ev.details.unwrap()["deadline_reached"], "true");
+        // A forced drain (deadline < 0) is due at once.
+        w.drain(-1, 0);
+        assert_eq!(
+            plan(&w.s, 0).commands.len(),
+            1,
+            "only the completion: nothing left"
+        );
+    }
+}

@@ -408,6 +408,162 @@ pub fn allocs_on_node<'a>(state: &'a ServerState, node_id: &str) -> Vec<&'a Arc<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::command::{apply, Command};
+    use crate::state::jobs::spec::Job;
+    use crate::state::jobs::NodeInfo;
+
+    fn node(id: &str) -> Node {
+        let text = serde_json::json!({"id": id, "name": id, "datacenter": "dc1",
+            "http_addr": "", "node_pool": "default", "node_class": "", "version": "0",
+            "attributes": {}, "meta": {}, "resources": null, "drivers": {},
+            "status": "ready", "status_description": "", "status_updated_at": 0,
+            "scheduling_eligibility": "eligible", "drain": false, "events": [],
+            "create_index": 0, "modify_index": 0});
+        serde_json::from_value(text).expect("a node row of the old form still loads")
+    }
+
+    fn je(job: &str, eval: &str) -> JobEval {
+        JobEval {
+            namespace: "default".into(),
+            job_id: job.into(),
+            eval_id: eval.into(),
+        }
+    }
+
+    fn commands() -> Vec<Command> {
+        let mut j = Job::from_json(serde_json::json!({"ID": "web", "TaskGroups": [{"Name": "g",
+            "Tasks": [{"Name": "t", "Driver": "raw_exec", "Config": {"command": "/bin/true"}}]}]}))
+        .unwrap();
+        j.canonicalize("global");
+        let strategy = DrainStrategy {
+            deadline_ns: 10,
+            force_deadline: 110,
+            ignore_system_jobs: false,
+            started_at: 100,
+        };
+        let drain = |strategy: Option<DrainStrategy>, at: i64| Command::NodeUpdateDrain {
+            node_id: "n1".into(),
+            update: Box::new(DrainUpdate {
+                strategy,
+                mark_eligible: true,
+                meta: [("m".to_string(), "v".to_string())].into(),
+                accessor: "token:x".into(),
+            }),
+            event: None,
+            evals: vec![je("web", &format!("d{at}")), je("gone", "g1")],
+            now: at,
+        };
+        vec![
+            Command::NodeRegister {
+                node: Box::new(node("n1")),
+                now: 1,
+            },
+            Command::JobRegister {
+                job: Box::new(j),
+                node: NodeInfo {
+                    id: "n1".into(),
+                    name: "n1".into(),
+                    unplaceable: None,
+                },
+                eval_id: "e1".into(),
+                blocked_eval_id: String::new(),
+                alloc_ids: vec!["a1".into()],
+                now: 2,
+            },
+            drain(Some(strategy.clone()), 100),
+            // A client registering again keeps the drain.
+            Command::NodeRegister {
+                node: Box::new(node("n1")),
+                now: 101,
+            },
+            Command::NodeSetEligibility {
+                node_id: "n1".into(),
+                eligibility: NodeEligibility::Eligible,
+                event: None,
+                evals: Vec::new(),
+                now: 102,
+            },
+            drain(
+                Some(DrainStrategy {
+                    started_at: 103,
+                    ..strategy
+                }),
+                103,
+            ),
+            Command::AllocMigrate {
+                alloc_ids: vec!["a1".into(), "nope".into()],
+                evals: vec![je("web", "m1")],
+                stop: false,
+                now: 104,
+            },
+            drain(None, 105),
+            Command::NodeEvaluate {
+                node_id: "n1".into(),
+                evals: vec![je("web", "v1")],
+                now: 106,
+            },
+            Command::NodeDeregister {
+                node_id: "n1".into(),
+                evals: vec![je("web", "p1")],
+                now: 107,
+            },
+            Command::NodeDeregister {
+                node_id: "n1".into(),
+                evals: vec![je("web", "p2")],
+                now: 108,
+            },
+        ]
+    }
+
+    #[test]
+    fn node_operations_apply_deterministically_and_do_what_nomad_does() {
+        let run = |cmds: &[Command]| {
+            let mut s = ServerState::default();
+            let oks: Vec<bool> = cmds
+                .iter()
+                .enumerate()
+                .map(|(i, c)| apply(&mut s, c, 10 + i as u64).is_ok())
+                .collect();
+            (s, oks)
+        };
+        let cmds = commands();
+        // Stop before the purge to look at the drained node.
+        let (s, oks) = run(&cmds[..8]);
+        assert_eq!(oks, [true, true, true, true, false, true, true, true]);
+        let n = &s.nodes["n1"];
+        assert!(n.drain_strategy.is_none() && !n.drain);
+        assert_eq!(n.scheduling_eligibility, NodeEligibility::Eligible);
+        let last = n.last_drain.as_ref().unwrap();
+        assert_eq!(last.status, DrainStatus::Canceled);
+        assert_eq!((last.started_at, last.updated_at), (100, 105));
+        let a = &s.allocs["a1"];
+        assert!(a.desired_transition.should_migrate());
+        assert_eq!(a.desired_status, AllocDesiredStatus::Run, "no stop asked");
+        assert_eq!(s.evals["m1"].triggered_by, TRIGGER_NODE_DRAIN);
+        assert_eq!(s.evals["d105"].status, EvalStatus::Pending);
+        assert!(
+            !s.evals.contains_key("g1"),
+            "no eval for a job that is gone"
+        );
+
+        let (s, oks) = run(&cmds);
+        assert_eq!(&oks[8..], [true, true, false]);
+        assert!(!s.nodes.contains_key("n1"));
+        let a = &s.allocs["a1"];
+        assert_eq!(a.client_status, AllocClientStatus::Lost);
+        assert_eq!(a.desired_description, ALLOC_LOST);
+        assert_eq!(s.evals["p1"].node_id, "n1");
+        assert_eq!(s.evals["v1"].triggered_by, TRIGGER_NODE_UPDATE);
+        let wire: Vec<Command> =
+            serde_json::from_slice(&serde_json::to_vec(&cmds).unwrap()).unwrap();
+        assert_eq!(
+            run(&wire).0.to_bytes().unwrap(),
+            s.to_bytes().unwrap(),
+            "replay through JSON gives the same state"
+        );
+        let back = ServerState::from_bytes(&s.to_bytes().unwrap()).unwrap();
+        assert_eq!(back.to_bytes().unwrap(), s.to_bytes().unwrap());
+    }
 
     #[test]
     fn datacenter_globs_match_as_nomads() {
