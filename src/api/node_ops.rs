@@ -378,6 +378,8 @@ fn purge(ctx: &Ctx, id: &str) -> ApiResult {
         },
     )?;
     w.node_modify_index = index;
+    // Its heartbeat timer goes with it (a client that registers again gets a new one).
+    ctx.agent.heartbeats.clear(&node.id);
     log::info!("node {} purged at index {index}", node.id);
     let v = update_response(ctx, &w, index, "", false);
     json_meta(&v, IndexMeta::Write(index))

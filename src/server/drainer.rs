@@ -334,6 +334,7 @@ mod tests {
                 events: Vec::new(),
                 create_index: 0,
                 modify_index: 0,
+                secret_id: String::new(),
             };
             self.apply(&Command::NodeRegister {
                 node: Box::new(n),
