@@ -527,3 +527,93 @@ fn node_operations_need_node_write() {
     let n = call("GET", &format!("/v1/node/{id}"), Some(&tokens[0]), "").json();
     assert_eq!(n["SchedulingEligibility"], "ineligible");
 }
+
+/// Run the CLI against `agent`; (exit code, stdout, stderr).
+fn cli(agent: &TestAgent, args: &[&str]) -> (i32, String, String) {
+    let o = std::process::Command::new(bin())
+        .args(args)
+        .env("NOMAD_ADDR", format!("http://{}", agent.addr()))
+        .env_remove("NOMAD_TOKEN")
+        .env_remove("NOMAD_REGION")
+        .env_remove("NOMAD_NAMESPACE")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the cli");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_cli_toggles_eligibility_and_drains_a_node() {
+    let agent = TestAgent::start(&[]);
+    let id = node_id(&agent);
+    let prefix = &id[..8];
+
+    let (code, out, err) = cli(&agent, &["node", "eligibility", "-disable", prefix]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        format!("Node {id:?} scheduling eligibility set: ineligible for scheduling\n")
+    );
+    assert_eq!(node(&agent, &id)["SchedulingEligibility"], "ineligible");
+    let (code, out, _) = cli(&agent, &["node", "eligibility", "-enable", "-self"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.ends_with("eligible for scheduling\n") && !out.contains("ineligible"),
+        "{out}"
+    );
+    let (code, _, err) = cli(&agent, &["node", "eligibility", prefix]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("Either the '-enable' or '-disable' flag must be set"),
+        "{err}"
+    );
+
+    let (code, out, err) = cli(
+        &agent,
+        &[
+            "node",
+            "drain",
+            "-enable",
+            "-deadline",
+            "5m",
+            "-m",
+            "patching",
+            "-yes",
+            "-detach",
+            prefix,
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, format!("Node {id:?} drain strategy set\n"));
+    let n = node(&agent, &id);
+    // Nothing runs on the node: the drainer completes the drain at once.
+    assert_eq!(n["LastDrain"]["Meta"]["message"], "patching", "{n}");
+    wait_until(WAIT, "the empty node's drain completes", || {
+        node(&agent, &id)["LastDrain"]["Status"] == "complete"
+    });
+    let (code, out, err) = cli(&agent, &["node", "drain", "-disable", "-yes", prefix]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, format!("Node {id:?} drain strategy unset\n"));
+    assert_eq!(node(&agent, &id)["SchedulingEligibility"], "eligible");
+
+    // Monitoring (no -detach) ends when the drain does.
+    let (code, out, err) = cli(&agent, &["node", "drain", "-enable", "-force", "-self"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("Drain complete for node {id:?}")),
+        "{out}"
+    );
+    assert!(out.contains("have stopped"), "{out}");
+    let n = node(&agent, &id);
+    assert_eq!(n["SchedulingEligibility"], "ineligible");
+    let (code, _, err) = cli(
+        &agent,
+        &["node", "drain", "-enable", "-deadline", "nope", prefix],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("Failed to parse deadline"), "{err}");
+}
