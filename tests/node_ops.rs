@@ -617,3 +617,93 @@ fn the_cli_toggles_eligibility_and_drains_a_node() {
     assert_eq!(code, 1);
     assert!(err.contains("Failed to parse deadline"), "{err}");
 }
+
+/// An agent started with exactly `role` flags and an HCL config on its own loopback ports
+/// (no `-dev`): a server-only or a client-only agent.
+fn role_agent(tag: &str, role: &[&str], config: &str) -> (TestAgent, u16) {
+    let dir = temp_dir(tag);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (http, rpc, serf) = (free_port(), free_port(), free_port());
+    let cfg = dir.join("agent.hcl");
+    std::fs::write(
+        &cfg,
+        format!(
+            "bind_addr = \"127.0.0.1\"\nports {{\n  http = {http}\n  rpc = {rpc}\n  serf = {serf}\n}}\n{config}\n"
+        ),
+    )
+    .unwrap();
+    let data = dir.join("data");
+    let mut args: Vec<String> = vec!["agent".into()];
+    args.extend(role.iter().map(|s| s.to_string()));
+    args.extend([
+        "-data-dir".into(),
+        data.display().to_string(),
+        "-config".into(),
+        cfg.display().to_string(),
+    ]);
+    let mut agent = TestAgent {
+        child: None,
+        port: http,
+        data_dir: data.clone(),
+        log_path: dir.join("agent.log"),
+        args,
+        env: Vec::new(),
+        nofile: None,
+    };
+    agent.restart_after_stop();
+    (agent, rpc)
+}
+
+#[test]
+fn a_server_drains_and_purges_a_client_on_another_agent() {
+    let (server, rpc) = role_agent(
+        "nodeops-server",
+        &["-server"],
+        "server {\n  enabled = true\n}",
+    );
+    let servers = format!("127.0.0.1:{rpc}");
+    let (client, _) = role_agent(
+        "nodeops-client",
+        &["-client", "-servers", &servers],
+        "plugin \"raw_exec\" {\n  config {\n    enabled = true\n  }\n}",
+    );
+    let mut id = String::new();
+    wait_until(WAIT, "the client's node ready on the server", || {
+        let nodes = server.get_json("/v1/nodes");
+        match nodes.as_array().and_then(|n| n.first()) {
+            Some(n) if n["Status"] == "ready" => {
+                id = n["ID"].as_str().unwrap().to_string();
+                true
+            }
+            _ => false,
+        }
+    });
+    register(&server, &service("web", 1, 1));
+    let alloc_id = running(&server, "web", 1).remove(0);
+    assert_eq!(alloc(&server, &alloc_id)["NodeID"], id.as_str());
+
+    // The server's drainer moves the alloc off the client's node; the client stops it.
+    let r = put(
+        &server,
+        &format!("/v1/node/{id}/drain"),
+        r#"{"DrainSpec":{"Deadline":60000000000}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_until(WAIT, "the client stopped the migrating alloc", || {
+        let a = alloc(&server, &alloc_id);
+        a["DesiredTransition"]["Migrate"] == true && a["ClientStatus"] == "complete"
+    });
+    wait_until(WAIT, "the client's drain completes", || {
+        node(&server, &id)["LastDrain"]["Status"] == "complete"
+    });
+
+    // Purged on the server, the client registers again (same ID) over RPC.
+    let before = node(&server, &id)["CreateIndex"].as_u64().unwrap();
+    let r = put(&server, &format!("/v1/node/{id}/purge"), "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_until(WAIT, "the client registered again", || {
+        let r = server.get(&format!("/v1/node/{id}"));
+        r.status == 200 && r.json()["CreateIndex"].as_u64().unwrap_or(0) > before
+    });
+    drop(client);
+}
