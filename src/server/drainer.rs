@@ -36,6 +36,11 @@ pub const IDLE_WAIT: Duration = Duration::from_secs(60);
 /// How long the drainer waits before trying again after a write failed.
 pub const RETRY_WAIT: Duration = Duration::from_secs(1);
 
+/// While a node drains, the drainer looks at the state at most this often (every state change
+/// wakes it; a busy fleet changes state thousands of times a second). Nomad batches its
+/// migrations in 1 s windows.
+pub const MIN_STEP_INTERVAL: Duration = Duration::from_millis(200);
+
 /// Whether the drainer stops the allocs it migrates itself, as the scheduler would in its
 /// plan ("alloc is being migrated"). The `node-drain` evals are made either way; once the
 /// scheduler places replacements and stops migrating allocs in its plans, this may be
@@ -82,6 +87,8 @@ impl Drainer {
             self.index.notify();
         }
         if let Some(h) = self.handle.lock().take() {
+            // It may be pausing between two steps of a drain.
+            h.thread().unpark();
             let _ = h.join();
         }
     }
@@ -118,6 +125,13 @@ fn run(workloads: &Workloads, index: &IndexCounter, stop: &AtomicBool) {
         if failed {
             wait = wait.min(RETRY_WAIT);
         }
+        if step.draining {
+            // A pause between steps (`shutdown` unparks it), then the changes it let pass.
+            let until = Instant::now() + MIN_STEP_INTERVAL;
+            while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+                std::thread::park_timeout(until.saturating_duration_since(Instant::now()));
+            }
+        }
         index.wait_for_change(generation, Instant::now() + wait);
     }
 }
@@ -129,6 +143,8 @@ pub struct Step {
     pub commands: Vec<Command>,
     /// The earliest drain deadline still to come (Unix nanoseconds).
     pub next_deadline: Option<i64>,
+    /// Some node drains (after this step's commands, perhaps not any more).
+    pub draining: bool,
 }
 
 fn is_system(a: &AllocRecord) -> bool {
@@ -185,6 +201,7 @@ pub fn plan(state: &ServerState, now: i64) -> Step {
         .filter(|n| n.drain_strategy.is_some())
         .map(|n| n.id.as_str())
         .collect();
+    step.draining = !draining.is_empty();
     for node in state.nodes.values() {
         let Some(strategy) = &node.drain_strategy else {
             continue;
