@@ -121,6 +121,11 @@ impl Agent {
         };
         let client = Client::new(&config, node.id(), link.clone());
         let batcher = Batcher::new(&config);
+        let drainer = crate::server::drainer::Drainer::new(
+            workloads.clone(),
+            index.clone(),
+            config.server_enabled,
+        );
         Ok(Arc::new(Agent {
             config,
             index,
@@ -133,6 +138,7 @@ impl Agent {
             fs_watch: SharedWatcher::new(),
             batcher,
             heartbeats,
+            drainer,
             http: OnceLock::new(),
             tls,
             started_at: SystemTime::now(),
@@ -261,10 +267,8 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         }
     }
     crate::api::jobs::place_blocked(&agent);
-    // The server's node drainer (woken by state changes and drain deadlines).
-    let drainer = agent.config.server_enabled.then(|| {
-        crate::server::drainer::Drainer::start(agent.workloads.clone(), agent.index.clone())
-    });
+    // A drain the last run left unfinished goes on (the thread runs only while one does).
+    agent.drainer.kick();
     if agent.config.client_enabled {
         agent.batcher.start(NodeUpdater {
             link: agent.link.clone(),
@@ -370,9 +374,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     // Blocking queries return at once from here on, so their connections can finish.
     agent.index.close();
     // Ends at the closed counter; joined while the committer still takes its last write.
-    if let Some(d) = &drainer {
-        d.shutdown();
-    }
+    agent.drainer.shutdown();
     agent.link.close();
     agent.heartbeats.shutdown();
     if let Some(rpc) = &rpc_server {

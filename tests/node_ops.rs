@@ -45,6 +45,17 @@ fn has_event(n: &Value, subsystem: &str, message: &str) -> bool {
         .any(|(s, m)| s == subsystem && m == message)
 }
 
+/// The names of a process's threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
 fn index_header(r: &Response) -> u64 {
     r.header("X-Nomad-Index")
         .and_then(|v| v.parse().ok())
@@ -254,6 +265,10 @@ fn max_parallel_migrates_one_at_a_time_and_the_deadline_forces_the_rest() {
             .count()
     };
     wait_until(WAIT, "one alloc migrating", || migrating(&agent) >= 1);
+    assert!(
+        thread_names(agent.pid()).iter().any(|n| n == "drainer"),
+        "a drain in progress has its thread"
+    );
     if started.elapsed() < std::time::Duration::from_millis(2500) {
         // Its replacement cannot run anywhere: the second waits for the deadline.
         assert_eq!(migrating(&agent), 1, "max_parallel 1");

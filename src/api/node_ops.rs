@@ -300,6 +300,8 @@ fn drain(ctx: &Ctx, id: &str) -> ApiResult {
             now,
         },
     )?;
+    // Published: the drainer (started if it was not running) sees it.
+    ctx.agent.drainer.kick();
     write_reply(&w, index)
 }
 

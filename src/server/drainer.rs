@@ -50,32 +50,60 @@ pub const STOP_MIGRATING: bool = true;
 /// `Message` of the node event that ends a drain.
 pub const DRAIN_COMPLETE: &str = "Node drain complete";
 
-/// Handle to the drainer thread.
+/// The drainer: its thread runs only while some node drains (an idle agent has none).
 pub struct Drainer {
-    stop: Arc<AtomicBool>,
+    workloads: Arc<Workloads>,
     index: Arc<IndexCounter>,
-    handle: Mutex<Option<JoinHandle<()>>>,
+    /// Only a server drains nodes.
+    enabled: bool,
+    stop: AtomicBool,
+    slot: Mutex<Slot>,
+}
+
+/// The thread, and whether it still works (changed only under the lock: a thread that ends
+/// says so under it, after one last look at the state).
+#[derive(Default)]
+struct Slot {
+    handle: Option<JoinHandle<()>>,
+    running: bool,
 }
 
 impl Drainer {
-    /// Start the `drainer` thread on `workloads`' state, woken by `index`.
-    pub fn start(workloads: Arc<Workloads>, index: Arc<IndexCounter>) -> Drainer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, i) = (stop.clone(), index.clone());
-        let handle = std::thread::Builder::new()
-            .name("drainer".into())
-            .spawn(move || run(&workloads, &i, &s));
-        let handle = match handle {
-            Ok(h) => Some(h),
-            Err(e) => {
-                log::error!("cannot start the node drainer: {e}");
-                None
-            }
-        };
-        Drainer {
-            stop,
+    /// A drainer over `workloads`' state, woken by `index`; no thread yet (see [`Drainer::kick`]).
+    pub fn new(workloads: Arc<Workloads>, index: Arc<IndexCounter>, enabled: bool) -> Arc<Drainer> {
+        Arc::new(Drainer {
+            workloads,
             index,
-            handle: Mutex::new(handle),
+            enabled,
+            stop: AtomicBool::new(false),
+            slot: Mutex::new(Slot::default()),
+        })
+    }
+
+    /// Make sure the `drainer` thread runs when a node drains: called after a drain was set
+    /// (published) and at start. It ends by itself once no node drains.
+    pub fn kick(self: &Arc<Self>) {
+        if !self.enabled || self.stop.load(Ordering::SeqCst) || !any_draining(&self.workloads) {
+            return;
+        }
+        let mut slot = self.slot.lock();
+        if slot.running {
+            return;
+        }
+        if let Some(old) = slot.handle.take() {
+            // It said it ends (under this lock) and holds nothing: joined at once.
+            let _ = old.join();
+        }
+        let me = self.clone();
+        match std::thread::Builder::new()
+            .name("drainer".into())
+            .spawn(move || me.run())
+        {
+            Ok(h) => {
+                slot.handle = Some(h);
+                slot.running = true;
+            }
+            Err(e) => log::error!("cannot start the node drainer: {e}"),
         }
     }
 
@@ -83,57 +111,83 @@ impl Drainer {
     /// it); otherwise it is woken here.
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        if !self.index.is_closed() {
-            self.index.notify();
-        }
-        if let Some(h) = self.handle.lock().take() {
+        let handle = self.slot.lock().handle.take();
+        if let Some(h) = handle {
+            if !self.index.is_closed() {
+                self.index.notify();
+            }
             // It may be pausing between two steps of a drain.
             h.thread().unpark();
             let _ = h.join();
         }
     }
-}
 
-fn run(workloads: &Workloads, index: &IndexCounter, stop: &AtomicBool) {
-    loop {
-        // The generation first: a change published after this read ends the wait below.
-        let generation = index.generation();
-        if stop.load(Ordering::SeqCst) || index.is_closed() {
-            return;
+    /// The thread ends when nothing drains: decided under the lock, so a `kick` after a new
+    /// drain was published either finds it running or starts a new one.
+    fn try_end(&self) -> bool {
+        let mut slot = self.slot.lock();
+        if any_draining(&self.workloads) && !self.stop.load(Ordering::SeqCst) {
+            return false;
         }
-        let state = workloads.state();
-        let now = crate::time::unix_now_nanos();
-        let step = plan(&state, now);
-        drop(state);
-        let mut failed = false;
-        for cmd in step.commands {
-            match workloads.propose_node_op(cmd) {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => log::debug!("drainer: a command changed nothing: {e}"),
-                Err(e) => {
-                    log::error!("drainer: cannot write a drain step: {e}");
-                    failed = true;
-                    break;
+        slot.running = false;
+        true
+    }
+
+    fn run(self: Arc<Self>) {
+        let (workloads, index, stop) = (&self.workloads, &self.index, &self.stop);
+        loop {
+            // The generation first: a change published after this read ends the wait below.
+            let generation = index.generation();
+            if stop.load(Ordering::SeqCst) || index.is_closed() {
+                self.slot.lock().running = false;
+                return;
+            }
+            let state = workloads.state();
+            let now = crate::time::unix_now_nanos();
+            let step = plan(&state, now);
+            drop(state);
+            if !step.draining && step.commands.is_empty() && self.try_end() {
+                log::debug!("drainer: no node drains any more");
+                return;
+            }
+            let mut failed = false;
+            for cmd in step.commands {
+                match workloads.propose_node_op(cmd) {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => log::debug!("drainer: a command changed nothing: {e}"),
+                    Err(e) => {
+                        log::error!("drainer: cannot write a drain step: {e}");
+                        failed = true;
+                        break;
+                    }
                 }
             }
-        }
-        let mut wait = IDLE_WAIT;
-        if let Some(at) = step.next_deadline {
-            let left = u64::try_from(at.saturating_sub(now)).unwrap_or(0);
-            wait = wait.min(Duration::from_nanos(left));
-        }
-        if failed {
-            wait = wait.min(RETRY_WAIT);
-        }
-        if step.draining {
-            // A pause between steps (`shutdown` unparks it), then the changes it let pass.
-            let until = Instant::now() + MIN_STEP_INTERVAL;
-            while !stop.load(Ordering::SeqCst) && Instant::now() < until {
-                std::thread::park_timeout(until.saturating_duration_since(Instant::now()));
+            let mut wait = IDLE_WAIT;
+            if let Some(at) = step.next_deadline {
+                let left = u64::try_from(at.saturating_sub(now)).unwrap_or(0);
+                wait = wait.min(Duration::from_nanos(left));
             }
+            if failed {
+                wait = wait.min(RETRY_WAIT);
+            }
+            if step.draining {
+                // A pause between steps (`shutdown` unparks it), then the changes it let pass.
+                let until = Instant::now() + MIN_STEP_INTERVAL;
+                while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+                    std::thread::park_timeout(until.saturating_duration_since(Instant::now()));
+                }
+            }
+            index.wait_for_change(generation, Instant::now() + wait);
         }
-        index.wait_for_change(generation, Instant::now() + wait);
     }
+}
+
+fn any_draining(workloads: &Workloads) -> bool {
+    workloads
+        .state()
+        .nodes
+        .values()
+        .any(|n| n.drain_strategy.is_some())
 }
 
 /// What one look at the state decided.
