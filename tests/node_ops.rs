@@ -419,7 +419,8 @@ fn evaluate_makes_a_node_update_eval_per_job_on_the_node() {
     assert_eq!(e["TriggeredBy"], "node-update", "{e}");
     assert_eq!(e["JobID"], "web");
     assert_eq!(e["NodeID"], id.as_str());
-    assert_eq!(e["Status"], "pending");
+    // Pending until a scheduler took it.
+    assert!(e["Status"] == "pending" || e["Status"] == "complete", "{e}");
     assert_eq!(e["CreateIndex"], index);
 
     let r = put(&agent, "/v1/node/nope/evaluate", "");
@@ -721,4 +722,72 @@ fn a_server_drains_and_purges_a_client_on_another_agent() {
         r.status == 200 && r.json()["CreateIndex"].as_u64().unwrap_or(0) > before
     });
     drop(client);
+}
+
+#[test]
+#[ignore = "needs the server's scheduler (c-sched) to place the replacement: run with --include-ignored once it is merged"]
+fn a_drain_moves_a_service_alloc_to_another_client() {
+    let (server, rpc) = role_agent(
+        "nodeops-server",
+        &["-server"],
+        "server {\n  enabled = true\n}",
+    );
+    let servers = format!("127.0.0.1:{rpc}");
+    let raw_exec = "plugin \"raw_exec\" {\n  config {\n    enabled = true\n  }\n}";
+    let clients: Vec<TestAgent> = (0..2)
+        .map(|i| {
+            role_agent(
+                &format!("nodeops-client{i}"),
+                &["-client", "-servers", &servers],
+                raw_exec,
+            )
+            .0
+        })
+        .collect();
+    let mut ids: Vec<String> = Vec::new();
+    wait_until(WAIT, "two ready client nodes on the server", || {
+        let nodes = server.get_json("/v1/nodes");
+        ids = nodes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["Status"] == "ready")
+            .map(|n| n["ID"].as_str().unwrap().to_string())
+            .collect();
+        ids.len() == 2
+    });
+    register(&server, &service("web", 1, 1));
+    let old = running(&server, "web", 1).remove(0);
+    let from = alloc(&server, &old)["NodeID"].as_str().unwrap().to_string();
+    let to = ids.iter().find(|i| **i != from).unwrap().clone();
+
+    let r = put(
+        &server,
+        &format!("/v1/node/{from}/drain"),
+        r#"{"DrainSpec":{"Deadline":60000000000}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The replacement runs on the other client; the old alloc is stopped there.
+    let mut new = Value::Null;
+    wait_until(WAIT, "the replacement running on the other client", || {
+        new = allocs(&server, "web")
+            .into_iter()
+            .find(|a| a["NodeID"] == to.as_str() && a["ClientStatus"] == "running")
+            .unwrap_or(Value::Null);
+        !new.is_null()
+    });
+    wait_until(WAIT, "the old alloc stopped", || {
+        alloc(&server, &old)["ClientStatus"] == "complete"
+    });
+    let a = alloc(&server, &old);
+    assert_eq!(a["DesiredTransition"]["Migrate"], true, "{a}");
+    assert_eq!(a["DesiredStatus"], "stop");
+    assert_eq!(a["DesiredDescription"], "alloc is being migrated");
+    wait_until(WAIT, "the drain completes", || {
+        node(&server, &from)["LastDrain"]["Status"] == "complete"
+    });
+    let n = node(&server, &from);
+    assert_eq!(n["SchedulingEligibility"], "ineligible");
+    assert!(has_event(&n, "Drain", "Node drain complete"), "{n}");
+    drop(clients);
 }

@@ -42,9 +42,10 @@ pub const RETRY_WAIT: Duration = Duration::from_secs(1);
 pub const MIN_STEP_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Whether the drainer stops the allocs it migrates itself, as the scheduler would in its
-/// plan ("alloc is being migrated"). The `node-drain` evals are made either way; once the
-/// scheduler places replacements and stops migrating allocs in its plans, this may be
-/// `false` (the stop then comes with the replacement).
+/// plan ("alloc is being migrated"): needed while no scheduler runs the `node-drain` evals.
+/// The evals are made either way. With the server's scheduler (c-sched) this is `false`: the
+/// scheduler stops a migrating alloc in the plan that places its replacement (checked on a
+/// merge of both branches: every `node_ops` test passes, the multi-client one included).
 pub const STOP_MIGRATING: bool = true;
 
 /// `Message` of the node event that ends a drain.
