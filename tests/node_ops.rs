@@ -791,3 +791,43 @@ fn a_drain_moves_a_service_alloc_to_another_client() {
     assert!(has_event(&n, "Drain", "Node drain complete"), "{n}");
     drop(clients);
 }
+
+#[test]
+fn a_drain_survives_an_agent_restart_and_its_deadline_still_completes_it() {
+    let mut agent = TestAgent::start(&[]);
+    let id = node_id(&agent);
+    register(&agent, &sh_job("b", "batch", "sleep 300"));
+    let batch = running(&agent, "b", 1).remove(0);
+    // A batch alloc waits for the deadline, which comes after the restart.
+    let r = put(
+        &agent,
+        &format!("/v1/node/{id}/drain"),
+        r#"{"DrainSpec":{"Deadline":4000000000}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let started = std::time::Instant::now();
+    agent.restart();
+    let n = node(&agent, &id);
+    if started.elapsed() < std::time::Duration::from_secs(4) {
+        assert_eq!(n["LastDrain"]["Status"], "draining", "{n}");
+    }
+    assert_eq!(n["SchedulingEligibility"], "ineligible");
+    let mut n = Value::Null;
+    wait_until(WAIT, "the drain completes at its deadline", || {
+        n = node(&agent, &id);
+        n["LastDrain"]["Status"] == "complete"
+    });
+    assert!(started.elapsed() >= std::time::Duration::from_secs(4));
+    let complete = n["Events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["Message"] == "Node drain complete")
+        .cloned()
+        .unwrap();
+    assert_eq!(complete["Details"]["deadline_reached"], "true", "{n}");
+    wait_until(WAIT, "the batch alloc migrated and stopped", || {
+        let a = alloc(&agent, &batch);
+        a["DesiredTransition"]["Migrate"] == true && a["ClientStatus"] == "complete"
+    });
+}
