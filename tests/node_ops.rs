@@ -634,55 +634,10 @@ fn the_cli_toggles_eligibility_and_drains_a_node() {
     assert!(err.contains("Failed to parse deadline"), "{err}");
 }
 
-/// An agent started with exactly `role` flags and an HCL config on its own loopback ports
-/// (no `-dev`): a server-only or a client-only agent.
-fn role_agent(tag: &str, role: &[&str], config: &str) -> (TestAgent, u16) {
-    let dir = temp_dir(tag);
-    std::fs::create_dir_all(&dir).unwrap();
-    let (http, rpc, serf) = (free_port(), free_port(), free_port());
-    let cfg = dir.join("agent.hcl");
-    std::fs::write(
-        &cfg,
-        format!(
-            "bind_addr = \"127.0.0.1\"\nports {{\n  http = {http}\n  rpc = {rpc}\n  serf = {serf}\n}}\n{config}\n"
-        ),
-    )
-    .unwrap();
-    let data = dir.join("data");
-    let mut args: Vec<String> = vec!["agent".into()];
-    args.extend(role.iter().map(|s| s.to_string()));
-    args.extend([
-        "-data-dir".into(),
-        data.display().to_string(),
-        "-config".into(),
-        cfg.display().to_string(),
-    ]);
-    let mut agent = TestAgent {
-        child: None,
-        port: http,
-        data_dir: data.clone(),
-        log_path: dir.join("agent.log"),
-        args,
-        env: Vec::new(),
-        nofile: None,
-    };
-    agent.restart_after_stop();
-    (agent, rpc)
-}
-
 #[test]
 fn a_server_drains_and_purges_a_client_on_another_agent() {
-    let (server, rpc) = role_agent(
-        "nodeops-server",
-        &["-server"],
-        "server {\n  enabled = true\n}",
-    );
-    let servers = format!("127.0.0.1:{rpc}");
-    let (client, _) = role_agent(
-        "nodeops-client",
-        &["-client", "-servers", &servers],
-        "plugin \"raw_exec\" {\n  config {\n    enabled = true\n  }\n}",
-    );
+    let server = TestAgent::server("", &[]);
+    let client = TestAgent::client(&[&server.rpc_addr()], "", &[]);
     let mut id = String::new();
     wait_until(WAIT, "the client's node ready on the server", || {
         let nodes = server.get_json("/v1/nodes");
@@ -727,22 +682,9 @@ fn a_server_drains_and_purges_a_client_on_another_agent() {
 #[test]
 #[ignore = "needs the server's scheduler (c-sched) to place the replacement: run with --include-ignored once it is merged"]
 fn a_drain_moves_a_service_alloc_to_another_client() {
-    let (server, rpc) = role_agent(
-        "nodeops-server",
-        &["-server"],
-        "server {\n  enabled = true\n}",
-    );
-    let servers = format!("127.0.0.1:{rpc}");
-    let raw_exec = "plugin \"raw_exec\" {\n  config {\n    enabled = true\n  }\n}";
+    let server = TestAgent::server("", &[]);
     let clients: Vec<TestAgent> = (0..2)
-        .map(|i| {
-            role_agent(
-                &format!("nodeops-client{i}"),
-                &["-client", "-servers", &servers],
-                raw_exec,
-            )
-            .0
-        })
+        .map(|_| TestAgent::client(&[&server.rpc_addr()], "", &[]))
         .collect();
     let mut ids: Vec<String> = Vec::new();
     wait_until(WAIT, "two ready client nodes on the server", || {
