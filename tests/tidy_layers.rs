@@ -40,6 +40,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "server",
         &[
+            "acl",
             "client::link",
             "state",
             "store",
@@ -58,8 +59,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "client",
         &[
+            "acl::capabilities",
             "acl::jwt",
             "acl::keys",
+            "acl::policy",
+            "acl::tokens",
             "config",
             "encoding",
             "http",

@@ -3,6 +3,7 @@
 //! the RPC port ([`rpc::RpcRouter`]: the same calls over HTTP for clients elsewhere) and the
 //! heartbeat timers ([`heartbeat::Heartbeats`]).
 
+pub mod authz;
 pub mod drainer;
 pub mod heartbeat;
 pub mod local_link;
