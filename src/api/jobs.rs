@@ -561,6 +561,8 @@ pub fn eval_json(e: &EvalRecord) -> Value {
         ("TriggeredBy", json!(e.triggered_by)),
         ("JobID", json!(e.job_id)),
         ("JobModifyIndex", json!(e.job_modify_index)),
+        ("NodeID", json!(e.node_id)),
+        ("NodeModifyIndex", json!(e.node_modify_index)),
         ("Status", json!(e.status)),
         ("StatusDescription", json!(e.status_description)),
         ("PreviousEval", json!(e.previous_eval)),

@@ -22,6 +22,7 @@ pub mod jobs_parse;
 pub mod metrics;
 pub mod monitor;
 pub mod namespaces;
+pub mod node_ops;
 pub mod nodes;
 pub mod params;
 pub mod router;

@@ -69,6 +69,15 @@ impl LocalLink {
         }
     }
 
+    /// The node is in the server's node table (a purged node must register again).
+    fn check_registered(&self, node_id: &str) -> Result<(), LinkError> {
+        if self.workloads.state().nodes.contains_key(node_id) {
+            Ok(())
+        } else {
+            Err(LinkError::UnknownNode(node_id.to_string()))
+        }
+    }
+
     fn heartbeat_reply(&self) -> HeartbeatReply {
         let ttl = match &self.heartbeats {
             Some(h) => h.reset(self.node.id()),
@@ -122,6 +131,8 @@ pub(crate) fn node_record(req: &NodeRegistration) -> Node {
         status_updated_at: 0,
         scheduling_eligibility: NodeEligibility::Eligible,
         drain: false,
+        drain_strategy: None,
+        last_drain: None,
         events: Vec::new(),
         create_index: 0,
         modify_index: 0,
@@ -144,6 +155,7 @@ impl ServerLink for LocalLink {
 
     fn heartbeat(&self, req: &Heartbeat) -> Result<HeartbeatReply, LinkError> {
         self.check_node(&req.node_id)?;
+        self.check_registered(&req.node_id)?;
         if self.heartbeats.is_some() {
             // Timers run: this node can be marked down like any other, and comes back the same way.
             let node = self
@@ -247,6 +259,14 @@ mod tests {
         }
     }
 
+    /// A fixture whose node registered (pulls and heartbeats need a known node).
+    fn registered_fixture() -> Fixture {
+        let f = fixture();
+        let reg = registration_of(&f.link.node.registration());
+        f.link.register_node(&reg).unwrap();
+        f
+    }
+
     fn job(id: &str) -> Job {
         let mut j = Job::from_json(serde_json::json!({"ID": id, "TaskGroups": [{"Name": "g",
             "Count": 1, "Tasks": [{"Name": "t", "Driver": "raw_exec",
@@ -310,7 +330,7 @@ mod tests {
 
     #[test]
     fn a_pull_blocks_until_the_nodes_allocs_change_and_answers_only_what_changed() {
-        let f = fixture();
+        let f = registered_fixture();
         f.workloads.register(&f.node, job("a")).unwrap();
         let first = pull(&f, 0, 0).unwrap();
         assert_eq!(first.changed.len(), 1);
@@ -336,7 +356,8 @@ mod tests {
     #[test]
     fn identities_are_signed_for_this_nodes_live_allocs_only_with_claims_from_the_server() {
         use crate::client::link::{AclSubject, IdentityRequest, ResolveAcl, SignIdentities};
-        let f = fixture();
+        // Registered: a pull for a node the server does not know answers "unknown node".
+        let f = registered_fixture();
         let acl = Arc::new(crate::state::acl::AclState::load(
             &f.dir,
             true,
@@ -408,7 +429,7 @@ mod tests {
 
     #[test]
     fn pushed_updates_are_durable_server_state_and_other_nodes_are_refused() {
-        let f = fixture();
+        let f = registered_fixture();
         f.workloads.register(&f.node, job("a")).unwrap();
         let id = pull(&f, 0, 0).unwrap().changed[0].id.clone();
         let mut ts = TaskState::pending();

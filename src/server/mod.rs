@@ -4,6 +4,7 @@
 //! heartbeat timers ([`heartbeat::Heartbeats`]).
 
 pub mod authz;
+pub mod drainer;
 pub mod heartbeat;
 pub mod local_link;
 pub mod rpc;

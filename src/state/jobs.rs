@@ -420,6 +420,22 @@ impl Workloads {
         })
     }
 
+    /// Propose a node operation (drain, eligibility, evaluate, purge, migrate): durable,
+    /// applied and published before it returns what it changed and the index it was written
+    /// at; `Ok(Err(_))` when apply refused it (unknown node, draining node), changing nothing.
+    pub fn propose_node_op(
+        &self,
+        cmd: Command,
+    ) -> Result<Result<(super::node_ops::NodeWrite, u64), super::command::ApplyError>, StoreError>
+    {
+        match self.log.propose(cmd) {
+            Ok((Applied::NodeOp(w), index)) => Ok(Ok((w, index))),
+            Ok(_) => Err(self.store_err(LogError::Closed("node operation applied to nothing"))),
+            Err(LogError::Apply(e)) => Ok(Err(e)),
+            Err(e) => Err(self.store_err(e)),
+        }
+    }
+
     /// One node of the server's node table.
     pub fn node(&self, id: &str) -> Option<Arc<Node>> {
         self.state().nodes.get(id).cloned()

@@ -37,6 +37,29 @@ pub struct AllocRecord {
     /// The client removed the alloc dir (GC); the alloc itself is still listed.
     #[serde(default)]
     pub collected: bool,
+    /// What the server wants to happen to the alloc next (`DesiredTransition`): set by the
+    /// drainer (`Migrate`).
+    #[serde(default, skip_serializing_if = "DesiredTransition::is_empty")]
+    pub desired_transition: DesiredTransition,
+}
+
+/// `structs.DesiredTransition`: unset fields are `null` in the API.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredTransition {
+    /// The alloc is to be moved off its (draining) node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate: Option<bool>,
+}
+
+impl DesiredTransition {
+    pub fn is_empty(&self) -> bool {
+        self.migrate.is_none()
+    }
+
+    /// `ShouldMigrate`: the drainer marked it.
+    pub fn should_migrate(&self) -> bool {
+        self.migrate == Some(true)
+    }
 }
 
 /// `structs.TaskState`.
@@ -195,6 +218,7 @@ impl AllocRecord {
             create_time: now,
             modify_time: now,
             collected: false,
+            desired_transition: DesiredTransition::default(),
         }
     }
 

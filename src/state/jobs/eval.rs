@@ -43,6 +43,16 @@ pub struct EvalRecord {
     /// Task group → Nomad's `AllocMetric` of its failed placements.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub failed_tg_allocs: BTreeMap<String, Value>,
+    /// The node whose change made this eval (`node-update`, `node-drain`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_id: String,
+    /// That node's modify index when the eval was made.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub node_modify_index: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl EvalRecord {
@@ -72,6 +82,8 @@ impl EvalRecord {
             previous_eval: String::new(),
             blocked_eval: String::new(),
             failed_tg_allocs: BTreeMap::new(),
+            node_id: String::new(),
+            node_modify_index: 0,
         }
     }
 
