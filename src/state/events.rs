@@ -212,6 +212,50 @@ pub fn events_of(
             out.node(node_id, kind::NODE_REGISTRATION);
             out.changed_at_index(NODE_CONSEQUENCES);
         }
+        Command::NodeUpdateDrain { node_id, evals, .. }
+        | Command::NodeSetEligibility { node_id, evals, .. } => {
+            out.node(node_id, kind::NODE_DRAIN);
+            out.jobs_changes(
+                evals
+                    .iter()
+                    .map(|e| (e.namespace.as_str(), e.job_id.as_str())),
+                NODE_CONSEQUENCES,
+            );
+        }
+        Command::NodeDrainComplete { node_id, .. } => out.node(node_id, kind::NODE_DRAIN),
+        Command::NodeEvaluate { evals, .. } => out.jobs_changes(
+            evals
+                .iter()
+                .map(|e| (e.namespace.as_str(), e.job_id.as_str())),
+            NODE_CONSEQUENCES,
+        ),
+        Command::NodeDeregister { node_id, evals, .. } => {
+            out.node_deleted(node_id, kind::NODE_DEREGISTRATION);
+            out.jobs_changes(
+                evals
+                    .iter()
+                    .map(|e| (e.namespace.as_str(), e.job_id.as_str())),
+                NODE_CONSEQUENCES,
+            );
+        }
+        Command::AllocMigrate {
+            alloc_ids, evals, ..
+        } => {
+            let mut keys: Vec<JobKey> = alloc_ids
+                .iter()
+                .filter_map(|id| out.job_of_alloc(id))
+                .collect();
+            keys.extend(
+                evals
+                    .iter()
+                    .map(|e| (e.namespace.clone(), e.job_id.clone())),
+            );
+            let d = kind::ALLOCATION_UPDATE_DESIRED_STATUS;
+            out.jobs_changes(
+                keys.iter().map(|(ns, id)| (ns.as_str(), id.as_str())),
+                (d, d, d),
+            );
+        }
         // No event in Nomad: the bootstrap token, one-time tokens.
         _ => {}
     }
