@@ -399,3 +399,38 @@ fn linger(sock: &Sock) {
         }
     }
 }
+
+/// Serve HTTP requests on a stream some other code connected (the client end of a tunnel: a
+/// connection this process dialed, on which the peer is the HTTP client), with the same loop,
+/// limits and deadlines as an accepted connection, on the calling thread. The first request
+/// head must complete within the head deadline from now: call this once the stream is
+/// readable. Body bytes count against pools of this connection alone (its caller bounds how
+/// many such connections exist).
+pub fn serve_stream(
+    stream: super::RawStream,
+    handler: &dyn Handler,
+    limits: &Limits,
+    stopping: &AtomicBool,
+    origin: Origin,
+) {
+    let sock = Arc::new(match stream {
+        super::RawStream::Tcp(s) => Sock::Tcp(s),
+        super::RawStream::Unix(s) => Sock::Unix(s),
+    });
+    let body_pool = AtomicUsize::new(0);
+    let client_body = AtomicUsize::new(0);
+    let slot = ConnSlot::new();
+    let idle_clock = AtomicU64::new(0);
+    let ctx = ConnCtx {
+        handler,
+        limits,
+        stopping,
+        body_pool: &body_pool,
+        client_body: &client_body,
+        slot: &slot,
+        idle_clock: &idle_clock,
+        origin,
+        accepted: Instant::now(),
+    };
+    serve(&sock, &ctx);
+}
