@@ -20,6 +20,20 @@ pub const MAX_PULL_WAIT: Duration = Duration::from_secs(10);
 /// How often the client heartbeats when the server does not say otherwise.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
 
+/// The RPC path a client upgrades into a tunnel (server → client requests on a
+/// client-opened connection).
+pub const TUNNEL_PATH: &str = "/v1/rpc/tunnel";
+
+/// The `Upgrade:` protocol token of a tunnel.
+pub const TUNNEL_PROTOCOL: &str = "nomadlet-tunnel/1";
+
+/// The header carrying the node's secret on every client → server call but register.
+pub const NODE_SECRET_HEADER: &str = "X-Nomad-Node-Secret";
+
+/// The tunnel-only path on which the server says "your allocs changed" (`?index=N`); served
+/// on tunnels alone, never on the client's own HTTP port.
+pub const TUNNEL_PUSH_PATH: &str = "/v1/tunnel/allocs";
+
 /// `register_node`: who this node is and what it fingerprinted — everything of the server's
 /// node record the client knows (the server keeps its own indexes, events, eligibility and
 /// drain).
