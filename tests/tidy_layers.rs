@@ -37,7 +37,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The server side of the client link, in process.
     (
         "server",
-        &["client::link", "state", "store", "time", "config", "http", "sys"],
+        &[
+            "client::link",
+            "state",
+            "store",
+            "time",
+            "config",
+            "http",
+            "sys",
+        ],
     ),
     // The client's node updater: it talks to the server only through the link.
     ("meta_batcher", &["client::link", "config", "time"]),

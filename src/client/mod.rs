@@ -16,6 +16,7 @@ pub mod task_env;
 pub mod task_events;
 pub mod task_hooks;
 pub mod task_runner;
+pub mod tunnel;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;

@@ -98,11 +98,17 @@ impl ConnCtx<'_> {
 /// Serve requests on `sock` until the peer closes, a deadline or limit ends it, a reply
 /// must close it, the acceptor sheds it while idle, or the server stops.
 pub(crate) fn serve(sock: &Arc<Sock>, ctx: &ConnCtx) {
+    serve_from(sock, ctx, Vec::new());
+}
+
+/// [`serve`] with bytes already read from the socket (`ahead`) parsed first.
+fn serve_from(sock: &Arc<Sock>, ctx: &ConnCtx, ahead: Vec<u8>) {
     // HTTPS: the handshake shares the first request's head deadline, counted from accept.
     if let Err(e) = sock.handshake(ctx.accepted + ctx.limits.head_timeout) {
         return finish(sock, ctx, e, false);
     }
     let mut wire = Wire::new(sock);
+    wire.buf.extend_from_slice(&ahead);
     let mut first = true;
     loop {
         ctx.set_state(STATE_IDLE);
@@ -405,9 +411,10 @@ fn linger(sock: &Sock) {
 /// limits and deadlines as an accepted connection, on the calling thread. The first request
 /// head must complete within the head deadline from now: call this once the stream is
 /// readable. Body bytes count against pools of this connection alone (its caller bounds how
-/// many such connections exist).
+/// many such connections exist). `ahead`: bytes of the first request already read.
 pub fn serve_stream(
     stream: super::RawStream,
+    ahead: Vec<u8>,
     handler: &dyn Handler,
     limits: &Limits,
     stopping: &AtomicBool,
@@ -432,5 +439,5 @@ pub fn serve_stream(
         origin,
         accepted: Instant::now(),
     };
-    serve(&sock, &ctx);
+    serve_from(&sock, &ctx, ahead);
 }

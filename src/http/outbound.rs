@@ -255,6 +255,11 @@ impl Incoming {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The stream after a `101 Switching Protocols` head, with the bytes already read past it.
+    pub fn into_upgraded(self) -> (RawStream, Vec<u8>) {
+        (self.stream, self.buf)
+    }
+
     /// Read the whole body by `deadline`; more than `max` bytes is an error.
     pub fn read_body(mut self, max: usize, deadline: Instant) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
@@ -271,7 +276,10 @@ impl Incoming {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_timeout(&e) => {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "reply body timeout"))
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "reply body timeout",
+                    ))
                 }
                 Err(e) => return Err(e),
             }
@@ -493,7 +501,8 @@ mod tests {
         assert_eq!(r.read_body(100, soon()).unwrap(), b"abcde");
 
         let (a, b) = pair();
-        (&b).write_all(b"HTTP/1.1 404 Not Found\r\n\r\ngone").unwrap();
+        (&b).write_all(b"HTTP/1.1 404 Not Found\r\n\r\ngone")
+            .unwrap();
         drop(b);
         let r = read_reply(a, soon(), false).unwrap();
         assert_eq!(r.status, 404);
@@ -522,7 +531,8 @@ mod tests {
 
         let (a, b) = pair();
         (&b).write_all(b"HTTP/1.1 200 OK\r\nX: ").unwrap();
-        (&b).write_all(&vec![b'a'; MAX_REPLY_HEAD_BYTES]).unwrap_or(());
+        (&b).write_all(&vec![b'a'; MAX_REPLY_HEAD_BYTES])
+            .unwrap_or(());
         assert!(read_reply(a, soon(), false).is_err());
     }
 
@@ -532,7 +542,9 @@ mod tests {
         (&b).write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab")
             .unwrap();
         let mut r = read_reply(a, soon(), false).unwrap();
-        r.stream.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        r.stream
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
         let mut out = [0u8; 16];
         assert_eq!(r.read_some(&mut out).unwrap(), 2);
         assert!(is_timeout(&r.read_some(&mut out).unwrap_err()));

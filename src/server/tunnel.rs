@@ -243,7 +243,8 @@ impl TunnelPool {
         };
         let target = format!("{TUNNEL_PUSH_PATH}?index={index}");
         let deadline = Instant::now() + PUSH_WRITE_TIMEOUT;
-        if let Err(e) = outbound::write_request(&mut stream, "POST", &target, "node", &[], b"", deadline)
+        if let Err(e) =
+            outbound::write_request(&mut stream, "POST", &target, "node", &[], b"", deadline)
         {
             log::debug!("tunnel: a push to a node failed: {e}");
             return false;
@@ -548,7 +549,10 @@ mod tests {
         assert_eq!(r.status, 200);
         assert_eq!(r.read_body(10, deadline).unwrap(), b"ok");
         let sent = node.join().unwrap();
-        assert!(sent.starts_with("GET /v1/client/stats HTTP/1.1\r\n"), "{sent}");
+        assert!(
+            sent.starts_with("GET /v1/client/stats HTTP/1.1\r\n"),
+            "{sent}"
+        );
         assert!(sent.contains("X-Nomad-Token: tok\r\n"));
         assert_eq!(pool.parked(), 0, "a used tunnel is not returned");
         assert!(matches!(
