@@ -118,6 +118,7 @@ impl Agent {
             http: OnceLock::new(),
             tls,
             started_at: SystemTime::now(),
+            forwarding: OnceLock::new(),
         }))
     }
 }

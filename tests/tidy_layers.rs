@@ -29,6 +29,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "signals",
             "state",
             "store",
+            "server::tunnel",
             "sys",
             "time",
             "tls",

@@ -16,6 +16,7 @@ pub mod client_meta;
 pub mod client_stats;
 pub mod error;
 pub mod filter;
+pub mod forward;
 pub mod jobs;
 pub mod jobs_parse;
 pub mod metrics;
