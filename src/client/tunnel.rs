@@ -48,6 +48,7 @@ pub const IDLE_WAIT: Duration = Duration::from_secs(60);
 pub struct TunnelSettings {
     /// The servers' RPC addresses (`host:port`) as known now; asked again before each dial.
     pub servers: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+    pub node_id: String,
     pub node_secret: String,
     /// The limits requests on a tunnel are served under.
     pub limits: Limits,
@@ -186,7 +187,7 @@ fn tunnel_loop(
             true
         } else {
             let addr = &servers[pick % servers.len()];
-            match open(addr, &settings.node_secret) {
+            match open(addr, &settings.node_id, &settings.node_secret) {
                 Ok((stream, ahead, peer)) => {
                     if logged {
                         log::info!("tunnel: connected to server {addr} again");
@@ -219,7 +220,7 @@ fn tunnel_loop(
 }
 
 /// Dial `addr` and upgrade to a tunnel: the stream, bytes already past the 101, the peer.
-fn open(addr: &str, secret: &str) -> io::Result<(RawStream, Vec<u8>, SocketAddr)> {
+fn open(addr: &str, node_id: &str, secret: &str) -> io::Result<(RawStream, Vec<u8>, SocketAddr)> {
     let peer = addr
         .to_socket_addrs()?
         .next()
@@ -229,8 +230,9 @@ fn open(addr: &str, secret: &str) -> io::Result<(RawStream, Vec<u8>, SocketAddr)
     let mut stream = RawStream::from(tcp);
     let deadline = Instant::now() + UPGRADE_TIMEOUT;
     let req = format!(
-        "GET {TUNNEL_PATH} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
-         Upgrade: {TUNNEL_PROTOCOL}\r\n{NODE_SECRET_HEADER}: {secret}\r\n\r\n"
+        "GET {TUNNEL_PATH}{} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
+         Upgrade: {TUNNEL_PROTOCOL}\r\n{NODE_SECRET_HEADER}: {secret}\r\n\r\n",
+        outbound::encode_target("", &[("node_id".to_string(), node_id.to_string())])
     );
     stream.set_write_timeout(Some(UPGRADE_TIMEOUT))?;
     stream.write_all(req.as_bytes())?;
@@ -324,7 +326,7 @@ mod tests {
         }
         let text = String::from_utf8(got).unwrap();
         assert!(
-            text.starts_with("GET /v1/rpc/tunnel HTTP/1.1\r\n"),
+            text.starts_with("GET /v1/rpc/tunnel?node_id=n1 HTTP/1.1\r\n"),
             "{text}"
         );
         assert!(text.contains("Upgrade: nomadlet-tunnel/1\r\n"));
@@ -344,6 +346,7 @@ mod tests {
         let p = pushed.clone();
         let settings = TunnelSettings {
             servers: Arc::new(move || vec![addr.clone()]),
+            node_id: "n1".into(),
             node_secret: "s3cret".into(),
             limits: Limits::default(),
         };
@@ -390,6 +393,7 @@ mod tests {
         let addr = l.local_addr().unwrap().to_string();
         let settings = TunnelSettings {
             servers: Arc::new(move || vec![addr.clone()]),
+            node_id: "n1".into(),
             node_secret: "s3cret".into(),
             limits: Limits::default(),
         };
