@@ -104,8 +104,12 @@ fn store_err(e: crate::state::store::StoreError) -> ApiError {
     ApiError::internal(format!("failed to persist state: {e}"))
 }
 
-/// This node, where every alloc is placed (none when its raw_exec driver is disabled).
+/// This node, where every alloc is placed (none when its raw_exec driver is disabled). A
+/// server without a client of its own places on a ready client node instead.
 pub fn node_info(agent: &Agent) -> NodeInfo {
+    if !agent.config.client_enabled {
+        return remote_node_info(agent);
+    }
     NodeInfo {
         id: agent.node.id().to_string(),
         name: agent.config.node_name.clone(),
@@ -116,6 +120,47 @@ pub fn node_info(agent: &Agent) -> NodeInfo {
                 datacenter: agent.config.datacenter.clone(),
             })
         }),
+    }
+}
+
+/// Until the scheduler places across nodes: the ready, eligible, undrained node with a healthy
+/// raw_exec driver that holds the fewest running allocs (ties: by ID), chosen by the proposer.
+fn remote_node_info(agent: &Agent) -> NodeInfo {
+    use crate::state::status::{NodeEligibility, NodeStatus};
+    let state = agent.workloads.state();
+    let mut load: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for a in state.allocs.values().filter(|a| !a.terminal()) {
+        *load.entry(a.node_id.as_str()).or_default() += 1;
+    }
+    let best = state
+        .nodes
+        .values()
+        .filter(|n| {
+            n.status == NodeStatus::Ready
+                && n.scheduling_eligibility == NodeEligibility::Eligible
+                && !n.drain
+                && n.drivers
+                    .get("raw_exec")
+                    .and_then(|d| d.get("Healthy"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+        })
+        .min_by_key(|n| (load.get(n.id.as_str()).copied().unwrap_or(0), n.id.clone()));
+    match best {
+        Some(n) => NodeInfo {
+            id: n.id.clone(),
+            name: n.name.clone(),
+            unplaceable: None,
+        },
+        None => NodeInfo {
+            id: String::new(),
+            name: String::new(),
+            unplaceable: Some(Box::new(Unplaceable {
+                driver: "raw_exec".into(),
+                reason: "no ready client node with the raw_exec driver".into(),
+                datacenter: agent.config.datacenter.clone(),
+            })),
+        },
     }
 }
 
