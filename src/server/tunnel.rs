@@ -50,6 +50,16 @@ pub const PUSH_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Longest `tunnel-push` waits for a state change before it looks again.
 pub const PUSH_TICK: Duration = Duration::from_secs(5);
 
+/// A push that found no idle tunnel (both in use, the node redialling) is tried again this
+/// often...
+pub const PUSH_RETRY: Duration = Duration::from_millis(100);
+
+/// ...for this long; after that the node's safety pull finds its allocs.
+pub const PUSH_RETRY_FOR: Duration = Duration::from_secs(5);
+
+/// Most nodes waiting for a push retry at once.
+pub const MAX_PUSH_RETRIES: usize = 4096;
+
 /// One parked (or draining) socket.
 struct Parked {
     id: u64,
@@ -439,14 +449,29 @@ impl Pusher {
             .name("tunnel-push".into())
             .spawn(move || {
                 let (mut seen, _) = changed(u64::MAX);
+                // Nodes whose push found no tunnel: (index to push, retry until).
+                let mut retry: HashMap<String, (u64, Instant)> = HashMap::new();
                 while !s.load(Ordering::SeqCst) && !ix.is_closed() {
                     let generation = ix.generation();
                     let (now, nodes) = changed(seen);
-                    for node in &nodes {
-                        pool.push_allocs_changed(node, now);
-                    }
                     seen = now;
-                    ix.wait_for_change(generation, Instant::now() + PUSH_TICK);
+                    let t = Instant::now();
+                    for node in nodes {
+                        if retry.len() < MAX_PUSH_RETRIES || retry.contains_key(&node) {
+                            retry.insert(node, (now, t + PUSH_RETRY_FOR));
+                        } else {
+                            pool.push_allocs_changed(&node, now);
+                        }
+                    }
+                    retry.retain(|node, (index, until)| {
+                        !pool.push_allocs_changed(node, *index) && *until > t
+                    });
+                    let wait = if retry.is_empty() {
+                        PUSH_TICK
+                    } else {
+                        PUSH_RETRY
+                    };
+                    ix.wait_for_change(generation, Instant::now() + wait);
                 }
             })?;
         Ok(Pusher {

@@ -39,16 +39,6 @@ impl PollSet {
         });
     }
 
-    /// How many fds are in the set.
-    pub fn len(&self) -> usize {
-        self.fds.len()
-    }
-
-    /// Whether the set is empty.
-    pub fn is_empty(&self) -> bool {
-        self.fds.is_empty()
-    }
-
     /// Wait up to `timeout` (rounded up to whole milliseconds) until one of the fds is ready;
     /// returns how many are. `EINTR` comes back as an `Interrupted` error.
     pub fn wait(&mut self, timeout: Duration) -> io::Result<usize> {
