@@ -11,6 +11,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::client::link::TUNNEL_HOP_HEADER;
 use crate::http::outbound::{self, Incoming};
 use crate::http::{Method, RawStream, Reply, Request};
 use crate::server::tunnel::{TunnelError, TunnelPool};
@@ -73,6 +74,10 @@ fn target(agent: &Arc<Agent>, req: &Request) -> Result<Target, ApiError> {
     let Some(fwd) = agent.forwarding.get() else {
         return Ok(Target::Local);
     };
+    if req.header(TUNNEL_HOP_HEADER).is_some() {
+        // It came down a tunnel: answered here, whatever this agent thinks.
+        return Ok(Target::Local);
+    }
     if fwd.tunnels.is_none() && fwd.servers.is_none() {
         return Ok(Target::Local);
     }
@@ -156,7 +161,7 @@ fn reply_deadline(req: &Request) -> Instant {
 fn pass_headers(req: &Request) -> Vec<(String, String)> {
     req.headers
         .iter()
-        .filter(|(k, _)| !outbound::is_hop_by_hop(k))
+        .filter(|(k, _)| !outbound::is_hop_by_hop(k) && !k.eq_ignore_ascii_case(TUNNEL_HOP_HEADER))
         .cloned()
         .collect()
 }

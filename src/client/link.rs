@@ -30,6 +30,11 @@ pub const TUNNEL_PATH: &str = "/v1/rpc/tunnel";
 /// The `Upgrade:` protocol token of a tunnel.
 pub const TUNNEL_PROTOCOL: &str = "nomadlet-tunnel/1";
 
+/// Set by the client's tunnel handler on every request that came down a tunnel: such a
+/// request is answered where it arrived and never forwarded again (no forwarding loops between
+/// a client and its server when the two disagree about where an alloc is).
+pub const TUNNEL_HOP_HEADER: &str = "X-Nomadlet-Via-Tunnel";
+
 /// The tunnel-only path on which the server says "your allocs changed" (`?index=N`); served
 /// on tunnels alone, never on the client's own HTTP port.
 pub const TUNNEL_PUSH_PATH: &str = "/v1/tunnel/allocs";

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::client::link::{NODE_SECRET_HEADER, TUNNEL_PATH, TUNNEL_PROTOCOL, TUNNEL_PUSH_PATH};
+use crate::client::link::{
+    NODE_SECRET_HEADER, TUNNEL_HOP_HEADER, TUNNEL_PATH, TUNNEL_PROTOCOL, TUNNEL_PUSH_PATH,
+};
 use crate::http::{
     outbound, Handler, Limits, Method, Origin, RawStream, Reply, Request, RequestHead, Status,
 };
@@ -93,7 +95,7 @@ impl Tunnels {
             let join = std::thread::Builder::new()
                 .name(format!("tunnel-{n}"))
                 .stack_size(crate::http::limits::CONN_STACK)
-                .spawn(move || tunnel_loop(n, &s, &*h, &st, &rx));
+                .spawn(move || tunnel_loop(n, &s, &h, &st, &rx));
             match join {
                 Ok(j) => tunnels.joins.push(j),
                 Err(e) => {
@@ -143,7 +145,11 @@ impl Handler for TunnelHandler {
         self.api.admit(req)
     }
 
-    fn handle(&self, req: Request) -> Reply {
+    fn handle(&self, mut req: Request) -> Reply {
+        req.headers
+            .retain(|(k, _)| !k.eq_ignore_ascii_case(TUNNEL_HOP_HEADER));
+        req.headers
+            .push((TUNNEL_HOP_HEADER.to_string(), "1".to_string()));
         if req.path == TUNNEL_PUSH_PATH {
             if req.method != Method::Post {
                 return Reply::empty(Status::METHOD_NOT_ALLOWED);
@@ -301,7 +307,7 @@ mod tests {
     use std::net::TcpListener;
     use std::sync::atomic::AtomicU64;
 
-    /// Answers every request with its path.
+    /// Answers every request with its path and whether it is marked as come by tunnel.
     struct Echo;
 
     impl Handler for Echo {
@@ -309,7 +315,12 @@ mod tests {
             1024
         }
         fn handle(&self, req: Request) -> Reply {
-            Reply::bytes(Status::OK, "text/plain", req.path.into_bytes())
+            let hop = req.header(TUNNEL_HOP_HEADER).unwrap_or("-").to_string();
+            Reply::bytes(
+                Status::OK,
+                "text/plain",
+                format!("{} {hop}", req.path).into_bytes(),
+            )
         }
     }
 
@@ -359,11 +370,21 @@ mod tests {
         .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut t = accept_tunnel(&l);
-        outbound::write_request(&mut t, "GET", "/v1/client/stats", "n", &[], b"", deadline)
-            .unwrap();
+        // A hop header the server passed on is replaced, never trusted or doubled.
+        let spoof = vec![(TUNNEL_HOP_HEADER.to_string(), "0".to_string())];
+        outbound::write_request(
+            &mut t,
+            "GET",
+            "/v1/client/stats",
+            "n",
+            &spoof,
+            b"",
+            deadline,
+        )
+        .unwrap();
         let r = outbound::read_reply(t, deadline, false).unwrap();
         assert_eq!(r.status, 200);
-        assert_eq!(r.read_body(100, deadline).unwrap(), b"/v1/client/stats");
+        assert_eq!(r.read_body(100, deadline).unwrap(), b"/v1/client/stats 1");
         // Used once: the client dials a replacement at once; the push path works on it.
         let mut t = accept_tunnel(&l);
         outbound::write_request(
