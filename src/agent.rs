@@ -253,16 +253,20 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     // Tunnels (client-opened connections the server sends requests down): a server parks
     // its clients' in a pool and pushes alloc changes down them; a client-only agent keeps
     // its own open and sends what it cannot answer to its servers.
+    // Tunnels and forwarding speak plain HTTP on the RPC port: with `tls.rpc` they are off
+    // (a client then learns of allocs by its blocking pull, and answers what it can).
+    let plain_rpc = !agent.config.tls.rpc;
+    if !plain_rpc {
+        log::warn!("tls.rpc is on: no tunnels, so no forwarding between servers and clients");
+    }
     let tunnel_pool = match rpc_listener {
-        Some(_) => Some(TunnelPool::start().map_err(AgentError::Spawn)?),
-        None => None,
+        Some(_) if plain_rpc => Some(TunnelPool::start().map_err(AgentError::Spawn)?),
+        _ => None,
     };
+    let client_tunnels = agent.config.client_only() && plain_rpc;
     let _ = agent.forwarding.set(Forwarding {
         tunnels: tunnel_pool.clone(),
-        servers: agent
-            .config
-            .client_only()
-            .then(|| agent.membership.server_list()),
+        servers: client_tunnels.then(|| agent.membership.server_list()),
     });
     let mut pusher = match &tunnel_pool {
         Some(pool) => Some(
@@ -271,7 +275,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         ),
         None => None,
     };
-    if agent.config.client_only() {
+    if client_tunnels {
         // The server pushes alloc changes down this node's tunnels: no pull parks there.
         agent.client.enable_push();
     }
@@ -358,7 +362,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         }
         None => None,
     };
-    let mut tunnels = if agent.config.client_only() {
+    let mut tunnels = if client_tunnels {
         let settings = TunnelSettings {
             servers: agent.membership.server_list(),
             node_id: agent.node.id().to_string(),

@@ -185,6 +185,7 @@ fn to_node(agent: &Arc<Agent>, node: &str, req: &Request) -> Reply {
         &pass_headers(req),
         &req.body,
         deadline,
+        &|| req.peer_gone(),
     );
     let sent = match sent {
         Err(TunnelError::NoConnection) => {
@@ -226,7 +227,11 @@ fn to_servers(servers: &ServerList, req: &Request) -> Reply {
             &req.body,
             deadline,
         )
-        .and_then(|()| outbound::read_reply(stream, deadline, req.method == Method::Head))
+        .and_then(|()| {
+            outbound::read_reply_while(stream, deadline, req.method == Method::Head, &|| {
+                req.peer_gone()
+            })
+        })
         .map_err(|e| e.to_string());
         return match relay(sent, deadline) {
             Ok(reply) => reply,

@@ -21,6 +21,10 @@ pub const MAX_REPLY_HEADERS: usize = 100;
 /// still there (and the server still running).
 pub const PIPE_POLL: Duration = Duration::from_millis(250);
 
+/// While waiting for a reply head, how often the caller's `gone` check runs (a forwarded
+/// blocking query ends early when the one who asked has left).
+pub const REPLY_PEER_CHECK: Duration = Duration::from_millis(200);
+
 /// Request and reply headers that describe one hop, never passed on by a proxy.
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -157,9 +161,20 @@ impl std::fmt::Debug for Incoming {
 /// Read a reply head from `stream` by `deadline`. `head_request`: the request was HEAD (no
 /// body follows whatever the head says).
 pub fn read_reply(
+    stream: RawStream,
+    deadline: Instant,
+    head_request: bool,
+) -> io::Result<Incoming> {
+    read_reply_while(stream, deadline, head_request, &|| false)
+}
+
+/// [`read_reply`], giving up early (`ConnectionAborted`) once `gone()` says nobody waits for
+/// the reply any more (checked every [`REPLY_PEER_CHECK`] while the head is awaited).
+pub fn read_reply_while(
     mut stream: RawStream,
     deadline: Instant,
     head_request: bool,
+    gone: &dyn Fn() -> bool,
 ) -> io::Result<Incoming> {
     let mut buf = Vec::with_capacity(READ_CHUNK);
     let mut chunk = [0u8; READ_CHUNK];
@@ -196,7 +211,9 @@ pub fn read_reply(
             }
             Err(_) => return Err(bad("malformed reply head")),
         }
-        stream.set_read_timeout(Some(left(deadline)?))?;
+        let wait =
+            left(deadline).map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "reply timeout"))?;
+        stream.set_read_timeout(Some(wait.min(REPLY_PEER_CHECK)))?;
         match stream.read(&mut chunk) {
             Ok(0) => {
                 return Err(io::Error::new(
@@ -207,7 +224,15 @@ pub fn read_reply(
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if is_timeout(&e) => {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "reply timeout"))
+                if Instant::now() >= deadline {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "reply timeout"));
+                }
+                if gone() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "the requester went away",
+                    ));
+                }
             }
             Err(e) => return Err(e),
         }

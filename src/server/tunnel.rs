@@ -30,9 +30,14 @@ use crate::state::IndexCounter;
 /// node reconnected, its older sockets may be dead).
 pub const MAX_PARKED_PER_NODE: usize = 4;
 
-/// Most idle tunnels parked across every node (two per node for 8 192 nodes); over it a new
-/// tunnel is refused (closed at once) until one is used or closes.
+/// Most idle tunnels parked across every node (two per node for 8 192 nodes), and at most a
+/// [`PARKED_FD_SHARE`] of the open-files limit; over it a new tunnel is refused (closed at
+/// once) until one is used or closes.
 pub const MAX_PARKED_TOTAL: usize = 16 * 1024;
+
+/// Parked tunnels may hold at most 1/this of the process's open-files limit (the rest is for
+/// connections, files and tasks).
+pub const PARKED_FD_SHARE: u64 = 2;
 
 /// Most pushed connections held until their reply; over it a push is not sent (the node's
 /// periodic pull still finds its allocs).
@@ -80,6 +85,8 @@ struct Pools {
 
 struct Inner {
     pools: Mutex<Pools>,
+    /// `MAX_PARKED_TOTAL`, lowered to fit the open-files limit.
+    max_parked: usize,
     /// Written to wake `tunnel-watch` (new sockets to watch, or shutdown).
     wake: UnixStream,
     stopping: AtomicBool,
@@ -124,8 +131,10 @@ impl TunnelPool {
         let (wake, wake_rx) = UnixStream::pair()?;
         wake.set_nonblocking(true)?;
         wake_rx.set_nonblocking(true)?;
+        let fd_share = crate::sys::open_files_limit().map_or(u64::MAX, |n| n / PARKED_FD_SHARE);
         let inner = Arc::new(Inner {
             pools: Mutex::new(Pools::default()),
+            max_parked: MAX_PARKED_TOTAL.min(usize::try_from(fd_share).unwrap_or(usize::MAX)),
             wake,
             stopping: AtomicBool::new(false),
         });
@@ -145,7 +154,7 @@ impl TunnelPool {
         let mut dropped = None;
         {
             let mut p = self.inner.pools.lock();
-            if self.inner.stopping.load(Ordering::SeqCst) || p.parked >= MAX_PARKED_TOTAL {
+            if self.inner.stopping.load(Ordering::SeqCst) || p.parked >= self.inner.max_parked {
                 drop(p);
                 log::debug!("tunnel: pool full, a node's tunnel is refused");
                 return false;
@@ -223,8 +232,10 @@ impl TunnelPool {
         drop(gone);
     }
 
-    /// Send one request down a tunnel of `node_id` and read the reply head by `deadline`.
-    /// The caller reads (or pipes) the body; the tunnel is used up either way.
+    /// Send one request down a tunnel of `node_id` and read the reply head by `deadline`
+    /// (or until `gone()`: nobody waits any more). The caller reads (or pipes) the body; the
+    /// tunnel is used up either way.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         node_id: &str,
@@ -233,11 +244,13 @@ impl TunnelPool {
         headers: &[(String, String)],
         body: &[u8],
         deadline: Instant,
+        gone: &dyn Fn() -> bool,
     ) -> Result<Incoming, TunnelError> {
         let mut stream = self.take(node_id).ok_or(TunnelError::NoConnection)?;
         outbound::write_request(&mut stream, method, target, "node", headers, body, deadline)
             .map_err(TunnelError::Io)?;
-        outbound::read_reply(stream, deadline, method == "HEAD").map_err(TunnelError::Io)
+        outbound::read_reply_while(stream, deadline, method == "HEAD", gone)
+            .map_err(TunnelError::Io)
     }
 
     /// Tell `node_id` its allocs changed (as of `index`) down one of its tunnels, without
@@ -569,7 +582,15 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         let headers = vec![("X-Nomad-Token".to_string(), "tok".to_string())];
         let r = pool
-            .forward("n1", "GET", "/v1/client/stats", &headers, b"", deadline)
+            .forward(
+                "n1",
+                "GET",
+                "/v1/client/stats",
+                &headers,
+                b"",
+                deadline,
+                &|| false,
+            )
             .unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.read_body(10, deadline).unwrap(), b"ok");
@@ -581,7 +602,7 @@ mod tests {
         assert!(sent.contains("X-Nomad-Token: tok\r\n"));
         assert_eq!(pool.parked(), 0, "a used tunnel is not returned");
         assert!(matches!(
-            pool.forward("n1", "GET", "/", &[], b"", deadline),
+            pool.forward("n1", "GET", "/", &[], b"", deadline, &|| false),
             Err(TunnelError::NoConnection)
         ));
         pool.shutdown();
