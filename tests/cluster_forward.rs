@@ -160,7 +160,12 @@ fn client_endpoints_reach_an_alloc_on_its_node_through_the_server() {
     let unknown = "00000000-0000-0000-0000-000000000000";
     let r = server.get(&format!("/v1/client/stats?node_id={unknown}"));
     assert_eq!(r.status, 404);
-    assert_eq!(r.text(), format!("Unknown node {unknown}"));
+    assert_eq!(r.text(), format!("Unknown node {unknown:?}"));
+    let r = server.get("/v1/client/stats");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (400, "No local Node and node_id not provided")
+    );
     let r = server.get(&format!("/v1/client/fs/ls/{unknown}?path=/"));
     assert_eq!(r.status, 404);
     assert!(r.text().starts_with("Unknown allocation"), "{}", r.text());

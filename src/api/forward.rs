@@ -134,12 +134,17 @@ fn client_target(agent: &Arc<Agent>, req: &Request, rest: &str) -> Result<Target
     }
     if matches!(rest, "stats" | "metadata" | "gc") {
         let node = req.query("node_id").unwrap_or("");
-        if node.is_empty() || node == local_node {
+        if !agent.config.client_enabled && node.is_empty() {
+            return Err(ApiError::bad_request(
+                "No local Node and node_id not provided",
+            ));
+        }
+        if agent.config.client_enabled && (node.is_empty() || node == local_node) {
             return Ok(Target::Local);
         }
         if fwd.tunnels.is_some() {
             if agent.workloads.state().nodes.get(node).is_none() {
-                return Err(ApiError::not_found(format!("Unknown node {node}")));
+                return Err(ApiError::not_found(format!("Unknown node {node:?}")));
             }
             return Ok(Target::Node(node.to_string()));
         }
