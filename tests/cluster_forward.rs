@@ -156,6 +156,19 @@ fn client_endpoints_reach_an_alloc_on_its_node_through_the_server() {
     let meta = get_ok(&server, &format!("/v1/client/metadata?node_id={node}"));
     assert!(meta.json()["Meta"].is_object(), "{}", meta.text());
 
+    // Two hops: a second client-only agent asks its server, which asks the alloc's node.
+    let other = TestAgent::client(&[&server.rpc_addr()], "", &[]);
+    let via = get_ok(&other, &format!("/v1/client/allocation/{alloc}/stats"));
+    assert!(via.json()["ResourceUsage"].is_object(), "{}", via.text());
+    let via = get_ok(
+        &other,
+        &format!("/v1/client/fs/cat/{alloc}?path=alloc/logs/t.stdout.0"),
+    );
+    assert!(via.text().contains("after-two"), "{}", via.text());
+    // The push path is served on tunnels only, never on a client's own HTTP port.
+    let r = other.request("POST", "/v1/tunnel/allocs?index=1", &[], b"");
+    assert_eq!(r.status, 404);
+
     // Errors as Nomad's (ref §5.7).
     let unknown = "00000000-0000-0000-0000-000000000000";
     let r = server.get(&format!("/v1/client/stats?node_id={unknown}"));
@@ -335,6 +348,42 @@ fn fake_node(server: &TestAgent, n: usize) -> Vec<TcpStream> {
             s
         })
         .collect()
+}
+
+#[test]
+fn tunnel_upgrades_are_refused_to_anything_but_a_node_with_its_secret() {
+    let server = TestAgent::server("", &[]);
+    let _ = fake_node(&server, 7);
+    let id = "00000007-0000-4000-8000-00000000fa4e";
+    let secret = "00000007-5ec2-4000-8000-000000000000";
+    let path = format!("/v1/rpc/tunnel?node_id={id}");
+    let up = ("Upgrade", "nomadlet-tunnel/1");
+    let conn = ("Connection", "Upgrade");
+    let sec = ("X-Nomad-Node-Secret", secret);
+    // No upgrade asked for.
+    let r = server.rpc_request("GET", &path, &[sec], b"");
+    assert_eq!(r.status, 400, "{}", r.text());
+    // Another protocol.
+    let r = server.rpc_request("GET", &path, &[conn, ("Upgrade", "websocket"), sec], b"");
+    assert_eq!(r.status, 400, "{}", r.text());
+    // Not a GET.
+    let r = server.rpc_request("POST", &path, &[conn, up, sec], b"");
+    assert_eq!(r.status, 405, "{}", r.text());
+    // An unknown node, no node, no secret.
+    let r = server.rpc_request(
+        "GET",
+        "/v1/rpc/tunnel?node_id=10000007-0000-4000-8000-00000000fa4e",
+        &[conn, up, sec],
+        b"",
+    );
+    assert_eq!((r.status, r.text().as_str()), (404, "node not found"));
+    let r = server.rpc_request("GET", "/v1/rpc/tunnel", &[conn, up, sec], b"");
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = server.rpc_request("GET", &path, &[conn, up], b"");
+    assert_eq!((r.status, r.text().as_str()), (403, "Permission denied"));
+    // The tunnel path is the RPC port's alone: the HTTP API has no such route.
+    let r = server.request("GET", &path, &[conn, up, sec], b"");
+    assert_eq!(r.status, 404);
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -59,16 +59,38 @@ pub struct TunnelSettings {
 /// What the client does when the server pushes "your allocs changed (as of index N)".
 pub type OnAllocsChanged = Arc<dyn Fn(u64) + Send + Sync>;
 
-/// The running tunnel threads.
+/// Most tunnel threads at once: the idle ones plus those serving a request (a follow stream
+/// holds its tunnel for as long as it runs). Over it, a used tunnel is replaced only when a
+/// request ends.
+pub const MAX_TUNNEL_THREADS: usize = 32;
+
+/// What every tunnel thread shares.
+struct Shared {
+    settings: TunnelSettings,
+    handler: TunnelHandler,
+    stopping: AtomicBool,
+    /// Readable (closed) once shutdown starts: every idle wait polls it.
+    stop_rx: UnixStream,
+    /// Its other end, dropped by shutdown.
+    stop_tx: parking_lot::Mutex<Option<UnixStream>>,
+    /// Idle tunnels to keep (`TUNNEL_IDLE` in the agent).
+    target: usize,
+    /// Threads dialling or holding an idle tunnel.
+    idle: AtomicUsize,
+    /// Threads alive (idle or serving).
+    threads: AtomicUsize,
+    joins: parking_lot::Mutex<Vec<JoinHandle<()>>>,
+    next: AtomicUsize,
+}
+
+/// The running tunnel threads: `count` ([`TUNNEL_IDLE`]) idle at all times (a thread whose tunnel the
+/// server takes starts a replacement before it serves), up to [`MAX_TUNNEL_THREADS`].
 pub struct Tunnels {
-    stopping: Arc<AtomicBool>,
-    /// Closed on shutdown: every thread polls the other end.
-    stop_tx: Option<UnixStream>,
-    joins: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
 }
 
 impl Tunnels {
-    /// Start `count` tunnel threads serving `api` (and the push path, into `on_push`).
+    /// Start `count` idle tunnel threads serving `api` (and the push path, into `on_push`).
     pub fn start(
         settings: TunnelSettings,
         api: Arc<dyn Handler>,
@@ -76,43 +98,47 @@ impl Tunnels {
         count: usize,
     ) -> io::Result<Tunnels> {
         let (stop_tx, stop_rx) = UnixStream::pair()?;
-        let stop_rx = Arc::new(stop_rx);
-        let stopping = Arc::new(AtomicBool::new(false));
-        let settings = Arc::new(settings);
-        let handler = Arc::new(TunnelHandler { api, on_push });
-        let mut tunnels = Tunnels {
-            stopping: stopping.clone(),
-            stop_tx: Some(stop_tx),
-            joins: Vec::new(),
-        };
-        for n in 0..count {
-            let (s, h, st, rx) = (
-                settings.clone(),
-                handler.clone(),
-                stopping.clone(),
-                stop_rx.clone(),
-            );
-            let join = std::thread::Builder::new()
-                .name(format!("tunnel-{n}"))
-                .stack_size(crate::http::limits::CONN_STACK)
-                .spawn(move || tunnel_loop(n, &s, &h, &st, &rx));
-            match join {
-                Ok(j) => tunnels.joins.push(j),
-                Err(e) => {
-                    tunnels.shutdown();
-                    return Err(e);
-                }
+        let shared = Arc::new(Shared {
+            settings,
+            handler: TunnelHandler { api, on_push },
+            stopping: AtomicBool::new(false),
+            stop_rx,
+            stop_tx: parking_lot::Mutex::new(Some(stop_tx)),
+            target: count,
+            idle: AtomicUsize::new(0),
+            threads: AtomicUsize::new(0),
+            joins: parking_lot::Mutex::new(Vec::new()),
+            next: AtomicUsize::new(0),
+        });
+        let mut tunnels = Tunnels { shared };
+        for _ in 0..count {
+            if let Err(e) = spawn(&tunnels.shared) {
+                tunnels.shutdown();
+                return Err(e);
             }
         }
         Ok(tunnels)
     }
 
+    /// Tunnel threads alive now (idle or serving).
+    #[cfg(test)]
+    pub fn threads(&self) -> usize {
+        self.shared.threads.load(Ordering::SeqCst)
+    }
+
     /// Stop every tunnel thread (a request being served finishes, streams end) and join them.
     pub fn shutdown(&mut self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        self.stop_tx = None;
-        for j in self.joins.drain(..) {
-            let _ = j.join();
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        *self.shared.stop_tx.lock() = None;
+        // A thread may start a replacement until it sees `stopping`: join until none is left.
+        loop {
+            let joins = std::mem::take(&mut *self.shared.joins.lock());
+            if joins.is_empty() {
+                return;
+            }
+            for j in joins {
+                let _ = j.join();
+            }
         }
     }
 }
@@ -120,6 +146,43 @@ impl Tunnels {
 impl Drop for Tunnels {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Start one more idle tunnel thread (finished threads are joined first).
+fn spawn(shared: &Arc<Shared>) -> io::Result<()> {
+    let mut joins = shared.joins.lock();
+    if shared.stopping.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    let (done, live): (Vec<_>, Vec<_>) = std::mem::take(&mut *joins)
+        .into_iter()
+        .partition(|j| j.is_finished());
+    *joins = live;
+    for j in done {
+        let _ = j.join();
+    }
+    let n = shared.next.fetch_add(1, Ordering::SeqCst);
+    shared.idle.fetch_add(1, Ordering::SeqCst);
+    shared.threads.fetch_add(1, Ordering::SeqCst);
+    let s = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("tunnel-{n}"))
+        .stack_size(crate::http::limits::CONN_STACK)
+        .spawn(move || {
+            tunnel_loop(n, &s);
+            s.threads.fetch_sub(1, Ordering::SeqCst);
+        });
+    match spawned {
+        Ok(j) => {
+            joins.push(j);
+            Ok(())
+        }
+        Err(e) => {
+            shared.idle.fetch_sub(1, Ordering::SeqCst);
+            shared.threads.fetch_sub(1, Ordering::SeqCst);
+            Err(e)
+        }
     }
 }
 
@@ -176,14 +239,12 @@ fn pause(stop_rx: &UnixStream, stopping: &AtomicBool, d: Duration) -> bool {
     stopping.load(Ordering::SeqCst)
 }
 
-/// One tunnel thread: dial, upgrade, wait for the server's request, serve it, again.
-fn tunnel_loop(
-    n: usize,
-    settings: &TunnelSettings,
-    handler: &TunnelHandler,
-    stopping: &AtomicBool,
-    stop_rx: &UnixStream,
-) {
+/// One tunnel thread: dial, upgrade, wait for the server's request; when one comes, start a
+/// replacement (so the node keeps its idle tunnels) and serve it; then dial again if idle
+/// tunnels are short, else end.
+fn tunnel_loop(n: usize, shared: &Arc<Shared>) {
+    let settings = &shared.settings;
+    let (stopping, stop_rx) = (&shared.stopping, &shared.stop_rx);
     let mut backoff = REDIAL_MIN;
     let mut pick = n;
     let mut logged = false;
@@ -200,9 +261,17 @@ fn tunnel_loop(
                         logged = false;
                     }
                     let opened = Instant::now();
-                    let served =
-                        idle_then_serve(stream, ahead, peer, settings, handler, stopping, stop_rx);
-                    !served && opened.elapsed() < MIN_TUNNEL_LIFE
+                    match idle_then_serve(stream, ahead, peer, shared) {
+                        Served::Request => {
+                            if shared.idle.load(Ordering::SeqCst) >= shared.target {
+                                return;
+                            }
+                            shared.idle.fetch_add(1, Ordering::SeqCst);
+                            false
+                        }
+                        Served::Closed => opened.elapsed() < MIN_TUNNEL_LIFE,
+                        Served::Stopping => return,
+                    }
                 }
                 Err(e) => {
                     if !logged {
@@ -223,6 +292,15 @@ fn tunnel_loop(
             backoff = REDIAL_MIN;
         }
     }
+}
+
+/// How an idle tunnel ended.
+enum Served {
+    /// The server sent a request and it was served (this thread is no longer counted idle).
+    Request,
+    /// The server (or the network) closed it unused.
+    Closed,
+    Stopping,
 }
 
 /// Dial `addr` and upgrade to a tunnel: the stream, bytes already past the 101, the peer.
@@ -258,47 +336,51 @@ fn open(addr: &str, node_id: &str, secret: &str) -> io::Result<(RawStream, Vec<u
 }
 
 /// Wait (reading nothing) until the server sends a request, closes, or shutdown; serve the
-/// request if there is one. True when a request was served.
+/// request if there is one, after starting a replacement idle tunnel.
 fn idle_then_serve(
     mut stream: RawStream,
     mut ahead: Vec<u8>,
     peer: SocketAddr,
-    settings: &TunnelSettings,
-    handler: &TunnelHandler,
-    stopping: &AtomicBool,
-    stop_rx: &UnixStream,
-) -> bool {
+    shared: &Arc<Shared>,
+) -> Served {
     let mut set = PollSet::new();
     while ahead.is_empty() {
         set.clear();
         set.push(stream.as_fd());
-        set.push(stop_rx.as_fd());
+        set.push(shared.stop_rx.as_fd());
         match set.wait(IDLE_WAIT) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return false,
+            Err(_) => return Served::Closed,
         }
-        if stopping.load(Ordering::SeqCst) || set.ready(1) {
-            return false;
+        if shared.stopping.load(Ordering::SeqCst) || set.ready(1) {
+            return Served::Stopping;
         }
         if set.ready(0) {
-            // Peek by reading: a request's first bytes, or the server's close.
+            // A request's first bytes, or the server's close.
             let mut first = [0u8; 1024];
             match stream.read(&mut first) {
-                Ok(0) | Err(_) => return false,
+                Ok(0) | Err(_) => return Served::Closed,
                 Ok(k) => ahead.extend_from_slice(&first[..k]),
             }
+        }
+    }
+    // This tunnel is taken: keep the node's idle tunnels (within the thread cap).
+    let idle = shared.idle.fetch_sub(1, Ordering::SeqCst) - 1;
+    if idle < shared.target && shared.threads.load(Ordering::SeqCst) < MAX_TUNNEL_THREADS {
+        if let Err(e) = spawn(shared) {
+            log::warn!("tunnel: cannot start a replacement tunnel: {e}");
         }
     }
     crate::http::conn::serve_stream(
         stream,
         ahead,
-        handler,
-        &settings.limits,
-        stopping,
+        &shared.handler,
+        &shared.settings.limits,
+        &shared.stopping,
         Origin::Tcp { peer: Some(peer) },
     );
-    true
+    Served::Request
 }
 
 #[cfg(test)]
@@ -307,14 +389,23 @@ mod tests {
     use std::net::TcpListener;
     use std::sync::atomic::AtomicU64;
 
-    /// Answers every request with its path and whether it is marked as come by tunnel.
+    /// Answers every request with its path and whether it is marked as come by tunnel;
+    /// `/slow` first waits (bounded) until `RELEASE` is set.
     struct Echo;
+
+    static RELEASE: AtomicBool = AtomicBool::new(false);
 
     impl Handler for Echo {
         fn body_limit(&self, _: &RequestHead) -> usize {
             1024
         }
         fn handle(&self, req: Request) -> Reply {
+            if req.path == "/slow" {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !RELEASE.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
             let hop = req.header(TUNNEL_HOP_HEADER).unwrap_or("-").to_string();
             Reply::bytes(
                 Status::OK,
@@ -406,6 +497,41 @@ mod tests {
         let t = accept_tunnel(&l);
         tunnels.shutdown();
         drop(t);
+    }
+
+    #[test]
+    fn a_taken_tunnel_is_replaced_before_its_request_is_answered() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let settings = TunnelSettings {
+            servers: Arc::new(move || vec![addr.clone()]),
+            node_id: "n1".into(),
+            node_secret: "s3cret".into(),
+            limits: Limits::default(),
+        };
+        let mut tunnels = Tunnels::start(settings, Arc::new(Echo), Arc::new(|_| {}), 1).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut slow = accept_tunnel(&l);
+        outbound::write_request(&mut slow, "GET", "/slow", "n", &[], b"", deadline).unwrap();
+        // The replacement arrives while the slow request is still being served...
+        let mut quick = accept_tunnel(&l);
+        assert_eq!(tunnels.threads(), 2);
+        outbound::write_request(&mut quick, "GET", "/quick", "n", &[], b"", deadline).unwrap();
+        let r = outbound::read_reply(quick, deadline, false).unwrap();
+        assert_eq!(r.read_body(100, deadline).unwrap(), b"/quick 1");
+        // ...and so does the next one.
+        let spare = accept_tunnel(&l);
+        RELEASE.store(true, Ordering::SeqCst);
+        let r = outbound::read_reply(slow, deadline, false).unwrap();
+        assert_eq!(r.read_body(100, deadline).unwrap(), b"/slow 1");
+        // Done serving, the surplus thread ends: one idle tunnel, one thread.
+        let until = Instant::now() + Duration::from_secs(5);
+        while tunnels.threads() > 1 {
+            assert!(Instant::now() < until, "{} threads", tunnels.threads());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        tunnels.shutdown();
+        drop(spare);
     }
 
     #[test]

@@ -46,6 +46,14 @@ pub const MAX_DRAINING: usize = 1024;
 /// How long a pushed connection is held for its reply before it is closed anyway.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A forward to a node with no idle tunnel waits this long for one, if the node parked or
+/// used one within [`RECENT`] (it replaces a taken tunnel at once; the new one may be on its
+/// way). A node not seen that recently gets "No path to node" at once.
+pub const TAKE_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a node counts as connected after it last parked a tunnel or had one taken.
+pub const RECENT: Duration = Duration::from_secs(60);
+
 /// Longest `tunnel-watch` sleeps in `poll` without a wake-up or a socket event.
 pub const WATCH_TICK: Duration = Duration::from_secs(30);
 
@@ -81,10 +89,15 @@ struct Pools {
     draining: Vec<Parked>,
     parked: usize,
     next_id: u64,
+    /// When each node last parked or had a tunnel taken (within [`RECENT`]): a forward to
+    /// such a node with no idle tunnel waits briefly for the replacement it is dialling.
+    recent: HashMap<String, Instant>,
 }
 
 struct Inner {
     pools: Mutex<Pools>,
+    /// Notified on every park (a forward may be waiting for that node's replacement).
+    parked_cv: parking_lot::Condvar,
     /// `MAX_PARKED_TOTAL`, lowered to fit the open-files limit.
     max_parked: usize,
     /// Written to wake `tunnel-watch` (new sockets to watch, or shutdown).
@@ -134,6 +147,7 @@ impl TunnelPool {
         let fd_share = crate::sys::open_files_limit().map_or(u64::MAX, |n| n / PARKED_FD_SHARE);
         let inner = Arc::new(Inner {
             pools: Mutex::new(Pools::default()),
+            parked_cv: parking_lot::Condvar::new(),
             max_parked: MAX_PARKED_TOTAL.min(usize::try_from(fd_share).unwrap_or(usize::MAX)),
             wake,
             stopping: AtomicBool::new(false),
@@ -161,6 +175,9 @@ impl TunnelPool {
             }
             p.next_id += 1;
             let id = p.next_id;
+            if p.recent.len() < self.inner.max_parked || p.recent.contains_key(node_id) {
+                p.recent.insert(node_id.to_string(), Instant::now());
+            }
             let queue = p.by_node.entry(node_id.to_string()).or_default();
             queue.push_back(Parked {
                 id,
@@ -173,10 +190,30 @@ impl TunnelPool {
                 p.parked += 1;
             }
         }
+        self.inner.parked_cv.notify_all();
         // Closed outside the lock.
         drop(dropped);
         self.wake();
         true
+    }
+
+    /// [`TunnelPool::take`], waiting up to [`TAKE_WAIT`] (and at most until `deadline`) when
+    /// the node has no idle tunnel but was connected within [`RECENT`].
+    pub fn take_wait(&self, node_id: &str, deadline: Instant) -> Option<RawStream> {
+        let until = deadline.min(Instant::now() + TAKE_WAIT);
+        loop {
+            if let Some(s) = self.take(node_id) {
+                return Some(s);
+            }
+            let mut p = self.inner.pools.lock();
+            let recent = p.recent.get(node_id).is_some_and(|t| t.elapsed() < RECENT);
+            if !recent || Instant::now() >= until || self.inner.stopping.load(Ordering::SeqCst) {
+                return None;
+            }
+            if !p.by_node.contains_key(node_id) {
+                let _ = self.inner.parked_cv.wait_until(&mut p, until);
+            }
+        }
     }
 
     /// Take an idle tunnel of `node_id` (the newest that is still quiet); it is not returned.
@@ -191,6 +228,9 @@ impl TunnelPool {
                 }
                 if parked.is_some() {
                     p.parked -= 1;
+                    if let Some(t) = p.recent.get_mut(node_id) {
+                        *t = Instant::now();
+                    }
                 }
                 parked
             }?;
@@ -225,6 +265,7 @@ impl TunnelPool {
     pub fn forget(&self, node_id: &str) {
         let gone = {
             let mut p = self.inner.pools.lock();
+            p.recent.remove(node_id);
             let gone = p.by_node.remove(node_id);
             p.parked -= gone.as_ref().map_or(0, VecDeque::len);
             gone
@@ -246,7 +287,9 @@ impl TunnelPool {
         deadline: Instant,
         gone: &dyn Fn() -> bool,
     ) -> Result<Incoming, TunnelError> {
-        let mut stream = self.take(node_id).ok_or(TunnelError::NoConnection)?;
+        let mut stream = self
+            .take_wait(node_id, deadline)
+            .ok_or(TunnelError::NoConnection)?;
         outbound::write_request(&mut stream, method, target, "node", headers, body, deadline)
             .map_err(TunnelError::Io)?;
         outbound::read_reply_while(stream, deadline, method == "HEAD", gone)
@@ -377,6 +420,7 @@ fn watch_loop(inner: &Inner, wake_rx: &UnixStream) {
             }
             p.by_node.retain(|_, q| !q.is_empty());
             p.parked -= gone;
+            p.recent.retain(|_, t| t.elapsed() < RECENT);
             let draining = std::mem::take(&mut p.draining);
             for c in draining {
                 if ready.contains(&c.id) || c.until.is_some_and(|u| u <= now) {
@@ -605,6 +649,30 @@ mod tests {
             pool.forward("n1", "GET", "/", &[], b"", deadline, &|| false),
             Err(TunnelError::NoConnection)
         ));
+        pool.shutdown();
+    }
+
+    #[test]
+    fn a_forward_waits_briefly_for_a_recently_seen_nodes_replacement_only() {
+        let pool = TunnelPool::start().unwrap();
+        let soon = Instant::now() + Duration::from_secs(5);
+        // Never seen: no wait at all.
+        let t0 = Instant::now();
+        assert!(pool.take_wait("stranger", soon).is_none());
+        assert!(t0.elapsed() < Duration::from_millis(500));
+        // Seen, its only tunnel taken: the replacement parked meanwhile is handed over.
+        let (a, _a_peer) = UnixStream::pair().unwrap();
+        pool.park("n1", a.into());
+        assert!(pool.take("n1").is_some());
+        let (b, _b_peer) = UnixStream::pair().unwrap();
+        let p = pool.clone();
+        let parker = std::thread::spawn(move || {
+            // The node's redial, after the forward started waiting (it waits up to 2 s).
+            std::thread::sleep(Duration::from_millis(100));
+            p.park("n1", b.into());
+        });
+        assert!(pool.take_wait("n1", soon).is_some());
+        parker.join().unwrap();
         pool.shutdown();
     }
 
