@@ -366,7 +366,7 @@ fn idle_then_serve(
         }
     }
     // This tunnel is taken: keep the node's idle tunnels (within the thread cap).
-    let idle = shared.idle.fetch_sub(1, Ordering::SeqCst) - 1;
+    let idle = shared.idle.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
     if idle < shared.target && shared.threads.load(Ordering::SeqCst) < MAX_TUNNEL_THREADS {
         if let Err(e) = spawn(shared) {
             log::warn!("tunnel: cannot start a replacement tunnel: {e}");
