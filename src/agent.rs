@@ -344,13 +344,17 @@ pub fn run(config: Config) -> Result<(), AgentError> {
                 agent.index.clone(),
                 agent.heartbeats.clone(),
             ));
+            let rpc_limits = Limits {
+                max_conns_per_client: agent.config.rpc_max_conns_per_client,
+                ..limits.clone()
+            };
             let mut rpc_router = RpcRouter::new(service, router.clone());
             if let Some(pool) = &tunnel_pool {
                 rpc_router = rpc_router.with_tunnels(pool.clone());
             }
-            let rpc = Arc::new(Server::new(Arc::new(rpc_router), limits.clone()));
+            let rpc = Arc::new(Server::new(Arc::new(rpc_router), rpc_limits));
             let served = match agent.tls.clone().filter(|t| t.settings().rpc) {
-                Some(tls) => rpc.serve_tcp_tls(l, tls),
+                Some(tls) => rpc.serve_tcp_tls(l, Arc::new(crate::tls::RpcTls(tls))),
                 None => rpc.serve_tcp(l),
             };
             served.map_err(|source| AgentError::Bind {

@@ -156,6 +156,9 @@ pub struct Config {
     /// Open HTTP connections allowed from one client IP (`limits.http_max_conns_per_client`,
     /// default 100); 0 turns the cap off.
     pub http_max_conns_per_client: usize,
+    /// Open connections allowed from one client IP on the RPC port
+    /// (`limits.rpc_max_conns_per_client`, default 100); 0 turns the cap off.
+    pub rpc_max_conns_per_client: usize,
     /// The agent's config came only from JSON files (advice names keys in JSON form).
     pub config_is_json: bool,
     /// The flags this config was made from: a reload (SIGHUP) reads the same files again.
@@ -651,6 +654,10 @@ impl Config {
                 .and_then(|r| r.config.enabled)
                 .unwrap_or(dev),
             config_warnings,
+            rpc_max_conns_per_client: file
+                .limits
+                .rpc_max_conns_per_client
+                .unwrap_or(crate::http::limits::MAX_CONNS_PER_CLIENT),
             http_max_conns_per_client: file
                 .limits
                 .http_max_conns_per_client
@@ -717,6 +724,114 @@ mod tests {
         assert_eq!(parse_go_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_go_duration("abc"), None);
         assert_eq!(parse_go_duration("5"), None);
+    }
+
+    fn config_with(text: &str, flags: AgentFlags) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("nomadlet-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("agent.hcl");
+        std::fs::write(&file, text).unwrap();
+        let flags = AgentFlags {
+            config_files: vec![file],
+            data_dir: Some(dir.join("data")),
+            ..flags
+        };
+        let c = Config::from_flags(&flags);
+        std::fs::remove_dir_all(&dir).unwrap();
+        c
+    }
+
+    #[test]
+    fn roles_ports_and_heartbeat_settings_follow_nomad() {
+        // No role: server and client in one process, as before, with Nomad's defaults.
+        let c = config_with("", AgentFlags::default()).unwrap();
+        assert!(c.server_enabled && c.client_enabled && !c.rpc_listener());
+        assert_eq!((c.ports_rpc, c.ports_serf), (4647, 4648));
+        assert_eq!(c.heartbeat_grace, Duration::from_secs(10));
+        assert_eq!(c.min_heartbeat_ttl, Duration::from_secs(10));
+        assert_eq!(c.max_heartbeats_per_second, 50.0);
+        assert_eq!(c.rpc_max_conns_per_client, 100);
+        let server = r#"
+limits { rpc_max_conns_per_client = 0 }
+bind_addr = "127.0.0.1"
+ports {
+  rpc = 5647
+  serf = 5648
+}
+advertise { rpc = "127.0.0.2" }
+server {
+  enabled = true
+  bootstrap_expect = 3
+  heartbeat_grace = "2s"
+  min_heartbeat_ttl = "3s"
+  max_heartbeats_per_second = 10
+  encrypt = "a2V5"
+  server_join {
+    retry_join = ["127.0.0.3:5648"]
+    retry_interval = "5s"
+  }
+  num_schedulers = 2
+}
+"#;
+        let c = config_with(server, AgentFlags::default()).unwrap();
+        assert!(c.server_enabled && !c.client_enabled && c.rpc_listener());
+        assert_eq!(c.rpc_bind().to_string(), "127.0.0.1:5647");
+        assert_eq!(c.rpc_addr(), "127.0.0.2:5647");
+        assert_eq!(c.ports_serf, 5648);
+        assert_eq!(c.bootstrap_expect, 3);
+        assert_eq!(c.heartbeat_grace, Duration::from_secs(2));
+        assert_eq!(c.min_heartbeat_ttl, Duration::from_secs(3));
+        assert_eq!(c.max_heartbeats_per_second, 10.0);
+        assert_eq!(c.server_encrypt.as_deref(), Some("a2V5"));
+        assert_eq!(c.server_retry_join, ["127.0.0.3:5648"]);
+        assert_eq!(c.server_retry_interval, Duration::from_secs(5));
+        assert_eq!(c.rpc_max_conns_per_client, 0, "the cap turned off");
+        assert!(c
+            .config_warnings
+            .iter()
+            .any(|w| w.contains("server.num_schedulers")));
+        // A client: its retry_join entries are servers (port defaulted), plus -servers.
+        let client = "client {\n  enabled = true\n  node_class = \"edge\"\n  server_join { retry_join = [\"127.0.0.4\"] }\n}\n";
+        let flags = AgentFlags {
+            servers: Some("127.0.0.5:4647".into()),
+            ..AgentFlags::default()
+        };
+        let c = config_with(client, flags).unwrap();
+        assert!(!c.server_enabled && c.client_enabled && c.client_only());
+        assert_eq!(c.client_servers, ["127.0.0.5:4647", "127.0.0.4:4647"]);
+        assert_eq!(c.node_class, "edge");
+        // Flags: -server with -client is both; -dev is both with no RPC listener.
+        let flags = AgentFlags {
+            server: true,
+            client: true,
+            bootstrap_expect: Some("1".into()),
+            join: vec!["127.0.0.6:4648".into()],
+            encrypt: Some("k".into()),
+            ..AgentFlags::default()
+        };
+        let c = config_with("", flags).unwrap();
+        assert!(c.server_enabled && c.client_enabled && c.rpc_listener());
+        assert_eq!(c.start_join, ["127.0.0.6:4648"]);
+        assert_eq!(c.server_encrypt.as_deref(), Some("k"));
+        // Bad values are refused with the key's name.
+        for (bad, key) in [
+            (
+                "server {\n  heartbeat_grace = \"soon\"\n}\n",
+                "server.heartbeat_grace",
+            ),
+            (
+                "server {\n  max_heartbeats_per_second = 0\n}\n",
+                "max_heartbeats_per_second",
+            ),
+            ("ports { rpc = 0 }\n", "ports.rpc"),
+            ("advertise { rpc = \"nowhere\" }\n", "advertise.rpc"),
+            ("client {\n  node_pool = \"all\"\n}\n", "node pool"),
+        ] {
+            let e = config_with(bad, AgentFlags::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

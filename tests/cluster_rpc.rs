@@ -140,7 +140,12 @@ fn clients_register_a_job_runs_on_one_and_calls_need_the_node_secret() {
         br#"{"node_id":"no-such-node"}"#,
     );
     assert_eq!(r.status, 404, "{}", r.text());
-    let r = server.rpc_request("POST", "/v1/rpc/node/heartbeat", &[], b"{not json");
+    let r = server.rpc_request(
+        "POST",
+        "/v1/rpc/node/heartbeat",
+        &[("X-Nomad-Node-Secret", "x")],
+        b"{not json",
+    );
     assert_eq!(r.status, 400, "{}", r.text());
     // A registration taking over a known node ID with another secret is refused.
     let mut reg = serde_json::json!({"node_id": ids[0], "name": "thief", "datacenter": "dc1",
@@ -269,4 +274,185 @@ fn dynamic_metadata_set_on_a_client_reaches_the_servers_node_record() {
     wait_until(Duration::from_secs(5), "the metadata on the server", || {
         server.get_json(&format!("/v1/node/{id}"))["Meta"]["rack"] == "r7"
     });
+}
+
+#[test]
+fn task_states_reached_while_the_server_was_down_reach_it_afterwards() {
+    let mut server = TestAgent::server("", &[]);
+    let client = TestAgent::client(&[&server.rpc_addr()], "", &[]);
+    let id = client.node_id();
+    wait_status(&server, &id, "ready", Duration::from_secs(10));
+    register_job(&server, "short", "echo started; sleep 2; echo finished");
+    let (alloc, _) = wait_running(&server, "short");
+    let st = server.stop();
+    assert!(st.success(), "{st}");
+    let log = client
+        .data_dir
+        .join(format!("alloc/{alloc}/alloc/logs/t.stdout.0"));
+    wait_until(
+        Duration::from_secs(15),
+        "the task finished with its server away",
+        || {
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("finished"))
+                && client.log().contains("cannot save task state")
+        },
+    );
+    server.restart_after_stop();
+    wait_until(
+        Duration::from_secs(15),
+        "the finished task on the server",
+        || {
+            allocs_of(&server, "short")
+                .iter()
+                .any(|(a, _, s)| *a == alloc && s == "complete")
+        },
+    );
+}
+
+#[test]
+fn a_restarted_server_arms_timers_for_known_nodes_and_marks_a_silent_one_down() {
+    // Grace long enough that the node cannot go down before the server restarted.
+    let slow = "server {\n  min_heartbeat_ttl = \"1s\"\n  heartbeat_grace = \"5s\"\n}\n";
+    let mut server = TestAgent::server(slow, &[]);
+    let mut client = TestAgent::client(&[&server.rpc_addr()], "", &[]);
+    let id = client.node_id();
+    wait_status(&server, &id, "ready", Duration::from_secs(10));
+    client.kill9();
+    server.restart();
+    // The log is the restarted server's own: the node was still ready when it started.
+    assert!(!server.log().contains("missed its heartbeat"));
+    wait_status(&server, &id, "down", Duration::from_secs(15));
+    assert!(
+        server.log().contains("missed its heartbeat"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn the_clients_server_list_is_what_its_link_uses() {
+    let server = TestAgent::server(FAST_HEARTBEATS, &[]);
+    let rpc = server.rpc_addr();
+    let client = TestAgent::client(&[&rpc], "", &[]);
+    let id = client.node_id();
+    wait_status(&server, &id, "ready", Duration::from_secs(10));
+    assert_eq!(
+        client.get_json("/v1/agent/servers"),
+        serde_json::json!([rpc])
+    );
+    // Only a server that is not there: the heartbeats stop reaching the server.
+    let nowhere = format!("127.0.0.1:{}", common::free_port());
+    let r = client.request(
+        "PUT",
+        &format!("/v1/agent/servers?address={nowhere}"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_status(&server, &id, "down", Duration::from_secs(10));
+    // Both: the link fails over from the dead one to the live one.
+    let r = client.request(
+        "PUT",
+        &format!("/v1/agent/servers?address={nowhere}&address={rpc}"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_status(&server, &id, "ready", Duration::from_secs(10));
+}
+
+#[test]
+fn a_stopped_client_whose_allocs_may_reconnect_is_disconnected_then_ready_again() {
+    let server = TestAgent::server(FAST_HEARTBEATS, &[]);
+    let client = TestAgent::client(&[&server.rpc_addr()], "", &[]);
+    let id = client.node_id();
+    wait_status(&server, &id, "ready", Duration::from_secs(10));
+    let body = serde_json::json!({"Job": {"ID": "edge", "Type": "service", "Datacenters": ["dc1"],
+        "TaskGroups": [{"Name": "g", "Count": 1, "Disconnect": {"LostAfter": 3_600_000_000_000u64},
+        "Tasks": [{"Name": "t", "Driver": "raw_exec",
+        "Config": {"command": "/bin/sh", "args": ["-c", "sleep 60"]}}]}]}});
+    let r = server.request("POST", "/v1/jobs", &[], body.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_running(&server, "edge");
+    let pid = client.pid() as i32;
+    common::kill(pid, libc::SIGSTOP);
+    let stopped = std::panic::catch_unwind(|| {
+        wait_status(&server, &id, "disconnected", Duration::from_secs(10));
+    });
+    common::kill(pid, libc::SIGCONT);
+    if let Err(e) = stopped {
+        std::panic::resume_unwind(e);
+    }
+    // Back: through initializing (its allocs first) to ready.
+    wait_status(&server, &id, "ready", Duration::from_secs(15));
+    let events = server.get_json(&format!("/v1/node/{id}"))["Events"].clone();
+    assert!(
+        events
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["Message"] == "Node heartbeat missed")),
+        "{events}"
+    );
+}
+
+#[test]
+fn the_rpc_port_refuses_hostile_calls_with_clear_errors() {
+    let server = TestAgent::server("", &[]);
+    let secret = [("X-Nomad-Node-Secret", "s")];
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    for (method, path, headers, body, want) in [
+        ("GET", "/v1/rpc/node/heartbeat", &secret[..], "", 405),
+        ("POST", "/v1/rpc/no/such/call", &secret[..], "{}", 404),
+        (
+            "POST",
+            "/v1/rpc/node/heartbeat",
+            &secret[..],
+            deep.as_str(),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/rpc/node/heartbeat",
+            &secret[..],
+            r#"{"node_id": 7}"#,
+            400,
+        ),
+        ("POST", "/v1/rpc/node/register", &[][..], "{}", 400),
+        ("POST", "/v1/rpc/alloc/updates", &[][..], "{}", 403),
+    ] {
+        let r = server.rpc_request(method, path, headers, body.as_bytes());
+        assert_eq!(r.status, want, "{method} {path}: {}", r.text());
+        assert!(!r.text().is_empty(), "{method} {path}: a reason");
+    }
+    // A body past the limit is refused before it is read.
+    let s = std::net::TcpStream::connect(("127.0.0.1", server.rpc_port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let head = "POST /v1/rpc/node/register HTTP/1.1\r\nHost: x\r\nContent-Length: 5242880\r\n\r\n";
+    let r = common::exchange(s, head.as_bytes()).expect("413 before the body");
+    assert_eq!(r.status, 413);
+    // The server is still fine.
+    assert_eq!(server.get_json("/v1/nodes"), serde_json::json!([]));
+}
+
+#[test]
+fn a_server_and_client_in_one_agent_heartbeats_its_own_timer_and_serves_rpc() {
+    let both = "server { enabled = true }\nclient { enabled = true }\nplugin \"raw_exec\" {\n  config { enabled = true }\n}\n";
+    let agent = TestAgent::cluster_agent("both", &common::short_dir(), both, FAST_HEARTBEATS, &[]);
+    let id = agent.node_id();
+    wait_status(&agent, &id, "ready", Duration::from_secs(10));
+    // Past several TTL + grace: its own heartbeats keep it ready.
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    wait_until(
+        Duration::from_secs(10),
+        "TTLs passing with the node ready",
+        || {
+            assert_eq!(node_status(&agent, &id), "ready");
+            std::time::Instant::now() > until
+        },
+    );
+    register_job(&agent, "local", "sleep 60");
+    let (_, node) = wait_running(&agent, "local");
+    assert_eq!(node, id);
+    // Its RPC port takes a remote client too.
+    let client = TestAgent::client(&[&agent.rpc_addr()], "", &[]);
+    wait_status(&agent, &client.node_id(), "ready", Duration::from_secs(10));
 }

@@ -553,3 +553,48 @@ fn sighup_rotates_the_certificates_for_new_connections() {
     let r = https(&cli(&new_ca), agent.port, "GET", "/v1/agent/health").expect("still new");
     assert_eq!(r.status, 200);
 }
+
+/// `tls { rpc = true ... }` for a cluster agent: its own certificate, the test CA.
+fn rpc_tls_config(pki: &Pki, name: &str, san: &str) -> String {
+    let (cert, key) = pki.issue(name, &[san, "localhost", "127.0.0.1"]);
+    format!(
+        "tls {{\n  rpc = true\n  ca_file = {:?}\n  cert_file = {:?}\n  key_file = {:?}\n  verify_server_hostname = true\n}}\n",
+        pki.ca_file().display().to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
+    )
+}
+
+#[test]
+fn a_client_reaches_its_server_over_mutual_tls_on_the_rpc_port() {
+    let pki = Pki::new("rpc");
+    let server = TestAgent::server(&rpc_tls_config(&pki, "server", "server.global.nomad"), &[]);
+    let client = TestAgent::client(
+        &[&server.rpc_addr()],
+        &rpc_tls_config(&pki, "client", "client.global.nomad"),
+        &[],
+    );
+    let id = client.node_id();
+    wait_until(Duration::from_secs(15), "the client ready over TLS", || {
+        server.get(&format!("/v1/node/{id}")).json()["Status"] == "ready"
+    });
+    // Plain HTTP to the RPC port is not served.
+    let plain = TcpStream::connect(("127.0.0.1", server.rpc_port)).expect("connect");
+    plain.set_read_timeout(Some(Duration::from_secs(15))).ok();
+    if let Ok(r) = exchange(plain, &build_request("GET", "/v1/nodes", &[], b"")) {
+        assert_ne!(r.status, 200, "plain HTTP served on the TLS RPC port");
+    }
+    // TLS without a client certificate is refused: RPC is always mutual.
+    if let Ok(r) = https(&cli(&pki), server.rpc_port, "GET", "/v1/nodes") {
+        panic!("RPC port served without a client certificate: {}", r.status);
+    }
+    // With one signed by the CA it answers (the API beside the RPC calls).
+    let (c, k) = pki.issue("op", &["cli.global.nomad"]);
+    let with = CliTls {
+        client_cert: Some(c),
+        client_key: Some(k),
+        ..cli(&pki)
+    };
+    let r = https(&with, server.rpc_port, "GET", "/v1/nodes").expect("mtls rpc");
+    assert_eq!(r.status, 200, "{}", r.text());
+}

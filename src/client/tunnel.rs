@@ -248,6 +248,9 @@ fn tunnel_loop(n: usize, shared: &Arc<Shared>) {
     let mut backoff = REDIAL_MIN;
     let mut pick = n;
     let mut logged = false;
+    // A server that closed a tunnel or could not be reached may have missed pushes (it
+    // restarted, or was away): the next tunnel that connects asks for a pull.
+    let mut resync = false;
     while !stopping.load(Ordering::SeqCst) {
         let servers = (settings.servers)();
         let failed = if servers.is_empty() {
@@ -260,6 +263,9 @@ fn tunnel_loop(n: usize, shared: &Arc<Shared>) {
                         log::info!("tunnel: connected to server {addr} again");
                         logged = false;
                     }
+                    if std::mem::take(&mut resync) {
+                        (shared.handler.on_push)(0);
+                    }
                     let opened = Instant::now();
                     match idle_then_serve(stream, ahead, peer, shared) {
                         Served::Request => {
@@ -269,7 +275,10 @@ fn tunnel_loop(n: usize, shared: &Arc<Shared>) {
                             shared.idle.fetch_add(1, Ordering::SeqCst);
                             false
                         }
-                        Served::Closed => opened.elapsed() < MIN_TUNNEL_LIFE,
+                        Served::Closed => {
+                            resync = true;
+                            opened.elapsed() < MIN_TUNNEL_LIFE
+                        }
                         Served::Stopping => return,
                     }
                 }
@@ -278,6 +287,7 @@ fn tunnel_loop(n: usize, shared: &Arc<Shared>) {
                         log::warn!("tunnel: cannot reach server {addr}: {e}");
                         logged = true;
                     }
+                    resync = true;
                     pick += 1;
                     true
                 }
@@ -491,10 +501,16 @@ mod tests {
         let r = outbound::read_reply(t, deadline, false).unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(pushed.load(Ordering::SeqCst), 7);
-        // The server drops an idle tunnel: the client redials.
+        // The server drops an idle tunnel: the client redials, and asks for a pull (the
+        // server may have restarted and missed pushes): `on_push(0)`.
         let t = accept_tunnel(&l);
         drop(t);
         let t = accept_tunnel(&l);
+        let until = Instant::now() + Duration::from_secs(5);
+        while pushed.load(Ordering::SeqCst) != 0 {
+            assert!(Instant::now() < until, "no resync pull asked for");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         tunnels.shutdown();
         drop(t);
     }

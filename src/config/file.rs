@@ -43,7 +43,6 @@ pub const IGNORED_KEYS: &[&str] = &[
     "acl.policy_ttl",
     "limits.https_handshake_timeout",
     "limits.rpc_handshake_timeout",
-    "limits.rpc_max_conns_per_client",
     "plugin.raw_exec.config.no_cgroups",
     "plugin.raw_exec.config.denied_host_uids",
     "plugin.raw_exec.config.denied_host_gids",
@@ -204,6 +203,8 @@ pub struct Acl {
 pub struct Limits {
     /// Open HTTP connections from one client IP; 0 turns the cap off.
     pub http_max_conns_per_client: Option<usize>,
+    /// Open connections to the RPC port from one client IP; 0 turns the cap off.
+    pub rpc_max_conns_per_client: Option<usize>,
 }
 
 /// `plugin "raw_exec" { config { ... } }`; any other plugin is ignored (with a warning).

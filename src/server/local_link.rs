@@ -127,6 +127,15 @@ impl ServerLink for LocalLink {
 
     fn heartbeat(&self, req: &Heartbeat) -> Result<HeartbeatReply, LinkError> {
         self.check_node(&req.node_id)?;
+        if self.heartbeats.is_some() {
+            // Timers run: this node can be marked down like any other, and comes back the same way.
+            let node = self
+                .workloads
+                .node(&req.node_id)
+                .ok_or_else(|| LinkError::UnknownNode(req.node_id.clone()))?;
+            super::rpc::bring_up(&self.workloads, &self.index, &node)
+                .map_err(|e| LinkError::Persist(e.to_string()))?;
+        }
         Ok(self.heartbeat_reply())
     }
 
