@@ -101,11 +101,11 @@ impl Agent {
         let membership = Membership::load(&config, node.id())?;
         let workloads = Arc::new(Workloads::load(&config.data_dir, index.clone())?);
         index.observe(workloads.max_index());
-        let acl = AclState::load(
+        let acl = Arc::new(AclState::load(
             &config.data_dir,
             config.acl_enabled,
             workloads.command_log(),
-        );
+        ));
         index.observe(acl.max_index());
         let heartbeats = Heartbeats::new(
             HeartbeatSettings::of(&config),
@@ -120,7 +120,8 @@ impl Agent {
                 rpc_dialer(&config, tls.as_ref()),
             ))
         } else {
-            let mut local = LocalLink::new(workloads.clone(), node.clone(), index.clone());
+            let mut local = LocalLink::new(workloads.clone(), node.clone(), index.clone())
+                .with_acl(acl.clone());
             if config.rpc_listener() {
                 local = local.with_heartbeats(heartbeats.clone());
             }
@@ -327,7 +328,6 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         // server.
         agent.client.start(TaskApi {
             server: server.clone(),
-            keys: agent.acl.keys.clone(),
         });
     }
     let served = match agent.tls.clone().filter(|t| t.http()) {
@@ -339,11 +339,14 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     let rpc_server = match rpc_listener {
         Some(l) => {
             let rpc_addr = agent.config.rpc_bind();
-            let service = Arc::new(RpcService::new(
-                agent.workloads.clone(),
-                agent.index.clone(),
-                agent.heartbeats.clone(),
-            ));
+            let service = Arc::new(
+                RpcService::new(
+                    agent.workloads.clone(),
+                    agent.index.clone(),
+                    agent.heartbeats.clone(),
+                )
+                .with_acl(agent.acl.clone()),
+            );
             let rpc_limits = Limits {
                 max_conns_per_client: agent.config.rpc_max_conns_per_client,
                 ..limits.clone()
@@ -382,8 +385,11 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     } else {
         None
     };
-    // Load or make the workload identity key off the start-up path (joined at shutdown).
-    let warm_keys = {
+    // Load or make the workload identity key off the start-up path (joined at shutdown). A
+    // client-only agent holds no signing key: its server signs.
+    let warm_keys = if agent.config.client_only() {
+        None
+    } else {
         let agent = agent.clone();
         std::thread::Builder::new()
             .name("acl-keys-warmup".into())

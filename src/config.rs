@@ -146,6 +146,10 @@ pub struct Config {
     pub node_pool: String,
     pub log_level: String,
     pub acl_enabled: bool,
+    /// `acl.token_ttl` (default 30 s): how long a client-only agent caches a resolved token.
+    pub acl_token_ttl: Duration,
+    /// `acl.policy_ttl` (default 30 s): how long a client-only agent caches resolved policies.
+    pub acl_policy_ttl: Duration,
     /// `None`: Nomad's window (5 s plus up to 5 s jitter, 1 s in dev).
     pub meta_batch_window: Option<Duration>,
     /// Terminal allocations kept before the oldest are collected (`client.gc_max_allocs`).
@@ -322,6 +326,8 @@ fn tls_settings(t: &file::Tls) -> Result<TlsSettings, ConfigError> {
 pub const DEFAULT_RPC_PORT: u16 = 4647;
 /// Nomad's default Serf (gossip) port.
 pub const DEFAULT_SERF_PORT: u16 = 4648;
+/// Nomad's default `acl.token_ttl` and `acl.policy_ttl`.
+pub const DEFAULT_ACL_CACHE_TTL: Duration = Duration::from_secs(30);
 /// Nomad's `server.heartbeat_grace` default.
 pub const DEFAULT_HEARTBEAT_GRACE: Duration = Duration::from_secs(10);
 /// Nomad's `server.min_heartbeat_ttl` default.
@@ -507,6 +513,14 @@ impl Config {
             None => DEFAULT_RETRY_INTERVAL,
             Some(t) => duration_setting("server_join.retry_interval", t)?,
         };
+        let acl_token_ttl = match &file.acl.token_ttl {
+            None => DEFAULT_ACL_CACHE_TTL,
+            Some(t) => duration_setting("acl.token_ttl", t)?,
+        };
+        let acl_policy_ttl = match &file.acl.policy_ttl {
+            None => DEFAULT_ACL_CACHE_TTL,
+            Some(t) => duration_setting("acl.policy_ttl", t)?,
+        };
         let heartbeat_grace = match &file.server.heartbeat_grace {
             None => DEFAULT_HEARTBEAT_GRACE,
             Some(t) => duration_setting("server.heartbeat_grace", t)?,
@@ -645,6 +659,8 @@ impl Config {
             node_pool,
             log_level,
             acl_enabled: flags.acl_enabled || file.acl.enabled.unwrap_or(false),
+            acl_token_ttl,
+            acl_policy_ttl,
             meta_batch_window,
             gc_max_allocs: file.client.gc_max_allocs.unwrap_or(50),
             raw_exec_enabled: file

@@ -40,6 +40,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "server",
         &[
+            "acl",
             "client::link",
             "state",
             "store",
@@ -59,8 +60,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "client",
         &[
+            "acl::capabilities",
             "acl::jwt",
             "acl::keys",
+            "acl::policy",
+            "acl::tokens",
             "config",
             "encoding",
             "http",

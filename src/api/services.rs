@@ -28,7 +28,7 @@ pub struct Agent {
     /// The client's one way to the server state (in process: `LocalLink`).
     pub link: Arc<dyn ServerLink>,
     pub client: Arc<Client>,
-    pub acl: AclState,
+    pub acl: Arc<AclState>,
     pub fs_watch: SharedWatcher,
     pub batcher: Batcher,
     /// The server's heartbeat timers (running on a server with its RPC port open).

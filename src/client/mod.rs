@@ -4,6 +4,7 @@
 //! runners start and stop because a pull brought a changed allocation.
 
 pub mod alloc_dir;
+pub mod authz;
 pub mod dirfd;
 pub mod exec;
 pub mod link;
@@ -30,7 +31,6 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
 
-use crate::acl::keys::LazyKeys;
 use crate::config::{Config, DrainOnShutdown};
 use crate::http::Server;
 use crate::state::jobs::alloc::{AllocRecord, TaskEvent, TaskState};
@@ -184,10 +184,9 @@ impl OnStop {
 }
 
 /// What the Task API of a task needs from the agent: the HTTP server its `api.sock` is served
-/// by, and the keys its workload identity is signed with.
+/// by (its workload identity is signed by the server, through the link).
 pub struct TaskApi {
     pub server: Arc<Server>,
-    pub keys: Arc<LazyKeys>,
 }
 
 /// The client: every alloc runner on this node, and its view of this node's allocations.
@@ -208,6 +207,8 @@ pub struct Client {
     node: NodeFacts,
     stopping: AtomicBool,
     link: Arc<dyn ServerLink>,
+    /// Callers of a client-only agent, resolved through the link and cached.
+    authz: authz::ClientAuthz,
     /// This node's allocations as last pulled from (or answered by) the server.
     allocs: RwLock<BTreeMap<String, Arc<AllocRecord>>>,
     /// The index of the last pull (the next pull asks for changes after it).
@@ -274,6 +275,12 @@ impl Client {
                 meta: config.meta.clone(),
             },
             stopping: AtomicBool::new(false),
+            authz: authz::ClientAuthz::new(
+                link.clone(),
+                node_id,
+                config.acl_token_ttl,
+                config.acl_policy_ttl,
+            ),
             link,
             allocs: RwLock::new(BTreeMap::new()),
             pulled_index: Mutex::new(0),
@@ -487,6 +494,19 @@ impl Client {
     /// Whether the raw_exec driver is enabled.
     pub fn raw_exec_enabled(&self) -> bool {
         self.raw_exec_enabled
+    }
+
+    /// How this client resolves its callers when it keeps no ACL state (client-only).
+    pub fn authz(&self) -> &authz::ClientAuthz {
+        &self.authz
+    }
+
+    /// Ask the server to sign a task's workload identities (the client holds no key).
+    pub fn sign_identities(
+        &self,
+        req: &link::SignIdentities,
+    ) -> Result<link::SignedIdentities, LinkError> {
+        self.link.sign_identities(req)
     }
 
     /// The Task API host, once the client started.

@@ -39,8 +39,6 @@ pub const IGNORED_KEYS: &[&str] = &[
     "client.reserved",
     "client.host_volume",
     "client.network_interface",
-    "acl.token_ttl",
-    "acl.policy_ttl",
     "limits.https_handshake_timeout",
     "limits.rpc_handshake_timeout",
     "plugin.raw_exec.config.no_cgroups",
@@ -195,6 +193,10 @@ pub struct DrainOnShutdown {
 #[serde(deny_unknown_fields)]
 pub struct Acl {
     pub enabled: Option<bool>,
+    /// Go duration: how long a client-only agent trusts a resolved token (default `30s`).
+    pub token_ttl: Option<String>,
+    /// Go duration: how long a client-only agent trusts resolved policies (default `30s`).
+    pub policy_ttl: Option<String>,
 }
 
 /// `limits { ... }`.

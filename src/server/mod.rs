@@ -3,6 +3,7 @@
 //! the RPC port ([`rpc::RpcRouter`]: the same calls over HTTP for clients elsewhere) and the
 //! heartbeat timers ([`heartbeat::Heartbeats`]), and the client-opened tunnels ([`tunnel`]).
 
+pub mod authz;
 pub mod heartbeat;
 pub mod local_link;
 pub mod rpc;

@@ -16,6 +16,13 @@
 //! | `/v1/rpc/node/allocs` | `PullAllocs` (`min_index`, `wait_ms`; a blocking pull) | `PulledAllocs` |
 //! | `/v1/rpc/alloc/updates` | `AllocUpdates` | `UpdatedAllocs` |
 //! | `/v1/rpc/node/meta` | `NodeMeta` | `MetaReply` |
+//! | `/v1/rpc/identity/sign` | `SignIdentities` (the alloc must be on the node, not terminal) | `SignedIdentities` |
+//! | `/v1/rpc/acl/resolve` | `ResolveAcl` (a token's secret, anonymous, or a workload) | `ResolvedAcl` |
+//! | `/v1/rpc/acl/keys` | `PublicKeysRequest` | `PublicKeys` |
+//!
+//! `identity/sign` answers 403 `Permission denied` for an alloc that is unknown or on another
+//! node, and 400 for a terminal alloc or a task not in its group; the claims come from the
+//! server's alloc record (`server::authz`).
 //!
 //! Every call but register carries the node's secret in the header `X-Nomad-Node-Secret` (a
 //! call with a body and no secret is refused before the body is read); the node named in the
@@ -115,9 +122,63 @@ pub struct RpcService {
     workloads: Arc<Workloads>,
     index: Arc<IndexCounter>,
     heartbeats: Arc<Heartbeats>,
+    /// The ACL tables and signing keys behind the authentication calls.
+    acl: Option<Arc<crate::state::acl::AclState>>,
 }
 
 impl RpcService {
+    /// The authentication calls (`identity/sign`, `acl/*`) answer from `acl`.
+    pub fn with_acl(mut self, acl: Arc<crate::state::acl::AclState>) -> RpcService {
+        self.acl = Some(acl);
+        self
+    }
+
+    fn acl_state(&self) -> Result<&crate::state::acl::AclState, RpcError> {
+        self.acl
+            .as_deref()
+            .ok_or_else(|| RpcError::BadRequest("this server keeps no ACL state".into()))
+    }
+
+    /// Sign a task's identities for the calling node (`server::authz`).
+    pub fn sign_identities(
+        &self,
+        req: &crate::client::link::SignIdentities,
+        secret: Option<&str>,
+    ) -> Result<crate::client::link::SignedIdentities, RpcError> {
+        self.authorize(&req.node_id, secret)?;
+        let acl = self.acl_state()?;
+        super::authz::sign_identities(&self.workloads, &acl.keys, &req.node_id, req).map_err(|e| {
+            match e {
+                super::authz::SignError::NotYourAlloc => {
+                    RpcError::PermissionDenied("Permission denied")
+                }
+                super::authz::SignError::Keys(_) => RpcError::Persist(e.to_string()),
+                other => RpcError::BadRequest(other.to_string()),
+            }
+        })
+    }
+
+    /// Resolve a caller of the calling (client-only) node.
+    pub fn resolve_acl(
+        &self,
+        req: &crate::client::link::ResolveAcl,
+        secret: Option<&str>,
+    ) -> Result<crate::client::link::ResolvedAcl, RpcError> {
+        self.authorize(&req.node_id, secret)?;
+        Ok(super::authz::resolve_acl(self.acl_state()?, req))
+    }
+
+    /// The public keys identities are verified with.
+    pub fn public_keys(
+        &self,
+        req: &crate::client::link::PublicKeysRequest,
+        secret: Option<&str>,
+    ) -> Result<crate::client::link::PublicKeys, RpcError> {
+        self.authorize(&req.node_id, secret)?;
+        super::authz::public_keys(&self.acl_state()?.keys)
+            .map_err(|e| RpcError::Persist(e.to_string()))
+    }
+
     pub fn new(
         workloads: Arc<Workloads>,
         index: Arc<IndexCounter>,
@@ -127,6 +188,7 @@ impl RpcService {
             workloads,
             index,
             heartbeats,
+            acl: None,
         }
     }
 
@@ -415,6 +477,9 @@ impl RpcRouter {
             }
             "alloc/updates" => encode(&self.service.alloc_updates(&decode(req)?, secret)?),
             "node/meta" => encode(&self.service.meta(&decode(req)?, secret)?),
+            "identity/sign" => encode(&self.service.sign_identities(&decode(req)?, secret)?),
+            "acl/resolve" => encode(&self.service.resolve_acl(&decode(req)?, secret)?),
+            "acl/keys" => encode(&self.service.public_keys(&decode(req)?, secret)?),
             _ => Err(RpcError::NoSuchCall),
         }
     }
