@@ -4,7 +4,8 @@
 //! dials a client). On a client-only agent, everything but its own agent and client endpoints
 //! goes to one of its servers' RPC ports (which hand non-RPC paths to their API router),
 //! failing over on connect. Requests go as they came (method, path, query, end-to-end headers
-//! with the ACL token, body); the final agent authenticates. Replies come back as they are:
+//! with the ACL token, body): a server accepts the token before it forwards to a node, which
+//! checks the capabilities; a client-only agent leaves the token to its server. Replies come back as they are:
 //! small bodies whole, everything else (logs, follow streams) piped as it arrives.
 
 use std::net::{TcpStream, ToSocketAddrs};
@@ -53,15 +54,23 @@ enum Target {
 pub fn maybe_forward(agent: &Arc<Agent>, req: &Request) -> Option<Reply> {
     match target(agent, req) {
         Ok(Target::Local) => None,
-        Ok(Target::Node(node)) => Some(to_node(agent, &node, req)),
+        Ok(Target::Node(node)) => {
+            // The server holds the ACL state: a token it does not accept goes no further (ref
+            // §5.6: the final server resolves it); the node checks the capabilities.
+            if let Err(e) = super::auth::authenticate(agent, req) {
+                return Some(super::router::error_reply(&e));
+            }
+            Some(to_node(agent, &node, req))
+        }
         Ok(Target::Servers(servers)) => Some(to_servers(&servers, req)),
         Err(e) => Some(super::router::error_reply(&e)),
     }
 }
 
-/// Whether `req` will be forwarded (so this agent must not judge its token).
+/// Whether `req` goes to a server (so this client-only agent does not judge its token before
+/// the body: the server does).
 pub fn will_forward(agent: &Arc<Agent>, req: &Request) -> bool {
-    !matches!(target(agent, req), Ok(Target::Local))
+    matches!(target(agent, req), Ok(Target::Servers(_)))
 }
 
 /// This agent's view of an allocation for a client endpoint: the local client's own copy
