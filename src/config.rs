@@ -118,6 +118,8 @@ pub struct Config {
     pub ports_serf: u16,
     /// `ports.rpc` was configured (a role-less agent listens on RPC only then).
     pub ports_rpc_set: bool,
+    /// `ports.serf` was configured (a role-less or `-dev` agent gossips only then).
+    pub ports_serf_set: bool,
     /// `advertise.http`, `advertise.rpc`, `advertise.serf` as `ip:port` (port defaulted).
     pub advertise_http: Option<String>,
     pub advertise_rpc: Option<String>,
@@ -337,6 +339,26 @@ pub const DEFAULT_MAX_HEARTBEATS_PER_SECOND: f64 = 50.0;
 /// Nomad's `server_join.retry_interval` default.
 pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Gossip key sizes Serf accepts (AES-128, AES-192, AES-256).
+pub const GOSSIP_KEY_SIZES: [usize; 3] = [16, 24, 32];
+
+/// Check a gossip key (`server.encrypt`, `-encrypt`): standard base64 of 16, 24 or 32 bytes,
+/// as Serf's keyring wants. Returns the key's bytes.
+pub fn check_gossip_key(key: &str) -> Result<Vec<u8>, ConfigError> {
+    let bytes = crate::encoding::base64_std_decode(key.trim()).ok_or_else(|| {
+        ConfigError::Invalid(
+            "invalid server.encrypt: the gossip key is not standard base64 (make one with `head -c 32 /dev/urandom | base64`)".into(),
+        )
+    })?;
+    if !GOSSIP_KEY_SIZES.contains(&bytes.len()) {
+        return Err(ConfigError::Invalid(format!(
+            "invalid server.encrypt: the gossip key must be 16, 24 or 32 bytes, got {}",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
 /// Which roles the agent runs.
 struct Roles {
     server: bool,
@@ -552,6 +574,13 @@ impl Config {
         let advertise_http = advertise_setting("http", &file.advertise.http, http_port)?;
         let advertise_rpc = advertise_setting("rpc", &file.advertise.rpc, ports_rpc)?;
         let advertise_serf = advertise_setting("serf", &file.advertise.serf, ports_serf)?;
+        let server_encrypt = match flags.encrypt.clone().or(file.server.encrypt.clone()) {
+            Some(k) if !k.trim().is_empty() => {
+                check_gossip_key(&k)?;
+                Some(k.trim().to_string())
+            }
+            _ => None,
+        };
         let mut config_warnings = loaded.warnings;
         for k in file.server.other.keys() {
             config_warnings.push(format!(
@@ -643,10 +672,11 @@ impl Config {
             ports_rpc,
             ports_serf,
             ports_rpc_set: file.ports.rpc.is_some(),
+            ports_serf_set: file.ports.serf.is_some(),
             advertise_http,
             advertise_rpc,
             advertise_serf,
-            server_encrypt: flags.encrypt.clone().or(file.server.encrypt.clone()),
+            server_encrypt,
             server_retry_join,
             server_retry_interval,
             server_retry_max: server_join.retry_max.or(client_join.retry_max).unwrap_or(0),
@@ -719,6 +749,22 @@ impl Config {
         self.client_enabled && !self.server_enabled
     }
 
+    /// The agent gossips on its serf port: a server chosen explicitly (`-server`,
+    /// `server.enabled`), or any server whose `ports.serf` is configured. `-dev` and role-less
+    /// agents otherwise stay as before roles existed (a member list of themselves, no socket).
+    pub fn gossips(&self) -> bool {
+        self.server_enabled && (self.roles_explicit || self.ports_serf_set)
+    }
+
+    /// The gossip address other servers reach this one at: `advertise.serf`, else the
+    /// advertise IP with the serf port.
+    pub fn serf_advertise(&self) -> std::net::SocketAddr {
+        self.advertise_serf
+            .as_deref()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| std::net::SocketAddr::new(self.advertise_ip(), self.ports_serf))
+    }
+
     /// The IP other agents reach this one at: the bind address, or loopback when bound to all.
     pub fn advertise_ip(&self) -> IpAddr {
         if self.bind_addr.is_unspecified() {
@@ -781,7 +827,7 @@ server {
   heartbeat_grace = "2s"
   min_heartbeat_ttl = "3s"
   max_heartbeats_per_second = 10
-  encrypt = "a2V5"
+  encrypt = "c2VjcmV0LWtleS0xNi1ieQ=="
   server_join {
     retry_join = ["127.0.0.3:5648"]
     retry_interval = "5s"
@@ -798,7 +844,17 @@ server {
         assert_eq!(c.heartbeat_grace, Duration::from_secs(2));
         assert_eq!(c.min_heartbeat_ttl, Duration::from_secs(3));
         assert_eq!(c.max_heartbeats_per_second, 10.0);
-        assert_eq!(c.server_encrypt.as_deref(), Some("a2V5"));
+        assert_eq!(
+            c.server_encrypt.as_deref(),
+            Some("c2VjcmV0LWtleS0xNi1ieQ==")
+        );
+        // A gossip key Serf would not take (3 bytes) is refused at load.
+        let short = server.replace("c2VjcmV0LWtleS0xNi1ieQ==", "a2V5");
+        let e = config_with(&short, AgentFlags::default()).unwrap_err();
+        assert!(
+            e.to_string().contains("must be 16, 24 or 32 bytes, got 3"),
+            "{e}"
+        );
         assert_eq!(c.server_retry_join, ["127.0.0.3:5648"]);
         assert_eq!(c.server_retry_interval, Duration::from_secs(5));
         assert_eq!(c.rpc_max_conns_per_client, 0, "the cap turned off");
@@ -822,13 +878,16 @@ server {
             client: true,
             bootstrap_expect: Some("1".into()),
             join: vec!["127.0.0.6:4648".into()],
-            encrypt: Some("k".into()),
+            encrypt: Some("b3RoZXIta2V5LTE2LWJ5dA==".into()),
             ..AgentFlags::default()
         };
         let c = config_with("", flags).unwrap();
         assert!(c.server_enabled && c.client_enabled && c.rpc_listener());
         assert_eq!(c.start_join, ["127.0.0.6:4648"]);
-        assert_eq!(c.server_encrypt.as_deref(), Some("k"));
+        assert_eq!(
+            c.server_encrypt.as_deref(),
+            Some("b3RoZXIta2V5LTE2LWJ5dA==")
+        );
         // Bad values are refused with the key's name.
         for (bad, key) in [
             (

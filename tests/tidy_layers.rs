@@ -21,6 +21,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "config",
             "encoding",
             "fs",
+            "gossip",
             "http",
             "jobspec",
             "logtap",
@@ -126,7 +127,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // TLS for the HTTP server and the CLI: rustls configurations built from the settings
     // `config` owns; the SIGHUP step that reaches the agent lives in `reload`.
     ("tls", &["config", "http"]),
-    ("config", &["hcl_doc", "http::limits", "parse_bounds"]),
+    (
+        "config",
+        &["encoding", "hcl_doc", "http::limits", "parse_bounds"],
+    ),
+    // Server membership: foca gossip on the serf port; below the API, beside the state.
+    ("gossip", &["config", "encoding", "store"]),
     // Our HTTP server: knows nothing of Nomad.
     ("http", &["sys", "time"]),
     ("sys", &[]),

@@ -287,69 +287,6 @@ fn verify_https_client_refuses_a_client_without_a_certificate_and_accepts_one_wi
 }
 
 #[test]
-fn agents_join_over_https_checking_nomads_server_names() {
-    let pki = Pki::new("join");
-    let verify = "  verify_server_hostname = true\n  verify_https_client = true\n";
-    let a = start_tls_agent(&pki.agent_config("a", verify), &["-node", "a"]);
-    let b = start_tls_agent(&pki.agent_config("b", verify), &["-node", "b"]);
-    // A's requests need a client certificate too (verify_https_client).
-    let (c, k) = pki.issue("op", &["cli.global.nomad"]);
-    let op = CliTls {
-        client_cert: Some(c),
-        client_key: Some(k),
-        ..cli(&pki)
-    };
-    let path = format!("/v1/agent/join?address={}", b.addr());
-    let r = https(&op, a.port, "PUT", &path).expect("join");
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["num_joined"], 1, "{}", r.text());
-    let members = https(&op, a.port, "GET", "/v1/agent/members").expect("members");
-    let names: Vec<String> = members.json()["Members"]
-        .as_array()
-        .expect("members")
-        .iter()
-        .map(|m| m["Name"].as_str().unwrap_or_default().to_string())
-        .collect();
-    assert_eq!(names, ["a.global", "b.global"]);
-
-    // A peer whose certificate (same CA) does not carry a Nomad name is not joined.
-    let (cert, key) = pki.issue("misnamed", &["localhost", "127.0.0.1"]);
-    let cfg = pki.dir.join("misnamed.hcl");
-    std::fs::write(
-        &cfg,
-        format!(
-            "tls {{\n  http = true\n  ca_file = {:?}\n  cert_file = {:?}\n  key_file = {:?}\n}}\n",
-            pki.ca_file().display().to_string(),
-            cert.display().to_string(),
-            key.display().to_string()
-        ),
-    )
-    .expect("write");
-    let m = start_tls_agent(&cfg, &["-node", "m"]);
-    let r = https(
-        &op,
-        a.port,
-        "PUT",
-        &format!("/v1/agent/join?address={}", m.addr()),
-    )
-    .expect("join");
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["num_joined"], 0, "{}", r.text());
-    let error = r.json()["error"].as_str().unwrap_or_default().to_string();
-    assert!(error.contains("NotValidForName"), "{error}");
-    // A plain-HTTP agent is not joined over HTTPS either.
-    let plain = TestAgent::start(&["-node", "p"]);
-    let r = https(
-        &op,
-        a.port,
-        "PUT",
-        &format!("/v1/agent/join?address={}", plain.addr()),
-    )
-    .expect("join");
-    assert_eq!(r.json()["num_joined"], 0, "{}", r.text());
-}
-
-#[test]
 fn tls_config_errors_stop_the_agent_at_start_with_the_file_named() {
     let pki = Pki::new("bad");
     let cfg = pki.dir.join("bad.hcl");

@@ -50,6 +50,7 @@ const STATIC_SEGMENTS: &[&str] = &[
     "cat",
     "readat",
     "stream",
+    "event",
     "logs",
     "restart",
     "signal",
@@ -424,6 +425,51 @@ fn collect(agent: &Agent) -> Vec<Metric> {
             Gauge(*n as f64),
         ));
     }
+
+    // Gossip (servers): datagrams in, out, and refused.
+    if let Some(g) = agent.gossip.get() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = g.counters();
+        for (name, help, v) in [
+            (
+                "nomad.nomadlet.gossip.received",
+                "Gossip datagrams received (wake-ups excluded).",
+                &c.received,
+            ),
+            (
+                "nomad.nomadlet.gossip.sent",
+                "Gossip datagrams sent.",
+                &c.sent,
+            ),
+            (
+                "nomad.nomadlet.gossip.dropped",
+                "Gossip datagrams refused: too long, not ours (format or key), or undecodable.",
+                &c.dropped,
+            ),
+        ] {
+            out.push(metric(name, &[], help, Counter(v.load(Relaxed))));
+        }
+        out.push(metric(
+            "nomad.nomadlet.gossip.members",
+            &[],
+            "Gossip members known (any status), this server included.",
+            Gauge(g.members().len() as f64),
+        ));
+    }
+    // The event stream: open subscriptions and the events retained for replay.
+    let broker = agent.workloads.events();
+    out.push(metric(
+        "nomad.event_broker.subscribers",
+        &[],
+        "Open /v1/event/stream subscriptions.",
+        Gauge(broker.subscribers() as f64),
+    ));
+    out.push(metric(
+        "nomad.event_broker.retained_events",
+        &[],
+        "Events the event stream keeps for replay.",
+        Gauge(broker.retained_events() as f64),
+    ));
 
     // HTTP figures.
     let t = stats.tables.lock();

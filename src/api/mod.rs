@@ -15,6 +15,7 @@ pub mod client_fs;
 pub mod client_meta;
 pub mod client_stats;
 pub mod error;
+pub mod events;
 pub mod filter;
 pub mod forward;
 pub mod jobs;

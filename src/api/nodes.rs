@@ -94,7 +94,7 @@ fn rfc3339(nanos: i64) -> String {
 }
 
 /// The full `Node` object of `GET /v1/node/:id` (SecretID blanked, `Drain` added).
-fn node_json(node: &Node) -> Value {
+pub fn node_json(node: &Node) -> Value {
     let events: Vec<Value> = node
         .events
         .iter()

@@ -35,6 +35,9 @@ pub struct Agent {
     pub heartbeats: Arc<Heartbeats>,
     /// The HTTP server, set once listening (the Task API adds Unix listeners to it).
     pub http: OnceLock<Arc<Server>>,
+    /// Server membership (foca gossip on the serf port), set once started; unset when the
+    /// agent does not gossip (`Config::gossips`: client-only, or `-dev` without `ports.serf`).
+    pub gossip: OnceLock<Arc<crate::gossip::Gossip>>,
     /// TLS certificates and configurations (`tls.http` or `tls.rpc`), reloaded on SIGHUP.
     pub tls: Option<Arc<crate::tls::AgentTls>>,
     pub started_at: SystemTime,

@@ -321,7 +321,10 @@ impl ServerState {
     }
 
     /// A job's allocs (through the index, not a walk over every alloc).
-    fn allocs_of<'a>(&'a self, key: &JobKey) -> impl Iterator<Item = &'a Arc<AllocRecord>> + 'a {
+    pub fn allocs_of<'a>(
+        &'a self,
+        key: &JobKey,
+    ) -> impl Iterator<Item = &'a Arc<AllocRecord>> + 'a {
         self.allocs_by_job
             .get(key)
             .into_iter()

@@ -206,6 +206,11 @@ impl Workloads {
         self.log.clone()
     }
 
+    /// The broker of the events the committer makes from applied commands.
+    pub fn events(&self) -> Arc<super::event_broker::EventBroker> {
+        self.log.events()
+    }
+
     /// The published state: an immutable snapshot.
     pub fn state(&self) -> Arc<ServerState> {
         self.log.state()
@@ -472,25 +477,36 @@ impl Workloads {
     /// A job's `Status`: running while an alloc runs, pending while one waits, else dead.
     pub fn job_status(&self, job: &Job) -> JobStatus {
         let state = self.state();
-        let allocs: Vec<&AllocRecord> = state
-            .allocs
-            .values()
-            .filter(|a| a.namespace == job.namespace && a.job_id == job.id)
-            .map(|a| &**a)
-            .collect();
-        let live: Vec<&&AllocRecord> = allocs.iter().filter(|a| a.is_live()).collect();
-        if live
-            .iter()
-            .any(|a| a.client_status == AllocClientStatus::Running)
-        {
-            JobStatus::Running
-        } else if !live.is_empty() {
-            JobStatus::Pending
-        } else if job.stop || job.is_batch() || !allocs.is_empty() {
-            JobStatus::Dead
-        } else {
-            JobStatus::Pending
+        job_status_of(
+            job,
+            state
+                .allocs
+                .values()
+                .filter(|a| a.namespace == job.namespace && a.job_id == job.id)
+                .map(|a| &**a),
+        )
+    }
+}
+
+/// A job's status from its allocs (Nomad's `running`, `pending`, `dead`): the one rule for
+/// the job JSON and the job events.
+pub fn job_status_of<'a>(job: &Job, allocs: impl Iterator<Item = &'a AllocRecord>) -> JobStatus {
+    let (mut any, mut live, mut running) = (false, false, false);
+    for a in allocs {
+        any = true;
+        if a.is_live() {
+            live = true;
+            running |= a.client_status == AllocClientStatus::Running;
         }
+    }
+    if running {
+        JobStatus::Running
+    } else if live {
+        JobStatus::Pending
+    } else if job.stop || job.is_batch() || any {
+        JobStatus::Dead
+    } else {
+        JobStatus::Pending
     }
 }
 

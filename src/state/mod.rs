@@ -4,6 +4,8 @@
 pub mod acl;
 pub mod command;
 pub mod command_log;
+pub mod event_broker;
+pub mod events;
 pub mod host;
 pub mod jobs;
 pub mod members;
