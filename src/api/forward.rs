@@ -99,8 +99,8 @@ fn target(agent: &Arc<Agent>, req: &Request) -> Result<Target, ApiError> {
         return Ok(Target::Local);
     };
     // A client-only agent answers for itself only what is its own.
-    let own =
-        (path.starts_with("/v1/agent/") && path != "/v1/agent/members") || path == "/v1/metrics";
+    // (`/v1/agent/members` asks a server through the agent's own handler.)
+    let own = path.starts_with("/v1/agent/") || path == "/v1/metrics";
     Ok(if own {
         Target::Local
     } else {
