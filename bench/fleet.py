@@ -23,6 +23,8 @@ NODES = int(os.environ.get("FLEET_NODES", "5000"))
 ALLOCS = int(os.environ.get("FLEET_ALLOCS", "100000"))
 JOBS = int(os.environ.get("FLEET_JOBS", "100"))
 REGISTER_THREADS = 16
+# Idle tunnels each simulated node holds open, as a real client does (src/client/tunnel.rs).
+TUNNELS = int(os.environ.get("FLEET_TUNNELS", "2"))
 SECRET_HEADER = "X-Nomad-Node-Secret"
 
 
@@ -189,6 +191,38 @@ class Fleet:
             t.join()
         return time.monotonic() - t0
 
+    def open_tunnels(self):
+        """Each node opens TUNNELS upgraded tunnels to the server's RPC port and holds them
+        (never reading: the server parks them with no thread; pushes to them go unanswered)."""
+        import socket
+        self.tunnels = []
+        t0 = time.monotonic()
+        for reg in self.regs:
+            for _ in range(TUNNELS):
+                try:
+                    s = socket.create_connection(("127.0.0.1", self.server.rpc), timeout=10)
+                    s.sendall((f"GET /v1/rpc/tunnel?node_id={reg['node_id']} HTTP/1.1\r\n"
+                               f"Host: x\r\nConnection: Upgrade\r\nUpgrade: nomadlet-tunnel/1\r\n"
+                               f"{SECRET_HEADER}: {reg['secret_id']}\r\n\r\n").encode())
+                    head = b""
+                    while b"\r\n\r\n" not in head:
+                        chunk = s.recv(1024)
+                        if not chunk:
+                            break
+                        head += chunk
+                    if head.startswith(b"HTTP/1.1 101"):
+                        self.tunnels.append(s)
+                        continue
+                    s.close()
+                except OSError:
+                    pass
+                self.errors += 1
+        return time.monotonic() - t0
+
+    def close_tunnels(self):
+        for s in getattr(self, "tunnels", []):
+            s.close()
+
     def heartbeat_loop(self):
         c = self.server.conn(self.server.rpc)
         while not self.stop_ev.is_set():
@@ -247,6 +281,9 @@ def run(binary, print_fn):
         took = fleet.register_all()
         print_fn(f"{NODES} simulated nodes registered in {took:.1f} s ({NODES / took:.0f}/s, "
                  f"{fleet.errors} errors)")
+        if TUNNELS:
+            took = fleet.open_tunnels()
+            print_fn(f"{len(fleet.tunnels)} idle tunnels opened ({TUNNELS} per node) in {took:.1f} s")
         hb = threading.Thread(target=fleet.heartbeat_loop, daemon=True)
         hb.start()
         ready = server.wait("nodes ready", lambda: sum(
@@ -288,6 +325,7 @@ def run(binary, print_fn):
     finally:
         if fleet:
             fleet.stop_ev.set()
+            fleet.close_tunnels()
         if hb:
             hb.join(timeout=5)
         server.stop()

@@ -7,11 +7,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
+use crate::api::forward::Forwarding;
 use crate::api::router::Router;
 pub use crate::api::Agent;
 use crate::client::link::{LinkError, ServerLink};
 use crate::client::remote_link::{self, Dialer, RemoteLink};
 use crate::client::stats::SAMPLE_INTERVAL;
+use crate::client::tunnel::{TunnelSettings, Tunnels, TUNNEL_IDLE};
 use crate::client::{Client, TaskApi};
 use crate::config::Config;
 use crate::fs::watch::SharedWatcher;
@@ -20,6 +22,7 @@ use crate::meta_batcher::{Batcher, NodeUpdater};
 use crate::server::heartbeat::{HeartbeatSettings, Heartbeats};
 use crate::server::local_link::{self, LocalLink};
 use crate::server::rpc::{RpcRouter, RpcService};
+use crate::server::tunnel::{ChangedNodes, Pusher, TunnelPool};
 use crate::state::acl::AclState;
 use crate::state::jobs::Workloads;
 use crate::state::members::Membership;
@@ -43,6 +46,8 @@ pub enum AgentError {
     Tls(crate::tls::TlsError),
     /// The client could not register its node with the server.
     Register(LinkError),
+    /// A service thread (tunnels) could not be started.
+    Spawn(std::io::Error),
     /// Gossip (the serf port) could not start.
     Gossip(crate::gossip::GossipError),
 }
@@ -58,6 +63,7 @@ impl fmt::Display for AgentError {
             AgentError::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
             AgentError::Tls(e) => write!(f, "{e}"),
             AgentError::Register(e) => write!(f, "cannot register this node: {e}"),
+            AgentError::Spawn(e) => write!(f, "cannot start the tunnels: {e}"),
             AgentError::Gossip(e) => write!(f, "{e}"),
         }
     }
@@ -68,7 +74,8 @@ impl std::error::Error for AgentError {
         match self {
             AgentError::DataDir { source, .. }
             | AgentError::Bind { source, .. }
-            | AgentError::Signals(source) => Some(source),
+            | AgentError::Signals(source)
+            | AgentError::Spawn(source) => Some(source),
             AgentError::State(e) => Some(e),
             AgentError::Tls(e) => Some(e),
             AgentError::Register(e) => Some(e),
@@ -148,6 +155,7 @@ impl Agent {
             gossip: OnceLock::new(),
             tls,
             started_at: SystemTime::now(),
+            forwarding: OnceLock::new(),
         }))
     }
 }
@@ -254,6 +262,35 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         None
     };
     let agent = Agent::load(config)?;
+    // Tunnels (client-opened connections the server sends requests down): a server parks
+    // its clients' in a pool and pushes alloc changes down them; a client-only agent keeps
+    // its own open and sends what it cannot answer to its servers.
+    // Tunnels and forwarding speak plain HTTP on the RPC port: with `tls.rpc` they are off
+    // (a client then learns of allocs by its blocking pull, and answers what it can).
+    let plain_rpc = !agent.config.tls.rpc;
+    if !plain_rpc {
+        log::warn!("tls.rpc is on: no tunnels, so no forwarding between servers and clients");
+    }
+    let tunnel_pool = match rpc_listener {
+        Some(_) if plain_rpc => Some(TunnelPool::start().map_err(AgentError::Spawn)?),
+        _ => None,
+    };
+    let client_tunnels = agent.config.client_only() && plain_rpc;
+    let _ = agent.forwarding.set(Forwarding {
+        tunnels: tunnel_pool.clone(),
+        servers: client_tunnels.then(|| agent.membership.server_list()),
+    });
+    let mut pusher = match &tunnel_pool {
+        Some(pool) => Some(
+            Pusher::start(pool.clone(), agent.index.clone(), alloc_changes(&agent))
+                .map_err(AgentError::Spawn)?,
+        ),
+        None => None,
+    };
+    if client_tunnels {
+        // The server pushes alloc changes down this node's tunnels: no pull parks there.
+        agent.client.enable_push();
+    }
     if rpc_listener.is_some() {
         // Every known node not down gets a full TTL + grace to heartbeat this server.
         agent.heartbeats.start();
@@ -327,12 +364,13 @@ pub fn run(config: Config) -> Result<(), AgentError> {
             );
             let rpc_limits = Limits {
                 max_conns_per_client: agent.config.rpc_max_conns_per_client,
-                ..limits
+                ..limits.clone()
             };
-            let rpc = Arc::new(Server::new(
-                Arc::new(RpcRouter::new(service, router.clone())),
-                rpc_limits,
-            ));
+            let mut rpc_router = RpcRouter::new(service, router.clone());
+            if let Some(pool) = &tunnel_pool {
+                rpc_router = rpc_router.with_tunnels(pool.clone());
+            }
+            let rpc = Arc::new(Server::new(Arc::new(rpc_router), rpc_limits));
             let served = match agent.tls.clone().filter(|t| t.settings().rpc) {
                 Some(tls) => rpc.serve_tcp_tls(l, Arc::new(crate::tls::RpcTls(tls))),
                 None => rpc.serve_tcp(l),
@@ -345,6 +383,22 @@ pub fn run(config: Config) -> Result<(), AgentError> {
             Some(rpc)
         }
         None => None,
+    };
+    let mut tunnels = if client_tunnels {
+        let settings = TunnelSettings {
+            servers: agent.membership.server_list(),
+            node_id: agent.node.id().to_string(),
+            node_secret: agent.node.secret_id().to_string(),
+            limits,
+        };
+        let client = agent.client.clone();
+        let on_push = Arc::new(move |index| client.allocs_changed(index));
+        Some(
+            Tunnels::start(settings, router.clone(), on_push, TUNNEL_IDLE)
+                .map_err(AgentError::Spawn)?,
+        )
+    } else {
+        None
     };
     // Load or make the workload identity key off the start-up path (joined at shutdown). A
     // client-only agent holds no signing key: its server signs.
@@ -401,8 +455,17 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     }
     agent.link.close();
     agent.heartbeats.shutdown();
+    if let Some(t) = tunnels.as_mut() {
+        t.shutdown();
+    }
+    if let Some(p) = pusher.as_mut() {
+        p.shutdown();
+    }
     if let Some(rpc) = &rpc_server {
         rpc.shutdown();
+    }
+    if let Some(pool) = &tunnel_pool {
+        pool.shutdown();
     }
     server.shutdown();
     agent.client.shutdown(sig);
@@ -415,6 +478,30 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     }
     log::info!("nomadlet agent stopped");
     Ok(())
+}
+
+/// Which nodes' allocs the server changed after an index (placements, stops, job updates:
+/// `AllocModifyIndex`, not the clients' own reports), for `tunnel-push`. This agent's own
+/// node is left out: its client pulls in process.
+fn alloc_changes(agent: &Arc<Agent>) -> ChangedNodes {
+    let workloads = agent.workloads.clone();
+    let own = agent
+        .config
+        .client_enabled
+        .then(|| agent.node.id().to_string());
+    Box::new(move |since| {
+        let state = workloads.state();
+        if since == u64::MAX {
+            return (state.index, Vec::new());
+        }
+        let mut nodes = std::collections::BTreeSet::new();
+        for a in state.allocs.values() {
+            if a.alloc_modify_index > since && Some(&a.node_id) != own.as_ref() {
+                nodes.insert(a.node_id.clone());
+            }
+        }
+        (state.index, nodes.into_iter().collect())
+    })
 }
 
 /// The gossip tags of this server (Serf's tags for a Nomad server).

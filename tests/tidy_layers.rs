@@ -32,6 +32,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "signals",
             "state",
             "store",
+            "server::tunnel",
             "sys",
             "time",
             "tls",
@@ -50,6 +51,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "http",
             "encoding",
             "parse_bounds",
+            "sys",
         ],
     ),
     // The client's node updater: it talks to the server only through the link.

@@ -34,9 +34,7 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
 }
 
 fn alloc_namespace(ctx: &Ctx, id: &str) -> Result<String, ApiError> {
-    ctx.agent
-        .workloads
-        .alloc(id)
+    super::forward::local_alloc(ctx.agent, id)
         .map(|a| a.namespace)
         .ok_or_else(|| ApiError::not_found(format!("Unknown allocation {id:?}")))
 }

@@ -59,10 +59,7 @@ pub fn route(ctx: &Ctx, rest: &str) -> ApiResult {
         return Err(ApiError::not_found("resource not found"));
     };
     ctx.require_method(&[Method::Get])?;
-    let alloc = ctx
-        .agent
-        .workloads
-        .alloc(id)
+    let alloc = super::forward::local_alloc(ctx.agent, id)
         .ok_or_else(|| ApiError::not_found(format!("Unknown allocation {id:?}")))?;
     // raw_exec has no filesystem isolation: Nomad wants alloc-node-exec on top of alloc-exec.
     ctx.identity

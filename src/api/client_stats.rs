@@ -76,10 +76,7 @@ fn resource_usage(u: &TaskUsage) -> Value {
 
 /// `GET /v1/client/allocation/:id/stats` (`?task=` restricts to one task).
 pub fn alloc_stats(ctx: &Ctx, id: &str) -> ApiResult {
-    let a = ctx
-        .agent
-        .workloads
-        .alloc(id)
+    let a = super::forward::local_alloc(ctx.agent, id)
         .ok_or_else(|| ApiError::not_found(format!("Unknown allocation {id:?}")))?;
     ctx.identity.allow_namespace(&a.namespace, "read-job")?;
     let only = ctx.req.query("task").filter(|t| !t.is_empty());

@@ -17,6 +17,7 @@ pub mod client_stats;
 pub mod error;
 pub mod events;
 pub mod filter;
+pub mod forward;
 pub mod jobs;
 pub mod jobs_parse;
 pub mod metrics;

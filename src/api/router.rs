@@ -196,7 +196,8 @@ impl Handler for Router {
     /// socket without a credential gets its 401 (or 403 for a bad one), and an invalid ACL
     /// token its 403, without sending (or holding memory for) the body.
     fn admit(&self, req: &Request) -> Option<Reply> {
-        if is_preflight(req) {
+        if is_preflight(req) || super::forward::will_forward(&self.agent, req) {
+            // A forwarded request's token is judged where it is answered.
             return None;
         }
         self.refuse_early(req)
@@ -220,6 +221,9 @@ impl Router {
                 .with_header("Access-Control-Allow-Credentials", "true")
                 .with_header("Access-Control-Allow-Methods", "HEAD, GET")
                 .with_header("Access-Control-Allow-Headers", "*");
+        }
+        if let Some(reply) = super::forward::maybe_forward(&self.agent, req) {
+            return reply;
         }
         let result = self.dispatch(req);
         let mut reply = render(result, params::wants_pretty(req), &req.origin);

@@ -43,4 +43,8 @@ pub struct Agent {
     /// TLS certificates and configurations (`tls.http` or `tls.rpc`), reloaded on SIGHUP.
     pub tls: Option<Arc<crate::tls::AgentTls>>,
     pub started_at: SystemTime,
+    /// Where requests this agent cannot answer go (tunnels to nodes on a server, the
+    /// servers on a client-only agent); set once by the composition root per role. Unset:
+    /// every request is answered here.
+    pub forwarding: OnceLock<super::forward::Forwarding>,
 }

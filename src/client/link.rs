@@ -23,6 +23,22 @@ pub const MAX_PULL_WAIT: Duration = Duration::from_secs(10);
 /// How often the client heartbeats when the server does not say otherwise.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
 
+/// The RPC path a client upgrades into a tunnel (server → client requests on a
+/// client-opened connection).
+pub const TUNNEL_PATH: &str = "/v1/rpc/tunnel";
+
+/// The `Upgrade:` protocol token of a tunnel.
+pub const TUNNEL_PROTOCOL: &str = "nomadlet-tunnel/1";
+
+/// Set by the client's tunnel handler on every request that came down a tunnel: such a
+/// request is answered where it arrived and never forwarded again (no forwarding loops between
+/// a client and its server when the two disagree about where an alloc is).
+pub const TUNNEL_HOP_HEADER: &str = "X-Nomadlet-Via-Tunnel";
+
+/// The tunnel-only path on which the server says "your allocs changed" (`?index=N`); served
+/// on tunnels alone, never on the client's own HTTP port.
+pub const TUNNEL_PUSH_PATH: &str = "/v1/tunnel/allocs";
+
 /// `register_node`: who this node is and what it fingerprinted — everything of the server's
 /// node record the client knows (the server keeps its own indexes, events, eligibility and
 /// drain).

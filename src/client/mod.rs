@@ -18,6 +18,7 @@ pub mod task_env;
 pub mod task_events;
 pub mod task_hooks;
 pub mod task_runner;
+pub mod tunnel;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -45,6 +46,21 @@ use self::task_runner::{TaskCmd, TaskRunner};
 
 /// How long the alloc puller waits before it pulls again after a failed pull.
 pub const PULL_RETRY: Duration = Duration::from_secs(1);
+
+/// In push mode (the server tells this node when its allocs change, down a tunnel), the
+/// longest the alloc puller waits without a push before it pulls anyway (a safety pull at
+/// the heartbeat interval, in case a push was lost).
+pub const SAFETY_PULL: Duration = link::DEFAULT_HEARTBEAT;
+
+/// "Your allocs changed": set by a push from the server, taken by the alloc puller.
+#[derive(Default)]
+struct PushWake {
+    /// Pulls wait for pushes instead of parking on the server.
+    enabled: AtomicBool,
+    /// A push came since the puller last looked.
+    pending: Mutex<bool>,
+    cv: parking_lot::Condvar,
+}
 
 /// What the filesystem API needs to know about one allocation on this client.
 #[derive(Clone, Debug)]
@@ -208,6 +224,7 @@ pub struct Client {
     unsynced: Mutex<BTreeMap<String, AllocUpdate>>,
     stop_tx: Sender<()>,
     stop_rx: Receiver<()>,
+    push: PushWake,
 }
 
 impl Client {
@@ -276,6 +293,7 @@ impl Client {
             unsynced: Mutex::new(BTreeMap::new()),
             stop_tx,
             stop_rx,
+            push: PushWake::default(),
         })
     }
 
@@ -326,13 +344,52 @@ impl Client {
         }
     }
 
-    /// The `client-allocs` thread: pull (blocking), bring the runners in line, again.
+    /// Pull without parking on the server from now on: the server pushes "your allocs
+    /// changed" (see [`Client::allocs_changed`]); a safety pull runs every [`SAFETY_PULL`].
+    pub fn enable_push(&self) {
+        self.push.enabled.store(true, Ordering::SeqCst);
+        self.allocs_changed(0);
+    }
+
+    /// The server says this node's allocs changed as of `index` (0: unknown): the puller
+    /// pulls now unless it already has that index.
+    pub fn allocs_changed(&self, index: u64) {
+        if index != 0 && index <= *self.pulled_index.lock() {
+            return;
+        }
+        *self.push.pending.lock() = true;
+        self.push.cv.notify_all();
+    }
+
+    /// Push mode: wait for a push, shutdown, or the safety pull's time.
+    fn wait_for_push(&self) {
+        let deadline = std::time::Instant::now() + SAFETY_PULL;
+        let mut pending = self.push.pending.lock();
+        while !*pending && !self.stopping.load(Ordering::SeqCst) {
+            if self.push.cv.wait_until(&mut pending, deadline).timed_out() {
+                break;
+            }
+        }
+        *pending = false;
+    }
+
+    /// The `client-allocs` thread: pull (blocking, or at once when the server pushes),
+    /// bring the runners in line, again.
     fn pull_loop(self: Arc<Self>) {
         while !self.stopping.load(Ordering::SeqCst) {
-            match self.pull(link::MAX_PULL_WAIT) {
+            let push = self.push.enabled.load(Ordering::SeqCst);
+            let wait = if push {
+                Duration::ZERO
+            } else {
+                link::MAX_PULL_WAIT
+            };
+            match self.pull(wait) {
                 Ok(()) => {
                     self.resend_unsynced();
                     self.sync();
+                    if push {
+                        self.wait_for_push();
+                    }
                 }
                 Err(LinkError::Closed) => return,
                 Err(LinkError::UnknownNode(_)) if self.register_again() => {}
@@ -403,6 +460,10 @@ impl Client {
     pub fn shutdown(&self, signal: i32) {
         self.stopping.store(true, Ordering::SeqCst);
         let _ = self.stop_tx.try_send(());
+        {
+            let _pending = self.push.pending.lock();
+            self.push.cv.notify_all();
+        }
         if let Some(h) = self.puller.lock().take() {
             let _ = h.join();
         }

@@ -98,11 +98,17 @@ impl ConnCtx<'_> {
 /// Serve requests on `sock` until the peer closes, a deadline or limit ends it, a reply
 /// must close it, the acceptor sheds it while idle, or the server stops.
 pub(crate) fn serve(sock: &Arc<Sock>, ctx: &ConnCtx) {
+    serve_from(sock, ctx, Vec::new());
+}
+
+/// [`serve`] with bytes already read from the socket (`ahead`) parsed first.
+fn serve_from(sock: &Arc<Sock>, ctx: &ConnCtx, ahead: Vec<u8>) {
     // HTTPS: the handshake shares the first request's head deadline, counted from accept.
     if let Err(e) = sock.handshake(ctx.accepted + ctx.limits.head_timeout) {
         return finish(sock, ctx, e, false);
     }
     let mut wire = Wire::new(sock);
+    wire.buf.extend_from_slice(&ahead);
     let mut first = true;
     loop {
         ctx.set_state(STATE_IDLE);
@@ -398,4 +404,40 @@ fn linger(sock: &Sock) {
             Err(_) => return,
         }
     }
+}
+
+/// Serve HTTP requests on a stream some other code connected (the client end of a tunnel: a
+/// connection this process dialed, on which the peer is the HTTP client), with the same loop,
+/// limits and deadlines as an accepted connection, on the calling thread. The first request
+/// head must complete within the head deadline from now: call this once the stream is
+/// readable. Body bytes count against pools of this connection alone (its caller bounds how
+/// many such connections exist). `ahead`: bytes of the first request already read.
+pub fn serve_stream(
+    stream: super::RawStream,
+    ahead: Vec<u8>,
+    handler: &dyn Handler,
+    limits: &Limits,
+    stopping: &AtomicBool,
+    origin: Origin,
+) {
+    let sock = Arc::new(match stream {
+        super::RawStream::Tcp(s) => Sock::Tcp(s),
+        super::RawStream::Unix(s) => Sock::Unix(s),
+    });
+    let body_pool = AtomicUsize::new(0);
+    let client_body = AtomicUsize::new(0);
+    let slot = ConnSlot::new();
+    let idle_clock = AtomicU64::new(0);
+    let ctx = ConnCtx {
+        handler,
+        limits,
+        stopping,
+        body_pool: &body_pool,
+        client_body: &client_body,
+        slot: &slot,
+        idle_clock: &idle_clock,
+        origin,
+        accepted: Instant::now(),
+    };
+    serve_from(&sock, &ctx, ahead);
 }

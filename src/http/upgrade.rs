@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::reply::{Body, Reply};
 use super::respond::{clean_name, clean_value};
+use super::stream::RawStream;
 use super::wire::Sock;
 
 /// A handler's side of an upgraded connection: it runs on the connection thread.
@@ -57,6 +58,28 @@ impl Upgraded<'_> {
     /// True once the server is shutting down: the handler should finish.
     pub fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Take the connection away from its connection thread: an owned handle on the same
+    /// socket (a dup, blocking, no timeouts) and the bytes the client sent ahead. When the
+    /// handler returns, the thread closes only its own fd, so the socket stays open for as
+    /// long as the returned stream lives, with no thread behind it. Plain TCP and Unix
+    /// sockets only: a TLS session cannot be handed over (`Unsupported`).
+    pub fn detach(self) -> io::Result<(RawStream, Vec<u8>)> {
+        let stream = match self.sock {
+            Sock::Tcp(s) => RawStream::Tcp(s.try_clone()?),
+            Sock::Unix(s) => RawStream::Unix(s.try_clone()?),
+            Sock::Tls(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "a TLS connection cannot be detached",
+                ))
+            }
+        };
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(None)?;
+        stream.set_write_timeout(None)?;
+        Ok((stream, self.ahead))
     }
 }
 

@@ -424,11 +424,46 @@ pub fn apply_alloc_updates(
 pub struct RpcRouter {
     service: Arc<RpcService>,
     api: Arc<dyn Handler>,
+    /// Where upgraded tunnels are parked (`GET /v1/rpc/tunnel`); none: tunnels are refused.
+    tunnels: Option<Arc<crate::server::tunnel::TunnelPool>>,
 }
 
 impl RpcRouter {
     pub fn new(service: Arc<RpcService>, api: Arc<dyn Handler>) -> RpcRouter {
-        RpcRouter { service, api }
+        RpcRouter {
+            service,
+            api,
+            tunnels: None,
+        }
+    }
+
+    /// Accept tunnels from nodes into `pool`.
+    pub fn with_tunnels(mut self, pool: Arc<crate::server::tunnel::TunnelPool>) -> RpcRouter {
+        self.tunnels = Some(pool);
+        self
+    }
+
+    /// `GET /v1/rpc/tunnel?node_id=` with `Upgrade: nomadlet-tunnel/1` and the node's
+    /// secret: the 101, after which the connection waits in the tunnel pool.
+    fn tunnel(&self, req: &Request) -> Result<Reply, RpcError> {
+        use crate::server::tunnel;
+        let Some(pool) = self.tunnels.as_ref() else {
+            return Err(RpcError::BadRequest("tunnels are not served here".into()));
+        };
+        if req.method != Method::Get {
+            return Err(RpcError::BadRequest("Invalid method".into()));
+        }
+        if !tunnel::wants_tunnel(req.header("Upgrade")) {
+            return Err(RpcError::BadRequest(format!(
+                "a tunnel needs Upgrade: {}",
+                crate::client::link::TUNNEL_PROTOCOL
+            )));
+        }
+        let node_id = req.query("node_id").unwrap_or("");
+        let node = self
+            .service
+            .authorize(node_id, req.header(NODE_SECRET_HEADER))?;
+        Ok(tunnel::upgrade_reply(pool, node.id.clone()))
     }
 
     fn call(&self, req: &Request) -> Result<Vec<u8>, RpcError> {
@@ -494,8 +529,14 @@ impl Handler for RpcRouter {
         if !is_rpc(&req.path) {
             return self.api.handle(req);
         }
-        match self.call(&req) {
-            Ok(body) => Reply::bytes(Status::OK, "application/json", body),
+        let result = if req.path == crate::client::link::TUNNEL_PATH {
+            self.tunnel(&req)
+        } else {
+            self.call(&req)
+                .map(|body| Reply::bytes(Status::OK, "application/json", body))
+        };
+        match result {
+            Ok(reply) => reply,
             Err(RpcError::BadRequest(why)) if why == "Invalid method" => Reply::bytes(
                 Status::METHOD_NOT_ALLOWED,
                 "text/plain; charset=utf-8",

@@ -29,6 +29,16 @@ impl PollSet {
         });
     }
 
+    /// Wait for input on a raw fd number the caller keeps open while it may be polled (an fd
+    /// closed meanwhile yields `ready`, through POLLNVAL, never undefined behaviour).
+    pub fn push_raw(&mut self, fd: std::os::fd::RawFd) {
+        self.fds.push(libc::pollfd {
+            fd,
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
+        });
+    }
+
     /// Wait up to `timeout` (rounded up to whole milliseconds) until one of the fds is ready;
     /// returns how many are. `EINTR` comes back as an `Interrupted` error.
     pub fn wait(&mut self, timeout: Duration) -> io::Result<usize> {
@@ -52,7 +62,9 @@ impl PollSet {
     /// (or accept) will not block and tells which.
     pub fn ready(&self, i: usize) -> bool {
         self.fds.get(i).is_some_and(|p| {
-            p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+            p.revents
+                & (libc::POLLIN | libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL)
+                != 0
         })
     }
 }
