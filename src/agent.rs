@@ -40,6 +40,8 @@ pub enum AgentError {
     Tls(crate::tls::TlsError),
     /// The client could not register its node with the server.
     Register(LinkError),
+    /// The server's scheduler thread could not be started.
+    Scheduler(std::io::Error),
 }
 
 impl fmt::Display for AgentError {
@@ -53,6 +55,7 @@ impl fmt::Display for AgentError {
             AgentError::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
             AgentError::Tls(e) => write!(f, "{e}"),
             AgentError::Register(e) => write!(f, "cannot register this node: {e}"),
+            AgentError::Scheduler(e) => write!(f, "cannot start the scheduler: {e}"),
         }
     }
 }
@@ -62,7 +65,8 @@ impl std::error::Error for AgentError {
         match self {
             AgentError::DataDir { source, .. }
             | AgentError::Bind { source, .. }
-            | AgentError::Signals(source) => Some(source),
+            | AgentError::Signals(source)
+            | AgentError::Scheduler(source) => Some(source),
             AgentError::State(e) => Some(e),
             AgentError::Tls(e) => Some(e),
             AgentError::Register(e) => Some(e),
@@ -206,7 +210,13 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         .client
         .register(&registration)
         .map_err(AgentError::Register)?;
-    crate::api::jobs::place_blocked(&agent);
+    // The scheduler places what the queue holds (pending evals, blocked ones the node's
+    // registration woke) from here on; the client runs what it places.
+    let scheduler = crate::server::scheduler::Scheduler::start(
+        agent.workloads.clone(),
+        agent.index.clone(),
+    )
+    .map_err(AgentError::Scheduler)?;
     agent.batcher.start(NodeUpdater {
         link: agent.link.clone(),
         node_id: agent.node.id().to_string(),
@@ -273,6 +283,8 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     // Blocking queries return at once from here on, so their connections can finish.
     agent.index.close();
     server.shutdown();
+    // Before the tasks stop: no new placement is proposed from here on.
+    scheduler.shutdown();
     agent.client.shutdown(sig);
     // After the tasks: their last state updates are committed before the store closes.
     agent.workloads.shutdown();

@@ -2,3 +2,4 @@
 //! that answers the client's [`crate::client::link::ServerLink`] calls from the server state.
 
 pub mod local_link;
+pub mod scheduler;

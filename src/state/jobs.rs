@@ -245,21 +245,14 @@ impl Workloads {
         }
     }
 
-    /// Register a canonicalized, validated job. A changed spec makes a new version and
-    /// replaces its allocations; an unchanged one leaves everything as it is (but for its
-    /// evaluation). Persisted, then published; on error nothing visible changed.
-    pub fn register(&self, node: &NodeInfo, job: Job) -> Result<WriteResult, StoreError> {
-        let placements: usize = job
-            .task_groups
-            .iter()
-            .map(|g| g.count().max(0) as usize)
-            .sum();
-        let cmd = Command::JobRegister {
-            alloc_ids: (0..placements).map(|_| new_id()).collect(),
+    /// Register a canonicalized, validated job. A changed spec makes a new version; an
+    /// unchanged one stays as it is. Either way a `pending` eval is queued for the scheduler,
+    /// which places (or replaces) the allocations moments later. Persisted, then published;
+    /// on error nothing visible changed.
+    pub fn register(&self, job: Job) -> Result<WriteResult, StoreError> {
+        let cmd = Command::JobSubmit {
             job: Box::new(job),
-            node: node.clone(),
             eval_id: new_id(),
-            blocked_eval_id: new_id(),
             now: crate::time::unix_now_nanos(),
         };
         match self.propose(cmd)? {
@@ -273,8 +266,9 @@ impl Workloads {
         }
     }
 
-    /// Stop a job (or purge it). `None` when the job is unknown. Persisted, then published:
-    /// on error the job is still listed as it was and its allocs still want to run.
+    /// Stop a job (or purge it): its allocs are told to stop at once and an eval is queued.
+    /// `None` when the job is unknown. Persisted, then published: on error the job is still
+    /// listed as it was and its allocs still want to run.
     pub fn deregister(
         &self,
         namespace: &str,
@@ -285,7 +279,7 @@ impl Workloads {
         if !self.state().jobs.contains_key(&key) {
             return Ok(None);
         }
-        let cmd = Command::JobDeregister {
+        let cmd = Command::JobStop {
             namespace: key.0,
             job_id: key.1,
             purge,
@@ -305,25 +299,33 @@ impl Workloads {
 
     /// Stop one allocation; the scheduler places a replacement when its job still wants it.
     /// `None` when the alloc is unknown.
-    pub fn stop_alloc(
-        &self,
-        node: &NodeInfo,
-        alloc_id: &str,
-    ) -> Result<Option<AllocStopResult>, StoreError> {
+    pub fn stop_alloc(&self, alloc_id: &str) -> Result<Option<AllocStopResult>, StoreError> {
         if !self.state().allocs.contains_key(alloc_id) {
             return Ok(None);
         }
-        let cmd = Command::AllocStop {
+        let cmd = Command::AllocStopQueued {
             alloc_id: alloc_id.to_string(),
-            node: node.clone(),
             eval_id: new_id(),
-            replacement_id: new_id(),
             now: crate::time::unix_now_nanos(),
         };
         Ok(match self.propose(cmd)? {
             Some((Applied::AllocStopped { eval_id }, index)) => {
                 Some(AllocStopResult { eval_id, index })
             }
+            _ => None,
+        })
+    }
+
+    /// Apply a scheduler plan (`state::plan`): durable, checked and published before it
+    /// returns what was placed and refused; `None` when its eval is no longer pending.
+    pub fn apply_plan(
+        &self,
+        plan: crate::state::plan::Plan,
+    ) -> Result<Option<crate::state::plan::PlanResult>, StoreError> {
+        Ok(match self.propose(Command::PlanApply {
+            plan: Box::new(plan),
+        })? {
+            Some((Applied::Plan(r), _)) => Some(r),
             _ => None,
         })
     }

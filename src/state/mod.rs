@@ -12,6 +12,7 @@ pub mod node;
 /// still names it.
 pub(crate) use crate::store;
 pub mod node_table;
+pub mod plan;
 pub mod snapshot;
 pub mod status;
 
