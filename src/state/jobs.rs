@@ -505,7 +505,20 @@ fn new_id() -> String {
 mod tests {
     use super::*;
     use crate::state::status::{AllocDesiredStatus, TaskStatus};
+    use crate::server::scheduler::{run_pending, test_node};
     use std::sync::atomic::Ordering;
+
+    /// A store with one big node registered.
+    fn with_node(w: &Workloads) {
+        w.register_node(test_node("n1")).unwrap();
+    }
+
+    /// Register and let the scheduler place it.
+    fn place(w: &Workloads, j: Job) -> WriteResult {
+        let r = w.register(j).unwrap();
+        run_pending(w);
+        r
+    }
 
     fn job(count: i64, cmd: &str) -> Job {
         job_named("web", count, cmd)
@@ -537,15 +550,15 @@ mod tests {
     fn register_places_count_allocs_and_unchanged_is_a_noop_and_state_survives_reload() {
         let dir = temp_dir();
         let counter = Arc::new(IndexCounter::default());
-        let node = node();
         let w = Workloads::load(&dir, counter.clone()).unwrap();
-        let r1 = w.register(&node, job(2, "/bin/true")).unwrap();
+        with_node(&w);
+        let r1 = place(&w, job(2, "/bin/true"));
         assert_eq!(w.allocs().len(), 2);
         assert!(w.eval(&r1.eval_id).is_some());
-        let r2 = w.register(&node, job(2, "/bin/true")).unwrap();
+        let r2 = place(&w, job(2, "/bin/true"));
         assert_eq!(r2.job_modify_index, r1.job_modify_index);
         assert_eq!(w.allocs().len(), 2);
-        w.register(&node, job(1, "/bin/false")).unwrap();
+        place(&w, job(1, "/bin/false"));
         let allocs = w.allocs();
         assert_eq!(allocs.len(), 3);
         assert_eq!(
@@ -572,15 +585,16 @@ mod tests {
         let dir = temp_dir();
         let counter = Arc::new(IndexCounter::default());
         let w = Workloads::load(&dir, counter.clone()).unwrap();
-        w.register(&node(), job(2, "/bin/true")).unwrap();
+        with_node(&w);
+        place(&w, job(2, "/bin/true"));
         let published = counter.current();
         let before = w.state().to_bytes().unwrap();
         w.log.stats.fail_writes.store(true, Ordering::SeqCst);
-        assert!(w.register(&node(), job(1, "/bin/false")).is_err());
+        assert!(w.register(job(1, "/bin/false")).is_err());
         assert!(w.deregister("default", "web", false).is_err());
         assert!(w.deregister("default", "web", true).is_err());
         let a = w.allocs()[0].id.clone();
-        assert!(w.stop_alloc(&node(), &a).is_err());
+        assert!(w.stop_alloc(&a).is_err());
         assert!(w
             .update_task(&a, "t", |ts| ts.state = TaskStatus::Running)
             .is_err());
@@ -614,7 +628,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..EACH {
                         let j = job_named(&format!("j{t}-{i}"), 0, "/bin/true");
-                        w.register(&node(), j).unwrap();
+                        w.register(j).unwrap();
                     }
                 })
             })
@@ -639,10 +653,11 @@ mod tests {
         let dir = temp_dir();
         let counter = Arc::new(IndexCounter::default());
         let w = Workloads::load(&dir, counter.clone()).unwrap();
+        with_node(&w);
         // 100 jobs of 100 allocs: all in the log (fewer commands than a snapshot interval).
         for i in 0..100 {
             let j = job_named(&format!("big{i}"), 100, "/bin/true");
-            w.register(&node(), j).unwrap();
+            place(&w, j);
         }
         assert_eq!(w.allocs().len(), 10_000);
         let live = w.state().to_bytes().unwrap();
@@ -663,8 +678,8 @@ mod tests {
         let counter = Arc::new(IndexCounter::default());
         let w = Arc::new(Workloads::load(&dir, counter.clone()).unwrap());
         const WRITERS: u64 = 8;
-        w.register(&node(), job(WRITERS as i64, "/bin/true"))
-            .unwrap();
+        with_node(&w);
+        place(&w, job(WRITERS as i64, "/bin/true"));
         let ids: Vec<String> = w.allocs().into_iter().map(|a| a.id.clone()).collect();
         let each = crate::state::command_log::SNAPSHOT_EVERY / WRITERS + 10;
         let threads: Vec<_> = ids

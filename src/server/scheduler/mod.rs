@@ -224,3 +224,33 @@ fn worker(w: &Workloads, index: &IndexCounter, stop: &AtomicBool, stats: &SchedS
         }
     }
 }
+
+/// Tests: run every due pending eval now, on this thread (as the `scheduler` thread would,
+/// each plan its final attempt). Returns how many evals ran.
+#[cfg(test)]
+pub fn run_pending(w: &Workloads) -> usize {
+    let mut ran = 0;
+    loop {
+        let state = w.state();
+        let now = crate::time::unix_now_nanos();
+        let (Some(eval), _) = next_eval(&state, now) else {
+            return ran;
+        };
+        let plan = plan_for(&state, &eval, now, MAX_PLAN_ATTEMPTS);
+        w.apply_plan(plan).expect("plan applies");
+        ran += 1;
+        assert!(ran < 10_000, "the queue does not drain");
+    }
+}
+
+/// Tests: a ready node with room for thousands of small allocs and raw_exec.
+#[cfg(test)]
+pub fn test_node(id: &str) -> crate::state::node_table::Node {
+    let mut n = bench::sim_node(0);
+    n.id = id.to_string();
+    n.name = format!("node-{id}");
+    n.datacenter = "dc1".into();
+    n.resources = serde_json::json!({"Cpu": {"CpuShares": 1_000_000_000i64},
+        "Memory": {"MemoryMB": 1_000_000_000i64}, "Disk": {"DiskMB": 1_000_000_000i64}});
+    n
+}
