@@ -504,6 +504,8 @@ pub(super) fn node_status_changed(
     }
     match new {
         NodeStatus::Down | NodeStatus::Disconnected => {
+            // The evals first: they are made for the jobs whose allocs are still live here.
+            node_update_evals(state, node_id, now, index);
             let ids: Vec<(String, bool)> = state
                 .allocs_on(node_id)
                 .filter(|a| !a.terminal() && a.desired_status == AllocDesiredStatus::Run)
@@ -535,7 +537,6 @@ pub(super) fn node_status_changed(
                     );
                 }
             }
-            node_update_evals(state, node_id, now, index);
         }
         NodeStatus::Ready => {
             node_update_evals(state, node_id, now, index);

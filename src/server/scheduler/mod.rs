@@ -10,6 +10,8 @@ pub mod bench;
 pub mod feasible;
 pub mod rank;
 pub mod reconcile;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -479,7 +479,12 @@ fn system_place(
         }
         let replaced: BTreeMap<&str, &Arc<AllocRecord>> = allocs
             .iter()
-            .filter(|a| a.task_group == tg.name && run.stopping.contains(&a.id))
+            .filter(|a| {
+                a.task_group == tg.name
+                    && (run.stopping.contains(&a.id)
+                        || (a.desired_status != AllocDesiredStatus::Run
+                            && a.next_allocation.is_empty()))
+            })
             .map(|a| (a.node_id.as_str(), a))
             .collect();
         let mut filtered: Option<Metric> = None;
