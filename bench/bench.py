@@ -683,7 +683,13 @@ def restart_times(binary, data_dir, n, runs=5):
     return times
 
 
-SECTIONS = [bench_size_idle_start, bench_http, bench_tasks, bench_restart, bench_fs, bench_state]
+def bench_fleet():
+    import fleet
+    section(f"Fleet: one server, {fleet.NODES} simulated nodes (bench/fleet.py), {fleet.ALLOCS} allocations")
+    fleet.run(BIN, lambda line: print("  " + line, flush=True))
+
+
+SECTIONS = [bench_size_idle_start, bench_http, bench_tasks, bench_restart, bench_fs, bench_state, bench_fleet]
 
 
 def main():

@@ -10,13 +10,16 @@ use std::time::SystemTime;
 use crate::api::router::Router;
 pub use crate::api::Agent;
 use crate::client::link::{LinkError, ServerLink};
+use crate::client::remote_link::{self, Dialer, RemoteLink};
 use crate::client::stats::SAMPLE_INTERVAL;
 use crate::client::{Client, TaskApi};
 use crate::config::Config;
 use crate::fs::watch::SharedWatcher;
 use crate::http::{Limits, Server};
 use crate::meta_batcher::{Batcher, NodeUpdater};
+use crate::server::heartbeat::{HeartbeatSettings, Heartbeats};
 use crate::server::local_link::{self, LocalLink};
+use crate::server::rpc::{RpcRouter, RpcService};
 use crate::state::acl::AclState;
 use crate::state::jobs::Workloads;
 use crate::state::members::Membership;
@@ -101,11 +104,25 @@ impl Agent {
             workloads.command_log(),
         );
         index.observe(acl.max_index());
-        let link: Arc<dyn ServerLink> = Arc::new(LocalLink::new(
+        let heartbeats = Heartbeats::new(
+            HeartbeatSettings::of(&config),
             workloads.clone(),
-            node.clone(),
             index.clone(),
-        ));
+        );
+        let link: Arc<dyn ServerLink> = if config.client_only() {
+            // The servers are elsewhere: the node's calls go to their RPC ports.
+            Arc::new(RemoteLink::new(
+                membership.server_list(),
+                node.secret_id().to_string(),
+                rpc_dialer(&config, tls.as_ref()),
+            ))
+        } else {
+            let mut local = LocalLink::new(workloads.clone(), node.clone(), index.clone());
+            if config.rpc_listener() {
+                local = local.with_heartbeats(heartbeats.clone());
+            }
+            Arc::new(local)
+        };
         let client = Client::new(&config, node.id(), link.clone());
         let batcher = Batcher::new(&config);
         Ok(Arc::new(Agent {
@@ -119,11 +136,31 @@ impl Agent {
             acl,
             fs_watch: SharedWatcher::new(),
             batcher,
+            heartbeats,
             http: OnceLock::new(),
             tls,
             started_at: SystemTime::now(),
         }))
     }
+}
+
+/// How a client-only agent dials its servers' RPC ports: TLS with the agent's certificates
+/// when `tls.rpc` is on, plain TCP otherwise.
+fn rpc_dialer(config: &Config, tls: Option<&Arc<crate::tls::AgentTls>>) -> Dialer {
+    let Some(tls) = tls.filter(|_| config.tls.rpc).cloned() else {
+        return remote_link::plain_dialer();
+    };
+    Arc::new(move |addr: &SocketAddr, deadline: std::time::Instant| {
+        let config = tls.client_config().map_err(std::io::Error::other)?;
+        let name = tls.peer_server_name();
+        let stream = crate::tls::client::dial(addr, Some((config, &name)), deadline)
+            .map_err(std::io::Error::other)?;
+        let tcp = stream.tcp().try_clone()?;
+        Ok((
+            Box::new(stream) as Box<dyn crate::http::client::Stream>,
+            tcp,
+        ))
+    })
 }
 
 /// The data dir: traversable by task users, listable by nobody but the agent.
@@ -202,47 +239,107 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         .then(|| TempDataDir(config.data_dir.clone()));
     let addr = SocketAddr::new(config.bind_addr, config.http_port);
     let listener = TcpListener::bind(addr).map_err(|source| AgentError::Bind { addr, source })?;
+    let rpc_listener = if config.rpc_listener() {
+        let addr = config.rpc_bind();
+        Some(TcpListener::bind(addr).map_err(|source| AgentError::Bind { addr, source })?)
+    } else {
+        None
+    };
     let agent = Agent::load(config)?;
-    // The client registers its node (again) through the link before anything is placed or
-    // served: the server's node table knows this node before the first request is read.
-    let registration = local_link::registration_of(&agent.node.registration());
-    agent
-        .client
-        .register(&registration)
-        .map_err(AgentError::Register)?;
-    // The scheduler places what the queue holds (pending evals, blocked ones the node's
-    // registration woke) from here on; the client runs what it places.
-    let scheduler = crate::server::scheduler::Scheduler::start(
-        agent.workloads.clone(),
-        agent.index.clone(),
-    )
-    .map_err(AgentError::Scheduler)?;
-    agent.batcher.start(NodeUpdater {
-        link: agent.link.clone(),
-        node_id: agent.node.id().to_string(),
-        meta: {
-            let node = agent.node.clone();
-            Box::new(move || node.meta_view().meta)
-        },
-    });
+    if rpc_listener.is_some() {
+        // Every known node not down gets a full TTL + grace to heartbeat this server.
+        agent.heartbeats.start();
+    }
+    let mut first_ttl = None;
+    if agent.config.client_enabled {
+        // The client registers its node (again) through the link before anything is placed
+        // or served: the server's node table knows this node before the first request is read.
+        // A server elsewhere may not answer yet: the node updater then registers until it does.
+        let registration = local_link::registration_of(&agent.node.registration());
+        match agent.client.register(&registration) {
+            Ok(reply) => first_ttl = Some(std::time::Duration::from_millis(reply.ttl_ms)),
+            Err(e) if agent.config.client_only() => {
+                log::warn!("cannot register this node yet (retrying): {e}");
+            }
+            Err(e) => return Err(AgentError::Register(e)),
+        }
+    }
+    // The scheduler (server role only) places what the queue holds (pending evals, blocked
+    // ones the node's registration woke) from here on; the clients run what it places.
+    let scheduler = if agent.config.server_enabled {
+        Some(
+            crate::server::scheduler::Scheduler::start(
+                agent.workloads.clone(),
+                agent.index.clone(),
+            )
+            .map_err(AgentError::Scheduler)?,
+        )
+    } else {
+        None
+    };
+    if agent.config.client_enabled {
+        agent.batcher.start(NodeUpdater {
+            link: agent.link.clone(),
+            node_id: agent.node.id().to_string(),
+            meta: {
+                let node = agent.node.clone();
+                Box::new(move || node.meta_view().meta)
+            },
+            registration: {
+                let node = agent.node.clone();
+                Box::new(move || local_link::registration_of(&node.registration()))
+            },
+            first_ttl,
+        });
+    }
 
     let limits = Limits {
         max_conns_per_client: agent.config.http_max_conns_per_client,
         ..Limits::default()
     }
     .with_env();
-    let server = Arc::new(Server::new(Arc::new(Router::new(agent.clone())), limits));
+    let router = Arc::new(Router::new(agent.clone()));
+    let server = Arc::new(Server::new(router.clone(), limits.clone()));
     let _ = agent.http.set(server.clone());
-    // Before the TCP listener: the tasks it restores get their Task API sockets on this server.
-    agent.client.start(TaskApi {
-        server: server.clone(),
-        keys: agent.acl.keys.clone(),
-    });
+    if agent.config.client_enabled {
+        // Before the TCP listener: the tasks it restores get their Task API sockets on this
+        // server.
+        agent.client.start(TaskApi {
+            server: server.clone(),
+            keys: agent.acl.keys.clone(),
+        });
+    }
     let served = match agent.tls.clone().filter(|t| t.http()) {
         Some(tls) => server.serve_tcp_tls(listener, tls),
         None => server.serve_tcp(listener),
     };
     served.map_err(|source| AgentError::Bind { addr, source })?;
+    // The RPC port: the cluster calls of clients elsewhere, and the whole API beside them.
+    let rpc_server = match rpc_listener {
+        Some(l) => {
+            let rpc_addr = agent.config.rpc_bind();
+            let service = Arc::new(RpcService::new(
+                agent.workloads.clone(),
+                agent.index.clone(),
+                agent.heartbeats.clone(),
+            ));
+            let rpc = Arc::new(Server::new(
+                Arc::new(RpcRouter::new(service, router.clone())),
+                limits,
+            ));
+            let served = match agent.tls.clone().filter(|t| t.settings().rpc) {
+                Some(tls) => rpc.serve_tcp_tls(l, tls),
+                None => rpc.serve_tcp(l),
+            };
+            served.map_err(|source| AgentError::Bind {
+                addr: rpc_addr,
+                source,
+            })?;
+            log::info!("RPC listening on {rpc_addr}");
+            Some(rpc)
+        }
+        None => None,
+    };
     // Load or make the workload identity key off the start-up path (joined at shutdown).
     let warm_keys = {
         let agent = agent.clone();
@@ -259,7 +356,9 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         log::debug!("cannot trim resident code pages: {e}");
     }
     log::info!(
-        "nomadlet agent started: http={addr} node={} ({}) data_dir={}",
+        "nomadlet agent started: http={addr} server={} client={} node={} ({}) data_dir={}",
+        agent.config.server_enabled,
+        agent.config.client_enabled,
         agent.node.id(),
         agent.config.node_name,
         agent.config.data_dir.display()
@@ -282,9 +381,16 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     notify(&notifier, "STOPPING=1");
     // Blocking queries return at once from here on, so their connections can finish.
     agent.index.close();
+    agent.link.close();
+    agent.heartbeats.shutdown();
+    if let Some(rpc) = &rpc_server {
+        rpc.shutdown();
+    }
     server.shutdown();
     // Before the tasks stop: no new placement is proposed from here on.
-    scheduler.shutdown();
+    if let Some(s) = &scheduler {
+        s.shutdown();
+    }
     agent.client.shutdown(sig);
     // After the tasks: their last state updates are committed before the store closes.
     agent.workloads.shutdown();

@@ -33,6 +33,12 @@ pub const AGENT_FLAGS: &[FlagSpec] = &[
     FlagSpec { name: "region", value: Some("R"), repeatable: false, help: "Region (default global)" },
     FlagSpec { name: "meta", value: Some("KEY=VALUE"), repeatable: true, help: "Static node metadata; repeatable" },
     FlagSpec { name: "servers", value: Some("ADDR,..."), repeatable: false, help: "Known servers as ip:port, comma-separated" },
+    FlagSpec { name: "server", value: None, repeatable: false, help: "Run the server role (with -client too: both; alone: no tasks)" },
+    FlagSpec { name: "client", value: None, repeatable: false, help: "Run the client role (alone: talks to -servers over RPC, keeps no jobs)" },
+    FlagSpec { name: "bootstrap-expect", value: Some("N"), repeatable: false, help: "Servers to wait for before bootstrapping (server.bootstrap_expect)" },
+    FlagSpec { name: "retry-join", value: Some("ADDR"), repeatable: true, help: "Address to join, retried (server: serf address; client: server RPC address); repeatable" },
+    FlagSpec { name: "join", value: Some("ADDR"), repeatable: true, help: "Serf address of a server to join at start; repeatable" },
+    FlagSpec { name: "encrypt", value: Some("KEY"), repeatable: false, help: "Base64 gossip encryption key (server.encrypt)" },
     FlagSpec { name: "log-level", value: Some("LEVEL"), repeatable: false, help: "TRACE, DEBUG, INFO, WARN or ERROR (default INFO)" },
     FlagSpec { name: "acl-enabled", value: None, repeatable: false, help: "Enforce ACLs on the HTTP API" },
     FlagSpec { name: "meta-batch-window", value: Some("DURATION"), repeatable: false, help: "Fixed window for batching metadata changes to the node record (default 5s plus up to 5s jitter, 1s with -dev)" },
@@ -96,8 +102,48 @@ pub struct Config {
     pub region: String,
     /// Static node metadata from `-meta` and `client.meta`.
     pub meta: BTreeMap<String, String>,
-    /// Known servers (`ip:port`); empty means this agent's own server.
-    pub servers: Vec<String>,
+    /// Known servers' RPC addresses (`ip:port`, from `-servers`, `client.servers` and a
+    /// client's `retry_join`); empty means this agent's own server.
+    pub client_servers: Vec<String>,
+    /// This agent runs the server role (`-server`, `server.enabled`, `-dev`, or no role given).
+    pub server_enabled: bool,
+    /// This agent runs the client role (`-client`, `client.enabled`, `-dev`, or no role given).
+    pub client_enabled: bool,
+    /// A role was chosen explicitly (flag or `enabled` key): the agent listens on its RPC port
+    /// when it is a server. Without one (and with `-dev`) the agent is as before roles existed.
+    pub roles_explicit: bool,
+    /// `ports.rpc` (default 4647).
+    pub ports_rpc: u16,
+    /// `ports.serf` (default 4648).
+    pub ports_serf: u16,
+    /// `ports.rpc` was configured (a role-less agent listens on RPC only then).
+    pub ports_rpc_set: bool,
+    /// `advertise.http`, `advertise.rpc`, `advertise.serf` as `ip:port` (port defaulted).
+    pub advertise_http: Option<String>,
+    pub advertise_rpc: Option<String>,
+    pub advertise_serf: Option<String>,
+    /// `server.encrypt` / `-encrypt`: the base64 gossip key.
+    pub server_encrypt: Option<String>,
+    /// `server.server_join.retry_join` / `-retry-join` on a server: serf addresses.
+    pub server_retry_join: Vec<String>,
+    /// `server_join.retry_interval` (default 30s).
+    pub server_retry_interval: Duration,
+    /// `server_join.retry_max` (default 0: retry forever).
+    pub server_retry_max: u32,
+    /// `-join` / `server_join.start_join`: serf addresses joined at start.
+    pub start_join: Vec<String>,
+    /// `server.heartbeat_grace` (default 10s): added to the server-side heartbeat timer.
+    pub heartbeat_grace: Duration,
+    /// `server.min_heartbeat_ttl` (default 10s): the floor of the TTL handed to clients.
+    pub min_heartbeat_ttl: Duration,
+    /// `server.max_heartbeats_per_second` (default 50): the target aggregate heartbeat rate.
+    pub max_heartbeats_per_second: f64,
+    /// `server.bootstrap_expect` / `-bootstrap-expect` (default 0).
+    pub bootstrap_expect: u32,
+    /// `client.node_class` (default empty).
+    pub node_class: String,
+    /// `client.node_pool` (default `default`).
+    pub node_pool: String,
     pub log_level: String,
     pub acl_enabled: bool,
     /// `None`: Nomad's window (5 s plus up to 5 s jitter, 1 s in dev).
@@ -151,6 +197,12 @@ pub struct AgentFlags {
     pub region: Option<String>,
     pub meta: Vec<String>,
     pub servers: Option<String>,
+    pub server: bool,
+    pub client: bool,
+    pub bootstrap_expect: Option<String>,
+    pub retry_join: Vec<String>,
+    pub join: Vec<String>,
+    pub encrypt: Option<String>,
     pub log_level: Option<String>,
     pub acl_enabled: bool,
     pub meta_batch_window: Option<String>,
@@ -263,6 +315,92 @@ fn tls_settings(t: &file::Tls) -> Result<TlsSettings, ConfigError> {
     Ok(settings)
 }
 
+/// Nomad's default RPC port.
+pub const DEFAULT_RPC_PORT: u16 = 4647;
+/// Nomad's default Serf (gossip) port.
+pub const DEFAULT_SERF_PORT: u16 = 4648;
+/// Nomad's `server.heartbeat_grace` default.
+pub const DEFAULT_HEARTBEAT_GRACE: Duration = Duration::from_secs(10);
+/// Nomad's `server.min_heartbeat_ttl` default.
+pub const DEFAULT_MIN_HEARTBEAT_TTL: Duration = Duration::from_secs(10);
+/// Nomad's `server.max_heartbeats_per_second` default.
+pub const DEFAULT_MAX_HEARTBEATS_PER_SECOND: f64 = 50.0;
+/// Nomad's `server_join.retry_interval` default.
+pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Which roles the agent runs.
+struct Roles {
+    server: bool,
+    client: bool,
+    explicit: bool,
+}
+
+impl Roles {
+    /// `-dev`: both. `-server`/`-client` flags or `enabled` keys: what they say. Neither: both,
+    /// as the agent always was.
+    fn of(flags: &AgentFlags, file: &file::FileConfig) -> Roles {
+        let server = flags.server || file.server.enabled.unwrap_or(false);
+        let client = flags.client || file.client.enabled.unwrap_or(false);
+        if flags.dev || !(server || client) {
+            return Roles {
+                server: true,
+                client: true,
+                explicit: !flags.dev && (server || client),
+            };
+        }
+        Roles {
+            server,
+            client,
+            explicit: true,
+        }
+    }
+}
+
+/// `addr` with `port` appended when it has none (`ip` → `ip:port`, `[v6]` or bare v6 too).
+fn with_default_port(addr: &str, port: u16) -> String {
+    if addr.parse::<std::net::SocketAddr>().is_ok() {
+        return addr.to_string();
+    }
+    let bare = addr.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
+        Err(_) => addr.to_string(),
+    }
+}
+
+fn duration_setting(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    parse_go_duration(text)
+        .ok_or_else(|| ConfigError::Invalid(format!("invalid {key} {text:?}: a duration")))
+}
+
+fn port_setting(name: &str, value: Option<u16>, default: u16) -> Result<u16, ConfigError> {
+    match value {
+        Some(0) => Err(ConfigError::Invalid(format!(
+            "ports.{name} must be 1-65535"
+        ))),
+        Some(p) => Ok(p),
+        None => Ok(default),
+    }
+}
+
+/// `advertise.<name>`: an IP (the port is added) or `ip:port`.
+fn advertise_setting(
+    name: &str,
+    value: &Option<String>,
+    port: u16,
+) -> Result<Option<String>, ConfigError> {
+    let Some(text) = value else {
+        return Ok(None);
+    };
+    let addr = with_default_port(text.trim(), port);
+    validate_server_addr(&addr).map_err(|_| {
+        ConfigError::Invalid(format!(
+            "invalid advertise.{name} {text:?}: an IP address or ip:port"
+        ))
+    })?;
+    Ok(Some(addr))
+}
+
 const LOG_LEVELS: &[&str] = &["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "OFF"];
 
 impl Config {
@@ -326,7 +464,8 @@ impl Config {
             }
             meta.insert(k.to_string(), v.to_string());
         }
-        let servers = match &flags.servers {
+        let roles = Roles::of(flags, &file);
+        let mut servers: Vec<String> = match &flags.servers {
             Some(s) => s
                 .split(',')
                 .map(str::trim)
@@ -335,8 +474,82 @@ impl Config {
                 .collect(),
             None => file.client.servers.clone().unwrap_or_default(),
         };
+        let client_join = file.client.server_join.clone().unwrap_or_default();
+        let server_join = file.server.server_join.clone().unwrap_or_default();
+        // A client's retry_join names servers' RPC addresses: joining is just knowing them.
+        let mut client_retry = client_join.retry_join.clone();
+        if roles.client && !roles.server {
+            client_retry.extend(flags.retry_join.iter().cloned());
+        }
+        for a in client_retry {
+            let a = with_default_port(&a, DEFAULT_RPC_PORT);
+            if !servers.contains(&a) {
+                servers.push(a);
+            }
+        }
         for s in &servers {
             validate_server_addr(s).map_err(ConfigError::Server)?;
+        }
+        let mut server_retry_join = server_join.retry_join.clone();
+        if roles.server {
+            server_retry_join.extend(flags.retry_join.iter().cloned());
+        }
+        let mut start_join = server_join.start_join.clone();
+        start_join.extend(flags.join.iter().cloned());
+        let server_retry_interval = match server_join
+            .retry_interval
+            .as_ref()
+            .or(client_join.retry_interval.as_ref())
+        {
+            None => DEFAULT_RETRY_INTERVAL,
+            Some(t) => duration_setting("server_join.retry_interval", t)?,
+        };
+        let heartbeat_grace = match &file.server.heartbeat_grace {
+            None => DEFAULT_HEARTBEAT_GRACE,
+            Some(t) => duration_setting("server.heartbeat_grace", t)?,
+        };
+        let min_heartbeat_ttl = match &file.server.min_heartbeat_ttl {
+            None => DEFAULT_MIN_HEARTBEAT_TTL,
+            Some(t) => duration_setting("server.min_heartbeat_ttl", t)?,
+        };
+        let max_heartbeats_per_second = match file.server.max_heartbeats_per_second {
+            None => DEFAULT_MAX_HEARTBEATS_PER_SECOND,
+            Some(r) if r.is_finite() && r > 0.0 => r,
+            Some(r) => {
+                return Err(ConfigError::Invalid(format!(
+                    "invalid server.max_heartbeats_per_second {r}: must be above 0"
+                )))
+            }
+        };
+        let bootstrap_expect = match &flags.bootstrap_expect {
+            Some(t) => t.parse::<u32>().map_err(|_| {
+                ConfigError::Invalid(format!("invalid -bootstrap-expect {t:?}: a number"))
+            })?,
+            None => file
+                .server
+                .bootstrap_expect
+                .unwrap_or(if roles.explicit { 0 } else { 1 }),
+        };
+        let ports_rpc = port_setting("rpc", file.ports.rpc, DEFAULT_RPC_PORT)?;
+        let ports_serf = port_setting("serf", file.ports.serf, DEFAULT_SERF_PORT)?;
+        let advertise_http = advertise_setting("http", &file.advertise.http, http_port)?;
+        let advertise_rpc = advertise_setting("rpc", &file.advertise.rpc, ports_rpc)?;
+        let advertise_serf = advertise_setting("serf", &file.advertise.serf, ports_serf)?;
+        let mut config_warnings = loaded.warnings;
+        for k in file.server.other.keys() {
+            config_warnings.push(format!(
+                "config key \"server.{k}\" is not supported by nomadlet and is ignored"
+            ));
+        }
+        let node_pool = file
+            .client
+            .node_pool
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        if node_pool == "all" {
+            return Err(ConfigError::Invalid(
+                "client.node_pool: node is not allowed to register in node pool \"all\"".into(),
+            ));
         }
         let log_level = flags
             .log_level
@@ -406,7 +619,27 @@ impl Config {
                 .or(file.region.clone())
                 .unwrap_or_else(|| "global".into()),
             meta,
-            servers,
+            client_servers: servers,
+            server_enabled: roles.server,
+            client_enabled: roles.client,
+            roles_explicit: roles.explicit,
+            ports_rpc,
+            ports_serf,
+            ports_rpc_set: file.ports.rpc.is_some(),
+            advertise_http,
+            advertise_rpc,
+            advertise_serf,
+            server_encrypt: flags.encrypt.clone().or(file.server.encrypt.clone()),
+            server_retry_join,
+            server_retry_interval,
+            server_retry_max: server_join.retry_max.or(client_join.retry_max).unwrap_or(0),
+            start_join,
+            heartbeat_grace,
+            min_heartbeat_ttl,
+            max_heartbeats_per_second,
+            bootstrap_expect,
+            node_class: file.client.node_class.clone().unwrap_or_default(),
+            node_pool,
             log_level,
             acl_enabled: flags.acl_enabled || file.acl.enabled.unwrap_or(false),
             meta_batch_window,
@@ -417,7 +650,7 @@ impl Config {
                 .as_ref()
                 .and_then(|r| r.config.enabled)
                 .unwrap_or(dev),
-            config_warnings: loaded.warnings,
+            config_warnings,
             http_max_conns_per_client: file
                 .limits
                 .http_max_conns_per_client
@@ -438,9 +671,29 @@ impl Config {
         format!("the raw_exec driver is disabled in the agent config: enable it with {key} and restart the agent (or run with -dev)")
     }
 
-    /// The address this agent's own server advertises for RPC (`ip:4647`).
+    /// The address this agent's own server advertises for RPC (`advertise.rpc`, else
+    /// `ip:ports.rpc`).
     pub fn rpc_addr(&self) -> String {
-        std::net::SocketAddr::new(self.advertise_ip(), 4647).to_string()
+        self.advertise_rpc.clone().unwrap_or_else(|| {
+            std::net::SocketAddr::new(self.advertise_ip(), self.ports_rpc).to_string()
+        })
+    }
+
+    /// The address this agent's RPC listener binds (`bind_addr:ports.rpc`).
+    pub fn rpc_bind(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.bind_addr, self.ports_rpc)
+    }
+
+    /// The agent listens on its RPC port: a server chosen explicitly (`-server`,
+    /// `server.enabled`), or any server whose `ports.rpc` is configured. `-dev` and role-less
+    /// agents do not, so many can run side by side as before.
+    pub fn rpc_listener(&self) -> bool {
+        self.server_enabled && (self.roles_explicit || self.ports_rpc_set)
+    }
+
+    /// A client-only agent: its server is elsewhere, reached over RPC.
+    pub fn client_only(&self) -> bool {
+        self.client_enabled && !self.server_enabled
     }
 
     /// The IP other agents reach this one at: the bind address, or loopback when bound to all.

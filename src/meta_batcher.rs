@@ -1,6 +1,9 @@
 //! The metadata batcher thread, the client's node updater: the first dynamic-metadata change
 //! arms a window, later changes in the window are coalesced, and one metadata push goes over
-//! the [`ServerLink`] when it closes. Between changes it heartbeats.
+//! the [`ServerLink`] when it closes (a failed push is tried again a window later). Between
+//! changes it heartbeats at the TTL the server answered (ref §2.4: a failed heartbeat is
+//! retried sooner the closer the node is to missing its TTL), and registers the node when the
+//! server did not know it (at start with no server reachable, or after losing its state).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,17 +13,23 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use parking_lot::Mutex;
 
-use crate::client::link::{Heartbeat, NodeMeta, ServerLink};
+use crate::client::link::{Heartbeat, LinkError, NodeMeta, NodeRegistration, ServerLink};
 use crate::config::Config;
 
 /// The node's current metadata (static merged with dynamic), read when a push is due.
 pub type MetaSource = Box<dyn Fn() -> BTreeMap<String, String> + Send>;
+
+/// What this node registers, read when a registration is due.
+pub type RegistrationSource = Box<dyn Fn() -> NodeRegistration + Send>;
 
 /// What the batcher pushes through, and for which node.
 pub struct NodeUpdater {
     pub link: Arc<dyn ServerLink>,
     pub node_id: String,
     pub meta: MetaSource,
+    pub registration: RegistrationSource,
+    /// The TTL of the registration made at start; `None`: not registered yet.
+    pub first_ttl: Option<Duration>,
 }
 
 /// Everything that can wake the batcher.
@@ -29,8 +38,34 @@ enum BatcherEvent {
     Shutdown,
 }
 
-/// How often the batcher heartbeats (it also wakes on events).
-const HEARTBEAT_EVERY: Duration = crate::client::link::DEFAULT_HEARTBEAT;
+/// Shortest wait before a failed heartbeat or registration is tried again (plus jitter of as
+/// much again): Nomad's 1–2 s.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+
+/// Longest wait before a failed heartbeat is tried again (plus jitter up to 5 s): Nomad's
+/// 25–30 s.
+const RETRY_MAX: Duration = Duration::from_secs(25);
+
+/// The heartbeat state: registered or not, the TTL the server gave, the last success.
+struct Beat {
+    registered: bool,
+    ttl: Duration,
+    last_ok: Instant,
+}
+
+impl Beat {
+    /// After a failure: 1–2 s when the TTL already ran out, else a random part of the time
+    /// left, within [1–2 s, 25–30 s] (ref §2.4).
+    fn retry_after(&self, now: Instant) -> Duration {
+        let short = RETRY_MIN + crate::time::jitter(RETRY_MIN);
+        let left = (self.last_ok + self.ttl).saturating_duration_since(now);
+        if !self.registered || left.is_zero() {
+            return short;
+        }
+        let long = RETRY_MAX + crate::time::jitter(Duration::from_secs(5));
+        crate::time::jitter(left).clamp(short, long)
+    }
+}
 
 /// Handle to the batcher thread.
 pub struct Batcher {
@@ -92,7 +127,15 @@ impl Batcher {
 
 fn run(up: &NodeUpdater, rx: &Receiver<BatcherEvent>, fixed: Option<Duration>, dev: bool) {
     let mut deadline: Option<Instant> = None;
-    let mut next_beat = Instant::now() + HEARTBEAT_EVERY;
+    let mut beat = Beat {
+        registered: up.first_ttl.is_some(),
+        ttl: up
+            .first_ttl
+            .unwrap_or(crate::client::link::DEFAULT_HEARTBEAT),
+        last_ok: Instant::now(),
+    };
+    // Registered: the first heartbeat makes a new node `ready` at once. Not registered: try.
+    let mut next_beat = Instant::now();
     loop {
         let wake = deadline.map_or(next_beat, |d| d.min(next_beat));
         let event = select! {
@@ -100,12 +143,14 @@ fn run(up: &NodeUpdater, rx: &Receiver<BatcherEvent>, fixed: Option<Duration>, d
             default(wake.saturating_duration_since(Instant::now())) => {
                 let now = Instant::now();
                 if deadline.is_some_and(|d| now >= d) {
-                    publish(up);
-                    deadline = None;
+                    deadline = if publish(up) {
+                        None
+                    } else {
+                        Some(Instant::now() + window_for(fixed, dev))
+                    };
                 }
                 if now >= next_beat {
-                    heartbeat(up);
-                    next_beat = now + HEARTBEAT_EVERY;
+                    next_beat = heartbeat(up, &mut beat);
                 }
                 continue;
             }
@@ -126,28 +171,86 @@ fn run(up: &NodeUpdater, rx: &Receiver<BatcherEvent>, fixed: Option<Duration>, d
     }
 }
 
-fn publish(up: &NodeUpdater) {
+/// Push the node's metadata; `false` when it did not reach the server.
+fn publish(up: &NodeUpdater) -> bool {
     let req = NodeMeta {
         node_id: up.node_id.clone(),
         meta: (up.meta)(),
     };
-    if let Err(e) = up.link.push_meta(&req) {
-        log::error!("cannot push the node metadata: {e}");
+    match up.link.push_meta(&req) {
+        Ok(_) => true,
+        Err(e) => {
+            log::error!("cannot push the node metadata (trying again): {e}");
+            false
+        }
     }
 }
 
-fn heartbeat(up: &NodeUpdater) {
+/// Register (when needed) or heartbeat; the answer is when to do it next.
+fn heartbeat(up: &NodeUpdater, beat: &mut Beat) -> Instant {
+    if !beat.registered {
+        return match up.link.register_node(&(up.registration)()) {
+            Ok(reply) => {
+                log::info!("node registered with the server");
+                beat.registered = true;
+                beat.ttl = Duration::from_millis(reply.ttl_ms);
+                beat.last_ok = Instant::now();
+                // The heartbeat that makes the node ready follows at once.
+                Instant::now()
+            }
+            Err(e) => {
+                log::warn!("cannot register this node: {e}");
+                Instant::now() + beat.retry_after(Instant::now())
+            }
+        };
+    }
     let req = Heartbeat {
         node_id: up.node_id.clone(),
     };
-    if let Err(e) = up.link.heartbeat(&req) {
-        log::warn!("heartbeat failed: {e}");
+    match up.link.heartbeat(&req) {
+        Ok(reply) => {
+            beat.ttl = Duration::from_millis(reply.ttl_ms);
+            beat.last_ok = Instant::now();
+            beat.last_ok + beat.ttl
+        }
+        Err(LinkError::UnknownNode(_)) => {
+            log::warn!("the server does not know this node: registering it again");
+            beat.registered = false;
+            Instant::now()
+        }
+        Err(e) => {
+            log::warn!("heartbeat failed: {e}");
+            Instant::now() + beat.retry_after(Instant::now())
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_heartbeats_retry_sooner_when_late() {
+        let now = Instant::now();
+        let mut b = Beat {
+            registered: true,
+            ttl: Duration::from_secs(10),
+            last_ok: now,
+        };
+        for _ in 0..50 {
+            let r = b.retry_after(now + Duration::from_secs(11));
+            assert!(r >= RETRY_MIN && r < RETRY_MIN * 2, "{r:?}");
+            let r = b.retry_after(now);
+            assert!(r >= RETRY_MIN && r <= Duration::from_secs(10), "{r:?}");
+        }
+        b.ttl = Duration::from_secs(600);
+        for _ in 0..50 {
+            let r = b.retry_after(now);
+            assert!(r >= RETRY_MIN && r < Duration::from_secs(30), "{r:?}");
+        }
+        b.registered = false;
+        assert!(b.retry_after(now) < RETRY_MIN * 2);
+    }
 
     #[test]
     fn windows_follow_nomad() {

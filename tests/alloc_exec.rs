@@ -447,3 +447,37 @@ fn the_cli_execs_and_exits_with_the_remote_code() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "piped\n", "{out:?}");
     assert_eq!(out.status.code(), Some(0));
 }
+
+#[test]
+fn a_task_reattached_after_an_agent_restart_can_be_execed() {
+    let mut agent = TestAgent::start(&[]);
+    let alloc = running(&agent, "exec-reattach", None);
+    assert!(agent.stop().success());
+    agent.restart_after_stop();
+    wait_until(WAIT, "the task running again", || {
+        agent.get_json(&format!("/v1/allocation/{alloc}"))["TaskStates"]["t"]["State"] == "running"
+    });
+    // The runner publishes the exec target right after re-attaching; poll for it.
+    let mut out = None;
+    wait_until(WAIT, "an exec in the re-attached task", || match open_exec(
+        &agent,
+        &alloc,
+        &query(
+            "t",
+            &["/bin/sh", "-c", "echo \"id=$NOMAD_ALLOC_ID pwd=$(pwd)\""],
+            false,
+        ),
+        None,
+    ) {
+        Ok(mut ws) => {
+            out = Some(collect(&mut ws, |_| false));
+            true
+        }
+        Err((500, _)) => false,
+        Err(e) => panic!("exec refused: {e:?}"),
+    });
+    let o = out.unwrap();
+    assert!(o.stdout.contains(&format!("id={alloc} ")), "{o:?}");
+    assert!(o.stdout.contains(&format!("/{alloc}/t\n")), "{o:?}");
+    assert_eq!(o.exit_code, Some(0));
+}

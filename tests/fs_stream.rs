@@ -418,3 +418,57 @@ fn framed_follow_sends_a_frame_soon_after_a_write() {
         "framed follow waits for a batch: {took:?}"
     );
 }
+
+/// CPU time (user + system) the process has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which ends at the last ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn idle_log_followers_use_no_cpu() {
+    // Regression: every pass of a log follower lists the logs dir, and notify's inotify mask
+    // includes IN_OPEN, so a follower's own listing woke itself (and every other follower of
+    // the dir) at once: one connection thread per follower spun at 100 % CPU.
+    let agent = TestAgent::start(&[]);
+    let alloc = sleeper(&agent, "quiet", "echo ready; sleep 600");
+    wait_until(Duration::from_secs(10), "first output", || {
+        agent
+            .get(&format!(
+                "/v1/client/fs/logs/{alloc}?task=t&type=stdout&plain=true"
+            ))
+            .text()
+            == "ready\n"
+    });
+    let mut streams = Vec::new();
+    for q in [
+        "&plain=true",
+        "",
+        "&origin=end&offset=0&plain=true",
+        "&origin=end",
+    ] {
+        let mut s = Stream::open(
+            &agent,
+            &format!("/v1/client/fs/logs/{alloc}?task=t&type=stdout&follow=true{q}"),
+        );
+        assert_eq!(s.status, 200);
+        assert!(s.read_until(Duration::from_secs(5), |b| !b.is_empty()));
+        streams.push(s);
+    }
+    let ticks_per_s = 100; // USER_HZ on Linux
+    let before = cpu_ticks(agent.pid());
+    // A measurement window, not synchronisation: four idle followers for three seconds.
+    let window = std::time::Instant::now();
+    let mut last = streams.pop().unwrap();
+    last.read_until(Duration::from_secs(3), |_| false);
+    let used = cpu_ticks(agent.pid()) - before;
+    let wall = window.elapsed().as_secs_f64();
+    assert!(
+        (used as f64) < 0.25 * wall * ticks_per_s as f64,
+        "agent used {used} ticks of CPU in {wall:.1} s with four idle followers"
+    );
+}

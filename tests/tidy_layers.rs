@@ -26,6 +26,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "logtap",
             "meta_batcher",
             "parse_bounds",
+            "server::heartbeat",
             "signals",
             "state",
             "store",
@@ -37,7 +38,16 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The server side of the client link, in process.
     (
         "server",
-        &["client::link", "state", "store", "time", "config"],
+        &[
+            "client::link",
+            "state",
+            "store",
+            "time",
+            "config",
+            "http",
+            "encoding",
+            "parse_bounds",
+        ],
     ),
     // The client's node updater: it talks to the server only through the link.
     ("meta_batcher", &["client::link", "config", "time"]),
@@ -100,6 +110,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &[
             "config",
             "encoding",
+            "http::client",
             "jobspec",
             "parse_bounds",
             "time",

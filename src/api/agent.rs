@@ -112,12 +112,14 @@ fn config_json(ctx: &Ctx) -> Value {
         "BindAddr": bind,
         // `-dev` turns debug on, as in Nomad: it opens /v1/agent/host without ACLs.
         "EnableDebug": c.dev,
-        "Ports": {"HTTP": c.http_port, "RPC": 4647, "Serf": 4648},
+        "Ports": {"HTTP": c.http_port, "RPC": c.ports_rpc, "Serf": c.ports_serf},
         "Addresses": {"HTTP": bind, "RPC": bind, "Serf": bind},
         "AdvertiseAddrs": {
-            "HTTP": format!("{}:{}", c.advertise_ip(), c.http_port),
+            "HTTP": c.advertise_http.clone()
+                .unwrap_or_else(|| format!("{}:{}", c.advertise_ip(), c.http_port)),
             "RPC": c.rpc_addr(),
-            "Serf": format!("{}:4648", c.advertise_ip()),
+            "Serf": c.advertise_serf.clone()
+                .unwrap_or_else(|| format!("{}:{}", c.advertise_ip(), c.ports_serf)),
         },
         "TLSConfig": {
             "EnableHTTP": c.tls.http,
@@ -129,17 +131,17 @@ fn config_json(ctx: &Ctx) -> Value {
             "KeyFile": path_text(c.tls.key_file.as_deref()),
         },
         "Client": {
-            "Enabled": true,
+            "Enabled": c.client_enabled,
             "StateDir": format!("{data_dir}/client"),
             "AllocDir": format!("{data_dir}/alloc"),
             "Servers": ctx.agent.membership.servers(),
-            "NodeClass": "",
-            "NodePool": "default",
+            "NodeClass": c.node_class,
+            "NodePool": c.node_pool,
             "Meta": c.meta,
             "GCMaxAllocs": c.gc_max_allocs,
             "Options": {"driver.raw_exec.enable": if c.raw_exec_enabled { "1" } else { "0" }},
         },
-        "Server": {"Enabled": true, "BootstrapExpect": 1},
+        "Server": {"Enabled": c.server_enabled, "BootstrapExpect": c.bootstrap_expect},
         "ACL": {"Enabled": c.acl_enabled, "ReplicationToken": "<redacted>"},
         "UI": {"Enabled": false, "ShowCLIHints": false},
         "Version": {"Version": env!("CARGO_PKG_VERSION"), "Revision": "", "VersionPrerelease": "", "VersionMetadata": ""},

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::fs::watch::SharedWatcher;
 use crate::http::Server;
 use crate::meta_batcher::Batcher;
+use crate::server::heartbeat::Heartbeats;
 use crate::state::acl::AclState;
 use crate::state::jobs::Workloads;
 use crate::state::members::Membership;
@@ -30,6 +31,8 @@ pub struct Agent {
     pub acl: AclState,
     pub fs_watch: SharedWatcher,
     pub batcher: Batcher,
+    /// The server's heartbeat timers (running on a server with its RPC port open).
+    pub heartbeats: Arc<Heartbeats>,
     /// The HTTP server, set once listening (the Task API adds Unix listeners to it).
     pub http: OnceLock<Arc<Server>>,
     /// TLS certificates and configurations (`tls.http` or `tls.rpc`), reloaded on SIGHUP.

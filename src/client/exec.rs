@@ -34,8 +34,7 @@ pub type ExecSlot = Arc<Mutex<Option<ExecTarget>>>;
 pub enum ExecError {
     /// The alloc has no task of that name on this client.
     UnknownTask(String),
-    /// The task is not running (not started yet, restarting, dead, or reattached after an
-    /// agent restart, where its start-up facts are not known).
+    /// The task is not running (not started yet, restarting or dead).
     NotRunning(String),
     /// The command could not be started.
     Start(String),

@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::state::jobs::alloc::{AllocRecord, TaskState};
 use crate::state::status::{AllocClientStatus, NodeStatus};
 
+/// The header every call but register carries the node's secret in (over the RPC port).
+pub const NODE_SECRET_HEADER: &str = "X-Nomad-Node-Secret";
+
 /// Longest a single pull waits for a change before it answers with nothing new.
 pub const MAX_PULL_WAIT: Duration = Duration::from_secs(10);
 
@@ -46,6 +49,10 @@ pub struct NodeRegistration {
     pub drivers: serde_json::Value,
     /// The status the node registers with (`ready` once fingerprinted).
     pub status: NodeStatus,
+    /// The node's secret, kept by the server on first registration; a later registration
+    /// with another secret is refused. Never logged.
+    #[serde(default)]
+    pub secret_id: String,
 }
 
 /// The answer to a registration or a heartbeat.
@@ -128,8 +135,14 @@ pub enum LinkError {
     UnknownNode(String),
     /// The server could not make the change durable; nothing of it is visible.
     Persist(String),
-    /// The server is shutting down.
+    /// The server is shutting down (or this link was closed by its agent).
     Closed,
+    /// The server refused the node's secret ("Permission denied").
+    PermissionDenied,
+    /// The server refused the request as malformed (its text).
+    BadRequest(String),
+    /// No server could be reached or answered in time (the last failure's text).
+    Unreachable(String),
 }
 
 impl fmt::Display for LinkError {
@@ -138,6 +151,9 @@ impl fmt::Display for LinkError {
             LinkError::UnknownNode(id) => write!(f, "unknown node {id}"),
             LinkError::Persist(e) => write!(f, "server could not persist the change: {e}"),
             LinkError::Closed => f.write_str("server is shutting down"),
+            LinkError::PermissionDenied => f.write_str("Permission denied"),
+            LinkError::BadRequest(why) => write!(f, "server refused the request: {why}"),
+            LinkError::Unreachable(why) => write!(f, "no server reachable: {why}"),
         }
     }
 }
@@ -153,6 +169,10 @@ pub trait ServerLink: Send + Sync {
     fn pull_allocs(&self, req: &PullAllocs) -> Result<PulledAllocs, LinkError>;
     fn push_alloc_updates(&self, req: &AllocUpdates) -> Result<UpdatedAllocs, LinkError>;
     fn push_meta(&self, req: &NodeMeta) -> Result<MetaReply, LinkError>;
+    /// The agent is stopping: blocking pulls in flight end (`Err(Closed)`) and later pulls
+    /// fail at once; other calls (the client's last updates) still go through. The
+    /// in-process link's pulls end with the index counter, so it needs nothing here.
+    fn close(&self) {}
 }
 
 #[cfg(test)]

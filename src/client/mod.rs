@@ -9,6 +9,7 @@ pub mod exec;
 pub mod link;
 pub mod logs;
 pub mod raw_exec;
+pub mod remote_link;
 pub mod restarts;
 pub mod shim;
 pub mod stats;

@@ -69,6 +69,16 @@ enum RunEnd {
 }
 
 /// A started task: its shim and its cgroup.
+/// What an exec in a task started from `spec` needs.
+fn exec_target(spec: &ShimSpec) -> super::exec::ExecTarget {
+    super::exec::ExecTarget {
+        env: spec.env.clone(),
+        work_dir: spec.work_dir.clone(),
+        user: spec.user,
+        cgroup_procs: spec.cgroup_procs.clone(),
+    }
+}
+
 struct Running {
     shim: Shim,
     cgroup: Option<TaskCgroup>,
@@ -219,6 +229,28 @@ impl TaskRunner {
                                 ts.started_at = Some(rfc3339_ns(now_ns()));
                             }
                         });
+                    }
+                    // The new agent learns what an exec needs the way the start did: the
+                    // task's env (hooks ran again above), dir, user and cgroup.
+                    let env = task_env::build(
+                        &alloc,
+                        &task,
+                        (&ad, &task_dir),
+                        &node,
+                        std::env::vars(),
+                        &hook.env,
+                    );
+                    let procs = running
+                        .cgroup
+                        .as_ref()
+                        .map(|c| c.procs_paths())
+                        .unwrap_or_default();
+                    if let Err(e) = self.publish_exec(&task, env, &node, &task_dir.dir, procs) {
+                        log::warn!(
+                            "alloc {} task {}: exec unavailable after re-attach: {e}",
+                            self.alloc_id,
+                            self.task_name
+                        );
                     }
                     self.supervise(&task, running)
                 }
@@ -517,6 +549,30 @@ impl TaskRunner {
         }
     }
 
+    /// Publish the exec target of a task this runner re-attached to: the same user, dir and
+    /// env a start computes (the host env and hook outputs of this agent), and its cgroup.
+    fn publish_exec(
+        &self,
+        task: &Task,
+        env: BTreeMap<String, String>,
+        node: &NodeFacts,
+        task_dir: &std::path::Path,
+        cgroup_procs: Vec<std::path::PathBuf>,
+    ) -> Result<(), raw_exec::DriverError> {
+        let user = raw_exec::task_user(&task.user)?;
+        let work_dir = task
+            .config_str("work_dir")
+            .map(|w| std::path::PathBuf::from(task_env::interpolate(w, &env, node)))
+            .unwrap_or_else(|| task_dir.to_path_buf());
+        *self.exec.lock() = Some(super::exec::ExecTarget {
+            env,
+            work_dir,
+            user: user.map(|u| (u.uid, u.gid)),
+            cgroup_procs,
+        });
+        Ok(())
+    }
+
     /// Start the task through a new shim. `Ok(None)`: a restart command came first (start
     /// again); `Err(StartStop)`: a stop came first.
     fn start(
@@ -601,12 +657,7 @@ impl TaskRunner {
                 return Err(StartFailed(e));
             }
         };
-        *self.exec.lock() = Some(super::exec::ExecTarget {
-            env: spec.env.clone(),
-            work_dir: spec.work_dir.clone(),
-            user: spec.user,
-            cgroup_procs: spec.cgroup_procs.clone(),
-        });
+        *self.exec.lock() = Some(exec_target(&spec));
         drop(spec);
         let note = format!(
             "{} raw_exec: started pid {} ({})",

@@ -21,14 +21,12 @@ const CONFIG_HCL_LIMITS: HclLimits = crate::parse_bounds::ACL_POLICY_LIMITS;
 /// Keys of Nomad's agent config that nomadlet accepts and ignores, each with a warning in the
 /// log (README lists them). Dotted paths; `plugin.*` means every plugin but `raw_exec`.
 pub const IGNORED_KEYS: &[&str] = &[
-    "server",
     "consul",
     "vault",
     "telemetry",
     "ui",
     "audit",
     "autopilot",
-    "advertise",
     "addresses",
     "enable_syslog",
     "syslog_facility",
@@ -37,10 +35,6 @@ pub const IGNORED_KEYS: &[&str] = &[
     "log_json",
     "log_file",
     "plugin_dir",
-    "ports.rpc",
-    "ports.serf",
-    "client.enabled",
-    "client.node_class",
     "client.options",
     "client.reserved",
     "client.host_volume",
@@ -76,6 +70,12 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     #[serde(default)]
     pub ports: Ports,
+    /// `advertise { http rpc serf }`: the addresses other agents reach this one at.
+    #[serde(default)]
+    pub advertise: Advertise,
+    /// `server { ... }`: the server role and its cluster settings.
+    #[serde(default)]
+    pub server: Server,
     #[serde(default)]
     pub client: Client,
     #[serde(default)]
@@ -116,15 +116,63 @@ pub struct Tls {
 #[serde(deny_unknown_fields)]
 pub struct Ports {
     pub http: Option<u16>,
+    pub rpc: Option<u16>,
+    pub serf: Option<u16>,
+}
+
+/// `advertise { http rpc serf }`: `ip` or `ip:port` each.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Advertise {
+    pub http: Option<String>,
+    pub rpc: Option<String>,
+    pub serf: Option<String>,
+}
+
+/// `server_join { retry_join retry_interval retry_max start_join }` (servers and clients).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerJoin {
+    #[serde(default)]
+    pub retry_join: Vec<String>,
+    /// Go duration, default `30s`.
+    pub retry_interval: Option<String>,
+    pub retry_max: Option<u32>,
+    #[serde(default)]
+    pub start_join: Vec<String>,
+}
+
+/// `server { ... }`. Nomad's server block has many tuning keys nomadlet does not act on; they
+/// are collected in `other` and each logged as ignored (the keys below are acted on).
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct Server {
+    pub enabled: Option<bool>,
+    pub bootstrap_expect: Option<u32>,
+    /// Go duration, default `10s`.
+    pub heartbeat_grace: Option<String>,
+    /// Go duration, default `10s`.
+    pub min_heartbeat_ttl: Option<String>,
+    pub max_heartbeats_per_second: Option<f64>,
+    /// Base64 gossip key.
+    pub encrypt: Option<String>,
+    pub server_join: Option<ServerJoin>,
+    /// Every other key of the block: accepted, ignored, named in a warning.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
 }
 
 /// `client { ... }`.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Client {
+    pub enabled: Option<bool>,
     #[serde(default)]
     pub meta: BTreeMap<String, String>,
     pub servers: Option<Vec<String>>,
+    /// For a client, `retry_join` entries are server RPC addresses added to `servers`.
+    pub server_join: Option<ServerJoin>,
+    pub node_class: Option<String>,
+    pub node_pool: Option<String>,
     pub gc_max_allocs: Option<usize>,
     /// nomadlet's own: a fixed metadata batch window (Go duration).
     pub meta_batch_window: Option<String>,

@@ -14,7 +14,8 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use notify::{Event, INotifyWatcher, RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, INotifyWatcher, RecursiveMode, Watcher};
 use parking_lot::{Mutex, RwLock};
 
 /// How long `shutdown` waits for notify's event thread to end.
@@ -70,7 +71,21 @@ pub struct Subscription {
     inner: Arc<Inner>,
 }
 
+/// Whether an event can mean new content, a new file or a file gone. notify watches with
+/// `IN_OPEN` in its mask, so a follower's own listing of the directory (and every open of a
+/// log file) is reported too: waking on those made each follower wake itself at once, forever.
+fn may_change_content(event: &Event) -> bool {
+    !matches!(
+        event.kind,
+        EventKind::Access(AccessKind::Open(_) | AccessKind::Read | AccessKind::Any)
+            | EventKind::Access(AccessKind::Close(AccessMode::Read | AccessMode::Execute))
+    )
+}
+
 fn fan_out(subs: &RwLock<SubMap>, event: &Event) {
+    if !may_change_content(event) {
+        return;
+    }
     let map = subs.read();
     for path in &event.paths {
         let keys = [Some(path.as_path()), path.parent()];
@@ -231,6 +246,32 @@ mod tests {
         );
         let d = w.subscribe(&dir);
         assert!(!d.watched);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn opening_or_listing_the_dir_does_not_wake_but_a_write_does() {
+        let dir = std::env::temp_dir().join(format!("nomadlet-watch-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("f"), b"x").unwrap();
+        let w = SharedWatcher::new();
+        let a = w.subscribe(&dir);
+        assert!(a.watched);
+        // What a follower does on every pass: list the dir, open and read a file.
+        for _ in 0..3 {
+            let _ = std::fs::read_dir(&dir).unwrap().count();
+            let _ = std::fs::read(dir.join("f")).unwrap();
+        }
+        // Writing afterwards must wake; the only wake seen must be that write's.
+        std::fs::write(dir.join("g"), b"y").unwrap();
+        a.rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let _ = std::fs::read_dir(&dir).unwrap().count();
+        assert!(
+            a.rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "a listing woke the subscriber"
+        );
+        drop(a);
+        w.shutdown();
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -20,6 +20,7 @@
 
 pub(crate) mod budget;
 pub(crate) mod chunked;
+pub mod client;
 pub mod conn;
 pub(crate) mod head;
 pub mod limits;

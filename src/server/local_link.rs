@@ -4,11 +4,11 @@
 //! reaches into the client.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
+use super::heartbeat::Heartbeats;
 use crate::client::link::{
     AllocUpdates, Heartbeat, HeartbeatReply, LinkError, MetaReply, NodeMeta, NodeRegistration,
-    PullAllocs, PulledAllocs, ServerLink, UpdatedAllocs, DEFAULT_HEARTBEAT, MAX_PULL_WAIT,
+    PullAllocs, PulledAllocs, ServerLink, UpdatedAllocs, DEFAULT_HEARTBEAT,
 };
 use crate::state::jobs::Workloads;
 use crate::state::node::NodeState;
@@ -21,6 +21,10 @@ pub struct LocalLink {
     workloads: Arc<Workloads>,
     node: Arc<NodeState>,
     index: Arc<IndexCounter>,
+    /// The server's heartbeat timers when they run (an agent with the server role chosen
+    /// explicitly): this node's heartbeats re-arm its timer like a remote node's. `None`
+    /// (`-dev`, no role): the fixed `DEFAULT_HEARTBEAT` and no timer.
+    heartbeats: Option<Arc<Heartbeats>>,
 }
 
 impl LocalLink {
@@ -29,7 +33,14 @@ impl LocalLink {
             workloads,
             node,
             index,
+            heartbeats: None,
         }
+    }
+
+    /// Heartbeats re-arm `heartbeats`' timer for this node and answer its TTL.
+    pub fn with_heartbeats(mut self, heartbeats: Arc<Heartbeats>) -> Self {
+        self.heartbeats = Some(heartbeats);
+        self
     }
 
     /// One process serves one node: the one whose state it loaded.
@@ -42,8 +53,12 @@ impl LocalLink {
     }
 
     fn heartbeat_reply(&self) -> HeartbeatReply {
+        let ttl = match &self.heartbeats {
+            Some(h) => h.reset(self.node.id()),
+            None => DEFAULT_HEARTBEAT,
+        };
         HeartbeatReply {
-            ttl_ms: u64::try_from(DEFAULT_HEARTBEAT.as_millis()).unwrap_or(u64::MAX),
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
             index: self.index.current(),
         }
     }
@@ -65,12 +80,13 @@ pub fn registration_of(node: &Node) -> NodeRegistration {
         resources: node.resources.clone(),
         drivers: node.drivers.clone(),
         status: node.status,
+        secret_id: node.secret_id.clone(),
     }
 }
 
 /// The node record a registration proposes; what the server owns (indexes, events,
 /// eligibility, drain, when the status changed) is left for `NodeRegister` to keep or set.
-fn node_record(req: &NodeRegistration) -> Node {
+pub(crate) fn node_record(req: &NodeRegistration) -> Node {
     Node {
         id: req.node_id.clone(),
         name: req.name.clone(),
@@ -92,6 +108,7 @@ fn node_record(req: &NodeRegistration) -> Node {
         events: Vec::new(),
         create_index: 0,
         modify_index: 0,
+        secret_id: req.secret_id.clone(),
     }
 }
 
@@ -115,56 +132,13 @@ impl ServerLink for LocalLink {
 
     fn pull_allocs(&self, req: &PullAllocs) -> Result<PulledAllocs, LinkError> {
         self.check_node(&req.node_id)?;
-        let deadline = Instant::now() + Duration::from_millis(req.wait_ms).min(MAX_PULL_WAIT);
-        loop {
-            // The generation first: a change published after this read wakes the wait below.
-            let generation = self.index.generation();
-            let state = self.workloads.state();
-            let answer = Instant::now() >= deadline || state.index > req.min_index;
-            if answer {
-                let mut reply = PulledAllocs {
-                    index: state.index,
-                    alloc_ids: Vec::new(),
-                    changed: Vec::new(),
-                };
-                for a in state.allocs.values().filter(|a| a.node_id == req.node_id) {
-                    reply.alloc_ids.push(a.id.clone());
-                    if a.modify_index > req.min_index {
-                        reply.changed.push((**a).clone());
-                    }
-                }
-                return Ok(reply);
-            }
-            if self.index.is_closed() {
-                return Err(LinkError::Closed);
-            }
-            self.index.wait_for_change(generation, deadline);
-        }
+        super::rpc::pull_node_allocs(&self.workloads, &self.index, req, &|| false)
     }
 
     fn push_alloc_updates(&self, req: &AllocUpdates) -> Result<UpdatedAllocs, LinkError> {
         self.check_node(&req.node_id)?;
-        let mut allocs = Vec::new();
-        for up in &req.updates {
-            let updated = self
-                .workloads
-                .update_alloc(&up.alloc_id, |a| {
-                    if a.node_id != req.node_id {
-                        return;
-                    }
-                    for (name, ts) in &up.tasks {
-                        a.task_states.insert(name.clone(), ts.clone());
-                    }
-                    if let Some((status, description)) = &up.client_status {
-                        a.client_status = *status;
-                        a.client_description = description.clone();
-                    }
-                    a.collected |= up.collected;
-                })
-                .map_err(|e| LinkError::Persist(e.to_string()))?;
-            allocs.extend(updated);
-        }
-        Ok(UpdatedAllocs { allocs })
+        super::rpc::apply_alloc_updates(&self.workloads, req)
+            .map_err(|e| LinkError::Persist(e.to_string()))
     }
 
     fn push_meta(&self, req: &NodeMeta) -> Result<MetaReply, LinkError> {
@@ -191,6 +165,7 @@ mod tests {
     use crate::state::jobs::alloc::TaskState;
     use crate::state::jobs::spec::Job;
     use crate::state::jobs::NodeInfo;
+    use std::time::{Duration, Instant};
 
     struct Fixture {
         dir: std::path::PathBuf,

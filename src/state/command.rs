@@ -1279,6 +1279,7 @@ mod node_tests {
             events: Vec::new(),
             create_index: 0,
             modify_index: 0,
+            secret_id: String::new(),
         }
     }
 

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -43,7 +44,7 @@ pub struct Membership {
     servers_path: PathBuf,
     /// Serialises server-list writers across their durable write.
     servers_gate: Mutex<()>,
-    servers: RwLock<Vec<String>>,
+    servers: Arc<RwLock<Vec<String>>>,
     local: Member,
     others: RwLock<BTreeMap<String, Member>>,
 }
@@ -53,7 +54,7 @@ impl Membership {
         let servers_path = config.data_dir.join("client").join("servers.json");
         let servers = match store::read_json::<Vec<String>>(&servers_path)? {
             Some(s) => s,
-            None if !config.servers.is_empty() => config.servers.clone(),
+            None if !config.client_servers.is_empty() => config.client_servers.clone(),
             None => vec![config.rpc_addr()],
         };
         let mut tags = BTreeMap::new();
@@ -62,7 +63,7 @@ impl Membership {
             ("region", config.region.clone()),
             ("dc", config.datacenter.clone()),
             ("build", env!("CARGO_PKG_VERSION").to_string()),
-            ("port", "4647".to_string()),
+            ("port", config.ports_rpc.to_string()),
             ("http_port", config.http_port.to_string()),
             ("bootstrap", "1".to_string()),
             ("expect", "1".to_string()),
@@ -77,7 +78,7 @@ impl Membership {
         let local = Member {
             name: format!("{}.{}", config.node_name, config.region),
             addr: config.advertise_ip().to_string(),
-            port: 4648,
+            port: config.ports_serf,
             tags,
             status: "alive".into(),
             protocol_min: 1,
@@ -90,7 +91,7 @@ impl Membership {
         Ok(Membership {
             servers_path,
             servers_gate: Mutex::new(()),
-            servers: RwLock::new(servers),
+            servers: Arc::new(RwLock::new(servers)),
             local,
             others: RwLock::new(BTreeMap::new()),
         })
@@ -101,6 +102,13 @@ impl Membership {
         let mut s = self.servers.read().clone();
         s.sort();
         s
+    }
+
+    /// The server list as a function the client's RPC link reads at every call (so a
+    /// `PUT /v1/agent/servers` takes effect at the next call).
+    pub fn server_list(&self) -> Arc<dyn Fn() -> Vec<String> + Send + Sync> {
+        let servers = self.servers.clone();
+        Arc::new(move || servers.read().clone())
     }
 
     /// Replace the server list, durably.

@@ -60,6 +60,9 @@ pub struct NodeState {
     name: String,
     datacenter: String,
     http_addr: String,
+    /// `client.node_class` and `client.node_pool`.
+    node_class: String,
+    node_pool: String,
     /// The HTTP API speaks HTTPS (`tls.http`): Nomad's clients dial `HTTPAddr` accordingly.
     tls_enabled: bool,
     attributes: BTreeMap<String, String>,
@@ -140,7 +143,10 @@ impl NodeState {
         // Tombstones only make sense for keys that are still static.
         dynamic.retain(|k, v| v.is_some() || static_meta.contains_key(k));
         let facts = HostFacts::read();
-        let http_addr = format!("{}:{}", config.advertise_ip(), config.http_port);
+        let http_addr = config
+            .advertise_http
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", config.advertise_ip(), config.http_port));
         let attributes = facts.attributes(
             config.raw_exec_enabled,
             &http_addr,
@@ -152,6 +158,8 @@ impl NodeState {
             name: config.node_name.clone(),
             datacenter: config.datacenter.clone(),
             http_addr,
+            node_class: config.node_class.clone(),
+            node_pool: config.node_pool.clone(),
             tls_enabled: config.tls.http,
             attributes,
             facts,
@@ -169,6 +177,11 @@ impl NodeState {
 
     pub fn id(&self) -> &str {
         &self.identity.id
+    }
+
+    /// The node's secret (made once with its ID): the credential of every call to a server.
+    pub fn secret_id(&self) -> &str {
+        &self.identity.secret_id
     }
 
     pub fn facts(&self) -> &HostFacts {
@@ -229,8 +242,8 @@ impl NodeState {
             datacenter: self.datacenter.clone(),
             http_addr: self.http_addr.clone(),
             tls_enabled: self.tls_enabled,
-            node_pool: "default".into(),
-            node_class: String::new(),
+            node_pool: self.node_pool.clone(),
+            node_class: self.node_class.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             attributes: self.attributes.clone(),
             meta: self.merged_meta(),
@@ -244,6 +257,7 @@ impl NodeState {
             events: Vec::new(),
             create_index: 0,
             modify_index: 0,
+            secret_id: self.identity.secret_id.clone(),
         }
     }
 

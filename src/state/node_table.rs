@@ -57,4 +57,8 @@ pub struct Node {
     pub events: Vec<NodeEvent>,
     pub create_index: u64,
     pub modify_index: u64,
+    /// The node's secret, set by its first registration: every later call from the node
+    /// must carry it. Never in API JSON, never logged (old logs and snapshots: empty).
+    #[serde(default)]
+    pub secret_id: String,
 }

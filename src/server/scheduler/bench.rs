@@ -51,6 +51,7 @@ pub fn sim_node(i: usize) -> Node {
         events: Vec::new(),
         create_index: 0,
         modify_index: 0,
+        secret_id: String::new(),
     }
 }
 

@@ -1,0 +1,313 @@
+//! [`RemoteLink`]: the client's [`ServerLink`] to servers elsewhere, over their RPC port — one
+//! short HTTP/1.1 request per call, JSON bodies, the node's secret in `X-Nomad-Node-Secret`
+//! (the wire format is written down in `server::rpc`). Calls go to the server that answered
+//! last; a server that cannot be reached (or answers 5xx) is left for the next in the list, so
+//! a call fails over across every known server before it fails. Each call has a deadline;
+//! closing the link (agent shutdown) ends the blocking pulls in flight at once (other calls,
+//! such as the last alloc updates, still go through).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::client::link::{
+    AllocUpdates, Heartbeat, HeartbeatReply, LinkError, MetaReply, NodeMeta, NodeRegistration,
+    PullAllocs, PulledAllocs, ServerLink, UpdatedAllocs, MAX_PULL_WAIT, NODE_SECRET_HEADER,
+};
+use crate::http::client::{self, Outgoing, Stream};
+
+/// Longest a call (other than a pull's wait) may take, connect included.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest a connect to one server may take before the next is tried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Largest reply body read (a pull of many changed allocs is the big one).
+pub const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Where the servers are now (`ip:port` of their RPC ports): read at every call, so a change
+/// of the list (`PUT /v1/agent/servers`) takes effect at the next call.
+pub type ServerList = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
+/// Connects to a server before the deadline: the stream to speak on (plain TCP, or TLS when
+/// `tls.rpc` is on) and the TCP socket under it (for deadlines and shutdown).
+pub type Dialer =
+    Arc<dyn Fn(&SocketAddr, Instant) -> io::Result<(Box<dyn Stream>, TcpStream)> + Send + Sync>;
+
+/// Plain TCP.
+pub fn plain_dialer() -> Dialer {
+    Arc::new(|addr: &SocketAddr, deadline: Instant| {
+        let wait = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "connect deadline passed"))?;
+        let tcp = TcpStream::connect_timeout(addr, wait.min(CONNECT_TIMEOUT))?;
+        let _ = tcp.set_nodelay(true);
+        let clone = tcp.try_clone()?;
+        Ok((Box::new(tcp) as Box<dyn Stream>, clone))
+    })
+}
+
+/// The client's link to remote servers.
+pub struct RemoteLink {
+    servers: ServerList,
+    secret: String,
+    dialer: Dialer,
+    /// The server that answered last (calls start there).
+    preferred: Mutex<Option<String>>,
+    closed: AtomicBool,
+    /// The sockets of pulls in flight, shut down by `close`.
+    in_flight: Mutex<HashMap<u64, TcpStream>>,
+    next_call: AtomicU64,
+}
+
+/// How one attempt at one server went.
+enum Attempt<T> {
+    Done(Result<T, LinkError>),
+    /// Try the next server (this one is unreachable or failing): why.
+    Next(String),
+}
+
+impl RemoteLink {
+    pub fn new(servers: ServerList, secret: String, dialer: Dialer) -> RemoteLink {
+        RemoteLink {
+            servers,
+            secret,
+            dialer,
+            preferred: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            in_flight: Mutex::new(HashMap::new()),
+            next_call: AtomicU64::new(0),
+        }
+    }
+
+    /// The servers in the order to try: the last that answered first.
+    fn order(&self) -> Vec<String> {
+        let mut list = (self.servers)();
+        if let Some(p) = self.preferred.lock().clone() {
+            if let Some(i) = list.iter().position(|s| *s == p) {
+                list.rotate_left(i);
+            }
+        }
+        list
+    }
+
+    fn call<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        what: &str,
+        node_id: &str,
+        req: &Q,
+        timeout: Duration,
+        pull: bool,
+    ) -> Result<R, LinkError> {
+        let body = serde_json::to_vec(req)
+            .map_err(|e| LinkError::BadRequest(format!("cannot encode the request: {e}")))?;
+        let servers = self.order();
+        if servers.is_empty() {
+            return Err(LinkError::Unreachable("no servers".into()));
+        }
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        for server in &servers {
+            if pull && self.closed.load(Ordering::SeqCst) {
+                return Err(LinkError::Closed);
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            match self.attempt(server, what, node_id, &body, deadline, pull) {
+                Attempt::Done(result) => {
+                    if result.is_ok() {
+                        *self.preferred.lock() = Some(server.clone());
+                    }
+                    return result;
+                }
+                Attempt::Next(why) => {
+                    log::debug!("RPC {what} to server {server} failed: {why}");
+                    last = format!("{server}: {why}");
+                }
+            }
+        }
+        if pull && self.closed.load(Ordering::SeqCst) {
+            return Err(LinkError::Closed);
+        }
+        Err(LinkError::Unreachable(last))
+    }
+
+    fn attempt<R: DeserializeOwned>(
+        &self,
+        server: &str,
+        what: &str,
+        node_id: &str,
+        body: &[u8],
+        deadline: Instant,
+        pull: bool,
+    ) -> Attempt<R> {
+        let addr: SocketAddr = match server.parse() {
+            Ok(a) => a,
+            Err(_) => return Attempt::Next("not an ip:port".into()),
+        };
+        let (stream, tcp) = match (self.dialer)(&addr, deadline) {
+            Ok(s) => s,
+            Err(e) => return Attempt::Next(format!("dial: {e}")),
+        };
+        let wait = deadline.saturating_duration_since(Instant::now());
+        if wait.is_zero()
+            || tcp.set_read_timeout(Some(wait)).is_err()
+            || tcp.set_write_timeout(Some(wait)).is_err()
+        {
+            return Attempt::Next("deadline passed".into());
+        }
+        let call_id = self.next_call.fetch_add(1, Ordering::Relaxed);
+        if pull {
+            if let Ok(clone) = tcp.try_clone() {
+                self.in_flight.lock().insert(call_id, clone);
+            }
+            // Checked after registering: a close from here on shuts this socket down.
+            if self.closed.load(Ordering::SeqCst) {
+                self.in_flight.lock().remove(&call_id);
+                return Attempt::Done(Err(LinkError::Closed));
+            }
+        }
+        let headers = vec![
+            ("Content-Type".to_string(), "application/json".to_string()),
+            (NODE_SECRET_HEADER.to_string(), self.secret.clone()),
+        ];
+        let path = format!("/v1/rpc/{what}");
+        let out = Outgoing {
+            method: "POST",
+            host: server,
+            path: &path,
+            user_agent: "nomadlet-client",
+            headers: &headers,
+            body,
+        };
+        let result = client::exchange(stream, &out).and_then(|resp| {
+            let status = resp.status;
+            resp.bytes_limited(MAX_REPLY_BYTES)
+                .map(|b| (status, b))
+                .map_err(client::ClientError::Io)
+        });
+        self.in_flight.lock().remove(&call_id);
+        let (status, bytes) = match result {
+            Ok(r) => r,
+            Err(_) if pull && self.closed.load(Ordering::SeqCst) => {
+                return Attempt::Done(Err(LinkError::Closed))
+            }
+            Err(e) => return Attempt::Next(e.to_string()),
+        };
+        let text = || String::from_utf8_lossy(&bytes).trim().to_string();
+        match status {
+            200 => Attempt::Done(
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| LinkError::BadRequest(format!("bad reply from {server}: {e}"))),
+            ),
+            400 | 403 | 404 | 405 => Attempt::Done(Err(link_error(status, &text(), node_id))),
+            _ => Attempt::Next(format!("status {status}: {}", text())),
+        }
+    }
+}
+
+/// The client's error for an error reply (`server::rpc` writes the table).
+fn link_error(status: u16, text: &str, node_id: &str) -> LinkError {
+    match status {
+        403 => LinkError::PermissionDenied,
+        404 => LinkError::UnknownNode(node_id.to_string()),
+        503 => LinkError::Closed,
+        400 | 405 => LinkError::BadRequest(text.to_string()),
+        _ => LinkError::Persist(text.to_string()),
+    }
+}
+
+impl ServerLink for RemoteLink {
+    fn register_node(&self, req: &NodeRegistration) -> Result<HeartbeatReply, LinkError> {
+        let mut req = req.clone();
+        req.secret_id = self.secret.clone();
+        self.call("node/register", &req.node_id, &req, CALL_TIMEOUT, false)
+    }
+
+    fn heartbeat(&self, req: &Heartbeat) -> Result<HeartbeatReply, LinkError> {
+        self.call("node/heartbeat", &req.node_id, req, CALL_TIMEOUT, false)
+    }
+
+    fn pull_allocs(&self, req: &PullAllocs) -> Result<PulledAllocs, LinkError> {
+        let wait = Duration::from_millis(req.wait_ms).min(MAX_PULL_WAIT);
+        self.call("node/allocs", &req.node_id, req, wait + CALL_TIMEOUT, true)
+    }
+
+    fn push_alloc_updates(&self, req: &AllocUpdates) -> Result<UpdatedAllocs, LinkError> {
+        self.call("alloc/updates", &req.node_id, req, CALL_TIMEOUT, false)
+    }
+
+    fn push_meta(&self, req: &NodeMeta) -> Result<MetaReply, LinkError> {
+        self.call("node/meta", &req.node_id, req, CALL_TIMEOUT, false)
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        for (_, s) in self.in_flight.lock().drain() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_statuses_map_to_link_errors() {
+        assert_eq!(link_error(403, "x", "n"), LinkError::PermissionDenied);
+        assert_eq!(
+            link_error(404, "node not found", "n"),
+            LinkError::UnknownNode("n".into())
+        );
+        assert_eq!(link_error(503, "", "n"), LinkError::Closed);
+        assert_eq!(
+            link_error(400, "bad", "n"),
+            LinkError::BadRequest("bad".into())
+        );
+    }
+
+    #[test]
+    fn no_servers_and_unreachable_servers_fail_without_hanging() {
+        let none = RemoteLink::new(Arc::new(Vec::new), "s".into(), plain_dialer());
+        let hb = Heartbeat {
+            node_id: "n".into(),
+        };
+        assert!(matches!(
+            none.heartbeat(&hb),
+            Err(LinkError::Unreachable(_))
+        ));
+        // A port nothing listens on: refused at once, the next server is tried, then failure.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let gone = RemoteLink::new(
+            Arc::new(move || vec![format!("127.0.0.1:{port}"), "not-an-addr".into()]),
+            "s".into(),
+            plain_dialer(),
+        );
+        let started = Instant::now();
+        assert!(matches!(
+            gone.heartbeat(&hb),
+            Err(LinkError::Unreachable(_))
+        ));
+        assert!(started.elapsed() < CALL_TIMEOUT);
+        gone.close();
+        let pull = PullAllocs {
+            node_id: "n".into(),
+            min_index: 0,
+            wait_ms: 10_000,
+        };
+        assert_eq!(gone.pull_allocs(&pull).unwrap_err(), LinkError::Closed);
+    }
+}

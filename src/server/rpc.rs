@@ -1,0 +1,414 @@
+//! The RPC port: the client ↔ server calls of a cluster, over nomadlet's own HTTP/1.1 layer,
+//! as JSON of the serde structs in `client::link`. [`RpcRouter`] serves `/v1/rpc/...` itself
+//! and hands every other path to the API router, so the RPC port also answers the whole HTTP
+//! API (a client-only agent forwards API requests to it).
+//!
+//! # Wire format (version 1)
+//!
+//! Every call is `POST` with a JSON body (`Content-Type: application/json`, at most
+//! [`RPC_BODY_LIMIT`] bytes, nested at most `parse_bounds::JSON_MAX_DEPTH` levels) and answers
+//! `200` with a JSON body, or an error status with a `text/plain` body (the reason):
+//!
+//! | Path | Body | Reply |
+//! | --- | --- | --- |
+//! | `/v1/rpc/node/register` | `NodeRegistration` (carries `secret_id`) | `HeartbeatReply` |
+//! | `/v1/rpc/node/heartbeat` | `Heartbeat` | `HeartbeatReply` |
+//! | `/v1/rpc/node/allocs` | `PullAllocs` (`min_index`, `wait_ms`; a blocking pull) | `PulledAllocs` |
+//! | `/v1/rpc/alloc/updates` | `AllocUpdates` | `UpdatedAllocs` |
+//! | `/v1/rpc/node/meta` | `NodeMeta` | `MetaReply` |
+//!
+//! Every call but register carries the node's secret in the header `X-Nomad-Node-Secret`; the
+//! node named in the body must exist and hold that secret. A register for a known node must
+//! carry the secret the node first registered with.
+//!
+//! `HeartbeatReply.ttl_ms` is the TTL the server chose (ref §2.3): the client heartbeats again
+//! within it; the server marks the node down (or disconnected) after TTL + `heartbeat_grace`.
+//! A pull answers at once when an alloc of the node changed after `min_index`, else when one
+//! changes, else after `min(wait_ms, MAX_PULL_WAIT)` with nothing changed.
+//!
+//! | Status | Body | Meaning (the client's `LinkError`) |
+//! | --- | --- | --- |
+//! | 400 | why | malformed body or missing field (`BadRequest`) |
+//! | 403 | `Permission denied` (or `node secret ID does not match. Not registering node.`) | wrong or missing secret (`PermissionDenied`) |
+//! | 404 | `node not found` | unknown node: register first (`UnknownNode`) |
+//! | 405 | `Invalid method` | not `POST` |
+//! | 500 | why | the change could not be made durable; nothing of it is visible (`Persist`) |
+//! | 503 | `server is shutting down` | (`Closed`) |
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::client::link::{
+    AllocUpdates, Heartbeat, HeartbeatReply, LinkError, MetaReply, NodeMeta, NodeRegistration,
+    PullAllocs, PulledAllocs, UpdatedAllocs, MAX_PULL_WAIT,
+};
+use crate::http::{Handler, Method, Reply, Request, RequestHead, Status};
+use crate::server::heartbeat::Heartbeats;
+use crate::state::command::Command;
+use crate::state::jobs::Workloads;
+use crate::state::node_table::{Node, NodeEvent};
+use crate::state::status::NodeStatus;
+use crate::state::IndexCounter;
+
+pub use crate::client::link::NODE_SECRET_HEADER;
+
+/// The prefix of the RPC paths; everything else on the RPC port is the HTTP API.
+pub const RPC_PREFIX: &str = "/v1/rpc/";
+
+/// Largest body of an RPC call (a registration's attributes, a batch of alloc updates with
+/// their task states and events).
+pub const RPC_BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// How often a parked pull looks whether its client went away.
+const PULL_PEER_CHECK: Duration = Duration::from_millis(500);
+
+/// What an RPC call can fail with, as the wire carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RpcError {
+    BadRequest(String),
+    PermissionDenied(&'static str),
+    UnknownNode,
+    Persist(String),
+    Closed,
+}
+
+impl RpcError {
+    fn reply(&self) -> Reply {
+        let (status, text) = match self {
+            RpcError::BadRequest(why) => (Status::BAD_REQUEST, why.clone()),
+            RpcError::PermissionDenied(why) => (Status::FORBIDDEN, (*why).to_string()),
+            RpcError::UnknownNode => (Status::NOT_FOUND, "node not found".to_string()),
+            RpcError::Persist(why) => (Status::INTERNAL_SERVER_ERROR, why.clone()),
+            RpcError::Closed => (
+                Status::SERVICE_UNAVAILABLE,
+                "server is shutting down".to_string(),
+            ),
+        };
+        Reply::bytes(status, "text/plain; charset=utf-8", text.into_bytes())
+    }
+}
+
+/// The server side of the calls: the server state, its index counter, the heartbeat timers.
+pub struct RpcService {
+    workloads: Arc<Workloads>,
+    index: Arc<IndexCounter>,
+    heartbeats: Arc<Heartbeats>,
+}
+
+impl RpcService {
+    pub fn new(
+        workloads: Arc<Workloads>,
+        index: Arc<IndexCounter>,
+        heartbeats: Arc<Heartbeats>,
+    ) -> RpcService {
+        RpcService {
+            workloads,
+            index,
+            heartbeats,
+        }
+    }
+
+    /// The node `node_id`, if `secret` is its secret. An unknown node is `UnknownNode` (the
+    /// client registers again); a node registered before secrets existed accepts any.
+    fn authorize(&self, node_id: &str, secret: Option<&str>) -> Result<Arc<Node>, RpcError> {
+        let node = self.workloads.node(node_id).ok_or(RpcError::UnknownNode)?;
+        let given = secret.unwrap_or("");
+        if node.secret_id.is_empty()
+            || (!given.is_empty()
+                && crate::encoding::constant_time_eq(node.secret_id.as_bytes(), given.as_bytes()))
+        {
+            Ok(node)
+        } else {
+            Err(RpcError::PermissionDenied("Permission denied"))
+        }
+    }
+
+    fn reply(&self, ttl: Duration) -> HeartbeatReply {
+        HeartbeatReply {
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            index: self.index.current(),
+        }
+    }
+
+    /// Register (or re-register) a node. A new node starts `initializing` (its first
+    /// heartbeat makes it `ready`); a known node keeps its status (ref §2.1).
+    pub fn register(&self, req: &NodeRegistration) -> Result<HeartbeatReply, RpcError> {
+        for (value, what) in [
+            (&req.node_id, "node ID"),
+            (&req.secret_id, "node secret ID"),
+            (&req.datacenter, "datacenter"),
+            (&req.name, "node name"),
+        ] {
+            if value.is_empty() {
+                return Err(RpcError::BadRequest(format!(
+                    "missing {what} for client registration"
+                )));
+            }
+        }
+        if req.node_pool == "all" {
+            return Err(RpcError::BadRequest(
+                "node is not allowed to register in node pool \"all\"".into(),
+            ));
+        }
+        let old = self.workloads.node(&req.node_id);
+        if let Some(old) = &old {
+            let same = crate::encoding::constant_time_eq(
+                old.secret_id.as_bytes(),
+                req.secret_id.as_bytes(),
+            );
+            if !old.secret_id.is_empty() && !same {
+                return Err(RpcError::PermissionDenied(
+                    "node secret ID does not match. Not registering node.",
+                ));
+            }
+        }
+        let mut node = super::local_link::node_record(req);
+        node.status = old.as_ref().map_or(NodeStatus::Initializing, |o| o.status);
+        let index = self
+            .workloads
+            .register_node(node)
+            .map_err(|e| RpcError::Persist(e.to_string()))?;
+        self.index.notify();
+        log::debug!("node {} registered at index {index}", req.node_id);
+        let status = old.as_ref().map_or(NodeStatus::Initializing, |o| o.status);
+        let ttl = if status == NodeStatus::Down {
+            self.heartbeats.ttl()
+        } else {
+            self.heartbeats.reset(&req.node_id)
+        };
+        Ok(self.reply(ttl))
+    }
+
+    /// A heartbeat: re-arm the node's timer; a node not `ready` becomes `ready` (from
+    /// `disconnected`: `initializing` first, ref §2.2).
+    pub fn heartbeat(
+        &self,
+        req: &Heartbeat,
+        secret: Option<&str>,
+    ) -> Result<HeartbeatReply, RpcError> {
+        let node = self.authorize(&req.node_id, secret)?;
+        let ttl = self.heartbeats.reset(&req.node_id);
+        let (next, event) = match node.status {
+            NodeStatus::Ready => (None, None),
+            NodeStatus::Initializing => (Some(NodeStatus::Ready), None),
+            NodeStatus::Disconnected => (Some(NodeStatus::Initializing), None),
+            NodeStatus::Down => (
+                Some(NodeStatus::Ready),
+                Some("Node reregistered by heartbeat"),
+            ),
+        };
+        if let Some(status) = next {
+            let now = crate::time::unix_now_nanos();
+            let cmd = Command::NodeUpdateStatus {
+                node_id: req.node_id.clone(),
+                status,
+                description: String::new(),
+                event: event.map(|message| NodeEvent {
+                    message: message.into(),
+                    subsystem: "Cluster".into(),
+                    details: None,
+                    timestamp: now,
+                    create_index: 0,
+                }),
+                now,
+            };
+            let changed = self
+                .workloads
+                .propose_node(cmd)
+                .map_err(|e| RpcError::Persist(e.to_string()))?;
+            if changed.is_none() {
+                return Err(RpcError::UnknownNode);
+            }
+            self.index.notify();
+            log::info!("node {} is {status} (heartbeat)", req.node_id);
+        }
+        Ok(self.reply(ttl))
+    }
+
+    /// A blocking pull of the node's allocations.
+    pub fn pull(
+        &self,
+        req: &PullAllocs,
+        secret: Option<&str>,
+        gone: &dyn Fn() -> bool,
+    ) -> Result<PulledAllocs, RpcError> {
+        self.authorize(&req.node_id, secret)?;
+        pull_node_allocs(&self.workloads, &self.index, req, gone).map_err(|e| match e {
+            LinkError::Closed => RpcError::Closed,
+            other => RpcError::Persist(other.to_string()),
+        })
+    }
+
+    pub fn alloc_updates(
+        &self,
+        req: &AllocUpdates,
+        secret: Option<&str>,
+    ) -> Result<UpdatedAllocs, RpcError> {
+        self.authorize(&req.node_id, secret)?;
+        let reply = apply_alloc_updates(&self.workloads, req)
+            .map_err(|e| RpcError::Persist(e.to_string()))?;
+        self.index.notify();
+        Ok(reply)
+    }
+
+    pub fn meta(&self, req: &NodeMeta, secret: Option<&str>) -> Result<MetaReply, RpcError> {
+        self.authorize(&req.node_id, secret)?;
+        let index = match self
+            .workloads
+            .update_node_meta(&req.node_id, req.meta.clone())
+        {
+            Ok(Some(index)) => index,
+            Ok(None) => return Err(RpcError::UnknownNode),
+            Err(e) => return Err(RpcError::Persist(e.to_string())),
+        };
+        self.index.notify();
+        Ok(MetaReply { index })
+    }
+}
+
+/// Wait until an alloc of `req.node_id` changed after `req.min_index` (or the wait passed, or
+/// `gone()` says nobody waits for the answer any more), then answer the node's allocs.
+pub fn pull_node_allocs(
+    workloads: &Workloads,
+    index: &IndexCounter,
+    req: &PullAllocs,
+    gone: &dyn Fn() -> bool,
+) -> Result<PulledAllocs, LinkError> {
+    let deadline = Instant::now() + Duration::from_millis(req.wait_ms).min(MAX_PULL_WAIT);
+    loop {
+        // The generation first: a change published after this read wakes the wait below.
+        let generation = index.generation();
+        let state = workloads.state();
+        let changed = state
+            .allocs
+            .values()
+            .any(|a| a.node_id == req.node_id && a.modify_index > req.min_index);
+        let now = Instant::now();
+        let answer = now >= deadline || changed || gone();
+        if answer {
+            let mut reply = PulledAllocs {
+                index: state.index,
+                alloc_ids: Vec::new(),
+                changed: Vec::new(),
+            };
+            for a in state.allocs.values().filter(|a| a.node_id == req.node_id) {
+                reply.alloc_ids.push(a.id.clone());
+                if a.modify_index > req.min_index {
+                    reply.changed.push((**a).clone());
+                }
+            }
+            return Ok(reply);
+        }
+        if index.is_closed() {
+            return Err(LinkError::Closed);
+        }
+        index.wait_for_change(generation, deadline.min(now + PULL_PEER_CHECK));
+    }
+}
+
+/// Apply a node's alloc updates (allocs of other nodes are left alone) as commands.
+pub fn apply_alloc_updates(
+    workloads: &Workloads,
+    req: &AllocUpdates,
+) -> Result<UpdatedAllocs, crate::store::StoreError> {
+    let mut allocs = Vec::new();
+    for up in &req.updates {
+        let updated = workloads.update_alloc(&up.alloc_id, |a| {
+            if a.node_id != req.node_id {
+                return;
+            }
+            for (name, ts) in &up.tasks {
+                a.task_states.insert(name.clone(), ts.clone());
+            }
+            if let Some((status, description)) = &up.client_status {
+                a.client_status = *status;
+                a.client_description = description.clone();
+            }
+            a.collected |= up.collected;
+        })?;
+        allocs.extend(updated);
+    }
+    Ok(UpdatedAllocs { allocs })
+}
+
+/// The RPC port's handler: `/v1/rpc/...` here, everything else to `api`.
+pub struct RpcRouter {
+    service: Arc<RpcService>,
+    api: Arc<dyn Handler>,
+}
+
+impl RpcRouter {
+    pub fn new(service: Arc<RpcService>, api: Arc<dyn Handler>) -> RpcRouter {
+        RpcRouter { service, api }
+    }
+
+    fn call(&self, req: &Request) -> Result<Vec<u8>, RpcError> {
+        if req.method != Method::Post && req.method != Method::Put {
+            return Err(RpcError::BadRequest("Invalid method".into()));
+        }
+        let secret = req.header(NODE_SECRET_HEADER);
+        let what = &req.path[RPC_PREFIX.len()..];
+        match what {
+            "node/register" => encode(&self.service.register(&decode(req)?)?),
+            "node/heartbeat" => encode(&self.service.heartbeat(&decode(req)?, secret)?),
+            "node/allocs" => {
+                let gone = || req.peer_gone();
+                encode(&self.service.pull(&decode(req)?, secret, &gone)?)
+            }
+            "alloc/updates" => encode(&self.service.alloc_updates(&decode(req)?, secret)?),
+            "node/meta" => encode(&self.service.meta(&decode(req)?, secret)?),
+            _ => Err(RpcError::BadRequest(format!("unknown RPC {what:?}"))),
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(req: &Request) -> Result<T, RpcError> {
+    crate::parse_bounds::check_json_depth(&req.body, crate::parse_bounds::JSON_MAX_DEPTH)
+        .map_err(|e| RpcError::BadRequest(format!("invalid body: {e}")))?;
+    serde_json::from_slice(&req.body)
+        .map_err(|e| RpcError::BadRequest(format!("invalid body: {e}")))
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, RpcError> {
+    serde_json::to_vec(v).map_err(|e| RpcError::Persist(format!("cannot encode the reply: {e}")))
+}
+
+fn is_rpc(path: &str) -> bool {
+    path.starts_with(RPC_PREFIX)
+}
+
+impl Handler for RpcRouter {
+    fn body_limit(&self, head: &RequestHead) -> usize {
+        if is_rpc(&head.path) {
+            RPC_BODY_LIMIT
+        } else {
+            self.api.body_limit(head)
+        }
+    }
+
+    fn admit(&self, req: &Request) -> Option<Reply> {
+        if is_rpc(&req.path) {
+            None
+        } else {
+            self.api.admit(req)
+        }
+    }
+
+    fn handle(&self, req: Request) -> Reply {
+        if !is_rpc(&req.path) {
+            return self.api.handle(req);
+        }
+        match self.call(&req) {
+            Ok(body) => Reply::bytes(Status::OK, "application/json", body),
+            Err(RpcError::BadRequest(why)) if why == "Invalid method" => Reply::bytes(
+                Status::METHOD_NOT_ALLOWED,
+                "text/plain; charset=utf-8",
+                why.into_bytes(),
+            ),
+            Err(e) => e.reply(),
+        }
+    }
+}
