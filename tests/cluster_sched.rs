@@ -179,8 +179,7 @@ fn running_by_node(server: &Member, job: &str) -> BTreeMap<String, usize> {
         .unwrap_or_default()
     {
         if a["DesiredStatus"] == "run" && a["ClientStatus"] == "running" {
-            *out
-                .entry(a["NodeID"].as_str().unwrap_or_default().to_string())
+            *out.entry(a["NodeID"].as_str().unwrap_or_default().to_string())
                 .or_default() += 1;
         }
     }
@@ -200,7 +199,9 @@ fn wait_running(server: &Member, job: &str, total: usize) -> BTreeMap<String, us
 fn a_server_spreads_jobs_over_its_clients_and_replaces_a_dead_clients_allocs() {
     let server = Member::server();
     let mut clients: Vec<Member> = (0..3).map(|_| Member::client(&server)).collect();
-    wait_until(WAIT, "three ready nodes", || ready_nodes(&server).len() == 3);
+    wait_until(WAIT, "three ready nodes", || {
+        ready_nodes(&server).len() == 3
+    });
 
     // A count-4 service job: spread over all three clients (job anti-affinity).
     let e = register(&server, &job("web", "service", 4));
@@ -261,7 +262,8 @@ fn a_server_spreads_jobs_over_its_clients_and_replaces_a_dead_clients_allocs() {
         .collect::<Vec<_>>();
     assert!(!lost.is_empty());
     assert!(
-        lost.iter().all(|a| a["ClientStatus"] == "lost" && a["DesiredStatus"] == "stop"),
+        lost.iter()
+            .all(|a| a["ClientStatus"] == "lost" && a["DesiredStatus"] == "stop"),
         "{lost:?}"
     );
     let summary = server.get_json("/v1/job/web/summary");

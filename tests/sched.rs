@@ -59,7 +59,11 @@ fn an_impossible_constraint_and_an_impossible_ask_report_nomads_metrics_and_bloc
     assert_eq!(m["NodesFiltered"], 1);
     assert_eq!(m["NodesInPool"], 1);
     assert_eq!(m["ConstraintFiltered"]["${attr.kernel.name} = windows"], 1);
-    assert!(m["NodesAvailable"].as_object().unwrap().values().all(|v| v == 1));
+    assert!(m["NodesAvailable"]
+        .as_object()
+        .unwrap()
+        .values()
+        .all(|v| v == 1));
     assert_eq!(eval["QueuedAllocations"]["g"], 1);
     let blocked = agent.get_json(&format!(
         "/v1/evaluation/{}",
@@ -103,7 +107,10 @@ fn a_blocked_eval_is_placed_once_dynamic_metadata_satisfies_its_constraint() {
     wait_task_running(&agent, &id, "t");
     let b = agent.get_json(&format!("/v1/evaluation/{blocked_id}"));
     assert_eq!(b["Status"], "complete", "{b}");
-    assert_eq!(agent.request("DELETE", "/v1/job/gold", &[], b"").status, 200);
+    assert_eq!(
+        agent.request("DELETE", "/v1/job/gold", &[], b"").status,
+        200
+    );
 }
 
 #[test]
@@ -118,7 +125,10 @@ fn a_system_job_gets_one_alloc_on_the_node_and_a_stopped_alloc_is_replaced() {
     let r = agent.request("POST", &format!("/v1/allocation/{id}/stop"), &[], b"");
     assert_eq!(r.status, 200);
     let stop_eval = r.json()["EvalID"].as_str().unwrap().to_string();
-    assert_eq!(wait_eval_done(&agent, &stop_eval)["TriggeredBy"], "alloc-stop");
+    assert_eq!(
+        wait_eval_done(&agent, &stop_eval)["TriggeredBy"],
+        "alloc-stop"
+    );
     wait_until(WAIT, "a replacement", || {
         allocs(&agent, "sys")
             .iter()
@@ -126,6 +136,9 @@ fn a_system_job_gets_one_alloc_on_the_node_and_a_stopped_alloc_is_replaced() {
     });
     let old = alloc(&agent, &id);
     assert_eq!(old["DesiredStatus"], "stop");
-    assert!(!old["NextAllocation"].as_str().unwrap_or("").is_empty(), "{old}");
+    assert!(
+        !old["NextAllocation"].as_str().unwrap_or("").is_empty(),
+        "{old}"
+    );
     assert_eq!(agent.request("DELETE", "/v1/job/sys", &[], b"").status, 200);
 }

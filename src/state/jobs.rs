@@ -322,12 +322,14 @@ impl Workloads {
         &self,
         plan: crate::state::plan::Plan,
     ) -> Result<Option<crate::state::plan::PlanResult>, StoreError> {
-        Ok(match self.propose(Command::PlanApply {
-            plan: Box::new(plan),
-        })? {
-            Some((Applied::Plan(r), _)) => Some(r),
-            _ => None,
-        })
+        Ok(
+            match self.propose(Command::PlanApply {
+                plan: Box::new(plan),
+            })? {
+                Some((Applied::Plan(r), _)) => Some(r),
+                _ => None,
+            },
+        )
     }
 
     /// Change an allocation's client side (task states, status, collection) and save it:
@@ -450,11 +452,10 @@ impl Workloads {
     }
 
     pub fn allocs_of_job(&self, namespace: &str, job_id: &str) -> Vec<AllocRecord> {
+        let key = (namespace.to_string(), job_id.to_string());
         let mut v: Vec<AllocRecord> = self
             .state()
-            .allocs
-            .values()
-            .filter(|a| a.namespace == namespace && a.job_id == job_id)
+            .allocs_of(&key)
             .map(|a| (**a).clone())
             .collect();
         v.sort_by_key(|a| (a.create_index, a.create_time));
@@ -474,12 +475,8 @@ impl Workloads {
     /// A job's `Status`: running while an alloc runs, pending while one waits, else dead.
     pub fn job_status(&self, job: &Job) -> JobStatus {
         let state = self.state();
-        let allocs: Vec<&AllocRecord> = state
-            .allocs
-            .values()
-            .filter(|a| a.namespace == job.namespace && a.job_id == job.id)
-            .map(|a| &**a)
-            .collect();
+        let key = (job.namespace.clone(), job.id.clone());
+        let allocs: Vec<&AllocRecord> = state.allocs_of(&key).map(|a| &**a).collect();
         let live: Vec<&&AllocRecord> = allocs.iter().filter(|a| a.is_live()).collect();
         if live
             .iter()
@@ -504,8 +501,8 @@ fn new_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::status::{AllocDesiredStatus, TaskStatus};
     use crate::server::scheduler::{run_pending, test_node};
+    use crate::state::status::{AllocDesiredStatus, TaskStatus};
     use std::sync::atomic::Ordering;
 
     /// A store with one big node registered.

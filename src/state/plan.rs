@@ -549,7 +549,10 @@ pub(super) fn node_status_changed(
 /// A node registered (again) or its metadata or eligibility changed: when it can take work
 /// now, system jobs get evals for it and blocked evals wake.
 pub(super) fn node_changed(state: &mut ServerState, node_id: &str, now: i64, index: u64) {
-    let ready = state.nodes.get(node_id).is_some_and(|n| node_schedulable(n));
+    let ready = state
+        .nodes
+        .get(node_id)
+        .is_some_and(|n| node_schedulable(n));
     if ready {
         node_update_evals(state, node_id, now, index);
         wake_blocked(state, now, index);
@@ -652,7 +655,10 @@ pub(super) fn apply_plan(
         };
         for &i in idxs {
             let p = &plan.placements[i];
-            let ask = job.as_ref().and_then(|j| j.group(&p.task_group)).map(group_ask);
+            let ask = job
+                .as_ref()
+                .and_then(|j| j.group(&p.task_group))
+                .map(group_ask);
             let fits = match (&usable, ask) {
                 (Some(_), Some(ask)) if used.exceeds(&ask, &cap).is_none() => {
                     used.add(&ask);

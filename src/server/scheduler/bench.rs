@@ -147,7 +147,10 @@ pub fn durable(nodes: usize, allocs: usize) -> Result<(u64, Duration), String> {
     }
     let took = started.elapsed();
     let placed = w.state().allocs.len() as u64;
-    let refused = sched.stats.refused.load(std::sync::atomic::Ordering::Relaxed);
+    let refused = sched
+        .stats
+        .refused
+        .load(std::sync::atomic::Ordering::Relaxed);
     if refused > 0 {
         println!("({refused} placements refused at apply and planned again)");
     }

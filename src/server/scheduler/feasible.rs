@@ -68,10 +68,7 @@ pub fn group_constraints(job: &Job, tg: &TaskGroup) -> Vec<Constraint> {
 
 /// The value a target names on `node` (ref §4.5); a target without `${` is itself.
 pub fn resolve(target: &str, node: &Node) -> Option<String> {
-    let Some(inner) = target
-        .strip_prefix("${")
-        .and_then(|t| t.strip_suffix('}'))
-    else {
+    let Some(inner) = target.strip_prefix("${").and_then(|t| t.strip_suffix('}')) else {
         return Some(target.to_string());
     };
     match inner {

@@ -108,6 +108,25 @@ impl Metric {
     }
 }
 
+/// The outcome of choosing a node for one placement.
+#[derive(Debug)]
+pub enum Choice {
+    /// On this node.
+    Placed(String),
+    /// No node could take it.
+    Failed(Metric),
+}
+
+/// The outcome of placing on one given node (system jobs).
+#[derive(Debug)]
+pub enum OnNode {
+    Placed,
+    /// Infeasible there (constraints, drivers): skipped silently.
+    Filtered(Metric),
+    /// Feasible but full.
+    Exhausted(Metric),
+}
+
 /// Per task group: its ask, constraints and the cached static feasibility per node.
 struct GroupCtx {
     ask: Usage,
@@ -150,7 +169,12 @@ fn distinct_of(cs: &[Constraint]) -> (bool, Vec<(String, u64)>) {
     let props = cs
         .iter()
         .filter(|c| c.operand == "distinct_property")
-        .map(|c| (c.l_target.clone(), c.r_target.parse::<u64>().unwrap_or(1).max(1)))
+        .map(|c| {
+            (
+                c.l_target.clone(),
+                c.r_target.parse::<u64>().unwrap_or(1).max(1),
+            )
+        })
         .collect();
     (hosts, props)
 }
@@ -194,12 +218,20 @@ impl<'a> Placer<'a> {
         let mut nodes: Vec<Arc<Node>> = Vec::new();
         for n in state.nodes.values() {
             if plan::node_schedulable(n) && plan::job_targets_node(job, n) {
-                *base.nodes_available.entry(n.datacenter.clone()).or_default() += 1;
+                *base
+                    .nodes_available
+                    .entry(n.datacenter.clone())
+                    .or_default() += 1;
                 nodes.push(n.clone());
             }
         }
         if nodes.is_empty() {
-            for dc in job.datacenters.iter().flatten().filter(|d| !d.contains('*')) {
+            for dc in job
+                .datacenters
+                .iter()
+                .flatten()
+                .filter(|d| !d.contains('*'))
+            {
                 base.nodes_available.insert(dc.clone(), 0);
             }
         }
@@ -333,8 +365,13 @@ impl<'a> Placer<'a> {
         let reason = match g.feasible.get(&i) {
             Some(r) => r.clone(),
             None => {
-                let r =
-                    feasible::static_check(&g.constraints, g.job_constraints, tg, &node, &mut cache);
+                let r = feasible::static_check(
+                    &g.constraints,
+                    g.job_constraints,
+                    tg,
+                    &node,
+                    &mut cache,
+                );
                 g.feasible.insert(i, r.clone());
                 r
             }
@@ -424,12 +461,7 @@ impl<'a> Placer<'a> {
     }
 
     /// Choose a node for one alloc of `tg` (`penalty`: nodes a rescheduled alloc failed on).
-    /// `Ok(node id)` with the placement's metric, or `Err(metric)` when no node can take it.
-    pub fn select(
-        &mut self,
-        tg: &TaskGroup,
-        penalty: &[String],
-    ) -> Result<(String, Metric), Metric> {
+    pub fn select(&mut self, tg: &TaskGroup, penalty: &[String]) -> Choice {
         let started = Instant::now();
         let mut m = self.base.clone();
         let n = self.nodes.len();
@@ -458,6 +490,12 @@ impl<'a> Placer<'a> {
                 _ => Some((k, *s)),
             })
             .map(|(k, _)| k);
+        if let Some(k) = best {
+            let i = pool[k].0;
+            self.commit(i, tg);
+            return Choice::Placed(self.nodes[i].id.clone());
+        }
+        // Only a failure keeps its metric (the eval's `FailedTGAllocs`).
         let mut ranked: Vec<&(usize, BTreeMap<&'static str, f64>, f64)> = pool.iter().collect();
         ranked.sort_by(|a, b| b.2.partial_cmp(&a.2).unwrap_or(std::cmp::Ordering::Equal));
         m.scores = ranked
@@ -466,36 +504,25 @@ impl<'a> Placer<'a> {
             .map(|(i, s, norm)| (self.nodes[*i].id.clone(), s.clone(), *norm))
             .collect();
         m.allocation_time = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        match best {
-            Some(k) => {
-                let i = pool[k].0;
-                self.commit(i, tg);
-                Ok((self.nodes[i].id.clone(), m))
-            }
-            None => Err(m),
-        }
+        Choice::Failed(m)
     }
 
-    /// Place one alloc of `tg` on exactly `node_id` (system jobs): `Ok` with its metric, or
-    /// `Err((metric, exhausted))` — `exhausted` false when the node is filtered.
-    pub fn select_on(&mut self, tg: &TaskGroup, node_id: &str) -> Result<Metric, (Metric, bool)> {
+    /// Place one alloc of `tg` on exactly `node_id` (system jobs).
+    pub fn select_on(&mut self, tg: &TaskGroup, node_id: &str) -> OnNode {
         let started = Instant::now();
         let mut m = self.base.clone();
         let Some(&i) = self.index_of.get(node_id) else {
-            return Err((m, false));
+            return OnNode::Filtered(m);
         };
         let r = self.consider(i, tg, &[], &mut m);
         m.allocation_time = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         match r {
-            Some((scores, norm)) => {
-                m.scores = vec![(node_id.to_string(), scores, norm)];
+            Some(_) => {
                 self.commit(i, tg);
-                Ok(m)
+                OnNode::Placed
             }
-            None => {
-                let exhausted = m.nodes_exhausted > 0;
-                Err((m, exhausted))
-            }
+            None if m.nodes_exhausted > 0 => OnNode::Exhausted(m),
+            None => OnNode::Filtered(m),
         }
     }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::feasible;
-use super::rank::{Metric, Placer};
+use super::rank::{Choice, Metric, OnNode, Placer};
 use crate::state::command::ServerState;
 use crate::state::jobs::alloc::{AllocRecord, RescheduleEvent};
 use crate::state::jobs::eval::EvalRecord;
@@ -247,7 +247,7 @@ pub fn schedule(
                 continue;
             }
             match placer.select(tg, &w.penalty) {
-                Ok((node_id, _m)) => run.plan.placements.push(Placement {
+                Choice::Placed(node_id) => run.plan.placements.push(Placement {
                     id: new_id(),
                     node_id,
                     task_group: w.group.clone(),
@@ -255,7 +255,7 @@ pub fn schedule(
                     previous_alloc: w.previous,
                     reschedule_events: w.events,
                 }),
-                Err(m) => {
+                Choice::Failed(m) => {
                     *run.plan.queued.entry(w.group.clone()).or_default() += 1;
                     failed.insert(w.group.clone(), m);
                 }
@@ -276,7 +276,11 @@ pub fn schedule(
 }
 
 /// Why placements failed, when a node says (a disabled driver's advice).
-fn failure_description(job: &Job, placer: &Placer<'_>, failed: &BTreeMap<String, Metric>) -> String {
+fn failure_description(
+    job: &Job,
+    placer: &Placer<'_>,
+    failed: &BTreeMap<String, Metric>,
+) -> String {
     for (g, m) in failed {
         if !m
             .constraint_filtered
@@ -353,7 +357,10 @@ fn generic_group(run: &mut Run<'_>, job: &Job, tg: &TaskGroup, mine: &[&Arc<Allo
             if forced || is_followup || due <= run.now + RESCHEDULE_NOW_WINDOW {
                 run.stop(a, DESC_RESCHEDULED, false);
                 let mut events: Vec<RescheduleEvent> = if p.unlimited {
-                    let skip = a.reschedule_events.len().saturating_sub(MAX_UNLIMITED_EVENTS);
+                    let skip = a
+                        .reschedule_events
+                        .len()
+                        .saturating_sub(MAX_UNLIMITED_EVENTS);
                     a.reschedule_events[skip..].to_vec()
                 } else {
                     a.reschedule_events
@@ -374,7 +381,8 @@ fn generic_group(run: &mut Run<'_>, job: &Job, tg: &TaskGroup, mine: &[&Arc<Allo
                 freed.insert(a.alloc_index, (a.id.clone(), events, penalty));
             } else {
                 if a.followup_eval_id.is_empty() {
-                    let window = due - due.rem_euclid(FOLLOWUP_BATCH_WINDOW) + FOLLOWUP_BATCH_WINDOW;
+                    let window =
+                        due - due.rem_euclid(FOLLOWUP_BATCH_WINDOW) + FOLLOWUP_BATCH_WINDOW;
                     run.followups.entry(window).or_default().push(a.id.clone());
                 }
                 kept.entry(a.alloc_index).or_default().push(a);
@@ -495,7 +503,7 @@ fn system_place(
                 continue;
             }
             match placer.select_on(tg, node_id) {
-                Ok(_) => {
+                OnNode::Placed => {
                     any_feasible = true;
                     run.plan.placements.push(Placement {
                         id: new_id(),
@@ -509,7 +517,7 @@ fn system_place(
                         reschedule_events: Vec::new(),
                     });
                 }
-                Err((m, true)) => {
+                OnNode::Exhausted(m) => {
                     any_feasible = true;
                     *run.plan.queued.entry(tg.name.clone()).or_default() += 1;
                     match failed.get_mut(&tg.name) {
@@ -519,7 +527,7 @@ fn system_place(
                         }
                     }
                 }
-                Err((m, false)) => {
+                OnNode::Filtered(m) => {
                     let f = filtered.get_or_insert_with(|| placer.empty_metric());
                     f.nodes_evaluated += m.nodes_evaluated;
                     f.nodes_filtered += m.nodes_filtered;

@@ -189,13 +189,19 @@ fn a_service_job_spreads_over_equal_nodes_and_the_eval_completes() {
     let live = w.live("web");
     assert_eq!(live.len(), 5);
     let nodes: BTreeSet<&str> = live.iter().map(|a| a.node_id.as_str()).collect();
-    assert_eq!(nodes.len(), 5, "job anti-affinity spreads equal nodes: {nodes:?}");
+    assert_eq!(
+        nodes.len(),
+        5,
+        "job anti-affinity spreads equal nodes: {nodes:?}"
+    );
     let names: BTreeSet<&str> = live.iter().map(|a| a.name.as_str()).collect();
     assert!(names.contains("web.g[0]") && names.contains("web.g[4]"));
     assert_eq!(w.eval(&e).status, EvalStatus::Complete);
     assert!(w.eval(&e).failed_tg_allocs.is_empty());
     assert_eq!(w.eval(&e).queued_allocations["g"], 0);
-    assert!(live.iter().all(|a| a.eval_id == e && a.node_name == a.node_id));
+    assert!(live
+        .iter()
+        .all(|a| a.eval_id == e && a.node_name == a.node_id));
 }
 
 #[test]
@@ -205,13 +211,18 @@ fn bin_packing_prefers_the_fuller_node() {
     w.add_node(node("busy", 4000, 4096));
     // Fill "busy" halfway with another job pinned there.
     let mut pinned = simple("filler", "service", 1, 2000, 2048);
-    pinned["Constraints"] = json!([{"LTarget": "${node.unique.id}", "RTarget": "busy", "Operand": "="}]);
+    pinned["Constraints"] =
+        json!([{"LTarget": "${node.unique.id}", "RTarget": "busy", "Operand": "="}]);
     w.submit(pinned);
     w.run();
     assert_eq!(w.live("filler")[0].node_id, "busy");
     w.submit(simple("small", "batch", 1, 100, 100));
     w.run();
-    assert_eq!(w.live("small")[0].node_id, "busy", "the fuller node scores higher");
+    assert_eq!(
+        w.live("small")[0].node_id,
+        "busy",
+        "the fuller node scores higher"
+    );
 }
 
 #[test]
@@ -292,7 +303,8 @@ fn an_impossible_constraint_fails_with_nomads_metric_and_blocks() {
     w.add_node(a);
     w.nodes(2, 1000, 1000);
     let mut j = simple("win", "service", 3, 100, 100);
-    j["Constraints"] = json!([{"LTarget": "${attr.kernel.name}", "RTarget": "windows", "Operand": "="}]);
+    j["Constraints"] =
+        json!([{"LTarget": "${attr.kernel.name}", "RTarget": "windows", "Operand": "="}]);
     let e = w.submit(j);
     w.run();
     let ev = w.eval(&e).clone();
@@ -395,8 +407,12 @@ fn distinct_property_limits_allocs_per_value() {
         .keys()
         .collect();
     assert!(
-        reasons.iter().any(|r| r.starts_with("distinct_property: ${meta.rack}=r"))
-            && reasons.iter().any(|r| *r == "missing property \"${meta.rack}\""),
+        reasons
+            .iter()
+            .any(|r| r.starts_with("distinct_property: ${meta.rack}=r"))
+            && reasons
+                .iter()
+                .any(|r| *r == "missing property \"${meta.rack}\""),
         "{m}"
     );
 }
@@ -412,7 +428,10 @@ fn a_missing_driver_is_filtered_and_a_node_that_gets_it_unblocks_the_placement()
     let e = w.submit(simple("d", "service", 1, 100, 100));
     w.run();
     let ev = w.eval(&e).clone();
-    assert_eq!(ev.failed_tg_allocs["g"]["ConstraintFiltered"]["missing drivers"], 1);
+    assert_eq!(
+        ev.failed_tg_allocs["g"]["ConstraintFiltered"]["missing drivers"],
+        1
+    );
     assert!(
         ev.status_description
             .contains("driver \"raw_exec\" is not available on this node: enable it"),
@@ -461,11 +480,14 @@ fn a_system_job_runs_on_every_eligible_node_and_on_one_that_joins_later() {
     other_dc.datacenter = "eu-1".into();
     w.add_node(other_dc);
     let mut windows = node("win", 4000, 4096);
-    windows.attributes.insert("kernel.name".into(), "windows".into());
+    windows
+        .attributes
+        .insert("kernel.name".into(), "windows".into());
     w.add_node(windows);
     let mut j = simple("agentd", "system", 1, 100, 100);
     j["Datacenters"] = json!(["dc*"]);
-    j["Constraints"] = json!([{"LTarget": "${attr.kernel.name}", "RTarget": "linux", "Operand": "="}]);
+    j["Constraints"] =
+        json!([{"LTarget": "${attr.kernel.name}", "RTarget": "linux", "Operand": "="}]);
     let e = w.submit(j);
     w.run();
     let on: BTreeSet<String> = w.live("agentd").iter().map(|a| a.node_id.clone()).collect();
@@ -480,13 +502,12 @@ fn a_system_job_runs_on_every_eligible_node_and_on_one_that_joins_later() {
     );
     // A fourth node joins: a node-update eval places one more.
     w.add_node(node("node-003", 4000, 4096));
-    let evals: Vec<_> = w
-        .s
-        .evals
-        .values()
-        .filter(|e| e.triggered_by == "node-update" && e.node_id == "node-003")
-        .cloned()
-        .collect();
+    let evals: Vec<_> =
+        w.s.evals
+            .values()
+            .filter(|e| e.triggered_by == "node-update" && e.node_id == "node-003")
+            .cloned()
+            .collect();
     assert_eq!(evals.len(), 1);
     w.run();
     assert_eq!(w.live("agentd").len(), 4);
@@ -506,20 +527,31 @@ fn a_failed_service_alloc_is_rescheduled_after_its_delay_on_another_node() {
     let first = w.live("svc")[0].clone();
     w.client_status(&first.id, AllocClientStatus::Failed);
     // The failure queues an alloc-failure eval; the default policy waits 30 s.
-    assert!(w.s.evals.values().any(|e| e.triggered_by == "alloc-failure"));
+    assert!(w
+        .s
+        .evals
+        .values()
+        .any(|e| e.triggered_by == "alloc-failure"));
     w.run();
     let a = w.s.allocs[&first.id].clone();
     assert_eq!(a.desired_status, AllocDesiredStatus::Run, "not yet");
     assert!(!a.followup_eval_id.is_empty());
     let follow = w.eval(&a.followup_eval_id).clone();
     assert_eq!(follow.triggered_by, "alloc-reschedule");
-    assert!(follow.wait_until >= w.now + 30 * SECOND, "{}", follow.wait_until);
+    assert!(
+        follow.wait_until >= w.now + 30 * SECOND,
+        "{}",
+        follow.wait_until
+    );
     assert!(w.run().is_empty(), "the follow-up waits");
     w.now = follow.wait_until;
     w.run();
     let old = w.s.allocs[&first.id].clone();
     assert_eq!(old.desired_status, AllocDesiredStatus::Stop);
-    assert_eq!(old.desired_description, "alloc was rescheduled because it failed");
+    assert_eq!(
+        old.desired_description,
+        "alloc was rescheduled because it failed"
+    );
     let new = w.live("svc");
     let new = new.iter().find(|x| x.id != first.id).unwrap();
     assert_eq!(old.next_allocation, new.id);
@@ -578,18 +610,21 @@ fn a_down_node_loses_its_allocs_and_they_are_replaced_at_once() {
     let lost = w.s.allocs[&victim.id].clone();
     assert_eq!(lost.client_status, AllocClientStatus::Lost);
     assert_eq!(lost.desired_status, AllocDesiredStatus::Stop);
-    assert_eq!(lost.desired_description, "alloc is lost since its node is down");
-    assert!(w
-        .s
-        .evals
-        .values()
-        .any(|e| e.triggered_by == "node-update" && e.node_id == victim.node_id
-            && e.status == EvalStatus::Pending));
+    assert_eq!(
+        lost.desired_description,
+        "alloc is lost since its node is down"
+    );
+    assert!(w.s.evals.values().any(|e| e.triggered_by == "node-update"
+        && e.node_id == victim.node_id
+        && e.status == EvalStatus::Pending));
     w.run();
     let live = w.live("web");
     assert_eq!(live.len(), 3);
     assert!(live.iter().all(|a| a.node_id != victim.node_id));
-    let repl = live.iter().find(|a| a.previous_allocation == victim.id).unwrap();
+    let repl = live
+        .iter()
+        .find(|a| a.previous_allocation == victim.id)
+        .unwrap();
     assert_eq!(repl.name, victim.name);
     assert!(repl.reschedule_events.is_empty(), "not a reschedule");
 }
@@ -644,7 +679,8 @@ fn a_migrating_alloc_is_replaced_elsewhere_and_stopped_in_the_same_plan() {
     moved.desired_transition.migrate = Some(true);
     w.s.allocs.insert(a.id.clone(), Arc::new(moved));
     let job = w.s.jobs[&("default".to_string(), "m".to_string())].clone();
-    let eval = crate::state::jobs::eval::EvalRecord::pending_at(&job, "node-drain", 99, "drain-1", w.now);
+    let eval =
+        crate::state::jobs::eval::EvalRecord::pending_at(&job, "node-drain", 99, "drain-1", w.now);
     w.s.put_eval(eval);
     let mut n = (*w.s.nodes[&a.node_id]).clone();
     n.scheduling_eligibility = NodeEligibility::Ineligible;
@@ -672,18 +708,29 @@ fn the_plan_check_refuses_what_no_longer_fits_so_two_plans_never_overcommit() {
     let py = plan_for(&snap, &snap.evals[&ey], w.now, 1);
     assert_eq!((px.placements.len(), py.placements.len()), (1, 1));
     let rx = w.cmd(Command::PlanApply { plan: Box::new(px) }).unwrap();
-    let ry = w.cmd(Command::PlanApply { plan: Box::new(py.clone()) }).unwrap();
+    let ry = w
+        .cmd(Command::PlanApply {
+            plan: Box::new(py.clone()),
+        })
+        .unwrap();
     let (Applied::Plan(rx), Applied::Plan(ry)) = (rx, ry) else {
         panic!("plans")
     };
     assert_eq!((rx.placed, rx.refused), (1, 0));
     assert_eq!((ry.placed, ry.refused, ry.retry), (0, 1, true));
-    assert_eq!(w.eval(&ey).status, EvalStatus::Pending, "left for another try");
+    assert_eq!(
+        w.eval(&ey).status,
+        EvalStatus::Pending,
+        "left for another try"
+    );
     w.assert_no_overcommit();
     // The same refused plan on its final attempt blocks the eval.
     let mut last = py;
     last.final_attempt = true;
-    w.cmd(Command::PlanApply { plan: Box::new(last) }).unwrap();
+    w.cmd(Command::PlanApply {
+        plan: Box::new(last),
+    })
+    .unwrap();
     let ev = w.eval(&ey).clone();
     assert_eq!(ev.status, EvalStatus::Complete);
     assert_eq!(ev.queued_allocations["g"], 1);
@@ -691,7 +738,11 @@ fn the_plan_check_refuses_what_no_longer_fits_so_two_plans_never_overcommit() {
     w.assert_no_overcommit();
     // A plan for an eval that is done is refused whole.
     let stale = plan_for(&snap, &snap.evals[&ex], w.now, MAX_PLAN_ATTEMPTS);
-    assert!(w.cmd(Command::PlanApply { plan: Box::new(stale) }).is_err());
+    assert!(w
+        .cmd(Command::PlanApply {
+            plan: Box::new(stale)
+        })
+        .is_err());
 }
 
 #[test]
@@ -705,9 +756,12 @@ fn a_job_update_replaces_allocs_a_scale_down_stops_the_highest_and_a_stop_stops_
     w.run();
     let live = w.live("u");
     assert_eq!(live.len(), 3);
-    assert!(live.iter().all(|a| !v0.contains(&a.id) && a.job.version == 1));
-    assert!(v0.iter().all(|id| w.s.allocs[id].desired_description
-        == "alloc not needed due to job update"));
+    assert!(live
+        .iter()
+        .all(|a| !v0.contains(&a.id) && a.job.version == 1));
+    assert!(v0
+        .iter()
+        .all(|id| w.s.allocs[id].desired_description == "alloc not needed due to job update"));
     w.submit(simple("u", "service", 1, 100, 200));
     w.run();
     let live = w.live("u");
@@ -749,15 +803,17 @@ fn replaying_the_commands_gives_byte_identical_state() {
     .unwrap();
     w.now += 3600 * SECOND;
     w.run();
-    let wire: Vec<Command> =
-        serde_json::from_slice(&serde_json::to_vec(&w.log).unwrap()).unwrap();
+    let wire: Vec<Command> = serde_json::from_slice(&serde_json::to_vec(&w.log).unwrap()).unwrap();
     let mut again = ServerState::default();
     for (i, c) in wire.iter().enumerate() {
         let _ = apply(&mut again, c, 11 + i as u64);
     }
     assert_eq!(again.to_bytes().unwrap(), w.s.to_bytes().unwrap());
     let back = ServerState::from_bytes(&w.s.to_bytes().unwrap()).unwrap();
-    assert_eq!(back.allocs_by_node, w.s.allocs_by_node, "derived index rebuilt");
+    assert_eq!(
+        back.allocs_by_node, w.s.allocs_by_node,
+        "derived index rebuilt"
+    );
     assert_eq!(back.blocked_evals, w.s.blocked_evals);
     w.assert_no_overcommit();
 }
