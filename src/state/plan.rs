@@ -150,9 +150,9 @@ pub fn group_ask(tg: &TaskGroup) -> Usage {
         ..Usage::default()
     };
     for t in &tg.tasks {
-        let r = t.resources.clone().unwrap_or_default();
-        u.cpu += r.cpu.unwrap_or(100);
-        u.memory_mb += r.memory_mb.unwrap_or(300);
+        let r = t.resources.as_ref();
+        u.cpu += r.and_then(|r| r.cpu).unwrap_or(100);
+        u.memory_mb += r.and_then(|r| r.memory_mb).unwrap_or(300);
     }
     u
 }
@@ -637,17 +637,15 @@ pub(super) fn apply_plan(
         }
     }
     // Placements, grouped by node (in order of first appearance), checked against the node.
-    let mut by_node: Vec<(String, Vec<usize>)> = Vec::new();
+    // Each node is checked on its own, so the order of nodes does not change the outcome.
+    let mut by_node: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, p) in plan.placements.iter().enumerate() {
-        match by_node.iter_mut().find(|(n, _)| *n == p.node_id) {
-            Some((_, v)) => v.push(i),
-            None => by_node.push((p.node_id.clone(), vec![i])),
-        }
+        by_node.entry(p.node_id.as_str()).or_default().push(i);
     }
     let mut refused_by_group: BTreeMap<String, u64> = BTreeMap::new();
     let mut accepted: Vec<usize> = Vec::new();
     for (node_id, idxs) in &by_node {
-        let node = state.nodes.get(node_id).cloned();
+        let node = state.nodes.get(*node_id).cloned();
         let usable = node.as_ref().filter(|n| node_schedulable(n));
         let (cap, mut used) = match usable {
             Some(n) => (node_capacity(n), node_used(state, node_id)),

@@ -95,11 +95,14 @@ pub fn in_memory(nodes: usize, allocs: usize) -> (u64, Duration) {
     }
     let started = Instant::now();
     let mut placed = 0;
+    let mut planning = Duration::ZERO;
     loop {
         let (Some(eval), _) = next_eval(&s, 3) else {
             break;
         };
+        let t = Instant::now();
         let plan = plan_for(&s, &eval, 3, 1);
+        planning += t.elapsed();
         placed += plan.placements.len() as u64;
         if apply(
             &mut s,
@@ -114,7 +117,13 @@ pub fn in_memory(nodes: usize, allocs: usize) -> (u64, Duration) {
         }
         index += 1;
     }
-    (placed, started.elapsed())
+    let took = started.elapsed();
+    println!(
+        "  (planning {:.2} s, applying {:.2} s)",
+        planning.as_secs_f64(),
+        (took - planning).as_secs_f64()
+    );
+    (placed, took)
 }
 
 /// Through the command log in a temp dir with the `scheduler` thread: from the first job

@@ -132,10 +132,31 @@ struct GroupCtx {
     ask: Usage,
     constraints: Vec<Constraint>,
     job_constraints: usize,
-    /// Node index → `None` feasible / `Some(reason)`; absent: not checked yet.
-    feasible: HashMap<usize, Option<String>>,
+    /// Node index → `None`: not checked yet; `Some(None)` feasible; `Some(Some(reason))`.
+    feasible: Vec<Option<Option<String>>>,
     distinct_hosts: bool,
     distinct_props: Vec<(String, u64)>,
+}
+
+/// The scores of one node for one placement.
+#[derive(Clone, Copy, Debug)]
+struct Scores {
+    binpack: f64,
+    anti_affinity: f64,
+    penalty: f64,
+    norm: f64,
+}
+
+impl Scores {
+    fn to_map(self) -> BTreeMap<&'static str, f64> {
+        [
+            ("binpack", self.binpack),
+            ("job-anti-affinity", self.anti_affinity),
+            ("node-reschedule-penalty", self.penalty),
+        ]
+        .into_iter()
+        .collect()
+    }
 }
 
 /// The placer of one scheduling run for one job.
@@ -147,18 +168,18 @@ pub struct Placer<'a> {
     cursor: usize,
     base: Metric,
     /// Node index → (capacity, used incl. this plan), filled on first use.
-    usage: HashMap<usize, (Usage, Usage)>,
+    usage: Vec<Option<(Usage, Usage)>>,
     /// Allocs stopped by this plan (their resources are free).
     stopping: HashSet<String>,
-    /// (group, node) → this job's live allocs there (existing kept + planned).
-    group_on: HashMap<(String, String), u32>,
-    /// node → this job's live allocs there.
-    job_on: HashMap<String, u32>,
+    /// (group index, node index) → this job's live allocs there (existing kept + planned).
+    group_on: HashMap<(usize, usize), u32>,
+    /// Node index → this job's live allocs there.
+    job_on: Vec<u32>,
     /// (group or "" for job scope, property target, value) → allocs using it.
     property_use: HashMap<(String, String, String), u64>,
     job_distinct_hosts: bool,
     job_distinct_props: Vec<(String, u64)>,
-    groups: HashMap<String, GroupCtx>,
+    groups: Vec<Option<GroupCtx>>,
     cache: Cache,
 }
 
@@ -169,12 +190,7 @@ fn distinct_of(cs: &[Constraint]) -> (bool, Vec<(String, u64)>) {
     let props = cs
         .iter()
         .filter(|c| c.operand == "distinct_property")
-        .map(|c| {
-            (
-                c.l_target.clone(),
-                c.r_target.parse::<u64>().unwrap_or(1).max(1),
-            )
-        })
+        .map(|c| (c.l_target.clone(), c.r_target.parse::<u64>().unwrap_or(1).max(1)))
         .collect();
     (hosts, props)
 }
@@ -218,20 +234,12 @@ impl<'a> Placer<'a> {
         let mut nodes: Vec<Arc<Node>> = Vec::new();
         for n in state.nodes.values() {
             if plan::node_schedulable(n) && plan::job_targets_node(job, n) {
-                *base
-                    .nodes_available
-                    .entry(n.datacenter.clone())
-                    .or_default() += 1;
+                *base.nodes_available.entry(n.datacenter.clone()).or_default() += 1;
                 nodes.push(n.clone());
             }
         }
         if nodes.is_empty() {
-            for dc in job
-                .datacenters
-                .iter()
-                .flatten()
-                .filter(|d| !d.contains('*'))
-            {
+            for dc in job.datacenters.iter().flatten().filter(|d| !d.contains('*')) {
                 base.nodes_available.insert(dc.clone(), 0);
             }
         }
@@ -248,6 +256,7 @@ impl<'a> Placer<'a> {
             .collect();
         let job_cs = feasible::constraints_of(&job.constraints);
         let (job_distinct_hosts, job_distinct_props) = distinct_of(&job_cs);
+        let n = nodes.len();
         let mut p = Placer {
             state,
             job,
@@ -255,14 +264,14 @@ impl<'a> Placer<'a> {
             index_of,
             cursor: 0,
             base,
-            usage: HashMap::new(),
+            usage: vec![None; n],
             stopping,
             group_on: HashMap::new(),
-            job_on: HashMap::new(),
+            job_on: vec![0; n],
             property_use: HashMap::new(),
             job_distinct_hosts,
             job_distinct_props,
-            groups: HashMap::new(),
+            groups: job.task_groups.iter().map(|_| None).collect(),
             cache: Cache::default(),
         };
         let key = (job.namespace.clone(), job.id.clone());
@@ -271,55 +280,71 @@ impl<'a> Placer<'a> {
             .filter(|a| a.is_live() && !p.stopping.contains(&a.id))
             .map(|a| (a.task_group.clone(), a.node_id.clone()))
             .collect();
-        for (g, n) in live {
-            p.count_alloc(&g, &n);
+        for (g, node) in live {
+            let gi = job.task_groups.iter().position(|t| t.name == g);
+            let ni = p.index_of.get(&node).copied();
+            p.count_alloc(gi, ni, &node);
         }
         p
     }
 
-    /// Record a live alloc of this job (existing or planned) on a node.
-    fn count_alloc(&mut self, group: &str, node_id: &str) {
-        *self
-            .group_on
-            .entry((group.to_string(), node_id.to_string()))
-            .or_default() += 1;
-        *self.job_on.entry(node_id.to_string()).or_default() += 1;
+    /// Record a live alloc of this job (existing or planned) of group `gi` on a node
+    /// (`ni`: its candidate index, when it is a candidate).
+    fn count_alloc(&mut self, gi: Option<usize>, ni: Option<usize>, node_id: &str) {
+        if let Some(ni) = ni {
+            self.job_on[ni] += 1;
+            if let Some(gi) = gi {
+                *self.group_on.entry((gi, ni)).or_default() += 1;
+            }
+        }
+        let group_props = gi
+            .and_then(|gi| self.job.task_groups.get(gi))
+            .map(|tg| distinct_of(&feasible::constraints_of(&tg.constraints)).1)
+            .unwrap_or_default();
+        if self.job_distinct_props.is_empty() && group_props.is_empty() {
+            return;
+        }
         let Some(node) = self.state.nodes.get(node_id).cloned() else {
             return;
         };
-        let mut props: Vec<(String, String)> = self
+        let group_name = gi
+            .and_then(|gi| self.job.task_groups.get(gi))
+            .map(|tg| tg.name.clone())
+            .unwrap_or_default();
+        let props = self
             .job_distinct_props
             .iter()
             .map(|(t, _)| (String::new(), t.clone()))
-            .collect();
-        if let Some(tg) = self.job.group(group) {
-            let cs = feasible::constraints_of(&tg.constraints);
-            for (t, _) in distinct_of(&cs).1 {
-                props.push((group.to_string(), t));
-            }
-        }
-        for (scope, target) in props {
+            .chain(group_props.into_iter().map(|(t, _)| (group_name.clone(), t)));
+        for (scope, target) in props.collect::<Vec<_>>() {
             if let Some(v) = feasible::resolve(&target, &node) {
                 *self.property_use.entry((scope, target, v)).or_default() += 1;
             }
         }
     }
 
-    fn group_ctx(&mut self, tg: &TaskGroup) -> &mut GroupCtx {
+    /// The index of `tg` in the job and its context (made on first use).
+    fn group(&mut self, tg: &TaskGroup) -> usize {
         let job = self.job;
-        self.groups.entry(tg.name.clone()).or_insert_with(|| {
+        let gi = job
+            .task_groups
+            .iter()
+            .position(|t| t.name == tg.name)
+            .unwrap_or(0);
+        if self.groups.get(gi).is_some_and(Option::is_none) {
             let job_cs = feasible::constraints_of(&job.constraints);
             let constraints = feasible::group_constraints(job, tg);
             let (hosts, props) = distinct_of(&feasible::constraints_of(&tg.constraints));
-            GroupCtx {
+            self.groups[gi] = Some(GroupCtx {
                 ask: plan::group_ask(tg),
                 job_constraints: job_cs.len(),
                 constraints,
-                feasible: HashMap::new(),
+                feasible: vec![None; self.nodes.len()],
                 distinct_hosts: hosts,
                 distinct_props: props,
-            }
-        })
+            });
+        }
+        gi
     }
 
     /// How many scored nodes a placement looks at (ref §4.7).
@@ -334,8 +359,8 @@ impl<'a> Placer<'a> {
     }
 
     fn usage_of(&mut self, i: usize) -> (Usage, Usage) {
-        if let Some(u) = self.usage.get(&i) {
-            return *u;
+        if let Some(u) = self.usage[i] {
+            return u;
         }
         let node = &self.nodes[i];
         let cap = plan::node_capacity(node);
@@ -345,89 +370,78 @@ impl<'a> Placer<'a> {
                 used.add(&plan::alloc_ask(a));
             }
         }
-        self.usage.insert(i, (cap, used));
+        self.usage[i] = Some((cap, used));
         (cap, used)
     }
 
-    /// Check node `i` for group `tg`: `Err` filtered/exhausted (recorded in `m`), else its
-    /// scores.
-    fn consider(
-        &mut self,
-        i: usize,
-        tg: &TaskGroup,
-        penalty: &[String],
-        m: &mut Metric,
-    ) -> Option<(BTreeMap<&'static str, f64>, f64)> {
-        let node = self.nodes[i].clone();
+    /// Check node `i` for group `gi`: `None` filtered or exhausted (recorded in `m`), else
+    /// its scores.
+    fn consider(&mut self, i: usize, gi: usize, penalty: &[String], m: &mut Metric) -> Option<Scores> {
         m.nodes_evaluated += 1;
         let mut cache = std::mem::take(&mut self.cache);
-        let g = self.group_ctx(tg);
-        let reason = match g.feasible.get(&i) {
-            Some(r) => r.clone(),
-            None => {
-                let r = feasible::static_check(
-                    &g.constraints,
-                    g.job_constraints,
-                    tg,
-                    &node,
-                    &mut cache,
-                );
-                g.feasible.insert(i, r.clone());
-                r
-            }
+        let Some(g) = self.groups.get_mut(gi).and_then(Option::as_mut) else {
+            self.cache = cache;
+            return None;
         };
-        let group_hosts = g.distinct_hosts;
-        let group_props = g.distinct_props.clone();
-        let ask = g.ask;
+        let tg = &self.job.task_groups[gi];
+        let node = &self.nodes[i];
+        if g.feasible[i].is_none() {
+            g.feasible[i] = Some(feasible::static_check(
+                &g.constraints,
+                g.job_constraints,
+                tg,
+                node,
+                &mut cache,
+            ));
+        }
         self.cache = cache;
-        if let Some(r) = reason {
-            m.filter(&node, r);
+        let (ask, group_hosts) = (g.ask, g.distinct_hosts);
+        if let Some(Some(reason)) = &g.feasible[i] {
+            let reason = reason.clone();
+            m.filter(node, reason);
             return None;
         }
-        let on_node = self
-            .group_on
-            .get(&(tg.name.clone(), node.id.clone()))
-            .copied()
-            .unwrap_or(0);
-        let job_on_node = self.job_on.get(&node.id).copied().unwrap_or(0);
-        if (self.job_distinct_hosts && job_on_node > 0) || (group_hosts && on_node > 0) {
-            m.filter(&node, "distinct_hosts".into());
+        let on_node = self.group_on.get(&(gi, i)).copied().unwrap_or(0);
+        if (self.job_distinct_hosts && self.job_on[i] > 0) || (group_hosts && on_node > 0) {
+            m.filter(node, "distinct_hosts".into());
             return None;
         }
-        let scoped = self
-            .job_distinct_props
-            .iter()
-            .map(|(t, n)| (String::new(), t.clone(), *n))
-            .chain(
-                group_props
-                    .iter()
-                    .map(|(t, n)| (tg.name.clone(), t.clone(), *n)),
-            )
-            .collect::<Vec<_>>();
-        for (scope, target, limit) in scoped {
-            let Some(value) = feasible::resolve(&target, &node) else {
-                m.filter(&node, format!("missing property {target:?}"));
-                return None;
-            };
-            let used = self
-                .property_use
-                .get(&(scope, target.clone(), value.clone()))
-                .copied()
-                .unwrap_or(0);
-            if used >= limit {
-                m.filter(
-                    &node,
-                    format!("distinct_property: {target}={value} used by {used} allocs"),
-                );
-                return None;
+        if !self.job_distinct_props.is_empty() || !g.distinct_props.is_empty() {
+            let scoped: Vec<(String, String, u64)> = self
+                .job_distinct_props
+                .iter()
+                .map(|(t, n)| (String::new(), t.clone(), *n))
+                .chain(
+                    g.distinct_props
+                        .iter()
+                        .map(|(t, n)| (tg.name.clone(), t.clone(), *n)),
+                )
+                .collect();
+            for (scope, target, limit) in scoped {
+                let Some(value) = feasible::resolve(&target, node) else {
+                    m.filter(node, format!("missing property {target:?}"));
+                    return None;
+                };
+                let used = self
+                    .property_use
+                    .get(&(scope, target.clone(), value.clone()))
+                    .copied()
+                    .unwrap_or(0);
+                if used >= limit {
+                    m.filter(
+                        node,
+                        format!("distinct_property: {target}={value} used by {used} allocs"),
+                    );
+                    return None;
+                }
             }
         }
         let (cap, used) = self.usage_of(i);
         if let Some(dim) = used.exceeds(&ask, &cap) {
-            m.exhaust(&node, dim);
+            let node = &self.nodes[i];
+            m.exhaust(node, dim);
             return None;
         }
-        let mut scores: BTreeMap<&'static str, f64> = BTreeMap::new();
         let free = |u: i64, c: i64| {
             if c <= 0 {
                 0.0
@@ -438,46 +452,49 @@ impl<'a> Placer<'a> {
         let total = 10f64.powf(free(used.cpu + ask.cpu, cap.cpu))
             + 10f64.powf(free(used.memory_mb + ask.memory_mb, cap.memory_mb));
         let binpack = (20.0 - total).clamp(0.0, 18.0) / 18.0;
-        scores.insert("binpack", binpack);
+        let mut s = Scores {
+            binpack,
+            anti_affinity: 0.0,
+            penalty: 0.0,
+            norm: 0.0,
+        };
         let mut sum = binpack;
         let mut n = 1.0;
         if on_node > 0 {
-            let count = tg.count().max(1) as f64;
-            let anti = -((on_node as f64) + 1.0) / count;
-            scores.insert("job-anti-affinity", anti);
-            sum += anti;
+            let count = self.job.task_groups[gi].count().max(1) as f64;
+            s.anti_affinity = -((on_node as f64) + 1.0) / count;
+            sum += s.anti_affinity;
             n += 1.0;
-        } else {
-            scores.insert("job-anti-affinity", 0.0);
         }
-        if penalty.iter().any(|p| *p == node.id) {
-            scores.insert("node-reschedule-penalty", -1.0);
+        let id = &self.nodes[i].id;
+        if penalty.iter().any(|p| p == id) {
+            s.penalty = -1.0;
             sum -= 1.0;
             n += 1.0;
-        } else {
-            scores.insert("node-reschedule-penalty", 0.0);
         }
-        Some((scores, sum / n))
+        s.norm = sum / n;
+        Some(s)
     }
 
     /// Choose a node for one alloc of `tg` (`penalty`: nodes a rescheduled alloc failed on).
     pub fn select(&mut self, tg: &TaskGroup, penalty: &[String]) -> Choice {
         let started = Instant::now();
-        let mut m = self.base.clone();
+        let gi = self.group(tg);
+        let mut m = Metric::default();
         let n = self.nodes.len();
         let limit = self.limit();
-        let mut good: Vec<(usize, BTreeMap<&'static str, f64>, f64)> = Vec::new();
-        let mut skipped: Vec<(usize, BTreeMap<&'static str, f64>, f64)> = Vec::new();
+        let mut good: Vec<(usize, Scores)> = Vec::new();
+        let mut skipped: Vec<(usize, Scores)> = Vec::new();
         let mut visited = 0;
         while visited < n && good.len() < limit {
             let i = self.cursor;
             self.cursor = (self.cursor + 1) % n;
             visited += 1;
-            if let Some((scores, norm)) = self.consider(i, tg, penalty, &mut m) {
-                if norm <= 0.0 && skipped.len() < MAX_SKIPPED {
-                    skipped.push((i, scores, norm));
+            if let Some(s) = self.consider(i, gi, penalty, &mut m) {
+                if s.norm <= 0.0 && skipped.len() < MAX_SKIPPED {
+                    skipped.push((i, s));
                 } else {
-                    good.push((i, scores, norm));
+                    good.push((i, s));
                 }
             }
         }
@@ -485,44 +502,55 @@ impl<'a> Placer<'a> {
         let best = pool
             .iter()
             .enumerate()
-            .fold(None::<(usize, f64)>, |best, (k, (_, _, s))| match best {
-                Some((_, b)) if b >= *s => best,
-                _ => Some((k, *s)),
+            .fold(None::<(usize, f64)>, |best, (k, (_, s))| match best {
+                Some((_, b)) if b >= s.norm => best,
+                _ => Some((k, s.norm)),
             })
             .map(|(k, _)| k);
         if let Some(k) = best {
             let i = pool[k].0;
-            self.commit(i, tg);
+            self.commit(i, gi);
             return Choice::Placed(self.nodes[i].id.clone());
         }
         // Only a failure keeps its metric (the eval's `FailedTGAllocs`).
-        let mut ranked: Vec<&(usize, BTreeMap<&'static str, f64>, f64)> = pool.iter().collect();
-        ranked.sort_by(|a, b| b.2.partial_cmp(&a.2).unwrap_or(std::cmp::Ordering::Equal));
+        let mut ranked = pool;
+        ranked.sort_by(|a, b| {
+            b.1.norm
+                .partial_cmp(&a.1.norm)
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
         m.scores = ranked
             .iter()
             .take(SCORE_META_TOP)
-            .map(|(i, s, norm)| (self.nodes[*i].id.clone(), s.clone(), *norm))
+            .map(|(i, s)| (self.nodes[*i].id.clone(), s.to_map(), s.norm))
             .collect();
+        Choice::Failed(self.finish(m, started))
+    }
+
+    /// A failure's metric with the candidate set's counts and the time it took.
+    fn finish(&self, mut m: Metric, started: Instant) -> Metric {
+        m.nodes_in_pool = self.base.nodes_in_pool;
+        m.node_pool = self.base.node_pool.clone();
+        m.nodes_available = self.base.nodes_available.clone();
         m.allocation_time = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        Choice::Failed(m)
+        m
     }
 
     /// Place one alloc of `tg` on exactly `node_id` (system jobs).
     pub fn select_on(&mut self, tg: &TaskGroup, node_id: &str) -> OnNode {
         let started = Instant::now();
-        let mut m = self.base.clone();
+        let gi = self.group(tg);
+        let mut m = Metric::default();
         let Some(&i) = self.index_of.get(node_id) else {
-            return OnNode::Filtered(m);
+            return OnNode::Filtered(self.finish(m, started));
         };
-        let r = self.consider(i, tg, &[], &mut m);
-        m.allocation_time = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        match r {
+        match self.consider(i, gi, &[], &mut m) {
             Some(_) => {
-                self.commit(i, tg);
+                self.commit(i, gi);
                 OnNode::Placed
             }
-            None if m.nodes_exhausted > 0 => OnNode::Exhausted(m),
-            None => OnNode::Filtered(m),
+            None if m.nodes_exhausted > 0 => OnNode::Exhausted(self.finish(m, started)),
+            None => OnNode::Filtered(self.finish(m, started)),
         }
     }
 
@@ -531,12 +559,17 @@ impl<'a> Placer<'a> {
         self.base.clone()
     }
 
-    fn commit(&mut self, i: usize, tg: &TaskGroup) {
-        let ask = self.group_ctx(tg).ask;
+    fn commit(&mut self, i: usize, gi: usize) {
+        let ask = self
+            .groups
+            .get(gi)
+            .and_then(Option::as_ref)
+            .map(|g| g.ask)
+            .unwrap_or_default();
         let (cap, mut used) = self.usage_of(i);
         used.add(&ask);
-        self.usage.insert(i, (cap, used));
+        self.usage[i] = Some((cap, used));
         let id = self.nodes[i].id.clone();
-        self.count_alloc(&tg.name, &id);
+        self.count_alloc(Some(gi), Some(i), &id);
     }
 }
