@@ -253,6 +253,10 @@ pub struct ServerState {
     /// Derived, never stored: the IDs of the `blocked` evals (what a capacity change wakes).
     /// Kept by [`ServerState::put_eval`]; [`ServerState::reindexed`] rebuilds it.
     pub blocked_evals: imbl::OrdSet<String>,
+    /// Derived, never stored: what each node's live allocs use, recomputed for the nodes a
+    /// command touched ([`super::plan::refresh_usage`]). The scheduler's hint; the plan check
+    /// at apply computes from the allocs themselves.
+    pub node_usage: imbl::OrdMap<String, super::plan::Usage>,
 }
 
 /// The serialized form of [`ServerState`] (snapshots, the determinism check).
@@ -333,6 +337,7 @@ impl ServerState {
             allocs_by_job: imbl::OrdMap::default(),
             allocs_by_node: imbl::OrdMap::default(),
             blocked_evals: imbl::OrdSet::default(),
+            node_usage: imbl::OrdMap::default(),
         }
         .reindexed()
     }
@@ -357,6 +362,14 @@ impl ServerState {
             .values()
             .filter(|e| e.status == EvalStatus::Blocked)
             .map(|e| e.id.clone())
+            .collect();
+        let nodes: Vec<String> = self.allocs_by_node.keys().cloned().collect();
+        self.node_usage = nodes
+            .into_iter()
+            .map(|n| {
+                let u = super::plan::node_used(&self, &n);
+                (n, u)
+            })
             .collect();
         self
     }
@@ -524,6 +537,7 @@ pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appli
         | Command::NodeUpdateEligibility { .. }
         | Command::NodeEvents { .. } => apply_node(state, cmd, index)?,
     };
+    super::plan::refresh_usage(state, cmd);
     state.index = state.index.max(index);
     Ok(applied)
 }

@@ -199,6 +199,50 @@ pub fn node_used(state: &ServerState, node_id: &str) -> Usage {
     u
 }
 
+/// Recompute [`ServerState::node_usage`] for the nodes whose allocs `cmd` (just applied)
+/// may have started, stopped or ended.
+pub(super) fn refresh_usage(state: &mut ServerState, cmd: &super::command::Command) {
+    use super::command::Command;
+    let of_alloc = |state: &ServerState, id: &str| state.allocs.get(id).map(|a| a.node_id.clone());
+    let of_job = |state: &ServerState, ns: &str, id: &str| -> Vec<String> {
+        state
+            .allocs_of(&(ns.to_string(), id.to_string()))
+            .map(|a| a.node_id.clone())
+            .collect()
+    };
+    let nodes: BTreeSet<String> = match cmd {
+        Command::AllocClientUpdate { alloc_id, .. }
+        | Command::AllocStopQueued { alloc_id, .. }
+        | Command::AllocStop { alloc_id, .. } => {
+            let mut n: BTreeSet<String> = of_alloc(state, alloc_id).into_iter().collect();
+            if let Command::AllocStop { node, .. } = cmd {
+                n.insert(node.id.clone());
+            }
+            n
+        }
+        // `apply_plan` keeps the usage of the nodes it touched itself.
+        Command::PlanApply { .. } => return,
+        Command::JobStop {
+            namespace, job_id, ..
+        }
+        | Command::JobDeregister {
+            namespace, job_id, ..
+        } => of_job(state, namespace, job_id).into_iter().collect(),
+        Command::JobRegister { job, node, .. } => {
+            let mut n: BTreeSet<String> =
+                of_job(state, &job.namespace, &job.id).into_iter().collect();
+            n.insert(node.id.clone());
+            n
+        }
+        Command::NodeUpdateStatus { node_id, .. } => [node_id.clone()].into(),
+        _ => return,
+    };
+    for n in nodes {
+        let u = node_used(state, &n);
+        state.node_usage.insert(n, u);
+    }
+}
+
 /// A node new allocs may go to: ready, eligible, not draining.
 pub fn node_schedulable(n: &Node) -> bool {
     n.status == NodeStatus::Ready
@@ -671,6 +715,24 @@ pub(super) fn apply_plan(
                 result.refused += 1;
             }
         }
+        // What the node's live allocs use now (the accepted placements are about to exist).
+        let now_used = if usable.is_some() {
+            used
+        } else {
+            node_used(state, node_id)
+        };
+        state.node_usage.insert(node_id.to_string(), now_used);
+    }
+    // Nodes that only lost allocs to the stops.
+    let stopped_on: BTreeSet<String> = plan
+        .stops
+        .iter()
+        .filter_map(|st| state.allocs.get(&st.alloc_id).map(|a| a.node_id.clone()))
+        .filter(|n| !by_node.contains_key(n.as_str()))
+        .collect();
+    for n in stopped_on {
+        let u = node_used(state, &n);
+        state.node_usage.insert(n, u);
     }
     accepted.sort_unstable();
     if let Some(job) = &job {

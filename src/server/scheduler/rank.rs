@@ -190,7 +190,12 @@ fn distinct_of(cs: &[Constraint]) -> (bool, Vec<(String, u64)>) {
     let props = cs
         .iter()
         .filter(|c| c.operand == "distinct_property")
-        .map(|c| (c.l_target.clone(), c.r_target.parse::<u64>().unwrap_or(1).max(1)))
+        .map(|c| {
+            (
+                c.l_target.clone(),
+                c.r_target.parse::<u64>().unwrap_or(1).max(1),
+            )
+        })
         .collect();
     (hosts, props)
 }
@@ -234,12 +239,20 @@ impl<'a> Placer<'a> {
         let mut nodes: Vec<Arc<Node>> = Vec::new();
         for n in state.nodes.values() {
             if plan::node_schedulable(n) && plan::job_targets_node(job, n) {
-                *base.nodes_available.entry(n.datacenter.clone()).or_default() += 1;
+                *base
+                    .nodes_available
+                    .entry(n.datacenter.clone())
+                    .or_default() += 1;
                 nodes.push(n.clone());
             }
         }
         if nodes.is_empty() {
-            for dc in job.datacenters.iter().flatten().filter(|d| !d.contains('*')) {
+            for dc in job
+                .datacenters
+                .iter()
+                .flatten()
+                .filter(|d| !d.contains('*'))
+            {
                 base.nodes_available.insert(dc.clone(), 0);
             }
         }
@@ -315,7 +328,11 @@ impl<'a> Placer<'a> {
             .job_distinct_props
             .iter()
             .map(|(t, _)| (String::new(), t.clone()))
-            .chain(group_props.into_iter().map(|(t, _)| (group_name.clone(), t)));
+            .chain(
+                group_props
+                    .into_iter()
+                    .map(|(t, _)| (group_name.clone(), t)),
+            );
         for (scope, target) in props.collect::<Vec<_>>() {
             if let Some(v) = feasible::resolve(&target, &node) {
                 *self.property_use.entry((scope, target, v)).or_default() += 1;
@@ -364,10 +381,22 @@ impl<'a> Placer<'a> {
         }
         let node = &self.nodes[i];
         let cap = plan::node_capacity(node);
-        let mut used = Usage::default();
-        for a in self.state.allocs_on(&node.id) {
-            if a.is_live() && !self.stopping.contains(&a.id) {
-                used.add(&plan::alloc_ask(a));
+        // The state's derived usage (the plan check at apply recomputes it exactly), minus
+        // what this plan stops there.
+        let mut used = self
+            .state
+            .node_usage
+            .get(&node.id)
+            .copied()
+            .unwrap_or_default();
+        if !self.stopping.is_empty() {
+            for a in self.state.allocs_on(&node.id) {
+                if a.is_live() && self.stopping.contains(&a.id) {
+                    let ask = plan::alloc_ask(a);
+                    used.cpu -= ask.cpu;
+                    used.memory_mb -= ask.memory_mb;
+                    used.disk_mb -= ask.disk_mb;
+                }
             }
         }
         self.usage[i] = Some((cap, used));
@@ -376,7 +405,13 @@ impl<'a> Placer<'a> {
 
     /// Check node `i` for group `gi`: `None` filtered or exhausted (recorded in `m`), else
     /// its scores.
-    fn consider(&mut self, i: usize, gi: usize, penalty: &[String], m: &mut Metric) -> Option<Scores> {
+    fn consider(
+        &mut self,
+        i: usize,
+        gi: usize,
+        penalty: &[String],
+        m: &mut Metric,
+    ) -> Option<Scores> {
         m.nodes_evaluated += 1;
         let mut cache = std::mem::take(&mut self.cache);
         let Some(g) = self.groups.get_mut(gi).and_then(Option::as_mut) else {
