@@ -41,7 +41,7 @@ bench: release
 # (default 600), FUZZ_PARALLEL targets at a time (default 1). Needs the nightly toolchain.
 FUZZ_SECONDS ?= 600
 FUZZ_PARALLEL ?= 1
-FUZZ_TARGETS ?= http_head chunked_body filter hcl_policy job_json go_duration jwt safe_path
+FUZZ_TARGETS ?= http_head chunked_body filter hcl_policy job_json go_duration jwt safe_path gossip_datagram
 
 fuzz:
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal

@@ -45,6 +45,8 @@ pub enum AgentError {
     Register(LinkError),
     /// The server's scheduler thread could not be started.
     Scheduler(std::io::Error),
+    /// Gossip (the serf port) could not start.
+    Gossip(crate::gossip::GossipError),
 }
 
 impl fmt::Display for AgentError {
@@ -59,6 +61,7 @@ impl fmt::Display for AgentError {
             AgentError::Tls(e) => write!(f, "{e}"),
             AgentError::Register(e) => write!(f, "cannot register this node: {e}"),
             AgentError::Scheduler(e) => write!(f, "cannot start the scheduler: {e}"),
+            AgentError::Gossip(e) => write!(f, "{e}"),
         }
     }
 }
@@ -73,6 +76,7 @@ impl std::error::Error for AgentError {
             AgentError::State(e) => Some(e),
             AgentError::Tls(e) => Some(e),
             AgentError::Register(e) => Some(e),
+            AgentError::Gossip(e) => Some(e),
         }
     }
 }
@@ -98,11 +102,11 @@ impl Agent {
         let membership = Membership::load(&config, node.id())?;
         let workloads = Arc::new(Workloads::load(&config.data_dir, index.clone())?);
         index.observe(workloads.max_index());
-        let acl = AclState::load(
+        let acl = Arc::new(AclState::load(
             &config.data_dir,
             config.acl_enabled,
             workloads.command_log(),
-        );
+        ));
         index.observe(acl.max_index());
         let heartbeats = Heartbeats::new(
             HeartbeatSettings::of(&config),
@@ -117,7 +121,8 @@ impl Agent {
                 rpc_dialer(&config, tls.as_ref()),
             ))
         } else {
-            let mut local = LocalLink::new(workloads.clone(), node.clone(), index.clone());
+            let mut local = LocalLink::new(workloads.clone(), node.clone(), index.clone())
+                .with_acl(acl.clone());
             if config.rpc_listener() {
                 local = local.with_heartbeats(heartbeats.clone());
             }
@@ -138,6 +143,7 @@ impl Agent {
             batcher,
             heartbeats,
             http: OnceLock::new(),
+            gossip: OnceLock::new(),
             tls,
             started_at: SystemTime::now(),
         }))
@@ -298,6 +304,8 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         ..Limits::default()
     }
     .with_env();
+    // Before the API serves: members, join and force-leave find gossip running.
+    start_gossip(&agent)?;
     let router = Arc::new(Router::new(agent.clone()));
     let server = Arc::new(Server::new(router.clone(), limits.clone()));
     let _ = agent.http.set(server.clone());
@@ -306,7 +314,6 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         // server.
         agent.client.start(TaskApi {
             server: server.clone(),
-            keys: agent.acl.keys.clone(),
         });
     }
     let served = match agent.tls.clone().filter(|t| t.http()) {
@@ -318,17 +325,24 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     let rpc_server = match rpc_listener {
         Some(l) => {
             let rpc_addr = agent.config.rpc_bind();
-            let service = Arc::new(RpcService::new(
-                agent.workloads.clone(),
-                agent.index.clone(),
-                agent.heartbeats.clone(),
-            ));
+            let service = Arc::new(
+                RpcService::new(
+                    agent.workloads.clone(),
+                    agent.index.clone(),
+                    agent.heartbeats.clone(),
+                )
+                .with_acl(agent.acl.clone()),
+            );
+            let rpc_limits = Limits {
+                max_conns_per_client: agent.config.rpc_max_conns_per_client,
+                ..limits
+            };
             let rpc = Arc::new(Server::new(
                 Arc::new(RpcRouter::new(service, router.clone())),
-                limits,
+                rpc_limits,
             ));
             let served = match agent.tls.clone().filter(|t| t.settings().rpc) {
-                Some(tls) => rpc.serve_tcp_tls(l, tls),
+                Some(tls) => rpc.serve_tcp_tls(l, Arc::new(crate::tls::RpcTls(tls))),
                 None => rpc.serve_tcp(l),
             };
             served.map_err(|source| AgentError::Bind {
@@ -340,8 +354,11 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         }
         None => None,
     };
-    // Load or make the workload identity key off the start-up path (joined at shutdown).
-    let warm_keys = {
+    // Load or make the workload identity key off the start-up path (joined at shutdown). A
+    // client-only agent holds no signing key: its server signs.
+    let warm_keys = if agent.config.client_only() {
+        None
+    } else {
         let agent = agent.clone();
         std::thread::Builder::new()
             .name("acl-keys-warmup".into())
@@ -381,6 +398,13 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     notify(&notifier, "STOPPING=1");
     // Blocking queries return at once from here on, so their connections can finish.
     agent.index.close();
+    if let Some(g) = agent.gossip.get() {
+        // A server leaves the gossip pool only when told to (`leave_on_*`), as in Nomad;
+        // otherwise the others see it fail.
+        let leave = (sig == libc::SIGINT && agent.config.leave_on_interrupt)
+            || (sig == libc::SIGTERM && agent.config.leave_on_terminate);
+        g.shutdown(leave);
+    }
     agent.link.close();
     agent.heartbeats.shutdown();
     if let Some(rpc) = &rpc_server {
@@ -401,6 +425,80 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     }
     log::info!("nomadlet agent stopped");
     Ok(())
+}
+
+/// The gossip tags of this server (Serf's tags for a Nomad server).
+fn gossip_tags(agent: &Agent) -> std::collections::BTreeMap<String, String> {
+    let c = &agent.config;
+    // -dev (or no role at all) bootstraps alone, as Nomad's dev mode does.
+    let expect = match c.bootstrap_expect {
+        0 if !(c.roles_explicit && c.server_enabled) => 1,
+        n => n,
+    };
+    let mut tags = std::collections::BTreeMap::new();
+    for (k, v) in [
+        ("role", "nomad".to_string()),
+        ("region", c.region.clone()),
+        ("dc", c.datacenter.clone()),
+        ("build", env!("CARGO_PKG_VERSION").to_string()),
+        ("vsn", "1".to_string()),
+        ("raft_vsn", "3".to_string()),
+        ("mvn", "1".to_string()),
+        ("id", agent.node.id().to_string()),
+        ("rpc_addr", c.advertise_ip().to_string()),
+        ("port", c.ports_rpc.to_string()),
+    ] {
+        tags.insert(k.to_string(), v);
+    }
+    if expect != 0 {
+        tags.insert("expect".into(), expect.to_string());
+    }
+    if expect == 1 {
+        tags.insert("bootstrap".into(), "1".into());
+    }
+    tags
+}
+
+/// Start gossip on the serf port when this agent gossips (`Config::gossips`); a serf port that
+/// does not bind stops start-up.
+fn start_gossip(agent: &Agent) -> Result<(), AgentError> {
+    let c = &agent.config;
+    if !c.gossips() {
+        return Ok(());
+    }
+    let key = match &c.server_encrypt {
+        // Checked when the config loaded; a key that still does not decode is refused here.
+        Some(k) => Some(
+            crate::encoding::base64_std_decode(k.trim())
+                .ok_or(AgentError::Gossip(crate::gossip::GossipError::Key(0)))?,
+        ),
+        None => None,
+    };
+    let settings = crate::gossip::Settings {
+        name: format!("{}.{}", c.node_name, c.region),
+        bind: SocketAddr::new(c.bind_addr, c.ports_serf),
+        advertise: c.serf_advertise(),
+        tags: gossip_tags(agent),
+        key,
+        retry_join: c.server_retry_join.clone(),
+        start_join: c.start_join.clone(),
+        retry_interval: c.server_retry_interval,
+        retry_max: c.server_retry_max,
+        state_path: c.data_dir.join("server").join("gossip.json"),
+    };
+    let bind = settings.bind;
+    match crate::gossip::Gossip::start(settings) {
+        Ok(g) => {
+            log::info!(
+                "gossip on udp {bind} (advertised {}), encrypted: {}",
+                c.serf_advertise(),
+                c.server_encrypt.is_some()
+            );
+            let _ = agent.gossip.set(g);
+            Ok(())
+        }
+        Err(e) => Err(AgentError::Gossip(e)),
+    }
 }
 
 /// Removes a data dir made for this run (`-dev`) when dropped.

@@ -118,6 +118,8 @@ pub struct Config {
     pub ports_serf: u16,
     /// `ports.rpc` was configured (a role-less agent listens on RPC only then).
     pub ports_rpc_set: bool,
+    /// `ports.serf` was configured (a role-less or `-dev` agent gossips only then).
+    pub ports_serf_set: bool,
     /// `advertise.http`, `advertise.rpc`, `advertise.serf` as `ip:port` (port defaulted).
     pub advertise_http: Option<String>,
     pub advertise_rpc: Option<String>,
@@ -146,6 +148,10 @@ pub struct Config {
     pub node_pool: String,
     pub log_level: String,
     pub acl_enabled: bool,
+    /// `acl.token_ttl` (default 30 s): how long a client-only agent caches a resolved token.
+    pub acl_token_ttl: Duration,
+    /// `acl.policy_ttl` (default 30 s): how long a client-only agent caches resolved policies.
+    pub acl_policy_ttl: Duration,
     /// `None`: Nomad's window (5 s plus up to 5 s jitter, 1 s in dev).
     pub meta_batch_window: Option<Duration>,
     /// Terminal allocations kept before the oldest are collected (`client.gc_max_allocs`).
@@ -156,6 +162,9 @@ pub struct Config {
     /// Open HTTP connections allowed from one client IP (`limits.http_max_conns_per_client`,
     /// default 100); 0 turns the cap off.
     pub http_max_conns_per_client: usize,
+    /// Open connections allowed from one client IP on the RPC port
+    /// (`limits.rpc_max_conns_per_client`, default 100); 0 turns the cap off.
+    pub rpc_max_conns_per_client: usize,
     /// The agent's config came only from JSON files (advice names keys in JSON form).
     pub config_is_json: bool,
     /// The flags this config was made from: a reload (SIGHUP) reads the same files again.
@@ -319,6 +328,8 @@ fn tls_settings(t: &file::Tls) -> Result<TlsSettings, ConfigError> {
 pub const DEFAULT_RPC_PORT: u16 = 4647;
 /// Nomad's default Serf (gossip) port.
 pub const DEFAULT_SERF_PORT: u16 = 4648;
+/// Nomad's default `acl.token_ttl` and `acl.policy_ttl`.
+pub const DEFAULT_ACL_CACHE_TTL: Duration = Duration::from_secs(30);
 /// Nomad's `server.heartbeat_grace` default.
 pub const DEFAULT_HEARTBEAT_GRACE: Duration = Duration::from_secs(10);
 /// Nomad's `server.min_heartbeat_ttl` default.
@@ -327,6 +338,26 @@ pub const DEFAULT_MIN_HEARTBEAT_TTL: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HEARTBEATS_PER_SECOND: f64 = 50.0;
 /// Nomad's `server_join.retry_interval` default.
 pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Gossip key sizes Serf accepts (AES-128, AES-192, AES-256).
+pub const GOSSIP_KEY_SIZES: [usize; 3] = [16, 24, 32];
+
+/// Check a gossip key (`server.encrypt`, `-encrypt`): standard base64 of 16, 24 or 32 bytes,
+/// as Serf's keyring wants. Returns the key's bytes.
+pub fn check_gossip_key(key: &str) -> Result<Vec<u8>, ConfigError> {
+    let bytes = crate::encoding::base64_std_decode(key.trim()).ok_or_else(|| {
+        ConfigError::Invalid(
+            "invalid server.encrypt: the gossip key is not standard base64 (make one with `head -c 32 /dev/urandom | base64`)".into(),
+        )
+    })?;
+    if !GOSSIP_KEY_SIZES.contains(&bytes.len()) {
+        return Err(ConfigError::Invalid(format!(
+            "invalid server.encrypt: the gossip key must be 16, 24 or 32 bytes, got {}",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
 
 /// Which roles the agent runs.
 struct Roles {
@@ -504,6 +535,14 @@ impl Config {
             None => DEFAULT_RETRY_INTERVAL,
             Some(t) => duration_setting("server_join.retry_interval", t)?,
         };
+        let acl_token_ttl = match &file.acl.token_ttl {
+            None => DEFAULT_ACL_CACHE_TTL,
+            Some(t) => duration_setting("acl.token_ttl", t)?,
+        };
+        let acl_policy_ttl = match &file.acl.policy_ttl {
+            None => DEFAULT_ACL_CACHE_TTL,
+            Some(t) => duration_setting("acl.policy_ttl", t)?,
+        };
         let heartbeat_grace = match &file.server.heartbeat_grace {
             None => DEFAULT_HEARTBEAT_GRACE,
             Some(t) => duration_setting("server.heartbeat_grace", t)?,
@@ -535,6 +574,13 @@ impl Config {
         let advertise_http = advertise_setting("http", &file.advertise.http, http_port)?;
         let advertise_rpc = advertise_setting("rpc", &file.advertise.rpc, ports_rpc)?;
         let advertise_serf = advertise_setting("serf", &file.advertise.serf, ports_serf)?;
+        let server_encrypt = match flags.encrypt.clone().or(file.server.encrypt.clone()) {
+            Some(k) if !k.trim().is_empty() => {
+                check_gossip_key(&k)?;
+                Some(k.trim().to_string())
+            }
+            _ => None,
+        };
         let mut config_warnings = loaded.warnings;
         for k in file.server.other.keys() {
             config_warnings.push(format!(
@@ -626,10 +672,11 @@ impl Config {
             ports_rpc,
             ports_serf,
             ports_rpc_set: file.ports.rpc.is_some(),
+            ports_serf_set: file.ports.serf.is_some(),
             advertise_http,
             advertise_rpc,
             advertise_serf,
-            server_encrypt: flags.encrypt.clone().or(file.server.encrypt.clone()),
+            server_encrypt,
             server_retry_join,
             server_retry_interval,
             server_retry_max: server_join.retry_max.or(client_join.retry_max).unwrap_or(0),
@@ -642,6 +689,8 @@ impl Config {
             node_pool,
             log_level,
             acl_enabled: flags.acl_enabled || file.acl.enabled.unwrap_or(false),
+            acl_token_ttl,
+            acl_policy_ttl,
             meta_batch_window,
             gc_max_allocs: file.client.gc_max_allocs.unwrap_or(50),
             raw_exec_enabled: file
@@ -651,6 +700,10 @@ impl Config {
                 .and_then(|r| r.config.enabled)
                 .unwrap_or(dev),
             config_warnings,
+            rpc_max_conns_per_client: file
+                .limits
+                .rpc_max_conns_per_client
+                .unwrap_or(crate::http::limits::MAX_CONNS_PER_CLIENT),
             http_max_conns_per_client: file
                 .limits
                 .http_max_conns_per_client
@@ -696,6 +749,22 @@ impl Config {
         self.client_enabled && !self.server_enabled
     }
 
+    /// The agent gossips on its serf port: a server chosen explicitly (`-server`,
+    /// `server.enabled`), or any server whose `ports.serf` is configured. `-dev` and role-less
+    /// agents otherwise stay as before roles existed (a member list of themselves, no socket).
+    pub fn gossips(&self) -> bool {
+        self.server_enabled && (self.roles_explicit || self.ports_serf_set)
+    }
+
+    /// The gossip address other servers reach this one at: `advertise.serf`, else the
+    /// advertise IP with the serf port.
+    pub fn serf_advertise(&self) -> std::net::SocketAddr {
+        self.advertise_serf
+            .as_deref()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| std::net::SocketAddr::new(self.advertise_ip(), self.ports_serf))
+    }
+
     /// The IP other agents reach this one at: the bind address, or loopback when bound to all.
     pub fn advertise_ip(&self) -> IpAddr {
         if self.bind_addr.is_unspecified() {
@@ -717,6 +786,127 @@ mod tests {
         assert_eq!(parse_go_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_go_duration("abc"), None);
         assert_eq!(parse_go_duration("5"), None);
+    }
+
+    fn config_with(text: &str, flags: AgentFlags) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("nomadlet-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("agent.hcl");
+        std::fs::write(&file, text).unwrap();
+        let flags = AgentFlags {
+            config_files: vec![file],
+            data_dir: Some(dir.join("data")),
+            ..flags
+        };
+        let c = Config::from_flags(&flags);
+        std::fs::remove_dir_all(&dir).unwrap();
+        c
+    }
+
+    #[test]
+    fn roles_ports_and_heartbeat_settings_follow_nomad() {
+        // No role: server and client in one process, as before, with Nomad's defaults.
+        let c = config_with("", AgentFlags::default()).unwrap();
+        assert!(c.server_enabled && c.client_enabled && !c.rpc_listener());
+        assert_eq!((c.ports_rpc, c.ports_serf), (4647, 4648));
+        assert_eq!(c.heartbeat_grace, Duration::from_secs(10));
+        assert_eq!(c.min_heartbeat_ttl, Duration::from_secs(10));
+        assert_eq!(c.max_heartbeats_per_second, 50.0);
+        assert_eq!(c.rpc_max_conns_per_client, 100);
+        let server = r#"
+limits { rpc_max_conns_per_client = 0 }
+bind_addr = "127.0.0.1"
+ports {
+  rpc = 5647
+  serf = 5648
+}
+advertise { rpc = "127.0.0.2" }
+server {
+  enabled = true
+  bootstrap_expect = 3
+  heartbeat_grace = "2s"
+  min_heartbeat_ttl = "3s"
+  max_heartbeats_per_second = 10
+  encrypt = "c2VjcmV0LWtleS0xNi1ieQ=="
+  server_join {
+    retry_join = ["127.0.0.3:5648"]
+    retry_interval = "5s"
+  }
+  num_schedulers = 2
+}
+"#;
+        let c = config_with(server, AgentFlags::default()).unwrap();
+        assert!(c.server_enabled && !c.client_enabled && c.rpc_listener());
+        assert_eq!(c.rpc_bind().to_string(), "127.0.0.1:5647");
+        assert_eq!(c.rpc_addr(), "127.0.0.2:5647");
+        assert_eq!(c.ports_serf, 5648);
+        assert_eq!(c.bootstrap_expect, 3);
+        assert_eq!(c.heartbeat_grace, Duration::from_secs(2));
+        assert_eq!(c.min_heartbeat_ttl, Duration::from_secs(3));
+        assert_eq!(c.max_heartbeats_per_second, 10.0);
+        assert_eq!(
+            c.server_encrypt.as_deref(),
+            Some("c2VjcmV0LWtleS0xNi1ieQ==")
+        );
+        // A gossip key Serf would not take (3 bytes) is refused at load.
+        let short = server.replace("c2VjcmV0LWtleS0xNi1ieQ==", "a2V5");
+        let e = config_with(&short, AgentFlags::default()).unwrap_err();
+        assert!(
+            e.to_string().contains("must be 16, 24 or 32 bytes, got 3"),
+            "{e}"
+        );
+        assert_eq!(c.server_retry_join, ["127.0.0.3:5648"]);
+        assert_eq!(c.server_retry_interval, Duration::from_secs(5));
+        assert_eq!(c.rpc_max_conns_per_client, 0, "the cap turned off");
+        assert!(c
+            .config_warnings
+            .iter()
+            .any(|w| w.contains("server.num_schedulers")));
+        // A client: its retry_join entries are servers (port defaulted), plus -servers.
+        let client = "client {\n  enabled = true\n  node_class = \"edge\"\n  server_join { retry_join = [\"127.0.0.4\"] }\n}\n";
+        let flags = AgentFlags {
+            servers: Some("127.0.0.5:4647".into()),
+            ..AgentFlags::default()
+        };
+        let c = config_with(client, flags).unwrap();
+        assert!(!c.server_enabled && c.client_enabled && c.client_only());
+        assert_eq!(c.client_servers, ["127.0.0.5:4647", "127.0.0.4:4647"]);
+        assert_eq!(c.node_class, "edge");
+        // Flags: -server with -client is both; -dev is both with no RPC listener.
+        let flags = AgentFlags {
+            server: true,
+            client: true,
+            bootstrap_expect: Some("1".into()),
+            join: vec!["127.0.0.6:4648".into()],
+            encrypt: Some("b3RoZXIta2V5LTE2LWJ5dA==".into()),
+            ..AgentFlags::default()
+        };
+        let c = config_with("", flags).unwrap();
+        assert!(c.server_enabled && c.client_enabled && c.rpc_listener());
+        assert_eq!(c.start_join, ["127.0.0.6:4648"]);
+        assert_eq!(
+            c.server_encrypt.as_deref(),
+            Some("b3RoZXIta2V5LTE2LWJ5dA==")
+        );
+        // Bad values are refused with the key's name.
+        for (bad, key) in [
+            (
+                "server {\n  heartbeat_grace = \"soon\"\n}\n",
+                "server.heartbeat_grace",
+            ),
+            (
+                "server {\n  max_heartbeats_per_second = 0\n}\n",
+                "max_heartbeats_per_second",
+            ),
+            ("ports { rpc = 0 }\n", "ports.rpc"),
+            ("advertise { rpc = \"nowhere\" }\n", "advertise.rpc"),
+            ("client {\n  node_pool = \"all\"\n}\n", "node pool"),
+        ] {
+            let e = config_with(bad, AgentFlags::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -13,6 +13,12 @@ pub fn base64_std(bytes: &[u8]) -> String {
     Base64::encode_string(bytes)
 }
 
+/// Decode standard padded base64 (Go's `base64.StdEncoding`: the gossip key); `None` on any
+/// character outside the alphabet, missing padding, or a non-canonical encoding.
+pub fn base64_std_decode(text: &str) -> Option<Vec<u8>> {
+    Base64::decode_vec(text).ok()
+}
+
 /// Unpadded base64url (JWS segments and JWK members).
 pub fn base64url(bytes: &[u8]) -> String {
     Base64UrlUnpadded::encode_string(bytes)
@@ -40,6 +46,9 @@ mod tests {
         assert_eq!(base64_std(b"fo"), "Zm8=");
         assert_eq!(base64_std(b"foobar"), "Zm9vYmFy");
         assert_eq!(base64_std(&[0xff, 0xfe, 0xfd, 0x00]), "//79AA==");
+        assert_eq!(base64_std_decode("Zm9vYmFy"), Some(b"foobar".to_vec()));
+        assert_eq!(base64_std_decode("Zg=="), Some(b"f".to_vec()));
+        assert_eq!(base64_std_decode("Zg"), None, "padding is required");
         assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
         assert_eq!(base64url_decode("-_8"), Some(vec![0xfb, 0xff]));
         assert_eq!(base64url_decode("Zm9vYmFy"), Some(b"foobar".to_vec()));

@@ -149,6 +149,12 @@ pub fn job_json(data: &[u8]) {
     });
 }
 
+/// Gossip datagrams (the serf port): the envelope, AES-GCM opening and foca's decoder.
+pub fn gossip_datagram(data: &[u8]) {
+    remember(data);
+    crate::gossip::fuzz_datagram(data);
+}
+
 /// Go durations (`?wait=`, `-meta-batch-window`, config).
 pub fn go_duration(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -13,6 +13,7 @@ mod client;
 pub mod config;
 mod encoding;
 mod fs;
+mod gossip;
 mod hcl_doc;
 mod http;
 mod jobspec;

@@ -131,6 +131,8 @@ fn the_example_configs_start_an_agent_as_they_are() {
         args: vec![],
         env: vec![],
         nofile: None,
+        rpc_port: 0,
+        serf_port: 0,
     };
     let node_id = agent.get_json("/v1/agent/self")["stats"]["client"]["node_id"]
         .as_str()

@@ -21,6 +21,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "config",
             "encoding",
             "fs",
+            "gossip",
             "http",
             "jobspec",
             "logtap",
@@ -39,6 +40,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "server",
         &[
+            "acl",
             "client::link",
             "state",
             "store",
@@ -57,8 +59,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "client",
         &[
+            "acl::capabilities",
             "acl::jwt",
             "acl::keys",
+            "acl::policy",
+            "acl::tokens",
             "config",
             "encoding",
             "http",
@@ -120,7 +125,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // TLS for the HTTP server and the CLI: rustls configurations built from the settings
     // `config` owns; the SIGHUP step that reaches the agent lives in `reload`.
     ("tls", &["config", "http"]),
-    ("config", &["hcl_doc", "http::limits", "parse_bounds"]),
+    (
+        "config",
+        &["encoding", "hcl_doc", "http::limits", "parse_bounds"],
+    ),
+    // Server membership: foca gossip on the serf port; below the API, beside the state.
+    ("gossip", &["config", "encoding", "store"]),
     // Our HTTP server: knows nothing of Nomad.
     ("http", &["sys", "time"]),
     ("sys", &[]),

@@ -287,69 +287,6 @@ fn verify_https_client_refuses_a_client_without_a_certificate_and_accepts_one_wi
 }
 
 #[test]
-fn agents_join_over_https_checking_nomads_server_names() {
-    let pki = Pki::new("join");
-    let verify = "  verify_server_hostname = true\n  verify_https_client = true\n";
-    let a = start_tls_agent(&pki.agent_config("a", verify), &["-node", "a"]);
-    let b = start_tls_agent(&pki.agent_config("b", verify), &["-node", "b"]);
-    // A's requests need a client certificate too (verify_https_client).
-    let (c, k) = pki.issue("op", &["cli.global.nomad"]);
-    let op = CliTls {
-        client_cert: Some(c),
-        client_key: Some(k),
-        ..cli(&pki)
-    };
-    let path = format!("/v1/agent/join?address={}", b.addr());
-    let r = https(&op, a.port, "PUT", &path).expect("join");
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["num_joined"], 1, "{}", r.text());
-    let members = https(&op, a.port, "GET", "/v1/agent/members").expect("members");
-    let names: Vec<String> = members.json()["Members"]
-        .as_array()
-        .expect("members")
-        .iter()
-        .map(|m| m["Name"].as_str().unwrap_or_default().to_string())
-        .collect();
-    assert_eq!(names, ["a.global", "b.global"]);
-
-    // A peer whose certificate (same CA) does not carry a Nomad name is not joined.
-    let (cert, key) = pki.issue("misnamed", &["localhost", "127.0.0.1"]);
-    let cfg = pki.dir.join("misnamed.hcl");
-    std::fs::write(
-        &cfg,
-        format!(
-            "tls {{\n  http = true\n  ca_file = {:?}\n  cert_file = {:?}\n  key_file = {:?}\n}}\n",
-            pki.ca_file().display().to_string(),
-            cert.display().to_string(),
-            key.display().to_string()
-        ),
-    )
-    .expect("write");
-    let m = start_tls_agent(&cfg, &["-node", "m"]);
-    let r = https(
-        &op,
-        a.port,
-        "PUT",
-        &format!("/v1/agent/join?address={}", m.addr()),
-    )
-    .expect("join");
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["num_joined"], 0, "{}", r.text());
-    let error = r.json()["error"].as_str().unwrap_or_default().to_string();
-    assert!(error.contains("NotValidForName"), "{error}");
-    // A plain-HTTP agent is not joined over HTTPS either.
-    let plain = TestAgent::start(&["-node", "p"]);
-    let r = https(
-        &op,
-        a.port,
-        "PUT",
-        &format!("/v1/agent/join?address={}", plain.addr()),
-    )
-    .expect("join");
-    assert_eq!(r.json()["num_joined"], 0, "{}", r.text());
-}
-
-#[test]
 fn tls_config_errors_stop_the_agent_at_start_with_the_file_named() {
     let pki = Pki::new("bad");
     let cfg = pki.dir.join("bad.hcl");
@@ -552,4 +489,49 @@ fn sighup_rotates_the_certificates_for_new_connections() {
     );
     let r = https(&cli(&new_ca), agent.port, "GET", "/v1/agent/health").expect("still new");
     assert_eq!(r.status, 200);
+}
+
+/// `tls { rpc = true ... }` for a cluster agent: its own certificate, the test CA.
+fn rpc_tls_config(pki: &Pki, name: &str, san: &str) -> String {
+    let (cert, key) = pki.issue(name, &[san, "localhost", "127.0.0.1"]);
+    format!(
+        "tls {{\n  rpc = true\n  ca_file = {:?}\n  cert_file = {:?}\n  key_file = {:?}\n  verify_server_hostname = true\n}}\n",
+        pki.ca_file().display().to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
+    )
+}
+
+#[test]
+fn a_client_reaches_its_server_over_mutual_tls_on_the_rpc_port() {
+    let pki = Pki::new("rpc");
+    let server = TestAgent::server(&rpc_tls_config(&pki, "server", "server.global.nomad"), &[]);
+    let client = TestAgent::client(
+        &[&server.rpc_addr()],
+        &rpc_tls_config(&pki, "client", "client.global.nomad"),
+        &[],
+    );
+    let id = client.node_id();
+    wait_until(Duration::from_secs(15), "the client ready over TLS", || {
+        server.get(&format!("/v1/node/{id}")).json()["Status"] == "ready"
+    });
+    // Plain HTTP to the RPC port is not served.
+    let plain = TcpStream::connect(("127.0.0.1", server.rpc_port)).expect("connect");
+    plain.set_read_timeout(Some(Duration::from_secs(15))).ok();
+    if let Ok(r) = exchange(plain, &build_request("GET", "/v1/nodes", &[], b"")) {
+        assert_ne!(r.status, 200, "plain HTTP served on the TLS RPC port");
+    }
+    // TLS without a client certificate is refused: RPC is always mutual.
+    if let Ok(r) = https(&cli(&pki), server.rpc_port, "GET", "/v1/nodes") {
+        panic!("RPC port served without a client certificate: {}", r.status);
+    }
+    // With one signed by the CA it answers (the API beside the RPC calls).
+    let (c, k) = pki.issue("op", &["cli.global.nomad"]);
+    let with = CliTls {
+        client_cert: Some(c),
+        client_key: Some(k),
+        ..cli(&pki)
+    };
+    let r = https(&with, server.rpc_port, "GET", "/v1/nodes").expect("mtls rpc");
+    assert_eq!(r.status, 200, "{}", r.text());
 }

@@ -1,6 +1,8 @@
 # nomadlet runs Nomad's server half (jobs, evaluations, allocations, ACLs) in the same process
-# as the client: there is no `server { enabled = true }` to set (Nomad's block is accepted and
-# ignored, with a warning). This file holds the agent-wide settings.
+# as the client while neither `server { enabled = true }` nor `client { enabled = true }` is
+# set, as here. Set only `server { enabled = true }` for a server that other machines' clients
+# join on its RPC port (4647), or only `client { enabled = true; servers = [...] }` for a node
+# of such a server. This file holds the agent-wide settings.
 
 # Where jobs, allocations, the node identity and task directories live.
 data_dir = "/var/lib/nomadlet"

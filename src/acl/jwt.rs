@@ -6,7 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::keys::SigningKeys;
+use super::keys::{PublicVerifier, SigningKeys};
 use crate::encoding::{base64url, base64url_decode};
 
 /// A longer candidate token is refused before any decoding.
@@ -90,6 +90,34 @@ pub fn sign(keys: &SigningKeys, claims: &WorkloadClaims) -> String {
 
 /// Verify a compact JWS and return its claims. `now` is seconds since the epoch.
 pub fn verify(keys: &SigningKeys, token: &str, now: u64) -> Result<WorkloadClaims, JwtError> {
+    verify_by(token, now, &|kid, msg, sig| {
+        if kid != Some(keys.kid()) {
+            return Err(JwtError::UnknownKey);
+        }
+        Ok(keys.verify(msg, sig))
+    })
+}
+
+/// Verify a compact JWS against public keys only (a client-only agent's): the header's `kid`
+/// picks the key; none matching is [`JwtError::UnknownKey`].
+pub fn verify_public(
+    keys: &[PublicVerifier],
+    token: &str,
+    now: u64,
+) -> Result<WorkloadClaims, JwtError> {
+    verify_by(token, now, &|kid, msg, sig| {
+        let key = keys
+            .iter()
+            .find(|k| Some(k.kid()) == kid)
+            .ok_or(JwtError::UnknownKey)?;
+        Ok(key.verify(msg, sig))
+    })
+}
+
+/// What checks a signature: `(kid, signing input, signature)` → valid, or why no key applies.
+type CheckSignature<'a> = dyn Fn(Option<&str>, &[u8], &[u8]) -> Result<bool, JwtError> + 'a;
+
+fn verify_by(token: &str, now: u64, check: &CheckSignature) -> Result<WorkloadClaims, JwtError> {
     if token.len() > MAX_JWT_BYTES {
         return Err(JwtError::Malformed);
     }
@@ -105,12 +133,13 @@ pub fn verify(keys: &SigningKeys, token: &str, now: u64) -> Result<WorkloadClaim
     if header.alg != "RS256" {
         return Err(JwtError::Algorithm);
     }
-    if header.kid.as_deref() != Some(keys.kid()) {
-        return Err(JwtError::UnknownKey);
-    }
     let sig = base64url_decode(s).ok_or(JwtError::Malformed)?;
     let signing_input_len = h.len() + 1 + p.len();
-    if !keys.verify(&token.as_bytes()[..signing_input_len], &sig) {
+    if !check(
+        header.kid.as_deref(),
+        &token.as_bytes()[..signing_input_len],
+        &sig,
+    )? {
         return Err(JwtError::Signature);
     }
     let claims: WorkloadClaims = base64url_decode(p)

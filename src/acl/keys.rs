@@ -155,9 +155,59 @@ impl SigningKeys {
 
     /// Check an RS256 signature.
     pub fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
-        match Signature::try_from(sig) {
-            Ok(s) => self.verifying.verify(msg, &s).is_ok(),
-            Err(_) => false,
+        check_signature(&self.verifying, msg, sig)
+    }
+}
+
+fn check_signature(key: &VerifyingKey<Sha256>, msg: &[u8], sig: &[u8]) -> bool {
+    match Signature::try_from(sig) {
+        Ok(s) => key.verify(msg, &s).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Largest RSA modulus accepted from a public JWK, in bytes (4096 bits).
+pub const MAX_PUBLIC_MODULUS_BYTES: usize = 512;
+
+/// A public key only (what a client-only agent holds): checks signatures, never makes them.
+pub struct PublicVerifier {
+    kid: String,
+    verifying: VerifyingKey<Sha256>,
+}
+
+impl std::fmt::Debug for PublicVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublicVerifier")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PublicVerifier {
+    /// The key a JWK describes; `None` when it is not a usable RSA public key.
+    pub fn from_jwk(jwk: &PublicJwk) -> Option<PublicVerifier> {
+        let n = crate::encoding::base64url_decode(&jwk.n)?;
+        let e = crate::encoding::base64url_decode(&jwk.e)?;
+        if n.len() > MAX_PUBLIC_MODULUS_BYTES || e.len() > 8 {
+            return None;
         }
+        let key = rsa::RsaPublicKey::new(
+            rsa::BigUint::from_bytes_be(&n),
+            rsa::BigUint::from_bytes_be(&e),
+        )
+        .ok()?;
+        Some(PublicVerifier {
+            kid: jwk.kid.clone(),
+            verifying: VerifyingKey::new(key),
+        })
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// Check an RS256 signature.
+    pub fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
+        check_signature(&self.verifying, msg, sig)
     }
 }

@@ -581,13 +581,37 @@ fn jwks(key: &PublicJwk) -> Value {
     }] })
 }
 
+/// The workload identity key's public part: the agent's own, or on a client-only agent (which
+/// holds no signing key) the server's, through the link.
+fn public_jwk(ctx: &Ctx) -> Result<PublicJwk, ApiError> {
+    if !ctx.agent.config.client_only() {
+        return Ok(ctx.agent.acl.keys.get()?.public_jwk().clone());
+    }
+    let reply = ctx
+        .agent
+        .link
+        .public_keys(&crate::client::link::PublicKeysRequest {
+            node_id: ctx.agent.node.id().to_string(),
+        })
+        .map_err(|e| ApiError::internal(format!("rpc error: {e}")))?;
+    let k = reply
+        .keys
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::internal("the server has no signing key"))?;
+    Ok(PublicJwk {
+        kid: k.kid,
+        n: k.n,
+        e: k.e,
+    })
+}
+
 /// Serve `/.well-known/<rest>` (the JWKS document and OIDC discovery).
 pub fn well_known(ctx: &Ctx, rest: &str) -> ApiResult {
     match rest {
         "jwks.json" => {
             ctx.require_method(&[Method::Get])?;
-            let keys = ctx.agent.acl.keys.get()?;
-            let body = serde_json::to_vec(&jwks(keys.public_jwk()))
+            let body = serde_json::to_vec(&jwks(&public_jwk(ctx)?))
                 .map_err(|e| ApiError::internal(format!("failed to encode response: {e}")))?;
             Ok(ApiReply::Http(
                 Reply::bytes(Status::OK, "application/json", body)

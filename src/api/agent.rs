@@ -1,32 +1,33 @@
 //! The Agent API: members, servers, self, join, force-leave and health (ref §2).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::http::Method;
-use crate::state::members::Member;
+use crate::gossip::MemberInfo;
+use crate::http::{Method, Status};
 use crate::tls::client::Stream;
 
-/// How a join dials peers over HTTPS: the client configuration and the server name to verify.
+/// How a forwarded request dials a server over HTTPS: the client configuration and the
+/// server name to verify.
 type PeerTls = (Arc<rustls::ClientConfig>, String);
 
 use super::params::{check_common, parse_go_bool};
 use super::{empty, json, ApiError, ApiReply, ApiResult, Ctx, IndexMeta};
 
-/// How long one join request may take in all (every address, every byte).
+/// How long one join request may take in all (every address).
 const JOIN_DEADLINE: Duration = Duration::from_secs(5);
 /// Addresses one join request may name.
-const MAX_JOIN_ADDRESSES: usize = 16;
-/// Longest member name accepted from a peer.
-const MAX_MEMBER_NAME: usize = 256;
-/// Largest `/v1/agent/self` reply read from a joining agent.
-const JOIN_MAX_REPLY: usize = 1024 * 1024;
-/// Port assumed for a join address without one (nomadlet joins over the HTTP API).
-const JOIN_DEFAULT_PORT: u16 = 4646;
+const MAX_JOIN_ADDRESSES: usize = crate::gossip::MAX_JOIN_ADDRESSES;
+/// Largest members reply read from a server when a client-only agent asks one.
+const FORWARD_MAX_REPLY: usize = 1024 * 1024;
+/// How long a client-only agent's members request may take at its server.
+const FORWARD_DEADLINE: Duration = Duration::from_secs(5);
+/// Serf's protocol numbers, as Nomad's members show them (ref §5.1).
+const PROTOCOL: [u8; 6] = [1, 5, 2, 2, 5, 4];
 
 /// Serve `/v1/agent/*`.
 pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
@@ -43,17 +44,134 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
     }
 }
 
+/// One member in Nomad's `AgentMember` shape.
+fn member_json(m: &MemberInfo) -> Value {
+    let [pmin, pmax, pcur, dmin, dmax, dcur] = PROTOCOL;
+    json!({
+        "Name": m.name,
+        "Addr": m.addr.to_string(),
+        "Port": m.port,
+        "Tags": m.tags,
+        "Status": m.status.as_str(),
+        "ProtocolMin": pmin,
+        "ProtocolMax": pmax,
+        "ProtocolCur": pcur,
+        "DelegateMin": dmin,
+        "DelegateMax": dmax,
+        "DelegateCur": dcur,
+    })
+}
+
 fn members(ctx: &Ctx) -> ApiResult {
     ctx.require_method(&[Method::Get])?;
     check_common(ctx.req)?;
-    ctx.identity.allow_node(false)?;
     let c = &ctx.agent.config;
+    if !c.server_enabled {
+        // A client-only agent asks one of its servers (Nomad forwards it the same way).
+        return forward_members(ctx);
+    }
+    ctx.identity.allow_node(false)?;
+    let members: Vec<Value> = match ctx.agent.gossip.get() {
+        Some(g) => g.members().iter().map(member_json).collect(),
+        // A `-dev` or role-less server without `ports.serf` does not gossip: this agent alone.
+        None => vec![serde_json::to_value(ctx.agent.membership.local()).unwrap_or(Value::Null)],
+    };
     json(&json!({
         "ServerName": c.node_name,
         "ServerRegion": c.region,
         "ServerDC": c.datacenter,
-        "Members": ctx.agent.membership.members(),
+        "Members": members,
     }))
+}
+
+/// `GET /v1/agent/members` on a client-only agent: answered by the first of its servers that
+/// answers (their RPC port serves the API too), with the caller's token; `no servers` (500)
+/// when it knows none.
+fn forward_members(ctx: &Ctx) -> ApiResult {
+    let servers = ctx.agent.membership.servers();
+    if servers.is_empty() {
+        return Err(ApiError::internal("no servers"));
+    }
+    let deadline = Instant::now() + FORWARD_DEADLINE;
+    let tls = peer_tls(ctx)?;
+    let mut headers = String::new();
+    for name in ["X-Nomad-Token", "Authorization"] {
+        if let Some(v) = ctx.req.header(name) {
+            if !v.contains(['\r', '\n']) {
+                headers.push_str(&format!("{name}: {v}\r\n"));
+            }
+        }
+    }
+    let mut last = String::from("no servers");
+    for server in servers {
+        let Ok(sock) = server.parse::<SocketAddr>() else {
+            continue;
+        };
+        match get_from(&sock, "/v1/agent/members", &headers, deadline, tls.as_ref()) {
+            Ok((200, body)) => {
+                let v: Value = serde_json::from_slice(&body)
+                    .map_err(|_| ApiError::internal("rpc error: bad members reply"))?;
+                return json(&v);
+            }
+            Ok((403, _)) => return Err(ApiError::permission_denied()),
+            Ok((code, body)) => {
+                let text = String::from_utf8_lossy(&body)
+                    .chars()
+                    .take(512)
+                    .collect::<String>();
+                return Err(ApiError::new(
+                    Status::from_code(code),
+                    format!("rpc error: {text}"),
+                ));
+            }
+            Err(e) => last = format!("rpc error: {e}"),
+        }
+    }
+    Err(ApiError::internal(last))
+}
+
+/// Dial TLS for a server when the agent's RPC uses TLS.
+fn peer_tls(ctx: &Ctx) -> Result<Option<PeerTls>, ApiError> {
+    match ctx.agent.tls.as_ref().filter(|t| t.settings().rpc) {
+        Some(t) => Ok(Some((
+            t.client_config()
+                .map_err(|e| ApiError::internal(format!("cannot reach a server over TLS: {e}")))?,
+            t.peer_server_name(),
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// One `GET` to a server before `deadline`: its status and body.
+fn get_from(
+    sock: &SocketAddr,
+    path: &str,
+    headers: &str,
+    deadline: Instant,
+    tls: Option<&PeerTls>,
+) -> Result<(u16, Vec<u8>), String> {
+    let tls = tls.map(|(config, name)| (config.clone(), name.as_str()));
+    let mut s = crate::tls::client::dial(sock, tls, deadline).map_err(|e| match e {
+        crate::tls::TlsError::Io(e) => format!("dial tcp {sock}: connect: {}", io_reason(&e)),
+        other => format!("dial tcp {sock}: {other}"),
+    })?;
+    let io_err = |e: std::io::Error| format!("read from {sock}: {}", io_reason(&e));
+    s.tcp()
+        .set_write_timeout(remaining(deadline))
+        .map_err(io_err)?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {sock}\r\n{headers}Connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .map_err(|e| format!("write to {sock}: {}", io_reason(&e)))?;
+    let reply = read_until_deadline(&mut s, deadline).map_err(io_err)?;
+    let (head, body) = split_reply(&reply).ok_or_else(|| format!("{sock}: no HTTP reply"))?;
+    let code = std::str::from_utf8(head)
+        .ok()
+        .and_then(|h| h.split_whitespace().nth(1))
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| format!("{sock}: no HTTP reply"))?;
+    Ok((code, body.to_vec()))
 }
 
 fn servers(ctx: &Ctx) -> ApiResult {
@@ -118,8 +236,7 @@ fn config_json(ctx: &Ctx) -> Value {
             "HTTP": c.advertise_http.clone()
                 .unwrap_or_else(|| format!("{}:{}", c.advertise_ip(), c.http_port)),
             "RPC": c.rpc_addr(),
-            "Serf": c.advertise_serf.clone()
-                .unwrap_or_else(|| format!("{}:{}", c.advertise_ip(), c.ports_serf)),
+            "Serf": c.serf_advertise().to_string(),
         },
         "TLSConfig": {
             "EnableHTTP": c.tls.http,
@@ -156,9 +273,12 @@ fn agent_self(ctx: &Ctx) -> ApiResult {
     let uptime = a.started_at.elapsed().map(|d| d.as_secs()).unwrap_or(0);
     let facts = a.node.facts();
     let servers = a.membership.servers();
-    json(&json!({
+    let mut doc = json!({
         "config": config_json(ctx),
-        "member": a.membership.local(),
+        "member": match a.gossip.get().and_then(|g| g.local()) {
+            Some(m) => member_json(&m),
+            None => serde_json::to_value(a.membership.local()).unwrap_or(Value::Null),
+        },
         "stats": {
             "runtime": {
                 "arch": facts.arch,
@@ -185,81 +305,21 @@ fn agent_self(ctx: &Ctx) -> ApiResult {
                 "uptime": uptime.to_string(),
             },
         },
-    }))
-}
-
-/// Ask the agent at `addr` who it is, over its HTTP API, before `deadline`. Only a reply that
-/// is a whole nomadlet member consistent with the address dialed is accepted; nothing the peer
-/// sent is ever echoed back (a join must not be a way to read other services).
-fn probe_member(
-    addr: &str,
-    deadline: Instant,
-    region: &str,
-    tls: Option<&PeerTls>,
-) -> Result<Member, String> {
-    let with_port = if addr.parse::<SocketAddr>().is_ok()
-        || addr
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.ends_with(']') && !h.contains(':') && p.parse::<u16>().is_ok())
-    {
-        addr.to_string()
-    } else {
-        format!("{addr}:{JOIN_DEFAULT_PORT}")
-    };
-    let sock = with_port
-        .to_socket_addrs()
-        .map_err(|e| format!("lookup {with_port}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("lookup {with_port}: no addresses"))?;
-    if remaining(deadline).is_none() {
-        return Err(format!("dial tcp {sock}: i/o timeout"));
+    });
+    // Serf's stats section, on a server that gossips.
+    if let Some(g) = a.gossip.get() {
+        let members = g.members();
+        let count = |s: crate::gossip::MemberStatus| {
+            members.iter().filter(|m| m.status == s).count().to_string()
+        };
+        doc["stats"]["serf"] = json!({
+            "members": members.len().to_string(),
+            "failed": count(crate::gossip::MemberStatus::Failed),
+            "left": count(crate::gossip::MemberStatus::Left),
+            "encrypted": a.config.server_encrypt.is_some().to_string(),
+        });
     }
-    let tls = tls.map(|(config, name)| (config.clone(), name.as_str()));
-    let mut s = crate::tls::client::dial(&sock, tls, deadline).map_err(|e| match e {
-        crate::tls::TlsError::Io(e) => format!("dial tcp {sock}: connect: {}", io_reason(&e)),
-        other => format!("dial tcp {sock}: {other}"),
-    })?;
-    let io_err = |e: std::io::Error| format!("read from {sock}: {}", io_reason(&e));
-    s.tcp()
-        .set_write_timeout(remaining(deadline))
-        .map_err(io_err)?;
-    s.write_all(
-        format!("GET /v1/agent/self HTTP/1.1\r\nHost: {sock}\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .map_err(|e| format!("write to {sock}: {}", io_reason(&e)))?;
-    let reply = read_until_deadline(&mut s, deadline).map_err(io_err)?;
-    let not_ours = || format!("{sock} is not a nomadlet agent");
-    let (head, body) = split_reply(&reply).ok_or_else(not_ours)?;
-    let status_ok = head.starts_with(b"HTTP/1.1 200 ") || head.starts_with(b"HTTP/1.0 200 ");
-    if !status_ok {
-        return Err(not_ours());
-    }
-    let v: Value = serde_json::from_slice(body).map_err(|_| not_ours())?;
-    let member = serde_json::from_value::<Member>(v.get("member").cloned().unwrap_or(Value::Null))
-        .map_err(|_| not_ours())?;
-    if !is_peer_at(&member, &sock, region) {
-        return Err(not_ours());
-    }
-    Ok(member)
-}
-
-/// A member answer is a peer's only if it describes the agent dialed: a nomadlet of our
-/// region whose advertised address and HTTP port are the ones we reached, with a node ID.
-fn is_peer_at(m: &Member, sock: &SocketAddr, region: &str) -> bool {
-    let tag = |k: &str| m.tags.get(k).map(String::as_str);
-    let addr_ok = m
-        .addr
-        .parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip == sock.ip() || (ip.is_unspecified() && sock.ip().is_loopback()));
-    addr_ok
-        && tag("role") == Some("nomad")
-        && tag("region") == Some(region)
-        && tag("http_port") == Some(sock.port().to_string().as_str())
-        && tag("id").is_some_and(|id| uuid::Uuid::parse_str(id).is_ok())
-        && m.name.len() <= MAX_MEMBER_NAME
-        && m.name.ends_with(&format!(".{region}"))
-        && m.status == "alive"
+    json(&doc)
 }
 
 fn remaining(deadline: Instant) -> Option<Duration> {
@@ -268,7 +328,7 @@ fn remaining(deadline: Instant) -> Option<Duration> {
         .filter(|d| !d.is_zero())
 }
 
-/// Read a whole `Connection: close` reply, at most `JOIN_MAX_REPLY` bytes, before `deadline`
+/// Read a whole `Connection: close` reply, at most `FORWARD_MAX_REPLY` bytes, before `deadline`
 /// (each read gets only the time that is left, so a peer trickling bytes cannot stretch it).
 fn read_until_deadline(s: &mut Stream, deadline: Instant) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
@@ -281,7 +341,7 @@ fn read_until_deadline(s: &mut Stream, deadline: Instant) -> std::io::Result<Vec
         match s.read(&mut buf) {
             Ok(0) => return Ok(out),
             Ok(n) => {
-                if out.len() + n > JOIN_MAX_REPLY {
+                if out.len() + n > FORWARD_MAX_REPLY {
                     return Err(std::io::Error::other("reply too large"));
                 }
                 out.extend_from_slice(&buf[..n]);
@@ -306,61 +366,57 @@ fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
+/// Join and force-leave are server endpoints: on a client-only agent Nomad answers 501.
+fn gossip_of(ctx: &Ctx) -> Result<Option<Arc<crate::gossip::Gossip>>, ApiError> {
+    if !ctx.agent.config.server_enabled {
+        return Err(ApiError::new(Status::from_code(501), "Invalid method"));
+    }
+    Ok(ctx.agent.gossip.get().cloned())
+}
+
 fn join(ctx: &Ctx) -> ApiResult {
     ctx.require_method(&[Method::Put, Method::Post])?;
-    let addrs: Vec<&str> = ctx.req.query_all("address").collect();
+    let gossip = gossip_of(ctx)?;
+    let addrs: Vec<String> = ctx.req.query_all("address").map(str::to_string).collect();
     if addrs.is_empty() {
         return Err(ApiError::bad_request("missing address to join"));
     }
-    // Joining makes this agent dial out: only an operator with agent:write may ask.
+    // Joining makes this agent send datagrams to the addresses: agent:write only.
     ctx.identity.allow_agent(true)?;
     if addrs.len() > MAX_JOIN_ADDRESSES {
         return Err(ApiError::bad_request(format!(
             "at most {MAX_JOIN_ADDRESSES} addresses may be joined at once"
         )));
     }
-    // One deadline for the whole join, however many addresses and however slow each peer.
+    // One deadline for the whole join, however many addresses.
     let deadline = Instant::now() + JOIN_DEADLINE;
-    let region = ctx.agent.config.region.clone();
-    // With tls.http every agent's API is HTTPS: dial peers over TLS, verified against ca_file.
-    let tls = match ctx.agent.tls.as_ref().filter(|t| t.http()) {
-        Some(t) => Some((
-            t.client_config()
-                .map_err(|e| ApiError::internal(format!("cannot join over HTTPS: {e}")))?,
-            t.peer_server_name(),
-        )),
-        None => None,
+    let outcome = match gossip {
+        Some(g) => g.join(&addrs, deadline),
+        None => crate::gossip::JoinOutcome {
+            joined: 0,
+            errors: addrs
+                .iter()
+                .map(|a| format!("Failed to join {a}: this agent does not gossip (a -dev or role-less server gossips once ports.serf is set)"))
+                .collect(),
+        },
     };
-    let mut joined = 0;
-    let mut errors = Vec::new();
-    for a in addrs {
-        match probe_member(a, deadline, &region, tls.as_ref()) {
-            Ok(m) => {
-                ctx.agent.membership.add(m);
-                joined += 1;
-            }
-            Err(e) => errors.push(format!("Failed to join {a}: {e}")),
-        }
-    }
-    let error = if errors.is_empty() {
+    let error = if outcome.errors.is_empty() {
         String::new()
     } else {
-        let mut s = format!(
-            "{} error{} occurred:\n",
-            errors.len(),
-            if errors.len() == 1 { "" } else { "s" }
-        );
-        for e in &errors {
+        let n = outcome.errors.len();
+        let mut s = format!("{n} error{} occurred:\n", if n == 1 { "" } else { "s" });
+        for e in &outcome.errors {
             s.push_str(&format!("\t* {e}\n"));
         }
         s.push('\n');
         s
     };
-    json(&json!({"num_joined": joined, "error": error, "warning": ""}))
+    json(&json!({"num_joined": outcome.joined, "error": error, "warning": ""}))
 }
 
 fn force_leave(ctx: &Ctx) -> ApiResult {
     ctx.require_method(&[Method::Put, Method::Post])?;
+    let gossip = gossip_of(ctx)?;
     ctx.identity.allow_agent(true)?;
     let node = ctx.req.query("node").unwrap_or("");
     if node.is_empty() {
@@ -370,10 +426,15 @@ fn force_leave(ctx: &Ctx) -> ApiResult {
         None | Some("") => false,
         Some(v) => parse_go_bool(v).ok_or_else(|| ApiError::bad_request("invalid prune value"))?,
     };
-    if node == ctx.agent.membership.local().name {
-        return Err(ApiError::internal("cannot force-leave the local agent"));
+    match gossip {
+        Some(g) => g
+            .force_leave(node, prune)
+            .map_err(|e| ApiError::internal(e.to_string()))?,
+        None if node == ctx.agent.membership.local().name => {
+            return Err(ApiError::internal("cannot force-leave the local agent"))
+        }
+        None => {}
     }
-    ctx.agent.membership.force_leave(node, prune);
     empty()
 }
 

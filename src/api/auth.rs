@@ -5,6 +5,12 @@
 //! On a task's Unix socket every request needs a credential, even with ACLs disabled: none is
 //! 401 `Unauthorized`; one that is neither a known ACL token nor a valid workload identity of a
 //! live allocation is 403 `Forbidden`. Tokens never reach a log line or an error body.
+//!
+//! A client-only agent keeps no ACL tables and no signing key: it resolves tokens, the
+//! anonymous policy and a workload's policies through `client::authz` (the link, cached for
+//! `acl.token_ttl`/`policy_ttl`), verifies identities with the server's public keys, and takes
+//! alloc facts from the client's own view. A server it cannot ask, with nothing cached within
+//! the TTL, refuses the request (500 with the link's error), never allows it.
 
 use std::sync::Arc;
 
@@ -12,6 +18,8 @@ use crate::acl::capabilities::Acl;
 use crate::acl::jwt::{self, WorkloadClaims};
 use crate::acl::tokens::{is_uuid, AclToken};
 use crate::api::Agent;
+use crate::client::authz::VerifyError;
+use crate::client::link::LinkError;
 use crate::http::{Origin, Request, Status};
 
 use super::ApiError;
@@ -57,6 +65,18 @@ enum Rejected {
     Jwt(jwt::JwtError),
     AllocGone,
     AllocMismatch,
+    /// No server could be asked and nothing was cached within the TTL (client-only agent).
+    Unavailable(LinkError),
+}
+
+/// Nomad's answer when a client cannot reach a server to resolve a caller: a 500 with the RPC
+/// error (`no servers` when the client knows none).
+fn unavailable(e: &LinkError) -> ApiError {
+    let text = match e {
+        LinkError::Unreachable(why) if why == "no servers" => "no servers".to_string(),
+        other => format!("rpc error: {other}"),
+    };
+    ApiError::internal(text)
 }
 
 impl std::fmt::Display for Rejected {
@@ -71,6 +91,7 @@ impl std::fmt::Display for Rejected {
             Rejected::AllocMismatch => {
                 f.write_str("workload identity does not match its allocation")
             }
+            Rejected::Unavailable(e) => write!(f, "cannot resolve the caller: {e}"),
         }
     }
 }
@@ -85,7 +106,10 @@ pub fn authenticate(agent: &Agent, req: &Request) -> Result<Identity, ApiError> 
             };
             resolve(agent, &t).map_err(|why| {
                 log::debug!("task API request on {tag} refused: {why}");
-                ApiError::new(Status::FORBIDDEN, "Forbidden")
+                match why {
+                    Rejected::Unavailable(e) => unavailable(&e),
+                    _ => ApiError::new(Status::FORBIDDEN, "Forbidden"),
+                }
             })
         }
         Origin::Tcp { .. } => {
@@ -93,9 +117,16 @@ pub fn authenticate(agent: &Agent, req: &Request) -> Result<Identity, ApiError> 
                 return Ok(Identity::AclsDisabled);
             }
             let Some(t) = token else {
-                return Ok(Identity::Anonymous {
-                    acl: Arc::new(agent.acl.anonymous_acl()),
-                });
+                let acl = if agent.config.client_only() {
+                    agent
+                        .client
+                        .authz()
+                        .anonymous()
+                        .map_err(|e| unavailable(&e))?
+                } else {
+                    Arc::new(agent.acl.anonymous_acl())
+                };
+                return Ok(Identity::Anonymous { acl });
             };
             resolve(agent, &t).map_err(|why| {
                 log::debug!("request refused: {why}");
@@ -104,6 +135,7 @@ pub fn authenticate(agent: &Agent, req: &Request) -> Result<Identity, ApiError> 
                         ApiError::new(Status::FORBIDDEN, "ACL token not found")
                     }
                     Rejected::Expired => ApiError::new(Status::FORBIDDEN, "ACL token expired"),
+                    Rejected::Unavailable(e) => unavailable(&e),
                     _ => ApiError::permission_denied(),
                 }
             })
@@ -113,6 +145,9 @@ pub fn authenticate(agent: &Agent, req: &Request) -> Result<Identity, ApiError> 
 
 /// An ACL secret (UUID-shaped) or else a workload identity JWT.
 fn resolve(agent: &Agent, secret: &str) -> Result<Identity, Rejected> {
+    if agent.config.client_only() {
+        return resolve_through_server(agent, secret);
+    }
     if is_uuid(secret) {
         let token = agent
             .acl
@@ -176,6 +211,50 @@ fn verify_workload_identity(agent: &Agent, token: &str) -> Result<WorkloadClaims
         return Err(Rejected::AllocMismatch);
     }
     Ok(claims)
+}
+
+/// [`resolve`] on a client-only agent: the same rules, with the token, the policies and the
+/// public keys from the server (cached), and alloc facts from this client's allocs.
+fn resolve_through_server(agent: &Agent, secret: &str) -> Result<Identity, Rejected> {
+    let authz = agent.client.authz();
+    if is_uuid(secret) {
+        let resolved = authz
+            .token(secret)
+            .map_err(Rejected::Unavailable)?
+            .ok_or(Rejected::UnknownToken)?;
+        if resolved.is_expired() {
+            return Err(Rejected::Expired);
+        }
+        if !agent.acl.enabled {
+            return Ok(Identity::AclsDisabled);
+        }
+        return Ok(Identity::Token {
+            token: Box::new(resolved.token),
+            acl: resolved.acl,
+        });
+    }
+    let claims = authz.verify_identity(secret).map_err(|e| match e {
+        VerifyError::Invalid(e) => Rejected::Jwt(e),
+        VerifyError::Unavailable(e) => Rejected::Unavailable(e),
+    })?;
+    let alloc = agent
+        .client
+        .alloc(&claims.nomad_allocation_id)
+        .ok_or(Rejected::AllocGone)?;
+    if !alloc.is_live() {
+        return Err(Rejected::AllocGone);
+    }
+    if alloc.job_id != claims.nomad_job_id || alloc.namespace != claims.nomad_namespace {
+        return Err(Rejected::AllocMismatch);
+    }
+    if !agent.acl.enabled {
+        return Ok(Identity::AclsDisabled);
+    }
+    let acl = authz.workload_acl(&claims).map_err(Rejected::Unavailable)?;
+    Ok(Identity::Workload {
+        claims: Box::new(claims),
+        acl,
+    })
 }
 
 fn check(allowed: bool) -> Result<(), ApiError> {

@@ -425,6 +425,37 @@ fn collect(agent: &Agent) -> Vec<Metric> {
         ));
     }
 
+    // Gossip (servers): datagrams in, out, and refused.
+    if let Some(g) = agent.gossip.get() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = g.counters();
+        for (name, help, v) in [
+            (
+                "nomad.nomadlet.gossip.received",
+                "Gossip datagrams received (wake-ups excluded).",
+                &c.received,
+            ),
+            (
+                "nomad.nomadlet.gossip.sent",
+                "Gossip datagrams sent.",
+                &c.sent,
+            ),
+            (
+                "nomad.nomadlet.gossip.dropped",
+                "Gossip datagrams refused: too long, not ours (format or key), or undecodable.",
+                &c.dropped,
+            ),
+        ] {
+            out.push(metric(name, &[], help, Counter(v.load(Relaxed))));
+        }
+        out.push(metric(
+            "nomad.nomadlet.gossip.members",
+            &[],
+            "Gossip members known (any status), this server included.",
+            Gauge(g.members().len() as f64),
+        ));
+    }
+
     // HTTP figures.
     let t = stats.tables.lock();
     for ((method, route, status), c) in &t.requests {

@@ -28,13 +28,16 @@ pub struct Agent {
     /// The client's one way to the server state (in process: `LocalLink`).
     pub link: Arc<dyn ServerLink>,
     pub client: Arc<Client>,
-    pub acl: AclState,
+    pub acl: Arc<AclState>,
     pub fs_watch: SharedWatcher,
     pub batcher: Batcher,
     /// The server's heartbeat timers (running on a server with its RPC port open).
     pub heartbeats: Arc<Heartbeats>,
     /// The HTTP server, set once listening (the Task API adds Unix listeners to it).
     pub http: OnceLock<Arc<Server>>,
+    /// Server membership (foca gossip on the serf port), set once started; unset when the
+    /// agent does not gossip (`Config::gossips`: client-only, or `-dev` without `ports.serf`).
+    pub gossip: OnceLock<Arc<crate::gossip::Gossip>>,
     /// TLS certificates and configurations (`tls.http` or `tls.rpc`), reloaded on SIGHUP.
     pub tls: Option<Arc<crate::tls::AgentTls>>,
     pub started_at: SystemTime,

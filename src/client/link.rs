@@ -128,6 +128,125 @@ pub struct MetaReply {
     pub index: u64,
 }
 
+/// One workload identity a task asks for (today only Nomad's `default` identity).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IdentityRequest {
+    /// The identity's name (`default`).
+    pub name: String,
+    /// Its audience (`nomadproject.io` for the default identity).
+    pub audience: String,
+}
+
+/// `sign_identities`: the identities task `task` of allocation `alloc_id` (on `node_id`)
+/// needs. The server builds every claim from its own alloc record, never from the request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignIdentities {
+    pub node_id: String,
+    pub alloc_id: String,
+    pub task: String,
+    pub identities: Vec<IdentityRequest>,
+}
+
+/// One signed identity: its name and the compact JWT. Debug never shows the JWT.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignedIdentity {
+    pub name: String,
+    pub jwt: String,
+}
+
+impl fmt::Debug for SignedIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignedIdentity")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer to `sign_identities`, in the order asked.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignedIdentities {
+    pub identities: Vec<SignedIdentity>,
+}
+
+/// Whose rights a client-only agent asks the server for.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub enum AclSubject {
+    /// An ACL token, by its secret.
+    Token { secret_id: String },
+    /// A request without a token: the `anonymous` policy.
+    Anonymous,
+    /// A workload identity (verified by the client): the policies attached to its job,
+    /// group or task.
+    Workload {
+        namespace: String,
+        job_id: String,
+        group: Option<String>,
+        task: String,
+    },
+}
+
+// A token's secret never reaches a log line.
+impl fmt::Debug for AclSubject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AclSubject::Token { .. } => f.write_str("Token { .. }"),
+            AclSubject::Anonymous => f.write_str("Anonymous"),
+            AclSubject::Workload {
+                namespace,
+                job_id,
+                group,
+                task,
+            } => write!(f, "Workload({namespace}/{job_id}/{group:?}/{task})"),
+        }
+    }
+}
+
+/// `resolve_acl`: the rights of `subject`, for a client-only agent's callers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResolveAcl {
+    pub node_id: String,
+    pub subject: AclSubject,
+}
+
+/// One policy as the server keeps it: its name and rules text (the client parses it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PolicyRules {
+    pub name: String,
+    pub rules: String,
+}
+
+/// The answer to `resolve_acl`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ResolvedAcl {
+    /// The token (`Token` subjects), `None` when the server knows no token with that secret.
+    pub token: Option<crate::acl::tokens::AclToken>,
+    /// The policies that apply: the token's (none for a management token), the anonymous
+    /// policy, or those attached to the workload. Names the server does not know are left out.
+    pub policies: Vec<PolicyRules>,
+}
+
+/// `public_keys`: the keys workload identities are signed with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PublicKeysRequest {
+    pub node_id: String,
+}
+
+/// The public part of a signing key, as a JWK names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicKey {
+    pub kid: String,
+    /// The RSA modulus, base64url without padding.
+    pub n: String,
+    /// The RSA public exponent, base64url without padding.
+    pub e: String,
+}
+
+/// The answer to `public_keys`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PublicKeys {
+    pub keys: Vec<PublicKey>,
+}
+
 /// Why a call over the link failed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LinkError {
@@ -169,6 +288,26 @@ pub trait ServerLink: Send + Sync {
     fn pull_allocs(&self, req: &PullAllocs) -> Result<PulledAllocs, LinkError>;
     fn push_alloc_updates(&self, req: &AllocUpdates) -> Result<UpdatedAllocs, LinkError>;
     fn push_meta(&self, req: &NodeMeta) -> Result<MetaReply, LinkError>;
+    /// Sign a task's workload identities with the server's key: the alloc must be on the
+    /// calling node and not terminal. The client holds no signing key.
+    fn sign_identities(&self, _req: &SignIdentities) -> Result<SignedIdentities, LinkError> {
+        Err(LinkError::BadRequest(
+            "identity signing is not supported by this link".into(),
+        ))
+    }
+    /// The token and policies behind a caller of a client-only agent (which keeps no ACL
+    /// state; `client::authz` caches the answers).
+    fn resolve_acl(&self, _req: &ResolveAcl) -> Result<ResolvedAcl, LinkError> {
+        Err(LinkError::BadRequest(
+            "ACL resolution is not supported by this link".into(),
+        ))
+    }
+    /// The public keys workload identities are verified with.
+    fn public_keys(&self, _req: &PublicKeysRequest) -> Result<PublicKeys, LinkError> {
+        Err(LinkError::BadRequest(
+            "public keys are not supported by this link".into(),
+        ))
+    }
     /// The agent is stopping: blocking pulls in flight end (`Err(Closed)`) and later pulls
     /// fail at once; other calls (the client's last updates) still go through. The
     /// in-process link's pulls end with the index counter, so it needs nothing here.

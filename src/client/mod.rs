@@ -4,6 +4,7 @@
 //! runners start and stop because a pull brought a changed allocation.
 
 pub mod alloc_dir;
+pub mod authz;
 pub mod dirfd;
 pub mod exec;
 pub mod link;
@@ -29,7 +30,6 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
 
-use crate::acl::keys::LazyKeys;
 use crate::config::{Config, DrainOnShutdown};
 use crate::http::Server;
 use crate::state::jobs::alloc::{AllocRecord, TaskEvent, TaskState};
@@ -168,10 +168,9 @@ impl OnStop {
 }
 
 /// What the Task API of a task needs from the agent: the HTTP server its `api.sock` is served
-/// by, and the keys its workload identity is signed with.
+/// by (its workload identity is signed by the server, through the link).
 pub struct TaskApi {
     pub server: Arc<Server>,
-    pub keys: Arc<LazyKeys>,
 }
 
 /// The client: every alloc runner on this node, and its view of this node's allocations.
@@ -192,12 +191,18 @@ pub struct Client {
     node: NodeFacts,
     stopping: AtomicBool,
     link: Arc<dyn ServerLink>,
+    /// Callers of a client-only agent, resolved through the link and cached.
+    authz: authz::ClientAuthz,
     /// This node's allocations as last pulled from (or answered by) the server.
     allocs: RwLock<BTreeMap<String, Arc<AllocRecord>>>,
     /// The index of the last pull (the next pull asks for changes after it).
     pulled_index: Mutex<u64>,
     task_api: OnceLock<TaskApi>,
     puller: Mutex<Option<JoinHandle<()>>>,
+    /// Alloc updates the server has not taken yet (the link failed), merged per alloc: sent
+    /// again with the next update and after every pull, so a server that was unreachable
+    /// still learns what the tasks did (ref §3.2: a failed batch is re-queued).
+    unsynced: Mutex<BTreeMap<String, AllocUpdate>>,
     stop_tx: Sender<()>,
     stop_rx: Receiver<()>,
 }
@@ -253,11 +258,18 @@ impl Client {
                 meta: config.meta.clone(),
             },
             stopping: AtomicBool::new(false),
+            authz: authz::ClientAuthz::new(
+                link.clone(),
+                node_id,
+                config.acl_token_ttl,
+                config.acl_policy_ttl,
+            ),
             link,
             allocs: RwLock::new(BTreeMap::new()),
             pulled_index: Mutex::new(0),
             task_api: OnceLock::new(),
             puller: Mutex::new(None),
+            unsynced: Mutex::new(BTreeMap::new()),
             stop_tx,
             stop_rx,
         })
@@ -294,7 +306,10 @@ impl Client {
     fn pull_loop(self: Arc<Self>) {
         while !self.stopping.load(Ordering::SeqCst) {
             match self.pull(link::MAX_PULL_WAIT) {
-                Ok(()) => self.sync(),
+                Ok(()) => {
+                    self.resend_unsynced();
+                    self.sync();
+                }
                 Err(LinkError::Closed) => return,
                 Err(e) => {
                     log::warn!("pulling this node's allocations failed: {e}");
@@ -316,11 +331,38 @@ impl Client {
             wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
         })?;
         let present: HashSet<&String> = reply.alloc_ids.iter().collect();
+        let mut reconnect = Vec::new();
         {
             let mut allocs = self.allocs.write();
             allocs.retain(|id, _| present.contains(id));
-            for a in reply.changed {
+            for mut a in reply.changed {
+                // The server marked it `unknown` while this node was away: the node tells it
+                // what its tasks really did (sent with the next push, ref §3.5).
+                let local = allocs.get(&a.id).cloned();
+                if let Some(local) = local.filter(|l| {
+                    a.client_status == AllocClientStatus::Unknown
+                        && l.client_status != AllocClientStatus::Unknown
+                }) {
+                    reconnect.push(AllocUpdate {
+                        alloc_id: a.id.clone(),
+                        tasks: local.task_states.clone(),
+                        client_status: Some((
+                            local.client_status,
+                            local.client_description.clone(),
+                        )),
+                        collected: local.collected,
+                    });
+                    a.task_states = local.task_states.clone();
+                    a.client_status = local.client_status;
+                    a.client_description = local.client_description.clone();
+                }
                 remember(&mut allocs, a);
+            }
+        }
+        if !reconnect.is_empty() {
+            let mut pending = self.unsynced.lock();
+            for up in reconnect {
+                merge_update(&mut pending, up, true);
             }
         }
         let mut pulled = self.pulled_index.lock();
@@ -393,6 +435,19 @@ impl Client {
         self.raw_exec_enabled
     }
 
+    /// How this client resolves its callers when it keeps no ACL state (client-only).
+    pub fn authz(&self) -> &authz::ClientAuthz {
+        &self.authz
+    }
+
+    /// Ask the server to sign a task's workload identities (the client holds no key).
+    pub fn sign_identities(
+        &self,
+        req: &link::SignIdentities,
+    ) -> Result<link::SignedIdentities, LinkError> {
+        self.link.sign_identities(req)
+    }
+
     /// The Task API host, once the client started.
     pub fn task_api(&self) -> Option<&TaskApi> {
         self.task_api.get()
@@ -448,10 +503,12 @@ impl Client {
             mine.refresh_client_status();
             *cur = Arc::new(mine);
         }
-        let reply = self.link.push_alloc_updates(&AllocUpdates {
-            node_id: self.node.id.clone(),
-            updates: vec![update],
-        })?;
+        let updates = {
+            let mut pending = self.unsynced.lock();
+            merge_update(&mut pending, update, true);
+            std::mem::take(&mut *pending).into_values().collect()
+        };
+        let reply = self.push_updates(updates)?;
         let mut out = None;
         let mut allocs = self.allocs.write();
         for a in reply.allocs {
@@ -461,6 +518,39 @@ impl Client {
             remember(&mut allocs, a);
         }
         Ok(out)
+    }
+
+    /// Push `updates` in one call; on failure they wait in `unsynced` (under any newer ones).
+    fn push_updates(&self, updates: Vec<AllocUpdate>) -> Result<link::UpdatedAllocs, LinkError> {
+        let req = AllocUpdates {
+            node_id: self.node.id.clone(),
+            updates,
+        };
+        self.link.push_alloc_updates(&req).inspect_err(|_| {
+            let mut pending = self.unsynced.lock();
+            for up in req.updates {
+                merge_update(&mut pending, up, false);
+            }
+        })
+    }
+
+    /// Send the updates a failed push left behind (after a pull: the server answers again).
+    fn resend_unsynced(&self) {
+        let updates: Vec<AllocUpdate> = std::mem::take(&mut *self.unsynced.lock())
+            .into_values()
+            .collect();
+        if updates.is_empty() {
+            return;
+        }
+        match self.push_updates(updates) {
+            Ok(reply) => {
+                let mut allocs = self.allocs.write();
+                for a in reply.allocs {
+                    remember(&mut allocs, a);
+                }
+            }
+            Err(e) => log::warn!("alloc updates still not taken by the server: {e}"),
+        }
     }
 
     /// Change one task's state of an allocation and push it.
@@ -768,6 +858,24 @@ impl Client {
 /// Keep the newer of the cached and the answered record of an allocation (answers to
 /// concurrent pushes and pulls can arrive out of order). A record of the same index is not
 /// newer: the cached one may already show this client's own change being pushed.
+/// Merge `up` into the pending update of its alloc: `newer` wins over what is pending (a
+/// later change), else it only fills in what is not pending (an older batch put back).
+fn merge_update(pending: &mut BTreeMap<String, AllocUpdate>, up: AllocUpdate, newer: bool) {
+    let Some(cur) = pending.get_mut(&up.alloc_id) else {
+        pending.insert(up.alloc_id.clone(), up);
+        return;
+    };
+    for (name, ts) in up.tasks {
+        if newer || !cur.tasks.contains_key(&name) {
+            cur.tasks.insert(name, ts);
+        }
+    }
+    if up.client_status.is_some() && (newer || cur.client_status.is_none()) {
+        cur.client_status = up.client_status;
+    }
+    cur.collected |= up.collected;
+}
+
 fn remember(allocs: &mut BTreeMap<String, Arc<AllocRecord>>, a: AllocRecord) {
     let newer = allocs
         .get(&a.id)
@@ -786,6 +894,45 @@ mod tests {
     use super::*;
     use crate::state::jobs::spec::Job;
     use crate::state::jobs::NodeInfo;
+
+    #[test]
+    fn updates_put_back_after_a_failed_push_never_hide_newer_ones() {
+        let ts = |state| {
+            let mut t = TaskState::pending();
+            t.state = state;
+            t
+        };
+        let up = |state, status: Option<AllocClientStatus>| AllocUpdate {
+            alloc_id: "a".into(),
+            tasks: [("t".to_string(), ts(state))].into_iter().collect(),
+            client_status: status.map(|s| (s, String::new())),
+            collected: false,
+        };
+        let mut pending = BTreeMap::new();
+        merge_update(
+            &mut pending,
+            up(TaskStatus::Dead, Some(AllocClientStatus::Complete)),
+            true,
+        );
+        // An older batch put back fills in nothing the newer one set.
+        merge_update(
+            &mut pending,
+            up(TaskStatus::Running, Some(AllocClientStatus::Running)),
+            false,
+        );
+        assert_eq!(pending["a"].tasks["t"].state, TaskStatus::Dead);
+        assert_eq!(
+            pending["a"].client_status.as_ref().map(|c| c.0),
+            Some(AllocClientStatus::Complete)
+        );
+        // A newer change wins.
+        merge_update(&mut pending, up(TaskStatus::Running, None), true);
+        assert_eq!(pending["a"].tasks["t"].state, TaskStatus::Running);
+        assert_eq!(
+            pending["a"].client_status.as_ref().map(|c| c.0),
+            Some(AllocClientStatus::Complete)
+        );
+    }
 
     /// A server that answers from a list and records what the client pushed.
     #[derive(Default)]
@@ -936,5 +1083,43 @@ mod tests {
         assert!(c.alloc("a1").is_none());
         assert!(c.update_task("a1", "a", |_| {}).unwrap().is_none());
         assert!(matches!(c.gc_alloc("a1"), Err(Error::UnknownAlloc)));
+    }
+
+    #[test]
+    fn an_alloc_the_server_marked_unknown_gets_the_nodes_real_state_back() {
+        let server = Arc::new(FakeServer::default());
+        let mut running = alloc("a1", 5);
+        let mut ts = TaskState::pending();
+        ts.state = TaskStatus::Running;
+        running.task_states.insert("a".into(), ts);
+        running.client_status = AllocClientStatus::Running;
+        server.allocs.lock().push(running);
+        let c = client(server.clone());
+        c.pull(Duration::ZERO).unwrap();
+        // The node was away: the server marked the alloc unknown.
+        {
+            let mut allocs = server.allocs.lock();
+            allocs[0].client_status = AllocClientStatus::Unknown;
+            allocs[0].modify_index = 9;
+        }
+        c.pull(Duration::ZERO).unwrap();
+        let view = c.alloc("a1").unwrap();
+        assert_eq!(
+            view.client_status,
+            AllocClientStatus::Running,
+            "the view keeps the truth"
+        );
+        assert_eq!(view.modify_index, 9);
+        c.resend_unsynced();
+        let pushed = server.pushed.lock().clone();
+        assert_eq!(pushed.len(), 1, "{pushed:?}");
+        assert_eq!(
+            pushed[0].client_status.as_ref().map(|s| s.0),
+            Some(AllocClientStatus::Running)
+        );
+        assert!(pushed[0].tasks.contains_key("a"));
+        // Nothing left to send.
+        c.resend_unsynced();
+        assert_eq!(server.pushed.lock().len(), 1);
     }
 }

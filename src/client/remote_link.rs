@@ -19,12 +19,16 @@ use serde::Serialize;
 
 use crate::client::link::{
     AllocUpdates, Heartbeat, HeartbeatReply, LinkError, MetaReply, NodeMeta, NodeRegistration,
-    PullAllocs, PulledAllocs, ServerLink, UpdatedAllocs, MAX_PULL_WAIT, NODE_SECRET_HEADER,
+    PublicKeys, PublicKeysRequest, PullAllocs, PulledAllocs, ResolveAcl, ResolvedAcl, ServerLink,
+    SignIdentities, SignedIdentities, UpdatedAllocs, MAX_PULL_WAIT, NODE_SECRET_HEADER,
 };
 use crate::http::client::{self, Outgoing, Stream};
 
 /// Longest a call (other than a pull's wait) may take, connect included.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest resolving a caller may wait on the servers: an API request is waiting on it.
+pub const AUTHZ_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Longest a connect to one server may take before the next is tried.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -248,6 +252,18 @@ impl ServerLink for RemoteLink {
 
     fn push_meta(&self, req: &NodeMeta) -> Result<MetaReply, LinkError> {
         self.call("node/meta", &req.node_id, req, CALL_TIMEOUT, false)
+    }
+
+    fn sign_identities(&self, req: &SignIdentities) -> Result<SignedIdentities, LinkError> {
+        self.call("identity/sign", &req.node_id, req, CALL_TIMEOUT, false)
+    }
+
+    fn resolve_acl(&self, req: &ResolveAcl) -> Result<ResolvedAcl, LinkError> {
+        self.call("acl/resolve", &req.node_id, req, AUTHZ_CALL_TIMEOUT, false)
+    }
+
+    fn public_keys(&self, req: &PublicKeysRequest) -> Result<PublicKeys, LinkError> {
+        self.call("acl/keys", &req.node_id, req, AUTHZ_CALL_TIMEOUT, false)
     }
 
     fn close(&self) {

@@ -9,13 +9,14 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde_json::Value;
-
-use crate::acl::jwt::{self, WorkloadClaims, DEFAULT_AUDIENCE};
+use crate::acl::jwt::DEFAULT_AUDIENCE;
+use crate::client::link::{IdentityRequest, SignIdentities};
 use crate::http::ListenerHandle;
 
 use super::Client;
 
+/// The name of the identity every task with `identity { env/file }` gets.
+pub const DEFAULT_IDENTITY: &str = "default";
 /// The socket's file name in the secrets dir.
 pub const SOCKET_NAME: &str = "api.sock";
 /// The name the socket is bound under until its mode is set (no longer than [`SOCKET_NAME`],
@@ -33,10 +34,6 @@ pub const TASK_SOCKET_MAX_CONNS: usize = 64;
 #[derive(Clone, Debug)]
 pub struct TaskHookInput {
     pub alloc_id: String,
-    pub job_id: String,
-    pub namespace: String,
-    pub region: String,
-    pub group: String,
     pub task: String,
     /// `task.user`, when set.
     pub user: Option<String>,
@@ -154,21 +151,32 @@ pub fn prestart(client: &Client, input: &TaskHookInput) -> TaskHookOutput {
         }
     }
     if input.identity_env || input.identity_file {
-        let keys = match client.task_api().map(|t| t.keys.get()) {
-            Some(Ok(k)) => k,
-            Some(Err(e)) => {
+        // Signed by the server (in process with `-dev`): the agent running the task holds
+        // no signing key.
+        let req = SignIdentities {
+            node_id: client.node_id().to_string(),
+            alloc_id: input.alloc_id.clone(),
+            task: input.task.clone(),
+            identities: vec![IdentityRequest {
+                name: DEFAULT_IDENTITY.into(),
+                audience: DEFAULT_AUDIENCE.into(),
+            }],
+        };
+        let signed = client.sign_identities(&req).map(|mut r| r.identities.pop());
+        let token = match signed {
+            Ok(Some(signed)) => signed.jwt,
+            Ok(None) => {
                 out.warnings
-                    .push(format!("Failed to sign the workload identity: {e}"));
+                    .push("Failed to sign the workload identity: the server signed nothing".into());
                 return out;
             }
-            None => {
-                out.warnings.push(
-                    "Failed to sign the workload identity: the client has not started".into(),
-                );
+            Err(e) => {
+                let warning = format!("Failed to sign the workload identity: {e}");
+                log::warn!("alloc {} task {}: {warning}", input.alloc_id, input.task);
+                out.warnings.push(warning);
                 return out;
             }
         };
-        let token = jwt::sign(keys, &claims_for(input));
         if input.identity_env {
             out.env.push(("NOMAD_TOKEN".into(), token.clone()));
             out.env.push((
@@ -189,26 +197,6 @@ pub fn prestart(client: &Client, input: &TaskHookInput) -> TaskHookOutput {
         }
     }
     out
-}
-
-/// Nomad's claims for a task's default identity.
-pub fn claims_for(input: &TaskHookInput) -> WorkloadClaims {
-    let now = crate::time::unix_now_secs();
-    WorkloadClaims {
-        aud: Value::String(DEFAULT_AUDIENCE.into()),
-        iat: Some(now),
-        nbf: Some(now),
-        exp: None,
-        jti: uuid::Uuid::new_v4().to_string(),
-        sub: format!(
-            "{}:{}:{}:{}:{}:default",
-            input.region, input.namespace, input.job_id, input.group, input.task
-        ),
-        nomad_namespace: input.namespace.clone(),
-        nomad_job_id: input.job_id.clone(),
-        nomad_allocation_id: input.alloc_id.clone(),
-        nomad_task: input.task.clone(),
-    }
 }
 
 /// `(uid, gid)` of `task.user` when the agent runs as root and the user exists.

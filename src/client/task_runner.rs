@@ -197,7 +197,7 @@ impl TaskRunner {
         if resume.is_none() {
             self.event(TaskEvent::task_setup("Building Task Directory"), |_| {});
         }
-        let hook = self.hooks(&alloc, &task, &task_dir, resume.is_none());
+        let hook = self.hooks(&task, &task_dir, resume.is_none());
         // Dropped when this thread ends: the task has stopped for good or the agent stops.
         let _guard = hook.guard;
 
@@ -388,13 +388,7 @@ impl TaskRunner {
 
     /// The prestart hooks (Task API socket, workload identity); warnings become events on
     /// a fresh start.
-    fn hooks(
-        &self,
-        alloc: &AllocRecord,
-        task: &Task,
-        task_dir: &TaskDir,
-        record: bool,
-    ) -> TaskHookOutput {
+    fn hooks(&self, task: &Task, task_dir: &TaskDir, record: bool) -> TaskHookOutput {
         let crate::state::jobs::spec::IdentityFlags {
             env: identity_env,
             file: identity_file,
@@ -403,10 +397,6 @@ impl TaskRunner {
             &self.client,
             &TaskHookInput {
                 alloc_id: self.alloc_id.clone(),
-                job_id: alloc.job_id.clone(),
-                namespace: alloc.namespace.clone(),
-                region: alloc.job.region.clone(),
-                group: alloc.task_group.clone(),
                 task: task.name.clone(),
                 user: (!task.user.is_empty()).then(|| task.user.clone()),
                 secrets_dir: task_dir.secrets.clone(),

@@ -39,11 +39,8 @@ pub const IGNORED_KEYS: &[&str] = &[
     "client.reserved",
     "client.host_volume",
     "client.network_interface",
-    "acl.token_ttl",
-    "acl.policy_ttl",
     "limits.https_handshake_timeout",
     "limits.rpc_handshake_timeout",
-    "limits.rpc_max_conns_per_client",
     "plugin.raw_exec.config.no_cgroups",
     "plugin.raw_exec.config.denied_host_uids",
     "plugin.raw_exec.config.denied_host_gids",
@@ -196,6 +193,10 @@ pub struct DrainOnShutdown {
 #[serde(deny_unknown_fields)]
 pub struct Acl {
     pub enabled: Option<bool>,
+    /// Go duration: how long a client-only agent trusts a resolved token (default `30s`).
+    pub token_ttl: Option<String>,
+    /// Go duration: how long a client-only agent trusts resolved policies (default `30s`).
+    pub policy_ttl: Option<String>,
 }
 
 /// `limits { ... }`.
@@ -204,6 +205,8 @@ pub struct Acl {
 pub struct Limits {
     /// Open HTTP connections from one client IP; 0 turns the cap off.
     pub http_max_conns_per_client: Option<usize>,
+    /// Open connections to the RPC port from one client IP; 0 turns the cap off.
+    pub rpc_max_conns_per_client: Option<usize>,
 }
 
 /// `plugin "raw_exec" { config { ... } }`; any other plugin is ignored (with a warning).

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use super::heartbeat::Heartbeats;
 use crate::client::link::{
     AllocUpdates, Heartbeat, HeartbeatReply, LinkError, MetaReply, NodeMeta, NodeRegistration,
-    PullAllocs, PulledAllocs, ServerLink, UpdatedAllocs, DEFAULT_HEARTBEAT,
+    PublicKeys, PublicKeysRequest, PullAllocs, PulledAllocs, ResolveAcl, ResolvedAcl, ServerLink,
+    SignIdentities, SignedIdentities, UpdatedAllocs, DEFAULT_HEARTBEAT,
 };
+use crate::state::acl::AclState;
 use crate::state::jobs::Workloads;
 use crate::state::node::NodeState;
 use crate::state::node_table::Node;
@@ -25,6 +27,8 @@ pub struct LocalLink {
     /// explicitly): this node's heartbeats re-arm its timer like a remote node's. `None`
     /// (`-dev`, no role): the fixed `DEFAULT_HEARTBEAT` and no timer.
     heartbeats: Option<Arc<Heartbeats>>,
+    /// The server's ACL tables and signing keys (identities are signed with them).
+    acl: Option<Arc<AclState>>,
 }
 
 impl LocalLink {
@@ -34,7 +38,20 @@ impl LocalLink {
             node,
             index,
             heartbeats: None,
+            acl: None,
         }
+    }
+
+    /// Identities are signed (and callers resolved) with the server's ACL state `acl`.
+    pub fn with_acl(mut self, acl: Arc<AclState>) -> Self {
+        self.acl = Some(acl);
+        self
+    }
+
+    fn acl(&self) -> Result<&AclState, LinkError> {
+        self.acl
+            .as_deref()
+            .ok_or_else(|| LinkError::BadRequest("this server keeps no ACL state".into()))
     }
 
     /// Heartbeats re-arm `heartbeats`' timer for this node and answer its TTL.
@@ -127,6 +144,15 @@ impl ServerLink for LocalLink {
 
     fn heartbeat(&self, req: &Heartbeat) -> Result<HeartbeatReply, LinkError> {
         self.check_node(&req.node_id)?;
+        if self.heartbeats.is_some() {
+            // Timers run: this node can be marked down like any other, and comes back the same way.
+            let node = self
+                .workloads
+                .node(&req.node_id)
+                .ok_or_else(|| LinkError::UnknownNode(req.node_id.clone()))?;
+            super::rpc::bring_up(&self.workloads, &self.index, &node)
+                .map_err(|e| LinkError::Persist(e.to_string()))?;
+        }
         Ok(self.heartbeat_reply())
     }
 
@@ -155,6 +181,27 @@ impl ServerLink for LocalLink {
         };
         log::debug!("node metadata published to the node record at index {index}");
         Ok(MetaReply { index })
+    }
+
+    fn sign_identities(&self, req: &SignIdentities) -> Result<SignedIdentities, LinkError> {
+        self.check_node(&req.node_id)?;
+        let acl = self.acl()?;
+        Ok(super::authz::sign_identities(
+            &self.workloads,
+            &acl.keys,
+            &req.node_id,
+            req,
+        )?)
+    }
+
+    fn resolve_acl(&self, req: &ResolveAcl) -> Result<ResolvedAcl, LinkError> {
+        self.check_node(&req.node_id)?;
+        Ok(super::authz::resolve_acl(self.acl()?, req))
+    }
+
+    fn public_keys(&self, req: &PublicKeysRequest) -> Result<PublicKeys, LinkError> {
+        self.check_node(&req.node_id)?;
+        super::authz::public_keys(&self.acl()?.keys).map_err(|e| LinkError::Persist(e.to_string()))
     }
 }
 
@@ -306,6 +353,79 @@ mod tests {
         }
         assert_eq!(last.alloc_ids.len(), 2);
         assert_eq!(changed, ["b"]);
+        std::fs::remove_dir_all(&f.dir).unwrap();
+    }
+
+    #[test]
+    fn identities_are_signed_for_this_nodes_live_allocs_only_with_claims_from_the_server() {
+        use crate::client::link::{AclSubject, IdentityRequest, ResolveAcl, SignIdentities};
+        let f = fixture();
+        let acl = Arc::new(crate::state::acl::AclState::load(
+            &f.dir,
+            true,
+            f.workloads.command_log(),
+        ));
+        let link = LocalLink::new(f.workloads.clone(), f.link.node.clone(), f.index.clone())
+            .with_acl(acl.clone());
+        f.workloads.register(&f.node, job("a")).unwrap();
+        let alloc = pull(&f, 0, 0).unwrap().changed[0].clone();
+        let req = |alloc_id: &str, task: &str| SignIdentities {
+            node_id: f.node.id.clone(),
+            alloc_id: alloc_id.into(),
+            task: task.into(),
+            identities: vec![IdentityRequest {
+                name: "default".into(),
+                audience: "nomadproject.io".into(),
+            }],
+        };
+        let signed = link.sign_identities(&req(&alloc.id, "t")).unwrap();
+        let keys = acl.keys.get().unwrap();
+        let claims = crate::acl::jwt::verify(
+            keys,
+            &signed.identities[0].jwt,
+            crate::time::unix_now_secs(),
+        )
+        .unwrap();
+        assert_eq!(claims.nomad_allocation_id, alloc.id);
+        assert_eq!(claims.nomad_job_id, "a");
+        assert_eq!(claims.group(), Some("g"));
+        assert_eq!(claims.sub, format!("global:default:a:g:t:default"));
+        // Not its task, not an alloc of this node, another node's call: refused.
+        assert!(matches!(
+            link.sign_identities(&req(&alloc.id, "nope")),
+            Err(LinkError::BadRequest(_))
+        ));
+        assert_eq!(
+            link.sign_identities(&req("no-such-alloc", "t")),
+            Err(LinkError::PermissionDenied)
+        );
+        let mut other = req(&alloc.id, "t");
+        other.node_id = "other".into();
+        assert!(matches!(
+            link.sign_identities(&other),
+            Err(LinkError::UnknownNode(_))
+        ));
+        // A finished alloc gets no new identity.
+        f.workloads
+            .update_alloc(&alloc.id, |a| {
+                a.client_status = crate::state::status::AllocClientStatus::Complete
+            })
+            .unwrap();
+        assert!(!f.workloads.alloc(&alloc.id).unwrap().is_live());
+        assert!(matches!(
+            link.sign_identities(&req(&alloc.id, "t")),
+            Err(LinkError::BadRequest(_))
+        ));
+        // Resolving an unknown secret finds nothing.
+        let r = link
+            .resolve_acl(&ResolveAcl {
+                node_id: f.node.id.clone(),
+                subject: AclSubject::Token {
+                    secret_id: uuid::Uuid::new_v4().to_string(),
+                },
+            })
+            .unwrap();
+        assert!(r.token.is_none() && r.policies.is_empty());
         std::fs::remove_dir_all(&f.dir).unwrap();
     }
 

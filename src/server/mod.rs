@@ -4,6 +4,7 @@
 //! heartbeat timers ([`heartbeat::Heartbeats`]), and the scheduler thread
 //! ([`scheduler::Scheduler`]: pending evals → plans).
 
+pub mod authz;
 pub mod heartbeat;
 pub mod local_link;
 pub mod rpc;

@@ -16,9 +16,17 @@
 //! | `/v1/rpc/node/allocs` | `PullAllocs` (`min_index`, `wait_ms`; a blocking pull) | `PulledAllocs` |
 //! | `/v1/rpc/alloc/updates` | `AllocUpdates` | `UpdatedAllocs` |
 //! | `/v1/rpc/node/meta` | `NodeMeta` | `MetaReply` |
+//! | `/v1/rpc/identity/sign` | `SignIdentities` (the alloc must be on the node, not terminal) | `SignedIdentities` |
+//! | `/v1/rpc/acl/resolve` | `ResolveAcl` (a token's secret, anonymous, or a workload) | `ResolvedAcl` |
+//! | `/v1/rpc/acl/keys` | `PublicKeysRequest` | `PublicKeys` |
 //!
-//! Every call but register carries the node's secret in the header `X-Nomad-Node-Secret`; the
-//! node named in the body must exist and hold that secret. A register for a known node must
+//! `identity/sign` answers 403 `Permission denied` for an alloc that is unknown or on another
+//! node, and 400 for a terminal alloc or a task not in its group; the claims come from the
+//! server's alloc record (`server::authz`).
+//!
+//! Every call but register carries the node's secret in the header `X-Nomad-Node-Secret` (a
+//! call with a body and no secret is refused before the body is read); the node named in the
+//! body must exist and hold that secret. A register for a known node must
 //! carry the secret the node first registered with.
 //!
 //! `HeartbeatReply.ttl_ms` is the TTL the server chose (ref §2.3): the client heartbeats again
@@ -31,6 +39,7 @@
 //! | 400 | why | malformed body or missing field (`BadRequest`) |
 //! | 403 | `Permission denied` (or `node secret ID does not match. Not registering node.`) | wrong or missing secret (`PermissionDenied`) |
 //! | 404 | `node not found` | unknown node: register first (`UnknownNode`) |
+//! | 404 | `Invalid RPC` | a path under `/v1/rpc/` that names no call |
 //! | 405 | `Invalid method` | not `POST` |
 //! | 500 | why | the change could not be made durable; nothing of it is visible (`Persist`) |
 //! | 503 | `server is shutting down` | (`Closed`) |
@@ -73,7 +82,23 @@ pub enum RpcError {
     UnknownNode,
     Persist(String),
     Closed,
+    /// A path under `/v1/rpc/` that names no call.
+    NoSuchCall,
 }
+
+impl std::fmt::Display for RpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RpcError::BadRequest(why) | RpcError::Persist(why) => f.write_str(why),
+            RpcError::PermissionDenied(why) => f.write_str(why),
+            RpcError::UnknownNode => f.write_str("node not found"),
+            RpcError::Closed => f.write_str("server is shutting down"),
+            RpcError::NoSuchCall => f.write_str("Invalid RPC"),
+        }
+    }
+}
+
+impl std::error::Error for RpcError {}
 
 impl RpcError {
     fn reply(&self) -> Reply {
@@ -81,6 +106,7 @@ impl RpcError {
             RpcError::BadRequest(why) => (Status::BAD_REQUEST, why.clone()),
             RpcError::PermissionDenied(why) => (Status::FORBIDDEN, (*why).to_string()),
             RpcError::UnknownNode => (Status::NOT_FOUND, "node not found".to_string()),
+            RpcError::NoSuchCall => (Status::NOT_FOUND, "Invalid RPC".to_string()),
             RpcError::Persist(why) => (Status::INTERNAL_SERVER_ERROR, why.clone()),
             RpcError::Closed => (
                 Status::SERVICE_UNAVAILABLE,
@@ -96,9 +122,63 @@ pub struct RpcService {
     workloads: Arc<Workloads>,
     index: Arc<IndexCounter>,
     heartbeats: Arc<Heartbeats>,
+    /// The ACL tables and signing keys behind the authentication calls.
+    acl: Option<Arc<crate::state::acl::AclState>>,
 }
 
 impl RpcService {
+    /// The authentication calls (`identity/sign`, `acl/*`) answer from `acl`.
+    pub fn with_acl(mut self, acl: Arc<crate::state::acl::AclState>) -> RpcService {
+        self.acl = Some(acl);
+        self
+    }
+
+    fn acl_state(&self) -> Result<&crate::state::acl::AclState, RpcError> {
+        self.acl
+            .as_deref()
+            .ok_or_else(|| RpcError::BadRequest("this server keeps no ACL state".into()))
+    }
+
+    /// Sign a task's identities for the calling node (`server::authz`).
+    pub fn sign_identities(
+        &self,
+        req: &crate::client::link::SignIdentities,
+        secret: Option<&str>,
+    ) -> Result<crate::client::link::SignedIdentities, RpcError> {
+        self.authorize(&req.node_id, secret)?;
+        let acl = self.acl_state()?;
+        super::authz::sign_identities(&self.workloads, &acl.keys, &req.node_id, req).map_err(|e| {
+            match e {
+                super::authz::SignError::NotYourAlloc => {
+                    RpcError::PermissionDenied("Permission denied")
+                }
+                super::authz::SignError::Keys(_) => RpcError::Persist(e.to_string()),
+                other => RpcError::BadRequest(other.to_string()),
+            }
+        })
+    }
+
+    /// Resolve a caller of the calling (client-only) node.
+    pub fn resolve_acl(
+        &self,
+        req: &crate::client::link::ResolveAcl,
+        secret: Option<&str>,
+    ) -> Result<crate::client::link::ResolvedAcl, RpcError> {
+        self.authorize(&req.node_id, secret)?;
+        Ok(super::authz::resolve_acl(self.acl_state()?, req))
+    }
+
+    /// The public keys identities are verified with.
+    pub fn public_keys(
+        &self,
+        req: &crate::client::link::PublicKeysRequest,
+        secret: Option<&str>,
+    ) -> Result<crate::client::link::PublicKeys, RpcError> {
+        self.authorize(&req.node_id, secret)?;
+        super::authz::public_keys(&self.acl_state()?.keys)
+            .map_err(|e| RpcError::Persist(e.to_string()))
+    }
+
     pub fn new(
         workloads: Arc<Workloads>,
         index: Arc<IndexCounter>,
@@ -108,6 +188,7 @@ impl RpcService {
             workloads,
             index,
             heartbeats,
+            acl: None,
         }
     }
 
@@ -191,40 +272,7 @@ impl RpcService {
     ) -> Result<HeartbeatReply, RpcError> {
         let node = self.authorize(&req.node_id, secret)?;
         let ttl = self.heartbeats.reset(&req.node_id);
-        let (next, event) = match node.status {
-            NodeStatus::Ready => (None, None),
-            NodeStatus::Initializing => (Some(NodeStatus::Ready), None),
-            NodeStatus::Disconnected => (Some(NodeStatus::Initializing), None),
-            NodeStatus::Down => (
-                Some(NodeStatus::Ready),
-                Some("Node reregistered by heartbeat"),
-            ),
-        };
-        if let Some(status) = next {
-            let now = crate::time::unix_now_nanos();
-            let cmd = Command::NodeUpdateStatus {
-                node_id: req.node_id.clone(),
-                status,
-                description: String::new(),
-                event: event.map(|message| NodeEvent {
-                    message: message.into(),
-                    subsystem: "Cluster".into(),
-                    details: None,
-                    timestamp: now,
-                    create_index: 0,
-                }),
-                now,
-            };
-            let changed = self
-                .workloads
-                .propose_node(cmd)
-                .map_err(|e| RpcError::Persist(e.to_string()))?;
-            if changed.is_none() {
-                return Err(RpcError::UnknownNode);
-            }
-            self.index.notify();
-            log::info!("node {} is {status} (heartbeat)", req.node_id);
-        }
+        bring_up(&self.workloads, &self.index, &node)?;
         Ok(self.reply(ttl))
     }
 
@@ -267,6 +315,40 @@ impl RpcService {
         self.index.notify();
         Ok(MetaReply { index })
     }
+}
+
+/// A heartbeat of `node` arrived: a node not `ready` becomes `ready` (from `disconnected`:
+/// `initializing` first; from `down` with the event "Node reregistered by heartbeat").
+pub fn bring_up(workloads: &Workloads, index: &IndexCounter, node: &Node) -> Result<(), RpcError> {
+    let (next, event) = match node.status {
+        NodeStatus::Ready => return Ok(()),
+        NodeStatus::Initializing => (NodeStatus::Ready, None),
+        NodeStatus::Disconnected => (NodeStatus::Initializing, None),
+        NodeStatus::Down => (NodeStatus::Ready, Some("Node reregistered by heartbeat")),
+    };
+    let now = crate::time::unix_now_nanos();
+    let cmd = Command::NodeUpdateStatus {
+        node_id: node.id.clone(),
+        status: next,
+        description: String::new(),
+        event: event.map(|message| NodeEvent {
+            message: message.into(),
+            subsystem: "Cluster".into(),
+            details: None,
+            timestamp: now,
+            create_index: 0,
+        }),
+        now,
+    };
+    let changed = workloads
+        .propose_node(cmd)
+        .map_err(|e| RpcError::Persist(e.to_string()))?;
+    if changed.is_none() {
+        return Err(RpcError::UnknownNode);
+    }
+    index.notify();
+    log::info!("node {} is {next} (heartbeat)", node.id);
+    Ok(())
 }
 
 /// Wait until an alloc of `req.node_id` changed after `req.min_index` (or the wait passed, or
@@ -360,7 +442,10 @@ impl RpcRouter {
             }
             "alloc/updates" => encode(&self.service.alloc_updates(&decode(req)?, secret)?),
             "node/meta" => encode(&self.service.meta(&decode(req)?, secret)?),
-            _ => Err(RpcError::BadRequest(format!("unknown RPC {what:?}"))),
+            "identity/sign" => encode(&self.service.sign_identities(&decode(req)?, secret)?),
+            "acl/resolve" => encode(&self.service.resolve_acl(&decode(req)?, secret)?),
+            "acl/keys" => encode(&self.service.public_keys(&decode(req)?, secret)?),
+            _ => Err(RpcError::NoSuchCall),
         }
     }
 }
@@ -389,12 +474,16 @@ impl Handler for RpcRouter {
         }
     }
 
+    /// A call other than register without a node secret is refused before its body is read.
     fn admit(&self, req: &Request) -> Option<Reply> {
-        if is_rpc(&req.path) {
-            None
-        } else {
-            self.api.admit(req)
+        if !is_rpc(&req.path) {
+            return self.api.admit(req);
         }
+        let register = req.path == format!("{RPC_PREFIX}node/register");
+        let secret = req
+            .header(NODE_SECRET_HEADER)
+            .is_some_and(|s| !s.is_empty());
+        (!register && !secret).then(|| RpcError::PermissionDenied("Permission denied").reply())
     }
 
     fn handle(&self, req: Request) -> Reply {

@@ -1,5 +1,5 @@
-//! The agent's view of the cluster: the client's known servers (durable) and the members
-//! list (this agent, plus agents joined through `/v1/agent/join`).
+//! The agent's view of the cluster: the client's known servers (durable) and this agent as a
+//! member when gossip does not run (the member table itself is `gossip`'s).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -46,7 +46,6 @@ pub struct Membership {
     servers_gate: Mutex<()>,
     servers: Arc<RwLock<Vec<String>>>,
     local: Member,
-    others: RwLock<BTreeMap<String, Member>>,
 }
 
 impl Membership {
@@ -64,7 +63,6 @@ impl Membership {
             ("dc", config.datacenter.clone()),
             ("build", env!("CARGO_PKG_VERSION").to_string()),
             ("port", config.ports_rpc.to_string()),
-            ("http_port", config.http_port.to_string()),
             ("bootstrap", "1".to_string()),
             ("expect", "1".to_string()),
             ("mvn", "1".to_string()),
@@ -93,7 +91,6 @@ impl Membership {
             servers_gate: Mutex::new(()),
             servers: Arc::new(RwLock::new(servers)),
             local,
-            others: RwLock::new(BTreeMap::new()),
         })
     }
 
@@ -121,35 +118,5 @@ impl Membership {
 
     pub fn local(&self) -> &Member {
         &self.local
-    }
-
-    /// This agent first, then joined agents by name.
-    pub fn members(&self) -> Vec<Member> {
-        let mut out = vec![self.local.clone()];
-        out.extend(self.others.read().values().cloned());
-        out
-    }
-
-    /// Record an agent that answered a join.
-    pub fn add(&self, m: Member) {
-        if m.name != self.local.name {
-            self.others.write().insert(m.name.clone(), m);
-        }
-    }
-
-    /// Force-leave: mark a joined member `left`, or remove it with `prune`. Returns whether
-    /// such a member existed.
-    pub fn force_leave(&self, name: &str, prune: bool) -> bool {
-        let mut others = self.others.write();
-        if prune {
-            return others.remove(name).is_some();
-        }
-        match others.get_mut(name) {
-            Some(m) => {
-                m.status = "left".into();
-                true
-            }
-            None => false,
-        }
     }
 }

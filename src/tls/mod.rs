@@ -200,6 +200,9 @@ pub struct AgentTls {
 struct Current {
     settings: TlsSettings,
     server: Arc<ServerConfig>,
+    /// The RPC port's configuration: a client certificate signed by `ca_file` is always
+    /// required there (Nomad's RPC is mutual TLS). `None` without `tls.rpc` or `ca_file`.
+    rpc_server: Option<Arc<ServerConfig>>,
     /// `None` without `ca_file`: peers cannot be verified, so outbound HTTPS is refused.
     client: Option<Arc<ClientConfig>>,
 }
@@ -262,6 +265,20 @@ impl AgentTls {
     }
 }
 
+/// The RPC port's TLS (`tls.rpc`): the agent's certificate, and a client certificate signed
+/// by `ca_file` required of every peer; reloaded with the rest on SIGHUP.
+pub struct RpcTls(pub Arc<AgentTls>);
+
+impl crate::http::TlsAcceptor for RpcTls {
+    fn server_config(&self) -> Arc<ServerConfig> {
+        let current = self.0.current.read();
+        current
+            .rpc_server
+            .clone()
+            .unwrap_or_else(|| current.server.clone())
+    }
+}
+
 impl crate::http::TlsAcceptor for AgentTls {
     fn server_config(&self) -> Arc<ServerConfig> {
         self.current.read().server.clone()
@@ -270,6 +287,16 @@ impl crate::http::TlsAcceptor for AgentTls {
 
 fn build(settings: &TlsSettings, region: &str) -> Result<Current, TlsError> {
     let server = Arc::new(server::server_config(settings)?);
+    let rpc_server = match (&settings.ca_file, settings.rpc) {
+        (Some(_), true) => {
+            let mutual = TlsSettings {
+                verify_https_client: true,
+                ..settings.clone()
+            };
+            Some(Arc::new(server::server_config(&mutual)?))
+        }
+        _ => None,
+    };
     let client = match &settings.ca_file {
         Some(_) => Some(Arc::new(client::agent_client_config(settings, region)?)),
         None => None,
@@ -277,6 +304,7 @@ fn build(settings: &TlsSettings, region: &str) -> Result<Current, TlsError> {
     Ok(Current {
         settings: settings.clone(),
         server,
+        rpc_server,
         client,
     })
 }

@@ -199,6 +199,10 @@ pub struct TestAgent {
     pub env: Vec<(String, String)>,
     /// If set, the agent runs under `ulimit -n <nofile>` (through `sh -c`; same pid).
     pub nofile: Option<u32>,
+    /// The RPC port of a cluster agent (`server()`/`client()`); 0 for `-dev` agents.
+    pub rpc_port: u16,
+    /// The Serf port of a cluster agent; 0 for `-dev` agents.
+    pub serf_port: u16,
 }
 
 impl TestAgent {
@@ -240,9 +244,117 @@ impl TestAgent {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             nofile,
+            rpc_port: 0,
+            serf_port: 0,
         };
         agent.spawn();
         agent
+    }
+
+    /// A server-only agent (`server { enabled = true }`, no `-dev`): its own free HTTP, RPC and
+    /// Serf ports on 127.0.0.1 and its own data dir; `config` is more agent config (HCL, e.g.
+    /// `server { heartbeat_grace = "1s" }`), `extra` more flags.
+    pub fn server(config: &str, extra: &[&str]) -> TestAgent {
+        TestAgent::cluster_agent(
+            "server",
+            &temp_dir("server"),
+            "server { enabled = true }\n",
+            config,
+            extra,
+        )
+    }
+
+    /// A client-only agent (`client { enabled = true }`, raw_exec enabled) whose servers are
+    /// `servers` (RPC addresses, e.g. `server.rpc_addr()`); its own ports and (short) data dir.
+    pub fn client(servers: &[&str], config: &str, extra: &[&str]) -> TestAgent {
+        let list: Vec<String> = servers.iter().map(|s| format!("{s:?}")).collect();
+        let role = format!(
+            "client {{\n  enabled = true\n  servers = [{}]\n}}\nplugin \"raw_exec\" {{\n  config {{ enabled = true }}\n}}\n",
+            list.join(", ")
+        );
+        TestAgent::cluster_agent("client", &short_dir(), &role, config, extra)
+    }
+
+    /// An agent of a cluster: `role` config (and `config`) in files in `data_dir`, the node
+    /// named `<kind>-<http port>`.
+    pub fn cluster_agent(
+        kind: &str,
+        data_dir: &Path,
+        role: &str,
+        config: &str,
+        extra: &[&str],
+    ) -> TestAgent {
+        let (port, rpc_port, serf_port) = (free_port(), free_port(), free_port());
+        let base = format!(
+            "bind_addr = \"127.0.0.1\"\nports {{\n  http = {port}\n  rpc = {rpc_port}\n  serf = {serf_port}\n}}\n{role}"
+        );
+        // Config files live beside the data dir (the agent tightens the data dir's mode).
+        let role_file = data_dir.with_extension(format!("{port}.hcl"));
+        std::fs::write(&role_file, base).expect("write agent config");
+        let mut args: Vec<String> = vec![
+            "agent".into(),
+            "-data-dir".into(),
+            data_dir.display().to_string(),
+            "-config".into(),
+            role_file.display().to_string(),
+            "-node".into(),
+            format!("{kind}-{port}"),
+        ];
+        if !config.is_empty() {
+            let extra_file = data_dir.with_extension(format!("{port}.extra.hcl"));
+            std::fs::write(&extra_file, config).expect("write extra agent config");
+            args.push("-config".into());
+            args.push(extra_file.display().to_string());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut agent = TestAgent {
+            child: None,
+            port,
+            data_dir: data_dir.to_path_buf(),
+            log_path: data_dir.with_extension(format!("{port}.log")),
+            args,
+            env: Vec::new(),
+            nofile: None,
+            rpc_port,
+            serf_port,
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// `127.0.0.1:<rpc port>`: what a client's `servers` names.
+    pub fn rpc_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.rpc_port)
+    }
+
+    /// One request to the RPC port with `Connection: close`.
+    pub fn rpc_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        let s = TcpStream::connect(("127.0.0.1", self.rpc_port)).expect("connect rpc");
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        exchange(s, &build_request(method, path, headers, body))
+            .unwrap_or_else(|e| panic!("{method} {path} (rpc): {e}"))
+    }
+
+    /// SIGKILL the agent (no shutdown at all) and reap it; `restart_after_stop` starts it
+    /// again on the same data dir and ports.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("agent running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// This agent's node ID (from `/v1/agent/self`).
+    pub fn node_id(&self) -> String {
+        self.get_json("/v1/agent/self")["stats"]["client"]["node_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     fn spawn(&mut self) {
@@ -396,6 +508,14 @@ impl Drop for TestAgent {
         kill_leftover_tasks(&self.data_dir);
         let _ = std::fs::remove_dir_all(&self.data_dir);
         let _ = std::fs::remove_file(&self.log_path);
+        if self.rpc_port != 0 {
+            let _ =
+                std::fs::remove_file(self.data_dir.with_extension(format!("{}.hcl", self.port)));
+            let _ = std::fs::remove_file(
+                self.data_dir
+                    .with_extension(format!("{}.extra.hcl", self.port)),
+            );
+        }
     }
 }
 
