@@ -367,7 +367,7 @@ mod tests {
         ));
         let link = LocalLink::new(f.workloads.clone(), f.link.node.clone(), f.index.clone())
             .with_acl(acl.clone());
-        f.workloads.register(&f.node, job("a")).unwrap();
+        place(&f, job("a"));
         let alloc = pull(&f, 0, 0).unwrap().changed[0].clone();
         let req = |alloc_id: &str, task: &str| SignIdentities {
             node_id: f.node.id.clone(),
