@@ -130,6 +130,11 @@ impl Agent {
         };
         let client = Client::new(&config, node.id(), link.clone());
         let batcher = Batcher::new(&config);
+        let drainer = crate::server::drainer::Drainer::new(
+            workloads.clone(),
+            index.clone(),
+            config.server_enabled,
+        );
         Ok(Arc::new(Agent {
             config,
             index,
@@ -142,6 +147,7 @@ impl Agent {
             fs_watch: SharedWatcher::new(),
             batcher,
             heartbeats,
+            drainer,
             http: OnceLock::new(),
             gossip: OnceLock::new(),
             tls,
@@ -283,6 +289,8 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     } else {
         None
     };
+    // A drain the last run left unfinished goes on (the thread runs only while one does).
+    agent.drainer.kick();
     if agent.config.client_enabled {
         agent.batcher.start(NodeUpdater {
             link: agent.link.clone(),
@@ -398,6 +406,8 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     notify(&notifier, "STOPPING=1");
     // Blocking queries return at once from here on, so their connections can finish.
     agent.index.close();
+    // Ends at the closed counter; joined while the committer still takes its last write.
+    agent.drainer.shutdown();
     if let Some(g) = agent.gossip.get() {
         // A server leaves the gossip pool only when told to (`leave_on_*`), as in Nomad;
         // otherwise the others see it fail.

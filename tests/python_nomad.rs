@@ -42,3 +42,9 @@ fn python_nomad_search_metrics_namespaces_and_system_gc_calls_work() {
     let agent = TestAgent::start(&[]);
     run_compat(&agent, &["tools"]);
 }
+
+#[test]
+fn python_nomad_event_stream_calls_work() {
+    let agent = TestAgent::start(&[]);
+    run_compat(&agent, &["events"]);
+}

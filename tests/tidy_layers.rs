@@ -27,6 +27,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "logtap",
             "meta_batcher",
             "parse_bounds",
+            "server::drainer",
             "server::heartbeat",
             "signals",
             "state",

@@ -121,10 +121,7 @@ pub fn allocation(a: &AllocRecord, job: Value) -> Value {
         ("AllocatedResources", allocated_resources(a)),
         ("DesiredStatus", json!(a.desired_status)),
         ("DesiredDescription", json!(a.desired_description)),
-        (
-            "DesiredTransition",
-            json!({"Migrate": null, "Reschedule": null, "ForceReschedule": null, "NoShutdownDelay": null}),
-        ),
+        ("DesiredTransition", desired_transition_json(a)),
         ("ClientStatus", json!(a.client_status)),
         ("ClientDescription", json!(a.client_description)),
         ("TaskStates", task_states_json(a)),
@@ -137,6 +134,11 @@ pub fn allocation(a: &AllocRecord, job: Value) -> Value {
         ("ModifyTime", json!(a.modify_time)),
     ];
     omit_zero(fields)
+}
+
+/// `DesiredTransition`: unset fields are `null`.
+fn desired_transition_json(a: &AllocRecord) -> Value {
+    json!({"Migrate": a.desired_transition.migrate, "Reschedule": null, "ForceReschedule": null, "NoShutdownDelay": null})
 }
 
 /// `AllocListStub`: every field present, in Go order.
@@ -159,10 +161,7 @@ pub fn alloc_stub(a: &AllocRecord, with_task_states: bool, with_resources: bool)
     m.insert("DesiredDescription".into(), json!(a.desired_description));
     m.insert("ClientStatus".into(), json!(a.client_status));
     m.insert("ClientDescription".into(), json!(a.client_description));
-    m.insert(
-        "DesiredTransition".into(),
-        json!({"Migrate": null, "Reschedule": null, "ForceReschedule": null, "NoShutdownDelay": null}),
-    );
+    m.insert("DesiredTransition".into(), desired_transition_json(a));
     let ts = if with_task_states {
         task_states_json(a)
     } else {

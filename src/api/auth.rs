@@ -98,8 +98,17 @@ impl std::fmt::Display for Rejected {
 
 /// Resolve the caller. Requests on a task's Unix socket always need a token.
 pub fn authenticate(agent: &Agent, req: &Request) -> Result<Identity, ApiError> {
-    let token = token_from_request(req);
-    match &req.origin {
+    authenticate_token(agent, token_from_request(req), &req.origin)
+}
+
+/// Resolve a caller from its credential as it arrived on `origin` (also how a long stream
+/// checks again, after an ACL change, that its caller still exists).
+pub fn authenticate_token(
+    agent: &Agent,
+    token: Option<String>,
+    origin: &Origin,
+) -> Result<Identity, ApiError> {
+    match origin {
         Origin::Unix { tag } => {
             let Some(t) = token else {
                 return Err(ApiError::new(Status::UNAUTHORIZED, "Unauthorized"));

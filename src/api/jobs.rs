@@ -9,7 +9,7 @@ use crate::http::Method;
 use crate::state::jobs::eval::EvalRecord;
 use crate::state::jobs::spec::Job;
 use crate::state::jobs::validate::validate_job;
-use crate::state::status::AllocClientStatus;
+use crate::state::status::{AllocClientStatus, JobStatus};
 
 use super::allocs::alloc_stub;
 use super::params::{self, get_ci};
@@ -254,8 +254,13 @@ fn deregister(ctx: &Ctx, id: &str) -> ApiResult {
 
 /// The `Job` JSON with its live `Status`.
 pub fn job_json(agent: &Agent, job: &Job) -> Value {
+    job_value(job, agent.workloads.job_status(job))
+}
+
+/// The `Job` JSON with the given `Status` (a job event's status as of its index).
+pub fn job_value(job: &Job, status: JobStatus) -> Value {
     let mut j = job.clone();
-    j.status = agent.workloads.job_status(job).to_string();
+    j.status = status.to_string();
     serde_json::to_value(&j).unwrap_or(Value::Null)
 }
 

@@ -50,6 +50,7 @@ const STATIC_SEGMENTS: &[&str] = &[
     "cat",
     "readat",
     "stream",
+    "event",
     "logs",
     "restart",
     "signal",
@@ -455,6 +456,20 @@ fn collect(agent: &Agent) -> Vec<Metric> {
             Gauge(g.members().len() as f64),
         ));
     }
+    // The event stream: open subscriptions and the events retained for replay.
+    let broker = agent.workloads.events();
+    out.push(metric(
+        "nomad.event_broker.subscribers",
+        &[],
+        "Open /v1/event/stream subscriptions.",
+        Gauge(broker.subscribers() as f64),
+    ));
+    out.push(metric(
+        "nomad.event_broker.retained_events",
+        &[],
+        "Events the event stream keeps for replay.",
+        Gauge(broker.retained_events() as f64),
+    ));
 
     // HTTP figures.
     let t = stats.tables.lock();

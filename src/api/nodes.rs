@@ -30,6 +30,9 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
             find_node(ctx, id)?;
             allocs::node_allocations(ctx, id)
         }
+        Some((id, op @ ("eligibility" | "drain" | "evaluate" | "purge"))) => {
+            super::node_ops::route(ctx, id, op)
+        }
         Some(_) => Err(ApiError::not_found("resource not found")),
     }
 }
@@ -94,7 +97,7 @@ fn rfc3339(nanos: i64) -> String {
 }
 
 /// The full `Node` object of `GET /v1/node/:id` (SecretID blanked, `Drain` added).
-fn node_json(node: &Node) -> Value {
+pub fn node_json(node: &Node) -> Value {
     let events: Vec<Value> = node
         .events
         .iter()
@@ -123,7 +126,7 @@ fn node_json(node: &Node) -> Value {
         "NodeClass": node.node_class,
         "NodePool": node.node_pool,
         "ComputedClass": "",
-        "DrainStrategy": null,
+        "DrainStrategy": super::node_ops::drain_strategy_json(node),
         "SchedulingEligibility": node.scheduling_eligibility,
         "Status": node.status,
         "StatusDescription": node.status_description,
@@ -134,7 +137,7 @@ fn node_json(node: &Node) -> Value {
         "CSINodePlugins": null,
         "HostVolumes": null,
         "HostNetworks": null,
-        "LastDrain": null,
+        "LastDrain": super::node_ops::last_drain_json(node),
         "CreateIndex": node.create_index,
         "ModifyIndex": node.modify_index,
         "Drain": node.drain,
@@ -181,7 +184,7 @@ fn stub_json(node: &Node, with_os: bool, with_resources: bool) -> Value {
             json!({"Cpu": {"CpuShares": 0}, "Memory": {"MemoryMB": 0}, "Disk": {"DiskMB": 0}}),
         );
     }
-    stub.insert("LastDrain".into(), Value::Null);
+    stub.insert("LastDrain".into(), super::node_ops::last_drain_json(node));
     stub.insert("CreateIndex".into(), json!(node.create_index));
     stub.insert("ModifyIndex".into(), json!(node.modify_index));
     Value::Object(stub)

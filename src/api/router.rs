@@ -9,8 +9,9 @@ use crate::api::Agent;
 use crate::http::{Handler, Method, Origin, Reply, Request, RequestHead, Status};
 
 use super::{
-    acl, agent, allocs, auth, client_alloc, client_fs, client_meta, client_stats, jobs, metrics,
-    namespaces, nodes, params, search, system, ApiError, ApiReply, ApiResult, Ctx, IndexMeta,
+    acl, agent, allocs, auth, client_alloc, client_fs, client_meta, client_stats, events, jobs,
+    metrics, namespaces, nodes, params, search, system, ApiError, ApiReply, ApiResult, Ctx,
+    IndexMeta,
 };
 
 /// Bodies of job registrations may be larger than the default limit.
@@ -153,6 +154,7 @@ fn route(ctx: &Ctx) -> ApiResult {
         "jobs" | "job" | "evaluations" | "evaluation" => jobs::route(ctx, rest),
         "allocations" | "allocation" => allocs::route(ctx, rest),
         "acl" => acl::route(ctx, rest),
+        "event" => events::route(ctx, rest),
         _ => Err(ApiError::no_route()),
     }
 }

@@ -33,6 +33,8 @@ pub struct Agent {
     pub batcher: Batcher,
     /// The server's heartbeat timers (running on a server with its RPC port open).
     pub heartbeats: Arc<Heartbeats>,
+    /// The server's node drainer (its thread runs while a node drains).
+    pub drainer: Arc<crate::server::drainer::Drainer>,
     /// The HTTP server, set once listening (the Task API adds Unix listeners to it).
     pub http: OnceLock<Arc<Server>>,
     /// Server membership (foca gossip on the serf port), set once started; unset when the

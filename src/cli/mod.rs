@@ -121,6 +121,8 @@ pub const COMMANDS: &[Command] = &[
     alloc::LOGS,
     alloc::EXEC,
     node::STATUS,
+    node::DRAIN,
+    node::ELIGIBILITY,
     node::MEMBERS,
     operator::API,
 ];

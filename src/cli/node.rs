@@ -1,9 +1,9 @@
-//! `node status [ID]` and `server members`.
+//! `node status [ID]`, `node drain`, `node eligibility` and `server members`.
 
 use serde_json::Value;
 
 use super::format::{self, id as short, kv, or_none, s, table};
-use super::{api, flag, http, lookup, positional, CliError, Command, Ctx, Found};
+use super::{api, flag, http, lookup, opt, positional, CliError, Command, Ctx, Found};
 
 pub const STATUS: Command = Command {
     group: "node",
@@ -13,6 +13,239 @@ pub const STATUS: Command = Command {
     flags: &[flag("verbose", "Print full IDs")],
     run: status,
 };
+
+pub const DRAIN: Command = Command {
+    group: "node",
+    name: "drain",
+    synopsis: "Toggle drain mode on a given node",
+    usage: "nomadlet node drain [options] -enable|-disable <node>",
+    flags: &[
+        flag("enable", "Enable draining for the node"),
+        flag("disable", "Disable draining for the node"),
+        opt(
+            "deadline",
+            "DURATION",
+            "How long allocations may take to migrate before they are forced off (default 1h)",
+        ),
+        flag("force", "Migrate every allocation at once (deadline -1s)"),
+        flag(
+            "no-deadline",
+            "Wait for every allocation to migrate, however long",
+        ),
+        flag("ignore-system", "Leave system jobs' allocations running"),
+        flag(
+            "keep-ineligible",
+            "With -disable: leave the node ineligible for scheduling",
+        ),
+        opt("m", "MESSAGE", "A message stored in the drain's metadata"),
+        flag(
+            "detach",
+            "Return right after the drain is set instead of monitoring it",
+        ),
+        flag("self", "Drain the node of the agent the CLI talks to"),
+        flag(
+            "yes",
+            "Answer yes to the confirmation (nomadlet never asks; accepted for scripts)",
+        ),
+    ],
+    run: drain,
+};
+
+pub const ELIGIBILITY: Command = Command {
+    group: "node",
+    name: "eligibility",
+    synopsis: "Toggle scheduling eligibility for a given node",
+    usage: "nomadlet node eligibility [options] -enable|-disable <node>",
+    flags: &[
+        flag("enable", "Mark the node eligible for scheduling"),
+        flag("disable", "Mark the node ineligible for scheduling"),
+        flag("self", "Target the node of the agent the CLI talks to"),
+    ],
+    run: eligibility,
+};
+
+/// Longest the drain monitor waits in one blocking query.
+const MONITOR_WAIT: &str = "30s";
+
+/// The CLI's default drain deadline (`-deadline`), in nanoseconds: one hour.
+const DEFAULT_DEADLINE_NS: i64 = 3_600_000_000_000;
+
+/// The node a command targets: the agent's own (`-self`) or the one `<node>` (an ID or a
+/// unique prefix) names. Returns its full ID.
+fn target_node(ctx: &Ctx, m: &getopts::Matches) -> Result<String, CliError> {
+    if m.opt_present("self") {
+        positional(m, 0, 0, "no arguments with -self")?;
+        let me = ctx
+            .client
+            .get("/v1/agent/self")
+            .map_err(api("querying the agent"))?;
+        let id = s(&me["stats"]["client"], "node_id");
+        if id.is_empty() {
+            return Err(CliError::Other(
+                "Error determining local node ID: the agent runs no client".into(),
+            ));
+        }
+        return Ok(id.to_string());
+    }
+    let args = positional(m, 1, 1, "one argument: <node>")?;
+    let id = &args[0];
+    if id.len() == 1 {
+        return Err(CliError::Other(
+            "Identifier must contain at least two characters.".into(),
+        ));
+    }
+    match lookup(ctx, "/v1/nodes", id, true, "node")? {
+        Found::One(n) => Ok(s(&n, "ID").to_string()),
+        Found::None => Err(CliError::Other(format!(
+            "No node(s) with prefix or id {id:?} found"
+        ))),
+        Found::Many(items) => Err(CliError::Other(format!(
+            "Prefix matched multiple nodes\n\n{}",
+            node_rows(&items, false).trim_end()
+        ))),
+    }
+}
+
+/// `-enable` xor `-disable`.
+fn enable_flag(m: &getopts::Matches) -> Result<bool, CliError> {
+    match (m.opt_present("enable"), m.opt_present("disable")) {
+        (true, false) => Ok(true),
+        (false, true) => Ok(false),
+        _ => Err(CliError::Usage(
+            "Either the '-enable' or '-disable' flag must be set".into(),
+        )),
+    }
+}
+
+fn eligibility(ctx: &Ctx, m: &getopts::Matches) -> Result<i32, CliError> {
+    let enable = enable_flag(m)?;
+    let id = target_node(ctx, m)?;
+    let word = if enable { "eligible" } else { "ineligible" };
+    let body = serde_json::json!({"NodeID": id, "Eligibility": word}).to_string();
+    ctx.client
+        .json(
+            "PUT",
+            &format!("/v1/node/{}/eligibility", http::escape(&id)),
+            body.as_bytes(),
+        )
+        .map_err(api("updating scheduling eligibility"))?;
+    println!("Node {id:?} scheduling eligibility set: {word} for scheduling");
+    Ok(0)
+}
+
+/// The `Deadline` a drain asks for, in nanoseconds (`-1s` forced, `0` none).
+fn drain_deadline(m: &getopts::Matches) -> Result<i64, CliError> {
+    let given = m.opt_str("deadline");
+    let chosen = [
+        given.is_some(),
+        m.opt_present("force"),
+        m.opt_present("no-deadline"),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if chosen > 1 {
+        return Err(CliError::Usage(
+            "-deadline, -force and -no-deadline are mutually exclusive".into(),
+        ));
+    }
+    if m.opt_present("force") {
+        return Ok(-1_000_000_000);
+    }
+    if m.opt_present("no-deadline") {
+        return Ok(0);
+    }
+    let Some(text) = given else {
+        return Ok(DEFAULT_DEADLINE_NS);
+    };
+    let d = crate::config::parse_go_duration(&text)
+        .ok_or_else(|| CliError::Usage(format!("Failed to parse deadline {text:?}")))?;
+    let ns = i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+    if ns <= 0 {
+        return Err(CliError::Usage(
+            "A positive drain deadline must be given".into(),
+        ));
+    }
+    Ok(ns)
+}
+
+fn drain(ctx: &Ctx, m: &getopts::Matches) -> Result<i32, CliError> {
+    let enable = enable_flag(m)?;
+    let deadline = if enable {
+        Some(drain_deadline(m)?)
+    } else {
+        None
+    };
+    let id = target_node(ctx, m)?;
+    let mut meta = serde_json::Map::new();
+    if let Some(msg) = m.opt_str("m") {
+        meta.insert("message".into(), Value::String(msg));
+    }
+    let body = serde_json::json!({
+        "NodeID": id,
+        "DrainSpec": deadline.map(|d| serde_json::json!({
+            "Deadline": d,
+            "IgnoreSystemJobs": m.opt_present("ignore-system"),
+        })),
+        "MarkEligible": !enable && !m.opt_present("keep-ineligible"),
+        "Meta": meta,
+    })
+    .to_string();
+    let path = format!("/v1/node/{}", http::escape(&id));
+    ctx.client
+        .json("PUT", &format!("{path}/drain"), body.as_bytes())
+        .map_err(api("updating drain specification"))?;
+    if !enable {
+        println!("Node {id:?} drain strategy unset");
+        return Ok(0);
+    }
+    println!("Node {id:?} drain strategy set");
+    if m.opt_present("detach") {
+        return Ok(0);
+    }
+    monitor_drain(ctx, &id, &path)
+}
+
+/// Follow the node (blocking queries) until its drain ends.
+fn monitor_drain(ctx: &Ctx, id: &str, path: &str) -> Result<i32, CliError> {
+    let stamp = || crate::cli::format::time_ns(crate::time::unix_now_nanos());
+    println!(
+        "{}: Ctrl-C to stop monitoring: will not cancel the node drain",
+        stamp()
+    );
+    let mut index = 0u64;
+    loop {
+        let node = ctx
+            .client
+            .get(&format!("{path}?index={index}&wait={MONITOR_WAIT}"))
+            .map_err(api("monitoring the node"))?;
+        index = node
+            .get("ModifyIndex")
+            .and_then(Value::as_u64)
+            .unwrap_or(index);
+        if !node["DrainStrategy"].is_null() {
+            continue;
+        }
+        match s(&node["LastDrain"], "Status") {
+            "complete" => println!("{}: Drain complete for node {id:?}", stamp()),
+            "canceled" => println!("{}: Drain canceled for node {id:?}", stamp()),
+            other => println!("{}: Drain ended for node {id:?} ({other})", stamp()),
+        }
+        let allocs = ctx
+            .client
+            .get(&format!("{path}/allocations"))
+            .map_err(api("querying node allocations"))?;
+        let running = allocs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| matches!(s(a, "ClientStatus"), "pending" | "running"));
+        if !running {
+            println!("{}: All allocations on node {id:?} have stopped", stamp());
+        }
+        return Ok(0);
+    }
+}
 
 pub const MEMBERS: Command = Command {
     group: "server",

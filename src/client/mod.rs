@@ -199,6 +199,9 @@ pub struct Client {
     pulled_index: Mutex<u64>,
     task_api: OnceLock<TaskApi>,
     puller: Mutex<Option<JoinHandle<()>>>,
+    /// What this node registered with: sent again when the server answers "unknown node"
+    /// (the node was purged, or the server lost it).
+    registration: Mutex<Option<NodeRegistration>>,
     /// Alloc updates the server has not taken yet (the link failed), merged per alloc: sent
     /// again with the next update and after every pull, so a server that was unreachable
     /// still learns what the tasks did (ref §3.2: a failed batch is re-queued).
@@ -269,6 +272,7 @@ impl Client {
             pulled_index: Mutex::new(0),
             task_api: OnceLock::new(),
             puller: Mutex::new(None),
+            registration: Mutex::new(None),
             unsynced: Mutex::new(BTreeMap::new()),
             stop_tx,
             stop_rx,
@@ -281,7 +285,27 @@ impl Client {
         if reg.node_id != self.node.id {
             return Err(LinkError::UnknownNode(reg.node_id.clone()));
         }
-        self.link.register_node(reg)
+        let reply = self.link.register_node(reg)?;
+        *self.registration.lock() = Some(reg.clone());
+        Ok(reply)
+    }
+
+    /// The server no longer knows this node (purged): register it again, with the same ID,
+    /// as at start. `false` when there is nothing to register with or it failed.
+    fn register_again(&self) -> bool {
+        let Some(reg) = self.registration.lock().clone() else {
+            return false;
+        };
+        match self.link.register_node(&reg) {
+            Ok(_) => {
+                log::info!("the server did not know this node any more: registered it again");
+                true
+            }
+            Err(e) => {
+                log::warn!("cannot register this node again: {e}");
+                false
+            }
+        }
     }
 
     /// Pull this node's allocations (restoring their runners; the node registered first),
@@ -311,6 +335,7 @@ impl Client {
                     self.sync();
                 }
                 Err(LinkError::Closed) => return,
+                Err(LinkError::UnknownNode(_)) if self.register_again() => {}
                 Err(e) => {
                     log::warn!("pulling this node's allocations failed: {e}");
                     // Wait before the next try; shutdown ends the wait.

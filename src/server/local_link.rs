@@ -69,6 +69,15 @@ impl LocalLink {
         }
     }
 
+    /// The node is in the server's node table (a purged node must register again).
+    fn check_registered(&self, node_id: &str) -> Result<(), LinkError> {
+        if self.workloads.state().nodes.contains_key(node_id) {
+            Ok(())
+        } else {
+            Err(LinkError::UnknownNode(node_id.to_string()))
+        }
+    }
+
     fn heartbeat_reply(&self) -> HeartbeatReply {
         let ttl = match &self.heartbeats {
             Some(h) => h.reset(self.node.id()),
@@ -122,6 +131,8 @@ pub(crate) fn node_record(req: &NodeRegistration) -> Node {
         status_updated_at: 0,
         scheduling_eligibility: NodeEligibility::Eligible,
         drain: false,
+        drain_strategy: None,
+        last_drain: None,
         events: Vec::new(),
         create_index: 0,
         modify_index: 0,
@@ -144,6 +155,7 @@ impl ServerLink for LocalLink {
 
     fn heartbeat(&self, req: &Heartbeat) -> Result<HeartbeatReply, LinkError> {
         self.check_node(&req.node_id)?;
+        self.check_registered(&req.node_id)?;
         if self.heartbeats.is_some() {
             // Timers run: this node can be marked down like any other, and comes back the same way.
             let node = self
@@ -245,6 +257,14 @@ mod tests {
             index,
             node: info,
         }
+    }
+
+    /// A fixture whose node registered (pulls and heartbeats need a known node).
+    fn registered_fixture() -> Fixture {
+        let f = fixture();
+        let reg = registration_of(&f.link.node.registration());
+        f.link.register_node(&reg).unwrap();
+        f
     }
 
     fn job(id: &str) -> Job {
@@ -359,7 +379,8 @@ mod tests {
     #[test]
     fn identities_are_signed_for_this_nodes_live_allocs_only_with_claims_from_the_server() {
         use crate::client::link::{AclSubject, IdentityRequest, ResolveAcl, SignIdentities};
-        let f = fixture();
+        // Registered: a pull for a node the server does not know answers "unknown node".
+        let f = registered_fixture();
         let acl = Arc::new(crate::state::acl::AclState::load(
             &f.dir,
             true,

@@ -5,6 +5,7 @@
 //! ([`scheduler::Scheduler`]: pending evals → plans).
 
 pub mod authz;
+pub mod drainer;
 pub mod heartbeat;
 pub mod local_link;
 pub mod rpc;

@@ -364,6 +364,10 @@ pub fn pull_node_allocs(
         // The generation first: a change published after this read wakes the wait below.
         let generation = index.generation();
         let state = workloads.state();
+        if !state.nodes.contains_key(&req.node_id) {
+            // Unknown, or purged while the client waited: it must register again.
+            return Err(LinkError::UnknownNode(req.node_id.clone()));
+        }
         let changed = state
             .allocs
             .values()

@@ -156,6 +156,55 @@ pub enum Command {
     PlanApply {
         plan: Box<super::plan::Plan>,
     },
+    /// Set, update or disable a node's drain (`PUT /v1/node/:id/drain`): the strategy and
+    /// `LastDrain` with the times chosen by the proposer; `evals` when a disabled drain makes
+    /// the node eligible again.
+    NodeUpdateDrain {
+        node_id: String,
+        update: Box<super::node_ops::DrainUpdate>,
+        event: Option<NodeEvent>,
+        #[serde(default)]
+        evals: Vec<super::node_ops::JobEval>,
+        now: i64,
+    },
+    /// The drainer found a node drained (or its deadline passed): its strategy is cleared,
+    /// `LastDrain` complete; it stays ineligible.
+    NodeDrainComplete {
+        node_id: String,
+        event: NodeEvent,
+        now: i64,
+    },
+    /// A node's eligibility with the node-update evals it makes (refused: `eligible` while
+    /// the node drains).
+    NodeSetEligibility {
+        node_id: String,
+        eligibility: NodeEligibility,
+        event: Option<NodeEvent>,
+        #[serde(default)]
+        evals: Vec<super::node_ops::JobEval>,
+        now: i64,
+    },
+    /// `POST /v1/node/:id/evaluate`: node-update evals for these jobs.
+    NodeEvaluate {
+        node_id: String,
+        evals: Vec<super::node_ops::JobEval>,
+        now: i64,
+    },
+    /// `POST /v1/node/:id/purge`: the node is removed, its live allocs lost, evals made.
+    NodeDeregister {
+        node_id: String,
+        evals: Vec<super::node_ops::JobEval>,
+        now: i64,
+    },
+    /// The drainer migrates allocs: `DesiredTransition.Migrate` set, a `node-drain` eval per
+    /// job; with `stop` they are also stopped (see `node_ops::migrate`).
+    AllocMigrate {
+        alloc_ids: Vec<String>,
+        evals: Vec<super::node_ops::JobEval>,
+        #[serde(default)]
+        stop: bool,
+        now: i64,
+    },
 }
 
 /// What applying a command did (the proposer's answer).
@@ -175,6 +224,8 @@ pub enum Applied {
     Node(u64),
     /// A plan applied: what was placed, refused and stopped.
     Plan(super::plan::PlanResult),
+    /// A node operation (drain, eligibility, evaluate, purge, migrate): what it changed.
+    NodeOp(super::node_ops::NodeWrite),
 }
 
 /// The answer to a register or deregister.
@@ -192,6 +243,8 @@ pub enum ApplyError {
     UnknownAlloc,
     UnknownToken,
     UnknownNode,
+    /// A draining node cannot be made eligible.
+    NodeDraining,
     /// ACL bootstrap was done, at this index.
     AlreadyBootstrapped(u64),
     /// Stored policy rules that do not parse (the API checks them before).
@@ -212,6 +265,10 @@ impl fmt::Display for ApplyError {
             ApplyError::UnknownAlloc => write!(f, "alloc not found"),
             ApplyError::UnknownToken => write!(f, "ACL token not found"),
             ApplyError::UnknownNode => write!(f, "node not found"),
+            ApplyError::NodeDraining => write!(
+                f,
+                "can not set node's scheduling eligibility to eligible while it is draining"
+            ),
             ApplyError::AlreadyBootstrapped(i) => write!(f, "ACL bootstrap already done at {i}"),
             ApplyError::BadPolicy(e) => write!(f, "policy rules do not parse: {e}"),
             ApplyError::TooManyOneTimeTokens => write!(f, "too many one-time tokens"),
@@ -536,8 +593,51 @@ pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appli
         | Command::NodeUpdateStatus { .. }
         | Command::NodeUpdateEligibility { .. }
         | Command::NodeEvents { .. } => apply_node(state, cmd, index)?,
+        Command::NodeUpdateDrain {
+            node_id,
+            update,
+            event,
+            evals,
+            now,
+        } => super::node_ops::update_drain(state, node_id, update, (event, evals), *now, index)?,
+        Command::NodeDrainComplete {
+            node_id,
+            event,
+            now,
+        } => super::node_ops::drain_complete(state, node_id, event, *now, index)?,
+        Command::NodeSetEligibility {
+            node_id,
+            eligibility,
+            event,
+            evals,
+            now,
+        } => super::node_ops::set_eligibility(
+            state,
+            node_id,
+            *eligibility,
+            (event, evals),
+            *now,
+            index,
+        )?,
+        Command::NodeEvaluate {
+            node_id,
+            evals,
+            now,
+        } => super::node_ops::evaluate(state, node_id, evals, *now, index)?,
+        Command::NodeDeregister {
+            node_id,
+            evals,
+            now,
+        } => super::node_ops::deregister(state, node_id, evals, *now, index)?,
+        Command::AllocMigrate {
+            alloc_ids,
+            evals,
+            stop,
+            now,
+        } => super::node_ops::migrate(state, alloc_ids, evals, *stop, *now, index)?,
     };
     super::plan::refresh_usage(state, cmd);
+    super::plan::after_node_op(state, cmd, index);
     state.index = state.index.max(index);
     Ok(applied)
 }
@@ -646,6 +746,8 @@ fn apply_node(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appl
                     n.events = old.events.clone();
                     n.scheduling_eligibility = old.scheduling_eligibility;
                     n.drain = old.drain;
+                    n.drain_strategy = old.drain_strategy.clone();
+                    n.last_drain = old.last_drain.clone();
                     if old.status != n.status {
                         n.status_updated_at = now / 1_000_000_000;
                     } else {
@@ -1290,6 +1392,8 @@ mod node_tests {
             status_updated_at: 0,
             scheduling_eligibility: NodeEligibility::Eligible,
             drain: false,
+            drain_strategy: None,
+            last_drain: None,
             events: Vec::new(),
             create_index: 0,
             modify_index: 0,

@@ -17,6 +17,8 @@ use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 
 use super::command::{apply, Applied, ApplyError, Command, ServerState};
+use super::event_broker::EventBroker;
+use super::events::{events_of, EventBatch};
 use super::snapshot;
 use super::IndexCounter;
 
@@ -136,6 +138,8 @@ pub struct CommandLog {
     proposals: Sender<Msg>,
     committer: Mutex<Option<JoinHandle<()>>>,
     pub stats: Arc<LogStats>,
+    /// The events of applied commands (`/v1/event/stream`).
+    events: Arc<EventBroker>,
 }
 
 impl fmt::Debug for CommandLog {
@@ -299,6 +303,7 @@ impl CommandLog {
         let published = Arc::new(RwLock::new(state.clone()));
         let stats = Arc::new(LogStats::default());
         let (tx, rx) = unbounded();
+        let events = Arc::new(EventBroker::new());
         let committer = Committer {
             path: path.to_path_buf(),
             db: Some(db),
@@ -309,6 +314,7 @@ impl CommandLog {
             published: published.clone(),
             counter,
             stats: stats.clone(),
+            events: events.clone(),
         };
         let handle = st!(
             "start committer",
@@ -322,6 +328,7 @@ impl CommandLog {
                 proposals: tx,
                 committer: Mutex::new(Some(handle)),
                 stats,
+                events,
             },
             imported,
         })
@@ -330,6 +337,11 @@ impl CommandLog {
     /// The published state: an immutable snapshot (no lock is held once it is returned).
     pub fn state(&self) -> Arc<ServerState> {
         self.published.read().clone()
+    }
+
+    /// The event broker the committer publishes to.
+    pub fn events(&self) -> Arc<EventBroker> {
+        self.events.clone()
     }
 
     /// Propose a command and wait until it is durable and applied (then it is published and
@@ -355,6 +367,7 @@ impl CommandLog {
         let _ = self.proposals.send(Msg::Stop);
         if let Some(h) = self.committer.lock().take() {
             let _ = h.join();
+            self.events.close();
             let s = &self.stats;
             let txns = s.transactions.load(Ordering::SeqCst).max(1);
             let us = |a: &AtomicU64| a.load(Ordering::SeqCst) / txns / 1000;
@@ -393,6 +406,7 @@ struct Committer {
     published: Arc<RwLock<Arc<ServerState>>>,
     counter: Arc<IndexCounter>,
     stats: Arc<LogStats>,
+    events: Arc<EventBroker>,
 }
 
 impl Committer {
@@ -445,11 +459,19 @@ impl Committer {
         let mut next = (*self.current).clone();
         let mut results = Vec::with_capacity(batch.len());
         let mut entries: Vec<(u64, Vec<u8>)> = Vec::with_capacity(batch.len());
+        // Each command's events, from the state before and after it (a copy is O(1)); they
+        // are published only once the batch is durable.
+        let mut events: Vec<EventBatch> = Vec::new();
         for p in &batch {
             let index = self.counter.next();
+            let before = next.clone();
             match apply(&mut next, &p.cmd, index) {
                 Ok(applied) => match serde_json::to_vec(&p.cmd) {
                     Ok(bytes) => {
+                        events.push(EventBatch {
+                            index,
+                            events: events_of(&p.cmd, &before, &next, index),
+                        });
                         entries.push((index, bytes));
                         results.push(Ok((applied, index)));
                     }
@@ -476,6 +498,9 @@ impl Committer {
                 .fetch_add(entries.len() as u64, Ordering::SeqCst);
             self.current = Arc::new(next);
             *self.published.write() = self.current.clone();
+            for b in events {
+                self.events.publish(b);
+            }
             self.counter.notify();
         }
         for (p, r) in batch.into_iter().zip(results) {

@@ -206,6 +206,11 @@ impl Workloads {
         self.log.clone()
     }
 
+    /// The broker of the events the committer makes from applied commands.
+    pub fn events(&self) -> Arc<super::event_broker::EventBroker> {
+        self.log.events()
+    }
+
     /// The published state: an immutable snapshot.
     pub fn state(&self) -> Arc<ServerState> {
         self.log.state()
@@ -419,6 +424,22 @@ impl Workloads {
         })
     }
 
+    /// Propose a node operation (drain, eligibility, evaluate, purge, migrate): durable,
+    /// applied and published before it returns what it changed and the index it was written
+    /// at; `Ok(Err(_))` when apply refused it (unknown node, draining node), changing nothing.
+    pub fn propose_node_op(
+        &self,
+        cmd: Command,
+    ) -> Result<Result<(super::node_ops::NodeWrite, u64), super::command::ApplyError>, StoreError>
+    {
+        match self.log.propose(cmd) {
+            Ok((Applied::NodeOp(w), index)) => Ok(Ok((w, index))),
+            Ok(_) => Err(self.store_err(LogError::Closed("node operation applied to nothing"))),
+            Err(LogError::Apply(e)) => Ok(Err(e)),
+            Err(e) => Err(self.store_err(e)),
+        }
+    }
+
     /// One node of the server's node table.
     pub fn node(&self, id: &str) -> Option<Arc<Node>> {
         self.state().nodes.get(id).cloned()
@@ -475,21 +496,34 @@ impl Workloads {
     /// A job's `Status`: running while an alloc runs, pending while one waits, else dead.
     pub fn job_status(&self, job: &Job) -> JobStatus {
         let state = self.state();
-        let key = (job.namespace.clone(), job.id.clone());
-        let allocs: Vec<&AllocRecord> = state.allocs_of(&key).map(|a| &**a).collect();
-        let live: Vec<&&AllocRecord> = allocs.iter().filter(|a| a.is_live()).collect();
-        if live
-            .iter()
-            .any(|a| a.client_status == AllocClientStatus::Running)
-        {
-            JobStatus::Running
-        } else if !live.is_empty() {
-            JobStatus::Pending
-        } else if job.stop || job.is_batch() || !allocs.is_empty() {
-            JobStatus::Dead
-        } else {
-            JobStatus::Pending
+        job_status_of(
+            job,
+            state
+                .allocs_of(&(job.namespace.clone(), job.id.clone()))
+                .map(|a| &**a),
+        )
+    }
+}
+
+/// A job's status from its allocs (Nomad's `running`, `pending`, `dead`): the one rule for
+/// the job JSON and the job events.
+pub fn job_status_of<'a>(job: &Job, allocs: impl Iterator<Item = &'a AllocRecord>) -> JobStatus {
+    let (mut any, mut live, mut running) = (false, false, false);
+    for a in allocs {
+        any = true;
+        if a.is_live() {
+            live = true;
+            running |= a.client_status == AllocClientStatus::Running;
         }
+    }
+    if running {
+        JobStatus::Running
+    } else if live {
+        JobStatus::Pending
+    } else if job.stop || job.is_batch() || any {
+        JobStatus::Dead
+    } else {
+        JobStatus::Pending
     }
 }
 

@@ -4,6 +4,8 @@
 pub mod acl;
 pub mod command;
 pub mod command_log;
+pub mod event_broker;
+pub mod events;
 pub mod host;
 pub mod jobs;
 pub mod members;
@@ -11,6 +13,7 @@ pub mod node;
 /// Durable file writes live in `crate::store` (a leaf every layer may use); the old path
 /// still names it.
 pub(crate) use crate::store;
+pub mod node_ops;
 pub mod node_table;
 pub mod plan;
 pub mod snapshot;

@@ -254,6 +254,8 @@ impl NodeState {
             status_updated_at: 0,
             scheduling_eligibility: crate::state::status::NodeEligibility::Eligible,
             drain: false,
+            drain_strategy: None,
+            last_drain: None,
             events: Vec::new(),
             create_index: 0,
             modify_index: 0,

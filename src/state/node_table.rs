@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::state::status::{NodeEligibility, NodeStatus};
+use crate::state::status::{DrainStatus, NodeEligibility, NodeStatus};
 
 /// Nomad keeps this many events per node (`MaxRetainedNodeEvents`).
 pub const MAX_NODE_EVENTS: usize = 10;
@@ -54,6 +54,12 @@ pub struct Node {
     /// `eligible` or `ineligible` (serde: Nomad's word).
     pub scheduling_eligibility: NodeEligibility,
     pub drain: bool,
+    /// The drain in progress (`DrainStrategy`); `None` when the node is not draining.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_strategy: Option<DrainStrategy>,
+    /// The last drain started on this node (`LastDrain`), kept after it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drain: Option<LastDrain>,
     pub events: Vec<NodeEvent>,
     pub create_index: u64,
     pub modify_index: u64,
@@ -61,4 +67,45 @@ pub struct Node {
     /// must carry it. Never in API JSON, never logged (old logs and snapshots: empty).
     #[serde(default)]
     pub secret_id: String,
+}
+
+/// A drain in progress (`structs.DrainStrategy`): chosen by the API's proposer (times from the
+/// server's clock), stored by `NodeUpdateDrain`, cleared when the drain completes or is
+/// disabled.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DrainStrategy {
+    /// As asked, in nanoseconds: `> 0` a deadline, `0` none, `< 0` force (migrate at once).
+    pub deadline_ns: i64,
+    /// Unix nanoseconds after which every remaining alloc is migrated at once (`0`: none).
+    pub force_deadline: i64,
+    pub ignore_system_jobs: bool,
+    /// Unix nanoseconds of the first drain (kept when the drain is updated).
+    pub started_at: i64,
+}
+
+impl DrainStrategy {
+    /// Unix nanoseconds at which the drain is forced: `Some(0)` for a forced drain
+    /// (`deadline < 0`: now), `None` without a deadline.
+    pub fn deadline_at(&self) -> Option<i64> {
+        if self.deadline_ns < 0 {
+            Some(0)
+        } else if self.force_deadline > 0 {
+            Some(self.force_deadline)
+        } else {
+            None
+        }
+    }
+}
+
+/// What is kept of the last drain (`structs.DrainMetadata`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LastDrain {
+    /// Unix nanoseconds.
+    pub started_at: i64,
+    /// Unix nanoseconds.
+    pub updated_at: i64,
+    pub status: DrainStatus,
+    /// Who asked: `token:<accessor>` (or empty with ACLs disabled).
+    pub accessor_id: String,
+    pub meta: BTreeMap<String, String>,
 }

@@ -235,6 +235,10 @@ pub(super) fn refresh_usage(state: &mut ServerState, cmd: &super::command::Comma
             n
         }
         Command::NodeUpdateStatus { node_id, .. } => [node_id.clone()].into(),
+        Command::AllocMigrate { alloc_ids, .. } => alloc_ids
+            .iter()
+            .filter_map(|id| of_alloc(state, id))
+            .collect(),
         _ => return,
     };
     for n in nodes {
@@ -248,6 +252,31 @@ pub fn node_schedulable(n: &Node) -> bool {
     n.status == NodeStatus::Ready
         && n.scheduling_eligibility == NodeEligibility::Eligible
         && !n.drain
+        && n.drain_strategy.is_none()
+}
+
+/// After the node operations (`state::node_ops`): a node made eligible again (or evaluated)
+/// may have room for blocked evals, so they wake.
+pub(super) fn after_node_op(state: &mut ServerState, cmd: &super::command::Command, index: u64) {
+    use super::command::Command;
+    let (node_id, now) = match cmd {
+        Command::NodeSetEligibility {
+            node_id,
+            eligibility: NodeEligibility::Eligible,
+            now,
+            ..
+        }
+        | Command::NodeUpdateDrain { node_id, now, .. }
+        | Command::NodeEvaluate { node_id, now, .. } => (node_id, *now),
+        _ => return,
+    };
+    if state
+        .nodes
+        .get(node_id)
+        .is_some_and(|n| node_schedulable(n))
+    {
+        wake_blocked(state, now, index);
+    }
 }
 
 /// An ID apply makes itself (evals for node changes), derived from the command's index and a

@@ -105,6 +105,15 @@ status_enum! {
 }
 
 status_enum! {
+    /// A node's `LastDrain.Status` (`structs.DrainStatus`).
+    DrainStatus {
+        Draining => "draining",
+        Complete => "complete",
+        Canceled => "canceled",
+    }
+}
+
+status_enum! {
     /// A job's `Status`, as derived from its allocations.
     JobStatus {
         Pending => "pending",

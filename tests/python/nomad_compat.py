@@ -1,6 +1,6 @@
 """python-nomad against a running nomadlet: each check calls the library as a user would.
 
-Usage: nomad_compat.py PORT SECTION...   (sections: agent, workloads, acl)
+Usage: nomad_compat.py PORT SECTION...   (sections: agent, workloads, acl, tools, events)
 Exits non-zero with the failing check's message.
 """
 import sys
@@ -123,6 +123,52 @@ def acl_section(n, port):
         pass
     check(m.acl.delete_token(t["AccessorID"]), "delete_token")
     check(m.acl.delete_policy("readers"), "delete_policy")
+
+
+def next_event(events, what, f, timeout=30.0):
+    """The first event line from python-nomad's stream queue for which `f` holds."""
+    import queue
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            msg = events.get(timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if f(msg):
+            return msg
+    raise SystemExit(f"FAILED: timed out waiting for {what}")
+
+
+def events_section(n):
+    # The default stream (topic *:*), as python-nomad's own test reads it.
+    stream, stop, events = n.event.stream.get_stream()
+    stream.daemon = True
+    stream.start()
+    job = {"Job": {"ID": "py-events", "Type": "batch", "Datacenters": ["dc1"], "TaskGroups": [
+        {"Name": "g", "Count": 1, "Tasks": [{"Name": "t", "Driver": "raw_exec",
+                                             "Config": {"command": "/bin/true"}}]}]}}
+    n.jobs.register_job(job)
+    msg = next_event(events, "the job's registration", lambda m: any(
+        e["Topic"] == "Job" and e["Key"] == "py-events" and e["Type"] == "JobRegistered"
+        for e in m["Events"]))
+    check("Index" in msg, f"an Index in {msg}")
+    stop.set()
+    # A topic given as a dict (requests sends its keys): node events from the backlog.
+    stream, stop, events = n.event.stream.get_stream(topic={"Node": "*"})
+    stream.daemon = True
+    stream.start()
+    msg = next_event(events, "a node event", lambda m: True, timeout=5)
+    check(msg["Events"][0]["Type"] in ("NodeRegistration", "NodeDeregistration", "NodeEligibility",
+                                       "NodeDrain", "NodeEvent", "NodeStreamEvent"), f"node event {msg}")
+    stop.set()
+    # Resuming from an index with a Topic:Key filter.
+    stream, stop, events = n.event.stream.get_stream(index=msg["Index"], topic="Job:py-events",
+                                                     namespace="default")
+    stream.daemon = True
+    stream.start()
+    msg = next_event(events, "the job's events again", lambda m: True)
+    check(all(e["Topic"] == "Job" and e["Key"] == "py-events" for e in msg["Events"]), f"{msg}")
+    stop.set()
 
 
 def main():

@@ -52,6 +52,8 @@ pub fn sim_node(i: usize) -> Node {
         create_index: 0,
         modify_index: 0,
         secret_id: String::new(),
+        drain_strategy: None,
+        last_drain: None,
     }
 }
 
