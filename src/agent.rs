@@ -48,6 +48,8 @@ pub enum AgentError {
     Register(LinkError),
     /// A service thread (tunnels) could not be started.
     Spawn(std::io::Error),
+    /// The server's scheduler thread could not be started.
+    Scheduler(std::io::Error),
     /// Gossip (the serf port) could not start.
     Gossip(crate::gossip::GossipError),
 }
@@ -64,6 +66,7 @@ impl fmt::Display for AgentError {
             AgentError::Tls(e) => write!(f, "{e}"),
             AgentError::Register(e) => write!(f, "cannot register this node: {e}"),
             AgentError::Spawn(e) => write!(f, "cannot start the tunnels: {e}"),
+            AgentError::Scheduler(e) => write!(f, "cannot start the scheduler: {e}"),
             AgentError::Gossip(e) => write!(f, "{e}"),
         }
     }
@@ -75,7 +78,8 @@ impl std::error::Error for AgentError {
             AgentError::DataDir { source, .. }
             | AgentError::Bind { source, .. }
             | AgentError::Signals(source)
-            | AgentError::Spawn(source) => Some(source),
+            | AgentError::Spawn(source)
+            | AgentError::Scheduler(source) => Some(source),
             AgentError::State(e) => Some(e),
             AgentError::Tls(e) => Some(e),
             AgentError::Register(e) => Some(e),
@@ -309,7 +313,19 @@ pub fn run(config: Config) -> Result<(), AgentError> {
             Err(e) => return Err(AgentError::Register(e)),
         }
     }
-    crate::api::jobs::place_blocked(&agent);
+    // The scheduler (server role only) places what the queue holds (pending evals, blocked
+    // ones the node's registration woke) from here on; the clients run what it places.
+    let scheduler = if agent.config.server_enabled {
+        Some(
+            crate::server::scheduler::Scheduler::start(
+                agent.workloads.clone(),
+                agent.index.clone(),
+            )
+            .map_err(AgentError::Scheduler)?,
+        )
+    } else {
+        None
+    };
     // A drain the last run left unfinished goes on (the thread runs only while one does).
     agent.drainer.kick();
     if agent.config.client_enabled {
@@ -468,6 +484,10 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         pool.shutdown();
     }
     server.shutdown();
+    // Before the tasks stop: no new placement is proposed from here on.
+    if let Some(s) = &scheduler {
+        s.shutdown();
+    }
     agent.client.shutdown(sig);
     // After the tasks: their last state updates are committed before the store closes.
     agent.workloads.shutdown();

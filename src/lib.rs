@@ -40,3 +40,10 @@ pub mod fuzzing;
 pub fn task_shim(args: &[String]) -> i32 {
     client::shim::main(args)
 }
+
+/// The hidden `nomadlet bench-scheduler [NODES] [ALLOCS]` subcommand: placements per second
+/// of the server's scheduler over simulated nodes, in process. Returns the exit code.
+#[doc(hidden)]
+pub fn bench_scheduler(args: &[String]) -> i32 {
+    server::scheduler::bench::main(args)
+}

@@ -127,6 +127,10 @@ fn main() -> ExitCode {
         }
         // Hidden: the per-task shim the agent starts (not for operators).
         Some("task-shim") => ExitCode::from(nomadlet::task_shim(&args[1..]).clamp(0, 255) as u8),
+        // Hidden: placements per second of the server's scheduler (`make bench`).
+        Some("bench-scheduler") => {
+            ExitCode::from(nomadlet::bench_scheduler(&args[1..]).clamp(0, 255) as u8)
+        }
         Some("agent") => {
             if args[1..]
                 .iter()

@@ -680,7 +680,6 @@ fn a_server_drains_and_purges_a_client_on_another_agent() {
 }
 
 #[test]
-#[ignore = "needs the server's scheduler (c-sched) to place the replacement: run with --include-ignored once it is merged"]
 fn a_drain_moves_a_service_alloc_to_another_client() {
     let server = TestAgent::server("", &[]);
     let clients: Vec<TestAgent> = (0..2)

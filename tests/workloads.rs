@@ -21,7 +21,8 @@ fn batch_job_runs_to_completion_with_nomads_events_and_every_id_leads_somewhere(
     );
     assert!(r["JobModifyIndex"].as_u64().unwrap() > 0);
     assert_eq!(r["Warnings"], "");
-    let eval = agent.get_json(&format!("/v1/evaluation/{}", r["EvalID"].as_str().unwrap()));
+    // The scheduler runs the eval moments after the register's answer.
+    let eval = wait_eval_done(&agent, r["EvalID"].as_str().unwrap());
     assert_eq!(eval["JobID"], "hello");
     assert_eq!(eval["Status"], "complete");
     assert!(agent
@@ -424,7 +425,7 @@ fn a_command_that_does_not_exist_is_a_driver_failure() {
 /// advice naming the config key in `want` (the operator's config format). Returns the eval.
 fn placement_fails(agent: &TestAgent, job: &str, want: &str) -> Value {
     let r = register(agent, &sh_job(job, "service", "sleep 30"));
-    let eval = agent.get_json(&format!("/v1/evaluation/{}", r["EvalID"].as_str().unwrap()));
+    let eval = wait_eval_done(agent, r["EvalID"].as_str().unwrap());
     assert_eq!(eval["Status"], "complete", "{eval}");
     let failed = &eval["FailedTGAllocs"]["g"];
     assert_eq!(failed["ConstraintFiltered"]["missing drivers"], 1, "{eval}");
@@ -442,7 +443,9 @@ fn placement_fails(agent: &TestAgent, job: &str, want: &str) -> Value {
     assert_eq!(blocked["Status"], "blocked", "{blocked}");
     assert_eq!(blocked["PreviousEval"], eval["ID"]);
     assert!(allocs(agent, job).is_empty(), "nothing placed");
-    assert!(agent.log().contains("placement failed"), "{}", agent.log());
+    wait_until(WAIT, "the failure logged", || {
+        agent.log().contains("placement failed")
+    });
     eval
 }
 
@@ -479,6 +482,7 @@ fn raw_exec_disabled_fails_the_placement_naming_the_key_in_the_config_format() {
     // Registering it again blocks again; the older blocked eval is cancelled.
     let again = register(&agent, &sh_job("off", "service", "sleep 30"));
     assert_ne!(again["EvalID"], first["ID"]);
+    wait_eval_done(&agent, again["EvalID"].as_str().unwrap());
     let old = agent.get_json(&format!(
         "/v1/evaluation/{}",
         first["BlockedEval"].as_str().unwrap()

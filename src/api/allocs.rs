@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 use crate::http::Method;
 use crate::state::jobs::alloc::AllocRecord;
 
-use super::jobs::{job_json, namespace, node_info};
+use super::jobs::{job_json, namespace};
 use super::params;
 use super::{filter, json_meta, omit_zero, ApiError, ApiResult, Ctx, IndexMeta};
 
@@ -203,7 +203,7 @@ fn stop(ctx: &Ctx, id: &str) -> ApiResult {
     let stopped = ctx
         .agent
         .workloads
-        .stop_alloc(&node_info(ctx.agent), id)
+        .stop_alloc(id)
         .map_err(|e| ApiError::internal(format!("failed to persist state: {e}")))?
         .ok_or_else(|| ApiError::not_found("allocation not found"))?;
     json_meta(

@@ -9,7 +9,6 @@ use crate::http::Method;
 use crate::state::jobs::eval::EvalRecord;
 use crate::state::jobs::spec::Job;
 use crate::state::jobs::validate::validate_job;
-use crate::state::jobs::{NodeInfo, Unplaceable};
 use crate::state::status::{AllocClientStatus, JobStatus};
 
 use super::allocs::alloc_stub;
@@ -104,96 +103,6 @@ fn store_err(e: crate::state::store::StoreError) -> ApiError {
     ApiError::internal(format!("failed to persist state: {e}"))
 }
 
-/// This node, where every alloc is placed (none when its raw_exec driver is disabled). A
-/// server without a client of its own places on a ready client node instead.
-pub fn node_info(agent: &Agent) -> NodeInfo {
-    if !agent.config.client_enabled {
-        return remote_node_info(agent);
-    }
-    NodeInfo {
-        id: agent.node.id().to_string(),
-        name: agent.config.node_name.clone(),
-        unplaceable: (!agent.config.raw_exec_enabled).then(|| {
-            Box::new(Unplaceable {
-                driver: "raw_exec".into(),
-                reason: agent.config.raw_exec_advice(),
-                datacenter: agent.config.datacenter.clone(),
-            })
-        }),
-    }
-}
-
-/// Until the scheduler places across nodes: the ready, eligible, undrained node with a healthy
-/// raw_exec driver that holds the fewest running allocs (ties: by ID), chosen by the proposer.
-fn remote_node_info(agent: &Agent) -> NodeInfo {
-    use crate::state::status::{NodeEligibility, NodeStatus};
-    let state = agent.workloads.state();
-    let mut load: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    for a in state.allocs.values().filter(|a| !a.terminal()) {
-        *load.entry(a.node_id.as_str()).or_default() += 1;
-    }
-    let best = state
-        .nodes
-        .values()
-        .filter(|n| {
-            n.status == NodeStatus::Ready
-                && n.scheduling_eligibility == NodeEligibility::Eligible
-                && !n.drain
-                && n.drivers
-                    .get("raw_exec")
-                    .and_then(|d| d.get("Healthy"))
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false)
-        })
-        .min_by_key(|n| (load.get(n.id.as_str()).copied().unwrap_or(0), n.id.clone()));
-    match best {
-        Some(n) => NodeInfo {
-            id: n.id.clone(),
-            name: n.name.clone(),
-            unplaceable: None,
-        },
-        None => NodeInfo {
-            id: String::new(),
-            name: String::new(),
-            unplaceable: Some(Box::new(Unplaceable {
-                driver: "raw_exec".into(),
-                reason: "no ready client node with the raw_exec driver".into(),
-                datacenter: agent.config.datacenter.clone(),
-            })),
-        },
-    }
-}
-
-/// At start-up: jobs whose placement failed (a blocked eval) are evaluated again when this
-/// node can now run them (raw_exec was enabled), as Nomad unblocks an eval when a node with
-/// the driver appears. Runs before the client starts, which then runs the new allocs.
-pub fn place_blocked(agent: &Agent) {
-    let node = node_info(agent);
-    if node.unplaceable.is_some() {
-        return;
-    }
-    let mut jobs: Vec<(String, String)> = agent
-        .workloads
-        .evals()
-        .into_iter()
-        .filter(|e| e.status == crate::state::status::EvalStatus::Blocked)
-        .map(|e| (e.namespace, e.job_id))
-        .collect();
-    jobs.dedup();
-    for (ns, id) in jobs {
-        let Some(job) = agent.workloads.job(&ns, &id) else {
-            continue;
-        };
-        match agent.workloads.register(&node, job) {
-            Ok(res) => log::info!(
-                "job {id:?} (namespace {ns:?}): blocked placement evaluated again, eval {}",
-                res.eval_id
-            ),
-            Err(e) => log::error!("job {id:?}: cannot evaluate its blocked placement: {e}"),
-        }
-    }
-}
-
 /// Decode a job registration body (`{"Job": {...}, ...}`): depth-bounded JSON, the `Job`
 /// object, and a non-empty job ID. Returns the whole body object and the job.
 pub(crate) fn decode_register(body: &[u8]) -> Result<(Map<String, Value>, Job), ApiError> {
@@ -274,25 +183,8 @@ fn register(ctx: &Ctx, path_id: Option<&str>) -> ApiResult {
             return Err(ApiError::internal(p));
         }
     }
-    let (ns, id) = (job.namespace.clone(), job.id.clone());
-    let node = node_info(ctx.agent);
-    let res = ctx
-        .agent
-        .workloads
-        .register(&node, job)
-        .map_err(store_err)?;
-    let blocked = ctx
-        .agent
-        .workloads
-        .eval(&res.eval_id)
-        .is_some_and(|e| !e.blocked_eval.is_empty());
-    if let (true, Some(why)) = (blocked, &node.unplaceable) {
-        log::warn!(
-            "job {id:?} (namespace {ns:?}): placement failed, eval {}: {}",
-            res.eval_id,
-            why.reason
-        );
-    }
+    // The scheduler places the job moments after this write: the eval is pending now.
+    let res = ctx.agent.workloads.register(job).map_err(store_err)?;
     json_meta(
         &json!({
             "EvalID": res.eval_id,
@@ -391,27 +283,61 @@ fn read_job(ctx: &Ctx, id: &str) -> ApiResult {
     )
 }
 
+/// `JobSummary` (ref §4.10): per group, its allocs counted by client status, and `Queued`
+/// from the job's blocked eval (else its latest evaluated one): the placements still owed.
 fn job_summary(agent: &Arc<Agent>, job: &Job) -> Value {
+    let state = agent.workloads.state();
+    let key = (job.namespace.clone(), job.id.clone());
+    let mut counts: std::collections::BTreeMap<&str, [u64; 7]> = job
+        .task_groups
+        .iter()
+        .map(|tg| (tg.name.as_str(), [0; 7]))
+        .collect();
+    for a in state.allocs_of(&key) {
+        let Some(c) = counts.get_mut(a.task_group.as_str()) else {
+            continue;
+        };
+        let slot = match a.client_status {
+            AllocClientStatus::Complete => 1,
+            AllocClientStatus::Failed => 2,
+            AllocClientStatus::Running => 3,
+            AllocClientStatus::Pending => 4,
+            AllocClientStatus::Lost => 5,
+            AllocClientStatus::Unknown => 6,
+        };
+        c[slot] += 1;
+    }
+    let queued_from = state
+        .blocked_evals
+        .iter()
+        .filter_map(|id| state.evals.get(id))
+        .find(|e| e.namespace == job.namespace && e.job_id == job.id)
+        .cloned()
+        .or_else(|| {
+            state
+                .evals
+                .values()
+                .filter(|e| {
+                    e.namespace == job.namespace
+                        && e.job_id == job.id
+                        && e.status != crate::state::status::EvalStatus::Pending
+                        && e.job_modify_index == job.job_modify_index
+                })
+                .max_by_key(|e| e.modify_index)
+                .cloned()
+        });
     let mut summary = Map::new();
-    for tg in &job.task_groups {
-        let mut s = json!({"Queued": 0, "Complete": 0, "Failed": 0, "Running": 0, "Starting": 0, "Lost": 0, "Unknown": 0});
-        for a in agent.workloads.allocs_of_job(&job.namespace, &job.id) {
-            if a.task_group != tg.name {
-                continue;
-            }
-            let key = match a.client_status {
-                AllocClientStatus::Complete => "Complete",
-                AllocClientStatus::Failed => "Failed",
-                AllocClientStatus::Running => "Running",
-                AllocClientStatus::Pending => "Starting",
-                AllocClientStatus::Lost => "Lost",
-                AllocClientStatus::Unknown => "Unknown",
-            };
-            if let Some(n) = s.get_mut(key) {
-                *n = json!(n.as_u64().unwrap_or(0) + 1);
-            }
-        }
-        summary.insert(tg.name.clone(), s);
+    for (name, c) in counts {
+        let queued = queued_from
+            .as_ref()
+            .and_then(|e| e.queued_allocations.get(name))
+            .copied()
+            .unwrap_or(0);
+        summary.insert(
+            name.to_string(),
+            json!({"Queued": queued, "Complete": c[1], "Failed": c[2], "Running": c[3],
+                "Starting": c[4], "Lost": c[5], "Unknown": c[6]}),
+        );
     }
     json!({
         "JobID": job.id,
@@ -565,6 +491,14 @@ pub fn eval_json(e: &EvalRecord) -> Value {
         ("NodeModifyIndex", json!(e.node_modify_index)),
         ("Status", json!(e.status)),
         ("StatusDescription", json!(e.status_description)),
+        (
+            "WaitUntil",
+            if e.wait_until == 0 {
+                Value::Null
+            } else {
+                json!(crate::state::jobs::timefmt::rfc3339_ns(e.wait_until))
+            },
+        ),
         ("PreviousEval", json!(e.previous_eval)),
         ("BlockedEval", json!(e.blocked_eval)),
         ("FailedTGAllocs", json!(e.failed_tg_allocs)),

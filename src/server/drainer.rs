@@ -41,12 +41,10 @@ pub const RETRY_WAIT: Duration = Duration::from_secs(1);
 /// migrations in 1 s windows.
 pub const MIN_STEP_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Whether the drainer stops the allocs it migrates itself, as the scheduler would in its
-/// plan ("alloc is being migrated"): needed while no scheduler runs the `node-drain` evals.
-/// The evals are made either way. With the server's scheduler (c-sched) this is `false`: the
-/// scheduler stops a migrating alloc in the plan that places its replacement (checked on a
-/// merge of both branches: every `node_ops` test passes, the multi-client one included).
-pub const STOP_MIGRATING: bool = true;
+/// Whether the drainer stops the allocs it migrates itself ("alloc is being migrated"). It
+/// does not: the server's scheduler stops a migrating alloc in the plan that places its
+/// replacement, from the `node-drain` eval the migration makes.
+pub const STOP_MIGRATING: bool = false;
 
 /// `Message` of the node event that ends a drain.
 pub const DRAIN_COMPLETE: &str = "Node drain complete";

@@ -276,6 +276,16 @@ mod tests {
         j
     }
 
+    /// Register this node (once) and `j`, and let the scheduler place it.
+    fn place(f: &Fixture, j: Job) {
+        if f.workloads.node(&f.node.id).is_none() {
+            let reg = registration_of(&f.link.node.registration());
+            f.link.register_node(&reg).unwrap();
+        }
+        f.workloads.register(j).unwrap();
+        crate::server::scheduler::run_pending(&f.workloads);
+    }
+
     fn pull(f: &Fixture, min_index: u64, wait_ms: u64) -> Result<PulledAllocs, LinkError> {
         f.link.pull_allocs(&PullAllocs {
             node_id: f.node.id.clone(),
@@ -330,8 +340,8 @@ mod tests {
 
     #[test]
     fn a_pull_blocks_until_the_nodes_allocs_change_and_answers_only_what_changed() {
-        let f = registered_fixture();
-        f.workloads.register(&f.node, job("a")).unwrap();
+        let f = fixture();
+        place(&f, job("a"));
         let first = pull(&f, 0, 0).unwrap();
         assert_eq!(first.changed.len(), 1);
         assert_eq!(first.alloc_ids.len(), 1);
@@ -340,15 +350,28 @@ mod tests {
         let idle = pull(&f, first.index, 150).unwrap();
         assert!(started.elapsed() >= Duration::from_millis(150));
         assert!(idle.changed.is_empty());
-        // A write while it waits wakes it with just the new alloc.
+        // A write while it waits wakes it; the pulls after it see just the new alloc (the
+        // register and the placement are two writes).
+        let mut index = first.index;
+        let mut changed: Vec<String> = Vec::new();
         let waiter = std::thread::scope(|s| {
             let h = s.spawn(|| pull(&f, first.index, 5_000));
-            f.workloads.register(&f.node, job("b")).unwrap();
+            place(&f, job("b"));
             h.join().unwrap()
         })
         .unwrap();
-        assert_eq!(waiter.alloc_ids.len(), 2);
-        let changed: Vec<&str> = waiter.changed.iter().map(|a| a.job_id.as_str()).collect();
+        assert!(waiter.index > first.index, "the write woke the pull");
+        let mut last = waiter;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            changed.extend(last.changed.iter().map(|a| a.job_id.clone()));
+            index = index.max(last.index);
+            if last.alloc_ids.len() == 2 || Instant::now() > deadline {
+                break;
+            }
+            last = pull(&f, index, 1_000).unwrap();
+        }
+        assert_eq!(last.alloc_ids.len(), 2);
         assert_eq!(changed, ["b"]);
         std::fs::remove_dir_all(&f.dir).unwrap();
     }
@@ -365,7 +388,7 @@ mod tests {
         ));
         let link = LocalLink::new(f.workloads.clone(), f.link.node.clone(), f.index.clone())
             .with_acl(acl.clone());
-        f.workloads.register(&f.node, job("a")).unwrap();
+        place(&f, job("a"));
         let alloc = pull(&f, 0, 0).unwrap().changed[0].clone();
         let req = |alloc_id: &str, task: &str| SignIdentities {
             node_id: f.node.id.clone(),
@@ -429,8 +452,8 @@ mod tests {
 
     #[test]
     fn pushed_updates_are_durable_server_state_and_other_nodes_are_refused() {
-        let f = registered_fixture();
-        f.workloads.register(&f.node, job("a")).unwrap();
+        let f = fixture();
+        place(&f, job("a"));
         let id = pull(&f, 0, 0).unwrap().changed[0].id.clone();
         let mut ts = TaskState::pending();
         ts.state = crate::state::status::TaskStatus::Running;

@@ -131,6 +131,31 @@ pub enum Command {
     NodeEvents {
         events: Vec<(String, NodeEvent)>,
     },
+    /// Register a canonicalized, validated job (a new version when its spec changed) and
+    /// queue a `pending` eval for the scheduler; nothing is placed here.
+    JobSubmit {
+        job: Box<Job>,
+        eval_id: String,
+        now: i64,
+    },
+    /// Stop a job (`purge`: remove it): its allocs stop now; a `pending` eval is queued.
+    JobStop {
+        namespace: String,
+        job_id: String,
+        purge: bool,
+        eval_id: String,
+        now: i64,
+    },
+    /// The user stops one alloc; a `pending` eval lets the scheduler replace it.
+    AllocStopQueued {
+        alloc_id: String,
+        eval_id: String,
+        now: i64,
+    },
+    /// What the scheduler decided for one eval (`state::plan`), re-checked node by node.
+    PlanApply {
+        plan: Box<super::plan::Plan>,
+    },
     /// Set, update or disable a node's drain (`PUT /v1/node/:id/drain`): the strategy and
     /// `LastDrain` with the times chosen by the proposer; `evals` when a disabled drain makes
     /// the node eligible again.
@@ -197,6 +222,8 @@ pub enum Applied {
     AclToken(Box<AclToken>),
     /// A node write: the node's modify index.
     Node(u64),
+    /// A plan applied: what was placed, refused and stopped.
+    Plan(super::plan::PlanResult),
     /// A node operation (drain, eligibility, evaluate, purge, migrate): what it changed.
     NodeOp(super::node_ops::NodeWrite),
 }
@@ -226,6 +253,9 @@ pub enum ApplyError {
     TooManyOneTimeTokens,
     /// A one-time token secret that is unknown, used, expired, or whose ACL token is gone.
     OneTimeTokenInvalid,
+    UnknownEval,
+    /// A plan for an eval that is no longer pending (done, or canceled meanwhile).
+    EvalNotPending,
 }
 
 impl fmt::Display for ApplyError {
@@ -243,6 +273,8 @@ impl fmt::Display for ApplyError {
             ApplyError::BadPolicy(e) => write!(f, "policy rules do not parse: {e}"),
             ApplyError::TooManyOneTimeTokens => write!(f, "too many one-time tokens"),
             ApplyError::OneTimeTokenInvalid => write!(f, "one-time token not usable"),
+            ApplyError::UnknownEval => write!(f, "eval not found"),
+            ApplyError::EvalNotPending => write!(f, "eval is not pending"),
         }
     }
 }
@@ -272,6 +304,16 @@ pub struct ServerState {
     /// Derived, never stored: the IDs of each job's allocs (so a register does not walk
     /// every alloc). Kept by apply as allocs are added; [`ServerState::reindex`] rebuilds it.
     pub allocs_by_job: imbl::OrdMap<JobKey, imbl::OrdSet<String>>,
+    /// Derived, never stored: the IDs of each node's allocs (the scheduler's and the plan
+    /// check's view of what a node runs). Kept by apply; [`ServerState::reindex`] rebuilds it.
+    pub allocs_by_node: imbl::OrdMap<String, imbl::OrdSet<String>>,
+    /// Derived, never stored: the IDs of the `blocked` evals (what a capacity change wakes).
+    /// Kept by [`ServerState::put_eval`]; [`ServerState::reindexed`] rebuilds it.
+    pub blocked_evals: imbl::OrdSet<String>,
+    /// Derived, never stored: what each node's live allocs use, recomputed for the nodes a
+    /// command touched ([`super::plan::refresh_usage`]). The scheduler's hint; the plan check
+    /// at apply computes from the allocs themselves.
+    pub node_usage: imbl::OrdMap<String, super::plan::Usage>,
 }
 
 /// The serialized form of [`ServerState`] (snapshots, the determinism check).
@@ -350,6 +392,9 @@ impl ServerState {
             acl: Arc::default(),
             nodes: Table::default(),
             allocs_by_job: imbl::OrdMap::default(),
+            allocs_by_node: imbl::OrdMap::default(),
+            blocked_evals: imbl::OrdSet::default(),
+            node_usage: imbl::OrdMap::default(),
         }
         .reindexed()
     }
@@ -357,24 +402,57 @@ impl ServerState {
     /// The state with [`ServerState::allocs_by_job`] rebuilt from its allocs.
     pub fn reindexed(mut self) -> ServerState {
         self.allocs_by_job = imbl::OrdMap::default();
+        self.allocs_by_node = imbl::OrdMap::default();
         for a in self.allocs.values() {
             let key = (a.namespace.clone(), a.job_id.clone());
             self.allocs_by_job
                 .entry(key)
                 .or_default()
                 .insert(a.id.clone());
+            self.allocs_by_node
+                .entry(a.node_id.clone())
+                .or_default()
+                .insert(a.id.clone());
         }
+        self.blocked_evals = self
+            .evals
+            .values()
+            .filter(|e| e.status == EvalStatus::Blocked)
+            .map(|e| e.id.clone())
+            .collect();
+        let nodes: Vec<String> = self.allocs_by_node.keys().cloned().collect();
+        self.node_usage = nodes
+            .into_iter()
+            .map(|n| {
+                let u = super::plan::node_used(&self, &n);
+                (n, u)
+            })
+            .collect();
         self
     }
 
-    /// Add a new alloc (and its entry in the index of allocs by job).
-    fn insert_new_alloc(&mut self, a: AllocRecord) {
+    /// Add a new alloc (and its entries in the indexes of allocs by job and by node).
+    pub(crate) fn insert_new_alloc(&mut self, a: AllocRecord) {
         let key = (a.namespace.clone(), a.job_id.clone());
         self.allocs_by_job
             .entry(key)
             .or_default()
             .insert(a.id.clone());
+        self.allocs_by_node
+            .entry(a.node_id.clone())
+            .or_default()
+            .insert(a.id.clone());
         self.allocs.insert(a.id.clone(), Arc::new(a));
+    }
+
+    /// Insert or replace an eval, keeping the index of blocked evals.
+    pub(crate) fn put_eval(&mut self, e: EvalRecord) {
+        if e.status == EvalStatus::Blocked {
+            self.blocked_evals.insert(e.id.clone());
+        } else {
+            self.blocked_evals.remove(&e.id);
+        }
+        self.evals.insert(e.id.clone(), Arc::new(e));
     }
 
     /// A job's allocs (through the index, not a walk over every alloc).
@@ -384,6 +462,18 @@ impl ServerState {
     ) -> impl Iterator<Item = &'a Arc<AllocRecord>> + 'a {
         self.allocs_by_job
             .get(key)
+            .into_iter()
+            .flat_map(|ids| ids.iter())
+            .filter_map(|id| self.allocs.get(id))
+    }
+
+    /// A node's allocs (through the index).
+    pub fn allocs_on<'a>(
+        &'a self,
+        node_id: &str,
+    ) -> impl Iterator<Item = &'a Arc<AllocRecord>> + 'a {
+        self.allocs_by_node
+            .get(node_id)
             .into_iter()
             .flat_map(|ids| ids.iter())
             .filter_map(|id| self.allocs.get(id))
@@ -454,9 +544,37 @@ pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appli
             a.refresh_client_status();
             a.modify_index = index;
             a.modify_time = *now;
+            let before = old.clone();
             state.allocs.insert(alloc_id.clone(), Arc::new(a.clone()));
+            super::plan::alloc_updated(state, &before, &a, *now, index);
             Applied::Alloc(Box::new(a))
         }
+        Command::JobSubmit { job, eval_id, now } => {
+            Applied::Job(super::plan::submit(state, job, eval_id, *now, index))
+        }
+        Command::JobStop {
+            namespace,
+            job_id,
+            purge,
+            eval_id,
+            now,
+        } => {
+            let key: JobKey = (namespace.clone(), job_id.clone());
+            Applied::Job(super::plan::stop_job(
+                state, &key, *purge, eval_id, *now, index,
+            )?)
+        }
+        Command::AllocStopQueued {
+            alloc_id,
+            eval_id,
+            now,
+        } => {
+            super::plan::stop_alloc_by_user(state, alloc_id, eval_id, *now, index)?;
+            Applied::AllocStopped {
+                eval_id: eval_id.clone(),
+            }
+        }
+        Command::PlanApply { plan } => super::plan::apply_plan(state, plan, index)?,
         Command::AclBootstrap { .. }
         | Command::AclTokenUpsert { .. }
         | Command::AclTokenDelete { .. }
@@ -518,6 +636,8 @@ pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appli
             now,
         } => super::node_ops::migrate(state, alloc_ids, evals, *stop, *now, index)?,
     };
+    super::plan::refresh_usage(state, cmd);
+    super::plan::after_node_op(state, cmd, index);
     state.index = state.index.max(index);
     Ok(applied)
 }
@@ -702,8 +822,51 @@ fn apply_node(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appl
     };
     let mut node = node;
     node.modify_index = index;
-    state.nodes.insert(node.id.clone(), Arc::new(node));
+    let before = state.nodes.get(&node.id).cloned();
+    let id = node.id.clone();
+    state.nodes.insert(id.clone(), Arc::new(node.clone()));
+    node_consequences(state, cmd, before.as_deref(), &node, index);
     Ok(Applied::Node(index))
+}
+
+/// What a node write means for the scheduler (`state::plan`): status changes make allocs
+/// lost or unknown and queue `node-update` evals; a node that can take work now (new and
+/// ready, changed, eligible again, new metadata) queues evals for system jobs and wakes
+/// blocked evals.
+fn node_consequences(
+    state: &mut ServerState,
+    cmd: &Command,
+    before: Option<&Node>,
+    node: &Node,
+    index: u64,
+) {
+    use super::plan::{node_changed, node_status_changed};
+    let now = match cmd {
+        Command::NodeRegister { now, .. } | Command::NodeUpdateStatus { now, .. } => *now,
+        // These commands carry no time: the node's own last status change stands in.
+        _ => node.status_updated_at.saturating_mul(1_000_000_000),
+    };
+    let Some(old) = before else {
+        node_changed(state, &node.id, now, index);
+        return;
+    };
+    if old.status != node.status {
+        node_status_changed(state, &node.id, old.status, node.status, now, index);
+        return;
+    }
+    let placement_facts_changed = old.datacenter != node.datacenter
+        || old.name != node.name
+        || old.node_class != node.node_class
+        || old.node_pool != node.node_pool
+        || old.attributes != node.attributes
+        || old.meta != node.meta
+        || old.drivers != node.drivers
+        || old.resources != node.resources
+        || old.scheduling_eligibility != node.scheduling_eligibility
+        || old.drain != node.drain;
+    if placement_facts_changed {
+        node_changed(state, &node.id, now, index);
+    }
 }
 
 /// Stop every running alloc of a job.
@@ -729,7 +892,7 @@ fn stop_allocs_of(state: &mut ServerState, key: &JobKey, desc: &str, now: i64, i
 
 /// Cancel the job's blocked evaluations (a new evaluation supersedes them, as in Nomad).
 /// `true` when there was one: its placements are still owed.
-fn cancel_blocked_evals(
+pub(crate) fn cancel_blocked_evals(
     state: &mut ServerState,
     key: &JobKey,
     by: &str,
@@ -737,18 +900,20 @@ fn cancel_blocked_evals(
     index: u64,
 ) -> bool {
     let blocked: Vec<String> = state
-        .evals
-        .values()
+        .blocked_evals
+        .iter()
+        .filter_map(|id| state.evals.get(id))
         .filter(|e| e.namespace == key.0 && e.job_id == key.1 && e.status == EvalStatus::Blocked)
         .map(|e| e.id.clone())
         .collect();
     for id in &blocked {
-        if let Some(e) = state.evals.get_mut(id) {
-            let e = Arc::make_mut(e);
+        if let Some(e) = state.evals.get(id) {
+            let mut e = (**e).clone();
             e.status = EvalStatus::Canceled;
             e.status_description = format!("evaluation {by:?} supersedes it");
             e.modify_index = index;
             e.modify_time = now;
+            state.put_eval(e);
         }
     }
     !blocked.is_empty()
@@ -801,9 +966,7 @@ fn register(
             Some(why) if !blocked_eval_id.is_empty() => {
                 eval.fail_placements(&job, why, blocked_eval_id);
                 let blocked = EvalRecord::blocked_after(&eval, &job, blocked_eval_id);
-                state
-                    .evals
-                    .insert(blocked_eval_id.to_string(), Arc::new(blocked));
+                state.put_eval(blocked);
             }
             _ => {
                 let mut ids = alloc_ids.iter();

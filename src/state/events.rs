@@ -165,10 +165,33 @@ pub fn events_of(
             out.job(&key, kind::JOB_DEREGISTERED);
             out.job_changes(&key, kind::JOB_DEREGISTERED)
         }
-        Command::AllocStop { alloc_id, .. } => {
+        Command::AllocStop { alloc_id, .. } | Command::AllocStopQueued { alloc_id, .. } => {
             if let Some(key) = out.job_of_alloc(alloc_id) {
                 out.job_changes(&key, kind::ALLOCATION_UPDATE_DESIRED_STATUS);
             }
+        }
+        // The scheduler's queue: a submitted job (its pending eval), a stopped job.
+        Command::JobSubmit { job, .. } => {
+            let key = (job.namespace.clone(), job.id.clone());
+            out.job(&key, kind::JOB_REGISTERED);
+            out.job_changes(&key, kind::JOB_REGISTERED)
+        }
+        Command::JobStop {
+            namespace, job_id, ..
+        } => {
+            let key = (namespace.clone(), job_id.clone());
+            out.job(&key, kind::JOB_DEREGISTERED);
+            out.job_changes(&key, kind::JOB_DEREGISTERED)
+        }
+        // A plan: its allocs are `PlanResult`, the eval it completes `EvaluationUpdated`.
+        Command::PlanApply { plan } => {
+            let key = (plan.namespace.clone(), plan.job_id.clone());
+            out.job_changes_as(
+                &key,
+                kind::PLAN_RESULT,
+                kind::EVALUATION_UPDATED,
+                kind::PLAN_RESULT,
+            )
         }
         Command::AllocClientUpdate { alloc_id, .. } => {
             out.alloc_update(alloc_id, kind::ALLOCATION_UPDATED)

@@ -250,21 +250,14 @@ impl Workloads {
         }
     }
 
-    /// Register a canonicalized, validated job. A changed spec makes a new version and
-    /// replaces its allocations; an unchanged one leaves everything as it is (but for its
-    /// evaluation). Persisted, then published; on error nothing visible changed.
-    pub fn register(&self, node: &NodeInfo, job: Job) -> Result<WriteResult, StoreError> {
-        let placements: usize = job
-            .task_groups
-            .iter()
-            .map(|g| g.count().max(0) as usize)
-            .sum();
-        let cmd = Command::JobRegister {
-            alloc_ids: (0..placements).map(|_| new_id()).collect(),
+    /// Register a canonicalized, validated job. A changed spec makes a new version; an
+    /// unchanged one stays as it is. Either way a `pending` eval is queued for the scheduler,
+    /// which places (or replaces) the allocations moments later. Persisted, then published;
+    /// on error nothing visible changed.
+    pub fn register(&self, job: Job) -> Result<WriteResult, StoreError> {
+        let cmd = Command::JobSubmit {
             job: Box::new(job),
-            node: node.clone(),
             eval_id: new_id(),
-            blocked_eval_id: new_id(),
             now: crate::time::unix_now_nanos(),
         };
         match self.propose(cmd)? {
@@ -278,8 +271,9 @@ impl Workloads {
         }
     }
 
-    /// Stop a job (or purge it). `None` when the job is unknown. Persisted, then published:
-    /// on error the job is still listed as it was and its allocs still want to run.
+    /// Stop a job (or purge it): its allocs are told to stop at once and an eval is queued.
+    /// `None` when the job is unknown. Persisted, then published: on error the job is still
+    /// listed as it was and its allocs still want to run.
     pub fn deregister(
         &self,
         namespace: &str,
@@ -290,7 +284,7 @@ impl Workloads {
         if !self.state().jobs.contains_key(&key) {
             return Ok(None);
         }
-        let cmd = Command::JobDeregister {
+        let cmd = Command::JobStop {
             namespace: key.0,
             job_id: key.1,
             purge,
@@ -310,19 +304,13 @@ impl Workloads {
 
     /// Stop one allocation; the scheduler places a replacement when its job still wants it.
     /// `None` when the alloc is unknown.
-    pub fn stop_alloc(
-        &self,
-        node: &NodeInfo,
-        alloc_id: &str,
-    ) -> Result<Option<AllocStopResult>, StoreError> {
+    pub fn stop_alloc(&self, alloc_id: &str) -> Result<Option<AllocStopResult>, StoreError> {
         if !self.state().allocs.contains_key(alloc_id) {
             return Ok(None);
         }
-        let cmd = Command::AllocStop {
+        let cmd = Command::AllocStopQueued {
             alloc_id: alloc_id.to_string(),
-            node: node.clone(),
             eval_id: new_id(),
-            replacement_id: new_id(),
             now: crate::time::unix_now_nanos(),
         };
         Ok(match self.propose(cmd)? {
@@ -331,6 +319,22 @@ impl Workloads {
             }
             _ => None,
         })
+    }
+
+    /// Apply a scheduler plan (`state::plan`): durable, checked and published before it
+    /// returns what was placed and refused; `None` when its eval is no longer pending.
+    pub fn apply_plan(
+        &self,
+        plan: crate::state::plan::Plan,
+    ) -> Result<Option<crate::state::plan::PlanResult>, StoreError> {
+        Ok(
+            match self.propose(Command::PlanApply {
+                plan: Box::new(plan),
+            })? {
+                Some((Applied::Plan(r), _)) => Some(r),
+                _ => None,
+            },
+        )
     }
 
     /// Change an allocation's client side (task states, status, collection) and save it:
@@ -469,11 +473,10 @@ impl Workloads {
     }
 
     pub fn allocs_of_job(&self, namespace: &str, job_id: &str) -> Vec<AllocRecord> {
+        let key = (namespace.to_string(), job_id.to_string());
         let mut v: Vec<AllocRecord> = self
             .state()
-            .allocs
-            .values()
-            .filter(|a| a.namespace == namespace && a.job_id == job_id)
+            .allocs_of(&key)
             .map(|a| (**a).clone())
             .collect();
         v.sort_by_key(|a| (a.create_index, a.create_time));
@@ -496,9 +499,7 @@ impl Workloads {
         job_status_of(
             job,
             state
-                .allocs
-                .values()
-                .filter(|a| a.namespace == job.namespace && a.job_id == job.id)
+                .allocs_of(&(job.namespace.clone(), job.id.clone()))
                 .map(|a| &**a),
         )
     }
@@ -534,8 +535,21 @@ fn new_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::scheduler::{run_pending, test_node};
     use crate::state::status::{AllocDesiredStatus, TaskStatus};
     use std::sync::atomic::Ordering;
+
+    /// A store with one big node registered.
+    fn with_node(w: &Workloads) {
+        w.register_node(test_node("n1")).unwrap();
+    }
+
+    /// Register and let the scheduler place it.
+    fn place(w: &Workloads, j: Job) -> WriteResult {
+        let r = w.register(j).unwrap();
+        run_pending(w);
+        r
+    }
 
     fn job(count: i64, cmd: &str) -> Job {
         job_named("web", count, cmd)
@@ -567,15 +581,15 @@ mod tests {
     fn register_places_count_allocs_and_unchanged_is_a_noop_and_state_survives_reload() {
         let dir = temp_dir();
         let counter = Arc::new(IndexCounter::default());
-        let node = node();
         let w = Workloads::load(&dir, counter.clone()).unwrap();
-        let r1 = w.register(&node, job(2, "/bin/true")).unwrap();
+        with_node(&w);
+        let r1 = place(&w, job(2, "/bin/true"));
         assert_eq!(w.allocs().len(), 2);
         assert!(w.eval(&r1.eval_id).is_some());
-        let r2 = w.register(&node, job(2, "/bin/true")).unwrap();
+        let r2 = place(&w, job(2, "/bin/true"));
         assert_eq!(r2.job_modify_index, r1.job_modify_index);
         assert_eq!(w.allocs().len(), 2);
-        w.register(&node, job(1, "/bin/false")).unwrap();
+        place(&w, job(1, "/bin/false"));
         let allocs = w.allocs();
         assert_eq!(allocs.len(), 3);
         assert_eq!(
@@ -602,15 +616,16 @@ mod tests {
         let dir = temp_dir();
         let counter = Arc::new(IndexCounter::default());
         let w = Workloads::load(&dir, counter.clone()).unwrap();
-        w.register(&node(), job(2, "/bin/true")).unwrap();
+        with_node(&w);
+        place(&w, job(2, "/bin/true"));
         let published = counter.current();
         let before = w.state().to_bytes().unwrap();
         w.log.stats.fail_writes.store(true, Ordering::SeqCst);
-        assert!(w.register(&node(), job(1, "/bin/false")).is_err());
+        assert!(w.register(job(1, "/bin/false")).is_err());
         assert!(w.deregister("default", "web", false).is_err());
         assert!(w.deregister("default", "web", true).is_err());
         let a = w.allocs()[0].id.clone();
-        assert!(w.stop_alloc(&node(), &a).is_err());
+        assert!(w.stop_alloc(&a).is_err());
         assert!(w
             .update_task(&a, "t", |ts| ts.state = TaskStatus::Running)
             .is_err());
@@ -644,7 +659,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..EACH {
                         let j = job_named(&format!("j{t}-{i}"), 0, "/bin/true");
-                        w.register(&node(), j).unwrap();
+                        w.register(j).unwrap();
                     }
                 })
             })
@@ -669,10 +684,11 @@ mod tests {
         let dir = temp_dir();
         let counter = Arc::new(IndexCounter::default());
         let w = Workloads::load(&dir, counter.clone()).unwrap();
+        with_node(&w);
         // 100 jobs of 100 allocs: all in the log (fewer commands than a snapshot interval).
         for i in 0..100 {
             let j = job_named(&format!("big{i}"), 100, "/bin/true");
-            w.register(&node(), j).unwrap();
+            place(&w, j);
         }
         assert_eq!(w.allocs().len(), 10_000);
         let live = w.state().to_bytes().unwrap();
@@ -693,8 +709,8 @@ mod tests {
         let counter = Arc::new(IndexCounter::default());
         let w = Arc::new(Workloads::load(&dir, counter.clone()).unwrap());
         const WRITERS: u64 = 8;
-        w.register(&node(), job(WRITERS as i64, "/bin/true"))
-            .unwrap();
+        with_node(&w);
+        place(&w, job(WRITERS as i64, "/bin/true"));
         let ids: Vec<String> = w.allocs().into_iter().map(|a| a.id.clone()).collect();
         let each = crate::state::command_log::SNAPSHOT_EVERY / WRITERS + 10;
         let threads: Vec<_> = ids

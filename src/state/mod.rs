@@ -15,6 +15,7 @@ pub mod node;
 pub(crate) use crate::store;
 pub mod node_ops;
 pub mod node_table;
+pub mod plan;
 pub mod snapshot;
 pub mod status;
 

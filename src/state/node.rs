@@ -68,6 +68,8 @@ pub struct NodeState {
     attributes: BTreeMap<String, String>,
     facts: HostFacts,
     raw_exec: bool,
+    /// How to enable raw_exec (the disabled driver's health description the scheduler shows).
+    raw_exec_advice: String,
     /// Built-in defaults plus `client.meta`/`-meta`; replaced by a reload, under the write gate.
     static_meta: RwLock<BTreeMap<String, String>>,
     meta_path: PathBuf,
@@ -162,6 +164,7 @@ impl NodeState {
             attributes,
             facts,
             raw_exec: config.raw_exec_enabled,
+            raw_exec_advice: config.raw_exec_advice(),
             static_meta: RwLock::new(static_meta),
             meta_path,
             meta_write_gate: Mutex::new(()),
@@ -285,6 +288,19 @@ impl NodeState {
                     "Detected": true,
                     "Healthy": true,
                     "HealthDescription": "Healthy",
+                    "UpdateTime": crate::time::rfc3339_nanos(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(self.registered_at)),
+                }),
+            );
+        } else {
+            // Nomad lists a disabled driver as not detected; its health description says
+            // how to enable it, which the scheduler shows when placements fail for it.
+            drivers.insert(
+                "raw_exec".into(),
+                json!({
+                    "Attributes": null,
+                    "Detected": false,
+                    "Healthy": false,
+                    "HealthDescription": self.raw_exec_advice,
                     "UpdateTime": crate::time::rfc3339_nanos(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(self.registered_at)),
                 }),
             );

@@ -63,6 +63,16 @@ pub fn wait_status(agent: &TestAgent, id: &str, status: &str) -> Value {
     last
 }
 
+/// Wait until the scheduler has run the evaluation (it is no longer `pending`); returns it.
+pub fn wait_eval_done(agent: &TestAgent, id: &str) -> Value {
+    let mut last = Value::Null;
+    wait_until(WAIT, &format!("eval {id} evaluated"), || {
+        last = agent.get_json(&format!("/v1/evaluation/{id}"));
+        last["Status"] != "pending"
+    });
+    last
+}
+
 /// Wait until a task is running.
 pub fn wait_task_running(agent: &TestAgent, id: &str, task: &str) -> Value {
     let mut last = Value::Null;

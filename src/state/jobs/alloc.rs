@@ -37,29 +37,47 @@ pub struct AllocRecord {
     /// The client removed the alloc dir (GC); the alloc itself is still listed.
     #[serde(default)]
     pub collected: bool,
-    /// What the server wants to happen to the alloc next (`DesiredTransition`): set by the
-    /// drainer (`Migrate`).
+    /// What the scheduler is asked to do with it (`Migrate`: the drainer moves it).
     #[serde(default, skip_serializing_if = "DesiredTransition::is_empty")]
     pub desired_transition: DesiredTransition,
+    /// The reschedules that led to this alloc (Nomad's `RescheduleTracker.Events`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reschedule_events: Vec<RescheduleEvent>,
+    /// The eval that will reschedule this (failed) alloc later.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub followup_eval_id: String,
 }
 
-/// `structs.DesiredTransition`: unset fields are `null` in the API.
+/// `structs.DesiredTransition`: requests to the scheduler about one alloc.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredTransition {
-    /// The alloc is to be moved off its (draining) node.
+    /// Replace it elsewhere and stop it (a drain).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migrate: Option<bool>,
+    /// Reschedule it although its policy would not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_reschedule: Option<bool>,
 }
 
 impl DesiredTransition {
     pub fn is_empty(&self) -> bool {
-        self.migrate.is_none()
+        self.migrate.is_none() && self.force_reschedule.is_none()
     }
 
-    /// `ShouldMigrate`: the drainer marked it.
     pub fn should_migrate(&self) -> bool {
         self.migrate == Some(true)
     }
+}
+
+/// One reschedule (`structs.RescheduleEvent`): when, from which alloc and node, after what delay.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RescheduleEvent {
+    /// Unix nanoseconds.
+    pub reschedule_time: i64,
+    pub prev_alloc_id: String,
+    pub prev_node_id: String,
+    /// Nanoseconds.
+    pub delay: i64,
 }
 
 /// `structs.TaskState`.
@@ -219,6 +237,8 @@ impl AllocRecord {
             modify_time: now,
             collected: false,
             desired_transition: DesiredTransition::default(),
+            reschedule_events: Vec::new(),
+            followup_eval_id: String::new(),
         }
     }
 

@@ -46,12 +46,18 @@ pub struct EvalRecord {
     /// The node whose change made this eval (`node-update`, `node-drain`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node_id: String,
-    /// That node's modify index when the eval was made.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub node_modify_index: u64,
+    /// Unix nanoseconds before which the scheduler leaves it waiting (a delayed reschedule).
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub wait_until: i64,
 }
 
 fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+fn is_zero_i64(v: &i64) -> bool {
     *v == 0
 }
 
@@ -84,7 +90,15 @@ impl EvalRecord {
             failed_tg_allocs: BTreeMap::new(),
             node_id: String::new(),
             node_modify_index: 0,
+            wait_until: 0,
         }
+    }
+
+    /// A `pending` evaluation of `job` (the scheduler's queue), made at `index`.
+    pub fn pending_at(job: &Job, triggered_by: &str, index: u64, id: &str, now: i64) -> EvalRecord {
+        let mut e = EvalRecord::new_at(job, triggered_by, index, id, now);
+        e.status = EvalStatus::Pending;
+        e
     }
 
     /// Record that no placement of `job` fitted (its driver is missing on the one node): each

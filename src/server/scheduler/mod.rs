@@ -1,0 +1,258 @@
+//! The server's scheduler: one `scheduler` thread takes the `pending` evals of the published
+//! state (the queue: every command that makes work queues one), oldest first, runs the
+//! scheduler of the eval's job type on that immutable snapshot ([`reconcile::schedule`]) and
+//! proposes the result as `Command::PlanApply`. Apply checks every placement against the
+//! node again, so a plan made on an older snapshot can never overcommit a node; what it
+//! refuses leaves the eval pending for another run (at most [`MAX_PLAN_ATTEMPTS`], then the
+//! eval blocks). It waits on the index counter with a deadline: no busy loop.
+
+pub mod bench;
+pub mod feasible;
+pub mod rank;
+pub mod reconcile;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::state::command::ServerState;
+use crate::state::jobs::eval::EvalRecord;
+use crate::state::jobs::Workloads;
+use crate::state::plan::Plan;
+use crate::state::status::{EvalStatus, JobType};
+use crate::state::IndexCounter;
+
+/// The longest the thread sleeps with nothing to do before it looks again.
+pub const IDLE_WAKE: Duration = Duration::from_secs(5);
+/// After a failed proposal (the store failed), the wait before the next try.
+pub const ERROR_BACKOFF: Duration = Duration::from_secs(1);
+/// Plans per eval of a service job before refused placements block it (Nomad: 5).
+pub const MAX_PLAN_ATTEMPTS: u32 = 5;
+/// ... of a batch job (Nomad: 2).
+pub const MAX_PLAN_ATTEMPTS_BATCH: u32 = 2;
+
+/// What the scheduler did (the bench and tests read it).
+#[derive(Debug, Default)]
+pub struct SchedStats {
+    pub evals: AtomicU64,
+    pub plans: AtomicU64,
+    pub placed: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+/// The running scheduler thread.
+pub struct Scheduler {
+    stop: Arc<AtomicBool>,
+    index: Arc<IndexCounter>,
+    handle: Mutex<Option<JoinHandle<()>>>,
+    pub stats: Arc<SchedStats>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler").finish_non_exhaustive()
+    }
+}
+
+impl Scheduler {
+    /// Start the `scheduler` thread over `workloads`' published state.
+    pub fn start(
+        workloads: Arc<Workloads>,
+        index: Arc<IndexCounter>,
+    ) -> std::io::Result<Scheduler> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(SchedStats::default());
+        let handle = {
+            let (stop, index, stats) = (stop.clone(), index.clone(), stats.clone());
+            std::thread::Builder::new()
+                .name("scheduler".into())
+                .spawn(move || worker(&workloads, &index, &stop, &stats))?
+        };
+        Ok(Scheduler {
+            stop,
+            index,
+            handle: Mutex::new(Some(handle)),
+            stats,
+        })
+    }
+
+    /// Stop the thread (after the plan it is making) and join it.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake its wait: a notify is harmless to every other waiter.
+        self.index.notify();
+        if let Some(h) = self.handle.lock().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The next eval to run (oldest pending whose wait is over) and, when none is due, the
+/// earliest time a waiting one is (unix nanoseconds).
+pub fn next_eval(state: &ServerState, now: i64) -> (Option<Arc<EvalRecord>>, Option<i64>) {
+    let mut best: Option<&Arc<EvalRecord>> = None;
+    let mut wake: Option<i64> = None;
+    for e in state.evals.values() {
+        if e.status != EvalStatus::Pending {
+            continue;
+        }
+        if e.wait_until > now {
+            wake = Some(wake.map_or(e.wait_until, |w| w.min(e.wait_until)));
+            continue;
+        }
+        if best.is_none_or(|b| (e.create_index, &e.id) < (b.create_index, &b.id)) {
+            best = Some(e);
+        }
+    }
+    (best.cloned(), wake)
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Plans an eval of this type gets before refusals block it.
+fn max_attempts(t: JobType) -> u32 {
+    if t.is_batch() {
+        MAX_PLAN_ATTEMPTS_BATCH
+    } else {
+        MAX_PLAN_ATTEMPTS
+    }
+}
+
+/// Make the plan for `eval` (the scheduling itself, no I/O).
+pub fn plan_for(state: &ServerState, eval: &EvalRecord, now: i64, attempt: u32) -> Plan {
+    let mut plan = reconcile::schedule(state, eval, now, &mut new_id);
+    plan.final_attempt = attempt >= max_attempts(eval.eval_type);
+    plan
+}
+
+fn log_failures(eval: &EvalRecord, plan: &Plan) {
+    if plan.failed_tg_allocs.is_empty() {
+        return;
+    }
+    let why = if plan.status_description.is_empty() {
+        let groups: Vec<String> = plan
+            .failed_tg_allocs
+            .iter()
+            .map(|(g, m)| {
+                format!(
+                    "group {g:?}: {} nodes filtered {}, {} exhausted {}",
+                    m["NodesFiltered"],
+                    m["ConstraintFiltered"],
+                    m["NodesExhausted"],
+                    m["DimensionExhausted"]
+                )
+            })
+            .collect();
+        groups.join("; ")
+    } else {
+        plan.status_description.clone()
+    };
+    log::warn!(
+        "job {:?} (namespace {:?}): placement failed, eval {}: {why}",
+        eval.job_id,
+        eval.namespace,
+        eval.id
+    );
+}
+
+fn worker(w: &Workloads, index: &IndexCounter, stop: &AtomicBool, stats: &SchedStats) {
+    let mut attempts: HashMap<String, u32> = HashMap::new();
+    while !stop.load(Ordering::SeqCst) && !index.is_closed() {
+        // The generation first: a change published after this read ends the wait below.
+        let generation = index.generation();
+        let state = w.state();
+        let now = crate::time::unix_now_nanos();
+        let (next, wake) = next_eval(&state, now);
+        let Some(eval) = next else {
+            let mut wait = IDLE_WAKE;
+            if let Some(at) = wake {
+                let ns = u64::try_from(at.saturating_sub(now)).unwrap_or(0);
+                wait = wait.min(Duration::from_nanos(ns));
+            }
+            attempts.clear();
+            index.wait_for_change(generation, Instant::now() + wait);
+            continue;
+        };
+        let attempt = {
+            let a = attempts.entry(eval.id.clone()).or_default();
+            *a += 1;
+            *a
+        };
+        let plan = plan_for(&state, &eval, now, attempt);
+        if attempt == 1 || plan.final_attempt {
+            log_failures(&eval, &plan);
+        }
+        let placements = plan.placements.len();
+        stats.evals.fetch_add(1, Ordering::Relaxed);
+        match w.apply_plan(plan) {
+            Ok(Some(r)) => {
+                stats.plans.fetch_add(1, Ordering::Relaxed);
+                stats.placed.fetch_add(r.placed as u64, Ordering::Relaxed);
+                stats.refused.fetch_add(r.refused as u64, Ordering::Relaxed);
+                if r.refused > 0 {
+                    log::debug!(
+                        "eval {}: {} of {placements} placements refused at apply (attempt {attempt})",
+                        eval.id,
+                        r.refused
+                    );
+                }
+                if !r.retry {
+                    attempts.remove(&eval.id);
+                }
+            }
+            Ok(None) => {
+                // Not pending any more (canceled meanwhile): nothing to do.
+                attempts.remove(&eval.id);
+            }
+            Err(e) => {
+                log::error!("eval {}: cannot apply its plan: {e}", eval.id);
+                attempts.remove(&eval.id);
+                index.wait_for_change(index.generation(), Instant::now() + ERROR_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Tests: run every due pending eval now, on this thread (as the `scheduler` thread would,
+/// each plan its final attempt). Returns how many evals ran.
+#[cfg(test)]
+pub fn run_pending(w: &Workloads) -> usize {
+    let mut ran = 0;
+    loop {
+        let state = w.state();
+        let now = crate::time::unix_now_nanos();
+        let (Some(eval), _) = next_eval(&state, now) else {
+            return ran;
+        };
+        let plan = plan_for(&state, &eval, now, MAX_PLAN_ATTEMPTS);
+        w.apply_plan(plan).expect("plan applies");
+        ran += 1;
+        assert!(ran < 10_000, "the queue does not drain");
+    }
+}
+
+/// Tests: a ready node with room for thousands of small allocs and raw_exec.
+#[cfg(test)]
+pub fn test_node(id: &str) -> crate::state::node_table::Node {
+    let mut n = bench::sim_node(0);
+    n.id = id.to_string();
+    n.name = format!("node-{id}");
+    n.datacenter = "dc1".into();
+    n.resources = serde_json::json!({"Cpu": {"CpuShares": 1_000_000_000i64},
+        "Memory": {"MemoryMB": 1_000_000_000i64}, "Disk": {"DiskMB": 1_000_000_000i64}});
+    n
+}
