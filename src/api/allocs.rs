@@ -256,7 +256,7 @@ mod tests {
             id: "a1",
             now: 9,
         };
-        AllocRecord::new_at(&job, "g", 0, "e1", &node, at)
+        AllocRecord::new_at(&std::sync::Arc::new(job), "g", 0, "e1", &node, at)
     }
 
     #[test]

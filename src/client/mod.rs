@@ -1080,7 +1080,7 @@ mod tests {
             unplaceable: None,
         };
         let mut a = AllocRecord::new_at(
-            &job,
+            &std::sync::Arc::new(job),
             "g",
             0,
             "e",

@@ -223,7 +223,7 @@ fn complete_event(now: i64, deadline_reached: bool) -> NodeEvent {
 /// `migrate { max_parallel }` of a group (Nomad's default 1).
 fn max_parallel(a: &AllocRecord, state: &ServerState) -> i64 {
     let key: JobKey = (a.namespace.clone(), a.job_id.clone());
-    let job = state.jobs.get(&key).map_or(&a.job, |j| &**j);
+    let job = state.jobs.get(&key).map_or(&*a.job, |j| &**j);
     job.task_groups
         .iter()
         .find(|g| g.name == a.task_group)
@@ -234,7 +234,7 @@ fn max_parallel(a: &AllocRecord, state: &ServerState) -> i64 {
 /// The group's wanted count (the current job's, else the alloc's version's).
 fn group_count(a: &AllocRecord, state: &ServerState) -> i64 {
     let key: JobKey = (a.namespace.clone(), a.job_id.clone());
-    let job = state.jobs.get(&key).map_or(&a.job, |j| &**j);
+    let job = state.jobs.get(&key).map_or(&*a.job, |j| &**j);
     job.task_groups
         .iter()
         .find(|g| g.name == a.task_group)

@@ -970,12 +970,13 @@ fn register(
             }
             _ => {
                 let mut ids = alloc_ids.iter();
+                let shared = Arc::new(job.clone());
                 for tg in &job.task_groups {
                     for i in 0..tg.count().max(0) as u32 {
                         // The proposer chose one ID per placement; none left means none placed.
                         let Some(id) = ids.next() else { break };
                         let at = AllocStamp { index, id, now };
-                        let a = AllocRecord::new_at(&job, &tg.name, i, eval_id, node, at);
+                        let a = AllocRecord::new_at(&shared, &tg.name, i, eval_id, node, at);
                         state.insert_new_alloc(a);
                     }
                 }
@@ -1047,7 +1048,7 @@ fn stop_alloc(
     state.evals.insert(eval_id.to_string(), Arc::new(eval));
     if old.desired_status == AllocDesiredStatus::Run {
         let replace = current
-            .as_deref()
+            .as_ref()
             .filter(|j| !j.stop && j.version == old.job.version && !old.terminal())
             .map(|j| {
                 let at = AllocStamp {

@@ -750,7 +750,7 @@ mod tests {
             id: "a1",
             now: 7,
         };
-        let a = AllocRecord::new_at(&j, "g", 0, "e1", &node(), at);
+        let a = AllocRecord::new_at(&Arc::new(j.clone()), "g", 0, "e1", &node(), at);
         let e = EvalRecord::new_at(&j, "job-register", 41, "e1", 7);
         store::write_json(&server.join("jobs/x.json"), &j).unwrap();
         store::write_json(&server.join("allocs/a1.json"), &a).unwrap();

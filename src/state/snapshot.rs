@@ -295,13 +295,13 @@ pub fn load(txn: &ReadTransaction) -> Result<Option<ServerState>, SnapshotError>
         state.nodes.insert(k.to_string(), Arc::new(n));
         Ok(())
     })?;
-    let mut jobs: HashMap<(String, String, u64, u64), Job> = HashMap::new();
+    let mut jobs: HashMap<(String, String, u64, u64), Arc<Job>> = HashMap::new();
     if let Some(t) = opened(txn.open_table(ALLOC_JOBS))? {
         for row in t.iter()? {
             let (k, v) = row?;
             let (ns, id, ver, jmi) = k.value();
             let job: Job = decode("alloc_jobs", v.value())?;
-            jobs.insert((ns.to_string(), id.to_string(), ver, jmi), job);
+            jobs.insert((ns.to_string(), id.to_string(), ver, jmi), Arc::new(job));
         }
     }
     for_rows(txn, ALLOCS, |k, v| {

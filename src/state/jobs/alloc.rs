@@ -2,6 +2,7 @@
 //! built in `api::allocs`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +20,8 @@ pub struct AllocRecord {
     pub node_id: String,
     pub node_name: String,
     pub job_id: String,
-    pub job: Job,
+    /// Shared with the job table and every other alloc of the same version (not a copy each).
+    pub job: Arc<Job>,
     pub task_group: String,
     pub alloc_index: u32,
     pub desired_status: AllocDesiredStatus,
@@ -204,7 +206,7 @@ impl AllocRecord {
     /// A new allocation of `job`'s `group` (index `idx`), placed on `node`, with the ID and
     /// time chosen before (by the proposer of the command that makes it).
     pub fn new_at(
-        job: &Job,
+        job: &Arc<Job>,
         group: &str,
         idx: u32,
         eval_id: &str,
