@@ -404,15 +404,7 @@ impl ServerState {
         self.allocs_by_job = imbl::OrdMap::default();
         self.allocs_by_node = imbl::OrdMap::default();
         for a in self.allocs.values() {
-            let key = (a.namespace.clone(), a.job_id.clone());
-            self.allocs_by_job
-                .entry(key)
-                .or_default()
-                .insert(a.id.clone());
-            self.allocs_by_node
-                .entry(a.node_id.clone())
-                .or_default()
-                .insert(a.id.clone());
+            index_alloc(&mut self.allocs_by_job, &mut self.allocs_by_node, a);
         }
         self.blocked_evals = self
             .evals
@@ -433,15 +425,7 @@ impl ServerState {
 
     /// Add a new alloc (and its entries in the indexes of allocs by job and by node).
     pub(crate) fn insert_new_alloc(&mut self, a: AllocRecord) {
-        let key = (a.namespace.clone(), a.job_id.clone());
-        self.allocs_by_job
-            .entry(key)
-            .or_default()
-            .insert(a.id.clone());
-        self.allocs_by_node
-            .entry(a.node_id.clone())
-            .or_default()
-            .insert(a.id.clone());
+        index_alloc(&mut self.allocs_by_job, &mut self.allocs_by_node, &a);
         self.allocs.insert(a.id.clone(), Arc::new(a));
     }
 
@@ -919,15 +903,31 @@ pub(crate) fn cancel_blocked_evals(
     !blocked.is_empty()
 }
 
-fn register(
+/// Enter `a` in the derived indexes of allocs by job and by node.
+fn index_alloc(
+    by_job: &mut imbl::OrdMap<JobKey, imbl::OrdSet<String>>,
+    by_node: &mut imbl::OrdMap<String, imbl::OrdSet<String>>,
+    a: &AllocRecord,
+) {
+    by_job
+        .entry((a.namespace.clone(), a.job_id.clone()))
+        .or_default()
+        .insert(a.id.clone());
+    by_node
+        .entry(a.node_id.clone())
+        .or_default()
+        .insert(a.id.clone());
+}
+
+/// Store `job` as submitted: a new version (indexes, submit time, `pending` status) when its
+/// spec changed, else the stored one unchanged. Returns its key, the job as now stored, and
+/// whether it changed.
+pub(super) fn store_job_version(
     state: &mut ServerState,
     job: &Job,
-    node: &NodeInfo,
-    (eval_id, blocked_eval_id): (&str, &str),
-    alloc_ids: &[String],
     now: i64,
     index: u64,
-) -> JobWrite {
+) -> (JobKey, Job, bool) {
     let key: JobKey = (job.namespace.clone(), job.id.clone());
     let existing = state.jobs.get(&key).cloned();
     let changed = existing
@@ -949,6 +949,19 @@ fn register(
             .map(|e| (*e).clone())
             .unwrap_or_else(|| job.clone())
     };
+    (key, job, changed)
+}
+
+fn register(
+    state: &mut ServerState,
+    job: &Job,
+    node: &NodeInfo,
+    (eval_id, blocked_eval_id): (&str, &str),
+    alloc_ids: &[String],
+    now: i64,
+    index: u64,
+) -> JobWrite {
+    let (key, job, changed) = store_job_version(state, job, now, index);
     let mut eval = EvalRecord::new_at(&job, "job-register", index, eval_id, now);
     // An unchanged job whose placement failed before is placed again now.
     let owed = cancel_blocked_evals(state, &key, eval_id, now, index);

@@ -101,6 +101,30 @@ fn make_evals(
     out
 }
 
+/// The end of a node write that may queue work: its event recorded, the node stored, and
+/// its node-update evals made.
+fn store_with_evals(
+    state: &mut ServerState,
+    mut n: Node,
+    (event, evals): (&Option<NodeEvent>, &[JobEval]),
+    now: i64,
+    index: u64,
+) -> Result<Applied, ApplyError> {
+    let node_id = n.id.clone();
+    push_events(&mut n, event.clone(), index);
+    store_node(state, n, index);
+    let mut w = make_evals(
+        state,
+        evals,
+        TRIGGER_NODE_UPDATE,
+        (&node_id, index),
+        now,
+        index,
+    );
+    w.node_modify_index = index;
+    Ok(Applied::NodeOp(w))
+}
+
 fn store_node(state: &mut ServerState, mut n: Node, index: u64) {
     n.modify_index = index;
     state.nodes.insert(n.id.clone(), Arc::new(n));
@@ -155,18 +179,7 @@ pub(crate) fn update_drain(
             }
         }
     }
-    push_events(&mut n, event.clone(), index);
-    store_node(state, n, index);
-    let mut w = make_evals(
-        state,
-        evals,
-        TRIGGER_NODE_UPDATE,
-        (node_id, index),
-        now,
-        index,
-    );
-    w.node_modify_index = index;
-    Ok(Applied::NodeOp(w))
+    store_with_evals(state, n, (event, evals), now, index)
 }
 
 /// `NodeDrainComplete`: the drainer found the node drained (or its deadline passed).
@@ -210,18 +223,7 @@ pub(crate) fn set_eligibility(
         return Err(ApplyError::NodeDraining);
     }
     n.scheduling_eligibility = eligibility;
-    push_events(&mut n, event.clone(), index);
-    store_node(state, n, index);
-    let mut w = make_evals(
-        state,
-        evals,
-        TRIGGER_NODE_UPDATE,
-        (node_id, index),
-        now,
-        index,
-    );
-    w.node_modify_index = index;
-    Ok(Applied::NodeOp(w))
+    store_with_evals(state, n, (event, evals), now, index)
 }
 
 /// `NodeEvaluate`: node-update evals for the node's jobs; the node is not changed.

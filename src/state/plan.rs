@@ -20,8 +20,7 @@ use super::jobs::spec::{Job, TaskGroup};
 use super::jobs::NodeInfo;
 use super::node_table::Node;
 use crate::state::status::{
-    AllocClientStatus, AllocDesiredStatus, EvalStatus, JobStatus, JobType, NodeEligibility,
-    NodeStatus,
+    AllocClientStatus, AllocDesiredStatus, EvalStatus, JobType, NodeEligibility, NodeStatus,
 };
 
 /// Nomad's `TriggeredBy` words this module writes.
@@ -311,27 +310,7 @@ pub(super) fn submit(
     now: i64,
     index: u64,
 ) -> JobWrite {
-    let key: JobKey = (job.namespace.clone(), job.id.clone());
-    let existing = state.jobs.get(&key).cloned();
-    let changed = existing
-        .as_ref()
-        .map(|e| e.spec_changed(job))
-        .unwrap_or(true);
-    let job = if changed {
-        let mut job = job.clone();
-        job.version = existing.as_ref().map(|e| e.version + 1).unwrap_or(0);
-        job.create_index = existing.as_ref().map(|e| e.create_index).unwrap_or(index);
-        job.modify_index = index;
-        job.job_modify_index = index;
-        job.submit_time = now;
-        job.status = JobStatus::Pending.as_str().into();
-        state.jobs.insert(key.clone(), Arc::new(job.clone()));
-        job
-    } else {
-        existing
-            .map(|e| (*e).clone())
-            .unwrap_or_else(|| job.clone())
-    };
+    let (key, job, _) = super::command::store_job_version(state, job, now, index);
     cancel_blocked_evals(state, &key, eval_id, now, index);
     let eval = EvalRecord::pending_at(&job, "job-register", index, eval_id, now);
     state.put_eval(eval);
