@@ -8,6 +8,7 @@ pub mod event_broker;
 pub mod events;
 pub mod host;
 pub mod jobs;
+pub mod leader;
 pub mod members;
 pub mod node;
 /// Durable file writes live in `crate::store` (a leaf every layer may use); the old path
