@@ -160,6 +160,7 @@ impl Agent {
             tls,
             started_at: SystemTime::now(),
             forwarding: OnceLock::new(),
+            leadership: OnceLock::new(),
         }))
     }
 }
@@ -280,6 +281,15 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         _ => None,
     };
     let client_tunnels = agent.config.client_only() && plain_rpc;
+    if agent.config.server_enabled {
+        // Without Raft this server is its own leader.
+        let rpc_addr = rpc_listener
+            .as_ref()
+            .and_then(|_| agent.config.rpc_addr().parse().ok());
+        let _ = agent
+            .leadership
+            .set(Arc::new(crate::state::leader::SoleServer { rpc_addr }));
+    }
     let _ = agent.forwarding.set(Forwarding {
         tunnels: tunnel_pool.clone(),
         servers: client_tunnels.then(|| agent.membership.server_list()),

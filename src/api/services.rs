@@ -47,4 +47,8 @@ pub struct Agent {
     /// servers on a client-only agent); set once by the composition root per role. Unset:
     /// every request is answered here.
     pub forwarding: OnceLock<super::forward::Forwarding>,
+    /// Who leads the servers, as this server sees it (Raft when it runs; otherwise this
+    /// server alone: `SoleServer`). Set once by the composition root on a server; unset on a
+    /// client-only agent.
+    pub leadership: OnceLock<Arc<dyn crate::state::leader::Leadership>>,
 }
