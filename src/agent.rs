@@ -122,11 +122,14 @@ impl Agent {
         );
         let link: Arc<dyn ServerLink> = if config.client_only() {
             // The servers are elsewhere: the node's calls go to their RPC ports.
-            Arc::new(RemoteLink::new(
-                membership.server_list(),
-                node.secret_id().to_string(),
-                rpc_dialer(&config, tls.as_ref()),
-            ))
+            Arc::new(
+                RemoteLink::new(
+                    membership.server_list(),
+                    node.secret_id().to_string(),
+                    rpc_dialer(&config, tls.as_ref()),
+                )
+                .with_server_updates(membership.server_learner()),
+            )
         } else {
             let mut local = LocalLink::new(workloads.clone(), node.clone(), index.clone())
                 .with_acl(acl.clone());
@@ -386,13 +389,19 @@ pub fn run(config: Config) -> Result<(), AgentError> {
                     agent.index.clone(),
                     agent.heartbeats.clone(),
                 )
-                .with_acl(agent.acl.clone()),
+                .with_acl(agent.acl.clone())
+                .with_servers(live_servers(&agent)),
             );
             let rpc_limits = Limits {
                 max_conns_per_client: agent.config.rpc_max_conns_per_client,
                 ..limits.clone()
             };
             let mut rpc_router = RpcRouter::new(service, router.clone());
+            if let Some(l) = agent.leadership.get() {
+                // A follower passes node writes to the leader.
+                rpc_router =
+                    rpc_router.with_leadership(l.clone(), agent.config.rpc_addr().parse().ok());
+            }
             if let Some(pool) = &tunnel_pool {
                 rpc_router = rpc_router.with_tunnels(pool.clone());
             }
@@ -531,6 +540,49 @@ fn alloc_changes(agent: &Arc<Agent>) -> ChangedNodes {
             }
         }
         (state.index, nodes.into_iter().collect())
+    })
+}
+
+/// The RPC addresses of this region's live servers, for clients' server lists (ref §5.2):
+/// every gossip member that is a Nomad server of this region and alive (this server at its
+/// advertised RPC address), sorted; this server alone when it does not gossip.
+fn live_servers(agent: &Arc<Agent>) -> crate::server::rpc::ServerAddrs {
+    let weak = Arc::downgrade(agent);
+    Arc::new(move || {
+        let Some(agent) = weak.upgrade() else {
+            return Vec::new();
+        };
+        let own = agent.config.rpc_addr();
+        let Some(gossip) = agent.gossip.get() else {
+            return vec![own];
+        };
+        let local = gossip.local().map(|m| m.name);
+        let mut out: Vec<String> = gossip
+            .members()
+            .into_iter()
+            .filter(|m| {
+                m.status == crate::gossip::MemberStatus::Alive
+                    && m.tags.get("role").map(String::as_str) == Some("nomad")
+                    && m.tags.get("region") == Some(&agent.config.region)
+            })
+            .filter_map(|m| {
+                if Some(&m.name) == local.as_ref() {
+                    return Some(own.clone());
+                }
+                let ip = match m.tags.get("rpc_addr") {
+                    Some(a) => a.parse().ok()?,
+                    None => m.addr,
+                };
+                let port: u16 = m.tags.get("port")?.parse().ok()?;
+                Some(SocketAddr::new(ip, port).to_string())
+            })
+            .collect();
+        if out.is_empty() {
+            out.push(own);
+        }
+        out.sort();
+        out.dedup();
+        out
     })
 }
 

@@ -108,6 +108,26 @@ impl Membership {
         Arc::new(move || servers.read().clone())
     }
 
+    /// What a client does with the servers a register/heartbeat reply lists (ref §5.2): the
+    /// list (in memory; a restart begins again from the configured or `PUT` list) becomes
+    /// them (sorted), unless it already holds the same servers. The link keeps calling the
+    /// server that answered last while it is in the list.
+    pub fn server_learner(&self) -> Arc<dyn Fn(&[String]) + Send + Sync> {
+        let servers = self.servers.clone();
+        Arc::new(move |learned: &[String]| {
+            let mut want: Vec<String> = learned.to_vec();
+            want.sort();
+            want.dedup();
+            let mut have = servers.read().clone();
+            have.sort();
+            if have == want {
+                return;
+            }
+            log::info!("servers learned from a reply: {}", want.join(", "));
+            *servers.write() = want;
+        })
+    }
+
     /// Replace the server list, durably.
     pub fn set_servers(&self, servers: Vec<String>) -> Result<(), StoreError> {
         let _gate = self.servers_gate.lock();
