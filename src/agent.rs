@@ -296,6 +296,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     let _ = agent.forwarding.set(Forwarding {
         tunnels: tunnel_pool.clone(),
         servers: client_tunnels.then(|| agent.membership.server_list()),
+        peers: tunnel_pool.as_ref().map(|_| live_servers(&agent)),
     });
     let mut pusher = match &tunnel_pool {
         Some(pool) => Some(

@@ -53,6 +53,9 @@ pub struct Forwarding {
     pub tunnels: Option<Arc<TunnelPool>>,
     /// Client-only role: the servers to forward everything else to.
     pub servers: Option<ServerList>,
+    /// Server role: every live server's RPC address (this one's among them), asked in turn
+    /// for a node whose tunnels are parked on another server.
+    pub peers: Option<ServerList>,
 }
 
 /// Where one request is answered.
@@ -305,7 +308,7 @@ fn relay(incoming: Result<Incoming, String>, deadline: Instant) -> Result<Reply,
 
 fn to_node(agent: &Arc<Agent>, node: &str, req: &Request) -> Reply {
     let Some(pool) = agent.forwarding.get().and_then(|f| f.tunnels.as_ref()) else {
-        return super::router::error_reply(&ApiError::not_found("No path to node"));
+        return super::router::error_reply(&ApiError::not_found(NO_PATH));
     };
     let deadline = reply_deadline(req);
     let target = outbound::encode_target(&req.path, &req.query);
@@ -319,9 +322,7 @@ fn to_node(agent: &Arc<Agent>, node: &str, req: &Request) -> Reply {
         &|| req.peer_gone(),
     );
     let sent = match sent {
-        Err(TunnelError::NoConnection) => {
-            return super::router::error_reply(&ApiError::not_found("No path to node"))
-        }
+        Err(TunnelError::NoConnection) => return via_peer_servers(agent, node, req),
         other => other.map_err(|e| e.to_string()),
     };
     match relay(sent, deadline) {
@@ -333,6 +334,49 @@ fn to_node(agent: &Arc<Agent>, node: &str, req: &Request) -> Reply {
             )))
         }
     }
+}
+
+/// Nomad's answer when no server holds a connection of the node (ref §5.7).
+const NO_PATH: &str = "No path to node";
+
+/// No tunnel of `node` is parked here: ask the other servers in turn (the node may hold its
+/// tunnels to one of them, ref §5.6), each marked as passed on so it answers from its own
+/// tunnels only. The first answer other than `No path to node` is the reply.
+fn via_peer_servers(agent: &Agent, node: &str, req: &Request) -> Reply {
+    let no_path = || super::router::error_reply(&ApiError::not_found(NO_PATH));
+    if req.header(LEADER_HOP_HEADER).is_some() {
+        return no_path();
+    }
+    let Some(peers) = agent.forwarding.get().and_then(|f| f.peers.clone()) else {
+        return no_path();
+    };
+    let own = agent.config.rpc_addr();
+    let mut headers = pass_headers(req);
+    headers.push((LEADER_HOP_HEADER.to_string(), own.clone()));
+    let deadline = reply_deadline(req);
+    for peer in peers().into_iter().filter(|p| *p != own) {
+        let Ok(addr) = peer.parse::<SocketAddr>() else {
+            continue;
+        };
+        match outbound::pass_on(
+            &addr,
+            req,
+            &headers,
+            SERVER_DIAL_TIMEOUT,
+            deadline,
+            MAX_INLINE_REPLY,
+        ) {
+            Ok(reply) if is_no_path(&reply) => {}
+            Ok(reply) => return reply,
+            Err(e) => log::debug!("forward: server {peer} not asked about node {node}: {e}"),
+        }
+    }
+    no_path()
+}
+
+fn is_no_path(reply: &Reply) -> bool {
+    reply.status == crate::http::Status::NOT_FOUND
+        && matches!(&reply.body, crate::http::Body::Bytes(b) if b.as_slice() == NO_PATH.as_bytes())
 }
 
 fn to_servers(servers: &ServerList, req: &Request) -> Reply {

@@ -499,7 +499,7 @@ impl RpcRouter {
             | "identity/sign" | "acl/keys" => true,
             // Served from this server's state, unless the node is not known here yet (its
             // registration may still be on its way from the leader).
-            "node/allocs" => serde_json::from_slice::<PullAllocs>(&req.body)
+            "node/allocs" => decode::<PullAllocs>(req)
                 .is_ok_and(|p| self.service.workloads.node(&p.node_id).is_none()),
             _ => false,
         }

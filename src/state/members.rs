@@ -39,6 +39,9 @@ pub struct Member {
     pub delegate_cur: u8,
 }
 
+/// Takes the servers a reply listed (see [`Membership::server_learner`]).
+pub type ServerLearner = Arc<dyn Fn(&[String]) + Send + Sync>;
+
 /// Known servers and members.
 pub struct Membership {
     servers_path: PathBuf,
@@ -112,7 +115,7 @@ impl Membership {
     /// list (in memory; a restart begins again from the configured or `PUT` list) becomes
     /// them (sorted), unless it already holds the same servers. The link keeps calling the
     /// server that answered last while it is in the list.
-    pub fn server_learner(&self) -> Arc<dyn Fn(&[String]) + Send + Sync> {
+    pub fn server_learner(&self) -> ServerLearner {
         let servers = self.servers.clone();
         Arc::new(move |learned: &[String]| {
             let mut want: Vec<String> = learned.to_vec();
