@@ -419,6 +419,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         tunnels: tunnel_pool.clone(),
         servers: client_tunnels.then(|| agent.membership.server_list()),
         peers: tunnel_pool.as_ref().map(|_| live_servers(&agent)),
+        last_server: Default::default(),
     });
     let mut pusher = match &tunnel_pool {
         Some(pool) => Some(

@@ -56,6 +56,9 @@ pub struct Forwarding {
     /// Server role: every live server's RPC address (this one's among them), asked in turn
     /// for a node whose tunnels are parked on another server.
     pub peers: Option<ServerList>,
+    /// Client-only role: the server that answered last (tried first, so a dead server in the
+    /// list costs one failed connect, not one per request).
+    pub last_server: Arc<parking_lot::Mutex<Option<String>>>,
 }
 
 /// Where one request is answered.
@@ -79,7 +82,7 @@ pub fn maybe_forward(agent: &Arc<Agent>, req: &Request) -> Option<Reply> {
             }
             Some(to_node(agent, &node, req))
         }
-        Ok(Target::Servers(servers)) => Some(to_servers(&servers, req)),
+        Ok(Target::Servers(servers)) => Some(to_servers(agent, &servers, req)),
         Ok(Target::Leader(addr)) => Some(to_leader(agent, addr, req)),
         Err(e) => Some(super::router::error_reply(&e)),
     }
@@ -379,8 +382,18 @@ fn is_no_path(reply: &Reply) -> bool {
         && matches!(&reply.body, crate::http::Body::Bytes(b) if b.as_slice() == NO_PATH.as_bytes())
 }
 
-fn to_servers(servers: &ServerList, req: &Request) -> Reply {
-    let list = servers();
+fn to_servers(agent: &Agent, servers: &ServerList, req: &Request) -> Reply {
+    let mut list = servers();
+    let last_server = agent
+        .forwarding
+        .get()
+        .map(|f| f.last_server.clone())
+        .unwrap_or_default();
+    if let Some(last) = last_server.lock().clone() {
+        if let Some(i) = list.iter().position(|s| *s == last) {
+            list.rotate_left(i);
+        }
+    }
     if list.is_empty() {
         return super::router::error_reply(&ApiError::internal("no servers"));
     }
@@ -393,6 +406,7 @@ fn to_servers(servers: &ServerList, req: &Request) -> Reply {
         let Some(mut stream) = dial(addr, &mut last) else {
             continue;
         };
+        *last_server.lock() = Some(addr.clone());
         let sent = outbound::write_request(
             &mut stream,
             req.method.as_str(),
