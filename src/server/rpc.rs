@@ -116,12 +116,17 @@ pub enum RpcError {
     Closed,
     /// A path under `/v1/rpc/` that names no call.
     NoSuchCall,
+    /// A call only the leader answers, with no leader to pass it to (or none answering):
+    /// `No cluster leader` or the hop's error. 500: the client tries the next server.
+    NoLeader(String),
 }
 
 impl std::fmt::Display for RpcError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RpcError::BadRequest(why) | RpcError::Persist(why) => f.write_str(why),
+            RpcError::BadRequest(why) | RpcError::Persist(why) | RpcError::NoLeader(why) => {
+                f.write_str(why)
+            }
             RpcError::PermissionDenied(why) => f.write_str(why),
             RpcError::UnknownNode => f.write_str("node not found"),
             RpcError::Closed => f.write_str("server is shutting down"),
@@ -139,7 +144,9 @@ impl RpcError {
             RpcError::PermissionDenied(why) => (Status::FORBIDDEN, (*why).to_string()),
             RpcError::UnknownNode => (Status::NOT_FOUND, "node not found".to_string()),
             RpcError::NoSuchCall => (Status::NOT_FOUND, "Invalid RPC".to_string()),
-            RpcError::Persist(why) => (Status::INTERNAL_SERVER_ERROR, why.clone()),
+            RpcError::Persist(why) | RpcError::NoLeader(why) => {
+                (Status::INTERNAL_SERVER_ERROR, why.clone())
+            }
             RpcError::Closed => (
                 Status::SERVICE_UNAVAILABLE,
                 "server is shutting down".to_string(),
@@ -525,7 +532,7 @@ impl RpcRouter {
             Route::Here => return None,
             Route::Leader(addr) => addr,
             Route::NoLeader | Route::NotReady => {
-                return Some(RpcError::Persist(NO_LEADER.into()).reply())
+                return Some(RpcError::NoLeader(NO_LEADER.into()).reply())
             }
         };
         let mut headers: Vec<(String, String)> = req
@@ -556,7 +563,7 @@ impl RpcRouter {
                     crate::http::outbound::PassError::Connect(_) => NO_LEADER.to_string(),
                     other => format!("rpc error: {other}"),
                 };
-                RpcError::Persist(text).reply()
+                RpcError::NoLeader(text).reply()
             }
         })
     }
