@@ -60,7 +60,10 @@ fn leader_of(servers: &[TestAgent]) -> usize {
         if first.is_empty() || seen.iter().any(|l| *l != first) {
             return false;
         }
-        leader = servers.iter().position(|s| s.rpc_addr() == first);
+        // A leader just killed may still be named until the others elect another.
+        leader = servers
+            .iter()
+            .position(|s| s.rpc_addr() == first && s.child.is_some());
         leader.is_some()
     });
     leader.expect("a leader")
@@ -82,7 +85,7 @@ fn batch_job(id: &str) -> Vec<u8> {
 }
 
 #[test]
-#[ignore = "needs Raft (branch r-core): enabled once it is merged"]
+
 fn a_follower_passes_writes_and_consistent_reads_to_the_leader() {
     let servers = three_servers();
     let l = leader_of(&servers);
@@ -160,12 +163,23 @@ fn a_follower_passes_writes_and_consistent_reads_to_the_leader() {
 
 #[test]
 #[ignore = "needs Raft (branch r-core): enabled once it is merged"]
-fn a_client_whose_server_dies_goes_on_through_the_others_and_keeps_its_allocs() {
+fn a_client_whose_follower_dies_goes_on_through_the_others_and_keeps_its_allocs() {
+    client_failover(false);
+}
+
+#[test]
+#[ignore = "needs Raft (branch r-core): enabled once it is merged"]
+fn a_client_whose_leader_dies_goes_on_through_the_others_and_keeps_its_allocs() {
+    client_failover(true);
+}
+
+/// A client that knows one server at first (the leader, or a follower) learns the others;
+/// that server is killed; the client goes on through the others without losing its alloc.
+fn client_failover(kill_leader: bool) {
     let mut servers = three_servers();
     let l = leader_of(&servers);
-    let f = (l + 1) % 3;
-    // The client knows one follower only, at first.
-    let client = TestAgent::client(&[&servers[f].rpc_addr()], "", &[]);
+    let gone = if kill_leader { l } else { (l + 1) % 3 };
+    let client = TestAgent::client(&[&servers[gone].rpc_addr()], "", &[]);
     let node = client.node_id();
     wait_until(Duration::from_secs(15), "the node ready", || {
         let r = servers[l].get(&format!("/v1/node/{node}"));
@@ -192,14 +206,16 @@ fn a_client_whose_server_dies_goes_on_through_the_others_and_keeps_its_allocs() 
     // Its server dies. The client goes on through the others: the node stays ready past
     // several TTLs plus the grace, the alloc stays the same one and running, the task is the
     // same process.
-    servers[f].kill9();
+    servers[gone].kill9();
+    let l = if kill_leader { leader_of(&servers) } else { l };
+    let leader = &servers[l];
     let watch = Instant::now() + Duration::from_secs(10);
     while Instant::now() < watch {
-        let n = servers[l].get_json(&format!("/v1/node/{node}"));
+        let n = leader.get_json(&format!("/v1/node/{node}"));
         assert_eq!(n["Status"], "ready", "the node stayed up: {n}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let allocs = servers[l].get_json(&format!("/v1/job/{job}/allocations"));
+    let allocs = leader.get_json(&format!("/v1/job/{job}/allocations"));
     let allocs = allocs.as_array().expect("allocs");
     assert_eq!(allocs.len(), 1, "not replaced: {allocs:?}");
     assert_eq!(allocs[0]["ID"], alloc.as_str());
@@ -211,13 +227,13 @@ fn a_client_whose_server_dies_goes_on_through_the_others_and_keeps_its_allocs() 
     let r = client.request("POST", "/v1/jobs", &[], &batch_job("after-failover"));
     assert_eq!(r.status, 200, "{}", r.text());
     wait_until(Duration::from_secs(15), "the new job ran", || {
-        servers[l].get_json("/v1/job/after-failover")["Status"] == "dead"
+        leader.get_json("/v1/job/after-failover")["Status"] == "dead"
     });
     wait_until(
         Duration::from_secs(10),
         "alloc stats through the leader",
         || {
-            servers[l]
+            leader
                 .get(&format!("/v1/client/allocation/{alloc}/stats"))
                 .status
                 == 200
@@ -226,10 +242,73 @@ fn a_client_whose_server_dies_goes_on_through_the_others_and_keeps_its_allocs() 
     // Once gossip has the dead server failed, replies drop it and so does the client.
     let live: Vec<String> = all
         .iter()
-        .filter(|a| **a != servers[f].rpc_addr())
+        .filter(|a| **a != servers[gone].rpc_addr())
         .cloned()
         .collect();
     wait_until(Duration::from_secs(30), "the dead server dropped", || {
         client.get_json("/v1/agent/servers") == serde_json::json!(live)
     });
+}
+
+#[test]
+#[ignore = "needs Raft (branch r-core): enabled once it is merged"]
+fn servers_that_are_clients_too_register_and_report_through_the_leader() {
+    // Three agents, each server and client: a follower's own node writes go to the leader.
+    let role = |join: Option<u16>| {
+        format!(
+            "{}client {{\n  enabled = true\n}}\nplugin \"raw_exec\" {{\n  config {{ enabled = true }}\n}}\n",
+            server_config(join)
+        )
+    };
+    let first = TestAgent::cluster_agent(
+        "both",
+        &common::short_dir(),
+        "server { enabled = true }\n",
+        &role(None),
+        &[],
+    );
+    let serf = first.serf_port;
+    let mut agents = vec![first];
+    for _ in 0..2 {
+        agents.push(TestAgent::cluster_agent(
+            "both",
+            &common::short_dir(),
+            "server { enabled = true }\n",
+            &role(Some(serf)),
+            &[],
+        ));
+    }
+    let l = leader_of(&agents);
+    let ids: Vec<String> = agents.iter().map(|a| a.node_id()).collect();
+    for id in &ids {
+        wait_until(Duration::from_secs(20), &format!("node {id} ready"), || {
+            let r = agents[l].get(&format!("/v1/node/{id}"));
+            r.status == 200 && r.json()["Status"] == "ready"
+        });
+    }
+    // A system job runs on every node; each one's status reaches the leader.
+    let body = serde_json::json!({"Job": {"ID": "everywhere", "Type": "system",
+        "Datacenters": ["dc1"], "TaskGroups": [{"Name": "g", "Count": 1, "Tasks": [{"Name": "t",
+        "Driver": "raw_exec", "Config": {"command": "/bin/sh",
+        "args": ["-c", "while true; do sleep 0.1; done"]}}]}]}});
+    let f = (l + 1) % 3;
+    let r = agents[f].request("POST", "/v1/jobs", &[], body.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_until(
+        Duration::from_secs(20),
+        "an alloc running on every node",
+        || {
+            let v = agents[l].get_json("/v1/job/everywhere/allocations");
+            let running: Vec<&str> = v
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter(|x| x["ClientStatus"] == "running")
+                        .filter_map(|x| x["NodeID"].as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            ids.iter().all(|id| running.contains(&id.as_str())) && running.len() == 3
+        },
+    );
 }
