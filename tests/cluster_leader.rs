@@ -85,7 +85,7 @@ fn batch_job(id: &str) -> Vec<u8> {
 }
 
 #[test]
-
+#[ignore = "needs Raft (branch r-core): enabled once it is merged"]
 fn a_follower_passes_writes_and_consistent_reads_to_the_leader() {
     let servers = three_servers();
     let l = leader_of(&servers);
