@@ -389,8 +389,27 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         }
     }
     // The scheduler (server role only) places what the queue holds (pending evals, blocked
-    // ones the node's registration woke) from here on; the clients run what it places.
-    let scheduler = if agent.config.server_enabled {
+    // ones the node's registration woke) from here on; the clients run what it places. A
+    // replicated server runs it (and the heartbeat timers and the drainer) only while it
+    // leads.
+    let duties = match agent.raft.get() {
+        Some(raft) => {
+            let raft = raft.clone();
+            let parts = crate::server::duties::Parts {
+                workloads: agent.workloads.clone(),
+                index: agent.index.clone(),
+                heartbeats: agent.heartbeats.clone(),
+                drainer: agent.drainer.clone(),
+            };
+            let wait = Box::new(move |was, deadline| raft.wait_leadership(was, deadline));
+            Some(
+                crate::server::duties::LeaderDuties::start(parts, wait)
+                    .map_err(AgentError::Scheduler)?,
+            )
+        }
+        None => None,
+    };
+    let scheduler = if agent.config.server_enabled && duties.is_none() {
         Some(
             crate::server::scheduler::Scheduler::start(
                 agent.workloads.clone(),
@@ -563,6 +582,9 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     // Before the tasks stop: no new placement is proposed from here on.
     if let Some(s) = &scheduler {
         s.shutdown();
+    }
+    if let Some(d) = &duties {
+        d.shutdown();
     }
     agent.client.shutdown(sig);
     // After the tasks: their last state updates are committed before the store closes.

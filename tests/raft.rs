@@ -165,6 +165,19 @@ fn jobs_on(a: &TestAgent) -> Option<BTreeSet<String>> {
     )
 }
 
+/// Whether every eval of `job` on `a` has been processed (not `pending`): the leader's
+/// scheduler took it.
+fn evals_done(a: &TestAgent, job: &str) -> bool {
+    let Some(r) = try_get(a, &format!("/v1/job/{job}/evaluations?stale")) else {
+        return false;
+    };
+    let v = r.json();
+    let Some(evals) = v.as_array().filter(|e| !e.is_empty()) else {
+        return false;
+    };
+    evals.iter().all(|e| e["Status"] != "pending")
+}
+
 fn has_all(a: &TestAgent, want: &BTreeSet<String>) -> bool {
     jobs_on(a).is_some_and(|have| want.is_subset(&have))
 }
@@ -301,10 +314,17 @@ fn kill_9_of_the_leader_under_writes_elects_a_new_one_within_5s_and_loses_no_ack
         failover <= FAILOVER,
         "first write accepted {failover:?} after the kill"
     );
+    let last = format!("after-{n}");
     for &i in &live {
         wait_until(REPLICATE, "every acknowledged write on a survivor", || {
             has_all(&servers[i], &acked)
         });
+        // The new leader's duties started: its scheduler took the evals made after the kill.
+        if acked.contains(&last) {
+            wait_until(REPLICATE, "the new leader schedules", || {
+                evals_done(&servers[i], &last)
+            });
+        }
     }
     servers[old].restart_after_stop();
     wait_until(REPLICATE, "the old leader caught up", || {

@@ -324,6 +324,21 @@ impl Raft {
         self.transport.shutdown();
     }
 
+    /// Wait until whether this server leads (and has applied an entry of its term) differs
+    /// from `was`, the driver stops, or `deadline` passes; whether it leads then.
+    pub fn wait_leadership(&self, was: bool, deadline: Instant) -> bool {
+        let mut s = self.shared.status.lock();
+        loop {
+            let now = s.is_leader && s.leader_ready && !s.stopped;
+            if now != was || s.stopped {
+                return now;
+            }
+            if self.shared.changed.wait_until(&mut s, deadline).timed_out() {
+                return s.is_leader && s.leader_ready && !s.stopped;
+            }
+        }
+    }
+
     fn rpc_addr_of(&self, id: u64) -> Option<SocketAddr> {
         self.peers.read().get(&id).map(|p| p.rpc_addr)
     }
