@@ -333,3 +333,205 @@ fn kill_9_of_the_leader_under_writes_elects_a_new_one_within_5s_and_loses_no_ack
     wait_leader(&servers, &all, FORM);
     watch.finish();
 }
+
+/// The configuration as `a` shows it: `(ID, Address, Leader, Voter)` per server.
+fn configuration(a: &TestAgent) -> Option<Vec<(String, String, bool, bool)>> {
+    let r = try_get(a, "/v1/operator/raft/configuration?stale")?;
+    if r.status != 200 {
+        return None;
+    }
+    let v = r.json();
+    Some(
+        v["Servers"]
+            .as_array()?
+            .iter()
+            .map(|s| {
+                (
+                    s["ID"].as_str().unwrap_or_default().to_string(),
+                    s["Address"].as_str().unwrap_or_default().to_string(),
+                    s["Leader"] == true,
+                    s["Voter"] == true,
+                )
+            })
+            .collect(),
+    )
+}
+
+fn wait_peers(servers: &[TestAgent], live: &[usize], n: usize) {
+    for &i in live {
+        wait_until(
+            FORM,
+            "the configuration's size on every live server",
+            || {
+                try_get(&servers[i], "/v1/status/peers?stale").is_some_and(|r| {
+                    r.status == 200 && r.json().as_array().map(Vec::len) == Some(n)
+                })
+            },
+        );
+    }
+}
+
+#[test]
+fn operator_endpoints_show_the_configuration_and_remove_a_dead_server() {
+    let mut servers = cluster(3);
+    let all = [0, 1, 2];
+    let leader = wait_leader(&servers, &all, FORM);
+    wait_peers(&servers, &all, 3);
+    let ids: Vec<String> = servers.iter().map(TestAgent::node_id).collect();
+    let conf = configuration(&servers[leader]).expect("configuration");
+    assert_eq!(conf.len(), 3, "{conf:?}");
+    for (id, addr, is_leader, voter) in &conf {
+        let i = ids.iter().position(|x| x == id).expect("a known server ID");
+        assert_eq!(addr, &servers[i].rpc_addr());
+        assert_eq!(*is_leader, i == leader, "{conf:?}");
+        assert!(voter);
+    }
+    let r = servers[leader].request("PUT", "/v1/operator/raft/configuration", &[], b"");
+    assert_eq!(r.status, 405);
+    assert!(r.body.is_empty(), "{}", r.text());
+    let r = servers[leader].get("/v1/operator/raft/peer?id=x");
+    assert_eq!((r.status, r.text().as_str()), (404, "Invalid method"));
+    let r = servers[leader].request("DELETE", "/v1/operator/raft/peer", &[], b"");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (400, "Must specify the peer's ID to remove")
+    );
+    let r = servers[leader].request(
+        "DELETE",
+        "/v1/operator/raft/peer?address=127.0.0.1:4647",
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.text(),
+        "Removing a peer by address is not supported in the current raft protocol version"
+    );
+    let r = servers[leader].request(
+        "DELETE",
+        "/v1/operator/raft/peer?id=00000001-0000-0000-0000-000000000000",
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().contains("was not found in the Raft configuration"));
+    // A dead follower removed by ID: the two left keep writing.
+    let dead = (leader + 1) % 3;
+    servers[dead].kill9();
+    let r = servers[leader].request(
+        "DELETE",
+        &format!("/v1/operator/raft/peer?id={}", ids[dead]),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let live: Vec<usize> = all.iter().copied().filter(|&i| i != dead).collect();
+    wait_peers(&servers, &live, 2);
+    let conf = configuration(&servers[leader]).expect("configuration");
+    assert!(!conf.iter().any(|c| c.0 == ids[dead]), "{conf:?}");
+    assert!(register(&servers[leader], "after-removal"));
+    let want: BTreeSet<String> = ["after-removal".to_string()].into();
+    for &i in &live {
+        wait_until(REPLICATE, "the write on both", || {
+            has_all(&servers[i], &want)
+        });
+    }
+}
+
+#[test]
+fn a_sigstopped_leader_is_replaced_and_after_sigcont_steps_down_and_catches_up() {
+    let servers = cluster(3);
+    let all = [0, 1, 2];
+    let old = wait_leader(&servers, &all, FORM);
+    wait_peers(&servers, &all, 3);
+    let watch = LeaderWatch::start(servers.iter().map(|s| s.port).collect());
+    let mut acked = BTreeSet::new();
+    for i in 0..10 {
+        let id = format!("before-{i}");
+        assert!(register(&servers[old], &id));
+        acked.insert(id);
+    }
+    let (_, old_term) = raft_state(&servers[old]).expect("state");
+    let pid = servers[old].pid() as i32;
+    kill(pid, libc::SIGSTOP);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let live: Vec<usize> = all.iter().copied().filter(|&i| i != old).collect();
+        // The majority elects among itself and keeps taking writes.
+        let new = wait_leader(&servers, &live, FAILOVER + Duration::from_secs(5));
+        for i in 0..10 {
+            let id = format!("during-{i}");
+            assert!(register(&servers[new], &id), "write {id} on the majority");
+            acked.insert(id);
+        }
+        new
+    }));
+    kill(pid, libc::SIGCONT);
+    let new = match result {
+        Ok(n) => n,
+        Err(p) => std::panic::resume_unwind(p),
+    };
+    // The old leader hears of the newer term and steps down, then catches up from the log.
+    wait_until(FORM, "the old leader steps down", || {
+        raft_state(&servers[old]).is_some_and(|(s, t)| s != "Leader" && t > old_term)
+    });
+    wait_until(REPLICATE, "the old leader caught up", || {
+        has_all(&servers[old], &acked)
+    });
+    assert_eq!(wait_leader(&servers, &all, FORM), new);
+    watch.finish();
+}
+
+#[test]
+fn five_servers_keep_working_after_losing_two() {
+    let mut servers = cluster(5);
+    let all = [0, 1, 2, 3, 4];
+    let leader = wait_leader(&servers, &all, FORM);
+    wait_peers(&servers, &all, 5);
+    let mut acked = BTreeSet::new();
+    for i in 0..5 {
+        let id = format!("five-{i}");
+        assert!(register(&servers[leader], &id));
+        acked.insert(id);
+    }
+    // The leader and one follower die.
+    let other = (leader + 1) % 5;
+    servers[leader].kill9();
+    servers[other].kill9();
+    let live: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|&i| i != leader && i != other)
+        .collect();
+    let new = wait_leader(&servers, &live, FORM);
+    for i in 0..5 {
+        let id = format!("three-{i}");
+        assert!(register(&servers[new], &id), "write {id} on three of five");
+        acked.insert(id);
+    }
+    for &i in &live {
+        wait_until(REPLICATE, "every write on the three", || {
+            has_all(&servers[i], &acked)
+        });
+    }
+}
+
+#[test]
+fn autopilot_removes_a_dead_server_and_the_leader_adds_it_back_when_it_returns() {
+    let mut servers = cluster(3);
+    let all = [0, 1, 2];
+    let leader = wait_leader(&servers, &all, FORM);
+    wait_peers(&servers, &all, 3);
+    let dead = (leader + 2) % 3;
+    servers[dead].kill9();
+    let live: Vec<usize> = all.iter().copied().filter(|&i| i != dead).collect();
+    // Gossip marks it failed, autopilot removes it (a majority of the rest is alive).
+    wait_peers(&servers, &live, 2);
+    assert!(register(&servers[leader], "while-removed"));
+    servers[dead].restart_after_stop();
+    // Alive again and one of ours: the leader adds it back, and it catches up.
+    wait_peers(&servers, &all, 3);
+    let want: BTreeSet<String> = ["while-removed".to_string()].into();
+    wait_until(REPLICATE, "the returned server caught up", || {
+        has_all(&servers[dead], &want)
+    });
+}
