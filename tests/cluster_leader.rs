@@ -85,7 +85,6 @@ fn batch_job(id: &str) -> Vec<u8> {
 }
 
 #[test]
-#[ignore = "needs Raft (branch r-core): enabled once it is merged"]
 fn a_follower_passes_writes_and_consistent_reads_to_the_leader() {
     let servers = three_servers();
     let l = leader_of(&servers);
@@ -162,13 +161,11 @@ fn a_follower_passes_writes_and_consistent_reads_to_the_leader() {
 }
 
 #[test]
-#[ignore = "needs Raft (branch r-core): enabled once it is merged"]
 fn a_client_whose_follower_dies_goes_on_through_the_others_and_keeps_its_allocs() {
     client_failover(false);
 }
 
 #[test]
-#[ignore = "needs Raft (branch r-core): enabled once it is merged"]
 fn a_client_whose_leader_dies_goes_on_through_the_others_and_keeps_its_allocs() {
     client_failover(true);
 }
@@ -251,7 +248,6 @@ fn client_failover(kill_leader: bool) {
 }
 
 #[test]
-#[ignore = "needs Raft (branch r-core): enabled once it is merged"]
 fn servers_that_are_clients_too_register_and_report_through_the_leader() {
     // Three agents, each server and client: a follower's own node writes go to the leader.
     let role = |join: Option<u16>| {
