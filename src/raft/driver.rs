@@ -23,7 +23,7 @@ use crate::state::command_log::{LogError, StateMachine, SNAPSHOT_EVERY};
 const MAX_INPUTS: usize = 1024;
 /// Entries kept in the log behind a state snapshot (a follower that far behind catches up
 /// from the log, not a snapshot).
-const TRAILING_ENTRIES: u64 = 1024;
+const TRAILING_ENTRIES: u64 = 256;
 /// Largest batch of entries in one append message.
 const MAX_SIZE_PER_MSG: u64 = 1024 * 1024;
 /// Append messages in flight per follower.
@@ -379,6 +379,9 @@ impl Driver {
                 self.last_contact = Some(Instant::now());
             }
         }
+        // A leader's appends go out before its own write (raft-rs allows it): the followers'
+        // fsyncs overlap the leader's.
+        self.transport.send(rd.take_messages());
         let started = Instant::now();
         let has_snapshot = !rd.snapshot().is_empty();
         let mut installed = None;
@@ -407,7 +410,6 @@ impl Driver {
             self.snapshot_at = index;
             log::info!("raft: installed a snapshot of the leader at index {index}");
         }
-        self.transport.send(rd.take_messages());
         let committed = rd.take_committed_entries();
         self.apply(committed)?;
         self.transport.send(rd.take_persisted_messages());
