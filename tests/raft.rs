@@ -535,3 +535,58 @@ fn autopilot_removes_a_dead_server_and_the_leader_adds_it_back_when_it_returns()
         has_all(&servers[dead], &want)
     });
 }
+
+#[test]
+fn a_plain_single_server_store_becomes_the_raft_base_and_keeps_its_jobs() {
+    // A `-dev` agent keeps the plain command log.
+    let dir = temp_dir("raft-migrate");
+    let mut dev = TestAgent::start_in(&dir, &[]);
+    for i in 0..5 {
+        assert!(register(&dev, &format!("plain-{i}")));
+    }
+    let index: u64 = dev
+        .get("/v1/jobs")
+        .header("X-Nomad-Index")
+        .and_then(|v| v.parse().ok())
+        .expect("index");
+    assert_eq!(dev.stop().code(), Some(0));
+    // The same data dir as a server with an RPC port: replicated from here on.
+    let mut server =
+        TestAgent::cluster_agent("server", &dir, "server { enabled = true }\n", "", &[]);
+    let mut want: BTreeSet<String> = (0..5).map(|i| format!("plain-{i}")).collect();
+    assert!(has_all(&server, &want), "{:?}", jobs_on(&server));
+    assert_eq!(raft_state(&server).expect("raft").0, "Leader");
+    assert!(register(&server, "raft-1"));
+    want.insert("raft-1".into());
+    let after: u64 = server
+        .get("/v1/jobs")
+        .header("X-Nomad-Index")
+        .and_then(|v| v.parse().ok())
+        .expect("index");
+    assert!(after > index, "indexes keep growing: {after} > {index}");
+    server.kill9();
+    server.restart_after_stop();
+    wait_until(REPLICATE, "everything back after kill -9", || {
+        has_all(&server, &want)
+    });
+}
+
+#[test]
+fn the_raft_transport_refuses_garbage_and_other_methods_and_keeps_serving() {
+    let server = TestAgent::server("", &[]);
+    for body in [
+        &b"\x00\x00\x00\x09abc"[..],
+        &b"\xff\xff\xff\xff"[..],
+        &b"\x00\x00\x00\x03\xff\xff\xff"[..],
+    ] {
+        let r = server.rpc_request("POST", "/v1/rpc/raft", &[], body);
+        assert_eq!(r.status, 400, "{}", r.text());
+    }
+    let r = server.rpc_request("GET", "/v1/rpc/raft", &[], b"");
+    assert_eq!(r.status, 405);
+    // An empty batch and messages for another server are taken and ignored.
+    let r = server.rpc_request("POST", "/v1/rpc/raft", &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(raft_state(&server).expect("raft").0, "Leader");
+    assert!(register(&server, "still-serving"));
+}
