@@ -441,10 +441,12 @@ mod tests {
         write(&db, |t| s.append(t, &[entry(5, 3)]).unwrap());
         assert_eq!(s.last(), 5);
         assert_eq!(s.term(5).unwrap(), 3);
-        let mut hs = HardState::default();
-        hs.term = 3;
-        hs.vote = 8;
-        hs.commit = 4;
+        let hs = HardState {
+            term: 3,
+            vote: 8,
+            commit: 4,
+            ..Default::default()
+        };
         write(&db, |t| s.set_hard_state(t, hs.clone()).unwrap());
         write(&db, |t| s.snapshotted(t, 4, 3).unwrap());
         assert_eq!(s.first(), 4, "compacted through 3");
