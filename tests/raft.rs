@@ -590,3 +590,64 @@ fn the_raft_transport_refuses_garbage_and_other_methods_and_keeps_serving() {
     assert_eq!(raft_state(&server).expect("raft").0, "Leader");
     assert!(register(&server, "still-serving"));
 }
+
+#[test]
+fn a_leader_cut_off_from_its_majority_accepts_no_write_and_steps_down() {
+    let mut servers = cluster(3);
+    let all = [0, 1, 2];
+    let leader = wait_leader(&servers, &all, FORM);
+    wait_peers(&servers, &all, 3);
+    assert!(register(&servers[leader], "with-quorum"));
+    for i in all.iter().copied().filter(|&i| i != leader) {
+        servers[i].kill9();
+    }
+    // Alone it cannot commit: the write is refused (check_quorum makes it step down), never
+    // acknowledged.
+    assert!(!register(&servers[leader], "without-quorum"));
+    wait_until(FORM, "the lone leader steps down", || {
+        raft_state(&servers[leader]).is_some_and(|(s, _)| s != "Leader")
+    });
+    for i in all.iter().copied().filter(|&i| i != leader) {
+        servers[i].restart_after_stop();
+    }
+    let new = wait_leader(&servers, &all, FORM);
+    assert!(register(&servers[new], "quorum-back"));
+    let want: BTreeSet<String> = ["with-quorum", "quorum-back"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for s in &servers {
+        wait_until(REPLICATE, "writes on every server", || has_all(s, &want));
+    }
+}
+
+#[test]
+fn a_leader_leaving_gracefully_leaves_the_configuration_and_the_rest_goes_on() {
+    let serfs: Vec<u16> = (0..3).map(|_| free_udp_port()).collect();
+    let mut servers: Vec<TestAgent> = (0..3)
+        .map(|i| {
+            let others: Vec<String> = serfs
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| *k != i)
+                .map(|(_, p)| format!("\"127.0.0.1:{p}\""))
+                .collect();
+            TestAgent::server(
+                &format!(
+                    "leave_on_terminate = true\nports {{\n  serf = {}\n}}\nserver {{\n  bootstrap_expect = 3\n  server_join {{\n    retry_join = [{}]\n    retry_interval = \"1s\"\n  }}\n}}\n",
+                    serfs[i],
+                    others.join(", ")
+                ),
+                &[],
+            )
+        })
+        .collect();
+    let all = [0, 1, 2];
+    let leader = wait_leader(&servers, &all, FORM);
+    wait_peers(&servers, &all, 3);
+    assert!(servers[leader].stop().success());
+    let live: Vec<usize> = all.iter().copied().filter(|&i| i != leader).collect();
+    wait_peers(&servers, &live, 2);
+    let new = wait_leader(&servers, &live, FORM);
+    assert!(register(&servers[new], "after-leave"));
+}
