@@ -62,7 +62,8 @@ fn try_get_port(port: u16, path: &str) -> Option<Response> {
         Duration::from_millis(500),
     )
     .ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    // Listing a thousand jobs takes a debug build a while on a loaded machine.
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
     exchange(s, &build_request("GET", path, &[], b"")).ok()
 }
@@ -650,4 +651,83 @@ fn a_leader_leaving_gracefully_leaves_the_configuration_and_the_rest_goes_on() {
     wait_peers(&servers, &live, 2);
     let new = wait_leader(&servers, &live, FORM);
     assert!(register(&servers[new], "after-leave"));
+}
+
+#[test]
+fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot_and_a_restart_keeps_everything() {
+    let mut servers = cluster(3);
+    let all = [0, 1, 2];
+    let leader = wait_leader(&servers, &all, FORM);
+    wait_peers(&servers, &all, 3);
+    let behind = (leader + 1) % 3;
+    servers[behind].kill9();
+    /// Jobs each of 4 writers registers.
+    const BULK_PER_WRITER: usize = 350;
+    // More entries than a snapshot interval plus the trailing log (each job is a submit and
+    // the scheduler's plan): the log the follower would need is compacted away.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let port = servers[leader].port;
+            std::thread::spawn(move || {
+                let mut ok = Vec::new();
+                for i in 0..BULK_PER_WRITER {
+                    let id = format!("bulk-{w}-{i}");
+                    let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                        continue;
+                    };
+                    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                    let req = build_request("PUT", "/v1/jobs", &[], &job_body(&id));
+                    if matches!(exchange(s, &req), Ok(r) if r.status == 200) {
+                        ok.push(id);
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut acked = BTreeSet::new();
+    for w in writers {
+        acked.extend(w.join().expect("writer"));
+    }
+    assert_eq!(acked.len(), 4 * BULK_PER_WRITER, "every write acknowledged");
+    servers[behind].restart_after_stop();
+    wait_until(FORM, "the follower caught up", || {
+        has_all(&servers[behind], &acked)
+    });
+    let from_snapshot = servers[behind].log().lines().any(|l| {
+        l.split("installed a snapshot of the leader at index ")
+            .nth(1)
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 1024)
+    });
+    let lines: Vec<String> = servers[behind]
+        .log()
+        .lines()
+        .filter(|l| l.contains("raft"))
+        .map(String::from)
+        .collect();
+    assert!(
+        from_snapshot,
+        "caught up from a snapshot past the compacted log: {lines:#?} {:?}",
+        raft_state(&servers[leader])
+    );
+    // The leader restarts from its state snapshot and the log after it.
+    servers[leader].kill9();
+    servers[leader].restart_after_stop();
+    let deadline = Instant::now() + 2 * FORM;
+    while !has_all(&servers[leader], &acked) {
+        assert!(
+            Instant::now() < deadline,
+            "the old leader has everything after its restart: {:?} {}",
+            raft_state(&servers[leader]),
+            servers[leader]
+                .log()
+                .lines()
+                .filter(|l| !l.contains("placement failed"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_leader(&servers, &all, FORM);
 }

@@ -125,6 +125,11 @@ impl Driver {
             }
         }
         let applied = storage.applied();
+        if storage.hard_state().commit < applied {
+            // Everything applied was committed (a store written before the commit index
+            // went with each snapshot).
+            storage.set_commit(applied);
+        }
         let applied_term = storage.term_of(applied).unwrap_or(0);
         let logger = super::logger::logger();
         storage.source = Some(SnapSource {
@@ -555,6 +560,10 @@ impl Driver {
             applied,
             applied.saturating_sub(TRAILING_ENTRIES),
         )?;
+        // The commit index (only in memory since the last write) goes with it: never an
+        // applied index above the durable commit.
+        let hs = self.node.store().hard_state().clone();
+        self.node.mut_store().set_hard_state(&txn, hs)?;
         st!("commit", txn.commit())?;
         self.sm.snapshot_written(written);
         self.snapshot_at = applied;
