@@ -36,7 +36,10 @@ pub const IGNORED_KEYS: &[&str] = &[
     "log_file",
     "plugin_dir",
     "client.options",
-    "client.reserved",
+    "client.reserved.cpu",
+    "client.reserved.cores",
+    "client.reserved.memory",
+    "client.reserved.disk",
     "client.host_volume",
     "client.network_interface",
     "limits.https_handshake_timeout",
@@ -175,6 +178,13 @@ pub struct Client {
     pub meta_batch_window: Option<String>,
     /// `drain_on_shutdown { deadline force ignore_system_jobs }`.
     pub drain_on_shutdown: Option<DrainOnShutdown>,
+    /// The dynamic port range (Nomad's defaults 20000–32000).
+    pub min_dynamic_port: Option<i64>,
+    pub max_dynamic_port: Option<i64>,
+    /// `reserved { reserved_ports }` (its cpu/memory/disk/cores keys are ignored).
+    pub reserved: Option<super::network::ReservedBlock>,
+    /// `host_network "<name>" { cidr interface reserved_ports }`.
+    pub host_network: Option<BTreeMap<String, super::network::HostNetworkBlock>>,
 }
 
 /// `client.drain_on_shutdown`: when the agent leaves (`leave_on_*`), stop its allocations

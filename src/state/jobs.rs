@@ -6,6 +6,7 @@
 pub mod alloc;
 pub mod error;
 pub mod eval;
+pub mod network;
 pub mod spec;
 pub mod timefmt;
 pub mod validate;
