@@ -646,7 +646,6 @@ impl Config {
         let client_network = network::from_file(
             file.client.min_dynamic_port,
             file.client.max_dynamic_port,
-            file.client.reserved.as_ref(),
             file.client.host_network.as_ref(),
         )?;
         Ok(Config {

@@ -36,10 +36,7 @@ pub const IGNORED_KEYS: &[&str] = &[
     "log_file",
     "plugin_dir",
     "client.options",
-    "client.reserved.cpu",
-    "client.reserved.cores",
-    "client.reserved.memory",
-    "client.reserved.disk",
+    "client.reserved",
     "client.host_volume",
     "client.network_interface",
     "limits.https_handshake_timeout",
@@ -181,8 +178,6 @@ pub struct Client {
     /// The dynamic port range (Nomad's defaults 20000–32000).
     pub min_dynamic_port: Option<i64>,
     pub max_dynamic_port: Option<i64>,
-    /// `reserved { reserved_ports }` (its cpu/memory/disk/cores keys are ignored).
-    pub reserved: Option<super::network::ReservedBlock>,
     /// `host_network "<name>" { cidr interface reserved_ports }`.
     pub host_network: Option<BTreeMap<String, super::network::HostNetworkBlock>>,
 }

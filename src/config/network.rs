@@ -1,7 +1,8 @@
 //! The client's port settings (Nomad's `client` keys): the dynamic port range
-//! (`min_dynamic_port`, `max_dynamic_port`), `reserved { reserved_ports }`, and
-//! `host_network "<name>" { cidr interface reserved_ports }` blocks naming more addresses
-//! ports may be placed on.
+//! (`min_dynamic_port`, `max_dynamic_port`) and `host_network "<name>" { cidr interface
+//! reserved_ports }` blocks naming more addresses ports may be placed on. (`client.reserved`
+//! is still ignored as a whole, so its `reserved_ports` is not read: `reserved_ports` below
+//! stays empty until it is.)
 
 use std::collections::BTreeMap;
 
@@ -14,13 +15,6 @@ pub const DEFAULT_MIN_DYNAMIC_PORT: u16 = 20000;
 pub const DEFAULT_MAX_DYNAMIC_PORT: u16 = 32000;
 /// The most `host_network` blocks one agent may configure.
 pub const MAX_HOST_NETWORKS: usize = 64;
-
-/// `client.reserved` as nomadlet reads it (its other keys are ignored with a warning).
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReservedBlock {
-    pub reserved_ports: Option<String>,
-}
 
 /// One `client.host_network "<name>"` block.
 #[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
@@ -105,7 +99,6 @@ pub fn cidr_contains(cidr: (std::net::IpAddr, u32), ip: std::net::IpAddr) -> boo
 pub fn from_file(
     min: Option<i64>,
     max: Option<i64>,
-    reserved: Option<&ReservedBlock>,
     host_networks: Option<&BTreeMap<String, HostNetworkBlock>>,
 ) -> Result<ClientNetwork, ConfigError> {
     let port = |key: &str, v: Option<i64>, d: u16| -> Result<u16, ConfigError> {
@@ -123,14 +116,7 @@ pub fn from_file(
             "client.min_dynamic_port ({min_dynamic_port}) must not be greater than client.max_dynamic_port ({max_dynamic_port})"
         )));
     }
-    let reserved_ports = reserved
-        .and_then(|r| r.reserved_ports.clone())
-        .unwrap_or_default();
-    if !port_ranges_ok(&reserved_ports) {
-        return Err(ConfigError::Invalid(format!(
-            "client.reserved.reserved_ports: {reserved_ports:?} is not a list of ports and ranges"
-        )));
-    }
+    let reserved_ports = String::new();
     let blocks = host_networks.cloned().unwrap_or_default();
     if blocks.len() > MAX_HOST_NETWORKS {
         return Err(ConfigError::Invalid(format!(
@@ -196,9 +182,9 @@ mod tests {
 
     #[test]
     fn a_reversed_range_is_refused() {
-        let e = from_file(Some(30000), Some(20000), None, None).unwrap_err();
+        let e = from_file(Some(30000), Some(20000), None).unwrap_err();
         assert!(e.to_string().contains("must not be greater"), "{e}");
-        let ok = from_file(Some(40000), Some(40010), None, None).unwrap();
+        let ok = from_file(Some(40000), Some(40010), None).unwrap();
         assert_eq!((ok.min_dynamic_port, ok.max_dynamic_port), (40000, 40010));
     }
 }
