@@ -136,11 +136,16 @@ fn a_dynamic_port_reaches_the_task_env_and_the_task_binds_it() {
 
     // The alloc JSON's network shapes (Nomad's, zero fields omitted).
     let shared = &a["AllocatedResources"]["Shared"]["Networks"][0];
-    assert_eq!(shared["Mode"], "host");
     assert_eq!(shared["IP"], "127.0.0.1");
     assert_eq!(
         shared["DynamicPorts"][0],
-        json!({"Label": "http", "Value": value})
+        json!({"Label": "http", "Value": value, "HostNetwork": "default"})
+    );
+    // The job's ports are canonicalized as Nomad's server does.
+    let job = agent.get_json("/v1/job/web");
+    assert_eq!(
+        job["TaskGroups"][0]["Networks"][0]["DynamicPorts"][0],
+        json!({"Label": "http", "HostNetwork": "default"})
     );
     assert!(shared.get("ReservedPorts").is_none(), "{shared}");
     assert_eq!(

@@ -40,14 +40,9 @@ pub fn network_json(ask: &NetworkAsk, ports: &[PortMapping], ip: &str, device: &
         .map(|p| port_json(p, find(&p.label)))
         .collect();
     let mut m = serde_json::Map::new();
-    m.insert(
-        "Mode".into(),
-        json!(if ask.mode.is_empty() {
-            network::MODE_HOST
-        } else {
-            ask.mode.as_str()
-        }),
-    );
+    if !ask.mode.is_empty() {
+        m.insert("Mode".into(), json!(ask.mode));
+    }
     if !device.is_empty() {
         m.insert("Device".into(), json!(device));
     }

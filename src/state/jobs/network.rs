@@ -90,6 +90,34 @@ impl NetworkAsk {
     }
 }
 
+/// Nomad's server-side `NetworkResource.Canonicalize` on a `Networks` list: a port without a
+/// host network is on `default`; an empty port list is no list.
+pub fn canonicalize(networks: &mut Value) {
+    let Some(list) = networks.as_array_mut() else {
+        return;
+    };
+    for n in list.iter_mut().filter_map(Value::as_object_mut) {
+        for k in ["ReservedPorts", "DynamicPorts"] {
+            if n.get(k)
+                .and_then(Value::as_array)
+                .is_some_and(Vec::is_empty)
+            {
+                n.remove(k);
+            }
+            let ports = n.get_mut(k).and_then(Value::as_array_mut);
+            for p in ports.into_iter().flatten().filter_map(Value::as_object_mut) {
+                let unset = p
+                    .get("HostNetwork")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty);
+                if unset {
+                    p.insert("HostNetwork".into(), Value::from(DEFAULT_HOST_NETWORK));
+                }
+            }
+        }
+    }
+}
+
 /// Every `network` block of a `Networks` list.
 pub fn asks_of(v: &Value) -> Vec<NetworkAsk> {
     v.as_array()
