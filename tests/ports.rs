@@ -392,3 +392,66 @@ job "nb" {
     assert!((20000..=32000).contains(&by("http")["Value"].as_u64().unwrap()));
     assert_eq!(by("http")["HostIP"], "127.0.0.1");
 }
+
+#[test]
+fn in_a_cluster_a_static_port_spreads_allocs_one_per_node_and_the_rest_wait() {
+    let server = TestAgent::server("", &[]);
+    let clients = [
+        TestAgent::client(&[&server.rpc_addr()], "", &[]),
+        TestAgent::client(&[&server.rpc_addr()], "", &[]),
+    ];
+    wait_until(WAIT, "two ready nodes", || {
+        let nodes = server.get_json("/v1/nodes");
+        nodes
+            .as_array()
+            .is_some_and(|n| n.len() == 2 && n.iter().all(|x| x["Status"] == "ready"))
+    });
+    let port = free_port();
+    // The tasks do not bind: every client of this test shares one host's loopback.
+    let net = json!({"ReservedPorts": [{"Label": "web", "Value": port}]});
+    let r = register(&server, &port_job("spread", 3, net, "sleep 30"));
+    let eval = wait_eval_done(&server, r["EvalID"].as_str().unwrap());
+    let m = &eval["FailedTGAllocs"]["g"];
+    let dim = format!("network: reserved port collision web={port}");
+    assert_eq!(m["DimensionExhausted"][&dim], 2, "{m}");
+    assert_eq!(m["NodesExhausted"], 2);
+    assert_eq!(eval["QueuedAllocations"]["g"], 1);
+    let placed = running_allocs(&server, "spread", 2);
+    let nodes: std::collections::BTreeSet<&str> = placed
+        .iter()
+        .map(|a| a["NodeID"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes.len(), 2, "one per node: {placed:?}");
+    let want: std::collections::BTreeSet<String> = clients.iter().map(|c| c.node_id()).collect();
+    assert_eq!(
+        nodes
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<std::collections::BTreeSet<_>>(),
+        want
+    );
+    for a in &placed {
+        assert_eq!(a["AllocatedResources"]["Shared"]["Ports"][0]["Value"], port);
+    }
+
+    // A client-only agent gets the ports over the RPC link: its task sees them.
+    let script = "echo NOMAD_PORT_http=$NOMAD_PORT_http; echo NOMAD_ADDR_http=$NOMAD_ADDR_http; \
+                  echo listening; sleep 30";
+    let net = json!({"DynamicPorts": [{"Label": "http"}]});
+    register(&server, &port_job("remote", 1, net, script));
+    let a = running_allocs(&server, "remote", 1).remove(0);
+    let value = a["AllocatedResources"]["Shared"]["Ports"][0]["Value"]
+        .as_u64()
+        .unwrap();
+    let node = a["NodeID"].as_str().unwrap();
+    let client = clients.iter().find(|c| c.node_id() == node).unwrap();
+    let env = task_env(client, a["ID"].as_str().unwrap());
+    assert_eq!(
+        env_get(&env, "NOMAD_PORT_http"),
+        Some(value.to_string().as_str())
+    );
+    assert_eq!(
+        env_get(&env, "NOMAD_ADDR_http"),
+        Some(format!("127.0.0.1:{value}").as_str())
+    );
+}

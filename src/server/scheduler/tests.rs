@@ -945,3 +945,31 @@ fn dynamic_ports_never_collide_on_a_node_and_run_out_as_port_exhaustion() {
     w.run();
     assert_eq!(w.live("plain").len(), 1);
 }
+
+#[test]
+fn a_job_update_hands_its_static_port_to_the_replacement_and_replays_identically() {
+    let mut w = World::new();
+    w.add_node(port_node("only", 20000, 20100));
+    let net = json!({"ReservedPorts": [{"Label": "http", "Value": 8080}],
+        "DynamicPorts": [{"Label": "x"}]});
+    w.submit(with_ports("u", 1, net.clone()));
+    w.run();
+    let v0 = w.live("u")[0].clone();
+    // A new version: the old alloc stops in the same plan, so 8080 is free for its successor.
+    let mut next = with_ports("u", 1, net);
+    next["TaskGroups"][0]["Tasks"][0]["Resources"]["CPU"] = json!(20);
+    let e = w.submit(next);
+    w.run();
+    assert!(w.eval(&e).failed_tg_allocs.is_empty(), "{:?}", w.eval(&e));
+    let v1 = w.live("u")[0].clone();
+    assert_ne!(v0.id, v1.id);
+    assert_eq!(v1.previous_allocation, v0.id);
+    assert_eq!(v1.ports.group[0].value, 8080);
+    assert_eq!(ports_of(&w).len(), 2);
+    let wire: Vec<Command> = serde_json::from_slice(&serde_json::to_vec(&w.log).unwrap()).unwrap();
+    let mut again = ServerState::default();
+    for (i, c) in wire.iter().enumerate() {
+        let _ = apply(&mut again, c, 11 + i as u64);
+    }
+    assert_eq!(again.to_bytes().unwrap(), w.s.to_bytes().unwrap());
+}
