@@ -214,6 +214,21 @@ fn a_taken_static_port_blocks_another_job_until_the_first_stops() {
         greeting(&format!("127.0.0.1:{port}")),
         format!("hello {id}")
     );
+    // `alloc status` shows Nomad's address table.
+    let out = std::process::Command::new(bin())
+        .args(["alloc", "status", id])
+        .env("NOMAD_ADDR", format!("http://{}", agent.addr()))
+        .env_remove("NOMAD_TOKEN")
+        .output()
+        .expect("run the CLI");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Allocation Addresses:"), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("*web"))
+        .unwrap_or_else(|| panic!("no *web row: {text}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols, ["*web", "no", &format!("127.0.0.1:{port}")]);
 
     let r = register(&agent, &port_job("second", 1, net, "sleep 30"));
     let eval = wait_eval_done(&agent, r["EvalID"].as_str().unwrap());
