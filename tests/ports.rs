@@ -19,7 +19,7 @@ use workloads_helpers::*;
 /// on `NOMAD_PORT_<label>` of 127.0.0.1 to every connection.
 fn serve_script(label: &str) -> String {
     format!(
-        "env | grep -E '^NOMAD_(ADDR|HOST_ADDR|IP|IPv4|HOST_IP|PORT|HOST_PORT|ALLOC_PORT)_' | sort; \
+        "env | grep -E '^(NOMAD_(ADDR|HOST_ADDR|IP|IPv4|HOST_IP|PORT|HOST_PORT|ALLOC_PORT)_|MY_)' | sort; \
          exec /usr/bin/perl -MIO::Socket::INET -e '$|=1; \
          my $s = IO::Socket::INET->new(LocalAddr => \"127.0.0.1\", LocalPort => $ENV{{NOMAD_PORT_{label}}}, \
            Listen => 8, ReuseAddr => 1) or die \"bind: $!\"; \
@@ -83,12 +83,14 @@ fn running_allocs(agent: &TestAgent, job: &str, n: usize) -> Vec<Value> {
 #[test]
 fn a_dynamic_port_reaches_the_task_env_and_the_task_binds_it() {
     let agent = TestAgent::start(&[]);
-    let job = port_job(
+    let mut job = port_job(
         "web",
         1,
         json!({"DynamicPorts": [{"Label": "http"}, {"Label": "admin", "To": 9000}]}),
         &serve_script("http"),
     );
+    // A task env value interpolates the port variables.
+    job["Job"]["TaskGroups"][0]["Tasks"][0]["Env"] = json!({"MY_ADDR": "${NOMAD_ADDR_http}"});
     register(&agent, &job);
     let a = running_allocs(&agent, "web", 1).remove(0);
     let id = a["ID"].as_str().unwrap();
@@ -124,6 +126,7 @@ fn a_dynamic_port_reaches_the_task_env_and_the_task_binds_it() {
         ("NOMAD_ALLOC_PORT_admin", "9000".to_string()),
         ("NOMAD_HOST_PORT_admin", admin_port.to_string()),
         ("NOMAD_ADDR_admin", format!("127.0.0.1:{admin_port}")),
+        ("MY_ADDR", format!("127.0.0.1:{value}")),
     ];
     for (k, v) in want {
         assert_eq!(env_get(&env, k), Some(v.as_str()), "{k} in {env:?}");
