@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod file;
+pub mod network;
 mod tls;
 
 pub use tls::{MinVersion, TlsSettings};
@@ -177,6 +178,8 @@ pub struct Config {
     pub leave_on_interrupt: bool,
     /// `leave_on_terminate`: SIGTERM makes the agent leave (and drain, when configured).
     pub leave_on_terminate: bool,
+    /// The client's ports: dynamic range, reserved ports, host networks.
+    pub client_network: network::ClientNetwork,
 }
 
 /// Nomad's `client.drain_on_shutdown` block.
@@ -640,7 +643,13 @@ impl Config {
                 ignore_system_jobs: d.ignore_system_jobs.unwrap_or(false),
             }),
         };
+        let client_network = network::from_file(
+            file.client.min_dynamic_port,
+            file.client.max_dynamic_port,
+            file.client.host_network.as_ref(),
+        )?;
         Ok(Config {
+            client_network,
             dev,
             drain_on_shutdown,
             leave_on_interrupt: file.leave_on_interrupt.unwrap_or(false),

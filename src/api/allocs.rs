@@ -87,7 +87,7 @@ fn allocated_resources(a: &AllocRecord) -> Value {
             json!({
                 "Cpu": {"CpuShares": r.cpu.unwrap_or(100), "ReservedCores": null},
                 "Memory": {"MemoryMB": r.memory_mb.unwrap_or(300), "MemoryMaxMB": r.memory_max_mb},
-                "Networks": null,
+                "Networks": super::alloc_ports::task_networks(a, t),
                 "Devices": null
             }),
         );
@@ -98,16 +98,31 @@ fn allocated_resources(a: &AllocRecord) -> Value {
         .as_ref()
         .and_then(|d| d.size_mb)
         .unwrap_or(300);
+    let (networks, ports) = super::alloc_ports::shared(a, tg);
     json!({
         "Tasks": tasks,
         "TaskLifecycles": lifecycles,
-        "Shared": {"Networks": null, "DiskMB": disk, "Ports": null}
+        "Shared": {"Networks": networks, "DiskMB": disk, "Ports": ports}
     })
+}
+
+/// The legacy `Resources`, `SharedResources` and `TaskResources` (null without the group).
+fn legacy_resources(a: &AllocRecord) -> (Value, Value, Value) {
+    let Some(tg) = a.job.group(&a.task_group) else {
+        return (Value::Null, Value::Null, Value::Null);
+    };
+    let disk = tg
+        .ephemeral_disk
+        .as_ref()
+        .and_then(|d| d.size_mb)
+        .unwrap_or(300);
+    super::alloc_ports::legacy(a, tg, disk)
 }
 
 /// The full `Allocation` with its job's JSON: Go field order; every zero-valued field
 /// omitted (Nomad's struct-wide `omitempty`).
 pub fn allocation(a: &AllocRecord, job: Value) -> Value {
+    let (resources, shared, task_resources) = legacy_resources(a);
     let fields: Vec<(&str, Value)> = vec![
         ("ID", json!(a.id)),
         ("Namespace", json!(a.namespace)),
@@ -118,6 +133,9 @@ pub fn allocation(a: &AllocRecord, job: Value) -> Value {
         ("JobID", json!(a.job_id)),
         ("Job", job),
         ("TaskGroup", json!(a.task_group)),
+        ("Resources", resources),
+        ("SharedResources", shared),
+        ("TaskResources", task_resources),
         ("AllocatedResources", allocated_resources(a)),
         ("DesiredStatus", json!(a.desired_status)),
         ("DesiredDescription", json!(a.desired_description)),

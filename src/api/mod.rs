@@ -7,6 +7,7 @@ pub mod acl;
 pub mod acl_json;
 pub mod agent;
 pub mod agent_host;
+pub mod alloc_ports;
 pub mod allocs;
 pub mod auth;
 pub mod client_alloc;

@@ -120,7 +120,7 @@ pub fn node_json(node: &Node) -> Value {
         "TLSEnabled": node.tls_enabled,
         "Attributes": node.attributes,
         "NodeResources": node.resources,
-        "ReservedResources": {"Cpu": {"CpuShares": 0, "ReservedCpuCores": []}, "Memory": {"MemoryMB": 0}, "Disk": {"DiskMB": 0}, "Networks": {"ReservedHostPorts": ""}},
+        "ReservedResources": {"Cpu": {"CpuShares": 0, "ReservedCpuCores": []}, "Memory": {"MemoryMB": 0}, "Disk": {"DiskMB": 0}, "Networks": {"ReservedHostPorts": reserved_host_ports(node)}},
         "Links": {},
         "Meta": node.meta,
         "NodeClass": node.node_class,
@@ -142,6 +142,14 @@ pub fn node_json(node: &Node) -> Value {
         "ModifyIndex": node.modify_index,
         "Drain": node.drain,
     })
+}
+
+/// The client's `reserved.reserved_ports`: what its default address reserves.
+fn reserved_host_ports(node: &Node) -> Value {
+    node.resources
+        .pointer("/NodeNetworks/0/Addresses/0/ReservedPorts")
+        .cloned()
+        .unwrap_or_else(|| json!(""))
 }
 
 /// The `NodeListStub` of `GET /v1/nodes`.

@@ -119,6 +119,9 @@ fn status(ctx: &Ctx, m: &getopts::Matches) -> Result<i32, CliError> {
             ("Modified", modified),
         ])
     );
+    if let Some(addrs) = addresses(&a) {
+        print!("\nAllocation Addresses:\n{addrs}");
+    }
     let states = a.get("TaskStates").cloned().unwrap_or(Value::Null);
     for task in group_tasks(&a) {
         let name = s(&task, "Name");
@@ -185,6 +188,24 @@ fn status(ctx: &Ctx, m: &getopts::Matches) -> Result<i32, CliError> {
         print!("{}", table(&rows));
     }
     Ok(0)
+}
+
+/// Nomad's "Allocation Addresses" table of the group network's ports (`*label`, whether it is
+/// dynamic, `ip:port` and `-> to` when mapped); `None` without ports.
+fn addresses(a: &Value) -> Option<String> {
+    let nw = a.pointer("/AllocatedResources/Shared/Networks/0")?;
+    let ip = s(nw, "IP");
+    let mut rows = vec!["Label|Dynamic|Address".to_string()];
+    for (key, dynamic) in [("ReservedPorts", "no"), ("DynamicPorts", "yes")] {
+        for p in nw.get(key).and_then(Value::as_array).into_iter().flatten() {
+            let mut row = format!("*{}|{dynamic}|{ip}:{}", s(p, "Label"), n(p, "Value"));
+            if n(p, "To") > 0 {
+                row.push_str(&format!(" -> {}", n(p, "To")));
+            }
+            rows.push(row);
+        }
+    }
+    (rows.len() > 1).then(|| table(&rows))
 }
 
 fn logs(ctx: &Ctx, m: &getopts::Matches) -> Result<i32, CliError> {

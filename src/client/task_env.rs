@@ -104,6 +104,7 @@ pub fn build(
             set("NOMAD_MEMORY_MAX_LIMIT", r.memory_max_mb.to_string());
         }
     }
+    port_env(alloc, &task.name, &mut set);
     let mut meta = BTreeMap::new();
     let group_meta = job.group(&alloc.task_group).and_then(|g| g.meta.clone());
     for m in [job.meta.clone(), group_meta, task.meta.clone()]
@@ -135,6 +136,74 @@ pub fn build(
         env.insert(k.clone(), v.clone());
     }
     env
+}
+
+/// `host:port`, with brackets around an IPv6 host (Go's `net.JoinHostPort`).
+fn join_host_port(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+/// Nomad cleans the names of these variables (a port label may hold any character).
+const CLEANED_PORT_PREFIXES: &[&str] = &[
+    "NOMAD_ADDR_",
+    "NOMAD_IP_",
+    "NOMAD_PORT_",
+    "NOMAD_HOST_PORT_",
+];
+
+/// The port variables of a task in host networking, as Nomad's env builder sets them: its own
+/// legacy task network's ports, the other tasks' (`NOMAD_ADDR_<task>_<label>`), then the
+/// group network's allocated ports (`NOMAD_PORT_`, `NOMAD_ALLOC_PORT_` are `to` when set).
+fn port_env(alloc: &AllocRecord, task: &str, set: &mut impl FnMut(&str, String)) {
+    let mut put = |k: String, v: String| {
+        if CLEANED_PORT_PREFIXES.iter().any(|p| k.starts_with(p)) {
+            set(&clean_env_key(&k), v);
+        } else {
+            set(&k, v);
+        }
+    };
+    if let Some(ports) = alloc.ports.tasks.get(task) {
+        for p in ports {
+            let (ip, l) = (&p.host_ip, &p.label);
+            let family = if ip.contains(':') { "IPv6" } else { "IPv4" };
+            put(format!("NOMAD_IP_{l}"), ip.clone());
+            put(format!("NOMAD_{family}_{l}"), ip.clone());
+            put(format!("NOMAD_HOST_PORT_{l}"), p.value.to_string());
+            put(format!("NOMAD_ADDR_{l}"), join_host_port(ip, p.value));
+            put(format!("NOMAD_PORT_{l}"), p.value.to_string());
+        }
+    }
+    for (other, ports) in alloc.ports.tasks.iter().filter(|(t, _)| *t != task) {
+        for p in ports {
+            let l = &p.label;
+            put(
+                format!("NOMAD_ADDR_{other}_{l}"),
+                join_host_port(&p.host_ip, p.value),
+            );
+            put(format!("NOMAD_IP_{other}_{l}"), p.host_ip.clone());
+            put(format!("NOMAD_PORT_{other}_{l}"), p.value.to_string());
+        }
+    }
+    for p in &alloc.ports.group {
+        let (ip, l) = (&p.host_ip, &p.label);
+        let addr = join_host_port(ip, p.value);
+        put(format!("NOMAD_ADDR_{l}"), addr.clone());
+        put(format!("NOMAD_HOST_ADDR_{l}"), addr);
+        put(format!("NOMAD_IP_{l}"), ip.clone());
+        put(format!("NOMAD_HOST_IP_{l}"), ip.clone());
+        let inside = if p.to > 0 {
+            p.to.to_string()
+        } else {
+            p.value.to_string()
+        };
+        put(format!("NOMAD_PORT_{l}"), inside.clone());
+        put(format!("NOMAD_ALLOC_PORT_{l}"), inside);
+        put(format!("NOMAD_HOST_PORT_{l}"), p.value.to_string());
+    }
 }
 
 /// Replace `${NOMAD_X}`, `${env.X}`, `${node.unique.id}`, `${node.unique.name}`,

@@ -175,6 +175,11 @@ pub struct Client {
     pub meta_batch_window: Option<String>,
     /// `drain_on_shutdown { deadline force ignore_system_jobs }`.
     pub drain_on_shutdown: Option<DrainOnShutdown>,
+    /// The dynamic port range (Nomad's defaults 20000–32000).
+    pub min_dynamic_port: Option<i64>,
+    pub max_dynamic_port: Option<i64>,
+    /// `host_network "<name>" { cidr interface reserved_ports }`.
+    pub host_network: Option<BTreeMap<String, super::network::HostNetworkBlock>>,
 }
 
 /// `client.drain_on_shutdown`: when the agent leaves (`leave_on_*`), stop its allocations

@@ -8,6 +8,7 @@ pub mod alloc;
 pub mod diff;
 pub mod error;
 pub mod eval;
+pub mod network;
 pub mod spec;
 pub mod timefmt;
 pub mod validate;

@@ -14,6 +14,7 @@ pub mod node;
 /// Durable file writes live in `crate::store` (a leaf every layer may use); the old path
 /// still names it.
 pub(crate) use crate::store;
+pub mod node_net;
 pub mod node_ops;
 pub mod node_table;
 pub mod plan;

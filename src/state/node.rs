@@ -80,6 +80,10 @@ pub struct NodeState {
     meta_json: RwLock<Arc<Vec<u8>>>,
     /// Unix seconds of this start (the drivers' fingerprint time).
     registered_at: u64,
+    /// `NodeResources.Networks` and `NodeNetworks` (`state::node_net`).
+    networks: (Value, Value),
+    /// The dynamic port range.
+    dynamic_ports: (u16, u16),
 }
 
 /// The built-in static metadata with the configured keys over it.
@@ -152,6 +156,12 @@ impl NodeState {
             &http_addr,
             env!("CARGO_PKG_VERSION"),
         );
+        let default_ip = http_addr
+            .parse::<std::net::SocketAddr>()
+            .map(|a| a.ip())
+            .unwrap_or_else(|_| config.advertise_ip());
+        let ifaddrs = crate::sys::host::interface_addrs().unwrap_or_default();
+        let networks = super::node_net::networks(&config.client_network, default_ip, &ifaddrs);
         let now = crate::time::unix_now_secs();
         let meta_json = RwLock::new(Arc::new(view_json(&static_meta, &dynamic)));
         Ok(NodeState {
@@ -172,6 +182,11 @@ impl NodeState {
             meta_json,
             identity,
             registered_at: now,
+            networks,
+            dynamic_ports: (
+                config.client_network.min_dynamic_port,
+                config.client_network.max_dynamic_port,
+            ),
         })
     }
 
@@ -315,11 +330,11 @@ impl NodeState {
             "Cpu": {"CpuShares": f.cpu_mhz * f.cpu_cores as u64, "TotalCpuCores": f.cpu_cores, "ReservableCpuCores": cores},
             "Memory": {"MemoryMB": f.memory_bytes / (1024 * 1024)},
             "Disk": {"DiskMB": f.disk_mb},
-            "Networks": [],
+            "Networks": self.networks.0,
             "Devices": null,
-            "NodeNetworks": [],
-            "MinDynamicPort": 20000,
-            "MaxDynamicPort": 32000,
+            "NodeNetworks": self.networks.1,
+            "MinDynamicPort": self.dynamic_ports.0,
+            "MaxDynamicPort": self.dynamic_ports.1,
         })
     }
 }

@@ -16,6 +16,7 @@ use serde_json::Value;
 use super::command::{cancel_blocked_evals, Applied, ApplyError, JobKey, JobWrite, ServerState};
 use super::jobs::alloc::{AllocRecord, AllocStamp, RescheduleEvent};
 use super::jobs::eval::EvalRecord;
+use super::jobs::network::{AllocPorts, NodeNet, UsedPorts};
 use super::jobs::spec::{Job, TaskGroup};
 use super::jobs::NodeInfo;
 use super::node_table::Node;
@@ -47,6 +48,9 @@ pub struct Placement {
     pub previous_alloc: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reschedule_events: Vec<RescheduleEvent>,
+    /// The ports the scheduler assigned (apply re-checks them against the node).
+    #[serde(default, skip_serializing_if = "AllocPorts::is_empty")]
+    pub ports: AllocPorts,
 }
 
 /// One alloc the plan stops, why, and (lost) the client status the scheduler sets.
@@ -196,6 +200,15 @@ pub fn node_used(state: &ServerState, node_id: &str) -> Usage {
         u.add(&alloc_ask(a));
     }
     u
+}
+
+/// The ports in use on a node: its reserved ports and its live allocs' ports.
+pub fn node_ports(state: &ServerState, node: &Node) -> UsedPorts {
+    let mut used = UsedPorts::of_node(&NodeNet::of(node));
+    for a in state.allocs_on(&node.id).filter(|a| a.is_live()) {
+        used.add_existing(&a.id, &a.ports);
+    }
+    used
 }
 
 /// Recompute [`ServerState::node_usage`] for the nodes whose allocs `cmd` (just applied)
@@ -703,6 +716,8 @@ pub(super) fn apply_plan(
             Some(n) => (node_capacity(n), node_used(state, node_id)),
             None => (Usage::default(), Usage::default()),
         };
+        // The ports the node's live allocs hold, made only when a placement carries ports.
+        let mut ports: Option<UsedPorts> = None;
         for &i in idxs {
             let p = &plan.placements[i];
             let ask = job
@@ -710,9 +725,16 @@ pub(super) fn apply_plan(
                 .and_then(|j| j.group(&p.task_group))
                 .map(group_ask);
             let fits = match (&usable, ask) {
-                (Some(_), Some(ask)) if used.exceeds(&ask, &cap).is_none() => {
-                    used.add(&ask);
-                    true
+                (Some(n), Some(ask)) if used.exceeds(&ask, &cap).is_none() => {
+                    let ports_fit = p.ports.is_empty()
+                        || ports
+                            .get_or_insert_with(|| node_ports(state, n))
+                            .try_add(&p.ports)
+                            .is_ok();
+                    if ports_fit {
+                        used.add(&ask);
+                    }
+                    ports_fit
                 }
                 _ => false,
             };
@@ -761,6 +783,7 @@ pub(super) fn apply_plan(
                 AllocRecord::new_at(job, &p.task_group, p.alloc_index, &plan.eval_id, &info, at);
             a.previous_allocation = p.previous_alloc.clone();
             a.reschedule_events = p.reschedule_events.clone();
+            a.ports = p.ports.clone();
             if !p.previous_alloc.is_empty() {
                 if let Some(prev) = state.allocs.get_mut(&p.previous_alloc) {
                     let prev = Arc::make_mut(prev);

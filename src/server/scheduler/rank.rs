@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use super::feasible::{self, Cache, Constraint};
 use crate::state::command::ServerState;
+use crate::state::jobs::network::{self, AllocPorts, NodeNet, PortRng, UsedPorts};
 use crate::state::jobs::spec::{Job, TaskGroup};
 use crate::state::node_table::Node;
 use crate::state::plan::{self, Usage};
@@ -111,8 +112,8 @@ impl Metric {
 /// The outcome of choosing a node for one placement.
 #[derive(Debug)]
 pub enum Choice {
-    /// On this node.
-    Placed(String),
+    /// On this node, with the ports assigned there.
+    Placed(String, AllocPorts),
     /// No node could take it.
     Failed(Metric),
 }
@@ -120,7 +121,8 @@ pub enum Choice {
 /// The outcome of placing on one given node (system jobs).
 #[derive(Debug)]
 pub enum OnNode {
-    Placed,
+    /// With the ports assigned there.
+    Placed(AllocPorts),
     /// Infeasible there (constraints, drivers): skipped silently.
     Filtered(Metric),
     /// Feasible but full.
@@ -136,6 +138,8 @@ struct GroupCtx {
     feasible: Vec<Option<Option<String>>>,
     distinct_hosts: bool,
     distinct_props: Vec<(String, u64)>,
+    /// The group (or one of its tasks) asks for ports.
+    wants_ports: bool,
 }
 
 /// The scores of one node for one placement.
@@ -169,6 +173,14 @@ pub struct Placer<'a> {
     base: Metric,
     /// Node index → (capacity, used incl. this plan), filled on first use.
     usage: Vec<Option<(Usage, Usage)>>,
+    /// Node index → its host networks and the ports in use incl. this plan, on first use.
+    ports: Vec<Option<(NodeNet, UsedPorts)>>,
+    /// The ports offered on each node considered for the current placement.
+    offers: HashMap<usize, AllocPorts>,
+    /// Seeds the dynamic port picks (eval ID and state index, as the shuffle).
+    port_seed: u64,
+    /// Placements committed so far (varies the port picks between placements).
+    placed: u64,
     /// Allocs stopped by this plan (their resources are free).
     stopping: HashSet<String>,
     /// (group index, node index) → this job's live allocs there (existing kept + planned).
@@ -210,6 +222,12 @@ impl Rng {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
+    }
+}
+
+impl PortRng for Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.next()
     }
 }
 
@@ -278,6 +296,10 @@ impl<'a> Placer<'a> {
             cursor: 0,
             base,
             usage: vec![None; n],
+            ports: vec![None; n],
+            offers: HashMap::new(),
+            port_seed: seed_of(seed, state.index).rotate_left(17),
+            placed: 0,
             stopping,
             group_on: HashMap::new(),
             job_on: vec![0; n],
@@ -359,6 +381,7 @@ impl<'a> Placer<'a> {
                 feasible: vec![None; self.nodes.len()],
                 distinct_hosts: hosts,
                 distinct_props: props,
+                wants_ports: network::group_wants_ports(tg),
             });
         }
         gi
@@ -403,6 +426,33 @@ impl<'a> Placer<'a> {
         (cap, used)
     }
 
+    /// The ports group `gi` would get on node `i` (Nomad's network checks of the bin-packer:
+    /// allocs already colliding, then the assignment), or the `DimensionExhausted` reason.
+    fn port_offer(&mut self, i: usize, gi: usize) -> Result<AllocPorts, String> {
+        if self.ports[i].is_none() {
+            let node = &self.nodes[i];
+            let net = NodeNet::of(node);
+            let mut used = UsedPorts::of_node(&net);
+            for a in self.state.allocs_on(&node.id) {
+                if a.is_live() && !self.stopping.contains(&a.id) {
+                    used.add_existing(&a.id, &a.ports);
+                }
+            }
+            self.ports[i] = Some((net, used));
+        }
+        let Some((net, used)) = self.ports[i].as_ref() else {
+            return Err("network: invalid node".into());
+        };
+        if used.collision.is_some() {
+            return Err("network: port collision".into());
+        }
+        let mut rng = Rng(self.port_seed
+            ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            ^ self.placed.wrapping_mul(0xbf58_476d_1ce4_e5b9));
+        used.assign(net, &self.job.task_groups[gi], &mut rng)
+            .map_err(|e| format!("network: {e}"))
+    }
+
     /// Check node `i` for group `gi`: `None` filtered or exhausted (recorded in `m`), else
     /// its scores.
     fn consider(
@@ -430,7 +480,7 @@ impl<'a> Placer<'a> {
             ));
         }
         self.cache = cache;
-        let (ask, group_hosts) = (g.ask, g.distinct_hosts);
+        let (ask, group_hosts, wants_ports) = (g.ask, g.distinct_hosts, g.wants_ports);
         if let Some(Some(reason)) = &g.feasible[i] {
             let reason = reason.clone();
             m.filter(node, reason);
@@ -467,6 +517,17 @@ impl<'a> Placer<'a> {
                         node,
                         format!("distinct_property: {target}={value} used by {used} allocs"),
                     );
+                    return None;
+                }
+            }
+        }
+        if wants_ports {
+            match self.port_offer(i, gi) {
+                Ok(offer) => {
+                    self.offers.insert(i, offer);
+                }
+                Err(dim) => {
+                    m.exhaust(&self.nodes[i], &dim);
                     return None;
                 }
             }
@@ -515,6 +576,7 @@ impl<'a> Placer<'a> {
     pub fn select(&mut self, tg: &TaskGroup, penalty: &[String]) -> Choice {
         let started = Instant::now();
         let gi = self.group(tg);
+        self.offers.clear();
         let mut m = Metric::default();
         let n = self.nodes.len();
         let limit = self.limit();
@@ -544,8 +606,8 @@ impl<'a> Placer<'a> {
             .map(|(k, _)| k);
         if let Some(k) = best {
             let i = pool[k].0;
-            self.commit(i, gi);
-            return Choice::Placed(self.nodes[i].id.clone());
+            let ports = self.commit(i, gi);
+            return Choice::Placed(self.nodes[i].id.clone(), ports);
         }
         // Only a failure keeps its metric (the eval's `FailedTGAllocs`).
         let mut ranked = pool;
@@ -575,15 +637,13 @@ impl<'a> Placer<'a> {
     pub fn select_on(&mut self, tg: &TaskGroup, node_id: &str) -> OnNode {
         let started = Instant::now();
         let gi = self.group(tg);
+        self.offers.clear();
         let mut m = Metric::default();
         let Some(&i) = self.index_of.get(node_id) else {
             return OnNode::Filtered(self.finish(m, started));
         };
         match self.consider(i, gi, &[], &mut m) {
-            Some(_) => {
-                self.commit(i, gi);
-                OnNode::Placed
-            }
+            Some(_) => OnNode::Placed(self.commit(i, gi)),
             None if m.nodes_exhausted > 0 => OnNode::Exhausted(self.finish(m, started)),
             None => OnNode::Filtered(self.finish(m, started)),
         }
@@ -594,7 +654,8 @@ impl<'a> Placer<'a> {
         self.base.clone()
     }
 
-    fn commit(&mut self, i: usize, gi: usize) {
+    /// Count a placement on node `i` and take the ports offered there.
+    fn commit(&mut self, i: usize, gi: usize) -> AllocPorts {
         let ask = self
             .groups
             .get(gi)
@@ -606,5 +667,13 @@ impl<'a> Placer<'a> {
         self.usage[i] = Some((cap, used));
         let id = self.nodes[i].id.clone();
         self.count_alloc(Some(gi), Some(i), &id);
+        self.placed += 1;
+        let ports = self.offers.remove(&i).unwrap_or_default();
+        if let Some((_, used)) = self.ports[i].as_mut() {
+            // The offer was made against this set: it cannot collide.
+            let _ = used.add(&ports);
+        }
+        self.offers.clear();
+        ports
     }
 }

@@ -247,13 +247,14 @@ pub fn schedule(
                 continue;
             }
             match placer.select(tg, &w.penalty) {
-                Choice::Placed(node_id) => run.plan.placements.push(Placement {
+                Choice::Placed(node_id, ports) => run.plan.placements.push(Placement {
                     id: new_id(),
                     node_id,
                     task_group: w.group.clone(),
                     alloc_index: w.index,
                     previous_alloc: w.previous,
                     reschedule_events: w.events,
+                    ports,
                 }),
                 Choice::Failed(m) => {
                     *run.plan.queued.entry(w.group.clone()).or_default() += 1;
@@ -503,7 +504,7 @@ fn system_place(
                 continue;
             }
             match placer.select_on(tg, node_id) {
-                OnNode::Placed => {
+                OnNode::Placed(ports) => {
                     any_feasible = true;
                     run.plan.placements.push(Placement {
                         id: new_id(),
@@ -515,6 +516,7 @@ fn system_place(
                             .map(|a| a.id.clone())
                             .unwrap_or_default(),
                         reschedule_events: Vec::new(),
+                        ports,
                     });
                 }
                 OnNode::Exhausted(m) => {

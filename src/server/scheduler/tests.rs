@@ -832,3 +832,144 @@ fn three_hundred_nodes_filled_exactly_by_three_thousand_allocs_without_overcommi
     let busiest = w.s.allocs_by_node.values().map(|s| s.len()).max().unwrap();
     assert!(busiest <= 10, "cpu allows 10 per node, got {busiest}");
 }
+
+/// A node with the default host network on 127.0.0.1 and dynamic ports `min..=max`.
+fn port_node(id: &str, min: u16, max: u16) -> Node {
+    let mut n = node(id, 100_000, 100_000);
+    n.resources["NodeNetworks"] = json!([{"Mode": "host", "Device": "lo", "Addresses": [
+        {"Family": "ipv4", "Alias": "default", "Address": "127.0.0.1", "ReservedPorts": "22"}]}]);
+    n.resources["Networks"] =
+        json!([{"Mode": "host", "Device": "lo", "CIDR": "127.0.0.1/32", "IP": "127.0.0.1"}]);
+    n.resources["MinDynamicPort"] = json!(min);
+    n.resources["MaxDynamicPort"] = json!(max);
+    n
+}
+
+/// `simple` with a group network.
+fn with_ports(id: &str, count: i64, network: Value) -> Value {
+    let mut j = simple(id, "service", count, 10, 10);
+    j["TaskGroups"][0]["Networks"] = json!([network]);
+    j
+}
+
+fn ports_of(w: &World) -> Vec<(String, u16)> {
+    let mut out: Vec<(String, u16)> =
+        w.s.allocs
+            .values()
+            .filter(|a| a.is_live())
+            .flat_map(|a| a.ports.all().map(|p| (p.host_ip.clone(), p.value)))
+            .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn two_plans_racing_for_one_static_port_one_wins_and_the_other_reports_the_collision() {
+    let mut w = World::new();
+    w.add_node(port_node("only", 20000, 32000));
+    let static_net = json!({"ReservedPorts": [{"Label": "http", "Value": 8080}]});
+    let ex = w.submit(with_ports("x", 1, static_net.clone()));
+    let ey = w.submit(with_ports("y", 1, static_net));
+    let snap = w.s.clone();
+    let px = plan_for(&snap, &snap.evals[&ex], w.now, 1);
+    let py = plan_for(&snap, &snap.evals[&ey], w.now, 1);
+    assert_eq!(px.placements[0].ports.group[0].value, 8080);
+    assert_eq!(py.placements[0].ports.group[0].value, 8080);
+    let Applied::Plan(rx) = w.cmd(Command::PlanApply { plan: Box::new(px) }).unwrap() else {
+        panic!("plan")
+    };
+    let Applied::Plan(ry) = w.cmd(Command::PlanApply { plan: Box::new(py) }).unwrap() else {
+        panic!("plan")
+    };
+    assert_eq!((rx.placed, ry.placed, ry.refused), (1, 0, 1));
+    // The retry sees the port taken: Nomad's metric, and a blocked eval.
+    w.run();
+    let ev = w.eval(&ey).clone();
+    let m = &ev.failed_tg_allocs["g"];
+    assert_eq!(
+        m["DimensionExhausted"]["network: reserved port collision http=8080"], 1,
+        "{m}"
+    );
+    assert_eq!(w.eval(&ev.blocked_eval).status, EvalStatus::Blocked);
+    assert_eq!(ports_of(&w), [("127.0.0.1".to_string(), 8080)]);
+    // A node-reserved port is never given out.
+    let ez = w.submit(with_ports(
+        "z",
+        1,
+        json!({"ReservedPorts": [{"Label": "ssh", "Value": 22}]}),
+    ));
+    w.run();
+    let m = &w.eval(&ez).failed_tg_allocs["g"];
+    assert_eq!(
+        m["DimensionExhausted"]["network: reserved port collision ssh=22"],
+        1
+    );
+}
+
+#[test]
+fn dynamic_ports_never_collide_on_a_node_and_run_out_as_port_exhaustion() {
+    let mut w = World::new();
+    w.add_node(port_node("only", 20000, 20009));
+    // 2 dynamic ports + one static in the range per alloc: 10 ports hold 3 allocs (9).
+    let net = json!({"ReservedPorts": [{"Label": "s", "Value": 20005}],
+        "DynamicPorts": [{"Label": "a"}, {"Label": "b", "To": -1}]});
+    w.submit(with_ports("d", 1, net.clone()));
+    w.run();
+    let one = ports_of(&w);
+    assert_eq!(one.len(), 3);
+    let e = w.submit(with_ports(
+        "e",
+        4,
+        json!({"DynamicPorts": [{"Label": "a"}, {"Label": "b"}]}),
+    ));
+    w.run();
+    let all = ports_of(&w);
+    let mut dedup = all.clone();
+    dedup.dedup();
+    assert_eq!(all, dedup, "no port given twice: {all:?}");
+    assert_eq!(all.len(), 9, "{all:?}");
+    assert!(all.iter().all(|(_, p)| (20000..=20009).contains(p)));
+    let m = &w.eval(&e).failed_tg_allocs["g"];
+    assert_eq!(
+        m["DimensionExhausted"]["network: dynamic port selection failed"], 1,
+        "{m}"
+    );
+    assert_eq!(m["CoalescedFailures"], 0);
+    assert_eq!(w.eval(&e).queued_allocations["g"], 1);
+    // `to = -1` maps to the host port.
+    let d = &w.live("d")[0];
+    let b = d.ports.group.iter().find(|p| p.label == "b").unwrap();
+    assert_eq!(b.to, i64::from(b.value));
+    // A job without networks still places (no addresses needed).
+    w.submit(simple("plain", "service", 1, 10, 10));
+    w.run();
+    assert_eq!(w.live("plain").len(), 1);
+}
+
+#[test]
+fn a_job_update_hands_its_static_port_to_the_replacement_and_replays_identically() {
+    let mut w = World::new();
+    w.add_node(port_node("only", 20000, 20100));
+    let net = json!({"ReservedPorts": [{"Label": "http", "Value": 8080}],
+        "DynamicPorts": [{"Label": "x"}]});
+    w.submit(with_ports("u", 1, net.clone()));
+    w.run();
+    let v0 = w.live("u")[0].clone();
+    // A new version: the old alloc stops in the same plan, so 8080 is free for its successor.
+    let mut next = with_ports("u", 1, net);
+    next["TaskGroups"][0]["Tasks"][0]["Resources"]["CPU"] = json!(20);
+    let e = w.submit(next);
+    w.run();
+    assert!(w.eval(&e).failed_tg_allocs.is_empty(), "{:?}", w.eval(&e));
+    let v1 = w.live("u")[0].clone();
+    assert_ne!(v0.id, v1.id);
+    assert_eq!(v1.previous_allocation, v0.id);
+    assert_eq!(v1.ports.group[0].value, 8080);
+    assert_eq!(ports_of(&w).len(), 2);
+    let wire: Vec<Command> = serde_json::from_slice(&serde_json::to_vec(&w.log).unwrap()).unwrap();
+    let mut again = ServerState::default();
+    for (i, c) in wire.iter().enumerate() {
+        let _ = apply(&mut again, c, 11 + i as u64);
+    }
+    assert_eq!(again.to_bytes().unwrap(), w.s.to_bytes().unwrap());
+}

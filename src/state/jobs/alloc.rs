@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::network::AllocPorts;
 use super::spec::Job;
 use super::NodeInfo;
 use crate::state::status::{AllocClientStatus, AllocDesiredStatus, TaskStatus};
@@ -48,6 +49,9 @@ pub struct AllocRecord {
     /// The eval that will reschedule this (failed) alloc later.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub followup_eval_id: String,
+    /// The ports the scheduler assigned it (its group's and its tasks' networks).
+    #[serde(default, skip_serializing_if = "AllocPorts::is_empty")]
+    pub ports: AllocPorts,
 }
 
 /// `structs.DesiredTransition`: requests to the scheduler about one alloc.
@@ -241,6 +245,7 @@ impl AllocRecord {
             desired_transition: DesiredTransition::default(),
             reschedule_events: Vec::new(),
             followup_eval_id: String::new(),
+            ports: AllocPorts::default(),
         }
     }
 

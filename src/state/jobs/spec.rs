@@ -338,6 +338,7 @@ impl TaskGroup {
             .ephemeral_disk
             .get_or_insert_with(EphemeralDisk::default);
         disk.size_mb.get_or_insert(300);
+        super::network::canonicalize(&mut self.networks);
         for t in &mut self.tasks {
             t.canonicalize();
         }
@@ -369,6 +370,7 @@ impl Task {
         let r = self.resources.get_or_insert_with(Resources::default);
         r.cpu.get_or_insert(100);
         r.memory_mb.get_or_insert(300);
+        super::network::canonicalize(&mut r.networks);
     }
 
     /// A string member of the driver config.

@@ -144,6 +144,7 @@ fn validate_group(tg: &TaskGroup) -> Vec<String> {
     if mode != "fail" && mode != "delay" {
         errs.push(format!("Unsupported restart mode: {mode:?}"));
     }
+    errs.extend(super::network::validate_group(tg));
     let disk_mb = tg
         .ephemeral_disk
         .as_ref()
