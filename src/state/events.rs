@@ -176,6 +176,28 @@ pub fn events_of(
             out.job(&key, kind::JOB_REGISTERED);
             out.job_changes(&key, kind::JOB_REGISTERED)
         }
+        // A scale is a new version of the job; stability changes the job (or a kept version).
+        Command::JobScale {
+            namespace, job_id, ..
+        }
+        | Command::JobSetStable {
+            namespace, job_id, ..
+        } => {
+            let key = (namespace.clone(), job_id.clone());
+            out.job_changes(&key, kind::JOB_REGISTERED)
+        }
+        // A forced evaluation: the eval, and allocs marked to reschedule.
+        Command::JobEvaluate {
+            namespace, job_id, ..
+        } => {
+            let key = (namespace.clone(), job_id.clone());
+            out.job_changes_as(
+                &key,
+                kind::JOB_REGISTERED,
+                kind::EVALUATION_UPDATED,
+                kind::ALLOCATION_UPDATE_DESIRED_STATUS,
+            )
+        }
         Command::JobStop {
             namespace, job_id, ..
         } => {

@@ -4,10 +4,10 @@
 //! the job spec changes).
 
 pub mod alloc;
-#[allow(dead_code)] // until the versions endpoint uses it (next commit)
 pub mod diff;
 pub mod error;
 pub mod eval;
+pub mod history;
 pub mod spec;
 pub mod timefmt;
 pub mod validate;
@@ -257,11 +257,45 @@ impl Workloads {
     /// which places (or replaces) the allocations moments later. Persisted, then published;
     /// on error nothing visible changed.
     pub fn register(&self, job: Job) -> Result<WriteResult, StoreError> {
+        self.register_with_source(job, None)
+    }
+
+    /// [`Workloads::register`] with the source the job was written in (kept with the version
+    /// it makes, for `/v1/job/:id/submission`).
+    pub fn register_with_source(
+        &self,
+        job: Job,
+        submission: Option<history::JobSubmission>,
+    ) -> Result<WriteResult, StoreError> {
         let cmd = Command::JobSubmit {
             job: Box::new(job),
             eval_id: new_id(),
             now: crate::time::unix_now_nanos(),
+            submission: submission.map(Box::new),
         };
+        self.job_write(cmd)
+    }
+
+    /// Propose a job write (submit, scale, evaluate, stable) and answer what it did; the
+    /// apply error when it changed nothing (the job or its version is gone, or moved on).
+    pub fn propose_job(
+        &self,
+        cmd: Command,
+    ) -> Result<Result<WriteResult, super::command::ApplyError>, StoreError> {
+        match self.log.propose(cmd) {
+            Ok((Applied::Job(w), index)) => Ok(Ok(WriteResult {
+                eval_id: w.eval_id,
+                eval_create_index: w.eval_create_index,
+                job_modify_index: w.job_modify_index,
+                index,
+            })),
+            Ok(_) => Err(self.store_err(LogError::Closed("job write applied to nothing"))),
+            Err(LogError::Apply(e)) => Ok(Err(e)),
+            Err(e) => Err(self.store_err(e)),
+        }
+    }
+
+    fn job_write(&self, cmd: Command) -> Result<WriteResult, StoreError> {
         match self.propose(cmd)? {
             Some((Applied::Job(w), index)) => Ok(WriteResult {
                 eval_id: w.eval_id,
@@ -474,11 +508,19 @@ impl Workloads {
         v
     }
 
-    pub fn allocs_of_job(&self, namespace: &str, job_id: &str) -> Vec<AllocRecord> {
+    /// A job's allocations, oldest first: those of the job registered now under this ID
+    /// (its `CreateIndex`), or with `all` (or once the job is purged) every one.
+    pub fn allocs_of_job(&self, namespace: &str, job_id: &str, all: bool) -> Vec<AllocRecord> {
         let key = (namespace.to_string(), job_id.to_string());
-        let mut v: Vec<AllocRecord> = self
-            .state()
+        let state = self.state();
+        let current = state.jobs.get(&key).filter(|_| !all).cloned();
+        let mut v: Vec<AllocRecord> = state
             .allocs_of(&key)
+            .filter(|a| {
+                current
+                    .as_ref()
+                    .is_none_or(|j| history::of_incarnation(j, a))
+            })
             .map(|a| (**a).clone())
             .collect();
         v.sort_by_key(|a| (a.create_index, a.create_time));
@@ -511,7 +553,7 @@ impl Workloads {
 /// the job JSON and the job events.
 pub fn job_status_of<'a>(job: &Job, allocs: impl Iterator<Item = &'a AllocRecord>) -> JobStatus {
     let (mut any, mut live, mut running) = (false, false, false);
-    for a in allocs {
+    for a in allocs.filter(|a| history::of_incarnation(job, a)) {
         any = true;
         if a.is_live() {
             live = true;

@@ -17,6 +17,7 @@ use serde_json::json;
 use super::command::{ServerState, Table};
 use super::jobs::alloc::AllocRecord;
 use super::jobs::eval::EvalRecord;
+use super::jobs::history::JobVersion;
 use super::jobs::spec::Job;
 use super::node_table::Node;
 use crate::acl::AclTables;
@@ -76,6 +77,9 @@ const ALLOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("allocs");
 /// The jobs allocations embed: `(namespace, id, version, job modify index)` → JSON.
 const ALLOC_JOBS: TableDefinition<(&str, &str, u64, u64), &[u8]> =
     TableDefinition::new("alloc_jobs");
+/// The kept versions of jobs: `(namespace, id, version)` → JSON (the job and its submission).
+const JOB_VERSIONS: TableDefinition<(&str, &str, u64), &[u8]> =
+    TableDefinition::new("job_versions");
 /// Nodes: ID → JSON.
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 /// The ACL tables (small): one row, `"acl"` → JSON.
@@ -176,6 +180,19 @@ pub fn write(
         }
         for k in removed {
             t.remove((k.0.as_str(), k.1.as_str()))?;
+        }
+    }
+    {
+        let mut t = txn.open_table(JOB_VERSIONS)?;
+        if prev.is_none() {
+            t.retain(|_, _| false)?;
+        }
+        let (changed, removed) = diff(prev.map(|p| &p.job_versions), &state.job_versions);
+        for (k, v) in changed {
+            t.insert((k.0.as_str(), k.1.as_str(), k.2), encode(&**v)?.as_slice())?;
+        }
+        for k in removed {
+            t.remove((k.0.as_str(), k.1.as_str(), k.2))?;
         }
     }
     write_simple(txn, EVALS, prev.map(|p| &p.evals), &state.evals, |e| {
@@ -283,6 +300,16 @@ pub fn load(txn: &ReadTransaction) -> Result<Option<ServerState>, SnapshotError>
             state
                 .jobs
                 .insert((ns.to_string(), id.to_string()), Arc::new(job));
+        }
+    }
+    if let Some(t) = opened(txn.open_table(JOB_VERSIONS))? {
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let (ns, id, version) = k.value();
+            let kept: JobVersion = decode("job_versions", v.value())?;
+            state
+                .job_versions
+                .insert((ns.to_string(), id.to_string(), version), Arc::new(kept));
         }
     }
     for_rows(txn, EVALS, |k, v| {
