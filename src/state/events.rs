@@ -343,9 +343,11 @@ impl Collector<'_> {
             .map(|a| (a.namespace.clone(), a.job_id.clone()))
     }
 
-    /// A job's status in `state` (from its allocs).
+    /// A job's status in `state`: the one apply keeps on the job (computed from its allocs
+    /// for a job stored before statuses were kept).
     fn status_in(state: &ServerState, job: &Job, key: &JobKey) -> JobStatus {
-        job_status_of(job, state.allocs_of(key).map(|a| &**a))
+        JobStatus::parse(&job.status)
+            .unwrap_or_else(|| job_status_of(job, state.allocs_of(key).map(|a| &**a)))
     }
 
     /// The job as it is after the command (nothing once purged: Nomad publishes no event for a

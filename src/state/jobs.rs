@@ -537,15 +537,32 @@ impl Workloads {
         v
     }
 
-    /// A job's `Status`: running while an alloc runs, pending while one waits, else dead.
+    /// A job's `Status`: as apply keeps it on the job (see [`job_status_in`]); computed for
+    /// a job stored before statuses were kept.
     pub fn job_status(&self, job: &Job) -> JobStatus {
-        let state = self.state();
-        job_status_of(
-            job,
-            state
-                .allocs_of(&(job.namespace.clone(), job.id.clone()))
-                .map(|a| &**a),
-        )
+        JobStatus::parse(&job.status).unwrap_or_else(|| job_status_in(&self.state(), job))
+    }
+}
+
+/// A job's status in `state`: [`job_status_of`] its allocs, except that a job with no live
+/// alloc is `pending` while an eval for it waits (pending or blocked), as Nomad says; the
+/// rule apply keeps on the job after every command that touches it.
+pub fn job_status_in(state: &ServerState, job: &Job) -> JobStatus {
+    use super::status::EvalStatus;
+    let key = (job.namespace.clone(), job.id.clone());
+    let status = job_status_of(job, state.allocs_of(&key).map(|a| &**a));
+    if status != JobStatus::Dead || job.stop {
+        return status;
+    }
+    let waiting = state.evals.values().any(|e| {
+        e.namespace == key.0
+            && e.job_id == key.1
+            && matches!(e.status, EvalStatus::Pending | EvalStatus::Blocked)
+    });
+    if waiting {
+        JobStatus::Pending
+    } else {
+        status
     }
 }
 

@@ -74,7 +74,7 @@ pub fn versions_newest_first(state: &ServerState, key: &JobKey) -> Vec<Arc<Job>>
         .map(|v| v.job.clone())
         .collect();
     out.push(current.clone());
-    out.sort_by(|a, b| b.version.cmp(&a.version));
+    out.sort_by_key(|j| std::cmp::Reverse(j.version));
     out
 }
 
@@ -193,9 +193,22 @@ fn touched_jobs(state: &ServerState, cmd: &Command) -> BTreeSet<JobKey> {
             alloc_ids.iter().filter_map(|id| of_alloc(id)).collect()
         }
         Command::NodeRegister { node, .. } => on_node(&node.id),
-        Command::NodeUpdateStatus { node_id, .. } | Command::NodeDeregister { node_id, .. } => {
-            on_node(node_id)
+        Command::NodeUpdateStatus { node_id, .. } => on_node(node_id),
+        Command::NodeDeregister { node_id, evals, .. } => {
+            let mut keys = on_node(node_id);
+            keys.extend(
+                evals
+                    .iter()
+                    .map(|e| (e.namespace.clone(), e.job_id.clone())),
+            );
+            keys
         }
+        Command::NodeUpdateDrain { evals, .. }
+        | Command::NodeSetEligibility { evals, .. }
+        | Command::NodeEvaluate { evals, .. } => evals
+            .iter()
+            .map(|e| (e.namespace.clone(), e.job_id.clone()))
+            .collect(),
         _ => BTreeSet::new(),
     }
 }
@@ -220,7 +233,7 @@ pub(crate) fn after_apply(state: &mut ServerState, cmd: &Command, index: u64) {
             let made_now = job.job_modify_index == index;
             record_version(state, &job, submission.filter(|_| made_now));
         }
-        let status = super::job_status_of(&job, state.allocs_of(&key).map(|a| &**a));
+        let status = super::job_status_in(state, &job);
         if job.status == status.as_str() {
             continue;
         }
@@ -375,4 +388,75 @@ fn reschedule_enabled(tg: &super::spec::TaskGroup) -> bool {
         .and_then(serde_json::Value::as_bool)
         .unwrap_or(false);
     attempts > 0 || unlimited
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::command::apply;
+
+    fn job(id: &str, meta: &str) -> Job {
+        let mut j = Job::from_json(serde_json::json!({"ID": id, "Type": "batch",
+            "Meta": {"m": meta}, "TaskGroups": [{"Name": "g", "Count": 1,
+            "Tasks": [{"Name": "t", "Driver": "raw_exec", "Config": {"command": "/bin/true"}}]}]}))
+        .unwrap();
+        j.canonicalize("global");
+        j
+    }
+
+    fn submit(s: &mut ServerState, j: Job, eval: &str, index: u64, source: Option<&str>) {
+        let cmd = Command::JobSubmit {
+            job: Box::new(j),
+            eval_id: eval.into(),
+            now: index as i64,
+            submission: source.map(|src| {
+                Box::new(JobSubmission {
+                    source: src.into(),
+                    format: "hcl2".into(),
+                    ..JobSubmission::default()
+                })
+            }),
+        };
+        apply(s, &cmd, index).unwrap();
+    }
+
+    #[test]
+    fn a_submitted_job_is_pending_while_its_eval_waits_and_keeps_its_versions_and_source() {
+        let mut s = ServerState::default();
+        let key: JobKey = ("default".into(), "j".into());
+        submit(&mut s, job("j", "0"), "e0", 10, Some("src0"));
+        assert_eq!(s.jobs[&key].status, "pending");
+        for i in 1..8u64 {
+            submit(
+                &mut s,
+                job("j", &i.to_string()),
+                &format!("e{i}"),
+                10 + i,
+                None,
+            );
+        }
+        let kept: Vec<u64> = versions(&s, &key).map(|v| v.job.version).collect();
+        assert_eq!(kept, [2, 3, 4, 5, 6, 7]);
+        assert_eq!(versions_newest_first(&s, &key)[0].version, 7);
+        // Stable versions outlive older unstable ones.
+        apply(
+            &mut s,
+            &Command::JobSetStable {
+                namespace: "default".into(),
+                job_id: "j".into(),
+                version: 2,
+                stable: true,
+            },
+            30,
+        )
+        .unwrap();
+        submit(&mut s, job("j", "8"), "e8", 31, None);
+        let kept: Vec<u64> = versions(&s, &key).map(|v| v.job.version).collect();
+        assert_eq!(kept, [2, 4, 5, 6, 7, 8]);
+        assert!(version_of(&s, &key, 2).unwrap().stable);
+        // The same state through its serialized form.
+        let back = ServerState::from_bytes(&s.to_bytes().unwrap()).unwrap();
+        assert_eq!(back.to_bytes().unwrap(), s.to_bytes().unwrap());
+        assert_eq!(back.job_versions.len(), 6);
+    }
 }
