@@ -502,3 +502,107 @@ fn scale_sets_a_groups_count_within_its_policy_and_the_policies_are_listed() {
     assert_eq!(r.status, 405);
     agent.request("DELETE", "/v1/job/sc", &[], b"");
 }
+
+/// The CLI against the agent (`NOMAD_ADDR`), its stdout when it exits 0.
+fn cli(agent: &TestAgent, args: &[&str]) -> String {
+    let o = std::process::Command::new(bin())
+        .args(args)
+        .env("NOMAD_ADDR", format!("http://{}", agent.addr()))
+        .env_remove("NOMAD_TOKEN")
+        .env_remove("NOMAD_NAMESPACE")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the CLI");
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{args:?}\nstdout: {out}\nstderr: {err}"
+    );
+    out
+}
+
+#[test]
+fn the_cli_shows_history_with_diffs_reverts_and_scales() {
+    let agent = TestAgent::start(&[]);
+    register(&agent, &scalable("cl"));
+    let mut v1 = scalable("cl");
+    v1["Job"]["Meta"] = json!({"rev": "1"});
+    register(&agent, &v1);
+    let h = cli(&agent, &["job", "history", "-p", "cl"]);
+    assert!(h.starts_with("Version     = 1\n"), "{h}");
+    assert!(h.contains("Version     = 0\n"), "{h}");
+    assert!(h.contains("+ Meta[rev]: \"1\""), "{h}");
+    let one = cli(&agent, &["job", "history", "-version", "0", "cl"]);
+    assert!(
+        one.starts_with("Version     = 0\n") && !one.contains("Version     = 1"),
+        "{one}"
+    );
+
+    let eval = cli(&agent, &["job", "revert", "-detach", "cl", "0"]);
+    wait_eval_done(&agent, eval.trim());
+    let job = agent.get_json("/v1/job/cl");
+    assert_eq!(
+        (job["Version"].as_u64(), job["Meta"].is_null()),
+        (Some(2), true),
+        "{job}"
+    );
+
+    let eval = cli(&agent, &["job", "scale", "-detach", "cl", "3"]);
+    assert_eq!(
+        wait_eval_done(&agent, eval.trim())["TriggeredBy"],
+        "job-scaling"
+    );
+    assert_eq!(agent.get_json("/v1/job/cl")["TaskGroups"][0]["Count"], 3);
+    let eval = cli(&agent, &["job", "scale", "-detach", "cl", "g", "1"]);
+    wait_eval_done(&agent, eval.trim());
+    assert_eq!(agent.get_json("/v1/job/cl")["TaskGroups"][0]["Count"], 1);
+    agent.request("DELETE", "/v1/job/cl", &[], b"");
+}
+
+#[test]
+fn hostile_bodies_and_paths_get_a_clear_4xx_and_change_nothing() {
+    let agent = TestAgent::start(&[]);
+    register(&agent, &batch("h", "exit 0", "a"));
+    let before = agent.get_json("/v1/job/h");
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    for path in [
+        "/v1/job/h/revert",
+        "/v1/job/h/stable",
+        "/v1/job/h/scale",
+        "/v1/job/h/evaluate",
+    ] {
+        let wrong_types =
+            r#"{"JobID": 5, "JobVersion": "x", "Count": "x", "Target": {"Group": "g"}}"#;
+        for body in [deep.as_str(), "{", "[1]", wrong_types] {
+            let r = agent.request("PUT", path, &[], body.as_bytes());
+            assert!(
+                (400..500).contains(&r.status),
+                "{path} {}: {} {}",
+                &body[..body.len().min(40)],
+                r.status,
+                r.text()
+            );
+        }
+        let r = agent.request("PUT", path, &[], b"");
+        if path.ends_with("/evaluate") {
+            assert_eq!(r.status, 200, "evaluate takes an empty body: {}", r.text());
+        } else {
+            assert_eq!(
+                (r.status, r.text().as_str()),
+                (400, "Request body is empty")
+            );
+        }
+    }
+    let after = agent.get_json("/v1/job/h");
+    assert_eq!(after["Version"], before["Version"]);
+    assert_eq!(after["JobModifyIndex"], before["JobModifyIndex"]);
+    let r = agent.get("/v1/job/h/versions?diffs=true&diff_version=zz");
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = agent.get("/v1/job/h/submission");
+    assert_eq!(r.status, 400);
+    assert_eq!(agent.get("/v1/scaling/nope").status, 404);
+}
