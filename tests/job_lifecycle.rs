@@ -606,3 +606,20 @@ fn hostile_bodies_and_paths_get_a_clear_4xx_and_change_nothing() {
     assert_eq!(r.status, 400);
     assert_eq!(agent.get("/v1/scaling/nope").status, 404);
 }
+
+#[test]
+fn python_nomads_lifecycle_calls_work() {
+    let agent = TestAgent::start(&[]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/lifecycle_compat.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(agent.port.to_string())
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "python-nomad lifecycle checks failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
