@@ -469,6 +469,35 @@ fn scale_sets_a_groups_count_within_its_policy_and_the_policies_are_listed() {
     assert_eq!(st["JobID"], "sc");
     assert_eq!(st["TaskGroups"]["g"]["Desired"], 2);
     assert_eq!(st["JobStopped"], false);
+    let ev = &st["TaskGroups"]["g"]["Events"][0];
+    assert_eq!(
+        (ev["Message"].as_str(), ev["Count"].as_i64()),
+        (Some("more"), Some(2)),
+        "{st}"
+    );
+    assert_eq!(
+        (ev["PreviousCount"].as_i64(), ev["EvalID"].as_str()),
+        (Some(1), Some(eval.as_str()))
+    );
+    // A report without a count (an autoscaler's error) is recorded and changes nothing else.
+    let r = scale(json!({"Target": target("g"), "Error": true, "Message": "boom"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["EvalID"], "");
+    assert_eq!(agent.get_json("/v1/job/sc")["Version"], 1);
+    let events = agent.get_json("/v1/job/sc/scale")["TaskGroups"]["g"]["Events"].clone();
+    assert_eq!(events.as_array().map(Vec::len), Some(2), "{events}");
+    assert_eq!(
+        (events[0]["Error"].as_bool(), events[0]["Count"].is_null()),
+        (Some(true), true)
+    );
+    let r = scale(json!({"Count": 2, "Error": true, "Target": target("g")}));
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (
+            400,
+            "scaling action should not contain count if error is true"
+        )
+    );
     // The scale is a version like any other: its diff names the count.
     let d = &agent.get_json("/v1/job/sc/versions?diffs=true")["Diffs"][0];
     assert_eq!(d["TaskGroups"][0]["Fields"][0]["Name"], "Count");
@@ -610,7 +639,10 @@ fn hostile_bodies_and_paths_get_a_clear_4xx_and_change_nothing() {
 #[test]
 fn python_nomads_lifecycle_calls_work() {
     let agent = TestAgent::start(&[]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/lifecycle_compat.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/lifecycle_compat.py"
+    );
     let out = std::process::Command::new("python3")
         .arg(script)
         .arg(agent.port.to_string())

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use crate::http::Method;
+use crate::state::command::ServerState;
 use crate::state::command::{ApplyError, Command};
+use crate::state::jobs::history::{scaling_events_of, ScalingEvent};
 use crate::state::jobs::spec::{Job, TaskGroup};
 use crate::state::status::{AllocClientStatus, JobType};
 
@@ -126,17 +128,7 @@ fn scale(ctx: &Ctx, id: &str) -> ApiResult {
             "task group {group:?} specified for scaling does not exist in job"
         )));
     };
-    let Some(count) = count else {
-        // A scaling event without a count (an autoscaler's error report): nothing changes.
-        let index = ctx.agent.index.current();
-        return register_response(&crate::state::jobs::WriteResult {
-            eval_id: String::new(),
-            eval_create_index: 0,
-            job_modify_index: job.modify_index,
-            index,
-        });
-    };
-    if !tg.scaling.is_null() {
+    if let Some(count) = count.filter(|_| !tg.scaling.is_null()) {
         let min = policy_min(tg);
         if count < min {
             return Err(ApiError::bad_request(format!(
@@ -158,6 +150,19 @@ fn scale(ctx: &Ctx, id: &str) -> ApiResult {
             job.job_modify_index
         )));
     }
+    // A count-less request is an autoscaler's report (often an error): only its event is
+    // recorded.
+    let event = ScalingEvent {
+        message: get_ci(&obj, "Message")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        error: is_error,
+        meta: get_ci(&obj, "Meta")
+            .and_then(Value::as_object)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        ..ScalingEvent::default()
+    };
     let cmd = Command::JobScale {
         namespace: ns,
         job_id: id.to_string(),
@@ -165,6 +170,7 @@ fn scale(ctx: &Ctx, id: &str) -> ApiResult {
         count,
         job_modify_index: job.job_modify_index,
         eval_id: uuid::Uuid::new_v4().to_string(),
+        event: Box::new(event),
         now: crate::time::unix_now_nanos(),
     };
     match ctx.agent.workloads.propose_job(cmd).map_err(store_err)? {
@@ -212,7 +218,7 @@ fn scale_status(ctx: &Ctx, id: &str) -> ApiResult {
         groups.insert(
             tg.name.clone(),
             json!({"Desired": tg.count(), "Placed": placed, "Running": running,
-                "Healthy": 0, "Unhealthy": 0, "Events": null}),
+                "Healthy": 0, "Unhealthy": 0, "Events": events_json(&state, &key, &tg.name)}),
         );
     }
     json_meta(
@@ -303,5 +309,15 @@ fn read_policy(ctx: &Ctx, id: &str) -> ApiResult {
     match found {
         Some((job, _, v)) => json_meta(&v, IndexMeta::Query(job.modify_index)),
         None => Err(ApiError::not_found("scaling policy not found")),
+    }
+}
+
+/// A group's scaling events as Nomad shows them (`null` when there are none).
+fn events_json(state: &ServerState, key: &(String, String), group: &str) -> Value {
+    let events = scaling_events_of(state, key, group);
+    if events.is_empty() {
+        Value::Null
+    } else {
+        serde_json::to_value(events).unwrap_or(Value::Null)
     }
 }

@@ -215,15 +215,17 @@ pub enum Command {
         version: u64,
         stable: bool,
     },
-    /// `PUT /v1/job/:id/scale`: set a group's count (a new version) and queue a
-    /// `job-scaling` eval, if the job is still at `job_modify_index`.
+    /// `PUT /v1/job/:id/scale`: with a count, set the group's count (a new version) and
+    /// queue a `job-scaling` eval, if the job is still at `job_modify_index`; either way
+    /// record the scaling event (message, error, meta) on the group.
     JobScale {
         namespace: String,
         job_id: String,
         group: String,
-        count: i64,
+        count: Option<i64>,
         job_modify_index: u64,
         eval_id: String,
+        event: Box<super::jobs::history::ScalingEvent>,
         now: i64,
     },
     /// `PUT /v1/job/:id/evaluate`: queue an eval; `force_reschedule` marks the job's failed
@@ -346,6 +348,8 @@ pub struct ServerState {
     pub node_usage: imbl::OrdMap<String, super::plan::Usage>,
     /// The kept versions of each job (`state::jobs::history`), by `(namespace, id, version)`.
     pub job_versions: Table<super::jobs::history::VersionKey, super::jobs::history::JobVersion>,
+    /// The last scaling events of each job's groups (`state::jobs::history`).
+    pub scaling_events: Table<JobKey, super::jobs::history::ScalingEvents>,
 }
 
 /// The serialized form of [`ServerState`] (snapshots, the determinism check).
@@ -361,6 +365,8 @@ struct StateImage {
     nodes: Vec<Node>,
     #[serde(default)]
     job_versions: Vec<super::jobs::history::JobVersion>,
+    #[serde(default)]
+    scaling_events: Vec<super::jobs::history::ScalingEvents>,
 }
 
 /// The serialized form, borrowing (what a snapshot writes).
@@ -374,6 +380,8 @@ struct StateImageRef<'a> {
     nodes: Vec<&'a Node>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     job_versions: Vec<&'a super::jobs::history::JobVersion>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    scaling_events: Vec<&'a super::jobs::history::ScalingEvents>,
 }
 
 impl ServerState {
@@ -387,6 +395,7 @@ impl ServerState {
             acl: &self.acl,
             nodes: self.nodes.values().map(|n| &**n).collect(),
             job_versions: self.job_versions.values().map(|v| &**v).collect(),
+            scaling_events: self.scaling_events.values().map(|v| &**v).collect(),
         })
     }
 
@@ -409,6 +418,11 @@ impl ServerState {
                 let key = (v.job.namespace.clone(), v.job.id.clone(), v.job.version);
                 (key, Arc::new(v))
             })
+            .collect();
+        state.scaling_events = img
+            .scaling_events
+            .into_iter()
+            .map(|e| ((e.namespace.clone(), e.job_id.clone()), Arc::new(e)))
             .collect();
         Ok(state)
     }
@@ -441,6 +455,7 @@ impl ServerState {
             blocked_evals: imbl::OrdSet::default(),
             node_usage: imbl::OrdMap::default(),
             job_versions: Table::default(),
+            scaling_events: Table::default(),
         }
         .reindexed()
     }
@@ -603,6 +618,7 @@ pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appli
             count,
             job_modify_index,
             eval_id,
+            event,
             now,
         } => {
             let key: JobKey = (namespace.clone(), job_id.clone());
@@ -610,8 +626,8 @@ pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appli
                 state,
                 &key,
                 (group, *count),
-                *job_modify_index,
-                eval_id,
+                (*job_modify_index, eval_id),
+                event,
                 *now,
                 index,
             )?)

@@ -544,11 +544,23 @@ impl Workloads {
     }
 }
 
-/// A job's status in `state`: [`job_status_of`] its allocs, except that a job with no live
-/// alloc is `pending` while an eval for it waits (pending or blocked), as Nomad says; the
-/// rule apply keeps on the job after every command that touches it.
+/// A job's status in `state`, the rule apply keeps on the job after every command that
+/// touches it: system, periodic and parameterized jobs are `running` until stopped; others
+/// go by [`job_status_of`] their allocs, except that a job with no live alloc is `pending`
+/// while an eval for it waits (pending or blocked), as Nomad says.
 pub fn job_status_in(state: &ServerState, job: &Job) -> JobStatus {
-    use super::status::EvalStatus;
+    use super::status::{EvalStatus, JobType};
+    // Nomad: system, periodic and parameterized jobs run until they are stopped.
+    if job.job_type() == JobType::System
+        || !job.periodic.is_null()
+        || !job.parameterized_job.is_null()
+    {
+        return if job.stop {
+            JobStatus::Dead
+        } else {
+            JobStatus::Running
+        };
+    }
     let key = (job.namespace.clone(), job.id.clone());
     let status = job_status_of(job, state.allocs_of(&key).map(|a| &**a));
     if status != JobStatus::Dead || job.stop {

@@ -17,7 +17,7 @@ use serde_json::json;
 use super::command::{ServerState, Table};
 use super::jobs::alloc::AllocRecord;
 use super::jobs::eval::EvalRecord;
-use super::jobs::history::JobVersion;
+use super::jobs::history::{JobVersion, ScalingEvents};
 use super::jobs::spec::Job;
 use super::node_table::Node;
 use crate::acl::AclTables;
@@ -80,6 +80,8 @@ const ALLOC_JOBS: TableDefinition<(&str, &str, u64, u64), &[u8]> =
 /// The kept versions of jobs: `(namespace, id, version)` → JSON (the job and its submission).
 const JOB_VERSIONS: TableDefinition<(&str, &str, u64), &[u8]> =
     TableDefinition::new("job_versions");
+/// The scaling events of jobs: `(namespace, id)` → JSON.
+const SCALING_EVENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("scaling_events");
 /// Nodes: ID → JSON.
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 /// The ACL tables (small): one row, `"acl"` → JSON.
@@ -193,6 +195,19 @@ pub fn write(
         }
         for k in removed {
             t.remove((k.0.as_str(), k.1.as_str(), k.2))?;
+        }
+    }
+    {
+        let mut t = txn.open_table(SCALING_EVENTS)?;
+        if prev.is_none() {
+            t.retain(|_, _| false)?;
+        }
+        let (changed, removed) = diff(prev.map(|p| &p.scaling_events), &state.scaling_events);
+        for (k, v) in changed {
+            t.insert((k.0.as_str(), k.1.as_str()), encode(&**v)?.as_slice())?;
+        }
+        for k in removed {
+            t.remove((k.0.as_str(), k.1.as_str()))?;
         }
     }
     write_simple(txn, EVALS, prev.map(|p| &p.evals), &state.evals, |e| {
@@ -310,6 +325,16 @@ pub fn load(txn: &ReadTransaction) -> Result<Option<ServerState>, SnapshotError>
             state
                 .job_versions
                 .insert((ns.to_string(), id.to_string(), version), Arc::new(kept));
+        }
+    }
+    if let Some(t) = opened(txn.open_table(SCALING_EVENTS))? {
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let (ns, id) = k.value();
+            let events: ScalingEvents = decode("scaling_events", v.value())?;
+            state
+                .scaling_events
+                .insert((ns.to_string(), id.to_string()), Arc::new(events));
         }
     }
     for_rows(txn, EVALS, |k, v| {

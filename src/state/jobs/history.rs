@@ -227,6 +227,7 @@ pub(crate) fn after_apply(state: &mut ServerState, cmd: &Command, index: u64) {
     for key in touched_jobs(state, cmd) {
         let Some(job) = state.jobs.get(&key).cloned() else {
             remove_versions(state, &key);
+            state.scaling_events.remove(&key);
             continue;
         };
         if !state.job_versions.contains_key(&version_key(&job)) {
@@ -284,14 +285,15 @@ pub(crate) fn set_stable(
     Ok(())
 }
 
-/// `PUT /v1/job/:id/scale` with a count: the group's count set (a new version, submitted
-/// now) and a `pending` `job-scaling` eval, when the job is still at `job_modify_index`.
+/// `PUT /v1/job/:id/scale`: with a count, the group's count set (a new version, submitted
+/// now) and a `pending` `job-scaling` eval, when the job is still at `job_modify_index`;
+/// either way the event is recorded on the group (the last [`MAX_SCALING_EVENTS`]).
 pub(crate) fn scale(
     state: &mut ServerState,
     key: &JobKey,
-    (group, count): (&str, i64),
-    job_modify_index: u64,
-    eval_id: &str,
+    (group, count): (&str, Option<i64>),
+    (job_modify_index, eval_id): (u64, &str),
+    event: &ScalingEvent,
     now: i64,
     index: u64,
 ) -> Result<JobWrite, ApplyError> {
@@ -303,7 +305,20 @@ pub(crate) fn scale(
     let Some(tg) = job.task_groups.iter_mut().find(|g| g.name == group) else {
         return Err(ApplyError::UnknownJob);
     };
+    let mut event = event.clone();
+    event.previous_count = tg.count();
+    event.time = now;
+    event.create_index = index;
+    let Some(count) = count else {
+        record_scaling_event(state, key, group, event);
+        return Ok(JobWrite {
+            eval_id: String::new(),
+            eval_create_index: 0,
+            job_modify_index: current.modify_index,
+        });
+    };
     tg.count = Some(count);
+    event.count = Some(count);
     let (key, job, _) = crate::state::command::store_job_version(state, &job, now, index);
     crate::state::command::cancel_blocked_evals(state, &key, eval_id, now, index);
     let mut write = JobWrite {
@@ -312,17 +327,67 @@ pub(crate) fn scale(
         job_modify_index: job.job_modify_index,
     };
     if job.periodic.is_null() && job.parameterized_job.is_null() {
-        state.put_eval(EvalRecord::pending_at(
-            &job,
-            TRIGGER_SCALING,
-            index,
-            eval_id,
-            now,
-        ));
+        let eval = EvalRecord::pending_at(&job, TRIGGER_SCALING, index, eval_id, now);
+        state.put_eval(eval);
         write.eval_id = eval_id.to_string();
         write.eval_create_index = index;
+        event.eval_id = Some(eval_id.to_string());
     }
+    record_scaling_event(state, &key, group, event);
     Ok(write)
+}
+
+/// How many scaling events are kept per group (Nomad's `JobTrackedScalingEvents`).
+pub const MAX_SCALING_EVENTS: usize = 20;
+
+/// One scaling action or report on a group (`ScalingEvent`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ScalingEvent {
+    pub time: i64,
+    pub count: Option<i64>,
+    pub previous_count: i64,
+    pub message: String,
+    pub error: bool,
+    pub meta: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    #[serde(rename = "EvalID")]
+    pub eval_id: Option<String>,
+    pub create_index: u64,
+}
+
+/// The scaling events of one job, newest first per group (`JobScalingEvents`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ScalingEvents {
+    pub namespace: String,
+    #[serde(rename = "JobID")]
+    pub job_id: String,
+    pub scaling_events: std::collections::BTreeMap<String, Vec<ScalingEvent>>,
+}
+
+fn record_scaling_event(state: &mut ServerState, key: &JobKey, group: &str, event: ScalingEvent) {
+    let mut all = state
+        .scaling_events
+        .get(key)
+        .map(|e| (**e).clone())
+        .unwrap_or_else(|| ScalingEvents {
+            namespace: key.0.clone(),
+            job_id: key.1.clone(),
+            ..ScalingEvents::default()
+        });
+    let list = all.scaling_events.entry(group.to_string()).or_default();
+    list.insert(0, event);
+    list.truncate(MAX_SCALING_EVENTS);
+    state.scaling_events.insert(key.clone(), Arc::new(all));
+}
+
+/// A group's scaling events, newest first.
+pub fn scaling_events_of(state: &ServerState, key: &JobKey, group: &str) -> Vec<ScalingEvent> {
+    state
+        .scaling_events
+        .get(key)
+        .and_then(|e| e.scaling_events.get(group).cloned())
+        .unwrap_or_default()
 }
 
 /// `PUT /v1/job/:id/evaluate`: a `pending` `job-register` eval; with `force_reschedule`,
