@@ -865,16 +865,16 @@ fn deregistering_an_unknown_or_purged_job_succeeds_and_unknown_job_paths_are_404
 
     // Sub-paths nomadlet does not serve are unknown routes, not job IDs.
     let body = json!({"Job": batch_job("x")}).to_string();
-    for (m, p) in [
-        ("POST", "/v1/job/x/plan"),
-        ("PUT", "/v1/job/x/dispatch"),
-        ("GET", "/v1/job/x/versions"),
-        ("DELETE", "/v1/job/x/scale"),
-    ] {
+    for (m, p) in [("POST", "/v1/job/x/plan"), ("PUT", "/v1/job/x/dispatch")] {
         let r = agent.request(m, p, &[], body.as_bytes());
         assert_eq!((r.status, r.text()), (404, String::new()), "{m} {p}");
         assert!(r.header("Content-Type").is_none(), "{m} {p}");
     }
+    // Served sub-paths answer as Nomad does for an unknown job or a wrong method.
+    let r = agent.get("/v1/job/x/versions");
+    assert_eq!((r.status, r.text()), (404, "job versions not found".into()));
+    let r = agent.request("DELETE", "/v1/job/x/scale", &[], b"");
+    assert_eq!((r.status, r.text()), (405, "Invalid method".into()));
 }
 
 #[test]

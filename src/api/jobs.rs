@@ -34,6 +34,12 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
     let Some(rest) = path.strip_prefix("job/") else {
         return Err(ApiError::no_route());
     };
+    if let Some(result) = super::job_versions::route(ctx, rest) {
+        return result;
+    }
+    if let Some(result) = super::scaling::route_job(ctx, rest) {
+        return result;
+    }
     if let Some(id) = rest.strip_suffix("/allocations") {
         ctx.require_method(&[Method::Get])?;
         return job_allocations(ctx, id);
@@ -183,8 +189,13 @@ fn register(ctx: &Ctx, path_id: Option<&str>) -> ApiResult {
             return Err(ApiError::internal(p));
         }
     }
+    let submission = super::job_versions::submission_from(obj);
     // The scheduler places the job moments after this write: the eval is pending now.
-    let res = ctx.agent.workloads.register(job).map_err(store_err)?;
+    let res = ctx
+        .agent
+        .workloads
+        .register_with_source(job, submission)
+        .map_err(store_err)?;
     json_meta(
         &json!({
             "EvalID": res.eval_id,
@@ -293,7 +304,10 @@ fn job_summary(agent: &Arc<Agent>, job: &Job) -> Value {
         .iter()
         .map(|tg| (tg.name.as_str(), [0; 7]))
         .collect();
-    for a in state.allocs_of(&key) {
+    let incarnation = |a: &&Arc<crate::state::jobs::alloc::AllocRecord>| {
+        crate::state::jobs::history::of_incarnation(job, a)
+    };
+    for a in state.allocs_of(&key).filter(incarnation) {
         let Some(c) = counts.get_mut(a.task_group.as_str()) else {
             continue;
         };
@@ -398,12 +412,17 @@ fn job_allocations(ctx: &Ctx, id: &str) -> ApiResult {
             return Err(ApiError::bad_request(params::go_bool_error(v)));
         }
     }
+    let all = ctx
+        .req
+        .query("all")
+        .and_then(params::parse_go_bool)
+        .unwrap_or(false);
     let ns = namespace(ctx);
     ctx.identity.allow_namespace(&ns, "read-job")?;
     let out: Vec<Value> = ctx
         .agent
         .workloads
-        .allocs_of_job(&ns, id)
+        .allocs_of_job(&ns, id, all)
         .iter()
         .map(|a| alloc_stub(a, true, false))
         .collect();

@@ -158,6 +158,7 @@ fn route(ctx: &Ctx) -> ApiResult {
         "allocations" | "allocation" => allocs::route(ctx, rest),
         "acl" => acl::route(ctx, rest),
         "event" => events::route(ctx, rest),
+        "scaling" => super::scaling::route(ctx, rest),
         _ => Err(ApiError::no_route()),
     }
 }

@@ -428,7 +428,7 @@ fn job_status(j: &Value) -> String {
 }
 
 /// The job an ID or prefix names.
-fn resolve_job(ctx: &Ctx, id: &str) -> Result<Value, CliError> {
+pub(super) fn resolve_job(ctx: &Ctx, id: &str) -> Result<Value, CliError> {
     match lookup(ctx, "/v1/jobs", id, false, "job")? {
         Found::One(j) => Ok(j),
         Found::None => Err(CliError::Other(format!(

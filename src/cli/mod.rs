@@ -9,6 +9,7 @@ mod exec_ws;
 mod format;
 mod http;
 mod job;
+mod job_history;
 mod node;
 mod operator;
 
@@ -117,6 +118,9 @@ pub const COMMANDS: &[Command] = &[
     job::RUN,
     job::STATUS,
     job::STOP,
+    job_history::HISTORY,
+    job_history::REVERT,
+    job_history::SCALE,
     alloc::STATUS,
     alloc::LOGS,
     alloc::EXEC,

@@ -137,6 +137,9 @@ pub enum Command {
         job: Box<Job>,
         eval_id: String,
         now: i64,
+        /// The source the job was written in, kept with the version it makes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        submission: Option<Box<super::jobs::history::JobSubmission>>,
     },
     /// Stop a job (`purge`: remove it): its allocs stop now; a `pending` eval is queued.
     JobStop {
@@ -203,6 +206,35 @@ pub enum Command {
         evals: Vec<super::node_ops::JobEval>,
         #[serde(default)]
         stop: bool,
+        now: i64,
+    },
+    /// `POST /v1/job/:id/stable`: mark one kept version of a job stable (or not).
+    JobSetStable {
+        namespace: String,
+        job_id: String,
+        version: u64,
+        stable: bool,
+    },
+    /// `PUT /v1/job/:id/scale`: with a count, set the group's count (a new version) and
+    /// queue a `job-scaling` eval, if the job is still at `job_modify_index`; either way
+    /// record the scaling event (message, error, meta) on the group.
+    JobScale {
+        namespace: String,
+        job_id: String,
+        group: String,
+        count: Option<i64>,
+        job_modify_index: u64,
+        eval_id: String,
+        event: Box<super::jobs::history::ScalingEvent>,
+        now: i64,
+    },
+    /// `PUT /v1/job/:id/evaluate`: queue an eval; `force_reschedule` marks the job's failed
+    /// allocs to be rescheduled now.
+    JobEvaluate {
+        namespace: String,
+        job_id: String,
+        force_reschedule: bool,
+        eval_id: String,
         now: i64,
     },
 }
@@ -314,6 +346,10 @@ pub struct ServerState {
     /// command touched ([`super::plan::refresh_usage`]). The scheduler's hint; the plan check
     /// at apply computes from the allocs themselves.
     pub node_usage: imbl::OrdMap<String, super::plan::Usage>,
+    /// The kept versions of each job (`state::jobs::history`), by `(namespace, id, version)`.
+    pub job_versions: Table<super::jobs::history::VersionKey, super::jobs::history::JobVersion>,
+    /// The last scaling events of each job's groups (`state::jobs::history`).
+    pub scaling_events: Table<JobKey, super::jobs::history::ScalingEvents>,
 }
 
 /// The serialized form of [`ServerState`] (snapshots, the determinism check).
@@ -327,6 +363,10 @@ struct StateImage {
     acl: AclTables,
     #[serde(default)]
     nodes: Vec<Node>,
+    #[serde(default)]
+    job_versions: Vec<super::jobs::history::JobVersion>,
+    #[serde(default)]
+    scaling_events: Vec<super::jobs::history::ScalingEvents>,
 }
 
 /// The serialized form, borrowing (what a snapshot writes).
@@ -338,6 +378,10 @@ struct StateImageRef<'a> {
     allocs: Vec<&'a AllocRecord>,
     acl: &'a AclTables,
     nodes: Vec<&'a Node>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    job_versions: Vec<&'a super::jobs::history::JobVersion>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    scaling_events: Vec<&'a super::jobs::history::ScalingEvents>,
 }
 
 impl ServerState {
@@ -350,6 +394,8 @@ impl ServerState {
             allocs: self.allocs.values().map(|a| &**a).collect(),
             acl: &self.acl,
             nodes: self.nodes.values().map(|n| &**n).collect(),
+            job_versions: self.job_versions.values().map(|v| &**v).collect(),
+            scaling_events: self.scaling_events.values().map(|v| &**v).collect(),
         })
     }
 
@@ -364,6 +410,19 @@ impl ServerState {
             .nodes
             .into_iter()
             .map(|n| (n.id.clone(), Arc::new(n)))
+            .collect();
+        state.job_versions = img
+            .job_versions
+            .into_iter()
+            .map(|v| {
+                let key = (v.job.namespace.clone(), v.job.id.clone(), v.job.version);
+                (key, Arc::new(v))
+            })
+            .collect();
+        state.scaling_events = img
+            .scaling_events
+            .into_iter()
+            .map(|e| ((e.namespace.clone(), e.job_id.clone()), Arc::new(e)))
             .collect();
         Ok(state)
     }
@@ -395,6 +454,8 @@ impl ServerState {
             allocs_by_node: imbl::OrdMap::default(),
             blocked_evals: imbl::OrdSet::default(),
             node_usage: imbl::OrdMap::default(),
+            job_versions: Table::default(),
+            scaling_events: Table::default(),
         }
         .reindexed()
     }
@@ -533,8 +594,60 @@ pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appli
             super::plan::alloc_updated(state, &before, &a, *now, index);
             Applied::Alloc(Box::new(a))
         }
-        Command::JobSubmit { job, eval_id, now } => {
-            Applied::Job(super::plan::submit(state, job, eval_id, *now, index))
+        Command::JobSubmit {
+            job, eval_id, now, ..
+        } => Applied::Job(super::plan::submit(state, job, eval_id, *now, index)),
+        Command::JobSetStable {
+            namespace,
+            job_id,
+            version,
+            stable,
+        } => {
+            let key: JobKey = (namespace.clone(), job_id.clone());
+            super::jobs::history::set_stable(state, &key, *version, *stable, index)?;
+            Applied::Job(JobWrite {
+                eval_id: String::new(),
+                eval_create_index: 0,
+                job_modify_index: 0,
+            })
+        }
+        Command::JobScale {
+            namespace,
+            job_id,
+            group,
+            count,
+            job_modify_index,
+            eval_id,
+            event,
+            now,
+        } => {
+            let key: JobKey = (namespace.clone(), job_id.clone());
+            Applied::Job(super::jobs::history::scale(
+                state,
+                &key,
+                (group, *count),
+                (*job_modify_index, eval_id),
+                event,
+                *now,
+                index,
+            )?)
+        }
+        Command::JobEvaluate {
+            namespace,
+            job_id,
+            force_reschedule,
+            eval_id,
+            now,
+        } => {
+            let key: JobKey = (namespace.clone(), job_id.clone());
+            Applied::Job(super::jobs::history::evaluate(
+                state,
+                &key,
+                *force_reschedule,
+                eval_id,
+                *now,
+                index,
+            )?)
         }
         Command::JobStop {
             namespace,
@@ -622,6 +735,7 @@ pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appli
     };
     super::plan::refresh_usage(state, cmd);
     super::plan::after_node_op(state, cmd, index);
+    super::jobs::history::after_apply(state, cmd, index);
     state.index = state.index.max(index);
     Ok(applied)
 }
@@ -922,7 +1036,7 @@ fn index_alloc(
 /// Store `job` as submitted: a new version (indexes, submit time, `pending` status) when its
 /// spec changed, else the stored one unchanged. Returns its key, the job as now stored, and
 /// whether it changed.
-pub(super) fn store_job_version(
+pub(crate) fn store_job_version(
     state: &mut ServerState,
     job: &Job,
     now: i64,

@@ -176,6 +176,28 @@ pub fn events_of(
             out.job(&key, kind::JOB_REGISTERED);
             out.job_changes(&key, kind::JOB_REGISTERED)
         }
+        // A scale is a new version of the job; stability changes the job (or a kept version).
+        Command::JobScale {
+            namespace, job_id, ..
+        }
+        | Command::JobSetStable {
+            namespace, job_id, ..
+        } => {
+            let key = (namespace.clone(), job_id.clone());
+            out.job_changes(&key, kind::JOB_REGISTERED)
+        }
+        // A forced evaluation: the eval, and allocs marked to reschedule.
+        Command::JobEvaluate {
+            namespace, job_id, ..
+        } => {
+            let key = (namespace.clone(), job_id.clone());
+            out.job_changes_as(
+                &key,
+                kind::JOB_REGISTERED,
+                kind::EVALUATION_UPDATED,
+                kind::ALLOCATION_UPDATE_DESIRED_STATUS,
+            )
+        }
         Command::JobStop {
             namespace, job_id, ..
         } => {
@@ -321,9 +343,11 @@ impl Collector<'_> {
             .map(|a| (a.namespace.clone(), a.job_id.clone()))
     }
 
-    /// A job's status in `state` (from its allocs).
+    /// A job's status in `state`: the one apply keeps on the job (computed from its allocs
+    /// for a job stored before statuses were kept).
     fn status_in(state: &ServerState, job: &Job, key: &JobKey) -> JobStatus {
-        job_status_of(job, state.allocs_of(key).map(|a| &**a))
+        JobStatus::parse(&job.status)
+            .unwrap_or_else(|| job_status_of(job, state.allocs_of(key).map(|a| &**a)))
     }
 
     /// The job as it is after the command (nothing once purged: Nomad publishes no event for a

@@ -4,10 +4,10 @@
 //! the job spec changes).
 
 pub mod alloc;
-#[allow(dead_code)] // until the versions endpoint uses it (next commit)
 pub mod diff;
 pub mod error;
 pub mod eval;
+pub mod history;
 pub mod network;
 pub mod spec;
 pub mod timefmt;
@@ -273,11 +273,45 @@ impl Workloads {
     /// which places (or replaces) the allocations moments later. Persisted, then published;
     /// on error nothing visible changed.
     pub fn register(&self, job: Job) -> Result<WriteResult, StoreError> {
+        self.register_with_source(job, None)
+    }
+
+    /// [`Workloads::register`] with the source the job was written in (kept with the version
+    /// it makes, for `/v1/job/:id/submission`).
+    pub fn register_with_source(
+        &self,
+        job: Job,
+        submission: Option<history::JobSubmission>,
+    ) -> Result<WriteResult, StoreError> {
         let cmd = Command::JobSubmit {
             job: Box::new(job),
             eval_id: new_id(),
             now: crate::time::unix_now_nanos(),
+            submission: submission.map(Box::new),
         };
+        self.job_write(cmd)
+    }
+
+    /// Propose a job write (submit, scale, evaluate, stable) and answer what it did; the
+    /// apply error when it changed nothing (the job or its version is gone, or moved on).
+    pub fn propose_job(
+        &self,
+        cmd: Command,
+    ) -> Result<Result<WriteResult, super::command::ApplyError>, StoreError> {
+        match self.log.propose(cmd) {
+            Ok((Applied::Job(w), index)) => Ok(Ok(WriteResult {
+                eval_id: w.eval_id,
+                eval_create_index: w.eval_create_index,
+                job_modify_index: w.job_modify_index,
+                index,
+            })),
+            Ok(_) => Err(self.store_err(LogError::Closed("job write applied to nothing"))),
+            Err(LogError::Apply(e)) => Ok(Err(e)),
+            Err(e) => Err(self.store_err(e)),
+        }
+    }
+
+    fn job_write(&self, cmd: Command) -> Result<WriteResult, StoreError> {
         match self.propose(cmd)? {
             Some((Applied::Job(w), index)) => Ok(WriteResult {
                 eval_id: w.eval_id,
@@ -490,11 +524,19 @@ impl Workloads {
         v
     }
 
-    pub fn allocs_of_job(&self, namespace: &str, job_id: &str) -> Vec<AllocRecord> {
+    /// A job's allocations, oldest first: those of the job registered now under this ID
+    /// (its `CreateIndex`), or with `all` (or once the job is purged) every one.
+    pub fn allocs_of_job(&self, namespace: &str, job_id: &str, all: bool) -> Vec<AllocRecord> {
         let key = (namespace.to_string(), job_id.to_string());
-        let mut v: Vec<AllocRecord> = self
-            .state()
+        let state = self.state();
+        let current = state.jobs.get(&key).filter(|_| !all).cloned();
+        let mut v: Vec<AllocRecord> = state
             .allocs_of(&key)
+            .filter(|a| {
+                current
+                    .as_ref()
+                    .is_none_or(|j| history::of_incarnation(j, a))
+            })
             .map(|a| (**a).clone())
             .collect();
         v.sort_by_key(|a| (a.create_index, a.create_time));
@@ -511,15 +553,44 @@ impl Workloads {
         v
     }
 
-    /// A job's `Status`: running while an alloc runs, pending while one waits, else dead.
+    /// A job's `Status`: as apply keeps it on the job (see [`job_status_in`]); computed for
+    /// a job stored before statuses were kept.
     pub fn job_status(&self, job: &Job) -> JobStatus {
-        let state = self.state();
-        job_status_of(
-            job,
-            state
-                .allocs_of(&(job.namespace.clone(), job.id.clone()))
-                .map(|a| &**a),
-        )
+        JobStatus::parse(&job.status).unwrap_or_else(|| job_status_in(&self.state(), job))
+    }
+}
+
+/// A job's status in `state`, the rule apply keeps on the job after every command that
+/// touches it: system, periodic and parameterized jobs are `running` until stopped; others
+/// go by [`job_status_of`] their allocs, except that a job with no live alloc is `pending`
+/// while an eval for it waits (pending or blocked), as Nomad says.
+pub fn job_status_in(state: &ServerState, job: &Job) -> JobStatus {
+    use super::status::{EvalStatus, JobType};
+    // Nomad: system, periodic and parameterized jobs run until they are stopped.
+    if job.job_type() == JobType::System
+        || !job.periodic.is_null()
+        || !job.parameterized_job.is_null()
+    {
+        return if job.stop {
+            JobStatus::Dead
+        } else {
+            JobStatus::Running
+        };
+    }
+    let key = (job.namespace.clone(), job.id.clone());
+    let status = job_status_of(job, state.allocs_of(&key).map(|a| &**a));
+    if status != JobStatus::Dead || job.stop {
+        return status;
+    }
+    let waiting = state.evals.values().any(|e| {
+        e.namespace == key.0
+            && e.job_id == key.1
+            && matches!(e.status, EvalStatus::Pending | EvalStatus::Blocked)
+    });
+    if waiting {
+        JobStatus::Pending
+    } else {
+        status
     }
 }
 
@@ -527,7 +598,7 @@ impl Workloads {
 /// the job JSON and the job events.
 pub fn job_status_of<'a>(job: &Job, allocs: impl Iterator<Item = &'a AllocRecord>) -> JobStatus {
     let (mut any, mut live, mut running) = (false, false, false);
-    for a in allocs {
+    for a in allocs.filter(|a| history::of_incarnation(job, a)) {
         any = true;
         if a.is_live() {
             live = true;

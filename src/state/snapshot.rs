@@ -17,6 +17,7 @@ use serde_json::json;
 use super::command::{ServerState, Table};
 use super::jobs::alloc::AllocRecord;
 use super::jobs::eval::EvalRecord;
+use super::jobs::history::{JobVersion, ScalingEvents};
 use super::jobs::spec::Job;
 use super::node_table::Node;
 use crate::acl::AclTables;
@@ -76,6 +77,11 @@ const ALLOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("allocs");
 /// The jobs allocations embed: `(namespace, id, version, job modify index)` → JSON.
 const ALLOC_JOBS: TableDefinition<(&str, &str, u64, u64), &[u8]> =
     TableDefinition::new("alloc_jobs");
+/// The kept versions of jobs: `(namespace, id, version)` → JSON (the job and its submission).
+const JOB_VERSIONS: TableDefinition<(&str, &str, u64), &[u8]> =
+    TableDefinition::new("job_versions");
+/// The scaling events of jobs: `(namespace, id)` → JSON.
+const SCALING_EVENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("scaling_events");
 /// Nodes: ID → JSON.
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 /// The ACL tables (small): one row, `"acl"` → JSON.
@@ -171,6 +177,32 @@ pub fn write(
             t.retain(|_, _| false)?;
         }
         let (changed, removed) = diff(prev.map(|p| &p.jobs), &state.jobs);
+        for (k, v) in changed {
+            t.insert((k.0.as_str(), k.1.as_str()), encode(&**v)?.as_slice())?;
+        }
+        for k in removed {
+            t.remove((k.0.as_str(), k.1.as_str()))?;
+        }
+    }
+    {
+        let mut t = txn.open_table(JOB_VERSIONS)?;
+        if prev.is_none() {
+            t.retain(|_, _| false)?;
+        }
+        let (changed, removed) = diff(prev.map(|p| &p.job_versions), &state.job_versions);
+        for (k, v) in changed {
+            t.insert((k.0.as_str(), k.1.as_str(), k.2), encode(&**v)?.as_slice())?;
+        }
+        for k in removed {
+            t.remove((k.0.as_str(), k.1.as_str(), k.2))?;
+        }
+    }
+    {
+        let mut t = txn.open_table(SCALING_EVENTS)?;
+        if prev.is_none() {
+            t.retain(|_, _| false)?;
+        }
+        let (changed, removed) = diff(prev.map(|p| &p.scaling_events), &state.scaling_events);
         for (k, v) in changed {
             t.insert((k.0.as_str(), k.1.as_str()), encode(&**v)?.as_slice())?;
         }
@@ -283,6 +315,26 @@ pub fn load(txn: &ReadTransaction) -> Result<Option<ServerState>, SnapshotError>
             state
                 .jobs
                 .insert((ns.to_string(), id.to_string()), Arc::new(job));
+        }
+    }
+    if let Some(t) = opened(txn.open_table(JOB_VERSIONS))? {
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let (ns, id, version) = k.value();
+            let kept: JobVersion = decode("job_versions", v.value())?;
+            state
+                .job_versions
+                .insert((ns.to_string(), id.to_string(), version), Arc::new(kept));
+        }
+    }
+    if let Some(t) = opened(txn.open_table(SCALING_EVENTS))? {
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let (ns, id) = k.value();
+            let events: ScalingEvents = decode("scaling_events", v.value())?;
+            state
+                .scaling_events
+                .insert((ns.to_string(), id.to_string()), Arc::new(events));
         }
     }
     for_rows(txn, EVALS, |k, v| {

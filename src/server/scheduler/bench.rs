@@ -91,6 +91,7 @@ pub fn in_memory(nodes: usize, allocs: usize) -> (u64, Duration) {
             job: Box::new(sim_job(&format!("bench-{j}"), count)),
             eval_id: format!("eval-{j}"),
             now: 2,
+            submission: None,
         };
         let _ = apply(&mut s, &cmd, index);
         index += 1;

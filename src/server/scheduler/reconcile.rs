@@ -201,6 +201,17 @@ pub fn schedule(
             return run.plan;
         }
     };
+    // A purged job's allocs (another `CreateIndex`) are not this job's: stopped when still
+    // wanted, never counted as its placements.
+    let (allocs, older): (Vec<_>, Vec<_>) = allocs
+        .into_iter()
+        .partition(|a| crate::state::jobs::history::of_incarnation(&job, a));
+    for a in older
+        .iter()
+        .filter(|a| a.desired_status == AllocDesiredStatus::Run)
+    {
+        run.stop(a, DESC_JOB_STOPPED, false);
+    }
     for tg in &job.task_groups {
         run.plan.queued.insert(tg.name.clone(), 0);
     }

@@ -102,6 +102,7 @@ impl World {
             job: Box::new(job(j)),
             eval_id: eval_id.clone(),
             now,
+            submission: None,
         })
         .unwrap();
         eval_id
