@@ -38,6 +38,12 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
         ctx.require_method(&[Method::Get])?;
         return job_allocations(ctx, id);
     }
+    if let Some(id) = rest.strip_suffix("/dispatch") {
+        return super::job_dispatch::dispatch(ctx, id);
+    }
+    if let Some(id) = rest.strip_suffix("/periodic/force") {
+        return super::job_dispatch::periodic_force(ctx, id);
+    }
     if let Some(id) = rest.strip_suffix("/evaluations") {
         ctx.require_method(&[Method::Get])?;
         return job_evaluations(ctx, id);
@@ -162,6 +168,7 @@ fn register(ctx: &Ctx, path_id: Option<&str>) -> ApiResult {
     ctx.identity.allow_namespace(&job.namespace, "submit-job")?;
     super::namespaces::require_known(&job.namespace)?;
     validate_job(&job)?;
+    super::job_dispatch::check_register(ctx, &job)?;
     if get_ci(obj, "EnforceIndex")
         .and_then(Value::as_bool)
         .unwrap_or(false)

@@ -18,6 +18,7 @@ pub mod error;
 pub mod events;
 pub mod filter;
 pub mod forward;
+pub mod job_dispatch;
 pub mod jobs;
 pub mod jobs_parse;
 pub mod metrics;

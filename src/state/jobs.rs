@@ -4,8 +4,10 @@
 //! the job spec changes).
 
 pub mod alloc;
+pub mod cron;
 pub mod error;
 pub mod eval;
+pub mod launch;
 pub mod spec;
 pub mod timefmt;
 pub mod validate;
@@ -255,9 +257,15 @@ impl Workloads {
     /// which places (or replaces) the allocations moments later. Persisted, then published;
     /// on error nothing visible changed.
     pub fn register(&self, job: Job) -> Result<WriteResult, StoreError> {
+        // A periodic or parameterized parent is never scheduled: no eval (Nomad's empty EvalID).
+        let eval_id = if launch::is_parent(&job) {
+            String::new()
+        } else {
+            new_id()
+        };
         let cmd = Command::JobSubmit {
             job: Box::new(job),
-            eval_id: new_id(),
+            eval_id,
             now: crate::time::unix_now_nanos(),
         };
         match self.propose(cmd)? {
@@ -508,6 +516,14 @@ impl Workloads {
 /// A job's status from its allocs (Nomad's `running`, `pending`, `dead`): the one rule for
 /// the job JSON and the job events.
 pub fn job_status_of<'a>(job: &Job, allocs: impl Iterator<Item = &'a AllocRecord>) -> JobStatus {
+    // Periodic and parameterized parents run until stopped (Nomad's `getJobStatus`).
+    if launch::is_parent(job) {
+        return if job.stop {
+            JobStatus::Dead
+        } else {
+            JobStatus::Running
+        };
+    }
     let (mut any, mut live, mut running) = (false, false, false);
     for a in allocs {
         any = true;

@@ -311,6 +311,14 @@ pub(super) fn submit(
     index: u64,
 ) -> JobWrite {
     let (key, job, _) = super::command::store_job_version(state, job, now, index);
+    if eval_id.is_empty() {
+        // A periodic or parameterized parent: stored, never scheduled.
+        return JobWrite {
+            eval_id: String::new(),
+            eval_create_index: 0,
+            job_modify_index: job.job_modify_index,
+        };
+    }
     cancel_blocked_evals(state, &key, eval_id, now, index);
     let eval = EvalRecord::pending_at(&job, "job-register", index, eval_id, now);
     state.put_eval(eval);
