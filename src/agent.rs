@@ -336,6 +336,19 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     } else {
         None
     };
+    // Periodic jobs launch their children from here on. A leader duty: with Raft only the
+    // leader runs it (started and stopped as leadership comes and goes); today every server.
+    let periodic = if agent.config.server_enabled {
+        Some(
+            crate::server::periodic::PeriodicDispatcher::start(
+                agent.workloads.clone(),
+                agent.index.clone(),
+            )
+            .map_err(AgentError::Scheduler)?,
+        )
+    } else {
+        None
+    };
     // A drain the last run left unfinished goes on (the thread runs only while one does).
     agent.drainer.kick();
     if agent.config.client_enabled {
@@ -494,7 +507,10 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         pool.shutdown();
     }
     server.shutdown();
-    // Before the tasks stop: no new placement is proposed from here on.
+    // Before the tasks stop: no new launch or placement is proposed from here on.
+    if let Some(p) = &periodic {
+        p.shutdown();
+    }
     if let Some(s) = &scheduler {
         s.shutdown();
     }

@@ -333,6 +333,7 @@ fn job_summary(agent: &Arc<Agent>, job: &Job) -> Value {
                 .max_by_key(|e| e.modify_index)
                 .cloned()
         });
+    let children = crate::state::jobs::launch::children_summary(&state, job);
     let mut summary = Map::new();
     for (name, c) in counts {
         let queued = queued_from
@@ -350,7 +351,7 @@ fn job_summary(agent: &Arc<Agent>, job: &Job) -> Value {
         "JobID": job.id,
         "Namespace": job.namespace,
         "Summary": summary,
-        "Children": {"Pending": 0, "Running": 0, "Dead": 0},
+        "Children": {"Pending": children[0], "Running": children[1], "Dead": children[2]},
         "CreateIndex": job.create_index,
         "ModifyIndex": job.modify_index
     })

@@ -414,6 +414,27 @@ pub fn child_active(state: &ServerState, key: &JobKey, job: &Job) -> bool {
     })
 }
 
+/// A parent's `JobSummary.Children`: its children counted as `[pending, running, dead]`
+/// (running: an alloc runs; pending: an alloc or eval waits; dead: neither).
+pub fn children_summary(state: &ServerState, parent: &Job) -> [u64; 3] {
+    let mut c = [0u64; 3];
+    for (key, job) in children(state, parent) {
+        let running = !job.stop
+            && state.allocs_of(key).any(|a| {
+                a.is_live() && a.client_status == crate::state::status::AllocClientStatus::Running
+            });
+        let slot = if running {
+            1
+        } else if child_active(state, key, job) {
+            0
+        } else {
+            2
+        };
+        c[slot] += 1;
+    }
+    c
+}
+
 /// Nomad's `RunningChildren`: some child of `parent` still runs.
 pub fn running_children(state: &ServerState, parent: &Job) -> bool {
     children(state, parent).any(|(k, j)| child_active(state, k, j))
