@@ -5,6 +5,8 @@
 
 pub mod alloc;
 pub mod cron;
+#[allow(dead_code)] // until the versions endpoint uses it (next commit)
+pub mod diff;
 pub mod error;
 pub mod eval;
 pub mod launch;
