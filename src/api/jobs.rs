@@ -44,6 +44,9 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
     if let Some(id) = rest.strip_suffix("/periodic/force") {
         return super::job_dispatch::periodic_force(ctx, id);
     }
+    if let Some(id) = rest.strip_suffix("/plan") {
+        return super::job_plan::plan(ctx, id);
+    }
     if let Some(id) = rest.strip_suffix("/evaluations") {
         ctx.require_method(&[Method::Get])?;
         return job_evaluations(ctx, id);

@@ -19,6 +19,7 @@ pub mod events;
 pub mod filter;
 pub mod forward;
 pub mod job_dispatch;
+pub mod job_plan;
 pub mod jobs;
 pub mod jobs_parse;
 pub mod metrics;
