@@ -384,40 +384,61 @@ pub fn launch_time_of(parent_id: &str, child_id: &str) -> Option<i64> {
         .ok()
 }
 
-/// The children of a parent, by key.
+/// The children of a parent, by key: their IDs start with `<parent>/` (a range of the
+/// ordered jobs table, not a walk over every job).
 pub fn children<'a>(
     state: &'a ServerState,
     parent: &'a Job,
 ) -> impl Iterator<Item = (&'a JobKey, &'a std::sync::Arc<Job>)> + 'a {
+    let from = (parent.namespace.clone(), format!("{}/", parent.id));
+    // '0' is the byte after '/': the end of every ID with that prefix.
+    let to = (parent.namespace.clone(), format!("{}0", parent.id));
     state
         .jobs
-        .iter()
-        .filter(move |((ns, _), j)| *ns == parent.namespace && j.parent_id == parent.id)
+        .range(from..to)
+        .filter(move |(_, j)| j.parent_id == parent.id)
+}
+
+/// The IDs of a parent's children that have an eval not yet done (one walk over the evals).
+fn waiting_children(state: &ServerState, parent: &Job) -> std::collections::HashSet<String> {
+    let prefix = format!("{}/", parent.id);
+    state
+        .evals
+        .values()
+        .filter(|e| {
+            e.namespace == parent.namespace
+                && e.job_id.starts_with(&prefix)
+                && matches!(e.status, EvalStatus::Pending | EvalStatus::Blocked)
+        })
+        .map(|e| e.job_id.clone())
+        .collect()
 }
 
 /// Whether a child still runs (Nomad's status other than `dead`): not stopped and with an
-/// alloc that is not terminal or an eval not yet done.
-pub fn child_active(state: &ServerState, key: &JobKey, job: &Job) -> bool {
+/// alloc that is not terminal or an eval not yet done (`waiting`: [`waiting_children`]).
+fn child_active(
+    state: &ServerState,
+    key: &JobKey,
+    job: &Job,
+    waiting: &std::collections::HashSet<String>,
+) -> bool {
     if job.stop {
         return false;
     }
-    if state
-        .allocs_of(key)
-        .any(|a| !a.terminal() && a.desired_status == crate::state::status::AllocDesiredStatus::Run)
-    {
-        return true;
-    }
-    state.evals.values().any(|e| {
-        e.namespace == key.0
-            && e.job_id == key.1
-            && matches!(e.status, EvalStatus::Pending | EvalStatus::Blocked)
-    })
+    waiting.contains(&key.1)
+        || state.allocs_of(key).any(|a| {
+            !a.terminal() && a.desired_status == crate::state::status::AllocDesiredStatus::Run
+        })
 }
 
 /// A parent's `JobSummary.Children`: its children counted as `[pending, running, dead]`
 /// (running: an alloc runs; pending: an alloc or eval waits; dead: neither).
 pub fn children_summary(state: &ServerState, parent: &Job) -> [u64; 3] {
     let mut c = [0u64; 3];
+    if !is_parent(parent) {
+        return c;
+    }
+    let waiting = waiting_children(state, parent);
     for (key, job) in children(state, parent) {
         let running = !job.stop
             && state.allocs_of(key).any(|a| {
@@ -425,7 +446,7 @@ pub fn children_summary(state: &ServerState, parent: &Job) -> [u64; 3] {
             });
         let slot = if running {
             1
-        } else if child_active(state, key, job) {
+        } else if child_active(state, key, job, &waiting) {
             0
         } else {
             2
@@ -437,7 +458,8 @@ pub fn children_summary(state: &ServerState, parent: &Job) -> [u64; 3] {
 
 /// Nomad's `RunningChildren`: some child of `parent` still runs.
 pub fn running_children(state: &ServerState, parent: &Job) -> bool {
-    children(state, parent).any(|(k, j)| child_active(state, k, j))
+    let waiting = waiting_children(state, parent);
+    children(state, parent).any(|(k, j)| child_active(state, k, j, &waiting))
 }
 
 /// The last launch of a periodic parent: its newest child's launch time, or when it was
