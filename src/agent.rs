@@ -142,7 +142,10 @@ impl Agent {
             index.clone(),
             config.server_enabled,
         );
+        let periodic =
+            crate::server::periodic::PeriodicDispatcher::new(workloads.clone(), index.clone());
         Ok(Arc::new(Agent {
+            periodic,
             config,
             index,
             node,
@@ -337,18 +340,10 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         None
     };
     // Periodic jobs launch their children from here on. A leader duty: with Raft only the
-    // leader runs it (started and stopped as leadership comes and goes); today every server.
-    let periodic = if agent.config.server_enabled {
-        Some(
-            crate::server::periodic::PeriodicDispatcher::start(
-                agent.workloads.clone(),
-                agent.index.clone(),
-            )
-            .map_err(AgentError::Scheduler)?,
-        )
-    } else {
-        None
-    };
+    // leader runs it (`start`/`stop` as leadership comes and goes); today every server.
+    if agent.config.server_enabled {
+        agent.periodic.start();
+    }
     // A drain the last run left unfinished goes on (the thread runs only while one does).
     agent.drainer.kick();
     if agent.config.client_enabled {
@@ -508,9 +503,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     }
     server.shutdown();
     // Before the tasks stop: no new launch or placement is proposed from here on.
-    if let Some(p) = &periodic {
-        p.shutdown();
-    }
+    agent.periodic.shutdown();
     if let Some(s) = &scheduler {
         s.shutdown();
     }

@@ -159,8 +159,24 @@ fn a_parameterized_job_dispatches_children_that_run_with_payload_and_meta() {
     // The parent still has no allocations of its own and stays running.
     assert!(allocs(&agent, "report").is_empty());
     assert_eq!(agent.get_json("/v1/job/report")["Status"], "running");
-    let list = agent.get_json("/v1/jobs?prefix=report/");
-    assert_eq!(list[0]["ParentID"], "report");
+    let list = agent.get_json("/v1/jobs?prefix=report");
+    let stub = |id: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["ID"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(stub(&child)["ParentID"], "report");
+    assert_eq!(
+        stub(&child)["ParameterizedJob"],
+        false,
+        "a dispatched child is not a parent"
+    );
+    assert_eq!(stub("report")["ParameterizedJob"], true);
+    let children = &stub("report")["JobSummary"]["Children"];
+    assert_eq!(children["Dead"], 1, "{children}");
 }
 
 #[test]
@@ -220,6 +236,7 @@ fn idempotency_tokens_forbidden_payloads_and_stopped_parents() {
     // Stopped: no more children.
     let r = agent.request("DELETE", "/v1/job/p", &[], b"");
     assert_eq!(r.status, 200);
+    assert_eq!(r.json()["EvalID"], "", "a parent's stop makes no eval");
     assert_eq!(agent.get_json("/v1/job/p")["Status"], "dead");
     let r = dispatch(&agent, "p", &json!({"Meta": {"who": "x"}}));
     assert_eq!(

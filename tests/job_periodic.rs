@@ -192,12 +192,34 @@ fn bad_periodic_blocks_are_refused_with_nomads_errors_and_launches_survive_a_res
         (500, "cannot update non-periodic job to being periodic")
     );
 
+    // No periodic job: no dispatcher thread.
+    assert!(!has_thread(&agent, "periodic"));
     register(
         &agent,
         &periodic_job("beat", "* * * * * * *", false, "true"),
     );
+    wait_until(Duration::from_secs(10), "the periodic thread", || {
+        has_thread(&agent, "periodic")
+    });
     wait_children(&agent, "beat", 1);
     agent.restart();
     let n = children(&agent, "beat").len();
     wait_children(&agent, "beat", n + 2);
+    // The last periodic job stopped: the thread ends by itself.
+    assert_eq!(
+        agent.request("DELETE", "/v1/job/beat", &[], b"").status,
+        200
+    );
+    wait_until(Duration::from_secs(10), "no periodic thread", || {
+        !has_thread(&agent, "periodic")
+    });
+}
+
+/// Whether the agent has a thread of this name.
+fn has_thread(agent: &TestAgent, name: &str) -> bool {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{}/task", agent.pid())) else {
+        return false;
+    };
+    dir.flatten()
+        .any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name))
 }

@@ -29,6 +29,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "parse_bounds",
             "server::drainer",
             "server::heartbeat",
+            "server::periodic",
             "server::scheduler::dry_run",
             "signals",
             "state",

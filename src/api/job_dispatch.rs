@@ -164,7 +164,9 @@ pub fn dispatch(ctx: &Ctx, id: &str) -> ApiResult {
 pub fn periodic_force(ctx: &Ctx, id: &str) -> ApiResult {
     ctx.require_method(&[Method::Put, Method::Post])?;
     let ns = namespace(ctx);
-    ctx.identity.allow_namespace(&ns, "dispatch-job")?;
+    ctx.identity
+        .allow_namespace(&ns, "dispatch-job")
+        .or_else(|_| ctx.identity.allow_namespace(&ns, "submit-job"))?;
     let job = ctx
         .agent
         .workloads

@@ -194,7 +194,11 @@ fn register(ctx: &Ctx, path_id: Option<&str>) -> ApiResult {
         }
     }
     // The scheduler places the job moments after this write: the eval is pending now.
+    let periodic = crate::state::jobs::launch::is_periodic(&job);
     let res = ctx.agent.workloads.register(job).map_err(store_err)?;
+    if periodic {
+        ctx.agent.periodic.kick();
+    }
     json_meta(
         &json!({
             "EvalID": res.eval_id,
@@ -387,7 +391,7 @@ fn list_jobs(ctx: &Ctx) -> ApiResult {
             "Type": job.job_type(),
             "Priority": job.priority,
             "Periodic": !job.periodic.is_null(),
-            "ParameterizedJob": !job.parameterized_job.is_null(),
+            "ParameterizedJob": crate::state::jobs::launch::is_parameterized(&job),
             "Stop": job.stop,
             "Status": ctx.agent.workloads.job_status(&job),
             "StatusDescription": job.status_description,

@@ -6,10 +6,13 @@
 //! newest child's launch time (or the job's submit time), and a launch missed while no
 //! dispatcher ran is made once, at start, as Nomad's leader does on election.
 //!
-//! A leader duty: the composition root starts it ([`PeriodicDispatcher::start`]) where this
-//! server leads and stops it ([`PeriodicDispatcher::shutdown`]) when it no longer does. It
-//! sleeps on the index counter until the next launch (at most [`IDLE_WAKE`]); a change to
-//! the jobs table wakes it to look again. No busy loop.
+//! A leader duty: the composition root owns the handle, turns the duty on
+//! ([`PeriodicDispatcher::start`]) where this server leads and off
+//! ([`PeriodicDispatcher::stop`]) when it no longer does. Like the drainer, the thread runs
+//! only while some periodic job is active (an idle agent has no such thread): registering
+//! one `kick`s it, and it ends by itself, under its slot lock, once none is. It sleeps on the
+//! index counter until the next launch (at most [`IDLE_WAKE`]); a change to the jobs table
+//! wakes it to look again. No busy loop.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,11 +42,24 @@ struct Tracked {
     next: Option<i64>,
 }
 
-/// The running dispatcher thread.
+/// The periodic dispatcher: a handle the composition root owns; its `periodic` thread runs
+/// only while it is enabled (this server leads) and some periodic job is active.
 pub struct PeriodicDispatcher {
-    stop: Arc<AtomicBool>,
+    workloads: Arc<Workloads>,
     index: Arc<IndexCounter>,
-    handle: Mutex<Option<JoinHandle<()>>>,
+    /// The leader duty is on ([`PeriodicDispatcher::start`] / [`PeriodicDispatcher::stop`]).
+    enabled: AtomicBool,
+    /// Shut down for good.
+    closed: AtomicBool,
+    slot: Mutex<Slot>,
+}
+
+/// The thread, and whether it still works (changed only under the lock: a thread that ends
+/// says so under it, after one last look at the state).
+#[derive(Default)]
+struct Slot {
+    handle: Option<JoinHandle<()>>,
+    running: bool,
 }
 
 impl std::fmt::Debug for PeriodicDispatcher {
@@ -52,39 +68,104 @@ impl std::fmt::Debug for PeriodicDispatcher {
     }
 }
 
+/// Some job the dispatcher must launch.
+fn any_active(state: &ServerState) -> bool {
+    state.jobs.values().any(|j| launch::is_periodic_active(j))
+}
+
 impl PeriodicDispatcher {
-    /// Start the `periodic` thread over `workloads`' published state.
-    pub fn start(
-        workloads: Arc<Workloads>,
-        index: Arc<IndexCounter>,
-    ) -> std::io::Result<PeriodicDispatcher> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let handle = {
-            let (stop, index) = (stop.clone(), index.clone());
-            std::thread::Builder::new()
-                .name("periodic".into())
-                .spawn(move || worker(&workloads, &index, &stop))?
-        };
-        Ok(PeriodicDispatcher {
-            stop,
+    /// A dispatcher over `workloads`' state, woken by `index`; disabled, no thread yet.
+    pub fn new(workloads: Arc<Workloads>, index: Arc<IndexCounter>) -> Arc<PeriodicDispatcher> {
+        Arc::new(PeriodicDispatcher {
+            workloads,
             index,
-            handle: Mutex::new(Some(handle)),
+            enabled: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            slot: Mutex::new(Slot::default()),
         })
     }
 
-    /// Stop the thread (after the launch it is proposing) and join it.
-    pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.index.notify();
-        if let Some(h) = self.handle.lock().take() {
+    /// The leader duty on: dispatch from now on (the thread starts when a periodic job is
+    /// active; a launch missed while none ran is made once).
+    pub fn start(self: &Arc<Self>) {
+        self.enabled.store(true, Ordering::SeqCst);
+        self.kick();
+    }
+
+    /// Make sure the thread runs when it should: called after a periodic job was registered
+    /// (published) and by [`PeriodicDispatcher::start`]. It ends by itself once no periodic
+    /// job is active.
+    pub fn kick(self: &Arc<Self>) {
+        if !self.enabled.load(Ordering::SeqCst)
+            || self.closed.load(Ordering::SeqCst)
+            || !any_active(&self.workloads.state())
+        {
+            return;
+        }
+        let mut slot = self.slot.lock();
+        if slot.running {
+            return;
+        }
+        if let Some(old) = slot.handle.take() {
+            // It said it ends (under this lock) and holds nothing: joined at once.
+            let _ = old.join();
+        }
+        let me = self.clone();
+        match std::thread::Builder::new()
+            .name("periodic".into())
+            .spawn(move || me.run())
+        {
+            Ok(h) => {
+                slot.handle = Some(h);
+                slot.running = true;
+            }
+            Err(e) => log::error!("cannot start the periodic dispatcher: {e}"),
+        }
+    }
+
+    /// The leader duty off: the thread stops (after the launch it is proposing) and is
+    /// joined; [`PeriodicDispatcher::start`] may start it again.
+    pub fn stop(&self) {
+        self.enabled.store(false, Ordering::SeqCst);
+        let handle = self.slot.lock().handle.take();
+        if let Some(h) = handle {
+            if !self.index.is_closed() {
+                self.index.notify();
+            }
             let _ = h.join();
         }
     }
-}
 
-impl Drop for PeriodicDispatcher {
-    fn drop(&mut self) {
-        self.shutdown();
+    /// Stop for good (agent shutdown).
+    pub fn shutdown(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.stop();
+    }
+
+    fn should_run(&self) -> bool {
+        self.enabled.load(Ordering::SeqCst)
+            && !self.closed.load(Ordering::SeqCst)
+            && !self.index.is_closed()
+    }
+
+    /// The thread ends when no periodic job is active (or it should stop): decided under the
+    /// lock, so a `kick` after a new periodic job was published finds it running or starts one.
+    fn try_end(&self) -> bool {
+        let mut slot = self.slot.lock();
+        if self.should_run() && any_active(&self.workloads.state()) {
+            return false;
+        }
+        slot.running = false;
+        true
+    }
+
+    fn run(self: Arc<Self>) {
+        worker(
+            &self.workloads,
+            &self.index,
+            || self.should_run(),
+            || self.try_end(),
+        );
     }
 }
 
@@ -159,12 +240,23 @@ fn launch_one(w: &Workloads, state: &ServerState, job: &Job, at: i64, overlap_ok
     }
 }
 
-fn worker(w: &Workloads, index: &IndexCounter, stop: &AtomicBool) {
+/// The thread body: it ends when `should_run` turns false or nothing is tracked, once
+/// `try_end` (under the slot lock) agrees.
+fn worker(
+    w: &Workloads,
+    index: &IndexCounter,
+    should_run: impl Fn() -> bool,
+    try_end: impl Fn() -> bool,
+) {
     let mut tracked: HashMap<JobKey, Tracked> = HashMap::new();
     let mut seen: Option<Table<JobKey, Job>> = None;
-    while !stop.load(Ordering::SeqCst) && !index.is_closed() {
+    loop {
+        // The generation first: a change published after this read ends the wait below.
         let generation = index.generation();
         let state = w.state();
+        if !should_run() && try_end() {
+            return;
+        }
         let now_ns = crate::time::unix_now_nanos();
         let now = now_ns.div_euclid(1_000_000_000);
         let mut ok = true;
@@ -177,6 +269,10 @@ fn worker(w: &Workloads, index: &IndexCounter, stop: &AtomicBool) {
                 }
             }
             seen = Some(state.jobs.clone());
+            if tracked.is_empty() && try_end() {
+                log::debug!("periodic: no periodic job is active any more");
+                return;
+            }
         }
         let due: Vec<(JobKey, i64)> = tracked
             .iter()
@@ -219,6 +315,57 @@ mod tests {
         j.submit_time = submitted * 1_000_000_000;
         j.job_modify_index = 7;
         j
+    }
+
+    /// Poll `f` until true or 10 s.
+    fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn the_leader_duty_starts_and_stops_and_the_thread_runs_only_for_active_jobs() {
+        let dir = std::env::temp_dir().join(format!("nomadlet-per-{}", uuid::Uuid::new_v4()));
+        let index = Arc::new(IndexCounter::default());
+        let w = Arc::new(Workloads::load(&dir, index.clone()).unwrap());
+        let d = PeriodicDispatcher::new(w.clone(), index.clone());
+        d.start();
+        assert!(!d.slot.lock().running, "no periodic job: no thread");
+        let mut j = Job::from_json(json!({"ID": "p", "Type": "batch", "TaskGroups": [],
+            "Periodic": {"Spec": "* * * * * * *"}}))
+        .unwrap();
+        j.canonicalize("global");
+        w.register(j).unwrap();
+        index.notify();
+        d.kick();
+        let children = || {
+            let s = w.state();
+            let p = s
+                .jobs
+                .get(&("default".into(), "p".into()))
+                .cloned()
+                .unwrap();
+            launch::children(&s, &p).count()
+        };
+        eventually("a launch", || children() >= 1);
+        d.stop();
+        assert!(d.slot.lock().handle.is_none(), "stopped and joined");
+        d.kick();
+        assert!(
+            d.slot.lock().handle.is_none(),
+            "a kick does nothing while the duty is off"
+        );
+        let n = children();
+        d.start();
+        eventually("launches again", || children() > n);
+        w.deregister("default", "p", false).unwrap();
+        eventually("the thread ends", || !d.slot.lock().running);
+        d.shutdown();
+        w.shutdown();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -291,14 +291,19 @@ impl Workloads {
         purge: bool,
     ) -> Result<Option<WriteResult>, StoreError> {
         let key = (namespace.to_string(), job_id.to_string());
-        if !self.state().jobs.contains_key(&key) {
+        let Some(job) = self.state().jobs.get(&key).cloned() else {
             return Ok(None);
-        }
+        };
         let cmd = Command::JobStop {
             namespace: key.0,
             job_id: key.1,
             purge,
-            eval_id: new_id(),
+            // A periodic or parameterized parent gets no eval (Nomad's empty EvalID).
+            eval_id: if launch::is_parent(&job) {
+                String::new()
+            } else {
+                new_id()
+            },
             now: crate::time::unix_now_nanos(),
         };
         Ok(match self.propose(cmd)? {

@@ -352,9 +352,12 @@ pub(super) fn stop_job(
         job.version += 1;
         state.jobs.insert(key.clone(), Arc::new(job.clone()));
     }
-    cancel_blocked_evals(state, key, eval_id, now, index);
-    let eval = EvalRecord::pending_at(&job, "job-deregister", index, eval_id, now);
-    state.put_eval(eval);
+    // A periodic or parameterized parent has nothing to evaluate (Nomad makes no eval).
+    if !eval_id.is_empty() {
+        cancel_blocked_evals(state, key, eval_id, now, index);
+        let eval = EvalRecord::pending_at(&job, "job-deregister", index, eval_id, now);
+        state.put_eval(eval);
+    }
     let running: Vec<String> = state
         .allocs_of(key)
         .filter(|a| a.desired_status == AllocDesiredStatus::Run)
@@ -373,7 +376,7 @@ pub(super) fn stop_job(
     wake_blocked(state, now, index);
     Ok(JobWrite {
         eval_id: eval_id.to_string(),
-        eval_create_index: index,
+        eval_create_index: if eval_id.is_empty() { 0 } else { index },
         job_modify_index: index,
     })
 }
