@@ -28,6 +28,7 @@ pub mod namespaces;
 pub mod node_ops;
 pub mod nodes;
 pub mod params;
+pub mod raft_status;
 pub mod router;
 pub mod search;
 pub mod services;
