@@ -863,11 +863,10 @@ fn deregistering_an_unknown_or_purged_job_succeeds_and_unknown_job_paths_are_404
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["EvalID"], "");
 
-    // Sub-paths nomadlet does not serve are unknown routes, not job IDs.
+    // Sub-paths nomadlet does not serve are unknown routes, not job IDs (`/plan` and
+    // `/dispatch` are served: tests/job_plan.rs, tests/job_dispatch.rs).
     let body = json!({"Job": batch_job("x")}).to_string();
     for (m, p) in [
-        ("POST", "/v1/job/x/plan"),
-        ("PUT", "/v1/job/x/dispatch"),
         ("GET", "/v1/job/x/versions"),
         ("DELETE", "/v1/job/x/scale"),
     ] {
