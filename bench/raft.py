@@ -43,9 +43,10 @@ class Server:
         self.cfg = os.path.join(self.dir, "agent.hcl")
         joins = ", ".join(f'"127.0.0.1:{p}"' for p in serf_peers if p != self.serf)
         with open(self.cfg, "w") as f:
-            f.write(f'bind_addr = "127.0.0.1"\nports {{\n  http = {self.http}\n  rpc = {self.rpc}\n'
-                    f'  serf = {self.serf}\n}}\nserver {{\n  enabled = true\n  bootstrap_expect = {expect}\n}}\n'
-                    + (f'server_join {{\n  retry_join = [{joins}]\n}}\n' if joins else ""))
+            f.write(f'name = "bench-{self.http}"\nbind_addr = "127.0.0.1"\nports {{\n  http = {self.http}\n  rpc = {self.rpc}\n'
+                    f'  serf = {self.serf}\n}}\nserver {{\n  enabled = true\n  bootstrap_expect = {expect}\n'
+                    + (f'  server_join {{\n    retry_join = [{joins}]\n    retry_interval = "1s"\n  }}\n'
+                       if joins else "") + "}\n")
         self.proc = None
         self.start()
 

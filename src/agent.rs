@@ -124,6 +124,8 @@ impl Agent {
             workloads.command_log(),
         ));
         index.observe(acl.max_index());
+        // The agent, for a link that must know who leads (set once the agent exists).
+        let leader_cell: Arc<OnceLock<std::sync::Weak<Agent>>> = Arc::new(OnceLock::new());
         let heartbeats = Heartbeats::new(
             HeartbeatSettings::of(&config),
             workloads.clone(),
@@ -131,18 +133,36 @@ impl Agent {
         );
         let link: Arc<dyn ServerLink> = if config.client_only() {
             // The servers are elsewhere: the node's calls go to their RPC ports.
-            Arc::new(RemoteLink::new(
-                membership.server_list(),
-                node.secret_id().to_string(),
-                rpc_dialer(&config, tls.as_ref()),
-            ))
+            Arc::new(
+                RemoteLink::new(
+                    membership.server_list(),
+                    node.secret_id().to_string(),
+                    rpc_dialer(&config, tls.as_ref()),
+                )
+                .with_server_updates(membership.server_learner()),
+            )
         } else {
             let mut local = LocalLink::new(workloads.clone(), node.clone(), index.clone())
                 .with_acl(acl.clone());
             if config.rpc_listener() {
                 local = local.with_heartbeats(heartbeats.clone());
             }
-            Arc::new(local)
+            if config.rpc_listener() && config.client_enabled {
+                // A server of a cluster that is a client too: its node's writes go to the
+                // leader while this server is a follower.
+                let remote = RemoteLink::new(
+                    leader_rpc_list(leader_cell.clone()),
+                    node.secret_id().to_string(),
+                    rpc_dialer(&config, tls.as_ref()),
+                );
+                Arc::new(FollowerLink {
+                    local: Arc::new(local),
+                    remote,
+                    agent: leader_cell.clone(),
+                })
+            } else {
+                Arc::new(local)
+            }
         };
         let client = Client::new(&config, node.id(), link.clone());
         let batcher = Batcher::new(&config);
@@ -153,7 +173,7 @@ impl Agent {
         );
         let periodic =
             crate::server::periodic::PeriodicDispatcher::new(workloads.clone(), index.clone());
-        Ok(Arc::new(Agent {
+        let agent = Arc::new(Agent {
             periodic,
             config,
             index,
@@ -174,7 +194,112 @@ impl Agent {
             forwarding: OnceLock::new(),
             leadership: OnceLock::new(),
             raft: OnceLock::new(),
-        }))
+        });
+        let _ = leader_cell.set(Arc::downgrade(&agent));
+        Ok(agent)
+    }
+}
+
+/// The in-process link of a server that is a client too: node writes (register, heartbeat,
+/// alloc updates, metadata, identity signing and the keys they are checked with) go to the
+/// leader's RPC port while this server does not lead (as a client-only agent's would), and
+/// through `LocalLink` otherwise; pulls and caller resolution read this server's own state.
+struct FollowerLink {
+    local: Arc<LocalLink>,
+    /// To the leader: its server list is the leader's address, or none while none is known.
+    remote: RemoteLink,
+    agent: Arc<OnceLock<std::sync::Weak<Agent>>>,
+}
+
+impl FollowerLink {
+    /// Where this call's writes go: here unless leadership says another server leads.
+    fn writer(&self) -> &dyn ServerLink {
+        let follower = self
+            .agent
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .and_then(|a| a.leadership.get().map(|l| !l.view().is_leader))
+            .unwrap_or(false);
+        if follower {
+            &self.remote
+        } else {
+            self.local.as_ref()
+        }
+    }
+}
+
+/// The leader's RPC address as a server list (empty while no leader is known).
+fn leader_rpc_list(agent: Arc<OnceLock<std::sync::Weak<Agent>>>) -> remote_link::ServerList {
+    Arc::new(move || {
+        agent
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .and_then(|a| a.leadership.get().and_then(|l| l.view().leader_rpc_addr))
+            .map(|a| vec![a.to_string()])
+            .unwrap_or_default()
+    })
+}
+
+impl ServerLink for FollowerLink {
+    fn register_node(
+        &self,
+        req: &crate::client::link::NodeRegistration,
+    ) -> Result<crate::client::link::HeartbeatReply, LinkError> {
+        self.writer().register_node(req)
+    }
+
+    fn heartbeat(
+        &self,
+        req: &crate::client::link::Heartbeat,
+    ) -> Result<crate::client::link::HeartbeatReply, LinkError> {
+        self.writer().heartbeat(req)
+    }
+
+    fn pull_allocs(
+        &self,
+        req: &crate::client::link::PullAllocs,
+    ) -> Result<crate::client::link::PulledAllocs, LinkError> {
+        self.local.pull_allocs(req)
+    }
+
+    fn push_alloc_updates(
+        &self,
+        req: &crate::client::link::AllocUpdates,
+    ) -> Result<crate::client::link::UpdatedAllocs, LinkError> {
+        self.writer().push_alloc_updates(req)
+    }
+
+    fn push_meta(
+        &self,
+        req: &crate::client::link::NodeMeta,
+    ) -> Result<crate::client::link::MetaReply, LinkError> {
+        self.writer().push_meta(req)
+    }
+
+    fn sign_identities(
+        &self,
+        req: &crate::client::link::SignIdentities,
+    ) -> Result<crate::client::link::SignedIdentities, LinkError> {
+        self.writer().sign_identities(req)
+    }
+
+    fn resolve_acl(
+        &self,
+        req: &crate::client::link::ResolveAcl,
+    ) -> Result<crate::client::link::ResolvedAcl, LinkError> {
+        self.local.resolve_acl(req)
+    }
+
+    fn public_keys(
+        &self,
+        req: &crate::client::link::PublicKeysRequest,
+    ) -> Result<crate::client::link::PublicKeys, LinkError> {
+        self.writer().public_keys(req)
+    }
+
+    fn close(&self) {
+        self.local.close();
+        self.remote.close();
     }
 }
 
@@ -361,6 +486,8 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     let _ = agent.forwarding.set(Forwarding {
         tunnels: tunnel_pool.clone(),
         servers: client_tunnels.then(|| agent.membership.server_list()),
+        peers: tunnel_pool.as_ref().map(|_| live_servers(&agent)),
+        last_server: Default::default(),
     });
     let mut pusher = match &tunnel_pool {
         Some(pool) => Some(
@@ -477,13 +604,19 @@ pub fn run(config: Config) -> Result<(), AgentError> {
                     agent.index.clone(),
                     agent.heartbeats.clone(),
                 )
-                .with_acl(agent.acl.clone()),
+                .with_acl(agent.acl.clone())
+                .with_servers(live_servers(&agent)),
             );
             let rpc_limits = Limits {
                 max_conns_per_client: agent.config.rpc_max_conns_per_client,
                 ..limits.clone()
             };
             let mut rpc_router = RpcRouter::new(service, router.clone());
+            if let Some(l) = agent.leadership.get() {
+                // A follower passes node writes to the leader.
+                rpc_router =
+                    rpc_router.with_leadership(l.clone(), agent.config.rpc_addr().parse().ok());
+            }
             if let Some(raft) = agent.raft.get() {
                 rpc_router = rpc_router.with_raft(raft.clone());
             }
@@ -629,6 +762,49 @@ fn alloc_changes(agent: &Arc<Agent>) -> ChangedNodes {
             }
         }
         (state.index, nodes.into_iter().collect())
+    })
+}
+
+/// The RPC addresses of this region's live servers, for clients' server lists (ref §5.2):
+/// every gossip member that is a Nomad server of this region and alive (this server at its
+/// advertised RPC address), sorted; this server alone when it does not gossip.
+fn live_servers(agent: &Arc<Agent>) -> crate::server::rpc::ServerAddrs {
+    let weak = Arc::downgrade(agent);
+    Arc::new(move || {
+        let Some(agent) = weak.upgrade() else {
+            return Vec::new();
+        };
+        let own = agent.config.rpc_addr();
+        let Some(gossip) = agent.gossip.get() else {
+            return vec![own];
+        };
+        let local = gossip.local().map(|m| m.name);
+        let mut out: Vec<String> = gossip
+            .members()
+            .into_iter()
+            .filter(|m| {
+                m.status == crate::gossip::MemberStatus::Alive
+                    && m.tags.get("role").map(String::as_str) == Some("nomad")
+                    && m.tags.get("region") == Some(&agent.config.region)
+            })
+            .filter_map(|m| {
+                if Some(&m.name) == local.as_ref() {
+                    return Some(own.clone());
+                }
+                let ip = match m.tags.get("rpc_addr") {
+                    Some(a) => a.parse().ok()?,
+                    None => m.addr,
+                };
+                let port: u16 = m.tags.get("port")?.parse().ok()?;
+                Some(SocketAddr::new(ip, port).to_string())
+            })
+            .collect();
+        if out.is_empty() {
+            out.push(own);
+        }
+        out.sort();
+        out.dedup();
+        out
     })
 }
 

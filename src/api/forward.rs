@@ -3,12 +3,16 @@
 //! this agent's goes down that node's tunnel (a connection the node opened; the server never
 //! dials a client). On a client-only agent, everything but its own agent and client endpoints
 //! goes to one of its servers' RPC ports (which hand non-RPC paths to their API router),
-//! failing over on connect. Requests go as they came (method, path, query, end-to-end headers
+//! failing over on connect. On a server that is not the leader (`agent.leadership`), writes
+//! and consistent reads go to the leader's RPC port (ref §5.5–5.6); `?stale` reads, the
+//! agent's own endpoints and client endpoints are answered here. A request passed to the
+//! leader carries [`LEADER_HOP_HEADER`]: a server that gets one and is not the leader answers
+//! `No cluster leader` instead of passing it on again (no loops while leadership moves). Requests go as they came (method, path, query, end-to-end headers
 //! with the ACL token, body): a server accepts the token before it forwards to a node, which
 //! checks the capabilities; a client-only agent leaves the token to its server. Replies come back as they are:
 //! small bodies whole, everything else (logs, follow streams) piped as it arrives.
 
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +21,7 @@ use crate::http::outbound::{self, Incoming};
 use crate::http::{Method, RawStream, Reply, Request};
 use crate::server::tunnel::{TunnelError, TunnelPool};
 use crate::state::jobs::alloc::AllocRecord;
+use crate::state::leader::{route, LeaderView, Leadership, Route, LEADER_HOP_HEADER, NO_LEADER};
 
 use super::{Agent, ApiError};
 
@@ -31,6 +36,13 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a TCP connect to one server may take before the next is tried.
 pub const SERVER_DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Longest a request waits for a leader to be known (Nomad's `RPCHoldTimeout`, ref §5.7)
+/// before it is answered `No cluster leader`.
+pub const LEADER_WAIT: Duration = Duration::from_secs(5);
+
+/// Nomad's text when this server leads but is not ready for consistent reads in time, 500.
+pub const NOT_READY: &str = "Not ready to serve consistent reads";
+
 /// The servers' RPC addresses (`host:port`) as known now.
 pub type ServerList = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
@@ -41,6 +53,12 @@ pub struct Forwarding {
     pub tunnels: Option<Arc<TunnelPool>>,
     /// Client-only role: the servers to forward everything else to.
     pub servers: Option<ServerList>,
+    /// Server role: every live server's RPC address (this one's among them), asked in turn
+    /// for a node whose tunnels are parked on another server.
+    pub peers: Option<ServerList>,
+    /// Client-only role: the server that answered last (tried first, so a dead server in the
+    /// list costs one failed connect, not one per request).
+    pub last_server: Arc<parking_lot::Mutex<Option<String>>>,
 }
 
 /// Where one request is answered.
@@ -48,6 +66,8 @@ enum Target {
     Local,
     Node(String),
     Servers(ServerList),
+    /// The leader's RPC port (this server is a follower).
+    Leader(SocketAddr),
 }
 
 /// If this agent does not answer `req` itself: the reply from where it is answered.
@@ -62,15 +82,24 @@ pub fn maybe_forward(agent: &Arc<Agent>, req: &Request) -> Option<Reply> {
             }
             Some(to_node(agent, &node, req))
         }
-        Ok(Target::Servers(servers)) => Some(to_servers(&servers, req)),
+        Ok(Target::Servers(servers)) => Some(to_servers(agent, &servers, req)),
+        Ok(Target::Leader(addr)) => Some(to_leader(agent, addr, req)),
         Err(e) => Some(super::router::error_reply(&e)),
     }
 }
 
-/// Whether `req` goes to a server (so this client-only agent does not judge its token before
-/// the body: the server does).
+/// Whether `req` goes to a server or the leader (so this agent does not judge its token
+/// before the body: the one that answers does). Never waits for a leader.
 pub fn will_forward(agent: &Arc<Agent>, req: &Request) -> bool {
-    matches!(target(agent, req), Ok(Target::Servers(_)))
+    if req.header(TUNNEL_HOP_HEADER).is_some() || req.path.starts_with("/v1/client/") {
+        return matches!(target(agent, req), Ok(Target::Servers(_)));
+    }
+    if let Some(fwd) = agent.forwarding.get() {
+        if fwd.servers.is_some() {
+            return !is_agent_local(&req.path);
+        }
+    }
+    leader_bound(agent, req).is_some_and(|l| !l.view().is_leader)
 }
 
 /// This agent's view of an allocation for a client endpoint: the local client's own copy
@@ -87,25 +116,115 @@ fn target(agent: &Arc<Agent>, req: &Request) -> Result<Target, ApiError> {
         // It came down a tunnel: answered here, whatever this agent thinks.
         return Ok(Target::Local);
     }
-    if fwd.tunnels.is_none() && fwd.servers.is_none() {
-        return Ok(Target::Local);
-    }
     let path = req.path.as_str();
     if let Some(rest) = path.strip_prefix("/v1/client/") {
+        if fwd.tunnels.is_none() && fwd.servers.is_none() {
+            return Ok(Target::Local);
+        }
         return client_target(agent, req, rest);
     }
-    let Some(servers) = fwd.servers.clone() else {
-        // A server answers everything else itself.
-        return Ok(Target::Local);
+    if let Some(servers) = fwd.servers.clone() {
+        // A client-only agent answers for itself only what is its own.
+        // (`/v1/agent/members` asks a server through the agent's own handler.)
+        return Ok(if is_agent_local(path) {
+            Target::Local
+        } else {
+            Target::Servers(servers)
+        });
+    }
+    match leader_bound(agent, req) {
+        Some(leadership) => leader_target(agent, leadership.as_ref(), req),
+        None => Ok(Target::Local),
+    }
+}
+
+/// What every agent answers for itself, leader or not (ref §5.6): its own agent endpoints
+/// (self, health, members, join, servers, ...) and metrics. (Client endpoints are routed by
+/// `client_target`.)
+fn is_agent_local(path: &str) -> bool {
+    path.starts_with("/v1/agent/") || path == "/v1/metrics"
+}
+
+/// Paths a server answers itself without touching replicated state: parsing and validating a
+/// job, the region list, and the event stream (fed by this server's own applies).
+fn is_server_local(path: &str) -> bool {
+    matches!(path, "/v1/jobs/parse" | "/v1/validate/job" | "/v1/regions")
+        || path.starts_with("/v1/event/")
+}
+
+/// `?stale` on a read: any server answers from its own state (ref §5.5). A value that does
+/// not parse is left to the handler's 400.
+fn is_stale_read(req: &Request) -> bool {
+    matches!(req.method, Method::Get | Method::Head)
+        && req
+            .query("stale")
+            .is_some_and(|v| v.is_empty() || super::params::parse_go_bool(v) == Some(true))
+}
+
+/// The leadership to consult when `req` is one the leader answers on a server: a write or a
+/// consistent read of replicated state.
+fn leader_bound(agent: &Agent, req: &Request) -> Option<Arc<dyn Leadership>> {
+    let leadership = agent.leadership.get()?;
+    let path = req.path.as_str();
+    let local = path.starts_with("/v1/client/")
+        || is_agent_local(path)
+        || is_server_local(path)
+        || is_stale_read(req);
+    (!local).then(|| leadership.clone())
+}
+
+/// Where a leader-bound request is answered: here when this server is the ready leader,
+/// else at the leader's RPC port (`state::leader::route`, waiting up to [`LEADER_WAIT`]). A
+/// request another server already passed on is answered here or refused, never passed on
+/// again.
+fn leader_target(
+    agent: &Agent,
+    leadership: &dyn Leadership,
+    req: &Request,
+) -> Result<Target, ApiError> {
+    let passed_on = req.header(LEADER_HOP_HEADER).is_some();
+    let own: Option<SocketAddr> = agent.config.rpc_addr().parse().ok();
+    let deadline = Instant::now() + LEADER_WAIT;
+    let stop = || agent.index.is_closed() || req.peer_gone();
+    match route(leadership, own, passed_on, deadline, &stop) {
+        Route::Here => Ok(Target::Local),
+        Route::Leader(addr) => Ok(Target::Leader(addr)),
+        Route::NotReady if req.method == Method::Get => Err(ApiError::internal(NOT_READY)),
+        Route::NoLeader | Route::NotReady => {
+            if passed_on {
+                log::debug!(
+                    "a request for {} passed on by {} reached a server that does not lead",
+                    req.path,
+                    req.header(LEADER_HOP_HEADER).unwrap_or("?")
+                );
+            }
+            Err(ApiError::internal(NO_LEADER))
+        }
+    }
+}
+
+/// The `X-Nomad-KnownLeader` and `X-Nomad-LastContact` (ms) of a read answered by this
+/// agent, from its view of leadership (ref §5.5): `true`/`0` on the leader (and on an agent
+/// that is not a server, which answers no state reads itself).
+pub fn query_meta(agent: &Agent) -> (bool, u64) {
+    let Some(leadership) = agent.leadership.get() else {
+        return (true, 0);
     };
-    // A client-only agent answers for itself only what is its own.
-    // (`/v1/agent/members` asks a server through the agent's own handler.)
-    let own = path.starts_with("/v1/agent/") || path == "/v1/metrics";
-    Ok(if own {
-        Target::Local
-    } else {
-        Target::Servers(servers)
-    })
+    meta_of(&leadership.view())
+}
+
+/// Time since an unknown last contact, as Nomad shows it (Go's `time.Since` of a zero time
+/// saturates at the largest duration).
+const NEVER_CONTACTED_MS: u64 = (i64::MAX as u64) / 1_000_000;
+
+fn meta_of(view: &LeaderView) -> (bool, u64) {
+    if view.is_leader {
+        return (true, 0);
+    }
+    let last = view.last_contact.map_or(NEVER_CONTACTED_MS, |d| {
+        u64::try_from(d.as_millis()).unwrap_or(NEVER_CONTACTED_MS)
+    });
+    (view.leader_rpc_addr.is_some(), last)
 }
 
 /// The alloc a client endpoint path names (`fs/<op>/<id>`, `allocation/<id>/<op>`).
@@ -175,7 +294,11 @@ fn reply_deadline(req: &Request) -> Instant {
 fn pass_headers(req: &Request) -> Vec<(String, String)> {
     req.headers
         .iter()
-        .filter(|(k, _)| !outbound::is_hop_by_hop(k) && !k.eq_ignore_ascii_case(TUNNEL_HOP_HEADER))
+        .filter(|(k, _)| {
+            !outbound::is_hop_by_hop(k)
+                && !k.eq_ignore_ascii_case(TUNNEL_HOP_HEADER)
+                && !k.eq_ignore_ascii_case(LEADER_HOP_HEADER)
+        })
         .cloned()
         .collect()
 }
@@ -188,7 +311,7 @@ fn relay(incoming: Result<Incoming, String>, deadline: Instant) -> Result<Reply,
 
 fn to_node(agent: &Arc<Agent>, node: &str, req: &Request) -> Reply {
     let Some(pool) = agent.forwarding.get().and_then(|f| f.tunnels.as_ref()) else {
-        return super::router::error_reply(&ApiError::not_found("No path to node"));
+        return super::router::error_reply(&ApiError::not_found(NO_PATH));
     };
     let deadline = reply_deadline(req);
     let target = outbound::encode_target(&req.path, &req.query);
@@ -202,9 +325,7 @@ fn to_node(agent: &Arc<Agent>, node: &str, req: &Request) -> Reply {
         &|| req.peer_gone(),
     );
     let sent = match sent {
-        Err(TunnelError::NoConnection) => {
-            return super::router::error_reply(&ApiError::not_found("No path to node"))
-        }
+        Err(TunnelError::NoConnection) => return via_peer_servers(agent, node, req),
         other => other.map_err(|e| e.to_string()),
     };
     match relay(sent, deadline) {
@@ -218,8 +339,61 @@ fn to_node(agent: &Arc<Agent>, node: &str, req: &Request) -> Reply {
     }
 }
 
-fn to_servers(servers: &ServerList, req: &Request) -> Reply {
-    let list = servers();
+/// Nomad's answer when no server holds a connection of the node (ref §5.7).
+const NO_PATH: &str = "No path to node";
+
+/// No tunnel of `node` is parked here: ask the other servers in turn (the node may hold its
+/// tunnels to one of them, ref §5.6), each marked as passed on so it answers from its own
+/// tunnels only. The first answer other than `No path to node` is the reply.
+fn via_peer_servers(agent: &Agent, node: &str, req: &Request) -> Reply {
+    let no_path = || super::router::error_reply(&ApiError::not_found(NO_PATH));
+    if req.header(LEADER_HOP_HEADER).is_some() {
+        return no_path();
+    }
+    let Some(peers) = agent.forwarding.get().and_then(|f| f.peers.clone()) else {
+        return no_path();
+    };
+    let own = agent.config.rpc_addr();
+    let mut headers = pass_headers(req);
+    headers.push((LEADER_HOP_HEADER.to_string(), own.clone()));
+    let deadline = reply_deadline(req);
+    for peer in peers().into_iter().filter(|p| *p != own) {
+        let Ok(addr) = peer.parse::<SocketAddr>() else {
+            continue;
+        };
+        match outbound::pass_on(
+            &addr,
+            req,
+            &headers,
+            SERVER_DIAL_TIMEOUT,
+            deadline,
+            MAX_INLINE_REPLY,
+        ) {
+            Ok(reply) if is_no_path(&reply) => {}
+            Ok(reply) => return reply,
+            Err(e) => log::debug!("forward: server {peer} not asked about node {node}: {e}"),
+        }
+    }
+    no_path()
+}
+
+fn is_no_path(reply: &Reply) -> bool {
+    reply.status == crate::http::Status::NOT_FOUND
+        && matches!(&reply.body, crate::http::Body::Bytes(b) if b.as_slice() == NO_PATH.as_bytes())
+}
+
+fn to_servers(agent: &Agent, servers: &ServerList, req: &Request) -> Reply {
+    let mut list = servers();
+    let last_server = agent
+        .forwarding
+        .get()
+        .map(|f| f.last_server.clone())
+        .unwrap_or_default();
+    if let Some(last) = last_server.lock().clone() {
+        if let Some(i) = list.iter().position(|s| *s == last) {
+            list.rotate_left(i);
+        }
+    }
     if list.is_empty() {
         return super::router::error_reply(&ApiError::internal("no servers"));
     }
@@ -232,6 +406,7 @@ fn to_servers(servers: &ServerList, req: &Request) -> Reply {
         let Some(mut stream) = dial(addr, &mut last) else {
             continue;
         };
+        *last_server.lock() = Some(addr.clone());
         let sent = outbound::write_request(
             &mut stream,
             req.method.as_str(),
@@ -257,6 +432,32 @@ fn to_servers(servers: &ServerList, req: &Request) -> Reply {
     }
     log::warn!("forward: no server answered: {last}");
     super::router::error_reply(&ApiError::internal("no servers"))
+}
+
+/// Pass `req` to the leader's RPC port (marked as passed on). A leader that cannot be
+/// reached got nothing: `No cluster leader`, which callers retry.
+fn to_leader(agent: &Agent, addr: SocketAddr, req: &Request) -> Reply {
+    let deadline = reply_deadline(req);
+    let mut headers = pass_headers(req);
+    headers.push((LEADER_HOP_HEADER.to_string(), agent.config.rpc_addr()));
+    match outbound::pass_on(
+        &addr,
+        req,
+        &headers,
+        SERVER_DIAL_TIMEOUT,
+        deadline,
+        MAX_INLINE_REPLY,
+    ) {
+        Ok(reply) => reply,
+        Err(outbound::PassError::Connect(e)) => {
+            log::warn!("forward: cannot reach the leader at {addr}: {e}");
+            super::router::error_reply(&ApiError::internal(NO_LEADER))
+        }
+        Err(e) => {
+            log::warn!("forward: a request to the leader at {addr} failed: {e}");
+            super::router::error_reply(&ApiError::internal(format!("rpc error: {e}")))
+        }
+    }
 }
 
 fn dial(addr: &str, last: &mut String) -> Option<RawStream> {
@@ -295,5 +496,48 @@ mod tests {
         assert_eq!(path_alloc("allocation/abc/stats"), Some("abc"));
         assert_eq!(path_alloc("allocation//stats"), None);
         assert_eq!(path_alloc("stats"), None);
+    }
+
+    #[test]
+    fn query_meta_follows_the_leader_view() {
+        let mut view = LeaderView {
+            is_leader: true,
+            leader_rpc_addr: None,
+            leader_id: None,
+            last_contact: Some(Duration::ZERO),
+            term: 3,
+        };
+        assert_eq!(meta_of(&view), (true, 0));
+        view.is_leader = false;
+        view.leader_rpc_addr = "127.0.0.1:4647".parse().ok();
+        view.last_contact = Some(Duration::from_millis(1234));
+        assert_eq!(meta_of(&view), (true, 1234));
+        view.leader_rpc_addr = None;
+        view.last_contact = None;
+        assert_eq!(meta_of(&view), (false, NEVER_CONTACTED_MS));
+        assert_eq!(NEVER_CONTACTED_MS, 9_223_372_036_854);
+    }
+
+    #[test]
+    fn agent_and_server_local_paths_are_never_sent_to_the_leader() {
+        for p in [
+            "/v1/agent/self",
+            "/v1/agent/health",
+            "/v1/agent/members",
+            "/v1/metrics",
+        ] {
+            assert!(is_agent_local(p), "{p}");
+        }
+        for p in ["/v1/jobs/parse", "/v1/regions", "/v1/event/stream"] {
+            assert!(is_server_local(p), "{p}");
+        }
+        for p in [
+            "/v1/jobs",
+            "/v1/status/leader",
+            "/v1/acl/tokens",
+            "/v1/node/x",
+        ] {
+            assert!(!is_agent_local(p) && !is_server_local(p), "{p}");
+        }
     }
 }

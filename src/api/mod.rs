@@ -59,7 +59,8 @@ pub enum ApiReply {
 pub enum IndexMeta {
     /// No index headers (client-local and agent endpoints).
     None,
-    /// A read: `X-Nomad-Index`, `X-Nomad-KnownLeader: true`, `X-Nomad-LastContact: 0`.
+    /// A read: `X-Nomad-Index`, `X-Nomad-KnownLeader` and `X-Nomad-LastContact` (this server's
+    /// view of leadership: `api::forward::query_meta`).
     Query(u64),
     /// A write: only `X-Nomad-Index`.
     Write(u64),

@@ -229,7 +229,8 @@ impl Router {
             return reply;
         }
         let result = self.dispatch(req);
-        let mut reply = render(result, params::wants_pretty(req), &req.origin);
+        let leader = || super::forward::query_meta(&self.agent);
+        let mut reply = render(result, params::wants_pretty(req), &req.origin, &leader);
         if cors {
             add_cors_headers(&mut reply, req);
         }
@@ -257,17 +258,20 @@ fn add_cors_headers(reply: &mut Reply, req: &Request) {
     }
 }
 
-fn index_headers(reply: &mut Reply, meta: IndexMeta) {
+/// Index headers; a read's query meta (`KnownLeader`, `LastContact` in ms) from `leader`,
+/// this server's view of leadership when it answered (ref §5.5).
+fn index_headers(reply: &mut Reply, meta: IndexMeta, leader: &dyn Fn() -> (bool, u64)) {
     match meta {
         IndexMeta::None => {}
         IndexMeta::Query(i) => {
+            let (known, last_contact) = leader();
             reply.headers.push(("X-Nomad-Index".into(), i.to_string()));
             reply
                 .headers
-                .push(("X-Nomad-Knownleader".into(), "true".into()));
+                .push(("X-Nomad-Knownleader".into(), known.to_string()));
             reply
                 .headers
-                .push(("X-Nomad-Lastcontact".into(), "0".into()));
+                .push(("X-Nomad-Lastcontact".into(), last_contact.to_string()));
         }
         IndexMeta::Write(i) => reply.headers.push(("X-Nomad-Index".into(), i.to_string())),
     }
@@ -300,17 +304,22 @@ pub fn error_reply(e: &ApiError) -> Reply {
     )
 }
 
-fn render(result: ApiResult, pretty: bool, _origin: &Origin) -> Reply {
+fn render(
+    result: ApiResult,
+    pretty: bool,
+    _origin: &Origin,
+    leader: &dyn Fn() -> (bool, u64),
+) -> Reply {
     match result {
         Ok(ApiReply::Json { value, meta }) => {
             let mut reply =
                 Reply::bytes(Status::OK, "application/json", encode_json(&value, pretty));
-            index_headers(&mut reply, meta);
+            index_headers(&mut reply, meta, leader);
             reply
         }
         Ok(ApiReply::Empty { meta }) => {
             let mut reply = Reply::empty(Status::OK);
-            index_headers(&mut reply, meta);
+            index_headers(&mut reply, meta, leader);
             reply
         }
         Ok(ApiReply::Http(reply)) => reply,

@@ -192,13 +192,14 @@ fn prefix_search(ctx: &Ctx) -> ApiResult {
         truncations.insert(c.to_string(), json!(truncated));
     }
     let index = ctx.agent.index.current();
+    let (known_leader, last_contact) = super::forward::query_meta(ctx.agent);
     json_meta(
         &json!({
             "Matches": matches,
             "Truncations": truncations,
             "Index": index,
-            "KnownLeader": true,
-            "LastContact": 0,
+            "KnownLeader": known_leader,
+            "LastContact": last_contact,
         }),
         IndexMeta::Query(index),
     )
@@ -340,13 +341,14 @@ fn fuzzy_search(ctx: &Ctx) -> ApiResult {
         }
     }
     let index = ctx.agent.index.current();
+    let (known_leader, last_contact) = super::forward::query_meta(ctx.agent);
     json_meta(
         &json!({
             "Matches": matches,
             "Truncations": truncations,
             "Index": index,
-            "KnownLeader": true,
-            "LastContact": 0,
+            "KnownLeader": known_leader,
+            "LastContact": last_contact,
         }),
         IndexMeta::Query(index),
     )

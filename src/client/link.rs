@@ -78,6 +78,10 @@ pub struct HeartbeatReply {
     pub ttl_ms: u64,
     /// The server's index when it answered.
     pub index: u64,
+    /// The RPC addresses (`ip:port`) of the region's live servers: the client replaces its
+    /// server list with them (ref §5.2). Empty from an in-process server or an older one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
 }
 
 /// `heartbeat`: this node is alive.

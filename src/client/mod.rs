@@ -1033,6 +1033,7 @@ mod tests {
             Ok(HeartbeatReply {
                 ttl_ms: 1,
                 index: 0,
+                servers: Vec::new(),
             })
         }
         fn heartbeat(&self, _: &Heartbeat) -> Result<HeartbeatReply, LinkError> {

@@ -2,7 +2,9 @@
 //! short HTTP/1.1 request per call, JSON bodies, the node's secret in `X-Nomad-Node-Secret`
 //! (the wire format is written down in `server::rpc`). Calls go to the server that answered
 //! last; a server that cannot be reached (or answers 5xx) is left for the next in the list, so
-//! a call fails over across every known server before it fails. Each call has a deadline;
+//! a call fails over across every known server before it fails. Register and heartbeat
+//! replies list the live servers: the list is replaced with them (ref §5.2) through the
+//! owner's [`ServerUpdates`] hook. Each call has a deadline;
 //! closing the link (agent shutdown) ends the blocking pulls in flight at once (other calls,
 //! such as the last alloc updates, still go through).
 
@@ -40,6 +42,9 @@ pub const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
 /// of the list (`PUT /v1/agent/servers`) takes effect at the next call.
 pub type ServerList = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
+/// Told the servers a register/heartbeat reply listed (never empty), to replace the list.
+pub type ServerUpdates = Arc<dyn Fn(&[String]) + Send + Sync>;
+
 /// Connects to a server before the deadline: the stream to speak on (plain TCP, or TLS when
 /// `tls.rpc` is on) and the TCP socket under it (for deadlines and shutdown).
 pub type Dialer =
@@ -70,6 +75,8 @@ pub struct RemoteLink {
     /// The sockets of pulls in flight, shut down by `close`.
     in_flight: Mutex<HashMap<u64, TcpStream>>,
     next_call: AtomicU64,
+    /// Where the server lists of replies go.
+    on_servers: Option<ServerUpdates>,
 }
 
 /// How one attempt at one server went.
@@ -89,7 +96,27 @@ impl RemoteLink {
             closed: AtomicBool::new(false),
             in_flight: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(0),
+            on_servers: None,
         }
+    }
+
+    /// Hand the server list of every register/heartbeat reply to `f`.
+    pub fn with_server_updates(mut self, f: ServerUpdates) -> RemoteLink {
+        self.on_servers = Some(f);
+        self
+    }
+
+    /// A register/heartbeat reply: its server list goes to the owner.
+    fn learned(
+        &self,
+        reply: Result<HeartbeatReply, LinkError>,
+    ) -> Result<HeartbeatReply, LinkError> {
+        if let (Ok(r), Some(f)) = (&reply, &self.on_servers) {
+            if !r.servers.is_empty() {
+                f(&r.servers);
+            }
+        }
+        reply
     }
 
     /// The servers in the order to try: the last that answered first.
@@ -234,11 +261,11 @@ impl ServerLink for RemoteLink {
     fn register_node(&self, req: &NodeRegistration) -> Result<HeartbeatReply, LinkError> {
         let mut req = req.clone();
         req.secret_id = self.secret.clone();
-        self.call("node/register", &req.node_id, &req, CALL_TIMEOUT, false)
+        self.learned(self.call("node/register", &req.node_id, &req, CALL_TIMEOUT, false))
     }
 
     fn heartbeat(&self, req: &Heartbeat) -> Result<HeartbeatReply, LinkError> {
-        self.call("node/heartbeat", &req.node_id, req, CALL_TIMEOUT, false)
+        self.learned(self.call("node/heartbeat", &req.node_id, req, CALL_TIMEOUT, false))
     }
 
     fn pull_allocs(&self, req: &PullAllocs) -> Result<PulledAllocs, LinkError> {

@@ -239,6 +239,69 @@ pub fn read_reply_while(
     }
 }
 
+/// Why a request passed on to another HTTP server got no reply.
+#[derive(Debug)]
+pub enum PassError {
+    /// No connection was made: nothing was sent, so the request may go elsewhere.
+    Connect(io::Error),
+    /// The request was (perhaps partly) sent, and its reply did not come whole.
+    Exchange(io::Error),
+}
+
+impl std::fmt::Display for PassError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PassError::Connect(e) => write!(f, "connect: {e}"),
+            PassError::Exchange(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for PassError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PassError::Connect(e) | PassError::Exchange(e) => Some(e),
+        }
+    }
+}
+
+/// Pass `req` on to the HTTP server at `addr` (plain TCP, connect bounded by
+/// `connect_timeout`): its method, path and query, the given `headers` and its body; the reply
+/// comes back as [`Incoming::into_reply`] makes it (small bodies whole, the rest piped). The
+/// head must arrive by `deadline`; waiting for it ends early when `req`'s own client left.
+pub fn pass_on(
+    addr: &std::net::SocketAddr,
+    req: &super::Request,
+    headers: &[(String, String)],
+    connect_timeout: Duration,
+    deadline: Instant,
+    max_inline: usize,
+) -> Result<Reply, PassError> {
+    let wait = left(deadline).map_err(PassError::Connect)?;
+    let tcp = std::net::TcpStream::connect_timeout(addr, wait.min(connect_timeout))
+        .map_err(PassError::Connect)?;
+    let _ = tcp.set_nodelay(true);
+    let mut stream = RawStream::from(tcp);
+    let target = encode_target(&req.path, &req.query);
+    let host = addr.to_string();
+    write_request(
+        &mut stream,
+        req.method.as_str(),
+        &target,
+        &host,
+        headers,
+        &req.body,
+        deadline,
+    )
+    .and_then(|()| {
+        read_reply_while(stream, deadline, req.method == super::Method::Head, &|| {
+            req.peer_gone()
+        })
+    })
+    .and_then(|incoming| incoming.into_reply(max_inline, deadline))
+    .map_err(PassError::Exchange)
+}
+
 fn is_timeout(e: &io::Error) -> bool {
     matches!(
         e.kind(),

@@ -86,6 +86,7 @@ impl LocalLink {
         HeartbeatReply {
             ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
             index: self.index.current(),
+            servers: Vec::new(),
         }
     }
 }

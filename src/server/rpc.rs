@@ -38,6 +38,19 @@
 //! A pull answers at once when an alloc of the node changed after `min_index`, else when one
 //! changes, else after `min(wait_ms, MAX_PULL_WAIT)` with nothing changed.
 //!
+//! On a server that is not the leader, the calls that change state (`node/register`,
+//! `node/heartbeat`, `alloc/updates`, `node/meta`, `identity/sign`) and `acl/keys` (the
+//! leader's signing keys) are passed as they came to the leader's RPC port (marked with
+//! `state::leader::LEADER_HOP_HEADER`; one hop at most), and its reply comes back as it is;
+//! `node/allocs` is answered from this server's own state (every server applies every entry)
+//! unless the node is not known here yet, and `acl/resolve` always. No leader known within
+//! `LEADER_WAIT` (5 s): 500 `No cluster leader`, which the client takes as "try the next
+//! server".
+//!
+//! `HeartbeatReply.servers` lists the RPC addresses of the region's live servers (from
+//! gossip; a server without gossip lists itself): the client replaces its server list with it
+//! (ref §5.2).
+//!
 //! | Status | Body | Meaning (the client's `LinkError`) |
 //! | --- | --- | --- |
 //! | 400 | why | malformed body or missing field (`BadRequest`) |
@@ -46,6 +59,7 @@
 //! | 404 | `Invalid RPC` | a path under `/v1/rpc/` that names no call |
 //! | 405 | `Invalid method` | not `POST` |
 //! | 500 | why | the change could not be made durable; nothing of it is visible (`Persist`) |
+//! | 500 | `No cluster leader` | no leader to pass a write to (the client tries the next server) |
 //! | 503 | `server is shutting down` | (`Closed`) |
 
 use std::sync::Arc;
@@ -62,6 +76,7 @@ use crate::http::{Handler, Method, Reply, Request, RequestHead, Status};
 use crate::server::heartbeat::Heartbeats;
 use crate::state::command::Command;
 use crate::state::jobs::Workloads;
+use crate::state::leader::{Leadership, Route, LEADER_HOP_HEADER, NO_LEADER};
 use crate::state::node_table::{Node, NodeEvent};
 use crate::state::status::NodeStatus;
 use crate::state::IndexCounter;
@@ -89,6 +104,23 @@ pub trait RaftInbox: Send + Sync {
 /// How often a parked pull looks whether its client went away.
 const PULL_PEER_CHECK: Duration = Duration::from_millis(500);
 
+/// Longest a call waits for a leader to be known before `No cluster leader` (Nomad's
+/// `RPCHoldTimeout`).
+pub const LEADER_WAIT: Duration = Duration::from_secs(5);
+
+/// Longest a connect to the leader may take.
+pub const LEADER_DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest a call passed to the leader waits for its reply (a pull adds its wait).
+pub const LEADER_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A reply the leader sends back is relayed whole up to this size (a pull of many allocs is
+/// the large one), else piped.
+const LEADER_REPLY_INLINE: usize = 4 * 1024 * 1024;
+
+/// The RPC addresses of the servers a client should know (set by the composition root).
+pub type ServerAddrs = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
 /// What an RPC call can fail with, as the wire carries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RpcError {
@@ -99,12 +131,17 @@ pub enum RpcError {
     Closed,
     /// A path under `/v1/rpc/` that names no call.
     NoSuchCall,
+    /// A call only the leader answers, with no leader to pass it to (or none answering):
+    /// `No cluster leader` or the hop's error. 500: the client tries the next server.
+    NoLeader(String),
 }
 
 impl std::fmt::Display for RpcError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RpcError::BadRequest(why) | RpcError::Persist(why) => f.write_str(why),
+            RpcError::BadRequest(why) | RpcError::Persist(why) | RpcError::NoLeader(why) => {
+                f.write_str(why)
+            }
             RpcError::PermissionDenied(why) => f.write_str(why),
             RpcError::UnknownNode => f.write_str("node not found"),
             RpcError::Closed => f.write_str("server is shutting down"),
@@ -122,7 +159,9 @@ impl RpcError {
             RpcError::PermissionDenied(why) => (Status::FORBIDDEN, (*why).to_string()),
             RpcError::UnknownNode => (Status::NOT_FOUND, "node not found".to_string()),
             RpcError::NoSuchCall => (Status::NOT_FOUND, "Invalid RPC".to_string()),
-            RpcError::Persist(why) => (Status::INTERNAL_SERVER_ERROR, why.clone()),
+            RpcError::Persist(why) | RpcError::NoLeader(why) => {
+                (Status::INTERNAL_SERVER_ERROR, why.clone())
+            }
             RpcError::Closed => (
                 Status::SERVICE_UNAVAILABLE,
                 "server is shutting down".to_string(),
@@ -139,12 +178,20 @@ pub struct RpcService {
     heartbeats: Arc<Heartbeats>,
     /// The ACL tables and signing keys behind the authentication calls.
     acl: Option<Arc<crate::state::acl::AclState>>,
+    /// The live servers' RPC addresses, sent in every register/heartbeat reply.
+    servers: Option<ServerAddrs>,
 }
 
 impl RpcService {
     /// The authentication calls (`identity/sign`, `acl/*`) answer from `acl`.
     pub fn with_acl(mut self, acl: Arc<crate::state::acl::AclState>) -> RpcService {
         self.acl = Some(acl);
+        self
+    }
+
+    /// Register and heartbeat replies list `servers()` (ref §5.2).
+    pub fn with_servers(mut self, servers: ServerAddrs) -> RpcService {
+        self.servers = Some(servers);
         self
     }
 
@@ -204,6 +251,7 @@ impl RpcService {
             index,
             heartbeats,
             acl: None,
+            servers: None,
         }
     }
 
@@ -226,6 +274,7 @@ impl RpcService {
         HeartbeatReply {
             ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
             index: self.index.current(),
+            servers: self.servers.as_ref().map(|f| f()).unwrap_or_default(),
         }
     }
 
@@ -441,6 +490,8 @@ pub struct RpcRouter {
     api: Arc<dyn Handler>,
     /// Where upgraded tunnels are parked (`GET /v1/rpc/tunnel`); none: tunnels are refused.
     tunnels: Option<Arc<crate::server::tunnel::TunnelPool>>,
+    /// Who leads, and this server's RPC address: a follower passes write calls to the leader.
+    leadership: Option<(Arc<dyn Leadership>, Option<std::net::SocketAddr>)>,
     /// Where Raft batches go; none: `/v1/rpc/raft` is no call here.
     raft: Option<Arc<dyn RaftInbox>>,
 }
@@ -451,6 +502,7 @@ impl RpcRouter {
             service,
             api,
             tunnels: None,
+            leadership: None,
             raft: None,
         }
     }
@@ -476,6 +528,85 @@ impl RpcRouter {
             Ok(()) => text(Status::OK, String::new()),
             Err(why) => text(Status::BAD_REQUEST, why),
         }
+    }
+
+    /// Pass write calls to the leader while this server (at RPC address `own`) is not it.
+    pub fn with_leadership(
+        mut self,
+        leadership: Arc<dyn Leadership>,
+        own: Option<std::net::SocketAddr>,
+    ) -> RpcRouter {
+        self.leadership = Some((leadership, own));
+        self
+    }
+
+    /// Whether the call `what` is answered by the leader only.
+    fn leader_only(&self, what: &str, req: &Request) -> bool {
+        match what {
+            "node/register" | "node/heartbeat" | "alloc/updates" | "node/meta"
+            | "identity/sign" | "acl/keys" => true,
+            // Served from this server's state, unless the node is not known here yet (its
+            // registration may still be on its way from the leader).
+            "node/allocs" => decode::<PullAllocs>(req)
+                .is_ok_and(|p| self.service.workloads.node(&p.node_id).is_none()),
+            _ => false,
+        }
+    }
+
+    /// On a server that does not lead, a leader-only call goes to the leader: its reply, or
+    /// `No cluster leader`. `None`: answer here.
+    fn pass_to_leader(&self, req: &Request) -> Option<Reply> {
+        let (leadership, own) = self.leadership.as_ref()?;
+        if leadership.view().is_leader {
+            return None;
+        }
+        let what = &req.path[RPC_PREFIX.len()..];
+        if !self.leader_only(what, req) {
+            return None;
+        }
+        let passed_on = req.header(LEADER_HOP_HEADER).is_some();
+        let deadline = Instant::now() + LEADER_WAIT;
+        let stop = || self.service.index.is_closed() || req.peer_gone();
+        let route =
+            crate::state::leader::route(leadership.as_ref(), *own, passed_on, deadline, &stop);
+        let addr = match route {
+            Route::Here => return None,
+            Route::Leader(addr) => addr,
+            Route::NoLeader | Route::NotReady => {
+                return Some(RpcError::NoLeader(NO_LEADER.into()).reply())
+            }
+        };
+        let mut headers: Vec<(String, String)> = req
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case(LEADER_HOP_HEADER))
+            .cloned()
+            .collect();
+        let me = own.map_or_else(|| "?".to_string(), |a| a.to_string());
+        headers.push((LEADER_HOP_HEADER.to_string(), me));
+        let mut wait = LEADER_CALL_TIMEOUT;
+        if what == "node/allocs" {
+            wait += MAX_PULL_WAIT;
+        }
+        let sent = crate::http::outbound::pass_on(
+            &addr,
+            req,
+            &headers,
+            LEADER_DIAL_TIMEOUT,
+            Instant::now() + wait,
+            LEADER_REPLY_INLINE,
+        );
+        Some(match sent {
+            Ok(reply) => reply,
+            Err(e) => {
+                log::warn!("RPC {what}: the leader at {addr} did not answer: {e}");
+                let text = match e {
+                    crate::http::outbound::PassError::Connect(_) => NO_LEADER.to_string(),
+                    other => format!("rpc error: {other}"),
+                };
+                RpcError::NoLeader(text).reply()
+            }
+        })
     }
 
     /// Accept tunnels from nodes into `pool`.
@@ -580,6 +711,8 @@ impl Handler for RpcRouter {
         }
         let result = if req.path == crate::client::link::TUNNEL_PATH {
             self.tunnel(&req)
+        } else if let Some(reply) = self.pass_to_leader(&req) {
+            return reply;
         } else {
             self.call(&req)
                 .map(|body| Reply::bytes(Status::OK, "application/json", body))

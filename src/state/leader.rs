@@ -55,3 +55,152 @@ impl Leadership for SoleServer {
         self.view()
     }
 }
+
+/// Set on a request a server passed to the leader (an API request, a node's RPC call): the
+/// receiver answers it itself or fails, and never passes it on again. Its value is the
+/// sending server's RPC address (for logs).
+pub const LEADER_HOP_HEADER: &str = "X-Nomadlet-Forwarded-By";
+
+/// Nomad's text when no leader is known in time (ref §5.7): a 500 callers retry.
+pub const NO_LEADER: &str = "No cluster leader";
+
+/// How often a server that leads but is still establishing its leadership (`leader_rpc_addr`
+/// is its own, `is_leader` not yet) looks again whether it is ready, while a request waits.
+pub const ESTABLISH_POLL: Duration = Duration::from_millis(20);
+
+/// Where a request only the leader answers (a write, a consistent read, a node's write call)
+/// goes from this server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// This server is the ready leader: answer here.
+    Here,
+    /// Pass it to the leader at this RPC address.
+    Leader(SocketAddr),
+    /// No leader known by the deadline, or the request was already passed on once and this
+    /// server is not the leader (it is never passed on twice).
+    NoLeader,
+    /// This server leads but did not finish establishing its leadership by the deadline.
+    NotReady,
+}
+
+/// Decide where a leader-only request goes: here when this server is the ready leader, else
+/// to the known leader; waiting until `deadline` for a leader to be known (on the
+/// implementation's condvar) or for this server, when it won, to become ready (polled every
+/// [`ESTABLISH_POLL`]). `own` is this server's RPC address; `passed_on`: another server
+/// already sent the request here; `stop()` ends the wait early (shutdown).
+pub fn route(
+    leadership: &dyn Leadership,
+    own: Option<SocketAddr>,
+    passed_on: bool,
+    deadline: Instant,
+    stop: &dyn Fn() -> bool,
+) -> Route {
+    let mut view = leadership.view();
+    loop {
+        if view.is_leader {
+            return Route::Here;
+        }
+        let establishing = view.leader_rpc_addr.is_some() && view.leader_rpc_addr == own;
+        if let Some(addr) = view.leader_rpc_addr.filter(|_| !establishing) {
+            return if passed_on {
+                Route::NoLeader
+            } else {
+                Route::Leader(addr)
+            };
+        }
+        let now = Instant::now();
+        if now >= deadline || stop() {
+            return if establishing {
+                Route::NotReady
+            } else {
+                Route::NoLeader
+            };
+        }
+        view = if establishing {
+            std::thread::sleep(ESTABLISH_POLL.min(deadline - now));
+            leadership.view()
+        } else {
+            leadership.wait_for_leader(deadline)
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A follower whose view changes after a number of looks.
+    struct Scripted {
+        views: Vec<LeaderView>,
+        looks: AtomicUsize,
+    }
+
+    impl Leadership for Scripted {
+        fn view(&self) -> LeaderView {
+            let i = self.looks.fetch_add(1, Ordering::SeqCst);
+            self.views[i.min(self.views.len() - 1)].clone()
+        }
+        fn wait_for_leader(&self, _deadline: Instant) -> LeaderView {
+            self.view()
+        }
+    }
+
+    fn view(is_leader: bool, leader: Option<&str>) -> LeaderView {
+        LeaderView {
+            is_leader,
+            leader_rpc_addr: leader.and_then(|a| a.parse().ok()),
+            leader_id: None,
+            last_contact: None,
+            term: 1,
+        }
+    }
+
+    fn scripted(views: Vec<LeaderView>) -> Scripted {
+        Scripted {
+            views,
+            looks: AtomicUsize::new(0),
+        }
+    }
+
+    #[test]
+    fn routes_follow_the_view() {
+        let soon = Instant::now() + Duration::from_secs(2);
+        let own: Option<SocketAddr> = "127.0.0.1:1".parse().ok();
+        let never = || false;
+        let sole = SoleServer { rpc_addr: own };
+        assert_eq!(route(&sole, own, false, soon, &never), Route::Here);
+        assert_eq!(route(&sole, own, true, soon, &never), Route::Here);
+        let other = "127.0.0.1:2";
+        let f = scripted(vec![view(false, Some(other))]);
+        assert_eq!(
+            route(&f, own, false, soon, &never),
+            Route::Leader(other.parse().unwrap())
+        );
+        // Passed on once already: never again.
+        assert_eq!(route(&f, own, true, soon, &never), Route::NoLeader);
+        // An election, then a leader.
+        let f = scripted(vec![view(false, None), view(false, Some(other))]);
+        assert_eq!(
+            route(&f, own, false, soon, &never),
+            Route::Leader(other.parse().unwrap())
+        );
+        // Won, establishing, then ready.
+        let f = scripted(vec![
+            view(false, Some("127.0.0.1:1")),
+            view(true, own.map(|a| a.to_string()).as_deref()),
+        ]);
+        assert_eq!(route(&f, own, false, soon, &never), Route::Here);
+        // Nobody by the deadline.
+        let f = scripted(vec![view(false, None)]);
+        assert_eq!(
+            route(&f, own, false, Instant::now(), &never),
+            Route::NoLeader
+        );
+        let f = scripted(vec![view(false, Some("127.0.0.1:1"))]);
+        assert_eq!(
+            route(&f, own, false, Instant::now(), &never),
+            Route::NotReady
+        );
+    }
+}

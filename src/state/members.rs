@@ -39,6 +39,9 @@ pub struct Member {
     pub delegate_cur: u8,
 }
 
+/// Takes the servers a reply listed (see [`Membership::server_learner`]).
+pub type ServerLearner = Arc<dyn Fn(&[String]) + Send + Sync>;
+
 /// Known servers and members.
 pub struct Membership {
     servers_path: PathBuf,
@@ -106,6 +109,26 @@ impl Membership {
     pub fn server_list(&self) -> Arc<dyn Fn() -> Vec<String> + Send + Sync> {
         let servers = self.servers.clone();
         Arc::new(move || servers.read().clone())
+    }
+
+    /// What a client does with the servers a register/heartbeat reply lists (ref §5.2): the
+    /// list (in memory; a restart begins again from the configured or `PUT` list) becomes
+    /// them (sorted), unless it already holds the same servers. The link keeps calling the
+    /// server that answered last while it is in the list.
+    pub fn server_learner(&self) -> ServerLearner {
+        let servers = self.servers.clone();
+        Arc::new(move |learned: &[String]| {
+            let mut want: Vec<String> = learned.to_vec();
+            want.sort();
+            want.dedup();
+            let mut have = servers.read().clone();
+            have.sort();
+            if have == want {
+                return;
+            }
+            log::info!("servers learned from a reply: {}", want.join(", "));
+            *servers.write() = want;
+        })
     }
 
     /// Replace the server list, durably.
