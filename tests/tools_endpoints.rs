@@ -866,10 +866,7 @@ fn deregistering_an_unknown_or_purged_job_succeeds_and_unknown_job_paths_are_404
     // Sub-paths nomadlet does not serve are unknown routes, not job IDs (`/plan` and
     // `/dispatch` are served: tests/job_plan.rs, tests/job_dispatch.rs).
     let body = json!({"Job": batch_job("x")}).to_string();
-    for (m, p) in [
-        ("GET", "/v1/job/x/versions"),
-        ("DELETE", "/v1/job/x/scale"),
-    ] {
+    for (m, p) in [("GET", "/v1/job/x/versions"), ("DELETE", "/v1/job/x/scale")] {
         let r = agent.request(m, p, &[], body.as_bytes());
         assert_eq!((r.status, r.text()), (404, String::new()), "{m} {p}");
         assert!(r.header("Content-Type").is_none(), "{m} {p}");
