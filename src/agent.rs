@@ -704,6 +704,13 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         // otherwise the others see it fail.
         let leave = (sig == libc::SIGINT && agent.config.leave_on_interrupt)
             || (sig == libc::SIGTERM && agent.config.leave_on_terminate);
+        if leave {
+            if let Some(raft) = agent.raft.get() {
+                // A leaving leader takes itself out of the configuration first (the quorum
+                // shrinks safely); a follower is removed by the leader once gossip says left.
+                raft.leave();
+            }
+        }
         g.shutdown(leave);
     }
     agent.link.close();

@@ -62,7 +62,8 @@ fn try_get_port(port: u16, path: &str) -> Option<Response> {
         Duration::from_millis(500),
     )
     .ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    // Listing a thousand jobs takes a debug build a while on a loaded machine.
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
     exchange(s, &build_request("GET", path, &[], b"")).ok()
 }
@@ -534,4 +535,199 @@ fn autopilot_removes_a_dead_server_and_the_leader_adds_it_back_when_it_returns()
     wait_until(REPLICATE, "the returned server caught up", || {
         has_all(&servers[dead], &want)
     });
+}
+
+#[test]
+fn a_plain_single_server_store_becomes_the_raft_base_and_keeps_its_jobs() {
+    // A `-dev` agent keeps the plain command log.
+    let dir = temp_dir("raft-migrate");
+    let mut dev = TestAgent::start_in(&dir, &[]);
+    for i in 0..5 {
+        assert!(register(&dev, &format!("plain-{i}")));
+    }
+    let index: u64 = dev
+        .get("/v1/jobs")
+        .header("X-Nomad-Index")
+        .and_then(|v| v.parse().ok())
+        .expect("index");
+    assert_eq!(dev.stop().code(), Some(0));
+    // The same data dir as a server with an RPC port: replicated from here on.
+    let mut server =
+        TestAgent::cluster_agent("server", &dir, "server { enabled = true }\n", "", &[]);
+    let mut want: BTreeSet<String> = (0..5).map(|i| format!("plain-{i}")).collect();
+    assert!(has_all(&server, &want), "{:?}", jobs_on(&server));
+    assert_eq!(raft_state(&server).expect("raft").0, "Leader");
+    assert!(register(&server, "raft-1"));
+    want.insert("raft-1".into());
+    let after: u64 = server
+        .get("/v1/jobs")
+        .header("X-Nomad-Index")
+        .and_then(|v| v.parse().ok())
+        .expect("index");
+    assert!(after > index, "indexes keep growing: {after} > {index}");
+    server.kill9();
+    server.restart_after_stop();
+    wait_until(REPLICATE, "everything back after kill -9", || {
+        has_all(&server, &want)
+    });
+}
+
+#[test]
+fn the_raft_transport_refuses_garbage_and_other_methods_and_keeps_serving() {
+    let server = TestAgent::server("", &[]);
+    for body in [
+        &b"\x00\x00\x00\x09abc"[..],
+        &b"\xff\xff\xff\xff"[..],
+        &b"\x00\x00\x00\x03\xff\xff\xff"[..],
+    ] {
+        let r = server.rpc_request("POST", "/v1/rpc/raft", &[], body);
+        assert_eq!(r.status, 400, "{}", r.text());
+    }
+    let r = server.rpc_request("GET", "/v1/rpc/raft", &[], b"");
+    assert_eq!(r.status, 405);
+    // An empty batch and messages for another server are taken and ignored.
+    let r = server.rpc_request("POST", "/v1/rpc/raft", &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(raft_state(&server).expect("raft").0, "Leader");
+    assert!(register(&server, "still-serving"));
+}
+
+#[test]
+fn a_leader_cut_off_from_its_majority_accepts_no_write_and_steps_down() {
+    let mut servers = cluster(3);
+    let all = [0, 1, 2];
+    let leader = wait_leader(&servers, &all, FORM);
+    wait_peers(&servers, &all, 3);
+    assert!(register(&servers[leader], "with-quorum"));
+    for i in all.iter().copied().filter(|&i| i != leader) {
+        servers[i].kill9();
+    }
+    // Alone it cannot commit: the write is refused (check_quorum makes it step down), never
+    // acknowledged.
+    assert!(!register(&servers[leader], "without-quorum"));
+    wait_until(FORM, "the lone leader steps down", || {
+        raft_state(&servers[leader]).is_some_and(|(s, _)| s != "Leader")
+    });
+    for i in all.iter().copied().filter(|&i| i != leader) {
+        servers[i].restart_after_stop();
+    }
+    let new = wait_leader(&servers, &all, FORM);
+    assert!(register(&servers[new], "quorum-back"));
+    let want: BTreeSet<String> = ["with-quorum", "quorum-back"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for s in &servers {
+        wait_until(REPLICATE, "writes on every server", || has_all(s, &want));
+    }
+}
+
+#[test]
+fn a_leader_leaving_gracefully_leaves_the_configuration_and_the_rest_goes_on() {
+    let serfs: Vec<u16> = (0..3).map(|_| free_udp_port()).collect();
+    let mut servers: Vec<TestAgent> = (0..3)
+        .map(|i| {
+            let others: Vec<String> = serfs
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| *k != i)
+                .map(|(_, p)| format!("\"127.0.0.1:{p}\""))
+                .collect();
+            TestAgent::server(
+                &format!(
+                    "leave_on_terminate = true\nports {{\n  serf = {}\n}}\nserver {{\n  bootstrap_expect = 3\n  server_join {{\n    retry_join = [{}]\n    retry_interval = \"1s\"\n  }}\n}}\n",
+                    serfs[i],
+                    others.join(", ")
+                ),
+                &[],
+            )
+        })
+        .collect();
+    let all = [0, 1, 2];
+    let leader = wait_leader(&servers, &all, FORM);
+    wait_peers(&servers, &all, 3);
+    assert!(servers[leader].stop().success());
+    let live: Vec<usize> = all.iter().copied().filter(|&i| i != leader).collect();
+    wait_peers(&servers, &live, 2);
+    let new = wait_leader(&servers, &live, FORM);
+    assert!(register(&servers[new], "after-leave"));
+}
+
+#[test]
+fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot_and_a_restart_keeps_everything() {
+    let mut servers = cluster(3);
+    let all = [0, 1, 2];
+    let leader = wait_leader(&servers, &all, FORM);
+    wait_peers(&servers, &all, 3);
+    let behind = (leader + 1) % 3;
+    servers[behind].kill9();
+    /// Jobs each of 4 writers registers.
+    const BULK_PER_WRITER: usize = 350;
+    // More entries than a snapshot interval plus the trailing log (each job is a submit and
+    // the scheduler's plan): the log the follower would need is compacted away.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let port = servers[leader].port;
+            std::thread::spawn(move || {
+                let mut ok = Vec::new();
+                for i in 0..BULK_PER_WRITER {
+                    let id = format!("bulk-{w}-{i}");
+                    let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                        continue;
+                    };
+                    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                    let req = build_request("PUT", "/v1/jobs", &[], &job_body(&id));
+                    if matches!(exchange(s, &req), Ok(r) if r.status == 200) {
+                        ok.push(id);
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut acked = BTreeSet::new();
+    for w in writers {
+        acked.extend(w.join().expect("writer"));
+    }
+    assert_eq!(acked.len(), 4 * BULK_PER_WRITER, "every write acknowledged");
+    servers[behind].restart_after_stop();
+    wait_until(FORM, "the follower caught up", || {
+        has_all(&servers[behind], &acked)
+    });
+    let from_snapshot = servers[behind].log().lines().any(|l| {
+        l.split("installed a snapshot of the leader at index ")
+            .nth(1)
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 1024)
+    });
+    let lines: Vec<String> = servers[behind]
+        .log()
+        .lines()
+        .filter(|l| l.contains("raft"))
+        .map(String::from)
+        .collect();
+    assert!(
+        from_snapshot,
+        "caught up from a snapshot past the compacted log: {lines:#?} {:?}",
+        raft_state(&servers[leader])
+    );
+    // The leader restarts from its state snapshot and the log after it.
+    servers[leader].kill9();
+    servers[leader].restart_after_stop();
+    let deadline = Instant::now() + 2 * FORM;
+    while !has_all(&servers[leader], &acked) {
+        assert!(
+            Instant::now() < deadline,
+            "the old leader has everything after its restart: {:?} {}",
+            raft_state(&servers[leader]),
+            servers[leader]
+                .log()
+                .lines()
+                .filter(|l| !l.contains("placement failed"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_leader(&servers, &all, FORM);
 }

@@ -23,7 +23,7 @@ use crate::state::command_log::{LogError, StateMachine, SNAPSHOT_EVERY};
 const MAX_INPUTS: usize = 1024;
 /// Entries kept in the log behind a state snapshot (a follower that far behind catches up
 /// from the log, not a snapshot).
-const TRAILING_ENTRIES: u64 = 1024;
+const TRAILING_ENTRIES: u64 = 256;
 /// Largest batch of entries in one append message.
 const MAX_SIZE_PER_MSG: u64 = 1024 * 1024;
 /// Append messages in flight per follower.
@@ -125,6 +125,11 @@ impl Driver {
             }
         }
         let applied = storage.applied();
+        if storage.hard_state().commit < applied {
+            // Everything applied was committed (a store written before the commit index
+            // went with each snapshot).
+            storage.set_commit(applied);
+        }
         let applied_term = storage.term_of(applied).unwrap_or(0);
         let logger = super::logger::logger();
         storage.source = Some(SnapSource {
@@ -379,6 +384,9 @@ impl Driver {
                 self.last_contact = Some(Instant::now());
             }
         }
+        // A leader's appends go out before its own write (raft-rs allows it): the followers'
+        // fsyncs overlap the leader's.
+        self.transport.send(rd.take_messages());
         let started = Instant::now();
         let has_snapshot = !rd.snapshot().is_empty();
         let mut installed = None;
@@ -407,7 +415,6 @@ impl Driver {
             self.snapshot_at = index;
             log::info!("raft: installed a snapshot of the leader at index {index}");
         }
-        self.transport.send(rd.take_messages());
         let committed = rd.take_committed_entries();
         self.apply(committed)?;
         self.transport.send(rd.take_persisted_messages());
@@ -553,6 +560,10 @@ impl Driver {
             applied,
             applied.saturating_sub(TRAILING_ENTRIES),
         )?;
+        // The commit index (only in memory since the last write) goes with it: never an
+        // applied index above the durable commit.
+        let hs = self.node.store().hard_state().clone();
+        self.node.mut_store().set_hard_state(&txn, hs)?;
         st!("commit", txn.commit())?;
         self.sm.snapshot_written(written);
         self.snapshot_at = applied;

@@ -308,6 +308,18 @@ impl Raft {
         self.change_membership(cc)
     }
 
+    /// Leaving the cluster for good: the leader of several servers removes itself from the
+    /// configuration (bounded by [`PROPOSE_DEADLINE`]).
+    pub fn leave(&self) {
+        let s = self.status();
+        if s.is_leader && s.voters.len() > 1 {
+            match self.remove_server(self.id) {
+                Ok(()) => log::info!("raft: this server left the configuration"),
+                Err(e) => log::warn!("raft: cannot leave the configuration: {e}"),
+            }
+        }
+    }
+
     /// Stop every Raft thread and join them (the store closes with the driver).
     pub fn stop(&self) {
         self.members_stop

@@ -226,8 +226,26 @@ impl DiskStorage {
 
     /// Append `ents` (replacing whatever the log held from their first index on).
     pub fn append(&mut self, txn: &WriteTransaction, ents: &[Entry]) -> Result<(), LogError> {
-        let Some(first) = ents.first() else {
+        let Some(first) = self.append_checked(ents)? else {
             return Ok(());
+        };
+        let mut log = st!("append", txn.open_table(RAFT_LOG))?;
+        if first.index <= self.last() {
+            st!("append", log.retain_in(first.index.., |_, _| false))?;
+            self.entries.truncate((first.index - self.first()) as usize);
+        }
+        for e in ents {
+            st!("append", log.insert(e.index, encode(e)?.as_slice()))?;
+        }
+        self.entries.extend_from_slice(ents);
+        Ok(())
+    }
+
+    /// The first of `ents` if they can follow the log (from its first index up to right
+    /// after its last); `None` for no entries.
+    fn append_checked<'e>(&self, ents: &'e [Entry]) -> Result<Option<&'e Entry>, LogError> {
+        let Some(first) = ents.first() else {
+            return Ok(None);
         };
         if first.index < self.first() || first.index > self.last() + 1 {
             return Err(LogError::store(
@@ -240,16 +258,7 @@ impl DiskStorage {
                 ),
             ));
         }
-        let mut log = st!("append", txn.open_table(RAFT_LOG))?;
-        if first.index <= self.last() {
-            st!("append", log.retain_in(first.index.., |_, _| false))?;
-            self.entries.truncate((first.index - self.first()) as usize);
-        }
-        for e in ents {
-            st!("append", log.insert(e.index, encode(e)?.as_slice()))?;
-        }
-        self.entries.extend_from_slice(ents);
-        Ok(())
+        Ok(Some(first))
     }
 
     pub fn set_hard_state(
@@ -383,5 +392,112 @@ impl Storage for DiskStorage {
         meta.term = src.term;
         meta.set_conf_state(src.conf.clone());
         Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            data: format!("e{index}").into_bytes().into(),
+            ..Default::default()
+        }
+    }
+
+    fn temp_db() -> (std::path::PathBuf, Database) {
+        let dir = std::env::temp_dir().join(format!("nomadlet-raft-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = Database::create(dir.join("s.redb")).unwrap();
+        (dir, db)
+    }
+
+    fn write(db: &Database, f: impl FnOnce(&WriteTransaction)) {
+        let txn = db.begin_write().unwrap();
+        f(&txn);
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn the_log_survives_a_reload_with_conflicts_replaced_and_compaction_kept() {
+        let (dir, db) = temp_db();
+        let mut s = DiskStorage::load(&db).unwrap();
+        assert!(!s.exists());
+        write(&db, |t| s.init(t, 0).unwrap());
+        write(&db, |t| assert!(s.bootstrap(t, &[7, 8, 9]).unwrap()));
+        assert_eq!(
+            (s.first(), s.last()),
+            (2, 1),
+            "the log starts after index 1"
+        );
+        write(&db, |t| {
+            s.append(t, &(2..=6).map(|i| entry(i, 2)).collect::<Vec<_>>())
+                .unwrap()
+        });
+        // A new leader's entries replace the tail from their first index.
+        write(&db, |t| s.append(t, &[entry(5, 3)]).unwrap());
+        assert_eq!(s.last(), 5);
+        assert_eq!(s.term(5).unwrap(), 3);
+        let hs = HardState {
+            term: 3,
+            vote: 8,
+            commit: 4,
+            ..Default::default()
+        };
+        write(&db, |t| s.set_hard_state(t, hs.clone()).unwrap());
+        write(&db, |t| s.snapshotted(t, 4, 3).unwrap());
+        assert_eq!(s.first(), 4, "compacted through 3");
+        assert!(matches!(
+            s.entries(2, 4, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        // A gap or an entry below the log is refused, not written.
+        assert!(s.append_checked(&[entry(9, 3)]).is_err());
+        assert!(s.append_checked(&[entry(2, 3)]).is_err());
+        let back = DiskStorage::load(&db).unwrap();
+        assert!(back.exists());
+        assert_eq!(back.initial_state().unwrap().hard_state, hs);
+        assert_eq!(back.conf_state().voters, vec![7, 8, 9]);
+        assert_eq!((back.first(), back.last(), back.applied()), (4, 5, 4));
+        assert_eq!(back.term(3).unwrap(), 2);
+        let got = back
+            .entries(4, 6, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(
+            got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+            vec![(4, 2), (5, 3)]
+        );
+        drop(db);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_snapshot_from_the_leader_restarts_the_log_and_a_bootstrap_needs_an_empty_one() {
+        let (dir, db) = temp_db();
+        let mut s = DiskStorage::load(&db).unwrap();
+        write(&db, |t| s.init(t, 0).unwrap());
+        assert!(matches!(
+            s.snapshot(0, 1),
+            Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable
+            ))
+        ));
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 40;
+        snap.mut_metadata().term = 5;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        write(&db, |t| s.install(t, &snap).unwrap());
+        assert_eq!((s.first(), s.last(), s.applied()), (41, 40, 40));
+        assert!(s.initialized());
+        write(&db, |t| assert!(!s.bootstrap(t, &[9]).unwrap()));
+        let back = DiskStorage::load(&db).unwrap();
+        assert_eq!(back.term(40).unwrap(), 5);
+        assert_eq!(back.hard_state().commit, 40);
+        assert_eq!(back.conf_state().voters, vec![1, 2, 3]);
+        drop(db);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
