@@ -171,7 +171,10 @@ impl Agent {
             index.clone(),
             config.server_enabled,
         );
+        let periodic =
+            crate::server::periodic::PeriodicDispatcher::new(workloads.clone(), index.clone());
         let agent = Arc::new(Agent {
+            periodic,
             config,
             index,
             node,
@@ -527,6 +530,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
                 index: agent.index.clone(),
                 heartbeats: agent.heartbeats.clone(),
                 drainer: agent.drainer.clone(),
+                periodic: agent.periodic.clone(),
             };
             let wait = Box::new(move |was, deadline| raft.wait_leadership(was, deadline));
             Some(
@@ -547,6 +551,11 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     } else {
         None
     };
+    // Periodic jobs launch their children from here on: a leader duty (a replicated server
+    // starts and stops it with leadership, in `duties`).
+    if agent.config.server_enabled && duties.is_none() {
+        agent.periodic.start();
+    }
     // A drain the last run left unfinished goes on (the thread runs only while one does).
     agent.drainer.kick();
     if agent.config.client_enabled {
@@ -719,7 +728,8 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         pool.shutdown();
     }
     server.shutdown();
-    // Before the tasks stop: no new placement is proposed from here on.
+    // Before the tasks stop: no new launch or placement is proposed from here on.
+    agent.periodic.shutdown();
     if let Some(s) = &scheduler {
         s.shutdown();
     }

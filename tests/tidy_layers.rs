@@ -30,6 +30,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "raft",
             "server::drainer",
             "server::heartbeat",
+            "server::periodic",
+            "server::scheduler::dry_run",
             "signals",
             "state",
             "store",

@@ -863,9 +863,11 @@ fn deregistering_an_unknown_or_purged_job_succeeds_and_unknown_job_paths_are_404
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["EvalID"], "");
 
-    // Sub-paths nomadlet does not serve are unknown routes, not job IDs.
+    // Sub-paths nomadlet does not serve are unknown routes, not job IDs (`/plan`,
+    // `/dispatch`, `/versions`, `/scale` are served: tests/job_plan.rs, job_dispatch.rs,
+    // job_lifecycle.rs).
     let body = json!({"Job": batch_job("x")}).to_string();
-    for (m, p) in [("POST", "/v1/job/x/plan"), ("PUT", "/v1/job/x/dispatch")] {
+    for (m, p) in [("GET", "/v1/job/x/nosuch"), ("PUT", "/v1/job/x/not/served")] {
         let r = agent.request(m, p, &[], body.as_bytes());
         assert_eq!((r.status, r.text()), (404, String::new()), "{m} {p}");
         assert!(r.header("Content-Type").is_none(), "{m} {p}");

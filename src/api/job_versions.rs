@@ -209,11 +209,16 @@ fn revert(ctx: &Ctx, id: &str) -> ApiResult {
     }
     let submission = history::submission_of(&state, &key, version);
     let job = (*old).clone();
+    let periodic = crate::state::jobs::launch::is_periodic(&job);
     let res = ctx
         .agent
         .workloads
         .register_with_source(job, submission)
         .map_err(store_err)?;
+    if periodic {
+        // A reverted version may be periodic again: the dispatcher learns of it now.
+        ctx.agent.periodic.kick();
+    }
     register_response(&res)
 }
 

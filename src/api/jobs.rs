@@ -44,6 +44,15 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
         ctx.require_method(&[Method::Get])?;
         return job_allocations(ctx, id);
     }
+    if let Some(id) = rest.strip_suffix("/dispatch") {
+        return super::job_dispatch::dispatch(ctx, id);
+    }
+    if let Some(id) = rest.strip_suffix("/periodic/force") {
+        return super::job_dispatch::periodic_force(ctx, id);
+    }
+    if let Some(id) = rest.strip_suffix("/plan") {
+        return super::job_plan::plan(ctx, id);
+    }
     if let Some(id) = rest.strip_suffix("/evaluations") {
         ctx.require_method(&[Method::Get])?;
         return job_evaluations(ctx, id);
@@ -168,6 +177,7 @@ fn register(ctx: &Ctx, path_id: Option<&str>) -> ApiResult {
     ctx.identity.allow_namespace(&job.namespace, "submit-job")?;
     super::namespaces::require_known(&job.namespace)?;
     validate_job(&job)?;
+    super::job_dispatch::check_register(ctx, &job)?;
     if get_ci(obj, "EnforceIndex")
         .and_then(Value::as_bool)
         .unwrap_or(false)
@@ -191,11 +201,15 @@ fn register(ctx: &Ctx, path_id: Option<&str>) -> ApiResult {
     }
     let submission = super::job_versions::submission_from(obj);
     // The scheduler places the job moments after this write: the eval is pending now.
+    let periodic = crate::state::jobs::launch::is_periodic(&job);
     let res = ctx
         .agent
         .workloads
         .register_with_source(job, submission)
         .map_err(store_err)?;
+    if periodic {
+        ctx.agent.periodic.kick();
+    }
     json_meta(
         &json!({
             "EvalID": res.eval_id,
@@ -340,6 +354,7 @@ fn job_summary(agent: &Arc<Agent>, job: &Job) -> Value {
                 .max_by_key(|e| e.modify_index)
                 .cloned()
         });
+    let children = crate::state::jobs::launch::children_summary(&state, job);
     let mut summary = Map::new();
     for (name, c) in counts {
         let queued = queued_from
@@ -357,7 +372,7 @@ fn job_summary(agent: &Arc<Agent>, job: &Job) -> Value {
         "JobID": job.id,
         "Namespace": job.namespace,
         "Summary": summary,
-        "Children": {"Pending": 0, "Running": 0, "Dead": 0},
+        "Children": {"Pending": children[0], "Running": children[1], "Dead": children[2]},
         "CreateIndex": job.create_index,
         "ModifyIndex": job.modify_index
     })
@@ -390,7 +405,7 @@ fn list_jobs(ctx: &Ctx) -> ApiResult {
             "Type": job.job_type(),
             "Priority": job.priority,
             "Periodic": !job.periodic.is_null(),
-            "ParameterizedJob": !job.parameterized_job.is_null(),
+            "ParameterizedJob": crate::state::jobs::launch::is_parameterized(&job),
             "Stop": job.stop,
             "Status": ctx.agent.workloads.job_status(&job),
             "StatusDescription": job.status_description,

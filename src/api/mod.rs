@@ -19,6 +19,8 @@ pub mod error;
 pub mod events;
 pub mod filter;
 pub mod forward;
+pub mod job_dispatch;
+pub mod job_plan;
 pub mod job_versions;
 pub mod jobs;
 pub mod jobs_parse;

@@ -35,6 +35,9 @@ pub struct Agent {
     pub heartbeats: Arc<Heartbeats>,
     /// The server's node drainer (its thread runs while a node drains).
     pub drainer: Arc<crate::server::drainer::Drainer>,
+    /// The server's periodic dispatcher (a leader duty; its thread runs while a periodic
+    /// job is active).
+    pub periodic: Arc<crate::server::periodic::PeriodicDispatcher>,
     /// The HTTP server, set once listening (the Task API adds Unix listeners to it).
     pub http: OnceLock<Arc<Server>>,
     /// Server membership (foca gossip on the serf port), set once started; unset when the

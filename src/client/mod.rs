@@ -6,6 +6,7 @@
 pub mod alloc_dir;
 pub mod authz;
 pub mod dirfd;
+pub mod dispatch_payload;
 pub mod exec;
 pub mod link;
 pub mod logs;

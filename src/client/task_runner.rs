@@ -196,6 +196,11 @@ impl TaskRunner {
         };
         if resume.is_none() {
             self.event(TaskEvent::task_setup("Building Task Directory"), |_| {});
+            if let Err(e) = super::dispatch_payload::write(&ad, &alloc.job, &task) {
+                let msg = format!("failed to write dispatch payload: {e}");
+                self.dead(TaskEvent::setup_failure(msg), true);
+                return;
+            }
         }
         let hook = self.hooks(&task, &task_dir, resume.is_none());
         // Dropped when this thread ends: the task has stopped for good or the agent stops.

@@ -1,5 +1,5 @@
 //! The leader duties of a replicated server (ref §6.6): the scheduler, the node heartbeat
-//! timers and the drainer run on the leader only, started once it has applied an entry of
+//! timers, the drainer and the periodic dispatcher run on the leader only, started once it has applied an entry of
 //! its own term and stopped as soon as it is not the leader any more. One `leader-duties`
 //! thread waits for leadership to change (on the consensus's condvar, with a deadline) and
 //! starts or stops them; followers run none of them.
@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 
 use super::drainer::Drainer;
 use super::heartbeat::Heartbeats;
+use super::periodic::PeriodicDispatcher;
 use super::scheduler::Scheduler;
 use crate::state::jobs::Workloads;
 use crate::state::IndexCounter;
@@ -30,6 +31,7 @@ pub struct Parts {
     pub index: Arc<IndexCounter>,
     pub heartbeats: Arc<Heartbeats>,
     pub drainer: Arc<Drainer>,
+    pub periodic: Arc<PeriodicDispatcher>,
 }
 
 /// The `leader-duties` thread.
@@ -45,13 +47,16 @@ struct Running {
 
 impl Running {
     fn gain(&mut self) {
-        log::info!("this server leads: scheduler, heartbeat timers and drainer start");
+        log::info!(
+            "this server leads: scheduler, heartbeat timers, drainer and periodic dispatcher start"
+        );
         self.parts.heartbeats.set_leader(true);
         match Scheduler::start(self.parts.workloads.clone(), self.parts.index.clone()) {
             Ok(s) => self.scheduler = Some(s),
             Err(e) => log::error!("cannot start the scheduler: {e}"),
         }
         self.parts.drainer.set_leader(true);
+        self.parts.periodic.start();
     }
 
     fn lose(&mut self) {
@@ -60,6 +65,7 @@ impl Running {
         }
         self.parts.heartbeats.set_leader(false);
         self.parts.drainer.set_leader(false);
+        self.parts.periodic.stop();
     }
 }
 

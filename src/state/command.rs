@@ -237,6 +237,15 @@ pub enum Command {
         eval_id: String,
         now: i64,
     },
+    /// A child of a running parent job (a dispatch, a periodic launch): stored like a
+    /// submitted job, with a `pending` eval triggered by `triggered_by` (none when the child
+    /// is periodic itself). Refused when the parent is gone or stopped.
+    JobLaunch {
+        job: Box<Job>,
+        eval_id: String,
+        triggered_by: String,
+        now: i64,
+    },
 }
 
 /// What applying a command did (the proposer's answer).
@@ -732,6 +741,12 @@ pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appli
             stop,
             now,
         } => super::node_ops::migrate(state, alloc_ids, evals, *stop, *now, index)?,
+        Command::JobLaunch {
+            job,
+            eval_id,
+            triggered_by,
+            now,
+        } => super::jobs::launch::apply_launch(state, job, eval_id, triggered_by, *now, index)?,
     };
     super::plan::refresh_usage(state, cmd);
     super::plan::after_node_op(state, cmd, index);

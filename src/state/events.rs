@@ -171,7 +171,7 @@ pub fn events_of(
             }
         }
         // The scheduler's queue: a submitted job (its pending eval), a stopped job.
-        Command::JobSubmit { job, .. } => {
+        Command::JobSubmit { job, .. } | Command::JobLaunch { job, .. } => {
             let key = (job.namespace.clone(), job.id.clone());
             out.job(&key, kind::JOB_REGISTERED);
             out.job_changes(&key, kind::JOB_REGISTERED)

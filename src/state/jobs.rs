@@ -4,10 +4,12 @@
 //! the job spec changes).
 
 pub mod alloc;
+pub mod cron;
 pub mod diff;
 pub mod error;
 pub mod eval;
 pub mod history;
+pub mod launch;
 pub mod network;
 pub mod spec;
 pub mod timefmt;
@@ -283,9 +285,15 @@ impl Workloads {
         job: Job,
         submission: Option<history::JobSubmission>,
     ) -> Result<WriteResult, StoreError> {
+        // A periodic or parameterized parent is never scheduled: no eval (Nomad's empty EvalID).
+        let eval_id = if launch::is_parent(&job) {
+            String::new()
+        } else {
+            new_id()
+        };
         let cmd = Command::JobSubmit {
             job: Box::new(job),
-            eval_id: new_id(),
+            eval_id,
             now: crate::time::unix_now_nanos(),
             submission: submission.map(Box::new),
         };
@@ -333,14 +341,19 @@ impl Workloads {
         purge: bool,
     ) -> Result<Option<WriteResult>, StoreError> {
         let key = (namespace.to_string(), job_id.to_string());
-        if !self.state().jobs.contains_key(&key) {
+        let Some(job) = self.state().jobs.get(&key).cloned() else {
             return Ok(None);
-        }
+        };
         let cmd = Command::JobStop {
             namespace: key.0,
             job_id: key.1,
             purge,
-            eval_id: new_id(),
+            // A periodic or parameterized parent gets no eval (Nomad's empty EvalID).
+            eval_id: if launch::is_parent(&job) {
+                String::new()
+            } else {
+                new_id()
+            },
             now: crate::time::unix_now_nanos(),
         };
         Ok(match self.propose(cmd)? {
@@ -597,6 +610,14 @@ pub fn job_status_in(state: &ServerState, job: &Job) -> JobStatus {
 /// A job's status from its allocs (Nomad's `running`, `pending`, `dead`): the one rule for
 /// the job JSON and the job events.
 pub fn job_status_of<'a>(job: &Job, allocs: impl Iterator<Item = &'a AllocRecord>) -> JobStatus {
+    // Periodic and parameterized parents run until stopped (Nomad's `getJobStatus`).
+    if launch::is_parent(job) {
+        return if job.stop {
+            JobStatus::Dead
+        } else {
+            JobStatus::Running
+        };
+    }
     let (mut any, mut live, mut running) = (false, false, false);
     for a in allocs.filter(|a| history::of_incarnation(job, a)) {
         any = true;

@@ -324,6 +324,14 @@ pub(super) fn submit(
     index: u64,
 ) -> JobWrite {
     let (key, job, _) = super::command::store_job_version(state, job, now, index);
+    if eval_id.is_empty() {
+        // A periodic or parameterized parent: stored, never scheduled.
+        return JobWrite {
+            eval_id: String::new(),
+            eval_create_index: 0,
+            job_modify_index: job.job_modify_index,
+        };
+    }
     cancel_blocked_evals(state, &key, eval_id, now, index);
     let eval = EvalRecord::pending_at(&job, "job-register", index, eval_id, now);
     state.put_eval(eval);
@@ -357,9 +365,12 @@ pub(super) fn stop_job(
         job.version += 1;
         state.jobs.insert(key.clone(), Arc::new(job.clone()));
     }
-    cancel_blocked_evals(state, key, eval_id, now, index);
-    let eval = EvalRecord::pending_at(&job, "job-deregister", index, eval_id, now);
-    state.put_eval(eval);
+    // A periodic or parameterized parent has nothing to evaluate (Nomad makes no eval).
+    if !eval_id.is_empty() {
+        cancel_blocked_evals(state, key, eval_id, now, index);
+        let eval = EvalRecord::pending_at(&job, "job-deregister", index, eval_id, now);
+        state.put_eval(eval);
+    }
     let running: Vec<String> = state
         .allocs_of(key)
         .filter(|a| a.desired_status == AllocDesiredStatus::Run)
@@ -378,7 +389,7 @@ pub(super) fn stop_job(
     wake_blocked(state, now, index);
     Ok(JobWrite {
         eval_id: eval_id.to_string(),
-        eval_create_index: index,
+        eval_create_index: if eval_id.is_empty() { 0 } else { index },
         job_modify_index: index,
     })
 }

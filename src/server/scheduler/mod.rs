@@ -7,6 +7,7 @@
 //! eval blocks). It waits on the index counter with a deadline: no busy loop.
 
 pub mod bench;
+pub mod dry_run;
 pub mod feasible;
 pub mod rank;
 pub mod reconcile;

@@ -190,6 +190,8 @@ pub fn schedule(
     let mut allocs: Vec<Arc<AllocRecord>> = state.allocs_of(&key).cloned().collect();
     allocs.sort_by_key(|a| (a.create_index, a.id.clone()));
     let job = match job {
+        // A periodic or parameterized parent is never placed (its children are).
+        Some(j) if crate::state::jobs::launch::is_parent(&j) => return run.plan,
         Some(j) if !j.stop => j,
         _ => {
             for a in allocs

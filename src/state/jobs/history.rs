@@ -170,9 +170,9 @@ fn touched_jobs(state: &ServerState, cmd: &Command) -> BTreeSet<JobKey> {
     let job =
         |ns: &str, id: &str| -> BTreeSet<JobKey> { [(ns.to_string(), id.to_string())].into() };
     match cmd {
-        Command::JobRegister { job: j, .. } | Command::JobSubmit { job: j, .. } => {
-            job(&j.namespace, &j.id)
-        }
+        Command::JobRegister { job: j, .. }
+        | Command::JobSubmit { job: j, .. }
+        | Command::JobLaunch { job: j, .. } => job(&j.namespace, &j.id),
         Command::JobDeregister {
             namespace, job_id, ..
         }

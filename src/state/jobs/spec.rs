@@ -295,6 +295,7 @@ impl Job {
         for tg in &mut self.task_groups {
             tg.canonicalize(batch);
         }
+        super::launch::canonicalize(self);
     }
 
     /// Whether the spec differs from `other`, ignoring what the server sets.
