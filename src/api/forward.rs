@@ -21,7 +21,9 @@ use crate::http::outbound::{self, Incoming};
 use crate::http::{Method, RawStream, Reply, Request};
 use crate::server::tunnel::{TunnelError, TunnelPool};
 use crate::state::jobs::alloc::AllocRecord;
-use crate::state::leader::{route, LeaderView, Leadership, Route, LEADER_HOP_HEADER, NO_LEADER};
+use crate::state::leader::{
+    route, BarrierError, LeaderView, Leadership, Route, LEADER_HOP_HEADER, NO_LEADER,
+};
 
 use super::{Agent, ApiError};
 
@@ -186,7 +188,28 @@ fn leader_target(
     let own: Option<SocketAddr> = agent.config.rpc_addr().parse().ok();
     let deadline = Instant::now() + LEADER_WAIT;
     let stop = || agent.index.is_closed() || req.peer_gone();
-    match route(leadership, own, passed_on, deadline, &stop) {
+    let read = matches!(req.method, Method::Get | Method::Head);
+    let mut routed = route(leadership, own, passed_on, deadline, &stop);
+    if routed == Route::Here && read {
+        // A leader cut off from its majority may not know yet that it was replaced: a
+        // consistent read waits for a quorum to confirm it still leads (once, before a
+        // blocking query starts waiting). Lost meanwhile: route again (the new leader).
+        if let Err(e) = leadership.read_barrier(deadline) {
+            log::debug!("read barrier for {}: {e}", req.path);
+            routed = match e {
+                BarrierError::NotLeader | BarrierError::LostLeadership
+                    if !passed_on && Instant::now() < deadline =>
+                {
+                    match route(leadership, own, passed_on, deadline, &stop) {
+                        Route::Leader(addr) => Route::Leader(addr),
+                        _ => Route::NoLeader,
+                    }
+                }
+                _ => Route::NoLeader,
+            };
+        }
+    }
+    match routed {
         Route::Here => Ok(Target::Local),
         Route::Leader(addr) => Ok(Target::Leader(addr)),
         Route::NotReady if req.method == Method::Get => Err(ApiError::internal(NOT_READY)),

@@ -2,11 +2,13 @@
 //! [`TICK`](super::TICK), steps messages from peers, batches proposals, and handles each
 //! `Ready` in order: snapshot, new entries and hard state in ONE redb transaction (one fsync),
 //! then messages out, then the committed entries applied (published, events, notify) and
-//! their proposers answered.
+//! their proposers answered. Read barriers registered during one loop round share one
+//! raft-rs `read_index` (a heartbeat round a quorum must answer); the read state that comes
+//! back in a later `Ready` answers them all with the commit index they wait to apply.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use protobuf::Message as _;
@@ -18,6 +20,7 @@ use super::transport::Transport;
 use super::{Input, RaftError, Shared, ELECTION_TICKS, HEARTBEAT_TICKS, TICK};
 use crate::state::command::{Applied, Command, ServerState};
 use crate::state::command_log::{LogError, StateMachine, SNAPSHOT_EVERY};
+use crate::state::leader::BarrierError;
 
 /// Inputs taken per round at most (proposals beyond wait for the next `Ready`).
 const MAX_INPUTS: usize = 1024;
@@ -29,7 +32,18 @@ const MAX_SIZE_PER_MSG: u64 = 1024 * 1024;
 /// Append messages in flight per follower.
 const MAX_INFLIGHT: usize = 256;
 
+/// A read barrier not confirmed this long after its `read_index` is failed (its caller has
+/// given up by then; raft-rs drops a request it cannot serve without a word).
+const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(10);
+
 type Reply = Sender<Result<(Applied, u64), LogError>>;
+type ReadReply = Sender<Result<u64, BarrierError>>;
+
+/// Read barriers that share one `read_index` request.
+struct ReadBatch {
+    asked: Instant,
+    waiters: Vec<ReadReply>,
+}
 
 /// A proposal waiting for its entry to apply.
 struct Pending {
@@ -57,6 +71,12 @@ pub(crate) struct Driver {
     last_contact: Option<Instant>,
     /// Leader, with an entry of its own term applied.
     leader_ready: bool,
+    /// Read barriers registered in this loop round (one `read_index` serves them all).
+    reads_new: Vec<ReadReply>,
+    /// Read barriers asked of raft-rs, by the request context (a counter) they went with.
+    reads: BTreeMap<u64, ReadBatch>,
+    /// The context of the next `read_index` request.
+    next_read: u64,
     broken: bool,
 }
 
@@ -70,6 +90,8 @@ fn config(id: u64, applied: u64) -> raft::Config {
         max_inflight_msgs: MAX_INFLIGHT,
         pre_vote: true,
         check_quorum: true,
+        // Read barriers: a heartbeat round a quorum answers, never a clock lease.
+        read_only_option: raft::ReadOnlyOption::Safe,
         ..Default::default()
     }
 }
@@ -154,6 +176,9 @@ impl Driver {
             snapshot_at: applied,
             last_contact: None,
             leader_ready: false,
+            reads_new: Vec::new(),
+            reads: BTreeMap::new(),
+            next_read: 1,
             broken: false,
         };
         d.campaign_if_alone();
@@ -206,8 +231,10 @@ impl Driver {
                     other => self.take(other),
                 }
             }
+            self.start_reads();
             let now = Instant::now();
             if now >= next_tick {
+                self.expire_reads(now);
                 self.node.tick();
                 next_tick += TICK;
                 if next_tick < now {
@@ -226,6 +253,7 @@ impl Driver {
             }
         }
         self.fail_pending();
+        self.fail_reads(BarrierError::Stopped);
         // The commit index is written with the next transaction; at a clean stop, now.
         if !self.broken {
             let hs = self.node.store().hard_state().clone();
@@ -271,6 +299,7 @@ impl Driver {
                     }
                 }
             }
+            Input::ReadIndex(reply) => self.reads_new.push(reply),
             Input::Bootstrap(voters) => self.bootstrap(&voters),
             Input::Unreachable(id) => self.node.report_unreachable(id),
             Input::SnapshotSent(id, ok) => self.node.report_snapshot(
@@ -359,6 +388,68 @@ impl Driver {
         self.publish_status();
     }
 
+    /// Ask raft-rs for one read index for every barrier registered this round (a leader
+    /// that applied an entry of its term only: raft-rs ignores the others' requests).
+    fn start_reads(&mut self) {
+        if self.reads_new.is_empty() {
+            return;
+        }
+        let waiters = std::mem::take(&mut self.reads_new);
+        if self.node.raft.state != StateRole::Leader || !self.leader_ready {
+            for w in waiters {
+                let _ = w.send(Err(BarrierError::NotLeader));
+            }
+            return;
+        }
+        let ctx = self.next_read;
+        self.next_read += 1;
+        self.reads.insert(
+            ctx,
+            ReadBatch {
+                asked: Instant::now(),
+                waiters,
+            },
+        );
+        self.node.read_index(ctx.to_be_bytes().to_vec());
+    }
+
+    /// Answer the barriers whose read index a quorum confirmed.
+    fn answer_reads(&mut self, states: Vec<raft::ReadState>) {
+        for rs in states {
+            let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+                continue;
+            };
+            if let Some(batch) = self.reads.remove(&u64::from_be_bytes(ctx)) {
+                for w in batch.waiters {
+                    let _ = w.send(Ok(rs.index));
+                }
+            }
+        }
+    }
+
+    /// Fail the barriers asked longer than [`READ_INDEX_TIMEOUT`] ago.
+    fn expire_reads(&mut self, now: Instant) {
+        while let Some(entry) = self.reads.first_entry() {
+            if now.duration_since(entry.get().asked) < READ_INDEX_TIMEOUT {
+                break;
+            }
+            for w in entry.remove().waiters {
+                let _ = w.send(Err(BarrierError::Timeout));
+            }
+        }
+    }
+
+    fn fail_reads(&mut self, why: BarrierError) {
+        let batches = std::mem::take(&mut self.reads);
+        let waiters = batches
+            .into_values()
+            .flat_map(|b| b.waiters)
+            .chain(std::mem::take(&mut self.reads_new));
+        for w in waiters {
+            let _ = w.send(Err(why.clone()));
+        }
+    }
+
     fn fail_pending(&mut self) {
         for (_, p) in std::mem::take(&mut self.pending) {
             let _ = p.reply.send(Err(LogError::NotLeader));
@@ -378,12 +469,16 @@ impl Driver {
                 if self.leader_ready || !self.pending.is_empty() {
                     self.fail_pending();
                 }
+                // raft-rs forgot their requests when it stepped down.
+                self.fail_reads(BarrierError::LostLeadership);
                 self.leader_ready = false;
             }
             if ss.leader_id != 0 && ss.leader_id != self.id {
                 self.last_contact = Some(Instant::now());
             }
         }
+        let states = rd.take_read_states();
+        self.answer_reads(states);
         // A leader's appends go out before its own write (raft-rs allows it): the followers'
         // fsyncs overlap the leader's.
         self.transport.send(rd.take_messages());

@@ -25,7 +25,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::state::command::{Applied, Command};
 use crate::state::command_log::{LogError, Replicator, StateMachine};
-use crate::state::leader::{LeaderView, Leadership};
+use crate::state::leader::{BarrierError, LeaderView, Leadership};
 
 #[cfg(test)]
 use transport::encode_batch;
@@ -180,6 +180,9 @@ pub(crate) enum Input {
     ConfChange(raft::eraftpb::ConfChange, Sender<Result<(), String>>),
     /// Bootstrap this configuration (an empty, unconfigured log only).
     Bootstrap(Vec<u64>),
+    /// A read barrier: the driver answers the commit index a quorum confirmed this leader
+    /// at (raft-rs ReadIndex, `ReadOnlyOption::Safe`), or why not.
+    ReadIndex(Sender<Result<u64, BarrierError>>),
     /// A peer could not be reached.
     Unreachable(u64),
     /// A snapshot to a peer was sent (true) or failed (false).
@@ -390,6 +393,54 @@ impl Leadership for Raft {
                 let snapshot = s.clone();
                 drop(s);
                 return self.view_of(&snapshot);
+            }
+        }
+    }
+
+    fn read_barrier(&self, deadline: Instant) -> Result<(), BarrierError> {
+        let s = self.shared.status();
+        if s.stopped {
+            return Err(BarrierError::Stopped);
+        }
+        if !(s.is_leader && s.leader_ready) {
+            return Err(BarrierError::NotLeader);
+        }
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let wait = deadline.saturating_duration_since(Instant::now());
+        self.input
+            .send_timeout(Input::ReadIndex(reply), wait)
+            .map_err(|e| match e {
+                crossbeam_channel::SendTimeoutError::Timeout(_) => BarrierError::Timeout,
+                crossbeam_channel::SendTimeoutError::Disconnected(_) => BarrierError::Stopped,
+            })?;
+        let index = match answer.recv_deadline(deadline) {
+            Ok(r) => r?,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => return Err(BarrierError::Timeout),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err(BarrierError::Stopped)
+            }
+        };
+        self.wait_applied(index, deadline)
+    }
+}
+
+impl Raft {
+    /// Wait until this server applied `index`, the driver stops, or `deadline` passes.
+    fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), BarrierError> {
+        let mut s = self.shared.status.lock();
+        loop {
+            if s.applied >= index {
+                return Ok(());
+            }
+            if s.stopped {
+                return Err(BarrierError::Stopped);
+            }
+            if self.shared.changed.wait_until(&mut s, deadline).timed_out() {
+                return if s.applied >= index {
+                    Ok(())
+                } else {
+                    Err(BarrierError::Timeout)
+                };
             }
         }
     }

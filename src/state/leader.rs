@@ -32,7 +32,43 @@ pub trait Leadership: Send + Sync {
     /// Wait until a leader is known (by this server, or this server itself) or `deadline`
     /// passes; returns the view then. Never spins: implementations wait on a condvar.
     fn wait_for_leader(&self, deadline: Instant) -> LeaderView;
+
+    /// A read barrier (Raft's ReadIndex): return once a quorum confirmed, after this call,
+    /// that this server still leads, and this server applied everything committed when it
+    /// asked; a consistent read answered from local state after `Ok` is linearizable. Fails
+    /// when this server does not lead, loses leadership meanwhile, or `deadline` passes.
+    /// Without Raft this server is the only one: `Ok` at once.
+    fn read_barrier(&self, deadline: Instant) -> Result<(), BarrierError> {
+        let _ = deadline;
+        Ok(())
+    }
 }
+
+/// Why a read barrier failed (the read is answered like a leader loss: `No cluster leader`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BarrierError {
+    /// This server does not lead (or has not yet applied an entry of its term).
+    NotLeader,
+    /// This server stepped down (a newer term) before a quorum confirmed it.
+    LostLeadership,
+    /// No quorum confirmed it, or the state did not catch up, by the deadline.
+    Timeout,
+    /// Raft stopped (shutdown, or a store failure).
+    Stopped,
+}
+
+impl std::fmt::Display for BarrierError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BarrierError::NotLeader => "this server is not the leader",
+            BarrierError::LostLeadership => "leadership lost before a quorum confirmed it",
+            BarrierError::Timeout => "no quorum confirmed leadership in time",
+            BarrierError::Stopped => "raft is not running",
+        })
+    }
+}
+
+impl std::error::Error for BarrierError {}
 
 /// A single server without Raft: always the leader, at `rpc_addr` when it has an RPC port.
 #[derive(Debug, Clone)]

@@ -1,0 +1,193 @@
+//! Consistent reads on a Raft leader are linearizable: a leader cut off from its majority
+//! (SIGSTOPped while the others elect a new leader and take a write) that comes back
+//! (SIGCONT) never answers a consistent read from its stale state — its read barrier
+//! (ReadIndex: a heartbeat round a quorum answers) fails or sends the read to the new
+//! leader. Separate server processes on loopback, each its own ports and data dir.
+
+mod common;
+use common::*;
+
+use std::collections::BTreeSet;
+use std::io::{BufReader, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::time::Duration;
+
+/// How long a cluster may take to form (gossip join, bootstrap, first election).
+const FORM: Duration = Duration::from_secs(30);
+/// How long the majority may take to elect a new leader without the stopped one.
+const FAILOVER: Duration = Duration::from_secs(10);
+/// Reads queued at the stopped leader's HTTP port, answered once it runs again.
+const QUEUED_READS: usize = 4;
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free udp port")
+}
+
+/// `n` servers with `bootstrap_expect = n`, each joining the others through `retry_join`.
+fn cluster(n: usize) -> Vec<TestAgent> {
+    let serfs: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
+    (0..n)
+        .map(|i| {
+            let others: Vec<String> = serfs
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| *k != i)
+                .map(|(_, p)| format!("\"127.0.0.1:{p}\""))
+                .collect();
+            TestAgent::server(
+                &format!(
+                    "ports {{\n  serf = {}\n}}\nserver {{\n  bootstrap_expect = {n}\n  server_join {{\n    retry_join = [{}]\n    retry_interval = \"1s\"\n  }}\n}}\n",
+                    serfs[i],
+                    others.join(", ")
+                ),
+                &[],
+            )
+        })
+        .collect()
+}
+
+fn try_get(a: &TestAgent, path: &str) -> Option<Response> {
+    let s = TcpStream::connect_timeout(
+        &format!("127.0.0.1:{}", a.port).parse().ok()?,
+        Duration::from_millis(500),
+    )
+    .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
+    exchange(s, &build_request("GET", path, &[], b"")).ok()
+}
+
+fn raft_state(a: &TestAgent) -> Option<(String, u64)> {
+    let r = try_get(a, "/v1/agent/self")?;
+    if r.status != 200 {
+        return None;
+    }
+    let v = r.json();
+    let raft = &v["stats"]["raft"];
+    Some((
+        raft["state"].as_str()?.to_string(),
+        raft["term"].as_str()?.parse().ok()?,
+    ))
+}
+
+/// The index (into `servers`) of the leader every live server in `live` names.
+fn agreed_leader(servers: &[TestAgent], live: &[usize]) -> Option<usize> {
+    let mut named = BTreeSet::new();
+    for &i in live {
+        let r = try_get(&servers[i], "/v1/status/leader?stale")?;
+        if r.status != 200 {
+            return None;
+        }
+        named.insert(r.json().as_str().unwrap_or_default().to_string());
+    }
+    if named.len() != 1 {
+        return None;
+    }
+    let addr = named.into_iter().next()?;
+    let i = live
+        .iter()
+        .copied()
+        .find(|&i| servers[i].rpc_addr() == addr)?;
+    (raft_state(&servers[i])?.0 == "Leader").then_some(i)
+}
+
+fn wait_leader(servers: &[TestAgent], live: &[usize], timeout: Duration) -> usize {
+    let mut found = None;
+    wait_until(timeout, "one leader named by every live server", || {
+        found = agreed_leader(servers, live);
+        found.is_some()
+    });
+    found.expect("leader")
+}
+
+fn job_body(id: &str) -> Vec<u8> {
+    serde_json::json!({"Job": {"ID": id, "Name": id, "Type": "batch", "Datacenters": ["dc1"],
+        "TaskGroups": [{"Name": "g", "Count": 1, "Tasks": [{"Name": "t", "Driver": "raw_exec",
+        "Config": {"command": "/bin/true"}}]}]}})
+    .to_string()
+    .into_bytes()
+}
+
+/// Register job `id` on `a`: true when acknowledged with 200.
+fn register(a: &TestAgent, id: &str) -> bool {
+    let Ok(s) = TcpStream::connect(("127.0.0.1", a.port)) else {
+        return false;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let req = build_request(
+        "PUT",
+        "/v1/jobs",
+        &[("Content-Type", "application/json")],
+        &job_body(id),
+    );
+    match exchange(s, &req) {
+        Ok(r) if r.status == 200 => true,
+        Ok(r) => {
+            eprintln!("register {id}: {} {}", r.status, r.text());
+            false
+        }
+        Err(e) => {
+            eprintln!("register {id}: {e}");
+            false
+        }
+    }
+}
+
+/// A consistent GET written to `port` now (the kernel queues it while the agent is
+/// stopped); its answer is read later.
+fn queue_get(port: u16, path: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the stopped leader");
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+    s.write_all(&build_request("GET", path, &[], b""))
+        .expect("queue a read");
+    s
+}
+
+#[test]
+fn a_leader_back_from_sigstop_answers_no_consistent_read_from_its_stale_state() {
+    let servers = cluster(3);
+    let all = [0, 1, 2];
+    let old = wait_leader(&servers, &all, FORM);
+    assert!(register(&servers[old], "before"));
+    // A healthy leader passes its barrier: a consistent read answers at once.
+    let r = try_get(&servers[old], "/v1/job/before").expect("read on the leader");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let pid = servers[old].pid() as i32;
+    kill(pid, libc::SIGSTOP);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let live: Vec<usize> = all.iter().copied().filter(|&i| i != old).collect();
+        let new = wait_leader(&servers, &live, FAILOVER);
+        assert!(
+            register(&servers[new], "fresh"),
+            "the majority takes a write"
+        );
+        // Reads for the new job wait at the stopped leader, so they are the first thing it
+        // sees when it runs again, before anything tells it of the newer term.
+        (0..QUEUED_READS)
+            .map(|_| queue_get(servers[old].port, "/v1/job/fresh"))
+            .collect::<Vec<_>>()
+    }));
+    kill(pid, libc::SIGCONT);
+    let queued = match result {
+        Ok(q) => q,
+        Err(p) => std::panic::resume_unwind(p),
+    };
+    for (i, s) in queued.into_iter().enumerate() {
+        let r = read_response(&mut BufReader::new(s), false).expect("an answer");
+        eprintln!("queued read {i}: {}", r.status);
+        assert_ne!(r.status, 404, "read {i} answered from the stale state");
+        if r.status == 200 {
+            assert_eq!(r.json()["ID"], "fresh", "read {i}");
+        } else {
+            assert!(r.status >= 500, "read {i}: {} {}", r.status, r.text());
+            assert!(r.text().contains("No cluster leader"), "{}", r.text());
+        }
+    }
+    // Once it stepped down, the same read goes to the new leader.
+    wait_until(FORM, "the old leader forwards the read", || {
+        try_get(&servers[old], "/v1/job/fresh").is_some_and(|r| r.status == 200)
+    });
+}
