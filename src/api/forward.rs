@@ -4,7 +4,9 @@
 //! dials a client). On a client-only agent, everything but its own agent and client endpoints
 //! goes to one of its servers' RPC ports (which hand non-RPC paths to their API router),
 //! failing over on connect. On a server that is not the leader (`agent.leadership`), writes
-//! and consistent reads go to the leader's RPC port (ref §5.5–5.6); `?stale` reads, the
+//! and consistent reads go to the leader's RPC port (ref §5.5–5.6), and the leader answers a
+//! consistent read only after its read barrier (a quorum confirmed it still leads: no stale
+//! reads from a leader cut off from its majority); `?stale` reads, the
 //! agent's own endpoints and client endpoints are answered here. A request passed to the
 //! leader carries [`LEADER_HOP_HEADER`]: a server that gets one and is not the leader answers
 //! `No cluster leader` instead of passing it on again (no loops while leadership moves). Requests go as they came (method, path, query, end-to-end headers
@@ -44,6 +46,10 @@ pub const LEADER_WAIT: Duration = Duration::from_secs(5);
 
 /// Nomad's text when this server leads but is not ready for consistent reads in time, 500.
 pub const NOT_READY: &str = "Not ready to serve consistent reads";
+
+/// Read barriers a consistent read tries on this server (each failure because leadership
+/// moved routes it again) before it is answered `No cluster leader`.
+pub const BARRIER_TRIES: usize = 3;
 
 /// The servers' RPC addresses (`host:port`) as known now.
 pub type ServerList = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
@@ -190,24 +196,22 @@ fn leader_target(
     let stop = || agent.index.is_closed() || req.peer_gone();
     let read = matches!(req.method, Method::Get | Method::Head);
     let mut routed = route(leadership, own, passed_on, deadline, &stop);
-    if routed == Route::Here && read {
+    let mut tries = 0;
+    while routed == Route::Here && read {
         // A leader cut off from its majority may not know yet that it was replaced: a
         // consistent read waits for a quorum to confirm it still leads (once, before a
         // blocking query starts waiting). Lost meanwhile: route again (the new leader).
-        if let Err(e) = leadership.read_barrier(deadline) {
-            log::debug!("read barrier for {}: {e}", req.path);
-            routed = match e {
-                BarrierError::NotLeader | BarrierError::LostLeadership
-                    if !passed_on && Instant::now() < deadline =>
-                {
-                    match route(leadership, own, passed_on, deadline, &stop) {
-                        Route::Leader(addr) => Route::Leader(addr),
-                        _ => Route::NoLeader,
-                    }
-                }
-                _ => Route::NoLeader,
-            };
+        let Err(e) = leadership.read_barrier(deadline) else {
+            break;
+        };
+        log::debug!("read barrier for {}: {e}", req.path);
+        tries += 1;
+        let moved = matches!(e, BarrierError::NotLeader | BarrierError::LostLeadership);
+        if !moved || passed_on || tries >= BARRIER_TRIES || Instant::now() >= deadline {
+            routed = Route::NoLeader;
+            break;
         }
+        routed = route(leadership, own, passed_on, deadline, &stop);
     }
     match routed {
         Route::Here => Ok(Target::Local),
