@@ -207,6 +207,8 @@ mod tests {
         let sole = SoleServer { rpc_addr: own };
         assert_eq!(route(&sole, own, false, soon, &never), Route::Here);
         assert_eq!(route(&sole, own, true, soon, &never), Route::Here);
+        // The only server needs no quorum to confirm it.
+        assert_eq!(sole.read_barrier(Instant::now()), Ok(()));
         let other = "127.0.0.1:2";
         let f = scripted(vec![view(false, Some(other))]);
         assert_eq!(
