@@ -18,6 +18,7 @@ pub mod node_ops;
 pub mod node_table;
 pub mod plan;
 pub mod snapshot;
+pub mod snapshot_archive;
 pub mod status;
 
 use std::path::{Path, PathBuf};
