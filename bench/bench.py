@@ -689,6 +689,18 @@ def bench_fleet():
     fleet.run(BIN, lambda line: print("  " + line, flush=True))
 
 
+def bench_raft():
+    import raft
+    section("Replicated servers (Raft): register latency on 1 vs 3 servers, failover")
+    raft.run(BIN, lambda line: print("  " + line, flush=True), before=BEFORE or None)
+
+
+def bench_fleet3():
+    import fleet
+    section(f"Fleet on 3 servers: {fleet.NODES} simulated nodes against the leader, {fleet.ALLOCS} allocations")
+    fleet.run(BIN, lambda line: print("  " + line, flush=True), servers=3)
+
+
 def bench_scheduler():
     # In process: 5 000 nodes registered by NodeRegister commands, 100 jobs of 1 000 allocs;
     # the scheduler alone (apply in memory), then through the durable command log with the
@@ -700,7 +712,8 @@ def bench_scheduler():
     print("  baseline: Nomad C1M ~3 750 placements/s with 5 servers; C2M ~1 500/s", flush=True)
 
 
-SECTIONS = [bench_size_idle_start, bench_http, bench_tasks, bench_restart, bench_fs, bench_state, bench_fleet, bench_scheduler]
+SECTIONS = [bench_size_idle_start, bench_http, bench_tasks, bench_restart, bench_fs, bench_state, bench_fleet,
+            bench_fleet3, bench_raft, bench_scheduler]
 
 
 def main():

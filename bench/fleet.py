@@ -265,10 +265,23 @@ def _placed(server, job_id):
         + s.get("Lost", 0) + s.get("Unknown", 0)
 
 
-def run(binary, print_fn):
+def run(binary, print_fn, servers=1):
+    """The fleet against one server, or against the leader of `servers` replicated ones."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    server = Proc(binary, ["-server"], "server {\n  enabled = true\n}\n")
+    others = []
+    if servers == 1:
+        server = Proc(binary, ["-server"], "server {\n  enabled = true\n}\n")
+    else:
+        import raft
+        members = raft.cluster(binary, servers)
+        try:
+            server = raft.wait_leader(members)
+        except RuntimeError:
+            for m in members:
+                m.stop()
+            raise
+        others = [m for m in members if m is not server]
     fleet = None
     hb = None
     try:
@@ -329,4 +342,6 @@ def run(binary, print_fn):
         if hb:
             hb.join(timeout=5)
         server.stop()
+        for m in others:
+            m.stop()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
