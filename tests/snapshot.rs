@@ -55,6 +55,29 @@ fn save(agent: &TestAgent, token: Option<&str>) -> Vec<u8> {
     r.body
 }
 
+/// Run the CLI against `agent` with `token` (none when empty), `stdin` piped in.
+fn cli(agent: &TestAgent, token: &str, args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .env("NOMAD_ADDR", format!("http://{}", agent.addr()))
+        .env_remove("NOMAD_TOKEN")
+        .env_remove("NOMAD_REGION")
+        .env_remove("NOMAD_NAMESPACE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if !token.is_empty() {
+        cmd.env("NOMAD_TOKEN", token);
+    }
+    let mut child = cmd.spawn().expect("spawn cli");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin).expect("write stdin");
+    drop(input);
+    // The CLI's own deadlines bound this.
+    child.wait_with_output().expect("cli output")
+}
+
 fn restore(agent: &TestAgent, token: Option<&str>, archive: &[u8]) -> Response {
     let headers: Vec<(&str, &str)> = token
         .map(|t| vec![("X-Nomad-Token", t)])
@@ -376,6 +399,36 @@ fn under_acls_only_a_management_token_saves_or_restores() {
     }
     let r = restore(&server, Some(&mgmt), &archive);
     assert_eq!(r.status, 200, "{}", r.text());
+
+    // The CLI: `operator api` saves to stdout and restores from stdin with the token from
+    // NOMAD_TOKEN (the archive is binary; it passes through untouched).
+    let saved = cli(
+        &server,
+        &mgmt,
+        &["operator", "api", "/v1/operator/snapshot"],
+        b"",
+    );
+    assert!(
+        saved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&saved.stderr)
+    );
+    assert_eq!(files_of(&saved.stdout).len(), 3);
+    let r = cli(
+        &server,
+        &mgmt,
+        &["operator", "api", "-X", "PUT", "/v1/operator/snapshot"],
+        &saved.stdout,
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let r = cli(
+        &server,
+        "",
+        &["operator", "api", "-X", "PUT", "/v1/operator/snapshot"],
+        &saved.stdout,
+    );
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "Permission denied");
+
     // The tokens came back with the state: the management token still works.
     let r = server.request(
         "GET",
