@@ -34,9 +34,13 @@ pub const MAX_ENTRIES: usize = 3;
 /// Bound on everything the gzip stream inflates to: the files plus tar's headers and padding.
 pub const MAX_INFLATED_BYTES: u64 = MAX_STATE_BYTES + MAX_META_BYTES + MAX_SUMS_BYTES + 64 * 1024;
 /// The JSON depth `state.bin` may have: a job body is bounded at
-/// [`crate::parse_bounds::JSON_MAX_DEPTH`] when it is submitted, and the state nests it a few
-/// levels deeper (state → allocs → alloc → job). Checked before decoding.
-pub const STATE_MAX_DEPTH: usize = crate::parse_bounds::JSON_MAX_DEPTH + 16;
+/// [`crate::parse_bounds::JSON_MAX_DEPTH`] when it is submitted (`{"Job": …}`: a task's
+/// `Config` sits at level 7), and the state nests the same job two levels deeper (state →
+/// allocs → alloc → job: `Config` at level 9); two more for margin. Checked before decoding.
+pub const STATE_MAX_DEPTH: usize = crate::parse_bounds::JSON_MAX_DEPTH + 4;
+/// The stack of the thread that decodes `state.bin` (the deepest state [`STATE_MAX_DEPTH`]
+/// admits needs about 384 KiB in a debug build; a generous multiple, used once per restore).
+pub const DECODE_STACK: usize = 4 * 1024 * 1024;
 /// The archive format written and the only one read.
 pub const ARCHIVE_VERSION: u64 = 1;
 /// What `state.bin` holds (`meta.json`'s `Format`).
@@ -323,6 +327,24 @@ fn parse_sums(text: &[u8]) -> Result<([u8; 32], [u8; 32]), ArchiveError> {
     }
 }
 
+/// Decode `state.bin` on a thread of its own with [`DECODE_STACK`] bytes of stack: serde's
+/// typed descent (state → alloc → job → group → task → config) costs far more per level than
+/// a plain JSON value, so the caller's stack (a connection thread's) is not relied upon. The
+/// thread is joined at once; the work is bounded by the input's size and depth.
+fn decode_state(body: Vec<u8>) -> Result<ServerState, ArchiveError> {
+    let worker = std::thread::Builder::new()
+        .name("snapshot-decode".into())
+        .stack_size(DECODE_STACK)
+        .spawn(move || ServerState::from_bytes(&body))
+        .map_err(ArchiveError::Stream)?;
+    match worker.join() {
+        Ok(r) => r.map_err(ArchiveError::State),
+        Err(_) => Err(ArchiveError::Stream(io::Error::other(
+            "decoding the state panicked",
+        ))),
+    }
+}
+
 /// Read and verify an archive: its meta and the state it holds. Nothing is changed; every
 /// check (bounds, checksums, versions, decoding) passes before the state is returned.
 pub fn read(archive: &[u8]) -> Result<(Meta, ServerState), ArchiveError> {
@@ -354,7 +376,7 @@ pub fn read(archive: &[u8]) -> Result<(Meta, ServerState), ArchiveError> {
         )));
     }
     crate::parse_bounds::check_json_depth(&body, STATE_MAX_DEPTH).map_err(ArchiveError::Depth)?;
-    let state = ServerState::from_bytes(&body).map_err(ArchiveError::State)?;
+    let state = decode_state(body)?;
     if state.index != meta.index {
         return Err(ArchiveError::Inconsistent(format!(
             "{META_FILE} says index {}, the state is at {}",

@@ -270,3 +270,48 @@ fn bad_sums_meta_versions_and_deep_state_are_refused() {
     ]);
     assert!(matches!(read(&a), Err(ArchiveError::Inconsistent(_))));
 }
+
+/// A `state.bin` nested exactly to [`STATE_MAX_DEPTH`] (inside a task's `Config`, the deepest
+/// free-form value a state holds) is read by a caller on a 256 KiB stack, the size the other
+/// nesting bounds are proven for (the decode runs on its own [`DECODE_STACK`]; in place it
+/// needs about 384 KiB in a debug build): the bound is safe, not lucky.
+#[test]
+fn the_deepest_state_the_bound_admits_decodes_on_a_small_stack() {
+    let s = state();
+    let mut image: serde_json::Value = serde_json::from_slice(&s.to_bytes().unwrap()).unwrap();
+    // state → jobs → [0] → TaskGroups → [0] → Tasks → [0] → Config: 8 levels to Config's
+    // object; fill the rest with arrays.
+    let base = 8;
+    let mut deep = serde_json::json!([]);
+    for _ in 0..STATE_MAX_DEPTH - base - 1 {
+        deep = serde_json::json!([deep]);
+    }
+    image["jobs"][0]["TaskGroups"][0]["Tasks"][0]["Config"] = serde_json::json!({"x": deep});
+    let body = serde_json::to_vec(&image).unwrap();
+    crate::parse_bounds::check_json_depth(&body, STATE_MAX_DEPTH).expect("at the bound");
+    crate::parse_bounds::check_json_depth(&body, STATE_MAX_DEPTH - 1).expect_err("exactly at it");
+    let mut meta: serde_json::Value = serde_json::from_slice(&good_files().0).unwrap();
+    meta["Size"] = body.len().into();
+    let meta = serde_json::to_vec(&meta).unwrap();
+    let sums = format!(
+        "{}  {META_FILE}\n{}  {STATE_FILE}\n",
+        hex(&sha256(&meta)),
+        hex(&sha256(&body))
+    );
+    let a = archive_of(&[
+        (META_FILE, &meta, reg()),
+        (STATE_FILE, &body, reg()),
+        (SUMS_FILE, sums.as_bytes(), reg()),
+    ]);
+    let decoded = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            read(&a)
+                .map(|(_, s)| s.jobs.len())
+                .map_err(|e| e.to_string())
+        })
+        .unwrap()
+        .join()
+        .expect("no stack overflow");
+    assert_eq!(decoded, Ok(3));
+}
