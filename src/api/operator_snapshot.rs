@@ -54,6 +54,14 @@ fn save(ctx: &Ctx) -> ApiResult {
         state.index,
         archive.bytes.len()
     );
+    if archive.bytes.len() > snapshot_archive::MAX_ARCHIVE_BYTES {
+        // Served anyway (a backup is better than none), but say it plainly.
+        log::warn!(
+            "snapshot archive is {} bytes: over the {} bytes a restore accepts",
+            archive.bytes.len(),
+            snapshot_archive::MAX_ARCHIVE_BYTES
+        );
+    }
     let digest = format!("sha-256={}", crate::encoding::base64_std(&archive.sha256));
     Ok(ApiReply::Http(
         Reply::bytes(Status::OK, "application/x-gzip", archive.bytes)

@@ -306,7 +306,10 @@ fn the_deepest_state_the_bound_admits_decodes_on_a_small_stack() {
     let decoded = std::thread::Builder::new()
         .stack_size(256 * 1024)
         .spawn(move || {
-            read(&a)
+            // Read, then saved again (the encode runs on the caller's stack).
+            let (_, s) = read(&a).map_err(|e| e.to_string())?;
+            let again = write(&s, 0, 0).map_err(|e| e.to_string())?;
+            read(&again.bytes)
                 .map(|(_, s)| s.jobs.len())
                 .map_err(|e| e.to_string())
         })
