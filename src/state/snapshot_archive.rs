@@ -23,8 +23,10 @@ use super::command::ServerState;
 /// share of request-body memory one client may hold, so a larger body could not arrive).
 pub const MAX_ARCHIVE_BYTES: usize = 16 * 1024 * 1024;
 /// Largest `state.bin` a restore inflates (a JSON state compresses about tenfold, so this is
-/// what a full-size archive holds; more is a zip bomb).
-pub const MAX_STATE_BYTES: u64 = 256 * 1024 * 1024;
+/// about what a full-size archive holds; more is a zip bomb). The restore command carries the
+/// state as JSON of about this size, so it also stays well under what one replicated log
+/// entry may be (the Raft transport takes 256 MiB per request).
+pub const MAX_STATE_BYTES: u64 = 192 * 1024 * 1024;
 /// Largest `meta.json` read.
 pub const MAX_META_BYTES: u64 = 64 * 1024;
 /// Largest `SHA256SUMS` read.
