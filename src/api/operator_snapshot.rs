@@ -100,8 +100,8 @@ fn restore(ctx: &Ctx) -> ApiResult {
     })?;
     let before: BTreeSet<String> = ctx.agent.workloads.state().nodes.keys().cloned().collect();
     // Without Raft the index may jump: the command's index is then above every index the
-    // restored objects carry (readers never see an index below what they saw before).
-    ctx.agent.index.observe(meta.index);
+    // restored objects carry. Only reserved: a restore that fails shows no index.
+    ctx.agent.index.reserve_above(meta.index);
     let nodes: Vec<(String, bool)> = state
         .nodes
         .values()

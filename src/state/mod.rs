@@ -80,6 +80,12 @@ impl IndexCounter {
         self.value.fetch_max(seen, Ordering::SeqCst);
         self.published.fetch_max(seen, Ordering::SeqCst);
     }
+    /// Make sure later indexes are above `seen` WITHOUT publishing anything (a write that
+    /// brings objects of higher indexes, e.g. a snapshot restore: its own index must be above
+    /// them; if it fails, no index was shown).
+    pub fn reserve_above(&self, seen: u64) {
+        self.value.fetch_max(seen, Ordering::SeqCst);
+    }
     /// Wait until `notify` is called after `generation` was read, the deadline passes, or the
     /// counter is closed. Returns whether a change was notified.
     pub fn wait_for_change(&self, generation: u64, deadline: Instant) -> bool {
