@@ -177,7 +177,10 @@ fn a_snapshot_of_a_server_with_jobs_and_a_node_restores_into_a_fresh_server() {
     assert!(meta["Timestamp"].as_str().is_some_and(|t| t.contains('T')));
 
     // A fresh server takes it whole: the same jobs, node and allocs.
-    let mut target = TestAgent::server("", &[]);
+    let mut target = TestAgent::server(
+        "server {\n  min_heartbeat_ttl = \"1s\"\n  heartbeat_grace = \"1s\"\n}\n",
+        &[],
+    );
     assert_eq!(target.get_json("/v1/jobs"), json!([]));
     let before = index_of(&target, "/v1/jobs");
     let r = restore(&target, None, &archive);
@@ -196,6 +199,11 @@ fn a_snapshot_of_a_server_with_jobs_and_a_node_restores_into_a_fresh_server() {
     let job = target.get_json("/v1/job/placed");
     assert_eq!(job["Meta"]["owner"], "snapshot-test");
 
+    // The restored node's heartbeat timer was armed by the restore: its client talks to the
+    // source, so on the target it misses its heartbeats and goes down (TTL 1-2 s + 1 s grace).
+    wait_until(Duration::from_secs(15), "the restored node down on the target", || {
+        target.get_json("/v1/nodes")[0]["Status"] == "down"
+    });
     // The restore is durable: after a crash the log replays to the same state.
     target.kill9();
     target.restart_after_stop();
