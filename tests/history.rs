@@ -9,13 +9,15 @@ mod common;
 #[path = "common/linearize.rs"]
 mod linearize;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use linearize::{Entry, Op, Ret, Running, Workload};
 
-/// How long each phase (before the crash, after the restart) runs.
-const PHASE: Duration = Duration::from_millis(1500);
+/// Each phase (before the fault, after it) runs until this many more operations answered.
+const OPS_PER_PHASE: usize = 400;
+/// ... or at most this long (then the run fails: too little happened to prove anything).
+const PHASE_DEADLINE: Duration = Duration::from_secs(60);
 /// At least this many operations must have completed in a phase (a run that did nothing
 /// proves nothing).
 const MIN_DONE_PER_PHASE: usize = 20;
@@ -31,17 +33,16 @@ fn done_since(h: &[Entry], since: u64) -> usize {
 /// running workload, e.g. to kill and restart a server), then check the history.
 pub fn run_history(addrs: &[String], fault: impl FnOnce(&Running)) -> Vec<Entry> {
     let run = linearize::run_workload(addrs, &Workload::default());
-    let phase_end = Instant::now() + PHASE;
-    while Instant::now() < phase_end {
-        std::thread::sleep(Duration::from_millis(50)); // pacing the phase, not a wait for state
-    }
+    wait_until(PHASE_DEADLINE, "operations before the fault", || {
+        run.completed() >= OPS_PER_PHASE
+    });
     let fault_at = run.now();
     fault(&run);
     let resumed_at = run.now();
-    let phase_end = Instant::now() + PHASE;
-    while Instant::now() < phase_end {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let target = run.completed() + OPS_PER_PHASE;
+    wait_until(PHASE_DEADLINE, "operations after the fault", || {
+        run.completed() >= target
+    });
     let history = run.finish();
     eprintln!(
         "history: {} operations ({}); fault at {:.0} ms, resumed at {:.0} ms",

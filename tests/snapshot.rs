@@ -201,9 +201,11 @@ fn a_snapshot_of_a_server_with_jobs_and_a_node_restores_into_a_fresh_server() {
 
     // The restored node's heartbeat timer was armed by the restore: its client talks to the
     // source, so on the target it misses its heartbeats and goes down (TTL 1-2 s + 1 s grace).
-    wait_until(Duration::from_secs(15), "the restored node down on the target", || {
-        target.get_json("/v1/nodes")[0]["Status"] == "down"
-    });
+    wait_until(
+        Duration::from_secs(15),
+        "the restored node down on the target",
+        || target.get_json("/v1/nodes")[0]["Status"] == "down",
+    );
     // The restore is durable: after a crash the log replays to the same state.
     target.kill9();
     target.restart_after_stop();

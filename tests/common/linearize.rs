@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -352,6 +352,8 @@ impl Default for Workload {
 /// A running workload: stop it with [`Running::finish`] to get the history.
 pub struct Running {
     stop: Arc<AtomicBool>,
+    /// Operations answered so far (all workers).
+    completed: Arc<AtomicUsize>,
     workers: Vec<std::thread::JoinHandle<Vec<Entry>>>,
     /// Servers' HTTP addresses the workers use (replace to move them; read each request).
     pub addrs: Arc<Mutex<Vec<String>>>,
@@ -363,8 +365,11 @@ impl Running {
     pub fn now(&self) -> u64 {
         self.started.elapsed().as_nanos() as u64
     }
-    /// How many operations have completed so far is not tracked; callers wait for time or
-    /// for their own conditions. Stop the workers, join them, and return the history.
+    /// Operations answered so far (all workers): what a caller waits on to pace phases.
+    pub fn completed(&self) -> usize {
+        self.completed.load(Ordering::SeqCst)
+    }
+    /// Stop the workers, join them, and return the history.
     pub fn finish(self) -> Vec<Entry> {
         self.stop.store(true, Ordering::SeqCst);
         let mut all = Vec::new();
@@ -380,19 +385,22 @@ impl Running {
 /// when one refuses a connection).
 pub fn run_workload(addrs: &[String], w: &Workload) -> Running {
     let stop = Arc::new(AtomicBool::new(false));
+    let completed = Arc::new(AtomicUsize::new(0));
     let addrs = Arc::new(Mutex::new(addrs.to_vec()));
     let started = Instant::now();
     let workers = (0..w.workers)
         .map(|c| {
             let (stop, addrs, w) = (stop.clone(), addrs.clone(), w.clone());
+            let completed = completed.clone();
             std::thread::Builder::new()
                 .name(format!("lin-worker-{c}"))
-                .spawn(move || worker(c, &stop, &addrs, &w, started))
+                .spawn(move || worker(c, &stop, &completed, &addrs, &w, started))
                 .expect("spawn worker")
         })
         .collect();
     Running {
         stop,
+        completed,
         workers,
         addrs,
         started,
@@ -449,6 +457,7 @@ fn job_body(key: &str, marker: &str) -> Vec<u8> {
 fn worker(
     client: usize,
     stop: &AtomicBool,
+    completed: &AtomicUsize,
     addrs: &Mutex<Vec<String>>,
     w: &Workload,
     started: Instant,
@@ -482,7 +491,7 @@ fn worker(
         };
         let invoke = now();
         let attempt = send(&addr, method, &path, &body, w.request_timeout);
-        let completed = now();
+        let answered = now();
         let ret = match attempt {
             Attempt::NotSent => {
                 // Nothing happened: try the next server after a pause.
@@ -493,11 +502,14 @@ fn worker(
             Attempt::Unknown => None,
             Attempt::Answer(r) => answer_of(&op, &r),
         };
+        if ret.is_some() {
+            completed.fetch_add(1, Ordering::SeqCst);
+        }
         history.push(Entry {
             client,
             op,
             invoke,
-            done: ret.map(|r| (completed, r)),
+            done: ret.map(|r| (answered, r)),
         });
     }
     history
