@@ -318,3 +318,41 @@ fn the_deepest_state_the_bound_admits_decodes_on_a_small_stack() {
         .expect("no stack overflow");
     assert_eq!(decoded, Ok(3));
 }
+
+/// Every single-byte corruption and every truncation of a real archive is either refused
+/// or (a byte nobody checks: gzip's mtime or OS, a tar mode or mtime) read back as the very
+/// same state; never a panic, never a different state.
+#[test]
+fn every_flipped_byte_and_every_truncation_is_refused_or_harmless() {
+    let mut s = ServerState::default();
+    apply(
+        &mut s,
+        &Command::JobSubmit {
+            job: Box::new(job("x")),
+            eval_id: "e".into(),
+            now: 1,
+        },
+        1,
+    )
+    .unwrap();
+    let want = s.to_bytes().unwrap();
+    let a = write(&s, 0, 0).unwrap().bytes;
+    let (mut harmless, mut refused) = (0, 0);
+    for i in 0..a.len() {
+        for mask in [0x01u8, 0xff] {
+            let mut bad = a.clone();
+            bad[i] ^= mask;
+            match read(&bad) {
+                Ok((_, got)) => {
+                    assert_eq!(got.to_bytes().unwrap(), want, "byte {i} ^ {mask:#x}");
+                    harmless += 1;
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        if read(&a[..i]).is_ok() {
+            panic!("a truncation at {i} of {} was accepted", a.len());
+        }
+    }
+    assert!(refused > harmless * 10, "{refused} refused, {harmless} harmless");
+}
