@@ -354,5 +354,8 @@ fn every_flipped_byte_and_every_truncation_is_refused_or_harmless() {
             panic!("a truncation at {i} of {} was accepted", a.len());
         }
     }
-    assert!(refused > harmless * 10, "{refused} refused, {harmless} harmless");
+    assert!(
+        refused > harmless * 10,
+        "{refused} refused, {harmless} harmless"
+    );
 }
