@@ -439,6 +439,56 @@ fn under_acls_only_a_management_token_saves_or_restores() {
     );
     assert_eq!(String::from_utf8_lossy(&r.stdout), "Permission denied");
 
+    // `operator snapshot save|restore FILE`.
+    let dir = temp_dir("snap-cli");
+    let file = dir.join("backup.snap");
+    let f = file.display().to_string();
+    let r = cli(&server, &mgmt, &["operator", "snapshot", "save", &f], b"");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout).trim(),
+        format!("State file written to {f}")
+    );
+    let saved_file = std::fs::read(&file).expect("snapshot file");
+    assert_eq!(files_of(&saved_file).len(), 3);
+    let r = cli(
+        &server,
+        &mgmt,
+        &["operator", "snapshot", "restore", &f],
+        b"",
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout).trim(),
+        "Snapshot Restored"
+    );
+    let r = cli(&server, "", &["operator", "snapshot", "save", &f], b"");
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        saved_file,
+        "a failed save leaves the file"
+    );
+    std::fs::write(&file, b"garbage").unwrap();
+    let r = cli(
+        &server,
+        &mgmt,
+        &["operator", "snapshot", "restore", &f],
+        b"",
+    );
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("not a valid gzip tar archive"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
     // The tokens came back with the state: the management token still works.
     let r = server.request(
         "GET",
