@@ -52,6 +52,8 @@ pub enum AgentError {
     Scheduler(std::io::Error),
     /// Gossip (the serf port) could not start.
     Gossip(crate::gossip::GossipError),
+    /// Raft could not start.
+    Raft(crate::raft::RaftError),
 }
 
 impl fmt::Display for AgentError {
@@ -68,6 +70,7 @@ impl fmt::Display for AgentError {
             AgentError::Spawn(e) => write!(f, "cannot start the tunnels: {e}"),
             AgentError::Scheduler(e) => write!(f, "cannot start the scheduler: {e}"),
             AgentError::Gossip(e) => write!(f, "{e}"),
+            AgentError::Raft(e) => write!(f, "{e}"),
         }
     }
 }
@@ -84,6 +87,7 @@ impl std::error::Error for AgentError {
             AgentError::Tls(e) => Some(e),
             AgentError::Register(e) => Some(e),
             AgentError::Gossip(e) => Some(e),
+            AgentError::Raft(e) => Some(e),
         }
     }
 }
@@ -107,7 +111,12 @@ impl Agent {
         let index = Arc::new(IndexCounter::default());
         let node = Arc::new(NodeState::load(&config)?);
         let membership = Membership::load(&config, node.id())?;
-        let workloads = Arc::new(Workloads::load(&config.data_dir, index.clone())?);
+        // A server with an RPC port (not `-dev`) replicates its state with Raft.
+        let workloads = Arc::new(Workloads::load_with(
+            &config.data_dir,
+            index.clone(),
+            replicates(&config),
+        )?);
         index.observe(workloads.max_index());
         let acl = Arc::new(AclState::load(
             &config.data_dir,
@@ -161,8 +170,59 @@ impl Agent {
             started_at: SystemTime::now(),
             forwarding: OnceLock::new(),
             leadership: OnceLock::new(),
+            raft: OnceLock::new(),
         }))
     }
+}
+
+/// Whether this agent's server state is replicated with Raft: a server with an RPC port
+/// that is not `-dev` (a `-dev` agent keeps the plain command log).
+pub fn replicates(config: &Config) -> bool {
+    config.rpc_listener() && !config.dev
+}
+
+/// How long start-up waits for a lone server to elect itself (it campaigns at once).
+const LONE_LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Start Raft on the replicated command log and make it this server's leadership.
+fn start_raft(agent: &Arc<Agent>) -> Result<(), AgentError> {
+    let c = &agent.config;
+    let Some(machine) = agent.workloads.command_log().take_state_machine() else {
+        return Ok(());
+    };
+    let rpc_addr = c
+        .rpc_addr()
+        .parse()
+        .unwrap_or_else(|_| SocketAddr::new(c.advertise_ip(), c.ports_rpc));
+    let settings = crate::raft::Settings {
+        uuid: agent.node.id().to_string(),
+        name: format!("{}.{}", c.node_name, c.region),
+        region: c.region.clone(),
+        rpc_addr,
+        bootstrap_expect: c.bootstrap_expect,
+        cleanup_dead_servers: true,
+        dial: rpc_dialer(c, agent.tls.as_ref()),
+        gossip: agent.gossip.get().cloned(),
+    };
+    let raft = crate::raft::Raft::start(settings, machine).map_err(AgentError::Raft)?;
+    agent
+        .workloads
+        .command_log()
+        .set_replicator(Arc::new(crate::raft::RaftProposer(raft.clone())));
+    let _ = agent.raft.set(raft.clone());
+    let _ = agent.leadership.set(raft.clone());
+    if c.bootstrap_expect <= 1 {
+        // A lone voter elects itself at once: wait for it, so the node registration and
+        // the first requests find a leader.
+        let view = crate::state::leader::Leadership::wait_for_leader(
+            &*raft,
+            std::time::Instant::now() + LONE_LEADER_WAIT,
+        );
+        if !view.is_leader {
+            log::warn!("raft: this server is not the leader yet");
+        }
+    }
+    Ok(())
 }
 
 /// How a client-only agent dials its servers' RPC ports: TLS with the agent's certificates
@@ -281,8 +341,13 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         _ => None,
     };
     let client_tunnels = agent.config.client_only() && plain_rpc;
+    // Members, join and force-leave find gossip running; Raft finds its peers there.
+    start_gossip(&agent)?;
+    if replicates(&agent.config) {
+        start_raft(&agent)?;
+    }
     if agent.config.server_enabled {
-        // Without Raft this server is its own leader.
+        // Without Raft this server is its own leader (with Raft the leadership is set).
         let rpc_addr = rpc_listener
             .as_ref()
             .and_then(|_| agent.config.rpc_addr().parse().ok());
@@ -317,15 +382,34 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         let registration = local_link::registration_of(&agent.node.registration());
         match agent.client.register(&registration) {
             Ok(reply) => first_ttl = Some(std::time::Duration::from_millis(reply.ttl_ms)),
-            Err(e) if agent.config.client_only() => {
+            Err(e) if agent.config.client_only() || agent.config.bootstrap_expect > 1 => {
                 log::warn!("cannot register this node yet (retrying): {e}");
             }
             Err(e) => return Err(AgentError::Register(e)),
         }
     }
     // The scheduler (server role only) places what the queue holds (pending evals, blocked
-    // ones the node's registration woke) from here on; the clients run what it places.
-    let scheduler = if agent.config.server_enabled {
+    // ones the node's registration woke) from here on; the clients run what it places. A
+    // replicated server runs it (and the heartbeat timers and the drainer) only while it
+    // leads.
+    let duties = match agent.raft.get() {
+        Some(raft) => {
+            let raft = raft.clone();
+            let parts = crate::server::duties::Parts {
+                workloads: agent.workloads.clone(),
+                index: agent.index.clone(),
+                heartbeats: agent.heartbeats.clone(),
+                drainer: agent.drainer.clone(),
+            };
+            let wait = Box::new(move |was, deadline| raft.wait_leadership(was, deadline));
+            Some(
+                crate::server::duties::LeaderDuties::start(parts, wait)
+                    .map_err(AgentError::Scheduler)?,
+            )
+        }
+        None => None,
+    };
+    let scheduler = if agent.config.server_enabled && duties.is_none() {
         Some(
             crate::server::scheduler::Scheduler::start(
                 agent.workloads.clone(),
@@ -359,8 +443,6 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         ..Limits::default()
     }
     .with_env();
-    // Before the API serves: members, join and force-leave find gossip running.
-    start_gossip(&agent)?;
     let router = Arc::new(Router::new(agent.clone()));
     let server = Arc::new(Server::new(router.clone(), limits.clone()));
     let _ = agent.http.set(server.clone());
@@ -393,6 +475,9 @@ pub fn run(config: Config) -> Result<(), AgentError> {
                 ..limits.clone()
             };
             let mut rpc_router = RpcRouter::new(service, router.clone());
+            if let Some(raft) = agent.raft.get() {
+                rpc_router = rpc_router.with_raft(raft.clone());
+            }
             if let Some(pool) = &tunnel_pool {
                 rpc_router = rpc_router.with_tunnels(pool.clone());
             }
@@ -497,6 +582,9 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     // Before the tasks stop: no new placement is proposed from here on.
     if let Some(s) = &scheduler {
         s.shutdown();
+    }
+    if let Some(d) = &duties {
+        d.shutdown();
     }
     agent.client.shutdown(sig);
     // After the tasks: their last state updates are committed before the store closes.

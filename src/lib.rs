@@ -20,6 +20,7 @@ mod jobspec;
 pub mod logtap;
 mod meta_batcher;
 pub mod parse_bounds;
+mod raft;
 pub mod reload;
 pub mod sd_notify;
 mod server;

@@ -27,6 +27,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "logtap",
             "meta_batcher",
             "parse_bounds",
+            "raft",
             "server::drainer",
             "server::heartbeat",
             "signals",
@@ -134,6 +135,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     // Server membership: foca gossip on the serf port; below the API, beside the state.
     ("gossip", &["config", "encoding", "store"]),
+    // Raft: replicates the command log; below the API, above the state, gossip and the RPC
+    // port's inbox (`server::rpc`).
+    ("raft", &["gossip", "http::client", "server::rpc", "state"]),
     // Our HTTP server: knows nothing of Nomad.
     ("http", &["sys", "time"]),
     ("sys", &[]),

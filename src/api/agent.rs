@@ -306,6 +306,16 @@ fn agent_self(ctx: &Ctx) -> ApiResult {
             },
         },
     });
+    // Raft's stats section and the leader, on a server that replicates.
+    if let Some(raft) = a.raft.get() {
+        doc["stats"]["raft"] = super::raft_status::stats_json(raft);
+        let view = crate::state::leader::Leadership::view(&**raft);
+        doc["stats"]["nomad"]["leader"] = json!(view.is_leader.to_string());
+        doc["stats"]["nomad"]["leader_addr"] = json!(view
+            .leader_rpc_addr
+            .map(|a| a.to_string())
+            .unwrap_or_default());
+    }
     // Serf's stats section, on a server that gossips.
     if let Some(g) = a.gossip.get() {
         let members = g.members();

@@ -27,6 +27,7 @@ pub mod node_ops;
 pub mod nodes;
 pub mod operator_snapshot;
 pub mod params;
+pub mod raft_status;
 pub mod router;
 pub mod search;
 pub mod services;

@@ -193,8 +193,20 @@ fn stub_json(node: &Node, with_os: bool, with_resources: bool) -> Value {
 /// `/v1/status/leader`, `/v1/status/peers`, `/v1/regions`.
 pub fn route_status(ctx: &Ctx, path: &str) -> ApiResult {
     let value = match path {
-        "status/leader" => json!(ctx.agent.config.rpc_addr()),
-        "status/peers" => json!([ctx.agent.config.rpc_addr()]),
+        "status/leader" => match ctx.agent.raft.get() {
+            Some(raft) => {
+                let view = crate::state::leader::Leadership::view(&**raft);
+                json!(view
+                    .leader_rpc_addr
+                    .map(|a| a.to_string())
+                    .unwrap_or_default())
+            }
+            None => json!(ctx.agent.config.rpc_addr()),
+        },
+        "status/peers" => match ctx.agent.raft.get() {
+            Some(raft) => json!(super::raft_status::peer_addresses(raft)),
+            None => json!([ctx.agent.config.rpc_addr()]),
+        },
         "regions" => json!([ctx.agent.config.region]),
         _ => return Err(ApiError::no_route()),
     };

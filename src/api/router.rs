@@ -149,6 +149,9 @@ fn route(ctx: &Ctx) -> ApiResult {
         "metrics" if rest == "metrics" => metrics::route(ctx),
         "system" => system::route(ctx, rest),
         "status" | "regions" => nodes::route_status(ctx, rest),
+        "operator" if rest.starts_with("operator/raft/") => {
+            super::raft_status::route_operator(ctx, rest)
+        }
         "jobs" if rest == "jobs/parse" => super::jobs_parse::parse(ctx),
         "validate" if rest == "validate/job" => super::jobs_parse::validate(ctx),
         "jobs" | "job" | "evaluations" | "evaluation" => jobs::route(ctx, rest),

@@ -51,4 +51,6 @@ pub struct Agent {
     /// server alone: `SoleServer`). Set once by the composition root on a server; unset on a
     /// client-only agent.
     pub leadership: OnceLock<Arc<dyn crate::state::leader::Leadership>>,
+    /// The server's Raft, set once it runs (a server with an RPC port, not `-dev`).
+    pub raft: OnceLock<Arc<crate::raft::Raft>>,
 }

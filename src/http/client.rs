@@ -255,6 +255,57 @@ impl Read for Chunked {
     }
 }
 
+/// One request on a kept-alive connection (no `Connection: close`): the reply must carry a
+/// `Content-Length` body of at most `max_body` bytes, read whole, so the connection can take
+/// the next request. Any error leaves the connection unusable (drop it).
+pub fn exchange_keep_alive(
+    conn: &mut BufReader<Box<dyn Stream>>,
+    out: &Outgoing,
+    max_body: usize,
+) -> Result<(u16, Vec<u8>), ClientError> {
+    let io_err = ClientError::Io;
+    let mut head = format!(
+        "{} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {}\r\n",
+        out.method, out.path, out.host, out.user_agent
+    );
+    for (k, v) in out.headers {
+        if k.contains(['\r', '\n']) || v.contains(['\r', '\n']) {
+            return Err(ClientError::Protocol("header contains a line break".into()));
+        }
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", out.body.len()));
+    let stream = conn.get_mut();
+    stream.write_all(head.as_bytes()).map_err(io_err)?;
+    stream.write_all(out.body).map_err(io_err)?;
+    stream.flush().map_err(io_err)?;
+    let raw = read_head(conn).map_err(io_err)?;
+    let mut hbuf = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut hbuf);
+    match resp.parse(&raw) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) | Err(_) => {
+            return Err(ClientError::Protocol("malformed HTTP response".into()))
+        }
+    }
+    let status = resp.code.unwrap_or(0);
+    let len = resp
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("Content-Length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .ok_or_else(|| ClientError::Protocol("a kept-alive reply needs Content-Length".into()))?;
+    if len > max_body {
+        return Err(ClientError::Protocol(format!(
+            "response body larger than {max_body} bytes"
+        )));
+    }
+    let mut body = vec![0; len];
+    conn.read_exact(&mut body).map_err(io_err)?;
+    Ok((status, body))
+}
+
 fn read_head(r: &mut BufReader<Box<dyn Stream>>) -> io::Result<Vec<u8>> {
     let mut head = Vec::new();
     loop {

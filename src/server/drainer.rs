@@ -56,6 +56,8 @@ pub struct Drainer {
     /// Only a server drains nodes.
     enabled: bool,
     stop: AtomicBool,
+    /// A replicated server that is not the leader drains nothing (ref §6.6).
+    follower: AtomicBool,
     slot: Mutex<Slot>,
 }
 
@@ -75,6 +77,7 @@ impl Drainer {
             index,
             enabled,
             stop: AtomicBool::new(false),
+            follower: AtomicBool::new(false),
             slot: Mutex::new(Slot::default()),
         })
     }
@@ -82,7 +85,11 @@ impl Drainer {
     /// Make sure the `drainer` thread runs when a node drains: called after a drain was set
     /// (published) and at start. It ends by itself once no node drains.
     pub fn kick(self: &Arc<Self>) {
-        if !self.enabled || self.stop.load(Ordering::SeqCst) || !any_draining(&self.workloads) {
+        if !self.enabled
+            || self.stop.load(Ordering::SeqCst)
+            || self.follower.load(Ordering::SeqCst)
+            || !any_draining(&self.workloads)
+        {
             return;
         }
         let mut slot = self.slot.lock();
@@ -106,10 +113,25 @@ impl Drainer {
         }
     }
 
+    /// Leadership changed (a replicated server): the leader drains what drains; a follower
+    /// stops its thread (joined) and starts none.
+    pub fn set_leader(self: &Arc<Self>, leader: bool) {
+        self.follower.store(!leader, Ordering::SeqCst);
+        if leader {
+            self.kick();
+        } else {
+            self.join();
+        }
+    }
+
     /// Stop the thread and join it. The agent closes the index counter first (which wakes
     /// it); otherwise it is woken here.
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.join();
+    }
+
+    fn join(&self) {
         let handle = self.slot.lock().handle.take();
         if let Some(h) = handle {
             if !self.index.is_closed() {
@@ -137,7 +159,10 @@ impl Drainer {
         loop {
             // The generation first: a change published after this read ends the wait below.
             let generation = index.generation();
-            if stop.load(Ordering::SeqCst) || index.is_closed() {
+            if stop.load(Ordering::SeqCst)
+                || self.follower.load(Ordering::SeqCst)
+                || index.is_closed()
+            {
                 self.slot.lock().running = false;
                 return;
             }
@@ -172,7 +197,10 @@ impl Drainer {
             if step.draining {
                 // A pause between steps (`shutdown` unparks it), then the changes it let pass.
                 let until = Instant::now() + MIN_STEP_INTERVAL;
-                while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+                while !stop.load(Ordering::SeqCst)
+                    && !self.follower.load(Ordering::SeqCst)
+                    && Instant::now() < until
+                {
                     std::thread::park_timeout(until.saturating_duration_since(Instant::now()));
                 }
             }

@@ -64,6 +64,8 @@ struct Timers {
     by_node: HashMap<String, Instant>,
     by_time: BTreeSet<(Instant, String)>,
     stopping: bool,
+    /// A replicated server that is not the leader keeps no timers (ref §6.6).
+    follower: bool,
 }
 
 impl Timers {
@@ -143,6 +145,9 @@ impl Heartbeats {
     fn arm(&self, node: &str, after: Duration) {
         let at = Instant::now() + after;
         let mut t = self.timers.lock();
+        if t.follower {
+            return;
+        }
         let sooner = t.next().is_none_or(|next| at < next);
         t.set(node, at);
         drop(t);
@@ -161,15 +166,37 @@ impl Heartbeats {
         self.timers.lock().by_node.len()
     }
 
-    /// Arm every known node that is not down (a server starting: a node that stays silent is
-    /// marked down after a full TTL + grace), then start the `heartbeat` thread.
-    pub fn start(self: &Arc<Self>) {
+    /// Leadership changed (a replicated server): the leader arms every known node that is
+    /// not down with a full TTL + grace (ref §6.6); a follower drops every timer and arms
+    /// none.
+    pub fn set_leader(&self, leader: bool) {
+        {
+            let mut t = self.timers.lock();
+            t.follower = !leader;
+            if !leader {
+                t.by_node.clear();
+                t.by_time.clear();
+            }
+        }
+        if leader {
+            self.arm_known();
+        }
+        self.wake.notify_all();
+    }
+
+    fn arm_known(&self) {
         for node in self.workloads.nodes() {
             if node.status != NodeStatus::Down {
                 let ttl = self.ttl();
                 self.arm(&node.id, ttl + self.settings.grace);
             }
         }
+    }
+
+    /// Arm every known node that is not down (a server starting: a node that stays silent is
+    /// marked down after a full TTL + grace), then start the `heartbeat` thread.
+    pub fn start(self: &Arc<Self>) {
+        self.arm_known();
         let me = self.clone();
         let spawned = std::thread::Builder::new()
             .name("heartbeat".into())

@@ -20,6 +20,10 @@
 //! | `/v1/rpc/acl/resolve` | `ResolveAcl` (a token's secret, anonymous, or a workload) | `ResolvedAcl` |
 //! | `/v1/rpc/acl/keys` | `PublicKeysRequest` | `PublicKeys` |
 //!
+//! Between servers, `POST /v1/rpc/raft` carries a batch of Raft messages (protobuf, each
+//! preceded by its length as 4 big-endian bytes; see `raft::transport`), answered `200` with
+//! an empty body, `400` for a batch that does not decode. It needs no node secret.
+//!
 //! `identity/sign` answers 403 `Permission denied` for an alloc that is unknown or on another
 //! node, and 400 for a terminal alloc or a task not in its group; the claims come from the
 //! server's alloc record (`server::authz`).
@@ -70,6 +74,17 @@ pub const RPC_PREFIX: &str = "/v1/rpc/";
 /// Largest body of an RPC call (a registration's attributes, a batch of alloc updates with
 /// their task states and events).
 pub const RPC_BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// The path of the Raft transport between servers.
+pub const RAFT_CALL: &str = "/v1/rpc/raft";
+
+/// Where `POST /v1/rpc/raft` batches go (the Raft driver of this server).
+pub trait RaftInbox: Send + Sync {
+    /// Decode (bounded) and queue one batch; `Err`: why it does not decode.
+    fn deliver(&self, body: &[u8]) -> Result<(), String>;
+    /// Largest batch accepted.
+    fn body_limit(&self) -> usize;
+}
 
 /// How often a parked pull looks whether its client went away.
 const PULL_PEER_CHECK: Duration = Duration::from_millis(500);
@@ -426,6 +441,8 @@ pub struct RpcRouter {
     api: Arc<dyn Handler>,
     /// Where upgraded tunnels are parked (`GET /v1/rpc/tunnel`); none: tunnels are refused.
     tunnels: Option<Arc<crate::server::tunnel::TunnelPool>>,
+    /// Where Raft batches go; none: `/v1/rpc/raft` is no call here.
+    raft: Option<Arc<dyn RaftInbox>>,
 }
 
 impl RpcRouter {
@@ -434,6 +451,30 @@ impl RpcRouter {
             service,
             api,
             tunnels: None,
+            raft: None,
+        }
+    }
+
+    /// Take Raft batches (`POST /v1/rpc/raft`) into `inbox`.
+    pub fn with_raft(mut self, inbox: Arc<dyn RaftInbox>) -> RpcRouter {
+        self.raft = Some(inbox);
+        self
+    }
+
+    /// `POST /v1/rpc/raft`: a batch of Raft messages for this server's driver.
+    fn raft(&self, req: &Request) -> Reply {
+        let text = |status, why: String| {
+            Reply::bytes(status, "text/plain; charset=utf-8", why.into_bytes())
+        };
+        let Some(inbox) = self.raft.as_ref() else {
+            return RpcError::NoSuchCall.reply();
+        };
+        if req.method != Method::Post {
+            return text(Status::METHOD_NOT_ALLOWED, "Invalid method".into());
+        }
+        match inbox.deliver(&req.body) {
+            Ok(()) => text(Status::OK, String::new()),
+            Err(why) => text(Status::BAD_REQUEST, why),
         }
     }
 
@@ -506,6 +547,11 @@ fn is_rpc(path: &str) -> bool {
 
 impl Handler for RpcRouter {
     fn body_limit(&self, head: &RequestHead) -> usize {
+        if head.path == RAFT_CALL {
+            if let Some(inbox) = &self.raft {
+                return inbox.body_limit();
+            }
+        }
         if is_rpc(&head.path) {
             RPC_BODY_LIMIT
         } else {
@@ -518,7 +564,7 @@ impl Handler for RpcRouter {
         if !is_rpc(&req.path) {
             return self.api.admit(req);
         }
-        let register = req.path == format!("{RPC_PREFIX}node/register");
+        let register = req.path == format!("{RPC_PREFIX}node/register") || req.path == RAFT_CALL;
         let secret = req
             .header(NODE_SECRET_HEADER)
             .is_some_and(|s| !s.is_empty());
@@ -528,6 +574,9 @@ impl Handler for RpcRouter {
     fn handle(&self, req: Request) -> Reply {
         if !is_rpc(&req.path) {
             return self.api.handle(req);
+        }
+        if req.path == RAFT_CALL {
+            return self.raft(&req);
         }
         let result = if req.path == crate::client::link::TUNNEL_PATH {
             self.tunnel(&req)

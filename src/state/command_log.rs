@@ -4,17 +4,24 @@
 //! immutable [`ServerState`] snapshot. Every [`SNAPSHOT_EVERY`] commands the state itself is
 //! written and the log entries it covers are deleted; start-up loads that snapshot and
 //! replays the log after it.
+//!
+//! A replicated server (Raft, `src/raft/`) opens the same store with
+//! [`CommandLog::open_replicated`]: no committer thread; the consensus driver takes the
+//! [`StateMachine`] (the store, the published state, the counter and the event broker),
+//! persists its own log in the same redb file, applies committed commands through
+//! [`StateMachine::apply`], and answers [`CommandLog::propose`] through the [`Replicator`] it
+//! sets.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Mutex, RwLock};
-use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
 use super::command::{apply, Applied, ApplyError, Command, ServerState};
 use super::event_broker::EventBroker;
@@ -63,6 +70,9 @@ pub enum LogError {
     Apply(ApplyError),
     /// The committer is stopped (shutdown) or did not answer in time.
     Closed(&'static str),
+    /// A replicated server that is not the leader (or lost leadership before the write
+    /// committed: it may still be applied by the next leader).
+    NotLeader,
 }
 
 impl fmt::Display for LogError {
@@ -71,6 +81,7 @@ impl fmt::Display for LogError {
             LogError::Store { op, source } => write!(f, "{op}: {source}"),
             LogError::Apply(e) => write!(f, "{e}"),
             LogError::Closed(why) => write!(f, "{why}"),
+            LogError::NotLeader => f.write_str("not leader"),
         }
     }
 }
@@ -79,7 +90,7 @@ impl std::error::Error for LogError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             LogError::Store { source, .. } => Some(&**source),
-            LogError::Apply(_) | LogError::Closed(_) => None,
+            LogError::Apply(_) | LogError::Closed(_) | LogError::NotLeader => None,
         }
     }
 }
@@ -140,6 +151,20 @@ pub struct CommandLog {
     pub stats: Arc<LogStats>,
     /// The events of applied commands (`/v1/event/stream`).
     events: Arc<EventBroker>,
+    /// Replicated: the consensus driver that answers proposals (set once it runs).
+    replicator: OnceLock<Arc<dyn Replicator>>,
+    /// Replicated: the state machine, until the consensus driver takes it.
+    machine: Mutex<Option<StateMachine>>,
+    replicated: bool,
+}
+
+/// What answers proposals of a replicated log (the Raft driver): a command is answered once
+/// it is committed and applied here, or refused (`NotLeader`).
+pub trait Replicator: Send + Sync {
+    /// Propose `cmd` and wait for its answer (as [`CommandLog::propose`]).
+    fn propose(&self, cmd: Command) -> Result<(Applied, u64), LogError>;
+    /// Stop replicating and join the driver (closes the store).
+    fn shutdown(&self);
 }
 
 impl fmt::Debug for CommandLog {
@@ -245,6 +270,73 @@ fn compact_if_grown(db: &mut Database, path: &Path, after_last: u64) -> u64 {
     }
 }
 
+/// What [`load_store`] found: the open store, the loaded state, whether it was imported.
+struct LoadedStore {
+    db: Database,
+    loaded: Loaded,
+    imported: bool,
+    compacted_size: u64,
+}
+
+/// Open (or create) the store at `path` and load the state (a new store is filled by
+/// `import` first, durably; a store of the earlier format is rewritten once).
+fn load_store(
+    path: &Path,
+    import: impl FnOnce() -> Result<ServerState, LogError>,
+) -> Result<LoadedStore, LogError> {
+    if let Some(dir) = path.parent() {
+        st!("create dir", std::fs::create_dir_all(dir))?;
+    }
+    let mut db = open_db(path)?;
+    {
+        // The log table exists from the start (reads of a new store find it empty).
+        let txn = st!("begin", db.begin_write())?;
+        st!("open", txn.open_table(LOG))?;
+        st!("commit", txn.commit())?;
+    }
+    let started = std::time::Instant::now();
+    let mut loaded = load_state(&db)?;
+    let fresh = {
+        let txn = st!("read", db.begin_read())?;
+        let log = st!("read", txn.open_table(LOG))?;
+        let no_snapshot = st!("read", snapshot::load(&txn))?.is_none() && !loaded.old_format;
+        no_snapshot && st!("read", log.is_empty())?
+    };
+    let mut imported = false;
+    if fresh {
+        let state = import()?;
+        write_snapshot(&db, None, &state, false)?;
+        if state.index > 0 {
+            st!("compact", db.compact())?;
+        }
+        imported = state.index > 0 || !state.jobs.is_empty() || !state.acl.tokens.is_empty();
+        loaded = load_state(&db)?;
+    } else if loaded.old_format {
+        // Earlier versions kept one JSON value: rewrite it as tables, once.
+        write_snapshot(&db, None, &loaded.state, true)?;
+        st!("compact", db.compact())?;
+        log::info!("server state snapshot rewritten as tables");
+        loaded.snapshot = loaded.state.clone();
+    }
+    let compacted_size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    log::info!(
+        "server state loaded at index {}: {} jobs, {} evals, {} allocs, {} nodes in {} ms ({} bytes on disk)",
+        loaded.state.index,
+        loaded.state.jobs.len(),
+        loaded.state.evals.len(),
+        loaded.state.allocs.len(),
+        loaded.state.nodes.len(),
+        started.elapsed().as_millis(),
+        compacted_size
+    );
+    Ok(LoadedStore {
+        db,
+        loaded,
+        imported,
+        compacted_size,
+    })
+}
+
 impl CommandLog {
     /// Open (or create) the log at `path`, load the state and start the committer. A new
     /// store is filled by `import` first (the state of an older data dir), durably.
@@ -253,51 +345,12 @@ impl CommandLog {
         counter: Arc<IndexCounter>,
         import: impl FnOnce() -> Result<ServerState, LogError>,
     ) -> Result<Opened, LogError> {
-        if let Some(dir) = path.parent() {
-            st!("create dir", std::fs::create_dir_all(dir))?;
-        }
-        let mut db = open_db(path)?;
-        {
-            // The log table exists from the start (reads of a new store find it empty).
-            let txn = st!("begin", db.begin_write())?;
-            st!("open", txn.open_table(LOG))?;
-            st!("commit", txn.commit())?;
-        }
-        let started = std::time::Instant::now();
-        let mut loaded = load_state(&db)?;
-        let fresh = {
-            let txn = st!("read", db.begin_read())?;
-            let log = st!("read", txn.open_table(LOG))?;
-            let no_snapshot = st!("read", snapshot::load(&txn))?.is_none() && !loaded.old_format;
-            no_snapshot && st!("read", log.is_empty())?
-        };
-        let mut imported = false;
-        if fresh {
-            let state = import()?;
-            write_snapshot(&db, None, &state, false)?;
-            if state.index > 0 {
-                st!("compact", db.compact())?;
-            }
-            imported = state.index > 0 || !state.jobs.is_empty() || !state.acl.tokens.is_empty();
-            loaded = load_state(&db)?;
-        } else if loaded.old_format {
-            // Earlier versions kept one JSON value: rewrite it as tables, once.
-            write_snapshot(&db, None, &loaded.state, true)?;
-            st!("compact", db.compact())?;
-            log::info!("server state snapshot rewritten as tables");
-            loaded.snapshot = loaded.state.clone();
-        }
-        let compacted_size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        log::info!(
-            "server state loaded at index {}: {} jobs, {} evals, {} allocs, {} nodes in {} ms ({} bytes on disk)",
-            loaded.state.index,
-            loaded.state.jobs.len(),
-            loaded.state.evals.len(),
-            loaded.state.allocs.len(),
-            loaded.state.nodes.len(),
-            started.elapsed().as_millis(),
-            compacted_size
-        );
+        let LoadedStore {
+            db,
+            loaded,
+            imported,
+            compacted_size,
+        } = load_store(path, import)?;
         let state = Arc::new(loaded.state);
         counter.observe(state.index);
         let published = Arc::new(RwLock::new(state.clone()));
@@ -329,9 +382,75 @@ impl CommandLog {
                 committer: Mutex::new(Some(handle)),
                 stats,
                 events,
+                replicator: OnceLock::new(),
+                machine: Mutex::new(None),
+                replicated: false,
             },
             imported,
         })
+    }
+
+    /// Open the store for a replicated server: the state is loaded as [`CommandLog::open`]
+    /// does, but no committer runs; [`CommandLog::take_state_machine`] hands the store to the
+    /// consensus driver, which sets the [`Replicator`] that answers proposals.
+    pub fn open_replicated(
+        path: &Path,
+        counter: Arc<IndexCounter>,
+        import: impl FnOnce() -> Result<ServerState, LogError>,
+    ) -> Result<Opened, LogError> {
+        let LoadedStore {
+            db,
+            loaded,
+            imported,
+            compacted_size,
+        } = load_store(path, import)?;
+        let state = Arc::new(loaded.state);
+        counter.observe(state.index);
+        let published = Arc::new(RwLock::new(state.clone()));
+        let stats = Arc::new(LogStats::default());
+        let events = Arc::new(EventBroker::new());
+        let machine = StateMachine {
+            path: path.to_path_buf(),
+            db,
+            current: state,
+            snapshotted: Arc::new(loaded.snapshot),
+            plain_log_left: true,
+            compacted_size,
+            published: published.clone(),
+            counter,
+            stats: stats.clone(),
+            events: events.clone(),
+        };
+        // Nothing reads this channel: proposals go to the replicator.
+        let (tx, _) = unbounded();
+        Ok(Opened {
+            log: CommandLog {
+                published,
+                proposals: tx,
+                committer: Mutex::new(None),
+                stats,
+                events,
+                replicator: OnceLock::new(),
+                machine: Mutex::new(Some(machine)),
+                replicated: true,
+            },
+            imported,
+        })
+    }
+
+    /// Whether this log is replicated (opened with [`CommandLog::open_replicated`]).
+    pub fn is_replicated(&self) -> bool {
+        self.replicated
+    }
+
+    /// The state machine of a replicated log, once (the consensus driver takes it).
+    pub fn take_state_machine(&self) -> Option<StateMachine> {
+        self.machine.lock().take()
+    }
+
+    /// Set what answers proposals of a replicated log (once).
+    pub fn set_replicator(&self, r: Arc<dyn Replicator>) {
+        let _ = self.replicator.set(r);
     }
 
     /// The published state: an immutable snapshot (no lock is held once it is returned).
@@ -347,6 +466,12 @@ impl CommandLog {
     /// Propose a command and wait until it is durable and applied (then it is published and
     /// the index notified). Returns what apply did and the command's index.
     pub fn propose(&self, cmd: Command) -> Result<(Applied, u64), LogError> {
+        if self.replicated {
+            return match self.replicator.get() {
+                Some(r) => r.propose(cmd),
+                None => Err(LogError::Closed("server state replication is not running")),
+            };
+        }
         let (reply, answer) = crossbeam_channel::bounded(1);
         self.proposals
             .send(Msg::Propose(Proposal { cmd, reply }))
@@ -364,6 +489,15 @@ impl CommandLog {
 
     /// Stop the committer after the proposals already sent, and join it (closes the store).
     pub fn shutdown(&self) {
+        if self.replicated {
+            if let Some(r) = self.replicator.get() {
+                r.shutdown();
+            }
+            // A state machine nobody took closes its store here.
+            drop(self.machine.lock().take());
+            self.events.close();
+            return;
+        }
         let _ = self.proposals.send(Msg::Stop);
         if let Some(h) = self.committer.lock().take() {
             let _ = h.join();
@@ -387,6 +521,152 @@ impl CommandLog {
 impl Drop for CommandLog {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// The state side of a replicated log: the store (shared with the consensus driver's own
+/// tables), the state as last applied, and where it is published. Owned by the driver
+/// thread: it applies committed commands in order and writes snapshots inside the
+/// driver's transactions (so the state tables and the consensus log never disagree on
+/// disk).
+pub struct StateMachine {
+    path: PathBuf,
+    db: Database,
+    current: Arc<ServerState>,
+    /// The state the tables on disk hold (the last snapshot written).
+    snapshotted: Arc<ServerState>,
+    /// The plain log may still hold entries (a store of a server before replication): the
+    /// first snapshot empties it.
+    plain_log_left: bool,
+    compacted_size: u64,
+    published: Arc<RwLock<Arc<ServerState>>>,
+    counter: Arc<IndexCounter>,
+    stats: Arc<LogStats>,
+    events: Arc<EventBroker>,
+}
+
+impl StateMachine {
+    /// The store (the driver keeps its own tables in it).
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// The state as last applied (and published).
+    pub fn state(&self) -> Arc<ServerState> {
+        self.current.clone()
+    }
+
+    /// Whether the plain log of a server before replication still holds entries (then the
+    /// state is newer than its tables and a snapshot must be written before replicating).
+    pub fn plain_log_pending(&self) -> Result<bool, LogError> {
+        let txn = st!("read", self.db.begin_read())?;
+        let log = st!("read", txn.open_table(LOG))?;
+        Ok(!st!("read", log.is_empty())?)
+    }
+
+    /// Apply committed commands, in order, each at its own index (already durable in the
+    /// replicated log); then publish the state once, the events, and notify. Each command's
+    /// answer, in order.
+    pub fn apply(&mut self, cmds: &[(u64, Command)]) -> Vec<Result<(Applied, u64), LogError>> {
+        let started = std::time::Instant::now();
+        let mut next = (*self.current).clone();
+        let mut results = Vec::with_capacity(cmds.len());
+        let mut events: Vec<EventBatch> = Vec::new();
+        let mut last = 0;
+        for (index, cmd) in cmds {
+            let before = next.clone();
+            last = *index;
+            match apply(&mut next, cmd, *index) {
+                Ok(applied) => {
+                    events.push(EventBatch {
+                        index: *index,
+                        events: events_of(cmd, &before, &next, *index),
+                    });
+                    results.push(Ok((applied, *index)));
+                }
+                Err(e) => results.push(Err(LogError::Apply(e))),
+            }
+        }
+        if cmds.is_empty() {
+            return results;
+        }
+        self.current = Arc::new(next);
+        *self.published.write() = self.current.clone();
+        self.counter.observe(last);
+        for b in events {
+            self.events.publish(b);
+        }
+        self.counter.notify();
+        let s = &self.stats;
+        s.commands.fetch_add(cmds.len() as u64, Ordering::Relaxed);
+        s.apply_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        results
+    }
+
+    /// Write the current state as the snapshot (the rows that changed since the last one)
+    /// inside `txn`, and empty the plain log. Returns the state written: pass it to
+    /// [`StateMachine::snapshot_written`] once `txn` committed.
+    pub fn write_snapshot(&self, txn: &WriteTransaction) -> Result<Arc<ServerState>, LogError> {
+        let state = self.current.clone();
+        st!(
+            "snapshot",
+            snapshot::write(txn, Some(&self.snapshotted), &state)
+        )?;
+        if self.plain_log_left {
+            let mut log = st!("snapshot", txn.open_table(LOG))?;
+            st!("snapshot", log.retain(|_, _| false))?;
+        }
+        Ok(state)
+    }
+
+    /// The snapshot `state` is durable.
+    pub fn snapshot_written(&mut self, state: Arc<ServerState>) {
+        self.snapshotted = state;
+        self.plain_log_left = false;
+    }
+
+    /// Replace the whole state with `state` (a snapshot from the leader): its tables are
+    /// written in `txn`; publish it with [`StateMachine::installed`] once `txn` committed.
+    pub fn write_install(
+        &self,
+        txn: &WriteTransaction,
+        state: ServerState,
+    ) -> Result<Arc<ServerState>, LogError> {
+        let state = Arc::new(state);
+        st!(
+            "install snapshot",
+            snapshot::write(txn, Some(&self.snapshotted), &state)
+        )?;
+        if self.plain_log_left {
+            let mut log = st!("install snapshot", txn.open_table(LOG))?;
+            st!("install snapshot", log.retain(|_, _| false))?;
+        }
+        Ok(state)
+    }
+
+    /// The installed `state` is durable: publish it.
+    pub fn installed(&mut self, state: Arc<ServerState>) {
+        self.snapshotted = state.clone();
+        self.plain_log_left = false;
+        self.current = state;
+        *self.published.write() = self.current.clone();
+        self.counter.observe(self.current.index);
+        self.counter.notify();
+    }
+
+    /// Give space back to the file system when the file grew (after snapshots).
+    pub fn compact_if_grown(&mut self) {
+        let (path, after) = (self.path.clone(), self.compacted_size);
+        self.compacted_size = compact_if_grown(&mut self.db, &path, after);
+    }
+
+    /// Count one write transaction of the driver and its time (for the bench and tests).
+    pub fn count_transaction(&self, took: Duration) {
+        self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .write_nanos
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
     }
 }
 

@@ -181,11 +181,26 @@ impl Workloads {
     /// Open the command log under `<data_dir>/server` (importing the old file store once)
     /// and start its committer, which publishes through `counter`.
     pub fn load(data_dir: &Path, counter: Arc<IndexCounter>) -> Result<Workloads, StoreError> {
+        Workloads::load_with(data_dir, counter, false)
+    }
+
+    /// [`Workloads::load`]; `replicated`: the log is replicated (Raft), so no committer runs
+    /// and the consensus driver takes the state machine (`CommandLog::take_state_machine`).
+    pub fn load_with(
+        data_dir: &Path,
+        counter: Arc<IndexCounter>,
+        replicated: bool,
+    ) -> Result<Workloads, StoreError> {
         let server = data_dir.join("server");
         let path = cmdlog::log_path(data_dir);
         let to_store = |e: LogError| StoreError::other(&path, "load", e);
         let import = || load_old_store(&server).map_err(|e| LogError::store("import", e));
-        let opened = CommandLog::open(&path, counter, import).map_err(to_store)?;
+        let opened = if replicated {
+            CommandLog::open_replicated(&path, counter, import)
+        } else {
+            CommandLog::open(&path, counter, import)
+        }
+        .map_err(to_store)?;
         if opened.imported {
             log::info!("imported the server state files into {}", path.display());
             remove_old_store(&server);

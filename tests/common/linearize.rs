@@ -17,8 +17,10 @@
 //! each key is checked on its own, which keeps the search small.
 //!
 //! Include it with `#[path = "common/linearize.rs"] mod linearize;` beside `mod common;` (the
-//! workload uses `crate::common`'s HTTP helpers); `run_workload` takes the servers' HTTP
-//! addresses, so one server or a Raft cluster is driven the same way.
+//! workload uses `crate::common`'s HTTP helpers). [`run_history`] takes the servers' HTTP
+//! addresses and a fault to inject between two phases (kill -9 and restart, a leader kill, a
+//! SIGSTOP), runs the workload, and checks the history: one server or a Raft cluster is
+//! driven the same way.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -567,6 +569,90 @@ pub fn summary(history: &[Entry]) -> String {
         .map(|(k, (d, u))| format!("{k}: {d} done, {u} unknown"))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+// ---------------------------------------------------------------------------------------
+// The whole run: workload, a fault in the middle, checks.
+
+/// Each phase (before the fault, after it) runs until this many more operations answered.
+const OPS_PER_PHASE: usize = 400;
+/// ... or at most this long (then the run fails: too little happened to prove anything).
+const PHASE_DEADLINE: Duration = Duration::from_secs(60);
+/// At least this many operations must have completed in a phase (a run that did nothing
+/// proves nothing).
+const MIN_DONE_PER_PHASE: usize = 20;
+
+/// Completed operations in `h` invoked after `since` (ns).
+fn done_since(h: &[Entry], since: u64) -> usize {
+    h.iter()
+        .filter(|e| e.invoke >= since && e.done.is_some())
+        .count()
+}
+
+/// Run the workload against `addrs`, calling `fault` between the two phases (it gets the
+/// running workload, e.g. to kill and restart a server), then check the history.
+pub fn run_history(addrs: &[String], fault: impl FnOnce(&Running)) -> Vec<Entry> {
+    let run = run_workload(addrs, &Workload::default());
+    crate::common::wait_until(PHASE_DEADLINE, "operations before the fault", || {
+        run.completed() >= OPS_PER_PHASE
+    });
+    let fault_at = run.now();
+    fault(&run);
+    let resumed_at = run.now();
+    let target = run.completed() + OPS_PER_PHASE;
+    crate::common::wait_until(PHASE_DEADLINE, "operations after the fault", || {
+        run.completed() >= target
+    });
+    let history = run.finish();
+    eprintln!(
+        "history: {} operations ({}); fault at {:.0} ms, resumed at {:.0} ms",
+        history.len(),
+        summary(&history),
+        fault_at as f64 / 1e6,
+        resumed_at as f64 / 1e6
+    );
+    let before = history
+        .iter()
+        .filter(|e| e.done.as_ref().is_some_and(|(at, _)| *at <= fault_at))
+        .count();
+    assert!(
+        before >= MIN_DONE_PER_PHASE,
+        "only {before} operations completed before the fault"
+    );
+    let after = done_since(&history, resumed_at);
+    assert!(
+        after >= MIN_DONE_PER_PHASE,
+        "only {after} operations completed after the restart"
+    );
+    for kind in ["register", "deregister", "read"] {
+        assert!(
+            history.iter().any(|e| e.done.is_some()
+                && match e.op {
+                    Op::Register { .. } => kind == "register",
+                    Op::Deregister { .. } => kind == "deregister",
+                    Op::Read { .. } => kind == "read",
+                }),
+            "no completed {kind}"
+        );
+    }
+    let mut evidence = evidence(history.clone());
+    if let Err(v) = check(&evidence) {
+        panic!("{v}");
+    }
+    // The checker is engaged with this very history: one read made to see a marker nobody
+    // wrote must make it fail.
+    let last_read = evidence
+        .iter()
+        .rposition(|e| matches!(e.op, Op::Read { .. }) && e.done.is_some())
+        .expect("a completed read");
+    if let Some((at, _)) = evidence[last_read].done.clone() {
+        evidence[last_read].done = Some((at, Ret::Value(Some("never-written".into()))));
+    }
+    assert!(
+        check(&evidence).is_err(),
+        "a read of a marker never written went unnoticed"
+    );
+    history
 }
 
 #[cfg(test)]

@@ -1,0 +1,592 @@
+//! The `raft` thread: owns the raft-rs `RawNode` and the state machine. It ticks every
+//! [`TICK`](super::TICK), steps messages from peers, batches proposals, and handles each
+//! `Ready` in order: snapshot, new entries and hard state in ONE redb transaction (one fsync),
+//! then messages out, then the committed entries applied (published, events, notify) and
+//! their proposers answered.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, MessageType};
+use raft::{RawNode, SnapshotStatus, StateRole};
+
+use super::storage::{DiskStorage, SnapSource};
+use super::transport::Transport;
+use super::{Input, RaftError, Shared, ELECTION_TICKS, HEARTBEAT_TICKS, TICK};
+use crate::state::command::{Applied, Command, ServerState};
+use crate::state::command_log::{LogError, StateMachine, SNAPSHOT_EVERY};
+
+/// Inputs taken per round at most (proposals beyond wait for the next `Ready`).
+const MAX_INPUTS: usize = 1024;
+/// Entries kept in the log behind a state snapshot (a follower that far behind catches up
+/// from the log, not a snapshot).
+const TRAILING_ENTRIES: u64 = 1024;
+/// Largest batch of entries in one append message.
+const MAX_SIZE_PER_MSG: u64 = 1024 * 1024;
+/// Append messages in flight per follower.
+const MAX_INFLIGHT: usize = 256;
+
+type Reply = Sender<Result<(Applied, u64), LogError>>;
+
+/// A proposal waiting for its entry to apply.
+struct Pending {
+    term: u64,
+    reply: Reply,
+}
+
+pub(crate) struct Driver {
+    id: u64,
+    node: RawNode<DiskStorage>,
+    sm: StateMachine,
+    rx: Receiver<Input>,
+    shared: Arc<Shared>,
+    transport: Arc<Transport>,
+    logger: slog::Logger,
+    /// Proposals by the index of their entry.
+    pending: BTreeMap<u64, Pending>,
+    /// Membership changes by the index of their entry.
+    pending_conf: BTreeMap<u64, Sender<Result<(), String>>>,
+    applied: u64,
+    applied_term: u64,
+    /// Applied index of the last state snapshot.
+    snapshot_at: u64,
+    /// When the leader was last heard from.
+    last_contact: Option<Instant>,
+    /// Leader, with an entry of its own term applied.
+    leader_ready: bool,
+    broken: bool,
+}
+
+fn config(id: u64, applied: u64) -> raft::Config {
+    raft::Config {
+        id,
+        election_tick: ELECTION_TICKS,
+        heartbeat_tick: HEARTBEAT_TICKS,
+        applied,
+        max_size_per_msg: MAX_SIZE_PER_MSG,
+        max_inflight_msgs: MAX_INFLIGHT,
+        pre_vote: true,
+        check_quorum: true,
+        ..Default::default()
+    }
+}
+
+macro_rules! st {
+    ($op:expr, $e:expr) => {
+        $e.map_err(|e| LogError::store($op, e))
+    };
+}
+
+impl Driver {
+    /// Open the Raft storage in the state machine's store (the first start with Raft writes
+    /// the state as it stands as the log's base), bootstrap alone when `alone` and the
+    /// configuration is empty, and build the node.
+    pub(crate) fn open(
+        id: u64,
+        mut sm: StateMachine,
+        rx: Receiver<Input>,
+        shared: Arc<Shared>,
+        transport: Arc<Transport>,
+        alone: bool,
+    ) -> Result<Driver, RaftError> {
+        let mut storage = DiskStorage::load(sm.db()).map_err(RaftError::Store)?;
+        if !storage.exists() || sm.plain_log_pending().map_err(RaftError::Store)? {
+            // The state of a server before replication (or a new one) is the log's base.
+            let txn = st!("begin", sm.db().begin_write()).map_err(RaftError::Store)?;
+            let written = sm.write_snapshot(&txn).map_err(RaftError::Store)?;
+            if !storage.exists() {
+                storage
+                    .init(&txn, written.index)
+                    .map_err(RaftError::Store)?;
+            } else {
+                let applied = storage.applied().max(written.index);
+                storage
+                    .snapshotted(&txn, applied, 0)
+                    .map_err(RaftError::Store)?;
+            }
+            st!("commit", txn.commit()).map_err(RaftError::Store)?;
+            sm.snapshot_written(written);
+            if sm.state().index > 0 {
+                log::info!(
+                    "raft: the server state at index {} is the base of the raft log",
+                    sm.state().index
+                );
+            }
+        }
+        if alone && !storage.initialized() {
+            let txn = st!("begin", sm.db().begin_write()).map_err(RaftError::Store)?;
+            let done = storage.bootstrap(&txn, &[id]).map_err(RaftError::Store)?;
+            st!("commit", txn.commit()).map_err(RaftError::Store)?;
+            if done {
+                log::info!("raft: bootstrapped a configuration of this server alone");
+            }
+        }
+        let applied = storage.applied();
+        let applied_term = storage.term_of(applied).unwrap_or(0);
+        let logger = super::logger::logger();
+        storage.source = Some(SnapSource {
+            state: sm.state(),
+            index: applied,
+            term: applied_term,
+            conf: storage.conf_state().clone(),
+        });
+        let node = RawNode::new(&config(id, applied), storage, &logger).map_err(RaftError::Raft)?;
+        let mut d = Driver {
+            id,
+            node,
+            sm,
+            rx,
+            shared,
+            transport,
+            logger,
+            pending: BTreeMap::new(),
+            pending_conf: BTreeMap::new(),
+            applied,
+            applied_term,
+            snapshot_at: applied,
+            last_contact: None,
+            leader_ready: false,
+            broken: false,
+        };
+        d.campaign_if_alone();
+        d.publish_status();
+        Ok(d)
+    }
+
+    /// A lone voter elects itself at once (no election timeout to wait out).
+    fn campaign_if_alone(&mut self) {
+        let cs = self.node.store().conf_state();
+        if cs.voters == [self.id] && cs.voters_outgoing.is_empty() {
+            if let Err(e) = self.node.campaign() {
+                log::warn!("raft: cannot campaign: {e}");
+            }
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        // However the thread ends (a panic included), the status says it stopped.
+        struct Stopped(Arc<Shared>);
+        impl Drop for Stopped {
+            fn drop(&mut self) {
+                self.0.update(|s| {
+                    s.stopped = true;
+                    s.is_leader = false;
+                    s.leader_ready = false;
+                });
+            }
+        }
+        let _stopped = Stopped(self.shared.clone());
+        let mut next_tick = Instant::now() + TICK;
+        let mut stop = false;
+        while !stop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let mut inputs = Vec::new();
+            match self.rx.recv_timeout(wait) {
+                Ok(i) => inputs.push(i),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while inputs.len() < MAX_INPUTS {
+                match self.rx.try_recv() {
+                    Ok(i) => inputs.push(i),
+                    Err(_) => break,
+                }
+            }
+            for i in inputs {
+                match i {
+                    Input::Stop => stop = true,
+                    other => self.take(other),
+                }
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.node.tick();
+                next_tick += TICK;
+                if next_tick < now {
+                    next_tick = now + TICK;
+                }
+            }
+            if self.broken {
+                break;
+            }
+            if let Err(e) = self.on_ready() {
+                log::error!(
+                    "raft: cannot persist the raft log, this server stops replicating: {e}"
+                );
+                self.broken = true;
+                break;
+            }
+        }
+        self.fail_pending();
+        // The commit index is written with the next transaction; at a clean stop, now.
+        if !self.broken {
+            let hs = self.node.store().hard_state().clone();
+            if let Ok(txn) = self.sm.db().begin_write() {
+                if self.node.mut_store().set_hard_state(&txn, hs).is_ok() {
+                    let _ = txn.commit();
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, input: Input) {
+        match input {
+            Input::Messages(msgs) => {
+                for m in msgs {
+                    let from_leader = matches!(
+                        m.get_msg_type(),
+                        MessageType::MsgAppend
+                            | MessageType::MsgHeartbeat
+                            | MessageType::MsgSnapshot
+                    );
+                    if from_leader && m.term >= self.node.raft.term {
+                        self.last_contact = Some(Instant::now());
+                    }
+                    if let Err(e) = self.node.step(m) {
+                        log::trace!("raft: message not taken: {e}");
+                    }
+                }
+            }
+            Input::Propose(cmd, reply) => self.propose(cmd, reply),
+            Input::ConfChange(cc, reply) => {
+                if self.node.raft.state != StateRole::Leader {
+                    let _ = reply.send(Err("not leader".into()));
+                    return;
+                }
+                match self.node.propose_conf_change(vec![], cc) {
+                    Ok(()) => {
+                        let index = self.node.raft.raft_log.last_index();
+                        self.pending_conf.insert(index, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+            Input::Bootstrap(voters) => self.bootstrap(&voters),
+            Input::Unreachable(id) => self.node.report_unreachable(id),
+            Input::SnapshotSent(id, ok) => self.node.report_snapshot(
+                id,
+                if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                },
+            ),
+            Input::Stop => {}
+        }
+    }
+
+    fn propose(&mut self, cmd: Command, reply: Reply) {
+        if self.node.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(LogError::NotLeader));
+            return;
+        }
+        let data = match serde_json::to_vec(&cmd) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = reply.send(Err(LogError::store("encode", e)));
+                return;
+            }
+        };
+        match self.node.propose(vec![], data) {
+            Ok(()) => {
+                let index = self.node.raft.raft_log.last_index();
+                let term = self.node.raft.term;
+                self.pending.insert(index, Pending { term, reply });
+            }
+            Err(_) => {
+                let _ = reply.send(Err(LogError::NotLeader));
+            }
+        }
+    }
+
+    /// Bootstrap `voters` (from gossip) when this server's log is still empty and
+    /// unconfigured; the node is rebuilt on the new storage.
+    fn bootstrap(&mut self, voters: &[u64]) {
+        if self.node.store().initialized() {
+            return;
+        }
+        let res = (|| -> Result<bool, LogError> {
+            let txn = st!("begin", self.sm.db().begin_write())?;
+            let done = self.node.mut_store().bootstrap(&txn, voters)?;
+            st!("commit", txn.commit())?;
+            Ok(done)
+        })();
+        match res {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                log::error!("raft: cannot bootstrap: {e}");
+                self.broken = true;
+                return;
+            }
+        }
+        let store = std::mem::replace(self.node.mut_store(), DiskStorage::empty());
+        let applied = store.applied();
+        match RawNode::new(&config(self.id, applied), store, &self.logger) {
+            Ok(n) => {
+                self.node = n;
+                self.applied = applied;
+                self.applied_term = self.node.store().term_of(applied).unwrap_or(0);
+                self.snapshot_at = applied;
+                let source = SnapSource {
+                    state: self.sm.state(),
+                    index: applied,
+                    term: self.applied_term,
+                    conf: self.node.store().conf_state().clone(),
+                };
+                self.node.mut_store().source = Some(source);
+                log::info!(
+                    "raft: bootstrapped a configuration of {} servers",
+                    voters.len()
+                );
+                self.campaign_if_alone();
+            }
+            Err(e) => {
+                log::error!("raft: cannot restart after bootstrapping: {e}");
+                self.broken = true;
+            }
+        }
+        self.publish_status();
+    }
+
+    fn fail_pending(&mut self) {
+        for (_, p) in std::mem::take(&mut self.pending) {
+            let _ = p.reply.send(Err(LogError::NotLeader));
+        }
+        for (_, r) in std::mem::take(&mut self.pending_conf) {
+            let _ = r.send(Err("leadership lost".into()));
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<(), LogError> {
+        if !self.node.has_ready() {
+            return Ok(());
+        }
+        let mut rd = self.node.ready();
+        if let Some(ss) = rd.ss() {
+            if ss.raft_state != StateRole::Leader {
+                if self.leader_ready || !self.pending.is_empty() {
+                    self.fail_pending();
+                }
+                self.leader_ready = false;
+            }
+            if ss.leader_id != 0 && ss.leader_id != self.id {
+                self.last_contact = Some(Instant::now());
+            }
+        }
+        let started = Instant::now();
+        let has_snapshot = !rd.snapshot().is_empty();
+        let mut installed = None;
+        if has_snapshot || !rd.entries().is_empty() || rd.hs().is_some() {
+            let txn = st!("begin", self.sm.db().begin_write())?;
+            if has_snapshot {
+                let snap = rd.snapshot().clone();
+                let state = st!("decode snapshot", ServerState::from_bytes(&snap.data))?;
+                let written = self.sm.write_install(&txn, state)?;
+                self.node.mut_store().install(&txn, &snap)?;
+                installed = Some((written, snap.get_metadata().index, snap.get_metadata().term));
+            }
+            self.node.mut_store().append(&txn, rd.entries())?;
+            let hs = match rd.hs() {
+                Some(hs) => hs.clone(),
+                None => self.node.store().hard_state().clone(),
+            };
+            self.node.mut_store().set_hard_state(&txn, hs)?;
+            st!("commit", txn.commit())?;
+            self.sm.count_transaction(started.elapsed());
+        }
+        if let Some((state, index, term)) = installed {
+            self.sm.installed(state);
+            self.applied = index;
+            self.applied_term = term;
+            self.snapshot_at = index;
+            log::info!("raft: installed a snapshot of the leader at index {index}");
+        }
+        self.transport.send(rd.take_messages());
+        let committed = rd.take_committed_entries();
+        self.apply(committed)?;
+        self.transport.send(rd.take_persisted_messages());
+        let mut light = self.node.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            self.node.mut_store().set_commit(commit);
+        }
+        self.transport.send(light.take_messages());
+        let committed = light.take_committed_entries();
+        self.apply(committed)?;
+        self.node.advance_apply();
+        self.maybe_snapshot()?;
+        self.publish_status();
+        Ok(())
+    }
+
+    /// Apply committed entries in order: commands through the state machine (batched),
+    /// membership changes through raft-rs; answer the proposers.
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), LogError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut cmds: Vec<(u64, Command)> = Vec::new();
+        let mut terms: Vec<u64> = Vec::new();
+        for e in entries {
+            if e.index <= self.applied {
+                continue;
+            }
+            match e.get_entry_type() {
+                EntryType::EntryNormal => {
+                    if !e.data.is_empty() {
+                        match serde_json::from_slice::<Command>(&e.data) {
+                            Ok(c) => {
+                                cmds.push((e.index, c));
+                                terms.push(e.term);
+                            }
+                            // Every server fails the same way: the entry changes nothing.
+                            Err(err) => log::error!(
+                                "raft: entry {} is not a command ({err}); skipped",
+                                e.index
+                            ),
+                        }
+                    }
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.flush(&mut cmds, &mut terms);
+                    self.apply_conf_change(&e)?;
+                }
+            }
+            self.applied = e.index;
+            self.applied_term = e.term;
+            if self.node.raft.state == StateRole::Leader && e.term == self.node.raft.term {
+                self.leader_ready = true;
+            }
+        }
+        self.flush(&mut cmds, &mut terms);
+        // What a follower that is behind the log gets.
+        let source = SnapSource {
+            state: self.sm.state(),
+            index: self.applied,
+            term: self.applied_term,
+            conf: self.node.store().conf_state().clone(),
+        };
+        self.node.mut_store().source = Some(source);
+        Ok(())
+    }
+
+    /// Apply the commands collected so far and answer their proposers.
+    fn flush(&mut self, cmds: &mut Vec<(u64, Command)>, terms: &mut Vec<u64>) {
+        if cmds.is_empty() {
+            return;
+        }
+        let results = self.sm.apply(cmds);
+        for (((index, _), term), result) in cmds.iter().zip(terms.iter()).zip(results) {
+            // Proposals at lower indexes were overwritten by another leader's entries.
+            while let Some((&i, _)) = self.pending.first_key_value() {
+                if i >= *index {
+                    break;
+                }
+                if let Some(p) = self.pending.remove(&i) {
+                    let _ = p.reply.send(Err(LogError::NotLeader));
+                }
+            }
+            if let Some(p) = self.pending.remove(index) {
+                let answer = if p.term == *term {
+                    result
+                } else {
+                    Err(LogError::NotLeader)
+                };
+                let _ = p.reply.send(answer);
+            }
+        }
+        cmds.clear();
+        terms.clear();
+    }
+
+    fn apply_conf_change(&mut self, e: &Entry) -> Result<(), LogError> {
+        let cs = if e.get_entry_type() == EntryType::EntryConfChange {
+            let cc = st!("decode conf change", ConfChange::parse_from_bytes(&e.data))?;
+            let what = match cc.get_change_type() {
+                ConfChangeType::AddNode => "added",
+                ConfChangeType::RemoveNode => "removed",
+                ConfChangeType::AddLearnerNode => "added as a non-voter",
+            };
+            log::info!("raft: server {:x} {what} at index {}", cc.node_id, e.index);
+            self.node.apply_conf_change(&cc)
+        } else {
+            let cc = st!(
+                "decode conf change",
+                ConfChangeV2::parse_from_bytes(&e.data)
+            )?;
+            self.node.apply_conf_change(&cc)
+        };
+        let answer = match cs {
+            Ok(cs) => {
+                let txn = st!("begin", self.sm.db().begin_write())?;
+                self.node.mut_store().set_conf_state(&txn, cs)?;
+                st!("commit", txn.commit())?;
+                Ok(())
+            }
+            Err(err) => {
+                log::warn!("raft: membership change at {} refused: {err}", e.index);
+                Err(err.to_string())
+            }
+        };
+        if let Some(r) = self.pending_conf.remove(&e.index) {
+            let _ = r.send(answer);
+        }
+        Ok(())
+    }
+
+    /// Every [`SNAPSHOT_EVERY`] applied entries: the state tables are written (the rows that
+    /// changed) and the log before them, but for [`TRAILING_ENTRIES`], dropped.
+    fn maybe_snapshot(&mut self) -> Result<(), LogError> {
+        if self.applied < self.snapshot_at + SNAPSHOT_EVERY {
+            return Ok(());
+        }
+        let txn = st!("begin", self.sm.db().begin_write())?;
+        let written = self.sm.write_snapshot(&txn)?;
+        let applied = self.applied;
+        self.node.mut_store().snapshotted(
+            &txn,
+            applied,
+            applied.saturating_sub(TRAILING_ENTRIES),
+        )?;
+        st!("commit", txn.commit())?;
+        self.sm.snapshot_written(written);
+        self.snapshot_at = applied;
+        self.sm.compact_if_grown();
+        Ok(())
+    }
+
+    fn publish_status(&mut self) {
+        let r = &self.node.raft;
+        let cs = self.node.store().conf_state();
+        let (voters, learners) = (cs.voters.clone(), cs.learners.clone());
+        let initialized = self.node.store().initialized();
+        let is_leader = r.state == StateRole::Leader;
+        let (term, leader_id, commit, last_index) = (
+            r.term,
+            r.leader_id,
+            r.raft_log.committed,
+            r.raft_log.last_index(),
+        );
+        let (applied, leader_ready, last_contact) =
+            (self.applied, self.leader_ready, self.last_contact);
+        self.shared.update(|s| {
+            s.id = self.id;
+            s.is_leader = is_leader;
+            s.leader_ready = is_leader && leader_ready;
+            s.term = term;
+            s.leader_id = leader_id;
+            s.voters = voters;
+            s.learners = learners;
+            s.applied = applied;
+            s.commit = commit;
+            s.last_index = last_index;
+            s.last_contact = last_contact;
+            s.initialized = initialized;
+        });
+    }
+}

@@ -1,0 +1,459 @@
+//! The server state replicated with Raft (raft-rs, driven by our own threads; no async
+//! runtime). The command log's [`StateMachine`] applies what Raft commits, in order, at the
+//! Raft index (the Nomad index); the Raft log, hard state and configuration live in the same
+//! redb file as the state tables (`storage`). Threads: `raft` (the driver: ticks, steps
+//! messages, persists each `Ready` in one transaction, applies, answers proposals),
+//! `raft-send-<id>` (one per peer: a bounded queue, batches POSTed to the peer's
+//! `/v1/rpc/raft` over a kept-alive connection), `raft-members` (bootstrap through gossip,
+//! the leader's membership reconciliation, autopilot's dead-server cleanup).
+
+mod driver;
+mod logger;
+mod members;
+mod storage;
+mod transport;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::state::command::{Applied, Command};
+use crate::state::command_log::{LogError, Replicator, StateMachine};
+use crate::state::leader::{LeaderView, Leadership};
+
+#[cfg(test)]
+use transport::encode_batch;
+pub use transport::{decode_batch, RAFT_BODY_LIMIT};
+
+/// One Raft tick (ref §6.2: heartbeat every 2 ticks, election after 10..20).
+pub const TICK: Duration = Duration::from_millis(100);
+/// Ticks between leader heartbeats.
+pub const HEARTBEAT_TICKS: usize = 2;
+/// Ticks before a follower that heard nothing campaigns (raft-rs randomizes up to twice).
+pub const ELECTION_TICKS: usize = 10;
+/// How long a proposer waits for its command to commit and apply.
+pub const PROPOSE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How a server dials another's RPC port (plain TCP, or TLS with `tls.rpc`): the stream and
+/// its TCP socket (for timeouts and shutdown).
+pub type Dial = Arc<
+    dyn Fn(&SocketAddr, Instant) -> io::Result<(Box<dyn crate::http::client::Stream>, TcpStream)>
+        + Send
+        + Sync,
+>;
+
+/// Where a server of the cluster is, as gossip told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The server's UUID (gossip `id` tag): the ID the API shows.
+    pub uuid: String,
+    /// Its Serf member name (`<node>.<region>`).
+    pub name: String,
+    pub rpc_addr: SocketAddr,
+}
+
+/// Raft IDs → where those servers are (filled from gossip; this server's own entry first).
+pub type PeerBook = Arc<RwLock<BTreeMap<u64, Peer>>>;
+
+/// The Raft ID of a server: the first 64 bits of its UUID (0 is raft-rs's "none": never).
+pub fn raft_id(uuid: &str) -> Option<u64> {
+    let hex: String = uuid
+        .chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .take(16)
+        .collect();
+    if hex.len() < 16 {
+        return None;
+    }
+    u64::from_str_radix(&hex, 16).ok().filter(|id| *id != 0)
+}
+
+/// What the agent tells Raft at start.
+pub struct Settings {
+    /// This server's UUID (its Raft ID is [`raft_id`] of it).
+    pub uuid: String,
+    /// `<node>.<region>`, as gossip names it.
+    pub name: String,
+    pub region: String,
+    /// The address other servers reach this one's RPC port at.
+    pub rpc_addr: SocketAddr,
+    /// `bootstrap_expect`: ≤ 1 bootstraps alone at once; more waits for that many servers
+    /// in gossip.
+    pub bootstrap_expect: u32,
+    /// Remove servers gossip marks failed or left from the configuration (autopilot).
+    pub cleanup_dead_servers: bool,
+    pub dial: Dial,
+    /// The gossip member table (servers find each other there).
+    pub gossip: Option<Arc<crate::gossip::Gossip>>,
+}
+
+/// Why Raft could not start.
+#[derive(Debug)]
+pub enum RaftError {
+    /// The server's ID is not a UUID.
+    BadId(String),
+    /// The store could not be read or written.
+    Store(LogError),
+    /// raft-rs refused its configuration or storage.
+    Raft(raft::Error),
+    /// A thread could not be started.
+    Spawn(io::Error),
+}
+
+impl fmt::Display for RaftError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RaftError::BadId(id) => write!(f, "server ID {id:?} is not a UUID"),
+            RaftError::Store(e) => write!(f, "raft storage: {e}"),
+            RaftError::Raft(e) => write!(f, "raft: {e}"),
+            RaftError::Spawn(e) => write!(f, "cannot start a raft thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RaftError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RaftError::Store(e) => Some(e),
+            RaftError::Raft(e) => Some(e),
+            RaftError::Spawn(e) => Some(e),
+            RaftError::BadId(_) => None,
+        }
+    }
+}
+
+/// This server's Raft role, as the driver last published it.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    pub id: u64,
+    pub is_leader: bool,
+    /// Leader, and an entry of its own term is applied (its reads are consistent).
+    pub leader_ready: bool,
+    pub term: u64,
+    /// 0: no leader known.
+    pub leader_id: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub applied: u64,
+    pub commit: u64,
+    pub last_index: u64,
+    /// When a message of the leader last arrived (followers).
+    pub last_contact: Option<Instant>,
+    /// Part of a configuration (bootstrapped, or added by a leader).
+    pub initialized: bool,
+    /// The driver stopped (shutdown, or a store failure).
+    pub stopped: bool,
+}
+
+/// The driver's status and a condvar that is notified whenever it changes.
+#[derive(Default)]
+pub struct Shared {
+    status: Mutex<Status>,
+    changed: Condvar,
+}
+
+impl Shared {
+    pub fn status(&self) -> Status {
+        self.status.lock().clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Status)) {
+        let mut s = self.status.lock();
+        f(&mut s);
+        drop(s);
+        self.changed.notify_all();
+    }
+}
+
+/// What the driver thread takes as input.
+pub(crate) enum Input {
+    /// Messages from other servers.
+    Messages(Vec<raft::eraftpb::Message>),
+    Propose(Command, Sender<Result<(Applied, u64), LogError>>),
+    /// A membership change (leader only).
+    ConfChange(raft::eraftpb::ConfChange, Sender<Result<(), String>>),
+    /// Bootstrap this configuration (an empty, unconfigured log only).
+    Bootstrap(Vec<u64>),
+    /// A peer could not be reached.
+    Unreachable(u64),
+    /// A snapshot to a peer was sent (true) or failed (false).
+    SnapshotSent(u64, bool),
+    Stop,
+}
+
+/// The running Raft of this server: the handle the agent, the API and the RPC port hold.
+pub struct Raft {
+    id: u64,
+    input: Sender<Input>,
+    shared: Arc<Shared>,
+    peers: PeerBook,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    members_stop: Arc<std::sync::atomic::AtomicBool>,
+    transport: Arc<transport::Transport>,
+}
+
+impl fmt::Debug for Raft {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Raft").field("id", &self.id).finish()
+    }
+}
+
+/// Inputs waiting for the driver at most (messages beyond are dropped: Raft retries).
+const INPUT_QUEUE: usize = 8192;
+
+impl Raft {
+    /// Start Raft on `machine` (the replicated command log's store and state).
+    pub fn start(settings: Settings, machine: StateMachine) -> Result<Arc<Raft>, RaftError> {
+        let id = raft_id(&settings.uuid).ok_or_else(|| RaftError::BadId(settings.uuid.clone()))?;
+        let peers: PeerBook = Arc::new(RwLock::new(BTreeMap::new()));
+        peers.write().insert(
+            id,
+            Peer {
+                uuid: settings.uuid.clone(),
+                name: settings.name.clone(),
+                rpc_addr: settings.rpc_addr,
+            },
+        );
+        let (tx, rx) = crossbeam_channel::bounded(INPUT_QUEUE);
+        let shared = Arc::new(Shared::default());
+        let transport = Arc::new(transport::Transport::new(
+            id,
+            peers.clone(),
+            settings.dial.clone(),
+            tx.clone(),
+        ));
+        let alone = settings.bootstrap_expect <= 1;
+        let driver =
+            driver::Driver::open(id, machine, rx, shared.clone(), transport.clone(), alone)?;
+        let mut threads = vec![std::thread::Builder::new()
+            .name("raft".into())
+            .spawn(move || driver.run())
+            .map_err(RaftError::Spawn)?];
+        let members_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if settings.gossip.is_some() {
+            let m = members::Members::new(
+                id,
+                &settings,
+                peers.clone(),
+                shared.clone(),
+                tx.clone(),
+                members_stop.clone(),
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name("raft-members".into())
+                    .spawn(move || m.run())
+                    .map_err(RaftError::Spawn)?,
+            );
+        }
+        Ok(Arc::new(Raft {
+            id,
+            input: tx,
+            shared,
+            peers,
+            threads: Mutex::new(threads),
+            members_stop,
+            transport,
+        }))
+    }
+
+    /// This server's Raft ID.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The driver's status now.
+    pub fn status(&self) -> Status {
+        self.shared.status()
+    }
+
+    /// Where the servers of the cluster are (as gossip told).
+    pub fn peers(&self) -> BTreeMap<u64, Peer> {
+        self.peers.read().clone()
+    }
+
+    /// Messages another server POSTed to `/v1/rpc/raft` (the body): decoded (bounded) and
+    /// handed to the driver; a full queue drops them (Raft sends again).
+    pub fn deliver(&self, body: &[u8]) -> Result<(), String> {
+        let msgs = decode_batch(body)?;
+        let msgs: Vec<_> = msgs.into_iter().filter(|m| m.to == self.id).collect();
+        if !msgs.is_empty() {
+            let _ = self.input.try_send(Input::Messages(msgs));
+        }
+        Ok(())
+    }
+
+    /// Propose a membership change and wait for it to apply (leader only).
+    pub fn change_membership(&self, cc: raft::eraftpb::ConfChange) -> Result<(), String> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.input
+            .send_timeout(Input::ConfChange(cc, reply), Duration::from_secs(1))
+            .map_err(|_| "raft is not running".to_string())?;
+        answer
+            .recv_timeout(PROPOSE_DEADLINE)
+            .unwrap_or_else(|_| Err("no answer from raft in time".into()))
+    }
+
+    /// Remove the server `id` from the configuration (leader only).
+    pub fn remove_server(&self, id: u64) -> Result<(), String> {
+        let mut cc = raft::eraftpb::ConfChange::default();
+        cc.set_change_type(raft::eraftpb::ConfChangeType::RemoveNode);
+        cc.node_id = id;
+        self.change_membership(cc)
+    }
+
+    /// Stop every Raft thread and join them (the store closes with the driver).
+    pub fn stop(&self) {
+        self.members_stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.input.send_timeout(Input::Stop, Duration::from_secs(5));
+        let threads: Vec<_> = self.threads.lock().drain(..).collect();
+        for h in &threads {
+            // The members thread waits in `park_timeout`.
+            h.thread().unpark();
+        }
+        for h in threads {
+            let _ = h.join();
+        }
+        self.transport.shutdown();
+    }
+
+    /// Wait until whether this server leads (and has applied an entry of its term) differs
+    /// from `was`, the driver stops, or `deadline` passes; whether it leads then.
+    pub fn wait_leadership(&self, was: bool, deadline: Instant) -> bool {
+        let mut s = self.shared.status.lock();
+        loop {
+            let now = s.is_leader && s.leader_ready && !s.stopped;
+            if now != was || s.stopped {
+                return now;
+            }
+            if self.shared.changed.wait_until(&mut s, deadline).timed_out() {
+                return s.is_leader && s.leader_ready && !s.stopped;
+            }
+        }
+    }
+
+    fn rpc_addr_of(&self, id: u64) -> Option<SocketAddr> {
+        self.peers.read().get(&id).map(|p| p.rpc_addr)
+    }
+
+    fn view_of(&self, s: &Status) -> LeaderView {
+        let leader = (s.leader_id != 0).then_some(s.leader_id);
+        LeaderView {
+            is_leader: s.is_leader && s.leader_ready,
+            leader_rpc_addr: leader.and_then(|id| self.rpc_addr_of(id)),
+            leader_id: leader,
+            last_contact: if s.is_leader {
+                Some(Duration::ZERO)
+            } else {
+                s.last_contact.map(|t| t.elapsed())
+            },
+            term: s.term,
+        }
+    }
+}
+
+impl Leadership for Raft {
+    fn view(&self) -> LeaderView {
+        let s = self.shared.status();
+        self.view_of(&s)
+    }
+
+    fn wait_for_leader(&self, deadline: Instant) -> LeaderView {
+        let mut s = self.shared.status.lock();
+        loop {
+            let known = s.leader_id != 0 && (!s.is_leader || s.leader_ready);
+            if known || s.stopped {
+                let snapshot = s.clone();
+                drop(s);
+                return self.view_of(&snapshot);
+            }
+            if self.shared.changed.wait_until(&mut s, deadline).timed_out() {
+                let snapshot = s.clone();
+                drop(s);
+                return self.view_of(&snapshot);
+            }
+        }
+    }
+}
+
+impl crate::server::rpc::RaftInbox for Raft {
+    fn deliver(&self, body: &[u8]) -> Result<(), String> {
+        Raft::deliver(self, body)
+    }
+
+    fn body_limit(&self) -> usize {
+        RAFT_BODY_LIMIT
+    }
+}
+
+/// Proposals go to the driver; followers answer `NotLeader` at once.
+pub struct RaftProposer(pub Arc<Raft>);
+
+impl Replicator for RaftProposer {
+    fn propose(&self, cmd: Command) -> Result<(Applied, u64), LogError> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.0
+            .input
+            .send_timeout(Input::Propose(cmd, reply), PROPOSE_DEADLINE)
+            .map_err(|_| LogError::Closed("server state is shut down"))?;
+        match answer.recv_timeout(PROPOSE_DEADLINE) {
+            Ok(r) => r,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(LogError::Closed(
+                "no answer from raft in time (the write may still be applied)",
+            )),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                Err(LogError::Closed("server state is shut down"))
+            }
+        }
+    }
+
+    fn shutdown(&self) {
+        self.0.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raft_ids_come_from_the_uuid_and_are_never_zero() {
+        assert_eq!(
+            raft_id("c13f9998-a0f3-d765-0b52-55a0b3ce5f88"),
+            Some(0xc13f9998a0f3d765)
+        );
+        assert_eq!(raft_id("00000000-0000-0000-1111-111111111111"), None);
+        assert_eq!(raft_id("not a uuid"), None);
+        assert_eq!(raft_id(""), None);
+    }
+
+    #[test]
+    fn a_batch_round_trips_and_garbage_is_refused_without_panic() {
+        let m = raft::eraftpb::Message {
+            to: 7,
+            from: 9,
+            term: 3,
+            ..Default::default()
+        };
+        let body = encode_batch(&[m.clone(), m.clone()]).unwrap();
+        let back = decode_batch(&body).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[0].to, 7);
+        for bad in [
+            &b"\x00\x00\x00\x09abc"[..],
+            &b"\xff\xff\xff\xff"[..],
+            &b"\x00\x00"[..],
+            &b"\x00\x00\x00\x03\xff\xff\xff"[..],
+        ] {
+            assert!(decode_batch(bad).is_err(), "{bad:?}");
+        }
+        assert!(decode_batch(b"").unwrap().is_empty());
+    }
+}

@@ -1,0 +1,111 @@
+//! The leader duties of a replicated server (ref §6.6): the scheduler, the node heartbeat
+//! timers and the drainer run on the leader only, started once it has applied an entry of
+//! its own term and stopped as soon as it is not the leader any more. One `leader-duties`
+//! thread waits for leadership to change (on the consensus's condvar, with a deadline) and
+//! starts or stops them; followers run none of them.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::drainer::Drainer;
+use super::heartbeat::Heartbeats;
+use super::scheduler::Scheduler;
+use crate::state::jobs::Workloads;
+use crate::state::IndexCounter;
+
+/// How long one wait for a leadership change lasts before the thread looks for a stop.
+const WAKE: Duration = Duration::from_secs(1);
+
+/// Waits until this server's leadership differs from the `bool` given (or the deadline);
+/// returns whether it leads then.
+pub type LeadershipWait = Box<dyn Fn(bool, Instant) -> bool + Send>;
+
+/// What the duties run over.
+pub struct Parts {
+    pub workloads: Arc<Workloads>,
+    pub index: Arc<IndexCounter>,
+    pub heartbeats: Arc<Heartbeats>,
+    pub drainer: Arc<Drainer>,
+}
+
+/// The `leader-duties` thread.
+pub struct LeaderDuties {
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Running {
+    parts: Parts,
+    scheduler: Option<Scheduler>,
+}
+
+impl Running {
+    fn gain(&mut self) {
+        log::info!("this server leads: scheduler, heartbeat timers and drainer start");
+        self.parts.heartbeats.set_leader(true);
+        match Scheduler::start(self.parts.workloads.clone(), self.parts.index.clone()) {
+            Ok(s) => self.scheduler = Some(s),
+            Err(e) => log::error!("cannot start the scheduler: {e}"),
+        }
+        self.parts.drainer.set_leader(true);
+    }
+
+    fn lose(&mut self) {
+        if let Some(s) = self.scheduler.take() {
+            s.shutdown();
+        }
+        self.parts.heartbeats.set_leader(false);
+        self.parts.drainer.set_leader(false);
+    }
+}
+
+impl LeaderDuties {
+    /// Followers' state first (nothing runs), then the thread that follows leadership.
+    pub fn start(parts: Parts, wait: LeadershipWait) -> std::io::Result<LeaderDuties> {
+        parts.heartbeats.set_leader(false);
+        parts.drainer.set_leader(false);
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let mut running = Running {
+            parts,
+            scheduler: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("leader-duties".into())
+            .spawn(move || {
+                let mut leading = false;
+                while !flag.load(Ordering::SeqCst) {
+                    let now = wait(leading, Instant::now() + WAKE);
+                    if flag.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if now != leading {
+                        if now {
+                            running.gain();
+                        } else {
+                            log::info!("this server no longer leads: its leader duties stop");
+                            running.lose();
+                        }
+                        leading = now;
+                    }
+                }
+                running.lose();
+            })?;
+        Ok(LeaderDuties {
+            stop,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Stop the duties and the thread (joined within one wait).
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.thread.lock().take() {
+            let _ = h.join();
+        }
+    }
+}

@@ -1,0 +1,537 @@
+//! The server state replicated with Raft, as separate server processes on loopback (each its
+//! own HTTP, RPC and serf ports and data dir, `bootstrap_expect` and `retry_join` to the
+//! others): bootstrap through gossip and one leader; writes on the leader on every server;
+//! kill -9 of the leader during a stream of writes (a new leader within 5 s, no acknowledged
+//! write lost anywhere, never two leaders in one term); a SIGSTOPped leader steps down and
+//! catches up after SIGCONT; five servers survive losing two.
+
+mod common;
+use common::*;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a cluster may take to form (gossip join, bootstrap, first election).
+const FORM: Duration = Duration::from_secs(30);
+/// How long a write may take to show on every server.
+const REPLICATE: Duration = Duration::from_secs(15);
+/// The longest a failover may take (the bound).
+const FAILOVER: Duration = Duration::from_secs(5);
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free udp port")
+}
+
+/// `n` servers with `bootstrap_expect = n`, each joining the others through `retry_join`.
+fn cluster(n: usize) -> Vec<TestAgent> {
+    let serfs: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
+    (0..n)
+        .map(|i| {
+            let others: Vec<String> = serfs
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| *k != i)
+                .map(|(_, p)| format!("\"127.0.0.1:{p}\""))
+                .collect();
+            TestAgent::server(
+                &format!(
+                    "ports {{\n  serf = {}\n}}\nserver {{\n  bootstrap_expect = {n}\n  server_join {{\n    retry_join = [{}]\n    retry_interval = \"1s\"\n  }}\n}}\n",
+                    serfs[i],
+                    others.join(", ")
+                ),
+                &[],
+            )
+        })
+        .collect()
+}
+
+/// GET with a short deadline; `None` when the agent does not answer (killed, stopped).
+fn try_get(a: &TestAgent, path: &str) -> Option<Response> {
+    try_get_port(a.port, path)
+}
+
+fn try_get_port(port: u16, path: &str) -> Option<Response> {
+    let s = std::net::TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().ok()?,
+        Duration::from_millis(500),
+    )
+    .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
+    exchange(s, &build_request("GET", path, &[], b"")).ok()
+}
+
+/// `(state, term)` of a server's Raft (`/v1/agent/self` stats).
+fn raft_state(a: &TestAgent) -> Option<(String, u64)> {
+    raft_state_on(a.port)
+}
+
+fn raft_state_on(port: u16) -> Option<(String, u64)> {
+    let r = try_get_port(port, "/v1/agent/self")?;
+    if r.status != 200 {
+        return None;
+    }
+    let v = r.json();
+    let raft = &v["stats"]["raft"];
+    Some((
+        raft["state"].as_str()?.to_string(),
+        raft["term"].as_str()?.parse().ok()?,
+    ))
+}
+
+/// The leader's RPC address as `a` sees it (`""` while none is known).
+fn leader_of(a: &TestAgent) -> Option<String> {
+    let r = try_get(a, "/v1/status/leader?stale")?;
+    (r.status == 200).then(|| r.json().as_str().unwrap_or_default().to_string())
+}
+
+/// The index (into `servers`) of the leader every live server in `live` names.
+fn agreed_leader(servers: &[TestAgent], live: &[usize]) -> Option<usize> {
+    let mut named = BTreeSet::new();
+    for &i in live {
+        named.insert(leader_of(&servers[i])?);
+    }
+    if named.len() != 1 {
+        return None;
+    }
+    let addr = named.into_iter().next()?;
+    let i = live
+        .iter()
+        .copied()
+        .find(|&i| servers[i].rpc_addr() == addr)?;
+    (raft_state(&servers[i])?.0 == "Leader").then_some(i)
+}
+
+fn wait_leader(servers: &[TestAgent], live: &[usize], timeout: Duration) -> usize {
+    let mut found = None;
+    wait_until(timeout, "one leader named by every live server", || {
+        found = agreed_leader(servers, live);
+        found.is_some()
+    });
+    found.expect("leader")
+}
+
+fn job_body(id: &str) -> Vec<u8> {
+    serde_json::json!({"Job": {"ID": id, "Name": id, "Type": "batch", "Datacenters": ["dc1"],
+        "TaskGroups": [{"Name": "g", "Count": 1, "Tasks": [{"Name": "t", "Driver": "raw_exec",
+        "Config": {"command": "/bin/true"}}]}]}})
+    .to_string()
+    .into_bytes()
+}
+
+/// Register job `id` on `a`: true when acknowledged with 200.
+fn register(a: &TestAgent, id: &str) -> bool {
+    let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", a.port)) else {
+        return false;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let req = build_request(
+        "PUT",
+        "/v1/jobs",
+        &[("Content-Type", "application/json")],
+        &job_body(id),
+    );
+    match exchange(s, &req) {
+        Ok(r) if r.status == 200 => true,
+        Ok(r) => {
+            eprintln!("register {id}: {} {}", r.status, r.text());
+            false
+        }
+        Err(e) => {
+            eprintln!("register {id}: {e}");
+            false
+        }
+    }
+}
+
+/// The job IDs a server holds (its own state: `?stale`).
+fn jobs_on(a: &TestAgent) -> Option<BTreeSet<String>> {
+    let r = try_get(a, "/v1/jobs?stale")?;
+    if r.status != 200 {
+        return None;
+    }
+    Some(
+        r.json()
+            .as_array()?
+            .iter()
+            .filter_map(|j| j["ID"].as_str().map(String::from))
+            .collect(),
+    )
+}
+
+/// Whether every eval of `job` on `a` has been processed (not `pending`): the leader's
+/// scheduler took it.
+fn evals_done(a: &TestAgent, job: &str) -> bool {
+    let Some(r) = try_get(a, &format!("/v1/job/{job}/evaluations?stale")) else {
+        return false;
+    };
+    let v = r.json();
+    let Some(evals) = v.as_array().filter(|e| !e.is_empty()) else {
+        return false;
+    };
+    evals.iter().all(|e| e["Status"] != "pending")
+}
+
+fn has_all(a: &TestAgent, want: &BTreeSet<String>) -> bool {
+    jobs_on(a).is_some_and(|have| want.is_subset(&have))
+}
+
+/// Polls every server's Raft state until stopped, recording who claimed leadership in
+/// which term: two claimants of one term are a split brain.
+struct LeaderWatch {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<BTreeMap<u64, BTreeSet<u16>>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LeaderWatch {
+    fn start(ports: Vec<u16>) -> LeaderWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen: Arc<Mutex<BTreeMap<u64, BTreeSet<u16>>>> = Arc::new(Mutex::new(BTreeMap::new()));
+        let (s2, seen2) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            while !s2.load(Ordering::SeqCst) {
+                for &port in &ports {
+                    if let Some((state, term)) = raft_state_on(port) {
+                        if state == "Leader" {
+                            seen2
+                                .lock()
+                                .expect("lock")
+                                .entry(term)
+                                .or_default()
+                                .insert(port);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        LeaderWatch {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stop polling; panics if some term had two leaders.
+    fn finish(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("watcher");
+        }
+        let seen = self.seen.lock().expect("lock");
+        assert!(!seen.is_empty(), "the watcher saw a leader");
+        for (term, leaders) in seen.iter() {
+            assert_eq!(leaders.len(), 1, "two leaders in term {term}: {leaders:?}");
+        }
+    }
+}
+
+#[test]
+fn three_servers_bootstrap_elect_one_leader_and_replicate_writes_to_every_server() {
+    let servers = cluster(3);
+    let all = [0, 1, 2];
+    let leader = wait_leader(&servers, &all, FORM);
+    // Exactly one server says it leads; the others follow it.
+    let states: Vec<String> = servers
+        .iter()
+        .map(|s| raft_state(s).expect("raft stats").0)
+        .collect();
+    assert_eq!(
+        states.iter().filter(|s| *s == "Leader").count(),
+        1,
+        "{states:?}"
+    );
+    // Every server is in the configuration of three (a server that bootstrapped later than
+    // the others gets it from the leader).
+    for s in &servers {
+        wait_until(FORM, "three peers on every server", || {
+            try_get(s, "/v1/status/peers?stale")
+                .is_some_and(|r| r.status == 200 && r.json().as_array().map(Vec::len) == Some(3))
+        });
+    }
+    let mut want = BTreeSet::new();
+    for i in 0..20 {
+        let id = format!("job-{i}");
+        assert!(register(&servers[leader], &id), "write {id} on the leader");
+        want.insert(id);
+    }
+    for s in &servers {
+        wait_until(REPLICATE, "every write on every server", || {
+            has_all(s, &want)
+        });
+    }
+    // A follower refuses the write itself (forwarding is another layer's).
+    let follower = (leader + 1) % 3;
+    let before = jobs_on(&servers[follower]).expect("jobs");
+    if !register(&servers[follower], "on-a-follower") {
+        assert_eq!(jobs_on(&servers[follower]).expect("jobs"), before);
+    }
+}
+
+#[test]
+fn kill_9_of_the_leader_under_writes_elects_a_new_one_within_5s_and_loses_no_acknowledged_write() {
+    let mut servers = cluster(3);
+    let all = [0, 1, 2];
+    let old = wait_leader(&servers, &all, FORM);
+    let watch = LeaderWatch::start(servers.iter().map(|s| s.port).collect());
+    let mut acked = BTreeSet::new();
+    for i in 0..30 {
+        let id = format!("before-{i}");
+        if register(&servers[old], &id) {
+            acked.insert(id);
+        }
+    }
+    assert!(acked.len() >= 25, "writes before the kill: {}", acked.len());
+    servers[old].kill9();
+    let killed = Instant::now();
+    let live: Vec<usize> = all.iter().copied().filter(|&i| i != old).collect();
+    // Writes go on against whichever survivor leads; the first one acknowledged marks the
+    // failover.
+    let mut first_ack = None;
+    let mut n = 0;
+    let deadline = killed + Duration::from_secs(30);
+    while acked.len() < 60 && Instant::now() < deadline {
+        let Some(l) = agreed_leader(&servers, &live) else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        n += 1;
+        let id = format!("after-{n}");
+        if register(&servers[l], &id) {
+            first_ack.get_or_insert_with(|| killed.elapsed());
+            acked.insert(id);
+        }
+    }
+    let failover = first_ack.expect("a write acknowledged after the kill");
+    assert!(
+        failover <= FAILOVER,
+        "first write accepted {failover:?} after the kill"
+    );
+    let last = format!("after-{n}");
+    for &i in &live {
+        wait_until(REPLICATE, "every acknowledged write on a survivor", || {
+            has_all(&servers[i], &acked)
+        });
+        // The new leader's duties started: its scheduler took the evals made after the kill.
+        if acked.contains(&last) {
+            wait_until(REPLICATE, "the new leader schedules", || {
+                evals_done(&servers[i], &last)
+            });
+        }
+    }
+    servers[old].restart_after_stop();
+    wait_until(REPLICATE, "the old leader caught up", || {
+        has_all(&servers[old], &acked)
+    });
+    wait_leader(&servers, &all, FORM);
+    watch.finish();
+}
+
+/// The configuration as `a` shows it: `(ID, Address, Leader, Voter)` per server.
+fn configuration(a: &TestAgent) -> Option<Vec<(String, String, bool, bool)>> {
+    let r = try_get(a, "/v1/operator/raft/configuration?stale")?;
+    if r.status != 200 {
+        return None;
+    }
+    let v = r.json();
+    Some(
+        v["Servers"]
+            .as_array()?
+            .iter()
+            .map(|s| {
+                (
+                    s["ID"].as_str().unwrap_or_default().to_string(),
+                    s["Address"].as_str().unwrap_or_default().to_string(),
+                    s["Leader"] == true,
+                    s["Voter"] == true,
+                )
+            })
+            .collect(),
+    )
+}
+
+fn wait_peers(servers: &[TestAgent], live: &[usize], n: usize) {
+    for &i in live {
+        wait_until(
+            FORM,
+            "the configuration's size on every live server",
+            || {
+                try_get(&servers[i], "/v1/status/peers?stale").is_some_and(|r| {
+                    r.status == 200 && r.json().as_array().map(Vec::len) == Some(n)
+                })
+            },
+        );
+    }
+}
+
+#[test]
+fn operator_endpoints_show_the_configuration_and_remove_a_dead_server() {
+    let mut servers = cluster(3);
+    let all = [0, 1, 2];
+    let leader = wait_leader(&servers, &all, FORM);
+    wait_peers(&servers, &all, 3);
+    let ids: Vec<String> = servers.iter().map(TestAgent::node_id).collect();
+    let conf = configuration(&servers[leader]).expect("configuration");
+    assert_eq!(conf.len(), 3, "{conf:?}");
+    for (id, addr, is_leader, voter) in &conf {
+        let i = ids.iter().position(|x| x == id).expect("a known server ID");
+        assert_eq!(addr, &servers[i].rpc_addr());
+        assert_eq!(*is_leader, i == leader, "{conf:?}");
+        assert!(voter);
+    }
+    let r = servers[leader].request("PUT", "/v1/operator/raft/configuration", &[], b"");
+    assert_eq!(r.status, 405);
+    assert!(r.body.is_empty(), "{}", r.text());
+    let r = servers[leader].get("/v1/operator/raft/peer?id=x");
+    assert_eq!((r.status, r.text().as_str()), (404, "Invalid method"));
+    let r = servers[leader].request("DELETE", "/v1/operator/raft/peer", &[], b"");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (400, "Must specify the peer's ID to remove")
+    );
+    let r = servers[leader].request(
+        "DELETE",
+        "/v1/operator/raft/peer?address=127.0.0.1:4647",
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.text(),
+        "Removing a peer by address is not supported in the current raft protocol version"
+    );
+    let r = servers[leader].request(
+        "DELETE",
+        "/v1/operator/raft/peer?id=00000001-0000-0000-0000-000000000000",
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().contains("was not found in the Raft configuration"));
+    // A dead follower removed by ID: the two left keep writing.
+    let dead = (leader + 1) % 3;
+    servers[dead].kill9();
+    let r = servers[leader].request(
+        "DELETE",
+        &format!("/v1/operator/raft/peer?id={}", ids[dead]),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let live: Vec<usize> = all.iter().copied().filter(|&i| i != dead).collect();
+    wait_peers(&servers, &live, 2);
+    let conf = configuration(&servers[leader]).expect("configuration");
+    assert!(!conf.iter().any(|c| c.0 == ids[dead]), "{conf:?}");
+    assert!(register(&servers[leader], "after-removal"));
+    let want: BTreeSet<String> = ["after-removal".to_string()].into();
+    for &i in &live {
+        wait_until(REPLICATE, "the write on both", || {
+            has_all(&servers[i], &want)
+        });
+    }
+}
+
+#[test]
+fn a_sigstopped_leader_is_replaced_and_after_sigcont_steps_down_and_catches_up() {
+    let servers = cluster(3);
+    let all = [0, 1, 2];
+    let old = wait_leader(&servers, &all, FORM);
+    wait_peers(&servers, &all, 3);
+    let watch = LeaderWatch::start(servers.iter().map(|s| s.port).collect());
+    let mut acked = BTreeSet::new();
+    for i in 0..10 {
+        let id = format!("before-{i}");
+        assert!(register(&servers[old], &id));
+        acked.insert(id);
+    }
+    let (_, old_term) = raft_state(&servers[old]).expect("state");
+    let pid = servers[old].pid() as i32;
+    kill(pid, libc::SIGSTOP);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let live: Vec<usize> = all.iter().copied().filter(|&i| i != old).collect();
+        // The majority elects among itself and keeps taking writes.
+        let new = wait_leader(&servers, &live, FAILOVER + Duration::from_secs(5));
+        for i in 0..10 {
+            let id = format!("during-{i}");
+            assert!(register(&servers[new], &id), "write {id} on the majority");
+            acked.insert(id);
+        }
+        new
+    }));
+    kill(pid, libc::SIGCONT);
+    let new = match result {
+        Ok(n) => n,
+        Err(p) => std::panic::resume_unwind(p),
+    };
+    // The old leader hears of the newer term and steps down, then catches up from the log.
+    wait_until(FORM, "the old leader steps down", || {
+        raft_state(&servers[old]).is_some_and(|(s, t)| s != "Leader" && t > old_term)
+    });
+    wait_until(REPLICATE, "the old leader caught up", || {
+        has_all(&servers[old], &acked)
+    });
+    assert_eq!(wait_leader(&servers, &all, FORM), new);
+    watch.finish();
+}
+
+#[test]
+fn five_servers_keep_working_after_losing_two() {
+    let mut servers = cluster(5);
+    let all = [0, 1, 2, 3, 4];
+    let leader = wait_leader(&servers, &all, FORM);
+    wait_peers(&servers, &all, 5);
+    let mut acked = BTreeSet::new();
+    for i in 0..5 {
+        let id = format!("five-{i}");
+        assert!(register(&servers[leader], &id));
+        acked.insert(id);
+    }
+    // The leader and one follower die.
+    let other = (leader + 1) % 5;
+    servers[leader].kill9();
+    servers[other].kill9();
+    let live: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|&i| i != leader && i != other)
+        .collect();
+    let new = wait_leader(&servers, &live, FORM);
+    for i in 0..5 {
+        let id = format!("three-{i}");
+        assert!(register(&servers[new], &id), "write {id} on three of five");
+        acked.insert(id);
+    }
+    for &i in &live {
+        wait_until(REPLICATE, "every write on the three", || {
+            has_all(&servers[i], &acked)
+        });
+    }
+}
+
+#[test]
+fn autopilot_removes_a_dead_server_and_the_leader_adds_it_back_when_it_returns() {
+    let mut servers = cluster(3);
+    let all = [0, 1, 2];
+    let leader = wait_leader(&servers, &all, FORM);
+    wait_peers(&servers, &all, 3);
+    let dead = (leader + 2) % 3;
+    servers[dead].kill9();
+    let live: Vec<usize> = all.iter().copied().filter(|&i| i != dead).collect();
+    // Gossip marks it failed, autopilot removes it (a majority of the rest is alive).
+    wait_peers(&servers, &live, 2);
+    assert!(register(&servers[leader], "while-removed"));
+    servers[dead].restart_after_stop();
+    // Alive again and one of ours: the leader adds it back, and it catches up.
+    wait_peers(&servers, &all, 3);
+    let want: BTreeSet<String> = ["while-removed".to_string()].into();
+    wait_until(REPLICATE, "the returned server caught up", || {
+        has_all(&servers[dead], &want)
+    });
+}
