@@ -21,6 +21,7 @@ fn state() -> ServerState {
             job: Box::new(job(id)),
             eval_id: format!("e{i}"),
             now: i as i64,
+            submission: None,
         };
         apply(&mut s, &cmd, i as u64 + 1).unwrap();
     }
@@ -78,6 +79,7 @@ fn restore_command_replaces_the_state_and_replays_identically_from_its_json() {
             job: Box::new(job("zzz")),
             eval_id: "ez".into(),
             now: 1,
+            submission: None,
         },
         1,
     )
@@ -331,6 +333,7 @@ fn every_flipped_byte_and_every_truncation_is_refused_or_harmless() {
             job: Box::new(job("x")),
             eval_id: "e".into(),
             now: 1,
+            submission: None,
         },
         1,
     )
