@@ -159,6 +159,9 @@ fn route(ctx: &Ctx) -> ApiResult {
         "acl" => acl::route(ctx, rest),
         "event" => events::route(ctx, rest),
         "scaling" => super::scaling::route(ctx, rest),
+        "operator" if path == super::operator_snapshot::PATH => {
+            super::operator_snapshot::route(ctx)
+        }
         _ => Err(ApiError::no_route()),
     }
 }
@@ -191,6 +194,8 @@ impl Handler for Router {
     fn body_limit(&self, head: &RequestHead) -> usize {
         if head.path == "/v1/jobs" || head.path.starts_with("/v1/job/") {
             JOB_BODY_LIMIT
+        } else if head.path == super::operator_snapshot::PATH {
+            super::operator_snapshot::body_limit()
         } else {
             crate::http::limits::DEFAULT_BODY_LIMIT
         }

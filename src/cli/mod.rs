@@ -129,6 +129,7 @@ pub const COMMANDS: &[Command] = &[
     node::ELIGIBILITY,
     node::MEMBERS,
     operator::API,
+    operator::SNAPSHOT,
 ];
 
 /// The command groups, in `-h` order.

@@ -246,6 +246,43 @@ pub enum Command {
         triggered_by: String,
         now: i64,
     },
+    /// `PUT /v1/operator/snapshot`: the state read from a snapshot archive replaces the whole
+    /// state (restored objects keep their indexes; the state's index becomes this command's).
+    RestoreSnapshot {
+        state: RestoredState,
+    },
+}
+
+/// The whole server state a [`Command::RestoreSnapshot`] carries: serialized as the state's
+/// image (the same shape as [`ServerState::to_bytes`]), so the command replays and replicates
+/// like any other; the derived indexes are rebuilt when it is decoded.
+#[derive(Clone)]
+pub struct RestoredState(pub Arc<ServerState>);
+
+impl fmt::Debug for RestoredState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.0;
+        f.debug_struct("RestoredState")
+            .field("index", &s.index)
+            .field("jobs", &s.jobs.len())
+            .field("evals", &s.evals.len())
+            .field("allocs", &s.allocs.len())
+            .field("nodes", &s.nodes.len())
+            .finish()
+    }
+}
+
+impl Serialize for RestoredState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.image_ref().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for RestoredState {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let img = StateImage::deserialize(deserializer)?;
+        Ok(RestoredState(Arc::new(ServerState::from_image(img))))
+    }
 }
 
 /// What applying a command did (the proposer's answer).
@@ -267,6 +304,8 @@ pub enum Applied {
     Plan(super::plan::PlanResult),
     /// A node operation (drain, eligibility, evaluate, purge, migrate): what it changed.
     NodeOp(super::node_ops::NodeWrite),
+    /// A snapshot's state replaced the whole state.
+    Restored,
 }
 
 /// The answer to a register or deregister.
@@ -396,44 +435,13 @@ struct StateImageRef<'a> {
 impl ServerState {
     /// The state as bytes: the same state always gives the same bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
-        serde_json::to_vec(&StateImageRef {
-            index: self.index,
-            jobs: self.jobs.values().map(|j| &**j).collect(),
-            evals: self.evals.values().map(|e| &**e).collect(),
-            allocs: self.allocs.values().map(|a| &**a).collect(),
-            acl: &self.acl,
-            nodes: self.nodes.values().map(|n| &**n).collect(),
-            job_versions: self.job_versions.values().map(|v| &**v).collect(),
-            scaling_events: self.scaling_events.values().map(|v| &**v).collect(),
-        })
+        serde_json::to_vec(&self.image_ref())
     }
 
     /// The state back from [`ServerState::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<ServerState, serde_json::Error> {
         let img: StateImage = serde_json::from_slice(bytes)?;
-        let mut state = ServerState::from_parts(img.index, img.jobs, img.evals, img.allocs);
-        let mut acl = img.acl;
-        acl.parse_policies();
-        state.acl = Arc::new(acl);
-        state.nodes = img
-            .nodes
-            .into_iter()
-            .map(|n| (n.id.clone(), Arc::new(n)))
-            .collect();
-        state.job_versions = img
-            .job_versions
-            .into_iter()
-            .map(|v| {
-                let key = (v.job.namespace.clone(), v.job.id.clone(), v.job.version);
-                (key, Arc::new(v))
-            })
-            .collect();
-        state.scaling_events = img
-            .scaling_events
-            .into_iter()
-            .map(|e| ((e.namespace.clone(), e.job_id.clone()), Arc::new(e)))
-            .collect();
-        Ok(state)
+        Ok(ServerState::from_image(img))
     }
 
     /// A state of these objects (the import of the old file store, a snapshot).
@@ -467,6 +475,47 @@ impl ServerState {
             scaling_events: Table::default(),
         }
         .reindexed()
+    }
+
+    /// The serialized form, borrowing (what [`RestoredState`] writes).
+    fn image_ref(&self) -> StateImageRef<'_> {
+        StateImageRef {
+            index: self.index,
+            jobs: self.jobs.values().map(|j| &**j).collect(),
+            evals: self.evals.values().map(|e| &**e).collect(),
+            allocs: self.allocs.values().map(|a| &**a).collect(),
+            acl: &self.acl,
+            nodes: self.nodes.values().map(|n| &**n).collect(),
+            job_versions: self.job_versions.values().map(|v| &**v).collect(),
+            scaling_events: self.scaling_events.values().map(|v| &**v).collect(),
+        }
+    }
+
+    /// The state of a decoded image, every derived index rebuilt (also the usage of nodes).
+    fn from_image(img: StateImage) -> ServerState {
+        let mut state = ServerState::from_parts(img.index, img.jobs, img.evals, img.allocs);
+        let mut acl = img.acl;
+        acl.parse_policies();
+        state.acl = Arc::new(acl);
+        state.nodes = img
+            .nodes
+            .into_iter()
+            .map(|n| (n.id.clone(), Arc::new(n)))
+            .collect();
+        state.job_versions = img
+            .job_versions
+            .into_iter()
+            .map(|v| {
+                let key = (v.job.namespace.clone(), v.job.id.clone(), v.job.version);
+                (key, Arc::new(v))
+            })
+            .collect();
+        state.scaling_events = img
+            .scaling_events
+            .into_iter()
+            .map(|e| ((e.namespace.clone(), e.job_id.clone()), Arc::new(e)))
+            .collect();
+        state.reindexed()
     }
 
     /// The state with [`ServerState::allocs_by_job`] rebuilt from its allocs.
@@ -747,6 +796,13 @@ pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appli
             triggered_by,
             now,
         } => super::jobs::launch::apply_launch(state, job, eval_id, triggered_by, *now, index)?,
+        Command::RestoreSnapshot { state: restored } => {
+            // A replacement: nothing of the state before survives (the derived indexes came
+            // with the decoded image). Deterministic: the command carries the whole state.
+            *state = (*restored.0).clone();
+            state.index = index;
+            Applied::Restored
+        }
     };
     super::plan::refresh_usage(state, cmd);
     super::plan::after_node_op(state, cmd, index);

@@ -19,6 +19,7 @@ pub mod node_ops;
 pub mod node_table;
 pub mod plan;
 pub mod snapshot;
+pub mod snapshot_archive;
 pub mod status;
 
 use std::path::{Path, PathBuf};
@@ -79,6 +80,12 @@ impl IndexCounter {
     pub fn observe(&self, seen: u64) {
         self.value.fetch_max(seen, Ordering::SeqCst);
         self.published.fetch_max(seen, Ordering::SeqCst);
+    }
+    /// Make sure later indexes are above `seen` WITHOUT publishing anything (a write that
+    /// brings objects of higher indexes, e.g. a snapshot restore: its own index must be above
+    /// them; if it fails, no index was shown).
+    pub fn reserve_above(&self, seen: u64) {
+        self.value.fetch_max(seen, Ordering::SeqCst);
     }
     /// Wait until `notify` is called after `generation` was read, the deadline passes, or the
     /// counter is closed. Returns whether a change was notified.
