@@ -655,3 +655,36 @@ fn python_nomads_lifecycle_calls_work() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A stopped job turns `dead` only where its deregister eval completes (Nomad's
+/// `getJobStatus` has no case for a stop): nomad-tools tells a stop from a purge by the job's
+/// ModifyIndex reaching that eval's, and took every stop for a purge while the job turned
+/// dead at the stop itself.
+#[test]
+fn a_stopped_job_turns_dead_where_its_deregister_eval_completes() {
+    let agent = TestAgent::start(&[]);
+    register(&agent, &sh_job("stp", "service", "exec sleep 60"));
+    let alloc = first_alloc(&agent, "stp");
+    wait_task_running(&agent, &alloc, "t");
+    let r = agent.request("DELETE", "/v1/job/stp", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let eval_id = r.json()["EvalID"].as_str().unwrap().to_string();
+    assert!(!eval_id.is_empty());
+    let mut last = Value::Null;
+    wait_until(
+        std::time::Duration::from_secs(20),
+        "the deregister eval complete and the job dead",
+        || {
+            let eval = agent.get_json(&format!("/v1/evaluation/{eval_id}"));
+            let job = agent.get_json("/v1/job/stp");
+            last = json!({"eval": eval, "job": job});
+            eval["Status"] == "complete" && job["Status"] == "dead"
+        },
+    );
+    let eval_index = last["eval"]["ModifyIndex"].as_u64().unwrap();
+    let job_index = last["job"]["ModifyIndex"].as_u64().unwrap();
+    assert!(
+        job_index >= eval_index,
+        "the job turned dead before its deregister eval completed: {last}"
+    );
+}

@@ -592,7 +592,10 @@ pub fn job_status_in(state: &ServerState, job: &Job) -> JobStatus {
     }
     let key = (job.namespace.clone(), job.id.clone());
     let status = job_status_of(job, state.allocs_of(&key).map(|a| &**a));
-    if status != JobStatus::Dead || job.stop {
+    // A stopped job too is `pending` until its deregister eval is done (Nomad's
+    // `getJobStatus` has no case for `Stop`): tools such as nomad-tools tell a stop from a
+    // purge by the job turning `dead` at the index where that eval completes.
+    if status != JobStatus::Dead {
         return status;
     }
     let waiting = state.evals.values().any(|e| {
