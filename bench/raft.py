@@ -168,15 +168,16 @@ def _failover(servers):
     accepts a write."""
     leader = wait_leader(servers)
     stop = threading.Event()
-    accepted = []  # (time, server) of each accepted write after the kill
+    accepted = []  # (sent, answered) of each accepted write
 
     def writer(s, k):
         i = 0
         while not stop.is_set():
             i += 1
+            t0 = time.monotonic()
             try:
                 s.req("PUT", "/v1/jobs", _job(f"fo-{k}-{i}"), timeout=2)
-                accepted.append(time.monotonic())
+                accepted.append((t0, time.monotonic()))
             except Exception:
                 time.sleep(0.005)
 
@@ -189,12 +190,14 @@ def _failover(servers):
     leader.kill9()
     new = wait_leader(servers, timeout=60, exclude=leader)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not any(t > killed + 0.001 for t in list(accepted)):
+    # Only a write sent after the kill counts: one in flight may still be answered by the
+    # old leader's commit.
+    while time.monotonic() < deadline and not any(t0 > killed for t0, _ in list(accepted)):
         time.sleep(0.005)
     stop.set()
     for t in threads:
         t.join()
-    after = [t for t in accepted if t > killed]
+    after = [done for t0, done in accepted if t0 > killed]
     leader.start()  # back as a follower for the next round
     return ((min(after) - killed) * 1000 if after else float("nan")), new
 
