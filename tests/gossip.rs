@@ -12,14 +12,6 @@ use std::time::{Duration, Instant};
 /// How long a membership change may take to show everywhere (probe 1 s, suspicion 4 s).
 const CONVERGE: Duration = Duration::from_secs(30);
 
-/// A UDP port nothing is bound to right now.
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free udp port")
-}
-
 /// One server agent: its member name, serf port and process.
 struct Server {
     name: String,

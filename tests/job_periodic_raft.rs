@@ -5,49 +5,12 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::UdpSocket;
 use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
 
 const FORM: Duration = Duration::from_secs(30);
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free udp port")
-}
-
-/// `n` servers with `bootstrap_expect = n`, each joining the others through `retry_join`.
-fn cluster(n: usize) -> Vec<TestAgent> {
-    let serfs: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
-    (0..n)
-        .map(|i| {
-            let others: Vec<String> = serfs
-                .iter()
-                .enumerate()
-                .filter(|(k, _)| *k != i)
-                .map(|(_, p)| format!("\"127.0.0.1:{p}\""))
-                .collect();
-            TestAgent::server(
-                &format!(
-                    "ports {{\n  serf = {}\n}}\nserver {{\n  bootstrap_expect = {n}\n  server_join {{\n    retry_join = [{}]\n    retry_interval = \"1s\"\n  }}\n}}\n",
-                    serfs[i],
-                    others.join(", ")
-                ),
-                &[],
-            )
-        })
-        .collect()
-}
-
-fn try_get(a: &TestAgent, path: &str) -> Option<Response> {
-    let s = std::net::TcpStream::connect(("127.0.0.1", a.port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    exchange(s, &build_request("GET", path, &[], b"")).ok()
-}
 
 /// The index of the server every server names as leader, once they agree.
 fn leader(servers: &[TestAgent]) -> Option<usize> {

@@ -9,7 +9,6 @@ mod common;
 use common::*;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,103 +19,6 @@ const FORM: Duration = Duration::from_secs(30);
 const REPLICATE: Duration = Duration::from_secs(15);
 /// The longest a failover may take (the bound).
 const FAILOVER: Duration = Duration::from_secs(5);
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free udp port")
-}
-
-/// `n` servers with `bootstrap_expect = n`, each joining the others through `retry_join`.
-fn cluster(n: usize) -> Vec<TestAgent> {
-    let serfs: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
-    (0..n)
-        .map(|i| {
-            let others: Vec<String> = serfs
-                .iter()
-                .enumerate()
-                .filter(|(k, _)| *k != i)
-                .map(|(_, p)| format!("\"127.0.0.1:{p}\""))
-                .collect();
-            TestAgent::server(
-                &format!(
-                    "ports {{\n  serf = {}\n}}\nserver {{\n  bootstrap_expect = {n}\n  server_join {{\n    retry_join = [{}]\n    retry_interval = \"1s\"\n  }}\n}}\n",
-                    serfs[i],
-                    others.join(", ")
-                ),
-                &[],
-            )
-        })
-        .collect()
-}
-
-/// GET with a short deadline; `None` when the agent does not answer (killed, stopped).
-fn try_get(a: &TestAgent, path: &str) -> Option<Response> {
-    try_get_port(a.port, path)
-}
-
-fn try_get_port(port: u16, path: &str) -> Option<Response> {
-    let s = std::net::TcpStream::connect_timeout(
-        &format!("127.0.0.1:{port}").parse().ok()?,
-        Duration::from_millis(500),
-    )
-    .ok()?;
-    // Listing a thousand jobs takes a debug build a while on a loaded machine.
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
-    exchange(s, &build_request("GET", path, &[], b"")).ok()
-}
-
-/// `(state, term)` of a server's Raft (`/v1/agent/self` stats).
-fn raft_state(a: &TestAgent) -> Option<(String, u64)> {
-    raft_state_on(a.port)
-}
-
-fn raft_state_on(port: u16) -> Option<(String, u64)> {
-    let r = try_get_port(port, "/v1/agent/self")?;
-    if r.status != 200 {
-        return None;
-    }
-    let v = r.json();
-    let raft = &v["stats"]["raft"];
-    Some((
-        raft["state"].as_str()?.to_string(),
-        raft["term"].as_str()?.parse().ok()?,
-    ))
-}
-
-/// The leader's RPC address as `a` sees it (`""` while none is known).
-fn leader_of(a: &TestAgent) -> Option<String> {
-    let r = try_get(a, "/v1/status/leader?stale")?;
-    (r.status == 200).then(|| r.json().as_str().unwrap_or_default().to_string())
-}
-
-/// The index (into `servers`) of the leader every live server in `live` names.
-fn agreed_leader(servers: &[TestAgent], live: &[usize]) -> Option<usize> {
-    let mut named = BTreeSet::new();
-    for &i in live {
-        named.insert(leader_of(&servers[i])?);
-    }
-    if named.len() != 1 {
-        return None;
-    }
-    let addr = named.into_iter().next()?;
-    let i = live
-        .iter()
-        .copied()
-        .find(|&i| servers[i].rpc_addr() == addr)?;
-    (raft_state(&servers[i])?.0 == "Leader").then_some(i)
-}
-
-fn wait_leader(servers: &[TestAgent], live: &[usize], timeout: Duration) -> usize {
-    let mut found = None;
-    wait_until(timeout, "one leader named by every live server", || {
-        found = agreed_leader(servers, live);
-        found.is_some()
-    });
-    found.expect("leader")
-}
 
 fn job_body(id: &str) -> Vec<u8> {
     serde_json::json!({"Job": {"ID": id, "Name": id, "Type": "batch", "Datacenters": ["dc1"],

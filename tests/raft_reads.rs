@@ -11,9 +11,8 @@ mod common;
 mod linearize;
 use common::*;
 
-use std::collections::BTreeSet;
 use std::io::{BufReader, Write};
-use std::net::{TcpStream, UdpSocket};
+use std::net::TcpStream;
 use std::time::Duration;
 
 /// How long a cluster may take to form (gossip join, bootstrap, first election).
@@ -22,90 +21,6 @@ const FORM: Duration = Duration::from_secs(30);
 const FAILOVER: Duration = Duration::from_secs(10);
 /// Reads queued at the stopped leader's HTTP port, answered once it runs again.
 const QUEUED_READS: usize = 4;
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free udp port")
-}
-
-/// `n` servers with `bootstrap_expect = n`, each joining the others through `retry_join`.
-fn cluster(n: usize) -> Vec<TestAgent> {
-    let serfs: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
-    (0..n)
-        .map(|i| {
-            let others: Vec<String> = serfs
-                .iter()
-                .enumerate()
-                .filter(|(k, _)| *k != i)
-                .map(|(_, p)| format!("\"127.0.0.1:{p}\""))
-                .collect();
-            TestAgent::server(
-                &format!(
-                    "ports {{\n  serf = {}\n}}\nserver {{\n  bootstrap_expect = {n}\n  server_join {{\n    retry_join = [{}]\n    retry_interval = \"1s\"\n  }}\n}}\n",
-                    serfs[i],
-                    others.join(", ")
-                ),
-                &[],
-            )
-        })
-        .collect()
-}
-
-fn try_get(a: &TestAgent, path: &str) -> Option<Response> {
-    let s = TcpStream::connect_timeout(
-        &format!("127.0.0.1:{}", a.port).parse().ok()?,
-        Duration::from_millis(500),
-    )
-    .ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
-    exchange(s, &build_request("GET", path, &[], b"")).ok()
-}
-
-fn raft_state(a: &TestAgent) -> Option<(String, u64)> {
-    let r = try_get(a, "/v1/agent/self")?;
-    if r.status != 200 {
-        return None;
-    }
-    let v = r.json();
-    let raft = &v["stats"]["raft"];
-    Some((
-        raft["state"].as_str()?.to_string(),
-        raft["term"].as_str()?.parse().ok()?,
-    ))
-}
-
-/// The index (into `servers`) of the leader every live server in `live` names.
-fn agreed_leader(servers: &[TestAgent], live: &[usize]) -> Option<usize> {
-    let mut named = BTreeSet::new();
-    for &i in live {
-        let r = try_get(&servers[i], "/v1/status/leader?stale")?;
-        if r.status != 200 {
-            return None;
-        }
-        named.insert(r.json().as_str().unwrap_or_default().to_string());
-    }
-    if named.len() != 1 {
-        return None;
-    }
-    let addr = named.into_iter().next()?;
-    let i = live
-        .iter()
-        .copied()
-        .find(|&i| servers[i].rpc_addr() == addr)?;
-    (raft_state(&servers[i])?.0 == "Leader").then_some(i)
-}
-
-fn wait_leader(servers: &[TestAgent], live: &[usize], timeout: Duration) -> usize {
-    let mut found = None;
-    wait_until(timeout, "one leader named by every live server", || {
-        found = agreed_leader(servers, live);
-        found.is_some()
-    });
-    found.expect("leader")
-}
 
 fn job_body(id: &str) -> Vec<u8> {
     serde_json::json!({"Job": {"ID": id, "Name": id, "Type": "batch", "Datacenters": ["dc1"],
