@@ -468,7 +468,9 @@ fn idle_log_followers_use_no_cpu() {
     let used = cpu_ticks(agent.pid()) - before;
     let wall = window.elapsed().as_secs_f64();
     assert!(
-        (used as f64) < 0.25 * wall * ticks_per_s as f64,
+        // The regression spun one core per follower; half a core leaves room for a debug
+        // build's own timers on a loaded machine.
+        (used as f64) < 0.5 * wall * ticks_per_s as f64,
         "agent used {used} ticks of CPU in {wall:.1} s with four idle followers"
     );
 }

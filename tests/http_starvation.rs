@@ -319,7 +319,8 @@ fn blocking_queries_free_their_slots_as_soon_as_their_clients_leave() {
         || conn_threads(pid) == 0 && threads(pid) <= baseline,
     );
     let freed = left.elapsed();
-    assert!(freed < Duration::from_secs(1), "freed after {freed:?}");
+    // As they leave, not at a poll interval or the query's 5 min wait.
+    assert!(freed < Duration::from_secs(3), "freed after {freed:?}");
     let r = request_from(&agent, ME, "GET", "/v1/agent/health", &[], b"").unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     eprintln!("{CAP} abandoned blocking queries freed in {freed:?}");
@@ -352,10 +353,17 @@ fn one_address_is_capped_at_http_max_conns_per_client_with_nomads_429() {
     let agent = with_conns_per_client(CAP);
     settle(&agent);
     let held: Vec<TcpStream> = (0..CAP).map(|_| open(&agent, ME)).collect();
-    wait_until(
-        Duration::from_secs(5),
-        "the client's connections to be served",
-        || conn_threads(agent.pid()) == CAP,
+    let deadline = Instant::now() + Duration::from_secs(5) * WAIT_SLACK;
+    let mut seen = conn_threads(agent.pid());
+    while seen != CAP && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        seen = conn_threads(agent.pid());
+    }
+    assert_eq!(
+        seen,
+        CAP,
+        "connection threads serving the client; agent log:\n{}",
+        agent.log()
     );
     // One more from the same address: Nomad's answer, then the close.
     let started = Instant::now();
@@ -367,7 +375,9 @@ fn one_address_is_capped_at_http_max_conns_per_client_with_nomads_429() {
         "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: 81\r\n\
          Connection: close\r\n\r\nYour IP is issuing too many concurrent connections, please rate limit your calls\n"
     );
-    assert!(started.elapsed() < Duration::from_secs(1));
+    // At once, not at the 5 s read deadline.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(4), "429 after {took:?}");
     // Another address is served meanwhile.
     let r = request_from(&agent, OTHER, "GET", "/v1/agent/health", &[], b"").unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
