@@ -39,8 +39,11 @@ pub const MAX_BATCH: usize = 256;
 /// redb's page cache: the state lives in memory anyway, the cache only serves the log.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// The file is compacted after a snapshot once it is this many times the size it had after
-/// the last compaction (redb reuses freed pages but never shrinks the file by itself).
-const COMPACT_GROWTH: u64 = 2;
+/// the last compaction (redb reuses freed pages but never shrinks the file by itself). Not 2:
+/// redb grows a full file by doubling it, so a file that only needed one more page would be
+/// compacted again right away — with 4 concurrent writers that was a compaction at every
+/// snapshot once the file passed [`COMPACT_MIN_BYTES`], a 100–300 ms pause of every write.
+const COMPACT_GROWTH: u64 = 4;
 /// ... and at least this big: below it a compaction is not worth the pause.
 const COMPACT_MIN_BYTES: u64 = 8 * 1024 * 1024;
 /// How long the committer waits for a proposal before it looks for a stop again.
