@@ -8,6 +8,7 @@
 //! Nomad's jobspec2 does; `var.*`, `local.*` and function calls are evaluated.
 
 mod budget;
+mod error;
 mod funcs;
 mod heredoc;
 mod map;
@@ -18,6 +19,8 @@ use hcl::eval::{Context, Evaluate};
 use hcl::expr::{Expression, TemplateExpr};
 use hcl::template::{Element, Template};
 use serde_json::Value;
+
+pub use error::SpecError;
 
 use crate::parse_bounds::{check_hcl, BoundsError, HclLimits};
 
@@ -50,13 +53,13 @@ pub const MAX_LOCALS: usize = 1024;
 pub const MAX_VARIABLES: usize = 1024;
 
 /// Why a jobspec did not become a job.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum JobspecError {
     /// Larger than [`JOBSPEC_MAX_BYTES`].
     TooLarge { file: String, len: usize },
     /// Refused by the pre-scan (too deep, too many operators, heredocs).
     Bounds { file: String, err: BoundsError },
-    /// Not HCL.
+    /// Not HCL (hcl-rs's message and position).
     Syntax {
         file: String,
         line: usize,
@@ -64,11 +67,11 @@ pub enum JobspecError {
         message: String,
     },
     /// HCL, but not a valid jobspec (unknown block, wrong type, unset variable, …), with the
-    /// line and column of the argument or block named in the message when it can be found.
+    /// line and column of the argument or block the reason names when it can be found.
     Invalid {
         file: String,
         at: Option<(usize, usize)>,
-        message: String,
+        reason: SpecError,
     },
 }
 
@@ -91,18 +94,26 @@ impl fmt::Display for JobspecError {
             JobspecError::Invalid {
                 file,
                 at: Some((line, column)),
-                message,
-            } => write!(f, "{file}:{line},{column}: {message}"),
+                reason,
+            } => write!(f, "{file}:{line},{column}: {reason}"),
             JobspecError::Invalid {
                 file,
                 at: None,
-                message,
-            } => write!(f, "{file}: {message}"),
+                reason,
+            } => write!(f, "{file}: {reason}"),
         }
     }
 }
 
-impl std::error::Error for JobspecError {}
+impl std::error::Error for JobspecError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            JobspecError::Bounds { err, .. } => Some(err),
+            JobspecError::Invalid { reason, .. } => Some(reason),
+            JobspecError::TooLarge { .. } | JobspecError::Syntax { .. } => None,
+        }
+    }
+}
 
 /// What a jobspec is parsed with: its text, a name for errors, and variable values.
 #[derive(Debug, Default, Clone)]
@@ -130,10 +141,10 @@ pub fn parse(input: &Input) -> Result<Value, JobspecError> {
         input.file
     };
     let body = parse_body(file, input.text)?;
-    let invalid = |message: String| JobspecError::Invalid {
-        at: locate(input.text, &message),
+    let invalid = |reason: SpecError| JobspecError::Invalid {
+        at: locate(input.text, &reason.to_string()),
         file: file.to_string(),
-        message,
+        reason,
     };
     let vars = variables(file, &body, input)?;
     let mut ctx = Context::new();
@@ -147,9 +158,7 @@ pub fn parse(input: &Input) -> Result<Value, JobspecError> {
         .map(|b| b.body().attributes().count())
         .sum();
     if local_count > MAX_LOCALS {
-        return Err(invalid(format!(
-            "Too many locals; a jobspec may define at most {MAX_LOCALS}"
-        )));
+        return Err(invalid(SpecError::TooManyLocals));
     }
     for block in body.blocks().filter(|b| b.identifier() == "locals") {
         for attr in block.body().attributes() {
@@ -159,10 +168,12 @@ pub fn parse(input: &Input) -> Result<Value, JobspecError> {
             };
             charge(&mut spent, attr.expr(), &refs).map_err(&invalid)?;
             ctx.declare_var("local", hcl::Value::Object(locals.clone()));
-            let v = attr
-                .expr()
-                .evaluate(&ctx)
-                .map_err(|e| invalid(format!("local.{}: {e}", attr.key())))?;
+            let v = attr.expr().evaluate(&ctx).map_err(|source| {
+                invalid(SpecError::Eval {
+                    what: format!("local.{}", attr.key()),
+                    source,
+                })
+            })?;
             locals.insert(attr.key().to_string(), v);
         }
     }
@@ -173,33 +184,27 @@ pub fn parse(input: &Input) -> Result<Value, JobspecError> {
     };
     let mut jobs = Vec::new();
     if let Some(attr) = body.attributes().next() {
-        return Err(invalid(map::unsupported_argument(attr.key())));
+        return Err(invalid(SpecError::UnsupportedArgument(
+            attr.key().to_string(),
+        )));
     }
     for block in body.blocks() {
         match block.identifier() {
             "variable" | "locals" => {}
             "job" => jobs.push(block),
-            other => return Err(invalid(map::unsupported_block(other))),
+            other => return Err(invalid(SpecError::UnsupportedBlock(other.to_string()))),
         }
     }
     let job = match jobs.as_slice() {
         [one] => *one,
-        [] => {
-            return Err(invalid(
-                "Missing job block; A job block is required in a jobspec.".into(),
-            ))
-        }
-        _ => {
-            return Err(invalid(
-                "Duplicate job block; Only one job block is allowed in a jobspec.".into(),
-            ))
-        }
+        [] => return Err(invalid(SpecError::MissingJob)),
+        _ => return Err(invalid(SpecError::DuplicateJob)),
     };
     let tree = evaluate_block(job, &ctx, &refs, &mut spent).map_err(invalid)?;
     map::job(&tree).map_err(invalid)
 }
 
-/// Where the argument or block a message names (`named "x"`, `type "x"`, `attribute "x"`)
+/// Where the argument or block a reason's text names (`named "x"`, `type "x"`, `attribute "x"`)
 /// is first written: a line that starts with it. hcl-rs's bodies carry no positions, so this
 /// finds the first such line, which is the right one unless the name is used twice.
 fn locate(text: &str, message: &str) -> Option<(usize, usize)> {
@@ -240,7 +245,7 @@ fn parse_body(file: &str, text: &str) -> Result<hcl::Body, JobspecError> {
         other => JobspecError::Invalid {
             at: None,
             file: file.to_string(),
-            message: other.to_string(),
+            reason: SpecError::Hcl(other),
         },
     })
 }
@@ -259,10 +264,10 @@ fn variables(
     body: &hcl::Body,
     input: &Input,
 ) -> Result<hcl::Map<String, hcl::Value>, JobspecError> {
-    let invalid = |message: String| JobspecError::Invalid {
+    let invalid = |reason: SpecError| JobspecError::Invalid {
         at: None,
         file: file.to_string(),
-        message,
+        reason,
     };
     let empty = Context::new();
     let mut declared: Vec<(String, Declared)> = Vec::new();
@@ -272,21 +277,15 @@ fn variables(
         .count()
         > MAX_VARIABLES
     {
-        return Err(invalid(format!(
-            "Too many variables; a jobspec may declare at most {MAX_VARIABLES}"
-        )));
+        return Err(invalid(SpecError::TooManyVariables));
     }
     for block in body.blocks().filter(|b| b.identifier() == "variable") {
         let [label] = block.labels() else {
-            return Err(invalid(
-                "Missing name for variable; All variable blocks must have 1 label (name).".into(),
-            ));
+            return Err(invalid(SpecError::MissingVariableName));
         };
         let name = label.as_str().to_string();
         if declared.iter().any(|(n, _)| *n == name) {
-            return Err(invalid(format!(
-                "Duplicate variable; A variable named {name:?} was already declared."
-            )));
+            return Err(invalid(SpecError::DuplicateVariable(name)));
         }
         let mut decl = Declared {
             default: None,
@@ -295,15 +294,16 @@ fn variables(
         for attr in block.body().attributes() {
             match attr.key() {
                 "default" => {
-                    decl.default = Some(
-                        attr.expr()
-                            .evaluate(&empty)
-                            .map_err(|e| invalid(format!("variable {name:?} default: {e}")))?,
-                    )
+                    decl.default = Some(attr.expr().evaluate(&empty).map_err(|source| {
+                        invalid(SpecError::Eval {
+                            what: format!("variable {name:?} default"),
+                            source,
+                        })
+                    })?)
                 }
                 "type" => decl.type_name = attr.expr().to_string(),
                 "description" | "sensitive" | "nullable" => {}
-                other => return Err(invalid(map::unsupported_argument(other))),
+                other => return Err(invalid(SpecError::UnsupportedArgument(other.to_string()))),
             }
         }
         if let Some(b) = block
@@ -311,7 +311,9 @@ fn variables(
             .blocks()
             .find(|b| b.identifier() != "validation")
         {
-            return Err(invalid(map::unsupported_block(b.identifier())));
+            return Err(invalid(SpecError::UnsupportedBlock(
+                b.identifier().to_string(),
+            )));
         }
         declared.push((name, decl));
     }
@@ -336,7 +338,7 @@ fn variables(
             return Err(JobspecError::Invalid {
                 at: None,
                 file: vf_name.clone(),
-                message: map::unsupported_block(b.identifier()),
+                reason: SpecError::UnsupportedBlock(b.identifier().to_string()),
             });
         }
         for attr in vf.attributes() {
@@ -345,36 +347,33 @@ fn variables(
                 return Err(JobspecError::Invalid {
                     at: None,
                     file: vf_name.clone(),
-                    message: format!(
-                        "Undefined variable; A {name:?} variable was set but was not found in known variables. To declare variable {name:?}, place this block in your jobspec: variable {name:?} {{}}"
-                    ),
+                    reason: SpecError::UndeclaredInVarFile(name.to_string()),
                 });
             }
             let v = attr
                 .expr()
                 .evaluate(&empty)
-                .map_err(|e| JobspecError::Invalid {
+                .map_err(|source| JobspecError::Invalid {
                     at: None,
                     file: vf_name.clone(),
-                    message: format!("{name}: {e}"),
+                    reason: SpecError::Eval {
+                        what: name.to_string(),
+                        source,
+                    },
                 })?;
             values.insert(name.to_string(), v);
         }
     }
     for (name, raw) in &input.vars {
         let Some((_, decl)) = declared.iter().find(|(n, _)| n == name) else {
-            return Err(invalid(format!(
-                "Undefined -var variable; A {name:?} variable was passed in but was not found in known variables. To declare variable {name:?}, place this block in your jobspec: variable {name:?} {{}}"
-            )));
+            return Err(invalid(SpecError::UndeclaredVarFlag(name.clone())));
         };
         let v = typed_value(file, name, raw, decl)?;
         values.insert(name.clone(), v);
     }
     for (name, _) in &declared {
         if !values.contains_key(name) {
-            return Err(invalid(format!(
-                "Unset variable {name:?}; A used variable must be set or have a default value; see https://developer.hashicorp.com/nomad/docs/job-specification/hcl2/variables for details."
-            )));
+            return Err(invalid(SpecError::UnsetVariable(name.clone())));
         }
     }
     Ok(values)
@@ -387,10 +386,10 @@ fn typed_value(
     raw: &str,
     decl: &Declared,
 ) -> Result<hcl::Value, JobspecError> {
-    let invalid = |message: String| JobspecError::Invalid {
+    let invalid = |reason: SpecError| JobspecError::Invalid {
         at: None,
         file: file.to_string(),
-        message,
+        reason,
     };
     let empty = Context::new();
     Ok(match decl.type_name.as_str() {
@@ -404,19 +403,11 @@ fn typed_value(
                 Ok(i) => hcl::Value::Number(i.into()),
                 Err(_) => hcl::Value::Number(n),
             })
-            .ok_or_else(|| {
-                invalid(format!(
-                    "Invalid value for variable; variable {name:?}: a number is required"
-                ))
-            })?,
+            .ok_or_else(|| invalid(SpecError::NotANumber(name.to_string())))?,
         "bool" => match raw.trim() {
             "true" => hcl::Value::Bool(true),
             "false" => hcl::Value::Bool(false),
-            _ => {
-                return Err(invalid(format!(
-                    "Invalid value for variable; variable {name:?}: a bool is required"
-                )))
-            }
+            _ => return Err(invalid(SpecError::NotABool(name.to_string()))),
         },
         _ => {
             let text = format!("v = {raw}");
@@ -426,8 +417,12 @@ fn typed_value(
                 .next()
                 .map(|a| a.expr().clone())
                 .unwrap_or(Expression::Null);
-            expr.evaluate(&empty)
-                .map_err(|e| invalid(format!("variable {name:?}: {e}")))?
+            expr.evaluate(&empty).map_err(|source| {
+                invalid(SpecError::Eval {
+                    what: format!("variable {name:?}"),
+                    source,
+                })
+            })?
         }
     })
 }
@@ -443,13 +438,10 @@ pub(crate) struct Block {
 }
 
 /// Charge an expression's allocation bound before it is evaluated.
-fn charge(spent: &mut u64, expr: &Expression, refs: &budget::RefSizes) -> Result<(), String> {
+fn charge(spent: &mut u64, expr: &Expression, refs: &budget::RefSizes) -> Result<(), SpecError> {
     *spent = spent.saturating_add(budget::bound(expr, refs));
     if *spent > budget::MAX_EVALUATED_BYTES {
-        return Err(format!(
-            "Jobspec too large when evaluated; its values may add up to more than {} bytes",
-            budget::MAX_EVALUATED_BYTES
-        ));
+        return Err(SpecError::EvaluatedTooLarge);
     }
     Ok(())
 }
@@ -459,7 +451,7 @@ fn evaluate_block(
     ctx: &Context,
     refs: &budget::RefSizes,
     spent: &mut u64,
-) -> Result<Block, String> {
+) -> Result<Block, SpecError> {
     let mut out = Block {
         ident: block.identifier().to_string(),
         labels: block
@@ -472,8 +464,14 @@ fn evaluate_block(
     };
     for attr in block.body().attributes() {
         charge(spent, attr.expr(), refs)?;
-        let v = evaluate_expr(attr.expr(), ctx).map_err(|e| format!("{}: {e}", attr.key()))?;
-        let v = serde_json::to_value(v).map_err(|e| format!("{}: {e}", attr.key()))?;
+        let v = evaluate_expr(attr.expr(), ctx).map_err(|e| SpecError::Argument {
+            key: attr.key().to_string(),
+            source: Box::new(e),
+        })?;
+        let v = serde_json::to_value(v).map_err(|source| SpecError::Json {
+            key: attr.key().to_string(),
+            source,
+        })?;
         out.attrs.push((attr.key().to_string(), v));
     }
     for b in block.body().blocks() {
@@ -483,7 +481,7 @@ fn evaluate_block(
 }
 
 /// Evaluate an expression; strings keep the interpolations the parser cannot resolve.
-fn evaluate_expr(expr: &Expression, ctx: &Context) -> Result<hcl::Value, String> {
+fn evaluate_expr(expr: &Expression, ctx: &Context) -> Result<hcl::Value, SpecError> {
     match expr {
         Expression::TemplateExpr(t) => evaluate_template(t, ctx),
         Expression::Array(items) => items
@@ -506,12 +504,12 @@ fn evaluate_expr(expr: &Expression, ctx: &Context) -> Result<hcl::Value, String>
             }
             Ok(hcl::Value::Object(out))
         }
-        other => other.evaluate(ctx).map_err(|e| e.to_string()),
+        other => other.evaluate(ctx).map_err(SpecError::Expr),
     }
 }
 
-fn evaluate_template(t: &TemplateExpr, ctx: &Context) -> Result<hcl::Value, String> {
-    let template = Template::from_expr(t).map_err(|e| e.to_string())?;
+fn evaluate_template(t: &TemplateExpr, ctx: &Context) -> Result<hcl::Value, SpecError> {
+    let template = Template::from_expr(t).map_err(SpecError::Template)?;
     let mut out = String::new();
     for element in template.elements() {
         match element {
@@ -521,20 +519,13 @@ fn evaluate_template(t: &TemplateExpr, ctx: &Context) -> Result<hcl::Value, Stri
                 out.push_str(&i.expr.to_string());
                 out.push('}');
             }
-            Element::Interpolation(i) => match i.expr.evaluate(ctx).map_err(|e| e.to_string())? {
+            Element::Interpolation(i) => match i.expr.evaluate(ctx).map_err(SpecError::Expr)? {
                 hcl::Value::String(s) => out.push_str(&s),
                 hcl::Value::Null => {}
                 v @ (hcl::Value::Bool(_) | hcl::Value::Number(_)) => out.push_str(&v.to_string()),
-                _ => {
-                    return Err(format!(
-                        "Invalid template interpolation value; Cannot include the given value in a string template: string required (in ${{{}}})",
-                        i.expr
-                    ))
-                }
+                _ => return Err(SpecError::TemplateValue(i.expr.to_string())),
             },
-            Element::Directive(_) => {
-                return Err("template directives (%{...}) are not supported".into())
-            }
+            Element::Directive(_) => return Err(SpecError::TemplateDirective),
         }
     }
     Ok(hcl::Value::String(out))

@@ -32,9 +32,9 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
 fn bool_param(ctx: &Ctx, name: &str, default: bool) -> Result<bool, ApiError> {
     match params::opt_bool(ctx.req, name) {
         Ok(v) => Ok(v.unwrap_or(default)),
-        Err(v) => Err(ApiError::internal(format!(
-            "Failed to parse value of {name:?} ({v}) as a bool: {}",
-            params::go_bool_error(&v)
+        Err(bad) => Err(ApiError::internal(format!(
+            "Failed to parse value of {name:?} ({}) as a bool: {bad}",
+            bad.0
         ))),
     }
 }

@@ -28,7 +28,7 @@ pub fn check_register(ctx: &Ctx, job: &Job) -> Result<(), ApiError> {
         return Err(crate::state::jobs::error::JobError::Invalid(errs).into());
     }
     let existing = ctx.agent.workloads.job(&job.namespace, &job.id);
-    launch::validate_update(existing.as_ref(), job).map_err(ApiError::internal)
+    launch::validate_update(existing.as_ref(), job).map_err(|e| ApiError::internal(e.to_string()))
 }
 
 /// The request body as an object (`{}` when empty: every member is optional).
@@ -125,7 +125,8 @@ pub fn dispatch(ctx: &Ctx, id: &str) -> ApiResult {
             "Specified job {id:?} is stopped"
         )));
     }
-    launch::validate_dispatch(&parent, payload.len(), &meta).map_err(ApiError::internal)?;
+    launch::validate_dispatch(&parent, payload.len(), &meta)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     if !token.is_empty() {
         // A retried dispatch: the child it made before is the answer.
         if let Some((_, child)) = launch::children(&state, &parent)

@@ -38,11 +38,26 @@ pub fn wants_pretty(req: &Request) -> bool {
     req.query("pretty").map(|v| v != "0").unwrap_or(false)
 }
 
-/// An optional boolean parameter; `Err(value)` when it does not parse.
-pub fn opt_bool(req: &Request, name: &str) -> Result<Option<bool>, String> {
+/// A query parameter value that is not one of Go's booleans (the value as given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotABool(pub String);
+
+impl std::fmt::Display for NotABool {
+    /// Go's `strconv.ParseBool` error text.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&go_bool_error(&self.0))
+    }
+}
+
+impl std::error::Error for NotABool {}
+
+/// An optional boolean parameter; `Err` (with the value) when it does not parse.
+pub fn opt_bool(req: &Request, name: &str) -> Result<Option<bool>, NotABool> {
     match req.query(name) {
         None => Ok(None),
-        Some(v) => parse_go_bool(v).map(Some).ok_or_else(|| v.to_string()),
+        Some(v) => parse_go_bool(v)
+            .map(Some)
+            .ok_or_else(|| NotABool(v.to_string())),
     }
 }
 

@@ -33,13 +33,44 @@ pub struct Endpoint {
     pub port: u16,
 }
 
+/// Why an agent address (`NOMAD_ADDR`, `-address`) was refused; each carries the address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddressError {
+    /// `unix://` with no path.
+    NoSocketPath(String),
+    /// A scheme other than `http`, `https` or `unix` (the address, the scheme).
+    UnknownScheme(String, String),
+    /// `[` without its `]`.
+    Unbracketed(String),
+    /// A port that is not a number from 0 to 65535.
+    BadPort(String),
+    /// No host before the port.
+    NoHost(String),
+}
+
+impl fmt::Display for AddressError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AddressError::NoSocketPath(a) => write!(f, "invalid address {a:?}: no socket path"),
+            AddressError::UnknownScheme(a, s) => {
+                write!(f, "invalid address {a:?}: unknown scheme {s:?}")
+            }
+            AddressError::Unbracketed(a) => write!(f, "invalid address {a:?}"),
+            AddressError::BadPort(a) => write!(f, "invalid port in {a:?}"),
+            AddressError::NoHost(a) => write!(f, "invalid address {a:?}: no host"),
+        }
+    }
+}
+
+impl std::error::Error for AddressError {}
+
 impl Endpoint {
     /// Parse `http://host:port`, `https://host:port`, `host:port` or `unix:///path`.
-    pub fn parse(addr: &str) -> Result<Endpoint, String> {
+    pub fn parse(addr: &str) -> Result<Endpoint, AddressError> {
         let addr = addr.trim().trim_end_matches('/');
         if let Some(path) = addr.strip_prefix("unix://") {
             if path.is_empty() {
-                return Err(format!("invalid address {addr:?}: no socket path"));
+                return Err(AddressError::NoSocketPath(addr.to_string()));
             }
             return Ok(Endpoint {
                 scheme: "unix".into(),
@@ -49,7 +80,9 @@ impl Endpoint {
         }
         let (scheme, rest) = match addr.split_once("://") {
             Some((s, r)) if s == "http" || s == "https" => (s, r),
-            Some((s, _)) => return Err(format!("invalid address {addr:?}: unknown scheme {s:?}")),
+            Some((s, _)) => {
+                return Err(AddressError::UnknownScheme(addr.to_string(), s.to_string()))
+            }
             None => ("http", addr),
         };
         let rest = rest.split('/').next().unwrap_or(rest);
@@ -57,9 +90,11 @@ impl Endpoint {
         let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
             let (h, after) = inner
                 .split_once(']')
-                .ok_or_else(|| format!("invalid address {addr:?}"))?;
+                .ok_or_else(|| AddressError::Unbracketed(addr.to_string()))?;
             let port = match after.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| format!("invalid port in {addr:?}"))?,
+                Some(p) => p
+                    .parse()
+                    .map_err(|_| AddressError::BadPort(addr.to_string()))?,
                 None => default_port,
             };
             (h.to_string(), port)
@@ -67,13 +102,14 @@ impl Endpoint {
             match rest.rsplit_once(':') {
                 Some((h, p)) => (
                     h.to_string(),
-                    p.parse().map_err(|_| format!("invalid port in {addr:?}"))?,
+                    p.parse()
+                        .map_err(|_| AddressError::BadPort(addr.to_string()))?,
                 ),
                 None => (rest.to_string(), default_port),
             }
         };
         if host.is_empty() {
-            return Err(format!("invalid address {addr:?}: no host"));
+            return Err(AddressError::NoHost(addr.to_string()));
         }
         Ok(Endpoint {
             scheme: scheme.to_string(),

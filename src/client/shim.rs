@@ -150,10 +150,48 @@ fn write_atomic(dir: &Path, name: &str, text: &str) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Why a shim did not start its task.
+#[derive(Debug)]
+pub enum ShimError {
+    /// A step of starting the shim failed (what it was, and the error).
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
+    /// The shim ended without answering the handshake.
+    NoAnswer,
+    /// The shim answered that the task did not start (its text: it crossed a pipe from
+    /// another process, so a text is all there is).
+    Refused(String),
+}
+
+impl std::fmt::Display for ShimError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShimError::Io { what, source } => {
+                write!(f, "failed to start the task shim: {what}: {source}")
+            }
+            ShimError::NoAnswer => {
+                f.write_str("failed to start the task shim: it exited without an answer")
+            }
+            ShimError::Refused(msg) => f.write_str(msg),
+        }
+    }
+}
+
+impl std::error::Error for ShimError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ShimError::Io { source, .. } => Some(source),
+            ShimError::NoAnswer | ShimError::Refused(_) => None,
+        }
+    }
+}
+
 impl Shim {
     /// Start a shim for `spec` in `dir` and wait until it started the task.
-    pub fn spawn(spec: &ShimSpec, dir: &Path) -> Result<Shim, String> {
-        let fail = |what: &str, e: io::Error| format!("failed to start the task shim: {what}: {e}");
+    pub fn spawn(spec: &ShimSpec, dir: &Path) -> Result<Shim, ShimError> {
+        let fail = |what: &'static str, source: io::Error| ShimError::Io { what, source };
         match std::fs::remove_dir_all(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -213,9 +251,9 @@ impl Shim {
         shim.abandon();
         let msg = line.strip_prefix("err ").unwrap_or(&line).trim();
         if msg.is_empty() {
-            return Err("failed to start the task shim: it exited without an answer".into());
+            return Err(ShimError::NoAnswer);
         }
-        Err(msg.to_string())
+        Err(ShimError::Refused(msg.to_string()))
     }
 
     /// A shim that failed its handshake: kill it and reap it.

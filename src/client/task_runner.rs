@@ -649,7 +649,7 @@ impl TaskRunner {
             Ok(s) => s,
             Err(e) => {
                 self.destroy(cgroup);
-                return Err(StartFailed(e));
+                return Err(StartFailed(e.to_string()));
             }
         };
         *self.exec.lock() = Some(exec_target(&spec));

@@ -111,6 +111,13 @@ pub enum GossipError {
     Stopped,
     /// `force-leave` of this agent itself.
     LocalMember,
+    /// A join address whose name did not resolve (`host:port` as looked up).
+    Lookup {
+        addr: String,
+        source: std::io::Error,
+    },
+    /// A join address whose name resolved to no address.
+    NoAddress(String),
 }
 
 impl fmt::Display for GossipError {
@@ -124,6 +131,8 @@ impl fmt::Display for GossipError {
             GossipError::Io(e) => write!(f, "gossip: {e}"),
             GossipError::Stopped => f.write_str("gossip is not running"),
             GossipError::LocalMember => f.write_str("cannot force-leave the local agent"),
+            GossipError::Lookup { addr, source } => write!(f, "lookup {addr}: {source}"),
+            GossipError::NoAddress(addr) => write!(f, "lookup {addr}: no addresses"),
         }
     }
 }
@@ -131,7 +140,9 @@ impl fmt::Display for GossipError {
 impl std::error::Error for GossipError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            GossipError::Bind { source, .. } | GossipError::Io(source) => Some(source),
+            GossipError::Bind { source, .. }
+            | GossipError::Io(source)
+            | GossipError::Lookup { source, .. } => Some(source),
             GossipError::Store(e) => Some(e),
             _ => None,
         }
@@ -399,7 +410,7 @@ fn wait_reply<T>(rx: &Receiver<T>, deadline: Instant) -> Option<T> {
 }
 
 /// `host[:port]` → a socket address, Serf's default port when none is given.
-pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
+pub fn resolve(addr: &str) -> Result<SocketAddr, GossipError> {
     if let Ok(sock) = addr.parse::<SocketAddr>() {
         return Ok(sock);
     }
@@ -410,11 +421,16 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
         Some((_, p)) if p.parse::<u16>().is_ok() => addr.to_string(),
         _ => format!("{addr}:{}", crate::config::DEFAULT_SERF_PORT),
     };
-    with_port
-        .to_socket_addrs()
-        .map_err(|e| format!("lookup {with_port}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("lookup {with_port}: no addresses"))
+    let mut found = match with_port.to_socket_addrs() {
+        Ok(found) => found,
+        Err(source) => {
+            return Err(GossipError::Lookup {
+                addr: with_port,
+                source,
+            })
+        }
+    };
+    found.next().ok_or(GossipError::NoAddress(with_port))
 }
 
 /// The generation of this start: above the last one kept and at least the wall clock in

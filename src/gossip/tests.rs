@@ -167,14 +167,17 @@ fn identities_out_of_bounds_do_not_decode() {
 #[test]
 fn join_addresses_default_to_the_serf_port() {
     assert_eq!(
-        resolve("127.0.0.1"),
-        Ok(SocketAddr::from(([127, 0, 0, 1], 4648)))
+        resolve("127.0.0.1").ok(),
+        Some(SocketAddr::from(([127, 0, 0, 1], 4648)))
     );
     assert_eq!(
-        resolve("127.0.0.1:5000"),
-        Ok(SocketAddr::from(([127, 0, 0, 1], 5000)))
+        resolve("127.0.0.1:5000").ok(),
+        Some(SocketAddr::from(([127, 0, 0, 1], 5000)))
     );
-    assert_eq!(resolve("[::1]"), Ok("[::1]:4648".parse().expect("v6")));
+    assert_eq!(
+        resolve("[::1]").ok(),
+        Some("[::1]:4648".parse().expect("v6"))
+    );
     assert!(resolve("no such host.invalid").is_err());
 }
 

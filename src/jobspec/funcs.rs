@@ -11,9 +11,39 @@ use hcl::{Number, Value};
 /// cannot make a huge value.
 pub const MAX_FUNC_RESULT_BYTES: usize = 64 * 1024;
 
-fn too_big(s: String) -> Result<Value, String> {
+/// Why `format` (or a result-size check) failed. hcl-rs's `Func` type wants its callbacks to
+/// return `Result<Value, String>`, so the declared closures turn this into its text there, at
+/// the library's boundary (hcl-rs then wraps it in its own `eval::Error`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FuncError {
+    /// A built string longer than [`MAX_FUNC_RESULT_BYTES`].
+    TooLong,
+    /// `format`'s spec ends in a lone `%`.
+    SpecEndsInPercent,
+    /// `format` ran out of arguments at this verb.
+    TooFewArguments(char),
+    /// `format` met a verb it does not know.
+    UnsupportedVerb(char),
+}
+
+impl std::fmt::Display for FuncError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FuncError::TooLong => write!(f, "result longer than {MAX_FUNC_RESULT_BYTES} bytes"),
+            FuncError::SpecEndsInPercent => f.write_str("format: the spec ends in %"),
+            FuncError::TooFewArguments(verb) => {
+                write!(f, "format: too few arguments for %{verb}")
+            }
+            FuncError::UnsupportedVerb(verb) => write!(f, "format: unsupported verb %{verb}"),
+        }
+    }
+}
+
+impl std::error::Error for FuncError {}
+
+fn too_big(s: String) -> Result<Value, FuncError> {
     if s.len() > MAX_FUNC_RESULT_BYTES {
-        Err(format!("result longer than {MAX_FUNC_RESULT_BYTES} bytes"))
+        Err(FuncError::TooLong)
     } else {
         Ok(Value::String(s))
     }
@@ -69,7 +99,7 @@ pub fn declare(ctx: &mut Context) {
                 .as_array()
                 .map(|v| v.iter().map(to_text).collect())
                 .unwrap_or_default();
-            too_big(parts.join(&sep))
+            too_big(parts.join(&sep)).map_err(|e| e.to_string())
         }),
     );
     ctx.declare_func(
@@ -96,9 +126,9 @@ pub fn declare(ctx: &mut Context) {
             }
             let grows = to.len().saturating_sub(from.len());
             if s.matches(from.as_str()).count().saturating_mul(grows) > MAX_FUNC_RESULT_BYTES {
-                return Err(format!("result longer than {MAX_FUNC_RESULT_BYTES} bytes"));
+                return Err(FuncError::TooLong.to_string());
             }
-            too_big(s.replace(from.as_str(), &to))
+            too_big(s.replace(from.as_str(), &to)).map_err(|e| e.to_string())
         }),
     );
     ctx.declare_func(
@@ -125,7 +155,7 @@ pub fn declare(ctx: &mut Context) {
         FuncDef::builder()
             .param(S)
             .variadic_param(Any)
-            .build(format),
+            .build(|a| format(a).map_err(|e| e.to_string())),
     );
     ctx.declare_func(
         "length",
@@ -276,13 +306,13 @@ pub fn declare(ctx: &mut Context) {
         f1(Any, |a| {
             serde_json::to_string(&a[0])
                 .map_err(|e| e.to_string())
-                .and_then(too_big)
+                .and_then(|s| too_big(s).map_err(|e| e.to_string()))
         }),
     );
 }
 
 /// `format(spec, args...)`: `%s`, `%d`, `%v`, `%q`, `%f` and `%%`, as far as jobspecs use them.
-fn format(a: FuncArgs) -> Result<Value, String> {
+fn format(a: FuncArgs) -> Result<Value, FuncError> {
     let spec = str_arg(&a, 0);
     let mut args = a.variadic_args();
     let mut out = String::new();
@@ -292,23 +322,21 @@ fn format(a: FuncArgs) -> Result<Value, String> {
             out.push(c);
             continue;
         }
-        let verb = chars.next().ok_or("format: the spec ends in %")?;
+        let verb = chars.next().ok_or(FuncError::SpecEndsInPercent)?;
         if verb == '%' {
             out.push('%');
             continue;
         }
-        let v = args
-            .next()
-            .ok_or_else(|| format!("format: too few arguments for %{verb}"))?;
+        let v = args.next().ok_or(FuncError::TooFewArguments(verb))?;
         match verb {
             's' | 'v' => out.push_str(&to_text(v)),
             'd' => out.push_str(&format!("{}", num(v).trunc() as i64)),
             'f' => out.push_str(&format!("{:.6}", num(v))),
             'q' => out.push_str(&format!("{:?}", to_text(v))),
-            other => return Err(format!("format: unsupported verb %{other}")),
+            other => return Err(FuncError::UnsupportedVerb(other)),
         }
         if out.len() > MAX_FUNC_RESULT_BYTES {
-            return Err(format!("result longer than {MAX_FUNC_RESULT_BYTES} bytes"));
+            return Err(FuncError::TooLong);
         }
     }
     Ok(Value::String(out))

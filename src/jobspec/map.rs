@@ -4,17 +4,17 @@
 
 use serde_json::{Map, Value};
 
-use super::Block;
+use super::{Block, SpecError};
 use crate::config::parse_go_duration;
 
-/// Nomad's text for an argument a block does not take.
-pub fn unsupported_argument(key: &str) -> String {
-    format!("Unsupported argument; An argument named {key:?} is not expected here.")
+/// An argument a block does not take.
+fn unsupported_argument(key: &str) -> SpecError {
+    SpecError::UnsupportedArgument(key.to_string())
 }
 
-/// Nomad's text for a block a block does not take.
-pub fn unsupported_block(ident: &str) -> String {
-    format!("Unsupported block type; Blocks of type {ident:?} are not expected here.")
+/// A block a block does not take.
+fn unsupported_block(ident: &str) -> SpecError {
+    SpecError::UnsupportedBlock(ident.to_string())
 }
 
 /// How an argument's value becomes JSON.
@@ -46,13 +46,13 @@ enum Shape {
 }
 
 type Attr = (&'static str, &'static str, K);
-type Conv = fn(&Block) -> Result<Value, String>;
+type Conv = fn(&Block) -> Result<Value, SpecError>;
 type Sub = (&'static str, &'static str, Shape, Conv);
 
 /// The `job` block.
-pub fn job(b: &Block) -> Result<Value, String> {
+pub fn job(b: &Block) -> Result<Value, SpecError> {
     let [label] = b.labels.as_slice() else {
-        return Err("Missing job name; A job block needs exactly one label (the job ID).".into());
+        return Err(SpecError::MissingJobName);
     };
     let mut out = Map::new();
     out.insert("ID".into(), Value::String(label.clone()));
@@ -94,7 +94,7 @@ pub fn job(b: &Block) -> Result<Value, String> {
     Ok(Value::Object(out))
 }
 
-fn group(b: &Block) -> Result<Value, String> {
+fn group(b: &Block) -> Result<Value, SpecError> {
     let mut out = labelled(b, "Name", "group")?;
     const ATTRS: &[Attr] = &[
         ("count", "Count", K::Int),
@@ -139,7 +139,7 @@ fn group(b: &Block) -> Result<Value, String> {
     Ok(Value::Object(out))
 }
 
-fn task(b: &Block) -> Result<Value, String> {
+fn task(b: &Block) -> Result<Value, SpecError> {
     let mut out = labelled(b, "Name", "task")?;
     const ATTRS: &[Attr] = &[
         ("driver", "Driver", K::Str),
@@ -198,9 +198,7 @@ fn task(b: &Block) -> Result<Value, String> {
                 }
                 named.push(v);
             }
-            _ => {
-                return Err("Extraneous label for identity; At most one label is expected.".into())
-            }
+            _ => return Err(SpecError::ExtraneousIdentityLabel),
         }
     }
     if !named.is_empty() {
@@ -209,7 +207,7 @@ fn task(b: &Block) -> Result<Value, String> {
     Ok(Value::Object(out))
 }
 
-fn identity(b: &Block) -> Result<Value, String> {
+fn identity(b: &Block) -> Result<Value, SpecError> {
     simple(
         b,
         &[
@@ -225,7 +223,7 @@ fn identity(b: &Block) -> Result<Value, String> {
     )
 }
 
-fn resources(b: &Block) -> Result<Value, String> {
+fn resources(b: &Block) -> Result<Value, SpecError> {
     let mut out = unlabelled(b)?;
     const ATTRS: &[Attr] = &[
         ("cpu", "CPU", K::Int),
@@ -244,7 +242,7 @@ fn resources(b: &Block) -> Result<Value, String> {
     Ok(Value::Object(out))
 }
 
-fn restart(b: &Block) -> Result<Value, String> {
+fn restart(b: &Block) -> Result<Value, SpecError> {
     simple(
         b,
         &[
@@ -257,7 +255,7 @@ fn restart(b: &Block) -> Result<Value, String> {
     )
 }
 
-fn reschedule(b: &Block) -> Result<Value, String> {
+fn reschedule(b: &Block) -> Result<Value, SpecError> {
     simple(
         b,
         &[
@@ -271,7 +269,7 @@ fn reschedule(b: &Block) -> Result<Value, String> {
     )
 }
 
-fn disconnect(b: &Block) -> Result<Value, String> {
+fn disconnect(b: &Block) -> Result<Value, SpecError> {
     simple(
         b,
         &[
@@ -283,7 +281,7 @@ fn disconnect(b: &Block) -> Result<Value, String> {
     )
 }
 
-fn ephemeral_disk(b: &Block) -> Result<Value, String> {
+fn ephemeral_disk(b: &Block) -> Result<Value, SpecError> {
     simple(
         b,
         &[
@@ -294,7 +292,7 @@ fn ephemeral_disk(b: &Block) -> Result<Value, String> {
     )
 }
 
-fn update(b: &Block) -> Result<Value, String> {
+fn update(b: &Block) -> Result<Value, SpecError> {
     simple(
         b,
         &[
@@ -311,7 +309,7 @@ fn update(b: &Block) -> Result<Value, String> {
     )
 }
 
-fn migrate(b: &Block) -> Result<Value, String> {
+fn migrate(b: &Block) -> Result<Value, SpecError> {
     simple(
         b,
         &[
@@ -323,7 +321,7 @@ fn migrate(b: &Block) -> Result<Value, String> {
     )
 }
 
-fn periodic(b: &Block) -> Result<Value, String> {
+fn periodic(b: &Block) -> Result<Value, SpecError> {
     simple(
         b,
         &[
@@ -336,7 +334,7 @@ fn periodic(b: &Block) -> Result<Value, String> {
     )
 }
 
-fn parameterized(b: &Block) -> Result<Value, String> {
+fn parameterized(b: &Block) -> Result<Value, SpecError> {
     simple(
         b,
         &[
@@ -347,14 +345,14 @@ fn parameterized(b: &Block) -> Result<Value, String> {
     )
 }
 
-fn lifecycle(b: &Block) -> Result<Value, String> {
+fn lifecycle(b: &Block) -> Result<Value, SpecError> {
     simple(
         b,
         &[("hook", "Hook", K::Str), ("sidecar", "Sidecar", K::Bool)],
     )
 }
 
-fn logs(b: &Block) -> Result<Value, String> {
+fn logs(b: &Block) -> Result<Value, SpecError> {
     simple(
         b,
         &[
@@ -365,11 +363,11 @@ fn logs(b: &Block) -> Result<Value, String> {
     )
 }
 
-fn dispatch_payload(b: &Block) -> Result<Value, String> {
+fn dispatch_payload(b: &Block) -> Result<Value, SpecError> {
     simple(b, &[("file", "File", K::Str)])
 }
 
-fn volume_mount(b: &Block) -> Result<Value, String> {
+fn volume_mount(b: &Block) -> Result<Value, SpecError> {
     simple(
         b,
         &[
@@ -381,7 +379,7 @@ fn volume_mount(b: &Block) -> Result<Value, String> {
     )
 }
 
-fn artifact(b: &Block) -> Result<Value, String> {
+fn artifact(b: &Block) -> Result<Value, SpecError> {
     let mut out = unlabelled(b)?;
     const ATTRS: &[Attr] = &[
         ("source", "GetterSource", K::Str),
@@ -399,7 +397,7 @@ fn artifact(b: &Block) -> Result<Value, String> {
     Ok(Value::Object(out))
 }
 
-fn template(b: &Block) -> Result<Value, String> {
+fn template(b: &Block) -> Result<Value, SpecError> {
     let mut out = unlabelled(b)?;
     const ATTRS: &[Attr] = &[
         ("source", "SourcePath", K::Str),
@@ -425,7 +423,7 @@ fn template(b: &Block) -> Result<Value, String> {
     Ok(Value::Object(out))
 }
 
-fn network(b: &Block) -> Result<Value, String> {
+fn network(b: &Block) -> Result<Value, SpecError> {
     let mut out = unlabelled(b)?;
     const ATTRS: &[Attr] = &[
         ("mode", "Mode", K::Str),
@@ -467,7 +465,7 @@ fn network(b: &Block) -> Result<Value, String> {
     Ok(Value::Object(out))
 }
 
-fn dns(b: &Block) -> Result<Value, String> {
+fn dns(b: &Block) -> Result<Value, SpecError> {
     simple(
         b,
         &[
@@ -478,7 +476,7 @@ fn dns(b: &Block) -> Result<Value, String> {
     )
 }
 
-fn constraint(b: &Block) -> Result<Value, String> {
+fn constraint(b: &Block) -> Result<Value, SpecError> {
     let mut out = unlabelled(b)?;
     for (k, v) in &b.attrs {
         match k.as_str() {
@@ -515,7 +513,7 @@ fn constraint(b: &Block) -> Result<Value, String> {
     Ok(Value::Object(out))
 }
 
-fn affinity(b: &Block) -> Result<Value, String> {
+fn affinity(b: &Block) -> Result<Value, SpecError> {
     simple(
         b,
         &[
@@ -527,7 +525,7 @@ fn affinity(b: &Block) -> Result<Value, String> {
     )
 }
 
-fn spread(b: &Block) -> Result<Value, String> {
+fn spread(b: &Block) -> Result<Value, SpecError> {
     let mut out = unlabelled(b)?;
     const ATTRS: &[Attr] = &[
         ("attribute", "Attribute", K::Str),
@@ -538,7 +536,7 @@ fn spread(b: &Block) -> Result<Value, String> {
     Ok(Value::Object(out))
 }
 
-fn spread_target(b: &Block) -> Result<Value, String> {
+fn spread_target(b: &Block) -> Result<Value, SpecError> {
     let mut out = labelled(b, "Value", "target")?;
     if let Value::Object(m) = simple(b, &[("percent", "Percent", K::Int)])? {
         out.extend(m);
@@ -548,7 +546,7 @@ fn spread_target(b: &Block) -> Result<Value, String> {
 
 /// Driver `config` (and other free-form blocks): attributes as written, nested blocks as
 /// arrays of objects, labels nesting as objects (the agent config's document shape).
-fn raw_doc(b: &Block) -> Result<Value, String> {
+fn raw_doc(b: &Block) -> Result<Value, SpecError> {
     let mut out = Map::new();
     for (k, v) in &b.attrs {
         out.insert(k.clone(), v.clone());
@@ -566,10 +564,10 @@ fn raw_doc(b: &Block) -> Result<Value, String> {
         {
             Value::Array(list) => list.push(inner),
             _ => {
-                return Err(format!(
-                    "config: {:?} is both an argument and a block",
-                    sb.ident
-                ))
+                return Err(SpecError::ArgumentAndBlock {
+                    ident: sb.ident.clone(),
+                    in_config: true,
+                })
             }
         }
     }
@@ -578,7 +576,7 @@ fn raw_doc(b: &Block) -> Result<Value, String> {
 
 /// Blocks nomadlet does not interpret (`service`, `volume`, `vault`, …): snake_case keys
 /// become Go's CamelCase, nested blocks arrays; durations stay as written.
-fn generic(b: &Block) -> Result<Value, String> {
+fn generic(b: &Block) -> Result<Value, SpecError> {
     let mut out = Map::new();
     for (k, v) in &b.attrs {
         out.insert(camel(k), v.clone());
@@ -590,7 +588,12 @@ fn generic(b: &Block) -> Result<Value, String> {
             .or_insert_with(|| Value::Array(Vec::new()))
         {
             Value::Array(list) => list.push(v),
-            _ => return Err(format!("{:?} is both an argument and a block", sb.ident)),
+            _ => {
+                return Err(SpecError::ArgumentAndBlock {
+                    ident: sb.ident.clone(),
+                    in_config: false,
+                })
+            }
         }
     }
     if let [label] = b.labels.as_slice() {
@@ -612,29 +615,27 @@ fn camel(key: &str) -> String {
 }
 
 /// A converter for `Shape::Attrs` blocks, which `fill` reads itself.
-fn none(_: &Block) -> Result<Value, String> {
+fn none(_: &Block) -> Result<Value, SpecError> {
     Ok(Value::Null)
 }
 
-fn duplicate(ident: &str) -> String {
-    format!("Duplicate {ident} block; Only one {ident} block is allowed here.")
+fn duplicate(ident: &str) -> SpecError {
+    SpecError::DuplicateBlock(ident.to_string())
 }
 
-fn unlabelled(b: &Block) -> Result<Map<String, Value>, String> {
+fn unlabelled(b: &Block) -> Result<Map<String, Value>, SpecError> {
     if let Some(l) = b.labels.first() {
-        return Err(format!(
-            "Extraneous label for {}; No labels are expected for {} blocks (got {l:?}).",
-            b.ident, b.ident
-        ));
+        return Err(SpecError::ExtraneousLabel {
+            ident: b.ident.clone(),
+            label: l.clone(),
+        });
     }
     Ok(Map::new())
 }
 
-fn labelled(b: &Block, key: &str, what: &str) -> Result<Map<String, Value>, String> {
+fn labelled(b: &Block, key: &str, what: &str) -> Result<Map<String, Value>, SpecError> {
     let [label] = b.labels.as_slice() else {
-        return Err(format!(
-            "Missing name for {what}; All {what} blocks must have 1 label (the name)."
-        ));
+        return Err(SpecError::MissingName(what.to_string()));
     };
     let mut out = Map::new();
     out.insert(key.into(), Value::String(label.clone()));
@@ -642,7 +643,7 @@ fn labelled(b: &Block, key: &str, what: &str) -> Result<Map<String, Value>, Stri
 }
 
 /// A block of arguments only, without labels.
-fn simple(b: &Block, attrs: &[Attr]) -> Result<Value, String> {
+fn simple(b: &Block, attrs: &[Attr]) -> Result<Value, SpecError> {
     if b.ident != "port" && b.ident != "target" && b.ident != "identity" {
         unlabelled(b)?;
     }
@@ -656,15 +657,13 @@ fn fill(
     b: &Block,
     attrs: &[Attr],
     subs: &[Sub],
-) -> Result<(), String> {
+) -> Result<(), SpecError> {
     for (k, v) in &b.attrs {
         let Some((_, json_key, kind)) = attrs.iter().find(|(h, _, _)| h == k) else {
             return Err(unsupported_argument(k));
         };
         if out.contains_key(*json_key) && matches!(kind, K::StrMap | K::Any) {
-            return Err(format!(
-                "Duplicate {k}; {k:?} is set both as an argument and as a block."
-            ));
+            return Err(SpecError::SetTwice(k.clone()));
         }
         out.insert((*json_key).to_string(), convert(k, v, *kind)?);
     }
@@ -689,10 +688,7 @@ fn fill(
             }
             Shape::ByLabel => {
                 let [label] = sb.labels.as_slice() else {
-                    return Err(format!(
-                        "Missing name for {}; All {} blocks must have 1 label (the name).",
-                        sb.ident, sb.ident
-                    ));
+                    return Err(SpecError::MissingName(sb.ident.clone()));
                 };
                 let v = conv(sb)?;
                 match out.entry(key).or_insert_with(|| Value::Object(Map::new())) {
@@ -721,11 +717,14 @@ fn fill(
     Ok(())
 }
 
-fn wrong_type(key: &str, want: &str) -> String {
-    format!("Incorrect attribute value type; Inappropriate value for attribute {key:?}: {want} required.")
+fn wrong_type(key: &str, want: &'static str) -> SpecError {
+    SpecError::WrongType {
+        key: key.to_string(),
+        want,
+    }
 }
 
-fn convert(key: &str, v: &Value, kind: K) -> Result<Value, String> {
+fn convert(key: &str, v: &Value, kind: K) -> Result<Value, SpecError> {
     match kind {
         K::Any => Ok(v.clone()),
         K::Str => match v {
@@ -756,7 +755,10 @@ fn convert(key: &str, v: &Value, kind: K) -> Result<Value, String> {
             Value::String(s) => parse_go_duration(s)
                 .and_then(|d| i64::try_from(d.as_nanos()).ok())
                 .map(Value::from)
-                .ok_or_else(|| format!("{key}: time: invalid duration {s:?}")),
+                .ok_or_else(|| SpecError::BadDuration {
+                    key: key.to_string(),
+                    value: s.clone(),
+                }),
             Value::Number(n) if n.is_i64() => Ok(v.clone()),
             _ => Err(wrong_type(key, "a duration string is")),
         },

@@ -17,6 +17,7 @@ use crate::state::jobs::Workloads;
 use crate::state::node_table::Node;
 use crate::state::status::{NodeEligibility, NodeStatus};
 use crate::state::IndexCounter;
+use crate::store::StoreError;
 
 /// Allocs per job in the bench (jobs = allocs / this).
 pub const ALLOCS_PER_JOB: usize = 1000;
@@ -131,20 +132,19 @@ pub fn in_memory(nodes: usize, allocs: usize) -> (u64, Duration) {
 
 /// Through the command log in a temp dir with the `scheduler` thread: from the first job
 /// submitted until every alloc is placed.
-pub fn durable(nodes: usize, allocs: usize) -> Result<(u64, Duration), String> {
+pub fn durable(nodes: usize, allocs: usize) -> Result<(u64, Duration), DurableError> {
     let dir = std::env::temp_dir().join(format!("nomadlet-bench-sched-{}", uuid::Uuid::new_v4()));
     let counter = Arc::new(IndexCounter::default());
-    let w = Arc::new(Workloads::load(&dir, counter.clone()).map_err(|e| e.to_string())?);
+    let w = Arc::new(Workloads::load(&dir, counter.clone())?);
     for i in 0..nodes {
-        w.register_node(sim_node(i)).map_err(|e| e.to_string())?;
+        w.register_node(sim_node(i))?;
     }
-    let sched = Scheduler::start(w.clone(), counter.clone()).map_err(|e| e.to_string())?;
+    let sched = Scheduler::start(w.clone(), counter.clone()).map_err(DurableError::Start)?;
     let started = Instant::now();
     let jobs = allocs.div_ceil(ALLOCS_PER_JOB);
     for j in 0..jobs {
         let count = ALLOCS_PER_JOB.min(allocs - j * ALLOCS_PER_JOB);
-        w.register(sim_job(&format!("bench-{j}"), count))
-            .map_err(|e| e.to_string())?;
+        w.register(sim_job(&format!("bench-{j}"), count))?;
     }
     let deadline = Instant::now() + DURABLE_DEADLINE;
     loop {
@@ -153,7 +153,7 @@ pub fn durable(nodes: usize, allocs: usize) -> Result<(u64, Duration), String> {
             break;
         }
         if Instant::now() >= deadline {
-            return Err("durable run did not place every alloc in time".into());
+            return Err(DurableError::Deadline);
         }
         counter.wait_for_change(generation, Instant::now() + Duration::from_secs(1));
     }
@@ -171,6 +171,43 @@ pub fn durable(nodes: usize, allocs: usize) -> Result<(u64, Duration), String> {
     drop(w);
     let _ = std::fs::remove_dir_all(&dir);
     Ok((placed, took))
+}
+
+/// Why the durable run stopped short.
+#[derive(Debug)]
+pub enum DurableError {
+    /// The state store refused a write (or to open).
+    Store(StoreError),
+    /// The scheduler thread did not start.
+    Start(std::io::Error),
+    /// Not every alloc was placed by [`DURABLE_DEADLINE`].
+    Deadline,
+}
+
+impl From<StoreError> for DurableError {
+    fn from(e: StoreError) -> Self {
+        DurableError::Store(e)
+    }
+}
+
+impl std::fmt::Display for DurableError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DurableError::Store(e) => write!(f, "{e}"),
+            DurableError::Start(e) => write!(f, "{e}"),
+            DurableError::Deadline => f.write_str("durable run did not place every alloc in time"),
+        }
+    }
+}
+
+impl std::error::Error for DurableError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DurableError::Store(e) => Some(e),
+            DurableError::Start(e) => Some(e),
+            DurableError::Deadline => None,
+        }
+    }
 }
 
 /// The subcommand: prints both figures. Returns the exit code.

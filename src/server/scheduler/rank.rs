@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::feasible::{self, Cache, Constraint};
 use crate::state::command::ServerState;
-use crate::state::jobs::network::{self, AllocPorts, NodeNet, PortRng, UsedPorts};
+use crate::state::jobs::network::{self, AllocPorts, NodeNet, PortError, PortRng, UsedPorts};
 use crate::state::jobs::spec::{Job, TaskGroup};
 use crate::state::node_table::Node;
 use crate::state::plan::{self, Usage};
@@ -428,7 +428,7 @@ impl<'a> Placer<'a> {
 
     /// The ports group `gi` would get on node `i` (Nomad's network checks of the bin-packer:
     /// allocs already colliding, then the assignment), or the `DimensionExhausted` reason.
-    fn port_offer(&mut self, i: usize, gi: usize) -> Result<AllocPorts, String> {
+    fn port_offer(&mut self, i: usize, gi: usize) -> Result<AllocPorts, NetworkExhausted> {
         if self.ports[i].is_none() {
             let node = &self.nodes[i];
             let net = NodeNet::of(node);
@@ -441,16 +441,16 @@ impl<'a> Placer<'a> {
             self.ports[i] = Some((net, used));
         }
         let Some((net, used)) = self.ports[i].as_ref() else {
-            return Err("network: invalid node".into());
+            return Err(NetworkExhausted::InvalidNode);
         };
         if used.collision.is_some() {
-            return Err("network: port collision".into());
+            return Err(NetworkExhausted::Collision);
         }
         let mut rng = Rng(self.port_seed
             ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
             ^ self.placed.wrapping_mul(0xbf58_476d_1ce4_e5b9));
         used.assign(net, &self.job.task_groups[gi], &mut rng)
-            .map_err(|e| format!("network: {e}"))
+            .map_err(NetworkExhausted::Ports)
     }
 
     /// Check node `i` for group `gi`: `None` filtered or exhausted (recorded in `m`), else
@@ -527,7 +527,7 @@ impl<'a> Placer<'a> {
                     self.offers.insert(i, offer);
                 }
                 Err(dim) => {
-                    m.exhaust(&self.nodes[i], &dim);
+                    m.exhaust(&self.nodes[i], &dim.to_string());
                     return None;
                 }
             }
@@ -675,5 +675,26 @@ impl<'a> Placer<'a> {
         }
         self.offers.clear();
         ports
+    }
+}
+
+/// Why a node offers a group no ports: the `DimensionExhausted` reason, Nomad's text.
+#[derive(Debug)]
+enum NetworkExhausted {
+    /// The node's network state was not built.
+    InvalidNode,
+    /// The allocs already on the node collide with each other.
+    Collision,
+    /// The assignment failed.
+    Ports(PortError),
+}
+
+impl std::fmt::Display for NetworkExhausted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NetworkExhausted::InvalidNode => f.write_str("network: invalid node"),
+            NetworkExhausted::Collision => f.write_str("network: port collision"),
+            NetworkExhausted::Ports(e) => write!(f, "network: {e}"),
+        }
     }
 }

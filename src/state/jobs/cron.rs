@@ -25,6 +25,88 @@ const MONTHS: [&str; 12] = [
 ];
 const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
 
+/// Why a cron expression or a zone name was refused (Nomad's `Invalid cron spec` and
+/// `Invalid time zone` texts wrap it).
+#[derive(Debug)]
+pub enum CronError {
+    /// Longer than [`MAX_CRON_LEN`].
+    TooLong,
+    /// `@something` that is not a known macro (the spec as written).
+    UnknownMacro(String),
+    /// Not 5, 6 or 7 fields.
+    FieldCount(usize),
+    /// More than [`MAX_FIELD_ITEMS`] items in the named field.
+    TooManyItems(&'static str),
+    /// A step that is not a positive number.
+    InvalidStep { step: String, field: &'static str },
+    /// A range whose start is after its end.
+    InvalidRange { range: String, field: &'static str },
+    /// A number outside the field's bounds.
+    OutOfRange {
+        value: u32,
+        field: &'static str,
+        min: u32,
+        max: u32,
+    },
+    /// `L`, `W` or `#`.
+    Unsupported { text: String, field: &'static str },
+    /// Neither a number nor a name the field knows.
+    InvalidValue { text: String, field: &'static str },
+    /// A zone name with characters or components zone names do not have.
+    InvalidZoneName,
+    /// No such zone in the system's zoneinfo.
+    UnknownZone { name: String, source: jiff::Error },
+    /// `Local`, and the system's zone cannot be read.
+    LocalZone(jiff::Error),
+}
+
+impl std::fmt::Display for CronError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CronError::TooLong => write!(f, "longer than {MAX_CRON_LEN} bytes"),
+            CronError::UnknownMacro(spec) => write!(f, "unknown macro {spec:?}"),
+            CronError::FieldCount(n) => write!(f, "{n} fields; a cron expression has 5, 6 or 7"),
+            CronError::TooManyItems(field) => write!(f, "too many items in the {field} field"),
+            CronError::InvalidStep { step, field } => {
+                write!(f, "invalid step {step:?} in the {field} field")
+            }
+            CronError::InvalidRange { range, field } => {
+                write!(f, "invalid range {range:?} in the {field} field")
+            }
+            CronError::OutOfRange {
+                value,
+                field,
+                min,
+                max,
+            } => write!(
+                f,
+                "{value} is out of range for the {field} field ({min}-{max})"
+            ),
+            CronError::Unsupported { text, field } => {
+                write!(
+                    f,
+                    "{text:?} in the {field} field: L, W and # are not supported"
+                )
+            }
+            CronError::InvalidValue { text, field } => {
+                write!(f, "invalid value {text:?} in the {field} field")
+            }
+            CronError::InvalidZoneName => f.write_str("invalid time zone name"),
+            CronError::UnknownZone { name, .. } => write!(f, "unknown time zone {name}"),
+            CronError::LocalZone(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for CronError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CronError::UnknownZone { source, .. } | CronError::LocalZone(source) => Some(source),
+            _ => None,
+        }
+    }
+}
+
 /// One parsed cron expression.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cron {
@@ -114,25 +196,27 @@ const F_YEAR: FieldDef = FieldDef {
 };
 
 /// The values a field selects (sorted, unique) and whether it was `*`/`?`.
-fn parse_field(text: &str, def: &FieldDef) -> Result<(Vec<u32>, bool), String> {
+fn parse_field(text: &str, def: &FieldDef) -> Result<(Vec<u32>, bool), CronError> {
     let items: Vec<&str> = text.split(',').collect();
     if items.len() > MAX_FIELD_ITEMS {
-        return Err(format!("too many items in the {} field", def.name));
+        return Err(CronError::TooManyItems(def.name));
     }
     let any = text == "*" || (def.question && text == "?");
     let mut out: Vec<u32> = Vec::new();
     for item in items {
-        let (range, step) = match item.split_once('/') {
-            Some((r, s)) => {
-                let step: u32 = s
-                    .parse()
-                    .ok()
-                    .filter(|s| *s > 0)
-                    .ok_or_else(|| format!("invalid step {s:?} in the {} field", def.name))?;
-                (r, step)
-            }
-            None => (item, 1),
-        };
+        let (range, step) =
+            match item.split_once('/') {
+                Some((r, s)) => {
+                    let step: u32 = s.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
+                        CronError::InvalidStep {
+                            step: s.to_string(),
+                            field: def.name,
+                        }
+                    })?;
+                    (r, step)
+                }
+                None => (item, 1),
+            };
         let (lo, hi) = if range == "*" || (def.question && range == "?") {
             (def.min, def.max)
         } else if let Some((a, b)) = range.split_once('-') {
@@ -143,7 +227,10 @@ fn parse_field(text: &str, def: &FieldDef) -> Result<(Vec<u32>, bool), String> {
             (v, if step > 1 { def.max } else { v })
         };
         if lo > hi {
-            return Err(format!("invalid range {range:?} in the {} field", def.name));
+            return Err(CronError::InvalidRange {
+                range: range.to_string(),
+                field: def.name,
+            });
         }
         let mut v = lo;
         while v <= hi {
@@ -156,34 +243,39 @@ fn parse_field(text: &str, def: &FieldDef) -> Result<(Vec<u32>, bool), String> {
     Ok((out, any))
 }
 
-fn value(text: &str, def: &FieldDef) -> Result<u32, String> {
+fn value(text: &str, def: &FieldDef) -> Result<u32, CronError> {
     if let Ok(v) = text.parse::<u32>() {
         if (def.min..=def.max).contains(&v) {
             return Ok(v);
         }
-        return Err(format!(
-            "{v} is out of range for the {} field ({}-{})",
-            def.name, def.min, def.max
-        ));
+        return Err(CronError::OutOfRange {
+            value: v,
+            field: def.name,
+            min: def.min,
+            max: def.max,
+        });
     }
     let lower = text.to_ascii_lowercase();
     if let Some(i) = def.names.iter().position(|n| *n == lower) {
         return Ok(i as u32 + def.name_base);
     }
     if text.contains(['L', 'W', '#']) {
-        return Err(format!(
-            "{text:?} in the {} field: L, W and # are not supported",
-            def.name
-        ));
+        return Err(CronError::Unsupported {
+            text: text.to_string(),
+            field: def.name,
+        });
     }
-    Err(format!("invalid value {text:?} in the {} field", def.name))
+    Err(CronError::InvalidValue {
+        text: text.to_string(),
+        field: def.name,
+    })
 }
 
 impl Cron {
     /// Parse an expression (Nomad's `Invalid cron spec` text wraps the error).
-    pub fn parse(spec: &str) -> Result<Cron, String> {
+    pub fn parse(spec: &str) -> Result<Cron, CronError> {
         if spec.len() > MAX_CRON_LEN {
-            return Err(format!("longer than {MAX_CRON_LEN} bytes"));
+            return Err(CronError::TooLong);
         }
         let spec = spec.trim();
         let expanded = match spec.to_ascii_lowercase().as_str() {
@@ -192,14 +284,14 @@ impl Cron {
             "@weekly" => "0 0 0 * * 0 *".to_string(),
             "@daily" | "@midnight" => "0 0 0 * * * *".to_string(),
             "@hourly" => "0 0 * * * * *".to_string(),
-            s if s.starts_with('@') => return Err(format!("unknown macro {spec:?}")),
+            s if s.starts_with('@') => return Err(CronError::UnknownMacro(spec.to_string())),
             _ => spec.to_string(),
         };
         let f: Vec<&str> = expanded.split_whitespace().collect();
         let (sec, rest) = match f.len() {
             5 | 6 => ("0", &f[..]),
             7 => (f[0], &f[1..]),
-            n => return Err(format!("{n} fields; a cron expression has 5, 6 or 7")),
+            n => return Err(CronError::FieldCount(n)),
         };
         let year = rest.get(5).copied().unwrap_or("*");
         let (seconds, _) = parse_field(sec, &F_SEC)?;
@@ -308,12 +400,12 @@ impl Cron {
 /// A zone by its IANA name (`""` and `UTC` are UTC), from the system's zoneinfo. The name is
 /// checked before any file is looked up: no `..` component, not absolute, only the
 /// characters zone names use.
-pub fn zone(name: &str) -> Result<TimeZone, String> {
+pub fn zone(name: &str) -> Result<TimeZone, CronError> {
     if name.is_empty() || name == "UTC" {
         return Ok(TimeZone::UTC);
     }
     if name == "Local" {
-        return TimeZone::try_system().map_err(|e| e.to_string());
+        return TimeZone::try_system().map_err(CronError::LocalZone);
     }
     let ok_chars = name
         .bytes()
@@ -325,9 +417,12 @@ pub fn zone(name: &str) -> Result<TimeZone, String> {
             .split('/')
             .any(|c| c.is_empty() || c == "." || c == "..")
     {
-        return Err("invalid time zone name".to_string());
+        return Err(CronError::InvalidZoneName);
     }
-    TimeZone::get(name).map_err(|_| format!("unknown time zone {name}"))
+    TimeZone::get(name).map_err(|source| CronError::UnknownZone {
+        name: name.to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]

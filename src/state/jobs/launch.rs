@@ -121,7 +121,8 @@ impl Schedule {
         {
             specs.push(s.to_string());
         }
-        let crons: Result<Vec<Cron>, String> = specs.iter().map(|s| Cron::parse(s)).collect();
+        let crons: Result<Vec<Cron>, cron::CronError> =
+            specs.iter().map(|s| Cron::parse(s)).collect();
         let tz = cron::zone(p.get("TimeZone").and_then(Value::as_str).unwrap_or("")).ok()?;
         Some(Schedule {
             crons: crons.ok()?,
@@ -232,35 +233,112 @@ pub fn payload_path_ok(file: &str) -> bool {
             .all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
+/// Why a job update or a dispatch request was refused; the texts are Nomad's
+/// (`validateJobUpdate`, `validateDispatchRequest`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LaunchError {
+    /// A new job submitted with `Dispatched` set.
+    SubmittedDispatched,
+    /// An update that changes the job's type (old, new).
+    TypeChanged(String, String),
+    /// An update that drops the `periodic` block.
+    PeriodicDropped,
+    /// An update that adds a `periodic` block.
+    PeriodicAdded,
+    /// An update that drops the `parameterized` block.
+    ParameterizedDropped,
+    /// An update that adds a `parameterized` block.
+    ParameterizedAdded,
+    /// An update that changes `Dispatched`.
+    DispatchedChanged,
+    /// A dispatch without the payload its parent requires.
+    PayloadRequired,
+    /// A dispatch with a payload its parent forbids.
+    PayloadForbidden,
+    /// A payload larger than [`DISPATCH_PAYLOAD_SIZE_LIMIT`] (its size).
+    PayloadTooLarge(usize),
+    /// Meta keys the parent neither requires nor allows.
+    UnpermittedMeta(Vec<String>),
+    /// Required meta keys the dispatch did not give.
+    MissingMeta(Vec<String>),
+}
+
+impl std::fmt::Display for LaunchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LaunchError::SubmittedDispatched => {
+                f.write_str("job can't be submitted with 'Dispatched' set")
+            }
+            LaunchError::TypeChanged(old, new) => {
+                write!(f, "cannot update job from type {old:?} to {new:?}")
+            }
+            LaunchError::PeriodicDropped => {
+                f.write_str("cannot update periodic job to being non-periodic")
+            }
+            LaunchError::PeriodicAdded => {
+                f.write_str("cannot update non-periodic job to being periodic")
+            }
+            LaunchError::ParameterizedDropped => {
+                f.write_str("cannot update parameterized job to being non-parameterized")
+            }
+            LaunchError::ParameterizedAdded => {
+                f.write_str("cannot update non-parameterized job to being parameterized")
+            }
+            LaunchError::DispatchedChanged => f.write_str("field 'Dispatched' is read-only"),
+            LaunchError::PayloadRequired => {
+                f.write_str("Payload is not provided but required by parameterized job")
+            }
+            LaunchError::PayloadForbidden => {
+                f.write_str("Payload provided but forbidden by parameterized job")
+            }
+            LaunchError::PayloadTooLarge(len) => write!(
+                f,
+                "Payload exceeds maximum size; {len} > {DISPATCH_PAYLOAD_SIZE_LIMIT}"
+            ),
+            LaunchError::UnpermittedMeta(keys) => write!(
+                f,
+                "Dispatch request included unpermitted metadata keys: [{}]",
+                keys.join(" ")
+            ),
+            LaunchError::MissingMeta(keys) => write!(
+                f,
+                "Dispatch did not provide required meta keys: [{}]",
+                keys.join(" ")
+            ),
+        }
+    }
+}
+
+impl std::error::Error for LaunchError {}
+
 /// Nomad's `validateJobUpdate`: what a re-registration may not change.
-pub fn validate_update(old: Option<&Job>, new: &Job) -> Result<(), String> {
+pub fn validate_update(old: Option<&Job>, new: &Job) -> Result<(), LaunchError> {
     let Some(old) = old else {
         if new.dispatched {
-            return Err("job can't be submitted with 'Dispatched' set".into());
+            return Err(LaunchError::SubmittedDispatched);
         }
         return Ok(());
     };
     if old.job_type_word() != new.job_type_word() {
-        return Err(format!(
-            "cannot update job from type {:?} to {:?}",
-            old.job_type_word(),
-            new.job_type_word()
+        return Err(LaunchError::TypeChanged(
+            old.job_type_word().to_string(),
+            new.job_type_word().to_string(),
         ));
     }
     if is_periodic(old) && !is_periodic(new) {
-        return Err("cannot update periodic job to being non-periodic".into());
+        return Err(LaunchError::PeriodicDropped);
     }
     if is_periodic(new) && !is_periodic(old) {
-        return Err("cannot update non-periodic job to being periodic".into());
+        return Err(LaunchError::PeriodicAdded);
     }
     if is_parameterized(old) && !is_parameterized(new) {
-        return Err("cannot update parameterized job to being non-parameterized".into());
+        return Err(LaunchError::ParameterizedDropped);
     }
     if is_parameterized(new) && !is_parameterized(old) {
-        return Err("cannot update non-parameterized job to being parameterized".into());
+        return Err(LaunchError::ParameterizedAdded);
     }
     if old.dispatched != new.dispatched {
-        return Err("field 'Dispatched' is read-only".into());
+        return Err(LaunchError::DispatchedChanged);
     }
     Ok(())
 }
@@ -271,22 +349,20 @@ pub fn validate_dispatch(
     parent: &Job,
     payload_len: usize,
     meta: &BTreeMap<String, String>,
-) -> Result<(), String> {
+) -> Result<(), LaunchError> {
     let p = &parent.parameterized_job;
     let rule = p
         .get("Payload")
         .and_then(Value::as_str)
         .unwrap_or(PAYLOAD_OPTIONAL);
     if rule == PAYLOAD_REQUIRED && payload_len == 0 {
-        return Err("Payload is not provided but required by parameterized job".into());
+        return Err(LaunchError::PayloadRequired);
     }
     if rule == PAYLOAD_FORBIDDEN && payload_len != 0 {
-        return Err("Payload provided but forbidden by parameterized job".into());
+        return Err(LaunchError::PayloadForbidden);
     }
     if payload_len > DISPATCH_PAYLOAD_SIZE_LIMIT {
-        return Err(format!(
-            "Payload exceeds maximum size; {payload_len} > {DISPATCH_PAYLOAD_SIZE_LIMIT}"
-        ));
+        return Err(LaunchError::PayloadTooLarge(payload_len));
     }
     let required = str_list(p.get("MetaRequired"));
     let optional = str_list(p.get("MetaOptional"));
@@ -296,9 +372,8 @@ pub fn validate_dispatch(
         .map(String::as_str)
         .collect();
     if !unpermitted.is_empty() {
-        return Err(format!(
-            "Dispatch request included unpermitted metadata keys: [{}]",
-            unpermitted.join(" ")
+        return Err(LaunchError::UnpermittedMeta(
+            unpermitted.iter().map(|k| k.to_string()).collect(),
         ));
     }
     let missing: Vec<&str> = required
@@ -307,9 +382,8 @@ pub fn validate_dispatch(
         .map(String::as_str)
         .collect();
     if !missing.is_empty() {
-        return Err(format!(
-            "Dispatch did not provide required meta keys: [{}]",
-            missing.join(" ")
+        return Err(LaunchError::MissingMeta(
+            missing.iter().map(|k| k.to_string()).collect(),
         ));
     }
     Ok(())
@@ -551,19 +625,27 @@ mod tests {
                 .collect()
         };
         assert_eq!(
-            validate_dispatch(&p, 0, &m(&[("a", "1")])).unwrap_err(),
+            validate_dispatch(&p, 0, &m(&[("a", "1")]))
+                .unwrap_err()
+                .to_string(),
             "Payload is not provided but required by parameterized job"
         );
         assert_eq!(
-            validate_dispatch(&p, 3, &m(&[("a", "1"), ("z", "2")])).unwrap_err(),
+            validate_dispatch(&p, 3, &m(&[("a", "1"), ("z", "2")]))
+                .unwrap_err()
+                .to_string(),
             "Dispatch request included unpermitted metadata keys: [z]"
         );
         assert_eq!(
-            validate_dispatch(&p, 3, &m(&[("b", "1")])).unwrap_err(),
+            validate_dispatch(&p, 3, &m(&[("b", "1")]))
+                .unwrap_err()
+                .to_string(),
             "Dispatch did not provide required meta keys: [a]"
         );
         assert_eq!(
-            validate_dispatch(&p, DISPATCH_PAYLOAD_SIZE_LIMIT + 1, &m(&[("a", "1")])).unwrap_err(),
+            validate_dispatch(&p, DISPATCH_PAYLOAD_SIZE_LIMIT + 1, &m(&[("a", "1")]))
+                .unwrap_err()
+                .to_string(),
             "Payload exceeds maximum size; 16385 > 16384"
         );
         assert!(validate_dispatch(&p, 3, &m(&[("a", "1"), ("b", "2")])).is_ok());

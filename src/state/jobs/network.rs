@@ -439,7 +439,7 @@ impl UsedPorts {
 
     /// Mark an alloc's ports used; the first port already in use is the error (Nomad's
     /// "port N already in use"), the rest are still marked.
-    pub fn add(&mut self, ports: &AllocPorts) -> Result<(), String> {
+    pub fn add(&mut self, ports: &AllocPorts) -> Result<(), PortError> {
         let mut err = None;
         for p in ports.all() {
             let set = self
@@ -447,7 +447,7 @@ impl UsedPorts {
                 .entry(p.host_ip.clone())
                 .or_insert_with(PortSet::new);
             if set.has(p.value) {
-                err.get_or_insert_with(|| format!("port {} already in use", p.value));
+                err.get_or_insert(PortError::InUse(p.value));
             } else {
                 set.set(p.value);
             }
@@ -460,11 +460,11 @@ impl UsedPorts {
 
     /// Mark a new alloc's ports used only when none is in use yet (nor repeated within it);
     /// on an error nothing is marked.
-    pub fn try_add(&mut self, ports: &AllocPorts) -> Result<(), String> {
+    pub fn try_add(&mut self, ports: &AllocPorts) -> Result<(), PortError> {
         let mut seen: BTreeSet<(&str, u16)> = BTreeSet::new();
         for p in ports.all() {
             if self.is_used(&p.host_ip, p.value) || !seen.insert((p.host_ip.as_str(), p.value)) {
-                return Err(format!("port {} already in use", p.value));
+                return Err(PortError::InUse(p.value));
             }
         }
         self.add(ports)
@@ -488,7 +488,7 @@ impl UsedPorts {
         net: &NodeNet,
         tg: &TaskGroup,
         rng: &mut dyn PortRng,
-    ) -> Result<AllocPorts, String> {
+    ) -> Result<AllocPorts, PortError> {
         let mut out = AllocPorts::default();
         let mut work = self.clone();
         if let Some(ask) = group_ask(tg) {
@@ -499,7 +499,10 @@ impl UsedPorts {
                 };
                 let value = checked_port(p.value)?;
                 if work.is_used(&addr.ip, value) {
-                    return Err(format!("reserved port collision {}={}", p.label, p.value));
+                    return Err(PortError::ReservedCollision {
+                        label: p.label.clone(),
+                        value: p.value,
+                    });
                 }
                 offered.push((addr.ip.clone(), value));
                 out.group.push(PortMapping {
@@ -531,7 +534,7 @@ impl UsedPorts {
                 }
                 let Some((ip, value)) = picked else {
                     return Err(if any_addr {
-                        "dynamic port selection failed".to_string()
+                        PortError::DynamicSelectionFailed
                     } else {
                         no_addresses(&p.host_network)
                     });
@@ -553,13 +556,16 @@ impl UsedPorts {
                 continue;
             }
             let Some(ip) = net.task_ip.clone() else {
-                return Err("no networks available".to_string());
+                return Err(PortError::NoNetworks);
             };
             let mut ports = Vec::new();
             for p in &ask.reserved {
                 let value = checked_port(p.value)?;
                 if work.is_used(&ip, value) {
-                    return Err(format!("reserved port collision {}={}", p.label, p.value));
+                    return Err(PortError::ReservedCollision {
+                        label: p.label.clone(),
+                        value: p.value,
+                    });
                 }
                 ports.push(PortMapping {
                     label: p.label.clone(),
@@ -574,7 +580,7 @@ impl UsedPorts {
                 let taken =
                     |v: u16| work.is_used(&ip, v) || statics.contains(&v) || picked.contains(&v);
                 let Some(value) = pick_free(net, &taken, rng) else {
-                    return Err("dynamic port selection failed".to_string());
+                    return Err(PortError::DynamicSelectionFailed);
                 };
                 picked.push(value);
                 ports.push(PortMapping {
@@ -595,18 +601,53 @@ impl UsedPorts {
     }
 }
 
-fn no_addresses(host_network: &str) -> String {
+fn no_addresses(host_network: &str) -> PortError {
     let hn = if host_network.is_empty() {
         DEFAULT_HOST_NETWORK
     } else {
         host_network
     };
-    format!("no addresses available for {hn} network")
+    PortError::NoAddresses(hn.to_string())
 }
 
-fn checked_port(v: i64) -> Result<u16, String> {
-    u16::try_from(v).map_err(|_| format!("invalid port {v} (out of range)"))
+fn checked_port(v: i64) -> Result<u16, PortError> {
+    u16::try_from(v).map_err(|_| PortError::OutOfRange(v))
 }
+
+/// Why ports could not be marked or assigned; the texts are Nomad's reasons (the scheduler's
+/// metric prefixes them with `network: `).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortError {
+    /// A port already marked used on its address.
+    InUse(u16),
+    /// A static port someone else holds.
+    ReservedCollision { label: String, value: i64 },
+    /// No free port left in the node's dynamic range.
+    DynamicSelectionFailed,
+    /// The node has no address on the host network asked for (its name).
+    NoAddresses(String),
+    /// A task network asked for and the node has none.
+    NoNetworks,
+    /// A static port outside 0–65535.
+    OutOfRange(i64),
+}
+
+impl std::fmt::Display for PortError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PortError::InUse(p) => write!(f, "port {p} already in use"),
+            PortError::ReservedCollision { label, value } => {
+                write!(f, "reserved port collision {label}={value}")
+            }
+            PortError::DynamicSelectionFailed => f.write_str("dynamic port selection failed"),
+            PortError::NoAddresses(hn) => write!(f, "no addresses available for {hn} network"),
+            PortError::NoNetworks => f.write_str("no networks available"),
+            PortError::OutOfRange(v) => write!(f, "invalid port {v} (out of range)"),
+        }
+    }
+}
+
+impl std::error::Error for PortError {}
 
 /// A free port of the node's dynamic range: random probes first, then a scan from a random
 /// start (so a full range is found full, and picks spread over the range).
@@ -679,7 +720,7 @@ mod tests {
         all.sort_unstable();
         assert_eq!(all, [20000, 20001, 20002, 20003]);
         assert_eq!(
-            used.assign(&n, &tg, &mut rng).unwrap_err(),
+            used.assign(&n, &tg, &mut rng).unwrap_err().to_string(),
             "dynamic port selection failed"
         );
     }
@@ -695,12 +736,14 @@ mod tests {
         assert_eq!(got.group[1].to, i64::from(got.group[1].value));
         used.add(&got).unwrap();
         assert_eq!(
-            used.assign(&n, &tg, &mut Seq(2)).unwrap_err(),
+            used.assign(&n, &tg, &mut Seq(2)).unwrap_err().to_string(),
             "reserved port collision http=8080"
         );
         let other = group(json!([{"DynamicPorts": [{"Label": "p", "HostNetwork": "public"}]}]));
         assert_eq!(
-            used.assign(&n, &other, &mut Seq(3)).unwrap_err(),
+            used.assign(&n, &other, &mut Seq(3))
+                .unwrap_err()
+                .to_string(),
             "no addresses available for public network"
         );
     }
