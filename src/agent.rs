@@ -11,6 +11,7 @@ use crate::api::forward::Forwarding;
 use crate::api::router::Router;
 pub use crate::api::Agent;
 use crate::client::link::{LinkError, ServerLink};
+use crate::client::node::NodeState;
 use crate::client::remote_link::{self, Dialer, RemoteLink};
 use crate::client::stats::SAMPLE_INTERVAL;
 use crate::client::tunnel::{TunnelSettings, Tunnels, TUNNEL_IDLE};
@@ -20,13 +21,12 @@ use crate::fs::watch::SharedWatcher;
 use crate::http::{Limits, Server};
 use crate::meta_batcher::{Batcher, NodeUpdater};
 use crate::server::heartbeat::{HeartbeatSettings, Heartbeats};
-use crate::server::local_link::{self, LocalLink};
+use crate::server::local_link::LocalLink;
 use crate::server::rpc::{RpcRouter, RpcService};
 use crate::server::tunnel::{ChangedNodes, Pusher, TunnelPool};
 use crate::state::acl::AclState;
 use crate::state::jobs::Workloads;
 use crate::state::members::Membership;
-use crate::state::node::NodeState;
 use crate::state::store::StoreError;
 use crate::state::IndexCounter;
 
@@ -142,7 +142,7 @@ impl Agent {
                 .with_server_updates(membership.server_learner()),
             )
         } else {
-            let mut local = LocalLink::new(workloads.clone(), node.clone(), index.clone())
+            let mut local = LocalLink::new(workloads.clone(), node.id().to_string(), index.clone())
                 .with_acl(acl.clone());
             if config.rpc_listener() {
                 local = local.with_heartbeats(heartbeats.clone());
@@ -509,7 +509,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         // The client registers its node (again) through the link before anything is placed
         // or served: the server's node table knows this node before the first request is read.
         // A server elsewhere may not answer yet: the node updater then registers until it does.
-        let registration = local_link::registration_of(&agent.node.registration());
+        let registration = agent.node.registration();
         match agent.client.register(&registration) {
             Ok(reply) => first_ttl = Some(std::time::Duration::from_millis(reply.ttl_ms)),
             Err(e) if agent.config.client_only() || agent.config.bootstrap_expect > 1 => {
@@ -568,7 +568,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
             },
             registration: {
                 let node = agent.node.clone();
-                Box::new(move || local_link::registration_of(&node.registration()))
+                Box::new(move || node.registration())
             },
             first_ttl,
         });

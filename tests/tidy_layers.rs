@@ -41,7 +41,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "tls",
         ],
     ),
-    // The server side of the client link, in process.
+    // The server side of the client link, in process. Of the client it names only the
+    // link's messages: the client's own node (`client::node`: identity, fingerprint,
+    // metadata) reaches it only as a `NodeRegistration`.
     (
         "server",
         &[
@@ -354,6 +356,19 @@ fn the_checker_expands_groups_resolves_super_and_catches_upward_paths() {
          use super::super::agent::Agent;",
     );
     assert_eq!(bad, ["agent::Agent", "state::jobs::Workloads"]);
+    // Issue 9 item 2: the client's node data is the client's; neither the server nor its
+    // state reach into it (they see what the client registers through the link).
+    assert_eq!(
+        violations(
+            &m("server::local_link"),
+            "use crate::client::node::NodeState;\nuse crate::client::link::NodeRegistration;"
+        ),
+        ["client::node::NodeState"]
+    );
+    assert_eq!(
+        violations(&m("state::jobs"), "use crate::client::host::HostFacts;"),
+        ["client::host::HostFacts"]
+    );
     // http knows nothing of Nomad; acl never answers with API errors.
     assert_eq!(
         violations(&m("http::conn"), "use crate::api::ApiError;"),

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::state::node::DynamicMeta;
+use crate::client::node::DynamicMeta;
 
 use crate::http::{Method, Reply, Status};
 

@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use crate::client::link::ServerLink;
+use crate::client::node::NodeState;
 use crate::client::Client;
 use crate::config::Config;
 use crate::fs::watch::SharedWatcher;
@@ -15,7 +16,6 @@ use crate::server::heartbeat::Heartbeats;
 use crate::state::acl::AclState;
 use crate::state::jobs::Workloads;
 use crate::state::members::Membership;
-use crate::state::node::NodeState;
 use crate::state::IndexCounter;
 
 /// Everything the agent knows, shared by every thread through `Arc`.

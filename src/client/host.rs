@@ -2,6 +2,12 @@
 
 use std::collections::BTreeMap;
 
+/// Size of the root filesystem, in MB (read once at start for node resources).
+pub fn host_disk_mb() -> u64 {
+    crate::sys::host::fs_space(std::path::Path::new("/"))
+        .map_or(0, |(total, _)| total / (1024 * 1024))
+}
+
 /// What the node reports about the machine it runs on.
 #[derive(Clone, Debug)]
 pub struct HostFacts {
@@ -132,7 +138,7 @@ impl HostFacts {
             cpu_mhz,
             cpu_model,
             memory_bytes: memory_total_bytes(),
-            disk_mb: super::host_disk_mb(),
+            disk_mb: host_disk_mb(),
             hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default(),

@@ -1,6 +1,7 @@
-//! This node: its identity (kept in the data dir), attributes read from the host, its static
-//! and dynamic metadata (Nomad's merge and tombstone rules), and what it registers with the
-//! server (the server's node table is `state::node_table`, changed only by commands).
+//! This client's node: its identity (kept in the data dir), attributes read from the host, its
+//! static and dynamic metadata (Nomad's merge and tombstone rules), and what it registers with
+//! the server through the link (the server's node table is `state::node_table`, changed only
+//! by commands; the client never sees it).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,10 +13,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::Config;
+use crate::state::status::NodeStatus;
+use crate::store::{self, StoreError};
 
 use super::host::HostFacts;
-use super::node_table::Node;
-use super::store::{self, StoreError};
+use super::link::NodeRegistration;
 
 /// Dynamic metadata: `None` is a tombstone that unsets a static key.
 pub type DynamicMeta = BTreeMap<String, Option<String>>;
@@ -80,7 +82,7 @@ pub struct NodeState {
     meta_json: RwLock<Arc<Vec<u8>>>,
     /// Unix seconds of this start (the drivers' fingerprint time).
     registered_at: u64,
-    /// `NodeResources.Networks` and `NodeNetworks` (`state::node_net`).
+    /// `NodeResources.Networks` and `NodeNetworks` (`client::node_net`).
     networks: (Value, Value),
     /// The dynamic port range.
     dynamic_ports: (u16, u16),
@@ -249,10 +251,10 @@ impl NodeState {
     }
 
     /// What this client registers with the server (the server keeps its own indexes,
-    /// events, eligibility and drain; those here are placeholders it replaces).
-    pub fn registration(&self) -> Node {
-        Node {
-            id: self.identity.id.clone(),
+    /// events, eligibility and drain).
+    pub fn registration(&self) -> NodeRegistration {
+        NodeRegistration {
+            node_id: self.identity.id.clone(),
             name: self.name.clone(),
             datacenter: self.datacenter.clone(),
             http_addr: self.http_addr.clone(),
@@ -264,16 +266,7 @@ impl NodeState {
             meta: self.merged_meta(),
             resources: self.node_resources(),
             drivers: self.drivers(),
-            status: crate::state::status::NodeStatus::Ready,
-            status_description: String::new(),
-            status_updated_at: 0,
-            scheduling_eligibility: crate::state::status::NodeEligibility::Eligible,
-            drain: false,
-            drain_strategy: None,
-            last_drain: None,
-            events: Vec::new(),
-            create_index: 0,
-            modify_index: 0,
+            status: NodeStatus::Ready,
             secret_id: self.identity.secret_id.clone(),
         }
     }

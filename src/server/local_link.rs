@@ -13,7 +13,6 @@ use crate::client::link::{
 };
 use crate::state::acl::AclState;
 use crate::state::jobs::Workloads;
-use crate::state::node::NodeState;
 use crate::state::node_table::Node;
 use crate::state::status::NodeEligibility;
 use crate::state::IndexCounter;
@@ -21,7 +20,9 @@ use crate::state::IndexCounter;
 /// The server state a client in this process talks to.
 pub struct LocalLink {
     workloads: Arc<Workloads>,
-    node: Arc<NodeState>,
+    /// The ID of the one node this process's client serves (all the server knows of it
+    /// beyond what it registers).
+    node_id: String,
     index: Arc<IndexCounter>,
     /// The server's heartbeat timers when they run (an agent with the server role chosen
     /// explicitly): this node's heartbeats re-arm its timer like a remote node's. `None`
@@ -32,10 +33,10 @@ pub struct LocalLink {
 }
 
 impl LocalLink {
-    pub fn new(workloads: Arc<Workloads>, node: Arc<NodeState>, index: Arc<IndexCounter>) -> Self {
+    pub fn new(workloads: Arc<Workloads>, node_id: String, index: Arc<IndexCounter>) -> Self {
         LocalLink {
             workloads,
-            node,
+            node_id,
             index,
             heartbeats: None,
             acl: None,
@@ -60,9 +61,9 @@ impl LocalLink {
         self
     }
 
-    /// One process serves one node: the one whose state it loaded.
+    /// One process serves one node: the one it was made for.
     fn check_node(&self, node_id: &str) -> Result<(), LinkError> {
-        if node_id == self.node.id() {
+        if node_id == self.node_id {
             Ok(())
         } else {
             Err(LinkError::UnknownNode(node_id.to_string()))
@@ -80,7 +81,7 @@ impl LocalLink {
 
     fn heartbeat_reply(&self) -> HeartbeatReply {
         let ttl = match &self.heartbeats {
-            Some(h) => h.reset(self.node.id()),
+            Some(h) => h.reset(&self.node_id),
             None => DEFAULT_HEARTBEAT,
         };
         HeartbeatReply {
@@ -88,26 +89,6 @@ impl LocalLink {
             index: self.index.current(),
             servers: Vec::new(),
         }
-    }
-}
-
-/// What a client registers for the node record `node` (the fields the client knows).
-pub fn registration_of(node: &Node) -> NodeRegistration {
-    NodeRegistration {
-        node_id: node.id.clone(),
-        name: node.name.clone(),
-        datacenter: node.datacenter.clone(),
-        http_addr: node.http_addr.clone(),
-        tls_enabled: node.tls_enabled,
-        node_pool: node.node_pool.clone(),
-        node_class: node.node_class.clone(),
-        version: node.version.clone(),
-        attributes: node.attributes.clone(),
-        meta: node.meta.clone(),
-        resources: node.resources.clone(),
-        drivers: node.drivers.clone(),
-        status: node.status,
-        secret_id: node.secret_id.clone(),
     }
 }
 
@@ -221,11 +202,33 @@ impl ServerLink for LocalLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use crate::client::link::{AllocUpdate, Heartbeat};
     use crate::state::jobs::alloc::TaskState;
     use crate::state::jobs::spec::Job;
     use crate::state::jobs::NodeInfo;
     use std::time::{Duration, Instant};
+
+    /// What a client registers for the node record `node` (the fields the client knows): the
+    /// inverse of [`node_record`], for tests.
+    fn registration_of(node: &Node) -> NodeRegistration {
+        NodeRegistration {
+            node_id: node.id.clone(),
+            name: node.name.clone(),
+            datacenter: node.datacenter.clone(),
+            http_addr: node.http_addr.clone(),
+            tls_enabled: node.tls_enabled,
+            node_pool: node.node_pool.clone(),
+            node_class: node.node_class.clone(),
+            version: node.version.clone(),
+            attributes: node.attributes.clone(),
+            meta: node.meta.clone(),
+            resources: node.resources.clone(),
+            drivers: node.drivers.clone(),
+            status: node.status,
+            secret_id: node.secret_id.clone(),
+        }
+    }
 
     struct Fixture {
         dir: std::path::PathBuf,
@@ -233,6 +236,8 @@ mod tests {
         workloads: Arc<Workloads>,
         index: Arc<IndexCounter>,
         node: NodeInfo,
+        /// The client's own node (what it registers).
+        node_state: Arc<crate::client::node::NodeState>,
     }
 
     fn fixture() -> Fixture {
@@ -244,7 +249,7 @@ mod tests {
         })
         .unwrap();
         let index = Arc::new(IndexCounter::default());
-        let node = Arc::new(NodeState::load(&config).unwrap());
+        let node = Arc::new(crate::client::node::NodeState::load(&config).unwrap());
         let workloads = Arc::new(Workloads::load(&dir, index.clone()).unwrap());
         let info = NodeInfo {
             id: node.id().to_string(),
@@ -252,7 +257,8 @@ mod tests {
             unplaceable: None,
         };
         Fixture {
-            link: LocalLink::new(workloads.clone(), node, index.clone()),
+            link: LocalLink::new(workloads.clone(), node.id().to_string(), index.clone()),
+            node_state: node,
             dir,
             workloads,
             index,
@@ -263,7 +269,7 @@ mod tests {
     /// A fixture whose node registered (pulls and heartbeats need a known node).
     fn registered_fixture() -> Fixture {
         let f = fixture();
-        let reg = registration_of(&f.link.node.registration());
+        let reg = f.node_state.registration();
         f.link.register_node(&reg).unwrap();
         f
     }
@@ -280,7 +286,7 @@ mod tests {
     /// Register this node (once) and `j`, and let the scheduler place it.
     fn place(f: &Fixture, j: Job) {
         if f.workloads.node(&f.node.id).is_none() {
-            let reg = registration_of(&f.link.node.registration());
+            let reg = f.node_state.registration();
             f.link.register_node(&reg).unwrap();
         }
         f.workloads.register(j).unwrap();
@@ -302,7 +308,7 @@ mod tests {
             f.workloads.node(&f.node.id).is_none(),
             "nothing registered at load"
         );
-        let mut reg = registration_of(&f.link.node.registration());
+        let mut reg = f.node_state.registration();
         assert_eq!(reg.status, crate::state::status::NodeStatus::Ready);
         let before = f.index.current();
         f.link.register_node(&reg).unwrap();
@@ -387,7 +393,7 @@ mod tests {
             true,
             f.workloads.command_log(),
         ));
-        let link = LocalLink::new(f.workloads.clone(), f.link.node.clone(), f.index.clone())
+        let link = LocalLink::new(f.workloads.clone(), f.node.id.clone(), f.index.clone())
             .with_acl(acl.clone());
         place(&f, job("a"));
         let alloc = pull(&f, 0, 0).unwrap().changed[0].clone();

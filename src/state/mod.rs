@@ -6,15 +6,12 @@ pub mod command;
 pub mod command_log;
 pub mod event_broker;
 pub mod events;
-pub mod host;
 pub mod jobs;
 pub mod leader;
 pub mod members;
-pub mod node;
 /// Durable file writes live in `crate::store` (a leaf every layer may use); the old path
 /// still names it.
 pub(crate) use crate::store;
-pub mod node_net;
 pub mod node_ops;
 pub mod node_table;
 pub mod plan;
@@ -134,12 +131,6 @@ pub fn remove_leftover_temps(data_dir: &Path) -> Result<usize, store::StoreError
         log::info!("removed {removed} temp files left by interrupted state writes");
     }
     Ok(removed)
-}
-
-/// Size of the root filesystem, in MB (read once at start for node resources).
-pub fn host_disk_mb() -> u64 {
-    crate::sys::host::fs_space(std::path::Path::new("/"))
-        .map_or(0, |(total, _)| total / (1024 * 1024))
 }
 
 #[cfg(test)]
