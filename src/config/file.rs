@@ -150,6 +150,12 @@ pub struct Server {
     /// Go duration, default `10s`.
     pub min_heartbeat_ttl: Option<String>,
     pub max_heartbeats_per_second: Option<f64>,
+    /// Go durations: how often the leader collects garbage, and how old finished jobs,
+    /// evals and batch evals must be (defaults 5m, 4h, 1h, 24h).
+    pub job_gc_interval: Option<String>,
+    pub job_gc_threshold: Option<String>,
+    pub eval_gc_threshold: Option<String>,
+    pub batch_eval_gc_threshold: Option<String>,
     /// Base64 gossip key.
     pub encrypt: Option<String>,
     pub server_join: Option<ServerJoin>,
