@@ -188,6 +188,8 @@ pub struct Config {
     pub leave_on_terminate: bool,
     /// The client's ports: dynamic range, reserved ports, host networks.
     pub client_network: network::ClientNetwork,
+    /// `client.reserved { cpu memory disk }`: left to the host by the scheduler.
+    pub client_reserved: ReservedResources,
 }
 
 /// Nomad's `client.drain_on_shutdown` block.
@@ -341,6 +343,14 @@ pub const DEFAULT_RPC_PORT: u16 = 4647;
 pub const DEFAULT_SERF_PORT: u16 = 4648;
 /// Nomad's default `acl.token_ttl` and `acl.policy_ttl`.
 pub const DEFAULT_ACL_CACHE_TTL: Duration = Duration::from_secs(30);
+/// `client.reserved`: the node's resources the scheduler must not hand out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReservedResources {
+    pub cpu_mhz: u64,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+}
+
 /// Nomad's `server.job_gc_interval` default.
 pub const DEFAULT_JOB_GC_INTERVAL: Duration = Duration::from_secs(300);
 /// Nomad's `server.job_gc_threshold` default.
@@ -684,13 +694,29 @@ impl Config {
                 ignore_system_jobs: d.ignore_system_jobs.unwrap_or(false),
             }),
         };
+        let reserved = file.client.reserved.clone().unwrap_or_default();
         let client_network = network::from_file(
             file.client.min_dynamic_port,
             file.client.max_dynamic_port,
+            reserved.reserved_ports.as_deref(),
             file.client.host_network.as_ref(),
         )?;
+        let reserve = |key: &str, v: Option<i64>| -> Result<u64, ConfigError> {
+            match v {
+                None => Ok(0),
+                Some(n) => u64::try_from(n).map_err(|_| {
+                    ConfigError::Invalid(format!("client.reserved.{key} must not be negative"))
+                }),
+            }
+        };
+        let client_reserved = ReservedResources {
+            cpu_mhz: reserve("cpu", reserved.cpu)?,
+            memory_mb: reserve("memory", reserved.memory)?,
+            disk_mb: reserve("disk", reserved.disk)?,
+        };
         Ok(Config {
             client_network,
+            client_reserved,
             dev,
             drain_on_shutdown,
             leave_on_interrupt: file.leave_on_interrupt.unwrap_or(false),

@@ -36,7 +36,6 @@ pub const IGNORED_KEYS: &[&str] = &[
     "log_file",
     "plugin_dir",
     "client.options",
-    "client.reserved",
     "client.host_volume",
     "client.network_interface",
     "limits.https_handshake_timeout",
@@ -186,6 +185,22 @@ pub struct Client {
     pub max_dynamic_port: Option<i64>,
     /// `host_network "<name>" { cidr interface reserved_ports }`.
     pub host_network: Option<BTreeMap<String, super::network::HostNetworkBlock>>,
+    /// `reserved { cpu memory disk reserved_ports }`: what the node keeps for itself.
+    pub reserved: Option<Reserved>,
+}
+
+/// `client.reserved`: resources the scheduler must leave to the host.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reserved {
+    /// MHz.
+    pub cpu: Option<i64>,
+    /// MB.
+    pub memory: Option<i64>,
+    /// MB.
+    pub disk: Option<i64>,
+    /// "22,80,8000-8100": on every address of the node.
+    pub reserved_ports: Option<String>,
 }
 
 /// `client.drain_on_shutdown`: when the agent leaves (`leave_on_*`), stop its allocations
