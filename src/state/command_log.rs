@@ -38,12 +38,17 @@ pub const SNAPSHOT_EVERY: u64 = 1024;
 pub const MAX_BATCH: usize = 256;
 /// redb's page cache: the state lives in memory anyway, the cache only serves the log.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
-/// The file is compacted after a snapshot once it is this many times the size it had after
-/// the last compaction (redb reuses freed pages but never shrinks the file by itself). Not 2:
-/// redb grows a full file by doubling it, so a file that only needed one more page would be
-/// compacted again right away — with 4 concurrent writers that was a compaction at every
-/// snapshot once the file passed [`COMPACT_MIN_BYTES`], a 100–300 ms pause of every write.
-const COMPACT_GROWTH: u64 = 4;
+/// The file is considered for compaction after a snapshot once it is this many times the
+/// size it had after the last compaction (redb reuses freed pages but never shrinks the file
+/// by itself) ...
+const COMPACT_GROWTH: u64 = 2;
+/// ... and compacted only when at most 1/this of it is allocated. A compaction rewrites the
+/// whole file while every writer waits (100–300 ms at 10–20 MB), so it must buy back space
+/// that is really free: redb grows a full file by doubling it, so a file whose live data
+/// grows is half free right after each growth and gains nothing from a compaction. Judged by
+/// size alone, 4 concurrent writers registering jobs got a compaction at every snapshot once
+/// the file passed [`COMPACT_MIN_BYTES`].
+const COMPACT_FREE_RATIO: u64 = 4;
 /// ... and at least this big: below it a compaction is not worth the pause.
 const COMPACT_MIN_BYTES: u64 = 8 * 1024 * 1024;
 /// How long the committer waits for a proposal before it looks for a stop again.
@@ -254,11 +259,17 @@ fn write_snapshot(
 }
 
 /// Give the space freed by snapshots back to the file system when the file grew past
-/// [`COMPACT_GROWTH`] times its size after the last compaction. Returns the size after.
+/// [`COMPACT_GROWTH`] times its size after the last compaction and most of it is free
+/// ([`COMPACT_FREE_RATIO`]). Returns the size after (the last one when nothing was done).
 fn compact_if_grown(db: &mut Database, path: &Path, after_last: u64) -> u64 {
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     if size < COMPACT_MIN_BYTES || size < after_last.saturating_mul(COMPACT_GROWTH) {
         return after_last;
+    }
+    match allocated_bytes(db) {
+        Some(used) if used.saturating_mul(COMPACT_FREE_RATIO) > size => return after_last,
+        Some(_) => {}
+        None => return after_last,
     }
     match db.compact() {
         Ok(_) => {
@@ -271,6 +282,21 @@ fn compact_if_grown(db: &mut Database, path: &Path, after_last: u64) -> u64 {
             size
         }
     }
+}
+
+/// The bytes of the pages the store's tables use now (`None`: the store cannot say).
+fn allocated_bytes(db: &Database) -> Option<u64> {
+    let txn = db.begin_write().ok()?;
+    let stats = txn.stats().ok();
+    if let Err(e) = txn.abort() {
+        log::debug!("state store stats: {e}");
+    }
+    let stats = stats?;
+    Some(
+        stats
+            .allocated_pages()
+            .saturating_mul(stats.page_size() as u64),
+    )
 }
 
 /// What [`load_store`] found: the open store, the loaded state, whether it was imported.
