@@ -100,7 +100,11 @@ fn survives(crash: bool) {
     let after = wait_task_running(&agent, &id, "t");
     assert_eq!(started_pid(&after), pid, "re-attached, not restarted");
     assert_eq!(event_types(&after, "t"), types, "no event for a re-attach");
-    assert!(agent.log().contains("re-attached to pid"));
+    // The task's state was already `running` before the restart, so the wait above can end
+    // before the runner re-attached and logged it: poll for the line.
+    wait_until(WAIT, "the re-attach logged", || {
+        agent.log().contains("re-attached to pid")
+    });
     // The follow stream resumes from the byte it had: the rest, exactly once.
     let mut resumed = Stream::open(&agent, &format!("{url}&origin=start&offset={}", got.len()));
     assert_eq!(resumed.status, 200);
