@@ -231,7 +231,7 @@ pub struct Client {
 impl Client {
     /// A client for node `node_id`, talking to the server through `link` (nothing starts).
     pub fn new(config: &Config, node_id: &str, link: Arc<dyn ServerLink>) -> Arc<Client> {
-        let cgroups = Cgroups::detect();
+        let cgroups = Cgroups::detect(config.cgroup_parent.as_deref());
         if cgroups.mode() == Mode::None {
             log::warn!(
                 "cgroups: not used ({}); tasks are held by their process group only: a process \
