@@ -416,7 +416,9 @@ fn cgroup_parent(raw: &str) -> Result<String, ConfigError> {
     let bad = rel.is_empty()
         || raw.len() > MAX_CGROUP_PARENT
         || rel.contains('\0')
-        || rel.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+        || rel
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..");
     if bad {
         return Err(ConfigError::Invalid(format!(
             "client.cgroup_parent {raw:?}: must name a cgroup path without empty, . or .. parts \

@@ -501,7 +501,11 @@ fn adopt(p: &mut Plan, d: &Delegation) -> Result<(), String> {
     }
     h.base = d.dir.clone();
     h.controllers = wanted;
-    p.enable_in = if pure { vec![d.dir.clone()] } else { Vec::new() };
+    p.enable_in = if pure {
+        vec![d.dir.clone()]
+    } else {
+        Vec::new()
+    };
     p.v2_root = None;
     Ok(())
 }
@@ -517,9 +521,12 @@ impl Cgroups {
         }
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-        let mut p = plan(&mountinfo, &own, &|path| {
-            std::fs::read_to_string(path).unwrap_or_default()
-        }, parent);
+        let mut p = plan(
+            &mountinfo,
+            &own,
+            &|path| std::fs::read_to_string(path).unwrap_or_default(),
+            parent,
+        );
         if p.hierarchies.is_empty() {
             return Cgroups::none("no cgroup hierarchy is mounted".into());
         }
@@ -1252,7 +1259,12 @@ mod tests {
             PathBuf::from("/sys/fs/cgroup/memory/y/nomadlet")
         );
         // A path outside the mount's root cannot be placed.
-        let p = plan(mounts, "3:cpu,cpuacct:/a\n4:memory:/elsewhere\n", &none, None);
+        let p = plan(
+            mounts,
+            "3:cpu,cpuacct:/a\n4:memory:/elsewhere\n",
+            &none,
+            None,
+        );
         assert_eq!(p.hierarchies.len(), 1);
     }
 
