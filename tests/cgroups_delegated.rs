@@ -289,7 +289,7 @@ fn tasks_run_inside_the_delegated_cgroup_and_survive_an_agent_restart_there() {
         "RestartPolicy": {"Attempts": 0, "Mode": "fail"},
         "Tasks": [{"Name": "h", "Driver": "raw_exec", "Resources": {"CPU": 100, "MemoryMB": 32},
             "Config": {"command": "/bin/sh", "args": ["-c",
-                format!("cat /proc/self/cgroup; exec {} -c \"x = b'x' * (200 << 20); print('survived')\"", python())]}}]}]}});
+                format!("echo parent=$NOMAD_PARENT_CGROUP; cat /proc/self/cgroup; exec {} -c \"x = b'x' * (200 << 20); print('survived')\"", python())]}}]}]}});
     register(&a2, &hog);
     let hog_id = first_alloc(&a2, "hog");
     let h = wait_status(&a2, &hog_id, "failed");
@@ -301,6 +301,7 @@ fn tasks_run_inside_the_delegated_cgroup_and_survive_an_agent_restart_there() {
         "{out}"
     );
     assert!(!out.contains("survived"), "{out}");
+    assert!(out.starts_with(&format!("parent={}\n", deleg.rel)), "{out}");
 
     // Stop kills the task and removes its cgroup, wherever it was made.
     let r = a2.request("POST", &format!("/v1/allocation/{id}/stop"), &[], b"");
@@ -315,4 +316,71 @@ fn tasks_run_inside_the_delegated_cgroup_and_survive_an_agent_restart_there() {
     drop(a2);
     wait_until(WAIT, "the test's cgroups removed", || deleg.remove());
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// Every cgroup mount point (v1 hierarchies and the v2 one).
+fn cgroup_mounts() -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let fstype = post.split(' ').next()?;
+            let point = pre.split(' ').nth(4)?;
+            ["cgroup", "cgroup2"]
+                .contains(&fstype)
+                .then(|| PathBuf::from(point))
+        })
+        .collect()
+}
+
+#[test]
+fn client_cgroup_parent_places_task_cgroups_under_it_in_every_hierarchy() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("not root: cannot write cgroups, skipping");
+        return;
+    }
+    let parent = format!("nomadlet-test-parent-{}-{}", std::process::id(), rand_tag());
+    let dir = temp_dir("cgparent");
+    let config = dir.with_extension("hcl");
+    std::fs::write(
+        &config,
+        format!("client {{\n  cgroup_parent = \"/{parent}\"\n}}\n"),
+    )
+    .unwrap();
+    let agent = TestAgent::start_with(&dir, &["-config", config.to_str().unwrap()], &[], None);
+    register(
+        &agent,
+        &sh_job(
+            "under",
+            "batch",
+            "echo parent=$NOMAD_PARENT_CGROUP; cat /proc/self/cgroup",
+        ),
+    );
+    let id = first_alloc(&agent, "under");
+    wait_status(&agent, &id, "complete");
+    let out = read_log(&agent, &id, "t", "stdout");
+    assert!(out.starts_with(&format!("parent=/{parent}\n")), "{out}");
+    // Every hierarchy line (but those nomadlet does not use) names the parent, none the
+    // agent's own cgroup.
+    let mut lines = 0;
+    for l in out.lines().skip(1) {
+        let path = l.splitn(3, ':').nth(2).unwrap_or("");
+        if path.contains(&id) {
+            assert!(path.starts_with(&format!("/{parent}/{id}.t")), "{l}");
+            lines += 1;
+        }
+    }
+    assert!(lines >= 1, "{out}");
+    drop(agent);
+    let _ = std::fs::remove_file(&config);
+    // The parent cgroups the agent made go with the test.
+    for m in cgroup_mounts() {
+        let p = m.join(&parent);
+        if p.exists() {
+            wait_until(WAIT, "the parent cgroup removed", || {
+                std::fs::remove_dir(&p).is_ok() || !p.exists()
+            });
+        }
+    }
 }

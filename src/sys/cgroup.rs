@@ -605,6 +605,24 @@ impl Cgroups {
         self.hierarchies.iter().any(|h| h.has(c))
     }
 
+    /// The parent task cgroups are made in, as a path from its hierarchy's root (the v2 one
+    /// when used): what Nomad shows tasks as `NOMAD_PARENT_CGROUP`. `None` in mode `None`.
+    pub fn parent_name(&self) -> Option<String> {
+        let h = self
+            .hierarchies
+            .iter()
+            .find(|h| h.v2)
+            .or(self.hierarchies.first())?;
+        let mounts =
+            parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
+        let rel = mounts
+            .iter()
+            .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
+            .filter_map(|m| h.base.strip_prefix(&m.point).ok())
+            .min_by_key(|r| r.components().count())?;
+        Some(format!("/{}", rel.display()))
+    }
+
     /// The delegated v2 cgroup task cgroups are made in, if one is used.
     pub fn delegated(&self) -> Option<&Path> {
         self.delegated.as_deref()
