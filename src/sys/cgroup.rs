@@ -1331,6 +1331,43 @@ mod tests {
     }
 
     #[test]
+    fn a_delegated_cgroup_needing_controllers_is_taken_only_from_its_agent_leaf() {
+        let dir = std::env::temp_dir().join(format!(
+            "nomadlet-adopt-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        let mounts = "29 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
+        let all = |_: &Path| "cpu memory pids".to_string();
+        let pure = || plan(mounts, "0::/x\n", &all, None);
+        // At its top (no DelegateSubgroup=): refused, the root-level layout stays.
+        let mut p = pure();
+        let top = Delegation {
+            dir: dir.clone(),
+            in_leaf: false,
+        };
+        let why = adopt(&mut p, &top).unwrap_err();
+        assert!(why.contains("was started at its top"), "{why}");
+        assert_eq!(p, pure());
+        // From its leaf: task cgroups inside it, controllers enabled there only.
+        let leaf = Delegation {
+            dir: dir.clone(),
+            in_leaf: true,
+        };
+        adopt(&mut p, &leaf).unwrap();
+        assert_eq!(p.hierarchies[0].base, dir);
+        assert_eq!(p.hierarchies[0].controllers, ["cpu", "memory", "pids"]);
+        assert_eq!(p.enable_in, [dir.clone()]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn limits_follow_nomads_rules() {
         let l = Limits {
             cpu_mhz: 100,
