@@ -1363,7 +1363,7 @@ mod tests {
         adopt(&mut p, &leaf).unwrap();
         assert_eq!(p.hierarchies[0].base, dir);
         assert_eq!(p.hierarchies[0].controllers, ["cpu", "memory", "pids"]);
-        assert_eq!(p.enable_in, [dir.clone()]);
+        assert_eq!(p.enable_in, std::slice::from_ref(&dir));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
