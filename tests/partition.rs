@@ -487,6 +487,9 @@ fn kill_9_of_the_leader_under_job_and_metadata_writes_loses_nothing_acknowledged
             check(&servers[old], "every acknowledged write on the old leader");
             wait_leader(&servers, &all, FORM);
             for srv in &servers {
+                wait_until(REPLICATE, "every acknowledged job placed, on every server", || {
+                    allocs_on(srv).is_some_and(|a| jobs.iter().all(|j| a.contains_key(j)))
+                });
                 let allocs = allocs_on(srv).expect("allocations");
                 for (job, ids) in &allocs {
                     assert_eq!(ids.len(), 1, "job {job} placed {} times: {ids:?}", ids.len());
