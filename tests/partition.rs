@@ -42,16 +42,13 @@ fn job_body(id: &str) -> Vec<u8> {
 
 /// One request to `host:port` with a deadline: the status, or the error.
 fn send(host: &str, port: u16, method: &str, path: &str, body: &[u8]) -> Result<Response, String> {
-    let addr: std::net::SocketAddr = format!("{host}:{port}").parse().map_err(|e| format!("{e}"))?;
+    let addr: std::net::SocketAddr = format!("{host}:{port}")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
     let s = std::net::TcpStream::connect_timeout(&addr, REQUEST).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(REQUEST)).ok();
     s.set_write_timeout(Some(REQUEST)).ok();
-    let req = build_request(
-        method,
-        path,
-        &[("Content-Type", "application/json")],
-        body,
-    );
+    let req = build_request(method, path, &[("Content-Type", "application/json")], body);
     exchange(s, &req).map_err(|e| e.to_string())
 }
 
@@ -132,7 +129,11 @@ impl LeaderWatch {
         for a in servers {
             let (stop, seen) = (stop.clone(), seen.clone());
             let (host, port) = (a.host.clone(), a.port);
-            let i: u8 = host.rsplit('.').next().and_then(|h| h.parse().ok()).expect("host");
+            let i: u8 = host
+                .rsplit('.')
+                .next()
+                .and_then(|h| h.parse().ok())
+                .expect("host");
             scope.spawn(move || {
                 net.within(i, || {
                     while !stop.load(Ordering::SeqCst) {
@@ -173,8 +174,7 @@ fn host_no(a: &TestAgent) -> u8 {
 }
 
 #[test]
-fn a_leader_cut_off_alone_accepts_no_write_the_majority_schedules_and_the_old_leader_catches_up()
-{
+fn a_leader_cut_off_alone_accepts_no_write_the_majority_schedules_and_the_old_leader_catches_up() {
     netns::run(4, |net| {
         let servers = net.cluster(&SERVERS, "");
         let all = [0, 1, 2];
@@ -247,16 +247,20 @@ fn a_leader_cut_off_alone_accepts_no_write_the_majority_schedules_and_the_old_le
             );
             acked.extend(during.iter().cloned());
             // Placed and run on the client (which fails over from the cut-off server).
-            wait_until(REPLICATE * 2, "the majority's job ran on the client", || {
-                try_get(&servers[new], "/v1/job/during-4/allocations?stale").is_some_and(|r| {
-                    r.status == 200
-                        && r.json().as_array().is_some_and(|a| {
-                            a.len() == 1
-                                && a[0]["NodeID"] == node.as_str()
-                                && a[0]["ClientStatus"] == "complete"
-                        })
-                })
-            });
+            wait_until(
+                REPLICATE * 2,
+                "the majority's job ran on the client",
+                || {
+                    try_get(&servers[new], "/v1/job/during-4/allocations?stale").is_some_and(|r| {
+                        r.status == 200
+                            && r.json().as_array().is_some_and(|a| {
+                                a.len() == 1
+                                    && a[0]["NodeID"] == node.as_str()
+                                    && a[0]["ClientStatus"] == "complete"
+                            })
+                    })
+                },
+            );
             // The minority leader took no write in the meantime (its own state).
             let minority_jobs = net.within(old_host, || jobs_on(&servers[old]));
             if let Some(jobs) = minority_jobs {
@@ -270,7 +274,10 @@ fn a_leader_cut_off_alone_accepts_no_write_the_majority_schedules_and_the_old_le
             cut_stop.store(true, Ordering::SeqCst);
             net.heal(old_host);
             let answers = minority.join().expect("minority writer");
-            assert!(!answers.is_empty(), "writes were sent to the cut-off leader");
+            assert!(
+                !answers.is_empty(),
+                "writes were sent to the cut-off leader"
+            );
             for (id, a) in &answers {
                 if let Ok((status, text, _)) = a {
                     assert_ne!(*status, 200, "{id} acknowledged by a minority: {text}");
@@ -292,7 +299,10 @@ fn a_leader_cut_off_alone_accepts_no_write_the_majority_schedules_and_the_old_le
             if leader != old {
                 assert_eq!(state, "Follower");
             }
-            assert!(term >= new_term, "the old leader's term {term} < {new_term}");
+            assert!(
+                term >= new_term,
+                "the old leader's term {term} < {new_term}"
+            );
             // Every server holds the same jobs, and none of the minority's writes that went
             // unacknowledged then (they were never committed: a later leader's log won).
             let want = jobs_on(&servers[leader]).expect("jobs");
@@ -344,8 +354,10 @@ fn job_writes_and_reads_stay_linearizable_while_partitions_come_and_go_and_a_lea
             wait_leader(&servers, &all, FORM);
         });
         assert!(
-            history.iter().any(|e| matches!(e.op, linearize::Op::Read { .. })
-                && matches!(&e.done, Some((_, linearize::Ret::Value(Some(_)))))),
+            history
+                .iter()
+                .any(|e| matches!(e.op, linearize::Op::Read { .. })
+                    && matches!(&e.done, Some((_, linearize::Ret::Value(Some(_)))))),
             "no read ever saw a job"
         );
     });
@@ -378,7 +390,9 @@ fn kill_9_of_the_leader_under_job_and_metadata_writes_loses_nothing_acknowledged
         let clients = [net.client(4, &rpcs, window), net.client(5, &rpcs, window)];
         let nodes: Vec<String> = clients.iter().map(TestAgent::node_id).collect();
         for n in &nodes {
-            wait_until(REPLICATE, "both nodes ready", || node_ready(&servers[old], n));
+            wait_until(REPLICATE, "both nodes ready", || {
+                node_ready(&servers[old], n)
+            });
         }
         let stop = AtomicBool::new(false);
         let killed_at: Mutex<Option<Instant>> = Mutex::new(None);
@@ -465,7 +479,10 @@ fn kill_9_of_the_leader_under_job_and_metadata_writes_loses_nothing_acknowledged
                 elected <= FAILOVER * WAIT_SLACK,
                 "a new leader {elected:?} after the kill (bound {FAILOVER:?}, times {WAIT_SLACK} for load)"
             );
-            assert!(metas.iter().all(|m| m.len() >= 5), "metadata writes: {metas:?}");
+            assert!(
+                metas.iter().all(|m| m.len() >= 5),
+                "metadata writes: {metas:?}"
+            );
 
             // Every acknowledged write on every survivor, and no job placed twice.
             let check = |srv: &TestAgent, what: &str| {
@@ -487,12 +504,19 @@ fn kill_9_of_the_leader_under_job_and_metadata_writes_loses_nothing_acknowledged
             check(&servers[old], "every acknowledged write on the old leader");
             wait_leader(&servers, &all, FORM);
             for srv in &servers {
-                wait_until(REPLICATE, "every acknowledged job placed, on every server", || {
-                    allocs_on(srv).is_some_and(|a| jobs.iter().all(|j| a.contains_key(j)))
-                });
+                wait_until(
+                    REPLICATE,
+                    "every acknowledged job placed, on every server",
+                    || allocs_on(srv).is_some_and(|a| jobs.iter().all(|j| a.contains_key(j))),
+                );
                 let allocs = allocs_on(srv).expect("allocations");
                 for (job, ids) in &allocs {
-                    assert_eq!(ids.len(), 1, "job {job} placed {} times: {ids:?}", ids.len());
+                    assert_eq!(
+                        ids.len(),
+                        1,
+                        "job {job} placed {} times: {ids:?}",
+                        ids.len()
+                    );
                 }
             }
             watch.finish();
@@ -510,7 +534,9 @@ fn a_snapshot_of_a_three_server_cluster_restores_into_a_fresh_cluster_with_the_s
         let rpcs: Vec<String> = source.iter().map(TestAgent::rpc_addr).collect();
         let client = net.client(4, &rpcs, "");
         let node = client.node_id();
-        wait_until(REPLICATE, "the node ready", || node_ready(&source[l], &node));
+        wait_until(REPLICATE, "the node ready", || {
+            node_ready(&source[l], &node)
+        });
         for i in 0..5 {
             assert!(register(&source[(l + i) % 3], &format!("snap-{i}")));
         }
@@ -524,7 +550,8 @@ fn a_snapshot_of_a_three_server_cluster_restores_into_a_fresh_cluster_with_the_s
         let archive = r.body;
         let listing = |a: &TestAgent| {
             let ids = |path: &str| -> Vec<String> {
-                let mut v: Vec<String> = a.get_json(path)
+                let mut v: Vec<String> = a
+                    .get_json(path)
                     .as_array()
                     .expect("list")
                     .iter()
@@ -533,7 +560,11 @@ fn a_snapshot_of_a_three_server_cluster_restores_into_a_fresh_cluster_with_the_s
                 v.sort();
                 v
             };
-            (ids("/v1/jobs?stale"), ids("/v1/nodes?stale"), ids("/v1/allocations?stale"))
+            (
+                ids("/v1/jobs?stale"),
+                ids("/v1/nodes?stale"),
+                ids("/v1/allocations?stale"),
+            )
         };
         let want = listing(&source[l]);
         assert_eq!(want.0.len(), 5, "{want:?}");
@@ -544,9 +575,11 @@ fn a_snapshot_of_a_three_server_cluster_restores_into_a_fresh_cluster_with_the_s
         let r = target[(tl + 1) % 3].request("PUT", "/v1/operator/snapshot", &[], &archive);
         assert_eq!(r.status, 200, "restore: {}", r.text());
         for t in &target {
-            wait_until(REPLICATE, "the restored state on every target server", || {
-                listing(t) == want
-            });
+            wait_until(
+                REPLICATE,
+                "the restored state on every target server",
+                || listing(t) == want,
+            );
         }
         let job = target[tl].get_json("/v1/job/snap-3");
         assert_eq!(job["ID"], "snap-3");

@@ -101,7 +101,16 @@ impl Net {
             ]);
             sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
             sh(&[
-                "ip", "-n", &name, "route", "del", "local", "127.0.0.0/8", "dev", "lo", "table",
+                "ip",
+                "-n",
+                &name,
+                "route",
+                "del",
+                "local",
+                "127.0.0.0/8",
+                "dev",
+                "lo",
+                "table",
                 "local",
             ]);
         }
