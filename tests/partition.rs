@@ -173,6 +173,84 @@ fn host_no(a: &TestAgent) -> u8 {
         .expect("host")
 }
 
+/// Whether host `from` reaches `to_addr:port` over TCP, and a UDP datagram from `from` to
+/// the socket `udp` (on `to`) arrives, each within a short deadline.
+fn reaches(
+    net: &Net,
+    from: u8,
+    to_addr: &str,
+    port: u16,
+    udp: &std::net::UdpSocket,
+) -> (bool, bool) {
+    let target: std::net::SocketAddr = format!("{to_addr}:{port}").parse().expect("addr");
+    let udp_to = udp.local_addr().expect("udp addr");
+    net.within(from, || {
+        let tcp = std::net::TcpStream::connect_timeout(&target, Duration::from_millis(300)).is_ok();
+        let tx = std::net::UdpSocket::bind(format!("{}:0", netns::host_addr(from))).expect("udp");
+        tx.send_to(b"ping", udp_to).ok();
+        let mut buf = [0u8; 8];
+        udp.set_read_timeout(Some(Duration::from_millis(300))).ok();
+        let got = udp.recv_from(&mut buf).is_ok_and(|(n, src)| {
+            &buf[..n] == b"ping" && src.ip().to_string() == netns::host_addr(from)
+        });
+        (tcp, got)
+    })
+}
+
+#[test]
+fn a_cut_host_is_unreachable_both_ways_over_tcp_and_udp_until_healed() {
+    netns::run(2, |net| {
+        // A listener and a UDP socket on each host, made inside it.
+        let (l1, u1) = net.within(1, || {
+            (
+                std::net::TcpListener::bind("127.0.1.1:0").expect("listen"),
+                std::net::UdpSocket::bind("127.0.1.1:0").expect("udp"),
+            )
+        });
+        let (l2, u2) = net.within(2, || {
+            (
+                std::net::TcpListener::bind("127.0.1.2:0").expect("listen"),
+                std::net::UdpSocket::bind("127.0.1.2:0").expect("udp"),
+            )
+        });
+        let (p1, p2) = (
+            l1.local_addr().expect("addr").port(),
+            l2.local_addr().expect("addr").port(),
+        );
+        assert_eq!(reaches(net, 2, "127.0.1.1", p1, &u1), (true, true));
+        assert_eq!(reaches(net, 1, "127.0.1.2", p2, &u2), (true, true));
+        // The test itself (on the switch) reaches both.
+        assert!(std::net::TcpStream::connect(("127.0.1.1", p1)).is_ok());
+        net.cut(1);
+        assert_eq!(
+            reaches(net, 2, "127.0.1.1", p1, &u1),
+            (false, false),
+            "into the cut host"
+        );
+        assert_eq!(
+            reaches(net, 1, "127.0.1.2", p2, &u2),
+            (false, false),
+            "out of it"
+        );
+        let from_switch = std::net::TcpStream::connect_timeout(
+            &format!("127.0.1.1:{p1}").parse().expect("addr"),
+            Duration::from_millis(300),
+        );
+        assert!(from_switch.is_err(), "the switch reached a cut host");
+        // Inside the cut host its own address still answers (a write to a cut-off leader).
+        assert_eq!(reaches(net, 1, "127.0.1.1", p1, &u1), (true, true));
+        net.heal(1);
+        wait_until(
+            Duration::from_secs(5),
+            "both ways again after the heal",
+            || {
+                reaches(net, 2, "127.0.1.1", p1, &u1) == (true, true)
+                    && reaches(net, 1, "127.0.1.2", p2, &u2) == (true, true)
+            },
+        );
+    });
+}
+
 #[test]
 fn a_leader_cut_off_alone_accepts_no_write_the_majority_schedules_and_the_old_leader_catches_up() {
     netns::run(4, |net| {
@@ -204,6 +282,10 @@ fn a_leader_cut_off_alone_accepts_no_write_the_majority_schedules_and_the_old_le
             // The leader alone on its side. Writes sent to it from inside its own host.
             let old_host = host_no(&servers[old]);
             net.cut(old_host);
+            assert!(
+                try_get(&servers[old], "/v1/agent/self").is_none(),
+                "the cut-off leader still answers across the cut"
+            );
             let cut_stop = Arc::new(AtomicBool::new(false));
             let minority = {
                 let stop = cut_stop.clone();
