@@ -111,6 +111,16 @@ fn allocs_on(server: &TestAgent) -> Option<BTreeMap<String, Vec<String>>> {
     Some(out)
 }
 
+/// Sets its flag when dropped: the threads of a `std::thread::scope` that loop until a flag
+/// is set end when the test body panics (the scope waits for them before it unwinds).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Records, per term, which servers claimed leadership. Each server is polled from inside its
 /// own host, so a cut-off leader is seen too: two claimants of one term are a split brain.
 struct LeaderWatch {
@@ -153,7 +163,7 @@ impl LeaderWatch {
 
     /// Stop polling (the threads end with their scope); panics if some term had two
     /// leaders. Returns the terms seen with their leader.
-    fn finish(self) -> BTreeMap<u64, BTreeSet<String>> {
+    fn finish(&self) -> BTreeMap<u64, BTreeSet<String>> {
         self.stop.store(true, Ordering::SeqCst);
         let seen = self.seen.lock().expect("lock").clone();
         assert!(!seen.is_empty(), "the watcher saw a leader");
@@ -161,6 +171,13 @@ impl LeaderWatch {
             assert_eq!(leaders.len(), 1, "two leaders in term {term}: {leaders:?}");
         }
         seen
+    }
+}
+
+impl Drop for LeaderWatch {
+    /// The polling threads end with the test, even one that panicked.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 }
 
@@ -287,6 +304,7 @@ fn a_leader_cut_off_alone_accepts_no_write_the_majority_schedules_and_the_old_le
                 "the cut-off leader still answers across the cut"
             );
             let cut_stop = Arc::new(AtomicBool::new(false));
+            let _ends_minority = StopOnDrop(&cut_stop);
             let minority = {
                 let stop = cut_stop.clone();
                 let (host, port) = (servers[old].host.clone(), servers[old].port);
@@ -485,6 +503,7 @@ fn kill_9_of_the_leader_under_job_and_metadata_writes_loses_nothing_acknowledged
         std::thread::scope(|s| {
             let refs: Vec<&TestAgent> = servers.iter().collect();
             let watch = LeaderWatch::start(s, net, &refs);
+            let _ends_writers = StopOnDrop(&stop);
             // Writers: job registers round the servers (followers forward), metadata
             // writes through both clients; each records what was acknowledged.
             let jobs = s.spawn(|| {
