@@ -88,17 +88,14 @@ impl Net {
         }
         for i in 0..=hosts {
             let name = net.ns_name(i);
-            // 127.0.1.0/24 may cross a link: routed, not martian, and not swallowed by lo.
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &name,
-                "sysctl",
-                "-qw",
-                "net.ipv4.conf.all.route_localnet=1",
-                "net.ipv4.conf.default.route_localnet=1",
-            ]);
+            // 127.0.1.0/24 may cross a link: routed, not martian (`/proc/sys/net` is the
+            // namespace of the thread that opens it), and not swallowed by lo.
+            net.within(i, || {
+                for conf in ["all", "default"] {
+                    let knob = format!("/proc/sys/net/ipv4/conf/{conf}/route_localnet");
+                    std::fs::write(&knob, "1").unwrap_or_else(|e| panic!("{knob}: {e}"));
+                }
+            });
             sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
             sh(&[
                 "ip",
