@@ -2,6 +2,7 @@
 //! own data dir, speak raw HTTP/1.1 over TCP or a Unix socket, and poll with deadlines.
 #![allow(dead_code)]
 
+/// Network partitions: a network of namespaces per test, hosts cut off and healed.
 pub mod netns;
 
 use std::io::{BufRead, BufReader, Read, Write};
