@@ -36,7 +36,6 @@ pub const IGNORED_KEYS: &[&str] = &[
     "log_file",
     "plugin_dir",
     "client.options",
-    "client.reserved",
     "client.host_volume",
     "client.network_interface",
     "limits.https_handshake_timeout",
@@ -150,6 +149,12 @@ pub struct Server {
     /// Go duration, default `10s`.
     pub min_heartbeat_ttl: Option<String>,
     pub max_heartbeats_per_second: Option<f64>,
+    /// Go durations: how often the leader collects garbage, and how old finished jobs,
+    /// evals and batch evals must be (defaults 5m, 4h, 1h, 24h).
+    pub job_gc_interval: Option<String>,
+    pub job_gc_threshold: Option<String>,
+    pub eval_gc_threshold: Option<String>,
+    pub batch_eval_gc_threshold: Option<String>,
     /// Base64 gossip key.
     pub encrypt: Option<String>,
     pub server_join: Option<ServerJoin>,
@@ -180,6 +185,22 @@ pub struct Client {
     pub max_dynamic_port: Option<i64>,
     /// `host_network "<name>" { cidr interface reserved_ports }`.
     pub host_network: Option<BTreeMap<String, super::network::HostNetworkBlock>>,
+    /// `reserved { cpu memory disk reserved_ports }`: what the node keeps for itself.
+    pub reserved: Option<Reserved>,
+}
+
+/// `client.reserved`: resources the scheduler must leave to the host.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reserved {
+    /// MHz.
+    pub cpu: Option<i64>,
+    /// MB.
+    pub memory: Option<i64>,
+    /// MB.
+    pub disk: Option<i64>,
+    /// "22,80,8000-8100": on every address of the node.
+    pub reserved_ports: Option<String>,
 }
 
 /// `client.drain_on_shutdown`: when the agent leaves (`leave_on_*`), stop its allocations
