@@ -4,8 +4,9 @@
 //! no write while the majority elects a new one and keeps scheduling, and on heal it steps
 //! down and catches up; job writes and reads stay linearizable while partitions come and go
 //! and a leader is killed; a kill -9 of the leader under a stream of job registers and client
-//! metadata writes loses no acknowledged write and places no allocation twice; a snapshot of
-//! a three-server cluster restores into a fresh one with the same jobs and nodes.
+//! metadata writes loses no acknowledged write and places no allocation twice; five servers
+//! split two against three go on on the three's side only; a snapshot of a three-server
+//! cluster restores into a fresh one with the same jobs and nodes.
 
 mod common;
 #[path = "common/linearize.rs"]
@@ -688,5 +689,85 @@ fn a_snapshot_of_a_three_server_cluster_restores_into_a_fresh_cluster_with_the_s
         }
         let job = target[tl].get_json("/v1/job/snap-3");
         assert_eq!(job["ID"], "snap-3");
+    });
+}
+
+#[test]
+fn five_servers_split_two_and_three_the_pair_takes_no_write_the_three_go_on_and_all_converge() {
+    netns::run(5, |net| {
+        let hosts = [1, 2, 3, 4, 5];
+        let servers = net.cluster(&hosts, "");
+        let all: Vec<usize> = (0..5).collect();
+        let old = wait_leader(&servers, &all, FORM);
+        std::thread::scope(|s| {
+            let refs: Vec<&TestAgent> = servers.iter().collect();
+            let watch = LeaderWatch::start(s, net, &refs);
+            assert!(
+                register(&servers[old], "before"),
+                "a write before the split"
+            );
+            // The leader and one follower on one side: they still talk to each other.
+            let mate = (old + 1) % 5;
+            let pair = [host_no(&servers[old]), host_no(&servers[mate])];
+            let old_term = raft_state(&servers[old]).expect("raft state").1;
+            net.split(&pair);
+            let three: Vec<usize> = all
+                .iter()
+                .copied()
+                .filter(|&i| i != old && i != mate)
+                .collect();
+            let new = wait_leader(&servers, &three, FORM);
+            let mut n = 0;
+            let mut acked = BTreeSet::from(["before".to_string()]);
+            wait_until(REPLICATE, "the three take writes", || {
+                n += 1;
+                let id = format!("three-{n}");
+                if register(&servers[new], &id) {
+                    acked.insert(id);
+                }
+                acked.len() >= 4
+            });
+            // On the pair's side: no leader of a later term, and no write acknowledged (sent
+            // inside the pair, to both of them).
+            for (i, host) in [(old, pair[0]), (mate, pair[1])] {
+                let (status, term) = net.within(host, || {
+                    let r = send(
+                        &servers[i].host,
+                        servers[i].port,
+                        "PUT",
+                        "/v1/jobs",
+                        &job_body("pair"),
+                    );
+                    (r.map(|r| r.status), raft_state(&servers[i]).map(|s| s.1))
+                });
+                assert_ne!(status, Ok(200), "the pair acknowledged a write");
+                let state = net.within(host, || raft_state(&servers[i]));
+                if term.is_some_and(|t| t > old_term) {
+                    assert_ne!(
+                        state.map(|s| s.0).as_deref(),
+                        Some("Leader"),
+                        "a leader elected by two of five"
+                    );
+                }
+            }
+            net.join(&pair);
+            let leader = wait_leader(&servers, &all, FORM);
+            for srv in &servers {
+                wait_until(REPLICATE, "every write on every server", || {
+                    has_all(srv, &acked)
+                });
+            }
+            let want = jobs_on(&servers[leader]).expect("jobs");
+            for srv in &servers {
+                wait_until(REPLICATE, "the same jobs everywhere", || {
+                    jobs_on(srv).is_some_and(|j| j == want)
+                });
+            }
+            assert!(
+                !want.contains("pair"),
+                "a write sent to the minority was committed"
+            );
+            watch.finish();
+        });
     });
 }

@@ -9,7 +9,9 @@
 //! namespace (through `nsenter`) and bind its address, so one agent's traffic — TCP (HTTP,
 //! RPC, Raft) and UDP (gossip), both directions — goes over its own link. [`Net::cut`] sets
 //! the bridge end of a host's link down: its packets are silently lost, as on a pulled cable
-//! (no reset, no refusal); [`Net::heal`] sets it up again. [`Net::within`] runs a closure on
+//! (no reset, no refusal); [`Net::heal`] sets it up again. [`Net::split`] moves a group of
+//! hosts to a second bridge, where they reach each other but not the rest (a connected
+//! minority), and [`Net::join`] moves them back. [`Net::within`] runs a closure on
 //! a thread inside a host's namespace, which still reaches that host's agents while it is cut
 //! off (a write sent to a leader in a minority partition).
 //!
@@ -111,6 +113,9 @@ impl Net {
                 "local",
             ]);
         }
+        // br1: the side of a split (`Net::split`), no address: the test is not on it.
+        sh(&["ip", "-n", &sw, "link", "add", "br1", "type", "bridge"]);
+        sh(&["ip", "-n", &sw, "link", "set", "br1", "up"]);
         sh(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"]);
         sh(&[
             "ip",
@@ -178,6 +183,35 @@ impl Net {
             "set",
             &format!("vh{i}"),
             state,
+        ]);
+    }
+
+    /// Split the network: hosts `group` go to a bridge of their own, where they still reach
+    /// each other but nothing on the main bridge (the other hosts and the test), nor it them.
+    pub fn split(&self, group: &[u8]) {
+        for &i in group {
+            self.port(i, "br1");
+        }
+    }
+
+    /// Put hosts `group` back on the main bridge after [`Net::split`].
+    pub fn join(&self, group: &[u8]) {
+        for &i in group {
+            self.port(i, "br0");
+        }
+    }
+
+    fn port(&self, i: u8, bridge: &str) {
+        assert!((1..=self.hosts).contains(&i), "no host {i}");
+        sh(&[
+            "ip",
+            "-n",
+            &self.ns_name(0),
+            "link",
+            "set",
+            &format!("vh{i}"),
+            "master",
+            bridge,
         ]);
     }
 
