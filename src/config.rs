@@ -165,6 +165,9 @@ pub struct Config {
     pub meta_batch_window: Option<Duration>,
     /// Terminal allocations kept before the oldest are collected (`client.gc_max_allocs`).
     pub gc_max_allocs: usize,
+    /// `client.cgroup_parent`, relative to each cgroup mount (no leading `/`); `None`: the
+    /// delegated cgroup the agent runs in, else the default layout (`sys::cgroup`).
+    pub cgroup_parent: Option<String>,
     pub raw_exec_enabled: bool,
     /// Config keys that were read but are not acted on, to log once the logger runs.
     pub config_warnings: Vec<String>,
@@ -427,6 +430,29 @@ fn with_default_port(addr: &str, port: u16) -> String {
         Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
         Err(_) => addr.to_string(),
     }
+}
+
+/// Longest `client.cgroup_parent` accepted.
+pub const MAX_CGROUP_PARENT: usize = 256;
+
+/// `client.cgroup_parent` as a path relative to each cgroup mount (Nomad writes `/nomad` or
+/// `nomad.slice`; a leading `/` is dropped). Empty, over [`MAX_CGROUP_PARENT`], NUL, or with
+/// empty, `.` or `..` parts is refused.
+fn cgroup_parent(raw: &str) -> Result<String, ConfigError> {
+    let rel = raw.trim_start_matches('/').trim_end_matches('/');
+    let bad = rel.is_empty()
+        || raw.len() > MAX_CGROUP_PARENT
+        || rel.contains('\0')
+        || rel
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..");
+    if bad {
+        return Err(ConfigError::Invalid(format!(
+            "client.cgroup_parent {raw:?}: must name a cgroup path without empty, . or .. parts \
+             (at most {MAX_CGROUP_PARENT} bytes)"
+        )));
+    }
+    Ok(rel.to_string())
 }
 
 fn duration_setting(key: &str, text: &str) -> Result<Duration, ConfigError> {
@@ -773,6 +799,12 @@ impl Config {
             acl_policy_ttl,
             meta_batch_window,
             gc_max_allocs: file.client.gc_max_allocs.unwrap_or(50),
+            cgroup_parent: file
+                .client
+                .cgroup_parent
+                .as_deref()
+                .map(cgroup_parent)
+                .transpose()?,
             raw_exec_enabled: file
                 .plugin
                 .raw_exec
@@ -858,6 +890,16 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_parent_is_a_relative_path_without_dot_parts() {
+        assert_eq!(cgroup_parent("/nomad").unwrap(), "nomad");
+        assert_eq!(cgroup_parent("a/b.slice/").unwrap(), "a/b.slice");
+        for bad in ["", "/", "a/../b", "./a", "a//b", "a\0b"] {
+            assert!(cgroup_parent(bad).is_err(), "{bad:?}");
+        }
+        assert!(cgroup_parent(&"a".repeat(MAX_CGROUP_PARENT + 1)).is_err());
+    }
 
     #[test]
     fn go_durations_parse() {

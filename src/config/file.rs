@@ -176,6 +176,8 @@ pub struct Client {
     pub node_class: Option<String>,
     pub node_pool: Option<String>,
     pub gc_max_allocs: Option<usize>,
+    /// The cgroup task cgroups are made under, relative to each hierarchy's mount.
+    pub cgroup_parent: Option<String>,
     /// nomadlet's own: a fixed metadata batch window (Go duration).
     pub meta_batch_window: Option<String>,
     /// `drain_on_shutdown { deadline force ignore_system_jobs }`.
