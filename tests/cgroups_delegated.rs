@@ -157,6 +157,8 @@ fn start_in_cgroup(data_dir: &Path, cgroup: &Path, port: u16) -> TestAgent {
         nofile: None,
         rpc_port: 0,
         serf_port: 0,
+        host: "127.0.0.1".into(),
+        netns: None,
     };
     let deadline = Instant::now() + Duration::from_secs(30 * 3);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
