@@ -150,6 +150,8 @@ pub struct Server {
     /// Go duration, default `10s`.
     pub min_heartbeat_ttl: Option<String>,
     pub max_heartbeats_per_second: Option<f64>,
+    /// Go duration, default `5m`.
+    pub failover_heartbeat_ttl: Option<String>,
     /// Base64 gossip key.
     pub encrypt: Option<String>,
     pub server_join: Option<ServerJoin>,
