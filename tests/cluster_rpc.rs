@@ -436,7 +436,7 @@ fn the_rpc_port_refuses_hostile_calls_with_clear_errors() {
 
 #[test]
 fn a_server_and_client_in_one_agent_heartbeats_its_own_timer_and_serves_rpc() {
-    let both = "server { enabled = true }\nclient { enabled = true }\nplugin \"raw_exec\" {\n  config { enabled = true }\n}\n";
+    let both = "server {\n  enabled = true\n  bootstrap_expect = 1\n}\nclient { enabled = true }\nplugin \"raw_exec\" {\n  config { enabled = true }\n}\n";
     let agent = TestAgent::cluster_agent("both", &common::short_dir(), both, FAST_HEARTBEATS, &[]);
     let id = agent.node_id();
     wait_status(&agent, &id, "ready", Duration::from_secs(10));

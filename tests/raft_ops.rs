@@ -85,3 +85,342 @@ fn a_new_leader_gives_every_node_the_failover_ttl_before_marking_it_down() {
         node_status(&servers[new], &node).as_deref() == Some("down")
     });
 }
+
+fn put(a: &TestAgent, path: &str, body: &str) -> common::Response {
+    a.request("PUT", path, &[], body.as_bytes())
+}
+
+/// The Raft configuration's servers (ID, address, voter) as `a` reads it.
+fn raft_servers(a: &TestAgent) -> Option<Vec<(String, String, bool)>> {
+    let r = common::try_get(a, "/v1/operator/raft/configuration?stale")?;
+    if r.status != 200 {
+        return None;
+    }
+    let v = r.json();
+    Some(
+        v["Servers"]
+            .as_array()?
+            .iter()
+            .map(|s| {
+                (
+                    s["ID"].as_str().unwrap_or_default().to_string(),
+                    s["Address"].as_str().unwrap_or_default().to_string(),
+                    s["Voter"].as_bool().unwrap_or(false),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// The server UUID of `a` as the Raft configuration names it.
+fn uuid_of(servers: &[TestAgent], a: usize) -> String {
+    raft_servers(&servers[a])
+        .expect("raft configuration")
+        .into_iter()
+        .find(|(_, addr, _)| *addr == servers[a].rpc_addr())
+        .map(|(id, _, _)| id)
+        .expect("server in its own configuration")
+}
+
+/// An autopilot body with Nomad's defaults but for the given overrides (JSON members).
+fn autopilot_body(overrides: &str) -> String {
+    let mut v: serde_json::Value = serde_json::json!({
+        "CleanupDeadServers": true, "LastContactThreshold": "200ms", "MaxTrailingLogs": 250,
+        "MinQuorum": 0, "ServerStabilizationTime": "10s",
+    });
+    let o: serde_json::Value = serde_json::from_str(overrides).expect("overrides");
+    for (k, x) in o.as_object().expect("object") {
+        v[k] = x.clone();
+    }
+    v.to_string()
+}
+
+/// Ref §5.8: the leader stores Nomad's defaults on taking office; a set replicates through
+/// Raft (every server reads it back), `?cas=` answers `true` only at the current modify
+/// index, and bad input is a 400 in Nomad's words.
+#[test]
+fn autopilot_configuration_replicates_and_checks_and_sets_like_nomads() {
+    let servers = servers_with(3, "");
+    let leader = wait_leader(&servers, &[0, 1, 2], FORM);
+    let f = (leader + 1) % 3;
+    let path = "/v1/operator/autopilot/configuration";
+    let mut cfg = serde_json::Value::Null;
+    wait_until(FORM, "the default autopilot config stored", || {
+        let r = servers[f].get(path);
+        cfg = if r.status == 200 {
+            r.json()
+        } else {
+            serde_json::Value::Null
+        };
+        r.status == 200
+    });
+    assert_eq!(cfg["CleanupDeadServers"], true);
+    assert_eq!(cfg["LastContactThreshold"], "200ms");
+    assert_eq!(cfg["MaxTrailingLogs"], 250);
+    assert_eq!(cfg["MinQuorum"], 0);
+    assert_eq!(cfg["ServerStabilizationTime"], "10s");
+    for k in [
+        "EnableRedundancyZones",
+        "DisableUpgradeMigration",
+        "EnableCustomUpgrades",
+    ] {
+        assert_eq!(cfg[k], false, "{k}");
+    }
+    let created = cfg["CreateIndex"].as_u64().expect("CreateIndex");
+    assert!(created > 0);
+    assert_eq!(cfg["ModifyIndex"].as_u64(), Some(created));
+
+    let new = r#"{"CleanupDeadServers":false,"LastContactThreshold":"1s","MaxTrailingLogs":100,"MinQuorum":3,"ServerStabilizationTime":"5s"}"#;
+    // A stale check-and-set index changes nothing.
+    let r = put(&servers[f], &format!("{path}?cas={}", created + 1000), new);
+    assert_eq!(
+        (r.status, r.text().trim().to_string()),
+        (200, "false".into())
+    );
+    let r = put(&servers[f], &format!("{path}?cas={created}"), new);
+    assert_eq!(
+        (r.status, r.text().trim().to_string()),
+        (200, "true".into())
+    );
+    for s in &servers {
+        wait_until(FORM, "the new config on every server", || {
+            let r = s.get(&format!("{path}?stale"));
+            r.status == 200 && r.json()["MinQuorum"] == 3
+        });
+        let c = s.get_json(&format!("{path}?stale"));
+        assert_eq!(c["CleanupDeadServers"], false);
+        assert_eq!(c["LastContactThreshold"], "1s");
+        assert_eq!(c["ServerStabilizationTime"], "5s");
+        assert_eq!(c["MaxTrailingLogs"], 100);
+        assert_eq!(c["CreateIndex"].as_u64(), Some(created));
+        assert!(c["ModifyIndex"].as_u64().expect("ModifyIndex") > created);
+    }
+    // The old index no longer matches; a set without one always answers true.
+    let r = put(&servers[leader], &format!("{path}?cas={created}"), new);
+    assert_eq!(r.text().trim(), "false");
+    let r = put(&servers[leader], path, &autopilot_body("{}"));
+    assert_eq!(
+        (r.status, r.text().trim().to_string()),
+        (200, "true".into())
+    );
+
+    for (body, query, want) in [
+        (
+            "{\"LastContactThreshold\":\"soon\"}",
+            "",
+            "Error parsing autopilot config",
+        ),
+        ("[1]", "", "Error parsing autopilot config"),
+        ("{}", "?cas=abc", "Error parsing cas value"),
+    ] {
+        let r = put(&servers[f], &format!("{path}{query}"), body);
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert!(r.text().starts_with(want), "{body}: {}", r.text());
+    }
+    let r = servers[f].request("DELETE", path, &[], b"");
+    assert_eq!((r.status, r.text()), (404, "Invalid method".to_string()));
+}
+
+/// Ref §5.8, §6.3: health comes from the leader's real Raft progress and gossip (every
+/// server healthy, one failure tolerated); a killed server turns it 429 with that server
+/// unhealthy. With `CleanupDeadServers` off the dead server stays in the configuration past
+/// autopilot's cleanup delay; turned on, it is removed.
+#[test]
+fn autopilot_health_follows_raft_and_gossip_and_cleanup_follows_the_config() {
+    let mut servers = servers_with(3, "");
+    let leader = wait_leader(&servers, &[0, 1, 2], FORM);
+    let f = (leader + 1) % 3;
+    let dead = (leader + 2) % 3;
+    let cfg = "/v1/operator/autopilot/configuration";
+    wait_until(FORM, "the autopilot config stored", || {
+        servers[f].get(cfg).status == 200
+    });
+    // A generous contact threshold: a loaded machine must not make a live server unhealthy.
+    let r = put(
+        &servers[f],
+        cfg,
+        &autopilot_body(r#"{"CleanupDeadServers":false,"LastContactThreshold":"2s"}"#),
+    );
+    assert_eq!(r.text().trim(), "true");
+    let mut h = serde_json::Value::Null;
+    wait_until(FORM, "a healthy cluster", || {
+        let r = servers[f].get("/v1/operator/autopilot/health");
+        h = r.json();
+        r.status == 200 && h["Healthy"] == true
+    });
+    assert_eq!(h["FailureTolerance"], 1);
+    let list = h["Servers"].as_array().expect("Servers");
+    assert_eq!(list.len(), 3);
+    let leader_id = uuid_of(&servers, leader);
+    assert_eq!(h["Leader"], leader_id.as_str());
+    assert_eq!(h["Voters"].as_array().map(Vec::len), Some(3));
+    for s in list {
+        assert_eq!(s["SerfStatus"], "alive", "{s}");
+        assert_eq!(s["Voter"], true);
+        assert_eq!(s["Healthy"], true);
+        assert_eq!(s["Leader"], s["ID"] == leader_id.as_str());
+        assert!(s["LastIndex"].as_u64().unwrap_or(0) > 0, "{s}");
+        assert!(s["LastTerm"].as_u64().unwrap_or(0) > 0, "{s}");
+        assert!(s["LastContact"].as_str().is_some_and(|c| c.ends_with('s')));
+        assert!(s["StableSince"].as_str().is_some_and(|t| t.ends_with('Z')));
+        assert!(s["Name"].as_str().is_some_and(|n| n.ends_with(".global")));
+    }
+
+    let dead_id = uuid_of(&servers, dead);
+    servers[dead].kill9();
+    wait_until(FORM, "an unhealthy cluster (429)", || {
+        let r = servers[f].get("/v1/operator/autopilot/health");
+        h = r.json();
+        r.status == 429 && h["Healthy"] == false
+    });
+    assert_eq!(h["FailureTolerance"], 0);
+    let gone = h["Servers"]
+        .as_array()
+        .and_then(|l| l.iter().find(|s| s["ID"] == dead_id.as_str()).cloned())
+        .expect("the dead server listed");
+    assert_eq!(gone["Healthy"], false);
+
+    // Gossip marks it failed; autopilot would remove it 10 s later, but cleanup is off.
+    wait_until(FORM, "gossip marks the killed server failed", || {
+        let m = servers[f].get_json("/v1/agent/members");
+        m["Members"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|x| x["Tags"]["id"] == dead_id.as_str() && x["Status"] == "failed")
+        })
+    });
+    let failed_at = Instant::now();
+    while failed_at.elapsed() < Duration::from_secs(15) {
+        let ids = raft_servers(&servers[f]).expect("configuration");
+        assert!(
+            ids.iter().any(|(id, _, _)| *id == dead_id),
+            "removed {:?} after gossip said failed, with CleanupDeadServers off",
+            failed_at.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let r = put(
+        &servers[f],
+        cfg,
+        &autopilot_body(r#"{"CleanupDeadServers":true,"LastContactThreshold":"2s"}"#),
+    );
+    assert_eq!(r.text().trim(), "true");
+    wait_until(FORM, "the dead server removed once cleanup is on", || {
+        raft_servers(&servers[f]).is_some_and(|l| l.len() == 2)
+    });
+}
+
+/// Ref §5.8: `PUT /v1/operator/raft/transfer-leadership?id=` through a follower hands
+/// leadership to that voter (raft-rs `transfer_leader`); Nomad's 400s for bad parameters
+/// and unknown peers.
+#[test]
+fn leadership_moves_to_the_named_voter_on_request() {
+    let servers = servers_with(3, "");
+    let leader = wait_leader(&servers, &[0, 1, 2], FORM);
+    let via = (leader + 1) % 3;
+    let target = (leader + 2) % 3;
+    let path = "/v1/operator/raft/transfer-leadership";
+    for (query, want) in [
+        ("", "must specify id or address"),
+        ("?id=a&address=b", "must specify either id or address"),
+        ("?id=", "id must be non-empty"),
+        (
+            "?id=3f2a0c1e-0000-4000-8000-000000000001",
+            "id \"3f2a0c1e-0000-4000-8000-000000000001\" was not found in the Raft configuration",
+        ),
+        (
+            "?address=127.0.0.1:1",
+            "address \"127.0.0.1:1\" was not found in the Raft configuration",
+        ),
+    ] {
+        let r = put(&servers[via], &format!("{path}{query}"), "");
+        assert_eq!((r.status, r.text()), (400, want.to_string()), "{query}");
+    }
+    assert_eq!(servers[via].get(path).status, 405);
+
+    let target_id = uuid_of(&servers, target);
+    let r = put(&servers[via], &format!("{path}?id={target_id}"), "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["To"]["ID"], target_id.as_str());
+    assert_eq!(v["From"]["ID"], uuid_of(&servers, leader).as_str());
+    assert_eq!(v["Noop"], false);
+    let now = wait_leader(&servers, &[0, 1, 2], FORM);
+    assert_eq!(now, target, "leadership went elsewhere");
+    // Naming the leader is a no-op; by address works too.
+    let r = put(
+        &servers[via],
+        &format!("{path}?address={}", servers[target].rpc_addr()),
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["Noop"], true);
+}
+
+/// Ref §6.1, §6.3: a server with `bootstrap_expect = 0` never elects itself; joined to a
+/// running cluster it is added as a non-voter (`Voter: false`) and promoted once it has been
+/// healthy for `ServerStabilizationTime`, not before.
+#[test]
+fn a_server_that_expects_none_waits_then_joins_as_a_non_voter_and_is_promoted() {
+    let lone = TestAgent::server("server {\n  bootstrap_expect = 0\n}\n", &[]);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        let (state, _) = common::raft_state(&lone).expect("raft state");
+        assert_ne!(state, "Leader", "a server expecting none elected itself");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(common::leader_of(&lone).as_deref(), Some(""));
+
+    let mut servers = servers_with(3, "");
+    let leader = wait_leader(&servers, &[0, 1, 2], FORM);
+    let cfg = "/v1/operator/autopilot/configuration";
+    wait_until(FORM, "the autopilot config stored", || {
+        servers[leader].get(cfg).status == 200
+    });
+    let r = put(
+        &servers[leader],
+        cfg,
+        &autopilot_body(r#"{"ServerStabilizationTime":"4s","LastContactThreshold":"2s"}"#),
+    );
+    assert_eq!(r.text().trim(), "true");
+    // `servers_with` set the serf ports in config: the agent says which.
+    let serf = servers[0].get_json("/v1/agent/self")["config"]["Ports"]["Serf"]
+        .as_u64()
+        .expect("serf port");
+    let late = TestAgent::server(
+        &format!(
+            "server {{\n  bootstrap_expect = 0\n  server_join {{\n    retry_join = [\"127.0.0.1:{serf}\"]\n    retry_interval = \"1s\"\n  }}\n}}\n"
+        ),
+        &[],
+    );
+    let addr = late.rpc_addr();
+    let mut seen_as_learner = None;
+    wait_until(
+        FORM,
+        "the new server in the configuration as a non-voter",
+        || {
+            let voter = raft_servers(&servers[leader]).and_then(|l| {
+                l.into_iter()
+                    .find(|(_, a, _)| *a == addr)
+                    .map(|(_, _, v)| v)
+            });
+            if voter == Some(false) {
+                seen_as_learner = Some(Instant::now());
+            }
+            voter.is_some()
+        },
+    );
+    let first = seen_as_learner.expect("added as a non-voter first, not straight as a voter");
+    wait_until(FORM, "the new server promoted", || {
+        raft_servers(&servers[leader]).is_some_and(|l| l.iter().any(|(_, a, v)| *a == addr && *v))
+    });
+    assert!(
+        first.elapsed() >= Duration::from_secs(3),
+        "promoted {:?} after it was added: before ServerStabilizationTime",
+        first.elapsed()
+    );
+    // It follows the leader and serves reads like any server.
+    wait_until(FORM, "the new server knows the leader", || {
+        common::leader_of(&late).as_deref() == Some(servers[leader].rpc_addr().as_str())
+    });
+    servers.push(late);
+}
