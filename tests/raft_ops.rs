@@ -354,6 +354,89 @@ fn leadership_moves_to_the_named_voter_on_request() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["Noop"], true);
+
+    // Ref §5.6: an error of the leader's comes back through a follower's hop as
+    // `rpc error: …`; the leader's own HTTP answer has no prefix, nor has a 400 of input.
+    let path = "/v1/node/00000000-0000-4000-8000-000000000000/eligibility";
+    let body = r#"{"Eligibility":"eligible"}"#;
+    let r = put(&servers[target], path, body);
+    assert_eq!((r.status, r.text()), (500, "node not found".to_string()));
+    let r = put(&servers[via], path, body);
+    assert_eq!(
+        (r.status, r.text()),
+        (500, "rpc error: node not found".to_string())
+    );
+    let r = put(&servers[via], path, "{");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(!r.text().starts_with("rpc error"), "{}", r.text());
+}
+
+fn batch_job(id: &str) -> Vec<u8> {
+    serde_json::json!({"Job": {"ID": id, "Type": "batch", "Datacenters": ["dc1"],
+        "TaskGroups": [{"Name": "g", "Count": 1, "Tasks": [{"Name": "t", "Driver": "raw_exec",
+        "Config": {"command": "/bin/true"}}]}]}})
+    .to_string()
+    .into_bytes()
+}
+
+fn register(a: &TestAgent, id: &str) -> u64 {
+    let r = a.request("PUT", "/v1/jobs", &[], &batch_job(id));
+    assert_eq!(r.status, 200, "register {id}: {}", r.text());
+    r.json()["JobModifyIndex"].as_u64().expect("JobModifyIndex")
+}
+
+fn index_of(r: &common::Response) -> u64 {
+    r.header("X-Nomad-Index")
+        .and_then(|v| v.parse().ok())
+        .expect("X-Nomad-Index")
+}
+
+/// A snapshot restored into a fresh server whose Raft index is far below the snapshot's:
+/// the restore and every later write get indexes above every restored object's, across a
+/// restart too (the index never goes back, as with Nomad's raft restore).
+#[test]
+fn a_restore_into_a_fresh_server_keeps_indexes_moving_forward() {
+    let old = TestAgent::server("", &[]);
+    let mut restored_max = 0;
+    for i in 0..30 {
+        restored_max = restored_max.max(register(&old, &format!("old-{i}")));
+    }
+    let snap = old.get("/v1/operator/snapshot");
+    assert_eq!(snap.status, 200);
+    let snap_index = index_of(&snap);
+    assert!(snap_index >= restored_max);
+
+    let mut fresh = TestAgent::server("", &[]);
+    let before = index_of(&fresh.get("/v1/jobs"));
+    assert!(
+        before < restored_max,
+        "precondition: the fresh server's index {before} is below the snapshot's {restored_max}"
+    );
+    let r = fresh.request("PUT", "/v1/operator/snapshot", &[], &snap.body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let at = index_of(&r);
+    assert!(
+        at > snap_index,
+        "restored at {at}, the snapshot was at {snap_index}"
+    );
+    let jobs = fresh.get_json("/v1/jobs");
+    assert_eq!(jobs.as_array().map(Vec::len), Some(30));
+    let new = register(&fresh, "new-1");
+    assert!(
+        new > at,
+        "a write after the restore got index {new}, not above {at}"
+    );
+    let listed = fresh.get("/v1/jobs");
+    assert!(index_of(&listed) >= new);
+    let job = fresh.get_json("/v1/job/new-1");
+    assert!(job["CreateIndex"].as_u64().expect("CreateIndex") > restored_max);
+
+    fresh.restart();
+    let after_restart = register(&fresh, "new-2");
+    assert!(
+        after_restart > new,
+        "after a restart a write got index {after_restart}, not above {new}"
+    );
 }
 
 /// Ref §6.1, §6.3: a server with `bootstrap_expect = 0` never elects itself; joined to a
