@@ -311,8 +311,9 @@ fn task_states_reached_while_the_server_was_down_reach_it_afterwards() {
 
 #[test]
 fn a_restarted_server_arms_timers_for_known_nodes_and_marks_a_silent_one_down() {
-    // Grace long enough that the node cannot go down before the server restarted.
-    let slow = "server {\n  min_heartbeat_ttl = \"1s\"\n  heartbeat_grace = \"5s\"\n}\n";
+    // Grace long enough that the node cannot go down before the server restarted; the
+    // restarted server takes office with a failover TTL short enough for a test.
+    let slow = "server {\n  min_heartbeat_ttl = \"1s\"\n  heartbeat_grace = \"5s\"\n  failover_heartbeat_ttl = \"3s\"\n}\n";
     let mut server = TestAgent::server(slow, &[]);
     let mut client = TestAgent::client(&[&server.rpc_addr()], "", &[]);
     let id = client.node_id();
