@@ -355,16 +355,32 @@ fn bad_jobs_are_refused_with_nomads_messages() {
     );
     assert!(t.contains("Missing tasks for task group"), "{t}");
 
+    // A driver no node has is the scheduler's business, as in Nomad: accepted, then its
+    // placement fails with "missing drivers" and the eval is blocked.
     let (s, t) = register_err(
         &agent,
-        &json!({"Job": {"ID": "x", "TaskGroups": [{"Name": "g", "Tasks": [
+        &json!({"Job": {"ID": "dock", "TaskGroups": [{"Name": "g", "Tasks": [
         {"Name": "t", "Driver": "docker", "Config": {"image": "redis"}}]}]}}),
     );
-    assert_eq!(s, 400);
-    assert!(
-        t.contains("Task t validation failed") && t.contains("unknown driver \"docker\""),
-        "{t}"
+    assert_eq!(s, 200, "{t}");
+    let eval_id = serde_json::from_str::<Value>(&t).unwrap()["EvalID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut eval = Value::Null;
+    wait_until(Duration::from_secs(10), "the docker job's eval", || {
+        eval = agent.get_json(&format!("/v1/evaluation/{eval_id}"));
+        eval["Status"] == "complete"
+    });
+    assert_eq!(
+        eval["FailedTGAllocs"]["g"]["ConstraintFiltered"]["missing drivers"], 1,
+        "{eval}"
     );
+    assert!(agent
+        .get_json("/v1/job/dock/allocations")
+        .as_array()
+        .unwrap()
+        .is_empty());
 
     let (s, t) = register_err(
         &agent,
@@ -398,7 +414,15 @@ fn bad_jobs_are_refused_with_nomads_messages() {
         "{t}"
     );
     assert!(t.starts_with("2 errors occurred:\n\t* "), "{t}");
-    assert_eq!(agent.get_json("/v1/jobs"), json!([]));
+    // Nothing refused was kept; only the docker job (accepted, unplaced) is there.
+    let ids: Vec<Value> = agent
+        .get_json("/v1/jobs")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["ID"].clone())
+        .collect();
+    assert_eq!(ids, vec![json!("dock")]);
 }
 
 #[test]
@@ -584,7 +608,7 @@ fn restart_and_signal_reach_the_running_task() {
         &sh_job(
             "life",
             "service",
-            "trap 'echo got-hup' HUP; echo up; while true; do sleep 0.05; done",
+            "trap 'echo got-hup' HUP; trap 'echo got-int' INT; echo up; while true; do sleep 0.05; done",
         ),
     );
     let id = first_alloc(&agent, "life");
@@ -601,6 +625,17 @@ fn restart_and_signal_reach_the_running_task() {
     assert_eq!(r.status, 200, "{}", r.text());
     wait_until(WAIT, "HUP handled", || {
         read_log(&agent, &id, "t", "stdout").contains("got-hup")
+    });
+    // A name raw_exec does not know sends SIGINT, as Nomad's raw_exec driver does.
+    let r = agent.request(
+        "POST",
+        &format!("/v1/client/allocation/{id}/signal"),
+        &[],
+        br#"{"Signal":"INVALID-SIGNAL","Task":"t"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_until(WAIT, "INT handled", || {
+        read_log(&agent, &id, "t", "stdout").contains("got-int")
     });
     let r = agent.request(
         "POST",
@@ -628,7 +663,7 @@ fn restart_and_signal_reach_the_running_task() {
     });
     let a = alloc(&agent, &id);
     assert_eq!(events_of(&a, "t", "Restart Signaled").len(), 1);
-    assert_eq!(events_of(&a, "t", "Signaling").len(), 1);
+    assert_eq!(events_of(&a, "t", "Signaling").len(), 2);
     assert_eq!(a["ClientStatus"], "running");
 }
 

@@ -121,8 +121,11 @@ fn signal(ctx: &Ctx, id: &str) -> ApiResult {
     let name = get_ci(&body, "Signal")
         .and_then(Value::as_str)
         .unwrap_or("");
-    let sig = parse_signal(name)
-        .ok_or_else(|| ApiError::bad_request(format!("Failed to parse signal {name:?}")))?;
+    // raw_exec's rule in Nomad: a name it does not know (or none) sends SIGINT, with a warning.
+    let sig = parse_signal(name).unwrap_or_else(|| {
+        log::warn!("client: unknown signal {name:?} to send to alloc {id}, using SIGINT instead");
+        libc::SIGINT
+    });
     let task = get_ci(&body, "Task")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty());

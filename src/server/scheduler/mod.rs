@@ -149,13 +149,18 @@ fn log_failures(eval: &EvalRecord, plan: &Plan) {
             .failed_tg_allocs
             .iter()
             .map(|(g, m)| {
-                format!(
-                    "group {g:?}: {} nodes filtered {}, {} exhausted {}",
-                    m["NodesFiltered"],
-                    m["ConstraintFiltered"],
-                    m["NodesExhausted"],
-                    m["DimensionExhausted"]
-                )
+                // Reasons only where there are some: a group with no eligible node at all
+                // says just that.
+                let mut line = format!(
+                    "group {g:?}: {} nodes evaluated, {} filtered, {} exhausted",
+                    m["NodesEvaluated"], m["NodesFiltered"], m["NodesExhausted"]
+                );
+                for key in ["ConstraintFiltered", "ClassFiltered", "DimensionExhausted"] {
+                    if m[key].as_object().is_some_and(|o| !o.is_empty()) {
+                        line.push_str(&format!(" {key} {}", m[key]));
+                    }
+                }
+                line
             })
             .collect();
         groups.join("; ")

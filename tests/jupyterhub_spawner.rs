@@ -1,0 +1,102 @@
+//! jupyterhub-nomad-spawner's own job factory and Nomad client (0.1.0 from PyPI, without
+//! JupyterHub itself) spawn a notebook on the real agent: its HCL template parsed and
+//! registered, its wait for `running`, the notebook's address read from the allocation and
+//! dialled, then its delete (tests/python/jupyterhub_flow.py).
+
+mod common;
+use common::*;
+
+use std::path::Path;
+use std::process::Command;
+
+/// The spawner release, installed without its JupyterHub and notebook dependencies (only its
+/// job factory and Nomad client are used), beside the versions of theirs it pins.
+const SPAWNER: &[&str] = &[
+    "jupyterhub-nomad-spawner==0.1.0",
+    "Jinja2>=3.1.2,<4",
+    "attrs>=21.4.0,<22",
+    "httpx>=0.23.0,<0.24",
+    "pydantic>=1.9.0,<2",
+    "tenacity>=8.0.1,<9",
+];
+
+fn python() -> std::path::PathBuf {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("jupyterhub-spawner");
+    let venv = base.join("venv");
+    let ready = base.join("venv.ready");
+    if !ready.exists() {
+        let _ = std::fs::remove_dir_all(&venv);
+        std::fs::create_dir_all(&base).expect("spawner dir");
+        let st = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 -m venv");
+        assert!(st.success(), "python3 -m venv");
+        let out = Command::new(venv.join("bin/python"))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+            ])
+            .args(SPAWNER)
+            .output()
+            .expect("pip");
+        assert!(
+            out.status.success(),
+            "pip install of the spawner: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Their own dependencies (httpx's, pydantic's), now with dependency resolution.
+        let out = Command::new(venv.join("bin/python"))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(&SPAWNER[1..])
+            .output()
+            .expect("pip");
+        assert!(
+            out.status.success(),
+            "pip install of the spawner's dependencies: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(&ready, "").expect("mark ready");
+    }
+    venv.join("bin/python")
+}
+
+#[test]
+fn jupyterhubs_nomad_spawner_parses_registers_and_reaches_its_notebook() {
+    let python = python();
+    let agent = TestAgent::start(&[]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/jupyterhub_flow.py"
+    );
+    let out = Command::new(&python)
+        .arg(script)
+        .arg(agent.port.to_string())
+        .env_remove("NOMAD_ADDR")
+        .env_remove("NOMAD_TOKEN")
+        .output()
+        .expect("run the spawner flow");
+    assert!(
+        out.status.success(),
+        "spawner flow failed:\n{}\n{}\nagent log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        agent.log()
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("reached the notebook"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
