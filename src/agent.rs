@@ -341,6 +341,7 @@ fn start_raft(agent: &Arc<Agent>) -> Result<(), AgentError> {
         },
         dial: rpc_dialer(c, agent.tls.as_ref()),
         gossip: agent.gossip.get().cloned(),
+        raft_dir: Some(c.data_dir.join("server").join("raft")),
     };
     let raft = crate::raft::Raft::start(settings, machine).map_err(AgentError::Raft)?;
     agent

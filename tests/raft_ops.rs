@@ -507,3 +507,46 @@ fn a_server_that_expects_none_waits_then_joins_as_a_non_voter_and_is_promoted() 
     });
     servers.push(late);
 }
+
+/// Ref §6.1: a cluster that lost its quorum for good recovers with `peers.json`: the last
+/// server, stopped, is given a configuration of itself alone; started, it leads with every
+/// write the cluster had, takes new writes, and the file is consumed (`peers.info` left).
+#[test]
+fn peers_json_brings_back_a_cluster_that_lost_its_quorum() {
+    let mut servers = servers_with(3, "");
+    let leader = wait_leader(&servers, &[0, 1, 2], FORM);
+    register(&servers[leader], "before-outage");
+    let last = (leader + 1) % 3;
+    wait_until(FORM, "the job on the last server", || {
+        common::try_get(&servers[last], "/v1/job/before-outage?stale")
+            .is_some_and(|r| r.status == 200)
+    });
+    let id = uuid_of(&servers, last);
+    for i in (0..3).filter(|i| *i != last) {
+        servers[i].kill9();
+    }
+    // No quorum: nothing is written.
+    let r = servers[last].request("PUT", "/v1/jobs", &[], &batch_job("lost"));
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(servers[last].stop().success());
+    let raft_dir = servers[last].data_dir.join("server").join("raft");
+    std::fs::create_dir_all(&raft_dir).expect("raft dir");
+    let peers = serde_json::json!([
+        {"id": id, "address": servers[last].rpc_addr(), "non_voter": false}
+    ]);
+    std::fs::write(raft_dir.join("peers.json"), peers.to_string()).expect("peers.json");
+    servers[last].restart_after_stop();
+    wait_leader(&servers, &[last], FORM);
+    assert_eq!(
+        raft_servers(&servers[last]).map(|l| l.len()),
+        Some(1),
+        "the configuration is the one peers.json gave"
+    );
+    assert_eq!(servers[last].get("/v1/job/before-outage").status, 200);
+    register(&servers[last], "after-recovery");
+    assert!(
+        !raft_dir.join("peers.json").exists(),
+        "peers.json is consumed"
+    );
+    assert!(raft_dir.join("peers.info").exists());
+}

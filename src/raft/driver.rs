@@ -109,8 +109,9 @@ macro_rules! st {
 
 impl Driver {
     /// Open the Raft storage in the state machine's store (the first start with Raft writes
-    /// the state as it stands as the log's base), bootstrap alone when `alone` and the
-    /// configuration is empty, and build the node.
+    /// the state as it stands as the log's base), replace the configuration with `recover`
+    /// (peers.json), bootstrap alone when `alone` and the configuration is empty, and build
+    /// the node.
     pub(crate) fn open(
         id: u64,
         mut sm: StateMachine,
@@ -118,6 +119,7 @@ impl Driver {
         shared: Arc<Shared>,
         transport: Arc<Transport>,
         alone: bool,
+        recover: Option<raft::eraftpb::ConfState>,
     ) -> Result<Driver, RaftError> {
         let mut storage = DiskStorage::load(sm.db()).map_err(RaftError::Store)?;
         if !storage.exists() || sm.plain_log_pending().map_err(RaftError::Store)? {
@@ -142,6 +144,17 @@ impl Driver {
                     sm.state().index
                 );
             }
+        }
+        if let Some(cs) = recover {
+            // peers.json: the operator's configuration replaces the stored one, once.
+            let txn = st!("begin", sm.db().begin_write()).map_err(RaftError::Store)?;
+            log::warn!(
+                "raft: recovering from peers.json: voters {:x?}, non-voters {:x?}",
+                cs.voters,
+                cs.learners
+            );
+            storage.set_conf_state(&txn, cs).map_err(RaftError::Store)?;
+            st!("commit", txn.commit()).map_err(RaftError::Store)?;
         }
         if alone && !storage.initialized() {
             let txn = st!("begin", sm.db().begin_write()).map_err(RaftError::Store)?;

@@ -11,6 +11,7 @@ pub mod autopilot;
 mod driver;
 mod logger;
 pub mod members;
+pub mod recovery;
 mod storage;
 mod transport;
 
@@ -101,6 +102,8 @@ pub struct Settings {
     pub dial: Dial,
     /// The gossip member table (servers find each other there).
     pub gossip: Option<Arc<crate::gossip::Gossip>>,
+    /// `<data_dir>/server/raft`: where an operator puts `peers.json` to recover.
+    pub raft_dir: Option<std::path::PathBuf>,
 }
 
 /// Why Raft could not start.
@@ -114,6 +117,8 @@ pub enum RaftError {
     Raft(raft::Error),
     /// A thread could not be started.
     Spawn(io::Error),
+    /// `peers.json` is there but unusable.
+    Recovery(recovery::RecoveryError),
 }
 
 impl fmt::Display for RaftError {
@@ -123,6 +128,7 @@ impl fmt::Display for RaftError {
             RaftError::Store(e) => write!(f, "raft storage: {e}"),
             RaftError::Raft(e) => write!(f, "raft: {e}"),
             RaftError::Spawn(e) => write!(f, "cannot start a raft thread: {e}"),
+            RaftError::Recovery(e) => e.fmt(f),
         }
     }
 }
@@ -133,6 +139,7 @@ impl std::error::Error for RaftError {
             RaftError::Store(e) => Some(e),
             RaftError::Raft(e) => Some(e),
             RaftError::Spawn(e) => Some(e),
+            RaftError::Recovery(e) => Some(e),
             RaftError::BadId(_) => None,
         }
     }
@@ -292,8 +299,30 @@ impl Raft {
             tx.clone(),
         ));
         let alone = settings.bootstrap_expect == 1;
-        let driver =
-            driver::Driver::open(id, machine, rx, shared.clone(), transport.clone(), alone)?;
+        let recovery = match &settings.raft_dir {
+            Some(dir) => recovery::read(dir).map_err(RaftError::Recovery)?,
+            None => None,
+        };
+        if let Some(r) = &recovery {
+            let mut book = peers.write();
+            for (pid, p) in &r.peers {
+                if *pid != id {
+                    book.insert(*pid, p.clone());
+                }
+            }
+        }
+        let driver = driver::Driver::open(
+            id,
+            machine,
+            rx,
+            shared.clone(),
+            transport.clone(),
+            alone,
+            recovery.as_ref().map(|r| r.conf.clone()),
+        )?;
+        if let Some(r) = &recovery {
+            r.done();
+        }
         let mut threads = vec![std::thread::Builder::new()
             .name("raft".into())
             .spawn(move || driver.run())
