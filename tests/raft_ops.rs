@@ -550,3 +550,87 @@ fn peers_json_brings_back_a_cluster_that_lost_its_quorum() {
     );
     assert!(raft_dir.join("peers.info").exists());
 }
+
+/// A token for `rules` made with the management token `mgmt`.
+fn token_for(a: &TestAgent, mgmt: &str, name: &str, rules: &str) -> String {
+    let policy = serde_json::json!({"Name": name, "Rules": rules});
+    let r = a.request(
+        "POST",
+        &format!("/v1/acl/policy/{name}"),
+        &[("X-Nomad-Token", mgmt)],
+        policy.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "policy: {}", r.text());
+    let body = serde_json::json!({"Name": name, "Type": "client", "Policies": [name]});
+    let r = a.request(
+        "POST",
+        "/v1/acl/token",
+        &[("X-Nomad-Token", mgmt)],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "token: {}", r.text());
+    r.json()["SecretID"].as_str().expect("SecretID").to_string()
+}
+
+/// Nomad's ACLs on the operator endpoints: autopilot reads need `operator:read`, a set
+/// `operator:write`; leadership transfer needs a management token.
+#[test]
+fn operator_endpoints_check_operator_read_write_and_management() {
+    let server = TestAgent::server("acl {\n  enabled = true\n}\n", &[]);
+    let r = server.request("POST", "/v1/acl/bootstrap", &[], b"");
+    assert_eq!(r.status, 200, "bootstrap: {}", r.text());
+    let mgmt = r.json()["SecretID"].as_str().expect("secret").to_string();
+    let reader = token_for(
+        &server,
+        &mgmt,
+        "op-read",
+        "operator {\n  policy = \"read\"\n}\n",
+    );
+    let writer = token_for(
+        &server,
+        &mgmt,
+        "op-write",
+        "operator {\n  policy = \"write\"\n}\n",
+    );
+    let cfg = "/v1/operator/autopilot/configuration";
+    let health = "/v1/operator/autopilot/health";
+    let body = autopilot_body("{}");
+    let call = |method: &str, path: &str, token: Option<&str>, body: &str| {
+        let headers: Vec<(&str, &str)> = token
+            .map(|t| vec![("X-Nomad-Token", t)])
+            .unwrap_or_default();
+        server.request(method, path, &headers, body.as_bytes())
+    };
+    wait_until(FORM, "the autopilot config stored", || {
+        call("GET", cfg, Some(&mgmt), "").status == 200
+    });
+    for (method, path, token, want) in [
+        ("GET", cfg, None, 403),
+        ("GET", cfg, Some(reader.as_str()), 200),
+        ("GET", health, None, 403),
+        ("GET", health, Some(reader.as_str()), 200),
+        ("PUT", cfg, Some(reader.as_str()), 403),
+        ("PUT", cfg, Some(writer.as_str()), 200),
+        ("GET", cfg, Some(writer.as_str()), 200),
+    ] {
+        let r = call(
+            method,
+            path,
+            token,
+            if method == "PUT" { &body } else { "" },
+        );
+        assert_eq!(r.status, want, "{method} {path} {token:?}: {}", r.text());
+        if want == 403 {
+            assert_eq!(r.text(), "Permission denied");
+        }
+    }
+    let transfer = format!(
+        "/v1/operator/raft/transfer-leadership?address={}",
+        server.rpc_addr()
+    );
+    let r = call("PUT", &transfer, Some(&writer), "");
+    assert_eq!((r.status, r.text()), (403, "Permission denied".to_string()));
+    let r = call("PUT", &transfer, Some(&mgmt), "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["Noop"], true, "the only server already leads");
+}
