@@ -112,11 +112,17 @@ impl Agent {
         let node = Arc::new(NodeState::load(&config)?);
         let membership = Membership::load(&config, node.id())?;
         // A server with an RPC port (not `-dev`) replicates its state with Raft.
-        let workloads = Arc::new(Workloads::load_with(
-            &config.data_dir,
-            index.clone(),
-            replicates(&config),
-        )?);
+        let workloads = Arc::new(
+            Workloads::load_with(&config.data_dir, index.clone(), replicates(&config))?
+                .with_gc_policy(crate::state::gc::GcPolicy {
+                    interval: config.job_gc_interval,
+                    thresholds: crate::state::gc::GcThresholds {
+                        job: config.job_gc_threshold,
+                        eval: config.eval_gc_threshold,
+                        batch_eval: config.batch_eval_gc_threshold,
+                    },
+                }),
+        );
         index.observe(workloads.max_index());
         let acl = Arc::new(AclState::load(
             &config.data_dir,

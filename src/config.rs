@@ -144,6 +144,14 @@ pub struct Config {
     /// `server.failover_heartbeat_ttl` (default 5m): the flat timer a new leader gives every
     /// node that is not down.
     pub failover_heartbeat_ttl: Duration,
+    /// `server.job_gc_interval` (default 5m): how often the leader collects garbage.
+    pub job_gc_interval: Duration,
+    /// `server.job_gc_threshold` (default 4h): how long a finished job is kept.
+    pub job_gc_threshold: Duration,
+    /// `server.eval_gc_threshold` (default 1h): how long a finished eval is kept.
+    pub eval_gc_threshold: Duration,
+    /// `server.batch_eval_gc_threshold` (default 24h): ... a finished batch job's eval.
+    pub batch_eval_gc_threshold: Duration,
     /// `server.bootstrap_expect` / `-bootstrap-expect` (default 0).
     pub bootstrap_expect: u32,
     /// `client.node_class` (default empty).
@@ -336,6 +344,15 @@ pub const DEFAULT_RPC_PORT: u16 = 4647;
 pub const DEFAULT_SERF_PORT: u16 = 4648;
 /// Nomad's default `acl.token_ttl` and `acl.policy_ttl`.
 pub const DEFAULT_ACL_CACHE_TTL: Duration = Duration::from_secs(30);
+/// Nomad's `server.job_gc_interval` default.
+pub const DEFAULT_JOB_GC_INTERVAL: Duration = Duration::from_secs(300);
+/// Nomad's `server.job_gc_threshold` default.
+pub const DEFAULT_JOB_GC_THRESHOLD: Duration = Duration::from_secs(4 * 3600);
+/// Nomad's `server.eval_gc_threshold` default.
+pub const DEFAULT_EVAL_GC_THRESHOLD: Duration = Duration::from_secs(3600);
+/// Nomad's `server.batch_eval_gc_threshold` default.
+pub const DEFAULT_BATCH_EVAL_GC_THRESHOLD: Duration = Duration::from_secs(24 * 3600);
+
 /// Nomad's `server.heartbeat_grace` default.
 pub const DEFAULT_HEARTBEAT_GRACE: Duration = Duration::from_secs(10);
 /// Nomad's `server.min_heartbeat_ttl` default.
@@ -555,6 +572,30 @@ impl Config {
             None => DEFAULT_HEARTBEAT_GRACE,
             Some(t) => duration_setting("server.heartbeat_grace", t)?,
         };
+        let gc_setting = |key: &str, v: &Option<String>, default: Duration| match v {
+            None => Ok(default),
+            Some(t) => duration_setting(key, t),
+        };
+        let job_gc_interval = gc_setting(
+            "server.job_gc_interval",
+            &file.server.job_gc_interval,
+            DEFAULT_JOB_GC_INTERVAL,
+        )?;
+        let job_gc_threshold = gc_setting(
+            "server.job_gc_threshold",
+            &file.server.job_gc_threshold,
+            DEFAULT_JOB_GC_THRESHOLD,
+        )?;
+        let eval_gc_threshold = gc_setting(
+            "server.eval_gc_threshold",
+            &file.server.eval_gc_threshold,
+            DEFAULT_EVAL_GC_THRESHOLD,
+        )?;
+        let batch_eval_gc_threshold = gc_setting(
+            "server.batch_eval_gc_threshold",
+            &file.server.batch_eval_gc_threshold,
+            DEFAULT_BATCH_EVAL_GC_THRESHOLD,
+        )?;
         let min_heartbeat_ttl = match &file.server.min_heartbeat_ttl {
             None => DEFAULT_MIN_HEARTBEAT_TTL,
             Some(t) => duration_setting("server.min_heartbeat_ttl", t)?,
@@ -700,6 +741,10 @@ impl Config {
             server_retry_max: server_join.retry_max.or(client_join.retry_max).unwrap_or(0),
             start_join,
             heartbeat_grace,
+            job_gc_interval,
+            job_gc_threshold,
+            eval_gc_threshold,
+            batch_eval_gc_threshold,
             min_heartbeat_ttl,
             max_heartbeats_per_second,
             failover_heartbeat_ttl,

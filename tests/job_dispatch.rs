@@ -156,7 +156,11 @@ fn a_parameterized_job_dispatches_children_that_run_with_payload_and_meta() {
     );
     let file = alloc_dir(&agent, &id).join("t/local/in/input.txt");
     assert_eq!(std::fs::read(&file).unwrap(), b"hello payload");
-    // The parent still has no allocations of its own and stays running.
+    // The child ends as any batch job does (it keeps its parent's ParameterizedJob, yet is
+    // not a parent); the parent still has no allocations of its own and stays running.
+    wait_until(WAIT, "the finished child dead", || {
+        agent.get_json(&format!("/v1/job/{child}"))["Status"] == "dead"
+    });
     assert!(allocs(&agent, "report").is_empty());
     assert_eq!(agent.get_json("/v1/job/report")["Status"], "running");
     let list = agent.get_json("/v1/jobs?prefix=report");

@@ -1,6 +1,6 @@
 //! `PUT /v1/system/gc`: a forced garbage collection, as Nomad's operator command runs it.
-//! nomadlet's collector is the client's: every terminal allocation that is not yet collected
-//! is marked collected (durably) and its alloc dir destroyed.
+//! The server reaps every finished job, eval and alloc (`state::gc`, thresholds zero), and
+//! this agent's client collects its terminal allocations' dirs.
 
 use crate::http::Method;
 
@@ -12,6 +12,21 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
         "system/gc" => {
             ctx.require_method(&[Method::Put])?;
             ctx.identity.allow_management()?;
+            // The servers' collection (every finished job, eval and alloc, whatever its
+            // age), then this client's: terminal allocs' dirs.
+            if ctx.agent.config.server_enabled {
+                let r = ctx
+                    .agent
+                    .workloads
+                    .collect_garbage(&crate::state::gc::GcThresholds::FORCE)
+                    .map_err(super::job_versions::store_err)?;
+                log::info!(
+                    "gc: forced: collected {} jobs, {} evals, {} allocs",
+                    r.jobs,
+                    r.evals,
+                    r.allocs
+                );
+            }
             ctx.agent.client.gc_all();
             empty()
         }

@@ -415,9 +415,16 @@ impl Client {
         })?;
         let present: HashSet<&String> = reply.alloc_ids.iter().collect();
         let mut reconnect = Vec::new();
+        let mut reaped = Vec::new();
         {
             let mut allocs = self.allocs.write();
-            allocs.retain(|id, _| present.contains(id));
+            allocs.retain(|id, a| {
+                let keep = present.contains(id);
+                if !keep && a.terminal() && !a.collected {
+                    reaped.push(id.clone());
+                }
+                keep
+            });
             for mut a in reply.changed {
                 // The server marked it `unknown` while this node was away: the node tells it
                 // what its tasks really did (sent with the next push, ref §3.5).
@@ -446,6 +453,22 @@ impl Client {
             let mut pending = self.unsynced.lock();
             for up in reconnect {
                 merge_update(&mut pending, up, true);
+            }
+        }
+        // The servers collected these finished allocs (`state::gc`): their dirs go too, as a
+        // Nomad client destroys an alloc the servers garbage-collected. A runner still
+        // finishing keeps its dir until the next client GC.
+        for id in reaped {
+            let busy = self
+                .runners
+                .lock()
+                .get(&id)
+                .is_some_and(|t| !t.iter().all(TaskHandle::finished));
+            if busy {
+                continue;
+            }
+            if let Err(e) = AllocDir::new(&self.data_dir, &id).destroy() {
+                log::warn!("alloc {id} was collected by the servers; its dir stays: {e}");
             }
         }
         let mut pulled = self.pulled_index.lock();

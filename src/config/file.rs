@@ -152,6 +152,12 @@ pub struct Server {
     pub max_heartbeats_per_second: Option<f64>,
     /// Go duration, default `5m`.
     pub failover_heartbeat_ttl: Option<String>,
+    /// Go durations: how often the leader collects garbage, and how old finished jobs,
+    /// evals and batch evals must be (defaults 5m, 4h, 1h, 24h).
+    pub job_gc_interval: Option<String>,
+    pub job_gc_threshold: Option<String>,
+    pub eval_gc_threshold: Option<String>,
+    pub batch_eval_gc_threshold: Option<String>,
     /// Base64 gossip key.
     pub encrypt: Option<String>,
     pub server_join: Option<ServerJoin>,

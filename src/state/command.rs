@@ -258,6 +258,11 @@ pub enum Command {
         #[serde(default)]
         cas: Option<u64>,
     },
+    /// Server garbage collection (`state::gc`): forget the finished jobs, evals and allocs the
+    /// leader chose; apply removes only those still finished.
+    GcReap {
+        reap: super::gc::Reap,
+    },
 }
 
 /// The whole server state a [`Command::RestoreSnapshot`] carries: serialized as the state's
@@ -299,6 +304,8 @@ pub enum Applied {
     Job(JobWrite),
     /// An alloc stop: the evaluation made.
     AllocStopped { eval_id: String },
+    /// A garbage collection: what it removed.
+    Gc(super::gc::Reaped),
     /// A client update: the alloc as it now is.
     Alloc(Box<AllocRecord>),
     /// An ACL write (`false`: a delete found nothing).
@@ -829,6 +836,7 @@ pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appli
             triggered_by,
             now,
         } => super::jobs::launch::apply_launch(state, job, eval_id, triggered_by, *now, index)?,
+        Command::GcReap { reap } => Applied::Gc(super::gc::reap(state, reap)),
         Command::RestoreSnapshot { state: restored } => {
             // A replacement: nothing of the state before survives (the derived indexes came
             // with the decoded image). Deterministic: the command carries the whole state.

@@ -38,6 +38,8 @@ pub struct Workloads {
     path: PathBuf,
     log: Arc<CommandLog>,
     max_index: u64,
+    /// When and what the leader's periodic garbage collection reaps (`server.*_gc_*`).
+    gc_policy: super::gc::GcPolicy,
 }
 
 impl std::fmt::Debug for Workloads {
@@ -213,6 +215,36 @@ impl Workloads {
             path,
             log: Arc::new(opened.log),
             max_index,
+            gc_policy: super::gc::GcPolicy::default(),
+        })
+    }
+
+    /// The same, collecting garbage by `policy` (the agent's `server` config).
+    pub fn with_gc_policy(mut self, policy: super::gc::GcPolicy) -> Workloads {
+        self.gc_policy = policy;
+        self
+    }
+
+    /// When and what the periodic garbage collection reaps.
+    pub fn gc_policy(&self) -> super::gc::GcPolicy {
+        self.gc_policy
+    }
+
+    /// Forget the jobs, evals and allocs finished longer ago than `thresholds` (Nomad's core
+    /// GC; `GcThresholds::FORCE` for `PUT /v1/system/gc`): chosen on the published state,
+    /// removed by one durable command. Returns what was removed.
+    pub fn collect_garbage(
+        &self,
+        thresholds: &super::gc::GcThresholds,
+    ) -> Result<super::gc::Reaped, StoreError> {
+        let now = crate::time::unix_now_nanos();
+        let reap = super::gc::candidates(&self.state(), now, thresholds);
+        if reap.is_empty() {
+            return Ok(super::gc::Reaped::default());
+        }
+        Ok(match self.propose(Command::GcReap { reap })? {
+            Some((Applied::Gc(r), _)) => r,
+            _ => super::gc::Reaped::default(),
         })
     }
 
@@ -579,11 +611,9 @@ impl Workloads {
 /// while an eval for it waits (pending or blocked), as Nomad says.
 pub fn job_status_in(state: &ServerState, job: &Job) -> JobStatus {
     use super::status::{EvalStatus, JobType};
-    // Nomad: system, periodic and parameterized jobs run until they are stopped.
-    if job.job_type() == JobType::System
-        || !job.periodic.is_null()
-        || !job.parameterized_job.is_null()
-    {
+    // Nomad: system jobs and periodic and parameterized parents run until they are stopped
+    // (a dispatched child keeps its parent's ParameterizedJob, yet ends as any batch job).
+    if job.job_type() == JobType::System || launch::is_parent(job) {
         return if job.stop {
             JobStatus::Dead
         } else {

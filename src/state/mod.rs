@@ -7,6 +7,7 @@ pub mod command;
 pub mod command_log;
 pub mod event_broker;
 pub mod events;
+pub mod gc;
 pub mod host;
 pub mod jobs;
 pub mod leader;

@@ -177,14 +177,32 @@ fn log_failures(eval: &EvalRecord, plan: &Plan) {
 
 fn worker(w: &Workloads, index: &IndexCounter, stop: &AtomicBool, stats: &SchedStats) {
     let mut attempts: HashMap<String, u32> = HashMap::new();
+    // The server's garbage collection runs here, between evals, as Nomad's core evals run on
+    // its scheduler workers: the first one an interval after leadership began.
+    let gc = w.gc_policy();
+    let mut next_gc = Instant::now() + gc.interval;
     while !stop.load(Ordering::SeqCst) && !index.is_closed() {
         // The generation first: a change published after this read ends the wait below.
         let generation = index.generation();
+        if Instant::now() >= next_gc {
+            next_gc = Instant::now() + gc.interval;
+            match w.collect_garbage(&gc.thresholds) {
+                Ok(r) if r.jobs + r.evals + r.allocs > 0 => log::info!(
+                    "gc: collected {} jobs, {} evals, {} allocs",
+                    r.jobs,
+                    r.evals,
+                    r.allocs
+                ),
+                Ok(_) => {}
+                Err(e) => log::warn!("gc: cannot collect: {e}"),
+            }
+            continue;
+        }
         let state = w.state();
         let now = crate::time::unix_now_nanos();
         let (next, wake) = next_eval(&state, now);
         let Some(eval) = next else {
-            let mut wait = IDLE_WAKE;
+            let mut wait = IDLE_WAKE.min(next_gc.saturating_duration_since(Instant::now()));
             if let Some(at) = wake {
                 let ns = u64::try_from(at.saturating_sub(now)).unwrap_or(0);
                 wait = wait.min(Duration::from_nanos(ns));
