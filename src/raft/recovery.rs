@@ -68,8 +68,7 @@ pub fn read(raft_dir: &Path) -> Result<Option<Recovery>, RecoveryError> {
     if text.len() as u64 > MAX_PEERS_JSON {
         return Err(RecoveryError(format!("larger than {MAX_PEERS_JSON} bytes")));
     }
-    crate::parse_bounds::check_json_depth(&text, crate::parse_bounds::JSON_MAX_DEPTH)
-        .map_err(|e| RecoveryError(e.reason))?;
+    // Bounded in size above; serde_json bounds nesting (recursion limit 128).
     let entries: Vec<Entry> =
         serde_json::from_slice(&text).map_err(|e| RecoveryError(e.to_string()))?;
     let mut conf = ConfState::default();
@@ -111,9 +110,8 @@ impl Recovery {
             log::error!("raft: cannot remove {}: {e}", self.path.display());
         }
         if let Some(dir) = self.path.parent() {
-            if let Err(e) =
-                crate::store::write_bytes(&dir.join("peers.info"), PEERS_INFO.as_bytes())
-            {
+            // An explanation for the operator, not state: a plain write is enough.
+            if let Err(e) = std::fs::write(dir.join("peers.info"), PEERS_INFO) {
                 log::warn!("raft: cannot write peers.info: {e}");
             }
         }
