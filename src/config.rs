@@ -168,6 +168,9 @@ pub struct Config {
     pub meta_batch_window: Option<Duration>,
     /// Terminal allocations kept before the oldest are collected (`client.gc_max_allocs`).
     pub gc_max_allocs: usize,
+    /// `client.cgroup_parent`, relative to each cgroup mount (no leading `/`); `None`: the
+    /// delegated cgroup the agent runs in, else the default layout (`sys::cgroup`).
+    pub cgroup_parent: Option<String>,
     pub raw_exec_enabled: bool,
     /// Config keys that were read but are not acted on, to log once the logger runs.
     pub config_warnings: Vec<String>,
@@ -191,6 +194,8 @@ pub struct Config {
     pub leave_on_terminate: bool,
     /// The client's ports: dynamic range, reserved ports, host networks.
     pub client_network: network::ClientNetwork,
+    /// `client.reserved { cpu memory disk }`: left to the host by the scheduler.
+    pub client_reserved: ReservedResources,
 }
 
 /// Nomad's `client.drain_on_shutdown` block.
@@ -344,6 +349,14 @@ pub const DEFAULT_RPC_PORT: u16 = 4647;
 pub const DEFAULT_SERF_PORT: u16 = 4648;
 /// Nomad's default `acl.token_ttl` and `acl.policy_ttl`.
 pub const DEFAULT_ACL_CACHE_TTL: Duration = Duration::from_secs(30);
+/// `client.reserved`: the node's resources the scheduler must not hand out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReservedResources {
+    pub cpu_mhz: u64,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+}
+
 /// Nomad's `server.job_gc_interval` default.
 pub const DEFAULT_JOB_GC_INTERVAL: Duration = Duration::from_secs(300);
 /// Nomad's `server.job_gc_threshold` default.
@@ -422,6 +435,29 @@ fn with_default_port(addr: &str, port: u16) -> String {
         Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
         Err(_) => addr.to_string(),
     }
+}
+
+/// Longest `client.cgroup_parent` accepted.
+pub const MAX_CGROUP_PARENT: usize = 256;
+
+/// `client.cgroup_parent` as a path relative to each cgroup mount (Nomad writes `/nomad` or
+/// `nomad.slice`; a leading `/` is dropped). Empty, over [`MAX_CGROUP_PARENT`], NUL, or with
+/// empty, `.` or `..` parts is refused.
+fn cgroup_parent(raw: &str) -> Result<String, ConfigError> {
+    let rel = raw.trim_start_matches('/').trim_end_matches('/');
+    let bad = rel.is_empty()
+        || raw.len() > MAX_CGROUP_PARENT
+        || rel.contains('\0')
+        || rel
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..");
+    if bad {
+        return Err(ConfigError::Invalid(format!(
+            "client.cgroup_parent {raw:?}: must name a cgroup path without empty, . or .. parts \
+             (at most {MAX_CGROUP_PARENT} bytes)"
+        )));
+    }
+    Ok(rel.to_string())
 }
 
 fn duration_setting(key: &str, text: &str) -> Result<Duration, ConfigError> {
@@ -693,13 +729,29 @@ impl Config {
                 ignore_system_jobs: d.ignore_system_jobs.unwrap_or(false),
             }),
         };
+        let reserved = file.client.reserved.clone().unwrap_or_default();
         let client_network = network::from_file(
             file.client.min_dynamic_port,
             file.client.max_dynamic_port,
+            reserved.reserved_ports.as_deref(),
             file.client.host_network.as_ref(),
         )?;
+        let reserve = |key: &str, v: Option<i64>| -> Result<u64, ConfigError> {
+            match v {
+                None => Ok(0),
+                Some(n) => u64::try_from(n).map_err(|_| {
+                    ConfigError::Invalid(format!("client.reserved.{key} must not be negative"))
+                }),
+            }
+        };
+        let client_reserved = ReservedResources {
+            cpu_mhz: reserve("cpu", reserved.cpu)?,
+            memory_mb: reserve("memory", reserved.memory)?,
+            disk_mb: reserve("disk", reserved.disk)?,
+        };
         Ok(Config {
             client_network,
+            client_reserved,
             dev,
             drain_on_shutdown,
             leave_on_interrupt: file.leave_on_interrupt.unwrap_or(false),
@@ -757,6 +809,12 @@ impl Config {
             acl_policy_ttl,
             meta_batch_window,
             gc_max_allocs: file.client.gc_max_allocs.unwrap_or(50),
+            cgroup_parent: file
+                .client
+                .cgroup_parent
+                .as_deref()
+                .map(cgroup_parent)
+                .transpose()?,
             raw_exec_enabled: file
                 .plugin
                 .raw_exec
@@ -842,6 +900,16 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_parent_is_a_relative_path_without_dot_parts() {
+        assert_eq!(cgroup_parent("/nomad").unwrap(), "nomad");
+        assert_eq!(cgroup_parent("a/b.slice/").unwrap(), "a/b.slice");
+        for bad in ["", "/", "a/../b", "./a", "a//b", "a\0b"] {
+            assert!(cgroup_parent(bad).is_err(), "{bad:?}");
+        }
+        assert!(cgroup_parent(&"a".repeat(MAX_CGROUP_PARENT + 1)).is_err());
+    }
 
     #[test]
     fn go_durations_parse() {

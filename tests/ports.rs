@@ -473,3 +473,106 @@ fn in_a_cluster_a_static_port_spreads_allocs_one_per_node_and_the_rest_wait() {
         Some(format!("127.0.0.1:{value}").as_str())
     );
 }
+
+#[test]
+fn client_reserved_keeps_ports_and_resources_from_the_scheduler() {
+    let dir = temp_dir("ports-cfg");
+    let cfg = dir.with_extension("hcl");
+    // More memory reserved than any host has: nothing that asks for memory fits.
+    std::fs::write(
+        &cfg,
+        "client {\n  min_dynamic_port = 42000\n  max_dynamic_port = 42002\n  reserved {\n    cpu = 100\n    memory = 100000000\n    disk = 10\n    reserved_ports = \"42001\"\n  }\n}\n",
+    )
+    .unwrap();
+    let agent = TestAgent::start_in(&dir, &["-config", cfg.to_str().unwrap()]);
+    let nodes = agent.get_json("/v1/nodes?resources=true");
+    let id = nodes[0]["ID"].as_str().unwrap().to_string();
+    assert_eq!(
+        nodes[0]["ReservedResources"]["Memory"]["MemoryMB"],
+        100000000
+    );
+    let node = agent.get_json(&format!("/v1/node/{id}"));
+    let rr = &node["ReservedResources"];
+    assert_eq!(
+        (
+            rr["Cpu"]["CpuShares"].clone(),
+            rr["Memory"]["MemoryMB"].clone(),
+            rr["Disk"]["DiskMB"].clone(),
+            rr["Networks"]["ReservedHostPorts"].clone()
+        ),
+        (json!(100), json!(100000000), json!(10), json!("42001"))
+    );
+    assert!(node["NodeResources"].get("Reserved").is_none(), "{node}");
+
+    let job = port_job(
+        "big",
+        1,
+        json!({"DynamicPorts": [{"Label": "p"}]}),
+        "sleep 30",
+    );
+    let r = register(&agent, &job);
+    let eval = wait_eval_done(&agent, r["EvalID"].as_str().unwrap());
+    assert_eq!(
+        eval["FailedTGAllocs"]["g"]["DimensionExhausted"]["memory"], 1,
+        "{eval}"
+    );
+    let _ = std::fs::remove_file(&cfg);
+}
+
+#[test]
+fn client_reserved_ports_are_never_handed_out() {
+    let dir = temp_dir("ports-cfg");
+    let cfg = dir.with_extension("hcl");
+    std::fs::write(
+        &cfg,
+        "client {\n  min_dynamic_port = 42100\n  max_dynamic_port = 42102\n  reserved {\n    reserved_ports = \"42101\"\n  }\n}\n",
+    )
+    .unwrap();
+    let agent = TestAgent::start_in(&dir, &["-config", cfg.to_str().unwrap()]);
+    let mut job = port_job(
+        "two",
+        3,
+        json!({"DynamicPorts": [{"Label": "p"}]}),
+        "sleep 30",
+    );
+    job["Job"]["TaskGroups"][0]["Tasks"][0]["Resources"] = json!({"CPU": 10, "MemoryMB": 10});
+    let r = register(&agent, &job);
+    let eval = wait_eval_done(&agent, r["EvalID"].as_str().unwrap());
+    // Three ports in the range, one reserved: two allocs placed, the third cannot be.
+    assert_eq!(
+        eval["FailedTGAllocs"]["g"]["DimensionExhausted"]["network: dynamic port selection failed"],
+        1,
+        "{eval}"
+    );
+    let mut got: Vec<u64> = running_allocs(&agent, "two", 2)
+        .iter()
+        .map(|a| {
+            a["AllocatedResources"]["Shared"]["Ports"][0]["Value"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, [42100, 42102]);
+    let _ = std::fs::remove_file(&cfg);
+
+    // A reserved_ports that is not a port list is refused at start, naming the key.
+    let bad = temp_dir("ports-cfg").with_extension("hcl");
+    std::fs::write(
+        &bad,
+        "client {\n  reserved {\n    reserved_ports = \"22,x\"\n  }\n}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nomadlet"))
+        .args(["agent", "-dev", "-config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&bad);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("client.reserved.reserved_ports"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

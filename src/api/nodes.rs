@@ -119,8 +119,12 @@ pub fn node_json(node: &Node) -> Value {
         "HTTPAddr": node.http_addr,
         "TLSEnabled": node.tls_enabled,
         "Attributes": node.attributes,
-        "NodeResources": node.resources,
-        "ReservedResources": {"Cpu": {"CpuShares": 0, "ReservedCpuCores": []}, "Memory": {"MemoryMB": 0}, "Disk": {"DiskMB": 0}, "Networks": {"ReservedHostPorts": reserved_host_ports(node)}},
+        "NodeResources": node_resources(node),
+        "ReservedResources": {
+            "Cpu": {"CpuShares": reserved(node, "/Reserved/Cpu/CpuShares"), "ReservedCpuCores": []},
+            "Memory": {"MemoryMB": reserved(node, "/Reserved/Memory/MemoryMB")},
+            "Disk": {"DiskMB": reserved(node, "/Reserved/Disk/DiskMB")},
+            "Networks": {"ReservedHostPorts": reserved_host_ports(node)}},
         "Links": {},
         "Meta": node.meta,
         "NodeClass": node.node_class,
@@ -142,6 +146,24 @@ pub fn node_json(node: &Node) -> Value {
         "ModifyIndex": node.modify_index,
         "Drain": node.drain,
     })
+}
+
+/// `NodeResources` as Nomad shows it: the client's report without the `Reserved` part it
+/// carries for the scheduler (that is `ReservedResources`).
+fn node_resources(node: &Node) -> Value {
+    let mut r = node.resources.clone();
+    if let Some(o) = r.as_object_mut() {
+        o.remove("Reserved");
+    }
+    r
+}
+
+/// One figure of the client's `reserved` block (0 when it reported none).
+fn reserved(node: &Node, pointer: &str) -> Value {
+    node.resources
+        .pointer(pointer)
+        .cloned()
+        .unwrap_or_else(|| json!(0))
 }
 
 /// The client's `reserved.reserved_ports`: what its default address reserves.
@@ -186,10 +208,12 @@ fn stub_json(node: &Node, with_os: bool, with_resources: bool) -> Value {
     stub.insert("Drivers".into(), node.drivers.clone());
     stub.insert("HostVolumes".into(), Value::Null);
     if with_resources {
-        stub.insert("NodeResources".into(), node.resources.clone());
+        stub.insert("NodeResources".into(), node_resources(node));
         stub.insert(
             "ReservedResources".into(),
-            json!({"Cpu": {"CpuShares": 0}, "Memory": {"MemoryMB": 0}, "Disk": {"DiskMB": 0}}),
+            json!({"Cpu": {"CpuShares": reserved(node, "/Reserved/Cpu/CpuShares")},
+                "Memory": {"MemoryMB": reserved(node, "/Reserved/Memory/MemoryMB")},
+                "Disk": {"DiskMB": reserved(node, "/Reserved/Disk/DiskMB")}}),
         );
     }
     stub.insert("LastDrain".into(), super::node_ops::last_drain_json(node));

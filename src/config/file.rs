@@ -36,7 +36,6 @@ pub const IGNORED_KEYS: &[&str] = &[
     "log_file",
     "plugin_dir",
     "client.options",
-    "client.reserved",
     "client.host_volume",
     "client.network_interface",
     "limits.https_handshake_timeout",
@@ -179,6 +178,8 @@ pub struct Client {
     pub node_class: Option<String>,
     pub node_pool: Option<String>,
     pub gc_max_allocs: Option<usize>,
+    /// The cgroup task cgroups are made under, relative to each hierarchy's mount.
+    pub cgroup_parent: Option<String>,
     /// nomadlet's own: a fixed metadata batch window (Go duration).
     pub meta_batch_window: Option<String>,
     /// `drain_on_shutdown { deadline force ignore_system_jobs }`.
@@ -188,6 +189,22 @@ pub struct Client {
     pub max_dynamic_port: Option<i64>,
     /// `host_network "<name>" { cidr interface reserved_ports }`.
     pub host_network: Option<BTreeMap<String, super::network::HostNetworkBlock>>,
+    /// `reserved { cpu memory disk reserved_ports }`: what the node keeps for itself.
+    pub reserved: Option<Reserved>,
+}
+
+/// `client.reserved`: resources the scheduler must leave to the host.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reserved {
+    /// MHz.
+    pub cpu: Option<i64>,
+    /// MB.
+    pub memory: Option<i64>,
+    /// MB.
+    pub disk: Option<i64>,
+    /// "22,80,8000-8100": on every address of the node.
+    pub reserved_ports: Option<String>,
 }
 
 /// `client.drain_on_shutdown`: when the agent leaves (`leave_on_*`), stop its allocations

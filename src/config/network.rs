@@ -1,8 +1,7 @@
 //! The client's port settings (Nomad's `client` keys): the dynamic port range
-//! (`min_dynamic_port`, `max_dynamic_port`) and `host_network "<name>" { cidr interface
-//! reserved_ports }` blocks naming more addresses ports may be placed on. (`client.reserved`
-//! is still ignored as a whole, so its `reserved_ports` is not read: `reserved_ports` below
-//! stays empty until it is.)
+//! (`min_dynamic_port`, `max_dynamic_port`), `reserved.reserved_ports` (on every address) and
+//! `host_network "<name>" { cidr interface reserved_ports }` blocks naming more addresses
+//! ports may be placed on.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +12,8 @@ use super::ConfigError;
 /// Nomad's default dynamic port range.
 pub const DEFAULT_MIN_DYNAMIC_PORT: u16 = 20000;
 pub const DEFAULT_MAX_DYNAMIC_PORT: u16 = 32000;
+/// The longest `reserved_ports` text accepted.
+pub const MAX_RESERVED_PORTS_TEXT: usize = 4096;
 /// The most `host_network` blocks one agent may configure.
 pub const MAX_HOST_NETWORKS: usize = 64;
 
@@ -99,6 +100,7 @@ pub fn cidr_contains(cidr: (std::net::IpAddr, u32), ip: std::net::IpAddr) -> boo
 pub fn from_file(
     min: Option<i64>,
     max: Option<i64>,
+    reserved_ports: Option<&str>,
     host_networks: Option<&BTreeMap<String, HostNetworkBlock>>,
 ) -> Result<ClientNetwork, ConfigError> {
     let port = |key: &str, v: Option<i64>, d: u16| -> Result<u16, ConfigError> {
@@ -116,7 +118,12 @@ pub fn from_file(
             "client.min_dynamic_port ({min_dynamic_port}) must not be greater than client.max_dynamic_port ({max_dynamic_port})"
         )));
     }
-    let reserved_ports = String::new();
+    let reserved_ports = reserved_ports.unwrap_or("").to_string();
+    if reserved_ports.len() > MAX_RESERVED_PORTS_TEXT || !port_ranges_ok(&reserved_ports) {
+        return Err(ConfigError::Invalid(format!(
+            "client.reserved.reserved_ports {reserved_ports:?} is not a list of ports and ranges"
+        )));
+    }
     let blocks = host_networks.cloned().unwrap_or_default();
     if blocks.len() > MAX_HOST_NETWORKS {
         return Err(ConfigError::Invalid(format!(
@@ -182,9 +189,9 @@ mod tests {
 
     #[test]
     fn a_reversed_range_is_refused() {
-        let e = from_file(Some(30000), Some(20000), None).unwrap_err();
+        let e = from_file(Some(30000), Some(20000), None, None).unwrap_err();
         assert!(e.to_string().contains("must not be greater"), "{e}");
-        let ok = from_file(Some(40000), Some(40010), None).unwrap();
+        let ok = from_file(Some(40000), Some(40010), None, None).unwrap();
         assert_eq!((ok.min_dynamic_port, ok.max_dynamic_port), (40000, 40010));
     }
 }

@@ -84,6 +84,9 @@ pub struct NodeState {
     networks: (Value, Value),
     /// The dynamic port range.
     dynamic_ports: (u16, u16),
+    /// `client.reserved { cpu memory disk }`: `NodeResources.Reserved`, which the scheduler
+    /// takes off the node's capacity.
+    reserved: crate::config::ReservedResources,
 }
 
 /// The built-in static metadata with the configured keys over it.
@@ -187,6 +190,7 @@ impl NodeState {
                 config.client_network.min_dynamic_port,
                 config.client_network.max_dynamic_port,
             ),
+            reserved: config.client_reserved,
         })
     }
 
@@ -335,6 +339,11 @@ impl NodeState {
             "NodeNetworks": self.networks.1,
             "MinDynamicPort": self.dynamic_ports.0,
             "MaxDynamicPort": self.dynamic_ports.1,
+            "Reserved": {
+                "Cpu": {"CpuShares": self.reserved.cpu_mhz},
+                "Memory": {"MemoryMB": self.reserved.memory_mb},
+                "Disk": {"DiskMB": self.reserved.disk_mb},
+            },
         })
     }
 }
