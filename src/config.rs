@@ -141,6 +141,9 @@ pub struct Config {
     pub min_heartbeat_ttl: Duration,
     /// `server.max_heartbeats_per_second` (default 50): the target aggregate heartbeat rate.
     pub max_heartbeats_per_second: f64,
+    /// `server.failover_heartbeat_ttl` (default 5m): the flat timer a new leader gives every
+    /// node that is not down.
+    pub failover_heartbeat_ttl: Duration,
     /// `server.job_gc_interval` (default 5m): how often the leader collects garbage.
     pub job_gc_interval: Duration,
     /// `server.job_gc_threshold` (default 4h): how long a finished job is kept.
@@ -367,6 +370,8 @@ pub const DEFAULT_BATCH_EVAL_GC_THRESHOLD: Duration = Duration::from_secs(24 * 3
 pub const DEFAULT_HEARTBEAT_GRACE: Duration = Duration::from_secs(10);
 /// Nomad's `server.min_heartbeat_ttl` default.
 pub const DEFAULT_MIN_HEARTBEAT_TTL: Duration = Duration::from_secs(10);
+/// Nomad's `server.failover_heartbeat_ttl` default.
+pub const DEFAULT_FAILOVER_HEARTBEAT_TTL: Duration = Duration::from_secs(300);
 /// Nomad's `server.max_heartbeats_per_second` default.
 pub const DEFAULT_MAX_HEARTBEATS_PER_SECOND: f64 = 50.0;
 /// Nomad's `server_join.retry_interval` default.
@@ -631,6 +636,10 @@ impl Config {
             None => DEFAULT_MIN_HEARTBEAT_TTL,
             Some(t) => duration_setting("server.min_heartbeat_ttl", t)?,
         };
+        let failover_heartbeat_ttl = match &file.server.failover_heartbeat_ttl {
+            None => DEFAULT_FAILOVER_HEARTBEAT_TTL,
+            Some(t) => duration_setting("server.failover_heartbeat_ttl", t)?,
+        };
         let max_heartbeats_per_second = match file.server.max_heartbeats_per_second {
             None => DEFAULT_MAX_HEARTBEATS_PER_SECOND,
             Some(r) if r.is_finite() && r > 0.0 => r,
@@ -790,6 +799,7 @@ impl Config {
             batch_eval_gc_threshold,
             min_heartbeat_ttl,
             max_heartbeats_per_second,
+            failover_heartbeat_ttl,
             bootstrap_expect,
             node_class: file.client.node_class.clone().unwrap_or_default(),
             node_pool,
@@ -934,6 +944,7 @@ mod tests {
         assert_eq!(c.heartbeat_grace, Duration::from_secs(10));
         assert_eq!(c.min_heartbeat_ttl, Duration::from_secs(10));
         assert_eq!(c.max_heartbeats_per_second, 50.0);
+        assert_eq!(c.failover_heartbeat_ttl, Duration::from_secs(300));
         assert_eq!(c.rpc_max_conns_per_client, 100);
         let server = r#"
 limits { rpc_max_conns_per_client = 0 }
@@ -949,6 +960,7 @@ server {
   heartbeat_grace = "2s"
   min_heartbeat_ttl = "3s"
   max_heartbeats_per_second = 10
+  failover_heartbeat_ttl = "90s"
   encrypt = "c2VjcmV0LWtleS0xNi1ieQ=="
   server_join {
     retry_join = ["127.0.0.3:5648"]
@@ -966,6 +978,7 @@ server {
         assert_eq!(c.heartbeat_grace, Duration::from_secs(2));
         assert_eq!(c.min_heartbeat_ttl, Duration::from_secs(3));
         assert_eq!(c.max_heartbeats_per_second, 10.0);
+        assert_eq!(c.failover_heartbeat_ttl, Duration::from_secs(90));
         assert_eq!(
             c.server_encrypt.as_deref(),
             Some("c2VjcmV0LWtleS0xNi1ieQ==")

@@ -271,12 +271,13 @@ impl TestAgent {
 
     /// A server-only agent (`server { enabled = true }`, no `-dev`): its own free HTTP, RPC and
     /// Serf ports on 127.0.0.1 and its own data dir; `config` is more agent config (HCL, e.g.
-    /// `server { heartbeat_grace = "1s" }`), `extra` more flags.
+    /// `server { heartbeat_grace = "1s" }`), `extra` more flags. It bootstraps alone
+    /// (`bootstrap_expect = 1`) unless `config` says otherwise (Nomad's 0 never bootstraps).
     pub fn server(config: &str, extra: &[&str]) -> TestAgent {
         TestAgent::cluster_agent(
             "server",
             &temp_dir("server"),
-            "server { enabled = true }\n",
+            "server {\n  enabled = true\n  bootstrap_expect = 1\n}\n",
             config,
             extra,
         )
