@@ -271,7 +271,7 @@ def run(binary, print_fn, servers=1):
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     others = []
     if servers == 1:
-        server = Proc(binary, ["-server"], "server {\n  enabled = true\n}\n")
+        server = Proc(binary, ["-server"], "server {\n  enabled = true\n  bootstrap_expect = 1\n}\n")
     else:
         import raft
         members = raft.cluster(binary, servers)

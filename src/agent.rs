@@ -334,9 +334,20 @@ fn start_raft(agent: &Arc<Agent>) -> Result<(), AgentError> {
         region: c.region.clone(),
         rpc_addr,
         bootstrap_expect: c.bootstrap_expect,
-        cleanup_dead_servers: true,
+        autopilot: {
+            let workloads = agent.workloads.clone();
+            Arc::new(move || {
+                workloads
+                    .state()
+                    .autopilot
+                    .as_deref()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+        },
         dial: rpc_dialer(c, agent.tls.as_ref()),
         gossip: agent.gossip.get().cloned(),
+        raft_dir: Some(c.data_dir.join("server").join("raft")),
     };
     let raft = crate::raft::Raft::start(settings, machine).map_err(AgentError::Raft)?;
     agent
@@ -345,7 +356,7 @@ fn start_raft(agent: &Arc<Agent>) -> Result<(), AgentError> {
         .set_replicator(Arc::new(crate::raft::RaftProposer(raft.clone())));
     let _ = agent.raft.set(raft.clone());
     let _ = agent.leadership.set(raft.clone());
-    if c.bootstrap_expect <= 1 {
+    if c.bootstrap_expect == 1 {
         // A lone voter elects itself at once: wait for it, so the node registration and
         // the first requests find a leader.
         let view = crate::state::leader::Leadership::wait_for_leader(
@@ -518,7 +529,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         let registration = agent.node.registration();
         match agent.client.register(&registration) {
             Ok(reply) => first_ttl = Some(std::time::Duration::from_millis(reply.ttl_ms)),
-            Err(e) if agent.config.client_only() || agent.config.bootstrap_expect > 1 => {
+            Err(e) if agent.config.client_only() || agent.config.bootstrap_expect != 1 => {
                 log::warn!("cannot register this node yet (retrying): {e}");
             }
             Err(e) => return Err(AgentError::Register(e)),

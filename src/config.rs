@@ -141,6 +141,9 @@ pub struct Config {
     pub min_heartbeat_ttl: Duration,
     /// `server.max_heartbeats_per_second` (default 50): the target aggregate heartbeat rate.
     pub max_heartbeats_per_second: f64,
+    /// `server.failover_heartbeat_ttl` (default 5m): the flat timer a new leader gives every
+    /// node that is not down.
+    pub failover_heartbeat_ttl: Duration,
     /// `server.job_gc_interval` (default 5m): how often the leader collects garbage.
     pub job_gc_interval: Duration,
     /// `server.job_gc_threshold` (default 4h): how long a finished job is kept.
@@ -165,6 +168,9 @@ pub struct Config {
     pub meta_batch_window: Option<Duration>,
     /// Terminal allocations kept before the oldest are collected (`client.gc_max_allocs`).
     pub gc_max_allocs: usize,
+    /// `client.cgroup_parent`, relative to each cgroup mount (no leading `/`); `None`: the
+    /// delegated cgroup the agent runs in, else the default layout (`sys::cgroup`).
+    pub cgroup_parent: Option<String>,
     pub raw_exec_enabled: bool,
     /// Config keys that were read but are not acted on, to log once the logger runs.
     pub config_warnings: Vec<String>,
@@ -364,6 +370,8 @@ pub const DEFAULT_BATCH_EVAL_GC_THRESHOLD: Duration = Duration::from_secs(24 * 3
 pub const DEFAULT_HEARTBEAT_GRACE: Duration = Duration::from_secs(10);
 /// Nomad's `server.min_heartbeat_ttl` default.
 pub const DEFAULT_MIN_HEARTBEAT_TTL: Duration = Duration::from_secs(10);
+/// Nomad's `server.failover_heartbeat_ttl` default.
+pub const DEFAULT_FAILOVER_HEARTBEAT_TTL: Duration = Duration::from_secs(300);
 /// Nomad's `server.max_heartbeats_per_second` default.
 pub const DEFAULT_MAX_HEARTBEATS_PER_SECOND: f64 = 50.0;
 /// Nomad's `server_join.retry_interval` default.
@@ -427,6 +435,29 @@ fn with_default_port(addr: &str, port: u16) -> String {
         Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
         Err(_) => addr.to_string(),
     }
+}
+
+/// Longest `client.cgroup_parent` accepted.
+pub const MAX_CGROUP_PARENT: usize = 256;
+
+/// `client.cgroup_parent` as a path relative to each cgroup mount (Nomad writes `/nomad` or
+/// `nomad.slice`; a leading `/` is dropped). Empty, over [`MAX_CGROUP_PARENT`], NUL, or with
+/// empty, `.` or `..` parts is refused.
+fn cgroup_parent(raw: &str) -> Result<String, ConfigError> {
+    let rel = raw.trim_start_matches('/').trim_end_matches('/');
+    let bad = rel.is_empty()
+        || raw.len() > MAX_CGROUP_PARENT
+        || rel.contains('\0')
+        || rel
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..");
+    if bad {
+        return Err(ConfigError::Invalid(format!(
+            "client.cgroup_parent {raw:?}: must name a cgroup path without empty, . or .. parts \
+             (at most {MAX_CGROUP_PARENT} bytes)"
+        )));
+    }
+    Ok(rel.to_string())
 }
 
 fn duration_setting(key: &str, text: &str) -> Result<Duration, ConfigError> {
@@ -605,6 +636,10 @@ impl Config {
             None => DEFAULT_MIN_HEARTBEAT_TTL,
             Some(t) => duration_setting("server.min_heartbeat_ttl", t)?,
         };
+        let failover_heartbeat_ttl = match &file.server.failover_heartbeat_ttl {
+            None => DEFAULT_FAILOVER_HEARTBEAT_TTL,
+            Some(t) => duration_setting("server.failover_heartbeat_ttl", t)?,
+        };
         let max_heartbeats_per_second = match file.server.max_heartbeats_per_second {
             None => DEFAULT_MAX_HEARTBEATS_PER_SECOND,
             Some(r) if r.is_finite() && r > 0.0 => r,
@@ -764,6 +799,7 @@ impl Config {
             batch_eval_gc_threshold,
             min_heartbeat_ttl,
             max_heartbeats_per_second,
+            failover_heartbeat_ttl,
             bootstrap_expect,
             node_class: file.client.node_class.clone().unwrap_or_default(),
             node_pool,
@@ -773,6 +809,12 @@ impl Config {
             acl_policy_ttl,
             meta_batch_window,
             gc_max_allocs: file.client.gc_max_allocs.unwrap_or(50),
+            cgroup_parent: file
+                .client
+                .cgroup_parent
+                .as_deref()
+                .map(cgroup_parent)
+                .transpose()?,
             raw_exec_enabled: file
                 .plugin
                 .raw_exec
@@ -860,6 +902,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cgroup_parent_is_a_relative_path_without_dot_parts() {
+        assert_eq!(cgroup_parent("/nomad").unwrap(), "nomad");
+        assert_eq!(cgroup_parent("a/b.slice/").unwrap(), "a/b.slice");
+        for bad in ["", "/", "a/../b", "./a", "a//b", "a\0b"] {
+            assert!(cgroup_parent(bad).is_err(), "{bad:?}");
+        }
+        assert!(cgroup_parent(&"a".repeat(MAX_CGROUP_PARENT + 1)).is_err());
+    }
+
+    #[test]
     fn go_durations_parse() {
         assert_eq!(parse_go_duration("1s"), Some(Duration::from_secs(1)));
         assert_eq!(parse_go_duration("1m30s"), Some(Duration::from_secs(90)));
@@ -892,6 +944,7 @@ mod tests {
         assert_eq!(c.heartbeat_grace, Duration::from_secs(10));
         assert_eq!(c.min_heartbeat_ttl, Duration::from_secs(10));
         assert_eq!(c.max_heartbeats_per_second, 50.0);
+        assert_eq!(c.failover_heartbeat_ttl, Duration::from_secs(300));
         assert_eq!(c.rpc_max_conns_per_client, 100);
         let server = r#"
 limits { rpc_max_conns_per_client = 0 }
@@ -907,6 +960,7 @@ server {
   heartbeat_grace = "2s"
   min_heartbeat_ttl = "3s"
   max_heartbeats_per_second = 10
+  failover_heartbeat_ttl = "90s"
   encrypt = "c2VjcmV0LWtleS0xNi1ieQ=="
   server_join {
     retry_join = ["127.0.0.3:5648"]
@@ -924,6 +978,7 @@ server {
         assert_eq!(c.heartbeat_grace, Duration::from_secs(2));
         assert_eq!(c.min_heartbeat_ttl, Duration::from_secs(3));
         assert_eq!(c.max_heartbeats_per_second, 10.0);
+        assert_eq!(c.failover_heartbeat_ttl, Duration::from_secs(90));
         assert_eq!(
             c.server_encrypt.as_deref(),
             Some("c2VjcmV0LWtleS0xNi1ieQ==")

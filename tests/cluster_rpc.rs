@@ -311,8 +311,9 @@ fn task_states_reached_while_the_server_was_down_reach_it_afterwards() {
 
 #[test]
 fn a_restarted_server_arms_timers_for_known_nodes_and_marks_a_silent_one_down() {
-    // Grace long enough that the node cannot go down before the server restarted.
-    let slow = "server {\n  min_heartbeat_ttl = \"1s\"\n  heartbeat_grace = \"5s\"\n}\n";
+    // Grace long enough that the node cannot go down before the server restarted; the
+    // restarted server takes office with a failover TTL short enough for a test.
+    let slow = "server {\n  min_heartbeat_ttl = \"1s\"\n  heartbeat_grace = \"5s\"\n  failover_heartbeat_ttl = \"3s\"\n}\n";
     let mut server = TestAgent::server(slow, &[]);
     let mut client = TestAgent::client(&[&server.rpc_addr()], "", &[]);
     let id = client.node_id();
@@ -436,7 +437,7 @@ fn the_rpc_port_refuses_hostile_calls_with_clear_errors() {
 
 #[test]
 fn a_server_and_client_in_one_agent_heartbeats_its_own_timer_and_serves_rpc() {
-    let both = "server { enabled = true }\nclient { enabled = true }\nplugin \"raw_exec\" {\n  config { enabled = true }\n}\n";
+    let both = "server {\n  enabled = true\n  bootstrap_expect = 1\n}\nclient { enabled = true }\nplugin \"raw_exec\" {\n  config { enabled = true }\n}\n";
     let agent = TestAgent::cluster_agent("both", &common::short_dir(), both, FAST_HEARTBEATS, &[]);
     let id = agent.node_id();
     wait_status(&agent, &id, "ready", Duration::from_secs(10));

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 /// Short heartbeats so a dead client is noticed in seconds.
 const FAST_HEARTBEATS: &str =
-    "server {\n  enabled = true\n  min_heartbeat_ttl = \"1s\"\n  heartbeat_grace = \"1s\"\n}\n";
+    "server {\n  enabled = true\n  bootstrap_expect = 1\n  min_heartbeat_ttl = \"1s\"\n  heartbeat_grace = \"1s\"\n}\n";
 const WAIT: Duration = Duration::from_secs(30);
 
 /// One agent of the cluster (its own ports, config file and data dir).

@@ -133,6 +133,8 @@ fn the_example_configs_start_an_agent_as_they_are() {
         nofile: None,
         rpc_port: 0,
         serf_port: 0,
+        host: "127.0.0.1".into(),
+        netns: None,
     };
     let node_id = agent.get_json("/v1/agent/self")["stats"]["client"]["node_id"]
         .as_str()

@@ -454,8 +454,13 @@ fn a_plain_single_server_store_becomes_the_raft_base_and_keeps_its_jobs() {
         .expect("index");
     assert_eq!(dev.stop().code(), Some(0));
     // The same data dir as a server with an RPC port: replicated from here on.
-    let mut server =
-        TestAgent::cluster_agent("server", &dir, "server { enabled = true }\n", "", &[]);
+    let mut server = TestAgent::cluster_agent(
+        "server",
+        &dir,
+        "server {\n  enabled = true\n  bootstrap_expect = 1\n}\n",
+        "",
+        &[],
+    );
     let mut want: BTreeSet<String> = (0..5).map(|i| format!("plain-{i}")).collect();
     assert!(has_all(&server, &want), "{:?}", jobs_on(&server));
     assert_eq!(raft_state(&server).expect("raft").0, "Leader");

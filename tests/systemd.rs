@@ -251,13 +251,26 @@ fn dev_agent_removes_its_temp_data_dir_on_exit() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    wait_until(Duration::from_secs(30), "the dev agent listening", || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    let made: Vec<PathBuf> = std::fs::read_dir(&tmp)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    // Its temp dir made and its port listening (the port alone could be another test's
+    // agent that took the same free port meanwhile).
+    let mut made: Vec<PathBuf> = Vec::new();
+    wait_until(
+        Duration::from_secs(30),
+        "the dev agent up in its temp dir",
+        || {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!(
+                    "the dev agent exited ({st}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            made = std::fs::read_dir(&tmp)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            !made.is_empty() && TcpStream::connect(("127.0.0.1", port)).is_ok()
+        },
+    );
     assert_eq!(made.len(), 1, "one temp data dir: {made:?}");
     // A SIGHUP does not kill it (it used to exit 129 and leave the dir behind).
     signal(child.id(), "HUP");

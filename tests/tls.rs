@@ -1,7 +1,8 @@
 //! TLS on the real binary, with certificates made in the test (rcgen): the HTTPS API with the
 //! right CA and refused with another, mutual TLS (`verify_https_client`), plain HTTP and silent
-//! or stalled handshakes on the HTTPS port closed within the head deadline, and a join between
-//! two HTTPS agents checking Nomad's `server.<region>.nomad` names.
+//! or stalled handshakes on the HTTPS port closed within the head deadline, a join between
+//! two HTTPS agents checking Nomad's `server.<region>.nomad` names, and clients over the
+//! connection caps reading Nomad's 429 / the 503 through TLS from one bounded refusal worker.
 
 mod common;
 use common::*;
@@ -534,4 +535,157 @@ fn a_client_reaches_its_server_over_mutual_tls_on_the_rpc_port() {
     };
     let r = https(&with, server.rpc_port, "GET", "/v1/nodes").expect("mtls rpc");
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Hold a connection busy: an HTTPS blocking query the agent keeps waiting (not an idle
+/// keep-alive, so nothing can be shed to make room).
+fn busy(tls: &CliTls, port: u16) -> Box<dyn nomadlet::tls::client::ReadWrite> {
+    let mut s = tls
+        .connect(
+            "127.0.0.1",
+            port,
+            Duration::from_secs(10),
+            Some(Duration::from_secs(30)),
+        )
+        .expect("connect");
+    s.write_all(&build_request(
+        "GET",
+        "/v1/jobs?index=100000&wait=60s",
+        &[],
+        b"",
+    ))
+    .expect("write");
+    s.flush().expect("flush");
+    s
+}
+
+/// The agent's threads whose name starts with `prefix`.
+fn threads_named(pid: u32, prefix: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.starts_with(prefix))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// `http-conn-*` threads: one per admitted connection.
+fn wait_conn_threads(agent: &TestAgent, n: usize) {
+    wait_until(Duration::from_secs(5), "connection threads", || {
+        threads_named(agent.pid(), "http-conn") == n
+    });
+}
+
+#[test]
+fn an_https_client_over_its_connection_cap_reads_nomads_429_through_tls() {
+    const CAP: usize = 2;
+    let pki = Pki::new("cap");
+    pki.agent_config("server", "");
+    std::fs::write(
+        pki.dir.join("limits.hcl"),
+        format!("limits {{\n  http_max_conns_per_client = {CAP}\n}}\n"),
+    )
+    .expect("write limits");
+    let agent = start_tls_agent(&pki.dir, &[]);
+    let tls = cli(&pki);
+    let held: Vec<_> = (0..CAP).map(|_| busy(&tls, agent.port)).collect();
+    wait_conn_threads(&agent, CAP);
+    let started = Instant::now();
+    let r = https(&tls, agent.port, "GET", "/v1/agent/health").expect("an answer through TLS");
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(
+        r.text(),
+        "Your IP is issuing too many concurrent connections, please rate limit your calls\n"
+    );
+    assert_eq!(r.header("Connection"), Some("close"));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Refusals are bounded: silent clients over the cap (no handshake) cost one refusal
+    // thread, never one each, and never hold up the acceptor: each is answered or closed
+    // within the refusal deadline, while a well-behaved client is refused at once.
+    let silent: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(("127.0.0.1", agent.port)).expect("connect"))
+        .collect();
+    let r = https(&tls, agent.port, "GET", "/v1/agent/health").expect("refused at once");
+    assert_eq!(r.status, 429);
+    assert_eq!(threads_named(agent.pid(), "http-refuse-tls"), 1);
+    assert_eq!(threads_named(agent.pid(), "http-conn"), CAP);
+    for s in silent {
+        let (got, took) = read_to_close(s, Duration::from_secs(10));
+        assert!(got.is_empty() || got[0] == 0x15, "{got:?}");
+        assert!(took < Duration::from_secs(5), "held for {took:?}");
+    }
+    // Beyond the 64 refusals the worker holds at once, a refused connection is closed at
+    // once, unanswered.
+    let flood: Vec<TcpStream> = (0..70)
+        .map(|_| TcpStream::connect(("127.0.0.1", agent.port)).expect("connect"))
+        .collect();
+    let closed = |s: &TcpStream| {
+        s.set_nonblocking(true).expect("nonblocking");
+        let mut buf = [0u8; 16];
+        let gone = match (&*s).read(&mut buf) {
+            Ok(_) => true,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        };
+        s.set_nonblocking(false).expect("blocking");
+        gone
+    };
+    let mut open_then = 0;
+    wait_until(
+        Duration::from_secs(5),
+        "the refusals over the bound",
+        || {
+            let gone = flood.iter().filter(|s| closed(s)).count();
+            open_then = flood.len() - gone;
+            gone >= 6
+        },
+    );
+    // Those held wait for a handshake until their deadline (2 s after accept).
+    let which: Vec<usize> = (0..flood.len()).filter(|i| closed(&flood[*i])).collect();
+    assert!(
+        open_then >= 50,
+        "only {open_then} held; closed: {which:?}\n{}",
+        agent.log()
+    );
+    assert_eq!(threads_named(agent.pid(), "http-refuse-tls"), 1);
+    for s in flood {
+        let (_, took) = read_to_close(s, Duration::from_secs(10));
+        assert!(took < Duration::from_secs(5), "held for {took:?}");
+    }
+    // A place given back is a place to use again.
+    drop(held);
+    wait_until(Duration::from_secs(5), "admitted again", || {
+        https(&tls, agent.port, "GET", "/v1/agent/health").is_ok_and(|r| r.status == 200)
+    });
+}
+
+#[test]
+fn an_https_client_over_the_total_cap_reads_the_503_through_tls() {
+    const TOTAL: usize = 2;
+    let pki = Pki::new("total");
+    let config = pki.agent_config("server", "");
+    let agent = TestAgent::start_with(
+        &temp_dir("tls-agent"),
+        &["-config", config.to_str().expect("utf-8 path")],
+        &[("NOMADLET_HTTP_MAX_CONNS_TOTAL", "2")],
+        None,
+    );
+    let tls = cli(&pki);
+    let held: Vec<_> = (0..TOTAL).map(|_| busy(&tls, agent.port)).collect();
+    wait_conn_threads(&agent, TOTAL);
+    let r = https(&tls, agent.port, "GET", "/v1/agent/health").expect("an answer through TLS");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("too many connections"), "{}", r.text());
+    drop(held);
+    wait_until(Duration::from_secs(5), "admitted again", || {
+        https(&tls, agent.port, "GET", "/v1/agent/health").is_ok_and(|r| r.status == 200)
+    });
 }

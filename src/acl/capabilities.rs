@@ -13,6 +13,7 @@ pub struct Acl {
     namespaces: BTreeMap<String, BTreeSet<String>>,
     node: Option<Level>,
     agent: Option<Level>,
+    operator: Option<Level>,
 }
 
 impl Acl {
@@ -36,6 +37,7 @@ impl Acl {
             }
             acl.node = Level::merge(acl.node, p.node);
             acl.agent = Level::merge(acl.agent, p.agent);
+            acl.operator = Level::merge(acl.operator, p.operator);
         }
         acl
     }
@@ -58,6 +60,10 @@ impl Acl {
 
     pub fn allow_agent(&self, write: bool) -> bool {
         self.management || Acl::level_allows(self.agent, write)
+    }
+
+    pub fn allow_operator(&self, write: bool) -> bool {
+        self.management || Acl::level_allows(self.operator, write)
     }
 
     /// A namespace capability, matched against the exact namespace rule or else the glob that

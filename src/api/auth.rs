@@ -289,6 +289,10 @@ impl Identity {
     pub fn allow_agent(&self, write: bool) -> Result<(), ApiError> {
         check(self.acl().is_none_or(|a| a.allow_agent(write)))
     }
+    /// `operator` read or write.
+    pub fn allow_operator(&self, write: bool) -> Result<(), ApiError> {
+        check(self.acl().is_none_or(|a| a.allow_operator(write)))
+    }
     /// `node` read or write.
     pub fn allow_node(&self, write: bool) -> Result<(), ApiError> {
         check(self.acl().is_none_or(|a| a.allow_node(write)))

@@ -450,7 +450,7 @@ fn to_servers(agent: &Agent, servers: &ServerList, req: &Request) -> Reply {
         })
         .map_err(|e| e.to_string());
         return match relay(sent, deadline) {
-            Ok(reply) => reply,
+            Ok(reply) => rpc_error_hop(reply),
             Err(e) => {
                 log::warn!("forward: a request to server {addr} failed: {e}");
                 super::router::error_reply(&ApiError::internal(format!("rpc error: {e}")))
@@ -475,7 +475,7 @@ fn to_leader(agent: &Agent, addr: SocketAddr, req: &Request) -> Reply {
         deadline,
         MAX_INLINE_REPLY,
     ) {
-        Ok(reply) => reply,
+        Ok(reply) => rpc_error_hop(reply),
         Err(outbound::PassError::Connect(e)) => {
             log::warn!("forward: cannot reach the leader at {addr}: {e}");
             super::router::error_reply(&ApiError::internal(NO_LEADER))
@@ -485,6 +485,27 @@ fn to_leader(agent: &Agent, addr: SocketAddr, req: &Request) -> Reply {
             super::router::error_reply(&ApiError::internal(format!("rpc error: {e}")))
         }
     }
+}
+
+/// Nomad's connection pool prefixes every error an RPC hop brings back with `rpc error: `
+/// (ref §5.6; coded errors excepted): a relayed error of the RPC itself — a 500, or a 403 the
+/// answering server's ACL check gave — reads `rpc error: node not found` through one hop,
+/// `rpc error: rpc error: …` through two. Errors Nomad's HTTP layer gives before any RPC (a
+/// 400 on bad input, a 404 for a missing object, a 405) and coded ones pass unchanged.
+pub fn rpc_error_hop(mut reply: Reply) -> Reply {
+    use crate::http::{Body, Status};
+    if reply.status != Status::INTERNAL_SERVER_ERROR && reply.status != Status::FORBIDDEN {
+        return reply;
+    }
+    let plain = reply.headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("content-type") && v.to_ascii_lowercase().starts_with("text/plain")
+    });
+    if let (true, Body::Bytes(b)) = (plain, &mut reply.body) {
+        let mut with = b"rpc error: ".to_vec();
+        with.append(b);
+        *b = with;
+    }
+    reply
 }
 
 fn dial(addr: &str, last: &mut String) -> Option<RawStream> {

@@ -29,6 +29,7 @@ pub mod monitor;
 pub mod namespaces;
 pub mod node_ops;
 pub mod nodes;
+pub mod operator_autopilot;
 pub mod operator_snapshot;
 pub mod params;
 pub mod raft_status;

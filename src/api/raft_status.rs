@@ -1,5 +1,6 @@
 //! The Raft configuration as the API shows it: `/v1/status/peers`,
-//! `/v1/operator/raft/configuration`, `DELETE /v1/operator/raft/peer` (ref §5.4, §5.8).
+//! `/v1/operator/raft/configuration`, `DELETE /v1/operator/raft/peer`,
+//! `PUT /v1/operator/raft/transfer-leadership` (ref §5.4, §5.8).
 
 use serde_json::{json, Value};
 
@@ -50,6 +51,7 @@ pub fn route_operator(ctx: &super::Ctx, rest: &str) -> super::ApiResult {
     match rest {
         "operator/raft/configuration" => configuration(ctx),
         "operator/raft/peer" => remove_peer(ctx),
+        "operator/raft/transfer-leadership" => transfer_leadership(ctx),
         _ => Err(super::ApiError::no_route()),
     }
 }
@@ -134,4 +136,90 @@ fn remove_peer(ctx: &super::Ctx) -> super::ApiResult {
         .map_err(super::ApiError::internal)?;
     log::info!("raft: server {id} removed from the configuration by the operator");
     super::empty()
+}
+
+/// `PUT|POST /v1/operator/raft/transfer-leadership?id=|address=` (management): hand
+/// leadership to that voter (raft-rs `transfer_leader`) and answer once it took over, in
+/// Nomad's `LeadershipTransferResponse` shape. A follower passes the request to the leader
+/// like any write; naming the leader itself is a no-op.
+fn transfer_leadership(ctx: &super::Ctx) -> super::ApiResult {
+    use crate::http::{Method, Status};
+    use crate::raft::TransferError;
+    if !matches!(ctx.req.method, Method::Put | Method::Post) {
+        return Err(super::ApiError::new(
+            Status::METHOD_NOT_ALLOWED,
+            "Invalid method",
+        ));
+    }
+    let ids: Vec<&str> = ctx.req.query_all("id").collect();
+    let addrs: Vec<&str> = ctx.req.query_all("address").collect();
+    let bad = |m: &str| Err(super::ApiError::bad_request(m));
+    match (ids.as_slice(), addrs.as_slice()) {
+        ([], []) => return bad("must specify id or address"),
+        ([_, ..], [_, ..]) => return bad("must specify either id or address"),
+        ([""], _) => return bad("id must be non-empty"),
+        ([_, _, ..], _) => return bad("must specify only one id"),
+        (_, [""]) => return bad("address must be non-empty"),
+        (_, [_, _, ..]) => return bad("must specify only one address"),
+        _ => {}
+    }
+    ctx.identity.allow_management()?;
+    let Some(raft) = ctx.agent.raft.get() else {
+        // The only server leads already.
+        let me = json!({"Address": ctx.agent.config.rpc_addr(), "ID": ctx.agent.node.id()});
+        return super::json(&json!({"From": me, "To": me, "Noop": true, "Err": null}));
+    };
+    let s = raft.status();
+    let peers = raft.peers();
+    let ident = |id: u64| {
+        let p = peers.get(&id);
+        json!({
+            "Address": p.map(|p| p.rpc_addr.to_string()).unwrap_or_default(),
+            "ID": p.map_or_else(|| format!("{id:016x}"), |p| p.uuid.clone()),
+        })
+    };
+    if !s.is_leader {
+        return Err(super::ApiError::internal(crate::state::leader::NO_LEADER));
+    }
+    let in_config = |id: &u64| s.voters.contains(id) || s.learners.contains(id);
+    let (kind, value, target) = match (ids.first(), addrs.first()) {
+        (Some(id), _) => (
+            "id",
+            *id,
+            crate::raft::raft_id(id)
+                .filter(in_config)
+                .filter(|rid| peers.get(rid).is_some_and(|p| p.uuid == *id)),
+        ),
+        (_, Some(addr)) => (
+            "address",
+            *addr,
+            peers
+                .iter()
+                .find(|(rid, p)| in_config(rid) && p.rpc_addr.to_string() == *addr)
+                .map(|(rid, _)| *rid),
+        ),
+        _ => return bad("must specify id or address"),
+    };
+    let Some(target) = target else {
+        return Err(super::ApiError::bad_request(format!(
+            "{kind} {value:?} was not found in the Raft configuration"
+        )));
+    };
+    let from = ident(raft.id());
+    if target == raft.id() {
+        return super::json(&json!({"From": from, "To": from, "Noop": true, "Err": null}));
+    }
+    match raft.transfer_leadership(Some(target)) {
+        Ok(now) => {
+            log::info!("raft: leadership transferred to {now:x} by the operator");
+            super::json(&json!({"From": from, "To": ident(target), "Noop": false, "Err": null}))
+        }
+        Err(TransferError::NotLeader) => {
+            Err(super::ApiError::internal(crate::state::leader::NO_LEADER))
+        }
+        Err(TransferError::NotVoter) => Err(super::ApiError::bad_request(format!(
+            "{kind} {value:?} is not a voter of the Raft configuration"
+        ))),
+        Err(e) => Err(super::ApiError::internal(e.to_string())),
+    }
 }

@@ -152,6 +152,9 @@ fn route(ctx: &Ctx) -> ApiResult {
         "operator" if rest.starts_with("operator/raft/") => {
             super::raft_status::route_operator(ctx, rest)
         }
+        "operator" if rest.starts_with("operator/autopilot/") => {
+            super::operator_autopilot::route(ctx, rest)
+        }
         "jobs" if rest == "jobs/parse" => super::jobs_parse::parse(ctx),
         "validate" if rest == "validate/job" => super::jobs_parse::validate(ctx),
         "jobs" | "job" | "evaluations" | "evaluation" => jobs::route(ctx, rest),

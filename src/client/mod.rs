@@ -234,7 +234,8 @@ pub struct Client {
 impl Client {
     /// A client for node `node_id`, talking to the server through `link` (nothing starts).
     pub fn new(config: &Config, node_id: &str, link: Arc<dyn ServerLink>) -> Arc<Client> {
-        let cgroups = Cgroups::detect();
+        let cgroups = Cgroups::detect(config.cgroup_parent.as_deref());
+        let cgroup_parent = cgroups.parent_name().unwrap_or_default();
         if cgroups.mode() == Mode::None {
             log::warn!(
                 "cgroups: not used ({}); tasks are held by their process group only: a process \
@@ -280,6 +281,7 @@ impl Client {
                 datacenter: config.datacenter.clone(),
                 region: config.region.clone(),
                 meta: config.meta.clone(),
+                cgroup_parent,
             },
             stopping: AtomicBool::new(false),
             authz: authz::ClientAuthz::new(

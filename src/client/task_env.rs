@@ -43,6 +43,8 @@ pub struct NodeFacts {
     pub datacenter: String,
     pub region: String,
     pub meta: BTreeMap<String, String>,
+    /// `NOMAD_PARENT_CGROUP`: the cgroup task cgroups are made in (empty: no cgroups).
+    pub cgroup_parent: String,
 }
 
 /// Replace characters that cannot appear in an env var name with `_`.
@@ -90,6 +92,9 @@ pub fn build(
     set("NOMAD_NAMESPACE", alloc.namespace.clone());
     set("NOMAD_REGION", job.region.clone());
     set("NOMAD_DC", node.datacenter.clone());
+    if !node.cgroup_parent.is_empty() {
+        set("NOMAD_PARENT_CGROUP", node.cgroup_parent.clone());
+    }
     if let Some(r) = &task.resources {
         if let Some(cpu) = r.cpu.filter(|c| *c > 0) {
             set("NOMAD_CPU_LIMIT", cpu.to_string());

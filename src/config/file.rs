@@ -149,6 +149,8 @@ pub struct Server {
     /// Go duration, default `10s`.
     pub min_heartbeat_ttl: Option<String>,
     pub max_heartbeats_per_second: Option<f64>,
+    /// Go duration, default `5m`.
+    pub failover_heartbeat_ttl: Option<String>,
     /// Go durations: how often the leader collects garbage, and how old finished jobs,
     /// evals and batch evals must be (defaults 5m, 4h, 1h, 24h).
     pub job_gc_interval: Option<String>,
@@ -176,6 +178,8 @@ pub struct Client {
     pub node_class: Option<String>,
     pub node_pool: Option<String>,
     pub gc_max_allocs: Option<usize>,
+    /// The cgroup task cgroups are made under, relative to each hierarchy's mount.
+    pub cgroup_parent: Option<String>,
     /// nomadlet's own: a fixed metadata batch window (Go duration).
     pub meta_batch_window: Option<String>,
     /// `drain_on_shutdown { deadline force ignore_system_jobs }`.

@@ -5,7 +5,8 @@
 //! acceptor admits a connection under the per-client cap (TCP peers by IP address; over it,
 //! Nomad's 429), then the per-listener and total caps (the total also bounded by the
 //! open-files limit); when a cap is full it sheds the connection idle longest in keep-alive
-//! to make room, and only refuses with a quick 503 when there is none. It spawns the
+//! to make room, and only refuses with a quick 503 when there is none (an HTTPS refusal is
+//! answered through TLS by one bounded refusal worker, see [`TLS_REFUSALS_HELD`]). It spawns the
 //! connection's named thread, and joins finished threads on each accept or every
 //! [`ACCEPT_TICK`]. Out of descriptors, it drains the backlog through a spare one, refusing
 //! each pending connection at once. Stopping wakes the blocking `accept` with `shutdown(2)`
@@ -72,6 +73,200 @@ struct ServerShared {
     /// Held by that acceptor while it accepts and admits; taking it once after removing a
     /// listener from `unix_listeners` proves no connection is being admitted on it.
     unix_round: Mutex<()>,
+    /// The HTTPS refusal worker (started with the first HTTPS connection refused).
+    refuser: Mutex<Option<TlsRefuser>>,
+}
+
+/// Refused HTTPS connections the refusal worker holds at once (handshaking, or waiting to be
+/// picked up); one refused while this many are held is closed without an answer. Refusals
+/// never cost more than one thread and this many sockets, and never block an acceptor.
+const TLS_REFUSALS_HELD: usize = 64;
+/// How long after accept a refused HTTPS connection may take to complete its handshake and
+/// get its 429 or 503; past it, it is closed without one.
+const TLS_REFUSAL_DEADLINE: Duration = Duration::from_secs(2);
+/// Longest single wait of the refusal worker's `poll` (it re-checks its stop flag).
+const TLS_REFUSAL_TICK: Duration = Duration::from_secs(1);
+
+/// Why a connection is refused: it decides the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Over the per-client cap: Nomad's 429.
+    TooMany,
+    /// Over a connection cap with nothing to shed: 503.
+    Busy,
+}
+
+/// An HTTPS refusal the worker holds: the socket, the answer, its deadline.
+struct Refused {
+    sock: Sock,
+    why: Refusal,
+    deadline: Instant,
+}
+
+/// The one thread that answers refused HTTPS connections (`http-refuse-tls`). A refusal has
+/// to complete a TLS handshake before its 429/503 can be read (Nomad writes its 429 through
+/// the `tls.Conn`), which the acceptor must not wait for; the worker drives every held
+/// handshake at once without blocking (one `poll` over their sockets), so a silent client
+/// delays no other. Stopped by `stopping` and a wake-up (what it holds is closed unanswered),
+/// joined by [`Server::shutdown`].
+struct TlsRefuser {
+    /// Handed over by acceptors, taken by the worker at each wake-up.
+    inbox: Arc<Mutex<Vec<Refused>>>,
+    /// Connections held (inbox and worker), bounded by [`TLS_REFUSALS_HELD`].
+    held: Arc<AtomicUsize>,
+    wake: UnixStream,
+    stopping: Arc<AtomicBool>,
+    join: JoinHandle<()>,
+}
+
+impl TlsRefuser {
+    fn start() -> io::Result<TlsRefuser> {
+        let (wake, wake_rx) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        wake_rx.set_nonblocking(true)?;
+        let inbox = Arc::new(Mutex::new(Vec::new()));
+        let held = Arc::new(AtomicUsize::new(0));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (inbox2, held2, stop2) = (inbox.clone(), held.clone(), stopping.clone());
+        let join = std::thread::Builder::new()
+            .name("http-refuse-tls".into())
+            .spawn(move || refusal_loop(&inbox2, &held2, &wake_rx, &stop2))?;
+        Ok(TlsRefuser {
+            inbox,
+            held,
+            wake,
+            stopping,
+            join,
+        })
+    }
+
+    /// Hand a refused connection to the worker; gives it back when the worker holds enough.
+    fn offer(&self, r: Refused) -> Result<(), Refused> {
+        if self.held.fetch_add(1, Ordering::SeqCst) >= TLS_REFUSALS_HELD {
+            self.held.fetch_sub(1, Ordering::SeqCst);
+            return Err(r);
+        }
+        if let Err(e) = r.sock.set_nonblocking(true) {
+            log::debug!("http: refused connection: {e}");
+        }
+        self.inbox.lock().push(r);
+        let _ = (&self.wake).write(&[1]);
+        Ok(())
+    }
+}
+
+/// The refusal worker: take new refusals, wait for input on every held socket (up to the
+/// nearest deadline), step each ready handshake; answer and close the finished ones, close the
+/// failed and expired ones.
+fn refusal_loop(
+    inbox: &Mutex<Vec<Refused>>,
+    held: &AtomicUsize,
+    wake: &UnixStream,
+    stopping: &AtomicBool,
+) {
+    let mut pending: Vec<Refused> = Vec::new();
+    let mut set = crate::sys::poll::PollSet::new();
+    loop {
+        let mut buf = [0u8; 64];
+        while matches!((&*wake).read(&mut buf), Ok(n) if n > 0) {}
+        pending.append(&mut inbox.lock());
+        let stop = stopping.load(Ordering::SeqCst);
+        let now = Instant::now();
+        // Each place is given back before its connection is closed, so a client that saw the
+        // close finds the place free.
+        pending.retain(|r| {
+            let keep = !stop && now < r.deadline;
+            if !keep {
+                held.fetch_sub(1, Ordering::SeqCst);
+                close_quietly(&r.sock);
+            }
+            keep
+        });
+        if stop {
+            return;
+        }
+        set.clear();
+        set.push(wake.as_fd());
+        for r in &pending {
+            set.push(r.sock.as_fd());
+        }
+        let wait = pending
+            .iter()
+            .map(|r| r.deadline.saturating_duration_since(now))
+            .min()
+            .unwrap_or(TLS_REFUSAL_TICK)
+            .min(TLS_REFUSAL_TICK);
+        if set.wait(wait).is_err() {
+            continue;
+        }
+        let ready: Vec<bool> = (0..pending.len()).map(|i| set.ready(i + 1)).collect();
+        let mut i = 0;
+        pending.retain(|r| {
+            let was_ready = ready[i];
+            i += 1;
+            if !was_ready {
+                return true;
+            }
+            match r.sock.handshake_step() {
+                Ok(false) => true,
+                Ok(true) => {
+                    held.fetch_sub(1, Ordering::SeqCst);
+                    refuse_now(&r.sock, r.why);
+                    r.sock.close_notify();
+                    close_quietly(&r.sock);
+                    false
+                }
+                Err(_) => {
+                    held.fetch_sub(1, Ordering::SeqCst);
+                    close_quietly(&r.sock);
+                    false
+                }
+            }
+        });
+    }
+}
+
+/// Refuse an accepted connection without waiting on it: a plain one is answered at once (short
+/// write deadline); an HTTPS one goes to the refusal worker, or is closed when the worker holds
+/// enough, cannot start, or the server stops.
+fn refuse(server: &ServerShared, sock: Sock, why: Refusal, accepted: Instant) {
+    if !matches!(sock, Sock::Tls(_)) {
+        refuse_now(&sock, why);
+        close_quietly(&sock);
+        return;
+    }
+    let r = Refused {
+        sock,
+        why,
+        deadline: accepted + TLS_REFUSAL_DEADLINE,
+    };
+    let mut refuser = server.refuser.lock();
+    if refuser.is_none() && !server.stopping.load(Ordering::SeqCst) {
+        match TlsRefuser::start() {
+            Ok(t) => *refuser = Some(t),
+            Err(e) => log::debug!("http: cannot start the HTTPS refusal worker: {e}"),
+        }
+    }
+    let given = match refuser.as_ref() {
+        Some(t) => t.offer(r),
+        None => Err(r),
+    };
+    drop(refuser);
+    if let Err(r) = given {
+        close_quietly(&r.sock);
+    }
+}
+
+/// Stop the HTTPS refusal worker: what it holds is closed unanswered; joined.
+fn stop_refuser(server: &ServerShared) {
+    let refuser = server.refuser.lock().take();
+    if let Some(r) = refuser {
+        r.stopping.store(true, Ordering::SeqCst);
+        let _ = (&r.wake).write(&[1]);
+        if r.join.thread().id() != std::thread::current().id() {
+            let _ = r.join.join();
+        }
+    }
 }
 
 /// The shared Unix acceptor: its thread and the socket that wakes its `poll`.
@@ -187,6 +382,7 @@ impl Server {
                 unix: Mutex::new(None),
                 unix_listeners: Mutex::new(Vec::new()),
                 unix_round: Mutex::new(()),
+                refuser: Mutex::new(None),
             }),
         }
     }
@@ -312,6 +508,7 @@ impl Server {
                 let _ = a.join.join();
             }
         }
+        stop_refuser(&self.shared);
     }
 }
 
@@ -616,7 +813,7 @@ fn admit(
                     server.limits.max_conns_per_client
                 );
             }
-            too_many(&sock);
+            refuse(server, sock, Refusal::TooMany, accepted);
             return;
         }
     };
@@ -640,7 +837,7 @@ fn admit(
                     server.limits.max_conns_total
                 );
             }
-            reject(&sock);
+            refuse(server, sock, Refusal::Busy, accepted);
             return;
         }
     }
@@ -805,7 +1002,17 @@ fn release_counts(server: &ServerShared, l: &ListenerShared) {
 
 /// The quick refusal for a connection over a cap: a 503 with a short write deadline.
 fn reject(sock: &Sock) {
+    refuse_now(sock, Refusal::Busy);
+    close_quietly(sock);
+}
+
+/// Write the refusal's answer (429 or 503) under a short write deadline; the caller closes.
+fn refuse_now(sock: &Sock, why: Refusal) {
     let _ = sock.set_write_timeout(REJECT_WRITE_TIMEOUT);
+    if why == Refusal::TooMany {
+        let _ = (&*sock).write_all(TOO_MANY_CONNS_REPLY);
+        return;
+    }
     let plan = Plan {
         http11: true,
         head_only: false,
@@ -818,14 +1025,6 @@ fn reject(sock: &Sock) {
         &plan,
         &never,
     );
-    close_quietly(sock);
-}
-
-/// The refusal for a client over the per-client cap: Nomad's 429, short write deadline.
-fn too_many(sock: &Sock) {
-    let _ = sock.set_write_timeout(REJECT_WRITE_TIMEOUT);
-    let _ = (&*sock).write_all(TOO_MANY_CONNS_REPLY);
-    close_quietly(sock);
 }
 
 /// Half-close after a refusal, then drop what the request already sent, without waiting.

@@ -7,7 +7,9 @@
 //! is cut when it passes. After it, each read is ONE `recv` (under the phase's
 //! `SO_RCVTIMEO`) fed to rustls, so a request trickled in tiny TLS records is still bounded by
 //! the phase deadline the caller re-checks between reads. Plain HTTP sent to the HTTPS port
-//! gets Go's `400` answer (as Nomad's port gives) and is closed.
+//! gets Go's `400` answer (as Nomad's port gives) and is closed. A connection refused over a
+//! connection cap is handshaken a step at a time on a non-blocking socket
+//! ([`TlsSock::handshake_step`]) by the listener's refusal worker, then told 429 or 503.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -96,6 +98,26 @@ impl TlsSock {
             }
         }
         flush(&mut conn, &self.tcp).map_err(ConnError::Io)
+    }
+
+    /// Drive the handshake as far as the socket (non-blocking) allows without waiting: `true`
+    /// once it is complete, `false` when it needs more from the peer. A peer that closes or
+    /// sends what is not TLS is an error.
+    pub(crate) fn handshake_step(&self) -> io::Result<bool> {
+        let mut conn = self.conn.lock();
+        loop {
+            flush(&mut conn, &self.tcp)?;
+            if !conn.is_handshaking() {
+                return Ok(true);
+            }
+            match conn.read_tls(&mut &self.tcp) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => process(&mut conn, &self.tcp)?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Decrypted bytes: what rustls holds already, else ONE socket read fed to it.

@@ -47,6 +47,15 @@ impl Sock {
         }
     }
 
+    /// One non-blocking step of a TLS handshake (see [`TlsSock::handshake_step`]); a plain
+    /// socket has none to do.
+    pub(crate) fn handshake_step(&self) -> io::Result<bool> {
+        match self {
+            Sock::Tls(t) => t.handshake_step(),
+            _ => Ok(true),
+        }
+    }
+
     /// Tell a TLS peer the connection ends (close_notify), without waiting; plain: nothing.
     pub(crate) fn close_notify(&self) {
         if let Sock::Tls(t) = self {

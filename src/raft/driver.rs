@@ -17,7 +17,9 @@ use raft::{RawNode, SnapshotStatus, StateRole};
 
 use super::storage::{DiskStorage, SnapSource};
 use super::transport::Transport;
-use super::{Input, RaftError, Shared, ELECTION_TICKS, HEARTBEAT_TICKS, TICK};
+use super::{
+    Input, PeerProgress, RaftError, Shared, TransferError, ELECTION_TICKS, HEARTBEAT_TICKS, TICK,
+};
 use crate::state::command::{Applied, Command, ServerState};
 use crate::state::command_log::{LogError, StateMachine, SNAPSHOT_EVERY};
 use crate::state::leader::BarrierError;
@@ -77,6 +79,9 @@ pub(crate) struct Driver {
     reads: BTreeMap<u64, ReadBatch>,
     /// The context of the next `read_index` request.
     next_read: u64,
+    /// When each peer last answered this server (as leader: appends and heartbeats), for
+    /// autopilot's `LastContact`.
+    peer_contact: BTreeMap<u64, Instant>,
     broken: bool,
 }
 
@@ -104,8 +109,9 @@ macro_rules! st {
 
 impl Driver {
     /// Open the Raft storage in the state machine's store (the first start with Raft writes
-    /// the state as it stands as the log's base), bootstrap alone when `alone` and the
-    /// configuration is empty, and build the node.
+    /// the state as it stands as the log's base), replace the configuration with `recover`
+    /// (peers.json), bootstrap alone when `alone` and the configuration is empty, and build
+    /// the node.
     pub(crate) fn open(
         id: u64,
         mut sm: StateMachine,
@@ -113,6 +119,7 @@ impl Driver {
         shared: Arc<Shared>,
         transport: Arc<Transport>,
         alone: bool,
+        recover: Option<raft::eraftpb::ConfState>,
     ) -> Result<Driver, RaftError> {
         let mut storage = DiskStorage::load(sm.db()).map_err(RaftError::Store)?;
         if !storage.exists() || sm.plain_log_pending().map_err(RaftError::Store)? {
@@ -137,6 +144,17 @@ impl Driver {
                     sm.state().index
                 );
             }
+        }
+        if let Some(cs) = recover {
+            // peers.json: the operator's configuration replaces the stored one, once.
+            let txn = st!("begin", sm.db().begin_write()).map_err(RaftError::Store)?;
+            log::warn!(
+                "raft: recovering from peers.json: voters {:x?}, non-voters {:x?}",
+                cs.voters,
+                cs.learners
+            );
+            storage.set_conf_state(&txn, cs).map_err(RaftError::Store)?;
+            st!("commit", txn.commit()).map_err(RaftError::Store)?;
         }
         if alone && !storage.initialized() {
             let txn = st!("begin", sm.db().begin_write()).map_err(RaftError::Store)?;
@@ -179,6 +197,7 @@ impl Driver {
             reads_new: Vec::new(),
             reads: BTreeMap::new(),
             next_read: 1,
+            peer_contact: BTreeMap::new(),
             broken: false,
         };
         d.campaign_if_alone();
@@ -278,6 +297,15 @@ impl Driver {
                     if from_leader && m.term >= self.node.raft.term {
                         self.last_contact = Some(Instant::now());
                     }
+                    let answer = matches!(
+                        m.get_msg_type(),
+                        MessageType::MsgAppendResponse
+                            | MessageType::MsgHeartbeatResponse
+                            | MessageType::MsgSnapStatus
+                    );
+                    if answer && m.from != 0 {
+                        self.peer_contact.insert(m.from, Instant::now());
+                    }
                     if let Err(e) = self.node.step(m) {
                         log::trace!("raft: message not taken: {e}");
                     }
@@ -301,6 +329,20 @@ impl Driver {
             }
             Input::ReadIndex(reply) => self.reads_new.push(reply),
             Input::Bootstrap(voters) => self.bootstrap(&voters),
+            Input::TransferLeader(to, reply) => {
+                let answer = if self.node.raft.state != StateRole::Leader {
+                    Err(TransferError::NotLeader)
+                } else {
+                    let cs = self.node.store().conf_state();
+                    if !cs.voters.contains(&to) {
+                        Err(TransferError::NotVoter)
+                    } else {
+                        self.node.transfer_leader(to);
+                        Ok(self.node.raft.term)
+                    }
+                };
+                let _ = reply.send(answer);
+            }
             Input::Unreachable(id) => self.node.report_unreachable(id),
             Input::SnapshotSent(id, ok) => self.node.report_snapshot(
                 id,
@@ -680,6 +722,24 @@ impl Driver {
         );
         let (applied, leader_ready, last_contact) =
             (self.applied, self.leader_ready, self.last_contact);
+        let last_term = r.raft_log.last_term();
+        let progress: BTreeMap<u64, PeerProgress> = if is_leader {
+            r.prs()
+                .iter()
+                .map(|(id, pr)| {
+                    (
+                        *id,
+                        PeerProgress {
+                            matched: pr.matched,
+                            last_term: r.raft_log.term(pr.matched).unwrap_or(0),
+                            last_contact: self.peer_contact.get(id).copied(),
+                        },
+                    )
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
         self.shared.update(|s| {
             s.id = self.id;
             s.is_leader = is_leader;
@@ -691,6 +751,8 @@ impl Driver {
             s.applied = applied;
             s.commit = commit;
             s.last_index = last_index;
+            s.last_term = last_term;
+            s.progress = progress;
             s.last_contact = last_contact;
             s.initialized = initialized;
         });

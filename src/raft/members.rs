@@ -1,11 +1,13 @@
 //! The `raft-members` thread: what gossip says about servers, turned into Raft membership.
 //! Every [`ROUND`] it refreshes the peer book (Raft ID → RPC address), bootstraps when
 //! `bootstrap_expect` servers are alive and none is part of a cluster yet (ref §6.1), and on
-//! the leader adds alive servers missing from the configuration (as voters) and removes
-//! servers gossip marks failed (after [`DEAD_AFTER`]) or left, while a majority of the
-//! configuration stays alive (autopilot's dead-server cleanup).
+//! the leader adds alive servers missing from the configuration as non-voters, promotes a
+//! non-voter to voter once autopilot found it healthy for `ServerStabilizationTime`, and
+//! (when the replicated autopilot config says `CleanupDeadServers`) removes servers gossip
+//! marks failed (after [`DEAD_AFTER`]) or left, while a majority of the configuration stays
+//! alive and at least `MinQuorum` voters remain (autopilot's dead-server cleanup).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -30,18 +32,53 @@ const ASK_AGAIN: Duration = Duration::from_secs(2);
 const MAX_PEERS_REPLY: usize = 64 * 1024;
 
 /// A server as gossip shows it.
-struct Server {
-    id: u64,
-    peer: Peer,
-    status: MemberStatus,
-    expect: Option<u32>,
+pub struct GossipServer {
+    pub id: u64,
+    pub peer: Peer,
+    pub status: MemberStatus,
+    pub expect: Option<u32>,
+    /// Its `build` tag.
+    pub version: String,
+}
+
+type Server = GossipServer;
+
+/// The Nomad servers of `region` in gossip's member table.
+pub fn gossip_servers(g: &Gossip, region: &str) -> Vec<GossipServer> {
+    g.members()
+        .into_iter()
+        .filter_map(|m| {
+            let t = &m.tags;
+            if t.get("role").map(String::as_str) != Some("nomad")
+                || t.get("region").map(String::as_str) != Some(region)
+            {
+                return None;
+            }
+            let uuid = t.get("id")?.clone();
+            let id = raft_id(&uuid)?;
+            let ip = t.get("rpc_addr")?.parse().ok()?;
+            let port: u16 = t.get("port")?.parse().ok()?;
+            Some(GossipServer {
+                id,
+                peer: Peer {
+                    uuid,
+                    name: m.name.clone(),
+                    rpc_addr: SocketAddr::new(ip, port),
+                },
+                status: m.status,
+                expect: t.get("expect").and_then(|e| e.parse().ok()),
+                version: t.get("build").cloned().unwrap_or_default(),
+            })
+        })
+        .collect()
 }
 
 pub(crate) struct Members {
     id: u64,
     region: String,
     expect: u32,
-    cleanup: bool,
+    autopilot: super::AutopilotSource,
+    tracker: Arc<super::autopilot::Tracker>,
     dial: Dial,
     gossip: Option<Arc<Gossip>>,
     peers: PeerBook,
@@ -55,9 +92,11 @@ pub(crate) struct Members {
 }
 
 impl Members {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: u64,
         s: &Settings,
+        tracker: Arc<super::autopilot::Tracker>,
         peers: PeerBook,
         shared: Arc<Shared>,
         input: Sender<Input>,
@@ -67,13 +106,15 @@ impl Members {
             id,
             region: s.region.clone(),
             expect: s.bootstrap_expect,
-            cleanup: s.cleanup_dead_servers,
+            autopilot: s.autopilot.clone(),
+            tracker,
             dial: s.dial.clone(),
             gossip: s.gossip.clone(),
             peers,
             shared,
             input,
             stop,
+            // 1 bootstraps alone at start; 0 never bootstraps (a leader adds this server).
             bootstrap_done: s.bootstrap_expect <= 1,
             warned: false,
             failed_since: HashMap::new(),
@@ -89,34 +130,10 @@ impl Members {
     }
 
     fn servers(&self) -> Vec<Server> {
-        let Some(g) = self.gossip.as_ref() else {
-            return Vec::new();
-        };
-        g.members()
-            .into_iter()
-            .filter_map(|m| {
-                let t = &m.tags;
-                if t.get("role").map(String::as_str) != Some("nomad")
-                    || t.get("region") != Some(&self.region)
-                {
-                    return None;
-                }
-                let uuid = t.get("id")?.clone();
-                let id = raft_id(&uuid)?;
-                let ip = t.get("rpc_addr")?.parse().ok()?;
-                let port: u16 = t.get("port")?.parse().ok()?;
-                Some(Server {
-                    id,
-                    peer: Peer {
-                        uuid,
-                        name: m.name.clone(),
-                        rpc_addr: SocketAddr::new(ip, port),
-                    },
-                    status: m.status,
-                    expect: t.get("expect").and_then(|e| e.parse().ok()),
-                })
-            })
-            .collect()
+        match self.gossip.as_ref() {
+            Some(g) => gossip_servers(g, &self.region),
+            None => Vec::new(),
+        }
     }
 
     fn round(&mut self) {
@@ -137,7 +154,25 @@ impl Members {
             self.try_bootstrap(&servers);
         }
         if status.leader_ready {
-            self.reconcile(&servers, &status.voters, &status.learners);
+            let config = (self.autopilot)();
+            let peers = self.peers.read().clone();
+            let health = self.tracker.health(&status, &peers, &servers, &config);
+            self.reconcile(&servers, &status.voters, &status.learners, &config);
+            if let Some(id) = health
+                .as_ref()
+                .and_then(|h| super::autopilot::promotable(h, &config))
+                .filter(|id| status.learners.contains(id))
+            {
+                log::info!("raft: promoting server {id:x} to voter (autopilot: stable)");
+                if let Err(e) = self.change(ConfChangeType::AddNode, id) {
+                    log::warn!("raft: cannot promote {id:x}: {e}");
+                }
+            }
+        } else {
+            // Forget health transitions: a new term starts them afresh.
+            let _ = self
+                .tracker
+                .health(&status, &BTreeMap::new(), &[], &Default::default());
         }
     }
 
@@ -148,7 +183,11 @@ impl Members {
             .iter()
             .filter(|s| s.status == MemberStatus::Alive)
             .collect();
-        if let Some(other) = alive.iter().find(|s| s.expect != Some(self.expect)) {
+        // A peer without an expect value (0: never bootstraps) counts but does not conflict.
+        if let Some(other) = alive
+            .iter()
+            .find(|s| s.expect.is_some_and(|e| e != self.expect))
+        {
             if !self.warned {
                 log::warn!(
                     "raft: not bootstrapping: peer {} has a conflicting expect value",
@@ -193,7 +232,13 @@ impl Members {
 
     /// The leader: alive servers not in the configuration are added as voters (when they
     /// are in no other cluster); dead ones are removed while a majority stays alive.
-    fn reconcile(&mut self, servers: &[Server], voters: &[u64], learners: &[u64]) {
+    fn reconcile(
+        &mut self,
+        servers: &[Server],
+        voters: &[u64],
+        learners: &[u64],
+        config: &crate::state::autopilot::AutopilotConfig,
+    ) {
         let in_config: BTreeSet<u64> = voters.iter().chain(learners).copied().collect();
         let now = Instant::now();
         let config_addrs: BTreeSet<String> = {
@@ -225,11 +270,11 @@ impl Members {
                 continue;
             }
             log::info!(
-                "raft: adding server {} ({:x}) as a voter",
+                "raft: adding server {} ({:x}) as a non-voter",
                 s.peer.name,
                 s.id
             );
-            if let Err(e) = self.change(ConfChangeType::AddNode, s.id) {
+            if let Err(e) = self.change(ConfChangeType::AddLearnerNode, s.id) {
                 log::warn!("raft: cannot add {}: {e}", s.peer.name);
             }
             // One change at a time.
@@ -241,7 +286,7 @@ impl Members {
                 .get(id)
                 .is_some_and(|s| s.status != MemberStatus::Alive)
         });
-        if !self.cleanup {
+        if !config.cleanup_dead_servers {
             return;
         }
         let alive_voters = voters
@@ -267,7 +312,7 @@ impl Members {
             };
             // The configuration after the removal keeps a majority alive.
             let remaining = voters.len() - 1;
-            if !dead || alive_voters < remaining / 2 + 1 {
+            if !dead || alive_voters < remaining / 2 + 1 || (remaining as u64) < config.min_quorum {
                 continue;
             }
             log::info!(

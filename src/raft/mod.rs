@@ -7,9 +7,11 @@
 //! `/v1/rpc/raft` over a kept-alive connection), `raft-members` (bootstrap through gossip,
 //! the leader's membership reconciliation, autopilot's dead-server cleanup).
 
+pub mod autopilot;
 mod driver;
 mod logger;
-mod members;
+pub mod members;
+pub mod recovery;
 mod storage;
 mod transport;
 
@@ -31,10 +33,12 @@ use crate::state::leader::{BarrierError, LeaderView, Leadership};
 use transport::encode_batch;
 pub use transport::{decode_batch, RAFT_BODY_LIMIT};
 
-/// One Raft tick (ref §6.2: heartbeat every 2 ticks, election after 10..20).
+/// One Raft tick (ref §6.2: heartbeat every tick, election after 10..20).
 pub const TICK: Duration = Duration::from_millis(100);
-/// Ticks between leader heartbeats.
-pub const HEARTBEAT_TICKS: usize = 2;
+/// Ticks between leader heartbeats: 100 ms, as hashicorp/raft's (a tenth of its 1 s
+/// heartbeat timeout), so a live follower is always within autopilot's default 200 ms
+/// `LastContactThreshold`.
+pub const HEARTBEAT_TICKS: usize = 1;
 /// Ticks before a follower that heard nothing campaigns (raft-rs randomizes up to twice).
 pub const ELECTION_TICKS: usize = 10;
 /// How long a proposer waits for its command to commit and apply.
@@ -74,6 +78,13 @@ pub fn raft_id(uuid: &str) -> Option<u64> {
     u64::from_str_radix(&hex, 16).ok().filter(|id| *id != 0)
 }
 
+/// Reads the replicated autopilot configuration (the defaults while none is stored).
+pub type AutopilotSource = Arc<dyn Fn() -> crate::state::autopilot::AutopilotConfig + Send + Sync>;
+
+/// How long a leadership transfer waits for the target to take over (raft-rs hands over
+/// within an election timeout once the target caught up).
+pub const TRANSFER_DEADLINE: Duration = Duration::from_secs(10);
+
 /// What the agent tells Raft at start.
 pub struct Settings {
     /// This server's UUID (its Raft ID is [`raft_id`] of it).
@@ -83,14 +94,16 @@ pub struct Settings {
     pub region: String,
     /// The address other servers reach this one's RPC port at.
     pub rpc_addr: SocketAddr,
-    /// `bootstrap_expect`: ≤ 1 bootstraps alone at once; more waits for that many servers
-    /// in gossip.
+    /// `bootstrap_expect`: 1 bootstraps alone at once; more waits for that many servers in
+    /// gossip; 0 never bootstraps (ref §6.1: the server waits for a leader to add it).
     pub bootstrap_expect: u32,
-    /// Remove servers gossip marks failed or left from the configuration (autopilot).
-    pub cleanup_dead_servers: bool,
+    /// Autopilot's configuration as replicated now (dead-server cleanup, promotion, health).
+    pub autopilot: AutopilotSource,
     pub dial: Dial,
     /// The gossip member table (servers find each other there).
     pub gossip: Option<Arc<crate::gossip::Gossip>>,
+    /// `<data_dir>/server/raft`: where an operator puts `peers.json` to recover.
+    pub raft_dir: Option<std::path::PathBuf>,
 }
 
 /// Why Raft could not start.
@@ -104,6 +117,8 @@ pub enum RaftError {
     Raft(raft::Error),
     /// A thread could not be started.
     Spawn(io::Error),
+    /// `peers.json` is there but unusable.
+    Recovery(recovery::RecoveryError),
 }
 
 impl fmt::Display for RaftError {
@@ -113,6 +128,7 @@ impl fmt::Display for RaftError {
             RaftError::Store(e) => write!(f, "raft storage: {e}"),
             RaftError::Raft(e) => write!(f, "raft: {e}"),
             RaftError::Spawn(e) => write!(f, "cannot start a raft thread: {e}"),
+            RaftError::Recovery(e) => e.fmt(f),
         }
     }
 }
@@ -123,6 +139,7 @@ impl std::error::Error for RaftError {
             RaftError::Store(e) => Some(e),
             RaftError::Raft(e) => Some(e),
             RaftError::Spawn(e) => Some(e),
+            RaftError::Recovery(e) => Some(e),
             RaftError::BadId(_) => None,
         }
     }
@@ -145,11 +162,55 @@ pub struct Status {
     pub last_index: u64,
     /// When a message of the leader last arrived (followers).
     pub last_contact: Option<Instant>,
+    /// The term of the last entry of this server's log.
+    pub last_term: u64,
+    /// The leader's view of every server's replication (empty on followers).
+    pub progress: BTreeMap<u64, PeerProgress>,
     /// Part of a configuration (bootstrapped, or added by a leader).
     pub initialized: bool,
     /// The driver stopped (shutdown, or a store failure).
     pub stopped: bool,
 }
+
+/// How far the leader knows a server's log matches its own, and when it last answered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerProgress {
+    /// The highest index known to match the leader's log.
+    pub matched: u64,
+    /// The term of the entry at `matched`.
+    pub last_term: u64,
+    /// When the server last answered an append or heartbeat (`None`: never).
+    pub last_contact: Option<Instant>,
+}
+
+/// Why a leadership transfer was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransferError {
+    /// This server does not lead.
+    NotLeader,
+    /// The target is not a voter of the configuration.
+    NotVoter,
+    /// No voter but this one to transfer to.
+    NoTarget,
+    /// The target did not take over in time.
+    Timeout,
+    /// Raft is not running.
+    Stopped,
+}
+
+impl fmt::Display for TransferError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransferError::NotLeader => "not leader",
+            TransferError::NotVoter => "cannot find peer",
+            TransferError::NoTarget => "cannot find peer",
+            TransferError::Timeout => "leadership transfer timeout",
+            TransferError::Stopped => "raft is not running",
+        })
+    }
+}
+
+impl std::error::Error for TransferError {}
 
 /// The driver's status and a condvar that is notified whenever it changes.
 #[derive(Default)]
@@ -183,6 +244,8 @@ pub(crate) enum Input {
     /// A read barrier: the driver answers the commit index a quorum confirmed this leader
     /// at (raft-rs ReadIndex, `ReadOnlyOption::Safe`), or why not.
     ReadIndex(Sender<Result<u64, BarrierError>>),
+    /// Hand leadership to this voter (leader only): the term it was asked in, or why not.
+    TransferLeader(u64, Sender<Result<u64, TransferError>>),
     /// A peer could not be reached.
     Unreachable(u64),
     /// A snapshot to a peer was sent (true) or failed (false).
@@ -199,6 +262,10 @@ pub struct Raft {
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     members_stop: Arc<std::sync::atomic::AtomicBool>,
     transport: Arc<transport::Transport>,
+    gossip: Option<Arc<crate::gossip::Gossip>>,
+    region: String,
+    autopilot: AutopilotSource,
+    tracker: Arc<autopilot::Tracker>,
 }
 
 impl fmt::Debug for Raft {
@@ -231,18 +298,42 @@ impl Raft {
             settings.dial.clone(),
             tx.clone(),
         ));
-        let alone = settings.bootstrap_expect <= 1;
-        let driver =
-            driver::Driver::open(id, machine, rx, shared.clone(), transport.clone(), alone)?;
+        let alone = settings.bootstrap_expect == 1;
+        let recovery = match &settings.raft_dir {
+            Some(dir) => recovery::read(dir).map_err(RaftError::Recovery)?,
+            None => None,
+        };
+        if let Some(r) = &recovery {
+            let mut book = peers.write();
+            for (pid, p) in &r.peers {
+                if *pid != id {
+                    book.insert(*pid, p.clone());
+                }
+            }
+        }
+        let driver = driver::Driver::open(
+            id,
+            machine,
+            rx,
+            shared.clone(),
+            transport.clone(),
+            alone,
+            recovery.as_ref().map(|r| r.conf.clone()),
+        )?;
+        if let Some(r) = &recovery {
+            r.done();
+        }
         let mut threads = vec![std::thread::Builder::new()
             .name("raft".into())
             .spawn(move || driver.run())
             .map_err(RaftError::Spawn)?];
         let members_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tracker = Arc::new(autopilot::Tracker::default());
         if settings.gossip.is_some() {
             let m = members::Members::new(
                 id,
                 &settings,
+                tracker.clone(),
                 peers.clone(),
                 shared.clone(),
                 tx.clone(),
@@ -263,7 +354,74 @@ impl Raft {
             threads: Mutex::new(threads),
             members_stop,
             transport,
+            gossip: settings.gossip.clone(),
+            region: settings.region.clone(),
+            autopilot: settings.autopilot.clone(),
+            tracker,
         }))
+    }
+
+    /// Autopilot's configuration as replicated now.
+    pub fn autopilot_config(&self) -> crate::state::autopilot::AutopilotConfig {
+        (self.autopilot)()
+    }
+
+    /// The cluster's health as this server (the leader) sees it; `None` when it does not
+    /// lead.
+    pub fn health(&self) -> Option<autopilot::Health> {
+        let status = self.status();
+        let gossip = self
+            .gossip
+            .as_ref()
+            .map(|g| members::gossip_servers(g, &self.region))
+            .unwrap_or_default();
+        let peers = self.peers();
+        self.tracker
+            .health(&status, &peers, &gossip, &self.autopilot_config())
+    }
+
+    /// Hand leadership to the voter `to` (`None`: the voter whose log is most up to date)
+    /// and wait until another server leads; the new leader's ID.
+    pub fn transfer_leadership(&self, to: Option<u64>) -> Result<u64, TransferError> {
+        let s = self.status();
+        if !s.is_leader {
+            return Err(TransferError::NotLeader);
+        }
+        let target = match to {
+            Some(id) => id,
+            None => s
+                .voters
+                .iter()
+                .filter(|v| **v != self.id)
+                .max_by_key(|v| s.progress.get(v).map_or(0, |p| p.matched))
+                .copied()
+                .ok_or(TransferError::NoTarget)?,
+        };
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.input
+            .send_timeout(Input::TransferLeader(target, reply), Duration::from_secs(1))
+            .map_err(|_| TransferError::Stopped)?;
+        answer
+            .recv_timeout(TRANSFER_DEADLINE)
+            .map_err(|_| TransferError::Stopped)??;
+        let deadline = Instant::now() + TRANSFER_DEADLINE;
+        let mut st = self.shared.status.lock();
+        loop {
+            if st.stopped {
+                return Err(TransferError::Stopped);
+            }
+            if !st.is_leader && st.leader_id != 0 && st.leader_id != self.id {
+                return Ok(st.leader_id);
+            }
+            if self
+                .shared
+                .changed
+                .wait_until(&mut st, deadline)
+                .timed_out()
+            {
+                return Err(TransferError::Timeout);
+            }
+        }
     }
 
     /// This server's Raft ID.

@@ -57,6 +57,26 @@ impl Running {
         }
         self.parts.drainer.set_leader(true);
         self.parts.periodic.start();
+        self.store_autopilot_defaults();
+    }
+
+    /// A cluster's first leader stores autopilot's defaults (Nomad's
+    /// `getOrCreateAutopilotConfig`): the configuration then has real indexes.
+    fn store_autopilot_defaults(&self) {
+        if self.parts.workloads.state().autopilot.is_some() {
+            return;
+        }
+        let cmd = crate::state::command::Command::AutopilotSetConfig {
+            config: crate::state::autopilot::AutopilotConfig::default(),
+            cas: None,
+        };
+        match self.parts.workloads.command_log().propose(cmd) {
+            Ok((_, index)) => {
+                self.parts.index.notify();
+                log::info!("autopilot: default configuration stored at index {index}");
+            }
+            Err(e) => log::warn!("autopilot: cannot store the default configuration: {e}"),
+        }
     }
 
     fn lose(&mut self) {

@@ -36,6 +36,9 @@ pub struct HeartbeatSettings {
     pub min_ttl: Duration,
     pub grace: Duration,
     pub max_per_second: f64,
+    /// `failover_heartbeat_ttl`: the flat timer (no grace, no jitter) a new leader arms for
+    /// every node that is not down (Nomad's `initializeHeartbeatTimers`).
+    pub failover_ttl: Duration,
 }
 
 impl HeartbeatSettings {
@@ -44,6 +47,7 @@ impl HeartbeatSettings {
             min_ttl: config.min_heartbeat_ttl,
             grace: config.heartbeat_grace,
             max_per_second: config.max_heartbeats_per_second,
+            failover_ttl: config.failover_heartbeat_ttl,
         }
     }
 
@@ -166,9 +170,10 @@ impl Heartbeats {
         self.timers.lock().by_node.len()
     }
 
-    /// Leadership changed (a replicated server): the leader arms every known node that is
-    /// not down with a full TTL + grace (ref §6.6); a follower drops every timer and arms
-    /// none.
+    /// Leadership changed (a replicated server): a new leader arms every known node that is
+    /// not down with the flat `failover_heartbeat_ttl` (ref §2.3, §6.6: a leader change
+    /// must not mark live nodes down while they find the new leader); a follower drops every
+    /// timer and arms none.
     pub fn set_leader(&self, leader: bool) {
         {
             let mut t = self.timers.lock();
@@ -179,7 +184,11 @@ impl Heartbeats {
             }
         }
         if leader {
-            self.arm_known();
+            for node in self.workloads.nodes() {
+                if node.status != NodeStatus::Down {
+                    self.arm(&node.id, self.settings.failover_ttl);
+                }
+            }
         }
         self.wake.notify_all();
     }
@@ -336,6 +345,7 @@ mod tests {
             min_ttl: Duration::from_secs(min),
             grace: Duration::from_secs(10),
             max_per_second: rate,
+            failover_ttl: Duration::from_secs(300),
         }
     }
 

@@ -251,6 +251,13 @@ pub enum Command {
     RestoreSnapshot {
         state: RestoredState,
     },
+    /// `PUT /v1/operator/autopilot/configuration` (and a new leader storing the defaults):
+    /// with `cas`, written only when the stored config's modify index is `cas`.
+    AutopilotSetConfig {
+        config: super::autopilot::AutopilotConfig,
+        #[serde(default)]
+        cas: Option<u64>,
+    },
     /// Server garbage collection (`state::gc`): forget the finished jobs, evals and allocs the
     /// leader chose; apply removes only those still finished.
     GcReap {
@@ -303,6 +310,8 @@ pub enum Applied {
     Alloc(Box<AllocRecord>),
     /// An ACL write (`false`: a delete found nothing).
     Acl(bool),
+    /// An autopilot configuration set (`false`: the check-and-set index did not match).
+    Autopilot(bool),
     /// A one-time token exchanged: the ACL token it stood for.
     AclToken(Box<AclToken>),
     /// A node write: the node's modify index.
@@ -405,6 +414,12 @@ pub struct ServerState {
     pub job_versions: Table<super::jobs::history::VersionKey, super::jobs::history::JobVersion>,
     /// The last scaling events of each job's groups (`state::jobs::history`).
     pub scaling_events: Table<JobKey, super::jobs::history::ScalingEvents>,
+    /// Autopilot's configuration (`None` until a leader or an operator stored one).
+    pub autopilot: Option<Arc<super::autopilot::AutopilotConfig>>,
+    /// Added to a Raft index to make the Nomad index of the command applied there: raised
+    /// when a snapshot restored into a cluster whose Raft index is below the snapshot's, so
+    /// indexes never go back below those the restored objects carry.
+    pub index_offset: u64,
 }
 
 /// The serialized form of [`ServerState`] (snapshots, the determinism check).
@@ -422,6 +437,10 @@ struct StateImage {
     job_versions: Vec<super::jobs::history::JobVersion>,
     #[serde(default)]
     scaling_events: Vec<super::jobs::history::ScalingEvents>,
+    #[serde(default)]
+    autopilot: Option<super::autopilot::AutopilotConfig>,
+    #[serde(default)]
+    index_offset: u64,
 }
 
 /// The serialized form, borrowing (what a snapshot writes).
@@ -437,6 +456,14 @@ struct StateImageRef<'a> {
     job_versions: Vec<&'a super::jobs::history::JobVersion>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     scaling_events: Vec<&'a super::jobs::history::ScalingEvents>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    autopilot: Option<&'a super::autopilot::AutopilotConfig>,
+    #[serde(skip_serializing_if = "is_zero")]
+    index_offset: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl ServerState {
@@ -480,6 +507,8 @@ impl ServerState {
             node_usage: imbl::OrdMap::default(),
             job_versions: Table::default(),
             scaling_events: Table::default(),
+            autopilot: None,
+            index_offset: 0,
         }
         .reindexed()
     }
@@ -495,6 +524,8 @@ impl ServerState {
             nodes: self.nodes.values().map(|n| &**n).collect(),
             job_versions: self.job_versions.values().map(|v| &**v).collect(),
             scaling_events: self.scaling_events.values().map(|v| &**v).collect(),
+            autopilot: self.autopilot.as_deref(),
+            index_offset: self.index_offset,
         }
     }
 
@@ -522,6 +553,8 @@ impl ServerState {
             .into_iter()
             .map(|e| ((e.namespace.clone(), e.job_id.clone()), Arc::new(e)))
             .collect();
+        state.autopilot = img.autopilot.map(Arc::new);
+        state.index_offset = img.index_offset;
         state.reindexed()
     }
 
@@ -807,10 +840,21 @@ pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appli
         Command::RestoreSnapshot { state: restored } => {
             // A replacement: nothing of the state before survives (the derived indexes came
             // with the decoded image). Deterministic: the command carries the whole state.
+            // The index never goes below the snapshot's: a fresh cluster (a low Raft index)
+            // moves every later index up by the difference (`index_offset`).
+            let offset = state.index_offset;
             *state = (*restored.0).clone();
-            state.index = index;
+            let at = index.max(restored.0.index.saturating_add(1));
+            state.index_offset = offset.saturating_add(at - index);
+            state.index = at;
             Applied::Restored
         }
+        Command::AutopilotSetConfig { config, cas } => Applied::Autopilot(super::autopilot::set(
+            &mut state.autopilot,
+            config,
+            *cas,
+            index,
+        )),
     };
     super::plan::refresh_usage(state, cmd);
     super::plan::after_node_op(state, cmd, index);

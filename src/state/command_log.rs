@@ -602,18 +602,25 @@ impl StateMachine {
         let mut results = Vec::with_capacity(cmds.len());
         let mut events: Vec<EventBatch> = Vec::new();
         let mut last = 0;
-        for (index, cmd) in cmds {
+        for (raft_index, cmd) in cmds {
             let before = next.clone();
-            last = *index;
-            match apply(&mut next, cmd, *index) {
+            // The Nomad index: the Raft index moved up past a restored snapshot's.
+            let index = raft_index.saturating_add(next.index_offset);
+            match apply(&mut next, cmd, index) {
                 Ok(applied) => {
+                    // A restore may have moved the index further up.
+                    let index = next.index.max(index);
+                    last = index;
                     events.push(EventBatch {
-                        index: *index,
-                        events: events_of(cmd, &before, &next, *index),
+                        index,
+                        events: events_of(cmd, &before, &next, index),
                     });
-                    results.push(Ok((applied, *index)));
+                    results.push(Ok((applied, index)));
                 }
-                Err(e) => results.push(Err(LogError::Apply(e))),
+                Err(e) => {
+                    last = last.max(index);
+                    results.push(Err(LogError::Apply(e)));
+                }
             }
         }
         if cmds.is_empty() {

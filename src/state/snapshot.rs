@@ -86,11 +86,17 @@ const SCALING_EVENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::ne
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 /// The ACL tables (small): one row, `"acl"` → JSON.
 const ACL: TableDefinition<&str, &[u8]> = TableDefinition::new("acl");
+/// Cluster-wide settings (small): `"autopilot"` → JSON.
+const CLUSTER_META: TableDefinition<&str, &[u8]> = TableDefinition::new("cluster_meta");
 /// The format before tables: one row, its index → the whole state as JSON.
 pub const OLD_SNAPSHOT: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshot");
 
 /// The row key of the snapshot's index in [`META`].
 const INDEX_KEY: &str = "index";
+/// The row key of the state's index offset in [`META`] (absent: 0).
+const INDEX_OFFSET_KEY: &str = "index_offset";
+/// The row key of autopilot's configuration in [`CLUSTER_META`].
+const AUTOPILOT_KEY: &str = "autopilot";
 
 /// What changed between two versions of a table: the keys written, the keys removed. Equal
 /// pointers are the same object (nothing is ever changed in place behind an `Arc`).
@@ -261,8 +267,25 @@ pub fn write(
         let mut t = txn.open_table(ACL)?;
         t.insert("acl", encode(&*state.acl)?.as_slice())?;
     }
+    let autopilot_changed = match (prev.and_then(|p| p.autopilot.as_ref()), &state.autopilot) {
+        (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+        (None, None) => prev.is_none(),
+        _ => true,
+    };
+    if autopilot_changed {
+        let mut t = txn.open_table(CLUSTER_META)?;
+        match &state.autopilot {
+            Some(c) => {
+                t.insert(AUTOPILOT_KEY, encode(&**c)?.as_slice())?;
+            }
+            None => {
+                t.remove(AUTOPILOT_KEY)?;
+            }
+        }
+    }
     let mut meta = txn.open_table(META)?;
     meta.insert(INDEX_KEY, state.index)?;
+    meta.insert(INDEX_OFFSET_KEY, state.index_offset)?;
     Ok(())
 }
 
@@ -303,10 +326,17 @@ pub fn load(txn: &ReadTransaction) -> Result<Option<ServerState>, SnapshotError>
     let Some(index) = meta.get(INDEX_KEY)?.map(|v| v.value()) else {
         return Ok(None);
     };
+    let index_offset = meta.get(INDEX_OFFSET_KEY)?.map_or(0, |v| v.value());
     let mut state = ServerState {
         index,
+        index_offset,
         ..ServerState::default()
     };
+    if let Some(t) = opened(txn.open_table(CLUSTER_META))? {
+        if let Some(v) = t.get(AUTOPILOT_KEY)? {
+            state.autopilot = Some(Arc::new(decode("cluster_meta", v.value())?));
+        }
+    }
     if let Some(t) = opened(txn.open_table(JOBS))? {
         for row in t.iter()? {
             let (k, v) = row?;

@@ -9,6 +9,18 @@
 //! in every used hierarchy (`.scope` appended in the unified one), so tasks stay inside whatever
 //! limits the agent itself runs under. Alloc IDs are unique UUIDs: no two agents ever share a
 //! task cgroup, and the shared parents are never removed.
+//!
+//! `client.cgroup_parent` (Nomad's key) replaces those parents by `<mount>/<cgroup_parent>` in
+//! every hierarchy. Without it, a **delegated** v2 cgroup is used when the agent runs in one
+//! (systemd's `Delegate=yes` marks it with the `trusted.delegate` xattr): the agent moves itself
+//! into the leaf `<delegated>/agent` (cgroup v2 allows no processes in a cgroup whose children
+//! use controllers) and makes task cgroups beside it, `<delegated>/<alloc_id>.<task>.scope`,
+//! enabling the controllers in `<delegated>/cgroup.subtree_control`. Started already in
+//! `<delegated>/agent` (systemd's `DelegateSubgroup=agent`), it stays there. Started at the top
+//! of a delegated cgroup where controllers would have to be enabled, it keeps the root-level
+//! layout: a restart by a systemd without `DelegateSubgroup=` could not put the new agent back
+//! there while tasks run below it. A task cgroup is looked for in every layout the agent could
+//! have used before (an upgrade, a restart placed differently), so tasks are found again.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -29,6 +41,11 @@ pub const V1_PARENT: &str = "nomadlet";
 pub const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "freezer"];
 /// The v2 controllers enabled for task cgroups when the host offers them.
 pub const V2_CONTROLLERS: &[&str] = &["memory", "cpu", "pids"];
+/// The leaf of a delegated cgroup the agent itself runs in (systemd: `DelegateSubgroup=agent`).
+pub const AGENT_LEAF: &str = "agent";
+/// Extended attributes a service manager sets (to `1`) on a cgroup it delegated: systemd's
+/// system manager uses `trusted.`, a user manager `user.`.
+pub const DELEGATE_XATTRS: &[&str] = &["trusted.delegate", "user.delegate"];
 /// How long a kill waits for the cgroup to become empty.
 pub const KILL_WAIT: Duration = Duration::from_secs(10);
 /// How often a kill checks whether the cgroup is empty yet.
@@ -127,8 +144,11 @@ impl Hierarchy {
 pub struct Plan {
     pub mode: Mode,
     pub hierarchies: Vec<Hierarchy>,
-    /// The v2 mount point when the plan is pure v2 (controllers are enabled from there).
+    /// The v2 mount point when the plan is pure v2.
     pub v2_root: Option<PathBuf>,
+    /// The v2 cgroups, top down, whose `cgroup.subtree_control` gets the task controllers
+    /// (pure v2: the root and each level down to the parent; delegated: that cgroup only).
+    pub enable_in: Vec<PathBuf>,
 }
 
 struct Mount {
@@ -220,12 +240,14 @@ fn under_mount(point: &Path, root: &str, path: &str) -> Option<PathBuf> {
     })
 }
 
-/// Decide the layout from `/proc/self/mountinfo`, `/proc/self/cgroup`, and a reader of a v2
-/// mount's root `cgroup.controllers`. Pure: nothing is created.
+/// Decide the layout from `/proc/self/mountinfo`, `/proc/self/cgroup`, a reader of a v2
+/// mount's root `cgroup.controllers`, and `client.cgroup_parent` (relative, checked by the
+/// config). Pure: nothing is created.
 pub fn plan(
     mountinfo: &str,
     self_cgroup: &str,
     read_controllers: &dyn Fn(&Path) -> String,
+    parent: Option<&str>,
 ) -> Plan {
     let mounts = parse_mountinfo(mountinfo);
     let own = parse_self_cgroup(self_cgroup);
@@ -262,17 +284,24 @@ pub fn plan(
             return Plan {
                 mode: Mode::V2,
                 hierarchies: vec![Hierarchy {
-                    base: u.point.join(V2_PARENT),
+                    base: u.point.join(parent.unwrap_or(V2_PARENT)),
                     v2: true,
                     controllers: ctrls,
                 }],
                 v2_root: Some(u.point.clone()),
+                enable_in: levels(&u.point, parent.unwrap_or(V2_PARENT)),
             };
         }
         let own_v2 = own.iter().find(|(c, _)| c.is_empty()).map(|(_, p)| p);
-        if let Some(dir) = own_v2.and_then(|p| under_mount(&u.point, &u.root, p)) {
+        let base = match parent {
+            Some(rel) => Some(u.point.join(rel)),
+            None => own_v2
+                .and_then(|p| under_mount(&u.point, &u.root, p))
+                .map(|d| d.join(V1_PARENT)),
+        };
+        if let Some(base) = base {
             hierarchies.push(Hierarchy {
-                base: dir.join(V1_PARENT),
+                base,
                 v2: true,
                 controllers: Vec::new(),
             });
@@ -283,9 +312,15 @@ pub fn plan(
             .iter()
             .find(|(c, _)| c.iter().any(|x| ctrls.contains(x)))
             .map(|(_, p)| p);
-        if let Some(dir) = own_path.and_then(|p| under_mount(&m.point, &m.root, p)) {
+        let base = match parent {
+            Some(rel) => Some(m.point.join(rel)),
+            None => own_path
+                .and_then(|p| under_mount(&m.point, &m.root, p))
+                .map(|d| d.join(V1_PARENT)),
+        };
+        if let Some(base) = base {
             hierarchies.push(Hierarchy {
-                base: dir.join(V1_PARENT),
+                base,
                 v2: false,
                 controllers: ctrls,
             });
@@ -295,7 +330,19 @@ pub fn plan(
         mode: mode_of(&hierarchies),
         hierarchies,
         v2_root: None,
+        enable_in: Vec::new(),
     }
+}
+
+/// `root`, then each cgroup from `root` down to `root/rel`.
+fn levels(root: &Path, rel: &str) -> Vec<PathBuf> {
+    let mut out = vec![root.to_path_buf()];
+    let mut at = root.to_path_buf();
+    for c in rel.split('/').filter(|c| !c.is_empty()) {
+        at = at.join(c);
+        out.push(at.clone());
+    }
+    out
 }
 
 fn mode_of(h: &[Hierarchy]) -> Mode {
@@ -307,6 +354,65 @@ fn mode_of(h: &[Hierarchy]) -> Mode {
         (false, true) => Mode::V1,
         (false, false) => Mode::None,
     }
+}
+
+/// The v2 cgroup delegated to this agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delegation {
+    /// The delegated cgroup: task cgroups are made inside it.
+    pub dir: PathBuf,
+    /// The agent already runs in `<dir>/agent` (systemd's `DelegateSubgroup=agent`).
+    pub in_leaf: bool,
+}
+
+/// Whether a cgroup carries a service manager's delegation mark and this process may write
+/// its `cgroup.procs` and `cgroup.subtree_control`.
+fn is_delegated(dir: &Path) -> bool {
+    let marked = DELEGATE_XATTRS.iter().any(|name| {
+        let mut buf = [0u8; 8];
+        rustix::fs::getxattr(dir, *name, &mut buf[..]).is_ok_and(|n| buf[..n].trim_ascii() == b"1")
+    });
+    marked
+        && ["cgroup.procs", "cgroup.subtree_control"].iter().all(|f| {
+            rustix::fs::accessat(
+                rustix::fs::CWD,
+                dir.join(f),
+                rustix::fs::Access::WRITE_OK,
+                rustix::fs::AtFlags::empty(),
+            )
+            .is_ok()
+        })
+}
+
+/// The delegated v2 cgroup the agent runs at the top of, or in whose `agent` leaf it runs.
+/// Pure but for `delegated`, which tells whether a dir is delegated to this process.
+pub fn find_delegation(
+    mountinfo: &str,
+    self_cgroup: &str,
+    delegated: &dyn Fn(&Path) -> bool,
+) -> Option<Delegation> {
+    let mounts = parse_mountinfo(mountinfo);
+    let u = mounts.iter().find(|m| m.fstype == "cgroup2")?;
+    let own = parse_self_cgroup(self_cgroup);
+    let path = own.iter().find(|(c, _)| c.is_empty()).map(|(_, p)| p)?;
+    let dir = under_mount(&u.point, &u.root, path)?;
+    if dir == u.point {
+        return None;
+    }
+    if dir.file_name().is_some_and(|n| n == AGENT_LEAF) {
+        if let Some(parent) = dir.parent().filter(|p| *p != u.point) {
+            if delegated(parent) {
+                return Some(Delegation {
+                    dir: parent.to_path_buf(),
+                    in_leaf: true,
+                });
+            }
+        }
+    }
+    delegated(&dir).then_some(Delegation {
+        dir,
+        in_leaf: false,
+    })
 }
 
 /// A task's resources as cgroup limits.
@@ -354,33 +460,111 @@ pub struct Cgroups {
     hierarchies: Vec<Hierarchy>,
     /// Why cgroups are not used (mode `None`).
     reason: String,
+    /// Other v2 dirs an earlier agent may have made task cgroups in (another layout).
+    alternates: Vec<PathBuf>,
+    /// The delegated v2 cgroup task cgroups are made in.
+    delegated: Option<PathBuf>,
+}
+
+/// Take a delegated cgroup for the v2 hierarchy of `p`: move the agent into its `agent` leaf
+/// (unless it runs there already), and make task cgroups directly inside it.
+fn adopt(p: &mut Plan, d: &Delegation) -> Result<(), String> {
+    let pure = p.v2_root.is_some();
+    let Some(h) = p.hierarchies.iter_mut().find(|h| h.v2) else {
+        return Err("no v2 hierarchy is in use".into());
+    };
+    let wanted: Vec<String> = if pure {
+        std::fs::read_to_string(d.dir.join("cgroup.controllers"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter(|c| V2_CONTROLLERS.contains(c))
+            .map(str::to_string)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if !d.in_leaf && !wanted.is_empty() {
+        return Err(format!(
+            "{dir} is delegated, but the agent was started at its top: with controllers enabled \
+             there, a restart could not put the new agent back into it while tasks run below it \
+             (cgroup v2 has no processes in inner cgroups); start the agent in {dir}/{AGENT_LEAF} \
+             (systemd 254 or later: DelegateSubgroup={AGENT_LEAF}) to run tasks inside it",
+            dir = d.dir.display()
+        ));
+    }
+    if !d.in_leaf {
+        let leaf = d.dir.join(AGENT_LEAF);
+        mkdir(&leaf).map_err(|e| e.to_string())?;
+        // Moves this process only (all its threads); its shims and tasks stay where they are.
+        write_file(&leaf.join("cgroup.procs"), &std::process::id().to_string())
+            .map_err(|e| e.to_string())?;
+    }
+    h.base = d.dir.clone();
+    h.controllers = wanted;
+    p.enable_in = if pure {
+        vec![d.dir.clone()]
+    } else {
+        Vec::new()
+    };
+    p.v2_root = None;
+    Ok(())
 }
 
 impl Cgroups {
-    /// Find the host's hierarchies and make the agent's parent cgroups; mode `None` when
-    /// nothing is writable or [`DISABLE_ENV`] is set.
-    pub fn detect() -> Cgroups {
+    /// Find the host's hierarchies and make the agent's parent cgroups (under
+    /// `client.cgroup_parent` when given, else in a delegated cgroup when the agent runs in
+    /// one, else the default layout); mode `None` when nothing is writable or [`DISABLE_ENV`]
+    /// is set.
+    pub fn detect(parent: Option<&str>) -> Cgroups {
         if std::env::var(DISABLE_ENV).is_ok_and(|v| !v.is_empty() && v != "0") {
             return Cgroups::none(format!("disabled by {DISABLE_ENV}"));
         }
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-        let p = plan(&mountinfo, &own, &|path| {
-            std::fs::read_to_string(path).unwrap_or_default()
-        });
+        let mut p = plan(
+            &mountinfo,
+            &own,
+            &|path| std::fs::read_to_string(path).unwrap_or_default(),
+            parent,
+        );
         if p.hierarchies.is_empty() {
             return Cgroups::none("no cgroup hierarchy is mounted".into());
+        }
+        let default_v2 = p.hierarchies.iter().find(|h| h.v2).map(|h| h.base.clone());
+        let mut alternates = Vec::new();
+        let mut delegated = None;
+        let found = parent
+            .is_none()
+            .then(|| find_delegation(&mountinfo, &own, &is_delegated))
+            .flatten();
+        if let Some(d) = found {
+            match adopt(&mut p, &d) {
+                Ok(()) => {
+                    log::info!(
+                        "cgroups: {} is delegated to the agent: the agent runs in {}, tasks \
+                         beside it",
+                        d.dir.display(),
+                        d.dir.join(AGENT_LEAF).display()
+                    );
+                    delegated = Some(d.dir.clone());
+                    alternates.extend(default_v2);
+                }
+                Err(why) => {
+                    log::warn!("cgroups: {why}");
+                    alternates.push(d.dir.clone());
+                }
+            }
         }
         let mut usable = Vec::new();
         let mut last_error = String::new();
         for mut h in p.hierarchies {
-            if let Err(e) = mkdir(&h.base) {
+            if let Err(e) = mkdir_all(&h.base) {
                 last_error = e.to_string();
                 log::debug!("cgroups: {last_error}");
                 continue;
             }
-            if let Some(root) = &p.v2_root {
-                h.controllers = enable_v2_controllers(root, &h.base, &h.controllers);
+            if h.v2 && !p.enable_in.is_empty() {
+                h.controllers = enable_v2_controllers(&p.enable_in, &h.base, &h.controllers);
             }
             usable.push(h);
         }
@@ -391,6 +575,8 @@ impl Cgroups {
             mode: mode_of(&usable),
             hierarchies: usable,
             reason: String::new(),
+            alternates,
+            delegated,
         }
     }
 
@@ -400,6 +586,8 @@ impl Cgroups {
             mode: Mode::None,
             hierarchies: Vec::new(),
             reason,
+            alternates: Vec::new(),
+            delegated: None,
         }
     }
 
@@ -415,6 +603,29 @@ impl Cgroups {
     /// Whether a hierarchy offers a controller.
     pub fn controls(&self, c: &str) -> bool {
         self.hierarchies.iter().any(|h| h.has(c))
+    }
+
+    /// The parent task cgroups are made in, as a path from its hierarchy's root (the v2 one
+    /// when used): what Nomad shows tasks as `NOMAD_PARENT_CGROUP`. `None` in mode `None`.
+    pub fn parent_name(&self) -> Option<String> {
+        let h = self
+            .hierarchies
+            .iter()
+            .find(|h| h.v2)
+            .or(self.hierarchies.first())?;
+        let mounts =
+            parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
+        let rel = mounts
+            .iter()
+            .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
+            .filter_map(|m| h.base.strip_prefix(&m.point).ok())
+            .min_by_key(|r| r.components().count())?;
+        Some(format!("/{}", rel.display()))
+    }
+
+    /// The delegated v2 cgroup task cgroups are made in, if one is used.
+    pub fn delegated(&self) -> Option<&Path> {
+        self.delegated.as_deref()
     }
 
     /// The agent's parent cgroups.
@@ -442,12 +653,21 @@ impl Cgroups {
     /// The task's cgroup if one is left from an earlier run (an agent crash): it is this
     /// agent's (its parent) and this task's (its alloc ID and task name) by its path.
     pub fn leftover(&self, alloc_id: &str, task: &str) -> Option<TaskCgroup> {
-        let dirs: Vec<TaskDir> = self
-            .task_dirs(alloc_id, task)
-            .ok()?
-            .into_iter()
-            .filter(|d| d.path.is_dir())
-            .collect();
+        let mut dirs = self.task_dirs(alloc_id, task).ok()?;
+        for d in dirs.iter_mut().filter(|d| d.v2 && !d.path.is_dir()) {
+            let Some(name) = d.path.file_name() else {
+                continue;
+            };
+            if let Some(found) = self
+                .alternates
+                .iter()
+                .map(|a| a.join(name))
+                .find(|p| p.is_dir())
+            {
+                d.path = found;
+            }
+        }
+        dirs.retain(|d| d.path.is_dir());
         (!dirs.is_empty()).then_some(TaskCgroup { dirs })
     }
 
@@ -503,6 +723,11 @@ pub fn task_cgroup_name(alloc_id: &str, task: &str) -> io::Result<String> {
     Ok(format!("{alloc_id}.t-{hex}"))
 }
 
+/// `mkdir -p`: a configured parent may be several levels deep.
+fn mkdir_all(path: &Path) -> Result<(), CgroupError> {
+    std::fs::create_dir_all(path).map_err(|e| err("create cgroup", path, e))
+}
+
 fn mkdir(path: &Path) -> Result<(), CgroupError> {
     match std::fs::create_dir(path) {
         Ok(()) => Ok(()),
@@ -519,11 +744,11 @@ fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
         .map_err(|e| err("write", path, e))
 }
 
-/// Enable the controllers in the v2 root and the agent's parent; returns those enabled for
-/// task cgroups.
-fn enable_v2_controllers(root: &Path, base: &Path, wanted: &[String]) -> Vec<String> {
+/// Enable the controllers in `dirs` (top down); returns those enabled for task cgroups made
+/// in `base`.
+fn enable_v2_controllers(dirs: &[PathBuf], base: &Path, wanted: &[String]) -> Vec<String> {
     for c in wanted {
-        for dir in [root, base] {
+        for dir in dirs {
             if let Err(e) = write_file(&dir.join("cgroup.subtree_control"), &format!("+{c}")) {
                 log::debug!("cgroups: {e}");
             }
@@ -956,7 +1181,7 @@ mod tests {
 
     #[test]
     fn hybrid_hosts_use_v1_controllers_under_the_agents_own_cgroup_and_the_unified_tree() {
-        let p = plan(HYBRID_MOUNTS, HYBRID_SELF, &none);
+        let p = plan(HYBRID_MOUNTS, HYBRID_SELF, &none, None);
         assert_eq!(p.mode, Mode::Hybrid);
         let find = |c: &str| {
             p.hierarchies
@@ -993,7 +1218,7 @@ mod tests {
             assert_eq!(p, Path::new("/sys/fs/cgroup/cgroup.controllers"));
             "cpuset cpu io memory hugetlb pids rdma misc".to_string()
         };
-        let p = plan(mounts, own, &ctl);
+        let p = plan(mounts, own, &ctl, None);
         assert_eq!(p.mode, Mode::V2);
         assert_eq!(p.hierarchies.len(), 1);
         assert_eq!(
@@ -1002,6 +1227,20 @@ mod tests {
         );
         assert_eq!(p.hierarchies[0].controllers, ["cpu", "memory", "pids"]);
         assert_eq!(p.v2_root, Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            p.enable_in,
+            [
+                PathBuf::from("/sys/fs/cgroup"),
+                PathBuf::from("/sys/fs/cgroup/nomadlet.slice")
+            ]
+        );
+        // client.cgroup_parent, as Nomad's: relative to the root, controllers enabled down to it.
+        let p = plan(mounts, own, &ctl, Some("edge/tasks.slice"));
+        assert_eq!(
+            p.hierarchies[0].base,
+            PathBuf::from("/sys/fs/cgroup/edge/tasks.slice")
+        );
+        assert_eq!(p.enable_in.len(), 3);
     }
 
     #[test]
@@ -1011,10 +1250,10 @@ mod tests {
             .filter(|l| !l.contains("cgroup2"))
             .map(|l| format!("{l}\n"))
             .collect();
-        let p = plan(&mounts, HYBRID_SELF, &none);
+        let p = plan(&mounts, HYBRID_SELF, &none, None);
         assert_eq!(p.mode, Mode::V1);
         assert!(p.hierarchies.iter().all(|h| !h.v2));
-        let p = plan("22 1 0:5 / /proc rw - proc proc rw\n", "", &none);
+        let p = plan("22 1 0:5 / /proc rw - proc proc rw\n", "", &none, None);
         assert_eq!(p.mode, Mode::None);
         assert!(p.hierarchies.is_empty());
     }
@@ -1026,7 +1265,7 @@ mod tests {
 35 31 0:32 /docker/x /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
 ";
         let own = "3:cpu,cpuacct:/a\n4:memory:/docker/x/y\n";
-        let p = plan(mounts, own, &none);
+        let p = plan(mounts, own, &none, None);
         assert_eq!(p.mode, Mode::V1);
         assert_eq!(
             p.hierarchies[0].base,
@@ -1038,8 +1277,94 @@ mod tests {
             PathBuf::from("/sys/fs/cgroup/memory/y/nomadlet")
         );
         // A path outside the mount's root cannot be placed.
-        let p = plan(mounts, "3:cpu,cpuacct:/a\n4:memory:/elsewhere\n", &none);
+        let p = plan(
+            mounts,
+            "3:cpu,cpuacct:/a\n4:memory:/elsewhere\n",
+            &none,
+            None,
+        );
         assert_eq!(p.hierarchies.len(), 1);
+    }
+
+    #[test]
+    fn a_configured_parent_replaces_the_agents_own_in_every_hierarchy() {
+        let p = plan(HYBRID_MOUNTS, HYBRID_SELF, &none, Some("nomad"));
+        assert_eq!(p.mode, Mode::Hybrid);
+        for h in &p.hierarchies {
+            assert!(h.base.ends_with("nomad"), "{}", h.base.display());
+            assert!(!h.base.display().to_string().contains("process_api"));
+        }
+    }
+
+    #[test]
+    fn a_delegated_cgroup_is_found_at_the_agents_own_or_above_its_agent_leaf() {
+        let mounts = "29 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
+        let svc = Path::new("/sys/fs/cgroup/system.slice/nomadlet.service");
+        let marked = |p: &Path| p == svc;
+        let top = "0::/system.slice/nomadlet.service\n";
+        assert_eq!(
+            find_delegation(mounts, top, &marked),
+            Some(Delegation {
+                dir: svc.to_path_buf(),
+                in_leaf: false
+            })
+        );
+        let leaf = "0::/system.slice/nomadlet.service/agent\n";
+        assert_eq!(
+            find_delegation(mounts, leaf, &marked),
+            Some(Delegation {
+                dir: svc.to_path_buf(),
+                in_leaf: true
+            })
+        );
+        // Not marked, the root, or outside the mount: none.
+        assert_eq!(find_delegation(mounts, top, &|_| false), None);
+        assert_eq!(find_delegation(mounts, "0::/\n", &|_| true), None);
+        assert_eq!(
+            find_delegation(mounts, "0::/a/agent\n", &|p: &Path| p
+                == Path::new("/sys/fs/cgroup")),
+            None
+        );
+        // Hybrid: the unified mount.
+        let d = find_delegation(HYBRID_MOUNTS, "0::/t\n", &|_| true).unwrap();
+        assert_eq!(d.dir, PathBuf::from("/sys/fs/cgroup/unified/t"));
+    }
+
+    #[test]
+    fn a_delegated_cgroup_needing_controllers_is_taken_only_from_its_agent_leaf() {
+        let dir = std::env::temp_dir().join(format!(
+            "nomadlet-adopt-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        let mounts = "29 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
+        let all = |_: &Path| "cpu memory pids".to_string();
+        let pure = || plan(mounts, "0::/x\n", &all, None);
+        // At its top (no DelegateSubgroup=): refused, the root-level layout stays.
+        let mut p = pure();
+        let top = Delegation {
+            dir: dir.clone(),
+            in_leaf: false,
+        };
+        let why = adopt(&mut p, &top).unwrap_err();
+        assert!(why.contains("was started at its top"), "{why}");
+        assert_eq!(p, pure());
+        // From its leaf: task cgroups inside it, controllers enabled there only.
+        let leaf = Delegation {
+            dir: dir.clone(),
+            in_leaf: true,
+        };
+        adopt(&mut p, &leaf).unwrap();
+        assert_eq!(p.hierarchies[0].base, dir);
+        assert_eq!(p.hierarchies[0].controllers, ["cpu", "memory", "pids"]);
+        assert_eq!(p.enable_in, std::slice::from_ref(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -1096,6 +1421,7 @@ mod tests {
             &std::fs::read_to_string("/proc/self/mountinfo").ok()?,
             &std::fs::read_to_string("/proc/self/cgroup").ok()?,
             &|path| std::fs::read_to_string(path).unwrap_or_default(),
+            None,
         );
         if p.v2_root.is_some() {
             return None;
@@ -1109,6 +1435,8 @@ mod tests {
             mode: mode_of(&hierarchies),
             hierarchies,
             reason: String::new(),
+            alternates: Vec::new(),
+            delegated: None,
         })
     }
 

@@ -501,6 +501,16 @@ fn worker(
                 std::thread::sleep(w.retry_pause);
                 continue;
             }
+            Attempt::Answer(r) if is_no_leader(&r) => {
+                // No leader got it (the agent says `No cluster leader` only before it passed
+                // a request on, src/api/forward.rs): no effect either, and the next server
+                // may know the new leader. Recording it as unknown would only widen the
+                // search; and a server that still names a dead leader answers at once, so
+                // retrying it without a pause would spin.
+                target += 1;
+                std::thread::sleep(w.retry_pause);
+                continue;
+            }
             Attempt::Unknown => None,
             Attempt::Answer(r) => answer_of(&op, &r),
         };
@@ -515,6 +525,11 @@ fn worker(
         });
     }
     history
+}
+
+/// Whether `r` is Nomad's `No cluster leader` (500): the request reached no leader.
+fn is_no_leader(r: &crate::common::Response) -> bool {
+    r.status == 500 && r.text().trim() == "No cluster leader"
 }
 
 /// The result an answer means; `None` when it leaves the outcome unknown (a 5xx on a write:

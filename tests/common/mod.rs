@@ -2,6 +2,9 @@
 //! own data dir, speak raw HTTP/1.1 over TCP or a Unix socket, and poll with deadlines.
 #![allow(dead_code)]
 
+/// Network partitions: a network of namespaces per test, hosts cut off and healed.
+pub mod netns;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
@@ -211,6 +214,11 @@ pub struct TestAgent {
     pub rpc_port: u16,
     /// The Serf port of a cluster agent; 0 for `-dev` agents.
     pub serf_port: u16,
+    /// The loopback address the agent listens on (`127.0.0.1` unless it lives on a host of a
+    /// test's own network, `common/netns.rs`).
+    pub host: String,
+    /// The network namespace (a path under `/run/netns`) the agent runs in, if not the test's.
+    pub netns: Option<String>,
 }
 
 impl TestAgent {
@@ -254,6 +262,8 @@ impl TestAgent {
             nofile,
             rpc_port: 0,
             serf_port: 0,
+            host: "127.0.0.1".into(),
+            netns: None,
         };
         agent.spawn();
         agent
@@ -261,12 +271,13 @@ impl TestAgent {
 
     /// A server-only agent (`server { enabled = true }`, no `-dev`): its own free HTTP, RPC and
     /// Serf ports on 127.0.0.1 and its own data dir; `config` is more agent config (HCL, e.g.
-    /// `server { heartbeat_grace = "1s" }`), `extra` more flags.
+    /// `server { heartbeat_grace = "1s" }`), `extra` more flags. It bootstraps alone
+    /// (`bootstrap_expect = 1`) unless `config` says otherwise (Nomad's 0 never bootstraps).
     pub fn server(config: &str, extra: &[&str]) -> TestAgent {
         TestAgent::cluster_agent(
             "server",
             &temp_dir("server"),
-            "server { enabled = true }\n",
+            "server {\n  enabled = true\n  bootstrap_expect = 1\n}\n",
             config,
             extra,
         )
@@ -292,9 +303,23 @@ impl TestAgent {
         config: &str,
         extra: &[&str],
     ) -> TestAgent {
+        TestAgent::cluster_agent_at("127.0.0.1", None, kind, data_dir, role, config, extra)
+    }
+
+    /// [`TestAgent::cluster_agent`] bound to the loopback address `host`, run in the network
+    /// namespace `netns` (a path under `/run/netns`) when given.
+    pub fn cluster_agent_at(
+        host: &str,
+        netns: Option<&str>,
+        kind: &str,
+        data_dir: &Path,
+        role: &str,
+        config: &str,
+        extra: &[&str],
+    ) -> TestAgent {
         let (port, rpc_port, serf_port) = (free_port(), free_port(), free_port());
         let base = format!(
-            "bind_addr = \"127.0.0.1\"\nports {{\n  http = {port}\n  rpc = {rpc_port}\n  serf = {serf_port}\n}}\n{role}"
+            "bind_addr = \"{host}\"\nports {{\n  http = {port}\n  rpc = {rpc_port}\n  serf = {serf_port}\n}}\n{role}"
         );
         // Config files live beside the data dir (the agent tightens the data dir's mode).
         let role_file = data_dir.with_extension(format!("{port}.hcl"));
@@ -325,6 +350,8 @@ impl TestAgent {
             nofile: None,
             rpc_port,
             serf_port,
+            host: host.to_string(),
+            netns: netns.map(str::to_string),
         };
         agent.spawn();
         agent
@@ -332,7 +359,7 @@ impl TestAgent {
 
     /// `127.0.0.1:<rpc port>`: what a client's `servers` names.
     pub fn rpc_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.rpc_port)
+        format!("{}:{}", self.host, self.rpc_port)
     }
 
     /// One request to the RPC port with `Connection: close`.
@@ -343,7 +370,7 @@ impl TestAgent {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Response {
-        let s = TcpStream::connect(("127.0.0.1", self.rpc_port)).expect("connect rpc");
+        let s = TcpStream::connect((self.host.as_str(), self.rpc_port)).expect("connect rpc");
         s.set_read_timeout(Some(Duration::from_secs(30))).ok();
         exchange(s, &build_request(method, path, headers, body))
             .unwrap_or_else(|e| panic!("{method} {path} (rpc): {e}"))
@@ -375,7 +402,15 @@ impl TestAgent {
                     .arg(bin());
                 c
             }
-            None => Command::new(bin()),
+            // Into the agent's own network namespace (nsenter execs: the same pid).
+            None => match &self.netns {
+                Some(ns) => {
+                    let mut c = Command::new("nsenter");
+                    c.arg(format!("--net={ns}")).arg("--").arg(bin());
+                    c
+                }
+                None => Command::new(bin()),
+            },
         };
         let child = cmd
             .args(&self.args)
@@ -390,7 +425,7 @@ impl TestAgent {
         let log_path = self.log_path.clone();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if TcpStream::connect((self.host.as_str(), port)).is_ok() {
                 break;
             }
             if let Some(c) = self.child.as_mut() {
@@ -409,7 +444,7 @@ impl TestAgent {
     }
 
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     pub fn pid(&self) -> u32 {
@@ -424,7 +459,7 @@ impl TestAgent {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Response {
-        let s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        let s = TcpStream::connect((self.host.as_str(), self.port)).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(30))).ok();
         exchange(s, &build_request(method, path, headers, body))
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
@@ -686,12 +721,17 @@ pub fn cluster(n: usize) -> Vec<TestAgent> {
 
 /// GET with a short deadline; `None` when the agent does not answer (killed, stopped).
 pub fn try_get(a: &TestAgent, path: &str) -> Option<Response> {
-    try_get_port(a.port, path)
+    try_get_at(&a.host, a.port, path)
 }
 
 pub fn try_get_port(port: u16, path: &str) -> Option<Response> {
+    try_get_at("127.0.0.1", port, path)
+}
+
+/// [`try_get_port`] to the loopback address `host`.
+pub fn try_get_at(host: &str, port: u16, path: &str) -> Option<Response> {
     let s = std::net::TcpStream::connect_timeout(
-        &format!("127.0.0.1:{port}").parse().ok()?,
+        &format!("{host}:{port}").parse().ok()?,
         Duration::from_millis(500),
     )
     .ok()?;
@@ -703,11 +743,16 @@ pub fn try_get_port(port: u16, path: &str) -> Option<Response> {
 
 /// `(state, term)` of a server's Raft (`/v1/agent/self` stats).
 pub fn raft_state(a: &TestAgent) -> Option<(String, u64)> {
-    raft_state_on(a.port)
+    raft_state_at(&a.host, a.port)
 }
 
 pub fn raft_state_on(port: u16) -> Option<(String, u64)> {
-    let r = try_get_port(port, "/v1/agent/self")?;
+    raft_state_at("127.0.0.1", port)
+}
+
+/// [`raft_state_on`] of the server at the loopback address `host`.
+pub fn raft_state_at(host: &str, port: u16) -> Option<(String, u64)> {
+    let r = try_get_at(host, port, "/v1/agent/self")?;
     if r.status != 200 {
         return None;
     }
