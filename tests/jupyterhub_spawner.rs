@@ -6,7 +6,6 @@
 mod common;
 use common::*;
 
-use std::path::Path;
 use std::process::Command;
 
 /// The spawner release, installed without its JupyterHub and notebook dependencies (only its
@@ -21,55 +20,11 @@ const SPAWNER: &[&str] = &[
 ];
 
 fn python() -> std::path::PathBuf {
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("jupyterhub-spawner");
-    let venv = base.join("venv");
-    let ready = base.join("venv.ready");
-    if !ready.exists() {
-        let _ = std::fs::remove_dir_all(&venv);
-        std::fs::create_dir_all(&base).expect("spawner dir");
-        let st = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 -m venv");
-        assert!(st.success(), "python3 -m venv");
-        let out = Command::new(venv.join("bin/python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-deps",
-            ])
-            .args(SPAWNER)
-            .output()
-            .expect("pip");
-        assert!(
-            out.status.success(),
-            "pip install of the spawner: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // Their own dependencies (httpx's, pydantic's), now with dependency resolution.
-        let out = Command::new(venv.join("bin/python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(&SPAWNER[1..])
-            .output()
-            .expect("pip");
-        assert!(
-            out.status.success(),
-            "pip install of the spawner's dependencies: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::fs::write(&ready, "").expect("mark ready");
-    }
-    venv.join("bin/python")
+    // The spawner without its JupyterHub and notebook dependencies, then the versions of
+    // theirs it pins (httpx's, pydantic's) with dependency resolution.
+    let mut no_deps = vec!["--no-deps"];
+    no_deps.extend_from_slice(SPAWNER);
+    python_venv("jupyterhub-spawner", &[&no_deps, &SPAWNER[1..]]).join("python")
 }
 
 #[test]

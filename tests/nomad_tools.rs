@@ -7,7 +7,7 @@ mod common;
 use common::*;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 /// The nomad-tools release that is run.
@@ -16,45 +16,9 @@ const NOMAD_TOOLS: &str = "nomad-tools==0.5.8";
 /// Longest one `nomadtools watch` may take (its jobs finish in a few seconds).
 const WATCH_TIMEOUT: &str = "120";
 
-/// A venv with nomad-tools, made once in cargo's target tmp dir; its `nomadtools`.
+/// nomadtools, from a venv made once in cargo's target tmp dir.
 fn nomadtools() -> PathBuf {
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("nomad-tools");
-    let venv = base.join("venv");
-    let ready = base.join("venv.ready");
-    if !ready.exists() {
-        let _ = std::fs::remove_dir_all(&venv);
-        std::fs::create_dir_all(&base).expect("tools dir");
-        let ok = |out: std::io::Result<Output>, what: &str| {
-            let out = out.unwrap_or_else(|e| panic!("{what}: {e}"));
-            assert!(
-                out.status.success(),
-                "{what} failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        ok(
-            Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .output(),
-            "python3 -m venv",
-        );
-        ok(
-            Command::new(venv.join("bin/python"))
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    NOMAD_TOOLS,
-                ])
-                .output(),
-            "pip install nomad-tools",
-        );
-        std::fs::write(&ready, "").expect("mark ready");
-    }
-    venv.join("bin/nomadtools")
+    python_venv("nomad-tools", &[&[NOMAD_TOOLS]]).join("nomadtools")
 }
 
 /// A dir holding `nomad` → this build's nomadlet, for nomad-tools' `nomad job run`.

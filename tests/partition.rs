@@ -72,21 +72,6 @@ fn register_at(host: &str, port: u16, id: &str) -> bool {
     }
 }
 
-/// The job IDs a server holds (its own state: `?stale`).
-fn jobs_on(a: &TestAgent) -> Option<BTreeSet<String>> {
-    let r = try_get(a, "/v1/jobs?stale")?;
-    if r.status != 200 {
-        return None;
-    }
-    Some(
-        r.json()
-            .as_array()?
-            .iter()
-            .filter_map(|j| j["ID"].as_str().map(String::from))
-            .collect(),
-    )
-}
-
 fn has_all(a: &TestAgent, want: &BTreeSet<String>) -> bool {
     jobs_on(a).is_some_and(|have| want.is_subset(&have))
 }

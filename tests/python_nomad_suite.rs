@@ -95,30 +95,7 @@ fn run(cmd: &mut Command, what: &str) {
 /// The venv with the suite's pinned dependencies, and the unpacked sdist, made once.
 fn suite_dir() -> (PathBuf, PathBuf) {
     let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-nomad-suite");
-    let venv = base.join("venv");
-    let python = venv.join("bin/python");
-    let ready = base.join("venv.ready");
-    if !ready.exists() {
-        let _ = std::fs::remove_dir_all(&venv);
-        std::fs::create_dir_all(&base).expect("suite dir");
-        run(
-            Command::new("python3").args(["-m", "venv"]).arg(&venv),
-            "python3 -m venv",
-        );
-        run(
-            Command::new(&python)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                ])
-                .args(SUITE_DEPS),
-            "pip install of the suite's dependencies",
-        );
-        std::fs::write(&ready, "").expect("mark venv ready");
-    }
+    let python = python_venv("python-nomad-suite", &[SUITE_DEPS]).join("python");
     let src = base.join(format!("python_nomad-{PYTHON_NOMAD}"));
     if !src.join("tests").exists() {
         run(

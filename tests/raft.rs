@@ -53,21 +53,6 @@ fn register(a: &TestAgent, id: &str) -> bool {
     }
 }
 
-/// The job IDs a server holds (its own state: `?stale`).
-fn jobs_on(a: &TestAgent) -> Option<BTreeSet<String>> {
-    let r = try_get(a, "/v1/jobs?stale")?;
-    if r.status != 200 {
-        return None;
-    }
-    Some(
-        r.json()
-            .as_array()?
-            .iter()
-            .filter_map(|j| j["ID"].as_str().map(String::from))
-            .collect(),
-    )
-}
-
 /// Whether every eval of `job` on `a` has been processed (not `pending`): the leader's
 /// scheduler took it.
 fn evals_done(a: &TestAgent, job: &str) -> bool {

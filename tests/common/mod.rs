@@ -795,3 +795,61 @@ pub fn wait_leader(servers: &[TestAgent], live: &[usize], timeout: Duration) -> 
     });
     found.expect("leader")
 }
+
+/// The job IDs a server holds (its own state: `?stale`); `None` when it does not answer.
+pub fn jobs_on(a: &TestAgent) -> Option<std::collections::BTreeSet<String>> {
+    let r = try_get(a, "/v1/jobs?stale")?;
+    if r.status != 200 {
+        return None;
+    }
+    Some(
+        r.json()
+            .as_array()?
+            .iter()
+            .filter_map(|j| j["ID"].as_str().map(String::from))
+            .collect(),
+    )
+}
+
+/// A Python venv under cargo's target tmp dir, made once per `name` with `packages`
+/// installed (each list one `pip install`, in order; a list starting with `--no-deps`
+/// installs without dependencies); its `bin/` dir.
+pub fn python_venv(name: &str, packages: &[&[&str]]) -> PathBuf {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let venv = base.join("venv");
+    let ready = base.join("venv.ready");
+    if !ready.exists() {
+        let _ = std::fs::remove_dir_all(&venv);
+        std::fs::create_dir_all(&base).expect("venv dir");
+        let run = |cmd: &mut Command, what: &str| {
+            let out = cmd
+                .output()
+                .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+            assert!(
+                out.status.success(),
+                "{what} failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            "python3 -m venv",
+        );
+        for list in packages {
+            run(
+                Command::new(venv.join("bin/python"))
+                    .args([
+                        "-m",
+                        "pip",
+                        "install",
+                        "--quiet",
+                        "--disable-pip-version-check",
+                    ])
+                    .args(*list),
+                &format!("pip install {list:?}"),
+            );
+        }
+        std::fs::write(&ready, "").expect("mark the venv ready");
+    }
+    venv.join("bin")
+}
