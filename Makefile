@@ -17,12 +17,16 @@ release:
 	$(CARGO) build --release
 
 # Debian packages and Python packages the tests use (curl inside tasks, python-nomad,
-# systemd-analyze for the unit check, dpkg-deb and fakeroot for the package test).
+# systemd-analyze for the unit check, dpkg-deb and fakeroot for the package test, ip and
+# nsenter for the network-namespace partition tests). The real-client tests make their own
+# venvs from PyPI under target/tmp.
 deps:
 	@command -v systemd-analyze >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq systemd; }
 	@command -v fakeroot >/dev/null 2>&1 && command -v dpkg-shlibdeps >/dev/null 2>&1 \
 		|| { apt-get update -qq && apt-get install -y -qq dpkg-dev fakeroot; }
 	@command -v curl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq curl; }
+	@command -v ip >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq iproute2; }
+	@command -v nsenter >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq util-linux; }
 	@command -v $(PYTHON) >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq python3 python3-pip; }
 	@$(PYTHON) -c 'import nomad' 2>/dev/null || $(PYTHON) -m pip install --quiet --disable-pip-version-check python-nomad \
 		|| $(PYTHON) -m pip install --quiet --disable-pip-version-check --break-system-packages python-nomad
