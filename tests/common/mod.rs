@@ -40,12 +40,32 @@ fn uuid_like() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// A port nothing listens on right now.
+/// Where test agents' ports come from: below the kernel's ephemeral range (32768 and up
+/// on Linux by default) and below the tasks' dynamic ports (20000 and up). A port picked
+/// from the ephemeral range (`bind(0)`) can be taken meanwhile as the local end of any
+/// outgoing connection, and the agent then cannot bind it (seen as a refused connect on CI).
+pub const TEST_PORTS: std::ops::Range<u16> = 10000..20000;
+
+fn random_test_port() -> u16 {
+    let mut b = [0u8; 2];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut b);
+    }
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    TEST_PORTS.start + u16::from_le_bytes(b) % span
+}
+
+/// A TCP port nothing listens on right now (and free for UDP too), from [`TEST_PORTS`].
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    for _ in 0..1000 {
+        let p = random_test_port();
+        if TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+        {
+            return p;
+        }
+    }
+    panic!("no free port in {TEST_PORTS:?}");
 }
 
 /// How much longer than its nominal timeout a wait may take: a test on a loaded 2-core CI
@@ -459,7 +479,14 @@ impl TestAgent {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Response {
-        let s = TcpStream::connect((self.host.as_str(), self.port)).expect("connect");
+        let s = TcpStream::connect((self.host.as_str(), self.port)).unwrap_or_else(|e| {
+            panic!(
+                "connect to the agent on {}:{}: {e}; its log:\n{}",
+                self.host,
+                self.port,
+                self.log()
+            )
+        });
         s.set_read_timeout(Some(Duration::from_secs(30))).ok();
         exchange(s, &build_request(method, path, headers, body))
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
@@ -690,10 +717,7 @@ pub fn raise_open_files_limit(want: u64) {
 
 /// A free UDP port on loopback (a server's serf port).
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free udp port")
+    free_port()
 }
 
 /// `n` servers with `bootstrap_expect = n`, each joining the others through `retry_join`.
