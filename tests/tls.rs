@@ -575,9 +575,14 @@ fn threads_named(pid: u32, prefix: &str) -> usize {
 
 /// `http-conn-*` threads: one per admitted connection.
 fn wait_conn_threads(agent: &TestAgent, n: usize) {
+    // At least `n`: the agent's own connections (a server's tunnels from its client half)
+    // may hold a place too; the caps are what the test checks next.
+    let mut seen = 0;
     wait_until(Duration::from_secs(5), "connection threads", || {
-        threads_named(agent.pid(), "http-conn") == n
+        seen = threads_named(agent.pid(), "http-conn");
+        seen >= n
     });
+    eprintln!("{seen} connection threads serve (wanted {n})");
 }
 
 #[test]
