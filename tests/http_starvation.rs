@@ -328,16 +328,10 @@ fn blocking_queries_free_their_slots_as_soon_as_their_clients_leave() {
 
 /// An agent whose config file sets `limits.http_max_conns_per_client`.
 fn with_conns_per_client(n: usize) -> TestAgent {
-    let dir = temp_dir("starve");
-    let config = dir.with_extension("json");
-    std::fs::write(
-        &config,
-        json!({"limits": {"http_max_conns_per_client": n}}).to_string(),
+    TestAgent::start_with_config(
+        "json",
+        &json!({"limits": {"http_max_conns_per_client": n}}).to_string(),
     )
-    .unwrap();
-    let agent = TestAgent::start_with(&dir, &["-config", config.to_str().unwrap()], &[], None);
-    let _ = std::fs::remove_file(&config);
-    agent
 }
 
 /// Whatever the server sends before it closes (to the read deadline).

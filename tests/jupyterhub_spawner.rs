@@ -35,7 +35,10 @@ fn jupyterhubs_nomad_spawner_parses_registers_and_reaches_its_notebook() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/python/jupyterhub_flow.py"
     );
-    let out = Command::new(&python)
+    // Its own loops have deadlines; `timeout` bounds the whole, whatever hangs.
+    let out = Command::new("timeout")
+        .arg("300")
+        .arg(&python)
         .arg(script)
         .arg(agent.port.to_string())
         .env_remove("NOMAD_ADDR")

@@ -33,14 +33,6 @@ const REQUEST: Duration = Duration::from_secs(5);
 /// Server hosts (127.0.1.1-3).
 const SERVERS: [u8; 3] = [1, 2, 3];
 
-fn job_body(id: &str) -> Vec<u8> {
-    serde_json::json!({"Job": {"ID": id, "Name": id, "Type": "batch", "Datacenters": ["dc1"],
-        "TaskGroups": [{"Name": "g", "Count": 1, "Tasks": [{"Name": "t", "Driver": "raw_exec",
-        "Config": {"command": "/bin/true"}}]}]}})
-    .to_string()
-    .into_bytes()
-}
-
 /// One request to `host:port` with a deadline: the status, or the error.
 fn send(host: &str, port: u16, method: &str, path: &str, body: &[u8]) -> Result<Response, String> {
     let addr: std::net::SocketAddr = format!("{host}:{port}")
@@ -51,29 +43,6 @@ fn send(host: &str, port: u16, method: &str, path: &str, body: &[u8]) -> Result<
     s.set_write_timeout(Some(REQUEST)).ok();
     let req = build_request(method, path, &[("Content-Type", "application/json")], body);
     exchange(s, &req).map_err(|e| e.to_string())
-}
-
-/// Register job `id` on `a`: true when acknowledged with 200.
-fn register(a: &TestAgent, id: &str) -> bool {
-    register_at(&a.host, a.port, id)
-}
-
-fn register_at(host: &str, port: u16, id: &str) -> bool {
-    match send(host, port, "PUT", "/v1/jobs", &job_body(id)) {
-        Ok(r) if r.status == 200 => true,
-        Ok(r) => {
-            eprintln!("register {id} on {host}:{port}: {} {}", r.status, r.text());
-            false
-        }
-        Err(e) => {
-            eprintln!("register {id} on {host}:{port}: {e}");
-            false
-        }
-    }
-}
-
-fn has_all(a: &TestAgent, want: &BTreeSet<String>) -> bool {
-    jobs_on(a).is_some_and(|have| want.is_subset(&have))
 }
 
 /// Whether `server` shows node `id` ready (its own state).
@@ -272,12 +241,12 @@ fn a_leader_cut_off_alone_accepts_no_write_the_majority_schedules_and_the_old_le
             let mut acked = BTreeSet::new();
             for i in 0..5 {
                 let id = format!("before-{i}");
-                assert!(register(&servers[old], &id), "write {id} on the leader");
+                assert!(register_job(&servers[old], &id), "write {id} on the leader");
                 acked.insert(id);
             }
             for srv in &servers {
                 wait_until(REPLICATE, "the first writes on every server", || {
-                    has_all(srv, &acked)
+                    has_jobs(srv, &acked)
                 });
             }
             let old_term = raft_state(&servers[old]).expect("raft state").1;
@@ -302,7 +271,7 @@ fn a_leader_cut_off_alone_accepts_no_write_the_majority_schedules_and_the_old_le
                             n += 1;
                             let id = format!("minority-{n}");
                             let sent = Instant::now();
-                            let r = send(&host, port, "PUT", "/v1/jobs", &job_body(&id));
+                            let r = send(&host, port, "PUT", "/v1/jobs", &true_job(&id));
                             // Only answers that came while the cut lasted count.
                             if !stop.load(Ordering::SeqCst) {
                                 let took = sent.elapsed();
@@ -325,7 +294,7 @@ fn a_leader_cut_off_alone_accepts_no_write_the_majority_schedules_and_the_old_le
             wait_until(REPLICATE, "the majority takes writes", || {
                 n += 1;
                 let id = format!("during-{n}");
-                if register(&servers[new], &id) {
+                if register_job(&servers[new], &id) {
                     during.insert(id);
                 }
                 during.len() >= 5
@@ -379,7 +348,7 @@ fn a_leader_cut_off_alone_accepts_no_write_the_majority_schedules_and_the_old_le
                     .join(", ")
             );
             wait_until(REPLICATE, "the old leader caught up", || {
-                has_all(&servers[old], &acked)
+                has_jobs(&servers[old], &acked)
             });
             let leader = wait_leader(&servers, &all, FORM);
             let (state, term) = raft_state(&servers[old]).expect("raft state");
@@ -502,7 +471,7 @@ fn kill_9_of_the_leader_under_job_and_metadata_writes_loses_nothing_acknowledged
                     let (host, port) = &targets[n % 3];
                     let sent = Instant::now();
                     // A killed server's port refuses at once: the next write goes elsewhere.
-                    if register_at(host, *port, &id) {
+                    if register_job_at(host, *port, &id, REQUEST) {
                         if let Some(k) = *killed_at.lock().expect("lock") {
                             if sent > k {
                                 acked_after.fetch_add(1, Ordering::SeqCst);
@@ -574,7 +543,7 @@ fn kill_9_of_the_leader_under_job_and_metadata_writes_loses_nothing_acknowledged
 
             // Every acknowledged write on every survivor, and no job placed twice.
             let check = |srv: &TestAgent, what: &str| {
-                wait_until(REPLICATE, what, || has_all(srv, &jobs));
+                wait_until(REPLICATE, what, || has_jobs(srv, &jobs));
                 for (node, keys) in nodes.iter().zip(&metas) {
                     wait_until(REPLICATE, what, || {
                         node_meta(srv, node).is_some_and(|m| keys.iter().all(|k| m[k] == "v"))
@@ -628,7 +597,7 @@ fn a_snapshot_of_a_three_server_cluster_restores_into_a_fresh_cluster_with_the_s
         for i in 0..5 {
             // Through each server in turn (followers forward).
             wait_until(REPLICATE, "a job registered", || {
-                register(&source[(l + i) % 3], &format!("snap-{i}"))
+                register_job(&source[(l + i) % 3], &format!("snap-{i}"))
             });
         }
         wait_until(REPLICATE, "every job placed", || {
@@ -688,7 +657,7 @@ fn five_servers_split_two_and_three_the_pair_takes_no_write_the_three_go_on_and_
             let refs: Vec<&TestAgent> = servers.iter().collect();
             let watch = LeaderWatch::start(s, net, &refs);
             assert!(
-                register(&servers[old], "before"),
+                register_job(&servers[old], "before"),
                 "a write before the split"
             );
             // The leader and one follower on one side: they still talk to each other.
@@ -707,7 +676,7 @@ fn five_servers_split_two_and_three_the_pair_takes_no_write_the_three_go_on_and_
             wait_until(REPLICATE, "the three take writes", || {
                 n += 1;
                 let id = format!("three-{n}");
-                if register(&servers[new], &id) {
+                if register_job(&servers[new], &id) {
                     acked.insert(id);
                 }
                 acked.len() >= 4
@@ -721,7 +690,7 @@ fn five_servers_split_two_and_three_the_pair_takes_no_write_the_three_go_on_and_
                         servers[i].port,
                         "PUT",
                         "/v1/jobs",
-                        &job_body("pair"),
+                        &true_job("pair"),
                     );
                     (r.map(|r| r.status), raft_state(&servers[i]).map(|s| s.1))
                 });
@@ -739,7 +708,7 @@ fn five_servers_split_two_and_three_the_pair_takes_no_write_the_three_go_on_and_
             let leader = wait_leader(&servers, &all, FORM);
             for srv in &servers {
                 wait_until(REPLICATE, "every write on every server", || {
-                    has_all(srv, &acked)
+                    has_jobs(srv, &acked)
                 });
             }
             let want = jobs_on(&servers[leader]).expect("jobs");

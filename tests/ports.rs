@@ -261,14 +261,10 @@ fn a_taken_static_port_blocks_another_job_until_the_first_stops() {
 
 #[test]
 fn the_node_reports_its_address_and_dynamic_range_and_allocs_stay_inside_it() {
-    let dir = temp_dir("ports-cfg");
-    let cfg = dir.with_extension("hcl");
-    std::fs::write(
-        &cfg,
+    let agent = TestAgent::start_with_config(
+        "hcl",
         "client {\n  min_dynamic_port = 41000\n  max_dynamic_port = 41002\n  host_network \"loop\" {\n    cidr = \"127.0.0.1/32\"\n    reserved_ports = \"41001\"\n  }\n}\n",
-    )
-    .unwrap();
-    let agent = TestAgent::start_in(&dir, &["-config", cfg.to_str().unwrap()]);
+    );
     let nodes = agent.get_json("/v1/nodes");
     let node = agent.get_json(&format!("/v1/node/{}", nodes[0]["ID"].as_str().unwrap()));
     let r = &node["NodeResources"];
@@ -476,15 +472,11 @@ fn in_a_cluster_a_static_port_spreads_allocs_one_per_node_and_the_rest_wait() {
 
 #[test]
 fn client_reserved_keeps_ports_and_resources_from_the_scheduler() {
-    let dir = temp_dir("ports-cfg");
-    let cfg = dir.with_extension("hcl");
     // More memory reserved than any host has: nothing that asks for memory fits.
-    std::fs::write(
-        &cfg,
+    let agent = TestAgent::start_with_config(
+        "hcl",
         "client {\n  min_dynamic_port = 42000\n  max_dynamic_port = 42002\n  reserved {\n    cpu = 100\n    memory = 100000000\n    disk = 10\n    reserved_ports = \"42001\"\n  }\n}\n",
-    )
-    .unwrap();
-    let agent = TestAgent::start_in(&dir, &["-config", cfg.to_str().unwrap()]);
+    );
     let nodes = agent.get_json("/v1/nodes?resources=true");
     let id = nodes[0]["ID"].as_str().unwrap().to_string();
     assert_eq!(
@@ -516,19 +508,14 @@ fn client_reserved_keeps_ports_and_resources_from_the_scheduler() {
         eval["FailedTGAllocs"]["g"]["DimensionExhausted"]["memory"], 1,
         "{eval}"
     );
-    let _ = std::fs::remove_file(&cfg);
 }
 
 #[test]
 fn client_reserved_ports_are_never_handed_out() {
-    let dir = temp_dir("ports-cfg");
-    let cfg = dir.with_extension("hcl");
-    std::fs::write(
-        &cfg,
+    let agent = TestAgent::start_with_config(
+        "hcl",
         "client {\n  min_dynamic_port = 42100\n  max_dynamic_port = 42102\n  reserved {\n    reserved_ports = \"42101\"\n  }\n}\n",
-    )
-    .unwrap();
-    let agent = TestAgent::start_in(&dir, &["-config", cfg.to_str().unwrap()]);
+    );
     let mut job = port_job(
         "two",
         3,
@@ -554,7 +541,6 @@ fn client_reserved_ports_are_never_handed_out() {
         .collect();
     got.sort_unstable();
     assert_eq!(got, [42100, 42102]);
-    let _ = std::fs::remove_file(&cfg);
 
     // A reserved_ports that is not a port list is refused at start, naming the key.
     let bad = temp_dir("ports-cfg").with_extension("hcl");

@@ -14,6 +14,9 @@ use std::process::Command;
 /// The python-nomad release whose suite is run.
 const PYTHON_NOMAD: &str = "2.1.0";
 
+/// The longest the suite may run (seconds, for `timeout`).
+const SUITE_TIMEOUT: &str = "600";
+
 /// What python-nomad's requirements-dev.txt pins for its suite.
 const SUITE_DEPS: &[&str] = &[
     "pytest==7.2.0",
@@ -158,8 +161,11 @@ fn python_nomads_own_suite_passes_but_for_what_is_not_built() {
         .expect("example.json");
     drop(parser);
 
-    let mut cmd = Command::new(&python);
-    cmd.current_dir(&src)
+    // The whole suite runs in about 5 s; a hung request must not hang `make test`.
+    let mut cmd = Command::new("timeout");
+    cmd.arg(SUITE_TIMEOUT)
+        .arg(&python)
+        .current_dir(&src)
         .env("NOMAD_IP", "127.0.0.1")
         .env("NOMAD_PORT", agent.port.to_string())
         .env("NOMAD_VERSION", "1.9.5")

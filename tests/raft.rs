@@ -20,39 +20,6 @@ const REPLICATE: Duration = Duration::from_secs(15);
 /// The longest a failover may take (the bound).
 const FAILOVER: Duration = Duration::from_secs(5);
 
-fn job_body(id: &str) -> Vec<u8> {
-    serde_json::json!({"Job": {"ID": id, "Name": id, "Type": "batch", "Datacenters": ["dc1"],
-        "TaskGroups": [{"Name": "g", "Count": 1, "Tasks": [{"Name": "t", "Driver": "raw_exec",
-        "Config": {"command": "/bin/true"}}]}]}})
-    .to_string()
-    .into_bytes()
-}
-
-/// Register job `id` on `a`: true when acknowledged with 200.
-fn register(a: &TestAgent, id: &str) -> bool {
-    let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", a.port)) else {
-        return false;
-    };
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    let req = build_request(
-        "PUT",
-        "/v1/jobs",
-        &[("Content-Type", "application/json")],
-        &job_body(id),
-    );
-    match exchange(s, &req) {
-        Ok(r) if r.status == 200 => true,
-        Ok(r) => {
-            eprintln!("register {id}: {} {}", r.status, r.text());
-            false
-        }
-        Err(e) => {
-            eprintln!("register {id}: {e}");
-            false
-        }
-    }
-}
-
 /// Whether every eval of `job` on `a` has been processed (not `pending`): the leader's
 /// scheduler took it.
 fn evals_done(a: &TestAgent, job: &str) -> bool {
@@ -64,10 +31,6 @@ fn evals_done(a: &TestAgent, job: &str) -> bool {
         return false;
     };
     evals.iter().all(|e| e["Status"] != "pending")
-}
-
-fn has_all(a: &TestAgent, want: &BTreeSet<String>) -> bool {
-    jobs_on(a).is_some_and(|have| want.is_subset(&have))
 }
 
 /// Polls every server's Raft state until stopped, recording who claimed leadership in
@@ -147,18 +110,21 @@ fn three_servers_bootstrap_elect_one_leader_and_replicate_writes_to_every_server
     let mut want = BTreeSet::new();
     for i in 0..20 {
         let id = format!("job-{i}");
-        assert!(register(&servers[leader], &id), "write {id} on the leader");
+        assert!(
+            register_job(&servers[leader], &id),
+            "write {id} on the leader"
+        );
         want.insert(id);
     }
     for s in &servers {
         wait_until(REPLICATE, "every write on every server", || {
-            has_all(s, &want)
+            has_jobs(s, &want)
         });
     }
     // A follower refuses the write itself (forwarding is another layer's).
     let follower = (leader + 1) % 3;
     let before = jobs_on(&servers[follower]).expect("jobs");
-    if !register(&servers[follower], "on-a-follower") {
+    if !register_job(&servers[follower], "on-a-follower") {
         assert_eq!(jobs_on(&servers[follower]).expect("jobs"), before);
     }
 }
@@ -172,7 +138,7 @@ fn kill_9_of_the_leader_under_writes_elects_a_new_one_within_5s_and_loses_no_ack
     let mut acked = BTreeSet::new();
     for i in 0..30 {
         let id = format!("before-{i}");
-        if register(&servers[old], &id) {
+        if register_job(&servers[old], &id) {
             acked.insert(id);
         }
     }
@@ -192,7 +158,7 @@ fn kill_9_of_the_leader_under_writes_elects_a_new_one_within_5s_and_loses_no_ack
         };
         n += 1;
         let id = format!("after-{n}");
-        if register(&servers[l], &id) {
+        if register_job(&servers[l], &id) {
             first_ack.get_or_insert_with(|| killed.elapsed());
             acked.insert(id);
         }
@@ -205,7 +171,7 @@ fn kill_9_of_the_leader_under_writes_elects_a_new_one_within_5s_and_loses_no_ack
     let last = format!("after-{n}");
     for &i in &live {
         wait_until(REPLICATE, "every acknowledged write on a survivor", || {
-            has_all(&servers[i], &acked)
+            has_jobs(&servers[i], &acked)
         });
         // The new leader's duties started: its scheduler took the evals made after the kill.
         if acked.contains(&last) {
@@ -216,33 +182,10 @@ fn kill_9_of_the_leader_under_writes_elects_a_new_one_within_5s_and_loses_no_ack
     }
     servers[old].restart_after_stop();
     wait_until(REPLICATE, "the old leader caught up", || {
-        has_all(&servers[old], &acked)
+        has_jobs(&servers[old], &acked)
     });
     wait_leader(&servers, &all, FORM);
     watch.finish();
-}
-
-/// The configuration as `a` shows it: `(ID, Address, Leader, Voter)` per server.
-fn configuration(a: &TestAgent) -> Option<Vec<(String, String, bool, bool)>> {
-    let r = try_get(a, "/v1/operator/raft/configuration?stale")?;
-    if r.status != 200 {
-        return None;
-    }
-    let v = r.json();
-    Some(
-        v["Servers"]
-            .as_array()?
-            .iter()
-            .map(|s| {
-                (
-                    s["ID"].as_str().unwrap_or_default().to_string(),
-                    s["Address"].as_str().unwrap_or_default().to_string(),
-                    s["Leader"] == true,
-                    s["Voter"] == true,
-                )
-            })
-            .collect(),
-    )
 }
 
 fn wait_peers(servers: &[TestAgent], live: &[usize], n: usize) {
@@ -266,13 +209,16 @@ fn operator_endpoints_show_the_configuration_and_remove_a_dead_server() {
     let leader = wait_leader(&servers, &all, FORM);
     wait_peers(&servers, &all, 3);
     let ids: Vec<String> = servers.iter().map(TestAgent::node_id).collect();
-    let conf = configuration(&servers[leader]).expect("configuration");
+    let conf = raft_configuration(&servers[leader]).expect("configuration");
     assert_eq!(conf.len(), 3, "{conf:?}");
-    for (id, addr, is_leader, voter) in &conf {
-        let i = ids.iter().position(|x| x == id).expect("a known server ID");
-        assert_eq!(addr, &servers[i].rpc_addr());
-        assert_eq!(*is_leader, i == leader, "{conf:?}");
-        assert!(voter);
+    for c in &conf {
+        let i = ids
+            .iter()
+            .position(|x| *x == c.id)
+            .expect("a known server ID");
+        assert_eq!(c.address, servers[i].rpc_addr());
+        assert_eq!(c.leader, i == leader, "{conf:?}");
+        assert!(c.voter);
     }
     let r = servers[leader].request("PUT", "/v1/operator/raft/configuration", &[], b"");
     assert_eq!(r.status, 405);
@@ -315,13 +261,13 @@ fn operator_endpoints_show_the_configuration_and_remove_a_dead_server() {
     assert_eq!(r.status, 200, "{}", r.text());
     let live: Vec<usize> = all.iter().copied().filter(|&i| i != dead).collect();
     wait_peers(&servers, &live, 2);
-    let conf = configuration(&servers[leader]).expect("configuration");
-    assert!(!conf.iter().any(|c| c.0 == ids[dead]), "{conf:?}");
-    assert!(register(&servers[leader], "after-removal"));
+    let conf = raft_configuration(&servers[leader]).expect("configuration");
+    assert!(!conf.iter().any(|c| c.id == ids[dead]), "{conf:?}");
+    assert!(register_job(&servers[leader], "after-removal"));
     let want: BTreeSet<String> = ["after-removal".to_string()].into();
     for &i in &live {
         wait_until(REPLICATE, "the write on both", || {
-            has_all(&servers[i], &want)
+            has_jobs(&servers[i], &want)
         });
     }
 }
@@ -336,7 +282,7 @@ fn a_sigstopped_leader_is_replaced_and_after_sigcont_steps_down_and_catches_up()
     let mut acked = BTreeSet::new();
     for i in 0..10 {
         let id = format!("before-{i}");
-        assert!(register(&servers[old], &id));
+        assert!(register_job(&servers[old], &id));
         acked.insert(id);
     }
     let (_, old_term) = raft_state(&servers[old]).expect("state");
@@ -348,7 +294,10 @@ fn a_sigstopped_leader_is_replaced_and_after_sigcont_steps_down_and_catches_up()
         let new = wait_leader(&servers, &live, FAILOVER + Duration::from_secs(5));
         for i in 0..10 {
             let id = format!("during-{i}");
-            assert!(register(&servers[new], &id), "write {id} on the majority");
+            assert!(
+                register_job(&servers[new], &id),
+                "write {id} on the majority"
+            );
             acked.insert(id);
         }
         new
@@ -363,7 +312,7 @@ fn a_sigstopped_leader_is_replaced_and_after_sigcont_steps_down_and_catches_up()
         raft_state(&servers[old]).is_some_and(|(s, t)| s != "Leader" && t > old_term)
     });
     wait_until(REPLICATE, "the old leader caught up", || {
-        has_all(&servers[old], &acked)
+        has_jobs(&servers[old], &acked)
     });
     assert_eq!(wait_leader(&servers, &all, FORM), new);
     watch.finish();
@@ -378,7 +327,7 @@ fn five_servers_keep_working_after_losing_two() {
     let mut acked = BTreeSet::new();
     for i in 0..5 {
         let id = format!("five-{i}");
-        assert!(register(&servers[leader], &id));
+        assert!(register_job(&servers[leader], &id));
         acked.insert(id);
     }
     // The leader and one follower die.
@@ -393,12 +342,15 @@ fn five_servers_keep_working_after_losing_two() {
     let new = wait_leader(&servers, &live, FORM);
     for i in 0..5 {
         let id = format!("three-{i}");
-        assert!(register(&servers[new], &id), "write {id} on three of five");
+        assert!(
+            register_job(&servers[new], &id),
+            "write {id} on three of five"
+        );
         acked.insert(id);
     }
     for &i in &live {
         wait_until(REPLICATE, "every write on the three", || {
-            has_all(&servers[i], &acked)
+            has_jobs(&servers[i], &acked)
         });
     }
 }
@@ -414,13 +366,13 @@ fn autopilot_removes_a_dead_server_and_the_leader_adds_it_back_when_it_returns()
     let live: Vec<usize> = all.iter().copied().filter(|&i| i != dead).collect();
     // Gossip marks it failed, autopilot removes it (a majority of the rest is alive).
     wait_peers(&servers, &live, 2);
-    assert!(register(&servers[leader], "while-removed"));
+    assert!(register_job(&servers[leader], "while-removed"));
     servers[dead].restart_after_stop();
     // Alive again and one of ours: the leader adds it back, and it catches up.
     wait_peers(&servers, &all, 3);
     let want: BTreeSet<String> = ["while-removed".to_string()].into();
     wait_until(REPLICATE, "the returned server caught up", || {
-        has_all(&servers[dead], &want)
+        has_jobs(&servers[dead], &want)
     });
 }
 
@@ -430,7 +382,7 @@ fn a_plain_single_server_store_becomes_the_raft_base_and_keeps_its_jobs() {
     let dir = temp_dir("raft-migrate");
     let mut dev = TestAgent::start_in(&dir, &[]);
     for i in 0..5 {
-        assert!(register(&dev, &format!("plain-{i}")));
+        assert!(register_job(&dev, &format!("plain-{i}")));
     }
     let index: u64 = dev
         .get("/v1/jobs")
@@ -447,9 +399,9 @@ fn a_plain_single_server_store_becomes_the_raft_base_and_keeps_its_jobs() {
         &[],
     );
     let mut want: BTreeSet<String> = (0..5).map(|i| format!("plain-{i}")).collect();
-    assert!(has_all(&server, &want), "{:?}", jobs_on(&server));
+    assert!(has_jobs(&server, &want), "{:?}", jobs_on(&server));
     assert_eq!(raft_state(&server).expect("raft").0, "Leader");
-    assert!(register(&server, "raft-1"));
+    assert!(register_job(&server, "raft-1"));
     want.insert("raft-1".into());
     let after: u64 = server
         .get("/v1/jobs")
@@ -460,7 +412,7 @@ fn a_plain_single_server_store_becomes_the_raft_base_and_keeps_its_jobs() {
     server.kill9();
     server.restart_after_stop();
     wait_until(REPLICATE, "everything back after kill -9", || {
-        has_all(&server, &want)
+        has_jobs(&server, &want)
     });
 }
 
@@ -481,7 +433,7 @@ fn the_raft_transport_refuses_garbage_and_other_methods_and_keeps_serving() {
     let r = server.rpc_request("POST", "/v1/rpc/raft", &[], b"");
     assert_eq!(r.status, 200);
     assert_eq!(raft_state(&server).expect("raft").0, "Leader");
-    assert!(register(&server, "still-serving"));
+    assert!(register_job(&server, "still-serving"));
 }
 
 #[test]
@@ -490,13 +442,13 @@ fn a_leader_cut_off_from_its_majority_accepts_no_write_and_steps_down() {
     let all = [0, 1, 2];
     let leader = wait_leader(&servers, &all, FORM);
     wait_peers(&servers, &all, 3);
-    assert!(register(&servers[leader], "with-quorum"));
+    assert!(register_job(&servers[leader], "with-quorum"));
     for i in all.iter().copied().filter(|&i| i != leader) {
         servers[i].kill9();
     }
     // Alone it cannot commit: the write is refused (check_quorum makes it step down), never
     // acknowledged.
-    assert!(!register(&servers[leader], "without-quorum"));
+    assert!(!register_job(&servers[leader], "without-quorum"));
     wait_until(FORM, "the lone leader steps down", || {
         raft_state(&servers[leader]).is_some_and(|(s, _)| s != "Leader")
     });
@@ -504,37 +456,19 @@ fn a_leader_cut_off_from_its_majority_accepts_no_write_and_steps_down() {
         servers[i].restart_after_stop();
     }
     let new = wait_leader(&servers, &all, FORM);
-    assert!(register(&servers[new], "quorum-back"));
+    assert!(register_job(&servers[new], "quorum-back"));
     let want: BTreeSet<String> = ["with-quorum", "quorum-back"]
         .iter()
         .map(|s| s.to_string())
         .collect();
     for s in &servers {
-        wait_until(REPLICATE, "writes on every server", || has_all(s, &want));
+        wait_until(REPLICATE, "writes on every server", || has_jobs(s, &want));
     }
 }
 
 #[test]
 fn a_leader_leaving_gracefully_leaves_the_configuration_and_the_rest_goes_on() {
-    let serfs: Vec<u16> = (0..3).map(|_| free_udp_port()).collect();
-    let mut servers: Vec<TestAgent> = (0..3)
-        .map(|i| {
-            let others: Vec<String> = serfs
-                .iter()
-                .enumerate()
-                .filter(|(k, _)| *k != i)
-                .map(|(_, p)| format!("\"127.0.0.1:{p}\""))
-                .collect();
-            TestAgent::server(
-                &format!(
-                    "leave_on_terminate = true\nports {{\n  serf = {}\n}}\nserver {{\n  bootstrap_expect = 3\n  server_join {{\n    retry_join = [{}]\n    retry_interval = \"1s\"\n  }}\n}}\n",
-                    serfs[i],
-                    others.join(", ")
-                ),
-                &[],
-            )
-        })
-        .collect();
+    let mut servers = cluster_with(3, "leave_on_terminate = true", "");
     let all = [0, 1, 2];
     let leader = wait_leader(&servers, &all, FORM);
     wait_peers(&servers, &all, 3);
@@ -542,7 +476,7 @@ fn a_leader_leaving_gracefully_leaves_the_configuration_and_the_rest_goes_on() {
     let live: Vec<usize> = all.iter().copied().filter(|&i| i != leader).collect();
     wait_peers(&servers, &live, 2);
     let new = wait_leader(&servers, &live, FORM);
-    assert!(register(&servers[new], "after-leave"));
+    assert!(register_job(&servers[new], "after-leave"));
 }
 
 #[test]
@@ -568,7 +502,7 @@ fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot_and_a_restart_
                         continue;
                     };
                     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-                    let req = build_request("PUT", "/v1/jobs", &[], &job_body(&id));
+                    let req = build_request("PUT", "/v1/jobs", &[], &true_job(&id));
                     if matches!(exchange(s, &req), Ok(r) if r.status == 200) {
                         ok.push(id);
                     }
@@ -584,7 +518,7 @@ fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot_and_a_restart_
     assert_eq!(acked.len(), 4 * BULK_PER_WRITER, "every write acknowledged");
     servers[behind].restart_after_stop();
     wait_until(FORM, "the follower caught up", || {
-        has_all(&servers[behind], &acked)
+        has_jobs(&servers[behind], &acked)
     });
     let from_snapshot = servers[behind].log().lines().any(|l| {
         l.split("installed a snapshot of the leader at index ")
@@ -607,7 +541,7 @@ fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot_and_a_restart_
     servers[leader].kill9();
     servers[leader].restart_after_stop();
     let deadline = Instant::now() + 2 * FORM;
-    while !has_all(&servers[leader], &acked) {
+    while !has_jobs(&servers[leader], &acked) {
         assert!(
             Instant::now() < deadline,
             "the old leader has everything after its restart: {:?} {}",

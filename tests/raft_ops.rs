@@ -6,34 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{free_udp_port, wait_leader, wait_until, TestAgent};
+use common::{cluster_with, raft_configuration, wait_leader, wait_until, TestAgent};
 
 /// How long fresh servers get to gossip, bootstrap and elect a leader.
 const FORM: Duration = Duration::from_secs(30);
-
-/// `n` servers expecting `n`, joined through each other's serf ports, with `server_keys`
-/// added to their `server` block.
-fn servers_with(n: usize, server_keys: &str) -> Vec<TestAgent> {
-    let serfs: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
-    (0..n)
-        .map(|i| {
-            let others: Vec<String> = serfs
-                .iter()
-                .enumerate()
-                .filter(|(k, _)| *k != i)
-                .map(|(_, p)| format!("\"127.0.0.1:{p}\""))
-                .collect();
-            TestAgent::server(
-                &format!(
-                    "ports {{\n  serf = {}\n}}\nserver {{\n  bootstrap_expect = {n}\n{server_keys}\n  server_join {{\n    retry_join = [{}]\n    retry_interval = \"1s\"\n  }}\n}}\n",
-                    serfs[i],
-                    others.join(", ")
-                ),
-                &[],
-            )
-        })
-        .collect()
-}
 
 fn node_status(server: &TestAgent, id: &str) -> Option<String> {
     let r = common::try_get(server, &format!("/v1/node/{id}"))?;
@@ -47,8 +23,9 @@ fn node_status(server: &TestAgent, id: &str) -> Option<String> {
 #[test]
 fn a_new_leader_gives_every_node_the_failover_ttl_before_marking_it_down() {
     let failover = Duration::from_secs(8);
-    let mut servers = servers_with(
+    let mut servers = cluster_with(
         3,
+        "",
         "  min_heartbeat_ttl = \"1s\"\n  heartbeat_grace = \"1s\"\n  failover_heartbeat_ttl = \"8s\"",
     );
     let leader = wait_leader(&servers, &[0, 1, 2], FORM);
@@ -92,22 +69,10 @@ fn put(a: &TestAgent, path: &str, body: &str) -> common::Response {
 
 /// The Raft configuration's servers (ID, address, voter) as `a` reads it.
 fn raft_servers(a: &TestAgent) -> Option<Vec<(String, String, bool)>> {
-    let r = common::try_get(a, "/v1/operator/raft/configuration?stale")?;
-    if r.status != 200 {
-        return None;
-    }
-    let v = r.json();
     Some(
-        v["Servers"]
-            .as_array()?
-            .iter()
-            .map(|s| {
-                (
-                    s["ID"].as_str().unwrap_or_default().to_string(),
-                    s["Address"].as_str().unwrap_or_default().to_string(),
-                    s["Voter"].as_bool().unwrap_or(false),
-                )
-            })
+        raft_configuration(a)?
+            .into_iter()
+            .map(|c| (c.id, c.address, c.voter))
             .collect(),
     )
 }
@@ -140,7 +105,7 @@ fn autopilot_body(overrides: &str) -> String {
 /// index, and bad input is a 400 in Nomad's words.
 #[test]
 fn autopilot_configuration_replicates_and_checks_and_sets_like_nomads() {
-    let servers = servers_with(3, "");
+    let servers = cluster_with(3, "", "");
     let leader = wait_leader(&servers, &[0, 1, 2], FORM);
     let f = (leader + 1) % 3;
     let path = "/v1/operator/autopilot/configuration";
@@ -227,7 +192,7 @@ fn autopilot_configuration_replicates_and_checks_and_sets_like_nomads() {
 /// autopilot's cleanup delay; turned on, it is removed.
 #[test]
 fn autopilot_health_follows_raft_and_gossip_and_cleanup_follows_the_config() {
-    let mut servers = servers_with(3, "");
+    let mut servers = cluster_with(3, "", "");
     let leader = wait_leader(&servers, &[0, 1, 2], FORM);
     let f = (leader + 1) % 3;
     let dead = (leader + 2) % 3;
@@ -314,7 +279,7 @@ fn autopilot_health_follows_raft_and_gossip_and_cleanup_follows_the_config() {
 /// and unknown peers.
 #[test]
 fn leadership_moves_to_the_named_voter_on_request() {
-    let servers = servers_with(3, "");
+    let servers = cluster_with(3, "", "");
     let leader = wait_leader(&servers, &[0, 1, 2], FORM);
     let via = (leader + 1) % 3;
     let target = (leader + 2) % 3;
@@ -453,7 +418,7 @@ fn a_server_that_expects_none_waits_then_joins_as_a_non_voter_and_is_promoted() 
     }
     assert_eq!(common::leader_of(&lone).as_deref(), Some(""));
 
-    let mut servers = servers_with(3, "");
+    let mut servers = cluster_with(3, "", "");
     let leader = wait_leader(&servers, &[0, 1, 2], FORM);
     let cfg = "/v1/operator/autopilot/configuration";
     wait_until(FORM, "the autopilot config stored", || {
@@ -515,7 +480,7 @@ fn a_server_that_expects_none_waits_then_joins_as_a_non_voter_and_is_promoted() 
 /// write the cluster had, takes new writes, and the file is consumed (`peers.info` left).
 #[test]
 fn peers_json_brings_back_a_cluster_that_lost_its_quorum() {
-    let mut servers = servers_with(3, "");
+    let mut servers = cluster_with(3, "", "");
     let leader = wait_leader(&servers, &[0, 1, 2], FORM);
     register(&servers[leader], "before-outage");
     let last = (leader + 1) % 3;

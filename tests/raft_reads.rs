@@ -22,39 +22,6 @@ const FAILOVER: Duration = Duration::from_secs(10);
 /// Reads queued at the stopped leader's HTTP port, answered once it runs again.
 const QUEUED_READS: usize = 4;
 
-fn job_body(id: &str) -> Vec<u8> {
-    serde_json::json!({"Job": {"ID": id, "Name": id, "Type": "batch", "Datacenters": ["dc1"],
-        "TaskGroups": [{"Name": "g", "Count": 1, "Tasks": [{"Name": "t", "Driver": "raw_exec",
-        "Config": {"command": "/bin/true"}}]}]}})
-    .to_string()
-    .into_bytes()
-}
-
-/// Register job `id` on `a`: true when acknowledged with 200.
-fn register(a: &TestAgent, id: &str) -> bool {
-    let Ok(s) = TcpStream::connect(("127.0.0.1", a.port)) else {
-        return false;
-    };
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let req = build_request(
-        "PUT",
-        "/v1/jobs",
-        &[("Content-Type", "application/json")],
-        &job_body(id),
-    );
-    match exchange(s, &req) {
-        Ok(r) if r.status == 200 => true,
-        Ok(r) => {
-            eprintln!("register {id}: {} {}", r.status, r.text());
-            false
-        }
-        Err(e) => {
-            eprintln!("register {id}: {e}");
-            false
-        }
-    }
-}
-
 /// A consistent GET written to `port` now (the kernel queues it while the agent is
 /// stopped); its answer is read later.
 fn queue_get(port: u16, path: &str) -> TcpStream {
@@ -70,7 +37,12 @@ fn a_leader_back_from_sigstop_answers_no_consistent_read_from_its_stale_state() 
     let servers = cluster(3);
     let all = [0, 1, 2];
     let old = wait_leader(&servers, &all, FORM);
-    assert!(register(&servers[old], "before"));
+    assert!(register_job_at(
+        &servers[old].host,
+        servers[old].port,
+        "before",
+        Duration::from_secs(10)
+    ));
     // A healthy leader passes its barrier: a consistent read answers at once.
     let r = try_get(&servers[old], "/v1/job/before").expect("read on the leader");
     assert_eq!(r.status, 200, "{}", r.text());
@@ -80,7 +52,12 @@ fn a_leader_back_from_sigstop_answers_no_consistent_read_from_its_stale_state() 
         let live: Vec<usize> = all.iter().copied().filter(|&i| i != old).collect();
         let new = wait_leader(&servers, &live, FAILOVER);
         assert!(
-            register(&servers[new], "fresh"),
+            register_job_at(
+                &servers[new].host,
+                servers[new].port,
+                "fresh",
+                Duration::from_secs(10)
+            ),
             "the majority takes a write"
         );
         // Reads for the new job wait at the stopped leader, so they are the first thing it

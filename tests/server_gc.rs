@@ -13,12 +13,7 @@ use std::time::Duration;
 
 /// An agent whose config file sets the `server` block `server`.
 fn agent_with(server: Value) -> TestAgent {
-    let dir = temp_dir("gc");
-    let config = dir.with_extension("json");
-    std::fs::write(&config, json!({ "server": server }).to_string()).unwrap();
-    let agent = TestAgent::start_with(&dir, &["-config", config.to_str().unwrap()], &[], None);
-    let _ = std::fs::remove_file(&config);
-    agent
+    TestAgent::start_with_config("json", &json!({ "server": server }).to_string())
 }
 
 fn job_status(agent: &TestAgent, id: &str) -> Option<String> {

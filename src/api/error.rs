@@ -80,3 +80,9 @@ impl From<crate::acl::Error> for ApiError {
         ApiError::new(status, e.to_string())
     }
 }
+
+/// A state write that failed (nothing of it is visible): logged, and Nomad's 500.
+pub fn store_err(e: crate::state::store::StoreError) -> ApiError {
+    log::error!("state write failed: {e}");
+    ApiError::internal(format!("failed to persist state: {e}"))
+}

@@ -11,14 +11,10 @@ use crate::http::Method;
 use crate::state::jobs::launch::{self, TRIGGER_JOB_REGISTER, TRIGGER_PERIODIC};
 use crate::state::jobs::spec::Job;
 
+use super::error::store_err;
 use super::jobs::namespace;
 use super::params::get_ci;
 use super::{json_meta, ApiError, ApiResult, Ctx, IndexMeta};
-
-fn store_err(e: crate::state::store::StoreError) -> ApiError {
-    log::error!("state write failed: {e}");
-    ApiError::internal(format!("failed to persist state: {e}"))
-}
 
 /// Registration checks of periodic and parameterized jobs (`Job.Validate`'s part for them,
 /// then `validateJobUpdate` against the stored job).

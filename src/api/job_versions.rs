@@ -11,6 +11,7 @@ use crate::state::jobs::diff::job_diff;
 use crate::state::jobs::history::{self, JobSubmission};
 use crate::state::jobs::WriteResult;
 
+use super::error::store_err;
 use super::jobs::{job_value, namespace};
 use super::params::{self, get_ci};
 use super::{json_meta, ApiError, ApiResult, Ctx, IndexMeta};
@@ -28,11 +29,6 @@ pub fn route(ctx: &Ctx, rest: &str) -> Option<ApiResult> {
     table
         .iter()
         .find_map(|(suffix, h)| rest.strip_suffix(suffix).map(|id| h(ctx, id)))
-}
-
-pub(super) fn store_err(e: crate::state::store::StoreError) -> ApiError {
-    log::error!("state write failed: {e}");
-    ApiError::internal(format!("failed to persist state: {e}"))
 }
 
 /// A `?name=` bool as Nomad parses it (an error is a 500 with Go's text).

@@ -12,6 +12,7 @@ use crate::state::jobs::validate::validate_job;
 use crate::state::status::{AllocClientStatus, JobStatus};
 
 use super::allocs::alloc_stub;
+use super::error::store_err;
 use super::params::{self, get_ci};
 use super::{filter, json_meta, omit_zero, ApiError, ApiResult, Ctx, IndexMeta};
 
@@ -111,11 +112,6 @@ fn ns_matches(want: &str, ns: &str) -> bool {
 
 fn index_now(ctx: &Ctx) -> u64 {
     ctx.agent.index.current()
-}
-
-fn store_err(e: crate::state::store::StoreError) -> ApiError {
-    log::error!("state write failed: {e}");
-    ApiError::internal(format!("failed to persist state: {e}"))
 }
 
 /// Decode a job registration body (`{"Job": {...}, ...}`): depth-bounded JSON, the `Job`

@@ -13,6 +13,7 @@ use crate::state::node_ops::{self, DrainUpdate, JobEval, NodeWrite};
 use crate::state::node_table::{DrainStrategy, Node, NodeEvent};
 use crate::state::status::NodeEligibility;
 
+use super::error::store_err;
 use super::params::get_ci;
 use super::{json_meta, ApiError, ApiResult, Ctx, IndexMeta};
 
@@ -30,11 +31,6 @@ pub fn route(ctx: &Ctx, id: &str, op: &str) -> ApiResult {
         "purge" => purge(ctx, id),
         _ => Err(ApiError::not_found("resource not found")),
     }
-}
-
-fn store_err(e: crate::state::store::StoreError) -> ApiError {
-    log::error!("state write failed: {e}");
-    ApiError::internal(format!("failed to persist state: {e}"))
 }
 
 /// Refusals of apply in Nomad's words (500, as Nomad's RPC errors are).

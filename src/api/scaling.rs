@@ -15,7 +15,8 @@ use crate::state::jobs::history::{scaling_events_of, ScalingEvent};
 use crate::state::jobs::spec::{Job, TaskGroup};
 use crate::state::status::{AllocClientStatus, JobType};
 
-use super::job_versions::{body_object, register_response, store_err};
+use super::error::store_err;
+use super::job_versions::{body_object, register_response};
 use super::jobs::namespace;
 use super::params::{self, get_ci};
 use super::{json_meta, ApiError, ApiResult, Ctx, IndexMeta};

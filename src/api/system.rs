@@ -19,7 +19,7 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
                     .agent
                     .workloads
                     .collect_garbage(&crate::state::gc::GcThresholds::FORCE)
-                    .map_err(super::job_versions::store_err)?;
+                    .map_err(super::error::store_err)?;
                 log::info!(
                     "gc: forced: collected {} jobs, {} evals, {} allocs",
                     r.jobs,

@@ -247,6 +247,17 @@ impl TestAgent {
         TestAgent::start_in(&temp_dir("agent"), extra)
     }
 
+    /// A `-dev` agent with `config` as its config file (`ext`: "hcl" or "json"), written
+    /// beside its data dir and removed once the agent has read it.
+    pub fn start_with_config(ext: &str, config: &str) -> TestAgent {
+        let dir = temp_dir("cfg");
+        let file = dir.with_extension(ext);
+        std::fs::write(&file, config).expect("write the config file");
+        let agent = TestAgent::start_in(&dir, &["-config", file.to_str().expect("utf-8 path")]);
+        let _ = std::fs::remove_file(&file);
+        agent
+    }
+
     /// Start with a given data dir (used to restart on the same state).
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> TestAgent {
         TestAgent::start_with(data_dir, extra, &[], None)
@@ -722,6 +733,12 @@ pub fn free_udp_port() -> u16 {
 
 /// `n` servers with `bootstrap_expect = n`, each joining the others through `retry_join`.
 pub fn cluster(n: usize) -> Vec<TestAgent> {
+    cluster_with(n, "", "")
+}
+
+/// [`cluster`] with `top` added to each agent's config and `server_keys` to its `server`
+/// block.
+pub fn cluster_with(n: usize, top: &str, server_keys: &str) -> Vec<TestAgent> {
     let serfs: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
     (0..n)
         .map(|i| {
@@ -733,7 +750,7 @@ pub fn cluster(n: usize) -> Vec<TestAgent> {
                 .collect();
             TestAgent::server(
                 &format!(
-                    "ports {{\n  serf = {}\n}}\nserver {{\n  bootstrap_expect = {n}\n  server_join {{\n    retry_join = [{}]\n    retry_interval = \"1s\"\n  }}\n}}\n",
+                    "{top}\nports {{\n  serf = {}\n}}\nserver {{\n  bootstrap_expect = {n}\n{server_keys}\n  server_join {{\n    retry_join = [{}]\n    retry_interval = \"1s\"\n  }}\n}}\n",
                     serfs[i],
                     others.join(", ")
                 ),
@@ -741,6 +758,37 @@ pub fn cluster(n: usize) -> Vec<TestAgent> {
             )
         })
         .collect()
+}
+
+/// One server of the Raft configuration as an agent shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RaftServer {
+    pub id: String,
+    pub address: String,
+    pub leader: bool,
+    pub voter: bool,
+}
+
+/// The Raft configuration as `a` shows it (`?stale`: its own view); `None` when it does not
+/// answer.
+pub fn raft_configuration(a: &TestAgent) -> Option<Vec<RaftServer>> {
+    let r = try_get(a, "/v1/operator/raft/configuration?stale")?;
+    if r.status != 200 {
+        return None;
+    }
+    let v = r.json();
+    Some(
+        v["Servers"]
+            .as_array()?
+            .iter()
+            .map(|s| RaftServer {
+                id: s["ID"].as_str().unwrap_or_default().to_string(),
+                address: s["Address"].as_str().unwrap_or_default().to_string(),
+                leader: s["Leader"] == true,
+                voter: s["Voter"] == true,
+            })
+            .collect(),
+    )
 }
 
 /// GET with a short deadline; `None` when the agent does not answer (killed, stopped).
@@ -763,6 +811,56 @@ pub fn try_get_at(host: &str, port: u16, path: &str) -> Option<Response> {
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
     exchange(s, &build_request("GET", path, &[], b"")).ok()
+}
+
+/// A batch job `id` running `/bin/true`: the Raft tests' unit of replicated write.
+pub fn true_job(id: &str) -> Vec<u8> {
+    serde_json::json!({"Job": {"ID": id, "Name": id, "Type": "batch", "Datacenters": ["dc1"],
+        "TaskGroups": [{"Name": "g", "Count": 1, "Tasks": [{"Name": "t", "Driver": "raw_exec",
+        "Config": {"command": "/bin/true"}}]}]}})
+    .to_string()
+    .into_bytes()
+}
+
+/// Register [`true_job`] `id` at `host:port`, connect and reply within `deadline` (a cut-off
+/// or stopped server never answers): true when acknowledged with 200.
+pub fn register_job_at(host: &str, port: u16, id: &str, deadline: Duration) -> bool {
+    let sent = (|| -> Result<Response, String> {
+        let addr: std::net::SocketAddr = format!("{host}:{port}")
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        let s = TcpStream::connect_timeout(&addr, deadline).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(deadline)).ok();
+        s.set_write_timeout(Some(deadline)).ok();
+        let req = build_request(
+            "PUT",
+            "/v1/jobs",
+            &[("Content-Type", "application/json")],
+            &true_job(id),
+        );
+        exchange(s, &req).map_err(|e| e.to_string())
+    })();
+    match sent {
+        Ok(r) if r.status == 200 => true,
+        Ok(r) => {
+            eprintln!("register {id} on {host}:{port}: {} {}", r.status, r.text());
+            false
+        }
+        Err(e) => {
+            eprintln!("register {id} on {host}:{port}: {e}");
+            false
+        }
+    }
+}
+
+/// [`register_job_at`] on agent `a` with a 5 s deadline.
+pub fn register_job(a: &TestAgent, id: &str) -> bool {
+    register_job_at(&a.host, a.port, id, Duration::from_secs(5))
+}
+
+/// Whether `a` holds every job of `want` (its own state).
+pub fn has_jobs(a: &TestAgent, want: &std::collections::BTreeSet<String>) -> bool {
+    jobs_on(a).is_some_and(|have| want.is_subset(&have))
 }
 
 /// `(state, term)` of a server's Raft (`/v1/agent/self` stats).
