@@ -55,13 +55,24 @@ fn random_test_port() -> u16 {
     TEST_PORTS.start + u16::from_le_bytes(b) % span
 }
 
-/// A TCP port nothing listens on right now (and free for UDP too), from [`TEST_PORTS`].
+/// Ports this test process has handed out already: never handed out twice. The bind check
+/// below cannot see a port an agent in a network namespace of its own will bind (a partition
+/// test's agents), so two of one agent's ports could otherwise coincide (seen on CI).
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// A TCP port nothing listens on right now (and free for UDP too), from [`TEST_PORTS`],
+/// never the same twice in one test process.
 pub fn free_port() -> u16 {
     for _ in 0..1000 {
         let p = random_test_port();
+        let mut taken = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if taken.contains(&p) {
+            continue;
+        }
         if TcpListener::bind(("127.0.0.1", p)).is_ok()
             && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
         {
+            taken.push(p);
             return p;
         }
     }
