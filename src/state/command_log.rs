@@ -1138,7 +1138,11 @@ mod tests {
             let db = Database::open(&path).unwrap();
             let txn = db.begin_read().unwrap();
             let tables = snapshot::load(&txn).unwrap().expect("a table snapshot");
-            assert!(tables.index >= SNAPSHOT_EVERY, "snapshot at {}", tables.index);
+            assert!(
+                tables.index >= SNAPSHOT_EVERY,
+                "snapshot at {}",
+                tables.index
+            );
             let log = txn.open_table(LOG).unwrap();
             let first = redb::ReadableTable::first(&log)
                 .unwrap()

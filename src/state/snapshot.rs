@@ -248,18 +248,18 @@ fn alloc_jobs_of(state: &ServerState) -> std::collections::BTreeMap<AllocJobKey,
 /// snapshot, `None`: everything). Pure: it reads the two states only, so it can run off the
 /// commit path while commands go on being logged.
 pub fn prepare(prev: Option<&ServerState>, state: &ServerState) -> Result<Rows, SnapshotError> {
-    let jobs = TableRows::of(prev.map(|p| &p.jobs), &state.jobs, owned2, |v| encode(v))?;
+    let jobs = TableRows::of(prev.map(|p| &p.jobs), &state.jobs, owned2, encode)?;
     let job_versions = TableRows::of(
         prev.map(|p| &p.job_versions),
         &state.job_versions,
         |k| (k.0.clone(), k.1.clone(), k.2),
-        |v| encode(v),
+        encode,
     )?;
     let scaling_events = TableRows::of(
         prev.map(|p| &p.scaling_events),
         &state.scaling_events,
         owned2,
-        |v| encode(v),
+        encode,
     )?;
     let evals = TableRows::of(prev.map(|p| &p.evals), &state.evals, String::clone, |v| {
         encode(v)
@@ -284,7 +284,10 @@ pub fn prepare(prev: Option<&ServerState>, state: &ServerState) -> Result<Rows, 
                     upserts.push((k.clone(), encode(&**job)?));
                 }
             }
-            let removed = had.into_keys().filter(|k| !wanted.contains_key(k)).collect();
+            let removed = had
+                .into_keys()
+                .filter(|k| !wanted.contains_key(k))
+                .collect();
             AllocJobRows::Changes(TableRows { upserts, removed })
         }
     };
