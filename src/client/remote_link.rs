@@ -136,7 +136,9 @@ impl RemoteLink {
         let mut list = (self.servers)();
         let kept = {
             let mut p = self.preferred.lock();
-            if p.as_ref().is_some_and(|(_, until)| Instant::now() >= *until) {
+            if p.as_ref()
+                .is_some_and(|(_, until)| Instant::now() >= *until)
+            {
                 *p = None;
             }
             p.as_ref().map(|(s, _)| s.clone())
@@ -352,7 +354,11 @@ mod tests {
         assert!(link.keep_for >= REBALANCE_AFTER && link.keep_for <= REBALANCE_AFTER * 3 / 2);
         link.answered("b:1");
         for _ in 0..20 {
-            assert_eq!(link.order(), ["b:1", "c:1", "a:1"], "kept while its time runs");
+            assert_eq!(
+                link.order(),
+                ["b:1", "c:1", "a:1"],
+                "kept while its time runs"
+            );
         }
         // Its time over: the next call starts at a random server again.
         link.keep_for = Duration::ZERO;
