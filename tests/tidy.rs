@@ -477,28 +477,6 @@ fn the_keyword_scan_sees_code_and_skips_literals_and_comments() {
 /// `src/api/` turns them into statuses and texts; a bare `String` error carries no cause and
 /// no kind a caller could match on. Keep this list short and shrinking.
 const STRING_ERRORS_ALLOWED: &[(&str, &str)] = &[
-    // The Raft inbox trait is implemented in src/raft; both change together, with the Raft
-    // transport's decode errors (issue 11's files, converted in their own change).
-    (
-        "src/server/rpc.rs",
-        "RaftInbox::deliver, implemented by src/raft",
-    ),
-    (
-        "src/raft/driver.rs",
-        "issue 11's Raft files: one raft::Error to come",
-    ),
-    (
-        "src/raft/members.rs",
-        "issue 11's Raft files: one raft::Error to come",
-    ),
-    (
-        "src/raft/mod.rs",
-        "issue 11's Raft files: one raft::Error to come",
-    ),
-    (
-        "src/raft/transport.rs",
-        "issue 11's Raft files: one raft::Error to come",
-    ),
     // src/api is the layer that makes Nomad's texts: these private helpers return the text
     // (a Go-style dial/read error, a bexpr parse message) that becomes the reply body.
     (

@@ -133,7 +133,7 @@ fn remove_peer(ctx: &super::Ctx) -> super::ApiResult {
             super::ApiError::internal(format!("id {id:?} was not found in the Raft configuration"))
         })?;
     raft.remove_server(target)
-        .map_err(super::ApiError::internal)?;
+        .map_err(|e| super::ApiError::internal(e.to_string()))?;
     log::info!("raft: server {id} removed from the configuration by the operator");
     super::empty()
 }

@@ -64,7 +64,7 @@ pub(crate) struct Driver {
     /// Proposals by the index of their entry.
     pending: BTreeMap<u64, Pending>,
     /// Membership changes by the index of their entry.
-    pending_conf: BTreeMap<u64, Sender<Result<(), String>>>,
+    pending_conf: BTreeMap<u64, Sender<Result<(), super::ChangeError>>>,
     applied: u64,
     applied_term: u64,
     /// Applied index of the last state snapshot.
@@ -314,7 +314,7 @@ impl Driver {
             Input::Propose(cmd, reply) => self.propose(cmd, reply),
             Input::ConfChange(cc, reply) => {
                 if self.node.raft.state != StateRole::Leader {
-                    let _ = reply.send(Err("not leader".into()));
+                    let _ = reply.send(Err(super::ChangeError::NotLeader));
                     return;
                 }
                 match self.node.propose_conf_change(vec![], cc) {
@@ -323,7 +323,7 @@ impl Driver {
                         self.pending_conf.insert(index, reply);
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(e.to_string()));
+                        let _ = reply.send(Err(super::ChangeError::Refused(e)));
                     }
                 }
             }
@@ -497,7 +497,7 @@ impl Driver {
             let _ = p.reply.send(Err(LogError::NotLeader));
         }
         for (_, r) in std::mem::take(&mut self.pending_conf) {
-            let _ = r.send(Err("leadership lost".into()));
+            let _ = r.send(Err(super::ChangeError::LeadershipLost));
         }
     }
 
@@ -674,7 +674,7 @@ impl Driver {
             }
             Err(err) => {
                 log::warn!("raft: membership change at {} refused: {err}", e.index);
-                Err(err.to_string())
+                Err(super::ChangeError::Refused(err))
             }
         };
         if let Some(r) = self.pending_conf.remove(&e.index) {

@@ -17,9 +17,33 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use raft::eraftpb::{ConfChange, ConfChangeType};
 
-use super::{raft_id, Dial, Input, Peer, PeerBook, Settings, Shared, PROPOSE_DEADLINE};
+use super::{
+    raft_id, ChangeError, Dial, Input, Peer, PeerBook, Settings, Shared, PROPOSE_DEADLINE,
+};
 use crate::gossip::{Gossip, MemberStatus};
 use crate::http::client::{exchange, Outgoing};
+
+/// Why a server was not asked for its Raft peers (it is then not taken into the cluster).
+#[derive(Debug)]
+enum AskError {
+    Dial(std::io::Error),
+    Exchange(crate::http::client::ClientError),
+    Read(std::io::Error),
+    Status(u16),
+    Decode(serde_json::Error),
+}
+
+impl std::fmt::Display for AskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AskError::Dial(e) => write!(f, "dial: {e}"),
+            AskError::Exchange(e) => write!(f, "{e}"),
+            AskError::Read(e) => write!(f, "read: {e}"),
+            AskError::Status(s) => write!(f, "status {s}"),
+            AskError::Decode(e) => write!(f, "bad peers reply: {e}"),
+        }
+    }
+}
 
 /// How often gossip is looked at.
 pub const ROUND: Duration = Duration::from_millis(500);
@@ -353,23 +377,23 @@ impl Members {
         }
     }
 
-    fn change(&self, kind: ConfChangeType, id: u64) -> Result<(), String> {
+    fn change(&self, kind: ConfChangeType, id: u64) -> Result<(), ChangeError> {
         let mut cc = ConfChange::default();
         cc.set_change_type(kind);
         cc.node_id = id;
         let (reply, answer) = crossbeam_channel::bounded(1);
         self.input
             .send_timeout(Input::ConfChange(cc, reply), ROUND)
-            .map_err(|_| "raft is not running".to_string())?;
+            .map_err(|_| ChangeError::NotRunning)?;
         answer
             .recv_timeout(PROPOSE_DEADLINE)
-            .unwrap_or_else(|_| Err("no answer in time".into()))
+            .unwrap_or(Err(ChangeError::NoAnswer))
     }
 
     /// A server's Raft peers (`GET /v1/status/peers?stale` on its RPC port).
-    fn ask_peers(&self, addr: SocketAddr) -> Result<Vec<String>, String> {
+    fn ask_peers(&self, addr: SocketAddr) -> Result<Vec<String>, AskError> {
         let deadline = Instant::now() + ASK_TIMEOUT;
-        let (stream, tcp) = (self.dial)(&addr, deadline).map_err(|e| e.to_string())?;
+        let (stream, tcp) = (self.dial)(&addr, deadline).map_err(AskError::Dial)?;
         let _ = tcp.set_read_timeout(Some(ASK_TIMEOUT));
         let _ = tcp.set_write_timeout(Some(ASK_TIMEOUT));
         let host = addr.to_string();
@@ -381,14 +405,14 @@ impl Members {
             headers: &[],
             body: &[],
         };
-        let resp = exchange(stream, &out).map_err(|e| e.to_string())?;
+        let resp = exchange(stream, &out).map_err(AskError::Exchange)?;
         let status = resp.status;
         let body = resp
             .bytes_limited(MAX_PEERS_REPLY)
-            .map_err(|e| e.to_string())?;
+            .map_err(AskError::Read)?;
         if status != 200 {
-            return Err(format!("status {status}"));
+            return Err(AskError::Status(status));
         }
-        serde_json::from_slice(&body).map_err(|e| e.to_string())
+        serde_json::from_slice(&body).map_err(AskError::Decode)
     }
 }

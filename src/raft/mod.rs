@@ -31,7 +31,7 @@ use crate::state::leader::{BarrierError, LeaderView, Leadership};
 
 #[cfg(test)]
 use transport::encode_batch;
-pub use transport::{decode_batch, RAFT_BODY_LIMIT};
+pub use transport::{decode_batch, WireError, RAFT_BODY_LIMIT};
 
 /// One Raft tick (ref §6.2: heartbeat every tick, election after 10..20).
 pub const TICK: Duration = Duration::from_millis(100);
@@ -104,6 +104,42 @@ pub struct Settings {
     pub gossip: Option<Arc<crate::gossip::Gossip>>,
     /// `<data_dir>/server/raft`: where an operator puts `peers.json` to recover.
     pub raft_dir: Option<std::path::PathBuf>,
+}
+
+/// Why a membership change was not made.
+#[derive(Debug)]
+pub enum ChangeError {
+    /// The Raft driver is not running (shut down).
+    NotRunning,
+    /// No answer in time (the change may still apply).
+    NoAnswer,
+    /// This server does not lead.
+    NotLeader,
+    /// Leadership moved before the change applied.
+    LeadershipLost,
+    /// raft-rs refused the proposal, or the change when it applied.
+    Refused(raft::Error),
+}
+
+impl fmt::Display for ChangeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChangeError::NotRunning => f.write_str("raft is not running"),
+            ChangeError::NoAnswer => f.write_str("no answer from raft in time"),
+            ChangeError::NotLeader => f.write_str("not leader"),
+            ChangeError::LeadershipLost => f.write_str("leadership lost"),
+            ChangeError::Refused(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ChangeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ChangeError::Refused(e) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 /// Why Raft could not start.
@@ -238,7 +274,7 @@ pub(crate) enum Input {
     Messages(Vec<raft::eraftpb::Message>),
     Propose(Command, Sender<Result<(Applied, u64), LogError>>),
     /// A membership change (leader only).
-    ConfChange(raft::eraftpb::ConfChange, Sender<Result<(), String>>),
+    ConfChange(raft::eraftpb::ConfChange, Sender<Result<(), ChangeError>>),
     /// Bootstrap this configuration (an empty, unconfigured log only).
     Bootstrap(Vec<u64>),
     /// A read barrier: the driver answers the commit index a quorum confirmed this leader
@@ -441,7 +477,7 @@ impl Raft {
 
     /// Messages another server POSTed to `/v1/rpc/raft` (the body): decoded (bounded) and
     /// handed to the driver; a full queue drops them (Raft sends again).
-    pub fn deliver(&self, body: &[u8]) -> Result<(), String> {
+    pub fn deliver(&self, body: &[u8]) -> Result<(), WireError> {
         let msgs = decode_batch(body)?;
         let msgs: Vec<_> = msgs.into_iter().filter(|m| m.to == self.id).collect();
         if !msgs.is_empty() {
@@ -451,18 +487,18 @@ impl Raft {
     }
 
     /// Propose a membership change and wait for it to apply (leader only).
-    pub fn change_membership(&self, cc: raft::eraftpb::ConfChange) -> Result<(), String> {
+    pub fn change_membership(&self, cc: raft::eraftpb::ConfChange) -> Result<(), ChangeError> {
         let (reply, answer) = crossbeam_channel::bounded(1);
         self.input
             .send_timeout(Input::ConfChange(cc, reply), Duration::from_secs(1))
-            .map_err(|_| "raft is not running".to_string())?;
+            .map_err(|_| ChangeError::NotRunning)?;
         answer
             .recv_timeout(PROPOSE_DEADLINE)
-            .unwrap_or_else(|_| Err("no answer from raft in time".into()))
+            .unwrap_or(Err(ChangeError::NoAnswer))
     }
 
     /// Remove the server `id` from the configuration (leader only).
-    pub fn remove_server(&self, id: u64) -> Result<(), String> {
+    pub fn remove_server(&self, id: u64) -> Result<(), ChangeError> {
         let mut cc = raft::eraftpb::ConfChange::default();
         cc.set_change_type(raft::eraftpb::ConfChangeType::RemoveNode);
         cc.node_id = id;
@@ -605,8 +641,8 @@ impl Raft {
 }
 
 impl crate::server::rpc::RaftInbox for Raft {
-    fn deliver(&self, body: &[u8]) -> Result<(), String> {
-        Raft::deliver(self, body)
+    fn deliver(&self, body: &[u8]) -> Result<(), crate::server::rpc::InboxError> {
+        Raft::deliver(self, body).map_err(|e| Box::new(e) as crate::server::rpc::InboxError)
     }
 
     fn body_limit(&self) -> usize {

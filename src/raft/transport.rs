@@ -19,6 +19,71 @@ use raft::eraftpb::{Message, MessageType};
 use super::{Dial, Input, PeerBook};
 use crate::http::client::{exchange_keep_alive, Outgoing, Stream};
 
+/// Why a batch of Raft messages was not encoded, decoded or delivered.
+#[derive(Debug)]
+pub enum WireError {
+    /// A batch of more than [`MAX_BATCH_MESSAGES`].
+    TooMany,
+    /// A length prefix or the message it announces runs past the end of the batch.
+    Truncated(&'static str),
+    /// A message does not decode (or encode).
+    Message {
+        what: &'static str,
+        source: protobuf::ProtobufError,
+    },
+    /// A message longer than a length prefix can say.
+    TooLarge,
+    /// The peer's address is not in the peer book.
+    AddressUnknown,
+    /// The peer could not be dialled.
+    Dial {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The peer answered other than 200.
+    Refused {
+        addr: SocketAddr,
+        status: u16,
+        text: String,
+    },
+    /// The exchange failed (the connection broke, a deadline passed).
+    Exchange {
+        addr: SocketAddr,
+        source: crate::http::client::ClientError,
+    },
+    /// Neither the kept connection nor a fresh one answered.
+    NoAnswer(SocketAddr),
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::TooMany => write!(f, "more than {MAX_BATCH_MESSAGES} raft messages"),
+            WireError::Truncated(what) => f.write_str(what),
+            WireError::Message { what, source } => write!(f, "{what}: {source}"),
+            WireError::TooLarge => f.write_str("raft message too large"),
+            WireError::AddressUnknown => f.write_str("address unknown"),
+            WireError::Dial { addr, source } => write!(f, "dial {addr}: {source}"),
+            WireError::Refused { addr, status, text } => {
+                write!(f, "{addr} answered {status}: {text}")
+            }
+            WireError::Exchange { addr, source } => write!(f, "{addr}: {source}"),
+            WireError::NoAnswer(addr) => write!(f, "{addr}: no answer"),
+        }
+    }
+}
+
+impl std::error::Error for WireError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            WireError::Message { source, .. } => Some(source),
+            WireError::Dial { source, .. } => Some(source),
+            WireError::Exchange { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
 /// The RPC path Raft messages are POSTed to.
 pub const RAFT_PATH: &str = crate::server::rpc::RAFT_CALL;
 /// Largest body of one batch (a snapshot of the whole state travels in one message).
@@ -43,13 +108,14 @@ const IDLE_WAKE: Duration = Duration::from_secs(1);
 const MAX_REPLY: usize = 4096;
 
 /// A batch as the wire carries it.
-pub fn encode_batch(msgs: &[Message]) -> Result<Vec<u8>, String> {
+pub fn encode_batch(msgs: &[Message]) -> Result<Vec<u8>, WireError> {
     let mut out = Vec::new();
     for m in msgs {
-        let b = m
-            .write_to_bytes()
-            .map_err(|e| format!("encode raft message: {e}"))?;
-        let len = u32::try_from(b.len()).map_err(|_| "raft message too large".to_string())?;
+        let b = m.write_to_bytes().map_err(|source| WireError::Message {
+            what: "encode raft message",
+            source,
+        })?;
+        let len = u32::try_from(b.len()).map_err(|_| WireError::TooLarge)?;
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(&b);
     }
@@ -58,26 +124,31 @@ pub fn encode_batch(msgs: &[Message]) -> Result<Vec<u8>, String> {
 
 /// A batch back from the wire: every length checked against what is left before anything
 /// is decoded; at most [`MAX_BATCH_MESSAGES`].
-pub fn decode_batch(body: &[u8]) -> Result<Vec<Message>, String> {
+pub fn decode_batch(body: &[u8]) -> Result<Vec<Message>, WireError> {
     let mut spans = Vec::new();
     let mut rest = body;
     while !rest.is_empty() {
         if spans.len() >= MAX_BATCH_MESSAGES {
-            return Err(format!("more than {MAX_BATCH_MESSAGES} raft messages"));
+            return Err(WireError::TooMany);
         }
         let Some((len, tail)) = rest.split_first_chunk::<4>() else {
-            return Err("truncated raft message length".into());
+            return Err(WireError::Truncated("truncated raft message length"));
         };
         let len = u32::from_be_bytes(*len) as usize;
         if len > tail.len() {
-            return Err("truncated raft message".into());
+            return Err(WireError::Truncated("truncated raft message"));
         }
         spans.push(&tail[..len]);
         rest = &tail[len..];
     }
     spans
         .into_iter()
-        .map(|b| Message::parse_from_bytes(b).map_err(|e| format!("bad raft message: {e}")))
+        .map(|b| {
+            Message::parse_from_bytes(b).map_err(|source| WireError::Message {
+                what: "bad raft message",
+                source,
+            })
+        })
         .collect()
 }
 
@@ -256,13 +327,13 @@ impl Worker {
         }
     }
 
-    fn send(&mut self, batch: &[Message], snapshot: bool) -> Result<(), String> {
+    fn send(&mut self, batch: &[Message], snapshot: bool) -> Result<(), WireError> {
         let addr = self
             .peers
             .read()
             .get(&self.to)
             .map(|p| p.rpc_addr)
-            .ok_or_else(|| "address unknown".to_string())?;
+            .ok_or(WireError::AddressUnknown)?;
         if self.conn.as_ref().is_some_and(|c| c.addr != addr) {
             self.conn = None;
         }
@@ -271,7 +342,7 @@ impl Worker {
         for attempt in 0..2 {
             if self.conn.is_none() {
                 let (stream, tcp) = (self.dial)(&addr, Instant::now() + DIAL_TIMEOUT)
-                    .map_err(|e| format!("dial {addr}: {e}"))?;
+                    .map_err(|source| WireError::Dial { addr, source })?;
                 let _ = tcp.set_nodelay(true);
                 self.conn = Some(Conn {
                     addr,
@@ -302,19 +373,20 @@ impl Worker {
                 Ok((200, _)) => return Ok(()),
                 Ok((status, reply)) => {
                     self.conn = None;
-                    return Err(format!(
-                        "{addr} answered {status}: {}",
-                        String::from_utf8_lossy(&reply)
-                    ));
+                    return Err(WireError::Refused {
+                        addr,
+                        status,
+                        text: String::from_utf8_lossy(&reply).into_owned(),
+                    });
                 }
-                Err(e) => {
+                Err(source) => {
                     self.conn = None;
                     if attempt == 1 {
-                        return Err(format!("{addr}: {e}"));
+                        return Err(WireError::Exchange { addr, source });
                     }
                 }
             }
         }
-        Err(format!("{addr}: no answer"))
+        Err(WireError::NoAnswer(addr))
     }
 }

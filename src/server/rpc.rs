@@ -93,10 +93,13 @@ pub const RPC_BODY_LIMIT: usize = 4 * 1024 * 1024;
 /// The path of the Raft transport between servers.
 pub const RAFT_CALL: &str = "/v1/rpc/raft";
 
+/// Why a Raft batch was refused (its Display is the 400's text).
+pub type InboxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Where `POST /v1/rpc/raft` batches go (the Raft driver of this server).
 pub trait RaftInbox: Send + Sync {
     /// Decode (bounded) and queue one batch; `Err`: why it does not decode.
-    fn deliver(&self, body: &[u8]) -> Result<(), String>;
+    fn deliver(&self, body: &[u8]) -> Result<(), InboxError>;
     /// Largest batch accepted.
     fn body_limit(&self) -> usize;
 }
@@ -526,7 +529,7 @@ impl RpcRouter {
         }
         match inbox.deliver(&req.body) {
             Ok(()) => text(Status::OK, String::new()),
-            Err(why) => text(Status::BAD_REQUEST, why),
+            Err(why) => text(Status::BAD_REQUEST, why.to_string()),
         }
     }
 
