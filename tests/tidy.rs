@@ -491,12 +491,6 @@ const STRING_ERRORS_ALLOWED: &[(&str, &str)] = &[
         "src/api/forward.rs",
         "relay: the text of `rpc error: ...` replies",
     ),
-    // The cgroups work of this session (issue 13): `adopt` returns the reason a delegated
-    // cgroup is not used, which the plan keeps as text for its log line.
-    (
-        "src/sys/cgroup.rs",
-        "adopt: the delegation plan's reason text",
-    ),
 ];
 
 /// `(line, the Result type as written)` for every `Result<T, String>` in `code` (comments and

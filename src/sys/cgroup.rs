@@ -466,12 +466,50 @@ pub struct Cgroups {
     delegated: Option<PathBuf>,
 }
 
+/// Why a delegated cgroup is not taken (the agent logs it and uses the default layout).
+#[derive(Debug)]
+enum AdoptError {
+    /// The plan has no v2 hierarchy to put the delegated cgroup in.
+    NoV2,
+    /// The agent runs at the delegated cgroup's top, where controllers would be enabled.
+    AtTop(PathBuf),
+    /// The agent's leaf could not be made or entered.
+    Setup(CgroupError),
+}
+
+impl std::fmt::Display for AdoptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdoptError::NoV2 => f.write_str("no v2 hierarchy is in use"),
+            AdoptError::AtTop(dir) => write!(
+                f,
+                "{dir} is delegated, but the agent was started at its top: with controllers \
+                 enabled there, a restart could not put the new agent back into it while tasks \
+                 run below it (cgroup v2 has no processes in inner cgroups); start the agent in \
+                 {dir}/{AGENT_LEAF} (systemd 254 or later: DelegateSubgroup={AGENT_LEAF}) to \
+                 run tasks inside it",
+                dir = dir.display()
+            ),
+            AdoptError::Setup(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for AdoptError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AdoptError::Setup(e) => Some(e),
+            AdoptError::NoV2 | AdoptError::AtTop(_) => None,
+        }
+    }
+}
+
 /// Take a delegated cgroup for the v2 hierarchy of `p`: move the agent into its `agent` leaf
 /// (unless it runs there already), and make task cgroups directly inside it.
-fn adopt(p: &mut Plan, d: &Delegation) -> Result<(), String> {
+fn adopt(p: &mut Plan, d: &Delegation) -> Result<(), AdoptError> {
     let pure = p.v2_root.is_some();
     let Some(h) = p.hierarchies.iter_mut().find(|h| h.v2) else {
-        return Err("no v2 hierarchy is in use".into());
+        return Err(AdoptError::NoV2);
     };
     let wanted: Vec<String> = if pure {
         std::fs::read_to_string(d.dir.join("cgroup.controllers"))
@@ -484,20 +522,14 @@ fn adopt(p: &mut Plan, d: &Delegation) -> Result<(), String> {
         Vec::new()
     };
     if !d.in_leaf && !wanted.is_empty() {
-        return Err(format!(
-            "{dir} is delegated, but the agent was started at its top: with controllers enabled \
-             there, a restart could not put the new agent back into it while tasks run below it \
-             (cgroup v2 has no processes in inner cgroups); start the agent in {dir}/{AGENT_LEAF} \
-             (systemd 254 or later: DelegateSubgroup={AGENT_LEAF}) to run tasks inside it",
-            dir = d.dir.display()
-        ));
+        return Err(AdoptError::AtTop(d.dir.clone()));
     }
     if !d.in_leaf {
         let leaf = d.dir.join(AGENT_LEAF);
-        mkdir(&leaf).map_err(|e| e.to_string())?;
+        mkdir(&leaf).map_err(AdoptError::Setup)?;
         // Moves this process only (all its threads); its shims and tasks stay where they are.
         write_file(&leaf.join("cgroup.procs"), &std::process::id().to_string())
-            .map_err(|e| e.to_string())?;
+            .map_err(AdoptError::Setup)?;
     }
     h.base = d.dir.clone();
     h.controllers = wanted;
@@ -1352,7 +1384,7 @@ mod tests {
             dir: dir.clone(),
             in_leaf: false,
         };
-        let why = adopt(&mut p, &top).unwrap_err();
+        let why = adopt(&mut p, &top).unwrap_err().to_string();
         assert!(why.contains("was started at its top"), "{why}");
         assert_eq!(p, pure());
         // From its leaf: task cgroups inside it, controllers enabled there only.
