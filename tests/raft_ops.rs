@@ -186,6 +186,52 @@ fn autopilot_configuration_replicates_and_checks_and_sets_like_nomads() {
     assert_eq!((r.status, r.text()), (404, "Invalid method".to_string()));
 }
 
+/// The agent config's top-level `autopilot {}` block is what the cluster's first leader
+/// stores (every key it leaves out keeps Nomad's default); a bad duration there stops the
+/// agent at start with the key named.
+#[test]
+fn the_agent_configs_autopilot_block_is_what_the_first_leader_stores() {
+    let server = TestAgent::server(
+        "autopilot {\n  cleanup_dead_servers = false\n  last_contact_threshold = \"1s\"\n  max_trailing_logs = 100\n  server_stabilization_time = \"3s\"\n  enable_redundancy_zones = true\n}\n",
+        &[],
+    );
+    let path = "/v1/operator/autopilot/configuration";
+    let mut cfg = serde_json::Value::Null;
+    wait_until(FORM, "the autopilot config stored", || {
+        let r = server.get(path);
+        cfg = if r.status == 200 {
+            r.json()
+        } else {
+            serde_json::Value::Null
+        };
+        r.status == 200 && cfg["CreateIndex"].as_u64().unwrap_or(0) > 0
+    });
+    assert_eq!(cfg["CleanupDeadServers"], false, "{cfg}");
+    assert_eq!(cfg["LastContactThreshold"], "1s", "{cfg}");
+    assert_eq!(cfg["MaxTrailingLogs"], 100, "{cfg}");
+    assert_eq!(cfg["ServerStabilizationTime"], "3s", "{cfg}");
+    assert_eq!(cfg["EnableRedundancyZones"], true, "{cfg}");
+    assert_eq!(
+        cfg["MinQuorum"], 0,
+        "a key left out keeps Nomad's default: {cfg}"
+    );
+    let dir = common::temp_dir("autopilot-bad");
+    let file = dir.join("bad.hcl");
+    std::fs::write(
+        &file,
+        "autopilot {\n  last_contact_threshold = \"soon\"\n}\n",
+    )
+    .expect("write config");
+    let out = std::process::Command::new(common::bin())
+        .args(["agent", "-dev", "-config"])
+        .arg(&file)
+        .output()
+        .expect("run nomadlet");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("autopilot.last_contact_threshold"), "{err}");
+}
+
 /// Ref §5.8, §6.3: health comes from the leader's real Raft progress and gossip (every
 /// server healthy, one failure tolerated); a killed server turns it 429 with that server
 /// unhealthy. With `CleanupDeadServers` off the dead server stays in the configuration past
@@ -600,4 +646,51 @@ fn operator_endpoints_check_operator_read_write_and_management() {
     let r = call("PUT", &transfer, Some(&mgmt), "");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["Noop"], true, "the only server already leads");
+}
+
+/// Autopilot's dead-server cleanup takes a dead non-voter out of the configuration too
+/// (it counts for no quorum): a server that joined as a non-voter and is killed before its
+/// promotion is removed once gossip has marked it failed for the cleanup delay.
+#[test]
+fn a_dead_non_voter_is_removed_by_autopilots_cleanup() {
+    let servers = cluster_with(3, "", "");
+    let leader = wait_leader(&servers, &[0, 1, 2], FORM);
+    let cfg = "/v1/operator/autopilot/configuration";
+    wait_until(FORM, "the autopilot config stored", || {
+        servers[leader].get(cfg).status == 200
+    });
+    // Never promoted while the test runs.
+    let r = put(
+        &servers[leader],
+        cfg,
+        &autopilot_body(r#"{"ServerStabilizationTime":"1h","LastContactThreshold":"2s"}"#),
+    );
+    assert_eq!(r.text().trim(), "true");
+    let serf = servers[0].get_json("/v1/agent/self")["config"]["Ports"]["Serf"]
+        .as_u64()
+        .expect("serf port");
+    let mut late = TestAgent::server(
+        &format!(
+            "server {{\n  bootstrap_expect = 0\n  server_join {{\n    retry_join = [\"127.0.0.1:{serf}\"]\n    retry_interval = \"1s\"\n  }}\n}}\n"
+        ),
+        &[],
+    );
+    let addr = late.rpc_addr();
+    wait_until(
+        FORM,
+        "the new server in the configuration as a non-voter",
+        || {
+            raft_servers(&servers[leader])
+                .is_some_and(|l| l.iter().any(|(_, a, v)| *a == addr && !*v))
+        },
+    );
+    late.kill9();
+    wait_until(
+        Duration::from_secs(40),
+        "the dead non-voter removed from the configuration",
+        || raft_servers(&servers[leader]).is_some_and(|l| !l.iter().any(|(_, a, _)| *a == addr)),
+    );
+    let left = raft_servers(&servers[leader]).expect("configuration");
+    assert_eq!(left.len(), 3, "only the non-voter went: {left:?}");
+    assert!(left.iter().all(|(_, _, v)| *v), "{left:?}");
 }
