@@ -557,3 +557,36 @@ fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot_and_a_restart_
     }
     wait_leader(&servers, &all, FORM);
 }
+
+/// The commit index is not written on every change (only term, vote and entries must be
+/// durable before an answer): kill -9 of every server right after acknowledged writes, then a
+/// restart of all of them, keeps every acknowledged write (the log holds them; the new
+/// leader commits them again) and the servers start on their stores without complaint.
+#[test]
+fn kill_9_of_every_server_right_after_acknowledged_writes_loses_none_of_them() {
+    let mut servers = cluster(3);
+    let all = [0, 1, 2];
+    let leader = wait_leader(&servers, &all, FORM);
+    let mut acked = BTreeSet::new();
+    for i in 0..20 {
+        let id = format!("crash-{i}");
+        if register_job(&servers[leader], &id) {
+            acked.insert(id);
+        }
+    }
+    assert!(acked.len() >= 15, "writes acknowledged: {}", acked.len());
+    for s in servers.iter_mut() {
+        s.kill9();
+    }
+    for s in servers.iter_mut() {
+        s.restart_after_stop();
+    }
+    wait_leader(&servers, &all, FORM);
+    for s in &servers {
+        wait_until(
+            REPLICATE,
+            "every acknowledged write after the restart",
+            || has_jobs(s, &acked),
+        );
+    }
+}

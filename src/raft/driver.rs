@@ -527,7 +527,20 @@ impl Driver {
         let started = Instant::now();
         let has_snapshot = !rd.snapshot().is_empty();
         let mut installed = None;
-        if has_snapshot || !rd.entries().is_empty() || rd.hs().is_some() {
+        // Term and vote must be durable before anything is answered; the commit index need
+        // not be (Raft learns it again from a quorum): a Ready that only moves the commit
+        // index costs no transaction (and no fsync on the write's path). It is written with
+        // the next transaction, a state snapshot, or at a clean stop.
+        let vote_moved = rd.hs().is_some_and(|hs| {
+            let now = self.node.store().hard_state();
+            hs.term != now.term || hs.vote != now.vote
+        });
+        if !has_snapshot && rd.entries().is_empty() && !vote_moved {
+            if let Some(hs) = rd.hs() {
+                let commit = hs.commit;
+                self.node.mut_store().set_commit(commit);
+            }
+        } else {
             let txn = st!("begin", self.sm.db().begin_write())?;
             if has_snapshot {
                 let snap = rd.snapshot().clone();
