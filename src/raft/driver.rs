@@ -69,6 +69,8 @@ pub(crate) struct Driver {
     applied_term: u64,
     /// Applied index of the last state snapshot.
     snapshot_at: u64,
+    /// A state snapshot being encoded off this thread, and the applied index it is of.
+    encoding: Option<(u64, crate::state::command_log::Encoding)>,
     /// When the leader was last heard from.
     last_contact: Option<Instant>,
     /// Leader, with an entry of its own term applied.
@@ -192,6 +194,7 @@ impl Driver {
             applied,
             applied_term,
             snapshot_at: applied,
+            encoding: None,
             last_contact: None,
             leader_ready: false,
             reads_new: Vec::new(),
@@ -273,6 +276,10 @@ impl Driver {
         }
         self.fail_pending();
         self.fail_reads(BarrierError::Stopped);
+        // The encoder is joined; its rows are dropped (the log still holds everything).
+        if let Some((_, e)) = self.encoding.take() {
+            let _ = e.join_discard();
+        }
         // The commit index is written with the next transaction; at a clean stop, now.
         if !self.broken {
             let hs = self.node.store().hard_state().clone();
@@ -559,6 +566,10 @@ impl Driver {
             self.sm.count_transaction(started.elapsed());
         }
         if let Some((state, index, term)) = installed {
+            // A snapshot being encoded is a difference from tables the install replaced.
+            if let Some((_, stale)) = self.encoding.take() {
+                let _ = stale.join_discard();
+            }
             self.sm.installed(state);
             self.applied = index;
             self.applied_term = term;
@@ -699,12 +710,58 @@ impl Driver {
     /// Every [`SNAPSHOT_EVERY`] applied entries: the state tables are written (the rows that
     /// changed) and the log before them, but for [`TRAILING_ENTRIES`], dropped.
     fn maybe_snapshot(&mut self) -> Result<(), LogError> {
-        if self.applied < self.snapshot_at + SNAPSHOT_EVERY {
+        if self.encoding.as_ref().is_some_and(|(_, e)| e.is_done()) {
+            if let Some((applied, encoding)) = self.encoding.take() {
+                return self.write_snapshot_at(applied, encoding);
+            }
+        }
+        if self.encoding.is_some() || self.applied < self.snapshot_at + SNAPSHOT_EVERY {
             return Ok(());
         }
+        // Encoded off this thread (hundreds of ms with many objects, which held replication
+        // and apply): written by a later round once done.
+        match self.sm.start_encoding() {
+            Ok(e) => {
+                self.encoding = Some((self.applied, e));
+                Ok(())
+            }
+            Err(e) => {
+                log::warn!("raft: cannot start the snapshot encoder ({e}): encoding here");
+                self.write_snapshot_now()
+            }
+        }
+    }
+
+    /// Write the snapshot encoded for applied index `applied`.
+    fn write_snapshot_at(
+        &mut self,
+        applied: u64,
+        encoding: crate::state::command_log::Encoding,
+    ) -> Result<(), LogError> {
+        let txn = st!("begin", self.sm.db().begin_write())?;
+        let Some(written) = self.sm.write_encoded(&txn, encoding)? else {
+            // The encoder failed (logged): the next round starts another.
+            return Ok(());
+        };
+        self.finish_snapshot(txn, written, applied)
+    }
+
+    /// Encode and write the snapshot of the current state on this thread.
+    fn write_snapshot_now(&mut self) -> Result<(), LogError> {
         let txn = st!("begin", self.sm.db().begin_write())?;
         let written = self.sm.write_snapshot(&txn)?;
         let applied = self.applied;
+        self.finish_snapshot(txn, written, applied)
+    }
+
+    /// The rows of the snapshot of applied index `applied` are in `txn`: mark the raft log
+    /// compacted to it, keep the commit index, commit, publish.
+    fn finish_snapshot(
+        &mut self,
+        txn: redb::WriteTransaction,
+        written: Arc<crate::state::command::ServerState>,
+        applied: u64,
+    ) -> Result<(), LogError> {
         self.node.mut_store().snapshotted(
             &txn,
             applied,

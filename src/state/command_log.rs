@@ -657,6 +657,33 @@ impl StateMachine {
         Ok(state)
     }
 
+    /// Start encoding a snapshot of the current state on a thread of its own (the Raft
+    /// thread goes on replicating and applying meanwhile); write it with
+    /// [`StateMachine::write_encoded`] once [`Encoding::is_done`].
+    pub fn start_encoding(&self) -> std::io::Result<Encoding> {
+        Encoding::start(self.snapshotted.clone(), self.current.clone())
+    }
+
+    /// Write an encoded snapshot inside `txn` (and empty the plain log, as
+    /// [`StateMachine::write_snapshot`]): the state written, for
+    /// [`StateMachine::snapshot_written`] once `txn` committed. `Ok(None)`: the encoder
+    /// failed (logged); nothing was written.
+    pub fn write_encoded(
+        &self,
+        txn: &WriteTransaction,
+        encoding: Encoding,
+    ) -> Result<Option<Arc<ServerState>>, LogError> {
+        let Some((state, rows)) = encoding.finish() else {
+            return Ok(None);
+        };
+        st!("snapshot", rows.write(txn))?;
+        if self.plain_log_left {
+            let mut log = st!("snapshot", txn.open_table(LOG))?;
+            st!("snapshot", log.retain(|_, _| false))?;
+        }
+        Ok(Some(state))
+    }
+
     /// The snapshot `state` is durable.
     pub fn snapshot_written(&mut self, state: Arc<ServerState>) {
         self.snapshotted = state;
@@ -709,9 +736,48 @@ impl StateMachine {
 
 /// A snapshot of `state` being encoded on a thread of its own (the diff from the last
 /// snapshot and the JSON of every changed row: the slow part of a snapshot, ~90 % of it).
-struct Encoding {
+pub struct Encoding {
     state: Arc<ServerState>,
     encoder: JoinHandle<Result<snapshot::Rows, snapshot::SnapshotError>>,
+}
+
+impl Encoding {
+    /// Start encoding the snapshot of `state` as the difference from `prev` (the state the
+    /// tables on disk hold).
+    fn start(prev: Arc<ServerState>, state: Arc<ServerState>) -> std::io::Result<Encoding> {
+        let for_encoder = state.clone();
+        let encoder = std::thread::Builder::new()
+            .name("state-snapshot".into())
+            .spawn(move || snapshot::prepare(Some(&prev), &for_encoder))?;
+        Ok(Encoding { state, encoder })
+    }
+
+    /// The encoder finished (joining it will not wait).
+    pub fn is_done(&self) -> bool {
+        self.encoder.is_finished()
+    }
+
+    /// Join the encoder and drop what it made (the tables it was to update were replaced,
+    /// or the owner stops).
+    pub fn join_discard(self) -> bool {
+        self.encoder.join().is_ok()
+    }
+
+    /// Join the encoder: the state and its rows, or `None` (logged) when it failed — the log
+    /// still holds everything.
+    fn finish(self) -> Option<(Arc<ServerState>, snapshot::Rows)> {
+        match self.encoder.join() {
+            Ok(Ok(rows)) => Some((self.state, rows)),
+            Ok(Err(e)) => {
+                log::warn!("cannot encode a state snapshot: {e}");
+                None
+            }
+            Err(_) => {
+                log::error!("the snapshot encoder panicked");
+                None
+            }
+        }
+    }
 }
 
 /// The committer thread's own state.
@@ -902,15 +968,10 @@ impl Committer {
     /// held every writer for its whole length: the p99 of registers). Without a thread, the
     /// snapshot is written here.
     fn start_encoding(&mut self) {
-        let (prev, state) = (self.snapshotted.clone(), self.current.clone());
-        let for_encoder = state.clone();
-        let spawned = std::thread::Builder::new()
-            .name("state-snapshot".into())
-            .spawn(move || snapshot::prepare(Some(&prev), &for_encoder));
-        match spawned {
-            Ok(encoder) => {
+        match Encoding::start(self.snapshotted.clone(), self.current.clone()) {
+            Ok(encoding) => {
                 self.since_snapshot = 0;
-                self.encoding = Some(Encoding { state, encoder });
+                self.encoding = Some(encoding);
             }
             Err(e) => {
                 log::warn!("cannot start the snapshot encoder ({e}): writing it here");
@@ -929,18 +990,7 @@ impl Committer {
         if !done {
             return None;
         }
-        let Encoding { state, encoder } = self.encoding.take()?;
-        match encoder.join() {
-            Ok(Ok(rows)) => Some((state, rows)),
-            Ok(Err(e)) => {
-                log::warn!("cannot encode a state snapshot: {e}");
-                None
-            }
-            Err(_) => {
-                log::error!("the snapshot encoder panicked");
-                None
-            }
-        }
+        self.encoding.take()?.finish()
     }
 
     /// Write an encoded snapshot in a transaction of its own (idle, or at shutdown: `wait`).
