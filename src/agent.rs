@@ -171,6 +171,28 @@ impl Agent {
             }
         };
         let client = Client::new(&config, node.id(), link.clone());
+        if !config.client_only() && !config.rpc_listener() {
+            // The server is in this process alone (`-dev`): the alloc puller runs only while
+            // this node's allocs change, started by the publish that changes them.
+            let (state_of, node_id) = (workloads.clone(), node.id().to_string());
+            client.pull_on_demand(Box::new(move |since| {
+                let state = state_of.state();
+                if !state.nodes.contains_key(&node_id) {
+                    // Purged: the puller registers the node again.
+                    return true;
+                }
+                state.allocs_by_node.get(&node_id).is_some_and(|ids| {
+                    ids.iter()
+                        .any(|id| state.allocs.get(id).is_some_and(|a| a.modify_index > since))
+                })
+            }));
+            let weak = Arc::downgrade(&client);
+            index.on_notify(Box::new(move || {
+                if let Some(c) = weak.upgrade() {
+                    c.state_changed();
+                }
+            }));
+        }
         let batcher = Batcher::new(&config);
         let drainer = crate::server::drainer::Drainer::new(
             workloads.clone(),
@@ -709,7 +731,14 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         .as_ref()
         .and_then(|_| crate::sd_notify::watchdog_interval());
     notify(&notifier, "READY=1");
-    let sig = main_loop(&agent, &signals, &notifier, watchdog);
+    // The scheduler's thread runs only while it has work; its timers (the GC, evals whose
+    // wait is over) start it from the main loop's ticks.
+    let tick = || {
+        if let Some(s) = &scheduler {
+            s.tick();
+        }
+    };
+    let sig = main_loop(&agent, &signals, &notifier, watchdog, &tick);
     log::info!("caught signal {sig}, shutting down");
     notify(&notifier, "STOPPING=1");
     // Blocking queries return at once from here on, so their connections can finish.
@@ -924,7 +953,8 @@ fn notify(notifier: &Option<crate::sd_notify::Notifier>, state: &str) {
 }
 
 /// The main thread's loop until SIGINT/SIGTERM (returned): it takes signals with a deadline,
-/// samples task and host stats every `SAMPLE_INTERVAL`, pings systemd's watchdog every
+/// samples task and host stats every `SAMPLE_INTERVAL` (and runs `tick`: the scheduler's
+/// timers), pings systemd's watchdog every
 /// `watchdog` when asked to, and reloads on SIGHUP (`reload::RELOAD_STEPS`) between
 /// `RELOADING=1` and `READY=1`.
 fn main_loop(
@@ -932,6 +962,7 @@ fn main_loop(
     signals: &crate::sys::signal::SignalSet,
     notifier: &Option<crate::sd_notify::Notifier>,
     watchdog: Option<std::time::Duration>,
+    tick: &dyn Fn(),
 ) -> i32 {
     use std::time::Instant;
     let mut next_sample = Instant::now() + SAMPLE_INTERVAL;
@@ -960,6 +991,7 @@ fn main_loop(
         let now = Instant::now();
         if now >= next_sample {
             agent.client.stats.sample();
+            tick();
             next_sample = now + SAMPLE_INTERVAL;
         }
         if let (Some(p), Some(w)) = (next_ping, watchdog) {
