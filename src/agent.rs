@@ -952,6 +952,14 @@ fn notify(notifier: &Option<crate::sd_notify::Notifier>, state: &str) {
     }
 }
 
+/// Threads of an agent with nothing to do: main, the HTTP acceptor, the metadata batcher.
+const IDLE_THREADS: usize = 3;
+
+/// How many threads this process runs now (`None` without `/proc`).
+fn thread_count() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task").ok().map(|d| d.count())
+}
+
 /// The main thread's loop until SIGINT/SIGTERM (returned): it takes signals with a deadline,
 /// samples task and host stats every `SAMPLE_INTERVAL` (and runs `tick`: the scheduler's
 /// timers), pings systemd's watchdog every
@@ -966,6 +974,8 @@ fn main_loop(
 ) -> i32 {
     use std::time::Instant;
     let mut next_sample = Instant::now() + SAMPLE_INTERVAL;
+    // Start-up trimmed the code pages already.
+    let mut was_idle = true;
     let mut next_ping = watchdog.map(|w| Instant::now() + w);
     if watchdog.is_some() {
         notify(notifier, "WATCHDOG=1");
@@ -992,6 +1002,15 @@ fn main_loop(
         if now >= next_sample {
             agent.client.stats.sample();
             tick();
+            // On-demand workers (scheduler, committer, alloc puller, runners) ran code that
+            // an idle agent no longer runs: once they have all ended, drop it from RSS again.
+            let idle = thread_count().is_some_and(|n| n <= IDLE_THREADS);
+            if idle && !was_idle {
+                if let Err(e) = crate::sys::mem::trim_code_pages() {
+                    log::debug!("cannot trim resident code pages: {e}");
+                }
+            }
+            was_idle = idle;
             next_sample = now + SAMPLE_INTERVAL;
         }
         if let (Some(p), Some(w)) = (next_ping, watchdog) {

@@ -52,7 +52,11 @@ pub struct SchedStats {
 /// (the counter's notify hook), and from [`Scheduler::tick`] when the GC or a waiting eval
 /// falls due. Longer than a burst's pauses (a thread per burst, not per eval), short
 /// against an idle agent's life.
+#[cfg(not(test))]
 pub const IDLE_EXIT: Duration = Duration::from_secs(3);
+/// Unit tests: short, so publishes can race the thread's end many times.
+#[cfg(test)]
+pub const IDLE_EXIT: Duration = Duration::from_millis(20);
 
 /// The scheduler: its `scheduler` thread runs only while there is work (see [`IDLE_EXIT`]).
 pub struct Scheduler {
@@ -127,6 +131,7 @@ impl Scheduler {
     }
 
     /// Whether the thread runs now (tests).
+    #[cfg(test)]
     pub fn is_running(&self) -> bool {
         self.inner.slot.lock().running
     }
@@ -397,4 +402,49 @@ pub fn test_node(id: &str) -> crate::state::node_table::Node {
     n.resources = serde_json::json!({"Cpu": {"CpuShares": 1_000_000_000i64},
         "Memory": {"MemoryMB": 1_000_000_000i64}, "Disk": {"DiskMB": 1_000_000_000i64}});
     n
+}
+
+/// The thread ends when idle and the publish of a new eval starts it again: jobs registered
+/// right around the moment it ends (swept across its idle period) are all placed, and
+/// shutdown joins it.
+#[cfg(test)]
+#[test]
+fn evals_published_around_the_idle_schedulers_end_are_all_placed() {
+    let dir = std::env::temp_dir().join(format!("nomadlet-sched-idle-{}", new_id()));
+    let index = Arc::new(IndexCounter::default());
+    let w = Arc::new(Workloads::load(&dir, index.clone()).unwrap());
+    w.register_node(bench::sim_node(0)).unwrap();
+    let sched = Scheduler::start(w.clone(), index.clone()).unwrap();
+    let placed = |n: usize| w.state().allocs.len() >= n;
+    let mut ended = 0;
+    for n in 0..60usize {
+        let pause = IDLE_EXIT * (n % 41) as u32 / 20;
+        let until = Instant::now() + pause;
+        while Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if !sched.is_running() {
+            ended += 1;
+        }
+        w.register(bench::sim_job(&format!("j{n}"), 1)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let generation = index.generation();
+            if placed(n + 1) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "job j{n} never placed (a lost wake)");
+            index.wait_for_change(generation, Instant::now() + Duration::from_millis(100));
+        }
+    }
+    assert!(ended > 5, "the scheduler ended only {ended} times");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sched.is_running() {
+        assert!(Instant::now() < deadline, "the idle scheduler never ends");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    sched.shutdown();
+    assert!(sched.inner.slot.lock().handle.is_none(), "joined");
+    w.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
 }
