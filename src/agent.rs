@@ -570,6 +570,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
                 heartbeats: agent.heartbeats.clone(),
                 drainer: agent.drainer.clone(),
                 periodic: agent.periodic.clone(),
+                autopilot: autopilot_config(&agent.config.autopilot),
             };
             let wait = Box::new(move |was, deadline| raft.wait_leadership(was, deadline));
             Some(
@@ -1020,4 +1021,38 @@ fn main_loop(
             }
         }
     }
+}
+
+/// Autopilot's configuration from the agent config's `autopilot {}` block: every key set
+/// there over Nomad's default.
+fn autopilot_config(
+    block: &crate::config::AutopilotSettings,
+) -> crate::state::autopilot::AutopilotConfig {
+    let mut c = crate::state::autopilot::AutopilotConfig::default();
+    let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    if let Some(v) = block.cleanup_dead_servers {
+        c.cleanup_dead_servers = v;
+    }
+    if let Some(d) = block.last_contact_threshold {
+        c.last_contact_threshold_ns = nanos(d);
+    }
+    if let Some(v) = block.max_trailing_logs {
+        c.max_trailing_logs = v;
+    }
+    if let Some(v) = block.min_quorum {
+        c.min_quorum = v;
+    }
+    if let Some(d) = block.server_stabilization_time {
+        c.server_stabilization_time_ns = nanos(d);
+    }
+    if let Some(v) = block.enable_redundancy_zones {
+        c.enable_redundancy_zones = v;
+    }
+    if let Some(v) = block.disable_upgrade_migration {
+        c.disable_upgrade_migration = v;
+    }
+    if let Some(v) = block.enable_custom_upgrades {
+        c.enable_custom_upgrades = v;
+    }
+    c
 }

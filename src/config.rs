@@ -89,6 +89,20 @@ impl std::error::Error for ConfigError {
     }
 }
 
+/// The agent config's `autopilot {}` block, checked (durations parsed). Every key is
+/// optional: an unset one keeps Nomad's default when the leader stores the configuration.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AutopilotSettings {
+    pub cleanup_dead_servers: Option<bool>,
+    pub last_contact_threshold: Option<Duration>,
+    pub max_trailing_logs: Option<u64>,
+    pub min_quorum: Option<u64>,
+    pub server_stabilization_time: Option<Duration>,
+    pub enable_redundancy_zones: Option<bool>,
+    pub disable_upgrade_migration: Option<bool>,
+    pub enable_custom_upgrades: Option<bool>,
+}
+
 /// The merged settings the agent runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -154,6 +168,9 @@ pub struct Config {
     pub batch_eval_gc_threshold: Duration,
     /// `server.bootstrap_expect` / `-bootstrap-expect` (default 0).
     pub bootstrap_expect: u32,
+    /// The top-level `autopilot {}` block: what the cluster's first leader stores (each
+    /// key unset keeps Nomad's default).
+    pub autopilot: AutopilotSettings,
     /// `client.node_class` (default empty).
     pub node_class: String,
     /// `client.node_pool` (default `default`).
@@ -632,6 +649,27 @@ impl Config {
             &file.server.batch_eval_gc_threshold,
             DEFAULT_BATCH_EVAL_GC_THRESHOLD,
         )?;
+        let ap = &file.autopilot;
+        let optional_duration = |key: &str, v: &Option<String>| match v {
+            None => Ok(None),
+            Some(t) => duration_setting(key, t).map(Some),
+        };
+        let autopilot = AutopilotSettings {
+            cleanup_dead_servers: ap.cleanup_dead_servers,
+            last_contact_threshold: optional_duration(
+                "autopilot.last_contact_threshold",
+                &ap.last_contact_threshold,
+            )?,
+            max_trailing_logs: ap.max_trailing_logs,
+            min_quorum: ap.min_quorum,
+            server_stabilization_time: optional_duration(
+                "autopilot.server_stabilization_time",
+                &ap.server_stabilization_time,
+            )?,
+            enable_redundancy_zones: ap.enable_redundancy_zones,
+            disable_upgrade_migration: ap.disable_upgrade_migration,
+            enable_custom_upgrades: ap.enable_custom_upgrades,
+        };
         let min_heartbeat_ttl = match &file.server.min_heartbeat_ttl {
             None => DEFAULT_MIN_HEARTBEAT_TTL,
             Some(t) => duration_setting("server.min_heartbeat_ttl", t)?,
@@ -801,6 +839,7 @@ impl Config {
             max_heartbeats_per_second,
             failover_heartbeat_ttl,
             bootstrap_expect,
+            autopilot,
             node_class: file.client.node_class.clone().unwrap_or_default(),
             node_pool,
             log_level,

@@ -186,6 +186,52 @@ fn autopilot_configuration_replicates_and_checks_and_sets_like_nomads() {
     assert_eq!((r.status, r.text()), (404, "Invalid method".to_string()));
 }
 
+/// The agent config's top-level `autopilot {}` block is what the cluster's first leader
+/// stores (every key it leaves out keeps Nomad's default); a bad duration there stops the
+/// agent at start with the key named.
+#[test]
+fn the_agent_configs_autopilot_block_is_what_the_first_leader_stores() {
+    let server = TestAgent::server(
+        "autopilot {\n  cleanup_dead_servers = false\n  last_contact_threshold = \"1s\"\n  max_trailing_logs = 100\n  server_stabilization_time = \"3s\"\n  enable_redundancy_zones = true\n}\n",
+        &[],
+    );
+    let path = "/v1/operator/autopilot/configuration";
+    let mut cfg = serde_json::Value::Null;
+    wait_until(FORM, "the autopilot config stored", || {
+        let r = server.get(path);
+        cfg = if r.status == 200 {
+            r.json()
+        } else {
+            serde_json::Value::Null
+        };
+        r.status == 200 && cfg["CreateIndex"].as_u64().unwrap_or(0) > 0
+    });
+    assert_eq!(cfg["CleanupDeadServers"], false, "{cfg}");
+    assert_eq!(cfg["LastContactThreshold"], "1s", "{cfg}");
+    assert_eq!(cfg["MaxTrailingLogs"], 100, "{cfg}");
+    assert_eq!(cfg["ServerStabilizationTime"], "3s", "{cfg}");
+    assert_eq!(cfg["EnableRedundancyZones"], true, "{cfg}");
+    assert_eq!(
+        cfg["MinQuorum"], 0,
+        "a key left out keeps Nomad's default: {cfg}"
+    );
+    let dir = common::temp_dir("autopilot-bad");
+    let file = dir.join("bad.hcl");
+    std::fs::write(
+        &file,
+        "autopilot {\n  last_contact_threshold = \"soon\"\n}\n",
+    )
+    .expect("write config");
+    let out = std::process::Command::new(common::bin())
+        .args(["agent", "-dev", "-config"])
+        .arg(&file)
+        .output()
+        .expect("run nomadlet");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("autopilot.last_contact_threshold"), "{err}");
+}
+
 /// Ref §5.8, §6.3: health comes from the leader's real Raft progress and gossip (every
 /// server healthy, one failure tolerated); a killed server turns it 429 with that server
 /// unhealthy. With `CleanupDeadServers` off the dead server stays in the configuration past

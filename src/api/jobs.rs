@@ -339,12 +339,9 @@ fn job_summary(agent: &Arc<Agent>, job: &Job) -> Value {
         .cloned()
         .or_else(|| {
             state
-                .evals
-                .values()
+                .evals_of(&(job.namespace.clone(), job.id.clone()))
                 .filter(|e| {
-                    e.namespace == job.namespace
-                        && e.job_id == job.id
-                        && e.status != crate::state::status::EvalStatus::Pending
+                    e.status != crate::state::status::EvalStatus::Pending
                         && e.job_modify_index == job.job_modify_index
                 })
                 .max_by_key(|e| e.modify_index)

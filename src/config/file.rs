@@ -26,7 +26,6 @@ pub const IGNORED_KEYS: &[&str] = &[
     "telemetry",
     "ui",
     "audit",
-    "autopilot",
     "addresses",
     "enable_syslog",
     "syslog_facility",
@@ -82,6 +81,10 @@ pub struct FileConfig {
     pub limits: Limits,
     #[serde(default)]
     pub tls: Tls,
+    /// `autopilot { ... }`: the cluster's autopilot configuration, stored by its first
+    /// leader (later changes go through the API, as in Nomad).
+    #[serde(default)]
+    pub autopilot: Autopilot,
     /// On SIGINT: leave (on a client, drain first when `client.drain_on_shutdown` is set).
     pub leave_on_interrupt: Option<bool>,
     /// On SIGTERM: leave (as `leave_on_interrupt`).
@@ -105,6 +108,21 @@ pub struct Tls {
     pub verify_https_client: Option<bool>,
     /// `tls10`, `tls11`, `tls12` (all mean TLS 1.2 or later here) or `tls13`.
     pub tls_min_version: Option<String>,
+}
+
+/// `autopilot { ... }`: Nomad's names; durations are Go durations.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Autopilot {
+    pub cleanup_dead_servers: Option<bool>,
+    pub last_contact_threshold: Option<String>,
+    pub max_trailing_logs: Option<u64>,
+    pub min_quorum: Option<u64>,
+    pub server_stabilization_time: Option<String>,
+    /// Enterprise features: stored and shown, not acted on.
+    pub enable_redundancy_zones: Option<bool>,
+    pub disable_upgrade_migration: Option<bool>,
+    pub enable_custom_upgrades: Option<bool>,
 }
 
 /// `ports { http rpc serf }`.

@@ -32,6 +32,9 @@ pub struct Parts {
     pub heartbeats: Arc<Heartbeats>,
     pub drainer: Arc<Drainer>,
     pub periodic: Arc<PeriodicDispatcher>,
+    /// What a cluster's first leader stores as autopilot's configuration (the agent
+    /// config's `autopilot {}` block over Nomad's defaults).
+    pub autopilot: crate::state::autopilot::AutopilotConfig,
 }
 
 /// The `leader-duties` thread.
@@ -60,20 +63,20 @@ impl Running {
         self.store_autopilot_defaults();
     }
 
-    /// A cluster's first leader stores autopilot's defaults (Nomad's
-    /// `getOrCreateAutopilotConfig`): the configuration then has real indexes.
+    /// A cluster's first leader stores autopilot's configuration from its agent config
+    /// (Nomad's `getOrCreateAutopilotConfig`): the configuration then has real indexes.
     fn store_autopilot_defaults(&self) {
         if self.parts.workloads.state().autopilot.is_some() {
             return;
         }
         let cmd = crate::state::command::Command::AutopilotSetConfig {
-            config: crate::state::autopilot::AutopilotConfig::default(),
+            config: self.parts.autopilot.clone(),
             cas: None,
         };
         match self.parts.workloads.command_log().propose(cmd) {
             Ok((_, index)) => {
                 self.parts.index.notify();
-                log::info!("autopilot: default configuration stored at index {index}");
+                log::info!("autopilot: configuration stored at index {index}");
             }
             Err(e) => log::warn!("autopilot: cannot store the default configuration: {e}"),
         }

@@ -406,6 +406,14 @@ pub struct ServerState {
     /// Derived, never stored: the IDs of the `blocked` evals (what a capacity change wakes).
     /// Kept by [`ServerState::put_eval`]; [`ServerState::reindexed`] rebuilds it.
     pub blocked_evals: imbl::OrdSet<String>,
+    /// Derived, never stored: the IDs of each job's evals (so the events of a command, a
+    /// job's status and a register do not walk every eval). Kept by
+    /// [`ServerState::put_eval`] and [`ServerState::remove_eval`]; rebuilt by
+    /// [`ServerState::reindexed`].
+    pub evals_by_job: imbl::OrdMap<JobKey, imbl::OrdSet<String>>,
+    /// Derived, never stored: the `pending` evals by `(create index, ID)`, oldest first (what
+    /// the scheduler takes next). Kept and rebuilt like [`ServerState::evals_by_job`].
+    pub pending_evals: imbl::OrdSet<(u64, String)>,
     /// Derived, never stored: what each node's live allocs use, recomputed for the nodes a
     /// command touched ([`super::plan::refresh_usage`]). The scheduler's hint; the plan check
     /// at apply computes from the allocs themselves.
@@ -504,6 +512,8 @@ impl ServerState {
             allocs_by_job: imbl::OrdMap::default(),
             allocs_by_node: imbl::OrdMap::default(),
             blocked_evals: imbl::OrdSet::default(),
+            evals_by_job: imbl::OrdMap::default(),
+            pending_evals: imbl::OrdSet::default(),
             node_usage: imbl::OrdMap::default(),
             job_versions: Table::default(),
             scaling_events: Table::default(),
@@ -565,12 +575,13 @@ impl ServerState {
         for a in self.allocs.values() {
             index_alloc(&mut self.allocs_by_job, &mut self.allocs_by_node, a);
         }
-        self.blocked_evals = self
-            .evals
-            .values()
-            .filter(|e| e.status == EvalStatus::Blocked)
-            .map(|e| e.id.clone())
-            .collect();
+        self.blocked_evals = imbl::OrdSet::default();
+        self.evals_by_job = imbl::OrdMap::default();
+        self.pending_evals = imbl::OrdSet::default();
+        let evals: Vec<Arc<EvalRecord>> = self.evals.values().cloned().collect();
+        for e in &evals {
+            self.index_eval(e);
+        }
         let nodes: Vec<String> = self.allocs_by_node.keys().cloned().collect();
         self.node_usage = nodes
             .into_iter()
@@ -588,14 +599,69 @@ impl ServerState {
         self.allocs.insert(a.id.clone(), Arc::new(a));
     }
 
-    /// Insert or replace an eval, keeping the index of blocked evals.
+    /// Insert or replace an eval, keeping the indexes of evals (blocked, pending, by job).
     pub(crate) fn put_eval(&mut self, e: EvalRecord) {
-        if e.status == EvalStatus::Blocked {
-            self.blocked_evals.insert(e.id.clone());
-        } else {
-            self.blocked_evals.remove(&e.id);
+        if let Some(old) = self.evals.get(&e.id).cloned() {
+            self.unindex_eval(&old);
         }
-        self.evals.insert(e.id.clone(), Arc::new(e));
+        let e = Arc::new(e);
+        self.index_eval(&e);
+        self.evals.insert(e.id.clone(), e);
+    }
+
+    /// Remove an eval and its entries in the indexes of evals.
+    pub(crate) fn remove_eval(&mut self, id: &str) {
+        if let Some(old) = self.evals.remove(id) {
+            self.unindex_eval(&old);
+        }
+    }
+
+    fn index_eval(&mut self, e: &EvalRecord) {
+        match e.status {
+            EvalStatus::Blocked => {
+                self.blocked_evals.insert(e.id.clone());
+            }
+            EvalStatus::Pending => {
+                self.pending_evals.insert((e.create_index, e.id.clone()));
+            }
+            _ => {}
+        }
+        self.evals_by_job
+            .entry((e.namespace.clone(), e.job_id.clone()))
+            .or_default()
+            .insert(e.id.clone());
+    }
+
+    fn unindex_eval(&mut self, e: &EvalRecord) {
+        self.blocked_evals.remove(&e.id);
+        self.pending_evals.remove(&(e.create_index, e.id.clone()));
+        let key = (e.namespace.clone(), e.job_id.clone());
+        let emptied = match self.evals_by_job.get_mut(&key) {
+            Some(ids) => {
+                ids.remove(&e.id);
+                ids.is_empty()
+            }
+            None => false,
+        };
+        if emptied {
+            self.evals_by_job.remove(&key);
+        }
+    }
+
+    /// A job's evals (through the index, not a walk over every eval).
+    pub fn evals_of<'a>(&'a self, key: &JobKey) -> impl Iterator<Item = &'a Arc<EvalRecord>> + 'a {
+        self.evals_by_job
+            .get(key)
+            .into_iter()
+            .flat_map(|ids| ids.iter())
+            .filter_map(|id| self.evals.get(id))
+    }
+
+    /// The `pending` evals, oldest (lowest create index) first.
+    pub fn pending_evals(&self) -> impl Iterator<Item = &Arc<EvalRecord>> + '_ {
+        self.pending_evals
+            .iter()
+            .filter_map(|(_, id)| self.evals.get(id))
     }
 
     /// A job's allocs (through the index, not a walk over every alloc).
@@ -1233,7 +1299,7 @@ fn register(
             }
         }
     }
-    state.evals.insert(eval_id.to_string(), Arc::new(eval));
+    state.put_eval(eval);
     JobWrite {
         eval_id: eval_id.to_string(),
         eval_create_index: index,
@@ -1264,7 +1330,7 @@ fn deregister(
     }
     cancel_blocked_evals(state, key, eval_id, now, index);
     let eval = EvalRecord::new_at(&job, "job-deregister", index, eval_id, now);
-    state.evals.insert(eval_id.to_string(), Arc::new(eval));
+    state.put_eval(eval);
     stop_allocs_of(
         state,
         key,
@@ -1295,7 +1361,7 @@ fn stop_alloc(
     let current = state.jobs.get(&key).cloned();
     let eval_job = current.as_deref().unwrap_or(&old.job);
     let eval = EvalRecord::new_at(eval_job, "alloc-stop", index, eval_id, now);
-    state.evals.insert(eval_id.to_string(), Arc::new(eval));
+    state.put_eval(eval);
     if old.desired_status == AllocDesiredStatus::Run {
         let replace = current
             .as_ref()
@@ -1803,5 +1869,45 @@ mod index_tests {
             running, 1,
             "the update stopped the first two through the index"
         );
+        assert_eq!(s.evals_by_job, rebuilt.evals_by_job);
+        assert_eq!(s.evals_of(&a_key).count(), 2);
+    }
+
+    #[test]
+    fn the_eval_indexes_follow_every_status_change_and_removal_as_a_rebuild_would() {
+        let mut s = ServerState::default();
+        let key = ("default".to_string(), "j".to_string());
+        let mut job = Job::from_json(serde_json::json!({"ID": "j", "TaskGroups": [{"Name": "g",
+            "Tasks": [{"Name": "t", "Driver": "raw_exec", "Config": {"command": "/bin/true"}}]}]}))
+        .unwrap();
+        job.canonicalize("global");
+        let eval = |id: &str, create: u64, status: EvalStatus| {
+            let mut e = EvalRecord::new_at(&job, "job-register", create, id, 0);
+            e.status = status;
+            e
+        };
+        let same_as_rebuilt = |s: &ServerState| {
+            let r = s.clone().reindexed();
+            assert_eq!(s.evals_by_job, r.evals_by_job);
+            assert_eq!(s.pending_evals, r.pending_evals);
+            assert_eq!(s.blocked_evals, r.blocked_evals);
+        };
+        s.put_eval(eval("e2", 2, EvalStatus::Pending));
+        s.put_eval(eval("e1", 1, EvalStatus::Pending));
+        same_as_rebuilt(&s);
+        let order: Vec<&str> = s.pending_evals().map(|e| e.id.as_str()).collect();
+        assert_eq!(order, ["e1", "e2"], "oldest first");
+        s.put_eval(eval("e1", 1, EvalStatus::Blocked));
+        same_as_rebuilt(&s);
+        assert_eq!(s.pending_evals().count(), 1);
+        assert!(s.blocked_evals.contains("e1"));
+        s.put_eval(eval("e2", 2, EvalStatus::Complete));
+        same_as_rebuilt(&s);
+        assert_eq!(s.pending_evals().count(), 0);
+        assert_eq!(s.evals_of(&key).count(), 2);
+        s.remove_eval("e1");
+        s.remove_eval("e2");
+        same_as_rebuilt(&s);
+        assert!(s.evals_by_job.is_empty() && s.blocked_evals.is_empty());
     }
 }

@@ -408,9 +408,8 @@ impl Collector<'_> {
         self.job_if_changed(key, job_kind);
         let evals: Vec<Arc<EvalRecord>> = self
             .after
-            .evals
-            .values()
-            .filter(|e| e.modify_index == self.index && e.namespace == key.0 && e.job_id == key.1)
+            .evals_of(key)
+            .filter(|e| e.modify_index == self.index)
             .cloned()
             .collect();
         for e in evals {

@@ -229,8 +229,7 @@ pub fn reap(state: &mut ServerState, r: &Reap) -> Reaped {
     for id in &r.evals {
         let finished = state.evals.get(id).is_some_and(|e| eval_finished(e));
         if finished {
-            state.evals.remove(id);
-            state.blocked_evals.remove(id);
+            state.remove_eval(id);
             done.evals += 1;
         }
     }

@@ -628,11 +628,9 @@ pub fn job_status_in(state: &ServerState, job: &Job) -> JobStatus {
     if status != JobStatus::Dead {
         return status;
     }
-    let waiting = state.evals.values().any(|e| {
-        e.namespace == key.0
-            && e.job_id == key.1
-            && matches!(e.status, EvalStatus::Pending | EvalStatus::Blocked)
-    });
+    let waiting = state
+        .evals_of(&key)
+        .any(|e| matches!(e.status, EvalStatus::Pending | EvalStatus::Blocked));
     if waiting {
         JobStatus::Pending
     } else {

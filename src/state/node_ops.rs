@@ -92,7 +92,7 @@ fn make_evals(
         e.status = EvalStatus::Pending;
         e.node_id = node_id.to_string();
         e.node_modify_index = node_index;
-        state.evals.insert(je.eval_id.clone(), Arc::new(e));
+        state.put_eval(e);
         out.eval_ids.push(je.eval_id.clone());
     }
     if !out.eval_ids.is_empty() {

@@ -528,9 +528,8 @@ pub(super) fn node_update_evals(state: &mut ServerState, node_id: &str, now: i64
         return;
     }
     let pending: BTreeSet<JobKey> = state
-        .evals
-        .values()
-        .filter(|e| e.status == EvalStatus::Pending && e.wait_until == 0)
+        .pending_evals()
+        .filter(|e| e.wait_until == 0)
         .map(|e| (e.namespace.clone(), e.job_id.clone()))
         .collect();
     for (seq, key) in jobs.into_iter().enumerate() {

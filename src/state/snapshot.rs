@@ -169,6 +169,165 @@ fn alloc_job_key(a: &AllocRecord) -> (&str, &str, u64, u64) {
     )
 }
 
+/// What one table of a snapshot writes: the rows added or changed (encoded) and the keys
+/// removed.
+struct TableRows<K> {
+    upserts: Vec<(K, Vec<u8>)>,
+    removed: Vec<K>,
+}
+
+impl<K: Clone> TableRows<K> {
+    /// The rows of `new` that differ from `old` (`None`: all of them), each key made by `key`.
+    fn of<TK: Ord + Clone, V>(
+        old: Option<&Table<TK, V>>,
+        new: &Table<TK, V>,
+        key: impl Fn(&TK) -> K,
+        enc: impl Fn(&V) -> Result<Vec<u8>, SnapshotError>,
+    ) -> Result<TableRows<K>, SnapshotError> {
+        let (changed, removed) = diff(old, new);
+        let mut upserts = Vec::with_capacity(changed.len());
+        for (k, v) in changed {
+            upserts.push((key(k), enc(v)?));
+        }
+        Ok(TableRows {
+            upserts,
+            removed: removed.into_iter().map(key).collect(),
+        })
+    }
+}
+
+/// The key of an `alloc_jobs` row, owned.
+type AllocJobKey = (String, String, u64, u64);
+
+/// What a snapshot does to `alloc_jobs`.
+enum AllocJobRows {
+    /// A full snapshot: the table is made to hold exactly these (rows present are kept,
+    /// missing ones encoded and added, the rest removed).
+    Exactly(std::collections::BTreeMap<AllocJobKey, Arc<Job>>),
+    /// An incremental one: the jobs the allocs embed now and did not before, and those no
+    /// alloc embeds any more.
+    Changes(TableRows<AllocJobKey>),
+}
+
+/// One snapshot, encoded: made by [`prepare`] from two immutable states (on any thread, no
+/// store needed), written by [`Rows::write`] inside a write transaction.
+pub struct Rows {
+    /// A full snapshot (every table replaced), not a difference.
+    full: bool,
+    jobs: TableRows<(String, String)>,
+    job_versions: TableRows<(String, String, u64)>,
+    scaling_events: TableRows<(String, String)>,
+    evals: TableRows<String>,
+    nodes: TableRows<String>,
+    allocs: TableRows<String>,
+    alloc_jobs: AllocJobRows,
+    /// The ACL tables, when they changed.
+    acl: Option<Vec<u8>>,
+    /// Autopilot's configuration, when it changed (`Some(None)`: removed).
+    autopilot: Option<Option<Vec<u8>>>,
+    index: u64,
+    index_offset: u64,
+}
+
+fn owned2(k: &(String, String)) -> (String, String) {
+    k.clone()
+}
+
+/// The jobs `state`'s allocs embed, by `alloc_jobs` key.
+fn alloc_jobs_of(state: &ServerState) -> std::collections::BTreeMap<AllocJobKey, Arc<Job>> {
+    let mut out = std::collections::BTreeMap::new();
+    for a in state.allocs.values() {
+        let (ns, id, ver, jmi) = alloc_job_key(a);
+        out.entry((ns.to_string(), id.to_string(), ver, jmi))
+            .or_insert_with(|| a.job.clone());
+    }
+    out
+}
+
+/// Encode the snapshot of `state`: only what differs from `prev` (the state of the previous
+/// snapshot, `None`: everything). Pure: it reads the two states only, so it can run off the
+/// commit path while commands go on being logged.
+pub fn prepare(prev: Option<&ServerState>, state: &ServerState) -> Result<Rows, SnapshotError> {
+    let jobs = TableRows::of(prev.map(|p| &p.jobs), &state.jobs, owned2, encode)?;
+    let job_versions = TableRows::of(
+        prev.map(|p| &p.job_versions),
+        &state.job_versions,
+        |k| (k.0.clone(), k.1.clone(), k.2),
+        encode,
+    )?;
+    let scaling_events = TableRows::of(
+        prev.map(|p| &p.scaling_events),
+        &state.scaling_events,
+        owned2,
+        encode,
+    )?;
+    let evals = TableRows::of(prev.map(|p| &p.evals), &state.evals, String::clone, |v| {
+        encode(v)
+    })?;
+    let nodes = TableRows::of(prev.map(|p| &p.nodes), &state.nodes, String::clone, |v| {
+        encode(v)
+    })?;
+    let allocs = TableRows::of(
+        prev.map(|p| &p.allocs),
+        &state.allocs,
+        String::clone,
+        alloc_row,
+    )?;
+    let wanted = alloc_jobs_of(state);
+    let alloc_jobs = match prev {
+        None => AllocJobRows::Exactly(wanted),
+        Some(p) => {
+            let had = alloc_jobs_of(p);
+            let mut upserts = Vec::new();
+            for (k, job) in &wanted {
+                if !had.contains_key(k) {
+                    upserts.push((k.clone(), encode(&**job)?));
+                }
+            }
+            let removed = had
+                .into_keys()
+                .filter(|k| !wanted.contains_key(k))
+                .collect();
+            AllocJobRows::Changes(TableRows { upserts, removed })
+        }
+    };
+    let acl_changed = prev
+        .map(|p| !Arc::ptr_eq(&p.acl, &state.acl))
+        .unwrap_or(true);
+    let acl = if acl_changed {
+        Some(encode(&*state.acl)?)
+    } else {
+        None
+    };
+    let autopilot_changed = match (prev.and_then(|p| p.autopilot.as_ref()), &state.autopilot) {
+        (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+        (None, None) => prev.is_none(),
+        _ => true,
+    };
+    let autopilot = if autopilot_changed {
+        Some(match &state.autopilot {
+            Some(c) => Some(encode(&**c)?),
+            None => None,
+        })
+    } else {
+        None
+    };
+    Ok(Rows {
+        full: prev.is_none(),
+        jobs,
+        job_versions,
+        scaling_events,
+        evals,
+        nodes,
+        allocs,
+        alloc_jobs,
+        acl,
+        autopilot,
+        index: state.index,
+        index_offset: state.index_offset,
+    })
+}
+
 /// Write `state` as the snapshot in `txn`: only what differs from `prev` (the state of the
 /// previous snapshot, `None`: everything), then its index. The caller deletes the log it
 /// covers and commits.
@@ -177,135 +336,135 @@ pub fn write(
     prev: Option<&ServerState>,
     state: &ServerState,
 ) -> Result<(), SnapshotError> {
-    {
-        let mut t = txn.open_table(JOBS)?;
-        if prev.is_none() {
-            t.retain(|_, _| false)?;
-        }
-        let (changed, removed) = diff(prev.map(|p| &p.jobs), &state.jobs);
-        for (k, v) in changed {
-            t.insert((k.0.as_str(), k.1.as_str()), encode(&**v)?.as_slice())?;
-        }
-        for k in removed {
-            t.remove((k.0.as_str(), k.1.as_str()))?;
-        }
+    prepare(prev, state)?.write(txn)
+}
+
+impl Rows {
+    /// The index of the state these rows are the snapshot of.
+    pub fn index(&self) -> u64 {
+        self.index
     }
-    {
-        let mut t = txn.open_table(JOB_VERSIONS)?;
-        if prev.is_none() {
-            t.retain(|_, _| false)?;
-        }
-        let (changed, removed) = diff(prev.map(|p| &p.job_versions), &state.job_versions);
-        for (k, v) in changed {
-            t.insert((k.0.as_str(), k.1.as_str(), k.2), encode(&**v)?.as_slice())?;
-        }
-        for k in removed {
-            t.remove((k.0.as_str(), k.1.as_str(), k.2))?;
-        }
-    }
-    {
-        let mut t = txn.open_table(SCALING_EVENTS)?;
-        if prev.is_none() {
-            t.retain(|_, _| false)?;
-        }
-        let (changed, removed) = diff(prev.map(|p| &p.scaling_events), &state.scaling_events);
-        for (k, v) in changed {
-            t.insert((k.0.as_str(), k.1.as_str()), encode(&**v)?.as_slice())?;
-        }
-        for k in removed {
-            t.remove((k.0.as_str(), k.1.as_str()))?;
-        }
-    }
-    write_simple(txn, EVALS, prev.map(|p| &p.evals), &state.evals, |e| {
-        encode(e)
-    })?;
-    write_simple(txn, NODES, prev.map(|p| &p.nodes), &state.nodes, |n| {
-        encode(n)
-    })?;
-    write_simple(
-        txn,
-        ALLOCS,
-        prev.map(|p| &p.allocs),
-        &state.allocs,
-        alloc_row,
-    )?;
-    {
-        // The jobs allocs embed: those still referenced are kept, missing ones added, the
-        // rest removed (a walk over the allocs' keys, no job is encoded twice).
-        let mut t = txn.open_table(ALLOC_JOBS)?;
-        let wanted: BTreeSet<(&str, &str, u64, u64)> =
-            state.allocs.values().map(|a| alloc_job_key(a)).collect();
-        let mut have = BTreeSet::new();
-        let mut stale = Vec::new();
-        for row in t.iter()? {
-            let (k, _) = row?;
-            let (ns, id, ver, jmi) = k.value();
-            let key = (ns.to_string(), id.to_string(), ver, jmi);
-            if wanted.contains(&(ns, id, ver, jmi)) {
-                have.insert(key);
-            } else {
-                stale.push(key);
+
+    /// Write the rows and the snapshot's index in `txn`. The caller deletes the log they
+    /// cover and commits.
+    pub fn write(self, txn: &WriteTransaction) -> Result<(), SnapshotError> {
+        let full = self.full;
+        {
+            let mut t = txn.open_table(JOBS)?;
+            if full {
+                t.retain(|_, _| false)?;
+            }
+            for (k, v) in &self.jobs.upserts {
+                t.insert((k.0.as_str(), k.1.as_str()), v.as_slice())?;
+            }
+            for k in &self.jobs.removed {
+                t.remove((k.0.as_str(), k.1.as_str()))?;
             }
         }
-        for (ns, id, ver, jmi) in &stale {
-            t.remove((ns.as_str(), id.as_str(), *ver, *jmi))?;
-        }
-        let mut added = BTreeSet::new();
-        for a in state.allocs.values() {
-            let key = alloc_job_key(a);
-            let owned = (key.0.to_string(), key.1.to_string(), key.2, key.3);
-            if have.contains(&owned) || !added.insert(owned) {
-                continue;
+        {
+            let mut t = txn.open_table(JOB_VERSIONS)?;
+            if full {
+                t.retain(|_, _| false)?;
             }
-            t.insert(key, encode(&a.job)?.as_slice())?;
-        }
-    }
-    let acl_changed = prev
-        .map(|p| !Arc::ptr_eq(&p.acl, &state.acl))
-        .unwrap_or(true);
-    if acl_changed {
-        let mut t = txn.open_table(ACL)?;
-        t.insert("acl", encode(&*state.acl)?.as_slice())?;
-    }
-    let autopilot_changed = match (prev.and_then(|p| p.autopilot.as_ref()), &state.autopilot) {
-        (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
-        (None, None) => prev.is_none(),
-        _ => true,
-    };
-    if autopilot_changed {
-        let mut t = txn.open_table(CLUSTER_META)?;
-        match &state.autopilot {
-            Some(c) => {
-                t.insert(AUTOPILOT_KEY, encode(&**c)?.as_slice())?;
+            for (k, v) in &self.job_versions.upserts {
+                t.insert((k.0.as_str(), k.1.as_str(), k.2), v.as_slice())?;
             }
-            None => {
-                t.remove(AUTOPILOT_KEY)?;
+            for k in &self.job_versions.removed {
+                t.remove((k.0.as_str(), k.1.as_str(), k.2))?;
             }
         }
+        {
+            let mut t = txn.open_table(SCALING_EVENTS)?;
+            if full {
+                t.retain(|_, _| false)?;
+            }
+            for (k, v) in &self.scaling_events.upserts {
+                t.insert((k.0.as_str(), k.1.as_str()), v.as_slice())?;
+            }
+            for k in &self.scaling_events.removed {
+                t.remove((k.0.as_str(), k.1.as_str()))?;
+            }
+        }
+        write_simple(txn, EVALS, full, &self.evals)?;
+        write_simple(txn, NODES, full, &self.nodes)?;
+        write_simple(txn, ALLOCS, full, &self.allocs)?;
+        {
+            let mut t = txn.open_table(ALLOC_JOBS)?;
+            match &self.alloc_jobs {
+                AllocJobRows::Exactly(wanted) => {
+                    // Rows still referenced are kept, missing ones added, the rest removed
+                    // (no job is encoded twice).
+                    let mut have = BTreeSet::new();
+                    let mut stale = Vec::new();
+                    for row in t.iter()? {
+                        let (k, _) = row?;
+                        let (ns, id, ver, jmi) = k.value();
+                        let key = (ns.to_string(), id.to_string(), ver, jmi);
+                        if wanted.contains_key(&key) {
+                            have.insert(key);
+                        } else {
+                            stale.push(key);
+                        }
+                    }
+                    for (ns, id, ver, jmi) in &stale {
+                        t.remove((ns.as_str(), id.as_str(), *ver, *jmi))?;
+                    }
+                    for (k, job) in wanted {
+                        if !have.contains(k) {
+                            t.insert(
+                                (k.0.as_str(), k.1.as_str(), k.2, k.3),
+                                encode(&**job)?.as_slice(),
+                            )?;
+                        }
+                    }
+                }
+                AllocJobRows::Changes(rows) => {
+                    for (k, v) in &rows.upserts {
+                        t.insert((k.0.as_str(), k.1.as_str(), k.2, k.3), v.as_slice())?;
+                    }
+                    for k in &rows.removed {
+                        t.remove((k.0.as_str(), k.1.as_str(), k.2, k.3))?;
+                    }
+                }
+            }
+        }
+        if let Some(acl) = &self.acl {
+            let mut t = txn.open_table(ACL)?;
+            t.insert("acl", acl.as_slice())?;
+        }
+        if let Some(autopilot) = &self.autopilot {
+            let mut t = txn.open_table(CLUSTER_META)?;
+            match autopilot {
+                Some(c) => {
+                    t.insert(AUTOPILOT_KEY, c.as_slice())?;
+                }
+                None => {
+                    t.remove(AUTOPILOT_KEY)?;
+                }
+            }
+        }
+        let mut meta = txn.open_table(META)?;
+        meta.insert(INDEX_KEY, self.index)?;
+        meta.insert(INDEX_OFFSET_KEY, self.index_offset)?;
+        Ok(())
     }
-    let mut meta = txn.open_table(META)?;
-    meta.insert(INDEX_KEY, state.index)?;
-    meta.insert(INDEX_OFFSET_KEY, state.index_offset)?;
-    Ok(())
 }
 
 /// Write one table keyed by a string ID.
-fn write_simple<V>(
+fn write_simple(
     txn: &WriteTransaction,
     def: TableDefinition<&str, &[u8]>,
-    prev: Option<&Table<String, V>>,
-    now: &Table<String, V>,
-    enc: impl Fn(&V) -> Result<Vec<u8>, SnapshotError>,
+    full: bool,
+    rows: &TableRows<String>,
 ) -> Result<(), SnapshotError> {
     let mut t = txn.open_table(def)?;
-    if prev.is_none() {
+    if full {
         t.retain(|_, _| false)?;
     }
-    let (changed, removed) = diff(prev, now);
-    for (k, v) in changed {
-        t.insert(k.as_str(), enc(v)?.as_slice())?;
+    for (k, v) in &rows.upserts {
+        t.insert(k.as_str(), v.as_slice())?;
     }
-    for k in removed {
+    for k in &rows.removed {
         t.remove(k.as_str())?;
     }
     Ok(())

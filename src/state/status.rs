@@ -139,6 +139,13 @@ impl Default for TaskStatus {
     }
 }
 
+impl EvalStatus {
+    /// Not done yet: `pending` or `blocked` (what keeps a job `pending`).
+    pub fn is_open(self) -> bool {
+        matches!(self, EvalStatus::Pending | EvalStatus::Blocked)
+    }
+}
+
 impl AllocClientStatus {
     /// The client is done with the allocation: it will not run again.
     pub fn is_terminal(self) -> bool {

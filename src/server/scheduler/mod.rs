@@ -26,7 +26,7 @@ use crate::state::command::ServerState;
 use crate::state::jobs::eval::EvalRecord;
 use crate::state::jobs::Workloads;
 use crate::state::plan::Plan;
-use crate::state::status::{EvalStatus, JobType};
+use crate::state::status::JobType;
 use crate::state::IndexCounter;
 
 /// The longest the thread sleeps with nothing to do before it looks again.
@@ -209,21 +209,15 @@ impl Inner {
 /// The next eval to run (oldest pending whose wait is over) and, when none is due, the
 /// earliest time a waiting one is (unix nanoseconds).
 pub fn next_eval(state: &ServerState, now: i64) -> (Option<Arc<EvalRecord>>, Option<i64>) {
-    let mut best: Option<&Arc<EvalRecord>> = None;
     let mut wake: Option<i64> = None;
-    for e in state.evals.values() {
-        if e.status != EvalStatus::Pending {
-            continue;
+    // Oldest first: the first whose wait is over is the one (and then no wake is needed).
+    for e in state.pending_evals() {
+        if e.wait_until <= now {
+            return (Some(e.clone()), None);
         }
-        if e.wait_until > now {
-            wake = Some(wake.map_or(e.wait_until, |w| w.min(e.wait_until)));
-            continue;
-        }
-        if best.is_none_or(|b| (e.create_index, &e.id) < (b.create_index, &b.id)) {
-            best = Some(e);
-        }
+        wake = Some(wake.map_or(e.wait_until, |w| w.min(e.wait_until)));
     }
-    (best.cloned(), wake)
+    (None, wake)
 }
 
 fn new_id() -> String {

@@ -15,7 +15,6 @@ use super::spec::Job;
 use super::{Workloads, WriteResult};
 use crate::state::command::{Applied, ApplyError, Command, JobKey, JobWrite, ServerState};
 use crate::state::command_log::LogError;
-use crate::state::status::EvalStatus;
 use crate::state::store::StoreError;
 
 /// Nomad's `DispatchPayloadSizeLimit`: the most bytes a dispatch payload may have (decoded).
@@ -473,18 +472,16 @@ pub fn children<'a>(
         .filter(move |(_, j)| j.parent_id == parent.id)
 }
 
-/// The IDs of a parent's children that have an eval not yet done (one walk over the evals).
+/// The IDs of a parent's children that have an eval not yet done (a range of the evals by
+/// job, as [`children`]).
 fn waiting_children(state: &ServerState, parent: &Job) -> std::collections::HashSet<String> {
-    let prefix = format!("{}/", parent.id);
+    let from = (parent.namespace.clone(), format!("{}/", parent.id));
+    let to = (parent.namespace.clone(), format!("{}0", parent.id));
     state
-        .evals
-        .values()
-        .filter(|e| {
-            e.namespace == parent.namespace
-                && e.job_id.starts_with(&prefix)
-                && matches!(e.status, EvalStatus::Pending | EvalStatus::Blocked)
-        })
-        .map(|e| e.job_id.clone())
+        .evals_by_job
+        .range(from..to)
+        .filter(|(key, _)| state.evals_of(key).any(|e| e.status.is_open()))
+        .map(|(key, _)| key.1.clone())
         .collect()
 }
 
