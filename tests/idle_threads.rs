@@ -51,12 +51,16 @@ fn wait_idle(a: &TestAgent, when: &str) {
 fn run_job(a: &TestAgent, id: &str) {
     let r = a.request("POST", "/v1/jobs", &[], &true_job(id));
     assert_eq!(r.status, 200, "register {id}: {}", r.text());
-    wait_until(Duration::from_secs(20), &format!("job {id} completes"), || {
-        let allocs = a.get_json(&format!("/v1/job/{id}/allocations"));
-        allocs.as_array().is_some_and(|v| {
-            !v.is_empty() && v.iter().all(|x| x["ClientStatus"] == "complete")
-        })
-    });
+    wait_until(
+        Duration::from_secs(20),
+        &format!("job {id} completes"),
+        || {
+            let allocs = a.get_json(&format!("/v1/job/{id}/allocations"));
+            allocs
+                .as_array()
+                .is_some_and(|v| !v.is_empty() && v.iter().all(|x| x["ClientStatus"] == "complete"))
+        },
+    );
 }
 
 #[test]

@@ -377,8 +377,7 @@ impl Client {
     /// run and this node's allocs changed after its last pull.
     pub fn state_changed(self: &Arc<Self>) {
         let mut slot = self.puller.lock();
-        if slot.running || self.stopping.load(Ordering::SeqCst) || self.task_api.get().is_none()
-        {
+        if slot.running || self.stopping.load(Ordering::SeqCst) || self.task_api.get().is_none() {
             // Running, it sees the change (its pull parks on the server); before `start`,
             // the first pull does.
             return;

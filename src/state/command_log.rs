@@ -1180,7 +1180,10 @@ mod tests {
         // Idle: the thread ends by itself (polled with a deadline).
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while running(&log) {
-            assert!(std::time::Instant::now() < deadline, "the committer never ends");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the committer never ends"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         log.shutdown();
@@ -1190,7 +1193,11 @@ mod tests {
         ));
         drop(log);
         let back = open(&path);
-        assert_eq!(back.state().jobs.len(), 120, "every answered proposal is durable");
+        assert_eq!(
+            back.state().jobs.len(),
+            120,
+            "every answered proposal is durable"
+        );
         back.shutdown();
         let _ = std::fs::remove_dir_all(&dir);
     }

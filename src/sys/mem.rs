@@ -158,7 +158,11 @@ mod tests {
         let sum = |t: &[u64]| t.iter().fold(0u64, |a, x| a.rotate_left(5) ^ x);
         let before = sum(std::hint::black_box(&TABLE));
         let advised = super::trim_code_pages().unwrap();
-        assert_eq!(sum(std::hint::black_box(&TABLE)), before, "read-only data refaults intact");
+        assert_eq!(
+            sum(std::hint::black_box(&TABLE)),
+            before,
+            "read-only data refaults intact"
+        );
         assert!(advised > 0, "the test binary has executable file mappings");
         // Plenty of code runs after this: formatting, allocation, a thread.
         let s = std::thread::spawn(|| format!("{:?}", (1..50).collect::<Vec<u32>>()))

@@ -427,7 +427,10 @@ fn evals_published_around_the_idle_schedulers_end_are_all_placed() {
             if placed(n + 1) {
                 break;
             }
-            assert!(Instant::now() < deadline, "job j{n} never placed (a lost wake)");
+            assert!(
+                Instant::now() < deadline,
+                "job j{n} never placed (a lost wake)"
+            );
             index.wait_for_change(generation, Instant::now() + Duration::from_millis(100));
         }
     }
