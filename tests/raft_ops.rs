@@ -647,3 +647,50 @@ fn operator_endpoints_check_operator_read_write_and_management() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["Noop"], true, "the only server already leads");
 }
+
+/// Autopilot's dead-server cleanup takes a dead non-voter out of the configuration too
+/// (it counts for no quorum): a server that joined as a non-voter and is killed before its
+/// promotion is removed once gossip has marked it failed for the cleanup delay.
+#[test]
+fn a_dead_non_voter_is_removed_by_autopilots_cleanup() {
+    let servers = cluster_with(3, "", "");
+    let leader = wait_leader(&servers, &[0, 1, 2], FORM);
+    let cfg = "/v1/operator/autopilot/configuration";
+    wait_until(FORM, "the autopilot config stored", || {
+        servers[leader].get(cfg).status == 200
+    });
+    // Never promoted while the test runs.
+    let r = put(
+        &servers[leader],
+        cfg,
+        &autopilot_body(r#"{"ServerStabilizationTime":"1h","LastContactThreshold":"2s"}"#),
+    );
+    assert_eq!(r.text().trim(), "true");
+    let serf = servers[0].get_json("/v1/agent/self")["config"]["Ports"]["Serf"]
+        .as_u64()
+        .expect("serf port");
+    let mut late = TestAgent::server(
+        &format!(
+            "server {{\n  bootstrap_expect = 0\n  server_join {{\n    retry_join = [\"127.0.0.1:{serf}\"]\n    retry_interval = \"1s\"\n  }}\n}}\n"
+        ),
+        &[],
+    );
+    let addr = late.rpc_addr();
+    wait_until(
+        FORM,
+        "the new server in the configuration as a non-voter",
+        || {
+            raft_servers(&servers[leader])
+                .is_some_and(|l| l.iter().any(|(_, a, v)| *a == addr && !*v))
+        },
+    );
+    late.kill9();
+    wait_until(
+        Duration::from_secs(40),
+        "the dead non-voter removed from the configuration",
+        || raft_servers(&servers[leader]).is_some_and(|l| !l.iter().any(|(_, a, _)| *a == addr)),
+    );
+    let left = raft_servers(&servers[leader]).expect("configuration");
+    assert_eq!(left.len(), 3, "only the non-voter went: {left:?}");
+    assert!(left.iter().all(|(_, _, v)| *v), "{left:?}");
+}

@@ -2,7 +2,10 @@
 //! short HTTP/1.1 request per call, JSON bodies, the node's secret in `X-Nomad-Node-Secret`
 //! (the wire format is written down in `server::rpc`). Calls go to the server that answered
 //! last; a server that cannot be reached (or answers 5xx) is left for the next in the list, so
-//! a call fails over across every known server before it fails. Register and heartbeat
+//! a call fails over across every known server before it fails. Each client starts at a
+//! random server of the list and moves to another random one after [`REBALANCE_AFTER`] plus
+//! up to half that again (Nomad's client-side rebalancing), so clients spread over the
+//! servers instead of all asking the first one listed. Register and heartbeat
 //! replies list the live servers: the list is replaced with them (ref §5.2) through the
 //! owner's [`ServerUpdates`] hook. Each call has a deadline;
 //! closing the link (agent shutdown) ends the blocking pulls in flight at once (other calls,
@@ -34,6 +37,11 @@ pub const AUTHZ_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Longest a connect to one server may take before the next is tried.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a client keeps to the server that answers before it picks another at random
+/// (plus a random part of up to half as long, so clients do not move together): Nomad's
+/// `clientRPCMinReuseDuration`.
+pub const REBALANCE_AFTER: Duration = Duration::from_secs(5 * 60);
 
 /// Largest reply body read (a pull of many changed allocs is the big one).
 pub const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
@@ -69,8 +77,10 @@ pub struct RemoteLink {
     servers: ServerList,
     secret: String,
     dialer: Dialer,
-    /// The server that answered last (calls start there).
-    preferred: Mutex<Option<String>>,
+    /// The server that answered last (calls start there), and until when.
+    preferred: Mutex<Option<(String, Instant)>>,
+    /// How long a server is kept once it answered (`REBALANCE_AFTER` and jitter).
+    keep_for: Duration,
     closed: AtomicBool,
     /// The sockets of pulls in flight, shut down by `close`.
     in_flight: Mutex<HashMap<u64, TcpStream>>,
@@ -93,6 +103,7 @@ impl RemoteLink {
             secret,
             dialer,
             preferred: Mutex::new(None),
+            keep_for: REBALANCE_AFTER + REBALANCE_AFTER.mul_f64(random_fraction() / 2.0),
             closed: AtomicBool::new(false),
             in_flight: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(0),
@@ -119,15 +130,34 @@ impl RemoteLink {
         reply
     }
 
-    /// The servers in the order to try: the last that answered first.
+    /// The servers in the order to try: the last that answered first while it is kept,
+    /// else from a random one on.
     fn order(&self) -> Vec<String> {
         let mut list = (self.servers)();
-        if let Some(p) = self.preferred.lock().clone() {
-            if let Some(i) = list.iter().position(|s| *s == p) {
-                list.rotate_left(i);
+        let kept = {
+            let mut p = self.preferred.lock();
+            if p.as_ref()
+                .is_some_and(|(_, until)| Instant::now() >= *until)
+            {
+                *p = None;
             }
-        }
+            p.as_ref().map(|(s, _)| s.clone())
+        };
+        let start = match kept.and_then(|k| list.iter().position(|s| *s == k)) {
+            Some(i) => i,
+            None if list.is_empty() => 0,
+            None => (random_fraction() * list.len() as f64) as usize % list.len(),
+        };
+        list.rotate_left(start);
         list
+    }
+
+    /// `server` answered: calls keep going there (its time starts on the first answer).
+    fn answered(&self, server: &str) {
+        let mut p = self.preferred.lock();
+        if p.as_ref().is_none_or(|(s, _)| s != server) {
+            *p = Some((server.to_string(), Instant::now() + self.keep_for));
+        }
     }
 
     fn call<Q: Serialize, R: DeserializeOwned>(
@@ -156,7 +186,7 @@ impl RemoteLink {
             match self.attempt(server, what, node_id, &body, deadline, pull) {
                 Attempt::Done(result) => {
                     if result.is_ok() {
-                        *self.preferred.lock() = Some(server.clone());
+                        self.answered(server);
                     }
                     return result;
                 }
@@ -301,9 +331,42 @@ impl ServerLink for RemoteLink {
     }
 }
 
+/// A uniform random number in [0, 1) (from the kernel's random source, through a v4 UUID).
+fn random_fraction() -> f64 {
+    (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clients_start_at_random_servers_and_move_on_after_their_time() {
+        let list = || vec!["a:1".to_string(), "b:1".to_string(), "c:1".to_string()];
+        let firsts: std::collections::BTreeSet<String> = (0..100)
+            .map(|_| {
+                let link = RemoteLink::new(Arc::new(list), "s".into(), plain_dialer());
+                link.order()[0].clone()
+            })
+            .collect();
+        assert_eq!(firsts.len(), 3, "100 clients all started at {firsts:?}");
+        let mut link = RemoteLink::new(Arc::new(list), "s".into(), plain_dialer());
+        assert!(link.keep_for >= REBALANCE_AFTER && link.keep_for <= REBALANCE_AFTER * 3 / 2);
+        link.answered("b:1");
+        for _ in 0..20 {
+            assert_eq!(
+                link.order(),
+                ["b:1", "c:1", "a:1"],
+                "kept while its time runs"
+            );
+        }
+        // Its time over: the next call starts at a random server again.
+        link.keep_for = Duration::ZERO;
+        link.answered("c:1");
+        let after: std::collections::BTreeSet<String> =
+            (0..100).map(|_| link.order()[0].clone()).collect();
+        assert_eq!(after.len(), 3, "never moved on: {after:?}");
+    }
 
     #[test]
     fn error_statuses_map_to_link_errors() {

@@ -4,8 +4,9 @@
 //! the leader adds alive servers missing from the configuration as non-voters, promotes a
 //! non-voter to voter once autopilot found it healthy for `ServerStabilizationTime`, and
 //! (when the replicated autopilot config says `CleanupDeadServers`) removes servers gossip
-//! marks failed (after [`DEAD_AFTER`]) or left, while a majority of the configuration stays
-//! alive and at least `MinQuorum` voters remain (autopilot's dead-server cleanup).
+//! marks failed (after [`DEAD_AFTER`]) or left — a dead non-voter at any time, a voter while
+//! a majority of the configuration stays alive and at least `MinQuorum` voters remain
+//! (autopilot's dead-server cleanup).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -298,18 +299,42 @@ impl Members {
                         .is_some_and(|s| s.status == MemberStatus::Alive)
             })
             .count();
+        let mut dead_for_long = |id: u64, s: &Server| match s.status {
+            MemberStatus::Left => true,
+            MemberStatus::Failed => {
+                let since = *self.failed_since.entry(id).or_insert(now);
+                now.duration_since(since) >= DEAD_AFTER
+            }
+            MemberStatus::Alive | MemberStatus::Leaving => false,
+        };
+        // A dead non-voter first: it counts for no quorum, so it goes whatever remains.
+        let dead_learner = learners.iter().find_map(|l| {
+            let s = by_id.get(l)?;
+            dead_for_long(*l, s).then_some((*l, s.peer.name.clone(), s.status))
+        });
+        let mut dead_voters = Vec::new();
+        for v in voters.iter().filter(|v| **v != self.id) {
+            if let Some(s) = by_id.get(v) {
+                if dead_for_long(*v, s) {
+                    dead_voters.push(*v);
+                }
+            }
+        }
+        if let Some((l, name, status)) = dead_learner {
+            log::info!(
+                "raft: removing non-voter {name} ({l:x}): gossip says {}",
+                status.as_str()
+            );
+            if let Err(e) = self.change(ConfChangeType::RemoveNode, l) {
+                log::warn!("raft: cannot remove {name}: {e}");
+            }
+            return;
+        }
         for v in voters.iter().filter(|v| **v != self.id) {
             let Some(s) = by_id.get(v) else {
                 continue;
             };
-            let dead = match s.status {
-                MemberStatus::Left => true,
-                MemberStatus::Failed => {
-                    let since = *self.failed_since.entry(*v).or_insert(now);
-                    now.duration_since(since) >= DEAD_AFTER
-                }
-                MemberStatus::Alive | MemberStatus::Leaving => false,
-            };
+            let dead = dead_voters.contains(v);
             // The configuration after the removal keeps a majority alive.
             let remaining = voters.len() - 1;
             if !dead || alive_voters < remaining / 2 + 1 || (remaining as u64) < config.min_quorum {
