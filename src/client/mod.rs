@@ -360,6 +360,10 @@ impl Client {
         }
         self.sync();
         let mut slot = self.puller.lock();
+        if slot.running {
+            // On demand, a publish during the first sync (its own alloc updates) started it.
+            return;
+        }
         if let Err(e) = self.spawn_puller(&mut slot) {
             log::error!("cannot start the alloc puller: {e}");
         }
