@@ -171,6 +171,28 @@ impl Agent {
             }
         };
         let client = Client::new(&config, node.id(), link.clone());
+        if !config.client_only() && !config.rpc_listener() {
+            // The server is in this process alone (`-dev`): the alloc puller runs only while
+            // this node's allocs change, started by the publish that changes them.
+            let (state_of, node_id) = (workloads.clone(), node.id().to_string());
+            client.pull_on_demand(Box::new(move |since| {
+                let state = state_of.state();
+                if !state.nodes.contains_key(&node_id) {
+                    // Purged: the puller registers the node again.
+                    return true;
+                }
+                state.allocs_by_node.get(&node_id).is_some_and(|ids| {
+                    ids.iter()
+                        .any(|id| state.allocs.get(id).is_some_and(|a| a.modify_index > since))
+                })
+            }));
+            let weak = Arc::downgrade(&client);
+            index.on_notify(Box::new(move || {
+                if let Some(c) = weak.upgrade() {
+                    c.state_changed();
+                }
+            }));
+        }
         let batcher = Batcher::new(&config);
         let drainer = crate::server::drainer::Drainer::new(
             workloads.clone(),
@@ -710,7 +732,14 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         .as_ref()
         .and_then(|_| crate::sd_notify::watchdog_interval());
     notify(&notifier, "READY=1");
-    let sig = main_loop(&agent, &signals, &notifier, watchdog);
+    // The scheduler's thread runs only while it has work; its timers (the GC, evals whose
+    // wait is over) start it from the main loop's ticks.
+    let tick = || {
+        if let Some(s) = &scheduler {
+            s.tick();
+        }
+    };
+    let sig = main_loop(&agent, &signals, &notifier, watchdog, &tick);
     log::info!("caught signal {sig}, shutting down");
     notify(&notifier, "STOPPING=1");
     // Blocking queries return at once from here on, so their connections can finish.
@@ -924,8 +953,17 @@ fn notify(notifier: &Option<crate::sd_notify::Notifier>, state: &str) {
     }
 }
 
+/// Threads of an agent with nothing to do: main, the HTTP acceptor, the metadata batcher.
+const IDLE_THREADS: usize = 3;
+
+/// How many threads this process runs now (`None` without `/proc`).
+fn thread_count() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task").ok().map(|d| d.count())
+}
+
 /// The main thread's loop until SIGINT/SIGTERM (returned): it takes signals with a deadline,
-/// samples task and host stats every `SAMPLE_INTERVAL`, pings systemd's watchdog every
+/// samples task and host stats every `SAMPLE_INTERVAL` (and runs `tick`: the scheduler's
+/// timers), pings systemd's watchdog every
 /// `watchdog` when asked to, and reloads on SIGHUP (`reload::RELOAD_STEPS`) between
 /// `RELOADING=1` and `READY=1`.
 fn main_loop(
@@ -933,9 +971,12 @@ fn main_loop(
     signals: &crate::sys::signal::SignalSet,
     notifier: &Option<crate::sd_notify::Notifier>,
     watchdog: Option<std::time::Duration>,
+    tick: &dyn Fn(),
 ) -> i32 {
     use std::time::Instant;
     let mut next_sample = Instant::now() + SAMPLE_INTERVAL;
+    // Start-up trimmed the code pages already.
+    let mut was_idle = true;
     let mut next_ping = watchdog.map(|w| Instant::now() + w);
     if watchdog.is_some() {
         notify(notifier, "WATCHDOG=1");
@@ -961,6 +1002,16 @@ fn main_loop(
         let now = Instant::now();
         if now >= next_sample {
             agent.client.stats.sample();
+            tick();
+            // On-demand workers (scheduler, committer, alloc puller, runners) ran code that
+            // an idle agent no longer runs: once they have all ended, drop it from RSS again.
+            let idle = thread_count().is_some_and(|n| n <= IDLE_THREADS);
+            if idle && !was_idle {
+                if let Err(e) = crate::sys::mem::trim_code_pages() {
+                    log::debug!("cannot trim resident code pages: {e}");
+                }
+            }
+            was_idle = idle;
             next_sample = now + SAMPLE_INTERVAL;
         }
         if let (Some(p), Some(w)) = (next_ping, watchdog) {

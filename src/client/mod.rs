@@ -56,6 +56,25 @@ pub const PULL_RETRY: Duration = Duration::from_secs(1);
 /// the heartbeat interval, in case a push was lost).
 pub const SAFETY_PULL: Duration = link::DEFAULT_HEARTBEAT;
 
+/// With the server in this process (`-dev`), how long the alloc puller goes on with no
+/// change of this node's allocs before its thread ends; the next change starts it again
+/// ([`Client::pull_on_demand`]). Its pulls park on the server this long at most.
+pub const PULLER_IDLE_EXIT: Duration = Duration::from_secs(3);
+
+/// Whether the server's state holds a change for this node after an index (an alloc of it
+/// modified later, or the node gone): what starts an on-demand puller.
+pub type ChangedSince = Box<dyn Fn(u64) -> bool + Send + Sync>;
+
+/// The `client-allocs` thread. On demand, `running` changes only under the lock: a thread
+/// that ends says so under it, after [`ChangedSince`] found nothing since its last pull.
+#[derive(Default)]
+struct PullerSlot {
+    handle: Option<JoinHandle<()>>,
+    running: bool,
+    /// Set when the puller runs on demand.
+    changed: Option<ChangedSince>,
+}
+
 /// "Your allocs changed": set by a push from the server, taken by the alloc puller.
 #[derive(Default)]
 struct PushWake {
@@ -218,7 +237,7 @@ pub struct Client {
     /// The index of the last pull (the next pull asks for changes after it).
     pulled_index: Mutex<u64>,
     task_api: OnceLock<TaskApi>,
-    puller: Mutex<Option<JoinHandle<()>>>,
+    puller: Mutex<PullerSlot>,
     /// What this node registered with: sent again when the server answers "unknown node"
     /// (the node was purged, or the server lost it).
     registration: Mutex<Option<NodeRegistration>>,
@@ -294,7 +313,7 @@ impl Client {
             allocs: RwLock::new(BTreeMap::new()),
             pulled_index: Mutex::new(0),
             task_api: OnceLock::new(),
-            puller: Mutex::new(None),
+            puller: Mutex::new(PullerSlot::default()),
             registration: Mutex::new(None),
             unsynced: Mutex::new(BTreeMap::new()),
             stop_tx,
@@ -340,14 +359,68 @@ impl Client {
             log::error!("cannot pull this node's allocations: {e}");
         }
         self.sync();
-        let me = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("client-allocs".into())
-            .spawn(move || me.pull_loop());
-        match spawned {
-            Ok(h) => *self.puller.lock() = Some(h),
-            Err(e) => log::error!("cannot start the alloc puller: {e}"),
+        let mut slot = self.puller.lock();
+        if slot.running {
+            // On demand, a publish during the first sync (its own alloc updates) started it.
+            return;
         }
+        if let Err(e) = self.spawn_puller(&mut slot) {
+            log::error!("cannot start the alloc puller: {e}");
+        }
+    }
+
+    /// The server runs in this process: the `client-allocs` thread runs only while this
+    /// node's allocs change. `changed` tells whether the published state holds a change
+    /// after an index; the agent calls [`Client::state_changed`] after every publish. Call
+    /// before [`Client::start`].
+    pub fn pull_on_demand(&self, changed: ChangedSince) {
+        self.puller.lock().changed = Some(changed);
+    }
+
+    /// The server published a change (on-demand puller): start the puller if it does not
+    /// run and this node's allocs changed after its last pull.
+    pub fn state_changed(self: &Arc<Self>) {
+        let mut slot = self.puller.lock();
+        if slot.running || self.stopping.load(Ordering::SeqCst) || self.task_api.get().is_none() {
+            // Running, it sees the change (its pull parks on the server); before `start`,
+            // the first pull does.
+            return;
+        }
+        let since = *self.pulled_index.lock();
+        if !slot.changed.as_ref().is_some_and(|c| c(since)) {
+            return;
+        }
+        if let Err(e) = self.spawn_puller(&mut slot) {
+            log::error!("cannot start the alloc puller: {e}");
+        }
+    }
+
+    fn spawn_puller(self: &Arc<Self>, slot: &mut PullerSlot) -> std::io::Result<()> {
+        if let Some(old) = slot.handle.take() {
+            // It said it ends (under this lock) and holds nothing: joined at once.
+            let _ = old.join();
+        }
+        let me = self.clone();
+        let h = std::thread::Builder::new()
+            .name("client-allocs".into())
+            .spawn(move || me.pull_loop())?;
+        slot.handle = Some(h);
+        slot.running = true;
+        Ok(())
+    }
+
+    /// On demand, after a pull that brought nothing: the thread ends unless the state
+    /// changed for this node since (decided under the lock, see [`Client::state_changed`]).
+    fn puller_try_end(&self) -> bool {
+        let mut slot = self.puller.lock();
+        let Some(changed) = slot.changed.as_ref() else {
+            return false;
+        };
+        if changed(*self.pulled_index.lock()) && !self.stopping.load(Ordering::SeqCst) {
+            return false;
+        }
+        slot.running = false;
+        true
     }
 
     /// Pull without parking on the server from now on: the server pushes "your allocs
@@ -382,19 +455,25 @@ impl Client {
     /// The `client-allocs` thread: pull (blocking, or at once when the server pushes),
     /// bring the runners in line, again.
     fn pull_loop(self: Arc<Self>) {
+        let on_demand = self.puller.lock().changed.is_some();
         while !self.stopping.load(Ordering::SeqCst) {
             let push = self.push.enabled.load(Ordering::SeqCst);
             let wait = if push {
                 Duration::ZERO
+            } else if on_demand {
+                PULLER_IDLE_EXIT
             } else {
                 link::MAX_PULL_WAIT
             };
             match self.pull(wait) {
-                Ok(()) => {
+                Ok(changed) => {
                     self.resend_unsynced();
                     self.sync();
                     if push {
                         self.wait_for_push();
+                    } else if on_demand && !changed && self.puller_try_end() {
+                        log::debug!("alloc puller: idle, the thread ends");
+                        return;
                     }
                 }
                 Err(LinkError::Closed) => return,
@@ -410,14 +489,15 @@ impl Client {
         }
     }
 
-    /// One pull: take in what changed after the last pull.
-    fn pull(&self, wait: Duration) -> Result<(), LinkError> {
+    /// One pull: take in what changed after the last pull. Returns whether something did.
+    fn pull(&self, wait: Duration) -> Result<bool, LinkError> {
         let min_index = *self.pulled_index.lock();
         let reply = self.link.pull_allocs(&PullAllocs {
             node_id: self.node.id.clone(),
             min_index,
             wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
         })?;
+        let changed = !reply.changed.is_empty();
         let present: HashSet<&String> = reply.alloc_ids.iter().collect();
         let mut reconnect = Vec::new();
         let mut reaped = Vec::new();
@@ -478,7 +558,7 @@ impl Client {
         }
         let mut pulled = self.pulled_index.lock();
         *pulled = (*pulled).max(reply.index);
-        Ok(())
+        Ok(changed)
     }
 
     /// Stop the puller and every task runner and join them, the agent having caught
@@ -493,7 +573,8 @@ impl Client {
             let _pending = self.push.pending.lock();
             self.push.cv.notify_all();
         }
-        if let Some(h) = self.puller.lock().take() {
+        let puller = self.puller.lock().handle.take();
+        if let Some(h) = puller {
             let _ = h.join();
         }
         let stop = self.on_stop.tasks_stop(signal);

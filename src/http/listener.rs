@@ -269,10 +269,13 @@ fn stop_refuser(server: &ServerShared) {
     }
 }
 
-/// The shared Unix acceptor: its thread and the socket that wakes its `poll`.
+/// The shared Unix acceptor: its thread and the socket that wakes its `poll`. The thread
+/// runs only while there are Unix listeners: it ends when the last one is gone, saying so
+/// (`running`) under the `unix` lock, under which `add_unix` adds one and starts a new thread.
 struct UnixAcceptor {
     wake: UnixStream,
     join: JoinHandle<()>,
+    running: bool,
 }
 
 /// What one client holds: open connections (counted for TCP clients, under the `clients`
@@ -479,7 +482,11 @@ impl Server {
     /// Hand a Unix listener to the shared acceptor, starting it on first use.
     fn add_unix(&self, listener: &Arc<ListenerShared>) -> io::Result<()> {
         let mut acceptor = self.shared.unix.lock();
-        if acceptor.is_none() {
+        if acceptor.as_ref().is_none_or(|a| !a.running) {
+            if let Some(ended) = acceptor.take() {
+                // It ended (said so under this lock) and holds nothing: joined at once.
+                let _ = ended.join.join();
+            }
             let (wake, wake_rx) = UnixStream::pair()?;
             wake.set_nonblocking(true)?;
             wake_rx.set_nonblocking(true)?;
@@ -487,7 +494,11 @@ impl Server {
             let join = std::thread::Builder::new()
                 .name("http-accept-ux".into())
                 .spawn(move || unix_accept_loop(&server, &wake_rx))?;
-            *acceptor = Some(UnixAcceptor { wake, join });
+            *acceptor = Some(UnixAcceptor {
+                wake,
+                join,
+                running: true,
+            });
         }
         self.shared.unix_listeners.lock().push(listener.clone());
         if let Some(a) = acceptor.as_ref() {
@@ -683,6 +694,18 @@ fn unix_accept_loop(server: &Arc<ServerShared>, wake: &UnixStream) {
     let mut set = crate::sys::poll::PollSet::new();
     while !server.stopping.load(Ordering::SeqCst) {
         let members = server.unix_listeners.lock().clone();
+        if members.is_empty() {
+            // The last task socket is gone: end unless one was added meanwhile.
+            let mut acceptor = server.unix.lock();
+            if server.unix_listeners.lock().is_empty() {
+                if let Some(a) = acceptor.as_mut() {
+                    a.running = false;
+                }
+                log::debug!("http: no Unix listener left, their acceptor ends");
+                return;
+            }
+            continue;
+        }
         set.clear();
         set.push(wake.as_fd());
         for l in &members {

@@ -112,6 +112,10 @@ impl LeaderDuties {
                     if flag.load(Ordering::SeqCst) {
                         break;
                     }
+                    if let Some(s) = &running.scheduler {
+                        // The scheduler's timers (it runs only while it has work).
+                        s.tick();
+                    }
                     if now != leading {
                         if now {
                             running.gain();

@@ -51,8 +51,13 @@ const COMPACT_GROWTH: u64 = 2;
 const COMPACT_FREE_RATIO: u64 = 4;
 /// ... and at least this big: below it a compaction is not worth the pause.
 const COMPACT_MIN_BYTES: u64 = 8 * 1024 * 1024;
-/// How long the committer waits for a proposal before it looks for a stop again.
-const IDLE_WAKE: Duration = Duration::from_secs(1);
+/// How long the committer thread waits for a proposal before it ends (an idle agent runs
+/// none); its state stays in [`CommitterSlot`] and the next proposal starts a new thread.
+#[cfg(not(test))]
+const IDLE_EXIT: Duration = Duration::from_secs(3);
+/// Unit tests: short, so proposals can race the thread's end many times.
+#[cfg(test)]
+const IDLE_EXIT: Duration = Duration::from_millis(20);
 /// How long a proposer waits for its answer (the committer answers as soon as the batch's
 /// fsync is done; only a hung disk takes this long).
 const ANSWER_DEADLINE: Duration = Duration::from_secs(300);
@@ -151,11 +156,59 @@ pub struct LogStats {
     pub fail_writes: std::sync::atomic::AtomicBool,
 }
 
+/// The committer: its state while no thread runs it, and the thread while one does. A
+/// thread runs only while proposals come ([`IDLE_EXIT`]); `running` and `parked` change only
+/// under the lock, and a thread parks its state only when the queue is empty then, so a
+/// proposal sent before a proposer takes the lock is either taken by the running thread or
+/// finds none running and starts one.
+#[derive(Default)]
+struct CommitterSlot {
+    parked: Option<Committer>,
+    handle: Option<JoinHandle<()>>,
+    running: bool,
+    /// `shutdown` began: no thread starts again; what is queued after the last one gets a
+    /// closed channel.
+    stopped: bool,
+}
+
+impl CommitterSlot {
+    /// Drop every queued message: their proposers see "shut down" (no thread runs).
+    fn drain(queue: &Receiver<Msg>) {
+        while queue.try_recv().is_ok() {}
+    }
+
+    /// Start a thread for the parked committer (none runs; called under the lock).
+    fn spawn(
+        &mut self,
+        shared: &Arc<Mutex<CommitterSlot>>,
+        queue: &Receiver<Msg>,
+    ) -> std::io::Result<()> {
+        if let Some(old) = self.handle.take() {
+            // It parked its state (under this lock) and holds nothing: joined at once.
+            let _ = old.join();
+        }
+        let (slot, rx) = (shared.clone(), queue.clone());
+        let handle = std::thread::Builder::new()
+            .name("state-committer".into())
+            .spawn(move || {
+                let parked = slot.lock().parked.take();
+                if let Some(committer) = parked {
+                    committer.run(&rx, &slot);
+                }
+            })?;
+        self.handle = Some(handle);
+        self.running = true;
+        Ok(())
+    }
+}
+
 /// The durable command log and the published state.
 pub struct CommandLog {
     published: Arc<RwLock<Arc<ServerState>>>,
     proposals: Sender<Msg>,
-    committer: Mutex<Option<JoinHandle<()>>>,
+    /// The committer's end of `proposals` (each thread gets a clone).
+    queue: Receiver<Msg>,
+    committer: Arc<Mutex<CommitterSlot>>,
     pub stats: Arc<LogStats>,
     /// The events of applied commands (`/v1/event/stream`).
     events: Arc<EventBroker>,
@@ -399,17 +452,17 @@ impl CommandLog {
             stats: stats.clone(),
             events: events.clone(),
         };
-        let handle = st!(
-            "start committer",
-            std::thread::Builder::new()
-                .name("state-committer".into())
-                .spawn(move || committer.run(rx))
-        )?;
+        // No thread yet: the first proposal starts one.
+        let slot = CommitterSlot {
+            parked: Some(committer),
+            ..CommitterSlot::default()
+        };
         Ok(Opened {
             log: CommandLog {
                 published,
                 proposals: tx,
-                committer: Mutex::new(Some(handle)),
+                queue: rx,
+                committer: Arc::new(Mutex::new(slot)),
                 stats,
                 events,
                 replicator: OnceLock::new(),
@@ -452,12 +505,13 @@ impl CommandLog {
             events: events.clone(),
         };
         // Nothing reads this channel: proposals go to the replicator.
-        let (tx, _) = unbounded();
+        let (tx, rx) = unbounded();
         Ok(Opened {
             log: CommandLog {
                 published,
                 proposals: tx,
-                committer: Mutex::new(None),
+                queue: rx,
+                committer: Arc::new(Mutex::new(CommitterSlot::default())),
                 stats,
                 events,
                 replicator: OnceLock::new(),
@@ -506,6 +560,18 @@ impl CommandLog {
         self.proposals
             .send(Msg::Propose(Proposal { cmd, reply }))
             .map_err(|_| LogError::Closed("server state is shut down"))?;
+        {
+            let mut slot = self.committer.lock();
+            if !slot.running {
+                if slot.stopped {
+                    CommitterSlot::drain(&self.queue);
+                } else if let Err(e) = slot.spawn(&self.committer, &self.queue) {
+                    // Nothing queued is applied: every proposer gets its answer now.
+                    log::error!("cannot start the state committer: {e}");
+                    CommitterSlot::drain(&self.queue);
+                }
+            }
+        }
         match answer.recv_timeout(ANSWER_DEADLINE) {
             Ok(r) => r,
             Err(RecvTimeoutError::Timeout) => Err(LogError::Closed(
@@ -528,23 +594,37 @@ impl CommandLog {
             self.events.close();
             return;
         }
-        let _ = self.proposals.send(Msg::Stop);
-        if let Some(h) = self.committer.lock().take() {
-            let _ = h.join();
-            self.events.close();
-            let s = &self.stats;
-            let txns = s.transactions.load(Ordering::SeqCst).max(1);
-            let us = |a: &AtomicU64| a.load(Ordering::SeqCst) / txns / 1000;
-            log::debug!(
-                "state committer stopped: {} commands in {} transactions; per transaction: \
-                 apply {} µs, write and fsync {} µs, publish and answer {} µs",
-                s.commands.load(Ordering::SeqCst),
-                s.transactions.load(Ordering::SeqCst),
-                us(&s.apply_nanos),
-                us(&s.write_nanos),
-                us(&s.publish_nanos),
-            );
+        let (running, parked) = {
+            let mut slot = self.committer.lock();
+            if slot.stopped {
+                return;
+            }
+            slot.stopped = true;
+            (slot.running, slot.parked.take())
+        };
+        if running {
+            // After the proposals already sent; it closes the store.
+            let _ = self.proposals.send(Msg::Stop);
+        } else if let Some(c) = parked {
+            c.close();
         }
+        let handle = self.committer.lock().handle.take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        self.events.close();
+        let s = &self.stats;
+        let txns = s.transactions.load(Ordering::SeqCst).max(1);
+        let us = |a: &AtomicU64| a.load(Ordering::SeqCst) / txns / 1000;
+        log::debug!(
+            "state committer stopped: {} commands in {} transactions; per transaction: \
+             apply {} µs, write and fsync {} µs, publish and answer {} µs",
+            s.commands.load(Ordering::SeqCst),
+            s.transactions.load(Ordering::SeqCst),
+            us(&s.apply_nanos),
+            us(&s.write_nanos),
+            us(&s.publish_nanos),
+        );
     }
 }
 
@@ -803,14 +883,24 @@ struct Committer {
 }
 
 impl Committer {
-    fn run(mut self, rx: Receiver<Msg>) {
+    /// The thread: commit batches until a `Stop`, or until [`IDLE_EXIT`] passes with no
+    /// proposal (then the state is parked in `slot` for the next thread).
+    fn run(mut self, rx: &Receiver<Msg>, slot: &Mutex<CommitterSlot>) {
         loop {
-            let first = match rx.recv_timeout(IDLE_WAKE) {
+            let first = match rx.recv_timeout(IDLE_EXIT) {
                 Ok(Msg::Propose(p)) => p,
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {
                     // Idle: a snapshot encoded meanwhile is written on its own.
                     self.write_encoded(false);
+                    // The thread ends once nothing is queued and no snapshot is encoding
+                    // (its rows are written by this thread).
+                    let mut s = slot.lock();
+                    if rx.is_empty() && !s.stopped && self.encoding.is_none() {
+                        s.running = false;
+                        s.parked = Some(self);
+                        return;
+                    }
                     continue;
                 }
             };
@@ -831,8 +921,15 @@ impl Committer {
                 break;
             }
         }
+        self.close();
         // Proposals that raced the stop get a closed channel (their senders see "shut down").
-        drop(rx);
+        let mut s = slot.lock();
+        s.running = false;
+        CommitterSlot::drain(rx);
+    }
+
+    /// Close the store (shutdown), after writing a snapshot still encoding.
+    fn close(mut self) {
         self.write_encoded(true);
         if let Some(db) = self.db.take() {
             if let Err(e) = db.close() {
@@ -1096,6 +1193,63 @@ mod tests {
         CommandLog::open(path, counter, || Ok(ServerState::default()))
             .unwrap()
             .log
+    }
+
+    /// The committer thread ends when idle and the next proposal starts a new one: proposals
+    /// sent right around the moment it ends (swept across its idle period) are all
+    /// answered and applied, none lost, and shutdown joins whatever runs.
+    #[test]
+    fn proposals_racing_the_idle_committers_end_are_all_committed() {
+        let (dir, path) = temp_db();
+        let log = Arc::new(open(&path));
+        let running = |log: &CommandLog| log.committer.lock().running;
+        let mut ended = 0;
+        for n in 0..120u64 {
+            // Offsets from 0 to 2× the idle period around the previous proposal's answer.
+            let pause = IDLE_EXIT * (n % 41) as u32 / 20;
+            let until = std::time::Instant::now() + pause;
+            while std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if !running(&log) {
+                ended += 1;
+            }
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let l = log.clone();
+            let t = std::thread::spawn(move || {
+                let _ = tx.send(l.propose(register(&format!("j{n}"), 1, n + 1)));
+            });
+            let answer = rx
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("proposal {n} not answered (lost at the thread's end)"));
+            assert!(answer.is_ok(), "proposal {n}: {answer:?}");
+            t.join().unwrap();
+        }
+        assert!(ended > 10, "the committer ended only {ended} times");
+        assert_eq!(log.state().jobs.len(), 120);
+        // Idle: the thread ends by itself (polled with a deadline).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while running(&log) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the committer never ends"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        log.shutdown();
+        assert!(matches!(
+            log.propose(register("late", 1, 999)),
+            Err(LogError::Closed(_))
+        ));
+        drop(log);
+        let back = open(&path);
+        assert_eq!(
+            back.state().jobs.len(),
+            120,
+            "every answered proposal is durable"
+        );
+        back.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A store as the version before tables wrote it: the whole state as one JSON value in

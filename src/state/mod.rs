@@ -33,7 +33,7 @@ use parking_lot::{Condvar, Mutex};
 /// A writer reserves an index with [`IndexCounter::next`]; readers only ever see indexes that
 /// [`IndexCounter::notify`] published once a change was visible. An index reserved by a write
 /// that failed is skipped, never shown.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct IndexCounter {
     /// The latest index reserved by `next` (or taken by `notify`).
     value: AtomicU64,
@@ -45,6 +45,26 @@ pub struct IndexCounter {
     gate: Mutex<()>,
     advanced: Condvar,
     closed: AtomicBool,
+    /// Called after every `notify` while the counter is open, on the notifier's thread
+    /// (the committer, the Raft driver) with no lock of the counter held: what starts an
+    /// on-demand worker (the scheduler, this node's alloc puller) when work is published.
+    /// Each must be quick and must never propose a command (the committer waits for it).
+    on_notify: parking_lot::RwLock<Vec<(u64, NotifyHook)>>,
+    /// The ID the next hook gets.
+    next_hook: AtomicU64,
+}
+
+/// A hook run after each publish (see [`IndexCounter::on_notify`]).
+pub type NotifyHook = Box<dyn Fn() + Send + Sync>;
+
+impl std::fmt::Debug for IndexCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexCounter")
+            .field("current", &self.current())
+            .field("generation", &self.generation())
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
 }
 
 impl IndexCounter {
@@ -64,6 +84,23 @@ impl IndexCounter {
         self.generation.fetch_add(1, Ordering::SeqCst);
         drop(gate);
         self.advanced.notify_all();
+        if !self.is_closed() {
+            for (_, hook) in self.on_notify.read().iter() {
+                hook();
+            }
+        }
+    }
+    /// Run `hook` after every later `notify` (until the counter is closed): it starts
+    /// on-demand workers when something they serve was published.
+    /// Returns its ID for [`IndexCounter::remove_hook`].
+    pub fn on_notify(&self, hook: NotifyHook) -> u64 {
+        let id = self.next_hook.fetch_add(1, Ordering::SeqCst);
+        self.on_notify.write().push((id, hook));
+        id
+    }
+    /// Run the hook `id` no more (its worker stopped).
+    pub fn remove_hook(&self, id: u64) {
+        self.on_notify.write().retain(|(h, _)| *h != id);
     }
     /// How many times `notify` was called: read it before reading state, then wait for it to
     /// change, and no visible change can be missed.

@@ -47,12 +47,41 @@ pub struct SchedStats {
     pub refused: AtomicU64,
 }
 
-/// The running scheduler thread.
+/// How long the `scheduler` thread goes on with nothing to plan before it ends: an idle
+/// server runs no scheduler thread. It starts again when a command publishes a due eval
+/// (the counter's notify hook), and from [`Scheduler::tick`] when the GC or a waiting eval
+/// falls due. Longer than a burst's pauses (a thread per burst, not per eval), short
+/// against an idle agent's life.
+#[cfg(not(test))]
+pub const IDLE_EXIT: Duration = Duration::from_secs(3);
+/// Unit tests: short, so publishes can race the thread's end many times.
+#[cfg(test)]
+pub const IDLE_EXIT: Duration = Duration::from_millis(20);
+
+/// The scheduler: its `scheduler` thread runs only while there is work (see [`IDLE_EXIT`]).
 pub struct Scheduler {
-    stop: Arc<AtomicBool>,
-    index: Arc<IndexCounter>,
-    handle: Mutex<Option<JoinHandle<()>>>,
+    inner: Arc<Inner>,
+    /// The counter's notify hook that wakes it (removed at shutdown).
+    hook: u64,
     pub stats: Arc<SchedStats>,
+}
+
+/// What the thread and its starters share.
+struct Inner {
+    workloads: Arc<Workloads>,
+    index: Arc<IndexCounter>,
+    stop: AtomicBool,
+    stats: Arc<SchedStats>,
+    slot: Mutex<Slot>,
+}
+
+/// The thread, whether it still works, and the GC's next time (kept across its runs).
+/// `running` changes only under the lock: a thread that ends says so under it, after its
+/// last look at the state found nothing and no publish came after that look.
+struct Slot {
+    handle: Option<JoinHandle<()>>,
+    running: bool,
+    next_gc: Instant,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -62,33 +91,60 @@ impl std::fmt::Debug for Scheduler {
 }
 
 impl Scheduler {
-    /// Start the `scheduler` thread over `workloads`' published state.
+    /// Start the scheduler over `workloads`' published state: its thread takes a first look
+    /// now (and ends after [`IDLE_EXIT`] with nothing to do); every publish wakes it.
     pub fn start(
         workloads: Arc<Workloads>,
         index: Arc<IndexCounter>,
     ) -> std::io::Result<Scheduler> {
-        let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(SchedStats::default());
-        let handle = {
-            let (stop, index, stats) = (stop.clone(), index.clone(), stats.clone());
-            std::thread::Builder::new()
-                .name("scheduler".into())
-                .spawn(move || worker(&workloads, &index, &stop, &stats))?
-        };
-        Ok(Scheduler {
-            stop,
-            index,
-            handle: Mutex::new(Some(handle)),
-            stats,
-        })
+        // The first GC an interval after leadership began (or the agent started).
+        let next_gc = Instant::now() + workloads.gc_policy().interval;
+        let inner = Arc::new(Inner {
+            workloads,
+            index: index.clone(),
+            stop: AtomicBool::new(false),
+            stats: stats.clone(),
+            slot: Mutex::new(Slot {
+                handle: None,
+                running: false,
+                next_gc,
+            }),
+        });
+        {
+            let mut slot = inner.slot.lock();
+            inner.spawn(&mut slot)?;
+        }
+        let weak = Arc::downgrade(&inner);
+        let hook = index.on_notify(Box::new(move || {
+            if let Some(inner) = weak.upgrade() {
+                inner.wake(false);
+            }
+        }));
+        Ok(Scheduler { inner, hook, stats })
+    }
+
+    /// Start the thread if a timer fell due while it did not run: the GC, or an eval whose
+    /// wait is over (or one a failed start left). The agent calls it about once a second.
+    pub fn tick(&self) {
+        self.inner.wake(true);
+    }
+
+    /// Whether the thread runs now (tests).
+    #[cfg(test)]
+    pub fn is_running(&self) -> bool {
+        self.inner.slot.lock().running
     }
 
     /// Stop the thread (after the plan it is making) and join it.
     pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::SeqCst);
+        let inner = &self.inner;
+        inner.stop.store(true, Ordering::SeqCst);
+        inner.index.remove_hook(self.hook);
         // Wake its wait: a notify is harmless to every other waiter.
-        self.index.notify();
-        if let Some(h) = self.handle.lock().take() {
+        inner.index.notify();
+        let handle = inner.slot.lock().handle.take();
+        if let Some(h) = handle {
             let _ = h.join();
         }
     }
@@ -97,6 +153,56 @@ impl Scheduler {
 impl Drop for Scheduler {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+impl Inner {
+    /// Start the thread unless it runs or the scheduler stops: after a publish when a due
+    /// eval is pending; on a `tick` also when the GC is due.
+    fn wake(self: &Arc<Self>, tick: bool) {
+        let mut slot = self.slot.lock();
+        if slot.running || self.stop.load(Ordering::SeqCst) || self.index.is_closed() {
+            return;
+        }
+        let gc_due = tick && Instant::now() >= slot.next_gc;
+        let state = self.workloads.state();
+        if !gc_due && next_eval(&state, crate::time::unix_now_nanos()).0.is_none() {
+            return;
+        }
+        drop(state);
+        if let Err(e) = self.spawn(&mut slot) {
+            // The eval stays pending: the next tick tries again.
+            log::error!("cannot start the scheduler: {e}");
+        }
+    }
+
+    /// Start the thread (the slot says none runs).
+    fn spawn(self: &Arc<Self>, slot: &mut Slot) -> std::io::Result<()> {
+        if let Some(old) = slot.handle.take() {
+            // It said it ends (under this lock) and holds nothing: joined at once.
+            let _ = old.join();
+        }
+        let me = self.clone();
+        let next_gc = slot.next_gc;
+        let h = std::thread::Builder::new()
+            .name("scheduler".into())
+            .spawn(move || worker(&me, next_gc))?;
+        slot.handle = Some(h);
+        slot.running = true;
+        Ok(())
+    }
+
+    /// The thread ends if nothing was published since it read `generation` (then its look
+    /// at that state found nothing due): decided under the lock, so a publish after this
+    /// either was seen here or finds the thread gone and starts a new one.
+    fn try_end(&self, generation: u64, next_gc: Instant) -> bool {
+        let mut slot = self.slot.lock();
+        if self.index.generation() != generation && !self.stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        slot.running = false;
+        slot.next_gc = next_gc;
+        true
     }
 }
 
@@ -169,12 +275,14 @@ fn log_failures(eval: &EvalRecord, plan: &Plan) {
     );
 }
 
-fn worker(w: &Workloads, index: &IndexCounter, stop: &AtomicBool, stats: &SchedStats) {
+fn worker(inner: &Inner, mut next_gc: Instant) {
+    let (w, index, stop, stats) = (&*inner.workloads, &*inner.index, &inner.stop, &*inner.stats);
     let mut attempts: HashMap<String, u32> = HashMap::new();
     // The server's garbage collection runs here, between evals, as Nomad's core evals run on
     // its scheduler workers: the first one an interval after leadership began.
     let gc = w.gc_policy();
-    let mut next_gc = Instant::now() + gc.interval;
+    // Since when the thread found nothing to plan (`None` while it plans).
+    let mut idle_since: Option<Instant> = None;
     while !stop.load(Ordering::SeqCst) && !index.is_closed() {
         // The generation first: a change published after this read ends the wait below.
         let generation = index.generation();
@@ -202,9 +310,24 @@ fn worker(w: &Workloads, index: &IndexCounter, stop: &AtomicBool, stats: &SchedS
                 wait = wait.min(Duration::from_nanos(ns));
             }
             attempts.clear();
+            drop(state);
+            // Idle long enough, and no timer falls due within the idle period (`tick`
+            // starts the thread again for one): end, unless a publish came after this look.
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            let idle_left = IDLE_EXIT.saturating_sub(since.elapsed());
+            if idle_left.is_zero() && wait >= IDLE_EXIT && inner.try_end(generation, next_gc) {
+                log::debug!("scheduler: idle, the thread ends");
+                return;
+            }
+            let wait = if wait >= IDLE_EXIT && !idle_left.is_zero() {
+                idle_left
+            } else {
+                wait
+            };
             index.wait_for_change(generation, Instant::now() + wait);
             continue;
         };
+        idle_since = None;
         let attempt = {
             let a = attempts.entry(eval.id.clone()).or_default();
             *a += 1;
@@ -273,4 +396,52 @@ pub fn test_node(id: &str) -> crate::state::node_table::Node {
     n.resources = serde_json::json!({"Cpu": {"CpuShares": 1_000_000_000i64},
         "Memory": {"MemoryMB": 1_000_000_000i64}, "Disk": {"DiskMB": 1_000_000_000i64}});
     n
+}
+
+/// The thread ends when idle and the publish of a new eval starts it again: jobs registered
+/// right around the moment it ends (swept across its idle period) are all placed, and
+/// shutdown joins it.
+#[cfg(test)]
+#[test]
+fn evals_published_around_the_idle_schedulers_end_are_all_placed() {
+    let dir = std::env::temp_dir().join(format!("nomadlet-sched-idle-{}", new_id()));
+    let index = Arc::new(IndexCounter::default());
+    let w = Arc::new(Workloads::load(&dir, index.clone()).unwrap());
+    w.register_node(bench::sim_node(0)).unwrap();
+    let sched = Scheduler::start(w.clone(), index.clone()).unwrap();
+    let placed = |n: usize| w.state().allocs.len() >= n;
+    let mut ended = 0;
+    for n in 0..60usize {
+        let pause = IDLE_EXIT * (n % 41) as u32 / 20;
+        let until = Instant::now() + pause;
+        while Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if !sched.is_running() {
+            ended += 1;
+        }
+        w.register(bench::sim_job(&format!("j{n}"), 1)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let generation = index.generation();
+            if placed(n + 1) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job j{n} never placed (a lost wake)"
+            );
+            index.wait_for_change(generation, Instant::now() + Duration::from_millis(100));
+        }
+    }
+    assert!(ended > 5, "the scheduler ended only {ended} times");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sched.is_running() {
+        assert!(Instant::now() < deadline, "the idle scheduler never ends");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    sched.shutdown();
+    assert!(sched.inner.slot.lock().handle.is_none(), "joined");
+    w.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
 }
