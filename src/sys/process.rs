@@ -1,5 +1,5 @@
-//! Signals to processes and process groups (`kill(2)`), and the kernel's clock tick and page
-//! size for reading `/proc`.
+//! Signals to processes and process groups (`kill(2)`), the kernel's clock tick and page
+//! size for reading `/proc`, and the calling thread's scheduling priority.
 
 use std::io;
 
@@ -38,6 +38,17 @@ pub fn kill_group(pgid: i32, sig: i32) -> io::Result<()> {
         return Ok(rustix::process::test_kill_process_group(p)?);
     }
     Ok(rustix::process::kill_process_group(p, signal(sig)?)?)
+}
+
+/// The nice value of background work that must not take CPU from requests.
+pub const BACKGROUND_NICE: i32 = 19;
+
+/// Lower the calling thread's priority to [`BACKGROUND_NICE`] (Linux keeps nice per thread:
+/// `setpriority(PRIO_PROCESS, 0)` is this thread only). Best effort: the work runs anyway.
+pub fn background_thread() {
+    if let Err(e) = rustix::process::setpriority_process(None, BACKGROUND_NICE) {
+        log::debug!("cannot lower this thread's priority: {e}");
+    }
 }
 
 /// The size of a memory page in bytes.
