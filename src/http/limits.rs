@@ -74,8 +74,11 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// After an error reply, how long unread request bytes are drained before closing (so the
 /// peer sees the reply instead of a reset).
 pub const LINGER_TIME: Duration = Duration::from_millis(500);
-/// At most this many unread bytes are drained after an error reply.
-pub const LINGER_BYTES: usize = 1024 * 1024;
+/// At most this many unread bytes are drained after an error reply: room for a body twice
+/// the largest request limit, so a client refused with 413 while still sending reads its
+/// reply instead of a reset (a clean-clone CI rehearsal saw a 2 MiB body end in EPIPE when
+/// this was 1 MiB). [`LINGER_TIME`] bounds it too.
+pub const LINGER_BYTES: usize = 4 * 1024 * 1024;
 /// Stack of each connection thread, which also runs the handler and any stream or follower
 /// (Rust's default is 2 MiB). Measured by shrinking it under the integration tests: the debug
 /// build needs more than 128 KiB and at most 192 KiB (`PUT /v1/jobs` with resources), a
