@@ -450,6 +450,37 @@ fn a_restore_into_a_fresh_server_keeps_indexes_moving_forward() {
     );
 }
 
+/// Three servers whose autopilot promotes a non-voter after `stabilization` (a Go duration),
+/// the index of their leader, and a fourth server expecting none that joins them through
+/// gossip.
+fn three_and_a_late_server(stabilization: &str) -> (Vec<TestAgent>, usize, TestAgent) {
+    let servers = cluster_with(3, "", "");
+    let leader = wait_leader(&servers, &[0, 1, 2], FORM);
+    let cfg = "/v1/operator/autopilot/configuration";
+    wait_until(FORM, "the autopilot config stored", || {
+        servers[leader].get(cfg).status == 200
+    });
+    let r = put(
+        &servers[leader],
+        cfg,
+        &autopilot_body(&format!(
+            r#"{{"ServerStabilizationTime":"{stabilization}","LastContactThreshold":"2s"}}"#
+        )),
+    );
+    assert_eq!(r.text().trim(), "true");
+    // `cluster_with` set the serf ports in config: the agent says which.
+    let serf = servers[0].get_json("/v1/agent/self")["config"]["Ports"]["Serf"]
+        .as_u64()
+        .expect("serf port");
+    let late = TestAgent::server(
+        &format!(
+            "server {{\n  bootstrap_expect = 0\n  server_join {{\n    retry_join = [\"127.0.0.1:{serf}\"]\n    retry_interval = \"1s\"\n  }}\n}}\n"
+        ),
+        &[],
+    );
+    (servers, leader, late)
+}
+
 /// Ref §6.1, §6.3: a server with `bootstrap_expect = 0` never elects itself; joined to a
 /// running cluster it is added as a non-voter (`Voter: false`) and promoted once it has been
 /// healthy for `ServerStabilizationTime`, not before.
@@ -464,28 +495,7 @@ fn a_server_that_expects_none_waits_then_joins_as_a_non_voter_and_is_promoted() 
     }
     assert_eq!(common::leader_of(&lone).as_deref(), Some(""));
 
-    let mut servers = cluster_with(3, "", "");
-    let leader = wait_leader(&servers, &[0, 1, 2], FORM);
-    let cfg = "/v1/operator/autopilot/configuration";
-    wait_until(FORM, "the autopilot config stored", || {
-        servers[leader].get(cfg).status == 200
-    });
-    let r = put(
-        &servers[leader],
-        cfg,
-        &autopilot_body(r#"{"ServerStabilizationTime":"4s","LastContactThreshold":"2s"}"#),
-    );
-    assert_eq!(r.text().trim(), "true");
-    // `servers_with` set the serf ports in config: the agent says which.
-    let serf = servers[0].get_json("/v1/agent/self")["config"]["Ports"]["Serf"]
-        .as_u64()
-        .expect("serf port");
-    let late = TestAgent::server(
-        &format!(
-            "server {{\n  bootstrap_expect = 0\n  server_join {{\n    retry_join = [\"127.0.0.1:{serf}\"]\n    retry_interval = \"1s\"\n  }}\n}}\n"
-        ),
-        &[],
-    );
+    let (mut servers, leader, late) = three_and_a_late_server("4s");
     let addr = late.rpc_addr();
     let mut seen_as_learner = None;
     wait_until(
@@ -653,28 +663,8 @@ fn operator_endpoints_check_operator_read_write_and_management() {
 /// promotion is removed once gossip has marked it failed for the cleanup delay.
 #[test]
 fn a_dead_non_voter_is_removed_by_autopilots_cleanup() {
-    let servers = cluster_with(3, "", "");
-    let leader = wait_leader(&servers, &[0, 1, 2], FORM);
-    let cfg = "/v1/operator/autopilot/configuration";
-    wait_until(FORM, "the autopilot config stored", || {
-        servers[leader].get(cfg).status == 200
-    });
     // Never promoted while the test runs.
-    let r = put(
-        &servers[leader],
-        cfg,
-        &autopilot_body(r#"{"ServerStabilizationTime":"1h","LastContactThreshold":"2s"}"#),
-    );
-    assert_eq!(r.text().trim(), "true");
-    let serf = servers[0].get_json("/v1/agent/self")["config"]["Ports"]["Serf"]
-        .as_u64()
-        .expect("serf port");
-    let mut late = TestAgent::server(
-        &format!(
-            "server {{\n  bootstrap_expect = 0\n  server_join {{\n    retry_join = [\"127.0.0.1:{serf}\"]\n    retry_interval = \"1s\"\n  }}\n}}\n"
-        ),
-        &[],
-    );
+    let (servers, leader, mut late) = three_and_a_late_server("1h");
     let addr = late.rpc_addr();
     wait_until(
         FORM,
