@@ -357,7 +357,7 @@ fn one_address_is_capped_at_http_max_conns_per_client_with_nomads_429() {
         for s in held.iter_mut() {
             let mut b = [0u8; 1];
             let _ = s.set_nonblocking(true);
-            let refused = matches!(s.peek(&mut b), Ok(_));
+            let refused = s.peek(&mut b).is_ok();
             let _ = s.set_nonblocking(false);
             if refused {
                 *s = open(&agent, ME);
