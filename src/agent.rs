@@ -1028,31 +1028,28 @@ fn main_loop(
 fn autopilot_config(
     block: &crate::config::AutopilotSettings,
 ) -> crate::state::autopilot::AutopilotConfig {
-    let mut c = crate::state::autopilot::AutopilotConfig::default();
-    let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-    if let Some(v) = block.cleanup_dead_servers {
-        c.cleanup_dead_servers = v;
+    let d = crate::state::autopilot::AutopilotConfig::default();
+    let nanos = |t: Option<std::time::Duration>, or: u64| {
+        t.map_or(or, |t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX))
+    };
+    crate::state::autopilot::AutopilotConfig {
+        cleanup_dead_servers: block.cleanup_dead_servers.unwrap_or(d.cleanup_dead_servers),
+        last_contact_threshold_ns: nanos(block.last_contact_threshold, d.last_contact_threshold_ns),
+        max_trailing_logs: block.max_trailing_logs.unwrap_or(d.max_trailing_logs),
+        min_quorum: block.min_quorum.unwrap_or(d.min_quorum),
+        server_stabilization_time_ns: nanos(
+            block.server_stabilization_time,
+            d.server_stabilization_time_ns,
+        ),
+        enable_redundancy_zones: block
+            .enable_redundancy_zones
+            .unwrap_or(d.enable_redundancy_zones),
+        disable_upgrade_migration: block
+            .disable_upgrade_migration
+            .unwrap_or(d.disable_upgrade_migration),
+        enable_custom_upgrades: block
+            .enable_custom_upgrades
+            .unwrap_or(d.enable_custom_upgrades),
+        ..d
     }
-    if let Some(d) = block.last_contact_threshold {
-        c.last_contact_threshold_ns = nanos(d);
-    }
-    if let Some(v) = block.max_trailing_logs {
-        c.max_trailing_logs = v;
-    }
-    if let Some(v) = block.min_quorum {
-        c.min_quorum = v;
-    }
-    if let Some(d) = block.server_stabilization_time {
-        c.server_stabilization_time_ns = nanos(d);
-    }
-    if let Some(v) = block.enable_redundancy_zones {
-        c.enable_redundancy_zones = v;
-    }
-    if let Some(v) = block.disable_upgrade_migration {
-        c.disable_upgrade_migration = v;
-    }
-    if let Some(v) = block.enable_custom_upgrades {
-        c.enable_custom_upgrades = v;
-    }
-    c
 }

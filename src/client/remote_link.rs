@@ -103,7 +103,7 @@ impl RemoteLink {
             secret,
             dialer,
             preferred: Mutex::new(None),
-            keep_for: REBALANCE_AFTER + REBALANCE_AFTER.mul_f64(random_fraction() / 2.0),
+            keep_for: REBALANCE_AFTER + crate::time::jitter(REBALANCE_AFTER / 2),
             closed: AtomicBool::new(false),
             in_flight: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(0),
@@ -146,7 +146,10 @@ impl RemoteLink {
         let start = match kept.and_then(|k| list.iter().position(|s| *s == k)) {
             Some(i) => i,
             None if list.is_empty() => 0,
-            None => (random_fraction() * list.len() as f64) as usize % list.len(),
+            None => {
+                let r = rand_core::RngCore::next_u64(&mut crate::encoding::OsRng);
+                (r % list.len() as u64) as usize
+            }
         };
         list.rotate_left(start);
         list
@@ -329,11 +332,6 @@ impl ServerLink for RemoteLink {
             let _ = s.shutdown(Shutdown::Both);
         }
     }
-}
-
-/// A uniform random number in [0, 1) (from the kernel's random source, through a v4 UUID).
-fn random_fraction() -> f64 {
-    (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

@@ -278,7 +278,7 @@ impl Driver {
         self.fail_reads(BarrierError::Stopped);
         // The encoder is joined; its rows are dropped (the log still holds everything).
         if let Some((_, e)) = self.encoding.take() {
-            let _ = e.join_discard();
+            e.join_discard();
         }
         // The commit index is written with the next transaction; at a clean stop, now.
         if !self.broken {
@@ -568,7 +568,7 @@ impl Driver {
         if let Some((state, index, term)) = installed {
             // A snapshot being encoded is a difference from tables the install replaced.
             if let Some((_, stale)) = self.encoding.take() {
-                let _ = stale.join_discard();
+                stale.join_discard();
             }
             self.sm.installed(state);
             self.applied = index;

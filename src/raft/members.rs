@@ -331,49 +331,38 @@ impl Members {
             }
             MemberStatus::Alive | MemberStatus::Leaving => false,
         };
-        // A dead non-voter first: it counts for no quorum, so it goes whatever remains.
-        let dead_learner = learners.iter().find_map(|l| {
-            let s = by_id.get(l)?;
-            dead_for_long(*l, s).then_some((*l, s.peer.name.clone(), s.status))
-        });
-        let mut dead_voters = Vec::new();
-        for v in voters.iter().filter(|v| **v != self.id) {
-            if let Some(s) = by_id.get(v) {
-                if dead_for_long(*v, s) {
-                    dead_voters.push(*v);
-                }
-            }
-        }
-        if let Some((l, name, status)) = dead_learner {
-            log::info!(
-                "raft: removing non-voter {name} ({l:x}): gossip says {}",
-                status.as_str()
-            );
-            if let Err(e) = self.change(ConfChangeType::RemoveNode, l) {
-                log::warn!("raft: cannot remove {name}: {e}");
-            }
+        let dead: BTreeSet<u64> = learners
+            .iter()
+            .chain(voters)
+            .filter(|id| **id != self.id)
+            .filter(|id| by_id.get(id).is_some_and(|s| dead_for_long(**id, s)))
+            .copied()
+            .collect();
+        // A dead non-voter first: it counts for no quorum, so it goes whatever remains. A
+        // dead voter only while the configuration after its removal keeps a majority alive
+        // and at least `MinQuorum` voters.
+        let remaining = voters.len().saturating_sub(1);
+        let voter_may_go = alive_voters > remaining / 2 && (remaining as u64) >= config.min_quorum;
+        let target = match learners.iter().find(|l| dead.contains(l)) {
+            Some(l) => Some((*l, "non-voter")),
+            None => voters
+                .iter()
+                .find(|v| voter_may_go && dead.contains(v))
+                .map(|v| (*v, "server")),
+        };
+        let Some((id, what)) = target else {
             return;
-        }
-        for v in voters.iter().filter(|v| **v != self.id) {
-            let Some(s) = by_id.get(v) else {
-                continue;
-            };
-            let dead = dead_voters.contains(v);
-            // The configuration after the removal keeps a majority alive.
-            let remaining = voters.len() - 1;
-            if !dead || alive_voters < remaining / 2 + 1 || (remaining as u64) < config.min_quorum {
-                continue;
-            }
-            log::info!(
-                "raft: removing server {} ({:x}): gossip says {}",
-                s.peer.name,
-                v,
-                s.status.as_str()
-            );
-            if let Err(e) = self.change(ConfChangeType::RemoveNode, *v) {
-                log::warn!("raft: cannot remove {}: {e}", s.peer.name);
-            }
+        };
+        let Some(s) = by_id.get(&id) else {
             return;
+        };
+        log::info!(
+            "raft: removing {what} {} ({id:x}): gossip says {}",
+            s.peer.name,
+            s.status.as_str()
+        );
+        if let Err(e) = self.change(ConfChangeType::RemoveNode, id) {
+            log::warn!("raft: cannot remove {}: {e}", s.peer.name);
         }
     }
 

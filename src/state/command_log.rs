@@ -733,10 +733,7 @@ impl StateMachine {
             "snapshot",
             snapshot::write(txn, Some(&self.snapshotted), &state)
         )?;
-        if self.plain_log_left {
-            let mut log = st!("snapshot", txn.open_table(LOG))?;
-            st!("snapshot", log.retain(|_, _| false))?;
-        }
+        self.empty_plain_log(txn, "snapshot")?;
         Ok(state)
     }
 
@@ -760,11 +757,18 @@ impl StateMachine {
             return Ok(None);
         };
         st!("snapshot", rows.write(txn))?;
-        if self.plain_log_left {
-            let mut log = st!("snapshot", txn.open_table(LOG))?;
-            st!("snapshot", log.retain(|_, _| false))?;
-        }
+        self.empty_plain_log(txn, "snapshot")?;
         Ok(Some(state))
+    }
+
+    /// A store of a server before replication still has its plain log: the first snapshot
+    /// empties it (inside `txn`).
+    fn empty_plain_log(&self, txn: &WriteTransaction, op: &'static str) -> Result<(), LogError> {
+        if self.plain_log_left {
+            let mut log = st!(op, txn.open_table(LOG))?;
+            st!(op, log.retain(|_, _| false))?;
+        }
+        Ok(())
     }
 
     /// The snapshot `state` is durable.
@@ -785,10 +789,7 @@ impl StateMachine {
             "install snapshot",
             snapshot::write(txn, Some(&self.snapshotted), &state)
         )?;
-        if self.plain_log_left {
-            let mut log = st!("install snapshot", txn.open_table(LOG))?;
-            st!("install snapshot", log.retain(|_, _| false))?;
-        }
+        self.empty_plain_log(txn, "install snapshot")?;
         Ok(state)
     }
 
@@ -847,8 +848,8 @@ impl Encoding {
 
     /// Join the encoder and drop what it made (the tables it was to update were replaced,
     /// or the owner stops).
-    pub fn join_discard(self) -> bool {
-        self.encoder.join().is_ok()
+    pub fn join_discard(self) {
+        let _ = self.encoder.join();
     }
 
     /// Join the encoder: the state and its rows, or `None` (logged) when it failed — the log
@@ -988,11 +989,7 @@ impl Committer {
         let mut written = applied;
         if !entries.is_empty() {
             // A snapshot encoded meanwhile rides along: one transaction, one fsync.
-            let encoded = self.take_encoded(false);
-            let (snap_state, rows) = match encoded {
-                Some((state, rows)) => (Some(state), Some(rows)),
-                None => (None, None),
-            };
+            let (snap_state, rows) = self.take_encoded(false).unzip();
             let res = self.write(&entries, rows);
             written = std::time::Instant::now();
             if let Err(e) = res {
@@ -1088,10 +1085,7 @@ impl Committer {
     /// The snapshot encoded by [`Committer::start_encoding`], once done (`wait`: wait for
     /// it). An encoder that failed is logged; the log still holds everything.
     fn take_encoded(&mut self, wait: bool) -> Option<(Arc<ServerState>, snapshot::Rows)> {
-        let done = self
-            .encoding
-            .as_ref()
-            .is_some_and(|e| wait || e.encoder.is_finished());
+        let done = self.encoding.as_ref().is_some_and(|e| wait || e.is_done());
         if !done {
             return None;
         }

@@ -7,7 +7,7 @@
 //! clock: it re-checks only what the state itself says (still present, still finished), so a
 //! reap computed on an older snapshot never removes something that came back to life.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -144,14 +144,6 @@ pub fn candidates(state: &ServerState, now: i64, t: &GcThresholds) -> Reap {
     // Jobs first: a dead job that is stopped or batch, idle past the job threshold, goes with
     // every eval and alloc of it.
     let job_cut = now.saturating_sub(nanos(t.job));
-    // Each job's evals, in one pass over the evals (not one pass per job).
-    let mut evals_of: BTreeMap<(&str, &str), Vec<&Arc<EvalRecord>>> = BTreeMap::new();
-    for e in state.evals.values() {
-        evals_of
-            .entry((e.namespace.as_str(), e.job_id.as_str()))
-            .or_default()
-            .push(e);
-    }
     for (key, job) in state.jobs.iter() {
         if !job_dead(job) || (is_parent(job) && !job.stop) {
             continue;
@@ -159,9 +151,7 @@ pub fn candidates(state: &ServerState, now: i64, t: &GcThresholds) -> Reap {
         if !(job.stop || job.job_type().is_batch()) {
             continue;
         }
-        let evals: &[&Arc<EvalRecord>] = evals_of
-            .get(&(key.0.as_str(), key.1.as_str()))
-            .map_or(&[], Vec::as_slice);
+        let evals: Vec<&Arc<EvalRecord>> = state.evals_of(key).collect();
         let allocs: Vec<&Arc<AllocRecord>> = state.allocs_of(key).collect();
         let idle = job.submit_time <= job_cut
             && evals
