@@ -88,7 +88,13 @@ pub fn maybe_forward(agent: &Arc<Agent>, req: &Request) -> Option<Reply> {
             if let Err(e) = super::auth::authenticate(agent, req) {
                 return Some(super::router::error_reply(&e));
             }
+            if super::forward_exec::is_exec_upgrade(req) {
+                return Some(super::forward_exec::to_node(agent, &node, req));
+            }
             Some(to_node(agent, &node, req))
+        }
+        Ok(Target::Servers(servers)) if super::forward_exec::is_exec_upgrade(req) => {
+            Some(super::forward_exec::to_servers(agent, &servers, req))
         }
         Ok(Target::Servers(servers)) => Some(to_servers(agent, &servers, req)),
         Ok(Target::Leader(addr)) => Some(to_leader(agent, addr, req)),
@@ -270,10 +276,7 @@ fn client_target(agent: &Arc<Agent>, req: &Request, rest: &str) -> Result<Target
         return Ok(Target::Local);
     };
     let local_node = agent.node.id();
-    if rest.starts_with("allocation/") && rest.ends_with("/exec") {
-        // A websocket session: served where it arrives.
-        return Ok(Target::Local);
-    }
+    // (An exec websocket of an alloc elsewhere goes there too: `forward_exec`.)
     if let Some(alloc_id) = path_alloc(rest) {
         if agent.client.alloc(alloc_id).is_some() {
             return Ok(Target::Local);
@@ -318,7 +321,7 @@ fn reply_deadline(req: &Request) -> Instant {
 }
 
 /// The request's end-to-end headers (the ACL token among them).
-fn pass_headers(req: &Request) -> Vec<(String, String)> {
+pub(super) fn pass_headers(req: &Request) -> Vec<(String, String)> {
     req.headers
         .iter()
         .filter(|(k, _)| {
@@ -367,7 +370,7 @@ fn to_node(agent: &Arc<Agent>, node: &str, req: &Request) -> Reply {
 }
 
 /// Nomad's answer when no server holds a connection of the node (ref §5.7).
-const NO_PATH: &str = "No path to node";
+pub(super) const NO_PATH: &str = "No path to node";
 
 /// No tunnel of `node` is parked here: ask the other servers in turn (the node may hold its
 /// tunnels to one of them, ref §5.6), each marked as passed on so it answers from its own
@@ -404,7 +407,7 @@ fn via_peer_servers(agent: &Agent, node: &str, req: &Request) -> Reply {
     no_path()
 }
 
-fn is_no_path(reply: &Reply) -> bool {
+pub(super) fn is_no_path(reply: &Reply) -> bool {
     reply.status == crate::http::Status::NOT_FOUND
         && matches!(&reply.body, crate::http::Body::Bytes(b) if b.as_slice() == NO_PATH.as_bytes())
 }
@@ -508,7 +511,7 @@ pub fn rpc_error_hop(mut reply: Reply) -> Reply {
     reply
 }
 
-fn dial(addr: &str, last: &mut String) -> Option<RawStream> {
+pub(super) fn dial(addr: &str, last: &mut String) -> Option<RawStream> {
     let sock = match addr.to_socket_addrs().map(|mut a| a.next()) {
         Ok(Some(a)) => a,
         Ok(None) => {

@@ -19,6 +19,7 @@ pub mod error;
 pub mod events;
 pub mod filter;
 pub mod forward;
+pub mod forward_exec;
 pub mod job_dispatch;
 pub mod job_plan;
 pub mod job_versions;

@@ -12,7 +12,8 @@
 //! (httparse, framing rules, target decoding), `method` and `status` (the request method
 //! parsed once, status codes by name), `chunked` (request bodies), `budget`
 //! (server-wide body memory), `respond` (status line, `Date`, sanitised headers, bodies,
-//! the stream sink and its peer-gone check).
+//! the stream sink and its peer-gone check), `upgrade` (101s) and `splice` (an upgraded
+//! connection copied both ways to another stream).
 // A library inside a binary: some of its public API is used only by some areas (the Task API
 // serves Unix sockets, client_fs streams); the unit tests use all of it, so test builds still
 // catch real dead code.
@@ -30,6 +31,7 @@ pub mod outbound;
 pub mod reply;
 pub mod request;
 mod respond;
+pub mod splice;
 pub mod status;
 pub mod stream;
 pub mod tls;
@@ -44,6 +46,7 @@ pub use listener::{ListenerHandle, Server};
 pub use method::Method;
 pub use reply::{Body, Reply, StreamBody, StreamSink};
 pub use request::{Origin, Peer, Request, RequestHead};
+pub use splice::Splice;
 pub use status::Status;
 pub use stream::RawStream;
 pub use tls::TlsAcceptor;

@@ -89,7 +89,47 @@ pub fn write_request(
     body: &[u8],
     deadline: Instant,
 ) -> io::Result<()> {
-    let mut head = Vec::with_capacity(256 + body.len());
+    let mut head = head_of(method, target, host, headers, body.len());
+    if !body.is_empty() || !matches!(method, "GET" | "HEAD" | "DELETE" | "OPTIONS") {
+        head.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    }
+    head.extend_from_slice(b"Connection: close\r\n\r\n");
+    head.extend_from_slice(body);
+    stream.set_write_timeout(Some(left(deadline)?))?;
+    stream.write_all(&head)
+}
+
+/// [`write_request`] for a protocol upgrade: no body, and `Connection: Upgrade` with
+/// `Upgrade: <protocol>` instead of `Connection: close`. After a 101 ([`read_reply`]) the
+/// stream speaks the new protocol ([`Incoming::into_upgraded`]).
+pub fn write_upgrade_request(
+    stream: &mut RawStream,
+    method: &str,
+    target: &str,
+    host: &str,
+    headers: &[(String, String)],
+    protocol: &str,
+    deadline: Instant,
+) -> io::Result<()> {
+    let mut head = head_of(method, target, host, headers, 0);
+    let protocol = super::respond::clean_value(protocol);
+    head.extend_from_slice(
+        format!("Connection: Upgrade\r\nUpgrade: {protocol}\r\n\r\n").as_bytes(),
+    );
+    stream.set_write_timeout(Some(left(deadline)?))?;
+    stream.write_all(&head)
+}
+
+/// A request's line, `Host` and end-to-end `headers` (hop-by-hop fields and CR/LF dropped),
+/// without the blank line that ends the head.
+fn head_of(
+    method: &str,
+    target: &str,
+    host: &str,
+    headers: &[(String, String)],
+    body_len: usize,
+) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256 + body_len);
     head.extend_from_slice(format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n").as_bytes());
     for (name, value) in headers {
         let Some(name) = super::respond::clean_name(name) else {
@@ -101,13 +141,7 @@ pub fn write_request(
         let value = super::respond::clean_value(value);
         head.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
     }
-    if !body.is_empty() || !matches!(method, "GET" | "HEAD" | "DELETE" | "OPTIONS") {
-        head.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
-    }
-    head.extend_from_slice(b"Connection: close\r\n\r\n");
-    head.extend_from_slice(body);
-    stream.set_write_timeout(Some(left(deadline)?))?;
-    stream.write_all(&head)
+    head
 }
 
 /// Time left until `deadline`, or a `TimedOut` error once it has passed.
