@@ -159,6 +159,22 @@ fn scenario(net: &Net) {
             .collect();
         all.len() == 2 && running == vec![&replacement]
     });
+    // The node's events tell the story, as Nomad's (ref §2.2, §2.5).
+    let node = server.get_json(&format!("/v1/node/{cut_node}"));
+    let events: Vec<&str> = node["Events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["Message"].as_str())
+        .collect();
+    let missed = events.iter().position(|m| *m == "Node heartbeat missed");
+    let back = events
+        .iter()
+        .position(|m| *m == "Node reregistered by heartbeat");
+    assert!(
+        matches!((missed, back), (Some(a), Some(b)) if a < b),
+        "{events:?}"
+    );
     let all = allocs(&server, "once");
     assert_eq!(all[&original].1, "stop", "{all:?}");
     assert_eq!(all[&replacement].1, "run", "{all:?}");
