@@ -605,6 +605,25 @@ mod tests {
     }
 
     #[test]
+    fn an_upgrade_request_asks_for_the_protocol_and_keeps_the_connection() {
+        let (mut a, b) = pair();
+        let headers = vec![
+            ("Sec-WebSocket-Key".to_string(), "k".to_string()),
+            ("Upgrade".to_string(), "h2c".to_string()),
+            ("Connection".to_string(), "close".to_string()),
+        ];
+        write_upgrade_request(&mut a, "GET", "/x", "h", &headers, "web\r\nsocket", soon()).unwrap();
+        drop(a);
+        let mut got = String::new();
+        (&b).read_to_string(&mut got).unwrap();
+        assert_eq!(
+            got,
+            "GET /x HTTP/1.1\r\nHost: h\r\nSec-WebSocket-Key: k\r\n\
+             Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        );
+    }
+
+    #[test]
     fn reads_length_chunked_and_close_delimited_bodies() {
         let (a, b) = pair();
         (&b).write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello")

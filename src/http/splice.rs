@@ -118,3 +118,112 @@ impl Upgrade for Splice {
         other.shutdown(Shutdown::Both);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{Handler, Limits, Origin, Reply, Request, RequestHead};
+    use parking_lot::Mutex;
+    use std::os::unix::net::UnixStream;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Instant;
+
+    /// Answers every request with a 101 spliced to the far stream it holds.
+    struct SpliceTo(Mutex<Option<RawStream>>);
+
+    impl Handler for SpliceTo {
+        fn body_limit(&self, _: &RequestHead) -> usize {
+            0
+        }
+        fn handle(&self, _: Request) -> Reply {
+            let far = self.0.lock().take().expect("one request");
+            Reply::upgrade(
+                vec![("Upgrade".into(), "test".into())],
+                Box::new(Splice::new(far, b"early".to_vec())),
+            )
+        }
+    }
+
+    fn read_exactly(s: &UnixStream, n: usize) -> Vec<u8> {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut out = vec![0u8; n];
+        (&*s).read_exact(&mut out).unwrap();
+        out
+    }
+
+    /// A connection served on its own thread whose request is spliced to `far`: (the
+    /// requester's end, the thread).
+    fn spliced(far: UnixStream) -> (UnixStream, std::thread::JoinHandle<()>) {
+        let (conn, requester) = UnixStream::pair().unwrap();
+        let handler = SpliceTo(Mutex::new(Some(RawStream::from(far))));
+        let thread = std::thread::spawn(move || {
+            let stopping = AtomicBool::new(false);
+            crate::http::conn::serve_stream(
+                RawStream::from(conn),
+                Vec::new(),
+                &handler,
+                &Limits::default(),
+                &stopping,
+                Origin::Tcp { peer: None },
+            );
+        });
+        // The request, and a first byte of the new protocol sent along with it.
+        (&requester)
+            .write_all(
+                b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n!",
+            )
+            .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.extend(read_exactly(&requester, 1));
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101 "), "{head:?}");
+        (requester, thread)
+    }
+
+    #[test]
+    fn bytes_pass_both_ways_unchanged_until_the_far_side_closes() {
+        let (far, node) = UnixStream::pair().unwrap();
+        let (requester, thread) = spliced(far);
+        // What the far side sent past its own 101 comes first; what the requester sent
+        // with its request reaches the far side.
+        assert_eq!(read_exactly(&requester, 5), b"early");
+        assert_eq!(read_exactly(&node, 1), b"!");
+        let big: Vec<u8> = (0..SPLICE_CHUNK * 3 + 7).map(|i| (i % 251) as u8).collect();
+        let writer = {
+            let (node, big) = (node.try_clone().unwrap(), big.clone());
+            std::thread::spawn(move || (&node).write_all(&big).unwrap())
+        };
+        assert_eq!(read_exactly(&requester, big.len()), big);
+        writer.join().unwrap();
+        (&requester).write_all(b"\x00\xffback").unwrap();
+        assert_eq!(read_exactly(&node, 6), b"\x00\xffback");
+        // The far side goes: the requester's connection ends, and so does the thread.
+        drop(node);
+        let mut rest = Vec::new();
+        requester
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        (&requester).read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn the_requester_leaving_closes_the_far_side() {
+        let (far, node) = UnixStream::pair().unwrap();
+        let (requester, thread) = spliced(far);
+        assert_eq!(read_exactly(&requester, 5), b"early");
+        let started = Instant::now();
+        drop(requester);
+        node.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut rest = Vec::new();
+        (&node).read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, b"!");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "at once, not at a deadline"
+        );
+        thread.join().unwrap();
+    }
+}
