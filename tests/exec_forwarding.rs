@@ -145,12 +145,12 @@ fn exec_reaches_an_alloc_on_another_node_through_a_server_and_a_client() {
     // Errors before the upgrade, as the alloc's node (or the server) gives them.
     for at in [&server, &other] {
         let (st, body) = open_exec(at, UNKNOWN, &query("t", &["true"], false), None)
-            .err()
-            .expect("refused");
+            .map(|_| ())
+            .expect_err("refused");
         assert_eq!((st, body), (404, format!("Unknown allocation {UNKNOWN:?}")));
         let (st, body) = open_exec(at, &alloc, &query("nope", &["true"], false), None)
-            .err()
-            .expect("refused");
+            .map(|_| ())
+            .expect_err("refused");
         assert_eq!((st, body.as_str()), (400, "unknown task name \"nope\""));
         // Not a websocket handshake: forwarded as a plain request and refused by the node.
         let r = at.get(&format!(
@@ -221,13 +221,15 @@ fn under_acls_the_node_checks_the_token_of_a_forwarded_exec() {
     let q = query("t", &["echo", "ok"], false);
 
     // No token: anonymous, refused by the node.
-    let (st, body) = open_exec(&server, &alloc, &q, None).err().expect("refused");
+    let (st, body) = open_exec(&server, &alloc, &q, None)
+        .map(|_| ())
+        .expect_err("refused");
     assert_eq!((st, body.as_str()), (403, "Permission denied"));
     // A token the server does not know goes no further.
     let bogus = "00000000-0000-4000-8000-000000000001";
     let (st, body) = open_exec(&server, &alloc, &q, Some(bogus))
-        .err()
-        .expect("refused");
+        .map(|_| ())
+        .expect_err("refused");
     assert_eq!((st, body.as_str()), (403, "ACL token not found"));
     // alloc-exec alone is not enough for raw_exec (alloc-node-exec too), as locally.
     let hdr = [("X-Nomad-Token", mgmt.as_str())];
@@ -240,8 +242,8 @@ fn under_acls_the_node_checks_the_token_of_a_forwarded_exec() {
     assert_eq!(r.status, 200, "{}", r.text());
     let half = r.json()["SecretID"].as_str().expect("secret").to_string();
     let (st, _) = open_exec(&server, &alloc, &q, Some(&half))
-        .err()
-        .expect("refused");
+        .map(|_| ())
+        .expect_err("refused");
     assert_eq!(st, 403, "raw_exec also needs alloc-node-exec");
     // The management token execs.
     let mut ws = open_exec(&server, &alloc, &q, Some(&mgmt)).expect("upgrade");
