@@ -251,3 +251,37 @@ fn under_acls_the_node_checks_the_token_of_a_forwarded_exec() {
     assert_eq!((o.stdout.as_str(), o.exit_code), ("ok\n", Some(0)), "{o:?}");
     kill_leftover_tasks(&runner.data_dir);
 }
+
+#[test]
+fn a_server_without_the_nodes_tunnels_reaches_the_exec_through_one_that_has_them() {
+    let servers = common::cluster(2);
+    let leader = common::wait_leader(&servers, &[0, 1], Duration::from_secs(30));
+    let rpc: Vec<String> = servers.iter().map(TestAgent::rpc_addr).collect();
+    let list: Vec<&str> = rpc.iter().map(String::as_str).collect();
+    let runner = TestAgent::client(&list, &unreachable_http(), &[]);
+    let node = runner.node_id();
+    wait_ready(&servers[leader], &node, None);
+    let alloc = running(&servers[leader], "exec-peers", None);
+    // A third server joins now: the node's idle tunnels are parked on the first two, and
+    // none is used (so none is redialled) until the exec below.
+    let serf = servers[0].get_json("/v1/agent/self")["config"]["Ports"]["Serf"]
+        .as_u64()
+        .expect("serf port");
+    let late = TestAgent::server(
+        &format!(
+            "server {{\n  bootstrap_expect = 0\n  server_join {{\n    retry_join = [\"127.0.0.1:{serf}\"]\n    retry_interval = \"1s\"\n  }}\n}}\n"
+        ),
+        &[],
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the late server to know the alloc",
+        || late.get(&format!("/v1/allocation/{alloc}?stale")).status == 200,
+    );
+    // It holds no tunnel of the node: it asks the servers that do.
+    echo_cat(&late, &alloc, None);
+    for server in &servers {
+        echo_cat(server, &alloc, None);
+    }
+    kill_leftover_tasks(&runner.data_dir);
+}
