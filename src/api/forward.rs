@@ -12,7 +12,8 @@
 //! `No cluster leader` instead of passing it on again (no loops while leadership moves). Requests go as they came (method, path, query, end-to-end headers
 //! with the ACL token, body): a server accepts the token before it forwards to a node, which
 //! checks the capabilities; a client-only agent leaves the token to its server. Replies come back as they are:
-//! small bodies whole, everything else (logs, follow streams) piped as it arrives.
+//! small bodies whole, everything else (logs, follow streams) piped as it arrives. An `alloc
+//! exec` websocket upgrade takes the same routes and is spliced once answered (`forward_exec`).
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
