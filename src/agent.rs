@@ -956,6 +956,21 @@ fn notify(notifier: &Option<crate::sd_notify::Notifier>, state: &str) {
 /// Threads of an agent with nothing to do: main, the HTTP acceptor, the metadata batcher.
 const IDLE_THREADS: usize = 3;
 
+/// The threads of an idle agent of this role: [`IDLE_THREADS`], and on a client-only agent
+/// its allocations pull and its idle tunnels, which live as long as it does.
+fn idle_threads(config: &crate::config::Config) -> usize {
+    if config.client_only() {
+        IDLE_THREADS + 1 + crate::client::tunnel::TUNNEL_IDLE
+    } else {
+        IDLE_THREADS
+    }
+}
+
+/// Idle main-loop samples after which resident code is trimmed once more: what ran after
+/// the first trim of an idle spell (a client's registration, its tunnels' first exchanges)
+/// is dropped too.
+const RETRIM_AFTER_SAMPLES: u32 = 10;
+
 /// How many threads this process runs now (`None` without `/proc`).
 fn thread_count() -> Option<usize> {
     std::fs::read_dir("/proc/self/task").ok().map(|d| d.count())
@@ -976,7 +991,9 @@ fn main_loop(
     use std::time::Instant;
     let mut next_sample = Instant::now() + SAMPLE_INTERVAL;
     // Start-up trimmed the code pages already.
-    let mut was_idle = true;
+    // Samples in a row the agent was idle (it starts trimmed: counted as idle).
+    let mut idle_for: u32 = 1;
+    let idle_threads = idle_threads(&agent.config);
     let mut next_ping = watchdog.map(|w| Instant::now() + w);
     if watchdog.is_some() {
         notify(notifier, "WATCHDOG=1");
@@ -1005,13 +1022,13 @@ fn main_loop(
             tick();
             // On-demand workers (scheduler, committer, alloc puller, runners) ran code that
             // an idle agent no longer runs: once they have all ended, drop it from RSS again.
-            let idle = thread_count().is_some_and(|n| n <= IDLE_THREADS);
-            if idle && !was_idle {
+            let idle = thread_count().is_some_and(|n| n <= idle_threads);
+            idle_for = if idle { idle_for.saturating_add(1) } else { 0 };
+            if idle_for == 1 || idle_for == RETRIM_AFTER_SAMPLES {
                 if let Err(e) = crate::sys::mem::trim_code_pages() {
                     log::debug!("cannot trim resident code pages: {e}");
                 }
             }
-            was_idle = idle;
             next_sample = now + SAMPLE_INTERVAL;
         }
         if let (Some(p), Some(w)) = (next_ping, watchdog) {
