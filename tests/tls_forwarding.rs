@@ -153,11 +153,15 @@ fn forwarding_and_tunnels_work_over_mutual_tls() {
         // The task may not have written its line yet when it counts as started.
         let path = format!("/v1/client/fs/cat/{alloc}?path=alloc/logs/t.stdout.0");
         let mut last = String::new();
-        wait_until(Duration::from_secs(10), "the task's line through a server", || {
-            let r = server.get(&path);
-            last = format!("{} {}", r.status, r.text());
-            r.status == 200 && r.text().contains("hello-over-tls")
-        });
+        wait_until(
+            Duration::from_secs(10),
+            "the task's line through a server",
+            || {
+                let r = server.get(&path);
+                last = format!("{} {}", r.status, r.text());
+                r.status == 200 && r.text().contains("hello-over-tls")
+            },
+        );
         assert!(last.starts_with("200 hello-over-tls"), "{last}");
         let logs = get_ok(
             server,

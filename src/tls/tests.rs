@@ -328,9 +328,7 @@ fn settings_are_checked_and_files_bounded() {
 /// (asking for a client certificate from `ca`), runs `serve` on the session, and closes.
 fn tls_peer(
     settings: &TlsSettings,
-    serve: impl FnOnce(&mut rustls::StreamOwned<ServerConnection, std::net::TcpStream>)
-        + Send
-        + 'static,
+    serve: impl FnOnce(&mut rustls::StreamOwned<ServerConnection, std::net::TcpStream>) + Send + 'static,
 ) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
     let mutual = TlsSettings {
         verify_https_client: true,
@@ -422,10 +420,17 @@ fn rpc_dials_speak_mutual_tls_and_see_what_rustls_holds() {
     stream.write_all(b"2").unwrap();
     let start = Instant::now();
     while stream.is_quiet() {
-        assert!(start.elapsed() < Duration::from_secs(5), "close_notify unseen");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "close_notify unseen"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(read_one(&mut stream, &mut one), 0, "close_notify reads as the end");
+    assert_eq!(
+        read_one(&mut stream, &mut one),
+        0,
+        "close_notify reads as the end"
+    );
     assert!(stream.has_buffered(), "and stays seen");
     drop(stream);
     peer.join().unwrap();
@@ -461,7 +466,10 @@ fn rpc_dials_speak_mutual_tls_and_see_what_rustls_holds() {
                 }
             }
         });
-    assert!(failed.is_err(), "a peer that refused our certificate answered");
+    assert!(
+        failed.is_err(),
+        "a peer that refused our certificate answered"
+    );
     peer.join().unwrap();
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_dir_all(other_dir);
