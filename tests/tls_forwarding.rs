@@ -145,7 +145,8 @@ fn forwarding_and_tunnels_work_over_mutual_tls() {
         follower,
         "tls-fwd",
         "service",
-        "echo hello-over-tls; while true; do sleep 0.1; done",
+        "echo hello-over-tls; while [ ! -e \"$NOMAD_TASK_DIR/go\" ]; do sleep 0.05; done; \
+         echo after-go; while true; do sleep 0.1; done",
         fs_util::default_logs(),
     );
     let alloc = fs_util::wait_alloc(follower, &job);
@@ -169,6 +170,30 @@ fn forwarding_and_tunnels_work_over_mutual_tls() {
         );
         assert!(logs.text().starts_with("hello-over-tls"), "{}", logs.text());
     }
+    // A follow stream through the leader: a line the task writes after the request came
+    // arrives through the TLS tunnel (and, if the node's tunnels are on the other server,
+    // through that server's TLS RPC port too).
+    let mut follow = fs_util::Stream::open(
+        &servers[leader],
+        &format!("/v1/client/fs/logs/{alloc}?task=t&type=stdout&plain=true&follow=true"),
+    );
+    assert_eq!(follow.status, 200, "{}", follow.head);
+    assert!(
+        follow.read_until(Duration::from_secs(10), |b| {
+            String::from_utf8_lossy(b).contains("hello-over-tls")
+        }),
+        "the follow stream starts with what is there"
+    );
+    let local = fs_util::alloc_dir(&client, &alloc).join("t/local");
+    std::fs::write(local.join("go"), b"").expect("step");
+    assert!(
+        follow.read_until(Duration::from_secs(10), |b| {
+            String::from_utf8_lossy(b).contains("after-go")
+        }),
+        "a line written after the request came through: {:?}",
+        String::from_utf8_lossy(&follow.body)
+    );
+    drop(follow);
     // Many forwarded requests in a row: each uses up a tunnel, each is replaced over TLS.
     for _ in 0..10 {
         get_ok(
