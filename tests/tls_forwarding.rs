@@ -1,5 +1,6 @@
 //! Forwarding and tunnels with `tls.rpc` on, multi-process on loopback, with certificates made
-//! in the test (rcgen): a follower passes a write to the leader over mutual TLS, a client-only
+//! in the test (rcgen): a follower passes a write (and a node call made at its RPC port) to the
+//! leader over mutual TLS, a client-only
 //! agent forwards to its servers and opens its tunnels over TLS, the servers push and forward
 //! down them (an alloc's files read through either server, the node's own HTTP address dead),
 //! and a peer without a client certificate signed by the cluster's CA gets no tunnel and no
@@ -127,6 +128,18 @@ fn forwarding_and_tunnels_work_over_mutual_tls() {
     // A consistent read through the follower is the leader's answer.
     let r = follower.get("/v1/job/via-follower");
     assert_eq!(r.status, 200, "{}", r.text());
+
+    // A node call made at the follower's RPC port is passed to the leader's over TLS.
+    let (c, k) = pki.issue("fake-node", &["client.global.nomad"]);
+    let node_tls = CliTls {
+        ca_cert: Some(pki.ca_file()),
+        client_cert: Some(c),
+        client_key: Some(k),
+        ..CliTls::default()
+    };
+    let (fake, _) = register_fake_node(&node_tls, follower.rpc_port);
+    let r = servers[leader].get(&format!("/v1/node/{fake}?stale"));
+    assert_eq!(r.status, 200, "the leader has the node: {}", r.text());
 
     // The client registers (the link is TLS already) and forwards what it cannot answer.
     let node = client.node_id();
