@@ -1,10 +1,9 @@
 //! Forwarding and tunnels with `tls.rpc` on, multi-process on loopback, with certificates made
 //! in the test (rcgen): a follower passes a write (and a node call made at its RPC port) to the
-//! leader over mutual TLS, a client-only
-//! agent forwards to its servers and opens its tunnels over TLS, the servers push and forward
-//! down them (an alloc's files read through either server, the node's own HTTP address dead),
-//! and a peer without a client certificate signed by the cluster's CA gets no tunnel and no
-//! forwarded request.
+//! leader over mutual TLS, a client-only agent forwards to its servers and opens its tunnels
+//! over TLS, the servers push and forward down them (an alloc's files and a follow stream read
+//! through either server, the node's own HTTP address dead), and a peer without a client
+//! certificate signed by the cluster's CA gets no tunnel and no forwarded request.
 
 mod common;
 mod fs_util;
