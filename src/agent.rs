@@ -497,17 +497,14 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     // Tunnels (client-opened connections the server sends requests down): a server parks
     // its clients' in a pool and pushes alloc changes down them; a client-only agent keeps
     // its own open and sends what it cannot answer to its servers.
-    // Tunnels and forwarding speak plain HTTP on the RPC port: with `tls.rpc` they are off
-    // (a client then learns of allocs by its blocking pull, and answers what it can).
-    let plain_rpc = !agent.config.tls.rpc;
-    if !plain_rpc {
-        log::warn!("tls.rpc is on: no tunnels, so no forwarding between servers and clients");
-    }
+    // With `tls.rpc` every connection to another agent's RPC port (forwarding, tunnels, calls
+    // passed to the leader) is mutual TLS, as Raft's and the client link's are.
+    let rpc_connect = crate::tls::rpc_connector(agent.tls.clone().filter(|_| agent.config.tls.rpc));
     let tunnel_pool = match rpc_listener {
-        Some(_) if plain_rpc => Some(TunnelPool::start().map_err(AgentError::Spawn)?),
-        _ => None,
+        Some(_) => Some(TunnelPool::start().map_err(AgentError::Spawn)?),
+        None => None,
     };
-    let client_tunnels = agent.config.client_only() && plain_rpc;
+    let client_tunnels = agent.config.client_only();
     // Members, join and force-leave find gossip running; Raft finds its peers there.
     start_gossip(&agent)?;
     if replicates(&agent.config) {
@@ -651,7 +648,8 @@ pub fn run(config: Config) -> Result<(), AgentError> {
                 max_conns_per_client: agent.config.rpc_max_conns_per_client,
                 ..limits.clone()
             };
-            let mut rpc_router = RpcRouter::new(service, router.clone());
+            let mut rpc_router =
+                RpcRouter::new(service, router.clone()).with_connector(rpc_connect.clone());
             if let Some(l) = agent.leadership.get() {
                 // A follower passes node writes to the leader.
                 rpc_router =
@@ -683,6 +681,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
             node_id: agent.node.id().to_string(),
             node_secret: agent.node.secret_id().to_string(),
             limits,
+            connect: rpc_connect.clone(),
         };
         let client = agent.client.clone();
         let on_push = Arc::new(move |index| client.allocs_changed(index));
