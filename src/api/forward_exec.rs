@@ -108,7 +108,7 @@ fn via_peer_servers(agent: &Agent, node: &str, req: &Request) -> Reply {
     let deadline = Instant::now() + EXEC_UPGRADE_TIMEOUT;
     for peer in peers().into_iter().filter(|p| *p != own) {
         let mut why = String::new();
-        let Some(stream) = forward::dial(&peer, &mut why) else {
+        let Some(stream) = forward::dial(agent, &peer, &mut why) else {
             log::debug!("exec: server {peer} not asked about node {node}: {why}");
             continue;
         };
@@ -139,7 +139,7 @@ pub fn to_servers(agent: &Agent, servers: &ServerList, req: &Request) -> Reply {
     let headers = forward::pass_headers(req);
     let mut why = String::new();
     for addr in &list {
-        let Some(stream) = forward::dial(addr, &mut why) else {
+        let Some(stream) = forward::dial(agent, addr, &mut why) else {
             continue;
         };
         *last_server.lock() = Some(addr.clone());
