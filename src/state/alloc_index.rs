@@ -230,8 +230,8 @@ impl ServerState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::jobs::network::{AllocPorts, PortMapping};
     use crate::state::jobs::alloc::AllocStamp;
+    use crate::state::jobs::network::{AllocPorts, PortMapping};
     use crate::state::jobs::spec::Job;
     use crate::state::jobs::NodeInfo;
     use crate::state::status::{AllocClientStatus, AllocDesiredStatus};
@@ -295,7 +295,15 @@ mod tests {
 
     fn check(s: &ServerState, index: u64) {
         s.assert_alloc_indexes();
-        for since in [0, 1, index / 3, index / 2, index.saturating_sub(2), index, u64::MAX] {
+        for since in [
+            0,
+            1,
+            index / 3,
+            index / 2,
+            index.saturating_sub(2),
+            index,
+            u64::MAX,
+        ] {
             assert_eq!(
                 s.nodes_with_allocs_modified_after(since),
                 scan_after(s, since),
@@ -378,7 +386,10 @@ mod tests {
         let mut s = ServerState::default();
         s.insert_new_alloc(alloc(&jobs, &mut rng, "x", 5));
         let node = s.allocs["x"].node_id.clone();
-        assert_eq!(s.nodes_with_allocs_modified_after(4), [node.as_str()].into());
+        assert_eq!(
+            s.nodes_with_allocs_modified_after(4),
+            [node.as_str()].into()
+        );
         assert!(s.nodes_with_allocs_modified_after(5).is_empty());
         assert!(s.nodes_with_allocs_modified_after(u64::MAX).is_empty());
         s.update_alloc("x", |a| a.alloc_modify_index = 9);
