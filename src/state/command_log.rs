@@ -21,12 +21,16 @@ use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Mutex, RwLock};
-use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
 
 use super::command::{apply, Applied, ApplyError, Command, ServerState};
 use super::event_broker::EventBroker;
 use super::events::{events_of, EventBatch};
 use super::snapshot;
+use super::snapshot::stage::{self, Staging, Step};
 use super::IndexCounter;
 
 /// The log: index → the command applied at that index (JSON).
@@ -374,9 +378,12 @@ fn load_store(
     }
     let mut db = open_db(path)?;
     {
-        // The log table exists from the start (reads of a new store find it empty).
+        // The log table exists from the start (reads of a new store find it empty), and
+        // a snapshot left half-way by a stop is settled: finished if it flipped, else
+        // forgotten (the log still holds what it would have covered).
         let txn = st!("begin", db.begin_write())?;
         st!("open", txn.open_table(LOG))?;
+        st!("settle snapshot", snapshot::stage::settle(&txn))?;
         st!("commit", txn.commit())?;
     }
     let started = std::time::Instant::now();
@@ -450,6 +457,9 @@ impl CommandLog {
             compacted_size,
             since_snapshot: 0,
             encoding: None,
+            staging: None,
+            merging: false,
+            trim_to: 0,
             published: published.clone(),
             counter,
             stats: stats.clone(),
@@ -882,9 +892,17 @@ struct Committer {
     /// The file's size after the last compaction (or at open).
     compacted_size: u64,
     since_snapshot: u64,
-    /// The snapshot being encoded off the commit path, if any: its rows go into the next
-    /// log transaction once encoded (see [`Committer::start_encoding`]).
+    /// The snapshot being encoded off the commit path, if any: once encoded it is staged
+    /// (see [`Committer::start_encoding`]).
     encoding: Option<Encoding>,
+    /// The encoded snapshot being staged a chunk per transaction (`snapshot::stage`), and
+    /// the state it is the snapshot of.
+    staging: Option<(Arc<ServerState>, Staging)>,
+    /// A flipped stage is being merged into the tables, a chunk per transaction.
+    merging: bool,
+    /// Log entries up to this index are covered by a snapshot and deleted a chunk per
+    /// transaction (0: none left to delete).
+    trim_to: u64,
     published: Arc<RwLock<Arc<ServerState>>>,
     counter: Arc<IndexCounter>,
     stats: Arc<LogStats>,
@@ -900,12 +918,12 @@ impl Committer {
                 Ok(Msg::Propose(p)) => p,
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {
-                    // Idle: a snapshot encoded meanwhile is written on its own.
+                    // Idle: what is left of a snapshot is written on its own.
                     self.write_encoded(false);
-                    // The thread ends once nothing is queued and no snapshot is encoding
+                    // The thread ends once nothing is queued and no snapshot is on its way
                     // (its rows are written by this thread).
                     let mut s = slot.lock();
-                    if rx.is_empty() && !s.stopped && self.encoding.is_none() {
+                    if rx.is_empty() && !s.stopped && self.snapshot_settled() {
                         s.running = false;
                         s.parked = Some(self);
                         return;
@@ -988,20 +1006,12 @@ impl Committer {
         let applied = std::time::Instant::now();
         let mut written = applied;
         if !entries.is_empty() {
-            // A snapshot encoded meanwhile rides along: one transaction, one fsync.
-            let (snap_state, rows) = self.take_encoded(false).unzip();
-            let res = self.write(&entries, rows);
+            // A chunk of a snapshot on its way rides along: one transaction, one fsync.
+            let res = self.write(&entries, false);
             written = std::time::Instant::now();
             if let Err(e) = res {
                 log::error!("cannot persist server state: {e}");
-                // redb is not usable after a failed write: reopen it on the next batch.
-                self.db = None;
-                // The snapshot went with it: the next threshold encodes another.
-                self.since_snapshot = SNAPSHOT_EVERY;
                 return answer_all(batch, e);
-            }
-            if let Some(state) = snap_state {
-                self.snapshot_done(state);
             }
             self.stats.transactions.fetch_add(1, Ordering::SeqCst);
             self.stats
@@ -1026,22 +1036,113 @@ impl Committer {
         s.publish_nanos
             .fetch_add(nanos(written.elapsed()), Ordering::Relaxed);
         self.since_snapshot += entries.len() as u64;
-        if self.since_snapshot >= SNAPSHOT_EVERY && self.encoding.is_none() {
+        if self.since_snapshot >= SNAPSHOT_EVERY && self.snapshot_settled() {
             self.start_encoding();
         }
     }
 
-    /// Append `entries` (and write the encoded snapshot `rows`, deleting the log they cover)
-    /// in one transaction.
-    fn write(
-        &mut self,
-        entries: &[(u64, Vec<u8>)],
-        rows: Option<snapshot::Rows>,
-    ) -> Result<(), LogError> {
+    /// No snapshot is encoding, staging or merging, and the log holds nothing a snapshot
+    /// covers.
+    fn snapshot_settled(&self) -> bool {
+        self.encoding.is_none() && self.staging.is_none() && !self.merging && self.trim_to == 0
+    }
+
+    /// Append `entries` and take the next step of a snapshot on its way, in one
+    /// transaction: stage a chunk of its rows, or flip it, or merge a chunk of it into the
+    /// tables, and delete a chunk of the log a snapshot covers (`all`: every step left, as
+    /// when idle or at shutdown). A failed transaction leaves the store to be opened again
+    /// and the snapshot to be encoded again; nothing it wrote is visible.
+    fn write(&mut self, entries: &[(u64, Vec<u8>)], all: bool) -> Result<(), LogError> {
+        let res = self.write_txn(entries, all);
+        if res.is_err() {
+            // redb is not usable after a failed write: reopen it on the next batch.
+            self.db = None;
+            // A snapshot being staged is dropped (the next stage clears what it staged)
+            // and encoded again; a flipped one goes on merging from what is on disk.
+            self.staging = None;
+            self.since_snapshot = SNAPSHOT_EVERY;
+        }
+        res
+    }
+
+    fn write_txn(&mut self, entries: &[(u64, Vec<u8>)], all: bool) -> Result<(), LogError> {
         #[cfg(test)]
         if self.stats.fail_writes.load(Ordering::SeqCst) {
             return Err(LogError::store("commit", "injected failure"));
         }
+        if self.staging.is_none() && !self.merging {
+            if let Some((state, rows)) = self.take_encoded(all) {
+                match Staging::of(rows) {
+                    Ok(staging) => self.staging = Some((state, staging)),
+                    // A whole snapshot (not made on this path) is written at once.
+                    Err(rows) => return self.write_whole(entries, state, *rows),
+                }
+            }
+        }
+        let trim_to = self.trim_to;
+        let db = self.db()?;
+        let txn = st!("begin", db.begin_write())?;
+        {
+            let mut log = st!("open log", txn.open_table(LOG))?;
+            for (index, bytes) in entries {
+                st!("append", log.insert(*index, bytes.as_slice()))?;
+            }
+            if trim_to > 0 {
+                trim_log(&mut log, trim_to, all)?;
+            }
+        }
+        let mut staged = None;
+        let mut merged = false;
+        if let Some((_, staging)) = &self.staging {
+            let (step, n) = st!("snapshot", staging.step(&txn, all))?;
+            staged = Some((step, n));
+            if step == Step::Flipped && all {
+                merged = st!("snapshot", stage::merge(&txn, true))?;
+            }
+        } else if self.merging {
+            merged = st!("snapshot", stage::merge(&txn, all))?;
+        }
+        let trim_left = trim_to > 0 && {
+            let log = st!("open log", txn.open_table(LOG))?;
+            let first = st!("read log", log.first())?.map(|(k, _)| k.value());
+            first.is_some_and(|k| k <= trim_to)
+        };
+        st!("commit", txn.commit())?;
+        if !trim_left {
+            self.trim_to = 0;
+        }
+        if let Some((step, n)) = staged {
+            if let Some((_, staging)) = self.staging.as_mut() {
+                staging.committed(n);
+            }
+            if step == Step::Flipped {
+                if let Some((state, staging)) = self.staging.take() {
+                    // Durable now: the log it covers goes a chunk at a time.
+                    self.trim_to = staging.index();
+                    self.snapshotted = state;
+                    self.merging = !merged;
+                    if merged {
+                        self.compact();
+                    }
+                    log::debug!("snapshot at index {} flipped", self.trim_to);
+                }
+            }
+        } else if self.merging && merged {
+            self.merging = false;
+            self.compact();
+        }
+        Ok(())
+    }
+
+    /// Append `entries` and write a whole snapshot of `state` (its `rows`), deleting the log
+    /// it covers, in one transaction.
+    fn write_whole(
+        &mut self,
+        entries: &[(u64, Vec<u8>)],
+        state: Arc<ServerState>,
+        rows: snapshot::Rows,
+    ) -> Result<(), LogError> {
+        let covered = rows.index();
         let db = self.db()?;
         let txn = st!("begin", db.begin_write())?;
         {
@@ -1050,19 +1151,15 @@ impl Committer {
                 st!("append", log.insert(*index, bytes.as_slice()))?;
             }
         }
-        if let Some(rows) = rows {
-            let started = std::time::Instant::now();
-            let covered = rows.index();
-            st!("snapshot", rows.write(&txn))?;
+        st!("snapshot", rows.write(&txn))?;
+        {
             let mut log = st!("snapshot", txn.open_table(LOG))?;
             st!("snapshot", log.retain_in(..=covered, |_, _| false))?;
-            log::debug!(
-                "snapshot at index {covered} written in {:?} beside {} commands",
-                started.elapsed(),
-                entries.len()
-            );
         }
-        st!("commit", txn.commit())
+        st!("commit", txn.commit())?;
+        self.snapshotted = state;
+        self.compact();
+        Ok(())
     }
 
     /// Encode a snapshot of the current state on a thread of its own, so the batches
@@ -1092,25 +1189,27 @@ impl Committer {
         self.encoding.take()?.finish()
     }
 
-    /// Write an encoded snapshot in a transaction of its own (idle, or at shutdown: `wait`).
+    /// Write what is left of a snapshot on its way in a transaction of its own (idle, or
+    /// at shutdown: `wait` for the encoder too).
     fn write_encoded(&mut self, wait: bool) {
-        let Some((state, rows)) = self.take_encoded(wait) else {
-            return;
-        };
-        match self.write(&[], Some(rows)) {
-            Ok(()) => self.snapshot_done(state),
-            Err(e) => {
+        // Staging with its flip and merge takes one transaction, the log it covers a
+        // second.
+        for _ in 0..2 {
+            let encoded = self.encoding.as_ref().is_some_and(|e| wait || e.is_done());
+            let pending = encoded || self.staging.is_some() || self.merging || self.trim_to > 0;
+            if !pending {
+                return;
+            }
+            if let Err(e) = self.write(&[], true) {
                 // The log still holds everything: the next threshold encodes another.
                 log::warn!("cannot write a state snapshot: {e}");
-                self.db = None;
-                self.since_snapshot = SNAPSHOT_EVERY;
+                return;
             }
         }
     }
 
-    /// The tables on disk hold `state` now: the next snapshot is the difference from it.
-    fn snapshot_done(&mut self, state: Arc<ServerState>) {
-        self.snapshotted = state;
+    /// Give space back to the file system when the file grew (after a snapshot settled).
+    fn compact(&mut self) {
         let (path, after) = (self.path.clone(), self.compacted_size);
         if let Some(db) = self.db.as_mut() {
             self.compacted_size = compact_if_grown(db, &path, after);
@@ -1127,10 +1226,7 @@ impl Committer {
             Ok(()) => {
                 self.since_snapshot = 0;
                 self.snapshotted = state;
-                let (path, after) = (self.path.clone(), self.compacted_size);
-                if let Some(db) = self.db.as_mut() {
-                    self.compacted_size = compact_if_grown(db, &path, after);
-                }
+                self.compact();
             }
             Err(e) => {
                 // The log still holds everything: retried after the next batch.
@@ -1139,6 +1235,25 @@ impl Committer {
             }
         }
     }
+}
+
+/// Delete the oldest log entries up to `covered` (a snapshot holds them): at most
+/// [`stage::LOG_TRIM_CHUNK`] of them, or all when `all`.
+fn trim_log(
+    log: &mut redb::Table<'_, u64, &'static [u8]>,
+    covered: u64,
+    all: bool,
+) -> Result<(), LogError> {
+    let Some(first) = st!("read log", log.first())?.map(|(k, _)| k.value()) else {
+        return Ok(());
+    };
+    let end = if all {
+        covered
+    } else {
+        covered.min(first.saturating_add(stage::LOG_TRIM_CHUNK as u64 - 1))
+    };
+    st!("trim log", log.retain_in(first..=end, |_, _| false))?;
+    Ok(())
 }
 
 fn answer_all(batch: Vec<Proposal>, e: LogError) {
@@ -1302,6 +1417,74 @@ mod tests {
         assert_eq!(log.state().to_bytes().unwrap(), want, "tables load");
         drop(log);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A snapshot is staged, flipped and merged over many transactions: a stop at any
+    /// point of that (a stage that never flipped; a flipped stage half merged, with the log
+    /// it covers already deleted) loads the same state as the log alone.
+    #[test]
+    fn a_snapshot_stopped_half_way_through_its_stage_or_merge_loads_the_same_state() {
+        for flipped in [false, true] {
+            let (dir, path) = temp_db();
+            let log = open(&path);
+            let mut n = 0;
+            // Fewer than a threshold: no snapshot of its own; jobs, evals and allocs.
+            for i in 0..300 {
+                n += 1;
+                log.propose(register(&format!("j{}", i % 40), (i % 3) as usize, n))
+                    .unwrap();
+            }
+            let live = log.state().to_bytes().unwrap();
+            drop(log);
+            {
+                let db = open_db(&path).unwrap();
+                let loaded = load_state(&db).unwrap();
+                let rows = snapshot::prepare(Some(&loaded.snapshot), &loaded.state).unwrap();
+                let Ok(mut staging) = Staging::of(rows) else {
+                    panic!("an incremental snapshot is staged")
+                };
+                // Two chunks staged, each in a transaction of its own.
+                for _ in 0..2 {
+                    let txn = db.begin_write().unwrap();
+                    let (step, k) = staging.step(&txn, false).unwrap();
+                    assert_eq!(step, Step::Staging, "more than two chunks");
+                    txn.commit().unwrap();
+                    staging.committed(k);
+                }
+                if flipped {
+                    let txn = db.begin_write().unwrap();
+                    let (step, _) = staging.step(&txn, true).unwrap();
+                    assert_eq!(step, Step::Flipped);
+                    {
+                        let mut log = txn.open_table(LOG).unwrap();
+                        trim_log(&mut log, staging.index(), true).unwrap();
+                    }
+                    txn.commit().unwrap();
+                    let txn = db.begin_write().unwrap();
+                    assert!(
+                        !stage::merge(&txn, false).unwrap(),
+                        "one chunk merged of many"
+                    );
+                    txn.commit().unwrap();
+                }
+            }
+            let back = open(&path);
+            assert_eq!(back.state().to_bytes().unwrap(), live, "flipped: {flipped}");
+            drop(back);
+            {
+                // Start-up settled the stage: the tables hold one snapshot.
+                let db = Database::open(&path).unwrap();
+                let txn = db.begin_read().unwrap();
+                let tables = snapshot::load(&txn).unwrap().expect("a table snapshot");
+                // Flipped: the staged snapshot (its jobs); else the first one (empty).
+                assert_eq!(!tables.jobs.is_empty(), flipped);
+                assert_eq!(tables.index > 0, flipped);
+            }
+            let again = open(&path);
+            assert_eq!(again.state().to_bytes().unwrap(), live);
+            drop(again);
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 
     #[test]

@@ -22,6 +22,8 @@ use super::jobs::spec::Job;
 use super::node_table::Node;
 use crate::acl::AclTables;
 
+pub mod stage;
+
 /// Where a snapshot failed, and why.
 #[derive(Debug)]
 pub enum SnapshotError {
@@ -34,6 +36,8 @@ pub enum SnapshotError {
     },
     /// An alloc row names a job that `alloc_jobs` does not hold.
     MissingAllocJob(String),
+    /// A staged row change cannot be encoded or read back.
+    Stage(postcard::Error),
 }
 
 impl std::fmt::Display for SnapshotError {
@@ -46,6 +50,7 @@ impl std::fmt::Display for SnapshotError {
             SnapshotError::MissingAllocJob(id) => {
                 write!(f, "snapshot: the job of alloc {id} is missing")
             }
+            SnapshotError::Stage(e) => write!(f, "snapshot stage: {e}"),
         }
     }
 }
@@ -56,6 +61,7 @@ impl std::error::Error for SnapshotError {
             SnapshotError::Store(e) => Some(e),
             SnapshotError::Decode { source, .. } => Some(source),
             SnapshotError::MissingAllocJob(_) => None,
+            SnapshotError::Stage(e) => Some(e),
         }
     }
 }
