@@ -497,17 +497,14 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     // Tunnels (client-opened connections the server sends requests down): a server parks
     // its clients' in a pool and pushes alloc changes down them; a client-only agent keeps
     // its own open and sends what it cannot answer to its servers.
-    // Tunnels and forwarding speak plain HTTP on the RPC port: with `tls.rpc` they are off
-    // (a client then learns of allocs by its blocking pull, and answers what it can).
-    let plain_rpc = !agent.config.tls.rpc;
-    if !plain_rpc {
-        log::warn!("tls.rpc is on: no tunnels, so no forwarding between servers and clients");
-    }
+    // With `tls.rpc` every connection to another agent's RPC port (forwarding, tunnels, calls
+    // passed to the leader) is mutual TLS, as Raft's and the client link's are.
+    let rpc_connect = crate::tls::rpc_connector(agent.tls.clone().filter(|_| agent.config.tls.rpc));
     let tunnel_pool = match rpc_listener {
-        Some(_) if plain_rpc => Some(TunnelPool::start().map_err(AgentError::Spawn)?),
-        _ => None,
+        Some(_) => Some(TunnelPool::start().map_err(AgentError::Spawn)?),
+        None => None,
     };
-    let client_tunnels = agent.config.client_only() && plain_rpc;
+    let client_tunnels = agent.config.client_only();
     // Members, join and force-leave find gossip running; Raft finds its peers there.
     start_gossip(&agent)?;
     if replicates(&agent.config) {
@@ -651,7 +648,8 @@ pub fn run(config: Config) -> Result<(), AgentError> {
                 max_conns_per_client: agent.config.rpc_max_conns_per_client,
                 ..limits.clone()
             };
-            let mut rpc_router = RpcRouter::new(service, router.clone());
+            let mut rpc_router =
+                RpcRouter::new(service, router.clone()).with_connector(rpc_connect.clone());
             if let Some(l) = agent.leadership.get() {
                 // A follower passes node writes to the leader.
                 rpc_router =
@@ -683,6 +681,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
             node_id: agent.node.id().to_string(),
             node_secret: agent.node.secret_id().to_string(),
             limits,
+            connect: rpc_connect.clone(),
         };
         let client = agent.client.clone();
         let on_push = Arc::new(move |index| client.allocs_changed(index));
@@ -958,6 +957,21 @@ fn notify(notifier: &Option<crate::sd_notify::Notifier>, state: &str) {
 /// Threads of an agent with nothing to do: main, the HTTP acceptor, the metadata batcher.
 const IDLE_THREADS: usize = 3;
 
+/// The threads of an idle agent of this role: [`IDLE_THREADS`], and on a client-only agent
+/// its allocations pull and its idle tunnels, which live as long as it does.
+fn idle_threads(config: &crate::config::Config) -> usize {
+    if config.client_only() {
+        IDLE_THREADS + 1 + crate::client::tunnel::TUNNEL_IDLE
+    } else {
+        IDLE_THREADS
+    }
+}
+
+/// Idle main-loop samples after which resident code is trimmed once more: what ran after
+/// the first trim of an idle spell (a client's registration, its tunnels' first exchanges)
+/// is dropped too.
+const RETRIM_AFTER_SAMPLES: u32 = 10;
+
 /// How many threads this process runs now (`None` without `/proc`).
 fn thread_count() -> Option<usize> {
     std::fs::read_dir("/proc/self/task").ok().map(|d| d.count())
@@ -978,7 +992,9 @@ fn main_loop(
     use std::time::Instant;
     let mut next_sample = Instant::now() + SAMPLE_INTERVAL;
     // Start-up trimmed the code pages already.
-    let mut was_idle = true;
+    // Samples in a row the agent was idle (it starts trimmed: counted as idle).
+    let mut idle_for: u32 = 1;
+    let idle_threads = idle_threads(&agent.config);
     let mut next_ping = watchdog.map(|w| Instant::now() + w);
     if watchdog.is_some() {
         notify(notifier, "WATCHDOG=1");
@@ -1007,13 +1023,13 @@ fn main_loop(
             tick();
             // On-demand workers (scheduler, committer, alloc puller, runners) ran code that
             // an idle agent no longer runs: once they have all ended, drop it from RSS again.
-            let idle = thread_count().is_some_and(|n| n <= IDLE_THREADS);
-            if idle && !was_idle {
+            let idle = thread_count().is_some_and(|n| n <= idle_threads);
+            idle_for = if idle { idle_for.saturating_add(1) } else { 0 };
+            if idle_for == 1 || idle_for == RETRIM_AFTER_SAMPLES {
                 if let Err(e) = crate::sys::mem::trim_code_pages() {
                     log::debug!("cannot trim resident code pages: {e}");
                 }
             }
-            was_idle = idle;
             next_sample = now + SAMPLE_INTERVAL;
         }
         if let (Some(p), Some(w)) = (next_ping, watchdog) {

@@ -14,7 +14,8 @@
 //! checks the capabilities; a client-only agent leaves the token to its server. Replies come back as they are:
 //! small bodies whole, everything else (logs, follow streams) piped as it arrives.
 
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -390,6 +391,7 @@ fn via_peer_servers(agent: &Agent, node: &str, req: &Request) -> Reply {
         };
         match outbound::pass_on(
             &addr,
+            &|a, t| rpc_connect(agent, a, t),
             req,
             &headers,
             SERVER_DIAL_TIMEOUT,
@@ -430,7 +432,7 @@ fn to_servers(agent: &Agent, servers: &ServerList, req: &Request) -> Reply {
     let mut last = String::new();
     for addr in &list {
         // Fail over only while nothing was sent: a write is never sent twice.
-        let Some(mut stream) = dial(addr, &mut last) else {
+        let Some(mut stream) = dial(agent, addr, &mut last) else {
             continue;
         };
         *last_server.lock() = Some(addr.clone());
@@ -469,6 +471,7 @@ fn to_leader(agent: &Agent, addr: SocketAddr, req: &Request) -> Reply {
     headers.push((LEADER_HOP_HEADER.to_string(), agent.config.rpc_addr()));
     match outbound::pass_on(
         &addr,
+        &|a, t| rpc_connect(agent, a, t),
         req,
         &headers,
         SERVER_DIAL_TIMEOUT,
@@ -508,7 +511,17 @@ pub fn rpc_error_hop(mut reply: Reply) -> Reply {
     reply
 }
 
-fn dial(addr: &str, last: &mut String) -> Option<RawStream> {
+/// Connect to another agent's RPC port within `timeout`: mutual TLS with the agent's
+/// certificate when `tls.rpc` is on (as Raft and the client link dial), plain TCP otherwise.
+/// Every request this agent passes on to a server goes over a stream from here.
+pub fn rpc_connect(agent: &Agent, addr: &SocketAddr, timeout: Duration) -> io::Result<RawStream> {
+    match agent.tls.as_ref().filter(|_| agent.config.tls.rpc) {
+        Some(tls) => tls.dial_rpc(addr, timeout),
+        None => outbound::connect_plain(addr, timeout),
+    }
+}
+
+fn dial(agent: &Agent, addr: &str, last: &mut String) -> Option<RawStream> {
     let sock = match addr.to_socket_addrs().map(|mut a| a.next()) {
         Ok(Some(a)) => a,
         Ok(None) => {
@@ -520,11 +533,8 @@ fn dial(addr: &str, last: &mut String) -> Option<RawStream> {
             return None;
         }
     };
-    match TcpStream::connect_timeout(&sock, SERVER_DIAL_TIMEOUT) {
-        Ok(s) => {
-            let _ = s.set_nodelay(true);
-            Some(RawStream::from(s))
-        }
+    match rpc_connect(agent, &sock, SERVER_DIAL_TIMEOUT) {
+        Ok(s) => Some(s),
         Err(e) => {
             *last = format!("{addr}: {e}");
             None

@@ -7,7 +7,7 @@
 //! thread then dials a new one at once (with backoff while no server answers).
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -54,6 +54,8 @@ pub struct TunnelSettings {
     pub node_secret: String,
     /// The limits requests on a tunnel are served under.
     pub limits: Limits,
+    /// How a server's RPC port is dialled (mutual TLS with `tls.rpc`, else plain TCP).
+    pub connect: outbound::Connector,
 }
 
 /// What the client does when the server pushes "your allocs changed (as of index N)".
@@ -257,7 +259,12 @@ fn tunnel_loop(n: usize, shared: &Arc<Shared>) {
             true
         } else {
             let addr = &servers[pick % servers.len()];
-            match open(addr, &settings.node_id, &settings.node_secret) {
+            match open(
+                addr,
+                &*settings.connect,
+                &settings.node_id,
+                &settings.node_secret,
+            ) {
                 Ok((stream, ahead, peer)) => {
                     if logged {
                         log::info!("tunnel: connected to server {addr} again");
@@ -314,14 +321,17 @@ enum Served {
 }
 
 /// Dial `addr` and upgrade to a tunnel: the stream, bytes already past the 101, the peer.
-fn open(addr: &str, node_id: &str, secret: &str) -> io::Result<(RawStream, Vec<u8>, SocketAddr)> {
+fn open(
+    addr: &str,
+    connect: outbound::Connect<'_>,
+    node_id: &str,
+    secret: &str,
+) -> io::Result<(RawStream, Vec<u8>, SocketAddr)> {
     let peer = addr
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "address resolves to nothing"))?;
-    let tcp = TcpStream::connect_timeout(&peer, DIAL_TIMEOUT)?;
-    let _ = tcp.set_nodelay(true);
-    let mut stream = RawStream::from(tcp);
+    let mut stream = connect(&peer, DIAL_TIMEOUT)?;
     let deadline = Instant::now() + UPGRADE_TIMEOUT;
     let req = format!(
         "GET {TUNNEL_PATH}{} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
@@ -345,6 +355,27 @@ fn open(addr: &str, node_id: &str, secret: &str) -> io::Result<(RawStream, Vec<u
     Ok((stream, ahead, peer))
 }
 
+/// Read what the server sent on an idle tunnel: a request's first bytes into `ahead`, or its
+/// close. A TLS record with no plaintext in it (a session ticket) leaves `ahead` empty: the
+/// tunnel stays idle.
+fn read_first(stream: &mut RawStream, ahead: &mut Vec<u8>) -> Result<(), Served> {
+    let mut first = [0u8; 1024];
+    // Readable (or buffered): this read does not wait. The timeout bounds a peer whose TLS
+    // record stops midway.
+    let _ = stream.set_read_timeout(Some(UPGRADE_TIMEOUT));
+    let read = stream.read(&mut first);
+    let _ = stream.set_read_timeout(None);
+    match read {
+        Ok(0) => Err(Served::Closed),
+        Ok(k) => {
+            ahead.extend_from_slice(&first[..k]);
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+        Err(_) => Err(Served::Closed),
+    }
+}
+
 /// Wait (reading nothing) until the server sends a request, closes, or shutdown; serve the
 /// request if there is one, after starting a replacement idle tunnel.
 fn idle_then_serve(
@@ -355,6 +386,14 @@ fn idle_then_serve(
 ) -> Served {
     let mut set = PollSet::new();
     while ahead.is_empty() {
+        if stream.has_buffered() {
+            // TLS: rustls holds what the server sent (plaintext, or its close_notify) — the
+            // socket will not become readable for it.
+            if let Err(closed) = read_first(&mut stream, &mut ahead) {
+                return closed;
+            }
+            continue;
+        }
         set.clear();
         set.push(stream.as_fd());
         set.push(shared.stop_rx.as_fd());
@@ -367,11 +406,8 @@ fn idle_then_serve(
             return Served::Stopping;
         }
         if set.ready(0) {
-            // A request's first bytes, or the server's close.
-            let mut first = [0u8; 1024];
-            match stream.read(&mut first) {
-                Ok(0) | Err(_) => return Served::Closed,
-                Ok(k) => ahead.extend_from_slice(&first[..k]),
+            if let Err(closed) = read_first(&mut stream, &mut ahead) {
+                return closed;
             }
         }
     }
@@ -465,6 +501,7 @@ mod tests {
             node_id: "n1".into(),
             node_secret: "s3cret".into(),
             limits: Limits::default(),
+            connect: Arc::new(outbound::connect_plain),
         };
         let mut tunnels = Tunnels::start(
             settings,
@@ -540,6 +577,7 @@ mod tests {
             node_id: "n1".into(),
             node_secret: "s3cret".into(),
             limits: Limits::default(),
+            connect: Arc::new(outbound::connect_plain),
         };
         let mut tunnels = Tunnels::start(settings, Arc::new(Echo), Arc::new(|_| {}), 1).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -575,6 +613,7 @@ mod tests {
             node_id: "n1".into(),
             node_secret: "s3cret".into(),
             limits: Limits::default(),
+            connect: Arc::new(outbound::connect_plain),
         };
         let mut tunnels = Tunnels::start(settings, Arc::new(Echo), Arc::new(|_| {}), 1).unwrap();
         let mut accepted = Vec::new();

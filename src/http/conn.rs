@@ -423,6 +423,7 @@ pub fn serve_stream(
     let sock = Arc::new(match stream {
         super::RawStream::Tcp(s) => Sock::Tcp(s),
         super::RawStream::Unix(s) => Sock::Unix(s),
+        super::RawStream::Tls(t) => Sock::Tls(Box::new(super::tls::TlsSock::from_stream(*t))),
     });
     let body_pool = AtomicUsize::new(0);
     let client_body = AtomicUsize::new(0);

@@ -8,7 +8,8 @@
 //!
 //! Where things are: `listener` (acceptor threads, caps, registry, shutdown), `conn` (one
 //! connection's request loop), `wire` (socket and bounded read buffer under deadlines),
-//! `tls` (HTTPS: handshake under the head deadline, one socket call per read), `head`
+//! `tls` (HTTPS: handshake under the head deadline, one socket call per read), `tls_stream`
+//! (an owned TLS session, client or server side: outbound requests, detached upgrades), `head`
 //! (httparse, framing rules, target decoding), `method` and `status` (the request method
 //! parsed once, status codes by name), `chunked` (request bodies), `budget`
 //! (server-wide body memory), `respond` (status line, `Date`, sanitised headers, bodies,
@@ -33,6 +34,7 @@ mod respond;
 pub mod status;
 pub mod stream;
 pub mod tls;
+pub mod tls_stream;
 pub mod upgrade;
 pub(crate) mod wire;
 
@@ -47,6 +49,7 @@ pub use request::{Origin, Peer, Request, RequestHead};
 pub use status::Status;
 pub use stream::RawStream;
 pub use tls::TlsAcceptor;
+pub use tls_stream::TlsStream;
 pub use upgrade::{Upgrade, Upgraded};
 
 /// What the connection thread calls once a request head has been parsed.

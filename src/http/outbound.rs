@@ -265,12 +265,29 @@ impl std::error::Error for PassError {
     }
 }
 
-/// Pass `req` on to the HTTP server at `addr` (plain TCP, connect bounded by
+/// Opens the stream a request goes over: `(address, longest the connect may take)` → a
+/// connected stream (plain TCP, or TLS with a configuration the caller holds), handshaken.
+pub type Connect<'a> = &'a dyn Fn(&std::net::SocketAddr, Duration) -> io::Result<RawStream>;
+
+/// A [`Connect`] to keep and share between threads.
+pub type Connector =
+    std::sync::Arc<dyn Fn(&std::net::SocketAddr, Duration) -> io::Result<RawStream> + Send + Sync>;
+
+/// A plain TCP connection to `addr` within `timeout` (Nagle off: requests go in one write).
+pub fn connect_plain(addr: &std::net::SocketAddr, timeout: Duration) -> io::Result<RawStream> {
+    let tcp = std::net::TcpStream::connect_timeout(addr, timeout)?;
+    let _ = tcp.set_nodelay(true);
+    Ok(RawStream::from(tcp))
+}
+
+/// Pass `req` on to the HTTP server at `addr` (connected by `connect`, bounded by
 /// `connect_timeout`): its method, path and query, the given `headers` and its body; the reply
 /// comes back as [`Incoming::into_reply`] makes it (small bodies whole, the rest piped). The
 /// head must arrive by `deadline`; waiting for it ends early when `req`'s own client left.
+#[allow(clippy::too_many_arguments)]
 pub fn pass_on(
     addr: &std::net::SocketAddr,
+    connect: Connect<'_>,
     req: &super::Request,
     headers: &[(String, String)],
     connect_timeout: Duration,
@@ -278,10 +295,7 @@ pub fn pass_on(
     max_inline: usize,
 ) -> Result<Reply, PassError> {
     let wait = left(deadline).map_err(PassError::Connect)?;
-    let tcp = std::net::TcpStream::connect_timeout(addr, wait.min(connect_timeout))
-        .map_err(PassError::Connect)?;
-    let _ = tcp.set_nodelay(true);
-    let mut stream = RawStream::from(tcp);
+    let mut stream = connect(addr, wait.min(connect_timeout)).map_err(PassError::Connect)?;
     let target = encode_target(&req.path, &req.query);
     let host = addr.to_string();
     write_request(

@@ -1,5 +1,8 @@
-//! A plain byte stream (TCP or Unix) owned outright: what an upgraded connection becomes once
-//! its handler detaches it from the connection thread, and what an outbound request is sent on.
+//! A byte stream (TCP, Unix, or TLS over TCP) owned outright: what an upgraded connection
+//! becomes once its handler detaches it from the connection thread, and what an outbound
+//! request is sent on. Timeouts, non-blocking mode, shutdown and polling act on the socket
+//! (under any TLS); reads and writes go through the session. A TLS read may answer
+//! `Interrupted` (a record with no plaintext in it: read again) — see [`super::tls_stream`].
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -7,11 +10,14 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-/// An owned, connected, plain (not TLS) stream socket.
+use super::tls_stream::TlsStream;
+
+/// An owned, connected stream socket, plain or TLS.
 #[derive(Debug)]
 pub enum RawStream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<TlsStream>),
 }
 
 impl RawStream {
@@ -21,6 +27,7 @@ impl RawStream {
         match self {
             RawStream::Tcp(s) => s.set_read_timeout(d),
             RawStream::Unix(s) => s.set_read_timeout(d),
+            RawStream::Tls(t) => t.tcp().set_read_timeout(d),
         }
     }
 
@@ -30,6 +37,7 @@ impl RawStream {
         match self {
             RawStream::Tcp(s) => s.set_write_timeout(d),
             RawStream::Unix(s) => s.set_write_timeout(d),
+            RawStream::Tls(t) => t.tcp().set_write_timeout(d),
         }
     }
 
@@ -38,6 +46,7 @@ impl RawStream {
         match self {
             RawStream::Tcp(s) => s.set_nonblocking(on),
             RawStream::Unix(s) => s.set_nonblocking(on),
+            RawStream::Tls(t) => t.tcp().set_nonblocking(on),
         }
     }
 
@@ -46,20 +55,40 @@ impl RawStream {
         let _ = match self {
             RawStream::Tcp(s) => s.shutdown(how),
             RawStream::Unix(s) => s.shutdown(how),
+            RawStream::Tls(t) => t.tcp().shutdown(how),
         };
     }
 
-    /// A second handle on the same socket (dup).
+    /// A second handle on the same socket (dup). A TLS session has one owner: `Unsupported`.
     pub fn try_clone(&self) -> io::Result<RawStream> {
         Ok(match self {
             RawStream::Tcp(s) => RawStream::Tcp(s.try_clone()?),
             RawStream::Unix(s) => RawStream::Unix(s.try_clone()?),
+            RawStream::Tls(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "a TLS session cannot be cloned",
+                ))
+            }
         })
+    }
+
+    /// Whether bytes the peer sent are held in this process already (TLS plaintext, or its
+    /// close_notify, that rustls read from the socket): polling the fd would not show them.
+    /// Always false for a plain socket.
+    pub fn has_buffered(&mut self) -> bool {
+        match self {
+            RawStream::Tls(t) => t.has_buffered(),
+            _ => false,
+        }
     }
 
     /// Whether the peer closed its side, failed, or sent something, without waiting and
     /// without consuming it. An idle stream whose peer says nothing is "quiet".
-    pub fn is_quiet(&self) -> bool {
+    pub fn is_quiet(&mut self) -> bool {
+        if self.has_buffered() {
+            return false;
+        }
         let mut pfd = libc_pollfd(self.as_fd());
         matches!(crate::sys::poll::poll_one(&mut pfd, 0), Ok(0))
     }
@@ -80,6 +109,7 @@ impl AsFd for RawStream {
         match self {
             RawStream::Tcp(s) => s.as_fd(),
             RawStream::Unix(s) => s.as_fd(),
+            RawStream::Tls(t) => t.tcp().as_fd(),
         }
     }
 }
@@ -89,6 +119,7 @@ impl Read for RawStream {
         match self {
             RawStream::Tcp(s) => s.read(buf),
             RawStream::Unix(s) => s.read(buf),
+            RawStream::Tls(t) => t.read(buf),
         }
     }
 }
@@ -98,16 +129,26 @@ impl Write for RawStream {
         match self {
             RawStream::Tcp(s) => s.write(buf),
             RawStream::Unix(s) => s.write(buf),
+            RawStream::Tls(t) => t.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self {
+            RawStream::Tls(t) => t.flush(),
+            _ => Ok(()),
+        }
     }
 }
 
 impl From<TcpStream> for RawStream {
     fn from(s: TcpStream) -> RawStream {
         RawStream::Tcp(s)
+    }
+}
+
+impl From<TlsStream> for RawStream {
+    fn from(s: TlsStream) -> RawStream {
+        RawStream::Tls(Box::new(s))
     }
 }
 
@@ -124,12 +165,12 @@ mod tests {
     #[test]
     fn quiet_until_the_peer_speaks_or_closes() {
         let (a, b) = UnixStream::pair().unwrap();
-        let a = RawStream::from(a);
+        let mut a = RawStream::from(a);
         assert!(a.is_quiet());
         (&b).write_all(b"x").unwrap();
         assert!(!a.is_quiet());
         let (c, d) = UnixStream::pair().unwrap();
-        let c = RawStream::from(c);
+        let mut c = RawStream::from(c);
         drop(d);
         assert!(!c.is_quiet());
     }

@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use rustls::{ServerConfig, ServerConnection};
+use rustls::{Connection, ServerConfig, ServerConnection};
 
+use super::tls_stream::{flush, plaintext, process, TlsStream};
 use super::wire::{ConnError, Phase};
 
 /// Where a TLS listener gets the configuration for each new connection. The caller may swap
@@ -36,12 +37,19 @@ const PLAIN_HTTP_REPLY: &[u8] =
 /// Content type byte of a TLS handshake record: what every TLS client sends first.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
-/// An accepted TLS connection. The rustls state sits behind a lock that only the
-/// connection's own thread takes (the acceptor and shutdown touch only `tcp`), one socket
-/// call at a time: it is never contended and never held across a wait for another thread.
+/// An accepted TLS connection (or a dialed one served as if accepted: the client end of a
+/// tunnel). The rustls state sits behind a lock that only the connection's own thread takes
+/// (the acceptor and shutdown touch only `tcp`), one socket call at a time: it is never
+/// contended and never held across a wait for another thread. `None` once an upgrade
+/// detached the session ([`TlsSock::detach`]): every later call fails.
 pub(crate) struct TlsSock {
     pub(crate) tcp: TcpStream,
-    conn: Mutex<ServerConnection>,
+    conn: Mutex<Option<Connection>>,
+}
+
+/// What a call on a detached session answers.
+fn detached() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the TLS session was detached")
 }
 
 impl TlsSock {
@@ -49,17 +57,35 @@ impl TlsSock {
         let conn = ServerConnection::new(config).map_err(io::Error::other)?;
         Ok(TlsSock {
             tcp,
-            conn: Mutex::new(conn),
+            conn: Mutex::new(Some(Connection::Server(conn))),
         })
+    }
+
+    /// A session handshaken elsewhere, to serve HTTP on.
+    pub(crate) fn from_stream(stream: TlsStream) -> TlsSock {
+        let (tcp, conn) = stream.into_parts();
+        TlsSock {
+            tcp,
+            conn: Mutex::new(Some(conn)),
+        }
+    }
+
+    /// Take the session away (an upgrade's handler owns the connection from here on): the
+    /// session and a second handle on the socket. This `TlsSock` is dead afterwards.
+    pub(crate) fn detach(&self) -> io::Result<TlsStream> {
+        let tcp = self.tcp.try_clone()?;
+        let conn = self.conn.lock().take().ok_or_else(detached)?;
+        Ok(TlsStream::from_parts(tcp, conn))
     }
 
     /// Complete the handshake before `deadline`.
     pub(crate) fn handshake(&self, deadline: Instant) -> Result<(), ConnError> {
-        let mut conn = self.conn.lock();
+        let mut guard = self.conn.lock();
+        let conn = guard.as_mut().ok_or_else(|| ConnError::Io(detached()))?;
         let mut buf = [0u8; HANDSHAKE_READ];
         let mut first = true;
         while conn.is_handshaking() {
-            flush(&mut conn, &self.tcp).map_err(ConnError::Io)?;
+            flush(conn, &self.tcp).map_err(ConnError::Io)?;
             if !conn.is_handshaking() {
                 break;
             }
@@ -94,25 +120,26 @@ impl TlsSock {
             let mut rest = &buf[..n];
             while !rest.is_empty() {
                 conn.read_tls(&mut rest).map_err(ConnError::Io)?;
-                process(&mut conn, &self.tcp).map_err(ConnError::Io)?;
+                process(conn, &self.tcp).map_err(ConnError::Io)?;
             }
         }
-        flush(&mut conn, &self.tcp).map_err(ConnError::Io)
+        flush(conn, &self.tcp).map_err(ConnError::Io)
     }
 
     /// Drive the handshake as far as the socket (non-blocking) allows without waiting: `true`
     /// once it is complete, `false` when it needs more from the peer. A peer that closes or
     /// sends what is not TLS is an error.
     pub(crate) fn handshake_step(&self) -> io::Result<bool> {
-        let mut conn = self.conn.lock();
+        let mut guard = self.conn.lock();
+        let conn = guard.as_mut().ok_or_else(detached)?;
         loop {
-            flush(&mut conn, &self.tcp)?;
+            flush(conn, &self.tcp)?;
             if !conn.is_handshaking() {
                 return Ok(true);
             }
             match conn.read_tls(&mut &self.tcp) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(_) => process(&mut conn, &self.tcp)?,
+                Ok(_) => process(conn, &self.tcp)?,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -123,16 +150,17 @@ impl TlsSock {
     /// Decrypted bytes: what rustls holds already, else ONE socket read fed to it.
     /// `Interrupted` means "no plaintext yet, try again" (the caller re-checks its deadline).
     pub(crate) fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut conn = self.conn.lock();
-        if let Some(r) = plaintext(&mut conn, buf) {
+        let mut guard = self.conn.lock();
+        let conn = guard.as_mut().ok_or_else(detached)?;
+        if let Some(r) = plaintext(conn, buf) {
             return r;
         }
         if conn.read_tls(&mut &self.tcp)? == 0 {
             // The peer closed the TCP connection (with or without close_notify).
             return Ok(0);
         }
-        process(&mut conn, &self.tcp)?;
-        match plaintext(&mut conn, buf) {
+        process(conn, &self.tcp)?;
+        match plaintext(conn, buf) {
             Some(r) => r,
             None => Err(io::ErrorKind::Interrupted.into()),
         }
@@ -140,21 +168,25 @@ impl TlsSock {
 
     /// Encrypt `buf` and send it all (each socket write under `SO_SNDTIMEO`).
     pub(crate) fn write(&self, buf: &[u8]) -> io::Result<usize> {
-        let mut conn = self.conn.lock();
+        let mut guard = self.conn.lock();
+        let conn = guard.as_mut().ok_or_else(detached)?;
         let n = conn.writer().write(buf)?;
-        flush(&mut conn, &self.tcp)?;
+        flush(conn, &self.tcp)?;
         Ok(n)
     }
 
     /// Tell the peer we are done (close_notify), without waiting for room to send it.
     pub(crate) fn close_notify(&self) {
-        let mut conn = self.conn.lock();
+        let mut guard = self.conn.lock();
+        let Some(conn) = guard.as_mut() else {
+            return;
+        };
         if conn.is_handshaking() {
             return;
         }
         conn.send_close_notify();
         if self.tcp.set_nonblocking(true).is_ok() {
-            let _ = flush(&mut conn, &self.tcp);
+            let _ = flush(conn, &self.tcp);
             let _ = self.tcp.set_nonblocking(false);
         }
     }
@@ -166,41 +198,6 @@ fn looks_like_plain_http(first: &[u8]) -> bool {
     first.first().is_some_and(|b| *b != TLS_HANDSHAKE_RECORD)
         && first.len() >= 3
         && first.iter().take(3).all(|b| b.is_ascii_uppercase())
-}
-
-/// `Some` when the reader has an answer without reading the socket: bytes, or end of stream.
-fn plaintext(conn: &mut ServerConnection, buf: &mut [u8]) -> Option<io::Result<usize>> {
-    match conn.reader().read(buf) {
-        Ok(n) => Some(Ok(n)),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-        // The peer closed without close_notify: for a request reader, that is end of stream.
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Some(Ok(0)),
-        Err(e) => Some(Err(e)),
-    }
-}
-
-/// Process what was read; on a TLS error send the alert rustls queued, then fail.
-fn process(conn: &mut ServerConnection, tcp: &TcpStream) -> io::Result<()> {
-    match conn.process_new_packets() {
-        Ok(_) => flush(conn, tcp),
-        Err(e) => {
-            let _ = flush(conn, tcp);
-            Err(io::Error::new(io::ErrorKind::InvalidData, e))
-        }
-    }
-}
-
-/// Send every TLS record rustls has queued.
-fn flush(conn: &mut ServerConnection, tcp: &TcpStream) -> io::Result<()> {
-    while conn.wants_write() {
-        match conn.write_tls(&mut &*tcp) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

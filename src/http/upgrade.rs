@@ -63,18 +63,14 @@ impl Upgraded<'_> {
     /// Take the connection away from its connection thread: an owned handle on the same
     /// socket (a dup, blocking, no timeouts) and the bytes the client sent ahead. When the
     /// handler returns, the thread closes only its own fd, so the socket stays open for as
-    /// long as the returned stream lives, with no thread behind it. Plain TCP and Unix
-    /// sockets only: a TLS session cannot be handed over (`Unsupported`).
+    /// long as the returned stream lives, with no thread behind it. A TLS connection takes
+    /// its session along (plaintext rustls already holds stays readable from the stream:
+    /// see [`RawStream::has_buffered`]).
     pub fn detach(self) -> io::Result<(RawStream, Vec<u8>)> {
         let stream = match self.sock {
             Sock::Tcp(s) => RawStream::Tcp(s.try_clone()?),
             Sock::Unix(s) => RawStream::Unix(s.try_clone()?),
-            Sock::Tls(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "a TLS connection cannot be detached",
-                ))
-            }
+            Sock::Tls(t) => RawStream::from(t.detach()?),
         };
         stream.set_nonblocking(false)?;
         stream.set_read_timeout(None)?;

@@ -23,6 +23,7 @@ use super::{
 use crate::state::command::{Applied, Command, ServerState};
 use crate::state::command_log::{LogError, StateMachine, SNAPSHOT_EVERY};
 use crate::state::leader::BarrierError;
+use crate::state::snapshot::stage::{self, Staging, Step};
 
 /// Inputs taken per round at most (proposals beyond wait for the next `Ready`).
 const MAX_INPUTS: usize = 1024;
@@ -71,6 +72,11 @@ pub(crate) struct Driver {
     snapshot_at: u64,
     /// A state snapshot being encoded off this thread, and the applied index it is of.
     encoding: Option<(u64, crate::state::command_log::Encoding)>,
+    /// An encoded snapshot being staged a chunk per round (`snapshot::stage`): its applied
+    /// index and state.
+    staging: Option<(u64, Arc<ServerState>, Staging)>,
+    /// A flipped snapshot is being merged into the tables, a chunk per round.
+    merging: bool,
     /// When the leader was last heard from.
     last_contact: Option<Instant>,
     /// Leader, with an entry of its own term applied.
@@ -195,6 +201,8 @@ impl Driver {
             applied_term,
             snapshot_at: applied,
             encoding: None,
+            staging: None,
+            merging: false,
             last_contact: None,
             leader_ready: false,
             reads_new: Vec::new(),
@@ -566,10 +574,13 @@ impl Driver {
             self.sm.count_transaction(started.elapsed());
         }
         if let Some((state, index, term)) = installed {
-            // A snapshot being encoded is a difference from tables the install replaced.
+            // A snapshot being encoded or staged is a difference from tables the install
+            // replaced (the install settled the stage first).
             if let Some((_, stale)) = self.encoding.take() {
                 stale.join_discard();
             }
+            self.staging = None;
+            self.merging = false;
             self.sm.installed(state);
             self.applied = index;
             self.applied_term = term;
@@ -710,9 +721,24 @@ impl Driver {
     /// Every [`SNAPSHOT_EVERY`] applied entries: the state tables are written (the rows that
     /// changed) and the log before them, but for [`TRAILING_ENTRIES`], dropped.
     fn maybe_snapshot(&mut self) -> Result<(), LogError> {
+        if self.merging || self.staging.is_some() {
+            return self.snapshot_step();
+        }
         if self.encoding.as_ref().is_some_and(|(_, e)| e.is_done()) {
             if let Some((applied, encoding)) = self.encoding.take() {
-                return self.write_snapshot_at(applied, encoding);
+                let Some((state, rows)) = encoding.finish() else {
+                    // The encoder failed (logged): the next round starts another.
+                    return Ok(());
+                };
+                return match Staging::of(rows) {
+                    // Staged, flipped and merged a chunk per round (no round holds the
+                    // whole snapshot's write).
+                    Ok(staging) => {
+                        self.staging = Some((applied, state, staging));
+                        Ok(())
+                    }
+                    Err(rows) => self.write_rows_at(applied, state, *rows),
+                };
             }
         }
         if self.encoding.is_some() || self.applied < self.snapshot_at + SNAPSHOT_EVERY {
@@ -732,18 +758,52 @@ impl Driver {
         }
     }
 
-    /// Write the snapshot encoded for applied index `applied`.
-    fn write_snapshot_at(
-        &mut self,
-        applied: u64,
-        encoding: crate::state::command_log::Encoding,
-    ) -> Result<(), LogError> {
+    /// One step of a snapshot on its way, in a transaction of its own: merge a chunk of a
+    /// flipped one, or stage a chunk (the last one flips it: the raft log is compacted to
+    /// it in the same transaction).
+    fn snapshot_step(&mut self) -> Result<(), LogError> {
+        let started = Instant::now();
         let txn = st!("begin", self.sm.db().begin_write())?;
-        let Some(written) = self.sm.write_encoded(&txn, encoding)? else {
-            // The encoder failed (logged): the next round starts another.
+        if self.merging {
+            let done = st!("snapshot", stage::merge(&txn, false))?;
+            st!("commit", txn.commit())?;
+            self.sm.count_transaction(started.elapsed());
+            if done {
+                self.merging = false;
+                self.sm.compact_if_grown();
+            }
+            return Ok(());
+        }
+        let Some((applied, _, staging)) = self.staging.as_mut() else {
             return Ok(());
         };
-        self.finish_snapshot(txn, written, applied)
+        let applied = *applied;
+        let (step, n) = st!("snapshot", staging.step(&txn, false))?;
+        if step == Step::Staging {
+            st!("commit", txn.commit())?;
+            staging.committed(n);
+            self.sm.count_transaction(started.elapsed());
+            return Ok(());
+        }
+        self.sm.empty_plain_log(&txn, "snapshot")?;
+        if let Some((_, state, _)) = self.staging.take() {
+            self.finish_snapshot(txn, state, applied)?;
+            self.merging = true;
+        }
+        Ok(())
+    }
+
+    /// Write a whole encoded snapshot (its `rows`) of applied index `applied`.
+    fn write_rows_at(
+        &mut self,
+        applied: u64,
+        state: Arc<crate::state::command::ServerState>,
+        rows: crate::state::snapshot::Rows,
+    ) -> Result<(), LogError> {
+        let txn = st!("begin", self.sm.db().begin_write())?;
+        st!("snapshot", rows.write(&txn))?;
+        self.sm.empty_plain_log(&txn, "snapshot")?;
+        self.finish_snapshot(txn, state, applied)
     }
 
     /// Encode and write the snapshot of the current state on this thread.

@@ -497,6 +497,8 @@ pub struct RpcRouter {
     leadership: Option<(Arc<dyn Leadership>, Option<std::net::SocketAddr>)>,
     /// Where Raft batches go; none: `/v1/rpc/raft` is no call here.
     raft: Option<Arc<dyn RaftInbox>>,
+    /// How a call passed to the leader reaches its RPC port (mutual TLS with `tls.rpc`).
+    connect: crate::http::outbound::Connector,
 }
 
 impl RpcRouter {
@@ -507,7 +509,14 @@ impl RpcRouter {
             tunnels: None,
             leadership: None,
             raft: None,
+            connect: Arc::new(crate::http::outbound::connect_plain),
         }
+    }
+
+    /// Reach the leader's RPC port through `connect` (the agent's: TLS with `tls.rpc`).
+    pub fn with_connector(mut self, connect: crate::http::outbound::Connector) -> RpcRouter {
+        self.connect = connect;
+        self
     }
 
     /// Take Raft batches (`POST /v1/rpc/raft`) into `inbox`.
@@ -593,6 +602,7 @@ impl RpcRouter {
         }
         let sent = crate::http::outbound::pass_on(
             &addr,
+            &*self.connect,
             req,
             &headers,
             LEADER_DIAL_TIMEOUT,

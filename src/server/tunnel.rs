@@ -9,6 +9,11 @@
 //! holds pushed connections until their (ignored) reply or close, so pushes never block on a
 //! node. ONE `tunnel-push` thread watches the state index and pushes to each node whose
 //! allocs changed. An idle node costs the server its parked sockets, no thread.
+//!
+//! With `tls.rpc` a parked tunnel is a detached TLS session (the RPC port is mutual TLS):
+//! the watcher still polls only its socket — a node sends nothing on an idle tunnel, so any
+//! TLS record (data, an alert, close_notify) or a close makes it go — and what rustls had
+//! already read when the session was detached is checked at park time.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
@@ -235,8 +240,9 @@ impl TunnelPool {
                 parked
             }?;
             // A peer that closed (or spoke) since the watcher last looked is no tunnel.
-            if parked.stream.is_quiet() {
-                return Some(parked.stream);
+            let mut stream = parked.stream;
+            if stream.is_quiet() {
+                return Some(stream);
             }
         }
     }
@@ -474,7 +480,13 @@ impl Upgrade for Parker {
             return;
         }
         match conn.detach() {
-            Ok((stream, _)) => {
+            Ok((mut stream, _)) => {
+                // TLS: what rustls read past the upgrade request is the node speaking out
+                // of turn too (the watcher polls the socket only, it would never see it).
+                if stream.has_buffered() {
+                    log::debug!("tunnel: a node sent bytes after its upgrade; closing");
+                    return;
+                }
                 self.pool.park(&self.node_id, stream);
             }
             Err(e) => log::debug!("tunnel: cannot park a node's connection: {e}"),

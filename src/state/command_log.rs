@@ -754,26 +754,13 @@ impl StateMachine {
         Encoding::start(self.snapshotted.clone(), self.current.clone())
     }
 
-    /// Write an encoded snapshot inside `txn` (and empty the plain log, as
-    /// [`StateMachine::write_snapshot`]): the state written, for
-    /// [`StateMachine::snapshot_written`] once `txn` committed. `Ok(None)`: the encoder
-    /// failed (logged); nothing was written.
-    pub fn write_encoded(
-        &self,
-        txn: &WriteTransaction,
-        encoding: Encoding,
-    ) -> Result<Option<Arc<ServerState>>, LogError> {
-        let Some((state, rows)) = encoding.finish() else {
-            return Ok(None);
-        };
-        st!("snapshot", rows.write(txn))?;
-        self.empty_plain_log(txn, "snapshot")?;
-        Ok(Some(state))
-    }
-
     /// A store of a server before replication still has its plain log: the first snapshot
     /// empties it (inside `txn`).
-    fn empty_plain_log(&self, txn: &WriteTransaction, op: &'static str) -> Result<(), LogError> {
+    pub fn empty_plain_log(
+        &self,
+        txn: &WriteTransaction,
+        op: &'static str,
+    ) -> Result<(), LogError> {
         if self.plain_log_left {
             let mut log = st!(op, txn.open_table(LOG))?;
             st!(op, log.retain(|_, _| false))?;
@@ -795,6 +782,9 @@ impl StateMachine {
         state: ServerState,
     ) -> Result<Arc<ServerState>, LogError> {
         let state = Arc::new(state);
+        // A snapshot of this server's own still staged is forgotten, or merged if flipped:
+        // the install's rows are the difference from the tables with it.
+        st!("install snapshot", stage::settle(txn))?;
         st!(
             "install snapshot",
             snapshot::write(txn, Some(&self.snapshotted), &state)
@@ -864,7 +854,7 @@ impl Encoding {
 
     /// Join the encoder: the state and its rows, or `None` (logged) when it failed — the log
     /// still holds everything.
-    fn finish(self) -> Option<(Arc<ServerState>, snapshot::Rows)> {
+    pub fn finish(self) -> Option<(Arc<ServerState>, snapshot::Rows)> {
         match self.encoder.join() {
             Ok(Ok(rows)) => Some((self.state, rows)),
             Ok(Err(e)) => {

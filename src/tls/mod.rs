@@ -9,7 +9,9 @@
 //! certificate must name `server.<region>.nomad` or `client.<region>.nomad`; the CLI's, from
 //! `NOMAD_CACERT` and friends) and dials. [`AgentTls`] holds the current pair and swaps both
 //! on [`AgentTls::reload`]: connections already open keep the configuration they started with.
-//! Cluster RPC (`tls.rpc`) has no listener yet; it will take the same two builders.
+//! Cluster RPC (`tls.rpc`): the RPC listener takes [`RpcTls`] (mutual TLS always), and every
+//! connection an agent opens to another's RPC port (Raft, the client link, forwarding,
+//! tunnels) dials with [`rpc_connector`] or the same client configuration.
 
 use std::fmt;
 use std::io::Read;
@@ -262,6 +264,33 @@ impl AgentTls {
     /// `verify_server_hostname`, check for (`client.<region>.nomad` is accepted too).
     pub fn peer_server_name(&self) -> String {
         client::nomad_name("server", &self.region)
+    }
+}
+
+/// How this agent connects to other agents' RPC ports: with `tls` (given when `tls.rpc` is
+/// on), mutual TLS with the agent's certificate, the peer verified as [`AgentTls::client_config`]
+/// says and named [`AgentTls::peer_server_name`]; else plain TCP. Connect and handshake share
+/// the time given.
+pub fn rpc_connector(tls: Option<Arc<AgentTls>>) -> crate::http::outbound::Connector {
+    match tls {
+        None => Arc::new(crate::http::outbound::connect_plain),
+        Some(tls) => Arc::new(move |addr, timeout| tls.dial_rpc(addr, timeout)),
+    }
+}
+
+impl AgentTls {
+    /// A TLS connection to another agent's RPC port (see [`rpc_connector`]).
+    pub fn dial_rpc(
+        &self,
+        addr: &std::net::SocketAddr,
+        timeout: std::time::Duration,
+    ) -> std::io::Result<crate::http::RawStream> {
+        let deadline = std::time::Instant::now() + timeout;
+        let config = self.client_config().map_err(std::io::Error::other)?;
+        let tcp = std::net::TcpStream::connect_timeout(addr, timeout)?;
+        let _ = tcp.set_nodelay(true);
+        let tls = crate::http::TlsStream::connect(tcp, config, &self.peer_server_name(), deadline)?;
+        Ok(crate::http::RawStream::from(tls))
     }
 }
 

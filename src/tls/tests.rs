@@ -323,3 +323,154 @@ fn settings_are_checked_and_files_bounded() {
     assert_eq!(MinVersion::parse("ssl3"), None);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A one-connection TLS server on loopback for [`AgentTls::dial_rpc`]: it accepts, handshakes
+/// (asking for a client certificate from `ca`), runs `serve` on the session, and closes.
+fn tls_peer(
+    settings: &TlsSettings,
+    serve: impl FnOnce(&mut rustls::StreamOwned<ServerConnection, std::net::TcpStream>) + Send + 'static,
+) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+    let mutual = TlsSettings {
+        verify_https_client: true,
+        ..settings.clone()
+    };
+    let config = Arc::new(server::server_config(&mutual).unwrap());
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let join = std::thread::spawn(move || {
+        let (tcp, _) = l.accept().unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let conn = ServerConnection::new(config).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        serve(&mut s);
+    });
+    (addr, join)
+}
+
+#[test]
+fn rpc_dials_speak_mutual_tls_and_see_what_rustls_holds() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+
+    let dir = tempdir();
+    let ca = Ca::new("rpc ca");
+    let mut s = settings(&dir, &ca, &["server.global.nomad"]);
+    s.http = false;
+    s.rpc = true;
+    s.verify_server_hostname = true;
+    let tls = AgentTls::load(&s, "global").unwrap();
+
+    // A request and its reply over the dialed session, the reply read by the proxy's reader
+    // (session tickets arrive first: reads with no plaintext in them are retried).
+    let (addr, peer) = tls_peer(&s, |s| {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while !got.ends_with(b"\r\n\r\n") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.starts_with(b"GET /v1/x HTTP/1.1\r\n"));
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .unwrap();
+        s.flush().unwrap();
+    });
+    let mut stream = tls.dial_rpc(&addr, Duration::from_secs(5)).unwrap();
+    assert!(matches!(stream, crate::http::RawStream::Tls(_)));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    crate::http::outbound::write_request(&mut stream, "GET", "/v1/x", "h", &[], b"", deadline)
+        .unwrap();
+    let r = crate::http::outbound::read_reply(stream, deadline, false).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.read_body(10, deadline).unwrap(), b"ok");
+    peer.join().unwrap();
+
+    // Plaintext rustls holds (read from the socket, not yet by us) and a close_notify make
+    // an idle stream not quiet, though its socket has nothing more to read.
+    let (addr, peer) = tls_peer(&s, |s| {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        s.write_all(b"xy").unwrap();
+        s.flush().unwrap();
+        s.read_exact(&mut b).unwrap();
+        s.conn.send_close_notify();
+        s.flush().unwrap();
+        // Held open until the client is done looking.
+        let _ = s.read(&mut b);
+    });
+    let mut stream = tls.dial_rpc(&addr, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(b"1").unwrap();
+    let mut one = [0u8; 1];
+    let read_one = |stream: &mut crate::http::RawStream, one: &mut [u8; 1]| loop {
+        match stream.read(one) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => break other.unwrap(),
+        }
+    };
+    assert_eq!(read_one(&mut stream, &mut one), 1);
+    assert_eq!(&one, b"x");
+    assert!(stream.has_buffered(), "the `y` is in rustls");
+    assert!(!stream.is_quiet());
+    assert_eq!(read_one(&mut stream, &mut one), 1);
+    assert!(!stream.has_buffered());
+    stream.write_all(b"2").unwrap();
+    let start = Instant::now();
+    while stream.is_quiet() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "close_notify unseen"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        read_one(&mut stream, &mut one),
+        0,
+        "close_notify reads as the end"
+    );
+    assert!(stream.has_buffered(), "and stays seen");
+    drop(stream);
+    peer.join().unwrap();
+
+    // A peer that wants a certificate from another CA: the first read fails, it never hangs.
+    let other = Ca::new("other ca");
+    let other_dir = tempdir();
+    let os = settings(&other_dir, &other, &["server.global.nomad"]);
+    let os = TlsSettings { rpc: true, ..os };
+    let (addr, peer) = tls_peer(&os, |s| {
+        let mut b = [0u8; 1];
+        let _ = s.read(&mut b);
+    });
+    let foreign = AgentTls::load(
+        &TlsSettings {
+            ca_file: os.ca_file.clone(),
+            ..s.clone()
+        },
+        "global",
+    )
+    .unwrap();
+    let failed = foreign
+        .dial_rpc(&addr, Duration::from_secs(5))
+        .and_then(|mut stream| {
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.write_all(b"GET / HTTP/1.1\r\n\r\n")?;
+            let mut b = [0u8; 16];
+            loop {
+                match stream.read(&mut b) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    other => return other.map(|_| ()),
+                }
+            }
+        });
+    assert!(
+        failed.is_err(),
+        "a peer that refused our certificate answered"
+    );
+    peer.join().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(other_dir);
+}
