@@ -808,13 +808,15 @@ fn alloc_changes(agent: &Arc<Agent>) -> ChangedNodes {
         if since == u64::MAX {
             return (state.index, Vec::new());
         }
-        let mut nodes = std::collections::BTreeSet::new();
-        for a in state.allocs.values() {
-            if a.alloc_modify_index > since && Some(&a.node_id) != own.as_ref() {
-                nodes.insert(a.node_id.clone());
-            }
-        }
-        (state.index, nodes.into_iter().collect())
+        // Through the state's index of allocs by AllocModifyIndex: the allocs changed
+        // after `since` only, not every alloc (this runs after every index change).
+        let nodes = state
+            .nodes_with_allocs_modified_after(since)
+            .into_iter()
+            .filter(|n| own.as_deref() != Some(*n))
+            .map(str::to_string)
+            .collect();
+        (state.index, nodes)
     })
 }
 

@@ -486,13 +486,7 @@ mod tests {
             a.desired_status = AllocDesiredStatus::Run;
             a.client_status = AllocClientStatus::Running;
             a.desired_transition = Default::default();
-            let key = (a.namespace.clone(), a.job_id.clone());
-            self.s
-                .allocs_by_job
-                .entry(key)
-                .or_default()
-                .insert(a.id.clone());
-            self.s.allocs.insert(a.id.clone(), Arc::new(a));
+            self.s.insert_new_alloc(a);
         }
 
         fn drain(&mut self, deadline_ns: i64, force_deadline: i64) {

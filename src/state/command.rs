@@ -414,10 +414,18 @@ pub struct ServerState {
     /// Derived, never stored: the `pending` evals by `(create index, ID)`, oldest first (what
     /// the scheduler takes next). Kept and rebuilt like [`ServerState::evals_by_job`].
     pub pending_evals: imbl::OrdSet<(u64, String)>,
-    /// Derived, never stored: what each node's live allocs use, recomputed for the nodes a
-    /// command touched ([`super::plan::refresh_usage`]). The scheduler's hint; the plan check
-    /// at apply computes from the allocs themselves.
+    /// Derived, never stored: what each node's live allocs use (an entry per node with
+    /// allocs), kept exact as allocs change (`state::alloc_index`). The scheduler's view and
+    /// the plan check's at apply.
     pub node_usage: imbl::OrdMap<String, super::plan::Usage>,
+    /// Derived, never stored: the IDs of each node's live allocs that hold ports (what the
+    /// plan check's port check walks). Kept by `state::alloc_index`.
+    pub ported_allocs_by_node: imbl::OrdMap<String, imbl::OrdSet<String>>,
+    /// Derived, never stored: `(AllocModifyIndex, alloc ID)` → node ID of every alloc, so
+    /// "which nodes' allocs did the server change after index X" (the `tunnel-push` thread's
+    /// question after every index change) walks those allocs only
+    /// ([`ServerState::nodes_with_allocs_modified_after`]). Kept by `state::alloc_index`.
+    pub allocs_by_modify: imbl::OrdMap<(u64, String), String>,
     /// The kept versions of each job (`state::jobs::history`), by `(namespace, id, version)`.
     pub job_versions: Table<super::jobs::history::VersionKey, super::jobs::history::JobVersion>,
     /// The last scaling events of each job's groups (`state::jobs::history`).
@@ -515,6 +523,8 @@ impl ServerState {
             evals_by_job: imbl::OrdMap::default(),
             pending_evals: imbl::OrdSet::default(),
             node_usage: imbl::OrdMap::default(),
+            ported_allocs_by_node: imbl::OrdMap::default(),
+            allocs_by_modify: imbl::OrdMap::default(),
             job_versions: Table::default(),
             scaling_events: Table::default(),
             autopilot: None,
@@ -568,13 +578,9 @@ impl ServerState {
         state.reindexed()
     }
 
-    /// The state with [`ServerState::allocs_by_job`] rebuilt from its allocs.
+    /// The state with every derived index rebuilt from its allocs and evals.
     pub fn reindexed(mut self) -> ServerState {
-        self.allocs_by_job = imbl::OrdMap::default();
-        self.allocs_by_node = imbl::OrdMap::default();
-        for a in self.allocs.values() {
-            index_alloc(&mut self.allocs_by_job, &mut self.allocs_by_node, a);
-        }
+        self.rebuild_alloc_indexes();
         self.blocked_evals = imbl::OrdSet::default();
         self.evals_by_job = imbl::OrdMap::default();
         self.pending_evals = imbl::OrdSet::default();
@@ -582,21 +588,12 @@ impl ServerState {
         for e in &evals {
             self.index_eval(e);
         }
-        let nodes: Vec<String> = self.allocs_by_node.keys().cloned().collect();
-        self.node_usage = nodes
-            .into_iter()
-            .map(|n| {
-                let u = super::plan::node_used(&self, &n);
-                (n, u)
-            })
-            .collect();
         self
     }
 
-    /// Add a new alloc (and its entries in the indexes of allocs by job and by node).
+    /// Add a new alloc (and its entries in the derived indexes).
     pub(crate) fn insert_new_alloc(&mut self, a: AllocRecord) {
-        index_alloc(&mut self.allocs_by_job, &mut self.allocs_by_node, &a);
-        self.allocs.insert(a.id.clone(), Arc::new(a));
+        self.put_alloc(Arc::new(a));
     }
 
     /// Insert or replace an eval, keeping the indexes of evals (blocked, pending, by job).
@@ -754,7 +751,7 @@ pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appli
             a.modify_index = index;
             a.modify_time = *now;
             let before = old.clone();
-            state.allocs.insert(alloc_id.clone(), Arc::new(a.clone()));
+            state.put_alloc(Arc::new(a.clone()));
             super::plan::alloc_updated(state, &before, &a, *now, index);
             Applied::Alloc(Box::new(a))
         }
@@ -922,12 +919,20 @@ pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appli
             index,
         )),
     };
-    super::plan::refresh_usage(state, cmd);
     super::plan::after_node_op(state, cmd, index);
     super::jobs::history::after_apply(state, cmd, index);
     state.index = state.index.max(index);
+    #[cfg(test)]
+    if state.allocs.len() <= CHECKED_ALLOCS {
+        state.assert_alloc_indexes();
+    }
     Ok(applied)
 }
+
+/// Unit tests check the derived alloc indexes against a full scan after every command
+/// applied to a state of at most this many allocs (larger ones would make them slow).
+#[cfg(test)]
+const CHECKED_ALLOCS: usize = 400;
 
 /// The ACL commands.
 fn apply_acl(t: &mut AclTables, cmd: &Command) -> Result<Applied, ApplyError> {
@@ -1166,14 +1171,13 @@ fn stop_allocs_of(state: &mut ServerState, key: &JobKey, desc: &str, now: i64, i
         .map(|a| a.id.clone())
         .collect();
     for id in running {
-        if let Some(a) = state.allocs.get_mut(&id) {
-            let a = Arc::make_mut(a);
+        state.update_alloc(&id, |a| {
             a.desired_status = AllocDesiredStatus::Stop;
             a.desired_description = desc.to_string();
             a.modify_index = index;
             a.alloc_modify_index = index;
             a.modify_time = now;
-        }
+        });
     }
 }
 
@@ -1204,22 +1208,6 @@ pub(crate) fn cancel_blocked_evals(
         }
     }
     !blocked.is_empty()
-}
-
-/// Enter `a` in the derived indexes of allocs by job and by node.
-fn index_alloc(
-    by_job: &mut imbl::OrdMap<JobKey, imbl::OrdSet<String>>,
-    by_node: &mut imbl::OrdMap<String, imbl::OrdSet<String>>,
-    a: &AllocRecord,
-) {
-    by_job
-        .entry((a.namespace.clone(), a.job_id.clone()))
-        .or_default()
-        .insert(a.id.clone());
-    by_node
-        .entry(a.node_id.clone())
-        .or_default()
-        .insert(a.id.clone());
 }
 
 /// Store `job` as submitted: a new version (indexes, submit time, `pending` status) when its
@@ -1383,7 +1371,7 @@ fn stop_alloc(
         if let Some(r) = &replace {
             a.next_allocation = r.id.clone();
         }
-        state.allocs.insert(alloc_id.to_string(), Arc::new(a));
+        state.put_alloc(Arc::new(a));
         if let Some(mut r) = replace {
             r.previous_allocation = alloc_id.to_string();
             state.insert_new_alloc(r);

@@ -223,37 +223,11 @@ pub fn reap(state: &mut ServerState, r: &Reap) -> Reaped {
             done.evals += 1;
         }
     }
-    let mut nodes: BTreeSet<String> = BTreeSet::new();
     for id in &r.allocs {
-        let Some(a) = state.allocs.get(id).cloned() else {
-            continue;
-        };
-        if !a.terminal() {
-            continue;
-        }
-        state.allocs.remove(id);
-        let key: JobKey = (a.namespace.clone(), a.job_id.clone());
-        if let Some(set) = state.allocs_by_job.get_mut(&key) {
-            set.remove(id);
-            if set.is_empty() {
-                state.allocs_by_job.remove(&key);
-            }
-        }
-        if let Some(set) = state.allocs_by_node.get_mut(&a.node_id) {
-            set.remove(id);
-            if set.is_empty() {
-                state.allocs_by_node.remove(&a.node_id);
-            }
-        }
-        nodes.insert(a.node_id.clone());
-        done.allocs += 1;
-    }
-    for n in nodes {
-        if state.allocs_by_node.contains_key(&n) {
-            let u = super::plan::node_used(state, &n);
-            state.node_usage.insert(n, u);
-        } else {
-            state.node_usage.remove(&n);
+        let finished = state.allocs.get(id).is_some_and(|a| a.terminal());
+        if finished {
+            state.remove_alloc(id);
+            done.allocs += 1;
         }
     }
     done

@@ -2,6 +2,7 @@
 //! What must survive a restart is written through [`store`] before a change is acknowledged.
 
 pub mod acl;
+pub mod alloc_index;
 pub mod autopilot;
 pub mod command;
 pub mod command_log;

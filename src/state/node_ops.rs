@@ -258,14 +258,12 @@ pub(crate) fn deregister(
     let n = known(state, node_id)?;
     state.nodes.remove(node_id);
     let lost: Vec<String> = state
-        .allocs
-        .values()
-        .filter(|a| a.node_id == node_id && !a.terminal())
+        .allocs_on(node_id)
+        .filter(|a| !a.terminal())
         .map(|a| a.id.clone())
         .collect();
     for id in lost {
-        if let Some(a) = state.allocs.get_mut(&id) {
-            let a = Arc::make_mut(a);
+        state.update_alloc(&id, |a| {
             if a.desired_status == AllocDesiredStatus::Run {
                 a.desired_status = AllocDesiredStatus::Stop;
                 a.desired_description = ALLOC_LOST.into();
@@ -274,7 +272,7 @@ pub(crate) fn deregister(
             a.modify_index = index;
             a.alloc_modify_index = index;
             a.modify_time = now;
-        }
+        });
     }
     let w = make_evals(
         state,
@@ -301,24 +299,22 @@ pub(crate) fn migrate(
 ) -> Result<Applied, ApplyError> {
     let mut node_id = String::new();
     for id in alloc_ids {
-        let Some(a) = state.allocs.get_mut(id) else {
-            continue;
-        };
-        if a.terminal() {
+        if state.allocs.get(id).is_none_or(|a| a.terminal()) {
             continue;
         }
-        let a = Arc::make_mut(a);
-        a.desired_transition.migrate = Some(true);
-        if stop && a.desired_status == AllocDesiredStatus::Run {
-            a.desired_status = AllocDesiredStatus::Stop;
-            a.desired_description = ALLOC_MIGRATING.into();
-        }
-        a.modify_index = index;
-        a.alloc_modify_index = index;
-        a.modify_time = now;
-        if node_id.is_empty() {
-            node_id = a.node_id.clone();
-        }
+        state.update_alloc(id, |a| {
+            a.desired_transition.migrate = Some(true);
+            if stop && a.desired_status == AllocDesiredStatus::Run {
+                a.desired_status = AllocDesiredStatus::Stop;
+                a.desired_description = ALLOC_MIGRATING.into();
+            }
+            a.modify_index = index;
+            a.alloc_modify_index = index;
+            a.modify_time = now;
+            if node_id.is_empty() {
+                node_id = a.node_id.clone();
+            }
+        });
     }
     let node_index = state.nodes.get(&node_id).map_or(0, |n| n.modify_index);
     let w = make_evals(

@@ -193,7 +193,9 @@ pub fn alloc_ask(a: &AllocRecord) -> Usage {
         .unwrap_or_default()
 }
 
-/// What the node's live allocs (wanted running, not finished) use now.
+/// What the node's live allocs (wanted running, not finished) use now, by a walk over them:
+/// the reference [`ServerState::usage_of`] (kept as allocs change) must always equal.
+#[cfg(test)]
 pub fn node_used(state: &ServerState, node_id: &str) -> Usage {
     let mut u = Usage::default();
     for a in state.allocs_on(node_id).filter(|a| a.is_live()) {
@@ -202,61 +204,14 @@ pub fn node_used(state: &ServerState, node_id: &str) -> Usage {
     u
 }
 
-/// The ports in use on a node: its reserved ports and its live allocs' ports.
+/// The ports in use on a node: its reserved ports and its live allocs' ports (in alloc ID
+/// order, through the index of live allocs holding ports: the others add nothing).
 pub fn node_ports(state: &ServerState, node: &Node) -> UsedPorts {
     let mut used = UsedPorts::of_node(&NodeNet::of(node));
-    for a in state.allocs_on(&node.id).filter(|a| a.is_live()) {
+    for a in state.ported_allocs_on(&node.id) {
         used.add_existing(&a.id, &a.ports);
     }
     used
-}
-
-/// Recompute [`ServerState::node_usage`] for the nodes whose allocs `cmd` (just applied)
-/// may have started, stopped or ended.
-pub(super) fn refresh_usage(state: &mut ServerState, cmd: &super::command::Command) {
-    use super::command::Command;
-    let of_alloc = |state: &ServerState, id: &str| state.allocs.get(id).map(|a| a.node_id.clone());
-    let of_job = |state: &ServerState, ns: &str, id: &str| -> Vec<String> {
-        state
-            .allocs_of(&(ns.to_string(), id.to_string()))
-            .map(|a| a.node_id.clone())
-            .collect()
-    };
-    let nodes: BTreeSet<String> = match cmd {
-        Command::AllocClientUpdate { alloc_id, .. }
-        | Command::AllocStopQueued { alloc_id, .. }
-        | Command::AllocStop { alloc_id, .. } => {
-            let mut n: BTreeSet<String> = of_alloc(state, alloc_id).into_iter().collect();
-            if let Command::AllocStop { node, .. } = cmd {
-                n.insert(node.id.clone());
-            }
-            n
-        }
-        // `apply_plan` keeps the usage of the nodes it touched itself.
-        Command::PlanApply { .. } => return,
-        Command::JobStop {
-            namespace, job_id, ..
-        }
-        | Command::JobDeregister {
-            namespace, job_id, ..
-        } => of_job(state, namespace, job_id).into_iter().collect(),
-        Command::JobRegister { job, node, .. } => {
-            let mut n: BTreeSet<String> =
-                of_job(state, &job.namespace, &job.id).into_iter().collect();
-            n.insert(node.id.clone());
-            n
-        }
-        Command::NodeUpdateStatus { node_id, .. } => [node_id.clone()].into(),
-        Command::AllocMigrate { alloc_ids, .. } => alloc_ids
-            .iter()
-            .filter_map(|id| of_alloc(state, id))
-            .collect(),
-        _ => return,
-    };
-    for n in nodes {
-        let u = node_used(state, &n);
-        state.node_usage.insert(n, u);
-    }
 }
 
 /// A node new allocs may go to: ready, eligible, not draining.
@@ -427,22 +382,21 @@ fn set_stop(
     now: i64,
     index: u64,
 ) -> bool {
-    let Some(a) = state.allocs.get_mut(id) else {
-        return false;
-    };
-    let a = Arc::make_mut(a);
-    a.desired_status = AllocDesiredStatus::Stop;
-    a.desired_description = desc.to_string();
-    if let Some(cs) = client_status {
-        if !a.client_status.is_terminal() {
-            a.client_status = cs;
-            a.client_description = desc.to_string();
-        }
-    }
-    a.modify_index = index;
-    a.alloc_modify_index = index;
-    a.modify_time = now;
-    true
+    state
+        .update_alloc(id, |a| {
+            a.desired_status = AllocDesiredStatus::Stop;
+            a.desired_description = desc.to_string();
+            if let Some(cs) = client_status {
+                if !a.client_status.is_terminal() {
+                    a.client_status = cs;
+                    a.client_description = desc.to_string();
+                }
+            }
+            a.modify_index = index;
+            a.alloc_modify_index = index;
+            a.modify_time = now;
+        })
+        .is_some()
 }
 
 /// Capacity may have appeared (a node became ready or eligible or changed, an alloc ended):
@@ -593,14 +547,13 @@ pub(super) fn node_status_changed(
                 .collect();
             for (id, wait) in ids {
                 if wait {
-                    if let Some(a) = state.allocs.get_mut(&id) {
-                        let a = Arc::make_mut(a);
+                    state.update_alloc(&id, |a| {
                         a.client_status = AllocClientStatus::Unknown;
                         a.client_description = DESC_UNKNOWN.into();
                         a.modify_index = index;
                         a.alloc_modify_index = index;
                         a.modify_time = now;
-                    }
+                    });
                 } else {
                     set_stop(
                         state,
@@ -723,7 +676,7 @@ pub(super) fn apply_plan(
         let node = state.nodes.get(*node_id).cloned();
         let usable = node.as_ref().filter(|n| node_schedulable(n));
         let (cap, mut used) = match usable {
-            Some(n) => (node_capacity(n), node_used(state, node_id)),
+            Some(n) => (node_capacity(n), state.usage_of(node_id)),
             None => (Usage::default(), Usage::default()),
         };
         // The ports the node's live allocs hold, made only when a placement carries ports.
@@ -755,24 +708,6 @@ pub(super) fn apply_plan(
                 result.refused += 1;
             }
         }
-        // What the node's live allocs use now (the accepted placements are about to exist).
-        let now_used = if usable.is_some() {
-            used
-        } else {
-            node_used(state, node_id)
-        };
-        state.node_usage.insert(node_id.to_string(), now_used);
-    }
-    // Nodes that only lost allocs to the stops.
-    let stopped_on: BTreeSet<String> = plan
-        .stops
-        .iter()
-        .filter_map(|st| state.allocs.get(&st.alloc_id).map(|a| a.node_id.clone()))
-        .filter(|n| !by_node.contains_key(n.as_str()))
-        .collect();
-    for n in stopped_on {
-        let u = node_used(state, &n);
-        state.node_usage.insert(n, u);
     }
     accepted.sort_unstable();
     if let Some(job) = &job {
@@ -795,11 +730,10 @@ pub(super) fn apply_plan(
             a.reschedule_events = p.reschedule_events.clone();
             a.ports = p.ports.clone();
             if !p.previous_alloc.is_empty() {
-                if let Some(prev) = state.allocs.get_mut(&p.previous_alloc) {
-                    let prev = Arc::make_mut(prev);
+                state.update_alloc(&p.previous_alloc, |prev| {
                     prev.next_allocation = p.id.clone();
                     prev.modify_index = index;
-                }
+                });
             }
             state.insert_new_alloc(a);
             result.placed += 1;
@@ -819,11 +753,10 @@ pub(super) fn apply_plan(
         e.status_description = "created for delayed rescheduling".into();
         state.put_eval(e);
         for id in &f.alloc_ids {
-            if let Some(a) = state.allocs.get_mut(id) {
-                let a = Arc::make_mut(a);
+            state.update_alloc(id, |a| {
                 a.followup_eval_id = f.eval_id.clone();
                 a.modify_index = index;
-            }
+            });
         }
     }
     let mut queued = plan.queued.clone();

@@ -404,8 +404,8 @@ impl<'a> Placer<'a> {
         }
         let node = &self.nodes[i];
         let cap = plan::node_capacity(node);
-        // The state's derived usage (the plan check at apply recomputes it exactly), minus
-        // what this plan stops there.
+        // The state's derived usage (kept exact as allocs change; the plan check at apply
+        // reads the same), minus what this plan stops there.
         let mut used = self
             .state
             .node_usage

@@ -974,3 +974,141 @@ fn a_job_update_hands_its_static_port_to_the_replacement_and_replays_identically
     }
     assert_eq!(again.to_bytes().unwrap(), w.s.to_bytes().unwrap());
 }
+
+/// The plan check as it was before the state kept node usage and ported allocs (a walk
+/// over every alloc, the plan's stops left out): the IDs of the placements that fit.
+fn reference_accepted(s: &ServerState, plan: &crate::state::plan::Plan) -> BTreeSet<String> {
+    use crate::state::jobs::network::{NodeNet, UsedPorts};
+    use crate::state::plan::{alloc_ask, group_ask, node_capacity, node_schedulable, Usage};
+    let mut out = BTreeSet::new();
+    let job = s.jobs.get(&(plan.namespace.clone(), plan.job_id.clone()));
+    if job.map_or(0, |j| j.job_modify_index) != plan.job_modify_index {
+        return out;
+    }
+    let stopped: BTreeSet<&str> = plan.stops.iter().map(|st| st.alloc_id.as_str()).collect();
+    let mut by_node: BTreeMap<&str, Vec<&crate::state::plan::Placement>> = BTreeMap::new();
+    for p in &plan.placements {
+        by_node.entry(p.node_id.as_str()).or_default().push(p);
+    }
+    for (node_id, ps) in by_node {
+        let Some(n) = s.nodes.get(node_id).filter(|n| node_schedulable(n)) else {
+            continue;
+        };
+        let live: Vec<&Arc<AllocRecord>> = s
+            .allocs
+            .values()
+            .filter(|a| a.node_id == node_id && a.is_live() && !stopped.contains(a.id.as_str()))
+            .collect();
+        let cap = node_capacity(n);
+        let mut used = Usage::default();
+        let mut ports = UsedPorts::of_node(&NodeNet::of(n));
+        for a in &live {
+            used.add(&alloc_ask(a));
+            ports.add_existing(&a.id, &a.ports);
+        }
+        for p in ps {
+            let Some(ask) = job.and_then(|j| j.group(&p.task_group)).map(group_ask) else {
+                continue;
+            };
+            if used.exceeds(&ask, &cap).is_none()
+                && (p.ports.is_empty() || ports.try_add(&p.ports).is_ok())
+            {
+                used.add(&ask);
+                out.insert(p.id.clone());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_plan_check_through_the_kept_indexes_accepts_exactly_what_a_walk_over_the_allocs_did() {
+    let (mut compared, mut refused) = (0, 0);
+    for seed in 1..=6u64 {
+        let mut r = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut below = move |n: u64| {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            r % n
+        };
+        let mut w = World::new();
+        // Small nodes, so racing plans fill them and apply refuses some placements.
+        for i in 0..3 {
+            let mut n = port_node(&format!("p{i}"), 20000, 20005);
+            n.resources["Cpu"]["CpuShares"] = json!(600);
+            w.add_node(n);
+        }
+        w.nodes(2, 500, 700);
+        for round in 0..10 {
+            for j in 0..4 {
+                let id = format!("j{}", below(6));
+                let count = 1 + below(4) as i64;
+                let mut spec = simple(&id, "service", count, 50 + 50 * below(4) as i64, 100);
+                let net = match below(3) {
+                    0 => Some(json!({"ReservedPorts": [{"Label": "s", "Value": 20001}]})),
+                    1 => Some(json!({"DynamicPorts": [{"Label": "d"}]})),
+                    _ => None,
+                };
+                if let Some(net) = net {
+                    spec["TaskGroups"][0]["Networks"] = json!([net]);
+                }
+                if round > 0 && j == 0 && below(4) == 0 {
+                    let ns = ("default".to_string(), id.clone());
+                    if w.s.jobs.contains_key(&ns) {
+                        let now = w.now;
+                        let _ = w.cmd(Command::JobDeregister {
+                            namespace: "default".into(),
+                            job_id: id,
+                            purge: false,
+                            eval_id: format!("stop-{seed}-{round}"),
+                            now,
+                        });
+                        continue;
+                    }
+                }
+                w.submit(spec);
+            }
+            // Plans made on one snapshot race each other; some allocs end meanwhile.
+            let snap = w.s.clone();
+            let plans: Vec<_> = snap
+                .pending_evals()
+                .map(|e| plan_for(&snap, e, w.now, 1))
+                .collect();
+            let live: Vec<String> =
+                w.s.allocs
+                    .values()
+                    .filter(|a| a.is_live())
+                    .map(|a| a.id.clone())
+                    .collect();
+            for id in live {
+                if below(5) == 0 {
+                    w.client_status(&id, AllocClientStatus::Complete);
+                }
+            }
+            for plan in plans {
+                let expect = reference_accepted(&w.s, &plan);
+                let ids: Vec<String> = plan.placements.iter().map(|p| p.id.clone()).collect();
+                let n = ids.len();
+                if w.cmd(Command::PlanApply {
+                    plan: Box::new(plan),
+                })
+                .is_err()
+                {
+                    continue;
+                }
+                let placed: BTreeSet<String> = ids
+                    .into_iter()
+                    .filter(|id| w.s.allocs.contains_key(id))
+                    .collect();
+                assert_eq!(placed, expect, "seed {seed} round {round}");
+                compared += 1;
+                refused += n - placed.len();
+            }
+            w.run();
+            w.assert_no_overcommit();
+        }
+    }
+    assert!(compared > 50, "only {compared} plans compared");
+    assert!(refused > 10, "only {refused} placements refused");
+}

@@ -415,12 +415,11 @@ pub(crate) fn evaluate(
             .map(|a| a.id.clone())
             .collect();
         for id in ids {
-            if let Some(a) = state.allocs.get_mut(&id) {
-                let a = Arc::make_mut(a);
+            state.update_alloc(&id, |a| {
                 a.desired_transition.force_reschedule = Some(true);
                 a.modify_index = index;
                 a.modify_time = now;
-            }
+            });
         }
     }
     state.put_eval(EvalRecord::pending_at(

@@ -1,0 +1,401 @@
+//! The server state's derived indexes of allocs, kept in one place as allocs are added,
+//! changed and removed: allocs by job, allocs by node, what each node's live allocs use, the
+//! live allocs holding ports per node, and the nodes by the `AllocModifyIndex` of their allocs.
+//! Every write to [`ServerState::allocs`] in apply goes through [`ServerState::put_alloc`],
+//! [`ServerState::update_alloc`] or [`ServerState::remove_alloc`];
+//! [`ServerState::reindexed`](super::command::ServerState::reindexed) rebuilds them all from
+//! the allocs with the same code, so the kept and the rebuilt indexes are equal by
+//! construction (the unit tests check both against a full scan).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::command::{JobKey, ServerState};
+use super::jobs::alloc::AllocRecord;
+use super::plan::{alloc_ask, Usage};
+
+/// What the derived indexes know of one alloc: when two versions of an alloc agree on these,
+/// no index changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Facts {
+    job: JobKey,
+    node: String,
+    modify: u64,
+    live: bool,
+    ask: Usage,
+    ported: bool,
+}
+
+impl Facts {
+    fn of(a: &AllocRecord) -> Facts {
+        let live = a.is_live();
+        Facts {
+            job: (a.namespace.clone(), a.job_id.clone()),
+            node: a.node_id.clone(),
+            modify: a.alloc_modify_index,
+            live,
+            // Only a live alloc's ask counts (and only then is its group looked up).
+            ask: if live { alloc_ask(a) } else { Usage::default() },
+            ported: live && !a.ports.is_empty(),
+        }
+    }
+}
+
+fn sub(u: &mut Usage, o: &Usage) {
+    u.cpu -= o.cpu;
+    u.memory_mb -= o.memory_mb;
+    u.disk_mb -= o.disk_mb;
+}
+
+/// Remove `id` from the set under `key`, and the set when it empties; whether it emptied.
+fn remove_from<K: Ord + Clone>(
+    map: &mut imbl::OrdMap<K, imbl::OrdSet<String>>,
+    key: &K,
+    id: &str,
+) -> bool {
+    let emptied = match map.get_mut(key) {
+        Some(set) => {
+            set.remove(id);
+            set.is_empty()
+        }
+        None => false,
+    };
+    if emptied {
+        map.remove(key);
+    }
+    emptied
+}
+
+impl ServerState {
+    /// Enter an alloc in every derived index.
+    fn index_facts(&mut self, id: &str, f: &Facts) {
+        self.allocs_by_job
+            .entry(f.job.clone())
+            .or_default()
+            .insert(id.to_string());
+        self.allocs_by_node
+            .entry(f.node.clone())
+            .or_default()
+            .insert(id.to_string());
+        let used = self.node_usage.entry(f.node.clone()).or_default();
+        if f.live {
+            used.add(&f.ask);
+        }
+        if f.ported {
+            self.ported_allocs_by_node
+                .entry(f.node.clone())
+                .or_default()
+                .insert(id.to_string());
+        }
+        self.allocs_by_modify
+            .insert((f.modify, id.to_string()), f.node.clone());
+    }
+
+    /// Take an alloc out of every derived index (the inverse of `index_facts`).
+    fn unindex_facts(&mut self, id: &str, f: &Facts) {
+        remove_from(&mut self.allocs_by_job, &f.job, id);
+        if remove_from(&mut self.allocs_by_node, &f.node, id) {
+            self.node_usage.remove(&f.node);
+        } else if f.live {
+            if let Some(used) = self.node_usage.get_mut(&f.node) {
+                sub(used, &f.ask);
+            }
+        }
+        if f.ported {
+            remove_from(&mut self.ported_allocs_by_node, &f.node, id);
+        }
+        self.allocs_by_modify.remove(&(f.modify, id.to_string()));
+    }
+
+    /// Empty every derived alloc index and enter each alloc again (what `reindexed` does).
+    pub(super) fn rebuild_alloc_indexes(&mut self) {
+        self.allocs_by_job = imbl::OrdMap::default();
+        self.allocs_by_node = imbl::OrdMap::default();
+        self.node_usage = imbl::OrdMap::default();
+        self.ported_allocs_by_node = imbl::OrdMap::default();
+        self.allocs_by_modify = imbl::OrdMap::default();
+        let allocs: Vec<Arc<AllocRecord>> = self.allocs.values().cloned().collect();
+        for a in &allocs {
+            self.index_facts(&a.id, &Facts::of(a));
+        }
+    }
+
+    /// Insert a new alloc or replace the one of its ID, keeping the derived indexes.
+    pub(crate) fn put_alloc(&mut self, a: Arc<AllocRecord>) {
+        let new = Facts::of(&a);
+        let id = a.id.clone();
+        if let Some(old) = self.allocs.insert(id.clone(), a) {
+            let old = Facts::of(&old);
+            if old == new {
+                return;
+            }
+            self.unindex_facts(&id, &old);
+        }
+        self.index_facts(&id, &new);
+    }
+
+    /// Change the alloc `id` in place (copied first when shared), keeping the derived
+    /// indexes; `None` when there is no such alloc.
+    pub(crate) fn update_alloc<R>(
+        &mut self,
+        id: &str,
+        change: impl FnOnce(&mut AllocRecord) -> R,
+    ) -> Option<R> {
+        let slot = self.allocs.get_mut(id)?;
+        let old = Facts::of(slot);
+        let a = Arc::make_mut(slot);
+        let out = change(a);
+        let new = Facts::of(a);
+        if old != new {
+            self.unindex_facts(id, &old);
+            self.index_facts(id, &new);
+        }
+        Some(out)
+    }
+
+    /// Remove an alloc and its entries in the derived indexes.
+    pub(crate) fn remove_alloc(&mut self, id: &str) -> Option<Arc<AllocRecord>> {
+        let old = self.allocs.remove(id)?;
+        self.unindex_facts(id, &Facts::of(&old));
+        Some(old)
+    }
+
+    /// The nodes with an alloc whose `AllocModifyIndex` is above `since` (what the server
+    /// changed for them, not what their clients reported), sorted: a walk over those allocs
+    /// only, not over every alloc.
+    pub fn nodes_with_allocs_modified_after(&self, since: u64) -> BTreeSet<&str> {
+        let Some(from) = since.checked_add(1) else {
+            return BTreeSet::new();
+        };
+        self.allocs_by_modify
+            .range((from, String::new())..)
+            .map(|(_, node)| node.as_str())
+            .collect()
+    }
+
+    /// A node's live allocs that hold ports, in ID order (through the index).
+    pub fn ported_allocs_on<'a>(
+        &'a self,
+        node_id: &str,
+    ) -> impl Iterator<Item = &'a Arc<AllocRecord>> + 'a {
+        self.ported_allocs_by_node
+            .get(node_id)
+            .into_iter()
+            .flat_map(|ids| ids.iter())
+            .filter_map(|id| self.allocs.get(id))
+    }
+
+    /// What a node's live allocs use (through the index; zero for a node without allocs).
+    pub fn usage_of(&self, node_id: &str) -> Usage {
+        self.node_usage.get(node_id).copied().unwrap_or_default()
+    }
+
+    /// Panics unless every derived alloc index equals what a full scan of the allocs makes
+    /// (the tests call it after every command they apply).
+    #[cfg(test)]
+    pub(crate) fn assert_alloc_indexes(&self) {
+        let mut by_job: imbl::OrdMap<JobKey, imbl::OrdSet<String>> = imbl::OrdMap::default();
+        let mut by_node: imbl::OrdMap<String, imbl::OrdSet<String>> = imbl::OrdMap::default();
+        let mut ported: imbl::OrdMap<String, imbl::OrdSet<String>> = imbl::OrdMap::default();
+        let mut by_modify: imbl::OrdMap<(u64, String), String> = imbl::OrdMap::default();
+        for a in self.allocs.values() {
+            by_job
+                .entry((a.namespace.clone(), a.job_id.clone()))
+                .or_default()
+                .insert(a.id.clone());
+            by_node
+                .entry(a.node_id.clone())
+                .or_default()
+                .insert(a.id.clone());
+            if a.is_live() && !a.ports.is_empty() {
+                ported
+                    .entry(a.node_id.clone())
+                    .or_default()
+                    .insert(a.id.clone());
+            }
+            by_modify.insert((a.alloc_modify_index, a.id.clone()), a.node_id.clone());
+        }
+        assert_eq!(self.allocs_by_job, by_job, "allocs by job");
+        assert_eq!(self.allocs_by_node, by_node, "allocs by node");
+        assert_eq!(self.ported_allocs_by_node, ported, "ported allocs by node");
+        assert_eq!(self.allocs_by_modify, by_modify, "allocs by modify index");
+        let usage: imbl::OrdMap<String, Usage> = by_node
+            .keys()
+            .map(|n| (n.clone(), super::plan::node_used(self, n)))
+            .collect();
+        assert_eq!(self.node_usage, usage, "node usage");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::jobs::alloc::AllocStamp;
+    use crate::state::jobs::network::{AllocPorts, PortMapping};
+    use crate::state::jobs::spec::Job;
+    use crate::state::jobs::NodeInfo;
+    use crate::state::status::{AllocClientStatus, AllocDesiredStatus};
+
+    /// A small deterministic generator (xorshift), so a failing sequence replays.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    fn job(id: &str, cpu: i64) -> Arc<Job> {
+        let mut j = Job::from_json(serde_json::json!({"ID": id, "TaskGroups": [{"Name": "g",
+            "Count": 1, "Tasks": [{"Name": "t", "Driver": "raw_exec",
+            "Resources": {"CPU": cpu, "MemoryMB": 64},
+            "Config": {"command": "/bin/true"}}]}]}))
+        .unwrap();
+        j.canonicalize("global");
+        Arc::new(j)
+    }
+
+    fn alloc(jobs: &[Arc<Job>], rng: &mut Rng, id: &str, index: u64) -> AllocRecord {
+        let job = &jobs[rng.below(jobs.len() as u64) as usize];
+        let node = NodeInfo {
+            id: format!("n{}", rng.below(6)),
+            name: String::new(),
+            unplaceable: None,
+        };
+        let at = AllocStamp { index, id, now: 0 };
+        let mut a = AllocRecord::new_at(job, "g", 0, "e", &node, at);
+        if rng.below(3) == 0 {
+            a.ports = ports(rng);
+        }
+        a
+    }
+
+    fn ports(rng: &mut Rng) -> AllocPorts {
+        let mut p = AllocPorts::default();
+        p.group.push(PortMapping {
+            label: "http".into(),
+            value: 20000 + rng.below(4) as u16,
+            to: 0,
+            host_ip: "127.0.0.1".into(),
+        });
+        p
+    }
+
+    /// What `alloc_changes` did before the index: a walk over every alloc.
+    fn scan_after(s: &ServerState, since: u64) -> BTreeSet<&str> {
+        s.allocs
+            .values()
+            .filter(|a| a.alloc_modify_index > since)
+            .map(|a| a.node_id.as_str())
+            .collect()
+    }
+
+    fn check(s: &ServerState, index: u64) {
+        s.assert_alloc_indexes();
+        for since in [
+            0,
+            1,
+            index / 3,
+            index / 2,
+            index.saturating_sub(2),
+            index,
+            u64::MAX,
+        ] {
+            assert_eq!(
+                s.nodes_with_allocs_modified_after(since),
+                scan_after(s, since),
+                "nodes changed after {since}"
+            );
+        }
+        let rebuilt = s.clone().reindexed();
+        assert_eq!(rebuilt.allocs_by_modify, s.allocs_by_modify);
+        assert_eq!(rebuilt.node_usage, s.node_usage);
+        assert_eq!(rebuilt.ported_allocs_by_node, s.ported_allocs_by_node);
+    }
+
+    #[test]
+    fn kept_indexes_equal_a_full_scan_and_a_rebuild_over_random_operations() {
+        for seed in 1..=20u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let jobs = [job("a", 100), job("b", 250), job("c", 0)];
+            let mut s = ServerState::default();
+            let mut next = 0u64;
+            for index in 1..=300u64 {
+                let ids: Vec<String> = s.allocs.keys().cloned().collect();
+                let pick = |rng: &mut Rng| ids[rng.below(ids.len() as u64) as usize].clone();
+                match rng.below(8) {
+                    0 | 1 => {
+                        next += 1;
+                        let a = alloc(&jobs, &mut rng, &format!("a{next}"), index);
+                        s.insert_new_alloc(a);
+                    }
+                    _ if ids.is_empty() => {}
+                    2 => {
+                        // Stopped by the server: its AllocModifyIndex moves.
+                        let id = pick(&mut rng);
+                        s.update_alloc(&id, |a| {
+                            a.desired_status = AllocDesiredStatus::Stop;
+                            a.modify_index = index;
+                            a.alloc_modify_index = index;
+                        });
+                    }
+                    3 => {
+                        // A client report: the alloc ends, its AllocModifyIndex stays.
+                        let id = pick(&mut rng);
+                        s.update_alloc(&id, |a| {
+                            a.client_status = AllocClientStatus::Complete;
+                            a.modify_index = index;
+                        });
+                    }
+                    4 => {
+                        // Replaced whole (as a client update is), sometimes unchanged.
+                        let id = pick(&mut rng);
+                        let mut a = (*s.allocs[&id]).clone();
+                        if rng.below(2) == 0 {
+                            a.job = jobs[rng.below(3) as usize].clone();
+                            a.ports = ports(&mut rng);
+                            a.alloc_modify_index = index;
+                        }
+                        s.put_alloc(Arc::new(a));
+                    }
+                    5 => {
+                        let id = pick(&mut rng);
+                        s.update_alloc(&id, |a| a.next_allocation = "x".into());
+                    }
+                    _ => {
+                        let id = pick(&mut rng);
+                        assert!(s.remove_alloc(&id).is_some());
+                    }
+                }
+                s.index = index;
+                if index % 10 == 0 || rng.below(10) == 0 {
+                    check(&s, index);
+                }
+            }
+            check(&s, 300);
+        }
+    }
+
+    #[test]
+    fn nodes_changed_after_the_last_index_or_the_top_are_none() {
+        let jobs = [job("a", 100)];
+        let mut rng = Rng(7);
+        let mut s = ServerState::default();
+        s.insert_new_alloc(alloc(&jobs, &mut rng, "x", 5));
+        let node = s.allocs["x"].node_id.clone();
+        assert_eq!(
+            s.nodes_with_allocs_modified_after(4),
+            [node.as_str()].into()
+        );
+        assert!(s.nodes_with_allocs_modified_after(5).is_empty());
+        assert!(s.nodes_with_allocs_modified_after(u64::MAX).is_empty());
+        s.update_alloc("x", |a| a.alloc_modify_index = 9);
+        assert!(s.nodes_with_allocs_modified_after(5).len() == 1);
+        s.remove_alloc("x");
+        assert!(s.nodes_with_allocs_modified_after(0).is_empty());
+        assert!(s.node_usage.is_empty() && s.allocs_by_node.is_empty());
+    }
+}
