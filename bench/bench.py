@@ -620,15 +620,17 @@ def dir_bytes(path):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-def register_latencies_wrk(agent):
-    """STATE_WRITERS keep-alive connections (wrk on the other core) PUT distinct count-0 jobs
-    for DURATION seconds: (p50, p99, max) in ms and registers/s, or None without wrk."""
+def register_latencies_wrk(agent, close=False):
+    """STATE_WRITERS keep-alive connections (wrk on the other core; `close`: a new connection
+    per request) PUT distinct count-0 jobs for DURATION seconds: (p50, p99, max) in ms and
+    registers/s, or None without wrk."""
     if not shutil.which("wrk"):
         return None
     script = os.path.join(ROOT, "bench", "register.lua")
+    env = {**os.environ, **({"REGISTER_CLOSE": "1"} if close else {})}
     out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{STATE_WRITERS}", f"-d{DURATION}",
                           "-s", script, agent.url + "/v1/jobs"],
-                         capture_output=True, text=True, check=True).stdout
+                         capture_output=True, text=True, check=True, env=env).stdout
     rate = next((float(l.split()[1]) for l in out.splitlines() if l.startswith("Requests/sec:")), 0.0)
     for line in out.splitlines():
         if line.startswith("RESULT"):
@@ -650,16 +652,17 @@ def bench_state():
         try:
             lat, took, errors = register_latencies(agent, "w")
             lat.sort()
-            print(f"  {label}register latency, {STATE_WRITERS} writers x {STATE_WRITES}, a new connection "
-                  f"each: p50 {pct(lat, 50):.1f} ms, p99 {pct(lat, 99):.1f} ms, "
+            print(f"  {label}register latency, {STATE_WRITERS} Python writer threads x {STATE_WRITES}, a new "
+                  f"connection each: p50 {pct(lat, 50):.1f} ms, p99 {pct(lat, 99):.1f} ms, "
                   f"max {lat[-1]:.1f} ms; {len(lat) / took:.0f} registers/s"
                   + (f"; {len(errors)} errors, first: {errors[0]}" if errors else ""))
-            kept = register_latencies_wrk(agent)
-            if kept:
-                p50, p99, mx, rate, errs = kept
-                print(f"  {label}register latency, {STATE_WRITERS} keep-alive writers for {DURATION} (wrk): "
-                      f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {mx:.1f} ms; {rate:.0f} registers/s"
-                      + (f"; {errs} errors" if errs else ""))
+            for close, how in [(False, "keep-alive writers"), (True, "writers, a new connection each")]:
+                kept = register_latencies_wrk(agent, close)
+                if kept:
+                    p50, p99, mx, rate, errs = kept
+                    print(f"  {label}register latency, {STATE_WRITERS} {how} for {DURATION} (wrk): "
+                          f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {mx:.1f} ms; {rate:.0f} registers/s"
+                          + (f"; {errs} errors" if errs else ""))
         finally:
             agent.stop()
     kept = {}
