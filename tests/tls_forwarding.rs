@@ -10,57 +10,13 @@ mod fs_util;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::time::Duration;
 
+use common::pki::Pki;
 use common::*;
 use nomadlet::tls::client::{CliTls, ReadWrite};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-
-/// A test CA and the files it issued, in one directory.
-struct Pki {
-    dir: PathBuf,
-    ca: CertifiedIssuer<'static, KeyPair>,
-}
 
 impl Pki {
-    fn new(tag: &str) -> Pki {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("nomadlet test CA {tag}"));
-        let ca =
-            CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca");
-        let pki = Pki {
-            dir: temp_dir(&format!("pki-{tag}")),
-            ca,
-        };
-        std::fs::write(pki.ca_file(), pki.ca.pem()).expect("write ca");
-        pki
-    }
-
-    fn ca_file(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-
-    /// Issue `<name>.pem` and `<name>-key.pem` for these SANs.
-    fn issue(&self, name: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().expect("key");
-        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
-        let cert = CertificateParams::new(sans)
-            .expect("params")
-            .signed_by(&key, &self.ca)
-            .expect("sign");
-        let (c, k) = (
-            self.dir.join(format!("{name}.pem")),
-            self.dir.join(format!("{name}-key.pem")),
-        );
-        std::fs::write(&c, cert.pem()).expect("write cert");
-        std::fs::write(&k, key.serialize_pem()).expect("write key");
-        (c, k)
-    }
-
     /// `tls { rpc = true ... }`: `ca` to trust, this certificate, Nomad's name checks on.
     fn rpc_config(&self, ca: &Pki, name: &str, san: &str) -> String {
         let (cert, key) = self.issue(name, &[san, "localhost", "127.0.0.1"]);

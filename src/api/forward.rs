@@ -415,7 +415,12 @@ pub(super) fn is_no_path(reply: &Reply) -> bool {
         && matches!(&reply.body, crate::http::Body::Bytes(b) if b.as_slice() == NO_PATH.as_bytes())
 }
 
-fn to_servers(agent: &Agent, servers: &ServerList, req: &Request) -> Reply {
+/// The servers to try, the one that answered last first, and where to record the one that
+/// answers now.
+pub(super) fn servers_last_first(
+    agent: &Agent,
+    servers: &ServerList,
+) -> (Vec<String>, Arc<parking_lot::Mutex<Option<String>>>) {
     let mut list = servers();
     let last_server = agent
         .forwarding
@@ -427,6 +432,11 @@ fn to_servers(agent: &Agent, servers: &ServerList, req: &Request) -> Reply {
             list.rotate_left(i);
         }
     }
+    (list, last_server)
+}
+
+fn to_servers(agent: &Agent, servers: &ServerList, req: &Request) -> Reply {
+    let (list, last_server) = servers_last_first(agent, servers);
     if list.is_empty() {
         return super::router::error_reply(&ApiError::internal("no servers"));
     }

@@ -124,17 +124,7 @@ fn via_peer_servers(agent: &Agent, node: &str, req: &Request) -> Reply {
 /// On a client-only agent: the exec goes to the server that answered last (else the next),
 /// which passes it on to the alloc's node. A server is tried only while nothing was sent.
 pub fn to_servers(agent: &Agent, servers: &ServerList, req: &Request) -> Reply {
-    let mut list = servers();
-    let last_server = agent
-        .forwarding
-        .get()
-        .map(|f| f.last_server.clone())
-        .unwrap_or_default();
-    if let Some(last) = last_server.lock().clone() {
-        if let Some(i) = list.iter().position(|s| *s == last) {
-            list.rotate_left(i);
-        }
-    }
+    let (list, last_server) = forward::servers_last_first(agent, servers);
     let deadline = Instant::now() + EXEC_UPGRADE_TIMEOUT;
     let headers = forward::pass_headers(req);
     let mut why = String::new();

@@ -5,6 +5,9 @@
 /// Network partitions: a network of namespaces per test, hosts cut off and healed.
 pub mod netns;
 
+/// A test certificate authority and the files it issues.
+pub mod pki;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
