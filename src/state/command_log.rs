@@ -1070,6 +1070,7 @@ impl Committer {
             }
         }
         let trim_to = self.trim_to;
+        let mut trim_left = false;
         let db = self.db()?;
         let txn = st!("begin", db.begin_write())?;
         {
@@ -1078,7 +1079,7 @@ impl Committer {
                 st!("append", log.insert(*index, bytes.as_slice()))?;
             }
             if trim_to > 0 {
-                trim_log(&mut log, trim_to, all)?;
+                trim_left = trim_log(&mut log, trim_to, all)?;
             }
         }
         let mut staged = None;
@@ -1092,11 +1093,6 @@ impl Committer {
         } else if self.merging {
             merged = st!("snapshot", stage::merge(&txn, all))?;
         }
-        let trim_left = trim_to > 0 && {
-            let log = st!("open log", txn.open_table(LOG))?;
-            let first = st!("read log", log.first())?.map(|(k, _)| k.value());
-            first.is_some_and(|k| k <= trim_to)
-        };
         st!("commit", txn.commit())?;
         if !trim_left {
             self.trim_to = 0;
@@ -1228,22 +1224,25 @@ impl Committer {
 }
 
 /// Delete the oldest log entries up to `covered` (a snapshot holds them): at most
-/// [`stage::LOG_TRIM_CHUNK`] of them, or all when `all`.
+/// [`stage::LOG_TRIM_CHUNK`] of them, or all when `all`. Whether some may be left.
 fn trim_log(
     log: &mut redb::Table<'_, u64, &'static [u8]>,
     covered: u64,
     all: bool,
-) -> Result<(), LogError> {
+) -> Result<bool, LogError> {
     let Some(first) = st!("read log", log.first())?.map(|(k, _)| k.value()) else {
-        return Ok(());
+        return Ok(false);
     };
+    if first > covered {
+        return Ok(false);
+    }
     let end = if all {
         covered
     } else {
         covered.min(first.saturating_add(stage::LOG_TRIM_CHUNK as u64 - 1))
     };
     st!("trim log", log.retain_in(first..=end, |_, _| false))?;
-    Ok(())
+    Ok(end < covered)
 }
 
 fn answer_all(batch: Vec<Proposal>, e: LogError) {

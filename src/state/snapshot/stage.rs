@@ -191,7 +191,7 @@ impl Staging {
 }
 
 /// Whether a flipped stage still waits to be merged.
-pub fn merging(txn: &WriteTransaction) -> Result<bool, SnapshotError> {
+fn merging(txn: &WriteTransaction) -> Result<bool, SnapshotError> {
     let meta = txn.open_table(META)?;
     let staged = meta.get(STAGED_KEY)?.is_some();
     Ok(staged)
