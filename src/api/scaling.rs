@@ -203,7 +203,7 @@ fn scale_status(ctx: &Ctx, id: &str) -> ApiResult {
         .cloned()
         .ok_or_else(|| ApiError::not_found("job not found"))?;
     let mut groups = Map::new();
-    for tg in &job.task_groups {
+    for tg in job.task_groups.iter() {
         let (mut placed, mut running) = (0u64, 0u64);
         for a in state.allocs_of(&key) {
             if a.task_group != tg.name || !crate::state::jobs::history::of_incarnation(&job, a) {

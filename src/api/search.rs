@@ -286,7 +286,7 @@ fn fuzzy_search(ctx: &Ctx) -> ApiResult {
                         &needle,
                         vec![j.namespace.clone(), j.id.clone()],
                     ));
-                    for g in &j.task_groups {
+                    for g in j.task_groups.iter() {
                         groups.extend(Fuzzy::of(
                             &g.name,
                             &needle,

@@ -1275,7 +1275,7 @@ fn register(
             _ => {
                 let mut ids = alloc_ids.iter();
                 let shared = Arc::new(job.clone());
-                for tg in &job.task_groups {
+                for tg in job.task_groups.iter() {
                     for i in 0..tg.count().max(0) as u32 {
                         // The proposer chose one ID per placement; none left means none placed.
                         let Some(id) = ids.next() else { break };
@@ -1457,6 +1457,26 @@ mod tests {
             .map(|(i, c)| apply(&mut s, c, 10 + i as u64).is_ok())
             .collect();
         (s, oks)
+    }
+
+    /// A job stored again with a new status (its allocs started) shares its task groups
+    /// with the version kept at register: one copy of the spec per version, not per status.
+    #[test]
+    fn a_status_change_shares_the_task_groups_of_the_kept_version() {
+        let (s, oks) = run(&commands()[..2]);
+        assert!(oks.iter().all(|ok| *ok));
+        let key = ("default".to_string(), "a".to_string());
+        let current = s.jobs.get(&key).expect("job a");
+        assert_eq!(
+            current.status, "running",
+            "the status changed after register"
+        );
+        let kept = s
+            .job_versions
+            .get(&("default".to_string(), "a".to_string(), current.version))
+            .expect("version kept");
+        assert!(!Arc::ptr_eq(current, &kept.job), "the job was stored again");
+        assert!(Arc::ptr_eq(&current.task_groups, &kept.job.task_groups));
     }
 
     #[test]

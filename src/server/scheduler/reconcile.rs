@@ -214,7 +214,7 @@ pub fn schedule(
     {
         run.stop(a, DESC_JOB_STOPPED, false);
     }
-    for tg in &job.task_groups {
+    for tg in job.task_groups.iter() {
         run.plan.queued.insert(tg.name.clone(), 0);
     }
     for a in allocs
@@ -229,7 +229,7 @@ pub fn schedule(
     if system {
         system_stops(&mut run, &job, &allocs);
     } else {
-        for tg in &job.task_groups {
+        for tg in job.task_groups.iter() {
             let mine: Vec<&Arc<AllocRecord>> =
                 allocs.iter().filter(|a| a.task_group == tg.name).collect();
             generic_group(&mut run, &job, tg, &mine);
@@ -486,7 +486,7 @@ fn system_place(
 ) {
     let sysbatch = job.job_type() == JobType::Sysbatch;
     let nodes: Vec<String> = placer.nodes.iter().map(|n| n.id.clone()).collect();
-    for tg in &job.task_groups {
+    for tg in job.task_groups.iter() {
         let mut have: BTreeMap<&str, &Arc<AllocRecord>> = BTreeMap::new();
         for a in allocs.iter().filter(|a| a.task_group == tg.name) {
             let holds = (a.desired_status == AllocDesiredStatus::Run

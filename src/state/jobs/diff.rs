@@ -960,7 +960,7 @@ mod tests {
         let mut b = a.clone();
         let mut g2 = b.task_groups[0].clone();
         g2.name = "g2".into();
-        b.task_groups.push(g2);
+        std::sync::Arc::make_mut(&mut b.task_groups).push(g2);
         b.constraints =
             json!([{"LTarget": "${attr.kernel.name}", "RTarget": "linux", "Operand": "="}]);
         let d = job_diff(Some(&a), Some(&b), false).unwrap();

@@ -105,7 +105,7 @@ impl EvalRecord {
     /// group's placements are queued, its `AllocMetric` says the node was filtered for a
     /// missing driver, and `blocked` names the eval that waits for a node that can.
     pub fn fail_placements(&mut self, job: &Job, why: &Unplaceable, blocked: &str) {
-        for tg in &job.task_groups {
+        for tg in job.task_groups.iter() {
             let count = tg.count().max(0) as u64;
             if count == 0 {
                 continue;

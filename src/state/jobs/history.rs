@@ -302,7 +302,10 @@ pub(crate) fn scale(
         return Err(ApplyError::UnknownJob);
     }
     let mut job = (*current).clone();
-    let Some(tg) = job.task_groups.iter_mut().find(|g| g.name == group) else {
+    let Some(tg) = Arc::make_mut(&mut job.task_groups)
+        .iter_mut()
+        .find(|g| g.name == group)
+    else {
         return Err(ApplyError::UnknownJob);
     };
     let mut event = event.clone();

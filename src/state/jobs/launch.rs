@@ -202,7 +202,7 @@ pub fn validate(job: &Job) -> Vec<String> {
             ));
         }
     }
-    for tg in &job.task_groups {
+    for tg in job.task_groups.iter() {
         for t in &tg.tasks {
             let file = t
                 .dispatch_payload

@@ -2,6 +2,7 @@
 //! defaults (`canonicalize`). Fields nomadlet does not interpret are kept as raw JSON.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -39,7 +40,9 @@ pub struct Job {
     pub constraints: Value,
     pub affinities: Value,
     pub spreads: Value,
-    pub task_groups: Vec<TaskGroup>,
+    /// Shared between the versions of a job that differ only in their status or indexes (a
+    /// status change stored a deep copy of every group: two copies of each job).
+    pub task_groups: Arc<Vec<TaskGroup>>,
     pub update: Value,
     pub multiregion: Value,
     pub periodic: Value,
@@ -292,7 +295,7 @@ impl Job {
         self.datacenters.get_or_insert_with(|| vec!["*".into()]);
         self.node_pool.get_or_insert_with(|| "default".into());
         let batch = self.is_batch();
-        for tg in &mut self.task_groups {
+        for tg in Arc::make_mut(&mut self.task_groups).iter_mut() {
             tg.canonicalize(batch);
         }
         super::launch::canonicalize(self);

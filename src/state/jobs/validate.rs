@@ -97,7 +97,7 @@ pub fn validate_job(job: &Job) -> Result<(), JobError> {
             ));
         }
     }
-    for tg in &job.task_groups {
+    for tg in job.task_groups.iter() {
         let sub = validate_group(tg);
         if !sub.is_empty() {
             errs.push(format!(
