@@ -272,7 +272,9 @@ impl Shared {
 pub(crate) enum Input {
     /// Messages from other servers.
     Messages(Vec<raft::eraftpb::Message>),
-    Propose(Command, Sender<Result<(Applied, u64), LogError>>),
+    /// A command, encoded by its proposer (off the driver thread, which every write waits
+    /// on), and where its answer goes.
+    Propose(Vec<u8>, Sender<Result<(Applied, u64), LogError>>),
     /// A membership change (leader only).
     ConfChange(raft::eraftpb::ConfChange, Sender<Result<(), ChangeError>>),
     /// Bootstrap this configuration (an empty, unconfigured log only).
@@ -659,10 +661,11 @@ impl Replicator for RaftProposer {
     }
 
     fn submit(&self, cmd: Command) -> Result<Ticket, LogError> {
+        let data = serde_json::to_vec(&cmd).map_err(|e| LogError::store("encode", e))?;
         let (reply, answer) = crossbeam_channel::bounded(1);
         self.0
             .input
-            .send_timeout(Input::Propose(cmd, reply), PROPOSE_DEADLINE)
+            .send_timeout(Input::Propose(data, reply), PROPOSE_DEADLINE)
             .map_err(|_| LogError::Closed("server state is shut down"))?;
         Ok(Ticket::new(answer))
     }

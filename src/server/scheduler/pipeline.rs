@@ -23,10 +23,11 @@ use crate::state::jobs::eval::EvalRecord;
 use crate::state::plan::{group_ask, Plan, Usage};
 use crate::state::status::EvalStatus;
 
-/// Plans in flight at most (the pipeline's depth). Raft batches the proposals of one round
-/// into one append and one fsync; deeper pipelines only plan further ahead on usage that
-/// apply has not confirmed yet.
-pub const MAX_IN_FLIGHT: usize = 4;
+/// Plans in flight at most (the pipeline's depth): one replicating and applying while the
+/// next is planned. Every other write (a job registered) commits behind the plans in flight
+/// and waits for their apply: with 4, job registrations during the fleet bench on three
+/// servers took 4x as long (229 ms each) and the bench's submission became its bottleneck.
+pub const MAX_IN_FLIGHT: usize = 2;
 /// The longest the thread waits for a plan's answer before it gives the plan up (the eval
 /// stays pending; the log's own deadline answers long before).
 pub const ANSWER_DEADLINE: Duration = Duration::from_secs(60);
