@@ -474,7 +474,10 @@ impl Workloads {
             plan: Box::new(plan),
         };
         match self.log.submit(cmd) {
-            Ok(t) => Ok(PlanTicket { ticket: t, path: self.path.clone() }),
+            Ok(t) => Ok(PlanTicket {
+                ticket: t,
+                path: self.path.clone(),
+            }),
             Err(e) => Err(self.store_err(e)),
         }
     }

@@ -4,7 +4,10 @@
 //! proposes the result as `Command::PlanApply`. Apply checks every placement against the
 //! node again, so a plan made on an older snapshot can never overcommit a node; what it
 //! refuses leaves the eval pending for another run (at most [`MAX_PLAN_ATTEMPTS`], then the
-//! eval blocks). It waits on the index counter with a deadline: no busy loop.
+//! eval blocks). It does not wait for a plan to apply before it plans the next eval: up to
+//! [`pipeline::MAX_IN_FLIGHT`] plans are in flight, and the next is made on the published
+//! state plus their node usage (see [`pipeline`] for the rules). It waits on the index
+//! counter or a plan's answer with a deadline: no busy loop.
 
 pub mod bench;
 pub mod dry_run;
@@ -381,7 +384,12 @@ impl Worker<'_> {
     }
 
     /// Plan `eval` on `state` (published) plus the plans in flight, and submit the plan.
-    fn plan_and_submit(&mut self, state: &Arc<ServerState>, eval: &EvalRecord, now: i64) -> Result<(), ()> {
+    fn plan_and_submit(
+        &mut self,
+        state: &Arc<ServerState>,
+        eval: &EvalRecord,
+        now: i64,
+    ) -> Result<(), ()> {
         let attempt = {
             let a = self.attempts.entry(eval.id.clone()).or_default();
             *a += 1;
@@ -606,11 +614,22 @@ fn the_thread_pipelines_plans_and_fills_nodes_exactly_without_refusals() {
     for n in s.nodes.values() {
         let used = crate::state::plan::node_used(&s, &n.id);
         let cap = crate::state::plan::node_capacity(n);
-        assert!(used.exceeds(&Default::default(), &cap).is_none(), "{} overcommitted", n.id);
+        assert!(
+            used.exceeds(&Default::default(), &cap).is_none(),
+            "{} overcommitted",
+            n.id
+        );
     }
     let st = &sched.stats;
-    assert_eq!(st.refused.load(Ordering::SeqCst), 0, "no plan counted on taken room");
-    assert!(st.deepest.load(Ordering::SeqCst) >= 2, "plans were in flight together");
+    assert_eq!(
+        st.refused.load(Ordering::SeqCst),
+        0,
+        "no plan counted on taken room"
+    );
+    assert!(
+        st.deepest.load(Ordering::SeqCst) >= 2,
+        "plans were in flight together"
+    );
     sched.shutdown();
     w.shutdown();
     let _ = std::fs::remove_dir_all(&dir);

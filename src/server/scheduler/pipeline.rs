@@ -52,7 +52,9 @@ pub struct Flight {
 impl Flight {
     /// The flight record of `plan`, made on `state` (published at `base_index`).
     pub fn of(state: &ServerState, base_index: u64, plan: &Plan, attempt: u32) -> Flight {
-        let job = state.jobs.get(&(plan.namespace.clone(), plan.job_id.clone()));
+        let job = state
+            .jobs
+            .get(&(plan.namespace.clone(), plan.job_id.clone()));
         let mut usage: BTreeMap<String, Usage> = BTreeMap::new();
         for p in &plan.placements {
             let ask = job
@@ -78,9 +80,10 @@ impl Flight {
     /// else changes a pending eval). When unsure it says applied: the next plan may then
     /// count on room this one takes, and apply refuses what does not fit (a retry).
     pub fn unapplied_in(&self, state: &ServerState) -> bool {
-        state.evals.get(&self.eval_id).is_some_and(|e| {
-            e.status == EvalStatus::Pending && e.modify_index <= self.base_index
-        })
+        state
+            .evals
+            .get(&self.eval_id)
+            .is_some_and(|e| e.status == EvalStatus::Pending && e.modify_index <= self.base_index)
     }
 }
 

@@ -1194,7 +1194,10 @@ fn pipelined_plans_count_the_room_of_the_plans_in_flight_so_apply_refuses_nothin
     // Apply stays the authority either way.
     bare.assert_no_overcommit();
     for j in 0..4 {
-        assert!(bare.live(&format!("j{j}")).len() <= 50, "job j{j} placed twice");
+        assert!(
+            bare.live(&format!("j{j}")).len() <= 50,
+            "job j{j} placed twice"
+        );
     }
 }
 
@@ -1226,7 +1229,11 @@ fn refused_placements_of_a_pipelined_plan_are_retried_and_placed_once() {
         panic!("plan b")
     };
     assert!(ra.refused > 0 && ra.retry, "refused on {gone}: {ra:?}");
-    assert_eq!(w.eval(&ea).status, EvalStatus::Pending, "left for another try");
+    assert_eq!(
+        w.eval(&ea).status,
+        EvalStatus::Pending,
+        "left for another try"
+    );
     assert_eq!(rb.placed + rb.refused, 8, "plan b: {rb:?}");
     w.run_pipelined(4, true);
     for job in ["a", "b"] {
