@@ -59,24 +59,32 @@ fn evals_left_pending_by_a_killed_leader_are_all_planned_by_the_next_one() {
     for w in writers {
         acked.extend(w.join().expect("writer"));
     }
-    assert!(acked.len() >= WRITERS * JOBS_EACH - 2, "acknowledged: {}", acked.len());
+    assert!(
+        acked.len() >= WRITERS * JOBS_EACH - 2,
+        "acknowledged: {}",
+        acked.len()
+    );
     servers[old].kill9();
     let live: Vec<usize> = all.iter().copied().filter(|&i| i != old).collect();
     let new = wait_leader(&servers, &live, FORM);
     let mut last = Vec::new();
-    wait_until(SETTLE, "every acknowledged job's eval processed, none pending", || {
-        let Some(evals) = evals_on(&servers[new]) else {
-            return false;
-        };
-        let processed: BTreeSet<&String> = evals
-            .iter()
-            .filter(|(_, s)| s != "pending")
-            .map(|(j, _)| j)
-            .collect();
-        let done = evals.iter().all(|(_, s)| s != "pending")
-            && acked.iter().all(|j| processed.contains(j));
-        last = evals;
-        done
-    });
+    wait_until(
+        SETTLE,
+        "every acknowledged job's eval processed, none pending",
+        || {
+            let Some(evals) = evals_on(&servers[new]) else {
+                return false;
+            };
+            let processed: BTreeSet<&String> = evals
+                .iter()
+                .filter(|(_, s)| s != "pending")
+                .map(|(j, _)| j)
+                .collect();
+            let done = evals.iter().all(|(_, s)| s != "pending")
+                && acked.iter().all(|j| processed.contains(j));
+            last = evals;
+            done
+        },
+    );
     assert!(last.len() >= acked.len(), "{last:?}");
 }
