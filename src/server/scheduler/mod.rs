@@ -294,6 +294,8 @@ struct Worker<'a> {
     w: &'a Workloads,
     stats: &'a SchedStats,
     flights: VecDeque<Submitted>,
+    /// A plan made while another is in the log, submitted once that one is answered.
+    held: Option<(Flight, Plan)>,
     attempts: HashMap<String, u32>,
 }
 
@@ -395,7 +397,7 @@ impl Worker<'_> {
             *a += 1;
             *a
         };
-        let spec = pipeline::planning_state(state, self.flights.iter().map(|s| &s.flight));
+        let spec = pipeline::planning_state(state, self.made());
         let plan = plan_for(&spec, eval, now, attempt);
         if attempt == 1 || plan.final_attempt {
             log_failures(eval, &plan);
@@ -403,16 +405,34 @@ impl Worker<'_> {
         let flight = Flight::of(&spec, state.index, &plan, attempt);
         drop(spec);
         self.stats.evals.fetch_add(1, Ordering::Relaxed);
+        self.held = Some((flight, plan));
+        let depth = self.made().count() as u64;
+        self.stats.deepest.fetch_max(depth, Ordering::Relaxed);
+        self.submit_held()
+    }
+
+    /// Every plan made and not answered: those in the log, then the held one.
+    fn made(&self) -> impl Iterator<Item = &Flight> + '_ {
+        let held = self.held.as_ref().map(|(f, _)| f);
+        self.flights.iter().map(|s| &s.flight).chain(held)
+    }
+
+    /// Submit the held plan when the log holds fewer than [`pipeline::MAX_SUBMITTED`].
+    fn submit_held(&mut self) -> Result<(), ()> {
+        if self.flights.len() >= pipeline::MAX_SUBMITTED {
+            return Ok(());
+        }
+        let Some((flight, plan)) = self.held.take() else {
+            return Ok(());
+        };
         match self.w.submit_plan(plan) {
             Ok(ticket) => {
                 self.flights.push_back(Submitted { flight, ticket });
-                let depth = self.flights.len() as u64;
-                self.stats.deepest.fetch_max(depth, Ordering::Relaxed);
                 Ok(())
             }
             Err(e) => {
-                log::error!("eval {}: cannot apply its plan: {e}", eval.id);
-                self.attempts.remove(&eval.id);
+                log::error!("eval {}: cannot apply its plan: {e}", flight.eval_id);
+                self.attempts.remove(&flight.eval_id);
                 Err(())
             }
         }
@@ -425,6 +445,7 @@ fn worker(inner: &Inner, mut next_gc: Instant) {
         w,
         stats: &inner.stats,
         flights: VecDeque::new(),
+        held: None,
         attempts: HashMap::new(),
     };
     // The server's garbage collection runs here, between evals, as Nomad's core evals run on
@@ -435,11 +456,11 @@ fn worker(inner: &Inner, mut next_gc: Instant) {
     while !stop.load(Ordering::SeqCst) && !index.is_closed() {
         // The generation first: a change published after this read ends the wait below.
         let generation = index.generation();
-        if me.reap().is_err() {
+        if me.reap().is_err() || me.submit_held().is_err() {
             index.wait_for_change(index.generation(), Instant::now() + ERROR_BACKOFF);
             continue;
         }
-        if Instant::now() >= next_gc && me.flights.is_empty() {
+        if Instant::now() >= next_gc && me.flights.is_empty() && me.held.is_none() {
             next_gc = Instant::now() + gc.interval;
             match w.collect_garbage(&gc.thresholds) {
                 Ok(r) if r.jobs + r.evals + r.allocs > 0 => log::info!(
@@ -455,7 +476,7 @@ fn worker(inner: &Inner, mut next_gc: Instant) {
         }
         let state = w.state();
         let now = crate::time::unix_now_nanos();
-        let flights: Vec<&Flight> = me.flights.iter().map(|s| &s.flight).collect();
+        let flights: Vec<&Flight> = me.made().collect();
         let (next, wake) = pipeline::next_free_eval(&state, now, &flights);
         // A full pipeline, or one holding ports (not in the overlay), waits for its oldest.
         let full = flights.len() >= pipeline::MAX_IN_FLIGHT || flights.iter().any(|f| f.ports);

@@ -1,8 +1,9 @@
-//! The scheduler's pipeline: plans submitted to the log and not answered yet ("in flight"),
-//! and what the next plan must know of them. On a replicated server a plan's answer takes a
-//! Raft round trip and the fsyncs of leader and followers; the `scheduler` thread plans the
-//! next eval meanwhile, on the published state plus the node usage of the plans in flight
-//! ([`planning_state`]), so the plans do not count on the same room twice. Apply stays the
+//! The scheduler's pipeline: plans made and not answered yet ("in flight": one in the log,
+//! the next made meanwhile and submitted when the first is answered), and what the next plan
+//! must know of them. On a replicated server a plan's answer takes a Raft round trip and the
+//! fsyncs of leader and followers; the `scheduler` thread plans the next eval meanwhile, on
+//! the published state plus the node usage of the plans in flight ([`planning_state`]), so
+//! the plans do not count on the same room twice. Apply stays the
 //! authority: it checks every placement against the node as it is then, and what it refuses
 //! leaves the eval pending for another run, as without the pipeline.
 //!
@@ -23,11 +24,15 @@ use crate::state::jobs::eval::EvalRecord;
 use crate::state::plan::{group_ask, Plan, Usage};
 use crate::state::status::EvalStatus;
 
-/// Plans in flight at most (the pipeline's depth): one replicating and applying while the
-/// next is planned. Every other write (a job registered) commits behind the plans in flight
-/// and waits for their apply: with 4, job registrations during the fleet bench on three
-/// servers took 4x as long (229 ms each) and the bench's submission became its bottleneck.
+/// Plans made and not answered yet, at most (the pipeline's depth): one in the log and the
+/// next one made meanwhile.
 pub const MAX_IN_FLIGHT: usize = 2;
+/// Of those, plans in the log at once: the next is submitted when the one before is
+/// answered. Every other write (a job registered) commits behind the plans in the log and
+/// waits for their apply: with 2 and 4 plans in the log, job registrations during the fleet
+/// bench on three servers took 4-5x as long (120-229 ms each) and the bench's submission
+/// became its bottleneck; planning ahead needs no more than one there.
+pub const MAX_SUBMITTED: usize = 1;
 /// The longest the thread waits for a plan's answer before it gives the plan up (the eval
 /// stays pending; the log's own deadline answers long before).
 pub const ANSWER_DEADLINE: Duration = Duration::from_secs(60);
