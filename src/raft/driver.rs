@@ -326,7 +326,7 @@ impl Driver {
                     }
                 }
             }
-            Input::Propose(cmd, reply) => self.propose(cmd, reply),
+            Input::Propose(data, reply) => self.propose(data, reply),
             Input::ConfChange(cc, reply) => {
                 if self.node.raft.state != StateRole::Leader {
                     let _ = reply.send(Err(super::ChangeError::NotLeader));
@@ -371,18 +371,11 @@ impl Driver {
         }
     }
 
-    fn propose(&mut self, cmd: Command, reply: Reply) {
+    fn propose(&mut self, data: Vec<u8>, reply: Reply) {
         if self.node.raft.state != StateRole::Leader {
             let _ = reply.send(Err(LogError::NotLeader));
             return;
         }
-        let data = match serde_json::to_vec(&cmd) {
-            Ok(d) => d,
-            Err(e) => {
-                let _ = reply.send(Err(LogError::store("encode", e)));
-                return;
-            }
-        };
         match self.node.propose(vec![], data) {
             Ok(()) => {
                 let index = self.node.raft.raft_log.last_index();
@@ -587,9 +580,12 @@ impl Driver {
             self.snapshot_at = index;
             log::info!("raft: installed a snapshot of the leader at index {index}");
         }
+        // A follower's acknowledgements of the entries just persisted go out before it
+        // applies what is committed: the leader's commit (every write's latency) does not
+        // wait for a follower's apply of earlier entries (a large plan: milliseconds).
+        self.transport.send(rd.take_persisted_messages());
         let committed = rd.take_committed_entries();
         self.apply(committed)?;
-        self.transport.send(rd.take_persisted_messages());
         let mut light = self.node.advance(rd);
         if let Some(commit) = light.commit_index() {
             self.node.mut_store().set_commit(commit);

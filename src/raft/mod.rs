@@ -26,7 +26,7 @@ use crossbeam_channel::Sender;
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::state::command::{Applied, Command};
-use crate::state::command_log::{LogError, Replicator, StateMachine};
+use crate::state::command_log::{LogError, Replicator, StateMachine, Ticket};
 use crate::state::leader::{BarrierError, LeaderView, Leadership};
 
 #[cfg(test)]
@@ -272,7 +272,9 @@ impl Shared {
 pub(crate) enum Input {
     /// Messages from other servers.
     Messages(Vec<raft::eraftpb::Message>),
-    Propose(Command, Sender<Result<(Applied, u64), LogError>>),
+    /// A command, encoded by its proposer (off the driver thread, which every write waits
+    /// on), and where its answer goes.
+    Propose(Vec<u8>, Sender<Result<(Applied, u64), LogError>>),
     /// A membership change (leader only).
     ConfChange(raft::eraftpb::ConfChange, Sender<Result<(), ChangeError>>),
     /// Bootstrap this configuration (an empty, unconfigured log only).
@@ -655,20 +657,17 @@ pub struct RaftProposer(pub Arc<Raft>);
 
 impl Replicator for RaftProposer {
     fn propose(&self, cmd: Command) -> Result<(Applied, u64), LogError> {
+        self.submit(cmd)?.wait(PROPOSE_DEADLINE)
+    }
+
+    fn submit(&self, cmd: Command) -> Result<Ticket, LogError> {
+        let data = serde_json::to_vec(&cmd).map_err(|e| LogError::store("encode", e))?;
         let (reply, answer) = crossbeam_channel::bounded(1);
         self.0
             .input
-            .send_timeout(Input::Propose(cmd, reply), PROPOSE_DEADLINE)
+            .send_timeout(Input::Propose(data, reply), PROPOSE_DEADLINE)
             .map_err(|_| LogError::Closed("server state is shut down"))?;
-        match answer.recv_timeout(PROPOSE_DEADLINE) {
-            Ok(r) => r,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(LogError::Closed(
-                "no answer from raft in time (the write may still be applied)",
-            )),
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                Err(LogError::Closed("server state is shut down"))
-            }
-        }
+        Ok(Ticket::new(answer))
     }
 
     fn shutdown(&self) {

@@ -207,6 +207,46 @@ impl CommitterSlot {
     }
 }
 
+/// The answer to a submitted command, to come ([`CommandLog::submit`]).
+#[derive(Debug)]
+pub struct Ticket(Receiver<Result<(Applied, u64), LogError>>);
+
+impl Ticket {
+    /// A ticket answered on `answer` (the committer or the consensus driver sends to it).
+    pub fn new(answer: Receiver<Result<(Applied, u64), LogError>>) -> Ticket {
+        Ticket(answer)
+    }
+
+    /// Wait at most `timeout` for the answer (no answer in time is an error).
+    pub fn wait(&self, timeout: Duration) -> Result<(Applied, u64), LogError> {
+        self.wait_for(timeout).unwrap_or(Err(LogError::Closed(
+            "no answer from the server state in time (the write may still be applied)",
+        )))
+    }
+
+    /// The answer if it comes within `timeout` (`None`: not yet).
+    pub fn wait_for(&self, timeout: Duration) -> Option<Result<(Applied, u64), LogError>> {
+        match self.0.recv_timeout(timeout) {
+            Ok(r) => Some(r),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                Some(Err(LogError::Closed("server state is shut down")))
+            }
+        }
+    }
+
+    /// The answer if it came (`None`: not yet).
+    pub fn try_take(&self) -> Option<Result<(Applied, u64), LogError>> {
+        match self.0.try_recv() {
+            Ok(r) => Some(r),
+            Err(crossbeam_channel::TryRecvError::Empty) => None,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                Some(Err(LogError::Closed("server state is shut down")))
+            }
+        }
+    }
+}
+
 /// The durable command log and the published state.
 pub struct CommandLog {
     published: Arc<RwLock<Arc<ServerState>>>,
@@ -229,6 +269,9 @@ pub struct CommandLog {
 pub trait Replicator: Send + Sync {
     /// Propose `cmd` and wait for its answer (as [`CommandLog::propose`]).
     fn propose(&self, cmd: Command) -> Result<(Applied, u64), LogError>;
+    /// Propose `cmd` without waiting: its answer comes on the ticket (as
+    /// [`CommandLog::submit`]).
+    fn submit(&self, cmd: Command) -> Result<Ticket, LogError>;
     /// Stop replicating and join the driver (closes the store).
     fn shutdown(&self);
 }
@@ -573,6 +616,25 @@ impl CommandLog {
                 None => Err(LogError::Closed("server state replication is not running")),
             };
         }
+        self.submit_local(cmd)?.wait(ANSWER_DEADLINE)
+    }
+
+    /// Propose a command without waiting: the ticket gets the answer [`CommandLog::propose`]
+    /// would return, once the command is durable, applied and published. Proposals are
+    /// applied in the order they were submitted. A dropped ticket changes nothing (the
+    /// command still applies).
+    pub fn submit(&self, cmd: Command) -> Result<Ticket, LogError> {
+        if self.replicated {
+            return match self.replicator.get() {
+                Some(r) => r.submit(cmd),
+                None => Err(LogError::Closed("server state replication is not running")),
+            };
+        }
+        self.submit_local(cmd)
+    }
+
+    /// Queue a command for the committer (started when none runs).
+    fn submit_local(&self, cmd: Command) -> Result<Ticket, LogError> {
         let (reply, answer) = crossbeam_channel::bounded(1);
         self.proposals
             .send(Msg::Propose(Proposal { cmd, reply }))
@@ -589,15 +651,7 @@ impl CommandLog {
                 }
             }
         }
-        match answer.recv_timeout(ANSWER_DEADLINE) {
-            Ok(r) => r,
-            Err(RecvTimeoutError::Timeout) => Err(LogError::Closed(
-                "no answer from the state committer in time (the write may still be applied)",
-            )),
-            Err(RecvTimeoutError::Disconnected) => {
-                Err(LogError::Closed("server state is shut down"))
-            }
-        }
+        Ok(Ticket(answer))
     }
 
     /// Stop the committer after the proposals already sent, and join it (closes the store).

@@ -31,6 +31,39 @@ use super::status::{AllocClientStatus, JobStatus};
 use super::store::{self, StoreError};
 use super::IndexCounter;
 
+/// A plan submitted to the log ([`Workloads::submit_plan`]): its answer, to come.
+#[derive(Debug)]
+pub struct PlanTicket {
+    ticket: cmdlog::Ticket,
+    path: PathBuf,
+}
+
+impl PlanTicket {
+    /// What applying the plan did (`None`: its eval was not pending any more), once it came.
+    pub fn try_take(&self) -> Option<Result<Option<super::plan::PlanResult>, StoreError>> {
+        self.ticket.try_take().map(|r| self.result(r))
+    }
+
+    /// The same, waiting at most `timeout` for it.
+    pub fn wait_for(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Option<Result<Option<super::plan::PlanResult>, StoreError>> {
+        self.ticket.wait_for(timeout).map(|r| self.result(r))
+    }
+
+    fn result(
+        &self,
+        r: Result<(Applied, u64), LogError>,
+    ) -> Result<Option<super::plan::PlanResult>, StoreError> {
+        match r {
+            Ok((Applied::Plan(p), _)) => Ok(Some(p)),
+            Ok(_) | Err(LogError::Apply(_)) => Ok(None),
+            Err(e) => Err(StoreError::other(&self.path, "write", e)),
+        }
+    }
+}
+
 /// The server-side job, evaluation and allocation tables: the published [`ServerState`] of
 /// the command log. Every write is a [`Command`] proposed to the log's committer and
 /// answered once it is durable, applied and published; reads see an immutable snapshot.
@@ -432,6 +465,21 @@ impl Workloads {
                 _ => None,
             },
         )
+    }
+
+    /// Propose a plan without waiting for it to apply (the scheduler's pipeline): the
+    /// ticket answers what [`Workloads::apply_plan`] would have.
+    pub fn submit_plan(&self, plan: crate::state::plan::Plan) -> Result<PlanTicket, StoreError> {
+        let cmd = Command::PlanApply {
+            plan: Box::new(plan),
+        };
+        match self.log.submit(cmd) {
+            Ok(t) => Ok(PlanTicket {
+                ticket: t,
+                path: self.path.clone(),
+            }),
+            Err(e) => Err(self.store_err(e)),
+        }
     }
 
     /// Change an allocation's client side (task states, status, collection) and save it:

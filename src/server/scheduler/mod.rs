@@ -4,17 +4,21 @@
 //! proposes the result as `Command::PlanApply`. Apply checks every placement against the
 //! node again, so a plan made on an older snapshot can never overcommit a node; what it
 //! refuses leaves the eval pending for another run (at most [`MAX_PLAN_ATTEMPTS`], then the
-//! eval blocks). It waits on the index counter with a deadline: no busy loop.
+//! eval blocks). It does not wait for a plan to apply before it plans the next eval: up to
+//! [`pipeline::MAX_IN_FLIGHT`] plans are in flight, and the next is made on the published
+//! state plus their node usage (see [`pipeline`] for the rules). It waits on the index
+//! counter or a plan's answer with a deadline: no busy loop.
 
 pub mod bench;
 pub mod dry_run;
 pub mod feasible;
+pub mod pipeline;
 pub mod rank;
 pub mod reconcile;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -24,10 +28,12 @@ use parking_lot::Mutex;
 
 use crate::state::command::ServerState;
 use crate::state::jobs::eval::EvalRecord;
-use crate::state::jobs::Workloads;
-use crate::state::plan::Plan;
+use crate::state::jobs::{PlanTicket, Workloads};
+use crate::state::plan::{Plan, PlanResult};
 use crate::state::status::JobType;
 use crate::state::IndexCounter;
+
+use self::pipeline::Flight;
 
 /// The longest the thread sleeps with nothing to do before it looks again.
 pub const IDLE_WAKE: Duration = Duration::from_secs(5);
@@ -45,6 +51,8 @@ pub struct SchedStats {
     pub plans: AtomicU64,
     pub placed: AtomicU64,
     pub refused: AtomicU64,
+    /// The most plans in flight at once (the pipeline's depth reached).
+    pub deepest: AtomicU64,
 }
 
 /// How long the `scheduler` thread goes on with nothing to plan before it ends: an idle
@@ -275,9 +283,171 @@ fn log_failures(eval: &EvalRecord, plan: &Plan) {
     );
 }
 
+/// A plan in flight and its answer to come.
+struct Submitted {
+    flight: Flight,
+    ticket: PlanTicket,
+}
+
+/// The `scheduler` thread's loop state: the plans in flight and the attempts per eval.
+struct Worker<'a> {
+    w: &'a Workloads,
+    stats: &'a SchedStats,
+    flights: VecDeque<Submitted>,
+    /// A plan made while another is in the log, submitted once that one is answered.
+    held: Option<(Flight, Plan)>,
+    attempts: HashMap<String, u32>,
+}
+
+impl Worker<'_> {
+    /// Take the answers that came (in log order: the oldest first). `Err` when a plan could
+    /// not be applied (the store failed, leadership was lost): the caller backs off.
+    fn reap(&mut self) -> Result<(), ()> {
+        let mut failed = false;
+        while let Some(answer) = self.flights.front().and_then(|s| s.ticket.try_take()) {
+            if let Some(s) = self.flights.pop_front() {
+                failed |= self.settle(&s.flight, answer).is_err();
+            }
+        }
+        if failed {
+            Err(())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Wait for the oldest plan in flight to be answered (at most `slice`; a plan that
+    /// had no answer by [`pipeline::ANSWER_DEADLINE`] is given up).
+    fn wait_oldest(&mut self, slice: Duration) -> Result<(), ()> {
+        let Some(front) = self.flights.front() else {
+            return Ok(());
+        };
+        let left = pipeline::ANSWER_DEADLINE.saturating_sub(front.flight.submitted.elapsed());
+        let answer = match front.ticket.wait_for(slice.min(left)) {
+            Some(a) => a,
+            // Still within its deadline: the caller looks again.
+            None if left > slice => return Ok(()),
+            None => {
+                log::error!(
+                    "eval {}: no answer to its plan within {:?}; given up",
+                    front.flight.eval_id,
+                    pipeline::ANSWER_DEADLINE
+                );
+                if let Some(s) = self.flights.pop_front() {
+                    self.attempts.remove(&s.flight.eval_id);
+                }
+                return Err(());
+            }
+        };
+        match self.flights.pop_front() {
+            Some(s) => self.settle(&s.flight, answer),
+            None => Ok(()),
+        }
+    }
+
+    /// What a plan's answer means for its eval (as the plan made one by one).
+    fn settle(
+        &mut self,
+        f: &Flight,
+        answer: Result<Option<PlanResult>, crate::store::StoreError>,
+    ) -> Result<(), ()> {
+        match answer {
+            Ok(Some(r)) => {
+                let stats = self.stats;
+                stats.plans.fetch_add(1, Ordering::Relaxed);
+                stats.placed.fetch_add(r.placed as u64, Ordering::Relaxed);
+                stats.refused.fetch_add(r.refused as u64, Ordering::Relaxed);
+                if r.refused > 0 {
+                    log::debug!(
+                        "eval {}: {} of {} placements refused at apply (attempt {})",
+                        f.eval_id,
+                        r.refused,
+                        f.placements,
+                        f.attempt
+                    );
+                }
+                if !r.retry {
+                    self.attempts.remove(&f.eval_id);
+                }
+                Ok(())
+            }
+            Ok(None) => {
+                // Not pending any more (canceled meanwhile): nothing to do.
+                self.attempts.remove(&f.eval_id);
+                Ok(())
+            }
+            Err(e) => {
+                // The eval stays pending: planned again (here or by the next leader).
+                log::error!("eval {}: cannot apply its plan: {e}", f.eval_id);
+                self.attempts.remove(&f.eval_id);
+                Err(())
+            }
+        }
+    }
+
+    /// Plan `eval` on `state` (published) plus the plans in flight, and submit the plan.
+    fn plan_and_submit(
+        &mut self,
+        state: &Arc<ServerState>,
+        eval: &EvalRecord,
+        now: i64,
+    ) -> Result<(), ()> {
+        let attempt = {
+            let a = self.attempts.entry(eval.id.clone()).or_default();
+            *a += 1;
+            *a
+        };
+        let spec = pipeline::planning_state(state, self.made());
+        let plan = plan_for(&spec, eval, now, attempt);
+        if attempt == 1 || plan.final_attempt {
+            log_failures(eval, &plan);
+        }
+        let flight = Flight::of(&spec, state.index, &plan, attempt);
+        drop(spec);
+        self.stats.evals.fetch_add(1, Ordering::Relaxed);
+        self.held = Some((flight, plan));
+        let depth = self.made().count() as u64;
+        self.stats.deepest.fetch_max(depth, Ordering::Relaxed);
+        self.submit_held()
+    }
+
+    /// Every plan made and not answered: those in the log, then the held one.
+    fn made(&self) -> impl Iterator<Item = &Flight> + '_ {
+        let held = self.held.as_ref().map(|(f, _)| f);
+        self.flights.iter().map(|s| &s.flight).chain(held)
+    }
+
+    /// Submit the held plan when the log holds fewer than [`pipeline::MAX_SUBMITTED`].
+    fn submit_held(&mut self) -> Result<(), ()> {
+        if self.flights.len() >= pipeline::MAX_SUBMITTED {
+            return Ok(());
+        }
+        let Some((flight, plan)) = self.held.take() else {
+            return Ok(());
+        };
+        match self.w.submit_plan(plan) {
+            Ok(ticket) => {
+                self.flights.push_back(Submitted { flight, ticket });
+                Ok(())
+            }
+            Err(e) => {
+                log::error!("eval {}: cannot apply its plan: {e}", flight.eval_id);
+                self.attempts.remove(&flight.eval_id);
+                Err(())
+            }
+        }
+    }
+}
+
 fn worker(inner: &Inner, mut next_gc: Instant) {
-    let (w, index, stop, stats) = (&*inner.workloads, &*inner.index, &inner.stop, &*inner.stats);
-    let mut attempts: HashMap<String, u32> = HashMap::new();
+    let (w, index, stop) = (&*inner.workloads, &*inner.index, &inner.stop);
+    let mut me = Worker {
+        w,
+        stats: &inner.stats,
+        flights: VecDeque::new(),
+        held: None,
+        attempts: HashMap::new(),
+    };
     // The server's garbage collection runs here, between evals, as Nomad's core evals run on
     // its scheduler workers: the first one an interval after leadership began.
     let gc = w.gc_policy();
@@ -286,7 +456,11 @@ fn worker(inner: &Inner, mut next_gc: Instant) {
     while !stop.load(Ordering::SeqCst) && !index.is_closed() {
         // The generation first: a change published after this read ends the wait below.
         let generation = index.generation();
-        if Instant::now() >= next_gc {
+        if me.reap().is_err() || me.submit_held().is_err() {
+            index.wait_for_change(index.generation(), Instant::now() + ERROR_BACKOFF);
+            continue;
+        }
+        if Instant::now() >= next_gc && me.flights.is_empty() && me.held.is_none() {
             next_gc = Instant::now() + gc.interval;
             match w.collect_garbage(&gc.thresholds) {
                 Ok(r) if r.jobs + r.evals + r.allocs > 0 => log::info!(
@@ -302,14 +476,25 @@ fn worker(inner: &Inner, mut next_gc: Instant) {
         }
         let state = w.state();
         let now = crate::time::unix_now_nanos();
-        let (next, wake) = next_eval(&state, now);
+        let flights: Vec<&Flight> = me.made().collect();
+        let (next, wake) = pipeline::next_free_eval(&state, now, &flights);
+        // A full pipeline, or one holding ports (not in the overlay), waits for its oldest.
+        let full = flights.len() >= pipeline::MAX_IN_FLIGHT || flights.iter().any(|f| f.ports);
+        drop(flights);
+        if !me.flights.is_empty() && (next.is_none() || full) {
+            drop(state);
+            if me.wait_oldest(IDLE_WAKE).is_err() {
+                index.wait_for_change(index.generation(), Instant::now() + ERROR_BACKOFF);
+            }
+            continue;
+        }
         let Some(eval) = next else {
             let mut wait = IDLE_WAKE.min(next_gc.saturating_duration_since(Instant::now()));
             if let Some(at) = wake {
                 let ns = u64::try_from(at.saturating_sub(now)).unwrap_or(0);
                 wait = wait.min(Duration::from_nanos(ns));
             }
-            attempts.clear();
+            me.attempts.clear();
             drop(state);
             // Idle long enough, and no timer falls due within the idle period (`tick`
             // starts the thread again for one): end, unless a publish came after this look.
@@ -328,42 +513,9 @@ fn worker(inner: &Inner, mut next_gc: Instant) {
             continue;
         };
         idle_since = None;
-        let attempt = {
-            let a = attempts.entry(eval.id.clone()).or_default();
-            *a += 1;
-            *a
-        };
-        let plan = plan_for(&state, &eval, now, attempt);
-        if attempt == 1 || plan.final_attempt {
-            log_failures(&eval, &plan);
-        }
-        let placements = plan.placements.len();
-        stats.evals.fetch_add(1, Ordering::Relaxed);
-        match w.apply_plan(plan) {
-            Ok(Some(r)) => {
-                stats.plans.fetch_add(1, Ordering::Relaxed);
-                stats.placed.fetch_add(r.placed as u64, Ordering::Relaxed);
-                stats.refused.fetch_add(r.refused as u64, Ordering::Relaxed);
-                if r.refused > 0 {
-                    log::debug!(
-                        "eval {}: {} of {placements} placements refused at apply (attempt {attempt})",
-                        eval.id,
-                        r.refused
-                    );
-                }
-                if !r.retry {
-                    attempts.remove(&eval.id);
-                }
-            }
-            Ok(None) => {
-                // Not pending any more (canceled meanwhile): nothing to do.
-                attempts.remove(&eval.id);
-            }
-            Err(e) => {
-                log::error!("eval {}: cannot apply its plan: {e}", eval.id);
-                attempts.remove(&eval.id);
-                index.wait_for_change(index.generation(), Instant::now() + ERROR_BACKOFF);
-            }
+        if me.plan_and_submit(&state, &eval, now).is_err() {
+            drop(state);
+            index.wait_for_change(index.generation(), Instant::now() + ERROR_BACKOFF);
         }
     }
 }
@@ -442,6 +594,64 @@ fn evals_published_around_the_idle_schedulers_end_are_all_placed() {
     }
     sched.shutdown();
     assert!(sched.inner.slot.lock().handle.is_none(), "joined");
+    w.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The thread plans ahead of apply: twenty jobs filling five nodes exactly are all placed,
+/// each exactly its count, no node overcommitted, with plans in flight together and none
+/// of their placements refused (each plan counted the room of those before it).
+#[cfg(test)]
+#[test]
+fn the_thread_pipelines_plans_and_fills_nodes_exactly_without_refusals() {
+    let dir = std::env::temp_dir().join(format!("nomadlet-sched-pipe-{}", new_id()));
+    let index = Arc::new(IndexCounter::default());
+    let w = Arc::new(Workloads::load(&dir, index.clone()).unwrap());
+    for i in 0..5 {
+        // 8000 MHz: 80 allocs of 100 MHz each.
+        w.register_node(bench::sim_node(i)).unwrap();
+    }
+    // Queued before the thread starts: it has twenty evals to plan at once.
+    for j in 0..20 {
+        w.register(bench::sim_job(&format!("p{j}"), 20)).unwrap();
+    }
+    let sched = Scheduler::start(w.clone(), index.clone()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let generation = index.generation();
+        let s = w.state();
+        if s.allocs.len() >= 400 && s.pending_evals().next().is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {} placed", s.allocs.len());
+        index.wait_for_change(generation, Instant::now() + Duration::from_millis(100));
+    }
+    let s = w.state();
+    assert_eq!(s.allocs.len(), 400);
+    for j in 0..20 {
+        let key = ("default".to_string(), format!("p{j}"));
+        assert_eq!(s.allocs_of(&key).count(), 20, "job p{j}");
+    }
+    for n in s.nodes.values() {
+        let used = crate::state::plan::node_used(&s, &n.id);
+        let cap = crate::state::plan::node_capacity(n);
+        assert!(
+            used.exceeds(&Default::default(), &cap).is_none(),
+            "{} overcommitted",
+            n.id
+        );
+    }
+    let st = &sched.stats;
+    assert_eq!(
+        st.refused.load(Ordering::SeqCst),
+        0,
+        "no plan counted on taken room"
+    );
+    assert!(
+        st.deepest.load(Ordering::SeqCst) >= 2,
+        "plans were in flight together"
+    );
+    sched.shutdown();
     w.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::feasible::{self, Cache, Constraint};
+use super::pipeline::{next_free_eval, planning_state, Flight};
 use super::{next_eval, plan_for, MAX_PLAN_ATTEMPTS};
 use crate::state::command::{apply, Applied, Command, ServerState};
 use crate::state::jobs::alloc::{AllocRecord, ClientStatusUpdate};
@@ -124,6 +125,55 @@ impl World {
             }) {
                 Ok(Applied::Plan(r)) => out.push(r),
                 other => panic!("plan for {} did not apply: {other:?}", e.id),
+            }
+            assert!(out.len() < 1000, "the queue does not drain");
+        }
+    }
+
+    /// Run every due pending eval as the `scheduler` thread's pipeline does: up to `depth`
+    /// plans made before the oldest is applied, each on the state plus the plans in flight
+    /// (`overlay`: false plans on the bare state, as without the overlay). Returns what each
+    /// apply did.
+    fn run_pipelined(&mut self, depth: usize, overlay: bool) -> Vec<PlanResult> {
+        let mut out = Vec::new();
+        let mut attempts: BTreeMap<String, u32> = BTreeMap::new();
+        let mut flights: std::collections::VecDeque<(Flight, crate::state::plan::Plan)> =
+            Default::default();
+        loop {
+            let state = Arc::new(self.s.clone());
+            let fl: Vec<&Flight> = flights.iter().map(|(f, _)| f).collect();
+            let (next, _) = next_free_eval(&state, self.now, &fl);
+            drop(fl);
+            let full = flights.len() >= depth;
+            match next {
+                Some(e) if !full => {
+                    let a = attempts.entry(e.id.clone()).or_default();
+                    *a += 1;
+                    let spec = if overlay {
+                        planning_state(&state, flights.iter().map(|(f, _)| f))
+                    } else {
+                        state.clone()
+                    };
+                    let plan = plan_for(&spec, &e, self.now, *a);
+                    let f = Flight::of(&spec, state.index, &plan, *a);
+                    flights.push_back((f, plan));
+                }
+                _ => {
+                    let Some((f, plan)) = flights.pop_front() else {
+                        return out;
+                    };
+                    match self.cmd(Command::PlanApply {
+                        plan: Box::new(plan),
+                    }) {
+                        Ok(Applied::Plan(r)) => {
+                            if !r.retry {
+                                attempts.remove(&f.eval_id);
+                            }
+                            out.push(r);
+                        }
+                        other => panic!("plan for {} did not apply: {other:?}", f.eval_id),
+                    }
+                }
             }
             assert!(out.len() < 1000, "the queue does not drain");
         }
@@ -1111,4 +1161,131 @@ fn the_plan_check_through_the_kept_indexes_accepts_exactly_what_a_walk_over_the_
     }
     assert!(compared > 50, "only {compared} plans compared");
     assert!(refused > 10, "only {refused} placements refused");
+}
+
+/// Four jobs filling twenty nodes exactly, planned four ahead of apply: each plan counts the
+/// room of the plans in flight, so apply refuses nothing, no node is overcommitted and no
+/// job gets more than its count. Planned on the bare state instead, the same plans collide
+/// (the overlay is what keeps them apart).
+#[test]
+fn pipelined_plans_count_the_room_of_the_plans_in_flight_so_apply_refuses_nothing() {
+    let fill = |w: &mut World| {
+        w.nodes(20, 1000, 1024);
+        for j in 0..4 {
+            w.submit(simple(&format!("j{j}"), "service", 50, 100, 100));
+        }
+    };
+    let mut w = World::new();
+    fill(&mut w);
+    let results = w.run_pipelined(4, true);
+    let refused: usize = results.iter().map(|r| r.refused).sum();
+    assert_eq!(refused, 0, "no plan counted on room another took");
+    assert_eq!(results.len(), 4, "one plan per eval");
+    for j in 0..4 {
+        assert_eq!(w.live(&format!("j{j}")).len(), 50, "job j{j}");
+    }
+    w.assert_no_overcommit();
+
+    let mut bare = World::new();
+    fill(&mut bare);
+    let results = bare.run_pipelined(4, false);
+    let refused: usize = results.iter().map(|r| r.refused).sum();
+    assert!(refused > 0, "without the overlay the plans collide");
+    // Apply stays the authority either way.
+    bare.assert_no_overcommit();
+    for j in 0..4 {
+        assert!(
+            bare.live(&format!("j{j}")).len() <= 50,
+            "job j{j} placed twice"
+        );
+    }
+}
+
+/// A plan in flight whose placements apply refuses (its node drained meanwhile) leaves its
+/// eval pending; the pipeline plans it again and places the rest elsewhere, once.
+#[test]
+fn refused_placements_of_a_pipelined_plan_are_retried_and_placed_once() {
+    let mut w = World::new();
+    w.nodes(4, 1000, 1024);
+    let ea = w.submit(simple("a", "service", 8, 100, 100));
+    let eb = w.submit(simple("b", "service", 8, 100, 100));
+    let state = Arc::new(w.s.clone());
+    let pa = plan_for(&state, &state.evals[&ea], w.now, 1);
+    let fa = Flight::of(&state, state.index, &pa, 1);
+    let spec = planning_state(&state, [&fa]);
+    let pb = plan_for(&spec, &spec.evals[&eb], w.now, 1);
+    // A node of plan a becomes ineligible before it applies.
+    let gone = pa.placements[0].node_id.clone();
+    w.cmd(Command::NodeUpdateEligibility {
+        node_id: gone.clone(),
+        eligibility: NodeEligibility::Ineligible,
+        event: None,
+    })
+    .unwrap();
+    let Applied::Plan(ra) = w.cmd(Command::PlanApply { plan: Box::new(pa) }).unwrap() else {
+        panic!("plan a")
+    };
+    let Applied::Plan(rb) = w.cmd(Command::PlanApply { plan: Box::new(pb) }).unwrap() else {
+        panic!("plan b")
+    };
+    assert!(ra.refused > 0 && ra.retry, "refused on {gone}: {ra:?}");
+    assert_eq!(
+        w.eval(&ea).status,
+        EvalStatus::Pending,
+        "left for another try"
+    );
+    assert_eq!(rb.placed + rb.refused, 8, "plan b: {rb:?}");
+    w.run_pipelined(4, true);
+    for job in ["a", "b"] {
+        let live = w.live(job);
+        assert_eq!(live.len(), 8, "job {job} placed exactly its count");
+    }
+    assert!(
+        w.live("a").iter().all(|x| x.node_id != gone),
+        "nothing new on the ineligible node"
+    );
+    assert_eq!(w.eval(&ea).status, EvalStatus::Complete);
+    w.assert_no_overcommit();
+}
+
+/// While a plan of job x is in flight neither its eval nor another eval of job x is
+/// planned (the reconciler would not see the first plan's allocs and place them all again),
+/// while another job's eval is; once the plan shows in the state, the overlay adds nothing.
+#[test]
+fn an_eval_or_job_with_a_plan_in_flight_waits_and_an_applied_plan_adds_no_usage() {
+    let mut w = World::new();
+    w.nodes(3, 4000, 4096);
+    let ex = w.submit(simple("x", "service", 5, 100, 100));
+    let now = w.now;
+    let ex2 = w.id("eval-");
+    w.cmd(Command::JobEvaluate {
+        namespace: "default".into(),
+        job_id: "x".into(),
+        force_reschedule: false,
+        eval_id: ex2.clone(),
+        now,
+    })
+    .unwrap();
+    let ey = w.submit(simple("y", "service", 2, 100, 100));
+    let state = Arc::new(w.s.clone());
+    let (first, _) = next_free_eval(&state, w.now, &[]);
+    assert_eq!(first.unwrap().id, ex, "the oldest eval first");
+    let px = plan_for(&state, &state.evals[&ex], w.now, 1);
+    let fx = Flight::of(&state, state.index, &px, 1);
+    let (next, _) = next_free_eval(&state, w.now, &[&fx]);
+    assert_eq!(next.unwrap().id, ey, "job x's evals wait for its plan");
+    // What planning the second eval of x now would do: place all five again.
+    let spec = planning_state(&state, [&fx]);
+    let again = plan_for(&spec, &spec.evals[&ex2], w.now, 1);
+    assert_eq!(again.placements.len(), 5, "so it must wait");
+    // The overlay holds plan x's usage until the state shows it applied.
+    let used = |s: &ServerState| -> i64 { s.node_usage.values().map(|u| u.cpu).sum() };
+    assert_eq!(used(&spec), used(&state) + 500);
+    w.cmd(Command::PlanApply { plan: Box::new(px) }).unwrap();
+    let after = Arc::new(w.s.clone());
+    assert_eq!(used(&after), 500);
+    let spec = planning_state(&after, [&fx]);
+    assert!(Arc::ptr_eq(&spec, &after), "an applied plan adds nothing");
+    let (next, _) = next_free_eval(&after, w.now, &[]);
+    assert_eq!(next.unwrap().id, ex2, "free again once answered");
 }
