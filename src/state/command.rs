@@ -1034,6 +1034,11 @@ fn apply_node(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appl
             let mut n = (**node).clone();
             match state.nodes.get(&n.id) {
                 Some(old) => {
+                    // A client registers again with what it registered before: keep one copy.
+                    n.attributes.share_if_equal(&old.attributes);
+                    n.meta.share_if_equal(&old.meta);
+                    n.resources.share_if_equal(&old.resources);
+                    n.drivers.share_if_equal(&old.drivers);
                     n.create_index = old.create_index;
                     n.events = old.events.clone();
                     n.scheduling_eligibility = old.scheduling_eligibility;
@@ -1064,7 +1069,7 @@ fn apply_node(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appl
         }
         Command::NodeUpdateMeta { node_id, meta } => {
             let mut n = known(state, node_id)?;
-            n.meta = meta.clone();
+            n.meta = meta.clone().into();
             n
         }
         Command::NodeUpdateStatus {
@@ -1688,10 +1693,10 @@ mod node_tests {
             node_pool: "default".into(),
             node_class: String::new(),
             version: "0".into(),
-            attributes: BTreeMap::new(),
-            meta: BTreeMap::new(),
-            resources: serde_json::Value::Null,
-            drivers: serde_json::json!({}),
+            attributes: BTreeMap::new().into(),
+            meta: BTreeMap::new().into(),
+            resources: serde_json::Value::Null.into(),
+            drivers: serde_json::json!({}).into(),
             status: NodeStatus::Ready,
             status_description: String::new(),
             status_updated_at: 0,

@@ -35,7 +35,7 @@ fn node(id: &str, cpu: i64, mem: i64) -> Node {
     n.id = id.to_string();
     n.name = id.to_string();
     n.datacenter = "dc1".into();
-    n.resources = json!({"Cpu": {"CpuShares": cpu}, "Memory": {"MemoryMB": mem},
+    *n.resources = json!({"Cpu": {"CpuShares": cpu}, "Memory": {"MemoryMB": mem},
         "Disk": {"DiskMB": 100_000}});
     n
 }
@@ -422,7 +422,7 @@ fn distinct_property_limits_allocs_per_value() {
 fn a_missing_driver_is_filtered_and_a_node_that_gets_it_unblocks_the_placement() {
     let mut w = World::new();
     let mut n = node("n1", 4000, 4096);
-    n.drivers = json!({"raw_exec": {"Detected": false, "Healthy": false,
+    *n.drivers = json!({"raw_exec": {"Detected": false, "Healthy": false,
         "HealthDescription": "enable it with plugin \"raw_exec\""}});
     n.attributes.remove("driver.raw_exec");
     w.add_node(n.clone());
@@ -440,7 +440,7 @@ fn a_missing_driver_is_filtered_and_a_node_that_gets_it_unblocks_the_placement()
         ev.status_description
     );
     // The client registers again with the driver enabled: the blocked eval places it.
-    n.drivers = json!({"raw_exec": {"Detected": true, "Healthy": true}});
+    *n.drivers = json!({"raw_exec": {"Detected": true, "Healthy": true}});
     w.add_node(n);
     w.run();
     assert_eq!(w.live("d").len(), 1);
