@@ -364,7 +364,7 @@ pub fn plan(state: &ServerState, now: i64) -> Step {
     if !migrate.is_empty() {
         let mut jobs: BTreeMap<JobKey, ()> = BTreeMap::new();
         for id in &migrate {
-            if let Some(a) = state.allocs.get(id) {
+            if let Some(a) = state.allocs.get(id.as_str()) {
                 jobs.insert((a.namespace.clone(), a.job_id.clone()), ());
             }
         }
