@@ -15,6 +15,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "nomadlet")
@@ -627,7 +628,7 @@ def register_latencies_wrk(agent, close=False):
     if not shutil.which("wrk"):
         return None
     script = os.path.join(ROOT, "bench", "register.lua")
-    env = {**os.environ, **({"REGISTER_CLOSE": "1"} if close else {})}
+    env = {**os.environ, "REGISTER_PREFIX": uuid.uuid4().hex[:12], **({"REGISTER_CLOSE": "1"} if close else {})}
     out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{STATE_WRITERS}", f"-d{DURATION}",
                           "-s", script, agent.url + "/v1/jobs"],
                          capture_output=True, text=True, check=True, env=env).stdout

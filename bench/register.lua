@@ -3,7 +3,10 @@
 -- one RESULT line with p50/p99/max in ms.
 -- REGISTER_CLOSE set: each request on a new connection ("Connection: close").
 local n = 0
-local prefix = tostring(math.random(1, 1e9))
+-- Job IDs unique to this run (REGISTER_PREFIX, else the clock): wrk's Lua never seeds
+-- math.random, so a second run on the same agent re-registered the first run's jobs (updates
+-- of unchanged jobs, not registers).
+local prefix = os.getenv("REGISTER_PREFIX") or (tostring(os.time()) .. "-" .. tostring(math.random(1, 1e9)))
 local headers = {["Content-Type"] = "application/json"}
 if os.getenv("REGISTER_CLOSE") then
   headers["Connection"] = "close"

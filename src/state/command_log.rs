@@ -29,6 +29,7 @@ use redb::{
 use super::command::{apply, Applied, ApplyError, Command, ServerState};
 use super::event_broker::EventBroker;
 use super::events::{events_of, EventBatch};
+use super::reaper::Reaper;
 use super::snapshot;
 use super::snapshot::stage::{self, Staging, Step};
 use super::IndexCounter;
@@ -464,6 +465,8 @@ impl CommandLog {
             counter,
             stats: stats.clone(),
             events: events.clone(),
+            reaper: Reaper::default(),
+            compact_due: false,
         };
         // No thread yet: the first proposal starts one.
         let slot = CommitterSlot {
@@ -516,6 +519,7 @@ impl CommandLog {
             counter,
             stats: stats.clone(),
             events: events.clone(),
+            reaper: Reaper::default(),
         };
         // Nothing reads this channel: proposals go to the replicator.
         let (tx, rx) = unbounded();
@@ -666,6 +670,8 @@ pub struct StateMachine {
     counter: Arc<IndexCounter>,
     stats: Arc<LogStats>,
     events: Arc<EventBroker>,
+    /// Frees the state a snapshot replaced, off the Raft thread.
+    reaper: Reaper,
 }
 
 impl StateMachine {
@@ -770,7 +776,8 @@ impl StateMachine {
 
     /// The snapshot `state` is durable.
     pub fn snapshot_written(&mut self, state: Arc<ServerState>) {
-        self.snapshotted = state;
+        let old = std::mem::replace(&mut self.snapshotted, state);
+        self.reaper.drop_later(old);
         self.plain_log_left = false;
     }
 
@@ -795,12 +802,14 @@ impl StateMachine {
 
     /// The installed `state` is durable: publish it.
     pub fn installed(&mut self, state: Arc<ServerState>) {
-        self.snapshotted = state.clone();
+        let old_snapshot = std::mem::replace(&mut self.snapshotted, state.clone());
         self.plain_log_left = false;
-        self.current = state;
+        let old = std::mem::replace(&mut self.current, state);
         *self.published.write() = self.current.clone();
         self.counter.observe(self.current.index);
         self.counter.notify();
+        // Both old states are freed off this thread.
+        self.reaper.drop_later(Arc::new((old_snapshot, old)));
     }
 
     /// Give space back to the file system when the file grew (after snapshots).
@@ -897,6 +906,10 @@ struct Committer {
     counter: Arc<IndexCounter>,
     stats: Arc<LogStats>,
     events: Arc<EventBroker>,
+    /// Frees the state a snapshot replaced, off this thread.
+    reaper: Reaper,
+    /// A snapshot settled: the file may be compacted when the committer is next idle.
+    compact_due: bool,
 }
 
 impl Committer {
@@ -908,8 +921,10 @@ impl Committer {
                 Ok(Msg::Propose(p)) => p,
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {
-                    // Idle: what is left of a snapshot is written on its own.
+                    // Idle: what is left of a snapshot is written on its own, then the
+                    // file compacted if that is due.
                     self.write_encoded(false);
+                    self.compact_now();
                     // The thread ends once nothing is queued and no snapshot is on its way
                     // (its rows are written by this thread).
                     let mut s = slot.lock();
@@ -948,6 +963,7 @@ impl Committer {
     /// Close the store (shutdown), after writing a snapshot still encoding.
     fn close(mut self) {
         self.write_encoded(true);
+        self.compact_now();
         if let Some(db) = self.db.take() {
             if let Err(e) = db.close() {
                 log::warn!("closing the state store: {e}");
@@ -1105,7 +1121,7 @@ impl Committer {
                 if let Some((state, staging)) = self.staging.take() {
                     // Durable now: the log it covers goes a chunk at a time.
                     self.trim_to = staging.index();
-                    self.snapshotted = state;
+                    self.snapshot_durable(state);
                     self.merging = !merged;
                     if merged {
                         self.compact();
@@ -1143,7 +1159,7 @@ impl Committer {
             st!("snapshot", log.retain_in(..=covered, |_, _| false))?;
         }
         st!("commit", txn.commit())?;
-        self.snapshotted = state;
+        self.snapshot_durable(state);
         self.compact();
         Ok(())
     }
@@ -1194,8 +1210,25 @@ impl Committer {
         }
     }
 
-    /// Give space back to the file system when the file grew (after a snapshot settled).
+    /// `state` is the snapshot the tables hold now: the one it replaces is freed off this
+    /// thread (see [`Reaper`]).
+    fn snapshot_durable(&mut self, state: Arc<ServerState>) {
+        let old = std::mem::replace(&mut self.snapshotted, state);
+        self.reaper.drop_later(old);
+    }
+
+    /// A snapshot settled: the file may be compacted, once the committer is idle (a
+    /// compaction, or counting the pages it would free, walks the whole file while every
+    /// writer waits).
     fn compact(&mut self) {
+        self.compact_due = true;
+    }
+
+    /// Give space back to the file system when the file grew (after a snapshot settled).
+    fn compact_now(&mut self) {
+        if !std::mem::take(&mut self.compact_due) {
+            return;
+        }
         let (path, after) = (self.path.clone(), self.compacted_size);
         if let Some(db) = self.db.as_mut() {
             self.compacted_size = compact_if_grown(db, &path, after);
@@ -1208,10 +1241,11 @@ impl Committer {
         let res = self
             .db()
             .and_then(|db| write_snapshot(db, Some(&prev), &state, false));
+        drop(prev);
         match res {
             Ok(()) => {
                 self.since_snapshot = 0;
-                self.snapshotted = state;
+                self.snapshot_durable(state);
                 self.compact();
             }
             Err(e) => {
@@ -1355,6 +1389,74 @@ mod tests {
             "every answered proposal is durable"
         );
         back.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A compaction walks the whole file while every writer waits, so it runs only once the
+    /// committer is idle: a store whose jobs were all purged shrinks then, and keeps them.
+    #[test]
+    fn a_grown_store_is_compacted_once_the_committer_is_idle() {
+        let (dir, path) = temp_db();
+        let log = open(&path);
+        let size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let pad = "x".repeat(48 * 1024);
+        let big = |id: &str, n: u64| {
+            let mut j = Job::from_json(serde_json::json!({"ID": id, "Meta": {"pad": pad},
+                "TaskGroups": [{"Name": "g", "Count": 0, "Tasks": [{"Name": "t",
+                "Driver": "raw_exec", "Config": {"command": "/bin/true"}}]}]}))
+            .unwrap();
+            j.canonicalize("global");
+            let mut c = register(id, 0, n);
+            if let Command::JobRegister { job, .. } = &mut c {
+                **job = j;
+            }
+            c
+        };
+        let mut n = 0;
+        for i in 0..300 {
+            n += 1;
+            log.propose(big(&format!("j{i}"), n)).unwrap();
+        }
+        for i in 0..300 {
+            n += 1;
+            let purge = Command::JobDeregister {
+                namespace: "default".into(),
+                job_id: format!("j{i}"),
+                purge: true,
+                eval_id: format!("e{n}"),
+                now: n as i64,
+            };
+            log.propose(purge).unwrap();
+        }
+        // Enough commands after the purges for a snapshot that drops the big rows.
+        for i in 0..(SNAPSHOT_EVERY + 10) {
+            n += 1;
+            log.propose(register(&format!("k{i}"), 0, n)).unwrap();
+        }
+        let grown = size();
+        assert!(
+            grown >= COMPACT_MIN_BYTES,
+            "the file grew to {grown} bytes only"
+        );
+        // Idle: the committer writes what is left of the snapshot, compacts, and ends.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while size() * 2 > grown {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} bytes an idle period after {grown}: never compacted",
+                size()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let jobs = log.state().jobs.len();
+        assert_eq!(jobs, SNAPSHOT_EVERY as usize + 10);
+        log.shutdown();
+        drop(log);
+        assert_eq!(
+            open(&path).state().jobs.len(),
+            jobs,
+            "compaction lost nothing"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
