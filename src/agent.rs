@@ -472,11 +472,26 @@ fn block_stop_signals() -> Result<crate::sys::signal::SignalSet, AgentError> {
 /// arenas hold 1 MiB less than 16 and cost no requests per second on the 2-core bench host.
 pub const MALLOC_ARENAS: i32 = 2;
 
+/// Allocations of this size and more get mappings of their own, returned when freed (glibc's
+/// default starts at 128 KiB but rises to 32 MiB once such blocks are freed; then a server's
+/// large transient buffers, such as a 1 000-placement plan's JSON, come from the heap and
+/// leave holes in it).
+pub const MALLOC_MMAP_THRESHOLD: i32 = 128 * 1024;
+
+/// Free heap memory (glibc `mallinfo2().fordblks`) grown by this much over its lowest since
+/// the last trim makes a main-loop sample give it back to the system (`malloc_trim`): after a
+/// burst of placements a server held ~60 MiB of freed memory inside its heaps, which glibc
+/// returns only from a heap's top on its own. (A trim releases pages, not the free count.)
+pub const MALLOC_TRIM_FREE: usize = 32 * 1024 * 1024;
+
 /// Run the agent until SIGINT or SIGTERM; then stop every thread and return.
 pub fn run(config: Config) -> Result<(), AgentError> {
     // Before any thread starts: fewer allocator arenas, less memory held per thread.
     if !crate::sys::malloc::limit_arenas(MALLOC_ARENAS) {
         log::debug!("the allocator kept its default arena count");
+    }
+    if !crate::sys::malloc::fix_mmap_threshold(MALLOC_MMAP_THRESHOLD) {
+        log::debug!("the allocator kept its sliding mmap threshold");
     }
     let signals = block_stop_signals()?;
     check_data_dir(&config)?;
@@ -994,6 +1009,8 @@ fn main_loop(
     // Start-up trimmed the code pages already.
     // Samples in a row the agent was idle (it starts trimmed: counted as idle).
     let mut idle_for: u32 = 1;
+    // The least free heap memory seen since the last trim (see `MALLOC_TRIM_FREE`).
+    let mut free_low = crate::sys::malloc::free_heap_bytes();
     let idle_threads = idle_threads(&agent.config);
     let mut next_ping = watchdog.map(|w| Instant::now() + w);
     if watchdog.is_some() {
@@ -1029,6 +1046,14 @@ fn main_loop(
                 if let Err(e) = crate::sys::mem::trim_code_pages() {
                     log::debug!("cannot trim resident code pages: {e}");
                 }
+            }
+            // Idle or not: memory freed beyond the bound goes back (a look is cheap; a trim
+            // runs only after a burst freed that much).
+            let free = crate::sys::malloc::free_heap_bytes();
+            free_low = free_low.min(free);
+            if free - free_low > MALLOC_TRIM_FREE {
+                crate::sys::malloc::trim();
+                free_low = free;
             }
             next_sample = now + SAMPLE_INTERVAL;
         }

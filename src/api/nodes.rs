@@ -151,7 +151,7 @@ pub fn node_json(node: &Node) -> Value {
 /// `NodeResources` as Nomad shows it: the client's report without the `Reserved` part it
 /// carries for the scheduler (that is `ReservedResources`).
 fn node_resources(node: &Node) -> Value {
-    let mut r = node.resources.clone();
+    let mut r = (*node.resources).clone();
     if let Some(o) = r.as_object_mut() {
         o.remove("Reserved");
     }
@@ -205,7 +205,7 @@ fn stub_json(node: &Node, with_os: bool, with_resources: bool) -> Value {
     );
     stub.insert("Status".into(), json!(node.status));
     stub.insert("StatusDescription".into(), json!(node.status_description));
-    stub.insert("Drivers".into(), node.drivers.clone());
+    stub.insert("Drivers".into(), (*node.drivers).clone());
     stub.insert("HostVolumes".into(), Value::Null);
     if with_resources {
         stub.insert("NodeResources".into(), node_resources(node));

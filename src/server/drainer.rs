@@ -364,7 +364,7 @@ pub fn plan(state: &ServerState, now: i64) -> Step {
     if !migrate.is_empty() {
         let mut jobs: BTreeMap<JobKey, ()> = BTreeMap::new();
         for id in &migrate {
-            if let Some(a) = state.allocs.get(id) {
+            if let Some(a) = state.allocs.get(id.as_str()) {
                 jobs.insert((a.namespace.clone(), a.job_id.clone()), ());
             }
         }
@@ -418,10 +418,10 @@ mod tests {
                 node_pool: "default".into(),
                 node_class: String::new(),
                 version: "0".into(),
-                attributes: BTreeMap::new(),
-                meta: BTreeMap::new(),
-                resources: serde_json::Value::Null,
-                drivers: serde_json::json!({}),
+                attributes: BTreeMap::new().into(),
+                meta: BTreeMap::new().into(),
+                resources: serde_json::Value::Null.into(),
+                drivers: serde_json::json!({}).into(),
                 status: NodeStatus::Ready,
                 status_description: String::new(),
                 status_updated_at: 0,

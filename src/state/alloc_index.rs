@@ -14,6 +14,11 @@ use super::command::{JobKey, ServerState};
 use super::jobs::alloc::AllocRecord;
 use super::plan::{alloc_ask, Usage};
 
+/// An alloc's ID as the alloc table keys it: ONE string per alloc, shared by the table's key
+/// and every derived index that names the alloc (at 100 000 allocs, four owned copies of
+/// each ID were ~20 MiB).
+pub type AllocId = Arc<str>;
+
 /// What the derived indexes know of one alloc: when two versions of an alloc agree on these,
 /// no index changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,7 +54,7 @@ fn sub(u: &mut Usage, o: &Usage) {
 
 /// Remove `id` from the set under `key`, and the set when it empties; whether it emptied.
 fn remove_from<K: Ord + Clone>(
-    map: &mut imbl::OrdMap<K, imbl::OrdSet<String>>,
+    map: &mut imbl::OrdMap<K, imbl::OrdSet<AllocId>>,
     key: &K,
     id: &str,
 ) -> bool {
@@ -67,16 +72,16 @@ fn remove_from<K: Ord + Clone>(
 }
 
 impl ServerState {
-    /// Enter an alloc in every derived index.
-    fn index_facts(&mut self, id: &str, f: &Facts) {
+    /// Enter an alloc in every derived index (`id`: the table's key for it).
+    fn index_facts(&mut self, id: &AllocId, f: &Facts) {
         self.allocs_by_job
             .entry(f.job.clone())
             .or_default()
-            .insert(id.to_string());
+            .insert(id.clone());
         self.allocs_by_node
             .entry(f.node.clone())
             .or_default()
-            .insert(id.to_string());
+            .insert(id.clone());
         let used = self.node_usage.entry(f.node.clone()).or_default();
         if f.live {
             used.add(&f.ask);
@@ -85,14 +90,14 @@ impl ServerState {
             self.ported_allocs_by_node
                 .entry(f.node.clone())
                 .or_default()
-                .insert(id.to_string());
+                .insert(id.clone());
         }
         self.allocs_by_modify
-            .insert((f.modify, id.to_string()), f.node.clone());
+            .insert((f.modify, id.clone()), f.node.clone());
     }
 
     /// Take an alloc out of every derived index (the inverse of `index_facts`).
-    fn unindex_facts(&mut self, id: &str, f: &Facts) {
+    fn unindex_facts(&mut self, id: &AllocId, f: &Facts) {
         remove_from(&mut self.allocs_by_job, &f.job, id);
         if remove_from(&mut self.allocs_by_node, &f.node, id) {
             self.node_usage.remove(&f.node);
@@ -104,7 +109,7 @@ impl ServerState {
         if f.ported {
             remove_from(&mut self.ported_allocs_by_node, &f.node, id);
         }
-        self.allocs_by_modify.remove(&(f.modify, id.to_string()));
+        self.allocs_by_modify.remove(&(f.modify, id.clone()));
     }
 
     /// Empty every derived alloc index and enter each alloc again (what `reindexed` does).
@@ -114,16 +119,24 @@ impl ServerState {
         self.node_usage = imbl::OrdMap::default();
         self.ported_allocs_by_node = imbl::OrdMap::default();
         self.allocs_by_modify = imbl::OrdMap::default();
-        let allocs: Vec<Arc<AllocRecord>> = self.allocs.values().cloned().collect();
-        for a in &allocs {
-            self.index_facts(&a.id, &Facts::of(a));
+        let allocs: Vec<(AllocId, Arc<AllocRecord>)> = self
+            .allocs
+            .iter()
+            .map(|(id, a)| (id.clone(), a.clone()))
+            .collect();
+        for (id, a) in &allocs {
+            self.index_facts(id, &Facts::of(a));
         }
     }
 
     /// Insert a new alloc or replace the one of its ID, keeping the derived indexes.
     pub(crate) fn put_alloc(&mut self, a: Arc<AllocRecord>) {
         let new = Facts::of(&a);
-        let id = a.id.clone();
+        // The key already there, else a new shared ID.
+        let id = match self.allocs.get_key_value(a.id.as_str()) {
+            Some((id, _)) => id.clone(),
+            None => AllocId::from(a.id.as_str()),
+        };
         if let Some(old) = self.allocs.insert(id.clone(), a) {
             let old = Facts::of(&old);
             if old == new {
@@ -141,22 +154,23 @@ impl ServerState {
         id: &str,
         change: impl FnOnce(&mut AllocRecord) -> R,
     ) -> Option<R> {
-        let slot = self.allocs.get_mut(id)?;
+        let (key, slot) = self.allocs.get_key_value_mut(id)?;
+        let key = key.clone();
         let old = Facts::of(slot);
         let a = Arc::make_mut(slot);
         let out = change(a);
         let new = Facts::of(a);
         if old != new {
-            self.unindex_facts(id, &old);
-            self.index_facts(id, &new);
+            self.unindex_facts(&key, &old);
+            self.index_facts(&key, &new);
         }
         Some(out)
     }
 
     /// Remove an alloc and its entries in the derived indexes.
     pub(crate) fn remove_alloc(&mut self, id: &str) -> Option<Arc<AllocRecord>> {
-        let old = self.allocs.remove(id)?;
-        self.unindex_facts(id, &Facts::of(&old));
+        let (key, old) = self.allocs.remove_with_key(id)?;
+        self.unindex_facts(&key, &Facts::of(&old));
         Some(old)
     }
 
@@ -168,7 +182,7 @@ impl ServerState {
             return BTreeSet::new();
         };
         self.allocs_by_modify
-            .range((from, String::new())..)
+            .range((from, AllocId::from(""))..)
             .map(|(_, node)| node.as_str())
             .collect()
     }
@@ -182,7 +196,7 @@ impl ServerState {
             .get(node_id)
             .into_iter()
             .flat_map(|ids| ids.iter())
-            .filter_map(|id| self.allocs.get(id))
+            .filter_map(|id| self.allocs.get(&**id))
     }
 
     /// What a node's live allocs use (through the index; zero for a node without allocs).
@@ -194,26 +208,27 @@ impl ServerState {
     /// (the tests call it after every command they apply).
     #[cfg(test)]
     pub(crate) fn assert_alloc_indexes(&self) {
-        let mut by_job: imbl::OrdMap<JobKey, imbl::OrdSet<String>> = imbl::OrdMap::default();
-        let mut by_node: imbl::OrdMap<String, imbl::OrdSet<String>> = imbl::OrdMap::default();
-        let mut ported: imbl::OrdMap<String, imbl::OrdSet<String>> = imbl::OrdMap::default();
-        let mut by_modify: imbl::OrdMap<(u64, String), String> = imbl::OrdMap::default();
-        for a in self.allocs.values() {
+        let mut by_job: imbl::OrdMap<JobKey, imbl::OrdSet<AllocId>> = imbl::OrdMap::default();
+        let mut by_node: imbl::OrdMap<String, imbl::OrdSet<AllocId>> = imbl::OrdMap::default();
+        let mut ported: imbl::OrdMap<String, imbl::OrdSet<AllocId>> = imbl::OrdMap::default();
+        let mut by_modify: imbl::OrdMap<(u64, AllocId), String> = imbl::OrdMap::default();
+        for (id, a) in self.allocs.iter() {
+            assert_eq!(**id, *a.id, "an alloc under another ID's key");
             by_job
                 .entry((a.namespace.clone(), a.job_id.clone()))
                 .or_default()
-                .insert(a.id.clone());
+                .insert(id.clone());
             by_node
                 .entry(a.node_id.clone())
                 .or_default()
-                .insert(a.id.clone());
+                .insert(id.clone());
             if a.is_live() && !a.ports.is_empty() {
                 ported
                     .entry(a.node_id.clone())
                     .or_default()
-                    .insert(a.id.clone());
+                    .insert(id.clone());
             }
-            by_modify.insert((a.alloc_modify_index, a.id.clone()), a.node_id.clone());
+            by_modify.insert((a.alloc_modify_index, id.clone()), a.node_id.clone());
         }
         assert_eq!(self.allocs_by_job, by_job, "allocs by job");
         assert_eq!(self.allocs_by_node, by_node, "allocs by node");
@@ -224,6 +239,27 @@ impl ServerState {
             .map(|n| (n.clone(), super::plan::node_used(self, n)))
             .collect();
         assert_eq!(self.node_usage, usage, "node usage");
+        self.assert_ids_shared();
+    }
+
+    /// Panics unless every ID a derived index holds is the table key's own string (the same
+    /// allocation, not an equal copy).
+    #[cfg(test)]
+    pub(crate) fn assert_ids_shared(&self) {
+        let sets = [
+            self.allocs_by_job.values().collect::<Vec<_>>(),
+            self.allocs_by_node.values().collect(),
+            self.ported_allocs_by_node.values().collect(),
+        ];
+        let ids = sets
+            .iter()
+            .flatten()
+            .flat_map(|set| set.iter())
+            .chain(self.allocs_by_modify.keys().map(|(_, id)| id));
+        for id in ids {
+            let (key, _) = self.allocs.get_key_value(&**id).expect("indexed alloc");
+            assert!(Arc::ptr_eq(key, id), "alloc {id}: a copy of its ID");
+        }
     }
 }
 
@@ -324,7 +360,7 @@ mod tests {
             let mut s = ServerState::default();
             let mut next = 0u64;
             for index in 1..=300u64 {
-                let ids: Vec<String> = s.allocs.keys().cloned().collect();
+                let ids: Vec<String> = s.allocs.keys().map(|k| k.to_string()).collect();
                 let pick = |rng: &mut Rng| ids[rng.below(ids.len() as u64) as usize].clone();
                 match rng.below(8) {
                     0 | 1 => {
@@ -353,7 +389,7 @@ mod tests {
                     4 => {
                         // Replaced whole (as a client update is), sometimes unchanged.
                         let id = pick(&mut rng);
-                        let mut a = (*s.allocs[&id]).clone();
+                        let mut a = (*s.allocs[id.as_str()]).clone();
                         if rng.below(2) == 0 {
                             a.job = jobs[rng.below(3) as usize].clone();
                             a.ports = ports(&mut rng);
@@ -377,6 +413,38 @@ mod tests {
             }
             check(&s, 300);
         }
+    }
+
+    #[test]
+    fn one_id_string_per_alloc_through_create_update_replace_and_remove() {
+        let jobs = [job("a", 100)];
+        let mut rng = Rng(11);
+        let mut s = ServerState::default();
+        let mut a = alloc(&jobs, &mut rng, "x", 5);
+        a.ports = ports(&mut rng); // in every index, the ported one too
+        s.insert_new_alloc(a);
+        let key = s.allocs.get_key_value("x").unwrap().0.clone();
+        // The table's key, the job's, the node's, the ported and the modify index: 5 + ours.
+        assert_eq!(Arc::strong_count(&key), 6);
+        s.assert_ids_shared();
+        // A change of facts moves it between index entries, still under the one string.
+        s.update_alloc("x", |a| a.alloc_modify_index = 9);
+        s.assert_ids_shared();
+        // Replaced whole by a record decoded elsewhere (its own ID string): the key stays.
+        let copy: AllocRecord =
+            serde_json::from_str(&serde_json::to_string(&*s.allocs["x"]).unwrap()).unwrap();
+        let mut copy = copy;
+        copy.alloc_modify_index = 12;
+        s.put_alloc(Arc::new(copy));
+        assert!(Arc::ptr_eq(s.allocs.get_key_value("x").unwrap().0, &key));
+        assert_eq!(Arc::strong_count(&key), 6);
+        s.assert_alloc_indexes();
+        // Removed (GC): no index holds the string any more.
+        s.remove_alloc("x");
+        assert_eq!(Arc::strong_count(&key), 1);
+        // Rebuilt at load from keys read back: shared again.
+        s.insert_new_alloc(alloc(&jobs, &mut rng, "y", 13));
+        s.clone().reindexed().assert_alloc_indexes();
     }
 
     #[test]

@@ -392,17 +392,19 @@ pub struct ServerState {
     pub index: u64,
     pub jobs: Table<JobKey, Job>,
     pub evals: Table<String, EvalRecord>,
-    pub allocs: Table<String, AllocRecord>,
+    /// Keyed by the alloc's shared ID ([`AllocId`](super::alloc_index::AllocId)): the key and every
+    /// derived index hold the same string.
+    pub allocs: Table<super::alloc_index::AllocId, AllocRecord>,
     /// ACL tokens, policies, the bootstrap marker.
     pub acl: Arc<AclTables>,
     /// The nodes clients registered, by ID.
     pub nodes: Table<String, Node>,
     /// Derived, never stored: the IDs of each job's allocs (so a register does not walk
     /// every alloc). Kept by apply as allocs are added; [`ServerState::reindex`] rebuilds it.
-    pub allocs_by_job: imbl::OrdMap<JobKey, imbl::OrdSet<String>>,
+    pub allocs_by_job: imbl::OrdMap<JobKey, imbl::OrdSet<super::alloc_index::AllocId>>,
     /// Derived, never stored: the IDs of each node's allocs (the scheduler's and the plan
     /// check's view of what a node runs). Kept by apply; [`ServerState::reindex`] rebuilds it.
-    pub allocs_by_node: imbl::OrdMap<String, imbl::OrdSet<String>>,
+    pub allocs_by_node: imbl::OrdMap<String, imbl::OrdSet<super::alloc_index::AllocId>>,
     /// Derived, never stored: the IDs of the `blocked` evals (what a capacity change wakes).
     /// Kept by [`ServerState::put_eval`]; [`ServerState::reindexed`] rebuilds it.
     pub blocked_evals: imbl::OrdSet<String>,
@@ -420,12 +422,12 @@ pub struct ServerState {
     pub node_usage: imbl::OrdMap<String, super::plan::Usage>,
     /// Derived, never stored: the IDs of each node's live allocs that hold ports (what the
     /// plan check's port check walks). Kept by `state::alloc_index`.
-    pub ported_allocs_by_node: imbl::OrdMap<String, imbl::OrdSet<String>>,
+    pub ported_allocs_by_node: imbl::OrdMap<String, imbl::OrdSet<super::alloc_index::AllocId>>,
     /// Derived, never stored: `(AllocModifyIndex, alloc ID)` → node ID of every alloc, so
     /// "which nodes' allocs did the server change after index X" (the `tunnel-push` thread's
     /// question after every index change) walks those allocs only
     /// ([`ServerState::nodes_with_allocs_modified_after`]). Kept by `state::alloc_index`.
-    pub allocs_by_modify: imbl::OrdMap<(u64, String), String>,
+    pub allocs_by_modify: imbl::OrdMap<(u64, super::alloc_index::AllocId), String>,
     /// The kept versions of each job (`state::jobs::history`), by `(namespace, id, version)`.
     pub job_versions: Table<super::jobs::history::VersionKey, super::jobs::history::JobVersion>,
     /// The last scaling events of each job's groups (`state::jobs::history`).
@@ -670,7 +672,7 @@ impl ServerState {
             .get(key)
             .into_iter()
             .flat_map(|ids| ids.iter())
-            .filter_map(|id| self.allocs.get(id))
+            .filter_map(|id| self.allocs.get(&**id))
     }
 
     /// A node's allocs (through the index).
@@ -682,7 +684,7 @@ impl ServerState {
             .get(node_id)
             .into_iter()
             .flat_map(|ids| ids.iter())
-            .filter_map(|id| self.allocs.get(id))
+            .filter_map(|id| self.allocs.get(&**id))
     }
 }
 
@@ -735,7 +737,7 @@ pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appli
             collected,
             now,
         } => {
-            let Some(old) = state.allocs.get(alloc_id) else {
+            let Some(old) = state.allocs.get(alloc_id.as_str()) else {
                 return Err(ApplyError::UnknownAlloc);
             };
             let mut a = (**old).clone();
@@ -1034,6 +1036,11 @@ fn apply_node(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appl
             let mut n = (**node).clone();
             match state.nodes.get(&n.id) {
                 Some(old) => {
+                    // A client registers again with what it registered before: keep one copy.
+                    n.attributes.share_if_equal(&old.attributes);
+                    n.meta.share_if_equal(&old.meta);
+                    n.resources.share_if_equal(&old.resources);
+                    n.drivers.share_if_equal(&old.drivers);
                     n.create_index = old.create_index;
                     n.events = old.events.clone();
                     n.scheduling_eligibility = old.scheduling_eligibility;
@@ -1064,7 +1071,7 @@ fn apply_node(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appl
         }
         Command::NodeUpdateMeta { node_id, meta } => {
             let mut n = known(state, node_id)?;
-            n.meta = meta.clone();
+            n.meta = meta.clone().into();
             n
         }
         Command::NodeUpdateStatus {
@@ -1708,10 +1715,10 @@ mod node_tests {
             node_pool: "default".into(),
             node_class: String::new(),
             version: "0".into(),
-            attributes: BTreeMap::new(),
-            meta: BTreeMap::new(),
-            resources: serde_json::Value::Null,
-            drivers: serde_json::json!({}),
+            attributes: BTreeMap::new().into(),
+            meta: BTreeMap::new().into(),
+            resources: serde_json::Value::Null.into(),
+            drivers: serde_json::json!({}).into(),
             status: NodeStatus::Ready,
             status_description: String::new(),
             status_updated_at: 0,

@@ -224,7 +224,7 @@ pub fn reap(state: &mut ServerState, r: &Reap) -> Reaped {
         }
     }
     for id in &r.allocs {
-        let finished = state.allocs.get(id).is_some_and(|a| a.terminal());
+        let finished = state.allocs.get(id.as_str()).is_some_and(|a| a.terminal());
         if finished {
             state.remove_alloc(id);
             done.allocs += 1;

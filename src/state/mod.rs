@@ -19,6 +19,7 @@ pub mod node_ops;
 pub mod node_table;
 pub mod plan;
 pub mod reaper;
+pub mod shared;
 pub mod snapshot;
 pub mod snapshot_archive;
 pub mod status;

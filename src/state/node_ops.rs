@@ -299,7 +299,7 @@ pub(crate) fn migrate(
 ) -> Result<Applied, ApplyError> {
     let mut node_id = String::new();
     for id in alloc_ids {
-        if state.allocs.get(id).is_none_or(|a| a.terminal()) {
+        if state.allocs.get(id.as_str()).is_none_or(|a| a.terminal()) {
             continue;
         }
         state.update_alloc(id, |a| {

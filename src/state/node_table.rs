@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::state::shared::Shared;
 use crate::state::status::{DrainStatus, NodeEligibility, NodeStatus};
 
 /// Nomad keeps this many events per node (`MaxRetainedNodeEvents`).
@@ -39,13 +40,15 @@ pub struct Node {
     pub node_pool: String,
     pub node_class: String,
     pub version: String,
-    pub attributes: BTreeMap<String, String>,
+    /// The bulky parts below are [`Shared`]: a new version of the node (a status change, a
+    /// heartbeat's bring-up) shares them with the old one instead of copying.
+    pub attributes: Shared<BTreeMap<String, String>>,
     /// Static and dynamic metadata merged (what the node's `Meta` shows).
-    pub meta: BTreeMap<String, String>,
+    pub meta: Shared<BTreeMap<String, String>>,
     /// `NodeResources` as the client fingerprinted them.
-    pub resources: Value,
+    pub resources: Shared<Value>,
     /// `Drivers` as the client fingerprinted them.
-    pub drivers: Value,
+    pub drivers: Shared<Value>,
     /// `initializing`, `ready`, `down` or `disconnected` (serde: Nomad's word).
     pub status: NodeStatus,
     pub status_description: String,

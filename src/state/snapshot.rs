@@ -276,7 +276,7 @@ pub fn prepare(prev: Option<&ServerState>, state: &ServerState) -> Result<Rows, 
     let allocs = TableRows::of(
         prev.map(|p| &p.allocs),
         &state.allocs,
-        String::clone,
+        |k: &super::alloc_index::AllocId| k.to_string(),
         alloc_row,
     )?;
     let wanted = alloc_jobs_of(state);
@@ -563,7 +563,7 @@ pub fn load(txn: &ReadTransaction) -> Result<Option<ServerState>, SnapshotError>
             .get(&key)
             .cloned()
             .ok_or_else(|| SnapshotError::MissingAllocJob(k.to_string()))?;
-        state.allocs.insert(k.to_string(), Arc::new(a));
+        state.allocs.insert(k.into(), Arc::new(a));
         Ok(())
     })?;
     if let Some(t) = opened(txn.open_table(ACL))? {

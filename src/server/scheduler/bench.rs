@@ -39,11 +39,14 @@ pub fn sim_node(i: usize) -> Node {
             ("kernel.name".to_string(), "linux".to_string()),
             ("driver.raw_exec".to_string(), "1".to_string()),
         ]
+        .into_iter()
+        .collect::<BTreeMap<_, _>>()
         .into(),
-        meta: BTreeMap::new(),
+        meta: BTreeMap::new().into(),
         resources: json!({"Cpu": {"CpuShares": 8000}, "Memory": {"MemoryMB": 16384},
-            "Disk": {"DiskMB": 102400}}),
-        drivers: json!({"raw_exec": {"Detected": true, "Healthy": true}}),
+            "Disk": {"DiskMB": 102400}})
+        .into(),
+        drivers: json!({"raw_exec": {"Detected": true, "Healthy": true}}).into(),
         status: NodeStatus::Ready,
         status_description: String::new(),
         status_updated_at: 0,

@@ -545,7 +545,7 @@ pub fn test_node(id: &str) -> crate::state::node_table::Node {
     n.id = id.to_string();
     n.name = format!("node-{id}");
     n.datacenter = "dc1".into();
-    n.resources = serde_json::json!({"Cpu": {"CpuShares": 1_000_000_000i64},
+    *n.resources = serde_json::json!({"Cpu": {"CpuShares": 1_000_000_000i64},
         "Memory": {"MemoryMB": 1_000_000_000i64}, "Disk": {"DiskMB": 1_000_000_000i64}});
     n
 }

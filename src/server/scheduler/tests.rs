@@ -36,7 +36,7 @@ fn node(id: &str, cpu: i64, mem: i64) -> Node {
     n.id = id.to_string();
     n.name = id.to_string();
     n.datacenter = "dc1".into();
-    n.resources = json!({"Cpu": {"CpuShares": cpu}, "Memory": {"MemoryMB": mem},
+    *n.resources = json!({"Cpu": {"CpuShares": cpu}, "Memory": {"MemoryMB": mem},
         "Disk": {"DiskMB": 100_000}});
     n
 }
@@ -472,7 +472,7 @@ fn distinct_property_limits_allocs_per_value() {
 fn a_missing_driver_is_filtered_and_a_node_that_gets_it_unblocks_the_placement() {
     let mut w = World::new();
     let mut n = node("n1", 4000, 4096);
-    n.drivers = json!({"raw_exec": {"Detected": false, "Healthy": false,
+    *n.drivers = json!({"raw_exec": {"Detected": false, "Healthy": false,
         "HealthDescription": "enable it with plugin \"raw_exec\""}});
     n.attributes.remove("driver.raw_exec");
     w.add_node(n.clone());
@@ -490,7 +490,7 @@ fn a_missing_driver_is_filtered_and_a_node_that_gets_it_unblocks_the_placement()
         ev.status_description
     );
     // The client registers again with the driver enabled: the blocked eval places it.
-    n.drivers = json!({"raw_exec": {"Detected": true, "Healthy": true}});
+    *n.drivers = json!({"raw_exec": {"Detected": true, "Healthy": true}});
     w.add_node(n);
     w.run();
     assert_eq!(w.live("d").len(), 1);
@@ -584,7 +584,7 @@ fn a_failed_service_alloc_is_rescheduled_after_its_delay_on_another_node() {
         .values()
         .any(|e| e.triggered_by == "alloc-failure"));
     w.run();
-    let a = w.s.allocs[&first.id].clone();
+    let a = w.s.allocs[first.id.as_str()].clone();
     assert_eq!(a.desired_status, AllocDesiredStatus::Run, "not yet");
     assert!(!a.followup_eval_id.is_empty());
     let follow = w.eval(&a.followup_eval_id).clone();
@@ -597,7 +597,7 @@ fn a_failed_service_alloc_is_rescheduled_after_its_delay_on_another_node() {
     assert!(w.run().is_empty(), "the follow-up waits");
     w.now = follow.wait_until;
     w.run();
-    let old = w.s.allocs[&first.id].clone();
+    let old = w.s.allocs[first.id.as_str()].clone();
     assert_eq!(old.desired_status, AllocDesiredStatus::Stop);
     assert_eq!(
         old.desired_description,
@@ -631,7 +631,10 @@ fn a_batch_alloc_is_rescheduled_once_per_policy_then_left_failed() {
     w.client_status(&second, AllocClientStatus::Failed);
     w.run();
     assert_eq!(w.allocs("b").len(), 2, "the one attempt is used up");
-    assert_eq!(w.s.allocs[&second].client_status, AllocClientStatus::Failed);
+    assert_eq!(
+        w.s.allocs[second.as_str()].client_status,
+        AllocClientStatus::Failed
+    );
     // A successful batch alloc is never run again.
     w.submit(simple("ok", "batch", 1, 100, 100));
     w.run();
@@ -658,7 +661,7 @@ fn a_down_node_loses_its_allocs_and_they_are_replaced_at_once() {
         now,
     })
     .unwrap();
-    let lost = w.s.allocs[&victim.id].clone();
+    let lost = w.s.allocs[victim.id.as_str()].clone();
     assert_eq!(lost.client_status, AllocClientStatus::Lost);
     assert_eq!(lost.desired_status, AllocDesiredStatus::Stop);
     assert_eq!(
@@ -728,7 +731,7 @@ fn a_migrating_alloc_is_replaced_elsewhere_and_stopped_in_the_same_plan() {
     // What c-nodeops' drainer does: the transition, a node-drain eval, the node ineligible.
     let mut moved = (*a).clone();
     moved.desired_transition.migrate = Some(true);
-    w.s.allocs.insert(a.id.clone(), Arc::new(moved));
+    w.s.allocs.insert(a.id.as_str().into(), Arc::new(moved));
     let job = w.s.jobs[&("default".to_string(), "m".to_string())].clone();
     let eval =
         crate::state::jobs::eval::EvalRecord::pending_at(&job, "node-drain", 99, "drain-1", w.now);
@@ -739,7 +742,7 @@ fn a_migrating_alloc_is_replaced_elsewhere_and_stopped_in_the_same_plan() {
     let plans = w.run();
     assert_eq!(plans[0].placed, 1);
     assert_eq!(plans[0].stopped, 1, "stop and replacement in one plan");
-    let old = w.s.allocs[&a.id].clone();
+    let old = w.s.allocs[a.id.as_str()].clone();
     assert_eq!(old.desired_description, "alloc is being migrated");
     let live = w.live("m");
     assert_eq!(live.len(), 1);
@@ -812,7 +815,8 @@ fn a_job_update_replaces_allocs_a_scale_down_stops_the_highest_and_a_stop_stops_
         .all(|a| !v0.contains(&a.id) && a.job.version == 1));
     assert!(v0
         .iter()
-        .all(|id| w.s.allocs[id].desired_description == "alloc not needed due to job update"));
+        .all(|id| w.s.allocs[id.as_str()].desired_description
+            == "alloc not needed due to job update"));
     w.submit(simple("u", "service", 1, 100, 200));
     w.run();
     let live = w.live("u");
@@ -1149,7 +1153,7 @@ fn the_plan_check_through_the_kept_indexes_accepts_exactly_what_a_walk_over_the_
                 }
                 let placed: BTreeSet<String> = ids
                     .into_iter()
-                    .filter(|id| w.s.allocs.contains_key(id))
+                    .filter(|id| w.s.allocs.contains_key(id.as_str()))
                     .collect();
                 assert_eq!(placed, expect, "seed {seed} round {round}");
                 compared += 1;
