@@ -217,15 +217,7 @@ impl Inner {
 /// The next eval to run (oldest pending whose wait is over) and, when none is due, the
 /// earliest time a waiting one is (unix nanoseconds).
 pub fn next_eval(state: &ServerState, now: i64) -> (Option<Arc<EvalRecord>>, Option<i64>) {
-    let mut wake: Option<i64> = None;
-    // Oldest first: the first whose wait is over is the one (and then no wake is needed).
-    for e in state.pending_evals() {
-        if e.wait_until <= now {
-            return (Some(e.clone()), None);
-        }
-        wake = Some(wake.map_or(e.wait_until, |w| w.min(e.wait_until)));
-    }
-    (None, wake)
+    pipeline::next_free_eval(state, now, &[])
 }
 
 fn new_id() -> String {

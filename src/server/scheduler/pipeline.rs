@@ -119,14 +119,15 @@ pub fn is_busy<'a>(e: &EvalRecord, mut flights: impl Iterator<Item = &'a Flight>
     flights.any(|f| f.eval_id == e.id || (f.job.0 == e.namespace && f.job.1 == e.job_id))
 }
 
-/// [`super::next_eval`] skipping the evals a plan in flight makes wait ([`is_busy`]): the
-/// oldest due free eval, or the earliest time a waiting free one is due.
+/// The oldest due pending eval that no plan in flight makes wait ([`is_busy`]), or the
+/// earliest time a waiting free one is due ([`super::next_eval`] is this with no flights).
 pub fn next_free_eval(
     state: &ServerState,
     now: i64,
     flights: &[&Flight],
 ) -> (Option<Arc<EvalRecord>>, Option<i64>) {
     let mut wake: Option<i64> = None;
+    // Oldest first: the first whose wait is over is the one (and then no wake is needed).
     for e in state.pending_evals() {
         if is_busy(e, flights.iter().copied()) {
             continue;
