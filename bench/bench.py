@@ -262,11 +262,38 @@ def instructions_per_request():
         shutil.rmtree(d, ignore_errors=True)
 
 
+STEADY_IDLE_S = 60
+
+
+def client_only_agent(binary, work):
+    """A server-only agent and a client-only agent joined to it: (server, client) processes."""
+    http, rpc, serf = free_port(), free_port(), free_port()
+    cfg = os.path.join(work, "server.hcl")
+    with open(cfg, "w") as f:
+        f.write(f'data_dir = "{work}/s"\nbind_addr = "127.0.0.1"\n'
+                f"ports {{\n  http = {http}\n  rpc = {rpc}\n  serf = {serf}\n}}\n"
+                "server {\n  enabled = true\n  bootstrap_expect = 1\n}\n")
+    server = subprocess.Popen(["taskset", "-c", "0", binary, "agent", "-config", cfg, "-log-level", "WARN"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_http(f"http://127.0.0.1:{http}/v1/agent/health", 30)
+    client_http = free_port()
+    client = subprocess.Popen(["taskset", "-c", "0", binary, "agent", "-client", "-servers", f"127.0.0.1:{rpc}",
+                               "-bind", "127.0.0.1", "-http-port", str(client_http),
+                               "-data-dir", os.path.join(work, "c"), "-log-level", "WARN"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_http(f"http://127.0.0.1:{client_http}/v1/agent/health", 30)
+    return server, client
+
+
 def bench_size_idle_start():
     section("Binary, idle footprint, exec-to-healthy")
+    runs = []
     for label, binary in [("", BIN)] + ([("before: ", BEFORE)] if BEFORE else []):
         print(f"  {label}binary size: {os.path.getsize(binary) / 1024 / 1024:.2f} MiB ({binary})")
+        work = tempfile.mkdtemp(prefix="nomadlet-bench-idle-")
         agent = Agent(binary=binary)
+        server, client = client_only_agent(binary, work)
+        runs.append((label, agent, server, client, work, time.monotonic()))
         # Idle: the on-demand workers (scheduler, state committer, alloc puller) end a few
         # seconds after start-up's writes; then one more main-loop tick trims code pages.
         t0 = time.monotonic()
@@ -277,7 +304,18 @@ def bench_size_idle_start():
         st = proc_status(agent.proc.pid)
         print(f"  {label}idle agent: RSS {st['rss_kib'] / 1024:.1f} MiB, threads {st['threads']} "
               f"(idle {idle_after:.1f} s after start)")
+    # Steady state: what the idle loop (stats, heartbeats, the re-trim) keeps resident.
+    for label, agent, server, client, work, started in runs:
+        time.sleep(max(0.0, started + STEADY_IDLE_S - time.monotonic()))
+        st, cl = proc_status(agent.proc.pid), proc_status(client.pid)
+        print(f"  {label}{STEADY_IDLE_S} s after start: -dev agent RSS {st['rss_kib'] / 1024:.1f} MiB, "
+              f"{st['threads']} threads; client-only agent RSS {cl['rss_kib'] / 1024:.1f} MiB, "
+              f"{cl['threads']} threads")
         agent.stop()
+        for p in (client, server):
+            p.terminate()
+            p.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
     times = []
     for _ in range(5):
         t0 = time.monotonic()
