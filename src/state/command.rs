@@ -427,7 +427,8 @@ pub struct ServerState {
     /// "which nodes' allocs did the server change after index X" (the `tunnel-push` thread's
     /// question after every index change) walks those allocs only
     /// ([`ServerState::nodes_with_allocs_modified_after`]). Kept by `state::alloc_index`.
-    pub allocs_by_modify: imbl::OrdMap<(u64, super::alloc_index::AllocId), String>,
+    pub allocs_by_modify:
+        imbl::OrdMap<(u64, super::alloc_index::AllocId), super::shared_str::SharedStr>,
     /// The kept versions of each job (`state::jobs::history`), by `(namespace, id, version)`.
     pub job_versions: Table<super::jobs::history::VersionKey, super::jobs::history::JobVersion>,
     /// The last scaling events of each job's groups (`state::jobs::history`).
@@ -746,7 +747,8 @@ pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appli
             }
             if let Some(update) = client_status {
                 a.client_status = update.status;
-                a.client_description = update.description.clone();
+                a.client_description =
+                    crate::state::shared_str::SharedStr::common(&update.description);
             }
             a.collected |= *collected;
             a.refresh_client_status();
@@ -1175,12 +1177,12 @@ fn stop_allocs_of(state: &mut ServerState, key: &JobKey, desc: &str, now: i64, i
         .filter(|a| {
             a.namespace == key.0 && a.job_id == key.1 && a.desired_status == AllocDesiredStatus::Run
         })
-        .map(|a| a.id.clone())
+        .map(|a| a.id.to_string())
         .collect();
     for id in running {
         state.update_alloc(&id, |a| {
             a.desired_status = AllocDesiredStatus::Stop;
-            a.desired_description = desc.to_string();
+            a.desired_description = crate::state::shared_str::SharedStr::common(desc);
             a.modify_index = index;
             a.alloc_modify_index = index;
             a.modify_time = now;
@@ -1352,7 +1354,7 @@ fn stop_alloc(
     let Some(old) = state.allocs.get(alloc_id).cloned() else {
         return Err(ApplyError::UnknownAlloc);
     };
-    let key: JobKey = (old.namespace.clone(), old.job_id.clone());
+    let key: JobKey = (old.namespace.to_string(), old.job_id.to_string());
     let current = state.jobs.get(&key).cloned();
     let eval_job = current.as_deref().unwrap_or(&old.job);
     let eval = EvalRecord::new_at(eval_job, "alloc-stop", index, eval_id, now);
@@ -1371,7 +1373,8 @@ fn stop_alloc(
             });
         let mut a = (*old).clone();
         a.desired_status = AllocDesiredStatus::Stop;
-        a.desired_description = "alloc was stopped by the user".into();
+        a.desired_description =
+            crate::state::shared_str::SharedStr::common("alloc was stopped by the user");
         a.modify_index = index;
         a.alloc_modify_index = index;
         a.modify_time = now;
@@ -1380,7 +1383,7 @@ fn stop_alloc(
         }
         state.put_alloc(Arc::new(a));
         if let Some(mut r) = replace {
-            r.previous_allocation = alloc_id.to_string();
+            r.previous_allocation = old.id.clone();
             state.insert_new_alloc(r);
         }
     }

@@ -20,6 +20,7 @@ pub mod node_table;
 pub mod plan;
 pub mod reaper;
 pub mod shared;
+pub mod shared_str;
 pub mod snapshot;
 pub mod snapshot_archive;
 pub mod status;

@@ -9,29 +9,30 @@ use serde::{Deserialize, Serialize};
 use super::network::AllocPorts;
 use super::spec::Job;
 use super::NodeInfo;
+use crate::state::shared_str::{Interner, SharedStr};
 use crate::state::status::{AllocClientStatus, AllocDesiredStatus, TaskStatus};
 
 /// One allocation as the server side keeps it (also its on-disk form).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AllocRecord {
-    pub id: String,
-    pub namespace: String,
-    pub eval_id: String,
+    pub id: SharedStr,
+    pub namespace: SharedStr,
+    pub eval_id: SharedStr,
     pub name: String,
-    pub node_id: String,
-    pub node_name: String,
-    pub job_id: String,
+    pub node_id: SharedStr,
+    pub node_name: SharedStr,
+    pub job_id: SharedStr,
     /// Shared with the job table and every other alloc of the same version (not a copy each).
     pub job: Arc<Job>,
-    pub task_group: String,
+    pub task_group: SharedStr,
     pub alloc_index: u32,
     pub desired_status: AllocDesiredStatus,
-    pub desired_description: String,
+    pub desired_description: SharedStr,
     pub client_status: AllocClientStatus,
-    pub client_description: String,
+    pub client_description: SharedStr,
     pub task_states: BTreeMap<String, TaskState>,
-    pub previous_allocation: String,
-    pub next_allocation: String,
+    pub previous_allocation: SharedStr,
+    pub next_allocation: SharedStr,
     pub create_index: u64,
     pub modify_index: u64,
     pub alloc_modify_index: u64,
@@ -47,8 +48,8 @@ pub struct AllocRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reschedule_events: Vec<RescheduleEvent>,
     /// The eval that will reschedule this (failed) alloc later.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub followup_eval_id: String,
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub followup_eval_id: SharedStr,
     /// The ports the scheduler assigned it (its group's and its tasks' networks).
     #[serde(default, skip_serializing_if = "AllocPorts::is_empty")]
     pub ports: AllocPorts,
@@ -209,33 +210,36 @@ pub struct AllocStamp<'a> {
 impl AllocRecord {
     /// A new allocation of `job`'s `group` (index `idx`), placed on `node`, with the ID and
     /// time chosen before (by the proposer of the command that makes it).
+    /// `group` and `eval_id` given as [`SharedStr`] are shared, not copied (a plan's allocs
+    /// hold one copy of each).
     pub fn new_at(
         job: &Arc<Job>,
-        group: &str,
+        group: impl Into<SharedStr>,
         idx: u32,
-        eval_id: &str,
+        eval_id: impl Into<SharedStr>,
         node: &NodeInfo,
         at: AllocStamp<'_>,
     ) -> AllocRecord {
         let AllocStamp { index, id, now } = at;
+        let group = group.into();
         AllocRecord {
-            id: id.to_string(),
-            namespace: job.namespace.clone(),
-            eval_id: eval_id.to_string(),
+            id: id.into(),
+            namespace: job.namespace.as_str().into(),
+            eval_id: eval_id.into(),
             name: format!("{}.{}[{}]", job.id, group, idx),
-            node_id: node.id.clone(),
-            node_name: node.name.clone(),
-            job_id: job.id.clone(),
+            node_id: node.id.as_str().into(),
+            node_name: node.name.as_str().into(),
+            job_id: job.id.as_str().into(),
             job: job.clone(),
-            task_group: group.to_string(),
+            task_group: group,
             alloc_index: idx,
             desired_status: AllocDesiredStatus::Run,
-            desired_description: String::new(),
+            desired_description: SharedStr::default(),
             client_status: AllocClientStatus::Pending,
-            client_description: String::new(),
+            client_description: SharedStr::default(),
             task_states: BTreeMap::new(),
-            previous_allocation: String::new(),
-            next_allocation: String::new(),
+            previous_allocation: SharedStr::default(),
+            next_allocation: SharedStr::default(),
             create_index: index,
             modify_index: index,
             alloc_modify_index: index,
@@ -244,7 +248,7 @@ impl AllocRecord {
             collected: false,
             desired_transition: DesiredTransition::default(),
             reschedule_events: Vec::new(),
-            followup_eval_id: String::new(),
+            followup_eval_id: SharedStr::default(),
             ports: AllocPorts::default(),
         }
     }
@@ -271,13 +275,36 @@ impl AllocRecord {
         } else {
             AllocClientStatus::Pending
         };
-        self.client_description = match self.client_status {
+        self.client_description = SharedStr::common(match self.client_status {
             AllocClientStatus::Running => "Tasks are running",
             AllocClientStatus::Complete => "All tasks have completed",
             AllocClientStatus::Failed => "Failed tasks",
             _ => "No tasks have started",
-        }
-        .into();
+        });
+    }
+
+    /// Take `other`'s copies of the names both have the same (job, plan, group, node), so
+    /// allocs placed together share one copy of each.
+    pub fn share_names_with(&mut self, other: &AllocRecord) {
+        self.namespace.share_if_equal(&other.namespace);
+        self.job_id.share_if_equal(&other.job_id);
+        self.eval_id.share_if_equal(&other.eval_id);
+        self.task_group.share_if_equal(&other.task_group);
+        self.node_id.share_if_equal(&other.node_id);
+        self.node_name.share_if_equal(&other.node_name);
+    }
+
+    /// Take the interner's copies of the names allocs repeat, and the process-wide copies of
+    /// the descriptions (what a snapshot load does to each alloc it reads).
+    pub fn intern_names(&mut self, names: &mut Interner) {
+        names.intern(&mut self.namespace);
+        names.intern(&mut self.job_id);
+        names.intern(&mut self.eval_id);
+        names.intern(&mut self.task_group);
+        names.intern(&mut self.node_id);
+        names.intern(&mut self.node_name);
+        self.desired_description = SharedStr::common(&self.desired_description);
+        self.client_description = SharedStr::common(&self.client_description);
     }
 
     /// Wanted running and not finished: what the client should run, what keeps a workload
