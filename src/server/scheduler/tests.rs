@@ -892,6 +892,48 @@ fn three_hundred_nodes_filled_exactly_by_three_thousand_allocs_without_overcommi
     assert!(busiest <= 10, "cpu allows 10 per node, got {busiest}");
 }
 
+/// The names allocs repeat are one string each: an alloc's ID is the table's key, and the
+/// allocs of one job, one plan and one node share its job ID, namespace, group, eval ID and
+/// node ID and name, after the plans applied and after a snapshot load alike.
+#[test]
+fn allocs_share_one_copy_of_their_job_plan_group_and_node_names() {
+    use crate::state::shared_str::SharedStr;
+    fn check(s: &ServerState) {
+        let all: Vec<_> = s.allocs.values().cloned().collect();
+        assert_eq!(all.len(), 8);
+        for x in &all {
+            let (key, _) = s.allocs.get_key_value(x.id.as_str()).unwrap();
+            assert!(SharedStr::ptr_eq(key, &x.id), "{}: a copy of its key", x.id);
+            for y in &all {
+                let same = |f: fn(&AllocRecord) -> &SharedStr| SharedStr::ptr_eq(f(x), f(y));
+                if x.job_id == y.job_id {
+                    assert!(same(|a| &a.job_id) && same(|a| &a.namespace));
+                    assert!(same(|a| &a.task_group));
+                }
+                if x.eval_id == y.eval_id {
+                    assert!(same(|a| &a.eval_id));
+                }
+                if x.node_id == y.node_id {
+                    assert!(same(|a| &a.node_id) && same(|a| &a.node_name));
+                }
+            }
+        }
+    }
+    let mut w = World::new();
+    w.nodes(2, 4000, 4096);
+    w.submit(simple("a", "service", 4, 100, 100));
+    w.submit(simple("b", "service", 4, 100, 100));
+    w.run();
+    // Two jobs on two nodes: each node's allocs come from both jobs' plans.
+    for n in ["node-000", "node-001"] {
+        let jobs: BTreeSet<String> = w.s.allocs_on(n).map(|a| a.job_id.to_string()).collect();
+        assert_eq!(jobs.len(), 2, "{n} runs allocs of both jobs");
+    }
+    check(&w.s);
+    let back = ServerState::from_bytes(&w.s.to_bytes().unwrap()).unwrap();
+    check(&back);
+}
+
 /// A node with the default host network on 127.0.0.1 and dynamic ports `min..=max`.
 fn port_node(id: &str, min: u16, max: u16) -> Node {
     let mut n = node(id, 100_000, 100_000);

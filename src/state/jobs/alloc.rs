@@ -317,6 +317,104 @@ impl AllocRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::jobs::network::PortMapping;
+
+    /// `AllocRecord` as it was declared before its names were [`SharedStr`]: the on-disk
+    /// form (logs, snapshots) and the client's wire form. Kept here verbatim so the test
+    /// below proves both forms byte for byte.
+    #[derive(Serialize, Deserialize)]
+    struct OldAllocRecord {
+        id: String,
+        namespace: String,
+        eval_id: String,
+        name: String,
+        node_id: String,
+        node_name: String,
+        job_id: String,
+        job: Arc<Job>,
+        task_group: String,
+        alloc_index: u32,
+        desired_status: AllocDesiredStatus,
+        desired_description: String,
+        client_status: AllocClientStatus,
+        client_description: String,
+        task_states: BTreeMap<String, TaskState>,
+        previous_allocation: String,
+        next_allocation: String,
+        create_index: u64,
+        modify_index: u64,
+        alloc_modify_index: u64,
+        create_time: i64,
+        modify_time: i64,
+        #[serde(default)]
+        collected: bool,
+        #[serde(default, skip_serializing_if = "DesiredTransition::is_empty")]
+        desired_transition: DesiredTransition,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        reschedule_events: Vec<RescheduleEvent>,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        followup_eval_id: String,
+        #[serde(default, skip_serializing_if = "AllocPorts::is_empty")]
+        ports: AllocPorts,
+    }
+
+    fn record() -> AllocRecord {
+        let job = Job::from_json(serde_json::json!({"ID": "web", "TaskGroups": [{"Name": "g",
+            "Tasks": [{"Name": "t", "Driver": "raw_exec"}]}]}))
+        .unwrap();
+        let node = NodeInfo {
+            id: "node-1".into(),
+            name: "edge \"one\"".into(),
+            unplaceable: None,
+        };
+        let at = AllocStamp {
+            index: 7,
+            id: "a1",
+            now: 99,
+        };
+        AllocRecord::new_at(&Arc::new(job), "g", 3, "eval-1", &node, at)
+    }
+
+    #[test]
+    fn the_serialized_form_is_the_one_of_plain_strings_both_ways() {
+        let mut full = record();
+        full.desired_description = "alloc is being migrated".into();
+        full.client_description = SharedStr::common("Tasks are running");
+        full.task_states.insert("t".into(), TaskState::pending());
+        full.previous_allocation = "a0".into();
+        full.next_allocation = "a2".into();
+        full.desired_transition.migrate = Some(true);
+        full.reschedule_events.push(RescheduleEvent {
+            reschedule_time: 5,
+            prev_alloc_id: "a0".into(),
+            prev_node_id: "node-0".into(),
+            delay: 6,
+        });
+        full.followup_eval_id = "eval-2".into();
+        full.ports.group.push(PortMapping {
+            label: "http".into(),
+            value: 20000,
+            to: 8080,
+            host_ip: "127.0.0.1".into(),
+        });
+        // Every optional field set, and none (what a new alloc is).
+        for a in [full, record()] {
+            let new = serde_json::to_string(&a).unwrap();
+            let old: OldAllocRecord = serde_json::from_str(&new).unwrap();
+            let old_text = serde_json::to_string(&old).unwrap();
+            assert_eq!(new, old_text);
+            let back: AllocRecord = serde_json::from_str(&old_text).unwrap();
+            assert_eq!(serde_json::to_string(&back).unwrap(), old_text);
+            assert_eq!(back.node_name, "edge \"one\"");
+        }
+    }
+
+    #[test]
+    fn sharing_the_names_shrinks_the_record() {
+        // It was 472 bytes, 312 of them 13 owned `String`s of 24 bytes.
+        let size = std::mem::size_of::<AllocRecord>();
+        assert!(size <= 376, "AllocRecord is {size} bytes");
+    }
 
     #[test]
     fn events_are_capped_at_ten_keeping_the_latest() {
