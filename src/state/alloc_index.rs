@@ -332,7 +332,7 @@ mod tests {
         let at = AllocStamp { index, id, now: 0 };
         let mut a = AllocRecord::new_at(job, "g", 0, "e", &node, at);
         if rng.below(3) == 0 {
-            a.ports = ports(rng);
+            a.ports = ports(rng).into();
         }
         a
     }
@@ -420,7 +420,7 @@ mod tests {
                         let mut a = (*s.allocs[id.as_str()]).clone();
                         if rng.below(2) == 0 {
                             a.job = jobs[rng.below(3) as usize].clone();
-                            a.ports = ports(&mut rng);
+                            a.ports = ports(&mut rng).into();
                             a.alloc_modify_index = index;
                         }
                         s.put_alloc(Arc::new(a));
@@ -449,7 +449,7 @@ mod tests {
         let mut rng = Rng(11);
         let mut s = ServerState::default();
         let mut a = alloc(&jobs, &mut rng, "x", 5);
-        a.ports = ports(&mut rng); // in every index, the ported one too
+        a.ports = ports(&mut rng).into(); // in every index, the ported one too
         s.insert_new_alloc(a);
         let key = s.allocs.get_key_value("x").unwrap().0.clone();
         // The table's key, the record's ID, the job's, the node's, the ported and the modify

@@ -18,6 +18,7 @@ pub(crate) use crate::store;
 pub mod node_ops;
 pub mod node_table;
 pub mod plan;
+pub mod rare;
 pub mod reaper;
 pub mod shared;
 pub mod shared_str;

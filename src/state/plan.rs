@@ -734,8 +734,8 @@ pub(super) fn apply_plan(
                 Some((prev, _)) => prev.clone(),
                 None => SharedStr::from(p.previous_alloc.as_str()),
             };
-            a.reschedule_events = p.reschedule_events.clone();
-            a.ports = p.ports.clone();
+            a.reschedule_events = p.reschedule_events.clone().into();
+            a.ports = p.ports.clone().into();
             if !p.previous_alloc.is_empty() {
                 state.update_alloc(&p.previous_alloc, |prev| {
                     prev.next_allocation = a.id.clone();

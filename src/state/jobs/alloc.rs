@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::network::AllocPorts;
 use super::spec::Job;
 use super::NodeInfo;
+use crate::state::rare::{Empty, Rare};
 use crate::state::shared_str::{Interner, SharedStr};
 use crate::state::status::{AllocClientStatus, AllocDesiredStatus, TaskStatus};
 
@@ -44,15 +45,27 @@ pub struct AllocRecord {
     /// What the scheduler is asked to do with it (`Migrate`: the drainer moves it).
     #[serde(default, skip_serializing_if = "DesiredTransition::is_empty")]
     pub desired_transition: DesiredTransition,
-    /// The reschedules that led to this alloc (Nomad's `RescheduleTracker.Events`).
+    /// The reschedules that led to this alloc (Nomad's `RescheduleTracker.Events`); most
+    /// allocs have none, so it is one pointer until set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub reschedule_events: Vec<RescheduleEvent>,
+    pub reschedule_events: Rare<Vec<RescheduleEvent>>,
     /// The eval that will reschedule this (failed) alloc later.
     #[serde(default, skip_serializing_if = "str::is_empty")]
     pub followup_eval_id: SharedStr,
-    /// The ports the scheduler assigned it (its group's and its tasks' networks).
+    /// The ports the scheduler assigned it (its group's and its tasks' networks); one
+    /// pointer while it has none.
     #[serde(default, skip_serializing_if = "AllocPorts::is_empty")]
-    pub ports: AllocPorts,
+    pub ports: Rare<AllocPorts>,
+}
+
+impl Empty for Vec<RescheduleEvent> {
+    fn empty() -> &'static Vec<RescheduleEvent> {
+        static EMPTY: Vec<RescheduleEvent> = Vec::new();
+        &EMPTY
+    }
+    fn is_empty(&self) -> bool {
+        <[RescheduleEvent]>::is_empty(self)
+    }
 }
 
 /// `structs.DesiredTransition`: requests to the scheduler about one alloc.
@@ -247,9 +260,9 @@ impl AllocRecord {
             modify_time: now,
             collected: false,
             desired_transition: DesiredTransition::default(),
-            reschedule_events: Vec::new(),
+            reschedule_events: Rare::default(),
             followup_eval_id: SharedStr::default(),
-            ports: AllocPorts::default(),
+            ports: Rare::default(),
         }
     }
 
@@ -411,9 +424,10 @@ mod tests {
 
     #[test]
     fn sharing_the_names_shrinks_the_record() {
-        // It was 472 bytes, 312 of them 13 owned `String`s of 24 bytes.
+        // It was 472 bytes: 312 of them 13 owned `String`s of 24 bytes, 72 the reschedule
+        // events and ports most allocs never have.
         let size = std::mem::size_of::<AllocRecord>();
-        assert!(size <= 376, "AllocRecord is {size} bytes");
+        assert!(size <= 320, "AllocRecord is {size} bytes");
     }
 
     #[test]
