@@ -584,6 +584,7 @@ impl ServerState {
     /// The state with every derived index rebuilt from its allocs and evals.
     pub fn reindexed(mut self) -> ServerState {
         self.rebuild_alloc_indexes();
+        self.share_node_parts();
         self.blocked_evals = imbl::OrdSet::default();
         self.evals_by_job = imbl::OrdMap::default();
         self.pending_evals = imbl::OrdSet::default();
@@ -592,6 +593,23 @@ impl ServerState {
             self.index_eval(e);
         }
         self
+    }
+
+    /// Let each node only this state holds (one just loaded) take its neighbour's copies of
+    /// the parts they report the same (as a register does).
+    fn share_node_parts(&mut self) {
+        let nodes = std::mem::take(&mut self.nodes);
+        let mut prev: Option<Arc<Node>> = None;
+        for (id, mut n) in nodes {
+            if let (Some(p), Some(m)) = (&prev, Arc::get_mut(&mut n)) {
+                m.attributes.share_if_equal(&p.attributes);
+                m.meta.share_if_equal(&p.meta);
+                m.resources.share_if_equal(&p.resources);
+                m.drivers.share_if_equal(&p.drivers);
+            }
+            prev = Some(n.clone());
+            self.nodes.insert(id, n);
+        }
     }
 
     /// Add a new alloc (and its entries in the derived indexes).
@@ -1056,6 +1074,15 @@ fn apply_node(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appl
                     }
                 }
                 None => {
+                    // Nodes of one fleet mostly report the same drivers, resources and meta:
+                    // take the neighbours' copies of what is equal (one copy, not one each).
+                    let near = [state.nodes.get_prev(&n.id), state.nodes.get_next(&n.id)];
+                    for (_, other) in near.into_iter().flatten() {
+                        n.attributes.share_if_equal(&other.attributes);
+                        n.meta.share_if_equal(&other.meta);
+                        n.resources.share_if_equal(&other.resources);
+                        n.drivers.share_if_equal(&other.drivers);
+                    }
                     n.create_index = index;
                     n.status_updated_at = now / 1_000_000_000;
                     n.events = Vec::new();

@@ -897,6 +897,7 @@ fn three_hundred_nodes_filled_exactly_by_three_thousand_allocs_without_overcommi
 /// node ID and name, after the plans applied and after a snapshot load alike.
 #[test]
 fn allocs_share_one_copy_of_their_job_plan_group_and_node_names() {
+    use crate::state::shared::Shared;
     use crate::state::shared_str::SharedStr;
     fn check(s: &ServerState) {
         let all: Vec<_> = s.allocs.values().cloned().collect();
@@ -932,6 +933,13 @@ fn allocs_share_one_copy_of_their_job_plan_group_and_node_names() {
     check(&w.s);
     let back = ServerState::from_bytes(&w.s.to_bytes().unwrap()).unwrap();
     check(&back);
+    // The nodes report the same resources and drivers: one copy of each, registered or loaded.
+    for s in [&w.s, &back] {
+        let (a, b) = (&s.nodes["node-000"], &s.nodes["node-001"]);
+        assert!(Shared::ptr_eq(&a.resources, &b.resources));
+        assert!(Shared::ptr_eq(&a.drivers, &b.drivers));
+        assert!(!Shared::ptr_eq(&a.attributes, &b.attributes) || a.attributes == b.attributes);
+    }
 }
 
 /// A node with the default host network on 127.0.0.1 and dynamic ports `min..=max`.
