@@ -478,7 +478,7 @@ pub fn apply_alloc_updates(
             }
             if let Some((status, description)) = &up.client_status {
                 a.client_status = *status;
-                a.client_description = crate::state::shared_str::SharedStr::common(&description);
+                a.client_description = crate::state::shared_str::SharedStr::common(description);
             }
             a.collected |= up.collected;
         })?;

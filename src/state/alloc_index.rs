@@ -18,7 +18,7 @@ use super::shared_str::{Interner, SharedStr};
 /// An alloc's ID as the alloc table keys it: ONE string per alloc, shared by the table's key
 /// and every derived index that names the alloc (at 100 000 allocs, four owned copies of
 /// each ID were ~20 MiB).
-pub type AllocId = crate::state::shared_str::SharedStr;
+pub type AllocId = SharedStr;
 
 /// What the derived indexes know of one alloc: when two versions of an alloc agree on these,
 /// no index changes.

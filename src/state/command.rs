@@ -14,6 +14,7 @@ use super::jobs::eval::EvalRecord;
 use super::jobs::spec::Job;
 use super::jobs::NodeInfo;
 use super::node_table::{Node, NodeEvent, MAX_NODE_EVENTS};
+use super::shared_str::SharedStr;
 use crate::acl::tokens::{AclPolicy, AclToken, OneTimeToken};
 use crate::acl::AclTables;
 use crate::state::status::{
@@ -765,8 +766,7 @@ pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appli
             }
             if let Some(update) = client_status {
                 a.client_status = update.status;
-                a.client_description =
-                    crate::state::shared_str::SharedStr::common(&update.description);
+                a.client_description = SharedStr::common(&update.description);
             }
             a.collected |= *collected;
             a.refresh_client_status();
@@ -1209,7 +1209,7 @@ fn stop_allocs_of(state: &mut ServerState, key: &JobKey, desc: &str, now: i64, i
     for id in running {
         state.update_alloc(&id, |a| {
             a.desired_status = AllocDesiredStatus::Stop;
-            a.desired_description = crate::state::shared_str::SharedStr::common(desc);
+            a.desired_description = SharedStr::common(desc);
             a.modify_index = index;
             a.alloc_modify_index = index;
             a.modify_time = now;
@@ -1400,8 +1400,7 @@ fn stop_alloc(
             });
         let mut a = (*old).clone();
         a.desired_status = AllocDesiredStatus::Stop;
-        a.desired_description =
-            crate::state::shared_str::SharedStr::common("alloc was stopped by the user");
+        a.desired_description = SharedStr::common("alloc was stopped by the user");
         a.modify_index = index;
         a.alloc_modify_index = index;
         a.modify_time = now;

@@ -13,6 +13,7 @@ use super::command::{Applied, ApplyError, JobKey, ServerState};
 use super::jobs::alloc::AllocRecord;
 use super::jobs::eval::EvalRecord;
 use super::node_table::{DrainStrategy, LastDrain, Node, NodeEvent, MAX_NODE_EVENTS};
+use super::shared_str::SharedStr;
 use super::status::{
     AllocClientStatus, AllocDesiredStatus, DrainStatus, EvalStatus, JobType, NodeEligibility,
 };
@@ -266,7 +267,7 @@ pub(crate) fn deregister(
         state.update_alloc(&id, |a| {
             if a.desired_status == AllocDesiredStatus::Run {
                 a.desired_status = AllocDesiredStatus::Stop;
-                a.desired_description = crate::state::shared_str::SharedStr::common(ALLOC_LOST);
+                a.desired_description = SharedStr::common(ALLOC_LOST);
             }
             a.client_status = AllocClientStatus::Lost;
             a.modify_index = index;
@@ -306,8 +307,7 @@ pub(crate) fn migrate(
             a.desired_transition.migrate = Some(true);
             if stop && a.desired_status == AllocDesiredStatus::Run {
                 a.desired_status = AllocDesiredStatus::Stop;
-                a.desired_description =
-                    crate::state::shared_str::SharedStr::common(ALLOC_MIGRATING);
+                a.desired_description = SharedStr::common(ALLOC_MIGRATING);
             }
             a.modify_index = index;
             a.alloc_modify_index = index;

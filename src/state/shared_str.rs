@@ -237,7 +237,8 @@ mod tests {
         let back: SharedStr = serde_json::from_str(r#""web-\"1\"""#).unwrap();
         assert_eq!(back, "web-\"1\"");
         assert_eq!(s, "web-1".to_string());
-        assert!(s < SharedStr::from("web-2"));
+        let next = SharedStr::from("web-2");
+        assert!(s < next);
         let set: HashSet<SharedStr> = [s.clone()].into_iter().collect();
         assert!(set.contains("web-1"));
         assert_eq!(format!("{s} {s:?}"), r#"web-1 "web-1""#);
