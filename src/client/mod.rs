@@ -694,7 +694,7 @@ impl Client {
             mine.task_states.extend(update.tasks.clone());
             if let Some((status, description)) = &update.client_status {
                 mine.client_status = *status;
-                mine.client_description = crate::state::shared_str::SharedStr::common(description);
+                mine.client_description = description.as_str().into();
             }
             mine.collected |= update.collected;
             mine.refresh_client_status();
