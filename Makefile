@@ -5,7 +5,7 @@
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: run build release test deps lint unit bench clean fuzz install deb deb-lint deps-deb
+.PHONY: run build release test deps lint unit bench clean fuzz install deb deb-lint deps-deb idle-order
 
 run: release
 	./target/release/nomadlet agent -dev
@@ -40,6 +40,14 @@ test: deps lint
 
 bench: release
 	bash bench/run.sh
+
+# Remake src/idle-path.order (the idle agent's functions, laid out first in release builds; see
+# src/build.rs) from the release build as it ships, with the linker's map beside it, then link
+# the release binary with it. Needs valgrind; takes ~3 minutes plus two release links.
+idle-order:
+	NOMADLET_NO_ORDER=1 NOMADLET_LINK_MAP=$(CURDIR)/target/idle-order.map $(CARGO) build --release
+	$(PYTHON) bench/idle_order.py target/release/nomadlet target/idle-order.map src/idle-path.order
+	$(CARGO) build --release
 
 # cargo-fuzz campaign over the request-facing parsers (not part of CI): FUZZ_SECONDS per target
 # (default 600), FUZZ_PARALLEL targets at a time (default 1). Needs the nightly toolchain.

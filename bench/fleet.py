@@ -107,6 +107,27 @@ class Proc:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _machine_busy():
+    """(busy, total) jiffies of every CPU since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    return sum(v) - idle, sum(v)
+
+
+def _cpu_line(pids, cpu0, busy0, took):
+    """CPU the servers used during the placements and how busy the machine was: the fleet
+    figures are CPU-bound on a shared machine, so a run beside other work reads low."""
+    used = [_cpu_s(p) - c for p, c in zip(pids, cpu0)]
+    busy1 = _machine_busy()
+    cores = os.cpu_count() or 1
+    busy = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]) * 100
+    others = busy / 100 * cores * took - sum(used)
+    per = " + ".join(f"{u:.1f}" for u in used)
+    return (f"CPU during the placements: servers {per} s ({sum(used) / took:.2f} cores); machine "
+            f"{busy:.0f} % busy of {cores} cores, {max(0.0, others):.1f} core-s outside the servers (this bench's Python included)")
+
+
 def _template(server, binary):
     """A real client-only agent's node record on the server, and that agent's idle RSS."""
     client = Proc(binary, ["-client", "-servers", f"127.0.0.1:{server.rpc}"],
@@ -310,6 +331,8 @@ def run(binary, print_fn, servers=1):
         print_fn(f"server, {NODES} idle nodes heartbeating: RSS {rss / 1024:.1f} MiB, {threads} threads, "
                  f"CPU {cpu:.1f} % of one core ({fleet.heartbeats} heartbeats so far)")
         per_job = ALLOCS // JOBS
+        pids = [server.proc.pid] + [m.proc.pid for m in others]
+        cpu_before, busy_before = [_cpu_s(p) for p in pids], _machine_busy()
         t0 = time.monotonic()
         for i in range(JOBS):
             server.req("PUT", "/v1/jobs", _job(i, per_job, template["Datacenter"]))
@@ -329,6 +352,7 @@ def run(binary, print_fn, servers=1):
             print_fn(f"placements: {ALLOCS} allocations over {NODES} nodes in {took:.1f} s "
                      f"= {ALLOCS / took:.0f}/s (jobs submitted in {submitted:.1f} s; goal >= 10 000/s; "
                      f"Nomad C1M ~3 750/s with 5 servers, C2M ~1 500/s)")
+        print_fn(_cpu_line(pids, cpu_before, busy_before, took))
         rss, threads = _status(pid)
         cpu0, t0 = _cpu_s(pid), time.monotonic()
         time.sleep(5)  # a measurement window

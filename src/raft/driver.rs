@@ -35,6 +35,10 @@ const MAX_SIZE_PER_MSG: u64 = 1024 * 1024;
 /// Append messages in flight per follower.
 const MAX_INFLIGHT: usize = 256;
 
+/// An apply round that takes longer than this is logged (debug): on a loaded machine its
+/// time is mostly a wait for a CPU, and the next plan and every write wait behind it.
+const SLOW_APPLY: Duration = Duration::from_millis(50);
+
 /// A read barrier not confirmed this long after its `read_index` is failed (its caller has
 /// given up by then; raft-rs drops a request it cannot serve without a word).
 const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(10);
@@ -655,7 +659,16 @@ impl Driver {
         if cmds.is_empty() {
             return;
         }
+        let started = Instant::now();
         let results = self.sm.apply(cmds);
+        let took = started.elapsed();
+        if took > SLOW_APPLY {
+            log::debug!(
+                "raft: applying {} entries (up to {}) took {took:?}",
+                cmds.len(),
+                cmds.last().map_or(0, |(i, _)| *i)
+            );
+        }
         for (((index, _), term), result) in cmds.iter().zip(terms.iter()).zip(results) {
             // Proposals at lower indexes were overwritten by another leader's entries.
             while let Some((&i, _)) = self.pending.first_key_value() {
