@@ -35,7 +35,7 @@ pub fn route(ctx: &Ctx, path: &str) -> ApiResult {
 
 fn alloc_namespace(ctx: &Ctx, id: &str) -> Result<String, ApiError> {
     super::forward::local_alloc(ctx.agent, id)
-        .map(|a| a.namespace)
+        .map(|a| a.namespace.to_string())
         .ok_or_else(|| ApiError::not_found(format!("Unknown allocation {id:?}")))
 }
 

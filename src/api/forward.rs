@@ -285,7 +285,7 @@ fn client_target(agent: &Arc<Agent>, req: &Request, rest: &str) -> Result<Target
         }
         if fwd.tunnels.is_some() {
             return Ok(match agent.workloads.alloc(alloc_id) {
-                Some(a) if a.node_id != local_node => Target::Node(a.node_id),
+                Some(a) if a.node_id != local_node => Target::Node(a.node_id.to_string()),
                 // Unknown here, or this node's: the local endpoint gives the answer.
                 _ => Target::Local,
             });

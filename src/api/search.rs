@@ -171,7 +171,7 @@ fn prefix_search(ctx: &Ctx) -> ApiResult {
                 .allocs()
                 .into_iter()
                 .filter(|a| ns_ok(&ns, &a.namespace) && a.id.starts_with(uuid_prefix))
-                .map(|a| a.id.clone())
+                .map(|a| a.id.to_string())
                 .collect(),
             "nodes" => std::iter::once(ctx.agent.node.id().to_string())
                 .filter(|id| id.starts_with(uuid_prefix))
@@ -311,7 +311,11 @@ fn fuzzy_search(ctx: &Ctx) -> ApiResult {
                     .into_iter()
                     .filter(|a| ns_ok(&ns, &a.namespace))
                     .filter_map(|a| {
-                        Fuzzy::of(&a.name, &needle, vec![a.namespace.clone(), a.id.clone()])
+                        Fuzzy::of(
+                            &a.name,
+                            &needle,
+                            vec![a.namespace.to_string(), a.id.to_string()],
+                        )
                     })
                     .collect();
                 put("allocs", items);

@@ -513,17 +513,17 @@ impl Client {
             for mut a in reply.changed {
                 // The server marked it `unknown` while this node was away: the node tells it
                 // what its tasks really did (sent with the next push, ref §3.5).
-                let local = allocs.get(&a.id).cloned();
+                let local = allocs.get(a.id.as_str()).cloned();
                 if let Some(local) = local.filter(|l| {
                     a.client_status == AllocClientStatus::Unknown
                         && l.client_status != AllocClientStatus::Unknown
                 }) {
                     reconnect.push(AllocUpdate {
-                        alloc_id: a.id.clone(),
+                        alloc_id: a.id.to_string(),
                         tasks: local.task_states.clone(),
                         client_status: Some((
                             local.client_status,
-                            local.client_description.clone(),
+                            local.client_description.to_string(),
                         )),
                         collected: local.collected,
                     });
@@ -683,7 +683,8 @@ impl Client {
                 .into_iter()
                 .filter(|(name, ts)| old.task_states.get(name) != Some(ts))
                 .collect(),
-            client_status: status_changed.then_some((a.client_status, a.client_description)),
+            client_status: status_changed
+                .then_some((a.client_status, a.client_description.to_string())),
             collected: a.collected && !old.collected,
         };
         // This client's view shows what its tasks did at once (the server has it once the
@@ -693,7 +694,7 @@ impl Client {
             mine.task_states.extend(update.tasks.clone());
             if let Some((status, description)) = &update.client_status {
                 mine.client_status = *status;
-                mine.client_description = description.clone();
+                mine.client_description = description.as_str().into();
             }
             mine.collected |= update.collected;
             mine.refresh_client_status();
@@ -793,17 +794,17 @@ impl Client {
                 }
             }
             for a in &allocs {
-                let has_runner = runners.contains_key(&a.id);
+                let has_runner = runners.contains_key(a.id.as_str());
                 if a.is_live() && !has_runner {
                     let restored = !a.task_states.is_empty();
                     match self.spawn_runner(a, restored) {
                         Ok(tasks) => {
-                            runners.insert(a.id.clone(), tasks);
+                            runners.insert(a.id.to_string(), tasks);
                         }
                         Err(e) => log::error!("cannot start runner for alloc {}: {e}", a.id),
                     }
                 } else if a.desired_status != AllocDesiredStatus::Run {
-                    if let Some(tasks) = runners.get(&a.id) {
+                    if let Some(tasks) = runners.get(a.id.as_str()) {
                         for t in tasks {
                             let _ = t.cmds.send(TaskCmd::Stop);
                         }
@@ -870,7 +871,7 @@ impl Client {
             let runner = TaskRunner {
                 exec: exec_slot.clone(),
                 client: self.clone(),
-                alloc_id: a.id.clone(),
+                alloc_id: a.id.to_string(),
                 task_name: task.name.clone(),
                 restored,
                 cmds: rx,
@@ -1044,7 +1045,7 @@ impl Client {
             .collect();
         Some(AllocFsView {
             dir: AllocDir::new(&self.data_dir, &a.id).root,
-            namespace: a.namespace,
+            namespace: a.namespace.to_string(),
             collected: a.collected,
             tasks,
         })
@@ -1074,11 +1075,11 @@ fn merge_update(pending: &mut BTreeMap<String, AllocUpdate>, up: AllocUpdate, ne
 
 fn remember(allocs: &mut BTreeMap<String, Arc<AllocRecord>>, a: AllocRecord) {
     let newer = allocs
-        .get(&a.id)
+        .get(a.id.as_str())
         .map(|old| a.modify_index > old.modify_index)
         .unwrap_or(true);
     if newer {
-        allocs.insert(a.id.clone(), Arc::new(a));
+        allocs.insert(a.id.to_string(), Arc::new(a));
     }
 }
 
@@ -1152,7 +1153,7 @@ mod tests {
             let allocs = self.allocs.lock();
             Ok(PulledAllocs {
                 index: allocs.iter().map(|a| a.modify_index).max().unwrap_or(0),
-                alloc_ids: allocs.iter().map(|a| a.id.clone()).collect(),
+                alloc_ids: allocs.iter().map(|a| a.id.to_string()).collect(),
                 changed: allocs
                     .iter()
                     .filter(|a| a.modify_index > req.min_index)

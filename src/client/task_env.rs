@@ -78,18 +78,18 @@ pub fn build(
     set("NOMAD_ALLOC_DIR", alloc_dir.shared().display().to_string());
     set("NOMAD_TASK_DIR", task_dir.local.display().to_string());
     set("NOMAD_SECRETS_DIR", task_dir.secrets.display().to_string());
-    set("NOMAD_ALLOC_ID", alloc.id.clone());
+    set("NOMAD_ALLOC_ID", alloc.id.to_string());
     set("NOMAD_SHORT_ALLOC_ID", alloc.id.chars().take(8).collect());
     set("NOMAD_ALLOC_NAME", alloc.name.clone());
     set("NOMAD_ALLOC_INDEX", alloc.alloc_index.to_string());
-    set("NOMAD_GROUP_NAME", alloc.task_group.clone());
+    set("NOMAD_GROUP_NAME", alloc.task_group.to_string());
     set("NOMAD_TASK_NAME", task.name.clone());
     set("NOMAD_JOB_ID", job.id.clone());
     set("NOMAD_JOB_NAME", job.name.clone());
     if !job.parent_id.is_empty() {
         set("NOMAD_JOB_PARENT_ID", job.parent_id.clone());
     }
-    set("NOMAD_NAMESPACE", alloc.namespace.clone());
+    set("NOMAD_NAMESPACE", alloc.namespace.to_string());
     set("NOMAD_REGION", job.region.clone());
     set("NOMAD_DC", node.datacenter.clone());
     if !node.cgroup_parent.is_empty() {

@@ -87,7 +87,7 @@ pub fn sign_identities(
         .filter(|a| a.node_id == node_id)
         .ok_or(SignError::NotYourAlloc)?;
     if !alloc.is_live() {
-        return Err(SignError::Terminal(alloc.id.clone()));
+        return Err(SignError::Terminal(alloc.id.to_string()));
     }
     let in_group = alloc
         .job
@@ -130,9 +130,9 @@ pub fn sign_identities(
                 req.task,
                 want.name
             ),
-            nomad_namespace: alloc.namespace.clone(),
-            nomad_job_id: alloc.job_id.clone(),
-            nomad_allocation_id: alloc.id.clone(),
+            nomad_namespace: alloc.namespace.to_string(),
+            nomad_job_id: alloc.job_id.to_string(),
+            nomad_allocation_id: alloc.id.to_string(),
             nomad_task: req.task.clone(),
         };
         identities.push(SignedIdentity {

@@ -250,7 +250,7 @@ fn complete_event(now: i64, deadline_reached: bool) -> NodeEvent {
 
 /// `migrate { max_parallel }` of a group (Nomad's default 1).
 fn max_parallel(a: &AllocRecord, state: &ServerState) -> i64 {
-    let key: JobKey = (a.namespace.clone(), a.job_id.clone());
+    let key: JobKey = (a.namespace.to_string(), a.job_id.to_string());
     let job = state.jobs.get(&key).map_or(&*a.job, |j| &**j);
     job.task_groups
         .iter()
@@ -261,7 +261,7 @@ fn max_parallel(a: &AllocRecord, state: &ServerState) -> i64 {
 
 /// The group's wanted count (the current job's, else the alloc's version's).
 fn group_count(a: &AllocRecord, state: &ServerState) -> i64 {
-    let key: JobKey = (a.namespace.clone(), a.job_id.clone());
+    let key: JobKey = (a.namespace.to_string(), a.job_id.to_string());
     let job = state.jobs.get(&key).map_or(&*a.job, |j| &**j);
     job.task_groups
         .iter()
@@ -296,7 +296,7 @@ pub fn plan(state: &ServerState, now: i64) -> Step {
                 // Deadline: everything left goes now (system allocs unless ignored).
                 for a in allocs.iter().filter(unmarked_live) {
                     if !(is_system(a) && strategy.ignore_system_jobs) {
-                        migrate.insert(a.id.clone());
+                        migrate.insert(a.id.to_string());
                     }
                 }
                 complete.push((node.id.clone(), true));
@@ -314,7 +314,7 @@ pub fn plan(state: &ServerState, now: i64) -> Step {
         if done {
             if !strategy.ignore_system_jobs {
                 for a in allocs.iter().filter(unmarked_live).filter(|a| is_system(a)) {
-                    migrate.insert(a.id.clone());
+                    migrate.insert(a.id.to_string());
                 }
             }
             complete.push((node.id.clone(), false));
@@ -322,7 +322,11 @@ pub fn plan(state: &ServerState, now: i64) -> Step {
         }
         for a in allocs.iter().filter(unmarked_live) {
             if a.job.job_type() == JobType::Service {
-                groups.insert((a.namespace.clone(), a.job_id.clone(), a.task_group.clone()));
+                groups.insert((
+                    a.namespace.to_string(),
+                    a.job_id.to_string(),
+                    a.task_group.to_string(),
+                ));
             }
         }
     }
@@ -355,17 +359,17 @@ pub fn plan(state: &ServerState, now: i64) -> Step {
                 draining.contains(a.node_id.as_str())
                     && !server_or_client_terminal(a)
                     && !a.desired_transition.should_migrate()
-                    && !migrate.contains(&a.id)
+                    && !migrate.contains(a.id.as_str())
             })
             .collect();
         let n = (healthy - threshold).clamp(0, drainable.len() as i64) as usize;
-        migrate.extend(drainable[..n].iter().map(|a| a.id.clone()));
+        migrate.extend(drainable[..n].iter().map(|a| a.id.to_string()));
     }
     if !migrate.is_empty() {
         let mut jobs: BTreeMap<JobKey, ()> = BTreeMap::new();
         for id in &migrate {
             if let Some(a) = state.allocs.get(id.as_str()) {
-                jobs.insert((a.namespace.clone(), a.job_id.clone()), ());
+                jobs.insert((a.namespace.to_string(), a.job_id.to_string()), ());
             }
         }
         let keys: Vec<JobKey> = jobs.into_keys().collect();

@@ -371,7 +371,7 @@ mod tests {
         let mut last = waiter;
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            changed.extend(last.changed.iter().map(|a| a.job_id.clone()));
+            changed.extend(last.changed.iter().map(|a| a.job_id.to_string()));
             index = index.max(last.index);
             if last.alloc_ids.len() == 2 || Instant::now() > deadline {
                 break;
@@ -469,7 +469,7 @@ mod tests {
             .push_alloc_updates(&AllocUpdates {
                 node_id: f.node.id.clone(),
                 updates: vec![AllocUpdate {
-                    alloc_id: id.clone(),
+                    alloc_id: id.to_string(),
                     tasks: [("t".to_string(), ts.clone())].into_iter().collect(),
                     ..AllocUpdate::default()
                 }],

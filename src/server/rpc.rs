@@ -448,7 +448,7 @@ pub fn pull_node_allocs(
                 changed: Vec::new(),
             };
             for a in state.allocs.values().filter(|a| a.node_id == req.node_id) {
-                reply.alloc_ids.push(a.id.clone());
+                reply.alloc_ids.push(a.id.to_string());
                 if a.modify_index > req.min_index {
                     reply.changed.push((**a).clone());
                 }
@@ -478,7 +478,7 @@ pub fn apply_alloc_updates(
             }
             if let Some((status, description)) = &up.client_status {
                 a.client_status = *status;
-                a.client_description = description.clone();
+                a.client_description = crate::state::shared_str::SharedStr::common(description);
             }
             a.collected |= up.collected;
         })?;

@@ -13,18 +13,19 @@ use std::sync::Arc;
 use super::command::{JobKey, ServerState};
 use super::jobs::alloc::AllocRecord;
 use super::plan::{alloc_ask, Usage};
+use super::shared_str::{Interner, SharedStr};
 
 /// An alloc's ID as the alloc table keys it: ONE string per alloc, shared by the table's key
 /// and every derived index that names the alloc (at 100 000 allocs, four owned copies of
 /// each ID were ~20 MiB).
-pub type AllocId = Arc<str>;
+pub type AllocId = SharedStr;
 
 /// What the derived indexes know of one alloc: when two versions of an alloc agree on these,
 /// no index changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Facts {
     job: JobKey,
-    node: String,
+    node: SharedStr,
     modify: u64,
     live: bool,
     ask: Usage,
@@ -35,7 +36,7 @@ impl Facts {
     fn of(a: &AllocRecord) -> Facts {
         let live = a.is_live();
         Facts {
-            job: (a.namespace.clone(), a.job_id.clone()),
+            job: (a.namespace.to_string(), a.job_id.to_string()),
             node: a.node_id.clone(),
             modify: a.alloc_modify_index,
             live,
@@ -53,9 +54,9 @@ fn sub(u: &mut Usage, o: &Usage) {
 }
 
 /// Remove `id` from the set under `key`, and the set when it empties; whether it emptied.
-fn remove_from<K: Ord + Clone>(
+fn remove_from<K: Ord + Clone + std::borrow::Borrow<Q>, Q: Ord + ?Sized>(
     map: &mut imbl::OrdMap<K, imbl::OrdSet<AllocId>>,
-    key: &K,
+    key: &Q,
     id: &str,
 ) -> bool {
     let emptied = match map.get_mut(key) {
@@ -79,16 +80,16 @@ impl ServerState {
             .or_default()
             .insert(id.clone());
         self.allocs_by_node
-            .entry(f.node.clone())
+            .entry(f.node.to_string())
             .or_default()
             .insert(id.clone());
-        let used = self.node_usage.entry(f.node.clone()).or_default();
+        let used = self.node_usage.entry(f.node.to_string()).or_default();
         if f.live {
             used.add(&f.ask);
         }
         if f.ported {
             self.ported_allocs_by_node
-                .entry(f.node.clone())
+                .entry(f.node.to_string())
                 .or_default()
                 .insert(id.clone());
         }
@@ -99,15 +100,15 @@ impl ServerState {
     /// Take an alloc out of every derived index (the inverse of `index_facts`).
     fn unindex_facts(&mut self, id: &AllocId, f: &Facts) {
         remove_from(&mut self.allocs_by_job, &f.job, id);
-        if remove_from(&mut self.allocs_by_node, &f.node, id) {
-            self.node_usage.remove(&f.node);
+        if remove_from(&mut self.allocs_by_node, f.node.as_str(), id) {
+            self.node_usage.remove(f.node.as_str());
         } else if f.live {
-            if let Some(used) = self.node_usage.get_mut(&f.node) {
+            if let Some(used) = self.node_usage.get_mut(f.node.as_str()) {
                 sub(used, &f.ask);
             }
         }
         if f.ported {
-            remove_from(&mut self.ported_allocs_by_node, &f.node, id);
+            remove_from(&mut self.ported_allocs_by_node, f.node.as_str(), id);
         }
         self.allocs_by_modify.remove(&(f.modify, id.clone()));
     }
@@ -119,24 +120,35 @@ impl ServerState {
         self.node_usage = imbl::OrdMap::default();
         self.ported_allocs_by_node = imbl::OrdMap::default();
         self.allocs_by_modify = imbl::OrdMap::default();
-        let allocs: Vec<(AllocId, Arc<AllocRecord>)> = self
-            .allocs
-            .iter()
-            .map(|(id, a)| (id.clone(), a.clone()))
-            .collect();
-        for (id, a) in &allocs {
-            self.index_facts(id, &Facts::of(a));
+        // A record only this state holds (one just loaded) takes the key's copy of its ID
+        // and one copy of each name the allocs repeat.
+        let mut names = Interner::default();
+        let allocs = std::mem::take(&mut self.allocs);
+        for (id, mut a) in allocs {
+            if let Some(m) = Arc::get_mut(&mut a) {
+                m.id = id.clone();
+                m.intern_names(&mut names);
+            }
+            let facts = Facts::of(&a);
+            self.allocs.insert(id.clone(), a);
+            self.index_facts(&id, &facts);
         }
     }
 
     /// Insert a new alloc or replace the one of its ID, keeping the derived indexes.
-    pub(crate) fn put_alloc(&mut self, a: Arc<AllocRecord>) {
+    /// A record no one else holds yet takes the table's copy of its ID and the copies of its
+    /// names (job, plan, group, node) that another alloc of its job and one of its node hold.
+    pub(crate) fn put_alloc(&mut self, mut a: Arc<AllocRecord>) {
         let new = Facts::of(&a);
-        // The key already there, else a new shared ID.
+        // The key already there, else the record's own ID (shared, not copied).
         let id = match self.allocs.get_key_value(a.id.as_str()) {
             Some((id, _)) => id.clone(),
-            None => AllocId::from(a.id.as_str()),
+            None => a.id.clone(),
         };
+        if let Some(m) = Arc::get_mut(&mut a) {
+            m.id = id.clone();
+            self.share_names(m, &new);
+        }
         if let Some(old) = self.allocs.insert(id.clone(), a) {
             let old = Facts::of(&old);
             if old == new {
@@ -145,6 +157,22 @@ impl ServerState {
             self.unindex_facts(&id, &old);
         }
         self.index_facts(&id, &new);
+    }
+
+    /// Give `a` the copies of its names that a sibling holds: an alloc of the same job (its
+    /// namespace, job ID, group and eval when equal) and one on the same node (node ID, name).
+    fn share_names(&self, a: &mut AllocRecord, f: &Facts) {
+        let first = |ids: Option<&imbl::OrdSet<AllocId>>| {
+            ids.and_then(|s| s.get_min())
+                .and_then(|id| self.allocs.get(id.as_str()))
+        };
+        if let Some(sib) = first(self.allocs_by_job.get(&f.job)) {
+            a.share_names_with(sib);
+        }
+        if let Some(sib) = first(self.allocs_by_node.get(f.node.as_str())) {
+            a.node_id.share_if_equal(&sib.node_id);
+            a.node_name.share_if_equal(&sib.node_name);
+        }
     }
 
     /// Change the alloc `id` in place (copied first when shared), keeping the derived
@@ -211,20 +239,20 @@ impl ServerState {
         let mut by_job: imbl::OrdMap<JobKey, imbl::OrdSet<AllocId>> = imbl::OrdMap::default();
         let mut by_node: imbl::OrdMap<String, imbl::OrdSet<AllocId>> = imbl::OrdMap::default();
         let mut ported: imbl::OrdMap<String, imbl::OrdSet<AllocId>> = imbl::OrdMap::default();
-        let mut by_modify: imbl::OrdMap<(u64, AllocId), String> = imbl::OrdMap::default();
+        let mut by_modify: imbl::OrdMap<(u64, AllocId), SharedStr> = imbl::OrdMap::default();
         for (id, a) in self.allocs.iter() {
             assert_eq!(**id, *a.id, "an alloc under another ID's key");
             by_job
-                .entry((a.namespace.clone(), a.job_id.clone()))
+                .entry((a.namespace.to_string(), a.job_id.to_string()))
                 .or_default()
                 .insert(id.clone());
             by_node
-                .entry(a.node_id.clone())
+                .entry(a.node_id.to_string())
                 .or_default()
                 .insert(id.clone());
             if a.is_live() && !a.ports.is_empty() {
                 ported
-                    .entry(a.node_id.clone())
+                    .entry(a.node_id.to_string())
                     .or_default()
                     .insert(id.clone());
             }
@@ -258,7 +286,7 @@ impl ServerState {
             .chain(self.allocs_by_modify.keys().map(|(_, id)| id));
         for id in ids {
             let (key, _) = self.allocs.get_key_value(&**id).expect("indexed alloc");
-            assert!(Arc::ptr_eq(key, id), "alloc {id}: a copy of its ID");
+            assert!(SharedStr::ptr_eq(key, id), "alloc {id}: a copy of its ID");
         }
     }
 }
@@ -304,7 +332,7 @@ mod tests {
         let at = AllocStamp { index, id, now: 0 };
         let mut a = AllocRecord::new_at(job, "g", 0, "e", &node, at);
         if rng.below(3) == 0 {
-            a.ports = ports(rng);
+            a.ports = ports(rng).into();
         }
         a
     }
@@ -392,7 +420,7 @@ mod tests {
                         let mut a = (*s.allocs[id.as_str()]).clone();
                         if rng.below(2) == 0 {
                             a.job = jobs[rng.below(3) as usize].clone();
-                            a.ports = ports(&mut rng);
+                            a.ports = ports(&mut rng).into();
                             a.alloc_modify_index = index;
                         }
                         s.put_alloc(Arc::new(a));
@@ -421,27 +449,33 @@ mod tests {
         let mut rng = Rng(11);
         let mut s = ServerState::default();
         let mut a = alloc(&jobs, &mut rng, "x", 5);
-        a.ports = ports(&mut rng); // in every index, the ported one too
+        a.ports = ports(&mut rng).into(); // in every index, the ported one too
         s.insert_new_alloc(a);
         let key = s.allocs.get_key_value("x").unwrap().0.clone();
-        // The table's key, the job's, the node's, the ported and the modify index: 5 + ours.
-        assert_eq!(Arc::strong_count(&key), 6);
+        // The table's key, the record's ID, the job's, the node's, the ported and the modify
+        // index: 6 + ours.
+        assert_eq!(SharedStr::strong_count(&key), 7);
         s.assert_ids_shared();
         // A change of facts moves it between index entries, still under the one string.
         s.update_alloc("x", |a| a.alloc_modify_index = 9);
         s.assert_ids_shared();
-        // Replaced whole by a record decoded elsewhere (its own ID string): the key stays.
+        // Replaced whole by a record decoded elsewhere (its own ID string): the key stays,
+        // and the record takes it.
         let copy: AllocRecord =
             serde_json::from_str(&serde_json::to_string(&*s.allocs["x"]).unwrap()).unwrap();
         let mut copy = copy;
         copy.alloc_modify_index = 12;
         s.put_alloc(Arc::new(copy));
-        assert!(Arc::ptr_eq(s.allocs.get_key_value("x").unwrap().0, &key));
-        assert_eq!(Arc::strong_count(&key), 6);
+        assert!(SharedStr::ptr_eq(
+            s.allocs.get_key_value("x").unwrap().0,
+            &key
+        ));
+        assert!(SharedStr::ptr_eq(&s.allocs["x"].id, &key));
+        assert_eq!(SharedStr::strong_count(&key), 7);
         s.assert_alloc_indexes();
         // Removed (GC): no index holds the string any more.
         s.remove_alloc("x");
-        assert_eq!(Arc::strong_count(&key), 1);
+        assert_eq!(SharedStr::strong_count(&key), 1);
         // Rebuilt at load from keys read back: shared again.
         s.insert_new_alloc(alloc(&jobs, &mut rng, "y", 13));
         s.clone().reindexed().assert_alloc_indexes();

@@ -14,6 +14,7 @@ use super::jobs::eval::EvalRecord;
 use super::jobs::spec::Job;
 use super::jobs::NodeInfo;
 use super::node_table::{Node, NodeEvent, MAX_NODE_EVENTS};
+use super::shared_str::SharedStr;
 use crate::acl::tokens::{AclPolicy, AclToken, OneTimeToken};
 use crate::acl::AclTables;
 use crate::state::status::{
@@ -427,7 +428,8 @@ pub struct ServerState {
     /// "which nodes' allocs did the server change after index X" (the `tunnel-push` thread's
     /// question after every index change) walks those allocs only
     /// ([`ServerState::nodes_with_allocs_modified_after`]). Kept by `state::alloc_index`.
-    pub allocs_by_modify: imbl::OrdMap<(u64, super::alloc_index::AllocId), String>,
+    pub allocs_by_modify:
+        imbl::OrdMap<(u64, super::alloc_index::AllocId), super::shared_str::SharedStr>,
     /// The kept versions of each job (`state::jobs::history`), by `(namespace, id, version)`.
     pub job_versions: Table<super::jobs::history::VersionKey, super::jobs::history::JobVersion>,
     /// The last scaling events of each job's groups (`state::jobs::history`).
@@ -583,6 +585,7 @@ impl ServerState {
     /// The state with every derived index rebuilt from its allocs and evals.
     pub fn reindexed(mut self) -> ServerState {
         self.rebuild_alloc_indexes();
+        self.share_node_parts();
         self.blocked_evals = imbl::OrdSet::default();
         self.evals_by_job = imbl::OrdMap::default();
         self.pending_evals = imbl::OrdSet::default();
@@ -591,6 +594,23 @@ impl ServerState {
             self.index_eval(e);
         }
         self
+    }
+
+    /// Let each node only this state holds (one just loaded) take its neighbour's copies of
+    /// the parts they report the same (as a register does).
+    fn share_node_parts(&mut self) {
+        let nodes = std::mem::take(&mut self.nodes);
+        let mut prev: Option<Arc<Node>> = None;
+        for (id, mut n) in nodes {
+            if let (Some(p), Some(m)) = (&prev, Arc::get_mut(&mut n)) {
+                m.attributes.share_if_equal(&p.attributes);
+                m.meta.share_if_equal(&p.meta);
+                m.resources.share_if_equal(&p.resources);
+                m.drivers.share_if_equal(&p.drivers);
+            }
+            prev = Some(n.clone());
+            self.nodes.insert(id, n);
+        }
     }
 
     /// Add a new alloc (and its entries in the derived indexes).
@@ -746,7 +766,7 @@ pub fn apply(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appli
             }
             if let Some(update) = client_status {
                 a.client_status = update.status;
-                a.client_description = update.description.clone();
+                a.client_description = SharedStr::common(&update.description);
             }
             a.collected |= *collected;
             a.refresh_client_status();
@@ -1054,6 +1074,15 @@ fn apply_node(state: &mut ServerState, cmd: &Command, index: u64) -> Result<Appl
                     }
                 }
                 None => {
+                    // Nodes of one fleet mostly report the same drivers, resources and meta:
+                    // take the neighbours' copies of what is equal (one copy, not one each).
+                    let near = [state.nodes.get_prev(&n.id), state.nodes.get_next(&n.id)];
+                    for (_, other) in near.into_iter().flatten() {
+                        n.attributes.share_if_equal(&other.attributes);
+                        n.meta.share_if_equal(&other.meta);
+                        n.resources.share_if_equal(&other.resources);
+                        n.drivers.share_if_equal(&other.drivers);
+                    }
                     n.create_index = index;
                     n.status_updated_at = now / 1_000_000_000;
                     n.events = Vec::new();
@@ -1175,12 +1204,12 @@ fn stop_allocs_of(state: &mut ServerState, key: &JobKey, desc: &str, now: i64, i
         .filter(|a| {
             a.namespace == key.0 && a.job_id == key.1 && a.desired_status == AllocDesiredStatus::Run
         })
-        .map(|a| a.id.clone())
+        .map(|a| a.id.to_string())
         .collect();
     for id in running {
         state.update_alloc(&id, |a| {
             a.desired_status = AllocDesiredStatus::Stop;
-            a.desired_description = desc.to_string();
+            a.desired_description = SharedStr::common(desc);
             a.modify_index = index;
             a.alloc_modify_index = index;
             a.modify_time = now;
@@ -1352,7 +1381,7 @@ fn stop_alloc(
     let Some(old) = state.allocs.get(alloc_id).cloned() else {
         return Err(ApplyError::UnknownAlloc);
     };
-    let key: JobKey = (old.namespace.clone(), old.job_id.clone());
+    let key: JobKey = (old.namespace.to_string(), old.job_id.to_string());
     let current = state.jobs.get(&key).cloned();
     let eval_job = current.as_deref().unwrap_or(&old.job);
     let eval = EvalRecord::new_at(eval_job, "alloc-stop", index, eval_id, now);
@@ -1371,7 +1400,7 @@ fn stop_alloc(
             });
         let mut a = (*old).clone();
         a.desired_status = AllocDesiredStatus::Stop;
-        a.desired_description = "alloc was stopped by the user".into();
+        a.desired_description = SharedStr::common("alloc was stopped by the user");
         a.modify_index = index;
         a.alloc_modify_index = index;
         a.modify_time = now;
@@ -1380,7 +1409,7 @@ fn stop_alloc(
         }
         state.put_alloc(Arc::new(a));
         if let Some(mut r) = replace {
-            r.previous_allocation = alloc_id.to_string();
+            r.previous_allocation = old.id.clone();
             state.insert_new_alloc(r);
         }
     }

@@ -320,7 +320,7 @@ impl Collector<'_> {
     fn push(&mut self, topic: Topic, kind: &'static str, key: &str, ns: &str, payload: Payload) {
         let filter_keys = match &payload {
             Payload::Evaluation(e) => vec![e.job_id.clone(), String::new()],
-            Payload::Allocation(a) => vec![a.job_id.clone(), String::new()],
+            Payload::Allocation(a) => vec![a.job_id.to_string(), String::new()],
             _ => Vec::new(),
         };
         self.events.push(Event {
@@ -340,7 +340,7 @@ impl Collector<'_> {
             .allocs
             .get(alloc_id)
             .or_else(|| self.before.allocs.get(alloc_id))
-            .map(|a| (a.namespace.clone(), a.job_id.clone()))
+            .map(|a| (a.namespace.to_string(), a.job_id.to_string()))
     }
 
     /// A job's status in `state`: the one apply keeps on the job (computed from its allocs
@@ -463,7 +463,7 @@ impl Collector<'_> {
         let Some(a) = self.after.allocs.get(alloc_id).cloned() else {
             return;
         };
-        let key = (a.namespace.clone(), a.job_id.clone());
+        let key = (a.namespace.to_string(), a.job_id.to_string());
         let (id, ns) = (a.id.clone(), a.namespace.clone());
         self.push(Topic::Allocation, kind, &id, &ns, Payload::Allocation(a));
         self.job_if_changed(&key, kind);
@@ -499,7 +499,7 @@ impl Collector<'_> {
                     .allocs
                     .values()
                     .filter(|a| a.modify_index == index)
-                    .map(|a| (a.namespace.clone(), a.job_id.clone())),
+                    .map(|a| (a.namespace.to_string(), a.job_id.to_string())),
             );
         }
         for key in keys {

@@ -113,7 +113,9 @@ fn alloc_finished(state: &ServerState, a: &AllocRecord) -> bool {
     if !a.terminal() {
         return false;
     }
-    let job = state.jobs.get(&(a.namespace.clone(), a.job_id.clone()));
+    let job = state
+        .jobs
+        .get(&(a.namespace.to_string(), a.job_id.to_string()));
     match job {
         None => true,
         Some(j) => {
@@ -165,7 +167,7 @@ pub fn candidates(state: &ServerState, now: i64, t: &GcThresholds) -> Reap {
         }
         reap.jobs.push(key.clone());
         taken_evals.extend(evals.iter().map(|e| e.id.clone()));
-        taken_allocs.extend(allocs.iter().map(|a| a.id.clone()));
+        taken_allocs.extend(allocs.iter().map(|a| a.id.to_string()));
     }
 
     // Evals of jobs that stay: finished, past their threshold, and with every alloc they
@@ -186,7 +188,7 @@ pub fn candidates(state: &ServerState, now: i64, t: &GcThresholds) -> Reap {
         let mut all = true;
         for a in state.allocs_of(&key).filter(|a| a.eval_id == e.id) {
             if alloc_finished(state, a) && a.modify_time <= cut {
-                taken_allocs.insert(a.id.clone());
+                taken_allocs.insert(a.id.to_string());
             } else {
                 all = false;
             }

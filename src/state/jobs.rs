@@ -316,8 +316,8 @@ impl Workloads {
         let s = self.state();
         let a = s.allocs.get(alloc_id)?;
         Some(AllocFacts {
-            job_id: a.job_id.clone(),
-            namespace: a.namespace.clone(),
+            job_id: a.job_id.to_string(),
+            namespace: a.namespace.to_string(),
             terminal: !a.is_live(),
         })
     }
@@ -508,7 +508,7 @@ impl Workloads {
             tasks,
             client_status: status_changed.then_some(alloc::ClientStatusUpdate {
                 status: a.client_status,
-                description: a.client_description,
+                description: a.client_description.to_string(),
             }),
             collected: a.collected && !old.collected,
             now: crate::time::unix_now_nanos(),
@@ -900,7 +900,7 @@ mod tests {
         const WRITERS: u64 = 8;
         with_node(&w);
         place(&w, job(WRITERS as i64, "/bin/true"));
-        let ids: Vec<String> = w.allocs().into_iter().map(|a| a.id.clone()).collect();
+        let ids: Vec<String> = w.allocs().into_iter().map(|a| a.id.to_string()).collect();
         let each = crate::state::command_log::SNAPSHOT_EVERY / WRITERS + 10;
         let threads: Vec<_> = ids
             .into_iter()

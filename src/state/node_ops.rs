@@ -13,6 +13,7 @@ use super::command::{Applied, ApplyError, JobKey, ServerState};
 use super::jobs::alloc::AllocRecord;
 use super::jobs::eval::EvalRecord;
 use super::node_table::{DrainStrategy, LastDrain, Node, NodeEvent, MAX_NODE_EVENTS};
+use super::shared_str::SharedStr;
 use super::status::{
     AllocClientStatus, AllocDesiredStatus, DrainStatus, EvalStatus, JobType, NodeEligibility,
 };
@@ -260,13 +261,13 @@ pub(crate) fn deregister(
     let lost: Vec<String> = state
         .allocs_on(node_id)
         .filter(|a| !a.terminal())
-        .map(|a| a.id.clone())
+        .map(|a| a.id.to_string())
         .collect();
     for id in lost {
         state.update_alloc(&id, |a| {
             if a.desired_status == AllocDesiredStatus::Run {
                 a.desired_status = AllocDesiredStatus::Stop;
-                a.desired_description = ALLOC_LOST.into();
+                a.desired_description = SharedStr::common(ALLOC_LOST);
             }
             a.client_status = AllocClientStatus::Lost;
             a.modify_index = index;
@@ -306,13 +307,13 @@ pub(crate) fn migrate(
             a.desired_transition.migrate = Some(true);
             if stop && a.desired_status == AllocDesiredStatus::Run {
                 a.desired_status = AllocDesiredStatus::Stop;
-                a.desired_description = ALLOC_MIGRATING.into();
+                a.desired_description = SharedStr::common(ALLOC_MIGRATING);
             }
             a.modify_index = index;
             a.alloc_modify_index = index;
             a.modify_time = now;
             if node_id.is_empty() {
-                node_id = a.node_id.clone();
+                node_id = a.node_id.to_string();
             }
         });
     }
@@ -363,7 +364,7 @@ pub fn node_update_jobs(state: &ServerState, node: &Node) -> Vec<JobKey> {
             JobType::Sysbatch => false,
         };
         if relevant {
-            jobs.insert((a.namespace.clone(), a.job_id.clone()));
+            jobs.insert((a.namespace.to_string(), a.job_id.to_string()));
         }
     }
     for j in state.jobs.values() {

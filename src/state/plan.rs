@@ -20,6 +20,7 @@ use super::jobs::network::{AllocPorts, NodeNet, UsedPorts};
 use super::jobs::spec::{Job, TaskGroup};
 use super::jobs::NodeInfo;
 use super::node_table::Node;
+use super::shared_str::SharedStr;
 use crate::state::status::{
     AllocClientStatus, AllocDesiredStatus, EvalStatus, JobType, NodeEligibility, NodeStatus,
 };
@@ -329,7 +330,7 @@ pub(super) fn stop_job(
     let running: Vec<String> = state
         .allocs_of(key)
         .filter(|a| a.desired_status == AllocDesiredStatus::Run)
-        .map(|a| a.id.clone())
+        .map(|a| a.id.to_string())
         .collect();
     for id in running {
         set_stop(
@@ -361,7 +362,7 @@ pub(super) fn stop_alloc_by_user(
     let Some(old) = state.allocs.get(alloc_id).cloned() else {
         return Err(ApplyError::UnknownAlloc);
     };
-    let key: JobKey = (old.namespace.clone(), old.job_id.clone());
+    let key: JobKey = (old.namespace.to_string(), old.job_id.to_string());
     let current = state.jobs.get(&key).cloned();
     let eval_job = current.as_deref().unwrap_or(&old.job);
     let eval = EvalRecord::pending_at(eval_job, "alloc-stop", index, eval_id, now);
@@ -385,11 +386,11 @@ fn set_stop(
     state
         .update_alloc(id, |a| {
             a.desired_status = AllocDesiredStatus::Stop;
-            a.desired_description = desc.to_string();
+            a.desired_description = SharedStr::common(desc);
             if let Some(cs) = client_status {
                 if !a.client_status.is_terminal() {
                     a.client_status = cs;
-                    a.client_description = desc.to_string();
+                    a.client_description = SharedStr::common(desc);
                 }
             }
             a.modify_index = index;
@@ -470,7 +471,7 @@ pub(super) fn node_update_evals(state: &mut ServerState, node_id: &str, now: i64
             _ => false,
         };
         if wanted {
-            jobs.insert((a.namespace.clone(), a.job_id.clone()));
+            jobs.insert((a.namespace.to_string(), a.job_id.to_string()));
         }
     }
     for (key, job) in state.jobs.iter() {
@@ -542,14 +543,14 @@ pub(super) fn node_status_changed(
                     let wait = new == NodeStatus::Disconnected
                         && a.client_status != AllocClientStatus::Pending
                         && a.job.group(&a.task_group).is_some_and(group_can_disconnect);
-                    (a.id.clone(), wait)
+                    (a.id.to_string(), wait)
                 })
                 .collect();
             for (id, wait) in ids {
                 if wait {
                     state.update_alloc(&id, |a| {
                         a.client_status = AllocClientStatus::Unknown;
-                        a.client_description = DESC_UNKNOWN.into();
+                        a.client_description = SharedStr::common(DESC_UNKNOWN);
                         a.modify_index = index;
                         a.alloc_modify_index = index;
                         a.modify_time = now;
@@ -604,7 +605,7 @@ pub(super) fn alloc_updated(
         && after.followup_eval_id.is_empty()
         && matches!(after.job.job_type(), JobType::Service | JobType::Batch)
     {
-        let key: JobKey = (after.namespace.clone(), after.job_id.clone());
+        let key: JobKey = (after.namespace.to_string(), after.job_id.to_string());
         if let Some(job) = state.jobs.get(&key).cloned() {
             let id = derived_id(index, 0, &after.id);
             let e = EvalRecord::pending_at(&job, TRIGGER_ALLOC_FAILURE, index, &id, now);
@@ -711,6 +712,9 @@ pub(super) fn apply_plan(
     }
     accepted.sort_unstable();
     if let Some(job) = &job {
+        // One copy of the plan's eval ID for all its allocs (the job's and node's names are
+        // shared with siblings by `insert_new_alloc`).
+        let eval_id = SharedStr::from(plan.eval_id.as_str());
         for i in accepted {
             let p = &plan.placements[i];
             let node = state.nodes.get(&p.node_id).cloned();
@@ -724,14 +728,17 @@ pub(super) fn apply_plan(
                 id: &p.id,
                 now,
             };
-            let mut a =
-                AllocRecord::new_at(job, &p.task_group, p.alloc_index, &plan.eval_id, &info, at);
-            a.previous_allocation = p.previous_alloc.clone();
-            a.reschedule_events = p.reschedule_events.clone();
-            a.ports = p.ports.clone();
+            let mut a = AllocRecord::new_at(job, &p.task_group, p.alloc_index, &eval_id, &info, at);
+            // The replaced alloc's own copy of its ID (the table's key), when it is there.
+            a.previous_allocation = match state.allocs.get_key_value(p.previous_alloc.as_str()) {
+                Some((prev, _)) => prev.clone(),
+                None => SharedStr::from(p.previous_alloc.as_str()),
+            };
+            a.reschedule_events = p.reschedule_events.clone().into();
+            a.ports = p.ports.clone().into();
             if !p.previous_alloc.is_empty() {
                 state.update_alloc(&p.previous_alloc, |prev| {
-                    prev.next_allocation = p.id.clone();
+                    prev.next_allocation = a.id.clone();
                     prev.modify_index = index;
                 });
             }
@@ -754,7 +761,7 @@ pub(super) fn apply_plan(
         state.put_eval(e);
         for id in &f.alloc_ids {
             state.update_alloc(id, |a| {
-                a.followup_eval_id = f.eval_id.clone();
+                a.followup_eval_id = SharedStr::from(f.eval_id.as_str());
                 a.modify_index = index;
             });
         }

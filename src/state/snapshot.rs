@@ -554,8 +554,8 @@ pub fn load(txn: &ReadTransaction) -> Result<Option<ServerState>, SnapshotError>
     for_rows(txn, ALLOCS, |k, v| {
         let mut a: AllocRecord = decode("allocs", v)?;
         let key = (
-            a.namespace.clone(),
-            a.job_id.clone(),
+            a.namespace.to_string(),
+            a.job_id.to_string(),
             a.job.version,
             a.job.job_modify_index,
         );

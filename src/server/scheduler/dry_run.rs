@@ -90,7 +90,7 @@ pub fn dry_run(state: &ServerState, job: &Job, now: i64) -> Option<DryRun> {
             continue;
         }
         if let Some(g) = group_of(&st.alloc_id) {
-            desired.entry(g).or_default().stop += 1;
+            desired.entry(g.to_string()).or_default().stop += 1;
         }
     }
     for (g, q) in &plan.queued {
@@ -99,13 +99,13 @@ pub fn dry_run(state: &ServerState, job: &Job, now: i64) -> Option<DryRun> {
     for f in &plan.follow_ups {
         for id in &f.alloc_ids {
             if let Some(g) = group_of(id) {
-                desired.entry(g).or_default().reschedule_later += 1;
+                desired.entry(g.to_string()).or_default().reschedule_later += 1;
             }
         }
     }
     for a in s.allocs_of(&key) {
         if a.desired_status == AllocDesiredStatus::Run && !stop_of.contains_key(a.id.as_str()) {
-            desired.entry(a.task_group.clone()).or_default().ignore += 1;
+            desired.entry(a.task_group.to_string()).or_default().ignore += 1;
         }
     }
     let mut created_evals = Vec::new();

@@ -312,8 +312,8 @@ impl<'a> Placer<'a> {
         let key = (job.namespace.clone(), job.id.clone());
         let live: Vec<(String, String)> = state
             .allocs_of(&key)
-            .filter(|a| a.is_live() && !p.stopping.contains(&a.id))
-            .map(|a| (a.task_group.clone(), a.node_id.clone()))
+            .filter(|a| a.is_live() && !p.stopping.contains(a.id.as_str()))
+            .map(|a| (a.task_group.to_string(), a.node_id.to_string()))
             .collect();
         for (g, node) in live {
             let gi = job.task_groups.iter().position(|t| t.name == g);
@@ -414,7 +414,7 @@ impl<'a> Placer<'a> {
             .unwrap_or_default();
         if !self.stopping.is_empty() {
             for a in self.state.allocs_on(&node.id) {
-                if a.is_live() && self.stopping.contains(&a.id) {
+                if a.is_live() && self.stopping.contains(a.id.as_str()) {
                     let ask = plan::alloc_ask(a);
                     used.cpu -= ask.cpu;
                     used.memory_mb -= ask.memory_mb;
@@ -434,7 +434,7 @@ impl<'a> Placer<'a> {
             let net = NodeNet::of(node);
             let mut used = UsedPorts::of_node(&net);
             for a in self.state.allocs_on(&node.id) {
-                if a.is_live() && !self.stopping.contains(&a.id) {
+                if a.is_live() && !self.stopping.contains(a.id.as_str()) {
                     used.add_existing(&a.id, &a.ports);
                 }
             }

@@ -145,9 +145,9 @@ struct Run<'a> {
 
 impl Run<'_> {
     fn stop(&mut self, a: &AllocRecord, desc: &str, lost: bool) {
-        if self.stopping.insert(a.id.clone()) {
+        if self.stopping.insert(a.id.to_string()) {
             self.plan.stops.push(PlanStop {
-                alloc_id: a.id.clone(),
+                alloc_id: a.id.to_string(),
                 description: desc.to_string(),
                 client_status: lost.then_some(AllocClientStatus::Lost),
             });
@@ -333,25 +333,25 @@ fn generic_group(run: &mut Run<'_>, job: &Job, tg: &TaskGroup, mine: &[&Arc<Allo
             } else if a.next_allocation.is_empty() {
                 freed
                     .entry(a.alloc_index)
-                    .or_insert_with(|| (a.id.clone(), Vec::new(), Vec::new()));
+                    .or_insert_with(|| (a.id.to_string(), Vec::new(), Vec::new()));
             }
             continue;
         }
-        let node = run.state.nodes.get(&a.node_id);
+        let node = run.state.nodes.get(a.node_id.as_str());
         let node_gone = node.is_none_or(|n| n.status == NodeStatus::Down);
         if node_gone && !a.terminal() {
             run.stop(a, DESC_LOST, true);
-            freed.insert(a.alloc_index, (a.id.clone(), Vec::new(), Vec::new()));
+            freed.insert(a.alloc_index, (a.id.to_string(), Vec::new(), Vec::new()));
             continue;
         }
         if a.desired_transition.should_migrate() && !a.terminal() {
             run.stop(a, DESC_MIGRATING, false);
-            freed.insert(a.alloc_index, (a.id.clone(), Vec::new(), Vec::new()));
+            freed.insert(a.alloc_index, (a.id.to_string(), Vec::new(), Vec::new()));
             continue;
         }
         if !current {
             run.stop(a, DESC_JOB_UPDATE, false);
-            freed.insert(a.alloc_index, (a.id.clone(), Vec::new(), Vec::new()));
+            freed.insert(a.alloc_index, (a.id.to_string(), Vec::new(), Vec::new()));
             continue;
         }
         if a.client_status == AllocClientStatus::Failed {
@@ -385,19 +385,22 @@ fn generic_group(run: &mut Run<'_>, job: &Job, tg: &TaskGroup, mine: &[&Arc<Allo
                 };
                 events.push(RescheduleEvent {
                     reschedule_time: run.now,
-                    prev_alloc_id: a.id.clone(),
-                    prev_node_id: a.node_id.clone(),
+                    prev_alloc_id: a.id.to_string(),
+                    prev_node_id: a.node_id.to_string(),
                     delay,
                 });
                 let mut penalty: Vec<String> =
                     events.iter().map(|e| e.prev_node_id.clone()).collect();
                 penalty.dedup();
-                freed.insert(a.alloc_index, (a.id.clone(), events, penalty));
+                freed.insert(a.alloc_index, (a.id.to_string(), events, penalty));
             } else {
                 if a.followup_eval_id.is_empty() {
                     let window =
                         due - due.rem_euclid(FOLLOWUP_BATCH_WINDOW) + FOLLOWUP_BATCH_WINDOW;
-                    run.followups.entry(window).or_default().push(a.id.clone());
+                    run.followups
+                        .entry(window)
+                        .or_default()
+                        .push(a.id.to_string());
                 }
                 kept.entry(a.alloc_index).or_default().push(a);
             }
@@ -464,7 +467,7 @@ fn system_stops(run: &mut Run<'_>, job: &Job, allocs: &[Arc<AllocRecord>]) {
         .iter()
         .filter(|a| a.desired_status == AllocDesiredStatus::Run)
     {
-        let node = run.state.nodes.get(&a.node_id);
+        let node = run.state.nodes.get(a.node_id.as_str());
         if node.is_none_or(|n| n.status == NodeStatus::Down) && !a.terminal() {
             run.stop(a, DESC_LOST, true);
         } else if a.job.version != job.version && !a.terminal() {
@@ -490,7 +493,7 @@ fn system_place(
         let mut have: BTreeMap<&str, &Arc<AllocRecord>> = BTreeMap::new();
         for a in allocs.iter().filter(|a| a.task_group == tg.name) {
             let holds = (a.desired_status == AllocDesiredStatus::Run
-                && !run.stopping.contains(&a.id)
+                && !run.stopping.contains(a.id.as_str())
                 && (sysbatch || !a.terminal() || a.client_status == AllocClientStatus::Failed))
                 || (sysbatch
                     && a.job.version == job.version
@@ -503,7 +506,7 @@ fn system_place(
             .iter()
             .filter(|a| {
                 a.task_group == tg.name
-                    && (run.stopping.contains(&a.id)
+                    && (run.stopping.contains(a.id.as_str())
                         || (a.desired_status != AllocDesiredStatus::Run
                             && a.next_allocation.is_empty()))
             })
@@ -526,7 +529,7 @@ fn system_place(
                         alloc_index: 0,
                         previous_alloc: replaced
                             .get(node_id.as_str())
-                            .map(|a| a.id.clone())
+                            .map(|a| a.id.to_string())
                             .unwrap_or_default(),
                         reschedule_events: Vec::new(),
                         ports,

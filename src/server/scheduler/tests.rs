@@ -448,7 +448,7 @@ fn distinct_property_limits_allocs_per_value() {
     assert_eq!(live.len(), 2, "one per rack");
     let racks: BTreeSet<String> = live
         .iter()
-        .map(|a| w.s.nodes[&a.node_id].meta["rack"].clone())
+        .map(|a| w.s.nodes[a.node_id.as_str()].meta["rack"].clone())
         .collect();
     assert_eq!(racks.len(), 2);
     let m = &w.eval(&e).failed_tg_allocs["g"];
@@ -541,7 +541,11 @@ fn a_system_job_runs_on_every_eligible_node_and_on_one_that_joins_later() {
         json!([{"LTarget": "${attr.kernel.name}", "RTarget": "linux", "Operand": "="}]);
     let e = w.submit(j);
     w.run();
-    let on: BTreeSet<String> = w.live("agentd").iter().map(|a| a.node_id.clone()).collect();
+    let on: BTreeSet<String> = w
+        .live("agentd")
+        .iter()
+        .map(|a| a.node_id.to_string())
+        .collect();
     let want: BTreeSet<String> = ["node-000", "node-001", "node-002"]
         .iter()
         .map(|s| s.to_string())
@@ -654,7 +658,7 @@ fn a_down_node_loses_its_allocs_and_they_are_replaced_at_once() {
     let victim = w.live("web")[0].clone();
     let now = w.now;
     w.cmd(Command::NodeUpdateStatus {
-        node_id: victim.node_id.clone(),
+        node_id: victim.node_id.to_string(),
         status: NodeStatus::Down,
         description: "missed heartbeats".into(),
         event: None,
@@ -697,7 +701,7 @@ fn a_disconnected_node_with_lost_after_leaves_its_allocs_unknown() {
     let on = w.live("patient")[0].node_id.clone();
     let now = w.now;
     w.cmd(Command::NodeUpdateStatus {
-        node_id: on.clone(),
+        node_id: on.to_string(),
         status: NodeStatus::Disconnected,
         description: String::new(),
         event: None,
@@ -736,7 +740,7 @@ fn a_migrating_alloc_is_replaced_elsewhere_and_stopped_in_the_same_plan() {
     let eval =
         crate::state::jobs::eval::EvalRecord::pending_at(&job, "node-drain", 99, "drain-1", w.now);
     w.s.put_eval(eval);
-    let mut n = (*w.s.nodes[&a.node_id]).clone();
+    let mut n = (*w.s.nodes[a.node_id.as_str()]).clone();
     n.scheduling_eligibility = NodeEligibility::Ineligible;
     w.s.nodes.insert(n.id.clone(), Arc::new(n));
     let plans = w.run();
@@ -805,14 +809,14 @@ fn a_job_update_replaces_allocs_a_scale_down_stops_the_highest_and_a_stop_stops_
     w.nodes(3, 4000, 4096);
     w.submit(simple("u", "service", 3, 100, 100));
     w.run();
-    let v0: Vec<String> = w.live("u").iter().map(|a| a.id.clone()).collect();
+    let v0: Vec<String> = w.live("u").iter().map(|a| a.id.to_string()).collect();
     w.submit(simple("u", "service", 3, 100, 200));
     w.run();
     let live = w.live("u");
     assert_eq!(live.len(), 3);
     assert!(live
         .iter()
-        .all(|a| !v0.contains(&a.id) && a.job.version == 1));
+        .all(|a| !v0.iter().any(|v| *v == a.id) && a.job.version == 1));
     assert!(v0
         .iter()
         .all(|id| w.s.allocs[id.as_str()].desired_description
@@ -886,6 +890,56 @@ fn three_hundred_nodes_filled_exactly_by_three_thousand_allocs_without_overcommi
     w.assert_no_overcommit();
     let busiest = w.s.allocs_by_node.values().map(|s| s.len()).max().unwrap();
     assert!(busiest <= 10, "cpu allows 10 per node, got {busiest}");
+}
+
+/// The names allocs repeat are one string each: an alloc's ID is the table's key, and the
+/// allocs of one job, one plan and one node share its job ID, namespace, group, eval ID and
+/// node ID and name, after the plans applied and after a snapshot load alike.
+#[test]
+fn allocs_share_one_copy_of_their_job_plan_group_and_node_names() {
+    use crate::state::shared::Shared;
+    use crate::state::shared_str::SharedStr;
+    fn check(s: &ServerState) {
+        let all: Vec<_> = s.allocs.values().cloned().collect();
+        assert_eq!(all.len(), 8);
+        for x in &all {
+            let (key, _) = s.allocs.get_key_value(x.id.as_str()).unwrap();
+            assert!(SharedStr::ptr_eq(key, &x.id), "{}: a copy of its key", x.id);
+            for y in &all {
+                let same = |f: fn(&AllocRecord) -> &SharedStr| SharedStr::ptr_eq(f(x), f(y));
+                if x.job_id == y.job_id {
+                    assert!(same(|a| &a.job_id) && same(|a| &a.namespace));
+                    assert!(same(|a| &a.task_group));
+                }
+                if x.eval_id == y.eval_id {
+                    assert!(same(|a| &a.eval_id));
+                }
+                if x.node_id == y.node_id {
+                    assert!(same(|a| &a.node_id) && same(|a| &a.node_name));
+                }
+            }
+        }
+    }
+    let mut w = World::new();
+    w.nodes(2, 4000, 4096);
+    w.submit(simple("a", "service", 4, 100, 100));
+    w.submit(simple("b", "service", 4, 100, 100));
+    w.run();
+    // Two jobs on two nodes: each node's allocs come from both jobs' plans.
+    for n in ["node-000", "node-001"] {
+        let jobs: BTreeSet<String> = w.s.allocs_on(n).map(|a| a.job_id.to_string()).collect();
+        assert_eq!(jobs.len(), 2, "{n} runs allocs of both jobs");
+    }
+    check(&w.s);
+    let back = ServerState::from_bytes(&w.s.to_bytes().unwrap()).unwrap();
+    check(&back);
+    // The nodes report the same resources and drivers: one copy of each, registered or loaded.
+    for s in [&w.s, &back] {
+        let (a, b) = (&s.nodes["node-000"], &s.nodes["node-001"]);
+        assert!(Shared::ptr_eq(&a.resources, &b.resources));
+        assert!(Shared::ptr_eq(&a.drivers, &b.drivers));
+        assert!(!Shared::ptr_eq(&a.attributes, &b.attributes) || a.attributes == b.attributes);
+    }
 }
 
 /// A node with the default host network on 127.0.0.1 and dynamic ports `min..=max`.
@@ -1133,7 +1187,7 @@ fn the_plan_check_through_the_kept_indexes_accepts_exactly_what_a_walk_over_the_
                 w.s.allocs
                     .values()
                     .filter(|a| a.is_live())
-                    .map(|a| a.id.clone())
+                    .map(|a| a.id.to_string())
                     .collect();
             for id in live {
                 if below(5) == 0 {

@@ -9,29 +9,31 @@ use serde::{Deserialize, Serialize};
 use super::network::AllocPorts;
 use super::spec::Job;
 use super::NodeInfo;
+use crate::state::rare::{Empty, Rare};
+use crate::state::shared_str::{Interner, SharedStr};
 use crate::state::status::{AllocClientStatus, AllocDesiredStatus, TaskStatus};
 
 /// One allocation as the server side keeps it (also its on-disk form).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AllocRecord {
-    pub id: String,
-    pub namespace: String,
-    pub eval_id: String,
+    pub id: SharedStr,
+    pub namespace: SharedStr,
+    pub eval_id: SharedStr,
     pub name: String,
-    pub node_id: String,
-    pub node_name: String,
-    pub job_id: String,
+    pub node_id: SharedStr,
+    pub node_name: SharedStr,
+    pub job_id: SharedStr,
     /// Shared with the job table and every other alloc of the same version (not a copy each).
     pub job: Arc<Job>,
-    pub task_group: String,
+    pub task_group: SharedStr,
     pub alloc_index: u32,
     pub desired_status: AllocDesiredStatus,
-    pub desired_description: String,
+    pub desired_description: SharedStr,
     pub client_status: AllocClientStatus,
-    pub client_description: String,
+    pub client_description: SharedStr,
     pub task_states: BTreeMap<String, TaskState>,
-    pub previous_allocation: String,
-    pub next_allocation: String,
+    pub previous_allocation: SharedStr,
+    pub next_allocation: SharedStr,
     pub create_index: u64,
     pub modify_index: u64,
     pub alloc_modify_index: u64,
@@ -43,15 +45,27 @@ pub struct AllocRecord {
     /// What the scheduler is asked to do with it (`Migrate`: the drainer moves it).
     #[serde(default, skip_serializing_if = "DesiredTransition::is_empty")]
     pub desired_transition: DesiredTransition,
-    /// The reschedules that led to this alloc (Nomad's `RescheduleTracker.Events`).
+    /// The reschedules that led to this alloc (Nomad's `RescheduleTracker.Events`); most
+    /// allocs have none, so it is one pointer until set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub reschedule_events: Vec<RescheduleEvent>,
+    pub reschedule_events: Rare<Vec<RescheduleEvent>>,
     /// The eval that will reschedule this (failed) alloc later.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub followup_eval_id: String,
-    /// The ports the scheduler assigned it (its group's and its tasks' networks).
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub followup_eval_id: SharedStr,
+    /// The ports the scheduler assigned it (its group's and its tasks' networks); one
+    /// pointer while it has none.
     #[serde(default, skip_serializing_if = "AllocPorts::is_empty")]
-    pub ports: AllocPorts,
+    pub ports: Rare<AllocPorts>,
+}
+
+impl Empty for Vec<RescheduleEvent> {
+    fn empty() -> &'static Vec<RescheduleEvent> {
+        static EMPTY: Vec<RescheduleEvent> = Vec::new();
+        &EMPTY
+    }
+    fn is_empty(&self) -> bool {
+        <[RescheduleEvent]>::is_empty(self)
+    }
 }
 
 /// `structs.DesiredTransition`: requests to the scheduler about one alloc.
@@ -209,33 +223,36 @@ pub struct AllocStamp<'a> {
 impl AllocRecord {
     /// A new allocation of `job`'s `group` (index `idx`), placed on `node`, with the ID and
     /// time chosen before (by the proposer of the command that makes it).
+    /// `group` and `eval_id` given as [`SharedStr`] are shared, not copied (a plan's allocs
+    /// hold one copy of each).
     pub fn new_at(
         job: &Arc<Job>,
-        group: &str,
+        group: impl Into<SharedStr>,
         idx: u32,
-        eval_id: &str,
+        eval_id: impl Into<SharedStr>,
         node: &NodeInfo,
         at: AllocStamp<'_>,
     ) -> AllocRecord {
         let AllocStamp { index, id, now } = at;
+        let group = group.into();
         AllocRecord {
-            id: id.to_string(),
-            namespace: job.namespace.clone(),
-            eval_id: eval_id.to_string(),
+            id: id.into(),
+            namespace: job.namespace.as_str().into(),
+            eval_id: eval_id.into(),
             name: format!("{}.{}[{}]", job.id, group, idx),
-            node_id: node.id.clone(),
-            node_name: node.name.clone(),
-            job_id: job.id.clone(),
+            node_id: node.id.as_str().into(),
+            node_name: node.name.as_str().into(),
+            job_id: job.id.as_str().into(),
             job: job.clone(),
-            task_group: group.to_string(),
+            task_group: group,
             alloc_index: idx,
             desired_status: AllocDesiredStatus::Run,
-            desired_description: String::new(),
+            desired_description: SharedStr::default(),
             client_status: AllocClientStatus::Pending,
-            client_description: String::new(),
+            client_description: SharedStr::default(),
             task_states: BTreeMap::new(),
-            previous_allocation: String::new(),
-            next_allocation: String::new(),
+            previous_allocation: SharedStr::default(),
+            next_allocation: SharedStr::default(),
             create_index: index,
             modify_index: index,
             alloc_modify_index: index,
@@ -243,9 +260,9 @@ impl AllocRecord {
             modify_time: now,
             collected: false,
             desired_transition: DesiredTransition::default(),
-            reschedule_events: Vec::new(),
-            followup_eval_id: String::new(),
-            ports: AllocPorts::default(),
+            reschedule_events: Rare::default(),
+            followup_eval_id: SharedStr::default(),
+            ports: Rare::default(),
         }
     }
 
@@ -271,13 +288,36 @@ impl AllocRecord {
         } else {
             AllocClientStatus::Pending
         };
-        self.client_description = match self.client_status {
+        self.client_description = SharedStr::common(match self.client_status {
             AllocClientStatus::Running => "Tasks are running",
             AllocClientStatus::Complete => "All tasks have completed",
             AllocClientStatus::Failed => "Failed tasks",
             _ => "No tasks have started",
-        }
-        .into();
+        });
+    }
+
+    /// Take `other`'s copies of the names both have the same (job, plan, group, node), so
+    /// allocs placed together share one copy of each.
+    pub fn share_names_with(&mut self, other: &AllocRecord) {
+        self.namespace.share_if_equal(&other.namespace);
+        self.job_id.share_if_equal(&other.job_id);
+        self.eval_id.share_if_equal(&other.eval_id);
+        self.task_group.share_if_equal(&other.task_group);
+        self.node_id.share_if_equal(&other.node_id);
+        self.node_name.share_if_equal(&other.node_name);
+    }
+
+    /// Take the interner's copies of the names allocs repeat, and the process-wide copies of
+    /// the descriptions (what a snapshot load does to each alloc it reads).
+    pub fn intern_names(&mut self, names: &mut Interner) {
+        names.intern(&mut self.namespace);
+        names.intern(&mut self.job_id);
+        names.intern(&mut self.eval_id);
+        names.intern(&mut self.task_group);
+        names.intern(&mut self.node_id);
+        names.intern(&mut self.node_name);
+        self.desired_description = SharedStr::common(&self.desired_description);
+        self.client_description = SharedStr::common(&self.client_description);
     }
 
     /// Wanted running and not finished: what the client should run, what keeps a workload
@@ -290,6 +330,105 @@ impl AllocRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::jobs::network::PortMapping;
+
+    /// `AllocRecord` as it was declared before its names were [`SharedStr`]: the on-disk
+    /// form (logs, snapshots) and the client's wire form. Kept here verbatim so the test
+    /// below proves both forms byte for byte.
+    #[derive(Serialize, Deserialize)]
+    struct OldAllocRecord {
+        id: String,
+        namespace: String,
+        eval_id: String,
+        name: String,
+        node_id: String,
+        node_name: String,
+        job_id: String,
+        job: Arc<Job>,
+        task_group: String,
+        alloc_index: u32,
+        desired_status: AllocDesiredStatus,
+        desired_description: String,
+        client_status: AllocClientStatus,
+        client_description: String,
+        task_states: BTreeMap<String, TaskState>,
+        previous_allocation: String,
+        next_allocation: String,
+        create_index: u64,
+        modify_index: u64,
+        alloc_modify_index: u64,
+        create_time: i64,
+        modify_time: i64,
+        #[serde(default)]
+        collected: bool,
+        #[serde(default, skip_serializing_if = "DesiredTransition::is_empty")]
+        desired_transition: DesiredTransition,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        reschedule_events: Vec<RescheduleEvent>,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        followup_eval_id: String,
+        #[serde(default, skip_serializing_if = "AllocPorts::is_empty")]
+        ports: AllocPorts,
+    }
+
+    fn record() -> AllocRecord {
+        let job = Job::from_json(serde_json::json!({"ID": "web", "TaskGroups": [{"Name": "g",
+            "Tasks": [{"Name": "t", "Driver": "raw_exec"}]}]}))
+        .unwrap();
+        let node = NodeInfo {
+            id: "node-1".into(),
+            name: "edge \"one\"".into(),
+            unplaceable: None,
+        };
+        let at = AllocStamp {
+            index: 7,
+            id: "a1",
+            now: 99,
+        };
+        AllocRecord::new_at(&Arc::new(job), "g", 3, "eval-1", &node, at)
+    }
+
+    #[test]
+    fn the_serialized_form_is_the_one_of_plain_strings_both_ways() {
+        let mut full = record();
+        full.desired_description = "alloc is being migrated".into();
+        full.client_description = SharedStr::common("Tasks are running");
+        full.task_states.insert("t".into(), TaskState::pending());
+        full.previous_allocation = "a0".into();
+        full.next_allocation = "a2".into();
+        full.desired_transition.migrate = Some(true);
+        full.reschedule_events.push(RescheduleEvent {
+            reschedule_time: 5,
+            prev_alloc_id: "a0".into(),
+            prev_node_id: "node-0".into(),
+            delay: 6,
+        });
+        full.followup_eval_id = "eval-2".into();
+        full.ports.group.push(PortMapping {
+            label: "http".into(),
+            value: 20000,
+            to: 8080,
+            host_ip: "127.0.0.1".into(),
+        });
+        // Every optional field set, and none (what a new alloc is).
+        for a in [full, record()] {
+            let new = serde_json::to_string(&a).unwrap();
+            let old: OldAllocRecord = serde_json::from_str(&new).unwrap();
+            let old_text = serde_json::to_string(&old).unwrap();
+            assert_eq!(new, old_text);
+            let back: AllocRecord = serde_json::from_str(&old_text).unwrap();
+            assert_eq!(serde_json::to_string(&back).unwrap(), old_text);
+            assert_eq!(back.node_name, "edge \"one\"");
+        }
+    }
+
+    #[test]
+    fn sharing_the_names_shrinks_the_record() {
+        // It was 472 bytes: 312 of them 13 owned `String`s of 24 bytes, 72 the reschedule
+        // events and ports most allocs never have.
+        let size = std::mem::size_of::<AllocRecord>();
+        assert!(size <= 320, "AllocRecord is {size} bytes");
+    }
 
     #[test]
     fn events_are_capped_at_ten_keeping_the_latest() {

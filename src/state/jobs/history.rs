@@ -159,12 +159,12 @@ fn touched_jobs(state: &ServerState, cmd: &Command) -> BTreeSet<JobKey> {
         state
             .allocs
             .get(id)
-            .map(|a| (a.namespace.clone(), a.job_id.clone()))
+            .map(|a| (a.namespace.to_string(), a.job_id.to_string()))
     };
     let on_node = |id: &str| -> BTreeSet<JobKey> {
         state
             .allocs_on(id)
-            .map(|a| (a.namespace.clone(), a.job_id.clone()))
+            .map(|a| (a.namespace.to_string(), a.job_id.to_string()))
             .collect()
     };
     let job =
@@ -415,7 +415,7 @@ pub(crate) fn evaluate(
                     && a.desired_transition.force_reschedule != Some(true)
                     && job.group(&a.task_group).is_some_and(reschedule_enabled)
             })
-            .map(|a| a.id.clone())
+            .map(|a| a.id.to_string())
             .collect();
         for id in ids {
             state.update_alloc(&id, |a| {

@@ -280,6 +280,19 @@ impl AllocPorts {
     }
 }
 
+impl crate::state::rare::Empty for AllocPorts {
+    fn empty() -> &'static AllocPorts {
+        static EMPTY: AllocPorts = AllocPorts {
+            group: Vec::new(),
+            tasks: BTreeMap::new(),
+        };
+        &EMPTY
+    }
+    fn is_empty(&self) -> bool {
+        AllocPorts::is_empty(self)
+    }
+}
+
 /// One address of a node's host network.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeAddr {
