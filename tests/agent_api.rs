@@ -16,10 +16,42 @@ fn health_is_ok_with_both_parts_and_type_selects_parts() {
     );
     let r = agent.get("/v1/agent/health?type=client");
     assert_eq!(r.text(), r#"{"client":{"ok":true,"message":"ok"}}"#);
+    let r = agent.get("/v1/agent/health?type=server");
+    assert_eq!(r.text(), r#"{"server":{"ok":true,"message":"ok"}}"#);
+    let r = agent.get("/v1/agent/health?type=server&pretty");
+    assert_eq!(
+        r.text(),
+        "{\n    \"server\": {\n        \"ok\": true,\n        \"message\": \"ok\"\n    }\n}\n"
+    );
     let r = agent.request("POST", "/v1/agent/health", &[], b"");
     assert_eq!((r.status, r.text().as_str()), (405, "Invalid method"));
     assert_eq!(r.header("Content-Type"), Some("text/plain; charset=utf-8"));
     assert!(r.header("Server").is_none());
+}
+
+#[test]
+fn health_reports_the_parts_the_agent_runs_and_a_part_it_does_not_is_a_500() {
+    // A client-only agent with a server address (nothing listens there: health looks at the
+    // server list, not at a live connection).
+    let port = free_port();
+    let server = format!("127.0.0.1:{port}");
+    let agent = TestAgent::client(&[server.as_str()], "", &[]);
+    let r = agent.get("/v1/agent/health");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), r#"{"client":{"ok":true,"message":"ok"}}"#);
+    let r = agent.get("/v1/agent/health?type=server");
+    assert_eq!(r.status, 500);
+    assert_eq!(r.header("Content-Type"), Some("text/plain; charset=utf-8"));
+    assert_eq!(
+        r.text(),
+        r#"{"server":{"ok":false,"message":"server not enabled"}}"#
+    );
+    let r = agent.get("/v1/agent/health?type=client&type=server");
+    assert_eq!(r.status, 500);
+    assert_eq!(
+        r.text(),
+        r#"{"client":{"ok":true,"message":"ok"},"server":{"ok":false,"message":"server not enabled"}}"#
+    );
 }
 
 #[test]

@@ -16,7 +16,7 @@ use crate::tls::client::Stream;
 type PeerTls = (Arc<rustls::ClientConfig>, String);
 
 use super::params::{check_common, parse_go_bool};
-use super::{empty, json, ApiError, ApiReply, ApiResult, Ctx, IndexMeta};
+use super::{empty, json, ApiError, ApiReply, ApiResult, Ctx};
 
 /// How long one join request may take in all (every address).
 const JOIN_DEADLINE: Duration = Duration::from_secs(5);
@@ -448,31 +448,89 @@ fn force_leave(ctx: &Ctx) -> ApiResult {
     empty()
 }
 
+/// One part of the health reply (`api.HealthResponseAgent`).
+#[derive(serde::Serialize)]
+struct HealthPart {
+    ok: bool,
+    message: &'static str,
+}
+
+impl HealthPart {
+    const OK: HealthPart = HealthPart {
+        ok: true,
+        message: "ok",
+    };
+
+    fn failed(message: &'static str) -> HealthPart {
+        HealthPart { ok: false, message }
+    }
+}
+
+/// `GET /v1/agent/health`'s document (`api.HealthResponse`).
+#[derive(serde::Serialize)]
+struct Health {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client: Option<HealthPart>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server: Option<HealthPart>,
+}
+
 fn health(ctx: &Ctx) -> ApiResult {
     ctx.require_method(&[Method::Get])?;
+    let config = &ctx.agent.config;
     let types: Vec<&str> = ctx.req.query_all("type").collect();
-    let check_client = types.is_empty() || types.contains(&"client");
-    let check_server = types.is_empty() || types.contains(&"server");
-    let mut doc = serde_json::Map::new();
-    let mut ok = true;
-    if check_client {
-        let known = !ctx.agent.membership.servers().is_empty();
-        ok &= known;
-        doc.insert(
-            "client".into(),
-            json!({"ok": known, "message": if known { "ok" } else { "no known servers" }}),
-        );
-    }
-    if check_server {
-        doc.insert("server".into(), json!({"ok": true, "message": "ok"}));
-    }
-    let value = Value::Object(doc);
-    if ok {
-        Ok(ApiReply::Json {
-            value,
-            meta: IndexMeta::None,
-        })
+    // Without `type`, the parts this agent runs; with it, the parts named (one the agent does
+    // not run reports that).
+    let (check_client, check_server) = if types.is_empty() {
+        (config.client_enabled, config.server_enabled)
     } else {
-        Err(ApiError::internal(value.to_string()))
+        (types.contains(&"client"), types.contains(&"server"))
+    };
+    let client = check_client.then(|| {
+        if !config.client_enabled {
+            HealthPart::failed("client not enabled")
+        } else if ctx.agent.membership.servers().is_empty() {
+            HealthPart::failed("no known servers")
+        } else {
+            HealthPart::OK
+        }
+    });
+    let server = check_server.then(|| {
+        if !config.server_enabled {
+            return HealthPart::failed("server not enabled");
+        }
+        match ctx.agent.raft.get() {
+            Some(raft)
+                if crate::state::leader::Leadership::view(&**raft)
+                    .leader_rpc_addr
+                    .is_none() =>
+            {
+                HealthPart::failed("no leader")
+            }
+            // A single server without Raft leads itself.
+            _ => HealthPart::OK,
+        }
+    });
+    let ok = [&client, &server]
+        .iter()
+        .all(|p| p.as_ref().is_none_or(|p| p.ok));
+    let doc = Health { client, server };
+    if ok && super::params::wants_pretty(ctx.req) {
+        return json(&doc);
+    }
+    // Written straight from the struct: load balancers and supervisors poll this endpoint.
+    let body = serde_json::to_vec(&doc)
+        .map_err(|e| ApiError::internal(format!("failed to encode response: {e}")))?;
+    if ok {
+        Ok(ApiReply::Http(crate::http::Reply::bytes(
+            Status::OK,
+            "application/json",
+            body,
+        )))
+    } else {
+        // Nomad's 500 carries the same document as its text.
+        Err(ApiError::internal(
+            String::from_utf8_lossy(&body).into_owned(),
+        ))
     }
 }
