@@ -55,6 +55,15 @@ fn health_reports_the_parts_the_agent_runs_and_a_part_it_does_not_is_a_500() {
 }
 
 #[test]
+fn health_of_a_raft_server_without_a_leader_is_a_500() {
+    // Waiting for two more servers that never come: Raft elects no leader.
+    let agent = TestAgent::server("server {\n  bootstrap_expect = 3\n}\n", &[]);
+    let r = agent.get("/v1/agent/health");
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.text(), r#"{"server":{"ok":false,"message":"no leader"}}"#);
+}
+
+#[test]
 fn unknown_paths_are_empty_404s_and_pretty_indents_four_spaces() {
     let agent = TestAgent::start(&[]);
     for p in [
