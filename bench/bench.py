@@ -265,14 +265,20 @@ def instructions_per_request():
 STEADY_IDLE_S = 60
 
 
-def client_only_agent(binary, work):
-    """A server-only agent and a client-only agent joined to it: (server, client) processes."""
+def server_config(work):
+    """A one-server, server-only config file in `work`: (path, http port, rpc port)."""
     http, rpc, serf = free_port(), free_port(), free_port()
     cfg = os.path.join(work, "server.hcl")
     with open(cfg, "w") as f:
         f.write(f'data_dir = "{work}/s"\nbind_addr = "127.0.0.1"\n'
                 f"ports {{\n  http = {http}\n  rpc = {rpc}\n  serf = {serf}\n}}\n"
                 "server {\n  enabled = true\n  bootstrap_expect = 1\n}\n")
+    return cfg, http, rpc
+
+
+def client_only_agent(binary, work):
+    """A server-only agent and a client-only agent joined to it: (server, client) processes."""
+    cfg, http, rpc = server_config(work)
     server = subprocess.Popen(["taskset", "-c", "0", binary, "agent", "-config", cfg, "-log-level", "WARN"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_http(f"http://127.0.0.1:{http}/v1/agent/health", 30)

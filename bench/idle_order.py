@@ -17,32 +17,16 @@ import collections
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import free_port, server_config, wait_http  # noqa: E402
 
 SETTLE = 25
 IDLE_SECONDS = int(os.environ.get("IDLE_SECONDS", "60"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
 def callgrind_idle(cmd, out):
@@ -140,13 +124,8 @@ def main():
     work = tempfile.mkdtemp(prefix="nomadlet-order-")
     server = None
     try:
-        http, rpc, serf = free_port(), free_port(), free_port()
-        with open(os.path.join(work, "s.hcl"), "w") as f:
-            f.write(f'data_dir = "{work}/s"\nbind_addr = "127.0.0.1"\n'
-                    f"ports {{\n  http = {http}\n  rpc = {rpc}\n  serf = {serf}\n}}\n"
-                    "server {\n  enabled = true\n  bootstrap_expect = 1\n}\n")
-        server = subprocess.Popen([binary, "agent", "-config", os.path.join(work, "s.hcl"),
-                                   "-log-level", "WARN"],
+        cfg, http, rpc = server_config(work)
+        server = subprocess.Popen([binary, "agent", "-config", cfg, "-log-level", "WARN"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_http(f"http://127.0.0.1:{http}/v1/agent/health", 30)
         runs = [

@@ -489,7 +489,7 @@ fn health(ctx: &Ctx) -> ApiResult {
     let client = check_client.then(|| {
         if !config.client_enabled {
             HealthPart::failed("client not enabled")
-        } else if ctx.agent.membership.servers().is_empty() {
+        } else if !ctx.agent.membership.has_servers() {
             HealthPart::failed("no known servers")
         } else {
             HealthPart::OK

@@ -97,6 +97,11 @@ impl Membership {
         })
     }
 
+    /// Whether the client knows any server (no copy of the list).
+    pub fn has_servers(&self) -> bool {
+        !self.servers.read().is_empty()
+    }
+
     /// The client's server list, sorted.
     pub fn servers(&self) -> Vec<String> {
         let mut s = self.servers.read().clone();

@@ -5,7 +5,9 @@
 use std::borrow::Borrow;
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -35,10 +37,7 @@ impl SharedStr {
             return SharedStr::from(s);
         }
         static COMMON: OnceLock<Mutex<HashSet<SharedStr>>> = OnceLock::new();
-        let mut texts = match COMMON.get_or_init(Mutex::default).lock() {
-            Ok(t) => t,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut texts = COMMON.get_or_init(Mutex::default).lock();
         if let Some(kept) = texts.get(s) {
             return kept.clone();
         }
