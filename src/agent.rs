@@ -181,10 +181,13 @@ impl Agent {
                     // Purged: the puller registers the node again.
                     return true;
                 }
-                state.allocs_by_node.get(&node_id).is_some_and(|ids| {
-                    ids.iter()
-                        .any(|id| state.allocs.get(id).is_some_and(|a| a.modify_index > since))
-                })
+                state
+                    .allocs_by_node
+                    .get(node_id.as_str())
+                    .is_some_and(|ids| {
+                        ids.iter()
+                            .any(|id| state.allocs.get(id).is_some_and(|a| a.modify_index > since))
+                    })
             }));
             let weak = Arc::downgrade(&client);
             index.on_notify(Box::new(move || {

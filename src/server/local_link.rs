@@ -97,7 +97,7 @@ impl LocalLink {
 pub(crate) fn node_record(req: &NodeRegistration) -> Node {
     Node {
         id: req.node_id.clone(),
-        name: req.name.clone(),
+        name: req.name.as_str().into(),
         datacenter: req.datacenter.clone(),
         http_addr: req.http_addr.clone(),
         tls_enabled: req.tls_enabled,
@@ -214,7 +214,7 @@ mod tests {
     fn registration_of(node: &Node) -> NodeRegistration {
         NodeRegistration {
             node_id: node.id.clone(),
-            name: node.name.clone(),
+            name: node.name.to_string(),
             datacenter: node.datacenter.clone(),
             http_addr: node.http_addr.clone(),
             tls_enabled: node.tls_enabled,

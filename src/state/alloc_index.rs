@@ -20,6 +20,11 @@ use super::shared_str::{Interner, SharedStr};
 /// each ID were ~20 MiB).
 pub type AllocId = SharedStr;
 
+/// A node's ID as the node-keyed alloc indexes key it: the copy the node's allocs share (a
+/// persistent map's leaf copied by apply clones its keys: a reference count each, not a
+/// string).
+pub type NodeKey = SharedStr;
+
 /// What the derived indexes know of one alloc: when two versions of an alloc agree on these,
 /// no index changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +58,18 @@ fn sub(u: &mut Usage, o: &Usage) {
     u.disk_mb -= o.disk_mb;
 }
 
+/// Add `id` to the set under the node `key` (made when the node has none yet).
+fn add_to(map: &mut imbl::OrdMap<NodeKey, imbl::OrdSet<AllocId>>, key: &NodeKey, id: &AllocId) {
+    match map.get_mut(key.as_str()) {
+        Some(set) => {
+            set.insert(id.clone());
+        }
+        None => {
+            map.insert(key.clone(), imbl::OrdSet::unit(id.clone()));
+        }
+    }
+}
+
 /// Remove `id` from the set under `key`, and the set when it empties; whether it emptied.
 fn remove_from<K: Ord + Clone + std::borrow::Borrow<Q>, Q: Ord + ?Sized>(
     map: &mut imbl::OrdMap<K, imbl::OrdSet<AllocId>>,
@@ -73,25 +90,35 @@ fn remove_from<K: Ord + Clone + std::borrow::Borrow<Q>, Q: Ord + ?Sized>(
 }
 
 impl ServerState {
-    /// Enter an alloc in every derived index (`id`: the table's key for it).
+    /// Enter an alloc in every derived index (`id`: the table's key for it). Each map is
+    /// walked once where the key is there already (`get_mut`; `entry` walks it twice).
     fn index_facts(&mut self, id: &AllocId, f: &Facts) {
-        self.allocs_by_job
-            .entry(f.job.clone())
-            .or_default()
-            .insert(id.clone());
-        self.allocs_by_node
-            .entry(f.node.to_string())
-            .or_default()
-            .insert(id.clone());
-        let used = self.node_usage.entry(f.node.to_string()).or_default();
-        if f.live {
-            used.add(&f.ask);
+        match self.allocs_by_job.get_mut(&f.job) {
+            Some(set) => {
+                set.insert(id.clone());
+            }
+            None => {
+                self.allocs_by_job
+                    .insert(f.job.clone(), imbl::OrdSet::unit(id.clone()));
+            }
+        }
+        add_to(&mut self.allocs_by_node, &f.node, id);
+        match self.node_usage.get_mut(f.node.as_str()) {
+            Some(used) => {
+                if f.live {
+                    used.add(&f.ask);
+                }
+            }
+            None => {
+                let mut used = Usage::default();
+                if f.live {
+                    used.add(&f.ask);
+                }
+                self.node_usage.insert(f.node.clone(), used);
+            }
         }
         if f.ported {
-            self.ported_allocs_by_node
-                .entry(f.node.to_string())
-                .or_default()
-                .insert(id.clone());
+            add_to(&mut self.ported_allocs_by_node, &f.node, id);
         }
         self.allocs_by_modify
             .insert((f.modify, id.clone()), f.node.clone());
@@ -139,7 +166,6 @@ impl ServerState {
     /// A record no one else holds yet takes the table's copy of its ID and the copies of its
     /// names (job, plan, group, node) that another alloc of its job and one of its node hold.
     pub(crate) fn put_alloc(&mut self, mut a: Arc<AllocRecord>) {
-        let new = Facts::of(&a);
         // The key already there, else the record's own ID (shared, not copied).
         let id = match self.allocs.get_key_value(a.id.as_str()) {
             Some((id, _)) => id.clone(),
@@ -147,8 +173,29 @@ impl ServerState {
         };
         if let Some(m) = Arc::get_mut(&mut a) {
             m.id = id.clone();
-            self.share_names(m, &new);
+            self.share_names(m);
         }
+        self.put_shared(id, a);
+    }
+
+    /// Insert a new alloc whose names are already the copies to share (plan apply's): no
+    /// look for siblings, and the table walked once when the ID is new (as a plan's are).
+    pub(crate) fn insert_shared_alloc(&mut self, a: AllocRecord) {
+        let a = Arc::new(a);
+        let id = a.id.clone();
+        match self.allocs.insert(id.clone(), a.clone()) {
+            None => self.index_facts(&id, &Facts::of(&a)),
+            Some(old) => {
+                // Taken: put the old record back and replace it the general way.
+                self.allocs.insert(id, old);
+                self.put_alloc(a);
+            }
+        }
+    }
+
+    /// Enter `a` under `id` (the table's key for it) and re-index what changed.
+    fn put_shared(&mut self, id: AllocId, a: Arc<AllocRecord>) {
+        let new = Facts::of(&a);
         if let Some(old) = self.allocs.insert(id.clone(), a) {
             let old = Facts::of(&old);
             if old == new {
@@ -160,19 +207,41 @@ impl ServerState {
     }
 
     /// Give `a` the copies of its names that a sibling holds: an alloc of the same job (its
-    /// namespace, job ID, group and eval when equal) and one on the same node (node ID, name).
-    fn share_names(&self, a: &mut AllocRecord, f: &Facts) {
-        let first = |ids: Option<&imbl::OrdSet<AllocId>>| {
-            ids.and_then(|s| s.get_min())
+    /// namespace, job ID, group and eval when equal), the node's key in the node index
+    /// (its ID) and the node record's name.
+    fn share_names(&self, a: &mut AllocRecord) {
+        let job: JobKey = (a.namespace.to_string(), a.job_id.to_string());
+        let first = |ids: &imbl::OrdSet<AllocId>| {
+            ids.get_min()
                 .and_then(|id| self.allocs.get(id.as_str()))
+                .cloned()
         };
-        if let Some(sib) = first(self.allocs_by_job.get(&f.job)) {
-            a.share_names_with(sib);
+        if let Some(sib) = self.allocs_by_job.get(&job).and_then(first) {
+            a.share_names_with(&sib);
         }
-        if let Some(sib) = first(self.allocs_by_node.get(f.node.as_str())) {
-            a.node_id.share_if_equal(&sib.node_id);
-            a.node_name.share_if_equal(&sib.node_name);
+        if let Some((node, _)) = self.allocs_by_node.get_key_value(a.node_id.as_str()) {
+            a.node_id = node.clone();
         }
+        if let Some(n) = self.nodes.get(a.node_id.as_str()) {
+            a.node_name.share_if_equal(&n.name);
+        }
+    }
+
+    /// The copy of a node's ID its allocs hold (the node index's key; new when it has
+    /// none): what plan apply gives the node's new allocs, with the node record's name.
+    pub(crate) fn node_key(&self, node_id: &str) -> NodeKey {
+        match self.allocs_by_node.get_key_value(node_id) {
+            Some((id, _)) => id.clone(),
+            None => NodeKey::from(node_id),
+        }
+    }
+
+    /// One alloc of the job (the first by ID), whose names a new alloc of it can share.
+    pub(crate) fn job_sibling(&self, job: &JobKey) -> Option<&Arc<AllocRecord>> {
+        self.allocs_by_job
+            .get(job)
+            .and_then(|ids| ids.get_min())
+            .and_then(|id| self.allocs.get(id.as_str()))
     }
 
     /// Change the alloc `id` in place (copied first when shared), keeping the derived
@@ -237,8 +306,8 @@ impl ServerState {
     #[cfg(test)]
     pub(crate) fn assert_alloc_indexes(&self) {
         let mut by_job: imbl::OrdMap<JobKey, imbl::OrdSet<AllocId>> = imbl::OrdMap::default();
-        let mut by_node: imbl::OrdMap<String, imbl::OrdSet<AllocId>> = imbl::OrdMap::default();
-        let mut ported: imbl::OrdMap<String, imbl::OrdSet<AllocId>> = imbl::OrdMap::default();
+        let mut by_node: imbl::OrdMap<NodeKey, imbl::OrdSet<AllocId>> = imbl::OrdMap::default();
+        let mut ported: imbl::OrdMap<NodeKey, imbl::OrdSet<AllocId>> = imbl::OrdMap::default();
         let mut by_modify: imbl::OrdMap<(u64, AllocId), SharedStr> = imbl::OrdMap::default();
         for (id, a) in self.allocs.iter() {
             assert_eq!(**id, *a.id, "an alloc under another ID's key");
@@ -247,12 +316,12 @@ impl ServerState {
                 .or_default()
                 .insert(id.clone());
             by_node
-                .entry(a.node_id.to_string())
+                .entry(a.node_id.clone())
                 .or_default()
                 .insert(id.clone());
             if a.is_live() && !a.ports.is_empty() {
                 ported
-                    .entry(a.node_id.to_string())
+                    .entry(a.node_id.clone())
                     .or_default()
                     .insert(id.clone());
             }
@@ -262,7 +331,7 @@ impl ServerState {
         assert_eq!(self.allocs_by_node, by_node, "allocs by node");
         assert_eq!(self.ported_allocs_by_node, ported, "ported allocs by node");
         assert_eq!(self.allocs_by_modify, by_modify, "allocs by modify index");
-        let usage: imbl::OrdMap<String, Usage> = by_node
+        let usage: imbl::OrdMap<NodeKey, Usage> = by_node
             .keys()
             .map(|n| (n.clone(), super::plan::node_used(self, n)))
             .collect();

@@ -405,7 +405,8 @@ pub struct ServerState {
     pub allocs_by_job: imbl::OrdMap<JobKey, imbl::OrdSet<super::alloc_index::AllocId>>,
     /// Derived, never stored: the IDs of each node's allocs (the scheduler's and the plan
     /// check's view of what a node runs). Kept by apply; [`ServerState::reindex`] rebuilds it.
-    pub allocs_by_node: imbl::OrdMap<String, imbl::OrdSet<super::alloc_index::AllocId>>,
+    pub allocs_by_node:
+        imbl::OrdMap<super::alloc_index::NodeKey, imbl::OrdSet<super::alloc_index::AllocId>>,
     /// Derived, never stored: the IDs of the `blocked` evals (what a capacity change wakes).
     /// Kept by [`ServerState::put_eval`]; [`ServerState::reindexed`] rebuilds it.
     pub blocked_evals: imbl::OrdSet<String>,
@@ -420,10 +421,11 @@ pub struct ServerState {
     /// Derived, never stored: what each node's live allocs use (an entry per node with
     /// allocs), kept exact as allocs change (`state::alloc_index`). The scheduler's view and
     /// the plan check's at apply.
-    pub node_usage: imbl::OrdMap<String, super::plan::Usage>,
+    pub node_usage: imbl::OrdMap<super::alloc_index::NodeKey, super::plan::Usage>,
     /// Derived, never stored: the IDs of each node's live allocs that hold ports (what the
     /// plan check's port check walks). Kept by `state::alloc_index`.
-    pub ported_allocs_by_node: imbl::OrdMap<String, imbl::OrdSet<super::alloc_index::AllocId>>,
+    pub ported_allocs_by_node:
+        imbl::OrdMap<super::alloc_index::NodeKey, imbl::OrdSet<super::alloc_index::AllocId>>,
     /// Derived, never stored: `(AllocModifyIndex, alloc ID)` → node ID of every alloc, so
     /// "which nodes' allocs did the server change after index X" (the `tunnel-push` thread's
     /// question after every index change) walks those allocs only

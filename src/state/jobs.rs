@@ -702,7 +702,11 @@ pub fn job_status_of<'a>(job: &Job, allocs: impl Iterator<Item = &'a AllocRecord
         any = true;
         if a.is_live() {
             live = true;
-            running |= a.client_status == AllocClientStatus::Running;
+            if a.client_status == AllocClientStatus::Running {
+                // Nothing later changes the answer.
+                running = true;
+                break;
+            }
         }
     }
     if running {

@@ -31,7 +31,8 @@ pub struct NodeEvent {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Node {
     pub id: String,
-    pub name: String,
+    /// Shared with the allocs placed on it (one copy of the name for all).
+    pub name: crate::state::shared_str::SharedStr,
     pub datacenter: String,
     pub http_addr: String,
     /// The node's HTTP API speaks TLS.

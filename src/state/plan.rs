@@ -14,11 +14,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::command::{cancel_blocked_evals, Applied, ApplyError, JobKey, JobWrite, ServerState};
-use super::jobs::alloc::{AllocRecord, AllocStamp, RescheduleEvent};
+use super::jobs::alloc::{AllocNames, AllocRecord, AllocStamp, RescheduleEvent};
 use super::jobs::eval::EvalRecord;
 use super::jobs::network::{AllocPorts, NodeNet, UsedPorts};
 use super::jobs::spec::{Job, TaskGroup};
-use super::jobs::NodeInfo;
 use super::node_table::Node;
 use super::shared_str::SharedStr;
 use crate::state::status::{
@@ -178,11 +177,12 @@ fn num(v: &Value, path: &[&str]) -> i64 {
 /// `Memory.MemoryMB`, `Disk.DiskMB`) minus its `Reserved` part when it reports one.
 pub fn node_capacity(node: &Node) -> Usage {
     let r = &node.resources;
-    let reserved = r.get("Reserved").cloned().unwrap_or(Value::Null);
+    // Borrowed, not cloned: the scheduler asks this of every node it ranks.
+    let reserved = r.get("Reserved").unwrap_or(&Value::Null);
     Usage {
-        cpu: num(r, &["Cpu", "CpuShares"]) - num(&reserved, &["Cpu", "CpuShares"]),
-        memory_mb: num(r, &["Memory", "MemoryMB"]) - num(&reserved, &["Memory", "MemoryMB"]),
-        disk_mb: num(r, &["Disk", "DiskMB"]) - num(&reserved, &["Disk", "DiskMB"]),
+        cpu: num(r, &["Cpu", "CpuShares"]) - num(reserved, &["Cpu", "CpuShares"]),
+        memory_mb: num(r, &["Memory", "MemoryMB"]) - num(reserved, &["Memory", "MemoryMB"]),
+        disk_mb: num(r, &["Disk", "DiskMB"]) - num(reserved, &["Disk", "DiskMB"]),
     }
 }
 
@@ -673,9 +673,15 @@ pub(super) fn apply_plan(
     }
     let mut refused_by_group: BTreeMap<String, u64> = BTreeMap::new();
     let mut accepted: Vec<usize> = Vec::new();
+    // Each accepted placement's node names: the copies the node's allocs share.
+    let mut node_names: Vec<Option<(SharedStr, SharedStr)>> = vec![None; plan.placements.len()];
     for (node_id, idxs) in &by_node {
         let node = state.nodes.get(*node_id).cloned();
         let usable = node.as_ref().filter(|n| node_schedulable(n));
+        let names = (
+            state.node_key(node_id),
+            node.as_ref().map(|n| n.name.clone()).unwrap_or_default(),
+        );
         let (cap, mut used) = match usable {
             Some(n) => (node_capacity(n), state.usage_of(node_id)),
             None => (Usage::default(), Usage::default()),
@@ -704,6 +710,7 @@ pub(super) fn apply_plan(
             };
             if fits {
                 accepted.push(i);
+                node_names[i] = Some(names.clone());
             } else {
                 *refused_by_group.entry(p.task_group.clone()).or_default() += 1;
                 result.refused += 1;
@@ -712,37 +719,60 @@ pub(super) fn apply_plan(
     }
     accepted.sort_unstable();
     if let Some(job) = &job {
-        // One copy of the plan's eval ID for all its allocs (the job's and node's names are
-        // shared with siblings by `insert_new_alloc`).
+        // One copy of each of the job's names for all the plan's allocs: a sibling's when
+        // the job has allocs, else new (the plan's eval ID is always new).
+        let sib = state.job_sibling(&key).cloned();
+        let shared = |mine: &str, theirs: Option<&SharedStr>| match theirs {
+            Some(t) if t == mine => t.clone(),
+            _ => SharedStr::from(mine),
+        };
+        let namespace = shared(&job.namespace, sib.as_ref().map(|s| &s.namespace));
+        let job_id = shared(&job.id, sib.as_ref().map(|s| &s.job_id));
         let eval_id = SharedStr::from(plan.eval_id.as_str());
+        let mut groups: Vec<SharedStr> = Vec::new();
         for i in accepted {
             let p = &plan.placements[i];
-            let node = state.nodes.get(&p.node_id).cloned();
-            let info = NodeInfo {
-                id: p.node_id.clone(),
-                name: node.map(|n| n.name.clone()).unwrap_or_default(),
-                unplaceable: None,
+            let group = match groups.iter().find(|g| **g == p.task_group) {
+                Some(g) => g.clone(),
+                None => {
+                    let g = shared(&p.task_group, sib.as_ref().map(|s| &s.task_group));
+                    groups.push(g.clone());
+                    g
+                }
+            };
+            let (node_id, node_name) = match node_names[i].take() {
+                Some(n) => n,
+                None => (SharedStr::from(p.node_id.as_str()), SharedStr::default()),
+            };
+            let names = AllocNames {
+                namespace: namespace.clone(),
+                job_id: job_id.clone(),
+                group,
+                eval_id: eval_id.clone(),
+                node_id,
+                node_name,
             };
             let at = AllocStamp {
                 index,
                 id: &p.id,
                 now,
             };
-            let mut a = AllocRecord::new_at(job, &p.task_group, p.alloc_index, &eval_id, &info, at);
-            // The replaced alloc's own copy of its ID (the table's key), when it is there.
-            a.previous_allocation = match state.allocs.get_key_value(p.previous_alloc.as_str()) {
-                Some((prev, _)) => prev.clone(),
-                None => SharedStr::from(p.previous_alloc.as_str()),
-            };
-            a.reschedule_events = p.reschedule_events.clone().into();
-            a.ports = p.ports.clone().into();
+            let mut a = AllocRecord::new_named(job, names, p.alloc_index, at);
             if !p.previous_alloc.is_empty() {
+                // The replaced alloc's own copy of its ID (the table's key), when it is there.
+                a.previous_allocation = match state.allocs.get_key_value(p.previous_alloc.as_str())
+                {
+                    Some((prev, _)) => prev.clone(),
+                    None => SharedStr::from(p.previous_alloc.as_str()),
+                };
                 state.update_alloc(&p.previous_alloc, |prev| {
                     prev.next_allocation = a.id.clone();
                     prev.modify_index = index;
                 });
             }
-            state.insert_new_alloc(a);
+            a.reschedule_events = p.reschedule_events.clone().into();
+            a.ports = p.ports.clone().into();
+            state.insert_shared_alloc(a);
             result.placed += 1;
         }
     }

@@ -28,7 +28,7 @@ pub const DURABLE_DEADLINE: Duration = Duration::from_secs(600);
 pub fn sim_node(i: usize) -> Node {
     Node {
         id: format!("{:08x}-0000-4000-8000-{:012x}", i, i),
-        name: format!("sim-{i}"),
+        name: format!("sim-{i}").into(),
         datacenter: format!("dc{}", i % 3 + 1),
         http_addr: "127.0.0.1:4646".into(),
         tls_enabled: false,

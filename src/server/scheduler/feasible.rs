@@ -73,7 +73,7 @@ pub fn resolve(target: &str, node: &Node) -> Option<String> {
     };
     match inner {
         "node.unique.id" => Some(node.id.clone()),
-        "node.unique.name" => Some(node.name.clone()),
+        "node.unique.name" => Some(node.name.to_string()),
         "node.datacenter" => Some(node.datacenter.clone()),
         "node.class" => Some(node.node_class.clone()),
         "node.pool" => Some(node.node_pool.clone()),

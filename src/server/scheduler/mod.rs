@@ -535,7 +535,7 @@ pub fn run_pending(w: &Workloads) -> usize {
 pub fn test_node(id: &str) -> crate::state::node_table::Node {
     let mut n = bench::sim_node(0);
     n.id = id.to_string();
-    n.name = format!("node-{id}");
+    n.name = format!("node-{id}").into();
     n.datacenter = "dc1".into();
     *n.resources = serde_json::json!({"Cpu": {"CpuShares": 1_000_000_000i64},
         "Memory": {"MemoryMB": 1_000_000_000i64}, "Disk": {"DiskMB": 1_000_000_000i64}});

@@ -106,9 +106,14 @@ pub fn planning_state<'a>(
         // Cheap: the tables are persistent maps, a clone shares them.
         let s = spec.get_or_insert_with(|| (**state).clone());
         for (node, ask) in &f.usage {
-            let mut u = s.node_usage.get(node).copied().unwrap_or_default();
-            u.add(ask);
-            s.node_usage.insert(node.clone(), u);
+            match s.node_usage.get_mut(node.as_str()) {
+                Some(u) => u.add(ask),
+                None => {
+                    let mut u = Usage::default();
+                    u.add(ask);
+                    s.node_usage.insert(node.as_str().into(), u);
+                }
+            }
         }
     }
     spec.map_or_else(|| state.clone(), Arc::new)

@@ -409,7 +409,7 @@ impl<'a> Placer<'a> {
         let mut used = self
             .state
             .node_usage
-            .get(&node.id)
+            .get(node.id.as_str())
             .copied()
             .unwrap_or_default();
         if !self.stopping.is_empty() {

@@ -34,7 +34,7 @@ struct World {
 fn node(id: &str, cpu: i64, mem: i64) -> Node {
     let mut n = super::bench::sim_node(0);
     n.id = id.to_string();
-    n.name = id.to_string();
+    n.name = id.into();
     n.datacenter = "dc1".into();
     *n.resources = json!({"Cpu": {"CpuShares": cpu}, "Memory": {"MemoryMB": mem},
         "Disk": {"DiskMB": 100_000}});

@@ -211,6 +211,32 @@ impl TaskState {
     }
 }
 
+/// The names a new allocation holds, each a copy it may share with its siblings.
+#[derive(Clone, Debug)]
+pub struct AllocNames {
+    pub namespace: SharedStr,
+    pub job_id: SharedStr,
+    pub group: SharedStr,
+    pub eval_id: SharedStr,
+    pub node_id: SharedStr,
+    pub node_name: SharedStr,
+}
+
+/// Nomad's alloc name, `<job>.<group>[<index>]`, in one allocation of its final size (plan
+/// apply makes one per placement on every server).
+pub fn alloc_name(job: &str, group: &str, idx: u32) -> String {
+    use std::fmt::Write as _;
+    let mut name = String::with_capacity(job.len() + group.len() + 13);
+    name.push_str(job);
+    name.push('.');
+    name.push_str(group);
+    name.push('[');
+    // Writing to a String cannot fail.
+    let _ = write!(name, "{idx}");
+    name.push(']');
+    name
+}
+
 /// What makes a new allocation unique: the command's index, the ID and the time its
 /// proposer chose.
 #[derive(Clone, Copy, Debug)]
@@ -233,16 +259,42 @@ impl AllocRecord {
         node: &NodeInfo,
         at: AllocStamp<'_>,
     ) -> AllocRecord {
-        let AllocStamp { index, id, now } = at;
-        let group = group.into();
-        AllocRecord {
-            id: id.into(),
+        let names = AllocNames {
             namespace: job.namespace.as_str().into(),
+            job_id: job.id.as_str().into(),
+            group: group.into(),
             eval_id: eval_id.into(),
-            name: format!("{}.{}[{}]", job.id, group, idx),
             node_id: node.id.as_str().into(),
             node_name: node.name.as_str().into(),
-            job_id: job.id.as_str().into(),
+        };
+        AllocRecord::new_named(job, names, idx, at)
+    }
+
+    /// [`AllocRecord::new_at`] with every name given as the copy to share (plan apply gives
+    /// each plan's allocs one copy of the job's names and each node's).
+    pub fn new_named(
+        job: &Arc<Job>,
+        names: AllocNames,
+        idx: u32,
+        at: AllocStamp<'_>,
+    ) -> AllocRecord {
+        let AllocStamp { index, id, now } = at;
+        let AllocNames {
+            namespace,
+            job_id,
+            group,
+            eval_id,
+            node_id,
+            node_name,
+        } = names;
+        AllocRecord {
+            id: id.into(),
+            namespace,
+            eval_id,
+            name: alloc_name(&job.id, &group, idx),
+            node_id,
+            node_name,
+            job_id,
             job: job.clone(),
             task_group: group,
             alloc_index: idx,
