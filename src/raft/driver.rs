@@ -56,6 +56,9 @@ struct ReadBatch {
 struct Pending {
     term: u64,
     reply: Reply,
+    /// The command as proposed: applied as it is when the entry at this index still has
+    /// this term (then it is this command's entry), instead of decoding the entry.
+    cmd: Option<Box<Command>>,
 }
 
 pub(crate) struct Driver {
@@ -330,7 +333,7 @@ impl Driver {
                     }
                 }
             }
-            Input::Propose(data, reply) => self.propose(data, reply),
+            Input::Propose(data, cmd, reply) => self.propose(data, cmd, reply),
             Input::ConfChange(cc, reply) => {
                 if self.node.raft.state != StateRole::Leader {
                     let _ = reply.send(Err(super::ChangeError::NotLeader));
@@ -375,7 +378,7 @@ impl Driver {
         }
     }
 
-    fn propose(&mut self, data: Vec<u8>, reply: Reply) {
+    fn propose(&mut self, data: Vec<u8>, cmd: Box<Command>, reply: Reply) {
         if self.node.raft.state != StateRole::Leader {
             let _ = reply.send(Err(LogError::NotLeader));
             return;
@@ -384,7 +387,14 @@ impl Driver {
             Ok(()) => {
                 let index = self.node.raft.raft_log.last_index();
                 let term = self.node.raft.term;
-                self.pending.insert(index, Pending { term, reply });
+                self.pending.insert(
+                    index,
+                    Pending {
+                        term,
+                        reply,
+                        cmd: Some(cmd),
+                    },
+                );
             }
             Err(_) => {
                 let _ = reply.send(Err(LogError::NotLeader));
@@ -617,7 +627,16 @@ impl Driver {
             }
             match e.get_entry_type() {
                 EntryType::EntryNormal => {
-                    if !e.data.is_empty() {
+                    // This leader's own proposal (same index, same term: the same entry).
+                    let proposed = self
+                        .pending
+                        .get_mut(&e.index)
+                        .filter(|p| p.term == e.term)
+                        .and_then(|p| p.cmd.take());
+                    if let Some(c) = proposed {
+                        cmds.push((e.index, *c));
+                        terms.push(e.term);
+                    } else if !e.data.is_empty() {
                         match serde_json::from_slice::<Command>(&e.data) {
                             Ok(c) => {
                                 cmds.push((e.index, c));

@@ -273,8 +273,13 @@ pub(crate) enum Input {
     /// Messages from other servers.
     Messages(Vec<raft::eraftpb::Message>),
     /// A command, encoded by its proposer (off the driver thread, which every write waits
-    /// on), and where its answer goes.
-    Propose(Vec<u8>, Sender<Result<(Applied, u64), LogError>>),
+    /// on), the command itself (the leader applies it without decoding its own entry), and
+    /// where its answer goes.
+    Propose(
+        Vec<u8>,
+        Box<Command>,
+        Sender<Result<(Applied, u64), LogError>>,
+    ),
     /// A membership change (leader only).
     ConfChange(raft::eraftpb::ConfChange, Sender<Result<(), ChangeError>>),
     /// Bootstrap this configuration (an empty, unconfigured log only).
@@ -665,7 +670,7 @@ impl Replicator for RaftProposer {
         let (reply, answer) = crossbeam_channel::bounded(1);
         self.0
             .input
-            .send_timeout(Input::Propose(data, reply), PROPOSE_DEADLINE)
+            .send_timeout(Input::Propose(data, Box::new(cmd), reply), PROPOSE_DEADLINE)
             .map_err(|_| LogError::Closed("server state is shut down"))?;
         Ok(Ticket::new(answer))
     }
