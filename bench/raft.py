@@ -202,40 +202,34 @@ def _failover(servers):
     return ((min(after) - killed) * 1000 if after else float("nan")), new
 
 
+def _measure(b, n, label, print_fn, failover):
+    """Register latency on a cluster of `n` servers of binary `b`: one round of writers on
+    one server; on three, two rounds on the same cluster (the first while the leader's
+    register path faults back in after start-up, the second the steady state), then failover."""
+    servers = cluster(b, n)
+    name = f"{label}{n} server{'s' if n > 1 else ''}"
+    try:
+        leader = wait_leader(servers)
+        rounds = (1, 2) if n > 1 else (1,)
+        for rnd in rounds:
+            lat, took, errors = _latencies(leader, f"s{n}r{rnd}")
+            goal = "; goal p99 <= 15 ms" if n > 1 else ""
+            print_fn(f"{name}{f', round {rnd}' if n > 1 else ''}: register p50 {_pct(lat, 50):.1f} ms, "
+                     f"p99 {_pct(lat, 99):.1f} ms, {len(lat) / took:.0f}/s ({len(errors)} errors{goal})")
+        if failover:
+            times = [_failover(servers)[0] for _ in range(FAILOVER_ROUNDS)]
+            print_fn(f"failover (leader killed -> first write accepted by the new leader): median "
+                     f"{statistics.median(times):.0f} ms, runs {[round(t) for t in times]} "
+                     f"(goal <= 3 000 ms)")
+    except Exception as e:
+        print_fn(f"{name}: not measured: {e}")
+    finally:
+        for s in servers:
+            s.stop()
+
+
 def run(binary, print_fn, before=None):
-    for label, b in [("", binary)] + ([("before: ", before)] if before else []):
-        servers = cluster(b, 1)
-        try:
-            wait_leader(servers)
-            lat, took, errors = _latencies(servers[0], "one")
-            print_fn(f"{label}1 server: register p50 {_pct(lat, 50):.1f} ms, p99 {_pct(lat, 99):.1f} ms, "
-                     f"{len(lat) / took:.0f}/s ({len(errors)} errors)")
-        except Exception as e:
-            print_fn(f"{label}1 server: not measured: {e}")
-        finally:
-            for s in servers:
-                s.stop()
-    # Three servers: two rounds of writers on the same cluster, the first while the leader's
-    # register path faults back in after start-up, the second the steady state.
-    for label, b in [("", binary)] + ([("before: ", before)] if before else []):
-        servers = cluster(b, 3)
-        try:
-            leader = wait_leader(servers)
-            for rnd in (1, 2):
-                lat, took, errors = _latencies(leader, f"three{rnd}")
-                print_fn(f"{label}3 servers, round {rnd}: register p50 {_pct(lat, 50):.1f} ms, "
-                         f"p99 {_pct(lat, 99):.1f} ms, {len(lat) / took:.0f}/s "
-                         f"({len(errors)} errors; goal p99 <= 15 ms)")
-            if b is binary:
-                times = []
-                for _ in range(FAILOVER_ROUNDS):
-                    ms, _new = _failover(servers)
-                    times.append(ms)
-                print_fn(f"failover (leader killed -> first write accepted by the new leader): median "
-                         f"{statistics.median(times):.0f} ms, runs {[round(t) for t in times]} "
-                         f"(goal <= 3 000 ms)")
-        except Exception as e:
-            print_fn(f"{label}3 servers: not measured: {e}")
-        finally:
-            for s in servers:
-                s.stop()
+    builds = [("", binary)] + ([("before: ", before)] if before else [])
+    for n in (1, 3):
+        for label, b in builds:
+            _measure(b, n, label, print_fn, failover=n > 1 and b is binary)
