@@ -675,9 +675,15 @@ pub fn kill_leftover_tasks(data_dir: &Path) {
                 }
             }
         }
-        // Processes of a task this test's agent started.
-        kill(-task, 9);
-        kill(task, 9);
+        // Processes of a task this test's agent started: only while `task` is still the
+        // live shim's child. A task that ended was reaped by its shim, and its PID (and
+        // process group ID) may since belong to anything, another test's agent among them
+        // (PIDs wrap at 32768 here: seen on CI as an agent SIGKILLed right after it started).
+        // Whatever such a task left behind is in its cgroup, killed below.
+        if is_shim(shim) && parent_of(task) == Some(shim) {
+            kill(-task, 9);
+            kill(task, 9);
+        }
         let deadline = Instant::now() + Duration::from_secs(5);
         for cg in &cgroups {
             loop {
@@ -697,12 +703,31 @@ pub fn kill_leftover_tasks(data_dir: &Path) {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        // The shim this test's agent started (live: its FIFO has a reader).
-        kill(shim, 9);
+        // The shim this test's agent started (live: its FIFO has a reader; the PID still a
+        // task shim's).
+        if is_shim(shim) {
+            kill(shim, 9);
+        }
         for cg in &cgroups {
             let _ = std::fs::remove_dir(cg);
         }
     }
+}
+
+/// The parent PID of `pid` (`None`: no such process).
+fn parent_of(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether `pid` is a task shim (`nomadlet task-shim ...`) now.
+fn is_shim(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.split(|b| *b == 0).nth(1) == Some(b"task-shim".as_slice()))
+        .unwrap_or(false)
 }
 
 /// A TCP connection to `127.0.0.1:port` from the loopback address `from` (e.g.
