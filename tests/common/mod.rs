@@ -506,9 +506,10 @@ impl TestAgent {
     ) -> Response {
         let s = TcpStream::connect((self.host.as_str(), self.port)).unwrap_or_else(|e| {
             panic!(
-                "connect to the agent on {}:{}: {e}; its log:\n{}",
+                "connect to the agent on {}:{}: {e}; {}; its log:\n{}",
                 self.host,
                 self.port,
+                self.process_state(),
                 self.log()
             )
         });
@@ -559,6 +560,28 @@ impl TestAgent {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// What the kernel says of the agent process (for a failure message): running, or an
+    /// unreaped exit (`Z`) with the signal that ended it, if one did.
+    fn process_state(&self) -> String {
+        let pid = self.pid();
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return format!("agent process {pid}: gone");
+        };
+        // Fields after the command's closing parenthesis: state is the 1st, exit_code the 50th.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let state = fields.first().copied().unwrap_or("?");
+        let code: i32 = fields.get(49).and_then(|c| c.parse().ok()).unwrap_or(0);
+        match (state, code & 0x7f) {
+            ("Z", 0) => format!(
+                "agent process {pid}: exited with status {}",
+                (code >> 8) & 0xff
+            ),
+            ("Z", sig) => format!("agent process {pid}: killed by signal {sig}"),
+            (st, _) => format!("agent process {pid}: state {st}"),
+        }
     }
 }
 
