@@ -58,9 +58,10 @@ fn sub(u: &mut Usage, o: &Usage) {
     u.disk_mb -= o.disk_mb;
 }
 
-/// Add `id` to the set under the node `key` (made when the node has none yet).
-fn add_to(map: &mut imbl::OrdMap<NodeKey, imbl::OrdSet<AllocId>>, key: &NodeKey, id: &AllocId) {
-    match map.get_mut(key.as_str()) {
+/// Add `id` to the set under `key` (made when the key has none yet). The map is walked once
+/// where the key is there already (`get_mut`; `entry` walks it twice).
+fn add_to<K: Ord + Clone>(map: &mut imbl::OrdMap<K, imbl::OrdSet<AllocId>>, key: &K, id: &AllocId) {
+    match map.get_mut(key) {
         Some(set) => {
             set.insert(id.clone());
         }
@@ -93,15 +94,7 @@ impl ServerState {
     /// Enter an alloc in every derived index (`id`: the table's key for it). Each map is
     /// walked once where the key is there already (`get_mut`; `entry` walks it twice).
     fn index_facts(&mut self, id: &AllocId, f: &Facts) {
-        match self.allocs_by_job.get_mut(&f.job) {
-            Some(set) => {
-                set.insert(id.clone());
-            }
-            None => {
-                self.allocs_by_job
-                    .insert(f.job.clone(), imbl::OrdSet::unit(id.clone()));
-            }
-        }
+        add_to(&mut self.allocs_by_job, &f.job, id);
         add_to(&mut self.allocs_by_node, &f.node, id);
         match self.node_usage.get_mut(f.node.as_str()) {
             Some(used) => {
@@ -211,13 +204,8 @@ impl ServerState {
     /// (its ID) and the node record's name.
     fn share_names(&self, a: &mut AllocRecord) {
         let job: JobKey = (a.namespace.to_string(), a.job_id.to_string());
-        let first = |ids: &imbl::OrdSet<AllocId>| {
-            ids.get_min()
-                .and_then(|id| self.allocs.get(id.as_str()))
-                .cloned()
-        };
-        if let Some(sib) = self.allocs_by_job.get(&job).and_then(first) {
-            a.share_names_with(&sib);
+        if let Some(sib) = self.job_sibling(&job) {
+            a.share_names_with(sib);
         }
         if let Some((node, _)) = self.allocs_by_node.get_key_value(a.node_id.as_str()) {
             a.node_id = node.clone();

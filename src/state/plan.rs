@@ -672,16 +672,13 @@ pub(super) fn apply_plan(
         by_node.entry(p.node_id.as_str()).or_default().push(i);
     }
     let mut refused_by_group: BTreeMap<String, u64> = BTreeMap::new();
-    let mut accepted: Vec<usize> = Vec::new();
-    // Each accepted placement's node names: the copies the node's allocs share.
-    let mut node_names: Vec<Option<(SharedStr, SharedStr)>> = vec![None; plan.placements.len()];
+    // Each accepted placement with its node's ID and name: the copies the node's allocs share.
+    let mut accepted: Vec<(usize, SharedStr, SharedStr)> = Vec::new();
     for (node_id, idxs) in &by_node {
         let node = state.nodes.get(*node_id).cloned();
         let usable = node.as_ref().filter(|n| node_schedulable(n));
-        let names = (
-            state.node_key(node_id),
-            node.as_ref().map(|n| n.name.clone()).unwrap_or_default(),
-        );
+        let node_key = state.node_key(node_id);
+        let node_name = node.as_ref().map(|n| n.name.clone()).unwrap_or_default();
         let (cap, mut used) = match usable {
             Some(n) => (node_capacity(n), state.usage_of(node_id)),
             None => (Usage::default(), Usage::default()),
@@ -709,15 +706,14 @@ pub(super) fn apply_plan(
                 _ => false,
             };
             if fits {
-                accepted.push(i);
-                node_names[i] = Some(names.clone());
+                accepted.push((i, node_key.clone(), node_name.clone()));
             } else {
                 *refused_by_group.entry(p.task_group.clone()).or_default() += 1;
                 result.refused += 1;
             }
         }
     }
-    accepted.sort_unstable();
+    accepted.sort_unstable_by_key(|(i, _, _)| *i);
     if let Some(job) = &job {
         // One copy of each of the job's names for all the plan's allocs: a sibling's when
         // the job has allocs, else new (the plan's eval ID is always new).
@@ -730,7 +726,7 @@ pub(super) fn apply_plan(
         let job_id = shared(&job.id, sib.as_ref().map(|s| &s.job_id));
         let eval_id = SharedStr::from(plan.eval_id.as_str());
         let mut groups: Vec<SharedStr> = Vec::new();
-        for i in accepted {
+        for (i, node_id, node_name) in accepted {
             let p = &plan.placements[i];
             let group = match groups.iter().find(|g| **g == p.task_group) {
                 Some(g) => g.clone(),
@@ -739,10 +735,6 @@ pub(super) fn apply_plan(
                     groups.push(g.clone());
                     g
                 }
-            };
-            let (node_id, node_name) = match node_names[i].take() {
-                Some(n) => n,
-                None => (SharedStr::from(p.node_id.as_str()), SharedStr::default()),
             };
             let names = AllocNames {
                 namespace: namespace.clone(),
