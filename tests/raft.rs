@@ -9,7 +9,7 @@ mod common;
 use common::*;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -604,7 +604,7 @@ fn kill_9_of_a_lone_raft_server_amid_snapshot_steps_loses_no_acknowledged_write(
     let mut all_acked = BTreeSet::new();
     for round in 0..3usize {
         let (host, port) = (servers[0].host.clone(), servers[0].port);
-        let acks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let acks = Arc::new(AtomicUsize::new(0));
         let writers: Vec<_> = (0..4)
             .map(|w| {
                 let (host, acks) = (host.clone(), acks.clone());
@@ -633,7 +633,7 @@ fn kill_9_of_a_lone_raft_server_amid_snapshot_steps_loses_no_acknowledged_write(
         servers[0].restart_after_stop();
         wait_leader(&servers, &[0], FORM);
         let mut missing = String::from("no job list");
-        let deadline = Instant::now() + REPLICATE * 3;
+        let deadline = Instant::now() + REPLICATE * WAIT_SLACK;
         loop {
             if let Some(have) = jobs_on(&servers[0]) {
                 let lost: Vec<&String> = all_acked.difference(&have).collect();

@@ -550,19 +550,21 @@ impl Driver {
         let has_snapshot = !rd.snapshot().is_empty();
         let mut installed = None;
         // Term and vote must be durable before anything is answered; the commit index need
-        // not be (Raft learns it again from a quorum): a Ready that only moves the commit
-        // index costs no transaction (and no fsync on the write's path). It is written with
-        // the next transaction, a state snapshot, or at a clean stop.
+        // not be (Raft learns it again from a quorum): a Ready that only moves it costs no
+        // transaction (and no fsync on the write's path), and an append that moves it writes
+        // the entries alone. It is written with a vote, a state snapshot, or at a clean stop.
         let vote_moved = rd.hs().is_some_and(|hs| {
             let now = self.node.store().hard_state();
             hs.term != now.term || hs.vote != now.vote
         });
-        if !has_snapshot && rd.entries().is_empty() && !vote_moved {
+        let hard_state = vote_moved || has_snapshot;
+        if !hard_state {
             if let Some(hs) = rd.hs() {
                 let commit = hs.commit;
                 self.node.mut_store().set_commit(commit);
             }
-        } else {
+        }
+        if hard_state || !rd.entries().is_empty() {
             let txn = st!("begin", self.sm.db().begin_write())?;
             if has_snapshot {
                 let snap = rd.snapshot().clone();
@@ -572,16 +574,12 @@ impl Driver {
                 installed = Some((written, snap.get_metadata().index, snap.get_metadata().term));
             }
             self.node.mut_store().append(&txn, rd.entries())?;
-            if vote_moved || has_snapshot {
+            if hard_state {
                 let hs = match rd.hs() {
                     Some(hs) => hs.clone(),
                     None => self.node.store().hard_state().clone(),
                 };
                 self.node.mut_store().set_hard_state(&txn, hs)?;
-            } else if let Some(hs) = rd.hs() {
-                // Appends that only move the commit index leave the meta table alone (one
-                // table less in every append's commit); the index goes with a later write.
-                self.node.mut_store().set_commit(hs.commit);
             }
             st!("commit", txn.commit())?;
             self.sm.count_transaction(started.elapsed());
@@ -835,7 +833,7 @@ impl Driver {
     /// crash before that commit leaves the store at an earlier commit, which is whole: a
     /// stage not flipped is cleared at start-up, a flip lost leaves the log it would have
     /// compacted, a merge lost is finished by start-up's settle.
-    fn step_transaction(&mut self) -> Result<redb::WriteTransaction, LogError> {
+    fn step_transaction(&self) -> Result<redb::WriteTransaction, LogError> {
         let mut txn = st!("begin", self.sm.db().begin_write())?;
         st!("durability", txn.set_durability(redb::Durability::None))?;
         Ok(txn)
